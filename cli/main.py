@@ -1,0 +1,75 @@
+"""The `radlens` command: one entry point for every job.
+
+Each area registers its commands from its own module (``cli/imaging.py``, ``cli/training_cmds.py``,
+...). Those modules import only typer and the standard library at import time and import
+``app``, ``training`` or ``models`` inside the command bodies, so ``radlens inspect`` does not
+load the web stack and ``radlens serve`` does not load the trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from cli.common import report_error
+
+COMMAND_MODULES = (
+    "cli.imaging",
+    "cli.models_cmds",
+    "cli.training_cmds",
+    "cli.service_cmds",
+)
+
+app = typer.Typer(
+    name="radlens",
+    help="radlens: medical imaging diagnosis (training, serving, inspection). "
+    "Not for clinical use unless a model's manifest says it was validated.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """radlens: train, serve and inspect medical imaging models. Not for clinical use."""
+
+
+@app.command("version")
+def version() -> None:
+    """Print the radlens, TensorFlow-free version string."""
+    from importlib.metadata import version as dist_version
+
+    typer.echo(f"radlens {dist_version('radlens')}")
+
+
+def _register_commands() -> None:
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # that area has no commands yet
+                continue
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; expected failures become one line on stderr and exit status 2."""
+    try:
+        app(args=argv, prog_name="radlens", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except Exception as exc:  # the CLI boundary: no traceback for the user
+        return report_error(exc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

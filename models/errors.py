@@ -1,0 +1,97 @@
+"""Every expected failure in radlens, typed.
+
+Library code raises these; the CLI turns them into one line and exit status 2, the service
+into an RFC 9457 problem document. ``str(error)`` is the one-line message
+``"<title>: <detail>"``, where the title says what went wrong and what to do and the detail
+quotes what was received.
+"""
+
+from __future__ import annotations
+
+
+class RadlensError(Exception):
+    """Base of every expected failure. Subclasses set ``code`` and ``title``."""
+
+    code: str = "radlens-error"
+    title: str = "radlens could not complete the request"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.title}: {self.detail}"
+
+
+# --- preprocessing ---------------------------------------------------------------------
+
+
+class PreprocessingError(RadlensError, ValueError):
+    """The bytes could not be turned into a model-ready image."""
+
+    code = "preprocessing-error"
+    title = "The image could not be preprocessed"
+
+
+class NotAnImageError(PreprocessingError):
+    code = "not-an-image"
+    title = "Not a DICOM, PNG or JPEG file; send one of those"
+
+
+class NoPixelDataError(PreprocessingError):
+    code = "no-pixel-data"
+    title = "The DICOM file has no pixel data; send an image instance, not a report or series"
+
+
+class UnsupportedTransferSyntaxError(PreprocessingError):
+    code = "unsupported-transfer-syntax"
+    title = "The DICOM pixel data cannot be decoded; re-encode it (e.g. Explicit VR Little Endian)"
+
+    def __init__(self, detail: str, transfer_syntax: str | None = None) -> None:
+        super().__init__(detail)
+        self.transfer_syntax = transfer_syntax
+
+
+class TruncatedDataError(PreprocessingError):
+    code = "truncated"
+    title = "The file is truncated; send the complete file"
+
+
+class ImageTooLargeError(PreprocessingError):
+    code = "image-too-large"
+    title = "The image has too many pixels; send a smaller image or raise the pixel limit"
+
+
+class InvalidImageError(PreprocessingError):
+    code = "invalid-image"
+    title = "The image is invalid; check its size, pixel values and the options given"
+
+
+# --- model store -----------------------------------------------------------------------
+
+
+class ModelStoreError(RadlensError):
+    code = "model-store-error"
+    title = "The model store could not provide the model"
+
+
+class ModelNotFoundError(ModelStoreError):
+    code = "model-not-found"
+    title = "No such model in the store; train one or check RADLENS_MODEL / the store path"
+
+
+class ModelCorruptError(ModelStoreError):
+    code = "model-corrupt"
+    title = "The stored model is corrupt; re-export it from training"
+
+
+class ModelIncompatibleError(ModelStoreError):
+    code = "model-incompatible"
+    title = "The stored model was built for another preprocessing version; retrain or re-export it"
+
+
+class ConfigurationError(RadlensError, ValueError):
+    """A bad option, config file value or data set layout, found before work starts."""
+
+    code = "bad-configuration"
+    title = "Invalid configuration"

@@ -1,0 +1,27 @@
+"""Shared fixtures: where the real data lives, and skips that say why."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RADLENS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+SHARED_DICOM = SHARED_DATA / "dicom"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def shared_data_path(*parts: str) -> Path:
+    """Path into ../shared/data, skipping the calling test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dicom_dir() -> Path:
+    return shared_data_path("dicom")
