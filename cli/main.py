@@ -18,6 +18,7 @@ from cli.common import report_error
 COMMAND_MODULES = (
     "cli.imaging",
     "cli.models_cmds",
+    "cli.data_cmds",
     "cli.training_cmds",
     "cli.service_cmds",
 )
