@@ -1,0 +1,50 @@
+# radlens image: the same `radlens` commands the README runs, in a container.
+#
+#   docker build -t radlens .                                  # CPU (default)
+#   docker build -t radlens:gpu --build-arg RADLENS_EXTRAS=gpu .
+#
+# The GPU build installs TensorFlow's documented Linux GPU wheels (`tensorflow[and-cuda]`,
+# CUDA and cuDNN as pip packages); the host needs only the NVIDIA driver and the NVIDIA
+# container toolkit (see docker-compose.gpu.yml). PYTHON_IMAGE chooses the base image.
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+
+# ---- build: resolve and install every dependency into a virtual environment ----------
+FROM ${PYTHON_IMAGE} AS build
+ARG RADLENS_EXTRAS=cpu
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY cli ./cli
+COPY models ./models
+COPY training ./training
+COPY migrations ./migrations
+RUN pip install ".[${RADLENS_EXTRAS}]"
+
+# ---- runtime: the venv and a non-root user, nothing else ------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="radlens" \
+      org.opencontainers.image.description="Medical imaging diagnosis service. Not for clinical use unless the model manifest says it was validated." \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin radlens \
+    && mkdir -p /data/store /data/runs /data/var \
+    && chown -R radlens:radlens /data
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    RADLENS_MODEL_STORE=/data/store \
+    RADLENS_DATABASE_URL=sqlite:////data/var/radlens.db \
+    RADLENS_HOST=0.0.0.0 \
+    RADLENS_PORT=8000
+WORKDIR /data
+VOLUME ["/data/store", "/data/runs"]
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+CMD ["radlens", "serve"]
