@@ -47,18 +47,22 @@ def store_is_empty() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-serve", action="store_true", help="set up, then stop")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEMO_DATA, help="where the demo data set is written"
+    )
     args = parser.parse_args(argv)
+    demo_data: Path = args.data_dir
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     step("Migrating the database (radlens db upgrade)")
     radlens("db", "upgrade")
 
     if store_is_empty():
-        if not (DEMO_DATA / "labels.csv").exists():
-            step(f"Model store is empty: writing the synthetic demo data set to {DEMO_DATA}")
-            radlens("demo-data", str(DEMO_DATA), "--overwrite")
+        if not (demo_data / "labels.csv").exists():
+            step(f"Model store is empty: writing the synthetic demo data set to {demo_data}")
+            radlens("demo-data", str(demo_data), "--overwrite")
         step("Training the demo model (ResNet50 at 64 px, a few minutes on 2 cores)")
-        radlens("train", "--config", str(DEMO_CONFIG), "--data", str(DEMO_DATA))
+        radlens("train", "--config", str(DEMO_CONFIG), "--data", str(demo_data))
     else:
         step("Model store already holds a model: skipping demo training")
     radlens("models", "list")

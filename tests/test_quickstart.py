@@ -1,0 +1,80 @@
+"""The README's first command, minus the final `serve`: from an empty store to a served model.
+
+Runs scripts/quickstart.py --no-serve the way `make run` does (same interpreter, the venv's
+`radlens`), against a temporary database, store and demo-data folder, then checks that the
+demo model it trained is in the store and loads, and that the database is migrated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_sets_up_database_demo_data_and_demo_model(tmp_path: Path):
+    env = dict(os.environ)
+    env.update(
+        RADLENS_MODEL_STORE=str(tmp_path / "store"),
+        RADLENS_DATABASE_URL=f"sqlite:///{tmp_path / 'radlens.db'}",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.quickstart",
+            "--no-serve",
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "radlens.db").exists()
+    assert (tmp_path / "demo" / "labels.csv").exists()
+
+    radlens = str(Path(sys.executable).with_name("radlens"))
+    listing = subprocess.run(
+        [radlens, "models", "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    models = json.loads(listing.stdout)
+    assert len(models) == 1
+    assert models[0]["architecture"] == "resnet50"
+
+    # a second run finds the model and does not train again
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.quickstart",
+            "--no-serve",
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipping demo training" in again.stdout
