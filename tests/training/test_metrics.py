@@ -1,0 +1,116 @@
+"""Metrics and the documented decision-threshold rule (Youden's J, ties -> closest to 0.5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from training.metrics import (
+    binary_metrics,
+    choose_threshold,
+    classification_metrics,
+    multiclass_metrics,
+    roc_auc,
+    roc_curve_points,
+)
+
+
+class TestChooseThreshold:
+    def test_perfect_separation_picks_the_gap_closest_to_half(self) -> None:
+        labels = np.array([0, 0, 0, 1, 1, 1])
+        scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+        # every threshold in (0.3, 0.7] gives J = 1; 0.5 itself is a candidate and closest
+        assert choose_threshold(labels, scores) == 0.5
+
+    def test_separation_away_from_half_picks_the_midpoint(self) -> None:
+        labels = np.array([0, 0, 1, 1])
+        scores = np.array([0.05, 0.10, 0.20, 0.30])
+        assert choose_threshold(labels, scores) == pytest.approx(0.15)
+
+    def test_maximises_youden_j(self) -> None:
+        rng = np.random.default_rng(0)
+        labels = rng.integers(0, 2, 200)
+        scores = np.clip(labels * 0.3 + rng.normal(0.35, 0.2, 200), 0, 1)
+        t = choose_threshold(labels, scores)
+        j_best = _youden(labels, scores, t)
+        for other in np.linspace(0, 1, 101):
+            assert _youden(labels, scores, other) <= j_best + 1e-12
+
+    def test_ties_go_to_the_candidate_closest_to_half(self) -> None:
+        # J = 0.5 at both midpoints 0.25 and 0.65; 0.65 is closer to 0.5
+        labels = np.array([0, 1, 0, 1])
+        scores = np.array([0.2, 0.3, 0.6, 0.7])
+        assert choose_threshold(labels, scores) == pytest.approx(0.65)
+
+    def test_single_class_gives_default(self) -> None:
+        assert choose_threshold(np.array([1, 1, 1]), np.array([0.2, 0.4, 0.9])) == 0.5
+
+    def test_constant_scores_give_default(self) -> None:
+        assert choose_threshold(np.array([0, 1, 0, 1]), np.full(4, 0.3)) == 0.5
+
+    def test_length_mismatch(self) -> None:
+        with pytest.raises(ValueError, match="differ in length: 2 vs 3"):
+            choose_threshold(np.array([0, 1]), np.array([0.1, 0.2, 0.3]))
+
+
+def _youden(labels: np.ndarray, scores: np.ndarray, t: float) -> float:
+    pred = scores >= t
+    sens = (pred & (labels == 1)).sum() / (labels == 1).sum()
+    spec = (~pred & (labels == 0)).sum() / (labels == 0).sum()
+    return float(sens + spec - 1)
+
+
+class TestBinaryMetrics:
+    def test_known_values(self) -> None:
+        labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+        scores = np.array([0.1, 0.4, 0.6, 0.2, 0.8, 0.3, 0.9, 0.7])
+        m = binary_metrics(labels, scores, threshold=0.5)
+        assert m["confusion_matrix"] == [[3, 1], [1, 3]]
+        assert m["accuracy"] == 0.75
+        assert m["sensitivity"] == 0.75
+        assert m["specificity"] == 0.75
+        assert m["precision"] == 0.75
+        assert m["n"] == 8 and m["n_positive"] == 4
+        assert m["auc"] == pytest.approx(roc_auc_score(labels, scores))
+
+    def test_threshold_changes_decisions(self) -> None:
+        labels = np.array([0, 1])
+        scores = np.array([0.3, 0.4])
+        assert binary_metrics(labels, scores, 0.5)["sensitivity"] == 0.0
+        assert binary_metrics(labels, scores, 0.35)["accuracy"] == 1.0
+
+    def test_auc_matches_sklearn_with_ties(self) -> None:
+        rng = np.random.default_rng(3)
+        labels = rng.integers(0, 2, 300)
+        scores = np.round(rng.random(300), 1)  # many ties
+        assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+
+    def test_single_class_auc_is_none(self) -> None:
+        m = binary_metrics(np.zeros(3), np.array([0.1, 0.2, 0.9]))
+        assert m["auc"] is None and m["sensitivity"] is None and m["specificity"] == 2 / 3
+
+    def test_roc_points_run_from_origin_to_one(self) -> None:
+        fpr, tpr = roc_curve_points(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.35]))
+        assert (fpr[0], tpr[0]) == (0, 0) and (fpr[-1], tpr[-1]) == (1, 1)
+        assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+
+
+def test_multiclass_per_class() -> None:
+    labels = np.array([0, 1, 2, 2])
+    probs = np.array(
+        [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]], dtype=np.float32
+    )
+    m = multiclass_metrics(labels, probs, ["a", "b", "c"])
+    assert m["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    assert m["accuracy"] == 0.75
+    assert m["per_class"]["c"]["sensitivity"] == 0.5
+    assert m["per_class"]["a"]["precision"] == 0.5
+    assert m["per_class"]["a"]["specificity"] == 2 / 3
+    assert m["threshold"] is None
+    assert classification_metrics(labels, probs, ["a", "b", "c"]) == m
+
+
+def test_multiclass_shape_error() -> None:
+    with pytest.raises(ValueError, match=r"must be \(N=2, C=3\); received \(2, 2\)"):
+        multiclass_metrics(np.array([0, 1]), np.zeros((2, 2)), ["a", "b", "c"])

@@ -1,0 +1,325 @@
+"""The training run's configuration: a frozen dataclass, from YAML/JSON, overridden by flags.
+
+Precedence, lowest to highest: the dataclass defaults, the config file (``--config``), the CLI
+flags. Every value is validated before any work starts; a bad value raises
+``models.errors.ConfigurationError`` with one line that names the field and quotes what was
+received, so ``radlens train`` stops at start-up with exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.errors import ConfigurationError
+
+ARCHITECTURE_NAMES = ("resnet50", "simple_cnn")
+FILTER_NAMES = ("sobel_h", "sobel_v", "blur", "outline")
+CLASS_WEIGHT_MODES = ("auto", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; written to ``<run dir>/config.json``.
+
+    Epochs: ``epochs_head`` is phase 1 (ResNet50: the head with the backbone frozen;
+    simple_cnn: the whole network, its only phase); ``epochs_finetune`` is phase 2 (ResNet50
+    only: the top ``unfreeze_blocks`` residual blocks unfrozen at ``learning_rate_finetune``).
+    """
+
+    data: str | None = None
+    architecture: str = "resnet50"
+    filters: tuple[str, ...] = ()
+    weights: str | None = None  # "imagenet", a local .h5/.weights.h5 path, or None
+    image_size: int = 224
+    window: str | None = None  # a models.preprocessing WINDOW_PRESETS name, or None
+    batch_size: int = 32
+    epochs_head: int = 5
+    epochs_finetune: int = 5
+    unfreeze_blocks: int = 3
+    learning_rate_head: float = 1e-3
+    learning_rate_finetune: float = 1e-5
+    dropout: float = 0.3
+    class_weights: str = "auto"  # "auto": inverse class frequency; "none"
+    early_stopping_patience: int = 5  # epochs without a val AUC gain; 0 turns it off
+    seed: int = 1234
+    deterministic: bool = False
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    runs_dir: str = "runs"
+    name: str = "radlens"
+    store: str | None = None  # None: models.registry.default_store_path()
+    description: str = ""
+    augment: bool = True
+    cache: bool = True
+    histogram_freq: int = 1
+    tensorboard_samples: int = 4  # sample inputs (and their filter responses) logged as images
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build a config from a mapping; unknown keys and bad values raise ConfigurationError."""
+        if not isinstance(values, Mapping):
+            raise ConfigurationError(
+                f"{source} must be a mapping of option names to values; "
+                f"received {type(values).__name__}: {values!r:.80}"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in values if k not in known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) in {source}: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                kwargs[f.name] = _coerce(f.name, values[f.name], source)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+        """Read a YAML or JSON config file, then apply ``overrides`` (``None`` values ignored)."""
+        values = read_config_file(path)
+        return cls.from_dict(values, source=str(path)).with_overrides(overrides or {})
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> TrainConfig:
+        """A copy with the given fields replaced; ``None`` means "not given" and is skipped."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        merged = self.to_dict()
+        merged.update(given)
+        return type(self).from_dict(merged, source="options")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def write_json(self, path: Path) -> None:
+        """Write the config as ``config.json`` (what ``radlens train --resume`` reads)."""
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The model input (H, W, 1)."""
+        return (self.image_size, self.image_size, 1)
+
+    @property
+    def two_phase(self) -> bool:
+        """ResNet50 is fine-tuned in two phases; simple_cnn trains in one."""
+        return self.architecture == "resnet50"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a ``.yaml``/``.yml``/``.json`` file into a dict, with typed errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigurationError(f"config file not found: '{p}'")
+    text = p.read_text(encoding="utf-8")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".json":
+            values = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            raise ConfigurationError(
+                f"config file must end in .yaml, .yml or .json; received '{p.name}'"
+            )
+    except (json.JSONDecodeError, ValueError) as exc:
+        if isinstance(exc, ConfigurationError):
+            raise
+        raise ConfigurationError(f"config file '{p}' is not valid JSON: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigurationError(
+            f"config file '{p}' could not be parsed: {' '.join(str(exc).split())}"
+        ) from exc
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigurationError(
+            f"config file '{p}' must hold a mapping of options; received {type(values).__name__}"
+        )
+    return values
+
+
+# --- coercion and validation ----------------------------------------------------------------
+
+_INT_FIELDS = {
+    "image_size",
+    "batch_size",
+    "epochs_head",
+    "epochs_finetune",
+    "unfreeze_blocks",
+    "early_stopping_patience",
+    "seed",
+    "histogram_freq",
+    "tensorboard_samples",
+}
+_FLOAT_FIELDS = {
+    "learning_rate_head",
+    "learning_rate_finetune",
+    "dropout",
+    "val_fraction",
+    "test_fraction",
+}
+_BOOL_FIELDS = {"deterministic", "augment", "cache"}
+_OPTIONAL_STR_FIELDS = {"data", "weights", "window", "store"}
+_STR_FIELDS = {"architecture", "class_weights", "runs_dir", "name", "description"}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a file/CLI value into the field's type, or raise quoting it."""
+
+    def bad(expected: str) -> ConfigurationError:
+        return ConfigurationError(f"{name} must be {expected}; received {value!r} (in {source})")
+
+    if name in _INT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise bad("an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise bad("an integer") from None
+    if name in _FLOAT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise bad("a number")
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad("a number") from None
+        if not math.isfinite(number):
+            raise bad("a finite number")
+        return number
+    if name in _BOOL_FIELDS:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad("true or false")
+    if name in _OPTIONAL_STR_FIELDS:
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        if isinstance(value, Path):
+            return str(value)
+        if not isinstance(value, str):
+            raise bad("a string or null")
+        return value
+    if name in _STR_FIELDS:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if name == "filters":
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            raise bad("a list of filter names or a comma-separated string")
+        if not all(isinstance(v, str) for v in items):
+            raise bad("a list of filter names")
+        return tuple(items)
+    raise ConfigurationError(f"unknown option {name!r} (in {source})")  # pragma: no cover
+
+
+def _validate(cfg: TrainConfig) -> None:
+    def bad(field_name: str, expected: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"{field_name} must be {expected}; received {getattr(cfg, field_name)!r}"
+        )
+
+    if cfg.architecture not in ARCHITECTURE_NAMES:
+        raise bad("architecture", f"one of {', '.join(ARCHITECTURE_NAMES)}")
+    unknown = [f for f in cfg.filters if f not in FILTER_NAMES]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown filter(s) {', '.join(repr(u) for u in unknown)}; "
+            f"known: {', '.join(FILTER_NAMES)}; received filters={list(cfg.filters)!r}"
+        )
+    if len(set(cfg.filters)) != len(cfg.filters):
+        raise bad("filters", "a list without repeats")
+    if cfg.weights is not None:
+        if cfg.architecture != "resnet50":
+            raise ConfigurationError(
+                f"weights apply to resnet50 only; received weights={cfg.weights!r} "
+                f"with architecture={cfg.architecture!r}"
+            )
+        if cfg.weights != "imagenet" and not cfg.weights.endswith(".h5"):
+            raise bad("weights", "'imagenet', a path to a .h5/.weights.h5 file, or none")
+    if not 32 <= cfg.image_size <= 1024:
+        raise bad("image_size", "an integer from 32 to 1024 (pixels per side)")
+    if cfg.batch_size < 1:
+        raise bad("batch_size", "a positive integer")
+    for name in ("epochs_head", "epochs_finetune"):
+        if getattr(cfg, name) < 0:
+            raise bad(name, "0 or more")
+    if cfg.epochs_head + (cfg.epochs_finetune if cfg.two_phase else 0) < 1:
+        raise ConfigurationError(
+            f"the run would train for no epoch; received epochs_head={cfg.epochs_head}, "
+            f"epochs_finetune={cfg.epochs_finetune}, architecture={cfg.architecture!r}"
+        )
+    if not 0 <= cfg.unfreeze_blocks <= 16:
+        raise bad("unfreeze_blocks", "from 0 to 16 (ResNet50 has 16 residual blocks)")
+    for name in ("learning_rate_head", "learning_rate_finetune"):
+        value = getattr(cfg, name)
+        if not 0 < value < 1:
+            raise bad(name, "a number between 0 and 1 (exclusive)")
+    if not 0 <= cfg.dropout < 1:
+        raise bad("dropout", "from 0 up to (not including) 1")
+    if cfg.class_weights not in CLASS_WEIGHT_MODES:
+        raise bad("class_weights", "'auto' or 'none'")
+    if cfg.early_stopping_patience < 0:
+        raise bad("early_stopping_patience", "0 (off) or more")
+    if cfg.seed < 0:
+        raise bad("seed", "0 or more")
+    for name in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise bad(name, "from 0 up to (not including) 1")
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise ConfigurationError(
+            "val_fraction + test_fraction must leave data to train on; received "
+            f"val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction}"
+        )
+    if not cfg.name or not all(c.isalnum() or c in "-_." for c in cfg.name):
+        raise bad("name", "letters, digits, '-', '_' or '.' (it names the run and the model)")
+    if not cfg.runs_dir:
+        raise bad("runs_dir", "a directory path")
+    if cfg.histogram_freq < 0:
+        raise bad("histogram_freq", "0 (off) or more")
+    if not 0 <= cfg.tensorboard_samples <= 64:
+        raise bad("tensorboard_samples", "from 0 to 64")
+    if cfg.window is not None:
+        _validate_window(cfg.window)
+
+
+def _validate_window(window: str) -> None:
+    """Check the window preset against models.preprocessing once that module is present."""
+    try:
+        from models.preprocessing import WINDOW_PRESETS
+    except ModuleNotFoundError as exc:  # preprocessing not installed yet: nothing to check
+        if exc.name != "models.preprocessing":
+            raise
+        return
+    if window not in WINDOW_PRESETS:
+        raise ConfigurationError(
+            f"window must be one of {', '.join(sorted(WINDOW_PRESETS))} or none; "
+            f"received {window!r}"
+        )
