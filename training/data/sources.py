@@ -1,0 +1,616 @@
+"""Training data sources: a folder of class sub-folders, a CSV manifest, or a MedMNIST .npz.
+
+Every source is opened into one :class:`DataSource`: ``class_names``, a list of
+:class:`Example` (a key, an integer label, an optional patient id and an optional given
+split) and the files that were skipped, with the reason. Pixels are always produced by
+``models.preprocessing`` -- the same call the service makes -- so training and serving see
+identical arrays for the same file.
+
+Folder layout
+    ``ROOT/<class>/.../<file>``: the class names are the sorted names of the direct
+    sub-folders of ROOT (hidden ones ignored); files may sit at any depth below their class
+    folder. Every non-hidden file is recognised **by content** (DICOM ``DICM`` magic at
+    byte 128, the PNG signature, the JPEG SOI marker); a ``.dcm``/``.dicom`` file without
+    the ``DICM`` preamble is accepted when pydicom can parse its header. A file that is not
+    recognised, or whose header is unusable (no pixel data, zero-size image), is reported
+    as a :class:`SkippedFile` and left out -- it never stops the scan. Hidden files and
+    folders (a leading ``.``) are ignored silently.
+
+CSV manifest
+    Columns ``path`` and ``label`` (required), ``patient_id`` and ``split`` (optional);
+    paths are relative to the CSV's folder. Labels are class names, or -- when every label
+    is an integer -- class indices 0..K-1, named from a ``label_name`` column when present,
+    else ``class_0``, ``class_1``, .... Split values ``train``, ``val`` (also ``valid``,
+    ``validation``), ``test``; an empty cell means "not assigned".
+
+MedMNIST .npz
+    Keys ``train_images``/``train_labels`` and optionally ``val_*`` and ``test_*`` (labels
+    of shape (N, 1) or (N,)); the key of an example is ``npz:<split>:<index>``. Class names
+    default to ``class_0``.. unless ``class_names=`` is given.
+
+Layout problems (a path that does not exist, an empty class folder, a single class, a
+missing label column, an unknown label) raise :class:`models.errors.ConfigurationError`
+at :func:`open_source` time, with a one-line message naming the problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from models.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+SourceKind = Literal["folder", "csv", "npz"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+IMAGE_EXTENSIONS = frozenset({".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""})
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled image: ``key`` is a file path or ``"npz:<split>:<index>"``."""
+
+    key: str
+    label: int
+    patient_id: str | None = None
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of a data set, and why (for the CLI to print)."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class DataSource:
+    """A labelled data set: class names, examples and the files that were skipped."""
+
+    class_names: list[str]
+    examples: list[Example]
+    kind: SourceKind
+    root: Path
+    skipped: list[SkippedFile] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self, examples: Iterable[Example] | None = None) -> dict[str, int]:
+        """Images per class name (of ``examples``, default all)."""
+        counts = Counter(e.label for e in (self.examples if examples is None else examples))
+        return {name: counts.get(i, 0) for i, name in enumerate(self.class_names)}
+
+    def raw_array(self, example: Example) -> np.ndarray:
+        """The stored 2-D pixel array of an npz example (uint8/uint16 gray)."""
+        split, index = _parse_npz_key(example.key)
+        images = self.arrays.get(split)
+        if images is None or not 0 <= index < len(images):
+            raise ConfigurationError(f"no such npz example: {example.key!r}")
+        return np.asarray(images[index])
+
+    def read_bytes(self, example: Example) -> bytes:
+        """The file bytes of a folder/CSV example (what a client would upload)."""
+        if self.kind == "npz":
+            raise ConfigurationError(f"npz examples have no file bytes: {example.key!r}")
+        return Path(example.key).read_bytes()
+
+    def load_pixels(
+        self,
+        example: Example,
+        *,
+        size: int | tuple[int, int] | None,
+        window: str | None = None,
+    ) -> np.ndarray:
+        """Model-ready pixels, float32 (H, W, 1) in [0, 1], via ``models.preprocessing``.
+
+        Files go through ``preprocess(bytes, size=, window=).model_input()`` -- the exact
+        call the service makes. npz arrays go through ``preprocess_array(array, size=)``,
+        which is defined to equal ``preprocess`` of the PNG bytes of the array; ``window``
+        (a CT window preset in HU) does not apply to these 8/16-bit gray arrays and is
+        ignored for them.
+
+        Raises:
+            models.errors.PreprocessingError: the file could not be decoded.
+            OSError: the file could not be read.
+        """
+        from models import preprocessing
+
+        hw = as_size(size)
+        if self.kind == "npz":
+            pixels = preprocessing.preprocess_array(self.raw_array(example), size=hw)
+            return np.asarray(pixels, dtype=np.float32)[..., np.newaxis]
+        image = preprocessing.preprocess(self.read_bytes(example), size=hw, window=window)
+        return np.asarray(image.model_input(), dtype=np.float32)
+
+
+def as_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``64`` or ``(64, 64)`` -> ``(height, width)``; None stays None."""
+    if size is None:
+        return None
+    if isinstance(size, int | np.integer):
+        hw = (int(size), int(size))
+    else:
+        values = tuple(int(v) for v in size)
+        if len(values) != 2:
+            raise ConfigurationError(f"size must be an int or (height, width); got {size!r}")
+        hw = (values[0], values[1])
+    if hw[0] < 1 or hw[1] < 1:
+        raise ConfigurationError(f"size must be positive; got {size!r}")
+    return hw
+
+
+# --- opening -----------------------------------------------------------------------------
+
+
+def open_source(
+    path: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    validate: bool = True,
+) -> DataSource:
+    """Open a folder of class sub-folders, a ``.csv`` manifest or a ``.npz`` file.
+
+    Args:
+        path: the folder, CSV or npz file.
+        class_names: CSV: the allowed labels, in index order (an unlisted label is an
+            error); npz: names for label 0, 1, ... (default ``class_0``, ...). Folders take
+            their class names from the sub-folder names and refuse this argument.
+        validate: read each file's header at scan time (cheap) and skip files that cannot
+            be images. When False, every candidate file is kept and unreadable ones are
+            skipped during decoding instead.
+
+    Raises:
+        models.errors.ConfigurationError: the path does not exist, or the layout or labels
+            are unusable (the message names the problem).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ConfigurationError(f"data path does not exist: {str(p)!r}")
+    if p.is_dir():
+        if class_names is not None:
+            raise ConfigurationError(
+                f"a folder source takes its class names from its sub-folders; "
+                f"do not pass class_names={list(class_names)!r}"
+            )
+        source = _open_folder(p, validate=validate)
+    elif p.suffix.lower() == ".csv":
+        source = _open_csv(p, class_names=class_names, validate=validate)
+    elif p.suffix.lower() == ".npz":
+        source = _open_npz(p, class_names=class_names)
+    else:
+        raise ConfigurationError(
+            f"data path must be a folder, a .csv manifest or a .npz file; got {str(p)!r}"
+        )
+    if source.skipped:
+        logger.warning("%d file(s) skipped in %s", len(source.skipped), p)
+    return source
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _open_folder(root: Path, *, validate: bool) -> DataSource:
+    class_dirs = sorted(
+        (d for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name)),
+        key=lambda d: d.name,
+    )
+    if len(class_dirs) < 2:
+        found = [d.name for d in class_dirs]
+        raise ConfigurationError(
+            f"a folder data set needs at least 2 class sub-folders; {str(root)!r} has {found!r}"
+        )
+    examples: list[Example] = []
+    skipped: list[SkippedFile] = []
+    for label, class_dir in enumerate(class_dirs):
+        found_any = False
+        for file in _walk_files(class_dir):
+            reason = _probe_file(file) if validate else _probe_kind_only(file)
+            if reason is not None:
+                skipped.append(SkippedFile(str(file), reason))
+                logger.warning("skipping %s: %s", file, reason)
+                continue
+            found_any = True
+            examples.append(Example(key=str(file), label=label))
+        if not found_any:
+            raise ConfigurationError(
+                f"class folder {str(class_dir)!r} contains no readable DICOM/PNG/JPEG image"
+            )
+    return DataSource(
+        class_names=[d.name for d in class_dirs],
+        examples=examples,
+        kind="folder",
+        root=root,
+        skipped=skipped,
+    )
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        files.extend(Path(dirpath) / f for f in sorted(filenames) if not _is_hidden(f))
+    return files
+
+
+def sniff_format(head: bytes) -> str | None:
+    """``"dicom"``, ``"png"``, ``"jpeg"`` from a file's first 132 bytes, else None."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    if head.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    return None
+
+
+def _probe_kind_only(path: Path) -> str | None:
+    """Reason to skip ``path`` judged by its first bytes only, or None."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if sniff_format(head) is None and path.suffix.lower() not in DICOM_EXTENSIONS:
+        return f"not a DICOM, PNG or JPEG file (starts with {head[:8]!r})"
+    return None
+
+
+def _probe_file(path: Path) -> str | None:
+    """Reason to skip ``path`` after a cheap header read, or None when it looks usable."""
+    reason = _probe_kind_only(path)
+    if reason is not None:
+        return reason
+    with path.open("rb") as fh:
+        kind = sniff_format(fh.read(132))
+    if kind in (None, "dicom"):
+        return _probe_dicom(path)
+    return _probe_raster(path)
+
+
+def _probe_dicom(path: Path) -> str | None:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        # defer_size: large values (the pixel data) are not read, only located.
+        ds = pydicom.dcmread(path, defer_size=1024, force=path.suffix.lower() in DICOM_EXTENSIONS)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        return f"not a readable DICOM file ({type(exc).__name__}: {exc})"
+    has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    if not has_pixels:
+        return "DICOM file has no pixel data"
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows < 1 or cols < 1:
+        return f"DICOM image has zero size ({rows}x{cols})"
+    return None
+
+
+def _probe_raster(path: Path) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:  # reads the header only
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return f"not a readable PNG/JPEG file ({type(exc).__name__}: {exc})"
+    if width < 1 or height < 1:
+        return f"image has zero size ({width}x{height})"
+    return None
+
+
+def _normalise_split(value: str | None, *, where: str) -> str | None:
+    if value is None or not value.strip():
+        return None
+    split = SPLIT_ALIASES.get(value.strip().lower())
+    if split is None:
+        raise ConfigurationError(
+            f"unknown split {value!r} at {where}; use one of train, val (valid), test"
+        )
+    return split
+
+
+def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bool) -> DataSource:
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
+    for required in ("path", "label"):
+        if required not in columns:
+            raise ConfigurationError(
+                f"CSV manifest {str(csv_path)!r} has no {required!r} column; columns: {columns!r}"
+            )
+    if not rows:
+        raise ConfigurationError(f"CSV manifest {str(csv_path)!r} has no rows")
+
+    names, label_of = _csv_labels(csv_path, rows, class_names)
+    base = csv_path.parent
+    examples: list[Example] = []
+    skipped: list[SkippedFile] = []
+    for line, row in enumerate(rows, start=2):
+        where = f"{csv_path.name} line {line}"
+        rel = row["path"].strip()
+        if not rel:
+            raise ConfigurationError(f"empty path at {where}")
+        file = Path(rel) if Path(rel).is_absolute() else base / rel
+        reason: str | None = "file does not exist"
+        if file.is_file():
+            reason = _probe_file(file) if validate else _probe_kind_only(file)
+        if reason is not None:
+            skipped.append(SkippedFile(str(file), reason))
+            logger.warning("skipping %s: %s", file, reason)
+            continue
+        patient = row.get("patient_id", "").strip() or None
+        split = _normalise_split(row.get("split"), where=where)
+        examples.append(Example(str(file), label_of(row, where), patient, split))
+
+    source = DataSource(names, examples, "csv", csv_path, skipped)
+    _check_classes(source, str(csv_path))
+    return source
+
+
+def _csv_labels(
+    csv_path: Path, rows: list[dict[str, str]], class_names: Sequence[str] | None
+) -> tuple[list[str], Any]:
+    """Class names for a manifest, and a function row -> label index."""
+    raw = [r["label"].strip() for r in rows]
+    for line, value in enumerate(raw, start=2):
+        if not value:
+            raise ConfigurationError(f"empty label at {csv_path.name} line {line}")
+    all_int = all(v.lstrip("-").isdigit() for v in raw)
+
+    if class_names is not None:
+        names = list(class_names)
+        index = {n: i for i, n in enumerate(names)}
+
+        def by_given(row: dict[str, str], where: str) -> int:
+            value = row["label"].strip()
+            if value in index:
+                return index[value]
+            if value.lstrip("-").isdigit() and 0 <= int(value) < len(names):
+                return int(value)
+            raise ConfigurationError(f"unknown label {value!r} at {where}; classes are {names!r}")
+
+        return names, by_given
+
+    if all_int:
+        values = sorted({int(v) for v in raw})
+        if values[0] < 0:
+            raise ConfigurationError(
+                f"integer labels must be class indices >= 0; got {values[0]} in {csv_path.name}"
+            )
+        n = values[-1] + 1
+        names = [f"class_{i}" for i in range(n)]
+        if "label_name" in rows[0]:
+            seen: dict[int, set[str]] = defaultdict(set)
+            for r in rows:
+                if r.get("label_name", "").strip():
+                    seen[int(r["label"])].add(r["label_name"].strip())
+            if all(len(seen.get(i, ())) == 1 for i in range(n)):
+                names = [next(iter(seen[i])) for i in range(n)]
+
+        def by_index(row: dict[str, str], where: str) -> int:
+            return int(row["label"].strip())
+
+        return names, by_index
+
+    names = sorted(set(raw))
+    index = {n: i for i, n in enumerate(names)}
+
+    def by_name(row: dict[str, str], where: str) -> int:
+        return index[row["label"].strip()]
+
+    return names, by_name
+
+
+def _open_npz(path: Path, *, class_names: Sequence[str] | None) -> DataSource:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ConfigurationError(f"cannot read npz file {str(path)!r}: {exc}") from exc
+    with data:
+        keys = set(data.files)
+        if "train_images" not in keys or "train_labels" not in keys:
+            raise ConfigurationError(
+                f"npz file {str(path)!r} needs train_images and train_labels; has {sorted(keys)!r}"
+            )
+        arrays: dict[str, np.ndarray] = {}
+        labels: dict[str, np.ndarray] = {}
+        for split in SPLITS:
+            if f"{split}_images" not in keys:
+                continue
+            images = np.asarray(data[f"{split}_images"])
+            raw = np.asarray(data[f"{split}_labels"]) if f"{split}_labels" in keys else None
+            if raw is None:
+                raise ConfigurationError(f"npz file {str(path)!r} has {split}_images but no labels")
+            if images.ndim == 4 and images.shape[-1] == 1:
+                images = images[..., 0]
+            if images.ndim != 3:
+                raise ConfigurationError(
+                    f"{split}_images must be (N, H, W) gray; got shape {images.shape}"
+                )
+            if raw.ndim == 2 and raw.shape[1] == 1:
+                raw = raw[:, 0]
+            if raw.ndim != 1 or len(raw) != len(images):
+                raise ConfigurationError(
+                    f"{split}_labels must be (N,) or (N, 1) with N={len(images)}; "
+                    f"got shape {raw.shape}"
+                )
+            arrays[split] = images
+            labels[split] = raw.astype(np.int64)
+    observed = sorted({int(v) for lab in labels.values() for v in lab})
+    if observed and observed[0] < 0:
+        raise ConfigurationError(f"npz labels must be >= 0; found {observed[0]}")
+    n = max(observed[-1] + 1 if observed else 0, len(class_names or ()))
+    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(n)]
+    if observed and observed[-1] >= len(names):
+        raise ConfigurationError(
+            f"unknown label {observed[-1]} in {str(path)!r}; class_names has {len(names)} names"
+        )
+    examples = [
+        Example(f"npz:{split}:{i}", int(lab), None, split)
+        for split in SPLITS
+        if split in labels
+        for i, lab in enumerate(labels[split])
+    ]
+    source = DataSource(names, examples, "npz", path, [], arrays)
+    _check_classes(source, str(path))
+    return source
+
+
+def _parse_npz_key(key: str) -> tuple[str, int]:
+    parts = key.split(":")
+    if len(parts) != 3 or parts[0] != "npz" or not parts[2].isdigit():
+        raise ConfigurationError(f"not an npz example key: {key!r}")
+    return parts[1], int(parts[2])
+
+
+def _check_classes(source: DataSource, where: str) -> None:
+    if len(source.class_names) < 2:
+        raise ConfigurationError(
+            f"a data set needs at least 2 classes; {where!r} has {source.class_names!r}"
+        )
+    counts = source.class_counts()
+    present = [name for name, c in counts.items() if c > 0]
+    if len(present) < 2:
+        raise ConfigurationError(
+            f"a data set needs images of at least 2 classes; {where!r} has only {present!r}"
+        )
+
+
+# --- splits ------------------------------------------------------------------------------
+
+
+def split_source(
+    source: DataSource,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    keep_given: bool = True,
+) -> dict[str, list[Example]]:
+    """Split examples into ``train``/``val``/``test`` (always all three keys).
+
+    Given splits (CSV ``split`` column, npz keys) are kept when ``keep_given``; examples
+    without one are assigned here. Assignment is by **patient** when patient ids exist (all
+    images of a patient land in one split; a patient who already has a given split joins
+    it), otherwise per image. Groups are shuffled with ``seed`` and allocated per label
+    (stratified by the group's majority label) so each split gets about the requested
+    fraction of each class's images. The same inputs and seed always give the same splits.
+
+    Raises:
+        models.errors.ConfigurationError: fractions outside [0, 1) or summing to >= 1.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigurationError(f"{name} must be in [0, 1); got {value!r}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigurationError(
+            f"val_fraction + test_fraction must be < 1; got {val_fraction} + {test_fraction}"
+        )
+    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    pending: list[Example] = []
+    for ex in source.examples:
+        if keep_given and ex.split is not None:
+            splits[ex.split].append(ex)
+        else:
+            pending.append(ex)
+    if not pending:
+        return splits
+
+    # a patient seen in exactly one given split follows it
+    given_split_of: dict[str, set[str]] = defaultdict(set)
+    for split, items in splits.items():
+        for ex in items:
+            if ex.patient_id is not None:
+                given_split_of[ex.patient_id].add(split)
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for ex in pending:
+        pid = ex.patient_id
+        if pid is not None and len(given_split_of.get(pid, ())) == 1:
+            splits[next(iter(given_split_of[pid]))].append(ex)
+            continue
+        groups[f"p:{pid}" if pid is not None else f"k:{ex.key}"].append(ex)
+
+    by_label: dict[int, list[str]] = defaultdict(list)
+    for gid in sorted(groups):
+        labels = Counter(e.label for e in groups[gid])
+        majority = min(labels, key=lambda lab: (-labels[lab], lab))
+        by_label[majority].append(gid)
+    rng = random.Random(seed)
+    for label in sorted(by_label):
+        gids = by_label[label]
+        rng.shuffle(gids)
+        total = sum(len(groups[g]) for g in gids)
+        targets = {"test": test_fraction * total, "val": val_fraction * total}
+        filled = {"test": 0, "val": 0}
+        for gid in gids:
+            size = len(groups[gid])
+            dest = "train"
+            for split in ("test", "val"):
+                if filled[split] + size / 2 <= targets[split]:
+                    dest = split
+                    break
+            if dest != "train":
+                filled[dest] += size
+            splits[dest].extend(groups[gid])
+    for split in SPLITS:
+        splits[split].sort(key=lambda e: e.key)
+    return splits
+
+
+def leakage_report(splits: Mapping[str, Iterable[Example]]) -> dict[str, list[str]]:
+    """Patient ids found in more than one split: ``{patient_id: [split, ...]}``.
+
+    Examples without a patient id are not considered. An empty dict means no leakage.
+    """
+    seen: dict[str, set[str]] = defaultdict(set)
+    for split, examples in splits.items():
+        for ex in examples:
+            if ex.patient_id is not None:
+                seen[ex.patient_id].add(split)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return {
+        pid: sorted(found, key=lambda s: (order.get(s, len(order)), s))
+        for pid, found in sorted(seen.items())
+        if len(found) > 1
+    }
+
+
+def split_counts(splits: Mapping[str, Sequence[Example]]) -> dict[str, int]:
+    """Number of examples per split."""
+    return {name: len(items) for name, items in splits.items()}
