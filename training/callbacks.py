@@ -1,0 +1,277 @@
+"""TensorBoard for a training run: Keras' own callback plus the extras the course teaches.
+
+``tensorboard_callbacks(log_dir, ...)`` returns the callbacks that together own ``log_dir``:
+
+- ``keras.callbacks.TensorBoard``: scalars for train and validation (loss, every compiled
+  metric, the learning rate), the conceptual Keras model graph (``write_graph``), weight
+  histograms and distributions (``histogram_freq``);
+- :class:`ModelGraphCallback` (``log_dir/graph``): the op-level graph of the model's forward
+  pass (Keras 3 writes only the conceptual graph for its own train function);
+- :class:`SampleImagesCallback` (``log_dir/images``): sample inputs exactly as the model sees
+  them, and the classic filter responses of those samples (``models.ops.apply_filter``);
+- :class:`EvaluationFiguresCallback` (``log_dir/validation_figures``): a confusion matrix and
+  a ROC curve on the validation data each epoch, drawn with matplotlib (Agg) to PNG and logged
+  with ``tf.summary.image``;
+- :class:`HParamsCallback` (``log_dir``): the hparams dashboard (run hyperparameters and the
+  validation metrics it should show).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.metrics import DEFAULT_THRESHOLD, classification_metrics, roc_curve_points
+
+HPARAM_METRICS = ("epoch_auc", "epoch_accuracy", "epoch_loss")
+
+
+def tensorboard_callbacks(
+    log_dir: Path,
+    *,
+    validation: tuple[np.ndarray, np.ndarray],
+    class_names: Sequence[str],
+    hparams: Mapping[str, Any],
+    histogram_freq: int = 1,
+    samples: int = 4,
+) -> list[keras.callbacks.Callback]:
+    """All TensorBoard callbacks of a run, writing under ``log_dir``.
+
+    Args:
+        log_dir: the run's ``tensorboard/`` directory.
+        validation: (inputs (N, H, W, 1) float32, integer labels (N,)) used for the figures.
+        class_names: class names in label order.
+        hparams: hyperparameters for the hparams dashboard (str/bool/int/float values).
+        histogram_freq: epochs between weight histograms (0 = none).
+        samples: how many validation inputs to log as images (0 = none).
+    """
+    log_dir = Path(log_dir)
+    x_val, y_val = validation
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.TensorBoard(
+            log_dir=str(log_dir),
+            histogram_freq=histogram_freq,
+            write_graph=True,
+            update_freq="epoch",
+        ),
+        HParamsCallback(log_dir, hparams),
+        ModelGraphCallback(log_dir / "graph"),
+        EvaluationFiguresCallback(log_dir / "validation_figures", x_val, y_val, class_names),
+    ]
+    if samples > 0:
+        callbacks.append(SampleImagesCallback(log_dir / "images", x_val[:samples]))
+    return callbacks
+
+
+class SampleImagesCallback(keras.callbacks.Callback):
+    """Logs sample inputs and their classic filter responses once, when training begins."""
+
+    def __init__(self, log_dir: Path, inputs: np.ndarray) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.inputs = np.asarray(inputs, dtype=np.float32)
+        self._written = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._written or len(self.inputs) == 0:
+            return
+        from models.ops import FILTER_NAMES, apply_filter
+
+        writer = tf.summary.create_file_writer(str(self.log_dir))
+        with writer.as_default():
+            tf.summary.image(
+                "inputs/as_model_sees_them",
+                np.clip(self.inputs, 0.0, 1.0),
+                step=0,
+                max_outputs=len(self.inputs),
+            )
+            for name in FILTER_NAMES:
+                responses = np.stack(
+                    [_to_unit(apply_filter(img[..., 0], name)) for img in self.inputs]
+                )[..., None].astype(np.float32)
+                tf.summary.image(f"filters/{name}", responses, step=0, max_outputs=len(self.inputs))
+        writer.flush()
+        writer.close()
+        self._written = True
+
+
+class ModelGraphCallback(keras.callbacks.Callback):
+    """Writes the op graph of ``model(x, training=False)`` once, when training begins."""
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._written = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._written:
+            return
+        model = self.model
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        forward = tf.function(lambda x: model(x, training=False))
+        graph = forward.get_concrete_function(spec).graph
+        writer = tf.summary.create_file_writer(str(self.log_dir))
+        with writer.as_default():
+            tf.summary.graph(graph)
+        writer.flush()
+        writer.close()
+        self._written = True
+
+
+class EvaluationFiguresCallback(keras.callbacks.Callback):
+    """Confusion matrix and ROC curve on the validation data, one PNG each per epoch."""
+
+    def __init__(
+        self, log_dir: Path, inputs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+    ) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.inputs = inputs
+        self.labels = np.asarray(labels).astype(np.int64)
+        self.class_names = list(class_names)
+        self._writer: Any = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if len(self.inputs) == 0:
+            return
+        probabilities = self.model.predict(self.inputs, verbose=0, batch_size=64)
+        metrics = classification_metrics(
+            self.labels, probabilities, self.class_names, DEFAULT_THRESHOLD
+        )
+        cm_png = confusion_matrix_png(
+            np.asarray(metrics["confusion_matrix"]), self.class_names, title=f"epoch {epoch + 1}"
+        )
+        images = [("confusion_matrix", cm_png)]
+        if len(self.class_names) == 2:
+            images.append(
+                (
+                    "roc_curve",
+                    roc_curve_png(self.labels, probabilities[:, 1], metrics["auc"], epoch + 1),
+                )
+            )
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        with self._writer.as_default():
+            for tag, png in images:
+                tf.summary.image(f"validation/{tag}", png_to_batch(png), step=epoch)
+        self._writer.flush()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class HParamsCallback(keras.callbacks.Callback):
+    """Writes the hparams dashboard's experiment config and this run's values at train begin."""
+
+    def __init__(self, log_dir: Path, hparams: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.hparams = {k: _hparam_value(v) for k, v in hparams.items()}
+        self._written = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._written:
+            return
+        from tensorboard.plugins.hparams import api as hp
+
+        writer = tf.summary.create_file_writer(str(self.log_dir))
+        with writer.as_default():
+            hp.hparams_config(
+                hparams=[hp.HParam(name) for name in self.hparams],
+                metrics=[
+                    hp.Metric(tag, group=group, display_name=f"{tag[6:]} ({group})")
+                    for tag in HPARAM_METRICS
+                    for group in ("validation", "train")
+                ],
+            )
+            hp.hparams(self.hparams)
+        writer.flush()
+        writer.close()
+        self._written = True
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+def confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], *, title: str = "") -> bytes:
+    """A confusion matrix (rows = truth, columns = prediction) as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 4), dpi=80)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(cm, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, labels=list(class_names), rotation=30)
+    ax.set_yticks(ticks, labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix {title}".strip())
+    threshold = cm.max() / 2.0 if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            colour = "white" if cm[i, j] > threshold else "black"
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=colour)
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def roc_curve_png(
+    labels: np.ndarray, scores: np.ndarray, auc: float | None, epoch: int | None = None
+) -> bytes:
+    """The ROC curve of the positive-class scores as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fpr, tpr = roc_curve_points(labels, scores)
+    fig = Figure(figsize=(4, 4), dpi=80)
+    ax = fig.add_subplot(1, 1, 1)
+    label = "AUC n/a" if auc is None else f"AUC {auc:.3f}"
+    ax.plot(fpr, tpr, label=label)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC" if epoch is None else f"ROC, epoch {epoch}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def png_to_batch(png: bytes) -> tf.Tensor:
+    """PNG bytes -> a (1, H, W, 4) uint8 tensor for tf.summary.image."""
+    return tf.expand_dims(tf.image.decode_png(png, channels=4), 0)
+
+
+def _figure_png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _to_unit(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(x)), float(np.max(x))
+    return np.zeros_like(x) if hi <= lo else (x - lo) / (hi - lo)
+
+
+def _hparam_value(value: Any) -> bool | int | float | str:
+    if isinstance(value, bool | int | float | str):
+        return value
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) or "none"
+    return str(value)
