@@ -1,0 +1,163 @@
+"""radlens's Keras layers: the fixed filter bank and the in-graph input adapters.
+
+Every layer is registered with ``keras.saving.register_keras_serializable(package="radlens")``,
+so a ``model.keras`` that uses them loads anywhere this module has been imported
+(``models.registry`` imports it before loading). They have no trainable weights and keep
+the model self-describing: it takes a gray float image in [0, 1] — exactly
+``PreprocessedImage.model_input()`` — and does its own channel replication and ResNet
+normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops as K
+
+from models.errors import ConfigurationError
+from models.ops import FILTER_NAMES, KERNELS
+
+__all__ = ["FixedFilterBank", "GrayToRGB", "ResNetPreprocess"]
+
+# keras.applications.resnet50.preprocess_input ("caffe" mode) on 0..255 RGB: flip RGB->BGR,
+# subtract the ImageNet BGR channel means, no scaling.
+IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
+
+
+def _filter_names(filters: Any) -> tuple[str, ...]:
+    if isinstance(filters, str) or not isinstance(filters, Sequence):
+        raise TypeError(
+            f"filters must be a sequence of filter names, e.g. ('sobel_h', 'blur'). "
+            f"Received: {filters!r}"
+        )
+    names = tuple(filters)
+    for name in names:
+        if not isinstance(name, str) or name not in KERNELS:
+            raise ConfigurationError(
+                f"unknown filter {name!r}; valid filters: {', '.join(FILTER_NAMES)}"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"filters must not repeat. Received: {list(names)!r}")
+    return names
+
+
+@keras.saving.register_keras_serializable(package="radlens")
+class FixedFilterBank(keras.layers.Layer):
+    """Apply the course's classic 3x3 filters to a gray image, as fixed extra channels.
+
+    ``(B, H, W, 1) -> (B, H, W, k + keep_input)``: channel 0 is the input itself when
+    ``keep_input`` is True, then one channel per filter in the order given. The filters are
+    applied as a 'same', stride-1 cross-correlation with zero padding — exactly
+    ``models.ops.conv2d(x, KERNELS[name], padding="same")``. The kernels are constants, not
+    weights: nothing here trains and nothing is saved but the config.
+
+    Args:
+        filters: names from ``models.ops.FILTER_NAMES`` (at least one unless keep_input).
+        keep_input: also pass the unfiltered image through as the first channel.
+        **kwargs: the usual ``keras.layers.Layer`` arguments (``name``, ``dtype``...).
+
+    Raises:
+        TypeError: ``filters`` is not a sequence of strings.
+        ConfigurationError: an unknown or repeated filter name, or no output channel at all.
+    """
+
+    def __init__(
+        self, filters: Sequence[str] = FILTER_NAMES, keep_input: bool = True, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.filter_names = _filter_names(filters)
+        if not isinstance(keep_input, bool):
+            raise TypeError(f"keep_input must be True or False. Received: {keep_input!r}")
+        if not self.filter_names and not keep_input:
+            raise ConfigurationError(
+                "FixedFilterBank needs at least one filter or keep_input=True. "
+                "Received: filters=(), keep_input=False"
+            )
+        self.keep_input = keep_input
+        # (3, 3, 1, k): a Conv2D-shaped kernel, one output channel per filter
+        stacked = (
+            np.stack([KERNELS[n] for n in self.filter_names], axis=-1)
+            if self.filter_names
+            else None
+        )
+        self._kernel = None if stacked is None else stacked[:, :, np.newaxis, :]
+
+    @property
+    def output_channels(self) -> int:
+        """Number of channels this layer outputs."""
+        return len(self.filter_names) + int(self.keep_input)
+
+    def build(self, input_shape: Any) -> None:
+        if len(input_shape) != 4 or input_shape[-1] != 1:
+            raise ValueError(
+                f"FixedFilterBank takes gray images (batch, H, W, 1). "
+                f"Received input shape {tuple(input_shape)}"
+            )
+        super().build(input_shape)
+
+    def call(self, inputs: Any) -> Any:
+        parts = [inputs] if self.keep_input else []
+        if self._kernel is not None:
+            kernel = K.convert_to_tensor(self._kernel, dtype=inputs.dtype)
+            parts.append(K.conv(inputs, kernel, strides=1, padding="same"))
+        return parts[0] if len(parts) == 1 else K.concatenate(parts, axis=-1)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (*tuple(input_shape)[:-1], self.output_channels)
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update({"filters": list(self.filter_names), "keep_input": self.keep_input})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="radlens")
+class GrayToRGB(keras.layers.Layer):
+    """Replicate a one-channel image into three identical channels: ``(..., 1) -> (..., 3)``.
+
+    ImageNet backbones expect RGB; a gray X-ray is the same intensity in each channel.
+    """
+
+    def build(self, input_shape: Any) -> None:
+        if input_shape[-1] != 1:
+            raise ValueError(
+                f"GrayToRGB takes one channel. Received input shape {tuple(input_shape)}"
+            )
+        super().build(input_shape)
+
+    def call(self, inputs: Any) -> Any:
+        return K.repeat(inputs, 3, axis=-1)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (*tuple(input_shape)[:-1], 3)
+
+
+@keras.saving.register_keras_serializable(package="radlens")
+class ResNetPreprocess(keras.layers.Layer):
+    """``keras.applications.resnet50.preprocess_input`` for RGB images in [0, 1], in the graph.
+
+    ``preprocess_input`` is ImageNet "caffe" mode: it expects RGB in 0..255, flips to BGR and
+    subtracts the ImageNet channel means (no division). Fed [0, 1] directly it would leave
+    values near -110, far from what the pretrained weights saw, so this layer first scales
+    by 255: ``out = bgr(x * 255) - means``. The tests check it against ``preprocess_input``.
+    """
+
+    def build(self, input_shape: Any) -> None:
+        if input_shape[-1] != 3:
+            raise ValueError(
+                f"ResNetPreprocess takes RGB (3 channels). Received input shape "
+                f"{tuple(input_shape)}"
+            )
+        super().build(input_shape)
+
+    def call(self, inputs: Any) -> Any:
+        bgr = K.flip(inputs * 255.0, axis=-1)
+        means = K.convert_to_tensor(np.asarray(IMAGENET_BGR_MEANS), dtype=inputs.dtype)
+        return bgr - means
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return tuple(input_shape)

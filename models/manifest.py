@@ -1,0 +1,357 @@
+"""The model manifest: what a stored model is, how it was made, and how to use it.
+
+Every version in the model store is a directory ``<name>/<version>/`` holding ``model.keras``
+and ``manifest.json``; this module is the manifest's schema. It imports no TensorFlow, so
+listing the store stays fast.
+
+``ModelManifest.from_dict`` is the one place a manifest read from disk is checked: a missing
+field, a wrong type or an impossible value raises :class:`~models.errors.ModelCorruptError`
+naming the field and quoting the value received. Unknown keys are ignored, so a newer radlens
+may add fields without breaking an older reader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+from models.errors import ModelCorruptError, RadlensError
+
+__all__ = [
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "NAME_PATTERN",
+    "ModelManifest",
+    "check_model_name",
+    "framework_versions",
+    "jsonable",
+    "utc_now_iso",
+]
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.keras"
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""A safe model name: starts with a letter or digit, then letters, digits, ``_ . -``
+(at most 64 characters). No ``/``, ``:`` or leading dot, so it is always one path segment."""
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_model_name(name: object, error: type[RadlensError] = ModelCorruptError) -> str:
+    """Return ``name`` if it is a safe model name, else raise ``error`` quoting it.
+
+    Args:
+        name: the candidate name.
+        error: the error class to raise (``ConfigurationError`` when a user chose the name).
+
+    Raises:
+        error: ``name`` is not a string matching :data:`NAME_PATTERN`.
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise error(
+            "a model name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or "
+            f"digit. Received: name={name!r}"
+        )
+    return name
+
+
+def utc_now_iso() -> str:
+    """Now as ISO 8601 UTC with microseconds, e.g. ``2026-01-02T03:04:05.000006+00:00``."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def framework_versions() -> dict[str, str]:
+    """Versions of the libraries a saved model depends on, read without importing them.
+
+    Returns:
+        ``{"tensorflow", "keras", "numpy", "python", "radlens"}`` -> version string
+        (``"not installed"`` for a missing distribution).
+    """
+    versions = {"python": platform.python_version()}
+    for dist in ("tensorflow", "keras", "numpy", "radlens"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def jsonable(value: Any) -> Any:
+    """A deep copy of ``value`` made of JSON types only.
+
+    numpy scalars and arrays (metrics computed with numpy or scikit-learn) become Python
+    numbers and lists, tuples become lists, and NaN or infinite floats (e.g. an AUC that is
+    undefined on a one-class split) become ``None``, since strict JSON cannot hold them.
+
+    Raises:
+        TypeError: a value that has no JSON form, or a non-string mapping key (the message
+            quotes it).
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be strings. Received key {key!r}")
+            out[key] = jsonable(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    tolist = getattr(value, "tolist", None)  # numpy scalar or array
+    if callable(tolist) and hasattr(value, "dtype"):
+        return jsonable(tolist())
+    raise TypeError(f"{type(value).__name__} has no JSON form. Received: {value!r}")
+
+
+@dataclass
+class ModelManifest:
+    """Everything known about one stored model version (``manifest.json``).
+
+    Attributes:
+        name: the model's name in the store (see :data:`NAME_PATTERN`).
+        version: integer version, >= 1.
+        created_at: ISO 8601 UTC time the version was saved.
+        architecture: ``"resnet50"``, ``"simple_cnn"`` or another builder's name.
+        input_shape: ``[H, W, C]`` the model takes (``C`` is 1: gray in [0, 1]).
+        class_names: one name per output unit (at least 2); for a binary model index 1 is
+            the positive class.
+        threshold: the positive-class score threshold (binary models), or None (0.5 for
+            binary, argmax for multi-class).
+        preprocessing_version: ``models.preprocessing.PREPROCESSING_VERSION`` at training.
+        window: the window preset used in preprocessing, or None (file's VOI / min-max).
+        filters: the fixed filter front-end (names from ``models.ops.FILTER_NAMES``).
+        metrics: ``{"val": {...}, "test": {...}}`` measured on those splits.
+        training_config: the training run's configuration.
+        data_fingerprint: a hash identifying the training data, or None.
+        framework_versions: tensorflow, keras, numpy, python and radlens versions.
+        model_sha256: sha256 hex digest of ``model.keras``, checked at load.
+        validated_for_clinical_use: True only after a clinical validation; never set by
+            training.
+        description: free text.
+    """
+
+    name: str
+    version: int
+    created_at: str
+    architecture: str
+    input_shape: list[int]
+    class_names: list[str]
+    threshold: float | None
+    preprocessing_version: str
+    window: str | None
+    filters: list[str]
+    metrics: dict[str, dict[str, Any]]
+    training_config: dict[str, Any]
+    data_fingerprint: str | None
+    framework_versions: dict[str, str]
+    model_sha256: str
+    validated_for_clinical_use: bool = False
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ref(self) -> str:
+        """``"name:version"``, the reference ``ModelRegistry.resolve`` accepts."""
+        return f"{self.name}:{self.version}"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` to pass as ``size=`` to ``models.preprocessing.preprocess``."""
+        return int(self.input_shape[0]), int(self.input_shape[1])
+
+    @property
+    def is_binary(self) -> bool:
+        """True for a two-class model (the threshold applies to class index 1)."""
+        return len(self.class_names) == 2
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as plain JSON types, in field order (what ``manifest.json`` holds).
+
+        Unknown keys read by :meth:`from_dict` are written back unchanged.
+        """
+        data = asdict(self)
+        extra = data.pop("extra")
+        data.update({k: v for k, v in extra.items() if k not in data})
+        result: dict[str, Any] = jsonable(data)
+        return result
+
+    def to_json(self) -> str:
+        """``to_dict()`` as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(
+        cls, data: Any, *, error: type[RadlensError] = ModelCorruptError
+    ) -> ModelManifest:
+        """Validate a decoded ``manifest.json`` and build the manifest.
+
+        Args:
+            data: the decoded JSON object.
+            error: the error class for a bad value (``ModelCorruptError`` for files read
+                from the store; the registry passes ``ConfigurationError`` when checking
+                what a caller asked it to save).
+
+        Returns:
+            The manifest; keys it does not know are kept in ``extra``.
+
+        Raises:
+            error: ``data`` is not an object, a required field is missing, or a field has
+                the wrong type or an impossible value; the message names the field and
+                quotes the value.
+        """
+        if not isinstance(data, dict):
+            raise error(f"manifest must be a JSON object. Received: {type(data).__name__}")
+        check = _Checker(data, error)
+        name = check_model_name(check.get("name"), error)
+        version = check.integer("version", minimum=1)
+        created_at = check.string("created_at")
+        try:
+            stamp = datetime.fromisoformat(created_at)
+        except ValueError:
+            raise error(
+                f"manifest field 'created_at' must be an ISO 8601 time. Received: {created_at!r}"
+            ) from None
+        if stamp.tzinfo is None:
+            raise error(
+                "manifest field 'created_at' must carry a time zone (UTC). "
+                f"Received: {created_at!r}"
+            )
+        input_shape = check.list_of("input_shape", int)
+        if len(input_shape) != 3 or any(isinstance(v, bool) or v < 1 for v in input_shape):
+            raise error(
+                f"manifest field 'input_shape' must be [H, W, C] of positive integers. "
+                f"Received: {input_shape!r}"
+            )
+        class_names = check.list_of("class_names", str)
+        if len(class_names) < 2 or len(set(class_names)) != len(class_names):
+            raise error(
+                "manifest field 'class_names' must hold at least 2 distinct names. "
+                f"Received: {class_names!r}"
+            )
+        threshold = check.get("threshold")
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+                raise error(
+                    f"manifest field 'threshold' must be a number or null. Received: {threshold!r}"
+                )
+            if not 0.0 <= threshold <= 1.0:
+                raise error(
+                    f"manifest field 'threshold' must be within [0, 1]. Received: {threshold!r}"
+                )
+            threshold = float(threshold)
+        sha = check.string("model_sha256")
+        if not _SHA256.match(sha):
+            raise error(
+                f"manifest field 'model_sha256' must be 64 lowercase hex digits. Received: {sha!r}"
+            )
+        metrics = check.mapping("metrics")
+        for split, values in metrics.items():
+            if not isinstance(values, dict):
+                raise error(
+                    f"manifest field 'metrics' must map split names to objects. "
+                    f"Received: metrics[{split!r}]={values!r}"
+                )
+        versions = check.mapping("framework_versions")
+        if not all(isinstance(v, str) for v in versions.values()):
+            raise error(
+                f"manifest field 'framework_versions' must map names to strings. "
+                f"Received: {versions!r}"
+            )
+        validated = check.get("validated_for_clinical_use", False)
+        if not isinstance(validated, bool):
+            raise error(
+                "manifest field 'validated_for_clinical_use' must be true or false. "
+                f"Received: {validated!r}"
+            )
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(
+            name=name,
+            version=version,
+            created_at=created_at,
+            architecture=check.string("architecture"),
+            input_shape=input_shape,
+            class_names=class_names,
+            threshold=threshold,
+            preprocessing_version=check.string("preprocessing_version"),
+            window=check.optional_string("window"),
+            filters=check.list_of("filters", str),
+            metrics=metrics,
+            training_config=check.mapping("training_config"),
+            data_fingerprint=check.optional_string("data_fingerprint"),
+            framework_versions=versions,
+            model_sha256=sha,
+            validated_for_clinical_use=validated,
+            description=check.optional_string("description") or "",
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelManifest:
+        """Parse ``manifest.json`` text; bad JSON or content raises ``ModelCorruptError``."""
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelCorruptError(f"manifest is not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+
+class _Checker:
+    """Typed field access on a decoded manifest; every failure names the field."""
+
+    _MISSING = object()
+
+    def __init__(self, data: dict[str, Any], error: type[RadlensError]) -> None:
+        self.data = data
+        self.error = error
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        if key in self.data:
+            return self.data[key]
+        if default is self._MISSING:
+            raise self.error(f"manifest has no {key!r} field. Received keys: {sorted(self.data)}")
+        return default
+
+    def _fail(self, key: str, expected: str, value: Any) -> RadlensError:
+        return self.error(f"manifest field {key!r} must be {expected}. Received: {value!r}")
+
+    def string(self, key: str) -> str:
+        value = self.get(key)
+        if not isinstance(value, str) or not value:
+            raise self._fail(key, "a non-empty string", value)
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        value = self.get(key, None)
+        if value is not None and not isinstance(value, str):
+            raise self._fail(key, "a string or null", value)
+        return value
+
+    def integer(self, key: str, *, minimum: int) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._fail(key, f"an integer >= {minimum}", value)
+        return value
+
+    def list_of(self, key: str, kind: type) -> list[Any]:
+        value = self.get(key)
+        if not isinstance(value, list) or not all(
+            isinstance(v, kind) and not (kind is int and isinstance(v, bool)) for v in value
+        ):
+            raise self._fail(key, f"a list of {kind.__name__}", value)
+        return list(value)
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.get(key)
+        if not isinstance(value, dict):
+            raise self._fail(key, "an object", value)
+        return dict(value)

@@ -1,0 +1,523 @@
+"""The model store: versioned, verifiable model artifacts on disk.
+
+Layout (``root`` is :func:`default_store_path` unless given)::
+
+    root/<name>/<version>/model.keras     the Keras model (custom layers registered)
+    root/<name>/<version>/manifest.json   models.manifest.ModelManifest
+    root/.staging/                        saves in progress (never read as models)
+
+A save is atomic: ``model.keras`` is written into a fresh directory under ``.staging``, its
+sha256 computed, then -- holding an exclusive lock on ``root/.lock`` so concurrent savers
+agree on version numbers -- the next version is chosen, ``manifest.json`` written and the
+directory renamed to ``<name>/<version>`` in one ``rename(2)``. A reader therefore sees a
+version complete or not at all; a save that fails or is killed leaves at most a directory
+under ``.staging``. A load re-computes the sha256 and refuses a model whose preprocessing
+version differs from this radlens's (see DESIGN.md, "Model artifact").
+
+Keras and TensorFlow are imported only by :meth:`ModelRegistry.save`,
+:meth:`ModelRegistry.load` and :func:`predict_scores`, so listing the store is fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.errors import (
+    ConfigurationError,
+    InvalidImageError,
+    ModelCorruptError,
+    ModelIncompatibleError,
+    ModelNotFoundError,
+    ModelStoreError,
+)
+from models.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ModelManifest,
+    check_model_name,
+    framework_versions,
+    jsonable,
+    utc_now_iso,
+)
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "LoadedModel",
+    "ModelManifest",
+    "ModelRegistry",
+    "decide",
+    "default_store_path",
+    "file_sha256",
+    "predict_scores",
+]
+
+log = logging.getLogger(__name__)
+
+STORE_ENV = "RADLENS_MODEL_STORE"
+STAGING_DIR = ".staging"
+LOCK_FILE = ".lock"
+_REF = re.compile(r"^(?P<name>[^:]+)(?::(?P<version>[^:]*))?$")
+
+
+def default_store_path() -> Path:
+    """Where models are stored: ``$RADLENS_MODEL_STORE``, else ``<repo>/models/store``.
+
+    The repository root is the parent of the ``models`` package, so a fresh clone works
+    with nothing configured.
+    """
+    configured = os.environ.get(STORE_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    import models
+
+    return Path(models.__file__).resolve().parents[1] / "models" / "store"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded from the store, with its manifest and directory."""
+
+    model: keras.Model
+    manifest: ModelManifest
+    path: Path
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` the model expects (pass as ``size=`` to preprocessing)."""
+        return self.manifest.input_size
+
+
+def _current_preprocessing_version() -> str:
+    # Imported at call time: models.preprocessing pulls in pydicom and Pillow.
+    return str(importlib.import_module("models.preprocessing").PREPROCESSING_VERSION)
+
+
+class ModelRegistry:
+    """Save, list, resolve and load versioned models under one store directory.
+
+    Args:
+        root: the store directory; created on first save. Reading a store that does not
+            exist behaves as an empty store.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        if not isinstance(root, str | os.PathLike):
+            raise TypeError(f"root must be a path. Received: {root!r}")
+        self.root = Path(root).expanduser()
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({str(self.root)!r})"
+
+    # --- writing --------------------------------------------------------------------------
+
+    def save(
+        self,
+        model: keras.Model,
+        *,
+        name: str,
+        architecture: str,
+        class_names: Sequence[str],
+        threshold: float | None,
+        window: str | None,
+        filters: Sequence[str],
+        metrics: dict[str, dict[str, Any]],
+        training_config: dict[str, Any],
+        data_fingerprint: str | None,
+        description: str = "",
+        version: int | None = None,
+    ) -> ModelManifest:
+        """Store a model as a new version, atomically, and return its manifest.
+
+        The manifest is completed automatically with ``created_at``, the input shape read
+        from the model, this radlens's ``PREPROCESSING_VERSION``, the framework versions and
+        the sha256 of the written ``model.keras``.
+
+        Args:
+            model: a built Keras model with input ``(None, H, W, C)`` and one output unit
+                per class.
+            name: the model's name (a safe slug, see ``models.manifest.NAME_PATTERN``).
+            architecture: the builder used (``"resnet50"``, ``"simple_cnn"``, ...).
+            class_names: one per output unit; index 1 is the positive class of a binary model.
+            threshold: positive-class decision threshold in [0, 1] (binary), or None.
+            window: the window preset used in preprocessing, or None.
+            filters: the fixed filter front-end names.
+            metrics: ``{"val": {...}, "test": {...}}``; numpy numbers are converted and
+                NaN becomes null.
+            training_config: the run's configuration (JSON-serialisable).
+            data_fingerprint: identifies the training data, or None.
+            description: free text.
+            version: an explicit version number, or None for the next one (1 for a new name).
+
+        Returns:
+            The manifest as written to ``<root>/<name>/<version>/manifest.json``.
+
+        Raises:
+            ConfigurationError: a bad name, version or field value, class names that do not
+                match the model's output, or values with no JSON form.
+            ModelStoreError: the explicit ``version`` exists already.
+        """
+        check_model_name(name, ConfigurationError)
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, int) or version < 1
+        ):
+            raise ConfigurationError(f"version must be an integer >= 1. Received: {version!r}")
+        input_shape = _model_input_shape(model)
+        outputs = _model_output_units(model)
+        if outputs != len(class_names):
+            raise ConfigurationError(
+                f"the model has {outputs} output units but {len(class_names)} class names "
+                f"were given. Received: class_names={list(class_names)!r}"
+            )
+        try:
+            fields = jsonable(
+                {
+                    "name": name,
+                    "version": version or 1,
+                    "created_at": utc_now_iso(),
+                    "architecture": architecture,
+                    "input_shape": input_shape,
+                    "class_names": list(class_names),
+                    "threshold": threshold,
+                    "preprocessing_version": _current_preprocessing_version(),
+                    "window": window,
+                    "filters": list(filters),
+                    "metrics": metrics,
+                    "training_config": training_config,
+                    "data_fingerprint": data_fingerprint,
+                    "framework_versions": framework_versions(),
+                    "model_sha256": "0" * 64,  # replaced once model.keras is written
+                    "validated_for_clinical_use": False,
+                    "description": description,
+                }
+            )
+        except TypeError as exc:
+            raise ConfigurationError(f"the model's manifest cannot be written: {exc}") from None
+        # validate everything before the (slow) model write
+        ModelManifest.from_dict(fields, error=ConfigurationError)
+        name_dir = self.root / name
+        if version is not None and (name_dir / str(version)).exists():
+            raise ModelStoreError(f"model {name}:{version} exists already in {self.root}")
+
+        staging_root = self.root / STAGING_DIR
+        staging_root.mkdir(parents=True, exist_ok=True)
+        staging = staging_root / f"{name}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            model_path = staging / MODEL_FILE
+            model.save(model_path)
+            fields["model_sha256"] = file_sha256(model_path)
+            with self._lock():
+                final_version = version if version is not None else self._next_version(name)
+                target = name_dir / str(final_version)
+                if target.exists():
+                    raise ModelStoreError(
+                        f"model {name}:{final_version} exists already in {self.root}"
+                    )
+                fields["version"] = final_version
+                manifest = ModelManifest.from_dict(fields, error=ConfigurationError)
+                _write_text_synced(staging / MANIFEST_FILE, manifest.to_json())
+                name_dir.mkdir(parents=True, exist_ok=True)
+                os.rename(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        log.info("saved model %s to %s", manifest.ref, target)
+        return manifest
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Exclusive inter-process lock on the store (choosing a version and renaming)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / LOCK_FILE).open("a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _next_version(self, name: str) -> int:
+        return max(self._version_dirs(name), default=0) + 1
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and _is_name(p.name)
+        )
+
+    def _version_dirs(self, name: str) -> list[int]:
+        name_dir = self.root / name
+        if not name_dir.is_dir():
+            return []
+        return sorted(
+            int(p.name)
+            for p in name_dir.iterdir()
+            if p.is_dir() and p.name.isdigit() and p.name == str(int(p.name)) and int(p.name) > 0
+        )
+
+    def read_manifest(self, name: str, version: int) -> ModelManifest:
+        """Read and validate ``<name>/<version>/manifest.json``.
+
+        Raises:
+            ModelNotFoundError: no such version directory.
+            ModelCorruptError: the manifest is missing, not valid JSON, invalid, or names
+                another model or version than its directory.
+        """
+        version_dir = self.root / name / str(version)
+        if not version_dir.is_dir():
+            raise ModelNotFoundError(f"no model {name}:{version} in {self.root}")
+        path = version_dir / MANIFEST_FILE
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelCorruptError(f"{path} is missing") from None
+        try:
+            manifest = ModelManifest.from_json(text)
+        except ModelCorruptError as exc:
+            raise ModelCorruptError(f"{path}: {exc.detail}") from None
+        if manifest.name != name or manifest.version != version:
+            raise ModelCorruptError(
+                f"{path} describes {manifest.ref}, not {name}:{version} (moved or edited?)"
+            )
+        return manifest
+
+    def list(self) -> list[ModelManifest]:
+        """Every readable version in the store, sorted by name then version.
+
+        A version whose manifest is unreadable is left out with a warning in the log (load
+        it by reference to see the error), so one bad directory does not hide the others.
+        """
+        found: list[ModelManifest] = []
+        for name in self._names():
+            for version in self._version_dirs(name):
+                try:
+                    found.append(self.read_manifest(name, version))
+                except ModelCorruptError as exc:
+                    log.warning("skipping %s:%s in %s: %s", name, version, self.root, exc)
+        return found
+
+    def resolve(self, ref: str | None) -> tuple[str, int]:
+        """Turn a model reference into ``(name, version)``.
+
+        Args:
+            ref: ``"name:3"`` (that version), ``"name"`` (its highest version), or None or
+                ``""`` (the most recently created model in the store).
+
+        Raises:
+            ConfigurationError: a malformed reference (the message quotes it).
+            ModelNotFoundError: no such model or version, or an empty store.
+        """
+        if ref is None or (isinstance(ref, str) and not ref.strip()):
+            manifests = self.list()
+            if not manifests:
+                raise ModelNotFoundError(f"the model store {self.root} holds no models")
+            newest = max(manifests, key=lambda m: (_created(m), m.name, m.version))
+            return newest.name, newest.version
+        if not isinstance(ref, str):
+            raise TypeError(f"a model reference must be a string or None. Received: {ref!r}")
+        match = _REF.match(ref.strip())
+        if match is None:
+            raise ConfigurationError(
+                f"a model reference is 'name' or 'name:version'. Received: {ref!r}"
+            )
+        name = match["name"]
+        if not _is_name(name):
+            raise ConfigurationError(
+                f"a model reference is 'name' or 'name:version' with a valid model name. "
+                f"Received: {ref!r}"
+            )
+        versions = self._version_dirs(name)
+        if not versions:
+            known = ", ".join(self._names()) or "none"
+            raise ModelNotFoundError(
+                f"no model named {name!r} in {self.root} (models there: {known})"
+            )
+        if match["version"] is None:
+            return name, versions[-1]
+        text = match["version"]
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigurationError(f"a model version is an integer >= 1. Received: {ref!r}")
+        version = int(text)
+        if version not in versions:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version} in {self.root} "
+                f"(versions: {', '.join(map(str, versions))})"
+            )
+        return name, version
+
+    def load(self, ref: str | None) -> LoadedModel:
+        """Load a stored model after checking it is intact and compatible.
+
+        Checks, in order: the manifest is valid; ``model.keras`` exists and its sha256 is
+        the manifest's; the manifest's preprocessing version is this radlens's
+        ``PREPROCESSING_VERSION``. The model is loaded without its optimizer state
+        (``compile=False``); radlens's custom layers are registered first.
+
+        Args:
+            ref: as for :meth:`resolve`.
+
+        Raises:
+            ConfigurationError: a malformed reference.
+            ModelNotFoundError: no such model.
+            ModelCorruptError: bad manifest, missing or altered ``model.keras``, or a file
+                Keras cannot read.
+            ModelIncompatibleError: the model was trained with another preprocessing version.
+        """
+        name, version = self.resolve(ref)
+        manifest = self.read_manifest(name, version)
+        path = self.root / name / str(version)
+        model_path = path / MODEL_FILE
+        if not model_path.is_file():
+            raise ModelCorruptError(f"{model_path} is missing")
+        actual = file_sha256(model_path)
+        if actual != manifest.model_sha256:
+            raise ModelCorruptError(
+                f"sha256 of {model_path} is {actual}, the manifest says {manifest.model_sha256}"
+            )
+        current = _current_preprocessing_version()
+        if manifest.preprocessing_version != current:
+            raise ModelIncompatibleError(
+                f"model {manifest.ref} was trained with preprocessing version "
+                f"{manifest.preprocessing_version!r}; this radlens uses {current!r}"
+            )
+        import keras
+
+        importlib.import_module("models.layers")  # registers radlens's custom layers
+        try:
+            model = keras.saving.load_model(model_path, compile=False)
+        except Exception as exc:  # Keras raises many types for a file it cannot read
+            raise ModelCorruptError(
+                f"Keras could not load {model_path}: {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:300]}"
+            ) from exc
+        return LoadedModel(model=model, manifest=manifest, path=path)
+
+
+# --- prediction helpers --------------------------------------------------------------------
+
+
+def predict_scores(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    """Class scores for a batch of model-ready images, in one model call.
+
+    Args:
+        model: a model from :func:`models.architectures.build_model` or the store.
+        batch: float ``(N, H, W, C)`` matching the model input (C = 1: gray in [0, 1]);
+            a single ``(H, W, C)`` image is not accepted, stack it first.
+
+    Returns:
+        float32 ``(N, classes)`` softmax scores.
+
+    Raises:
+        TypeError: ``batch`` is not a numpy array.
+        InvalidImageError: the batch shape does not fit the model; quotes both shapes.
+    """
+    if not isinstance(batch, np.ndarray):
+        raise TypeError(f"batch must be a numpy array. Received: {type(batch).__name__}")
+    expected = tuple(model.input_shape[1:])
+    if (
+        batch.ndim != 4
+        or batch.shape[0] == 0
+        or any(e is not None and e != s for e, s in zip(expected, batch.shape[1:], strict=True))
+    ):
+        raise InvalidImageError(
+            f"expected a batch of shape (N, {', '.join(str(e) for e in expected)}) for this "
+            f"model. Received shape {batch.shape}"
+        )
+    import keras
+
+    out = model(batch.astype(np.float32, copy=False), training=False)
+    return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)
+
+
+def decide(scores: np.ndarray, manifest: ModelManifest) -> str:
+    """The label for one score vector.
+
+    Binary models (2 classes): ``class_names[1]`` when its score is >= the manifest's
+    threshold (0.5 when the manifest has none), else ``class_names[0]``. More classes: the
+    class with the highest score.
+
+    Raises:
+        ValueError: ``scores`` is not a 1-D vector with one score per class.
+    """
+    vector = np.asarray(scores, dtype=np.float64)
+    classes = manifest.class_names
+    if vector.shape != (len(classes),):
+        raise ValueError(
+            f"expected {len(classes)} scores (one per class {classes!r}). "
+            f"Received shape {vector.shape}"
+        )
+    if len(classes) == 2:
+        threshold = 0.5 if manifest.threshold is None else manifest.threshold
+        return classes[1] if vector[1] >= threshold else classes[0]
+    return classes[int(np.argmax(vector))]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _is_name(text: str) -> bool:
+    try:
+        check_model_name(text)
+    except ModelCorruptError:
+        return False
+    return True
+
+
+def _created(manifest: ModelManifest) -> datetime:
+    return datetime.fromisoformat(manifest.created_at)
+
+
+def _model_input_shape(model: Any) -> list[int]:
+    shape = getattr(model, "input_shape", None)
+    if not isinstance(shape, tuple) or len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise ConfigurationError(
+            f"the model must take a batch of (H, W, C) images of fixed size. "
+            f"Received input_shape={shape!r}"
+        )
+    return [int(d) for d in shape[1:]]
+
+
+def _model_output_units(model: Any) -> int:
+    shape = getattr(model, "output_shape", None)
+    if not isinstance(shape, tuple) or len(shape) != 2 or shape[1] is None:
+        raise ConfigurationError(
+            f"the model must output (batch, classes) scores. Received output_shape={shape!r}"
+        )
+    return int(shape[1])
+
+
+def _write_text_synced(path: Path, text: str) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
