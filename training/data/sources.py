@@ -8,18 +8,22 @@ identical arrays for the same file.
 
 Folder layout
     ``ROOT/<class>/.../<file>``: the class names are the sorted names of the direct
-    sub-folders of ROOT (hidden ones ignored); files may sit at any depth below their class
-    folder. Every non-hidden file is recognised **by content** (DICOM ``DICM`` magic at
-    byte 128, the PNG signature, the JPEG SOI marker); a ``.dcm``/``.dicom`` file without
-    the ``DICM`` preamble is accepted when pydicom can parse its header. A file that is not
+    sub-folders of ROOT (hidden ones ignored) -- except that in a two-class set a negative
+    name (``normal``, ``negative``, ``healthy``, ``benign``, ``no_finding``) comes first,
+    so class 1 is the positive class (see :func:`order_class_names`); ``class_names=``
+    sets the order explicitly. Files may sit at any depth below their class folder.
+    Every non-hidden file is recognised **by content** (DICOM ``DICM`` magic at byte 128,
+    the PNG signature, the JPEG SOI marker); a ``.dcm``/``.dicom`` file without the
+    ``DICM`` preamble is accepted when pydicom can parse its header. A file that is not
     recognised, or whose header is unusable (no pixel data, zero-size image), is reported
     as a :class:`SkippedFile` and left out -- it never stops the scan. Hidden files and
     folders (a leading ``.``) are ignored silently.
 
 CSV manifest
     Columns ``path`` and ``label`` (required), ``patient_id`` and ``split`` (optional);
-    paths are relative to the CSV's folder. Labels are class names, or -- when every label
-    is an integer -- class indices 0..K-1, named from a ``label_name`` column when present,
+    paths are relative to the CSV's folder. Labels are class names (ordered like folder
+    names, or as ``class_names=`` says), or -- when every label is an integer -- class
+    indices 0..K-1, named from a ``label_name`` column when present,
     else ``class_0``, ``class_1``, .... Split values ``train``, ``val`` (also ``valid``,
     ``validation``), ``test``; an empty cell means "not assigned".
 
@@ -183,9 +187,9 @@ def open_source(
 
     Args:
         path: the folder, CSV or npz file.
-        class_names: CSV: the allowed labels, in index order (an unlisted label is an
-            error); npz: names for label 0, 1, ... (default ``class_0``, ...). Folders take
-            their class names from the sub-folder names and refuse this argument.
+        class_names: the class names in index order. Folder: must name exactly the
+            sub-folders; CSV: the allowed labels (an unlisted label is an error); npz:
+            names for label 0, 1, ... (default ``class_0``, ...).
         validate: read each file's header at scan time (cheap) and skip files that cannot
             be images. When False, every candidate file is kept and unreadable ones are
             skipped during decoding instead.
@@ -198,12 +202,7 @@ def open_source(
     if not p.exists():
         raise ConfigurationError(f"data path does not exist: {str(p)!r}")
     if p.is_dir():
-        if class_names is not None:
-            raise ConfigurationError(
-                f"a folder source takes its class names from its sub-folders; "
-                f"do not pass class_names={list(class_names)!r}"
-            )
-        source = _open_folder(p, validate=validate)
+        source = _open_folder(p, class_names=class_names, validate=validate)
     elif p.suffix.lower() == ".csv":
         source = _open_csv(p, class_names=class_names, validate=validate)
     elif p.suffix.lower() == ".npz":
@@ -217,20 +216,44 @@ def open_source(
     return source
 
 
+NEGATIVE_CLASS_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no_finding"})
+
+
+def order_class_names(names: Iterable[str]) -> list[str]:
+    """Sorted class names; in a two-class set a negative name (``normal``...) comes first.
+
+    Binary problems treat class index 1 as the positive class (the decision threshold
+    applies to its score), so ``{"abnormal", "normal"}`` becomes ``["normal", "abnormal"]``
+    rather than the alphabetical order. Names like ``0_normal``/``1_abnormal`` sort right
+    by themselves.
+    """
+    ordered = sorted(set(names))
+    if len(ordered) == 2 and ordered[1].strip().lower() in NEGATIVE_CLASS_NAMES:
+        ordered.reverse()
+    return ordered
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _open_folder(root: Path, *, validate: bool) -> DataSource:
-    class_dirs = sorted(
-        (d for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name)),
-        key=lambda d: d.name,
-    )
-    if len(class_dirs) < 2:
-        found = [d.name for d in class_dirs]
+def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: bool) -> DataSource:
+    dirs = {d.name: d for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name)}
+    if len(dirs) < 2:
         raise ConfigurationError(
-            f"a folder data set needs at least 2 class sub-folders; {str(root)!r} has {found!r}"
+            f"a folder data set needs at least 2 class sub-folders; "
+            f"{str(root)!r} has {sorted(dirs)!r}"
         )
+    if class_names is not None:
+        if sorted(class_names) != sorted(dirs) or len(set(class_names)) != len(class_names):
+            raise ConfigurationError(
+                f"class_names={list(class_names)!r} must name exactly the sub-folders of "
+                f"{str(root)!r}: {sorted(dirs)!r}"
+            )
+        names = list(class_names)
+    else:
+        names = order_class_names(dirs)
+    class_dirs = [dirs[name] for name in names]
     examples: list[Example] = []
     skipped: list[SkippedFile] = []
     for label, class_dir in enumerate(class_dirs):
@@ -428,7 +451,7 @@ def _csv_labels(
 
         return names, by_index
 
-    names = sorted(set(raw))
+    names = order_class_names(raw)
     index = {n: i for i, n in enumerate(names)}
 
     def by_name(row: dict[str, str], where: str) -> int:

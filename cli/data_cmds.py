@@ -1,0 +1,95 @@
+"""Data commands: ``radlens demo-data`` (synthetic DICOM data set) and ``radlens data-check``.
+
+Only typer and the standard library are imported here; ``training.data`` is imported inside
+the command bodies (it needs numpy/pydicom, not TensorFlow).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import fail
+
+
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Folder to create (must be absent or empty).")],
+    n_per_class: Annotated[
+        int, typer.Option("--n-per-class", help="Images per class (normal, abnormal).", min=4)
+    ] = 120,
+    size: Annotated[
+        int, typer.Option("--size", help="Image side in pixels.", min=32, max=1024)
+    ] = 128,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same files.")] = 0,
+    modality: Annotated[
+        str, typer.Option("--modality", help="cr (chest radiographs), ct (chest CT) or mixed.")
+    ] = "cr",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a previous demo data set in OUT.")
+    ] = False,
+) -> None:
+    """Write a small synthetic labelled DICOM data set (not real patients) and labels.csv."""
+    from training.data.demo import MODALITIES, write_demo_dataset
+
+    if modality not in MODALITIES:
+        fail(f"--modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
+    summary = write_demo_dataset(
+        out,
+        n_per_class=n_per_class,
+        size=size,
+        seed=seed,
+        modality=modality,  # type: ignore[arg-type]
+        overwrite=overwrite,
+    )
+    typer.echo(summary.describe())
+    typer.echo(f"labels: {summary.labels_csv}")
+
+
+def data_check(
+    path: Annotated[Path, typer.Argument(help="A folder of class sub-folders, a .csv or a .npz.")],
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.95)] = 0.15,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.95)] = 0.15,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resplit: Annotated[
+        bool,
+        typer.Option("--resplit", help="Ignore given splits and split by patient afresh."),
+    ] = False,
+) -> None:
+    """Scan a data set: classes, counts, skipped files, splits and patient leakage."""
+    from training.data.sources import leakage_report, open_source, split_source
+
+    source = open_source(path)
+    typer.echo(f"{source.kind} source {path}: {len(source.examples)} images")
+    for name, count in source.class_counts().items():
+        typer.echo(f"  class {name}: {count}")
+    splits = split_source(
+        source,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        keep_given=not resplit,
+    )
+    for name, items in splits.items():
+        per_class = ", ".join(f"{k} {v}" for k, v in source.class_counts(items).items())
+        typer.echo(f"  split {name}: {len(items)} ({per_class})")
+    leaks = leakage_report(splits)
+    if leaks:
+        shown = ", ".join(f"{pid} ({'/'.join(s)})" for pid, s in list(leaks.items())[:5])
+        more = f" and {len(leaks) - 5} more" if len(leaks) > 5 else ""
+        typer.echo(
+            f"  leakage: {len(leaks)} patient(s) in more than one split: {shown}{more} "
+            "(use --resplit for a patient-level split)"
+        )
+    else:
+        typer.echo("  leakage: none")
+    for item in source.skipped:
+        typer.echo(f"  skipped {item}")
+    typer.echo(f"  {len(source.skipped)} file(s) skipped")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the data commands to the ``radlens`` app."""
+    app.command("demo-data")(demo_data)
+    app.command("data-check")(data_check)
