@@ -1,0 +1,419 @@
+"""The loaded model on its device, fed by a micro-batching worker thread.
+
+``Predictor.predict()`` is called from request handlers on the event loop. It puts the image
+and a future on a queue and awaits the future; one worker thread takes items off the queue,
+makes a batch, runs ONE model call per batch and resolves the futures back on their event loop
+with ``loop.call_soon_threadsafe``. The event loop never runs the model.
+
+Batching policy (why it looks like this):
+- The batch deadline is counted from the moment the *first* item was queued, not from when
+  the worker picked it up. Under load, items queue while the previous batch runs, their
+  deadline has passed by the time the worker is free, so the worker takes what is queued and
+  runs at once ("natural" batching: no added latency, batch size grows with load).
+- The worker only waits for more items when the model was idle and waiting can help, that is
+  when there are other clients: recent batches saw more than one request (their size plus what
+  queued up while they ran, as a moving average), and requests recently arrived closer together
+  than the wait. A lone client sends its next request only after it got the previous answer:
+  every batch has one request and nothing queues behind it, so it is never delayed.
+- It never waits when the batch is already full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from app.device import DeviceInfo, select_device
+from models.errors import InvalidImageError, RadlensError
+
+if TYPE_CHECKING:
+    from models.registry import LoadedModel, ModelManifest
+
+log = logging.getLogger(__name__)
+
+InferenceMode = Literal["function", "predict_on_batch"]
+
+
+class PredictorUnavailableError(RadlensError):
+    """The predictor is stopped or stopping (service shutting down)."""
+
+    code = "predictor-unavailable"
+    title = "The model is not accepting requests (the service is stopping); retry shortly"
+
+
+class InferenceError(RadlensError):
+    """The model call for a batch failed; every request in that batch gets this error."""
+
+    code = "inference-failed"
+    title = "The model failed to run on this request's batch; retry the request"
+
+
+@dataclass(frozen=True)
+class PredictionOutput:
+    scores: np.ndarray  # (classes,) float32
+    label: str
+    inference_ms: float  # model time of the batch this image was in
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What the worker did for one batch (for metrics and tests)."""
+
+    size: int
+    inference_ms: float
+    fill_wait_ms: float  # time the worker spent waiting for more items after the first
+    queue_ms: float  # time the oldest item spent queued before its model call started
+    waited: bool  # whether the worker waited for more items at all
+    ok: bool
+
+
+BatchObserver = Callable[[BatchStats], None]
+
+
+@dataclass
+class _Item:
+    array: np.ndarray
+    future: asyncio.Future[PredictionOutput]
+    loop: asyncio.AbstractEventLoop
+    queued_at: float
+
+
+_STOP = object()
+
+
+def _set_result(future: asyncio.Future[PredictionOutput], value: PredictionOutput) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[PredictionOutput], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _error_summary(exc: BaseException, limit: int = 300) -> str:
+    """The message of an exception without the graph traceback TensorFlow puts into it."""
+    noise = ("File ", "Graph execution error", "Detected at node", "[[", "[Op:")
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and not line.startswith(noise)]
+    text = " ".join(" ".join(kept or lines).split())
+    return text[:limit] or type(exc).__name__
+
+
+class Predictor:
+    """A loaded model on a device, with a micro-batching worker thread.
+
+    ``observers`` are called on the worker thread with a ``BatchStats`` after every batch (the
+    service feeds its batch-size and latency metrics from them).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: DeviceInfo,
+        *,
+        max_batch_size: int,
+        max_batch_wait_ms: float,
+        inference: InferenceMode = "function",
+        observers: Sequence[BatchObserver] = (),
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size should be >= 1. Received: {max_batch_size!r}")
+        if not (max_batch_wait_ms >= 0 and math.isfinite(max_batch_wait_ms)):
+            raise ValueError(
+                f"max_batch_wait_ms should be a finite number >= 0. Received: {max_batch_wait_ms!r}"
+            )
+        if inference not in ("function", "predict_on_batch"):
+            raise ValueError(
+                "inference should be 'function' or 'predict_on_batch'. "
+                f"Received: inference={inference!r}"
+            )
+        self.loaded = loaded
+        self.model = loaded.model
+        self.manifest: ModelManifest = loaded.manifest
+        self.device = device
+        self.max_batch_size = int(max_batch_size)
+        self.max_batch_wait_ms = float(max_batch_wait_ms)
+        self.inference = inference
+        self.observers: list[BatchObserver] = list(observers)
+        height, width = int(self.manifest.input_shape[0]), int(self.manifest.input_shape[1])
+        self.input_size: tuple[int, int] = (height, width)
+        self._input_shape = (height, width, 1)
+        self.ready = False
+
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._last_arrival: float | None = None
+        self._gap_ewma_s: float | None = None  # recent gap between arrivals
+        self._demand_ewma: float | None = None  # recent requests per batch incl. those queued
+        self._function = self._build_function() if inference == "function" else None
+
+    # --- inference ------------------------------------------------------------------------
+
+    def _build_function(self) -> Callable[[Any], Any]:
+        import tensorflow as tf
+
+        model = self.model
+        h, w, c = self._input_shape
+
+        # Traced once for every batch size (None); much cheaper per call than model.predict().
+        @tf.function(input_signature=[tf.TensorSpec([None, h, w, c], tf.float32)])
+        def serve(x: Any) -> Any:
+            return model(x, training=False)
+
+        return serve
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """One model call on a (N, H, W, 1) float32 batch -> (N, classes) scores."""
+        import tensorflow as tf
+
+        with tf.device(self.device.name):
+            if self._function is not None:
+                out = self._function(tf.constant(batch))
+            else:
+                out = self.model.predict_on_batch(batch)
+        scores = np.asarray(out, dtype=np.float32)
+        if scores.ndim != 2 or scores.shape[0] != batch.shape[0]:
+            raise InferenceError(
+                f"the model returned an output of shape {scores.shape} for a batch of "
+                f"{batch.shape[0]}; expected ({batch.shape[0]}, classes)"
+            )
+        return scores
+
+    def warmup(self) -> None:
+        """Run one real prediction at batch size 1 and one at max batch size; set ready."""
+        one = np.zeros((1, *self._input_shape), dtype=np.float32)
+        scores = self._infer(one)
+        if not np.all(np.isfinite(scores)):
+            raise InferenceError(f"warm-up prediction returned non-finite scores {scores[0]}")
+        self._decide(scores[0])  # the manifest's classes and threshold fit the output
+        if self.max_batch_size > 1:
+            self._infer(np.zeros((self.max_batch_size, *self._input_shape), dtype=np.float32))
+        self.ready = True
+
+    def _decide(self, scores: np.ndarray) -> str:
+        from models.registry import decide
+
+        return decide(scores, self.manifest)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._closing = False
+        self._thread = threading.Thread(target=self._worker, name="radlens-predictor", daemon=True)
+        self._thread.start()
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting work, finish what is queued, stop the worker thread."""
+        self._closing = True
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(thread.join, timeout_s)
+            if thread.is_alive():
+                log.warning("predictor worker did not stop within %.1f s", timeout_s)
+        self._thread = None
+        self.ready = False
+        # Anything still queued (the worker timed out, or raced the stop) is failed, not lost.
+        self._fail_leftovers(PredictorUnavailableError("the predictor was stopped"))
+
+    def _fail_leftovers(self, exc: RadlensError) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Item):
+                self._resolve_exception(item, exc)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._closing
+
+    # --- the request side -----------------------------------------------------------------
+
+    async def predict(self, model_input: np.ndarray) -> PredictionOutput:
+        """Queue one (H, W, 1) float32 image and await its prediction."""
+        array = self._check_input(model_input)
+        if self._closing:
+            raise PredictorUnavailableError("the predictor is stopping")
+        if self._thread is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PredictionOutput] = loop.create_future()
+        self._queue.put(_Item(array, future, loop, time.perf_counter()))
+        return await future
+
+    def _check_input(self, model_input: Any) -> np.ndarray:
+        if not isinstance(model_input, np.ndarray):
+            raise InvalidImageError(
+                f"the model input should be a numpy array of shape {self._input_shape}. "
+                f"Received: {type(model_input).__name__}"
+            )
+        if model_input.shape != self._input_shape:
+            raise InvalidImageError(
+                f"the model input should have shape {self._input_shape} (H, W, 1). "
+                f"Received: shape={model_input.shape}"
+            )
+        if not np.issubdtype(model_input.dtype, np.number):
+            raise InvalidImageError(
+                f"the model input should be float32. Received: dtype={model_input.dtype}"
+            )
+        return np.asarray(model_input, dtype=np.float32)
+
+    # --- the worker thread ----------------------------------------------------------------
+
+    def _note_arrival(self, item: _Item) -> None:
+        if self._last_arrival is not None:
+            gap = max(0.0, item.queued_at - self._last_arrival)
+            self._gap_ewma_s = (
+                gap if self._gap_ewma_s is None else 0.7 * self._gap_ewma_s + 0.3 * gap
+            )
+        self._last_arrival = item.queued_at
+
+    def _waiting_can_help(self) -> bool:
+        # Only when there are other clients (recent batches saw more than one request) and
+        # requests have recently arrived closer together than the wait itself.
+        return (
+            self._demand_ewma is not None
+            and self._demand_ewma > 1.5
+            and self._gap_ewma_s is not None
+            and self._gap_ewma_s * 1000.0 < self.max_batch_wait_ms
+        )
+
+    def _note_demand(self, batch_size: int) -> None:
+        demand = batch_size + self._queue.qsize()  # this batch + what queued while it ran
+        self._demand_ewma = (
+            float(demand) if self._demand_ewma is None else 0.5 * self._demand_ewma + 0.5 * demand
+        )
+
+    def _collect(self, first: _Item) -> tuple[list[_Item], bool, float, bool]:
+        """Build a batch after ``first``; returns (batch, waited, wait_ms, stop_seen)."""
+        batch = [first]
+        deadline = first.queued_at + self.max_batch_wait_ms / 1000.0
+        waited = False
+        wait_s = 0.0
+        while len(batch) < self.max_batch_size:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or not self._waiting_can_help():
+                    break
+                waited = True
+                t0 = time.perf_counter()
+                try:
+                    nxt = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    wait_s += time.perf_counter() - t0
+                    break
+                wait_s += time.perf_counter() - t0
+            if nxt is _STOP:
+                return batch, waited, wait_s * 1000.0, True
+            self._note_arrival(nxt)
+            batch.append(nxt)
+        return batch, waited, wait_s * 1000.0, False
+
+    def _worker(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            self._note_arrival(first)
+            batch, waited, wait_ms, stop_seen = self._collect(first)
+            self._run_batch(batch, waited, wait_ms)
+            if stop_seen:
+                break
+        # Drain what was queued before the stop marker arrived after it (a race with stop()).
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Item):
+                self._run_batch([item], False, 0.0)
+
+    def _run_batch(self, batch: list[_Item], waited: bool, wait_ms: float) -> None:
+        live = [item for item in batch if not item.future.cancelled()]
+        if not live:
+            return
+        started = time.perf_counter()
+        queue_ms = (started - min(item.queued_at for item in live)) * 1000.0
+        ok = False
+        inference_ms = 0.0
+        try:
+            stacked = np.stack([item.array for item in live])
+            t0 = time.perf_counter()
+            scores = self._infer(stacked)
+            inference_ms = (time.perf_counter() - t0) * 1000.0
+            self._note_demand(len(live))
+            outputs = [
+                PredictionOutput(
+                    scores=scores[i].copy(),
+                    label=self._decide(scores[i]),
+                    inference_ms=inference_ms,
+                    batch_size=len(live),
+                )
+                for i in range(len(live))
+            ]
+            ok = True
+        except Exception as exc:  # the model's failure is this batch's, not the worker's
+            log.exception("inference failed for a batch of %d", len(live))
+            detail = f"{type(exc).__name__}: {_error_summary(exc)}"
+            for item in live:  # one exception object per caller: each await re-raises its own
+                error = InferenceError(detail)
+                error.__cause__ = exc
+                self._resolve_exception(item, error)
+        else:
+            for item, output in zip(live, outputs, strict=True):
+                with contextlib.suppress(RuntimeError):  # that caller's loop is closed
+                    item.loop.call_soon_threadsafe(_set_result, item.future, output)
+        stats = BatchStats(len(live), inference_ms, wait_ms, queue_ms, waited, ok)
+        for observer in self.observers:
+            try:
+                observer(stats)
+            except Exception:  # a metrics bug must not stop inference
+                log.exception("batch observer %r failed", observer)
+
+    @staticmethod
+    def _resolve_exception(item: _Item, exc: BaseException) -> None:
+        with contextlib.suppress(RuntimeError):  # that caller's loop is closed
+            item.loop.call_soon_threadsafe(_set_exception, item.future, exc)
+
+
+def load_predictor(settings: Any) -> Predictor:
+    """Select the device, load the configured model onto it, build the Predictor, warm it up.
+
+    The device is chosen first: GPU memory growth must be set before the model's variables
+    initialise the GPU.
+    """
+    import tensorflow as tf
+
+    from models.registry import ModelRegistry
+
+    device = select_device(settings.device)
+    with tf.device(device.name):
+        loaded = ModelRegistry(settings.model_store).load(settings.model)
+    predictor = Predictor(
+        loaded,
+        device,
+        max_batch_size=settings.max_batch_size,
+        max_batch_wait_ms=settings.max_batch_wait_ms,
+    )
+    predictor.warmup()
+    return predictor

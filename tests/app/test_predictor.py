@@ -1,0 +1,405 @@
+"""Predictor: micro-batching off the event loop, each caller gets its own result.
+
+A tiny 32 px model saved and loaded through the real registry; model calls are counted by
+wrapping ``Predictor._infer`` (the one place the worker calls the model). No timed assertions:
+the batching policy is checked through the batch records the worker reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+import keras
+import numpy as np
+import pytest
+
+from app.device import DeviceInfo
+from app.predictor import (
+    BatchStats,
+    InferenceError,
+    Predictor,
+    PredictorUnavailableError,
+    load_predictor,
+)
+from models.errors import InvalidImageError
+from models.registry import LoadedModel, ModelRegistry, decide
+
+T = TypeVar("T")
+SIZE = 32
+CPU = DeviceInfo("/CPU:0", "cpu", False)
+CLASS_NAMES = ["normal", "abnormal"]
+ATOL = 2e-6  # batch vs single-image float32 differences are ~1e-7
+
+
+def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
+    """asyncio.run with a guard so a broken policy fails instead of hanging the suite."""
+
+    async def guarded() -> T:
+        return await asyncio.wait_for(coro, timeout_s)
+
+    return asyncio.run(guarded())
+
+
+def tiny_model() -> keras.Model:
+    try:
+        from models.architectures import build_model
+    except ModuleNotFoundError:  # until models/architectures.py lands
+        keras.utils.set_random_seed(7)
+        inputs = keras.Input((SIZE, SIZE, 1))
+        x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+        x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.Flatten()(x)
+        outputs = keras.layers.Dense(2, activation="softmax")(x)
+        return keras.Model(inputs, outputs)
+    keras.utils.set_random_seed(7)
+    return build_model("simple_cnn", input_shape=(SIZE, SIZE, 1), num_classes=2)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    ModelRegistry(root).save(
+        tiny_model(),
+        name="tiny",
+        architecture="simple_cnn",
+        class_names=CLASS_NAMES,
+        threshold=0.5,
+        window=None,
+        filters=[],
+        metrics={},
+        training_config={},
+        data_fingerprint=None,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def loaded(store: Path) -> LoadedModel:
+    return ModelRegistry(store).load("tiny")
+
+
+@pytest.fixture(scope="module")
+def inputs() -> np.ndarray:
+    """24 images whose scores differ clearly, so a mixed-up batch cannot pass."""
+    rng = np.random.default_rng(0)
+    base = rng.random((24, SIZE, SIZE, 1), dtype=np.float32)
+    levels = np.linspace(0.0, 1.0, 24, dtype=np.float32)[:, None, None, None]
+    return np.clip(base * 0.5 + levels * 0.5, 0, 1).astype(np.float32)
+
+
+def direct_scores(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    return np.asarray(model(batch, training=False), dtype=np.float32)
+
+
+class Recorder:
+    """Counts model calls (wrapping _infer) and collects the worker's batch records."""
+
+    def __init__(self, predictor: Predictor, fail_calls: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self.sizes: list[int] = []
+        self.threads: set[str] = set()
+        self.stats: list[BatchStats] = []
+        self.fail_calls = fail_calls
+        original: Callable[[np.ndarray], np.ndarray] = predictor._infer
+
+        def counted(batch: np.ndarray) -> np.ndarray:
+            call = len(self.sizes)
+            self.sizes.append(int(batch.shape[0]))
+            self.threads.add(threading.current_thread().name)
+            if call in self.fail_calls:
+                raise RuntimeError(f"simulated device failure on call {call}")
+            return original(batch)
+
+        predictor._infer = counted  # type: ignore[method-assign]
+        predictor.observers.append(self.stats.append)
+
+
+def make_predictor(loaded: LoadedModel, **kwargs: Any) -> Predictor:
+    kwargs.setdefault("max_batch_size", 8)
+    kwargs.setdefault("max_batch_wait_ms", 5.0)
+    return Predictor(loaded, CPU, **kwargs)
+
+
+class TestBatching:
+    def test_concurrent_callers_are_batched_and_get_their_own_results(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        expected = direct_scores(loaded.model, inputs)
+        # The inputs really are distinguishable: every pair differs by far more than ATOL.
+        gaps = [np.abs(a - b).max() for a, b in itertools.combinations(expected, 2)]
+        assert min(gaps) > 5 * ATOL
+
+        predictor = make_predictor(loaded, max_batch_size=8, max_batch_wait_ms=20.0)
+        rec = Recorder(predictor)
+
+        async def main() -> list[Any]:
+            await predictor.start()
+            try:
+                return await asyncio.gather(*(predictor.predict(x) for x in inputs))
+            finally:
+                await predictor.stop()
+
+        results = run(main())
+        assert len(rec.sizes) < len(inputs), rec.sizes  # fewer model calls than requests
+        assert sum(rec.sizes) == len(inputs)
+        assert max(rec.sizes) <= 8
+        assert rec.threads == {"radlens-predictor"}  # never on the event loop's thread
+        for i, out in enumerate(results):
+            np.testing.assert_allclose(out.scores, expected[i], atol=ATOL, rtol=0)
+            nearest = int(np.argmin(np.abs(expected - out.scores).max(axis=1)))
+            assert nearest == i  # its own image's scores, not a neighbour's
+            assert out.label == decide(expected[i], loaded.manifest)
+            assert out.batch_size in rec.sizes
+            assert out.inference_ms > 0
+        assert sorted(s.size for s in rec.stats) == sorted(rec.sizes)
+        assert all(s.ok for s in rec.stats)
+
+    def test_batch_never_exceeds_max_batch_size(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        predictor = make_predictor(loaded, max_batch_size=3, max_batch_wait_ms=50.0)
+        rec = Recorder(predictor)
+
+        async def main() -> list[Any]:
+            outs = await asyncio.gather(*(predictor.predict(x) for x in inputs[:20]))
+            await predictor.stop()
+            return outs
+
+        results = run(main())
+        assert max(rec.sizes) <= 3
+        assert sum(rec.sizes) == 20
+        assert len(rec.sizes) >= 7  # ceil(20 / 3)
+        assert all(r.batch_size <= 3 for r in results)
+
+    def test_lone_client_is_not_delayed_by_the_wait(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        # A 60 s wait would time the test out if a lone request ever waited for company.
+        predictor = make_predictor(loaded, max_batch_size=8, max_batch_wait_ms=60_000.0)
+        rec = Recorder(predictor)
+
+        async def main() -> list[Any]:
+            outs = [await predictor.predict(x) for x in inputs[:4]]  # one client, in sequence
+            await predictor.stop()
+            return outs
+
+        results = run(main(), timeout_s=30.0)
+        assert rec.sizes == [1, 1, 1, 1]
+        assert [s.waited for s in rec.stats] == [False] * 4
+        assert all(s.fill_wait_ms == 0.0 for s in rec.stats)
+        assert all(r.batch_size == 1 for r in results)
+
+    def test_waits_for_company_when_requests_arrive_close_together(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        predictor = make_predictor(loaded, max_batch_size=4, max_batch_wait_ms=5_000.0)
+        rec = Recorder(predictor)
+
+        async def main() -> None:
+            # A burst teaches the worker that requests arrive close together ...
+            await asyncio.gather(*(predictor.predict(x) for x in inputs[:8]))
+            burst_calls = len(rec.sizes)
+            # ... so a request arriving on an idle model waits for the three that follow.
+            first = asyncio.ensure_future(predictor.predict(inputs[8]))
+            await asyncio.sleep(0.02)
+            rest = [predictor.predict(x) for x in inputs[9:12]]
+            outs = await asyncio.gather(first, *rest)
+            assert rec.sizes[burst_calls:] == [4]
+            assert rec.stats[-1].waited
+            assert all(o.batch_size == 4 for o in outs)
+            await predictor.stop()
+
+        run(main(), timeout_s=30.0)
+
+
+class TestErrors:
+    def test_model_error_fails_that_batch_only_and_worker_keeps_running(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        expected = direct_scores(loaded.model, inputs)
+        predictor = make_predictor(loaded, max_batch_size=4, max_batch_wait_ms=20.0)
+        rec = Recorder(predictor, fail_calls={0})
+
+        async def main() -> list[Any]:
+            outs = await asyncio.gather(
+                *(predictor.predict(x) for x in inputs[:10]), return_exceptions=True
+            )
+            after = await predictor.predict(inputs[10])  # the worker survived
+            await predictor.stop()
+            return [*outs, after]
+
+        results = run(main())
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert len(failed) == rec.sizes[0]  # exactly the first batch's callers
+        for err in failed:
+            assert isinstance(err, InferenceError)
+            assert "simulated device failure on call 0" in str(err)
+            assert str(err).startswith("The model failed")
+        assert len({id(e) for e in failed}) == len(failed)  # one exception object per caller
+        for i, r in enumerate(results):
+            if not isinstance(r, BaseException):
+                np.testing.assert_allclose(r.scores, expected[i], atol=ATOL)
+        assert rec.stats[0].ok is False
+        assert all(s.ok for s in rec.stats[1:])
+
+    def test_real_model_failure_is_a_clear_error(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        import tensorflow as tf
+
+        class CheckNumerics(keras.layers.Layer):
+            def call(self, x: Any) -> Any:
+                return tf.debugging.check_numerics(x, "input has NaN or Inf")
+
+        inp = keras.Input((SIZE, SIZE, 1))
+        guarded = keras.Model(inp, loaded.model(CheckNumerics()(inp)))
+        predictor = Predictor(
+            LoadedModel(model=guarded, manifest=loaded.manifest, path=loaded.path),
+            CPU,
+            max_batch_size=4,
+            max_batch_wait_ms=1.0,
+        )
+        bad = inputs[0].copy()
+        bad[0, 0, 0] = np.nan
+
+        async def main() -> Any:
+            with pytest.raises(InferenceError, match="input has NaN or Inf"):
+                await predictor.predict(bad)
+            good = await predictor.predict(inputs[1])
+            await predictor.stop()
+            return good
+
+        good = run(main())
+        np.testing.assert_allclose(
+            good.scores, direct_scores(loaded.model, inputs[1:2])[0], atol=ATOL
+        )
+
+    @pytest.mark.parametrize(
+        ("array", "message"),
+        [
+            (np.zeros((16, 16, 1), np.float32), r"Received: shape=\(16, 16, 1\)"),
+            (np.zeros((SIZE, SIZE), np.float32), r"Received: shape=\(32, 32\)"),
+            (np.full((SIZE, SIZE, 1), "a"), r"Received: dtype=<U1"),
+            ([[0.0]], r"Received: list"),
+        ],
+    )
+    def test_bad_input_is_rejected_before_queueing(
+        self, loaded: LoadedModel, array: Any, message: str
+    ) -> None:
+        predictor = make_predictor(loaded)
+
+        async def main() -> None:
+            with pytest.raises(InvalidImageError, match=message):
+                await predictor.predict(array)
+            assert predictor._thread is None  # nothing was started or queued
+
+        run(main())
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"max_batch_size": 0}, "max_batch_size should be >= 1. Received: 0"),
+            ({"max_batch_wait_ms": -1.0}, r"max_batch_wait_ms .* Received: -1.0"),
+            ({"inference": "xla"}, "Received: inference='xla'"),
+        ],
+    )
+    def test_bad_options(self, loaded: LoadedModel, kwargs: Any, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            make_predictor(loaded, **kwargs)
+
+
+class TestLifecycle:
+    def test_warmup_runs_batch_one_and_max_and_sets_ready(self, loaded: LoadedModel) -> None:
+        predictor = make_predictor(loaded, max_batch_size=6)
+        rec = Recorder(predictor)
+        assert predictor.ready is False
+        predictor.warmup()
+        assert predictor.ready is True
+        assert rec.sizes == [1, 6]
+        assert predictor.input_size == (SIZE, SIZE)
+
+    def test_stop_drains_queued_requests_then_refuses_new_ones(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        expected = direct_scores(loaded.model, inputs)
+        predictor = make_predictor(loaded, max_batch_size=2, max_batch_wait_ms=1.0)
+        rec = Recorder(predictor)
+
+        async def main() -> None:
+            await predictor.start()
+            tasks = [asyncio.ensure_future(predictor.predict(x)) for x in inputs[:6]]
+            await asyncio.sleep(0)  # all six are queued
+            await predictor.stop()
+            assert predictor._thread is None and not predictor.running
+            outs = await asyncio.gather(*tasks)
+            for i, out in enumerate(outs):
+                np.testing.assert_allclose(out.scores, expected[i], atol=ATOL)
+            with pytest.raises(PredictorUnavailableError, match="stopping"):
+                await predictor.predict(inputs[0])
+            await predictor.start()  # and it can be started again
+            again = await predictor.predict(inputs[7])
+            np.testing.assert_allclose(again.scores, expected[7], atol=ATOL)
+            await predictor.stop()
+
+        run(main())
+        assert sum(rec.sizes) == 7
+        assert all(t.name != "radlens-predictor" for t in threading.enumerate())
+
+    def test_cancelled_caller_does_not_disturb_the_others(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        expected = direct_scores(loaded.model, inputs)
+        predictor = make_predictor(loaded, max_batch_size=8, max_batch_wait_ms=1.0)
+
+        async def main() -> list[Any]:
+            tasks = [asyncio.ensure_future(predictor.predict(x)) for x in inputs[:6]]
+            await asyncio.sleep(0)
+            tasks[2].cancel()
+            outs = await asyncio.gather(*tasks, return_exceptions=True)
+            await predictor.stop()
+            return outs
+
+        outs = run(main())
+        assert isinstance(outs[2], asyncio.CancelledError)
+        for i in (0, 1, 3, 4, 5):
+            np.testing.assert_allclose(outs[i].scores, expected[i], atol=ATOL)
+
+    def test_predict_on_batch_mode_gives_the_same_scores(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        expected = direct_scores(loaded.model, inputs[:4])
+        predictor = make_predictor(loaded, inference="predict_on_batch")
+
+        async def main() -> list[Any]:
+            outs = await asyncio.gather(*(predictor.predict(x) for x in inputs[:4]))
+            await predictor.stop()
+            return outs
+
+        for i, out in enumerate(run(main())):
+            np.testing.assert_allclose(out.scores, expected[i], atol=ATOL)
+
+    def test_load_predictor_from_settings(self, store: Path, inputs: np.ndarray) -> None:
+        settings = SimpleNamespace(
+            model_store=store, model="tiny", device="cpu", max_batch_size=4, max_batch_wait_ms=2.0
+        )
+        predictor = load_predictor(settings)  # type: ignore[arg-type]
+        assert predictor.ready is True
+        assert predictor.device.name == "/CPU:0"
+        assert predictor.manifest.name == "tiny"
+        assert predictor.input_size == (SIZE, SIZE)
+
+        async def main() -> Any:
+            out = await predictor.predict(inputs[3])
+            await predictor.stop()
+            return out
+
+        out = run(main())
+        np.testing.assert_allclose(
+            out.scores, direct_scores(predictor.model, inputs[3:4])[0], atol=ATOL
+        )
+        assert out.label in CLASS_NAMES
