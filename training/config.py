@@ -19,7 +19,6 @@ from typing import Any
 from models.errors import ConfigurationError
 
 ARCHITECTURE_NAMES = ("resnet50", "simple_cnn")
-FILTER_NAMES = ("sobel_h", "sobel_v", "blur", "outline")
 CLASS_WEIGHT_MODES = ("auto", "none")
 
 
@@ -32,7 +31,8 @@ class TrainConfig:
     only: the top ``unfreeze_blocks`` residual blocks unfrozen at ``learning_rate_finetune``).
     """
 
-    data: str | None = None
+    data: str | None = None  # folder (a labels.csv inside is used when present), .csv or .npz
+    class_names: tuple[str, ...] = ()  # CSV/npz label order (index 1 = positive); () = from data
     architecture: str = "resnet50"
     filters: tuple[str, ...] = ()
     weights: str | None = None  # "imagenet", a local .h5/.weights.h5 path, or None
@@ -41,7 +41,7 @@ class TrainConfig:
     batch_size: int = 32
     epochs_head: int = 5
     epochs_finetune: int = 5
-    unfreeze_blocks: int = 3
+    unfreeze_blocks: int | str = 3  # ResNet50 blocks (1..16, from the top) or "all"
     learning_rate_head: float = 1e-3
     learning_rate_finetune: float = 1e-5
     dropout: float = 0.3
@@ -166,7 +166,6 @@ _INT_FIELDS = {
     "batch_size",
     "epochs_head",
     "epochs_finetune",
-    "unfreeze_blocks",
     "early_stopping_patience",
     "seed",
     "histogram_freq",
@@ -190,7 +189,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigurationError:
         return ConfigurationError(f"{name} must be {expected}; received {value!r} (in {source})")
 
-    if name in _INT_FIELDS:
+    if name == "unfreeze_blocks" and isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
+    if name in _INT_FIELDS or name == "unfreeze_blocks":
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise bad("an integer")
         try:
@@ -225,7 +226,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
-    if name == "filters":
+    if name in ("filters", "class_names"):
         if value is None:
             return ()
         if isinstance(value, str):
@@ -233,9 +234,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         elif isinstance(value, list | tuple):
             items = list(value)
         else:
-            raise bad("a list of filter names or a comma-separated string")
+            raise bad("a list of names or a comma-separated string")
         if not all(isinstance(v, str) for v in items):
-            raise bad("a list of filter names")
+            raise bad("a list of names")
         return tuple(items)
     raise ConfigurationError(f"unknown option {name!r} (in {source})")  # pragma: no cover
 
@@ -248,6 +249,8 @@ def _validate(cfg: TrainConfig) -> None:
 
     if cfg.architecture not in ARCHITECTURE_NAMES:
         raise bad("architecture", f"one of {', '.join(ARCHITECTURE_NAMES)}")
+    from models.ops import FILTER_NAMES  # numpy only
+
     unknown = [f for f in cfg.filters if f not in FILTER_NAMES]
     if unknown:
         raise ConfigurationError(
@@ -256,6 +259,8 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if len(set(cfg.filters)) != len(cfg.filters):
         raise bad("filters", "a list without repeats")
+    if len(set(cfg.class_names)) != len(cfg.class_names) or len(cfg.class_names) == 1:
+        raise bad("class_names", "empty (from the data) or at least 2 distinct names")
     if cfg.weights is not None:
         if cfg.architecture != "resnet50":
             raise ConfigurationError(
@@ -276,8 +281,10 @@ def _validate(cfg: TrainConfig) -> None:
             f"the run would train for no epoch; received epochs_head={cfg.epochs_head}, "
             f"epochs_finetune={cfg.epochs_finetune}, architecture={cfg.architecture!r}"
         )
-    if not 0 <= cfg.unfreeze_blocks <= 16:
-        raise bad("unfreeze_blocks", "from 0 to 16 (ResNet50 has 16 residual blocks)")
+    if cfg.unfreeze_blocks != "all" and not (
+        isinstance(cfg.unfreeze_blocks, int) and 0 <= cfg.unfreeze_blocks <= 16
+    ):
+        raise bad("unfreeze_blocks", "from 0 to 16 (ResNet50 has 16 residual blocks) or 'all'")
     for name in ("learning_rate_head", "learning_rate_finetune"):
         value = getattr(cfg, name)
         if not 0 < value < 1:

@@ -114,3 +114,10 @@ def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("")
     assert TrainConfig.load(path) == TrainConfig()
+
+
+def test_unfreeze_blocks_all_or_count() -> None:
+    assert TrainConfig.from_dict({"unfreeze_blocks": "all"}).unfreeze_blocks == "all"
+    assert TrainConfig.from_dict({"unfreeze_blocks": "4"}).unfreeze_blocks == 4
+    with pytest.raises(ConfigurationError, match=r"unfreeze_blocks .*received 17"):
+        TrainConfig(unfreeze_blocks=17)

@@ -1,0 +1,227 @@
+"""Training commands: ``radlens train`` and ``radlens evaluate``.
+
+Only typer and the standard library are imported here; ``training`` (and so TensorFlow) is
+imported inside the command bodies. Bad options, config values or data layouts raise
+``models.errors.ConfigurationError`` before any training starts; ``cli.main`` prints them as
+one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.common import fail
+
+EXIT_INTERRUPTED = 130
+
+
+def train(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML or JSON config file (flags win).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Folder of class sub-folders (or with labels.csv), .csv, .npz"),
+    ] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="resnet50 or simple_cnn.")] = None,
+    filters: Annotated[
+        str | None,
+        typer.Option("--filters", help="Fixed filter front-end, e.g. sobel_h,blur ('' = none)."),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="ResNet50 start weights: imagenet, a .h5 path, or none."),
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Model input side in pixels.")
+    ] = None,
+    window: Annotated[
+        str | None, typer.Option("--window", help="CT window preset (lung, bone, ...) or none.")
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Phase-1 epochs (head; all of simple_cnn's training)."),
+    ] = None,
+    finetune_epochs: Annotated[
+        int | None, typer.Option("--finetune-epochs", help="ResNet50 phase-2 epochs.")
+    ] = None,
+    unfreeze_blocks: Annotated[
+        int | None, typer.Option("--unfreeze-blocks", help="ResNet50 blocks unfrozen in phase 2.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", help="Phase-1 learning rate.")
+    ] = None,
+    finetune_learning_rate: Annotated[
+        float | None, typer.Option("--finetune-learning-rate", help="Phase-2 learning rate.")
+    ] = None,
+    class_weights: Annotated[
+        str | None, typer.Option("--class-weights", help="auto (inverse frequency) or none.")
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option("--patience", help="Early stopping on val AUC after N epochs (0 = off)."),
+    ] = None,
+    val_fraction: Annotated[float | None, typer.Option("--val-fraction")] = None,
+    test_fraction: Annotated[float | None, typer.Option("--test-fraction")] = None,
+    augment: Annotated[
+        bool | None, typer.Option("--augment/--no-augment", help="Training augmentation.")
+    ] = None,
+    deterministic: Annotated[
+        bool | None,
+        typer.Option("--deterministic/--no-deterministic", help="Deterministic TF ops."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Model name in the store (and run prefix).")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option("--store", help="Model store (default $RADLENS_MODEL_STORE).")
+    ] = None,
+    runs_dir: Annotated[
+        str | None, typer.Option("--runs-dir", help="Where run directories go (default runs/).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue an interrupted run from its directory."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a model (ResNet50 two-phase fine-tuning or the small CNN) and export it."""
+    overrides: dict[str, Any] = {
+        "data": data,
+        "architecture": arch,
+        "filters": filters,
+        "weights": weights,
+        "image_size": image_size,
+        "window": window,
+        "epochs_head": epochs,
+        "epochs_finetune": finetune_epochs,
+        "unfreeze_blocks": unfreeze_blocks,
+        "batch_size": batch_size,
+        "learning_rate_head": learning_rate,
+        "learning_rate_finetune": finetune_learning_rate,
+        "class_weights": class_weights,
+        "early_stopping_patience": patience,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "augment": augment,
+        "deterministic": deterministic,
+        "seed": seed,
+        "name": name,
+        "store": store,
+        "runs_dir": runs_dir,
+    }
+    given = sorted(k for k, v in overrides.items() if v is not None)
+    if resume is not None and (given or config is not None):
+        fail(
+            "--resume continues a run with its own config.json; do not combine it with "
+            f"--config or other options (received: {', '.join(given) or '--config'})"
+        )
+
+    from training.config import TrainConfig
+
+    if resume is None:
+        cfg = (
+            TrainConfig.load(config, overrides)
+            if config is not None
+            else TrainConfig().with_overrides(overrides)
+        )
+        if cfg.data is None:
+            fail("no training data: pass --data PATH (or set data: in the config file)")
+
+    # the trainer (TensorFlow) is imported only now that the options are known to be sound
+    from training import run as run_module
+
+    started: list[Path] = []
+
+    def announce(path: Path) -> None:
+        started.append(path)
+        typer.echo(f"run directory: {path}")
+
+    try:
+        if resume is not None:
+            result = run_module.resume(resume, on_start=announce)
+        else:
+            result = run_module.train(cfg, on_start=announce)
+    except KeyboardInterrupt:
+        where = started[0] if started else "<run directory>"
+        typer.echo(
+            f"\nradlens: interrupted; continue with: radlens train --resume {where}", err=True
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    typer.echo(f"model: {result.model_ref} (store {result.store})")
+    typer.echo(f"val: {_summary(result.val_metrics)}")
+    if result.test_metrics is not None:
+        typer.echo(f"test: {_summary(result.test_metrics)}")
+    typer.echo(
+        f"best epoch: {result.best_epoch} of {result.epochs_run}; "
+        f"skipped files: {len(result.skipped)}"
+    )
+
+
+def evaluate(
+    data: Annotated[str, typer.Option("--data", help="Folder, .csv or .npz to evaluate on.")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="NAME or NAME:VERSION in the store (default: newest)."),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="test, val, train (as in training) or all.")
+    ] = "test",
+    store: Annotated[
+        str | None, typer.Option("--store", help="Model store (default $RADLENS_MODEL_STORE).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write metrics.json, roc_curve.png, confusion_matrix.png."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Evaluate a stored model on a data set at its saved threshold."""
+    if split not in ("train", "val", "test", "all"):
+        fail(f"--split must be train, val, test or all; received {split!r}")
+    if not Path(data).exists():
+        fail(f"data path does not exist: {data!r}")
+
+    from training.evaluate import evaluate as run_evaluation
+
+    metrics = run_evaluation(model, data, split=split, store=store, out=out, batch_size=batch_size)
+    if json_out:
+        typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+        return
+    typer.echo(f"model: {metrics['model']}  split: {split}  n: {metrics['n']}")
+    typer.echo(_summary(metrics))
+    typer.echo(
+        f"confusion matrix (rows = truth {metrics['class_names']}): {metrics['confusion_matrix']}"
+    )
+    if metrics.get("skipped_files"):
+        typer.echo(f"skipped files: {metrics['skipped_files']}")
+    if out is not None:
+        typer.echo(f"report: {out}")
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    keys = ("auc", "accuracy", "sensitivity", "specificity", "precision", "threshold", "n")
+    parts = []
+    for key in keys:
+        value = metrics.get(key)
+        if value is None:
+            continue
+        parts.append(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``evaluate`` to the radlens CLI."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
