@@ -1,0 +1,251 @@
+"""RFC 9457 problem documents: the service's error family and the handlers that render them.
+
+Every expected failure is a ``models.errors.RadlensError`` (preprocessing errors from
+``models``, the service's own ``AppError`` subclasses below) and becomes
+``application/problem+json`` with the error's title and detail. FastAPI's validation errors
+and Starlette's HTTP errors (unknown route, wrong method) get the same shape. Anything else is
+a bug: ``CatchAllMiddleware`` logs it without request data and answers a 500 problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from models.errors import RadlensError
+
+logger = logging.getLogger("radlens.app")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:radlens:problem:"
+
+
+class AppError(RadlensError):
+    """A service-level failure that carries its HTTP status."""
+
+    status_code: int = 400
+
+
+class NotFoundError(AppError):
+    code = "not-found"
+    title = "No such resource; check the id or the URL"
+    status_code = 404
+
+
+class ModelNotReadyError(AppError):
+    code = "model-not-ready"
+    title = "The service is not ready to predict; retry when GET /readyz answers 200"
+    status_code = 503
+
+
+class PayloadTooLargeError(AppError):
+    code = "payload-too-large"
+    title = "The upload is too large; send a smaller file or raise RADLENS_MAX_UPLOAD_BYTES"
+    status_code = 413
+
+
+class UnsupportedMediaTypeError(AppError):
+    code = "unsupported-media-type"
+    title = "Send the image as multipart/form-data with the file in a field named 'file'"
+    status_code = 415
+
+
+class InvalidCursorError(AppError):
+    code = "invalid-cursor"
+    title = "The pagination cursor is invalid; pass next_cursor from a previous page unchanged"
+    status_code = 422
+
+
+class DatabaseNotMigratedError(AppError):
+    code = "database-not-migrated"
+    title = "The database schema is not at the current revision; run `radlens db upgrade`"
+    status_code = 503
+
+
+class MigrationError(AppError):
+    code = "migration-failed"
+    title = "The migration could not run; check the revision (see `radlens db current`)"
+    status_code = 500
+
+
+class DatabaseUnavailableError(AppError):
+    code = "database-unavailable"
+    title = "The database cannot be reached; check RADLENS_DATABASE_URL and the server"
+    status_code = 503
+
+
+# models.errors codes -> HTTP status (RFC 9110 semantics: 415 for a media type the service
+# does not handle, 422 for a well-formed upload whose content cannot be processed)
+STATUS_BY_CODE: dict[str, int] = {
+    "not-an-image": 415,
+    "no-pixel-data": 422,
+    "unsupported-transfer-syntax": 422,
+    "image-too-large": 422,
+    "truncated": 422,
+    "invalid-image": 422,
+    "preprocessing-error": 422,
+    "model-not-found": 503,
+    "model-corrupt": 503,
+    "model-incompatible": 503,
+    "model-store-error": 503,
+    "bad-configuration": 500,
+}
+
+
+def status_for(error: RadlensError) -> int:
+    if isinstance(error, AppError):
+        return error.status_code
+    return STATUS_BY_CODE.get(error.code, 400)
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extensions,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+async def _radlens_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RadlensError)
+    status = status_for(exc)
+    logger.info("request failed: %s %s -> %d %s", request.method, _route(request), status, exc.code)
+    return problem_response(
+        request, status=status, code=exc.code, title=exc.title, detail=exc.detail
+    )
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": ".".join(str(part) for part in error.get("loc", ())),
+            "msg": error.get("msg", ""),
+            "input": _short(error.get("input")),
+        }
+        for error in exc.errors()
+    ]
+    detail = "; ".join(
+        f"{e['loc']}: {e['msg']}" + (f" (received {e['input']})" if e["input"] else "")
+        for e in errors
+    )
+    return problem_response(
+        request,
+        status=422,
+        code="invalid-request",
+        title="The request is invalid; fix the fields listed in 'errors'",
+        detail=detail or "the request did not match the API",
+        errors=errors,
+    )
+
+
+_HTTP_TITLES = {
+    400: ("bad-request", "The request could not be parsed; check its body and headers"),
+    404: ("not-found", "No such resource; check the URL (the API is under /v1)"),
+    405: ("method-not-allowed", "This method is not allowed here; see /docs for the API"),
+    413: (PayloadTooLargeError.code, PayloadTooLargeError.title),
+    415: (UnsupportedMediaTypeError.code, UnsupportedMediaTypeError.title),
+}
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code, title = _HTTP_TITLES.get(exc.status_code, ("http-error", "The request failed"))
+    detail = str(exc.detail) if exc.detail else title
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route matches {request.method} {request.url.path}"
+    if exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return problem_response(
+        request,
+        status=exc.status_code,
+        code=code,
+        title=title,
+        detail=detail,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RadlensError, _radlens_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+
+
+class CatchAllMiddleware:
+    """Turn an unexpected exception into a 500 problem; log it without request data.
+
+    Starlette's own last-resort handler re-raises after answering, which makes the server log
+    the exception message (which may quote input); this one logs only the exception type, the
+    route template and the stack frames, and does not re-raise.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            route = getattr(scope.get("route"), "path", "<unmatched>")
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            logger.error(
+                "unexpected %s in %s %s (message withheld: it may quote input)\n%s",
+                type(exc).__name__,
+                scope.get("method"),
+                route,
+                frames,
+            )
+            if started:
+                return
+            request = Request(scope)
+            response = problem_response(
+                request,
+                status=500,
+                code="internal-error",
+                title="Internal error in radlens; the error was logged, please report it",
+                detail=f"unexpected {type(exc).__name__} while handling {route}",
+            )
+            await response(scope, receive, send)
+
+
+def _route(request: Request) -> str:
+    return getattr(request.scope.get("route"), "path", "<unmatched>")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    if value is None:
+        return ""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

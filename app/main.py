@@ -1,0 +1,148 @@
+"""The radlens prediction service: ``create_app()`` builds the FastAPI application.
+
+Start-up (lifespan), in this order, each failure stopping the service with a message that
+names what and why:
+1. the database: reachable, and at the migration head (SQLite is upgraded automatically,
+   PostgreSQL must be upgraded with ``radlens db upgrade``; see app/migrate.py);
+2. the model: ``load_predictor`` resolves RADLENS_MODEL (name[:version], default newest),
+   checks its sha256 and preprocessing version, places it on the device and warms it up;
+3. the micro-batching worker starts; /readyz answers 200 from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from app.deps import Resources
+from app.errors import CatchAllMiddleware, install_error_handlers
+from app.limits import MaxBodySizeMiddleware
+from app.metrics import MetricsMiddleware, ServiceMetrics
+from app.schemas import Problem
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger("radlens.app")
+
+API_DESCRIPTION = """
+Upload a DICOM, PNG or JPEG image to `POST /v1/predictions` and get the loaded model's
+decision with its provenance: model name and version, preprocessing version, score per class,
+threshold, DICOM UIDs, modality, image size, input sha256 and inference time. Every
+prediction is stored; re-posting the same instance to the same model returns the stored one.
+No patient identifiers are stored or logged.
+
+**Not for clinical use**: predictions are research output unless the loaded model's manifest
+says `validated_for_clinical_use` (see `GET /v1/models`); they must not be used for diagnosis.
+
+Errors are RFC 9457 `application/problem+json` documents whose `title` says what to fix.
+"""
+
+PredictorLoader = Callable[[Settings], Any]
+
+
+def create_app(settings: Settings | None = None, *, load: PredictorLoader | None = None) -> FastAPI:
+    """Build the app. ``settings`` default to the environment; ``load`` to ``load_predictor``."""
+    settings = settings if settings is not None else get_settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources = await run_in_threadpool(_start, settings, load, metrics)
+        app.state.resources = resources
+        await resources.predictor.start()
+        logger.info(
+            "ready: model %s on %s, database schema %s",
+            resources.predictor.manifest.ref,
+            resources.predictor.device.name,
+            resources.schema_revision,
+        )
+        try:
+            yield
+        finally:
+            app.state.resources = None
+            await resources.predictor.stop()
+            resources.engine.dispose()
+
+    app = FastAPI(
+        title="radlens",
+        version=_version(),
+        summary="Medical imaging diagnosis service (research use; not for clinical use)",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.resources = None
+    install_error_handlers(app)
+
+    from app.routes import model_info, ops, predictions
+
+    app.include_router(predictions.upload_router)
+    app.include_router(predictions.router)
+    app.include_router(model_info.router)
+    app.include_router(ops.router)
+
+    # Outermost first when the request comes in: catch-all -> metrics -> body limit -> app.
+    app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(CatchAllMiddleware)
+    _register_problem_schema(app)
+    return app
+
+
+def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMetrics) -> Resources:
+    from app.db import make_engine, make_sessionmaker
+    from app.migrate import ensure_schema
+
+    engine = make_engine(settings.database_url)
+    try:
+        revision = ensure_schema(settings.database_url, engine)
+        if load is None:
+            from app.predictor import load_predictor
+
+            load = load_predictor
+        predictor = load(settings)
+    except BaseException:
+        engine.dispose()
+        raise
+
+    def observe(stats: Any) -> None:  # app.predictor.BatchStats, on the worker thread
+        if stats.ok:
+            metrics.observe_batch(stats.size, stats.inference_ms / 1000.0)
+
+    predictor.observers.append(observe)
+    return Resources(
+        engine=engine,
+        sessionmaker=make_sessionmaker(engine),
+        predictor=predictor,
+        schema_revision=revision,
+    )
+
+
+def _register_problem_schema(app: FastAPI) -> None:
+    """Make sure components/schemas/Problem exists for the problem+json $refs."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault("Problem", Problem.model_json_schema())
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("radlens")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"

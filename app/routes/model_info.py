@@ -1,0 +1,44 @@
+"""API v1 models: the loaded model and its manifest."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import ResourcesDep
+from app.schemas import NOT_FOR_CLINICAL_USE, ModelPublic, ModelsPublic, problem_responses
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get(
+    "",
+    response_model=ModelsPublic,
+    summary="The loaded model and its manifest",
+    responses=problem_responses(503),
+)
+def list_models(resources: ResourcesDep) -> ModelsPublic:
+    """Classes, decision threshold, metrics and the clinical-validation flag of the model."""
+    predictor = resources.predictor
+    m = predictor.manifest
+    return ModelsPublic(
+        models=[
+            ModelPublic(
+                name=m.name,
+                version=m.version,
+                architecture=m.architecture,
+                created_at=m.created_at,
+                input_shape=list(m.input_shape),
+                class_names=list(m.class_names),
+                threshold=m.threshold,
+                window=m.window,
+                preprocessing_version=m.preprocessing_version,
+                filters=list(m.filters),
+                metrics=m.metrics,
+                validated_for_clinical_use=m.validated_for_clinical_use,
+                description=m.description,
+                device=predictor.device.name,
+                ready=predictor.ready,
+                notice=None if m.validated_for_clinical_use else NOT_FOR_CLINICAL_USE,
+            )
+        ]
+    )

@@ -1,0 +1,264 @@
+"""API v1 predictions: upload an image, read one prediction, list them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
+
+from app import services
+from app.deps import MetricsDep, PredictorDep, SessionDep, SettingsDep
+from app.errors import UnsupportedMediaTypeError
+from app.schemas import (
+    NOT_FOR_CLINICAL_USE,
+    ModelRef,
+    PredictionPage,
+    PredictionPublic,
+    problem_responses,
+)
+from app.tables import Prediction, dedupe_key
+from models.manifest import ModelManifest
+
+if TYPE_CHECKING:
+    from models.preprocessing import PreprocessedImage
+
+logger = logging.getLogger("radlens.app")
+
+MAX_PAGE_SIZE = 100
+
+
+class MultipartRoute(APIRoute):
+    """Refuse a body that is not multipart/form-data with 415 before FastAPI parses it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            content_type = request.headers.get("content-type", "")
+            if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
+                shown = content_type[:80] or "none"
+                raise UnsupportedMediaTypeError(
+                    f"the request's Content-Type is {shown!r}; expected multipart/form-data"
+                )
+            return await handler(request)
+
+        return checked
+
+
+upload_router = APIRouter(
+    prefix="/v1/predictions", tags=["predictions"], route_class=MultipartRoute
+)
+router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
+
+
+def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> PredictionPublic:
+    validated = (
+        loaded is not None
+        and loaded.validated_for_clinical_use
+        and (loaded.name, loaded.version) == (prediction.model_name, prediction.model_version)
+    )
+    return PredictionPublic(
+        id=prediction.id,
+        created_at=prediction.created_at,
+        model=ModelRef(name=prediction.model_name, version=prediction.model_version),
+        preprocessing_version=prediction.preprocessing_version,
+        label=prediction.label,
+        scores={str(k): float(v) for k, v in prediction.scores.items()},
+        threshold=prediction.threshold,
+        study_instance_uid=prediction.study_instance_uid,
+        series_instance_uid=prediction.series_instance_uid,
+        sop_instance_uid=prediction.sop_instance_uid,
+        modality=prediction.modality,
+        rows=prediction.rows,
+        columns=prediction.columns,
+        frames=prediction.frames,
+        photometric_interpretation=prediction.photometric_interpretation,
+        transfer_syntax_uid=prediction.transfer_syntax_uid,
+        input_sha256=prediction.input_sha256,
+        input_format=prediction.input_format,
+        inference_ms=prediction.inference_ms,
+        batch_size=prediction.batch_size,
+        device=prediction.device,
+        notice=None if validated else NOT_FOR_CLINICAL_USE,
+    )
+
+
+@upload_router.post(
+    "",
+    status_code=201,
+    response_model=PredictionPublic,
+    summary="Predict on one uploaded image",
+    responses={
+        201: {
+            "description": "Predicted and stored; Location names the new prediction",
+            "headers": {
+                "Location": {"description": "/v1/predictions/{id}", "schema": {"type": "string"}}
+            },
+        },
+        200: {
+            "model": PredictionPublic,
+            "description": "This instance was already predicted by this model: the stored "
+            "prediction (same id), nothing new is stored",
+        },
+        **problem_responses(413, 415, 422, 500, 503),
+    },
+)
+async def create_prediction(
+    file: Annotated[
+        UploadFile,
+        File(description="A DICOM (.dcm), PNG or JPEG image; the format is read from the bytes"),
+    ],
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> PredictionPublic:
+    """Preprocess the image exactly as in training, run the loaded model, store the result.
+
+    Re-posting the same instance (same SOP Instance UID, or the same bytes when there is
+    none) for the same model returns the stored prediction with status 200.
+    """
+    data = await file.read()
+    manifest = predictor.manifest
+    image = await run_in_threadpool(
+        _preprocess, data, predictor.input_size, manifest.window, settings.max_pixels
+    )
+    meta = image.metadata
+    digest = hashlib.sha256(data).hexdigest()
+    key = dedupe_key(sop_instance_uid=meta.sop_instance_uid, input_sha256=digest)
+
+    existing = await run_in_threadpool(
+        services.find_existing,
+        session,
+        model_name=manifest.name,
+        model_version=manifest.version,
+        dedupe_key=key,
+    )
+    if existing is None:
+        output = await predictor.predict(image.model_input())
+        candidate = Prediction(
+            id=uuid.uuid4(),
+            model_name=manifest.name,
+            model_version=manifest.version,
+            preprocessing_version=manifest.preprocessing_version,
+            device=predictor.device.name,
+            label=output.label,
+            scores={
+                name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
+            },
+            threshold=manifest.threshold,
+            inference_ms=float(output.inference_ms),
+            batch_size=int(output.batch_size),
+            dedupe_key=key,
+            input_sha256=digest,
+            input_format=meta.format,
+            study_instance_uid=meta.study_instance_uid,
+            series_instance_uid=meta.series_instance_uid,
+            sop_instance_uid=meta.sop_instance_uid,
+            modality=meta.modality,
+            rows=meta.rows,
+            columns=meta.columns,
+            frames=meta.frames,
+            photometric_interpretation=meta.photometric_interpretation,
+            transfer_syntax_uid=meta.transfer_syntax_uid,
+        )
+        stored, created = await run_in_threadpool(services.record_prediction, session, candidate)
+    else:
+        stored, created = existing, False
+
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = request.app.url_path_for(
+        "get_prediction", prediction_id=str(stored.id)
+    )
+    if created:
+        metrics.observe_prediction(manifest.ref, stored.label)
+        logger.info(
+            "prediction %s: model %s label %s (%.1f ms, batch %d)",
+            stored.id,
+            manifest.ref,
+            stored.label,
+            stored.inference_ms,
+            stored.batch_size,
+        )
+    else:
+        logger.info("prediction %s: already stored for model %s", stored.id, manifest.ref)
+    return to_public(stored, manifest)
+
+
+def _preprocess(
+    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int
+) -> PreprocessedImage:
+    from models.preprocessing import preprocess
+
+    return preprocess(data, size=size, window=window, max_pixels=max_pixels)
+
+
+@router.get(
+    "/{prediction_id}",
+    response_model=PredictionPublic,
+    name="get_prediction",
+    summary="Read one prediction",
+    responses=problem_responses(404, 422, 503),
+)
+def get_prediction(
+    prediction_id: uuid.UUID, session: SessionDep, request: Request
+) -> PredictionPublic:
+    """The stored prediction with this id (404 when there is none)."""
+    prediction = services.get_prediction(session, prediction_id)
+    return to_public(prediction, _loaded_manifest(request))
+
+
+@router.get(
+    "",
+    response_model=PredictionPage,
+    summary="List predictions, newest first",
+    responses=problem_responses(422, 503),
+)
+def list_predictions(
+    session: SessionDep,
+    request: Request,
+    study_instance_uid: Annotated[str | None, Query(max_length=64)] = None,
+    label: Annotated[str | None, Query(max_length=128)] = None,
+    model_name: Annotated[str | None, Query(max_length=128)] = None,
+    model_version: Annotated[int | None, Query(ge=1)] = None,
+    created_after: Annotated[
+        datetime | None, Query(description="ISO 8601; without a zone it is UTC")
+    ] = None,
+    created_before: Annotated[
+        datetime | None, Query(description="ISO 8601; without a zone it is UTC")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page")
+    ] = None,
+) -> PredictionPage:
+    """Filter by study, label, model name/version and creation time; page with next_cursor."""
+    filters = services.PredictionFilters(
+        study_instance_uid=study_instance_uid,
+        label=label,
+        model_name=model_name,
+        model_version=model_version,
+        created_after=services.as_utc(created_after),
+        created_before=services.as_utc(created_before),
+    )
+    position = services.Cursor.decode(cursor) if cursor else None
+    items, next_cursor = services.list_predictions(session, filters, limit=limit, cursor=position)
+    manifest = _loaded_manifest(request)
+    return PredictionPage(
+        items=[to_public(p, manifest) for p in items],
+        next_cursor=next_cursor.encode() if next_cursor else None,
+    )
+
+
+def _loaded_manifest(request: Request) -> ModelManifest | None:
+    resources = getattr(request.app.state, "resources", None)
+    return resources.predictor.manifest if resources is not None else None

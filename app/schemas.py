@@ -1,0 +1,162 @@
+"""Response schemas of API v1 (one per use), and the problem document shape."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.errors import PROBLEM_MEDIA_TYPE
+
+NOT_FOR_CLINICAL_USE = (
+    "Not for clinical use: this model has not been validated for diagnosis; "
+    "a qualified clinician must read the image."
+)
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (media type application/problem+json)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "example": {
+                "type": "urn:radlens:problem:not-an-image",
+                "title": "Not a DICOM, PNG or JPEG file; send one of those",
+                "status": 415,
+                "detail": "the first bytes are b'%PDF-1.7' (a PDF?)",
+                "instance": "/v1/predictions",
+            }
+        },
+    )
+
+    type: str = Field(description="URI naming the kind of problem (urn:radlens:problem:<code>)")
+    title: str = Field(description="What went wrong and what to do")
+    status: int = Field(description="The HTTP status code")
+    detail: str = Field(description="This occurrence, quoting what was received")
+    instance: str = Field(description="The request path")
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the given error statuses."""
+    descriptions = {
+        400: "The request could not be parsed",
+        404: "No such resource",
+        413: "The upload is larger than RADLENS_MAX_UPLOAD_BYTES",
+        415: "Not multipart/form-data, or the file is not DICOM, PNG or JPEG",
+        422: "Invalid parameters, or an image that cannot be processed",
+        500: "Internal error (logged without request data)",
+        503: "The model or the database is not ready",
+    }
+    return {
+        status: {
+            "model": Problem,
+            "description": descriptions.get(status, "Error"),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+class ModelRef(BaseModel):
+    name: str = Field(examples=["chest"])
+    version: int = Field(examples=[3])
+
+
+class PredictionPublic(BaseModel):
+    """A stored prediction with its provenance; never any patient identifier."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": "6f1c2e1a-8d0b-4f7e-9a51-3c2d8f0b9e11",
+                "created_at": "2026-11-26T21:04:05.123456Z",
+                "model": {"name": "chest", "version": 3},
+                "preprocessing_version": "1",
+                "label": "pneumonia",
+                "scores": {"normal": 0.12, "pneumonia": 0.88},
+                "threshold": 0.5,
+                "study_instance_uid": "1.2.826.0.1.3680043.8.498.1",
+                "series_instance_uid": "1.2.826.0.1.3680043.8.498.2",
+                "sop_instance_uid": "1.2.826.0.1.3680043.8.498.3",
+                "modality": "CR",
+                "rows": 1024,
+                "columns": 1024,
+                "input_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                "input_format": "dicom",
+                "inference_ms": 41.7,
+                "notice": NOT_FOR_CLINICAL_USE,
+            }
+        }
+    )
+
+    id: uuid.UUID
+    created_at: datetime
+    model: ModelRef
+    preprocessing_version: str
+    label: str
+    scores: dict[str, float] = Field(description="Score per class name (softmax)")
+    threshold: float | None = Field(description="Decision threshold on the positive class")
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    modality: str | None
+    rows: int
+    columns: int
+    frames: int = 1
+    photometric_interpretation: str | None = None
+    transfer_syntax_uid: str | None = None
+    input_sha256: str
+    input_format: str
+    inference_ms: float
+    batch_size: int = 1
+    device: str = ""
+    notice: str | None = Field(
+        default=None, description="Present unless the model is validated for clinical use"
+    )
+
+
+class PredictionPage(BaseModel):
+    """One page of predictions, newest first; pass next_cursor to get the next page."""
+
+    items: list[PredictionPublic]
+    next_cursor: str | None = Field(description="Opaque; null on the last page")
+
+
+class ModelPublic(BaseModel):
+    """The loaded model and its manifest."""
+
+    name: str
+    version: int
+    architecture: str
+    created_at: str
+    input_shape: list[int]
+    class_names: list[str]
+    threshold: float | None
+    window: str | None
+    preprocessing_version: str
+    filters: list[str]
+    metrics: dict[str, dict[str, Any]]
+    validated_for_clinical_use: bool
+    description: str
+    device: str
+    ready: bool
+    notice: str | None
+
+
+class ModelsPublic(BaseModel):
+    models: list[ModelPublic]
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    model: ModelRef
+    device: str = Field(examples=["/CPU:0"])
+    database: str = Field(examples=["ok"])
+    schema_revision: str | None = Field(examples=["0001"])

@@ -1,0 +1,150 @@
+"""Prediction persistence: dedupe-aware insert, lookup, filtered cursor pagination.
+
+Services flush and never commit: the request's session dependency owns the transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidCursorError, NotFoundError
+from app.tables import Prediction
+
+
+def find_existing(
+    session: Session, *, model_name: str, model_version: int, dedupe_key: str
+) -> Prediction | None:
+    """The stored prediction for this input and model, if any."""
+    stmt = select(Prediction).where(
+        Prediction.model_name == model_name,
+        Prediction.model_version == model_version,
+        Prediction.dedupe_key == dedupe_key,
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def record_prediction(session: Session, prediction: Prediction) -> tuple[Prediction, bool]:
+    """Insert ``prediction`` unless the same input was already predicted by the same model.
+
+    Returns ``(stored, created)``. The unique constraint decides: a concurrent request that
+    inserted the same (model, dedupe key) first wins, and this one returns its row. The
+    insert runs in a SAVEPOINT so losing the race leaves the request's transaction usable.
+    """
+    existing = find_existing(
+        session,
+        model_name=prediction.model_name,
+        model_version=prediction.model_version,
+        dedupe_key=prediction.dedupe_key,
+    )
+    if existing is not None:
+        return existing, False
+    try:
+        with session.begin_nested():
+            session.add(prediction)
+    except IntegrityError:
+        winner = find_existing(
+            session,
+            model_name=prediction.model_name,
+            model_version=prediction.model_version,
+            dedupe_key=prediction.dedupe_key,
+        )
+        if winner is None:  # the integrity error was something else: a bug, not a race
+            raise
+        return winner, False
+    return prediction, True
+
+
+def get_prediction(session: Session, prediction_id: uuid.UUID) -> Prediction:
+    prediction = session.get(Prediction, prediction_id)
+    if prediction is None:
+        raise NotFoundError(f"no prediction with id {str(prediction_id)!r}")
+    return prediction
+
+
+@dataclass(frozen=True)
+class PredictionFilters:
+    study_instance_uid: str | None = None
+    label: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position after the last item of a page, in (created_at desc, id desc) order."""
+
+    created_at: datetime
+    id: uuid.UUID
+
+    def encode(self) -> str:
+        raw = json.dumps([self.created_at.isoformat(), str(self.id)], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        try:
+            padded = text + "=" * (-len(text) % 4)
+            created_at_text, id_text = json.loads(base64.urlsafe_b64decode(padded.encode()))
+            created_at = datetime.fromisoformat(created_at_text)
+            if created_at.tzinfo is None:
+                raise ValueError("naive timestamp")
+            return cls(created_at=created_at, id=uuid.UUID(id_text))
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+            raise InvalidCursorError(f"cannot decode cursor {shown!r}") from exc
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Naive datetimes in query parameters are taken as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def list_predictions(
+    session: Session, filters: PredictionFilters, *, limit: int, cursor: Cursor | None
+) -> tuple[list[Prediction], Cursor | None]:
+    """One page, newest first, and the cursor of the next page (None on the last)."""
+    conditions = []
+    if filters.study_instance_uid is not None:
+        conditions.append(Prediction.study_instance_uid == filters.study_instance_uid)
+    if filters.label is not None:
+        conditions.append(Prediction.label == filters.label)
+    if filters.model_name is not None:
+        conditions.append(Prediction.model_name == filters.model_name)
+    if filters.model_version is not None:
+        conditions.append(Prediction.model_version == filters.model_version)
+    if filters.created_after is not None:
+        conditions.append(Prediction.created_at > filters.created_after)
+    if filters.created_before is not None:
+        conditions.append(Prediction.created_at < filters.created_before)
+    if cursor is not None:
+        conditions.append(
+            or_(
+                Prediction.created_at < cursor.created_at,
+                and_(Prediction.created_at == cursor.created_at, Prediction.id < cursor.id),
+            )
+        )
+    stmt = (
+        select(Prediction)
+        .where(*conditions)
+        .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+        .limit(limit + 1)
+    )
+    rows = list(session.scalars(stmt))
+    if len(rows) <= limit:
+        return rows, None
+    page = rows[:limit]
+    last = page[-1]
+    return page, Cursor(created_at=last.created_at, id=last.id)

@@ -1,0 +1,135 @@
+"""The service's one configuration class (env prefix ``RADLENS_``), checked at start-up.
+
+Every value has an embedded default so a fresh clone runs with nothing else installed:
+SQLite under ``<repo>/var/``, the model store under ``<repo>/models/store`` (or
+``$RADLENS_MODEL_STORE``), the device chosen automatically. A bad value stops start-up with
+a pydantic ``ValidationError`` that names the variable and quotes what was received.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / 'var' / 'radlens.db'}"
+MIB = 1024 * 1024
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_MODEL_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
+_SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
+def _default_max_pixels() -> int:
+    # models.preprocessing is light (numpy, pydicom, Pillow): no TensorFlow at settings time.
+    from models.preprocessing import DEFAULT_MAX_PIXELS
+
+    return DEFAULT_MAX_PIXELS
+
+
+def _default_model_store() -> Path:
+    # Same rule as models.registry.default_store_path() ($RADLENS_MODEL_STORE is read by the
+    # settings source itself), without importing the registry (which imports Keras).
+    return REPO_ROOT / "models" / "store"
+
+
+class Settings(BaseSettings):
+    """Service configuration read from ``RADLENS_*`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RADLENS_",
+        extra="ignore",
+        frozen=True,
+        protected_namespaces=(),
+    )
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db",
+    )
+    model_store: Path = Field(default_factory=_default_model_store)
+    model: str | None = Field(default=None, description="name[:version]; None = newest model")
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
+    max_upload_bytes: int = Field(default=64 * MIB, ge=1)
+    max_pixels: int = Field(default_factory=_default_max_pixels, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: str = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(
+                "must be a SQLAlchemy URL such as sqlite:///var/radlens.db or "
+                f"postgresql+psycopg://postgres@127.0.0.1:5432/radlens. Received: {value!r}"
+            ) from exc
+        if url.get_backend_name() not in _SUPPORTED_BACKENDS:
+            raise ValueError(
+                f"must use one of {', '.join(_SUPPORTED_BACKENDS)}. "
+                f"Received backend {url.get_backend_name()!r}"
+            )
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model_ref(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not _MODEL_REF.match(value):
+            raise ValueError(
+                f"must be 'name' or 'name:version' (e.g. 'chest:3'). Received: {value!r}"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}. Received: {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _check_model_store(self) -> Settings:
+        if self.model_store.exists() and not self.model_store.is_dir():
+            raise ValueError(
+                f"model_store must be a directory. Received: {str(self.model_store)!r}"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def describe_validation_error(exc: Exception) -> str:
+    """One line naming each bad ``RADLENS_*`` variable and why, for start-up failures."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "settings"
+        name = f"RADLENS_{field.upper()}" if error["loc"] else "settings"
+        parts.append(f"{name}: {error['msg']} (received {error.get('input')!r})")
+    return "invalid configuration: " + "; ".join(parts)

@@ -1,0 +1,65 @@
+"""The service's tables. No patient identifiers: only UIDs, image geometry and provenance.
+
+A prediction is unique per (model name, model version, dedupe key), where the dedupe key is
+``sop:<SOP Instance UID>`` for DICOM instances that carry one and ``sha256:<input sha256>``
+otherwise: re-posting the same instance to the same model returns the stored prediction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Float, Index, Integer, String, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utcnow
+
+UID_LENGTH = 64  # DICOM UI value representation: at most 64 characters
+
+
+class Prediction(Base):
+    """One model decision on one uploaded image, with its provenance."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("model_name", "model_version", "dedupe_key"),
+        Index(None, "created_at", "id"),
+        Index(None, "study_instance_uid"),
+        Index(None, "label"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[int] = mapped_column(Integer)
+    preprocessing_version: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(32))
+
+    label: Mapped[str] = mapped_column(String(128))
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    inference_ms: Mapped[float] = mapped_column(Float)
+    batch_size: Mapped[int] = mapped_column(Integer)
+
+    dedupe_key: Mapped[str] = mapped_column(String(80))
+    input_sha256: Mapped[str] = mapped_column(String(64))
+    input_format: Mapped[str] = mapped_column(String(16))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    series_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    rows: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer)
+    photometric_interpretation: Mapped[str | None] = mapped_column(String(32))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+
+
+def dedupe_key(*, sop_instance_uid: str | None, input_sha256: str) -> str:
+    """The per-model identity of an input: its SOP Instance UID, else its bytes' sha256."""
+    if sop_instance_uid:
+        return f"sop:{sop_instance_uid}"
+    return f"sha256:{input_sha256}"
