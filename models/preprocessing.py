@@ -1,0 +1,928 @@
+"""Preprocessing: the bytes of a DICOM, PNG or JPEG file -> a model-ready float32 array.
+
+Training and serving both call :func:`preprocess` (or :func:`preprocess_array` for sources
+that already hold decoded 8/16-bit gray pixels), so a model sees the same array for the same
+file wherever it runs. The steps, in order, and why the order matters:
+
+1. **Sniff and read.** The format is taken from the content, never from a file name: PNG and
+   JPEG by their signatures, DICOM by ``DICM`` at offset 128 (or, for files without the
+   preamble, a first element in group 0002/0008). DICOM is read with pydicom (the pylibjpeg
+   plugins decode JPEG, JPEG-LS, JPEG 2000 and RLE); PNG/JPEG with Pillow. The pixel-count
+   limit is checked from the header *before* any pixels are decoded, so a decompression bomb
+   costs a header parse.
+2. **Pick the frame.** Multi-frame DICOM: only the middle frame, index ``frames // 2`` (for
+   an even count, the later of the two central frames), is decoded.
+3. **Modality LUT** (:func:`modality_values`): Rescale Slope/Intercept or the Modality LUT
+   Sequence, so CT comes out in Hounsfield units. Windows are defined on these values, so
+   this must come first.
+4. **VOI** (:func:`apply_window` for presets): a named preset from :data:`WINDOW_PRESETS`
+   when one is given *and* the image is in HU (Modality CT or Rescale Type HU; a preset is
+   meaningless for a radiograph and is then not applied); otherwise the file's VOI LUT
+   Sequence or Window Center/Width through pydicom's ``apply_voi_lut``; otherwise min-max.
+   The result is scaled to [0, 1] by the output range of that VOI transform.
+5. **MONOCHROME1 inversion** (``1 - x``), after VOI as in the DICOM display pipeline, so
+   bone is bright for both photometric interpretations.
+6. **Colour to gray.** YBR_* is converted to RGB by pydicom's decoders, PALETTE COLOR through
+   ``apply_color_lut``; RGB becomes gray by the ITU-R BT.601 luma weights (an RGB image
+   whose three channels are equal keeps that channel exactly). Colour images use the full
+   range of their bit depth (window ``"full-range"``).
+7. **float32 in [0, 1]** and **resize** (:func:`resize_image`): bilinear on float data to
+   the exact (height, width); the aspect ratio is not preserved. Pillow's bilinear filter
+   widens its support when shrinking, so downsampling is antialiased.
+
+PNG and JPEG are already display images: they map by the full range of their bit depth
+(``/255`` for 8-bit, ``/65535`` for 16-bit PNG), RGB/RGBA/LA/P/CMYK become gray as above and
+alpha is ignored; window presets do not apply to them (window ``"full-range"``).
+
+Every failure is a :class:`~models.errors.PreprocessingError` subclass that quotes what was
+received; exceptions from pydicom, Pillow and numpy are translated where they are called.
+Warnings those libraries emit while reading odd but usable files are recorded and dropped
+(``warnings.catch_warnings`` is process-global before Python 3.14, so under threads a
+warning may occasionally surface elsewhere; it never changes the result).
+
+This module must not import TensorFlow: ``radlens inspect`` relies on that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from models.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    NoPixelDataError,
+    NotAnImageError,
+    PreprocessingError,
+    TruncatedDataError,
+    UnsupportedTransferSyntaxError,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+    from pydicom.dataset import Dataset
+
+logger = logging.getLogger(__name__)
+
+PREPROCESSING_VERSION = "1"
+"""Bump on any change that alters output arrays; models record it and refuse a mismatch."""
+
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "soft_tissue": (40.0, 400.0),
+}
+"""Named CT windows, ``name -> (center, width)`` in Hounsfield units."""
+
+DEFAULT_MAX_PIXELS = 36_000_000
+"""Per-frame pixel limit (6000 x 6000): larger images are refused before decoding."""
+
+MAX_FRAMES = 10_000
+"""Declared frame counts above this are refused (only one frame is ever decoded)."""
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+_DICOM_PREFIX_OFFSET = 128
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+_MAX_MESSAGE = 160
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """What radlens keeps about an image: PHI-free by construction.
+
+    Only technical fields and the DICOM UIDs exist here; patient name, ID, birth date and
+    address are never read into it.
+    """
+
+    format: str
+    rows: int
+    columns: int
+    frames: int
+    bits_stored: int | None
+    photometric_interpretation: str | None
+    modality: str | None
+    body_part: str | None
+    transfer_syntax_uid: str | None
+    transfer_syntax_name: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    frame_index: int
+    window: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PreprocessedImage:
+    """A model-ready image and the metadata of the file it came from."""
+
+    pixels: np.ndarray
+    metadata: ImageMetadata
+
+    def model_input(self) -> np.ndarray:
+        """Return the pixels as the model's ``(H, W, 1)`` float32 input."""
+        return np.asarray(self.pixels, dtype=np.float32)[..., np.newaxis]
+
+
+# --- entry points ----------------------------------------------------------------------
+
+
+def preprocess(
+    data: bytes,
+    *,
+    size: tuple[int, int] | None = None,
+    window: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> PreprocessedImage:
+    """Turn the bytes of a DICOM, PNG or JPEG file into a float32 gray image in [0, 1].
+
+    The steps and their order are described in the module docstring: read -> frame ->
+    modality LUT -> VOI -> MONOCHROME1 inversion -> colour to gray -> [0, 1] -> resize.
+
+    Args:
+        data: the complete file content. The format is sniffed from the bytes.
+        size: ``(height, width)`` to resize to, or ``None`` to keep the native size.
+        window: a :data:`WINDOW_PRESETS` name, applied to CT (HU) images; ``None`` uses the
+            file's VOI LUT or Window Center/Width, else min-max.
+        max_pixels: refuse frames with more pixels than this, checked before decoding.
+
+    Returns:
+        The pixels, float32 of shape ``(H, W)`` with values in [0, 1], and the PHI-free
+        :class:`ImageMetadata` (``metadata.window`` says which VOI was used).
+
+    Raises:
+        NotAnImageError: the bytes are not DICOM, PNG or JPEG (quotes the first bytes).
+        NoPixelDataError: a DICOM file without pixel data.
+        UnsupportedTransferSyntaxError: DICOM pixel data that cannot be decoded (names the
+            transfer syntax UID and name).
+        TruncatedDataError: the file ends before its declared content.
+        ImageTooLargeError: more than ``max_pixels`` pixels per frame.
+        InvalidImageError: zero-size or non-numeric pixels, a malformed header, or a bad
+            option (unknown window preset, bad size or max_pixels).
+
+    Example:
+        >>> image = preprocess(Path("chest.dcm").read_bytes(), size=(224, 224))
+        >>> image.pixels.shape, image.metadata.window
+        ((224, 224), 'file:40/400')
+    """
+    _check_window(window)
+    _check_max_pixels(max_pixels)
+    if size is not None:
+        size = _check_size(size)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidImageError(
+            f"expected the file content as bytes. Received: {type(data).__name__}"
+        )
+    data = bytes(data)
+    kind = sniff_format(data)
+    with _quiet_warnings():
+        if kind == "dicom":
+            pixels, metadata = _preprocess_dicom(data, window=window, max_pixels=max_pixels)
+        else:
+            pixels, metadata = _preprocess_pillow(data, kind, max_pixels=max_pixels)
+    if size is not None:
+        pixels = resize_image(pixels, size)
+    return PreprocessedImage(pixels=pixels, metadata=metadata)
+
+
+def preprocess_array(array: np.ndarray, *, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Preprocess already-decoded 8/16-bit pixels exactly as their PNG would be.
+
+    For sources such as MedMNIST ``.npz`` files: the result equals
+    ``preprocess(png_bytes_of(array), size=size).pixels``, where the PNG is what Pillow
+    writes for ``Image.fromarray(array)``.
+
+    Args:
+        array: uint8 ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA,
+            alpha ignored), or uint16 ``(H, W)`` / ``(H, W, 1)``.
+        size: ``(height, width)`` to resize to, or ``None`` to keep the size.
+
+    Returns:
+        float32 ``(H, W)`` in [0, 1]: ``/255`` for uint8, ``/65535`` for uint16.
+
+    Raises:
+        InvalidImageError: another dtype or shape, or an empty array (quotes them).
+
+    Example:
+        >>> preprocess_array(np.full((28, 28), 255, np.uint8), size=(64, 64)).max()
+        1.0
+    """
+    if size is not None:
+        size = _check_size(size)
+    if not isinstance(array, np.ndarray):
+        raise InvalidImageError(f"expected a numpy array. Received: {type(array).__name__}")
+    if array.size == 0:
+        raise InvalidImageError(f"the array is empty. Received shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    pixels: np.ndarray
+    gray_or_colour = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
+    if array.dtype == np.uint8 and gray_or_colour:
+        pixels = _to_gray(array) / np.float32(255.0)
+    elif array.dtype == np.uint16 and array.ndim == 2:
+        pixels = array.astype(np.float32) / np.float32(65535.0)
+    else:
+        raise InvalidImageError(
+            "expected uint8 (H, W[, 1|3|4]) or uint16 (H, W[, 1]) pixels. "
+            f"Received dtype {array.dtype}, shape {array.shape}"
+        )
+    pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
+    return resize_image(pixels, size) if size is not None else pixels
+
+
+def resize_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a gray float image to exactly ``size``, bilinear and antialiased.
+
+    The aspect ratio is not preserved: the image is stretched to ``(height, width)``.
+    Pillow's bilinear filter on float (mode ``F``) data widens its support by the scale
+    factor when shrinking, which antialiases; enlarging is plain bilinear interpolation.
+
+    Args:
+        pixels: float ``(H, W)`` array, normally in [0, 1].
+        size: ``(height, width)``, positive integers.
+
+    Returns:
+        float32 ``(height, width)``, clipped to [0, 1].
+
+    Raises:
+        InvalidImageError: a bad size, or pixels that are not a non-empty 2-D array.
+
+    Example:
+        >>> resize_image(np.zeros((512, 512), np.float32), (224, 224)).shape
+        (224, 224)
+    """
+    from PIL import Image
+
+    height, width = _check_size(size)
+    arr = np.asarray(pixels)
+    if arr.ndim != 2 or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
+        raise InvalidImageError(
+            f"resize needs a non-empty 2-D numeric array. Received dtype {arr.dtype}, "
+            f"shape {arr.shape}"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.shape == (height, width):
+        return np.clip(arr, 0.0, 1.0)
+    image = Image.fromarray(arr)
+    resized = image.resize((width, height), resample=Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def sniff_format(data: bytes) -> str:
+    """Return ``"png"``, ``"jpeg"`` or ``"dicom"`` from the content of a file.
+
+    Args:
+        data: the file content; names and extensions play no part.
+
+    Returns:
+        The format name.
+
+    Raises:
+        NotAnImageError: none of the three (quotes the size and first bytes in hex).
+
+    Example:
+        >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n...")
+        'png'
+    """
+    if data.startswith(_PNG_SIGNATURE):
+        return "png"
+    if data.startswith(_JPEG_SIGNATURE):
+        return "jpeg"
+    if data[_DICOM_PREFIX_OFFSET : _DICOM_PREFIX_OFFSET + 4] == b"DICM":
+        return "dicom"
+    # A dataset without preamble and file meta starts with its first element's tag.
+    if len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+        return "dicom"
+    raise NotAnImageError(f"received {len(data)} bytes starting {_hex_head(data)}")
+
+
+# --- DICOM pieces (public so they can be tested on their own) ---------------------------
+
+
+def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Apply the modality LUT: stored values -> modality units (HU for CT).
+
+    Uses pydicom's ``apply_modality_lut`` (Rescale Slope/Intercept or the Modality LUT
+    Sequence). This comes before any window, because windows are defined in these units.
+
+    Args:
+        arr: the decoded stored values of one grayscale frame.
+        ds: the dataset the frame came from.
+
+    Returns:
+        The values in modality units (float64 when a rescale applies).
+
+    Raises:
+        InvalidImageError: a malformed rescale or modality LUT (quotes pydicom's message).
+
+    Example:
+        >>> hu = modality_values(stored, ds)   # CT: air about -1000
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    return _call(
+        lambda: np.asarray(apply_modality_lut(arr, ds)),
+        InvalidImageError,
+        "could not apply the modality LUT / rescale",
+    )
+
+
+def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Map ``[center - width/2, center + width/2]`` linearly onto [0, 1], clipping outside.
+
+    The lung preset (-600/1500) maps -1350 HU to 0 and 150 HU to 1.
+
+    Args:
+        values: modality values (HU for CT).
+        center: window center, in the same units.
+        width: window width, > 0.
+
+    Returns:
+        float32 array of the shape of ``values`` in [0, 1].
+
+    Raises:
+        InvalidImageError: a width that is not positive and finite.
+
+    Example:
+        >>> apply_window(np.array([-1350.0, -600.0, 150.0]), -600, 1500)
+        array([0. , 0.5, 1. ], dtype=float32)
+    """
+    if not (math.isfinite(width) and width > 0 and math.isfinite(center)):
+        raise InvalidImageError(
+            f"a window needs a finite center and width > 0. Received {center}/{width}"
+        )
+    lower = center - width / 2.0
+    out = (np.asarray(values, dtype=np.float64) - lower) / width
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# --- DICOM -----------------------------------------------------------------------------
+
+
+def _preprocess_dicom(
+    data: bytes, *, window: str | None, max_pixels: int
+) -> tuple[np.ndarray, ImageMetadata]:
+    ds = _read_dicom(data)
+    tsyntax = _transfer_syntax(ds)
+    if _ends_mid_element(ds):
+        raise TruncatedDataError(
+            f"the data ends inside element {_last_tag(ds)}; received {len(data)} bytes"
+        )
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        if len(ds) == 0:
+            raise TruncatedDataError(
+                f"the data ends after the file meta information, before any dataset "
+                f"element; received {len(data)} bytes"
+            )
+        raise NoPixelDataError(
+            "no (7FE0,0010) Pixel Data element. Received SOP class "
+            f"{_sop_class_name(ds)!r}, modality {_text(ds, 'Modality')!r}, {len(data)} bytes"
+        )
+    rows, columns, frames = _check_geometry(ds, max_pixels)
+    index = frames // 2
+    arr, photometric = _decode_frame(ds, tsyntax, index, rows=rows, columns=columns)
+    if arr.size == 0:
+        raise InvalidImageError(f"the decoded frame is empty. Received shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InvalidImageError(f"the pixel data is not numeric. Received dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InvalidImageError("the pixel data holds NaN or infinite values")
+
+    if arr.ndim == 2:
+        if photometric == "PALETTE COLOR":
+            pixels, label = _palette_to_gray(arr, ds)
+        else:
+            pixels, label = _grayscale(arr, ds, window)
+            if photometric == "MONOCHROME1":
+                pixels = 1.0 - pixels
+    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
+        if photometric.startswith("YBR"):
+            arr = _convert_to_rgb(arr, photometric)
+        bits = _int_or(ds, "BitsStored", 8)
+        pixels = _to_gray(arr[..., :3]) / np.float32(2**bits - 1)
+        label = "full-range"
+    else:
+        raise InvalidImageError(
+            f"unsupported pixel layout. Received shape {arr.shape}, photometric "
+            f"interpretation {photometric!r}"
+        )
+    pixels = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
+
+    metadata = ImageMetadata(
+        format="dicom",
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        bits_stored=_int_or(ds, "BitsStored", None),
+        photometric_interpretation=_text(ds, "PhotometricInterpretation"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        transfer_syntax_uid=str(tsyntax),
+        transfer_syntax_name=tsyntax.name,
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        frame_index=index,
+        window=label,
+    )
+    return pixels, metadata
+
+
+def _read_dicom(data: bytes) -> Dataset:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+    except InvalidDicomError as exc:
+        raise NotAnImageError(
+            f"not a readable DICOM file ({_short(exc)}); received {len(data)} bytes "
+            f"starting {_hex_head(data)}"
+        ) from exc
+    except EOFError as exc:
+        raise TruncatedDataError(
+            f"the DICOM data ends early ({_short(exc)}); received {len(data)} bytes"
+        ) from exc
+    except BaseException as exc:  # third-party boundary: pydicom raises many kinds
+        _reraise_fatal(exc)
+        if _looks_truncated(exc):
+            raise TruncatedDataError(
+                f"the DICOM data ends early ({_short(exc)}); received {len(data)} bytes"
+            ) from exc
+        raise InvalidImageError(
+            f"the DICOM data could not be parsed ({_short(exc)}); received {len(data)} bytes"
+        ) from exc
+
+
+def _transfer_syntax(ds: Dataset) -> Any:
+    from pydicom.uid import (
+        UID,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
+
+    meta = getattr(ds, "file_meta", None)
+    value = meta.get("TransferSyntaxUID") if meta is not None else None
+    if value:
+        tsyntax = UID(str(value).strip().rstrip("\x00"))
+    else:  # no file meta: the encoding pydicom found while reading
+        implicit, little = ds.original_encoding
+        if implicit:
+            tsyntax = ImplicitVRLittleEndian
+        else:
+            tsyntax = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        ds.file_meta.TransferSyntaxUID = tsyntax
+    if not tsyntax.is_transfer_syntax:
+        raise UnsupportedTransferSyntaxError(
+            f"transfer syntax {str(tsyntax)!r} ({tsyntax.name}) is not a known transfer syntax",
+            transfer_syntax=_ts_label(tsyntax),
+        )
+    return tsyntax
+
+
+def _ends_mid_element(ds: Dataset) -> bool:
+    """True when the last element read is shorter than its declared length.
+
+    pydicom stops quietly at the end of the data, so a file cut inside an element shows up
+    only as a raw element whose value is shorter than its length field.
+    """
+    for dataset in (ds, getattr(ds, "file_meta", None)):
+        if dataset is None or len(dataset) == 0:
+            continue
+        try:
+            elem = dataset.get_item(list(dataset.keys())[-1])
+        except BaseException as exc:  # third-party boundary
+            _reraise_fatal(exc)
+            return False
+        length = getattr(elem, "length", None)
+        value = getattr(elem, "value", None)
+        if (
+            isinstance(value, bytes | bytearray)
+            and isinstance(length, int)
+            and length != 0xFFFFFFFF
+            and len(value) < length
+        ):
+            return True
+        if len(dataset) > 0:
+            return False
+    return False
+
+
+def _last_tag(ds: Dataset) -> str:
+    for dataset in (ds, getattr(ds, "file_meta", None)):
+        if dataset is not None and len(dataset) > 0:
+            return str(list(dataset.keys())[-1])
+    return "(none)"
+
+
+def _check_geometry(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
+    rows = _int_or(ds, "Rows", None)
+    columns = _int_or(ds, "Columns", None)
+    if rows is None or columns is None:
+        raise InvalidImageError(
+            f"the DICOM header lacks Rows/Columns. Received Rows={rows}, Columns={columns}"
+        )
+    if rows <= 0 or columns <= 0:
+        raise InvalidImageError(f"zero-size image. Received Rows={rows}, Columns={columns}")
+    raw_frames = _int_or(ds, "NumberOfFrames", 1)
+    frames = raw_frames if raw_frames is not None and raw_frames > 0 else 1
+    if rows * columns > max_pixels:
+        raise ImageTooLargeError(
+            f"{rows}x{columns} = {rows * columns} pixels per frame ({frames} frame(s)) "
+            f"exceeds the limit of {max_pixels}"
+        )
+    if frames > MAX_FRAMES:
+        raise ImageTooLargeError(f"{frames} frames declared; the limit is {MAX_FRAMES}")
+    return rows, columns, frames
+
+
+def _decode_frame(
+    ds: Dataset, tsyntax: Any, index: int, *, rows: int, columns: int
+) -> tuple[np.ndarray, str]:
+    """Decode one frame; return it and the photometric interpretation it now has."""
+    from pydicom.pixels import as_pixel_options, get_decoder
+    from pydicom.pixels.utils import get_expected_length
+
+    label = _ts_label(tsyntax)
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError as exc:
+        raise UnsupportedTransferSyntaxError(
+            f"no decoder for transfer syntax {label}", transfer_syntax=label
+        ) from exc
+    if not decoder.is_available:
+        raise UnsupportedTransferSyntaxError(
+            f"no installed plugin can decode transfer syntax {label}", transfer_syntax=label
+        )
+    if not tsyntax.is_encapsulated and "PixelData" in ds:
+        expected = _call(
+            lambda: int(get_expected_length(ds, "bytes")),
+            InvalidImageError,
+            "the DICOM pixel header is inconsistent",
+        )
+        received = len(ds.PixelData or b"")
+        if received < expected:
+            raise TruncatedDataError(
+                f"the pixel data has {received} bytes but Rows={rows}, Columns={columns}, "
+                f"frames={_int_or(ds, 'NumberOfFrames', 1)}, "
+                f"BitsAllocated={_int_or(ds, 'BitsAllocated', None)}, "
+                f"SamplesPerPixel={_int_or(ds, 'SamplesPerPixel', None)} need {expected}"
+            )
+    try:
+        options = as_pixel_options(ds)
+        arr, props = decoder.as_array(ds, index=index, validate=True, raw=False, **options)
+    except BaseException as exc:  # third-party boundary: decoders raise many kinds
+        _reraise_fatal(exc)
+        if _looks_truncated(exc):
+            raise TruncatedDataError(f"the {label} pixel data ends early ({_short(exc)})") from exc
+        if tsyntax.is_encapsulated:
+            raise UnsupportedTransferSyntaxError(
+                f"could not decode the {label} pixel data ({_short(exc)})",
+                transfer_syntax=label,
+            ) from exc
+        raise InvalidImageError(
+            f"could not read the {label} pixel data ({_short(exc)}); Rows={rows}, Columns={columns}"
+        ) from exc
+    photometric = str(props.get("photometric_interpretation") or "")
+    if not photometric:
+        photometric = _text(ds, "PhotometricInterpretation") or "MONOCHROME2"
+    return np.asarray(arr), photometric.strip().upper()
+
+
+def _grayscale(arr: np.ndarray, ds: Dataset, window: str | None) -> tuple[np.ndarray, str]:
+    """Modality LUT then VOI, to [0, 1] (before any MONOCHROME1 inversion)."""
+    values = modality_values(arr, ds)
+    if window is not None and _is_hounsfield(ds):
+        center, width = WINDOW_PRESETS[window]
+        return apply_window(values, center, width), f"preset:{window}({center:g}/{width:g})"
+    file_window = _file_voi(values, ds)
+    if file_window is not None:
+        return file_window
+    return _min_max(values), "minmax"
+
+
+def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str] | None:
+    """The file's VOI LUT or Window Center/Width via pydicom, scaled to [0, 1].
+
+    Returns ``None`` when the file has no usable VOI (absent or malformed): min-max is used.
+    """
+    from pydicom.pixels import apply_voi_lut
+
+    has_lut = bool(ds.get("VOILUTSequence"))
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if not (has_lut or has_window):
+        return None
+    try:
+        if has_lut:
+            item = ds.VOILUTSequence[0]
+            entries = int(item.LUTDescriptor[0]) or 2**16
+            first = int(item.LUTDescriptor[1])
+            if np.issubdtype(values.dtype, np.floating):
+                values = np.rint(values).astype(np.int64)
+            out = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
+            probe = np.asarray(
+                apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds),
+                dtype=np.float64,
+            )
+            label = "voi-lut"
+        else:
+            out = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
+            probe = np.asarray(apply_voi_lut(np.array([-np.inf, np.inf]), ds), dtype=np.float64)
+            center = _first_number(ds.WindowCenter)
+            width = _first_number(ds.WindowWidth)
+            label = f"file:{center:g}/{width:g}"
+    except Exception as exc:  # a malformed VOI module: fall back to min-max, say so
+        logger.debug("file VOI not usable (%s); using min-max", type(exc).__name__)
+        return None
+    lo, hi = float(np.nanmin(probe)), float(np.nanmax(probe))
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return None
+    return ((out - lo) / (hi - lo)).astype(np.float32), label
+
+
+def _palette_to_gray(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
+    from pydicom.pixels import apply_color_lut
+
+    rgb = _call(
+        lambda: np.asarray(apply_color_lut(arr, ds)),
+        InvalidImageError,
+        "could not apply the PALETTE COLOR lookup table",
+    )
+    # The LUT descriptor often says 16 bits for tables that hold 8-bit entries (a known
+    # ambiguity, e.g. pydicom's OBXXXX1A_expb.dcm): judge the depth by the values instead.
+    bits = 16 if int(rgb.max()) > 255 else 8
+    return _to_gray(rgb[..., :3]) / np.float32(2**bits - 1), "full-range"
+
+
+def _convert_to_rgb(arr: np.ndarray, photometric: str) -> np.ndarray:
+    from pydicom.pixels import convert_color_space
+
+    return _call(
+        lambda: np.asarray(convert_color_space(arr, photometric, "RGB")),
+        InvalidImageError,
+        f"could not convert {photometric} to RGB",
+    )
+
+
+def _is_hounsfield(ds: Dataset) -> bool:
+    return _text(ds, "Modality") == "CT" or (_text(ds, "RescaleType") or "").upper() == "HU"
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:  # a constant image carries no contrast: all zeros
+        return np.zeros(values.shape, dtype=np.float32)
+    return ((values - lo) / (hi - lo)).astype(np.float32)
+
+
+# --- PNG and JPEG ----------------------------------------------------------------------
+
+
+def _preprocess_pillow(
+    data: bytes, kind: str, *, max_pixels: int
+) -> tuple[np.ndarray, ImageMetadata]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data), formats=[kind.upper()])
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{_short(exc)} (limit {max_pixels})") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError(
+            f"the {kind.upper()} header could not be parsed; received {len(data)} bytes "
+            f"starting {_hex_head(data)}"
+        ) from exc
+    except BaseException as exc:  # third-party boundary
+        _reraise_fatal(exc)
+        raise _pillow_error(exc, kind, data) from exc
+    with image:
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise InvalidImageError(f"zero-size {kind.upper()} image. Received {width}x{height}")
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"{kind.upper()} declares {width}x{height} = {width * height} pixels, "
+                f"exceeding the limit of {max_pixels}"
+            )
+        try:
+            image.load()
+            pixels, bits = _pillow_to_float(image)
+        except PreprocessingError:
+            raise
+        except BaseException as exc:  # third-party boundary
+            _reraise_fatal(exc)
+            raise _pillow_error(exc, kind, data) from exc
+        metadata = ImageMetadata(
+            format=kind,
+            rows=height,
+            columns=width,
+            frames=int(getattr(image, "n_frames", 1) or 1),
+            bits_stored=bits,
+            photometric_interpretation=None,
+            modality=None,
+            body_part=None,
+            transfer_syntax_uid=None,
+            transfer_syntax_name=None,
+            study_instance_uid=None,
+            series_instance_uid=None,
+            sop_instance_uid=None,
+            sop_class_uid=None,
+            frame_index=0,
+            window="full-range",
+        )
+    return pixels, metadata
+
+
+def _pillow_to_float(image: PILImage.Image) -> tuple[np.ndarray, int]:
+    """Map a Pillow image to float32 gray in [0, 1] by the full range of its bit depth."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr16 = np.asarray(image).astype(np.float32)
+        return np.clip(arr16 / np.float32(65535.0), 0.0, 1.0), 16
+    if mode == "I":  # 16-bit PNG as read by some Pillow versions
+        arr32 = np.asarray(image).astype(np.float32)
+        return np.clip(arr32 / np.float32(65535.0), 0.0, 1.0), 16
+    if mode in ("1", "L"):
+        arr8 = np.asarray(image.convert("L"))
+    elif mode in ("LA", "La"):
+        arr8 = np.asarray(image)[..., 0]
+    elif mode in ("RGB", "RGBA", "RGBX", "RGBa"):
+        arr8 = np.asarray(image)[..., :3]
+    elif mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        arr8 = np.asarray(image.convert("RGB"))
+    else:
+        raise InvalidImageError(f"unsupported image mode. Received mode {mode!r}")
+    return np.clip(_to_gray(arr8) / np.float32(255.0), 0.0, 1.0), 8
+
+
+def _pillow_error(exc: BaseException, kind: str, data: bytes) -> PreprocessingError:
+    from PIL import Image
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageTooLargeError(_short(exc))
+    if _looks_truncated(exc):
+        return TruncatedDataError(
+            f"the {kind.upper()} data ends early ({_short(exc)}); received {len(data)} bytes"
+        )
+    return InvalidImageError(
+        f"the {kind.upper()} data could not be decoded ({_short(exc)}); received {len(data)} bytes"
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _to_gray(arr: np.ndarray) -> np.ndarray:
+    """(H, W) -> float32 copy; (H, W, 3+) -> BT.601 luma (exact when R == G == B)."""
+    if arr.ndim == 2:
+        return arr.astype(np.float32)
+    rgb = arr[..., :3]
+    red = rgb[..., 0]
+    if np.array_equal(red, rgb[..., 1]) and np.array_equal(red, rgb[..., 2]):
+        return red.astype(np.float32)
+    weights = np.asarray(_LUMA, dtype=np.float32)
+    return (rgb.astype(np.float32) @ weights).astype(np.float32)
+
+
+@contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    if caught:  # categories only: pydicom messages can quote element values
+        logger.debug(
+            "preprocessing: %d library warning(s): %s",
+            len(caught),
+            sorted({w.category.__name__ for w in caught}),
+        )
+
+
+def _call(func: Callable[[], _T], error: type[PreprocessingError], what: str) -> _T:
+    try:
+        return func()
+    except PreprocessingError:
+        raise
+    except BaseException as exc:  # third-party boundary
+        _reraise_fatal(exc)
+        raise error(f"{what} ({_short(exc)})") from exc
+
+
+def _reraise_fatal(exc: BaseException) -> None:
+    """Let interpreter exits through; everything else at a boundary gets translated.
+
+    Rust-based decoders (pylibjpeg-rle, via pyo3) raise ``PanicException``, a
+    ``BaseException``, on malformed data, so the boundaries catch ``BaseException``.
+    """
+    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+        raise exc
+
+
+def _looks_truncated(exc: BaseException) -> bool:
+    if isinstance(exc, EOFError):
+        return True
+    text = str(exc).lower()
+    return any(
+        marker in text
+        for marker in ("truncated", "end of file", "unexpected eof", "not enough data", "premature")
+    )
+
+
+def _check_window(window: str | None) -> None:
+    if window is not None and window not in WINDOW_PRESETS:
+        raise InvalidImageError(
+            f"unknown window preset {window!r}; valid presets: {', '.join(WINDOW_PRESETS)}"
+        )
+
+
+def _check_max_pixels(max_pixels: int) -> None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise InvalidImageError(f"max_pixels must be a positive integer. Received {max_pixels!r}")
+
+
+def _check_size(size: Any) -> tuple[int, int]:
+    try:
+        height, width = size
+    except (TypeError, ValueError):
+        raise InvalidImageError(f"size must be (height, width). Received {size!r}") from None
+    for value in (height, width):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+            raise InvalidImageError(
+                f"size must be two positive integers (height, width). Received {size!r}"
+            )
+    if int(height) * int(width) > DEFAULT_MAX_PIXELS:
+        raise InvalidImageError(
+            f"size {size!r} exceeds {DEFAULT_MAX_PIXELS} pixels; choose a smaller model input"
+        )
+    return int(height), int(width)
+
+
+def _int_or(ds: Dataset, keyword: str, default: Any) -> Any:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return default
+        return int(value)
+    except Exception:  # a malformed element: treat as absent
+        return default
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed element: treat as absent
+        return None
+    if value is None:
+        return None
+    text = str(value).strip().rstrip("\x00").strip()
+    return text or None
+
+
+def _first_number(value: Any) -> float:
+    try:
+        return float(value[0]) if not isinstance(value, str | bytes) else float(value)
+    except TypeError:
+        return float(value)
+
+
+def _sop_class_name(ds: Dataset) -> str | None:
+    from pydicom.uid import UID
+
+    uid = _text(ds, "SOPClassUID")
+    return UID(uid).name if uid else None
+
+
+def _ts_label(tsyntax: Any) -> str:
+    return f"{tsyntax} ({tsyntax.name})"
+
+
+def _hex_head(data: bytes, count: int = 16) -> str:
+    return data[:count].hex(" ") if data else "(empty)"
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > _MAX_MESSAGE:
+        text = text[: _MAX_MESSAGE - 3] + "..."
+    return f"{type(exc).__name__}: {text}"
