@@ -158,8 +158,15 @@ def _nodules(
     return out
 
 
-def synth_chest_cr(rng: np.random.Generator, size: int, abnormal: bool) -> np.ndarray:
-    """A chest-radiograph-like image, float64 in [0, 1] (MONOCHROME2: bright = dense)."""
+def synth_chest_cr(
+    rng: np.random.Generator, size: int, finding: np.random.Generator | None = None
+) -> np.ndarray:
+    """A chest-radiograph-like image, float64 in [0, 1] (MONOCHROME2: bright = dense).
+
+    ``rng`` draws the anatomy, exposure and noise; with ``finding`` (a separate generator)
+    the image also carries a nodule, so the same ``rng`` with and without a finding gives
+    images that differ only by it.
+    """
     y, x = _grid(size)
     a = _anatomy(rng)
     s, edge = a.scale, 0.04
@@ -181,15 +188,17 @@ def synth_chest_cr(rng: np.random.Generator, size: int, abnormal: bool) -> np.nd
     img += 0.25 * heart * body * (1 - 0.4 * spine)
     diaphragm = _ellipse(y, x, a.cy + 0.95 * s, a.cx, 0.35 * s, 0.9 * s, 0.08)
     img += 0.2 * diaphragm * body
-    if abnormal:
-        img += rng.uniform(0.22, 0.34) * _nodules(rng, y, x, a, -0.05) * lungs
+    if finding is not None:
+        img += finding.uniform(0.22, 0.34) * _nodules(finding, y, x, a, -0.05) * lungs
     img += 0.03 * _smooth_noise(rng, size) + rng.normal(0.0, 0.02, size=img.shape)
     gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05)
     return np.clip(img * gain + offset, 0.0, 1.0)
 
 
-def synth_chest_ct(rng: np.random.Generator, size: int, abnormal: bool) -> np.ndarray:
-    """An axial chest-CT-like slice in Hounsfield units (float64)."""
+def synth_chest_ct(
+    rng: np.random.Generator, size: int, finding: np.random.Generator | None = None
+) -> np.ndarray:
+    """An axial chest-CT-like slice in Hounsfield units (float64); ``finding`` as for CR."""
     y, x = _grid(size)
     a = _anatomy(rng)
     s, edge = a.scale, 0.015
@@ -206,9 +215,9 @@ def synth_chest_ct(rng: np.random.Generator, size: int, abnormal: bool) -> np.nd
     hu = hu * (1 - spine) + 700.0 * spine
     aorta = _ellipse(y, x, a.cy + 0.2 * s, a.cx + 0.1 * s, 0.07 * s, 0.07 * s, edge)
     hu = hu * (1 - aorta) + 45.0 * aorta
-    if abnormal:
-        nodule = _nodules(rng, y, x, a, -0.05) * lungs
-        hu += (rng.uniform(-80, 40) - hu) * np.clip(nodule * 1.6, 0, 1)
+    if finding is not None:
+        nodule = _nodules(finding, y, x, a, -0.05) * lungs
+        hu += (finding.uniform(-80, 40) - hu) * np.clip(nodule * 1.6, 0, 1)
     hu += rng.normal(0.0, 20.0, size=hu.shape)
     return np.clip(hu, -1024.0, 3071.0)
 
@@ -397,10 +406,9 @@ def write_demo_dataset(
                     ("cr" if index % 2 == 0 else "ct") if modality == "mixed" else modality
                 )
                 rng = np.random.default_rng([seed, 1, label, index])
-                if kind == "ct":
-                    image = synth_chest_ct(rng, size, abnormal=label == 1)
-                else:
-                    image = synth_chest_cr(rng, size, abnormal=label == 1)
+                finding = np.random.default_rng([seed, 2, label, index]) if label == 1 else None
+                synth = synth_chest_ct if kind == "ct" else synth_chest_cr
+                image = synth(rng, size, finding)
                 rel = Path(class_name) / patient_id / f"{patient_id}_{k:02d}.dcm"
                 write_dicom(
                     out / rel,
