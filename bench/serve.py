@@ -1,0 +1,485 @@
+"""Serving benchmark (issue 4, speed and memory): radlens over HTTP vs the raw model.
+
+Not a test. Run from the repository root:
+
+    .venv/bin/python -m bench.serve                # defaults below, ~3-6 min on 2 cores
+    .venv/bin/python -m bench.serve --quick        # smaller phases, for a smoke run
+
+What it does, in this order, all on this machine and loopback only:
+1. builds ResNet50 at 224x224 (weights=None, 2 classes) and saves it to a temporary model
+   store through models.registry, exactly as training exports a model;
+2. BASELINES, in this process, before the service starts (so they do not share the CPU):
+   raw single-image inference latency (median), raw throughput at batch sizes 1, 4, 8, 16,
+   32 (best of a tf.function over model(x, training=False) and model.predict_on_batch), and
+   the cost of preprocessing one 512x512 CT DICOM (decode + window + resize);
+3. starts the real service (uvicorn app.main:create_app in a subprocess, SQLite in the
+   temporary directory) and waits for /readyz;
+4. PHASES, with an asyncio httpx client posting 512x512 CT DICOMs to POST /v1/predictions,
+   each upload with a fresh SOP Instance UID so the service's de-duplication never
+   short-cuts inference: (b) one client, sequential; (a) 16 concurrent clients;
+   (c) the service's resident memory (VmRSS / VmHWM from /proc/<pid>/status);
+5. prints every figure next to its baseline and target, with where the time goes (server
+   inference time and batch sizes from the responses), then stops the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DICOM = (
+    Path(os.environ.get("RADLENS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "dicom"
+)
+CT_FILES = ("CT1_JLSN.dcm", "TOSHIBA_J2K_OpenJPEGv2Regression.dcm")
+SIZE = 224
+BATCH_SIZES = (1, 4, 8, 16, 32)
+MODEL_NAME = "bench-resnet50"
+GIB = 1024**3
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+def build_resnet50() -> Any:
+    """ResNet50 at 224x224x1 with weights=None, the project's architecture when available."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    try:
+        from models.architectures import build_model
+    except ModuleNotFoundError:
+        # Same graph as the project's: gray -> 3 channels and ResNet's preprocessing inside.
+        inputs = keras.Input((SIZE, SIZE, 1), name="image")
+        x = keras.layers.Concatenate()([inputs, inputs, inputs])
+        x = keras.layers.Rescaling(255.0, offset=-120.0)(x)
+        base = keras.applications.ResNet50(
+            weights=None, include_top=False, pooling="avg", input_shape=(SIZE, SIZE, 3)
+        )
+        x = base(x)
+        outputs = keras.layers.Dense(2, activation="softmax")(x)
+        return keras.Model(inputs, outputs), "resnet50 (bench fallback graph)"
+    return build_model("resnet50", input_shape=(SIZE, SIZE, 1), num_classes=2), "resnet50"
+
+
+def save_model(store: Path) -> str:
+    from models.registry import ModelRegistry
+
+    model, architecture = build_resnet50()
+    manifest = ModelRegistry(store).save(
+        model,
+        name=MODEL_NAME,
+        architecture="resnet50",
+        class_names=["normal", "abnormal"],
+        threshold=0.5,
+        window="lung",
+        filters=[],
+        metrics={},
+        training_config={"note": "untrained, weights=None: for speed and memory only"},
+        data_fingerprint=None,
+        description=f"bench/serve.py: {architecture}",
+    )
+    return f"{manifest.name}:{manifest.version}"
+
+
+# --- baselines in this process -----------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+@dataclass
+class Baselines:
+    single_ms: dict[str, float] = field(default_factory=dict)  # median per method
+    throughput: dict[str, dict[int, float]] = field(default_factory=dict)  # method -> bs -> img/s
+    preprocess_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best_single_ms(self) -> tuple[str, float]:
+        method = min(self.single_ms, key=lambda m: self.single_ms[m])
+        return method, self.single_ms[method]
+
+    @property
+    def best_throughput(self) -> tuple[str, int, float]:
+        best = max(
+            ((m, bs, v) for m, per in self.throughput.items() for bs, v in per.items()),
+            key=lambda t: t[2],
+        )
+        return best
+
+
+def measure_baselines(store: Path, ref: str, images: int, single_repeats: int) -> Baselines:
+    import tensorflow as tf
+
+    from models.preprocessing import preprocess
+    from models.registry import ModelRegistry
+
+    loaded = ModelRegistry(store).load(ref)
+    model = loaded.model
+
+    @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 1], tf.float32)])
+    def serve(x: Any) -> Any:
+        return model(x, training=False)
+
+    methods: dict[str, Callable[[np.ndarray], Any]] = {
+        "tf.function": lambda b: serve(tf.constant(b)).numpy(),
+        "predict_on_batch": lambda b: np.asarray(model.predict_on_batch(b)),
+    }
+    rng = np.random.default_rng(0)
+    result = Baselines()
+    for name, run in methods.items():
+        one = rng.random((1, SIZE, SIZE, 1), dtype=np.float32)
+        run(one)  # trace / build
+        run(one)
+        result.single_ms[name] = statistics.median(timed(lambda r=run, x=one: r(x), single_repeats))
+        result.throughput[name] = {}
+        for bs in BATCH_SIZES:
+            batch = rng.random((bs, SIZE, SIZE, 1), dtype=np.float32)
+            run(batch)  # warm this shape
+            calls = max(2, -(-images // bs))
+            total_ms = sum(timed(lambda r=run, x=batch: r(x), calls))
+            result.throughput[name][bs] = calls * bs / (total_ms / 1000.0)
+            print(
+                f"  raw {name:16s} batch {bs:2d}: {result.throughput[name][bs]:6.2f} img/s",
+                flush=True,
+            )
+        print(f"  raw {name:16s} single-image median {result.single_ms[name]:.1f} ms", flush=True)
+    for fname in CT_FILES:
+        data = (SHARED_DICOM / fname).read_bytes()
+        preprocess(data, size=(SIZE, SIZE), window="lung")
+        result.preprocess_ms[fname] = statistics.median(
+            timed(lambda d=data: preprocess(d, size=(SIZE, SIZE), window="lung"), 10)
+        )
+        print(f"  preprocess {fname}: median {result.preprocess_ms[fname]:.1f} ms", flush=True)
+    return result
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
+def make_uploads(count: int) -> list[tuple[str, bytes]]:
+    """``count`` uploads alternating between the CT files, each with a fresh SOP Instance UID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    sources = [(f, pydicom.dcmread(SHARED_DICOM / f)) for f in CT_FILES]
+    uploads = []
+    for i in range(count):
+        fname, ds = sources[i % len(sources)]
+        ds.SOPInstanceUID = generate_uid()
+        if "MediaStorageSOPInstanceUID" in ds.file_meta:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        uploads.append((fname, buf.getvalue()))
+    return uploads
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_service(tmp: Path, store: Path, ref: str, port: int, args: argparse.Namespace) -> Any:
+    env = dict(os.environ)
+    env.update(
+        RADLENS_DATABASE_URL=f"sqlite:///{tmp / 'bench.db'}",
+        RADLENS_MODEL_STORE=str(store),
+        RADLENS_MODEL=ref,
+        RADLENS_DEVICE="auto",
+        RADLENS_MAX_BATCH_SIZE=str(args.max_batch_size),
+        RADLENS_MAX_BATCH_WAIT_MS=str(args.max_batch_wait_ms),
+        RADLENS_LOG_LEVEL="warning",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    cmd = [
+        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    log = open(tmp / "service.log", "wb")  # noqa: SIM115 - closed by stop_service
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_file = log  # type: ignore[attr-defined]
+    return proc
+
+
+def stop_service(proc: Any) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully (lifespan stop)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    proc.log_file.close()
+
+
+async def wait_ready(base: str, proc: Any, timeout_s: float) -> float:
+    import httpx
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base, timeout=5.0) as client:
+        while time.perf_counter() - t0 < timeout_s:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the service exited with status {proc.returncode}")
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return time.perf_counter() - t0
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.25)
+    raise RuntimeError(f"the service was not ready within {timeout_s:.0f} s")
+
+
+def proc_memory(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+# --- load generation -------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    clients: int
+    elapsed_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    inference_ms: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.elapsed_s if self.elapsed_s else 0.0
+
+
+async def run_phase(
+    base: str, name: str, clients: int, uploads: list[tuple[str, bytes]], warmup: int
+) -> Phase:
+    import httpx
+
+    phase = Phase(name, clients)
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for item in uploads:
+        queue.put_nowait(item)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=300.0, limits=limits) as client:
+
+        async def post(item: tuple[str, bytes]) -> tuple[float, dict[str, Any] | None, str]:
+            fname, body = item
+            t0 = time.perf_counter()
+            resp = await client.post(
+                "/v1/predictions", files={"file": (fname, body, "application/dicom")}
+            )
+            ms = (time.perf_counter() - t0) * 1000.0
+            if resp.status_code not in (200, 201):
+                return ms, None, f"{resp.status_code} {resp.text[:200]}"
+            return ms, resp.json(), ""
+
+        for _ in range(warmup):  # connections, first-request costs; not counted
+            await post(queue.get_nowait())
+
+        async def worker() -> None:
+            while True:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                ms, body, err = await post(item)
+                if body is None:
+                    phase.errors.append(err)
+                    continue
+                phase.latencies_ms.append(ms)
+                phase.inference_ms.append(float(body["inference_ms"]))
+                phase.batch_sizes.append(int(body["batch_size"]))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        phase.elapsed_s = time.perf_counter() - t0
+    return phase
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def describe(phase: Phase) -> str:
+    sizes = np.bincount(phase.batch_sizes) if phase.batch_sizes else np.array([])
+    hist = ", ".join(f"{b}:{n}" for b, n in enumerate(sizes) if n)
+    return (
+        f"{len(phase.latencies_ms)} ok, {len(phase.errors)} errors in {phase.elapsed_s:.1f} s; "
+        f"latency p50 {pct(phase.latencies_ms, 50):.1f} / p90 {pct(phase.latencies_ms, 90):.1f}"
+        f" ms; server model time per batch p50 {pct(phase.inference_ms, 50):.1f} ms; "
+        f"batch sizes seen by requests {{{hist}}}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small phases (smoke run)")
+    parser.add_argument("--raw-images", type=int, default=64, help="images per raw batch size")
+    parser.add_argument("--single", type=int, default=40, help="requests in the 1-client phase")
+    parser.add_argument("--concurrent", type=int, default=192, help="requests, 16-client phase")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.raw_images, args.single, args.concurrent = 16, 10, 48
+    missing = [f for f in CT_FILES if not (SHARED_DICOM / f).exists()]
+    if missing:
+        print(f"bench/serve.py: needs {', '.join(missing)} in {SHARED_DICOM}", file=sys.stderr)
+        return 2
+
+    started = datetime.now(UTC)
+    print(f"radlens serving benchmark  {started:%Y-%m-%d %H:%M} UTC")
+    print(
+        f"machine: nproc={os.cpu_count()}, {cpu_model()}; load average at start "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (CPU shared with other users)"
+    )
+    with tempfile.TemporaryDirectory(prefix="radlens-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        store = tmp / "store"
+        t0 = time.perf_counter()
+        ref = save_model(store)
+        print(
+            f"model {ref} (ResNet50 {SIZE}x{SIZE}, weights=None) saved in "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+
+        print("baselines (in-process, service not running):", flush=True)
+        base_line = measure_baselines(store, ref, args.raw_images, max(10, args.single // 2))
+
+        total = args.single + args.concurrent + 3 + args.clients
+        uploads = make_uploads(total)
+        port = free_port()
+        proc = start_service(tmp, store, ref, port, args)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            ready_s = asyncio.run(wait_ready(base, proc, args.ready_timeout))
+            mem_ready = proc_memory(proc.pid)
+            print(
+                f"service pid {proc.pid} ready in {ready_s:.1f} s "
+                f"(max_batch_size={args.max_batch_size}, "
+                f"max_batch_wait_ms={args.max_batch_wait_ms})",
+                flush=True,
+            )
+            single = asyncio.run(
+                run_phase(base, "1 client", 1, uploads[: args.single + 3], warmup=3)
+            )
+            print(f"  1 client:  {describe(single)}", flush=True)
+            many = asyncio.run(
+                run_phase(
+                    base,
+                    f"{args.clients} clients",
+                    args.clients,
+                    uploads[args.single + 3 :],
+                    warmup=0,
+                )
+            )
+            print(f"  {args.clients} clients: {describe(many)}", flush=True)
+            mem_after = proc_memory(proc.pid)
+        except BaseException:
+            print((tmp / "service.log").read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            stop_service(proc)
+            log_text = (tmp / "service.log").read_text(errors="replace")
+        for phase in (single, many):
+            for err in phase.errors[:3]:
+                print(f"  error ({phase.name}): {err}")
+        if single.errors or many.errors:
+            lines = [ln for ln in log_text.splitlines() if "Error" in ln or "error" in ln]
+            print("  service log, error lines (last 8):")
+            for ln in lines[-8:]:
+                print(f"    {ln[:300]}")
+
+    method_1, raw_single = base_line.best_single_ms
+    method_t, best_bs, raw_best = base_line.best_throughput
+    ratio = many.throughput / raw_best
+    lat = pct(single.latencies_ms, 50)
+    rss = mem_after.get("VmRSS", 0)
+    hwm = mem_after.get("VmHWM", 0)
+    pre = statistics.mean(base_line.preprocess_ms.values())
+    print()
+    print("RESULTS (each with its baseline measured in this run)")
+    print(
+        f"(a) throughput at {args.clients} clients: {many.throughput:.2f} img/s vs raw model "
+        f"{raw_best:.2f} img/s ({method_t}, batch {best_bs}) -> ratio {ratio:.2f} "
+        f"(target >= 0.90: {'met' if ratio >= 0.90 else 'MISSED'})"
+    )
+    print(
+        f"(b) median latency at 1 client: {lat:.1f} ms vs raw single-image "
+        f"{raw_single:.1f} ms ({method_1}) -> +{lat - raw_single:.1f} ms "
+        f"(target <= +15 ms: {'met' if lat - raw_single <= 15 else 'MISSED'})"
+    )
+    print(
+        f"    where the 1-client time goes: server model time p50 "
+        f"{pct(single.inference_ms, 50):.1f} ms, preprocessing one CT ~{pre:.1f} ms "
+        f"(in-process), the rest (HTTP, multipart, DB write, queue) "
+        f"~{lat - pct(single.inference_ms, 50) - pre:.1f} ms"
+    )
+    print(
+        f"(c) service memory with ResNet50 loaded: VmRSS {rss / GIB:.2f} GiB after load "
+        f"(peak VmHWM {hwm / GIB:.2f} GiB; at ready {mem_ready.get('VmRSS', 0) / GIB:.2f} GiB)"
+        f" (target < 2.5 GiB: {'met' if hwm < 2.5 * GIB else 'MISSED'})"
+    )
+    print(
+        f"raw throughput by batch size (img/s): "
+        + "; ".join(
+            f"{m}: " + ", ".join(f"{bs}={v:.1f}" for bs, v in per.items())
+            for m, per in base_line.throughput.items()
+        )
+    )
+    print(
+        f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        f"total {(datetime.now(UTC) - started).total_seconds():.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
