@@ -1,0 +1,165 @@
+"""Imaging commands: ``radlens inspect`` (metadata and pixel statistics of one file) and
+``radlens filter`` (a classic filter applied to the preprocessed image, written as a PNG).
+
+Only typer and the standard library are imported here; ``models.preprocessing`` and
+``models.ops`` (numpy, pydicom, Pillow — never TensorFlow) are imported inside the command
+bodies, so ``radlens inspect`` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.common import fail
+
+if TYPE_CHECKING:
+    import numpy as np
+
+FILTER_KINDS = ("sobel_h", "sobel_v", "blur", "outline")
+
+PathArg = Annotated[Path, typer.Argument(help="A DICOM, PNG or JPEG file.")]
+WindowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--window",
+        help="CT window preset (lung, mediastinum, bone, brain, soft_tissue); "
+        "default: the file's own window, else min-max.",
+    ),
+]
+SizeOpt = Annotated[
+    str | None,
+    typer.Option("--size", help="Resize to HxW (e.g. 224x224) or N (NxN); default: native."),
+]
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """Parse ``--size``: ``"224"`` -> (224, 224), ``"256x192"`` -> (256, 192) (height x width)."""
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        fail(f"--size must be N or HxW with positive integers, e.g. 224x224; got {text!r}")
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) <= 0 or max(values) > 8192:
+        fail(f"--size must be N or HxW with integers in 1..8192, e.g. 224x224; got {text!r}")
+    return values[0], values[1]
+
+
+def _read(path: Path) -> bytes:
+    if path.is_dir():
+        fail(f"{path} is a folder; give one DICOM, PNG or JPEG file")
+    return path.read_bytes()  # a missing file is reported by the CLI boundary (exit 2)
+
+
+def _stats(pixels: np.ndarray) -> dict[str, Any]:
+    return {
+        "shape": list(pixels.shape),
+        "dtype": str(pixels.dtype),
+        "min": float(pixels.min()),
+        "max": float(pixels.max()),
+        "mean": float(pixels.mean()),
+        "std": float(pixels.std()),
+    }
+
+
+def inspect(
+    path: PathArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    window: WindowOpt = None,
+    size: SizeOpt = None,
+) -> None:
+    """Show an image's metadata (no patient identifiers) and its preprocessed pixel statistics."""
+    from models.preprocessing import PREPROCESSING_VERSION, preprocess
+
+    target = parse_size(size)
+    image = preprocess(_read(path), size=target, window=window)
+    meta = image.metadata.to_dict()
+    stats = _stats(image.pixels)
+    if as_json:
+        report = {
+            "path": str(path),
+            "preprocessing_version": PREPROCESSING_VERSION,
+            "metadata": meta,
+            "pixels": stats,
+        }
+        typer.echo(json.dumps(report, indent=2))
+        return
+    ts = meta["transfer_syntax_uid"]
+    ts_text = f"{ts} ({meta['transfer_syntax_name']})" if ts else "-"
+    lines = [
+        f"file: {path}",
+        f"format: {meta['format']}",
+        f"modality: {meta['modality'] or '-'}",
+        f"body part: {meta['body_part'] or '-'}",
+        f"photometric interpretation: {meta['photometric_interpretation'] or '-'}",
+        f"transfer syntax: {ts_text}",
+        f"rows x columns: {meta['rows']} x {meta['columns']}",
+        f"frames: {meta['frames']} (using frame {meta['frame_index']})",
+        f"bits stored: {meta['bits_stored'] if meta['bits_stored'] is not None else '-'}",
+        f"window: {meta['window']}",
+        f"preprocessed: shape {tuple(stats['shape'])} {stats['dtype']}, "
+        f"min {stats['min']:.4f}, max {stats['max']:.4f}, "
+        f"mean {stats['mean']:.4f}, std {stats['std']:.4f}",
+    ]
+    typer.echo("\n".join(lines))
+
+
+def to_display(response: np.ndarray, kind: str) -> np.ndarray:
+    """Rescale a filter response to uint8 for viewing.
+
+    ``blur`` keeps the [0, 1] scale of the input; ``sobel_h``, ``sobel_v`` and ``outline``
+    give signed responses, shown as their magnitude scaled so the 99.5th percentile is white
+    (scaling by the maximum would let one burned-in marker make the whole image black).
+    """
+    import numpy as np
+
+    if kind == "blur":
+        scaled = np.clip(response, 0.0, 1.0)
+    else:
+        magnitude = np.abs(response)
+        peak = float(np.percentile(magnitude, 99.5)) or float(magnitude.max())
+        scaled = np.clip(magnitude / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(magnitude)
+    return np.rint(scaled * 255.0).astype(np.uint8)
+
+
+def filter_image(
+    path: PathArg,
+    kind: Annotated[str, typer.Option("--kind", help=f"Filter: {', '.join(FILTER_KINDS)}.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the PNG (e.g. edges.png).")],
+    window: WindowOpt = None,
+    size: SizeOpt = None,
+) -> None:
+    """Apply a classic filter to the preprocessed image and write it as an 8-bit PNG."""
+    if kind not in FILTER_KINDS:
+        fail(f"--kind must be one of {', '.join(FILTER_KINDS)}; got {kind!r}")
+    if out.suffix.lower() != ".png":
+        fail(f"--out must be a .png file; got {str(out)!r}")
+    if not out.parent.is_dir():
+        fail(f"the folder for --out does not exist: {out.parent}")
+    target = parse_size(size)
+
+    from PIL import Image
+
+    from models.ops import apply_filter
+    from models.preprocessing import preprocess
+
+    image = preprocess(_read(path), size=target, window=window)
+    response = apply_filter(image.pixels, kind)
+    Image.fromarray(to_display(response, kind)).save(out, format="PNG")
+    typer.echo(
+        f"wrote {out} ({kind}, {image.pixels.shape[0]}x{image.pixels.shape[1]}, "
+        f"window {image.metadata.window})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``inspect`` and ``filter`` to the ``radlens`` command."""
+    app.command("inspect")(inspect)
+    app.command("filter")(filter_image)
