@@ -20,14 +20,20 @@ from keras import ops as K
 from models.errors import ConfigurationError
 from models.ops import FILTER_NAMES, KERNELS
 
-__all__ = ["FixedFilterBank", "GrayToRGB", "ResNetPreprocess"]
+__all__ = ["FixedFilterBank", "GrayToRGB", "ResNetPreprocess", "check_filter_names"]
 
 # keras.applications.resnet50.preprocess_input ("caffe" mode) on 0..255 RGB: flip RGB->BGR,
 # subtract the ImageNet BGR channel means, no scaling.
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
 
 
-def _filter_names(filters: Any) -> tuple[str, ...]:
+def check_filter_names(filters: Any) -> tuple[str, ...]:
+    """Validate a sequence of classic filter names and return it as a tuple.
+
+    Raises:
+        TypeError: not a sequence (a bare string is refused: pass ``("blur",)``).
+        ConfigurationError: an unknown or repeated name; the message lists the valid names.
+    """
     if isinstance(filters, str) or not isinstance(filters, Sequence):
         raise TypeError(
             f"filters must be a sequence of filter names, e.g. ('sobel_h', 'blur'). "
@@ -69,7 +75,7 @@ class FixedFilterBank(keras.layers.Layer):
     ) -> None:
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
-        self.filter_names = _filter_names(filters)
+        self.filter_names = check_filter_names(filters)
         if not isinstance(keep_input, bool):
             raise TypeError(f"keep_input must be True or False. Received: {keep_input!r}")
         if not self.filter_names and not keep_input:
