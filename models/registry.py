@@ -311,6 +311,25 @@ class ModelRegistry:
             )
         return manifest
 
+    def verify(self, name: str, version: int) -> ModelManifest:
+        """Read a version's manifest and check ``model.keras`` against its sha256.
+
+        Raises:
+            ModelNotFoundError: no such version.
+            ModelCorruptError: a bad manifest, or ``model.keras`` missing or altered (the
+                message gives both digests).
+        """
+        manifest = self.read_manifest(name, version)
+        model_path = self.root / name / str(version) / MODEL_FILE
+        if not model_path.is_file():
+            raise ModelCorruptError(f"{model_path} is missing")
+        actual = file_sha256(model_path)
+        if actual != manifest.model_sha256:
+            raise ModelCorruptError(
+                f"sha256 of {model_path} is {actual}, the manifest says {manifest.model_sha256}"
+            )
+        return manifest
+
     def list(self) -> list[ModelManifest]:
         """Every readable version in the store, sorted by name then version.
 
@@ -394,16 +413,9 @@ class ModelRegistry:
             ModelIncompatibleError: the model was trained with another preprocessing version.
         """
         name, version = self.resolve(ref)
-        manifest = self.read_manifest(name, version)
+        manifest = self.verify(name, version)
         path = self.root / name / str(version)
         model_path = path / MODEL_FILE
-        if not model_path.is_file():
-            raise ModelCorruptError(f"{model_path} is missing")
-        actual = file_sha256(model_path)
-        if actual != manifest.model_sha256:
-            raise ModelCorruptError(
-                f"sha256 of {model_path} is {actual}, the manifest says {manifest.model_sha256}"
-            )
         current = _current_preprocessing_version()
         if manifest.preprocessing_version != current:
             raise ModelIncompatibleError(
