@@ -1,0 +1,561 @@
+"""Grad-CAM: where in the image the model looked for a class.
+
+Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization", ICCV 2017) weights the channels ``A^k`` of a convolutional
+feature map by the spatial mean of the gradient of a class score ``y^c`` with respect to
+them, ``alpha_k = mean_ij dy^c / dA^k_ij``, and keeps the positive part of the weighted sum,
+``L = ReLU(sum_k alpha_k A^k)``. The map is upsampled to the input size and min-max
+normalised, so it is a *relative* saliency in [0, 1] for one image and one class: it says
+where the evidence for the class lies, not how strong it is.
+
+Which layer: the last convolutional feature map (best trade-off between semantics and
+resolution). For radlens' ResNet50 that layer sits inside the nested ``"backbone"`` model;
+Keras cannot build a model from the outer input to a tensor of an inner graph, so
+:func:`grad_model` re-traces the outer graph (sharing every layer and weight) with the
+backbone call replaced by a split backbone that returns the inner feature map together with
+its usual output. The same code handles a layer at the top level (``simple_cnn``) and
+deeper nesting.
+
+Which score: the class *logit* (the score before softmax), as in the paper. Softmax
+probabilities saturate — a confident model has near-zero gradients and a noisy map — so
+when the model ends in a softmax (a ``Dense`` with softmax activation or a softmax layer),
+the logits are recomputed from that layer's input. For any other output layer the output
+itself is the score.
+
+This module imports TensorFlow and Keras; the rendering of a map over the image is in
+:mod:`models.overlay`, which needs neither.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.errors import ConfigurationError, InvalidImageError
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "GradCamResult",
+    "find_layer_path",
+    "grad_model",
+    "gradcam",
+    "gradcam_explain",
+]
+
+_POOLING_TYPES = (
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "GlobalMaxPooling2D",
+    "GlobalAveragePooling2D",
+)
+
+
+@dataclass(frozen=True)
+class GradCamResult:
+    """Heatmaps with the class they explain and the model's scores from the same pass.
+
+    Attributes:
+        heatmaps: float32 ``(N, H, W)`` in [0, 1] at the input resolution.
+        class_indices: int ``(N,)``, the class each heatmap explains.
+        scores: float32 ``(N, classes)``, the model's output (softmax probabilities for
+            radlens models) for the same inputs.
+        layer: the explained layer as a path, e.g. ``"backbone/conv5_block3_out"``.
+    """
+
+    heatmaps: np.ndarray
+    class_indices: np.ndarray
+    scores: np.ndarray
+    layer: str
+
+
+@dataclass(frozen=True)
+class _GradModel:
+    model: keras.Model  # input -> [feature map, score source, output]
+    logits_from: str  # "dense": source @ dense.kernel + bias; "source": source is the score
+    dense: Any  # the final softmax Dense (for "dense"), else None
+    layer: str  # path, e.g. "backbone/conv5_block3_out"
+
+
+_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], _GradModel]] = (
+    weakref.WeakKeyDictionary()
+)
+_CACHE_LOCK = threading.Lock()
+
+
+# --- finding the layer -------------------------------------------------------------------
+
+
+def _is_container(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model)
+
+
+def _walk(container: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every layer under ``container`` in graph order, with its path of names."""
+    found: list[tuple[tuple[str, ...], Any]] = []
+    for layer in container.layers:
+        path = (*prefix, layer.name)
+        found.append((path, layer))
+        if _is_container(layer):
+            found.extend(_walk(layer, path))
+    return found
+
+
+def _output_rank(layer: Any) -> int | None:
+    try:
+        output = layer.output
+    except (AttributeError, ValueError):  # never called / several outputs
+        return None
+    shape = getattr(output, "shape", None)
+    return None if shape is None else len(shape)
+
+
+def _default_layer_path(model: keras.Model) -> tuple[str, ...]:
+    """The last convolutional feature map of ``model``, searched through nested models.
+
+    radlens architectures name it via ``models.architectures.last_conv_layer_name``; for
+    other models (and as the fallback) this is the last layer in graph order, at any depth,
+    whose output is 4-D ``(N, h, w, k)`` and that is not a pooling layer: ResNet50's
+    ``conv5_block3_out``, a plain CNN's last ``Conv2D``.
+    """
+    finder: Callable[[Any], str] | None
+    try:
+        architectures = importlib.import_module("models.architectures")
+        finder = architectures.last_conv_layer_name
+    except (ImportError, AttributeError):  # pragma: no cover - architectures not there yet
+        finder = None
+    if finder is not None:
+        try:
+            name: str | None = finder(model)
+        except ValueError:  # not a radlens architecture: use the structural rule below
+            name = None
+        if name:
+            return find_layer_path(model, name)
+    for path, layer in reversed(_walk(model)):
+        if _is_container(layer) or type(layer).__name__ in _POOLING_TYPES:
+            continue
+        if _output_rank(layer) == 4:
+            return path
+    raise ConfigurationError(
+        f"model {model.name!r} has no layer with a 4-D (N, h, w, channels) output; Grad-CAM "
+        "needs a convolutional feature map"
+    )
+
+
+def find_layer_path(model: keras.Model, layer_name: str) -> tuple[str, ...]:
+    """Resolve a layer name to its path of names through nested models.
+
+    Args:
+        model: a Keras functional or sequential model, possibly with nested models.
+        layer_name: a top-level layer name (``"conv2d_3"``), a unique name of a layer inside
+            a nested model (``"conv5_block3_out"``), or an explicit path separated by ``/``
+            (``"backbone/conv5_block3_out"``).
+
+    Returns:
+        The names from the top-level layer down to the layer, e.g.
+        ``("backbone", "conv5_block3_out")``.
+
+    Raises:
+        TypeError: ``layer_name`` is not a string.
+        ConfigurationError: no such layer, or the bare name occurs in more than one nested
+            model (pass the path then).
+    """
+    if not isinstance(layer_name, str):
+        raise TypeError(
+            f"layer_name must be a str or None. Received: {layer_name!r} "
+            f"({type(layer_name).__name__})"
+        )
+    everything = _walk(model)
+    if "/" in layer_name:
+        wanted = tuple(layer_name.split("/"))
+        if any(path == wanted for path, _ in everything):
+            return wanted
+        matches: list[tuple[str, ...]] = []
+    else:
+        top = [path for path, _ in everything if path == (layer_name,)]
+        if top:
+            return top[0]
+        matches = [path for path, _ in everything if path[-1] == layer_name]
+        if len(matches) == 1:
+            return matches[0]
+    if len(matches) > 1:
+        raise ConfigurationError(
+            f"layer_name={layer_name!r} is ambiguous in model {model.name!r}: "
+            f"{', '.join('/'.join(p) for p in matches)}; pass one of these paths"
+        )
+    feature_maps = [
+        "/".join(path)
+        for path, layer in everything
+        if not _is_container(layer) and _output_rank(layer) == 4
+    ]
+    hint = ", ".join(feature_maps[-5:]) if feature_maps else "none"
+    raise ConfigurationError(
+        f"no layer {layer_name!r} in model {model.name!r}; its last feature-map layers: {hint}"
+    )
+
+
+# --- the gradient model ------------------------------------------------------------------
+
+
+def _softmax_layer(layer: Any) -> tuple[bool, Any]:
+    """Whether ``layer`` applies a softmax, and the Dense to take the logits from, if any."""
+    import keras
+
+    activation = getattr(layer, "activation", None)
+    is_softmax = getattr(activation, "__name__", "") == "softmax"
+    if isinstance(layer, keras.layers.Dense) and is_softmax:
+        return True, layer
+    if isinstance(layer, keras.layers.Softmax) or (
+        isinstance(layer, keras.layers.Activation) and is_softmax
+    ):
+        return True, None
+    return False, None
+
+
+def _output_layer(container: Any) -> Any:
+    outputs = container.outputs
+    if len(outputs) != 1:
+        raise ConfigurationError(
+            f"Grad-CAM needs a model with one output; {container.name!r} has {len(outputs)}"
+        )
+    for layer in reversed(container.layers):
+        try:
+            if layer.output is outputs[0]:
+                return layer
+        except (AttributeError, ValueError):
+            continue
+    return None
+
+
+def _trace(container: Any, path: tuple[str, ...], *, want_score_input: bool) -> Any:
+    """A model sharing ``container``'s layers: its inputs -> [feature map, output(s)].
+
+    The container is re-traced layer by layer (``keras.models.clone_model`` with the layers
+    themselves as their clones, so every weight is shared). The layer named ``path[0]`` is
+    captured on the way; when the path goes deeper, that nested model is replaced by its own
+    re-traced split, built recursively. With ``want_score_input`` the input of the output
+    layer is returned too (to recompute logits from).
+    """
+    import keras
+
+    head = container.get_layer(path[0])
+    inner = _trace(head, path[1:], want_score_input=False) if len(path) > 1 else None
+    out_layer = _output_layer(container) if want_score_input else None
+    features: list[Any] = []
+    score_inputs: list[Any] = []
+
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        if layer is out_layer and args:
+            score_inputs.append(args[0])
+        if layer is head and inner is not None:
+            feature, output = inner(*args, **kwargs)
+            features.append(feature)
+            return output
+        output = layer(*args, **kwargs)
+        if layer is head:
+            features.append(output)
+        return output
+
+    if isinstance(container, keras.Sequential):
+        # clone_model's call_function is for functional models only; a Sequential is a chain.
+        x = keras.Input(batch_shape=container.inputs[0].shape, dtype=container.inputs[0].dtype)
+        inputs: Any = x
+        for layer in container.layers:
+            x = call(layer, x)
+        outputs: list[Any] = [x]
+    else:
+        traced = keras.models.clone_model(
+            container, clone_function=lambda layer: layer, call_function=call
+        )
+        inputs = traced.inputs[0] if len(traced.inputs) == 1 else traced.inputs
+        outputs = list(traced.outputs)
+    if len(outputs) != 1:
+        raise ConfigurationError(
+            f"Grad-CAM needs models with one output; {container.name!r} has {len(outputs)}"
+        )
+    if len(features) != 1:
+        raise ConfigurationError(
+            f"layer {'/'.join(path)!r} is used {len(features)} times in {container.name!r}; "
+            "Grad-CAM needs a layer that runs once per image"
+        )
+    if not want_score_input:
+        return keras.Model(inputs, [features[0], outputs[0]])
+    if len(score_inputs) != 1:
+        raise ConfigurationError(
+            f"the output layer of {container.name!r} runs {len(score_inputs)} times; "
+            "Grad-CAM needs a model with one output layer"
+        )
+    return keras.Model(inputs, [features[0], score_inputs[0], outputs[0]])
+
+
+def grad_model(model: keras.Model, layer_name: str | None = None) -> tuple[keras.Model, str]:
+    """Build (or fetch from a per-model cache) the model that Grad-CAM differentiates.
+
+    Args:
+        model: a Keras model with one image input ``(N, H, W, C)`` and one output
+            ``(N, classes)``; the explained layer may sit inside nested models.
+        layer_name: see :func:`find_layer_path`; None = the last convolutional feature map.
+
+    Returns:
+        ``(gm, path)``: ``gm`` maps the model input to ``[feature map (N, h, w, k),
+        score source, output]`` and shares every layer and weight with ``model`` (so it
+        follows further training); the score source is the input of the final softmax
+        layer when there is one, else the output. ``path`` names the layer,
+        e.g. ``"backbone/conv5_block3_out"``.
+
+    Raises:
+        TypeError: ``layer_name`` is not a string.
+        ConfigurationError: unknown or ambiguous layer, a layer without a 4-D output, a
+            layer used more than once, or a model with several outputs.
+    """
+    built = _grad_model(model, layer_name)
+    return built.model, built.layer
+
+
+def _grad_model(model: keras.Model, layer_name: str | None) -> _GradModel:
+    path = _default_layer_path(model) if layer_name is None else find_layer_path(model, layer_name)
+    with _CACHE_LOCK:
+        per_model = _CACHE.setdefault(model, {})
+        if path in per_model:
+            return per_model[path]
+        out_layer = _output_layer(model)
+        is_softmax, dense = _softmax_layer(out_layer) if out_layer is not None else (False, None)
+        traced = _trace(model, path, want_score_input=is_softmax)
+        shape = tuple(traced.outputs[0].shape)
+        if len(shape) != 4:
+            raise ConfigurationError(
+                f"layer {'/'.join(path)!r} has output shape {shape}; Grad-CAM needs a "
+                "convolutional feature map (N, h, w, channels)"
+            )
+        built = _GradModel(
+            model=traced,
+            logits_from="dense" if is_softmax and dense is not None else "source",
+            dense=dense if is_softmax else None,
+            layer="/".join(path),
+        )
+        per_model[path] = built
+        return built
+
+
+# --- Grad-CAM ----------------------------------------------------------------------------
+
+
+def _check_input(model: keras.Model, model_input: Any) -> tuple[np.ndarray, bool]:
+    if not isinstance(model_input, np.ndarray):
+        raise TypeError(
+            "model_input must be a numpy array (H, W, 1) or (N, H, W, 1). "
+            f"Received: {type(model_input).__name__}"
+        )
+    if model_input.dtype.kind not in "biuf":
+        raise InvalidImageError(
+            f"model_input must hold real numbers. Received dtype {model_input.dtype}"
+        )
+    single = model_input.ndim == 3
+    batch = model_input[np.newaxis] if single else model_input
+    expected = tuple(model.inputs[0].shape[1:])
+    if (
+        batch.ndim != 4
+        or len(expected) != 3
+        or any(
+            want is not None and got != want
+            for got, want in zip(batch.shape[1:], expected, strict=True)
+        )
+    ):
+        shown = tuple("H" if d is None else d for d in expected)
+        raise InvalidImageError(
+            f"model_input must have shape {shown} or (N, *{shown}) for model "
+            f"{model.name!r}. Received shape {model_input.shape}"
+        )
+    if batch.shape[0] == 0 or 0 in batch.shape[1:3]:
+        raise InvalidImageError(f"model_input is empty. Received shape {model_input.shape}")
+    batch = batch.astype(np.float32, copy=False)
+    if not np.isfinite(batch).all():
+        raise InvalidImageError(
+            f"model_input contains NaN or infinite values ({int((~np.isfinite(batch)).sum())} "
+            f"of {batch.size})"
+        )
+    return batch, single
+
+
+def _check_class_index(class_index: Any, n: int) -> np.ndarray | None:
+    if class_index is None:
+        return None
+    if isinstance(class_index, bool):
+        raise TypeError(
+            f"class_index must be an int, a sequence of ints or None. Received: {class_index!r}"
+        )
+    if isinstance(class_index, int | np.integer):
+        return np.full(n, int(class_index), dtype=np.int64)
+    if isinstance(class_index, Sequence | np.ndarray) and not isinstance(class_index, str):
+        values = np.asarray(class_index)
+        if values.dtype.kind not in "iu" or values.ndim != 1:
+            raise TypeError(
+                f"class_index must be an int, a sequence of ints or None. Received: {class_index!r}"
+            )
+        if len(values) != n:
+            raise ConfigurationError(
+                f"class_index has {len(values)} entries for {n} images; give one per image"
+            )
+        return values.astype(np.int64)
+    raise TypeError(
+        "class_index must be an int, a sequence of ints or None. "
+        f"Received: {class_index!r} ({type(class_index).__name__})"
+    )
+
+
+def _normalise(cams: np.ndarray) -> np.ndarray:
+    """Min-max normalise each map to [0, 1]; a map with no contrast (all zero, constant,
+    or non-finite) becomes all zeros: it localises nothing."""
+    out = np.zeros_like(cams, dtype=np.float32)
+    for i, cam in enumerate(cams):
+        if not np.isfinite(cam).all():
+            continue
+        low, high = float(cam.min()), float(cam.max())
+        spread = high - low
+        if spread <= 1e-6 * max(abs(high), abs(low)) or spread <= np.finfo(np.float32).tiny:
+            continue
+        out[i] = np.clip((cam - low) / spread, 0.0, 1.0)
+    return out
+
+
+def _explain_batch(
+    gm: _GradModel, batch: np.ndarray, classes: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(batch, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)  # record everything, frozen backbone included
+        traced = gm.model(x, training=False)
+        features, source, output = traced if len(traced) == 3 else (*traced, traced[-1])
+        if gm.logits_from == "dense":
+            kernel = tf.cast(gm.dense.kernel, tf.float32)
+            logits = tf.matmul(tf.cast(source, tf.float32), kernel)
+            if gm.dense.bias is not None:
+                logits = logits + tf.cast(gm.dense.bias, tf.float32)
+        else:  # the input of a softmax layer, or the output itself
+            logits = tf.cast(source, tf.float32)
+        scores = tf.cast(output, tf.float32)
+        if len(logits.shape) != 2:
+            raise ConfigurationError(
+                f"the model output has shape {tuple(output.shape)}; Grad-CAM needs class "
+                "scores (N, classes)"
+            )
+        n_classes = int(logits.shape[1])
+        if classes is None:
+            chosen = np.argmax(scores.numpy(), axis=1).astype(np.int64)
+        else:
+            bad = classes[(classes < 0) | (classes >= n_classes)]
+            if bad.size:
+                raise ConfigurationError(
+                    f"class_index must be in 0..{n_classes - 1} for this model. "
+                    f"Received: {bad.tolist()[0]}"
+                )
+            chosen = classes
+        target = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+    grads = tape.gradient(target, features)
+    if grads is None:
+        raise ConfigurationError(
+            f"the class score does not depend on layer {gm.layer!r}; choose a layer on the "
+            "path to the output"
+        )
+    features = tf.cast(features, tf.float32)
+    weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2))  # (N, k)
+    cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", features, weights))
+    size = (int(batch.shape[1]), int(batch.shape[2]))
+    upsampled = tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0]
+    return _normalise(upsampled.numpy()), chosen, scores.numpy()
+
+
+def gradcam_explain(
+    model: keras.Model,
+    model_input: np.ndarray,
+    *,
+    class_index: int | Sequence[int] | np.ndarray | None = None,
+    layer_name: str | None = None,
+    batch_size: int = 16,
+) -> GradCamResult:
+    """Grad-CAM heatmaps together with the scores and classes they belong to.
+
+    One forward pass per chunk of ``batch_size`` images gives both the prediction and the
+    explanation, so a caller that shows "pneumonia 0.93" next to the map needs no second
+    prediction. Arguments as in :func:`gradcam`.
+
+    Returns:
+        A :class:`GradCamResult` whose arrays always have the batch axis ``N``.
+    """
+    batch, _ = _check_input(model, model_input)
+    classes = _check_class_index(class_index, batch.shape[0])
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError(f"batch_size must be an int >= 1. Received: {batch_size!r}")
+    gm = _grad_model(model, layer_name)
+    maps, chosen, scores = [], [], []
+    for start in range(0, batch.shape[0], batch_size):
+        part = None if classes is None else classes[start : start + batch_size]
+        m, c, s = _explain_batch(gm, batch[start : start + batch_size], part)
+        maps.append(m)
+        chosen.append(c)
+        scores.append(s)
+    return GradCamResult(
+        heatmaps=np.concatenate(maps).astype(np.float32),
+        class_indices=np.concatenate(chosen),
+        scores=np.concatenate(scores).astype(np.float32),
+        layer=gm.layer,
+    )
+
+
+def gradcam(
+    model: keras.Model,
+    model_input: np.ndarray,
+    *,
+    class_index: int | Sequence[int] | np.ndarray | None = None,
+    layer_name: str | None = None,
+) -> np.ndarray:
+    """Grad-CAM heatmap(s) of ``model`` for ``model_input``, at the input resolution.
+
+    The gradient of the class logit (see the module docstring) with respect to the chosen
+    feature map is averaged over space to one weight per channel; the ReLU of the weighted
+    channel sum is upsampled bilinearly to ``(H, W)`` and min-max normalised per image.
+
+    Args:
+        model: a Keras model taking ``(N, H, W, 1)`` float32 images in [0, 1] (exactly
+            ``PreprocessedImage.model_input()``) and returning ``(N, classes)`` scores —
+            any radlens architecture, the ResNet50 with its nested ``"backbone"`` included.
+        model_input: one image ``(H, W, 1)`` or a batch ``(N, H, W, 1)``, real numbers,
+            finite; the spatial size must match the model's input.
+        class_index: the class to explain. None = the class the model predicts for each
+            image (argmax of its scores). For a binary radlens model (2-class softmax)
+            pass ``1`` to explain the positive finding whatever the prediction — usually the
+            clinically interesting map. An int applies to every image; a sequence gives one
+            class per image.
+        layer_name: the feature map to explain (see :func:`find_layer_path`). None = the
+            last convolutional feature map: ``models.architectures.last_conv_layer_name``
+            for radlens architectures (``conv5_block3_out`` inside ``backbone`` for ResNet50,
+            the last ``Conv2D`` for ``simple_cnn``).
+
+    Returns:
+        float32 heatmaps in [0, 1]: ``(H, W)`` for one image, ``(N, H, W)`` for a batch.
+        1 marks the strongest evidence for the class in that image. A map without any
+        positive evidence or contrast (all zero, constant — e.g. a 1x1 feature map — or
+        non-finite) is all zeros, never NaN.
+
+    Raises:
+        TypeError: ``model_input`` is not a numpy array, or ``class_index`` / ``layer_name``
+            has the wrong type.
+        InvalidImageError: ``model_input`` has the wrong shape, a non-numeric dtype, or
+            NaN/infinite values (the message quotes what was received).
+        ConfigurationError: ``class_index`` out of range for the model, or a layer that
+            does not exist, is ambiguous, or is not a feature map.
+    """
+    batch, single = _check_input(model, model_input)
+    result = gradcam_explain(model, batch, class_index=class_index, layer_name=layer_name)
+    return result.heatmaps[0] if single else result.heatmaps

@@ -1,0 +1,189 @@
+"""Draw a heatmap over the image the model saw: a PNG with a colour bar and a caption.
+
+The image is shown in gray exactly as the model received it (``PreprocessedImage.pixels``,
+values in [0, 1], no further windowing), pixel for pixel (nearest-neighbour enlargement, so
+nothing is smoothed that the model did not see). The heatmap is blended over it in a
+perceptually uniform colour map (``inferno`` or ``viridis``) with an opacity proportional to
+the heat: ``out = (1 - a * h) * gray + a * h * colour(h)`` with ``a = alpha``. Where the map is
+0 the image is untouched, so the overlay never hides anatomy the model ignored; where it is 1
+the colour covers ``alpha`` of the pixel. A colour bar from "0 low" to "1 high" and an
+optional title (class and score) make the figure readable on its own.
+
+Matplotlib is imported lazily and used through ``matplotlib.figure.Figure`` with the Agg
+canvas, never ``pyplot``: no global state, no display, safe in threads and in the service.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from models.errors import ConfigurationError, InvalidImageError
+
+__all__ = ["COLORMAPS", "DEFAULT_WIDTH", "blend", "render_overlay"]
+
+COLORMAPS = ("inferno", "viridis")
+"""Perceptually uniform colour maps accepted for the heatmap."""
+
+DEFAULT_WIDTH = 512
+"""Width of the rendered PNG in pixels."""
+
+_DPI = 100
+_CAPTION = "Grad-CAM: where the evidence for the class lies (relative). Not for clinical use."
+
+
+def _check_map(value: Any, what: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array (H, W). Received: {type(value).__name__}")
+    if value.dtype.kind not in "biuf":
+        raise InvalidImageError(f"{what} must hold real numbers. Received dtype {value.dtype}")
+    array = value[..., 0] if value.ndim == 3 and value.shape[-1] == 1 else value
+    if array.ndim != 2 or 0 in array.shape:
+        raise InvalidImageError(f"{what} must have shape (H, W). Received shape {value.shape}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise InvalidImageError(f"{what} contains NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise InvalidImageError(
+            f"{what} must have values in [0, 1]. Received min {low:.4g}, max {high:.4g}"
+        )
+    return np.clip(array, 0.0, 1.0)
+
+
+def _check_options(alpha: Any, cmap: Any) -> tuple[float, str]:
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating):
+        raise TypeError(f"alpha must be a number in [0, 1]. Received: {alpha!r}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ConfigurationError(f"alpha must be in [0, 1]. Received: alpha={alpha!r}")
+    if cmap not in COLORMAPS:
+        raise ConfigurationError(f"cmap must be one of {', '.join(COLORMAPS)}. Received: {cmap!r}")
+    return float(alpha), str(cmap)
+
+
+def blend(
+    pixels: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4, cmap: str = "inferno"
+) -> np.ndarray:
+    """The gray image with the heatmap blended over it, without legend, as RGB bytes.
+
+    Useful where a plain image is wanted (TensorBoard image summaries, thumbnails).
+
+    Args:
+        pixels: the image as the model saw it, ``(H, W)`` (or ``(H, W, 1)``) in [0, 1].
+        heatmap: a Grad-CAM map of the same shape, in [0, 1].
+        alpha: opacity of the colour where the heatmap is 1 (opacity is ``alpha * heat``).
+        cmap: ``"inferno"`` or ``"viridis"``.
+
+    Returns:
+        uint8 ``(H, W, 3)``.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        InvalidImageError: shapes differ, are not 2-D, or values are outside [0, 1] / NaN.
+        ConfigurationError: alpha outside [0, 1] or an unknown colour map.
+    """
+    return _to_uint8(_blend(*_check_pair(pixels, heatmap), *_check_options(alpha, cmap)))
+
+
+def _check_pair(pixels: Any, heatmap: Any) -> tuple[np.ndarray, np.ndarray]:
+    gray = _check_map(pixels, "pixels")
+    heat = _check_map(heatmap, "heatmap")
+    if gray.shape != heat.shape:
+        raise InvalidImageError(
+            f"heatmap shape {heat.shape} differs from the image shape {gray.shape}; compute "
+            "the heatmap at the input resolution"
+        )
+    return gray, heat
+
+
+def _blend(gray: np.ndarray, heat: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
+    from matplotlib import colormaps
+
+    colour = colormaps[cmap](heat)[..., :3].astype(np.float32)
+    weight = (alpha * heat)[..., np.newaxis]
+    return (1.0 - weight) * gray[..., np.newaxis] + weight * colour
+
+
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def render_overlay(
+    pixels: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    title: str | None = None,
+    alpha: float = 0.4,
+    cmap: str = "inferno",
+    width: int = DEFAULT_WIDTH,
+) -> bytes:
+    """Render the image with its heatmap, a colour bar and a caption as a PNG.
+
+    Layout (``width`` pixels wide, height following the image's aspect ratio): an optional
+    title line, the blended image (see :func:`blend`) on the left, a colour bar labelled
+    "0 low" .. "1 high" on the right, and a one-line caption saying what the map means.
+
+    Args:
+        pixels: the image as the model saw it, ``(H, W)`` (or ``(H, W, 1)``) in [0, 1] —
+            ``PreprocessedImage.pixels`` resized to the model input.
+        heatmap: the Grad-CAM map for that image, same shape, in [0, 1].
+        title: e.g. ``"pneumonia 0.93 (threshold 0.50)"``; None = no title line.
+        alpha: opacity of the colour where the heatmap is 1.
+        cmap: ``"inferno"`` (default) or ``"viridis"``.
+        width: PNG width in pixels, 256..2048.
+
+    Returns:
+        The PNG file as bytes (RGBA, ``width`` pixels wide).
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        InvalidImageError: shapes differ, are not 2-D, or values are outside [0, 1] / NaN.
+        ConfigurationError: alpha outside [0, 1], an unknown colour map or a bad width.
+    """
+    gray, heat = _check_pair(pixels, heatmap)
+    alpha_value, cmap_name = _check_options(alpha, cmap)
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a str or None. Received: {type(title).__name__}")
+    if isinstance(width, bool) or not isinstance(width, int) or not 256 <= width <= 2048:
+        raise ConfigurationError(f"width must be an int in 256..2048. Received: {width!r}")
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    rows, cols = gray.shape
+    image_w = 0.80  # fractions of the figure width: image, gap, colour bar, labels
+    bar_x, bar_w = 0.84, 0.035
+    top_pad = 0.45 if title else 0.12  # inches
+    bottom_pad = 0.35
+    fig_w = width / _DPI
+    image_h_in = fig_w * image_w * rows / cols
+    fig_h = image_h_in + top_pad + bottom_pad
+    fig = Figure(figsize=(fig_w, fig_h), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    bottom = bottom_pad / fig_h
+    height = image_h_in / fig_h
+
+    ax = fig.add_axes((0.02, bottom, image_w - 0.02, height))
+    ax.imshow(
+        _to_uint8(_blend(gray, heat, alpha_value, cmap_name)),
+        interpolation="nearest",
+        aspect="auto",
+    )
+    ax.set_axis_off()
+
+    cax = fig.add_axes((bar_x, bottom, bar_w, height))
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap_name), cax=cax)
+    bar.set_ticks([0.0, 0.5, 1.0], labels=["0 low", "0.5", "1 high"])
+    bar.ax.tick_params(labelsize=8)
+
+    if title:
+        fig.text(0.5, 1.0 - 0.08 / fig_h, title, ha="center", va="top", fontsize=11)
+    fig.text(0.02, 0.08 / fig_h, _CAPTION, ha="left", va="bottom", fontsize=6.5, color="0.3")
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI)
+    return buffer.getvalue()
