@@ -1,0 +1,145 @@
+"""Decode + preprocess throughput on one CPU core, against pydicom's raw decode as baseline.
+
+For each file it measures, in the same run and on the same pinned core:
+
+* baseline: ``pydicom.dcmread(...).pixel_array`` — parse and decode only;
+* radlens:  ``models.preprocessing.preprocess(data, size=(224, 224))`` — parse, decode,
+  modality LUT, VOI, inversion, gray, [0, 1], resize.
+
+and prints files/s for both and the ratio radlens/baseline (1.0 = no preprocessing overhead;
+above 1.0 happens when radlens decodes less, e.g. one frame of a multi-frame file).
+Calls alternate between the two so both see the same background load; each figure is a
+median over repeats, and the ratio is the median of the per-pair ratios. The machine is
+shared, so compare ratios, not absolute numbers, between runs.
+
+Run:  .venv/bin/python bench/preprocess.py [--data-dir ../shared/data/dicom] [--repeat 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+# One thread per library, so the figures are single-core figures.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+FILES = {
+    "RG2_JLSL.dcm": "hip CR 2140x1760, JPEG-LS lossless",
+    "RG2_JPLL.dcm": "hip CR 2140x1760, JPEG Lossless SV1",
+    "rsna_chest_cr_jpeg_baseline.dcm": "chest CR 1024x1024, JPEG Baseline",
+    "CT1_JLSN.dcm": "CT 512x512, JPEG-LS near-lossless",
+    "TOSHIBA_J2K_OpenJPEGv2Regression.dcm": "CT 512x512, JPEG 2000 lossless",
+}
+
+
+def pin_to_one_cpu(cpu: int | None) -> int:
+    """Pin this process to one CPU (the first allowed one unless given); return it."""
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen = cpu if cpu is not None else allowed[0]
+    os.sched_setaffinity(0, {chosen})
+    return chosen
+
+
+def time_pair(
+    baseline: Callable[[], object], candidate: Callable[[], object], repeat: int
+) -> tuple[float, float, float]:
+    """Median seconds per call of each, and the median per-pair ratio baseline/candidate.
+
+    Calls alternate (baseline, candidate, baseline, ...) after one warm-up each, so both
+    see the same background load on a shared machine.
+    """
+    baseline()
+    candidate()
+    base_samples, cand_samples, ratios = [], [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        baseline()
+        middle = time.perf_counter()
+        candidate()
+        end = time.perf_counter()
+        base_samples.append(middle - start)
+        cand_samples.append(end - middle)
+        ratios.append((middle - start) / (end - middle))
+    return (
+        statistics.median(base_samples),
+        statistics.median(cand_samples),
+        statistics.median(ratios),
+    )
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{model}; nproc {os.cpu_count()}; Python {platform.python_version()}; "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared/data/dicom")
+    parser.add_argument("--repeat", type=int, default=15, help="timed calls per figure")
+    parser.add_argument("--size", type=int, default=224, help="output side in pixels")
+    parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to")
+    args = parser.parse_args(argv)
+
+    cpu = pin_to_one_cpu(args.cpu)
+
+    import pydicom
+
+    from models.preprocessing import preprocess
+
+    print(f"machine: {machine()}; pinned to CPU {cpu}")
+    print(f"pydicom {pydicom.__version__}; output {args.size}x{args.size}; repeat {args.repeat}")
+    header = (
+        f"{'file':38} {'what':36} {'decode f/s':>10} {'radlens f/s':>11} "
+        f"{'ratio':>6} {'radlens ms':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    missing = 0
+    for name, what in FILES.items():
+        path = args.data_dir / name
+        if not path.exists():
+            print(f"{name:38} missing: {path}")
+            missing += 1
+            continue
+        data = path.read_bytes()
+
+        def baseline(data: bytes = data) -> object:
+            return pydicom.dcmread(io.BytesIO(data)).pixel_array
+
+        def radlens(data: bytes = data) -> object:
+            return preprocess(data, size=(args.size, args.size))
+
+        t_base, t_rad, ratio = time_pair(baseline, radlens, args.repeat)
+        print(
+            f"{name:38} {what:36} {1 / t_base:10.1f} {1 / t_rad:11.1f} "
+            f"{ratio:6.2f} {t_rad * 1000:10.1f}"
+        )
+    if missing:
+        print(f"{missing} file(s) missing; see ../shared/data/README.md")
+    return 1 if missing == len(FILES) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
