@@ -32,7 +32,9 @@ file wherever it runs. The steps, in order, and why the order matters:
 
 PNG and JPEG are already display images: they map by the full range of their bit depth
 (``/255`` for 8-bit, ``/65535`` for 16-bit PNG), RGB/RGBA/LA/P/CMYK become gray as above and
-alpha is ignored; window presets do not apply to them (window ``"full-range"``).
+alpha is ignored; window presets do not apply to them (window ``"full-range"``). Pillow's
+own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of
+``max_pixels``.
 
 Every failure is a :class:`~models.errors.PreprocessingError` subclass that quotes what was
 received; exceptions from pydicom, Pillow and numpy are translated where they are called.
@@ -706,9 +708,16 @@ def _preprocess_pillow(
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data), formats=[kind.upper()])
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{_short(exc)} (limit {max_pixels})") from exc
+        with warnings.catch_warnings():
+            # Pillow's own bomb guard (Image.MAX_IMAGE_PIXELS) applies on top of max_pixels:
+            # its warning becomes a refusal too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[kind.upper()])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(
+            f"{_short(exc)} (Pillow's limit; radlens limit {max_pixels}); "
+            f"received {len(data)} bytes"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise InvalidImageError(
             f"the {kind.upper()} header could not be parsed; received {len(data)} bytes "

@@ -479,6 +479,17 @@ class TestTypedErrors:
             preprocess(small_bomb, max_pixels=1_000_000)
         assert time.perf_counter() - start < 1.0
 
+    def test_pillow_bomb_warning_is_a_refusal_too(self):
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            crc = zlib.crc32(kind + body)
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+        side = int((Image.MAX_IMAGE_PIXELS * 1.5) ** 0.5)  # between Pillow's warn and error
+        ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+        png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+        with pytest.raises(ImageTooLargeError, match="Pillow's limit"):
+            preprocess(png, max_pixels=10 * Image.MAX_IMAGE_PIXELS)
+
     def test_truncated_png(self):
         data = png_bytes(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8))
         with pytest.raises((TruncatedDataError, InvalidImageError)):
