@@ -264,7 +264,9 @@ def get_backbone(model: keras.Model) -> keras.Model:
     return backbone
 
 
-def set_backbone_trainable(model: keras.Model, trainable_blocks: int | Literal["all"]) -> int:
+def set_backbone_trainable(
+    model: keras.Model, trainable_blocks: int | Literal["all"], *, freeze_batchnorm: bool = True
+) -> int:
     """Choose which part of a resnet50 model's backbone trains (two-phase fine-tuning).
 
     Phase 1 trains the head only: ``trainable_blocks=0``. Phase 2 unfreezes the top N
@@ -276,9 +278,15 @@ def set_backbone_trainable(model: keras.Model, trainable_blocks: int | Literal["
     ``model(x, training=True)``, as ``fit`` makes, overrides that argument. Layers outside
     the backbone (head, "filter_to_rgb") are left trainable. Recompile after calling this.
 
+    ``freeze_batchnorm=False`` is for training a randomly initialised backbone from scratch
+    (``weights=None``): its BatchNormalization statistics start at mean 0 / variance 1 and
+    mean nothing, so the BN layers of the unfrozen blocks train too and, under ``fit``,
+    normalise with batch statistics. Never use it when fine-tuning pretrained weights.
+
     Args:
         model: a model from ``build_model("resnet50", ...)``.
         trainable_blocks: 0, 1..16, or ``"all"``.
+        freeze_batchnorm: keep every BatchNormalization frozen (the default; see above).
 
     Returns:
         The number of trainable weight tensors in the backbone afterwards.
@@ -309,11 +317,11 @@ def set_backbone_trainable(model: keras.Model, trainable_blocks: int | Literal["
     top = set(blocks if trainable_blocks == "all" else blocks[-int(trainable_blocks) :])
     backbone.trainable = True  # sets every sub-layer; then choose per layer
     for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-            continue
         match = _BLOCK.match(layer.name)
-        layer.trainable = trainable_blocks == "all" or bool(match and match[1] in top)
+        selected = trainable_blocks == "all" or bool(match and match[1] in top)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            selected = selected and not freeze_batchnorm
+        layer.trainable = selected
     return len(backbone.trainable_weights)
 
 

@@ -217,6 +217,17 @@ class TestFreezing:
             assert not any(bn.trainable for bn in bns)
             assert not any("bn" in v.path for v in model.trainable_weights)
 
+    def test_batchnorm_can_train_from_scratch_on_request(self, model):
+        # conv5_block3: 3 convolutions (kernel + bias) and 3 BN (gamma + beta)
+        assert set_backbone_trainable(model, 1, freeze_batchnorm=False) == 12
+        assert set_backbone_trainable(model, "all", freeze_batchnorm=False) == 4 * 53
+        randomise_bn_statistics(model)
+        x = batch(4)
+        train, infer = model(x, training=True), model(x, training=False)
+        assert np.abs(np.asarray(train) - np.asarray(infer)).max() > 1e-3
+        set_backbone_trainable(model, "all")
+        assert_inference_mode_batchnorm(model)
+
     def test_sixteen_blocks_is_all_but_the_stem(self, model):
         assert set_backbone_trainable(model, 16) == 2 * 52
 
