@@ -419,7 +419,9 @@ def _preprocess_dicom(
     elif arr.ndim == 3 and arr.shape[2] in (3, 4):
         if photometric.startswith("YBR"):
             arr = _convert_to_rgb(arr, photometric)
-        bits = _int_or(ds, "BitsStored", 8)
+        bits = _int_or(ds, "BitsStored", None)
+        if bits is None or not 1 <= bits <= 8 * arr.dtype.itemsize:
+            bits = 8 * arr.dtype.itemsize  # a missing or impossible Bits Stored
         pixels = _to_gray(arr[..., :3]) / np.float32(2**bits - 1)
         label = "full-range"
     else:
@@ -427,7 +429,14 @@ def _preprocess_dicom(
             f"unsupported pixel layout. Received shape {arr.shape}, photometric "
             f"interpretation {photometric!r}"
         )
-    pixels = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if not np.isfinite(pixels).all():  # e.g. a Rescale Slope that overflows
+        raise InvalidImageError(
+            "the pixel values are not finite after the modality/VOI transforms. Received "
+            f"RescaleSlope={_text(ds, 'RescaleSlope')!r}, "
+            f"RescaleIntercept={_text(ds, 'RescaleIntercept')!r}"
+        )
+    pixels = np.clip(pixels, 0.0, 1.0)
 
     metadata = ImageMetadata(
         format="dicom",

@@ -115,7 +115,7 @@ HEADER_FIELDS = {
     "PhotometricInterpretation": st.sampled_from(
         ["MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "PALETTE COLOR", "YBR_RCT", "XYZ", ""]
     ),
-    "RescaleSlope": st.sampled_from([0, -1, 1e30, 0.5]),
+    "RescaleSlope": st.sampled_from([0, -1, 1e30, 1e300, 0.5]),
     "WindowWidth": st.sampled_from([0, -10, 1, 1e9]),
 }
 
