@@ -471,10 +471,10 @@ def _per_example_loss(loss: Any) -> Callable[[Any, Any], Any]:
     import keras
 
     if isinstance(loss, str):
-        fn = keras.losses.get(loss)
-        if fn is None or isinstance(fn, keras.losses.Loss):
-            raise ConfigurationError(f"unknown loss. Received: loss={loss!r}")
-        return fn
+        try:
+            loss = keras.losses.get(loss)
+        except ValueError as exc:
+            raise ConfigurationError(f"unknown loss. Received: loss={loss!r}") from exc
     if isinstance(loss, keras.losses.Loss):
         config = {**loss.get_config(), "reduction": None}
         return type(loss).from_config(config)

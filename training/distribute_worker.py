@@ -5,11 +5,12 @@ Run the same command on every host of a cluster (each with its own ``TF_CONFIG``
     python -m training.distribute_worker --strategy multiworker --out /tmp/radlens-check
 
 Each worker trains a small CNN on synthetic images for a few steps with
-:func:`training.distribute.distributed_train` and writes ``weights.npz`` (the final weights)
-and ``report.json`` (strategy, replicas, task, per-epoch metrics, a checksum of the data its
-replicas saw first) to ``--out``. Identical ``weights.npz`` on every worker proves the
-collective all-reduce works; different data checksums prove each worker trained on its own
-shard. Nothing is downloaded and nothing is written anywhere but ``--out``.
+:func:`training.distribute.distributed_train` and writes to ``--out``: ``initial.npz`` (the
+weights it started from), ``weights.npz`` (the final weights) and ``report.json`` (strategy,
+replicas, task, per-epoch metrics, a checksum of the data its replicas saw first). Identical
+``weights.npz`` on every worker proves the collective all-reduce works; different data
+checksums prove each worker trained on its own shard. Nothing is downloaded and nothing is
+written anywhere but ``--out``.
 
 ``--logical-cpus N`` splits the CPU into N logical devices first, so ``--strategy mirrored``
 runs a real ``MirroredStrategy`` on a machine without GPUs; the report then says whether every
@@ -111,8 +112,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for part in strategy.experimental_local_results(first[0]):
         digest.update(np.asarray(part).tobytes())
 
+    initial: list[Any] = []
+
+    def model_fn() -> Any:
+        model = build_tiny_model()
+        initial.extend(model.get_weights())
+        return model
+
     result = distribute.distributed_train(
-        build_tiny_model,
+        model_fn,
         dataset_fn,
         strategy=strategy,
         epochs=args.epochs,
@@ -130,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "strategy": type(strategy).__name__,
         "num_replicas": result.num_replicas,
-        "replica_devices": [str(d) for d in strategy.extended.worker_devices],
+        "replica_devices": _replica_devices(strategy),
         "task": (
             f"{resolver.task_type}:{resolver.task_id}"
             if resolver is not None and resolver.task_type is not None
@@ -149,8 +157,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.out / "weights.npz",
         **{f"w{i:03d}": w for i, w in enumerate(result.model.get_weights())},
     )
+    np.savez(args.out / "initial.npz", **{f"w{i:03d}": w for i, w in enumerate(initial)})
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _replica_devices(strategy: Any) -> list[str]:
+    try:
+        return [str(d) for d in strategy.extended.worker_devices]
+    except RuntimeError:  # the default strategy has no device list: it runs where ops run
+        return []
 
 
 def main(argv: list[str] | None = None) -> int:
