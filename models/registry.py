@@ -231,6 +231,7 @@ class ModelRegistry:
         try:
             model_path = staging / MODEL_FILE
             model.save(model_path)
+            _fsync_file(model_path)  # durable before it becomes visible
             fields["model_sha256"] = file_sha256(model_path)
             with self._lock():
                 final_version = version if version is not None else self._next_version(name)
@@ -244,6 +245,7 @@ class ModelRegistry:
                 _write_text_synced(staging / MANIFEST_FILE, manifest.to_json())
                 name_dir.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, target)
+                _fsync_dir(name_dir)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -526,6 +528,24 @@ def _model_output_units(model: Any) -> int:
             f"the model must output (batch, classes) scores. Received output_shape={shape!r}"
         )
     return int(shape[1])
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # make the rename itself durable; not every platform/filesystem allows it
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_text_synced(path: Path, text: str) -> None:

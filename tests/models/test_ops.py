@@ -157,6 +157,16 @@ class TestConv2d:
         )  # output channel 3
         np.testing.assert_allclose(out[..., 3], expected)
 
+    def test_2d_kernel_on_channels_is_depthwise(self):
+        image = np.random.default_rng(6).random((7, 6, 3))
+        out = ops.conv2d(image, ops.KERNELS["outline"], stride=2, padding="same")
+        assert out.shape == (4, 3, 3)
+        for c in range(3):
+            np.testing.assert_allclose(
+                out[..., c],
+                ops.conv2d(image[..., c], ops.KERNELS["outline"], stride=2, padding="same"),
+            )
+
     def test_mismatched_channels(self):
         with pytest.raises(ValueError, match=r"\(5, 5, 2\).*\(3, 3, 3, 1\)"):
             ops.conv2d(np.zeros((5, 5, 2)), np.zeros((3, 3, 3, 1)))
