@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from models.errors import PreprocessingError
@@ -170,4 +171,47 @@ class TestFuzzedDicom:
         event("decoded")
         assert image.pixels.shape == (32, 32)
         assert image.pixels.dtype == np.float32
+        assert float(image.pixels.min()) >= 0.0 and float(image.pixels.max()) <= 1.0
+
+
+def _encoded(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+_RNG = np.random.default_rng(11)
+_PIL_SOURCES = [
+    _encoded(_RNG.integers(0, 256, (24, 20), dtype=np.uint8), "PNG"),
+    _encoded(_RNG.integers(0, 65536, (24, 20), dtype=np.uint16), "PNG"),
+    _encoded(_RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8), "PNG"),
+    _encoded(_RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8), "JPEG"),
+]
+
+
+@st.composite
+def mutated_png_or_jpeg(draw: st.DrawFn) -> bytes:
+    buffer = bytearray(draw(st.sampled_from(_PIL_SOURCES)))
+    if draw(st.booleans()):  # PNG IHDR width/height live at bytes 16..24
+        start = draw(st.sampled_from([16, 20]))
+        buffer[start : start + 4] = draw(st.integers(0, 2**32 - 1)).to_bytes(4, "big")
+    positions = draw(st.lists(st.integers(8, len(buffer) - 1), max_size=8))
+    for position in positions:
+        buffer[position] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        buffer = buffer[: draw(st.integers(0, len(buffer)))]
+    return bytes(buffer)
+
+
+class TestFuzzedPngAndJpeg:
+    @settings(max_examples=100, deadline=None, derandomize=True)
+    @given(data=mutated_png_or_jpeg())
+    def test_only_preprocessing_errors_come_out(self, data):
+        try:
+            image = preprocess(data, size=(16, 16))
+        except PreprocessingError as exc:
+            event(type(exc).__name__)
+            return
+        event("decoded")
+        assert image.pixels.shape == (16, 16)
         assert float(image.pixels.min()) >= 0.0 and float(image.pixels.max()) <= 1.0
