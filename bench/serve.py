@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import io
 import os
 import platform
@@ -164,7 +165,7 @@ def measure_baselines(
         run(one)  # trace / build
     for _ in range(single_repeats):
         for name, run in methods.items():
-            times[name].extend(timed(lambda r=run: r(one), 1))
+            times[name].extend(timed(functools.partial(run, one), 1))
     for name in methods:
         result.single_ms[name] = statistics.median(times[name])
         print(f"  raw {name:16s} single-image median {result.single_ms[name]:.1f} ms", flush=True)
@@ -304,7 +305,7 @@ def preprocess_ms(uploads: list[tuple[str, bytes]]) -> dict[str, float]:
         data = next(body for f, body in uploads if f == fname)
         preprocess(data, size=(SIZE, SIZE), window="lung")
         out[fname] = statistics.median(
-            timed(lambda d=data: preprocess(d, size=(SIZE, SIZE), window="lung"), 10)
+            timed(functools.partial(preprocess, data, size=(SIZE, SIZE), window="lung"), 10)
         )
     return out
 
