@@ -1,0 +1,128 @@
+"""Start-up: a missing, corrupt or incompatible model or an un-migrated database stops the
+service with a message naming which and why; SQLite is migrated automatically."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.errors import DatabaseNotMigratedError, DatabaseUnavailableError
+from models.errors import ModelCorruptError, ModelIncompatibleError, ModelNotFoundError
+from tests.app.conftest import Databases, TestClient, make_settings
+
+
+def start(settings: object) -> None:
+    from app.main import create_app
+
+    with TestClient(create_app(settings)) as client:  # type: ignore[arg-type]
+        assert client.get("/readyz").status_code == 200
+
+
+@pytest.fixture()
+def store_copy(model_store: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "store"
+    shutil.copytree(model_store, copy)
+    return copy
+
+
+def version_dir(store: Path) -> Path:
+    return store / "tiny" / "1"
+
+
+@pytest.fixture()
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'var' / 'radlens.db'}"
+
+
+class TestModelProblems:
+    def test_empty_store(self, sqlite_url: str, tmp_path: Path) -> None:
+        with pytest.raises(ModelNotFoundError, match="holds no models"):
+            start(make_settings(sqlite_url, tmp_path / "empty-store"))
+
+    def test_unknown_model_name_names_the_known_ones(
+        self, sqlite_url: str, model_store: Path
+    ) -> None:
+        with pytest.raises(ModelNotFoundError, match=r"'chest'.*tiny"):
+            start(make_settings(sqlite_url, model_store, model="chest"))
+
+    def test_unknown_version(self, sqlite_url: str, model_store: Path) -> None:
+        with pytest.raises(ModelNotFoundError, match="no version 9"):
+            start(make_settings(sqlite_url, model_store, model="tiny:9"))
+
+    def test_altered_model_file_is_corrupt(self, sqlite_url: str, store_copy: Path) -> None:
+        with open(version_dir(store_copy) / "model.keras", "ab") as fh:
+            fh.write(b"tampered")
+        with pytest.raises(ModelCorruptError, match="sha256"):
+            start(make_settings(sqlite_url, store_copy))
+
+    def test_unreadable_model_with_matching_hash_is_corrupt(
+        self, sqlite_url: str, store_copy: Path
+    ) -> None:
+        from models.registry import file_sha256
+
+        model_file = version_dir(store_copy) / "model.keras"
+        model_file.write_bytes(b"this is not a keras archive")
+        manifest_path = version_dir(store_copy) / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["model_sha256"] = file_sha256(model_file)
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(ModelCorruptError, match="Keras could not load"):
+            start(make_settings(sqlite_url, store_copy))
+
+    def test_other_preprocessing_version_is_incompatible(
+        self, sqlite_url: str, store_copy: Path
+    ) -> None:
+        manifest_path = version_dir(store_copy) / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["preprocessing_version"] = "0-old"
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(ModelIncompatibleError, match="0-old"):
+            start(make_settings(sqlite_url, store_copy))
+
+    def test_preflight_finds_the_same_problems_without_keras(
+        self, sqlite_url: str, store_copy: Path
+    ) -> None:
+        from app.startup import check_model, preflight
+
+        settings = make_settings(sqlite_url, store_copy)
+        report = preflight(settings)
+        assert (report.model.ref, report.schema_revision) == ("tiny:1", "0001")
+        with open(version_dir(store_copy) / "model.keras", "ab") as fh:
+            fh.write(b"tampered")
+        with pytest.raises(ModelCorruptError, match="sha256"):
+            check_model(settings)
+        with pytest.raises(ModelNotFoundError):
+            check_model(make_settings(sqlite_url, store_copy, model="nope"))
+
+
+class TestDatabaseAtStartUp:
+    def test_sqlite_is_created_and_migrated_automatically(
+        self, sqlite_url: str, model_store: Path, tmp_path: Path
+    ) -> None:
+        from sqlalchemy import create_engine, inspect
+
+        assert not (tmp_path / "var").exists()
+        start(make_settings(sqlite_url, model_store))
+        engine = create_engine(sqlite_url)
+        try:
+            assert "predictions" in inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+
+    @pytest.mark.postgres
+    def test_unmigrated_postgres_refuses_to_start(
+        self, databases: Databases, model_store: Path
+    ) -> None:
+        if databases.backend != "postgresql":
+            pytest.skip("PostgreSQL-only policy (SQLite is migrated automatically)")
+        url = databases.new()
+        with pytest.raises(DatabaseNotMigratedError, match=r"none \(empty\).*radlens db upgrade"):
+            start(make_settings(url, model_store))
+
+    def test_unreachable_database(self, model_store: Path) -> None:
+        url = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
+        with pytest.raises(DatabaseUnavailableError, match="127.0.0.1:1"):
+            start(make_settings(url, model_store))
