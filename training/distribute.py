@@ -503,6 +503,8 @@ def distributed_train(
     loss: Any = "sparse_categorical_crossentropy",
     class_weight: Mapping[int, float] | None = None,
     shard_policy: str = "data",
+    initial_epoch: int = 0,
+    callbacks: Sequence[Any] = (),
     on_epoch_end: Callable[[int, dict[str, float]], bool | None] | None = None,
 ) -> DistributedTrainResult:
     """Train a Keras model with a custom ``strategy.run`` loop; one code path for every strategy.
@@ -513,8 +515,10 @@ def distributed_train(
     all-reduce in the optimizer keeps their variables identical.
 
     Args:
-        model_fn: builds the model (called inside ``strategy.scope()``). With a mixed policy,
-            keep the last layer in float32 (``dtype="float32"``); outputs are cast anyway.
+        model_fn: builds the model (called inside ``strategy.scope()``), or returns one built
+            earlier inside the same scope (phase 2 of fine-tuning: the model of phase 1 with
+            more layers trainable, and a fresh optimizer). With a mixed policy keep the last
+            layer in float32 (``dtype="float32"``); outputs are cast to float32 anyway.
         dataset_fn: returns a ``tf.data.Dataset`` of ``(images, labels)`` (a third element,
             sample weights, is ignored) batched with the GLOBAL batch size, ideally with
             ``drop_remainder=True``. It is repeated here, so an epoch is exactly
@@ -523,7 +527,9 @@ def distributed_train(
             across workers by ``shard_policy`` and split across replicas by
             ``strategy.experimental_distribute_dataset``.
         strategy: from :func:`make_strategy`.
-        epochs, steps_per_epoch: how long to train.
+        epochs, steps_per_epoch: how long to train. As in ``model.fit``, ``epochs`` is the
+            index of the last epoch and ``initial_epoch`` the first (for a second phase that
+            continues the epoch count of the first).
         global_batch_size: the batch size of ``dataset_fn``'s batches (all replicas together);
             each replica's loss is divided by it (``tf.nn.compute_average_loss``).
         optimizer_fn: builds the optimizer (inside the scope); wrapped in a
@@ -536,10 +542,17 @@ def distributed_train(
         shard_policy: how each worker takes its part of the data: ``"data"`` (every worker
             reads the whole dataset and keeps its share of the elements: right for in-memory
             arrays and lists of files), ``"file"``, ``"auto"`` or ``"off"``.
-        on_epoch_end: called as ``on_epoch_end(epoch, metrics)`` on every worker after each
-            epoch (``epoch`` counts from 0); returning True stops training (early stopping:
-            every worker must then decide the same, e.g. from the globally reduced metrics
-            it is given). Write files only when :func:`is_chief` is true.
+        callbacks: Keras callbacks, run at EPOCH level only (``on_train_begin/end``,
+            ``on_epoch_begin/end``; no batch hooks): e.g. a callback that adds validation
+            metrics to ``logs`` (see :func:`predict_local`), ``EarlyStopping`` (which sets
+            ``model.stop_training``), ``CSVLogger``. They see the model and the same logs
+            dict; entries they add are kept in the history. Under the multi-worker strategy
+            give file-writing callbacks to the chief only (:func:`is_chief`), and make sure a
+            stopping decision is the same on every worker (it is when it depends on reduced
+            metrics or on validation computed from the identical weights), or the others hang.
+        on_epoch_end: a plain function alternative, called as ``on_epoch_end(epoch, metrics)``
+            after the callbacks (``epoch`` counts from 0); it may add entries to ``metrics``;
+            returning True stops training (same rule as above).
 
     Returns:
         The model, the optimizer and one ``{"loss": ..., "accuracy": ...}`` per epoch, where
@@ -554,6 +567,15 @@ def distributed_train(
     _check_positive_int("epochs", epochs)
     _check_positive_int("steps_per_epoch", steps_per_epoch)
     _check_positive_int("global_batch_size", global_batch_size)
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int):
+        raise ConfigurationError(
+            f"initial_epoch should be an integer. Received: initial_epoch={initial_epoch!r}"
+        )
+    if not 0 <= initial_epoch < epochs:
+        raise ConfigurationError(
+            "initial_epoch should be >= 0 and below epochs (the index of the last epoch). "
+            f"Received: initial_epoch={initial_epoch}, epochs={epochs}"
+        )
     if shard_policy not in SHARD_POLICIES:
         raise ConfigurationError(
             f"shard_policy should be one of {', '.join(SHARD_POLICIES)}. "
@@ -629,7 +651,18 @@ def distributed_train(
         num_replicas=int(strategy.num_replicas_in_sync),
         is_chief=chief,
     )
-    for epoch in range(epochs):
+    # Called directly rather than through keras.callbacks.CallbackList, which hands each hook
+    # a copy of the logs: here entries a callback adds (validation metrics) reach the history.
+    callback_params = {"epochs": epochs, "steps": steps_per_epoch, "verbose": 0}
+    for callback in callbacks:
+        callback.set_model(model)
+        callback.set_params(callback_params)
+    model.stop_training = False
+    for callback in callbacks:
+        callback.on_train_begin({})
+    for epoch in range(initial_epoch, epochs):
+        for callback in callbacks:
+            callback.on_epoch_begin(epoch, {})
         total_loss = 0.0
         total_correct = 0.0
         total_count = 0.0
@@ -645,22 +678,48 @@ def distributed_train(
             total_loss += float(step_loss)
             total_correct += float(correct)
             total_count += float(count)
-        metrics = {
+        metrics: dict[str, float] = {
             "loss": total_loss / steps_per_epoch,
             "accuracy": total_correct / total_count if total_count else math.nan,
         }
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, metrics)
+        stop = bool(model.stop_training)
+        if on_epoch_end is not None and on_epoch_end(epoch, metrics):
+            stop = True
         result.history.append(metrics)
         log.info(
-            "epoch %d/%d: loss %.4f, accuracy %.4f",
+            "epoch %d/%d: %s",
             epoch + 1,
             epochs,
-            metrics["loss"],
-            metrics["accuracy"],
+            ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()),
         )
-        if on_epoch_end is not None and on_epoch_end(epoch, dict(metrics)):
+        if stop:
             result.stopped_early = epoch + 1 < epochs
             break
+    for callback in callbacks:
+        callback.on_train_end(dict(result.history[-1]) if result.history else {})
     return result
+
+
+def predict_local(model: Any, images: Any, *, batch_size: int = 32) -> Any:
+    """Predict on this process only (no strategy, no collective): float32 numpy scores.
+
+    For validation inside a distributed run: every worker holds identical weights, so every
+    worker computes the same scores from the same validation arrays, and a decision taken from
+    them (best epoch, early stopping) is the same everywhere. ``model.predict`` would try to
+    distribute the work through the strategy the model was built in.
+    """
+    import numpy as np
+
+    _check_positive_int("batch_size", batch_size)
+    outputs = [
+        np.asarray(model(images[start : start + batch_size], training=False), dtype=np.float32)
+        for start in range(0, len(images), batch_size)
+    ]
+    if not outputs:
+        raise ConfigurationError("predict_local needs at least one image. Received: 0 images")
+    return np.concatenate(outputs, axis=0)
 
 
 def _class_weight_table(class_weight: Mapping[int, float], *, num_classes: int) -> list[float]:

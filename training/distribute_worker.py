@@ -119,6 +119,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         initial.extend(model.get_weights())
         return model
 
+    class LocalValidation(keras.callbacks.Callback):
+        """Accuracy on every synthetic image, computed on this process from its weights."""
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            scores = distribute.predict_local(self.model, images, batch_size=16)
+            if logs is not None:
+                logs["val_accuracy"] = float(np.mean(scores.argmax(axis=1) == labels))
+
     result = distribute.distributed_train(
         model_fn,
         dataset_fn,
@@ -128,6 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         global_batch_size=args.global_batch_size,
         optimizer_fn=lambda: keras.optimizers.SGD(learning_rate=args.learning_rate),
         loss="sparse_categorical_crossentropy",
+        callbacks=[LocalValidation()],
     )
 
     replicas_identical = True

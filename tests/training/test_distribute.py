@@ -461,6 +461,67 @@ class TestDistributedTrainDefaultStrategy:
         assert [m for _, m in seen] == result.history
         assert result.stopped_early
 
+    def test_hook_can_add_metrics_to_the_history(self) -> None:
+        def hook(epoch: int, metrics: dict[str, float]) -> None:
+            metrics["epoch_seen"] = float(epoch)
+
+        result = train_default(epochs=2, on_epoch_end=hook)
+        assert [m["epoch_seen"] for m in result.history] == [0.0, 1.0]
+
+    def test_initial_epoch_continues_the_count(self) -> None:
+        seen: list[int] = []
+        result = train_default(
+            epochs=3, initial_epoch=1, on_epoch_end=lambda epoch, _: seen.append(epoch)
+        )
+        assert seen == [1, 2]
+        assert len(result.history) == 2
+
+    def test_keras_callbacks_at_epoch_level(self, tmp_path: Path) -> None:
+        import keras
+
+        class Validation(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.events: list[str] = []
+
+            def on_train_begin(self, logs: Any = None) -> None:
+                self.events.append("train_begin")
+
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                self.events.append(f"epoch_begin {epoch}")
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                scores = distribute.predict_local(self.model, images)
+                logs["val_accuracy"] = float(np.mean(scores.argmax(axis=1) == labels))
+                self.events.append(f"epoch_end {epoch}")
+
+            def on_train_end(self, logs: Any = None) -> None:
+                self.events.append("train_end")
+
+        from training.distribute_worker import synthetic_data
+
+        images, labels = synthetic_data(7)
+        validation = Validation()
+        csv = tmp_path / "history.csv"
+        # min_delta=10: the second epoch cannot "improve" the loss enough, so training stops.
+        stopper = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+        result = train_default(
+            epochs=5, callbacks=[validation, stopper, keras.callbacks.CSVLogger(str(csv))]
+        )
+        assert validation.events == [
+            "train_begin",
+            "epoch_begin 0",
+            "epoch_end 0",
+            "epoch_begin 1",
+            "epoch_end 1",
+            "train_end",
+        ]
+        assert result.stopped_early and len(result.history) == 2
+        assert all(0.0 <= m["val_accuracy"] <= 1.0 for m in result.history)
+        rows = csv.read_text().splitlines()
+        assert rows[0] == "epoch,accuracy,loss,val_accuracy"
+        assert len(rows) == 3
+
     def test_mixed_float16_on_cpu_uses_a_loss_scale_optimizer(self, mixed_policy: None) -> None:
         import keras
 
@@ -491,6 +552,9 @@ class TestDistributedTrainValidation:
             ({"class_weight": {0: -1.0}}, r"finite numbers >= 0. Received: class_weight=\{0: -1"),
             ({"class_weight": {0: float("nan")}}, "finite numbers >= 0"),
             ({"class_weight": {"0": 1.0}}, "class indices"),
+            ({"initial_epoch": -1}, "Received: initial_epoch=-1, epochs=2"),
+            ({"initial_epoch": 2}, "Received: initial_epoch=2, epochs=2"),
+            ({"initial_epoch": True}, "Received: initial_epoch=True"),
         ],
     )
     def test_bad_arguments(self, overrides: dict[str, Any], message: str) -> None:
@@ -505,6 +569,27 @@ class TestDistributedTrainValidation:
         # 64 examples never fill a batch of 100 with drop_remainder: no batch at all.
         with pytest.raises(ConfigurationError, match=r"yielded no batch.*global_batch_size=100"):
             train_default(dataset_fn=tiny_dataset_fn(batch_size=100), global_batch_size=100)
+
+
+class TestPredictLocal:
+    def test_matches_the_model_in_batches(self) -> None:
+        from training.distribute_worker import build_tiny_model, synthetic_data
+
+        images, _ = synthetic_data(7)
+        model = build_tiny_model()
+        scores = distribute.predict_local(model, images, batch_size=10)  # 64 = 6 x 10 + 4
+        assert scores.shape == (64, 2) and scores.dtype == np.float32
+        np.testing.assert_allclose(scores, np.asarray(model(images)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+
+    def test_bad_input(self) -> None:
+        from training.distribute_worker import build_tiny_model
+
+        model = build_tiny_model()
+        with pytest.raises(ConfigurationError, match="Received: batch_size=0"):
+            distribute.predict_local(model, np.zeros((2, 16, 16, 1), np.float32), batch_size=0)
+        with pytest.raises(ConfigurationError, match="Received: 0 images"):
+            distribute.predict_local(model, np.zeros((0, 16, 16, 1), np.float32))
 
 
 class TestWorkerMain:
@@ -657,8 +742,11 @@ def assert_same_update_as_one_device(run: WorkerRun) -> None:
 
 
 def assert_learned(run: WorkerRun) -> None:
-    losses = [epoch["loss"] for epoch in run.report["history"]]
+    history = run.report["history"]
+    losses = [epoch["loss"] for epoch in history]
     assert len(losses) == 4
+    # validation from a callback (predict_local on this process) reached the history
+    assert all(0.0 <= epoch["val_accuracy"] <= 1.0 for epoch in history)
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
 
