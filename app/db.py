@@ -65,10 +65,13 @@ def utcnow() -> datetime:
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """Create the engine; for a SQLite file, create its directory and make SAVEPOINT work.
+    """Create the engine; for a SQLite file, create its directory and fix its transactions.
 
     pysqlite begins transactions lazily on its own, which breaks SAVEPOINT (used to survive
     a duplicate-insert race); the SQLAlchemy-documented fix is to let SQLAlchemy emit BEGIN.
+    It emits BEGIN IMMEDIATE: two deferred transactions that both read and then write
+    deadlock in SQLite ("database is locked" at once, no waiting), whereas immediate ones
+    queue on the write lock within the busy timeout. Request transactions are kept short.
     """
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
@@ -92,7 +95,7 @@ def _fix_sqlite_transactions(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -136,44 +136,38 @@ async def create_prediction(
     digest = hashlib.sha256(data).hexdigest()
     key = dedupe_key(sop_instance_uid=meta.sop_instance_uid, input_sha256=digest)
 
-    existing = await run_in_threadpool(
-        services.find_existing,
-        session,
+    # The model runs before the database is touched, so the request's transaction is only the
+    # short lookup-or-insert in record_prediction (SQLite serialises writers; a transaction held
+    # open across inference would stall other requests). A re-post runs the model again but
+    # stores nothing and returns the stored prediction.
+    output = await predictor.predict(image.model_input())
+    candidate = Prediction(
+        id=uuid.uuid4(),
         model_name=manifest.name,
         model_version=manifest.version,
+        preprocessing_version=manifest.preprocessing_version,
+        device=predictor.device.name,
+        label=output.label,
+        scores={
+            name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
+        },
+        threshold=manifest.threshold,
+        inference_ms=float(output.inference_ms),
+        batch_size=int(output.batch_size),
         dedupe_key=key,
+        input_sha256=digest,
+        input_format=meta.format,
+        study_instance_uid=meta.study_instance_uid,
+        series_instance_uid=meta.series_instance_uid,
+        sop_instance_uid=meta.sop_instance_uid,
+        modality=meta.modality,
+        rows=meta.rows,
+        columns=meta.columns,
+        frames=meta.frames,
+        photometric_interpretation=meta.photometric_interpretation,
+        transfer_syntax_uid=meta.transfer_syntax_uid,
     )
-    if existing is None:
-        output = await predictor.predict(image.model_input())
-        candidate = Prediction(
-            id=uuid.uuid4(),
-            model_name=manifest.name,
-            model_version=manifest.version,
-            preprocessing_version=manifest.preprocessing_version,
-            device=predictor.device.name,
-            label=output.label,
-            scores={
-                name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
-            },
-            threshold=manifest.threshold,
-            inference_ms=float(output.inference_ms),
-            batch_size=int(output.batch_size),
-            dedupe_key=key,
-            input_sha256=digest,
-            input_format=meta.format,
-            study_instance_uid=meta.study_instance_uid,
-            series_instance_uid=meta.series_instance_uid,
-            sop_instance_uid=meta.sop_instance_uid,
-            modality=meta.modality,
-            rows=meta.rows,
-            columns=meta.columns,
-            frames=meta.frames,
-            photometric_interpretation=meta.photometric_interpretation,
-            transfer_syntax_uid=meta.transfer_syntax_uid,
-        )
-        stored, created = await run_in_threadpool(services.record_prediction, session, candidate)
-    else:
-        stored, created = existing, False
+    stored, created = await run_in_threadpool(services.record_prediction, session, candidate)
 
     response.status_code = 201 if created else 200
     response.headers["Location"] = request.app.url_path_for(

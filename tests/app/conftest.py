@@ -256,11 +256,11 @@ def dicom_bytes(
 ) -> bytes:
     """A small CT instance written by pydicom (Explicit VR Little Endian by default)."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop or new_uid()
+    meta.MediaStorageSOPInstanceUID = UID(sop or new_uid())
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta

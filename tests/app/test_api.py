@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -141,6 +142,29 @@ class TestDedupe:
         assert (first.status_code, again.status_code) == (201, 200)
         assert again.json() == first.json()
         assert service.count() == count
+
+    def test_concurrent_posts_of_one_instance_store_one_row(self, service: Service) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        data = dicom_bytes(seed=77)
+        before = service.count()
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            responses = list(pool.map(lambda _: service.post(data), range(6)))
+        assert sorted(r.status_code for r in responses) == [200] * 5 + [201], [
+            r.text for r in responses
+        ]
+        assert len({r.json()["id"] for r in responses}) == 1
+        assert service.count() == before + 1
+
+    def test_concurrent_posts_of_different_images_all_stored(self, service: Service) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        images = [png_bytes() for _ in range(8)]
+        before = service.count()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            responses = list(pool.map(service.post, images))
+        assert [r.status_code for r in responses] == [201] * 8, [r.text for r in responses]
+        assert service.count() == before + 8
 
     def test_race_on_insert_returns_the_winner(
         self, service: Service, monkeypatch: pytest.MonkeyPatch
@@ -327,7 +351,9 @@ class TestUploadErrors:
             "zero-size",
         ],
     )
-    def test_bad_image(self, service: Service, make, status: int, code: str | None) -> None:  # type: ignore[no-untyped-def]
+    def test_bad_image(
+        self, service: Service, make: Callable[[], bytes], status: int, code: str | None
+    ) -> None:
         before = service.count()
         body = assert_problem(service.post(make()), status, code=code)
         assert service.count() == before
@@ -395,7 +421,7 @@ class TestUploadErrors:
         chunk = b"0" * (1024 * 1024)
         sent = {"chunks": 0}
 
-        def body():  # type: ignore[no-untyped-def]
+        def body() -> Iterator[bytes]:
             yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
             for _ in range(TEST_MAX_UPLOAD_BYTES // len(chunk) + 4):
                 sent["chunks"] += 1

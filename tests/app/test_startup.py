@@ -124,5 +124,5 @@ class TestDatabaseAtStartUp:
 
     def test_unreachable_database(self, model_store: Path) -> None:
         url = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
-        with pytest.raises(DatabaseUnavailableError, match="127.0.0.1:1"):
+        with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1/"):
             start(make_settings(url, model_store))
