@@ -38,9 +38,11 @@ own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of
 
 Every failure is a :class:`~models.errors.PreprocessingError` subclass that quotes what was
 received; exceptions from pydicom, Pillow and numpy are translated where they are called.
-Warnings those libraries emit while reading odd but usable files are recorded and dropped
-(``warnings.catch_warnings`` is process-global before Python 3.14, so under threads a
-warning may occasionally surface elsewhere; it never changes the result).
+Warnings those libraries emit while reading odd but usable files are ignored while
+:func:`preprocess` runs. ``warnings.catch_warnings`` changes process-global state before
+Python 3.14, so concurrent calls share one suppression (entered by the first running call,
+left by the last) instead of nesting and restoring each other's filters out of order;
+while any call runs, warnings from other threads are ignored too.
 
 This module must not import TensorFlow: ``radlens inspect`` relies on that.
 """
@@ -51,6 +53,7 @@ import dataclasses
 import io
 import logging
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -717,12 +720,8 @@ def _preprocess_pillow(
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb guard (Image.MAX_IMAGE_PIXELS) applies on top of max_pixels:
-            # its warning becomes a refusal too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[kind.upper()])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        image = Image.open(io.BytesIO(data), formats=[kind.upper()])
+    except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
             f"{_short(exc)} (Pillow's limit; radlens limit {max_pixels}); "
             f"received {len(data)} bytes"
@@ -739,6 +738,13 @@ def _preprocess_pillow(
         width, height = image.size
         if width <= 0 or height <= 0:
             raise InvalidImageError(f"zero-size {kind.upper()} image. Received {width}x{height}")
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        if pillow_limit is not None and width * height > pillow_limit:
+            # Pillow only warns between its limit and twice it; radlens refuses.
+            raise ImageTooLargeError(
+                f"{kind.upper()} declares {width}x{height} = {width * height} pixels, "
+                f"exceeding Pillow's limit of {pillow_limit} (radlens limit {max_pixels})"
+            )
         if width * height > max_pixels:
             raise ImageTooLargeError(
                 f"{kind.upper()} declares {width}x{height} = {width * height} pixels, "
@@ -824,17 +830,30 @@ def _to_gray(arr: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float32) @ weights).astype(np.float32)
 
 
+_warnings_lock = threading.Lock()
+_warnings_depth = 0
+_warnings_context: warnings.catch_warnings[None] | None = None
+
+
 @contextmanager
 def _quiet_warnings() -> Iterator[None]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    """Ignore warnings while any preprocessing call runs (see the module docstring)."""
+    global _warnings_depth, _warnings_context
+    with _warnings_lock:
+        if _warnings_depth == 0:
+            context = warnings.catch_warnings()
+            context.__enter__()
+            warnings.simplefilter("ignore")
+            _warnings_context = context
+        _warnings_depth += 1
+    try:
         yield
-    if caught:  # categories only: pydicom messages can quote element values
-        logger.debug(
-            "preprocessing: %d library warning(s): %s",
-            len(caught),
-            sorted({w.category.__name__ for w in caught}),
-        )
+    finally:
+        with _warnings_lock:
+            _warnings_depth -= 1
+            if _warnings_depth == 0 and _warnings_context is not None:
+                _warnings_context.__exit__(None, None, None)
+                _warnings_context = None
 
 
 def _call(func: Callable[[], _T], error: type[PreprocessingError], what: str) -> _T:

@@ -11,7 +11,9 @@ import io
 import json
 import struct
 import time
+import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -543,6 +545,30 @@ class TestTypedErrors:
             preprocess(b"nope")
         assert isinstance(info.value, PreprocessingError)
         assert info.value.code == "not-an-image"
+
+
+class TestLibraryWarnings:
+    def make_padded_ct(self) -> bytes:
+        ds = make_ct()
+        ds.PixelData = ds.PixelData + b"\x00" * 4  # pydicom warns about the excess
+        return dicom_bytes(ds)
+
+    def test_library_warnings_do_not_escape_even_when_warnings_are_errors(self):
+        data = self.make_padded_ct()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(UserWarning, match="excess"):  # pydicom does warn
+                pydicom.dcmread(io.BytesIO(data)).pixel_array  # noqa: B018
+            image = preprocess(data)
+        assert image.pixels.shape == (8, 8)
+
+    def test_concurrent_calls_leave_the_warning_filters_as_they_were(self):
+        data = self.make_padded_ct()
+        before = list(warnings.filters)
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            shapes = list(pool.map(lambda _: preprocess(data).pixels.shape, range(60)))
+        assert shapes == [(8, 8)] * 60
+        assert warnings.filters == before
 
 
 class TestNoPhi:
