@@ -577,6 +577,7 @@ def _decode_frame(
     """Decode one frame; return it and the photometric interpretation it now has."""
     from pydicom.pixels import as_pixel_options, get_decoder
     from pydicom.pixels.utils import get_expected_length
+    from pydicom.uid import RLELossless
 
     label = _ts_label(tsyntax)
     try:
@@ -603,9 +604,14 @@ def _decode_frame(
                 f"BitsAllocated={_int_or(ds, 'BitsAllocated', None)}, "
                 f"SamplesPerPixel={_int_or(ds, 'SamplesPerPixel', None)} need {expected}"
             )
+    # RLE: pydicom's own decoder. pylibjpeg-rle is ~3x faster but panics in Rust on
+    # malformed data, which prints a backtrace to stderr before Python sees an error.
+    plugin = "pydicom" if tsyntax == RLELossless and "pydicom" in decoder.available_plugins else ""
     try:
         options = as_pixel_options(ds)
-        arr, props = decoder.as_array(ds, index=index, validate=True, raw=False, **options)
+        arr, props = decoder.as_array(
+            ds, index=index, validate=True, raw=False, decoding_plugin=plugin, **options
+        )
     except BaseException as exc:  # third-party boundary: decoders raise many kinds
         _reraise_fatal(exc)
         if _looks_truncated(exc):

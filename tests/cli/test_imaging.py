@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
 
 from cli.imaging import to_display
 from cli.main import main
@@ -67,8 +70,6 @@ class TestInspect:
         assert report["pixels"]["max"] == 1.0
 
     def test_no_patient_identifiers_in_the_output(self, capsys):
-        import pydicom
-
         ds = pydicom.dcmread(CT_SMALL)
         name = str(ds.PatientName)
         patient_id = str(ds.PatientID)
@@ -94,6 +95,23 @@ class TestInspect:
         one_error_line(capsys.readouterr().err)
         assert main(["inspect", CT_SMALL, "--window", "lungs"]) == 2
         assert "valid presets: lung" in one_error_line(capsys.readouterr().err)
+
+    def test_malformed_rle_prints_nothing_from_native_decoders(self, tmp_path, capfd):
+        # RLE segments that decode to more bytes than the frame holds: pylibjpeg-rle
+        # panics in Rust (printing to fd 2); radlens decodes RLE with pydicom's decoder.
+        ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+        segment = b"\x81\x07" * 40  # 40 runs of 128 bytes > 64 * 64
+        header = struct.pack("<16L", 2, 64, 64 + len(segment), *([0] * 13))
+        ds.PixelData = encapsulate([header + segment + segment])
+        path = tmp_path / "overflow_rle.dcm"
+        ds.save_as(path)
+        code = main(["inspect", str(path)])
+        err = capfd.readouterr().err
+        assert "panicked" not in err
+        if code == 2:
+            one_error_line(err)
+        else:
+            assert code == 0 and err == ""
 
     @pytest.mark.parametrize("size", ["0", "abc", "10x10x10", "-4x5", "9000"])
     def test_bad_size_exits_2(self, size, capsys):
