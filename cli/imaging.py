@@ -19,7 +19,7 @@ from cli.common import fail
 if TYPE_CHECKING:
     import numpy as np
 
-FILTER_KINDS = ("sobel_h", "sobel_v", "blur", "outline")
+FILTER_KINDS = ("sobel_h", "sobel_v", "blur", "outline")  # for --help; models.ops decides
 
 PathArg = Annotated[Path, typer.Argument(help="A DICOM, PNG or JPEG file.")]
 WindowOpt = Annotated[
@@ -137,8 +137,10 @@ def filter_image(
     size: SizeOpt = None,
 ) -> None:
     """Apply a classic filter to the preprocessed image and write it as an 8-bit PNG."""
-    if kind not in FILTER_KINDS:
-        fail(f"--kind must be one of {', '.join(FILTER_KINDS)}; got {kind!r}")
+    from models.ops import FILTER_NAMES, apply_filter
+
+    if kind not in FILTER_NAMES:
+        fail(f"--kind must be one of {', '.join(FILTER_NAMES)}; got {kind!r}")
     if out.suffix.lower() != ".png":
         fail(f"--out must be a .png file; got {str(out)!r}")
     if not out.parent.is_dir():
@@ -147,7 +149,6 @@ def filter_image(
 
     from PIL import Image
 
-    from models.ops import apply_filter
     from models.preprocessing import preprocess
 
     image = preprocess(_read(path), size=target, window=window)
