@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     "",
     response_model=ModelsPublic,
     summary="The loaded model and its manifest",
-    responses=problem_responses(503),
+    responses=problem_responses(500, 503),
 )
 def list_models(resources: ResourcesDep) -> ModelsPublic:
     """Classes, decision threshold, metrics and the clinical-validation flag of the model."""

@@ -14,7 +14,7 @@ from app.schemas import Health, ModelRef, Readiness, problem_responses
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness")
+@router.get("/healthz", response_model=Health, summary="Liveness", responses=problem_responses(500))
 def healthz() -> Health:
     """The process is up and serving HTTP (says nothing about the model or database)."""
     return Health(status="ok")
@@ -24,7 +24,7 @@ def healthz() -> Health:
     "/readyz",
     response_model=Readiness,
     summary="Readiness",
-    responses=problem_responses(503),
+    responses=problem_responses(500, 503),
 )
 def readyz(resources: ResourcesDep) -> Readiness:
     """Ready when the model is loaded and warmed up and the database answers SELECT 1."""
@@ -53,7 +53,10 @@ def readyz(resources: ResourcesDep) -> Readiness:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition"},
+        **problem_responses(500),
+    },
 )
 def metrics(service_metrics: MetricsDep) -> Response:
     """Requests and latencies by route and status, inference batch sizes and latency,

@@ -107,7 +107,7 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
             "description": "This instance was already predicted by this model: the stored "
             "prediction (same id), nothing new is stored",
         },
-        **problem_responses(413, 415, 422, 500, 503),
+        **problem_responses(400, 413, 415, 422, 500, 503),
     },
 )
 async def create_prediction(
@@ -201,7 +201,7 @@ def _preprocess(
     response_model=PredictionPublic,
     name="get_prediction",
     summary="Read one prediction",
-    responses=problem_responses(404, 422, 503),
+    responses=problem_responses(404, 422, 500, 503),
 )
 def get_prediction(
     prediction_id: uuid.UUID, session: SessionDep, request: Request
@@ -215,7 +215,7 @@ def get_prediction(
     "",
     response_model=PredictionPage,
     summary="List predictions, newest first",
-    responses=problem_responses(422, 503),
+    responses=problem_responses(422, 500, 503),
 )
 def list_predictions(
     session: SessionDep,

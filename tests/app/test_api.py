@@ -97,6 +97,16 @@ class TestCreatePrediction:
         assert (body["rows"], body["columns"]) == (1024, 1024)
         assert body["photometric_interpretation"] == "MONOCHROME1"
 
+    @pytest.mark.shared_data
+    def test_real_chest_png_from_shared_data(self, service: Service) -> None:
+        folder = shared_data_path("nih1000", "test", "1_abnormal")
+        path = sorted(folder.glob("*.png"))[0]
+        response = service.post(path.read_bytes(), path.name)
+        assert response.status_code in (200, 201), response.text
+        body = response.json()
+        assert (body["input_format"], body["rows"], body["columns"]) == ("png", 64, 64)
+        assert body["modality"] is None and body["sop_instance_uid"] is None
+
     def test_pydicom_example_file(self, service: Service) -> None:
         from pydicom.data import get_testdata_file
 
@@ -398,6 +408,35 @@ class TestUploadErrors:
         assert service.count() == before
         assert_good_post(service)
 
+    @pytest.mark.parametrize(
+        ("content_type", "detail"),
+        [
+            ("multipart/form-data; boundary=b", "Invalid multipart"),
+            ("multipart/form-data", "boundary"),
+        ],
+    )
+    def test_malformed_multipart_is_400(
+        self, service: Service, content_type: str, detail: str
+    ) -> None:
+        before = service.count()
+        response = service.client.post(
+            "/v1/predictions", content=b"garbage", headers={"content-type": content_type}
+        )
+        body = assert_problem(response, 400, code="bad-request")
+        assert detail in body["detail"]
+        assert service.count() == before
+        assert_good_post(service)
+
+    def test_file_sent_as_text_field_is_422(self, service: Service) -> None:
+        before = service.count()
+        response = service.client.post(
+            "/v1/predictions", data={"file": "just text"}, files={"other": ("a", b"1")}
+        )
+        body = assert_problem(response, 422, code="invalid-request")
+        assert "UploadFile" in body["detail"]
+        assert service.count() == before
+        assert_good_post(service)
+
     def test_declared_body_over_limit_is_413_before_reading(self, service: Service) -> None:
         before = service.count()
         body = assert_problem(
@@ -527,6 +566,8 @@ class TestOperations:
         for path, methods in schema["paths"].items():
             for method, operation in methods.items():
                 assert operation.get("description"), f"{method.upper()} {path} has no description"
+                problem = operation["responses"]["500"]["content"]["application/problem+json"]
+                assert problem["schema"] == {"$ref": "#/components/schemas/Problem"}
         post = schema["paths"]["/v1/predictions"]["post"]
         content = post["requestBody"]["content"]["multipart/form-data"]["schema"]
         ref = content["$ref"].rsplit("/", 1)[-1]
