@@ -25,44 +25,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.architectures import build_model, set_backbone_trainable
 from models.errors import ConfigurationError, InvalidImageError
 from models.gradcam import GradCamResult, find_layer_path, grad_model, gradcam, gradcam_explain
 from models.overlay import COLORMAPS, blend, render_overlay
 
 # --- tiny models -------------------------------------------------------------------------
-
-
-def simple_cnn(size: int = 32, *, name: str = "simple_cnn") -> keras.Model:
-    """The course's small CNN: four 3x3 ReLU convolutions, max pooling after every other
-    one, two hidden dense layers with dropout, softmax over two classes."""
-    inputs = keras.Input((size, size, 1))
-    x = inputs
-    for i, filters in enumerate((8, 8, 16, 16)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
-        if i % 2:
-            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
-    x = keras.layers.Flatten()(x)
-    for i in range(2):
-        x = keras.layers.Dense(16, activation="relu", name=f"hidden{i}")(x)
-        x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="scores")(x)
-    return keras.Model(inputs, outputs, name=name)
-
-
-def tiny_resnet(size: int = 64) -> keras.Model:
-    """ResNet50 (weights=None) nested as "backbone", frozen, with a GAP + Dense head."""
-    inputs = keras.Input((size, size, 1))
-    x = keras.layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])
-    x = keras.layers.Rescaling(255.0, name="to_255")(x)
-    backbone = keras.applications.ResNet50(
-        include_top=False, weights=None, input_shape=(size, size, 3), name="backbone"
-    )
-    backbone.trainable = False
-    x = backbone(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dropout(0.3)(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="scores")(x)
-    return keras.Model(inputs, outputs, name="resnet50")
 
 
 def square_detector(size: int = 32) -> keras.Model:
@@ -105,13 +73,13 @@ def peak_in_box(heatmap: np.ndarray, box: np.ndarray, margin: int = 0) -> bool:
 @pytest.fixture(scope="module")
 def cnn() -> keras.Model:
     keras.utils.set_random_seed(1)
-    return simple_cnn()
+    return build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=2)
 
 
 @pytest.fixture(scope="module")
 def resnet() -> keras.Model:
     keras.utils.set_random_seed(2)
-    return tiny_resnet()
+    return build_model("resnet50", input_shape=(64, 64, 1), num_classes=2)
 
 
 def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -143,7 +111,7 @@ class TestShapes:
         np.testing.assert_allclose(maps[2], single, atol=1e-5)
 
     def test_simple_cnn_default_layer_is_last_conv(self, cnn):
-        assert gradcam_explain(cnn, _images(1, 32)).layer == "conv3"
+        assert gradcam_explain(cnn, _images(1, 32)).layer == "conv4"
 
     def test_resnet_nested_backbone(self, resnet):
         maps = gradcam(resnet, _images(2, 64), class_index=0)
@@ -191,7 +159,7 @@ def _cam_reference(resnet: keras.Model, batch: np.ndarray, weights: np.ndarray) 
     """CAM computed without Grad-CAM: the backbone's feature map from its own input."""
     import tensorflow as tf
 
-    to_backbone = keras.Model(resnet.inputs[0], resnet.get_layer("to_255").output)
+    to_backbone = keras.Model(resnet.inputs[0], resnet.get_layer("resnet_preprocess").output)
     features = resnet.get_layer("backbone").predict(
         to_backbone.predict(batch, verbose=0), verbose=0
     )
@@ -206,7 +174,7 @@ class TestCorrectness:
     def test_equals_cam_through_nested_backbone_and_follows_weights(self, resnet):
         """GAP + Dense head: Grad-CAM weights are w_k^c / (h w), so the map is CAM. Twice,
         with different head weights, to show the cached gradient model shares the weights."""
-        head = resnet.get_layer("scores")
+        head = resnet.get_layer("predictions")
         original = head.get_weights()
         batch = _images(3, 64, seed=11)
         rng = np.random.default_rng(4)
@@ -220,6 +188,44 @@ class TestCorrectness:
                 np.testing.assert_allclose(maps, expected, atol=1e-4)
         finally:
             head.set_weights(original)
+
+    def test_frozen_backbone_gives_the_same_map(self, resnet):
+        """Phase 1 of fine-tuning freezes the backbone: gradients must still reach it."""
+        batch = _images(2, 64, seed=12)
+        trainable = gradcam(resnet, batch, class_index=0)
+        try:
+            set_backbone_trainable(resnet, 0)
+            frozen = gradcam(resnet, batch, class_index=0)
+        finally:
+            set_backbone_trainable(resnet, "all")
+        np.testing.assert_allclose(frozen, trainable, atol=1e-5)
+
+    def test_saved_and_loaded_model(self, resnet, tmp_path):
+        """The service explains models loaded from model.keras: same maps after a round trip."""
+        path = tmp_path / "model.keras"
+        resnet.save(path)
+        loaded = keras.models.load_model(path)
+        batch = _images(2, 64, seed=13)
+        for class_index in (0, 1):
+            np.testing.assert_allclose(
+                gradcam(loaded, batch, class_index=class_index),
+                gradcam(resnet, batch, class_index=class_index),
+                atol=1e-4,
+            )
+
+    @pytest.mark.parametrize("architecture", ["simple_cnn", "resnet50"])
+    def test_filter_frontend(self, architecture):
+        model = build_model(
+            architecture, input_shape=(32, 32, 1), num_classes=3, filters=("sobel_h", "blur")
+        )
+        batch = _images(2, 32, seed=14)
+        result = gradcam_explain(model, batch)
+        _check_maps(result.heatmaps, (2, 32, 32))
+        np.testing.assert_allclose(result.scores, model(batch, training=False), atol=1e-5)
+        expected_layer = "conv4" if architecture == "simple_cnn" else "backbone/conv5_block3_out"
+        assert result.layer == expected_layer
+        if architecture == "resnet50":  # 32 px gives a 1x1 feature map: no localisation
+            np.testing.assert_array_equal(result.heatmaps, 0.0)
 
     def test_grad_model_is_cached_per_model_and_layer(self, resnet):
         first, path = grad_model(resnet)
@@ -279,7 +285,7 @@ class TestCorrectness:
         keras.utils.set_random_seed(5)
         rng = np.random.default_rng(5)
         images, labels, _ = squares(256, rng)
-        model = simple_cnn(name="trained_cnn")
+        model = build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=2)
         model.compile(
             keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
         )
@@ -341,12 +347,12 @@ class TestArguments:
         assert gradcam_explain(cnn, _images(1, 32), layer_name="conv1").layer == "conv1"
 
     def test_unknown_layer(self, cnn):
-        with pytest.raises(ConfigurationError, match=r"no layer 'conv9'.*conv3"):
+        with pytest.raises(ConfigurationError, match=r"no layer 'conv9'.*conv4"):
             gradcam(cnn, _images(1, 32)[0], layer_name="conv9")
 
     def test_layer_without_feature_map(self, cnn):
-        with pytest.raises(ConfigurationError, match=r"'hidden0' has output shape \(None, 16\)"):
-            gradcam(cnn, _images(1, 32)[0], layer_name="hidden0")
+        with pytest.raises(ConfigurationError, match=r"'dense1' has output shape \(None, 128\)"):
+            gradcam(cnn, _images(1, 32)[0], layer_name="dense1")
 
     def test_ambiguous_layer(self):
         def block(name):
