@@ -10,6 +10,7 @@ a bug: ``CatchAllMiddleware`` logs it without request data and answers a 500 pro
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from typing import Any
 
@@ -204,6 +205,9 @@ class CatchAllMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, _one_line_startup_failures(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -238,6 +242,24 @@ class CatchAllMiddleware:
                 detail=f"unexpected {type(exc).__name__} while handling {route}",
             )
             await response(scope, receive, send)
+
+
+def _one_line_startup_failures(send: Send) -> Send:
+    """An expected start-up failure (missing model, database not migrated, ...) is reported
+    to the server as one line, not a traceback; a bug keeps its traceback.
+
+    Starlette sends ``lifespan.startup.failed`` from inside its ``except`` block, so the
+    exception being handled is the one that stopped start-up.
+    """
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "lifespan.startup.failed":
+            exc = sys.exc_info()[1]
+            if isinstance(exc, RadlensError):
+                message = {**message, "message": f"radlens: error: {exc}"}
+        await send(message)
+
+    return wrapped
 
 
 def _route(request: Request) -> str:

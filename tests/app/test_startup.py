@@ -126,3 +126,30 @@ class TestDatabaseAtStartUp:
         url = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
         with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1/"):
             start(make_settings(url, model_store))
+
+
+def test_expected_startup_failure_reaches_the_server_as_one_line(tmp_path: Path) -> None:
+    """What uvicorn logs when the lifespan fails: one line for an expected failure."""
+    import anyio
+
+    from app.main import create_app
+
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "no-store"))
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        with pytest.raises(ModelNotFoundError):
+            await app(scope, receive, send)  # type: ignore[arg-type]
+
+    anyio.run(run)
+    (failed,) = [m for m in sent if m["type"] == "lifespan.startup.failed"]
+    text = str(failed["message"])
+    assert text.startswith("radlens: error: No such model")
+    assert "\n" not in text and "Traceback" not in text
