@@ -97,6 +97,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "model-incompatible": 503,
     "model-store-error": 503,
     "bad-configuration": 500,
+    # app.predictor
+    "inference-failed": 500,
+    "predictor-unavailable": 503,
 }
 
 

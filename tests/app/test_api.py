@@ -498,6 +498,41 @@ class TestUploadErrors:
         assert service.count() == before
         assert_good_post(service)
 
+    @pytest.mark.parametrize(
+        ("error_name", "status", "code"),
+        [
+            ("InferenceError", 500, "inference-failed"),
+            ("PredictorUnavailableError", 503, "predictor-unavailable"),
+        ],
+    )
+    def test_predictor_failures_via_dependency_override(
+        self, service: Service, error_name: str, status: int, code: str
+    ) -> None:
+        import app.predictor as predictor_module
+        from app.deps import get_predictor
+
+        real = service.app.state.resources.predictor
+        error = getattr(predictor_module, error_name)
+
+        class FailingPredictor:
+            manifest = real.manifest
+            device = real.device
+            input_size = real.input_size
+            ready = True
+
+            async def predict(self, model_input: object) -> object:
+                raise error("the model call failed (test)")
+
+        service.app.dependency_overrides[get_predictor] = FailingPredictor
+        before = service.count()
+        try:
+            body = assert_problem(service.post(png_bytes()), status, code=code)
+        finally:
+            service.app.dependency_overrides.clear()
+        assert "(test)" in body["detail"]
+        assert service.count() == before
+        assert_good_post(service)
+
     def test_not_ready_is_503(self, service: Service) -> None:
         predictor = service.app.state.resources.predictor
         before = service.count()
