@@ -159,3 +159,32 @@ class TestBadInput:
             make_dataset(folder_source, ex, size=16, batch_size=0)
         with pytest.raises(ConfigurationError, match=r"needs a size"):
             make_dataset(folder_source, ex, size=None)  # type: ignore[arg-type]
+
+
+def test_broken_real_dicom_never_stops_scan_or_pipeline(tmp_path: Path) -> None:
+    """pydicom's deliberately broken files: each is skipped with a reason, at scan or decode."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    layout = {
+        "good": ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"],
+        "bad": ["MR_small_RLE.dcm", "MR_truncated.dcm", "rtplan.dcm", "JPEG-lossy.dcm"],
+    }
+    for folder, names in layout.items():
+        (tmp_path / folder).mkdir()
+        for name in names:
+            path = get_testdata_file(name)
+            assert path is not None, name
+            shutil.copy(path, tmp_path / folder / name)
+    source = open_source(tmp_path)
+    at_scan = {Path(s.path).name: s.reason for s in source.skipped}
+    assert at_scan == {"rtplan.dcm": "DICOM file has no pixel data"}
+    skipped: list[SkippedFile] = []
+    ds = make_dataset(source, source.examples, size=16, batch_size=8, skipped=skipped)
+    decoded = sum(len(y) for _, y in _batches(ds))
+    at_decode = {Path(s.path).name: s.reason for s in skipped}
+    assert set(at_decode) == {"MR_truncated.dcm", "JPEG-lossy.dcm"}
+    assert "truncated" in at_decode["MR_truncated.dcm"]
+    assert "1.2.840.10008.1.2.4.51" in at_decode["JPEG-lossy.dcm"]  # names the syntax
+    assert decoded == 4

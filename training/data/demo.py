@@ -152,7 +152,7 @@ def _nodules(
         r, t = 0.6 * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
         ny = a.cy + cy_offset * a.scale + r * np.sin(t) * a.lung_ry * a.scale
         nx = a.cx + side * a.lung_gap * a.scale + r * np.cos(t) * a.lung_rx * a.scale
-        sigma = rng.uniform(0.06, 0.12) * a.scale
+        sigma = rng.uniform(0.11, 0.18) * a.scale
         blob = np.exp(-((y - ny) ** 2 + (x - nx) ** 2) / (2 * sigma**2))
         out = np.maximum(out, blob)
     return out
@@ -189,7 +189,7 @@ def synth_chest_cr(
     diaphragm = _ellipse(y, x, a.cy + 0.95 * s, a.cx, 0.35 * s, 0.9 * s, 0.08)
     img += 0.2 * diaphragm * body
     if finding is not None:
-        img += finding.uniform(0.22, 0.34) * _nodules(finding, y, x, a, -0.05) * lungs
+        img += finding.uniform(0.45, 0.6) * _nodules(finding, y, x, a, -0.05) * lungs
     img += 0.03 * _smooth_noise(rng, size) + rng.normal(0.0, 0.02, size=img.shape)
     gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05)
     return np.clip(img * gain + offset, 0.0, 1.0)
@@ -217,7 +217,8 @@ def synth_chest_ct(
     hu = hu * (1 - aorta) + 45.0 * aorta
     if finding is not None:
         nodule = _nodules(finding, y, x, a, -0.05) * lungs
-        hu += (finding.uniform(-80, 40) - hu) * np.clip(nodule * 1.6, 0, 1)
+        target = finding.uniform(-80, 40)  # soft-tissue density; never lowers HU
+        hu += np.maximum(target - hu, 0.0) * np.clip(nodule * 1.6, 0, 1)
     hu += rng.normal(0.0, 20.0, size=hu.shape)
     return np.clip(hu, -1024.0, 3071.0)
 

@@ -43,6 +43,7 @@ import csv
 import logging
 import os
 import random
+import warnings
 import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -327,14 +328,20 @@ def _probe_dicom(path: Path) -> str | None:
     from pydicom.errors import InvalidDicomError
 
     try:
-        # defer_size: large values (the pixel data) are not read, only located.
-        ds = pydicom.dcmread(path, defer_size=1024, force=path.suffix.lower() in DICOM_EXTENSIONS)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd headers warn; the verdict is what counts
+            # defer_size: large values (the pixel data) are located, not read
+            ds = pydicom.dcmread(
+                path, defer_size=1024, force=path.suffix.lower() in DICOM_EXTENSIONS
+            )
+            rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except InvalidDicomError as exc:
+        return f"not a readable DICOM file ({exc})"
+    except Exception as exc:  # third-party parser boundary: any failure means unreadable
         return f"not a readable DICOM file ({type(exc).__name__}: {exc})"
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
         return "DICOM file has no pixel data"
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows < 1 or cols < 1:
         return f"DICOM image has zero size ({rows}x{cols})"
     return None
@@ -344,9 +351,11 @@ def _probe_raster(path: Path) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:  # reads the header only
-            width, height = img.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:  # reads the header only
+                width, height = img.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         return f"not a readable PNG/JPEG file ({type(exc).__name__}: {exc})"
     if width < 1 or height < 1:
         return f"image has zero size ({width}x{height})"
@@ -390,7 +399,7 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
         if not rel:
             raise ConfigurationError(f"empty path at {where}")
         file = Path(rel) if Path(rel).is_absolute() else base / rel
-        reason: str | None = "file does not exist"
+        reason: str | None = "not a file" if file.exists() else "file does not exist"
         if file.is_file():
             reason = _probe_file(file) if validate else _probe_kind_only(file)
         if reason is not None:
