@@ -117,7 +117,7 @@ class TestSources:
             assert diff.min() >= -1e-3 * scale  # it only adds density
             assert diff.max() > 0.15 * scale  # clearly visible
             changed = diff > 0.03 * scale
-            assert 0.003 < changed.mean() < 0.15  # local, not global
+            assert 0.003 < changed.mean() < 0.3  # local (within the lung fields), not global
             # inside a lung field: darker than the body on CR, lung HU on CT
             lung_level = np.median(normal[changed])
             if kind == "cr":
