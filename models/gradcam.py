@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GradCamResult",
+    "explain_image",
     "find_layer_path",
     "grad_model",
     "gradcam",
@@ -307,10 +308,10 @@ def grad_model(model: keras.Model, layer_name: str | None = None) -> tuple[keras
 
     Returns:
         ``(gm, path)``: ``gm`` maps the model input to ``[feature map (N, h, w, k),
-        score source, output]`` and shares every layer and weight with ``model`` (so it
-        follows further training); the score source is the input of the final softmax
-        layer when there is one, else the output. ``path`` names the layer,
-        e.g. ``"backbone/conv5_block3_out"``.
+        logits source, output]`` when the model ends in a softmax (the logits source is the
+        input of that final layer), else to ``[feature map, output]``. It shares every
+        layer and weight with ``model``, so it follows further training. ``path`` names the
+        layer, e.g. ``"backbone/conv5_block3_out"``.
 
     Raises:
         TypeError: ``layer_name`` is not a string.
@@ -559,3 +560,58 @@ def gradcam(
     batch, single = _check_input(model, model_input)
     result = gradcam_explain(model, batch, class_index=class_index, layer_name=layer_name)
     return result.heatmaps[0] if single else result.heatmaps
+
+
+def explain_image(
+    model: keras.Model,
+    model_input: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    class_index: int | None = None,
+    layer_name: str | None = None,
+    alpha: float = 0.4,
+    cmap: str = "inferno",
+) -> tuple[GradCamResult, bytes]:
+    """Explain one image: its Grad-CAM map and the PNG overlay titled with class and score.
+
+    The one call a service route or a CLI command needs: a single forward pass gives the
+    scores and the map, and :func:`models.overlay.render_overlay` draws the map over the
+    image exactly as the model saw it (``model_input``), titled e.g.
+    ``"pneumonia 0.93 · Grad-CAM backbone/conv5_block3_out"``.
+
+    Args:
+        model: as in :func:`gradcam`.
+        model_input: one image ``(H, W, 1)`` in [0, 1] (``PreprocessedImage.model_input()``).
+        class_names: the manifest's class names, one per model output.
+        class_index: None = the predicted class; ``1`` = the positive class of a binary model.
+        layer_name: as in :func:`gradcam`.
+        alpha: overlay opacity where the map is 1.
+        cmap: ``"inferno"`` or ``"viridis"``.
+
+    Returns:
+        ``(result, png)``: the :class:`GradCamResult` (batch of one) and the PNG bytes.
+
+    Raises:
+        As :func:`gradcam` and :func:`models.overlay.render_overlay`; ConfigurationError
+        when ``class_names`` does not have one name per model output, InvalidImageError for
+        a batch or input values outside [0, 1].
+    """
+    from models.overlay import render_overlay
+
+    if not isinstance(model_input, np.ndarray) or model_input.ndim != 3:
+        shape = getattr(model_input, "shape", type(model_input).__name__)
+        raise InvalidImageError(f"model_input must be one image (H, W, 1). Received: {shape}")
+    if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names):
+        raise TypeError(f"class_names must be a sequence of str. Received: {class_names!r}")
+    result = gradcam_explain(model, model_input, class_index=class_index, layer_name=layer_name)
+    if len(class_names) != result.scores.shape[1]:
+        raise ConfigurationError(
+            f"class_names has {len(class_names)} names for a model with "
+            f"{result.scores.shape[1]} outputs. Received: {list(class_names)!r}"
+        )
+    chosen = int(result.class_indices[0])
+    title = f"{class_names[chosen]} {result.scores[0, chosen]:.2f} · Grad-CAM {result.layer}"
+    png = render_overlay(
+        model_input[..., 0], result.heatmaps[0], title=title, alpha=alpha, cmap=cmap
+    )
+    return result, png

@@ -28,7 +28,14 @@ from PIL import Image
 
 from models.architectures import build_model, set_backbone_trainable
 from models.errors import ConfigurationError, InvalidImageError
-from models.gradcam import GradCamResult, find_layer_path, grad_model, gradcam, gradcam_explain
+from models.gradcam import (
+    GradCamResult,
+    explain_image,
+    find_layer_path,
+    grad_model,
+    gradcam,
+    gradcam_explain,
+)
 from models.overlay import COLORMAPS, blend, render_overlay
 
 # --- tiny models -------------------------------------------------------------------------
@@ -500,15 +507,27 @@ class TestOverlay:
         assert np.abs(inferno - viridis).sum() > 0
         assert titled.shape[0] > inferno.shape[0]
 
-    def test_end_to_end_from_gradcam(self):
+    def test_explain_image_end_to_end(self):
         model = square_detector()
         image = np.random.default_rng(3).uniform(0.0, 0.3, (32, 32, 1)).astype(np.float32)
         image[4:9, 20:25] = 1.0
-        result = gradcam_explain(model, image, class_index=1)
-        png = render_overlay(
-            image[..., 0], result.heatmaps[0], title=f"square {result.scores[0, 1]:.2f}"
-        )
-        assert _decode(png).shape[1] == 512
+        result, png = explain_image(model, image, class_names=["clear", "square"])
+        assert result.class_indices.tolist() == [1]  # predicted: the square is there
+        assert peak_in_box(result.heatmaps[0], np.array([4, 20, 9, 25]))
+        picture = _decode(png)
+        assert picture.shape[1] == 512
+        untitled = _decode(render_overlay(image[..., 0], result.heatmaps[0]))
+        assert picture.shape[0] > untitled.shape[0]  # the class/score title line
+
+    def test_explain_image_bad_arguments(self):
+        model = square_detector()
+        image = np.zeros((32, 32, 1), np.float32)
+        with pytest.raises(ConfigurationError, match=r"1 names for a model with 2 outputs"):
+            explain_image(model, image, class_names=["only"])
+        with pytest.raises(InvalidImageError, match=r"one image .*\(2, 32, 32, 1\)"):
+            explain_image(model, np.zeros((2, 32, 32, 1), np.float32), class_names=["a", "b"])
+        with pytest.raises(InvalidImageError, match="max 2"):
+            explain_image(model, np.full((32, 32, 1), 2.0, np.float32), class_names=["a", "b"])
 
     @pytest.mark.parametrize(
         ("kwargs", "error", "match"),
