@@ -247,7 +247,7 @@ def make_strategy(
         ConfigurationError: unknown name, ``devices`` given for a strategy that takes none or
             not a non-empty list of device strings, or a missing or malformed ``TF_CONFIG`` for
             ``"multiworker"``; or TensorFlow refused to build the strategy (e.g. it was
-            created after other TensorFlow ops ran).
+            created after other TensorFlow ops ran, or this task's port is taken).
     """
     if name not in STRATEGY_NAMES:
         raise ConfigurationError(
@@ -269,6 +269,7 @@ def make_strategy(
                 f"Received: devices={devices!r}"
             )
     env = os.environ if environ is None else environ
+    parsed: TFConfig | None = None
     if name == "multiworker":
         parsed = parse_tf_config(env.get("TF_CONFIG"))
     elif env.get("TF_CONFIG"):
@@ -293,12 +294,22 @@ def make_strategy(
             )
         else:
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.OpError as exc:
+        if parsed is None:
+            raise
+        # The multi-worker strategy starts this task's gRPC server on its TF_CONFIG address.
+        raise ConfigurationError(
+            f"the multiworker strategy could not start this task's server at {parsed.address} "
+            f"({' '.join(str(exc).split())}); check that the port is free and that the address "
+            f"is this host. Received: TF_CONFIG={_quote(parsed.to_json())}"
+        ) from exc
     except (RuntimeError, ValueError) as exc:
         raise ConfigurationError(
             f"TensorFlow could not build the {concrete} strategy ({' '.join(str(exc).split())}); "
-            "create the strategy at program start, before any other TensorFlow op"
+            "check the devices given, and create the strategy at program start, before any "
+            "other TensorFlow op"
         ) from exc
-    if concrete == "multiworker":
+    if parsed is not None:
         log.info(
             "multiworker strategy: task %s:%d of %d worker(s), %d replica(s) in sync",
             parsed.task_type,

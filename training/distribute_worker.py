@@ -139,9 +139,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         callbacks=[LocalValidation()],
     )
 
+    # Every replica's copy of every variable (``.value`` is the tf.distribute variable under
+    # the Keras wrapper, which a strategy would see as one plain value).
     replicas_identical = True
+    copies = []
     for variable in result.model.weights:
-        values = [np.asarray(v) for v in strategy.experimental_local_results(variable)]
+        values = [np.asarray(v) for v in strategy.experimental_local_results(variable.value)]
+        copies.append(len(values))
         replicas_identical &= all(np.array_equal(values[0], v) for v in values[1:])
     resolver = getattr(strategy, "cluster_resolver", None)
     report = {
@@ -158,6 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": type(result.optimizer).__name__,
         "history": result.history,
         "replicas_identical": bool(replicas_identical),
+        "copies_per_variable": sorted(set(copies)),  # local copies: replicas on this worker
         "first_batch_sha256": digest.hexdigest(),
         "seconds": round(time.monotonic() - started, 2),
     }

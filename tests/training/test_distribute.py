@@ -752,6 +752,31 @@ def assert_learned(run: WorkerRun) -> None:
 
 
 @pytest.mark.slow
+def test_multiworker_port_taken_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"localhost:{taken.getsockname()[1]}"
+        process = start_worker(
+            tmp_path / "out",
+            ["--strategy", "multiworker"],
+            worker_env(tf_config_json({"worker": [address]})),
+        )
+        try:
+            _, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 2, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]  # TensorFlow logs its own errors above it
+    assert last.startswith("distribute_worker: error: Invalid configuration: ")
+    assert f"could not start this task's server at {address}" in last
+    assert "check that the port is free" in last
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 class TestMirroredOverTwoLogicalCpus:
     def test_two_replicas_on_two_cpu_devices(self, distributed_runs: dict[str, WorkerRun]) -> None:
         report = distributed_runs["mirrored"].report
@@ -765,7 +790,9 @@ class TestMirroredOverTwoLogicalCpus:
     def test_replicas_hold_identical_variables(
         self, distributed_runs: dict[str, WorkerRun]
     ) -> None:
-        assert distributed_runs["mirrored"].report["replicas_identical"] is True
+        report = distributed_runs["mirrored"].report
+        assert report["copies_per_variable"] == [2]  # each variable has a copy per CPU device
+        assert report["replicas_identical"] is True
 
     def test_loss_is_finite_and_decreases(self, distributed_runs: dict[str, WorkerRun]) -> None:
         assert_learned(distributed_runs["mirrored"])
@@ -782,6 +809,7 @@ class TestMultiWorkerOnLocalhost:
         assert first["num_replicas"] == second["num_replicas"] == 2
         assert (first["task"], second["task"]) == ("worker:0", "worker:1")
         assert (first["is_chief"], second["is_chief"]) == (True, False)
+        assert first["copies_per_variable"] == second["copies_per_variable"] == [1]
 
     def test_each_worker_trains_on_its_own_shard(
         self, distributed_runs: dict[str, WorkerRun]
