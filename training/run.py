@@ -225,6 +225,9 @@ def _run(
 
     state = _read_state(run_path)
     model = build_model_for(config, len(class_names))
+    # the same layers without the optimizer: checkpoints must load whichever phase (and so
+    # whichever optimizer state) wrote them
+    network = _export_model(model)
     tb_callbacks = tensorboard_callbacks(
         run_path / "tensorboard",
         validation=(x_val[:MAX_FIGURE_EXAMPLES], y_val[:MAX_FIGURE_EXAMPLES]),
@@ -234,6 +237,9 @@ def _run(
         samples=config.tensorboard_samples,
     )
     fit_kwargs: dict[str, Any] = {
+        # a fixed number of steps over a repeated stream: the pipeline may drop unreadable
+        # files, so its length is unknown to Keras (which would warn every epoch)
+        "steps_per_epoch": max(1, math.ceil(len(splits["train"]) / config.batch_size)),
         "validation_data": (x_val, y_val),
         "class_weight": class_weight or None,
         "verbose": _verbosity(verbose),
@@ -255,7 +261,7 @@ def _run(
         if phase == 2:
             phase1 = run_path / "checkpoints" / PHASE1_WEIGHTS
             if fresh and phase1.is_file():  # resumed after phase 1 had finished
-                model.load_weights(phase1)
+                network.load_weights(phase1)
             _set_backbone(model, config.unfreeze_blocks)  # top blocks, BatchNorm stays frozen
         lr = config.learning_rate_head if phase == 1 else config.learning_rate_finetune
         _compile(model, lr, len(class_names))
@@ -267,10 +273,11 @@ def _run(
             lr,
             len(model.trainable_weights),
         )
+        history_csv = keras.callbacks.CSVLogger(str(run_path / "history.csv"), append=True)
         callbacks: list[keras.callbacks.Callback] = [
             keras.callbacks.BackupAndRestore(str(run_path / "backup" / f"phase{phase}")),
-            BestCheckpoint(run_path, state),
-            keras.callbacks.CSVLogger(str(run_path / "history.csv"), append=True),
+            BestCheckpoint(run_path, state, network),
+            history_csv,
             EpochLog(phase),
             *tb_callbacks,
         ]
@@ -281,23 +288,26 @@ def _run(
                 )
             )
         callbacks.extend(extra_callbacks)
-        model.fit(
-            train_ds,
-            epochs=last_epoch,
-            initial_epoch=first_epoch,
-            callbacks=callbacks,
-            **fit_kwargs,
-        )
+        try:
+            model.fit(
+                train_ds.repeat(),
+                epochs=last_epoch,
+                initial_epoch=first_epoch,
+                callbacks=callbacks,
+                **fit_kwargs,
+            )
+        finally:  # an interrupted fit skips on_train_end, which closes these
+            _close_files(history_csv, *tb_callbacks)
         fresh = False
         if phase == 1 and len(phases) > 1:
-            model.save_weights(run_path / "checkpoints" / PHASE1_WEIGHTS)
+            network.save_weights(run_path / "checkpoints" / PHASE1_WEIGHTS)
         state["phase_done"] = phase
         _write_state(run_path, state)
         first_epoch = last_epoch
 
     best = run_path / "checkpoints" / BEST_WEIGHTS
     if best.is_file():
-        model.load_weights(best)
+        network.load_weights(best)
         log.info("restored the best epoch (%s) by validation AUC", state.get("best_epoch"))
     y_val_pred, val_probs = predict_examples(
         model, source, splits["val"], size=size, window=config.window, batch_size=config.batch_size
@@ -324,7 +334,7 @@ def _run(
     store = Path(config.store) if config.store is not None else default_store_path()
     training_config = {**config.to_dict(), "run_dir": str(run_path), "split_sizes": sizes}
     manifest = ModelRegistry(store).save(
-        _export_model(model),
+        network,
         name=config.name,
         architecture=config.architecture,
         class_names=class_names,
@@ -390,6 +400,20 @@ def _compile(model: keras.Model, learning_rate: float, num_classes: int) -> None
     )
 
 
+def _close_files(*callbacks: keras.callbacks.Callback) -> None:
+    from training.callbacks import EvaluationFiguresCallback
+
+    for callback in callbacks:
+        csv_file = getattr(callback, "csv_file", None)
+        if csv_file is not None and not csv_file.closed:
+            csv_file.close()
+        if isinstance(callback, keras.callbacks.TensorBoard):
+            for writer in callback._writers.values():
+                writer.close()
+        elif isinstance(callback, EvaluationFiguresCallback):
+            callback.on_train_end()
+
+
 def _set_backbone(model: keras.Model, blocks: int | str) -> None:
     """Train the backbone's top ``blocks`` residual blocks (0 = frozen, "all"); BN stays frozen."""
     from models.architectures import set_backbone_trainable
@@ -408,17 +432,18 @@ def _export_model(model: keras.Model) -> keras.Model:
 class BestCheckpoint(keras.callbacks.Callback):
     """Saves the weights of the best epoch by val AUC; the best survives resumes (state.json)."""
 
-    def __init__(self, run_path: Path, state: dict[str, Any]) -> None:
+    def __init__(self, run_path: Path, state: dict[str, Any], network: keras.Model) -> None:
         super().__init__()
         self.run_path = run_path
         self.state = state
+        self.network = network  # the trained layers without the optimizer
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         auc = (logs or {}).get("val_auc")
         self.state["last_epoch"] = epoch + 1
         best = self.state.get("best_val_auc")
         if auc is not None and math.isfinite(float(auc)) and (best is None or auc > best):
-            self.model.save_weights(self.run_path / "checkpoints" / BEST_WEIGHTS)
+            self.network.save_weights(self.run_path / "checkpoints" / BEST_WEIGHTS)
             self.state["best_val_auc"] = float(auc)
             self.state["best_epoch"] = epoch + 1
         _write_state(self.run_path, self.state)

@@ -1,0 +1,167 @@
+"""`radlens train` and `radlens evaluate`: output, and exit 2 with one line on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.data.demo import write_demo_dataset
+
+    out = tmp_path_factory.mktemp("cli-demo") / "data"
+    write_demo_dataset(out, n_per_class=12, size=32, seed=1)
+    return out
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("radlens: error: ")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--arch", "vgg16"], "architecture must be one of resnet50, simple_cnn; received 'vgg16'"),
+        (["--filters", "sobel_h,emboss"], "unknown filter(s) 'emboss'"),
+        (["--epochs", "-1"], "epochs_head must be 0 or more; received -1"),
+        (["--weights", "w.bin"], "received 'w.bin'"),
+        (["--class-weights", "balanced"], "class_weights must be 'auto' or 'none'"),
+    ],
+)
+def test_bad_options_exit_2(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], match: str
+) -> None:
+    code = main(["train", "--data", str(demo), "--runs-dir", str(tmp_path), *args])
+    assert code == 2
+    assert match in _one_error_line(capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())  # stopped before creating a run
+
+
+def test_missing_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--arch", "simple_cnn"]) == 2
+    assert "no training data" in _one_error_line(capsys.readouterr().err)
+    assert main(["train", "--data", str(tmp_path / "absent")]) == 2
+    assert "data path does not exist" in _one_error_line(capsys.readouterr().err)
+
+
+def test_single_class_and_empty_class_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.training.data_fixtures import png_folder
+
+    one = png_folder(tmp_path / "one", classes=("normal",))
+    args = ["--runs-dir", str(tmp_path / "runs"), "--arch", "simple_cnn", "--image-size", "32"]
+    assert main(["train", "--data", str(one), *args]) == 2
+    assert "at least 2 class" in _one_error_line(capsys.readouterr().err)
+    empty = png_folder(tmp_path / "empty", classes=("normal", "abnormal"))
+    for f in (empty / "abnormal").rglob("*.png"):
+        f.unlink()
+    assert main(["train", "--data", str(empty), *args]) == 2
+    assert "no readable" in _one_error_line(capsys.readouterr().err)
+
+
+def test_missing_label_column_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "labels.csv").write_text("path,diagnosis\na.png,normal\n")
+    assert main(["train", "--data", str(tmp_path / "labels.csv")]) == 2
+    assert "label" in _one_error_line(capsys.readouterr().err)
+
+
+def test_bad_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("architecture: resnet50\nbatch_size: many\n")
+    assert main(["train", "--config", str(config), "--data", str(tmp_path)]) == 2
+    assert "batch_size must be an integer; received 'many'" in _one_error_line(
+        capsys.readouterr().err
+    )
+
+
+def test_resume_with_other_options_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--resume", str(tmp_path), "--arch", "resnet50"]) == 2
+    assert "do not combine it" in _one_error_line(capsys.readouterr().err)
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a radlens run directory" in _one_error_line(capsys.readouterr().err)
+
+
+def test_evaluate_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--data", str(tmp_path / "absent")]) == 2
+    assert "data path does not exist" in _one_error_line(capsys.readouterr().err)
+    args = ["evaluate", "--data", str(tmp_path), "--store", str(tmp_path / "store")]
+    assert main([*args, "--model", "nothing:1"]) == 2
+    assert "No such model" in _one_error_line(capsys.readouterr().err)
+    assert main([*args, "--split", "holdout"]) == 2
+    assert "--split must be" in _one_error_line(capsys.readouterr().err)
+
+
+def test_train_then_evaluate(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(demo),
+            "--arch",
+            "simple_cnn",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--name",
+            "cli-tiny",
+            "--store",
+            str(store),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--patience",
+            "0",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "run directory: " + str(tmp_path / "runs" / "cli-tiny-") in out
+    assert "model: cli-tiny:1" in out
+    assert "val: auc=" in out and "threshold=" in out
+    assert "skipped files: 0" in out
+
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            "cli-tiny",
+            "--data",
+            str(demo),
+            "--store",
+            str(store),
+            "--json",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["model"] == "cli-tiny:1" and metrics["split"] == "test"
+    assert (tmp_path / "eval" / "roc_curve.png").is_file()
+
+
+def test_cli_module_does_not_import_tensorflow() -> None:
+    code = (
+        "import sys, cli.training_cmds; "
+        "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0

@@ -1,0 +1,215 @@
+"""train(): run directory, two-phase fine-tuning, best checkpoint, export, reload, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from models.errors import ConfigurationError
+from models.registry import ModelRegistry
+from training.config import TrainConfig
+from training.evaluate import open_data
+from training.run import RunResult, data_fingerprint, resume, train
+
+from .conftest import tiny_config
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+class TestFinishedRun:
+    def test_run_directory_layout(self, tiny_run: RunResult) -> None:
+        run = tiny_run.run_dir
+        assert run.name.startswith("tiny-")
+        for name in ("config.json", "train.log", "history.csv", "state.json", "result.json"):
+            assert (run / name).is_file(), name
+        assert (run / "checkpoints" / "best.weights.h5").is_file()
+        assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
+        assert not (run / "backup" / "phase1").exists()  # removed when the phase finished
+        config = json.loads((run / "config.json").read_text())
+        assert config["architecture"] == "simple_cnn" and config["filters"] == ["sobel_h"]
+        log = (run / "train.log").read_text()
+        assert "epoch 1 (phase 1)" in log and "epoch 2 (phase 1)" in log and "exported tiny:" in log
+
+    def test_history_has_every_metric_per_epoch(self, tiny_run: RunResult) -> None:
+        rows = _history(tiny_run.run_dir)
+        assert [r["epoch"] for r in rows] == ["0", "1"]
+        for key in ("loss", "accuracy", "auc", "precision", "sensitivity", "specificity"):
+            assert key in rows[0] and f"val_{key}" in rows[0]
+
+    def test_export_reloads_with_manifest(self, tiny_run: RunResult) -> None:
+        loaded = ModelRegistry(tiny_run.store).load(tiny_run.model_ref)
+        m = loaded.manifest
+        assert m.ref == tiny_run.model_ref
+        assert m.architecture == "simple_cnn"
+        assert m.class_names == ["normal", "abnormal"]
+        assert m.input_shape == [32, 32, 1]
+        assert m.filters == ["sobel_h"]
+        assert m.threshold == pytest.approx(tiny_run.threshold)
+        assert 0.0 <= m.threshold <= 1.0
+        assert set(m.metrics) == {"val", "test"}
+        for key in ("auc", "accuracy", "sensitivity", "specificity", "precision"):
+            assert key in m.metrics["val"]
+        assert m.metrics["val"]["n"] == tiny_run.split_sizes["val"]
+        assert m.training_config["image_size"] == 32
+        assert m.data_fingerprint is not None and m.data_fingerprint.startswith("sha256:")
+        # the reloaded model predicts what the run's best checkpoint predicts
+        x = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
+        best = keras.models.clone_model(loaded.model)
+        best.load_weights(tiny_run.run_dir / "checkpoints" / "best.weights.h5")
+        np.testing.assert_allclose(
+            loaded.model.predict(x, verbose=0), best.predict(x, verbose=0), atol=1e-6
+        )
+
+    def test_fingerprint_is_stable_and_data_sensitive(self, tiny_demo_data: Path) -> None:
+        from training.data.sources import split_source
+
+        source = open_data(tiny_demo_data)
+        splits = split_source(source, val_fraction=0.15, test_fraction=0.15, seed=1)
+        assert data_fingerprint(source, splits) == data_fingerprint(source, splits)
+        changed = {**splits, "train": splits["train"][1:]}
+        assert data_fingerprint(source, changed) != data_fingerprint(source, splits)
+
+
+class _Recorder(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: list[int] = []
+        self.backbone_trainable: list[int] = []
+        self.bn_trainable: list[bool] = []
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.epochs.append(epoch)
+        try:
+            backbone = self.model.get_layer("backbone")
+        except ValueError:
+            return
+        self.backbone_trainable.append(len(backbone.trainable_weights))
+        self.bn_trainable.append(
+            any(
+                layer.trainable
+                for layer in backbone.layers
+                if isinstance(layer, keras.layers.BatchNormalization)
+            )
+        )
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated interruption after epoch 1")
+
+
+@pytest.mark.slow
+def test_resnet50_trains_in_two_phases(tiny_demo_data: Path, tmp_path: Path) -> None:
+    recorder = _Recorder()
+    config = tiny_config(
+        tiny_demo_data,
+        tmp_path,
+        architecture="resnet50",
+        epochs_head=1,
+        epochs_finetune=1,
+        unfreeze_blocks=1,
+        batch_size=16,
+        histogram_freq=0,
+        tensorboard_samples=0,
+        learning_rate_finetune=1e-5,
+    )
+    result = train(config, callbacks=[recorder], verbose=0)
+    assert recorder.epochs == [0, 1]  # phase 2 continues the epoch counter
+    head_only, fine_tune = recorder.backbone_trainable
+    assert head_only == 0 and fine_tune > 0  # backbone frozen, then its top block unfrozen
+    assert recorder.bn_trainable == [False, False]  # BatchNorm stays frozen
+    log = (result.run_dir / "train.log").read_text()
+    assert "phase 1: epochs 1-1, learning rate 0.001" in log
+    assert "phase 2: epochs 2-2, learning rate 1e-05" in log
+    assert (result.run_dir / "checkpoints" / "phase1.weights.h5").is_file()
+    assert ModelRegistry(result.store).load(result.model_ref).manifest.architecture == "resnet50"
+
+
+def test_resume_continues_the_epoch_counter(tiny_demo_data: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_demo_data, tmp_path, epochs_head=3, histogram_freq=0)
+    started: list[Path] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_Interrupt()], verbose=0, on_start=started.append)
+    run_dir = started[0]
+    assert (run_dir / "backup" / "phase1" / "latest.weights.h5").is_file()
+    assert not (run_dir / "result.json").exists()
+    assert [r["epoch"] for r in _history(run_dir)] == ["0"]
+
+    recorder = _Recorder()
+    result = resume(run_dir, callbacks=[recorder], verbose=0)
+    assert recorder.epochs == [1, 2]  # epoch 1 was not trained again
+    assert [r["epoch"] for r in _history(run_dir)] == ["0", "1", "2"]
+    assert result.run_dir == run_dir and result.epochs_run == 3
+    assert (run_dir / "result.json").is_file()
+    with pytest.raises(ConfigurationError, match="has finished already"):
+        resume(run_dir)
+
+
+def test_resume_needs_a_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="not a radlens run directory"):
+        resume(tmp_path)
+
+
+def test_unreadable_files_are_skipped_and_counted(tiny_demo_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "folder"
+    for class_dir in ("normal", "abnormal"):
+        shutil.copytree(tiny_demo_data / class_dir, data / class_dir)
+    broken = data / "abnormal" / "broken.dcm"
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"not really a dicom file")
+    config = tiny_config(data, tmp_path, epochs_head=1, histogram_freq=0, tensorboard_samples=0)
+    result = train(config, verbose=0)
+    assert [s.path for s in result.skipped] == [str(broken)]
+    assert "broken.dcm" in (result.run_dir / "train.log").read_text()
+    assert json.loads((result.run_dir / "result.json").read_text())["skipped_files"] == [
+        str(result.skipped[0])
+    ]
+
+
+@pytest.mark.parametrize(
+    ("layout", "match"),
+    [
+        ({"normal": 6}, "at least 2 class"),
+        ({"normal": 6, "abnormal": 0}, "no readable"),
+    ],
+)
+def test_bad_data_stops_before_training(tmp_path: Path, layout: dict[str, int], match: str) -> None:
+    from tests.training.data_fixtures import random_gray, write_png
+
+    rng = np.random.default_rng(0)
+    for name, n in layout.items():
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(n):
+            write_png(tmp_path / "data" / name / f"{i}.png", random_gray(rng))
+    with pytest.raises(ConfigurationError, match=match):
+        train(tiny_config(tmp_path / "data", tmp_path), verbose=0)
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_validation_needs_two_classes(tmp_path: Path) -> None:
+    from tests.training.data_fixtures import random_gray, write_csv, write_png
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        label = "abnormal" if i % 2 else "normal"
+        path = write_png(tmp_path / "d" / f"{i}.png", random_gray(rng, bright=i % 2 == 1))
+        rows.append({"path": path.name, "label": label, "split": "val" if i == 0 else "train"})
+    write_csv(tmp_path / "d" / "labels.csv", rows)
+    with pytest.raises(ConfigurationError, match="validation split needs images of at least 2"):
+        train(tiny_config(tmp_path / "d", tmp_path), verbose=0)
+
+
+def test_no_data_path() -> None:
+    with pytest.raises(ConfigurationError, match="no training data"):
+        train(TrainConfig(), verbose=0)
