@@ -69,7 +69,6 @@ SPLIT_ALIASES: dict[str, str] = {
     "testing": "test",
 }
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
-IMAGE_EXTENSIONS = frozenset({".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""})
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
