@@ -532,6 +532,50 @@ class TestDistributedTrainDefaultStrategy:
         assert math.isfinite(result.history[0]["loss"])
 
 
+class TestWithTheProjectsModels:
+    def test_simple_cnn_with_filters_in_two_phases(self) -> None:
+        """The trainer's two-phase pattern: phase 2 passes the phase-1 model back in."""
+        import tensorflow as tf
+
+        from models.architectures import build_model
+
+        model = None
+        conv1_built: list[np.ndarray] = []
+
+        def phase1_model() -> Any:
+            nonlocal model
+            model = build_model(
+                "simple_cnn", input_shape=(16, 16, 1), num_classes=2, filters=("sobel_h",)
+            )
+            model.get_layer("conv1").trainable = False
+            conv1_built.extend(np.asarray(w) for w in model.get_layer("conv1").get_weights())
+            return model
+
+        common: dict[str, Any] = {
+            "strategy": tf.distribute.get_strategy(),
+            "steps_per_epoch": 2,
+            "global_batch_size": 8,
+            "optimizer_fn": _sgd(0.05),
+            "class_weight": {0: 1.0, 1: 0.5},
+        }
+        first = distribute.distributed_train(phase1_model, tiny_dataset_fn(), epochs=1, **common)
+        assert model is not None
+        conv1_start = [np.asarray(w) for w in model.get_layer("conv1").get_weights()]
+        for built, after_phase1 in zip(conv1_built, conv1_start, strict=True):
+            np.testing.assert_array_equal(built, after_phase1)  # frozen in phase 1
+        dense1_start = np.asarray(model.get_layer("dense1").get_weights()[0]).copy()
+        model.get_layer("conv1").trainable = True
+        second = distribute.distributed_train(
+            lambda: model, tiny_dataset_fn(), epochs=2, initial_epoch=1, **common
+        )
+        assert second.model is first.model is model
+        assert len(first.history) == len(second.history) == 1
+        assert math.isfinite(second.history[0]["loss"])
+        conv1_end = model.get_layer("conv1").get_weights()
+        assert any(not np.array_equal(a, b) for a, b in zip(conv1_start, conv1_end, strict=True))
+        assert not np.array_equal(dense1_start, model.get_layer("dense1").get_weights()[0])
+
+
 def _sgd(learning_rate: float) -> Any:
     import keras
 
