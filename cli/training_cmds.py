@@ -133,6 +133,8 @@ def train(
         )
         if cfg.data is None:
             fail("no training data: pass --data PATH (or set data: in the config file)")
+        if not Path(cfg.data).exists():
+            fail(f"data path does not exist: {cfg.data!r}")
 
     # the trainer (TensorFlow) is imported only now that the options are known to be sound
     from training import run as run_module
