@@ -83,6 +83,8 @@ class _GradModel:
     logits_from: str  # "dense": source @ dense.kernel + bias; "source": source is the score
     dense: Any  # the final softmax Dense (for "dense"), else None
     layer: str  # path, e.g. "backbone/conv5_block3_out"
+    num_classes: int
+    step: Any  # compiled (x, classes) -> (upsampled maps, chosen classes, scores)
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], _GradModel]] = (
@@ -337,11 +339,21 @@ def _grad_model(model: keras.Model, layer_name: str | None) -> _GradModel:
                 f"layer {'/'.join(path)!r} has output shape {shape}; Grad-CAM needs a "
                 "convolutional feature map (N, h, w, channels)"
             )
+        output_shape = tuple(traced.outputs[-1].shape)
+        if len(output_shape) != 2 or output_shape[1] is None:
+            raise ConfigurationError(
+                f"the output of {model.name!r} has shape {output_shape}; Grad-CAM needs class "
+                "scores (N, classes)"
+            )
+        logits_from = "dense" if is_softmax and dense is not None else "source"
+        layer = "/".join(path)
         built = _GradModel(
             model=traced,
-            logits_from="dense" if is_softmax and dense is not None else "source",
+            logits_from=logits_from,
             dense=dense if is_softmax else None,
-            layer="/".join(path),
+            layer=layer,
+            num_classes=int(output_shape[1]),
+            step=_make_step(traced, logits_from, dense, layer),
         )
         per_model[path] = built
         return built
@@ -428,53 +440,63 @@ def _normalise(cams: np.ndarray) -> np.ndarray:
     return out
 
 
+def _make_step(traced: keras.Model, logits_from: str, dense: Any, layer: str) -> Any:
+    """The Grad-CAM computation as one compiled TensorFlow graph (about 2x less CPU than
+    eager on ResNet50). ``classes`` holds a class per image, -1 for "the predicted one"."""
+    import tensorflow as tf
+
+    spec = tuple(traced.inputs[0].shape[1:])
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((None, *spec), tf.float32),
+            tf.TensorSpec((None,), tf.int32),
+        ],
+        reduce_retracing=True,
+    )
+    def step(x: Any, classes: Any) -> tuple[Any, Any, Any]:
+        with tf.GradientTape() as tape:
+            tape.watch(x)  # record everything, a frozen backbone included
+            outputs = traced(x, training=False)
+            features, source, output = outputs if len(outputs) == 3 else (*outputs, outputs[-1])
+            if logits_from == "dense":
+                logits = tf.matmul(tf.cast(source, tf.float32), tf.cast(dense.kernel, tf.float32))
+                if dense.bias is not None:
+                    logits = logits + tf.cast(dense.bias, tf.float32)
+            else:  # the input of a softmax layer, or the output itself
+                logits = tf.cast(source, tf.float32)
+            scores = tf.cast(output, tf.float32)
+            predicted = tf.argmax(scores, axis=1, output_type=tf.int32)
+            chosen = tf.where(classes < 0, predicted, classes)
+            target = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+        grads = tape.gradient(target, features)
+        if grads is None:  # found while tracing, so raised on the first call
+            raise ConfigurationError(
+                f"the class score does not depend on layer {layer!r}; choose a layer on the "
+                "path to the output"
+            )
+        weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2))  # (N, k)
+        cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", tf.cast(features, tf.float32), weights))
+        upsampled = tf.image.resize(cam[..., tf.newaxis], tf.shape(x)[1:3], method="bilinear")
+        return upsampled[..., 0], chosen, scores
+
+    return step
+
+
 def _explain_batch(
     gm: _GradModel, batch: np.ndarray, classes: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    import tensorflow as tf
-
-    x = tf.convert_to_tensor(batch, dtype=tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(x)  # record everything, frozen backbone included
-        traced = gm.model(x, training=False)
-        features, source, output = traced if len(traced) == 3 else (*traced, traced[-1])
-        if gm.logits_from == "dense":
-            kernel = tf.cast(gm.dense.kernel, tf.float32)
-            logits = tf.matmul(tf.cast(source, tf.float32), kernel)
-            if gm.dense.bias is not None:
-                logits = logits + tf.cast(gm.dense.bias, tf.float32)
-        else:  # the input of a softmax layer, or the output itself
-            logits = tf.cast(source, tf.float32)
-        scores = tf.cast(output, tf.float32)
-        if len(logits.shape) != 2:
+    if classes is None:
+        classes = np.full(batch.shape[0], -1, dtype=np.int64)
+    else:
+        bad = classes[(classes < 0) | (classes >= gm.num_classes)]
+        if bad.size:
             raise ConfigurationError(
-                f"the model output has shape {tuple(output.shape)}; Grad-CAM needs class "
-                "scores (N, classes)"
+                f"class_index must be in 0..{gm.num_classes - 1} for this model. "
+                f"Received: {bad.tolist()[0]}"
             )
-        n_classes = int(logits.shape[1])
-        if classes is None:
-            chosen = np.argmax(scores.numpy(), axis=1).astype(np.int64)
-        else:
-            bad = classes[(classes < 0) | (classes >= n_classes)]
-            if bad.size:
-                raise ConfigurationError(
-                    f"class_index must be in 0..{n_classes - 1} for this model. "
-                    f"Received: {bad.tolist()[0]}"
-                )
-            chosen = classes
-        target = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
-    grads = tape.gradient(target, features)
-    if grads is None:
-        raise ConfigurationError(
-            f"the class score does not depend on layer {gm.layer!r}; choose a layer on the "
-            "path to the output"
-        )
-    features = tf.cast(features, tf.float32)
-    weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2))  # (N, k)
-    cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", features, weights))
-    size = (int(batch.shape[1]), int(batch.shape[2]))
-    upsampled = tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0]
-    return _normalise(upsampled.numpy()), chosen, scores.numpy()
+    maps, chosen, scores = gm.step(batch, classes.astype(np.int32))
+    return _normalise(maps.numpy()), chosen.numpy().astype(np.int64), scores.numpy()
 
 
 def gradcam_explain(
