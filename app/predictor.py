@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from app.device import DeviceInfo, select_device
+from app.errors import AppError
 from models.errors import InvalidImageError, RadlensError
 
 if TYPE_CHECKING:
@@ -44,18 +45,20 @@ log = logging.getLogger(__name__)
 InferenceMode = Literal["function", "predict_on_batch"]
 
 
-class PredictorUnavailableError(RadlensError):
+class PredictorUnavailableError(AppError):
     """The predictor is stopped or stopping (service shutting down)."""
 
     code = "predictor-unavailable"
     title = "The model is not accepting requests (the service is stopping); retry shortly"
+    status_code = 503
 
 
-class InferenceError(RadlensError):
+class InferenceError(AppError):
     """The model call for a batch failed; every request in that batch gets this error."""
 
     code = "inference-failed"
     title = "The model failed to run on this request's batch; retry the request"
+    status_code = 500
 
 
 @dataclass(frozen=True)
