@@ -574,6 +574,20 @@ class TestOperations:
             "schema_revision": "0001",
         }
 
+    def test_readiness_fails_when_the_database_is_unreachable(self, service: Service) -> None:
+        from app.db import make_engine
+
+        resources = service.app.state.resources
+        real_engine = resources.engine
+        resources.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+        try:
+            body = assert_problem(service.client.get("/readyz"), 503, code="database-unavailable")
+            assert "SELECT 1" in body["detail"]
+        finally:
+            resources.engine.dispose()
+            resources.engine = real_engine
+        assert service.client.get("/readyz").status_code == 200
+
     def test_metrics_by_route_template_status_and_label(self, service: Service) -> None:
         created = service.post(png_bytes())
         assert created.status_code == 201

@@ -153,3 +153,21 @@ def test_expected_startup_failure_reaches_the_server_as_one_line(tmp_path: Path)
     text = str(failed["message"])
     assert text.startswith("radlens: error: No such model")
     assert "\n" not in text and "Traceback" not in text
+
+
+def test_notice_is_dropped_only_for_a_clinically_validated_model(
+    store_copy: Path, sqlite_url: str
+) -> None:
+    from app.main import create_app
+    from tests.app.conftest import png_bytes
+
+    manifest_path = version_dir(store_copy) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["validated_for_clinical_use"] = True
+    manifest_path.write_text(json.dumps(manifest))
+    with TestClient(create_app(make_settings(sqlite_url, store_copy))) as client:
+        created = client.post("/v1/predictions", files={"file": ("a.png", png_bytes())})
+        assert created.status_code == 201
+        assert created.json()["notice"] is None
+        (model,) = client.get("/v1/models").json()["models"]
+        assert model["validated_for_clinical_use"] is True and model["notice"] is None
