@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from tests.app.conftest import png_bytes, postgres_available, save_tiny_model
+from tests.app.conftest import dicom_bytes, png_bytes, postgres_available, save_tiny_model
+from tests.app.test_api import MARKERS
 from tests.conftest import REPO_ROOT
 
 
@@ -164,6 +165,7 @@ def test_serve_runs_uvicorn_on_the_factory(tmp_path: Path) -> None:
         "RADLENS_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'radlens.db'}",
         "RADLENS_MODEL_STORE": str(store),
         "RADLENS_DEVICE": "cpu",
+        "RADLENS_LOG_LEVEL": "debug",
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
     log = tmp_path / "serve.log"
@@ -193,6 +195,13 @@ def test_serve_runs_uvicorn_on_the_factory(tmp_path: Path) -> None:
         )
         assert response.status_code == 201, response.text
         assert httpx.get(f"{base}/v1/predictions/{response.json()['id']}").status_code == 200
+        phi = dicom_bytes(patient=MARKERS)
+        response = httpx.post(f"{base}/v1/predictions", files={"file": ("p.dcm", phi)}, timeout=30)
+        assert response.status_code == 201, response.text
+        bad = httpx.post(
+            f"{base}/v1/predictions", files={"file": ("p.dcm", phi[:-100])}, timeout=30
+        )
+        assert bad.status_code == 422, bad.text
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -204,3 +213,6 @@ def test_serve_runs_uvicorn_on_the_factory(tmp_path: Path) -> None:
     assert proc.returncode == 0, text
     assert "radlens: serving model tiny:1" in text
     assert "Traceback" not in text
+    assert "POST /v1/predictions" in text  # the access log was captured
+    for marker in MARKERS.values():  # the server's own log at debug level holds no PHI
+        assert marker not in text
