@@ -13,7 +13,8 @@ One pipeline, one mode switch (``training``)::
 * Unreadable files: the source scan already drops files whose header is unusable
   (``open_source(validate=True)``). A file that still fails to decode (e.g. truncated pixel
   data) is **dropped from the stream, not fatal**: it is logged at WARNING with its path and
-  the reason and appended to the ``skipped`` list when the caller passes one. Errors that
+  the reason and appended to the ``skipped`` list when the caller passes one (once per
+  file, however many epochs are read). Errors that
   are not expected preprocessing/IO failures still stop the pipeline.
 * Determinism: with a ``seed`` and ``deterministic=True``, two datasets built from the same
   inputs yield identical batches, epoch by epoch (shuffle order and augmentation draws are
@@ -23,6 +24,7 @@ One pipeline, one mode switch (``training``)::
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -128,6 +130,8 @@ def _decode_files(
     skipped: list[SkippedFile] | None,
 ) -> tf.data.Dataset:
     empty = np.zeros((*hw, 1), dtype=np.float32)
+    reported: set[str] = set()  # report each bad file once, whatever the number of epochs
+    lock = threading.Lock()
 
     def load(key: bytes) -> tuple[np.ndarray, np.bool_]:
         path = key.decode("utf-8")
@@ -136,9 +140,13 @@ def _decode_files(
             pixels = source.load_pixels(example, size=hw, window=window)
         except (RadlensError, OSError) as exc:
             reason = str(exc) if isinstance(exc, RadlensError) else f"cannot be read ({exc})"
-            logger.warning("skipping %s: %s", path, reason)
-            if skipped is not None:
-                skipped.append(SkippedFile(path, reason))
+            with lock:
+                first = path not in reported
+                reported.add(path)
+            if first:
+                logger.warning("skipping %s: %s", path, reason)
+                if skipped is not None:
+                    skipped.append(SkippedFile(path, reason))
             return empty, np.bool_(False)
         if pixels.shape != empty.shape:  # a preprocessing contract violation: a bug
             raise RuntimeError(f"{path}: preprocess gave shape {pixels.shape}, not {empty.shape}")
