@@ -14,8 +14,8 @@ One pipeline, one mode switch (``training``)::
   (``open_source(validate=True)``). A file that still fails to decode (e.g. truncated pixel
   data) is **dropped from the stream, not fatal**: it is logged at WARNING with its path and
   the reason and appended to the ``skipped`` list when the caller passes one (once per
-  file, however many epochs are read). Errors that
-  are not expected preprocessing/IO failures still stop the pipeline.
+  file, however many epochs are read). Errors that are not expected preprocessing/IO
+  failures still stop the pipeline.
 * Determinism: with a ``seed`` and ``deterministic=True``, two datasets built from the same
   inputs yield identical batches, epoch by epoch (shuffle order and augmentation draws are
   both seeded; each epoch reshuffles and redraws).
