@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.errors import ConfigurationError
 from models.preprocessing import preprocess, preprocess_array
@@ -350,3 +352,43 @@ class TestSplits:
         resplit = split_source(source, seed=0, keep_given=False)
         assert leakage_report(resplit) == {}
         assert sum(len(v) for v in resplit.values()) == 1000
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    patients=st.lists(
+        st.tuples(st.integers(0, 30), st.integers(0, 1), st.sampled_from([None, "train", "test"])),
+        min_size=1,
+        max_size=80,
+    ),
+    val_fraction=st.floats(0.0, 0.45),
+    test_fraction=st.floats(0.0, 0.45),
+    seed=st.integers(0, 2**31),
+)
+def test_split_properties(
+    patients: list[tuple[int, int, str | None]],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> None:
+    """Every example lands in exactly one split; no unassigned patient leaks; deterministic."""
+    examples = [
+        Example(f"/x/{i}.png", label, f"P{pid}", split)
+        for i, (pid, label, split) in enumerate(patients)
+    ]
+    source = DataSource(["a", "b"], examples, "csv", Path("/x"))
+    splits = split_source(source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    keys = [e.key for items in splits.values() for e in items]
+    assert sorted(keys) == sorted(e.key for e in examples)
+    for ex in examples:  # given splits are kept
+        if ex.split is not None:
+            assert ex in splits[ex.split]
+    given: dict[str | None, set[str]] = {}
+    for e in examples:
+        if e.split is not None:
+            given.setdefault(e.patient_id, set()).add(e.split)
+    # only a patient the data itself puts in two splits can end up in two splits
+    assert set(leakage_report(splits)) <= {pid for pid, s in given.items() if len(s) > 1}
+    assert splits == split_source(
+        source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+    )
