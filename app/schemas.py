@@ -26,7 +26,7 @@ class Problem(BaseModel):
                 "type": "urn:radlens:problem:not-an-image",
                 "title": "Not a DICOM, PNG or JPEG file; send one of those",
                 "status": 415,
-                "detail": "the first bytes are b'%PDF-1.7' (a PDF?)",
+                "detail": "received 18432 bytes starting 25 50 44 46 2d 31 2e 37",
                 "instance": "/v1/predictions",
             }
         },
@@ -52,7 +52,6 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     return {
         status: {
-            "model": Problem,
             "description": descriptions.get(status, "Error"),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
