@@ -190,7 +190,26 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    # Only the driver's own message: SQLAlchemy's text adds the statement and its parameters.
+    orig = getattr(exc, "orig", None)
+    reason = " ".join(str(orig).split())[:200] if orig is not None else ""
+    kind = type(orig).__name__ if orig is not None else type(exc).__name__
+    logger.warning("database error in %s %s: %s", request.method, _route(request), kind)
+    return problem_response(
+        request,
+        status=503,
+        code=DatabaseUnavailableError.code,
+        title=DatabaseUnavailableError.title,
+        detail=f"{kind}: {reason}" if reason else kind,
+        headers={"Retry-After": "1"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    app.add_exception_handler(OperationalError, _database_error_handler)
     app.add_exception_handler(RadlensError, _radlens_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)

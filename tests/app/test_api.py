@@ -533,6 +533,26 @@ class TestUploadErrors:
         assert service.count() == before
         assert_good_post(service)
 
+    def test_database_failure_is_503_without_the_statement(
+        self, service: Service, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from sqlalchemy.exc import OperationalError
+
+        from app import services
+
+        def locked(*args: object, **kwargs: object) -> None:
+            raise OperationalError(
+                "INSERT INTO predictions ...", {"uid": "1.2.3"}, Exception("database is locked")
+            )
+
+        monkeypatch.setattr(services, "record_prediction", locked)
+        before = service.count()
+        body = assert_problem(service.post(png_bytes()), 503, code="database-unavailable")
+        assert body["detail"] == "Exception: database is locked"
+        monkeypatch.undo()
+        assert service.count() == before
+        assert_good_post(service)
+
     def test_not_ready_is_503(self, service: Service) -> None:
         predictor = service.app.state.resources.predictor
         before = service.count()
