@@ -293,6 +293,9 @@ def write_dicom(
     ds.HighBit = 11
     ds.PixelRepresentation = 0
     if modality == "ct":
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.PatientPosition = "HFS"
+        ds.AcquisitionNumber = 1
         spacing = 360.0 / stored.shape[1]
         ds.PixelSpacing = [f"{spacing:.4f}", f"{spacing:.4f}"]
         ds.SliceThickness = "5"
