@@ -11,7 +11,7 @@ import pytest
 
 from app.errors import DatabaseNotMigratedError, DatabaseUnavailableError
 from models.errors import ModelCorruptError, ModelIncompatibleError, ModelNotFoundError
-from tests.app.conftest import Databases, TestClient, make_settings
+from tests.app.conftest import Databases, TestClient, make_settings, postgres_available
 
 
 def start(settings: object) -> None:
@@ -113,14 +113,19 @@ class TestDatabaseAtStartUp:
             engine.dispose()
 
     @pytest.mark.postgres
-    def test_unmigrated_postgres_refuses_to_start(
-        self, databases: Databases, model_store: Path
-    ) -> None:
-        if databases.backend != "postgresql":
-            pytest.skip("PostgreSQL-only policy (SQLite is migrated automatically)")
-        url = databases.new()
-        with pytest.raises(DatabaseNotMigratedError, match=r"none \(empty\).*radlens db upgrade"):
-            start(make_settings(url, model_store))
+    def test_unmigrated_postgres_refuses_to_start(self, model_store: Path, tmp_path: Path) -> None:
+        reason = postgres_available()
+        if reason is not None:
+            pytest.skip(reason)
+        databases = Databases("postgresql", tmp_path, [])
+        try:
+            url = databases.new()
+            with pytest.raises(
+                DatabaseNotMigratedError, match=r"none \(empty\).*radlens db upgrade"
+            ):
+                start(make_settings(url, model_store))
+        finally:
+            databases.drop_all()
 
     def test_unreachable_database(self, model_store: Path) -> None:
         url = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
