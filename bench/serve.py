@@ -101,6 +101,31 @@ def save_model(store: Path) -> str:
     return f"{manifest.name}:{manifest.version}"
 
 
+def save_tiny_model(store: Path) -> str:
+    """A 32 px simple_cnn: serving it costs almost no model time, so the service's CPU per
+    request is its overhead (HTTP, multipart, decoding, DB, JSON, batching)."""
+    import keras
+
+    from models.architectures import build_model
+    from models.registry import ModelRegistry
+
+    keras.utils.set_random_seed(0)
+    manifest = ModelRegistry(store).save(
+        build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=2),
+        name="bench-tiny",
+        architecture="simple_cnn",
+        class_names=["normal", "abnormal"],
+        threshold=0.5,
+        window="lung",
+        filters=[],
+        metrics={},
+        training_config={},
+        data_fingerprint=None,
+        description="bench/serve.py: service overhead probe",
+    )
+    return f"{manifest.name}:{manifest.version}"
+
+
 # --- baselines in this process -----------------------------------------------------------------
 
 
@@ -533,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         help="stored = the files as they are (JPEG-LS, JPEG 2000); uncompressed = same pixels "
         "re-encoded Explicit VR LE (separates codec time from service overhead)",
     )  # fmt: skip
+    parser.add_argument(
+        "--overhead", action=argparse.BooleanOptionalAction, default=True,
+        help="also serve a 32 px simple_cnn to measure the service's own CPU per request",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.encodings = [e for e in args.encodings.split(",") if e]
     if not args.encodings or any(e not in ENCODINGS for e in args.encodings):
@@ -604,6 +633,36 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 stop_service(proc)
                 log_text = (tmp / "service.log").read_text(errors="replace")
+            overhead: dict[str, tuple[Phase, Phase]] = {}
+            if args.overhead:
+                tiny = save_tiny_model(store)
+                port = free_port()
+                base = f"http://127.0.0.1:{port}"
+                proc = start_service(tmp, store, tiny, port, database_url, args)
+                try:
+                    asyncio.run(wait_ready(base, proc, args.ready_timeout))
+                    for encoding in args.encodings:
+                        ups = uploads[encoding]  # de-duplication is per model: no short-cut
+                        one = asyncio.run(
+                            run_phase(base, "1 client", 1, ups[: args.single + 3], 3, proc.pid)
+                        )
+                        crowd = asyncio.run(
+                            run_phase(
+                                base, f"{args.clients} clients", args.clients,
+                                ups[args.single + 3 :], 0, proc.pid,
+                            )
+                        )  # fmt: skip
+                        overhead[encoding] = (one, crowd)
+                        print(
+                            f"  overhead probe ({tiny}), {encoding:12s}: 1 client "
+                            f"{one.cpu_ms_per_img:.1f} CPU ms/request, p50 "
+                            f"{pct(one.latencies_ms, 50):.1f} ms; {args.clients} clients "
+                            f"{crowd.cpu_ms_per_img:.1f} CPU ms/request, "
+                            f"{crowd.throughput:.1f} req/s",
+                            flush=True,
+                        )
+                finally:
+                    stop_service(proc)
         errors = [e for pair in phases.values() for ph in pair for e in ph.errors]
         for err in errors[:3]:
             print(f"  error: {err}")
@@ -664,6 +723,12 @@ def main(argv: list[str] | None = None) -> int:
             f"    1 client, where the time goes: server model time p50 {model_ms:.1f} ms, "
             f"preprocessing ~{pre_ms:.1f} ms (in-process median), the rest (HTTP, multipart, "
             f"DB, queue) ~{lat - model_ms - pre_ms:.1f} ms"
+        )
+    for encoding, (one, crowd) in overhead.items():
+        print(
+            f"service overhead without ResNet50 (32 px simple_cnn, {encoding} CT): "
+            f"{one.cpu_ms_per_img:.1f} CPU ms/request at 1 client, "
+            f"{crowd.cpu_ms_per_img:.1f} at {args.clients} clients"
         )
     print(
         f"(c) service memory with ResNet50 loaded: VmRSS {rss / GIB:.2f} GiB after the phases "
