@@ -121,3 +121,12 @@ def test_unfreeze_blocks_all_or_count() -> None:
     assert TrainConfig.from_dict({"unfreeze_blocks": "4"}).unfreeze_blocks == 4
     with pytest.raises(ConfigurationError, match=r"unfreeze_blocks .*received 17"):
         TrainConfig(unfreeze_blocks=17)
+
+
+def test_demo_config_is_the_documented_demo_model() -> None:
+    from tests.conftest import REPO_ROOT
+
+    cfg = TrainConfig.load(REPO_ROOT / "training" / "configs" / "demo.yaml")
+    assert cfg.architecture == "resnet50" and cfg.weights is None and cfg.image_size == 64
+    assert cfg.two_phase and cfg.epochs_head >= 1 and cfg.epochs_finetune >= 1
+    assert cfg.class_names == ("normal", "abnormal") and cfg.name == "demo"

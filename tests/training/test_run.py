@@ -40,6 +40,16 @@ class TestFinishedRun:
         log = (run / "train.log").read_text()
         assert "epoch 1 (phase 1)" in log and "epoch 2 (phase 1)" in log and "exported tiny:" in log
 
+    def test_tensorboard_holds_every_kind_of_summary(self, tiny_run: RunResult) -> None:
+        from tests.training.test_tensorboard import read_events
+
+        found = read_events(tiny_run.run_dir / "tensorboard")
+        assert "validation/epoch_auc" in found["scalars"]
+        assert "train/epoch_learning_rate" in found["scalars"]
+        assert found["histograms"] and found["hparams"] and "graph" in found
+        assert "validation_figures/validation/roc_curve" in found["images"]
+        assert "images/filters/sobel_h" in found["images"]
+
     def test_history_has_every_metric_per_epoch(self, tiny_run: RunResult) -> None:
         rows = _history(tiny_run.run_dir)
         assert [r["epoch"] for r in rows] == ["0", "1"]
