@@ -269,6 +269,8 @@ def _validate(cfg: TrainConfig) -> None:
             )
         if cfg.weights != "imagenet" and not cfg.weights.endswith(".h5"):
             raise bad("weights", "'imagenet', a path to a .h5/.weights.h5 file, or none")
+        if cfg.weights != "imagenet" and not Path(cfg.weights).is_file():
+            raise ConfigurationError(f"weights file not found; received weights={cfg.weights!r}")
     if not 32 <= cfg.image_size <= 1024:
         raise bad("image_size", "an integer from 32 to 1024 (pixels per side)")
     if cfg.batch_size < 1:

@@ -78,6 +78,13 @@ def test_bad_values_raise_one_line_quoting_the_value(values: dict[str, object], 
     assert str(info.value).startswith("Invalid configuration: ")
 
 
+def test_weights_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"weights file not found; .*'/nope/w.h5'"):
+        TrainConfig(weights="/nope/w.h5")
+    (tmp_path / "w.h5").write_bytes(b"")
+    assert TrainConfig(weights=str(tmp_path / "w.h5")).weights == str(tmp_path / "w.h5")
+
+
 def test_simple_cnn_needs_head_epochs_only() -> None:
     with pytest.raises(ConfigurationError, match="no epoch"):
         TrainConfig(architecture="simple_cnn", epochs_head=0, epochs_finetune=3)

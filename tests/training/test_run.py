@@ -166,6 +166,52 @@ def test_resume_continues_the_epoch_counter(tiny_demo_data: Path, tmp_path: Path
         resume(run_dir)
 
 
+@pytest.mark.slow
+def test_resume_in_phase_two_reloads_phase_one(tiny_demo_data: Path, tmp_path: Path) -> None:
+    config = tiny_config(
+        tiny_demo_data,
+        tmp_path,
+        architecture="resnet50",
+        epochs_head=1,
+        epochs_finetune=2,
+        unfreeze_blocks=1,
+        batch_size=16,
+        histogram_freq=0,
+        tensorboard_samples=0,
+    )
+
+    class InterruptInPhaseTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated interruption in phase 2")
+
+    started: list[Path] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[InterruptInPhaseTwo()], verbose=0, on_start=started.append)
+    run_dir = started[0]
+    assert json.loads((run_dir / "state.json").read_text())["phase_done"] == 1
+    recorder = _Recorder()
+    result = resume(run_dir, callbacks=[recorder], verbose=0)
+    assert recorder.epochs == [2]  # phase 1 and the first phase-2 epoch are not repeated
+    assert recorder.backbone_trainable[0] > 0  # resumed in the fine-tuning set-up
+    assert [r["epoch"] for r in _history(run_dir)] == ["0", "1", "2"]
+    assert result.epochs_run == 3
+
+
+def test_multiclass_run_has_per_class_metrics_and_no_threshold(tmp_path: Path) -> None:
+    from tests.training.data_fixtures import png_folder
+
+    data = png_folder(tmp_path / "d", n_per_class=8, classes=("a", "b", "c"))
+    config = tiny_config(data, tmp_path, epochs_head=1, val_fraction=0.25, test_fraction=0.0)
+    result = train(config, verbose=0)
+    assert result.threshold is None and result.test_metrics is None
+    assert set(result.val_metrics["per_class"]) == {"a", "b", "c"}
+    assert np.asarray(result.val_metrics["confusion_matrix"]).shape == (3, 3)
+    manifest = ModelRegistry(result.store).load(result.model_ref).manifest
+    assert manifest.threshold is None and manifest.class_names == ["a", "b", "c"]
+    assert set(manifest.metrics) == {"val"}
+
+
 def test_resume_needs_a_run_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="not a radlens run directory"):
         resume(tmp_path)
