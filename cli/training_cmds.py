@@ -17,6 +17,7 @@ import typer
 from cli.common import fail
 
 EXIT_INTERRUPTED = 130
+MAX_SKIPPED_SHOWN = 20
 
 
 def train(
@@ -168,6 +169,10 @@ def train(
         f"best epoch: {result.best_epoch} of {result.epochs_run}; "
         f"skipped files: {len(result.skipped)}"
     )
+    for item in result.skipped[:MAX_SKIPPED_SHOWN]:
+        typer.echo(f"  skipped {item}")  # "path: reason"
+    if len(result.skipped) > MAX_SKIPPED_SHOWN:
+        typer.echo(f"  ... and {len(result.skipped) - MAX_SKIPPED_SHOWN} more (see train.log)")
 
 
 def evaluate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,11 +110,17 @@ def test_train_then_evaluate(
     demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tmp_path / "store"
+    data = tmp_path / "data"
+    shutil.copytree(demo, data)
+    broken = data / "abnormal" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with (data / "labels.csv").open("a") as f:
+        f.write("abnormal/broken.png,abnormal,DEMO-9999,train,CR\n")
     code = main(
         [
             "train",
             "--data",
-            str(demo),
+            str(data),
             "--arch",
             "simple_cnn",
             "--image-size",
@@ -137,7 +144,8 @@ def test_train_then_evaluate(
     assert "run directory: " + str(tmp_path / "runs" / "cli-tiny-") in out
     assert "model: cli-tiny:1" in out
     assert "val: auc=" in out and "threshold=" in out
-    assert "skipped files: 0" in out
+    assert "skipped files: 1" in out
+    assert f"skipped {broken}: " in out  # path and reason
 
     code = main(
         [
