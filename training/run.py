@@ -143,6 +143,8 @@ def train(
     """
     if config.data is None:
         raise ConfigurationError("no training data given; pass --data PATH or set data:")
+    if run_dir is None:  # config.json must find the data again from anywhere (--resume)
+        config = config.with_overrides({"data": str(Path(config.data).resolve())})
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,6 +166,22 @@ def test_train_then_evaluate(
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["model"] == "cli-tiny:1" and metrics["split"] == "test"
     assert (tmp_path / "eval" / "roc_curve.png").is_file()
+
+
+def test_interrupted_training_prints_how_to_resume(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import training.run
+
+    def interrupted(config: object, *, on_start: Any) -> None:
+        on_start(tmp_path / "runs" / "x-1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.run, "train", interrupted)
+    assert main(["train", "--data", str(demo), "--arch", "simple_cnn"]) == 130
+    captured = capsys.readouterr()
+    assert f"run directory: {tmp_path / 'runs' / 'x-1'}" in captured.out
+    assert f"continue with: radlens train --resume {tmp_path / 'runs' / 'x-1'}" in captured.err
 
 
 def test_cli_module_does_not_import_tensorflow() -> None:
