@@ -1,25 +1,32 @@
 """Serving benchmark (issue 4, speed and memory): radlens over HTTP vs the raw model.
 
-Not a test. Run from the repository root:
+Not a test. Run from the repository root (figures and how to read them:
+docs/benchmarks/serve.md):
 
-    .venv/bin/python -m bench.serve                # defaults below, ~3-6 min on 2 cores
-    .venv/bin/python -m bench.serve --quick        # smaller phases, for a smoke run
+    .venv/bin/python -m bench.serve                      # SQLite, ~3-6 min on 2 cores
+    .venv/bin/python -m bench.serve --database postgres  # scratch DB on 127.0.0.1:5432
+    .venv/bin/python -m bench.serve --quick              # smaller phases, for a smoke run
 
 What it does, in this order, all on this machine and loopback only:
 1. builds ResNet50 at 224x224 (weights=None, 2 classes) and saves it to a temporary model
    store through models.registry, exactly as training exports a model;
 2. BASELINES, in this process, before the service starts (so they do not share the CPU):
-   raw single-image inference latency (median), raw throughput at batch sizes 1, 4, 8, 16,
-   32 (best of a tf.function over model(x, training=False) and model.predict_on_batch), and
-   the cost of preprocessing one 512x512 CT DICOM (decode + window + resize);
+   raw single-image latency and raw throughput at batch sizes 1, 4, 8, 16, 32 for a
+   tf.function over model(x, training=False) and model.predict_on_batch, interleaved call by
+   call; wall time and CPU time per image; then app.predictor.Predictor alone (no HTTP, no
+   decoding) interleaved with the raw model; then preprocessing time per CT file;
 3. starts the real service (uvicorn app.main:create_app in a subprocess, SQLite in the
-   temporary directory) and waits for /readyz;
-4. PHASES, with an asyncio httpx client posting 512x512 CT DICOMs to POST /v1/predictions,
-   each upload with a fresh SOP Instance UID so the service's de-duplication never
-   short-cuts inference: (b) one client, sequential; (a) 16 concurrent clients;
-   (c) the service's resident memory (VmRSS / VmHWM from /proc/<pid>/status);
-5. prints every figure next to its baseline and target, with where the time goes (server
-   inference time and batch sizes from the responses), then stops the service.
+   temporary directory or a scratch PostgreSQL database) and waits for /readyz;
+4. PHASES, with an asyncio httpx client posting the 512x512 CT DICOMs (CT1_JLSN: JPEG-LS,
+   TOSHIBA_J2K: JPEG 2000) to POST /v1/predictions, each upload with a fresh SOP Instance
+   UID so the service's de-duplication never short-cuts inference: (b) one client,
+   sequential; (a) 16 concurrent clients; both for the files as stored and for the same
+   pixels re-encoded uncompressed (separates codec time from service overhead); the
+   service's CPU time per request from /proc/<pid>/stat; (c) its VmRSS / VmHWM;
+5. an overhead probe: the same phases against a 32 px simple_cnn, whose model time is
+   negligible, so the service's CPU per request is its own overhead;
+6. prints every figure next to its baseline and target, then stops the service and drops
+   the scratch database. Each phase is a fixed number of requests.
 """
 
 from __future__ import annotations
