@@ -143,14 +143,16 @@ def train(
     """
     if config.data is None:
         raise ConfigurationError("no training data given; pass --data PATH or set data:")
+    data_path = Path(config.data)
     if run_dir is None:  # config.json must find the data again from anywhere (--resume)
-        config = config.with_overrides({"data": str(Path(config.data).resolve())})
+        data_path = data_path.resolve()
+        config = config.with_overrides({"data": str(data_path)})
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    source = open_data(config.data, config.class_names)
+    source = open_data(data_path, config.class_names)
     splits = split_source(
         source,
         val_fraction=config.val_fraction,
@@ -311,11 +313,9 @@ def _run(
     if best.is_file():
         network.load_weights(best)
         log.info("restored the best epoch (%s) by validation AUC", state.get("best_epoch"))
-    y_val_pred, val_probs = predict_examples(
-        model, source, splits["val"], size=size, window=config.window, batch_size=config.batch_size
-    )
-    threshold = choose_threshold(y_val_pred, val_probs[:, 1]) if len(class_names) == 2 else None
-    val_metrics = classification_metrics(y_val_pred, val_probs, class_names, threshold)
+    val_probs = np.asarray(model.predict(x_val, batch_size=config.batch_size, verbose=0))
+    threshold = choose_threshold(y_val, val_probs[:, 1]) if len(class_names) == 2 else None
+    val_metrics = classification_metrics(y_val, val_probs, class_names, threshold)
     val_metrics["best_epoch"] = state.get("best_epoch")
     test_metrics = None
     if splits["test"]:
