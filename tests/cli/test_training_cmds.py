@@ -168,6 +168,39 @@ def test_train_then_evaluate(
     assert (tmp_path / "eval" / "roc_curve.png").is_file()
 
 
+def test_resume_an_interrupted_run(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import keras
+
+    from training.config import TrainConfig
+    from training.run import train
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            raise KeyboardInterrupt
+
+    config = TrainConfig(
+        data=str(demo),
+        architecture="simple_cnn",
+        image_size=32,
+        epochs_head=2,
+        batch_size=8,
+        runs_dir=str(tmp_path / "runs"),
+        store=str(tmp_path / "store"),
+        name="cut",
+        histogram_freq=0,
+        tensorboard_samples=0,
+    )
+    started: list[Path] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[Interrupt()], verbose=0, on_start=started.append)
+    assert main(["train", "--resume", str(started[0])]) == 0
+    out = capsys.readouterr().out
+    assert f"run directory: {started[0]}" in out and "model: cut:1" in out
+    assert "best epoch: " in out and " of 2;" in out
+
+
 def test_interrupted_training_prints_how_to_resume(
     demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
