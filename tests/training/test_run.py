@@ -269,3 +269,42 @@ def test_validation_needs_two_classes(tmp_path: Path) -> None:
 def test_no_data_path() -> None:
     with pytest.raises(ConfigurationError, match="no training data"):
         train(TrainConfig(), verbose=0)
+
+
+def test_class_weights_balance_the_classes() -> None:
+    from training.data.sources import Example
+    from training.run import _class_weights
+
+    examples = [Example(f"k{i}", 0) for i in range(30)] + [Example(f"p{i}", 1) for i in range(10)]
+    weights = _class_weights(TrainConfig(), examples, 2)
+    assert weights == pytest.approx({0: 40 / 60, 1: 40 / 20})
+    assert _class_weights(TrainConfig(class_weights="none"), examples, 2) == {}
+
+
+@pytest.mark.slow
+def test_deterministic_runs_repeat_exactly(tiny_demo_data: Path, tmp_path: Path) -> None:
+    # op determinism is process-wide and cannot be turned off: use a child process
+    script = f"""
+import csv, sys
+from pathlib import Path
+from tests.training.conftest import tiny_config
+from training.run import train
+losses = []
+for i in range(2):
+    cfg = tiny_config(Path({str(tiny_demo_data)!r}), Path({str(tmp_path)!r}) / str(i),
+                      deterministic=True, histogram_freq=0, tensorboard_samples=0)
+    result = train(cfg, verbose=0)
+    with (result.run_dir / "history.csv").open() as f:
+        losses.append([row["loss"] + "/" + row["val_auc"] for row in csv.DictReader(f)])
+print(losses)
+sys.exit(0 if losses[0] == losses[1] else 1)
+"""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
