@@ -164,9 +164,9 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    from scipy.stats import rankdata
-
-    ranks = rankdata(s)  # average ranks for ties
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # 1-based rank of the last member of each tie group
+    ranks = ((last - counts + 1 + last) / 2.0)[inverse]  # average rank within ties
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
