@@ -11,7 +11,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, Index, Integer, String, UniqueConstraint, Uuid
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    Uuid,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -56,6 +66,29 @@ class Prediction(Base):
     frames: Mapped[int] = mapped_column(Integer)
     photometric_interpretation: Mapped[str | None] = mapped_column(String(32))
     transfer_syntax_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    # kept so DICOM outputs (SR, Secondary Capture) can reference the source instance
+    sop_class_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+
+
+class Explanation(Base):
+    """The Grad-CAM overlay of one prediction (stored only when asked with ?explain=true).
+
+    ``png`` is the rendered overlay (the image as the model saw it, the map, a legend): the
+    only pixels the service keeps, and only on request. The Secondary Capture is built from it.
+    """
+
+    __tablename__ = "explanations"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    prediction_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(as_uuid=True), ForeignKey("predictions.id", ondelete="CASCADE"), unique=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    layer: Mapped[str] = mapped_column(String(128))
+    class_index: Mapped[int] = mapped_column(Integer)
+    class_name: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float] = mapped_column(Float)
+    png: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 def dedupe_key(*, sop_instance_uid: str | None, input_sha256: str) -> str:
@@ -63,3 +96,7 @@ def dedupe_key(*, sop_instance_uid: str | None, input_sha256: str) -> str:
     if sop_instance_uid:
         return f"sop:{sop_instance_uid}"
     return f"sha256:{input_sha256}"
+
+
+# API keys and the audit trail share this metadata (Alembic and the migrations test see them).
+from app.security_tables import ApiKey, AuditEvent  # noqa: E402, F401

@@ -166,6 +166,7 @@ async def create_prediction(
         frames=meta.frames,
         photometric_interpretation=meta.photometric_interpretation,
         transfer_syntax_uid=meta.transfer_syntax_uid,
+        sop_class_uid=meta.sop_class_uid,
     )
     stored, created = await run_in_threadpool(services.record_prediction, session, candidate)
 

@@ -583,6 +583,8 @@ class TestOperations:
         assert model["ready"] is True and model["device"] == "/CPU:0"
 
     def test_health_and_readiness(self, service: Service) -> None:
+        from app.migrate import head_revision
+
         assert service.client.get("/healthz").json() == {"status": "ok"}
         ready = service.client.get("/readyz")
         assert ready.status_code == 200
@@ -591,7 +593,7 @@ class TestOperations:
             "model": {"name": "tiny", "version": 1},
             "device": "/CPU:0",
             "database": "ok",
-            "schema_revision": "0001",
+            "schema_revision": head_revision(),
         }
 
     def test_readiness_fails_when_the_database_is_unreachable(self, service: Service) -> None:
