@@ -135,7 +135,12 @@ async def _radlens_error_handler(request: Request, exc: Exception) -> JSONRespon
     status = status_for(exc)
     logger.info("request failed: %s %s -> %d %s", request.method, _route(request), status, exc.code)
     return problem_response(
-        request, status=status, code=exc.code, title=exc.title, detail=exc.detail
+        request,
+        status=status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        headers=getattr(exc, "headers", None),  # e.g. WWW-Authenticate, Retry-After
     )
 
 

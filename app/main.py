@@ -77,13 +77,20 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.resources = None
+    app.state.rate_limiter = _rate_limiter(settings)
+    if settings.auth == "disabled":
+        logger.warning(
+            "RADLENS_AUTH=disabled: the API accepts requests without a key (development only)"
+        )
     install_error_handlers(app)
 
+    from app.auth import AUDITED, AUTHORIZED
     from app.routes import model_info, ops, predictions
 
-    app.include_router(predictions.upload_router)
-    app.include_router(predictions.router)
-    app.include_router(model_info.router)
+    # Every /v1 route needs an API key (app/auth.py); predictions are also audited.
+    app.include_router(predictions.upload_router, dependencies=AUDITED)
+    app.include_router(predictions.router, dependencies=AUDITED)
+    app.include_router(model_info.router, dependencies=AUTHORIZED)
     app.include_router(ops.router)
 
     # Outermost first when the request comes in: catch-all -> metrics -> body limit -> app.
@@ -92,6 +99,14 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     app.add_middleware(CatchAllMiddleware)
     _register_problem_schema(app)
     return app
+
+
+def _rate_limiter(settings: Settings) -> Any:
+    if settings.rate_limit_per_minute == 0:
+        return None
+    from app.ratelimit import RateLimiter
+
+    return RateLimiter(settings.rate_limit_per_minute)
 
 
 def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMetrics) -> Resources:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,26 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "info"
+    # Security (docs/security.md): API keys on unless explicitly disabled for development.
+    auth: Literal["enabled", "disabled"] = "enabled"
+    rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000, description="0 = off")
+    retention_days: int = Field(default=0, ge=0, le=36_500, description="0 = keep forever")
+    uid_pseudonym_key: SecretStr | None = Field(
+        default=None, description="HMAC key (>= 16 characters) to pseudonymise stored UIDs"
+    )
+
+    @field_validator("uid_pseudonym_key")
+    @classmethod
+    def _check_pseudonym_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "must be at least 16 characters (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`). Received a value of "
+                f"{len(value.get_secret_value())} characters"
+            )
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -113,6 +133,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def uid_pseudonym_key_bytes(self) -> bytes | None:
+        key = self.uid_pseudonym_key
+        return key.get_secret_value().encode() if key is not None else None
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from app import services
 from app.deps import MetricsDep, PredictorDep, SessionDep, SettingsDep
 from app.errors import UnsupportedMediaTypeError
+from app.pseudonym import pseudonymise_uid
 from app.schemas import (
     NOT_FOR_CLINICAL_USE,
     ModelRef,
@@ -134,7 +135,13 @@ async def create_prediction(
     )
     meta = image.metadata
     digest = hashlib.sha256(data).hexdigest()
-    key = dedupe_key(sop_instance_uid=meta.sop_instance_uid, input_sha256=digest)
+    # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the instance UIDs (app/pseudonym.py)
+    pseudonym_key = settings.uid_pseudonym_key_bytes
+    study_uid, series_uid, sop_uid = (
+        pseudonymise_uid(uid, pseudonym_key)
+        for uid in (meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid)
+    )
+    key = dedupe_key(sop_instance_uid=sop_uid, input_sha256=digest)
 
     # The model runs before the database is touched, so the request's transaction is only the
     # short lookup-or-insert in record_prediction (SQLite serialises writers; a transaction held
@@ -157,9 +164,9 @@ async def create_prediction(
         dedupe_key=key,
         input_sha256=digest,
         input_format=meta.format,
-        study_instance_uid=meta.study_instance_uid,
-        series_instance_uid=meta.series_instance_uid,
-        sop_instance_uid=meta.sop_instance_uid,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
         modality=meta.modality,
         rows=meta.rows,
         columns=meta.columns,
@@ -238,7 +245,9 @@ def list_predictions(
 ) -> PredictionPage:
     """Filter by study, label, model name/version and creation time; page with next_cursor."""
     filters = services.PredictionFilters(
-        study_instance_uid=study_instance_uid,
+        study_instance_uid=pseudonymise_uid(
+            study_instance_uid, request.app.state.settings.uid_pseudonym_key_bytes
+        ),
         label=label,
         model_name=model_name,
         model_version=model_version,

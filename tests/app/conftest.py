@@ -169,9 +169,28 @@ def make_settings(database_url: str, store: Path, **overrides: Any) -> Any:
         "max_batch_wait_ms": 2.0,
         "max_upload_bytes": TEST_MAX_UPLOAD_BYTES,
         "max_pixels": TEST_MAX_PIXELS,
+        # apps built ad hoc test other things; the `service` fixture and test_auth.py use keys
+        "auth": "disabled",
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def create_api_key(
+    database_url: str, scopes: str = "predict,read,admin", name: str = "test"
+) -> str:
+    """Store a new API key in a migrated database and return the full key."""
+    from app.db import make_engine, make_sessionmaker
+    from app.keys import create_key
+
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            key = create_key(session, name=name, scopes=scopes)
+            session.commit()
+            return key.secret
+    finally:
+        engine.dispose()
 
 
 @dataclass
@@ -182,6 +201,7 @@ class Service:
     app: Any
     database_url: str
     backend: str
+    api_key: str | None = None  # the client sends it by default (all scopes)
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row of every table, read with plain SQL (not through the ORM)."""
@@ -219,9 +239,12 @@ def service(databases: Databases, model_store: Path) -> Iterator[Service]:
 
     url = databases.new()
     upgrade(url)
-    app = create_app(make_settings(url, model_store))
-    with TestClient(app) as client:
-        yield Service(client=client, app=app, database_url=url, backend=databases.backend)
+    key = create_api_key(url)
+    app = create_app(make_settings(url, model_store, auth="enabled"))
+    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
+        yield Service(
+            client=client, app=app, database_url=url, backend=databases.backend, api_key=key
+        )
 
 
 # --- images ---------------------------------------------------------------------------

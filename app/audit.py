@@ -1,0 +1,129 @@
+"""The audit trail: append rows, read them back, and the retention purge.
+
+Transaction design (tested in tests/app/test_audit.py):
+- a successful action's audit row is added to the request's own session, so it commits in
+  the same transaction as the action: no accepted prediction without its audit row, and no
+  audit row for a write that was rolled back;
+- a failed action (any error response once the key is known) is recorded too, in its own
+  short transaction after the request's transaction was rolled back;
+- the retention purge deletes predictions and writes one audit row per deleted prediction in
+  one transaction.
+Rows hold no patient identifiers: targets are prediction ids, and listing queries are kept
+with UID values withheld.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.security_tables import AuditEvent
+from app.tables import Prediction
+
+CLI_ACTOR = "cli"
+# Query parameters recorded with their value; any other parameter is recorded as name=*.
+_RECORDED_VALUES = frozenset(
+    {"label", "model_name", "model_version", "created_after", "created_before", "limit"}
+)
+_QUERY_LENGTH = 512
+
+
+def record(
+    session: Session,
+    *,
+    actor: str | None,
+    action: str,
+    status: int,
+    target: str | None = None,
+    query: str | None = None,
+    at: datetime | None = None,
+) -> AuditEvent:
+    """Add one audit row to ``session`` (flushed; committed with the caller's transaction)."""
+    event = AuditEvent(
+        at=at or utcnow(),
+        actor=actor,
+        action=action[:64],
+        target=target[:64] if target else None,
+        query=query[:_QUERY_LENGTH] if query else None,
+        status=status,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def minimal_query(params: Iterable[tuple[str, str]]) -> str | None:
+    """A listing's query for the audit: UIDs and cursors withheld (``name=*``)."""
+    parts = []
+    for name, value in params:
+        shown = value if name in _RECORDED_VALUES else "*"
+        parts.append(f"{name}={shown}")
+    return "&".join(parts) or None
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    since: datetime | None = None
+    action: str | None = None
+    actor: str | None = None
+    limit: int = 1000
+
+
+def events(session: Session, where: AuditFilter) -> list[AuditEvent]:
+    """Audit rows, oldest first."""
+    stmt = select(AuditEvent)
+    if where.since is not None:
+        stmt = stmt.where(AuditEvent.at >= where.since)
+    if where.action is not None:
+        stmt = stmt.where(AuditEvent.action == where.action)
+    if where.actor is not None:
+        stmt = stmt.where(AuditEvent.actor == where.actor)
+    stmt = stmt.order_by(AuditEvent.id.desc()).limit(where.limit)
+    return list(reversed(list(session.scalars(stmt))))
+
+
+def expired_predictions(session: Session, *, retention_days: int, now: datetime) -> list[uuid.UUID]:
+    """Ids of predictions created more than ``retention_days`` before ``now``."""
+    cutoff = now - timedelta(days=retention_days)
+    stmt = select(Prediction.id).where(Prediction.created_at < cutoff).order_by(Prediction.id)
+    return list(session.scalars(stmt))
+
+
+def purge(
+    session: Session,
+    *,
+    retention_days: int,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    actor: str = CLI_ACTOR,
+) -> list[uuid.UUID]:
+    """Delete predictions older than ``retention_days``; one audit row per deleted id.
+
+    Returns the ids (that would be) deleted. With ``dry_run`` nothing is written.
+    """
+    if retention_days < 1:
+        raise ValueError(f"retention_days must be at least 1. Received: {retention_days!r}")
+    now = now or utcnow()
+    ids = expired_predictions(session, retention_days=retention_days, now=now)
+    if dry_run or not ids:
+        return ids
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        session.execute(delete(Prediction).where(Prediction.id.in_(chunk)))
+        for prediction_id in chunk:
+            record(
+                session,
+                actor=actor,
+                action="prediction.purge",
+                target=str(prediction_id),
+                query=f"retention_days={retention_days}",
+                status=200,
+                at=now,
+            )
+    return ids

@@ -1,0 +1,255 @@
+"""Authentication, authorisation, rate limiting and auditing of API requests.
+
+Every /v1 route (and /dicomweb) depends on ``authorize``: the request must carry
+``Authorization: Bearer <key>`` with an active key holding the scope the method needs —
+``read`` for GET/HEAD, ``predict`` for POST, ``admin`` for anything else (DELETE, PUT, ...)
+— else 401 (with ``WWW-Authenticate: Bearer``) or 403. Then the key's token bucket is
+charged (429 with Retry-After when empty; app/ratelimit.py). ``RADLENS_AUTH=disabled``
+turns authentication off for development (logged as a warning at start-up); requests then
+act as the anonymous principal with every scope.
+
+The prediction routes also depend on ``audit``, which records each request's action and
+outcome in the append-only audit trail (see app/audit.py for the transaction design).
+/healthz, /readyz and /metrics stay open (metrics hold counts, no identifiers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import audit as audit_log
+from app.deps import SessionDep, _resources
+from app.errors import AppError, status_for
+from app.keys import SCOPES, authenticate, key_id_of
+from models.errors import RadlensError
+
+logger = logging.getLogger("radlens.app")
+
+ANONYMOUS = "anonymous"
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    bearerFormat="rl_<key id>_<secret>",
+    description="An API key from `radlens keys create`, sent as `Authorization: Bearer <key>`.",
+)
+
+
+class UnauthorizedError(AppError):
+    code = "unauthorized"
+    title = "Send a valid API key as 'Authorization: Bearer <key>' (see `radlens keys create`)"
+    status_code = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.headers = {"WWW-Authenticate": 'Bearer realm="radlens"'}
+
+
+class ForbiddenError(AppError):
+    code = "forbidden"
+    title = "This API key lacks the scope this request needs; use a key that has it"
+    status_code = 403
+
+
+class RateLimitedError(AppError):
+    code = "rate-limited"
+    title = "Too many requests for this API key; retry after the Retry-After seconds"
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: str) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": retry_after}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key (id, name, scopes) or the anonymous development user."""
+
+    key_id: str | None
+    name: str
+    scopes: frozenset[str]
+
+
+def required_scope(method: str) -> str:
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "read"
+    if method == "POST":
+        return "predict"
+    return "admin"
+
+
+def _route_path(request: Request) -> str:
+    return str(getattr(request.scope.get("route"), "path", request.url.path))
+
+
+def authorize(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """Authenticate the bearer key, check its scope, charge its rate limit."""
+    settings = request.app.state.settings
+    if settings.auth == "disabled":
+        principal = Principal(None, ANONYMOUS, frozenset(SCOPES))
+    else:
+        principal = _authenticate(request, credentials)
+        needed = required_scope(request.method)
+        if needed not in principal.scopes:
+            _record_denied(request, principal)
+            raise ForbiddenError(
+                f"key {principal.key_id!r} ({principal.name}) has scopes "
+                f"{','.join(sorted(principal.scopes))}; {request.method} {_route_path(request)} "
+                f"needs {needed!r}"
+            )
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        wait = limiter.acquire(principal.key_id or ANONYMOUS)
+        if wait is not None:
+            retry_after = limiter.retry_after_header(wait)
+            logger.warning("rate limited: key %s", principal.key_id or ANONYMOUS)
+            raise RateLimitedError(
+                f"key {principal.key_id or ANONYMOUS!r} is over "
+                f"{settings.rate_limit_per_minute} requests per minute; retry in {retry_after} s",
+                retry_after,
+            )
+    request.state.principal = principal
+    return principal
+
+
+def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    if credentials is None:
+        header = request.headers.get("authorization")
+        if header is None:
+            raise UnauthorizedError("the request has no Authorization header")
+        scheme = header.split(" ", 1)[0][:20]
+        raise UnauthorizedError(f"the Authorization scheme is {scheme!r}; expected 'Bearer'")
+    token = credentials.credentials.strip()
+    key_id = key_id_of(token)
+    if key_id is None:
+        # Never echo the token: it may be a real secret pasted in the wrong place.
+        raise UnauthorizedError(
+            f"the bearer token is not a radlens key (expected rl_<key id>_<secret>, "
+            f"received {len(token)} characters)"
+        )
+    with _resources(request).sessionmaker() as session:
+        row = authenticate(session, token)
+        if row is None:
+            raise UnauthorizedError(f"key {key_id!r} is unknown or revoked")
+        return Principal(row.key_id, row.name, row.scope_set)
+
+
+def _record_denied(request: Request, principal: Principal) -> None:
+    _record_apart(
+        request,
+        actor=principal.key_id,
+        action="auth.denied",
+        target=f"{request.method} {_route_path(request)}",
+        status=ForbiddenError.status_code,
+    )
+
+
+def _record_apart(request: Request, **fields: object) -> None:
+    """Write one audit row in its own transaction; a failure is logged, never raised."""
+    try:
+        with _resources(request).sessionmaker() as session:
+            audit_log.record(session, **fields)  # type: ignore[arg-type]
+            session.commit()
+    except (SQLAlchemyError, RadlensError) as exc:
+        logger.warning("audit row not written: %s", type(exc).__name__)
+
+
+_ACTIONS = {
+    ("POST", "/v1/predictions"): "prediction.create",
+    ("GET", "/v1/predictions"): "prediction.list",
+    ("GET", "/v1/predictions/{prediction_id}"): "prediction.read",
+    ("DELETE", "/v1/predictions/{prediction_id}"): "prediction.delete",
+}
+
+
+def action_name(method: str, route_path: str) -> str:
+    return _ACTIONS.get((method, route_path), f"{method} {route_path}")
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, RadlensError):
+        return status_for(exc)
+    if isinstance(exc, RequestValidationError):
+        return 422
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code
+    if isinstance(exc, OperationalError):
+        return 503
+    return 500
+
+
+def audit(request: Request, response: Response, session: SessionDep) -> Iterator[None]:
+    """Record the request's action and outcome (see app/audit.py for the design)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    actor = principal.key_id if principal is not None else None
+    path = _route_path(request)
+    action = action_name(request.method, path)
+    try:
+        yield
+    except Exception as exc:
+        _rollback(session)
+        _record_apart(
+            request,
+            actor=actor,
+            action=action,
+            target=_target(request, None),
+            query=_query(request, action),
+            status=_status_of(exc),
+        )
+        raise
+    status = response.status_code or _declared_status(request)
+    audit_log.record(
+        session,
+        actor=actor,
+        action=action,
+        target=_target(request, response),
+        query=_query(request, action),
+        status=status,
+    )
+
+
+def _rollback(session: Session) -> None:
+    # Release the request's write lock (SQLite) before the failure row is written apart.
+    # If the connection is gone the rollback fails too; the failure row is then best effort.
+    with contextlib.suppress(SQLAlchemyError):
+        session.rollback()
+
+
+def _declared_status(request: Request) -> int:
+    return int(getattr(request.scope.get("route"), "status_code", None) or 200)
+
+
+def _target(request: Request, response: Response | None) -> str | None:
+    prediction_id = request.path_params.get("prediction_id")
+    if prediction_id is not None:
+        return str(prediction_id)[:64]
+    if response is not None:
+        location = response.headers.get("location")
+        if location:
+            return location.rstrip("/").rsplit("/", 1)[-1][:64]
+    return None
+
+
+def _query(request: Request, action: str) -> str | None:
+    if action != "prediction.list":
+        return None
+    return audit_log.minimal_query(request.query_params.multi_items())
+
+
+PrincipalDep = Annotated[Principal, Depends(authorize)]
+AUTHORIZED = [Depends(authorize)]
+AUDITED = [Depends(authorize), Depends(audit, scope="function")]

@@ -1,0 +1,56 @@
+"""Tables for API keys and the audit trail (no patient identifiers in either).
+
+``api_keys`` keeps only a key's public id, its name, scopes and the sha256 of the full key:
+the key itself is printed once by ``radlens keys create`` and never stored.
+
+``audit_events`` is append-only: the migration installs triggers (SQLite and PostgreSQL)
+that refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL). A row says who (``actor``: the
+API key id, ``cli`` for commands run on the server, NULL when authentication is disabled),
+what (``action`` and ``target``: a prediction id, never a DICOM UID; ``query`` for listings,
+with UID values withheld), when (``at``) and the outcome (``status``, an HTTP status code).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utcnow
+
+KEY_ID_LENGTH = 12
+
+
+class ApiKey(Base):
+    """An API key: public id, name, scopes and the sha256 of the secret key."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(KEY_ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(64))  # comma-separated, sorted
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(s for s in self.scopes.split(",") if s)
+
+
+class AuditEvent(Base):
+    """One audited action and its outcome (append-only)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "at"), Index(None, "action"))
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    actor: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(64))
+    query: Mapped[str | None] = mapped_column(String(512))
+    status: Mapped[int] = mapped_column(Integer)
