@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "cli.data_cmds",
     "cli.training_cmds",
     "cli.service_cmds",
+    "cli.keys_cmds",
+    "cli.audit_cmds",
 )
 
 app = typer.Typer(

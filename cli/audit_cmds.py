@@ -1,0 +1,111 @@
+"""`radlens audit` (read the audit trail) and `radlens purge` (retention).
+
+Imports only typer and the standard library at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+
+from cli.common import fail
+from cli.keys_cmds import DatabaseUrlOption, JsonOption, database_session, settings_for
+
+_RELATIVE = re.compile(r"^(\d+)([mhd])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``30m``, ``24h``, ``7d`` (before now) or an ISO 8601 time (UTC when no zone is given)."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        fail(
+            "--since must be a duration like 30m, 24h, 7d or an ISO 8601 time like "
+            f"2026-11-26T21:00:00Z. Received: {text!r}"
+        )
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("audit")
+    def audit_(
+        since: Annotated[
+            str | None, typer.Option(help="Only events after this: 24h, 7d or an ISO time.")
+        ] = None,
+        action: Annotated[
+            str | None,
+            typer.Option(help="Only this action, e.g. prediction.create, prediction.read."),
+        ] = None,
+        actor: Annotated[str | None, typer.Option(help="Only this API key id (or 'cli').")] = None,
+        limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")] = 1000,
+        database_url: DatabaseUrlOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Show the audit trail (newest last): who did what to which prediction, and the outcome."""
+        from app.audit import AuditFilter, events
+
+        where = AuditFilter(
+            since=parse_since(since) if since else None, action=action, actor=actor, limit=limit
+        )
+        settings = settings_for(database_url=database_url)
+        with database_session(settings.database_url) as session:
+            rows = [
+                {
+                    "id": e.id,
+                    "at": e.at.isoformat(),
+                    "actor": e.actor,
+                    "action": e.action,
+                    "target": e.target,
+                    "query": e.query,
+                    "status": e.status,
+                }
+                for e in events(session, where)
+            ]
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            extra = f" ?{row['query']}" if row["query"] else ""
+            typer.echo(
+                f"{row['at']}  {row['actor'] or '-':<12} {row['action']:<20} "
+                f"{row['status']}  {row['target'] or '-'}{extra}"
+            )
+        if not rows:
+            typer.echo("no audit events match", err=True)
+
+    @app.command("purge")
+    def purge(
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+        ] = False,
+        retention_days: Annotated[
+            int | None,
+            typer.Option(
+                "--retention-days", min=1, help="Override RADLENS_RETENTION_DAYS for this run."
+            ),
+        ] = None,
+        database_url: DatabaseUrlOption = None,
+    ) -> None:
+        """Delete predictions older than RADLENS_RETENTION_DAYS (each deletion is audited)."""
+        from app import audit
+
+        settings = settings_for(database_url=database_url, retention_days=retention_days)
+        days = settings.retention_days
+        if days == 0:
+            fail(
+                "RADLENS_RETENTION_DAYS is 0 (keep predictions forever): set it, or pass "
+                "--retention-days N, to purge"
+            )
+        with database_session(settings.database_url) as session:
+            ids = audit.purge(session, retention_days=days, dry_run=dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        typer.echo(f"{verb} {len(ids)} prediction(s) older than {days} day(s)")

@@ -1,0 +1,158 @@
+"""`radlens keys create|list|revoke`: API keys for the service (docs/security.md).
+
+A key is printed once, at creation; the database keeps only its sha256. Imports only typer
+and the standard library at module level; the database code is imported inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.common import fail
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.settings import Settings
+
+keys_app = typer.Typer(
+    help="API keys: every /v1 request sends one as 'Authorization: Bearer <key>'.",
+    no_args_is_help=True,
+)
+
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL; default RADLENS_DATABASE_URL, else SQLite under var/.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def settings_for(**overrides: Any) -> Settings:
+    """The service settings with CLI overrides; a bad value is one line, exit 2."""
+    from pydantic import ValidationError
+
+    from app.settings import Settings, describe_validation_error
+
+    values = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        fail(describe_validation_error(exc))
+
+
+@contextmanager
+def database_session(database_url: str) -> Iterator[Session]:
+    """A session on a database at the migration head (SQLite is upgraded, as at start-up);
+    committed when the block succeeds."""
+    from app.db import make_engine, make_sessionmaker
+    from app.migrate import ensure_schema
+
+    engine = make_engine(database_url)
+    try:
+        ensure_schema(database_url, engine)
+        with make_sessionmaker(engine)() as session:
+            yield session
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def register(app: typer.Typer) -> None:
+    @keys_app.command("create")
+    def create(
+        name: Annotated[str, typer.Option("--name", help="Who or what uses the key.")],
+        scopes: Annotated[
+            str,
+            typer.Option(
+                "--scopes", help="Comma-separated: predict (POST), read (GET), admin (the rest)."
+            ),
+        ] = "predict,read",
+        database_url: DatabaseUrlOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Create a key and print it once (only its hash is stored)."""
+        from app import audit
+        from app.keys import create_key
+
+        settings = settings_for(database_url=database_url)
+        with database_session(settings.database_url) as session:
+            key = create_key(session, name=name, scopes=scopes)
+            audit.record(
+                session, actor=audit.CLI_ACTOR, action="key.create", target=key.key_id, status=201
+            )
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "key_id": key.key_id,
+                        "name": key.name,
+                        "scopes": list(key.scopes),
+                        "key": key.secret,
+                    }
+                )
+            )
+            return
+        typer.echo(key.secret)
+        typer.echo(
+            f"radlens: created key {key.key_id} ({key.name}; scopes {','.join(key.scopes)}). "
+            "It is shown only now: store it; send it as 'Authorization: Bearer <key>'.",
+            err=True,
+        )
+
+    @keys_app.command("list")
+    def list_(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
+        """List keys (id, name, scopes, created, revoked); never the keys themselves."""
+        from app.keys import list_keys
+
+        settings = settings_for(database_url=database_url)
+        with database_session(settings.database_url) as session:
+            rows = [
+                {
+                    "key_id": k.key_id,
+                    "name": k.name,
+                    "scopes": sorted(k.scope_set),
+                    "created_at": k.created_at.isoformat(),
+                    "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+                }
+                for k in list_keys(session)
+            ]
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            typer.echo("no API keys: create one with `radlens keys create --name NAME`")
+            return
+        for row in rows:
+            state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+            typer.echo(
+                f"{row['key_id']}  {row['name']:<24} {','.join(row['scopes']):<20} "
+                f"created {row['created_at']}  {state}"
+            )
+
+    @keys_app.command("revoke")
+    def revoke(
+        key_id: Annotated[str, typer.Argument(help="The key id shown by `radlens keys list`.")],
+        database_url: DatabaseUrlOption = None,
+    ) -> None:
+        """Revoke a key: requests with it get 401 from the next request on."""
+        from app import audit
+        from app.keys import revoke_key
+
+        settings = settings_for(database_url=database_url)
+        with database_session(settings.database_url) as session:
+            row = revoke_key(session, key_id)
+            audit.record(
+                session, actor=audit.CLI_ACTOR, action="key.revoke", target=row.key_id, status=200
+            )
+        typer.echo(f"revoked key {row.key_id} ({row.name})")
+
+    app.add_typer(keys_app, name="keys")
