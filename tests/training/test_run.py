@@ -119,33 +119,6 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated interruption after epoch 1")
 
 
-@pytest.mark.slow
-def test_resnet50_trains_in_two_phases(tiny_demo_data: Path, tmp_path: Path) -> None:
-    recorder = _Recorder()
-    config = tiny_config(
-        tiny_demo_data,
-        tmp_path,
-        architecture="resnet50",
-        epochs_head=1,
-        epochs_finetune=1,
-        unfreeze_blocks=1,
-        batch_size=16,
-        histogram_freq=0,
-        tensorboard_samples=0,
-        learning_rate_finetune=1e-5,
-    )
-    result = train(config, callbacks=[recorder], verbose=0)
-    assert recorder.epochs == [0, 1]  # phase 2 continues the epoch counter
-    head_only, fine_tune = recorder.backbone_trainable
-    assert head_only == 0 and fine_tune > 0  # backbone frozen, then its top block unfrozen
-    assert recorder.bn_trainable == [False, False]  # BatchNorm stays frozen
-    log = (result.run_dir / "train.log").read_text()
-    assert "phase 1: epochs 1-1, learning rate 0.001" in log
-    assert "phase 2: epochs 2-2, learning rate 1e-05" in log
-    assert (result.run_dir / "checkpoints" / "phase1.weights.h5").is_file()
-    assert ModelRegistry(result.store).load(result.model_ref).manifest.architecture == "resnet50"
-
-
 def test_resume_continues_the_epoch_counter(tiny_demo_data: Path, tmp_path: Path) -> None:
     config = tiny_config(tiny_demo_data, tmp_path, epochs_head=3, histogram_freq=0)
     started: list[Path] = []
@@ -167,7 +140,9 @@ def test_resume_continues_the_epoch_counter(tiny_demo_data: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_resume_in_phase_two_reloads_phase_one(tiny_demo_data: Path, tmp_path: Path) -> None:
+def test_resnet50_two_phases_interrupted_in_phase_two_and_resumed(
+    tiny_demo_data: Path, tmp_path: Path
+) -> None:
     config = tiny_config(
         tiny_demo_data,
         tmp_path,
@@ -176,6 +151,7 @@ def test_resume_in_phase_two_reloads_phase_one(tiny_demo_data: Path, tmp_path: P
         epochs_finetune=2,
         unfreeze_blocks=1,
         batch_size=16,
+        learning_rate_finetune=1e-5,
         histogram_freq=0,
         tensorboard_samples=0,
     )
@@ -185,17 +161,28 @@ def test_resume_in_phase_two_reloads_phase_one(tiny_demo_data: Path, tmp_path: P
             if epoch == 1:
                 raise KeyboardInterrupt("simulated interruption in phase 2")
 
+    first = _Recorder()
     started: list[Path] = []
     with pytest.raises(KeyboardInterrupt):
-        train(config, callbacks=[InterruptInPhaseTwo()], verbose=0, on_start=started.append)
+        train(config, callbacks=[first, InterruptInPhaseTwo()], verbose=0, on_start=started.append)
     run_dir = started[0]
+    assert first.epochs == [0, 1]  # phase 2 continues the epoch counter
+    head_only, fine_tune = first.backbone_trainable
+    assert head_only == 0 and fine_tune > 0  # backbone frozen, then its top block unfrozen
+    assert first.bn_trainable == [False, False]  # BatchNorm stays frozen
+    log = (run_dir / "train.log").read_text()
+    assert "phase 1: epochs 1-1, learning rate 0.001" in log
+    assert "phase 2: epochs 2-3, learning rate 1e-05" in log
+    assert (run_dir / "checkpoints" / "phase1.weights.h5").is_file()
     assert json.loads((run_dir / "state.json").read_text())["phase_done"] == 1
-    recorder = _Recorder()
-    result = resume(run_dir, callbacks=[recorder], verbose=0)
-    assert recorder.epochs == [2]  # phase 1 and the first phase-2 epoch are not repeated
-    assert recorder.backbone_trainable[0] > 0  # resumed in the fine-tuning set-up
+
+    resumed = _Recorder()
+    result = resume(run_dir, callbacks=[resumed], verbose=0)
+    assert resumed.epochs == [2]  # phase 1 and the first phase-2 epoch are not repeated
+    assert resumed.backbone_trainable == [fine_tune]  # resumed in the fine-tuning set-up
     assert [r["epoch"] for r in _history(run_dir)] == ["0", "1", "2"]
     assert result.epochs_run == 3
+    assert ModelRegistry(result.store).load(result.model_ref).manifest.architecture == "resnet50"
 
 
 def test_multiclass_run_has_per_class_metrics_and_no_threshold(tmp_path: Path) -> None:
