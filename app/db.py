@@ -72,6 +72,12 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     It emits BEGIN IMMEDIATE: two deferred transactions that both read and then write
     deadlock in SQLite ("database is locked" at once, no waiting), whereas immediate ones
     queue on the write lock within the busy timeout. Request transactions are kept short.
+
+    Every SQLite connection also sets ``busy_timeout`` (a writer waits up to
+    ``SQLITE_BUSY_TIMEOUT_MS`` for the lock instead of failing) and, for a file, WAL journal
+    mode: readers never block the writer's commit and the writer never blocks readers.
+    ``synchronous=NORMAL`` is WAL's recommended setting (no fsync per commit; a commit
+    survives a crash of the service, the last ones may be lost on power loss).
     """
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
@@ -85,12 +91,21 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+
 def _fix_sqlite_transactions(engine: Engine) -> None:
+    in_memory = engine.url.database in (None, "", ":memory:") or "mode=memory" in str(engine.url)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -418,6 +418,25 @@ def stop_service(proc: Any) -> None:
     proc.log_file.close()
 
 
+def api_key_headers(database_url: str) -> dict[str, str]:
+    """An API key with the predict scope, created in the service's (migrated) database, as the
+    Authorization header; {} when this checkout has no API keys (app/keys.py)."""
+    try:
+        from app.keys import create_key
+    except ModuleNotFoundError:
+        return {}
+    from app.db import make_engine, make_sessionmaker
+
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            key = create_key(session, name="bench", scopes="predict,read")
+            session.commit()
+    finally:
+        engine.dispose()
+    return {"Authorization": f"Bearer {key.secret}"}
+
+
 async def wait_ready(base: str, proc: Any, timeout_s: float) -> float:
     import httpx
 
@@ -474,6 +493,9 @@ class Phase:
         return len(self.latencies_ms) / self.elapsed_s if self.elapsed_s else 0.0
 
 
+HEADERS: dict[str, str] = {}  # the Authorization header, set once the service is ready
+
+
 async def run_phase(
     base: str, name: str, clients: int, uploads: list[tuple[str, bytes]], warmup: int, pid: int
 ) -> Phase:
@@ -484,7 +506,9 @@ async def run_phase(
     for item in uploads:
         queue.put_nowait(item)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=300.0, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=300.0, limits=limits, headers=HEADERS
+    ) as client:
 
         async def post(item: tuple[str, bytes]) -> tuple[float, dict[str, Any] | None, str]:
             fname, body = item
@@ -615,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             phases: dict[str, tuple[Phase, Phase]] = {}
             try:
                 ready_s = asyncio.run(wait_ready(base, proc, args.ready_timeout))
+                HEADERS.update(api_key_headers(database_url))
                 mem_ready = proc_memory(proc.pid)
                 print(
                     f"service pid {proc.pid} ready in {ready_s:.1f} s ({args.database}, "
