@@ -3,9 +3,10 @@ bench/kill_during_writes.py, bench/fuzz_upload.py): a small model in a temporary
 real service in a subprocess (uvicorn, loopback only), fresh uploads, /proc readings and a
 private throwaway PostgreSQL cluster.
 
-Not a test and not imported by the service. Authentication: the benches send
-``Authorization: Bearer <key>`` when ``--api-key`` (or ``RADLENS_BENCH_API_KEY``) is given;
-without one they send no header, which works while the service runs without API keys.
+Not a test and not imported by the service. Authentication: the service runs with API keys
+on (the default); :func:`prepare_database` migrates the bench database and creates a key with
+`radlens keys create --json` (the CLI users run), and the benches send it as
+``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
@@ -128,8 +129,25 @@ class Uploads:
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
-    key = api_key or os.environ.get("RADLENS_BENCH_API_KEY")
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def prepare_database(database_url: str) -> str:
+    """Migrate the database to head and create an API key (scopes predict,read) with the CLI;
+    returns the key."""
+    import json
+
+    from app.migrate import upgrade
+
+    upgrade(database_url)
+    cmd = [
+        sys.executable, "-m", "cli.main", "keys", "create", "--name", "bench",
+        "--scopes", "predict,read", "--database-url", database_url, "--json",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"radlens keys create failed: {done.stderr.strip()[-500:]}")
+    return str(json.loads(done.stdout.strip().splitlines()[-1])["key"])
 
 
 # --- the service -------------------------------------------------------------------------------
@@ -207,6 +225,16 @@ async def wait_ready(service: ServiceProcess, timeout_s: float = 120.0) -> float
                 pass
             await asyncio.sleep(0.25)
     raise RuntimeError(f"the service was not ready within {timeout_s:.0f} s")
+
+
+async def assert_auth_enforced(service: ServiceProcess) -> None:
+    """The service refuses an upload without a key (401): the bench really runs with auth on."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=service.base, timeout=10.0) as client:
+        response = await client.post("/v1/predictions", files={"file": ("a.png", b"x")})
+    if response.status_code != 401:
+        raise RuntimeError(f"expected 401 without an API key, got {response.status_code}")
 
 
 def rss_bytes(pid: int) -> int:

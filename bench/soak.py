@@ -7,8 +7,9 @@ Not a test. Run from the repository root (figures: docs/benchmarks/reliability.m
     .venv/bin/python -m bench.soak --database postgres   # a private PostgreSQL cluster
 
 What it does: saves a small model (simple_cnn at 64 px by default, weights=None, so the two
-shared cores are not saturated for ten minutes), starts the real service (uvicorn, loopback),
-and runs N concurrent closed-loop clients for the given time. Each client posts a fresh upload
+shared cores are not saturated for ten minutes), migrates the database and creates an API key
+with `radlens keys create`, starts the real service (uvicorn, loopback, API keys on), and
+runs N concurrent closed-loop clients for the given time. Each client posts a fresh upload
 (random PNGs and DICOMs with a new SOP Instance UID: nothing is de-duplicated) and, every
 eighth request, reads its prediction back; it pauses ``--think-ms`` between requests. The
 service's resident memory (VmRSS from /proc) is sampled every 5 s. Growth is measured from the
@@ -34,7 +35,9 @@ from typing import Any
 
 from bench._reliability import (
     Uploads,
+    assert_auth_enforced,
     auth_headers,
+    prepare_database,
     private_postgres,
     rss_bytes,
     save_small_model,
@@ -46,7 +49,7 @@ from bench._reliability import (
 MIB = 1024 * 1024
 
 
-async def soak(base: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+async def soak(base: str, pid: int, api_key: str, args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
     uploads = Uploads(size=args.size)
@@ -57,7 +60,7 @@ async def soak(base: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     samples: list[tuple[float, int]] = []
     t0 = time.monotonic()
     deadline = t0 + args.minutes * 60.0
-    headers = auth_headers(args.api_key)
+    headers = auth_headers(api_key)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         nonlocal created
@@ -148,7 +151,7 @@ def report(result: dict[str, Any], rows: int, args: argparse.Namespace) -> bool:
 
     requests = sum(result["statuses"].values())
     print(f"soak: {args.clients} clients, {result['elapsed_s']:.0f} s, think {args.think_ms} ms")
-    print(f"  model: {args.architecture} at {args.size} px; database: {args.database}")
+    print(f"  model: {args.architecture} at {args.size} px; database: {args.database}; auth on")
     print(f"  requests: {requests} ({requests / result['elapsed_s']:.1f}/s)  {result['statuses']}")
     print(f"  POST latency ms: p50 {pct(0.5):.1f}  p95 {pct(0.95):.1f}  p99 {pct(0.99):.1f}")
     print(f"  failed requests: {len(result['failures'])}")
@@ -174,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--architecture", default="simple_cnn", choices=["simple_cnn", "resnet50"])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--database", default="sqlite", choices=["sqlite", "postgres"])
-    parser.add_argument("--api-key", default=None, help="sent as Authorization: Bearer")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="radlens-soak-") as tmp_name:
@@ -183,17 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         ref = save_small_model(store, args.architecture, args.size)
         with contextlib.ExitStack() as stack:
             if args.database == "postgres":
-                from app.migrate import upgrade
-
                 url = stack.enter_context(private_postgres()).url
-                upgrade(url)
             else:
                 url = f"sqlite:///{tmp / 'soak.db'}"
-            service = start_service(tmp, store, ref, url)
+            api_key = prepare_database(url)
+            service = start_service(tmp, store, ref, url, RADLENS_AUTH="enabled")
             try:
                 ready_s = asyncio.run(wait_ready(service))
                 print(f"service ready in {ready_s:.1f} s (pid {service.pid})")
-                result = asyncio.run(soak(service.base, service.pid, args))
+                asyncio.run(assert_auth_enforced(service))
+                result = asyncio.run(soak(service.base, service.pid, api_key, args))
             finally:
                 stop_service(service)
             ok = report(result, count_rows(url), args)
