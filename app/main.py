@@ -90,6 +90,11 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     # Every /v1 route needs an API key (app/auth.py); predictions are also audited.
     app.include_router(predictions.upload_router, dependencies=AUDITED)
     app.include_router(predictions.router, dependencies=AUDITED)
+    from app.routes import dicomweb, explanations  # Grad-CAM, SR/SC, STOW-RS
+
+    app.include_router(explanations.upload_router, dependencies=AUDITED)
+    app.include_router(explanations.router, dependencies=AUDITED)
+    app.include_router(dicomweb.router, dependencies=AUDITED)
     app.include_router(model_info.router, dependencies=AUTHORIZED)
     app.include_router(ops.router)
 
@@ -121,6 +126,11 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
 
             load = load_predictor
         predictor = load(settings)
+        if settings.explain_warmup:  # trace Grad-CAM now, not in the first ?explain=true request
+            from app.explain import explainer_for
+
+            seconds = explainer_for(predictor).warmup()
+            logger.info("Grad-CAM warmed up in %.1f s", seconds)
     except BaseException:
         engine.dispose()
         raise

@@ -22,6 +22,7 @@ MIB = 1024 * 1024
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _MODEL_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
 _SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+SECRET_FIELDS = frozenset({"uid_pseudonym_key"})  # never quoted in error messages
 
 
 def _default_max_pixels() -> int:
@@ -69,6 +70,16 @@ class Settings(BaseSettings):
     uid_pseudonym_key: SecretStr | None = Field(
         default=None, description="HMAC key (>= 16 characters) to pseudonymise stored UIDs"
     )
+    # Explanations and DICOM outputs (docs/pacs-integration.md)
+    explain_warmup: bool = Field(
+        default=False, description="Build and trace Grad-CAM at start-up (first explain is fast)"
+    )
+    dicom_copy_patient: bool = Field(
+        default=False,
+        description="Copy the patient/study identification from an uploaded source into an "
+        "SR returned in the same request (never stored); off = those attributes are empty",
+    )
+    stow_max_instances: int = Field(default=100, ge=1, le=10_000)
 
     @field_validator("uid_pseudonym_key")
     @classmethod
@@ -156,5 +167,6 @@ def describe_validation_error(exc: Exception) -> str:
     for error in exc.errors():
         field = ".".join(str(p) for p in error["loc"]) or "settings"
         name = f"RADLENS_{field.upper()}" if error["loc"] else "settings"
-        parts.append(f"{name}: {error['msg']} (received {error.get('input')!r})")
+        received = "<secret withheld>" if field in SECRET_FIELDS else repr(error.get("input"))
+        parts.append(f"{name}: {error['msg']} (received {received})")
     return "invalid configuration: " + "; ".join(parts)

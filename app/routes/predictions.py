@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 
 from app import services
@@ -24,11 +22,8 @@ from app.schemas import (
     PredictionPublic,
     problem_responses,
 )
-from app.tables import Prediction, dedupe_key
+from app.tables import Prediction
 from models.manifest import ModelManifest
-
-if TYPE_CHECKING:
-    from models.preprocessing import PreprocessedImage
 
 logger = logging.getLogger("radlens.app")
 
@@ -122,86 +117,39 @@ async def create_prediction(
     predictor: PredictorDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    explain: Annotated[
+        bool,
+        Query(
+            description="Also compute and store the Grad-CAM overlay (GET .../heatmap); "
+            "re-posting with explain=true adds it to a stored prediction"
+        ),
+    ] = False,
 ) -> PredictionPublic:
     """Preprocess the image exactly as in training, run the loaded model, store the result.
 
     Re-posting the same instance (same SOP Instance UID, or the same bytes when there is
     none) for the same model returns the stored prediction with status 200.
     """
+    from app.ingest import predict_and_store  # the one upload path (also STOW-RS)
+
     data = await file.read()
-    manifest = predictor.manifest
-    image = await run_in_threadpool(
-        _preprocess, data, predictor.input_size, manifest.window, settings.max_pixels
+    result = await predict_and_store(
+        data,
+        session=session,
+        predictor=predictor,
+        settings=settings,
+        metrics=metrics,
+        explain=explain,
     )
-    meta = image.metadata
-    digest = hashlib.sha256(data).hexdigest()
-    # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the instance UIDs (app/pseudonym.py)
-    pseudonym_key = settings.uid_pseudonym_key_bytes
-    study_uid, series_uid, sop_uid = (
-        pseudonymise_uid(uid, pseudonym_key)
-        for uid in (meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid)
-    )
-    key = dedupe_key(sop_instance_uid=sop_uid, input_sha256=digest)
-
-    # The model runs before the database is touched, so the request's transaction is only the
-    # short lookup-or-insert in record_prediction (SQLite serialises writers; a transaction held
-    # open across inference would stall other requests). A re-post runs the model again but
-    # stores nothing and returns the stored prediction.
-    output = await predictor.predict(image.model_input())
-    candidate = Prediction(
-        id=uuid.uuid4(),
-        model_name=manifest.name,
-        model_version=manifest.version,
-        preprocessing_version=manifest.preprocessing_version,
-        device=predictor.device.name,
-        label=output.label,
-        scores={
-            name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
-        },
-        threshold=manifest.threshold,
-        inference_ms=float(output.inference_ms),
-        batch_size=int(output.batch_size),
-        dedupe_key=key,
-        input_sha256=digest,
-        input_format=meta.format,
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        sop_instance_uid=sop_uid,
-        modality=meta.modality,
-        rows=meta.rows,
-        columns=meta.columns,
-        frames=meta.frames,
-        photometric_interpretation=meta.photometric_interpretation,
-        transfer_syntax_uid=meta.transfer_syntax_uid,
-        sop_class_uid=meta.sop_class_uid,
-    )
-    stored, created = await run_in_threadpool(services.record_prediction, session, candidate)
-
-    response.status_code = 201 if created else 200
+    stored = result.prediction
+    response.status_code = 201 if result.created else 200
     response.headers["Location"] = request.app.url_path_for(
         "get_prediction", prediction_id=str(stored.id)
     )
-    if created:
-        metrics.observe_prediction(manifest.ref, stored.label)
-        logger.info(
-            "prediction %s: model %s label %s (%.1f ms, batch %d)",
-            stored.id,
-            manifest.ref,
-            stored.label,
-            stored.inference_ms,
-            stored.batch_size,
-        )
-    else:
-        logger.info("prediction %s: already stored for model %s", stored.id, manifest.ref)
-    return to_public(stored, manifest)
-
-
-def _preprocess(
-    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int
-) -> PreprocessedImage:
-    from models.preprocessing import preprocess
-
-    return preprocess(data, size=size, window=window, max_pixels=max_pixels)
+    if result.explanation is not None:
+        heatmap = request.app.url_path_for("get_heatmap", prediction_id=str(stored.id))
+        response.headers["Link"] = f'<{heatmap}>; rel="describedby"; type="image/png"'
+    return to_public(stored, predictor.manifest)
 
 
 @router.get(

@@ -1,0 +1,317 @@
+"""DICOM outputs for a PACS, built with highdicom: a Structured Report and a Secondary Capture.
+
+Both go into the *source study* (same Study Instance UID), each in a new series, and
+reference the source instance by SOP Class UID + SOP Instance UID. highdicom checks the IODs
+while it constructs them; a failure there is a bug in radlens, not a bad request.
+
+Patient and study identification. The service stores no patient identifiers, so an output
+built later from the database (``GET /v1/predictions/{id}/dicom/...``) carries the Type 2
+patient and study attributes (Patient's Name, Patient ID, Birth Date, Sex, Accession
+Number, Study ID, Study Date/Time, Referring Physician) *empty*: a PACS files it by Study
+Instance UID. When a site wants the outputs filed under the patient, it sets
+``RADLENS_DICOM_COPY_PATIENT=true`` and asks for the output in the same request that
+carries the source (``POST /v1/predictions/dicom-sr``): those attributes are then copied
+from the source dataset in memory, never stored. Without that setting they are empty on
+every path.
+
+UIDs are derived from the prediction id (``2.25.<uuid5>``), so fetching an output twice gives
+the same SOP Instance UID (a PACS treats a re-send as the same object); the patient-bearing
+variant gets different UIDs from the patient-free one, since their contents differ.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from app.errors import AppError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from app.tables import Prediction
+
+CODING_SCHEME = "99RADLENS"  # private (local) coding scheme for radlens class labels and scores
+MANUFACTURER = "radlens"
+SR_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9902
+SR_SERIES_DESCRIPTION = "radlens AI result (research use, not for clinical use)"
+SC_SERIES_DESCRIPTION = "radlens Grad-CAM overlay (research use, not for clinical use)"
+DICOM_MEDIA_TYPE = "application/dicom"
+
+# Copied from the source only when the site allows it (RADLENS_DICOM_COPY_PATIENT=true).
+PATIENT_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+)
+STUDY_ATTRIBUTES = (
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+# Type 2 attributes written empty when nothing is copied.
+_EMPTY_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    *STUDY_ATTRIBUTES,
+)
+# https://dicom.nema.org/medical/dicom/current/output/chtml/part16/chapter_D.html: SNOMED CT
+_IMAGING_PROCEDURE = ("363679005", "SCT", "Imaging")
+_UID_NAMESPACE = uuid.UUID("5b0e6f5e-3c1c-4a9a-9d55-7a6c0d6c2a11")
+
+
+class DicomSourceRequiredError(AppError):
+    code = "dicom-source-required"
+    title = "DICOM outputs need a DICOM source; post the DICOM instance instead of a PNG/JPEG"
+    status_code = 409
+
+
+class DicomOutputError(AppError):
+    code = "dicom-output-failed"
+    title = "The DICOM output could not be built; please report this with the prediction id"
+    status_code = 500
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """What an output needs from its source: UIDs, modality and (only if allowed) patient data."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str | None
+    identification: dict[str, Any] = field(default_factory=dict)  # patient + study attributes
+
+    @property
+    def with_patient(self) -> bool:
+        return bool(self.identification)
+
+
+def source_from_prediction(prediction: Prediction) -> SourceRef:
+    """The stored source reference of a prediction; no patient data (none is stored)."""
+    uids = (
+        prediction.study_instance_uid,
+        prediction.series_instance_uid,
+        prediction.sop_instance_uid,
+        prediction.sop_class_uid,
+    )
+    if prediction.input_format != "dicom":
+        raise DicomSourceRequiredError(
+            f"prediction {prediction.id} was made on a {prediction.input_format.upper()} upload"
+        )
+    if not all(uids):
+        missing = [
+            name
+            for name, value in zip(
+                ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"),
+                uids,
+                strict=True,
+            )
+            if not value
+        ]
+        raise DicomSourceRequiredError(
+            f"prediction {prediction.id}'s source lacks {', '.join(missing)} (predictions "
+            "stored before the SOP Class UID was recorded: re-post the instance)"
+        )
+    study, series, sop, sop_class = (str(u) for u in uids)
+    return SourceRef(study, series, sop, sop_class, prediction.modality)
+
+
+def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
+    """The source reference of a dataset in memory; patient/study identification only when
+    ``copy_patient`` (the site setting) allows it."""
+    values = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = ds.get(keyword)
+        if not value:
+            raise DicomSourceRequiredError(f"the DICOM source has no {keyword}")
+        values[keyword] = str(value)
+    identification: dict[str, Any] = {}
+    if copy_patient:
+        for keyword in (*PATIENT_ATTRIBUTES, *STUDY_ATTRIBUTES):
+            if keyword in ds:
+                identification[keyword] = ds[keyword].value
+    return SourceRef(
+        values["StudyInstanceUID"],
+        values["SeriesInstanceUID"],
+        values["SOPInstanceUID"],
+        values["SOPClassUID"],
+        str(ds.get("Modality")) if ds.get("Modality") else None,
+        identification,
+    )
+
+
+def output_uid(prediction_id: uuid.UUID, kind: str, *, with_patient: bool) -> str:
+    """A stable UID for one output of one prediction (``2.25.<decimal uuid5>``, <= 64 chars)."""
+    name = f"{prediction_id}:{kind}:{'patient' if with_patient else 'anonymous'}"
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+def _reference_dataset(source: SourceRef) -> Dataset:
+    """The evidence dataset highdicom copies the patient and study modules from."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.StudyInstanceUID = source.study_instance_uid
+    ds.SeriesInstanceUID = source.series_instance_uid
+    ds.SOPInstanceUID = source.sop_instance_uid
+    ds.SOPClassUID = source.sop_class_uid
+    ds.Modality = source.modality or "OT"
+    for keyword in _EMPTY_TYPE2:
+        setattr(ds, keyword, None)
+    for keyword, value in source.identification.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _to_bytes(ds: Any) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _code(value: str, meaning: str) -> Any:
+    import highdicom as hd
+
+    # Code Value is SH (16 chars) for short codes; longer labels use the UC Long Code Value
+    return hd.sr.CodedConcept(value=value, scheme_designator=CODING_SCHEME, meaning=meaning[:64])
+
+
+def build_sr(prediction: Prediction, source: SourceRef) -> bytes:
+    """A Comprehensive 3D SR (TID 1500 Measurement Report) stating the prediction.
+
+    Content: the finding (the predicted label as a ``99RADLENS`` code) as a qualitative
+    evaluation, one numeric measurement per class score (UCUM unit "1", no unit), the
+    algorithm (model name and version) and the source image (SOP Class + Instance UID).
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    try:
+        algorithm = hd.sr.AlgorithmIdentification(
+            name=prediction.model_name, version=str(prediction.model_version)
+        )
+        measurements = [
+            hd.sr.Measurement(
+                name=_code(f"score:{name}"[:16], f"Model score for {name}"),
+                value=float(score),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            )
+            for name, score in prediction.scores.items()
+        ]
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=output_uid(prediction.id, "tracking", with_patient=False),
+                identifier=f"radlens prediction {prediction.id}",
+            ),
+            algorithm_id=algorithm,
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(source.sop_class_uid, source.sop_instance_uid)
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(
+                    name=codes.DCM.Finding,
+                    value=_code(prediction.label[:16], prediction.label),
+                )
+            ],
+            measurements=measurements,
+        )
+        observer = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=output_uid(prediction.id, "device", with_patient=False),
+                name=f"radlens {prediction.model_name}",
+                manufacturer_name=MANUFACTURER,
+                model_name=f"{prediction.model_name}:{prediction.model_version}",
+            ),
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=hd.sr.CodedConcept(*_IMAGING_PROCEDURE),
+            imaging_measurements=[group],
+        )
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[_reference_dataset(source)],
+            content=report[0],
+            series_instance_uid=output_uid(prediction.id, "sr-series", with_patient=False),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=output_uid(prediction.id, "sr", with_patient=source.with_patient),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=f"{prediction.model_name}:{prediction.model_version}",
+            series_description=SR_SERIES_DESCRIPTION,
+            is_complete=True,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DicomOutputError(
+            f"highdicom refused the SR for prediction {prediction.id}: {exc}"
+        ) from exc
+    return _to_bytes(sr)
+
+
+def overlay_rgb(png: bytes) -> np.ndarray:
+    """The stored overlay PNG as uint8 RGB pixels (H, W, 3): what the Secondary Capture shows."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
+    """A Secondary Capture of the Grad-CAM overlay in the source study, referencing the source.
+
+    New series, same Study Instance UID; Source Image Sequence names the source instance;
+    Image Type DERIVED\\SECONDARY. The overlay has no patient text (its caption is class,
+    score and layer), so Burned In Annotation is NO.
+    """
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    pixels = overlay_rgb(png)
+    try:
+        sc = hd.sc.SCImage.from_ref_dataset(
+            _reference_dataset(source),
+            pixel_array=pixels,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=output_uid(prediction.id, "sc-series", with_patient=False),
+            series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=output_uid(prediction.id, "sc", with_patient=source.with_patient),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            # highdicom wants an orientation for PATIENT; the service does not keep the
+            # source's, so it is emptied below (Type 2: present, empty = unknown)
+            patient_orientation=("L", "F"),
+            series_description=SC_SERIES_DESCRIPTION,
+        )
+        sc.PatientOrientation = None  # type: ignore[assignment]
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DicomOutputError(
+            f"highdicom refused the Secondary Capture for prediction {prediction.id}: {exc}"
+        ) from exc
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.sop_class_uid
+    reference.ReferencedSOPInstanceUID = source.sop_instance_uid
+    sc.SourceImageSequence = Sequence([reference])
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.DerivationDescription = (
+        f"Grad-CAM overlay of radlens model {prediction.model_name}:{prediction.model_version}"
+        f" (prediction {prediction.id}, label {prediction.label})"
+    )[:1024]
+    sc.BurnedInAnnotation = "NO"
+    return _to_bytes(sc)

@@ -1,0 +1,149 @@
+"""Grad-CAM explanations in the service: compute off the event loop, store, read back.
+
+Threading. The Predictor's worker thread calls the model through its own ``tf.function``;
+Grad-CAM calls the same Keras model (same layers and weights) through the gradient model
+that :mod:`models.gradcam` builds and caches per model and layer (the cache is guarded by a
+lock there). Keras/TensorFlow inference only *reads* the variables, so both may run at the
+same time from different threads; ``tests/app/test_explain.py`` checks that concurrent
+predictions and explanations give the same scores as sequential ones. Explanations are
+serialised among themselves by :class:`Explainer` (one at a time): each is a forward and a
+backward pass, and running several at once on a 2-core machine only slows all of them and
+the predictions down.
+
+Which class: for a binary model the positive class (index 1), whatever the decision, so
+maps of different images are comparable; for a multi-class model the predicted class.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.errors import NotFoundError
+from app.tables import Explanation
+
+if TYPE_CHECKING:
+    from app.predictor import Predictor
+
+
+class ExplanationNotFoundError(NotFoundError):
+    code = "explanation-not-found"
+    title = "This prediction has no stored explanation; re-post the image with ?explain=true"
+
+
+@dataclass(frozen=True)
+class ExplanationOutput:
+    png: bytes
+    layer: str
+    class_index: int
+    class_name: str
+    score: float
+    scores: np.ndarray  # (classes,) from Grad-CAM's own forward pass
+    seconds: float
+
+
+class Explainer:
+    """Runs Grad-CAM for a predictor's model, one explanation at a time (blocking: call it
+    from a worker thread, e.g. ``run_in_threadpool``)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self._lock = threading.Lock()
+        self.warmed = False
+
+    def class_index(self) -> int | None:
+        return 1 if len(self.predictor.manifest.class_names) == 2 else None
+
+    def explain(self, model_input: np.ndarray) -> ExplanationOutput:
+        """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input."""
+        import tensorflow as tf
+
+        from models.gradcam import explain_image
+
+        names = list(self.predictor.manifest.class_names)
+        with self._lock, tf.device(self.predictor.device.name):
+            start = time.perf_counter()
+            result, png = explain_image(
+                self.predictor.model,
+                model_input,
+                class_names=names,
+                class_index=self.class_index(),
+            )
+            seconds = time.perf_counter() - start
+            self.warmed = True
+        chosen = int(result.class_indices[0])
+        return ExplanationOutput(
+            png=png,
+            layer=result.layer,
+            class_index=chosen,
+            class_name=names[chosen],
+            score=float(result.scores[0, chosen]),
+            scores=np.asarray(result.scores[0], dtype=np.float32),
+            seconds=seconds,
+        )
+
+    def warmup(self) -> float:
+        """Build and trace the gradient model once (start-up); returns the seconds it took."""
+        h, w = self.predictor.input_size
+        start = time.perf_counter()
+        self.explain(np.zeros((h, w, 1), dtype=np.float32))
+        return time.perf_counter() - start
+
+
+def explainer_for(predictor: Any) -> Explainer:
+    """The one Explainer of a predictor (created on first use, kept on the predictor)."""
+    existing = getattr(predictor, "_radlens_explainer", None)
+    if isinstance(existing, Explainer):
+        return existing
+    explainer = Explainer(predictor)
+    predictor._radlens_explainer = explainer
+    return explainer
+
+
+def get_explanation(session: Session, prediction_id: uuid.UUID) -> Explanation | None:
+    stmt = select(Explanation).where(Explanation.prediction_id == prediction_id)
+    return session.scalars(stmt).one_or_none()
+
+
+def require_explanation(session: Session, prediction_id: uuid.UUID) -> Explanation:
+    explanation = get_explanation(session, prediction_id)
+    if explanation is None:
+        raise ExplanationNotFoundError(
+            f"prediction {prediction_id} was stored without an explanation"
+        )
+    return explanation
+
+
+def record_explanation(
+    session: Session, prediction_id: uuid.UUID, output: ExplanationOutput
+) -> tuple[Explanation, bool]:
+    """Store the explanation unless the prediction has one already (first writer wins)."""
+    existing = get_explanation(session, prediction_id)
+    if existing is not None:
+        return existing, False
+    row = Explanation(
+        id=uuid.uuid4(),
+        prediction_id=prediction_id,
+        layer=output.layer,
+        class_index=output.class_index,
+        class_name=output.class_name,
+        score=output.score,
+        png=output.png,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        winner = get_explanation(session, prediction_id)
+        if winner is None:
+            raise
+        return winner, False
+    return row, True

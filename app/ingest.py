@@ -1,0 +1,177 @@
+"""One uploaded instance -> a stored prediction (and, on request, its explanation).
+
+The one path every upload takes (``POST /v1/predictions``, ``POST /v1/predictions/dicom-sr``,
+each instance of a STOW-RS request): preprocess exactly as in training (in a worker thread)
+-> the micro-batched predictor -> lookup-or-insert (dedupe per model) -> optionally Grad-CAM,
+stored once per prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from app import services
+from app.explain import ExplanationOutput, explainer_for, get_explanation, record_explanation
+from app.metrics import ServiceMetrics
+from app.pseudonym import pseudonymise_uid
+from app.settings import Settings
+from app.tables import Explanation, Prediction, dedupe_key
+
+if TYPE_CHECKING:
+    from app.predictor import Predictor
+    from models.preprocessing import PreprocessedImage
+
+logger = logging.getLogger("radlens.app")
+
+
+@dataclass
+class Ingested:
+    prediction: Prediction
+    created: bool  # False: this model had predicted this instance before (stored row returned)
+    image: PreprocessedImage
+    explanation: Explanation | None = None
+    explanation_created: bool = False
+
+
+def preprocess_upload(
+    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int
+) -> PreprocessedImage:
+    from models.preprocessing import preprocess
+
+    return preprocess(data, size=size, window=window, max_pixels=max_pixels)
+
+
+@dataclass
+class Candidate:
+    """A preprocessed upload and the model's prediction on it, not stored yet."""
+
+    prediction: Prediction
+    image: PreprocessedImage
+
+
+async def predict_and_store(
+    data: bytes,
+    *,
+    session: Session,
+    predictor: Predictor,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    explain: bool = False,
+) -> Ingested:
+    """Predict on one upload and store the result; with ``explain``, also the Grad-CAM overlay
+    (added to an existing prediction that has none). Raises the preprocessing errors."""
+    candidate = await run_model(data, predictor=predictor, settings=settings)
+    return await store(
+        candidate, session=session, predictor=predictor, metrics=metrics, explain=explain
+    )
+
+
+async def run_model(data: bytes, *, predictor: Predictor, settings: Settings) -> Candidate:
+    """Preprocess (worker thread) and predict (micro-batched); safe to run concurrently."""
+    manifest = predictor.manifest
+    image = await run_in_threadpool(
+        preprocess_upload, data, predictor.input_size, manifest.window, settings.max_pixels
+    )
+    meta = image.metadata
+    digest = hashlib.sha256(data).hexdigest()
+    # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the instance UIDs (app/pseudonym.py)
+    pseudonym_key = settings.uid_pseudonym_key_bytes
+    study_uid, series_uid, sop_uid = (
+        pseudonymise_uid(uid, pseudonym_key)
+        for uid in (meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid)
+    )
+    key = dedupe_key(sop_instance_uid=sop_uid, input_sha256=digest)
+
+    # The model runs before the database is touched, so the request's transaction is only the
+    # short lookup-or-insert in record_prediction (SQLite serialises writers; a transaction held
+    # open across inference would stall other requests). A re-post runs the model again but
+    # stores nothing and returns the stored prediction.
+    output = await predictor.predict(image.model_input())
+    prediction = Prediction(
+        id=uuid.uuid4(),
+        model_name=manifest.name,
+        model_version=manifest.version,
+        preprocessing_version=manifest.preprocessing_version,
+        device=predictor.device.name,
+        label=output.label,
+        scores={
+            name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
+        },
+        threshold=manifest.threshold,
+        inference_ms=float(output.inference_ms),
+        batch_size=int(output.batch_size),
+        dedupe_key=key,
+        input_sha256=digest,
+        input_format=meta.format,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        modality=meta.modality,
+        rows=meta.rows,
+        columns=meta.columns,
+        frames=meta.frames,
+        photometric_interpretation=meta.photometric_interpretation,
+        transfer_syntax_uid=meta.transfer_syntax_uid,
+        sop_class_uid=meta.sop_class_uid,
+    )
+    return Candidate(prediction=prediction, image=image)
+
+
+async def store(
+    candidate: Candidate,
+    *,
+    session: Session,
+    predictor: Predictor,
+    metrics: ServiceMetrics,
+    explain: bool = False,
+) -> Ingested:
+    """Lookup-or-insert the prediction (and explain it when asked). One at a time per session."""
+    manifest = predictor.manifest
+    stored, created = await run_in_threadpool(
+        services.record_prediction, session, candidate.prediction
+    )
+    if created:
+        metrics.observe_prediction(manifest.ref, stored.label)
+        logger.info(
+            "prediction %s: model %s label %s (%.1f ms, batch %d)",
+            stored.id,
+            manifest.ref,
+            stored.label,
+            stored.inference_ms,
+            stored.batch_size,
+        )
+    else:
+        logger.info("prediction %s: already stored for model %s", stored.id, manifest.ref)
+    result = Ingested(prediction=stored, created=created, image=candidate.image)
+    if explain:
+        result.explanation, result.explanation_created = await ensure_explanation(
+            session, stored, candidate.image, predictor
+        )
+    return result
+
+
+async def ensure_explanation(
+    session: Session, prediction: Prediction, image: PreprocessedImage, predictor: Predictor
+) -> tuple[Explanation, bool]:
+    """The stored explanation of ``prediction``, computed (off the event loop) if missing."""
+    existing = await run_in_threadpool(get_explanation, session, prediction.id)
+    if existing is not None:
+        return existing, False
+    explainer = explainer_for(predictor)
+    output: ExplanationOutput = await run_in_threadpool(explainer.explain, image.model_input())
+    logger.info(
+        "explanation for prediction %s: %s %.2f at %s (%.0f ms)",
+        prediction.id,
+        output.class_name,
+        output.score,
+        output.layer,
+        output.seconds * 1000,
+    )
+    return await run_in_threadpool(record_explanation, session, prediction.id, output)

@@ -1,0 +1,390 @@
+"""DICOMweb STOW-RS input (PS3.18 §10.5): an archive (e.g. Orthanc) POSTs studies, radlens
+answers with a prediction per instance.
+
+Request: ``POST /dicomweb/studies`` (or ``/dicomweb/studies/{study}``) with
+``Content-Type: multipart/related; type="application/dicom"; boundary=...``, one DICOM
+instance per part. Each instance goes through the same path as ``POST /v1/predictions``
+(preprocess -> predictor -> store, dedupe per model); their model calls share micro-batches.
+
+Response: DICOM JSON (``application/dicom+json``, PS3.18 F.2) with
+- ``00081199`` ReferencedSOPSequence: per predicted instance its SOP Class/Instance UID and a
+  ``00081190`` RetrieveURL pointing to the *prediction* (radlens stores no instances); plus the
+  private block ``(0099,00xx)`` creator "RADLENS 1" with ``(0099,1001)`` the prediction id,
+  ``(0099,1002)`` the label, ``(0099,1003)`` "created" or "existing";
+- ``00081198`` FailedSOPSequence: per failed instance its UIDs when they could be read and
+  ``00081197`` FailureReason (see :data:`FAILURE_REASONS`), plus ``(0099,1004)`` the radlens
+  problem code and ``(0099,1005)`` the one-line reason.
+Status 200 when every instance was predicted, 202 when some failed, 409 when all failed; a
+request that is not multipart/related with DICOM parts is a 400/415 problem. Bad parts are
+per-instance failures, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from app.deps import MetricsDep, PredictorDep, SessionDep, SettingsDep
+from app.errors import AppError, UnsupportedMediaTypeError
+from app.ingest import Candidate, run_model, store
+from app.schemas import problem_responses
+from models.errors import RadlensError
+
+logger = logging.getLogger("radlens.app")
+
+DICOM_JSON = "application/dicom+json"
+PRIVATE_CREATOR = "RADLENS 1"
+
+# FailureReason (0008,1197) values, PS3.18 §10.5.3 / PS3.4 Annex B storage statuses.
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+PROCESSING_FAILURE = 0x0110
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+FAILURE_REASONS: dict[str, int] = {
+    "not-an-image": CANNOT_UNDERSTAND,
+    "truncated": CANNOT_UNDERSTAND,
+    "not-dicom-part": CANNOT_UNDERSTAND,
+    "unsupported-transfer-syntax": TRANSFER_SYNTAX_NOT_SUPPORTED,
+    "no-pixel-data": SOP_CLASS_NOT_SUPPORTED,
+    "invalid-image": DATA_SET_DOES_NOT_MATCH,
+    "preprocessing-error": DATA_SET_DOES_NOT_MATCH,
+    "study-mismatch": DATA_SET_DOES_NOT_MATCH,
+    "image-too-large": OUT_OF_RESOURCES,
+    "too-many-instances": OUT_OF_RESOURCES,
+    "inference-failed": PROCESSING_FAILURE,
+    "predictor-unavailable": PROCESSING_FAILURE,
+}
+
+router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
+
+
+class BadMultipartError(AppError):
+    code = "bad-multipart"
+    title = (
+        'Send multipart/related; type="application/dicom" with a boundary and at least one '
+        "DICOM part"
+    )
+    status_code = 400
+
+
+@dataclass
+class Part:
+    index: int
+    headers: dict[str, str] = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_parts(request: Request) -> list[Part]:
+    """Split a multipart/related body into its parts (python-multipart's parser, streamed;
+    the body size limit of the service applies while streaming)."""
+    raw_type = request.headers.get("content-type", "")
+    media_type, params = parse_options_header(raw_type)
+    shown = raw_type[:120] or "none"
+    if media_type.decode("latin-1").lower() != "multipart/related":
+        raise UnsupportedMediaTypeError(
+            f"the request's Content-Type is {shown!r}; STOW-RS expects multipart/related; "
+            'type="application/dicom"'
+        )
+    part_type = params.get(b"type", b"application/dicom").decode("latin-1").lower()
+    if part_type != "application/dicom":
+        raise UnsupportedMediaTypeError(
+            f"the multipart type parameter is {part_type!r}; radlens accepts "
+            "application/dicom instances (not metadata+bulkdata)"
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadMultipartError(f"the Content-Type has no boundary parameter: {shown!r}")
+
+    parts: list[Part] = []
+    header_name: list[bytes] = []
+    header_value: list[bytes] = []
+
+    def on_part_begin() -> None:
+        parts.append(Part(index=len(parts)))
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1].chunks.append(data[start:end])
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_name.append(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.append(data[start:end])
+
+    def on_header_end() -> None:
+        name = b"".join(header_name).decode("latin-1").strip().lower()
+        parts[-1].headers[name] = b"".join(header_value).decode("latin-1").strip()
+        header_name.clear()
+        header_value.clear()
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+        },
+    )
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadMultipartError(f"the multipart body could not be parsed: {exc}") from exc
+    parts = [p for p in parts if p.chunks or p.headers]
+    if not parts:
+        raise BadMultipartError(f"the body has no parts for boundary {boundary.decode()!r}")
+    return parts
+
+
+@dataclass
+class Outcome:
+    part: Part
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    candidate: Candidate | None = None
+    error_code: str | None = None
+    error: str | None = None
+    prediction_id: str | None = None
+    label: str | None = None
+    created: bool = False
+
+    def fail(self, code: str, message: str) -> None:
+        self.error_code, self.error = code, message
+
+
+def _uids(data: bytes) -> tuple[str | None, str | None, str | None]:
+    """SOP Class, SOP Instance and Study Instance UID of a part, when its header reads."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data),
+            stop_before_pixels=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
+        )
+    except (InvalidDicomError, ValueError, TypeError, EOFError, OSError, KeyError):
+        return None, None, None
+    values = (ds.get("SOPClassUID"), ds.get("SOPInstanceUID"), ds.get("StudyInstanceUID"))
+    return tuple(str(v) if v else None for v in values)  # type: ignore[return-value]
+
+
+async def _predict(outcome: Outcome, *, predictor: Any, settings: Any, study: str | None) -> None:
+    part = outcome.part
+    if part.content_type not in ("application/dicom", ""):
+        outcome.fail("not-dicom-part", f"part {part.index} is {part.content_type!r}")
+        return
+    data = part.data
+    uids = await asyncio.to_thread(_uids, data)
+    outcome.sop_class_uid, outcome.sop_instance_uid, outcome.study_instance_uid = uids
+    if study is not None and outcome.study_instance_uid != study:
+        outcome.fail(
+            "study-mismatch",
+            f"part {part.index} belongs to study {outcome.study_instance_uid!r}, "
+            f"not {study!r} of the URL",
+        )
+        return
+    try:
+        outcome.candidate = await run_model(data, predictor=predictor, settings=settings)
+    except RadlensError as exc:
+        outcome.fail(exc.code, str(exc))
+    except Exception as exc:  # one bad instance must not fail the others (logged, no data)
+        logger.exception("STOW-RS part %d: unexpected %s", part.index, type(exc).__name__)
+        outcome.fail("inference-failed", f"part {part.index}: {type(exc).__name__}")
+
+
+def _element(vr: str, *values: Any) -> dict[str, Any]:
+    element: dict[str, Any] = {"vr": vr}
+    present = [v for v in values if v is not None]
+    if present:
+        element["Value"] = present
+    return element
+
+
+def _item(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "00081150": _element("UI", outcome.sop_class_uid),
+        "00081155": _element("UI", outcome.sop_instance_uid),
+        "00990010": _element("LO", PRIVATE_CREATOR),
+    }
+
+
+def stow_response(outcomes: list[Outcome], request: Request) -> tuple[int, dict[str, Any]]:
+    """The STOW-RS status and DICOM JSON body for the outcomes."""
+    referenced, failed = [], []
+    for outcome in outcomes:
+        item = _item(outcome)
+        if outcome.error_code is None:
+            url = str(request.url_for("get_prediction", prediction_id=outcome.prediction_id))
+            item["00081190"] = _element("UR", url)
+            item["00991001"] = _element("LO", outcome.prediction_id)
+            item["00991002"] = _element("LO", (outcome.label or "")[:64])
+            item["00991003"] = _element("LO", "created" if outcome.created else "existing")
+            referenced.append(item)
+        else:
+            item["00081197"] = _element("US", FAILURE_REASONS.get(outcome.error_code, 0x0110))
+            item["00991004"] = _element("LO", outcome.error_code[:64])
+            item["00991005"] = _element("LT", (outcome.error or "")[:10240])
+            failed.append(item)
+    body: dict[str, Any] = {}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    status = 200 if not failed else (202 if referenced else 409)
+    return status, body
+
+
+_STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Every instance was predicted (ReferencedSOPSequence)",
+        "content": {DICOM_JSON: {"schema": {"type": "object"}}},
+    },
+    202: {
+        "description": "Some instances failed (FailedSOPSequence with FailureReason)",
+        "content": {DICOM_JSON: {"schema": {"type": "object"}}},
+    },
+    409: {
+        "description": "No instance could be predicted (FailedSOPSequence)",
+        "content": {DICOM_JSON: {"schema": {"type": "object"}}},
+    },
+    **problem_responses(400, 413, 415, 500, 503),
+}
+
+
+async def _stow(
+    request: Request,
+    study: str | None,
+    *,
+    session: Any,
+    predictor: Any,
+    settings: Any,
+    metrics: Any,
+    explain: bool,
+) -> JSONResponse:
+    parts = await read_parts(request)
+    outcomes = [Outcome(part) for part in parts]
+    allowed = outcomes[: settings.stow_max_instances]
+    for outcome in outcomes[settings.stow_max_instances :]:
+        outcome.fail(
+            "too-many-instances",
+            f"part {outcome.part.index}: more than {settings.stow_max_instances} instances "
+            "in one request (RADLENS_STOW_MAX_INSTANCES)",
+        )
+    # model calls run concurrently (they share micro-batches); storing is one at a time
+    await asyncio.gather(
+        *(_predict(o, predictor=predictor, settings=settings, study=study) for o in allowed)
+    )
+    for outcome in allowed:
+        if outcome.candidate is None:
+            continue
+        try:
+            result = await store(
+                outcome.candidate,
+                session=session,
+                predictor=predictor,
+                metrics=metrics,
+                explain=explain,
+            )
+        except RadlensError as exc:
+            outcome.fail(exc.code, str(exc))
+            continue
+        outcome.prediction_id = str(result.prediction.id)
+        outcome.label = result.prediction.label
+        outcome.created = result.created
+    status, body = stow_response(outcomes, request)
+    logger.info(
+        "STOW-RS: %d instances, %d predicted, %d failed",
+        len(outcomes),
+        sum(o.error_code is None for o in outcomes),
+        sum(o.error_code is not None for o in outcomes),
+    )
+    return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+
+
+_EXPLAIN = Query(description="Also compute and store each instance's Grad-CAM overlay")
+
+
+@router.post(
+    "/studies",
+    summary="STOW-RS: store instances (radlens predicts on each)",
+    response_class=JSONResponse,
+    responses=_STOW_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                'multipart/related; type="application/dicom"': {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+        }
+    },
+)
+async def stow_studies(
+    request: Request,
+    session: SessionDep,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    explain: Annotated[bool, _EXPLAIN] = False,
+) -> JSONResponse:
+    """Predict on every instance of the request; DICOM JSON STOW-RS response."""
+    return await _stow(
+        request,
+        None,
+        session=session,
+        predictor=predictor,
+        settings=settings,
+        metrics=metrics,
+        explain=explain,
+    )
+
+
+@router.post(
+    "/studies/{study}",
+    summary="STOW-RS into one study: instances of another study fail (0xA900)",
+    response_class=JSONResponse,
+    responses=_STOW_RESPONSES,
+)
+async def stow_study(
+    study: str,
+    request: Request,
+    session: SessionDep,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    explain: Annotated[bool, _EXPLAIN] = False,
+) -> JSONResponse:
+    """As POST /dicomweb/studies, for the instances of the study in the URL."""
+    return await _stow(
+        request,
+        study,
+        session=session,
+        predictor=predictor,
+        settings=settings,
+        metrics=metrics,
+        explain=explain,
+    )
