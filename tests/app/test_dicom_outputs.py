@@ -1,0 +1,295 @@
+"""DICOM outputs: SR and Secondary Capture built with highdicom, read back with pydicom, in the
+source study, referencing the source instance; no patient identifiers unless the site allows
+them for an SR returned in the same request. Real DICOM from ../shared/data and pydicom-data."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from tests.app.conftest import (
+    CLASS_NAMES,
+    Service,
+    TestClient,
+    assert_problem,
+    dicom_bytes,
+    make_settings,
+    new_uid,
+    png_bytes,
+)
+from tests.conftest import shared_data_path
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+PATIENT = {
+    "PatientName": "Roe^Richard",
+    "PatientID": "MRN-0042-XYZ",
+    "PatientBirthDate": "19610203",
+    "PatientSex": "M",
+    "AccessionNumber": "ACC-5566",
+}
+
+
+def _read(data: bytes) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def _pydicom_data_chest_cr() -> bytes:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_UNCR.dcm")
+    if path is None:
+        pytest.skip("pydicom-data's RG1_UNCR.dcm (chest CR) is not installed")
+    return Path(str(path)).read_bytes()
+
+
+def _post(service: Service, data: bytes, explain: bool = True) -> dict[str, Any]:
+    response = service.post(data, "src.dcm", params={"explain": str(explain).lower()})
+    assert response.status_code in (200, 201), response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _content_items(ds: Any) -> Iterator[Any]:
+    for item in getattr(ds, "ContentSequence", []):
+        yield item
+        yield from _content_items(item)
+
+
+def _assert_sr(sr: pydicom.Dataset, source: pydicom.Dataset, prediction: dict[str, Any]) -> None:
+    import highdicom as hd
+
+    assert sr.SOPClassUID == COMPREHENSIVE_3D_SR
+    assert sr.StudyInstanceUID == source.StudyInstanceUID  # in the source study
+    assert sr.SeriesInstanceUID not in (source.SeriesInstanceUID,)  # a new series
+    assert sr.Manufacturer == "radlens"
+    parsed = hd.sr.Comprehensive3DSR.from_dataset(sr)  # highdicom's own parsing and checks
+    groups = parsed.content.get_image_measurement_groups()
+    assert len(groups) == 1
+    items = list(_content_items(sr))
+    finding = [
+        i
+        for i in items
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121071"
+    ]  # DCM "Finding"
+    assert len(finding) == 1
+    code = finding[0].ConceptCodeSequence[0]
+    assert (code.CodingSchemeDesignator, code.CodeMeaning) == ("99RADLENS", prediction["label"])
+    scores = {
+        i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
+        for i in items
+        if i.ValueType == "NUM"
+    }
+    assert scores == pytest.approx(
+        {f"Model score for {name}": prediction["scores"][name] for name in CLASS_NAMES},
+        abs=1e-6,
+    )
+    texts = {
+        i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue
+        for i in items
+        if i.ValueType == "TEXT"
+    }
+    assert texts["Algorithm Name"] == prediction["model"]["name"]
+    assert texts["Algorithm Version"] == str(prediction["model"]["version"])
+    images = [i for i in items if i.ValueType == "IMAGE"]
+    ref = images[0].ReferencedSOPSequence[0]
+    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (
+        source.SOPClassUID,
+        source.SOPInstanceUID,
+    )
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == source.StudyInstanceUID
+    listed = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert listed.ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+
+def _assert_no_patient(ds: pydicom.Dataset, raw: bytes) -> None:
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+    ):
+        assert keyword in ds  # Type 2: present ...
+        assert not ds[keyword].value  # ... and empty
+    for value in PATIENT.values():
+        if len(value) > 2:
+            assert value.encode() not in raw
+
+
+class TestStructuredReport:
+    def test_sr_of_a_real_ct(self, service: Service) -> None:
+        data = shared_data_path("dicom", "ct_image.dcm").read_bytes()
+        prediction = _post(service, data, explain=False)
+        response = service.client.get(f"/v1/predictions/{prediction['id']}/dicom/sr")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/dicom"
+        _assert_sr(_read(response.content), _read(data), prediction)
+        _assert_no_patient(_read(response.content), response.content)
+
+    def test_sr_of_the_pydicom_data_chest_cr(self, service: Service) -> None:
+        data = _pydicom_data_chest_cr()
+        prediction = _post(service, data, explain=False)
+        response = service.client.get(f"/v1/predictions/{prediction['id']}/dicom/sr")
+        assert response.status_code == 200, response.text
+        _assert_sr(_read(response.content), _read(data), prediction)
+
+    def test_same_prediction_same_uids(self, service: Service) -> None:
+        prediction = _post(service, dicom_bytes(), explain=False)
+        url = f"/v1/predictions/{prediction['id']}/dicom/sr"
+        first, second = (_read(service.client.get(url).content) for _ in range(2))
+        assert first.SOPInstanceUID == second.SOPInstanceUID
+        assert first.SeriesInstanceUID == second.SeriesInstanceUID
+        assert len(first.SOPInstanceUID) <= 64
+
+    def test_stored_path_carries_no_patient_identifiers(self, service: Service) -> None:
+        prediction = _post(service, dicom_bytes(patient=PATIENT), explain=True)
+        for kind in ("sr", "secondary-capture"):
+            response = service.client.get(f"/v1/predictions/{prediction['id']}/dicom/{kind}")
+            assert response.status_code == 200, response.text
+            _assert_no_patient(_read(response.content), response.content)
+
+    def test_png_prediction_has_no_dicom_outputs(self, service: Service) -> None:
+        prediction = _post(service, png_bytes(), explain=True)
+        for kind in ("sr", "secondary-capture"):
+            body = assert_problem(
+                service.client.get(f"/v1/predictions/{prediction['id']}/dicom/{kind}"),
+                409,
+                code="dicom-source-required",
+            )
+            assert "PNG" in body["detail"]
+
+    def test_unknown_prediction(self, service: Service) -> None:
+        assert_problem(
+            service.client.get("/v1/predictions/00000000-0000-4000-8000-000000000001/dicom/sr"),
+            404,
+        )
+
+    def test_inline_sr_without_the_site_setting_has_no_patient(self, service: Service) -> None:
+        data = dicom_bytes(patient=PATIENT)
+        response = service.client.post(
+            "/v1/predictions/dicom-sr", files={"file": ("a.dcm", data, "application/dicom")}
+        )
+        assert response.status_code == 201, response.text
+        assert response.headers["location"].startswith("/v1/predictions/")
+        sr = _read(response.content)
+        assert sr.StudyInstanceUID == _read(data).StudyInstanceUID
+        _assert_no_patient(sr, response.content)
+
+    def test_inline_sr_needs_a_dicom_upload(self, service: Service) -> None:
+        response = service.client.post(
+            "/v1/predictions/dicom-sr", files={"file": ("a.png", png_bytes(), "image/png")}
+        )
+        assert_problem(response, 409, code="dicom-source-required")
+
+
+class TestSecondaryCapture:
+    def test_sc_of_a_real_chest_cr(self, service: Service) -> None:
+        data = shared_data_path("dicom", "rsna_chest_cr_jpeg_baseline.dcm").read_bytes()
+        prediction = _post(service, data, explain=True)
+        response = service.client.get(f"/v1/predictions/{prediction['id']}/dicom/secondary-capture")
+        assert response.status_code == 200, response.text
+        sc, source = _read(response.content), _read(data)
+        assert sc.SOPClassUID == SecondaryCaptureImageStorage
+        assert sc.StudyInstanceUID == source.StudyInstanceUID
+        assert sc.SeriesInstanceUID != source.SeriesInstanceUID
+        assert sc.SOPInstanceUID != source.SOPInstanceUID
+        ref = sc.SourceImageSequence[0]
+        assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (
+            source.SOPClassUID,
+            source.SOPInstanceUID,
+        )
+        assert list(sc.ImageType) == ["DERIVED", "SECONDARY"]
+        assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
+        # the pixels are the heatmap PNG's
+        from app.dicom_outputs import overlay_rgb
+
+        png = service.client.get(f"/v1/predictions/{prediction['id']}/heatmap").content
+        np.testing.assert_array_equal(sc.pixel_array, overlay_rgb(png))
+        _assert_no_patient(sc, response.content)
+
+    def test_sc_of_the_pydicom_data_chest_cr(self, service: Service) -> None:
+        data = _pydicom_data_chest_cr()
+        prediction = _post(service, data, explain=True)
+        response = service.client.get(f"/v1/predictions/{prediction['id']}/dicom/secondary-capture")
+        assert response.status_code == 200, response.text
+        sc = _read(response.content)
+        assert sc.StudyInstanceUID == _read(data).StudyInstanceUID
+        assert sc.pixel_array.ndim == 3
+
+    def test_sc_needs_an_explanation(self, service: Service) -> None:
+        prediction = _post(service, dicom_bytes(), explain=False)
+        body = assert_problem(
+            service.client.get(f"/v1/predictions/{prediction['id']}/dicom/secondary-capture"),
+            404,
+            code="explanation-not-found",
+        )
+        assert "explain=true" in body["title"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[Service]:
+    """A site that opts in to patient copying and pseudonymises stored UIDs (SQLite)."""
+    from app.main import create_app
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('site') / 'site.db'}"
+    settings = make_settings(
+        url,
+        model_store,
+        dicom_copy_patient=True,
+        uid_pseudonym_key="a-site-secret-of-32-characters!!",
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        yield Service(client=client, app=app, database_url=url, backend="sqlite")
+
+
+class TestSiteSettings:
+    def test_inline_sr_copies_the_patient_when_the_site_allows(self, site: Service) -> None:
+        study = new_uid()
+        data = dicom_bytes(patient=PATIENT, study=study)
+        response = site.client.post(
+            "/v1/predictions/dicom-sr", files={"file": ("a.dcm", data, "application/dicom")}
+        )
+        assert response.status_code == 201, response.text
+        sr = _read(response.content)
+        assert str(sr.PatientName) == PATIENT["PatientName"]
+        assert sr.PatientID == PATIENT["PatientID"]
+        assert sr.PatientBirthDate == PATIENT["PatientBirthDate"]
+        assert sr.AccessionNumber == PATIENT["AccessionNumber"]
+        assert sr.StudyInstanceUID == study  # the real UID, not the stored pseudonym
+        # ... and nothing of it was stored
+        dump = repr(site.rows())
+        for value in (PATIENT["PatientName"], PATIENT["PatientID"], study):
+            assert value not in dump
+
+    def test_patient_variant_has_its_own_uid(self) -> None:
+        import uuid
+
+        from app.dicom_outputs import output_uid
+
+        pid = uuid.uuid4()
+        assert output_uid(pid, "sr", with_patient=False) == output_uid(
+            pid, "sr", with_patient=False
+        )
+        assert output_uid(pid, "sr", with_patient=True) != output_uid(pid, "sr", with_patient=False)
+
+    def test_stored_path_refuses_pseudonymised_uids(self, site: Service) -> None:
+        response = site.post(dicom_bytes(), "b.dcm", params={"explain": "true"})
+        assert response.status_code == 201
+        pid = response.json()["id"]
+        for kind in ("sr", "secondary-capture"):
+            body = assert_problem(
+                site.client.get(f"/v1/predictions/{pid}/dicom/{kind}"),
+                409,
+                code="uids-pseudonymised",
+            )
+            assert "dicom-sr" in body["title"]
+        assert site.client.get(f"/v1/predictions/{pid}/heatmap").status_code == 200
