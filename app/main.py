@@ -23,7 +23,7 @@ from app.deps import Resources
 from app.errors import CatchAllMiddleware, install_error_handlers
 from app.limits import MaxBodySizeMiddleware
 from app.metrics import MetricsMiddleware, ServiceMetrics
-from app.schemas import Problem
+from app.schemas import Problem, problem_responses
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("radlens.app")
@@ -87,15 +87,17 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     from app.auth import AUDITED, AUTHORIZED
     from app.routes import model_info, ops, predictions
 
-    # Every /v1 route needs an API key (app/auth.py); predictions are also audited.
-    app.include_router(predictions.upload_router, dependencies=AUDITED)
-    app.include_router(predictions.router, dependencies=AUDITED)
+    # Every /v1 route needs an API key (app/auth.py); predictions are also audited. The key's
+    # refusals (401, 403, 429) are documented on each of those routes.
+    keyed = problem_responses(401, 403, 429)
+    app.include_router(predictions.upload_router, dependencies=AUDITED, responses=keyed)
+    app.include_router(predictions.router, dependencies=AUDITED, responses=keyed)
     from app.routes import dicomweb, explanations  # Grad-CAM, SR/SC, STOW-RS
 
-    app.include_router(explanations.upload_router, dependencies=AUDITED)
-    app.include_router(explanations.router, dependencies=AUDITED)
-    app.include_router(dicomweb.router, dependencies=AUDITED)
-    app.include_router(model_info.router, dependencies=AUTHORIZED)
+    app.include_router(explanations.upload_router, dependencies=AUDITED, responses=keyed)
+    app.include_router(explanations.router, dependencies=AUDITED, responses=keyed)
+    app.include_router(dicomweb.router, dependencies=AUDITED, responses=keyed)
+    app.include_router(model_info.router, dependencies=AUTHORIZED, responses=keyed)
     app.include_router(ops.router)
 
     # Outermost first when the request comes in: catch-all -> metrics -> body limit -> app.

@@ -43,10 +43,13 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the given error statuses."""
     descriptions = {
         400: "The request could not be parsed",
+        401: "No API key, or an unknown or revoked one (WWW-Authenticate: Bearer)",
+        403: "The API key lacks the scope this request needs",
         404: "No such resource",
         413: "The upload is larger than RADLENS_MAX_UPLOAD_BYTES",
         415: "Not multipart/form-data, or the file is not DICOM, PNG or JPEG",
         422: "Invalid parameters, or an image that cannot be processed",
+        429: "Too many requests for this API key (Retry-After says when to retry)",
         500: "Internal error (logged without request data)",
         503: "The model or the database is not ready",
     }

@@ -270,7 +270,7 @@ _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "No instance could be predicted (FailedSOPSequence)",
         "content": {DICOM_JSON: {"schema": {"type": "object"}}},
     },
-    **problem_responses(400, 413, 415, 500, 503),
+    **problem_responses(400, 413, 415, 422, 500, 503),
 }
 
 
