@@ -45,12 +45,15 @@ class TestDb:
     def test_upgrade_current_downgrade(
         self, sqlite_url: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        from app.migrate import head_revision
+
+        head = head_revision()
         assert main(["db", "current", "--database-url", sqlite_url]) == 0
-        assert "current: none (empty database); head: 0001" in capsys.readouterr().out
+        assert f"current: none (empty database); head: {head}" in capsys.readouterr().out
         assert main(["db", "upgrade", "--database-url", sqlite_url]) == 0
         assert "upgraded to head" in capsys.readouterr().out
         assert main(["db", "current", "--database-url", sqlite_url]) == 0
-        assert "current: 0001; head: 0001 (up to date)" in capsys.readouterr().out
+        assert f"current: {head}; head: {head} (up to date)" in capsys.readouterr().out
         assert main(["db", "downgrade", "base", "--database-url", sqlite_url]) == 0
         assert main(["db", "current", "--database-url", sqlite_url]) == 0
         assert "current: none" in capsys.readouterr().out
@@ -168,6 +171,11 @@ def test_serve_runs_uvicorn_on_the_factory(tmp_path: Path) -> None:
         "RADLENS_LOG_LEVEL": "debug",
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
+    from app.migrate import upgrade
+    from tests.app.conftest import create_api_key
+
+    upgrade(env["RADLENS_DATABASE_URL"])
+    auth = {"Authorization": f"Bearer {create_api_key(env['RADLENS_DATABASE_URL'])}"}
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -190,16 +198,22 @@ def test_serve_runs_uvicorn_on_the_factory(tmp_path: Path) -> None:
                 pass
             time.sleep(0.5)
         assert ready is not None and ready.status_code == 200, log.read_text()
+        upload = {"file": ("a.png", png_bytes())}
+        assert httpx.post(f"{base}/v1/predictions", files=upload, timeout=30).status_code == 401
+        response = httpx.post(f"{base}/v1/predictions", files=upload, headers=auth, timeout=30)
+        assert response.status_code == 201, response.text
+        location = f"{base}/v1/predictions/{response.json()['id']}"
+        assert httpx.get(location, headers=auth).status_code == 200
+        phi = dicom_bytes(patient=MARKERS)
         response = httpx.post(
-            f"{base}/v1/predictions", files={"file": ("a.png", png_bytes())}, timeout=30
+            f"{base}/v1/predictions", files={"file": ("p.dcm", phi)}, headers=auth, timeout=30
         )
         assert response.status_code == 201, response.text
-        assert httpx.get(f"{base}/v1/predictions/{response.json()['id']}").status_code == 200
-        phi = dicom_bytes(patient=MARKERS)
-        response = httpx.post(f"{base}/v1/predictions", files={"file": ("p.dcm", phi)}, timeout=30)
-        assert response.status_code == 201, response.text
         bad = httpx.post(
-            f"{base}/v1/predictions", files={"file": ("p.dcm", phi[:-100])}, timeout=30
+            f"{base}/v1/predictions",
+            files={"file": ("p.dcm", phi[:-100])},
+            headers=auth,
+            timeout=30,
         )
         assert bad.status_code == 422, bad.text
     finally:
