@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -80,6 +80,8 @@ class DatabaseUnavailableError(AppError):
     code = "database-unavailable"
     title = "The database cannot be reached; check RADLENS_DATABASE_URL and the server"
     status_code = 503
+    # like the OperationalError handler below: the outage is usually brief, clients retry
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
 # models.errors codes -> HTTP status (RFC 9110 semantics: 415 for a media type the service
