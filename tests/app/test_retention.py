@@ -66,6 +66,38 @@ class TestPurgeFunction:
         assert service.client.get(f"/v1/predictions/{old}").status_code == 200
         assert old not in purge_audit_targets(service)
 
+    def test_explanations_go_with_their_prediction(self, service: Service) -> None:
+        from app import audit
+
+        response = service.client.post(
+            "/v1/predictions",
+            params={"explain": "true"},
+            files={"file": ("x.png", png_bytes(), "application/octet-stream")},
+        )
+        assert response.status_code == 201, response.text
+        prediction_id = response.json()["id"]
+
+        def explanations() -> list[object]:
+            return [
+                r
+                for r in service.rows()
+                if r["table"] == "explanations"
+                and uuid.UUID(str(r["prediction_id"])) == uuid.UUID(prediction_id)
+            ]
+
+        assert len(explanations()) == 1
+        with service.app.state.resources.sessionmaker() as session:
+            session.execute(
+                update(Prediction)
+                .where(Prediction.id == uuid.UUID(prediction_id))
+                .values(created_at=datetime.now(UTC) - timedelta(days=5000))
+            )
+            session.commit()
+        with service.app.state.resources.sessionmaker() as session:
+            assert uuid.UUID(prediction_id) in audit.purge(session, retention_days=4999)
+            session.commit()
+        assert explanations() == []
+
     def test_retention_below_one_day_is_refused(self, service: Service) -> None:
         from app import audit
 
