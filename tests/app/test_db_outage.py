@@ -1,0 +1,99 @@
+"""A real database outage (issue 7): PostgreSQL stops under a running service and comes back.
+
+The shared server on 5432 is never touched: the test starts a private throwaway cluster
+(initdb into tmp, a free port; bench/_reliability.py) and stops and starts that one. While it
+is down, uploads and /readyz answer 503 problem+json with Retry-After and nothing half-done is
+left; when it is back the same app serves again without a restart (pool_pre_ping), and every
+201 is in the database. bench/db_outage.py runs the same under load for 30 s.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.app.conftest import (
+    TestClient,
+    assert_problem,
+    create_api_key,
+    make_settings,
+    png_bytes,
+)
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        not glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        reason="no PostgreSQL server tools (initdb, pg_ctl) under /usr/lib/postgresql/*/bin",
+    ),
+]
+
+
+@pytest.fixture()
+def private_cluster() -> Iterator[Any]:
+    from bench._reliability import private_postgres
+
+    with private_postgres() as pg:
+        yield pg
+
+
+def _post(client: TestClient) -> Any:
+    return client.post(
+        "/v1/predictions", files={"file": ("a.png", png_bytes(), "application/octet-stream")}
+    )
+
+
+def test_outage_is_503_with_retry_after_and_the_service_recovers_by_itself(
+    private_cluster: Any, model_store: Path
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from app.main import create_app
+    from app.migrate import upgrade
+
+    pg = private_cluster
+    upgrade(pg.url)
+    key = create_api_key(pg.url, scopes="predict,read")
+    app = create_app(make_settings(pg.url, model_store, auth="enabled"))
+    created: list[str] = []
+    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
+        first = _post(client)
+        assert first.status_code == 201, first.text
+        created.append(first.json()["id"])
+
+        pg.stop("fast")  # ends the pooled connections too, as a crash or restart would
+        try:
+            for _ in range(3):
+                body = assert_problem(_post(client), 503, code="database-unavailable")
+                assert "Traceback" not in body["detail"]
+            response = _post(client)
+            assert response.headers["retry-after"] == "1"
+            ready = client.get("/readyz")
+            assert_problem(ready, 503, code="database-unavailable")
+            assert ready.headers["retry-after"] == "1"
+            read = client.get(f"/v1/predictions/{created[0]}")
+            assert_problem(read, 503, code="database-unavailable")
+            assert read.headers["retry-after"] == "1"
+            assert client.get("/healthz").status_code == 200  # the process itself is alive
+        finally:
+            pg.start()
+
+        # the same app, no restart: stale pooled connections are replaced on checkout
+        assert client.get("/readyz").status_code == 200
+        for _ in range(3):
+            again = _post(client)
+            assert again.status_code == 201, again.text
+            created.append(again.json()["id"])
+        assert client.get(f"/v1/predictions/{created[0]}").status_code == 200
+
+    engine = create_engine(pg.url)
+    try:
+        with engine.connect() as conn:
+            stored = {str(r[0]) for r in conn.execute(text("SELECT id FROM predictions"))}
+    finally:
+        engine.dispose()
+    assert stored == set(created)  # every 201 stored, nothing from the refused uploads
