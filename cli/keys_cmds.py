@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
 
         settings = settings_for(database_url=database_url)
         with database_session(settings.database_url) as session:
-            rows = [
+            rows: list[dict[str, Any]] = [
                 {
                     "key_id": k.key_id,
                     "name": k.name,
