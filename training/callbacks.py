@@ -40,6 +40,7 @@ def tensorboard_callbacks(
     hparams: Mapping[str, Any],
     histogram_freq: int = 1,
     samples: int = 4,
+    custom_loop: bool = False,
 ) -> list[keras.callbacks.Callback]:
     """All TensorBoard callbacks of a run, writing under ``log_dir``.
 
@@ -50,11 +51,16 @@ def tensorboard_callbacks(
         hparams: hyperparameters for the hparams dashboard (str/bool/int/float values).
         histogram_freq: epochs between weight histograms (0 = none).
         samples: how many validation inputs to log as images (0 = none).
+        custom_loop: the run trains with ``training.distribute.distributed_train`` (epoch-level
+            callbacks, no ``fit``): :class:`EpochScalarsCallback` writes the scalars instead of
+            Keras' TensorBoard callback (whose graph and histograms need ``fit``).
     """
     log_dir = Path(log_dir)
     x_val, y_val = validation
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.TensorBoard(
+        EpochScalarsCallback(log_dir)
+        if custom_loop
+        else keras.callbacks.TensorBoard(
             log_dir=str(log_dir),
             histogram_freq=histogram_freq,
             write_graph=True,
@@ -65,7 +71,12 @@ def tensorboard_callbacks(
         EvaluationFiguresCallback(log_dir / "validation_figures", x_val, y_val, class_names),
     ]
     if samples > 0:
+        from training.gradcam_callback import GradCamCallback
+
         callbacks.append(SampleImagesCallback(log_dir / "images", x_val[:samples]))
+        callbacks.append(
+            GradCamCallback(log_dir / "gradcam", x_val, y_val, class_names, count=samples)
+        )
     return callbacks
 
 
@@ -140,7 +151,14 @@ class EvaluationFiguresCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if len(self.inputs) == 0:
             return
-        probabilities = self.model.predict(self.inputs, verbose=0, batch_size=64)
+        # called directly in batches (not model.predict): also right inside a custom
+        # tf.distribute loop, where predict would go through the strategy
+        probabilities = np.concatenate(
+            [
+                np.asarray(self.model(self.inputs[i : i + 64], training=False))
+                for i in range(0, len(self.inputs), 64)
+            ]
+        )
         metrics = classification_metrics(
             self.labels, probabilities, self.class_names, DEFAULT_THRESHOLD
         )
@@ -166,6 +184,34 @@ class EvaluationFiguresCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class EpochScalarsCallback(keras.callbacks.Callback):
+    """Epoch scalars as Keras' TensorBoard callback writes them, for the custom training loop.
+
+    ``loss``, ``auc``, ... go to ``log_dir/train`` and ``val_loss``, ``val_auc``, ... to
+    ``log_dir/validation``, each as ``epoch_<name>``, so runs trained either way overlay.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        for key, value in (logs or {}).items():
+            group, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            if group not in self._writers:
+                self._writers[group] = tf.summary.create_file_writer(str(self.log_dir / group))
+            with self._writers[group].as_default():
+                tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 class HParamsCallback(keras.callbacks.Callback):

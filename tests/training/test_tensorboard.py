@@ -86,6 +86,25 @@ def test_images_inputs_filters_confusion_and_roc(event_dir: Path) -> None:
     assert "validation_figures/validation/roc_curve" in images
 
 
+def test_gradcam_overlays_of_fixed_validation_images_each_epoch(event_dir: Path) -> None:
+    images = read_events(event_dir)["images"]
+    # samples=3 images, round-robin over the classes (y[:2] == [0, 1])
+    assert {t for t in images if t.startswith("gradcam/")} == {
+        "gradcam/gradcam/0_normal",
+        "gradcam/gradcam/1_abnormal",
+        "gradcam/gradcam/2_normal",
+    }
+    steps: dict[str, set[int]] = {}
+    for path in (event_dir / "gradcam").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                steps.setdefault(value.tag, set()).add(event.step)
+                # an RGB PNG (blend's colour map), encoded by tf.summary.image
+                width, height, png = value.tensor.string_val[:3]
+                assert png.startswith(b"\x89PNG") and (int(width), int(height)) == (32, 32)
+    assert steps and all(s == {0, 1} for s in steps.values())
+
+
 def test_hparams(event_dir: Path) -> None:
     hparams = read_events(event_dir)["hparams"]
     assert len(hparams) >= 2  # the experiment config and this session's values
