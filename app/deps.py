@@ -3,6 +3,9 @@
 The heavy resources (engine, sessionmaker, predictor) are built once in the lifespan
 (app/main.py) and kept in ``app.state.resources``; tests swap any of them with
 ``app.dependency_overrides[get_...]``.
+
+The dependencies that only read ``app.state`` are ``async def``: FastAPI runs a plain ``def``
+dependency in the thread pool, and that hop costs more CPU than the function itself.
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ def _resources(request: Request) -> Resources:
     return resources
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     metrics: ServiceMetrics = request.app.state.metrics
     return metrics
 
@@ -64,7 +67,7 @@ def get_session(request: Request) -> Iterator[Session]:
             raise
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     predictor = _resources(request).predictor
     if not predictor.ready:
         raise ModelNotReadyError(
@@ -73,7 +76,7 @@ def get_predictor(request: Request) -> Predictor:
     return predictor
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return _resources(request).engine
 
 

@@ -400,6 +400,7 @@ def start_service(
     cmd = [
         sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+        "--http", getattr(args, "http", "auto"), "--loop", getattr(args, "loop", "auto"),
     ]  # fmt: skip
     log = open(tmp / "service.log", "wb")  # noqa: SIM115 - closed by stop_service
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -580,6 +581,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--http", choices=("auto", "h11", "httptools"), default="auto",
+        help="uvicorn's HTTP parser (auto = httptools when installed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+        help="uvicorn's event loop (auto = uvloop when installed)",
+    )  # fmt: skip
     parser.add_argument(
         "--database", choices=("sqlite", "postgres"), default="sqlite",
         help="sqlite: a file in the temp dir; postgres: a scratch database on 127.0.0.1:5432",
