@@ -132,6 +132,8 @@ def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | 
         if header is None:
             raise UnauthorizedError("the request has no Authorization header")
         scheme = header.split(" ", 1)[0][:20]
+        if scheme.lower() == "bearer":
+            raise UnauthorizedError("the Authorization header has the Bearer scheme but no key")
         raise UnauthorizedError(f"the Authorization scheme is {scheme!r}; expected 'Bearer'")
     token = credentials.credentials.strip()
     key_id = key_id_of(token)

@@ -73,6 +73,8 @@ class TestAuthentication:
         response = service.client.get("/v1/models", headers={"Authorization": "Basic dXNlcjpwdw=="})
         body = assert_unauthorized(response)
         assert "'Basic'" in body["detail"]
+        empty = service.client.get("/v1/models", headers={"Authorization": "Bearer "})
+        assert "Bearer scheme but no key" in assert_unauthorized(empty)["detail"]
 
     def test_revoked_key_stops_working(self, service: Service) -> None:
         from app.db import make_engine, make_sessionmaker
