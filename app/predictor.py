@@ -100,6 +100,11 @@ def _set_result(future: asyncio.Future[PredictionOutput], value: PredictionOutpu
         future.set_result(value)
 
 
+def _set_results(results: list[tuple[asyncio.Future[PredictionOutput], PredictionOutput]]) -> None:
+    for future, value in results:
+        _set_result(future, value)
+
+
 def _set_exception(future: asyncio.Future[PredictionOutput], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
@@ -155,7 +160,9 @@ class Predictor:
         self._input_shape = (height, width, 1)
         self.ready = False
 
-        self._queue: queue.Queue[Any] = queue.Queue()
+        # SimpleQueue: put() runs in C without a Python-level Condition; it is called on the
+        # event loop once per request.
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closing = False
         self._last_arrival: float | None = None
@@ -383,9 +390,13 @@ class Predictor:
                 error.__cause__ = exc
                 self._resolve_exception(item, error)
         else:
+            # One wake-up per event loop for the whole batch, not one per request.
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, PredictionOutput]]] = {}
             for item, output in zip(live, outputs, strict=True):
+                by_loop.setdefault(item.loop, []).append((item.future, output))
+            for loop, results in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that caller's loop is closed
-                    item.loop.call_soon_threadsafe(_set_result, item.future, output)
+                    loop.call_soon_threadsafe(_set_results, results)
         stats = BatchStats(len(live), inference_ms, wait_ms, queue_ms, waited, ok)
         for observer in self.observers:
             try:
