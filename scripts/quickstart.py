@@ -2,6 +2,7 @@
 
 Steps, each a `radlens` command (the same ones the README and docker-compose use):
   1. `radlens db upgrade`            - create/migrate the database (SQLite under var/ by default)
+     when there is no active API key: `radlens keys create` (the key is printed once)
   2. when the model store is empty:  `radlens demo-data var/demo-data` and
      `radlens train --config training/configs/demo.yaml --data var/demo-data`
   3. `radlens serve`                 - the API on http://127.0.0.1:8000, Swagger UI at /docs
@@ -44,6 +45,20 @@ def store_is_empty() -> bool:
     return len(listing) == 0
 
 
+def ensure_api_key() -> None:
+    """Create an API key when none is active and print it (the API refuses requests without)."""
+    keys = json.loads(radlens("keys", "list", "--json", capture=True) or "[]")
+    if any(key["revoked_at"] is None for key in keys):
+        step("An API key already exists (radlens keys list); create more with radlens keys create")
+        return
+    step("Creating an API key (radlens keys create --name quickstart --scopes predict,read,admin)")
+    key = radlens(
+        "keys", "create", "--name", "quickstart", "--scopes", "predict,read,admin", capture=True
+    ).strip()
+    print(f"    API key, shown only now (store it): {key}")
+    print("    Send it as 'Authorization: Bearer <key>' (Swagger UI: the Authorize button)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-serve", action="store_true", help="set up, then stop")
@@ -56,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     step("Migrating the database (radlens db upgrade)")
     radlens("db", "upgrade")
+    ensure_api_key()
 
     if store_is_empty():
         if not (demo_data / "labels.csv").exists():

@@ -46,6 +46,9 @@ def test_quickstart_sets_up_database_demo_data_and_demo_model(tmp_path: Path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "radlens.db").exists()
     assert (tmp_path / "demo" / "labels.csv").exists()
+    # an API key was created and printed once
+    (key_line,) = [line for line in result.stdout.splitlines() if "API key, shown only" in line]
+    assert key_line.split()[-1].startswith("rl_")
 
     radlens = str(Path(sys.executable).with_name("radlens"))
     listing = subprocess.run(
@@ -78,3 +81,4 @@ def test_quickstart_sets_up_database_demo_data_and_demo_model(tmp_path: Path):
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "skipping demo training" in again.stdout
+    assert "An API key already exists" in again.stdout and "rl_" not in again.stdout
