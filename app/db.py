@@ -110,9 +110,25 @@ def _fix_sqlite_transactions(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        if mode not in ("IMMEDIATE", "DEFERRED"):
+            raise ValueError(f"sqlite_begin must be IMMEDIATE or DEFERRED. Received: {mode!r}")
+        connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+READ_ONLY: dict[str, Any] = {"sqlite_begin": "DEFERRED"}
+"""Execution options for a transaction that only reads (ignored outside SQLite).
+
+On SQLite it begins DEFERRED instead of IMMEDIATE: with WAL it reads a snapshot and never
+waits for (nor blocks) the writer. Never write in such a transaction: a deferred transaction
+that read and then writes fails at once with "database is locked" when another writer
+committed in between. Use ``make_sessionmaker(engine, read_only=True)`` or
+``session.connection(execution_options=READ_ONLY)`` before the first query.
+"""
+
+
+def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on ``engine``; ``read_only`` ones begin SQLite transactions DEFERRED."""
+    bind = engine.execution_options(**READ_ONLY) if read_only else engine
     # expire_on_commit=False: the response is built from objects after the commit.
-    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+    return sessionmaker(bind=bind, expire_on_commit=False, autoflush=False)

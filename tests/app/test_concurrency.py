@@ -163,3 +163,31 @@ def test_a_post_waits_for_another_writer_instead_of_failing(sqlite_app: Any) -> 
         holder.close()
     assert [r.status_code for r in responses] == [201] * 4, [r.text for r in responses]
     assert _count(sqlite_app.state.settings.database_url) == 4
+
+
+def test_read_only_sessions_do_not_wait_for_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another connection holds the write lock, a read-only session reads at once
+    (WAL snapshot); an ordinary session, which begins IMMEDIATE, waits and times out."""
+    from sqlalchemy.exc import OperationalError
+
+    from app import db
+    from app.migrate import upgrade
+    from app.tables import Prediction
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)  # keep the failing wait short
+    url = f"sqlite:///{tmp_path / 'read-only.db'}"
+    upgrade(url)
+    engine = db.make_engine(url)
+    holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with db.make_sessionmaker(engine, read_only=True)() as session:
+            assert session.scalar(select(func.count()).select_from(Prediction)) == 0
+        with db.make_sessionmaker(engine)() as session, pytest.raises(OperationalError) as info:
+            session.scalar(select(func.count()).select_from(Prediction))
+        assert "locked" in str(info.value)
+    finally:
+        holder.close()
+        engine.dispose()
