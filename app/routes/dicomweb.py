@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import traceback
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -177,7 +178,6 @@ class Outcome:
 def _uids(data: bytes) -> tuple[str | None, str | None, str | None]:
     """SOP Class, SOP Instance and Study Instance UID of a part, when its header reads."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(
@@ -185,7 +185,7 @@ def _uids(data: bytes) -> tuple[str | None, str | None, str | None]:
             stop_before_pixels=True,
             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
         )
-    except (InvalidDicomError, ValueError, TypeError, EOFError, OSError, KeyError):
+    except Exception:  # best effort: preprocessing reports what is wrong with the part
         return None, None, None
     values = (ds.get("SOPClassUID"), ds.get("SOPInstanceUID"), ds.get("StudyInstanceUID"))
     return tuple(str(v) if v else None for v in values)  # type: ignore[return-value]
@@ -210,8 +210,14 @@ async def _predict(outcome: Outcome, *, predictor: Any, settings: Any, study: st
         outcome.candidate = await run_model(data, predictor=predictor, settings=settings)
     except RadlensError as exc:
         outcome.fail(exc.code, str(exc))
-    except Exception as exc:  # one bad instance must not fail the others (logged, no data)
-        logger.exception("STOW-RS part %d: unexpected %s", part.index, type(exc).__name__)
+    except Exception as exc:  # one bad instance must not fail the others
+        # as CatchAllMiddleware: the type and the frames, not the message (it may quote input)
+        logger.error(
+            "STOW-RS part %d: unexpected %s (message withheld)\n%s",
+            part.index,
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
         outcome.fail("inference-failed", f"part {part.index}: {type(exc).__name__}")
 
 

@@ -81,7 +81,10 @@ class TestStow:
             assert got.status_code == 200
             assert got.json()["label"] == item[0x00991002].value
             assert got.json()["sop_instance_uid"] == item.ReferencedSOPInstanceUID
-        assert service.count() >= before + 2  # ct / cr may have been posted by other tests
+        # ct / cr may have been posted by other tests ("existing"); `made` has fresh UIDs
+        created = [item[0x00991003].value for item in referenced]
+        assert created[2] == "created"
+        assert service.count() == before + created.count("created")
 
         failed = ds.FailedSOPSequence
         assert len(failed) == 2
@@ -223,3 +226,40 @@ def test_instances_over_the_limit_fail_with_out_of_resources(small_site: Service
     assert len(ds.ReferencedSOPSequence) == 2
     assert ds.FailedSOPSequence[0].FailureReason == 0xA700
     assert "RADLENS_STOW_MAX_INSTANCES" in ds.FailedSOPSequence[0][0x00991005].value
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        b"",
+        b"\0" * 128 + b"DICM",
+        b"\0" * 128 + b"DICM" + bytes(range(256)) * 4,
+        b"\0" * 128 + b"DICM\x02\x00\x10\x00UI\xff\xff",
+        dicom_bytes()[:300],
+    ],
+    ids=["empty", "preamble-only", "preamble-and-noise", "bad-length", "cut-in-header"],
+)
+def test_malformed_parts_are_failures_not_500(service: Service, part: bytes) -> None:
+    response = stow(service, [part])
+    assert response.status_code == 409, response.text
+    item = parse(response).FailedSOPSequence[0]
+    assert item.FailureReason in (0xC000, 0xA900, 0x0122, 0xC122)
+    assert item[0x00991005].value
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"--b\r\n", 'multipart/related; type="application/dicom"; boundary=b'),
+        (b"--b\r\nContent-Type: application/dicom\r\n", "multipart/related; boundary=b"),
+        (b"\xff" * 64, "multipart/related; boundary=" + "x" * 80),
+    ],
+    ids=["cut-after-boundary", "cut-in-headers", "long-boundary"],
+)
+def test_malformed_bodies_are_problems_not_500(
+    service: Service, body: bytes, content_type: str
+) -> None:
+    response = service.client.post(
+        "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert 400 <= response.status_code < 500, response.text
