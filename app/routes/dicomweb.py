@@ -69,6 +69,10 @@ FAILURE_REASONS: dict[str, int] = {
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
 
 
+class DicomJSONResponse(JSONResponse):
+    media_type = DICOM_JSON
+
+
 class BadMultipartError(AppError):
     code = "bad-multipart"
     title = (
@@ -327,7 +331,7 @@ async def _stow(
         sum(o.error_code is None for o in outcomes),
         sum(o.error_code is not None for o in outcomes),
     )
-    return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+    return DicomJSONResponse(body, status_code=status)
 
 
 _EXPLAIN = Query(description="Also compute and store each instance's Grad-CAM overlay")
@@ -336,7 +340,7 @@ _EXPLAIN = Query(description="Also compute and store each instance's Grad-CAM ov
 @router.post(
     "/studies",
     summary="STOW-RS: store instances (radlens predicts on each)",
-    response_class=JSONResponse,
+    response_class=DicomJSONResponse,
     responses=_STOW_RESPONSES,
     openapi_extra={
         "requestBody": {
@@ -372,7 +376,7 @@ async def stow_studies(
 @router.post(
     "/studies/{study}",
     summary="STOW-RS into one study: instances of another study fail (0xA900)",
-    response_class=JSONResponse,
+    response_class=DicomJSONResponse,
     responses=_STOW_RESPONSES,
 )
 async def stow_study(

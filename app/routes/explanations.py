@@ -53,12 +53,12 @@ def _png_response() -> dict[int | str, dict[str, Any]]:
     }
 
 
-def _dicom_response(what: str, *statuses: int) -> dict[int | str, dict[str, Any]]:
+def _dicom_response(
+    what: str, *statuses: int, success: tuple[int, ...] = (200,)
+) -> dict[int | str, dict[str, Any]]:
+    content = {DICOM_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}
     return {
-        200: {
-            "description": what,
-            "content": {DICOM_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-        },
+        **{status: {"description": what, "content": content} for status in success},
         409: {
             "description": "The prediction's source is not DICOM (PNG/JPEG), or its UIDs are "
             "pseudonymised",
@@ -145,7 +145,7 @@ def get_dicom_secondary_capture(
     response_class=Response,
     status_code=201,
     responses=_dicom_response(
-        "The SR (the prediction is stored as by POST /v1/predictions; Location names it). "
+        "The SR (201: the prediction is new; 200: it was stored before; Location names it). "
         "Patient and study identification are copied from the upload only when "
         "RADLENS_DICOM_COPY_PATIENT=true",
         400,
@@ -154,6 +154,7 @@ def get_dicom_secondary_capture(
         422,
         500,
         503,
+        success=(201, 200),
     ),
 )
 async def create_prediction_dicom_sr(
