@@ -215,7 +215,10 @@ class Snapshot:
         self.predictions = service.count()
         self.tables = _side_tables(service)
 
-    def check_nothing_stored(self, status: int) -> None:
+    def check_nothing_stored(self, status: int, *, audited: bool = False) -> None:
+        """No prediction; other tables unchanged, except at most one audit row recording the
+        refusal with its status (exactly one when ``audited``: the request reached the route
+        with a valid key, and the audit trail records every outcome there)."""
         service = self.service
         assert service.count() == self.predictions, "a refused upload stored a prediction"
         after = _side_tables(service)
@@ -224,9 +227,10 @@ class Snapshot:
             new = [row for row in rows if row not in before]
             if "audit" in table:
                 # an audit trail may record the refusal, once, with its error status
-                assert len(new) <= 1, (table, new)
+                assert len(new) == 1 if audited else len(new) <= 1, (table, new)
                 for row in new:
                     assert row.get("status") == status, (table, row)
+                    assert row.get("action") == "prediction.create", (table, row)
             else:
                 assert new == [], f"{table} gained rows on a refused upload: {new}"
 
@@ -254,7 +258,7 @@ def test_bad_upload_is_a_4xx_problem_and_stores_nothing(
     assert "Traceback" not in body["detail"] and "Traceback" not in response.text
     # the detail quotes what was received (a size, a value, an element, a UID...)
     assert any(ch.isdigit() for ch in body["detail"]), body["detail"]
-    snapshot.check_nothing_stored(status)
+    snapshot.check_nothing_stored(status, audited=service.api_key is not None)
     assert_good_post(service)
 
 
