@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import audit as audit_log
+from app.db import READ_ONLY
 from app.deps import SessionDep, _resources
 from app.errors import AppError, status_for
 from app.keys import SCOPES, authenticate, key_id_of
@@ -144,6 +145,8 @@ def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | 
             f"received {len(token)} characters)"
         )
     with _resources(request).sessionmaker() as session:
+        # Only reads: on SQLite a WAL snapshot that never queues behind the writers.
+        session.connection(execution_options=READ_ONLY)
         row = authenticate(session, token)
         if row is None:
             raise UnauthorizedError(f"key {key_id!r} is unknown or revoked")
