@@ -77,6 +77,33 @@ def train(
         typer.Option("--deterministic/--no-deterministic", help="Deterministic TF ops."),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
+    lr_schedule: Annotated[
+        str | None, typer.Option("--lr-schedule", help="constant or cosine (decay to 0).")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option("--weight-decay", help="AdamW weight decay (0 = Adam).")
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")
+    ] = None,
+    threshold_rule: Annotated[
+        str | None,
+        typer.Option(
+            "--threshold-rule",
+            help="Decision threshold on val: youden (max sens+spec) or balanced (sens = spec).",
+        ),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="tf.distribute: auto, mirrored (one host), multiworker (TF_CONFIG), default.",
+        ),
+    ] = None,
+    mixed_precision: Annotated[
+        str | None,
+        typer.Option("--mixed-precision", help="off, on (mixed_float16, GPU only) or auto."),
+    ] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="Model name in the store (and run prefix).")
     ] = None,
@@ -113,6 +140,12 @@ def train(
         "augment": augment,
         "deterministic": deterministic,
         "seed": seed,
+        "lr_schedule": lr_schedule,
+        "weight_decay": weight_decay,
+        "label_smoothing": label_smoothing,
+        "threshold_rule": threshold_rule,
+        "strategy": strategy,
+        "mixed_precision": mixed_precision,
         "name": name,
         "store": store,
         "runs_dir": runs_dir,
@@ -160,6 +193,9 @@ def train(
 
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    if not result.exported:
+        typer.echo(f"worker run finished in {result.run_dir}; the chief exports the model")
         return
     typer.echo(f"model: {result.model_ref} (store {result.store})")
     typer.echo(f"val: {_summary(result.val_metrics)}")

@@ -20,15 +20,23 @@ from models.errors import ConfigurationError
 
 ARCHITECTURE_NAMES = ("resnet50", "simple_cnn")
 CLASS_WEIGHT_MODES = ("auto", "none")
+THRESHOLD_RULES = ("youden", "balanced")
+LR_SCHEDULES = ("constant", "cosine")
+MIXED_PRECISION_MODES = ("off", "on", "auto")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; written to ``<run dir>/config.json``.
 
-    Epochs: ``epochs_head`` is phase 1 (ResNet50: the head with the backbone frozen;
-    simple_cnn: the whole network, its only phase); ``epochs_finetune`` is phase 2 (ResNet50
+    Epochs: ``epochs_head`` is phase 1 (pretrained ResNet50: the head with the backbone
+    frozen; simple_cnn and ResNet50 from scratch (``weights=None``): the whole network,
+    BatchNorm included, its only phase); ``epochs_finetune`` is phase 2 (pretrained ResNet50
     only: the top ``unfreeze_blocks`` residual blocks unfrozen at ``learning_rate_finetune``).
+
+    Distribution: ``strategy`` names a ``training.distribute`` strategy (``auto`` is the
+    default strategy on a machine with fewer than two GPUs, where ``model.fit`` runs);
+    ``mixed_precision`` is ``off``, ``on`` (GPU only) or ``auto``.
     """
 
     data: str | None = None  # folder (a labels.csv inside is used when present), .csv or .npz
@@ -48,6 +56,7 @@ class TrainConfig:
     class_weights: str = "auto"  # "auto": inverse class frequency; "none"
     early_stopping_patience: int = 5  # epochs without a val AUC gain; 0 turns it off
     seed: int = 1234
+    split_seed: int | None = None  # the train/val/test split's seed; None = seed
     deterministic: bool = False
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -59,6 +68,12 @@ class TrainConfig:
     cache: bool = True
     histogram_freq: int = 1
     tensorboard_samples: int = 4  # sample inputs (and their filter responses) logged as images
+    strategy: str = "auto"  # training.distribute: auto, mirrored, multiworker, default
+    mixed_precision: str = "off"  # off, on (GPU only), auto (mixed_float16 when a GPU is seen)
+    threshold_rule: str = "youden"  # youden: max sens+spec on val; balanced: sens = spec on val
+    lr_schedule: str = "constant"  # constant, or cosine decay to 0 over each phase
+    weight_decay: float = 0.0  # > 0: AdamW with this decoupled weight decay
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0 = off)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -120,8 +135,9 @@ class TrainConfig:
 
     @property
     def two_phase(self) -> bool:
-        """ResNet50 is fine-tuned in two phases; simple_cnn trains in one."""
-        return self.architecture == "resnet50"
+        """Pretrained ResNet50 is fine-tuned in two phases; simple_cnn and ResNet50 from
+        scratch (``weights=None``: a frozen random backbone teaches nothing) train in one."""
+        return self.architecture == "resnet50" and self.weights is not None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -177,10 +193,23 @@ _FLOAT_FIELDS = {
     "dropout",
     "val_fraction",
     "test_fraction",
+    "weight_decay",
+    "label_smoothing",
 }
 _BOOL_FIELDS = {"deterministic", "augment", "cache"}
 _OPTIONAL_STR_FIELDS = {"data", "weights", "window", "store"}
-_STR_FIELDS = {"architecture", "class_weights", "runs_dir", "name", "description"}
+_OPTIONAL_INT_FIELDS = {"split_seed"}
+_STR_FIELDS = {
+    "architecture",
+    "class_weights",
+    "runs_dir",
+    "name",
+    "description",
+    "strategy",
+    "mixed_precision",
+    "threshold_rule",
+    "lr_schedule",
+}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -198,6 +227,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return int(value)
         except ValueError:
             raise bad("an integer") from None
+    if name in _OPTIONAL_INT_FIELDS:
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise bad("an integer or null")
+        try:
+            return int(value)
+        except ValueError:
+            raise bad("an integer or null") from None
     if name in _FLOAT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise bad("a number")
@@ -299,6 +337,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("early_stopping_patience", "0 (off) or more")
     if cfg.seed < 0:
         raise bad("seed", "0 or more")
+    if cfg.split_seed is not None and cfg.split_seed < 0:
+        raise bad("split_seed", "0 or more, or null (= seed)")
     for name in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(cfg, name) < 1:
             raise bad(name, "from 0 up to (not including) 1")
@@ -317,6 +357,20 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("tensorboard_samples", "from 0 to 64")
     if cfg.window is not None:
         _validate_window(cfg.window)
+    from training.distribute import STRATEGY_NAMES  # no TensorFlow at import
+
+    if cfg.strategy not in STRATEGY_NAMES:
+        raise bad("strategy", f"one of {', '.join(STRATEGY_NAMES)}")
+    if cfg.mixed_precision not in MIXED_PRECISION_MODES:
+        raise bad("mixed_precision", f"one of {', '.join(MIXED_PRECISION_MODES)}")
+    if cfg.threshold_rule not in THRESHOLD_RULES:
+        raise bad("threshold_rule", f"one of {', '.join(THRESHOLD_RULES)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise bad("lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
+    if not 0 <= cfg.weight_decay < 1:
+        raise bad("weight_decay", "from 0 up to (not including) 1")
+    if not 0 <= cfg.label_smoothing < 0.5:
+        raise bad("label_smoothing", "from 0 up to (not including) 0.5")
 
 
 def _validate_window(window: str) -> None:

@@ -122,7 +122,11 @@ def select_split(source: DataSource, split: str, training_config: dict[str, Any]
         source,
         val_fraction=float(training_config.get("val_fraction", 0.15)),
         test_fraction=float(training_config.get("test_fraction", 0.15)),
-        seed=int(training_config.get("seed", 0)),
+        seed=int(
+            training_config["split_seed"]
+            if training_config.get("split_seed") is not None
+            else training_config.get("seed", 0)
+        ),
     )
     chosen = splits[split]
     if not chosen:

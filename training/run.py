@@ -73,7 +73,7 @@ class RunResult:
     """What a finished run produced."""
 
     run_dir: Path
-    model_ref: str  # "name:version" in the store
+    model_ref: str  # "name:version" in the store ("" on a worker that is not the chief)
     store: Path
     class_names: list[str]
     threshold: float | None
@@ -84,6 +84,11 @@ class RunResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     split_sizes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def exported(self) -> bool:
+        """False on a multiworker worker that is not the chief (it trains, the chief exports)."""
+        return bool(self.model_ref)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,6 +152,9 @@ def train(
     if run_dir is None:  # config.json must find the data again from anywhere (--resume)
         data_path = data_path.resolve()
         config = config.with_overrides({"data": str(data_path)})
+    # FIRST, before any other TensorFlow op: the multiworker strategy configures the process's
+    # collective runtime, which cannot change once TensorFlow's context is initialised
+    strategy, distributed, chief, task = _make_strategy(config)
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -157,12 +165,16 @@ def train(
         source,
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
-        seed=config.seed,
+        seed=config.seed if config.split_seed is None else config.split_seed,
     )
     _check_splits(source, splits)
 
     resuming = run_dir is not None
-    run_path = Path(run_dir) if run_dir is not None else _new_run_dir(config)
+    if run_dir is not None:
+        run_path = Path(run_dir) if chief else Path(f"{run_dir}.{task}")
+        run_path.mkdir(parents=True, exist_ok=True)
+    else:  # a worker that is not the chief keeps its files apart (the chief's are the run's)
+        run_path = _new_run_dir(config, suffix="" if chief else f".{task}")
     (run_path / "checkpoints").mkdir(parents=True, exist_ok=True)
     if not resuming:
         config.write_json(run_path / CONFIG_FILE)
@@ -171,7 +183,15 @@ def train(
         on_start(run_path)
     try:
         log.info("%s run %s", "resuming" if resuming else "starting", run_path)
-        return _run(config, source, splits, run_path, callbacks, verbose, started)
+        if distributed:
+            log.info(
+                "strategy %s: %d replica(s), %s",
+                type(strategy).__name__,
+                strategy.num_replicas_in_sync,
+                "chief (exports)" if chief else f"{task} (trains, does not export)",
+            )
+        dist = _Distribution(strategy, distributed, chief)
+        return _run(config, source, splits, run_path, callbacks, verbose, started, dist)
     finally:
         logging.getLogger("training").removeHandler(handler)
         handler.close()
@@ -185,11 +205,12 @@ def _run(
     extra_callbacks: Sequence[keras.callbacks.Callback],
     verbose: int | str,
     started: float,
+    dist: _Distribution,
 ) -> RunResult:
     from models.registry import ModelRegistry, default_store_path
     from training.callbacks import tensorboard_callbacks
     from training.data.pipeline import make_dataset
-    from training.metrics import choose_threshold, classification_metrics
+    from training.metrics import classification_metrics
 
     class_names = list(source.class_names)
     sizes = {k: len(v) for k, v in splits.items()}
@@ -228,18 +249,22 @@ def _run(
         log.info("class weights %s", {class_names[k]: round(v, 3) for k, v in class_weight.items()})
 
     state = _read_state(run_path)
-    model = build_model_for(config, len(class_names))
-    # the same layers without the optimizer: checkpoints must load whichever phase (and so
-    # whichever optimizer state) wrote them
-    network = _export_model(model)
-    tb_callbacks = tensorboard_callbacks(
-        run_path / "tensorboard",
-        validation=(x_val[:MAX_FIGURE_EXAMPLES], y_val[:MAX_FIGURE_EXAMPLES]),
-        class_names=class_names,
-        hparams=_hparams(config),
-        histogram_freq=config.histogram_freq,
-        samples=config.tensorboard_samples,
-    )
+    with dist.strategy.scope():  # variables are mirrored under a distribution strategy
+        model = build_model_for(config, len(class_names))
+        # the same layers without the optimizer: checkpoints must load whichever phase (and so
+        # whichever optimizer state) wrote them
+        network = _export_model(model)
+    tb_callbacks: list[keras.callbacks.Callback] = []
+    if dist.chief:  # one TensorBoard run per training run, written by the chief only
+        tb_callbacks = tensorboard_callbacks(
+            run_path / "tensorboard",
+            validation=(x_val[:MAX_FIGURE_EXAMPLES], y_val[:MAX_FIGURE_EXAMPLES]),
+            class_names=class_names,
+            hparams=_hparams(config),
+            histogram_freq=config.histogram_freq,
+            samples=config.tensorboard_samples,
+            custom_loop=dist.distributed,
+        )
     fit_kwargs: dict[str, Any] = {
         # a fixed number of steps over a repeated stream: the pipeline may drop unreadable
         # files, so its length is unknown to Keras (which would warn every epoch)
@@ -262,13 +287,19 @@ def _run(
             continue
         if phase == 1 and config.two_phase:
             _set_backbone(model, 0)  # head only
+        elif config.architecture == "resnet50":  # from scratch: everything, BatchNorm too
+            _set_backbone(model, "all", freeze_batchnorm=False)
+            _track_recent_batches(model)
         if phase == 2:
             phase1 = run_path / "checkpoints" / PHASE1_WEIGHTS
             if fresh and phase1.is_file():  # resumed after phase 1 had finished
                 network.load_weights(phase1)
             _set_backbone(model, config.unfreeze_blocks)  # top blocks, BatchNorm stays frozen
         lr = config.learning_rate_head if phase == 1 else config.learning_rate_finetune
-        _compile(model, lr, len(class_names))
+        if not dist.distributed:  # the custom loop builds its optimizer in the strategy scope
+            _compile(
+                model, lr, len(class_names), config, steps=fit_kwargs["steps_per_epoch"] * epochs
+            )
         log.info(
             "phase %d: epochs %d-%d, learning rate %g, %d trainable weights",
             phase,
@@ -279,7 +310,10 @@ def _run(
         )
         history_csv = keras.callbacks.CSVLogger(str(run_path / "history.csv"), append=True)
         callbacks: list[keras.callbacks.Callback] = [
-            keras.callbacks.BackupAndRestore(str(run_path / "backup" / f"phase{phase}")),
+            # the custom loop has no mid-phase resume; its phases restart when interrupted
+            ValidationMetrics(x_val, y_val, class_names, config.batch_size)
+            if dist.distributed
+            else keras.callbacks.BackupAndRestore(str(run_path / "backup" / f"phase{phase}")),
             BestCheckpoint(run_path, state, network),
             history_csv,
             EpochLog(phase),
@@ -293,13 +327,28 @@ def _run(
             )
         callbacks.extend(extra_callbacks)
         try:
-            model.fit(
-                train_ds.repeat(),
-                epochs=last_epoch,
-                initial_epoch=first_epoch,
-                callbacks=callbacks,
-                **fit_kwargs,
-            )
+            if dist.distributed:
+                _fit_custom_loop(
+                    model,
+                    train_ds,
+                    dist,
+                    config,
+                    learning_rate=lr,
+                    num_classes=len(class_names),
+                    first_epoch=first_epoch,
+                    last_epoch=last_epoch,
+                    steps_per_epoch=fit_kwargs["steps_per_epoch"],
+                    class_weight=class_weight,
+                    callbacks=callbacks,
+                )
+            else:
+                model.fit(
+                    train_ds.repeat(),
+                    epochs=last_epoch,
+                    initial_epoch=first_epoch,
+                    callbacks=callbacks,
+                    **fit_kwargs,
+                )
         finally:  # an interrupted fit skips on_train_end, which closes these
             _close_files(history_csv, *tb_callbacks)
         fresh = False
@@ -313,14 +362,19 @@ def _run(
     if best.is_file():
         network.load_weights(best)
         log.info("restored the best epoch (%s) by validation AUC", state.get("best_epoch"))
-    val_probs = np.asarray(model.predict(x_val, batch_size=config.batch_size, verbose=0))
-    threshold = choose_threshold(y_val, val_probs[:, 1]) if len(class_names) == 2 else None
+    predictor = _LocalPredictor(model) if dist.distributed else model
+    val_probs = np.asarray(predictor.predict(x_val, batch_size=config.batch_size, verbose=0))
+    threshold = (
+        decision_threshold(config.threshold_rule, y_val, val_probs[:, 1])
+        if len(class_names) == 2
+        else None
+    )
     val_metrics = classification_metrics(y_val, val_probs, class_names, threshold)
     val_metrics["best_epoch"] = state.get("best_epoch")
     test_metrics = None
     if splits["test"]:
         y_test, test_probs = predict_examples(
-            model,
+            predictor,
             source,
             splits["test"],
             size=size,
@@ -335,22 +389,25 @@ def _run(
         log.warning("skipped %s", item)
     store = Path(config.store) if config.store is not None else default_store_path()
     training_config = {**config.to_dict(), "run_dir": str(run_path), "split_sizes": sizes}
-    manifest = ModelRegistry(store).save(
-        network,
-        name=config.name,
-        architecture=config.architecture,
-        class_names=class_names,
-        threshold=threshold,
-        window=config.window,
-        filters=list(config.filters),
-        metrics={"val": val_metrics, **({"test": test_metrics} if test_metrics else {})},
-        training_config=training_config,
-        data_fingerprint=data_fingerprint(source, splits),
-        description=config.description,
-    )
+    model_ref = ""
+    if dist.chief:  # every worker holds the same weights; exactly one creates the version
+        manifest = ModelRegistry(store).save(
+            network,
+            name=config.name,
+            architecture=config.architecture,
+            class_names=class_names,
+            threshold=threshold,
+            window=config.window,
+            filters=list(config.filters),
+            metrics={"val": val_metrics, **({"test": test_metrics} if test_metrics else {})},
+            training_config=training_config,
+            data_fingerprint=data_fingerprint(source, splits),
+            description=config.description,
+        )
+        model_ref = f"{manifest.name}:{manifest.version}"
     result = RunResult(
         run_dir=run_path,
-        model_ref=f"{manifest.name}:{manifest.version}",
+        model_ref=model_ref,
         store=store,
         class_names=class_names,
         threshold=threshold,
@@ -364,8 +421,9 @@ def _run(
     )
     (run_path / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     log.info(
-        "exported %s to %s (val auc %s, threshold %s, %d skipped file(s), %.0f s)",
-        result.model_ref,
+        "%s %s to %s (val auc %s, threshold %s, %d skipped file(s), %.0f s)",
+        "exported" if dist.chief else "not exported (not the chief):",
+        result.model_ref or config.name,
         store,
         val_metrics.get("auc"),
         threshold,
@@ -373,6 +431,129 @@ def _run(
         result.seconds,
     )
     return result
+
+
+# --- distribution ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Distribution:
+    strategy: Any  # a tf.distribute.Strategy (the default one when not distributed)
+    distributed: bool  # train with training.distribute's custom loop instead of model.fit
+    chief: bool  # this process writes the shared outputs (TensorBoard, the exported model)
+
+
+def _make_strategy(config: TrainConfig) -> tuple[Any, bool, bool, str]:
+    """(strategy, distributed, chief, task name) for ``config.strategy`` and its precision.
+
+    ``auto`` resolves to the default strategy (``model.fit``) unless several GPUs are visible.
+    ``mirrored`` mirrors over the GPUs, or, without a GPU, over the logical CPUs when the
+    process split its CPU before TensorFlow started (``training.distribute.split_cpu``; tests).
+    """
+    from training import distribute
+
+    name = config.strategy
+    devices = None
+    if name == "auto":
+        name = distribute.resolve_strategy_name(
+            name, gpu_count=len(tf.config.list_physical_devices("GPU"))
+        )
+    if name == "mirrored" and not tf.config.list_physical_devices("GPU"):
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        devices = cpus if len(cpus) > 1 else None
+    strategy = distribute.make_strategy(name, devices=devices)
+    distribute.configure_mixed_precision(config.mixed_precision)
+    chief = distribute.is_chief(strategy)
+    task = "chief"
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if name == "multiworker" and resolver is not None:
+        task = f"{resolver.task_type}{resolver.task_id}"
+    return strategy, name != "default", chief, task
+
+
+class _LocalPredictor:
+    """``model.predict`` done on this process (``training.distribute.predict_local``)."""
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+
+    def predict(self, inputs: np.ndarray, *, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
+        from training.distribute import predict_local
+
+        return np.asarray(predict_local(self.model, inputs, batch_size=batch_size))
+
+
+def _fit_custom_loop(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    dist: _Distribution,
+    config: TrainConfig,
+    *,
+    learning_rate: float,
+    num_classes: int,
+    first_epoch: int,
+    last_epoch: int,
+    steps_per_epoch: int,
+    class_weight: dict[int, float],
+    callbacks: Sequence[keras.callbacks.Callback],
+) -> None:
+    """One phase with ``training.distribute.distributed_train`` (what ``model.fit`` does else).
+
+    Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); the
+    custom loop runs under every strategy. ``train_ds`` is batched with ``config.batch_size``,
+    the GLOBAL batch (all replicas together).
+    """
+    from training.distribute import distributed_train
+
+    steps = steps_per_epoch * (last_epoch - first_epoch)
+    distributed_train(
+        lambda: model,
+        lambda: train_ds,
+        strategy=dist.strategy,
+        epochs=last_epoch,
+        initial_epoch=first_epoch,
+        steps_per_epoch=steps_per_epoch,
+        global_batch_size=config.batch_size,
+        optimizer_fn=lambda: make_optimizer(config, learning_rate, steps=steps),
+        loss=make_loss(num_classes, config.label_smoothing),
+        class_weight=class_weight or None,
+        callbacks=callbacks,
+    )
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Adds ``val_loss``, ``val_auc``, ``val_accuracy``, ... to the epoch logs (custom loop).
+
+    Predicts on this process only (``predict_local``): every worker holds the same weights, so
+    every worker computes the same figures and takes the same decisions (best epoch, early
+    stop) without a collective.
+    """
+
+    def __init__(
+        self, inputs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], batch_size: int
+    ) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.labels = np.asarray(labels).astype(np.int64)
+        self.class_names = list(class_names)
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        from training.distribute import predict_local
+        from training.metrics import DEFAULT_THRESHOLD, classification_metrics
+
+        if logs is None:
+            return
+        probs = np.asarray(predict_local(self.model, self.inputs, batch_size=self.batch_size))
+        picked = probs[np.arange(len(self.labels)), self.labels]
+        logs["val_loss"] = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+        metrics = classification_metrics(
+            self.labels, probs, self.class_names, DEFAULT_THRESHOLD if probs.shape[1] == 2 else None
+        )
+        for key in ("accuracy", "auc", "precision", "sensitivity", "specificity"):
+            value = metrics.get(key)
+            if isinstance(value, int | float):
+                logs[f"val_{key}"] = float(value)
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -392,18 +573,73 @@ def build_model_for(config: TrainConfig, num_classes: int) -> keras.Model:
     )
 
 
-def _compile(model: keras.Model, learning_rate: float, num_classes: int) -> None:
+def _compile(
+    model: keras.Model, learning_rate: float, num_classes: int, config: TrainConfig, *, steps: int
+) -> None:
     from training.metrics import keras_metrics
 
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
+        optimizer=make_optimizer(config, learning_rate, steps=steps),
+        loss=make_loss(num_classes, config.label_smoothing),
         metrics=keras_metrics(num_classes),
     )
 
 
+def make_optimizer(config: TrainConfig, learning_rate: float, *, steps: int) -> Any:
+    """Adam (AdamW with ``weight_decay``), at a constant rate or cosine-decayed over ``steps``."""
+    rate: Any = learning_rate
+    if config.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps))
+    if config.weight_decay > 0:
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(rate)
+
+
+def make_loss(num_classes: int, label_smoothing: float = 0.0) -> Any:
+    """Per-example cross-entropy on integer labels (class weights apply), optionally smoothed."""
+    if label_smoothing <= 0:
+        return keras.losses.SparseCategoricalCrossentropy()
+
+    def smoothed_crossentropy(y_true: Any, y_pred: Any) -> Any:
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        return keras.losses.categorical_crossentropy(
+            keras.ops.one_hot(labels, num_classes), y_pred, label_smoothing=label_smoothing
+        )
+
+    return smoothed_crossentropy
+
+
+def decision_threshold(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
+    """The positive-class threshold on validation by ``rule``.
+
+    ``youden``: ``training.metrics.choose_threshold`` (maximum sensitivity + specificity).
+    ``balanced``: the candidate (0.5 and the midpoints between distinct scores) where
+    sensitivity and specificity are closest, ties broken by the larger Youden J and then by
+    closeness to 0.5. It does not chase the few validation examples near the boundary, and it
+    stays in the middle of the ROC curve when the test set's class balance differs.
+    """
+    from training.metrics import DEFAULT_THRESHOLD, choose_threshold
+
+    if rule == "youden":
+        return choose_threshold(labels, scores)
+    y = np.asarray(labels).astype(np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.size == 0 or y.min() == y.max():
+        return DEFAULT_THRESHOLD
+    distinct = np.unique(s)
+    candidates = np.concatenate([[DEFAULT_THRESHOLD], (distinct[:-1] + distinct[1:]) / 2.0])
+    pos = y == 1
+    predicted = s[None, :] >= candidates[:, None]
+    tpr = (predicted & pos[None, :]).sum(axis=1) / pos.sum()
+    tnr = (~predicted & ~pos[None, :]).sum(axis=1) / (~pos).sum()
+    order = np.lexsort(
+        (np.abs(candidates - DEFAULT_THRESHOLD), -(tpr + tnr), np.round(np.abs(tpr - tnr), 12))
+    )
+    return float(candidates[order[0]])
+
+
 def _close_files(*callbacks: keras.callbacks.Callback) -> None:
-    from training.callbacks import EvaluationFiguresCallback
+    from training.callbacks import EpochScalarsCallback, EvaluationFiguresCallback
 
     for callback in callbacks:
         csv_file = getattr(callback, "csv_file", None)
@@ -412,15 +648,39 @@ def _close_files(*callbacks: keras.callbacks.Callback) -> None:
         if isinstance(callback, keras.callbacks.TensorBoard):
             for writer in callback._writers.values():
                 writer.close()
-        elif isinstance(callback, EvaluationFiguresCallback):
+        elif isinstance(callback, EvaluationFiguresCallback | EpochScalarsCallback):
             callback.on_train_end()
 
 
-def _set_backbone(model: keras.Model, blocks: int | str) -> None:
-    """Train the backbone's top ``blocks`` residual blocks (0 = frozen, "all"); BN stays frozen."""
+def _set_backbone(model: keras.Model, blocks: int | str, *, freeze_batchnorm: bool = True) -> None:
+    """Train the backbone's top ``blocks`` residual blocks (0 = frozen, "all").
+
+    BatchNorm stays frozen (pretrained statistics) unless ``freeze_batchnorm=False``, which is
+    for a randomly initialised backbone whose statistics must be learned.
+    """
     from models.architectures import set_backbone_trainable
 
-    set_backbone_trainable(model, "all" if blocks == "all" else int(blocks))
+    set_backbone_trainable(
+        model, "all" if blocks == "all" else int(blocks), freeze_batchnorm=freeze_batchnorm
+    )
+
+
+SCRATCH_BN_MOMENTUM = 0.9
+
+
+def _track_recent_batches(model: keras.Model) -> None:
+    """BatchNorm moving statistics that follow the last ~10 batches (momentum 0.9, not 0.99).
+
+    From scratch the weights move fast, and with Keras' default momentum (0.99, a memory of
+    ~100 steps, several epochs of a small data set) the moving statistics that inference uses
+    describe the network of several epochs ago: training accuracy climbs while validation,
+    which runs in inference mode, stays at one class. A shorter memory keeps them current.
+    """
+    from models.architectures import get_backbone
+
+    for layer in get_backbone(model).layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = SCRATCH_BN_MOMENTUM
 
 
 def _export_model(model: keras.Model) -> keras.Model:
@@ -534,14 +794,14 @@ def _hparams(config: TrainConfig) -> dict[str, Any]:
     return {k: values[k] for k in keys}
 
 
-def _new_run_dir(config: TrainConfig) -> Path:
+def _new_run_dir(config: TrainConfig, suffix: str = "") -> Path:
     root = Path(config.runs_dir)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = root / f"{config.name}-{stamp}"
+    path = root / f"{config.name}-{stamp}{suffix}"
     n = 1
     while path.exists():
         n += 1
-        path = root / f"{config.name}-{stamp}-{n}"
+        path = root / f"{config.name}-{stamp}-{n}{suffix}"
     path.mkdir(parents=True)
     return path
 

@@ -11,12 +11,17 @@ from models.errors import ConfigurationError
 from training.config import TrainConfig, read_config_file
 
 
-def test_defaults_are_valid_and_two_phase_for_resnet() -> None:
+def test_defaults_are_valid_and_two_phase_only_for_pretrained_resnet(tmp_path: Path) -> None:
     cfg = TrainConfig()
-    assert cfg.architecture == "resnet50"
-    assert cfg.two_phase
+    assert cfg.architecture == "resnet50" and cfg.weights is None
+    assert not cfg.two_phase  # from scratch: one phase, BatchNorm trained
     assert cfg.input_shape == (224, 224, 1)
+    assert TrainConfig(weights="imagenet").two_phase
+    (tmp_path / "w.weights.h5").write_bytes(b"")
+    assert TrainConfig(weights=str(tmp_path / "w.weights.h5")).two_phase
     assert not TrainConfig(architecture="simple_cnn").two_phase
+    assert (cfg.strategy, cfg.mixed_precision, cfg.threshold_rule) == ("auto", "off", "youden")
+    assert (cfg.lr_schedule, cfg.weight_decay, cfg.label_smoothing) == ("constant", 0.0, 0.0)
 
 
 def test_yaml_file_then_overrides(tmp_path: Path) -> None:
@@ -66,6 +71,13 @@ def test_filters_from_comma_string() -> None:
             r"weights apply to resnet50 only",
         ),
         ({"epochs_head": 0, "epochs_finetune": 0}, r"no epoch"),
+        ({"epochs_head": 0, "epochs_finetune": 3}, r"no epoch"),  # from scratch: one phase
+        ({"strategy": "horovod"}, r"strategy must be one of auto, .*received 'horovod'"),
+        ({"mixed_precision": "bf16"}, r"mixed_precision must be one of .*received 'bf16'"),
+        ({"threshold_rule": "f1"}, r"threshold_rule must be one of youden, balanced"),
+        ({"lr_schedule": "step"}, r"lr_schedule must be one of constant, cosine"),
+        ({"weight_decay": -0.1}, r"weight_decay must be .*received -0.1"),
+        ({"label_smoothing": 0.5}, r"label_smoothing must be .*received 0.5"),
         ({"name": "bad name/"}, r"name must be .*received 'bad name/'"),
         ({"deterministic": "perhaps"}, r"deterministic must be true or false"),
         ({"colour": "blue"}, r"unknown option\(s\) in config: colour"),
@@ -135,5 +147,5 @@ def test_demo_config_is_the_documented_demo_model() -> None:
 
     cfg = TrainConfig.load(REPO_ROOT / "training" / "configs" / "demo.yaml")
     assert cfg.architecture == "resnet50" and cfg.weights is None and cfg.image_size == 64
-    assert cfg.two_phase and cfg.epochs_head >= 1 and cfg.epochs_finetune >= 1
+    assert not cfg.two_phase and cfg.epochs_head >= 1  # from scratch: one phase
     assert cfg.class_names == ("normal", "abnormal") and cfg.name == "demo"

@@ -139,6 +139,14 @@ def test_resume_continues_the_epoch_counter(tiny_demo_data: Path, tmp_path: Path
         resume(run_dir)
 
 
+def _pretrained_backbone_file(tmp_path: Path) -> Path:
+    """A no-top ResNet50 weights file, as a user's local pretrained weights would be."""
+    path = tmp_path / "backbone.weights.h5"
+    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    backbone.save_weights(path)
+    return path
+
+
 @pytest.mark.slow
 def test_resnet50_two_phases_interrupted_in_phase_two_and_resumed(
     tiny_demo_data: Path, tmp_path: Path
@@ -147,6 +155,7 @@ def test_resnet50_two_phases_interrupted_in_phase_two_and_resumed(
         tiny_demo_data,
         tmp_path,
         architecture="resnet50",
+        weights=str(_pretrained_backbone_file(tmp_path)),  # pretrained: two phases
         epochs_head=1,
         epochs_finetune=2,
         unfreeze_blocks=1,
@@ -183,6 +192,49 @@ def test_resnet50_two_phases_interrupted_in_phase_two_and_resumed(
     assert [r["epoch"] for r in _history(run_dir)] == ["0", "1", "2"]
     assert result.epochs_run == 3
     assert ModelRegistry(result.store).load(result.model_ref).manifest.architecture == "resnet50"
+
+
+@pytest.mark.slow
+def test_resnet50_from_scratch_trains_everything_including_batchnorm(
+    tiny_demo_data: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(
+        tiny_demo_data,
+        tmp_path,
+        architecture="resnet50",
+        epochs_head=1,
+        epochs_finetune=3,  # ignored from scratch: one phase of epochs_head epochs
+        batch_size=16,
+        histogram_freq=0,
+        tensorboard_samples=0,
+    )
+    recorder = _Recorder()
+    result = train(config, callbacks=[recorder], verbose=0)
+    assert recorder.epochs == [0] and result.epochs_run == 1
+    assert recorder.bn_trainable == [True]  # BatchNorm learns its statistics
+    log = (result.run_dir / "train.log").read_text()
+    assert "phase 1: epochs 1-1" in log and "phase 2" not in log
+    backbone = ModelRegistry(result.store).load(result.model_ref).model.get_layer("backbone")
+    bn = backbone.get_layer("conv1_bn")
+    # a frozen BN keeps its initial moving statistics (mean 0, variance 1); a trained one moves
+    assert not np.allclose(np.asarray(bn.moving_mean), 0.0)
+    assert not np.allclose(np.asarray(bn.moving_variance), 1.0)
+
+
+def test_threshold_rules() -> None:
+    from training.metrics import choose_threshold
+    from training.run import decision_threshold
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.35, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99])
+    assert decision_threshold("youden", labels, scores) == choose_threshold(labels, scores)
+    t = decision_threshold("balanced", labels, scores)
+    predicted = scores >= t
+    sensitivity = predicted[labels == 1].mean()
+    specificity = (~predicted[labels == 0]).mean()
+    assert sensitivity == specificity == 0.75  # the rule's defining property here
+    assert 0.5 < t < 0.6
+    assert decision_threshold("balanced", np.ones(3), np.array([0.2, 0.5, 0.9])) == 0.5
 
 
 def test_multiclass_run_has_per_class_metrics_and_no_threshold(tmp_path: Path) -> None:
