@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cli.models_cmds",
     "cli.data_cmds",
     "cli.training_cmds",
+    "cli.experiment_cmds",
     "cli.service_cmds",
     "cli.keys_cmds",
     "cli.audit_cmds",
