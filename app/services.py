@@ -100,16 +100,29 @@ class Cursor:
             created_at = datetime.fromisoformat(created_at_text)
             if created_at.tzinfo is None:
                 raise ValueError("naive timestamp")
+            # a cursor this service issued is in UTC; one that is not representable in UTC
+            # (year 0 or 10000 once converted) was not issued here
+            created_at = created_at.astimezone(UTC)
             return cls(created_at=created_at, id=uuid.UUID(id_text))
-        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
             raise InvalidCursorError(f"cannot decode cursor {shown!r}") from exc
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """Naive datetimes in query parameters are taken as UTC."""
+    """Naive datetimes in query parameters are taken as UTC.
+
+    An instant beyond datetime's range once in UTC (0001-01-01T00:00+14:00 is in year 0) is
+    clamped to the first or last representable one: the filter means the same thing.
+    """
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.min if value.year == datetime.min.year else datetime.max
+        return edge.replace(tzinfo=UTC)
 
 
 def list_predictions(

@@ -28,6 +28,10 @@ from models.manifest import ModelManifest
 logger = logging.getLogger("radlens.app")
 
 MAX_PAGE_SIZE = 100
+# Filter values the database can compare: PostgreSQL text cannot hold NUL and its integer
+# columns are 32-bit; outside these a filter is a 422, not a driver error (found by fuzzing).
+NO_NUL = r"^[^\x00]*$"
+MAX_INT32 = 2**31 - 1
 
 
 class MultipartRoute(APIRoute):
@@ -176,10 +180,10 @@ def get_prediction(
 def list_predictions(
     session: SessionDep,
     request: Request,
-    study_instance_uid: Annotated[str | None, Query(max_length=64)] = None,
-    label: Annotated[str | None, Query(max_length=128)] = None,
-    model_name: Annotated[str | None, Query(max_length=128)] = None,
-    model_version: Annotated[int | None, Query(ge=1)] = None,
+    study_instance_uid: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+    label: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
+    model_name: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
+    model_version: Annotated[int | None, Query(ge=1, le=MAX_INT32)] = None,
     created_after: Annotated[
         datetime | None, Query(description="ISO 8601; without a zone it is UTC")
     ] = None,

@@ -450,3 +450,51 @@ def test_chunked_oversize_without_content_length_is_413(service: Service, real_p
     assert "streaming" in problem["detail"]
     snapshot.check_nothing_stored(413)
     assert_good_post(service)
+
+
+# --- list filters the database cannot compare (found by the schemathesis fuzz) ---------------
+
+
+def _cursor(created_at: str) -> str:
+    import base64
+    import json
+    import uuid
+
+    raw = json.dumps([created_at, str(uuid.uuid4())]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        ("model_version=35184372088831", 422, "invalid-request"),  # PostgreSQL int4
+        ("model_name=a%00b", 422, "invalid-request"),  # PostgreSQL text has no NUL
+        ("label=%00", 422, "invalid-request"),
+        ("study_instance_uid=1.2%003", 422, "invalid-request"),
+        ("cursor=" + _cursor("0001-01-01T00:00:00+14:00"), 422, "invalid-cursor"),
+        ("cursor=" + _cursor("9999-12-31T23:59:59-14:00"), 422, "invalid-cursor"),
+        ("created_after=0001-01-01T00:00:00%2B14:00", 200, None),  # before everything
+        ("created_before=9999-12-31T23:59:59-14:00", 200, None),  # after everything
+    ],
+    ids=[
+        "version-over-int32",
+        "nul-model-name",
+        "nul-label",
+        "nul-study",
+        "cursor-year-0",
+        "cursor-year-10000",
+        "after-year-0",
+        "before-year-10000",
+    ],
+)
+def test_list_filters_out_of_the_databases_range(
+    service: Service, query: str, status: int, code: str | None
+) -> None:
+    response = service.client.get(f"/v1/predictions?{query}")
+    if status == 200:
+        assert response.status_code == 200, response.text
+        # the clamped bound still filters: everything is after year 1 / before year 10000
+        assert response.json()["items"] or service.count() == 0
+    else:
+        assert_problem(response, status, code=code)
+    assert service.client.get("/v1/predictions?limit=1").status_code == 200
