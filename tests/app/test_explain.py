@@ -180,3 +180,21 @@ class TestExplainer:
         app = create_app(make_settings(url, model_store, explain_warmup=True))
         with TestClient(app):
             assert explainer_for(app.state.resources.predictor).warmed
+
+
+def test_deleting_a_prediction_deletes_its_explanation(service: Service) -> None:
+    """Retention (radlens purge) deletes predictions in bulk: the overlay goes with them."""
+    import uuid
+
+    from sqlalchemy import delete
+
+    from app.tables import Prediction
+
+    response = service.post(png_bytes(), "gone.png", params={"explain": "true"})
+    pid = response.json()["id"]
+    assert len(_explanations(service, pid)) == 1
+    with service.app.state.resources.sessionmaker() as session:
+        session.execute(delete(Prediction).where(Prediction.id == uuid.UUID(pid)))
+        session.commit()
+    assert _explanations(service, pid) == []
+    assert service.client.get(f"/v1/predictions/{pid}/heatmap").status_code == 404
