@@ -263,3 +263,26 @@ def test_malformed_bodies_are_problems_not_500(
         "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
     )
     assert 400 <= response.status_code < 500, response.text
+
+
+def test_pydicom_data_chest_cr(service: Service) -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_UNCR.dcm")
+    if path is None:
+        pytest.skip("pydicom-data's RG1_UNCR.dcm (chest CR) is not installed")
+    data = Path(str(path)).read_bytes()
+    response = stow(service, [data])
+    assert response.status_code == 200, response.text
+    item = parse(response).ReferencedSOPSequence[0]
+    source = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
+    assert (item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID) == (
+        source.SOPClassUID,
+        source.SOPInstanceUID,
+    )
+    prediction = service.client.get(f"/v1/predictions/{item[0x00991001].value}").json()
+    assert (prediction["rows"], prediction["columns"], prediction["modality"]) == (
+        source.Rows,
+        source.Columns,
+        source.Modality,
+    )
