@@ -120,10 +120,14 @@ def test_cli_runs_every_choice_and_seed_and_writes_the_table(
     tiny_demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "experiment"
+    config = tmp_path / "base.yaml"  # the cheapest runs: no histograms, no sample images
+    config.write_text("histogram_freq: 0\ntensorboard_samples: 0\nname: tiny\n")
     status = main(
         [
             "experiment",
             "filters",
+            "--config",
+            str(config),
             "--data",
             str(tiny_demo_data),
             "--arch",

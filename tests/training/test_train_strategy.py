@@ -58,8 +58,13 @@ def _env(tf_config: str | None = None) -> dict[str, str]:
 
 
 def _train_args(data: Path, root: Path, strategy: str) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "base.yaml"  # the cheapest runs: no weight histograms, no sample images
+    config.write_text("histogram_freq: 0\ntensorboard_samples: 0\n")
     return [
         "train",
+        "--config",
+        str(config),
         "--data",
         str(data),
         "--arch",
