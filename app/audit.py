@@ -45,8 +45,28 @@ def record(
     at: datetime | None = None,
 ) -> AuditEvent:
     """Add one audit row to ``session`` (flushed; committed with the caller's transaction)."""
+    event = add(session, actor=actor, action=action, status=status, target=target, query=query)
+    if at is not None:
+        event.at = at
+    session.flush()
+    return event
+
+
+def add(
+    session: Session,
+    *,
+    actor: str | None,
+    action: str,
+    status: int,
+    target: str | None = None,
+    query: str | None = None,
+) -> AuditEvent:
+    """Add one audit row to ``session`` without flushing: no I/O, safe on the event loop.
+
+    The caller's commit (or next flush) writes it, in the caller's transaction.
+    """
     event = AuditEvent(
-        at=at or utcnow(),
+        at=utcnow(),
         actor=actor,
         action=action[:64],
         target=target[:64] if target else None,
@@ -54,7 +74,6 @@ def record(
         status=status,
     )
     session.add(event)
-    session.flush()
     return event
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -32,7 +33,8 @@ from app import audit as audit_log
 from app.db import READ_ONLY
 from app.deps import SessionDep, _resources
 from app.errors import AppError, status_for
-from app.keys import SCOPES, authenticate, key_id_of
+from app.keycache import KeyCache
+from app.keys import SCOPES, authenticate, hash_key, key_id_of
 from models.errors import RadlensError
 
 logger = logging.getLogger("radlens.app")
@@ -94,19 +96,23 @@ def _route_path(request: Request) -> str:
     return str(getattr(request.scope.get("route"), "path", request.url.path))
 
 
-def authorize(
+async def authorize(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
-    """Authenticate the bearer key, check its scope, charge its rate limit."""
+    """Authenticate the bearer key, check its scope, charge its rate limit.
+
+    ``async``: a key found in the in-process cache (app/keycache.py) costs no thread hop and
+    no database round trip; only a cache miss looks the key up, in the thread pool.
+    """
     settings = request.app.state.settings
     if settings.auth == "disabled":
         principal = Principal(None, ANONYMOUS, frozenset(SCOPES))
     else:
-        principal = _authenticate(request, credentials)
+        principal = await _authenticate(request, credentials)
         needed = required_scope(request.method)
         if needed not in principal.scopes:
-            _record_denied(request, principal)
+            await run_in_threadpool(_record_denied, request, principal)
             raise ForbiddenError(
                 f"key {principal.key_id!r} ({principal.name}) has scopes "
                 f"{','.join(sorted(principal.scopes))}; {request.method} {_route_path(request)} "
@@ -127,7 +133,18 @@ def authorize(
     return principal
 
 
-def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+def key_cache(request: Request) -> KeyCache[Principal]:
+    """The app's cache of authenticated keys (built on first use from the settings)."""
+    cache: KeyCache[Principal] | None = getattr(request.app.state, "key_cache", None)
+    if cache is None:
+        cache = KeyCache(float(getattr(request.app.state.settings, "auth_cache_ttl_s", 0.0)))
+        request.app.state.key_cache = cache
+    return cache
+
+
+async def _authenticate(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
     if credentials is None:
         header = request.headers.get("authorization")
         if header is None:
@@ -144,13 +161,23 @@ def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | 
             f"the bearer token is not a radlens key (expected rl_<key id>_<secret>, "
             f"received {len(token)} characters)"
         )
+    cache = key_cache(request)
+    token_hash = hash_key(token) if cache.enabled else ""
+    principal = cache.get(token_hash)
+    if principal is None:
+        principal = await run_in_threadpool(_look_up, request, token)
+        if principal is None:
+            raise UnauthorizedError(f"key {key_id!r} is unknown or revoked")
+        cache.put(token_hash, principal)
+    return principal
+
+
+def _look_up(request: Request, token: str) -> Principal | None:
     with _resources(request).sessionmaker() as session:
         # Only reads: on SQLite a WAL snapshot that never queues behind the writers.
         session.connection(execution_options=READ_ONLY)
         row = authenticate(session, token)
-        if row is None:
-            raise UnauthorizedError(f"key {key_id!r} is unknown or revoked")
-        return Principal(row.key_id, row.name, row.scope_set)
+        return None if row is None else Principal(row.key_id, row.name, row.scope_set)
 
 
 def _record_denied(request: Request, principal: Principal) -> None:
@@ -197,8 +224,13 @@ def _status_of(exc: BaseException) -> int:
     return 500
 
 
-def audit(request: Request, response: Response, session: SessionDep) -> Iterator[None]:
-    """Record the request's action and outcome (see app/audit.py for the design)."""
+async def audit(request: Request, response: Response, session: SessionDep) -> AsyncIterator[None]:
+    """Record the request's action and outcome (see app/audit.py for the design).
+
+    ``async``: on success the row is only added to the request's session (no I/O on the
+    event loop); the session dependency's commit, in the same thread-pool call as the rest
+    of the transaction's end, flushes and commits it. A failure is recorded in the pool.
+    """
     principal: Principal | None = getattr(request.state, "principal", None)
     actor = principal.key_id if principal is not None else None
     path = _route_path(request)
@@ -206,24 +238,30 @@ def audit(request: Request, response: Response, session: SessionDep) -> Iterator
     try:
         yield
     except Exception as exc:
-        _rollback(session)
-        _record_apart(
-            request,
-            actor=actor,
-            action=action,
-            target=_target(request, None),
-            query=_query(request, action),
-            status=_status_of(exc),
-        )
+        await run_in_threadpool(_rollback_and_record, session, request, action, actor, exc)
         raise
     status = response.status_code or _declared_status(request)
-    audit_log.record(
+    audit_log.add(
         session,
         actor=actor,
         action=action,
         target=_target(request, response),
         query=_query(request, action),
         status=status,
+    )
+
+
+def _rollback_and_record(
+    session: Session, request: Request, action: str, actor: str | None, exc: Exception
+) -> None:
+    _rollback(session)
+    _record_apart(
+        request,
+        actor=actor,
+        action=action,
+        target=_target(request, None),
+        query=_query(request, action),
+        status=_status_of(exc),
     )
 
 

@@ -10,11 +10,12 @@ dependency in the thread pool, and that hop costs more CPU than the function its
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,20 +52,42 @@ async def get_metrics(request: Request) -> ServiceMetrics:
     return metrics
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session and one transaction per request: commit on success, roll back on error.
 
     Services only flush. Declared with ``scope="function"`` below so the commit happens
     before the response is sent (a failed commit is an error response, never a 201).
+
+    ``async``: creating a session does no I/O (it connects on first use, in whatever worker
+    thread the route uses it), and the commit and close run in ONE thread-pool call, where
+    a plain ``def`` generator costs a hop to enter and another to exit. On an error (or a
+    cancelled request) the rollback and close run on the event loop: they only release the
+    transaction, and must happen even when the task is being cancelled.
     """
     factory = _resources(request).sessionmaker
-    with factory() as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    session = factory()
+    try:
+        yield session
+    except BaseException:
+        _rollback_and_close(session)
+        raise
+    try:
+        await run_in_threadpool(_commit_and_close, session)
+    except BaseException:
+        _rollback_and_close(session)
+        raise
+
+
+def _commit_and_close(session: Session) -> None:
+    session.commit()
+    session.close()
+
+
+def _rollback_and_close(session: Session) -> None:
+    try:
+        session.rollback()
+    finally:
+        session.close()
 
 
 async def get_predictor(request: Request) -> Predictor:

@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.deps import Resources
 from app.errors import CatchAllMiddleware, install_error_handlers
+from app.keycache import KeyCache
 from app.limits import MaxBodySizeMiddleware
 from app.metrics import MetricsMiddleware, ServiceMetrics
 from app.schemas import Problem, problem_responses
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     app.state.metrics = metrics
     app.state.resources = None
     app.state.rate_limiter = _rate_limiter(settings)
+    app.state.key_cache = KeyCache(settings.auth_cache_ttl_s)  # app/auth.py, app/keycache.py
     if settings.auth == "disabled":
         logger.warning(
             "RADLENS_AUTH=disabled: the API accepts requests without a key (development only)"

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     # Security (docs/security.md): API keys on unless explicitly disabled for development.
     auth: Literal["enabled", "disabled"] = "enabled"
     rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000, description="0 = off")
+    auth_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=300.0,
+        description="Seconds an authenticated API key stays cached in-process (a revocation "
+        "takes effect within this time); 0 = no cache, every request looks the key up",
+    )
     retention_days: int = Field(default=0, ge=0, le=36_500, description="0 = keep forever")
     uid_pseudonym_key: SecretStr | None = Field(
         default=None, description="HMAC key (>= 16 characters) to pseudonymise stored UIDs"

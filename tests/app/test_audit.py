@@ -23,7 +23,10 @@ from tests.app.conftest import (
 
 
 def audit_rows(service: Service, **where: Any) -> list[dict[str, Any]]:
-    rows = [r for r in service.rows() if r["table"] == "audit_events"]
+    # in id order: SELECT without ORDER BY gives PostgreSQL's heap order, which reuses space
+    rows = sorted(
+        (r for r in service.rows() if r["table"] == "audit_events"), key=lambda r: r["id"]
+    )
     return [r for r in rows if all(r[k] == v for k, v in where.items())]
 
 

@@ -77,6 +77,17 @@ class TestAuthentication:
         assert "Bearer scheme but no key" in assert_unauthorized(empty)["detail"]
 
     def test_revoked_key_stops_working(self, service: Service) -> None:
+        from app.keycache import KeyCache
+
+        # RADLENS_AUTH_CACHE_TTL_S=0: no cache, the next request sees the revocation
+        # (with a TTL, within it: tests/app/test_key_cache.py)
+        original, service.app.state.key_cache = service.app.state.key_cache, KeyCache(0.0)
+        try:
+            self._revoke_and_check(service)
+        finally:
+            service.app.state.key_cache = original
+
+    def _revoke_and_check(self, service: Service) -> None:
         from app.db import make_engine, make_sessionmaker
         from app.keys import key_id_of, revoke_key
 
