@@ -48,6 +48,13 @@ def preprocess_upload(
     return preprocess(data, size=size, window=window, max_pixels=max_pixels)
 
 
+def _preprocess_and_hash(
+    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int
+) -> tuple[PreprocessedImage, str]:
+    # One worker-thread call: the sha256 of the upload is computed off the event loop too.
+    return preprocess_upload(data, size, window, max_pixels), hashlib.sha256(data).hexdigest()
+
+
 @dataclass
 class Candidate:
     """A preprocessed upload and the model's prediction on it, not stored yet."""
@@ -76,11 +83,10 @@ async def predict_and_store(
 async def run_model(data: bytes, *, predictor: Predictor, settings: Settings) -> Candidate:
     """Preprocess (worker thread) and predict (micro-batched); safe to run concurrently."""
     manifest = predictor.manifest
-    image = await run_in_threadpool(
-        preprocess_upload, data, predictor.input_size, manifest.window, settings.max_pixels
+    image, digest = await run_in_threadpool(
+        _preprocess_and_hash, data, predictor.input_size, manifest.window, settings.max_pixels
     )
     meta = image.metadata
-    digest = hashlib.sha256(data).hexdigest()
     # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the instance UIDs (app/pseudonym.py)
     pseudonym_key = settings.uid_pseudonym_key_bytes
     study_uid, series_uid, sop_uid = (
