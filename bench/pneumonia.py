@@ -1,0 +1,226 @@
+"""The real-data result: ResNet50 from scratch and the simple CNN on PneumoniaMNIST (issue 5).
+
+Not a test. Run from the repository root (see docs/results.md for the figures and the recipe):
+
+    .venv/bin/python -m bench.pneumonia --arch resnet50 --epochs 12 --time-budget-minutes 50
+    .venv/bin/python -m bench.pneumonia --arch simple_cnn --image-size 32 --epochs 15
+
+It trains with ``training.run.train`` (the same code as ``radlens train``) on
+``../shared/data/pneumoniamnist/pneumoniamnist_28_trainval.npz``: the official ``train`` split
+trains, the official ``val`` split selects the epoch (best validation AUC) and the decision
+threshold; the official test split is held out (it is not in that file). The chosen model is
+exported to the model store, ready for
+
+    radlens evaluate --model pneumonia-resnet50 --data <official npz with test_*> --split test
+
+``--time-budget-minutes`` stops training after the epoch that would otherwise run past the
+budget (the next epoch is predicted from the slowest so far); the best epoch on validation is
+still the one exported. With a budget, the learning rate follows a cosine from the recipe's
+rate down to 0 over the budget or the epochs, whichever runs out first (set per epoch from the
+fraction done), so a run cut short by a busy machine still ends annealed.
+
+The script prints, and writes to ``--out`` (JSON), the validation
+metrics at the saved threshold, the best epoch, training time and training images/s (train
+images x epochs / time inside ``fit``, augmentation and validation included), with the load
+average, because the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+DEFAULT_NPZ = (
+    REPO_ROOT.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_28_trainval.npz"
+)
+
+# The recipes: what docs/results.md reports. Flags override any of them.
+RECIPES: dict[str, dict[str, Any]] = {
+    "resnet50": {
+        "architecture": "resnet50",
+        "weights": None,  # from scratch: one phase, BatchNorm trained (training.run)
+        "image_size": 64,
+        "batch_size": 64,
+        "epochs_head": 12,
+        "learning_rate_head": 1e-3,
+        "lr_schedule": "cosine",
+        "weight_decay": 1e-4,
+        "label_smoothing": 0.1,
+        "dropout": 0.3,
+        "augment": True,
+        "class_weights": "auto",
+        "threshold_rule": "balanced",
+        "early_stopping_patience": 0,
+        "histogram_freq": 0,
+        "tensorboard_samples": 4,
+    },
+    "simple_cnn": {
+        "architecture": "simple_cnn",
+        "image_size": 32,
+        "batch_size": 64,
+        "epochs_head": 15,
+        "learning_rate_head": 1e-3,
+        "lr_schedule": "cosine",
+        "weight_decay": 1e-4,
+        "label_smoothing": 0.1,
+        "dropout": 0.3,
+        "augment": True,
+        "class_weights": "auto",
+        "threshold_rule": "balanced",
+        "early_stopping_patience": 0,
+        "histogram_freq": 0,
+        "tensorboard_samples": 4,
+    },
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--arch", choices=sorted(RECIPES), default="resnet50")
+    p.add_argument("--data", default=str(DEFAULT_NPZ))
+    p.add_argument("--epochs", type=int, help="epochs (cosine schedule length)")
+    p.add_argument("--time-budget-minutes", type=float, default=None)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--name", help="model name in the store (default pneumonia-<arch>)")
+    p.add_argument("--store", help="model store (default $RADLENS_MODEL_STORE / models/store)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--out", type=Path, help="write the figures as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if not Path(args.data).is_file():
+        print(f"bench.pneumonia: data not found: {args.data!r}", file=sys.stderr)
+        return 2
+    import keras
+
+    from training.config import TrainConfig
+    from training.run import train
+
+    recipe = dict(RECIPES[args.arch])
+    recipe.update(
+        {
+            "data": args.data,
+            "name": args.name or f"pneumonia-{args.arch.replace('_', '-')}",
+            "description": f"PneumoniaMNIST 28 px, {args.arch} (bench/pneumonia.py)",
+            "class_names": ["normal", "pneumonia"],
+            "seed": args.seed,
+            "runs_dir": args.runs_dir,
+            "store": args.store,
+        }
+    )
+    for key, value in (
+        ("epochs_head", args.epochs),
+        ("image_size", args.image_size),
+        ("batch_size", args.batch_size),
+        ("learning_rate_head", args.learning_rate),
+    ):
+        if value is not None:
+            recipe[key] = value
+    budget = args.time_budget_minutes * 60 if args.time_budget_minutes else None
+    if budget is not None:  # the Clock below drives the cosine; the optimizer's rate is set
+        recipe["lr_schedule"] = "constant"
+    config = TrainConfig.from_dict({k: v for k, v in recipe.items() if v is not None})
+    base_lr = config.learning_rate_head
+    epochs = config.epochs_head
+
+    class Clock(keras.callbacks.Callback):
+        """Epoch times, a stop when the next epoch would overrun the budget, the cosine rate."""
+
+        def __init__(self, budget_s: float | None) -> None:
+            super().__init__()
+            self.budget_s = budget_s
+            self.rates: list[float] = []
+            self.epoch_seconds: list[float] = []
+            self._fit_start = 0.0
+            self._epoch_start = 0.0
+            self.stopped_early = False
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            self._fit_start = time.monotonic()
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self._epoch_start = time.monotonic()
+            if self.budget_s is None:
+                return
+            elapsed = self._epoch_start - self._fit_start
+            done = max(epoch / epochs, elapsed / self.budget_s)
+            rate = 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, done)))
+            self.model.optimizer.learning_rate = rate
+            self.rates.append(rate)
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.epoch_seconds.append(time.monotonic() - self._epoch_start)
+            logs = logs or {}
+            rate = f"lr {self.rates[-1]:.2e}, " if self.rates else ""
+            print(
+                f"epoch {epoch + 1}: {self.epoch_seconds[-1]:.0f} s, "
+                f"val_auc {logs.get('val_auc', float('nan')):.4f}, {rate}"
+                f"loadavg {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+            if self.budget_s is None:
+                return
+            elapsed = time.monotonic() - self._fit_start
+            if elapsed + max(self.epoch_seconds) > self.budget_s:
+                print(f"time budget reached after {elapsed:.0f} s: stopping", flush=True)
+                self.stopped_early = True
+                self.model.stop_training = True
+
+    clock = Clock(budget)
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    result = train(config, callbacks=[clock], verbose=2)
+    seconds = time.monotonic() - started
+    train_images = result.split_sizes.get("train", 0)
+    fit_seconds = sum(clock.epoch_seconds)
+    figures = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": result.model_ref,
+        "store": str(result.store),
+        "run_dir": str(result.run_dir),
+        "architecture": config.architecture,
+        "image_size": config.image_size,
+        "recipe": {k: v for k, v in config.to_dict().items() if k not in ("data", "store")},
+        "epochs_run": len(clock.epoch_seconds),
+        "stopped_by_time_budget": clock.stopped_early,
+        "best_epoch": result.best_epoch,
+        "threshold": result.threshold,
+        "val": {
+            k: result.val_metrics.get(k)
+            for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "n")
+        },
+        "seconds_total": round(seconds, 1),
+        "seconds_in_epochs": round(fit_seconds, 1),
+        "seconds_per_epoch": [round(s, 1) for s in clock.epoch_seconds],
+        "learning_rates": [float(f"{r:.3g}") for r in clock.rates],
+        "train_images_per_second": round(train_images * len(clock.epoch_seconds) / fit_seconds, 1)
+        if fit_seconds
+        else None,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
