@@ -103,7 +103,7 @@ async def run(base: str, pg: PrivatePostgres, key: str, args: argparse.Namespace
                 r.status_code,
                 problem=is_problem(r),
                 retry_after=r.headers.get("retry-after"),
-                prediction_id=r.json().get("id") if r.status_code == 201 else None,
+                prediction_id=r.json().get("id") if r.status_code in (200, 201) else None,
                 detail="" if r.status_code == 201 else r.text[:300],
             )
             timeline.records.append(record)
@@ -172,6 +172,16 @@ def report(timeline: Timeline, stored: set[str], same_pid: bool) -> bool:
             bad.append(f"{phase} {r.status}: {r.detail[:200]}")
         if r.status == 503 and not (r.problem and r.retry_after):
             bad.append(f"{phase} 503 without problem+json or Retry-After: {r.detail[:200]}")
+        if r.status == 200:
+            # an upload answered from the database ("already stored"): report which one
+            earlier = any(
+                o.status == 201 and o.prediction_id == r.prediction_id for o in timeline.records
+            )
+            print(
+                f"    200 ({phase}, sent {r.sent:.2f} s, answered {r.done:.2f} s): id "
+                f"{r.prediction_id}, {'a 201 earlier' if earlier else 'no 201 for it'}, "
+                f"in the database: {r.prediction_id in stored}"
+            )
         if r.status not in (0, 201, 503):
             bad.append(f"{phase} unexpected {r.status}: {r.detail[:200]}")
     ready_by_phase: dict[str, Counter[int]] = {
