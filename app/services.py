@@ -11,11 +11,17 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Table, and_, or_, select
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Executable
 
+from app.db import utcnow
 from app.errors import InvalidCursorError, NotFoundError
 from app.tables import Prediction
 
@@ -36,9 +42,56 @@ def record_prediction(session: Session, prediction: Prediction) -> tuple[Predict
     """Insert ``prediction`` unless the same input was already predicted by the same model.
 
     Returns ``(stored, created)``. The unique constraint decides: a concurrent request that
-    inserted the same (model, dedupe key) first wins, and this one returns its row. The
-    insert runs in a SAVEPOINT so losing the race leaves the request's transaction usable.
+    inserted the same (model, dedupe key) first wins, and this one returns its row.
+
+    On SQLite and PostgreSQL this is ONE statement, ``INSERT ... ON CONFLICT DO NOTHING``
+    (a Core insert: no SELECT first, no SAVEPOINT, no ORM unit of work), and a SELECT only
+    when the row was there already; ``prediction`` is returned as given (not added to the
+    session). Other databases take the portable path: SELECT, then INSERT in a SAVEPOINT so
+    losing the race leaves the request's transaction usable.
     """
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        if prediction.id is None:
+            prediction.id = uuid.uuid4()
+        if prediction.created_at is None:
+            prediction.created_at = utcnow()
+        values = {attr.columns[0].name: getattr(prediction, attr.key) for attr in _COLUMN_ATTRS}
+        if dialect == "sqlite":
+            stmt: Executable = (
+                sqlite_insert(_TABLE)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=_DEDUPE_COLUMNS)
+                .returning(_TABLE.c.id)
+            )
+        else:
+            stmt = (
+                postgresql_insert(_TABLE)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=_DEDUPE_COLUMNS)
+                .returning(_TABLE.c.id)
+            )
+        result = session.execute(stmt)
+        if result.first() is not None:  # RETURNING: rowcount is -1 on psycopg
+            return prediction, True
+        existing = find_existing(
+            session,
+            model_name=prediction.model_name,
+            model_version=prediction.model_version,
+            dedupe_key=prediction.dedupe_key,
+        )
+        if existing is None:  # the conflict was something else: a bug, not a race
+            raise RuntimeError("INSERT ... ON CONFLICT DO NOTHING inserted nothing, found nothing")
+        return existing, False
+    return _record_portable(session, prediction)
+
+
+_DEDUPE_COLUMNS = ["model_name", "model_version", "dedupe_key"]
+_COLUMN_ATTRS = tuple(sa_inspect(Prediction).column_attrs)
+_TABLE = cast(Table, Prediction.__table__)  # Core: no ORM unit of work on the hot path
+
+
+def _record_portable(session: Session, prediction: Prediction) -> tuple[Prediction, bool]:
     existing = find_existing(
         session,
         model_name=prediction.model_name,

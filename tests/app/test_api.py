@@ -219,9 +219,17 @@ class TestDedupe:
             calls["n"] += 1
             return None if calls["n"] == 1 else real_find(*args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(services, "find_existing", stale_find)
+        # SQLite / PostgreSQL: one INSERT ... ON CONFLICT DO NOTHING, no lookup before it
         with sessionmaker() as session:
             stored, created = services.record_prediction(session, row())
+            session.commit()  # the transaction is still usable after the ignored insert
+        assert created is False
+        assert stored.id == winner.id
+
+        # the portable path (other databases): lookup, then insert in a savepoint
+        monkeypatch.setattr(services, "find_existing", stale_find)
+        with sessionmaker() as session:
+            stored, created = services._record_portable(session, row())
             session.commit()  # the transaction is still usable after the failed savepoint
         assert created is False
         assert stored.id == winner.id
