@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "info"
+    access_log: bool = Field(
+        default=False,
+        description="uvicorn's per-request access log (`radlens serve`): off by default, since "
+        "its lines carry raw paths and query strings (e.g. a listing's study UID) and cost CPU",
+    )
     # Security (docs/security.md): API keys on unless explicitly disabled for development.
     auth: Literal["enabled", "disabled"] = "enabled"
     rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000, description="0 = off")

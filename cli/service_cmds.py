@@ -95,6 +95,7 @@ def register(app: typer.Typer) -> None:
                 workers=settings.workers if not reload else None,
                 reload=reload,
                 log_level=settings.log_level,
+                access_log=settings.access_log,  # RADLENS_ACCESS_LOG; off: no raw query strings
             )
         except SystemExit as exc:
             if exc.code not in (0, None):
