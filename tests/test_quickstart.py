@@ -20,14 +20,11 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_quickstart_sets_up_database_demo_data_and_demo_model(tmp_path: Path):
-    env = dict(os.environ)
-    env.update(
-        RADLENS_MODEL_STORE=str(tmp_path / "store"),
-        RADLENS_DATABASE_URL=f"sqlite:///{tmp_path / 'radlens.db'}",
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    result = subprocess.run(
+def _quickstart(
+    tmp_path: Path, env: dict[str, str], *, timeout: int
+) -> subprocess.CompletedProcess[str]:
+    """`make run`'s script, set-up only, with the demo data under tmp_path."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -40,9 +37,19 @@ def test_quickstart_sets_up_database_demo_data_and_demo_model(tmp_path: Path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         check=False,
     )
+
+
+def test_quickstart_sets_up_database_demo_data_and_demo_model(tmp_path: Path):
+    env = dict(os.environ)
+    env.update(
+        RADLENS_MODEL_STORE=str(tmp_path / "store"),
+        RADLENS_DATABASE_URL=f"sqlite:///{tmp_path / 'radlens.db'}",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    result = _quickstart(tmp_path, env, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "radlens.db").exists()
     assert (tmp_path / "demo" / "labels.csv").exists()
@@ -63,22 +70,7 @@ def test_quickstart_sets_up_database_demo_data_and_demo_model(tmp_path: Path):
     assert models[0]["architecture"] == "resnet50"
 
     # a second run finds the model and does not train again
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.quickstart",
-            "--no-serve",
-            "--data-dir",
-            str(tmp_path / "demo"),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    again = _quickstart(tmp_path, env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "skipping demo training" in again.stdout
     assert "An API key already exists" in again.stdout and "rl_" not in again.stdout
