@@ -10,8 +10,6 @@ all started together. Both train the tiny simple_cnn on the tiny demo data throu
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 
 from models.registry import ModelRegistry
 from tests.conftest import REPO_ROOT
+from tests.training.workers import free_ports, worker_env
 
 TIMEOUT = 240  # seconds per process; a hung collective fails the test instead of CI
 
@@ -35,26 +34,6 @@ if sys.argv[1] == "split":
 from cli.main import main
 raise SystemExit(main(sys.argv[2:]))
 """
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _env(tf_config: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    if tf_config is not None:
-        env["TF_CONFIG"] = tf_config
-    return env
 
 
 def _train_args(data: Path, root: Path, strategy: str) -> list[str]:
@@ -105,16 +84,18 @@ def _start(split: bool, args: list[str], env: dict[str, str]) -> subprocess.Pope
 def strategy_runs(tiny_demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Mirrored over two logical CPUs and two multi-worker processes, started together."""
     root = tmp_path_factory.mktemp("strategy")
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
     processes = {
         "mirrored": _start(
-            True, _train_args(tiny_demo_data, root / "mirrored", "mirrored"), _env()
+            True, _train_args(tiny_demo_data, root / "mirrored", "mirrored"), worker_env()
         ),
         **{
             f"worker{i}": _start(
                 False,
                 _train_args(tiny_demo_data, root / "multi", "multiworker"),
-                _env(json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})),
+                worker_env(
+                    json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+                ),
             )
             for i in range(2)
         },
