@@ -27,6 +27,7 @@ from app.security_tables import AuditEvent
 from app.tables import Prediction
 
 CLI_ACTOR = "cli"
+PREDICTION_CREATE = "prediction.create"  # the action of an upload (POST /v1/predictions)
 # Query parameters recorded with their value; any other parameter is recorded as name=*.
 _RECORDED_VALUES = frozenset(
     {"label", "model_name", "model_version", "created_after", "created_before", "limit"}

@@ -133,6 +133,27 @@ async def authorize(
     return principal
 
 
+async def authorize_request(request: Request) -> Principal:
+    """``authorize`` for a route that reads the bare request (``POST /v1/predictions``):
+    the same bearer parsing (``bearer_scheme``) and checks, without dependency solving."""
+    return await authorize(request, await bearer_scheme(request))
+
+
+async def record_failure(
+    request: Request, principal: Principal, action: str, exc: BaseException
+) -> None:
+    """Audit a failed action in its own short transaction (the action's was rolled back)."""
+    await run_in_threadpool(
+        _record_apart,
+        request,
+        actor=principal.key_id,
+        action=action,
+        target=_target(request, None),
+        query=_query(request, action),
+        status=_status_of(exc),
+    )
+
+
 def key_cache(request: Request) -> KeyCache[Principal]:
     """The app's cache of authenticated keys (built on first use from the settings)."""
     cache: KeyCache[Principal] | None = getattr(request.app.state, "key_cache", None)
@@ -201,7 +222,7 @@ def _record_apart(request: Request, **fields: object) -> None:
 
 
 _ACTIONS = {
-    ("POST", "/v1/predictions"): "prediction.create",
+    ("POST", "/v1/predictions"): audit_log.PREDICTION_CREATE,
     ("GET", "/v1/predictions"): "prediction.list",
     ("GET", "/v1/predictions/{prediction_id}"): "prediction.read",
     ("DELETE", "/v1/predictions/{prediction_id}"): "prediction.delete",

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from app import audit as audit_log
 from app import services
 from app.explain import ExplanationOutput, explainer_for, get_explanation, record_explanation
 from app.metrics import ServiceMetrics
@@ -26,6 +28,7 @@ from app.tables import Explanation, Prediction, dedupe_key
 
 if TYPE_CHECKING:
     from app.predictor import Predictor
+    from models.manifest import ModelManifest
     from models.preprocessing import PreprocessedImage
 
 logger = logging.getLogger("radlens.app")
@@ -130,6 +133,63 @@ async def run_model(data: bytes, *, predictor: Predictor, settings: Settings) ->
     return Candidate(prediction=prediction, image=image)
 
 
+async def store_committed(
+    candidate: Candidate,
+    *,
+    sessionmaker: Callable[[], Session],
+    predictor: Predictor,
+    metrics: ServiceMetrics,
+    actor: str | None,
+) -> Ingested:
+    """Lookup-or-insert the prediction, add its audit row and commit, in ONE worker-thread
+    call: the upload route's whole transaction (on SQLite it holds the write lock only for
+    the length of this call). Raises the database errors, with nothing committed."""
+    stored, created = await run_in_threadpool(
+        _record_audit_commit, sessionmaker, candidate.prediction, actor
+    )
+    _observe(stored, created, predictor.manifest, metrics)
+    return Ingested(prediction=stored, created=created, image=candidate.image)
+
+
+def _record_audit_commit(
+    sessionmaker: Callable[[], Session], prediction: Prediction, actor: str | None
+) -> tuple[Prediction, bool]:
+    session = sessionmaker()
+    try:
+        stored, created = services.record_prediction(session, prediction)
+        audit_log.add(
+            session,
+            actor=actor,
+            action=audit_log.PREDICTION_CREATE,
+            target=str(stored.id),
+            status=201 if created else 200,
+        )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+    return stored, created
+
+
+def _observe(
+    stored: Prediction, created: bool, manifest: ModelManifest, metrics: ServiceMetrics
+) -> None:
+    if created:
+        metrics.observe_prediction(manifest.ref, stored.label)
+        logger.info(
+            "prediction %s: model %s label %s (%.1f ms, batch %d)",
+            stored.id,
+            manifest.ref,
+            stored.label,
+            stored.inference_ms,
+            stored.batch_size,
+        )
+    else:
+        logger.info("prediction %s: already stored for model %s", stored.id, manifest.ref)
+
+
 async def store(
     candidate: Candidate,
     *,
@@ -143,18 +203,7 @@ async def store(
     stored, created = await run_in_threadpool(
         services.record_prediction, session, candidate.prediction
     )
-    if created:
-        metrics.observe_prediction(manifest.ref, stored.label)
-        logger.info(
-            "prediction %s: model %s label %s (%.1f ms, batch %d)",
-            stored.id,
-            manifest.ref,
-            stored.label,
-            stored.inference_ms,
-            stored.batch_size,
-        )
-    else:
-        logger.info("prediction %s: already stored for model %s", stored.id, manifest.ref)
+    _observe(stored, created, manifest, metrics)
     result = Ingested(prediction=stored, created=created, image=candidate.image)
     if explain:
         result.explanation, result.explanation_created = await ensure_explanation(

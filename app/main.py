@@ -92,7 +92,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     # Every /v1 route needs an API key (app/auth.py); predictions are also audited. The key's
     # refusals (401, 403, 429) are documented on each of those routes.
     keyed = problem_responses(401, 403, 429)
-    app.include_router(predictions.upload_router, dependencies=AUDITED, responses=keyed)
+    # The upload route authenticates and audits itself (its hot path skips dependency
+    # solving; see app/routes/predictions.py): the same checks, the same audit rows.
+    app.include_router(predictions.upload_router, responses=keyed)
     app.include_router(predictions.router, dependencies=AUDITED, responses=keyed)
     from app.routes import dicomweb, explanations  # Grad-CAM, SR/SC, STOW-RS
 
@@ -162,6 +164,10 @@ def _register_problem_schema(app: FastAPI) -> None:
         schema = original()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.setdefault("Problem", Problem.model_json_schema())
+        from app.routes.predictions import OPENAPI_SCHEMAS
+
+        for name, model in OPENAPI_SCHEMAS.items():
+            components.setdefault(name, model.model_json_schema())
         app.openapi_schema = schema
         return schema
 

@@ -57,21 +57,11 @@ def record_prediction(session: Session, prediction: Prediction) -> tuple[Predict
         if prediction.created_at is None:
             prediction.created_at = utcnow()
         values = {attr.columns[0].name: getattr(prediction, attr.key) for attr in _COLUMN_ATTRS}
-        if dialect == "sqlite":
-            stmt: Executable = (
-                sqlite_insert(_TABLE)
-                .values(**values)
-                .on_conflict_do_nothing(index_elements=_DEDUPE_COLUMNS)
-                .returning(_TABLE.c.id)
-            )
-        else:
-            stmt = (
-                postgresql_insert(_TABLE)
-                .values(**values)
-                .on_conflict_do_nothing(index_elements=_DEDUPE_COLUMNS)
-                .returning(_TABLE.c.id)
-            )
-        result = session.execute(stmt)
+        # One statement object per dialect, the row as execution parameters: SQLAlchemy
+        # caches its compiled form, where .values(**row) built (and cache-keyed) a new
+        # statement with a bound literal per column on every call.
+        stmt = _SQLITE_INSERT if dialect == "sqlite" else _POSTGRESQL_INSERT
+        result = session.execute(stmt, values)
         if result.first() is not None:  # RETURNING: rowcount is -1 on psycopg
             return prediction, True
         existing = find_existing(
@@ -89,6 +79,16 @@ def record_prediction(session: Session, prediction: Prediction) -> tuple[Predict
 _DEDUPE_COLUMNS = ["model_name", "model_version", "dedupe_key"]
 _COLUMN_ATTRS = tuple(sa_inspect(Prediction).column_attrs)
 _TABLE = cast(Table, Prediction.__table__)  # Core: no ORM unit of work on the hot path
+_SQLITE_INSERT: Executable = (
+    sqlite_insert(_TABLE)
+    .on_conflict_do_nothing(index_elements=_DEDUPE_COLUMNS)
+    .returning(_TABLE.c.id)
+)
+_POSTGRESQL_INSERT: Executable = (
+    postgresql_insert(_TABLE)
+    .on_conflict_do_nothing(index_elements=_DEDUPE_COLUMNS)
+    .returning(_TABLE.c.id)
+)
 
 
 def _record_portable(session: Session, prediction: Prediction) -> tuple[Prediction, bool]:

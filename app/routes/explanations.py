@@ -22,10 +22,10 @@ from app.dicom_outputs import (
 )
 from app.errors import AppError
 from app.explain import require_explanation
-from app.routes.predictions import MultipartRoute
 from app.schemas import problem_responses
 from app.settings import Settings
 from app.tables import Prediction
+from app.upload import MultipartRoute
 
 router = APIRouter(prefix="/v1/predictions", tags=["explanations and DICOM outputs"])
 upload_router = APIRouter(

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, Request, Response, UploadFile
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from app import audit as audit_log
 from app import services
-from app.deps import MetricsDep, PredictorDep, SessionDep, SettingsDep
-from app.errors import UnsupportedMediaTypeError
+from app.auth import Principal, authorize_request, record_failure
+from app.deps import SessionDep, _commit_and_close, _resources, _rollback_and_close
+from app.errors import ModelNotReadyError
+from app.metrics import ServiceMetrics
 from app.pseudonym import pseudonymise_uid
 from app.schemas import (
     NOT_FOR_CLINICAL_USE,
@@ -22,7 +26,9 @@ from app.schemas import (
     PredictionPublic,
     problem_responses,
 )
+from app.settings import Settings
 from app.tables import Prediction
+from app.upload import file_field, require_multipart
 from models.manifest import ModelManifest
 
 logger = logging.getLogger("radlens.app")
@@ -34,32 +40,47 @@ NO_NUL = r"^[^\x00]*$"
 MAX_INT32 = 2**31 - 1
 
 
-class MultipartRoute(APIRoute):
-    """Refuse a body that is not multipart/form-data with 415 before FastAPI parses it."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def checked(request: Request) -> Response:
-            content_type = request.headers.get("content-type", "")
-            if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
-                shown = content_type[:80] or "none"
-                raise UnsupportedMediaTypeError(
-                    f"the request's Content-Type is {shown!r}; expected multipart/form-data"
-                )
-            # Read the body first (the upload size limit still applies while it streams):
-            # the form parser then gets it as one chunk, one parser call and one file write
-            # instead of one per network chunk, on the event loop.
-            await request.body()
-            return await handler(request)
-
-        return checked
-
-
-upload_router = APIRouter(
-    prefix="/v1/predictions", tags=["predictions"], route_class=MultipartRoute
-)
+upload_router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
+
+EXPLAIN_DESCRIPTION = (
+    "Also compute and store the Grad-CAM overlay (GET .../heatmap); re-posting with "
+    "explain=true adds it to a stored prediction"
+)
+FILE_DESCRIPTION = "A DICOM (.dcm), PNG or JPEG image; the format is read from the bytes"
+
+
+class PredictionUpload(BaseModel):
+    """The multipart/form-data body of ``POST /v1/predictions`` (documentation only)."""
+
+    file: bytes = Field(description=FILE_DESCRIPTION)
+
+
+# The upload route reads its own request (see create_prediction), so its body, query
+# parameter and key requirement are declared here for OpenAPI and Swagger UI.
+UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"$ref": "#/components/schemas/PredictionUpload"},
+                "encoding": {"file": {"contentType": "application/octet-stream"}},
+            }
+        },
+    },
+    "parameters": [
+        {
+            "name": "explain",
+            "in": "query",
+            "required": False,
+            "description": EXPLAIN_DESCRIPTION,
+            "schema": {"type": "boolean", "default": False, "title": "Explain"},
+        }
+    ],
+    "security": [{"ApiKey": []}],
+}
+OPENAPI_SCHEMAS = {"PredictionUpload": PredictionUpload}  # added to components (app/main.py)
+_BOOL = TypeAdapter(bool)
 
 
 def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> PredictionPublic:
@@ -113,51 +134,101 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
         },
         **problem_responses(400, 413, 415, 422, 500, 503),
     },
+    openapi_extra=UPLOAD_OPENAPI,
 )
-async def create_prediction(
-    file: Annotated[
-        UploadFile,
-        File(description="A DICOM (.dcm), PNG or JPEG image; the format is read from the bytes"),
-    ],
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    predictor: PredictorDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    explain: Annotated[
-        bool,
-        Query(
-            description="Also compute and store the Grad-CAM overlay (GET .../heatmap); "
-            "re-posting with explain=true adds it to a stored prediction"
-        ),
-    ] = False,
-) -> PredictionPublic:
+async def create_prediction(request: Request) -> Response:
     """Preprocess the image exactly as in training, run the loaded model, store the result.
 
-    Re-posting the same instance (same SOP Instance UID, or the same bytes when there is
-    none) for the same model returns the stored prediction with status 200.
+    Send the image as multipart/form-data in a field named `file`. Re-posting the same
+    instance (same SOP Instance UID, or the same bytes when there is none) for the same model
+    returns the stored prediction with status 200.
     """
-    from app.ingest import predict_and_store  # the one upload path (also STOW-RS)
+    # The hot path of the service, so it reads the bare request instead of declaring
+    # FastAPI dependencies and a File parameter: per upload that saves the dependency
+    # solving, their exit stacks and the form machinery, and the whole transaction (insert,
+    # audit row, commit) is one worker-thread call. The checks and answers are the same as
+    # the other /v1 routes': key first (401/403/429), then body (413/415/400/422), then
+    # the model (503) and the image (415/422); every failure after the key is audited.
+    principal = await authorize_request(request)
+    try:
+        return await _create_prediction(request, principal)
+    except Exception as exc:
+        await record_failure(request, principal, audit_log.PREDICTION_CREATE, exc)
+        raise
 
-    data = await file.read()
-    result = await predict_and_store(
-        data,
-        session=session,
-        predictor=predictor,
-        settings=settings,
-        metrics=metrics,
-        explain=explain,
-    )
+
+async def _create_prediction(request: Request, principal: Principal) -> Response:
+    from app.ingest import ensure_explanation, run_model, store, store_committed
+
+    explain = _explain_param(request)
+    require_multipart(request.headers.get("content-type"))
+    data = file_field(await request.body(), request.headers.get("content-type"))
+    resources = _resources(request)
+    predictor = resources.predictor
+    if not predictor.ready:
+        raise ModelNotReadyError(
+            f"model {predictor.manifest.name}:{predictor.manifest.version} is not warmed up yet"
+        )
+    settings: Settings = request.app.state.settings
+    metrics: ServiceMetrics = request.app.state.metrics
+    candidate = await run_model(data, predictor=predictor, settings=settings)
+    headers: dict[str, str] = {}
+    if not explain:
+        result = await store_committed(
+            candidate,
+            sessionmaker=resources.sessionmaker,
+            predictor=predictor,
+            metrics=metrics,
+            actor=principal.key_id,
+        )
+    else:  # Grad-CAM: the explanation joins the prediction's transaction
+        session = resources.sessionmaker()
+        try:
+            result = await store(candidate, session=session, predictor=predictor, metrics=metrics)
+            result.explanation, result.explanation_created = await ensure_explanation(
+                session, result.prediction, candidate.image, predictor
+            )
+            audit_log.add(
+                session,
+                actor=principal.key_id,
+                action=audit_log.PREDICTION_CREATE,
+                target=str(result.prediction.id),
+                status=201 if result.created else 200,
+            )
+            await run_in_threadpool(_commit_and_close, session)
+        except BaseException:
+            _rollback_and_close(session)
+            raise
+        heatmap = request.app.url_path_for("get_heatmap", prediction_id=str(result.prediction.id))
+        headers["Link"] = f'<{heatmap}>; rel="describedby"; type="image/png"'
     stored = result.prediction
-    response.status_code = 201 if result.created else 200
-    response.headers["Location"] = request.app.url_path_for(
-        "get_prediction", prediction_id=str(stored.id)
+    headers["Location"] = request.app.url_path_for("get_prediction", prediction_id=str(stored.id))
+    public = to_public(stored, predictor.manifest)
+    return Response(
+        content=public.model_dump_json(),
+        status_code=201 if result.created else 200,
+        media_type="application/json",
+        headers=headers,
     )
-    if result.explanation is not None:
-        heatmap = request.app.url_path_for("get_heatmap", prediction_id=str(stored.id))
-        response.headers["Link"] = f'<{heatmap}>; rel="describedby"; type="image/png"'
-    return to_public(stored, predictor.manifest)
+
+
+def _explain_param(request: Request) -> bool:
+    values = request.query_params.getlist("explain")
+    if not values:
+        return False
+    try:
+        return bool(_BOOL.validate_python(values[-1]))
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "bool_parsing",
+                    "loc": ("query", "explain"),
+                    "msg": exc.errors()[0]["msg"],
+                    "input": values[-1],
+                }
+            ]
+        ) from exc
 
 
 @router.get(

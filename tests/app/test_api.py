@@ -441,7 +441,8 @@ class TestUploadErrors:
             "/v1/predictions", data={"file": "just text"}, files={"other": ("a", b"1")}
         )
         body = assert_problem(response, 422, code="invalid-request")
-        assert "UploadFile" in body["detail"]
+        assert "no filename" in body["detail"]
+        assert body["errors"][0]["loc"] == "body.file"
         assert service.count() == before
         assert_good_post(service)
 
@@ -513,11 +514,10 @@ class TestUploadErrors:
             ("PredictorUnavailableError", 503, "predictor-unavailable"),
         ],
     )
-    def test_predictor_failures_via_dependency_override(
+    def test_predictor_failures_are_problems(
         self, service: Service, error_name: str, status: int, code: str
     ) -> None:
         import app.predictor as predictor_module
-        from app.deps import get_predictor
 
         real = service.app.state.resources.predictor
         error = getattr(predictor_module, error_name)
@@ -531,12 +531,13 @@ class TestUploadErrors:
             async def predict(self, model_input: object) -> object:
                 raise error("the model call failed (test)")
 
-        service.app.dependency_overrides[get_predictor] = FailingPredictor
+        resources = service.app.state.resources
+        resources.predictor = FailingPredictor()
         before = service.count()
         try:
             body = assert_problem(service.post(png_bytes()), status, code=code)
         finally:
-            service.app.dependency_overrides.clear()
+            resources.predictor = real
         assert "(test)" in body["detail"]
         assert service.count() == before
         assert_good_post(service)

@@ -433,6 +433,7 @@ def test_chunked_oversize_without_content_length_is_413(service: Service, real_p
         conn.putrequest("POST", "/v1/predictions")
         conn.putheader("Content-Type", "multipart/form-data; boundary=b")
         conn.putheader("Transfer-Encoding", "chunked")
+        conn.putheader("Authorization", f"Bearer {service.api_key}")  # the key comes first
         conn.endheaders()
         try:
             for piece in body():

@@ -1,0 +1,144 @@
+"""Reading the one file of an upload from a multipart/form-data body.
+
+The upload route reads the whole body first (the size limit applies while it streams, in
+app/limits.py) and then takes the part named ``file`` out of it with python-multipart's
+parser, in one call: no form object, no temporary file, no per-part validation machinery.
+The answers match what FastAPI's ``File`` parameter gives for the same bodies:
+- a body that is not multipart/form-data: 415;
+- a multipart body the parser cannot read (bad boundary, garbled framing): 400;
+- no part named ``file``, or a ``file`` part that is a text field (no filename): 422 with
+  ``loc`` ``body.file``, as FastAPI's request validation reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import UnsupportedMediaTypeError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+FIELD = "file"
+
+
+def require_multipart(content_type: str | None) -> None:
+    """Raise 415 unless the Content-Type is multipart/form-data."""
+    value = content_type or ""
+    if value.split(";", 1)[0].strip().lower() != "multipart/form-data":
+        shown = value[:80] or "none"
+        raise UnsupportedMediaTypeError(
+            f"the request's Content-Type is {shown!r}; expected multipart/form-data"
+        )
+
+
+def file_field(body: bytes, content_type: str | None, field: str = FIELD) -> bytes:
+    """The content of the first part named ``field`` that carries a file (has a filename).
+
+    Raises:
+        UnsupportedMediaTypeError: not multipart/form-data (415).
+        starlette HTTPException: 400, the multipart framing cannot be parsed.
+        RequestValidationError: 422, no such file part.
+    """
+    require_multipart(content_type)
+    _, params = parse_options_header(content_type or "")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise StarletteHTTPException(
+            400, "the multipart/form-data Content-Type has no boundary parameter"
+        )
+    parts = _Parts()
+    try:
+        parser = MultipartParser(boundary, parts.callbacks())
+        parser.write(body)
+        parser.finalize()
+    except (FormParserError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise StarletteHTTPException(
+            400, f"Invalid multipart/form-data body ({reason}); check the boundary and framing"
+        ) from exc
+    found_text = False
+    for headers, content in parts.done:
+        disposition = headers.get(b"content-disposition", b"")
+        _, options = parse_options_header(disposition)
+        if options.get(b"name", b"").decode("latin-1") != field:
+            continue
+        if b"filename" in options or b"filename*" in options:
+            return content
+        found_text = True
+    if found_text:
+        message = f"expected a file in field '{field}', received a text value (no filename)"
+        error = {"type": "value_error", "loc": ("body", field), "msg": message, "input": None}
+    else:
+        error = {"type": "missing", "loc": ("body", field), "msg": "Field required", "input": None}
+    raise RequestValidationError([error])
+
+
+class _Parts:
+    """Collects (headers, content) per part from python-multipart's callbacks."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[dict[bytes, bytes], bytes]] = []
+        self._headers: dict[bytes, bytes] = {}
+        self._name = bytearray()
+        self._value = bytearray()
+        self._chunks: list[bytes] = []
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+        }
+
+    def _begin(self) -> None:
+        self._headers = {}
+        self._chunks = []
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._name).lower()] = bytes(self._value)
+        self._name.clear()
+        self._value.clear()
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        self._chunks.append(data[start:end])
+
+    def _end(self) -> None:
+        content = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self.done.append((self._headers, content))
+
+
+class MultipartRoute(APIRoute):
+    """For upload routes that declare FastAPI ``File`` parameters (``POST
+    /v1/predictions/dicom-sr``): refuse a body that is not multipart/form-data with 415
+    before FastAPI parses it, and hand the form parser the whole body as one chunk."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            require_multipart(request.headers.get("content-type"))
+            # Read the body first (the upload size limit still applies while it streams):
+            # the form parser then gets it as one chunk, one parser call and one file write
+            # instead of one per network chunk, on the event loop.
+            await request.body()
+            return await handler(request)
+
+        return checked
