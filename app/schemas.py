@@ -162,3 +162,9 @@ class Readiness(BaseModel):
     device: str = Field(examples=["/CPU:0"])
     database: str = Field(examples=["ok"])
     schema_revision: str | None = Field(examples=["0001"])
+    batch_limit: int | None = Field(
+        default=None,
+        description="The largest batch the model is run with (RADLENS_MAX_BATCH_SIZE, or the "
+        "most efficient size measured at warm-up with RADLENS_BATCH_TUNING=auto)",
+        examples=[8],
+    )

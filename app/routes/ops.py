@@ -46,6 +46,7 @@ def readyz(resources: ResourcesDep) -> Readiness:
         device=predictor.device.name,
         database="ok",
         schema_revision=resources.schema_revision,
+        batch_limit=getattr(predictor, "batch_limit", None),
     )
 
 

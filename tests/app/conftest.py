@@ -167,6 +167,7 @@ def make_settings(database_url: str, store: Path, **overrides: Any) -> Any:
         "device": "cpu",
         "max_batch_size": 4,
         "max_batch_wait_ms": 2.0,
+        "batch_tuning": "off",  # batches up to max_batch_size; tuning: tests/app/test_predictor.py
         "max_upload_bytes": TEST_MAX_UPLOAD_BYTES,
         "max_pixels": TEST_MAX_PIXELS,
         # apps built ad hoc test other things; the `service` fixture and test_auth.py use keys

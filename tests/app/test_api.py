@@ -603,6 +603,7 @@ class TestOperations:
             "device": "/CPU:0",
             "database": "ok",
             "schema_revision": head_revision(),
+            "batch_limit": 4,  # the test settings' max_batch_size, tuning off
         }
 
     def test_readiness_fails_when_the_database_is_unreachable(self, service: Service) -> None:

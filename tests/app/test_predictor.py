@@ -406,10 +406,17 @@ class TestLifecycle:
 
     def test_load_predictor_from_settings(self, store: Path, inputs: np.ndarray) -> None:
         settings = SimpleNamespace(
-            model_store=store, model="tiny", device="cpu", max_batch_size=4, max_batch_wait_ms=2.0
+            model_store=store,
+            model="tiny",
+            device="cpu",
+            max_batch_size=4,
+            max_batch_wait_ms=2.0,
+            batch_tuning="auto",
         )
         predictor = load_predictor(settings)  # type: ignore[arg-type]
         assert predictor.ready is True
+        assert set(predictor.batch_timings) == {1, 2, 4}  # auto: measured at warm-up
+        assert 1 <= predictor.batch_limit <= 4
         assert predictor.device.name == "/CPU:0"
         assert predictor.manifest.name == "tiny"
         assert predictor.input_size == (SIZE, SIZE)
@@ -432,3 +439,81 @@ def test_predictor_errors_carry_their_http_status() -> None:
     assert status_for(InferenceError("RuntimeError: boom")) == 500
     assert status_for(PredictorUnavailableError("the predictor is stopping")) == 503
     assert str(InferenceError("RuntimeError: boom")).endswith(": RuntimeError: boom")
+
+
+class TestBatchTuning:
+    """RADLENS_BATCH_TUNING=auto: warm-up measures the model per batch size and caps batches
+    at the most efficient one (app.predictor.tune_batch_limit / choose_batch_limit)."""
+
+    @pytest.mark.parametrize(
+        ("timings", "expected"),
+        [
+            ({1: 9.0, 2: 6.0, 4: 5.0, 8: 4.1, 16: 4.5}, 8),  # CPU: past 8 it gets slower
+            ({1: 9.0, 2: 6.0, 4: 4.05, 8: 4.0, 16: 4.0}, 4),  # within 3%: the smaller wins
+            ({1: 5.0, 2: 2.6, 4: 1.3, 8: 0.7, 16: 0.35}, 16),  # GPU-like: the biggest
+            ({1: 3.0}, 1),
+        ],
+    )
+    def test_choose_batch_limit(self, timings: dict[int, float], expected: int) -> None:
+        from app.predictor import choose_batch_limit
+
+        assert choose_batch_limit(timings) == expected
+
+    def test_candidates_are_powers_of_two_then_the_maximum(self) -> None:
+        from app.predictor import batch_size_candidates
+
+        assert batch_size_candidates(1) == [1]
+        assert batch_size_candidates(8) == [1, 2, 4, 8]
+        assert batch_size_candidates(12) == [1, 2, 4, 8, 12]
+
+    def test_auto_caps_batches_at_the_measured_best(
+        self, loaded: LoadedModel, inputs: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A model whose time per image is lowest at batch 4 (a synthetic cost model over the
+        real model call): warm-up picks 4, and 20 concurrent callers then get batches <= 4."""
+        import time as time_module
+
+        predictor = make_predictor(
+            loaded, max_batch_size=16, max_batch_wait_ms=50.0, batch_tuning="auto"
+        )
+        real_infer = predictor._infer
+        cost_ms = {1: 20.0, 2: 24.0, 4: 28.0, 8: 80.0, 16: 200.0}  # per call: 4 is best
+
+        def slow_infer(batch: np.ndarray) -> np.ndarray:
+            time_module.sleep(cost_ms.get(batch.shape[0], 200.0) / 1000.0)
+            return real_infer(batch)
+
+        monkeypatch.setattr(predictor, "_infer", slow_infer)
+        predictor.warmup()
+        assert predictor.ready
+        assert predictor.batch_limit == 4
+        assert set(predictor.batch_timings) == {1, 2, 4, 8, 16}
+        rec = Recorder(predictor)
+
+        async def main() -> list[Any]:
+            outs = await asyncio.gather(*(predictor.predict(x) for x in inputs[:20]))
+            await predictor.stop()
+            return outs
+
+        results = run(main())
+        assert max(rec.sizes) <= 4 and sum(rec.sizes) == 20
+        assert max(r.batch_size for r in results) == 4  # it does batch, up to the limit
+
+    def test_off_keeps_max_batch_size(self, loaded: LoadedModel) -> None:
+        predictor = make_predictor(loaded, max_batch_size=6, batch_tuning="off")
+        rec = Recorder(predictor)
+        predictor.warmup()
+        assert predictor.batch_limit == 6 and rec.sizes == [1, 6]
+
+    def test_bad_value_is_refused(self, loaded: LoadedModel) -> None:
+        with pytest.raises(ValueError, match="batch_tuning"):
+            make_predictor(loaded, max_batch_size=4, batch_tuning="sometimes")
+
+    def test_settings_default_is_auto(self) -> None:
+        from app.settings import Settings
+
+        assert Settings().batch_tuning == "auto"
+
+    def test_readyz_shows_the_limit(self, service: Any) -> None:
+        ready = service.client.get("/readyz").json()
+        assert ready["batch_limit"] == service.app.state.resources.predictor.batch_limit == 4
