@@ -120,8 +120,8 @@ def _error_summary(exc: BaseException, limit: int = 300) -> str:
 
 
 BatchTuning = Literal["auto", "off"]
-TUNING_ROUNDS = 2
-TUNING_TOLERANCE = 0.03  # a smaller batch within 3% of the best per-image time wins (latency)
+TUNING_ROUNDS = 3
+TUNING_TOLERANCE = 0.01  # a smaller batch within 1% of the best per-image time wins (latency)
 
 
 def batch_size_candidates(max_batch_size: int) -> list[int]:
@@ -141,7 +141,7 @@ def choose_batch_limit(ms_per_image: dict[int, float], tolerance: float = TUNING
     Example:
         >>> choose_batch_limit({1: 9.0, 2: 6.0, 4: 5.0, 8: 4.1, 16: 4.5})
         8
-        >>> choose_batch_limit({1: 9.0, 2: 6.0, 4: 4.05, 8: 4.0})   # 4 is within 3%
+        >>> choose_batch_limit({1: 9.0, 2: 6.0, 4: 4.03, 8: 4.0})   # 4 is within 1%
         4
     """
     if not ms_per_image:

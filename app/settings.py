@@ -58,9 +58,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     max_batch_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
     batch_tuning: Literal["auto", "off"] = Field(
-        default="auto",
+        default="off",
         description="auto: at warm-up, time the model at batch sizes 1, 2, 4, ... up to "
-        "max_batch_size and batch at most up to the most efficient; off: max_batch_size",
+        "max_batch_size and batch at most up to the most efficient; off: max_batch_size. Off "
+        "by default: on a shared CPU the warm-up timings are noisy (docs/benchmarks/serve.md)",
     )
     max_upload_bytes: int = Field(default=64 * MIB, ge=1)
     max_pixels: int = Field(default_factory=_default_max_pixels, ge=1)

@@ -449,7 +449,8 @@ class TestBatchTuning:
         ("timings", "expected"),
         [
             ({1: 9.0, 2: 6.0, 4: 5.0, 8: 4.1, 16: 4.5}, 8),  # CPU: past 8 it gets slower
-            ({1: 9.0, 2: 6.0, 4: 4.05, 8: 4.0, 16: 4.0}, 4),  # within 3%: the smaller wins
+            ({1: 9.0, 2: 6.0, 4: 4.03, 8: 4.0, 16: 4.0}, 4),  # within 1%: the smaller wins
+            ({1: 9.0, 2: 6.0, 4: 4.1, 8: 4.0, 16: 4.0}, 8),  # 2.5% slower: the faster wins
             ({1: 5.0, 2: 2.6, 4: 1.3, 8: 0.7, 16: 0.35}, 16),  # GPU-like: the biggest
             ({1: 3.0}, 1),
         ],
@@ -509,10 +510,11 @@ class TestBatchTuning:
         with pytest.raises(ValueError, match="batch_tuning"):
             make_predictor(loaded, max_batch_size=4, batch_tuning="sometimes")
 
-    def test_settings_default_is_auto(self) -> None:
+    def test_settings_default_is_off(self) -> None:
         from app.settings import Settings
 
-        assert Settings().batch_tuning == "auto"
+        assert Settings().batch_tuning == "off"
+        assert Settings(batch_tuning="auto").batch_tuning == "auto"
 
     def test_readyz_shows_the_limit(self, service: Any) -> None:
         ready = service.client.get("/readyz").json()
