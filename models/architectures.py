@@ -217,7 +217,11 @@ def _resnet50(
     x = backbone(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    # float32 head under any dtype policy: with mixed_float16 the softmax (and the loss on
+    # it) stays in float32, as Keras's mixed-precision guide asks of a model's last layer.
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", name="predictions", dtype="float32"
+    )(x)
     model = keras.Model(inputs, outputs, name="resnet50")
     set_backbone_trainable(model, 0 if weights is not None else "all")
     return model
@@ -240,7 +244,9 @@ def _simple_cnn(
     x = layers.Dropout(dropout, name="dropout1")(x)
     x = layers.Dense(64, activation="relu", name="dense2")(x)
     x = layers.Dropout(dropout, name="dropout2")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="predictions", dtype="float32")(
+        x
+    )  # float32 under mixed_float16 too (see _resnet50)
     return keras.Model(inputs, outputs, name="simple_cnn")
 
 

@@ -332,3 +332,25 @@ class TestGradCam:
         features, scores = gradcam_model(model)(x, training=False)
         assert features.shape == (1, 6, 6, 64)  # conv4 runs after the first pooling
         np.testing.assert_allclose(np.asarray(scores), predict_scores(model, x), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "size", "inner"),
+    [("simple_cnn", 32, "conv1"), ("resnet50", 32, "backbone")],
+)
+def test_mixed_float16_keeps_a_float32_softmax(architecture: str, size: int, inner: str) -> None:
+    """Under the mixed_float16 policy (radlens train --mixed-precision on a GPU) the body
+    computes in float16 but the softmax head stays float32, as Keras's mixed-precision guide
+    asks: the scores (and the loss on them) are not rounded to float16."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_model(architecture, input_shape=(size, size, 1), num_classes=2)
+        assert model.get_layer(inner).compute_dtype == "float16"
+        assert model.get_layer("predictions").compute_dtype == "float32"
+        scores = model(np.random.default_rng(0).random((2, size, size, 1), dtype=np.float32))
+        assert np.asarray(scores).dtype == np.float32
+        np.testing.assert_allclose(np.asarray(scores).sum(axis=1), 1.0, atol=1e-6)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert keras.config.dtype_policy().name == "float32"
