@@ -157,13 +157,7 @@ def _record_audit_commit(
     session = sessionmaker()
     try:
         stored, created = services.record_prediction(session, prediction)
-        audit_log.add(
-            session,
-            actor=actor,
-            action=audit_log.PREDICTION_CREATE,
-            target=str(stored.id),
-            status=201 if created else 200,
-        )
+        audit_created(session, actor, stored, created)
         session.commit()
     except BaseException:
         session.rollback()
@@ -171,6 +165,17 @@ def _record_audit_commit(
     finally:
         session.close()
     return stored, created
+
+
+def audit_created(session: Session, actor: str | None, stored: Prediction, created: bool) -> None:
+    """Add the upload's "prediction.create" row (201 new, 200 re-post) to its transaction."""
+    audit_log.add(
+        session,
+        actor=actor,
+        action=audit_log.PREDICTION_CREATE,
+        target=str(stored.id),
+        status=201 if created else 200,
+    )
 
 
 def _observe(

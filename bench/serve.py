@@ -176,6 +176,22 @@ class Baselines:
         return best
 
 
+def time_interleaved(
+    methods: dict[str, Callable[[np.ndarray], Any]], batch: np.ndarray, calls: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Run every method on ``batch`` ``calls`` times, call by call in turn (so load from other
+    users hits them alike); total wall and CPU seconds per method."""
+    wall = dict.fromkeys(methods, 0.0)
+    cpu = dict.fromkeys(methods, 0.0)
+    for _ in range(calls):
+        for name, run in methods.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            run(batch)
+            wall[name] += time.perf_counter() - t0
+            cpu[name] += time.process_time() - c0
+    return wall, cpu
+
+
 def measure_baselines(
     store: Path, ref: str, images: int, single_repeats: int, args: argparse.Namespace
 ) -> Baselines:
@@ -215,17 +231,10 @@ def measure_baselines(
         result.cpu_ms[name] = {}
     for bs in BATCH_SIZES:
         batch = rng.random((bs, SIZE, SIZE, 1), dtype=np.float32)
-        wall = dict.fromkeys(methods, 0.0)
-        cpu = dict.fromkeys(methods, 0.0)
         for run in methods.values():
             run(batch)  # warm this shape
         calls = max(2, -(-images // bs))
-        for _ in range(calls):
-            for name, run in methods.items():
-                c0, t0 = time.process_time(), time.perf_counter()
-                run(batch)
-                wall[name] += time.perf_counter() - t0
-                cpu[name] += time.process_time() - c0
+        wall, cpu = time_interleaved(methods, batch, calls)
         for name in methods:
             result.throughput[name][bs] = calls * bs / wall[name]
             result.cpu_ms[name][bs] = cpu[name] * 1000.0 / (calls * bs)
@@ -241,14 +250,7 @@ def measure_baselines(
     def measure(bs: int, count: int) -> tuple[float, float]:
         batch = rng.random((bs, SIZE, SIZE, 1), dtype=np.float32)
         calls = max(2, -(-count // bs))
-        wall = dict.fromkeys(methods, 0.0)
-        cpu = dict.fromkeys(methods, 0.0)
-        for _ in range(calls):
-            for name, run in methods.items():
-                c0, t0 = time.process_time(), time.perf_counter()
-                run(batch)
-                wall[name] += time.perf_counter() - t0
-                cpu[name] += time.process_time() - c0
+        wall, cpu = time_interleaved(methods, batch, calls)
         best = min(methods, key=lambda m: wall[m])  # the faster method: favours the baseline
         return calls * bs / wall[best], cpu[best] * 1000.0 / (calls * bs)
 

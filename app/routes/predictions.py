@@ -158,7 +158,7 @@ async def create_prediction(request: Request) -> Response:
 
 
 async def _create_prediction(request: Request, principal: Principal) -> Response:
-    from app.ingest import ensure_explanation, run_model, store, store_committed
+    from app.ingest import audit_created, ensure_explanation, run_model, store, store_committed
 
     explain = _explain_param(request)
     require_multipart(request.headers.get("content-type"))
@@ -188,13 +188,7 @@ async def _create_prediction(request: Request, principal: Principal) -> Response
             result.explanation, result.explanation_created = await ensure_explanation(
                 session, result.prediction, candidate.image, predictor
             )
-            audit_log.add(
-                session,
-                actor=principal.key_id,
-                action=audit_log.PREDICTION_CREATE,
-                target=str(result.prediction.id),
-                status=201 if result.created else 200,
-            )
+            audit_created(session, principal.key_id, result.prediction, result.created)
             await run_in_threadpool(_commit_and_close, session)
         except BaseException:
             _rollback_and_close(session)

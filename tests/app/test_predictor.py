@@ -131,6 +131,13 @@ class Recorder:
         predictor.observers.append(self.stats.append)
 
 
+async def predict_all_then_stop(predictor: Predictor, xs: np.ndarray) -> list[Any]:
+    """Every input at once (concurrent callers), then stop the predictor."""
+    outs = await asyncio.gather(*(predictor.predict(x) for x in xs))
+    await predictor.stop()
+    return outs
+
+
 def make_predictor(loaded: LoadedModel, **kwargs: Any) -> Predictor:
     kwargs.setdefault("max_batch_size", 8)
     kwargs.setdefault("max_batch_wait_ms", 5.0)
@@ -177,12 +184,7 @@ class TestBatching:
         predictor = make_predictor(loaded, max_batch_size=3, max_batch_wait_ms=50.0)
         rec = Recorder(predictor)
 
-        async def main() -> list[Any]:
-            outs = await asyncio.gather(*(predictor.predict(x) for x in inputs[:20]))
-            await predictor.stop()
-            return outs
-
-        results = run(main())
+        results = run(predict_all_then_stop(predictor, inputs[:20]))
         assert max(rec.sizes) <= 3
         assert sum(rec.sizes) == 20
         assert len(rec.sizes) >= 7  # ceil(20 / 3)
@@ -491,12 +493,7 @@ class TestBatchTuning:
         assert set(predictor.batch_timings) == {1, 2, 4, 8, 16}
         rec = Recorder(predictor)
 
-        async def main() -> list[Any]:
-            outs = await asyncio.gather(*(predictor.predict(x) for x in inputs[:20]))
-            await predictor.stop()
-            return outs
-
-        results = run(main())
+        results = run(predict_all_then_stop(predictor, inputs[:20]))
         assert max(rec.sizes) <= 4 and sum(rec.sizes) == 20
         assert max(r.batch_size for r in results) == 4  # it does batch, up to the limit
 
