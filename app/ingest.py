@@ -8,6 +8,7 @@ stored once per prediction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import uuid
@@ -15,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app import audit as audit_log
 from app import services
+from app.db import writer_turn
 from app.explain import ExplanationOutput, explainer_for, get_explanation, record_explanation
 from app.metrics import ServiceMetrics
 from app.pseudonym import pseudonymise_uid
@@ -51,11 +54,13 @@ def preprocess_upload(
     return preprocess(data, size=size, window=window, max_pixels=max_pixels)
 
 
-def _preprocess_and_hash(
+def _prepare_upload(
     data: bytes, size: tuple[int, int], window: str | None, max_pixels: int
-) -> tuple[PreprocessedImage, str]:
-    # One worker-thread call: the sha256 of the upload is computed off the event loop too.
-    return preprocess_upload(data, size, window, max_pixels), hashlib.sha256(data).hexdigest()
+) -> tuple[np.ndarray, tuple[PreprocessedImage, str]]:
+    """The upload -> (model input, (preprocessed image, sha256 of the upload)); runs off the
+    event loop (on a predictor stream or a worker thread), the hash included."""
+    image = preprocess_upload(data, size, window, max_pixels)
+    return image.model_input(), (image, hashlib.sha256(data).hexdigest())
 
 
 @dataclass
@@ -84,11 +89,23 @@ async def predict_and_store(
 
 
 async def run_model(data: bytes, *, predictor: Predictor, settings: Settings) -> Candidate:
-    """Preprocess (worker thread) and predict (micro-batched); safe to run concurrently."""
+    """Preprocess (off the event loop) and predict (micro-batched); safe to run concurrently.
+
+    Raises the preprocessing errors. The model runs before the database is touched, so the
+    request's transaction is only the short lookup-or-insert in record_prediction (SQLite
+    serialises writers; a transaction held open across inference would stall other requests).
+    A re-post runs the model again but stores nothing and returns the stored prediction.
+    """
     manifest = predictor.manifest
-    image, digest = await run_in_threadpool(
-        _preprocess_and_hash, data, predictor.input_size, manifest.window, settings.max_pixels
+    prepare = functools.partial(
+        _prepare_upload, data, predictor.input_size, manifest.window, settings.max_pixels
     )
+    if predictor.streams > 1:  # preprocessed by the stream that runs it (predict_prepared)
+        output = await predictor.predict_prepared(prepare)
+        image, digest = output.prepared
+    else:  # one stream: preprocess in a worker thread while the model runs other requests
+        model_input, (image, digest) = await run_in_threadpool(prepare)
+        output = await predictor.predict(model_input)
     meta = image.metadata
     # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the instance UIDs (app/pseudonym.py)
     pseudonym_key = settings.uid_pseudonym_key_bytes
@@ -98,11 +115,6 @@ async def run_model(data: bytes, *, predictor: Predictor, settings: Settings) ->
     )
     key = dedupe_key(sop_instance_uid=sop_uid, input_sha256=digest)
 
-    # The model runs before the database is touched, so the request's transaction is only the
-    # short lookup-or-insert in record_prediction (SQLite serialises writers; a transaction held
-    # open across inference would stall other requests). A re-post runs the model again but
-    # stores nothing and returns the stored prediction.
-    output = await predictor.predict(image.model_input())
     prediction = Prediction(
         id=uuid.uuid4(),
         model_name=manifest.name,
@@ -156,9 +168,10 @@ def _record_audit_commit(
 ) -> tuple[Prediction, bool]:
     session = sessionmaker()
     try:
-        stored, created = services.record_prediction(session, prediction)
-        audit_created(session, actor, stored, created)
-        session.commit()
+        with writer_turn(session.get_bind()):
+            stored, created = services.record_prediction(session, prediction)
+            audit_created(session, actor, stored, created)
+            session.commit()
     except BaseException:
         session.rollback()
         raise

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 InferenceMode = Literal["function", "predict_on_batch"]
+MAX_STREAMS = 8
 
 
 class PredictorUnavailableError(AppError):
@@ -67,6 +68,7 @@ class PredictionOutput:
     label: str
     inference_ms: float  # model time of the batch this image was in
     batch_size: int
+    prepared: Any = None  # what the request's prepare() handed back (predict_prepared)
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,16 @@ BatchObserver = Callable[[BatchStats], None]
 
 @dataclass
 class _Item:
-    array: np.ndarray
+    array: np.ndarray | None  # None until prepare() has run
     future: asyncio.Future[PredictionOutput]
     loop: asyncio.AbstractEventLoop
     queued_at: float
+    prepare: Prepare | None = None
+    prepared: Any = None
+
+
+Prepare = Callable[[], tuple[np.ndarray, Any]]
+"""A request's own preparation: () -> (model input, anything to hand back with the result)."""
 
 
 _STOP = object()
@@ -167,12 +175,17 @@ class Predictor:
         inference: InferenceMode = "function",
         observers: Sequence[BatchObserver] = (),
         batch_tuning: BatchTuning = "off",
+        streams: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size should be >= 1. Received: {max_batch_size!r}")
         if not (max_batch_wait_ms >= 0 and math.isfinite(max_batch_wait_ms)):
             raise ValueError(
                 f"max_batch_wait_ms should be a finite number >= 0. Received: {max_batch_wait_ms!r}"
+            )
+        if not 1 <= streams <= MAX_STREAMS:
+            raise ValueError(
+                f"streams should be between 1 and {MAX_STREAMS}. Received: streams={streams!r}"
             )
         if batch_tuning not in ("auto", "off"):
             raise ValueError(
@@ -196,6 +209,7 @@ class Predictor:
         self.max_batch_wait_ms = float(max_batch_wait_ms)
         self.inference = inference
         self.observers: list[BatchObserver] = list(observers)
+        self.streams = int(streams)
         height, width = int(self.manifest.input_shape[0]), int(self.manifest.input_shape[1])
         self.input_size: tuple[int, int] = (height, width)
         self._input_shape = (height, width, 1)
@@ -204,7 +218,9 @@ class Predictor:
         # SimpleQueue: put() runs in C without a Python-level Condition; it is called on the
         # event loop once per request.
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        # One stream collects a batch at a time; the others are in a model call or waiting.
+        self._collecting = threading.Lock()
         self._closing = False
         self._last_arrival: float | None = None
         self._gap_ewma_s: float | None = None  # recent gap between arrivals
@@ -291,23 +307,29 @@ class Predictor:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the worker thread (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
+        """Start the worker threads, one per stream (idempotent)."""
+        if self._threads and any(t.is_alive() for t in self._threads):
             return
         self._closing = False
-        self._thread = threading.Thread(target=self._worker, name="radlens-predictor", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"radlens-predictor-{i}", daemon=True)
+            for i in range(self.streams)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop accepting work, finish what is queued, stop the worker thread."""
+        """Stop accepting work, finish what is queued, stop the worker threads."""
         self._closing = True
-        thread = self._thread
-        if thread is not None:
+        threads = self._threads
+        for _ in threads:
             self._queue.put(_STOP)
-            await asyncio.to_thread(thread.join, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("predictor worker did not stop within %.1f s", timeout_s)
-        self._thread = None
+        self._threads = []
         self.ready = False
         # Anything still queued (the worker timed out, or raced the stop) is failed, not lost.
         self._fail_leftovers(PredictorUnavailableError("the predictor was stopped"))
@@ -323,20 +345,36 @@ class Predictor:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._closing
+        alive = bool(self._threads) and all(t.is_alive() for t in self._threads)
+        return alive and not self._closing
 
     # --- the request side -----------------------------------------------------------------
 
     async def predict(self, model_input: np.ndarray) -> PredictionOutput:
         """Queue one (H, W, 1) float32 image and await its prediction."""
-        array = self._check_input(model_input)
+        return await self._enqueue(self._check_input(model_input), None)
+
+    async def predict_prepared(self, prepare: Prepare) -> PredictionOutput:
+        """Queue a request whose model input ``prepare()`` builds, and await its prediction.
+
+        ``prepare`` (e.g. decode and preprocess an upload) runs on the stream that takes the
+        request, right before that stream's model call: one thread prepares its whole batch
+        while the other streams' model calls keep the cores busy, with no hop through another
+        thread per request. Whatever ``prepare`` hands back besides the model input comes
+        back as ``PredictionOutput.prepared``; what it raises is raised here, for this request
+        only. Meant for more than one stream: with one, preparing in the stream would hold the
+        model up, so prepare in a worker thread and call ``predict`` instead.
+        """
+        return await self._enqueue(None, prepare)
+
+    async def _enqueue(self, array: np.ndarray | None, prepare: Prepare | None) -> PredictionOutput:
         if self._closing:
             raise PredictorUnavailableError("the predictor is stopping")
-        if self._thread is None:
+        if not self._threads:
             await self.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PredictionOutput] = loop.create_future()
-        self._queue.put(_Item(array, future, loop, time.perf_counter()))
+        self._queue.put(_Item(array, future, loop, time.perf_counter(), prepare))
         return await future
 
     def _check_input(self, model_input: Any) -> np.ndarray:
@@ -385,7 +423,11 @@ class Predictor:
     def _collect(self, first: _Item) -> tuple[list[_Item], bool, float, bool]:
         """Build a batch after ``first``; returns (batch, waited, wait_ms, stop_seen)."""
         batch = [first]
-        deadline = first.queued_at + self.max_batch_wait_ms / 1000.0
+        # One stream: counted from when the first item was queued (under load it has passed
+        # by the time the worker is free, so what queued runs at once). Several: counted from
+        # now, since another stream's model call keeps the cores busy meanwhile.
+        since = first.queued_at if self.streams == 1 else time.perf_counter()
+        deadline = since + self.max_batch_wait_ms / 1000.0
         waited = False
         wait_s = 0.0
         while len(batch) < self.batch_limit:
@@ -411,25 +453,33 @@ class Predictor:
 
     def _worker(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            self._note_arrival(first)
-            batch, waited, wait_ms, stop_seen = self._collect(first)
+            with self._collecting:  # one stream collects at a time
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                self._note_arrival(first)
+                batch, waited, wait_ms, stop_seen = self._collect(first)
             self._run_batch(batch, waited, wait_ms)
             if stop_seen:
                 break
-        # Drain what was queued before the stop marker arrived after it (a race with stop()).
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Item):
-                self._run_batch([item], False, 0.0)
+        # Drain what was queued before the stop marker arrived after it (a race with stop()),
+        # leaving the other streams' stop markers for them.
+        with self._collecting:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._queue.put(item)
+                    break
+                if isinstance(item, _Item):
+                    self._run_batch([item], False, 0.0)
 
     def _run_batch(self, batch: list[_Item], waited: bool, wait_ms: float) -> None:
         live = [item for item in batch if not item.future.cancelled()]
+        if any(item.prepare is not None for item in live):
+            live = self._prepare(live)
         if not live:
             return
         started = time.perf_counter()
@@ -437,7 +487,7 @@ class Predictor:
         ok = False
         inference_ms = 0.0
         try:
-            stacked = np.stack([item.array for item in live])
+            stacked = np.stack([item.array for item in live if item.array is not None])
             t0 = time.perf_counter()
             scores = self._infer(stacked)
             inference_ms = (time.perf_counter() - t0) * 1000.0
@@ -448,6 +498,7 @@ class Predictor:
                     label=self._decide(scores[i]),
                     inference_ms=inference_ms,
                     batch_size=len(live),
+                    prepared=live[i].prepared,
                 )
                 for i in range(len(live))
             ]
@@ -474,6 +525,22 @@ class Predictor:
             except Exception:  # a metrics bug must not stop inference
                 log.exception("batch observer %r failed", observer)
 
+    def _prepare(self, batch: list[_Item]) -> list[_Item]:
+        """Run each item's prepare(); an item whose preparation fails gets its own error and
+        leaves the batch (the others still run)."""
+        ready = []
+        for item in batch:
+            if item.prepare is not None:
+                prepare, item.prepare = item.prepare, None
+                try:
+                    array, item.prepared = prepare()
+                    item.array = self._check_input(array)
+                except Exception as exc:
+                    self._resolve_exception(item, exc)
+                    continue
+            ready.append(item)
+        return ready
+
     @staticmethod
     def _resolve_exception(item: _Item, exc: BaseException) -> None:
         with contextlib.suppress(RuntimeError):  # that caller's loop is closed
@@ -499,6 +566,7 @@ def load_predictor(settings: Any) -> Predictor:
         max_batch_size=settings.max_batch_size,
         max_batch_wait_ms=settings.max_batch_wait_ms,
         batch_tuning=settings.batch_tuning,
+        streams=settings.inference_streams,
     )
     predictor.warmup()
     return predictor

@@ -55,13 +55,20 @@ class Settings(BaseSettings):
     model_store: Path = Field(default_factory=_default_model_store)
     model: str | None = Field(default=None, description="name[:version]; None = newest model")
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    max_batch_size: int = Field(default=16, ge=1, le=1024)
-    max_batch_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
+    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    max_batch_wait_ms: float = Field(default=50.0, ge=0.0, le=10_000.0)
     batch_tuning: Literal["auto", "off"] = Field(
         default="off",
         description="auto: at warm-up, time the model at batch sizes 1, 2, 4, ... up to "
         "max_batch_size and batch at most up to the most efficient; off: max_batch_size. Off "
         "by default: on a shared CPU the warm-up timings are noisy (docs/benchmarks/serve.md)",
+    )
+    inference_streams: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="model calls that may run at once, each on its own batch; with more than "
+        "one, each call preprocesses its own batch first (docs/benchmarks/serve.md, round 5)",
     )
     max_upload_bytes: int = Field(default=64 * MIB, ge=1)
     max_pixels: int = Field(default_factory=_default_max_pixels, ge=1)

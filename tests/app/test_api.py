@@ -526,9 +526,14 @@ class TestUploadErrors:
             manifest = real.manifest
             device = real.device
             input_size = real.input_size
+            streams = real.streams
             ready = True
 
             async def predict(self, model_input: object) -> object:
+                raise error("the model call failed (test)")
+
+            async def predict_prepared(self, prepare: Callable[[], object]) -> object:
+                prepare()
                 raise error("the model call failed (test)")
 
         resources = service.app.state.resources

@@ -8,8 +8,10 @@ the batching policy is checked through the batch records the worker reports.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +29,7 @@ from app.predictor import (
     PredictorUnavailableError,
     load_predictor,
 )
-from models.errors import InvalidImageError
+from models.errors import InvalidImageError, NotAnImageError
 from models.registry import LoadedModel, ModelRegistry, decide
 
 T = TypeVar("T")
@@ -167,7 +169,7 @@ class TestBatching:
         assert len(rec.sizes) < len(inputs), rec.sizes  # fewer model calls than requests
         assert sum(rec.sizes) == len(inputs)
         assert max(rec.sizes) <= 8
-        assert rec.threads == {"radlens-predictor"}  # never on the event loop's thread
+        assert rec.threads == {"radlens-predictor-0"}  # never on the event loop's thread
         for i, out in enumerate(results):
             np.testing.assert_allclose(out.scores, expected[i], atol=ATOL, rtol=0)
             nearest = int(np.argmin(np.abs(expected - out.scores).max(axis=1)))
@@ -316,7 +318,7 @@ class TestErrors:
         async def main() -> None:
             with pytest.raises(InvalidImageError, match=message):
                 await predictor.predict(array)
-            assert predictor._thread is None  # nothing was started or queued
+            assert predictor._threads == []  # nothing was started or queued
 
         run(main())
 
@@ -326,11 +328,114 @@ class TestErrors:
             ({"max_batch_size": 0}, "max_batch_size should be >= 1. Received: 0"),
             ({"max_batch_wait_ms": -1.0}, r"max_batch_wait_ms .* Received: -1.0"),
             ({"inference": "xla"}, "Received: inference='xla'"),
+            ({"streams": 0}, "streams should be between 1 and 8. Received: streams=0"),
+            ({"streams": 9}, "streams should be between 1 and 8. Received: streams=9"),
         ],
     )
     def test_bad_options(self, loaded: LoadedModel, kwargs: Any, message: str) -> None:
         with pytest.raises(ValueError, match=message):
             make_predictor(loaded, **kwargs)
+
+
+class TestStreams:
+    """Several streams: concurrent model calls, each preparing its own batch."""
+
+    def test_two_streams_run_model_calls_at_once_and_fill_their_batches(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        expected = direct_scores(loaded.model, inputs)
+        predictor = make_predictor(loaded, max_batch_size=4, max_batch_wait_ms=500.0, streams=2)
+        rec = Recorder(predictor)
+        in_call = [0, 0]  # now, most at once
+        lock = threading.Lock()
+        original = predictor._infer
+
+        def slow(batch: np.ndarray) -> np.ndarray:
+            with lock:
+                in_call[0] += 1
+                in_call[1] = max(in_call[1], in_call[0])
+            try:
+                time.sleep(0.2)  # long enough for the other stream to start its own call
+                return original(batch)
+            finally:
+                with lock:
+                    in_call[0] -= 1
+
+        predictor._infer = slow  # type: ignore[method-assign]
+
+        async def main() -> list[Any]:
+            await predictor.start()
+            try:
+                return await asyncio.gather(*(predictor.predict(x) for x in inputs[:16]))
+            finally:
+                await predictor.stop()
+
+        results = run(main())
+        assert in_call[1] == 2  # two model calls overlapped
+        assert rec.threads == {"radlens-predictor-0", "radlens-predictor-1"}
+        # While one stream is in a model call the other waits for a full batch (500 ms at
+        # most) instead of starting a small one: 16 requests, 4 full batches.
+        assert rec.sizes == [4, 4, 4, 4]
+        for i, out in enumerate(results):
+            np.testing.assert_allclose(out.scores, expected[i], atol=ATOL, rtol=0)
+
+    def test_predict_prepared_runs_prepare_on_the_stream_and_fails_only_its_caller(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        expected = direct_scores(loaded.model, inputs)
+        predictor = make_predictor(loaded, max_batch_size=8, max_batch_wait_ms=50.0, streams=2)
+        rec = Recorder(predictor)
+        prepared_on: set[str] = set()
+
+        def prepare(i: int) -> tuple[np.ndarray, str]:
+            prepared_on.add(threading.current_thread().name)
+            if i == 2:
+                raise NotAnImageError(f"upload {i} is not an image")
+            if i == 4:
+                return np.zeros((3, 3, 1), np.float32), "wrong shape"
+            return inputs[i], f"payload {i}"
+
+        async def main() -> list[Any]:
+            await predictor.start()
+            try:
+                return await asyncio.gather(
+                    *(predictor.predict_prepared(functools.partial(prepare, i)) for i in range(6)),
+                    return_exceptions=True,
+                )
+            finally:
+                await predictor.stop()
+
+        results = run(main())
+        assert isinstance(results[2], NotAnImageError)
+        assert isinstance(results[4], InvalidImageError)
+        assert "Received: shape=(3, 3, 1)" in str(results[4])
+        for i in (0, 1, 3, 5):
+            assert results[i].prepared == f"payload {i}"
+            np.testing.assert_allclose(results[i].scores, expected[i], atol=ATOL, rtol=0)
+        assert prepared_on <= {"radlens-predictor-0", "radlens-predictor-1"}
+        assert sum(rec.sizes) == 4  # the two failed preparations never reached the model
+
+    def test_stop_with_two_streams_drains_the_queue_and_stops_both(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        expected = direct_scores(loaded.model, inputs)
+        predictor = make_predictor(loaded, max_batch_size=2, max_batch_wait_ms=1.0, streams=2)
+        rec = Recorder(predictor)
+        workers: list[Any] = []
+
+        async def main() -> None:
+            await predictor.start()
+            workers.extend(predictor._threads)
+            tasks = [asyncio.ensure_future(predictor.predict(x)) for x in inputs[:9]]
+            await asyncio.sleep(0)
+            await predictor.stop()
+            assert predictor._threads == [] and not predictor.running
+            for i, out in enumerate(await asyncio.gather(*tasks)):
+                np.testing.assert_allclose(out.scores, expected[i], atol=ATOL)
+
+        run(main())
+        assert len(workers) == 2 and not any(t.is_alive() for t in workers)
+        assert sum(rec.sizes) == 9
 
 
 class TestLifecycle:
@@ -353,18 +458,18 @@ class TestLifecycle:
 
         async def main() -> None:
             await predictor.start()
-            workers.append(predictor._thread)
+            workers.extend(predictor._threads)
             tasks = [asyncio.ensure_future(predictor.predict(x)) for x in inputs[:6]]
             await asyncio.sleep(0)  # all six are queued
             await predictor.stop()
-            assert predictor._thread is None and not predictor.running
+            assert predictor._threads == [] and not predictor.running
             outs = await asyncio.gather(*tasks)
             for i, out in enumerate(outs):
                 np.testing.assert_allclose(out.scores, expected[i], atol=ATOL)
             with pytest.raises(PredictorUnavailableError, match="stopping"):
                 await predictor.predict(inputs[0])
             await predictor.start()  # and it can be started again
-            workers.append(predictor._thread)
+            workers.extend(predictor._threads)
             again = await predictor.predict(inputs[7])
             np.testing.assert_allclose(again.scores, expected[7], atol=ATOL)
             await predictor.stop()
@@ -414,9 +519,11 @@ class TestLifecycle:
             max_batch_size=4,
             max_batch_wait_ms=2.0,
             batch_tuning="auto",
+            inference_streams=3,
         )
         predictor = load_predictor(settings)  # type: ignore[arg-type]
         assert predictor.ready is True
+        assert predictor.streams == 3
         assert set(predictor.batch_timings) == {1, 2, 4}  # auto: measured at warm-up
         assert 1 <= predictor.batch_limit <= 4
         assert predictor.device.name == "/CPU:0"
