@@ -1,16 +1,22 @@
-"""The loaded model on its device, fed by a micro-batching worker thread.
+"""The loaded model on its device, fed by micro-batching worker threads ("streams").
 
 ``Predictor.predict()`` is called from request handlers on the event loop. It puts the image
-and a future on a queue and awaits the future; one worker thread takes items off the queue,
+and a future on a queue and awaits the future; a worker thread takes items off the queue,
 makes a batch, runs ONE model call per batch and resolves the futures back on their event loop
-with ``loop.call_soon_threadsafe``. The event loop never runs the model.
+with ``loop.call_soon_threadsafe``. The event loop never runs the model. With ``streams`` > 1
+there are that many worker threads: one collects a batch at a time, and their model calls may
+run at once (on 2 CPU cores, two calls at batch 8 match one call at batch 32;
+docs/benchmarks/serve.md, round 5). ``predict_prepared()`` lets the stream also build the
+model input (decode and preprocess an upload) just before its model call.
 
 Batching policy (why it looks like this):
-- The batch deadline is counted from the moment the *first* item was queued, not from when
-  the worker picked it up. Under load, items queue while the previous batch runs, their
-  deadline has passed by the time the worker is free, so the worker takes what is queued and
-  runs at once ("natural" batching: no added latency, batch size grows with load).
-- The worker only waits for more items when the model was idle and waiting can help, that is
+- With one stream, the batch deadline is counted from the moment the *first* item was queued,
+  not from when the worker picked it up. Under load, items queue while the previous batch
+  runs, their deadline has passed by the time the worker is free, so the worker takes what is
+  queued and runs at once ("natural" batching: no added latency, batch size grows with load).
+  With several streams it is counted from when the stream starts collecting: meanwhile the
+  other streams' model calls keep the cores busy, so a fuller batch costs no throughput.
+- The worker only waits for more items when waiting can help, that is
   when there are other clients: recent batches saw more than one request (their size plus what
   queued up while they ran, as a moving average), and requests recently arrived closer together
   than the wait. A lone client sends its next request only after it got the previous answer:
