@@ -50,6 +50,7 @@ This module must not import TensorFlow: ``radlens inspect`` relies on that.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import math
@@ -413,7 +414,6 @@ def _preprocess_dicom(
         raise InvalidImageError("the pixel data holds NaN or infinite values")
 
     table = _value_table(arr) if arr.ndim == 2 and photometric != "PALETTE COLOR" else None
-    present = None if table is None else table.present
     if arr.ndim == 2:
         if photometric == "PALETTE COLOR":
             pixels, label = _palette_to_gray(arr, ds)
@@ -421,7 +421,7 @@ def _preprocess_dicom(
             # With a value table, the per-value steps below run once per distinct stored
             # value (table.domain) instead of once per pixel; see _value_table.
             source = arr if table is None else table.domain
-            pixels, label = _grayscale(source, ds, window, present=present)
+            pixels, label = _grayscale(source, ds, window, table=table)
             if photometric == "MONOCHROME1":
                 pixels = 1.0 - pixels
     elif arr.ndim == 3 and arr.shape[2] in (3, 4):
@@ -438,7 +438,10 @@ def _preprocess_dicom(
             f"interpretation {photometric!r}"
         )
     pixels = np.asarray(pixels, dtype=np.float32)
-    if not np.isfinite(pixels if present is None else pixels[present]).all():
+    # With a value table, only the values present count (an absent one may overflow).
+    if not np.isfinite(pixels).all() and (
+        table is None or not np.isfinite(pixels[table.present]).all()
+    ):
         # e.g. a Rescale Slope that overflows
         raise InvalidImageError(
             "the pixel values are not finite after the modality/VOI transforms. Received "
@@ -639,12 +642,12 @@ def _decode_frame(
 
 
 def _grayscale(
-    arr: np.ndarray, ds: Dataset, window: str | None, *, present: np.ndarray | None = None
+    arr: np.ndarray, ds: Dataset, window: str | None, *, table: _ValueTable | None = None
 ) -> tuple[np.ndarray, str]:
     """Modality LUT then VOI, to [0, 1] (before any MONOCHROME1 inversion).
 
-    ``present`` (with a value table's domain as ``arr``): which entries occur in the image;
-    min-max then takes its range from those entries only, as it would from the pixels.
+    ``table`` (with its domain as ``arr``): min-max then takes its range from the entries
+    present in the image only, as it would from the pixels.
     """
     values = modality_values(arr, ds)
     if window is not None and _is_hounsfield(ds):
@@ -653,7 +656,7 @@ def _grayscale(
     file_window = _file_voi(values, ds)
     if file_window is not None:
         return file_window
-    return _min_max(values, present), "minmax"
+    return _min_max(values, None if table is None else table.present), "minmax"
 
 
 def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str] | None:
@@ -724,8 +727,14 @@ class _ValueTable:
     """A grayscale frame as indices into the range of its stored values."""
 
     domain: np.ndarray  # every value from the frame's min to its max, in the frame's dtype
-    present: np.ndarray  # bool per domain entry: the value occurs in the frame
     index: np.ndarray  # (H, W) intp: frame - min, the position of each pixel in the domain
+
+    @functools.cached_property
+    def present(self) -> np.ndarray:
+        """Bool per domain entry: the value occurs in the frame. Counted only when asked for
+        (min-max, or a non-finite value somewhere in the domain): a window preset or the
+        file's VOI never needs it."""
+        return np.bincount(self.index.ravel(), minlength=self.domain.size).astype(bool)
 
 
 def _value_table(arr: np.ndarray) -> _ValueTable | None:
@@ -747,9 +756,8 @@ def _value_table(arr: np.ndarray) -> _ValueTable | None:
         return None
     index = arr.astype(np.intp)
     index -= lo
-    present = np.bincount(index.ravel(), minlength=entries).astype(bool)
     domain = np.arange(lo, hi + 1, dtype=np.int64).astype(arr.dtype)
-    return _ValueTable(domain=domain, present=present, index=index)
+    return _ValueTable(domain=domain, index=index)
 
 
 _TABLE_MIN_PIXELS = 4096
