@@ -23,6 +23,7 @@ from app.errors import ModelNotReadyError
 from app.metrics import ServiceMetrics
 from app.predictor import Predictor
 from app.settings import Settings
+from app.writer import PredictionWriter
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Resources:
     sessionmaker: sessionmaker[Session]
     predictor: Predictor
     schema_revision: str
+    writer: PredictionWriter  # stores the uploads' predictions, grouped (app/writer.py)
 
 
 def _resources(request: Request) -> Resources:

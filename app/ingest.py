@@ -12,7 +12,6 @@ import functools
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,14 +19,13 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from app import audit as audit_log
 from app import services
-from app.db import writer_turn
 from app.explain import ExplanationOutput, explainer_for, get_explanation, record_explanation
 from app.metrics import ServiceMetrics
 from app.pseudonym import pseudonymise_uid
 from app.settings import Settings
 from app.tables import Explanation, Prediction, dedupe_key
+from app.writer import PredictionWriter
 
 if TYPE_CHECKING:
     from app.predictor import Predictor
@@ -148,47 +146,17 @@ async def run_model(data: bytes, *, predictor: Predictor, settings: Settings) ->
 async def store_committed(
     candidate: Candidate,
     *,
-    sessionmaker: Callable[[], Session],
+    writer: PredictionWriter,
     predictor: Predictor,
     metrics: ServiceMetrics,
     actor: str | None,
 ) -> Ingested:
-    """Lookup-or-insert the prediction, add its audit row and commit, in ONE worker-thread
-    call: the upload route's whole transaction (on SQLite it holds the write lock only for
-    the length of this call). Raises the database errors, with nothing committed."""
-    stored, created = await run_in_threadpool(
-        _record_audit_commit, sessionmaker, candidate.prediction, actor
-    )
+    """Lookup-or-insert the prediction with its audit row, committed: the upload route's whole
+    transaction, written by the service's PredictionWriter together with the other uploads
+    waiting at that moment (app/writer.py). Raises the database errors, nothing committed."""
+    stored, created = await writer.write(candidate.prediction, actor)
     _observe(stored, created, predictor.manifest, metrics)
     return Ingested(prediction=stored, created=created, image=candidate.image)
-
-
-def _record_audit_commit(
-    sessionmaker: Callable[[], Session], prediction: Prediction, actor: str | None
-) -> tuple[Prediction, bool]:
-    session = sessionmaker()
-    try:
-        with writer_turn(session.get_bind()):
-            stored, created = services.record_prediction(session, prediction)
-            audit_created(session, actor, stored, created)
-            session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-    return stored, created
-
-
-def audit_created(session: Session, actor: str | None, stored: Prediction, created: bool) -> None:
-    """Add the upload's "prediction.create" row (201 new, 200 re-post) to its transaction."""
-    audit_log.add(
-        session,
-        actor=actor,
-        action=audit_log.PREDICTION_CREATE,
-        target=str(stored.id),
-        status=201 if created else 200,
-    )
 
 
 def _observe(

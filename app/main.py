@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         resources = await run_in_threadpool(_start, settings, load, metrics)
         app.state.resources = resources
         await resources.predictor.start()
+        resources.writer.start()
         logger.info(
             "ready: model %s on %s, database schema %s",
             resources.predictor.manifest.ref,
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         finally:
             app.state.resources = None
             await resources.predictor.stop()
+            await resources.writer.stop()
             resources.engine.dispose()
 
     app = FastAPI(
@@ -146,11 +148,15 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
             metrics.observe_batch(stats.size, stats.inference_ms / 1000.0)
 
     predictor.observers.append(observe)
+    from app.writer import PredictionWriter
+
+    sessions = make_sessionmaker(engine)
     return Resources(
         engine=engine,
-        sessionmaker=make_sessionmaker(engine),
+        sessionmaker=sessions,
         predictor=predictor,
         schema_revision=revision,
+        writer=PredictionWriter(sessions),
     )
 
 

@@ -158,7 +158,8 @@ async def create_prediction(request: Request) -> Response:
 
 
 async def _create_prediction(request: Request, principal: Principal) -> Response:
-    from app.ingest import audit_created, ensure_explanation, run_model, store, store_committed
+    from app.ingest import ensure_explanation, run_model, store, store_committed
+    from app.writer import audit_created
 
     explain = _explain_param(request)
     require_multipart(request.headers.get("content-type"))
@@ -176,7 +177,7 @@ async def _create_prediction(request: Request, principal: Principal) -> Response
     if not explain:
         result = await store_committed(
             candidate,
-            sessionmaker=resources.sessionmaker,
+            writer=resources.writer,
             predictor=predictor,
             metrics=metrics,
             actor=principal.key_id,
