@@ -598,3 +598,42 @@ class TestNoPhi:
     def test_metadata_has_no_patient_fields_at_all(self):
         names = {field.name for field in dataclasses.fields(ImageMetadata)}
         assert not {name for name in names if "patient" in name or "birth" in name}
+
+
+class TestJpegLsPlugin:
+    """JPEG-LS goes to CharLS (pyjpegls) first, to libjpeg when CharLS refuses; same pixels."""
+
+    NAMES: ClassVar[list[str]] = [
+        "MR_small_jpeg_ls_lossless.dcm",
+        "emri_small_jpeg_ls_lossless.dcm",
+    ]
+
+    @staticmethod
+    def plugins_used(monkeypatch: pytest.MonkeyPatch, fail: str | None = None) -> list[str]:
+        from pydicom.pixels.decoders.base import Decoder
+
+        used: list[str] = []
+        real = Decoder.as_array
+
+        def spy(self, src, *args, **kwargs):  # type: ignore[no-untyped-def]
+            plugin = kwargs.get("decoding_plugin", "")
+            used.append(plugin)
+            if plugin == fail:
+                raise RuntimeError(f"{plugin} refused this file (test)")
+            return real(self, src, *args, **kwargs)
+
+        monkeypatch.setattr(Decoder, "as_array", spy)
+        return used
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_charls_first_and_libjpeg_gives_the_same_result(
+        self, name: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        data = read_testdata(name)
+        used = self.plugins_used(monkeypatch)
+        with_charls = preprocess(data).pixels
+        assert used == ["pyjpegls"]
+        used = self.plugins_used(monkeypatch, fail="pyjpegls")
+        with_libjpeg = preprocess(data).pixels  # CharLS "refuses": pydicom's default, libjpeg
+        assert used == ["pyjpegls", ""]
+        np.testing.assert_array_equal(with_charls, with_libjpeg)
