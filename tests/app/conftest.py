@@ -177,6 +177,30 @@ def make_settings(database_url: str, store: Path, **overrides: Any) -> Any:
     return Settings(**values)
 
 
+def prediction_row(dedupe_key: str) -> Any:
+    """An unsaved ``app.tables.Prediction`` of the tiny model, for database-level tests."""
+    from app.tables import Prediction
+
+    return Prediction(
+        id=uuid.uuid4(),
+        model_name="tiny",
+        model_version=1,
+        preprocessing_version="1",
+        device="/CPU:0",
+        label="normal",
+        scores={"normal": 0.9, "abnormal": 0.1},
+        threshold=0.5,
+        inference_ms=1.0,
+        batch_size=1,
+        dedupe_key=dedupe_key,
+        input_sha256="0" * 64,
+        input_format="dicom",
+        rows=8,
+        columns=8,
+        frames=1,
+    )
+
+
 def create_api_key(
     database_url: str, scopes: str = "predict,read,admin", name: str = "test"
 ) -> str:

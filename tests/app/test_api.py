@@ -19,6 +19,7 @@ from tests.app.conftest import (
     dicom_bytes,
     new_uid,
     png_bytes,
+    prediction_row,
 )
 from tests.conftest import shared_data_path
 
@@ -188,24 +189,7 @@ class TestDedupe:
         key = f"sop:{new_uid()}"
 
         def row() -> Prediction:
-            return Prediction(
-                id=uuid.uuid4(),
-                model_name="tiny",
-                model_version=1,
-                preprocessing_version="1",
-                device="/CPU:0",
-                label="normal",
-                scores={"normal": 0.9, "abnormal": 0.1},
-                threshold=0.5,
-                inference_ms=1.0,
-                batch_size=1,
-                dedupe_key=key,
-                input_sha256="0" * 64,
-                input_format="dicom",
-                rows=8,
-                columns=8,
-                frames=1,
-            )
+            return prediction_row(key)
 
         winner = row()
         with sessionmaker() as other:

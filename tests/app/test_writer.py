@@ -19,27 +19,9 @@ from app.db import make_engine, make_sessionmaker
 from app.security_tables import AuditEvent
 from app.tables import Prediction
 from app.writer import PredictionWriter, WriterStoppedError
+from tests.app.conftest import prediction_row
 
-
-def row(key: str) -> Prediction:
-    return Prediction(
-        id=uuid.uuid4(),
-        model_name="tiny",
-        model_version=1,
-        preprocessing_version="1",
-        device="/CPU:0",
-        label="normal",
-        scores={"normal": 0.9, "abnormal": 0.1},
-        threshold=0.5,
-        inference_ms=1.0,
-        batch_size=1,
-        dedupe_key=key,
-        input_sha256="0" * 64,
-        input_format="dicom",
-        rows=8,
-        columns=8,
-        frames=1,
-    )
+row = prediction_row
 
 
 @pytest.fixture()
