@@ -99,7 +99,7 @@ class PredictionWriter:
         Raises the database's errors, with nothing of this request committed."""
         if self._closing:
             raise WriterStoppedError("the prediction writer is stopping")
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             self.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Prediction, bool]] = loop.create_future()
