@@ -1,9 +1,11 @@
 """One uploaded instance -> a stored prediction (and, on request, its explanation).
 
 The one path every upload takes (``POST /v1/predictions``, ``POST /v1/predictions/dicom-sr``,
-each instance of a STOW-RS request): preprocess exactly as in training (in a worker thread)
--> the micro-batched predictor -> lookup-or-insert (dedupe per model) -> optionally Grad-CAM,
-stored once per prediction.
+each instance of a STOW-RS request): preprocess exactly as in training (off the event loop:
+on the predictor stream that runs it, or with one stream in a worker thread) -> the
+micro-batched predictor -> lookup-or-insert (dedupe per model; for ``POST /v1/predictions``
+through the group-committing PredictionWriter) -> optionally Grad-CAM, stored once per
+prediction.
 """
 
 from __future__ import annotations
