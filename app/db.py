@@ -7,15 +7,11 @@ session dependency (``app/deps.py``) owns the one transaction per request.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import weakref
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -90,39 +86,12 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **kwargs)
         _fix_sqlite_transactions(engine)
-        _WRITER_LOCKS[engine] = threading.Lock()
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
 
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
-
-_WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
-
-
-@contextlib.contextmanager
-def writer_turn(bind: Engine | Connection) -> Iterator[None]:
-    """Run a short write transaction on ``bind`` after this process's other ones (SQLite).
-
-    SQLite has one writer at a time; a connection that finds the write lock taken sleeps in
-    SQLite's busy handler (1, 2, 5, 10, ... up to 100 ms per try) and retries, so under
-    concurrent uploads a 1 ms transaction waited tens of ms. Waiting on a Python lock instead
-    wakes the next writer the moment the previous one commits. Writers in other processes,
-    and writers that do not take a turn, are still ordered by SQLite's own lock. A turn is
-    never waited for longer than the busy timeout; after that the transaction goes ahead and
-    SQLite decides. On other databases this does nothing.
-    """
-    lock = _WRITER_LOCKS.get(bind.engine)
-    if lock is None:
-        yield
-        return
-    acquired = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000.0)
-    try:
-        yield
-    finally:
-        if acquired:
-            lock.release()
 
 
 def _fix_sqlite_transactions(engine: Engine) -> None:

@@ -100,12 +100,8 @@ async def run_model(data: bytes, *, predictor: Predictor, settings: Settings) ->
     prepare = functools.partial(
         _prepare_upload, data, predictor.input_size, manifest.window, settings.max_pixels
     )
-    if predictor.streams > 1:  # preprocessed by the stream that runs it (predict_prepared)
-        output = await predictor.predict_prepared(prepare)
-        image, digest = output.prepared
-    else:  # one stream: preprocess in a worker thread while the model runs other requests
-        model_input, (image, digest) = await run_in_threadpool(prepare)
-        output = await predictor.predict(model_input)
+    output = await predictor.predict_prepared(prepare)  # on its stream, or a worker thread
+    image, digest = output.prepared
     meta = image.metadata
     # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the instance UIDs (app/pseudonym.py)
     pseudonym_key = settings.uid_pseudonym_key_bytes

@@ -34,10 +34,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 
 from app.device import DeviceInfo, select_device
 from app.errors import AppError
@@ -368,9 +369,13 @@ class Predictor:
         while the other streams' model calls keep the cores busy, with no hop through another
         thread per request. Whatever ``prepare`` hands back besides the model input comes
         back as ``PredictionOutput.prepared``; what it raises is raised here, for this request
-        only. Meant for more than one stream: with one, preparing in the stream would hold the
-        model up, so prepare in a worker thread and call ``predict`` instead.
+        only. With one stream, preparing on it would hold the model up, so ``prepare`` runs in
+        a worker thread first and overlaps the model calls of other requests.
         """
+        if self.streams == 1:
+            array, prepared = await run_in_threadpool(prepare)
+            output = await self.predict(array)
+            return replace(output, prepared=prepared)
         return await self._enqueue(None, prepare)
 
     async def _enqueue(self, array: np.ndarray | None, prepare: Prepare | None) -> PredictionOutput:
@@ -483,9 +488,7 @@ class Predictor:
                     self._run_batch([item], False, 0.0)
 
     def _run_batch(self, batch: list[_Item], waited: bool, wait_ms: float) -> None:
-        live = [item for item in batch if not item.future.cancelled()]
-        if any(item.prepare is not None for item in live):
-            live = self._prepare(live)
+        live = self._prepare([item for item in batch if not item.future.cancelled()])
         if not live:
             return
         started = time.perf_counter()
@@ -493,7 +496,7 @@ class Predictor:
         ok = False
         inference_ms = 0.0
         try:
-            stacked = np.stack([item.array for item in live if item.array is not None])
+            stacked = np.stack([cast(np.ndarray, item.array) for item in live])  # all prepared
             t0 = time.perf_counter()
             scores = self._infer(stacked)
             inference_ms = (time.perf_counter() - t0) * 1000.0

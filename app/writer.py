@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from app import audit as audit_log
 from app import services
-from app.db import writer_turn
 from app.errors import AppError
 from app.tables import Prediction
 
@@ -145,13 +144,12 @@ class PredictionWriter:
     def _transaction(self, group: list[_Write]) -> list[tuple[Prediction, bool]]:
         session = self.sessionmaker()
         try:
-            with writer_turn(session.get_bind()):
-                results = []
-                for item in group:
-                    stored, created = services.record_prediction(session, item.prediction)
-                    audit_created(session, item.actor, stored, created)
-                    results.append((stored, created))
-                session.commit()
+            results = []
+            for item in group:
+                stored, created = services.record_prediction(session, item.prediction)
+                audit_created(session, item.actor, stored, created)
+                results.append((stored, created))
+            session.commit()
         except BaseException:
             session.rollback()
             raise

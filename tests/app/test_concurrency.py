@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,41 +129,6 @@ def test_sqlite_connections_use_wal_and_a_busy_timeout(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert SQLITE_BUSY_TIMEOUT_MS >= 5000
-
-
-def test_writer_turns_run_one_at_a_time_on_sqlite_only(tmp_path: Path) -> None:
-    from app.db import make_engine, writer_turn
-
-    engine = make_engine(f"sqlite:///{tmp_path / 'turns.db'}")
-    inside = [0, 0]  # now, most at once
-    lock = threading.Lock()
-
-    def write() -> None:
-        with writer_turn(engine):
-            with lock:
-                inside[0] += 1
-                inside[1] = max(inside[1], inside[0])
-            threading.Event().wait(0.05)
-            with lock:
-                inside[0] -= 1
-
-    try:
-        threads = [threading.Thread(target=write) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert inside[1] == 1
-        with engine.connect() as conn, writer_turn(conn):  # a Connection finds its engine's turn
-            pass
-    finally:
-        engine.dispose()
-    other = make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    t0 = time.monotonic()
-    with writer_turn(other), writer_turn(other):  # no turn outside SQLite: nothing to wait for
-        pass
-    assert time.monotonic() - t0 < 1.0
-    other.dispose()
 
 
 def test_in_memory_sqlite_still_works(tmp_path: Path) -> None:
