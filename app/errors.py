@@ -64,6 +64,15 @@ class InvalidCursorError(AppError):
     status_code = 422
 
 
+class InvalidDicomAttributeError(AppError):
+    code = "invalid-dicom-attribute"
+    title = (
+        "A DICOM attribute the service records is too long or holds control characters; "
+        "correct the file's header"
+    )
+    status_code = 422
+
+
 class DatabaseNotMigratedError(AppError):
     code = "database-not-migrated"
     title = "The database schema is not at the current revision; run `radlens db upgrade`"

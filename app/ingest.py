@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app import services
+from app.errors import InvalidDicomAttributeError
 from app.explain import ExplanationOutput, explainer_for, get_explanation, record_explanation
 from app.metrics import ServiceMetrics
 from app.pseudonym import pseudonymise_uid
@@ -54,12 +55,50 @@ def preprocess_upload(
     return preprocess(data, size=size, window=window, max_pixels=max_pixels)
 
 
+# The DICOM attributes a prediction records, by ImageMetadata field. Their columns are sized
+# to the standard's maxima (a UID has at most 64 characters, a code string 16).
+RECORDED_ATTRIBUTES = {
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "sop_class_uid": "SOPClassUID",
+    "modality": "Modality",
+    "photometric_interpretation": "PhotometricInterpretation",
+}
+
+
+def check_recordable(image: PreprocessedImage) -> None:
+    """Refuse (422) a file whose recorded attributes do not fit their columns or hold control
+    characters: such a value is not valid DICOM, and it is refused before the model runs
+    rather than truncated (a cut UID names another instance) or left to the database (which
+    would refuse it, as PostgreSQL does a NUL, only at the write)."""
+    meta = image.metadata
+    for field, keyword in RECORDED_ATTRIBUTES.items():
+        value = getattr(meta, field)
+        if value is None:
+            continue
+        limit = Prediction.__table__.c[field].type.length
+        shown = value if len(value) <= 24 else value[:21] + "..."
+        if len(value) > limit:
+            raise InvalidDicomAttributeError(
+                f"{keyword} is {len(value)} characters long; at most {limit} are allowed. "
+                f"Received: {shown!r}"
+            )
+        bad = next((i for i, ch in enumerate(value) if not ch.isprintable()), None)
+        if bad is not None:
+            raise InvalidDicomAttributeError(
+                f"{keyword} holds a control character (U+{ord(value[bad]):04X} at position "
+                f"{bad + 1}). Received: {shown!r}"
+            )
+
+
 def _prepare_upload(
     data: bytes, size: tuple[int, int], window: str | None, max_pixels: int
 ) -> tuple[np.ndarray, tuple[PreprocessedImage, str]]:
     """The upload -> (model input, (preprocessed image, sha256 of the upload)); runs off the
-    event loop (on a predictor stream or a worker thread), the hash included."""
+    event loop (on a predictor stream or a worker thread), the checks and the hash included."""
     image = preprocess_upload(data, size, window, max_pixels)
+    check_recordable(image)
     return image.model_input(), (image, hashlib.sha256(data).hexdigest())
 
 

@@ -150,6 +150,8 @@ class Cursor:
         try:
             padded = text + "=" * (-len(text) % 4)
             created_at_text, id_text = json.loads(base64.urlsafe_b64decode(padded.encode()))
+            if not isinstance(created_at_text, str) or not isinstance(id_text, str):
+                raise TypeError("a cursor holds two strings")
             created_at = datetime.fromisoformat(created_at_text)
             if created_at.tzinfo is None:
                 raise ValueError("naive timestamp")

@@ -58,6 +58,7 @@ FAILURE_REASONS: dict[str, int] = {
     "unsupported-transfer-syntax": TRANSFER_SYNTAX_NOT_SUPPORTED,
     "no-pixel-data": SOP_CLASS_NOT_SUPPORTED,
     "invalid-image": DATA_SET_DOES_NOT_MATCH,
+    "invalid-dicom-attribute": DATA_SET_DOES_NOT_MATCH,
     "preprocessing-error": DATA_SET_DOES_NOT_MATCH,
     "study-mismatch": DATA_SET_DOES_NOT_MATCH,
     "image-too-large": OUT_OF_RESOURCES,

@@ -73,6 +73,20 @@ def dicom_with(**changes: Any) -> bytes:
     return _save(_dataset(**changes))
 
 
+def dicom_raw(**changes: tuple[str, str]) -> bytes:
+    """The small CT instance with attributes set to (VR, value) as given, unchecked: how a
+    device that breaks the standard writes them (pydicom would refuse or warn on setattr)."""
+    from pydicom import config
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import DataElement
+
+    ds = _dataset()
+    for keyword, (vr, value) in changes.items():
+        tag = tag_for_keyword(keyword)
+        ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    return _save(ds)
+
+
 def encapsulated_garbage(transfer_syntax: str, seed: int = 3) -> bytes:
     """A DICOM whose encapsulated pixel data (a compressed transfer syntax) holds random
     fragments instead of a codestream."""
@@ -191,6 +205,32 @@ CORPUS: list[tuple[str, Callable[[], bytes], int, str | None]] = [
     ("png-declares-zero-width", lambda: png_declaring(0, 10), 422, _ANY_422),
     ("png-header-only", lambda: png_bytes(size=(8, 8))[:33], 422, _ANY_422),
     ("jpeg-soi-only", lambda: b"\xff\xd8\xff\xe0" + b"\x00" * 12, 422, _ANY_422),
+    # attributes the prediction records, breaking their value representation (PostgreSQL
+    # refused them at the write with a 500; SQLite stored them as they came)
+    (
+        "study-uid-84-chars",
+        lambda: dicom_raw(StudyInstanceUID=("UI", "1.2." + "3" * 80)),
+        422,
+        "invalid-dicom-attribute",
+    ),
+    (
+        "modality-17-chars",
+        lambda: dicom_raw(Modality=("CS", "X" * 17)),
+        422,
+        "invalid-dicom-attribute",
+    ),
+    (
+        "series-uid-with-nul",
+        lambda: dicom_raw(SeriesInstanceUID=("UI", "1.2\x003")),
+        422,
+        "invalid-dicom-attribute",
+    ),
+    (
+        "modality-with-newline",
+        lambda: dicom_raw(Modality=("CS", "CT\nMR")),
+        422,
+        "invalid-dicom-attribute",
+    ),
 ]
 
 
@@ -457,12 +497,17 @@ def test_chunked_oversize_without_content_length_is_413(service: Service, real_p
 
 
 def _cursor(created_at: str) -> str:
-    import base64
-    import json
     import uuid
 
-    raw = json.dumps([created_at, str(uuid.uuid4())]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _raw_cursor([created_at, str(uuid.uuid4())])
+
+
+def _raw_cursor(fields: list[Any]) -> str:
+    """A cursor encoded as the service encodes one, holding whatever ``fields`` are."""
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps(fields).encode()).decode().rstrip("=")
 
 
 @pytest.mark.parametrize(
@@ -474,6 +519,9 @@ def _cursor(created_at: str) -> str:
         ("study_instance_uid=1.2%003", 422, "invalid-request"),
         ("cursor=" + _cursor("0001-01-01T00:00:00+14:00"), 422, "invalid-cursor"),
         ("cursor=" + _cursor("9999-12-31T23:59:59-14:00"), 422, "invalid-cursor"),
+        ("cursor=" + _raw_cursor(["2024-01-01T00:00:00+00:00", 5]), 422, "invalid-cursor"),
+        ("cursor=" + _raw_cursor(["2024-01-01T00:00:00+00:00", [1]]), 422, "invalid-cursor"),
+        ("cursor=" + _raw_cursor([5, "x"]), 422, "invalid-cursor"),
         ("created_after=0001-01-01T00:00:00%2B14:00", 200, None),  # before everything
         ("created_before=9999-12-31T23:59:59-14:00", 200, None),  # after everything
     ],
@@ -484,6 +532,9 @@ def _cursor(created_at: str) -> str:
         "nul-study",
         "cursor-year-0",
         "cursor-year-10000",
+        "cursor-id-a-number",
+        "cursor-id-a-list",
+        "cursor-time-a-number",
         "after-year-0",
         "before-year-10000",
     ],
