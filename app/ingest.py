@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import String
 from sqlalchemy.orm import Session
 
 from app import services
@@ -77,7 +78,9 @@ def check_recordable(image: PreprocessedImage) -> None:
         value = getattr(meta, field)
         if value is None:
             continue
-        limit = Prediction.__table__.c[field].type.length
+        column_type = Prediction.__table__.c[field].type
+        assert isinstance(column_type, String) and column_type.length is not None
+        limit = column_type.length
         shown = value if len(value) <= 24 else value[:21] + "..."
         if len(value) > limit:
             raise InvalidDicomAttributeError(

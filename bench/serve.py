@@ -433,8 +433,15 @@ def database(kind: str, tmp: Path) -> Iterator[str]:
 
 
 def start_service(
-    tmp: Path, store: Path, ref: str, port: int, database_url: str, args: argparse.Namespace
+    tmp: Path,
+    store: Path,
+    ref: str,
+    port: int,
+    database_url: str,
+    args: argparse.Namespace,
+    app: str = "app.main:create_app",
 ) -> Any:
+    """uvicorn on ``app`` in a subprocess: radlens, or bench/_ordinary.py's comparison."""
     env = dict(os.environ)
     env.update(
         RADLENS_DATABASE_URL=database_url,
@@ -448,11 +455,11 @@ def start_service(
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     cmd = [
-        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", app, "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
         "--http", getattr(args, "http", "auto"), "--loop", getattr(args, "loop", "auto"),
     ]  # fmt: skip
-    log = open(tmp / "service.log", "wb")  # noqa: SIM115 - closed by stop_service
+    log = open(tmp / f"{app.split('.')[0]}.log", "wb")  # noqa: SIM115 - closed by stop_service
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log_file = log  # type: ignore[attr-defined]
     return proc
@@ -777,6 +784,11 @@ def main(argv: list[str] | None = None) -> int:
         "main phases; (a) is judged on the median of the per-round ratios (0 = off)",
     )  # fmt: skip
     parser.add_argument(
+        "--ordinary", action=argparse.BooleanOptionalAction, default=True,
+        help="also serve the model from an ordinary FastAPI endpoint (bench/_ordinary.py: one "
+        "model call per request, no batching, no database) and run it in every phase",
+    )  # fmt: skip
+    parser.add_argument(
         "--overhead", action=argparse.BooleanOptionalAction, default=True,
         help="also serve a 32 px simple_cnn to measure the service's own CPU per request",
     )  # fmt: skip
@@ -825,11 +837,24 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             proc = start_service(tmp, store, ref, port, database_url, args)
             base = f"http://127.0.0.1:{port}"
+            ordinary_proc, ordinary_base = None, ""
+            if args.ordinary:
+                ordinary_port = free_port()
+                ordinary_proc = start_service(
+                    tmp, store, ref, ordinary_port, database_url, args, "bench._ordinary:create_app"
+                )
+                ordinary_base = f"http://127.0.0.1:{ordinary_port}"
             phases: dict[str, tuple[Phase, Phase]] = {}
             paired: dict[str, list[tuple[float, float, Phase]]] = {}
             served: dict[str, list[float]] = {}  # raw model as the service runs it, per round
+            # the ordinary endpoint: its 1- and 16-client phases, and its phase in each round
+            ordinary: dict[str, tuple[Phase, Phase]] = {}
+            ordinary_paired: dict[str, list[Phase]] = {}
+            mem_ordinary: dict[str, int] = {}
             try:
                 ready_s = asyncio.run(wait_ready(base, proc, args.ready_timeout))
+                if ordinary_proc is not None:
+                    asyncio.run(wait_ready(ordinary_base, ordinary_proc, args.ready_timeout))
                 HEADERS.update(api_key_headers(database_url))
                 mem_ready = proc_memory(proc.pid)
                 print(
@@ -853,6 +878,27 @@ def main(argv: list[str] | None = None) -> int:
                     )  # fmt: skip
                     print(f"  {encoding:12s} {args.clients} clients: {describe(many)}", flush=True)
                     phases[encoding] = (single, many)
+                    if ordinary_proc is not None:
+                        o_single = asyncio.run(
+                            run_phase(
+                                ordinary_base, "1 client", 1, ups[: args.single + 3], 3,
+                                ordinary_proc.pid,
+                            )
+                        )  # fmt: skip
+                        o_many = asyncio.run(
+                            run_phase(
+                                ordinary_base, f"{args.clients} clients", args.clients,
+                                ups[args.single + 3 : args.single + 3 + args.concurrent], 0,
+                                ordinary_proc.pid,
+                            )
+                        )  # fmt: skip
+                        ordinary[encoding] = (o_single, o_many)
+                        print(
+                            f"  {encoding:12s} ordinary endpoint 1 client:  {describe(o_single)}\n"
+                            f"  {encoding:12s} ordinary endpoint {args.clients} clients: "
+                            f"{describe(o_many)}",
+                            flush=True,
+                        )
                     start = args.single + 3 + args.concurrent
                     for round_no in range(args.paired_rounds):
                         _, best_bs, _ = base_line.best_throughput
@@ -869,19 +915,37 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         paired.setdefault(encoding, []).append((raw_ips, raw_cpu, crowd))
                         served.setdefault(encoding, []).append(as_served)
+                        versus = ""
+                        if ordinary_proc is not None:
+                            o_crowd = asyncio.run(
+                                run_phase(
+                                    ordinary_base, "paired", args.clients, chunk, 0,
+                                    ordinary_proc.pid,
+                                )
+                            )  # fmt: skip
+                            ordinary_paired.setdefault(encoding, []).append(o_crowd)
+                            versus = (
+                                f"; ordinary endpoint {o_crowd.throughput:.2f} img/s "
+                                f"({o_crowd.cpu_ms_per_img:.0f} CPU ms/img) -> "
+                                f"{o_crowd.throughput / raw_ips:.2f}"
+                            )
                         print(
                             f"  {encoding:12s} paired round {round_no + 1}: raw batch {best_bs} "
                             f"{raw_ips:.2f} img/s ({raw_cpu:.0f} CPU ms/img), raw as served "
                             f"({args.inference_streams} x batch {args.max_batch_size}) "
                             f"{as_served:.2f} img/s, then service {crowd.throughput:.2f} img/s "
                             f"({crowd.cpu_ms_per_img:.0f} CPU ms/img) -> "
-                            f"{crowd.throughput / raw_ips:.2f}",
+                            f"{crowd.throughput / raw_ips:.2f}{versus}",
                             flush=True,
                         )
                 mem_after = proc_memory(proc.pid)
+                if ordinary_proc is not None:
+                    mem_ordinary = proc_memory(ordinary_proc.pid)
             finally:
                 stop_service(proc)
-                log_text = (tmp / "service.log").read_text(errors="replace")
+                if ordinary_proc is not None:
+                    stop_service(ordinary_proc)
+                log_text = (tmp / "app.log").read_text(errors="replace")
             overhead: dict[str, tuple[Phase, Phase]] = {}
             if args.overhead:
                 tiny = save_tiny_model(store)
@@ -913,7 +977,12 @@ def main(argv: list[str] | None = None) -> int:
                         )
                 finally:
                     stop_service(proc)
-        errors = [e for pair in phases.values() for ph in pair for e in ph.errors]
+        errors = [
+            e
+            for group in (*phases.values(), *ordinary.values(), *ordinary_paired.values())
+            for ph in group
+            for e in ph.errors
+        ]
         for err in errors[:3]:
             print(f"  error: {err}")
         if errors or len(phases) < len(args.encodings):
@@ -1001,6 +1070,32 @@ def main(argv: list[str] | None = None) -> int:
             f"preprocessing ~{pre_ms:.1f} ms (in-process median), the rest (HTTP, multipart, "
             f"DB, queue) ~{lat - model_ms - pre_ms:.1f} ms"
         )
+        if encoding in ordinary:
+            o_single, o_many = ordinary[encoding]
+            o_lat = pct(o_single.latencies_ms, 50)
+            print(
+                f"    vs an ordinary FastAPI endpoint (bench/_ordinary.py: one model call per "
+                f"request, no batching, no database): 1 client p50 {o_lat:.1f} ms "
+                f"({o_lat - raw_single:+.1f} ms over raw; radlens {lat - raw_single:+.1f} ms)"
+            )
+            o_rounds = ordinary_paired.get(encoding, [])
+            if rounds and o_rounds:
+                pairs = list(zip(rounds, o_rounds, strict=True))
+                o_ratios = [o.throughput / raw_ips for (raw_ips, _, _), o in pairs]
+                wins = [crowd.throughput / o.throughput for (_, _, crowd), o in pairs]
+                o_cpu = statistics.median(o.cpu_ms_per_img for o in o_rounds)
+                print(
+                    f"    {args.clients} clients, same paired rounds: ordinary endpoint ratios "
+                    f"{', '.join(f'{r:.2f}' for r in o_ratios)} -> median "
+                    f"{statistics.median(o_ratios):.3f}; radlens / ordinary throughput "
+                    f"{', '.join(f'{r:.2f}' for r in wins)} -> median "
+                    f"{statistics.median(wins):.2f}; ordinary {o_cpu:.0f} CPU ms/img"
+                )
+            else:
+                print(
+                    f"    {args.clients} clients: ordinary endpoint {o_many.throughput:.2f} img/s "
+                    f"vs raw {raw_best:.2f} -> {o_many.throughput / raw_best:.2f}"
+                )
     for encoding, (one, crowd) in overhead.items():
         print(
             f"service overhead without ResNet50 (32 px simple_cnn, {encoding} CT): "
@@ -1012,6 +1107,11 @@ def main(argv: list[str] | None = None) -> int:
         f"(peak VmHWM {hwm / GIB:.2f} GiB; at ready {mem_ready.get('VmRSS', 0) / GIB:.2f} GiB)"
         f" (target < 2.5 GiB: {'met' if hwm < 2.5 * GIB else 'MISSED'})"
     )
+    if mem_ordinary:
+        print(
+            f"    ordinary endpoint: VmRSS {mem_ordinary.get('VmRSS', 0) / GIB:.2f} GiB "
+            f"(peak VmHWM {mem_ordinary.get('VmHWM', 0) / GIB:.2f} GiB)"
+        )
     print(
         "raw throughput by batch size (img/s): "
         + "; ".join(
