@@ -8,10 +8,11 @@ bad-input corpus, tests/app/test_bad_inputs.py). Run from the repository root:
     .venv/bin/python -m bench.fuzz_upload --examples 300 --seed 1
 
 Hypothesis generates each upload from valid seeds (a small CT DICOM in Explicit VR Little
-Endian, one RLE Lossless, a 8-bit and a 16-bit PNG, a JPEG) by byte flips, truncation,
-insertion, deletion and splicing; by setting DICOM attributes (Rows, Columns, BitsAllocated,
-BitsStored, SamplesPerPixel, PhotometricInterpretation, NumberOfFrames, PixelRepresentation,
-the transfer syntax) to arbitrary values; and as raw bytes. Each goes through the real app in
+Endian, one RLE Lossless, pydicom's small JPEG 2000 and JPEG-LS MR files, a 8-bit and a
+16-bit PNG, a JPEG) by byte flips, truncation, insertion, deletion and splicing; by setting
+DICOM attributes (Rows, Columns, BitsAllocated, BitsStored, SamplesPerPixel,
+PhotometricInterpretation, NumberOfFrames, PixelRepresentation, the transfer syntax) to
+arbitrary values; and as raw bytes. Each goes through the real app in
 process (lifespan, tiny model, SQLite built by the migrations, auth on, the request's key)
 via Starlette's TestClient. The property: the answer is 201/200, or a 413/415/422
 application/problem+json; a 5xx or another status fails and Hypothesis shrinks it to a
@@ -40,6 +41,7 @@ ALLOWED = {200, 201, 413, 415, 422}
 def seeds() -> dict[str, bytes]:
     from PIL import Image
     from pydicom import dcmread
+    from pydicom.data import get_testdata_file
     from pydicom.uid import RLELossless
 
     from bench._reliability import dicom_template
@@ -51,6 +53,13 @@ def seeds() -> dict[str, bytes]:
     rle = io.BytesIO()
     ds.save_as(rle, enforce_file_format=True)
     out = {"dicom": dicom, "dicom-rle": rle.getvalue()}
+    # JPEG 2000 and JPEG-LS (decoded by models/codecs.py's imagecodecs plugin): small files
+    # that ship inside pydicom's wheel
+    for name, fname in (
+        ("dicom-j2k", "MR_small_jp2klossless.dcm"),
+        ("dicom-jpegls", "MR_small_jpeg_ls_lossless.dcm"),
+    ):
+        out[name] = Path(str(get_testdata_file(fname))).read_bytes()
     for name, array, fmt in (
         ("png8", rng.integers(0, 256, (12, 10), dtype=np.uint8), "PNG"),
         ("png16", rng.integers(0, 65536, (12, 10), dtype=np.uint16), "PNG"),

@@ -582,13 +582,32 @@ def _check_geometry(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
     return rows, columns, frames
 
 
+_CODECS_LOCK = threading.Lock()
+
+
+@functools.cache
+def _codec_plugin_registered() -> bool:
+    """Add models/codecs.py's imagecodecs plugin to pydicom's decoders, once (pydicom's
+    add_plugin is not thread-safe; callers of preprocess() may be several threads)."""
+    from models import codecs
+
+    with _CODECS_LOCK:
+        codecs.register()
+    return True
+
+
 def _decode_frame(
     ds: Dataset, tsyntax: Any, index: int, *, rows: int, columns: int
 ) -> tuple[np.ndarray, str]:
     """Decode one frame; return it and the photometric interpretation it now has."""
     from pydicom.pixels import as_pixel_options, get_decoder
     from pydicom.pixels.utils import get_expected_length
-    from pydicom.uid import JPEGLSTransferSyntaxes, RLELossless
+    from pydicom.uid import RLELossless
+
+    from models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
+    from models.codecs import PLUGIN as CODECS_PLUGIN
+
+    _codec_plugin_registered()
 
     label = _ts_label(tsyntax)
     try:
@@ -617,13 +636,16 @@ def _decode_frame(
             )
     # RLE: pydicom's own decoder. pylibjpeg-rle is ~3x faster but panics in Rust on
     # malformed data, which prints a backtrace to stderr before Python sees an error.
-    # JPEG-LS: CharLS (pyjpegls) first, ~3.5x faster than libjpeg (pydicom's default pick)
-    # with the same pixels; libjpeg still gets a go at whatever CharLS refuses.
+    # JPEG 2000, HTJ2K and JPEG-LS: imagecodecs first (models/codecs.py: OpenJPEG and
+    # CharLS with the GIL released, the same pixels); pydicom's default pick (libjpeg for
+    # JPEG-LS, 3.5x slower; pylibjpeg-openjpeg) still gets a go at whatever it refuses.
     plugin = ""
     if tsyntax == RLELossless and "pydicom" in decoder.available_plugins:
         plugin = "pydicom"
-    elif tsyntax in JPEGLSTransferSyntaxes and "pyjpegls" in decoder.available_plugins:
-        plugin = "pyjpegls"
+    elif (
+        tsyntax in J2K_SYNTAXES or tsyntax in JPEG_LS_SYNTAXES
+    ) and CODECS_PLUGIN in decoder.available_plugins:
+        plugin = CODECS_PLUGIN
     try:
         options = as_pixel_options(ds)
         try:
@@ -631,7 +653,7 @@ def _decode_frame(
                 ds, index=index, validate=True, raw=False, decoding_plugin=plugin, **options
             )
         except Exception:
-            if plugin != "pyjpegls":
+            if plugin != CODECS_PLUGIN:
                 raise
             arr, props = decoder.as_array(
                 ds, index=index, validate=True, raw=False, decoding_plugin="", **options

@@ -1,0 +1,85 @@
+"""A pydicom decoding plugin on imagecodecs, for JPEG 2000 (and HTJ2K) and JPEG-LS.
+
+pydicom's own plugins for these syntaxes (pylibjpeg-openjpeg, pyjpegls, pylibjpeg-libjpeg)
+hold Python's GIL for the whole decode: 40-50 ms for a 512x512 JPEG 2000 CT slice, during
+which no other thread of the service runs Python, the event loop included. imagecodecs
+wraps the same libraries (OpenJPEG, CharLS) and releases the GIL while they work, so two
+uploads decode at once and the server keeps answering meanwhile.
+
+The plugin follows pydicom's decoder-plugin contract (``is_available``,
+``DECODER_DEPENDENCIES`` and a frame function; see pydicom's "Pixel Data Decoder Plugins"
+guide) and returns the frame's bytes exactly as pydicom's pylibjpeg and pyjpegls plugins do,
+so pydicom applies the same corrections (J2K sign, JPEG-LS near-lossless signedness) after
+it. ``models.preprocessing`` asks for it by name (``PLUGIN``) and falls back to pydicom's
+default pick when it refuses a file. tests/models/test_codecs.py checks every JPEG 2000,
+HTJ2K and JPEG-LS file shipped with pydicom decodes to the same array both ways.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydicom import uid
+
+if TYPE_CHECKING:
+    from pydicom.pixels.decoders.base import DecodeRunner
+
+try:
+    import imagecodecs
+except ImportError:  # pragma: no cover - a dependency; pydicom's own plugins remain
+    imagecodecs = None
+
+PLUGIN = "imagecodecs"
+
+J2K_SYNTAXES = (
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
+)
+JPEG_LS_SYNTAXES = (uid.JPEGLSLossless, uid.JPEGLSNearLossless)
+
+DECODER_DEPENDENCIES = {ts: ("numpy", "imagecodecs") for ts in J2K_SYNTAXES + JPEG_LS_SYNTAXES}
+
+
+def is_available(tsyntax: str) -> bool:
+    """True when imagecodecs is installed and built with the codec ``tsyntax`` needs."""
+    if imagecodecs is None:
+        return False
+    if tsyntax in J2K_SYNTAXES:
+        return bool(imagecodecs.JPEG2K.available)
+    if tsyntax in JPEG_LS_SYNTAXES:
+        return bool(imagecodecs.JPEGLS.available)
+    return False
+
+
+def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
+    """Decode one encapsulated frame to its samples' bytes (pydicom calls this)."""
+    tsyntax = runner.transfer_syntax
+    if tsyntax in J2K_SYNTAXES:
+        # one thread: the service already runs one decode per inference stream
+        arr = imagecodecs.jpeg2k_decode(src, numthreads=1)
+        # OpenJPEG undoes the multiple-component transform, as pylibjpeg-openjpeg does
+        if runner.photometric_interpretation in ("YBR_ICT", "YBR_RCT"):
+            runner.set_option("photometric_interpretation", "RGB")
+    elif tsyntax in JPEG_LS_SYNTAXES:
+        arr = imagecodecs.jpegls_decode(src)
+        if arr.ndim == 3:  # returned colour-by-pixel, whatever the interleave mode
+            runner.set_option("planar_configuration", 0)
+    else:
+        raise ValueError(f"the {PLUGIN} plugin does not decode {tsyntax.name}")
+    # the container follows the codestream's precision, as with pydicom's own plugins
+    runner.set_option("bits_allocated", arr.dtype.itemsize * 8)
+    return arr.tobytes()
+
+
+def register() -> None:
+    """Add the plugin to pydicom's decoders for its syntaxes (once; not thread-safe, so
+    call it at import time, as models.preprocessing does)."""
+    from pydicom.pixels import get_decoder
+
+    for tsyntax in J2K_SYNTAXES + JPEG_LS_SYNTAXES:
+        decoder = get_decoder(tsyntax)
+        if PLUGIN not in decoder.available_plugins and is_available(tsyntax):
+            decoder.add_plugin(PLUGIN, (__name__, "_decode_frame"))

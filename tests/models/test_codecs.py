@@ -1,0 +1,178 @@
+"""models/codecs.py: the imagecodecs decoding plugin gives pydicom's own pixels, and
+preprocessing asks for it first and falls back to pydicom's default pick."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.data.data_manager import DATA_ROOT, external_data_sources
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import Decoder
+from pydicom.uid import HTJ2KLossless, generate_uid
+
+from models import codecs
+from models.preprocessing import preprocess
+
+SHARED_DICOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
+SYNTAXES = codecs.J2K_SYNTAXES + codecs.JPEG_LS_SYNTAXES
+
+
+def _encoded_files() -> list[Path]:
+    """Every JPEG 2000 / HTJ2K / JPEG-LS file in pydicom's and pydicom-data's test files and
+    in ../shared/data/dicom (when present)."""
+    # by directory: get_testdata_files() would try to download pydicom's remote files
+    roots = [Path(DATA_ROOT) / "test_files"]
+    roots += [Path(source.data_path) for source in external_data_sources().values()]
+    paths = sorted(p for root in roots for p in root.rglob("*") if p.is_file())
+    if SHARED_DICOM.is_dir():
+        paths += sorted(SHARED_DICOM.glob("*.dcm"))
+    found = []
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = dcmread(path)
+        except Exception:  # not DICOM, or deliberately broken: not this test's business
+            continue
+        if ds.file_meta.get("TransferSyntaxUID") in SYNTAXES and "PixelData" in ds:
+            found.append(path)
+    return found
+
+
+ENCODED = _encoded_files()
+
+
+# pydicom's first pick without models/codecs.py: pylibjpeg (OpenJPEG; libjpeg for JPEG-LS)
+PYDICOM_DEFAULT = "pylibjpeg"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered() -> None:
+    preprocess(_htj2k_dataset_bytes(np.zeros((8, 8), np.uint16)))  # registers the plugin
+
+
+def test_the_corpus_is_what_it_claims() -> None:
+    syntaxes = {dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID for p in ENCODED}
+    assert len(ENCODED) >= 20, ENCODED
+    assert set(codecs.JPEG_LS_SYNTAXES) <= syntaxes
+    assert set(codecs.J2K_SYNTAXES[:2]) <= syntaxes  # JPEG 2000 lossless and lossy
+
+
+@pytest.mark.parametrize("path", ENCODED, ids=[p.name for p in ENCODED])
+def test_same_pixels_and_properties_as_pydicoms_own_plugin(path: Path) -> None:
+    with warnings.catch_warnings():  # the deliberately short files warn as they are read
+        warnings.simplefilter("ignore")
+        ds = dcmread(path)
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+    assert codecs.PLUGIN in decoder.available_plugins
+    try:
+        expected, expected_props = decoder.as_array(ds, decoding_plugin=PYDICOM_DEFAULT)
+    except Exception:  # a broken file: both must refuse it
+        with pytest.raises(Exception, match="imagecodecs"):
+            decoder.as_array(ds, decoding_plugin=codecs.PLUGIN)
+        return
+    got, props = decoder.as_array(ds, decoding_plugin=codecs.PLUGIN)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    for key in ("photometric_interpretation", "bits_allocated", "pixel_representation"):
+        assert props.get(key) == expected_props.get(key), key
+
+
+def _htj2k_dataset_bytes(pixels: np.ndarray) -> bytes:
+    """A one-frame MONOCHROME2 instance whose pixel data is HTJ2K Lossless (OpenJPH)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.PixelData = encapsulate([imagecodecs.htj2k_encode(pixels)])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+def test_htj2k_lossless_round_trip(dtype: Any) -> None:
+    """No HTJ2K file ships with pydicom: encode one (OpenJPH) and decode it both ways."""
+    rng = np.random.default_rng(0)
+    low, high = (-2048, 2048) if dtype == np.int16 else (0, 4096)
+    pixels = rng.integers(low, high, size=(48, 40)).astype(dtype)
+    ds = dcmread(io.BytesIO(_htj2k_dataset_bytes(pixels)))
+    decoder = get_decoder(HTJ2KLossless)
+    got, _ = decoder.as_array(ds, decoding_plugin=codecs.PLUGIN)
+    expected, _ = decoder.as_array(ds, decoding_plugin="pylibjpeg")
+    np.testing.assert_array_equal(got, pixels)
+    np.testing.assert_array_equal(got, expected)
+
+
+class TestPreprocessingAsksForIt:
+    """preprocess() asks for imagecodecs first and falls back to pydicom's default pick."""
+
+    NAMES = (
+        "MR_small_jpeg_ls_lossless.dcm",
+        "emri_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+        "US1_J2KR.dcm",  # colour: YBR_RCT, returned as RGB
+    )
+
+    @staticmethod
+    def plugins_used(monkeypatch: pytest.MonkeyPatch, fail: str | None = None) -> list[str]:
+        used: list[str] = []
+        real = Decoder.as_array
+
+        def spy(self, src, *args, **kwargs):  # type: ignore[no-untyped-def]
+            plugin = kwargs.get("decoding_plugin", "")
+            used.append(plugin)
+            if plugin == fail:
+                raise RuntimeError(f"{plugin} refused this file (test)")
+            return real(self, src, *args, **kwargs)
+
+        monkeypatch.setattr(Decoder, "as_array", spy)
+        return used
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_imagecodecs_first_and_the_fallback_gives_the_same_result(
+        self, name: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from pydicom.data import get_testdata_file
+
+        data = Path(str(get_testdata_file(name))).read_bytes()
+        used = self.plugins_used(monkeypatch)
+        first = preprocess(data, size=(32, 32)).pixels
+        assert used == [codecs.PLUGIN]
+        used = self.plugins_used(monkeypatch, fail=codecs.PLUGIN)
+        fallback = preprocess(data, size=(32, 32)).pixels  # imagecodecs "refuses"
+        assert used == [codecs.PLUGIN, ""]
+        np.testing.assert_array_equal(first, fallback)
+
+    def test_other_syntaxes_do_not_use_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from pydicom.data import get_testdata_file
+
+        used = self.plugins_used(monkeypatch)
+        preprocess(Path(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))).read_bytes())  # JPEG
+        assert used == [""]
+
+
+def test_is_available_only_for_its_syntaxes() -> None:
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
+
+    assert all(codecs.is_available(ts) for ts in SYNTAXES)
+    assert not any(codecs.is_available(ts) for ts in (JPEGBaseline8Bit, RLELossless))
+    assert not codecs.is_available(ExplicitVRLittleEndian)
