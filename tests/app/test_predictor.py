@@ -489,6 +489,41 @@ class TestLifecycle:
         for i, out in enumerate(run(main())):
             np.testing.assert_allclose(out.scores, expected[i], atol=ATOL)
 
+    def test_load_predictor_selects_the_device_before_loading(
+        self, store: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """GPU memory growth can only be set before the model's variables initialise the GPU:
+        the device is chosen (with the configured preference) before the registry loads."""
+        import app.predictor as predictor_module
+
+        calls: list[str] = []
+
+        def select(preference: str) -> DeviceInfo:
+            calls.append(f"select {preference}")
+            return CPU
+
+        real_load = ModelRegistry.load
+
+        def load(registry: ModelRegistry, ref: str | None) -> LoadedModel:
+            calls.append(f"load {ref}")
+            return real_load(registry, ref)
+
+        monkeypatch.setattr(predictor_module, "select_device", select)
+        monkeypatch.setattr(ModelRegistry, "load", load)
+        settings = SimpleNamespace(
+            model_store=store,
+            model="tiny",
+            device="auto",
+            max_batch_size=2,
+            max_batch_wait_ms=1.0,
+            batch_tuning="off",
+            inference_streams=1,
+        )
+        predictor = load_predictor(settings)  # type: ignore[arg-type]
+        assert calls == ["select auto", "load tiny"]
+        assert predictor.device is CPU
+        run(predictor.stop())
+
     def test_load_predictor_from_settings(self, store: Path, inputs: np.ndarray) -> None:
         settings = SimpleNamespace(
             model_store=store,
