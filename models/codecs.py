@@ -64,6 +64,12 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
         if runner.photometric_interpretation in ("YBR_ICT", "YBR_RCT"):
             runner.set_option("photometric_interpretation", "RGB")
     elif tsyntax in JPEG_LS_SYNTAXES:
+        # CharLS spends ~4 s of CPU (whatever the image size) before refusing a codestream
+        # cut short; such a stream lacks the closing EOI marker (FF D9; fill bytes FF and a
+        # DICOM padding 00 may follow, and bit stuffing keeps FF D9 out of the coded data),
+        # so it goes to pydicom's default pick instead, which answers in milliseconds
+        if not bytes(src[-8:]).rstrip(b"\x00\xff").endswith(b"\xff\xd9"):
+            raise ValueError("the JPEG-LS codestream does not end with an EOI marker")
         arr = imagecodecs.jpegls_decode(src)
         if arr.ndim == 3:  # returned colour-by-pixel, whatever the interleave mode
             runner.set_option("planar_configuration", 0)

@@ -3,6 +3,7 @@ preprocessing asks for it first and falls back to pydicom's default pick."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -14,12 +15,13 @@ import pytest
 from pydicom import dcmread
 from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import HTJ2KLossless, generate_uid
 
 from models import codecs
+from models.errors import PreprocessingError
 from models.preprocessing import preprocess
 
 SHARED_DICOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
@@ -49,6 +51,12 @@ def _encoded_files() -> list[Path]:
 
 
 ENCODED = _encoded_files()
+
+
+def read_testdata_file(name: str) -> bytes:
+    from pydicom.data import get_testdata_file
+
+    return Path(str(get_testdata_file(name))).read_bytes()
 
 
 # pydicom's first pick without models/codecs.py: pylibjpeg (OpenJPEG; libjpeg for JPEG-LS)
@@ -161,6 +169,32 @@ class TestPreprocessingAsksForIt:
         fallback = preprocess(data, size=(32, 32)).pixels  # imagecodecs "refuses"
         assert used == [codecs.PLUGIN, ""]
         np.testing.assert_array_equal(first, fallback)
+
+    def test_a_cut_jpeg_ls_stream_never_reaches_charls(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """CharLS takes ~4 s to refuse a truncated stream (measured; docs/benchmarks/
+        preprocess.md): one without its EOI marker goes to pydicom's default pick."""
+        from pydicom.data import get_testdata_file
+
+        ds = dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        charls: list[int] = []
+        real = imagecodecs.jpegls_decode
+        monkeypatch.setattr(
+            imagecodecs, "jpegls_decode", lambda src: charls.append(len(src)) or real(src)
+        )
+        used = self.plugins_used(monkeypatch)
+        # libjpeg may or may not refuse the half stream; CharLS must not see it
+        with contextlib.suppress(PreprocessingError):
+            preprocess(buf.getvalue(), size=(32, 32))
+        assert used == [codecs.PLUGIN, ""]
+        assert charls == []
+        preprocess(read_testdata_file("MR_small_jpeg_ls_lossless.dcm"), size=(32, 32))
+        assert len(charls) == 1  # the whole stream still goes to CharLS
 
     def test_other_syntaxes_do_not_use_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from pydicom.data import get_testdata_file
