@@ -19,15 +19,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import imagecodecs
 from pydicom import uid
 
 if TYPE_CHECKING:
     from pydicom.pixels.decoders.base import DecodeRunner
-
-try:
-    import imagecodecs
-except ImportError:  # pragma: no cover - a dependency; pydicom's own plugins remain
-    imagecodecs = None
 
 PLUGIN = "imagecodecs"
 
@@ -44,9 +40,7 @@ DECODER_DEPENDENCIES = {ts: ("numpy", "imagecodecs") for ts in J2K_SYNTAXES + JP
 
 
 def is_available(tsyntax: str) -> bool:
-    """True when imagecodecs is installed and built with the codec ``tsyntax`` needs."""
-    if imagecodecs is None:
-        return False
+    """True when imagecodecs was built with the codec ``tsyntax`` needs."""
     if tsyntax in J2K_SYNTAXES:
         return bool(imagecodecs.JPEG2K.available)
     if tsyntax in JPEG_LS_SYNTAXES:
