@@ -15,6 +15,12 @@ median over repeats, and the ratio is the median of the per-pair ratios. The mac
 shared, so compare ratios, not absolute numbers, between runs.
 
 Run:  .venv/bin/python bench/preprocess.py [--data-dir ../shared/data/dicom] [--repeat 15]
+
+With ``--threads`` it measures something else, unpinned: for each file, the elapsed time per
+file of ``--repeat`` calls in one thread against the same calls split over two threads, for
+radlens and for the baseline. A decoder that holds Python's GIL gets no speed-up from the
+second thread (about 1.0x on two cores); one that releases it gets up to 2x. This is what
+lets the service's two inference streams decode at once while its event loop keeps running.
 """
 
 from __future__ import annotations
@@ -102,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=15, help="timed calls per figure")
     parser.add_argument("--size", type=int, default=224, help="output side in pixels")
     parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to")
+    parser.add_argument(
+        "--threads", action="store_true", help="1 thread vs 2 threads, unpinned (see above)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        return threads(args)
 
     cpu = pin_to_one_cpu(args.cpu)
 
@@ -143,6 +154,68 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{missing} file(s) missing; see ../shared/data/README.md")
     return 1 if missing == len(FILES) else 0
+
+
+def split_over_threads(fn: Callable[[], object], calls: int, threads: int) -> float:
+    """Elapsed seconds per call when ``calls`` calls of ``fn`` are split over ``threads``."""
+    import threading
+
+    def work(n: int) -> None:
+        for _ in range(n):
+            fn()
+
+    shares = [calls // threads + (i < calls % threads) for i in range(threads)]
+    workers = [threading.Thread(target=work, args=(n,)) for n in shares]
+    t0 = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return (time.perf_counter() - t0) / calls
+
+
+def threads(args: argparse.Namespace) -> int:
+    import pydicom
+
+    from models.preprocessing import preprocess
+
+    print(f"machine: {machine()}; unpinned, {len(os.sched_getaffinity(0))} CPUs allowed")
+    print(f"pydicom {pydicom.__version__}; output {args.size}x{args.size}; {args.repeat} calls")
+    print("ms/file = elapsed time per file; speed-up = 1 thread / 2 threads (2.0 = no GIL held)")
+    header = (
+        f"{'file':38} {'decode 1 thr':>12} {'2 thr':>7} {'speed-up':>8} "
+        f"{'radlens 1 thr':>13} {'2 thr':>7} {'speed-up':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in FILES:
+        path = args.data_dir / name
+        if not path.exists():
+            print(f"{name:38} missing: {path}")
+            continue
+        data = path.read_bytes()
+
+        def baseline(data: bytes = data) -> object:
+            return pydicom.dcmread(io.BytesIO(data)).pixel_array
+
+        def radlens(data: bytes = data) -> object:
+            return preprocess(data, size=(args.size, args.size))
+
+        row = []
+        for fn in (baseline, radlens):
+            fn()
+            # interleaved: one, two, one, two; the median of each
+            ones, twos = [], []
+            for _ in range(3):
+                ones.append(split_over_threads(fn, args.repeat, 1))
+                twos.append(split_over_threads(fn, args.repeat, 2))
+            one, two = statistics.median(ones), statistics.median(twos)
+            row += [one * 1000, two * 1000, one / two]
+        print(
+            f"{name:38} {row[0]:12.1f} {row[1]:7.1f} {row[2]:8.2f} "
+            f"{row[3]:13.1f} {row[4]:7.1f} {row[5]:8.2f}"
+        )
+    return 0
 
 
 if __name__ == "__main__":
