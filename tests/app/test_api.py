@@ -241,6 +241,37 @@ class TestRead:
         assert_problem(service.client.get("/v2/nothing"), 404)
         assert_problem(service.client.delete("/v1/predictions"), 405, code="method-not-allowed")
 
+    def test_pagination_with_equal_timestamps_breaks_ties_by_id(self, service: Service) -> None:
+        """Rows created in the same instant (a batch, a coarse clock) are neither skipped nor
+        repeated across pages: the cursor carries (created_at, id) and the order is both,
+        newest first."""
+        import uuid
+
+        from sqlalchemy import update
+
+        from app.tables import Prediction
+
+        study = new_uid()
+        ids = [service.post(dicom_bytes(study=study, seed=300 + i)).json()["id"] for i in range(5)]
+        with service.app.state.resources.engine.begin() as conn:
+            conn.execute(
+                update(Prediction)
+                .where(Prediction.study_instance_uid == study)
+                .values(created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+            )
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, str | int] = {"study_instance_uid": study, "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            body = service.client.get("/v1/predictions", params=params).json()
+            seen.extend(item["id"] for item in body["items"])
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == sorted(ids, key=uuid.UUID, reverse=True)
+
     def test_filters_and_cursor_pagination(self, service: Service) -> None:
         study = new_uid()
         ids = []
