@@ -87,6 +87,21 @@ def time_pair(
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
+def file_calls(data: bytes, size: int) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The two calls compared on one file: pydicom's parse + decode, radlens's preprocess."""
+    import pydicom
+
+    from models.preprocessing import preprocess
+
+    def baseline() -> object:
+        return pydicom.dcmread(io.BytesIO(data)).pixel_array
+
+    def radlens() -> object:
+        return preprocess(data, size=(size, size))
+
+    return baseline, radlens
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -119,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import pydicom
 
-    from models.preprocessing import preprocess
-
     print(f"machine: {machine()}; pinned to CPU {cpu}")
     print(f"pydicom {pydicom.__version__}; output {args.size}x{args.size}; repeat {args.repeat}")
     header = (
@@ -137,14 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:38} missing: {path}")
             missing += 1
             continue
-        data = path.read_bytes()
-
-        def baseline(data: bytes = data) -> object:
-            return pydicom.dcmread(io.BytesIO(data)).pixel_array
-
-        def radlens(data: bytes = data) -> object:
-            return preprocess(data, size=(args.size, args.size))
-
+        baseline, radlens = file_calls(path.read_bytes(), args.size)
         t = time_pair(baseline, radlens, args.repeat)
         print(
             f"{name:38} {what:36} {1 / t['base_cpu']:10.1f} {1 / t['cand_cpu']:11.1f} "
@@ -177,8 +183,6 @@ def split_over_threads(fn: Callable[[], object], calls: int, threads: int) -> fl
 def threads(args: argparse.Namespace) -> int:
     import pydicom
 
-    from models.preprocessing import preprocess
-
     print(f"machine: {machine()}; unpinned, {len(os.sched_getaffinity(0))} CPUs allowed")
     print(f"pydicom {pydicom.__version__}; output {args.size}x{args.size}; {args.repeat} calls")
     print("ms/file = elapsed time per file; speed-up = 1 thread / 2 threads (2.0 = no GIL held)")
@@ -193,14 +197,7 @@ def threads(args: argparse.Namespace) -> int:
         if not path.exists():
             print(f"{name:38} missing: {path}")
             continue
-        data = path.read_bytes()
-
-        def baseline(data: bytes = data) -> object:
-            return pydicom.dcmread(io.BytesIO(data)).pixel_array
-
-        def radlens(data: bytes = data) -> object:
-            return preprocess(data, size=(args.size, args.size))
-
+        baseline, radlens = file_calls(path.read_bytes(), args.size)
         row = []
         for fn in (baseline, radlens):
             fn()
