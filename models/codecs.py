@@ -1,10 +1,12 @@
-"""A pydicom decoding plugin on imagecodecs, for JPEG 2000 (and HTJ2K) and JPEG-LS.
+"""A pydicom decoding plugin on imagecodecs: JPEG 2000 (and HTJ2K), JPEG-LS, lossless JPEG.
 
 pydicom's own plugins for these syntaxes (pylibjpeg-openjpeg, pyjpegls, pylibjpeg-libjpeg)
 hold Python's GIL for the whole decode: 40-50 ms for a 512x512 JPEG 2000 CT slice, during
 which no other thread of the service runs Python, the event loop included. imagecodecs
 wraps the same libraries (OpenJPEG, CharLS) and releases the GIL while they work, so two
-uploads decode at once and the server keeps answering meanwhile.
+uploads decode at once and the server keeps answering meanwhile. Lossless JPEG goes to
+libjpeg-turbo instead of libjpeg: the same pixels (the process is exact), about 5x faster.
+Lossy JPEG stays with pydicom's pick: decoders may round their inverse DCT differently.
 
 The plugin follows pydicom's decoder-plugin contract (``is_available``,
 ``DECODER_DEPENDENCIES`` and a frame function; see pydicom's "Pixel Data Decoder Plugins"
@@ -35,8 +37,11 @@ J2K_SYNTAXES = (
     uid.HTJ2K,
 )
 JPEG_LS_SYNTAXES = (uid.JPEGLSLossless, uid.JPEGLSNearLossless)
+# lossless JPEG (process 14) through libjpeg-turbo: exact, so the same pixels as libjpeg's
+JPEG_LOSSLESS_SYNTAXES = (uid.JPEGLossless, uid.JPEGLosslessSV1)
+SYNTAXES = J2K_SYNTAXES + JPEG_LS_SYNTAXES + JPEG_LOSSLESS_SYNTAXES
 
-DECODER_DEPENDENCIES = {ts: ("numpy", "imagecodecs") for ts in J2K_SYNTAXES + JPEG_LS_SYNTAXES}
+DECODER_DEPENDENCIES = {ts: ("numpy", "imagecodecs") for ts in SYNTAXES}
 
 
 def is_available(tsyntax: str) -> bool:
@@ -45,6 +50,8 @@ def is_available(tsyntax: str) -> bool:
         return bool(imagecodecs.JPEG2K.available)
     if tsyntax in JPEG_LS_SYNTAXES:
         return bool(imagecodecs.JPEGLS.available)
+    if tsyntax in JPEG_LOSSLESS_SYNTAXES:
+        return bool(imagecodecs.JPEG8.available)
     return False
 
 
@@ -67,6 +74,10 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
         arr = imagecodecs.jpegls_decode(src)
         if arr.ndim == 3:  # returned colour-by-pixel, whatever the interleave mode
             runner.set_option("planar_configuration", 0)
+    elif tsyntax in JPEG_LOSSLESS_SYNTAXES:
+        arr = imagecodecs.jpeg8_decode(src)  # lossless: no colour conversion, no rounding
+        if arr.ndim == 3:
+            runner.set_option("planar_configuration", 0)
     else:
         raise ValueError(f"the {PLUGIN} plugin does not decode {tsyntax.name}")
     # the container follows the codestream's precision, as with pydicom's own plugins
@@ -79,7 +90,7 @@ def register() -> None:
     call it at import time, as models.preprocessing does)."""
     from pydicom.pixels import get_decoder
 
-    for tsyntax in J2K_SYNTAXES + JPEG_LS_SYNTAXES:
+    for tsyntax in SYNTAXES:
         decoder = get_decoder(tsyntax)
         if PLUGIN not in decoder.available_plugins and is_available(tsyntax):
             decoder.add_plugin(PLUGIN, (__name__, "_decode_frame"))

@@ -604,8 +604,8 @@ def _decode_frame(
     from pydicom.pixels.utils import get_expected_length
     from pydicom.uid import RLELossless
 
-    from models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
     from models.codecs import PLUGIN as CODECS_PLUGIN
+    from models.codecs import SYNTAXES as CODECS_SYNTAXES
 
     _codec_plugin_registered()
 
@@ -636,15 +636,14 @@ def _decode_frame(
             )
     # RLE: pydicom's own decoder. pylibjpeg-rle is ~3x faster but panics in Rust on
     # malformed data, which prints a backtrace to stderr before Python sees an error.
-    # JPEG 2000, HTJ2K and JPEG-LS: imagecodecs first (models/codecs.py: OpenJPEG and
-    # CharLS with the GIL released, the same pixels); pydicom's default pick (libjpeg for
-    # JPEG-LS, 3.5x slower; pylibjpeg-openjpeg) still gets a go at whatever it refuses.
+    # JPEG 2000, HTJ2K, JPEG-LS and lossless JPEG: imagecodecs first (models/codecs.py:
+    # OpenJPEG, CharLS and libjpeg-turbo with the GIL released, the same pixels); pydicom's
+    # default pick (pylibjpeg: OpenJPEG, or libjpeg, 3.5-5x slower) still gets a go at
+    # whatever it refuses.
     plugin = ""
     if tsyntax == RLELossless and "pydicom" in decoder.available_plugins:
         plugin = "pydicom"
-    elif (
-        tsyntax in J2K_SYNTAXES or tsyntax in JPEG_LS_SYNTAXES
-    ) and CODECS_PLUGIN in decoder.available_plugins:
+    elif tsyntax in CODECS_SYNTAXES and CODECS_PLUGIN in decoder.available_plugins:
         plugin = CODECS_PLUGIN
     try:
         options = as_pixel_options(ds)

@@ -18,14 +18,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.pixels.decoders.base import Decoder
-from pydicom.uid import HTJ2KLossless, generate_uid
+from pydicom.uid import HTJ2KLossless, JPEGLossless, JPEGLosslessSV1, generate_uid
 
 from models import codecs
 from models.errors import PreprocessingError
 from models.preprocessing import preprocess
 
 SHARED_DICOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
-SYNTAXES = codecs.J2K_SYNTAXES + codecs.JPEG_LS_SYNTAXES
+SYNTAXES = codecs.SYNTAXES
 
 
 def _encoded_files() -> list[Path]:
@@ -73,6 +73,7 @@ def test_the_corpus_is_what_it_claims() -> None:
     assert len(ENCODED) >= 20, ENCODED
     assert set(codecs.JPEG_LS_SYNTAXES) <= syntaxes
     assert set(codecs.J2K_SYNTAXES[:2]) <= syntaxes  # JPEG 2000 lossless and lossy
+    assert JPEGLosslessSV1 in syntaxes  # process 14 with other predictors: encoded below
 
 
 @pytest.mark.parametrize("path", ENCODED, ids=[p.name for p in ENCODED])
@@ -95,25 +96,31 @@ def test_same_pixels_and_properties_as_pydicoms_own_plugin(path: Path) -> None:
         assert props.get(key) == expected_props.get(key), key
 
 
-def _htj2k_dataset_bytes(pixels: np.ndarray) -> bytes:
-    """A one-frame MONOCHROME2 instance whose pixel data is HTJ2K Lossless (OpenJPH)."""
+def _dataset_bytes(tsyntax: Any, frame: bytes, shape: tuple[int, ...], signed: bool) -> bytes:
+    """A one-frame 12-bit MONOCHROME2 instance holding ``frame`` as its encapsulated pixels."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    ds.file_meta.TransferSyntaxUID = tsyntax
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.Rows, ds.Columns = pixels.shape
+    ds.Rows, ds.Columns = shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
     ds.BitsStored = 12
     ds.HighBit = 11
-    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
-    ds.PixelData = encapsulate([imagecodecs.htj2k_encode(pixels)])
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = encapsulate([frame])
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _htj2k_dataset_bytes(pixels: np.ndarray) -> bytes:
+    """HTJ2K Lossless (encoded with OpenJPH)."""
+    frame = imagecodecs.htj2k_encode(pixels)
+    return _dataset_bytes(HTJ2KLossless, frame, pixels.shape, pixels.dtype.kind == "i")
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16])
@@ -130,6 +137,23 @@ def test_htj2k_lossless_round_trip(dtype: Any) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize(
+    ("tsyntax", "predictor"),
+    [(JPEGLossless, 1), (JPEGLossless, 4), (JPEGLossless, 7), (JPEGLosslessSV1, 1)],
+)
+def test_lossless_jpeg_round_trip(tsyntax: Any, predictor: int) -> None:
+    """Process 14 with predictors other than 1 (transfer syntax .57) ships with no file at
+    hand: encode some (libjpeg-turbo) and decode them both ways."""
+    pixels = np.random.default_rng(predictor).integers(0, 4096, size=(40, 48)).astype(np.uint16)
+    frame = imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=predictor, bitspersample=12)
+    ds = dcmread(io.BytesIO(_dataset_bytes(tsyntax, frame, pixels.shape, signed=False)))
+    decoder = get_decoder(tsyntax)
+    got, _ = decoder.as_array(ds, decoding_plugin=codecs.PLUGIN)
+    expected, _ = decoder.as_array(ds, decoding_plugin="pylibjpeg")
+    np.testing.assert_array_equal(got, pixels)
+    np.testing.assert_array_equal(got, expected)
+
+
 class TestPreprocessingAsksForIt:
     """preprocess() asks for imagecodecs first and falls back to pydicom's default pick."""
 
@@ -138,6 +162,8 @@ class TestPreprocessingAsksForIt:
         "emri_small_jpeg_ls_lossless.dcm",
         "MR_small_jp2klossless.dcm",
         "US1_J2KR.dcm",  # colour: YBR_RCT, returned as RGB
+        "JPGLosslessP14SV1_1s_1f_8b.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",  # colour lossless JPEG
     )
 
     @staticmethod
