@@ -13,8 +13,9 @@ The plugin follows pydicom's decoder-plugin contract (``is_available``,
 guide) and returns the frame's bytes exactly as pydicom's pylibjpeg and pyjpegls plugins do,
 so pydicom applies the same corrections (J2K sign, JPEG-LS near-lossless signedness) after
 it. ``models.preprocessing`` asks for it by name (``PLUGIN``) and falls back to pydicom's
-default pick when it refuses a file. tests/models/test_codecs.py checks every JPEG 2000,
-HTJ2K and JPEG-LS file shipped with pydicom decodes to the same array both ways.
+default pick when it refuses a file. tests/models/test_codecs.py checks that every JPEG 2000,
+JPEG-LS and lossless JPEG file shipped with pydicom and pydicom-data (and in ../shared/data)
+decodes to the same array both ways, and round-trips HTJ2K and lossless JPEG it encodes.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
         if arr.ndim == 3:  # returned colour-by-pixel, whatever the interleave mode
             runner.set_option("planar_configuration", 0)
     elif tsyntax in JPEG_LOSSLESS_SYNTAXES:
-        arr = imagecodecs.jpeg8_decode(src)  # lossless: no colour conversion, no rounding
+        # libjpeg-turbo in lossless mode neither converts colour nor rounds
+        arr = imagecodecs.jpeg8_decode(src)
         if arr.ndim == 3:
             runner.set_option("planar_configuration", 0)
     else:
@@ -86,8 +88,8 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
 
 
 def register() -> None:
-    """Add the plugin to pydicom's decoders for its syntaxes (once; not thread-safe, so
-    call it at import time, as models.preprocessing does)."""
+    """Add the plugin to pydicom's decoders for its syntaxes. pydicom's add_plugin is not
+    thread-safe: call this once, under a lock, as models.preprocessing does."""
     from pydicom.pixels import get_decoder
 
     for tsyntax in SYNTAXES:
