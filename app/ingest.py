@@ -56,15 +56,25 @@ def preprocess_upload(
     return preprocess(data, size=size, window=window, max_pixels=max_pixels)
 
 
-# The DICOM attributes a prediction records, by ImageMetadata field. Their columns are sized
-# to the standard's maxima (a UID has at most 64 characters, a code string 16).
+def _column_length(field: str) -> int:
+    column_type = Prediction.__table__.c[field].type
+    assert isinstance(column_type, String) and column_type.length is not None
+    return column_type.length
+
+
+# The DICOM attributes a prediction records: ImageMetadata field -> (keyword, the length of its
+# column). The columns are sized to the standard's maxima (a UID has at most 64 characters, a
+# code string 16).
 RECORDED_ATTRIBUTES = {
-    "study_instance_uid": "StudyInstanceUID",
-    "series_instance_uid": "SeriesInstanceUID",
-    "sop_instance_uid": "SOPInstanceUID",
-    "sop_class_uid": "SOPClassUID",
-    "modality": "Modality",
-    "photometric_interpretation": "PhotometricInterpretation",
+    field: (keyword, _column_length(field))
+    for field, keyword in (
+        ("study_instance_uid", "StudyInstanceUID"),
+        ("series_instance_uid", "SeriesInstanceUID"),
+        ("sop_instance_uid", "SOPInstanceUID"),
+        ("sop_class_uid", "SOPClassUID"),
+        ("modality", "Modality"),
+        ("photometric_interpretation", "PhotometricInterpretation"),
+    )
 }
 
 
@@ -74,13 +84,10 @@ def check_recordable(image: PreprocessedImage) -> None:
     rather than truncated (a cut UID names another instance) or left to the database (which
     would refuse it, as PostgreSQL does a NUL, only at the write)."""
     meta = image.metadata
-    for field, keyword in RECORDED_ATTRIBUTES.items():
+    for field, (keyword, limit) in RECORDED_ATTRIBUTES.items():
         value = getattr(meta, field)
         if value is None:
             continue
-        column_type = Prediction.__table__.c[field].type
-        assert isinstance(column_type, String) and column_type.length is not None
-        limit = column_type.length
         shown = value if len(value) <= 24 else value[:21] + "..."
         if len(value) > limit:
             raise InvalidDicomAttributeError(

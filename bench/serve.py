@@ -719,6 +719,22 @@ async def run_phase_raw(
     return phase
 
 
+def main_phases(
+    base: str, pid: int, uploads: list[tuple[str, bytes]], args: argparse.Namespace
+) -> tuple[Phase, Phase]:
+    """The 1-client phase (``--single`` requests after 3 warm-up ones), then the
+    ``--clients`` phase (the next ``--concurrent`` uploads), against the server at ``base``."""
+    single = asyncio.run(run_phase(base, "1 client", 1, uploads[: args.single + 3], 3, pid))
+    start = args.single + 3
+    crowd = asyncio.run(
+        run_phase(
+            base, f"{args.clients} clients", args.clients,
+            uploads[start : start + args.concurrent], 0, pid,
+        )
+    )  # fmt: skip
+    return single, crowd
+
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -866,32 +882,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for encoding in args.encodings:
                     ups = uploads[encoding]
-                    single = asyncio.run(
-                        run_phase(base, "1 client", 1, ups[: args.single + 3], 3, proc.pid)
+                    single, many = main_phases(base, proc.pid, ups, args)
+                    print(
+                        f"  {encoding:12s} 1 client:  {describe(single)}\n"
+                        f"  {encoding:12s} {args.clients} clients: {describe(many)}",
+                        flush=True,
                     )
-                    print(f"  {encoding:12s} 1 client:  {describe(single)}", flush=True)
-                    many = asyncio.run(
-                        run_phase(
-                            base, f"{args.clients} clients", args.clients,
-                            ups[args.single + 3 : args.single + 3 + args.concurrent], 0, proc.pid,
-                        )
-                    )  # fmt: skip
-                    print(f"  {encoding:12s} {args.clients} clients: {describe(many)}", flush=True)
                     phases[encoding] = (single, many)
                     if ordinary_proc is not None:
-                        o_single = asyncio.run(
-                            run_phase(
-                                ordinary_base, "1 client", 1, ups[: args.single + 3], 3,
-                                ordinary_proc.pid,
-                            )
-                        )  # fmt: skip
-                        o_many = asyncio.run(
-                            run_phase(
-                                ordinary_base, f"{args.clients} clients", args.clients,
-                                ups[args.single + 3 : args.single + 3 + args.concurrent], 0,
-                                ordinary_proc.pid,
-                            )
-                        )  # fmt: skip
+                        o_single, o_many = main_phases(ordinary_base, ordinary_proc.pid, ups, args)
                         ordinary[encoding] = (o_single, o_many)
                         print(
                             f"  {encoding:12s} ordinary endpoint 1 client:  {describe(o_single)}\n"
@@ -955,17 +954,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     asyncio.run(wait_ready(base, proc, args.ready_timeout))
                     for encoding in args.encodings:
-                        ups = uploads[encoding]  # de-duplication is per model: no short-cut
-                        one = asyncio.run(
-                            run_phase(base, "1 client", 1, ups[: args.single + 3], 3, proc.pid)
-                        )
-                        crowd = asyncio.run(
-                            run_phase(
-                                base, f"{args.clients} clients", args.clients,
-                                ups[args.single + 3 : args.single + 3 + args.concurrent],
-                                0, proc.pid,
-                            )
-                        )  # fmt: skip
+                        # de-duplication is per model: the same uploads take no short-cut
+                        one, crowd = main_phases(base, proc.pid, uploads[encoding], args)
                         overhead[encoding] = (one, crowd)
                         print(
                             f"  overhead probe ({tiny}), {encoding:12s}: 1 client "

@@ -39,6 +39,20 @@ CLASS_NAMES = ["normal", "abnormal"]
 ATOL = 2e-6  # batch vs single-image float32 differences are ~1e-7
 
 
+def predictor_settings(store: Path, **changes: Any) -> Any:
+    """The settings load_predictor reads, for the tiny model in ``store``."""
+    defaults: dict[str, Any] = {
+        "model_store": store,
+        "model": "tiny",
+        "device": "cpu",
+        "max_batch_size": 2,
+        "max_batch_wait_ms": 2.0,
+        "batch_tuning": "off",
+        "inference_streams": 1,
+    }
+    return SimpleNamespace(**{**defaults, **changes})
+
+
 def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
     """asyncio.run with a guard so a broken policy fails instead of hanging the suite."""
 
@@ -510,31 +524,15 @@ class TestLifecycle:
 
         monkeypatch.setattr(predictor_module, "select_device", select)
         monkeypatch.setattr(ModelRegistry, "load", load)
-        settings = SimpleNamespace(
-            model_store=store,
-            model="tiny",
-            device="auto",
-            max_batch_size=2,
-            max_batch_wait_ms=1.0,
-            batch_tuning="off",
-            inference_streams=1,
-        )
-        predictor = load_predictor(settings)  # type: ignore[arg-type]
+        predictor = load_predictor(predictor_settings(store, device="auto"))
         assert calls == ["select auto", "load tiny"]
         assert predictor.device is CPU
         run(predictor.stop())
 
     def test_load_predictor_from_settings(self, store: Path, inputs: np.ndarray) -> None:
-        settings = SimpleNamespace(
-            model_store=store,
-            model="tiny",
-            device="cpu",
-            max_batch_size=4,
-            max_batch_wait_ms=2.0,
-            batch_tuning="auto",
-            inference_streams=3,
+        predictor = load_predictor(
+            predictor_settings(store, max_batch_size=4, batch_tuning="auto", inference_streams=3)
         )
-        predictor = load_predictor(settings)  # type: ignore[arg-type]
         assert predictor.ready is True
         assert predictor.streams == 3
         assert set(predictor.batch_timings) == {1, 2, 4}  # auto: measured at warm-up
