@@ -34,7 +34,7 @@ from models.errors import ConfigurationError, RadlensError
 from training.data.augment import AugmentConfig, augment_image
 from training.data.sources import DataSource, Example, SkippedFile, as_size
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -144,7 +144,7 @@ def _decode_files(
                 first = path not in reported
                 reported.add(path)
             if first:
-                logger.warning("skipping %s: %s", path, reason)
+                log.warning("skipping %s: %s", path, reason)
                 if skipped is not None:
                     skipped.append(SkippedFile(path, reason))
             return empty, np.bool_(False)
