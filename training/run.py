@@ -210,7 +210,7 @@ def _run(
     from models.registry import ModelRegistry, default_store_path
     from training.callbacks import tensorboard_callbacks
     from training.data.pipeline import make_dataset
-    from training.metrics import classification_metrics
+    from training.metrics import classification_metrics, decision_threshold
 
     class_names = list(source.class_names)
     sizes = {k: len(v) for k, v in splits.items()}
@@ -607,35 +607,6 @@ def make_loss(num_classes: int, label_smoothing: float = 0.0) -> Any:
         )
 
     return smoothed_crossentropy
-
-
-def decision_threshold(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
-    """The positive-class threshold on validation by ``rule``.
-
-    ``youden``: ``training.metrics.choose_threshold`` (maximum sensitivity + specificity).
-    ``balanced``: the candidate (0.5 and the midpoints between distinct scores) where
-    sensitivity and specificity are closest, ties broken by the larger Youden J and then by
-    closeness to 0.5. It does not chase the few validation examples near the boundary, and it
-    stays in the middle of the ROC curve when the test set's class balance differs.
-    """
-    from training.metrics import DEFAULT_THRESHOLD, choose_threshold
-
-    if rule == "youden":
-        return choose_threshold(labels, scores)
-    y = np.asarray(labels).astype(np.int64).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.size == 0 or y.min() == y.max():
-        return DEFAULT_THRESHOLD
-    distinct = np.unique(s)
-    candidates = np.concatenate([[DEFAULT_THRESHOLD], (distinct[:-1] + distinct[1:]) / 2.0])
-    pos = y == 1
-    predicted = s[None, :] >= candidates[:, None]
-    tpr = (predicted & pos[None, :]).sum(axis=1) / pos.sum()
-    tnr = (~predicted & ~pos[None, :]).sum(axis=1) / (~pos).sum()
-    order = np.lexsort(
-        (np.abs(candidates - DEFAULT_THRESHOLD), -(tpr + tnr), np.round(np.abs(tpr - tnr), 12))
-    )
-    return float(candidates[order[0]])
 
 
 def _close_files(*callbacks: keras.callbacks.Callback) -> None:
