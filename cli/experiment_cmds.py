@@ -8,11 +8,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from cli.common import fail
+from cli.training_options import (
+    ArchOption,
+    AugmentOption,
+    BatchSizeOption,
+    ConfigOption,
+    DataOption,
+    EpochsOption,
+    ImageSizeOption,
+    JsonOption,
+    LearningRateOption,
+    NameOption,
+    RunsDirOption,
+    SeedOption,
+    base_config,
+    shared_overrides,
+)
 
 experiment_app = typer.Typer(
     help="Experiments that compare training choices over several seeds.",
@@ -21,15 +37,9 @@ experiment_app = typer.Typer(
 
 
 def filters(
-    data: Annotated[
-        str | None,
-        typer.Option("--data", help="Folder of class sub-folders (or with labels.csv), .csv, .npz"),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="YAML or JSON training config every run starts from."),
-    ] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="resnet50 or simple_cnn.")] = None,
+    data: DataOption = None,
+    config: ConfigOption = None,
+    arch: ArchOption = None,
     choices: Annotated[
         str | None,
         typer.Option(
@@ -40,49 +50,36 @@ def filters(
     seeds: Annotated[
         int, typer.Option("--seeds", help="Runs per choice (seeds SEED, SEED+1, ...).")
     ] = 3,
-    image_size: Annotated[int | None, typer.Option("--image-size")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs per run.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate")] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="First seed (and the split's).")
-    ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Prefix of the run names.")] = None,
-    runs_dir: Annotated[
-        str | None, typer.Option("--runs-dir", help="Where the experiment directory goes.")
-    ] = None,
+    image_size: ImageSizeOption = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    learning_rate: LearningRateOption = None,
+    augment: AugmentOption = None,
+    seed: SeedOption = None,
+    name: NameOption = None,
+    runs_dir: RunsDirOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Experiment directory (default RUNS_DIR/filters-<time>)."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Train one run per filter choice and seed, then rank the choices by mean val AUC."""
-    overrides: dict[str, Any] = {
-        "data": data,
-        "architecture": arch,
-        "image_size": image_size,
-        "epochs_head": epochs,
-        "batch_size": batch_size,
-        "learning_rate_head": learning_rate,
-        "augment": augment,
-        "seed": seed,
-        "name": name,
-        "runs_dir": runs_dir,
-    }
-    from training.config import TrainConfig  # no TensorFlow
-    from training.experiment import MAX_SEEDS, parse_choices
-
-    base = (
-        TrainConfig.load(config, overrides)
-        if config is not None
-        else TrainConfig(name="filters").with_overrides(overrides)
+    overrides = shared_overrides(
+        data=data,
+        arch=arch,
+        image_size=image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        augment=augment,
+        seed=seed,
+        name=name,
+        runs_dir=runs_dir,
     )
-    if base.data is None:
-        fail("no data: pass --data PATH (or set data: in the config file)")
-    if not Path(base.data).exists():
-        fail(f"data path does not exist: {base.data!r}")
+    from training.experiment import MAX_SEEDS, parse_choices  # no TensorFlow
+
+    base = base_config(config, overrides, name="filters")
     if not 1 <= seeds <= MAX_SEEDS:
         fail(f"--seeds must be from 1 to {MAX_SEEDS}; received {seeds}")
     if base.filters:

@@ -6,7 +6,8 @@ data split the model was trained with (same fractions and seed from its training
 predicts, and returns metrics at the model's saved decision threshold. With ``out`` it writes
 ``metrics.json``, ``confusion_matrix.png`` and (binary) ``roc_curve.png`` there.
 
-The helpers :func:`open_data` and :func:`predict_examples` are shared with ``training.run``.
+Data is opened and decoded as training does it (``training.data.sources.open_data``,
+``training.data.pipeline.load_examples``).
 """
 
 from __future__ import annotations
@@ -20,75 +21,18 @@ from typing import Any
 import numpy as np
 
 from models.errors import ConfigurationError
-from training.data.sources import DataSource, Example, SkippedFile, open_source, split_source
+from training.data.sources import (
+    DataSource,
+    Example,
+    SkippedFile,
+    open_data,
+    split_source,
+    unique_skipped,
+)
 
 log = logging.getLogger(__name__)
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
-
-
-def open_data(path: str | Path, class_names: Sequence[str] = ()) -> DataSource:
-    """Open a training/evaluation data set.
-
-    A folder holding a ``labels.csv`` is opened through that manifest (it carries patient ids
-    and splits, as the demo data does); any other folder by its class sub-folders; ``.csv`` and
-    ``.npz`` files directly. ``class_names`` fixes the label order (index 1 = the positive
-    class of a binary model); empty lets the data decide (see ``training.data.sources``).
-
-    Raises:
-        models.errors.ConfigurationError: missing path, unusable layout, fewer than 2 classes.
-    """
-    p = Path(path)
-    if p.is_dir() and (p / "labels.csv").is_file():
-        p = p / "labels.csv"
-    source = open_source(p, class_names=list(class_names) or None)
-    if source.num_classes < 2:
-        raise ConfigurationError(
-            f"a classifier needs at least 2 classes; {str(path)!r} has {source.class_names!r}"
-        )
-    return source
-
-
-def load_examples(
-    source: DataSource,
-    examples: Sequence[Example],
-    *,
-    size: tuple[int, int],
-    window: str | None,
-    batch_size: int = 32,
-    skipped: list[SkippedFile] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``examples`` with the training pipeline (no augmentation, order kept).
-
-    Returns:
-        (inputs float32 (N, H, W, 1), labels int (N,)) for the examples that decoded;
-        unreadable files are appended to ``skipped``.
-
-    Raises:
-        models.errors.ConfigurationError: none of the images could be read.
-    """
-    from training.data.pipeline import make_dataset
-
-    ds = make_dataset(
-        source,
-        examples,
-        size=size,
-        window=window,
-        batch_size=batch_size,
-        training=False,
-        cache=False,
-        deterministic=True,
-        skipped=skipped,
-    )
-    xs, ys = [], []
-    for x, y in ds.as_numpy_iterator():
-        xs.append(x)
-        ys.append(y)
-    if not xs:
-        raise ConfigurationError(
-            f"none of the {len(examples)} images could be read (see the skipped files)"
-        )
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
 def predict_examples(
@@ -101,11 +45,13 @@ def predict_examples(
     batch_size: int = 32,
     skipped: list[SkippedFile] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``examples`` (see :func:`load_examples`) and predict.
+    """Decode ``examples`` (``training.data.pipeline.load_examples``) and predict.
 
     Returns:
         (labels int (N,), probabilities float (N, C)) for the examples that decoded.
     """
+    from training.data.pipeline import load_examples
+
     inputs, labels = load_examples(
         source, examples, size=size, window=window, batch_size=batch_size, skipped=skipped
     )
@@ -192,7 +138,7 @@ def evaluate(
         "data": str(data),
         "class_names": list(manifest.class_names),
         **metrics,
-        "skipped_files": len(_unique(skipped)),
+        "skipped_files": len(unique_skipped(skipped)),
     }
     if out is not None:
         write_report(out, result, labels, probabilities, manifest.class_names)
@@ -225,10 +171,3 @@ def write_report(
             roc_curve_png(labels, probabilities[:, 1], metrics.get("auc"))
         )
     return files
-
-
-def _unique(skipped: Sequence[SkippedFile]) -> list[SkippedFile]:
-    seen: dict[str, SkippedFile] = {}
-    for item in skipped:
-        seen.setdefault(item.path, item)
-    return list(seen.values())

@@ -15,8 +15,8 @@ import pytest
 from models.errors import ConfigurationError
 from models.registry import ModelRegistry
 from training.config import TrainConfig
-from training.evaluate import open_data
-from training.run import RunResult, data_fingerprint, resume, train
+from training.data.sources import data_fingerprint, open_data
+from training.run import RunResult, resume, train
 
 from .conftest import tiny_config
 
@@ -296,12 +296,12 @@ def test_no_data_path() -> None:
 
 def test_class_weights_balance_the_classes() -> None:
     from training.data.sources import Example
-    from training.run import _class_weights
+    from training.phases import class_weights
 
     examples = [Example(f"k{i}", 0) for i in range(30)] + [Example(f"p{i}", 1) for i in range(10)]
-    weights = _class_weights(TrainConfig(), examples, 2)
+    weights = class_weights(TrainConfig(), examples, 2)
     assert weights == pytest.approx({0: 40 / 60, 1: 40 / 20})
-    assert _class_weights(TrainConfig(class_weights="none"), examples, 2) == {}
+    assert class_weights(TrainConfig(class_weights="none"), examples, 2) == {}
 
 
 @pytest.mark.slow

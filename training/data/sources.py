@@ -40,7 +40,9 @@ at :func:`open_source` time, with a one-line message naming the problem.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import logging
 import os
 import random
@@ -216,6 +218,28 @@ def open_source(
 
 
 NEGATIVE_CLASS_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no_finding"})
+
+
+def open_data(path: str | Path, class_names: Sequence[str] = ()) -> DataSource:
+    """Open a training/evaluation data set.
+
+    A folder holding a ``labels.csv`` is opened through that manifest (it carries patient ids
+    and splits, as the demo data does); any other folder by its class sub-folders; ``.csv`` and
+    ``.npz`` files directly. ``class_names`` fixes the label order (index 1 = the positive
+    class of a binary model); empty lets the data decide (see ``training.data.sources``).
+
+    Raises:
+        models.errors.ConfigurationError: missing path, unusable layout, fewer than 2 classes.
+    """
+    p = Path(path)
+    if p.is_dir() and (p / "labels.csv").is_file():
+        p = p / "labels.csv"
+    source = open_source(p, class_names=list(class_names) or None)
+    if source.num_classes < 2:
+        raise ConfigurationError(
+            f"a classifier needs at least 2 classes; {str(path)!r} has {source.class_names!r}"
+        )
+    return source
 
 
 def order_class_names(names: Iterable[str]) -> list[str]:
@@ -646,3 +670,52 @@ def leakage_report(splits: Mapping[str, Iterable[Example]]) -> dict[str, list[st
 def split_counts(splits: Mapping[str, Sequence[Example]]) -> dict[str, int]:
     """Number of examples per split."""
     return {name: len(items) for name, items in splits.items()}
+
+
+def check_splits(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> None:
+    """Refuse splits a run cannot train on: a class without a training image, or validation
+    with fewer than 2 classes (the best epoch and the threshold are chosen on it).
+
+    Raises:
+        ConfigurationError: naming the counts found.
+    """
+    names = source.class_names
+    train_counts = source.class_counts(splits["train"])
+    missing = [n for n, c in train_counts.items() if c == 0]
+    if missing:
+        raise ConfigurationError(
+            f"class(es) {missing!r} have no training image; train split counts {train_counts}"
+        )
+    val_counts = source.class_counts(splits["val"])
+    present = [n for n, c in val_counts.items() if c > 0]
+    if len(present) < 2:
+        raise ConfigurationError(
+            "the validation split needs images of at least 2 classes to choose the best epoch "
+            f"and the threshold; it has {val_counts} (classes {names!r}). "
+            "Add data or raise val_fraction"
+        )
+
+
+def data_fingerprint(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> str:
+    """sha256 over the sorted (split, key relative to the data root, label) lines."""
+    root = Path(source.root)
+    base = root if root.is_dir() else root.parent
+    lines = []
+    for split, examples in splits.items():
+        for e in examples:
+            key = e.key
+            if not key.startswith("npz:"):
+                with contextlib.suppress(ValueError):  # outside the root: keep it absolute
+                    key = Path(key).resolve().relative_to(base.resolve()).as_posix()
+            lines.append(f"{split}\t{key}\t{e.label}")
+    digest = hashlib.sha256()
+    digest.update("\n".join(sorted(lines)).encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def unique_skipped(skipped: Sequence[SkippedFile]) -> list[SkippedFile]:
+    """``skipped`` with each path once (the first reason), in order."""
+    seen: dict[str, SkippedFile] = {}
+    for item in skipped:
+        seen.setdefault(item.path, item)
+    return list(seen.values())
