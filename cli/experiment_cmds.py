@@ -12,23 +12,8 @@ from typing import Annotated
 
 import typer
 
+from cli import training_options as shared
 from cli.common import fail
-from cli.training_options import (
-    ArchOption,
-    AugmentOption,
-    BatchSizeOption,
-    ConfigOption,
-    DataOption,
-    EpochsOption,
-    ImageSizeOption,
-    JsonOption,
-    LearningRateOption,
-    NameOption,
-    RunsDirOption,
-    SeedOption,
-    base_config,
-    shared_overrides,
-)
 
 experiment_app = typer.Typer(
     help="Experiments that compare training choices over several seeds.",
@@ -37,9 +22,9 @@ experiment_app = typer.Typer(
 
 
 def filters(
-    data: DataOption = None,
-    config: ConfigOption = None,
-    arch: ArchOption = None,
+    data: shared.DataOption = None,
+    config: shared.ConfigOption = None,
+    arch: shared.ArchOption = None,
     choices: Annotated[
         str | None,
         typer.Option(
@@ -50,36 +35,26 @@ def filters(
     seeds: Annotated[
         int, typer.Option("--seeds", help="Runs per choice (seeds SEED, SEED+1, ...).")
     ] = 3,
-    image_size: ImageSizeOption = None,
-    epochs: EpochsOption = None,
-    batch_size: BatchSizeOption = None,
-    learning_rate: LearningRateOption = None,
-    augment: AugmentOption = None,
-    seed: SeedOption = None,
-    name: NameOption = None,
-    runs_dir: RunsDirOption = None,
+    image_size: shared.ImageSizeOption = None,
+    epochs: shared.EpochsOption = None,
+    batch_size: shared.BatchSizeOption = None,
+    learning_rate: shared.LearningRateOption = None,
+    augment: shared.AugmentOption = None,
+    seed: shared.SeedOption = None,
+    name: shared.NameOption = None,
+    runs_dir: shared.RunsDirOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Experiment directory (default RUNS_DIR/filters-<time>)."),
     ] = None,
-    json_out: JsonOption = False,
+    json_out: shared.JsonOption = False,
 ) -> None:
     """Train one run per filter choice and seed, then rank the choices by mean val AUC."""
-    overrides = shared_overrides(
-        data=data,
-        arch=arch,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        augment=augment,
-        seed=seed,
-        name=name,
-        runs_dir=runs_dir,
-    )
+    params = dict(locals())  # the options as given, before any other name is bound
+    overrides = shared.overrides(params)
     from training.experiment import MAX_SEEDS, parse_choices  # no TensorFlow
 
-    base = base_config(config, overrides, name="filters")
+    base = shared.base_config(config, overrides, name="filters")
     if not 1 <= seeds <= MAX_SEEDS:
         fail(f"--seeds must be from 1 to {MAX_SEEDS}; received {seeds}")
     if base.filters:

@@ -14,32 +14,17 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import training_options as shared
 from cli.common import fail
-from cli.training_options import (
-    ArchOption,
-    AugmentOption,
-    BatchSizeOption,
-    ConfigOption,
-    DataOption,
-    EpochsOption,
-    ImageSizeOption,
-    JsonOption,
-    LearningRateOption,
-    NameOption,
-    RunsDirOption,
-    SeedOption,
-    base_config,
-    shared_overrides,
-)
 
 EXIT_INTERRUPTED = 130
 MAX_SKIPPED_SHOWN = 20
 
 
 def train(
-    config: ConfigOption = None,
-    data: DataOption = None,
-    arch: ArchOption = None,
+    config: shared.ConfigOption = None,
+    data: shared.DataOption = None,
+    arch: shared.ArchOption = None,
     filters: Annotated[
         str | None,
         typer.Option("--filters", help="Fixed filter front-end, e.g. sobel_h,blur ('' = none)."),
@@ -48,19 +33,19 @@ def train(
         str | None,
         typer.Option("--weights", help="ResNet50 start weights: imagenet, a .h5 path, or none."),
     ] = None,
-    image_size: ImageSizeOption = None,
+    image_size: shared.ImageSizeOption = None,
     window: Annotated[
         str | None, typer.Option("--window", help="CT window preset (lung, bone, ...) or none.")
     ] = None,
-    epochs: EpochsOption = None,
+    epochs: shared.EpochsOption = None,
     finetune_epochs: Annotated[
         int | None, typer.Option("--finetune-epochs", help="ResNet50 phase-2 epochs.")
     ] = None,
     unfreeze_blocks: Annotated[
         int | None, typer.Option("--unfreeze-blocks", help="ResNet50 blocks unfrozen in phase 2.")
     ] = None,
-    batch_size: BatchSizeOption = None,
-    learning_rate: LearningRateOption = None,
+    batch_size: shared.BatchSizeOption = None,
+    learning_rate: shared.LearningRateOption = None,
     finetune_learning_rate: Annotated[
         float | None, typer.Option("--finetune-learning-rate", help="Phase-2 learning rate.")
     ] = None,
@@ -73,12 +58,12 @@ def train(
     ] = None,
     val_fraction: Annotated[float | None, typer.Option("--val-fraction")] = None,
     test_fraction: Annotated[float | None, typer.Option("--test-fraction")] = None,
-    augment: AugmentOption = None,
+    augment: shared.AugmentOption = None,
     deterministic: Annotated[
         bool | None,
         typer.Option("--deterministic/--no-deterministic", help="Deterministic TF ops."),
     ] = None,
-    seed: SeedOption = None,
+    seed: shared.SeedOption = None,
     lr_schedule: Annotated[
         str | None, typer.Option("--lr-schedule", help="constant or cosine (decay to 0).")
     ] = None,
@@ -106,31 +91,21 @@ def train(
         str | None,
         typer.Option("--mixed-precision", help="off, on (mixed_float16, GPU only) or auto."),
     ] = None,
-    name: NameOption = None,
+    name: shared.NameOption = None,
     store: Annotated[
         str | None, typer.Option("--store", help="Model store (default $RADLENS_MODEL_STORE).")
     ] = None,
-    runs_dir: RunsDirOption = None,
+    runs_dir: shared.RunsDirOption = None,
     resume: Annotated[
         Path | None,
         typer.Option("--resume", help="Continue an interrupted run from its directory."),
     ] = None,
-    json_out: JsonOption = False,
+    json_out: shared.JsonOption = False,
 ) -> None:
     """Train a model (ResNet50 two-phase fine-tuning or the small CNN) and export it."""
+    params = dict(locals())  # the options as given, before any other name is bound
     overrides: dict[str, Any] = {
-        **shared_overrides(
-            data=data,
-            arch=arch,
-            image_size=image_size,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            augment=augment,
-            seed=seed,
-            name=name,
-            runs_dir=runs_dir,
-        ),
+        **shared.overrides(params),
         "filters": filters,
         "weights": weights,
         "window": window,
@@ -158,7 +133,7 @@ def train(
         )
 
     if resume is None:
-        cfg = base_config(config, overrides)
+        cfg = shared.base_config(config, overrides)
 
     # the trainer (TensorFlow) is imported only now that the options are known to be sound
     from training import run as run_module

@@ -10,6 +10,7 @@ TensorFlow).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -36,7 +37,10 @@ EpochsOption = Annotated[
     int | None,
     typer.Option("--epochs", help="Phase-1 epochs (head; all of simple_cnn's training)."),
 ]
-BatchSizeOption = Annotated[int | None, typer.Option("--batch-size")]
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option("--batch-size", help="Images per training step (all replicas together)."),
+]
 LearningRateOption = Annotated[
     float | None, typer.Option("--learning-rate", help="Phase-1 learning rate.")
 ]
@@ -57,32 +61,25 @@ RunsDirOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
-def shared_overrides(
-    *,
-    data: str | None,
-    arch: str | None,
-    image_size: int | None,
-    epochs: int | None,
-    batch_size: int | None,
-    learning_rate: float | None,
-    augment: bool | None,
-    seed: int | None,
-    name: str | None,
-    runs_dir: str | None,
-) -> dict[str, Any]:
-    """The shared options as ``TrainConfig`` overrides (None = not given)."""
-    return {
-        "data": data,
-        "architecture": arch,
-        "image_size": image_size,
-        "epochs_head": epochs,
-        "batch_size": batch_size,
-        "learning_rate_head": learning_rate,
-        "augment": augment,
-        "seed": seed,
-        "name": name,
-        "runs_dir": runs_dir,
-    }
+# shared option parameter -> the TrainConfig field it sets
+SHARED_FIELDS = {
+    "data": "data",
+    "arch": "architecture",
+    "image_size": "image_size",
+    "epochs": "epochs_head",
+    "batch_size": "batch_size",
+    "learning_rate": "learning_rate_head",
+    "augment": "augment",
+    "seed": "seed",
+    "name": "name",
+    "runs_dir": "runs_dir",
+}
+
+
+def overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The shared options among a command's parameters (its ``locals()``) as ``TrainConfig``
+    overrides (None = not given)."""
+    return {field: params[param] for param, field in SHARED_FIELDS.items()}
 
 
 def base_config(config: Path | None, overrides: dict[str, Any], **defaults: Any) -> TrainConfig:

@@ -35,29 +35,6 @@ log = logging.getLogger(__name__)
 SPLIT_CHOICES = ("train", "val", "test", "all")
 
 
-def predict_examples(
-    model: Any,
-    source: DataSource,
-    examples: Sequence[Example],
-    *,
-    size: tuple[int, int],
-    window: str | None,
-    batch_size: int = 32,
-    skipped: list[SkippedFile] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``examples`` (``training.data.pipeline.load_examples``) and predict.
-
-    Returns:
-        (labels int (N,), probabilities float (N, C)) for the examples that decoded.
-    """
-    from training.data.pipeline import load_examples
-
-    inputs, labels = load_examples(
-        source, examples, size=size, window=window, batch_size=batch_size, skipped=skipped
-    )
-    return labels, np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0))
-
-
 def select_split(source: DataSource, split: str, training_config: dict[str, Any]) -> list[Example]:
     """The examples of ``split``, re-split exactly as the model's training run did."""
     if split not in SPLIT_CHOICES:
@@ -106,6 +83,7 @@ def evaluate(
             split, or no readable image.
     """
     from models.registry import ModelRegistry, default_store_path
+    from training.data.pipeline import load_examples
     from training.metrics import classification_metrics
 
     loaded = ModelRegistry(Path(store) if store is not None else default_store_path()).load(
@@ -120,8 +98,7 @@ def evaluate(
         )
     examples = select_split(source, split, manifest.training_config)
     skipped: list[SkippedFile] = list(source.skipped)
-    labels, probabilities = predict_examples(
-        loaded.model,
+    inputs, labels = load_examples(
         source,
         examples,
         size=manifest.input_size,
@@ -129,6 +106,7 @@ def evaluate(
         batch_size=batch_size,
         skipped=skipped,
     )
+    probabilities = np.asarray(loaded.model.predict(inputs, batch_size=batch_size, verbose=0))
     metrics = classification_metrics(
         labels, probabilities, manifest.class_names, manifest.threshold
     )

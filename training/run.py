@@ -148,8 +148,9 @@ def train(
 
             model = build_model_for(config, data.num_classes)
             network = export_model(model)
-        _train_phases(config, data, model, network, run_path, state, dist, callbacks, verbose)
-        return _finish(config, data, model, network, run_path, state, dist, started)
+        run = _Run(config, data, dist, run_path, state, model, network)
+        _train_phases(run, callbacks, verbose)
+        return _finish(run, started)
 
 
 @dataclass
@@ -226,18 +227,25 @@ class _RunData:
         )
 
 
+@dataclass
+class _Run:
+    """A run in progress: what its steps share."""
+
+    config: TrainConfig
+    data: _RunData
+    dist: Distribution
+    path: Path
+    state: dict[str, Any]  # state.json, updated as epochs and phases end
+    model: keras.Model  # built in the strategy's scope, compiled per phase
+    network: keras.Model  # the same layers without the optimizer: checkpoints, export
+
+
 def _train_phases(
-    config: TrainConfig,
-    data: _RunData,
-    model: keras.Model,
-    network: keras.Model,
-    run_path: Path,
-    state: dict[str, Any],
-    dist: Distribution,
-    extra_callbacks: Sequence[keras.callbacks.Callback],
-    verbose: int | str,
+    run: _Run, extra_callbacks: Sequence[keras.callbacks.Callback], verbose: int | str
 ) -> None:
     """Train every phase not finished before (``state["phase_done"]``), saving progress."""
+    config, data, dist, run_path, state = run.config, run.data, run.dist, run.path, run.state
+    model, network = run.model, run.network
     from training import callbacks as cb
     from training.loop import fit_phase
     from training.phases import (
@@ -341,17 +349,10 @@ def _train_phases(
         rundir.write_state(run_path, state)
 
 
-def _finish(
-    config: TrainConfig,
-    data: _RunData,
-    model: keras.Model,
-    network: keras.Model,
-    run_path: Path,
-    state: dict[str, Any],
-    dist: Distribution,
-    started: float,
-) -> RunResult:
+def _finish(run: _Run, started: float) -> RunResult:
     """Restore the best epoch, choose the threshold, measure val/test, export, write result."""
+    config, data, dist, run_path, state = run.config, run.data, run.dist, run.path, run.state
+    model, network = run.model, run.network
     from models.registry import ModelRegistry, default_store_path
     from training.data.sources import data_fingerprint, unique_skipped
     from training.loop import predict
