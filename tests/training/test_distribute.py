@@ -243,6 +243,31 @@ class TestMakeStrategy:
         assert "TF_CONFIG is set but strategy='default'" in caplog.text
 
 
+class TestSetUp:
+    """What the trainer calls first: the strategy, resolved once, and the dtype policy."""
+
+    @pytest.mark.parametrize("name", ["auto", "default"])
+    def test_on_this_cpu_it_is_the_default_strategy_trained_by_fit(self, name: str) -> None:
+        import keras
+        import tensorflow as tf
+
+        dist = distribute.set_up(name, "auto")
+        assert dist.strategy is tf.distribute.get_strategy()
+        assert (dist.name, dist.distributed, dist.chief, dist.task) == (
+            "default",
+            False,
+            True,
+            "chief",
+        )
+        assert keras.mixed_precision.global_policy().name == "float32"
+
+    def test_unknown_names_are_refused(self) -> None:
+        with pytest.raises(ConfigurationError, match=r"Received: strategy='ring'"):
+            distribute.set_up("ring")
+        with pytest.raises(ConfigurationError, match=r"Received: mixed_precision='half'"):
+            distribute.set_up("default", "half")
+
+
 @dataclass
 class FakeClusterSpec:
     cluster: dict[str, list[str]]
