@@ -196,8 +196,10 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Evaluate a stored model on a data set at its saved threshold."""
-    if split not in ("train", "val", "test", "all"):
-        fail(f"--split must be train, val, test or all; received {split!r}")
+    from training.evaluate import SPLIT_CHOICES  # no TensorFlow
+
+    if split not in SPLIT_CHOICES:
+        fail(f"--split must be one of {', '.join(SPLIT_CHOICES)}; received {split!r}")
     if not Path(data).exists():
         fail(f"data path does not exist: {data!r}")
 

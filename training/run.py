@@ -133,7 +133,6 @@ def train(
     with rundir.run_log(run_path):
         if on_start is not None:
             on_start(run_path)
-        data.load_validation()
         log.info("%s run %s", "resuming" if run_dir is not None else "starting", run_path)
         if dist.distributed:
             log.info(
@@ -142,6 +141,7 @@ def train(
                 dist.strategy.num_replicas_in_sync,
                 "chief (exports)" if dist.chief else f"{dist.task} (trains, does not export)",
             )
+        data.load_validation()
         state = rundir.read_state(run_path)
         with dist.strategy.scope():  # variables are mirrored under a distribution strategy
             from training.phases import build_model_for, export_model
