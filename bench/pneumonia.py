@@ -48,7 +48,7 @@ DEFAULT_NPZ = (
 RECIPES: dict[str, dict[str, Any]] = {
     "resnet50": {
         "architecture": "resnet50",
-        "weights": None,  # from scratch: one phase, BatchNorm trained (training.run)
+        "weights": None,  # from scratch: one phase, BatchNorm trained (training.phases.train_whole)
         "image_size": 64,
         "batch_size": 64,
         "epochs_head": 12,

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from cli import training_options as shared
 from cli.common import fail
 
 experiment_app = typer.Typer(
@@ -21,15 +22,9 @@ experiment_app = typer.Typer(
 
 
 def filters(
-    data: Annotated[
-        str | None,
-        typer.Option("--data", help="Folder of class sub-folders (or with labels.csv), .csv, .npz"),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="YAML or JSON training config every run starts from."),
-    ] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="resnet50 or simple_cnn.")] = None,
+    data: shared.DataOption = None,
+    config: shared.ConfigOption = None,
+    arch: shared.ArchOption = None,
     choices: Annotated[
         str | None,
         typer.Option(
@@ -40,49 +35,26 @@ def filters(
     seeds: Annotated[
         int, typer.Option("--seeds", help="Runs per choice (seeds SEED, SEED+1, ...).")
     ] = 3,
-    image_size: Annotated[int | None, typer.Option("--image-size")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs per run.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate")] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="First seed (and the split's).")
-    ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Prefix of the run names.")] = None,
-    runs_dir: Annotated[
-        str | None, typer.Option("--runs-dir", help="Where the experiment directory goes.")
-    ] = None,
+    image_size: shared.ImageSizeOption = None,
+    epochs: shared.EpochsOption = None,
+    batch_size: shared.BatchSizeOption = None,
+    learning_rate: shared.LearningRateOption = None,
+    augment: shared.AugmentOption = None,
+    seed: shared.SeedOption = None,
+    name: shared.NameOption = None,
+    runs_dir: shared.RunsDirOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Experiment directory (default RUNS_DIR/filters-<time>)."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    json_out: shared.JsonOption = False,
 ) -> None:
     """Train one run per filter choice and seed, then rank the choices by mean val AUC."""
-    overrides: dict[str, Any] = {
-        "data": data,
-        "architecture": arch,
-        "image_size": image_size,
-        "epochs_head": epochs,
-        "batch_size": batch_size,
-        "learning_rate_head": learning_rate,
-        "augment": augment,
-        "seed": seed,
-        "name": name,
-        "runs_dir": runs_dir,
-    }
-    from training.config import TrainConfig  # no TensorFlow
-    from training.experiment import MAX_SEEDS, parse_choices
+    params = dict(locals())  # the options as given, before any other name is bound
+    overrides = shared.overrides(params)
+    from training.experiment import MAX_SEEDS, parse_choices  # no TensorFlow
 
-    base = (
-        TrainConfig.load(config, overrides)
-        if config is not None
-        else TrainConfig(name="filters").with_overrides(overrides)
-    )
-    if base.data is None:
-        fail("no data: pass --data PATH (or set data: in the config file)")
-    if not Path(base.data).exists():
-        fail(f"data path does not exist: {base.data!r}")
+    base = shared.base_config(config, overrides, name="filters")
     if not 1 <= seeds <= MAX_SEEDS:
         fail(f"--seeds must be from 1 to {MAX_SEEDS}; received {seeds}")
     if base.filters:

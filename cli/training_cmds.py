@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import training_options as shared
 from cli.common import fail
 
 EXIT_INTERRUPTED = 130
@@ -21,14 +22,9 @@ MAX_SKIPPED_SHOWN = 20
 
 
 def train(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="YAML or JSON config file (flags win).")
-    ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option("--data", help="Folder of class sub-folders (or with labels.csv), .csv, .npz"),
-    ] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="resnet50 or simple_cnn.")] = None,
+    config: shared.ConfigOption = None,
+    data: shared.DataOption = None,
+    arch: shared.ArchOption = None,
     filters: Annotated[
         str | None,
         typer.Option("--filters", help="Fixed filter front-end, e.g. sobel_h,blur ('' = none)."),
@@ -37,26 +33,19 @@ def train(
         str | None,
         typer.Option("--weights", help="ResNet50 start weights: imagenet, a .h5 path, or none."),
     ] = None,
-    image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Model input side in pixels.")
-    ] = None,
+    image_size: shared.ImageSizeOption = None,
     window: Annotated[
         str | None, typer.Option("--window", help="CT window preset (lung, bone, ...) or none.")
     ] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option("--epochs", help="Phase-1 epochs (head; all of simple_cnn's training)."),
-    ] = None,
+    epochs: shared.EpochsOption = None,
     finetune_epochs: Annotated[
         int | None, typer.Option("--finetune-epochs", help="ResNet50 phase-2 epochs.")
     ] = None,
     unfreeze_blocks: Annotated[
         int | None, typer.Option("--unfreeze-blocks", help="ResNet50 blocks unfrozen in phase 2.")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    learning_rate: Annotated[
-        float | None, typer.Option("--learning-rate", help="Phase-1 learning rate.")
-    ] = None,
+    batch_size: shared.BatchSizeOption = None,
+    learning_rate: shared.LearningRateOption = None,
     finetune_learning_rate: Annotated[
         float | None, typer.Option("--finetune-learning-rate", help="Phase-2 learning rate.")
     ] = None,
@@ -69,14 +58,12 @@ def train(
     ] = None,
     val_fraction: Annotated[float | None, typer.Option("--val-fraction")] = None,
     test_fraction: Annotated[float | None, typer.Option("--test-fraction")] = None,
-    augment: Annotated[
-        bool | None, typer.Option("--augment/--no-augment", help="Training augmentation.")
-    ] = None,
+    augment: shared.AugmentOption = None,
     deterministic: Annotated[
         bool | None,
         typer.Option("--deterministic/--no-deterministic", help="Deterministic TF ops."),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: shared.SeedOption = None,
     lr_schedule: Annotated[
         str | None, typer.Option("--lr-schedule", help="constant or cosine (decay to 0).")
     ] = None,
@@ -104,51 +91,39 @@ def train(
         str | None,
         typer.Option("--mixed-precision", help="off, on (mixed_float16, GPU only) or auto."),
     ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", help="Model name in the store (and run prefix).")
-    ] = None,
+    name: shared.NameOption = None,
     store: Annotated[
         str | None, typer.Option("--store", help="Model store (default $RADLENS_MODEL_STORE).")
     ] = None,
-    runs_dir: Annotated[
-        str | None, typer.Option("--runs-dir", help="Where run directories go (default runs/).")
-    ] = None,
+    runs_dir: shared.RunsDirOption = None,
     resume: Annotated[
         Path | None,
         typer.Option("--resume", help="Continue an interrupted run from its directory."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    json_out: shared.JsonOption = False,
 ) -> None:
     """Train a model (ResNet50 two-phase fine-tuning or the small CNN) and export it."""
+    params = dict(locals())  # the options as given, before any other name is bound
     overrides: dict[str, Any] = {
-        "data": data,
-        "architecture": arch,
+        **shared.overrides(params),
         "filters": filters,
         "weights": weights,
-        "image_size": image_size,
         "window": window,
-        "epochs_head": epochs,
         "epochs_finetune": finetune_epochs,
         "unfreeze_blocks": unfreeze_blocks,
-        "batch_size": batch_size,
-        "learning_rate_head": learning_rate,
         "learning_rate_finetune": finetune_learning_rate,
         "class_weights": class_weights,
         "early_stopping_patience": patience,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
-        "augment": augment,
         "deterministic": deterministic,
-        "seed": seed,
         "lr_schedule": lr_schedule,
         "weight_decay": weight_decay,
         "label_smoothing": label_smoothing,
         "threshold_rule": threshold_rule,
         "strategy": strategy,
         "mixed_precision": mixed_precision,
-        "name": name,
         "store": store,
-        "runs_dir": runs_dir,
     }
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and (given or config is not None):
@@ -157,18 +132,8 @@ def train(
             f"--config or other options (received: {', '.join(given) or '--config'})"
         )
 
-    from training.config import TrainConfig
-
     if resume is None:
-        cfg = (
-            TrainConfig.load(config, overrides)
-            if config is not None
-            else TrainConfig().with_overrides(overrides)
-        )
-        if cfg.data is None:
-            fail("no training data: pass --data PATH (or set data: in the config file)")
-        if not Path(cfg.data).exists():
-            fail(f"data path does not exist: {cfg.data!r}")
+        cfg = shared.base_config(config, overrides)
 
     # the trainer (TensorFlow) is imported only now that the options are known to be sound
     from training import run as run_module
@@ -231,8 +196,10 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Evaluate a stored model on a data set at its saved threshold."""
-    if split not in ("train", "val", "test", "all"):
-        fail(f"--split must be train, val, test or all; received {split!r}")
+    from training.evaluate import SPLIT_CHOICES  # no TensorFlow
+
+    if split not in SPLIT_CHOICES:
+        fail(f"--split must be one of {', '.join(SPLIT_CHOICES)}; received {split!r}")
     if not Path(data).exists():
         fail(f"data path does not exist: {data!r}")
 

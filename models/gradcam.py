@@ -28,10 +28,9 @@ This module imports TensorFlow and Keras; the rendering of a map over the image 
 
 from __future__ import annotations
 
-import importlib
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,19 +129,14 @@ def _default_layer_path(model: keras.Model) -> tuple[str, ...]:
     whose output is 4-D ``(N, h, w, k)`` and that is not a pooling layer: ResNet50's
     ``conv5_block3_out``, a plain CNN's last ``Conv2D``.
     """
-    finder: Callable[[Any], str] | None
+    from models.architectures import last_conv_layer_name
+
     try:
-        architectures = importlib.import_module("models.architectures")
-        finder = architectures.last_conv_layer_name
-    except (ImportError, AttributeError):  # pragma: no cover - architectures not there yet
-        finder = None
-    if finder is not None:
-        try:
-            name: str | None = finder(model)
-        except ValueError:  # not a radlens architecture: use the structural rule below
-            name = None
-        if name:
-            return find_layer_path(model, name)
+        name: str | None = last_conv_layer_name(model)
+    except ValueError:  # not a radlens architecture: use the structural rule below
+        name = None
+    if name:
+        return find_layer_path(model, name)
     for path, layer in reversed(_walk(model)):
         if _is_container(layer) or type(layer).__name__ in _POOLING_TYPES:
             continue

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.decision import decide
 from models.errors import (
     ConfigurationError,
     InvalidImageError,
@@ -471,29 +472,6 @@ def predict_scores(model: keras.Model, batch: np.ndarray) -> np.ndarray:
 
     out = model(batch.astype(np.float32, copy=False), training=False)
     return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)
-
-
-def decide(scores: np.ndarray, manifest: ModelManifest) -> str:
-    """The label for one score vector.
-
-    Binary models (2 classes): ``class_names[1]`` when its score is >= the manifest's
-    threshold (0.5 when the manifest has none), else ``class_names[0]``. More classes: the
-    class with the highest score.
-
-    Raises:
-        ValueError: ``scores`` is not a 1-D vector with one score per class.
-    """
-    vector = np.asarray(scores, dtype=np.float64)
-    classes = manifest.class_names
-    if vector.shape != (len(classes),):
-        raise ValueError(
-            f"expected {len(classes)} scores (one per class {classes!r}). "
-            f"Received shape {vector.shape}"
-        )
-    if len(classes) == 2:
-        threshold = 0.5 if manifest.threshold is None else manifest.threshold
-        return classes[1] if vector[1] >= threshold else classes[0]
-    return classes[int(np.argmax(vector))]
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -1,6 +1,15 @@
-"""TensorBoard for a training run: Keras' own callback plus the extras the course teaches.
+"""The callbacks of a training run: its bookkeeping, and TensorBoard with the course's extras.
 
-``tensorboard_callbacks(log_dir, ...)`` returns the callbacks that together own ``log_dir``:
+The run's own (``training.run`` adds them to every phase):
+
+- :class:`BestCheckpoint`: the weights of the best epoch by validation AUC, kept across resumes;
+- :class:`EpochLog`: one line per epoch in train.log;
+- :class:`ValidationMetrics`: ``val_*`` figures for the custom loop (``model.fit`` computes
+  its own);
+- :func:`close_files`: closes what an interrupted phase left open.
+
+TensorBoard: ``tensorboard_callbacks(log_dir, ...)`` returns the callbacks that together own
+``log_dir``:
 
 - ``keras.callbacks.TensorBoard``: scalars for train and validation (loss, every compiled
   metric, the learning rate), the conceptual Keras model graph (``write_graph``), weight
@@ -19,6 +28,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +39,9 @@ import numpy as np
 import tensorflow as tf
 
 from training.metrics import DEFAULT_THRESHOLD, classification_metrics, roc_curve_points
+from training.rundir import BEST_WEIGHTS, CHECKPOINTS, write_state
+
+log = logging.getLogger(__name__)
 
 HPARAM_METRICS = ("epoch_auc", "epoch_accuracy", "epoch_loss")
 
@@ -51,7 +65,7 @@ def tensorboard_callbacks(
         hparams: hyperparameters for the hparams dashboard (str/bool/int/float values).
         histogram_freq: epochs between weight histograms (0 = none).
         samples: how many validation inputs to log as images (0 = none).
-        custom_loop: the run trains with ``training.distribute.distributed_train`` (epoch-level
+        custom_loop: the run trains with ``training.loop.distributed_train`` (epoch-level
             callbacks, no ``fit``): :class:`EpochScalarsCallback` writes the scalars instead of
             Keras' TensorBoard callback (whose graph and histograms need ``fit``).
     """
@@ -242,6 +256,88 @@ class HParamsCallback(keras.callbacks.Callback):
         writer.flush()
         writer.close()
         self._written = True
+
+
+# --- the run's own ------------------------------------------------------------------------
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the weights of the best epoch by val AUC; the best survives resumes (state.json)."""
+
+    def __init__(self, run_path: Path, state: dict[str, Any], network: keras.Model) -> None:
+        super().__init__()
+        self.run_path = run_path
+        self.state = state
+        self.network = network  # the trained layers without the optimizer
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        auc = (logs or {}).get("val_auc")
+        self.state["last_epoch"] = epoch + 1
+        best = self.state.get("best_val_auc")
+        if auc is not None and math.isfinite(float(auc)) and (best is None or auc > best):
+            self.network.save_weights(self.run_path / CHECKPOINTS / BEST_WEIGHTS)
+            self.state["best_val_auc"] = float(auc)
+            self.state["best_epoch"] = epoch + 1
+        write_state(self.run_path, self.state)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch in train.log."""
+
+    def __init__(self, phase: int) -> None:
+        super().__init__()
+        self.phase = phase
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        figures = " ".join(f"{k}={float(v):.4f}" for k, v in sorted((logs or {}).items()))
+        log.info("epoch %d (phase %d): %s", epoch + 1, self.phase, figures)
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Adds ``val_loss``, ``val_auc``, ``val_accuracy``, ... to the epoch logs (custom loop).
+
+    Predicts on this process only (``training.loop.predict_local``): every worker holds the
+    same weights, so every worker computes the same figures and takes the same decisions (best
+    epoch, early stop) without a collective.
+    """
+
+    def __init__(
+        self, inputs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], batch_size: int
+    ) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.labels = np.asarray(labels).astype(np.int64)
+        self.class_names = list(class_names)
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        from training.loop import predict_local
+
+        if logs is None:
+            return
+        probs = np.asarray(predict_local(self.model, self.inputs, batch_size=self.batch_size))
+        picked = probs[np.arange(len(self.labels)), self.labels]
+        logs["val_loss"] = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+        metrics = classification_metrics(
+            self.labels, probs, self.class_names, DEFAULT_THRESHOLD if probs.shape[1] == 2 else None
+        )
+        for key in ("accuracy", "auc", "precision", "sensitivity", "specificity"):
+            value = metrics.get(key)
+            if isinstance(value, int | float):
+                logs[f"val_{key}"] = float(value)
+
+
+def close_files(*callbacks: keras.callbacks.Callback) -> None:
+    """Close the files of ``callbacks``: an interrupted fit skips on_train_end, which would."""
+    for callback in callbacks:
+        csv_file = getattr(callback, "csv_file", None)
+        if csv_file is not None and not csv_file.closed:
+            csv_file.close()
+        if isinstance(callback, keras.callbacks.TensorBoard):
+            for writer in callback._writers.values():
+                writer.close()
+        elif isinstance(callback, EvaluationFiguresCallback | EpochScalarsCallback):
+            callback.on_train_end()
 
 
 # --- figures ------------------------------------------------------------------------------

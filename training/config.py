@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ConfigurationError
+from training.distribute import MIXED_PRECISION_MODES, STRATEGY_NAMES  # no TensorFlow at import
+from training.metrics import THRESHOLD_RULES
 
 ARCHITECTURE_NAMES = ("resnet50", "simple_cnn")
 CLASS_WEIGHT_MODES = ("auto", "none")
-THRESHOLD_RULES = ("youden", "balanced")
 LR_SCHEDULES = ("constant", "cosine")
-MIXED_PRECISION_MODES = ("off", "on", "auto")
 
 
 @dataclass(frozen=True)
@@ -357,8 +357,6 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("tensorboard_samples", "from 0 to 64")
     if cfg.window is not None:
         _validate_window(cfg.window)
-    from training.distribute import STRATEGY_NAMES  # no TensorFlow at import
-
     if cfg.strategy not in STRATEGY_NAMES:
         raise bad("strategy", f"one of {', '.join(STRATEGY_NAMES)}")
     if cfg.mixed_precision not in MIXED_PRECISION_MODES:

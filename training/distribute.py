@@ -1,39 +1,35 @@
-"""Distributed training on TensorFlow's own engine: tf.distribute strategies and one training loop.
+"""Setting up tf.distribute for a run: the strategy, the cluster, the precision.
 
-Three pieces, used together by the trainer when a strategy is asked for:
+:func:`set_up` is what the trainer calls, first thing: it resolves ``config.strategy`` once,
+builds the strategy and sets the dtype policy, and returns a :class:`Distribution` (the
+strategy, its concrete name, whether this process is the chief). The pieces:
 
 1. :func:`make_strategy` picks and builds a ``tf.distribute.Strategy``: ``"auto"`` (a
    ``MirroredStrategy`` when more than one GPU is visible, else the default strategy),
-   ``"mirrored"`` (one host, several GPUs or the devices given), ``"multiworker"``
-   (``MultiWorkerMirroredStrategy`` across hosts, configured by ``TF_CONFIG``, validated first
-   by :func:`parse_tf_config`) or ``"default"`` (no distribution).
+   ``"mirrored"`` (one host, several GPUs, the devices given, or the logical CPUs when the
+   CPU was split with :func:`split_cpu`), ``"multiworker"`` (``MultiWorkerMirroredStrategy``
+   across hosts, configured by ``TF_CONFIG``, validated first by :func:`parse_tf_config`) or
+   ``"default"`` (no distribution).
 2. :func:`configure_mixed_precision` sets the Keras ``mixed_float16`` policy on a GPU and
    refuses it (``"on"``) or falls back to float32 with a warning (``"auto"``) on a CPU.
-3. :func:`distributed_train` is a custom training loop (``strategy.run`` over
-   ``strategy.experimental_distribute_dataset``), because Keras 3's ``model.fit`` fails under
-   ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585). It runs unchanged under the
-   default, Mirrored and MultiWorkerMirrored strategies, so the trainer has one code path.
+
+The loop that trains under a strategy is in ``training.loop`` (which also says why
+``model.fit`` is kept beside it).
 
 Order matters. Build the strategy at program start, before any other TensorFlow op: the
 multi-worker strategy configures the collective runtime of the process and TensorFlow cannot
 change that once the eager context is initialised, and logical devices (several "CPUs" for
 tests) can only be configured before that too. Then set the mixed-precision policy, then build
-the model and optimizer inside ``strategy.scope()`` (``distributed_train`` does that by calling
-``model_fn`` and ``optimizer_fn`` inside the scope).
-
-Loss scaling: each replica's loss is divided by the GLOBAL batch size
-(``tf.nn.compute_average_loss(..., global_batch_size=...)``) and the gradients are summed over
-replicas by the optimizer, so a step is the same update as one large batch on one device.
+the model and optimizer inside ``strategy.scope()``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.errors import ConfigurationError
@@ -47,7 +43,6 @@ FLOAT_POLICY = "float32"
 # Roles MultiWorkerMirroredStrategy trains with. "ps" belongs to ParameterServerStrategy and
 # "evaluator" to a side-car evaluation job, neither of which radlens runs.
 TF_CONFIG_ROLES = ("chief", "worker")
-SHARD_POLICIES = ("data", "file", "auto", "off")
 
 StrategyName = Literal["auto", "mirrored", "multiworker", "default"]
 
@@ -229,7 +224,8 @@ def make_strategy(
     Args:
         name: ``"auto"`` (``MirroredStrategy`` over the GPUs when more than one is visible,
             else the default strategy), ``"mirrored"`` (``MirroredStrategy`` over every
-            visible GPU, or over ``devices``), ``"multiworker"``
+            visible GPU, or over ``devices``; without a GPU and without ``devices``, over the
+            logical CPUs when :func:`split_cpu` made several), ``"multiworker"``
             (``MultiWorkerMirroredStrategy``; the cluster comes from ``TF_CONFIG``, validated
             by :func:`parse_tf_config`) or ``"default"`` (``tf.distribute.get_strategy()``, no
             distribution).
@@ -249,6 +245,17 @@ def make_strategy(
             ``"multiworker"``; or TensorFlow refused to build the strategy (e.g. it was
             created after other TensorFlow ops ran, or this task's port is taken).
     """
+    return _build_strategy(name, devices=devices, tf_config=tf_config, environ=environ)[1]
+
+
+def _build_strategy(
+    name: str,
+    *,
+    devices: Sequence[str] | None,
+    tf_config: Any,
+    environ: Mapping[str, str] | None,
+) -> tuple[str, Any]:
+    """(the concrete strategy name, the strategy): :func:`make_strategy`'s work."""
     if name not in STRATEGY_NAMES:
         raise ConfigurationError(
             f"strategy should be one of {', '.join(STRATEGY_NAMES)}. Received: strategy={name!r}"
@@ -279,12 +286,14 @@ def make_strategy(
             name,
         )
     config = _default_tf_config() if tf_config is None else tf_config
-    concrete = name
-    if name == "auto":
-        concrete = resolve_strategy_name(name, gpu_count=len(config.list_physical_devices("GPU")))
+    gpus = len(config.list_physical_devices("GPU")) if name in ("auto", "mirrored") else 0
+    concrete = resolve_strategy_name(name, gpu_count=gpus)  # the one place "auto" is resolved
 
     import tensorflow as tf
 
+    if concrete == "mirrored" and devices is None and gpus == 0:
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        devices = cpus if len(cpus) > 1 else None  # the CPU was split (split_cpu)
     try:
         if concrete == "default":
             strategy = tf.distribute.get_strategy()
@@ -324,7 +333,7 @@ def make_strategy(
             type(strategy).__name__,
             strategy.num_replicas_in_sync,
         )
-    return strategy
+    return concrete, strategy
 
 
 def is_chief(strategy: Any) -> bool:
@@ -345,6 +354,41 @@ def is_chief(strategy: Any) -> bool:
     if "chief" in cluster:
         return bool(task_type == "chief")
     return bool(task_type == "worker" and (task_id or 0) == 0)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """How this process trains: the strategy, its concrete name, and its part in the cluster."""
+
+    strategy: Any  # a tf.distribute.Strategy (the default one when not distributed)
+    name: str  # "default" | "mirrored" | "multiworker" ("auto" resolved)
+    chief: bool  # this process writes the shared outputs (TensorBoard, the exported model)
+    task: str = "chief"  # "chief", or e.g. "worker1" for a multi-worker task
+
+    @property
+    def distributed(self) -> bool:
+        """Trained by ``training.loop``'s custom loop rather than ``model.fit``."""
+        return self.name != "default"
+
+
+def set_up(strategy: str = "auto", mixed_precision: str = "off") -> Distribution:
+    """Build the strategy and set the dtype policy for a run; call it before any other TF op.
+
+    Args:
+        strategy: a :data:`STRATEGY_NAMES` name (see :func:`make_strategy`).
+        mixed_precision: a :data:`MIXED_PRECISION_MODES` mode (see
+            :func:`configure_mixed_precision`).
+
+    Raises:
+        ConfigurationError: as :func:`make_strategy` and :func:`mixed_precision_policy`.
+    """
+    name, built = _build_strategy(strategy, devices=None, tf_config=None, environ=None)
+    configure_mixed_precision(mixed_precision)
+    task = "chief"
+    resolver = getattr(built, "cluster_resolver", None)
+    if name == "multiworker" and resolver is not None:
+        task = f"{resolver.task_type}{resolver.task_id}"
+    return Distribution(strategy=built, name=name, chief=is_chief(built), task=task)
 
 
 def split_cpu(count: int, *, tf_config: Any = None) -> list[str]:
@@ -448,315 +492,3 @@ def wrap_optimizer(optimizer: Any) -> Any:
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return optimizer
     return keras.optimizers.LossScaleOptimizer(optimizer)
-
-
-# --- the training loop -------------------------------------------------------------------
-
-
-@dataclass
-class DistributedTrainResult:
-    """What :func:`distributed_train` returns."""
-
-    model: Any  # keras.Model; its variables live in the strategy
-    optimizer: Any
-    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
-    num_replicas: int = 1
-    is_chief: bool = True
-    stopped_early: bool = False
-
-
-def _shard_policy(name: str) -> Any:
-    import tensorflow as tf
-
-    policies = tf.data.experimental.AutoShardPolicy
-    return {
-        "data": policies.DATA,
-        "file": policies.FILE,
-        "auto": policies.AUTO,
-        "off": policies.OFF,
-    }[name]
-
-
-def _per_example_loss(loss: Any) -> Callable[[Any, Any], Any]:
-    """A callable returning one loss value per example (no reduction)."""
-    import keras
-
-    if isinstance(loss, str):
-        try:
-            loss = keras.losses.get(loss)
-        except ValueError as exc:
-            raise ConfigurationError(f"unknown loss. Received: loss={loss!r}") from exc
-    if isinstance(loss, keras.losses.Loss):
-        config = {**loss.get_config(), "reduction": None}
-        return type(loss).from_config(config)
-    if callable(loss):
-        return loss
-    raise ConfigurationError(
-        "loss should be a Keras loss name, a keras.losses.Loss or a callable "
-        f"(y_true, y_pred) -> per-example losses. Received: loss={loss!r}"
-    )
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} should be a positive integer. Received: {name}={value!r}")
-
-
-def distributed_train(
-    model_fn: Callable[[], Any],
-    dataset_fn: Callable[[], Any],
-    *,
-    strategy: Any,
-    epochs: int,
-    steps_per_epoch: int,
-    global_batch_size: int,
-    optimizer_fn: Callable[[], Any],
-    loss: Any = "sparse_categorical_crossentropy",
-    class_weight: Mapping[int, float] | None = None,
-    shard_policy: str = "data",
-    initial_epoch: int = 0,
-    callbacks: Sequence[Any] = (),
-    on_epoch_end: Callable[[int, dict[str, float]], bool | None] | None = None,
-) -> DistributedTrainResult:
-    """Train a Keras model with a custom ``strategy.run`` loop; one code path for every strategy.
-
-    Works under the default strategy, ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``
-    (where Keras 3's ``model.fit`` fails, keras-team/keras#20585). Under the multi-worker
-    strategy every worker runs this same call with the same arguments; the collective
-    all-reduce in the optimizer keeps their variables identical.
-
-    Args:
-        model_fn: builds the model (called inside ``strategy.scope()``), or returns one built
-            earlier inside the same scope (phase 2 of fine-tuning: the model of phase 1 with
-            more layers trainable, and a fresh optimizer). With a mixed policy keep the last
-            layer in float32 (``dtype="float32"``); outputs are cast to float32 anyway.
-        dataset_fn: returns a ``tf.data.Dataset`` of ``(images, labels)`` (a third element,
-            sample weights, is ignored) batched with the GLOBAL batch size, ideally with
-            ``drop_remainder=True``. It is repeated here, so an epoch is exactly
-            ``steps_per_epoch`` steps and short data never leaves one worker waiting for
-            another. Every worker must build the same dataset (same seed): it is sharded
-            across workers by ``shard_policy`` and split across replicas by
-            ``strategy.experimental_distribute_dataset``.
-        strategy: from :func:`make_strategy`.
-        epochs, steps_per_epoch: how long to train. As in ``model.fit``, ``epochs`` is the
-            index of the last epoch and ``initial_epoch`` the first (for a second phase that
-            continues the epoch count of the first).
-        global_batch_size: the batch size of ``dataset_fn``'s batches (all replicas together);
-            each replica's loss is divided by it (``tf.nn.compute_average_loss``).
-        optimizer_fn: builds the optimizer (inside the scope); wrapped in a
-            ``LossScaleOptimizer`` when the global policy is mixed_float16.
-        loss: a Keras loss name, a ``keras.losses.Loss`` (its reduction is turned off) or a
-            callable ``(y_true, y_pred) -> per-example losses``. Labels are class indices and
-            predictions softmax probabilities (a single sigmoid column also works for accuracy).
-        class_weight: ``{class index: weight}``; each example's loss is multiplied by its
-            class's weight (as ``model.fit(class_weight=...)`` does).
-        shard_policy: how each worker takes its part of the data: ``"data"`` (every worker
-            reads the whole dataset and keeps its share of the elements: right for in-memory
-            arrays and lists of files), ``"file"``, ``"auto"`` or ``"off"``.
-        callbacks: Keras callbacks, run at EPOCH level only (``on_train_begin/end``,
-            ``on_epoch_begin/end``; no batch hooks): e.g. a callback that adds validation
-            metrics to ``logs`` (see :func:`predict_local`), ``EarlyStopping`` (which sets
-            ``model.stop_training``), ``CSVLogger``. They see the model and the same logs
-            dict; entries they add are kept in the history. Under the multi-worker strategy
-            give file-writing callbacks to the chief only (:func:`is_chief`), and make sure a
-            stopping decision is the same on every worker (it is when it depends on reduced
-            metrics or on validation computed from the identical weights), or the others hang.
-        on_epoch_end: a plain function alternative, called as ``on_epoch_end(epoch, metrics)``
-            after the callbacks (``epoch`` counts from 0); it may add entries to ``metrics``;
-            returning True stops training (same rule as above).
-
-    Returns:
-        The model, the optimizer and one ``{"loss": ..., "accuracy": ...}`` per epoch, where
-        loss is the mean of the global per-step losses and accuracy the fraction of all
-        examples of the epoch (every worker, every replica) classified correctly.
-
-    Raises:
-        ConfigurationError: a non-positive epochs/steps/batch size, an unknown loss or shard
-            policy, a class weight that is not a finite non-negative number, or a dataset that
-            yields nothing.
-    """
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("steps_per_epoch", steps_per_epoch)
-    _check_positive_int("global_batch_size", global_batch_size)
-    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int):
-        raise ConfigurationError(
-            f"initial_epoch should be an integer. Received: initial_epoch={initial_epoch!r}"
-        )
-    if not 0 <= initial_epoch < epochs:
-        raise ConfigurationError(
-            "initial_epoch should be >= 0 and below epochs (the index of the last epoch). "
-            f"Received: initial_epoch={initial_epoch}, epochs={epochs}"
-        )
-    if shard_policy not in SHARD_POLICIES:
-        raise ConfigurationError(
-            f"shard_policy should be one of {', '.join(SHARD_POLICIES)}. "
-            f"Received: shard_policy={shard_policy!r}"
-        )
-    if class_weight is not None:
-        _class_weight_table(class_weight, num_classes=1)  # validate before building anything
-    per_example_loss = _per_example_loss(loss)
-
-    import tensorflow as tf
-
-    with strategy.scope():
-        model = model_fn()
-        optimizer = wrap_optimizer(optimizer_fn())
-        # Create the optimizer's slot variables now, inside the scope, so they are mirrored.
-        optimizer.build(model.trainable_variables)
-    weights_table: list[float] | None = None
-    if class_weight is not None:
-        weights_table = _class_weight_table(class_weight, num_classes=int(model.output_shape[-1]))
-
-    dataset = dataset_fn()
-    if not isinstance(dataset, tf.data.Dataset):
-        raise ConfigurationError(
-            f"dataset_fn should return a tf.data.Dataset. Received: {type(dataset).__name__}"
-        )
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = _shard_policy(shard_policy)
-    dataset = dataset.repeat().with_options(options)
-    distributed = strategy.experimental_distribute_dataset(dataset)
-    iterator = iter(distributed)
-
-    weights_const = (
-        tf.constant(weights_table, dtype=tf.float32) if weights_table is not None else None
-    )
-
-    def step_fn(batch: Any) -> tuple[Any, Any, Any]:
-        images, labels = batch[0], batch[1]
-        labels = tf.reshape(labels, [-1])
-        with tf.GradientTape() as tape:
-            predictions = tf.cast(model(images, training=True), tf.float32)
-            losses = tf.cast(per_example_loss(labels, predictions), tf.float32)
-            if weights_const is not None:
-                losses = losses * tf.gather(weights_const, tf.cast(labels, tf.int32))
-            step_loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
-            if model.losses:
-                step_loss += tf.nn.scale_regularization_loss(
-                    tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
-                )
-            scaled_loss = optimizer.scale_loss(step_loss)
-        gradients = tape.gradient(scaled_loss, model.trainable_variables)
-        # The Keras optimizer all-reduces (sums) the gradients over replicas and workers.
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        if predictions.shape[-1] == 1:
-            predicted = tf.cast(tf.reshape(predictions, [-1]) >= 0.5, tf.int64)
-        else:
-            predicted = tf.argmax(predictions, axis=-1)
-        correct = tf.reduce_sum(tf.cast(predicted == tf.cast(labels, tf.int64), tf.float32))
-        count = tf.cast(tf.size(labels), tf.float32)
-        return step_loss, correct, count
-
-    @tf.function
-    def train_step(it: Any) -> tuple[Any, Any, Any]:
-        per_replica = strategy.run(step_fn, args=(next(it),))
-        loss_sum, correct, count = (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in per_replica
-        )
-        return loss_sum, correct, count
-
-    chief = is_chief(strategy)
-    result = DistributedTrainResult(
-        model=model,
-        optimizer=optimizer,
-        num_replicas=int(strategy.num_replicas_in_sync),
-        is_chief=chief,
-    )
-    # Called directly rather than through keras.callbacks.CallbackList, which hands each hook
-    # a copy of the logs: here entries a callback adds (validation metrics) reach the history.
-    callback_params = {"epochs": epochs, "steps": steps_per_epoch, "verbose": 0}
-    for callback in callbacks:
-        callback.set_model(model)
-        callback.set_params(callback_params)
-    model.stop_training = False
-    for callback in callbacks:
-        callback.on_train_begin({})
-    for epoch in range(initial_epoch, epochs):
-        for callback in callbacks:
-            callback.on_epoch_begin(epoch, {})
-        total_loss = 0.0
-        total_correct = 0.0
-        total_count = 0.0
-        for _ in range(steps_per_epoch):
-            try:
-                step_loss, correct, count = train_step(iterator)
-            except (StopIteration, tf.errors.OutOfRangeError) as exc:
-                raise ConfigurationError(
-                    "the training dataset yielded no batch; check dataset_fn (empty data, or "
-                    "fewer examples than the global batch size with drop_remainder=True). "
-                    f"Received: global_batch_size={global_batch_size}"
-                ) from exc
-            total_loss += float(step_loss)
-            total_correct += float(correct)
-            total_count += float(count)
-        metrics: dict[str, float] = {
-            "loss": total_loss / steps_per_epoch,
-            "accuracy": total_correct / total_count if total_count else math.nan,
-        }
-        for callback in callbacks:
-            callback.on_epoch_end(epoch, metrics)
-        stop = bool(model.stop_training)
-        if on_epoch_end is not None and on_epoch_end(epoch, metrics):
-            stop = True
-        result.history.append(metrics)
-        log.info(
-            "epoch %d/%d: %s",
-            epoch + 1,
-            epochs,
-            ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()),
-        )
-        if stop:
-            result.stopped_early = epoch + 1 < epochs
-            break
-    for callback in callbacks:
-        callback.on_train_end(dict(result.history[-1]) if result.history else {})
-    return result
-
-
-def predict_local(model: Any, images: Any, *, batch_size: int = 32) -> Any:
-    """Predict on this process only (no strategy, no collective): float32 numpy scores.
-
-    For validation inside a distributed run: every worker holds identical weights, so every
-    worker computes the same scores from the same validation arrays, and a decision taken from
-    them (best epoch, early stopping) is the same everywhere. ``model.predict`` would try to
-    distribute the work through the strategy the model was built in.
-    """
-    import numpy as np
-
-    _check_positive_int("batch_size", batch_size)
-    outputs = [
-        np.asarray(model(images[start : start + batch_size], training=False), dtype=np.float32)
-        for start in range(0, len(images), batch_size)
-    ]
-    if not outputs:
-        raise ConfigurationError("predict_local needs at least one image. Received: 0 images")
-    return np.concatenate(outputs, axis=0)
-
-
-def _class_weight_table(class_weight: Mapping[int, float], *, num_classes: int) -> list[float]:
-    """``{class: weight}`` -> a dense list indexed by class; classes not given weigh 1."""
-    if not isinstance(class_weight, Mapping) or not class_weight:
-        raise ConfigurationError(
-            "class_weight should be a non-empty mapping of class index to weight. "
-            f"Received: class_weight={class_weight!r}"
-        )
-    for key, weight in class_weight.items():
-        if isinstance(key, bool) or not isinstance(key, int) or key < 0:
-            raise ConfigurationError(
-                f"class_weight keys should be class indices (integers >= 0). "
-                f"Received: class_weight={dict(class_weight)!r}"
-            )
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float)
-            or not math.isfinite(weight)
-            or weight < 0
-        ):
-            raise ConfigurationError(
-                f"class_weight values should be finite numbers >= 0. "
-                f"Received: class_weight={dict(class_weight)!r}"
-            )
-    table = [1.0] * max(max(class_weight) + 1, num_classes, 2)
-    for key, weight in class_weight.items():
-        table[key] = float(weight)
-    return table

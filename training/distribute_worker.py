@@ -5,7 +5,7 @@ Run the same command on every host of a cluster (each with its own ``TF_CONFIG``
     python -m training.distribute_worker --strategy multiworker --out /tmp/radlens-check
 
 Each worker trains a small CNN on synthetic images for a few steps with
-:func:`training.distribute.distributed_train` and writes to ``--out``: ``initial.npz`` (the
+:func:`training.loop.distributed_train` and writes to ``--out``: ``initial.npz`` (the
 weights it started from), ``weights.npz`` (the final weights) and ``report.json`` (strategy,
 replicas, task, per-epoch metrics, a checksum of the data its replicas saw first). Identical
 ``weights.npz`` on every worker proves the collective all-reduce works; different data
@@ -81,7 +81,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as the arguments say; write weights.npz and report.json; return the report."""
     started = time.monotonic()
-    from training import distribute  # TensorFlow is imported below, in this order
+    from training import distribute, loop  # TensorFlow is imported below, in this order
 
     devices = None
     if args.logical_cpus:
@@ -123,11 +123,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         """Accuracy on every synthetic image, computed on this process from its weights."""
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            scores = distribute.predict_local(self.model, images, batch_size=16)
+            scores = loop.predict_local(self.model, images, batch_size=16)
             if logs is not None:
                 logs["val_accuracy"] = float(np.mean(scores.argmax(axis=1) == labels))
 
-    result = distribute.distributed_train(
+    result = loop.distributed_train(
         model_fn,
         dataset_fn,
         strategy=strategy,

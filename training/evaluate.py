@@ -6,7 +6,8 @@ data split the model was trained with (same fractions and seed from its training
 predicts, and returns metrics at the model's saved decision threshold. With ``out`` it writes
 ``metrics.json``, ``confusion_matrix.png`` and (binary) ``roc_curve.png`` there.
 
-The helpers :func:`open_data` and :func:`predict_examples` are shared with ``training.run``.
+Data is opened and decoded as training does it (``training.data.sources.open_data``,
+``training.data.pipeline.load_examples``).
 """
 
 from __future__ import annotations
@@ -20,96 +21,18 @@ from typing import Any
 import numpy as np
 
 from models.errors import ConfigurationError
-from training.data.sources import DataSource, Example, SkippedFile, open_source, split_source
+from training.data.sources import (
+    DataSource,
+    Example,
+    SkippedFile,
+    open_data,
+    split_source,
+    unique_skipped,
+)
 
 log = logging.getLogger(__name__)
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
-
-
-def open_data(path: str | Path, class_names: Sequence[str] = ()) -> DataSource:
-    """Open a training/evaluation data set.
-
-    A folder holding a ``labels.csv`` is opened through that manifest (it carries patient ids
-    and splits, as the demo data does); any other folder by its class sub-folders; ``.csv`` and
-    ``.npz`` files directly. ``class_names`` fixes the label order (index 1 = the positive
-    class of a binary model); empty lets the data decide (see ``training.data.sources``).
-
-    Raises:
-        models.errors.ConfigurationError: missing path, unusable layout, fewer than 2 classes.
-    """
-    p = Path(path)
-    if p.is_dir() and (p / "labels.csv").is_file():
-        p = p / "labels.csv"
-    source = open_source(p, class_names=list(class_names) or None)
-    if source.num_classes < 2:
-        raise ConfigurationError(
-            f"a classifier needs at least 2 classes; {str(path)!r} has {source.class_names!r}"
-        )
-    return source
-
-
-def load_examples(
-    source: DataSource,
-    examples: Sequence[Example],
-    *,
-    size: tuple[int, int],
-    window: str | None,
-    batch_size: int = 32,
-    skipped: list[SkippedFile] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``examples`` with the training pipeline (no augmentation, order kept).
-
-    Returns:
-        (inputs float32 (N, H, W, 1), labels int (N,)) for the examples that decoded;
-        unreadable files are appended to ``skipped``.
-
-    Raises:
-        models.errors.ConfigurationError: none of the images could be read.
-    """
-    from training.data.pipeline import make_dataset
-
-    ds = make_dataset(
-        source,
-        examples,
-        size=size,
-        window=window,
-        batch_size=batch_size,
-        training=False,
-        cache=False,
-        deterministic=True,
-        skipped=skipped,
-    )
-    xs, ys = [], []
-    for x, y in ds.as_numpy_iterator():
-        xs.append(x)
-        ys.append(y)
-    if not xs:
-        raise ConfigurationError(
-            f"none of the {len(examples)} images could be read (see the skipped files)"
-        )
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
-
-
-def predict_examples(
-    model: Any,
-    source: DataSource,
-    examples: Sequence[Example],
-    *,
-    size: tuple[int, int],
-    window: str | None,
-    batch_size: int = 32,
-    skipped: list[SkippedFile] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``examples`` (see :func:`load_examples`) and predict.
-
-    Returns:
-        (labels int (N,), probabilities float (N, C)) for the examples that decoded.
-    """
-    inputs, labels = load_examples(
-        source, examples, size=size, window=window, batch_size=batch_size, skipped=skipped
-    )
-    return labels, np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0))
 
 
 def select_split(source: DataSource, split: str, training_config: dict[str, Any]) -> list[Example]:
@@ -160,6 +83,7 @@ def evaluate(
             split, or no readable image.
     """
     from models.registry import ModelRegistry, default_store_path
+    from training.data.pipeline import load_examples
     from training.metrics import classification_metrics
 
     loaded = ModelRegistry(Path(store) if store is not None else default_store_path()).load(
@@ -174,8 +98,7 @@ def evaluate(
         )
     examples = select_split(source, split, manifest.training_config)
     skipped: list[SkippedFile] = list(source.skipped)
-    labels, probabilities = predict_examples(
-        loaded.model,
+    inputs, labels = load_examples(
         source,
         examples,
         size=manifest.input_size,
@@ -183,6 +106,7 @@ def evaluate(
         batch_size=batch_size,
         skipped=skipped,
     )
+    probabilities = np.asarray(loaded.model.predict(inputs, batch_size=batch_size, verbose=0))
     metrics = classification_metrics(
         labels, probabilities, manifest.class_names, manifest.threshold
     )
@@ -192,7 +116,7 @@ def evaluate(
         "data": str(data),
         "class_names": list(manifest.class_names),
         **metrics,
-        "skipped_files": len(_unique(skipped)),
+        "skipped_files": len(unique_skipped(skipped)),
     }
     if out is not None:
         write_report(out, result, labels, probabilities, manifest.class_names)
@@ -225,10 +149,3 @@ def write_report(
             roc_curve_png(labels, probabilities[:, 1], metrics.get("auc"))
         )
     return files
-
-
-def _unique(skipped: Sequence[SkippedFile]) -> list[SkippedFile]:
-    seen: dict[str, SkippedFile] = {}
-    for item in skipped:
-        seen.setdefault(item.path, item)
-    return list(seen.values())

@@ -1,8 +1,11 @@
-"""Classification metrics, the decision-threshold rule, and Keras metrics for softmax outputs.
+"""Classification metrics, the choice of decision threshold, Keras metrics for softmax outputs.
 
-Every model is a softmax over classes (binary = 2 classes, index 1 the positive class).
+Every model is a softmax over classes (binary = 2 classes, index 1 the positive class). A
+class is decided from scores by ``models.decision`` -- the service's own rule -- so the
+figures here describe the labels the service will give.
 
-Decision threshold (binary only), chosen on the validation split by :func:`choose_threshold`:
+Decision threshold (binary only), chosen on the validation split by :func:`decision_threshold`
+with the run's ``threshold_rule``; ``youden`` is :func:`choose_threshold`:
 
 1. candidates are 0.5 and every midpoint between two consecutive distinct validation scores
    of the positive class (a midpoint never sits on a seen score, so the rule does not depend on
@@ -11,6 +14,7 @@ Decision threshold (binary only), chosen on the validation split by :func:`choos
    maximise Youden's J = sensitivity + specificity - 1;
 3. among ties, take the one closest to 0.5 (the plain softmax decision), then the lower one.
 
+``balanced`` takes the candidate where sensitivity and specificity are closest instead.
 When validation holds a single class J is undefined and the threshold is 0.5.
 Multi-class models use argmax and have no threshold.
 """
@@ -22,7 +26,22 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_THRESHOLD = 0.5
+from models.decision import DEFAULT_THRESHOLD, decide_indices, is_positive
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "THRESHOLD_RULES",
+    "binary_metrics",
+    "choose_threshold",
+    "classification_metrics",
+    "decision_threshold",
+    "keras_metrics",
+    "multiclass_metrics",
+    "roc_auc",
+    "roc_curve_points",
+]
+
+THRESHOLD_RULES = ("youden", "balanced")
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -35,24 +54,68 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     Returns:
         The threshold, a float in [0, 1]; see the module docstring for the rule and ties.
     """
+    rates = _candidate_rates(labels, scores)
+    if rates is None:
+        return DEFAULT_THRESHOLD
+    candidates, tpr, fpr, _ = rates
+    j = tpr - fpr
+    best = np.flatnonzero(np.isclose(j, j.max(), rtol=0.0, atol=1e-12))
+    order = sorted(best, key=lambda i: (abs(candidates[i] - DEFAULT_THRESHOLD), candidates[i]))
+    return float(candidates[order[0]])
+
+
+def decision_threshold(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
+    """The positive-class threshold on validation by ``rule`` (one of :data:`THRESHOLD_RULES`).
+
+    ``youden``: :func:`choose_threshold` (maximum sensitivity + specificity).
+    ``balanced``: the candidate (0.5 and the midpoints between distinct scores) where
+    sensitivity and specificity are closest, ties broken by the larger Youden J and then by
+    closeness to 0.5. It does not chase the few validation examples near the boundary, and it
+    stays in the middle of the ROC curve when the test set's class balance differs.
+
+    Raises:
+        ValueError: an unknown rule (quotes it), or labels and scores of different lengths.
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(
+            f"threshold rule should be one of {', '.join(THRESHOLD_RULES)}. Received: {rule!r}"
+        )
+    if rule == "youden":
+        return choose_threshold(labels, scores)
+    rates = _candidate_rates(labels, scores)
+    if rates is None:
+        return DEFAULT_THRESHOLD
+    candidates, tpr, _, tnr = rates
+    order = np.lexsort(
+        (np.abs(candidates - DEFAULT_THRESHOLD), -(tpr + tnr), np.round(np.abs(tpr - tnr), 12))
+    )
+    return float(candidates[order[0]])
+
+
+def _candidate_rates(
+    labels: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(candidate thresholds, and at each: TPR, FPR, TNR), or None with a single class.
+
+    The candidates are 0.5 and every midpoint between consecutive distinct scores; each
+    decides by ``models.decision.is_positive``.
+    """
     y = np.asarray(labels).astype(np.int64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:
         raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
     if y.size == 0 or y.min() == y.max():
-        return DEFAULT_THRESHOLD
+        return None
     distinct = np.unique(s)
     candidates = np.concatenate([[DEFAULT_THRESHOLD], (distinct[:-1] + distinct[1:]) / 2.0])
     pos = y == 1
+    predicted = is_positive(s[None, :], candidates[:, None])  # (T, N)
     n_pos = pos.sum()
     n_neg = y.size - n_pos
-    predicted = s[None, :] >= candidates[:, None]  # (T, N)
     tpr = (predicted & pos[None, :]).sum(axis=1) / n_pos
     fpr = (predicted & ~pos[None, :]).sum(axis=1) / n_neg
-    j = tpr - fpr
-    best = np.flatnonzero(np.isclose(j, j.max(), rtol=0.0, atol=1e-12))
-    order = sorted(best, key=lambda i: (abs(candidates[i] - DEFAULT_THRESHOLD), candidates[i]))
-    return float(candidates[order[0]])
+    tnr = (~predicted & ~pos[None, :]).sum(axis=1) / (~pos).sum()
+    return candidates, tpr, fpr, tnr
 
 
 def binary_metrics(
@@ -66,7 +129,7 @@ def binary_metrics(
     """
     y = np.asarray(labels).astype(np.int64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
-    pred = (s >= threshold).astype(np.int64)
+    pred = is_positive(s, threshold).astype(np.int64)
     tp = int(((pred == 1) & (y == 1)).sum())
     tn = int(((pred == 0) & (y == 0)).sum())
     fp = int(((pred == 1) & (y == 0)).sum())
@@ -111,7 +174,7 @@ def multiclass_metrics(
     c = len(class_names)
     if p.ndim != 2 or p.shape != (y.size, c):
         raise ValueError(f"probabilities must be (N={y.size}, C={c}); received {p.shape}")
-    pred = p.argmax(axis=1)
+    pred = decide_indices(p)
     cm = np.zeros((c, c), dtype=np.int64)
     np.add.at(cm, (y, pred), 1)
     per_class: dict[str, dict[str, Any]] = {}

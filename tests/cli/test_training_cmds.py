@@ -223,3 +223,26 @@ def test_cli_module_does_not_import_tensorflow() -> None:
         "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0
+
+
+def test_train_and_experiment_share_their_common_options() -> None:
+    """Declared once (cli/training_options.py): same flags, types, defaults and help."""
+    import typer.main
+
+    from cli.main import app
+    from cli.training_options import SHARED_FIELDS
+
+    group = typer.main.get_command(app)
+    train_cmd = group.commands["train"]  # type: ignore[attr-defined]
+    filters_cmd = group.commands["experiment"].commands["filters"]  # type: ignore[attr-defined]
+
+    def described(command: Any) -> dict[str, tuple[Any, ...]]:
+        return {
+            p.name: (tuple(p.opts), tuple(p.secondary_opts), str(p.bare_type), p.default, p.help)
+            for p in command.params
+        }
+
+    train_opts, filters_opts = described(train_cmd), described(filters_cmd)
+    for name in [*SHARED_FIELDS, "config", "json_out"]:
+        assert train_opts[name] == filters_opts[name], name
+        assert train_opts[name][4], f"{name} has no help"

@@ -28,7 +28,7 @@ import pytest
 from models.errors import ConfigurationError
 from tests.conftest import REPO_ROOT
 from tests.training.workers import free_ports, worker_env
-from training import distribute
+from training import distribute, loop
 from training.distribute import (
     TFConfig,
     configure_mixed_precision,
@@ -243,6 +243,31 @@ class TestMakeStrategy:
         assert "TF_CONFIG is set but strategy='default'" in caplog.text
 
 
+class TestSetUp:
+    """What the trainer calls first: the strategy, resolved once, and the dtype policy."""
+
+    @pytest.mark.parametrize("name", ["auto", "default"])
+    def test_on_this_cpu_it_is_the_default_strategy_trained_by_fit(self, name: str) -> None:
+        import keras
+        import tensorflow as tf
+
+        dist = distribute.set_up(name, "auto")
+        assert dist.strategy is tf.distribute.get_strategy()
+        assert (dist.name, dist.distributed, dist.chief, dist.task) == (
+            "default",
+            False,
+            True,
+            "chief",
+        )
+        assert keras.mixed_precision.global_policy().name == "float32"
+
+    def test_unknown_names_are_refused(self) -> None:
+        with pytest.raises(ConfigurationError, match=r"Received: strategy='ring'"):
+            distribute.set_up("ring")
+        with pytest.raises(ConfigurationError, match=r"Received: mixed_precision='half'"):
+            distribute.set_up("default", "half")
+
+
 @dataclass
 class FakeClusterSpec:
     cluster: dict[str, list[str]]
@@ -391,7 +416,7 @@ def tiny_dataset_fn(batch_size: int = 8, seed: int = 7) -> Any:
     )
 
 
-def train_default(**overrides: Any) -> distribute.DistributedTrainResult:
+def train_default(**overrides: Any) -> loop.DistributedTrainResult:
     import keras
     import tensorflow as tf
 
@@ -410,7 +435,7 @@ def train_default(**overrides: Any) -> distribute.DistributedTrainResult:
     }
     kwargs.update(overrides)
     dataset_fn = kwargs.pop("dataset_fn", tiny_dataset_fn())
-    return distribute.distributed_train(kwargs.pop("model_fn", model_fn), dataset_fn, **kwargs)
+    return loop.distributed_train(kwargs.pop("model_fn", model_fn), dataset_fn, **kwargs)
 
 
 class TestDistributedTrainDefaultStrategy:
@@ -491,7 +516,7 @@ class TestDistributedTrainDefaultStrategy:
                 self.events.append(f"epoch_begin {epoch}")
 
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                scores = distribute.predict_local(self.model, images)
+                scores = loop.predict_local(self.model, images)
                 logs["val_accuracy"] = float(np.mean(scores.argmax(axis=1) == labels))
                 self.events.append(f"epoch_end {epoch}")
 
@@ -558,14 +583,14 @@ class TestWithTheProjectsModels:
             "optimizer_fn": _sgd(0.05),
             "class_weight": {0: 1.0, 1: 0.5},
         }
-        first = distribute.distributed_train(phase1_model, tiny_dataset_fn(), epochs=1, **common)
+        first = loop.distributed_train(phase1_model, tiny_dataset_fn(), epochs=1, **common)
         assert model is not None
         conv1_start = [np.asarray(w) for w in model.get_layer("conv1").get_weights()]
         for built, after_phase1 in zip(conv1_built, conv1_start, strict=True):
             np.testing.assert_array_equal(built, after_phase1)  # frozen in phase 1
         dense1_start = np.asarray(model.get_layer("dense1").get_weights()[0]).copy()
         model.get_layer("conv1").trainable = True
-        second = distribute.distributed_train(
+        second = loop.distributed_train(
             lambda: model, tiny_dataset_fn(), epochs=2, initial_epoch=1, **common
         )
         assert second.model is first.model is model
@@ -621,7 +646,7 @@ class TestPredictLocal:
 
         images, _ = synthetic_data(7)
         model = build_tiny_model()
-        scores = distribute.predict_local(model, images, batch_size=10)  # 64 = 6 x 10 + 4
+        scores = loop.predict_local(model, images, batch_size=10)  # 64 = 6 x 10 + 4
         assert scores.shape == (64, 2) and scores.dtype == np.float32
         np.testing.assert_allclose(scores, np.asarray(model(images)), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
@@ -631,9 +656,9 @@ class TestPredictLocal:
 
         model = build_tiny_model()
         with pytest.raises(ConfigurationError, match="Received: batch_size=0"):
-            distribute.predict_local(model, np.zeros((2, 16, 16, 1), np.float32), batch_size=0)
+            loop.predict_local(model, np.zeros((2, 16, 16, 1), np.float32), batch_size=0)
         with pytest.raises(ConfigurationError, match="Received: 0 images"):
-            distribute.predict_local(model, np.zeros((0, 16, 16, 1), np.float32))
+            loop.predict_local(model, np.zeros((0, 16, 16, 1), np.float32))
 
 
 class TestWorkerMain:
@@ -737,7 +762,7 @@ def single_device_reference(initial: list[np.ndarray]) -> list[np.ndarray]:
         return model
 
     options = dict(zip(RECIPE[::2], RECIPE[1::2], strict=True))
-    result = distribute.distributed_train(
+    result = loop.distributed_train(
         model_fn,
         tiny_dataset_fn(batch_size=int(options["--global-batch-size"])),
         strategy=tf.distribute.get_strategy(),

@@ -10,10 +10,29 @@ from training.metrics import (
     binary_metrics,
     choose_threshold,
     classification_metrics,
+    decision_threshold,
     multiclass_metrics,
     roc_auc,
     roc_curve_points,
 )
+
+
+def test_threshold_rules() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.35, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99])
+    assert decision_threshold("youden", labels, scores) == choose_threshold(labels, scores)
+    t = decision_threshold("balanced", labels, scores)
+    predicted = scores >= t
+    sensitivity = predicted[labels == 1].mean()
+    specificity = (~predicted[labels == 0]).mean()
+    assert sensitivity == specificity == 0.75  # the rule's defining property here
+    assert 0.5 < t < 0.6
+    assert decision_threshold("balanced", np.ones(3), np.array([0.2, 0.5, 0.9])) == 0.5
+
+
+def test_unknown_threshold_rule() -> None:
+    with pytest.raises(ValueError, match=r"youden, balanced. Received: 'median'"):
+        decision_threshold("median", np.array([0, 1]), np.array([0.2, 0.8]))
 
 
 class TestChooseThreshold:

@@ -15,8 +15,8 @@ import pytest
 from models.errors import ConfigurationError
 from models.registry import ModelRegistry
 from training.config import TrainConfig
-from training.evaluate import open_data
-from training.run import RunResult, data_fingerprint, resume, train
+from training.data.sources import data_fingerprint, open_data
+from training.run import RunResult, resume, train
 
 from .conftest import tiny_config
 
@@ -221,22 +221,6 @@ def test_resnet50_from_scratch_trains_everything_including_batchnorm(
     assert not np.allclose(np.asarray(bn.moving_variance), 1.0)
 
 
-def test_threshold_rules() -> None:
-    from training.metrics import choose_threshold
-    from training.run import decision_threshold
-
-    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
-    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.35, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99])
-    assert decision_threshold("youden", labels, scores) == choose_threshold(labels, scores)
-    t = decision_threshold("balanced", labels, scores)
-    predicted = scores >= t
-    sensitivity = predicted[labels == 1].mean()
-    specificity = (~predicted[labels == 0]).mean()
-    assert sensitivity == specificity == 0.75  # the rule's defining property here
-    assert 0.5 < t < 0.6
-    assert decision_threshold("balanced", np.ones(3), np.array([0.2, 0.5, 0.9])) == 0.5
-
-
 def test_multiclass_run_has_per_class_metrics_and_no_threshold(tmp_path: Path) -> None:
     from tests.training.data_fixtures import png_folder
 
@@ -312,12 +296,12 @@ def test_no_data_path() -> None:
 
 def test_class_weights_balance_the_classes() -> None:
     from training.data.sources import Example
-    from training.run import _class_weights
+    from training.phases import class_weights
 
     examples = [Example(f"k{i}", 0) for i in range(30)] + [Example(f"p{i}", 1) for i in range(10)]
-    weights = _class_weights(TrainConfig(), examples, 2)
+    weights = class_weights(TrainConfig(), examples, 2)
     assert weights == pytest.approx({0: 40 / 60, 1: 40 / 20})
-    assert _class_weights(TrainConfig(class_weights="none"), examples, 2) == {}
+    assert class_weights(TrainConfig(class_weights="none"), examples, 2) == {}
 
 
 @pytest.mark.slow

@@ -140,12 +140,38 @@ class TestFolderSource:
         assert got.shape == (24, 24, 1) and got.dtype == np.float32
         assert np.array_equal(got, want)
 
+    @pytest.mark.parametrize("validate", [True, False])
+    def test_preamble_less_dicom_is_found_as_the_service_accepts_it(
+        self, tmp_path: Path, validate: bool
+    ) -> None:
+        import pydicom
+        from pydicom.data import get_testdata_file
+        from pydicom.dataset import FileMetaDataset
+
+        root = png_folder(tmp_path / "ds", n_per_class=2)
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.preamble = None  # no 128-byte preamble, no "DICM", no file meta: the bare dataset
+        ds.file_meta = FileMetaDataset()
+        bare = root / "abnormal" / "bare_ct"  # no extension: recognised by content only
+        ds.save_as(bare, enforce_file_format=False, implicit_vr=True, little_endian=True)
+        data = bare.read_bytes()
+        assert data[128:132] != b"DICM"
+        want = preprocess(data, size=(24, 24)).model_input()  # the service accepts it
+
+        source = open_source(root, validate=validate)
+
+        assert source.skipped == []
+        found = [e for e in source.examples if Path(e.key).name == "bare_ct"]
+        assert [source.class_names[e.label] for e in found] == ["abnormal"]
+        assert np.array_equal(source.load_pixels(found[0], size=24), want)
+
 
 def test_sniff_format() -> None:
     assert sniff_format(b"\0" * 128 + b"DICM") == "dicom"
     assert sniff_format(b"\x89PNG\r\n\x1a\n....") == "png"
     assert sniff_format(b"\xff\xd8\xff\xe0") == "jpeg"
     assert sniff_format(b"GIF89a") is None
+    assert sniff_format(b"\x08\x00\x05\x00\x0a\x00\x00\x00ISO_IR 100") == "dicom"  # no preamble
 
 
 # --- CSV --------------------------------------------------------------------------------

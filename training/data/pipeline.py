@@ -34,7 +34,7 @@ from models.errors import ConfigurationError, RadlensError
 from training.data.augment import AugmentConfig, augment_image
 from training.data.sources import DataSource, Example, SkippedFile, as_size
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -144,7 +144,7 @@ def _decode_files(
                 first = path not in reported
                 reported.add(path)
             if first:
-                logger.warning("skipping %s: %s", path, reason)
+                log.warning("skipping %s: %s", path, reason)
                 if skipped is not None:
                     skipped.append(SkippedFile(path, reason))
             return empty, np.bool_(False)
@@ -181,3 +181,43 @@ def dataset_size(examples: Sequence[Example], batch_size: int, drop_remainder: b
     """Number of batches ``make_dataset`` yields for ``examples`` (none skipped)."""
     n = len(examples)
     return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def load_examples(
+    source: DataSource,
+    examples: Sequence[Example],
+    *,
+    size: tuple[int, int],
+    window: str | None,
+    batch_size: int = 32,
+    skipped: list[SkippedFile] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``examples`` with the training pipeline (no augmentation, order kept).
+
+    Returns:
+        (inputs float32 (N, H, W, 1), labels int (N,)) for the examples that decoded;
+        unreadable files are appended to ``skipped``.
+
+    Raises:
+        models.errors.ConfigurationError: none of the images could be read.
+    """
+    ds = make_dataset(
+        source,
+        examples,
+        size=size,
+        window=window,
+        batch_size=batch_size,
+        training=False,
+        cache=False,
+        deterministic=True,
+        skipped=skipped,
+    )
+    xs, ys = [], []
+    for x, y in ds.as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise ConfigurationError(
+            f"none of the {len(examples)} images could be read (see the skipped files)"
+        )
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)

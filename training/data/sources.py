@@ -12,9 +12,10 @@ Folder layout
     name (``normal``, ``negative``, ``healthy``, ``benign``, ``no_finding``) comes first,
     so class 1 is the positive class (see :func:`order_class_names`); ``class_names=``
     sets the order explicitly. Files may sit at any depth below their class folder.
-    Every non-hidden file is recognised **by content** (DICOM ``DICM`` magic at byte 128,
-    the PNG signature, the JPEG SOI marker); a ``.dcm``/``.dicom`` file without the
-    ``DICM`` preamble is accepted when pydicom can parse its header. A file that is not
+    Every non-hidden file is recognised **by content**, by the service's own
+    ``models.preprocessing.sniff_format`` (DICOM with or without its preamble, the PNG
+    signature, the JPEG SOI marker); a ``.dcm``/``.dicom`` file it does not recognise is
+    still accepted when pydicom can parse its header. A file that is not
     recognised, or whose header is unusable (no pixel data, zero-size image), is reported
     as a :class:`SkippedFile` and left out -- it never stops the scan. Hidden files and
     folders (a leading ``.``) are ignored silently.
@@ -39,7 +40,9 @@ at :func:`open_source` time, with a one-line message naming the problem.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import logging
 import os
 import random
@@ -53,9 +56,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.errors import ConfigurationError
+from models import preprocessing
+from models.errors import ConfigurationError, NotAnImageError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SourceKind = Literal["folder", "csv", "npz"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -70,8 +74,7 @@ SPLIT_ALIASES: dict[str, str] = {
 }
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
+HEAD_BYTES = 132  # enough for sniff_format: DICOM's preamble and "DICM" prefix
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,6 @@ class DataSource:
             models.errors.PreprocessingError: the file could not be decoded.
             OSError: the file could not be read.
         """
-        from models import preprocessing
-
         hw = as_size(size)
         if self.kind == "npz":
             pixels = preprocessing.preprocess_array(self.raw_array(example), size=hw)
@@ -212,11 +213,33 @@ def open_source(
             f"data path must be a folder, a .csv manifest or a .npz file; got {str(p)!r}"
         )
     if source.skipped:
-        logger.warning("%d file(s) skipped in %s", len(source.skipped), p)
+        log.warning("%d file(s) skipped in %s", len(source.skipped), p)
     return source
 
 
 NEGATIVE_CLASS_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no_finding"})
+
+
+def open_data(path: str | Path, class_names: Sequence[str] = ()) -> DataSource:
+    """Open a training/evaluation data set.
+
+    A folder holding a ``labels.csv`` is opened through that manifest (it carries patient ids
+    and splits, as the demo data does); any other folder by its class sub-folders; ``.csv`` and
+    ``.npz`` files directly. ``class_names`` fixes the label order (index 1 = the positive
+    class of a binary model); empty lets the data decide (see ``training.data.sources``).
+
+    Raises:
+        models.errors.ConfigurationError: missing path, unusable layout, fewer than 2 classes.
+    """
+    p = Path(path)
+    if p.is_dir() and (p / "labels.csv").is_file():
+        p = p / "labels.csv"
+    source = open_source(p, class_names=list(class_names) or None)
+    if source.num_classes < 2:
+        raise ConfigurationError(
+            f"a classifier needs at least 2 classes; {str(path)!r} has {source.class_names!r}"
+        )
+    return source
 
 
 def order_class_names(names: Iterable[str]) -> list[str]:
@@ -262,7 +285,7 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
             reason = _probe_file(file) if validate else _probe_kind_only(file)
             if reason is not None:
                 skipped.append(SkippedFile(str(file), reason))
-                logger.warning("skipping %s: %s", file, reason)
+                log.warning("skipping %s: %s", file, reason)
                 continue
             found_any = True
             examples.append(Example(key=str(file), label=label))
@@ -288,21 +311,23 @@ def _walk_files(folder: Path) -> list[Path]:
 
 
 def sniff_format(head: bytes) -> str | None:
-    """``"dicom"``, ``"png"``, ``"jpeg"`` from a file's first 132 bytes, else None."""
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(_PNG_MAGIC):
-        return "png"
-    if head.startswith(_JPEG_MAGIC):
-        return "jpeg"
-    return None
+    """``"dicom"``, ``"png"``, ``"jpeg"`` from a file's first bytes, else None.
+
+    The service's own rule (``models.preprocessing.sniff_format``), so training finds every
+    file the service accepts -- a DICOM dataset written without preamble and file meta
+    included -- and None where the service would answer "not an image".
+    """
+    try:
+        return preprocessing.sniff_format(head)
+    except NotAnImageError:
+        return None
 
 
 def _probe_kind_only(path: Path) -> str | None:
     """Reason to skip ``path`` judged by its first bytes only, or None."""
     try:
         with path.open("rb") as fh:
-            head = fh.read(132)
+            head = fh.read(HEAD_BYTES)
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     if sniff_format(head) is None and path.suffix.lower() not in DICOM_EXTENSIONS:
@@ -316,13 +341,13 @@ def _probe_file(path: Path) -> str | None:
     if reason is not None:
         return reason
     with path.open("rb") as fh:
-        kind = sniff_format(fh.read(132))
+        kind = sniff_format(fh.read(HEAD_BYTES))
     if kind in (None, "dicom"):
-        return _probe_dicom(path)
+        return _probe_dicom(path, sniffed=kind == "dicom")
     return _probe_raster(path)
 
 
-def _probe_dicom(path: Path) -> str | None:
+def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -331,7 +356,7 @@ def _probe_dicom(path: Path) -> str | None:
             warnings.simplefilter("ignore")  # odd headers warn; the verdict is what counts
             # defer_size: large values (the pixel data) are located, not read
             ds = pydicom.dcmread(
-                path, defer_size=1024, force=path.suffix.lower() in DICOM_EXTENSIONS
+                path, defer_size=1024, force=sniffed or path.suffix.lower() in DICOM_EXTENSIONS
             )
             rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     except InvalidDicomError as exc:
@@ -403,7 +428,7 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
             reason = _probe_file(file) if validate else _probe_kind_only(file)
         if reason is not None:
             skipped.append(SkippedFile(str(file), reason))
-            logger.warning("skipping %s: %s", file, reason)
+            log.warning("skipping %s: %s", file, reason)
             continue
         patient = row.get("patient_id", "").strip() or None
         split = _normalise_split(row.get("split"), where=where)
@@ -645,3 +670,52 @@ def leakage_report(splits: Mapping[str, Iterable[Example]]) -> dict[str, list[st
 def split_counts(splits: Mapping[str, Sequence[Example]]) -> dict[str, int]:
     """Number of examples per split."""
     return {name: len(items) for name, items in splits.items()}
+
+
+def check_splits(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> None:
+    """Refuse splits a run cannot train on: a class without a training image, or validation
+    with fewer than 2 classes (the best epoch and the threshold are chosen on it).
+
+    Raises:
+        ConfigurationError: naming the counts found.
+    """
+    names = source.class_names
+    train_counts = source.class_counts(splits["train"])
+    missing = [n for n, c in train_counts.items() if c == 0]
+    if missing:
+        raise ConfigurationError(
+            f"class(es) {missing!r} have no training image; train split counts {train_counts}"
+        )
+    val_counts = source.class_counts(splits["val"])
+    present = [n for n, c in val_counts.items() if c > 0]
+    if len(present) < 2:
+        raise ConfigurationError(
+            "the validation split needs images of at least 2 classes to choose the best epoch "
+            f"and the threshold; it has {val_counts} (classes {names!r}). "
+            "Add data or raise val_fraction"
+        )
+
+
+def data_fingerprint(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> str:
+    """sha256 over the sorted (split, key relative to the data root, label) lines."""
+    root = Path(source.root)
+    base = root if root.is_dir() else root.parent
+    lines = []
+    for split, examples in splits.items():
+        for e in examples:
+            key = e.key
+            if not key.startswith("npz:"):
+                with contextlib.suppress(ValueError):  # outside the root: keep it absolute
+                    key = Path(key).resolve().relative_to(base.resolve()).as_posix()
+            lines.append(f"{split}\t{key}\t{e.label}")
+    digest = hashlib.sha256()
+    digest.update("\n".join(sorted(lines)).encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def unique_skipped(skipped: Sequence[SkippedFile]) -> list[SkippedFile]:
+    """``skipped`` with each path once (the first reason), in order."""
+    seen: dict[str, SkippedFile] = {}
+    for item in skipped:
+        seen.setdefault(item.path, item)
+    return list(seen.values())

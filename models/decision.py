@@ -1,0 +1,84 @@
+"""The decision rule: class scores -> a class, the same in training's metrics and in serving.
+
+Every radlens model ends in a softmax over its classes. Binary models (2 classes) have a
+positive class, index 1, and a decision threshold on its score (chosen on validation and
+saved in the manifest): a score ``>= threshold`` is positive. Models with more classes take
+the class with the highest score (the first one on a tie, as ``numpy.argmax``).
+
+``training.metrics`` counts its confusion matrices with :func:`decide_indices` and the
+service labels each prediction with :func:`decide`, so a threshold means the same thing in
+both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from models.manifest import ModelManifest
+
+DEFAULT_THRESHOLD = 0.5  # a binary model's threshold when it has none (the plain softmax)
+
+
+def is_positive(
+    positive_scores: np.ndarray, threshold: float | np.ndarray | None = None
+) -> np.ndarray:
+    """Which positive-class scores decide "positive": ``score >= threshold``.
+
+    Args:
+        positive_scores: the class-1 scores, any shape.
+        threshold: the binary decision threshold (or an array of them, broadcast against the
+            scores); None means :data:`DEFAULT_THRESHOLD`.
+
+    Returns:
+        A bool array of the broadcast shape.
+
+    Example:
+        >>> is_positive(np.array([0.2, 0.5, 0.9]), 0.5)
+        array([False,  True,  True])
+    """
+    cut = np.asarray(DEFAULT_THRESHOLD if threshold is None else threshold, dtype=np.float64)
+    return np.asarray(np.asarray(positive_scores, dtype=np.float64) >= cut)
+
+
+def decide_indices(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """The decided class index of each row of ``probabilities`` (N, C).
+
+    Args:
+        probabilities: one score vector per row, one column per class.
+        threshold: binary models only (C == 2), see :func:`is_positive`; ignored otherwise.
+
+    Returns:
+        int64 (N,): class indices.
+
+    Raises:
+        ValueError: ``probabilities`` is not 2-D with at least 1 column (quotes its shape).
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise ValueError(f"expected scores of shape (N, C). Received shape {p.shape}")
+    if p.shape[1] == 2:
+        return is_positive(p[:, 1], threshold).astype(np.int64)
+    return np.argmax(p, axis=1).astype(np.int64)
+
+
+def decide(scores: np.ndarray, manifest: ModelManifest) -> str:
+    """The label for one score vector, by the manifest's classes and threshold.
+
+    Binary models (2 classes): ``class_names[1]`` when its score is >= the manifest's
+    threshold (0.5 when the manifest has none), else ``class_names[0]``. More classes: the
+    class with the highest score.
+
+    Raises:
+        ValueError: ``scores`` is not a 1-D vector with one score per class.
+    """
+    vector = np.asarray(scores, dtype=np.float64)
+    classes = manifest.class_names
+    if vector.shape != (len(classes),):
+        raise ValueError(
+            f"expected {len(classes)} scores (one per class {classes!r}). "
+            f"Received shape {vector.shape}"
+        )
+    return classes[int(decide_indices(vector[np.newaxis], manifest.threshold)[0])]

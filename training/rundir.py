@@ -1,0 +1,150 @@
+"""The run directory: one folder per training run, what it holds, and resuming from it.
+
+``<runs_dir>/<name>-<UTC timestamp>/`` holds::
+
+    config.json        the TrainConfig (what ``radlens train --resume RUN_DIR`` reads)
+    train.log          the run's log: data summary, skipped files, one line per epoch, result
+    history.csv        every epoch's train/validation metrics (appended across resumes)
+    state.json         phase progress and the best epoch so far (for resuming)
+    checkpoints/       best.weights.h5 (best epoch by validation AUC), phase1.weights.h5
+    backup/phase<N>/   keras.callbacks.BackupAndRestore state while a phase is running
+    tensorboard/       the TensorBoard callbacks' log directory (see training.callbacks)
+    result.json        the exported model ref, metrics and counts, once the run has finished
+
+Under a multi-worker strategy a worker that is not the chief keeps its files in
+``<run dir>.<task>`` (the chief's are the run's).
+
+Resume. Interrupted runs continue from their directory: BackupAndRestore restores the running
+phase's weights, optimizer and epoch; a finished phase 1 is reloaded from
+``checkpoints/phase1.weights.h5``; the best-so-far AUC is read from ``state.json`` so the best
+checkpoint is only replaced by a better epoch. (Early-stopping patience restarts on resume.)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from models.errors import ConfigurationError
+from training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+RESULT_FILE = "result.json"
+HISTORY_FILE = "history.csv"
+LOG_FILE = "train.log"
+CHECKPOINTS = "checkpoints"
+BEST_WEIGHTS = "best.weights.h5"
+PHASE1_WEIGHTS = "phase1.weights.h5"
+TENSORBOARD = "tensorboard"
+PACKAGE_LOGGER = __name__.partition(".")[0]  # "training": train.log records the whole package
+
+
+def config_for_resume(run_dir: str | Path) -> TrainConfig:
+    """The config of an interrupted run in ``run_dir``.
+
+    Raises:
+        ConfigurationError: not a run directory (no config.json), or the run has finished.
+    """
+    run_path = Path(run_dir)
+    config_path = run_path / CONFIG_FILE
+    if not config_path.is_file():
+        raise ConfigurationError(
+            f"not a radlens run directory (no {CONFIG_FILE}): {str(run_path)!r}"
+        )
+    if (run_path / RESULT_FILE).is_file():
+        raise ConfigurationError(f"the run in {str(run_path)!r} has finished already")
+    return TrainConfig.load(config_path)
+
+
+def open_run_dir(
+    config: TrainConfig, run_dir: Path | None, *, chief: bool = True, task: str = "chief"
+) -> Path:
+    """The run's directory, created with ``checkpoints/``; a new run also gets config.json.
+
+    Args:
+        config: the run's configuration (``runs_dir`` and ``name`` place a new run).
+        run_dir: an existing run directory to resume, or None for a new one.
+        chief: False on a multi-worker worker that is not the chief: its files go apart.
+        task: that worker's task name (``worker1``), the suffix of its directory.
+    """
+    suffix = "" if chief else f".{task}"
+    if run_dir is not None:
+        path = Path(f"{run_dir}{suffix}")
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        path = _new_run_dir(config, suffix)
+        config.write_json(path / CONFIG_FILE)
+    (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _new_run_dir(config: TrainConfig, suffix: str = "") -> Path:
+    root = Path(config.runs_dir)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = root / f"{config.name}-{stamp}{suffix}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{config.name}-{stamp}-{n}{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+def read_state(run_path: Path) -> dict[str, Any]:
+    """state.json: ``phase_done``, ``last_epoch``, ``best_epoch``, ``best_val_auc`` ({} if new)."""
+    path = run_path / STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"the run's {STATE_FILE} is unreadable: {exc}") from exc
+    return state if isinstance(state, dict) else {}
+
+
+def write_state(run_path: Path, state: dict[str, Any]) -> None:
+    """Replace state.json in one rename (never half-written)."""
+    tmp = run_path / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    tmp.replace(run_path / STATE_FILE)
+
+
+def write_result(run_path: Path, result: dict[str, Any]) -> None:
+    """result.json: written last, it marks the run finished (no resume after it)."""
+    (run_path / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+
+
+@contextmanager
+def run_log(run_path: Path) -> Iterator[Path]:
+    """Record the ``training`` package's INFO log in ``train.log`` while the block runs."""
+    path = run_path / LOG_FILE
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def read_history(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's history.csv (one per epoch, across resumes)."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
