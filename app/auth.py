@@ -37,7 +37,7 @@ from app.keycache import KeyCache
 from app.keys import SCOPES, authenticate, hash_key, key_id_of
 from models.errors import RadlensError
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
 

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import RadlensError
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:radlens:problem:"
@@ -108,9 +108,6 @@ STATUS_BY_CODE: dict[str, int] = {
     "model-incompatible": 503,
     "model-store-error": 503,
     "bad-configuration": 500,
-    # app.predictor
-    "inference-failed": 500,
-    "predictor-unavailable": 503,
 }
 
 

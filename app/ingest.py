@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from models.manifest import ModelManifest
     from models.preprocessing import PreprocessedImage
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 
 @dataclass

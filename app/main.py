@@ -27,7 +27,7 @@ from app.metrics import MetricsMiddleware, ServiceMetrics
 from app.schemas import Problem, problem_responses
 from app.settings import Settings, get_settings
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 API_DESCRIPTION = """
 Upload a DICOM, PNG or JPEG image to `POST /v1/predictions` and get the loaded model's

@@ -33,8 +33,8 @@ def _default_max_pixels() -> int:
 
 
 def _default_model_store() -> Path:
-    # Same rule as models.registry.default_store_path() ($RADLENS_MODEL_STORE is read by the
-    # settings source itself), without importing the registry (which imports Keras).
+    # The default of models.registry.default_store_path(), without its $RADLENS_MODEL_STORE
+    # lookup: the settings source reads that variable itself (env prefix).
     return REPO_ROOT / "models" / "store"
 
 

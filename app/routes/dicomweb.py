@@ -39,7 +39,7 @@ from app.ingest import Candidate, run_model, store
 from app.schemas import problem_responses
 from models.errors import RadlensError
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 PRIVATE_CREATOR = "RADLENS 1"

@@ -31,7 +31,7 @@ from app.tables import Prediction
 from app.upload import file_field, require_multipart
 from models.manifest import ModelManifest
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
 # Filter values the database can compare: PostgreSQL text cannot hold NUL and its integer
