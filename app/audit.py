@@ -14,20 +14,25 @@ with UID values withheld.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.security_tables import AuditEvent
 from app.tables import Prediction
+from models.errors import RadlensError
+
+logger = logging.getLogger(__name__)
 
 CLI_ACTOR = "cli"
-PREDICTION_CREATE = "prediction.create"  # the action of an upload (POST /v1/predictions)
+PREDICTION_CREATE = "prediction.create"  # an upload's prediction (each STOW-RS instance's too)
 # Query parameters recorded with their value; any other parameter is recorded as name=*.
 _RECORDED_VALUES = frozenset(
     {"label", "model_name", "model_version", "created_after", "created_before", "limit"}
@@ -76,6 +81,30 @@ def add(
     )
     session.add(event)
     return event
+
+
+def prediction_created(
+    session: Session, actor: str | None, stored: Prediction, created: bool
+) -> AuditEvent:
+    """Add an upload's "prediction.create" row (201 new, 200 re-post) to its transaction."""
+    return add(
+        session,
+        actor=actor,
+        action=PREDICTION_CREATE,
+        target=str(stored.id),
+        status=201 if created else 200,
+    )
+
+
+def record_apart(sessionmaker: Callable[[], Session], **fields: object) -> None:
+    """Write one audit row in its own transaction (a failed request's, after its own was
+    rolled back); a failure to write it is logged, never raised."""
+    try:
+        with sessionmaker() as session:
+            record(session, **fields)  # type: ignore[arg-type]
+            session.commit()
+    except (SQLAlchemyError, RadlensError) as exc:
+        logger.warning("audit row not written: %s", type(exc).__name__)
 
 
 def minimal_query(params: Iterable[tuple[str, str]]) -> str | None:

@@ -93,6 +93,15 @@ class DatabaseUnavailableError(AppError):
     headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
+class ServiceBusyError(AppError):
+    """A bounded queue (RADLENS_MAX_QUEUED_PREDICTIONS, RADLENS_MAX_QUEUED_WRITES) is full."""
+
+    code = "service-busy"
+    title = "The service has as much work queued as it accepts; retry after Retry-After seconds"
+    status_code = 503
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
 # models.errors codes -> HTTP status (RFC 9110 semantics: 415 for a media type the service
 # does not handle, 422 for a well-formed upload whose content cannot be processed)
 STATUS_BY_CODE: dict[str, int] = {

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="model calls that may run at once, each on its own batch; with more than "
         "one, each call preprocesses its own batch first (docs/benchmarks/serve.md, round 5)",
     )
+    # Backpressure: beyond these the service answers 503 + Retry-After at once (app/workqueue.py)
+    max_queued_predictions: int = Field(
+        default=256, ge=1, le=100_000, description="uploads waiting for the model at most"
+    )
+    max_queued_writes: int = Field(
+        default=1024, ge=1, le=100_000, description="predictions waiting to be stored at most"
+    )
     max_upload_bytes: int = Field(default=64 * MIB, ge=1)
     max_pixels: int = Field(default_factory=_default_max_pixels, ge=1)
     host: str = "127.0.0.1"

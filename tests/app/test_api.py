@@ -544,6 +544,9 @@ class TestUploadErrors:
             streams = real.streams
             ready = True
 
+            def check_capacity(self) -> None:
+                pass  # room in the queue
+
             async def predict(self, model_input: object) -> object:
                 raise error("the model call failed (test)")
 
