@@ -1,11 +1,14 @@
 """The audit trail: append rows, read them back, and the retention purge.
 
-Transaction design (tested in tests/app/test_audit.py):
-- a successful action's audit row is added to the request's own session, so it commits in
-  the same transaction as the action: no accepted prediction without its audit row, and no
-  audit row for a write that was rolled back;
-- a failed action (any error response once the key is known) is recorded too, in its own
-  short transaction after the request's transaction was rolled back;
+Every row is written by a function of this module, in one of three ways (tested in
+tests/app/test_audit.py and tests/app/test_ingest.py):
+- a successful action's row is added to the action's own transaction, so there is no
+  accepted write without its audit row and no audit row for a write that was rolled back:
+  ``prediction_created`` (one "prediction.create" row per upload's prediction, STOW-RS
+  instances included) in the PredictionWriter's transaction, ``add`` for the read routes in
+  the request's session (app/auth.audit);
+- a failed action (any error response once the key is known) is recorded too, by
+  ``record_apart`` in its own short transaction after the action's was rolled back;
 - the retention purge deletes predictions and writes one audit row per deleted prediction in
   one transaction.
 Rows hold no patient identifiers: targets are prediction ids, and listing queries are kept

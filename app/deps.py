@@ -1,8 +1,9 @@
 """Request dependencies: the app's resources, as ``Annotated`` aliases routes declare.
 
-The heavy resources (engine, sessionmaker, predictor) are built once in the lifespan
-(app/main.py) and kept in ``app.state.resources``; tests swap any of them with
-``app.dependency_overrides[get_...]``.
+The heavy resources (engine, sessionmaker, writer, and the ingestor holding the predictor)
+are built once in the lifespan (app/main.py) and kept in ``app.state.resources``; tests swap
+any of them with ``app.dependency_overrides[get_...]``, the upload routes' ingestor
+(``get_ingestor``) included.
 
 The dependencies that only read ``app.state`` are ``async def``: FastAPI runs a plain ``def``
 dependency in the thread pool, and that hop costs more CPU than the function itself.

@@ -6,7 +6,8 @@ names what and why:
    PostgreSQL must be upgraded with ``radlens db upgrade``; see app/migrate.py);
 2. the model: ``load_predictor`` resolves RADLENS_MODEL (name[:version], default newest),
    checks its sha256 and preprocessing version, places it on the device and warms it up;
-3. the micro-batching worker starts; /readyz answers 200 from then on.
+3. the micro-batching worker and the prediction writer start, the upload path (app/ingest.py)
+   on top of them; /readyz answers 200 from then on.
 """
 
 from __future__ import annotations

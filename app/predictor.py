@@ -5,8 +5,8 @@ and a future on a queue and awaits the future; a worker thread takes items off t
 makes a batch, runs ONE model call per batch and resolves the futures back on their event loop
 with ``loop.call_soon_threadsafe``. The event loop never runs the model. With ``streams`` > 1
 there are that many worker threads: one collects a batch at a time, and their model calls may
-run at once (on 2 CPU cores, two calls at batch 8 match one call at batch 32;
-docs/benchmarks/serve.md, round 5). ``predict_prepared()`` lets the stream also build the
+run at once (why, and the measured effect on a 2-core CPU: docs/benchmarks/serve.md).
+``predict_prepared()`` lets the stream also build the
 model input (decode and preprocess an upload) just before its model call.
 
 Batching policy (why it looks like this):
@@ -269,7 +269,7 @@ class Predictor:
         ``rounds`` calls each, the fastest call counted) and cap batches at the most efficient.
 
         On a GPU the biggest batch is nearly always the most efficient; on a CPU it often is
-        not (ResNet50 at 224 px on 2 cores: batch 8 beat batch 16 by 7-10%), and batches the
+        not (figures for ResNet50 on 2 cores: docs/benchmarks/serve.md), and batches the
         size of the client count would then cost throughput exactly when the load is high.
         """
         sizes = batch_size_candidates(self.max_batch_size)

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         ge=1,
         le=8,
         description="model calls that may run at once, each on its own batch; with more than "
-        "one, each call preprocesses its own batch first (docs/benchmarks/serve.md, round 5)",
+        "one, each call preprocesses its own batch first (docs/benchmarks/serve.md)",
     )
     # Backpressure: beyond these the service answers 503 + Retry-After at once (app/workqueue.py)
     max_queued_predictions: int = Field(

@@ -1,15 +1,18 @@
 """The uploads' predictions are written by one thread, as many per transaction as are waiting.
 
-``POST /v1/predictions`` ends with a lookup-or-insert of its prediction, its audit row and a
-commit. Run one by one, each request pays for its own session, transaction and commit, and
-hops to a worker thread to do so. Under load several finish their model call at once (a
-batch), so :class:`PredictionWriter` takes everything queued while the previous transaction
-ran into the next one: one session, one commit (on SQLite one WAL append), for the group
+Every upload (``POST /v1/predictions``, ``/v1/predictions/dicom-sr``, each STOW-RS instance)
+ends with a lookup-or-insert of its prediction, its explanation when one was asked for, its
+"prediction.create" audit row and a commit (app/ingest.py), and this writer is the only place
+that commits them. Run one by one, each request pays for its own session, transaction and
+commit, and hops to a worker thread to do so. Under load several finish their model call at
+once (a batch), so :class:`PredictionWriter` takes everything queued while the previous
+transaction ran into the next one: one session, one commit (on SQLite one WAL append), for the group
 ("group commit"). Each request still gets its own row back, and its own ``created``.
 
 A group that fails (a row the database refuses, an outage) is written again row by row, so
 only the request whose row fails gets the error and nothing of the others is lost; a request
-is answered only after the transaction holding its row committed.
+is answered only after the transaction holding its row committed. The queue is bounded
+(RADLENS_MAX_QUEUED_WRITES): beyond it a write is refused at once with 503 (app/workqueue.py).
 """
 
 from __future__ import annotations
