@@ -33,7 +33,7 @@ from sqlalchemy import String
 from app.errors import InvalidDicomAttributeError
 from app.explain import ExplanationOutput, explainer_for
 from app.metrics import ServiceMetrics
-from app.pseudonym import pseudonymise_uid
+from app.pseudonym import pseudonym_key_id, pseudonymise_uid
 from app.settings import Settings
 from app.tables import Explanation, Prediction, dedupe_key
 from app.writer import PredictionWriter
@@ -143,6 +143,11 @@ class Ingestor:
         self.writer = writer
         self.settings = settings
         self.metrics = metrics
+        # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the UIDs (app/pseudonym.py)
+        self._pseudonym_key = settings.uid_pseudonym_key_bytes
+        self._pseudonym_key_id = (
+            pseudonym_key_id(self._pseudonym_key) if self._pseudonym_key is not None else None
+        )
 
     def check_capacity(self) -> None:
         """503 + Retry-After (ServiceBusyError) at once when the predictor's or the writer's
@@ -167,10 +172,9 @@ class Ingestor:
         output = await predictor.predict_prepared(prepare)  # on its stream, or a worker thread
         image, digest = cast(tuple["PreprocessedImage", str], output.prepared)
         meta = image.metadata
-        # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the UIDs (app/pseudonym.py)
-        pseudonym_key = self.settings.uid_pseudonym_key_bytes
+        pseudonymised = self._pseudonym_key is not None and meta.format == "dicom"
         study_uid, series_uid, sop_uid = (
-            pseudonymise_uid(uid, pseudonym_key)
+            pseudonymise_uid(uid, self._pseudonym_key)
             for uid in (meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid)
         )
         prediction = Prediction(
@@ -199,6 +203,8 @@ class Ingestor:
             photometric_interpretation=meta.photometric_interpretation,
             transfer_syntax_uid=meta.transfer_syntax_uid,
             sop_class_uid=meta.sop_class_uid,
+            uids_pseudonymised=pseudonymised,
+            pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
         )
         return Candidate(prediction=prediction, image=image)
 

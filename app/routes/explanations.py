@@ -69,7 +69,14 @@ def _dicom_response(
 
 
 def _stored_source(prediction: Prediction, settings: Settings) -> Any:
-    if prediction.input_format == "dicom" and settings.uid_pseudonym_key_bytes is not None:
+    # The row's own record decides (0004); a row stored before it recorded nothing, so the
+    # current setting is the best guess for it.
+    pseudonymised = prediction.uids_pseudonymised
+    if pseudonymised is None:
+        pseudonymised = (
+            prediction.input_format == "dicom" and settings.uid_pseudonym_key_bytes is not None
+        )
+    if pseudonymised:
         raise PseudonymisedUidsError(
             f"prediction {prediction.id} stores pseudonyms, not the source's UIDs"
         )
