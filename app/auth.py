@@ -262,18 +262,24 @@ async def audit_failure(request: Request) -> AsyncIterator[None]:
     try:
         yield
     except Exception as exc:
-        principal: Principal | None = getattr(request.state, "principal", None)
-        action = action_name(request.method, _route_path(request))
-        await run_in_threadpool(
-            _record_apart,
-            request,
-            actor=principal.key_id if principal is not None else None,
-            action=action,
-            target=_target(request, None),
-            query=_query(request, action),
-            status=_status_of(exc),
-        )
+        await record_outcome(request, _status_of(exc))
         raise
+
+
+async def record_outcome(request: Request, status: int) -> None:
+    """Record an upload request's failed outcome in its own transaction: an error, or a
+    STOW-RS answer in which some instances failed (202, 409)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    action = action_name(request.method, _route_path(request))
+    await run_in_threadpool(
+        _record_apart,
+        request,
+        actor=principal.key_id if principal is not None else None,
+        action=action,
+        target=_target(request, None),
+        query=_query(request, action),
+        status=status,
+    )
 
 
 def _rollback_and_record(

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.auth import Principal, PrincipalDep
+from app.auth import Principal, PrincipalDep, record_outcome
 from app.deps import IngestorDep, SettingsDep
 from app.errors import AppError, UnsupportedMediaTypeError
 from app.ingest import Candidate, Ingestor
@@ -331,6 +331,8 @@ async def _stow(
         )
     )
     status, body = stow_response(outcomes, request)
+    if status != 200:  # the predictions have their rows; the failed instances are this one's
+        await record_outcome(request, status)
     logger.info(
         "STOW-RS: %d instances, %d predicted, %d failed",
         len(outcomes),

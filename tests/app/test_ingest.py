@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -307,19 +306,30 @@ def test_a_flood_gets_503_with_retry_after_and_every_accepted_upload_is_stored(
 ) -> None:
     import httpx
 
+    from app.errors import ServiceBusyError
+
     app = flooded_app
     uploads = [png_bytes(seed) for seed in range(10)]
 
     async def main() -> tuple[list[Any], list[str]]:
         async with app.router.lifespan_context(app):
             predictor = app.state.resources.predictor
-            real_infer = predictor._infer
+            real_infer, real_check = predictor._infer, predictor._queue.check
+            refused = threading.Event()
 
             def slow_infer(batch: Any) -> Any:
-                time.sleep(0.3)  # a slow model: uploads pile up behind it
+                refused.wait(10)  # a slow model: uploads pile up behind it until one is refused
                 return real_infer(batch)
 
+            def check() -> None:
+                try:
+                    real_check()
+                except ServiceBusyError:
+                    refused.set()
+                    raise
+
             predictor._infer = slow_infer
+            predictor._queue.check = check
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://test", headers=app.state.test_headers
@@ -364,3 +374,21 @@ def test_queue_bounds_are_validated_settings(tmp_path: Path) -> None:
         with pytest.raises(ValidationError) as info:
             make_settings("sqlite://", tmp_path, **{field: 0})
         assert f"RADLENS_{field.upper()}" in describe_validation_error(info.value)
+
+
+def test_stow_with_failed_instances_records_the_request_apart(service: Service) -> None:
+    from app.audit import PREDICTION_CREATE
+
+    since = datetime.now(UTC)
+    body, content_type = multipart_related([dicom_bytes(), b"not a DICOM file"])
+    response = service.client.post(
+        "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 202, response.text
+    (item,) = response.json()["00081199"]["Value"]
+    prediction_id = item["00991001"]["Value"][0]
+    rows = [(r.action, r.target, r.status) for r in audit_rows(service, since)]
+    assert rows == [
+        (PREDICTION_CREATE, prediction_id, 201),
+        ("POST /dicomweb/studies", None, 202),
+    ]
