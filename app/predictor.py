@@ -6,8 +6,9 @@ makes a batch, runs ONE model call per batch and resolves the futures back on th
 with ``loop.call_soon_threadsafe``. The event loop never runs the model. With ``streams`` > 1
 there are that many worker threads: one collects a batch at a time, and their model calls may
 run at once (why, and the measured effect on a 2-core CPU: docs/benchmarks/serve.md).
-``predict_prepared()`` lets the stream also build the
-model input (decode and preprocess an upload) just before its model call.
+``predict_prepared()`` lets the stream also build the model input (decode and preprocess an
+upload) just before its model call. The queue is bounded (app/workqueue.py): a full one
+refuses a request at once (503) rather than holding it.
 
 Batching policy (why it looks like this):
 - With one stream, the batch deadline is counted from the moment the *first* item was queued,
