@@ -1,11 +1,14 @@
 """The audit trail: append rows, read them back, and the retention purge.
 
-Transaction design (tested in tests/app/test_audit.py):
-- a successful action's audit row is added to the request's own session, so it commits in
-  the same transaction as the action: no accepted prediction without its audit row, and no
-  audit row for a write that was rolled back;
-- a failed action (any error response once the key is known) is recorded too, in its own
-  short transaction after the request's transaction was rolled back;
+Every row is written by a function of this module, in one of three ways (tested in
+tests/app/test_audit.py and tests/app/test_ingest.py):
+- a successful action's row is added to the action's own transaction, so there is no
+  accepted write without its audit row and no audit row for a write that was rolled back:
+  ``prediction_created`` (one "prediction.create" row per upload's prediction, STOW-RS
+  instances included) in the PredictionWriter's transaction, ``add`` for the read routes in
+  the request's session (app/auth.audit);
+- a failed action (any error response once the key is known) is recorded too, by
+  ``record_apart`` in its own short transaction after the action's was rolled back;
 - the retention purge deletes predictions and writes one audit row per deleted prediction in
   one transaction.
 Rows hold no patient identifiers: targets are prediction ids, and listing queries are kept
@@ -14,20 +17,25 @@ with UID values withheld.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.security_tables import AuditEvent
 from app.tables import Prediction
+from models.errors import RadlensError
+
+logger = logging.getLogger(__name__)
 
 CLI_ACTOR = "cli"
-PREDICTION_CREATE = "prediction.create"  # the action of an upload (POST /v1/predictions)
+PREDICTION_CREATE = "prediction.create"  # an upload's prediction (each STOW-RS instance's too)
 # Query parameters recorded with their value; any other parameter is recorded as name=*.
 _RECORDED_VALUES = frozenset(
     {"label", "model_name", "model_version", "created_after", "created_before", "limit"}
@@ -76,6 +84,30 @@ def add(
     )
     session.add(event)
     return event
+
+
+def prediction_created(
+    session: Session, actor: str | None, stored: Prediction, created: bool
+) -> AuditEvent:
+    """Add an upload's "prediction.create" row (201 new, 200 re-post) to its transaction."""
+    return add(
+        session,
+        actor=actor,
+        action=PREDICTION_CREATE,
+        target=str(stored.id),
+        status=201 if created else 200,
+    )
+
+
+def record_apart(sessionmaker: Callable[[], Session], **fields: object) -> None:
+    """Write one audit row in its own transaction (a failed request's, after its own was
+    rolled back); a failure to write it is logged, never raised."""
+    try:
+        with sessionmaker() as session:
+            record(session, **fields)  # type: ignore[arg-type]
+            session.commit()
+    except (SQLAlchemyError, RadlensError) as exc:
+        logger.warning("audit row not written: %s", type(exc).__name__)
 
 
 def minimal_query(params: Iterable[tuple[str, str]]) -> str | None:

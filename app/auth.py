@@ -8,8 +8,12 @@ charged (429 with Retry-After when empty; app/ratelimit.py). ``RADLENS_AUTH=disa
 turns authentication off for development (logged as a warning at start-up); requests then
 act as the anonymous principal with every scope.
 
-The prediction routes also depend on ``audit``, which records each request's action and
-outcome in the append-only audit trail (see app/audit.py for the transaction design).
+The read routes also depend on ``audit``, which records each request's action and outcome in
+the append-only audit trail (see app/audit.py for the transaction design). The upload routes
+(``POST /v1/predictions``, ``/v1/predictions/dicom-sr``, STOW-RS) depend on ``audit_failure``
+instead: each prediction's "prediction.create" row is written with it by the writer
+(app/ingest.py), and only a failed request is recorded here. Both run after ``authorize``
+and before the route reads the body: a request without a valid key is never parsed.
 /healthz, /readyz and /metrics stay open (metrics hold counts, no identifiers).
 """
 
@@ -37,7 +41,7 @@ from app.keycache import KeyCache
 from app.keys import SCOPES, authenticate, hash_key, key_id_of
 from models.errors import RadlensError
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
 
@@ -133,27 +137,6 @@ async def authorize(
     return principal
 
 
-async def authorize_request(request: Request) -> Principal:
-    """``authorize`` for a route that reads the bare request (``POST /v1/predictions``):
-    the same bearer parsing (``bearer_scheme``) and checks, without dependency solving."""
-    return await authorize(request, await bearer_scheme(request))
-
-
-async def record_failure(
-    request: Request, principal: Principal, action: str, exc: BaseException
-) -> None:
-    """Audit a failed action in its own short transaction (the action's was rolled back)."""
-    await run_in_threadpool(
-        _record_apart,
-        request,
-        actor=principal.key_id,
-        action=action,
-        target=_target(request, None),
-        query=_query(request, action),
-        status=_status_of(exc),
-    )
-
-
 def key_cache(request: Request) -> KeyCache[Principal]:
     """The app's cache of authenticated keys (built on first use from the settings)."""
     cache: KeyCache[Principal] | None = getattr(request.app.state, "key_cache", None)
@@ -214,11 +197,11 @@ def _record_denied(request: Request, principal: Principal) -> None:
 def _record_apart(request: Request, **fields: object) -> None:
     """Write one audit row in its own transaction; a failure is logged, never raised."""
     try:
-        with _resources(request).sessionmaker() as session:
-            audit_log.record(session, **fields)  # type: ignore[arg-type]
-            session.commit()
-    except (SQLAlchemyError, RadlensError) as exc:
+        sessionmaker = _resources(request).sessionmaker
+    except RadlensError as exc:  # start-up has not finished
         logger.warning("audit row not written: %s", type(exc).__name__)
+        return
+    audit_log.record_apart(sessionmaker, **fields)
 
 
 _ACTIONS = {
@@ -272,6 +255,33 @@ async def audit(request: Request, response: Response, session: SessionDep) -> As
     )
 
 
+async def audit_failure(request: Request) -> AsyncIterator[None]:
+    """For the upload routes: record a failed request (its own short transaction); a
+    success's "prediction.create" rows are the writer's (app/ingest.py). No session, so the
+    upload's hot path pays no thread hop for it."""
+    try:
+        yield
+    except Exception as exc:
+        await record_outcome(request, _status_of(exc))
+        raise
+
+
+async def record_outcome(request: Request, status: int) -> None:
+    """Record an upload request's failed outcome in its own transaction: an error, or a
+    STOW-RS answer in which some instances failed (202, 409)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    action = action_name(request.method, _route_path(request))
+    await run_in_threadpool(
+        _record_apart,
+        request,
+        actor=principal.key_id if principal is not None else None,
+        action=action,
+        target=_target(request, None),
+        query=_query(request, action),
+        status=status,
+    )
+
+
 def _rollback_and_record(
     session: Session, request: Request, action: str, actor: str | None, exc: Exception
 ) -> None:
@@ -317,3 +327,4 @@ def _query(request: Request, action: str) -> str | None:
 PrincipalDep = Annotated[Principal, Depends(authorize)]
 AUTHORIZED = [Depends(authorize)]
 AUDITED = [Depends(authorize), Depends(audit, scope="function")]
+UPLOADS = [Depends(authorize), Depends(audit_failure, scope="function")]

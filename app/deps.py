@@ -1,8 +1,9 @@
 """Request dependencies: the app's resources, as ``Annotated`` aliases routes declare.
 
-The heavy resources (engine, sessionmaker, predictor) are built once in the lifespan
-(app/main.py) and kept in ``app.state.resources``; tests swap any of them with
-``app.dependency_overrides[get_...]``.
+The heavy resources (engine, sessionmaker, writer, and the ingestor holding the predictor)
+are built once in the lifespan (app/main.py) and kept in ``app.state.resources``; tests swap
+any of them with ``app.dependency_overrides[get_...]``, the upload routes' ingestor
+(``get_ingestor``) included.
 
 The dependencies that only read ``app.state`` are ``async def``: FastAPI runs a plain ``def``
 dependency in the thread pool, and that hop costs more CPU than the function itself.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -25,6 +26,9 @@ from app.predictor import Predictor
 from app.settings import Settings
 from app.writer import PredictionWriter
 
+if TYPE_CHECKING:
+    from app.ingest import Ingestor
+
 
 @dataclass
 class Resources:
@@ -32,9 +36,18 @@ class Resources:
 
     engine: Engine
     sessionmaker: sessionmaker[Session]
-    predictor: Predictor
     schema_revision: str
     writer: PredictionWriter  # stores the uploads' predictions, grouped (app/writer.py)
+    ingestor: Ingestor  # the one upload path: prepare -> explain -> commit (app/ingest.py)
+
+    @property
+    def predictor(self) -> Predictor:
+        """The loaded model, held by the ingestor (swapping it here swaps it there)."""
+        return self.ingestor.predictor
+
+    @predictor.setter
+    def predictor(self, predictor: Predictor) -> None:
+        self.ingestor.predictor = predictor
 
 
 def _resources(request: Request) -> Resources:
@@ -94,11 +107,22 @@ def _rollback_and_close(session: Session) -> None:
 
 async def get_predictor(request: Request) -> Predictor:
     predictor = _resources(request).predictor
+    _require_ready(predictor)
+    return predictor
+
+
+async def get_ingestor(request: Request) -> Ingestor:
+    """The upload path, once the model is warmed up (503 before)."""
+    ingestor = _resources(request).ingestor
+    _require_ready(ingestor.predictor)
+    return ingestor
+
+
+def _require_ready(predictor: Predictor) -> None:
     if not predictor.ready:
         raise ModelNotReadyError(
             f"model {predictor.manifest.name}:{predictor.manifest.version} is not warmed up yet"
         )
-    return predictor
 
 
 async def get_engine(request: Request) -> Engine:
@@ -109,5 +133,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+IngestorDep = Annotated["Ingestor", Depends(get_ingestor)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 ResourcesDep = Annotated[Resources, Depends(_resources)]

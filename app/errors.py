@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import RadlensError
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:radlens:problem:"
@@ -93,6 +93,15 @@ class DatabaseUnavailableError(AppError):
     headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
+class ServiceBusyError(AppError):
+    """A bounded queue (RADLENS_MAX_QUEUED_PREDICTIONS, RADLENS_MAX_QUEUED_WRITES) is full."""
+
+    code = "service-busy"
+    title = "The service has as much work queued as it accepts; retry after Retry-After seconds"
+    status_code = 503
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
 # models.errors codes -> HTTP status (RFC 9110 semantics: 415 for a media type the service
 # does not handle, 422 for a well-formed upload whose content cannot be processed)
 STATUS_BY_CODE: dict[str, int] = {
@@ -108,9 +117,6 @@ STATUS_BY_CODE: dict[str, int] = {
     "model-incompatible": 503,
     "model-store-error": 503,
     "bad-configuration": 500,
-    # app.predictor
-    "inference-failed": 500,
-    "predictor-unavailable": 503,
 }
 
 

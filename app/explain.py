@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import NotFoundError
@@ -126,9 +125,8 @@ def record_explanation(
     session: Session, prediction_id: uuid.UUID, output: ExplanationOutput
 ) -> tuple[Explanation, bool]:
     """Store the explanation unless the prediction has one already (first writer wins)."""
-    existing = get_explanation(session, prediction_id)
-    if existing is not None:
-        return existing, False
+    from app.services import record_once
+
     row = Explanation(
         id=uuid.uuid4(),
         prediction_id=prediction_id,
@@ -138,12 +136,4 @@ def record_explanation(
         score=output.score,
         png=output.png,
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        winner = get_explanation(session, prediction_id)
-        if winner is None:
-            raise
-        return winner, False
-    return row, True
+    return record_once(session, row, lambda: get_explanation(session, prediction_id))

@@ -1,11 +1,20 @@
 """One uploaded instance -> a stored prediction (and, on request, its explanation).
 
 The one path every upload takes (``POST /v1/predictions``, ``POST /v1/predictions/dicom-sr``,
-each instance of a STOW-RS request): preprocess exactly as in training (off the event loop:
-on the predictor stream that runs it, or with one stream in a worker thread) -> the
-micro-batched predictor -> lookup-or-insert (dedupe per model; for ``POST /v1/predictions``
-through the group-committing PredictionWriter) -> optionally Grad-CAM, stored once per
-prediction.
+each instance of a STOW-RS request), through the service's one :class:`Ingestor` (built in
+the lifespan, ``Resources.ingestor``):
+
+1. ``prepare(data) -> Candidate``: preprocess exactly as in training (off the event loop: on
+   the predictor stream that runs it, or with one stream in a worker thread) and the
+   micro-batched model call; nothing touches the database;
+2. ``explain(candidate)`` (on request): Grad-CAM in a worker thread, still before any
+   transaction;
+3. ``commit(candidate, actor)``: lookup-or-insert (dedupe per model), the explanation, and the
+   "prediction.create" audit row, in one transaction of the group-committing PredictionWriter
+   (app/writer.py), the only owner of an upload's commit.
+
+So no transaction is open while the model, Grad-CAM or a DICOM output builder runs, and the
+hot path costs no hop or round trip beyond the predictor's and the writer's.
 """
 
 from __future__ import annotations
@@ -14,38 +23,26 @@ import functools
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import String
-from sqlalchemy.orm import Session
 
-from app import services
 from app.errors import InvalidDicomAttributeError
-from app.explain import ExplanationOutput, explainer_for, get_explanation, record_explanation
+from app.explain import ExplanationOutput, explainer_for
 from app.metrics import ServiceMetrics
-from app.pseudonym import pseudonymise_uid
+from app.pseudonym import pseudonym_key_id, pseudonymise_uid
 from app.settings import Settings
 from app.tables import Explanation, Prediction, dedupe_key
 from app.writer import PredictionWriter
 
 if TYPE_CHECKING:
     from app.predictor import Predictor
-    from models.manifest import ModelManifest
     from models.preprocessing import PreprocessedImage
 
-logger = logging.getLogger("radlens.app")
-
-
-@dataclass
-class Ingested:
-    prediction: Prediction
-    created: bool  # False: this model had predicted this instance before (stored row returned)
-    image: PreprocessedImage
-    explanation: Explanation | None = None
-    explanation_created: bool = False
+logger = logging.getLogger(__name__)
 
 
 def preprocess_upload(
@@ -112,154 +109,150 @@ def _prepare_upload(
     return image.model_input(), (image, hashlib.sha256(data).hexdigest())
 
 
-@dataclass
+@dataclass(frozen=True)
 class Candidate:
     """A preprocessed upload and the model's prediction on it, not stored yet."""
 
-    prediction: Prediction
+    prediction: Prediction  # the unsaved row
     image: PreprocessedImage
+    explanation: ExplanationOutput | None = None  # set by Ingestor.explain
 
 
-async def predict_and_store(
-    data: bytes,
-    *,
-    session: Session,
-    predictor: Predictor,
-    settings: Settings,
-    metrics: ServiceMetrics,
-    explain: bool = False,
-) -> Ingested:
-    """Predict on one upload and store the result; with ``explain``, also the Grad-CAM overlay
-    (added to an existing prediction that has none). Raises the preprocessing errors."""
-    candidate = await run_model(data, predictor=predictor, settings=settings)
-    return await store(
-        candidate, session=session, predictor=predictor, metrics=metrics, explain=explain
-    )
+@dataclass(frozen=True)
+class Ingested:
+    """A committed upload."""
+
+    prediction: Prediction
+    created: bool  # False: this model had predicted this instance before (stored row returned)
+    image: PreprocessedImage
+    explanation: Explanation | None = None
+    explanation_created: bool = False
 
 
-async def run_model(data: bytes, *, predictor: Predictor, settings: Settings) -> Candidate:
-    """Preprocess (off the event loop) and predict (micro-batched); safe to run concurrently.
+class Ingestor:
+    """The upload path: ``prepare`` -> (``explain``) -> ``commit``; see the module docstring."""
 
-    Raises the preprocessing errors. The model runs before the database is touched, so the
-    request's transaction is only the short lookup-or-insert in record_prediction (SQLite
-    serialises writers; a transaction held open across inference would stall other requests).
-    A re-post runs the model again but stores nothing and returns the stored prediction.
-    """
-    manifest = predictor.manifest
-    prepare = functools.partial(
-        _prepare_upload, data, predictor.input_size, manifest.window, settings.max_pixels
-    )
-    output = await predictor.predict_prepared(prepare)  # on its stream, or a worker thread
-    image, digest = output.prepared
-    meta = image.metadata
-    # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the instance UIDs (app/pseudonym.py)
-    pseudonym_key = settings.uid_pseudonym_key_bytes
-    study_uid, series_uid, sop_uid = (
-        pseudonymise_uid(uid, pseudonym_key)
-        for uid in (meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid)
-    )
-    key = dedupe_key(sop_instance_uid=sop_uid, input_sha256=digest)
+    def __init__(
+        self,
+        predictor: Predictor,
+        writer: PredictionWriter,
+        settings: Settings,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.predictor = predictor
+        self.writer = writer
+        self.settings = settings
+        self.metrics = metrics
+        # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the UIDs (app/pseudonym.py)
+        self._pseudonym_key = settings.uid_pseudonym_key_bytes
+        self._pseudonym_key_id = (
+            pseudonym_key_id(self._pseudonym_key) if self._pseudonym_key is not None else None
+        )
 
-    prediction = Prediction(
-        id=uuid.uuid4(),
-        model_name=manifest.name,
-        model_version=manifest.version,
-        preprocessing_version=manifest.preprocessing_version,
-        device=predictor.device.name,
-        label=output.label,
-        scores={
-            name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
-        },
-        threshold=manifest.threshold,
-        inference_ms=float(output.inference_ms),
-        batch_size=int(output.batch_size),
-        dedupe_key=key,
-        input_sha256=digest,
-        input_format=meta.format,
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        sop_instance_uid=sop_uid,
-        modality=meta.modality,
-        rows=meta.rows,
-        columns=meta.columns,
-        frames=meta.frames,
-        photometric_interpretation=meta.photometric_interpretation,
-        transfer_syntax_uid=meta.transfer_syntax_uid,
-        sop_class_uid=meta.sop_class_uid,
-    )
-    return Candidate(prediction=prediction, image=image)
+    def check_capacity(self) -> None:
+        """503 + Retry-After (ServiceBusyError) at once when the predictor's or the writer's
+        queue is full: called before an upload's body is read, so a refused upload is never
+        held in memory."""
+        self.predictor.check_capacity()
+        self.writer.queue.check()
 
+    async def ingest(self, data: bytes, actor: str | None, *, explain: bool = False) -> Ingested:
+        """``prepare``, then ``commit``: predict on one upload and store the result."""
+        return await self.commit(await self.prepare(data), actor, explain=explain)
 
-async def store_committed(
-    candidate: Candidate,
-    *,
-    writer: PredictionWriter,
-    predictor: Predictor,
-    metrics: ServiceMetrics,
-    actor: str | None,
-) -> Ingested:
-    """Lookup-or-insert the prediction with its audit row, committed: the upload route's whole
-    transaction, written by the service's PredictionWriter together with the other uploads
-    waiting at that moment (app/writer.py). Raises the database errors, nothing committed."""
-    stored, created = await writer.write(candidate.prediction, actor)
-    _observe(stored, created, predictor.manifest, metrics)
-    return Ingested(prediction=stored, created=created, image=candidate.image)
+    async def prepare(self, data: bytes) -> Candidate:
+        """Preprocess (off the event loop) and predict (micro-batched); safe to run
+        concurrently. Raises the preprocessing errors (and InvalidDicomAttributeError).
+        A re-post runs the model again but stores nothing and returns the stored prediction."""
+        predictor = self.predictor
+        manifest = predictor.manifest
+        prepare = functools.partial(
+            _prepare_upload, data, predictor.input_size, manifest.window, self.settings.max_pixels
+        )
+        output = await predictor.predict_prepared(prepare)  # on its stream, or a worker thread
+        image, digest = cast(tuple["PreprocessedImage", str], output.prepared)
+        meta = image.metadata
+        pseudonymised = self._pseudonym_key is not None and meta.format == "dicom"
+        study_uid, series_uid, sop_uid = (
+            pseudonymise_uid(uid, self._pseudonym_key)
+            for uid in (meta.study_instance_uid, meta.series_instance_uid, meta.sop_instance_uid)
+        )
+        prediction = Prediction(
+            id=uuid.uuid4(),
+            model_name=manifest.name,
+            model_version=manifest.version,
+            preprocessing_version=manifest.preprocessing_version,
+            device=predictor.device.name,
+            label=output.label,
+            scores={
+                name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
+            },
+            threshold=manifest.threshold,
+            inference_ms=float(output.inference_ms),
+            batch_size=int(output.batch_size),
+            dedupe_key=dedupe_key(sop_instance_uid=sop_uid, input_sha256=digest),
+            input_sha256=digest,
+            input_format=meta.format,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            modality=meta.modality,
+            rows=meta.rows,
+            columns=meta.columns,
+            frames=meta.frames,
+            photometric_interpretation=meta.photometric_interpretation,
+            transfer_syntax_uid=meta.transfer_syntax_uid,
+            sop_class_uid=meta.sop_class_uid,
+            uids_pseudonymised=pseudonymised,
+            pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
+        )
+        return Candidate(prediction=prediction, image=image)
 
-
-def _observe(
-    stored: Prediction, created: bool, manifest: ModelManifest, metrics: ServiceMetrics
-) -> None:
-    if created:
-        metrics.observe_prediction(manifest.ref, stored.label)
+    async def explain(self, candidate: Candidate) -> Candidate:
+        """The candidate with its Grad-CAM overlay, computed in a worker thread (no
+        transaction is open). Stored with the prediction unless the stored row has one."""
+        explainer = explainer_for(self.predictor)
+        output = await run_in_threadpool(explainer.explain, candidate.image.model_input())
         logger.info(
-            "prediction %s: model %s label %s (%.1f ms, batch %d)",
-            stored.id,
-            manifest.ref,
-            stored.label,
-            stored.inference_ms,
-            stored.batch_size,
+            "explanation for prediction %s: %s %.2f at %s (%.0f ms)",
+            candidate.prediction.id,
+            output.class_name,
+            output.score,
+            output.layer,
+            output.seconds * 1000,
         )
-    else:
-        logger.info("prediction %s: already stored for model %s", stored.id, manifest.ref)
+        return replace(candidate, explanation=output)
 
-
-async def store(
-    candidate: Candidate,
-    *,
-    session: Session,
-    predictor: Predictor,
-    metrics: ServiceMetrics,
-    explain: bool = False,
-) -> Ingested:
-    """Lookup-or-insert the prediction (and explain it when asked). One at a time per session."""
-    manifest = predictor.manifest
-    stored, created = await run_in_threadpool(
-        services.record_prediction, session, candidate.prediction
-    )
-    _observe(stored, created, manifest, metrics)
-    result = Ingested(prediction=stored, created=created, image=candidate.image)
-    if explain:
-        result.explanation, result.explanation_created = await ensure_explanation(
-            session, stored, candidate.image, predictor
+    async def commit(
+        self, candidate: Candidate, actor: str | None, *, explain: bool = False
+    ) -> Ingested:
+        """Lookup-or-insert the prediction (with ``explain``, its explanation, computed first
+        when the candidate has none) and its audit row, committed by the writer together with
+        the other uploads waiting at that moment. Raises ServiceBusyError (503) when the
+        writer's queue is full and the database's errors, nothing of this upload committed."""
+        if explain and candidate.explanation is None:
+            candidate = await self.explain(candidate)
+        written = await self.writer.commit(candidate.prediction, actor, candidate.explanation)
+        self._observe(written.prediction, written.created)
+        return Ingested(
+            prediction=written.prediction,
+            created=written.created,
+            image=candidate.image,
+            explanation=written.explanation,
+            explanation_created=written.explanation_created,
         )
-    return result
 
-
-async def ensure_explanation(
-    session: Session, prediction: Prediction, image: PreprocessedImage, predictor: Predictor
-) -> tuple[Explanation, bool]:
-    """The stored explanation of ``prediction``, computed (off the event loop) if missing."""
-    existing = await run_in_threadpool(get_explanation, session, prediction.id)
-    if existing is not None:
-        return existing, False
-    explainer = explainer_for(predictor)
-    output: ExplanationOutput = await run_in_threadpool(explainer.explain, image.model_input())
-    logger.info(
-        "explanation for prediction %s: %s %.2f at %s (%.0f ms)",
-        prediction.id,
-        output.class_name,
-        output.score,
-        output.layer,
-        output.seconds * 1000,
-    )
-    return await run_in_threadpool(record_explanation, session, prediction.id, output)
+    def _observe(self, stored: Prediction, created: bool) -> None:
+        ref = self.predictor.manifest.ref
+        if created:
+            self.metrics.observe_prediction(ref, stored.label)
+            logger.info(
+                "prediction %s: model %s label %s (%.1f ms, batch %d)",
+                stored.id,
+                ref,
+                stored.label,
+                stored.inference_ms,
+                stored.batch_size,
+            )
+        else:
+            logger.info("prediction %s: already stored for model %s", stored.id, ref)

@@ -6,7 +6,8 @@ names what and why:
    PostgreSQL must be upgraded with ``radlens db upgrade``; see app/migrate.py);
 2. the model: ``load_predictor`` resolves RADLENS_MODEL (name[:version], default newest),
    checks its sha256 and preprocessing version, places it on the device and warms it up;
-3. the micro-batching worker starts; /readyz answers 200 from then on.
+3. the micro-batching worker and the prediction writer start, the upload path (app/ingest.py)
+   on top of them; /readyz answers 200 from then on.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from app.metrics import MetricsMiddleware, ServiceMetrics
 from app.schemas import Problem, problem_responses
 from app.settings import Settings, get_settings
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 API_DESCRIPTION = """
 Upload a DICOM, PNG or JPEG image to `POST /v1/predictions` and get the loaded model's
@@ -88,21 +89,21 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         )
     install_error_handlers(app)
 
-    from app.auth import AUDITED, AUTHORIZED
+    from app.auth import AUDITED, AUTHORIZED, UPLOADS
     from app.routes import model_info, ops, predictions
 
     # Every /v1 route needs an API key (app/auth.py); predictions are also audited. The key's
     # refusals (401, 403, 429) are documented on each of those routes.
     keyed = problem_responses(401, 403, 429)
-    # The upload route authenticates and audits itself (its hot path skips dependency
-    # solving; see app/routes/predictions.py): the same checks, the same audit rows.
-    app.include_router(predictions.upload_router, responses=keyed)
+    # Uploads: the key is checked before the body is read; the prediction's audit row is
+    # written with it by the writer (app/ingest.py), a failure's by the dependency.
+    app.include_router(predictions.upload_router, dependencies=UPLOADS, responses=keyed)
     app.include_router(predictions.router, dependencies=AUDITED, responses=keyed)
     from app.routes import dicomweb, explanations  # Grad-CAM, SR/SC, STOW-RS
 
-    app.include_router(explanations.upload_router, dependencies=AUDITED, responses=keyed)
+    app.include_router(explanations.upload_router, dependencies=UPLOADS, responses=keyed)
     app.include_router(explanations.router, dependencies=AUDITED, responses=keyed)
-    app.include_router(dicomweb.router, dependencies=AUDITED, responses=keyed)
+    app.include_router(dicomweb.router, dependencies=UPLOADS, responses=keyed)
     app.include_router(model_info.router, dependencies=AUTHORIZED, responses=keyed)
     app.include_router(ops.router)
 
@@ -148,15 +149,17 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
             metrics.observe_batch(stats.size, stats.inference_ms / 1000.0)
 
     predictor.observers.append(observe)
+    from app.ingest import Ingestor
     from app.writer import PredictionWriter
 
     sessions = make_sessionmaker(engine)
+    writer = PredictionWriter(sessions, max_queued=settings.max_queued_writes)
     return Resources(
         engine=engine,
         sessionmaker=sessions,
-        predictor=predictor,
         schema_revision=revision,
-        writer=PredictionWriter(sessions),
+        writer=writer,
+        ingestor=Ingestor(predictor, writer, settings, metrics),
     )
 
 

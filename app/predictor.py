@@ -5,9 +5,10 @@ and a future on a queue and awaits the future; a worker thread takes items off t
 makes a batch, runs ONE model call per batch and resolves the futures back on their event loop
 with ``loop.call_soon_threadsafe``. The event loop never runs the model. With ``streams`` > 1
 there are that many worker threads: one collects a batch at a time, and their model calls may
-run at once (on 2 CPU cores, two calls at batch 8 match one call at batch 32;
-docs/benchmarks/serve.md, round 5). ``predict_prepared()`` lets the stream also build the
-model input (decode and preprocess an upload) just before its model call.
+run at once (why, and the measured effect on a 2-core CPU: docs/benchmarks/serve.md).
+``predict_prepared()`` lets the stream also build the model input (decode and preprocess an
+upload) just before its model call. The queue is bounded (app/workqueue.py): a full one
+refuses a request at once (503) rather than holding it.
 
 Batching policy (why it looks like this):
 - With one stream, the batch deadline is counted from the moment the *first* item was queued,
@@ -27,7 +28,6 @@ Batching policy (why it looks like this):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import queue
@@ -42,6 +42,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.device import DeviceInfo, select_device
 from app.errors import AppError
+from app.workqueue import STOP, WorkQueue, fail, resolve_all
 from models.errors import InvalidImageError, RadlensError
 
 if TYPE_CHECKING:
@@ -107,22 +108,7 @@ Prepare = Callable[[], tuple[np.ndarray, Any]]
 """A request's own preparation: () -> (model input, anything to hand back with the result)."""
 
 
-_STOP = object()
-
-
-def _set_result(future: asyncio.Future[PredictionOutput], value: PredictionOutput) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _set_results(results: list[tuple[asyncio.Future[PredictionOutput], PredictionOutput]]) -> None:
-    for future, value in results:
-        _set_result(future, value)
-
-
-def _set_exception(future: asyncio.Future[PredictionOutput], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+MAX_QUEUED = 256  # uploads waiting for a model call at most (RADLENS_MAX_QUEUED_PREDICTIONS)
 
 
 def _error_summary(exc: BaseException, limit: int = 300) -> str:
@@ -183,6 +169,7 @@ class Predictor:
         observers: Sequence[BatchObserver] = (),
         batch_tuning: BatchTuning = "off",
         streams: int = 1,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size should be >= 1. Received: {max_batch_size!r}")
@@ -222,9 +209,8 @@ class Predictor:
         self._input_shape = (height, width, 1)
         self.ready = False
 
-        # SimpleQueue: put() runs in C without a Python-level Condition; it is called on the
-        # event loop once per request.
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Bounded: a full queue answers 503 at once (app/workqueue.py).
+        self._queue = WorkQueue(max_queued, "uploads waiting for the model")
         self._threads: list[threading.Thread] = []
         # One stream collects a batch at a time; the others are in a model call or waiting.
         self._collecting = threading.Lock()
@@ -284,7 +270,7 @@ class Predictor:
         ``rounds`` calls each, the fastest call counted) and cap batches at the most efficient.
 
         On a GPU the biggest batch is nearly always the most efficient; on a CPU it often is
-        not (ResNet50 at 224 px on 2 cores: batch 8 beat batch 16 by 7-10%), and batches the
+        not (figures for ResNet50 on 2 cores: docs/benchmarks/serve.md), and batches the
         size of the client count would then cost throughput exactly when the load is high.
         """
         sizes = batch_size_candidates(self.max_batch_size)
@@ -330,7 +316,7 @@ class Predictor:
         self._closing = True
         threads = self._threads
         for _ in threads:
-            self._queue.put(_STOP)
+            self._queue.put_stop()
         deadline = time.monotonic() + timeout_s
         for thread in threads:
             await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
@@ -342,11 +328,7 @@ class Predictor:
         self._fail_leftovers(PredictorUnavailableError("the predictor was stopped"))
 
     def _fail_leftovers(self, exc: RadlensError) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
+        for item in self._queue.drain():
             if isinstance(item, _Item):
                 self._resolve_exception(item, exc)
 
@@ -356,6 +338,10 @@ class Predictor:
         return alive and not self._closing
 
     # --- the request side -----------------------------------------------------------------
+
+    def check_capacity(self) -> None:
+        """Raise ServiceBusyError (503, Retry-After) when the queue holds ``max_queued``."""
+        self._queue.check()
 
     async def predict(self, model_input: np.ndarray) -> PredictionOutput:
         """Queue one (H, W, 1) float32 image and await its prediction."""
@@ -456,7 +442,7 @@ class Predictor:
                     wait_s += time.perf_counter() - t0
                     break
                 wait_s += time.perf_counter() - t0
-            if nxt is _STOP:
+            if nxt is STOP:
                 return batch, waited, wait_s * 1000.0, True
             self._note_arrival(nxt)
             batch.append(nxt)
@@ -466,7 +452,7 @@ class Predictor:
         while True:
             with self._collecting:  # one stream collects at a time
                 first = self._queue.get()
-                if first is _STOP:
+                if first is STOP:
                     break
                 self._note_arrival(first)
                 batch, waited, wait_ms, stop_seen = self._collect(first)
@@ -481,8 +467,8 @@ class Predictor:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    self._queue.put(item)
+                if item is STOP:
+                    self._queue.put_stop()
                     break
                 if isinstance(item, _Item):
                     self._run_batch([item], False, 0.0)
@@ -521,12 +507,9 @@ class Predictor:
                 self._resolve_exception(item, error)
         else:
             # One wake-up per event loop for the whole batch, not one per request.
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, PredictionOutput]]] = {}
-            for item, output in zip(live, outputs, strict=True):
-                by_loop.setdefault(item.loop, []).append((item.future, output))
-            for loop, results in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # that caller's loop is closed
-                    loop.call_soon_threadsafe(_set_results, results)
+            resolve_all(
+                (item.loop, item.future, output) for item, output in zip(live, outputs, strict=True)
+            )
         stats = BatchStats(len(live), inference_ms, wait_ms, queue_ms, waited, ok)
         for observer in self.observers:
             try:
@@ -552,8 +535,7 @@ class Predictor:
 
     @staticmethod
     def _resolve_exception(item: _Item, exc: BaseException) -> None:
-        with contextlib.suppress(RuntimeError):  # that caller's loop is closed
-            item.loop.call_soon_threadsafe(_set_exception, item.future, exc)
+        fail(item.loop, item.future, exc)
 
 
 def load_predictor(settings: Any) -> Predictor:
@@ -576,6 +558,7 @@ def load_predictor(settings: Any) -> Predictor:
         max_batch_wait_ms=settings.max_batch_wait_ms,
         batch_tuning=settings.batch_tuning,
         streams=settings.inference_streams,
+        max_queued=settings.max_queued_predictions,
     )
     predictor.warmup()
     return predictor

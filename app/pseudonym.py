@@ -14,6 +14,13 @@ import hashlib
 import hmac
 
 
+def pseudonym_key_id(key: bytes) -> str:
+    """A 16-hex-character id of a pseudonym key, recorded with each row it pseudonymised: it
+    tells rows made under different keys apart and reveals nothing about the key (an HMAC
+    under the key of a fixed label, not a hash of the key itself)."""
+    return hmac.new(key, b"radlens pseudonym key id", hashlib.sha256).hexdigest()[:16]
+
+
 def pseudonymise_uid(uid: str | None, key: bytes | None) -> str | None:
     """The pseudonym of ``uid`` under ``key``; ``uid`` unchanged when either is empty."""
     if not uid or not key:

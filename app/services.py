@@ -9,9 +9,10 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import TypeVar, cast
 
 from sqlalchemy import Table, and_, or_, select
 from sqlalchemy import inspect as sa_inspect
@@ -24,6 +25,8 @@ from sqlalchemy.sql.expression import Executable
 from app.db import utcnow
 from app.errors import InvalidCursorError, NotFoundError
 from app.tables import Prediction
+
+T = TypeVar("T")
 
 
 def find_existing(
@@ -92,28 +95,35 @@ _POSTGRESQL_INSERT: Executable = (
 
 
 def _record_portable(session: Session, prediction: Prediction) -> tuple[Prediction, bool]:
-    existing = find_existing(
-        session,
-        model_name=prediction.model_name,
-        model_version=prediction.model_version,
-        dedupe_key=prediction.dedupe_key,
-    )
-    if existing is not None:
-        return existing, False
-    try:
-        with session.begin_nested():
-            session.add(prediction)
-    except IntegrityError:
-        winner = find_existing(
+    def find() -> Prediction | None:
+        return find_existing(
             session,
             model_name=prediction.model_name,
             model_version=prediction.model_version,
             dedupe_key=prediction.dedupe_key,
         )
+
+    return record_once(session, prediction, find)
+
+
+def record_once(session: Session, row: T, find: Callable[[], T | None]) -> tuple[T, bool]:
+    """Add ``row`` unless ``find()`` returns a stored one; returns ``(stored, created)``.
+
+    The insert runs in a SAVEPOINT, so a concurrent transaction that inserted the same unique
+    key first wins and this one returns its row, with the caller's transaction still usable.
+    """
+    existing = find()
+    if existing is not None:
+        return existing, False
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        winner = find()
         if winner is None:  # the integrity error was something else: a bug, not a race
             raise
         return winner, False
-    return prediction, True
+    return row, True
 
 
 def get_prediction(session: Session, prediction_id: uuid.UUID) -> Prediction:

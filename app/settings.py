@@ -33,8 +33,8 @@ def _default_max_pixels() -> int:
 
 
 def _default_model_store() -> Path:
-    # Same rule as models.registry.default_store_path() ($RADLENS_MODEL_STORE is read by the
-    # settings source itself), without importing the registry (which imports Keras).
+    # The default of models.registry.default_store_path(), without its $RADLENS_MODEL_STORE
+    # lookup: the settings source reads that variable itself (env prefix).
     return REPO_ROOT / "models" / "store"
 
 
@@ -68,7 +68,14 @@ class Settings(BaseSettings):
         ge=1,
         le=8,
         description="model calls that may run at once, each on its own batch; with more than "
-        "one, each call preprocesses its own batch first (docs/benchmarks/serve.md, round 5)",
+        "one, each call preprocesses its own batch first (docs/benchmarks/serve.md)",
+    )
+    # Backpressure: beyond these the service answers 503 + Retry-After at once (app/workqueue.py)
+    max_queued_predictions: int = Field(
+        default=256, ge=1, le=100_000, description="uploads waiting for the model at most"
+    )
+    max_queued_writes: int = Field(
+        default=1024, ge=1, le=100_000, description="predictions waiting to be stored at most"
     )
     max_upload_bytes: int = Field(default=64 * MIB, ge=1)
     max_pixels: int = Field(default_factory=_default_max_pixels, ge=1)

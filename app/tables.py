@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -68,6 +69,10 @@ class Prediction(Base):
     transfer_syntax_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
     # kept so DICOM outputs (SR, Secondary Capture) can reference the source instance
     sop_class_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    # (0004) whether the Study/Series/SOP UIDs above are pseudonyms (app/pseudonym.py) and the
+    # id of the key that made them; NULL in both: stored before 0004, not recorded
+    uids_pseudonymised: Mapped[bool | None] = mapped_column(Boolean)
+    pseudonym_key_id: Mapped[str | None] = mapped_column(String(16))
 
 
 class Explanation(Base):

@@ -1,7 +1,7 @@
 """Reading the one file of an upload from a multipart/form-data body.
 
-The upload route reads the whole body first (the size limit applies while it streams, in
-app/limits.py) and then takes the part named ``file`` out of it with python-multipart's
+The upload routes read the whole body first (the size limit applies while it streams, in
+app/limits.py) and then take the part named ``file`` out of it with python-multipart's
 parser, in one call: no form object, no temporary file, no per-part validation machinery.
 The answers match what FastAPI's ``File`` parameter gives for the same bodies:
 - a body that is not multipart/form-data: 415;
@@ -12,12 +12,10 @@ The answers match what FastAPI's ``File`` parameter gives for the same bodies:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fastapi import Request, Response
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +26,15 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 FIELD = "file"
+
+
+async def read_file(request: Request, field: str = FIELD) -> bytes:
+    """The upload's file: 415 unless multipart/form-data (before the body is read), then the
+    whole body (the size limit applies while it streams) and the part named ``field``.
+    Called by the upload routes after their dependencies, so never before the key check."""
+    content_type = request.headers.get("content-type")
+    require_multipart(content_type)
+    return file_field(await request.body(), content_type, field)
 
 
 def require_multipart(content_type: str | None) -> None:
@@ -123,22 +130,3 @@ class _Parts:
     def _end(self) -> None:
         content = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self.done.append((self._headers, content))
-
-
-class MultipartRoute(APIRoute):
-    """For upload routes that declare FastAPI ``File`` parameters (``POST
-    /v1/predictions/dicom-sr``): refuse a body that is not multipart/form-data with 415
-    before FastAPI parses it, and hand the form parser the whole body as one chunk."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def checked(request: Request) -> Response:
-            require_multipart(request.headers.get("content-type"))
-            # Read the body first (the upload size limit still applies while it streams):
-            # the form parser then gets it as one chunk, one parser call and one file write
-            # instead of one per network chunk, on the event loop.
-            await request.body()
-            return await handler(request)
-
-        return checked

@@ -1,38 +1,42 @@
 """The uploads' predictions are written by one thread, as many per transaction as are waiting.
 
-``POST /v1/predictions`` ends with a lookup-or-insert of its prediction, its audit row and a
-commit. Run one by one, each request pays for its own session, transaction and commit, and
-hops to a worker thread to do so. Under load several finish their model call at once (a
-batch), so :class:`PredictionWriter` takes everything queued while the previous transaction
-ran into the next one: one session, one commit (on SQLite one WAL append), for the group
+Every upload (``POST /v1/predictions``, ``/v1/predictions/dicom-sr``, each STOW-RS instance)
+ends with a lookup-or-insert of its prediction, its explanation when one was asked for, its
+"prediction.create" audit row and a commit (app/ingest.py), and this writer is the only place
+that commits them. Run one by one, each request pays for its own session, transaction and
+commit, and hops to a worker thread to do so. Under load several finish their model call at
+once (a batch), so :class:`PredictionWriter` takes everything queued while the previous
+transaction ran into the next one: one session, one commit (on SQLite one WAL append), for the group
 ("group commit"). Each request still gets its own row back, and its own ``created``.
 
 A group that fails (a row the database refuses, an outage) is written again row by row, so
 only the request whose row fails gets the error and nothing of the others is lost; a request
-is answered only after the transaction holding its row committed.
+is answered only after the transaction holding its row committed. The queue is bounded
+(RADLENS_MAX_QUEUED_WRITES): beyond it a write is refused at once with 503 (app/workqueue.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app import audit as audit_log
 from app import services
 from app.errors import AppError
-from app.tables import Prediction
+from app.explain import ExplanationOutput, record_explanation
+from app.tables import Explanation, Prediction
+from app.workqueue import STOP, WorkQueue, fail, resolve_all
 
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 64  # rows in one transaction at most
+MAX_QUEUED = 1024  # writes waiting at most (RADLENS_MAX_QUEUED_WRITES)
 
 
 class WriterStoppedError(AppError):
@@ -43,26 +47,42 @@ class WriterStoppedError(AppError):
     status_code = 503
 
 
+@dataclass(frozen=True)
+class Written:
+    """One committed write: the stored prediction (this request's, or the row this model had
+    stored for the same input) and, when an explanation was given, the stored one."""
+
+    prediction: Prediction
+    created: bool
+    explanation: Explanation | None = None
+    explanation_created: bool = False
+
+
 @dataclass
 class _Write:
     prediction: Prediction
     actor: str | None
-    future: asyncio.Future[tuple[Prediction, bool]]
+    explanation: ExplanationOutput | None
+    future: asyncio.Future[Written]
     loop: asyncio.AbstractEventLoop
 
 
-_STOP = object()
-
-
 class PredictionWriter:
-    """One thread that stores predictions (with their audit rows) in group transactions."""
+    """One thread that stores predictions (with their explanations and audit rows) in group
+    transactions."""
 
-    def __init__(self, sessionmaker: Callable[[], Session], *, max_group: int = MAX_GROUP) -> None:
+    def __init__(
+        self,
+        sessionmaker: Callable[[], Session],
+        *,
+        max_group: int = MAX_GROUP,
+        max_queued: int = MAX_QUEUED,
+    ) -> None:
         if max_group < 1:
             raise ValueError(f"max_group should be >= 1. Received: {max_group!r}")
         self.sessionmaker = sessionmaker
         self.max_group = max_group
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.queue = WorkQueue(max_queued, "predictions waiting to be stored")
         self._thread: threading.Thread | None = None
         self._closing = False
         self.transactions = 0  # committed group transactions (for tests and logs)
@@ -79,45 +99,54 @@ class PredictionWriter:
         self._closing = True
         thread = self._thread
         if thread is not None:
-            self._queue.put(_STOP)
+            self.queue.put_stop()
             await asyncio.to_thread(thread.join, timeout_s)
             if thread.is_alive():
                 log.warning("prediction writer did not stop within %.1f s", timeout_s)
         self._thread = None
-        while True:  # anything left (the thread timed out) is refused, not lost silently
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
+        # anything left (the thread timed out) is refused, not lost silently
+        for item in self.queue.drain():
             if isinstance(item, _Write):
-                _resolve(item, exc=WriterStoppedError("the prediction writer was stopped"))
+                error = WriterStoppedError("the prediction writer was stopped")
+                fail(item.loop, item.future, error)
 
     async def write(self, prediction: Prediction, actor: str | None) -> tuple[Prediction, bool]:
-        """Store ``prediction`` (or find the row this model stored for the same input) with
-        its "prediction.create" audit row; returns ``(stored, created)`` once committed.
-        Raises the database's errors, with nothing of this request committed."""
+        """``commit`` without an explanation; returns ``(stored, created)``."""
+        written = await self.commit(prediction, actor)
+        return written.prediction, written.created
+
+    async def commit(
+        self,
+        prediction: Prediction,
+        actor: str | None,
+        explanation: ExplanationOutput | None = None,
+    ) -> Written:
+        """Store ``prediction`` (or find the row this model stored for the same input), the
+        ``explanation`` of the stored row unless it has one, and the "prediction.create" audit
+        row; returns once committed. Raises ServiceBusyError (503) at once when the queue is
+        full, and the database's errors with nothing of this request committed."""
         if self._closing:
             raise WriterStoppedError("the prediction writer is stopping")
         if self._thread is None or not self._thread.is_alive():
             self.start()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[Prediction, bool]] = loop.create_future()
-        self._queue.put(_Write(prediction, actor, future, loop))
+        future: asyncio.Future[Written] = loop.create_future()
+        self.queue.put(_Write(prediction, actor, explanation, future, loop))
         return await future
 
     def _run(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
-            if first is _STOP:
+            first = self.queue.get()
+            if first is STOP:
                 break
             group = [first]
             while len(group) < self.max_group:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self.queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if item is STOP:
                     stop = True  # write what came before the stop marker, then stop
                     break
                 group.append(item)
@@ -128,7 +157,7 @@ class PredictionWriter:
             results = self._transaction(group)
         except Exception as exc:
             if len(group) == 1:
-                _resolve(group[0], exc=exc)
+                fail(group[0].loop, group[0].future, exc)
                 return
             log.warning(
                 "a group of %d predictions failed (%s); writing them one by one",
@@ -138,17 +167,23 @@ class PredictionWriter:
             for item in group:
                 self._write([item])
             return
-        for item, result in zip(group, results, strict=True):
-            _resolve(item, result=result)
+        resolve_all(
+            (item.loop, item.future, result) for item, result in zip(group, results, strict=True)
+        )
 
-    def _transaction(self, group: list[_Write]) -> list[tuple[Prediction, bool]]:
+    def _transaction(self, group: list[_Write]) -> list[Written]:
         session = self.sessionmaker()
         try:
             results = []
             for item in group:
                 stored, created = services.record_prediction(session, item.prediction)
-                audit_created(session, item.actor, stored, created)
-                results.append((stored, created))
+                explanation, explanation_created = None, False
+                if item.explanation is not None:
+                    explanation, explanation_created = record_explanation(
+                        session, stored.id, item.explanation
+                    )
+                audit_log.prediction_created(session, item.actor, stored, created)
+                results.append(Written(stored, created, explanation, explanation_created))
             session.commit()
         except BaseException:
             session.rollback()
@@ -157,29 +192,3 @@ class PredictionWriter:
             session.close()
         self.transactions += 1
         return results
-
-
-def audit_created(session: Session, actor: str | None, stored: Prediction, created: bool) -> None:
-    """Add the upload's "prediction.create" row (201 new, 200 re-post) to its transaction."""
-    audit_log.add(
-        session,
-        actor=actor,
-        action=audit_log.PREDICTION_CREATE,
-        target=str(stored.id),
-        status=201 if created else 200,
-    )
-
-
-def _resolve(
-    item: _Write, *, result: tuple[Prediction, bool] | None = None, exc: BaseException | None = None
-) -> None:
-    def settle() -> None:
-        if item.future.done():  # the request was cancelled (client gone)
-            return
-        if exc is not None:
-            item.future.set_exception(exc)
-        else:
-            item.future.set_result(result)  # type: ignore[arg-type]
-
-    with contextlib.suppress(RuntimeError):  # that request's loop is closed
-        item.loop.call_soon_threadsafe(settle)

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import fail
-from cli.keys_cmds import DatabaseUrlOption, JsonOption, database_session, settings_for
+from cli.common import fail, settings_for
+from cli.keys_cmds import DatabaseUrlOption, JsonOption, database_session
 
 _RELATIVE = re.compile(r"^(\d+)([mhd])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}

@@ -1,11 +1,13 @@
-"""Shared CLI helpers: one-line errors and exit codes."""
+"""Shared CLI helpers: one-line errors and exit codes, the service settings with overrides."""
 
 from __future__ import annotations
 
-import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -18,6 +20,20 @@ class CliError(Exception):
 def fail(message: str) -> NoReturn:
     """Stop the command with a one-line message and exit status 2."""
     raise CliError(message)
+
+
+def settings_for(**overrides: Any) -> Settings:
+    """The service settings with the command's overrides (None = not given); a bad value is
+    one line, exit 2."""
+    from pydantic import ValidationError
+
+    from app.settings import Settings, describe_validation_error
+
+    values = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        fail(describe_validation_error(exc))
 
 
 def report_error(exc: BaseException) -> int:
@@ -59,7 +75,3 @@ def _debug() -> bool:
     import os
 
     return os.environ.get("RADLENS_DEBUG", "") not in ("", "0")
-
-
-def exit_with(code: int) -> NoReturn:
-    sys.exit(code)

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.common import fail
+from cli.common import settings_for
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from app.settings import Settings
 
 keys_app = typer.Typer(
     help="API keys: every /v1 request sends one as 'Authorization: Bearer <key>'.",
@@ -34,19 +33,6 @@ DatabaseUrlOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def settings_for(**overrides: Any) -> Settings:
-    """The service settings with CLI overrides; a bad value is one line, exit 2."""
-    from pydantic import ValidationError
-
-    from app.settings import Settings, describe_validation_error
-
-    values = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        return Settings(**values)
-    except ValidationError as exc:
-        fail(describe_validation_error(exc))
 
 
 @contextmanager

@@ -49,15 +49,11 @@ def version() -> None:
     typer.echo(f"radlens {dist_version('radlens')}")
 
 
-def _register_commands() -> None:
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # that area has no commands yet
-                continue
-            raise
-        module.register(app)
+def _register_commands(modules: tuple[str, ...] = COMMAND_MODULES) -> None:
+    # Every listed module must exist: a mistyped name is an import error, not a silently
+    # missing group of commands.
+    for module_name in modules:
+        importlib.import_module(module_name).register(app)
 
 
 _register_commands()

@@ -6,14 +6,14 @@ Alembic are imported inside the commands.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.common import fail
+from cli.common import fail, settings_for
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    pass
 
 db_app = typer.Typer(
     help="Database schema migrations (Alembic). PostgreSQL must be upgraded before serving; "
@@ -29,18 +29,6 @@ DatabaseUrlOption = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _settings(**overrides: Any) -> Settings:
-    from pydantic import ValidationError
-
-    from app.settings import Settings, describe_validation_error
-
-    values = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        return Settings(**values)
-    except ValidationError as exc:
-        fail(describe_validation_error(exc))
 
 
 def _safe(url: str) -> str:
@@ -66,7 +54,7 @@ def register(app: typer.Typer) -> None:
         Checks the configuration, the database and the model first, so a missing, corrupt or
         incompatible model or an un-migrated database stops here with one line (exit 2).
         """
-        settings = _settings(host=host, port=port, workers=workers)
+        settings = settings_for(host=host, port=port, workers=workers)
         if reload and settings.workers > 1:
             fail(f"--reload runs one process; drop --workers. Received: workers={settings.workers}")
 
@@ -110,7 +98,7 @@ def register(app: typer.Typer) -> None:
         """Upgrade the database schema (default: to the newest revision)."""
         from app import migrate
 
-        settings = _settings(database_url=database_url)
+        settings = settings_for(database_url=database_url)
         migrate.upgrade(settings.database_url, revision)
         typer.echo(f"database {_safe(settings.database_url)} upgraded to {revision}")
 
@@ -122,7 +110,7 @@ def register(app: typer.Typer) -> None:
         """Downgrade the database schema to REVISION ('base' drops every radlens table)."""
         from app import migrate
 
-        settings = _settings(database_url=database_url)
+        settings = settings_for(database_url=database_url)
         migrate.downgrade(settings.database_url, revision)
         typer.echo(f"database {_safe(settings.database_url)} downgraded to {revision}")
 
@@ -131,7 +119,7 @@ def register(app: typer.Typer) -> None:
         """Print the database's revision and the code's head revision."""
         from app import migrate
 
-        settings = _settings(database_url=database_url)
+        settings = settings_for(database_url=database_url)
         engine = migrate.make_engine(settings.database_url)
         try:
             current = migrate.current_revision(engine)

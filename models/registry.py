@@ -63,6 +63,7 @@ __all__ = [
     "LoadedModel",
     "ModelManifest",
     "ModelRegistry",
+    "check_preprocessing_version",
     "decide",
     "default_store_path",
     "file_sha256",
@@ -117,6 +118,20 @@ class LoadedModel:
 def _current_preprocessing_version() -> str:
     # Imported at call time: models.preprocessing pulls in pydicom and Pillow.
     return str(importlib.import_module("models.preprocessing").PREPROCESSING_VERSION)
+
+
+def check_preprocessing_version(manifest: ModelManifest) -> None:
+    """Refuse a model trained with another preprocessing version than this radlens's.
+
+    Raises:
+        ModelIncompatibleError: naming the model and both versions.
+    """
+    current = _current_preprocessing_version()
+    if manifest.preprocessing_version != current:
+        raise ModelIncompatibleError(
+            f"model {manifest.ref} was trained with preprocessing version "
+            f"{manifest.preprocessing_version!r}; this radlens uses {current!r}"
+        )
 
 
 class ModelRegistry:
@@ -419,12 +434,7 @@ class ModelRegistry:
         manifest = self.verify(name, version)
         path = self.root / name / str(version)
         model_path = path / MODEL_FILE
-        current = _current_preprocessing_version()
-        if manifest.preprocessing_version != current:
-            raise ModelIncompatibleError(
-                f"model {manifest.ref} was trained with preprocessing version "
-                f"{manifest.preprocessing_version!r}; this radlens uses {current!r}"
-            )
+        check_preprocessing_version(manifest)
         import keras
 
         importlib.import_module("models.layers")  # registers radlens's custom layers

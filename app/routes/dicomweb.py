@@ -33,13 +33,15 @@ from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.deps import MetricsDep, PredictorDep, SessionDep, SettingsDep
+from app.auth import Principal, PrincipalDep, record_outcome
+from app.deps import IngestorDep, SettingsDep
 from app.errors import AppError, UnsupportedMediaTypeError
-from app.ingest import Candidate, run_model, store
+from app.ingest import Candidate, Ingestor
 from app.schemas import problem_responses
+from app.settings import Settings
 from models.errors import RadlensError
 
-logger = logging.getLogger("radlens.app")
+logger = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 PRIVATE_CREATOR = "RADLENS 1"
@@ -63,6 +65,7 @@ FAILURE_REASONS: dict[str, int] = {
     "study-mismatch": DATA_SET_DOES_NOT_MATCH,
     "image-too-large": OUT_OF_RESOURCES,
     "too-many-instances": OUT_OF_RESOURCES,
+    "service-busy": OUT_OF_RESOURCES,
     "inference-failed": PROCESSING_FAILURE,
     "predictor-unavailable": PROCESSING_FAILURE,
 }
@@ -196,7 +199,7 @@ def _uids(data: bytes) -> tuple[str | None, str | None, str | None]:
     return tuple(str(v) if v else None for v in values)  # type: ignore[return-value]
 
 
-async def _predict(outcome: Outcome, *, predictor: Any, settings: Any, study: str | None) -> None:
+async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -> None:
     part = outcome.part
     if part.content_type not in ("application/dicom", ""):
         outcome.fail("not-dicom-part", f"part {part.index} is {part.content_type!r}")
@@ -212,7 +215,7 @@ async def _predict(outcome: Outcome, *, predictor: Any, settings: Any, study: st
         )
         return
     try:
-        outcome.candidate = await run_model(data, predictor=predictor, settings=settings)
+        outcome.candidate = await ingestor.prepare(data)
     except RadlensError as exc:
         outcome.fail(exc.code, str(exc))
     except Exception as exc:  # one bad instance must not fail the others
@@ -285,16 +288,29 @@ _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _store(
+    outcome: Outcome, candidate: Candidate, *, ingestor: Ingestor, actor: str | None, explain: bool
+) -> None:
+    try:
+        result = await ingestor.commit(candidate, actor, explain=explain)
+    except RadlensError as exc:
+        outcome.fail(exc.code, str(exc))
+        return
+    outcome.prediction_id = str(result.prediction.id)
+    outcome.label = result.prediction.label
+    outcome.created = result.created
+
+
 async def _stow(
     request: Request,
     study: str | None,
     *,
-    session: Any,
-    predictor: Any,
-    settings: Any,
-    metrics: Any,
+    principal: Principal,
+    ingestor: Ingestor,
+    settings: Settings,
     explain: bool,
 ) -> JSONResponse:
+    ingestor.check_capacity()
     parts = await read_parts(request)
     outcomes = [Outcome(part) for part in parts]
     allowed = outcomes[: settings.stow_max_instances]
@@ -304,28 +320,19 @@ async def _stow(
             f"part {outcome.part.index}: more than {settings.stow_max_instances} instances "
             "in one request (RADLENS_STOW_MAX_INSTANCES)",
         )
-    # model calls run concurrently (they share micro-batches); storing is one at a time
+    # model calls run concurrently (they share micro-batches), then the commits (they share
+    # the writer's group transactions; each writes its own "prediction.create" audit row)
+    await asyncio.gather(*(_predict(o, ingestor=ingestor, study=study) for o in allowed))
     await asyncio.gather(
-        *(_predict(o, predictor=predictor, settings=settings, study=study) for o in allowed)
+        *(
+            _store(o, o.candidate, ingestor=ingestor, actor=principal.key_id, explain=explain)
+            for o in allowed
+            if o.candidate is not None
+        )
     )
-    for outcome in allowed:
-        if outcome.candidate is None:
-            continue
-        try:
-            result = await store(
-                outcome.candidate,
-                session=session,
-                predictor=predictor,
-                metrics=metrics,
-                explain=explain,
-            )
-        except RadlensError as exc:
-            outcome.fail(exc.code, str(exc))
-            continue
-        outcome.prediction_id = str(result.prediction.id)
-        outcome.label = result.prediction.label
-        outcome.created = result.created
     status, body = stow_response(outcomes, request)
+    if status != 200:  # the predictions have their rows; the failed instances are this one's
+        await record_outcome(request, status)
     logger.info(
         "STOW-RS: %d instances, %d predicted, %d failed",
         len(outcomes),
@@ -356,21 +363,14 @@ _EXPLAIN = Query(description="Also compute and store each instance's Grad-CAM ov
 )
 async def stow_studies(
     request: Request,
-    session: SessionDep,
-    predictor: PredictorDep,
+    principal: PrincipalDep,
+    ingestor: IngestorDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
     explain: Annotated[bool, _EXPLAIN] = False,
 ) -> JSONResponse:
     """Predict on every instance of the request; DICOM JSON STOW-RS response."""
     return await _stow(
-        request,
-        None,
-        session=session,
-        predictor=predictor,
-        settings=settings,
-        metrics=metrics,
-        explain=explain,
+        request, None, principal=principal, ingestor=ingestor, settings=settings, explain=explain
     )
 
 
@@ -383,19 +383,12 @@ async def stow_studies(
 async def stow_study(
     study: str,
     request: Request,
-    session: SessionDep,
-    predictor: PredictorDep,
+    principal: PrincipalDep,
+    ingestor: IngestorDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
     explain: Annotated[bool, _EXPLAIN] = False,
 ) -> JSONResponse:
     """As POST /dicomweb/studies, for the instances of the study in the URL."""
     return await _stow(
-        request,
-        study,
-        session=session,
-        predictor=predictor,
-        settings=settings,
-        metrics=metrics,
-        explain=explain,
+        request, study, principal=principal, ingestor=ingestor, settings=settings, explain=explain
     )

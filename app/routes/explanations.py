@@ -4,14 +4,15 @@ Structured Report and a Secondary Capture of the overlay (see docs/pacs-integrat
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from app import services
-from app.deps import MetricsDep, PredictorDep, SessionDep, SettingsDep
+from app.auth import PrincipalDep
+from app.deps import IngestorDep, SessionDep, SettingsDep
 from app.dicom_outputs import (
     DICOM_MEDIA_TYPE,
     DicomSourceRequiredError,
@@ -22,15 +23,14 @@ from app.dicom_outputs import (
 )
 from app.errors import AppError
 from app.explain import require_explanation
+from app.routes.predictions import UPLOAD_OPENAPI
 from app.schemas import problem_responses
 from app.settings import Settings
 from app.tables import Prediction
-from app.upload import MultipartRoute
+from app.upload import read_file
 
 router = APIRouter(prefix="/v1/predictions", tags=["explanations and DICOM outputs"])
-upload_router = APIRouter(
-    prefix="/v1/predictions", tags=["explanations and DICOM outputs"], route_class=MultipartRoute
-)
+upload_router = APIRouter(prefix="/v1/predictions", tags=["explanations and DICOM outputs"])
 
 
 class PseudonymisedUidsError(AppError):
@@ -69,7 +69,14 @@ def _dicom_response(
 
 
 def _stored_source(prediction: Prediction, settings: Settings) -> Any:
-    if prediction.input_format == "dicom" and settings.uid_pseudonym_key_bytes is not None:
+    # The row's own record decides (0004); a row stored before it recorded nothing, so the
+    # current setting is the best guess for it.
+    pseudonymised = prediction.uids_pseudonymised
+    if pseudonymised is None:
+        pseudonymised = (
+            prediction.input_format == "dicom" and settings.uid_pseudonym_key_bytes is not None
+        )
+    if pseudonymised:
         raise PseudonymisedUidsError(
             f"prediction {prediction.id} stores pseudonyms, not the source's UIDs"
         )
@@ -156,30 +163,26 @@ def get_dicom_secondary_capture(
         503,
         success=(201, 200),
     ),
+    openapi_extra=UPLOAD_OPENAPI,
 )
 async def create_prediction_dicom_sr(
-    file: Annotated[UploadFile, File(description="A DICOM image instance")],
-    request: Request,
-    session: SessionDep,
-    predictor: PredictorDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    request: Request, principal: PrincipalDep, ingestor: IngestorDep, settings: SettingsDep
 ) -> Response:
     """Same prediction path as POST /v1/predictions; the SR is built from the uploaded
     dataset in memory, so it can carry the patient module when the site allows it."""
-    from app.ingest import predict_and_store
-
-    data = await file.read()
-    result = await predict_and_store(
-        data, session=session, predictor=predictor, settings=settings, metrics=metrics
-    )
-    prediction = result.prediction
-    if result.image.metadata.format != "dicom":
+    ingestor.check_capacity()
+    data = await read_file(request)
+    candidate = await ingestor.prepare(data)
+    image_format = candidate.image.metadata.format
+    if image_format != "dicom":
         raise DicomSourceRequiredError(
-            f"the upload is a {result.image.metadata.format.upper()} image; the prediction "
-            f"{prediction.id} is stored, but an SR needs a DICOM source"
+            f"the upload is a {image_format.upper()} image; an SR needs a DICOM source "
+            "(nothing was stored)"
         )
     source = await run_in_threadpool(_source_of_upload, data, settings.dicom_copy_patient)
+    result = await ingestor.commit(candidate, principal.key_id)
+    prediction = result.prediction
+    # built after the commit: no transaction is open meanwhile
     response = _dicom(build_sr(prediction, source), prediction.id, "sr")
     response.status_code = 201 if result.created else 200
     response.headers["Location"] = request.app.url_path_for(

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field
 
-from app import audit as audit_log
 from app import services
-from app.auth import Principal, authorize_request, record_failure
-from app.deps import SessionDep, _commit_and_close, _resources, _rollback_and_close
-from app.errors import ModelNotReadyError
-from app.metrics import ServiceMetrics
+from app.auth import PrincipalDep
+from app.deps import IngestorDep, SessionDep
 from app.pseudonym import pseudonymise_uid
 from app.schemas import (
     NOT_FOR_CLINICAL_USE,
@@ -26,12 +20,9 @@ from app.schemas import (
     PredictionPublic,
     problem_responses,
 )
-from app.settings import Settings
 from app.tables import Prediction
-from app.upload import file_field, require_multipart
+from app.upload import read_file
 from models.manifest import ModelManifest
-
-logger = logging.getLogger("radlens.app")
 
 MAX_PAGE_SIZE = 100
 # Filter values the database can compare: PostgreSQL text cannot hold NUL and its integer
@@ -56,8 +47,8 @@ class PredictionUpload(BaseModel):
     file: bytes = Field(description=FILE_DESCRIPTION)
 
 
-# The upload route reads its own request (see create_prediction), so its body, query
-# parameter and key requirement are declared here for OpenAPI and Swagger UI.
+# The upload routes read their own body (after the key check: app/upload.read_file), so the
+# body is declared here for OpenAPI and Swagger UI.
 UPLOAD_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -68,19 +59,8 @@ UPLOAD_OPENAPI: dict[str, Any] = {
             }
         },
     },
-    "parameters": [
-        {
-            "name": "explain",
-            "in": "query",
-            "required": False,
-            "description": EXPLAIN_DESCRIPTION,
-            "schema": {"type": "boolean", "default": False, "title": "Explain"},
-        }
-    ],
-    "security": [{"ApiKey": []}],
 }
 OPENAPI_SCHEMAS = {"PredictionUpload": PredictionUpload}  # added to components (app/main.py)
-_BOOL = TypeAdapter(bool)
 
 
 def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> PredictionPublic:
@@ -136,94 +116,33 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
     },
     openapi_extra=UPLOAD_OPENAPI,
 )
-async def create_prediction(request: Request) -> Response:
+async def create_prediction(
+    request: Request,
+    principal: PrincipalDep,
+    ingestor: IngestorDep,
+    explain: Annotated[bool, Query(description=EXPLAIN_DESCRIPTION)] = False,
+) -> Response:
     """Preprocess the image exactly as in training, run the loaded model, store the result.
 
     Send the image as multipart/form-data in a field named `file`. Re-posting the same
     instance (same SOP Instance UID, or the same bytes when there is none) for the same model
     returns the stored prediction with status 200.
     """
-    # The hot path of the service, so it reads the bare request instead of declaring
-    # FastAPI dependencies and a File parameter: per upload that saves the dependency
-    # solving, their exit stacks and the form machinery, and the whole transaction (insert,
-    # audit row, commit) is one worker-thread call. The checks and answers are the same as
-    # the other /v1 routes': key first (401/403/429), then body (413/415/400/422), then
-    # the model (503) and the image (415/422); every failure after the key is audited.
-    principal = await authorize_request(request)
-    try:
-        return await _create_prediction(request, principal)
-    except Exception as exc:
-        await record_failure(request, principal, audit_log.PREDICTION_CREATE, exc)
-        raise
-
-
-async def _create_prediction(request: Request, principal: Principal) -> Response:
-    from app.ingest import ensure_explanation, run_model, store, store_committed
-    from app.writer import audit_created
-
-    explain = _explain_param(request)
-    require_multipart(request.headers.get("content-type"))
-    data = file_field(await request.body(), request.headers.get("content-type"))
-    resources = _resources(request)
-    predictor = resources.predictor
-    if not predictor.ready:
-        raise ModelNotReadyError(
-            f"model {predictor.manifest.name}:{predictor.manifest.version} is not warmed up yet"
-        )
-    settings: Settings = request.app.state.settings
-    metrics: ServiceMetrics = request.app.state.metrics
-    candidate = await run_model(data, predictor=predictor, settings=settings)
-    headers: dict[str, str] = {}
-    if not explain:
-        result = await store_committed(
-            candidate,
-            writer=resources.writer,
-            predictor=predictor,
-            metrics=metrics,
-            actor=principal.key_id,
-        )
-    else:  # Grad-CAM: the explanation joins the prediction's transaction
-        session = resources.sessionmaker()
-        try:
-            result = await store(candidate, session=session, predictor=predictor, metrics=metrics)
-            result.explanation, result.explanation_created = await ensure_explanation(
-                session, result.prediction, candidate.image, predictor
-            )
-            audit_created(session, principal.key_id, result.prediction, result.created)
-            await run_in_threadpool(_commit_and_close, session)
-        except BaseException:
-            _rollback_and_close(session)
-            raise
-        heatmap = request.app.url_path_for("get_heatmap", prediction_id=str(result.prediction.id))
-        headers["Link"] = f'<{heatmap}>; rel="describedby"; type="image/png"'
+    # The key (dependencies) before the body; a full queue refuses before reading it.
+    ingestor.check_capacity()
+    data = await read_file(request)
+    result = await ingestor.ingest(data, principal.key_id, explain=explain)
     stored = result.prediction
-    headers["Location"] = request.app.url_path_for("get_prediction", prediction_id=str(stored.id))
-    public = to_public(stored, predictor.manifest)
+    headers = {"Location": request.app.url_path_for("get_prediction", prediction_id=str(stored.id))}
+    if explain:
+        heatmap = request.app.url_path_for("get_heatmap", prediction_id=str(stored.id))
+        headers["Link"] = f'<{heatmap}>; rel="describedby"; type="image/png"'
     return Response(
-        content=public.model_dump_json(),
+        content=to_public(stored, ingestor.predictor.manifest).model_dump_json(),
         status_code=201 if result.created else 200,
         media_type="application/json",
         headers=headers,
     )
-
-
-def _explain_param(request: Request) -> bool:
-    values = request.query_params.getlist("explain")
-    if not values:
-        return False
-    try:
-        return bool(_BOOL.validate_python(values[-1]))
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "bool_parsing",
-                    "loc": ("query", "explain"),
-                    "msg": exc.errors()[0]["msg"],
-                    "input": values[-1],
-                }
-            ]
-        ) from exc
 
 
 @router.get(

@@ -544,6 +544,9 @@ class TestUploadErrors:
             streams = real.streams
             ready = True
 
+            def check_capacity(self) -> None:
+                pass  # room in the queue
+
             async def predict(self, model_input: object) -> object:
                 raise error("the model call failed (test)")
 
@@ -733,4 +736,4 @@ def test_no_patient_identifiers_in_database_logs_or_response(
             for fragment in (marker, marker.split("^")[0], "PHIMARKER", "Phimarker"):
                 assert fragment not in text, f"{keyword} found in {where}"
     assert first.json()["sop_instance_uid"] in dump  # the dump really holds the row
-    assert "radlens.app" in caplog.text or any(r.name == "radlens.app" for r in caplog.records)
+    assert any(r.name.startswith("app.") for r in caplog.records)  # the service's logs were read

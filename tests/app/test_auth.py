@@ -199,7 +199,7 @@ class TestDisabled:
     ) -> None:
         from app.main import create_app
 
-        with caplog.at_level(logging.WARNING, logger="radlens.app"):
+        with caplog.at_level(logging.WARNING, logger="app.main"):
             app = create_app(make_settings(service.database_url, model_store, auth="disabled"))
         assert any("RADLENS_AUTH=disabled" in r.getMessage() for r in caplog.records)
         with TestClient(app) as client:

@@ -49,6 +49,7 @@ def predictor_settings(store: Path, **changes: Any) -> Any:
         "max_batch_wait_ms": 2.0,
         "batch_tuning": "off",
         "inference_streams": 1,
+        "max_queued_predictions": 256,
     }
     return SimpleNamespace(**{**defaults, **changes})
 

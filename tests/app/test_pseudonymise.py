@@ -106,3 +106,63 @@ def test_stored_uids_are_pseudonyms_and_filters_still_work(pseudonymising: Servi
     assert [item["id"] for item in page["items"]] == [body["id"]]
     other = service.client.get("/v1/predictions", params={"study_instance_uid": new_uid()})
     assert other.json()["items"] == []
+
+
+# --- the pseudonymisation recorded per row (migration 0004) -------------------------------
+
+
+def test_the_key_id_tells_keys_apart_and_reveals_nothing() -> None:
+    import hashlib
+
+    from app.pseudonym import pseudonym_key_id
+
+    key = SITE_KEY.encode()
+    key_id = pseudonym_key_id(key)
+    assert re.fullmatch(r"[0-9a-f]{16}", key_id)
+    assert key_id == pseudonym_key_id(key)
+    assert key_id != pseudonym_key_id(b"another-key-0123456789")
+    assert key_id not in hashlib.sha256(key).hexdigest()  # not a plain hash of the key
+
+
+def test_each_row_records_whether_its_uids_are_pseudonyms(pseudonymising: Service) -> None:
+    from sqlalchemy import select
+
+    from app.pseudonym import pseudonym_key_id
+    from app.tables import Prediction
+    from tests.app.conftest import png_bytes
+
+    dicom = pseudonymising.post(dicom_bytes(), "a.dcm").json()["id"]
+    png = pseudonymising.post(png_bytes(), "a.png").json()["id"]
+    with pseudonymising.app.state.resources.sessionmaker() as session:
+        rows = {
+            str(p.id): (p.uids_pseudonymised, p.pseudonym_key_id)
+            for p in session.scalars(select(Prediction))
+        }
+    assert rows[dicom] == (True, pseudonym_key_id(SITE_KEY.encode()))
+    assert rows[png] == (False, None)  # no UIDs to pseudonymise
+
+
+def test_dicom_outputs_follow_the_row_not_the_current_setting(
+    databases: Databases, model_store: Path
+) -> None:
+    from app.main import create_app
+    from app.migrate import upgrade
+    from tests.app.conftest import assert_problem
+
+    url = databases.new()
+    upgrade(url)
+
+    def sr(client: Any, prediction_id: str) -> Any:
+        return client.get(f"/v1/predictions/{prediction_id}/dicom/sr")
+
+    with TestClient(create_app(make_settings(url, model_store, uid_pseudonym_key=SITE_KEY))) as c:
+        pseudonymised = c.post("/v1/predictions", files={"file": ("a.dcm", dicom_bytes())})
+        pseudonymised_id = pseudonymised.json()["id"]
+    with TestClient(create_app(make_settings(url, model_store))) as c:  # the key turned off
+        raw_id = c.post("/v1/predictions", files={"file": ("b.dcm", dicom_bytes())}).json()["id"]
+        assert sr(c, raw_id).status_code == 200
+        # the row holds pseudonyms: an SR would name them as the source's UIDs
+        assert_problem(sr(c, pseudonymised_id), 409, code="uids-pseudonymised")
+    with TestClient(create_app(make_settings(url, model_store, uid_pseudonym_key=SITE_KEY))) as c:
+        assert sr(c, raw_id).status_code == 200  # stored with the source's own UIDs
+        assert_problem(sr(c, pseudonymised_id), 409, code="uids-pseudonymised")

@@ -8,3 +8,12 @@ def test_version_prints_and_exits_zero(capsys):
 
 def test_unknown_command_exits_2(capsys):
     assert main(["no-such-command"]) == 2
+
+
+def test_a_mistyped_command_module_is_an_error():
+    import pytest
+
+    from cli.main import _register_commands
+
+    with pytest.raises(ModuleNotFoundError, match=r"cli\.service_cmdz"):
+        _register_commands(("cli.service_cmdz",))
