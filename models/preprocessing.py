@@ -6,10 +6,38 @@ file wherever it runs. The steps, in order, and why the order matters:
 
 1. **Sniff and read.** The format is taken from the content, never from a file name: PNG and
    JPEG by their signatures, DICOM by ``DICM`` at offset 128 (or, for files without the
-   preamble, a first element in group 0002/0008). DICOM is read with pydicom (the pylibjpeg
-   plugins decode JPEG, JPEG-LS, JPEG 2000 and RLE); PNG/JPEG with Pillow. The pixel-count
-   limit is checked from the header *before* any pixels are decoded, so a decompression bomb
-   costs a header parse.
+   preamble, a first element in group 0002/0008). DICOM is read with pydicom, and its pixel
+   data decoded by (``models/codecs.py`` registers the imagecodecs plugin):
+
+   - JPEG 2000 and HTJ2K: imagecodecs (OpenJPEG, GIL released); pydicom's default pick
+     (Pillow, then pylibjpeg-openjpeg) for what it refuses;
+   - JPEG-LS: imagecodecs (CharLS); pydicom's default pick (pyjpegls, then
+     pylibjpeg-libjpeg) for what it refuses, e.g. a codestream without its EOI marker;
+   - lossless JPEG (processes 14, SV1): imagecodecs (libjpeg-turbo); then pylibjpeg-libjpeg;
+   - JPEG Baseline and Extended: pydicom's default pick, Pillow (libjpeg-turbo; 8-bit only),
+     then pylibjpeg-libjpeg (12-bit);
+   - RLE Lossless: pydicom's own decoder; uncompressed and deflated syntaxes: pydicom.
+
+   **Decode less** (``PREPROCESSING_VERSION`` "2", when ``size`` is given): a grayscale,
+   unsigned JPEG 2000 frame whose precision equals Bits Stored is decoded at 1/2**r of its
+   size by OpenJPEG's reduce factor (through Pillow, whose JPEG 2000 reader exposes it; the
+   frame's discarded wavelet levels are never decoded), and a grayscale 8-bit JPEG Baseline
+   frame by libjpeg-turbo's DCT scaling (1/2, 1/4 or 1/8, through Pillow's ``draft``).
+   :func:`decode_reduction` picks the largest ``r`` that leaves the image at least the model
+   size on both axes (at most the codestream's decomposition levels for JPEG 2000); the
+   resize below then proceeds as for any image. Pillow returns a p-bit JPEG 2000 component
+   scaled to 16 bits (12-bit 4095 -> 65520): it is shifted back, so the modality LUT and VOI
+   see stored values. JPEG-LS and lossless JPEG have neither resolution levels nor a DCT and
+   are always decoded in full, as are colour, signed (e.g. most CT) and multi-component
+   frames. Pillow's JPEG 2000 decoder holds the GIL while it works (about 11 ms for a
+   1955x1841 chest CR at 1/8, against 450 ms released by a full decode).
+   ``version="1"`` reproduces the full decode of earlier models.
+
+   The pixel-count limit is checked from the header *before* any pixels are decoded, and for
+   JPEG 2000, JPEG-LS and JPEG the frame's codestream header (SIZ read by OpenJPEG through
+   pylibjpeg-openjpeg; SOF read by pydicom) must agree with Rows, Columns and Samples per
+   Pixel and fit Bits Allocated, else :class:`~models.errors.CodestreamMismatchError`: a
+   decompression bomb behind a small header costs a header parse, not a decode.
 2. **Pick the frame.** Multi-frame DICOM: only the middle frame, index ``frames // 2`` (for
    an even count, the later of the two central frames), is decoded.
 3. **Modality LUT** (:func:`modality_values`): Rescale Slope/Intercept or the Modality LUT
