@@ -770,10 +770,10 @@ def _check_codestream(
         return
     samples = _int_or(ds, "SamplesPerPixel", 1)
     allocated = _int_or(ds, "BitsAllocated", None)
-    # a JPEG height of 0 means "defined later by a DNL marker": only the width is known
-    size_ok = header.columns == columns and header.rows in (rows, 0)
+    # a JPEG height of 0 ("defined later by a DNL marker") is refused too: the size the
+    # decoder would produce is then unknown until it has decoded the image
     if (
-        size_ok
+        (header.rows, header.columns) == (rows, columns)
         and header.components == samples
         and (allocated is None or header.precision <= allocated)
     ):

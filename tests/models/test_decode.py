@@ -325,6 +325,16 @@ class TestCodestreamChecks:
         with pytest.raises(CodestreamMismatchError, match=r"of 12 bits.*BitsAllocated=8"):
             preprocess(data)
 
+    def test_jpeg_height_left_to_a_dnl_marker_is_refused(self) -> None:
+        """SOF height 0 (ISO/IEC 10918-1 B.2.2: the DNL marker defines it later): the
+        decoded size is unknown before decoding, so the stream is refused."""
+        codestream = bytearray(jpeg_baseline(gradient(64, 48, 8)))
+        sof = codestream.index(b"\xff\xc0")
+        codestream[sof + 5 : sof + 7] = b"\x00\x00"  # P (1 byte) after the length, then Y
+        data = encapsulated_dicom(bytes(codestream), JPEG_BASELINE, rows=64, columns=48)
+        with pytest.raises(CodestreamMismatchError, match=r"declares 48x0 = 0 pixels"):
+            preprocess(data)
+
     def test_sparse_j2k_bomb_behind_a_small_header_is_refused_before_decoding(self) -> None:
         """The issue's bomb: 8000 x 8000 encoded behind a 716 x 512 header."""
         codestream = j2k_bomb(8000)
