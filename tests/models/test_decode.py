@@ -213,6 +213,55 @@ class TestJpeg2000Reduced:
         assert arr.shape == (75, 65)
         assert set(np.unique(arr).tolist()) == {2**bits - 1}
 
+    def test_every_eligible_real_file_gives_pydicoms_stored_values_at_full_size(self) -> None:
+        """At reduction 0 the reduced path (Pillow, shifted back) returns exactly the array
+        pydicom's decoders do, for every real JPEG 2000 file it would reduce: the bit-depth
+        handling is exact, so the only change at 1/2**r is the resolution."""
+        import warnings
+
+        import pydicom
+        from pydicom.data import DATA_ROOT, external_data_sources
+
+        from models import codecs
+        from models.preprocessing import (
+            _decode_frame,
+            _decode_j2k_reduced,
+            _frame_codestream,
+            _reduced_decode,
+        )
+
+        roots = [Path(DATA_ROOT) / "test_files"]
+        roots += [Path(source.data_path) for source in external_data_sources().values()]
+        paths = sorted(p for root in roots for p in root.rglob("*.dcm"))
+        paths += sorted(SHARED.glob("*.dcm")) if SHARED.is_dir() else []
+        eligible = []
+        for path in paths:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(path)
+                    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+                    if tsyntax not in codecs.J2K_SYNTAXES[:2]:
+                        continue
+                    frames = int(ds.get("NumberOfFrames") or 1)
+                    codestream = _frame_codestream(ds, tsyntax, frames // 2, frames)
+                    if codestream is None:  # e.g. encapsulation cut short
+                        continue
+                    rows, columns = int(ds.Rows), int(ds.Columns)
+                    # the smallest size asks for the most reduction: is the file eligible?
+                    if _reduced_decode(codestream, ds, tsyntax, rows, columns, (1, 1)) is None:
+                        continue
+                    expected, _ = _decode_frame(
+                        ds, tsyntax, frames // 2, rows=rows, columns=columns
+                    )
+            except Exception:  # not DICOM, or deliberately broken: not this test's business
+                continue
+            precision = int(ds.BitsStored)
+            got = _decode_j2k_reduced(codestream, 0, rows, columns, precision)
+            np.testing.assert_array_equal(got, expected, err_msg=path.name)
+            eligible.append(path.name)
+        assert {"RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG3_J2KR.dcm", "MR2_J2KR.dcm"} <= set(eligible)
+
     def test_lossless_gradient_matches_full_decode_closely(self) -> None:
         """12-bit lossless gradient through the whole pipeline (min-max window)."""
         array = gradient(900, 700, 12)
