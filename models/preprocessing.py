@@ -836,8 +836,10 @@ def _reduced_decode(
     Returns the stored values at ``1/2**r`` (``r`` from :func:`decode_reduction`) and the
     photometric interpretation, or ``None`` when the full decode applies: no reduction
     helps, another syntax (JPEG-LS and lossless JPEG have no resolution levels or DCT),
-    colour, signed or a codestream precision other than Bits Stored (pydicom corrects
-    those, so they keep its path).
+    colour, or a JPEG 2000 codestream whose signedness differs from Pixel Representation or
+    whose precision exceeds Bits Stored. pydicom corrects those after a full decode (e.g. an
+    unsigned codestream holding two's-complement CT values), and a wavelet low-pass over such
+    values would average numbers that are not the pixels', so they keep its path.
     """
     from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit
 
@@ -849,10 +851,9 @@ def _reduced_decode(
         header = _codestream_header(codestream, tsyntax)
         if (
             header is None
-            or header.signed
-            or _int_or(ds, "PixelRepresentation", 0) != 0
-            or header.precision != bits_stored
-            or not 1 <= header.precision <= 16
+            or header.signed != (_int_or(ds, "PixelRepresentation", 0) == 1)
+            or bits_stored is None
+            or not 1 <= header.precision <= min(bits_stored, 16)
         ):
             return None
         x_offset, y_offset, levels = _j2k_main_header(codestream)
@@ -861,9 +862,10 @@ def _reduced_decode(
         reduction = decode_reduction(rows, columns, size, limit=min(levels, _MAX_REDUCTION))
         if reduction == 0:
             return None
-        return _decode_j2k_reduced(codestream, reduction, rows, columns, header.precision), (
-            photometric
+        arr = _decode_j2k_reduced(
+            codestream, reduction, rows, columns, header.precision, signed=header.signed
         )
+        return arr, photometric
     if tsyntax == JPEGBaseline8Bit:
         header = _codestream_header(codestream, tsyntax)
         if header is None or header.precision != 8 or header.components != 1:
@@ -876,7 +878,13 @@ def _reduced_decode(
 
 
 def _decode_j2k_reduced(
-    codestream: bytes, reduction: int, rows: int, columns: int, precision: int
+    codestream: bytes,
+    reduction: int,
+    rows: int,
+    columns: int,
+    precision: int,
+    *,
+    signed: bool = False,
 ) -> np.ndarray:
     """OpenJPEG's reduce factor through Pillow: the stored values at 1/2**reduction."""
     from PIL import Image, ImageFile
@@ -910,7 +918,8 @@ def _decode_j2k_reduced(
         _reraise_fatal(exc)
         raise _reduced_error(exc, "JPEG 2000", factor, codestream) from exc
     # Pillow scales a p-bit component to the full 8 or 16 bits of its mode (a 12-bit stored
-    # 4095 comes back as 65520): shift back, the modality LUT and VOI need stored values.
+    # 4095 comes back as 65520) and offsets a signed one by 2**(p-1) (-2000 at 14 bits comes
+    # back as 24768): undo both, the modality LUT and VOI need stored values.
     depth = 16 if mode.startswith("I;16") else 8
     if arr.shape != (height, width) or precision > depth or mode not in ("L", "I;16"):
         raise CodestreamMismatchError(
@@ -919,7 +928,11 @@ def _decode_j2k_reduced(
             f"Columns={columns}"
         )
     dtype = np.uint16 if depth == 16 else np.uint8
-    return np.right_shift(arr.astype(dtype, copy=False), depth - precision)
+    stored = np.right_shift(arr.astype(dtype, copy=False), depth - precision)
+    if not signed:
+        return stored
+    offset = np.int32(1 << (precision - 1))
+    return (stored.astype(np.int32) - offset).astype(np.int16 if depth == 16 else np.int8)
 
 
 def _decode_jpeg_reduced(

@@ -224,6 +224,7 @@ class TestJpeg2000Reduced:
 
         from models import codecs
         from models.preprocessing import (
+            _codestream_header,
             _decode_frame,
             _decode_j2k_reduced,
             _frame_codestream,
@@ -256,11 +257,30 @@ class TestJpeg2000Reduced:
                     )
             except Exception:  # not DICOM, or deliberately broken: not this test's business
                 continue
-            precision = int(ds.BitsStored)
-            got = _decode_j2k_reduced(codestream, 0, rows, columns, precision)
+            header = _codestream_header(codestream, tsyntax)
+            assert header is not None
+            got = _decode_j2k_reduced(
+                codestream, 0, rows, columns, header.precision, signed=header.signed
+            )
             np.testing.assert_array_equal(got, expected, err_msg=path.name)
             eligible.append(path.name)
+        # unsigned radiographs and MR, and signed CT (693_J2KR: 14-bit codestream, Bits Stored
+        # 16; 693_J2KI is left out: its codestream has 16 bits for a Bits Stored of 14)
         assert {"RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG3_J2KR.dcm", "MR2_J2KR.dcm"} <= set(eligible)
+        assert {"693_J2KR.dcm", "JPEG2000.dcm"} <= set(eligible)
+        assert "693_J2KI.dcm" not in eligible
+
+    def test_signed_values_are_kept(self) -> None:
+        """A signed 12-bit codestream (CT as GDCM writes it): Pillow offsets it by 2048 and
+        scales it to 16 bits; the reduced path returns the signed stored values."""
+        from models.preprocessing import _decode_j2k_reduced
+
+        halves = np.full((300, 260), -2048, np.int16)
+        halves[:150] = 2047
+        arr = _decode_j2k_reduced(j2k(halves, 12, level=0), 2, 300, 260, 12, signed=True)
+        assert arr.shape == (75, 65) and arr.dtype == np.int16
+        assert set(np.unique(arr[:37]).tolist()) == {2047}
+        assert set(np.unique(arr[38:]).tolist()) == {-2048}
 
     def test_lossless_gradient_matches_full_decode_closely(self) -> None:
         """12-bit lossless gradient through the whole pipeline (min-max window)."""
