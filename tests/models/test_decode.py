@@ -279,8 +279,9 @@ class TestJpeg2000Reduced:
         halves[:150] = 2047
         arr = _decode_j2k_reduced(j2k(halves, 12, level=0), 2, 300, 260, 12, signed=True)
         assert arr.shape == (75, 65) and arr.dtype == np.int16
-        assert set(np.unique(arr[:37]).tolist()) == {2047}
-        assert set(np.unique(arr[38:]).tolist()) == {-2048}
+        # away from the edge, where the low-pass mixes the halves
+        assert set(np.unique(arr[:30]).tolist()) == {2047}
+        assert set(np.unique(arr[45:]).tolist()) == {-2048}
 
     def test_lossless_gradient_matches_full_decode_closely(self) -> None:
         """12-bit lossless gradient through the whole pipeline (min-max window)."""
