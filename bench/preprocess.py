@@ -25,7 +25,8 @@ lets the service's two inference streams decode at once while its event loop kee
 With ``--reduced`` it compares, pinned, in the same run and alternating call by call, the
 current preprocessing (``PREPROCESSING_VERSION`` "2": JPEG 2000 and baseline JPEG decoded at a
 reduced resolution for the model size) with version "1" (full decode, then the same resize),
-on the files above and pydicom-data's chest CR RG1 in JPEG 2000 lossless and lossy; the ratio
+on the files above, pydicom-data's chest CR RG1 in JPEG 2000 lossless and lossy and its head
+CT 693_J2KR (a signed JPEG 2000 codestream); the ratio
 is full / reduced CPU time. With ``--diff`` it prints, for every JPEG 2000 and JPEG Baseline
 file at hand (../shared/data/dicom, pydicom-data, pydicom's own test files), the reduction
 applied and the max / mean absolute difference between the two versions' outputs at
@@ -64,6 +65,7 @@ FILES = {
 PYDICOM_DATA_FILES = {
     "RG1_J2KR.dcm": "chest CR 1955x1841, JPEG 2000 lossless",
     "RG1_J2KI.dcm": "chest CR 1955x1841, JPEG 2000 lossy",
+    "693_J2KR.dcm": "head CT 512x512, signed JPEG 2000",
 }
 
 
