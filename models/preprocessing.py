@@ -18,26 +18,30 @@ file wherever it runs. The steps, in order, and why the order matters:
      then pylibjpeg-libjpeg (12-bit);
    - RLE Lossless: pydicom's own decoder; uncompressed and deflated syntaxes: pydicom.
 
-   **Decode less** (``PREPROCESSING_VERSION`` "2", when ``size`` is given): a grayscale,
-   unsigned JPEG 2000 frame whose precision equals Bits Stored is decoded at 1/2**r of its
-   size by OpenJPEG's reduce factor (through Pillow, whose JPEG 2000 reader exposes it; the
-   frame's discarded wavelet levels are never decoded), and a grayscale 8-bit JPEG Baseline
-   frame by libjpeg-turbo's DCT scaling (1/2, 1/4 or 1/8, through Pillow's ``draft``).
+   **Decode less** (``PREPROCESSING_VERSION`` "2", when ``size`` is given): a grayscale
+   JPEG 2000 frame whose codestream is signed exactly when Pixel Representation says so and
+   whose precision fits Bits Stored is decoded at 1/2**r of its size by OpenJPEG's reduce
+   factor (through Pillow, whose JPEG 2000 reader exposes it; the discarded wavelet levels
+   are never decoded), and a grayscale 8-bit JPEG Baseline frame by libjpeg-turbo's DCT
+   scaling (1/2, 1/4 or 1/8, through Pillow's ``draft``).
    :func:`decode_reduction` picks the largest ``r`` that leaves the image at least the model
    size on both axes (at most the codestream's decomposition levels for JPEG 2000); the
    resize below then proceeds as for any image. Pillow returns a p-bit JPEG 2000 component
-   scaled to 16 bits (12-bit 4095 -> 65520): it is shifted back, so the modality LUT and VOI
-   see stored values. JPEG-LS and lossless JPEG have neither resolution levels nor a DCT and
-   are always decoded in full, as are colour, signed (e.g. most CT) and multi-component
-   frames. Pillow's JPEG 2000 decoder holds the GIL while it works (about 11 ms for a
-   1955x1841 chest CR at 1/8, against 450 ms released by a full decode).
+   scaled to 16 bits (12-bit 4095 -> 65520), a signed one offset by 2**(p-1): both are
+   undone, so the modality LUT and VOI see stored values. JPEG-LS and lossless JPEG have
+   neither resolution levels nor a DCT and are always decoded in full, as are colour frames
+   and JPEG 2000 codestreams pydicom sign-corrects after decoding (an unsigned codestream
+   holding two's-complement CT values: a wavelet low-pass over those would be meaningless).
+   Pillow's JPEG 2000 decoder holds the GIL while it works (about 11 ms for a 1955x1841
+   chest CR at 1/8, against 450 ms released by a full decode).
    ``version="1"`` reproduces the full decode of earlier models.
 
    The pixel-count limit is checked from the header *before* any pixels are decoded, and for
    JPEG 2000, JPEG-LS and JPEG the frame's codestream header (SIZ read by OpenJPEG through
    pylibjpeg-openjpeg; SOF read by pydicom) must agree with Rows, Columns and Samples per
-   Pixel and fit Bits Allocated, else :class:`~models.errors.CodestreamMismatchError`: a
-   decompression bomb behind a small header costs a header parse, not a decode.
+   Pixel and fit Bits Allocated (a JPEG height left to a DNL marker is refused too), else
+   :class:`~models.errors.CodestreamMismatchError`: a decompression bomb behind a small
+   header costs a header parse, not a decode.
 2. **Pick the frame.** Multi-frame DICOM: only the middle frame, index ``frames // 2`` (for
    an even count, the later of the two central frames), is decoded.
 3. **Modality LUT** (:func:`modality_values`): Rescale Slope/Intercept or the Modality LUT
