@@ -111,6 +111,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "image-too-large": 422,
     "truncated": 422,
     "invalid-image": 422,
+    "codestream-mismatch": 422,
     "preprocessing-error": 422,
     "model-not-found": 503,
     "model-corrupt": 503,

@@ -21,6 +21,16 @@ file of ``--repeat`` calls in one thread against the same calls split over two t
 radlens and for the baseline. A decoder that holds Python's GIL gets no speed-up from the
 second thread (about 1.0x on two cores); one that releases it gets up to 2x. This is what
 lets the service's two inference streams decode at once while its event loop keeps running.
+
+With ``--reduced`` it compares, pinned, in the same run and alternating call by call, the
+current preprocessing (``PREPROCESSING_VERSION`` "2": JPEG 2000 and baseline JPEG decoded at a
+reduced resolution for the model size) with version "1" (full decode, then the same resize),
+on the files above, pydicom-data's chest CR RG1 in JPEG 2000 lossless and lossy and its head
+CT 693_J2KR (a signed JPEG 2000 codestream); the ratio
+is full / reduced CPU time. With ``--diff`` it prints, for every JPEG 2000 and JPEG Baseline
+file at hand (../shared/data/dicom, pydicom-data, pydicom's own test files), the reduction
+applied and the max / mean absolute difference between the two versions' outputs at
+``--size`` and at 64.
 """
 
 from __future__ import annotations
@@ -49,6 +59,13 @@ FILES = {
     "rsna_chest_cr_jpeg_baseline.dcm": "chest CR 1024x1024, JPEG Baseline",
     "CT1_JLSN.dcm": "CT 512x512, JPEG-LS near-lossless",
     "TOSHIBA_J2K_OpenJPEGv2Regression.dcm": "CT 512x512, JPEG 2000 lossless",
+}
+
+
+PYDICOM_DATA_FILES = {
+    "RG1_J2KR.dcm": "chest CR 1955x1841, JPEG 2000 lossless",
+    "RG1_J2KI.dcm": "chest CR 1955x1841, JPEG 2000 lossy",
+    "693_J2KR.dcm": "head CT 512x512, signed JPEG 2000",
 }
 
 
@@ -126,9 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", action="store_true", help="1 thread vs 2 threads, unpinned (see above)"
     )
+    parser.add_argument(
+        "--reduced", action="store_true", help="version 2 (reduced decode) vs 1 (full decode)"
+    )
+    parser.add_argument(
+        "--diff", action="store_true", help="output differences, version 2 vs 1, every file"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         return threads(args)
+    if args.diff:
+        return diff(args)
+    if args.reduced:
+        return reduced(args)
 
     cpu = pin_to_one_cpu(args.cpu)
 
@@ -160,6 +187,133 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{missing} file(s) missing; see ../shared/data/README.md")
     return 1 if missing == len(FILES) else 0
+
+
+def bench_files(data_dir: Path) -> dict[str, tuple[Path, str]]:
+    """The ../shared/data files above and pydicom-data's RG1 chest CR in JPEG 2000."""
+    from pydicom.data import get_testdata_file
+
+    files = {name: (data_dir / name, what) for name, what in FILES.items()}
+    for name, what in PYDICOM_DATA_FILES.items():
+        found = get_testdata_file(name)
+        files[name] = (Path(str(found)) if found else Path(name), what)
+    return files
+
+
+def reduction_of(data: bytes, size: int) -> str:
+    """How version 2 decodes the file at size x size: "1/f" or "full" (asked of the same
+    function preprocess() uses, so files it leaves at full resolution say so)."""
+    import warnings
+
+    import pydicom
+
+    from models.preprocessing import _codestream_syntaxes, _frame_codestream, _reduced_decode
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data))
+        tsyntax = ds.file_meta.TransferSyntaxUID
+        if tsyntax not in _codestream_syntaxes():
+            return "full"
+        frames = int(ds.get("NumberOfFrames") or 1)
+        codestream = _frame_codestream(ds, tsyntax, frames // 2, frames)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        out = None
+        if codestream is not None:
+            out = _reduced_decode(codestream, ds, tsyntax, rows, columns, (size, size))
+    return "full" if out is None else f"1/{round(rows / out[0].shape[0])}"
+
+
+def reduced(args: argparse.Namespace) -> int:
+    from models.preprocessing import preprocess
+
+    cpu = pin_to_one_cpu(args.cpu)
+    print(f"machine: {machine()}; pinned to CPU {cpu}")
+    print(f"output {args.size}x{args.size}; repeat {args.repeat}; ratio = full / reduced CPU")
+    header = (
+        f"{'file':38} {'what':40} {'decode':>7} {'full ms':>8} {'reduced ms':>10} "
+        f"{'ratio':>6} {'wall full':>9} {'reduced':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    size = (args.size, args.size)
+    for name, (path, what) in bench_files(args.data_dir).items():
+        if not path.exists():
+            print(f"{name:38} missing: {path}")
+            continue
+        data = path.read_bytes()
+        t = time_pair(
+            lambda data=data: preprocess(data, size=size, version="1"),
+            lambda data=data: preprocess(data, size=size, version="2"),
+            args.repeat,
+        )
+        print(
+            f"{name:38} {what:40} {reduction_of(data, args.size):>7} "
+            f"{t['base_cpu'] * 1000:8.1f} {t['cand_cpu'] * 1000:10.1f} {t['ratio']:6.2f} "
+            f"{t['base_wall'] * 1000:9.1f} {t['cand_wall'] * 1000:8.1f}"
+        )
+    return 0
+
+
+def diff_files(data_dir: Path) -> list[Path]:
+    """Every JPEG 2000 / JPEG Baseline DICOM in data_dir, pydicom-data and pydicom."""
+    import warnings
+
+    import pydicom
+    from pydicom.data import DATA_ROOT, external_data_sources
+    from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit
+
+    roots = [data_dir, Path(DATA_ROOT) / "test_files"]
+    roots += [Path(source.data_path) for source in external_data_sources().values()]
+    found = []
+    for root in roots:
+        for path in sorted(root.rglob("*.dcm")) if root.is_dir() else []:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # not DICOM or deliberately broken
+                continue
+            tsyntax = ds.file_meta.get("TransferSyntaxUID")
+            if tsyntax in (JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit):
+                found.append(path)
+    return found
+
+
+def diff(args: argparse.Namespace) -> int:
+    import warnings
+
+    import numpy as np
+
+    from models.errors import PreprocessingError
+    from models.preprocessing import preprocess
+
+    print(f"machine: {machine()}")
+    print("max / mean |version 2 - version 1| of the [0, 1] output, per output size")
+    sizes = (args.size, 64)
+    header = f"{'file':44} {'rows x cols':>11} " + " ".join(
+        f"{f'{s}: decode':>12} {'max':>7} {'mean':>8}" for s in sizes
+    )
+    print(header)
+    print("-" * len(header))
+    warnings.simplefilter("ignore")  # odd-but-readable files among pydicom's
+    for path in diff_files(args.data_dir):
+        data = path.read_bytes()
+        cells = []
+        try:
+            for side in sizes:
+                old = preprocess(data, size=(side, side), version="1").pixels
+                new = preprocess(data, size=(side, side), version="2").pixels
+                delta = np.abs(new - old)
+                cells.append(
+                    f"{reduction_of(data, side):>12} {delta.max():7.4f} {delta.mean():8.5f}"
+                )
+            meta = preprocess(data, version="1").metadata
+        except PreprocessingError as exc:
+            print(f"{path.name:44} refused: {exc.code}")
+            continue
+        print(f"{path.name:44} {f'{meta.rows}x{meta.columns}':>11} " + " ".join(cells))
+    return 0
 
 
 def split_over_threads(fn: Callable[[], object], calls: int, threads: int) -> float:

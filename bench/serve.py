@@ -6,6 +6,8 @@ docs/benchmarks/serve.md):
     .venv/bin/python -m bench.serve                      # SQLite, ~3-6 min on 2 cores
     .venv/bin/python -m bench.serve --database postgres  # scratch DB on 127.0.0.1:5432
     .venv/bin/python -m bench.serve --quick              # smaller phases, for a smoke run
+    .venv/bin/python -m bench.serve --workload radiographs --runtime openvino --precision f32
+                         # real radiographs as stored; RADLENS_RUNTIME / _PRECISION passed on
 
 What it does, in this order, all on this machine and loopback only:
 1. builds ResNet50 at 224x224 (weights=None, 2 classes) and saves it to a temporary model
@@ -17,8 +19,11 @@ What it does, in this order, all on this machine and loopback only:
    decoding) interleaved with the raw model; then preprocessing time per CT file;
 3. starts the real service (uvicorn app.main:create_app in a subprocess, SQLite in the
    temporary directory or a scratch PostgreSQL database) and waits for /readyz;
-4. PHASES, with an asyncio httpx client posting the 512x512 CT DICOMs (CT1_JLSN: JPEG-LS,
-   TOSHIBA_J2K: JPEG 2000) to POST /v1/predictions, each upload with a fresh SOP Instance
+4. PHASES, with an asyncio httpx client posting the workload's DICOMs to POST
+   /v1/predictions (--workload: ct, the default = the 512x512 CTs CT1_JLSN: JPEG-LS and
+   TOSHIBA_J2K: JPEG 2000; j2k = the chest CR RG1 in JPEG 2000 lossless and lossy from
+   pydicom-data; jpeg-ls / jpeg-lossless = the hip CR RG2_JLSL / RG2_JPLL; jpeg-baseline =
+   the RSNA chest CR; radiographs = all of those), each upload with a fresh SOP Instance
    UID so the service's de-duplication never short-cuts inference: (b) one client,
    sequential; (a) 16 concurrent clients; both for the files as stored and for the same
    pixels re-encoded uncompressed (separates codec time from service overhead); the
@@ -66,6 +71,20 @@ SHARED_DICOM = (
     Path(os.environ.get("RADLENS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "dicom"
 )
 CT_FILES = ("CT1_JLSN.dcm", "TOSHIBA_J2K_OpenJPEGv2Regression.dcm")
+# --workload: the files each posts, as (where, file name): "shared" = ../shared/data/dicom,
+# "pydicom-data" = pydicom.data.get_testdata_file (the pydicom-data package, offline)
+_J2K = (("pydicom-data", "RG1_J2KR.dcm"), ("pydicom-data", "RG1_J2KI.dcm"))  # chest CR
+_JPEG_LS = (("shared", "RG2_JLSL.dcm"),)  # hip CR 2140x1760
+_JPEG_LOSSLESS = (("shared", "RG2_JPLL.dcm"),)  # the same hip CR
+_JPEG_BASELINE = (("shared", "rsna_chest_cr_jpeg_baseline.dcm"),)  # chest CR 1024x1024
+WORKLOADS: dict[str, tuple[tuple[str, str], ...]] = {
+    "ct": tuple(("shared", name) for name in CT_FILES),
+    "j2k": _J2K,
+    "jpeg-ls": _JPEG_LS,
+    "jpeg-lossless": _JPEG_LOSSLESS,
+    "jpeg-baseline": _JPEG_BASELINE,
+    "radiographs": _J2K + _JPEG_LS + _JPEG_LOSSLESS + _JPEG_BASELINE,
+}
 SIZE = 224
 BATCH_SIZES = (1, 4, 8, 16, 32)
 MODEL_NAME = "bench-resnet50"
@@ -357,42 +376,93 @@ def measure_predictor(
 ENCODINGS = ("stored", "uncompressed")
 
 
-def load_sources(encoding: str) -> list[tuple[str, Any]]:
-    """The CT datasets as stored (JPEG-LS / JPEG 2000) or decoded once to Explicit VR LE."""
+def workload_files(workload: str) -> tuple[list[Path], list[str]]:
+    """The workload's files that exist, and a description of each one that does not."""
+    from pydicom.data import get_testdata_file
+
+    found, missing = [], []
+    for where, name in WORKLOADS[workload]:
+        if where == "shared":
+            path: Path | None = SHARED_DICOM / name
+        else:
+            located = get_testdata_file(name)
+            path = Path(str(located)) if located else None
+        if path is not None and path.exists():
+            found.append(path)
+        else:
+            missing.append(f"{name} ({SHARED_DICOM if where == 'shared' else 'pydicom-data'})")
+    return found, missing
+
+
+def load_sources(encoding: str, files: list[Path]) -> list[tuple[str, Any]]:
+    """The datasets as stored (JPEG-LS / JPEG 2000 / ...) or decoded once to Explicit VR LE."""
     import pydicom
 
     sources = []
-    for fname in CT_FILES:
-        ds = pydicom.dcmread(SHARED_DICOM / fname)
+    for path in files:
+        ds = pydicom.dcmread(path)
         if encoding == "uncompressed":
             ds.decompress()  # the same pixels, no codec work left for the service
-        sources.append((fname, ds))
+        sources.append((path.name, ds))
     return sources
 
 
-def make_uploads(sources: list[tuple[str, Any]], count: int) -> list[tuple[str, bytes]]:
-    """``count`` uploads alternating between the CT files, each with a fresh SOP Instance UID."""
-    from pydicom.uid import generate_uid
+_UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's generate_uid root
+_UID_DIGITS = 64 - len(_UID_PREFIX)  # every UID below is 64 characters: replaceable in place
 
-    uploads = []
-    for i in range(count):
-        fname, ds = sources[i % len(sources)]
-        ds.SOPInstanceUID = generate_uid()
+
+def _fixed_length_uid() -> str:
+    digits = str(uuid.uuid4().int * 10**_UID_DIGITS)[:_UID_DIGITS]  # no leading zero
+    return _UID_PREFIX + digits
+
+
+class Uploads:
+    """``count`` uploads cycling through the files, each with a fresh SOP Instance UID, made
+    when read: a radiograph is several MB, and the ~800 uploads of a run held at once would
+    take gigabytes. Each file is written once with a 64-character placeholder UID; an upload
+    is that template with the placeholder replaced by a new UID of the same length."""
+
+    def __init__(self, templates: list[tuple[str, bytes, bytes]], count: int, start: int = 0):
+        self.templates, self.count, self.start = templates, count, start
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            first, stop, step = key.indices(self.count)
+            if step != 1:
+                raise ValueError("Uploads slices take a step of 1")
+            return Uploads(self.templates, max(0, stop - first), self.start + first)
+        if not 0 <= key < self.count:
+            raise IndexError(key)
+        fname, template, placeholder = self.templates[(self.start + key) % len(self.templates)]
+        return fname, template.replace(placeholder, _fixed_length_uid().encode())
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        return (self[i] for i in range(self.count))
+
+
+def make_uploads(sources: list[tuple[str, Any]], count: int) -> Uploads:
+    """``count`` uploads alternating between the files, each with a fresh SOP Instance UID."""
+    templates = []
+    for fname, ds in sources:
+        placeholder = _fixed_length_uid()
+        ds.SOPInstanceUID = placeholder
         if "MediaStorageSOPInstanceUID" in ds.file_meta:
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.file_meta.MediaStorageSOPInstanceUID = placeholder
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-        uploads.append((fname, buf.getvalue()))
-    return uploads
+        templates.append((fname, buf.getvalue(), placeholder.encode()))
+    return Uploads(templates, count)
 
 
-def preprocess_ms(uploads: list[tuple[str, bytes]]) -> dict[str, float]:
+def preprocess_ms(uploads: Uploads) -> dict[str, float]:
     """Median in-process preprocessing time per file (decode + window + resize)."""
     from models.preprocessing import preprocess
 
     out = {}
-    for fname in CT_FILES:
-        data = next(body for f, body in uploads if f == fname)
+    for fname, data, _ in uploads.templates:
         preprocess(data, size=(SIZE, SIZE), window="lung")
         out[fname] = statistics.median(
             timed(functools.partial(preprocess, data, size=(SIZE, SIZE), window="lung"), 10)
@@ -454,6 +524,11 @@ def start_service(
         RADLENS_LOG_LEVEL="warning",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
+    # passed through as given (the service's settings validate them)
+    for option, variable in (("runtime", "RADLENS_RUNTIME"), ("precision", "RADLENS_PRECISION")):
+        value = getattr(args, option, None)
+        if value is not None:
+            env[variable] = value
     cmd = [
         sys.executable, "-m", "uvicorn", app, "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
@@ -623,7 +698,7 @@ class RawClient:
 
 
 async def run_phase(
-    base: str, name: str, clients: int, uploads: list[tuple[str, bytes]], warmup: int, pid: int
+    base: str, name: str, clients: int, uploads: Uploads, warmup: int, pid: int
 ) -> Phase:
     if CLIENT["kind"] == "raw":
         return await run_phase_raw(base, name, clients, uploads, warmup, pid)
@@ -675,7 +750,7 @@ async def run_phase(
 
 
 async def run_phase_raw(
-    base: str, name: str, clients: int, uploads: list[tuple[str, bytes]], warmup: int, pid: int
+    base: str, name: str, clients: int, uploads: Uploads, warmup: int, pid: int
 ) -> Phase:
     phase = Phase(name, clients)
     pool = [RawClient(base, HEADERS) for _ in range(clients)]
@@ -720,7 +795,7 @@ async def run_phase_raw(
 
 
 def main_phases(
-    base: str, pid: int, uploads: list[tuple[str, bytes]], args: argparse.Namespace
+    base: str, pid: int, uploads: Uploads, args: argparse.Namespace
 ) -> tuple[Phase, Phase]:
     """The 1-client phase (``--single`` requests after 3 warm-up ones), then the
     ``--clients`` phase (the next ``--concurrent`` uploads), against the server at ``base``."""
@@ -786,6 +861,20 @@ def main(argv: list[str] | None = None) -> int:
         help="sqlite: a file in the temp dir; postgres: a scratch database on 127.0.0.1:5432",
     )  # fmt: skip
     parser.add_argument(
+        "--workload", choices=tuple(WORKLOADS), default="ct",
+        help="the files posted: ct = the 512x512 CTs (JPEG-LS, JPEG 2000); j2k = chest CR "
+        "1955x1841 in JPEG 2000 lossless and lossy (pydicom-data); jpeg-ls / jpeg-lossless = "
+        "hip CR 2140x1760; jpeg-baseline = chest CR 1024x1024; radiographs = all of those",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runtime", default=None,
+        help="sets RADLENS_RUNTIME for the service (default: the service's own default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", default=None,
+        help="sets RADLENS_PRECISION for the service (default: the service's own default)",
+    )  # fmt: skip
+    parser.add_argument(
         "--encodings", default=",".join(ENCODINGS),
         help="stored = the files as they are (JPEG-LS, JPEG 2000); uncompressed = same pixels "
         "re-encoded Explicit VR LE (separates codec time from service overhead)",
@@ -816,9 +905,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.raw_images, args.single, args.concurrent = 16, 10, 48
         args.paired_rounds = min(args.paired_rounds, 1)
-    missing = [f for f in CT_FILES if not (SHARED_DICOM / f).exists()]
+    files, missing = workload_files(args.workload)
     if missing:
-        print(f"bench/serve.py: needs {', '.join(missing)} in {SHARED_DICOM}", file=sys.stderr)
+        print(f"bench/serve.py: --workload {args.workload} needs {', '.join(missing)}",
+              file=sys.stderr)  # fmt: skip
         return 2
 
     started = datetime.now(UTC)
@@ -826,6 +916,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine: nproc={os.cpu_count()}, {cpu_model()}; load average at start "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (CPU shared with other users)"
+    )
+    print(f"workload {args.workload}: {', '.join(path.name for path in files)}")
+    print(
+        "service runtime: "
+        f"RADLENS_RUNTIME={args.runtime or os.environ.get('RADLENS_RUNTIME', '(default)')}, "
+        f"RADLENS_PRECISION={args.precision or os.environ.get('RADLENS_PRECISION', '(default)')}"
     )
     with tempfile.TemporaryDirectory(prefix="radlens-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -844,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         uploads = {}
         pre: dict[str, dict[str, float]] = {}
         for encoding in args.encodings:
-            uploads[encoding] = make_uploads(load_sources(encoding), per_request)
+            uploads[encoding] = make_uploads(load_sources(encoding, files), per_request)
             pre[encoding] = preprocess_ms(uploads[encoding])
             for fname, ms in pre[encoding].items():
                 print(f"  preprocess {encoding:12s} {fname}: median {ms:.1f} ms", flush=True)

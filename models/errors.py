@@ -62,6 +62,17 @@ class ImageTooLargeError(PreprocessingError):
     title = "The image has too many pixels; send a smaller image or raise the pixel limit"
 
 
+class CodestreamMismatchError(PreprocessingError):
+    """The compressed codestream's own header disagrees with the DICOM header (size,
+    components, bit depth or resolution levels): refused before its pixels are decoded."""
+
+    code = "codestream-mismatch"
+    title = (
+        "The compressed pixel data disagrees with the DICOM header (size, samples, bit depth "
+        "or resolution levels); re-encode the image or correct its header"
+    )
+
+
 class InvalidImageError(PreprocessingError):
     code = "invalid-image"
     title = "The image is invalid; check its size, pixel values and the options given"

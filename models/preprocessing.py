@@ -6,10 +6,42 @@ file wherever it runs. The steps, in order, and why the order matters:
 
 1. **Sniff and read.** The format is taken from the content, never from a file name: PNG and
    JPEG by their signatures, DICOM by ``DICM`` at offset 128 (or, for files without the
-   preamble, a first element in group 0002/0008). DICOM is read with pydicom (the pylibjpeg
-   plugins decode JPEG, JPEG-LS, JPEG 2000 and RLE); PNG/JPEG with Pillow. The pixel-count
-   limit is checked from the header *before* any pixels are decoded, so a decompression bomb
-   costs a header parse.
+   preamble, a first element in group 0002/0008). DICOM is read with pydicom, and its pixel
+   data decoded by (``models/codecs.py`` registers the imagecodecs plugin):
+
+   - JPEG 2000 and HTJ2K: imagecodecs (OpenJPEG, GIL released); pydicom's default pick
+     (Pillow, then pylibjpeg-openjpeg) for what it refuses;
+   - JPEG-LS: imagecodecs (CharLS); pydicom's default pick (pyjpegls, then
+     pylibjpeg-libjpeg) for what it refuses, e.g. a codestream without its EOI marker;
+   - lossless JPEG (processes 14, SV1): imagecodecs (libjpeg-turbo); then pylibjpeg-libjpeg;
+   - JPEG Baseline and Extended: pydicom's default pick, Pillow (libjpeg-turbo; 8-bit only),
+     then pylibjpeg-libjpeg (12-bit);
+   - RLE Lossless: pydicom's own decoder; uncompressed and deflated syntaxes: pydicom.
+
+   **Decode less** (``PREPROCESSING_VERSION`` "2", when ``size`` is given): a grayscale
+   JPEG 2000 frame whose codestream is signed exactly when Pixel Representation says so and
+   whose precision fits Bits Stored is decoded at 1/2**r of its size by OpenJPEG's reduce
+   factor (through Pillow, whose JPEG 2000 reader exposes it; the discarded wavelet levels
+   are never decoded), and a grayscale 8-bit JPEG Baseline frame by libjpeg-turbo's DCT
+   scaling (1/2, 1/4 or 1/8, through Pillow's ``draft``).
+   :func:`decode_reduction` picks the largest ``r`` that leaves the image at least the model
+   size on both axes (at most the codestream's decomposition levels for JPEG 2000); the
+   resize below then proceeds as for any image. Pillow returns a p-bit JPEG 2000 component
+   scaled to 16 bits (12-bit 4095 -> 65520), a signed one offset by 2**(p-1): both are
+   undone, so the modality LUT and VOI see stored values. JPEG-LS and lossless JPEG have
+   neither resolution levels nor a DCT and are always decoded in full, as are colour frames
+   and JPEG 2000 codestreams pydicom sign-corrects after decoding (an unsigned codestream
+   holding two's-complement CT values: a wavelet low-pass over those would be meaningless).
+   Pillow's JPEG 2000 decoder holds the GIL while it works (about 11 ms for a 1955x1841
+   chest CR at 1/8, against 450 ms released by a full decode).
+   ``version="1"`` reproduces the full decode of earlier models.
+
+   The pixel-count limit is checked from the header *before* any pixels are decoded, and for
+   JPEG 2000, JPEG-LS and JPEG the frame's codestream header (SIZ read by OpenJPEG through
+   pylibjpeg-openjpeg; SOF read by pydicom) must agree with Rows, Columns and Samples per
+   Pixel and fit Bits Allocated (a JPEG height left to a DNL marker is refused too), else
+   :class:`~models.errors.CodestreamMismatchError`: a decompression bomb behind a small
+   header costs a header parse, not a decode.
 2. **Pick the frame.** Multi-frame DICOM: only the middle frame, index ``frames // 2`` (for
    an even count, the later of the two central frames), is decoded.
 3. **Modality LUT** (:func:`modality_values`): Rescale Slope/Intercept or the Modality LUT
@@ -64,6 +96,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from models.errors import (
+    CodestreamMismatchError,
     ImageTooLargeError,
     InvalidImageError,
     NoPixelDataError,
@@ -79,8 +112,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PREPROCESSING_VERSION = "1"
-"""Bump on any change that alters output arrays; models record it and refuse a mismatch."""
+PREPROCESSING_VERSION = "2"
+"""Bump on any change that alters output arrays; models record it and refuse a mismatch.
+
+"2": JPEG 2000 and baseline JPEG DICOM frames are decoded at a reduced resolution when a
+``size`` is given (see :func:`decode_reduction`). "1": every frame decoded in full."""
+
+SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2")
+"""Versions :func:`preprocess` can reproduce (``version=``): a model trained under "1" keeps
+the full-resolution decode it was trained with."""
 
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
@@ -158,6 +198,7 @@ def preprocess(
     size: tuple[int, int] | None = None,
     window: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    version: str = PREPROCESSING_VERSION,
 ) -> PreprocessedImage:
     """Turn the bytes of a DICOM, PNG or JPEG file into a float32 gray image in [0, 1].
 
@@ -170,6 +211,11 @@ def preprocess(
         window: a :data:`WINDOW_PRESETS` name, applied to CT (HU) images; ``None`` uses the
             file's VOI LUT or Window Center/Width, else min-max.
         max_pixels: refuse frames with more pixels than this, checked before decoding.
+        version: the :data:`PREPROCESSING_VERSION` to reproduce, one of
+            :data:`SUPPORTED_PREPROCESSING_VERSIONS` (a model's manifest says which): "1"
+            decodes every frame at full resolution; "2" decodes JPEG 2000 and baseline JPEG
+            DICOM frames at the reduced resolution :func:`decode_reduction` picks for
+            ``size`` (full resolution when ``size`` is None).
 
     Returns:
         The pixels, float32 of shape ``(H, W)`` with values in [0, 1], and the PHI-free
@@ -182,8 +228,11 @@ def preprocess(
             transfer syntax UID and name).
         TruncatedDataError: the file ends before its declared content.
         ImageTooLargeError: more than ``max_pixels`` pixels per frame.
+        CodestreamMismatchError: a compressed frame whose codestream declares another size,
+            sample count or a bit depth than the DICOM header (a decompression bomb behind a
+            small header), or whose reduced-resolution decode fails.
         InvalidImageError: zero-size or non-numeric pixels, a malformed header, or a bad
-            option (unknown window preset, bad size or max_pixels).
+            option (unknown window preset or version, bad size or max_pixels).
 
     Example:
         >>> image = preprocess(Path("chest.dcm").read_bytes(), size=(224, 224))
@@ -192,6 +241,11 @@ def preprocess(
     """
     _check_window(window)
     _check_max_pixels(max_pixels)
+    if version not in SUPPORTED_PREPROCESSING_VERSIONS:
+        raise InvalidImageError(
+            f"unknown preprocessing version {version!r}; this radlens reproduces "
+            f"{', '.join(SUPPORTED_PREPROCESSING_VERSIONS)}"
+        )
     if size is not None:
         size = _check_size(size)
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -202,7 +256,10 @@ def preprocess(
     kind = sniff_format(data)
     with _quiet_warnings():
         if kind == "dicom":
-            pixels, metadata = _preprocess_dicom(data, window=window, max_pixels=max_pixels)
+            reduce_for = size if version != "1" else None
+            pixels, metadata = _preprocess_dicom(
+                data, window=window, max_pixels=max_pixels, reduce_for=reduce_for
+            )
         else:
             pixels, metadata = _preprocess_pillow(data, kind, max_pixels=max_pixels)
     if size is not None:
@@ -385,7 +442,7 @@ def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
 
 
 def _preprocess_dicom(
-    data: bytes, *, window: str | None, max_pixels: int
+    data: bytes, *, window: str | None, max_pixels: int, reduce_for: tuple[int, int] | None
 ) -> tuple[np.ndarray, ImageMetadata]:
     ds = _read_dicom(data)
     tsyntax = _transfer_syntax(ds)
@@ -405,7 +462,16 @@ def _preprocess_dicom(
         )
     rows, columns, frames = _check_geometry(ds, max_pixels)
     index = frames // 2
-    arr, photometric = _decode_frame(ds, tsyntax, index, rows=rows, columns=columns)
+    codestream = _frame_codestream(ds, tsyntax, index, frames)
+    reduced = None
+    if codestream is not None:
+        _check_codestream(codestream, ds, tsyntax, rows=rows, columns=columns)
+        if reduce_for is not None:
+            reduced = _reduced_decode(codestream, ds, tsyntax, rows, columns, reduce_for)
+    if reduced is not None:
+        arr, photometric = reduced
+    else:
+        arr, photometric = _decode_frame(ds, tsyntax, index, rows=rows, columns=columns)
     if arr.size == 0:
         raise InvalidImageError(f"the decoded frame is empty. Received shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
@@ -580,6 +646,339 @@ def _check_geometry(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
     if frames > MAX_FRAMES:
         raise ImageTooLargeError(f"{frames} frames declared; the limit is {MAX_FRAMES}")
     return rows, columns, frames
+
+
+def decode_reduction(rows: int, columns: int, size: tuple[int, int], *, limit: int) -> int:
+    """The largest reduction ``r`` (decode at 1/2**r) that keeps the image at least ``size``.
+
+    The rule both codecs share: the largest ``r`` in ``0..limit`` with
+    ``rows >= height * 2**r`` and ``columns >= width * 2**r``, so the reduced image (whose
+    sides are ``ceil(rows / 2**r)`` and ``ceil(columns / 2**r)``) is at least as large as the
+    model input on both axes and the resize that follows still shrinks (antialiased). It is
+    libjpeg-turbo's DCT-scaling rule as Pillow's ``draft`` applies it (``limit`` 3: 1/8) and
+    the JPEG 2000 reduce factor (``limit``: the codestream's decomposition levels).
+
+    Args:
+        rows: the image's height.
+        columns: the image's width.
+        size: ``(height, width)`` of the model input.
+        limit: the largest reduction the codestream offers.
+
+    Returns:
+        ``r`` in ``0..limit`` (0: decode in full).
+
+    Example:
+        >>> decode_reduction(1955, 1841, (224, 224), limit=5)   # 245 x 231 at 1/8
+        3
+    """
+    height, width = size
+    reduction = 0
+    while (
+        reduction < limit
+        and rows >= height << (reduction + 1)
+        and columns >= width << (reduction + 1)
+    ):
+        reduction += 1
+    return reduction
+
+
+def _frame_codestream(ds: Dataset, tsyntax: Any, index: int, frames: int) -> bytes | None:
+    """The codestream of frame ``index`` for the JPEG family of syntaxes, else ``None``.
+
+    ``None`` too when pydicom cannot split the encapsulated data into frames: the decoder
+    then reports what is wrong with it, as before.
+    """
+    from pydicom.encaps import get_frame
+
+    if tsyntax not in _codestream_syntaxes() or "PixelData" not in ds:
+        return None
+    try:
+        return bytes(get_frame(ds.PixelData, index, number_of_frames=frames))
+    except BaseException as exc:  # third-party boundary: malformed encapsulation
+        _reraise_fatal(exc)
+        return None
+
+
+@functools.cache
+def _codestream_syntaxes() -> frozenset[str]:
+    """JPEG 2000 (and HTJ2K), JPEG-LS and the JPEG processes: one codestream per frame."""
+    from pydicom import uid
+
+    from models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
+
+    jpeg = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1)
+    return frozenset(str(ts) for ts in (*J2K_SYNTAXES, *JPEG_LS_SYNTAXES, *jpeg))
+
+
+@dataclass(frozen=True)
+class _Codestream:
+    """What a codestream's own main header declares."""
+
+    kind: str
+    rows: int
+    columns: int
+    components: int
+    precision: int
+    signed: bool
+
+
+def _codestream_header(codestream: bytes, tsyntax: Any) -> _Codestream | None:
+    """SIZ (JPEG 2000, read by OpenJPEG through pylibjpeg-openjpeg) or SOF (JPEG, JPEG-LS,
+    read by pydicom); ``None`` when the header cannot be read (the decoder then fails)."""
+    from models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
+
+    try:
+        if tsyntax in J2K_SYNTAXES:
+            import openjpeg
+
+            params = openjpeg.get_parameters(codestream)
+            return _Codestream(
+                kind="JPEG 2000",
+                rows=int(params["rows"]),
+                columns=int(params["columns"]),
+                components=int(params["samples_per_pixel"]),
+                precision=int(params["precision"]),
+                signed=bool(params["is_signed"]),
+            )
+        from pydicom.pixels.utils import _get_jpg_parameters
+
+        info = _get_jpg_parameters(codestream)
+        if not info:
+            return None
+        return _Codestream(
+            kind="JPEG-LS" if tsyntax in JPEG_LS_SYNTAXES else "JPEG",
+            rows=int(info["height"]),
+            columns=int(info["width"]),
+            components=int(info["components"]),
+            precision=int(info["precision"]),
+            signed=False,
+        )
+    except BaseException as exc:  # third-party boundary: an unreadable header
+        _reraise_fatal(exc)
+        return None
+
+
+def _check_codestream(
+    codestream: bytes, ds: Dataset, tsyntax: Any, *, rows: int, columns: int
+) -> None:
+    """Refuse a codestream that declares another size, sample count or a bit depth beyond
+    Bits Allocated than the DICOM header, before decoding it.
+
+    The pixel limit was checked against the header's Rows x Columns; decoders follow the
+    codestream, so a small header in front of a huge codestream (a decompression bomb) is
+    refused here in microseconds instead of decoded in full. A codestream that agrees is
+    bounded by the limit already checked.
+    """
+    header = _codestream_header(codestream, tsyntax)
+    if header is None:
+        return
+    samples = _int_or(ds, "SamplesPerPixel", 1)
+    allocated = _int_or(ds, "BitsAllocated", None)
+    # a JPEG height of 0 ("defined later by a DNL marker") is refused too: the size the
+    # decoder would produce is then unknown until it has decoded the image
+    if (
+        (header.rows, header.columns) == (rows, columns)
+        and header.components == samples
+        and (allocated is None or header.precision <= allocated)
+    ):
+        return
+    raise CodestreamMismatchError(
+        f"the {header.kind} codestream declares {header.columns}x{header.rows} = "
+        f"{header.columns * header.rows} pixels, {header.components} component(s) of "
+        f"{header.precision} bits; the DICOM header declares Columns={columns}, Rows={rows}, "
+        f"SamplesPerPixel={samples}, BitsAllocated={allocated}; received "
+        f"{len(codestream)} codestream bytes"
+    )
+
+
+def _j2k_main_header(codestream: bytes) -> tuple[int, int, int]:
+    """``(XOsiz, YOsiz, decomposition levels)`` from a raw JPEG 2000 main header.
+
+    No library exposes the decomposition levels (OpenJPEG's read_header does not report
+    them through pylibjpeg-openjpeg or Pillow), so this walks the main header's marker
+    segments (ISO/IEC 15444-1 A.5.1 SIZ, A.6.1 COD, A.6.2 COC) up to the first tile.
+    Returns levels 0 (no reduction) for anything it does not recognise.
+    """
+    import struct
+
+    if codestream[:4] != b"\xff\x4f\xff\x51" or len(codestream) < 42:
+        return 0, 0, 0
+    x_offset, y_offset = struct.unpack(">II", codestream[16:24])
+    components = struct.unpack(">H", codestream[40:42])[0]
+    levels: int | None = None
+    offset = 2  # SIZ, then the other main-header segments
+    while offset + 4 <= len(codestream):
+        marker = codestream[offset : offset + 2]
+        length = struct.unpack(">H", codestream[offset + 2 : offset + 4])[0]
+        if marker[0] != 0xFF or marker == b"\xff\x90" or length < 2:  # SOT: tiles begin
+            break
+        if marker == b"\xff\x52" and offset + 9 < len(codestream):  # COD
+            found = codestream[offset + 9]
+            levels = found if levels is None else min(levels, found)
+        elif marker == b"\xff\x53":  # COC: Ccoc is 1 byte below 257 components, else 2
+            position = offset + 5 + (1 if components < 257 else 2) + 1
+            if position < len(codestream):
+                found = codestream[position - 1]
+                levels = found if levels is None else min(levels, found)
+        offset += 2 + length
+    return x_offset, y_offset, levels or 0
+
+
+_MAX_REDUCTION = 5  # 1/32: beyond it a radiograph is smaller than any model input here
+
+
+def _reduced_decode(
+    codestream: bytes,
+    ds: Dataset,
+    tsyntax: Any,
+    rows: int,
+    columns: int,
+    size: tuple[int, int],
+) -> tuple[np.ndarray, str] | None:
+    """Decode a grayscale JPEG 2000 or baseline JPEG frame at a reduced resolution.
+
+    Returns the stored values at ``1/2**r`` (``r`` from :func:`decode_reduction`) and the
+    photometric interpretation, or ``None`` when the full decode applies: no reduction
+    helps, another syntax (JPEG-LS and lossless JPEG have no resolution levels or DCT),
+    colour, or a JPEG 2000 codestream whose signedness differs from Pixel Representation or
+    whose precision exceeds Bits Stored. pydicom corrects those after a full decode (e.g. an
+    unsigned codestream holding two's-complement CT values), and a wavelet low-pass over such
+    values would average numbers that are not the pixels', so they keep its path.
+    """
+    from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit
+
+    photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or _int_or(ds, "SamplesPerPixel", 1) != 1:
+        return None
+    bits_stored = _int_or(ds, "BitsStored", None)
+    if tsyntax in (JPEG2000Lossless, JPEG2000):
+        header = _codestream_header(codestream, tsyntax)
+        if (
+            header is None
+            or header.signed != (_int_or(ds, "PixelRepresentation", 0) == 1)
+            or bits_stored is None
+            or not 1 <= header.precision <= min(bits_stored, 16)
+        ):
+            return None
+        x_offset, y_offset, levels = _j2k_main_header(codestream)
+        if x_offset or y_offset:
+            return None
+        reduction = decode_reduction(rows, columns, size, limit=min(levels, _MAX_REDUCTION))
+        if reduction == 0:
+            return None
+        arr = _decode_j2k_reduced(
+            codestream, reduction, rows, columns, header.precision, signed=header.signed
+        )
+        return arr, photometric
+    if tsyntax == JPEGBaseline8Bit:
+        header = _codestream_header(codestream, tsyntax)
+        if header is None or header.precision != 8 or header.components != 1:
+            return None
+        reduction = decode_reduction(rows, columns, size, limit=3)
+        if reduction == 0:
+            return None
+        return _decode_jpeg_reduced(codestream, reduction, rows, columns, size), photometric
+    return None
+
+
+def _decode_j2k_reduced(
+    codestream: bytes,
+    reduction: int,
+    rows: int,
+    columns: int,
+    precision: int,
+    *,
+    signed: bool = False,
+) -> np.ndarray:
+    """OpenJPEG's reduce factor through Pillow: the stored values at 1/2**reduction."""
+    from PIL import Image, ImageFile
+
+    factor = 1 << reduction
+    height, width = -(-rows // factor), -(-columns // factor)
+    try:
+        image = Image.open(io.BytesIO(codestream), formats=["JPEG2000"])
+        with image:
+            # Pillow's own `reduce` property rounds the reduced size to the nearest integer;
+            # OpenJPEG's reduced image is the ceiling (ISO/IEC 15444-1 B.5), so the two
+            # disagree for e.g. 1841 px at 1/4 and Pillow reports a "broken data stream".
+            # Set the exact size and the reduce factor on the tile instead.
+            tile = image.tile[0]
+            args = tile.args
+            if not isinstance(args, tuple) or len(args) != 5:
+                raise ValueError(f"unexpected Pillow JPEG 2000 tile arguments {args!r}")
+            image._size = (width, height)
+            image.tile = [
+                ImageFile._Tile(
+                    tile.codec_name,
+                    (0, 0, width, height),
+                    tile.offset,
+                    (args[0], reduction, args[2], args[3], args[4]),
+                )
+            ]
+            ImageFile.ImageFile.load(image)
+            mode = image.mode
+            arr = np.asarray(image)
+    except BaseException as exc:  # third-party boundary
+        _reraise_fatal(exc)
+        raise _reduced_error(exc, "JPEG 2000", factor, codestream) from exc
+    # Pillow scales a p-bit component to the full 8 or 16 bits of its mode (a 12-bit stored
+    # 4095 comes back as 65520) and offsets a signed one by 2**(p-1) (-2000 at 14 bits comes
+    # back as 24768): undo both, the modality LUT and VOI need stored values.
+    depth = 16 if mode.startswith("I;16") else 8
+    if arr.shape != (height, width) or precision > depth or mode not in ("L", "I;16"):
+        raise CodestreamMismatchError(
+            f"the JPEG 2000 codestream decoded at 1/{factor} to mode {mode}, shape "
+            f"{arr.shape}; expected {height}x{width} of {precision} bits from Rows={rows}, "
+            f"Columns={columns}"
+        )
+    dtype = np.uint16 if depth == 16 else np.uint8
+    stored = np.right_shift(arr.astype(dtype, copy=False), depth - precision)
+    if not signed:
+        return stored
+    offset = np.int32(1 << (precision - 1))
+    return (stored.astype(np.int32) - offset).astype(np.int16 if depth == 16 else np.int8)
+
+
+def _decode_jpeg_reduced(
+    codestream: bytes, reduction: int, rows: int, columns: int, size: tuple[int, int]
+) -> np.ndarray:
+    """libjpeg-turbo's DCT scaling through Pillow's ``draft``: 8-bit gray at 1/2**reduction."""
+    from PIL import Image
+
+    factor = 1 << reduction
+    height, width = -(-rows // factor), -(-columns // factor)
+    try:
+        image = Image.open(io.BytesIO(codestream), formats=["JPEG"])
+        with image:
+            # draft picks the largest of 1/8, 1/4, 1/2 keeping the image >= the size asked
+            # for: decode_reduction's rule, so this is the same reduction
+            image.draft("L", (size[1], size[0]))
+            image.load()
+            mode = image.mode
+            arr = np.asarray(image)
+    except BaseException as exc:  # third-party boundary
+        _reraise_fatal(exc)
+        raise _reduced_error(exc, "JPEG", factor, codestream) from exc
+    if arr.shape != (height, width) or mode != "L":
+        raise CodestreamMismatchError(
+            f"the JPEG codestream decoded at 1/{factor} to mode {mode}, shape {arr.shape}; "
+            f"expected {height}x{width} from Rows={rows}, Columns={columns}"
+        )
+    return arr
+
+
+def _reduced_error(
+    exc: BaseException, kind: str, factor: int, codestream: bytes
+) -> PreprocessingError:
+    if _looks_truncated(exc):
+        return TruncatedDataError(
+            f"the {kind} codestream ends early ({_short(exc)}); received {len(codestream)} bytes"
+        )
+    return CodestreamMismatchError(
+        f"the {kind} codestream could not be decoded at 1/{factor} resolution "
+        f"({_short(exc)}): its resolution levels, tiles or scans disagree with its main "
+        f"header; received {len(codestream)} bytes"
+    )
 
 
 _CODECS_LOCK = threading.Lock()
