@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.settings import Settings
-from models.errors import ModelCorruptError, ModelIncompatibleError
-from models.manifest import MODEL_FILE, ModelManifest
+from models.errors import ModelIncompatibleError
+from models.manifest import ModelManifest
 
 
 @dataclass(frozen=True)
@@ -29,19 +29,11 @@ def check_model(settings: Settings) -> ModelManifest:
             naming the model and the reason.
     """
     from models.preprocessing import PREPROCESSING_VERSION
-    from models.registry import ModelRegistry, file_sha256
+    from models.registry import ModelRegistry
 
     registry = ModelRegistry(settings.model_store)
     name, version = registry.resolve(settings.model)
-    manifest = registry.read_manifest(name, version)
-    model_path = registry.root / name / str(version) / MODEL_FILE
-    if not model_path.is_file():
-        raise ModelCorruptError(f"{model_path} is missing")
-    actual = file_sha256(model_path)
-    if actual != manifest.model_sha256:
-        raise ModelCorruptError(
-            f"sha256 of {model_path} is {actual}, the manifest says {manifest.model_sha256}"
-        )
+    manifest = registry.verify(name, version)  # seal (fields named), then model.keras sha256
     if manifest.preprocessing_version != PREPROCESSING_VERSION:
         raise ModelIncompatibleError(
             f"model {manifest.ref} was trained with preprocessing version "
