@@ -166,6 +166,8 @@ async def run_model(data: bytes, *, predictor: Predictor, settings: Settings) ->
         model_version=manifest.version,
         preprocessing_version=manifest.preprocessing_version,
         device=predictor.device.name,
+        runtime=predictor.selection.runtime,
+        precision=predictor.selection.precision,
         label=output.label,
         scores={
             name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
