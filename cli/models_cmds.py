@@ -165,7 +165,8 @@ def show_model(
         return
     typer.echo(_text(manifest, path))
     if verify:
-        typer.echo("integrity: the manifest matches its seal; model.keras matches its sha256")
+        typer.echo("integrity: the manifest matches its seal")
+        typer.echo("integrity: model.keras matches the manifest's sha256")
         for runtime in sorted(manifest.runtimes):
             registry.runtime_files(manifest, runtime)
             typer.echo(f"integrity: the {runtime} files match their sha256")
