@@ -588,7 +588,12 @@ def load_predictor(settings: Any) -> Predictor:
         files = registry.runtime_files(loaded.manifest, "openvino")
         xml = next(path for path in files.values() if path.name == "model.xml")
         try:
-            runtime = OpenVINORuntime(xml, selection.precision, tuple(loaded.manifest.input_shape))
+            runtime = OpenVINORuntime(
+                xml,
+                selection.precision,
+                tuple(loaded.manifest.input_shape),
+                streams=settings.inference_streams,
+            )
         except ModelCorruptError as exc:
             explicit = getattr(settings, "runtime", "auto") != "auto"
             if explicit or getattr(settings, "precision", "auto") == "bf16":

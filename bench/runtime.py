@@ -85,8 +85,34 @@ def save_model(store: Path, model, name: str, threshold: float, metrics: dict) -
     return manifest.ref
 
 
+def _measure(run, batch: np.ndarray, seconds: float, threads: int) -> tuple[float, float]:
+    """(images/s wall, CPU ms per image) for ``threads`` callers each calling ``run`` in turn
+    for ``seconds``; CPU time is the whole process's (every thread, OpenVINO's included)."""
+    import threading
+
+    counts = [0] * threads
+
+    def loop(k: int, deadline: float) -> None:
+        while True:
+            run(batch)
+            counts[k] += 1
+            if time.perf_counter() >= deadline and counts[k] >= 2:
+                return
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    workers = [threading.Thread(target=loop, args=(k, t0 + seconds)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    images = sum(counts) * len(batch)
+    return images / wall, cpu * 1000.0 / images
+
+
 def throughput(store: Path, ref: str, batches: list[int], rounds: int, seconds: float) -> dict:
-    """images/s per (engine, batch), median over interleaved rounds, + ratios per round."""
+    """images/s and CPU ms per image per (engine, batch): medians over interleaved rounds,
+    and the per-round ratios against TensorFlow fp32 (1 stream) measured in the same round."""
     import tensorflow as tf
 
     from models.registry import ModelRegistry
@@ -95,49 +121,65 @@ def throughput(store: Path, ref: str, batches: list[int], rounds: int, seconds: 
     registry = ModelRegistry(store)
     loaded = registry.load(ref)
     model = loaded.model
-    xml = next(
-        p
-        for p in registry.runtime_files(loaded.manifest, "openvino").values()
-        if p.suffix == ".xml"
-    )
+    files = registry.runtime_files(loaded.manifest, "openvino")
+    xml = next(p for p in files.values() if p.suffix == ".xml")
     shape = tuple(loaded.manifest.input_shape)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32)])
     def serve(x):
         return model(x, training=False)
 
+    def tf_run(b):
+        return np.asarray(serve(tf.constant(b)))
+
+    # name -> (callable, concurrent callers): 1 stream = one call at a time using every core;
+    # 2 streams = two calls at once, as the service runs by default (RADLENS_INFERENCE_STREAMS)
     engines = {
-        "tensorflow-fp32": lambda b: np.asarray(serve(tf.constant(b))),
-        "openvino-fp32": OpenVINORuntime(xml, "fp32", shape).predict,
+        "tensorflow-fp32": (tf_run, 1),
+        "tensorflow-fp32-2streams": (tf_run, 2),
+        "openvino-fp32": (OpenVINORuntime(xml, "fp32", shape).predict, 1),
     }
     if bf16_supported():
-        engines["openvino-bf16"] = OpenVINORuntime(xml, "bf16", shape).predict
+        engines["openvino-bf16"] = (OpenVINORuntime(xml, "bf16", shape).predict, 1)
+        engines["openvino-bf16-2streams"] = (
+            OpenVINORuntime(xml, "bf16", shape, streams=2).predict,
+            2,
+        )
+    engines["openvino-fp32-2streams"] = (
+        OpenVINORuntime(xml, "fp32", shape, streams=2).predict,
+        2,
+    )
     rng = np.random.default_rng(0)
     inputs = {n: rng.random((n, *shape), dtype=np.float32) for n in batches}
-    for run in engines.values():  # warm-up: compile, trace, first allocations
+    for run, _ in engines.values():  # warm-up: compile, trace, first allocations
         for n in batches:
             run(inputs[n])
-    per_round: dict[str, dict[int, list[float]]] = {e: {n: [] for n in batches} for e in engines}
+    rate: dict[str, dict[int, list[float]]] = {e: {n: [] for n in batches} for e in engines}
+    cpu: dict[str, dict[int, list[float]]] = {e: {n: [] for n in batches} for e in engines}
     for r in range(rounds):
         for n in batches:
-            for name, run in engines.items():
-                calls, t0 = 0, time.perf_counter()
-                while True:
-                    run(inputs[n])
-                    calls += 1
-                    elapsed = time.perf_counter() - t0
-                    if elapsed >= seconds and calls >= 2:
-                        break
-                per_round[name][n].append(calls * n / elapsed)
+            for name, (run, callers) in engines.items():
+                images_s, cpu_ms = _measure(run, inputs[n], seconds, callers)
+                rate[name][n].append(images_s)
+                cpu[name][n].append(cpu_ms)
         print(f"  round {r + 1}/{rounds} done", flush=True)
-    result: dict = {"images_per_s": {}, "ratio_vs_tensorflow_fp32": {}}
+    base = "tensorflow-fp32"
+    result: dict = {
+        "images_per_s": {},
+        "cpu_ms_per_image": {},
+        "ratio_vs_tensorflow_fp32": {},
+        "cpu_ratio_vs_tensorflow_fp32": {},
+    }
     for name in engines:
-        result["images_per_s"][name] = {n: statistics.median(v) for n, v in per_round[name].items()}
+        result["images_per_s"][name] = {n: statistics.median(v) for n, v in rate[name].items()}
+        result["cpu_ms_per_image"][name] = {n: statistics.median(v) for n, v in cpu[name].items()}
         result["ratio_vs_tensorflow_fp32"][name] = {
-            n: statistics.median(
-                a / b
-                for a, b in zip(per_round[name][n], per_round["tensorflow-fp32"][n], strict=True)
-            )
+            n: statistics.median(a / b for a, b in zip(rate[name][n], rate[base][n], strict=True))
+            for n in batches
+        }
+        # CPU efficiency: TensorFlow's CPU ms per image over this engine's (higher = better)
+        result["cpu_ratio_vs_tensorflow_fp32"][name] = {
+            n: statistics.median(b / a for a, b in zip(cpu[name][n], cpu[base][n], strict=True))
             for n in batches
         }
     return result
@@ -291,12 +333,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nTHROUGHPUT (ResNet50 224x224x1, weights=None), {args.rounds} interleaved rounds")
         report["throughput"] = throughput(store, ref, batches, args.rounds, args.seconds)
         tput = report["throughput"]
+        print("  wall images/s (ratio to tensorflow-fp32, median of per-round ratios) | CPU ms")
+        print("  per image (TensorFlow's CPU per image over this one's: CPU efficiency)")
         for name, by_batch in tput["images_per_s"].items():
-            cells = ", ".join(
-                f"batch {n}: {v:6.1f} img/s ({tput['ratio_vs_tensorflow_fp32'][name][n]:.2f}x)"
+            cells = "; ".join(
+                f"b{n}: {v:5.1f}/s {tput['ratio_vs_tensorflow_fp32'][name][n]:.2f}x | "
+                f"{tput['cpu_ms_per_image'][name][n]:4.0f} ms "
+                f"{tput['cpu_ratio_vs_tensorflow_fp32'][name][n]:.2f}x"
                 for n, v in by_batch.items()
             )
-            print(f"  {name:16s} {cells}")
+            print(f"  {name:24s} {cells}")
         best = {name: max(v.values()) for name, v in tput["images_per_s"].items()}
         report["best_batch_ratio"] = {n: v / best["tensorflow-fp32"] for n, v in best.items()}
         print(

@@ -297,6 +297,11 @@ class OpenVINORuntime:
         xml_path: the IR's ``model.xml`` (``model.bin`` beside it).
         precision: ``"fp32"`` or ``"bf16"`` (``INFERENCE_PRECISION_HINT``).
         input_shape: ``(H, W, C)`` the model takes, for a clear error on a bad batch.
+        streams: calls that may run at once (the service's RADLENS_INFERENCE_STREAMS). 1:
+            OpenVINO's latency mode, one call uses every core. More: ``NUM_STREAMS`` of them,
+            the cores split between them, so concurrent calls do not fight over the same
+            threads (on a busy 2-core machine one call spread over both cores stalls
+            whenever either core is taken; docs/benchmarks/serve.md, "Runtimes").
 
     Raises:
         RuntimeUnavailableError: OpenVINO is absent.
@@ -305,7 +310,14 @@ class OpenVINORuntime:
 
     name: RuntimeName = "openvino"
 
-    def __init__(self, xml_path: Path, precision: Precision, input_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        xml_path: Path,
+        precision: Precision,
+        input_shape: tuple[int, ...],
+        *,
+        streams: int = 1,
+    ) -> None:
         from models.errors import ModelCorruptError
 
         if precision not in _OV_HINT:
@@ -314,15 +326,17 @@ class OpenVINORuntime:
             raise RuntimeUnavailableError(
                 "the openvino package is not installed (pip install openvino)"
             )
+        if not 1 <= streams <= 64:
+            raise ConfigurationError(f"streams must be within 1..64. Received: {streams!r}")
         self.precision: Precision = precision
+        self.streams = streams
         self.input_shape = tuple(int(d) for d in input_shape)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision]}
+        if streams > 1:
+            config["NUM_STREAMS"] = streams
         core = _core()
         try:
-            self.compiled = core.compile_model(
-                core.read_model(str(xml_path)),
-                "CPU",
-                {"INFERENCE_PRECISION_HINT": _OV_HINT[precision]},
-            )
+            self.compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with the parser's reason
             raise ModelCorruptError(
                 f"OpenVINO could not load {xml_path}: {type(exc).__name__}: "

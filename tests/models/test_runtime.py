@@ -280,6 +280,24 @@ class TestConvertStoredModel:
         with pytest.raises(InvalidImageError, match=r"Received shape \(8, 28, 28, 1\)"):
             runtime.predict(np.zeros((8, 28, 28, 1), np.float32))
 
+    def test_streams_split_the_cores_and_run_concurrently(self, stored):
+        from concurrent.futures import ThreadPoolExecutor
+
+        manifest = add_openvino_runtime(stored, "chest:1")
+        files = stored.runtime_files(manifest, "openvino")
+        xml = next(p for p in files.values() if p.name == "model.xml")
+        images, _ = val_images(count=16)
+        single = OpenVINORuntime(xml, "fp32", (32, 32, 1))
+        double = OpenVINORuntime(xml, "fp32", (32, 32, 1), streams=2)
+        assert int(double.compiled.get_property("NUM_STREAMS")) == 2
+        expected = single.predict(images)
+        with ThreadPoolExecutor(2) as pool:  # one infer request per thread
+            results = list(pool.map(lambda _: double.predict(images), range(6)))
+        for result in results:
+            np.testing.assert_allclose(result, expected, atol=1e-6)
+        with pytest.raises(ConfigurationError, match="streams"):
+            OpenVINORuntime(xml, "fp32", (32, 32, 1), streams=0)
+
     def test_reconverting_replaces_the_old_files(self, stored):
         first = add_openvino_runtime(stored, "chest:1")
         second = add_openvino_runtime(stored, "chest:1")
