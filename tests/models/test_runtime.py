@@ -329,6 +329,17 @@ class TestConvertStoredModel:
         with pytest.raises(ModelTamperedError, match="field 'runtimes' changed"):
             stored.verify("chest", 1)
 
+    def test_training_export_call_with_the_model_in_memory(self, stored):
+        """What training's export adds after ModelRegistry.save: the model it holds, val arrays."""
+        model = stored.load("chest:1").model
+        images, labels = val_images(count=48)
+        manifest = add_openvino_runtime(
+            stored, "chest:1", model=model, images=images, labels=labels, data_note="val"
+        )
+        parity = recorded_parity(manifest, "fp32")
+        assert parity is not None and parity.n == 48 and parity.flips == 0
+        assert manifest.runtimes["openvino"]["parity"]["fp32"]["data"] == "val"
+
     def test_no_runtime_listed(self, stored):
         with pytest.raises(ModelNotFoundError, match="radlens models convert chest:1"):
             stored.runtime_files(stored.verify("chest", 1), "openvino")
