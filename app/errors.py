@@ -117,6 +117,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "model-corrupt": 503,
     "model-incompatible": 503,
     "model-store-error": 503,
+    "model-tampered": 503,
+    "model-unsealed": 503,
+    "runtime-unavailable": 503,
     "bad-configuration": 500,
 }
 

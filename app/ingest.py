@@ -46,11 +46,13 @@ logger = logging.getLogger(__name__)
 
 
 def preprocess_upload(
-    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int
+    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int, version: str
 ) -> PreprocessedImage:
+    """Preprocess as the model was trained: ``version`` is its manifest's preprocessing
+    version (an older model is fed exactly as before, models.preprocessing)."""
     from models.preprocessing import preprocess
 
-    return preprocess(data, size=size, window=window, max_pixels=max_pixels)
+    return preprocess(data, size=size, window=window, max_pixels=max_pixels, version=version)
 
 
 def _column_length(field: str) -> int:
@@ -100,11 +102,11 @@ def check_recordable(image: PreprocessedImage) -> None:
 
 
 def _prepare_upload(
-    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int
+    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int, version: str
 ) -> tuple[np.ndarray, tuple[PreprocessedImage, str]]:
     """The upload -> (model input, (preprocessed image, sha256 of the upload)); runs off the
     event loop (on a predictor stream or a worker thread), the checks and the hash included."""
-    image = preprocess_upload(data, size, window, max_pixels)
+    image = preprocess_upload(data, size, window, max_pixels, version)
     check_recordable(image)
     return image.model_input(), (image, hashlib.sha256(data).hexdigest())
 
@@ -167,7 +169,12 @@ class Ingestor:
         predictor = self.predictor
         manifest = predictor.manifest
         prepare = functools.partial(
-            _prepare_upload, data, predictor.input_size, manifest.window, self.settings.max_pixels
+            _prepare_upload,
+            data,
+            predictor.input_size,
+            manifest.window,
+            self.settings.max_pixels,
+            manifest.preprocessing_version,
         )
         output = await predictor.predict_prepared(prepare)  # on its stream, or a worker thread
         image, digest = cast(tuple["PreprocessedImage", str], output.prepared)
@@ -183,6 +190,8 @@ class Ingestor:
             model_version=manifest.version,
             preprocessing_version=manifest.preprocessing_version,
             device=predictor.device.name,
+            runtime=predictor.selection.runtime,
+            precision=predictor.selection.precision,
             label=output.label,
             scores={
                 name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)

@@ -57,10 +57,15 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         app.state.resources = resources
         await resources.predictor.start()
         resources.writer.start()
+        serving = resources.predictor.selection
         logger.info(
-            "ready: model %s on %s, database schema %s",
+            "ready: model %s on %s, runtime %s %s (%s; parity: %s), database schema %s",
             resources.predictor.manifest.ref,
             resources.predictor.device.name,
+            serving.runtime,
+            serving.precision,
+            serving.reason,
+            serving.parity.summary() if serving.parity else "n/a",
             resources.schema_revision,
         )
         try:

@@ -43,7 +43,8 @@ from fastapi.concurrency import run_in_threadpool
 from app.device import DeviceInfo, select_device
 from app.errors import AppError
 from app.workqueue import STOP, WorkQueue, fail, resolve_all
-from models.errors import InvalidImageError, RadlensError
+from models.errors import InvalidImageError, ModelCorruptError, RadlensError
+from models.runtime import OpenVINORuntime, Selection
 
 if TYPE_CHECKING:
     from models.registry import LoadedModel, ModelManifest
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 InferenceMode = Literal["function", "predict_on_batch"]
+ModelRuntime = OpenVINORuntime  # anything with predict(batch) -> (N, classes) scores
 MAX_STREAMS = 8
 
 
@@ -170,6 +172,8 @@ class Predictor:
         batch_tuning: BatchTuning = "off",
         streams: int = 1,
         max_queued: int = MAX_QUEUED,
+        runtime: ModelRuntime | None = None,
+        selection: Selection | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size should be >= 1. Received: {max_batch_size!r}")
@@ -192,6 +196,10 @@ class Predictor:
             )
         self.loaded = loaded
         self.model = loaded.model
+        # A converted runtime (OpenVINO) runs the batches when given; the Keras model stays
+        # loaded for Grad-CAM, which needs gradients.
+        self.runtime = runtime
+        self.selection: Selection = selection or Selection("tensorflow", "fp32", "default")
         self.manifest: ModelManifest = loaded.manifest
         self.device = device
         self.max_batch_size = int(max_batch_size)
@@ -237,13 +245,16 @@ class Predictor:
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """One model call on a (N, H, W, 1) float32 batch -> (N, classes) scores."""
-        import tensorflow as tf
+        if self.runtime is not None:
+            out = self.runtime.predict(batch)
+        else:
+            import tensorflow as tf
 
-        with tf.device(self.device.name):
-            if self._function is not None:
-                out = self._function(tf.constant(batch))
-            else:
-                out = self.model.predict_on_batch(batch)
+            with tf.device(self.device.name):
+                if self._function is not None:
+                    out = self._function(tf.constant(batch))
+                else:
+                    out = self.model.predict_on_batch(batch)
         scores = np.asarray(out, dtype=np.float32)
         if scores.ndim != 2 or scores.shape[0] != batch.shape[0]:
             raise InferenceError(
@@ -539,18 +550,38 @@ class Predictor:
 
 
 def load_predictor(settings: Any) -> Predictor:
-    """Select the device, load the configured model onto it, build the Predictor, warm it up.
+    """Select the device, load the configured model onto it, pick the runtime (TensorFlow or
+    OpenVINO fp32/bf16, app.startup.choose_runtime), build the Predictor, warm it up.
 
     The device is chosen first: GPU memory growth must be set before the model's variables
-    initialise the GPU.
+    initialise the GPU. The Keras model is always loaded (Grad-CAM needs it).
     """
     import tensorflow as tf
 
-    from models.registry import ModelRegistry
+    from app.startup import choose_runtime, registry_for
 
     device = select_device(settings.device)
+    registry = registry_for(settings)
     with tf.device(device.name):
-        loaded = ModelRegistry(settings.model_store).load(settings.model)
+        loaded = registry.load(settings.model)
+    selection = choose_runtime(settings, registry, loaded.manifest, device.kind)
+    runtime = None
+    if selection.runtime == "openvino":
+        files = registry.runtime_files(loaded.manifest, "openvino")
+        xml = next(path for path in files.values() if path.name == "model.xml")
+        try:
+            runtime = OpenVINORuntime(
+                xml,
+                selection.precision,
+                tuple(loaded.manifest.input_shape),
+                streams=settings.inference_streams,
+            )
+        except ModelCorruptError as exc:
+            explicit = getattr(settings, "runtime", "auto") != "auto"
+            if explicit or getattr(settings, "precision", "auto") == "bf16":
+                raise
+            selection = Selection("tensorflow", "fp32", f"auto: {exc.detail}", fallback=True)
+            log.warning("serving with TensorFlow fp32: %s", selection.reason)
     predictor = Predictor(
         loaded,
         device,
@@ -559,6 +590,8 @@ def load_predictor(settings: Any) -> Predictor:
         batch_tuning=settings.batch_tuning,
         streams=settings.inference_streams,
         max_queued=settings.max_queued_predictions,
+        runtime=runtime,
+        selection=selection,
     )
     predictor.warmup()
     return predictor

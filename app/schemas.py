@@ -115,6 +115,8 @@ class PredictionPublic(BaseModel):
     inference_ms: float
     batch_size: int = 1
     device: str = ""
+    runtime: str | None = Field(default=None, examples=["openvino"])
+    precision: str | None = Field(default=None, examples=["bf16"])
     notice: str | None = Field(
         default=None, description="Present unless the model is validated for clinical use"
     )
@@ -167,4 +169,18 @@ class Readiness(BaseModel):
         description="The largest batch the model is run with (RADLENS_MAX_BATCH_SIZE, or the "
         "most efficient size measured at warm-up with RADLENS_BATCH_TUNING=auto)",
         examples=[8],
+    )
+    runtime: str = Field(
+        default="tensorflow",
+        description="What runs the model: tensorflow or openvino (RADLENS_RUNTIME)",
+        examples=["openvino"],
+    )
+    precision: str = Field(default="fp32", examples=["bf16"])
+    runtime_reason: str = Field(
+        default="", description="Why this runtime and precision (settings, CPU, parity)"
+    )
+    parity: dict[str, Any] | None = Field(
+        default=None,
+        description="The recorded parity of the serving OpenVINO precision against the Keras "
+        "model on validation images: AUC difference, largest score difference, flipped labels",
     )

@@ -22,7 +22,9 @@ MIB = 1024 * 1024
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _MODEL_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
 _SUPPORTED_BACKENDS = ("sqlite", "postgresql")
-SECRET_FIELDS = frozenset({"uid_pseudonym_key"})  # never quoted in error messages
+SECRET_FIELDS = frozenset(
+    {"uid_pseudonym_key", "model_signing_key"}
+)  # never quoted in error messages
 
 
 def _default_max_pixels() -> int:
@@ -112,8 +114,34 @@ class Settings(BaseSettings):
         "SR returned in the same request (never stored); off = those attributes are empty",
     )
     stow_max_instances: int = Field(default=100, ge=1, le=10_000)
+    # Inference runtime (models/runtime.py; README "Runtimes")
+    runtime: Literal["auto", "tensorflow", "openvino"] = Field(
+        default="auto",
+        description="auto: OpenVINO on the CPU when the model was converted and its recorded "
+        "parity is within tolerance, else TensorFlow (the GPU keeps TensorFlow); tensorflow "
+        "or openvino: that runtime or a start-up error",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="auto: bf16 when the CPU supports it and the recorded bf16 parity is "
+        "within tolerance, else fp32; bf16: that or a start-up error (OpenVINO only)",
+    )
+    parity_max_auc_difference: float = Field(
+        default=0.002, ge=0.0, le=1.0, description="largest validation AUC drift served"
+    )
+    parity_max_flip_fraction: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="largest fraction of validation labels that may flip at the threshold",
+    )
+    model_signing_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key (>= 16 characters) that signs manifests at save and is "
+        "required to verify them at load",
+    )
 
-    @field_validator("uid_pseudonym_key")
+    @field_validator("uid_pseudonym_key", "model_signing_key")
     @classmethod
     def _check_pseudonym_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or value.get_secret_value() == "":
@@ -166,6 +194,15 @@ class Settings(BaseSettings):
         return level
 
     @model_validator(mode="after")
+    def _check_runtime(self) -> Settings:
+        if self.runtime == "tensorflow" and self.precision == "bf16":
+            raise ValueError(
+                "RADLENS_PRECISION=bf16 is served by OpenVINO: set RADLENS_RUNTIME=openvino or "
+                "auto. Received: runtime='tensorflow', precision='bf16'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_model_store(self) -> Settings:
         if self.model_store.exists() and not self.model_store.is_dir():
             raise ValueError(
@@ -176,6 +213,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def model_signing_key_bytes(self) -> bytes | None:
+        key = self.model_signing_key
+        return key.get_secret_value().encode() if key is not None else None
 
     @property
     def uid_pseudonym_key_bytes(self) -> bytes | None:

@@ -48,6 +48,8 @@ class Prediction(Base):
     model_version: Mapped[int] = mapped_column(Integer)
     preprocessing_version: Mapped[str] = mapped_column(String(32))
     device: Mapped[str] = mapped_column(String(32))
+    runtime: Mapped[str | None] = mapped_column(String(16))  # tensorflow | openvino (0005)
+    precision: Mapped[str | None] = mapped_column(String(8))  # fp32 | bf16 (0005)
 
     label: Mapped[str] = mapped_column(String(128))
     scores: Mapped[dict[str, Any]] = mapped_column(JSON)

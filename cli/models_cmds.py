@@ -1,4 +1,6 @@
-"""Model store commands: ``radlens models list`` and ``radlens models show NAME[:VERSION]``.
+"""Model store commands: ``radlens models list``, ``show NAME[:VERSION]``, ``convert`` (add an
+OpenVINO runtime with measured parity) and ``seal`` (seal a legacy or deliberately edited
+manifest).
 
 Only typer and the standard library are imported here; ``models.registry`` (numpy, no
 TensorFlow until a model is loaded) is imported inside the command bodies, so listing the
@@ -28,7 +30,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 
 models_app = typer.Typer(
     name="models",
-    help="List and show the models in the model store.",
+    help="List, show, convert and seal the models in the model store.",
     no_args_is_help=True,
 )
 
@@ -114,6 +116,7 @@ def _text(manifest: ModelManifest, path: Path) -> str:
         "frameworks: "
         + ", ".join(f"{k} {v}" for k, v in sorted(manifest.framework_versions.items())),
         f"model sha256: {manifest.model_sha256}",
+        *_runtime_lines(manifest),
         "validated for clinical use: "
         + ("yes" if manifest.validated_for_clinical_use else "no (not for clinical use)"),
         f"training config: {fmt(manifest.training_config)}",
@@ -121,6 +124,22 @@ def _text(manifest: ModelManifest, path: Path) -> str:
     if manifest.description:
         lines.append(f"description: {manifest.description}")
     return "\n".join(lines)
+
+
+def _runtime_lines(manifest: ModelManifest) -> list[str]:
+    from models.runtime import recorded_parity
+
+    lines = []
+    for runtime, entry in sorted(manifest.runtimes.items()):
+        lines.append(
+            f"runtime {runtime}: {', '.join(sorted(entry['files']))} "
+            f"({entry.get('openvino_version', '?')}, CPU {entry.get('cpu', '?')})"
+        )
+        for precision in ("fp32", "bf16"):
+            parity = recorded_parity(manifest, precision)
+            shown = parity.summary() if parity else "not measured"
+            lines.append(f"  {precision} parity: {shown}")
+    return lines
 
 
 @models_app.command("show")
@@ -146,7 +165,82 @@ def show_model(
         return
     typer.echo(_text(manifest, path))
     if verify:
+        typer.echo("integrity: the manifest matches its seal")
         typer.echo("integrity: model.keras matches the manifest's sha256")
+        for runtime in sorted(manifest.runtimes):
+            registry.runtime_files(manifest, runtime)
+            typer.echo(f"integrity: the {runtime} files match their sha256")
+
+
+@models_app.command("convert")
+def convert_model(
+    ref: Annotated[
+        str, typer.Argument(metavar="NAME[:VERSION]", help="Model name, optionally :version.")
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Data set for parity (folder, CSV or .npz, as `radlens evaluate`); without "
+            "it no parity is recorded and RADLENS_RUNTIME=auto keeps TensorFlow.",
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Split of --data to measure parity on.")
+    ] = "val",
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert a stored model to OpenVINO IR beside model.keras and record parity.
+
+    Keeps the version's name, number and model.keras; the converted files and their sha256
+    (and the parity on --data) are added to its manifest, which is sealed again, in one
+    atomic step.
+    """
+    from models.runtime import add_openvino_runtime, recorded_parity
+
+    registry = _registry(store)
+    name, version = registry.resolve(ref)
+    manifest = registry.verify(name, version)
+    images = labels = None
+    note = ""
+    if data is not None:
+        from training.evaluate import load_examples, open_data, select_split
+
+        source = open_data(data, manifest.class_names)
+        examples = select_split(source, split, manifest.training_config)
+        images, labels = load_examples(
+            source, examples, size=manifest.input_size, window=manifest.window
+        )
+        note = f"{data} ({split}, {len(labels)} images)"
+    updated = add_openvino_runtime(
+        registry, manifest.ref, images=images, labels=labels, data_note=note
+    )
+    if as_json:
+        typer.echo(json.dumps(updated.runtimes["openvino"], indent=2))
+        return
+    typer.echo(f"converted {updated.ref} to OpenVINO IR in {registry.root / name / str(version)}")
+    for precision in ("fp32", "bf16"):
+        parity = recorded_parity(updated, precision)
+        typer.echo(f"{precision} parity: {parity.summary() if parity else 'not measured'}")
+
+
+@models_app.command("seal")
+def seal_model(
+    ref: Annotated[
+        str, typer.Argument(metavar="NAME[:VERSION]", help="Model name, optionally :version.")
+    ],
+    store: StoreOpt = None,
+) -> None:
+    """Seal a manifest as it is now: one saved before seals, or deliberately edited.
+
+    Check the manifest first (`radlens models show`): the seal makes its current fields the
+    reference that every load verifies. With RADLENS_MODEL_SIGNING_KEY set, the seal is signed.
+    """
+    registry = _registry(store)
+    sealed = registry.seal(ref)
+    signed = "signed" if registry.signing_key else "unsigned (no RADLENS_MODEL_SIGNING_KEY)"
+    typer.echo(f"sealed {sealed.ref}: {signed}")
 
 
 def register(app: typer.Typer) -> None:

@@ -101,6 +101,36 @@ class ModelIncompatibleError(ModelStoreError):
     title = "The stored model was built for another preprocessing version; retrain or re-export it"
 
 
+class ModelTamperedError(ModelCorruptError):
+    """The manifest differs from its seal (an edited field, or a signature that fails)."""
+
+    code = "model-tampered"
+    title = (
+        "The stored model's manifest was changed after it was sealed; restore it, or seal a "
+        "deliberate edit with `radlens models seal NAME:VERSION`"
+    )
+
+
+class ModelUnsealedError(ModelCorruptError):
+    """The manifest has no integrity seal (written by a radlens older than the seal)."""
+
+    code = "model-unsealed"
+    title = (
+        "The stored model's manifest has no integrity seal (saved by an older radlens); check "
+        "its fields, then run `radlens models seal NAME:VERSION`"
+    )
+
+
+class RuntimeUnavailableError(RadlensError):
+    """The configured inference runtime or precision cannot serve this model here."""
+
+    code = "runtime-unavailable"
+    title = (
+        "The configured inference runtime cannot be used; install it, convert the model "
+        "(`radlens models convert`), or set RADLENS_RUNTIME=auto / RADLENS_PRECISION=auto"
+    )
+
+
 class ConfigurationError(RadlensError, ValueError):
     """A bad option, config file value or data set layout, found before work starts."""
 

@@ -8,10 +8,23 @@ listing the store stays fast.
 field, a wrong type or an impossible value raises :class:`~models.errors.ModelCorruptError`
 naming the field and quoting the value received. Unknown keys are ignored, so a newer radlens
 may add fields without breaking an older reader.
+
+**The seal** (tamper evidence, :func:`seal` / :func:`check_seal`): ``integrity`` holds a
+sha256 per top-level field of the manifest (each over its canonical JSON: sorted keys, no
+spaces), a digest over that table, and, when a signing key is configured
+(``RADLENS_MODEL_SIGNING_KEY``), an HMAC-SHA256 of the digest. The ``model_sha256`` and the
+converted runtimes' file hashes are fields, so the seal covers the files too. A check
+recomputes the table from the manifest as read and names every field that was changed, added
+or removed. Without a key the seal catches edits made by hand or by tools that do not know it;
+with a key only its holders can re-seal. A manifest without a seal (saved before it existed)
+is refused with :class:`~models.errors.ModelUnsealedError` until someone checks it and runs
+``radlens models seal`` (a deliberate step, logged).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import platform
@@ -21,16 +34,21 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from models.errors import ModelCorruptError, RadlensError
+from models.errors import ModelCorruptError, ModelTamperedError, ModelUnsealedError, RadlensError
 
 __all__ = [
+    "INTEGRITY_FIELD",
     "MANIFEST_FILE",
     "MODEL_FILE",
     "NAME_PATTERN",
+    "SEAL_SCHEME",
     "ModelManifest",
+    "canonical_json",
     "check_model_name",
+    "check_seal",
     "framework_versions",
     "jsonable",
+    "seal",
     "utc_now_iso",
 ]
 
@@ -42,6 +60,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 (at most 64 characters). No ``/``, ``:`` or leading dot, so it is always one path segment."""
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+INTEGRITY_FIELD = "integrity"
+SEAL_SCHEME = "radlens-manifest-seal-v1"
 
 
 def check_model_name(name: object, error: type[RadlensError] = ModelCorruptError) -> str:
@@ -138,6 +159,10 @@ class ModelManifest:
         validated_for_clinical_use: True only after a clinical validation; never set by
             training.
         description: free text.
+        runtimes: converted runtimes kept beside ``model.keras``, e.g. ``{"openvino":
+            {"files": {relative path: sha256}, "parity": {...}, ...}}`` (models.runtime).
+        integrity: the seal over every other field (see the module docstring), or None in
+            a manifest not sealed yet.
     """
 
     name: str
@@ -157,6 +182,8 @@ class ModelManifest:
     model_sha256: str
     validated_for_clinical_use: bool = False
     description: str = ""
+    runtimes: dict[str, Any] = field(default_factory=dict)
+    integrity: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -273,6 +300,22 @@ class ModelManifest:
                 "manifest field 'validated_for_clinical_use' must be true or false. "
                 f"Received: {validated!r}"
             )
+        runtimes = check.get("runtimes", {})
+        if not isinstance(runtimes, dict) or not all(
+            isinstance(v, dict)
+            and isinstance(v.get("files"), dict)
+            and all(isinstance(p, str) and _SHA256.match(str(h)) for p, h in v["files"].items())
+            for v in runtimes.values()
+        ):
+            raise error(
+                "manifest field 'runtimes' must map runtime names to objects with 'files' "
+                f"(relative path -> sha256). Received: {runtimes!r}"
+            )
+        integrity = check.get(INTEGRITY_FIELD, None)
+        if integrity is not None and not isinstance(integrity, dict):
+            raise error(
+                f"manifest field 'integrity' must be an object or absent. Received: {integrity!r}"
+            )
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         return cls(
             name=name,
@@ -292,6 +335,8 @@ class ModelManifest:
             model_sha256=sha,
             validated_for_clinical_use=validated,
             description=check.optional_string("description") or "",
+            runtimes=runtimes,
+            integrity=integrity,
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -303,6 +348,91 @@ class ModelManifest:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelCorruptError(f"manifest is not valid JSON ({exc})") from None
         return cls.from_dict(data)
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte form a value is hashed in: JSON, sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _field_digests(data: dict[str, Any]) -> dict[str, str]:
+    return {
+        key: hashlib.sha256(canonical_json(value)).hexdigest()
+        for key, value in data.items()
+        if key != INTEGRITY_FIELD
+    }
+
+
+def seal(data: dict[str, Any], key: bytes | None = None) -> dict[str, Any]:
+    """The ``integrity`` object for a manifest's JSON fields (any ``integrity`` is ignored).
+
+    Args:
+        data: the manifest as plain JSON types (``ModelManifest.to_dict()``).
+        key: an HMAC key (``RADLENS_MODEL_SIGNING_KEY``), or None for an unsigned seal.
+
+    Returns:
+        ``{"scheme", "fields": {field: sha256}, "digest", "hmac"?}``.
+    """
+    fields = _field_digests(json.loads(canonical_json(data)))
+    digest = hashlib.sha256(canonical_json(fields)).hexdigest()
+    sealed: dict[str, Any] = {"scheme": SEAL_SCHEME, "fields": fields, "digest": digest}
+    if key:
+        sealed["hmac"] = hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+    return sealed
+
+
+def check_seal(data: dict[str, Any], key: bytes | None = None, *, where: str = "manifest") -> None:
+    """Check a decoded manifest against its ``integrity`` seal.
+
+    Args:
+        data: the manifest exactly as decoded from ``manifest.json``.
+        key: the HMAC key; when given, the seal must carry a matching ``hmac``. Without
+            one, a signed seal is checked for its digests only.
+        where: names the manifest in messages (e.g. its path).
+
+    Raises:
+        ModelUnsealedError: the manifest has no seal.
+        ModelTamperedError: a field was changed, added or removed since sealing (each one
+            named), the seal itself was edited, or the signature is missing or wrong.
+    """
+    integrity = data.get(INTEGRITY_FIELD)
+    if integrity is None:
+        raise ModelUnsealedError(f"{where} has no {INTEGRITY_FIELD!r} field")
+    fields = integrity.get("fields") if isinstance(integrity, dict) else None
+    if (
+        not isinstance(integrity, dict)
+        or integrity.get("scheme") != SEAL_SCHEME
+        or not isinstance(fields, dict)
+    ):
+        raise ModelTamperedError(
+            f"{where}: the seal is not a {SEAL_SCHEME} seal. Received: {integrity!r:.200}"
+        )
+    actual = _field_digests(data)
+    changed = sorted(k for k in actual.keys() & fields.keys() if actual[k] != fields[k])
+    added = sorted(actual.keys() - fields.keys())
+    removed = sorted(fields.keys() - actual.keys())
+    if changed or added or removed:
+        parts = [f"field {k!r} changed" for k in changed]
+        parts += [f"field {k!r} added" for k in added]
+        parts += [f"field {k!r} removed" for k in removed]
+        raise ModelTamperedError(f"{where}: {'; '.join(parts)} since the manifest was sealed")
+    digest = hashlib.sha256(canonical_json(fields)).hexdigest()
+    if integrity.get("digest") != digest:
+        raise ModelTamperedError(f"{where}: the seal's digest does not match its field table")
+    if key:
+        mac = integrity.get("hmac")
+        expected = hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+        if not isinstance(mac, str):
+            raise ModelTamperedError(
+                f"{where} is not signed, but RADLENS_MODEL_SIGNING_KEY is set (seal it with "
+                "the key: `radlens models seal NAME:VERSION`)"
+            )
+        if not hmac.compare_digest(mac, expected):
+            raise ModelTamperedError(
+                f"{where}: the seal's signature does not verify with RADLENS_MODEL_SIGNING_KEY"
+            )
 
 
 class _Checker:

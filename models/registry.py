@@ -4,6 +4,7 @@ Layout (``root`` is :func:`default_store_path` unless given)::
 
     root/<name>/<version>/model.keras     the Keras model (custom layers registered)
     root/<name>/<version>/manifest.json   models.manifest.ModelManifest
+    root/<name>/<version>/openvino-<id>/  a converted runtime (models.runtime), optional
     root/.staging/                        saves in progress (never read as models)
 
 A save is atomic: ``model.keras`` is written into a fresh directory under ``.staging``, its
@@ -13,6 +14,14 @@ directory renamed to ``<name>/<version>`` in one ``rename(2)``. A reader therefo
 version complete or not at all; a save that fails or is killed leaves at most a directory
 under ``.staging``. A load re-computes the sha256 and refuses a model whose preprocessing
 version differs from this radlens's (see DESIGN.md, "Model artifact").
+
+Every manifest is sealed (``models.manifest.seal``): a load refuses a manifest whose fields
+changed since it was sealed, naming them, and with ``RADLENS_MODEL_SIGNING_KEY`` set also one
+whose HMAC does not verify. Adding a converted runtime to an existing version
+(:meth:`ModelRegistry.add_runtime`) keeps its name, version, ``model.keras`` and hash: the new
+files go into a fresh directory beside ``model.keras`` (fsynced), then ``manifest.json`` is
+replaced in one ``rename(2)`` with a manifest that lists them and is sealed again; a reader
+sees the old manifest or the new one, never a mix.
 
 Keras and TensorFlow are imported only by :meth:`ModelRegistry.save`,
 :meth:`ModelRegistry.load` and :func:`predict_scores`, so listing the store is fast.
@@ -24,6 +33,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib
+import json
 import logging
 import os
 import re
@@ -47,12 +57,15 @@ from models.errors import (
     ModelStoreError,
 )
 from models.manifest import (
+    INTEGRITY_FIELD,
     MANIFEST_FILE,
     MODEL_FILE,
     ModelManifest,
     check_model_name,
+    check_seal,
     framework_versions,
     jsonable,
+    seal,
     utc_now_iso,
 )
 
@@ -68,11 +81,13 @@ __all__ = [
     "default_store_path",
     "file_sha256",
     "predict_scores",
+    "signing_key_from_env",
 ]
 
 log = logging.getLogger(__name__)
 
 STORE_ENV = "RADLENS_MODEL_STORE"
+SIGNING_KEY_ENV = "RADLENS_MODEL_SIGNING_KEY"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
 _REF = re.compile(r"^(?P<name>[^:]+)(?::(?P<version>[^:]*))?$")
@@ -90,6 +105,12 @@ def default_store_path() -> Path:
     import models
 
     return Path(models.__file__).resolve().parents[1] / "models" / "store"
+
+
+def signing_key_from_env() -> bytes | None:
+    """``$RADLENS_MODEL_SIGNING_KEY`` as bytes, or None when unset or empty."""
+    value = os.environ.get(SIGNING_KEY_ENV, "")
+    return value.encode("utf-8") if value else None
 
 
 def file_sha256(path: Path) -> str:
@@ -120,17 +141,30 @@ def _current_preprocessing_version() -> str:
     return str(importlib.import_module("models.preprocessing").PREPROCESSING_VERSION)
 
 
+def _readable_preprocessing_versions() -> tuple[str, ...]:
+    """Older versions preprocessing still reproduces exactly (``preprocess(version=...)``):
+    a model trained with one of them loads and is fed as it was trained."""
+    module = importlib.import_module("models.preprocessing")
+    return tuple(str(v) for v in module.SUPPORTED_PREPROCESSING_VERSIONS)
+
+
 def check_preprocessing_version(manifest: ModelManifest) -> None:
-    """Refuse a model trained with another preprocessing version than this radlens's.
+    """Refuse a model trained with a preprocessing version this radlens cannot reproduce.
+
+    The current version and every older one in ``SUPPORTED_PREPROCESSING_VERSIONS`` are
+    accepted; the service then preprocesses with the manifest's version.
 
     Raises:
         ModelIncompatibleError: naming the model and both versions.
     """
     current = _current_preprocessing_version()
-    if manifest.preprocessing_version != current:
+    readable = {current, *_readable_preprocessing_versions()}
+    if manifest.preprocessing_version not in readable:
         raise ModelIncompatibleError(
             f"model {manifest.ref} was trained with preprocessing version "
-            f"{manifest.preprocessing_version!r}; this radlens uses {current!r}"
+            f"{manifest.preprocessing_version!r}; this radlens uses {current!r} and also "
+            f"reads {', '.join(repr(v) for v in sorted(readable - {current})) or 'no other'}; "
+            "retrain the model with this radlens"
         )
 
 
@@ -140,12 +174,15 @@ class ModelRegistry:
     Args:
         root: the store directory; created on first save. Reading a store that does not
             exist behaves as an empty store.
+        signing_key: HMAC key for manifest seals; None reads ``$RADLENS_MODEL_SIGNING_KEY``
+            (unset: seals carry digests only).
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, signing_key: bytes | None = None) -> None:
         if not isinstance(root, str | os.PathLike):
             raise TypeError(f"root must be a path. Received: {root!r}")
         self.root = Path(root).expanduser()
+        self.signing_key = signing_key if signing_key is not None else signing_key_from_env()
 
     def __repr__(self) -> str:
         return f"ModelRegistry({str(self.root)!r})"
@@ -257,7 +294,9 @@ class ModelRegistry:
                         f"model {name}:{final_version} exists already in {self.root}"
                     )
                 fields["version"] = final_version
-                manifest = ModelManifest.from_dict(fields, error=ConfigurationError)
+                draft = ModelManifest.from_dict(fields, error=ConfigurationError).to_dict()
+                draft[INTEGRITY_FIELD] = seal(draft, self.signing_key)
+                manifest = ModelManifest.from_dict(draft, error=ConfigurationError)
                 _write_text_synced(staging / MANIFEST_FILE, manifest.to_json())
                 name_dir.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, target)
@@ -303,22 +342,17 @@ class ModelRegistry:
             if p.is_dir() and p.name.isdigit() and p.name == str(int(p.name)) and int(p.name) > 0
         )
 
-    def read_manifest(self, name: str, version: int) -> ModelManifest:
-        """Read and validate ``<name>/<version>/manifest.json``.
-
-        Raises:
-            ModelNotFoundError: no such version directory.
-            ModelCorruptError: the manifest is missing, not valid JSON, invalid, or names
-                another model or version than its directory.
-        """
+    def _read_raw(self, name: str, version: int) -> tuple[Path, bytes]:
         version_dir = self.root / name / str(version)
         if not version_dir.is_dir():
             raise ModelNotFoundError(f"no model {name}:{version} in {self.root}")
         path = version_dir / MANIFEST_FILE
         try:
-            text = path.read_bytes()
+            return path, path.read_bytes()
         except FileNotFoundError:
             raise ModelCorruptError(f"{path} is missing") from None
+
+    def _parse(self, name: str, version: int, path: Path, text: bytes) -> ModelManifest:
         try:
             manifest = ModelManifest.from_json(text)
         except ModelCorruptError as exc:
@@ -329,15 +363,40 @@ class ModelRegistry:
             )
         return manifest
 
+    def read_manifest(self, name: str, version: int) -> ModelManifest:
+        """Read and validate ``<name>/<version>/manifest.json`` (its seal is not checked).
+
+        Raises:
+            ModelNotFoundError: no such version directory.
+            ModelCorruptError: the manifest is missing, not valid JSON, invalid, or names
+                another model or version than its directory.
+        """
+        path, text = self._read_raw(name, version)
+        return self._parse(name, version, path, text)
+
+    def check_seal(self, name: str, version: int) -> ModelManifest:
+        """Read a version's manifest and check it against its seal (and signature).
+
+        Raises:
+            ModelNotFoundError, ModelCorruptError: as :meth:`read_manifest`.
+            ModelUnsealedError: a manifest saved before seals existed.
+            ModelTamperedError: fields changed since sealing (named), or a bad signature.
+        """
+        path, text = self._read_raw(name, version)
+        manifest = self._parse(name, version, path, text)
+        check_seal(json.loads(text), self.signing_key, where=str(path))
+        return manifest
+
     def verify(self, name: str, version: int) -> ModelManifest:
-        """Read a version's manifest and check ``model.keras`` against its sha256.
+        """Check a version's manifest seal and ``model.keras`` against its sha256.
 
         Raises:
             ModelNotFoundError: no such version.
             ModelCorruptError: a bad manifest, or ``model.keras`` missing or altered (the
                 message gives both digests).
+            ModelUnsealedError, ModelTamperedError: see :meth:`check_seal`.
         """
-        manifest = self.read_manifest(name, version)
+        manifest = self.check_seal(name, version)
         model_path = self.root / name / str(version) / MODEL_FILE
         if not model_path.is_file():
             raise ModelCorruptError(f"{model_path} is missing")
@@ -347,6 +406,138 @@ class ModelRegistry:
                 f"sha256 of {model_path} is {actual}, the manifest says {manifest.model_sha256}"
             )
         return manifest
+
+    def runtime_files(self, manifest: ModelManifest, runtime: str) -> dict[str, Path]:
+        """The files of a converted runtime listed in ``manifest``, checked against their sha256.
+
+        Returns:
+            relative path -> absolute path, for every file of ``runtime``.
+
+        Raises:
+            ModelNotFoundError: the manifest lists no such runtime (convert the model first).
+            ModelCorruptError: a listed file is missing or altered (named, with both digests).
+        """
+        entry = manifest.runtimes.get(runtime)
+        if entry is None:
+            raise ModelNotFoundError(
+                f"model {manifest.ref} has no converted {runtime} runtime (run `radlens models "
+                f"convert {manifest.ref}`)"
+            )
+        version_dir = (self.root / manifest.name / str(manifest.version)).resolve()
+        found: dict[str, Path] = {}
+        for relative, expected in sorted(entry["files"].items()):
+            path = (version_dir / relative).resolve()
+            if version_dir not in path.parents:
+                raise ModelCorruptError(
+                    f"{runtime} file {relative!r} of {manifest.ref} is outside its directory"
+                )
+            if not path.is_file():
+                raise ModelCorruptError(f"{path} ({runtime} runtime of {manifest.ref}) is missing")
+            actual = file_sha256(path)
+            if actual != expected:
+                raise ModelCorruptError(
+                    f"sha256 of {path} is {actual}, the manifest says {expected}"
+                )
+            found[relative] = path
+        return found
+
+    # --- changing an existing version -------------------------------------------------------
+
+    def seal(self, ref: str | None) -> ModelManifest:
+        """Seal a version's manifest as it is now (a deliberate, logged step).
+
+        For a manifest saved before seals existed, or after a deliberate edit (e.g. setting
+        ``validated_for_clinical_use`` after a clinical validation). Uses the signing key
+        when one is configured. The manifest must still be valid and ``model.keras`` must
+        match its ``model_sha256``.
+
+        Raises:
+            ModelNotFoundError, ModelCorruptError: as :meth:`read_manifest`, or a
+                ``model.keras`` that does not match.
+        """
+        name, version = self.resolve(ref)
+        with self._lock():
+            path, text = self._read_raw(name, version)
+            manifest = self._parse(name, version, path, text)
+            data = manifest.to_dict()
+            model_path = path.parent / MODEL_FILE
+            if not model_path.is_file() or file_sha256(model_path) != manifest.model_sha256:
+                raise ModelCorruptError(
+                    f"{model_path} is missing or does not match the manifest's model_sha256; "
+                    "refusing to seal"
+                )
+            data[INTEGRITY_FIELD] = seal(data, self.signing_key)
+            sealed = ModelManifest.from_dict(data)
+            _replace_manifest(path, sealed)
+        log.warning(
+            "sealed the manifest of %s as it is now (%s)",
+            sealed.ref,
+            "signed" if self.signing_key else "unsigned",
+        )
+        return sealed
+
+    def add_runtime(
+        self, ref: str, runtime: str, staged: Path, entry: dict[str, Any]
+    ) -> ModelManifest:
+        """Attach converted runtime files to an existing version, atomically.
+
+        The version must pass :meth:`verify` first. ``staged`` (a directory on the same
+        filesystem, e.g. from :meth:`staging_dir`) is fsynced and renamed to
+        ``<version>/<runtime>-<id>/``; then ``manifest.json`` is replaced in one rename by
+        the same manifest plus ``runtimes[runtime] = entry + {"files": ...}``, sealed again.
+        Name, version, created_at and ``model_sha256`` do not change. A previous conversion's
+        directory is removed after the switch.
+
+        Args:
+            ref: ``name:version``.
+            runtime: e.g. ``"openvino"``.
+            staged: directory holding the runtime's files (not nested).
+            entry: JSON facts about the conversion (versions, parity...).
+
+        Returns:
+            The new manifest.
+        """
+        name, version = self.resolve(ref)
+        version_dir = self.root / name / str(version)
+        with self._lock():
+            manifest = self.verify(name, version)
+            files = sorted(p for p in staged.iterdir() if p.is_file())
+            if not files:
+                raise ModelStoreError(f"no {runtime} files in {staged}")
+            for file in files:
+                _fsync_file(file)
+            target = version_dir / f"{runtime}-{uuid.uuid4().hex[:12]}"
+            os.rename(staged, target)
+            _fsync_dir(version_dir)
+            try:
+                data = manifest.to_dict()
+                previous = data["runtimes"].get(runtime)
+                data["runtimes"][runtime] = jsonable(
+                    {
+                        **entry,
+                        "files": {
+                            f"{target.name}/{p.name}": file_sha256(target / p.name) for p in files
+                        },
+                    }
+                )
+                data[INTEGRITY_FIELD] = seal(data, self.signing_key)
+                updated = ModelManifest.from_dict(data)
+                _replace_manifest(version_dir / MANIFEST_FILE, updated)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+        if previous:
+            for old in {Path(p).parts[0] for p in previous.get("files", {})}:
+                if old != target.name and (version_dir / old).is_dir():
+                    shutil.rmtree(version_dir / old, ignore_errors=True)
+        log.info("added the %s runtime to %s (%s)", runtime, updated.ref, target.name)
+        return updated
+
+    def staging_dir(self, name: str) -> Path:
+        """A fresh, empty directory under ``.staging`` (same filesystem as the versions)."""
+        staging = self.root / STAGING_DIR / f"{name}-{uuid.uuid4().hex}"
+        staging.mkdir(parents=True)
+        return staging
 
     def list(self) -> list[ModelManifest]:
         """Every readable version in the store, sorted by name then version.
@@ -534,6 +725,17 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _replace_manifest(path: Path, manifest: ModelManifest) -> None:
+    """Write ``manifest`` next to ``path``, fsync, and rename it over ``path`` (atomic)."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        _write_text_synced(temp, manifest.to_json())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def _write_text_synced(path: Path, text: str) -> None:

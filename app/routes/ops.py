@@ -47,6 +47,10 @@ def readyz(resources: ResourcesDep) -> Readiness:
         database="ok",
         schema_revision=resources.schema_revision,
         batch_limit=getattr(predictor, "batch_limit", None),
+        runtime=predictor.selection.runtime,
+        precision=predictor.selection.precision,
+        runtime_reason=predictor.selection.reason,
+        parity=predictor.selection.parity.to_dict() if predictor.selection.parity else None,
     )
 
 

@@ -91,6 +91,8 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
         inference_ms=prediction.inference_ms,
         batch_size=prediction.batch_size,
         device=prediction.device,
+        runtime=prediction.runtime,
+        precision=prediction.precision,
         notice=None if validated else NOT_FOR_CLINICAL_USE,
     )
 

@@ -627,6 +627,12 @@ class TestOperations:
             "database": "ok",
             "schema_revision": head_revision(),
             "batch_limit": 4,  # the test settings' max_batch_size, tuning off
+            # the fixture model has no converted runtime: RADLENS_RUNTIME=auto keeps TensorFlow
+            "runtime": "tensorflow",
+            "precision": "fp32",
+            "runtime_reason": "auto: OpenVINO not used: model tiny:1 has no converted openvino "
+            "runtime (run `radlens models convert tiny:1`)",
+            "parity": None,
         }
 
     def test_readiness_fails_when_the_database_is_unreachable(self, service: Service) -> None:

@@ -32,6 +32,13 @@ def version_dir(store: Path) -> Path:
     return store / "tiny" / "1"
 
 
+def reseal(store: Path) -> None:
+    """Seal a deliberate manifest edit (`radlens models seal`), as an operator would."""
+    from models.registry import ModelRegistry
+
+    ModelRegistry(store).seal("tiny:1")
+
+
 @pytest.fixture()
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'var' / 'radlens.db'}"
@@ -69,6 +76,7 @@ class TestModelProblems:
         manifest = json.loads(manifest_path.read_text())
         manifest["model_sha256"] = file_sha256(model_file)
         manifest_path.write_text(json.dumps(manifest))
+        reseal(store_copy)
         with pytest.raises(ModelCorruptError, match="Keras could not load"):
             start(make_settings(sqlite_url, store_copy))
 
@@ -79,6 +87,7 @@ class TestModelProblems:
         manifest = json.loads(manifest_path.read_text())
         manifest["preprocessing_version"] = "0-old"
         manifest_path.write_text(json.dumps(manifest))
+        reseal(store_copy)
         with pytest.raises(ModelIncompatibleError, match="0-old"):
             start(make_settings(sqlite_url, store_copy))
 
@@ -171,6 +180,7 @@ def test_notice_is_dropped_only_for_a_clinically_validated_model(
     manifest = json.loads(manifest_path.read_text())
     manifest["validated_for_clinical_use"] = True
     manifest_path.write_text(json.dumps(manifest))
+    reseal(store_copy)
     with TestClient(create_app(make_settings(sqlite_url, store_copy))) as client:
         created = client.post("/v1/predictions", files={"file": ("a.png", png_bytes())})
         assert created.status_code == 201

@@ -1,0 +1,588 @@
+"""Inference runtimes: TensorFlow, or OpenVINO (fp32 or bf16) converted from the stored model.
+
+OpenVINO runs this project's ResNet50 several times faster on a CPU with bf16 support (AMX or
+AVX-512 BF16) than TensorFlow fp32 (docs/benchmarks/serve.md, "Runtimes"). A converted model
+lives beside ``model.keras`` in its version directory, listed with its sha256 in the
+manifest's ``runtimes.openvino`` entry together with the *parity* measured when it was made:
+how far its scores are from the Keras model's on real images (validation split).
+
+The pieces, each small:
+
+- :func:`convert_to_openvino`: Keras model -> OpenVINO IR (``model.xml`` + ``model.bin``),
+  the documented way (``openvino.convert_model`` on the Keras model, ``openvino.save_model``).
+- :func:`measure_parity`: reference vs candidate scores on labelled images -> :class:`Parity`
+  (AUC difference via scikit-learn, largest score difference, labels that flip at the
+  threshold). Pure, on arrays.
+- :func:`select_runtime`: the rule (settings + device + CPU capability + recorded parity +
+  tolerance) -> :class:`Selection`, pure, or :class:`~models.errors.RuntimeUnavailableError`
+  when an explicit setting cannot be honoured. ``auto`` falls back to TensorFlow fp32.
+- :class:`OpenVINORuntime`: ``predict(batch) -> scores``, the contract of
+  ``models.registry.predict_scores``.
+- :func:`add_openvino_runtime`: convert a stored version, measure parity, and attach the
+  files to it atomically (``ModelRegistry.add_runtime``); what ``radlens models convert`` and
+  training export call.
+
+bf16 support is read from the OpenVINO CPU device's ``OPTIMIZATION_CAPABILITIES``; parity for
+bf16 is only measured (and bf16 only served) where the CPU has it, since elsewhere the bf16
+hint silently runs fp32 and the figures would prove nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from models.errors import (
+    ConfigurationError,
+    InvalidImageError,
+    ModelStoreError,
+    RuntimeUnavailableError,
+)
+
+if TYPE_CHECKING:
+    import keras
+
+    from models.manifest import ModelManifest
+    from models.registry import ModelRegistry
+
+__all__ = [
+    "OPENVINO",
+    "PRECISIONS",
+    "RUNTIMES",
+    "TENSORFLOW",
+    "OpenVINORuntime",
+    "Parity",
+    "Selection",
+    "Tolerance",
+    "add_openvino_runtime",
+    "bf16_supported",
+    "convert_to_openvino",
+    "cpu_name",
+    "measure_parity",
+    "openvino_version",
+    "select_runtime",
+]
+
+log = logging.getLogger(__name__)
+
+RuntimeName = Literal["tensorflow", "openvino"]
+Precision = Literal["fp32", "bf16"]
+TENSORFLOW: RuntimeName = "tensorflow"
+OPENVINO: RuntimeName = "openvino"
+RUNTIMES = ("auto", TENSORFLOW, OPENVINO)
+PRECISIONS = ("auto", "fp32", "bf16")
+IR_XML = "model.xml"
+IR_BIN = "model.bin"
+_OV_HINT = {"fp32": "f32", "bf16": "bf16"}
+
+
+# --- parity --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a converted model may drift from the Keras model and still be served by ``auto``.
+
+    Defaults: validation AUC within 0.002 and under 1% of labels flipping at the threshold
+    (the issue's figures: 2 of 624 flipped, AUC equal to five decimals).
+    """
+
+    max_auc_difference: float = 0.002
+    max_flip_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("max_auc_difference", "max_flip_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigurationError(f"{name} must be within [0, 1]. Received: {value!r}")
+
+    def allows(self, parity: Parity) -> bool:
+        """True when ``parity`` is within both limits (an undefined AUC difference fails)."""
+        return (
+            parity.auc_difference is not None
+            and parity.auc_difference <= self.max_auc_difference
+            and parity.flip_fraction <= self.max_flip_fraction
+        )
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How a candidate runtime's scores compare with the Keras model's on labelled images.
+
+    Attributes:
+        n: images compared.
+        auc_reference, auc: AUC of the Keras model and of the candidate (binary: positive
+            class score; multi-class: one-vs-rest macro), None when undefined (one class).
+        auc_difference: ``|auc - auc_reference|``, None when undefined.
+        max_score_difference: largest absolute difference of any class score.
+        flips: images whose label differs at the threshold (binary) or argmax.
+        flip_fraction: ``flips / n``.
+        threshold: the decision threshold used (binary), or None (argmax).
+    """
+
+    n: int
+    auc_reference: float | None
+    auc: float | None
+    auc_difference: float | None
+    max_score_difference: float
+    flips: int
+    flip_fraction: float
+    threshold: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Parity | None:
+        """A recorded parity, or None when ``data`` is not one (e.g. not measured)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+        except (KeyError, TypeError):
+            return None
+
+    def summary(self) -> str:
+        auc = "n/a" if self.auc_difference is None else f"{self.auc_difference:.5f}"
+        return (
+            f"AUC difference {auc}, largest score difference {self.max_score_difference:.5f}, "
+            f"{self.flips}/{self.n} labels flipped"
+        )
+
+
+def _labels_at(scores: np.ndarray, threshold: float | None) -> np.ndarray:
+    if scores.shape[1] == 2:
+        return (scores[:, 1] >= (0.5 if threshold is None else threshold)).astype(np.int64)
+    return np.argmax(scores, axis=1)
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < 2:
+        return None
+    if scores.shape[1] == 2:
+        return float(roc_auc_score(labels, scores[:, 1]))
+    if len(np.unique(labels)) != scores.shape[1]:
+        return None
+    return float(roc_auc_score(labels, scores, multi_class="ovr", average="macro"))
+
+
+def measure_parity(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    labels: np.ndarray,
+    threshold: float | None,
+) -> Parity:
+    """Compare two runtimes' scores on the same labelled images.
+
+    Args:
+        reference: ``(N, classes)`` scores of the Keras (TensorFlow fp32) model.
+        candidate: ``(N, classes)`` scores of the converted runtime, same images and order.
+        labels: ``(N,)`` or ``(N, 1)`` integer class indices.
+        threshold: the positive-class threshold of a binary model (None: 0.5); ignored for
+            more classes (argmax).
+
+    Raises:
+        ValueError: shapes that do not match, an empty set, or non-finite scores (quoted).
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    if ref.ndim != 2 or ref.shape != cand.shape or ref.shape[0] != y.shape[0] or not len(y):
+        raise ValueError(
+            "reference and candidate must be (N, classes) scores for the same N >= 1 labels. "
+            f"Received shapes {ref.shape}, {cand.shape} and {y.shape}"
+        )
+    if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(cand))):
+        raise ValueError("scores must be finite. Received NaN or infinite scores")
+    auc_ref, auc = _auc(y, ref), _auc(y, cand)
+    flips = int(np.sum(_labels_at(ref, threshold) != _labels_at(cand, threshold)))
+    return Parity(
+        n=len(y),
+        auc_reference=auc_ref,
+        auc=auc,
+        auc_difference=None if auc is None or auc_ref is None else abs(auc - auc_ref),
+        max_score_difference=float(np.max(np.abs(ref - cand))),
+        flips=flips,
+        flip_fraction=flips / len(y),
+        threshold=threshold if ref.shape[1] == 2 else None,
+    )
+
+
+# --- the CPU and the package ---------------------------------------------------------------
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version, or None when it is absent (read without importing)."""
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+def bf16_supported(core: Any = None) -> bool:
+    """True when OpenVINO's CPU device lists ``BF16`` in its OPTIMIZATION_CAPABILITIES
+    (AMX or AVX-512 BF16); False when it does not or OpenVINO is absent."""
+    if core is None:
+        if openvino_version() is None:
+            return False
+        core = _core()
+    return "BF16" in list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def cpu_name(core: Any = None) -> str:
+    """The CPU model as OpenVINO reports it (``FULL_DEVICE_NAME``), or ``"unknown"``."""
+    try:
+        core = core if core is not None else _core()
+        return str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+    except Exception:  # OpenVINO absent or the property unavailable: only a label
+        return "unknown"
+
+
+# --- conversion and loading ----------------------------------------------------------------
+
+
+def convert_to_openvino(model: keras.Model, out_dir: Path) -> dict[str, Path]:
+    """Convert a Keras model to OpenVINO IR in ``out_dir`` (``model.xml`` + ``model.bin``).
+
+    Weights stay fp32 in the IR (``compress_to_fp16=False``); the precision is chosen when
+    the model is compiled.
+
+    Raises:
+        RuntimeUnavailableError: OpenVINO is not installed.
+        ModelStoreError: the conversion failed (the message quotes OpenVINO's reason).
+    """
+    if openvino_version() is None:
+        raise RuntimeUnavailableError(
+            "the openvino package is not installed (pip install openvino)"
+        )
+    import openvino as ov
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            # Keras warns that the converter passes the input as a tuple; harmless.
+            warnings.simplefilter("ignore", UserWarning)
+            converted = ov.convert_model(model)
+        ov.save_model(converted, str(out_dir / IR_XML), compress_to_fp16=False)
+    except Exception as exc:  # the converter raises many types
+        raise ModelStoreError(
+            f"OpenVINO could not convert the model: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}"
+        ) from exc
+    return {IR_XML: out_dir / IR_XML, IR_BIN: out_dir / IR_BIN}
+
+
+class OpenVINORuntime:
+    """A converted model compiled for the CPU at one precision.
+
+    ``predict`` is thread-safe: each calling thread gets its own infer request on the one
+    compiled model (the service runs several inference streams).
+
+    Args:
+        xml_path: the IR's ``model.xml`` (``model.bin`` beside it).
+        precision: ``"fp32"`` or ``"bf16"`` (``INFERENCE_PRECISION_HINT``).
+        input_shape: ``(H, W, C)`` the model takes, for a clear error on a bad batch.
+        streams: calls that may run at once (the service's RADLENS_INFERENCE_STREAMS). 1:
+            OpenVINO's latency mode, one call uses every core. More: ``NUM_STREAMS`` of them,
+            the cores split between them, so concurrent calls do not fight over the same
+            threads (on a busy 2-core machine one call spread over both cores stalls
+            whenever either core is taken; docs/benchmarks/serve.md, "Runtimes").
+
+    Raises:
+        RuntimeUnavailableError: OpenVINO is absent.
+        ModelCorruptError: OpenVINO cannot read or compile the files.
+    """
+
+    name: RuntimeName = "openvino"
+
+    def __init__(
+        self,
+        xml_path: Path,
+        precision: Precision,
+        input_shape: tuple[int, ...],
+        *,
+        streams: int = 1,
+    ) -> None:
+        from models.errors import ModelCorruptError
+
+        if precision not in _OV_HINT:
+            raise ConfigurationError(f"precision must be fp32 or bf16. Received: {precision!r}")
+        if openvino_version() is None:
+            raise RuntimeUnavailableError(
+                "the openvino package is not installed (pip install openvino)"
+            )
+        if not 1 <= streams <= 64:
+            raise ConfigurationError(f"streams must be within 1..64. Received: {streams!r}")
+        self.precision: Precision = precision
+        self.streams = streams
+        self.input_shape = tuple(int(d) for d in input_shape)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision]}
+        if streams > 1:
+            config["NUM_STREAMS"] = streams
+        core = _core()
+        try:
+            self.compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with the parser's reason
+            raise ModelCorruptError(
+                f"OpenVINO could not load {xml_path}: {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:300]}"
+            ) from exc
+        self._local = threading.local()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, H, W, C)`` float images -> float32 ``(N, classes)`` scores (one call)."""
+        if not isinstance(batch, np.ndarray):
+            raise TypeError(f"batch must be a numpy array. Received: {type(batch).__name__}")
+        if batch.ndim != 4 or batch.shape[0] == 0 or tuple(batch.shape[1:]) != self.input_shape:
+            raise InvalidImageError(
+                f"expected a batch of shape (N, {', '.join(map(str, self.input_shape))}) for "
+                f"this model. Received shape {batch.shape}"
+            )
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.array(result[self.compiled.output(0)], dtype=np.float32)
+
+
+# --- selection -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which runtime and precision serve, and why.
+
+    Attributes:
+        runtime: ``"tensorflow"`` or ``"openvino"``.
+        precision: ``"fp32"`` or ``"bf16"``.
+        reason: one line for the start-up log and ``/readyz``.
+        fallback: True when ``auto`` fell back from what it would have preferred.
+        parity: the recorded parity of the chosen OpenVINO precision, if any.
+    """
+
+    runtime: RuntimeName
+    precision: Precision
+    reason: str
+    fallback: bool = False
+    parity: Parity | None = None
+
+
+def recorded_parity(manifest: ModelManifest, precision: Precision) -> Parity | None:
+    """The parity recorded for ``precision`` in the manifest's OpenVINO entry, if any."""
+    entry = manifest.runtimes.get(OPENVINO) or {}
+    return Parity.from_dict((entry.get("parity") or {}).get(precision))
+
+
+def select_runtime(
+    *,
+    runtime: str,
+    precision: str,
+    device_kind: str,
+    openvino_problem: str | None,
+    bf16: bool,
+    parity: dict[str, Parity | None],
+    tolerance: Tolerance,
+) -> Selection:
+    """The runtime rule, pure: what to serve with, given the settings and the facts.
+
+    Args:
+        runtime: ``RADLENS_RUNTIME``: ``auto``, ``tensorflow`` or ``openvino``.
+        precision: ``RADLENS_PRECISION``: ``auto``, ``fp32`` or ``bf16``.
+        device_kind: ``"gpu"`` or ``"cpu"`` (the GPU keeps TensorFlow under ``auto``).
+        openvino_problem: why OpenVINO cannot serve this model (package absent, no
+            converted files, a file missing or altered), or None when it can.
+        bf16: the CPU supports bf16 (OpenVINO's OPTIMIZATION_CAPABILITIES).
+        parity: recorded parity per precision (``"fp32"``, ``"bf16"``), None if not measured.
+        tolerance: the limits a recorded parity must be within.
+
+    Rules: ``tensorflow`` serves TensorFlow fp32 (bf16 there is a configuration error).
+    ``openvino`` needs a usable converted model; ``bf16`` (explicit) also needs CPU support
+    and a recorded bf16 parity within tolerance, else it is refused. ``auto`` precision on
+    OpenVINO: bf16 when all of that holds, else fp32. ``auto`` runtime: TensorFlow on a GPU;
+    on a CPU, OpenVINO when it is usable and the chosen precision's recorded parity is within
+    tolerance, else TensorFlow fp32 (``fallback=True`` with the reason) -- unless bf16 was
+    asked for explicitly, which is refused rather than silently served in fp32.
+
+    Raises:
+        ConfigurationError: an unknown setting, or ``tensorflow`` with ``bf16``.
+        RuntimeUnavailableError: an explicit setting that cannot be honoured (the reason).
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigurationError(
+            f"RADLENS_RUNTIME must be one of {RUNTIMES}. Received: {runtime!r}"
+        )
+    if precision not in PRECISIONS:
+        raise ConfigurationError(
+            f"RADLENS_PRECISION must be one of {PRECISIONS}. Received: {precision!r}"
+        )
+    if runtime == TENSORFLOW:
+        if precision == "bf16":
+            raise ConfigurationError(
+                "RADLENS_PRECISION=bf16 is served by OpenVINO; use RADLENS_RUNTIME=openvino or "
+                "auto. Received: RADLENS_RUNTIME=tensorflow"
+            )
+        return Selection(TENSORFLOW, "fp32", "RADLENS_RUNTIME=tensorflow")
+
+    def bf16_problem() -> str | None:
+        if not bf16:
+            return "this CPU has no bf16 support (OpenVINO OPTIMIZATION_CAPABILITIES)"
+        found = parity.get("bf16")
+        if found is None:
+            return "no bf16 parity is recorded for this model (convert it with --data)"
+        if not tolerance.allows(found):
+            return (
+                f"the recorded bf16 parity ({found.summary()}) is outside the tolerance (AUC "
+                f"within {tolerance.max_auc_difference}, flips at most "
+                f"{tolerance.max_flip_fraction:.2%})"
+            )
+        return None
+
+    if runtime == "auto" and device_kind == "gpu":
+        if precision == "bf16":
+            raise RuntimeUnavailableError(
+                "RADLENS_PRECISION=bf16 runs on the CPU with OpenVINO, but a GPU is in use and "
+                "the GPU keeps TensorFlow; set RADLENS_PRECISION=auto or RADLENS_DEVICE=cpu"
+            )
+        return Selection(TENSORFLOW, "fp32", "a GPU is in use: the GPU keeps TensorFlow")
+
+    if openvino_problem is not None:
+        if runtime == OPENVINO or precision == "bf16":
+            raise RuntimeUnavailableError(openvino_problem)
+        return Selection(
+            TENSORFLOW, "fp32", f"auto: OpenVINO not used: {openvino_problem}", fallback=True
+        )
+
+    chosen: Precision
+    notes: list[str] = []
+    if precision == "bf16":
+        problem = bf16_problem()
+        if problem is not None:
+            raise RuntimeUnavailableError(f"RADLENS_PRECISION=bf16 cannot be served: {problem}")
+        chosen = "bf16"
+    elif precision == "fp32":
+        chosen = "fp32"
+    else:
+        problem = bf16_problem()
+        chosen = "fp32" if problem else "bf16"
+        if problem:
+            notes.append(f"fp32 because {problem}")
+    found = parity.get(chosen)
+    if runtime == "auto" and (found is None or not tolerance.allows(found)):
+        why = (
+            f"no {chosen} parity is recorded for this model"
+            if found is None
+            else f"the recorded {chosen} parity ({found.summary()}) is outside the tolerance"
+        )
+        return Selection(TENSORFLOW, "fp32", f"auto: OpenVINO not used: {why}", fallback=True)
+    reason = f"RADLENS_RUNTIME={runtime}, RADLENS_PRECISION={precision}"
+    if notes:
+        reason += f" ({'; '.join(notes)})"
+    return Selection(OPENVINO, chosen, reason, parity=found)
+
+
+# --- converting a stored model -------------------------------------------------------------
+
+
+def _scores_in_batches(predict: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate(
+        [predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )
+
+
+def add_openvino_runtime(
+    registry: ModelRegistry,
+    ref: str,
+    *,
+    model: keras.Model | None = None,
+    images: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    data_note: str = "",
+    batch_size: int = 32,
+) -> ModelManifest:
+    """Convert a stored model to OpenVINO IR, measure parity, and attach both to its version.
+
+    Args:
+        registry: the store.
+        ref: ``name:version`` (or ``name``: its newest version).
+        model: the Keras model if already loaded (training export); else it is loaded.
+        images: ``(N, H, W, 1)`` float32 model inputs for parity (the validation split), or
+            None to convert without parity (then ``auto`` will not serve OpenVINO).
+        labels: ``(N,)`` class indices for ``images``.
+        data_note: where the images came from, recorded with the parity.
+        batch_size: images per model call while measuring.
+
+    Returns:
+        The updated manifest (same name, version and ``model_sha256``; new ``runtimes``).
+
+    Raises:
+        RuntimeUnavailableError: OpenVINO is absent.
+        ModelStoreError and subclasses: the stored version fails its checks, or conversion
+            failed. Nothing in the store changes on any error.
+        ValueError: images and labels that do not fit (quoted).
+    """
+    from models.manifest import utc_now_iso
+    from models.registry import predict_scores
+
+    version = openvino_version()
+    if version is None:
+        raise RuntimeUnavailableError(
+            "the openvino package is not installed (pip install openvino)"
+        )
+    if (images is None) != (labels is None):
+        raise ValueError("give both images and labels for parity, or neither")
+    loaded = registry.load(ref) if model is None else None
+    manifest = registry.verify(*registry.resolve(ref)) if loaded is None else loaded.manifest
+    keras_model = model if model is not None else loaded.model  # type: ignore[union-attr]
+    staged = registry.staging_dir(manifest.name)
+    try:
+        files = convert_to_openvino(keras_model, staged)
+        core = _core()
+        has_bf16 = bf16_supported(core)
+        parity: dict[str, Any] = {"fp32": None, "bf16": None}
+        if images is not None and labels is not None:
+            batch = np.asarray(images, dtype=np.float32)
+            if batch.ndim != 4 or len(batch) != len(np.asarray(labels).reshape(-1)):
+                raise ValueError(
+                    f"images must be (N, H, W, C) with one label each. Received images "
+                    f"{batch.shape} and labels {np.asarray(labels).shape}"
+                )
+            reference = _scores_in_batches(
+                lambda b: predict_scores(keras_model, b), batch, batch_size
+            )
+            for precision in ("fp32", "bf16"):
+                if precision == "bf16" and not has_bf16:
+                    continue  # the hint would run fp32 here: nothing to learn
+                runtime = OpenVINORuntime(files[IR_XML], precision, tuple(batch.shape[1:]))
+                candidate = _scores_in_batches(runtime.predict, batch, batch_size)
+                measured = measure_parity(reference, candidate, labels, manifest.threshold)
+                parity[precision] = {**measured.to_dict(), "data": data_note}
+                log.info("%s parity of %s: %s", precision, manifest.ref, measured.summary())
+        entry = {
+            "format": "openvino-ir",
+            "openvino_version": version,
+            "converted_at": utc_now_iso(),
+            "cpu": cpu_name(core),
+            "cpu_bf16": has_bf16,
+            "parity": parity,
+        }
+        return registry.add_runtime(manifest.ref, OPENVINO, staged, entry)
+    finally:
+        if staged.exists():
+            import shutil
+
+            shutil.rmtree(staged, ignore_errors=True)
