@@ -2,7 +2,8 @@
 
 ``<runs_dir>/<name>-<UTC timestamp>/`` holds::
 
-    config.json        the TrainConfig (what ``radlens train --resume RUN_DIR`` reads)
+    config.json        the TrainConfig (what ``radlens train --resume RUN_DIR`` reads), and
+                       under "split" how the split was made and the leakage check's result
     train.log          the run's log: data summary, skipped files, one line per epoch, result
     history.csv        every epoch's train/validation metrics (appended across resumes)
     state.json         phase progress and the best epoch so far (for resuming)
@@ -32,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ConfigurationError
-from training.config import TrainConfig
+from training.config import TrainConfig, read_config_file
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+SPLIT_KEY = "split"  # config.json's record of how the split was made
 STATE_FILE = "state.json"
 RESULT_FILE = "result.json"
 HISTORY_FILE = "history.csv"
@@ -62,7 +64,17 @@ def config_for_resume(run_dir: str | Path) -> TrainConfig:
         )
     if (run_path / RESULT_FILE).is_file():
         raise ConfigurationError(f"the run in {str(run_path)!r} has finished already")
-    return TrainConfig.load(config_path)
+    values = read_config_file(config_path)
+    values.pop(SPLIT_KEY, None)  # how the split was made: a record, not an option
+    return TrainConfig.from_dict(values, source=str(config_path))
+
+
+def record_split(run_path: Path, split: dict[str, Any]) -> None:
+    """Add how the split was made (and the leakage check's result) to config.json."""
+    config_path = run_path / CONFIG_FILE
+    values = json.loads(config_path.read_text())
+    values[SPLIT_KEY] = split
+    config_path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def open_run_dir(
