@@ -143,7 +143,15 @@ def train(
     data = _RunData.open(config)
     run_path = rundir.open_run_dir(config, run_dir, chief=dist.chief, task=dist.task)
     if run_dir is None and dist.chief:
-        rundir.record_split(run_path, data.split_record)
+        rundir.record_split(
+            run_path,
+            data.split_record,
+            (
+                (name, e.key, e.label, e.patient_id)
+                for name, items in data.splits.items()
+                for e in items
+            ),
+        )
     with rundir.run_log(run_path):
         if on_start is not None:
             on_start(run_path)
