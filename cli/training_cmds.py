@@ -180,7 +180,7 @@ def train(
         return
     typer.echo(f"model: {result.model_ref} (store {result.store})")
     typer.echo(f"split: {result.split.get('method')}; leakage check passed")
-    typer.echo(f"val (used for selection): {_summary(result.val_metrics)}")
+    typer.echo(f"val: {_summary(result.val_metrics)} (used for selection)")
     if result.test_metrics is not None:
         typer.echo(f"test: {_summary(result.test_metrics)}")
     reported = result.reported

@@ -153,6 +153,9 @@ def test_train_then_evaluate(
     assert "run directory: " + str(tmp_path / "runs" / "cli-tiny-") in out
     assert "model: cli-tiny:1" in out
     assert "val: auc=" in out and "threshold=" in out
+    assert "reported figures: held-out test split (no selection step saw it): auc=" in out
+    assert "split: given (split column / npz keys); leakage check passed" in out
+    assert "calibration: temperature " in out and "operating point sens95: threshold=" in out
     assert "skipped files: 1" in out
     assert f"skipped {broken}: " in out  # path and reason
 
