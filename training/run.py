@@ -238,6 +238,11 @@ class _RunData:
                 "the data carries no patient information: images were split one by one, so "
                 "images of one patient may sit in two splits"
             )
+        elif r["images_without_patient"]:
+            log.warning(
+                "%d image(s) carry no patient information and were split one by one",
+                r["images_without_patient"],
+            )
         if not r["test_split"]:
             log.warning("no test split: the figures reported are optimistic (validation-selected)")
 

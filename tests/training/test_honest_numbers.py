@@ -243,3 +243,23 @@ def test_cli_refuses_data_too_small_to_calibrate(
     err = capsys.readouterr().err
     assert "too small to calibrate" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "store").exists()
+
+
+def test_cli_resplit_trains_on_a_patient_level_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv_path = _leaky_csv(tmp_path / "d", n_patients=16)
+    extra = ["--resplit", "--val-fraction", "0.3", "--test-fraction", "0.3"]
+    code = main(_train_args(csv_path, tmp_path, *extra, "--min-calibration-positives", "1"))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "split: by patient (--resplit: the given split was redone); leakage check passed" in out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["resplit"] is True and record["split"]["leakage_check"]["passed"]
+    with (run_dir / "splits.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    splits_of: dict[str, set[str]] = {}
+    for r in rows:
+        splits_of.setdefault(r["patient"], set()).add(r["split"])
+    assert len(splits_of) == 16 and all(len(s) == 1 for s in splits_of.values())

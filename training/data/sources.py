@@ -357,8 +357,8 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
             found_any = True
             patient = None
             if _file_kind(file) == "dicom":
-                n_dicom += 1
-                raw = dicom_patient(file)
+                readable, raw = _dicom_header_patient(file)
+                n_dicom += readable  # an unreadable header is skipped at decode time
                 if raw is not None:
                     key = patient_hash_key() if key is None else key
                     patient = hash_patient_id(raw, key)
@@ -401,24 +401,26 @@ def dicom_patient(path: Path) -> str | None:
     Only the header is read (pydicom stops before the pixel data). The value is for
     :func:`hash_patient_id` only; never log or store it.
     """
+    return _dicom_header_patient(path)[1]
+
+
+def _dicom_header_patient(path: Path) -> tuple[bool, str | None]:
+    """(whether the header could be read as a DICOM dataset, the raw patient or None)."""
     import pydicom
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                path,
-                stop_before_pixels=True,
-                force=True,
-                specific_tags=["PatientID", "StudyInstanceUID"],
-            )
-    except Exception:  # third-party parser boundary: unreadable headers carry no patient
-        return None
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # third-party parser boundary: unreadable headers, no patient
+        return False, None
+    if "SOPClassUID" not in ds and "Rows" not in ds:  # force=True parses junk as empty
+        return False, None
     for keyword in ("PatientID", "StudyInstanceUID"):
         value = str(ds.get(keyword, "") or "").strip()
         if value:
-            return f"{keyword}:{value}"
-    return None
+            return True, f"{keyword}:{value}"
+    return True, None
 
 
 def _walk_files(folder: Path) -> list[Path]:
@@ -834,6 +836,7 @@ def describe_split(
         "patient_ids": "keyed hash (HMAC-SHA256)" if source.has_patients else "none",
         "sizes": {name: len(items) for name, items in splits.items()},
         "patients": patients if source.has_patients else None,
+        "images_without_patient": sum(e.patient_id is None for e in source.examples),
         "test_split": bool(splits.get("test")),
     }
 
