@@ -27,6 +27,7 @@ from training.data.sources import (
     Example,
     SkippedFile,
     open_data,
+    patient_key_check,
     split_source,
     unique_skipped,
 )
@@ -42,6 +43,13 @@ def select_split(source: DataSource, split: str, training_config: dict[str, Any]
         raise ConfigurationError(f"split must be one of {', '.join(SPLIT_CHOICES)}; got {split!r}")
     if split == "all":
         return list(source.examples)
+    recorded = (training_config.get("split") or {}).get("patient_key_check")
+    if recorded and source.has_patients and recorded != patient_key_check():
+        raise ConfigurationError(
+            "the patient-hash key differs from the one this model was trained with, so the "
+            f"{split!r} split cannot be rebuilt; set RADLENS_PATIENT_HASH_KEY (or the key file) "
+            "as it was for training, or use --split all on data the model never saw"
+        )
     splits = split_source(
         source,
         val_fraction=float(training_config.get("val_fraction", 0.15)),

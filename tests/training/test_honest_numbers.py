@@ -263,3 +263,15 @@ def test_cli_resplit_trains_on_a_patient_level_split(
     for r in rows:
         splits_of.setdefault(r["patient"], set()).add(r["split"])
     assert len(splits_of) == 16 and all(len(s) == 1 for s in splits_of.values())
+
+
+def test_evaluate_refuses_another_patient_key(
+    series_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.errors import ConfigurationError
+    from training.evaluate import evaluate
+
+    result: RunResult = series_run["result"]
+    monkeypatch.setenv("RADLENS_PATIENT_HASH_KEY", "not-the-training-key")
+    with pytest.raises(ConfigurationError, match="patient-hash key differs"):
+        evaluate(result.model_ref, series_run["data"], split="test", store=result.store)

@@ -128,6 +128,13 @@ def patient_hash_key() -> bytes:
     return key.encode()
 
 
+def patient_key_check(key: bytes | None = None) -> str:
+    """A short keyed digest of a constant: tells whether two runs used the same key (a split
+    drawn from hashed ids is only reproduced with the same key), revealing neither."""
+    digest = hmac.new(patient_hash_key() if key is None else key, b"radlens-key-check", "sha256")
+    return digest.hexdigest()[:12]
+
+
 def hash_patient_id(raw: str, key: bytes | None = None) -> str:
     """``"p-"`` + 16 hex digits of HMAC-SHA256(key, raw id): stable, not reversible."""
     digest = hmac.new(patient_hash_key() if key is None else key, raw.encode(), "sha256")
@@ -837,6 +844,7 @@ def describe_split(
         "sizes": {name: len(items) for name, items in splits.items()},
         "patients": patients if source.has_patients else None,
         "images_without_patient": sum(e.patient_id is None for e in source.examples),
+        "patient_key_check": patient_key_check() if source.has_patients else None,
         "test_split": bool(splits.get("test")),
     }
 
