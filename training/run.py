@@ -12,11 +12,22 @@
    phase from scratch) through ``training.loop.fit_phase`` with the callbacks of
    ``training.callbacks`` (best checkpoint by validation AUC, history.csv, TensorBoard, early
    stopping on validation AUC with ``early_stopping_patience``, per phase);
-5. restore the best epoch's weights, choose the decision threshold on validation
-   (``training.metrics.decision_threshold`` with ``threshold_rule``), measure val and test;
+5. restore the best epoch's weights; fit the temperature on validation
+   (``training.metrics.fit_temperature``) and fold it into the final Dense
+   (``training.phases.fold_temperature``), so the exported model outputs calibrated
+   probabilities; choose the decision threshold and the operating points on the calibrated
+   validation scores (``decision_threshold`` with ``threshold_rule``); only then decode the
+   test split and measure it -- the **reported** figures (labelled; validation's, labelled
+   optimistic, when there is no test split), the ECE before/after and the operating points;
 6. export with ``ModelRegistry.save`` (on the chief only) with metrics
-   ``{"val": ..., "test": ...}``, the training config, the data fingerprint
+   ``{"val", "test", "reported", "calibration", "operating_points", "split"}``, the training
+   config (with the split record), the data fingerprint
    (``training.data.sources.data_fingerprint``), window and filters; write result.json.
+
+Step 2 also refuses a split that puts one patient in two splits (``check_leakage``; the
+``resplit`` option redoes a given split by patient) and a validation split too small to
+calibrate (``min_calibration_positives``); how the split was made goes to config.json and
+``splits.csv`` (hashed patient ids only).
 
 ``resume(run_dir)`` continues an interrupted run (see ``training.rundir``). Unreadable images
 are logged with their path and reason, skipped, and counted in the result.
