@@ -250,8 +250,10 @@ def roc_curve_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
     n_pos = max(int((y == 1).sum()), 1)
     n_neg = max(int((y == 0).sum()), 1)
     thresholds = np.concatenate([[np.inf], np.unique(s)[::-1]])
-    tpr = np.array([((s >= t) & (y == 1)).sum() / n_pos for t in thresholds])
-    fpr = np.array([((s >= t) & (y == 0)).sum() / n_neg for t in thresholds])
+    # counts of "score >= t" from sorted scores: linear memory, N log N time
+    pos_sorted, neg_sorted = np.sort(s[y == 1]), np.sort(s[y == 0])
+    tpr = (pos_sorted.size - np.searchsorted(pos_sorted, thresholds, side="left")) / n_pos
+    fpr = (neg_sorted.size - np.searchsorted(neg_sorted, thresholds, side="left")) / n_neg
     return fpr, tpr
 
 

@@ -142,7 +142,7 @@ class TestThresholdMemory:
     def test_choose_threshold_is_linear_in_memory(self) -> None:
         import tracemalloc
 
-        from training.metrics import choose_threshold, decision_threshold
+        from training.metrics import choose_threshold, decision_threshold, roc_curve_points
 
         n = 200_000  # a (candidates x examples) matrix would need ~40 GB here
         rng = np.random.default_rng(0)
@@ -152,10 +152,12 @@ class TestThresholdMemory:
         try:
             choose_threshold(labels, scores)
             decision_threshold("balanced", labels, scores)
+            fpr, tpr = roc_curve_points(labels, scores)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
         assert peak < 40 * n * 8, peak  # a few arrays of n float64, never n * n
+        assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
 
     def test_same_choice_as_brute_force(self) -> None:
         from models.decision import is_positive
