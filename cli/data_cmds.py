@@ -64,6 +64,10 @@ def data_check(
     typer.echo(f"{source.kind} source {path}: {len(source.examples)} images")
     for name, count in source.class_counts().items():
         typer.echo(f"  class {name}: {count}")
+    if source.has_patients:
+        typer.echo(f"  patients: from {source.patient_source} (keyed hash, no raw id)")
+    else:
+        typer.echo("  patients: no patient information; images are split one by one")
     splits = split_source(
         source,
         val_fraction=val_fraction,
@@ -76,6 +80,7 @@ def data_check(
         typer.echo(f"  split {name}: {len(items)} ({per_class})")
     leaks = leakage_report(splits)
     if leaks:
+        # the ids are keyed hashes (training.data.sources.hash_patient_id), never raw ones
         shown = ", ".join(f"{pid} ({'/'.join(s)})" for pid, s in list(leaks.items())[:5])
         more = f" and {len(leaks) - 5} more" if len(leaks) > 5 else ""
         typer.echo(

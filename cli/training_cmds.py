@@ -57,6 +57,20 @@ def train(
         typer.Option("--patience", help="Early stopping on val AUC after N epochs (0 = off)."),
     ] = None,
     val_fraction: Annotated[float | None, typer.Option("--val-fraction")] = None,
+    resplit: Annotated[
+        bool | None,
+        typer.Option(
+            "--resplit/--keep-split",
+            help="Redo a CSV's (or npz's) given split at patient level (default: keep it).",
+        ),
+    ] = None,
+    min_calibration_positives: Annotated[
+        int | None,
+        typer.Option(
+            "--min-calibration-positives",
+            help="Refuse to train with fewer validation positives than this (calibration).",
+        ),
+    ] = None,
     test_fraction: Annotated[float | None, typer.Option("--test-fraction")] = None,
     augment: shared.AugmentOption = None,
     deterministic: Annotated[
@@ -116,6 +130,8 @@ def train(
         "early_stopping_patience": patience,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
+        "resplit": resplit,
+        "min_calibration_positives": min_calibration_positives,
         "deterministic": deterministic,
         "lr_schedule": lr_schedule,
         "weight_decay": weight_decay,
@@ -163,9 +179,21 @@ def train(
         typer.echo(f"worker run finished in {result.run_dir}; the chief exports the model")
         return
     typer.echo(f"model: {result.model_ref} (store {result.store})")
-    typer.echo(f"val: {_summary(result.val_metrics)}")
+    typer.echo(f"split: {result.split.get('method')}; leakage check passed")
+    typer.echo(f"val: {_summary(result.val_metrics)} (used for selection)")
     if result.test_metrics is not None:
         typer.echo(f"test: {_summary(result.test_metrics)}")
+    reported = result.reported
+    typer.echo(f"reported figures: {reported.get('label')}: {_summary(reported)}")
+    cal = result.calibration
+    if cal:
+        typer.echo(
+            f"calibration: temperature {cal['temperature']:.4f} (fitted on val); "
+            f"ECE on {cal['evaluated_on']} {cal['ece_before']:.4f} before, "
+            f"{cal['ece_after']:.4f} after"
+        )
+    for point, figures in result.operating_points.items():
+        typer.echo(f"  operating point {point}: {_point(figures)}")
     typer.echo(
         f"best epoch: {result.best_epoch} of {result.epochs_run}; "
         f"skipped files: {len(result.skipped)}"
@@ -190,7 +218,10 @@ def evaluate(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Write metrics.json, roc_curve.png, confusion_matrix.png."),
+        typer.Option(
+            "--out",
+            help="Write metrics.json, roc_curve.png, reliability.png, confusion_matrix.png.",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
@@ -228,6 +259,17 @@ def _summary(metrics: dict[str, Any]) -> str:
         if value is None:
             continue
         parts.append(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts)
+
+
+def _point(figures: dict[str, Any]) -> str:
+    parts = [f"threshold={figures['threshold']:.4f}"]
+    for key in ("sensitivity", "specificity", "ppv", "npv"):
+        value, ci = figures.get(key), figures.get(f"{key}_ci95")
+        if value is None:
+            parts.append(f"{key}=n/a")
+        else:
+            parts.append(f"{key}={value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
     return " ".join(parts)
 
 

@@ -393,6 +393,52 @@ def roc_curve_png(
     return _figure_png(fig)
 
 
+def reliability_diagram_png(
+    labels: np.ndarray, probabilities: np.ndarray, *, title: str = "Reliability"
+) -> bytes:
+    """The reliability diagram (accuracy against top-label confidence per bin, with the
+    expected calibration error) as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from training.metrics import expected_calibration_error, reliability_bins
+
+    bins = reliability_bins(labels, probabilities)
+    ece = expected_calibration_error(labels, probabilities)
+    fig = Figure(figsize=(4, 4), dpi=80)
+    ax = fig.add_subplot(1, 1, 1)
+    used = [b for b in bins if int(b["n"]) > 0]
+    width = 1.0 / len(bins)
+    ax.bar(
+        [float(b["lower"]) for b in used],
+        [float(b["accuracy"]) for b in used],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        label=f"accuracy (ECE {ece:.3f})",
+    )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def write_figure(log_dir: Path, tag: str, png: bytes, step: int = 0) -> None:
+    """Write one PNG figure to a TensorBoard log directory (e.g. the run's reliability)."""
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default():
+        tf.summary.image(tag, png_to_batch(png), step=step)
+    writer.flush()
+    writer.close()
+
+
 def png_to_batch(png: bytes) -> tf.Tensor:
     """PNG bytes -> a (1, H, W, 4) uint8 tensor for tf.summary.image."""
     return tf.expand_dims(tf.image.decode_png(png, channels=4), 0)

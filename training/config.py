@@ -74,6 +74,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant, or cosine decay to 0 over each phase
     weight_decay: float = 0.0  # > 0: AdamW with this decoupled weight decay
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0 = off)
+    resplit: bool = False  # redo a given (CSV/npz) split at patient level
+    min_calibration_positives: int = 10  # temperature scaling needs this many val positives
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -186,6 +188,7 @@ _INT_FIELDS = {
     "seed",
     "histogram_freq",
     "tensorboard_samples",
+    "min_calibration_positives",
 }
 _FLOAT_FIELDS = {
     "learning_rate_head",
@@ -196,7 +199,7 @@ _FLOAT_FIELDS = {
     "weight_decay",
     "label_smoothing",
 }
-_BOOL_FIELDS = {"deterministic", "augment", "cache"}
+_BOOL_FIELDS = {"deterministic", "augment", "cache", "resplit"}
 _OPTIONAL_STR_FIELDS = {"data", "weights", "window", "store"}
 _OPTIONAL_INT_FIELDS = {"split_seed"}
 _STR_FIELDS = {
@@ -367,6 +370,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
     if not 0 <= cfg.weight_decay < 1:
         raise bad("weight_decay", "from 0 up to (not including) 1")
+    if cfg.min_calibration_positives < 1:
+        raise bad("min_calibration_positives", "1 or more")
     if not 0 <= cfg.label_smoothing < 0.5:
         raise bad("label_smoothing", "from 0 up to (not including) 0.5")
 

@@ -4,7 +4,8 @@
 store, reads the input size and window preset from its manifest (never guessed), rebuilds the
 data split the model was trained with (same fractions and seed from its training config),
 predicts, and returns metrics at the model's saved decision threshold. With ``out`` it writes
-``metrics.json``, ``confusion_matrix.png`` and (binary) ``roc_curve.png`` there.
+``metrics.json``, ``confusion_matrix.png``, ``reliability.png`` and (binary) ``roc_curve.png``
+there.
 
 Data is opened and decoded as training does it (``training.data.sources.open_data``,
 ``training.data.pipeline.load_examples``).
@@ -26,6 +27,7 @@ from training.data.sources import (
     Example,
     SkippedFile,
     open_data,
+    patient_key_check,
     split_source,
     unique_skipped,
 )
@@ -41,6 +43,13 @@ def select_split(source: DataSource, split: str, training_config: dict[str, Any]
         raise ConfigurationError(f"split must be one of {', '.join(SPLIT_CHOICES)}; got {split!r}")
     if split == "all":
         return list(source.examples)
+    recorded = (training_config.get("split") or {}).get("patient_key_check")
+    if recorded and source.has_patients and recorded != patient_key_check():
+        raise ConfigurationError(
+            "the patient-hash key differs from the one this model was trained with, so the "
+            f"{split!r} split cannot be rebuilt; set RADLENS_PATIENT_HASH_KEY (or the key file) "
+            "as it was for training, or use --split all on data the model never saw"
+        )
     splits = split_source(
         source,
         val_fraction=float(training_config.get("val_fraction", 0.15)),
@@ -50,6 +59,7 @@ def select_split(source: DataSource, split: str, training_config: dict[str, Any]
             if training_config.get("split_seed") is not None
             else training_config.get("seed", 0)
         ),
+        keep_given=not training_config.get("resplit", False),
     )
     chosen = splits[split]
     if not chosen:
@@ -110,6 +120,9 @@ def evaluate(
     metrics = classification_metrics(
         labels, probabilities, manifest.class_names, manifest.threshold
     )
+    from training.metrics import expected_calibration_error
+
+    metrics["ece"] = expected_calibration_error(labels, probabilities)
     result: dict[str, Any] = {
         "model": manifest.ref,
         "split": split,
@@ -130,8 +143,9 @@ def write_report(
     probabilities: np.ndarray,
     class_names: Sequence[str],
 ) -> dict[str, Path]:
-    """Write metrics.json, confusion_matrix.png and (binary) roc_curve.png into ``out``."""
-    from training.callbacks import confusion_matrix_png, roc_curve_png
+    """Write metrics.json, confusion_matrix.png, reliability.png (the reliability diagram of
+    the scores) and (binary) roc_curve.png into ``out``."""
+    from training.callbacks import confusion_matrix_png, reliability_diagram_png, roc_curve_png
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +156,10 @@ def write_report(
     files["metrics"].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     files["confusion_matrix"].write_bytes(
         confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names)
+    )
+    files["reliability"] = out / "reliability.png"
+    files["reliability"].write_bytes(
+        reliability_diagram_png(labels, probabilities, title=f"Reliability ({metrics['split']})")
     )
     if len(class_names) == 2:
         files["roc_curve"] = out / "roc_curve.png"

@@ -31,14 +31,20 @@ from models.decision import DEFAULT_THRESHOLD, decide_indices, is_positive
 __all__ = [
     "DEFAULT_THRESHOLD",
     "THRESHOLD_RULES",
+    "apply_temperature",
     "binary_metrics",
     "choose_threshold",
     "classification_metrics",
     "decision_threshold",
+    "expected_calibration_error",
+    "fit_temperature",
     "keras_metrics",
     "multiclass_metrics",
+    "operating_points",
+    "reliability_bins",
     "roc_auc",
     "roc_curve_points",
+    "wilson_interval",
 ]
 
 THRESHOLD_RULES = ("youden", "balanced")
@@ -108,13 +114,17 @@ def _candidate_rates(
         return None
     distinct = np.unique(s)
     candidates = np.concatenate([[DEFAULT_THRESHOLD], (distinct[:-1] + distinct[1:]) / 2.0])
-    pos = y == 1
-    predicted = is_positive(s[None, :], candidates[:, None])  # (T, N)
-    n_pos = pos.sum()
-    n_neg = y.size - n_pos
-    tpr = (predicted & pos[None, :]).sum(axis=1) / n_pos
-    fpr = (predicted & ~pos[None, :]).sum(axis=1) / n_neg
-    tnr = (~predicted & ~pos[None, :]).sum(axis=1) / (~pos).sum()
+    # linear memory: "score >= t" counts from sorted scores (what is_positive decides),
+    # never a (candidates x examples) matrix
+    pos_sorted = np.sort(s[y == 1])
+    neg_sorted = np.sort(s[y != 1])
+    n_pos = pos_sorted.size
+    n_neg = neg_sorted.size
+    tp = n_pos - np.searchsorted(pos_sorted, candidates, side="left")
+    fp = n_neg - np.searchsorted(neg_sorted, candidates, side="left")
+    tpr = tp / n_pos
+    fpr = fp / n_neg
+    tnr = (n_neg - fp) / n_neg
     return candidates, tpr, fpr, tnr
 
 
@@ -240,13 +250,164 @@ def roc_curve_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
     n_pos = max(int((y == 1).sum()), 1)
     n_neg = max(int((y == 0).sum()), 1)
     thresholds = np.concatenate([[np.inf], np.unique(s)[::-1]])
-    tpr = np.array([((s >= t) & (y == 1)).sum() / n_pos for t in thresholds])
-    fpr = np.array([((s >= t) & (y == 0)).sum() / n_neg for t in thresholds])
+    # counts of "score >= t" from sorted scores: linear memory, N log N time
+    pos_sorted, neg_sorted = np.sort(s[y == 1]), np.sort(s[y == 0])
+    tpr = (pos_sorted.size - np.searchsorted(pos_sorted, thresholds, side="left")) / n_pos
+    fpr = (neg_sorted.size - np.searchsorted(neg_sorted, thresholds, side="left")) / n_neg
     return fpr, tpr
 
 
 def _ratio(num: int, den: int) -> float | None:
     return None if den == 0 else float(num) / float(den)
+
+
+# --- calibration and operating points -----------------------------------------------------
+
+ECE_BINS = 15
+SENSITIVITY_TARGETS = {"sens90": 0.90, "sens95": 0.95, "sens99": 0.99}
+
+
+def _log_probs(probabilities: np.ndarray) -> np.ndarray:
+    p = np.asarray(probabilities, dtype=np.float64)
+    return np.log(np.clip(p, 1e-12, 1.0))
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(p) / T): the softmax of the logits divided by T (log p is the logits up to
+    a per-row constant, which the softmax ignores)."""
+    z = _log_probs(probabilities) / float(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def _nll(labels: np.ndarray, probabilities: np.ndarray, temperature: float) -> float:
+    p = apply_temperature(probabilities, temperature)
+    y = np.asarray(labels).astype(np.int64).ravel()
+    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], 1e-12, 1.0))))
+
+
+def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The temperature T > 0 minimising the negative log-likelihood of (labels, softmax(z/T)).
+
+    Temperature scaling (Guo et al., 2017): one parameter fitted on validation, so the scores
+    become probabilities without changing any decision's ranking. A coarse grid over
+    log T in [1/20, 20], then a golden-section search around the best grid point.
+    """
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+    losses = [_nll(labels, probabilities, t) for t in grid]
+    i = int(np.argmin(losses))
+    lo, hi = np.log(grid[max(i - 1, 0)]), np.log(grid[min(i + 1, grid.size - 1)])
+    ratio = (np.sqrt(5.0) - 1) / 2
+    for _ in range(40):
+        a = hi - ratio * (hi - lo)
+        b = lo + ratio * (hi - lo)
+        if _nll(labels, probabilities, np.exp(a)) <= _nll(labels, probabilities, np.exp(b)):
+            hi = b
+        else:
+            lo = a
+    return float(np.exp((lo + hi) / 2))
+
+
+def reliability_bins(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
+) -> list[dict[str, float | int]]:
+    """Equal-width bins of top-label confidence: count, mean confidence, accuracy per bin."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    p = np.asarray(probabilities, dtype=np.float64)
+    confidence = p.max(axis=1)
+    correct = (decide_indices(p) == y).astype(np.float64)
+    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        mask = index == b
+        n = int(mask.sum())
+        out.append(
+            {
+                "lower": b / bins,
+                "upper": (b + 1) / bins,
+                "n": n,
+                "confidence": float(confidence[mask].mean()) if n else 0.0,
+                "accuracy": float(correct[mask].mean()) if n else 0.0,
+            }
+        )
+    return out
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
+) -> float:
+    """ECE: the count-weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    table = reliability_bins(labels, probabilities, bins)
+    total = sum(int(b["n"]) for b in table)
+    if total == 0:
+        return 0.0
+    return float(
+        sum(int(b["n"]) * abs(float(b["accuracy"]) - float(b["confidence"])) for b in table) / total
+    )
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float] | None:
+    """The Wilson score 95% confidence interval of a proportion, or None when n == 0."""
+    if n == 0:
+        return None
+    phat = successes / n
+    den = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / den
+    half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / den
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def threshold_for_sensitivity(labels: np.ndarray, scores: np.ndarray, target: float) -> float:
+    """The highest threshold at which at least ``target`` of the positives score >= it."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    positives = np.sort(s[y == 1])[::-1]
+    if positives.size == 0:
+        return DEFAULT_THRESHOLD
+    k = min(max(int(np.ceil(target * positives.size - 1e-9)), 1), positives.size)
+    return float(positives[k - 1])
+
+
+def point_figures(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Sensitivity, specificity, PPV, NPV at ``threshold`` with Wilson 95% intervals."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    pred = is_positive(np.asarray(scores, dtype=np.float64).ravel(), threshold)
+    tp = int((pred & (y == 1)).sum())
+    fp = int((pred & (y != 1)).sum())
+    tn = int((~pred & (y != 1)).sum())
+    fn = int((~pred & (y == 1)).sum())
+    out: dict[str, Any] = {"threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    for name, num, den in (
+        ("sensitivity", tp, tp + fn),
+        ("specificity", tn, tn + fp),
+        ("ppv", tp, tp + fp),
+        ("npv", tn, tn + fn),
+    ):
+        out[name] = _ratio(num, den)
+        out[f"{name}_ci95"] = wilson_interval(num, den)
+    return out
+
+
+def operating_points(
+    val_labels: np.ndarray,
+    val_scores: np.ndarray,
+    eval_labels: np.ndarray,
+    eval_scores: np.ndarray,
+    chosen: float,
+) -> dict[str, dict[str, Any]]:
+    """Operating-point table: thresholds chosen on validation, figures on the evaluation set.
+
+    Points: ``chosen`` (the model's decision threshold), ``youden`` (:func:`choose_threshold`)
+    and ``sens90``/``sens95``/``sens99`` (the highest threshold reaching that validation
+    sensitivity). Each holds the threshold and, on (eval_labels, eval_scores), the counts and
+    sensitivity/specificity/PPV/NPV with Wilson 95% intervals.
+    """
+    thresholds = {"chosen": chosen, "youden": choose_threshold(val_labels, val_scores)}
+    for name, target in SENSITIVITY_TARGETS.items():
+        thresholds[name] = threshold_for_sensitivity(val_labels, val_scores, target)
+    return {name: point_figures(eval_labels, eval_scores, t) for name, t in thresholds.items()}
 
 
 # --- Keras metrics on softmax outputs with integer labels -------------------------------------

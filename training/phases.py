@@ -113,6 +113,27 @@ def export_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
+def fold_temperature(network: keras.Model, temperature: float) -> None:
+    """Divide the final softmax layer's logits by ``temperature``, in the weights.
+
+    The ``predictions`` Dense computes softmax(x W + b); with W/T and b/T it computes
+    softmax((x W + b) / T), the temperature-scaled probabilities -- so the exported model is
+    self-describing and the service serves calibrated scores with no change.
+
+    Raises:
+        ValueError: the network has no softmax ``predictions`` Dense, or T is not positive.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0. Received: {temperature!r}")
+    layer = network.get_layer("predictions")
+    activation = getattr(layer, "activation", None)
+    if not isinstance(layer, keras.layers.Dense) or getattr(activation, "__name__", "") != (
+        "softmax"
+    ):
+        raise ValueError(f"the final layer must be a softmax Dense. Received: {layer!r}")
+    layer.set_weights([w / np.float32(temperature) for w in layer.get_weights()])
+
+
 def compile_model(
     model: keras.Model, learning_rate: float, num_classes: int, config: TrainConfig, *, steps: int
 ) -> None:

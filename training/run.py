@@ -12,11 +12,22 @@
    phase from scratch) through ``training.loop.fit_phase`` with the callbacks of
    ``training.callbacks`` (best checkpoint by validation AUC, history.csv, TensorBoard, early
    stopping on validation AUC with ``early_stopping_patience``, per phase);
-5. restore the best epoch's weights, choose the decision threshold on validation
-   (``training.metrics.decision_threshold`` with ``threshold_rule``), measure val and test;
+5. restore the best epoch's weights; fit the temperature on validation
+   (``training.metrics.fit_temperature``) and fold it into the final Dense
+   (``training.phases.fold_temperature``), so the exported model outputs calibrated
+   probabilities; choose the decision threshold and the operating points on the calibrated
+   validation scores (``decision_threshold`` with ``threshold_rule``); only then decode the
+   test split and measure it -- the **reported** figures (labelled; validation's, labelled
+   optimistic, when there is no test split), the ECE before/after and the operating points;
 6. export with ``ModelRegistry.save`` (on the chief only) with metrics
-   ``{"val": ..., "test": ...}``, the training config, the data fingerprint
+   ``{"val", "test", "reported", "calibration", "operating_points", "split"}``, the training
+   config (with the split record), the data fingerprint
    (``training.data.sources.data_fingerprint``), window and filters; write result.json.
+
+Step 2 also refuses a split that puts one patient in two splits (``check_leakage``; the
+``resplit`` option redoes a given split by patient) and a validation split too small to
+calibrate (``min_calibration_positives``); how the split was made goes to config.json and
+``splits.csv`` (hashed patient ids only).
 
 ``resume(run_dir)`` continues an interrupted run (see ``training.rundir``). Unreadable images
 are logged with their path and reason, skipped, and counted in the result.
@@ -44,6 +55,10 @@ from training.distribute import Distribution, set_up
 
 log = logging.getLogger(__name__)
 
+REPORTED_LABELS = {
+    "test": "held-out test split (no selection step saw it)",
+    "val": "optimistic (validation-selected): this data set has no test split",
+}
 MAX_FIGURE_EXAMPLES = 512  # validation examples drawn into the per-epoch figures
 
 
@@ -63,6 +78,10 @@ class RunResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     split_sizes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    reported: dict[str, Any] = field(default_factory=dict)  # the figures to quote, labelled
+    calibration: dict[str, Any] = field(default_factory=dict)
+    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)  # how the split was made
 
     @property
     def exported(self) -> bool:
@@ -83,6 +102,10 @@ class RunResult:
             "skipped_files": [str(s) for s in self.skipped],
             "split_sizes": self.split_sizes,
             "seconds": round(self.seconds, 1),
+            "reported": self.reported,
+            "calibration": self.calibration,
+            "operating_points": self.operating_points,
+            "split": self.split,
         }
 
 
@@ -130,6 +153,16 @@ def train(
         tf.config.experimental.enable_op_determinism()
     data = _RunData.open(config)
     run_path = rundir.open_run_dir(config, run_dir, chief=dist.chief, task=dist.task)
+    if run_dir is None and dist.chief:
+        rundir.record_split(
+            run_path,
+            data.split_record,
+            (
+                (name, e.key, e.label, e.patient_id)
+                for name, items in data.splits.items()
+                for e in items
+            ),
+        )
     with rundir.run_log(run_path):
         if on_start is not None:
             on_start(run_path)
@@ -141,6 +174,7 @@ def train(
                 dist.strategy.num_replicas_in_sync,
                 "chief (exports)" if dist.chief else f"{dist.task} (trains, does not export)",
             )
+        data.report()
         data.load_validation()
         state = rundir.read_state(run_path)
         with dist.strategy.scope():  # variables are mirrored under a distribution strategy
@@ -161,6 +195,7 @@ class _RunData:
     source: DataSource
     splits: dict[str, list[Example]]
     skipped: list[SkippedFile]
+    split_record: dict[str, Any]  # how the split was made (config.json, the manifest)
     x_val: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0, 1), np.float32))
     y_val: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
@@ -179,7 +214,13 @@ class _RunData:
     @classmethod
     def open(cls, config: TrainConfig) -> _RunData:
         """Open and split the data; refuse splits a run cannot train on (before any file)."""
-        from training.data.sources import check_splits, open_data, split_source
+        from training.data.sources import (
+            check_leakage,
+            check_splits,
+            describe_split,
+            open_data,
+            split_source,
+        )
 
         source = open_data(str(config.data), config.class_names)
         splits = split_source(
@@ -187,9 +228,34 @@ class _RunData:
             val_fraction=config.val_fraction,
             test_fraction=config.test_fraction,
             seed=config.seed if config.split_seed is None else config.split_seed,
+            keep_given=not config.resplit,
         )
-        check_splits(source, splits)
-        return cls(config, source, splits, list(source.skipped))
+        leakage = check_leakage(splits)  # one patient in two splits inflates every figure
+        check_splits(source, splits, min_calibration_positives=config.min_calibration_positives)
+        record = describe_split(source, splits, resplit=config.resplit)
+        record["leakage_check"] = leakage
+        return cls(config, source, splits, list(source.skipped), record)
+
+    def report(self) -> None:
+        """The data report's lines about the split (train.log), each said once."""
+        r = self.split_record
+        log.info(
+            "split %s; patients from %s; leakage check passed (no patient in two splits)",
+            r["method"],
+            r["patient_source"],
+        )
+        if not self.source.has_patients:
+            log.warning(
+                "the data carries no patient information: images were split one by one, so "
+                "images of one patient may sit in two splits"
+            )
+        elif r["images_without_patient"]:
+            log.warning(
+                "%d image(s) carry no patient information and were split one by one",
+                r["images_without_patient"],
+            )
+        if not r["test_split"]:
+            log.warning("no test split: the figures reported are optimistic (validation-selected)")
 
     def load_validation(self) -> None:
         """Decode the validation split into memory (it is small; figures and metrics use it)."""
@@ -356,14 +422,27 @@ def _finish(run: _Run, started: float) -> RunResult:
     from models.registry import ModelRegistry, default_store_path
     from training.data.sources import data_fingerprint, unique_skipped
     from training.loop import predict
-    from training.metrics import classification_metrics, decision_threshold
+    from training.metrics import (
+        apply_temperature,
+        classification_metrics,
+        decision_threshold,
+        expected_calibration_error,
+        fit_temperature,
+        operating_points,
+    )
+    from training.phases import fold_temperature
 
     class_names = list(data.source.class_names)
     best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
     if best.is_file():
         network.load_weights(best)
         log.info("restored the best epoch (%s) by validation AUC", state.get("best_epoch"))
+    raw_val = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
+    # calibration: T fitted on validation only, then folded into the exported model
+    temperature = fit_temperature(data.y_val, raw_val)
+    fold_temperature(network, temperature)
     val_probs = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
+    log.info("temperature scaling: T = %.4f (fitted on validation)", temperature)
     threshold = (
         decision_threshold(config.threshold_rule, data.y_val, val_probs[:, 1])
         if len(class_names) == 2
@@ -372,10 +451,50 @@ def _finish(run: _Run, started: float) -> RunResult:
     val_metrics = classification_metrics(data.y_val, val_probs, class_names, threshold)
     val_metrics["best_epoch"] = state.get("best_epoch")
     test_metrics = None
+    # the figures reported: the test split, which no selection step (epoch, early stopping,
+    # threshold, temperature, operating points) has seen; else validation, labelled optimistic
+    eval_split, y_eval, eval_probs, raw_eval = "val", data.y_val, val_probs, raw_val
     if data.splits["test"]:
         x_test, y_test = data.load("test")
-        test_probs = predict(model, x_test, dist=dist, batch_size=config.batch_size)
+        test_probs = predict(model, x_test, dist=dist, batch_size=config.batch_size)  # calibrated
         test_metrics = classification_metrics(y_test, test_probs, class_names, threshold)
+        eval_split, y_eval, eval_probs = "test", y_test, test_probs
+        raw_eval = apply_temperature(test_probs, 1.0 / temperature)  # the uncalibrated scores
+    calibration = {
+        "method": "temperature scaling",
+        "temperature": temperature,
+        "fitted_on": "val",
+        "evaluated_on": eval_split,
+        "ece_before": expected_calibration_error(y_eval, raw_eval),
+        "ece_after": expected_calibration_error(y_eval, eval_probs),
+    }
+    reported = {
+        "split": eval_split,
+        "label": REPORTED_LABELS[eval_split],
+        **(test_metrics if test_metrics is not None else val_metrics),
+    }
+    points = (
+        operating_points(data.y_val, val_probs[:, 1], y_eval, eval_probs[:, 1], threshold)
+        if threshold is not None
+        else {}
+    )
+    if threshold is not None:
+        points[config.threshold_rule] = {**points["chosen"], "rule": config.threshold_rule}
+    log.info(
+        "reported figures: %s; ECE on %s %.4f before calibration, %.4f after",
+        reported["label"],
+        eval_split,
+        calibration["ece_before"],
+        calibration["ece_after"],
+    )
+    if dist.chief:
+        from training.callbacks import reliability_diagram_png, write_figure
+
+        write_figure(
+            run_path / rundir.TENSORBOARD / "calibration",
+            f"calibration/reliability_{eval_split}",
+            reliability_diagram_png(y_eval, eval_probs, title=f"Reliability ({eval_split})"),
+        )
 
     skipped = unique_skipped(data.skipped)
     for item in skipped:
@@ -392,8 +511,20 @@ def _finish(run: _Run, started: float) -> RunResult:
             threshold=threshold,
             window=config.window,
             filters=list(config.filters),
-            metrics={"val": val_metrics, **({"test": test_metrics} if test_metrics else {})},
-            training_config={**config.to_dict(), "run_dir": str(run_path), "split_sizes": sizes},
+            metrics={
+                "val": val_metrics,
+                **({"test": test_metrics} if test_metrics else {}),
+                "reported": reported,
+                "calibration": calibration,
+                "operating_points": points,
+                "split": data.split_record,
+            },
+            training_config={
+                **config.to_dict(),
+                "run_dir": str(run_path),
+                "split_sizes": sizes,
+                "split": data.split_record,
+            },
             data_fingerprint=data_fingerprint(data.source, data.splits),
             description=config.description,
         )
@@ -411,6 +542,10 @@ def _finish(run: _Run, started: float) -> RunResult:
         skipped=skipped,
         split_sizes=sizes,
         seconds=time.monotonic() - started,
+        reported=reported,
+        calibration=calibration,
+        operating_points=points,
+        split=data.split_record,
     )
     rundir.write_result(run_path, result.to_dict())
     log.info(

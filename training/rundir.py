@@ -2,7 +2,9 @@
 
 ``<runs_dir>/<name>-<UTC timestamp>/`` holds::
 
-    config.json        the TrainConfig (what ``radlens train --resume RUN_DIR`` reads)
+    config.json        the TrainConfig (what ``radlens train --resume RUN_DIR`` reads), and
+                       under "split" how the split was made and the leakage check's result
+    splits.csv         which example went to which split, with its hashed patient id
     train.log          the run's log: data summary, skipped files, one line per epoch, result
     history.csv        every epoch's train/validation metrics (appended across resumes)
     state.json         phase progress and the best epoch so far (for resuming)
@@ -25,18 +27,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from models.errors import ConfigurationError
-from training.config import TrainConfig
+from training.config import TrainConfig, read_config_file
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+SPLIT_KEY = "split"  # config.json's record of how the split was made
+SPLITS_FILE = "splits.csv"
 STATE_FILE = "state.json"
 RESULT_FILE = "result.json"
 HISTORY_FILE = "history.csv"
@@ -62,7 +66,25 @@ def config_for_resume(run_dir: str | Path) -> TrainConfig:
         )
     if (run_path / RESULT_FILE).is_file():
         raise ConfigurationError(f"the run in {str(run_path)!r} has finished already")
-    return TrainConfig.load(config_path)
+    values = read_config_file(config_path)
+    values.pop(SPLIT_KEY, None)  # how the split was made: a record, not an option
+    return TrainConfig.from_dict(values, source=str(config_path))
+
+
+def record_split(
+    run_path: Path, split: dict[str, Any], assignment: Iterable[tuple[str, str, int, str | None]]
+) -> None:
+    """Add how the split was made (and the leakage check's result) to config.json, and write
+    splits.csv: one row per example (split, key, label, hashed patient id or empty)."""
+    config_path = run_path / CONFIG_FILE
+    values = json.loads(config_path.read_text())
+    values[SPLIT_KEY] = split
+    config_path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    with (run_path / SPLITS_FILE).open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["split", "key", "label", "patient"])
+        for name, key, label, patient in assignment:
+            writer.writerow([name, key, label, patient or ""])
 
 
 def open_run_dir(

@@ -15,6 +15,12 @@ from cli.main import main
 from tests.conftest import REPO_ROOT
 
 
+@pytest.fixture(autouse=True)
+def _patient_hash_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed patient-hash key, so tests never create the per-user key file."""
+    monkeypatch.setenv("RADLENS_PATIENT_HASH_KEY", "radlens-tests-patient-key")
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.data.demo import write_demo_dataset
@@ -138,6 +144,8 @@ def test_train_then_evaluate(
             str(tmp_path / "runs"),
             "--patience",
             "0",
+            "--min-calibration-positives",
+            "1",  # the demo's validation holds 2 positives
         ]
     )
     out = capsys.readouterr().out
@@ -145,6 +153,9 @@ def test_train_then_evaluate(
     assert "run directory: " + str(tmp_path / "runs" / "cli-tiny-") in out
     assert "model: cli-tiny:1" in out
     assert "val: auc=" in out and "threshold=" in out
+    assert "reported figures: held-out test split (no selection step saw it): auc=" in out
+    assert "split: given (split column / npz keys); leakage check passed" in out
+    assert "calibration: temperature " in out and "operating point sens95: threshold=" in out
     assert "skipped files: 1" in out
     assert f"skipped {broken}: " in out  # path and reason
 
@@ -191,6 +202,7 @@ def test_resume_an_interrupted_run(
         name="cut",
         histogram_freq=0,
         tensorboard_samples=0,
+        min_calibration_positives=1,
     )
     started: list[Path] = []
     with pytest.raises(KeyboardInterrupt):

@@ -8,6 +8,17 @@ import pytest
 
 from training.config import TrainConfig
 
+TEST_PATIENT_KEY = "radlens-tests-patient-key"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _patient_hash_key() -> object:
+    """A fixed patient-hash key, so tests never create the per-user key file."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RADLENS_PATIENT_HASH_KEY", TEST_PATIENT_KEY)
+    yield
+    mp.undo()
+
 
 @pytest.fixture(scope="session")
 def tiny_demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -34,6 +45,7 @@ def tiny_config(data: Path, tmp: Path, **changes: object) -> TrainConfig:
         "histogram_freq": 1,
         "tensorboard_samples": 2,
         "early_stopping_patience": 0,
+        "min_calibration_positives": 2,  # the tiny demo's validation holds 3 positives
     }
     values.update(changes)
     return TrainConfig.from_dict(values)

@@ -121,7 +121,10 @@ def test_cli_runs_every_choice_and_seed_and_writes_the_table(
 ) -> None:
     out = tmp_path / "experiment"
     config = tmp_path / "base.yaml"  # the cheapest runs: no histograms, no sample images
-    config.write_text("histogram_freq: 0\ntensorboard_samples: 0\nname: tiny\n")
+    # min_calibration_positives: the tiny demo's validation holds 3 positives
+    config.write_text(
+        "histogram_freq: 0\ntensorboard_samples: 0\nname: tiny\nmin_calibration_positives: 2\n"
+    )
     status = main(
         [
             "experiment",

@@ -133,3 +133,114 @@ def test_multiclass_per_class() -> None:
 def test_multiclass_shape_error() -> None:
     with pytest.raises(ValueError, match=r"must be \(N=2, C=3\); received \(2, 2\)"):
         multiclass_metrics(np.array([0, 1]), np.zeros((2, 2)), ["a", "b", "c"])
+
+
+# --- calibration, operating points, linear memory ----------------------------------------
+
+
+class TestThresholdMemory:
+    def test_choose_threshold_is_linear_in_memory(self) -> None:
+        import tracemalloc
+
+        from training.metrics import choose_threshold, decision_threshold, roc_curve_points
+
+        n = 200_000  # a (candidates x examples) matrix would need ~40 GB here
+        rng = np.random.default_rng(0)
+        labels = rng.integers(0, 2, n)
+        scores = np.clip(rng.random(n) * 0.6 + labels * 0.4, 0, 1)
+        tracemalloc.start()
+        try:
+            choose_threshold(labels, scores)
+            decision_threshold("balanced", labels, scores)
+            fpr, tpr = roc_curve_points(labels, scores)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 40 * n * 8, peak  # a few arrays of n float64, never n * n
+        assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
+
+    def test_same_choice_as_brute_force(self) -> None:
+        from models.decision import is_positive
+        from training.metrics import choose_threshold
+
+        rng = np.random.default_rng(3)
+        for _ in range(50):
+            n = int(rng.integers(4, 40))
+            y = rng.integers(0, 2, n)
+            s = np.round(rng.random(n), 1)
+            if y.min() == y.max():
+                continue
+            distinct = np.unique(s)
+            cands = np.concatenate([[0.5], (distinct[:-1] + distinct[1:]) / 2])
+            j = np.array(
+                [
+                    (is_positive(s, t) & (y == 1)).sum() / (y == 1).sum()
+                    - (is_positive(s, t) & (y == 0)).sum() / (y == 0).sum()
+                    for t in cands
+                ]
+            )
+            best = cands[np.isclose(j, j.max(), rtol=0, atol=1e-12)]
+            expected = sorted(best, key=lambda t: (abs(t - 0.5), t))[0]
+            assert choose_threshold(y, s) == pytest.approx(expected)
+
+
+class TestCalibration:
+    def test_fit_temperature_recovers_a_known_temperature(self) -> None:
+        from training.metrics import apply_temperature, fit_temperature
+
+        rng = np.random.default_rng(0)
+        logits = rng.normal(0, 3, (20_000, 2))
+        true_t = 2.5
+        calibrated = apply_temperature(
+            np.exp(logits) / np.exp(logits).sum(1, keepdims=True), true_t
+        )
+        labels = (rng.random(20_000) < calibrated[:, 1]).astype(np.int64)
+        overconfident = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        assert fit_temperature(labels, overconfident) == pytest.approx(true_t, rel=0.08)
+
+    def test_ece_of_known_bins(self) -> None:
+        from training.metrics import expected_calibration_error
+
+        # 4 at confidence 0.9 (3 right), 4 at 0.6 (all right): (4*0.15 + 4*0.4) / 8
+        p1 = np.array([0.9, 0.9, 0.9, 0.9, 0.6, 0.6, 0.6, 0.6])
+        probs = np.stack([1 - p1, p1], axis=1)
+        labels = np.array([1, 1, 1, 0, 1, 1, 1, 1])
+        assert expected_calibration_error(labels, probs) == pytest.approx(0.275)
+
+    def test_temperature_lowers_ece_of_an_overconfident_model(self) -> None:
+        from training.metrics import apply_temperature, expected_calibration_error, fit_temperature
+
+        rng = np.random.default_rng(1)
+        z = rng.normal(0, 1.5, 5000)
+        labels = (rng.random(5000) < 1 / (1 + np.exp(-z))).astype(np.int64)
+        sharp = 1 / (1 + np.exp(-3 * z))  # three times too confident
+        probs = np.stack([1 - sharp, sharp], axis=1)
+        t = fit_temperature(labels, probs)
+        assert t == pytest.approx(3.0, rel=0.15)
+        after = expected_calibration_error(labels, apply_temperature(probs, t))
+        assert after < expected_calibration_error(labels, probs) / 3
+
+
+class TestOperatingPoints:
+    def test_wilson_interval_known_value(self) -> None:
+        from training.metrics import wilson_interval
+
+        low, high = wilson_interval(8, 10)  # type: ignore[misc]
+        assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+        assert wilson_interval(0, 0) is None
+
+    def test_points_chosen_on_val_measured_on_eval(self) -> None:
+        from training.metrics import operating_points
+
+        val_y = np.array([0] * 10 + [1] * 10)
+        val_s = np.concatenate([np.linspace(0.0, 0.5, 10), np.linspace(0.3, 1.0, 10)])
+        eval_y = np.array([0, 0, 1, 1])
+        eval_s = np.array([0.1, 0.9, 0.35, 0.95])
+        points = operating_points(val_y, val_s, eval_y, eval_s, chosen=0.5)
+        assert set(points) == {"chosen", "youden", "sens90", "sens95", "sens99"}
+        # 90% of 10 val positives: the 9th highest positive score
+        assert points["sens90"]["threshold"] == pytest.approx(np.linspace(0.3, 1.0, 10)[1])
+        assert points["sens99"]["threshold"] == pytest.approx(0.3)
+        chosen = points["chosen"]
+        assert (chosen["tp"], chosen["fp"], chosen["tn"], chosen["fn"]) == (1, 1, 1, 1)
+        assert chosen["sensitivity"] == 0.5 and len(chosen["sensitivity_ci95"]) == 2

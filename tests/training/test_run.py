@@ -16,6 +16,7 @@ from models.errors import ConfigurationError
 from models.registry import ModelRegistry
 from training.config import TrainConfig
 from training.data.sources import data_fingerprint, open_data
+from training.metrics import apply_temperature
 from training.run import RunResult, resume, train
 
 from .conftest import tiny_config
@@ -66,18 +67,29 @@ class TestFinishedRun:
         assert m.filters == ["sobel_h"]
         assert m.threshold == pytest.approx(tiny_run.threshold)
         assert 0.0 <= m.threshold <= 1.0
-        assert set(m.metrics) == {"val", "test"}
+        assert set(m.metrics) == {
+            "val",
+            "test",
+            "reported",
+            "calibration",
+            "operating_points",
+            "split",
+        }
         for key in ("auc", "accuracy", "sensitivity", "specificity", "precision"):
             assert key in m.metrics["val"]
         assert m.metrics["val"]["n"] == tiny_run.split_sizes["val"]
         assert m.training_config["image_size"] == 32
         assert m.data_fingerprint is not None and m.data_fingerprint.startswith("sha256:")
-        # the reloaded model predicts what the run's best checkpoint predicts
+        # the reloaded model predicts what the run's best checkpoint predicts, calibrated:
+        # softmax(logits / T) with the temperature fitted on validation folded into it
         x = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
         best = keras.models.clone_model(loaded.model)
         best.load_weights(tiny_run.run_dir / "checkpoints" / "best.weights.h5")
+        temperature = m.metrics["calibration"]["temperature"]
         np.testing.assert_allclose(
-            loaded.model.predict(x, verbose=0), best.predict(x, verbose=0), atol=1e-6
+            loaded.model.predict(x, verbose=0),
+            apply_temperature(best.predict(x, verbose=0), temperature),
+            atol=1e-5,
         )
 
     def test_fingerprint_is_stable_and_data_sensitive(self, tiny_demo_data: Path) -> None:
@@ -232,7 +244,11 @@ def test_multiclass_run_has_per_class_metrics_and_no_threshold(tmp_path: Path) -
     assert np.asarray(result.val_metrics["confusion_matrix"]).shape == (3, 3)
     manifest = ModelRegistry(result.store).load(result.model_ref).manifest
     assert manifest.threshold is None and manifest.class_names == ["a", "b", "c"]
-    assert set(manifest.metrics) == {"val"}
+    assert set(manifest.metrics) == {"val", "reported", "calibration", "operating_points", "split"}
+    # no test split: the reported figures are validation's, labelled optimistic
+    assert manifest.metrics["reported"]["split"] == "val"
+    assert "optimistic (validation-selected)" in manifest.metrics["reported"]["label"]
+    assert manifest.metrics["operating_points"] == {}  # no threshold without two classes
 
 
 def test_resume_needs_a_run_directory(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from tests.training.data_fixtures import png_bytes, png_folder, random_gray, wri
 from training.data.sources import (
     DataSource,
     Example,
+    hash_patient_id,
     leakage_report,
     open_source,
     order_class_names,
@@ -198,7 +199,10 @@ class TestCsvSource:
         assert source.kind == "csv"
         assert source.class_names == ["normal", "abnormal"]
         assert [e.label for e in source.examples] == [0, 1, 0, 1, 0, 1]
-        assert source.examples[0].patient_id == "P0"
+        # hashed at read time: the raw id never leaves the reader
+        assert source.examples[0].patient_id == hash_patient_id("PatientID:P0")
+        assert source.examples[0].patient_id != "P0"
+        assert source.examples[0].patient_id == source.examples[1].patient_id
         assert source.examples[0].split == "val"
         assert source.examples[1].split is None
         assert all(Path(e.key).is_file() for e in source.examples)
@@ -287,7 +291,7 @@ class TestNpzSource:
 
     def test_missing_train_keys(self, tmp_path: Path) -> None:
         np.savez(tmp_path / "d.npz", images=np.zeros((2, 4, 4), np.uint8))
-        with pytest.raises(ConfigurationError, match=r"needs train_images and train_labels"):
+        with pytest.raises(ConfigurationError, match=r"needs images of at least one split"):
             open_source(tmp_path / "d.npz")
 
     def test_not_an_npz(self, tmp_path: Path) -> None:

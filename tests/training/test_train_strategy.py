@@ -39,7 +39,8 @@ raise SystemExit(main(sys.argv[2:]))
 def _train_args(data: Path, root: Path, strategy: str) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     config = root / "base.yaml"  # the cheapest runs: no weight histograms, no sample images
-    config.write_text("histogram_freq: 0\ntensorboard_samples: 0\n")
+    # min_calibration_positives: the tiny demo's validation holds 3 positives
+    config.write_text("histogram_freq: 0\ntensorboard_samples: 0\nmin_calibration_positives: 2\n")
     return [
         "train",
         "--config",

@@ -29,9 +29,18 @@ CSV manifest
     ``validation``), ``test``; an empty cell means "not assigned".
 
 MedMNIST .npz
-    Keys ``train_images``/``train_labels`` and optionally ``val_*`` and ``test_*`` (labels
+    Keys ``<split>_images``/``<split>_labels`` for at least one of train, val, test (a file
+    holding only ``test_*`` serves ``radlens evaluate --split test``; training needs train) (labels
     of shape (N, 1) or (N,)); the key of an example is ``npz:<split>:<index>``. Class names
     default to ``class_0``.. unless ``class_names=`` is given.
+
+Patients
+    Every patient id is replaced at read time by a keyed hash (:func:`hash_patient_id`,
+    HMAC-SHA256 with the key of :func:`patient_hash_key`), so no raw identifier reaches a
+    run folder, a log, a manifest or TensorBoard. A DICOM file in a folder data set takes
+    its patient from PatientID and, where that is empty, from StudyInstanceUID (so the
+    slices of one series stay together). CSV ``patient_id`` cells are hashed the same way.
+    PNG/JPEG files in a folder carry no patient information (``patient_source`` says so).
 
 Layout problems (a path that does not exist, an empty class folder, a single class, a
 missing label column, an unknown label) raise :class:`models.errors.ConfigurationError`
@@ -43,9 +52,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import hmac
 import logging
 import os
 import random
+import secrets
 import warnings
 import zipfile
 from collections import Counter, defaultdict
@@ -75,6 +86,59 @@ SPLIT_ALIASES: dict[str, str] = {
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
 HEAD_BYTES = 132  # enough for sniff_format: DICOM's preamble and "DICM" prefix
+
+PATIENT_KEY_ENV = "RADLENS_PATIENT_HASH_KEY"
+PATIENT_KEY_FILE_ENV = "RADLENS_PATIENT_HASH_KEY_FILE"
+
+
+def patient_key_file() -> Path:
+    """Where the per-user random patient-hash key lives when the environment gives none:
+    ``$RADLENS_PATIENT_HASH_KEY_FILE``, else ``$XDG_CONFIG_HOME/radlens/patient-hash.key``
+    (``~/.config/...``) -- outside every run folder and model store."""
+    given = os.environ.get(PATIENT_KEY_FILE_ENV)
+    if given:
+        return Path(given)
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config_home) / "radlens" / "patient-hash.key"
+
+
+def patient_hash_key() -> bytes:
+    """The key of the patient-id hash.
+
+    ``$RADLENS_PATIENT_HASH_KEY`` when set (share it between machines that must split the
+    same data alike); else a random 32-byte key created once, mode 0600, in
+    :func:`patient_key_file`. The key must stay the same between ``radlens train`` and
+    ``radlens evaluate`` of a data set, since the split is drawn from the hashed ids.
+    """
+    env = os.environ.get(PATIENT_KEY_ENV)
+    if env:
+        return env.encode()
+    path = patient_key_file()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+    key = path.read_text().strip()
+    if not key:
+        raise ConfigurationError(
+            f"the patient-hash key file {str(path)!r} is empty; delete it or set {PATIENT_KEY_ENV}"
+        )
+    return key.encode()
+
+
+def patient_key_check(key: bytes | None = None) -> str:
+    """A short keyed digest of a constant: tells whether two runs used the same key (a split
+    drawn from hashed ids is only reproduced with the same key), revealing neither."""
+    digest = hmac.new(patient_hash_key() if key is None else key, b"radlens-key-check", "sha256")
+    return digest.hexdigest()[:12]
+
+
+def hash_patient_id(raw: str, key: bytes | None = None) -> str:
+    """``"p-"`` + 16 hex digits of HMAC-SHA256(key, raw id): stable, not reversible."""
+    digest = hmac.new(patient_hash_key() if key is None else key, raw.encode(), "sha256")
+    return "p-" + digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -108,6 +172,14 @@ class DataSource:
     root: Path
     skipped: list[SkippedFile] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # where patient ids came from: "PatientID/StudyInstanceUID" (DICOM), "patient_id column"
+    # (CSV), "none" (no patient information: splits are per image)
+    patient_source: str = "none"
+
+    @property
+    def has_patients(self) -> bool:
+        """True when at least one example carries a (hashed) patient id."""
+        return any(e.patient_id is not None for e in self.examples)
 
     @property
     def num_classes(self) -> int:
@@ -279,6 +351,8 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
     class_dirs = [dirs[name] for name in names]
     examples: list[Example] = []
     skipped: list[SkippedFile] = []
+    key = None
+    n_dicom = 0
     for label, class_dir in enumerate(class_dirs):
         found_any = False
         for file in _walk_files(class_dir):
@@ -288,18 +362,72 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
                 log.warning("skipping %s: %s", file, reason)
                 continue
             found_any = True
-            examples.append(Example(key=str(file), label=label))
+            patient = None
+            if _file_kind(file) == "dicom":
+                readable, raw = _dicom_header_patient(file)
+                n_dicom += readable  # an unreadable header is skipped at decode time
+                if raw is not None:
+                    key = patient_hash_key() if key is None else key
+                    patient = hash_patient_id(raw, key)
+            examples.append(Example(key=str(file), label=label, patient_id=patient))
         if not found_any:
             raise ConfigurationError(
                 f"class folder {str(class_dir)!r} contains no readable DICOM/PNG/JPEG image"
             )
+    with_patient = sum(e.patient_id is not None for e in examples)
+    if n_dicom and not with_patient:
+        raise ConfigurationError(
+            f"none of the {n_dicom} DICOM file(s) in {str(root)!r} carries a PatientID or "
+            "StudyInstanceUID, so images of one patient could reach two splits; give a CSV "
+            "manifest with path, label and patient_id columns instead"
+        )
     return DataSource(
         class_names=[d.name for d in class_dirs],
         examples=examples,
         kind="folder",
         root=root,
         skipped=skipped,
+        patient_source="PatientID/StudyInstanceUID" if with_patient else "none",
     )
+
+
+def _file_kind(path: Path) -> str | None:
+    try:
+        with path.open("rb") as fh:
+            kind = sniff_format(fh.read(HEAD_BYTES))
+    except OSError:
+        return None
+    if kind is None and path.suffix.lower() in DICOM_EXTENSIONS:
+        return "dicom"
+    return kind
+
+
+def dicom_patient(path: Path) -> str | None:
+    """The raw patient of a DICOM file: PatientID, else StudyInstanceUID, else None.
+
+    Only the header is read (pydicom stops before the pixel data). The value is for
+    :func:`hash_patient_id` only; never log or store it.
+    """
+    return _dicom_header_patient(path)[1]
+
+
+def _dicom_header_patient(path: Path) -> tuple[bool, str | None]:
+    """(whether the header could be read as a DICOM dataset, the raw patient or None)."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # third-party parser boundary: unreadable headers, no patient
+        return False, None
+    if "SOPClassUID" not in ds and "Rows" not in ds:  # force=True parses junk as empty
+        return False, None
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        value = str(ds.get(keyword, "") or "").strip()
+        if value:
+            return True, f"{keyword}:{value}"
+    return True, None
 
 
 def _walk_files(folder: Path) -> list[Path]:
@@ -414,6 +542,7 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} has no rows")
 
     names, label_of = _csv_labels(csv_path, rows, class_names)
+    key = patient_hash_key() if any(r.get("patient_id", "").strip() for r in rows) else b""
     base = csv_path.parent
     examples: list[Example] = []
     skipped: list[SkippedFile] = []
@@ -430,11 +559,14 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
             skipped.append(SkippedFile(str(file), reason))
             log.warning("skipping %s: %s", file, reason)
             continue
-        patient = row.get("patient_id", "").strip() or None
+        raw_patient = row.get("patient_id", "").strip()
+        patient = hash_patient_id(f"PatientID:{raw_patient}", key) if raw_patient else None
         split = _normalise_split(row.get("split"), where=where)
         examples.append(Example(str(file), label_of(row, where), patient, split))
 
     source = DataSource(names, examples, "csv", csv_path, skipped)
+    if any(e.patient_id is not None for e in examples):
+        source.patient_source = "patient_id column"
     _check_classes(source, str(csv_path))
     return source
 
@@ -500,9 +632,10 @@ def _open_npz(path: Path, *, class_names: Sequence[str] | None) -> DataSource:
         raise ConfigurationError(f"cannot read npz file {str(path)!r}: {exc}") from exc
     with data:
         keys = set(data.files)
-        if "train_images" not in keys or "train_labels" not in keys:
+        if not any(f"{split}_images" in keys for split in SPLITS):
             raise ConfigurationError(
-                f"npz file {str(path)!r} needs train_images and train_labels; has {sorted(keys)!r}"
+                f"npz file {str(path)!r} needs images of at least one split (train_images, "
+                f"val_images or test_images, with their _labels); has {sorted(keys)!r}"
             )
         arrays: dict[str, np.ndarray] = {}
         labels: dict[str, np.ndarray] = {}
@@ -667,14 +800,69 @@ def leakage_report(splits: Mapping[str, Iterable[Example]]) -> dict[str, list[st
     }
 
 
+def check_leakage(splits: Mapping[str, Iterable[Example]]) -> dict[str, Any]:
+    """Refuse splits that put one patient in two splits; return the check's record.
+
+    Raises:
+        ConfigurationError: naming how many patients leak and between which splits, and
+            what to do (``--resplit`` redoes a given split at patient level).
+    """
+    leaks = leakage_report(splits)
+    if leaks:
+        pairs = Counter("+".join(found) for found in leaks.values())
+        where = ", ".join(f"{k}: {v}" for k, v in sorted(pairs.items()))
+        raise ConfigurationError(
+            f"{len(leaks)} patient(s) have images in more than one split ({where}), so the "
+            "figures would be inflated; pass --resplit to redo the split at patient level, "
+            "or fix the split column"
+        )
+    return {"passed": True, "patients_in_two_splits": 0}
+
+
+def describe_split(
+    source: DataSource, splits: Mapping[str, Sequence[Example]], *, resplit: bool
+) -> dict[str, Any]:
+    """How a run's split was made: JSON-ready, no patient id (counts only)."""
+    unit = "patient" if source.has_patients else "image"
+    given = 0 if resplit else sum(e.split is not None for e in source.examples)
+    if resplit:
+        method = f"by {unit} (--resplit: the given split was redone)"
+    elif given == len(source.examples):
+        method = "given (split column / npz keys)"
+    elif given:
+        method = f"given, the rest by {unit}"
+    else:
+        method = f"by {unit}"
+    patients = {
+        name: len({e.patient_id for e in items if e.patient_id is not None})
+        for name, items in splits.items()
+    }
+    return {
+        "method": method,
+        "patient_source": source.patient_source,
+        "patient_ids": "keyed hash (HMAC-SHA256)" if source.has_patients else "none",
+        "sizes": {name: len(items) for name, items in splits.items()},
+        "patients": patients if source.has_patients else None,
+        "images_without_patient": sum(e.patient_id is None for e in source.examples),
+        "patient_key_check": patient_key_check() if source.has_patients else None,
+        "test_split": bool(splits.get("test")),
+    }
+
+
 def split_counts(splits: Mapping[str, Sequence[Example]]) -> dict[str, int]:
     """Number of examples per split."""
     return {name: len(items) for name, items in splits.items()}
 
 
-def check_splits(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> None:
-    """Refuse splits a run cannot train on: a class without a training image, or validation
-    with fewer than 2 classes (the best epoch and the threshold are chosen on it).
+def check_splits(
+    source: DataSource,
+    splits: Mapping[str, Sequence[Example]],
+    *,
+    min_calibration_positives: int = 0,
+) -> None:
+    """Refuse splits a run cannot train on: a class without a training image, validation
+    with fewer than 2 classes (the best epoch and the threshold are chosen on it), or (with
+    ``min_calibration_positives``) too few positives in validation to fit the temperature.
 
     Raises:
         ConfigurationError: naming the counts found.
@@ -694,6 +882,15 @@ def check_splits(source: DataSource, splits: Mapping[str, Sequence[Example]]) ->
             f"and the threshold; it has {val_counts} (classes {names!r}). "
             "Add data or raise val_fraction"
         )
+    if min_calibration_positives:
+        fewest = min(val_counts.values()) if len(names) > 2 else val_counts[names[1]]
+        if fewest < min_calibration_positives:
+            what = f"{names[1]!r} (positive)" if len(names) == 2 else "its rarest class"
+            raise ConfigurationError(
+                f"too small to calibrate: the validation split has {fewest} image(s) of "
+                f"{what}; temperature scaling needs at least {min_calibration_positives}. "
+                "Add data, raise --val-fraction, or lower min_calibration_positives"
+            )
 
 
 def data_fingerprint(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> str:
