@@ -72,6 +72,13 @@ def train(
         ),
     ] = None,
     test_fraction: Annotated[float | None, typer.Option("--test-fraction")] = None,
+    openvino: Annotated[
+        bool | None,
+        typer.Option(
+            "--openvino/--no-openvino",
+            help="Also store an OpenVINO IR of the model with its parity on val (default: on).",
+        ),
+    ] = None,
     augment: shared.AugmentOption = None,
     deterministic: Annotated[
         bool | None,
@@ -132,6 +139,7 @@ def train(
         "test_fraction": test_fraction,
         "resplit": resplit,
         "min_calibration_positives": min_calibration_positives,
+        "openvino": openvino,
         "deterministic": deterministic,
         "lr_schedule": lr_schedule,
         "weight_decay": weight_decay,

@@ -76,6 +76,9 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0 = off)
     resplit: bool = False  # redo a given (CSV/npz) split at patient level
     min_calibration_positives: int = 10  # temperature scaling needs this many val positives
+    # also store an OpenVINO IR of the exported model with its parity on val (models.runtime);
+    # skipped with a warning when OpenVINO is not installed
+    openvino: bool = True
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -199,7 +202,7 @@ _FLOAT_FIELDS = {
     "weight_decay",
     "label_smoothing",
 }
-_BOOL_FIELDS = {"deterministic", "augment", "cache", "resplit"}
+_BOOL_FIELDS = {"deterministic", "augment", "cache", "resplit", "openvino"}
 _OPTIONAL_STR_FIELDS = {"data", "weights", "window", "store"}
 _OPTIONAL_INT_FIELDS = {"split_seed"}
 _STR_FIELDS = {

@@ -110,7 +110,9 @@ def export_model(model: keras.Model) -> keras.Model:
     It shares the layers, so checkpoints saved from it load whichever phase (and so whichever
     optimizer state) wrote them.
     """
-    return keras.Model(model.inputs, model.outputs, name=model.name)
+    # model.input / model.output (not the .inputs / .outputs lists): a single tensor in and
+    # out, so callers pass a plain batch without Keras warning about the input structure
+    return keras.Model(model.input, model.output, name=model.name)
 
 
 def fold_temperature(network: keras.Model, temperature: float) -> None:

@@ -529,6 +529,8 @@ def _finish(run: _Run, started: float) -> RunResult:
             description=config.description,
         )
         model_ref = f"{manifest.name}:{manifest.version}"
+        if config.openvino:
+            _add_openvino(ModelRegistry(store), model_ref, data)
     result = RunResult(
         run_dir=run_path,
         model_ref=model_ref,
@@ -587,3 +589,25 @@ def _verbosity(verbose: int | str) -> int:
     if verbose != "auto":
         return int(verbose)
     return 1 if sys.stdout.isatty() else 2
+
+
+def _add_openvino(registry: Any, model_ref: str, data: _RunData) -> None:
+    """Store an OpenVINO IR beside the exported model, with its parity on the validation
+    split (what lets the service serve it in bf16, models.runtime). The exported model is
+    already complete: a missing OpenVINO or a failed conversion is a warning, not a failure."""
+    from models.errors import ModelStoreError, RuntimeUnavailableError
+    from models.runtime import add_openvino_runtime
+
+    try:
+        manifest = add_openvino_runtime(
+            registry,
+            model_ref,  # loaded back from the store: parity of what the service will serve
+            images=data.x_val,
+            labels=data.y_val,
+            data_note=f"validation split ({len(data.y_val)} images)",
+        )
+    except (RuntimeUnavailableError, ModelStoreError) as exc:
+        log.warning("%s stored without an OpenVINO runtime: %s", model_ref, exc)
+        return
+    parity = manifest.runtimes.get("openvino", {}).get("parity", {})
+    log.info("%s: OpenVINO runtime stored; parity on val: %s", model_ref, parity)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -392,3 +393,49 @@ def test_stow_with_failed_instances_records_the_request_apart(service: Service) 
         (PREDICTION_CREATE, prediction_id, 201),
         ("POST /dicomweb/studies", None, 202),
     ]
+
+
+# --- the model's own preprocessing version -----------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_an_upload_is_preprocessed_with_the_manifests_version(version: str) -> None:
+    """A model trained with preprocessing version 1 (full decode) is fed exactly as it was
+    trained, a version-2 model with the reduced JPEG 2000 decode (models.preprocessing)."""
+    from pydicom.data import get_testdata_file
+
+    from app.ingest import _prepare_upload
+    from models.preprocessing import preprocess
+
+    data = Path(str(get_testdata_file("RG1_J2KR.dcm"))).read_bytes()  # 1955x1841 chest CR
+    model_input, (image, _) = _prepare_upload(data, (64, 64), None, 36_000_000, version)
+    expected = preprocess(data, size=(64, 64), version=version).pixels
+    other = preprocess(data, size=(64, 64), version="2" if version == "1" else "1").pixels
+    np.testing.assert_array_equal(image.pixels, expected)
+    np.testing.assert_array_equal(model_input[..., 0], expected)
+    assert np.abs(expected - other).max() > 0  # the two versions differ on this file
+
+
+def test_the_ingestor_passes_the_loaded_models_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.ingest as ingest
+
+    seen: list[str] = []
+
+    def spy(data: bytes, size: Any, window: Any, max_pixels: int, version: str) -> Any:
+        seen.append(version)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ingest, "preprocess_upload", spy)
+
+    class Predictor:
+        input_size = (64, 64)
+        manifest = type("M", (), {"window": None, "preprocessing_version": "1"})()
+
+        async def predict_prepared(self, prepare: Any) -> Any:
+            return prepare()
+
+    settings = make_settings("sqlite://", Path("."))
+    ingestor = ingest.Ingestor(Predictor(), writer=None, settings=settings, metrics=None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="stop here"):
+        asyncio.run(ingestor.prepare(b"bytes"))
+    assert seen == ["1"]

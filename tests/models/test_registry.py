@@ -317,6 +317,19 @@ class TestSaveAndLoad:
         ):
             reg.load("pneumonia")
 
+    def test_an_older_version_preprocessing_still_reproduces_loads(
+        self, tmp_path, model, monkeypatch
+    ):
+        reg = ModelRegistry(tmp_path)
+        monkeypatch.setattr(registry_module, "_current_preprocessing_version", lambda: "1")
+        save(reg, model)
+        monkeypatch.setattr(registry_module, "_current_preprocessing_version", lambda: "2")
+        assert reg.load("pneumonia").manifest.preprocessing_version == "1"
+        monkeypatch.setattr(registry_module, "_current_preprocessing_version", lambda: "3")
+        monkeypatch.setattr(registry_module, "_readable_preprocessing_versions", lambda: ("3",))
+        with pytest.raises(ModelIncompatibleError, match=r"'1'; this radlens uses '3'"):
+            reg.load("pneumonia")
+
     def test_real_preprocessing_version_is_recorded(self, tmp_path, model, monkeypatch):
         preprocessing = pytest.importorskip("models.preprocessing")
         monkeypatch.undo()  # the real models.preprocessing.PREPROCESSING_VERSION

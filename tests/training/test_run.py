@@ -92,6 +92,30 @@ class TestFinishedRun:
             atol=1e-5,
         )
 
+    def test_export_stores_an_openvino_runtime_with_parity_on_val(
+        self, tiny_run: RunResult
+    ) -> None:
+        pytest.importorskip("openvino", reason="OpenVINO is a pinned dependency")
+        registry = ModelRegistry(tiny_run.store)
+        manifest = registry.verify(*registry.resolve(tiny_run.model_ref))
+        entry = manifest.runtimes["openvino"]
+        assert registry.runtime_files(manifest, "openvino")  # listed and matching their sha256
+        fp32 = entry["parity"]["fp32"]
+        assert fp32["n"] == tiny_run.split_sizes["val"]
+        assert fp32["max_score_difference"] < 1e-4 and fp32["flips"] == 0
+        assert "validation split" in fp32["data"]
+
+    def test_no_openvino_option_stores_the_keras_model_only(
+        self, tiny_demo_data: Path, tmp_path: Path
+    ) -> None:
+        from training.run import train
+
+        result = train(
+            tiny_config(tiny_demo_data, tmp_path, epochs_head=1, openvino=False), verbose=0
+        )
+        registry = ModelRegistry(result.store)
+        assert registry.verify(*registry.resolve(result.model_ref)).runtimes == {}
+
     def test_fingerprint_is_stable_and_data_sensitive(self, tiny_demo_data: Path) -> None:
         from training.data.sources import split_source
 
