@@ -205,7 +205,9 @@ def convert_model(
     images = labels = None
     note = ""
     if data is not None:
-        from training.evaluate import load_examples, open_data, select_split
+        from training.data.pipeline import load_examples
+        from training.data.sources import open_data
+        from training.evaluate import select_split
 
         source = open_data(data, manifest.class_names)
         examples = select_split(source, split, manifest.training_config)

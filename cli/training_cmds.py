@@ -276,6 +276,8 @@ def _point(figures: dict[str, Any]) -> str:
         value, ci = figures.get(key), figures.get(f"{key}_ci95")
         if value is None:
             parts.append(f"{key}=n/a")
+        elif ci is None:
+            parts.append(f"{key}={value:.3f}")
         else:
             parts.append(f"{key}={value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
     return " ".join(parts)
