@@ -148,7 +148,7 @@ class Settings(BaseSettings):
 
         try:
             url = make_url(value)
-        except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is no number
+        except (ArgumentError, ValueError):  # ValueError: e.g. a port that is no number
             raise ValueError(
                 "must be a SQLAlchemy URL such as sqlite:///var/radlens.db or "
                 "postgresql+psycopg://postgres@127.0.0.1:5432/radlens. "

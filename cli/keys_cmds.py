@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         scopes: Annotated[
             str,
             typer.Option(
-                "--scopes", help="Comma-separated: predict (POST), read (GET), admin (the rest)."
+                "--scopes", help="Comma-separated: predict (POST), read (GET)."
             ),
         ] = "predict,read",
         database_url: DatabaseUrlOption = None,
