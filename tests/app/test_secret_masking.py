@@ -37,8 +37,8 @@ def test_rejected_database_url_is_quoted_masked(url: str) -> None:
         Settings(database_url=url)
     line = describe_validation_error(caught.value)
     assert line.startswith("invalid configuration: RADLENS_DATABASE_URL: ")
-    assert SECRET not in line and SECRET not in str(caught.value) and SECRET not in repr(
-        caught.value
+    assert (
+        SECRET not in line and SECRET not in str(caught.value) and SECRET not in repr(caught.value)
     )
     assert "radlens:***@" in line  # what was received, minus the password
     assert "\n" not in line

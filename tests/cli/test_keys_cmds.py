@@ -80,9 +80,7 @@ def test_json_create_and_database_from_environment(
     url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("RADLENS_DATABASE_URL", url)
-    assert (
-        main(["keys", "create", "--name", "bridge", "--scopes", "read,predict", "--json"]) == 0
-    )
+    assert main(["keys", "create", "--name", "bridge", "--scopes", "read,predict", "--json"]) == 0
     created = json.loads(capsys.readouterr().out)
     assert created["scopes"] == ["predict", "read"]
     assert authenticate(url, created["key"]) is not None
