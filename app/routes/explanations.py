@@ -156,6 +156,14 @@ def get_dicom_secondary_capture(
         503,
         success=(201, 200),
     ),
+    # the part must be a DICOM instance (a PNG or JPEG is a 409: no source for the SR)
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {"encoding": {"file": {"contentType": DICOM_MEDIA_TYPE}}}
+            }
+        }
+    },
 )
 async def create_prediction_dicom_sr(
     file: Annotated[UploadFile, File(description="A DICOM image instance")],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +59,54 @@ def test_allow_agrees_with_the_openapi_document(client: TestClient) -> None:
         response = client.request(undocumented, concrete)
         assert response.status_code == 405, (template, response.status_code)
         assert set(response.headers["allow"].split(", ")) == documented, template
+
+
+# --- the document describes what is valid (schemathesis' positive_data_acceptance) ---------
+
+
+def test_upload_parts_name_their_media_types(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+
+    def part_types(path: str) -> set[str]:
+        form = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]
+        return {t.strip() for t in form["encoding"]["file"]["contentType"].split(",")}
+
+    assert part_types("/v1/predictions") == {"application/dicom", "image/png", "image/jpeg"}
+    assert part_types("/v1/predictions/dicom-sr") == {"application/dicom"}
+    for path in ("/dicomweb/studies", "/dicomweb/studies/{study}"):
+        body = paths[path]["post"]["requestBody"]
+        assert body["required"] is True
+        assert list(body["content"]) == ['multipart/related; type="application/dicom"']
+
+
+def test_cursor_format_is_described_and_a_well_formed_cursor_decodes(client: TestClient) -> None:
+    """Any string of the documented format is a cursor the service accepts."""
+    import base64
+    import json
+    import re
+    import uuid
+
+    from app.services import Cursor
+
+    (param,) = [
+        p
+        for p in client.get("/openapi.json").json()["paths"]["/v1/predictions"]["get"]["parameters"]
+        if p["name"] == "cursor"
+    ]
+    assert param["schema"]["format"] == "radlens-cursor"
+    assert "base64url" in param["description"]
+    raw = json.dumps(["2031-02-03T04:05:06.789+05:30", str(uuid.uuid4())]).encode()
+    text = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    assert re.fullmatch(param["schema"]["pattern"], text)
+    assert Cursor.decode(text).created_at.utcoffset().total_seconds() == 0
+
+
+@pytest.mark.parametrize("value", ["2934113872", "2026-01-01", "1.5"])
+def test_created_after_must_be_a_date_time(service: Any, value: str) -> None:
+    """pydantic would read 2934113872 as Unix seconds and a bare date as midnight; the document
+    says date-time, so they are refused like any other non-date-time."""
+    response = service.client.get("/v1/predictions", params={"created_after": value})
+    assert response.status_code == 422, response.text
+    assert "ISO 8601" in response.text
+    ok = service.client.get("/v1/predictions", params={"created_after": "2026-01-01T00:00:00Z"})
+    assert ok.status_code == 200
