@@ -87,3 +87,43 @@ def test_cli_prints_a_rejected_url_masked(url: str, capsys: pytest.CaptureFixtur
     assert len(lines) == 1, captured.err
     assert "RADLENS_DATABASE_URL" in lines[0] and "radlens:***@" in lines[0]
     assert SECRET not in captured.err + captured.out
+
+
+def test_cli_hides_the_password_of_an_unreachable_database(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cli.main import main
+
+    url = f"postgresql+psycopg://radlens:{SECRET}@127.0.0.1:1/radlens"  # nothing listens on 1
+    assert main(["db", "upgrade", "--database-url", url]) != 0
+    captured = capsys.readouterr()
+    assert captured.err.strip(), "expected an error line"
+    assert SECRET not in captured.err + captured.out
+
+
+@pytest.mark.postgres
+def test_cli_echoes_a_working_database_url_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    """`radlens db upgrade` names the database it upgraded, password masked (the server here
+    trusts loopback, so the password is accepted and ignored)."""
+    from cli.main import main
+    from tests.app.conftest import PG_ADMIN_URL, postgres_available
+
+    reason = postgres_available()
+    if reason is not None:
+        pytest.skip(reason)
+    import uuid
+
+    import psycopg
+
+    name = f"radlens_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/{name}"
+        assert main(["db", "upgrade", "--database-url", url]) == 0
+        captured = capsys.readouterr()
+        assert "postgres:***@127.0.0.1:5432" in captured.out
+        assert SECRET not in captured.err + captured.out
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
