@@ -254,6 +254,25 @@ def _explain_param(request: Request) -> bool:
         ) from exc
 
 
+def _single_valued(request: Request) -> None:
+    """Every filter is one value: ``?model_name=a&model_name=b`` is refused (422), not read as
+    its last value (schemathesis' negative phase, docs/benchmarks/reliability.md)."""
+    repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        name = repeated[0]
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", name),
+                    "msg": f"{name} was given {len(request.query_params.getlist(name))} times; "
+                    "give it once",
+                    "input": request.query_params.getlist(name),
+                }
+            ]
+        )
+
+
 @router.get(
     "/{prediction_id}",
     response_model=PredictionPublic,
@@ -295,6 +314,7 @@ def list_predictions(
     ] = None,
 ) -> PredictionPage:
     """Filter by study, label, model name/version and creation time; page with next_cursor."""
+    _single_valued(request)
     filters = services.PredictionFilters(
         study_instance_uid=pseudonymise_uid(
             study_instance_uid, request.app.state.settings.uid_pseudonym_key_bytes

@@ -110,3 +110,11 @@ def test_created_after_must_be_a_date_time(service: Any, value: str) -> None:
     assert "ISO 8601" in response.text
     ok = service.client.get("/v1/predictions", params={"created_after": "2026-01-01T00:00:00Z"})
     assert ok.status_code == 200
+
+
+def test_a_filter_given_twice_is_refused(service: Any) -> None:
+    """FastAPI would read ``?model_name=a&model_name=b`` as ``b``; the document says one value."""
+    response = service.client.get("/v1/predictions?model_name=a&model_name=b")
+    assert response.status_code == 422, response.text
+    assert "model_name was given 2 times" in response.text
+    assert service.client.get("/v1/predictions?model_name=a&label=b").status_code == 200
