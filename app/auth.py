@@ -2,8 +2,8 @@
 
 Every /v1 route (and /dicomweb) depends on ``authorize``: the request must carry
 ``Authorization: Bearer <key>`` with an active key holding the scope the method needs —
-``read`` for GET/HEAD, ``predict`` for POST, ``admin`` for anything else (DELETE, PUT, ...)
-— else 401 (with ``WWW-Authenticate: Bearer``) or 403. Then the key's token bucket is
+``read`` for GET/HEAD/OPTIONS, ``predict`` for POST; no key may use any other method (no
+route has one) — else 401 (with ``WWW-Authenticate: Bearer``) or 403. Then the key's token bucket is
 charged (429 with Retry-After when empty; app/ratelimit.py). ``RADLENS_AUTH=disabled``
 turns authentication off for development (logged as a warning at start-up); requests then
 act as the anonymous principal with every scope.
@@ -88,12 +88,13 @@ class Principal:
     scopes: frozenset[str]
 
 
-def required_scope(method: str) -> str:
+def required_scope(method: str) -> str | None:
+    """The scope ``method`` needs; None: no key may use it (the app has no such route)."""
     if method in ("GET", "HEAD", "OPTIONS"):
         return "read"
     if method == "POST":
         return "predict"
-    return "admin"
+    return None
 
 
 def _route_path(request: Request) -> str:
@@ -115,12 +116,12 @@ async def authorize(
     else:
         principal = await _authenticate(request, credentials)
         needed = required_scope(request.method)
-        if needed not in principal.scopes:
+        if needed is None or needed not in principal.scopes:
             await run_in_threadpool(_record_denied, request, principal)
             raise ForbiddenError(
                 f"key {principal.key_id!r} ({principal.name}) has scopes "
                 f"{','.join(sorted(principal.scopes))}; {request.method} {_route_path(request)} "
-                f"needs {needed!r}"
+                + (f"needs {needed!r}" if needed else "is not open to any key")
             )
     limiter = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None:

@@ -93,6 +93,9 @@ class SourceRef:
     sop_class_uid: str
     modality: str | None
     identification: dict[str, Any] = field(default_factory=dict)  # patient + study attributes
+    # The source's Burned In Annotation ("YES"/"NO"); None = unknown (not stored with a
+    # prediction), which a Secondary Capture of its pixels must declare as YES.
+    burned_in_annotation: str | None = None
 
     @property
     def with_patient(self) -> bool:
@@ -150,7 +153,13 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
         values["SOPClassUID"],
         str(ds.get("Modality")) if ds.get("Modality") else None,
         identification,
+        _burned_in_annotation(ds),
     )
+
+
+def _burned_in_annotation(ds: Dataset) -> str | None:
+    value = str(ds.get("BurnedInAnnotation") or "").strip().upper()
+    return value if value in ("YES", "NO") else None
 
 
 def output_uid(prediction_id: uuid.UUID, kind: str, *, with_patient: bool) -> str:
@@ -274,8 +283,11 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     """A Secondary Capture of the Grad-CAM overlay in the source study, referencing the source.
 
     New series, same Study Instance UID; Source Image Sequence names the source instance;
-    Image Type DERIVED\\SECONDARY. The overlay has no patient text (its caption is class,
-    score and layer), so Burned In Annotation is NO.
+    Image Type DERIVED\\SECONDARY. The overlay's own caption has no patient text (class,
+    score and layer), but its pixels are the source's, which may carry burned-in text (name,
+    ID, dates on a scanned film or an ultrasound frame): Burned In Annotation copies the
+    source's value when it is known and is YES otherwise (the service does not store it, so
+    an SC built from a stored prediction says YES).
     """
     import highdicom as hd
     from pydicom.dataset import Dataset
@@ -313,5 +325,5 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
         f"Grad-CAM overlay of radlens model {prediction.model_name}:{prediction.model_version}"
         f" (prediction {prediction.id}, label {prediction.label})"
     )[:1024]
-    sc.BurnedInAnnotation = "NO"
+    sc.BurnedInAnnotation = source.burned_in_annotation or "YES"
     return _to_bytes(sc)

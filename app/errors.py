@@ -9,7 +9,9 @@ a bug: ``CatchAllMiddleware`` logs it without request data and answers a 500 pro
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import sys
 import traceback
 from typing import Any, ClassVar
@@ -204,15 +206,60 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     detail = str(exc.detail) if exc.detail else title
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route matches {request.method} {request.url.path}"
+    headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
+        allowed = allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+            detail += f"; allowed: {headers['Allow']}"
     return problem_response(
         request,
         status=exc.status_code,
         code=code,
         title=title,
         detail=detail,
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
+    )
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents at the request's path, for a 405's ``Allow``.
+
+    Starlette names only the first route whose path matches (``/v1/predictions`` has a POST and
+    a GET route: it said POST). Here every path of the OpenAPI document is asked, and one that
+    matches literally wins over one that matches through a path parameter
+    (``/v1/predictions/dicom-sr`` is POST only: ``dicom-sr`` is no prediction id). Empty for a
+    path the document does not describe (then Starlette's own ``Allow`` stays).
+    """
+    path = request.scope.get("path", request.url.path)
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    literal: set[str] = set()
+    by_parameter: set[str] = set()
+    for template, operations in (request.app.openapi().get("paths") or {}).items():
+        if _path_pattern(template).fullmatch(path):
+            found = by_parameter if "{" in template else literal
+            found.update(method.upper() for method in operations if method.upper() in _METHODS)
+    allowed = literal or by_parameter
+    return [method for method in _METHODS if method in allowed]
+
+
+@functools.lru_cache(maxsize=256)
+def _path_pattern(template: str) -> re.Pattern[str]:
+    """``/v1/predictions/{prediction_id}`` -> a regex matching one concrete path."""
+    parts = re.split(r"(\{[^}]+\})", template)
+    return re.compile(
+        "".join(
+            (".+" if part.endswith(":path}") else "[^/]+")
+            if part.startswith("{")
+            else re.escape(part)
+            for part in parts
+        )
     )
 
 

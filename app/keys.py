@@ -24,7 +24,10 @@ from app.db import utcnow
 from app.errors import AppError
 from app.security_tables import KEY_ID_LENGTH, ApiKey
 
-SCOPES = ("predict", "read", "admin")
+SCOPES = ("predict", "read")
+# "admin" guarded no route (every route is GET/HEAD or POST): it was removed rather than kept
+# as a scope that promises a protection nothing enforces. Keys stored with it keep working.
+REMOVED_SCOPES = {"admin": "no route needs it: read (GET) and predict (POST) cover every route"}
 KEY_PREFIX = "rl_"
 _KEY = re.compile(rf"^rl_([0-9a-f]{{{KEY_ID_LENGTH}}})_([A-Za-z0-9_-]{{43}})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
@@ -56,6 +59,12 @@ class NewKey:
 def parse_scopes(text: str) -> tuple[str, ...]:
     """``"predict,read"`` -> ``("predict", "read")`` (sorted, unique); unknown scopes refused."""
     scopes = sorted({part.strip().lower() for part in text.split(",") if part.strip()})
+    removed = [s for s in scopes if s in REMOVED_SCOPES]
+    if removed:
+        raise InvalidKeyRequestError(
+            f"the {removed[0]!r} scope was removed ({REMOVED_SCOPES[removed[0]]}); scopes must "
+            f"be a comma-separated subset of {','.join(SCOPES)}. Received: {text!r}"
+        )
     unknown = [s for s in scopes if s not in SCOPES]
     if not scopes or unknown:
         raise InvalidKeyRequestError(

@@ -82,7 +82,12 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         summary="Medical imaging diagnosis service (research use; not for clinical use)",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc without a CDN: app/docs.py
+        redoc_url=None,
     )
+    from app.docs import install_docs
+
+    install_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.resources = None

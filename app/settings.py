@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,24 @@ _SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 SECRET_FIELDS = frozenset(
     {"uid_pseudonym_key", "model_signing_key"}
 )  # never quoted in error messages
+URL_FIELDS = frozenset({"database_url"})  # quoted with the password masked
+
+
+def mask_url_password(value: str) -> str:
+    """``value`` with the password of its user-info replaced by ``***``, also when it is not a
+    URL SQLAlchemy can parse (a rejected RADLENS_DATABASE_URL is quoted back this way)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(value).render_as_string(hide_password=True)
+    except Exception:  # unparseable: mask by shape, scheme://user:password@host/...
+        pass
+    head, at, tail = value.rpartition("@")
+    if not at:
+        return value
+    scheme, sep, userinfo = head.rpartition("://")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{tail}"
 
 
 def _default_max_pixels() -> int:
@@ -48,6 +66,9 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         protected_namespaces=(),
+        # str(ValidationError) would quote RADLENS_DATABASE_URL's password: inputs are left
+        # out there, and describe_validation_error quotes them masked.
+        hide_input_in_errors=True,
     )
 
     database_url: str = Field(
@@ -162,11 +183,12 @@ class Settings(BaseSettings):
 
         try:
             url = make_url(value)
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError):  # ValueError: e.g. a port that is no number
             raise ValueError(
                 "must be a SQLAlchemy URL such as sqlite:///var/radlens.db or "
-                f"postgresql+psycopg://postgres@127.0.0.1:5432/radlens. Received: {value!r}"
-            ) from exc
+                "postgresql+psycopg://postgres@127.0.0.1:5432/radlens. "
+                f"Received: {mask_url_password(value)!r}"
+            ) from None
         if url.get_backend_name() not in _SUPPORTED_BACKENDS:
             raise ValueError(
                 f"must use one of {', '.join(_SUPPORTED_BACKENDS)}. "
@@ -210,6 +232,10 @@ class Settings(BaseSettings):
             )
         return self
 
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, mask_url_password(value) if name in URL_FIELDS else value
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -241,6 +267,10 @@ def describe_validation_error(exc: Exception) -> str:
     for error in exc.errors():
         field = ".".join(str(p) for p in error["loc"]) or "settings"
         name = f"RADLENS_{field.upper()}" if error["loc"] else "settings"
-        received = "<secret withheld>" if field in SECRET_FIELDS else repr(error.get("input"))
+        received = repr(error.get("input"))
+        if field in SECRET_FIELDS:
+            received = "<secret withheld>"
+        elif field in URL_FIELDS and isinstance(error.get("input"), str):
+            received = repr(mask_url_password(error["input"]))
         parts.append(f"{name}: {error['msg']} (received {received})")
     return "invalid configuration: " + "; ".join(parts)

@@ -58,9 +58,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Option("--name", help="Who or what uses the key.")],
         scopes: Annotated[
             str,
-            typer.Option(
-                "--scopes", help="Comma-separated: predict (POST), read (GET), admin (the rest)."
-            ),
+            typer.Option("--scopes", help="Comma-separated: predict (POST), read (GET)."),
         ] = "predict,read",
         database_url: DatabaseUrlOption = None,
         as_json: JsonOption = False,

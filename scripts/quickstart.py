@@ -51,9 +51,9 @@ def ensure_api_key() -> None:
     if any(key["revoked_at"] is None for key in keys):
         step("An API key already exists (radlens keys list); create more with radlens keys create")
         return
-    step("Creating an API key (radlens keys create --name quickstart --scopes predict,read,admin)")
+    step("Creating an API key (radlens keys create --name quickstart --scopes predict,read)")
     key = radlens(
-        "keys", "create", "--name", "quickstart", "--scopes", "predict,read,admin", capture=True
+        "keys", "create", "--name", "quickstart", "--scopes", "predict,read", capture=True
     ).strip()
     print(f"    API key, shown only now (store it): {key}")
     print("    Send it as 'Authorization: Bearer <key>' (Swagger UI: the Authorize button)")

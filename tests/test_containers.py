@@ -117,7 +117,7 @@ def test_ports_and_volumes_match_the_service_and_tensorboard():
     assert f"http://127.0.0.1:{port}/healthz" in DOCKERFILE.read_text()
     assert env["RADLENS_PORT"] == str(port)
     tb = services["tensorboard"]
-    assert tb["ports"] == ["6006:6006"]
+    assert tb["ports"] == ["127.0.0.1:6006:6006"]  # internal: it shows training images
     logdir = tb["command"][tb["command"].index("--logdir") + 1]
     assert any(v.endswith(f":{logdir}") for v in tb["volumes"])
     # the store volume is where the image's settings point the registry
@@ -143,3 +143,32 @@ def test_dockerignore_keeps_data_models_and_venv_out():
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     for entry in (".venv", "models/store", "runs", "var", "*.dcm", "*.npz", "*.keras"):
         assert entry in ignored
+
+
+def _interpolations(text: str) -> list[tuple[str, str]]:
+    """Every ${NAME...} in a compose file: (NAME, the rest, e.g. ':-default' or ':?message')."""
+    return re.findall(r"\$\{(\w+)([^}]*)\}", text)
+
+
+def test_secrets_have_no_default():
+    """The PostgreSQL password must be given (``${POSTGRES_PASSWORD:?...}``): no default that
+    every installation would share, and db and api read the same variable."""
+    for path in (COMPOSE, COMPOSE_GPU):
+        for name, rest in _interpolations(path.read_text()):
+            if re.search("PASSWORD|SECRET|KEY|TOKEN", name):
+                assert rest.startswith((":?", "?")), f"{path.name}: ${{{name}{rest}}} has a default"
+    compose = _compose()
+    db_password = compose["services"]["db"]["environment"]["POSTGRES_PASSWORD"]
+    assert db_password.startswith("${POSTGRES_PASSWORD:?")
+    url = compose["services"]["api"]["environment"]["RADLENS_DATABASE_URL"]
+    assert f":{db_password}@db:5432/" in url
+    assert not re.search(r"://[^:/@]+:(?!\$\{)[^@]+@", url), "a literal password in the URL"
+
+
+def test_tensorboard_is_published_on_loopback_only():
+    """TensorBoard shows training images: every published port is bound to 127.0.0.1."""
+    for path in (COMPOSE, COMPOSE_GPU):
+        tb = (_compose(path).get("services") or {}).get("tensorboard") or {}
+        for port in tb.get("ports") or []:
+            assert str(port).startswith("127.0.0.1:"), f"{path.name}: tensorboard port {port}"
+    assert _compose()["services"]["tensorboard"]["ports"]

@@ -345,21 +345,25 @@ async def _stow(
 _EXPLAIN = Query(description="Also compute and store each instance's Grad-CAM overlay")
 
 
+# The body read by _stow, declared for OpenAPI (both routes take it).
+STOW_BODY_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            'multipart/related; type="application/dicom"': {
+                "schema": {"type": "string", "format": "binary"}
+            }
+        },
+    }
+}
+
+
 @router.post(
     "/studies",
     summary="STOW-RS: store instances (radlens predicts on each)",
     response_class=DicomJSONResponse,
     responses=_STOW_RESPONSES,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                'multipart/related; type="application/dicom"': {
-                    "schema": {"type": "string", "format": "binary"}
-                }
-            },
-        }
-    },
+    openapi_extra=STOW_BODY_OPENAPI,
 )
 async def stow_studies(
     request: Request,
@@ -379,6 +383,7 @@ async def stow_studies(
     summary="STOW-RS into one study: instances of another study fail (0xA900)",
     response_class=DicomJSONResponse,
     responses=_STOW_RESPONSES,
+    openapi_extra=STOW_BODY_OPENAPI,
 )
 async def stow_study(
     study: str,

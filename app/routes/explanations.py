@@ -23,7 +23,6 @@ from app.dicom_outputs import (
 )
 from app.errors import AppError
 from app.explain import require_explanation
-from app.routes.predictions import UPLOAD_OPENAPI
 from app.schemas import problem_responses
 from app.settings import Settings
 from app.tables import Prediction
@@ -163,7 +162,14 @@ def get_dicom_secondary_capture(
         503,
         success=(201, 200),
     ),
-    openapi_extra=UPLOAD_OPENAPI,
+    # the part must be a DICOM instance (a PNG or JPEG is a 409: no source for the SR)
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {"encoding": {"file": {"contentType": DICOM_MEDIA_TYPE}}}
+            }
+        }
+    },
 )
 async def create_prediction_dicom_sr(
     request: Request, principal: PrincipalDep, ingestor: IngestorDep, settings: SettingsDep

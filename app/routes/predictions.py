@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, BeforeValidator, Field
 
 from app import services
 from app.auth import PrincipalDep
@@ -41,6 +43,33 @@ EXPLAIN_DESCRIPTION = (
 FILE_DESCRIPTION = "A DICOM (.dcm), PNG or JPEG image; the format is read from the bytes"
 
 
+# The cursor's format, so that a client (and schemathesis) can tell a well-formed cursor from
+# junk: unpadded base64url of the JSON array [created_at (ISO 8601 with its UTC offset),
+# prediction id]. A well-formed cursor is accepted even if no prediction has that position.
+CURSOR_DESCRIPTION = (
+    "next_cursor of the previous page. Format `radlens-cursor`: unpadded base64url of the JSON "
+    'array `["<created_at, ISO 8601 with offset>", "<prediction id>"]`; anything else is a 422'
+)
+CURSOR_SCHEMA: dict[str, Any] = {"format": "radlens-cursor", "pattern": "^[A-Za-z0-9_-]+$"}
+# What the upload's `file` part may hold (OpenAPI encoding: a list of media types; the service
+# reads the format from the bytes, whatever the part's Content-Type says).
+UPLOAD_MEDIA_TYPES = "application/dicom, image/png, image/jpeg"
+
+
+DATE_TIME_DESCRIPTION = (
+    "ISO 8601 date and time (e.g. 2026-01-01T00:00:00Z); without a zone it is UTC"
+)
+_ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_date_time(value: Any) -> Any:
+    """The document says date-time: refuse what pydantic would also take (Unix seconds such as
+    2934113872, a bare date) instead of answering it as if it were a documented value."""
+    if isinstance(value, str) and not _ISO_DATE_TIME.match(value):
+        raise ValueError("must be an ISO 8601 date and time, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
 class PredictionUpload(BaseModel):
     """The multipart/form-data body of ``POST /v1/predictions`` (documentation only)."""
 
@@ -55,7 +84,7 @@ UPLOAD_OPENAPI: dict[str, Any] = {
         "content": {
             "multipart/form-data": {
                 "schema": {"$ref": "#/components/schemas/PredictionUpload"},
-                "encoding": {"file": {"contentType": "application/octet-stream"}},
+                "encoding": {"file": {"contentType": UPLOAD_MEDIA_TYPES}},
             }
         },
     },
@@ -147,6 +176,25 @@ async def create_prediction(
     )
 
 
+def _single_valued(request: Request) -> None:
+    """Every filter is one value: ``?model_name=a&model_name=b`` is refused (422), not read as
+    its last value (schemathesis' negative phase, docs/benchmarks/reliability.md)."""
+    repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        name = repeated[0]
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", name),
+                    "msg": f"{name} was given {len(request.query_params.getlist(name))} times; "
+                    "give it once",
+                    "input": request.query_params.getlist(name),
+                }
+            ]
+        )
+
+
 @router.get(
     "/{prediction_id}",
     response_model=PredictionPublic,
@@ -176,17 +224,19 @@ def list_predictions(
     model_name: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
     model_version: Annotated[int | None, Query(ge=1, le=MAX_INT32)] = None,
     created_after: Annotated[
-        datetime | None, Query(description="ISO 8601; without a zone it is UTC")
+        datetime | None, BeforeValidator(_iso_date_time), Query(description=DATE_TIME_DESCRIPTION)
     ] = None,
     created_before: Annotated[
-        datetime | None, Query(description="ISO 8601; without a zone it is UTC")
+        datetime | None, BeforeValidator(_iso_date_time), Query(description=DATE_TIME_DESCRIPTION)
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[
-        str | None, Query(max_length=512, description="next_cursor of the previous page")
+        str | None,
+        Query(max_length=512, description=CURSOR_DESCRIPTION, json_schema_extra=CURSOR_SCHEMA),
     ] = None,
 ) -> PredictionPage:
     """Filter by study, label, model name/version and creation time; page with next_cursor."""
+    _single_valued(request)
     filters = services.PredictionFilters(
         study_instance_uid=pseudonymise_uid(
             study_instance_uid, request.app.state.settings.uid_pseudonym_key_bytes

@@ -201,9 +201,7 @@ def prediction_row(dedupe_key: str) -> Any:
     )
 
 
-def create_api_key(
-    database_url: str, scopes: str = "predict,read,admin", name: str = "test"
-) -> str:
+def create_api_key(database_url: str, scopes: str = "predict,read", name: str = "test") -> str:
     """Store a new API key in a migrated database and return the full key."""
     from app.db import make_engine, make_sessionmaker
     from app.keys import create_key

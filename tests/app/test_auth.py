@@ -139,20 +139,53 @@ class TestScopes:
         body = assert_problem(service.client.get(location, headers=bearer(key)), 403)
         assert "needs 'read'" in body["detail"]
 
-    def test_admin_is_needed_for_other_methods(self, service: Service) -> None:
+    def test_no_method_beyond_read_and_predict(self, service: Service) -> None:
+        """Every keyed route's methods map to a scope a key can hold; anything else is open to
+        no key (the former "admin" scope guarded nothing and was removed)."""
         from app.auth import required_scope
+        from app.keys import SCOPES
 
+        assert SCOPES == ("predict", "read")
         assert required_scope("GET") == "read"
         assert required_scope("HEAD") == "read"
         assert required_scope("POST") == "predict"
-        assert required_scope("DELETE") == "admin"
-        assert required_scope("PUT") == "admin"
-        # a read+predict key asking DELETE is refused for its scope before routing 405s it
-        key = create_api_key(service.database_url, "read,predict", name="no admin")
-        response = service.client.delete("/v1/predictions", headers=bearer(key))
-        assert response.status_code == 405  # no DELETE route here: scope is never reached
-        admin = create_api_key(service.database_url, "admin", name="admin only")
-        assert_problem(service.client.get("/v1/models", headers=bearer(admin)), 403)
+        assert required_scope("DELETE") is None
+        assert required_scope("PUT") is None
+        paths = service.client.get("/openapi.json").json()["paths"]
+        keyed = {p: ops for p, ops in paths.items() if p.startswith(("/v1", "/dicomweb"))}
+        assert "/v1/predictions" in keyed and "/dicomweb/studies" in keyed
+        for path, operations in keyed.items():
+            for method in operations:
+                if method in ("parameters", "summary", "description", "servers"):
+                    continue
+                assert required_scope(method.upper()) in SCOPES, (path, method)
+        # a full key asking DELETE gets 405 from routing: no route, nothing to guard
+        response = service.client.delete("/v1/predictions")
+        assert response.status_code == 405
+
+    def test_admin_scope_is_refused_with_the_reason(self, service: Service) -> None:
+        from app.keys import InvalidKeyRequestError
+
+        with pytest.raises(InvalidKeyRequestError, match=r"'admin' scope was removed"):
+            create_api_key(service.database_url, "read,admin", name="admin")
+
+    def test_a_stored_admin_scope_grants_nothing_more(self, service: Service) -> None:
+        """Keys created before the removal keep working with their other scopes only."""
+        from sqlalchemy import update
+
+        from app.security_tables import ApiKey
+
+        key = create_api_key(service.database_url, "read", name="legacy admin")
+        with service.app.state.resources.sessionmaker() as session:
+            session.execute(
+                update(ApiKey).where(ApiKey.name == "legacy admin").values(scopes="admin,read")
+            )
+            session.commit()
+        assert service.client.get("/v1/models", headers=bearer(key)).status_code == 200
+        response = service.client.post(
+            "/v1/predictions", files={"file": ("a.png", png_bytes())}, headers=bearer(key)
+        )
+        assert_problem(response, 403)
 
 
 class TestOpenEndpoints:

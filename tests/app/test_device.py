@@ -122,9 +122,29 @@ class TestSelectDevice:
             select_device("tpu", tf_config=FakeConfig(gpus=[]))
 
     def test_real_tf_config_on_this_machine(self) -> None:
-        # The default path uses tf.config itself; this machine has no GPU.
+        """The default path (tf.config itself), checked against two things it does not compute:
+        the NVIDIA GPUs the kernel driver lists, and where TensorFlow really runs an op placed
+        on the chosen device."""
         import tensorflow as tf
 
         info = select_device("auto")
-        expected = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
-        assert info.name == expected
+        driver_gpus = _nvidia_gpus_from_the_driver()
+        if driver_gpus and tf.test.is_built_with_cuda():
+            assert (info.kind, info.name, info.gpu_count) == ("gpu", "/GPU:0", driver_gpus)
+        elif not driver_gpus:  # e.g. this 2-core development machine
+            assert (info.kind, info.name, info.gpu_count) == ("cpu", "/CPU:0", 0)
+        with tf.device(info.name):
+            result = tf.reduce_sum(tf.ones((4, 4)) * 2.0)
+        assert float(result) == 32.0
+        placed = result.device.upper()
+        assert placed.endswith(f"DEVICE:{info.name.strip('/').upper()}"), result.device
+
+
+def _nvidia_gpus_from_the_driver() -> int:
+    """NVIDIA GPUs as the kernel driver lists them (0 without the driver): no TensorFlow."""
+    from pathlib import Path
+
+    listed = Path("/proc/driver/nvidia/gpus")
+    if listed.is_dir():
+        return sum(1 for _ in listed.iterdir())
+    return sum(1 for p in Path("/dev").glob("nvidia[0-9]*"))

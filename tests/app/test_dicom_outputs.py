@@ -5,6 +5,7 @@ them for an SR returned in the same request. Real DICOM from ../shared/data and 
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,40 @@ class TestSecondaryCapture:
         sc = _read(response.content)
         assert sc.StudyInstanceUID == _read(data).StudyInstanceUID
         assert sc.pixel_array.ndim == 3
+
+    def test_sc_from_a_stored_prediction_declares_burned_in_annotation(
+        self, service: Service
+    ) -> None:
+        """The overlay's pixels are the source's, and the service does not keep the source's
+        Burned In Annotation: the SC must not claim NO (it says YES, i.e. may carry text)."""
+        data = dicom_bytes(seed=5)
+        source = _read(data)
+        assert "BurnedInAnnotation" not in source
+        prediction = _post(service, data, explain=True)
+        response = service.client.get(f"/v1/predictions/{prediction['id']}/dicom/secondary-capture")
+        assert response.status_code == 200, response.text
+        assert _read(response.content).BurnedInAnnotation == "YES"
+
+    @pytest.mark.parametrize(
+        ("source_value", "expected"), [("NO", "NO"), ("YES", "YES"), (None, "YES"), ("", "YES")]
+    )
+    def test_sc_copies_the_source_burned_in_annotation(
+        self, service: Service, source_value: str | None, expected: str
+    ) -> None:
+        from app.dicom_outputs import build_sc, source_from_dataset
+        from app.services import get_prediction
+
+        data = dicom_bytes(seed=6)
+        prediction = _post(service, data, explain=True)
+        ds = _read(data)
+        if source_value is not None:
+            ds.BurnedInAnnotation = source_value
+        source = source_from_dataset(ds, copy_patient=False)
+        png = service.client.get(f"/v1/predictions/{prediction['id']}/heatmap").content
+        with service.app.state.resources.sessionmaker() as session:
+            row = get_prediction(session, uuid.UUID(prediction["id"]))
+            sc = _read(build_sc(row, source, png))
+        assert sc.BurnedInAnnotation == expected
 
     def test_sc_needs_an_explanation(self, service: Service) -> None:
         prediction = _post(service, dicom_bytes(), explain=False)

@@ -80,11 +80,9 @@ def test_json_create_and_database_from_environment(
     url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("RADLENS_DATABASE_URL", url)
-    assert (
-        main(["keys", "create", "--name", "admin", "--scopes", "admin,read,predict", "--json"]) == 0
-    )
+    assert main(["keys", "create", "--name", "bridge", "--scopes", "read,predict", "--json"]) == 0
     created = json.loads(capsys.readouterr().out)
-    assert created["scopes"] == ["admin", "predict", "read"]
+    assert created["scopes"] == ["predict", "read"]
     assert authenticate(url, created["key"]) is not None
 
 
@@ -93,6 +91,7 @@ def test_json_create_and_database_from_environment(
     [
         (["--name", "x", "--scopes", "read,delete"], "Received: 'read,delete'"),
         (["--name", "x", "--scopes", ""], "Received: ''"),
+        (["--name", "x", "--scopes", "read,admin"], "'admin' scope was removed"),
         (["--name", "-bad name", "--scopes", "read"], "Received: '-bad name'"),
     ],
 )
