@@ -23,6 +23,8 @@ COPY cli ./cli
 COPY models ./models
 COPY training ./training
 COPY migrations ./migrations
+# the one installed top-level package: links to the folders above (pyproject.toml)
+COPY radlens ./radlens
 RUN pip install ".[${RADLENS_EXTRAS}]"
 
 # ---- runtime: the venv and a non-root user, nothing else ------------------------------

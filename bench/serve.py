@@ -88,6 +88,7 @@ WORKLOADS: dict[str, tuple[tuple[str, str], ...]] = {
 SIZE = 224
 BATCH_SIZES = (1, 4, 8, 16, 32)
 MODEL_NAME = "bench-resnet50"
+RADLENS_APP = "radlens.app.main:create_app"
 GIB = 1024**3
 
 
@@ -100,7 +101,7 @@ def build_resnet50() -> Any:
 
     keras.utils.set_random_seed(0)
     try:
-        from models.architectures import build_model
+        from radlens.models.architectures import build_model
     except ModuleNotFoundError:
         # Same graph as the project's: gray -> 3 channels and ResNet's preprocessing inside.
         inputs = keras.Input((SIZE, SIZE, 1), name="image")
@@ -116,7 +117,7 @@ def build_resnet50() -> Any:
 
 
 def save_model(store: Path) -> str:
-    from models.registry import ModelRegistry
+    from radlens.models.registry import ModelRegistry
 
     model, architecture = build_resnet50()
     manifest = ModelRegistry(store).save(
@@ -140,8 +141,8 @@ def save_tiny_model(store: Path) -> str:
     request is its overhead (HTTP, multipart, decoding, DB, JSON, batching)."""
     import keras
 
-    from models.architectures import build_model
-    from models.registry import ModelRegistry
+    from radlens.models.architectures import build_model
+    from radlens.models.registry import ModelRegistry
 
     keras.utils.set_random_seed(0)
     manifest = ModelRegistry(store).save(
@@ -225,7 +226,7 @@ def measure_baselines(
     """
     import tensorflow as tf
 
-    from models.registry import ModelRegistry
+    from radlens.models.registry import ModelRegistry
 
     loaded = ModelRegistry(store).load(ref)
     model = loaded.model
@@ -306,15 +307,15 @@ def measure_predictor(
     images: int,
     args: argparse.Namespace,
 ) -> dict[str, float]:
-    """app.predictor.Predictor in this process (no HTTP, no decoding) against the raw model.
+    """radlens.app.predictor.Predictor in this process (no HTTP, no decoding) against the raw model.
 
     Interleaved with the raw model (tf.function) call by call and round by round, so both
     see the same load from other users: 1 client = predict() awaited in sequence vs one raw
     single-image call; a round of N clients = N concurrent predict() calls vs the same N
     images as raw batches of 8.
     """
-    from app.device import select_device
-    from app.predictor import BatchStats, Predictor
+    from radlens.app.device import select_device
+    from radlens.app.predictor import BatchStats, Predictor
 
     predictor = Predictor(
         loaded,
@@ -459,7 +460,7 @@ def make_uploads(sources: list[tuple[str, Any]], count: int) -> Uploads:
 
 def preprocess_ms(uploads: Uploads) -> dict[str, float]:
     """Median in-process preprocessing time per file (decode + window + resize)."""
-    from models.preprocessing import preprocess
+    from radlens.models.preprocessing import preprocess
 
     out = {}
     for fname, data, _ in uploads.templates:
@@ -487,7 +488,7 @@ def database(kind: str, tmp: Path) -> Iterator[str]:
         return
     import psycopg
 
-    from app.migrate import upgrade
+    from radlens.app.migrate import upgrade
 
     name = f"radlens_bench_{os.getpid()}"
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -502,6 +503,11 @@ def database(kind: str, tmp: Path) -> Iterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def service_log(tmp: Path, app: str) -> Path:
+    """Where a service started for ``app`` (an ASGI factory path) writes its output."""
+    return tmp / f"{app.split(':')[0].replace('.', '_')}.log"
+
+
 def start_service(
     tmp: Path,
     store: Path,
@@ -509,7 +515,7 @@ def start_service(
     port: int,
     database_url: str,
     args: argparse.Namespace,
-    app: str = "app.main:create_app",
+    app: str = RADLENS_APP,
 ) -> Any:
     """uvicorn on ``app`` in a subprocess: radlens, or bench/_ordinary.py's comparison."""
     env = dict(os.environ)
@@ -534,7 +540,7 @@ def start_service(
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
         "--http", getattr(args, "http", "auto"), "--loop", getattr(args, "loop", "auto"),
     ]  # fmt: skip
-    log = open(tmp / f"{app.split('.')[0]}.log", "wb")  # noqa: SIM115 - closed by stop_service
+    log = open(service_log(tmp, app), "wb")  # noqa: SIM115 - closed by stop_service
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log_file = log  # type: ignore[attr-defined]
     return proc
@@ -555,10 +561,10 @@ def api_key_headers(database_url: str) -> dict[str, str]:
     """An API key with the predict scope, created in the service's (migrated) database, as the
     Authorization header; {} when this checkout has no API keys (app/keys.py)."""
     try:
-        from app.keys import create_key
+        from radlens.app.keys import create_key
     except ModuleNotFoundError:
         return {}
-    from app.db import make_engine, make_sessionmaker
+    from radlens.app.db import make_engine, make_sessionmaker
 
     engine = make_engine(database_url)
     try:
@@ -1040,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop_service(proc)
                 if ordinary_proc is not None:
                     stop_service(ordinary_proc)
-                log_text = (tmp / "app.log").read_text(errors="replace")
+                log_text = service_log(tmp, RADLENS_APP).read_text(errors="replace")
             overhead: dict[str, tuple[Phase, Phase]] = {}
             if args.overhead:
                 tiny = save_tiny_model(store)

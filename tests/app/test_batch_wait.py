@@ -38,8 +38,8 @@ def env_wait(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_partial_batch_is_released_after_max_batch_wait_ms(
     env_wait: None, model_store: Path, streams: int
 ) -> None:
-    from app.predictor import load_predictor
-    from app.settings import Settings
+    from radlens.app.predictor import load_predictor
+    from radlens.app.settings import Settings
 
     inputs = np.random.default_rng(0).random((BATCH + 2, 32, 32, 1), dtype=np.float32)
     settings = Settings(

@@ -210,7 +210,7 @@ class TestSecondaryCapture:
         assert list(sc.ImageType) == ["DERIVED", "SECONDARY"]
         assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
         # the pixels are the heatmap PNG's
-        from app.dicom_outputs import overlay_rgb
+        from radlens.app.dicom_outputs import overlay_rgb
 
         png = service.client.get(f"/v1/predictions/{prediction['id']}/heatmap").content
         np.testing.assert_array_equal(sc.pixel_array, overlay_rgb(png))
@@ -244,8 +244,8 @@ class TestSecondaryCapture:
     def test_sc_copies_the_source_burned_in_annotation(
         self, service: Service, source_value: str | None, expected: str
     ) -> None:
-        from app.dicom_outputs import build_sc, source_from_dataset
-        from app.services import get_prediction
+        from radlens.app.dicom_outputs import build_sc, source_from_dataset
+        from radlens.app.services import get_prediction
 
         data = dicom_bytes(seed=6)
         prediction = _post(service, data, explain=True)
@@ -272,7 +272,7 @@ class TestSecondaryCapture:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[Service]:
     """A site that opts in to patient copying and pseudonymises stored UIDs (SQLite)."""
-    from app.main import create_app
+    from radlens.app.main import create_app
 
     url = f"sqlite:///{tmp_path_factory.mktemp('site') / 'site.db'}"
     settings = make_settings(
@@ -308,7 +308,7 @@ class TestSiteSettings:
     def test_patient_variant_has_its_own_uid(self) -> None:
         import uuid
 
-        from app.dicom_outputs import output_uid
+        from radlens.app.dicom_outputs import output_uid
 
         pid = uuid.uuid4()
         assert output_uid(pid, "sr", with_patient=False) == output_uid(

@@ -17,7 +17,7 @@ REFERENCE = re.compile(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", re.IGN
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> TestClient:
-    from app.main import create_app
+    from radlens.app.main import create_app
 
     url = f"sqlite:///{tmp_path_factory.mktemp('docs') / 'docs.db'}"
     # No lifespan: the documentation pages need neither the database nor the model.
@@ -40,7 +40,7 @@ def test_docs_pages_reference_no_other_host(client: TestClient, path: str) -> No
 
 def test_swagger_ui_assets_are_the_packaged_dist(client: TestClient) -> None:
     """The script is Swagger UI 5's bundle (from the pinned package, not a copied file)."""
-    from app.docs import assets_directory
+    from radlens.app.docs import assets_directory
 
     js = client.get("/docs-assets/swagger-ui-bundle.js")
     assert js.status_code == 200

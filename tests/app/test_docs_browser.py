@@ -69,8 +69,8 @@ class _Server:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[dict[str, str]]:
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     url = f"sqlite:///{tmp_path_factory.mktemp('docs-browser') / 'browser.db'}"
     upgrade(url)

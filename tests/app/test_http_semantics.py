@@ -13,7 +13,7 @@ from tests.app.conftest import TestClient, make_settings
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> TestClient:
-    from app.main import create_app
+    from radlens.app.main import create_app
 
     url = f"sqlite:///{tmp_path_factory.mktemp('http') / 'http.db'}"
     # No lifespan: routing answers a 405 before any dependency or the model is needed.
@@ -86,7 +86,7 @@ def test_cursor_format_is_described_and_a_well_formed_cursor_decodes(client: Tes
     import re
     import uuid
 
-    from app.services import Cursor
+    from radlens.app.services import Cursor
 
     (param,) = [
         p

@@ -45,8 +45,8 @@ def fuzz_target(databases: Databases, model_store: Path) -> Iterator[tuple[Any, 
     """
     from schemathesis.python.asgi import shutdown_lifespans
 
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     url = databases.new()
     upgrade(url)
@@ -123,7 +123,7 @@ def _cursors(draw: st.DrawFn) -> str:
     """Well-formed cursors (format radlens-cursor): any position, issued or not."""
     from datetime import UTC, datetime
 
-    from app.services import Cursor
+    from radlens.app.services import Cursor
 
     when = draw(
         st.datetimes(

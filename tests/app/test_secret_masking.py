@@ -22,7 +22,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("RADLENS_"):
             monkeypatch.delenv(key)
-    from app.settings import get_settings
+    from radlens.app.settings import get_settings
 
     get_settings.cache_clear()
 
@@ -31,7 +31,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_rejected_database_url_is_quoted_masked(url: str) -> None:
     from pydantic import ValidationError
 
-    from app.settings import Settings, describe_validation_error
+    from radlens.app.settings import Settings, describe_validation_error
 
     with pytest.raises(ValidationError) as caught:
         Settings(database_url=url)
@@ -56,7 +56,7 @@ def test_rejected_database_url_is_quoted_masked(url: str) -> None:
     ],
 )
 def test_mask_url_password(url: str, masked: str) -> None:
-    from app.settings import mask_url_password
+    from radlens.app.settings import mask_url_password
 
     assert mask_url_password(url) == masked
 
@@ -64,7 +64,7 @@ def test_mask_url_password(url: str, masked: str) -> None:
 def test_settings_repr_and_str_mask_the_database_password() -> None:
     from pydantic import SecretStr
 
-    from app.settings import Settings
+    from radlens.app.settings import Settings
 
     settings = Settings(
         database_url=f"postgresql+psycopg://radlens:{SECRET}@db:5432/radlens",
@@ -79,7 +79,7 @@ def test_settings_repr_and_str_mask_the_database_password() -> None:
 
 @pytest.mark.parametrize("url", BAD_URLS[:3])
 def test_cli_prints_a_rejected_url_masked(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from cli.main import main
+    from radlens.cli.main import main
 
     assert main(["db", "upgrade", "--database-url", url]) != 0
     captured = capsys.readouterr()
@@ -92,7 +92,7 @@ def test_cli_prints_a_rejected_url_masked(url: str, capsys: pytest.CaptureFixtur
 def test_cli_hides_the_password_of_an_unreachable_database(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from cli.main import main
+    from radlens.cli.main import main
 
     url = f"postgresql+psycopg://radlens:{SECRET}@127.0.0.1:1/radlens"  # nothing listens on 1
     assert main(["db", "upgrade", "--database-url", url]) != 0
@@ -105,7 +105,7 @@ def test_cli_hides_the_password_of_an_unreachable_database(
 def test_cli_echoes_a_working_database_url_masked(capsys: pytest.CaptureFixture[str]) -> None:
     """`radlens db upgrade` names the database it upgraded, password masked (the server here
     trusts loopback, so the password is accepted and ignored)."""
-    from cli.main import main
+    from radlens.cli.main import main
     from tests.app.conftest import PG_ADMIN_URL, postgres_available
 
     reason = postgres_available()
