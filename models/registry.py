@@ -13,7 +13,8 @@ agree on version numbers -- the next version is chosen, ``manifest.json`` writte
 directory renamed to ``<name>/<version>`` in one ``rename(2)``. A reader therefore sees a
 version complete or not at all; a save that fails or is killed leaves at most a directory
 under ``.staging``. A load re-computes the sha256 and refuses a model whose preprocessing
-version differs from this radlens's (see DESIGN.md, "Model artifact").
+version this radlens cannot reproduce (:func:`check_preprocessing_version`; the artifact's
+layout is in README.md, "Training your own model", and docs/internals.md).
 
 Every manifest is sealed (``models.manifest.seal``): a load refuses a manifest whose fields
 changed since it was sealed, naming them, and with ``RADLENS_MODEL_SIGNING_KEY`` set also one
