@@ -23,10 +23,15 @@ from radlens.app.dicom_outputs import (
 )
 from radlens.app.errors import AppError
 from radlens.app.explain import require_explanation
+from radlens.app.routes.predictions import upload_openapi
 from radlens.app.schemas import problem_responses
 from radlens.app.settings import Settings
 from radlens.app.tables import Prediction
 from radlens.app.upload import read_file
+
+# the body as POST /v1/predictions declares it, but the part must be a DICOM instance (a PNG
+# or JPEG is a 409: no source for the SR)
+DICOM_UPLOAD_OPENAPI = upload_openapi(DICOM_MEDIA_TYPE)
 
 router = APIRouter(prefix="/v1/predictions", tags=["explanations and DICOM outputs"])
 upload_router = APIRouter(prefix="/v1/predictions", tags=["explanations and DICOM outputs"])
@@ -163,13 +168,7 @@ def get_dicom_secondary_capture(
         success=(201, 200),
     ),
     # the part must be a DICOM instance (a PNG or JPEG is a 409: no source for the SR)
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {"encoding": {"file": {"contentType": DICOM_MEDIA_TYPE}}}
-            }
-        }
-    },
+    openapi_extra=DICOM_UPLOAD_OPENAPI,
 )
 async def create_prediction_dicom_sr(
     request: Request, principal: PrincipalDep, ingestor: IngestorDep, settings: SettingsDep

@@ -78,17 +78,22 @@ class PredictionUpload(BaseModel):
 
 # The upload routes read their own body (after the key check: app/upload.read_file), so the
 # body is declared here for OpenAPI and Swagger UI.
-UPLOAD_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {"$ref": "#/components/schemas/PredictionUpload"},
-                "encoding": {"file": {"contentType": UPLOAD_MEDIA_TYPES}},
-            }
+def upload_openapi(media_types: str) -> dict[str, Any]:
+    """The multipart upload body, its ``file`` part limited to ``media_types``."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"$ref": "#/components/schemas/PredictionUpload"},
+                    "encoding": {"file": {"contentType": media_types}},
+                }
+            },
         },
-    },
-}
+    }
+
+
+UPLOAD_OPENAPI = upload_openapi(UPLOAD_MEDIA_TYPES)
 OPENAPI_SCHEMAS = {"PredictionUpload": PredictionUpload}  # added to components (app/main.py)
 
 

@@ -728,7 +728,6 @@ def test_no_patient_identifiers_in_database_logs_or_response(
         "uvicorn.error",
         "fastapi",
         "radlens",
-        "app",
         "sqlalchemy",
     ):
         caplog.set_level(logging.DEBUG, logger=name)
@@ -754,4 +753,6 @@ def test_no_patient_identifiers_in_database_logs_or_response(
             for fragment in (marker, marker.split("^")[0], "PHIMARKER", "Phimarker"):
                 assert fragment not in text, f"{keyword} found in {where}"
     assert first.json()["sop_instance_uid"] in dump  # the dump really holds the row
-    assert any(r.name.startswith("app.") for r in caplog.records)  # the service's logs were read
+    assert any(
+        r.name.startswith("radlens.app.") for r in caplog.records
+    )  # the service's logs were read
