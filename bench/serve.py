@@ -1169,7 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
         lat = pct(single.latencies_ms, 50)
         model_ms = pct(single.inference_ms, 50)
         pre_ms = statistics.mean(pre[encoding].values())
-        print(f"[{encoding} CT DICOMs, {args.database}]")
+        print(f"[{encoding} {args.workload} DICOMs, {args.database}]")
         rounds = paired.get(encoding, [])
         if rounds:
             ratios = [crowd.throughput / raw_ips for raw_ips, _, crowd in rounds]
