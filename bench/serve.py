@@ -136,6 +136,44 @@ def save_model(store: Path) -> str:
     return f"{manifest.name}:{manifest.version}"
 
 
+PARITY_IMAGES = 128
+
+
+def attach_openvino(store: Path, ref: str) -> None:
+    """Convert the bench model to OpenVINO IR beside model.keras, as training's export does,
+    with parity measured on PneumoniaMNIST validation images (or noise when ../shared/data is
+    absent). The bench model is untrained, so its parity says nothing about a real model's
+    (bench/runtime.py measures a trained one): start_service lifts the parity tolerance for
+    this speed run, and says so."""
+    from radlens.models.preprocessing import preprocess_array
+    from radlens.models.registry import ModelRegistry
+    from radlens.models.runtime import add_openvino_runtime, recorded_parity
+
+    npz = SHARED_DICOM.parent / "pneumoniamnist" / "pneumoniamnist_28_trainval.npz"
+    if npz.is_file():
+        with np.load(npz) as data:
+            raw, labels = data["val_images"][:PARITY_IMAGES], data["val_labels"][:PARITY_IMAGES]
+        note = f"{PARITY_IMAGES} PneumoniaMNIST val images"
+    else:
+        rng = np.random.default_rng(0)
+        raw = rng.integers(0, 256, (PARITY_IMAGES, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 2, PARITY_IMAGES)
+        note = f"{PARITY_IMAGES} noise images (no ../shared/data)"
+    images = np.stack([preprocess_array(a, size=(SIZE, SIZE)) for a in raw])[..., None]
+    t0 = time.perf_counter()
+    manifest = add_openvino_runtime(
+        ModelRegistry(store), ref, images=images, labels=np.asarray(labels).reshape(-1),
+        data_note=note,
+    )  # fmt: skip
+    parity = {p: recorded_parity(manifest, p) for p in ("fp32", "bf16")}
+    print(
+        f"OpenVINO IR attached in {time.perf_counter() - t0:.1f} s; parity on {note} "
+        "(untrained model: not a quality figure): "
+        + "; ".join(f"{p} {v.summary() if v else 'not measured'}" for p, v in parity.items()),
+        flush=True,
+    )
+
+
 def save_tiny_model(store: Path) -> str:
     """A 32 px simple_cnn: serving it costs almost no model time, so the service's CPU per
     request is its overhead (HTTP, multipart, decoding, DB, JSON, batching)."""
@@ -530,6 +568,10 @@ def start_service(
         RADLENS_LOG_LEVEL="warning",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
+    # the bench model is untrained: its recorded parity is meaningless, so the tolerance is
+    # lifted for this speed run (attach_openvino; a real model's parity: bench/runtime.py)
+    env.setdefault("RADLENS_PARITY_MAX_AUC_DIFFERENCE", "1")
+    env.setdefault("RADLENS_PARITY_MAX_FLIP_FRACTION", "1")
     # passed through as given (the service's settings validate them)
     for option, variable in (("runtime", "RADLENS_RUNTIME"), ("precision", "RADLENS_PRECISION")):
         value = getattr(args, option, None)
@@ -591,6 +633,14 @@ async def wait_ready(base: str, proc: Any, timeout_s: float) -> float:
                 pass
             await asyncio.sleep(0.25)
     raise RuntimeError(f"the service was not ready within {timeout_s:.0f} s")
+
+
+def served_runtime(base: str) -> str:
+    """The runtime, precision and reason the service reports on /readyz."""
+    import httpx
+
+    body = httpx.get(f"{base}/readyz", timeout=5.0).json()
+    return f"{body.get('runtime')} {body.get('precision')} ({body.get('runtime_reason')})"
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -819,11 +869,19 @@ def main_phases(
 # --- report ----------------------------------------------------------------------------------
 
 
+BF16_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
 def cpu_model() -> str:
+    """The CPU's model name and which of the bf16-relevant instruction sets it reports."""
+    name, flags = platform.processor() or "unknown", set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    found = [flag for flag in BF16_FLAGS if flag in flags]
+    return f"{name} ({', '.join(found) or 'none of ' + ', '.join(BF16_FLAGS)})"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -939,6 +997,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{time.perf_counter() - t0:.1f} s",
             flush=True,
         )
+        if (args.runtime or os.environ.get("RADLENS_RUNTIME", "auto")) != "tensorflow":
+            attach_openvino(store, ref)
         print("baselines (in-process, service not running):", flush=True)
         base_line = measure_baselines(store, ref, args.raw_images, max(10, args.single // 2), args)
 
@@ -971,6 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
             mem_ordinary: dict[str, int] = {}
             try:
                 ready_s = asyncio.run(wait_ready(base, proc, args.ready_timeout))
+                print(f"service serves with: {served_runtime(base)}", flush=True)
                 if ordinary_proc is not None:
                     asyncio.run(wait_ready(ordinary_base, ordinary_proc, args.ready_timeout))
                 HEADERS.update(api_key_headers(database_url))
@@ -1108,7 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
         lat = pct(single.latencies_ms, 50)
         model_ms = pct(single.inference_ms, 50)
         pre_ms = statistics.mean(pre[encoding].values())
-        print(f"[{encoding} CT DICOMs, {args.database}]")
+        print(f"[{encoding} {args.workload} DICOMs, {args.database}]")
         rounds = paired.get(encoding, [])
         if rounds:
             ratios = [crowd.throughput / raw_ips for raw_ips, _, crowd in rounds]
