@@ -25,3 +25,15 @@ def shared_data_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def shared_dicom_dir() -> Path:
     return shared_data_path("dicom")
+
+
+@pytest.fixture()
+def clean_radlens_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``RADLENS_`` variable from the caller's environment, and no cached settings: what a
+    settings or CLI test sees is only what it sets itself."""
+    for key in list(os.environ):
+        if key.startswith("RADLENS_"):
+            monkeypatch.delenv(key)
+    from radlens.app.settings import get_settings
+
+    get_settings.cache_clear()

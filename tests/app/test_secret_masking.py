@@ -4,8 +4,6 @@ in the one-line message, in pydantic's own text and by the CLI; the settings' re
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 SECRET = "s3cret-Pa55"
@@ -18,13 +16,8 @@ BAD_URLS = [
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("RADLENS_"):
-            monkeypatch.delenv(key)
-    from radlens.app.settings import get_settings
-
-    get_settings.cache_clear()
+def clean_env(clean_radlens_env: None) -> None:
+    """Every test here starts from no RADLENS_ variables (tests/conftest.py)."""
 
 
 @pytest.mark.parametrize("url", BAD_URLS)

@@ -11,13 +11,8 @@ from radlens.app.settings import REPO_ROOT, Settings, describe_validation_error,
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("RADLENS_"):
-            monkeypatch.delenv(key)
-    get_settings.cache_clear()
+def clean_env(clean_radlens_env: None) -> None:
+    """Every test here starts from no RADLENS_ variables (tests/conftest.py)."""
 
 
 def test_defaults_run_a_fresh_clone() -> None:

@@ -4,7 +4,6 @@ unservable model in one line, through cli.main.main on a real store."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,8 @@ needs_openvino = pytest.mark.skipif(openvino_version() is None, reason="openvino
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("RADLENS_"):
-            monkeypatch.delenv(key)
-    from radlens.app.settings import get_settings
-
-    get_settings.cache_clear()
+def clean_env(clean_radlens_env: None) -> None:
+    """Every test here starts from no RADLENS_ variables (tests/conftest.py)."""
 
 
 def one_error_line(err: str) -> str:

@@ -20,13 +20,8 @@ from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("RADLENS_"):
-            monkeypatch.delenv(key)
-    from radlens.app.settings import get_settings
-
-    get_settings.cache_clear()
+def clean_env(clean_radlens_env: None) -> None:
+    """Every test here starts from no RADLENS_ variables (tests/conftest.py)."""
 
 
 @pytest.fixture()
