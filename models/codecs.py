@@ -1,11 +1,11 @@
 """A pydicom decoding plugin on imagecodecs: JPEG 2000 (and HTJ2K), JPEG-LS, lossless JPEG.
 
 pydicom's own plugins for these syntaxes (pylibjpeg-openjpeg, pyjpegls, pylibjpeg-libjpeg)
-hold Python's GIL for the whole decode: 40-50 ms for a 512x512 JPEG 2000 CT slice, during
-which no other thread of the service runs Python, the event loop included. imagecodecs
+hold Python's GIL for the whole decode, during which no other thread of the service runs
+Python, the event loop included (figures: docs/benchmarks/preprocess.md). imagecodecs
 wraps the same libraries (OpenJPEG, CharLS) and releases the GIL while they work, so two
 uploads decode at once and the server keeps answering meanwhile. Lossless JPEG goes to
-libjpeg-turbo instead of libjpeg: the same pixels (the process is exact), about 5x faster.
+libjpeg-turbo instead of libjpeg: the same pixels (the process is exact), faster.
 Lossy JPEG stays with pydicom's pick: decoders may round their inverse DCT differently.
 
 The plugin follows pydicom's decoder-plugin contract (``is_available``,

@@ -32,8 +32,8 @@ file wherever it runs. The steps, in order, and why the order matters:
    neither resolution levels nor a DCT and are always decoded in full, as are colour frames
    and JPEG 2000 codestreams pydicom sign-corrects after decoding (an unsigned codestream
    holding two's-complement CT values: a wavelet low-pass over those would be meaningless).
-   Pillow's JPEG 2000 decoder holds the GIL while it works (about 11 ms for a 1955x1841
-   chest CR at 1/8, against 450 ms released by a full decode).
+   Pillow's JPEG 2000 decoder holds the GIL while it works, but a reduced decode is short
+   (figures: docs/benchmarks/preprocess.md, round 5).
    ``version="1"`` reproduces the full decode of earlier models.
 
    The pixel-count limit is checked from the header *before* any pixels are decoded, and for

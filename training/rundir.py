@@ -49,7 +49,7 @@ CHECKPOINTS = "checkpoints"
 BEST_WEIGHTS = "best.weights.h5"
 PHASE1_WEIGHTS = "phase1.weights.h5"
 TENSORBOARD = "tensorboard"
-PACKAGE_LOGGER = __name__.partition(".")[0]  # "training": train.log records the whole package
+PACKAGE_LOGGER = __name__.rpartition(".")[0]  # "radlens.training": train.log records the package
 
 
 def config_for_resume(run_dir: str | Path) -> TrainConfig:
