@@ -40,6 +40,15 @@ def _default_model_store() -> Path:
     return REPO_ROOT / "models" / "store"
 
 
+def _ae_title(value: str) -> str:
+    title = value.strip()
+    if not 1 <= len(title) <= 16 or not title.isascii() or "\\" in title or not title.isprintable():
+        raise ValueError(
+            f"an AE title is 1 to 16 printable ASCII characters, no backslash. Received: {value!r}"
+        )
+    return title
+
+
 class Settings(BaseSettings):
     """Service configuration read from ``RADLENS_*`` environment variables."""
 
@@ -114,6 +123,20 @@ class Settings(BaseSettings):
         "SR returned in the same request (never stored); off = those attributes are empty",
     )
     stow_max_instances: int = Field(default=100, ge=1, le=10_000)
+    # DICOM Storage SCP (app/dimse.py; docs/pacs-integration.md)
+    dimse_port: int | None = Field(
+        default=None, ge=0, le=65535, description="listen for DICOM associations (off: unset)"
+    )
+    dimse_bind: str = Field(default="127.0.0.1", description="address the SCP binds")
+    dimse_ae_title: str = Field(default="RADLENS", description="the SCP's AE title")
+    dimse_allowed_ae_titles: str | None = Field(
+        default=None, description="comma-separated calling AE titles accepted (unset: any)"
+    )
+    dimse_max_associations: int = Field(default=4, ge=1, le=256)
+    dimse_max_pdu_size: int = Field(default=262_144, ge=4096, le=16 * MIB)
+    dimse_acse_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    dimse_dimse_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    dimse_network_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     # Inference runtime (models/runtime.py; README "Runtimes")
     runtime: Literal["auto", "tensorflow", "openvino"] = Field(
         default="auto",
@@ -184,6 +207,25 @@ class Settings(BaseSettings):
                 f"must be 'name' or 'name:version' (e.g. 'chest:3'). Received: {value!r}"
             )
         return value
+
+    @field_validator("dimse_ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return _ae_title(value)
+
+    @field_validator("dimse_allowed_ae_titles")
+    @classmethod
+    def _check_allowed_ae_titles(cls, value: str | None) -> str | None:
+        if value is not None:
+            for title in value.split(","):
+                _ae_title(title)
+        return value
+
+    @property
+    def dimse_allowed_ae_title_list(self) -> list[str]:
+        if not self.dimse_allowed_ae_titles:
+            return []
+        return [t.strip() for t in self.dimse_allowed_ae_titles.split(",")]
 
     @field_validator("log_level")
     @classmethod

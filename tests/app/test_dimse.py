@@ -1,0 +1,153 @@
+"""The DICOM Storage SCP (app/dimse.py) against pynetdicom as SCU and dcmtk when present:
+each case checks the database afterwards."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import Databases, dicom_bytes, make_settings
+
+pynetdicom = pytest.importorskip("pynetdicom")
+from pydicom import dcmread  # noqa: E402
+from pynetdicom import AE  # noqa: E402
+from pynetdicom.sop_class import (  # noqa: E402
+    CTImageStorage,
+    EncapsulatedPDFStorage,
+    Verification,
+)
+
+
+class Node:
+    def __init__(self, client: TestClient, app: Any) -> None:
+        self.client = client
+        self.app = app
+        self.port: int = app.state.dimse.port
+
+    def count(self, table: str) -> int:
+        from sqlalchemy import text
+
+        with self.app.state.resources.engine.connect() as conn:
+            return int(conn.execute(text(f'SELECT count(*) FROM "{table}"')).scalar() or 0)
+
+    def actors(self) -> list[str]:
+        from sqlalchemy import text
+
+        with self.app.state.resources.engine.connect() as conn:
+            rows = conn.execute(text("SELECT * FROM audit_events")).mappings()
+            return [str(r.get("actor")) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def node(databases: Databases, model_store: Path) -> Iterator[Node]:
+    from app.main import create_app
+    from app.migrate import upgrade
+
+    url = databases.new()
+    upgrade(url)
+    settings = make_settings(
+        url,
+        model_store,
+        dimse_port=0,
+        dimse_allowed_ae_titles="SENDER,STORESCU,ECHOSCU",
+        dimse_max_associations=2,
+        dimse_acse_timeout_s=2,
+        dimse_network_timeout_s=2,
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        yield Node(client, app)
+
+
+def _assoc(node: Node, calling: str = "SENDER", contexts: Any = None) -> Any:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    for ctx in contexts or ():
+        ae.add_requested_context(ctx)
+    return ae.associate("127.0.0.1", node.port, ae_title="RADLENS")
+
+
+def test_echo_and_store_commits_one_prediction(node: Node) -> None:
+    before = node.count("predictions")
+    assoc = _assoc(node)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    ds = dcmread(__import__("io").BytesIO(dicom_bytes(seed=3)))
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0x0000
+    assert node.count("predictions") == before + 1
+    assert any("SENDER" in a for a in node.actors())
+    assert node.client.get("/healthz").status_code == 200
+
+
+def test_truncated_pixel_data_fails_and_stores_nothing(node: Node) -> None:
+    before = node.count("predictions")
+    ds = dcmread(__import__("io").BytesIO(dicom_bytes(seed=4)))
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+    assoc = _assoc(node)
+    status = assoc.send_c_store(ds)
+    assert assoc.is_established  # the association stays up
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert status.Status == 0xC000
+    assert 0 < len(status.ErrorComment) <= 64
+    assert node.count("predictions") == before
+
+
+def test_calling_ae_not_on_the_list_is_rejected(node: Node) -> None:
+    before = node.count("predictions")
+    assoc = _assoc(node, calling="INTRUDER")
+    assert assoc.is_rejected
+    assert node.count("predictions") == before
+
+
+def test_unsupported_sop_class_is_rejected_at_negotiation(node: Node) -> None:
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(EncapsulatedPDFStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADLENS")
+    if assoc.is_established:
+        assert not assoc.accepted_contexts
+        assoc.release()
+
+
+def test_more_associations_than_allowed_are_rejected(node: Node) -> None:
+    held = [_assoc(node) for _ in range(2)]
+    assert all(a.is_established for a in held)
+    extra = _assoc(node)
+    assert extra.is_rejected
+    for a in held:
+        a.release()
+    assert node.client.get("/healthz").status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) is not installed")
+def test_dcmtk_storescu_sends_compressed_radiograph_as_is(node: Node, tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPEG2000.dcm")
+    assert path is not None
+    before = node.count("predictions")
+    echo = subprocess.run(
+        ["echoscu", "-aet", "ECHOSCU", "-aec", "RADLENS", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert echo.returncode == 0, echo.stderr
+    done = subprocess.run(
+        [
+            *("storescu", "-xf", "-aet", "STORESCU", "-aec", "RADLENS"),
+            *("127.0.0.1", str(node.port), path),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert node.count("predictions") == before + 1
