@@ -20,8 +20,8 @@ import logging
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import (
+from pydicom.uid import (
+    UID,
     ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -30,8 +30,8 @@ from pynetdicom.sop_class import (
     EnhancedMRImageStorage,
     MRImageStorage,
     SecondaryCaptureImageStorage,
-    Verification,
 )
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 
 from app.errors import ServiceBusyError
 from app.ingest import Ingestor
@@ -39,6 +39,8 @@ from app.settings import Settings
 from models.errors import RadlensError
 
 logger = logging.getLogger(__name__)
+
+VERIFICATION = UID("1.2.840.10008.1.1")  # Verification SOP Class (C-ECHO)
 
 STORAGE_SOP_CLASSES = (
     ComputedRadiographyImageStorage,
@@ -89,7 +91,7 @@ class StorageSCP:
         allowed = s.dimse_allowed_ae_title_list
         if allowed:
             ae.require_calling_aet = allowed
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION)
         for sop_class in STORAGE_SOP_CLASSES:
             # every syntax pydicom (and its plugins) decodes: accepted as sent, never re-encoded
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)

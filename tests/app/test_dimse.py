@@ -113,9 +113,26 @@ def test_unsupported_sop_class_is_rejected_at_negotiation(node: Node) -> None:
     ae = AE(ae_title="SENDER")
     ae.add_requested_context(EncapsulatedPDFStorage)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="RADLENS")
+    # rejected, or aborted by the requestor when no presentation context was accepted
+    assert not (assoc.is_established and assoc.accepted_contexts)
     if assoc.is_established:
-        assert not assoc.accepted_contexts
         assoc.release()
+
+
+def test_silent_peer_is_closed_by_its_timeout(node: Node) -> None:
+    import socket
+    import time
+
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
+        # an A-ABORT or just a close, then EOF
+        while sock.recv(1024):
+            pass
+    assert time.monotonic() - start < 20  # RADLENS_DIMSE_ACSE_TIMEOUT_S=2 in this fixture
+    held = [_assoc(node) for _ in range(2)]  # its slot was freed
+    assert all(a.is_established for a in held)
+    for a in held:
+        a.release()
 
 
 def test_more_associations_than_allowed_are_rejected(node: Node) -> None:
@@ -143,7 +160,7 @@ def test_dcmtk_storescu_sends_compressed_radiograph_as_is(node: Node, tmp_path: 
     assert echo.returncode == 0, echo.stderr
     done = subprocess.run(
         [
-            *("storescu", "-xf", "-aet", "STORESCU", "-aec", "RADLENS"),
+            *("storescu", "-R", "-xw", "-aet", "STORESCU", "-aec", "RADLENS"),
             *("127.0.0.1", str(node.port), path),
         ],
         capture_output=True,
