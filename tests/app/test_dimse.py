@@ -168,3 +168,36 @@ def test_dcmtk_storescu_sends_compressed_radiograph_as_is(node: Node, tmp_path: 
     )
     assert done.returncode == 0, done.stderr
     assert node.count("predictions") == before + 1
+
+
+def test_decompression_bomb_fails_and_stores_nothing(node: Node) -> None:
+    import io
+
+    from tests.app.test_bombs import bomb
+
+    ds = dcmread(io.BytesIO(bomb("j2k")))
+    before = node.count("predictions")
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADLENS")
+    assert assoc.is_established  # a compressed syntax is accepted as sent
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0xC000
+    assert 0 < len(status.ErrorComment) <= 64
+    assert node.count("predictions") == before
+    assert node.client.get("/healthz").status_code == 200
+
+
+def test_dimse_settings_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    with pytest.raises(ValidationError, match="AE title"):
+        Settings(dimse_ae_title="A" * 17)
+    with pytest.raises(ValidationError, match="AE title"):
+        Settings(dimse_allowed_ae_titles="GOOD,BAD\\TITLE")
+    with pytest.raises(ValidationError):
+        Settings(dimse_max_associations=0)
+    assert Settings(dimse_allowed_ae_titles="A, B").dimse_allowed_ae_title_list == ["A", "B"]
