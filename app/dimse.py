@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -104,6 +105,7 @@ class StorageSCP:
             (self.settings.dimse_bind, self.settings.dimse_port or 0),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+            ssl_context=self._tls(),
         )
         logger.info(
             "DIMSE Storage SCP %s listening on %s:%d",
@@ -111,6 +113,19 @@ class StorageSCP:
             self.settings.dimse_bind,
             self.port,
         )
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """DICOM TLS when RADLENS_DIMSE_TLS_CERT/_KEY are set; with _CA, peers must present a
+        certificate that CA signed."""
+        s = self.settings
+        if s.dimse_tls_cert is None or s.dimse_tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(s.dimse_tls_cert, s.dimse_tls_key)
+        if s.dimse_tls_ca is not None:
+            context.load_verify_locations(cafile=s.dimse_tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     def stop(self) -> None:
         if self._server is not None:

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     dimse_acse_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     dimse_dimse_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     dimse_network_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    dimse_tls_cert: Path | None = Field(default=None, description="PEM certificate: DICOM TLS")
+    dimse_tls_key: Path | None = Field(default=None, description="PEM private key of the cert")
+    dimse_tls_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: peers must present a certificate it signed"
+    )
     # Inference runtime (models/runtime.py; README "Runtimes")
     runtime: Literal["auto", "tensorflow", "openvino"] = Field(
         default="auto",
@@ -250,6 +255,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"model_store must be a directory. Received: {str(self.model_store)!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_dimse_tls(self) -> Settings:
+        if (self.dimse_tls_cert is None) != (self.dimse_tls_key is None):
+            raise ValueError(
+                "set both RADLENS_DIMSE_TLS_CERT and RADLENS_DIMSE_TLS_KEY, or neither"
+            )
+        if self.dimse_tls_ca is not None and self.dimse_tls_cert is None:
+            raise ValueError("RADLENS_DIMSE_TLS_CA needs RADLENS_DIMSE_TLS_CERT and _KEY")
+        for path in (self.dimse_tls_cert, self.dimse_tls_key, self.dimse_tls_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"DICOM TLS file not found. Received: {str(path)!r}")
         return self
 
     @property

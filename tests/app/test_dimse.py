@@ -201,3 +201,80 @@ def test_dimse_settings_are_validated() -> None:
     with pytest.raises(ValidationError):
         Settings(dimse_max_associations=0)
     assert Settings(dimse_allowed_ae_titles="A, B").dimse_allowed_ae_title_list == ["A", "B"]
+    with pytest.raises(ValidationError, match="both RADLENS_DIMSE_TLS_CERT"):
+        Settings(dimse_tls_cert=Path(__file__))
+    with pytest.raises(ValidationError, match="DICOM TLS file not found"):
+        Settings(dimse_tls_cert=Path(__file__), dimse_tls_key=Path("/nonexistent/key.pem"))
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _pki(folder: Path) -> dict[str, Path]:
+    """A CA, and a server and a client certificate it signed (made here, never committed)."""
+    f = {n: folder / n for n in ("ca.key", "ca.pem", "srv.key", "srv.pem", "cli.key", "cli.pem")}
+    ca_key, ca_pem = str(f["ca.key"]), str(f["ca.pem"])
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+             "/CN=radlens-test-ca", "-keyout", ca_key, "-out", ca_pem)  # fmt: skip
+    for who, cn in (("srv", "localhost"), ("cli", "sender")):
+        csr = folder / f"{who}.csr"
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+                 "-keyout", str(f[f"{who}.key"]), "-out", str(csr))  # fmt: skip
+        _openssl("x509", "-req", "-in", str(csr), "-CA", ca_pem, "-CAkey", ca_key,
+                 "-CAcreateserial", "-days", "1", "-out", str(f[f"{who}.pem"]))  # fmt: skip
+    return f
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl (to make certificates) absent")
+def test_dicom_tls_requires_a_certificate_the_ca_signed(
+    databases: Databases, model_store: Path, tmp_path: Path
+) -> None:
+    import io
+    import ssl
+
+    from app.main import create_app
+    from app.migrate import upgrade
+
+    pki = _pki(tmp_path)
+    url = databases.new()
+    upgrade(url)
+    settings = make_settings(
+        url,
+        model_store,
+        dimse_port=0,
+        dimse_tls_cert=pki["srv.pem"],
+        dimse_tls_key=pki["srv.key"],
+        dimse_tls_ca=pki["ca.pem"],
+        dimse_acse_timeout_s=2,
+        dimse_network_timeout_s=2,
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        tls_node = Node(client, app)
+        plain = _assoc(tls_node)  # no TLS: no association
+        assert not plain.is_established
+
+        client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca.pem"])
+        client_ctx.check_hostname = False
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(CTImageStorage)
+        no_cert = ae.associate("127.0.0.1", tls_node.port, ae_title="RADLENS",
+                               tls_args=(client_ctx, None))  # fmt: skip
+        assert not no_cert.is_established  # TLS, but no client certificate
+
+        client_ctx.load_cert_chain(pki["cli.pem"], pki["cli.key"])
+        assoc = ae.associate("127.0.0.1", tls_node.port, ae_title="RADLENS",
+                             tls_args=(client_ctx, None))  # fmt: skip
+        assert assoc.is_established
+        status = assoc.send_c_store(dcmread(io.BytesIO(dicom_bytes(seed=9))))
+        assoc.release()
+        assert status.Status == 0x0000
+        assert tls_node.count("predictions") == 1
+    # pynetdicom leaves the socket of a failed TLS handshake to the garbage collector
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
