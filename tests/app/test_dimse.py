@@ -278,3 +278,59 @@ def test_dicom_tls_requires_a_certificate_the_ca_signed(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) is not installed")
+@pytest.mark.parametrize(
+    ("name", "flag"),
+    [
+        ("RG1_J2KR.dcm", "-xv"),  # a real CR radiograph, JPEG 2000 lossless
+        ("CT_small.dcm", "-xe"),  # a real CT, explicit VR little endian
+        ("MR_small_RLE.dcm", "-xr"),
+        ("emri_small_jpeg_ls_lossless.dcm", "-xt"),  # enhanced MR, 10 frames
+        ("JPEG-LL.dcm", "-xs"),
+        ("SC_rgb_jpeg_dcmtk.dcm", "-xy"),
+    ],
+)
+def test_dcmtk_storescu_in_the_files_own_syntax(node: Node, name: str, flag: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} is not available")
+    before = node.count("predictions")
+    done = subprocess.run(
+        [
+            *("storescu", "-R", flag, "-aet", "STORESCU", "-aec", "RADLENS"),
+            *("127.0.0.1", str(node.port), str(path)),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"Warning" not in done.stderr and b"convert" not in done.stderr, done.stderr
+    assert node.count("predictions") == before + 1
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) is not installed")
+def test_dcmtk_resend_of_an_instance_is_deduplicated(node: Node) -> None:
+    """MR_small_RLE.dcm and MR_small_jpeg_ls_lossless.dcm are one SOP instance in two syntaxes:
+    the second is answered Success with the stored prediction, and no row is added."""
+    from pydicom.data import get_testdata_file
+
+    paths = [get_testdata_file(n) for n in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm")]
+    if None in paths:
+        pytest.skip("pydicom test files are not available")
+    counts = []
+    for path, flag in zip(paths, ("-xr", "-xt"), strict=True):
+        done = subprocess.run(
+            [
+                *("storescu", "-R", flag, "-aet", "STORESCU", "-aec", "RADLENS"),
+                *("127.0.0.1", str(node.port), str(path)),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        counts.append(node.count("predictions"))
+    assert counts[1] == counts[0]
