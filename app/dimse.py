@@ -33,11 +33,10 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-
-from app.errors import ServiceBusyError
-from app.ingest import Ingestor
-from app.settings import Settings
-from models.errors import RadlensError
+from radlens.app.errors import ServiceBusyError
+from radlens.app.ingest import Ingestor
+from radlens.app.settings import Settings
+from radlens.models.errors import RadlensError
 
 logger = logging.getLogger(__name__)
 

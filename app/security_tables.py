@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from radlens.app.db import Base, UTCDateTime, utcnow
 from sqlalchemy import BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
-
-from app.db import Base, UTCDateTime, utcnow
 
 KEY_ID_LENGTH = 12
 

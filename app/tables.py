@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from radlens.app.db import Base, UTCDateTime, utcnow
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -24,8 +25,6 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.orm import Mapped, mapped_column
-
-from app.db import Base, UTCDateTime, utcnow
 
 UID_LENGTH = 64  # DICOM UI value representation: at most 64 characters
 
@@ -106,4 +105,4 @@ def dedupe_key(*, sop_instance_uid: str | None, input_sha256: str) -> str:
 
 
 # API keys and the audit trail share this metadata (Alembic and the migrations test see them).
-from app.security_tables import ApiKey, AuditEvent  # noqa: E402, F401
+from radlens.app.security_tables import ApiKey, AuditEvent  # noqa: E402, F401

@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient`")
         from fastapi.testclient import TestClient
 
-    from app.main import create_app
-    from app.settings import Settings
+    from radlens.app.main import create_app
+    from radlens.app.settings import Settings
+
     from bench._reliability import prepare_database, save_small_model
 
     statuses: Counter[str] = Counter()
@@ -218,9 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 fuzz()
             except AssertionError as exc:
                 failed = exc
+            from radlens.app.tables import Prediction
             from sqlalchemy import func, select
-
-            from app.tables import Prediction
 
             with app.state.resources.sessionmaker() as session:
                 rows = int(session.scalar(select(func.count()).select_from(Prediction)) or 0)

@@ -107,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.pneumonia: data not found: {args.data!r}", file=sys.stderr)
         return 2
     import keras
-
-    from training.config import TrainConfig
-    from training.run import train
+    from radlens.training.config import TrainConfig
+    from radlens.training.run import train
 
     recipe = dict(RECIPES[args.arch])
     recipe.update(

@@ -25,8 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-from models.decision import DEFAULT_THRESHOLD, decide_indices, is_positive
+from radlens.models.decision import DEFAULT_THRESHOLD, decide_indices, is_positive
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -8,10 +8,10 @@ import uuid
 from typing import Any
 
 import pytest
+from radlens.app.keys import key_id_of
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app.keys import key_id_of
 from tests.app.conftest import (
     Service,
     assert_problem,
@@ -97,8 +97,8 @@ class TestTransaction:
     def test_failed_write_leaves_no_prediction_and_a_failure_row(
         self, service: Service, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from app import services
-        from app.errors import DatabaseUnavailableError
+        from radlens.app import services
+        from radlens.app.errors import DatabaseUnavailableError
 
         real = services.record_prediction
         written: list[str] = []
@@ -119,10 +119,9 @@ class TestTransaction:
         assert failures[-1]["target"] is None
 
     def test_success_row_commits_with_the_prediction(self, service: Service) -> None:
+        from radlens.app.security_tables import AuditEvent
+        from radlens.app.tables import Prediction
         from sqlalchemy import select
-
-        from app.security_tables import AuditEvent
-        from app.tables import Prediction
 
         prediction_id = uuid.UUID(service.post(png_bytes(), "e.png").json()["id"])
         with service.app.state.resources.sessionmaker() as session:
@@ -160,7 +159,7 @@ class TestAppendOnly:
 
 class TestAuditCommand:
     def test_json_and_filters(self, service: Service, capsys: pytest.CaptureFixture[str]) -> None:
-        from cli.main import main
+        from radlens.cli.main import main
 
         prediction_id = service.post(png_bytes(), "g.png").json()["id"]
         argv = ["audit", "--database-url", service.database_url, "--json"]
@@ -177,7 +176,7 @@ class TestAuditCommand:
     def test_bad_since_is_one_line(
         self, service: Service, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        from cli.main import main
+        from radlens.cli.main import main
 
         assert main(["audit", "--database-url", service.database_url, "--since", "soon"]) == 2
         err = capsys.readouterr().err

@@ -46,8 +46,8 @@ class Node:
 
 @pytest.fixture(scope="module")
 def node(databases: Databases, model_store: Path) -> Iterator[Node]:
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     url = databases.new()
     upgrade(url)
@@ -191,8 +191,7 @@ def test_decompression_bomb_fails_and_stores_nothing(node: Node) -> None:
 
 def test_dimse_settings_are_validated() -> None:
     from pydantic import ValidationError
-
-    from app.settings import Settings
+    from radlens.app.settings import Settings
 
     with pytest.raises(ValidationError, match="AE title"):
         Settings(dimse_ae_title="A" * 17)
@@ -213,7 +212,10 @@ def _openssl(*args: str) -> None:
 
 def _pki(folder: Path) -> dict[str, Path]:
     """A CA, and a server and a client certificate it signed (made here, never committed)."""
-    f = {n: folder / n for n in ("ca.key", "ca.pem", "srv.key", "srv.pem", "cli.key", "cli.pem")}
+    f = {
+        n: folder / n
+        for n in ("ca.key", "ca.pem", "srv.key", "srv.pem", "radlens.cli.key", "radlens.cli.pem")
+    }
     ca_key, ca_pem = str(f["ca.key"]), str(f["ca.pem"])
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
              "/CN=radlens-test-ca", "-keyout", ca_key, "-out", ca_pem)  # fmt: skip
@@ -233,8 +235,8 @@ def test_dicom_tls_requires_a_certificate_the_ca_signed(
     import io
     import ssl
 
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     pki = _pki(tmp_path)
     url = databases.new()
@@ -263,7 +265,7 @@ def test_dicom_tls_requires_a_certificate_the_ca_signed(
                                tls_args=(client_ctx, None))  # fmt: skip
         assert not no_cert.is_established  # TLS, but no client certificate
 
-        client_ctx.load_cert_chain(pki["cli.pem"], pki["cli.key"])
+        client_ctx.load_cert_chain(pki["radlens.cli.pem"], pki["radlens.cli.key"])
         assoc = ae.associate("127.0.0.1", tls_node.port, ae_title="RADLENS",
                              tls_args=(client_ctx, None))  # fmt: skip
         assert assoc.is_established

@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import tensorflow as tf
-
-from models.errors import ConfigurationError
+from radlens.models.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
