@@ -29,6 +29,10 @@ from fastapi import Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from radlens.app import audit as audit_log
 from radlens.app.db import READ_ONLY
 from radlens.app.deps import SessionDep, _resources
@@ -36,9 +40,6 @@ from radlens.app.errors import AppError, status_for
 from radlens.app.keycache import KeyCache
 from radlens.app.keys import SCOPES, authenticate, hash_key, key_id_of
 from radlens.models.errors import RadlensError
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
 from radlens.app.errors import ModelNotReadyError
 from radlens.app.metrics import ServiceMetrics
 from radlens.app.predictor import Predictor
 from radlens.app.settings import Settings
 from radlens.app.writer import PredictionWriter
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
     from radlens.app.ingest import Ingestor

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from radlens.app.errors import AppError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
+
     from radlens.app.tables import Prediction
 
 CODING_SCHEME = "99RADLENS"  # private (local) coding scheme for radlens class labels and scores

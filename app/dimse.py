@@ -33,6 +33,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
 from radlens.app.errors import ServiceBusyError
 from radlens.app.ingest import Ingestor
 from radlens.app.settings import Settings

@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from radlens.models.errors import RadlensError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from radlens.models.errors import RadlensError
 
 logger = logging.getLogger(__name__)
 

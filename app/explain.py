@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from radlens.app.errors import NotFoundError
-from radlens.app.tables import Explanation
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from radlens.app.errors import NotFoundError
+from radlens.app.tables import Explanation
 
 if TYPE_CHECKING:
     from radlens.app.predictor import Predictor
@@ -63,6 +64,7 @@ class Explainer:
     def explain(self, model_input: np.ndarray) -> ExplanationOutput:
         """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input."""
         import tensorflow as tf
+
         from radlens.models.gradcam import explain_image
 
         names = list(self.predictor.manifest.class_names)

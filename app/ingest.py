@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import String
+
 from radlens.app.errors import InvalidDicomAttributeError
 from radlens.app.explain import ExplanationOutput, explainer_for
 from radlens.app.metrics import ServiceMetrics
@@ -35,7 +37,6 @@ from radlens.app.pseudonym import pseudonym_key_id, pseudonymise_uid
 from radlens.app.settings import Settings
 from radlens.app.tables import Explanation, Prediction, dedupe_key
 from radlens.app.writer import PredictionWriter
-from sqlalchemy import String
 
 if TYPE_CHECKING:
     from radlens.app.predictor import Predictor

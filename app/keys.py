@@ -17,11 +17,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from radlens.app.db import utcnow
 from radlens.app.errors import AppError
 from radlens.app.security_tables import KEY_ID_LENGTH, ApiKey
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 SCOPES = ("predict", "read", "admin")
 KEY_PREFIX = "rl_"

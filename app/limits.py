@@ -7,10 +7,11 @@ soon as it passes the limit, so the service never buffers more than the limit.
 
 from __future__ import annotations
 
-from radlens.app.errors import PayloadTooLargeError, problem_response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from radlens.app.errors import PayloadTooLargeError, problem_response
 
 
 class UploadTooLarge(StarletteHTTPException):

@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+
 from radlens.app.deps import Resources
 from radlens.app.errors import CatchAllMiddleware, install_error_handlers
 from radlens.app.keycache import KeyCache

@@ -19,11 +19,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from radlens.app.db import make_engine
-from radlens.app.errors import DatabaseNotMigratedError, DatabaseUnavailableError, MigrationError
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+
+from radlens.app.db import make_engine
+from radlens.app.errors import DatabaseNotMigratedError, DatabaseUnavailableError, MigrationError
 
 
 def migrations_dir() -> Path:

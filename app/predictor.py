@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
+
 from radlens.app.device import DeviceInfo, select_device
 from radlens.app.errors import AppError
 from radlens.app.workqueue import STOP, WorkQueue, fail, resolve_all
@@ -556,6 +557,7 @@ def load_predictor(settings: Any) -> Predictor:
     initialise the GPU. The Keras model is always loaded (Grad-CAM needs it).
     """
     import tensorflow as tf
+
     from radlens.app.startup import choose_runtime, registry_for
 
     device = select_device(settings.device)

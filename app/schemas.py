@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from radlens.app.errors import PROBLEM_MEDIA_TYPE
 
 NOT_FOR_CLINICAL_USE = (

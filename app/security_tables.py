@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from radlens.app.db import Base, UTCDateTime, utcnow
 from sqlalchemy import BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
+
+from radlens.app.db import Base, UTCDateTime, utcnow
 
 KEY_ID_LENGTH = 12
 

@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar, cast
 
-from radlens.app.db import utcnow
-from radlens.app.errors import InvalidCursorError, NotFoundError
-from radlens.app.tables import Prediction
 from sqlalchemy import Table, and_, or_, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -24,6 +21,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
+
+from radlens.app.db import utcnow
+from radlens.app.errors import InvalidCursorError, NotFoundError
+from radlens.app.tables import Prediction
 
 T = TypeVar("T")
 

@@ -11,7 +11,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from radlens.app.db import Base, UTCDateTime, utcnow
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -25,6 +24,8 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+
+from radlens.app.db import Base, UTCDateTime, utcnow
 
 UID_LENGTH = 64  # DICOM UI value representation: at most 64 characters
 

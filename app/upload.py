@@ -18,8 +18,9 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from radlens.app.errors import UnsupportedMediaTypeError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from radlens.app.errors import UnsupportedMediaTypeError
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

@@ -24,13 +24,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from radlens.app import audit as audit_log
 from radlens.app import services
 from radlens.app.errors import AppError
 from radlens.app.explain import ExplanationOutput, record_explanation
 from radlens.app.tables import Explanation, Prediction
 from radlens.app.workqueue import STOP, WorkQueue, fail, resolve_all
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -41,6 +41,7 @@ MODEL_NAME = "bench-reliability"
 def save_small_model(store: Path, architecture: str = "simple_cnn", size: int = 64) -> str:
     """A small model (weights=None, 2 classes) saved through models.registry; returns its ref."""
     import keras
+
     from radlens.models.architectures import build_model
     from radlens.models.registry import ModelRegistry
 

@@ -167,10 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient`")
         from fastapi.testclient import TestClient
 
+    from bench._reliability import prepare_database, save_small_model
     from radlens.app.main import create_app
     from radlens.app.settings import Settings
-
-    from bench._reliability import prepare_database, save_small_model
 
     statuses: Counter[str] = Counter()
     created = 0
@@ -219,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                 fuzz()
             except AssertionError as exc:
                 failed = exc
-            from radlens.app.tables import Prediction
             from sqlalchemy import func, select
+
+            from radlens.app.tables import Prediction
 
             with app.state.resources.sessionmaker() as session:
                 rows = int(session.scalar(select(func.count()).select_from(Prediction)) or 0)

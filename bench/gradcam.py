@@ -44,6 +44,7 @@ def _cpu(fn: Callable[[], object]) -> float:
 
 def cost() -> None:
     import numpy as np
+
     from radlens.models.architectures import build_model
     from radlens.models.gradcam import explain_image, gradcam
 
@@ -73,9 +74,10 @@ def localisation(seeds: int) -> None:
     import numpy as np
 
     sys.path.insert(0, str(REPO_ROOT / "tests" / "models"))
+    from test_gradcam import peak_in_box, squares  # the test's data generator
+
     from radlens.models.architectures import build_model
     from radlens.models.gradcam import gradcam
-    from test_gradcam import peak_in_box, squares  # the test's data generator
 
     for seed in range(1, seeds + 1):
         keras.utils.set_random_seed(seed)

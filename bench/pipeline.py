@@ -55,6 +55,7 @@ def measure_training(size: int, batch: int, steps: int) -> float:
     """Images/s that ResNet50 training consumes (train_on_batch on an in-memory batch)."""
     import keras
     import numpy as np
+
     from radlens.models.architectures import build_model
 
     keras.utils.set_random_seed(0)

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.pneumonia: data not found: {args.data!r}", file=sys.stderr)
         return 2
     import keras
+
     from radlens.training.config import TrainConfig
     from radlens.training.run import train
 

@@ -107,6 +107,7 @@ def time_pair(
 def file_calls(data: bytes, size: int) -> tuple[Callable[[], object], Callable[[], object]]:
     """The two calls compared on one file: pydicom's parse + decode, radlens's preprocess."""
     import pydicom
+
     from radlens.models.preprocessing import preprocess
 
     def baseline() -> object:
@@ -205,6 +206,7 @@ def reduction_of(data: bytes, size: int) -> str:
     import warnings
 
     import pydicom
+
     from radlens.models.preprocessing import (
         _codestream_syntaxes,
         _frame_codestream,
@@ -286,6 +288,7 @@ def diff(args: argparse.Namespace) -> int:
     import warnings
 
     import numpy as np
+
     from radlens.models.errors import PreprocessingError
     from radlens.models.preprocessing import preprocess
 

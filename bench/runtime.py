@@ -52,6 +52,7 @@ PNEUMONIA = (
 def machine() -> dict[str, object]:
     import openvino as ov
     import tensorflow as tf
+
     from radlens.models.runtime import bf16_supported, cpu_name
 
     core = ov.Core()
@@ -113,6 +114,7 @@ def throughput(store: Path, ref: str, batches: list[int], rounds: int, seconds: 
     """images/s and CPU ms per image per (engine, batch): medians over interleaved rounds,
     and the per-round ratios against TensorFlow fp32 (1 stream) measured in the same round."""
     import tensorflow as tf
+
     from radlens.models.registry import ModelRegistry
     from radlens.models.runtime import OpenVINORuntime, bf16_supported
 
@@ -241,6 +243,7 @@ def memory(store: Path, tmp: Path) -> dict:
 
 def parity(store: Path, epochs: int, size: int) -> dict:
     import keras
+
     from radlens.models.architectures import build_model
     from radlens.models.preprocessing import preprocess_array
     from radlens.models.registry import ModelRegistry
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         store = tmp / "store"
         import keras
+
         from radlens.models.architectures import build_model
         from radlens.models.registry import ModelRegistry
         from radlens.models.runtime import add_openvino_runtime

@@ -139,6 +139,7 @@ def save_tiny_model(store: Path) -> str:
     """A 32 px simple_cnn: serving it costs almost no model time, so the service's CPU per
     request is its overhead (HTTP, multipart, decoding, DB, JSON, batching)."""
     import keras
+
     from radlens.models.architectures import build_model
     from radlens.models.registry import ModelRegistry
 
@@ -223,6 +224,7 @@ def measure_baselines(
     alike instead of favouring whichever ran in a quiet moment.
     """
     import tensorflow as tf
+
     from radlens.models.registry import ModelRegistry
 
     loaded = ModelRegistry(store).load(ref)
@@ -484,6 +486,7 @@ def database(kind: str, tmp: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp / 'bench.db'}"  # the service migrates SQLite itself
         return
     import psycopg
+
     from radlens.app.migrate import upgrade
 
     name = f"radlens_bench_{os.getpid()}"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
+
 from radlens.cli.common import fail, settings_for
 from radlens.cli.keys_cmds import DatabaseUrlOption, JsonOption, database_session
 

@@ -26,6 +26,7 @@ def settings_for(**overrides: Any) -> Settings:
     """The service settings with the command's overrides (None = not given); a bad value is
     one line, exit 2."""
     from pydantic import ValidationError
+
     from radlens.app.settings import Settings, describe_validation_error
 
     values = {key: value for key, value in overrides.items() if value is not None}

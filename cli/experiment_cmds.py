@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from radlens.cli import training_options as shared
 from radlens.cli.common import fail
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
 from radlens.cli.common import fail
 
 if TYPE_CHECKING:
@@ -147,6 +148,7 @@ def filter_image(
     target = parse_size(size)
 
     from PIL import Image
+
     from radlens.models.preprocessing import preprocess
 
     image = preprocess(_read(path), size=target, window=window)

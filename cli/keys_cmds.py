@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
 from radlens.cli.common import settings_for
 
 if TYPE_CHECKING:

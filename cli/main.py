@@ -12,6 +12,7 @@ import importlib
 import sys
 
 import typer
+
 from radlens.cli.common import report_error
 
 COMMAND_MODULES = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
 from radlens.cli.common import fail, settings_for
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def register(app: typer.Typer) -> None:
         import logging
 
         import uvicorn
+
         from radlens.app.startup import preflight
 
         report = preflight(settings)

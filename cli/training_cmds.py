@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from radlens.cli import training_options as shared
 from radlens.cli.common import fail
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
 from radlens.cli.common import fail
 
 if TYPE_CHECKING:

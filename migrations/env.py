@@ -7,10 +7,11 @@ service's own (app.tables), which the autogenerate comparison test checks agains
 
 from __future__ import annotations
 
-import radlens.app.tables  # noqa: F401  (registers the tables on Base.metadata)
 from alembic import context
-from radlens.app.db import Base, make_engine
 from sqlalchemy import Connection
+
+import radlens.app.tables  # noqa: F401  (registers the tables on Base.metadata)
+from radlens.app.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 import keras
 import numpy as np
+
 from radlens.models.errors import ConfigurationError
 from radlens.models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess, check_filter_names
 

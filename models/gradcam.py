@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from radlens.models.errors import ConfigurationError, InvalidImageError
 
 if TYPE_CHECKING:

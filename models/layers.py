@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops as K
+
 from radlens.models.errors import ConfigurationError
 from radlens.models.ops import FILTER_NAMES, KERNELS
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
 from radlens.models.errors import ConfigurationError
 
 __all__ = [

@@ -19,6 +19,7 @@ import io
 from typing import Any
 
 import numpy as np
+
 from radlens.models.errors import ConfigurationError, InvalidImageError
 
 __all__ = ["COLORMAPS", "DEFAULT_WIDTH", "blend", "render_overlay"]

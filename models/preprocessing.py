@@ -94,6 +94,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+
 from radlens.models.errors import (
     CodestreamMismatchError,
     ImageTooLargeError,
@@ -702,6 +703,7 @@ def _frame_codestream(ds: Dataset, tsyntax: Any, index: int, frames: int) -> byt
 def _codestream_syntaxes() -> frozenset[str]:
     """JPEG 2000 (and HTJ2K), JPEG-LS and the JPEG processes: one codestream per frame."""
     from pydicom import uid
+
     from radlens.models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
 
     jpeg = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1)
@@ -1000,6 +1002,7 @@ def _decode_frame(
     from pydicom.pixels import as_pixel_options, get_decoder
     from pydicom.pixels.utils import get_expected_length
     from pydicom.uid import RLELossless
+
     from radlens.models.codecs import PLUGIN as CODECS_PLUGIN
     from radlens.models.codecs import SYNTAXES as CODECS_SYNTAXES
 

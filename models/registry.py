@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from radlens.models.decision import decide
 from radlens.models.errors import (
     ConfigurationError,

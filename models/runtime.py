@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
 from radlens.models.errors import (
     ConfigurationError,
     InvalidImageError,
@@ -47,6 +48,7 @@ from radlens.models.errors import (
 
 if TYPE_CHECKING:
     import keras
+
     from radlens.models.manifest import ModelManifest
     from radlens.models.registry import ModelRegistry
 

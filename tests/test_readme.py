@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 from radlens.app.settings import Settings
-
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()

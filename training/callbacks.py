@@ -37,6 +37,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+
 from radlens.training.metrics import DEFAULT_THRESHOLD, classification_metrics, roc_curve_points
 from radlens.training.rundir import BEST_WEIGHTS, CHECKPOINTS, write_state
 
@@ -401,6 +402,7 @@ def reliability_diagram_png(
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+
     from radlens.training.metrics import expected_calibration_error, reliability_bins
 
     bins = reliability_bins(labels, probabilities)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from radlens.models.errors import ConfigurationError
 from radlens.training.data.sources import (
     DataSource,

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from radlens.models.decision import DEFAULT_THRESHOLD, decide_indices, is_positive
 
 __all__ = [

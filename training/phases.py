@@ -26,6 +26,7 @@ from typing import Any
 
 import keras
 import numpy as np
+
 from radlens.training.config import TrainConfig
 from radlens.training.data.sources import Example
 

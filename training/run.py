@@ -46,6 +46,7 @@ from typing import Any
 
 import keras
 import numpy as np
+
 from radlens.models.errors import ConfigurationError
 from radlens.training import rundir
 from radlens.training.config import TrainConfig

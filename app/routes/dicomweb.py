@@ -32,6 +32,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
 from radlens.app.auth import Principal, PrincipalDep, record_outcome
 from radlens.app.deps import IngestorDep, SettingsDep
 from radlens.app.errors import AppError, UnsupportedMediaTypeError

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+
 from radlens.app import services
 from radlens.app.auth import PrincipalDep
 from radlens.app.deps import IngestorDep, SessionDep, SettingsDep

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
 from radlens.app.deps import MetricsDep, ResourcesDep
 from radlens.app.errors import DatabaseUnavailableError, ModelNotReadyError
 from radlens.app.schemas import Health, ModelRef, Readiness, problem_responses
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 router = APIRouter(tags=["operations"])
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
+
 from radlens.app import services
 from radlens.app.auth import PrincipalDep
 from radlens.app.deps import IngestorDep, SessionDep

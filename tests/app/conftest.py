@@ -54,6 +54,7 @@ def build_tiny_model() -> Any:
 
 def save_tiny_model(store: Path, name: str = "tiny", **overrides: Any) -> Any:
     import keras
+
     from radlens.models.registry import ModelRegistry
 
     keras.utils.set_random_seed(7)
@@ -240,8 +241,9 @@ class Service:
         return dump
 
     def count(self) -> int:
-        from radlens.app.tables import Prediction
         from sqlalchemy import func, select
+
+        from radlens.app.tables import Prediction
 
         with self.app.state.resources.sessionmaker() as session:
             return int(session.scalar(select(func.count()).select_from(Prediction)) or 0)

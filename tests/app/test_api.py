@@ -247,8 +247,9 @@ class TestRead:
         newest first."""
         import uuid
 
-        from radlens.app.tables import Prediction
         from sqlalchemy import update
+
+        from radlens.app.tables import Prediction
 
         study = new_uid()
         ids = [service.post(dicom_bytes(study=study, seed=300 + i)).json()["id"] for i in range(5)]
@@ -567,8 +568,9 @@ class TestUploadErrors:
     def test_database_failure_is_503_without_the_statement(
         self, service: Service, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from radlens.app import services
         from sqlalchemy.exc import OperationalError
+
+        from radlens.app import services
 
         def locked(*args: object, **kwargs: object) -> None:
             raise OperationalError(

@@ -8,10 +8,10 @@ import uuid
 from typing import Any
 
 import pytest
-from radlens.app.keys import key_id_of
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from radlens.app.keys import key_id_of
 from tests.app.conftest import (
     Service,
     assert_problem,
@@ -119,9 +119,10 @@ class TestTransaction:
         assert failures[-1]["target"] is None
 
     def test_success_row_commits_with_the_prediction(self, service: Service) -> None:
+        from sqlalchemy import select
+
         from radlens.app.security_tables import AuditEvent
         from radlens.app.tables import Prediction
-        from sqlalchemy import select
 
         prediction_id = uuid.UUID(service.post(png_bytes(), "e.png").json()["id"])
         with service.app.state.resources.sessionmaker() as session:

@@ -174,10 +174,11 @@ def test_read_only_sessions_do_not_wait_for_the_writer(
 ) -> None:
     """While another connection holds the write lock, a read-only session reads at once
     (WAL snapshot); an ordinary session, which begins IMMEDIATE, waits and times out."""
+    from sqlalchemy.exc import OperationalError
+
     from radlens.app import db
     from radlens.app.migrate import upgrade
     from radlens.app.tables import Prediction
-    from sqlalchemy.exc import OperationalError
 
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)  # keep the failing wait short
     url = f"sqlite:///{tmp_path / 'read-only.db'}"

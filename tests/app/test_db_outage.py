@@ -65,9 +65,10 @@ def _post(client: TestClient) -> Any:
 def test_outage_is_503_with_retry_after_and_the_service_recovers_by_itself(
     private_cluster: Any, model_store: Path
 ) -> None:
+    from sqlalchemy import create_engine, text
+
     from radlens.app.main import create_app
     from radlens.app.migrate import upgrade
-    from sqlalchemy import create_engine, text
 
     pg = private_cluster
     upgrade(pg.url)

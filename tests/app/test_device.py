@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
 from radlens.app.device import DeviceInfo, select_device
 from radlens.models.errors import ConfigurationError
 

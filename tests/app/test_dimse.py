@@ -191,6 +191,7 @@ def test_decompression_bomb_fails_and_stores_nothing(node: Node) -> None:
 
 def test_dimse_settings_are_validated() -> None:
     from pydantic import ValidationError
+
     from radlens.app.settings import Settings
 
     with pytest.raises(ValidationError, match="AE title"):

@@ -174,7 +174,6 @@ class TestExplainer:
     def test_warmup_at_start_up(self, tmp_path: Path, model_store: Path) -> None:
         from radlens.app.explain import explainer_for
         from radlens.app.main import create_app
-
         from tests.app.conftest import TestClient, make_settings
 
         url = f"sqlite:///{tmp_path / 'warm.db'}"
@@ -187,8 +186,9 @@ def test_deleting_a_prediction_deletes_its_explanation(service: Service) -> None
     """Retention (radlens purge) deletes predictions in bulk: the overlay goes with them."""
     import uuid
 
-    from radlens.app.tables import Prediction
     from sqlalchemy import delete
+
+    from radlens.app.tables import Prediction
 
     response = service.post(png_bytes(), "gone.png", params={"explain": "true"})
     pid = response.json()["id"]

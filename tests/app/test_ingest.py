@@ -157,6 +157,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What the service did, in order: "auth" (the key checked), "parse" (a multipart
     parser built: FastAPI's form parsing, with its temp files, or radlens's own)."""
     from python_multipart.multipart import MultipartParser
+
     from radlens.app import auth
 
     seen: list[str] = []
@@ -241,7 +242,6 @@ def test_the_writer_refuses_beyond_its_queue(tmp_path: Path) -> None:
     from radlens.app.errors import ServiceBusyError
     from radlens.app.migrate import upgrade
     from radlens.app.writer import PredictionWriter
-
     from tests.app.conftest import prediction_row
 
     url = f"sqlite:///{tmp_path / 'w.db'}"
@@ -306,6 +306,7 @@ def test_a_flood_gets_503_with_retry_after_and_every_accepted_upload_is_stored(
     flooded_app: Any,
 ) -> None:
     import httpx
+
     from radlens.app.errors import ServiceBusyError
 
     app = flooded_app
@@ -365,6 +366,7 @@ def test_a_flood_gets_503_with_retry_after_and_every_accepted_upload_is_stored(
 
 def test_queue_bounds_are_validated_settings(tmp_path: Path) -> None:
     from pydantic import ValidationError
+
     from radlens.app.settings import describe_validation_error
 
     settings = make_settings("sqlite://", tmp_path)
@@ -401,6 +403,7 @@ def test_an_upload_is_preprocessed_with_the_manifests_version(version: str) -> N
     """A model trained with preprocessing version 1 (full decode) is fed exactly as it was
     trained, a version-2 model with the reduced JPEG 2000 decode (models.preprocessing)."""
     from pydicom.data import get_testdata_file
+
     from radlens.app.ingest import _prepare_upload
     from radlens.models.preprocessing import preprocess
 

@@ -71,6 +71,7 @@ class TestKeyCache:
 
     def test_setting_range(self) -> None:
         from pydantic import ValidationError
+
         from radlens.app.settings import Settings
 
         assert Settings(auth_cache_ttl_s=0).auth_cache_ttl_s == 0

@@ -6,17 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from radlens.app.db import Base, make_engine
-from radlens.app.migrate import current_revision, downgrade, head_revision, upgrade
 from sqlalchemy import inspect
 
+from radlens.app.db import Base, make_engine
+from radlens.app.migrate import current_revision, downgrade, head_revision, upgrade
 from tests.app.conftest import Databases
 
 
 def _diff(url: str) -> list[object]:
-    import radlens.app.tables  # noqa: F401
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
+
+    import radlens.app.tables  # noqa: F401
 
     engine = make_engine(url)
     try:

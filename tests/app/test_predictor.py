@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import keras
 import numpy as np
 import pytest
+
 from radlens.app.device import DeviceInfo
 from radlens.app.predictor import (
     BatchStats,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from radlens.app.pseudonym import pseudonymise_uid
 
+from radlens.app.pseudonym import pseudonymise_uid
 from tests.app.conftest import (
     Databases,
     Service,
@@ -125,10 +125,10 @@ def test_the_key_id_tells_keys_apart_and_reveals_nothing() -> None:
 
 
 def test_each_row_records_whether_its_uids_are_pseudonyms(pseudonymising: Service) -> None:
-    from radlens.app.pseudonym import pseudonym_key_id
-    from radlens.app.tables import Prediction
     from sqlalchemy import select
 
+    from radlens.app.pseudonym import pseudonym_key_id
+    from radlens.app.tables import Prediction
     from tests.app.conftest import png_bytes
 
     dicom = pseudonymising.post(dicom_bytes(), "a.dcm").json()["id"]
@@ -147,7 +147,6 @@ def test_dicom_outputs_follow_the_row_not_the_current_setting(
 ) -> None:
     from radlens.app.main import create_app
     from radlens.app.migrate import upgrade
-
     from tests.app.conftest import assert_problem
 
     url = databases.new()

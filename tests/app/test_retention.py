@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from radlens.app.tables import Prediction
 from sqlalchemy import update
 
+from radlens.app.tables import Prediction
 from tests.app.conftest import Service, png_bytes
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import ValidationError
+
 from radlens.models.errors import ModelCorruptError, RuntimeUnavailableError
 from radlens.models.runtime import bf16_supported, openvino_version, recorded_parity
-
 from tests.app.conftest import TestClient, make_settings, png_bytes, save_tiny_model
 from tests.conftest import shared_data_path
 

@@ -38,9 +38,10 @@ def fuzz_target(databases: Databases, model_store: Path) -> Iterator[tuple[Any, 
     Schemathesis runs the app's lifespan itself (once, on its own event-loop thread) and keeps
     it until asked to stop; the fixture stops it so the database can be dropped.
     """
+    from schemathesis.python.asgi import shutdown_lifespans
+
     from radlens.app.main import create_app
     from radlens.app.migrate import upgrade
-    from schemathesis.python.asgi import shutdown_lifespans
 
     url = databases.new()
     upgrade(url)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+
 from radlens.app.settings import REPO_ROOT, Settings, describe_validation_error, get_settings
 
 

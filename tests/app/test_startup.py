@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from radlens.app.errors import DatabaseNotMigratedError, DatabaseUnavailableError
 from radlens.models.errors import ModelCorruptError, ModelIncompatibleError, ModelNotFoundError
-
 from tests.app.conftest import Databases, TestClient, make_settings, postgres_available
 
 
@@ -146,6 +146,7 @@ class TestDatabaseAtStartUp:
 def test_expected_startup_failure_reaches_the_server_as_one_line(tmp_path: Path) -> None:
     """What uvicorn logs when the lifespan fails: one line for an expected failure."""
     import anyio
+
     from radlens.app.main import create_app
 
     app = create_app(make_settings(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "no-store"))
@@ -173,7 +174,6 @@ def test_notice_is_dropped_only_for_a_clinically_validated_model(
     store_copy: Path, sqlite_url: str
 ) -> None:
     from radlens.app.main import create_app
-
     from tests.app.conftest import png_bytes
 
     manifest_path = version_dir(store_copy) / "manifest.json"

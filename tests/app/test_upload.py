@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from fastapi.exceptions import RequestValidationError
-from radlens.app.errors import UnsupportedMediaTypeError
-from radlens.app.upload import file_field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from radlens.app.errors import UnsupportedMediaTypeError
+from radlens.app.upload import file_field
 from tests.app.conftest import Service, assert_problem, png_bytes
 from tests.app.test_audit import audit_rows
 

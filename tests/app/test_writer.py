@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import event, func, select
+
 from radlens.app import services
 from radlens.app.db import make_engine, make_sessionmaker
 from radlens.app.security_tables import AuditEvent
 from radlens.app.tables import Prediction
 from radlens.app.writer import PredictionWriter, WriterStoppedError
-from sqlalchemy import event, func, select
-
 from tests.app.conftest import prediction_row
 
 row = prediction_row

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
+
 from radlens.cli.imaging import to_display
 from radlens.cli.main import main
-
 from tests.conftest import REPO_ROOT, shared_data_path
 
 CT_SMALL = str(get_testdata_file("CT_small.dcm"))

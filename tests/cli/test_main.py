@@ -12,6 +12,7 @@ def test_unknown_command_exits_2(capsys):
 
 def test_a_mistyped_command_module_is_an_error():
     import pytest
+
     from radlens.cli.main import _register_commands
 
     with pytest.raises(ModuleNotFoundError, match=r"cli\.service_cmdz"):

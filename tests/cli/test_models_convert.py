@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+
 from radlens.cli.main import main
 from radlens.models.runtime import openvino_version
-
 from tests.app.conftest import save_tiny_model
 from tests.conftest import shared_data_path
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from radlens.cli.main import main
 
 
@@ -17,6 +18,7 @@ def captured_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         if key.startswith("RADLENS_"):
             monkeypatch.delenv(key)
     import uvicorn
+
     from radlens.app import startup
 
     calls: dict[str, Any] = {}

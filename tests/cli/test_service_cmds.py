@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from radlens.cli.main import main
 
+from radlens.cli.main import main
 from tests.app.conftest import dicom_bytes, png_bytes, postgres_available, save_tiny_model
 from tests.app.test_api import MARKERS
 from tests.conftest import REPO_ROOT
@@ -173,7 +173,6 @@ def test_serve_runs_uvicorn_on_the_factory(tmp_path: Path) -> None:
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
     from radlens.app.migrate import upgrade
-
     from tests.app.conftest import create_api_key
 
     upgrade(env["RADLENS_DATABASE_URL"])

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from radlens.cli.main import main
 
+from radlens.cli.main import main
 from tests.conftest import REPO_ROOT
 
 
@@ -183,6 +183,7 @@ def test_resume_an_interrupted_run(
     demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import keras
+
     from radlens.training.config import TrainConfig
     from radlens.training.run import train
 
@@ -239,6 +240,7 @@ def test_cli_module_does_not_import_tensorflow() -> None:
 def test_train_and_experiment_share_their_common_options() -> None:
     """Declared once (cli/training_options.py): same flags, types, defaults and help."""
     import typer.main
+
     from radlens.cli.main import app
     from radlens.cli.training_options import SHARED_FIELDS
 

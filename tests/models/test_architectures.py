@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from radlens.models import registry as registry_module
 from radlens.models.architectures import (
     ARCHITECTURES,

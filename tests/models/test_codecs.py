@@ -19,6 +19,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import HTJ2KLossless, JPEGLossless, JPEGLosslessSV1, generate_uid
+
 from radlens.models import codecs
 from radlens.models.errors import PreprocessingError
 from radlens.models.preprocessing import preprocess

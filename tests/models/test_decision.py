@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from radlens.models.decision import DEFAULT_THRESHOLD, decide, decide_indices, is_positive
 from radlens.models.manifest import ModelManifest
 from radlens.training.metrics import binary_metrics, multiclass_metrics
-
 from tests.models.test_registry import valid_manifest_dict
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from radlens.models.errors import (
     CodestreamMismatchError,
     InvalidImageError,
@@ -187,6 +188,7 @@ class TestJpeg2000Reduced:
         """1955 x 1841 at 1/4 and 1/8: Pillow's own `reduce` rounds the size and fails."""
         import pydicom
         from pydicom.encaps import generate_frames
+
         from radlens.models.preprocessing import _decode_j2k_reduced
 
         ds = pydicom.dcmread(io.BytesIO(pydicom_data("RG1_J2KR.dcm")))
@@ -219,6 +221,7 @@ class TestJpeg2000Reduced:
 
         import pydicom
         from pydicom.data import DATA_ROOT, external_data_sources
+
         from radlens.models import codecs
         from radlens.models.preprocessing import (
             _codestream_header,
@@ -419,6 +422,7 @@ class TestCodestreamChecks:
 
         import pydicom
         from pydicom.data import DATA_ROOT, external_data_sources
+
         from radlens.models.preprocessing import (
             _check_codestream,
             _codestream_syntaxes,

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+
 from radlens.models.architectures import build_model, set_backbone_trainable
 from radlens.models.errors import ConfigurationError, InvalidImageError
 from radlens.models.gradcam import (

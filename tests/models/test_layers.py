@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+
 from radlens.models import ops
 from radlens.models.errors import ConfigurationError
 from radlens.models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess

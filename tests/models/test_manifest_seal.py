@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 import pytest
+
 from radlens.models import registry as registry_module
 from radlens.models.errors import ModelCorruptError, ModelTamperedError, ModelUnsealedError
 from radlens.models.manifest import check_seal, seal

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+
 from radlens.models import ops
 from radlens.models.errors import ConfigurationError
 

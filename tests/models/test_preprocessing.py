@@ -25,6 +25,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
 from radlens.models.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -47,7 +48,6 @@ from radlens.models.preprocessing import (
     resize_image,
     sniff_format,
 )
-
 from tests.conftest import shared_data_path
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pydicom.data import get_testdata_file, get_testdata_files
+
 from radlens.models.errors import PreprocessingError
 from radlens.models.preprocessing import PreprocessedImage, preprocess
-
 from tests.conftest import SHARED_DICOM
 
 NOT_DICOM_SUFFIXES = {".txt", ".json", ".gz", ".icc", ".dump"}

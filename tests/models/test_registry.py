@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+
 from radlens.models import registry as registry_module
 from radlens.models.errors import (
     ConfigurationError,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from radlens.models import registry as registry_module
 from radlens.models.errors import (
     ConfigurationError,
@@ -28,7 +29,6 @@ from radlens.models.runtime import (
     recorded_parity,
     select_runtime,
 )
-
 from tests.conftest import shared_data_path
 
 PP_VERSION = "test-pp-1"
@@ -225,6 +225,7 @@ def val_images(size: int = 32, count: int = 96) -> tuple[np.ndarray, np.ndarray]
 @pytest.fixture()
 def stored(tmp_path: Path) -> ModelRegistry:
     import keras
+
     from radlens.models.architectures import build_model
 
     keras.utils.set_random_seed(3)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import radlens.models.preprocessing as pp
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+import radlens.models.preprocessing as pp
 from tests.conftest import SHARED_DICOM
 
 # (file, why it is here)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from radlens.training.config import TrainConfig
 
 TEST_PATIENT_KEY = "radlens-tests-patient-key"

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from radlens.models.errors import ConfigurationError
 from radlens.training.data.augment import AugmentConfig, augment_image
 from radlens.training.data.pipeline import make_dataset
 from radlens.training.data.sources import open_source
-
 from tests.training.data_fixtures import png_folder
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from radlens.models.errors import ConfigurationError
 from radlens.training.config import TrainConfig, read_config_file
 

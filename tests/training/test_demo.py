@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, ExplicitVRLittleEndian
+
 from radlens.cli.main import main
 from radlens.models.errors import ConfigurationError
 from radlens.models.preprocessing import preprocess

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from radlens.models.errors import ConfigurationError
 from radlens.training import distribute, loop
 from radlens.training.distribute import (
@@ -35,7 +36,6 @@ from radlens.training.distribute import (
     parse_tf_config,
     resolve_strategy_name,
 )
-
 from tests.conftest import REPO_ROOT
 from tests.training.workers import free_ports, worker_env
 
@@ -407,6 +407,7 @@ class TestWrapOptimizer:
 
 def tiny_dataset_fn(batch_size: int = 8, seed: int = 7) -> Any:
     import tensorflow as tf
+
     from radlens.training.distribute_worker import synthetic_data
 
     images, labels = synthetic_data(seed)
@@ -418,6 +419,7 @@ def tiny_dataset_fn(batch_size: int = 8, seed: int = 7) -> Any:
 def train_default(**overrides: Any) -> loop.DistributedTrainResult:
     import keras
     import tensorflow as tf
+
     from radlens.training.distribute_worker import build_tiny_model
 
     def model_fn() -> Any:
@@ -559,6 +561,7 @@ class TestWithTheProjectsModels:
     def test_simple_cnn_with_filters_in_two_phases(self) -> None:
         """The trainer's two-phase pattern: phase 2 passes the phase-1 model back in."""
         import tensorflow as tf
+
         from radlens.models.architectures import build_model
 
         model = None
@@ -758,6 +761,7 @@ def distributed_runs(tmp_path_factory: Any) -> dict[str, WorkerRun]:
 def single_device_reference(initial: list[np.ndarray]) -> list[np.ndarray]:
     """The same recipe on one device (default strategy, this process) from the same weights."""
     import tensorflow as tf
+
     from radlens.training.distribute_worker import build_tiny_model
 
     def model_fn() -> Any:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from radlens.models.errors import ConfigurationError, ModelNotFoundError
 from radlens.models.registry import ModelRegistry
 from radlens.training.evaluate import evaluate, open_data

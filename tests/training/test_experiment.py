@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from radlens.cli.main import main
 from radlens.models.errors import ConfigurationError
 from radlens.models.ops import FILTER_NAMES

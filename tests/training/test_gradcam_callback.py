@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from radlens.training.gradcam_callback import GradCamCallback, pick_examples
 from radlens.training.metrics import keras_metrics
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from radlens.cli.main import main
 from radlens.models.registry import ModelRegistry
 from radlens.training import metrics as metrics_module

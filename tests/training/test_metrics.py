@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
+
 from radlens.training.metrics import (
     binary_metrics,
     choose_threshold,
@@ -13,7 +15,6 @@ from radlens.training.metrics import (
     roc_auc,
     roc_curve_points,
 )
-from sklearn.metrics import roc_auc_score
 
 
 def test_threshold_rules() -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from radlens.models.preprocessing import preprocess, preprocess_array
 from radlens.training.data.demo import write_demo_dataset
 from radlens.training.data.pipeline import make_dataset
 from radlens.training.data.sources import open_source
-
 from tests.conftest import shared_data_path
 from tests.training.data_fixtures import png_bytes, write_csv
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from radlens.models.errors import ConfigurationError
 from radlens.training.data.sources import (
     check_leakage,

@@ -6,6 +6,7 @@ from typing import Any
 
 import keras
 import pytest
+
 from radlens.training.config import TrainConfig
 from radlens.training.phases import (
     Phase,

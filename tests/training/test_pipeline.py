@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from radlens.models.errors import ConfigurationError
 from radlens.models.preprocessing import preprocess
 from radlens.training.data.pipeline import dataset_size, make_dataset
 from radlens.training.data.sources import DataSource, SkippedFile, open_source
-
 from tests.training.data_fixtures import png_folder, write_npz
 
 

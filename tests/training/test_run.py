@@ -11,6 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+
 from radlens.models.errors import ConfigurationError
 from radlens.models.registry import ModelRegistry
 from radlens.training.config import TrainConfig

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from radlens.models.errors import ConfigurationError
 from radlens.models.preprocessing import preprocess, preprocess_array
 from radlens.training.data.sources import (
@@ -22,7 +23,6 @@ from radlens.training.data.sources import (
     sniff_format,
     split_source,
 )
-
 from tests.conftest import shared_data_path
 from tests.training.data_fixtures import png_bytes, png_folder, random_gray, write_csv, write_npz
 

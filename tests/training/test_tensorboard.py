@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from radlens.training.callbacks import tensorboard_callbacks
 from radlens.training.metrics import keras_metrics
 

@@ -18,8 +18,8 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from radlens.models.registry import ModelRegistry
 
+from radlens.models.registry import ModelRegistry
 from tests.conftest import REPO_ROOT
 from tests.training.workers import free_ports, worker_env
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import tensorflow as tf
+
 from radlens.models.errors import ConfigurationError
 
 

@@ -36,6 +36,7 @@ from typing import Literal
 
 import numpy as np
 from pydicom.uid import UID, generate_uid
+
 from radlens.models.errors import ConfigurationError
 from radlens.training.data.sources import DataSource, Example, split_source
 

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
+
 from radlens.models.errors import ConfigurationError, RadlensError
 from radlens.training.data.augment import AugmentConfig, augment_image
 from radlens.training.data.sources import DataSource, Example, SkippedFile, as_size

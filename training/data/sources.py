@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from radlens.models import preprocessing
 from radlens.models.errors import ConfigurationError, NotAnImageError
 
