@@ -57,6 +57,13 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         app.state.resources = resources
         await resources.predictor.start()
         resources.writer.start()
+        dimse = None
+        if settings.dimse_port is not None:  # DICOM Storage SCP (app/dimse.py)
+            from radlens.app.dimse import StorageSCP
+
+            dimse = StorageSCP(settings, resources.ingestor)
+            dimse.start()
+        app.state.dimse = dimse
         serving = resources.predictor.selection
         logger.info(
             "ready: model %s on %s, runtime %s %s (%s; parity: %s), database schema %s",
@@ -71,6 +78,8 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         try:
             yield
         finally:
+            if dimse is not None:
+                await run_in_threadpool(dimse.stop)
             app.state.resources = None
             await resources.predictor.stop()
             await resources.writer.stop()

@@ -58,6 +58,15 @@ def _default_model_store() -> Path:
     return REPO_ROOT / "models" / "store"
 
 
+def _ae_title(value: str) -> str:
+    title = value.strip()
+    if not 1 <= len(title) <= 16 or not title.isascii() or "\\" in title or not title.isprintable():
+        raise ValueError(
+            f"an AE title is 1 to 16 printable ASCII characters, no backslash. Received: {value!r}"
+        )
+    return title
+
+
 class Settings(BaseSettings):
     """Service configuration read from ``RADLENS_*`` environment variables."""
 
@@ -135,6 +144,25 @@ class Settings(BaseSettings):
         "SR returned in the same request (never stored); off = those attributes are empty",
     )
     stow_max_instances: int = Field(default=100, ge=1, le=10_000)
+    # DICOM Storage SCP (app/dimse.py; docs/pacs-integration.md)
+    dimse_port: int | None = Field(
+        default=None, ge=0, le=65535, description="listen for DICOM associations (off: unset)"
+    )
+    dimse_bind: str = Field(default="127.0.0.1", description="address the SCP binds")
+    dimse_ae_title: str = Field(default="RADLENS", description="the SCP's AE title")
+    dimse_allowed_ae_titles: str | None = Field(
+        default=None, description="comma-separated calling AE titles accepted (unset: any)"
+    )
+    dimse_max_associations: int = Field(default=4, ge=1, le=256)
+    dimse_max_pdu_size: int = Field(default=262_144, ge=4096, le=16 * MIB)
+    dimse_acse_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    dimse_dimse_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    dimse_network_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    dimse_tls_cert: Path | None = Field(default=None, description="PEM certificate: DICOM TLS")
+    dimse_tls_key: Path | None = Field(default=None, description="PEM private key of the cert")
+    dimse_tls_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: peers must present a certificate it signed"
+    )
     # Inference runtime (models/runtime.py; README "Runtimes")
     runtime: Literal["auto", "tensorflow", "openvino"] = Field(
         default="auto",
@@ -207,6 +235,25 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("dimse_ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return _ae_title(value)
+
+    @field_validator("dimse_allowed_ae_titles")
+    @classmethod
+    def _check_allowed_ae_titles(cls, value: str | None) -> str | None:
+        if value is not None:
+            for title in value.split(","):
+                _ae_title(title)
+        return value
+
+    @property
+    def dimse_allowed_ae_title_list(self) -> list[str]:
+        if not self.dimse_allowed_ae_titles:
+            return []
+        return [t.strip() for t in self.dimse_allowed_ae_titles.split(",")]
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -235,6 +282,19 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             yield name, mask_url_password(value) if name in URL_FIELDS else value
+
+    @model_validator(mode="after")
+    def _check_dimse_tls(self) -> Settings:
+        if (self.dimse_tls_cert is None) != (self.dimse_tls_key is None):
+            raise ValueError(
+                "set both RADLENS_DIMSE_TLS_CERT and RADLENS_DIMSE_TLS_KEY, or neither"
+            )
+        if self.dimse_tls_ca is not None and self.dimse_tls_cert is None:
+            raise ValueError("RADLENS_DIMSE_TLS_CA needs RADLENS_DIMSE_TLS_CERT and _KEY")
+        for path in (self.dimse_tls_cert, self.dimse_tls_key, self.dimse_tls_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"DICOM TLS file not found. Received: {str(path)!r}")
+        return self
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,0 +1,168 @@
+"""DICOM Storage SCP (issue #24, receive side): C-STORE feeds the one ingest path.
+
+Runs inside the HTTP service's process (the lifespan starts and stops it when
+``RADLENS_DIMSE_PORT`` is set), so it shares the loaded model, the micro-batcher and the
+writer. pynetdicom runs each association in its own thread; a C-STORE handler submits
+``Ingestor.check_capacity`` + ``Ingestor.ingest`` to the service's event loop with
+``asyncio.run_coroutine_threadsafe`` and waits: the response is Success (0x0000) only once
+the prediction and its audit row are committed. The actor is ``dimse:<calling AE title>``.
+
+A refused instance gets a failure status whose Error Comment is the error's title (never
+the detail, which may quote the file; at most 64 characters): 0xA700 (out of resources)
+for a busy service, 0xC000 (cannot understand) for data radlens cannot use, 0xA900 for an
+instance too large.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    MRImageStorage,
+    SecondaryCaptureImageStorage,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+from radlens.app.errors import ServiceBusyError
+from radlens.app.ingest import Ingestor
+from radlens.app.settings import Settings
+from radlens.models.errors import RadlensError
+
+logger = logging.getLogger(__name__)
+
+VERIFICATION = UID("1.2.840.10008.1.1")  # Verification SOP Class (C-ECHO)
+
+STORAGE_SOP_CLASSES = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    MRImageStorage,
+    EnhancedMRImageStorage,
+    SecondaryCaptureImageStorage,
+)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_TOO_LARGE = 0xA900  # dataset does not match SOP class (used: exceeds the limits)
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+
+def error_comment(text: str) -> str:
+    """An Error Comment (LO: at most 64 characters, no backslash)."""
+    return text.replace("\\", "/")[:64]
+
+
+class StorageSCP:
+    """The Storage SCP; ``start`` from the event loop's thread, ``stop`` on shutdown."""
+
+    def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self._server: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the OS's choice when RADLENS_DIMSE_PORT is 0)."""
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def _ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.dimse_ae_title)
+        ae.maximum_associations = s.dimse_max_associations
+        ae.maximum_pdu_size = s.dimse_max_pdu_size
+        ae.acse_timeout = s.dimse_acse_timeout_s
+        ae.dimse_timeout = s.dimse_dimse_timeout_s
+        ae.network_timeout = s.dimse_network_timeout_s
+        allowed = s.dimse_allowed_ae_title_list
+        if allowed:
+            ae.require_calling_aet = allowed
+        ae.add_supported_context(VERIFICATION)
+        for sop_class in STORAGE_SOP_CLASSES:
+            # every syntax pydicom (and its plugins) decodes: accepted as sent, never re-encoded
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ae = self._ae()
+        self._server = ae.start_server(
+            (self.settings.dimse_bind, self.settings.dimse_port or 0),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+            ssl_context=self._tls(),
+        )
+        logger.info(
+            "DIMSE Storage SCP %s listening on %s:%d",
+            self.settings.dimse_ae_title,
+            self.settings.dimse_bind,
+            self.port,
+        )
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """DICOM TLS when RADLENS_DIMSE_TLS_CERT/_KEY are set; with _CA, peers must present a
+        certificate that CA signed."""
+        s = self.settings
+        if s.dimse_tls_cert is None or s.dimse_tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(s.dimse_tls_cert, s.dimse_tls_key)
+        if s.dimse_tls_ca is not None:
+            context.load_verify_locations(cafile=s.dimse_tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _handle_store(self, event: Any) -> int | Dataset:
+        calling = event.assoc.requestor.ae_title.strip()
+        status, comment = self._store(event, calling)
+        if status == STATUS_SUCCESS:
+            return status
+        logger.warning("C-STORE from %s refused: 0x%04X %s", calling, status, comment)
+        response = Dataset()
+        response.Status = status
+        response.ErrorComment = error_comment(comment)
+        return response
+
+    def _store(self, event: Any, calling: str) -> tuple[int, str]:
+        assert self._loop is not None
+        data = event.encoded_dataset()  # preamble + file meta + the dataset as sent
+        if len(data) > self.settings.max_upload_bytes:
+            return STATUS_TOO_LARGE, "Instance larger than RADLENS_MAX_UPLOAD_BYTES"
+        future = asyncio.run_coroutine_threadsafe(self._ingest(data, calling), self._loop)
+        try:
+            future.result(timeout=self.settings.dimse_dimse_timeout_s)
+        except ServiceBusyError as exc:
+            return STATUS_OUT_OF_RESOURCES, exc.title
+        except RadlensError as exc:
+            return STATUS_CANNOT_UNDERSTAND, exc.title
+        except TimeoutError:
+            future.cancel()
+            return STATUS_OUT_OF_RESOURCES, "Prediction not committed in time; retry"
+        except Exception:
+            logger.exception("C-STORE from %s failed", calling)
+            return STATUS_PROCESSING_FAILURE, "radlens could not store the instance"
+        return STATUS_SUCCESS, ""
+
+    async def _ingest(self, data: bytes, calling: str) -> None:
+        self.ingestor.check_capacity()
+        await self.ingestor.ingest(data, f"dimse:{calling}")

@@ -1,0 +1,339 @@
+"""The DICOM Storage SCP (app/dimse.py) against pynetdicom as SCU and dcmtk when present:
+each case checks the database afterwards."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import Databases, dicom_bytes, make_settings
+
+pynetdicom = pytest.importorskip("pynetdicom")
+from pydicom import dcmread  # noqa: E402
+from pynetdicom import AE  # noqa: E402
+from pynetdicom.sop_class import (  # noqa: E402
+    CTImageStorage,
+    EncapsulatedPDFStorage,
+    Verification,
+)
+
+
+class Node:
+    def __init__(self, client: TestClient, app: Any) -> None:
+        self.client = client
+        self.app = app
+        self.port: int = app.state.dimse.port
+
+    def count(self, table: str) -> int:
+        from sqlalchemy import text
+
+        with self.app.state.resources.engine.connect() as conn:
+            return int(conn.execute(text(f'SELECT count(*) FROM "{table}"')).scalar() or 0)
+
+    def actors(self) -> list[str]:
+        from sqlalchemy import text
+
+        with self.app.state.resources.engine.connect() as conn:
+            rows = conn.execute(text("SELECT * FROM audit_events")).mappings()
+            return [str(r.get("actor")) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def node(databases: Databases, model_store: Path) -> Iterator[Node]:
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    url = databases.new()
+    upgrade(url)
+    settings = make_settings(
+        url,
+        model_store,
+        dimse_port=0,
+        dimse_allowed_ae_titles="SENDER,STORESCU,ECHOSCU",
+        dimse_max_associations=2,
+        dimse_acse_timeout_s=2,
+        dimse_network_timeout_s=2,
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        yield Node(client, app)
+
+
+def _assoc(node: Node, calling: str = "SENDER", contexts: Any = None) -> Any:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    for ctx in contexts or ():
+        ae.add_requested_context(ctx)
+    return ae.associate("127.0.0.1", node.port, ae_title="RADLENS")
+
+
+def test_echo_and_store_commits_one_prediction(node: Node) -> None:
+    before = node.count("predictions")
+    assoc = _assoc(node)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    ds = dcmread(__import__("io").BytesIO(dicom_bytes(seed=3)))
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0x0000
+    assert node.count("predictions") == before + 1
+    assert any("SENDER" in a for a in node.actors())
+    assert node.client.get("/healthz").status_code == 200
+
+
+def test_truncated_pixel_data_fails_and_stores_nothing(node: Node) -> None:
+    before = node.count("predictions")
+    ds = dcmread(__import__("io").BytesIO(dicom_bytes(seed=4)))
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+    assoc = _assoc(node)
+    status = assoc.send_c_store(ds)
+    assert assoc.is_established  # the association stays up
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert status.Status == 0xC000
+    assert 0 < len(status.ErrorComment) <= 64
+    assert node.count("predictions") == before
+
+
+def test_calling_ae_not_on_the_list_is_rejected(node: Node) -> None:
+    before = node.count("predictions")
+    assoc = _assoc(node, calling="INTRUDER")
+    assert assoc.is_rejected
+    assert node.count("predictions") == before
+
+
+def test_unsupported_sop_class_is_rejected_at_negotiation(node: Node) -> None:
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(EncapsulatedPDFStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADLENS")
+    # rejected, or aborted by the requestor when no presentation context was accepted
+    assert not (assoc.is_established and assoc.accepted_contexts)
+    if assoc.is_established:
+        assoc.release()
+
+
+def test_silent_peer_is_closed_by_its_timeout(node: Node) -> None:
+    import socket
+    import time
+
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
+        # an A-ABORT or just a close, then EOF
+        while sock.recv(1024):
+            pass
+    assert time.monotonic() - start < 20  # RADLENS_DIMSE_ACSE_TIMEOUT_S=2 in this fixture
+    held = [_assoc(node) for _ in range(2)]  # its slot was freed
+    assert all(a.is_established for a in held)
+    for a in held:
+        a.release()
+
+
+def test_more_associations_than_allowed_are_rejected(node: Node) -> None:
+    held = [_assoc(node) for _ in range(2)]
+    assert all(a.is_established for a in held)
+    extra = _assoc(node)
+    assert extra.is_rejected
+    for a in held:
+        a.release()
+    assert node.client.get("/healthz").status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) is not installed")
+def test_dcmtk_storescu_sends_compressed_radiograph_as_is(node: Node, tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPEG2000.dcm")
+    assert path is not None
+    before = node.count("predictions")
+    echo = subprocess.run(
+        ["echoscu", "-aet", "ECHOSCU", "-aec", "RADLENS", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert echo.returncode == 0, echo.stderr
+    done = subprocess.run(
+        [
+            *("storescu", "-R", "-xw", "-aet", "STORESCU", "-aec", "RADLENS"),
+            *("127.0.0.1", str(node.port), path),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert node.count("predictions") == before + 1
+
+
+def test_decompression_bomb_fails_and_stores_nothing(node: Node) -> None:
+    import io
+
+    from tests.app.test_bombs import bomb
+
+    ds = dcmread(io.BytesIO(bomb("j2k")))
+    before = node.count("predictions")
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADLENS")
+    assert assoc.is_established  # a compressed syntax is accepted as sent
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0xC000
+    assert 0 < len(status.ErrorComment) <= 64
+    assert node.count("predictions") == before
+    assert node.client.get("/healthz").status_code == 200
+
+
+def test_dimse_settings_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from radlens.app.settings import Settings
+
+    with pytest.raises(ValidationError, match="AE title"):
+        Settings(dimse_ae_title="A" * 17)
+    with pytest.raises(ValidationError, match="AE title"):
+        Settings(dimse_allowed_ae_titles="GOOD,BAD\\TITLE")
+    with pytest.raises(ValidationError):
+        Settings(dimse_max_associations=0)
+    assert Settings(dimse_allowed_ae_titles="A, B").dimse_allowed_ae_title_list == ["A", "B"]
+    with pytest.raises(ValidationError, match="both RADLENS_DIMSE_TLS_CERT"):
+        Settings(dimse_tls_cert=Path(__file__))
+    with pytest.raises(ValidationError, match="DICOM TLS file not found"):
+        Settings(dimse_tls_cert=Path(__file__), dimse_tls_key=Path("/nonexistent/key.pem"))
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _pki(folder: Path) -> dict[str, Path]:
+    """A CA, and a server and a client certificate it signed (made here, never committed)."""
+    f = {
+        n: folder / n
+        for n in ("ca.key", "ca.pem", "srv.key", "srv.pem", "radlens.cli.key", "radlens.cli.pem")
+    }
+    ca_key, ca_pem = str(f["ca.key"]), str(f["ca.pem"])
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+             "/CN=radlens-test-ca", "-keyout", ca_key, "-out", ca_pem)  # fmt: skip
+    for who, cn in (("srv", "localhost"), ("cli", "sender")):
+        csr = folder / f"{who}.csr"
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+                 "-keyout", str(f[f"{who}.key"]), "-out", str(csr))  # fmt: skip
+        _openssl("x509", "-req", "-in", str(csr), "-CA", ca_pem, "-CAkey", ca_key,
+                 "-CAcreateserial", "-days", "1", "-out", str(f[f"{who}.pem"]))  # fmt: skip
+    return f
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl (to make certificates) absent")
+def test_dicom_tls_requires_a_certificate_the_ca_signed(
+    databases: Databases, model_store: Path, tmp_path: Path
+) -> None:
+    import io
+    import ssl
+
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    pki = _pki(tmp_path)
+    url = databases.new()
+    upgrade(url)
+    settings = make_settings(
+        url,
+        model_store,
+        dimse_port=0,
+        dimse_tls_cert=pki["srv.pem"],
+        dimse_tls_key=pki["srv.key"],
+        dimse_tls_ca=pki["ca.pem"],
+        dimse_acse_timeout_s=2,
+        dimse_network_timeout_s=2,
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        tls_node = Node(client, app)
+        plain = _assoc(tls_node)  # no TLS: no association
+        assert not plain.is_established
+
+        client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca.pem"])
+        client_ctx.check_hostname = False
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(CTImageStorage)
+        no_cert = ae.associate("127.0.0.1", tls_node.port, ae_title="RADLENS",
+                               tls_args=(client_ctx, None))  # fmt: skip
+        assert not no_cert.is_established  # TLS, but no client certificate
+
+        client_ctx.load_cert_chain(pki["radlens.cli.pem"], pki["radlens.cli.key"])
+        assoc = ae.associate("127.0.0.1", tls_node.port, ae_title="RADLENS",
+                             tls_args=(client_ctx, None))  # fmt: skip
+        assert assoc.is_established
+        status = assoc.send_c_store(dcmread(io.BytesIO(dicom_bytes(seed=9))))
+        assoc.release()
+        assert status.Status == 0x0000
+        assert tls_node.count("predictions") == 1
+    # pynetdicom leaves the socket of a failed TLS handshake to the garbage collector
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) is not installed")
+@pytest.mark.parametrize(
+    ("name", "flag"),
+    [
+        ("RG1_J2KR.dcm", "-xv"),  # a real CR radiograph, JPEG 2000 lossless
+        ("CT_small.dcm", "-xe"),  # a real CT, explicit VR little endian
+        ("MR_small_RLE.dcm", "-xr"),
+        ("emri_small_jpeg_ls_lossless.dcm", "-xt"),  # enhanced MR, 10 frames
+        ("JPEG-LL.dcm", "-xs"),
+        ("SC_rgb_jpeg_dcmtk.dcm", "-xy"),
+    ],
+)
+def test_dcmtk_storescu_in_the_files_own_syntax(node: Node, name: str, flag: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} is not available")
+    before = node.count("predictions")
+    done = subprocess.run(
+        [
+            *("storescu", "-R", flag, "-aet", "STORESCU", "-aec", "RADLENS"),
+            *("127.0.0.1", str(node.port), str(path)),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"Warning" not in done.stderr and b"convert" not in done.stderr, done.stderr
+    assert node.count("predictions") == before + 1
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) is not installed")
+def test_dcmtk_resend_of_an_instance_is_deduplicated(node: Node) -> None:
+    """MR_small_RLE.dcm and MR_small_jpeg_ls_lossless.dcm are one SOP instance in two syntaxes:
+    the second is answered Success with the stored prediction, and no row is added."""
+    from pydicom.data import get_testdata_file
+
+    paths = [get_testdata_file(n) for n in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm")]
+    if None in paths:
+        pytest.skip("pydicom test files are not available")
+    counts = []
+    for path, flag in zip(paths, ("-xr", "-xt"), strict=True):
+        done = subprocess.run(
+            [
+                *("storescu", "-R", flag, "-aet", "STORESCU", "-aec", "RADLENS"),
+                *("127.0.0.1", str(node.port), str(path)),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        counts.append(node.count("predictions"))
+    assert counts[1] == counts[0]
