@@ -215,7 +215,7 @@ def _pki(folder: Path) -> dict[str, Path]:
     """A CA, and a server and a client certificate it signed (made here, never committed)."""
     f = {
         n: folder / n
-        for n in ("ca.key", "ca.pem", "srv.key", "srv.pem", "radlens.cli.key", "radlens.cli.pem")
+        for n in ("ca.key", "ca.pem", "srv.key", "srv.pem", "cli.key", "cli.pem")
     }
     ca_key, ca_pem = str(f["ca.key"]), str(f["ca.pem"])
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
@@ -266,7 +266,7 @@ def test_dicom_tls_requires_a_certificate_the_ca_signed(
                                tls_args=(client_ctx, None))  # fmt: skip
         assert not no_cert.is_established  # TLS, but no client certificate
 
-        client_ctx.load_cert_chain(pki["radlens.cli.pem"], pki["radlens.cli.key"])
+        client_ctx.load_cert_chain(pki["cli.pem"], pki["cli.key"])
         assoc = ae.associate("127.0.0.1", tls_node.port, ae_title="RADLENS",
                              tls_args=(client_ctx, None))  # fmt: skip
         assert assoc.is_established
