@@ -63,6 +63,16 @@ _MODALITY_SYNONYMS: dict[str, str] = {
 }
 
 
+# Storage SOP classes that hold no image a classifier could read (RT plan/structure set/dose,
+# structured reports); any of these contradicts every image intended use.
+_NON_IMAGE_SOP_PREFIXES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+    "1.2.840.10008.5.1.4.1.1.481.5",  # RT Plan
+    "1.2.840.10008.5.1.4.1.1.88.",  # Structured reports
+)
+
+
 def _clean(value: object) -> str:
     text = "" if value is None else str(value)
     return re.sub(r"[\s_\-]+", " ", text).strip().upper()
@@ -119,6 +129,9 @@ def violations(metadata: dict[str, object], intended_use: IntendedUse) -> list[V
     Unknown or junk values are not violations.
     """
     found: list[Violation] = []
+    sop_class = str(metadata.get("SOPClassUID") or "")
+    if not intended_use.empty and sop_class.startswith(_NON_IMAGE_SOP_PREFIXES):
+        found.append(Violation("SOPClassUID", sop_class, ("image storage SOP classes",)))
     checks = (
         ("Modality", normalise_modality, intended_use.modalities),
         ("BodyPartExamined", normalise_body_part, intended_use.body_parts),

@@ -38,3 +38,10 @@ def test_junk_is_never_refused_and_empty_intended_use_accepts_all() -> None:
     junk = {"Modality": "CR", "BodyPartExamined": "JPEG 2000 Compressed Image"}
     assert violations(junk, CHEST_CR) == []
     assert violations({"Modality": "CT", "BodyPartExamined": "HIP"}, IntendedUse()) == []
+
+
+def test_rt_plan_sop_class_violates() -> None:
+    plan = {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.481.5", "Modality": "RTPLAN"}
+    assert {v.attribute for v in violations(plan, CHEST_CR)} == {"SOPClassUID", "Modality"}
+    cr_image = {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1", "Modality": "CR"}
+    assert violations(cr_image, CHEST_CR) == []
