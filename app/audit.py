@@ -27,10 +27,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
-from app.security_tables import AuditEvent
-from app.tables import Prediction
-from models.errors import RadlensError
+from radlens.app.db import utcnow
+from radlens.app.security_tables import AuditEvent
+from radlens.app.tables import Prediction
+from radlens.models.errors import RadlensError
 
 logger = logging.getLogger(__name__)
 

@@ -33,13 +33,13 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import audit as audit_log
-from app.db import READ_ONLY
-from app.deps import SessionDep, _resources
-from app.errors import AppError, status_for
-from app.keycache import KeyCache
-from app.keys import SCOPES, authenticate, hash_key, key_id_of
-from models.errors import RadlensError
+from radlens.app import audit as audit_log
+from radlens.app.db import READ_ONLY
+from radlens.app.deps import SessionDep, _resources
+from radlens.app.errors import AppError, status_for
+from radlens.app.keycache import KeyCache
+from radlens.app.keys import SCOPES, authenticate, hash_key, key_id_of
+from radlens.models.errors import RadlensError
 
 logger = logging.getLogger(__name__)
 

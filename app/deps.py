@@ -20,14 +20,14 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import ModelNotReadyError
-from app.metrics import ServiceMetrics
-from app.predictor import Predictor
-from app.settings import Settings
-from app.writer import PredictionWriter
+from radlens.app.errors import ModelNotReadyError
+from radlens.app.metrics import ServiceMetrics
+from radlens.app.predictor import Predictor
+from radlens.app.settings import Settings
+from radlens.app.writer import PredictionWriter
 
 if TYPE_CHECKING:
-    from app.ingest import Ingestor
+    from radlens.app.ingest import Ingestor
 
 
 @dataclass

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from models.errors import ConfigurationError
+from radlens.models.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.errors import AppError
+from radlens.app.errors import AppError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from app.tables import Prediction
+    from radlens.app.tables import Prediction
 
 CODING_SCHEME = "99RADLENS"  # private (local) coding scheme for radlens class labels and scores
 MANUFACTURER = "radlens"

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models.errors import RadlensError
+from radlens.models.errors import RadlensError
 
 logger = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import NotFoundError
-from app.tables import Explanation
+from radlens.app.errors import NotFoundError
+from radlens.app.tables import Explanation
 
 if TYPE_CHECKING:
-    from app.predictor import Predictor
+    from radlens.app.predictor import Predictor
 
 
 class ExplanationNotFoundError(NotFoundError):
@@ -65,7 +65,7 @@ class Explainer:
         """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input."""
         import tensorflow as tf
 
-        from models.gradcam import explain_image
+        from radlens.models.gradcam import explain_image
 
         names = list(self.predictor.manifest.class_names)
         with self._lock, tf.device(self.predictor.device.name):
@@ -125,7 +125,7 @@ def record_explanation(
     session: Session, prediction_id: uuid.UUID, output: ExplanationOutput
 ) -> tuple[Explanation, bool]:
     """Store the explanation unless the prediction has one already (first writer wins)."""
-    from app.services import record_once
+    from radlens.app.services import record_once
 
     row = Explanation(
         id=uuid.uuid4(),

@@ -30,17 +30,17 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import String
 
-from app.errors import InvalidDicomAttributeError
-from app.explain import ExplanationOutput, explainer_for
-from app.metrics import ServiceMetrics
-from app.pseudonym import pseudonym_key_id, pseudonymise_uid
-from app.settings import Settings
-from app.tables import Explanation, Prediction, dedupe_key
-from app.writer import PredictionWriter
+from radlens.app.errors import InvalidDicomAttributeError
+from radlens.app.explain import ExplanationOutput, explainer_for
+from radlens.app.metrics import ServiceMetrics
+from radlens.app.pseudonym import pseudonym_key_id, pseudonymise_uid
+from radlens.app.settings import Settings
+from radlens.app.tables import Explanation, Prediction, dedupe_key
+from radlens.app.writer import PredictionWriter
 
 if TYPE_CHECKING:
-    from app.predictor import Predictor
-    from models.preprocessing import PreprocessedImage
+    from radlens.app.predictor import Predictor
+    from radlens.models.preprocessing import PreprocessedImage
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def preprocess_upload(
 ) -> PreprocessedImage:
     """Preprocess as the model was trained: ``version`` is its manifest's preprocessing
     version (an older model is fed exactly as before, models.preprocessing)."""
-    from models.preprocessing import preprocess
+    from radlens.models.preprocessing import preprocess
 
     return preprocess(data, size=size, window=window, max_pixels=max_pixels, version=version)
 

@@ -20,9 +20,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
-from app.errors import AppError
-from app.security_tables import KEY_ID_LENGTH, ApiKey
+from radlens.app.db import utcnow
+from radlens.app.errors import AppError
+from radlens.app.security_tables import KEY_ID_LENGTH, ApiKey
 
 SCOPES = ("predict", "read", "admin")
 KEY_PREFIX = "rl_"

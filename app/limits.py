@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLargeError, problem_response
+from radlens.app.errors import PayloadTooLargeError, problem_response
 
 
 class UploadTooLarge(StarletteHTTPException):

@@ -20,13 +20,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from app.deps import Resources
-from app.errors import CatchAllMiddleware, install_error_handlers
-from app.keycache import KeyCache
-from app.limits import MaxBodySizeMiddleware
-from app.metrics import MetricsMiddleware, ServiceMetrics
-from app.schemas import Problem, problem_responses
-from app.settings import Settings, get_settings
+from radlens.app.deps import Resources
+from radlens.app.errors import CatchAllMiddleware, install_error_handlers
+from radlens.app.keycache import KeyCache
+from radlens.app.limits import MaxBodySizeMiddleware
+from radlens.app.metrics import MetricsMiddleware, ServiceMetrics
+from radlens.app.schemas import Problem, problem_responses
+from radlens.app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         )
     install_error_handlers(app)
 
-    from app.auth import AUDITED, AUTHORIZED, UPLOADS
-    from app.routes import model_info, ops, predictions
+    from radlens.app.auth import AUDITED, AUTHORIZED, UPLOADS
+    from radlens.app.routes import model_info, ops, predictions
 
     # Every /v1 route needs an API key (app/auth.py); predictions are also audited. The key's
     # refusals (401, 403, 429) are documented on each of those routes.
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     # written with it by the writer (app/ingest.py), a failure's by the dependency.
     app.include_router(predictions.upload_router, dependencies=UPLOADS, responses=keyed)
     app.include_router(predictions.router, dependencies=AUDITED, responses=keyed)
-    from app.routes import dicomweb, explanations  # Grad-CAM, SR/SC, STOW-RS
+    from radlens.app.routes import dicomweb, explanations  # Grad-CAM, SR/SC, STOW-RS
 
     app.include_router(explanations.upload_router, dependencies=UPLOADS, responses=keyed)
     app.include_router(explanations.router, dependencies=AUDITED, responses=keyed)
@@ -123,25 +123,25 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
 def _rate_limiter(settings: Settings) -> Any:
     if settings.rate_limit_per_minute == 0:
         return None
-    from app.ratelimit import RateLimiter
+    from radlens.app.ratelimit import RateLimiter
 
     return RateLimiter(settings.rate_limit_per_minute)
 
 
 def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMetrics) -> Resources:
-    from app.db import make_engine, make_sessionmaker
-    from app.migrate import ensure_schema
+    from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.migrate import ensure_schema
 
     engine = make_engine(settings.database_url)
     try:
         revision = ensure_schema(settings.database_url, engine)
         if load is None:
-            from app.predictor import load_predictor
+            from radlens.app.predictor import load_predictor
 
             load = load_predictor
         predictor = load(settings)
         if settings.explain_warmup:  # trace Grad-CAM now, not in the first ?explain=true request
-            from app.explain import explainer_for
+            from radlens.app.explain import explainer_for
 
             seconds = explainer_for(predictor).warmup()
             logger.info("Grad-CAM warmed up in %.1f s", seconds)
@@ -154,8 +154,8 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
             metrics.observe_batch(stats.size, stats.inference_ms / 1000.0)
 
     predictor.observers.append(observe)
-    from app.ingest import Ingestor
-    from app.writer import PredictionWriter
+    from radlens.app.ingest import Ingestor
+    from radlens.app.writer import PredictionWriter
 
     sessions = make_sessionmaker(engine)
     writer = PredictionWriter(sessions, max_queued=settings.max_queued_writes)
@@ -178,7 +178,7 @@ def _register_problem_schema(app: FastAPI) -> None:
         schema = original()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.setdefault("Problem", Problem.model_json_schema())
-        from app.routes.predictions import OPENAPI_SCHEMAS
+        from radlens.app.routes.predictions import OPENAPI_SCHEMAS
 
         for name, model in OPENAPI_SCHEMAS.items():
             components.setdefault(name, model.model_json_schema())

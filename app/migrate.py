@@ -23,12 +23,12 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.db import make_engine
-from app.errors import DatabaseNotMigratedError, DatabaseUnavailableError, MigrationError
+from radlens.app.db import make_engine
+from radlens.app.errors import DatabaseNotMigratedError, DatabaseUnavailableError, MigrationError
 
 
 def migrations_dir() -> Path:
-    spec = importlib.util.find_spec("migrations")
+    spec = importlib.util.find_spec("radlens.migrations")
     if spec is None or spec.origin is None:  # pragma: no cover - broken install
         raise DatabaseNotMigratedError("the 'migrations' package is not installed with radlens")
     return Path(spec.origin).parent

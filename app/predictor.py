@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
-from app.device import DeviceInfo, select_device
-from app.errors import AppError
-from app.workqueue import STOP, WorkQueue, fail, resolve_all
-from models.errors import InvalidImageError, ModelCorruptError, RadlensError
-from models.runtime import OpenVINORuntime, Selection
+from radlens.app.device import DeviceInfo, select_device
+from radlens.app.errors import AppError
+from radlens.app.workqueue import STOP, WorkQueue, fail, resolve_all
+from radlens.models.errors import InvalidImageError, ModelCorruptError, RadlensError
+from radlens.models.runtime import OpenVINORuntime, Selection
 
 if TYPE_CHECKING:
-    from models.registry import LoadedModel, ModelManifest
+    from radlens.models.registry import LoadedModel, ModelManifest
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ class Predictor:
         return self.batch_limit
 
     def _decide(self, scores: np.ndarray) -> str:
-        from models.registry import decide
+        from radlens.models.registry import decide
 
         return decide(scores, self.manifest)
 
@@ -558,7 +558,7 @@ def load_predictor(settings: Any) -> Predictor:
     """
     import tensorflow as tf
 
-    from app.startup import choose_runtime, registry_for
+    from radlens.app.startup import choose_runtime, registry_for
 
     device = select_device(settings.device)
     registry = registry_for(settings)

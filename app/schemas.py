@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import PROBLEM_MEDIA_TYPE
+from radlens.app.errors import PROBLEM_MEDIA_TYPE
 
 NOT_FOR_CLINICAL_USE = (
     "Not for clinical use: this model has not been validated for diagnosis; "

@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime, utcnow
+from radlens.app.db import Base, UTCDateTime, utcnow
 
 KEY_ID_LENGTH = 12
 

@@ -22,9 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
 
-from app.db import utcnow
-from app.errors import InvalidCursorError, NotFoundError
-from app.tables import Prediction
+from radlens.app.db import utcnow
+from radlens.app.errors import InvalidCursorError, NotFoundError
+from radlens.app.tables import Prediction
 
 T = TypeVar("T")
 

@@ -29,7 +29,7 @@ SECRET_FIELDS = frozenset(
 
 def _default_max_pixels() -> int:
     # models.preprocessing is light (numpy, pydicom, Pillow): no TensorFlow at settings time.
-    from models.preprocessing import DEFAULT_MAX_PIXELS
+    from radlens.models.preprocessing import DEFAULT_MAX_PIXELS
 
     return DEFAULT_MAX_PIXELS
 

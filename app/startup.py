@@ -17,13 +17,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.settings import Settings
-from models.errors import ModelCorruptError, ModelNotFoundError
-from models.manifest import ModelManifest
+from radlens.app.settings import Settings
+from radlens.models.errors import ModelCorruptError, ModelNotFoundError
+from radlens.models.manifest import ModelManifest
 
 if TYPE_CHECKING:
-    from models.registry import ModelRegistry
-    from models.runtime import Selection
+    from radlens.models.registry import ModelRegistry
+    from radlens.models.runtime import Selection
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class PreflightReport:
 
 def registry_for(settings: Any) -> ModelRegistry:
     """The model store, with the manifest signing key from the settings (else the env)."""
-    from models.registry import ModelRegistry
+    from radlens.models.registry import ModelRegistry
 
     return ModelRegistry(
         settings.model_store, signing_key=getattr(settings, "model_signing_key_bytes", None)
@@ -55,7 +55,7 @@ def choose_runtime(
         RuntimeUnavailableError: an explicit setting that cannot be honoured (the reason).
         ConfigurationError: RADLENS_RUNTIME=tensorflow with RADLENS_PRECISION=bf16.
     """
-    from models.runtime import (
+    from radlens.models.runtime import (
         OPENVINO,
         Tolerance,
         bf16_supported,
@@ -98,7 +98,7 @@ def check_model(settings: Settings) -> ModelManifest:
         ModelNotFoundError, ModelCorruptError, ModelIncompatibleError, ConfigurationError:
             naming the model and the reason.
     """
-    from models.registry import check_preprocessing_version
+    from radlens.models.registry import check_preprocessing_version
 
     registry = registry_for(settings)
     name, version = registry.resolve(settings.model)
@@ -110,8 +110,8 @@ def check_model(settings: Settings) -> ModelManifest:
 def preflight(settings: Settings) -> PreflightReport:
     """Database at head (SQLite upgraded automatically), the model artifact verified, and the
     runtime settings checked against it."""
-    from app.db import make_engine
-    from app.migrate import ensure_schema
+    from radlens.app.db import make_engine
+    from radlens.app.migrate import ensure_schema
 
     engine = make_engine(settings.database_url)
     try:

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime, utcnow
+from radlens.app.db import Base, UTCDateTime, utcnow
 
 UID_LENGTH = 64  # DICOM UI value representation: at most 64 characters
 
@@ -106,4 +106,4 @@ def dedupe_key(*, sop_instance_uid: str | None, input_sha256: str) -> str:
 
 
 # API keys and the audit trail share this metadata (Alembic and the migrations test see them).
-from app.security_tables import ApiKey, AuditEvent  # noqa: E402, F401
+from radlens.app.security_tables import ApiKey, AuditEvent  # noqa: E402, F401

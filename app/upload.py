@@ -20,7 +20,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import UnsupportedMediaTypeError
+from radlens.app.errors import UnsupportedMediaTypeError
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

@@ -16,7 +16,7 @@ import queue
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from app.errors import ServiceBusyError
+from radlens.app.errors import ServiceBusyError
 
 T = TypeVar("T")
 

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from app import audit as audit_log
-from app import services
-from app.errors import AppError
-from app.explain import ExplanationOutput, record_explanation
-from app.tables import Explanation, Prediction
-from app.workqueue import STOP, WorkQueue, fail, resolve_all
+from radlens.app import audit as audit_log
+from radlens.app import services
+from radlens.app.errors import AppError
+from radlens.app.explain import ExplanationOutput, record_explanation
+from radlens.app.tables import Explanation, Prediction
+from radlens.app.workqueue import STOP, WorkQueue, fail, resolve_all
 
 log = logging.getLogger(__name__)
 

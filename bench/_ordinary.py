@@ -24,8 +24,8 @@ from fastapi import FastAPI, File, UploadFile
 
 
 def create_app() -> FastAPI:
-    from models.preprocessing import preprocess
-    from models.registry import ModelRegistry
+    from radlens.models.preprocessing import preprocess
+    from radlens.models.registry import ModelRegistry
 
     loaded = ModelRegistry(os.environ["RADLENS_MODEL_STORE"]).load(os.environ["RADLENS_MODEL"])
     model, manifest = loaded.model, loaded.manifest

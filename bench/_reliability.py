@@ -42,8 +42,8 @@ def save_small_model(store: Path, architecture: str = "simple_cnn", size: int = 
     """A small model (weights=None, 2 classes) saved through models.registry; returns its ref."""
     import keras
 
-    from models.architectures import build_model
-    from models.registry import ModelRegistry
+    from radlens.models.architectures import build_model
+    from radlens.models.registry import ModelRegistry
 
     keras.utils.set_random_seed(0)
     manifest = ModelRegistry(store).save(
@@ -137,11 +137,11 @@ def prepare_database(database_url: str) -> str:
     returns the key."""
     import json
 
-    from app.migrate import upgrade
+    from radlens.app.migrate import upgrade
 
     upgrade(database_url)
     cmd = [
-        sys.executable, "-m", "cli.main", "keys", "create", "--name", "bench",
+        sys.executable, "-m", "radlens.cli.main", "keys", "create", "--name", "bench",
         "--scopes", "predict,read", "--database-url", database_url, "--json",
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -188,7 +188,7 @@ def start_service(
     )
     env.update(env_overrides)
     cmd = [
-        sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "radlens.app.main:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
     log_path = tmp / f"service-{port}.log"

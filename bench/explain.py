@@ -22,8 +22,8 @@ import numpy as np
 
 
 def main() -> None:
-    from app.explain import Explainer
-    from models.architectures import build_model
+    from radlens.app.explain import Explainer
+    from radlens.models.architectures import build_model
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for arch, size in (("simple_cnn", 64), ("resnet50", 64), ("resnet50", 224)):

@@ -167,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient`")
         from fastapi.testclient import TestClient
 
-    from app.main import create_app
-    from app.settings import Settings
     from bench._reliability import prepare_database, save_small_model
+    from radlens.app.main import create_app
+    from radlens.app.settings import Settings
 
     statuses: Counter[str] = Counter()
     created = 0
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed = exc
             from sqlalchemy import func, select
 
-            from app.tables import Prediction
+            from radlens.app.tables import Prediction
 
             with app.state.resources.sessionmaker() as session:
                 rows = int(session.scalar(select(func.count()).select_from(Prediction)) or 0)

@@ -45,8 +45,8 @@ def _cpu(fn: Callable[[], object]) -> float:
 def cost() -> None:
     import numpy as np
 
-    from models.architectures import build_model
-    from models.gradcam import explain_image, gradcam
+    from radlens.models.architectures import build_model
+    from radlens.models.gradcam import explain_image, gradcam
 
     print("| model | first call | 1 image | batch of 8 | forward only | explain_image |")
     print("|---|---|---|---|---|---|")
@@ -76,8 +76,8 @@ def localisation(seeds: int) -> None:
     sys.path.insert(0, str(REPO_ROOT / "tests" / "models"))
     from test_gradcam import peak_in_box, squares  # the test's data generator
 
-    from models.architectures import build_model
-    from models.gradcam import gradcam
+    from radlens.models.architectures import build_model
+    from radlens.models.gradcam import gradcam
 
     for seed in range(1, seeds + 1):
         keras.utils.set_random_seed(seed)

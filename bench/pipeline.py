@@ -56,7 +56,7 @@ def measure_training(size: int, batch: int, steps: int) -> float:
     import keras
     import numpy as np
 
-    from models.architectures import build_model
+    from radlens.models.architectures import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model("resnet50", input_shape=(size, size, 1), num_classes=2, weights=None)
@@ -73,8 +73,8 @@ def measure_training(size: int, batch: int, steps: int) -> float:
 
 
 def measure_npz(path: Path, size: int, batch: int) -> list[tuple[str, float, str]]:
-    from training.data.pipeline import make_dataset
-    from training.data.sources import open_source, split_source
+    from radlens.training.data.pipeline import make_dataset
+    from radlens.training.data.sources import open_source, split_source
 
     source = open_source(path, class_names=["normal", "pneumonia"])
     train = split_source(source)["train"]
@@ -93,8 +93,8 @@ def measure_npz(path: Path, size: int, batch: int) -> list[tuple[str, float, str
 
 
 def measure_dicom(folder: Path, size: int, batch: int) -> list[tuple[str, float, str]]:
-    from training.data.pipeline import make_dataset
-    from training.data.sources import open_source
+    from radlens.training.data.pipeline import make_dataset
+    from radlens.training.data.sources import open_source
 
     start = time.perf_counter()
     source = open_source(folder)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, default=None, help="write a Markdown report")
     args = parser.parse_args(argv)
 
-    from training.data.demo import write_demo_dataset
+    from radlens.training.data.demo import write_demo_dataset
 
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     consume = measure_training(args.size, args.batch, args.train_steps)

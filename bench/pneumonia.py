@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import keras
 
-    from training.config import TrainConfig
-    from training.run import train
+    from radlens.training.config import TrainConfig
+    from radlens.training.run import train
 
     recipe = dict(RECIPES[args.arch])
     recipe.update(

@@ -108,7 +108,7 @@ def file_calls(data: bytes, size: int) -> tuple[Callable[[], object], Callable[[
     """The two calls compared on one file: pydicom's parse + decode, radlens's preprocess."""
     import pydicom
 
-    from models.preprocessing import preprocess
+    from radlens.models.preprocessing import preprocess
 
     def baseline() -> object:
         return pydicom.dcmread(io.BytesIO(data)).pixel_array
@@ -207,7 +207,11 @@ def reduction_of(data: bytes, size: int) -> str:
 
     import pydicom
 
-    from models.preprocessing import _codestream_syntaxes, _frame_codestream, _reduced_decode
+    from radlens.models.preprocessing import (
+        _codestream_syntaxes,
+        _frame_codestream,
+        _reduced_decode,
+    )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -225,7 +229,7 @@ def reduction_of(data: bytes, size: int) -> str:
 
 
 def reduced(args: argparse.Namespace) -> int:
-    from models.preprocessing import preprocess
+    from radlens.models.preprocessing import preprocess
 
     cpu = pin_to_one_cpu(args.cpu)
     print(f"machine: {machine()}; pinned to CPU {cpu}")
@@ -285,8 +289,8 @@ def diff(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from models.errors import PreprocessingError
-    from models.preprocessing import preprocess
+    from radlens.models.errors import PreprocessingError
+    from radlens.models.preprocessing import preprocess
 
     print(f"machine: {machine()}")
     print("max / mean |version 2 - version 1| of the [0, 1] output, per output size")

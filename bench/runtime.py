@@ -53,7 +53,7 @@ def machine() -> dict[str, object]:
     import openvino as ov
     import tensorflow as tf
 
-    from models.runtime import bf16_supported, cpu_name
+    from radlens.models.runtime import bf16_supported, cpu_name
 
     core = ov.Core()
     return {
@@ -68,7 +68,7 @@ def machine() -> dict[str, object]:
 
 
 def save_model(store: Path, model, name: str, threshold: float, metrics: dict) -> str:
-    from models.registry import ModelRegistry
+    from radlens.models.registry import ModelRegistry
 
     manifest = ModelRegistry(store).save(
         model,
@@ -115,8 +115,8 @@ def throughput(store: Path, ref: str, batches: list[int], rounds: int, seconds: 
     and the per-round ratios against TensorFlow fp32 (1 stream) measured in the same round."""
     import tensorflow as tf
 
-    from models.registry import ModelRegistry
-    from models.runtime import OpenVINORuntime, bf16_supported
+    from radlens.models.registry import ModelRegistry
+    from radlens.models.runtime import OpenVINORuntime, bf16_supported
 
     registry = ModelRegistry(store)
     loaded = registry.load(ref)
@@ -191,10 +191,10 @@ MEMORY_CHILD = textwrap.dedent(
     import numpy as np
     from PIL import Image
     from fastapi.testclient import TestClient
-    from app.main import create_app
-    from app.settings import Settings
-    from models.registry import ModelRegistry
-    from models.runtime import OpenVINORuntime, bf16_supported
+    from radlens.app.main import create_app
+    from radlens.app.settings import Settings
+    from radlens.models.registry import ModelRegistry
+    from radlens.models.runtime import OpenVINORuntime, bf16_supported
 
     store, db = sys.argv[1], sys.argv[2]
     settings = Settings(database_url=db, model_store=store, device="cpu", auth="disabled",
@@ -244,11 +244,11 @@ def memory(store: Path, tmp: Path) -> dict:
 def parity(store: Path, epochs: int, size: int) -> dict:
     import keras
 
-    from models.architectures import build_model
-    from models.preprocessing import preprocess_array
-    from models.registry import ModelRegistry
-    from models.runtime import add_openvino_runtime, recorded_parity
-    from training.metrics import choose_threshold
+    from radlens.models.architectures import build_model
+    from radlens.models.preprocessing import preprocess_array
+    from radlens.models.registry import ModelRegistry
+    from radlens.models.runtime import add_openvino_runtime, recorded_parity
+    from radlens.training.metrics import choose_threshold
 
     if not PNEUMONIA.exists():
         return {"skipped": f"{PNEUMONIA} is absent"}
@@ -317,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         store = tmp / "store"
         import keras
 
-        from models.architectures import build_model
-        from models.registry import ModelRegistry
-        from models.runtime import add_openvino_runtime
+        from radlens.models.architectures import build_model
+        from radlens.models.registry import ModelRegistry
+        from radlens.models.runtime import add_openvino_runtime
 
         keras.utils.set_random_seed(0)
         big = build_model("resnet50", input_shape=(224, 224, 1), num_classes=2, weights=None)

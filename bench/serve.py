@@ -100,7 +100,7 @@ def build_resnet50() -> Any:
 
     keras.utils.set_random_seed(0)
     try:
-        from models.architectures import build_model
+        from radlens.models.architectures import build_model
     except ModuleNotFoundError:
         # Same graph as the project's: gray -> 3 channels and ResNet's preprocessing inside.
         inputs = keras.Input((SIZE, SIZE, 1), name="image")
@@ -116,7 +116,7 @@ def build_resnet50() -> Any:
 
 
 def save_model(store: Path) -> str:
-    from models.registry import ModelRegistry
+    from radlens.models.registry import ModelRegistry
 
     model, architecture = build_resnet50()
     manifest = ModelRegistry(store).save(
@@ -140,8 +140,8 @@ def save_tiny_model(store: Path) -> str:
     request is its overhead (HTTP, multipart, decoding, DB, JSON, batching)."""
     import keras
 
-    from models.architectures import build_model
-    from models.registry import ModelRegistry
+    from radlens.models.architectures import build_model
+    from radlens.models.registry import ModelRegistry
 
     keras.utils.set_random_seed(0)
     manifest = ModelRegistry(store).save(
@@ -225,7 +225,7 @@ def measure_baselines(
     """
     import tensorflow as tf
 
-    from models.registry import ModelRegistry
+    from radlens.models.registry import ModelRegistry
 
     loaded = ModelRegistry(store).load(ref)
     model = loaded.model
@@ -306,15 +306,15 @@ def measure_predictor(
     images: int,
     args: argparse.Namespace,
 ) -> dict[str, float]:
-    """app.predictor.Predictor in this process (no HTTP, no decoding) against the raw model.
+    """radlens.app.predictor.Predictor in this process (no HTTP, no decoding) against the raw model.
 
     Interleaved with the raw model (tf.function) call by call and round by round, so both
     see the same load from other users: 1 client = predict() awaited in sequence vs one raw
     single-image call; a round of N clients = N concurrent predict() calls vs the same N
     images as raw batches of 8.
     """
-    from app.device import select_device
-    from app.predictor import BatchStats, Predictor
+    from radlens.app.device import select_device
+    from radlens.app.predictor import BatchStats, Predictor
 
     predictor = Predictor(
         loaded,
@@ -459,7 +459,7 @@ def make_uploads(sources: list[tuple[str, Any]], count: int) -> Uploads:
 
 def preprocess_ms(uploads: Uploads) -> dict[str, float]:
     """Median in-process preprocessing time per file (decode + window + resize)."""
-    from models.preprocessing import preprocess
+    from radlens.models.preprocessing import preprocess
 
     out = {}
     for fname, data, _ in uploads.templates:
@@ -487,7 +487,7 @@ def database(kind: str, tmp: Path) -> Iterator[str]:
         return
     import psycopg
 
-    from app.migrate import upgrade
+    from radlens.app.migrate import upgrade
 
     name = f"radlens_bench_{os.getpid()}"
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -509,7 +509,7 @@ def start_service(
     port: int,
     database_url: str,
     args: argparse.Namespace,
-    app: str = "app.main:create_app",
+    app: str = "radlens.app.main:create_app",
 ) -> Any:
     """uvicorn on ``app`` in a subprocess: radlens, or bench/_ordinary.py's comparison."""
     env = dict(os.environ)
@@ -555,10 +555,10 @@ def api_key_headers(database_url: str) -> dict[str, str]:
     """An API key with the predict scope, created in the service's (migrated) database, as the
     Authorization header; {} when this checkout has no API keys (app/keys.py)."""
     try:
-        from app.keys import create_key
+        from radlens.app.keys import create_key
     except ModuleNotFoundError:
         return {}
-    from app.db import make_engine, make_sessionmaker
+    from radlens.app.db import make_engine, make_sessionmaker
 
     engine = make_engine(database_url)
     try:

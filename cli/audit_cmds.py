@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import fail, settings_for
-from cli.keys_cmds import DatabaseUrlOption, JsonOption, database_session
+from radlens.cli.common import fail, settings_for
+from radlens.cli.keys_cmds import DatabaseUrlOption, JsonOption, database_session
 
 _RELATIVE = re.compile(r"^(\d+)([mhd])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Show the audit trail (newest last): who did what to which prediction, and the outcome."""
-        from app.audit import AuditFilter, events
+        from radlens.app.audit import AuditFilter, events
 
         where = AuditFilter(
             since=parse_since(since) if since else None, action=action, actor=actor, limit=limit
@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseUrlOption = None,
     ) -> None:
         """Delete predictions older than RADLENS_RETENTION_DAYS (each deletion is audited)."""
-        from app import audit
+        from radlens.app import audit
 
         settings = settings_for(database_url=database_url, retention_days=retention_days)
         days = settings.retention_days

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from radlens.app.settings import Settings
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -27,7 +27,7 @@ def settings_for(**overrides: Any) -> Settings:
     one line, exit 2."""
     from pydantic import ValidationError
 
-    from app.settings import Settings, describe_validation_error
+    from radlens.app.settings import Settings, describe_validation_error
 
     values = {key: value for key, value in overrides.items() if value is not None}
     try:
@@ -43,7 +43,7 @@ def report_error(exc: BaseException) -> int:
     a bad value) exit 2; anything else is a bug in radlens and exits 1, still without a
     traceback unless ``RADLENS_DEBUG=1``.
     """
-    from models.errors import RadlensError  # light module, no TensorFlow
+    from radlens.models.errors import RadlensError  # light module, no TensorFlow
 
     if isinstance(
         exc,

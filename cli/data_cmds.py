@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import fail
+from radlens.cli.common import fail
 
 
 def demo_data(
@@ -31,7 +31,7 @@ def demo_data(
     ] = False,
 ) -> None:
     """Write a small synthetic labelled DICOM data set (not real patients) and labels.csv."""
-    from training.data.demo import MODALITIES, write_demo_dataset
+    from radlens.training.data.demo import MODALITIES, write_demo_dataset
 
     if modality not in MODALITIES:
         fail(f"--modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
@@ -58,7 +58,7 @@ def data_check(
     ] = False,
 ) -> None:
     """Scan a data set: classes, counts, skipped files, splits and patient leakage."""
-    from training.data.sources import leakage_report, open_source, split_source
+    from radlens.training.data.sources import leakage_report, open_source, split_source
 
     source = open_source(path)
     typer.echo(f"{source.kind} source {path}: {len(source.examples)} images")

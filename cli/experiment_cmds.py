@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cli import training_options as shared
-from cli.common import fail
+from radlens.cli import training_options as shared
+from radlens.cli.common import fail
 
 experiment_app = typer.Typer(
     help="Experiments that compare training choices over several seeds.",
@@ -52,7 +52,7 @@ def filters(
     """Train one run per filter choice and seed, then rank the choices by mean val AUC."""
     params = dict(locals())  # the options as given, before any other name is bound
     overrides = shared.overrides(params)
-    from training.experiment import MAX_SEEDS, parse_choices  # no TensorFlow
+    from radlens.training.experiment import MAX_SEEDS, parse_choices  # no TensorFlow
 
     base = shared.base_config(config, overrides, name="filters")
     if not 1 <= seeds <= MAX_SEEDS:
@@ -63,7 +63,7 @@ def filters(
     if out is not None and out.exists() and any(out.iterdir()):
         fail(f"--out directory is not empty: {str(out)!r}")
 
-    from training.experiment import run_filter_experiment, text_table
+    from radlens.training.experiment import run_filter_experiment, text_table
 
     def progress(choice: str, run_seed: int, index: int, total: int) -> None:
         typer.echo(f"[{index}/{total}] filters={choice} seed={run_seed}", err=json_out)

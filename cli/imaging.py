@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.common import fail
+from radlens.cli.common import fail
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,7 +76,7 @@ def inspect(
     size: SizeOpt = None,
 ) -> None:
     """Show an image's metadata (no patient identifiers) and its preprocessed pixel statistics."""
-    from models.preprocessing import PREPROCESSING_VERSION, preprocess
+    from radlens.models.preprocessing import PREPROCESSING_VERSION, preprocess
 
     target = parse_size(size)
     image = preprocess(_read(path), size=target, window=window)
@@ -137,7 +137,7 @@ def filter_image(
     size: SizeOpt = None,
 ) -> None:
     """Apply a classic filter to the preprocessed image and write it as an 8-bit PNG."""
-    from models.ops import FILTER_NAMES, apply_filter
+    from radlens.models.ops import FILTER_NAMES, apply_filter
 
     if kind not in FILTER_NAMES:
         fail(f"--kind must be one of {', '.join(FILTER_NAMES)}; got {kind!r}")
@@ -149,7 +149,7 @@ def filter_image(
 
     from PIL import Image
 
-    from models.preprocessing import preprocess
+    from radlens.models.preprocessing import preprocess
 
     image = preprocess(_read(path), size=target, window=window)
     response = apply_filter(image.pixels, kind)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.common import settings_for
+from radlens.cli.common import settings_for
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -39,8 +39,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 def database_session(database_url: str) -> Iterator[Session]:
     """A session on a database at the migration head (SQLite is upgraded, as at start-up);
     committed when the block succeeds."""
-    from app.db import make_engine, make_sessionmaker
-    from app.migrate import ensure_schema
+    from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.migrate import ensure_schema
 
     engine = make_engine(database_url)
     try:
@@ -66,8 +66,8 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Create a key and print it once (only its hash is stored)."""
-        from app import audit
-        from app.keys import create_key
+        from radlens.app import audit
+        from radlens.app.keys import create_key
 
         settings = settings_for(database_url=database_url)
         with database_session(settings.database_url) as session:
@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
     @keys_app.command("list")
     def list_(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
         """List keys (id, name, scopes, created, revoked); never the keys themselves."""
-        from app.keys import list_keys
+        from radlens.app.keys import list_keys
 
         settings = settings_for(database_url=database_url)
         with database_session(settings.database_url) as session:
@@ -130,8 +130,8 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseUrlOption = None,
     ) -> None:
         """Revoke a key: requests with it get 401 from the next request on."""
-        from app import audit
-        from app.keys import revoke_key
+        from radlens.app import audit
+        from radlens.app.keys import revoke_key
 
         settings = settings_for(database_url=database_url)
         with database_session(settings.database_url) as session:

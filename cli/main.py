@@ -13,17 +13,17 @@ import sys
 
 import typer
 
-from cli.common import report_error
+from radlens.cli.common import report_error
 
 COMMAND_MODULES = (
-    "cli.imaging",
-    "cli.models_cmds",
-    "cli.data_cmds",
-    "cli.training_cmds",
-    "cli.experiment_cmds",
-    "cli.service_cmds",
-    "cli.keys_cmds",
-    "cli.audit_cmds",
+    "radlens.cli.imaging",
+    "radlens.cli.models_cmds",
+    "radlens.cli.data_cmds",
+    "radlens.cli.training_cmds",
+    "radlens.cli.experiment_cmds",
+    "radlens.cli.service_cmds",
+    "radlens.cli.keys_cmds",
+    "radlens.cli.audit_cmds",
 )
 
 app = typer.Typer(

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from models.manifest import ModelManifest
-    from models.registry import ModelRegistry
+    from radlens.models.manifest import ModelManifest
+    from radlens.models.registry import ModelRegistry
 
 StoreOpt = Annotated[
     Path | None,
@@ -36,7 +36,7 @@ models_app = typer.Typer(
 
 
 def _registry(store: Path | None) -> ModelRegistry:
-    from models.registry import ModelRegistry, default_store_path
+    from radlens.models.registry import ModelRegistry, default_store_path
 
     return ModelRegistry(store if store is not None else default_store_path())
 
@@ -127,7 +127,7 @@ def _text(manifest: ModelManifest, path: Path) -> str:
 
 
 def _runtime_lines(manifest: ModelManifest) -> list[str]:
-    from models.runtime import recorded_parity
+    from radlens.models.runtime import recorded_parity
 
     lines = []
     for runtime, entry in sorted(manifest.runtimes.items()):
@@ -197,7 +197,7 @@ def convert_model(
     (and the parity on --data) are added to its manifest, which is sealed again, in one
     atomic step.
     """
-    from models.runtime import add_openvino_runtime, recorded_parity
+    from radlens.models.runtime import add_openvino_runtime, recorded_parity
 
     registry = _registry(store)
     name, version = registry.resolve(ref)
@@ -205,7 +205,7 @@ def convert_model(
     images = labels = None
     note = ""
     if data is not None:
-        from training.evaluate import load_examples, open_data, select_split
+        from radlens.training.evaluate import load_examples, open_data, select_split
 
         source = open_data(data, manifest.class_names)
         examples = select_split(source, split, manifest.training_config)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.common import fail, settings_for
+from radlens.cli.common import fail, settings_for
 
 if TYPE_CHECKING:
     pass
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
 
         import uvicorn
 
-        from app.startup import preflight
+        from radlens.app.startup import preflight
 
         report = preflight(settings)
         logging.basicConfig(
@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         )
         try:
             uvicorn.run(
-                "app.main:create_app",
+                "radlens.app.main:create_app",
                 factory=True,
                 host=settings.host,
                 port=settings.port,
@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseUrlOption = None,
     ) -> None:
         """Upgrade the database schema (default: to the newest revision)."""
-        from app import migrate
+        from radlens.app import migrate
 
         settings = settings_for(database_url=database_url)
         migrate.upgrade(settings.database_url, revision)
@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseUrlOption = None,
     ) -> None:
         """Downgrade the database schema to REVISION ('base' drops every radlens table)."""
-        from app import migrate
+        from radlens.app import migrate
 
         settings = settings_for(database_url=database_url)
         migrate.downgrade(settings.database_url, revision)
@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
     @db_app.command("current")
     def db_current(database_url: DatabaseUrlOption = None) -> None:
         """Print the database's revision and the code's head revision."""
-        from app import migrate
+        from radlens.app import migrate
 
         settings = settings_for(database_url=database_url)
         engine = migrate.make_engine(settings.database_url)

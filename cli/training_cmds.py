@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import training_options as shared
-from cli.common import fail
+from radlens.cli import training_options as shared
+from radlens.cli.common import fail
 
 EXIT_INTERRUPTED = 130
 MAX_SKIPPED_SHOWN = 20
@@ -160,7 +160,7 @@ def train(
         cfg = shared.base_config(config, overrides)
 
     # the trainer (TensorFlow) is imported only now that the options are known to be sound
-    from training import run as run_module
+    from radlens.training import run as run_module
 
     started: list[Path] = []
 
@@ -235,14 +235,14 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Evaluate a stored model on a data set at its saved threshold."""
-    from training.evaluate import SPLIT_CHOICES  # no TensorFlow
+    from radlens.training.evaluate import SPLIT_CHOICES  # no TensorFlow
 
     if split not in SPLIT_CHOICES:
         fail(f"--split must be one of {', '.join(SPLIT_CHOICES)}; received {split!r}")
     if not Path(data).exists():
         fail(f"data path does not exist: {data!r}")
 
-    from training.evaluate import evaluate as run_evaluation
+    from radlens.training.evaluate import evaluate as run_evaluation
 
     metrics = run_evaluation(model, data, split=split, store=store, out=out, batch_size=batch_size)
     if json_out:

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.common import fail
+from radlens.cli.common import fail
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
+    from radlens.training.config import TrainConfig
 
 ConfigOption = Annotated[
     Path | None,
@@ -90,7 +90,7 @@ def base_config(config: Path | None, overrides: dict[str, Any], **defaults: Any)
         overrides: ``TrainConfig`` field -> flag value (None = not given).
         defaults: ``TrainConfig`` fields that differ from its defaults when no file is given.
     """
-    from training.config import TrainConfig  # no TensorFlow
+    from radlens.training.config import TrainConfig  # no TensorFlow
 
     cfg = (
         TrainConfig.load(config, overrides)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-import app.tables  # noqa: F401  (registers the tables on Base.metadata)
-from app.db import Base, make_engine
+import radlens.app.tables  # noqa: F401  (registers the tables on Base.metadata)
+from radlens.app.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

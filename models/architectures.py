@@ -44,8 +44,8 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
-from models.errors import ConfigurationError
-from models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess, check_filter_names
+from radlens.models.errors import ConfigurationError
+from radlens.models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess, check_filter_names
 
 __all__ = [
     "ARCHITECTURES",

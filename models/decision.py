@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.manifest import ModelManifest
+    from radlens.models.manifest import ModelManifest
 
 DEFAULT_THRESHOLD = 0.5  # a binary model's threshold when it has none (the plain softmax)
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import ConfigurationError, InvalidImageError
+from radlens.models.errors import ConfigurationError, InvalidImageError
 
 if TYPE_CHECKING:
     import keras
@@ -129,7 +129,7 @@ def _default_layer_path(model: keras.Model) -> tuple[str, ...]:
     whose output is 4-D ``(N, h, w, k)`` and that is not a pooling layer: ResNet50's
     ``conv5_block3_out``, a plain CNN's last ``Conv2D``.
     """
-    from models.architectures import last_conv_layer_name
+    from radlens.models.architectures import last_conv_layer_name
 
     try:
         name: str | None = last_conv_layer_name(model)
@@ -612,7 +612,7 @@ def explain_image(
         when ``class_names`` does not have one name per model output, InvalidImageError for
         a batch or input values outside [0, 1].
     """
-    from models.overlay import render_overlay
+    from radlens.models.overlay import render_overlay
 
     if not isinstance(model_input, np.ndarray) or model_input.ndim != 3:
         shape = getattr(model_input, "shape", type(model_input).__name__)

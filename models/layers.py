@@ -17,8 +17,8 @@ import keras
 import numpy as np
 from keras import ops as K
 
-from models.errors import ConfigurationError
-from models.ops import FILTER_NAMES, KERNELS
+from radlens.models.errors import ConfigurationError
+from radlens.models.ops import FILTER_NAMES, KERNELS
 
 __all__ = ["FixedFilterBank", "GrayToRGB", "ResNetPreprocess", "check_filter_names"]
 

@@ -34,7 +34,12 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from models.errors import ModelCorruptError, ModelTamperedError, ModelUnsealedError, RadlensError
+from radlens.models.errors import (
+    ModelCorruptError,
+    ModelTamperedError,
+    ModelUnsealedError,
+    RadlensError,
+)
 
 __all__ = [
     "INTEGRITY_FIELD",

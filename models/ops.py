@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from models.errors import ConfigurationError
+from radlens.models.errors import ConfigurationError
 
 __all__ = [
     "FILTER_NAMES",

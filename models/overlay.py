@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import ConfigurationError, InvalidImageError
+from radlens.models.errors import ConfigurationError, InvalidImageError
 
 __all__ = ["COLORMAPS", "DEFAULT_WIDTH", "blend", "render_overlay"]
 

@@ -95,7 +95,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from models.errors import (
+from radlens.models.errors import (
     CodestreamMismatchError,
     ImageTooLargeError,
     InvalidImageError,
@@ -704,7 +704,7 @@ def _codestream_syntaxes() -> frozenset[str]:
     """JPEG 2000 (and HTJ2K), JPEG-LS and the JPEG processes: one codestream per frame."""
     from pydicom import uid
 
-    from models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
+    from radlens.models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
 
     jpeg = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1)
     return frozenset(str(ts) for ts in (*J2K_SYNTAXES, *JPEG_LS_SYNTAXES, *jpeg))
@@ -725,7 +725,7 @@ class _Codestream:
 def _codestream_header(codestream: bytes, tsyntax: Any) -> _Codestream | None:
     """SIZ (JPEG 2000, read by OpenJPEG through pylibjpeg-openjpeg) or SOF (JPEG, JPEG-LS,
     read by pydicom); ``None`` when the header cannot be read (the decoder then fails)."""
-    from models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
+    from radlens.models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
 
     try:
         if tsyntax in J2K_SYNTAXES:
@@ -988,7 +988,7 @@ _CODECS_LOCK = threading.Lock()
 def _codec_plugin_registered() -> bool:
     """Add models/codecs.py's imagecodecs plugin to pydicom's decoders, once (pydicom's
     add_plugin is not thread-safe; callers of preprocess() may be several threads)."""
-    from models import codecs
+    from radlens.models import codecs
 
     with _CODECS_LOCK:
         codecs.register()
@@ -1003,8 +1003,8 @@ def _decode_frame(
     from pydicom.pixels.utils import get_expected_length
     from pydicom.uid import RLELossless
 
-    from models.codecs import PLUGIN as CODECS_PLUGIN
-    from models.codecs import SYNTAXES as CODECS_SYNTAXES
+    from radlens.models.codecs import PLUGIN as CODECS_PLUGIN
+    from radlens.models.codecs import SYNTAXES as CODECS_SYNTAXES
 
     _codec_plugin_registered()
 

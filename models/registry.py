@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.decision import decide
-from models.errors import (
+from radlens.models.decision import decide
+from radlens.models.errors import (
     ConfigurationError,
     InvalidImageError,
     ModelCorruptError,
@@ -56,7 +56,7 @@ from models.errors import (
     ModelNotFoundError,
     ModelStoreError,
 )
-from models.manifest import (
+from radlens.models.manifest import (
     INTEGRITY_FIELD,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -102,7 +102,7 @@ def default_store_path() -> Path:
     configured = os.environ.get(STORE_ENV, "").strip()
     if configured:
         return Path(configured).expanduser()
-    import models
+    from radlens import models
 
     return Path(models.__file__).resolve().parents[1] / "models" / "store"
 
@@ -138,13 +138,13 @@ class LoadedModel:
 
 def _current_preprocessing_version() -> str:
     # Imported at call time: models.preprocessing pulls in pydicom and Pillow.
-    return str(importlib.import_module("models.preprocessing").PREPROCESSING_VERSION)
+    return str(importlib.import_module("radlens.models.preprocessing").PREPROCESSING_VERSION)
 
 
 def _readable_preprocessing_versions() -> tuple[str, ...]:
     """Older versions preprocessing still reproduces exactly (``preprocess(version=...)``):
     a model trained with one of them loads and is fed as it was trained."""
-    module = importlib.import_module("models.preprocessing")
+    module = importlib.import_module("radlens.models.preprocessing")
     return tuple(str(v) for v in module.SUPPORTED_PREPROCESSING_VERSIONS)
 
 
@@ -628,7 +628,7 @@ class ModelRegistry:
         check_preprocessing_version(manifest)
         import keras
 
-        importlib.import_module("models.layers")  # registers radlens's custom layers
+        importlib.import_module("radlens.models.layers")  # registers radlens's custom layers
         try:
             model = keras.saving.load_model(model_path, compile=False)
         except Exception as exc:  # Keras raises many types for a file it cannot read

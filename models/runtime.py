@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from models.errors import (
+from radlens.models.errors import (
     ConfigurationError,
     InvalidImageError,
     ModelStoreError,
@@ -49,8 +49,8 @@ from models.errors import (
 if TYPE_CHECKING:
     import keras
 
-    from models.manifest import ModelManifest
-    from models.registry import ModelRegistry
+    from radlens.models.manifest import ModelManifest
+    from radlens.models.registry import ModelRegistry
 
 __all__ = [
     "OPENVINO",
@@ -318,7 +318,7 @@ class OpenVINORuntime:
         *,
         streams: int = 1,
     ) -> None:
-        from models.errors import ModelCorruptError
+        from radlens.models.errors import ModelCorruptError
 
         if precision not in _OV_HINT:
             raise ConfigurationError(f"precision must be fp32 or bf16. Received: {precision!r}")
@@ -535,8 +535,8 @@ def add_openvino_runtime(
             failed. Nothing in the store changes on any error.
         ValueError: images and labels that do not fit (quoted).
     """
-    from models.manifest import utc_now_iso
-    from models.registry import predict_scores
+    from radlens.models.manifest import utc_now_iso
+    from radlens.models.registry import predict_scores
 
     version = openvino_version()
     if version is None:

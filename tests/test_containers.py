@@ -38,7 +38,7 @@ def _dockerfile_env() -> dict[str, str]:
 
 
 def _radlens_command():
-    from cli.main import app
+    from radlens.cli.main import app
 
     return typer.main.get_command(app)
 
@@ -93,7 +93,7 @@ def test_train_service_runs_under_a_profile_with_the_shared_store():
 
 
 def test_every_radlens_variable_is_a_setting():
-    from app.settings import Settings
+    from radlens.app.settings import Settings
 
     fields = {f"RADLENS_{name.upper()}" for name in Settings.model_fields}
     used: set[str] = set(_dockerfile_env())
@@ -107,7 +107,7 @@ def test_every_radlens_variable_is_a_setting():
 
 
 def test_ports_and_volumes_match_the_service_and_tensorboard():
-    from app.settings import Settings
+    from radlens.app.settings import Settings
 
     services = _compose()["services"]
     env = _dockerfile_env()

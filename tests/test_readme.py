@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from app.settings import Settings
+from radlens.app.settings import Settings
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()

@@ -38,8 +38,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.metrics import DEFAULT_THRESHOLD, classification_metrics, roc_curve_points
-from training.rundir import BEST_WEIGHTS, CHECKPOINTS, write_state
+from radlens.training.metrics import DEFAULT_THRESHOLD, classification_metrics, roc_curve_points
+from radlens.training.rundir import BEST_WEIGHTS, CHECKPOINTS, write_state
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def tensorboard_callbacks(
         EvaluationFiguresCallback(log_dir / "validation_figures", x_val, y_val, class_names),
     ]
     if samples > 0:
-        from training.gradcam_callback import GradCamCallback
+        from radlens.training.gradcam_callback import GradCamCallback
 
         callbacks.append(SampleImagesCallback(log_dir / "images", x_val[:samples]))
         callbacks.append(
@@ -106,7 +106,7 @@ class SampleImagesCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self._written or len(self.inputs) == 0:
             return
-        from models.ops import FILTER_NAMES, apply_filter
+        from radlens.models.ops import FILTER_NAMES, apply_filter
 
         writer = tf.summary.create_file_writer(str(self.log_dir))
         with writer.as_default():
@@ -311,7 +311,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.batch_size = batch_size
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        from training.loop import predict_local
+        from radlens.training.loop import predict_local
 
         if logs is None:
             return
@@ -403,7 +403,7 @@ def reliability_diagram_png(
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from training.metrics import expected_calibration_error, reliability_bins
+    from radlens.training.metrics import expected_calibration_error, reliability_bins
 
     bins = reliability_bins(labels, probabilities)
     ece = expected_calibration_error(labels, probabilities)

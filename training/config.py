@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.errors import ConfigurationError
-from training.distribute import MIXED_PRECISION_MODES, STRATEGY_NAMES  # no TensorFlow at import
-from training.metrics import THRESHOLD_RULES
+from radlens.models.errors import ConfigurationError
+from radlens.training.distribute import (  # no TensorFlow at import
+    MIXED_PRECISION_MODES,
+    STRATEGY_NAMES,
+)
+from radlens.training.metrics import THRESHOLD_RULES
 
 ARCHITECTURE_NAMES = ("resnet50", "simple_cnn")
 CLASS_WEIGHT_MODES = ("auto", "none")
@@ -293,7 +296,7 @@ def _validate(cfg: TrainConfig) -> None:
 
     if cfg.architecture not in ARCHITECTURE_NAMES:
         raise bad("architecture", f"one of {', '.join(ARCHITECTURE_NAMES)}")
-    from models.ops import FILTER_NAMES  # numpy only
+    from radlens.models.ops import FILTER_NAMES  # numpy only
 
     unknown = [f for f in cfg.filters if f not in FILTER_NAMES]
     if unknown:
@@ -382,9 +385,9 @@ def _validate(cfg: TrainConfig) -> None:
 def _validate_window(window: str) -> None:
     """Check the window preset against models.preprocessing once that module is present."""
     try:
-        from models.preprocessing import WINDOW_PRESETS
+        from radlens.models.preprocessing import WINDOW_PRESETS
     except ModuleNotFoundError as exc:  # preprocessing not installed yet: nothing to check
-        if exc.name != "models.preprocessing":
+        if exc.name != "radlens.models.preprocessing":
             raise
         return
     if window not in WINDOW_PRESETS:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from models.errors import ConfigurationError
+from radlens.models.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.errors import RadlensError
+from radlens.models.errors import RadlensError
 
 IMAGE_SIZE = 16
 NUM_EXAMPLES = 64
@@ -81,7 +81,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as the arguments say; write weights.npz and report.json; return the report."""
     started = time.monotonic()
-    from training import distribute, loop  # TensorFlow is imported below, in this order
+    from radlens.training import distribute, loop  # TensorFlow is imported below, in this order
 
     devices = None
     if args.logical_cpus:

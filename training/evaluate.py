@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import ConfigurationError
-from training.data.sources import (
+from radlens.models.errors import ConfigurationError
+from radlens.training.data.sources import (
     DataSource,
     Example,
     SkippedFile,
@@ -92,9 +92,9 @@ def evaluate(
         models.errors.ConfigurationError: the data does not match the model's classes, an empty
             split, or no readable image.
     """
-    from models.registry import ModelRegistry, default_store_path
-    from training.data.pipeline import load_examples
-    from training.metrics import classification_metrics
+    from radlens.models.registry import ModelRegistry, default_store_path
+    from radlens.training.data.pipeline import load_examples
+    from radlens.training.metrics import classification_metrics
 
     loaded = ModelRegistry(Path(store) if store is not None else default_store_path()).load(
         model_ref
@@ -120,7 +120,7 @@ def evaluate(
     metrics = classification_metrics(
         labels, probabilities, manifest.class_names, manifest.threshold
     )
-    from training.metrics import expected_calibration_error
+    from radlens.training.metrics import expected_calibration_error
 
     metrics["ece"] = expected_calibration_error(labels, probabilities)
     result: dict[str, Any] = {
@@ -145,7 +145,11 @@ def write_report(
 ) -> dict[str, Path]:
     """Write metrics.json, confusion_matrix.png, reliability.png (the reliability diagram of
     the scores) and (binary) roc_curve.png into ``out``."""
-    from training.callbacks import confusion_matrix_png, reliability_diagram_png, roc_curve_png
+    from radlens.training.callbacks import (
+        confusion_matrix_png,
+        reliability_diagram_png,
+        roc_curve_png,
+    )
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

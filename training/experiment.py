@@ -37,8 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.errors import ConfigurationError
-from training.config import TrainConfig
+from radlens.models.errors import ConfigurationError
+from radlens.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ _T95_LARGE = 2.262  # df >= 9 (conservative: t(9))
 
 def filters_of(choice: str) -> tuple[str, ...]:
     """The ``filters`` tuple of a choice: ``none`` -> (), ``all`` -> every classic filter."""
-    from models.ops import FILTER_NAMES
+    from radlens.models.ops import FILTER_NAMES
 
     if choice == "none":
         return ()
@@ -175,7 +175,7 @@ def run_filter_experiment(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
         raise ConfigurationError(f"seeds must be from 1 to {MAX_SEEDS}; received {seeds!r}")
     if train_fn is None:
-        from training.run import train
+        from radlens.training.run import train
 
         train_fn = train
     directory = Path(out_dir) if out_dir is not None else _new_dir(base)

@@ -88,8 +88,8 @@ class GradCamCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if len(self.inputs) == 0 or (epoch + 1) % self.every:
             return
-        from models.gradcam import gradcam_explain
-        from models.overlay import blend
+        from radlens.models.gradcam import gradcam_explain
+        from radlens.models.overlay import blend
 
         class_index = 1 if len(self.class_names) == 2 else None
         result = gradcam_explain(

@@ -29,8 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.errors import ConfigurationError
-from training.distribute import Distribution, is_chief, wrap_optimizer
+from radlens.models.errors import ConfigurationError
+from radlens.training.distribute import Distribution, is_chief, wrap_optimizer
 
 log = logging.getLogger(__name__)
 

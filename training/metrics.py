@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from models.decision import DEFAULT_THRESHOLD, decide_indices, is_positive
+from radlens.models.decision import DEFAULT_THRESHOLD, decide_indices, is_positive
 
 __all__ = [
     "DEFAULT_THRESHOLD",

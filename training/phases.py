@@ -27,8 +27,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from training.config import TrainConfig
-from training.data.sources import Example
+from radlens.training.config import TrainConfig
+from radlens.training.data.sources import Example
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def train_whole(
 
 def build_model_for(config: TrainConfig, num_classes: int) -> keras.Model:
     """Build the configured architecture (call it inside the strategy's scope)."""
-    from models.architectures import build_model
+    from radlens.models.architectures import build_model
 
     return build_model(
         config.architecture,
@@ -140,7 +140,7 @@ def compile_model(
     model: keras.Model, learning_rate: float, num_classes: int, config: TrainConfig, *, steps: int
 ) -> None:
     """Compile for ``model.fit``: :func:`make_optimizer`, :func:`make_loss`, the run's metrics."""
-    from training.metrics import keras_metrics
+    from radlens.training.metrics import keras_metrics
 
     model.compile(
         optimizer=make_optimizer(config, learning_rate, steps=steps),
@@ -190,7 +190,7 @@ def set_backbone(model: keras.Model, blocks: int | str, *, freeze_batchnorm: boo
     BatchNorm stays frozen (pretrained statistics) unless ``freeze_batchnorm=False``, which is
     for a randomly initialised backbone whose statistics must be learned.
     """
-    from models.architectures import set_backbone_trainable
+    from radlens.models.architectures import set_backbone_trainable
 
     set_backbone_trainable(
         model, "all" if blocks == "all" else int(blocks), freeze_batchnorm=freeze_batchnorm
@@ -205,7 +205,7 @@ def track_recent_batches(model: keras.Model) -> None:
     describe the network of several epochs ago: training accuracy climbs while validation,
     which runs in inference mode, stays at one class. A shorter memory keeps them current.
     """
-    from models.architectures import get_backbone
+    from radlens.models.architectures import get_backbone
 
     for layer in get_backbone(model).layers:
         if isinstance(layer, keras.layers.BatchNormalization):

@@ -47,11 +47,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from models.errors import ConfigurationError
-from training import rundir
-from training.config import TrainConfig
-from training.data.sources import DataSource, Example, SkippedFile
-from training.distribute import Distribution, set_up
+from radlens.models.errors import ConfigurationError
+from radlens.training import rundir
+from radlens.training.config import TrainConfig
+from radlens.training.data.sources import DataSource, Example, SkippedFile
+from radlens.training.distribute import Distribution, set_up
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def train(
         data.load_validation()
         state = rundir.read_state(run_path)
         with dist.strategy.scope():  # variables are mirrored under a distribution strategy
-            from training.phases import build_model_for, export_model
+            from radlens.training.phases import build_model_for, export_model
 
             model = build_model_for(config, data.num_classes)
             network = export_model(model)
@@ -214,7 +214,7 @@ class _RunData:
     @classmethod
     def open(cls, config: TrainConfig) -> _RunData:
         """Open and split the data; refuse splits a run cannot train on (before any file)."""
-        from training.data.sources import (
+        from radlens.training.data.sources import (
             check_leakage,
             check_splits,
             describe_split,
@@ -263,7 +263,7 @@ class _RunData:
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) of a split, decoded as the training pipeline does, augmentation off."""
-        from training.data.pipeline import load_examples
+        from radlens.training.data.pipeline import load_examples
 
         return load_examples(
             self.source,
@@ -275,7 +275,7 @@ class _RunData:
         )
 
     def train_dataset(self) -> Any:
-        from training.data.pipeline import make_dataset
+        from radlens.training.data.pipeline import make_dataset
 
         c = self.config
         return make_dataset(
@@ -312,9 +312,9 @@ def _train_phases(
     """Train every phase not finished before (``state["phase_done"]``), saving progress."""
     config, data, dist, run_path, state = run.config, run.data, run.dist, run.path, run.state
     model, network = run.model, run.network
-    from training import callbacks as cb
-    from training.loop import fit_phase
-    from training.phases import (
+    from radlens.training import callbacks as cb
+    from radlens.training.loop import fit_phase
+    from radlens.training.phases import (
         Phase,
         class_weights,
         compile_model,
@@ -419,10 +419,10 @@ def _finish(run: _Run, started: float) -> RunResult:
     """Restore the best epoch, choose the threshold, measure val/test, export, write result."""
     config, data, dist, run_path, state = run.config, run.data, run.dist, run.path, run.state
     model, network = run.model, run.network
-    from models.registry import ModelRegistry, default_store_path
-    from training.data.sources import data_fingerprint, unique_skipped
-    from training.loop import predict
-    from training.metrics import (
+    from radlens.models.registry import ModelRegistry, default_store_path
+    from radlens.training.data.sources import data_fingerprint, unique_skipped
+    from radlens.training.loop import predict
+    from radlens.training.metrics import (
         apply_temperature,
         classification_metrics,
         decision_threshold,
@@ -430,7 +430,7 @@ def _finish(run: _Run, started: float) -> RunResult:
         fit_temperature,
         operating_points,
     )
-    from training.phases import fold_temperature
+    from radlens.training.phases import fold_temperature
 
     class_names = list(data.source.class_names)
     best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
@@ -488,7 +488,7 @@ def _finish(run: _Run, started: float) -> RunResult:
         calibration["ece_after"],
     )
     if dist.chief:
-        from training.callbacks import reliability_diagram_png, write_figure
+        from radlens.training.callbacks import reliability_diagram_png, write_figure
 
         write_figure(
             run_path / rundir.TENSORBOARD / "calibration",
@@ -595,8 +595,8 @@ def _add_openvino(registry: Any, model_ref: str, data: _RunData) -> None:
     """Store an OpenVINO IR beside the exported model, with its parity on the validation
     split (what lets the service serve it in bf16, models.runtime). The exported model is
     already complete: a missing OpenVINO or a failed conversion is a warning, not a failure."""
-    from models.errors import ModelStoreError, RuntimeUnavailableError
-    from models.runtime import add_openvino_runtime
+    from radlens.models.errors import ModelStoreError, RuntimeUnavailableError
+    from radlens.models.runtime import add_openvino_runtime
 
     try:
         manifest = add_openvino_runtime(

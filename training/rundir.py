@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.errors import ConfigurationError
-from training.config import TrainConfig, read_config_file
+from radlens.models.errors import ConfigurationError
+from radlens.training.config import TrainConfig, read_config_file
 
 log = logging.getLogger(__name__)
 

@@ -33,13 +33,13 @@ from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.auth import Principal, PrincipalDep, record_outcome
-from app.deps import IngestorDep, SettingsDep
-from app.errors import AppError, UnsupportedMediaTypeError
-from app.ingest import Candidate, Ingestor
-from app.schemas import problem_responses
-from app.settings import Settings
-from models.errors import RadlensError
+from radlens.app.auth import Principal, PrincipalDep, record_outcome
+from radlens.app.deps import IngestorDep, SettingsDep
+from radlens.app.errors import AppError, UnsupportedMediaTypeError
+from radlens.app.ingest import Candidate, Ingestor
+from radlens.app.schemas import problem_responses
+from radlens.app.settings import Settings
+from radlens.models.errors import RadlensError
 
 logger = logging.getLogger(__name__)
 

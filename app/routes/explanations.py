@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from app import services
-from app.auth import PrincipalDep
-from app.deps import IngestorDep, SessionDep, SettingsDep
-from app.dicom_outputs import (
+from radlens.app import services
+from radlens.app.auth import PrincipalDep
+from radlens.app.deps import IngestorDep, SessionDep, SettingsDep
+from radlens.app.dicom_outputs import (
     DICOM_MEDIA_TYPE,
     DicomSourceRequiredError,
     build_sc,
@@ -21,13 +21,13 @@ from app.dicom_outputs import (
     source_from_dataset,
     source_from_prediction,
 )
-from app.errors import AppError
-from app.explain import require_explanation
-from app.routes.predictions import UPLOAD_OPENAPI
-from app.schemas import problem_responses
-from app.settings import Settings
-from app.tables import Prediction
-from app.upload import read_file
+from radlens.app.errors import AppError
+from radlens.app.explain import require_explanation
+from radlens.app.routes.predictions import UPLOAD_OPENAPI
+from radlens.app.schemas import problem_responses
+from radlens.app.settings import Settings
+from radlens.app.tables import Prediction
+from radlens.app.upload import read_file
 
 router = APIRouter(prefix="/v1/predictions", tags=["explanations and DICOM outputs"])
 upload_router = APIRouter(prefix="/v1/predictions", tags=["explanations and DICOM outputs"])

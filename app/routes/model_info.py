@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import ResourcesDep
-from app.schemas import NOT_FOR_CLINICAL_USE, ModelPublic, ModelsPublic, problem_responses
+from radlens.app.deps import ResourcesDep
+from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelPublic, ModelsPublic, problem_responses
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

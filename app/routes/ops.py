@@ -7,9 +7,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.deps import MetricsDep, ResourcesDep
-from app.errors import DatabaseUnavailableError, ModelNotReadyError
-from app.schemas import Health, ModelRef, Readiness, problem_responses
+from radlens.app.deps import MetricsDep, ResourcesDep
+from radlens.app.errors import DatabaseUnavailableError, ModelNotReadyError
+from radlens.app.schemas import Health, ModelRef, Readiness, problem_responses
 
 router = APIRouter(tags=["operations"])
 

@@ -9,20 +9,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from app import services
-from app.auth import PrincipalDep
-from app.deps import IngestorDep, SessionDep
-from app.pseudonym import pseudonymise_uid
-from app.schemas import (
+from radlens.app import services
+from radlens.app.auth import PrincipalDep
+from radlens.app.deps import IngestorDep, SessionDep
+from radlens.app.pseudonym import pseudonymise_uid
+from radlens.app.schemas import (
     NOT_FOR_CLINICAL_USE,
     ModelRef,
     PredictionPage,
     PredictionPublic,
     problem_responses,
 )
-from app.tables import Prediction
-from app.upload import read_file
-from models.manifest import ModelManifest
+from radlens.app.tables import Prediction
+from radlens.app.upload import read_file
+from radlens.models.manifest import ModelManifest
 
 MAX_PAGE_SIZE = 100
 # Filter values the database can compare: PostgreSQL text cannot hold NUL and its integer

@@ -40,7 +40,7 @@ def build_tiny_model() -> Any:
     """A small CNN on 32x32x1 input, 2-class softmax (weights random: the tests check the
     service, not diagnostic quality)."""
     try:
-        from models.architectures import build_model
+        from radlens.models.architectures import build_model
     except ImportError:  # models/architectures.py not merged yet: same contract, by hand
         import keras
 
@@ -55,7 +55,7 @@ def build_tiny_model() -> Any:
 def save_tiny_model(store: Path, name: str = "tiny", **overrides: Any) -> Any:
     import keras
 
-    from models.registry import ModelRegistry
+    from radlens.models.registry import ModelRegistry
 
     keras.utils.set_random_seed(7)
     fields: dict[str, Any] = {
@@ -148,7 +148,7 @@ def empty_database_url(databases: Databases) -> str:
 
 @pytest.fixture()
 def migrated_database_url(databases: Databases) -> str:
-    from app.migrate import upgrade
+    from radlens.app.migrate import upgrade
 
     url = databases.new()
     upgrade(url)
@@ -159,7 +159,7 @@ def migrated_database_url(databases: Databases) -> str:
 
 
 def make_settings(database_url: str, store: Path, **overrides: Any) -> Any:
-    from app.settings import Settings
+    from radlens.app.settings import Settings
 
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -179,7 +179,7 @@ def make_settings(database_url: str, store: Path, **overrides: Any) -> Any:
 
 def prediction_row(dedupe_key: str) -> Any:
     """An unsaved ``app.tables.Prediction`` of the tiny model, for database-level tests."""
-    from app.tables import Prediction
+    from radlens.app.tables import Prediction
 
     return Prediction(
         id=uuid.uuid4(),
@@ -205,8 +205,8 @@ def create_api_key(
     database_url: str, scopes: str = "predict,read,admin", name: str = "test"
 ) -> str:
     """Store a new API key in a migrated database and return the full key."""
-    from app.db import make_engine, make_sessionmaker
-    from app.keys import create_key
+    from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.keys import create_key
 
     engine = make_engine(database_url)
     try:
@@ -243,7 +243,7 @@ class Service:
     def count(self) -> int:
         from sqlalchemy import func, select
 
-        from app.tables import Prediction
+        from radlens.app.tables import Prediction
 
         with self.app.state.resources.sessionmaker() as session:
             return int(session.scalar(select(func.count()).select_from(Prediction)) or 0)
@@ -259,8 +259,8 @@ class Service:
 @pytest.fixture(scope="session")
 def service(databases: Databases, model_store: Path) -> Iterator[Service]:
     """One app per backend for the session, started through its real lifespan."""
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     url = databases.new()
     upgrade(url)

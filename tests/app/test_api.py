@@ -182,8 +182,8 @@ class TestDedupe:
     ) -> None:
         """Another request inserts the same instance between our lookup and our insert:
         the unique constraint fires and the stored row is returned, not an error."""
-        from app import services
-        from app.tables import Prediction
+        from radlens.app import services
+        from radlens.app.tables import Prediction
 
         sessionmaker = service.app.state.resources.sessionmaker
         key = f"sop:{new_uid()}"
@@ -249,7 +249,7 @@ class TestRead:
 
         from sqlalchemy import update
 
-        from app.tables import Prediction
+        from radlens.app.tables import Prediction
 
         study = new_uid()
         ids = [service.post(dicom_bytes(study=study, seed=300 + i)).json()["id"] for i in range(5)]
@@ -503,7 +503,7 @@ class TestUploadErrors:
     def test_unexpected_error_is_500_problem_without_the_message(
         self, service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:
-        from app import services
+        from radlens.app import services
 
         secret = "SECRET-MESSAGE-" + str(4700 + 11)  # built at run time: not in any source line
 
@@ -532,7 +532,7 @@ class TestUploadErrors:
     def test_predictor_failures_are_problems(
         self, service: Service, error_name: str, status: int, code: str
     ) -> None:
-        import app.predictor as predictor_module
+        import radlens.app.predictor as predictor_module
 
         real = service.app.state.resources.predictor
         error = getattr(predictor_module, error_name)
@@ -570,7 +570,7 @@ class TestUploadErrors:
     ) -> None:
         from sqlalchemy.exc import OperationalError
 
-        from app import services
+        from radlens.app import services
 
         def locked(*args: object, **kwargs: object) -> None:
             raise OperationalError(
@@ -615,7 +615,7 @@ class TestOperations:
         assert model["ready"] is True and model["device"] == "/CPU:0"
 
     def test_health_and_readiness(self, service: Service) -> None:
-        from app.migrate import head_revision
+        from radlens.app.migrate import head_revision
 
         assert service.client.get("/healthz").json() == {"status": "ok"}
         ready = service.client.get("/readyz")
@@ -636,7 +636,7 @@ class TestOperations:
         }
 
     def test_readiness_fails_when_the_database_is_unreachable(self, service: Service) -> None:
-        from app.db import make_engine
+        from radlens.app.db import make_engine
 
         resources = service.app.state.resources
         real_engine = resources.engine

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app.keys import key_id_of
+from radlens.app.keys import key_id_of
 from tests.app.conftest import (
     Service,
     assert_problem,
@@ -97,8 +97,8 @@ class TestTransaction:
     def test_failed_write_leaves_no_prediction_and_a_failure_row(
         self, service: Service, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from app import services
-        from app.errors import DatabaseUnavailableError
+        from radlens.app import services
+        from radlens.app.errors import DatabaseUnavailableError
 
         real = services.record_prediction
         written: list[str] = []
@@ -121,8 +121,8 @@ class TestTransaction:
     def test_success_row_commits_with_the_prediction(self, service: Service) -> None:
         from sqlalchemy import select
 
-        from app.security_tables import AuditEvent
-        from app.tables import Prediction
+        from radlens.app.security_tables import AuditEvent
+        from radlens.app.tables import Prediction
 
         prediction_id = uuid.UUID(service.post(png_bytes(), "e.png").json()["id"])
         with service.app.state.resources.sessionmaker() as session:
@@ -160,7 +160,7 @@ class TestAppendOnly:
 
 class TestAuditCommand:
     def test_json_and_filters(self, service: Service, capsys: pytest.CaptureFixture[str]) -> None:
-        from cli.main import main
+        from radlens.cli.main import main
 
         prediction_id = service.post(png_bytes(), "g.png").json()["id"]
         argv = ["audit", "--database-url", service.database_url, "--json"]
@@ -177,7 +177,7 @@ class TestAuditCommand:
     def test_bad_since_is_one_line(
         self, service: Service, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        from cli.main import main
+        from radlens.cli.main import main
 
         assert main(["audit", "--database-url", service.database_url, "--since", "soon"]) == 2
         err = capsys.readouterr().err

@@ -77,7 +77,7 @@ class TestAuthentication:
         assert "Bearer scheme but no key" in assert_unauthorized(empty)["detail"]
 
     def test_revoked_key_stops_working(self, service: Service) -> None:
-        from app.keycache import KeyCache
+        from radlens.app.keycache import KeyCache
 
         # RADLENS_AUTH_CACHE_TTL_S=0: no cache, the next request sees the revocation
         # (with a TTL, within it: tests/app/test_key_cache.py)
@@ -88,8 +88,8 @@ class TestAuthentication:
             service.app.state.key_cache = original
 
     def _revoke_and_check(self, service: Service) -> None:
-        from app.db import make_engine, make_sessionmaker
-        from app.keys import key_id_of, revoke_key
+        from radlens.app.db import make_engine, make_sessionmaker
+        from radlens.app.keys import key_id_of, revoke_key
 
         key = create_api_key(service.database_url, "read", name="to revoke")
         assert service.client.get("/v1/models", headers=bearer(key)).status_code == 200
@@ -140,7 +140,7 @@ class TestScopes:
         assert "needs 'read'" in body["detail"]
 
     def test_admin_is_needed_for_other_methods(self, service: Service) -> None:
-        from app.auth import required_scope
+        from radlens.app.auth import required_scope
 
         assert required_scope("GET") == "read"
         assert required_scope("HEAD") == "read"
@@ -197,9 +197,9 @@ class TestDisabled:
     def test_disabled_auth_is_a_logged_development_setting(
         self, service: Service, model_store: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        from app.main import create_app
+        from radlens.app.main import create_app
 
-        with caplog.at_level(logging.WARNING, logger="app.main"):
+        with caplog.at_level(logging.WARNING, logger="radlens.app.main"):
             app = create_app(make_settings(service.database_url, model_store, auth="disabled"))
         assert any("RADLENS_AUTH=disabled" in r.getMessage() for r in caplog.records)
         with TestClient(app) as client:
@@ -207,7 +207,7 @@ class TestDisabled:
             assert client.get("/v1/predictions", params={"limit": 1}).status_code == 200
 
     def test_enabled_is_the_default(self) -> None:
-        from app.settings import Settings
+        from radlens.app.settings import Settings
 
         assert Settings().auth == "enabled"
         with pytest.raises(ValueError, match="auth"):

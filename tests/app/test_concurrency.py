@@ -26,8 +26,8 @@ CLIENTS = 32
 
 @pytest.fixture(params=[1, 2], ids=["1-stream", "2-streams"])
 def sqlite_app(request: Any, tmp_path: Path, model_store: Path) -> Iterator[Any]:
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'concurrency.db'}"
     upgrade(url)
@@ -42,8 +42,8 @@ def sqlite_app(request: Any, tmp_path: Path, model_store: Path) -> Iterator[Any]
 
 
 def _new_key(url: str) -> str:
-    from app.db import make_engine, make_sessionmaker
-    from app.keys import create_key
+    from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.keys import create_key
 
     engine = make_engine(url)
     try:
@@ -80,8 +80,8 @@ async def _post_all(
 
 
 def _count(app_or_url: Any) -> int:
-    from app.db import make_engine
-    from app.tables import Prediction
+    from radlens.app.db import make_engine
+    from radlens.app.tables import Prediction
 
     engine = make_engine(app_or_url)
     try:
@@ -118,7 +118,7 @@ def test_concurrent_reposts_of_one_instance_store_one_row(sqlite_app: Any) -> No
 
 
 def test_sqlite_connections_use_wal_and_a_busy_timeout(tmp_path: Path) -> None:
-    from app.db import SQLITE_BUSY_TIMEOUT_MS, make_engine
+    from radlens.app.db import SQLITE_BUSY_TIMEOUT_MS, make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'pragmas.db'}")
     try:
@@ -133,7 +133,7 @@ def test_sqlite_connections_use_wal_and_a_busy_timeout(tmp_path: Path) -> None:
 
 def test_in_memory_sqlite_still_works(tmp_path: Path) -> None:
     """WAL does not apply to :memory: databases; the engine must not fail on them."""
-    from app.db import make_engine
+    from radlens.app.db import make_engine
 
     engine = make_engine("sqlite://")
     try:
@@ -176,9 +176,9 @@ def test_read_only_sessions_do_not_wait_for_the_writer(
     (WAL snapshot); an ordinary session, which begins IMMEDIATE, waits and times out."""
     from sqlalchemy.exc import OperationalError
 
-    from app import db
-    from app.migrate import upgrade
-    from app.tables import Prediction
+    from radlens.app import db
+    from radlens.app.migrate import upgrade
+    from radlens.app.tables import Prediction
 
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)  # keep the failing wait short
     url = f"sqlite:///{tmp_path / 'read-only.db'}"

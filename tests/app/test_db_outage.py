@@ -67,8 +67,8 @@ def test_outage_is_503_with_retry_after_and_the_service_recovers_by_itself(
 ) -> None:
     from sqlalchemy import create_engine, text
 
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     pg = private_cluster
     upgrade(pg.url)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from app.device import DeviceInfo, select_device
-from models.errors import ConfigurationError
+from radlens.app.device import DeviceInfo, select_device
+from radlens.models.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class TestSelectDevice:
 
     def test_already_initialised_is_reported_not_raised(self, caplog: Any) -> None:
         config = FakeConfig(gpus=gpus(2), initialised=True)
-        with caplog.at_level("WARNING", logger="app.device"):
+        with caplog.at_level("WARNING", logger="radlens.app.device"):
             info = select_device("auto", tf_config=config)
         assert info.name == "/GPU:0"
         assert info.memory_growth is False

@@ -209,7 +209,7 @@ class TestSecondaryCapture:
         assert list(sc.ImageType) == ["DERIVED", "SECONDARY"]
         assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
         # the pixels are the heatmap PNG's
-        from app.dicom_outputs import overlay_rgb
+        from radlens.app.dicom_outputs import overlay_rgb
 
         png = service.client.get(f"/v1/predictions/{prediction['id']}/heatmap").content
         np.testing.assert_array_equal(sc.pixel_array, overlay_rgb(png))
@@ -237,7 +237,7 @@ class TestSecondaryCapture:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[Service]:
     """A site that opts in to patient copying and pseudonymises stored UIDs (SQLite)."""
-    from app.main import create_app
+    from radlens.app.main import create_app
 
     url = f"sqlite:///{tmp_path_factory.mktemp('site') / 'site.db'}"
     settings = make_settings(
@@ -273,7 +273,7 @@ class TestSiteSettings:
     def test_patient_variant_has_its_own_uid(self) -> None:
         import uuid
 
-        from app.dicom_outputs import output_uid
+        from radlens.app.dicom_outputs import output_uid
 
         pid = uuid.uuid4()
         assert output_uid(pid, "sr", with_patient=False) == output_uid(

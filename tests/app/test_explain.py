@@ -112,7 +112,7 @@ class TestExplainer:
     ) -> None:
         """Keras inference from several threads: the predictor's tf.function and Grad-CAM's
         gradient model on the same weights give the same scores as one at a time."""
-        from app.explain import explainer_for
+        from radlens.app.explain import explainer_for
 
         predictor = service.app.state.resources.predictor
         explainer = explainer_for(predictor)
@@ -151,8 +151,8 @@ class TestExplainer:
             assert out.png == sequential_maps[i]
 
     def test_resnet50_explains_its_last_block(self, tmp_path: Path) -> None:
-        from app.explain import Explainer
-        from models.architectures import build_model
+        from radlens.app.explain import Explainer
+        from radlens.models.architectures import build_model
 
         model = build_model("resnet50", input_shape=(32, 32, 1), num_classes=3, weights=None)
         fake_predictor = types.SimpleNamespace(
@@ -172,8 +172,8 @@ class TestExplainer:
         assert _png_pixels(out.png).shape[1] == 512
 
     def test_warmup_at_start_up(self, tmp_path: Path, model_store: Path) -> None:
-        from app.explain import explainer_for
-        from app.main import create_app
+        from radlens.app.explain import explainer_for
+        from radlens.app.main import create_app
         from tests.app.conftest import TestClient, make_settings
 
         url = f"sqlite:///{tmp_path / 'warm.db'}"
@@ -188,7 +188,7 @@ def test_deleting_a_prediction_deletes_its_explanation(service: Service) -> None
 
     from sqlalchemy import delete
 
-    from app.tables import Prediction
+    from radlens.app.tables import Prediction
 
     response = service.post(png_bytes(), "gone.png", params={"explain": "true"})
     pid = response.json()["id"]

@@ -29,7 +29,7 @@ from tests.app.test_stowrs import multipart_related
 
 
 def audit_rows(service: Service, since: datetime) -> list[Any]:
-    from app.security_tables import AuditEvent
+    from radlens.app.security_tables import AuditEvent
 
     with service.app.state.resources.sessionmaker() as session:
         stmt = select(AuditEvent).where(AuditEvent.at >= since).order_by(AuditEvent.id)
@@ -40,8 +40,8 @@ def audit_rows(service: Service, since: datetime) -> list[Any]:
 
 
 def test_the_upload_route_takes_its_ingestor_from_a_dependency(service: Service) -> None:
-    from app.deps import get_ingestor
-    from app.errors import ModelNotReadyError
+    from radlens.app.deps import get_ingestor
+    from radlens.app.errors import ModelNotReadyError
 
     async def overridden() -> Any:
         raise ModelNotReadyError("the overridden ingestor refuses (test)")
@@ -88,7 +88,7 @@ def _write_lock_free(path: str) -> bool:
 def test_grad_cam_runs_with_no_write_lock_held(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app import explain
+    from radlens.app import explain
 
     path = _sqlite_path(service)
     real = explain.Explainer.explain
@@ -109,7 +109,7 @@ def test_grad_cam_runs_with_no_write_lock_held(
 def test_the_structured_report_is_built_with_no_write_lock_held(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.routes import explanations
+    from radlens.app.routes import explanations
 
     path = _sqlite_path(service)
     real = explanations.build_sr
@@ -132,7 +132,7 @@ def test_the_structured_report_is_built_with_no_write_lock_held(
 
 
 def test_stow_writes_one_audit_row_per_prediction(service: Service) -> None:
-    from app.audit import PREDICTION_CREATE
+    from radlens.app.audit import PREDICTION_CREATE
 
     since = datetime.now(UTC)
     body, content_type = multipart_related([dicom_bytes(), dicom_bytes(), dicom_bytes()])
@@ -158,7 +158,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     parser built: FastAPI's form parsing, with its temp files, or radlens's own)."""
     from python_multipart.multipart import MultipartParser
 
-    from app import auth
+    from radlens.app import auth
 
     seen: list[str] = []
     real_authenticate = auth._authenticate
@@ -222,8 +222,8 @@ def test_the_key_is_checked_before_the_body_is_read(
 
 
 def test_bounded_queue_refuses_at_once_and_stop_markers_do_not_count() -> None:
-    from app.errors import ServiceBusyError
-    from app.workqueue import STOP, WorkQueue
+    from radlens.app.errors import ServiceBusyError
+    from radlens.app.workqueue import STOP, WorkQueue
 
     q = WorkQueue(2, "things (test)")
     q.put("a")
@@ -238,10 +238,10 @@ def test_bounded_queue_refuses_at_once_and_stop_markers_do_not_count() -> None:
 
 
 def test_the_writer_refuses_beyond_its_queue(tmp_path: Path) -> None:
-    from app.db import make_engine, make_sessionmaker
-    from app.errors import ServiceBusyError
-    from app.migrate import upgrade
-    from app.writer import PredictionWriter
+    from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.errors import ServiceBusyError
+    from radlens.app.migrate import upgrade
+    from radlens.app.writer import PredictionWriter
     from tests.app.conftest import prediction_row
 
     url = f"sqlite:///{tmp_path / 'w.db'}"
@@ -284,8 +284,8 @@ def test_the_writer_refuses_beyond_its_queue(tmp_path: Path) -> None:
 
 @pytest.fixture
 def flooded_app(tmp_path: Path, model_store: Path) -> Iterator[Any]:
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'flood.db'}"
     upgrade(url)
@@ -307,7 +307,7 @@ def test_a_flood_gets_503_with_retry_after_and_every_accepted_upload_is_stored(
 ) -> None:
     import httpx
 
-    from app.errors import ServiceBusyError
+    from radlens.app.errors import ServiceBusyError
 
     app = flooded_app
     uploads = [png_bytes(seed) for seed in range(10)]
@@ -367,7 +367,7 @@ def test_a_flood_gets_503_with_retry_after_and_every_accepted_upload_is_stored(
 def test_queue_bounds_are_validated_settings(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from app.settings import describe_validation_error
+    from radlens.app.settings import describe_validation_error
 
     settings = make_settings("sqlite://", tmp_path)
     assert (settings.max_queued_predictions, settings.max_queued_writes) == (256, 1024)
@@ -378,7 +378,7 @@ def test_queue_bounds_are_validated_settings(tmp_path: Path) -> None:
 
 
 def test_stow_with_failed_instances_records_the_request_apart(service: Service) -> None:
-    from app.audit import PREDICTION_CREATE
+    from radlens.app.audit import PREDICTION_CREATE
 
     since = datetime.now(UTC)
     body, content_type = multipart_related([dicom_bytes(), b"not a DICOM file"])
@@ -404,8 +404,8 @@ def test_an_upload_is_preprocessed_with_the_manifests_version(version: str) -> N
     trained, a version-2 model with the reduced JPEG 2000 decode (models.preprocessing)."""
     from pydicom.data import get_testdata_file
 
-    from app.ingest import _prepare_upload
-    from models.preprocessing import preprocess
+    from radlens.app.ingest import _prepare_upload
+    from radlens.models.preprocessing import preprocess
 
     data = Path(str(get_testdata_file("RG1_J2KR.dcm"))).read_bytes()  # 1955x1841 chest CR
     model_input, (image, _) = _prepare_upload(data, (64, 64), None, 36_000_000, version)
@@ -417,7 +417,7 @@ def test_an_upload_is_preprocessed_with_the_manifests_version(version: str) -> N
 
 
 def test_the_ingestor_passes_the_loaded_models_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.ingest as ingest
+    import radlens.app.ingest as ingest
 
     seen: list[str] = []
 

@@ -33,7 +33,7 @@ class FakeClock:
 
 class TestKeyCache:
     def test_value_expires_after_ttl(self) -> None:
-        from app.keycache import KeyCache
+        from radlens.app.keycache import KeyCache
 
         clock = FakeClock()
         cache: KeyCache[str] = KeyCache(5.0, clock=clock)
@@ -46,7 +46,7 @@ class TestKeyCache:
         assert cache.get("other") is None
 
     def test_ttl_zero_caches_nothing(self) -> None:
-        from app.keycache import KeyCache
+        from radlens.app.keycache import KeyCache
 
         cache: KeyCache[str] = KeyCache(0.0)
         assert not cache.enabled
@@ -54,13 +54,13 @@ class TestKeyCache:
         assert cache.get("h") is None
 
     def test_negative_ttl_is_refused(self) -> None:
-        from app.keycache import KeyCache
+        from radlens.app.keycache import KeyCache
 
         with pytest.raises(ValueError, match="-1"):
             KeyCache(-1.0)
 
     def test_bounded(self) -> None:
-        from app.keycache import KeyCache
+        from radlens.app.keycache import KeyCache
 
         cache: KeyCache[int] = KeyCache(60.0, max_entries=3)
         for i in range(3):
@@ -72,7 +72,7 @@ class TestKeyCache:
     def test_setting_range(self) -> None:
         from pydantic import ValidationError
 
-        from app.settings import Settings
+        from radlens.app.settings import Settings
 
         assert Settings(auth_cache_ttl_s=0).auth_cache_ttl_s == 0
         with pytest.raises(ValidationError, match="auth_cache_ttl_s"):
@@ -81,8 +81,8 @@ class TestKeyCache:
 
 class TestRevocationThroughTheService:
     def _revoke(self, database_url: str, key: str) -> None:
-        from app.db import make_engine, make_sessionmaker
-        from app.keys import key_id_of, revoke_key
+        from radlens.app.db import make_engine, make_sessionmaker
+        from radlens.app.keys import key_id_of, revoke_key
 
         engine = make_engine(database_url)
         try:
@@ -97,7 +97,7 @@ class TestRevocationThroughTheService:
     def test_revocation_takes_effect_when_the_entry_expires(
         self, service: Service, use_cache: Callable[[Any], None]
     ) -> None:
-        from app.keycache import KeyCache
+        from radlens.app.keycache import KeyCache
 
         clock = FakeClock()
         cache: KeyCache[object] = KeyCache(5.0, clock=clock)
@@ -122,7 +122,7 @@ class TestRevocationThroughTheService:
     def test_ttl_zero_sees_revocation_on_the_next_request(
         self, service: Service, use_cache: Callable[[Any], None]
     ) -> None:
-        from app.keycache import KeyCache
+        from radlens.app.keycache import KeyCache
 
         use_cache(KeyCache(0.0))
         key = create_api_key(service.database_url, "read", name="uncached then revoked")
@@ -134,7 +134,7 @@ class TestRevocationThroughTheService:
     def test_cached_key_keeps_its_scopes(
         self, service: Service, use_cache: Callable[[Any], None]
     ) -> None:
-        from app.keycache import KeyCache
+        from radlens.app.keycache import KeyCache
 
         use_cache(KeyCache(60.0, clock=FakeClock()))
         key = create_api_key(service.database_url, "read", name="read only cached")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from app.db import Base, make_engine
-from app.migrate import current_revision, downgrade, head_revision, upgrade
+from radlens.app.db import Base, make_engine
+from radlens.app.migrate import current_revision, downgrade, head_revision, upgrade
 from tests.app.conftest import Databases
 
 
@@ -17,7 +17,7 @@ def _diff(url: str) -> list[object]:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    import app.tables  # noqa: F401
+    import radlens.app.tables  # noqa: F401
 
     engine = make_engine(url)
     try:

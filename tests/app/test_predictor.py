@@ -21,16 +21,16 @@ import keras
 import numpy as np
 import pytest
 
-from app.device import DeviceInfo
-from app.predictor import (
+from radlens.app.device import DeviceInfo
+from radlens.app.predictor import (
     BatchStats,
     InferenceError,
     Predictor,
     PredictorUnavailableError,
     load_predictor,
 )
-from models.errors import InvalidImageError, NotAnImageError
-from models.registry import LoadedModel, ModelRegistry, decide
+from radlens.models.errors import InvalidImageError, NotAnImageError
+from radlens.models.registry import LoadedModel, ModelRegistry, decide
 
 T = TypeVar("T")
 SIZE = 32
@@ -65,7 +65,7 @@ def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
 
 def tiny_model() -> keras.Model:
     try:
-        from models.architectures import build_model
+        from radlens.models.architectures import build_model
     except ModuleNotFoundError:  # until models/architectures.py lands
         keras.utils.set_random_seed(7)
         inputs = keras.Input((SIZE, SIZE, 1))
@@ -509,7 +509,7 @@ class TestLifecycle:
     ) -> None:
         """GPU memory growth can only be set before the model's variables initialise the GPU:
         the device is chosen (with the configured preference) before the registry loads."""
-        import app.predictor as predictor_module
+        import radlens.app.predictor as predictor_module
 
         calls: list[str] = []
 
@@ -555,7 +555,7 @@ class TestLifecycle:
 
 
 def test_predictor_errors_carry_their_http_status() -> None:
-    from app.errors import status_for
+    from radlens.app.errors import status_for
 
     assert status_for(InferenceError("RuntimeError: boom")) == 500
     assert status_for(PredictorUnavailableError("the predictor is stopping")) == 503
@@ -577,12 +577,12 @@ class TestBatchTuning:
         ],
     )
     def test_choose_batch_limit(self, timings: dict[int, float], expected: int) -> None:
-        from app.predictor import choose_batch_limit
+        from radlens.app.predictor import choose_batch_limit
 
         assert choose_batch_limit(timings) == expected
 
     def test_candidates_are_powers_of_two_then_the_maximum(self) -> None:
-        from app.predictor import batch_size_candidates
+        from radlens.app.predictor import batch_size_candidates
 
         assert batch_size_candidates(1) == [1]
         assert batch_size_candidates(8) == [1, 2, 4, 8]
@@ -627,7 +627,7 @@ class TestBatchTuning:
             make_predictor(loaded, max_batch_size=4, batch_tuning="sometimes")
 
     def test_settings_default_is_off(self) -> None:
-        from app.settings import Settings
+        from radlens.app.settings import Settings
 
         assert Settings().batch_tuning == "off"
         assert Settings(batch_tuning="auto").batch_tuning == "auto"

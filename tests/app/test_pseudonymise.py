@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.pseudonym import pseudonymise_uid
+from radlens.app.pseudonym import pseudonymise_uid
 from tests.app.conftest import (
     Databases,
     Service,
@@ -55,7 +55,7 @@ class TestPseudonymiseUid:
 
 class TestSetting:
     def test_short_key_is_refused(self, tmp_path: Path) -> None:
-        from app.settings import describe_validation_error
+        from radlens.app.settings import describe_validation_error
 
         with pytest.raises(ValidationError, match="at least 16 characters") as info:
             make_settings("sqlite://", tmp_path, uid_pseudonym_key="short-secret")
@@ -72,8 +72,8 @@ class TestSetting:
 
 @pytest.fixture()
 def pseudonymising(databases: Databases, model_store: Path) -> Iterator[Service]:
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     url = databases.new()
     upgrade(url)
@@ -114,7 +114,7 @@ def test_stored_uids_are_pseudonyms_and_filters_still_work(pseudonymising: Servi
 def test_the_key_id_tells_keys_apart_and_reveals_nothing() -> None:
     import hashlib
 
-    from app.pseudonym import pseudonym_key_id
+    from radlens.app.pseudonym import pseudonym_key_id
 
     key = SITE_KEY.encode()
     key_id = pseudonym_key_id(key)
@@ -127,8 +127,8 @@ def test_the_key_id_tells_keys_apart_and_reveals_nothing() -> None:
 def test_each_row_records_whether_its_uids_are_pseudonyms(pseudonymising: Service) -> None:
     from sqlalchemy import select
 
-    from app.pseudonym import pseudonym_key_id
-    from app.tables import Prediction
+    from radlens.app.pseudonym import pseudonym_key_id
+    from radlens.app.tables import Prediction
     from tests.app.conftest import png_bytes
 
     dicom = pseudonymising.post(dicom_bytes(), "a.dcm").json()["id"]
@@ -145,8 +145,8 @@ def test_each_row_records_whether_its_uids_are_pseudonyms(pseudonymising: Servic
 def test_dicom_outputs_follow_the_row_not_the_current_setting(
     databases: Databases, model_store: Path
 ) -> None:
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
     from tests.app.conftest import assert_problem
 
     url = databases.new()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.ratelimit import RateLimiter
+from radlens.app.ratelimit import RateLimiter
 from tests.app.conftest import Service, assert_problem, create_api_key, make_settings
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from app.tables import Prediction
+from radlens.app.tables import Prediction
 from tests.app.conftest import Service, png_bytes
 
 
@@ -37,7 +37,7 @@ def purge_audit_targets(service: Service) -> set[str]:
 
 class TestPurgeFunction:
     def test_deletes_only_expired_and_audits_each(self, service: Service) -> None:
-        from app import audit
+        from radlens.app import audit
 
         old = make_old(service, days=400)
         recent = make_old(service, days=10)
@@ -57,7 +57,7 @@ class TestPurgeFunction:
         assert recent not in purge_audit_targets(service)
 
     def test_rolled_back_purge_leaves_no_audit_rows(self, service: Service) -> None:
-        from app import audit
+        from radlens.app import audit
 
         old = make_old(service, days=800)
         with service.app.state.resources.sessionmaker() as session:
@@ -67,7 +67,7 @@ class TestPurgeFunction:
         assert old not in purge_audit_targets(service)
 
     def test_explanations_go_with_their_prediction(self, service: Service) -> None:
-        from app import audit
+        from radlens.app import audit
 
         response = service.client.post(
             "/v1/predictions",
@@ -99,7 +99,7 @@ class TestPurgeFunction:
         assert explanations() == []
 
     def test_retention_below_one_day_is_refused(self, service: Service) -> None:
-        from app import audit
+        from radlens.app import audit
 
         with (
             service.app.state.resources.sessionmaker() as session,
@@ -110,7 +110,7 @@ class TestPurgeFunction:
 
 class TestPurgeCommand:
     def test_dry_run_then_purge(self, service: Service, capsys: pytest.CaptureFixture[str]) -> None:
-        from cli.main import main
+        from radlens.cli.main import main
 
         old = make_old(service, days=3000)
         argv = ["purge", "--database-url", service.database_url, "--retention-days", "2900"]
@@ -124,7 +124,7 @@ class TestPurgeCommand:
     def test_retention_from_the_environment(
         self, service: Service, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        from cli.main import main
+        from radlens.cli.main import main
 
         monkeypatch.setenv("RADLENS_DATABASE_URL", service.database_url)
         monkeypatch.setenv("RADLENS_RETENTION_DAYS", "36000")
@@ -134,7 +134,7 @@ class TestPurgeCommand:
     def test_zero_retention_refuses(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        from cli.main import main
+        from radlens.cli.main import main
 
         monkeypatch.setenv("RADLENS_RETENTION_DAYS", "0")
         url = f"sqlite:///{tmp_path / 'r.db'}"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from models.errors import ModelCorruptError, RuntimeUnavailableError
-from models.runtime import bf16_supported, openvino_version, recorded_parity
+from radlens.models.errors import ModelCorruptError, RuntimeUnavailableError
+from radlens.models.runtime import bf16_supported, openvino_version, recorded_parity
 from tests.app.conftest import TestClient, make_settings, png_bytes, save_tiny_model
 from tests.conftest import shared_data_path
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(openvino_version() is None, reason="openvino not
 
 def parity_images() -> tuple[np.ndarray, np.ndarray]:
     """PneumoniaMNIST validation images at the tiny model's 32 px (real pixels, real labels)."""
-    from models.preprocessing import preprocess_array
+    from radlens.models.preprocessing import preprocess_array
 
     path = shared_data_path("pneumoniamnist", "pneumoniamnist_28_trainval.npz")
     with np.load(path) as data:
@@ -32,8 +32,8 @@ def parity_images() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def converted_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.registry import ModelRegistry
-    from models.runtime import add_openvino_runtime
+    from radlens.models.registry import ModelRegistry
+    from radlens.models.runtime import add_openvino_runtime
 
     store = tmp_path_factory.mktemp("converted")
     save_tiny_model(store)
@@ -63,7 +63,7 @@ class TestServing:
     def test_openvino_fp32_serves_records_and_explains(
         self, sqlite_url: str, converted_store: Path
     ) -> None:
-        from app.main import create_app
+        from radlens.app.main import create_app
 
         settings = make_settings(sqlite_url, converted_store, runtime="openvino", precision="fp32")
         with TestClient(create_app(settings)) as client:
@@ -86,7 +86,7 @@ class TestServing:
             assert heatmap.headers["content-type"] == "image/png"
 
     def test_scores_match_tensorflow(self, sqlite_url: str, converted_store: Path) -> None:
-        from app.main import create_app
+        from radlens.app.main import create_app
 
         scores = {}
         for runtime in ("tensorflow", "openvino"):
@@ -105,9 +105,9 @@ class TestServing:
     def test_auto_picks_by_cpu_and_recorded_parity(
         self, sqlite_url: str, converted_store: Path
     ) -> None:
-        from app.main import create_app
-        from models.registry import ModelRegistry
-        from models.runtime import Tolerance
+        from radlens.app.main import create_app
+        from radlens.models.registry import ModelRegistry
+        from radlens.models.runtime import Tolerance
 
         manifest = ModelRegistry(converted_store).read_manifest("tiny", 1)
         bf16 = recorded_parity(manifest, "bf16")
@@ -119,7 +119,7 @@ class TestServing:
     def test_unconverted_model_auto_keeps_tensorflow(
         self, sqlite_url: str, model_store: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        from app.main import create_app
+        from radlens.app.main import create_app
 
         with (
             caplog.at_level(logging.INFO),
@@ -141,7 +141,7 @@ class TestBadConvertedFiles:
     def test_altered_file_with_explicit_openvino_stops_start_up(
         self, sqlite_url: str, store_copy: Path
     ) -> None:
-        from app.startup import preflight
+        from radlens.app.startup import preflight
 
         with open(openvino_file(store_copy, "model.bin"), "ab") as fh:
             fh.write(b"\0")
@@ -152,7 +152,7 @@ class TestBadConvertedFiles:
     def test_missing_file_with_auto_falls_back_logged(
         self, sqlite_url: str, store_copy: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        from app.main import create_app
+        from radlens.app.main import create_app
 
         openvino_file(store_copy, "model.xml").unlink()
         with (
@@ -168,8 +168,8 @@ class TestBadConvertedFiles:
         """Corrupt content that the manifest vouches for (re-sealed): OpenVINO's own error."""
         import json
 
-        from app.predictor import load_predictor
-        from models.registry import ModelRegistry, file_sha256
+        from radlens.app.predictor import load_predictor
+        from radlens.models.registry import ModelRegistry, file_sha256
 
         xml = openvino_file(store_copy, "model.xml")
         xml.write_text("<net broken")
@@ -186,8 +186,8 @@ class TestBadConvertedFiles:
         assert fallback.selection.runtime == "tensorflow" and fallback.selection.fallback
 
     def test_openvino_absent(self, sqlite_url: str, converted_store: Path, monkeypatch) -> None:
-        from app.startup import preflight
-        from models import runtime as runtime_module
+        from radlens.app.startup import preflight
+        from radlens.models import runtime as runtime_module
 
         monkeypatch.setattr(runtime_module, "openvino_version", lambda: None)
         with pytest.raises(RuntimeUnavailableError, match="openvino package is not installed"):
@@ -212,7 +212,7 @@ class TestSettings:
         ],
     )
     def test_bad_values(self, sqlite_url: str, model_store: Path, field: str, value: object):
-        from app.settings import describe_validation_error
+        from radlens.app.settings import describe_validation_error
 
         with pytest.raises(ValidationError) as info:
             make_settings(sqlite_url, model_store, **{field: value})

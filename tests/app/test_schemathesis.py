@@ -40,8 +40,8 @@ def fuzz_target(databases: Databases, model_store: Path) -> Iterator[tuple[Any, 
     """
     from schemathesis.python.asgi import shutdown_lifespans
 
-    from app.main import create_app
-    from app.migrate import upgrade
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
 
     url = databases.new()
     upgrade(url)

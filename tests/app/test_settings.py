@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.settings import REPO_ROOT, Settings, describe_validation_error, get_settings
+from radlens.app.settings import REPO_ROOT, Settings, describe_validation_error, get_settings
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,7 @@ def test_defaults_run_a_fresh_clone() -> None:
     assert settings.model_store == REPO_ROOT / "models" / "store"
     assert (settings.model, settings.device) == (None, "auto")
     assert settings.max_upload_bytes == 64 * 1024 * 1024
-    from models.preprocessing import DEFAULT_MAX_PIXELS
+    from radlens.models.preprocessing import DEFAULT_MAX_PIXELS
 
     assert settings.max_pixels == DEFAULT_MAX_PIXELS
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import DatabaseNotMigratedError, DatabaseUnavailableError
-from models.errors import ModelCorruptError, ModelIncompatibleError, ModelNotFoundError
+from radlens.app.errors import DatabaseNotMigratedError, DatabaseUnavailableError
+from radlens.models.errors import ModelCorruptError, ModelIncompatibleError, ModelNotFoundError
 from tests.app.conftest import Databases, TestClient, make_settings, postgres_available
 
 
 def start(settings: object) -> None:
-    from app.main import create_app
+    from radlens.app.main import create_app
 
     with TestClient(create_app(settings)) as client:  # type: ignore[arg-type]
         assert client.get("/readyz").status_code == 200
@@ -34,7 +34,7 @@ def version_dir(store: Path) -> Path:
 
 def reseal(store: Path) -> None:
     """Seal a deliberate manifest edit (`radlens models seal`), as an operator would."""
-    from models.registry import ModelRegistry
+    from radlens.models.registry import ModelRegistry
 
     ModelRegistry(store).seal("tiny:1")
 
@@ -68,7 +68,7 @@ class TestModelProblems:
     def test_unreadable_model_with_matching_hash_is_corrupt(
         self, sqlite_url: str, store_copy: Path
     ) -> None:
-        from models.registry import file_sha256
+        from radlens.models.registry import file_sha256
 
         model_file = version_dir(store_copy) / "model.keras"
         model_file.write_bytes(b"this is not a keras archive")
@@ -94,8 +94,8 @@ class TestModelProblems:
     def test_preflight_finds_the_same_problems_without_keras(
         self, sqlite_url: str, store_copy: Path
     ) -> None:
-        from app.migrate import head_revision
-        from app.startup import check_model, preflight
+        from radlens.app.migrate import head_revision
+        from radlens.app.startup import check_model, preflight
 
         settings = make_settings(sqlite_url, store_copy)
         report = preflight(settings)
@@ -147,7 +147,7 @@ def test_expected_startup_failure_reaches_the_server_as_one_line(tmp_path: Path)
     """What uvicorn logs when the lifespan fails: one line for an expected failure."""
     import anyio
 
-    from app.main import create_app
+    from radlens.app.main import create_app
 
     app = create_app(make_settings(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "no-store"))
     sent: list[dict[str, object]] = []
@@ -173,7 +173,7 @@ def test_expected_startup_failure_reaches_the_server_as_one_line(tmp_path: Path)
 def test_notice_is_dropped_only_for_a_clinically_validated_model(
     store_copy: Path, sqlite_url: str
 ) -> None:
-    from app.main import create_app
+    from radlens.app.main import create_app
     from tests.app.conftest import png_bytes
 
     manifest_path = version_dir(store_copy) / "manifest.json"

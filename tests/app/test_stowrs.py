@@ -211,7 +211,7 @@ class TestBadRequests:
 
 @pytest.fixture(scope="module")
 def small_site(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[Service]:
-    from app.main import create_app
+    from radlens.app.main import create_app
 
     url = f"sqlite:///{tmp_path_factory.mktemp('stow') / 'stow.db'}"
     app = create_app(make_settings(url, model_store, stow_max_instances=2))

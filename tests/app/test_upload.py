@@ -14,8 +14,8 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import UnsupportedMediaTypeError
-from app.upload import file_field
+from radlens.app.errors import UnsupportedMediaTypeError
+from radlens.app.upload import file_field
 from tests.app.conftest import Service, assert_problem, png_bytes
 from tests.app.test_audit import audit_rows
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
-from app import services
-from app.db import make_engine, make_sessionmaker
-from app.security_tables import AuditEvent
-from app.tables import Prediction
-from app.writer import PredictionWriter, WriterStoppedError
+from radlens.app import services
+from radlens.app.db import make_engine, make_sessionmaker
+from radlens.app.security_tables import AuditEvent
+from radlens.app.tables import Prediction
+from radlens.app.writer import PredictionWriter, WriterStoppedError
 from tests.app.conftest import prediction_row
 
 row = prediction_row

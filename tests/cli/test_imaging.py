@@ -16,8 +16,8 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 
-from cli.imaging import to_display
-from cli.main import main
+from radlens.cli.imaging import to_display
+from radlens.cli.main import main
 from tests.conftest import REPO_ROOT, shared_data_path
 
 CT_SMALL = str(get_testdata_file("CT_small.dcm"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from radlens.cli.main import main
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +25,8 @@ def url(tmp_path: Path) -> str:
 
 
 def authenticate(url: str, key: str) -> object:
-    from app.db import make_engine, make_sessionmaker
-    from app.keys import authenticate as check
+    from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.keys import authenticate as check
 
     engine = make_engine(url)
     try:

@@ -1,4 +1,4 @@
-from cli.main import main
+from radlens.cli.main import main
 
 
 def test_version_prints_and_exits_zero(capsys):
@@ -13,7 +13,7 @@ def test_unknown_command_exits_2(capsys):
 def test_a_mistyped_command_module_is_an_error():
     import pytest
 
-    from cli.main import _register_commands
+    from radlens.cli.main import _register_commands
 
     with pytest.raises(ModuleNotFoundError, match=r"cli\.service_cmdz"):
-        _register_commands(("cli.service_cmdz",))
+        _register_commands(("radlens.cli.service_cmdz",))

@@ -10,9 +10,9 @@ from pathlib import Path
 import keras
 import pytest
 
-from cli.main import main
-from models import registry as registry_module
-from models.registry import ModelRegistry
+from radlens.cli.main import main
+from radlens.models import registry as registry_module
+from radlens.models.registry import ModelRegistry
 from tests.conftest import REPO_ROOT
 
 

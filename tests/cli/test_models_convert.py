@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from models.runtime import openvino_version
+from radlens.cli.main import main
+from radlens.models.runtime import openvino_version
 from tests.app.conftest import save_tiny_model
 from tests.conftest import shared_data_path
 
@@ -22,7 +22,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("RADLENS_"):
             monkeypatch.delenv(key)
-    from app.settings import get_settings
+    from radlens.app.settings import get_settings
 
     get_settings.cache_clear()
 

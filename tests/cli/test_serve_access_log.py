@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cli.main import main
+from radlens.cli.main import main
 
 
 @pytest.fixture()
@@ -19,11 +19,11 @@ def captured_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
             monkeypatch.delenv(key)
     import uvicorn
 
-    import app.startup
+    from radlens.app import startup
 
     calls: dict[str, Any] = {}
     report = SimpleNamespace(model=SimpleNamespace(ref="m:1"), schema_revision="head")
-    monkeypatch.setattr(app.startup, "preflight", lambda settings: report)
+    monkeypatch.setattr(startup, "preflight", lambda settings: report)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.update(kwargs))
     return calls
 

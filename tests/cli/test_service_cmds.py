@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from radlens.cli.main import main
 from tests.app.conftest import dicom_bytes, png_bytes, postgres_available, save_tiny_model
 from tests.app.test_api import MARKERS
 from tests.conftest import REPO_ROOT
@@ -24,7 +24,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("RADLENS_"):
             monkeypatch.delenv(key)
-    from app.settings import get_settings
+    from radlens.app.settings import get_settings
 
     get_settings.cache_clear()
 
@@ -45,7 +45,7 @@ class TestDb:
     def test_upgrade_current_downgrade(
         self, sqlite_url: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        from app.migrate import head_revision
+        from radlens.app.migrate import head_revision
 
         head = head_revision()
         assert main(["db", "current", "--database-url", sqlite_url]) == 0
@@ -172,7 +172,7 @@ def test_serve_runs_uvicorn_on_the_factory(tmp_path: Path) -> None:
         "RADLENS_ACCESS_LOG": "true",  # off by default; on here so its lines are checked too
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
-    from app.migrate import upgrade
+    from radlens.app.migrate import upgrade
     from tests.app.conftest import create_api_key
 
     upgrade(env["RADLENS_DATABASE_URL"])
@@ -180,7 +180,7 @@ def test_serve_runs_uvicorn_on_the_factory(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
+            [sys.executable, "-m", "radlens.cli.main", "serve", "--port", str(port)],
             cwd=tmp_path,  # any directory: migrations and the app come from the package
             env={**env, "PYTHONPATH": str(REPO_ROOT)},
             stdout=out,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cli.main import main
+from radlens.cli.main import main
 from tests.conftest import REPO_ROOT
 
 
@@ -23,7 +23,7 @@ def _patient_hash_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.data.demo import write_demo_dataset
+    from radlens.training.data.demo import write_demo_dataset
 
     out = tmp_path_factory.mktemp("cli-demo") / "data"
     write_demo_dataset(out, n_per_class=12, size=32, seed=1)
@@ -184,8 +184,8 @@ def test_resume_an_interrupted_run(
 ) -> None:
     import keras
 
-    from training.config import TrainConfig
-    from training.run import train
+    from radlens.training.config import TrainConfig
+    from radlens.training.run import train
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
@@ -216,13 +216,13 @@ def test_resume_an_interrupted_run(
 def test_interrupted_training_prints_how_to_resume(
     demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import training.run
+    from radlens.training import run as training_run
 
     def interrupted(config: object, *, on_start: Any) -> None:
         on_start(tmp_path / "runs" / "x-1")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.run, "train", interrupted)
+    monkeypatch.setattr(training_run, "train", interrupted)
     assert main(["train", "--data", str(demo), "--arch", "simple_cnn"]) == 130
     captured = capsys.readouterr()
     assert f"run directory: {tmp_path / 'runs' / 'x-1'}" in captured.out
@@ -241,8 +241,8 @@ def test_train_and_experiment_share_their_common_options() -> None:
     """Declared once (cli/training_options.py): same flags, types, defaults and help."""
     import typer.main
 
-    from cli.main import app
-    from cli.training_options import SHARED_FIELDS
+    from radlens.cli.main import app
+    from radlens.cli.training_options import SHARED_FIELDS
 
     group = typer.main.get_command(app)
     train_cmd = group.commands["train"]  # type: ignore[attr-defined]

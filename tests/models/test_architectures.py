@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import registry as registry_module
-from models.architectures import (
+from radlens.models import registry as registry_module
+from radlens.models.architectures import (
     ARCHITECTURES,
     build_model,
     gradcam_model,
     last_conv_layer_name,
     set_backbone_trainable,
 )
-from models.errors import ConfigurationError
-from models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess
-from models.registry import ModelRegistry, predict_scores
+from radlens.models.errors import ConfigurationError
+from radlens.models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess
+from radlens.models.registry import ModelRegistry, predict_scores
 
 SIZE = 32
 RNG = np.random.default_rng(7)

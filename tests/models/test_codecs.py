@@ -20,9 +20,9 @@ from pydicom.pixels import get_decoder
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import HTJ2KLossless, JPEGLossless, JPEGLosslessSV1, generate_uid
 
-from models import codecs
-from models.errors import PreprocessingError
-from models.preprocessing import preprocess
+from radlens.models import codecs
+from radlens.models.errors import PreprocessingError
+from radlens.models.preprocessing import preprocess
 
 SHARED_DICOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
 SYNTAXES = codecs.SYNTAXES

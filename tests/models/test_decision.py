@@ -1,14 +1,14 @@
-"""models.decision: the one rule from scores to a class, shared by training and serving."""
+"""radlens.models.decision: the one rule from scores to a class, shared by training and serving."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.decision import DEFAULT_THRESHOLD, decide, decide_indices, is_positive
-from models.manifest import ModelManifest
+from radlens.models.decision import DEFAULT_THRESHOLD, decide, decide_indices, is_positive
+from radlens.models.manifest import ModelManifest
+from radlens.training.metrics import binary_metrics, multiclass_metrics
 from tests.models.test_registry import valid_manifest_dict
-from training.metrics import binary_metrics, multiclass_metrics
 
 
 def _manifest(classes: list[str], threshold: float | None) -> ModelManifest:

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import (
+from radlens.models.errors import (
     CodestreamMismatchError,
     InvalidImageError,
     PreprocessingError,
     TruncatedDataError,
 )
-from models.preprocessing import (
+from radlens.models.preprocessing import (
     PREPROCESSING_VERSION,
     SUPPORTED_PREPROCESSING_VERSIONS,
     decode_reduction,
@@ -189,7 +189,7 @@ class TestJpeg2000Reduced:
         import pydicom
         from pydicom.encaps import generate_frames
 
-        from models.preprocessing import _decode_j2k_reduced
+        from radlens.models.preprocessing import _decode_j2k_reduced
 
         ds = pydicom.dcmread(io.BytesIO(pydicom_data("RG1_J2KR.dcm")))
         codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
@@ -205,7 +205,7 @@ class TestJpeg2000Reduced:
     def test_stored_values_are_kept_for_every_bit_depth(self, bits: int) -> None:
         """A flat image of the largest stored value stays that value at 1/4 (Pillow hands a
         12-bit 4095 back as 65520)."""
-        from models.preprocessing import _decode_j2k_reduced
+        from radlens.models.preprocessing import _decode_j2k_reduced
 
         dtype = np.uint16 if bits > 8 else np.uint8
         flat = np.full((300, 260), 2**bits - 1, dtype)
@@ -222,8 +222,8 @@ class TestJpeg2000Reduced:
         import pydicom
         from pydicom.data import DATA_ROOT, external_data_sources
 
-        from models import codecs
-        from models.preprocessing import (
+        from radlens.models import codecs
+        from radlens.models.preprocessing import (
             _codestream_header,
             _decode_frame,
             _decode_j2k_reduced,
@@ -273,7 +273,7 @@ class TestJpeg2000Reduced:
     def test_signed_values_are_kept(self) -> None:
         """A signed 12-bit codestream (CT as GDCM writes it): Pillow offsets it by 2048 and
         scales it to 16 bits; the reduced path returns the signed stored values."""
-        from models.preprocessing import _decode_j2k_reduced
+        from radlens.models.preprocessing import _decode_j2k_reduced
 
         halves = np.full((300, 260), -2048, np.int16)
         halves[:150] = 2047
@@ -303,7 +303,7 @@ class TestJpeg2000Reduced:
         codestream = bytes(
             imagecodecs.jpeg2k_encode(array, codecformat="J2K", level=0, resolutions=2)
         )
-        from models.preprocessing import _j2k_main_header
+        from radlens.models.preprocessing import _j2k_main_header
 
         assert _j2k_main_header(codestream)[2] == 1
         data = encapsulated_dicom(codestream, J2K_LOSSLESS, rows=1000, columns=1000)
@@ -338,7 +338,7 @@ class TestJpegBaselineReduced:
         assert difference.max() < 0.15
 
     def test_dct_scaling_picks_the_size_and_decodes_8_bit(self) -> None:
-        from models.preprocessing import _decode_jpeg_reduced
+        from radlens.models.preprocessing import _decode_jpeg_reduced
 
         codestream = jpeg_baseline(gradient(1000, 900, 8))
         arr = _decode_jpeg_reduced(codestream, 2, 1000, 900, (224, 224))
@@ -423,7 +423,7 @@ class TestCodestreamChecks:
         import pydicom
         from pydicom.data import DATA_ROOT, external_data_sources
 
-        from models.preprocessing import (
+        from radlens.models.preprocessing import (
             _check_codestream,
             _codestream_syntaxes,
             _frame_codestream,

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.architectures import build_model, set_backbone_trainable
-from models.errors import ConfigurationError, InvalidImageError
-from models.gradcam import (
+from radlens.models.architectures import build_model, set_backbone_trainable
+from radlens.models.errors import ConfigurationError, InvalidImageError
+from radlens.models.gradcam import (
     GradCamResult,
     explain_image,
     find_layer_path,
@@ -36,7 +36,7 @@ from models.gradcam import (
     gradcam,
     gradcam_explain,
 )
-from models.overlay import COLORMAPS, blend, render_overlay
+from radlens.models.overlay import COLORMAPS, blend, render_overlay
 
 # --- tiny models -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-from models.intended_use import (
+from radlens.models.intended_use import (
     IntendedUse,
     normalise_body_part,
     normalise_modality,

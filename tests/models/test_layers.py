@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from models import ops
-from models.errors import ConfigurationError
-from models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess
+from radlens.models import ops
+from radlens.models.errors import ConfigurationError
+from radlens.models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess
 
 RNG = np.random.default_rng(42)
 ATOL = 1e-5

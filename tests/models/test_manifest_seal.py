@@ -9,10 +9,10 @@ from pathlib import Path
 import keras
 import pytest
 
-from models import registry as registry_module
-from models.errors import ModelCorruptError, ModelTamperedError, ModelUnsealedError
-from models.manifest import check_seal, seal
-from models.registry import ModelRegistry
+from radlens.models import registry as registry_module
+from radlens.models.errors import ModelCorruptError, ModelTamperedError, ModelUnsealedError
+from radlens.models.manifest import check_seal, seal
+from radlens.models.registry import ModelRegistry
 
 PP_VERSION = "test-pp-1"
 KEY = b"a-signing-key-of-32-characters!!"
@@ -144,7 +144,7 @@ class TestLegacyAndReseal:
         save(reg, model)
         before = reg.read_manifest("chest", 1)
         edit(tmp_path, lambda d: d.update(validated_for_clinical_use=True))
-        with caplog.at_level("WARNING", logger="models.registry"):
+        with caplog.at_level("WARNING", logger="radlens.models.registry"):
             sealed = reg.seal("chest:1")
         assert "sealed the manifest of chest:1" in caplog.text
         assert sealed.validated_for_clinical_use is True

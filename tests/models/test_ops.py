@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from models import ops
-from models.errors import ConfigurationError
+from radlens.models import ops
+from radlens.models.errors import ConfigurationError
 
 WORKED = np.array([[2, 2, 7, 3], [9, 4, 6, 1], [8, 5, 2, 4], [3, 1, 2, 6]], dtype=np.float64)
 

@@ -1,4 +1,4 @@
-"""models.preprocessing: one class per behaviour, on real files where possible.
+"""radlens.models.preprocessing: one class per behaviour, on real files where possible.
 
 Real DICOM comes from pydicom's bundled test files, pydicom-data and ../shared/data/dicom
 (skipped with a reason when absent). Small PNG/JPEG/DICOM fixtures are built in the tests.
@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from models.errors import (
+from radlens.models.errors import (
     ImageTooLargeError,
     InvalidImageError,
     NoPixelDataError,
@@ -35,7 +35,7 @@ from models.errors import (
     TruncatedDataError,
     UnsupportedTransferSyntaxError,
 )
-from models.preprocessing import (
+from radlens.models.preprocessing import (
     DEFAULT_MAX_PIXELS,
     PREPROCESSING_VERSION,
     WINDOW_PRESETS,

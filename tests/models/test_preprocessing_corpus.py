@@ -1,4 +1,4 @@
-"""models.preprocessing on every real DICOM we have, and on fuzzed DICOM bytes.
+"""radlens.models.preprocessing on every real DICOM we have, and on fuzzed DICOM bytes.
 
 The corpus is pydicom's bundled test files, pydicom-data's files (both through
 ``get_testdata_files()``) and ../shared/data/dicom. Each file either decodes to float32 in
@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydicom.data import get_testdata_file, get_testdata_files
 
-from models.errors import PreprocessingError
-from models.preprocessing import PreprocessedImage, preprocess
+from radlens.models.errors import PreprocessingError
+from radlens.models.preprocessing import PreprocessedImage, preprocess
 from tests.conftest import SHARED_DICOM
 
 NOT_DICOM_SUFFIXES = {".txt", ".json", ".gz", ".icc", ".dump"}

@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from models import registry as registry_module
-from models.errors import (
+from radlens.models import registry as registry_module
+from radlens.models.errors import (
     ConfigurationError,
     InvalidImageError,
     ModelCorruptError,
@@ -20,15 +20,15 @@ from models.errors import (
     ModelNotFoundError,
     ModelStoreError,
 )
-from models.manifest import ModelManifest, jsonable
-from models.registry import ModelRegistry, decide, default_store_path, predict_scores
+from radlens.models.manifest import ModelManifest, jsonable
+from radlens.models.registry import ModelRegistry, decide, default_store_path, predict_scores
 
 PP_VERSION = "test-pp-1"
 
 
 @pytest.fixture(autouse=True)
 def fixed_preprocessing_version(monkeypatch):
-    """models.preprocessing is another engineer's module: pin the version the store sees."""
+    """radlens.models.preprocessing is another engineer's module: pin the version the store sees."""
     monkeypatch.setattr(registry_module, "_current_preprocessing_version", lambda: PP_VERSION)
 
 
@@ -145,7 +145,7 @@ class TestDefaultStorePath:
 
     def test_repo_default(self, monkeypatch):
         monkeypatch.delenv("RADLENS_MODEL_STORE", raising=False)
-        import models
+        from radlens import models
 
         assert default_store_path() == Path(models.__file__).resolve().parents[1] / "models/store"
 
@@ -331,7 +331,7 @@ class TestSaveAndLoad:
             reg.load("pneumonia")
 
     def test_real_preprocessing_version_is_recorded(self, tmp_path, model, monkeypatch):
-        preprocessing = pytest.importorskip("models.preprocessing")
+        preprocessing = pytest.importorskip("radlens.models.preprocessing")
         monkeypatch.undo()  # the real models.preprocessing.PREPROCESSING_VERSION
         reg = ModelRegistry(tmp_path)
         manifest = save(reg, model)

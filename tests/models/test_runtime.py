@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import registry as registry_module
-from models.errors import (
+from radlens.models import registry as registry_module
+from radlens.models.errors import (
     ConfigurationError,
     InvalidImageError,
     ModelCorruptError,
@@ -17,8 +17,8 @@ from models.errors import (
     ModelTamperedError,
     RuntimeUnavailableError,
 )
-from models.registry import ModelRegistry, predict_scores
-from models.runtime import (
+from radlens.models.registry import ModelRegistry, predict_scores
+from radlens.models.runtime import (
     OpenVINORuntime,
     Parity,
     Tolerance,
@@ -214,7 +214,7 @@ def test_bf16_support_is_read_from_the_cpu_capabilities():
 
 def val_images(size: int = 32, count: int = 96) -> tuple[np.ndarray, np.ndarray]:
     path = shared_data_path("pneumoniamnist", "pneumoniamnist_28_trainval.npz")
-    from models.preprocessing import preprocess_array
+    from radlens.models.preprocessing import preprocess_array
 
     with np.load(path) as data:
         images, labels = data["val_images"][:count], data["val_labels"][:count].reshape(-1)
@@ -226,7 +226,7 @@ def val_images(size: int = 32, count: int = 96) -> tuple[np.ndarray, np.ndarray]
 def stored(tmp_path: Path) -> ModelRegistry:
     import keras
 
-    from models.architectures import build_model
+    from radlens.models.architectures import build_model
 
     keras.utils.set_random_seed(3)
     reg = ModelRegistry(tmp_path)
@@ -345,7 +345,7 @@ class TestConvertStoredModel:
             stored.runtime_files(stored.verify("chest", 1), "openvino")
 
     def test_a_failed_conversion_changes_nothing(self, stored, monkeypatch):
-        from models import runtime as runtime_module
+        from radlens.models import runtime as runtime_module
 
         before = (stored.root / "chest" / "1" / "manifest.json").read_bytes()
 
@@ -363,7 +363,7 @@ class TestConvertStoredModel:
 
 
 def test_openvino_absent_is_a_clear_error(stored, monkeypatch):
-    from models import runtime as runtime_module
+    from radlens.models import runtime as runtime_module
 
     monkeypatch.setattr(runtime_module, "openvino_version", lambda: None)
     with pytest.raises(RuntimeUnavailableError, match="openvino package is not installed"):

@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-import models.preprocessing as pp
+import radlens.models.preprocessing as pp
 from tests.conftest import SHARED_DICOM
 
 # (file, why it is here)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import TrainConfig
+from radlens.training.config import TrainConfig
 
 TEST_PATIENT_KEY = "radlens-tests-patient-key"
 
@@ -23,7 +23,7 @@ def _patient_hash_key() -> object:
 @pytest.fixture(scope="session")
 def tiny_demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 synthetic chest DICOMs (radlens demo-data), 32 px, with labels.csv and splits."""
-    from training.data.demo import write_demo_dataset
+    from radlens.training.data.demo import write_demo_dataset
 
     out = tmp_path_factory.mktemp("demo") / "data"
     write_demo_dataset(out, n_per_class=20, size=32, seed=0)
@@ -54,7 +54,7 @@ def tiny_config(data: Path, tmp: Path, **changes: object) -> TrainConfig:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_demo_data: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One finished simple_cnn run on the tiny demo data (shared by run/evaluate tests)."""
-    from training.run import train
+    from radlens.training.run import train
 
     tmp = tmp_path_factory.mktemp("tiny-run")
     return train(tiny_config(tiny_demo_data, tmp, filters=["sobel_h"]), verbose=0)

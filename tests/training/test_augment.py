@@ -1,4 +1,4 @@
-"""training.data.augment: seeded, range-keeping, training-only augmentation."""
+"""radlens.training.data.augment: seeded, range-keeping, training-only augmentation."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.errors import ConfigurationError
+from radlens.models.errors import ConfigurationError
+from radlens.training.data.augment import AugmentConfig, augment_image
+from radlens.training.data.pipeline import make_dataset
+from radlens.training.data.sources import open_source
 from tests.training.data_fixtures import png_folder
-from training.data.augment import AugmentConfig, augment_image
-from training.data.pipeline import make_dataset
-from training.data.sources import open_source
 
 
 def _image(size: int = 32) -> np.ndarray:

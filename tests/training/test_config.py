@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import ConfigurationError
-from training.config import TrainConfig, read_config_file
+from radlens.models.errors import ConfigurationError
+from radlens.training.config import TrainConfig, read_config_file
 
 
 def test_defaults_are_valid_and_two_phase_only_for_pretrained_resnet(tmp_path: Path) -> None:
@@ -103,7 +103,9 @@ def test_simple_cnn_needs_head_epochs_only() -> None:
 
 
 def test_unknown_window_preset() -> None:
-    pytest.importorskip("models.preprocessing", reason="models.preprocessing not yet present")
+    pytest.importorskip(
+        "radlens.models.preprocessing", reason="radlens.models.preprocessing not yet present"
+    )
     with pytest.raises(ConfigurationError, match=r"window must be one of .*received 'liver'"):
         TrainConfig(window="liver")
 

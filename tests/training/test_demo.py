@@ -1,4 +1,4 @@
-"""training.data.demo and `radlens demo-data`: real DICOM files, balanced, deterministic."""
+"""radlens.training.data.demo and `radlens demo-data`: real DICOM files, balanced, deterministic."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pydicom
 import pytest
 from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, ExplicitVRLittleEndian
 
-from cli.main import main
-from models.errors import ConfigurationError
-from models.preprocessing import preprocess
-from training.data.demo import synth_chest_cr, synth_chest_ct, write_demo_dataset
-from training.data.sources import leakage_report, open_source, split_source
+from radlens.cli.main import main
+from radlens.models.errors import ConfigurationError
+from radlens.models.preprocessing import preprocess
+from radlens.training.data.demo import synth_chest_cr, synth_chest_ct, write_demo_dataset
+from radlens.training.data.sources import leakage_report, open_source, split_source
 
 
 @pytest.fixture(scope="module")

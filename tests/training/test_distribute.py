@@ -25,11 +25,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.errors import ConfigurationError
-from tests.conftest import REPO_ROOT
-from tests.training.workers import free_ports, worker_env
-from training import distribute, loop
-from training.distribute import (
+from radlens.models.errors import ConfigurationError
+from radlens.training import distribute, loop
+from radlens.training.distribute import (
     TFConfig,
     configure_mixed_precision,
     is_chief,
@@ -38,6 +36,8 @@ from training.distribute import (
     parse_tf_config,
     resolve_strategy_name,
 )
+from tests.conftest import REPO_ROOT
+from tests.training.workers import free_ports, worker_env
 
 SUBPROCESS_TIMEOUT = 150  # seconds; a hung collective fails the test instead of freezing CI
 # One training recipe for every run, so the runs are comparable.
@@ -238,7 +238,7 @@ class TestMakeStrategy:
 
     def test_tf_config_ignored_outside_multiworker_is_warned(self, caplog: Any) -> None:
         raw = tf_config_json(TWO_WORKERS)
-        with caplog.at_level(logging.WARNING, logger="training.distribute"):
+        with caplog.at_level(logging.WARNING, logger="radlens.training.distribute"):
             make_strategy("default", environ={"TF_CONFIG": raw})
         assert "TF_CONFIG is set but strategy='default'" in caplog.text
 
@@ -359,7 +359,7 @@ class TestConfigureMixedPrecision:
 
     def test_cpu_auto_warns_and_keeps_float32(self, caplog: Any) -> None:
         calls: list[str] = []
-        with caplog.at_level(logging.WARNING, logger="training.distribute"):
+        with caplog.at_level(logging.WARNING, logger="radlens.training.distribute"):
             policy = configure_mixed_precision(
                 "auto", tf_config=FakeTfConfig(gpus=0), set_global_policy=calls.append
             )
@@ -408,7 +408,7 @@ class TestWrapOptimizer:
 def tiny_dataset_fn(batch_size: int = 8, seed: int = 7) -> Any:
     import tensorflow as tf
 
-    from training.distribute_worker import synthetic_data
+    from radlens.training.distribute_worker import synthetic_data
 
     images, labels = synthetic_data(seed)
     return lambda: tf.data.Dataset.from_tensor_slices((images, labels)).batch(
@@ -420,7 +420,7 @@ def train_default(**overrides: Any) -> loop.DistributedTrainResult:
     import keras
     import tensorflow as tf
 
-    from training.distribute_worker import build_tiny_model
+    from radlens.training.distribute_worker import build_tiny_model
 
     def model_fn() -> Any:
         keras.utils.set_random_seed(3)  # the same initial weights in every call
@@ -523,7 +523,7 @@ class TestDistributedTrainDefaultStrategy:
             def on_train_end(self, logs: Any = None) -> None:
                 self.events.append("train_end")
 
-        from training.distribute_worker import synthetic_data
+        from radlens.training.distribute_worker import synthetic_data
 
         images, labels = synthetic_data(7)
         validation = Validation()
@@ -562,7 +562,7 @@ class TestWithTheProjectsModels:
         """The trainer's two-phase pattern: phase 2 passes the phase-1 model back in."""
         import tensorflow as tf
 
-        from models.architectures import build_model
+        from radlens.models.architectures import build_model
 
         model = None
         conv1_built: list[np.ndarray] = []
@@ -642,7 +642,7 @@ class TestDistributedTrainValidation:
 
 class TestPredictLocal:
     def test_matches_the_model_in_batches(self) -> None:
-        from training.distribute_worker import build_tiny_model, synthetic_data
+        from radlens.training.distribute_worker import build_tiny_model, synthetic_data
 
         images, _ = synthetic_data(7)
         model = build_tiny_model()
@@ -652,7 +652,7 @@ class TestPredictLocal:
         np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
 
     def test_bad_input(self) -> None:
-        from training.distribute_worker import build_tiny_model
+        from radlens.training.distribute_worker import build_tiny_model
 
         model = build_tiny_model()
         with pytest.raises(ConfigurationError, match="Received: batch_size=0"):
@@ -665,7 +665,7 @@ class TestWorkerMain:
     def test_bad_tf_config_is_one_line_and_exit_2(
         self, tmp_path: Path, monkeypatch: Any, capsys: Any
     ) -> None:
-        from training.distribute_worker import main
+        from radlens.training.distribute_worker import main
 
         monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost"]}}')
         status = main(["--strategy", "multiworker", "--out", str(tmp_path / "out")])
@@ -689,7 +689,15 @@ class WorkerRun:
 
 def start_worker(out: Path, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "training.distribute_worker", "--out", str(out), *args, *RECIPE],
+        [
+            sys.executable,
+            "-m",
+            "radlens.training.distribute_worker",
+            "--out",
+            str(out),
+            *args,
+            *RECIPE,
+        ],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -754,7 +762,7 @@ def single_device_reference(initial: list[np.ndarray]) -> list[np.ndarray]:
     """The same recipe on one device (default strategy, this process) from the same weights."""
     import tensorflow as tf
 
-    from training.distribute_worker import build_tiny_model
+    from radlens.training.distribute_worker import build_tiny_model
 
     def model_fn() -> Any:
         model = build_tiny_model()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import ConfigurationError, ModelNotFoundError
-from models.registry import ModelRegistry
-from training.evaluate import evaluate, open_data
-from training.run import RunResult
+from radlens.models.errors import ConfigurationError, ModelNotFoundError
+from radlens.models.registry import ModelRegistry
+from radlens.training.evaluate import evaluate, open_data
+from radlens.training.run import RunResult
 
 
 def test_val_split_reproduces_the_manifest_metrics(

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from models.errors import ConfigurationError
-from models.ops import FILTER_NAMES
-from training.config import TrainConfig
-from training.experiment import (
+from radlens.cli.main import main
+from radlens.models.errors import ConfigurationError
+from radlens.models.ops import FILTER_NAMES
+from radlens.training.config import TrainConfig
+from radlens.training.experiment import (
     FILTER_CHOICES,
     ExperimentResult,
     RunRecord,

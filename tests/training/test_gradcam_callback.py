@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.gradcam_callback import GradCamCallback, pick_examples
-from training.metrics import keras_metrics
+from radlens.training.gradcam_callback import GradCamCallback, pick_examples
+from radlens.training.metrics import keras_metrics
 
 
 class TestPickExamples:
@@ -54,9 +54,9 @@ def _data(size: int, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_resnet50_compiled_with_training_metrics(tmp_path: Path) -> None:
-    from models.architectures import build_model
-    from models.gradcam import gradcam
-    from models.overlay import blend
+    from radlens.models.architectures import build_model
+    from radlens.models.gradcam import gradcam
+    from radlens.models.overlay import blend
 
     keras.utils.set_random_seed(0)
     model = build_model("resnet50", input_shape=(32, 32, 1), num_classes=2, weights=None)
@@ -92,7 +92,7 @@ def test_resnet50_compiled_with_training_metrics(tmp_path: Path) -> None:
 
 
 def test_simple_cnn_every_second_epoch(tmp_path: Path) -> None:
-    from models.architectures import build_model
+    from radlens.models.architectures import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=3)

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cli.main import main
-from models.registry import ModelRegistry
-from training import metrics as metrics_module
-from training.data import pipeline as pipeline_module
-from training.metrics import apply_temperature
-from training.run import RunResult, train
+from radlens.cli.main import main
+from radlens.models.registry import ModelRegistry
+from radlens.training import metrics as metrics_module
+from radlens.training.data import pipeline as pipeline_module
+from radlens.training.metrics import apply_temperature
+from radlens.training.run import RunResult, train
 
 from .conftest import tiny_config
 from .data_fixtures import write_npz
@@ -121,7 +121,7 @@ def test_reported_figures_come_from_examples_no_selection_touched(
     assert result.reported["label"].startswith("held-out test split")
     assert result.reported["n"] == result.split_sizes["test"] == len(test_keys)
     # and they are what `radlens evaluate --split test` measures on the stored model
-    from training.evaluate import evaluate
+    from radlens.training.evaluate import evaluate
 
     again = evaluate(result.model_ref, series_run["data"], split="test", store=result.store)
     assert again["n"] == result.reported["n"]
@@ -268,8 +268,8 @@ def test_cli_resplit_trains_on_a_patient_level_split(
 def test_evaluate_refuses_another_patient_key(
     series_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from models.errors import ConfigurationError
-    from training.evaluate import evaluate
+    from radlens.models.errors import ConfigurationError
+    from radlens.training.evaluate import evaluate
 
     result: RunResult = series_run["result"]
     monkeypatch.setenv("RADLENS_PATIENT_HASH_KEY", "not-the-training-key")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training.metrics import (
+from radlens.training.metrics import (
     binary_metrics,
     choose_threshold,
     classification_metrics,
@@ -142,7 +142,7 @@ class TestThresholdMemory:
     def test_choose_threshold_is_linear_in_memory(self) -> None:
         import tracemalloc
 
-        from training.metrics import choose_threshold, decision_threshold, roc_curve_points
+        from radlens.training.metrics import choose_threshold, decision_threshold, roc_curve_points
 
         n = 200_000  # a (candidates x examples) matrix would need ~40 GB here
         rng = np.random.default_rng(0)
@@ -160,8 +160,8 @@ class TestThresholdMemory:
         assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
 
     def test_same_choice_as_brute_force(self) -> None:
-        from models.decision import is_positive
-        from training.metrics import choose_threshold
+        from radlens.models.decision import is_positive
+        from radlens.training.metrics import choose_threshold
 
         rng = np.random.default_rng(3)
         for _ in range(50):
@@ -186,7 +186,7 @@ class TestThresholdMemory:
 
 class TestCalibration:
     def test_fit_temperature_recovers_a_known_temperature(self) -> None:
-        from training.metrics import apply_temperature, fit_temperature
+        from radlens.training.metrics import apply_temperature, fit_temperature
 
         rng = np.random.default_rng(0)
         logits = rng.normal(0, 3, (20_000, 2))
@@ -199,7 +199,7 @@ class TestCalibration:
         assert fit_temperature(labels, overconfident) == pytest.approx(true_t, rel=0.08)
 
     def test_ece_of_known_bins(self) -> None:
-        from training.metrics import expected_calibration_error
+        from radlens.training.metrics import expected_calibration_error
 
         # 4 at confidence 0.9 (3 right), 4 at 0.6 (all right): (4*0.15 + 4*0.4) / 8
         p1 = np.array([0.9, 0.9, 0.9, 0.9, 0.6, 0.6, 0.6, 0.6])
@@ -208,7 +208,11 @@ class TestCalibration:
         assert expected_calibration_error(labels, probs) == pytest.approx(0.275)
 
     def test_temperature_lowers_ece_of_an_overconfident_model(self) -> None:
-        from training.metrics import apply_temperature, expected_calibration_error, fit_temperature
+        from radlens.training.metrics import (
+            apply_temperature,
+            expected_calibration_error,
+            fit_temperature,
+        )
 
         rng = np.random.default_rng(1)
         z = rng.normal(0, 1.5, 5000)
@@ -223,14 +227,14 @@ class TestCalibration:
 
 class TestOperatingPoints:
     def test_wilson_interval_known_value(self) -> None:
-        from training.metrics import wilson_interval
+        from radlens.training.metrics import wilson_interval
 
         low, high = wilson_interval(8, 10)  # type: ignore[misc]
         assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
         assert wilson_interval(0, 0) is None
 
     def test_points_chosen_on_val_measured_on_eval(self) -> None:
-        from training.metrics import operating_points
+        from radlens.training.metrics import operating_points
 
         val_y = np.array([0] * 10 + [1] * 10)
         val_s = np.concatenate([np.linspace(0.0, 0.5, 10), np.linspace(0.3, 1.0, 10)])

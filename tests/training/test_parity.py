@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.preprocessing import preprocess, preprocess_array
+from radlens.models.preprocessing import preprocess, preprocess_array
+from radlens.training.data.demo import write_demo_dataset
+from radlens.training.data.pipeline import make_dataset
+from radlens.training.data.sources import open_source
 from tests.conftest import shared_data_path
 from tests.training.data_fixtures import png_bytes, write_csv
-from training.data.demo import write_demo_dataset
-from training.data.pipeline import make_dataset
-from training.data.sources import open_source
 
 pytestmark = pytest.mark.shared_data
 

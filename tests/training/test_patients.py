@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import ConfigurationError
-from training.data.sources import (
+from radlens.models.errors import ConfigurationError
+from radlens.training.data.sources import (
     check_leakage,
     check_splits,
     describe_split,

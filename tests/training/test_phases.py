@@ -1,4 +1,4 @@
-"""training.phases: which phases a run has, and what each one lets train before it fits."""
+"""radlens.training.phases: which phases a run has, and what each one lets train before it fits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import keras
 import pytest
 
-from training.config import TrainConfig
-from training.phases import (
+from radlens.training.config import TrainConfig
+from radlens.training.phases import (
     Phase,
     build_model_for,
     fine_tune,

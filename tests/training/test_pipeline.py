@@ -1,4 +1,4 @@
-"""training.data.pipeline.make_dataset: shapes, modes, determinism, bad files."""
+"""radlens.training.data.pipeline.make_dataset: shapes, modes, determinism, bad files."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import ConfigurationError
-from models.preprocessing import preprocess
+from radlens.models.errors import ConfigurationError
+from radlens.models.preprocessing import preprocess
+from radlens.training.data.pipeline import dataset_size, make_dataset
+from radlens.training.data.sources import DataSource, SkippedFile, open_source
 from tests.training.data_fixtures import png_folder, write_npz
-from training.data.pipeline import dataset_size, make_dataset
-from training.data.sources import DataSource, SkippedFile, open_source
 
 
 def _batches(ds) -> list[tuple[np.ndarray, np.ndarray]]:  # type: ignore[no-untyped-def]
@@ -129,7 +129,7 @@ class TestBadInput:
         source = open_source(root)
         assert any(e.key == str(bad) for e in source.examples)
         skipped: list[SkippedFile] = []
-        with caplog.at_level(logging.WARNING, logger="training.data.pipeline"):
+        with caplog.at_level(logging.WARNING, logger="radlens.training.data.pipeline"):
             ds = make_dataset(source, source.examples, size=16, batch_size=10, skipped=skipped)
             ((_, labels),) = _batches(ds)
         assert len(labels) == len(source.examples) - 1

@@ -12,12 +12,12 @@ import keras
 import numpy as np
 import pytest
 
-from models.errors import ConfigurationError
-from models.registry import ModelRegistry
-from training.config import TrainConfig
-from training.data.sources import data_fingerprint, open_data
-from training.metrics import apply_temperature
-from training.run import RunResult, resume, train
+from radlens.models.errors import ConfigurationError
+from radlens.models.registry import ModelRegistry
+from radlens.training.config import TrainConfig
+from radlens.training.data.sources import data_fingerprint, open_data
+from radlens.training.metrics import apply_temperature
+from radlens.training.run import RunResult, resume, train
 
 from .conftest import tiny_config
 
@@ -108,7 +108,7 @@ class TestFinishedRun:
     def test_no_openvino_option_stores_the_keras_model_only(
         self, tiny_demo_data: Path, tmp_path: Path
     ) -> None:
-        from training.run import train
+        from radlens.training.run import train
 
         result = train(
             tiny_config(tiny_demo_data, tmp_path, epochs_head=1, openvino=False), verbose=0
@@ -117,7 +117,7 @@ class TestFinishedRun:
         assert registry.verify(*registry.resolve(result.model_ref)).runtimes == {}
 
     def test_fingerprint_is_stable_and_data_sensitive(self, tiny_demo_data: Path) -> None:
-        from training.data.sources import split_source
+        from radlens.training.data.sources import split_source
 
         source = open_data(tiny_demo_data)
         splits = split_source(source, val_fraction=0.15, test_fraction=0.15, seed=1)
@@ -335,8 +335,8 @@ def test_no_data_path() -> None:
 
 
 def test_class_weights_balance_the_classes() -> None:
-    from training.data.sources import Example
-    from training.phases import class_weights
+    from radlens.training.data.sources import Example
+    from radlens.training.phases import class_weights
 
     examples = [Example(f"k{i}", 0) for i in range(30)] + [Example(f"p{i}", 1) for i in range(10)]
     weights = class_weights(TrainConfig(), examples, 2)
@@ -351,7 +351,7 @@ def test_deterministic_runs_repeat_exactly(tiny_demo_data: Path, tmp_path: Path)
 import csv, sys
 from pathlib import Path
 from tests.training.conftest import tiny_config
-from training.run import train
+from radlens.training.run import train
 losses = []
 for i in range(2):
     cfg = tiny_config(Path({str(tiny_demo_data)!r}), Path({str(tmp_path)!r}) / str(i),

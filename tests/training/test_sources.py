@@ -1,4 +1,4 @@
-"""training.data.sources: folder / CSV / npz sources, splits and the leakage report."""
+"""radlens.training.data.sources: folder / CSV / npz sources, splits and the leakage report."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.errors import ConfigurationError
-from models.preprocessing import preprocess, preprocess_array
-from tests.conftest import shared_data_path
-from tests.training.data_fixtures import png_bytes, png_folder, random_gray, write_csv, write_npz
-from training.data.sources import (
+from radlens.models.errors import ConfigurationError
+from radlens.models.preprocessing import preprocess, preprocess_array
+from radlens.training.data.sources import (
     DataSource,
     Example,
     hash_patient_id,
@@ -25,6 +23,8 @@ from training.data.sources import (
     sniff_format,
     split_source,
 )
+from tests.conftest import shared_data_path
+from tests.training.data_fixtures import png_bytes, png_folder, random_gray, write_csv, write_npz
 
 # --- folder -----------------------------------------------------------------------------
 
@@ -71,7 +71,7 @@ class TestFolderSource:
         rng = np.random.default_rng(1)
         (root / "abnormal" / "no_extension").write_bytes(png_bytes(random_gray(rng)))
 
-        with caplog.at_level(logging.WARNING, logger="training.data.sources"):
+        with caplog.at_level(logging.WARNING, logger="radlens.training.data.sources"):
             source = open_source(root)
 
         skipped = {Path(s.path).name: s.reason for s in source.skipped}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.callbacks import tensorboard_callbacks
-from training.metrics import keras_metrics
+from radlens.training.callbacks import tensorboard_callbacks
+from radlens.training.metrics import keras_metrics
 
 
 def _tiny_model() -> keras.Model:

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from models.registry import ModelRegistry
+from radlens.models.registry import ModelRegistry
 from tests.conftest import REPO_ROOT
 from tests.training.workers import free_ports, worker_env
 
@@ -28,10 +28,10 @@ TIMEOUT = 240  # seconds per process; a hung collective fails the test instead o
 # `radlens train` in a fresh interpreter, after (optionally) splitting the CPU in two
 LAUNCHER = """
 import sys
-from training.distribute import split_cpu
+from radlens.training.distribute import split_cpu
 if sys.argv[1] == "split":
     split_cpu(2)
-from cli.main import main
+from radlens.cli.main import main
 raise SystemExit(main(sys.argv[2:]))
 """
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from models.errors import ConfigurationError
+from radlens.models.errors import ConfigurationError
 
 
 @dataclass(frozen=True)

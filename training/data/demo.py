@@ -37,8 +37,8 @@ from typing import Literal
 import numpy as np
 from pydicom.uid import UID, generate_uid
 
-from models.errors import ConfigurationError
-from training.data.sources import DataSource, Example, split_source
+from radlens.models.errors import ConfigurationError
+from radlens.training.data.sources import DataSource, Example, split_source
 
 CLASS_NAMES: tuple[str, str] = ("normal", "abnormal")
 MODALITIES = ("cr", "ct", "mixed")

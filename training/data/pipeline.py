@@ -30,9 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from models.errors import ConfigurationError, RadlensError
-from training.data.augment import AugmentConfig, augment_image
-from training.data.sources import DataSource, Example, SkippedFile, as_size
+from radlens.models.errors import ConfigurationError, RadlensError
+from radlens.training.data.augment import AugmentConfig, augment_image
+from radlens.training.data.sources import DataSource, Example, SkippedFile, as_size
 
 log = logging.getLogger(__name__)
 

@@ -67,8 +67,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models import preprocessing
-from models.errors import ConfigurationError, NotAnImageError
+from radlens.models import preprocessing
+from radlens.models.errors import ConfigurationError, NotAnImageError
 
 log = logging.getLogger(__name__)
 
