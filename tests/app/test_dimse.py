@@ -213,10 +213,7 @@ def _openssl(*args: str) -> None:
 
 def _pki(folder: Path) -> dict[str, Path]:
     """A CA, and a server and a client certificate it signed (made here, never committed)."""
-    f = {
-        n: folder / n
-        for n in ("ca.key", "ca.pem", "srv.key", "srv.pem", "cli.key", "cli.pem")
-    }
+    f = {n: folder / n for n in ("ca.key", "ca.pem", "srv.key", "srv.pem", "cli.key", "cli.pem")}
     ca_key, ca_pem = str(f["ca.key"]), str(f["ca.pem"])
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
              "/CN=radlens-test-ca", "-keyout", ca_key, "-out", ca_pem)  # fmt: skip
