@@ -212,7 +212,11 @@ def convert_model(
         source = open_data(data, manifest.class_names)
         examples = select_split(source, split, manifest.training_config)
         images, labels = load_examples(
-            source, examples, size=manifest.input_size, window=manifest.window
+            source,
+            examples,
+            size=manifest.input_size,
+            window=manifest.window,
+            version=manifest.preprocessing_version,
         )
         note = f"{data} ({split}, {len(labels)} images)"
     updated = add_openvino_runtime(

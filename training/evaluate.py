@@ -113,6 +113,7 @@ def evaluate(
         examples,
         size=manifest.input_size,
         window=manifest.window,
+        version=manifest.preprocessing_version,  # fed as the service feeds this model
         batch_size=batch_size,
         skipped=skipped,
     )

@@ -45,6 +45,7 @@ def make_dataset(
     *,
     size: int | tuple[int, int],
     window: str | None = None,
+    version: str | None = None,
     batch_size: int = 32,
     training: bool = False,
     seed: int | None = None,
@@ -61,6 +62,7 @@ def make_dataset(
         examples: the examples to serve, e.g. one split of ``split_source``.
         size: model input size, ``64`` or ``(height, width)``.
         window: CT window preset name for DICOM (None: the file's VOI, else min-max).
+        version: preprocessing version to reproduce (a stored model's; None: the current).
         batch_size: images per batch.
         training: shuffle (seeded) and, with ``augment``, augment. Validation/test
             pipelines (False) keep the example order and never augment.
@@ -104,7 +106,7 @@ def make_dataset(
         ds = tf.data.Dataset.from_tensor_slices(([e.key for e in examples], labels))
         if shuffle_before_decode:
             ds = _shuffle(ds, len(examples), seed)
-        ds = _decode_files(ds, source, hw, window, deterministic, skipped)
+        ds = _decode_files(ds, source, hw, window, version, deterministic, skipped)
         if cache:
             ds = ds.cache()
     if training and not shuffle_before_decode:
@@ -126,6 +128,7 @@ def _decode_files(
     source: DataSource,
     hw: tuple[int, int],
     window: str | None,
+    version: str | None,
     deterministic: bool,
     skipped: list[SkippedFile] | None,
 ) -> tf.data.Dataset:
@@ -137,7 +140,7 @@ def _decode_files(
         path = key.decode("utf-8")
         example = Example(key=path, label=0)
         try:
-            pixels = source.load_pixels(example, size=hw, window=window)
+            pixels = source.load_pixels(example, size=hw, window=window, version=version)
         except (RadlensError, OSError) as exc:
             reason = str(exc) if isinstance(exc, RadlensError) else f"cannot be read ({exc})"
             with lock:
@@ -189,10 +192,12 @@ def load_examples(
     *,
     size: tuple[int, int],
     window: str | None,
+    version: str | None = None,
     batch_size: int = 32,
     skipped: list[SkippedFile] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``examples`` with the training pipeline (no augmentation, order kept).
+    """Decode ``examples`` with the training pipeline (no augmentation, order kept);
+    ``version``: the preprocessing version of the model they are for (None: the current).
 
     Returns:
         (inputs float32 (N, H, W, 1), labels int (N,)) for the examples that decoded;
@@ -206,6 +211,7 @@ def load_examples(
         examples,
         size=size,
         window=window,
+        version=version,
         batch_size=batch_size,
         training=False,
         cache=False,

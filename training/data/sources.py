@@ -210,6 +210,7 @@ class DataSource:
         *,
         size: int | tuple[int, int] | None,
         window: str | None = None,
+        version: str | None = None,
     ) -> np.ndarray:
         """Model-ready pixels, float32 (H, W, 1) in [0, 1], via ``models.preprocessing``.
 
@@ -219,6 +220,9 @@ class DataSource:
         (a CT window preset in HU) does not apply to these 8/16-bit gray arrays and is
         ignored for them.
 
+        ``version``: the preprocessing version to reproduce (a stored model's manifest says
+        which; None: the current one), as the service feeds that model.
+
         Raises:
             models.errors.PreprocessingError: the file could not be decoded.
             OSError: the file could not be read.
@@ -227,7 +231,12 @@ class DataSource:
         if self.kind == "npz":
             pixels = preprocessing.preprocess_array(self.raw_array(example), size=hw)
             return np.asarray(pixels, dtype=np.float32)[..., np.newaxis]
-        image = preprocessing.preprocess(self.read_bytes(example), size=hw, window=window)
+        image = preprocessing.preprocess(
+            self.read_bytes(example),
+            size=hw,
+            window=window,
+            version=version or preprocessing.PREPROCESSING_VERSION,
+        )
         return np.asarray(image.model_input(), dtype=np.float32)
 
 
