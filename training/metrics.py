@@ -356,7 +356,11 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float] 
     den = 1 + z * z / n
     centre = (phat + z * z / (2 * n)) / den
     half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / den
-    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+    # In exact arithmetic the interval holds phat and reaches 0 (1) when successes is 0 (n);
+    # rounding can leave it a few ulps short, so the ends are pinned there
+    low = 0.0 if successes == 0 else min(phat, max(0.0, centre - half))
+    high = 1.0 if successes == n else max(phat, min(1.0, centre + half))
+    return [float(low), float(high)]
 
 
 def threshold_for_sensitivity(labels: np.ndarray, scores: np.ndarray, target: float) -> float:

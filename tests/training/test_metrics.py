@@ -233,6 +233,17 @@ class TestOperatingPoints:
         assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
         assert wilson_interval(0, 0) is None
 
+    def test_wilson_interval_holds_the_estimate_at_the_ends(self) -> None:
+        from radlens.training.metrics import wilson_interval
+
+        for n in range(1, 400):  # rounding left the upper end a few ulps under 1.0 for some n
+            assert wilson_interval(n, n)[1] == 1.0  # type: ignore[index]
+            assert wilson_interval(0, n)[0] == 0.0  # type: ignore[index]
+            for k in (1, n // 3, n - 1):
+                if 0 < k < n:
+                    low, high = wilson_interval(k, n)  # type: ignore[misc]
+                    assert low <= k / n <= high
+
     def test_points_chosen_on_val_measured_on_eval(self) -> None:
         from radlens.training.metrics import operating_points
 
