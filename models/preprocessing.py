@@ -42,8 +42,12 @@ file wherever it runs. The steps, in order, and why the order matters:
    Pixel and fit Bits Allocated (a JPEG height left to a DNL marker is refused too), else
    :class:`~models.errors.CodestreamMismatchError`: a decompression bomb behind a small
    header costs a header parse, not a decode.
-2. **Pick the frame.** Multi-frame DICOM: only the middle frame, index ``frames // 2`` (for
-   an even count, the later of the two central frames), is decoded.
+2. **Pick the frame.** Multi-frame DICOM: only one frame is decoded, the one ``frame=``
+   names, by default the middle frame, index ``frames // 2`` (for an even count, the later
+   of the two central frames). :func:`frame_indices` lists the frames to use when a whole
+   instance is predicted frame by frame. From version "3", an enhanced multi-frame image's
+   functional groups decide the next two steps for that frame (:func:`frame_dataset`: the
+   Per-Frame Functional Groups item, else the Shared one, else the top-level attributes).
 3. **Modality LUT** (:func:`modality_values`): Rescale Slope/Intercept or the Modality LUT
    Sequence, so CT comes out in Hounsfield units. Windows are defined on these values, so
    this must come first.
@@ -112,15 +116,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PREPROCESSING_VERSION = "2"
+PREPROCESSING_VERSION = "3"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
-"2": JPEG 2000 and baseline JPEG DICOM frames are decoded at a reduced resolution when a
-``size`` is given (see :func:`decode_reduction`). "1": every frame decoded in full."""
+"3": an enhanced multi-frame image's per-frame functional groups (rescale, window) are
+applied to the frame used (see :func:`frame_dataset`). "2": JPEG 2000 and baseline JPEG
+DICOM frames are decoded at a reduced resolution when a ``size`` is given (see
+:func:`decode_reduction`). "1": every frame decoded in full. Each version keeps the
+changes of the ones before it."""
 
-SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2")
-"""Versions :func:`preprocess` can reproduce (``version=``): a model trained under "1" keeps
-the full-resolution decode it was trained with."""
+SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3")
+"""Versions :func:`preprocess` can reproduce (``version=``): a model keeps the
+preprocessing it was trained with (a "2" model ignores functional groups, a "1" model
+decodes in full), so every older model still loads and predicts as it was validated."""
 
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
@@ -199,6 +207,7 @@ def preprocess(
     window: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     version: str = PREPROCESSING_VERSION,
+    frame: int | None = None,
 ) -> PreprocessedImage:
     """Turn the bytes of a DICOM, PNG or JPEG file into a float32 gray image in [0, 1].
 
@@ -215,7 +224,12 @@ def preprocess(
             :data:`SUPPORTED_PREPROCESSING_VERSIONS` (a model's manifest says which): "1"
             decodes every frame at full resolution; "2" decodes JPEG 2000 and baseline JPEG
             DICOM frames at the reduced resolution :func:`decode_reduction` picks for
-            ``size`` (full resolution when ``size`` is None).
+            ``size`` (full resolution when ``size`` is None); "3" also applies an enhanced
+            multi-frame file's per-frame functional groups (see :func:`frame_dataset`).
+        frame: the 0-based index of the frame to use; ``None`` picks the middle frame
+            (``frames // 2``). A PNG or JPEG has the one frame 0. To predict a whole
+            multi-frame instance frame by frame, call this once per index of
+            :func:`frame_indices` (``metadata.frames`` says how many there are).
 
     Returns:
         The pixels, float32 of shape ``(H, W)`` with values in [0, 1], and the PHI-free
@@ -232,7 +246,8 @@ def preprocess(
             sample count or a bit depth than the DICOM header (a decompression bomb behind a
             small header), or whose reduced-resolution decode fails.
         InvalidImageError: zero-size or non-numeric pixels, a malformed header, or a bad
-            option (unknown window preset or version, bad size or max_pixels).
+            option (unknown window preset or version, bad size or max_pixels, a frame
+            index the file does not have).
 
     Example:
         >>> image = preprocess(Path("chest.dcm").read_bytes(), size=(224, 224))
@@ -248,6 +263,7 @@ def preprocess(
         )
     if size is not None:
         size = _check_size(size)
+    _check_frame_option(frame)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidImageError(
             f"expected the file content as bytes. Received: {type(data).__name__}"
@@ -258,9 +274,18 @@ def preprocess(
         if kind == "dicom":
             reduce_for = size if version != "1" else None
             pixels, metadata = _preprocess_dicom(
-                data, window=window, max_pixels=max_pixels, reduce_for=reduce_for
+                data,
+                window=window,
+                max_pixels=max_pixels,
+                reduce_for=reduce_for,
+                frame=frame,
+                version=version,
             )
         else:
+            if frame not in (None, 0):
+                raise InvalidImageError(
+                    f"a {kind.upper()} file has one frame (index 0). Received frame={frame}"
+                )
             pixels, metadata = _preprocess_pillow(data, kind, max_pixels=max_pixels)
     if size is not None:
         pixels = resize_image(pixels, size)
@@ -381,6 +406,140 @@ def sniff_format(data: bytes) -> str:
 # --- DICOM pieces (public so they can be tested on their own) ---------------------------
 
 
+def frame_indices(number_of_frames: int, max_frames: int | None) -> list[int]:
+    """The frames to use when a whole multi-frame instance is predicted frame by frame.
+
+    Every frame when there are at most ``max_frames`` of them (or ``max_frames`` is
+    ``None``); otherwise every k-th frame, ``k = ceil(number_of_frames / max_frames)``, so
+    at most ``max_frames`` are returned, with the unused frames split evenly before the
+    first and after the last one so the sample stays centred on the volume. Pass each
+    index as ``preprocess(..., frame=index)``.
+
+    Args:
+        number_of_frames: the instance's frame count (``ImageMetadata.frames``), >= 1.
+        max_frames: the most frames to return, >= 1, or ``None`` for all of them.
+
+    Returns:
+        Increasing 0-based frame indices.
+
+    Raises:
+        InvalidImageError: a count or limit that is not a positive integer (quotes it).
+
+    Example:
+        >>> frame_indices(5, 10)
+        [0, 1, 2, 3, 4]
+        >>> frame_indices(10, 3)   # every 4th frame
+        [0, 4, 8]
+        >>> frame_indices(11, 3)   # every 4th, one frame left over on each side
+        [1, 5, 9]
+    """
+    for name, value in (("number_of_frames", number_of_frames), ("max_frames", max_frames)):
+        if value is None and name == "max_frames":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise InvalidImageError(f"{name} must be a positive integer. Received {value!r}")
+    total = int(number_of_frames)
+    if max_frames is None or total <= int(max_frames):
+        return list(range(total))
+    step = -(-total // int(max_frames))
+    count = -(-total // step)
+    offset = (total - 1 - (count - 1) * step) // 2
+    return [offset + position * step for position in range(count)]
+
+
+_MODALITY_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence")
+_VOI_KEYWORDS = (
+    "WindowCenter",
+    "WindowWidth",
+    "WindowCenterWidthExplanation",
+    "VOILUTFunction",
+    "VOILUTSequence",
+)
+_FRAME_VIEW_KEYWORDS = (
+    "Modality",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PresentationLUTShape",
+)
+_FUNCTIONAL_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("PixelValueTransformationSequence", _MODALITY_KEYWORDS),
+    ("FrameVOILUTSequence", _VOI_KEYWORDS),
+)
+
+
+def frame_dataset(ds: Dataset, index: int) -> Dataset:
+    """The attributes that map frame ``index``'s stored values to display values.
+
+    An enhanced multi-frame image (Enhanced CT/MR/XA/..., PS3.3 C.7.6.16) keeps its
+    rescale and window in functional groups instead of the top-level attributes: for each
+    of the Pixel Value Transformation macro (Rescale Slope/Intercept/Type, or a Modality
+    LUT) and the Frame VOI LUT macro (Window Center/Width, VOI LUT Function, or a VOI LUT
+    Sequence), the frame's item of the Per-Frame Functional Groups Sequence is used when it
+    holds the macro, else the Shared Functional Groups Sequence's, else the top-level
+    attributes. A macro found in a group replaces all of that macro's top-level attributes
+    (a per-frame window never mixes with a top-level VOI LUT).
+
+    Args:
+        ds: the image's dataset.
+        index: the 0-based frame index.
+
+    Returns:
+        ``ds`` itself when no functional group holds either macro (every single-frame and
+        classic multi-frame file), else a small new dataset with the image pixel
+        description, Modality, Presentation LUT Shape and the frame's modality and VOI
+        attributes, for :func:`modality_values` and the VOI step. ``ds`` is not changed.
+
+    Example:
+        >>> view = frame_dataset(enhanced_ct, 0)
+        >>> float(view.RescaleIntercept), float(view.WindowCenter)
+        (-1024.0, 49.0)
+    """
+    per_frame = _group_item(ds, "PerFrameFunctionalGroupsSequence", index)
+    shared = _group_item(ds, "SharedFunctionalGroupsSequence", 0)
+    found: list[tuple[tuple[str, ...], Dataset]] = []
+    for sequence, keywords in _FUNCTIONAL_GROUPS:
+        for group in (per_frame, shared):
+            macro = _group_item(group, sequence, 0) if group is not None else None
+            if macro is not None:
+                found.append((keywords, macro))
+                break
+    if not found:
+        return ds
+    import copy
+
+    from pydicom.dataset import Dataset as PydicomDataset
+
+    view = PydicomDataset()
+    for keyword in _FRAME_VIEW_KEYWORDS + _MODALITY_KEYWORDS + _VOI_KEYWORDS:
+        if keyword in ds:
+            view[keyword] = copy.deepcopy(ds[keyword])
+    for keywords, macro in found:
+        for keyword in keywords:
+            if keyword in view:
+                del view[keyword]
+            if keyword in macro:
+                view[keyword] = copy.deepcopy(macro[keyword])
+    return view
+
+
+def _group_item(ds: Dataset, keyword: str, index: int) -> Dataset | None:
+    """Item ``index`` of sequence ``keyword``, or ``None`` when absent or malformed."""
+    try:
+        sequence = ds.get(keyword)
+        if not sequence or not 0 <= index < len(sequence):
+            return None
+        item = sequence[index]
+    except Exception:  # a malformed sequence: treat as absent, as _int_or does
+        return None
+    from pydicom.dataset import Dataset as PydicomDataset
+
+    return item if isinstance(item, PydicomDataset) else None
+
+
 def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """Apply the modality LUT: stored values -> modality units (HU for CT).
 
@@ -442,7 +601,13 @@ def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
 
 
 def _preprocess_dicom(
-    data: bytes, *, window: str | None, max_pixels: int, reduce_for: tuple[int, int] | None
+    data: bytes,
+    *,
+    window: str | None,
+    max_pixels: int,
+    reduce_for: tuple[int, int] | None,
+    frame: int | None = None,
+    version: str = PREPROCESSING_VERSION,
 ) -> tuple[np.ndarray, ImageMetadata]:
     ds = _read_dicom(data)
     tsyntax = _transfer_syntax(ds)
@@ -461,7 +626,7 @@ def _preprocess_dicom(
             f"{_sop_class_name(ds)!r}, modality {_text(ds, 'Modality')!r}, {len(data)} bytes"
         )
     rows, columns, frames = _check_geometry(ds, max_pixels)
-    index = frames // 2
+    index = frames // 2 if frame is None else _check_frame_index(frame, frames)
     codestream = _frame_codestream(ds, tsyntax, index, frames)
     reduced = None
     if codestream is not None:
@@ -479,6 +644,9 @@ def _preprocess_dicom(
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise InvalidImageError("the pixel data holds NaN or infinite values")
 
+    # From version "3", the frame's functional groups (enhanced multi-frame) decide the
+    # modality LUT and VOI; `ds` keeps describing the image for the metadata.
+    pixel_ds = frame_dataset(ds, index) if _at_least(version, "3") else ds
     table = _value_table(arr) if arr.ndim == 2 and photometric != "PALETTE COLOR" else None
     if arr.ndim == 2:
         if photometric == "PALETTE COLOR":
@@ -487,7 +655,7 @@ def _preprocess_dicom(
             # With a value table, the per-value steps below run once per distinct stored
             # value (table.domain) instead of once per pixel; see _value_table.
             source = arr if table is None else table.domain
-            pixels, label = _grayscale(source, ds, window, table=table)
+            pixels, label = _grayscale(source, pixel_ds, window, table=table)
             if photometric == "MONOCHROME1":
                 pixels = 1.0 - pixels
     elif arr.ndim == 3 and arr.shape[2] in (3, 4):
@@ -511,8 +679,8 @@ def _preprocess_dicom(
         # e.g. a Rescale Slope that overflows
         raise InvalidImageError(
             "the pixel values are not finite after the modality/VOI transforms. Received "
-            f"RescaleSlope={_text(ds, 'RescaleSlope')!r}, "
-            f"RescaleIntercept={_text(ds, 'RescaleIntercept')!r}"
+            f"RescaleSlope={_text(pixel_ds, 'RescaleSlope')!r}, "
+            f"RescaleIntercept={_text(pixel_ds, 'RescaleIntercept')!r}"
         )
     pixels = np.clip(pixels, 0.0, 1.0)
     if table is not None:
@@ -1389,6 +1557,29 @@ def _check_window(window: str | None) -> None:
         raise InvalidImageError(
             f"unknown window preset {window!r}; valid presets: {', '.join(WINDOW_PRESETS)}"
         )
+
+
+def _check_frame_option(frame: Any) -> None:
+    if frame is None:
+        return
+    if isinstance(frame, bool) or not isinstance(frame, int | np.integer) or frame < 0:
+        raise InvalidImageError(
+            f"frame must be None or a non-negative integer index. Received {frame!r}"
+        )
+
+
+def _check_frame_index(frame: int, frames: int) -> int:
+    if not 0 <= int(frame) < frames:
+        raise InvalidImageError(
+            f"frame index {frame} is out of range: the file has {frames} frame(s), "
+            f"indices 0 to {frames - 1}"
+        )
+    return int(frame)
+
+
+def _at_least(version: str, oldest: str) -> bool:
+    """True when ``version`` is ``oldest`` or later (versions are whole numbers)."""
+    return int(version) >= int(oldest)
 
 
 def _check_max_pixels(max_pixels: int) -> None:
