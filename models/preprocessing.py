@@ -57,7 +57,9 @@ file wherever it runs. The steps, in order, and why the order matters:
    Sequence or Window Center/Width through pydicom's ``apply_voi_lut``; otherwise min-max.
    The result is scaled to [0, 1] by the output range of that VOI transform.
 5. **MONOCHROME1 inversion** (``1 - x``), after VOI as in the DICOM display pipeline, so
-   bone is bright for both photometric interpretations.
+   bone is bright for both photometric interpretations. From version "3", a Presentation
+   LUT Shape of INVERSE inverts a MONOCHROME2 frame too, and MONOCHROME1 with INVERSE is
+   inverted once, not twice (:func:`display_inverted` has the table).
 6. **Colour to gray.** YBR_* is converted to RGB by pydicom's decoders, PALETTE COLOR through
    ``apply_color_lut``; RGB becomes gray by the ITU-R BT.601 luma weights (an RGB image
    whose three channels are equal keeps that channel exactly). Colour images use the full
@@ -67,10 +69,11 @@ file wherever it runs. The steps, in order, and why the order matters:
    widens its support when shrinking, so downsampling is antialiased.
 
 PNG and JPEG are already display images: they map by the full range of their bit depth
-(``/255`` for 8-bit, ``/65535`` for 16-bit PNG), RGB/RGBA/LA/P/CMYK become gray as above and
-alpha is ignored; window presets do not apply to them (window ``"full-range"``). Pillow's
-own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of
-``max_pixels``.
+(``/255`` for 8-bit; a 16-bit gray PNG from version "3" by the depth its sBIT chunk states,
+else the depth its data needs, see :func:`scale_16bit`; ``/65535`` before), RGB/RGBA/LA/P/
+CMYK become gray as above and alpha is ignored; window presets do not apply to them
+(window ``"full-range"``). Pillow's own decompression-bomb limit
+(``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of ``max_pixels``.
 
 Every failure is a :class:`~models.errors.PreprocessingError` subclass that quotes what was
 received; exceptions from pydicom, Pillow and numpy are translated where they are called.
@@ -120,7 +123,9 @@ PREPROCESSING_VERSION = "3"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
 "3": an enhanced multi-frame image's per-frame functional groups (rescale, window) are
-applied to the frame used (see :func:`frame_dataset`). "2": JPEG 2000 and baseline JPEG
+applied to the frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is
+honoured (:func:`display_inverted`); a 16-bit PNG is scaled by its actual bit depth
+(:func:`scale_16bit`). "2": JPEG 2000 and baseline JPEG
 DICOM frames are decoded at a reduced resolution when a ``size`` is given (see
 :func:`decode_reduction`). "1": every frame decoded in full. Each version keeps the
 changes of the ones before it."""
@@ -286,13 +291,20 @@ def preprocess(
                 raise InvalidImageError(
                     f"a {kind.upper()} file has one frame (index 0). Received frame={frame}"
                 )
-            pixels, metadata = _preprocess_pillow(data, kind, max_pixels=max_pixels)
+            pixels, metadata = _preprocess_pillow(
+                data, kind, max_pixels=max_pixels, version=version
+            )
     if size is not None:
         pixels = resize_image(pixels, size)
     return PreprocessedImage(pixels=pixels, metadata=metadata)
 
 
-def preprocess_array(array: np.ndarray, *, size: tuple[int, int] | None = None) -> np.ndarray:
+def preprocess_array(
+    array: np.ndarray,
+    *,
+    size: tuple[int, int] | None = None,
+    version: str = PREPROCESSING_VERSION,
+) -> np.ndarray:
     """Preprocess already-decoded 8/16-bit pixels exactly as their PNG would be.
 
     For sources such as MedMNIST ``.npz`` files: the result equals
@@ -303,9 +315,12 @@ def preprocess_array(array: np.ndarray, *, size: tuple[int, int] | None = None) 
         array: uint8 ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA,
             alpha ignored), or uint16 ``(H, W)`` / ``(H, W, 1)``.
         size: ``(height, width)`` to resize to, or ``None`` to keep the size.
+        version: the :data:`PREPROCESSING_VERSION` to reproduce: from "3", uint16 is scaled
+            by the depth of its data (:func:`scale_16bit`, as a 16-bit PNG without sBIT);
+            before, by 65535.
 
     Returns:
-        float32 ``(H, W)`` in [0, 1]: ``/255`` for uint8, ``/65535`` for uint16.
+        float32 ``(H, W)`` in [0, 1]: ``/255`` for uint8; uint16 as ``version`` says.
 
     Raises:
         InvalidImageError: another dtype or shape, or an empty array (quotes them).
@@ -327,7 +342,15 @@ def preprocess_array(array: np.ndarray, *, size: tuple[int, int] | None = None) 
     if array.dtype == np.uint8 and gray_or_colour:
         pixels = _to_gray(array) / np.float32(255.0)
     elif array.dtype == np.uint16 and array.ndim == 2:
-        pixels = array.astype(np.float32) / np.float32(65535.0)
+        if version not in SUPPORTED_PREPROCESSING_VERSIONS:
+            raise InvalidImageError(
+                f"unknown preprocessing version {version!r}; this radlens reproduces "
+                f"{', '.join(SUPPORTED_PREPROCESSING_VERSIONS)}"
+            )
+        if _at_least(version, "3"):
+            pixels = scale_16bit(array)[0]
+        else:
+            pixels = array.astype(np.float32) / np.float32(65535.0)
     else:
         raise InvalidImageError(
             "expected uint8 (H, W[, 1|3|4]) or uint16 (H, W[, 1]) pixels. "
@@ -656,7 +679,7 @@ def _preprocess_dicom(
             # value (table.domain) instead of once per pixel; see _value_table.
             source = arr if table is None else table.domain
             pixels, label = _grayscale(source, pixel_ds, window, table=table)
-            if photometric == "MONOCHROME1":
+            if display_inverted(photometric, ds, version=version):
                 pixels = 1.0 - pixels
     elif arr.ndim == 3 and arr.shape[2] in (3, 4):
         if photometric.startswith("YBR"):
@@ -705,6 +728,47 @@ def _preprocess_dicom(
         window=label,
     )
     return pixels, metadata
+
+
+def display_inverted(
+    photometric: str, ds: Dataset, *, version: str = PREPROCESSING_VERSION
+) -> bool:
+    """Whether a grayscale frame is inverted (``1 - x``) after VOI, so bone is bright.
+
+    MONOCHROME1 (minimum is white) is always inverted. From version "3", a Presentation LUT
+    Shape of INVERSE inverts too (PS3.3 C.11.6: its P-values run the other way), and the
+    two never add up to a double inversion: radiography IODs require INVERSE exactly with
+    MONOCHROME1 (e.g. DX, C.8.11.1.1.1), which describes one inversion. So:
+
+    ====================  ========  ========  ===========
+    Photometric           absent    IDENTITY  INVERSE
+    ====================  ========  ========  ===========
+    MONOCHROME2           as is     as is     inverted
+    MONOCHROME1           inverted  inverted  inverted
+    ====================  ========  ========  ===========
+
+    MONOCHROME1 with IDENTITY contradicts the standard; the photometric interpretation,
+    which describes the stored pixels, wins (highdicom lets IDENTITY win there). A
+    Presentation LUT Sequence (a table rather than a shape) is not applied.
+
+    Args:
+        photometric: the frame's photometric interpretation after decoding.
+        ds: the dataset (its Presentation LUT Shape is read).
+        version: the :data:`PREPROCESSING_VERSION` to reproduce; before "3", only
+            MONOCHROME1 inverts.
+
+    Returns:
+        True when the frame is to be inverted.
+
+    Example:
+        >>> display_inverted("MONOCHROME2", ds_with_inverse_shape)
+        True
+    """
+    if photometric == "MONOCHROME1":
+        return True
+    if not _at_least(version, "3") or photometric != "MONOCHROME2":
+        return False
+    return (_text(ds, "PresentationLUTShape") or "").upper() == "INVERSE"
 
 
 def _read_dicom(data: bytes) -> Dataset:
@@ -1381,7 +1445,7 @@ def _min_max(values: np.ndarray, present: np.ndarray | None = None) -> np.ndarra
 
 
 def _preprocess_pillow(
-    data: bytes, kind: str, *, max_pixels: int
+    data: bytes, kind: str, *, max_pixels: int, version: str = PREPROCESSING_VERSION
 ) -> tuple[np.ndarray, ImageMetadata]:
     from PIL import Image, UnidentifiedImageError
 
@@ -1418,7 +1482,10 @@ def _preprocess_pillow(
             )
         try:
             image.load()
-            pixels, bits = _pillow_to_float(image)
+            significant = _png_significant_bits(data) if kind == "png" else None
+            pixels, bits = _pillow_to_float(
+                image, significant_bits=significant, by_depth=_at_least(version, "3")
+            )
         except PreprocessingError:
             raise
         except BaseException as exc:  # third-party boundary
@@ -1445,15 +1512,19 @@ def _preprocess_pillow(
     return pixels, metadata
 
 
-def _pillow_to_float(image: PILImage.Image) -> tuple[np.ndarray, int]:
-    """Map a Pillow image to float32 gray in [0, 1] by the full range of its bit depth."""
+def _pillow_to_float(
+    image: PILImage.Image, *, significant_bits: int | None = None, by_depth: bool = True
+) -> tuple[np.ndarray, int]:
+    """Map a Pillow image to float32 gray in [0, 1] by the full range of its bit depth.
+
+    16-bit gray: by :func:`scale_16bit` (``by_depth``, version "3"), else by 65535.
+    """
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr16 = np.asarray(image).astype(np.float32)
-        return np.clip(arr16 / np.float32(65535.0), 0.0, 1.0), 16
-    if mode == "I":  # 16-bit PNG as read by some Pillow versions
-        arr32 = np.asarray(image).astype(np.float32)
-        return np.clip(arr32 / np.float32(65535.0), 0.0, 1.0), 16
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # "I": as some Pillows read it
+        arr16 = np.asarray(image)
+        if by_depth:
+            return scale_16bit(arr16, significant_bits)
+        return np.clip(arr16.astype(np.float32) / np.float32(65535.0), 0.0, 1.0), 16
     if mode in ("1", "L"):
         arr8 = np.asarray(image.convert("L"))
     elif mode in ("LA", "La"):
@@ -1465,6 +1536,68 @@ def _pillow_to_float(image: PILImage.Image) -> tuple[np.ndarray, int]:
     else:
         raise InvalidImageError(f"unsupported image mode. Received mode {mode!r}")
     return np.clip(_to_gray(arr8) / np.float32(255.0), 0.0, 1.0), 8
+
+
+_CONTAINER_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def scale_16bit(values: np.ndarray, significant_bits: int | None = None) -> tuple[np.ndarray, int]:
+    """Scale 16-bit gray samples to [0, 1] by the bit depth they actually have.
+
+    A 16-bit PNG often holds 10-, 12- or 14-bit detector values; dividing those by 65535
+    would leave a 12-bit radiograph in [0, 0.0625]. The depth ``b`` is:
+
+    - the PNG's sBIT chunk (``significant_bits``, 1..16) when present. The PNG
+      specification (11.3.2.4) has the encoder scale such samples up to 16 bits; many
+      medical exporters store them unscaled instead. Both are read right: samples that
+      all fit in ``b`` bits are divided by ``2**b - 1``; samples beyond are taken as
+      scaled up and shifted right by ``16 - b`` first.
+    - else the smallest of 8, 10, 12, 14 and 16 bits that holds the largest sample (the
+      data's range, rounded up to a common detector depth, so images of one source map
+      alike even when one of them is darker).
+
+    Args:
+        values: unsigned integer samples (a 16-bit PNG's, or a uint16 array).
+        significant_bits: the sBIT gray value, or ``None`` when the file has none. A value
+            outside 1..16 is ignored as malformed.
+
+    Returns:
+        float32 in [0, 1] of the shape of ``values``, and ``b``.
+
+    Example:
+        >>> scale_16bit(np.array([0, 2048, 4095], np.uint16))   # no sBIT: 12-bit data
+        (array([0.        , 0.50012213, 1.        ], dtype=float32), 12)
+    """
+    arr = np.asarray(values)
+    peak = int(arr.max()) if arr.size else 0
+    if significant_bits is not None and 1 <= significant_bits <= 16:
+        bits = int(significant_bits)
+        if peak >= 1 << bits:
+            arr = np.right_shift(arr.astype(np.uint32), 16 - bits)
+    else:
+        bits = next((b for b in _CONTAINER_DEPTHS if peak < 1 << b), 16)
+    scaled = arr.astype(np.float32) / np.float32((1 << bits) - 1)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32), bits
+
+
+def _png_significant_bits(data: bytes) -> int | None:
+    """The gray (first) value of a PNG's sBIT chunk, or ``None`` when it has none.
+
+    Pillow reads PNG without exposing sBIT, so the chunks before the image data are walked
+    here (PNG 5.3: 4-byte length, 4-byte type, data, 4-byte CRC; sBIT must precede IDAT).
+    """
+    import struct
+
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length = struct.unpack(">I", data[offset : offset + 4])[0]
+        chunk = data[offset + 4 : offset + 8]
+        if chunk == b"sBIT":
+            return data[offset + 8] if length >= 1 and offset + 8 < len(data) else None
+        if chunk in (b"IDAT", b"IEND"):
+            return None
+        offset += 12 + length
+    return None
 
 
 def _pillow_error(exc: BaseException, kind: str, data: bytes) -> PreprocessingError:
