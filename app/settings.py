@@ -359,6 +359,11 @@ def describe_validation_error(exc: Exception) -> str:
         field = ".".join(str(p) for p in error["loc"]) or "settings"
         name = f"RADLENS_{field.upper()}" if error["loc"] else "settings"
         received = repr(error.get("input"))
+        if not error["loc"]:
+            # a check across fields: its input is every value given, secrets and the database
+            # URL's password included; its message quotes what it needs itself
+            parts.append(f"{name}: {error['msg']}")
+            continue
         if field in SECRET_FIELDS:
             received = "<secret withheld>"
         elif field in URL_FIELDS and isinstance(error.get("input"), str):
