@@ -8,7 +8,7 @@ Not a test. Run from the repository root (figures: docs/benchmarks/dedupe.md):
 Every prediction is stored by ``services.record_prediction`` in the writer's group transactions
 (app/writer.py); since 0010 the table has a second unique index, (model, version,
 dedupe_identity), which every insert maintains and a re-post's lookup also searches. Two
-databases are measured in the same run, in alternating order:
+databases are measured in the same run, one group transaction on each in turn:
 
 - ``identity``: the schema as migrated;
 - ``baseline``: downgraded to 0005 and given the column without its unique index, with rows
@@ -80,18 +80,25 @@ def row(uid: str, stored_uid: str, key: bytes, *, identity: bool = True) -> Any:
     )
 
 
-def write(sessionmaker: Callable[[], Any], rows: list[Any]) -> tuple[float, int]:
-    """Seconds to store ``rows`` in group transactions, and how many were created."""
+def write(makers: dict[str, Callable[[], Any]], rows: dict[str, list[Any]]) -> dict[str, Any]:
+    """Store each kind's ``rows`` in group transactions, one kind's transaction after the
+    other's (in alternating order, so both see the same load on a shared CPU); returns
+    (seconds, rows created) per kind."""
     from radlens.app import services
 
-    created = 0
-    start = time.perf_counter()
-    for first in range(0, len(rows), GROUP):
-        with sessionmaker() as session:
-            for item in rows[first : first + GROUP]:
-                created += services.record_prediction(session, item)[1]
-            session.commit()
-    return time.perf_counter() - start, created
+    spent = dict.fromkeys(rows, 0.0)
+    created = dict.fromkeys(rows, 0)
+    kinds = list(rows)
+    count = len(next(iter(rows.values())))
+    for number, first in enumerate(range(0, count, GROUP)):
+        for kind in kinds if number % 2 == 0 else kinds[::-1]:
+            start = time.perf_counter()
+            with makers[kind]() as session:
+                for item in rows[kind][first : first + GROUP]:
+                    created[kind] += services.record_prediction(session, item)[1]
+                session.commit()
+            spent[kind] += time.perf_counter() - start
+    return {kind: (spent[kind], created[kind]) for kind in kinds}
 
 
 @contextmanager
@@ -155,22 +162,21 @@ def measure(backend: str, rows: int, rounds: int) -> dict[str, list[float]]:
         engines = {kind: make_engine(url) for kind, url in urls.items()}
         makers = {kind: make_sessionmaker(engine) for kind, engine in engines.items()}
         try:
-            for number in range(rounds):
+            for _ in range(rounds):
                 uids = [f"2.25.{uuid.uuid4().int}" for _ in range(rows)]
-                order = ("baseline", "identity") if number % 2 == 0 else ("identity", "baseline")
-                for kind in order:
-                    with_identity = kind == "identity"
-                    new = [row(uid, uid, b"k" * 16, identity=with_identity) for uid in uids]
-                    seconds, created = write(makers[kind], new)
-                    assert created == rows
-                    results.setdefault(f"{kind} new", []).append(rows / seconds)
-                    same = [row(uid, uid, b"k" * 16, identity=with_identity) for uid in uids]
-                    seconds, created = write(makers[kind], same)
-                    assert created == 0
-                    results.setdefault(f"{kind} re-post", []).append(rows / seconds)
-                other = [row(uid, f"2.25.{uuid.uuid4().int}", b"k" * 16) for uid in uids]
-                seconds, created = write(makers["identity"], other)
-                assert created == 0  # recognised although stored under another UID form
+
+                def batch(kind: str, uids: list[str] = uids) -> list[Any]:
+                    return [row(u, u, b"k" * 16, identity=kind == "identity") for u in uids]
+
+                for phase, expected in (("new", rows), ("re-post", 0)):
+                    done = write(makers, {kind: batch(kind) for kind in ("baseline", "identity")})
+                    for kind, (seconds, created) in done.items():
+                        assert created == expected, (kind, phase, created)
+                        results.setdefault(f"{kind} {phase}", []).append(rows / seconds)
+                # the same instances with their UIDs stored in another form (pseudonymised)
+                other = [row(u, f"2.25.{uuid.uuid4().int}", b"k" * 16) for u in uids]
+                seconds, created = write(makers, {"identity": other})["identity"]
+                assert created == 0  # recognised by the identity alone
                 results.setdefault("identity re-post after a change", []).append(rows / seconds)
         finally:
             for engine in engines.values():

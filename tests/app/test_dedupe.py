@@ -171,7 +171,9 @@ def test_a_repost_after_the_change_returns_the_stored_prediction(
         assert sop not in repr(rows)
 
 
-def test_stowrs_and_the_storage_scp_recognise_the_instance_too(url: str, model_store: Path) -> None:
+def test_stowrs_dicom_sr_and_the_storage_scp_recognise_the_instance_too(
+    url: str, model_store: Path
+) -> None:
     from pydicom import dcmread
     from pydicom.dataset import Dataset
 
@@ -190,6 +192,12 @@ def test_stowrs_and_the_storage_scp_recognise_the_instance_too(url: str, model_s
         (item,) = Dataset.from_json(response.json()).ReferencedSOPSequence
         assert item[0x00991003].value == "existing"
         assert item[0x00991001].value == stored
+
+        sr = client.post(
+            "/v1/predictions/dicom-sr", files={"file": ("a.dcm", data, "application/dicom")}
+        )
+        assert sr.status_code == 200, sr.text
+        assert sr.headers["Location"].endswith(f"/v1/predictions/{stored}")
 
         ae = pynetdicom.AE(ae_title="SENDER")
         ae.add_requested_context(pynetdicom.sop_class.CTImageStorage)
