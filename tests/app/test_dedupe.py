@@ -82,6 +82,19 @@ class TestSetting:
         line = describe_validation_error(info.value)
         assert "RADLENS_DEDUPE_KEY" in line and PSEUDONYM_KEY not in line
 
+    @pytest.mark.usefixtures("clean_radlens_env")
+    def test_serve_stops_in_one_line(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        from radlens.cli.main import main
+
+        monkeypatch.setenv("RADLENS_UID_PSEUDONYM_KEY", PSEUDONYM_KEY)
+        monkeypatch.setenv("RADLENS_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+        assert main(["serve"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "needs RADLENS_DEDUPE_KEY" in err, err
+        assert PSEUDONYM_KEY not in err and not (tmp_path / "x.db").exists()
+
     def test_the_two_keys_must_differ(self, tmp_path: Path) -> None:
         with pytest.raises(ValidationError, match="must differ from RADLENS_UID_PSEUDONYM_KEY"):
             make_settings(
