@@ -30,6 +30,7 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import String
 
+from radlens.app.dedupe import dedupe_identity
 from radlens.app.errors import InvalidDicomAttributeError
 from radlens.app.explain import ExplanationOutput, explainer_for
 from radlens.app.metrics import ServiceMetrics
@@ -150,6 +151,8 @@ class Ingestor:
         self._pseudonym_key_id = (
             pseudonym_key_id(self._pseudonym_key) if self._pseudonym_key is not None else None
         )
+        # RADLENS_DEDUPE_KEY: the identity of a re-post, whatever the pseudonymisation
+        self._dedupe_key = settings.dedupe_key_bytes
 
     def check_capacity(self) -> None:
         """503 + Retry-After (ServiceBusyError) at once when the predictor's or the writer's
@@ -200,6 +203,10 @@ class Ingestor:
             inference_ms=float(output.inference_ms),
             batch_size=int(output.batch_size),
             dedupe_key=dedupe_key(sop_instance_uid=sop_uid, input_sha256=digest),
+            # over the UID as received (never stored): the same with or without pseudonyms
+            dedupe_identity=dedupe_identity(
+                sop_instance_uid=meta.sop_instance_uid, input_sha256=digest, key=self._dedupe_key
+            ),
             input_sha256=digest,
             input_format=meta.format,
             study_instance_uid=study_uid,

@@ -30,28 +30,46 @@ T = TypeVar("T")
 
 
 def find_existing(
-    session: Session, *, model_name: str, model_version: int, dedupe_key: str
+    session: Session,
+    *,
+    model_name: str,
+    model_version: int,
+    dedupe_key: str,
+    dedupe_identity: str | None = None,
 ) -> Prediction | None:
-    """The stored prediction for this input and model, if any."""
-    stmt = select(Prediction).where(
-        Prediction.model_name == model_name,
-        Prediction.model_version == model_version,
-        Prediction.dedupe_key == dedupe_key,
-    )
-    return session.scalars(stmt).one_or_none()
+    """The stored prediction for this input and model, if any: the row with this identity
+    (app/dedupe.py), else the row with this dedupe key (the rule of rows stored before
+    migration 0010, which have no identity)."""
+    same_model = (Prediction.model_name == model_name, Prediction.model_version == model_version)
+    # Two lookups, each on its own unique index, rather than one OR: without statistics (a
+    # fresh PostgreSQL table) the planner searched the OR as a filter over every row of the
+    # model (an index scan on the model prefix; bench/dedupe.py: re-posts at 0.3-0.4x). Both can
+    # exist (a pre-0010 row and a newer one stored in another pseudonymisation state): the
+    # identity's row is the one the current rule enforces.
+    if dedupe_identity is not None:
+        by_identity = select(Prediction).where(
+            *same_model, Prediction.dedupe_identity == dedupe_identity
+        )
+        found = session.scalars(by_identity).one_or_none()
+        if found is not None:
+            return found
+    by_key = select(Prediction).where(*same_model, Prediction.dedupe_key == dedupe_key)
+    return session.scalars(by_key).one_or_none()
 
 
 def record_prediction(session: Session, prediction: Prediction) -> tuple[Prediction, bool]:
     """Insert ``prediction`` unless the same input was already predicted by the same model.
 
-    Returns ``(stored, created)``. The unique constraint decides: a concurrent request that
-    inserted the same (model, dedupe key) first wins, and this one returns its row.
+    Returns ``(stored, created)``. The unique constraints decide: a concurrent request that
+    inserted the same (model, dedupe identity) or (model, dedupe key) first wins, and this one
+    returns its row; so do re-posts made in different pseudonymisation states at once.
 
     On SQLite and PostgreSQL this is ONE statement, ``INSERT ... ON CONFLICT DO NOTHING``
-    (a Core insert: no SELECT first, no SAVEPOINT, no ORM unit of work), and a SELECT only
-    when the row was there already; ``prediction`` is returned as given (not added to the
-    session). Other databases take the portable path: SELECT, then INSERT in a SAVEPOINT so
-    losing the race leaves the request's transaction usable.
+    (with no conflict target, so either unique constraint may fire; a Core insert: no SELECT
+    first, no SAVEPOINT, no ORM unit of work), and a SELECT only when the row was there
+    already; ``prediction`` is returned as given (not added to the session). Other databases
+    take the portable path: SELECT, then INSERT in a SAVEPOINT so losing the race leaves the
+    request's transaction usable.
     """
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
@@ -67,43 +85,35 @@ def record_prediction(session: Session, prediction: Prediction) -> tuple[Predict
         result = session.execute(stmt, values)
         if result.first() is not None:  # RETURNING: rowcount is -1 on psycopg
             return prediction, True
-        existing = find_existing(
-            session,
-            model_name=prediction.model_name,
-            model_version=prediction.model_version,
-            dedupe_key=prediction.dedupe_key,
-        )
+        existing = _find(session, prediction)
         if existing is None:  # the conflict was something else: a bug, not a race
             raise RuntimeError("INSERT ... ON CONFLICT DO NOTHING inserted nothing, found nothing")
         return existing, False
     return _record_portable(session, prediction)
 
 
-_DEDUPE_COLUMNS = ["model_name", "model_version", "dedupe_key"]
 _COLUMN_ATTRS = tuple(sa_inspect(Prediction).column_attrs)
 _TABLE = cast(Table, Prediction.__table__)  # Core: no ORM unit of work on the hot path
-_SQLITE_INSERT: Executable = (
-    sqlite_insert(_TABLE)
-    .on_conflict_do_nothing(index_elements=_DEDUPE_COLUMNS)
-    .returning(_TABLE.c.id)
-)
+# No conflict target: (model, dedupe_key) and (model, dedupe_identity) are both unique, and a
+# targeted ON CONFLICT would raise on the other one.
+_SQLITE_INSERT: Executable = sqlite_insert(_TABLE).on_conflict_do_nothing().returning(_TABLE.c.id)
 _POSTGRESQL_INSERT: Executable = (
-    postgresql_insert(_TABLE)
-    .on_conflict_do_nothing(index_elements=_DEDUPE_COLUMNS)
-    .returning(_TABLE.c.id)
+    postgresql_insert(_TABLE).on_conflict_do_nothing().returning(_TABLE.c.id)
 )
+
+
+def _find(session: Session, prediction: Prediction) -> Prediction | None:
+    return find_existing(
+        session,
+        model_name=prediction.model_name,
+        model_version=prediction.model_version,
+        dedupe_key=prediction.dedupe_key,
+        dedupe_identity=prediction.dedupe_identity,
+    )
 
 
 def _record_portable(session: Session, prediction: Prediction) -> tuple[Prediction, bool]:
-    def find() -> Prediction | None:
-        return find_existing(
-            session,
-            model_name=prediction.model_name,
-            model_version=prediction.model_version,
-            dedupe_key=prediction.dedupe_key,
-        )
-
-    return record_once(session, prediction, find)
+    return record_once(session, prediction, lambda: _find(session, prediction))
 
 
 def record_once(session: Session, row: T, find: Callable[[], T | None]) -> tuple[T, bool]:

@@ -23,7 +23,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _MODEL_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
 _SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 SECRET_FIELDS = frozenset(
-    {"uid_pseudonym_key", "model_signing_key"}
+    {"uid_pseudonym_key", "model_signing_key", "dedupe_key"}
 )  # never quoted in error messages
 URL_FIELDS = frozenset({"database_url"})  # quoted with the password masked
 
@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     uid_pseudonym_key: SecretStr | None = Field(
         default=None, description="HMAC key (>= 16 characters) to pseudonymise stored UIDs"
     )
+    dedupe_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key (>= 16 characters) of the instance identity that de-duplicates "
+        "re-posts whatever the pseudonymisation (app/dedupe.py); required with "
+        "uid_pseudonym_key, must differ from it, and keep it: a new one is not recognised",
+    )
     # Explanations and DICOM outputs (docs/pacs-integration.md)
     explain_warmup: bool = Field(
         default=False, description="Build and trace Grad-CAM at start-up (first explain is fast)"
@@ -190,7 +196,7 @@ class Settings(BaseSettings):
         "required to verify them at load",
     )
 
-    @field_validator("uid_pseudonym_key", "model_signing_key")
+    @field_validator("uid_pseudonym_key", "model_signing_key", "dedupe_key")
     @classmethod
     def _check_pseudonym_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or value.get_secret_value() == "":
@@ -310,6 +316,31 @@ class Settings(BaseSettings):
         key = self.uid_pseudonym_key
         return key.get_secret_value().encode() if key is not None else None
 
+    @model_validator(mode="after")
+    def _check_dedupe_key(self) -> Settings:
+        # Pseudonyms are recomputable only with their key; an identity under no key (or the
+        # pseudonym key, which would change with it) would undo that or break dedupe on rotation.
+        if self.uid_pseudonym_key is None:
+            return self
+        if self.dedupe_key is None:
+            raise ValueError(
+                "RADLENS_UID_PSEUDONYM_KEY needs RADLENS_DEDUPE_KEY (>= 16 characters, another "
+                "secret that you keep when pseudonymisation is switched or its key changes): "
+                "it recognises a re-posted instance without storing its UID (docs/security.md). "
+                "Received: RADLENS_DEDUPE_KEY unset"
+            )
+        if self.dedupe_key.get_secret_value() == self.uid_pseudonym_key.get_secret_value():
+            raise ValueError(
+                "RADLENS_DEDUPE_KEY must differ from RADLENS_UID_PSEUDONYM_KEY (it has to outlive "
+                "a change of the pseudonym key). Received: the same value for both"
+            )
+        return self
+
+    @property
+    def dedupe_key_bytes(self) -> bytes | None:
+        key = self.dedupe_key
+        return key.get_secret_value().encode() if key is not None else None
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
@@ -328,6 +359,11 @@ def describe_validation_error(exc: Exception) -> str:
         field = ".".join(str(p) for p in error["loc"]) or "settings"
         name = f"RADLENS_{field.upper()}" if error["loc"] else "settings"
         received = repr(error.get("input"))
+        if not error["loc"]:
+            # a check across fields: its input is every value given, secrets and the database
+            # URL's password included; its message quotes what it needs itself
+            parts.append(f"{name}: {error['msg']}")
+            continue
         if field in SECRET_FIELDS:
             received = "<secret withheld>"
         elif field in URL_FIELDS and isinstance(error.get("input"), str):

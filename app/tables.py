@@ -1,8 +1,12 @@
 """The service's tables. No patient identifiers: only UIDs, image geometry and provenance.
 
-A prediction is unique per (model name, model version, dedupe key), where the dedupe key is
-``sop:<SOP Instance UID>`` for DICOM instances that carry one and ``sha256:<input sha256>``
-otherwise: re-posting the same instance to the same model returns the stored prediction.
+A prediction is unique per (model name, model version, dedupe identity), the identity being a
+keyed hash of the SOP Instance UID as received, else the input's sha256 (app/dedupe.py), so
+re-posting the same instance to the same model returns the stored prediction whatever the
+pseudonymisation. Rows stored before migration 0010 have no identity and are unique per (model
+name, model version, dedupe key), where the dedupe key is ``sop:<SOP Instance UID as stored>``
+for DICOM instances that carry one and ``sha256:<input sha256>`` otherwise (new rows keep
+recording it, so both rules are enforced by the database).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from radlens.app.db import Base, UTCDateTime, utcnow
+from radlens.app.dedupe import IDENTITY_LENGTH
 
 UID_LENGTH = 64  # DICOM UI value representation: at most 64 characters
 
@@ -36,6 +41,9 @@ class Prediction(Base):
     __tablename__ = "predictions"
     __table_args__ = (
         UniqueConstraint("model_name", "model_version", "dedupe_key"),
+        # (0010) the identity that survives pseudonymisation changes (app/dedupe.py); NULL
+        # (rows before 0010) never conflicts: those rows keep the dedupe_key rule
+        UniqueConstraint("model_name", "model_version", "dedupe_identity"),
         Index(None, "created_at", "id"),
         Index(None, "study_instance_uid"),
         Index(None, "label"),
@@ -75,6 +83,9 @@ class Prediction(Base):
     # id of the key that made them; NULL in both: stored before 0004, not recorded
     uids_pseudonymised: Mapped[bool | None] = mapped_column(Boolean)
     pseudonym_key_id: Mapped[str | None] = mapped_column(String(16))
+    # (0010) app/dedupe.dedupe_identity: a keyed hash of the SOP Instance UID as received (or
+    # the input's sha256), the same whatever the pseudonymisation; NULL: stored before 0010
+    dedupe_identity: Mapped[str | None] = mapped_column(String(IDENTITY_LENGTH))
 
 
 class Explanation(Base):

@@ -280,6 +280,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterato
         model_store,
         dicom_copy_patient=True,
         uid_pseudonym_key="a-site-secret-of-32-characters!!",
+        dedupe_key="another-site-secret-of-32-chars!",
     )
     app = create_app(settings)
     with TestClient(app) as client:

@@ -22,6 +22,9 @@ from tests.app.conftest import (
 )
 
 SITE_KEY = "site-key-0123456789abcdef"
+DEDUPE_KEY = (
+    "dedupe-key-0123456789abcdef"  # required with a pseudonym key (tests/app/test_dedupe.py)
+)
 UID = re.compile(r"^2\.25\.(0|[1-9][0-9]*)$")
 
 
@@ -65,7 +68,9 @@ class TestSetting:
 
     def test_empty_means_off_and_the_key_is_secret(self, tmp_path: Path) -> None:
         assert make_settings("sqlite://", tmp_path, uid_pseudonym_key="").uid_pseudonym_key is None
-        settings = make_settings("sqlite://", tmp_path, uid_pseudonym_key=SITE_KEY)
+        settings = make_settings(
+            "sqlite://", tmp_path, uid_pseudonym_key=SITE_KEY, dedupe_key=DEDUPE_KEY
+        )
         assert SITE_KEY not in repr(settings)
         assert settings.uid_pseudonym_key_bytes == SITE_KEY.encode()
 
@@ -77,7 +82,9 @@ def pseudonymising(databases: Databases, model_store: Path) -> Iterator[Service]
 
     url = databases.new()
     upgrade(url)
-    app = create_app(make_settings(url, model_store, uid_pseudonym_key=SITE_KEY))
+    app = create_app(
+        make_settings(url, model_store, uid_pseudonym_key=SITE_KEY, dedupe_key=DEDUPE_KEY)
+    )
     with TestClient(app) as client:
         yield Service(client=client, app=app, database_url=url, backend=databases.backend)
 
@@ -155,7 +162,11 @@ def test_dicom_outputs_follow_the_row_not_the_current_setting(
     def sr(client: Any, prediction_id: str) -> Any:
         return client.get(f"/v1/predictions/{prediction_id}/dicom/sr")
 
-    with TestClient(create_app(make_settings(url, model_store, uid_pseudonym_key=SITE_KEY))) as c:
+    with TestClient(
+        create_app(
+            make_settings(url, model_store, uid_pseudonym_key=SITE_KEY, dedupe_key=DEDUPE_KEY)
+        )
+    ) as c:
         pseudonymised = c.post("/v1/predictions", files={"file": ("a.dcm", dicom_bytes())})
         pseudonymised_id = pseudonymised.json()["id"]
     with TestClient(create_app(make_settings(url, model_store))) as c:  # the key turned off
@@ -163,6 +174,10 @@ def test_dicom_outputs_follow_the_row_not_the_current_setting(
         assert sr(c, raw_id).status_code == 200
         # the row holds pseudonyms: an SR would name them as the source's UIDs
         assert_problem(sr(c, pseudonymised_id), 409, code="uids-pseudonymised")
-    with TestClient(create_app(make_settings(url, model_store, uid_pseudonym_key=SITE_KEY))) as c:
+    with TestClient(
+        create_app(
+            make_settings(url, model_store, uid_pseudonym_key=SITE_KEY, dedupe_key=DEDUPE_KEY)
+        )
+    ) as c:
         assert sr(c, raw_id).status_code == 200  # stored with the source's own UIDs
         assert_problem(sr(c, pseudonymised_id), 409, code="uids-pseudonymised")

@@ -62,12 +62,35 @@ def test_settings_repr_and_str_mask_the_database_password() -> None:
     settings = Settings(
         database_url=f"postgresql+psycopg://radlens:{SECRET}@db:5432/radlens",
         uid_pseudonym_key=SecretStr("k" * 32),
+        dedupe_key=SecretStr("d" * 32),
     )
     for text in (repr(settings), str(settings), f"{settings}"):
-        assert SECRET not in text and "k" * 32 not in text
+        assert SECRET not in text and "k" * 32 not in text and "d" * 32 not in text
         assert "radlens:***@db:5432/radlens" in text
     # the value itself is intact for the engine
     assert settings.database_url.endswith(f":{SECRET}@db:5432/radlens")
+
+
+def test_a_check_across_settings_quotes_no_secret_and_no_password() -> None:
+    """A check across fields (a model validator) fails with every value given as its input:
+    the one-line message must not quote it (it held the keys and the database password)."""
+    from pydantic import ValidationError
+
+    from radlens.app.settings import Settings, describe_validation_error
+
+    with pytest.raises(ValidationError) as info:
+        Settings(
+            database_url=f"postgresql+psycopg://radlens:{SECRET}@db:5432/radlens",
+            uid_pseudonym_key="k" * 32,
+            dedupe_key="d" * 32,
+            model_signing_key="s" * 32,
+            runtime="tensorflow",
+            precision="bf16",  # refused together: the error is the whole model's
+        )
+    line = describe_validation_error(info.value)
+    assert "RADLENS_PRECISION=bf16 is served by OpenVINO" in line
+    for secret in (SECRET, "k" * 32, "d" * 32, "s" * 32):
+        assert secret not in line
 
 
 @pytest.mark.parametrize("url", BAD_URLS[:3])
