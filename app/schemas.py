@@ -164,6 +164,15 @@ class ModelPublic(BaseModel):
     decision_threshold: float | None = Field(
         default=None, description="The threshold of that operating point"
     )
+    data_split: dict[str, Any] | None = Field(
+        default=None, description="How the training data was split (counts only, no ids)"
+    )
+    leakage_check: dict[str, Any] | None = Field(
+        default=None, description="The patient-leakage check's result at training"
+    )
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="Score calibration: temperature, ECE before and after"
+    )
 
 
 class ModelsPublic(BaseModel):

@@ -34,6 +34,8 @@ def points_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_tiny_model(
         store,
         metrics={"val": {"auc": 0.5}, "operating_points": POINTS},
+        calibration={"method": "temperature scaling", "temperature": 1.5},
+        leakage_check={"passed": True, "patients_in_two_splits": 0},
     )
     return store
 
@@ -105,6 +107,8 @@ class TestServing:
         assert (again["operating_point"], again["threshold"]) == (point, threshold)
         model = client.get("/v1/models").json()["models"][0]
         assert (model["operating_point"], model["decision_threshold"]) == (point, threshold)
+        assert model["calibration"]["temperature"] == 1.5
+        assert model["leakage_check"]["passed"] is True and model["data_split"] is None
 
     def test_unset_uses_the_models_own_threshold_named_chosen(self, client_for: Any) -> None:
         client, url = client_for(None)
