@@ -199,7 +199,8 @@ class Ingestor:
             scores={
                 name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
             },
-            threshold=manifest.threshold,
+            threshold=predictor.operating_point.threshold,
+            operating_point=predictor.operating_point.name,
             inference_ms=float(output.inference_ms),
             batch_size=int(output.batch_size),
             dedupe_key=dedupe_key(sop_instance_uid=sop_uid, input_sha256=digest),

@@ -43,6 +43,7 @@ from fastapi.concurrency import run_in_threadpool
 from radlens.app.device import DeviceInfo, select_device
 from radlens.app.errors import AppError
 from radlens.app.workqueue import STOP, WorkQueue, fail, resolve_all
+from radlens.models.decision import OperatingPoint, operating_point
 from radlens.models.errors import InvalidImageError, ModelCorruptError, RadlensError
 from radlens.models.runtime import OpenVINORuntime, Selection
 
@@ -174,6 +175,7 @@ class Predictor:
         max_queued: int = MAX_QUEUED,
         runtime: ModelRuntime | None = None,
         selection: Selection | None = None,
+        operating_point_name: str | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size should be >= 1. Received: {max_batch_size!r}")
@@ -201,6 +203,8 @@ class Predictor:
         self.runtime = runtime
         self.selection: Selection = selection or Selection("tensorflow", "fp32", "default")
         self.manifest: ModelManifest = loaded.manifest
+        # which of the manifest's operating points decides the label (RADLENS_OPERATING_POINT)
+        self.operating_point: OperatingPoint = operating_point(self.manifest, operating_point_name)
         self.device = device
         self.max_batch_size = int(max_batch_size)
         # The largest batch the worker builds: max_batch_size, or with batch_tuning="auto" the
@@ -306,7 +310,7 @@ class Predictor:
     def _decide(self, scores: np.ndarray) -> str:
         from radlens.models.registry import decide
 
-        return decide(scores, self.manifest)
+        return decide(scores, self.manifest, self.operating_point)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -592,6 +596,7 @@ def load_predictor(settings: Any) -> Predictor:
         max_queued=settings.max_queued_predictions,
         runtime=runtime,
         selection=selection,
+        operating_point_name=getattr(settings, "operating_point", None),
     )
     predictor.warmup()
     return predictor

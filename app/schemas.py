@@ -80,6 +80,7 @@ class PredictionPublic(BaseModel):
                 "label": "pneumonia",
                 "scores": {"normal": 0.12, "pneumonia": 0.88},
                 "threshold": 0.5,
+                "operating_point": "chosen",
                 "study_instance_uid": "1.2.826.0.1.3680043.8.498.1",
                 "series_instance_uid": "1.2.826.0.1.3680043.8.498.2",
                 "sop_instance_uid": "1.2.826.0.1.3680043.8.498.3",
@@ -101,6 +102,13 @@ class PredictionPublic(BaseModel):
     label: str
     scores: dict[str, float] = Field(description="Score per class name (softmax)")
     threshold: float | None = Field(description="Decision threshold on the positive class")
+    operating_point: str | None = Field(
+        default=None,
+        description="Which of the model's operating points decided the label "
+        "(RADLENS_OPERATING_POINT; 'chosen' = the model's own threshold); null for "
+        "multi-class models and predictions stored before it was recorded",
+        examples=["sens95"],
+    )
     study_instance_uid: str | None
     series_instance_uid: str | None
     sop_instance_uid: str | None
@@ -148,6 +156,23 @@ class ModelPublic(BaseModel):
     device: str
     ready: bool
     notice: str | None
+    operating_point: str | None = Field(
+        default=None,
+        description="The operating point deciding labels (RADLENS_OPERATING_POINT; "
+        "'chosen' = the model's own threshold)",
+    )
+    decision_threshold: float | None = Field(
+        default=None, description="The threshold of that operating point"
+    )
+    data_split: dict[str, Any] | None = Field(
+        default=None, description="How the training data was split (counts only, no ids)"
+    )
+    leakage_check: dict[str, Any] | None = Field(
+        default=None, description="The patient-leakage check's result at training"
+    )
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="Score calibration: temperature, ECE before and after"
+    )
 
 
 class ModelsPublic(BaseModel):

@@ -21,6 +21,7 @@ DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / 'var' / 'radlens.db'}"
 MIB = 1024 * 1024
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _MODEL_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
+_OPERATING_POINT = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 _SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 SECRET_FIELDS = frozenset(
     {"uid_pseudonym_key", "model_signing_key", "dedupe_key"}
@@ -86,6 +87,11 @@ class Settings(BaseSettings):
     )
     model_store: Path = Field(default_factory=_default_model_store)
     model: str | None = Field(default=None, description="name[:version]; None = newest model")
+    operating_point: str | None = Field(
+        default=None,
+        description="operating point of the model's manifest that decides the label "
+        "(chosen, youden, sens90, sens95, sens99, ...); None = the model's own threshold",
+    )
     device: Literal["auto", "cpu", "gpu"] = "auto"
     max_batch_size: int = Field(default=8, ge=1, le=1024)
     max_batch_wait_ms: float = Field(default=50.0, ge=0.0, le=10_000.0)
@@ -240,6 +246,19 @@ class Settings(BaseSettings):
                 f"must be 'name' or 'name:version' (e.g. 'chest:3'). Received: {value!r}"
             )
         return value
+
+    @field_validator("operating_point")
+    @classmethod
+    def _check_operating_point(cls, value: str | None) -> str | None:
+        # which names exist is the model's to say (checked at start-up); here only the form
+        if value is None or value.strip() == "":
+            return None
+        if not _OPERATING_POINT.match(value.strip()):
+            raise ValueError(
+                "must be an operating point name of letters, digits and '_' such as "
+                f"'sens95', 'youden' or 'chosen'. Received: {value!r}"
+            )
+        return value.strip()
 
     @field_validator("dimse_ae_title")
     @classmethod

@@ -92,18 +92,21 @@ def choose_runtime(
 def check_model(settings: Settings) -> ModelManifest:
     """Resolve RADLENS_MODEL in the store and verify the artifact without loading Keras: the
     registry's own checks (``ModelRegistry.verify``, ``check_preprocessing_version``), which
-    ``ModelRegistry.load`` runs again in the lifespan.
+    ``ModelRegistry.load`` runs again in the lifespan, and that the model has the operating
+    point RADLENS_OPERATING_POINT names (``models.decision.operating_point``).
 
     Raises:
         ModelNotFoundError, ModelCorruptError, ModelIncompatibleError, ConfigurationError:
             naming the model and the reason.
     """
+    from radlens.models.decision import operating_point
     from radlens.models.registry import check_preprocessing_version
 
     registry = registry_for(settings)
     name, version = registry.resolve(settings.model)
     manifest = registry.verify(name, version)  # seal (fields named), then model.keras sha256
     check_preprocessing_version(manifest)
+    operating_point(manifest, settings.operating_point)
     return manifest
 
 

@@ -62,6 +62,9 @@ class Prediction(Base):
     label: Mapped[str] = mapped_column(String(128))
     scores: Mapped[dict[str, Any]] = mapped_column(JSON)
     threshold: Mapped[float | None] = mapped_column(Float)
+    # (0011) the manifest's operating point whose threshold decided the label
+    # (RADLENS_OPERATING_POINT; "chosen": the model's own); NULL: multi-class, or before 0011
+    operating_point: Mapped[str | None] = mapped_column(String(32))
     inference_ms: Mapped[float] = mapped_column(Float)
     batch_size: Mapped[int] = mapped_column(Integer)
 

@@ -8,11 +8,18 @@ the class with the highest score (the first one on a tie, as ``numpy.argmax``).
 ``training.metrics`` counts its confusion matrices with :func:`decide_indices` and the
 service labels each prediction with :func:`decide`, so a threshold means the same thing in
 both.
+
+A deployment may decide by another of the operating points training stored in the
+manifest (``metrics["operating_points"]``: ``chosen``, ``youden``, ``sens90``, ``sens95``,
+``sens99``, and the run's threshold rule) instead of the model's own threshold:
+:func:`operating_point` resolves the name to its threshold (``RADLENS_OPERATING_POINT``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,12 +71,13 @@ def decide_indices(probabilities: np.ndarray, threshold: float | None = None) ->
     return np.argmax(p, axis=1).astype(np.int64)
 
 
-def decide(scores: np.ndarray, manifest: ModelManifest) -> str:
+def decide(scores: np.ndarray, manifest: ModelManifest, point: OperatingPoint | None = None) -> str:
     """The label for one score vector, by the manifest's classes and threshold.
 
-    Binary models (2 classes): ``class_names[1]`` when its score is >= the manifest's
-    threshold (0.5 when the manifest has none), else ``class_names[0]``. More classes: the
-    class with the highest score.
+    Binary models (2 classes): ``class_names[1]`` when its score is >= the threshold of
+    ``point`` (from :func:`operating_point`), else the manifest's threshold (0.5 when the
+    manifest has none), else ``class_names[0]``. More classes: the class with the highest
+    score.
 
     Raises:
         ValueError: ``scores`` is not a 1-D vector with one score per class.
@@ -81,4 +89,90 @@ def decide(scores: np.ndarray, manifest: ModelManifest) -> str:
             f"expected {len(classes)} scores (one per class {classes!r}). "
             f"Received shape {vector.shape}"
         )
-    return classes[int(decide_indices(vector[np.newaxis], manifest.threshold)[0])]
+    threshold = manifest.threshold if point is None else point.threshold
+    return classes[int(decide_indices(vector[np.newaxis], threshold)[0])]
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Which operating point decides a binary model's labels, and its threshold.
+
+    ``name`` is ``"chosen"`` for the model's own threshold (``threshold`` None: the plain
+    0.5 of a model saved without one), a name from the manifest's operating-point table
+    otherwise, and None for a multi-class model (argmax, no threshold).
+    """
+
+    name: str | None
+    threshold: float | None
+
+
+def operating_point_names(manifest: ModelManifest) -> list[str]:
+    """The operating points the manifest's ``metrics["operating_points"]`` table offers.
+
+    Example:
+        >>> operating_point_names(manifest)
+        ['chosen', 'youden', 'sens90', 'sens95', 'sens99']
+    """
+    table = manifest.metrics.get("operating_points")
+    if not isinstance(table, dict):
+        return []
+    return [name for name, point in table.items() if _point_threshold(point) is not None]
+
+
+def operating_point(manifest: ModelManifest, name: str | None) -> OperatingPoint:
+    """Resolve ``RADLENS_OPERATING_POINT`` against a model's manifest.
+
+    Args:
+        manifest: the model to serve.
+        name: an operating point's name (``sens95``, ...), or None for the model's own
+            threshold (``chosen``).
+
+    Returns:
+        The point's name and threshold, chosen on validation at training time.
+
+    Raises:
+        ConfigurationError: ``name`` is set but the model is not binary, or its manifest has
+            no such point (the message lists the points it has and what to do).
+
+    Example:
+        >>> operating_point(manifest, "sens95")
+        OperatingPoint(name='sens95', threshold=0.1734)
+    """
+    from radlens.models.errors import ConfigurationError
+
+    if name is None:
+        if not manifest.is_binary:
+            return OperatingPoint(None, None)
+        return OperatingPoint("chosen", manifest.threshold)
+    if not manifest.is_binary:
+        raise ConfigurationError(
+            f"RADLENS_OPERATING_POINT={name!r}: model {manifest.ref} has "
+            f"{len(manifest.class_names)} classes and decides by the highest score; operating "
+            "points apply to binary models only. Unset RADLENS_OPERATING_POINT"
+        )
+    table = manifest.metrics.get("operating_points")
+    point = table.get(name) if isinstance(table, dict) else None
+    threshold = _point_threshold(point)
+    if threshold is None:
+        offered = operating_point_names(manifest)
+        has = (
+            f"its operating points are {', '.join(offered)}"
+            if offered
+            else "its manifest records no operating points (trained before they were)"
+        )
+        raise ConfigurationError(
+            f"RADLENS_OPERATING_POINT={name!r}: model {manifest.ref} has no operating point "
+            f"{name!r}; {has}. Choose one of them or unset RADLENS_OPERATING_POINT to use the "
+            "model's own threshold"
+        )
+    return OperatingPoint(name, threshold)
+
+
+def _point_threshold(point: Any) -> float | None:
+    """The point's threshold when it is a number in [0, 1], else None."""
+    value = point.get("threshold") if isinstance(point, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        return None
+    return float(value)

@@ -67,6 +67,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 INTEGRITY_FIELD = "integrity"
+_WRITTEN_WHEN_SET = ("data_split", "leakage_check", "calibration")
 SEAL_SCHEME = "radlens-manifest-seal-v1"
 
 
@@ -166,6 +167,17 @@ class ModelManifest:
         description: free text.
         runtimes: converted runtimes kept beside ``model.keras``, e.g. ``{"openvino":
             {"files": {relative path: sha256}, "parity": {...}, ...}}`` (models.runtime).
+        data_split: how the training data was split (method, where patients came from, how
+            their ids were hashed, sizes and patient counts per split, whether there is a
+            test split; counts only, no identifier), or None (not recorded: a manifest
+            written before this field, whose run kept it under ``metrics["split"]``).
+        leakage_check: the patient-leakage check's result (``{"passed": true,
+            "patients_in_two_splits": 0}``; a leaking split never reaches the store), or None.
+        calibration: the score calibration (method, temperature, the split it was fitted
+            on and the one it was evaluated on, ECE before and after), or None (not
+            calibrated, or recorded under ``metrics["calibration"]`` by an older radlens).
+            These three are written only when set, so an older manifest's fields (and its
+            seal) stay exactly as they were.
         integrity: the seal over every other field (see the module docstring), or None in
             a manifest not sealed yet.
     """
@@ -188,6 +200,9 @@ class ModelManifest:
     validated_for_clinical_use: bool = False
     description: str = ""
     runtimes: dict[str, Any] = field(default_factory=dict)
+    data_split: dict[str, Any] | None = None
+    leakage_check: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
     integrity: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -212,6 +227,9 @@ class ModelManifest:
         Unknown keys read by :meth:`from_dict` are written back unchanged.
         """
         data = asdict(self)
+        for optional in _WRITTEN_WHEN_SET:
+            if data[optional] is None:
+                del data[optional]
         extra = data.pop("extra")
         data.update({k: v for k, v in extra.items() if k not in data})
         result: dict[str, Any] = jsonable(data)
@@ -316,6 +334,15 @@ class ModelManifest:
                 "manifest field 'runtimes' must map runtime names to objects with 'files' "
                 f"(relative path -> sha256). Received: {runtimes!r}"
             )
+        records = {}
+        for optional in _WRITTEN_WHEN_SET:
+            value = check.get(optional, None)
+            if value is not None and not isinstance(value, dict):
+                raise error(
+                    f"manifest field {optional!r} must be an object or absent. "
+                    f"Received: {value!r:.200}"
+                )
+            records[optional] = value
         integrity = check.get(INTEGRITY_FIELD, None)
         if integrity is not None and not isinstance(integrity, dict):
             raise error(
@@ -341,6 +368,9 @@ class ModelManifest:
             validated_for_clinical_use=validated,
             description=check.optional_string("description") or "",
             runtimes=runtimes,
+            data_split=records["data_split"],
+            leakage_check=records["leakage_check"],
+            calibration=records["calibration"],
             integrity=integrity,
             extra={k: v for k, v in data.items() if k not in known},
         )

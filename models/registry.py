@@ -205,6 +205,9 @@ class ModelRegistry:
         data_fingerprint: str | None,
         description: str = "",
         version: int | None = None,
+        data_split: dict[str, Any] | None = None,
+        leakage_check: dict[str, Any] | None = None,
+        calibration: dict[str, Any] | None = None,
     ) -> ModelManifest:
         """Store a model as a new version, atomically, and return its manifest.
 
@@ -227,6 +230,9 @@ class ModelRegistry:
             data_fingerprint: identifies the training data, or None.
             description: free text.
             version: an explicit version number, or None for the next one (1 for a new name).
+            data_split: how the data was split (``ModelManifest.data_split``), or None.
+            leakage_check: the patient-leakage check's result, or None.
+            calibration: the score calibration's record, or None.
 
         Returns:
             The manifest as written to ``<root>/<name>/<version>/manifest.json``.
@@ -268,6 +274,15 @@ class ModelRegistry:
                     "model_sha256": "0" * 64,  # replaced once model.keras is written
                     "validated_for_clinical_use": False,
                     "description": description,
+                    **{
+                        key: value
+                        for key, value in (
+                            ("data_split", data_split),
+                            ("leakage_check", leakage_check),
+                            ("calibration", calibration),
+                        )
+                        if value is not None
+                    },
                 }
             )
         except TypeError as exc:

@@ -20,8 +20,9 @@
    test split and measure it -- the **reported** figures (labelled; validation's, labelled
    optimistic, when there is no test split), the ECE before/after and the operating points;
 6. export with ``ModelRegistry.save`` (on the chief only) with metrics
-   ``{"val", "test", "reported", "calibration", "operating_points", "split"}``, the training
-   config (with the split record), the data fingerprint
+   ``{"val", "test", "reported", "operating_points"}``, the manifest's own ``data_split``,
+   ``leakage_check`` and ``calibration`` records, the training config (with the split
+   record), the data fingerprint
    (``training.data.sources.data_fingerprint``), window and filters; write result.json.
 
 Step 2 also refuses a split that puts one patient in two splits (``check_leakage``; the
@@ -515,9 +516,7 @@ def _finish(run: _Run, started: float) -> RunResult:
                 "val": val_metrics,
                 **({"test": test_metrics} if test_metrics else {}),
                 "reported": reported,
-                "calibration": calibration,
                 "operating_points": points,
-                "split": data.split_record,
             },
             training_config={
                 **config.to_dict(),
@@ -527,6 +526,9 @@ def _finish(run: _Run, started: float) -> RunResult:
             },
             data_fingerprint=data_fingerprint(data.source, data.splits),
             description=config.description,
+            data_split={k: v for k, v in data.split_record.items() if k != "leakage_check"},
+            leakage_check=data.split_record["leakage_check"],
+            calibration=calibration,
         )
         model_ref = f"{manifest.name}:{manifest.version}"
         if config.openvino:

@@ -39,6 +39,11 @@ def list_models(resources: ResourcesDep) -> ModelsPublic:
                 device=predictor.device.name,
                 ready=predictor.ready,
                 notice=None if m.validated_for_clinical_use else NOT_FOR_CLINICAL_USE,
+                operating_point=predictor.operating_point.name,
+                decision_threshold=predictor.operating_point.threshold,
+                data_split=m.data_split,
+                leakage_check=m.leakage_check,
+                calibration=m.calibration,
             )
         ]
     )

@@ -111,6 +111,7 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
         label=prediction.label,
         scores={str(k): float(v) for k, v in prediction.scores.items()},
         threshold=prediction.threshold,
+        operating_point=prediction.operating_point,
         study_instance_uid=prediction.study_instance_uid,
         series_instance_uid=prediction.series_instance_uid,
         sop_instance_uid=prediction.sop_instance_uid,

@@ -74,7 +74,10 @@ def test_split_is_by_patient_and_recorded(series_run: dict[str, Any]) -> None:
     assert record["leakage_check"] == {"passed": True, "patients_in_two_splits": 0}
     assert record["test_split"] is True
     manifest = ModelRegistry(result.store).load(result.model_ref).manifest
-    assert manifest.metrics["split"] == record
+    # dedicated manifest fields: how the split was made, and the leakage check's result
+    assert manifest.data_split == {k: v for k, v in record.items() if k != "leakage_check"}
+    assert manifest.leakage_check == record["leakage_check"]
+    assert "split" not in manifest.metrics
     with (result.run_dir / "splits.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == sum(result.split_sizes.values())
@@ -152,7 +155,8 @@ def test_served_scores_are_the_calibrated_ones(series_run: dict[str, Any]) -> No
 
     result: RunResult = series_run["result"]
     loaded = ModelRegistry(result.store).load(result.model_ref)
-    calibration = loaded.manifest.metrics["calibration"]
+    calibration = loaded.manifest.calibration
+    assert calibration is not None and "calibration" not in loaded.manifest.metrics
     temperature = calibration["temperature"]
     assert temperature > 0 and temperature != pytest.approx(1.0, abs=1e-3)
     assert calibration["fitted_on"] == "val" and calibration["evaluated_on"] == "test"

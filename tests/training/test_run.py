@@ -67,14 +67,10 @@ class TestFinishedRun:
         assert m.filters == ["sobel_h"]
         assert m.threshold == pytest.approx(tiny_run.threshold)
         assert 0.0 <= m.threshold <= 1.0
-        assert set(m.metrics) == {
-            "val",
-            "test",
-            "reported",
-            "calibration",
-            "operating_points",
-            "split",
-        }
+        assert set(m.metrics) == {"val", "test", "reported", "operating_points"}
+        assert m.calibration is not None and m.calibration["method"] == "temperature scaling"
+        assert m.leakage_check == {"passed": True, "patients_in_two_splits": 0}
+        assert m.data_split is not None and m.data_split["sizes"] == tiny_run.split_sizes
         for key in ("auc", "accuracy", "sensitivity", "specificity", "precision"):
             assert key in m.metrics["val"]
         assert m.metrics["val"]["n"] == tiny_run.split_sizes["val"]
@@ -85,7 +81,7 @@ class TestFinishedRun:
         x = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
         best = keras.models.clone_model(loaded.model)
         best.load_weights(tiny_run.run_dir / "checkpoints" / "best.weights.h5")
-        temperature = m.metrics["calibration"]["temperature"]
+        temperature = m.calibration["temperature"]
         np.testing.assert_allclose(
             loaded.model.predict(x, verbose=0),
             apply_temperature(best.predict(x, verbose=0), temperature),
@@ -268,7 +264,8 @@ def test_multiclass_run_has_per_class_metrics_and_no_threshold(tmp_path: Path) -
     assert np.asarray(result.val_metrics["confusion_matrix"]).shape == (3, 3)
     manifest = ModelRegistry(result.store).load(result.model_ref).manifest
     assert manifest.threshold is None and manifest.class_names == ["a", "b", "c"]
-    assert set(manifest.metrics) == {"val", "reported", "calibration", "operating_points", "split"}
+    assert set(manifest.metrics) == {"val", "reported", "operating_points"}
+    assert manifest.calibration is not None and manifest.data_split is not None
     # no test split: the reported figures are validation's, labelled optimistic
     assert manifest.metrics["reported"]["split"] == "val"
     assert "optimistic (validation-selected)" in manifest.metrics["reported"]["label"]
