@@ -3,7 +3,7 @@
 this revision and for multi-class models
 
 Revision ID: 0011
-Revises: 0005
+Revises: 0010
 Create Date: 2026-12-04 14:00:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0005"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
