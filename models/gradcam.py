@@ -19,8 +19,9 @@ deeper nesting.
 Which score: the class *logit* (the score before softmax), as in the paper. Softmax
 probabilities saturate — a confident model has near-zero gradients and a noisy map — so
 when the model ends in a softmax (a ``Dense`` with softmax activation or a softmax layer),
-the logits are recomputed from that layer's input. For any other output layer the output
-itself is the score.
+the logits are recomputed from that layer's input. A multi-label model's sigmoid ``Dense``
+(one independent score per finding) is treated the same way: the finding's logit. For any
+other output layer the output itself is the score.
 
 This module imports TensorFlow and Keras; the rendering of a map over the image is in
 :mod:`models.overlay`, which needs neither.
@@ -204,12 +205,14 @@ def find_layer_path(model: keras.Model, layer_name: str) -> tuple[str, ...]:
 
 
 def _softmax_layer(layer: Any) -> tuple[bool, Any]:
-    """Whether ``layer`` applies a softmax, and the Dense to take the logits from, if any."""
+    """Whether ``layer`` applies a softmax (or is a sigmoid Dense), and the Dense to take the
+    logits from, if any."""
     import keras
 
     activation = getattr(layer, "activation", None)
     is_softmax = getattr(activation, "__name__", "") == "softmax"
-    if isinstance(layer, keras.layers.Dense) and is_softmax:
+    is_sigmoid = getattr(activation, "__name__", "") == "sigmoid"
+    if isinstance(layer, keras.layers.Dense) and (is_softmax or is_sigmoid):
         return True, layer
     if isinstance(layer, keras.layers.Softmax) or (
         isinstance(layer, keras.layers.Activation) and is_softmax

@@ -205,6 +205,7 @@ class ModelRegistry:
         data_fingerprint: str | None,
         description: str = "",
         version: int | None = None,
+        findings: dict[str, Any] | None = None,
     ) -> ModelManifest:
         """Store a model as a new version, atomically, and return its manifest.
 
@@ -227,6 +228,8 @@ class ModelRegistry:
             data_fingerprint: identifies the training data, or None.
             description: free text.
             version: an explicit version number, or None for the next one (1 for a new name).
+            findings: a multi-label model's finding record (``ModelManifest.findings``:
+                label mode, no-finding name, a threshold per class name), or None.
 
         Returns:
             The manifest as written to ``<root>/<name>/<version>/manifest.json``.
@@ -268,6 +271,7 @@ class ModelRegistry:
                     "model_sha256": "0" * 64,  # replaced once model.keras is written
                     "validated_for_clinical_use": False,
                     "description": description,
+                    **({"findings": findings} if findings is not None else {}),
                 }
             )
         except TypeError as exc:
