@@ -189,3 +189,73 @@ def test_unknown_finding_in_the_csv_stops_training(tmp_path: Path) -> None:
     config = findings_config(csv_path, tmp_path, findings=["Effusion", "Infiltration"])
     with pytest.raises(ConfigurationError, match=r"\['Nodule'\] .* not in the finding list"):
         train(config, verbose=0)
+
+
+class TestEvaluate:
+    def _data(self, run: RunResult) -> str:
+        return str(json.loads((run.run_dir / "config.json").read_text())["data"])
+
+    def test_per_finding_table_and_roc_curves(
+        self, findings_run: RunResult, tmp_path: Path
+    ) -> None:
+        from radlens.training.evaluate import evaluate
+
+        out = tmp_path / "eval"
+        metrics = evaluate(
+            findings_run.model_ref,
+            self._data(findings_run),
+            split="test",
+            store=findings_run.store,
+            out=out,
+        )
+        assert metrics["label_mode"] == "multi-label" and metrics["n"] == 6
+        assert list(metrics["per_finding"]) == NAMES
+        manifest = ModelRegistry(findings_run.store).load(findings_run.model_ref).manifest
+        for name in NAMES:  # each finding measured at its own saved threshold
+            assert metrics["per_finding"][name]["threshold"] == manifest.finding_thresholds[name]
+        assert sorted(p.name for p in (out / "roc").iterdir()) == [
+            "roc_Effusion.png",
+            "roc_Infiltration.png",
+            "roc_Nodule.png",
+        ]
+        assert (out / "findings.txt").read_text().startswith("finding")
+
+    def test_cli_prints_the_table(
+        self, findings_run: RunResult, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from radlens.cli.main import main
+
+        args = ["evaluate", "--data", self._data(findings_run), "--model", findings_run.model_ref]
+        assert main([*args, "--store", str(findings_run.store)]) == 0
+        out = capsys.readouterr().out
+        assert "(multi-label)" in out and "Infiltration" in out and "macro AUC" in out
+
+    def test_data_with_a_finding_the_model_lacks_is_refused(
+        self, findings_run: RunResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from radlens.cli.main import main
+
+        csv_path = multilabel_csv(tmp_path / "other", n=12)
+        csv_path.write_text(csv_path.read_text().replace("Nodule", "Mass"))
+        args = ["evaluate", "--data", str(csv_path), "--model", findings_run.model_ref]
+        assert main([*args, "--store", str(findings_run.store), "--split", "all"]) == 2
+        err = capsys.readouterr().err
+        assert "['Mass']" in err and "not in the finding list" in err and "Traceback" not in err
+
+
+def test_cli_train_multi_label(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from radlens.cli.main import main
+
+    csv_path = multilabel_csv(tmp_path / "data", n=48, column="nih", separator=";")
+    args = [
+        "train", "--data", str(csv_path), "--arch", "simple_cnn", "--image-size", "32",
+        "--epochs", "1", "--batch-size", "12", "--multi-label", "--label-column", "nih",
+        "--label-separator", ";", "--positive-weights", "auto", "--no-openvino",
+        "--min-calibration-positives", "2", "--store", str(tmp_path / "store"),
+        "--runs-dir", str(tmp_path / "runs"), "--name", "ml",
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "model: ml:1" in out and "temperature per finding" in out and "macro AUC" in out
+    manifest = ModelRegistry(tmp_path / "store").load("ml:1").manifest
+    assert manifest.class_names == NAMES and manifest.training_config["label_separator"] == ";"
