@@ -66,6 +66,14 @@ class InvalidCursorError(AppError):
     status_code = 422
 
 
+class UnknownFindingError(AppError):
+    """A per-finding filter names no finding of the loaded model nor of a stored prediction."""
+
+    code = "unknown-finding"
+    title = "Unknown finding; use one of the model's findings (GET /v1/models)"
+    status_code = 422
+
+
 class InvalidDicomAttributeError(AppError):
     code = "invalid-dicom-attribute"
     title = (

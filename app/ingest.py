@@ -34,12 +34,14 @@ from radlens.app.errors import InvalidDicomAttributeError
 from radlens.app.explain import ExplanationOutput, explainer_for
 from radlens.app.metrics import ServiceMetrics
 from radlens.app.pseudonym import pseudonym_key_id, pseudonymise_uid
+from radlens.app.services import FindingValue
 from radlens.app.settings import Settings
 from radlens.app.tables import Explanation, Prediction, dedupe_key
 from radlens.app.writer import PredictionWriter
 
 if TYPE_CHECKING:
     from radlens.app.predictor import Predictor
+    from radlens.models.manifest import ModelManifest
     from radlens.models.preprocessing import PreprocessedImage
 
 logger = logging.getLogger(__name__)
@@ -111,6 +113,30 @@ def _prepare_upload(
     return image.model_input(), (image, hashlib.sha256(data).hexdigest())
 
 
+def decided_findings(scores: np.ndarray, manifest: ModelManifest) -> tuple[FindingValue, ...]:
+    """Every finding of a multi-label model with its score, threshold and decision (the
+    manifest's rule, models.decision); () for a single-label model."""
+    if not manifest.multi_label:
+        return ()
+    from radlens.models.decision import decide_findings
+
+    return tuple(
+        FindingValue(d.name, d.score, d.threshold, d.positive)
+        for d in decide_findings(scores, manifest)
+    )
+
+
+LABEL_LENGTH = _column_length("label")
+
+
+def fit_label(label: str, findings: tuple[FindingValue, ...]) -> str:
+    """The label as stored: a multi-label model's positive findings joined by ``|`` when they
+    fit the column, else ``"<n> findings"`` (each one is in prediction_findings)."""
+    if len(label) <= LABEL_LENGTH or not findings:
+        return label
+    return f"{sum(f.positive for f in findings)} findings"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A preprocessed upload and the model's prediction on it, not stored yet."""
@@ -118,6 +144,7 @@ class Candidate:
     prediction: Prediction  # the unsaved row
     image: PreprocessedImage
     explanation: ExplanationOutput | None = None  # set by Ingestor.explain
+    findings: tuple[FindingValue, ...] = ()  # multi-label models: every finding, decided
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,7 @@ class Ingested:
     image: PreprocessedImage
     explanation: Explanation | None = None
     explanation_created: bool = False
+    findings: tuple[FindingValue, ...] = ()  # as decided for this upload (multi-label)
 
 
 class Ingestor:
@@ -178,6 +206,7 @@ class Ingestor:
         )
         output = await predictor.predict_prepared(prepare)  # on its stream, or a worker thread
         image, digest = cast(tuple["PreprocessedImage", str], output.prepared)
+        findings = decided_findings(output.scores, manifest)
         meta = image.metadata
         pseudonymised = self._pseudonym_key is not None and meta.format == "dicom"
         study_uid, series_uid, sop_uid = (
@@ -192,7 +221,7 @@ class Ingestor:
             device=predictor.device.name,
             runtime=predictor.selection.runtime,
             precision=predictor.selection.precision,
-            label=output.label,
+            label=fit_label(output.label, findings),
             scores={
                 name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
             },
@@ -215,7 +244,7 @@ class Ingestor:
             uids_pseudonymised=pseudonymised,
             pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
         )
-        return Candidate(prediction=prediction, image=image)
+        return Candidate(prediction=prediction, image=image, findings=findings)
 
     async def explain(self, candidate: Candidate) -> Candidate:
         """The candidate with its Grad-CAM overlay, computed in a worker thread (no
@@ -241,7 +270,9 @@ class Ingestor:
         writer's queue is full and the database's errors, nothing of this upload committed."""
         if explain and candidate.explanation is None:
             candidate = await self.explain(candidate)
-        written = await self.writer.commit(candidate.prediction, actor, candidate.explanation)
+        written = await self.writer.commit(
+            candidate.prediction, actor, candidate.explanation, candidate.findings
+        )
         self._observe(written.prediction, written.created)
         return Ingested(
             prediction=written.prediction,
@@ -249,6 +280,7 @@ class Ingestor:
             image=candidate.image,
             explanation=written.explanation,
             explanation_created=written.explanation_created,
+            findings=candidate.findings,
         )
 
     def _observe(self, stored: Prediction, created: bool) -> None:

@@ -39,6 +39,8 @@ def list_models(resources: ResourcesDep) -> ModelsPublic:
                 device=predictor.device.name,
                 ready=predictor.ready,
                 notice=None if m.validated_for_clinical_use else NOT_FOR_CLINICAL_USE,
+                label_mode="multi-label" if m.multi_label else "single-label",
+                finding_thresholds=m.finding_thresholds or None,
             )
         ]
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, Field
 
@@ -17,12 +19,14 @@ from radlens.app.deps import IngestorDep, SessionDep
 from radlens.app.pseudonym import pseudonymise_uid
 from radlens.app.schemas import (
     NOT_FOR_CLINICAL_USE,
+    FindingPublic,
     ModelRef,
     PredictionPage,
     PredictionPublic,
     problem_responses,
 )
-from radlens.app.tables import Prediction
+from radlens.app.services import FindingValue
+from radlens.app.tables import Prediction, PredictionFinding
 from radlens.app.upload import read_file
 from radlens.models.manifest import ModelManifest
 
@@ -54,6 +58,13 @@ CURSOR_SCHEMA: dict[str, Any] = {"format": "radlens-cursor", "pattern": "^[A-Za-
 # What the upload's `file` part may hold (OpenAPI encoding: a list of media types; the service
 # reads the format from the bytes, whatever the part's Content-Type says).
 UPLOAD_MEDIA_TYPES = "application/dicom, image/png, image/jpeg"
+
+
+FINDING_DESCRIPTION = (
+    "Multi-label models: only predictions with this finding (a name of the model's findings, "
+    "GET /v1/models); an unknown name is a 422"
+)
+POSITIVE_DESCRIPTION = "With finding: only predictions where it was decided positive (true) or not"
 
 
 DATE_TIME_DESCRIPTION = (
@@ -97,7 +108,11 @@ UPLOAD_OPENAPI = upload_openapi(UPLOAD_MEDIA_TYPES)
 OPENAPI_SCHEMAS = {"PredictionUpload": PredictionUpload}  # added to components (app/main.py)
 
 
-def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> PredictionPublic:
+def to_public(
+    prediction: Prediction,
+    loaded: ModelManifest | None = None,
+    findings: Sequence[PredictionFinding | FindingValue] = (),
+) -> PredictionPublic:
     validated = (
         loaded is not None
         and loaded.validated_for_clinical_use
@@ -128,7 +143,26 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
         runtime=prediction.runtime,
         precision=prediction.precision,
         notice=None if validated else NOT_FOR_CLINICAL_USE,
+        label_mode="multi-label" if findings else "single-label",
+        findings=_public_findings(prediction, findings) if findings else None,
     )
+
+
+def _public_findings(
+    prediction: Prediction, findings: Sequence[PredictionFinding | FindingValue]
+) -> list[FindingPublic]:
+    """In the order of the prediction's scores (the model's finding order)."""
+    order = {name: i for i, name in enumerate(prediction.scores)}
+    public = [
+        FindingPublic(
+            name=f.finding if isinstance(f, PredictionFinding) else f.name,
+            score=f.score,
+            threshold=f.threshold,
+            positive=f.positive,
+        )
+        for f in findings
+    ]
+    return sorted(public, key=lambda f: order.get(f.name, len(order)))
 
 
 @upload_router.post(
@@ -169,12 +203,13 @@ async def create_prediction(
     data = await read_file(request)
     result = await ingestor.ingest(data, principal.key_id, explain=explain)
     stored = result.prediction
+    findings = await _stored_findings(request, result, ingestor.predictor.manifest)
     headers = {"Location": request.app.url_path_for("get_prediction", prediction_id=str(stored.id))}
     if explain:
         heatmap = request.app.url_path_for("get_heatmap", prediction_id=str(stored.id))
         headers["Link"] = f'<{heatmap}>; rel="describedby"; type="image/png"'
     return Response(
-        content=to_public(stored, ingestor.predictor.manifest).model_dump_json(),
+        content=to_public(stored, ingestor.predictor.manifest, findings).model_dump_json(),
         status_code=201 if result.created else 200,
         media_type="application/json",
         headers=headers,
@@ -212,7 +247,8 @@ def get_prediction(
 ) -> PredictionPublic:
     """The stored prediction with this id (404 when there is none)."""
     prediction = services.get_prediction(session, prediction_id)
-    return to_public(prediction, _loaded_manifest(request))
+    found = services.findings_of(session, [prediction.id]).get(prediction.id, [])
+    return to_public(prediction, _loaded_manifest(request), found)
 
 
 @router.get(
@@ -239,9 +275,17 @@ def list_predictions(
         str | None,
         Query(max_length=512, description=CURSOR_DESCRIPTION, json_schema_extra=CURSOR_SCHEMA),
     ] = None,
+    finding: Annotated[
+        str | None, Query(max_length=128, pattern=NO_NUL, description=FINDING_DESCRIPTION)
+    ] = None,
+    positive: Annotated[bool | None, Query(description=POSITIVE_DESCRIPTION)] = None,
 ) -> PredictionPage:
-    """Filter by study, label, model name/version and creation time; page with next_cursor."""
+    """Filter by study, label, model name/version, creation time and (multi-label models)
+    finding and its decision; page with next_cursor."""
     _single_valued(request)
+    manifest = _loaded_manifest(request)
+    known = manifest.class_names if manifest is not None and manifest.multi_label else []
+    services.check_finding_filter(session, finding, positive, known)
     filters = services.PredictionFilters(
         study_instance_uid=pseudonymise_uid(
             study_instance_uid, request.app.state.settings.uid_pseudonym_key_bytes
@@ -251,14 +295,33 @@ def list_predictions(
         model_version=model_version,
         created_after=services.as_utc(created_after),
         created_before=services.as_utc(created_before),
+        finding=finding,
+        positive=positive,
     )
     position = services.Cursor.decode(cursor) if cursor else None
     items, next_cursor = services.list_predictions(session, filters, limit=limit, cursor=position)
-    manifest = _loaded_manifest(request)
+    found = services.findings_of(session, [p.id for p in items])
     return PredictionPage(
-        items=[to_public(p, manifest) for p in items],
+        items=[to_public(p, manifest, found.get(p.id, [])) for p in items],
         next_cursor=next_cursor.encode() if next_cursor else None,
     )
+
+
+async def _stored_findings(
+    request: Request, result: Any, manifest: ModelManifest
+) -> Sequence[PredictionFinding | FindingValue]:
+    """A new prediction's findings as just decided; a re-post's as stored with the first."""
+    if result.created or not manifest.multi_label:
+        return tuple(result.findings)
+    sessionmaker = request.app.state.resources.sessionmaker
+
+    def read() -> list[PredictionFinding]:
+        with sessionmaker() as session:
+            return services.findings_of(session, [result.prediction.id]).get(
+                result.prediction.id, []
+            )
+
+    return await run_in_threadpool(read)
 
 
 def _loaded_manifest(request: Request) -> ModelManifest | None:

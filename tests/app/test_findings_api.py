@@ -1,0 +1,193 @@
+"""Multi-label findings through the API, on SQLite and PostgreSQL: the response's findings,
+the prediction_findings table, per-finding list filters, and the OpenAPI wording."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import Databases, assert_problem, make_settings, png_bytes
+
+FINDINGS = ["Effusion", "Infiltration", "Nodule"]
+# sigmoid(2) = 0.881 >= 0.5: positive; sigmoid(-2) = 0.119 < 0.5; sigmoid(0) = 0.5 < 0.6
+BIASES = [2.0, -2.0, 0.0]
+THRESHOLDS = {"Effusion": 0.5, "Infiltration": 0.5, "Nodule": 0.6}
+
+
+def save_findings_model(store: Path, name: str = "findings") -> Any:
+    """A multi-label simple_cnn whose scores do not depend on the image (zero kernel in the
+    sigmoid head, fixed biases), so every upload has the same, known findings."""
+    import keras
+
+    from radlens.models.architectures import build_model
+    from radlens.models.registry import ModelRegistry
+
+    keras.utils.set_random_seed(7)
+    model = build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=3, multi_label=True)
+    head = model.get_layer("predictions")
+    kernel, _ = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.asarray(BIASES, dtype=np.float32)])
+    return ModelRegistry(store).save(
+        model,
+        name=name,
+        architecture="simple_cnn",
+        class_names=FINDINGS,
+        threshold=None,
+        window=None,
+        filters=[],
+        metrics={"val": {"auc": 0.5}},
+        training_config={"note": "test fixture", "label_column": "findings"},
+        data_fingerprint=None,
+        findings={
+            "label_mode": "multi-label",
+            "scores": "independent",
+            "none_name": "No Finding",
+            "thresholds": THRESHOLDS,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def findings_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("findings-store")
+    save_findings_model(store)
+    return store
+
+
+@pytest.fixture(scope="module")
+def client(databases: Databases, findings_store: Path) -> Iterator[TestClient]:
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    url = databases.new()
+    upgrade(url)
+    app = create_app(make_settings(url, findings_store))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _post(client: TestClient, seed: int) -> Any:
+    files = {"file": ("x.png", png_bytes(seed), "application/octet-stream")}
+    return client.post("/v1/predictions", files=files)
+
+
+def _finding_rows(client: TestClient, prediction_id: str) -> list[tuple[str, float, bool]]:
+    from sqlalchemy import text
+
+    engine = client.app.state.resources.engine  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT finding, threshold, positive FROM prediction_findings "
+                "WHERE CAST(prediction_id AS TEXT) = :id ORDER BY finding"
+            ),
+            {"id": prediction_id.replace("-", "") if _sqlite(client) else prediction_id},
+        )
+        return [(r[0], float(r[1]), bool(r[2])) for r in rows]
+
+
+def _sqlite(client: TestClient) -> bool:
+    return client.app.state.resources.engine.dialect.name == "sqlite"  # type: ignore[attr-defined]
+
+
+class TestResponse:
+    def test_each_finding_with_score_threshold_and_decision(self, client: TestClient) -> None:
+        response = _post(client, 1)
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["label_mode"] == "multi-label"
+        assert body["threshold"] is None
+        assert [f["name"] for f in body["findings"]] == FINDINGS
+        by_name = {f["name"]: f for f in body["findings"]}
+        assert by_name["Effusion"]["score"] == pytest.approx(0.8808, abs=1e-4)
+        assert by_name["Effusion"]["positive"] is True
+        assert by_name["Infiltration"]["positive"] is False
+        assert by_name["Nodule"]["threshold"] == 0.6 and by_name["Nodule"]["positive"] is False
+        assert body["label"] == "Effusion"
+        assert sum(body["scores"].values()) == pytest.approx(1.5, abs=1e-4)  # independent
+        assert "Not for clinical use" in body["notice"]
+
+    def test_rows_in_prediction_findings(self, client: TestClient) -> None:
+        body = _post(client, 2).json()
+        assert _finding_rows(client, body["id"]) == [
+            ("Effusion", 0.5, True),
+            ("Infiltration", 0.5, False),
+            ("Nodule", 0.6, False),
+        ]
+
+    def test_repost_returns_the_stored_findings_once(self, client: TestClient) -> None:
+        first = _post(client, 3).json()
+        again = _post(client, 3)
+        assert again.status_code == 200
+        assert again.json()["findings"] == first["findings"]
+        assert len(_finding_rows(client, first["id"])) == 3  # not written twice
+
+    def test_get_one_has_the_findings(self, client: TestClient) -> None:
+        created = _post(client, 4).json()
+        read = client.get(f"/v1/predictions/{created['id']}").json()
+        assert read["label_mode"] == "multi-label"
+        assert read["findings"] == created["findings"]
+
+    def test_models_lists_the_thresholds(self, client: TestClient) -> None:
+        model = client.get("/v1/models").json()["models"][0]
+        assert model["label_mode"] == "multi-label"
+        assert model["finding_thresholds"] == THRESHOLDS
+
+
+class TestListFilters:
+    def test_finding_and_positive(self, client: TestClient) -> None:
+        ids = {_post(client, seed).json()["id"] for seed in (10, 11)}
+
+        def listed(query: str) -> set[str]:
+            response = client.get(f"/v1/predictions?{query}&limit=100")
+            assert response.status_code == 200, response.text
+            page = response.json()["items"]
+            assert all(item["label_mode"] == "multi-label" for item in page)
+            return {item["id"] for item in page}
+
+        assert ids <= listed("finding=Effusion&positive=true")
+        assert ids <= listed("finding=Effusion")
+        assert not ids & listed("finding=Effusion&positive=false")
+        assert not ids & listed("finding=Infiltration&positive=true")
+        assert ids <= listed("finding=Nodule&positive=false")
+
+    def test_unknown_finding_is_422(self, client: TestClient) -> None:
+        body = assert_problem(
+            client.get("/v1/predictions?finding=Mass&positive=true"), 422, code="unknown-finding"
+        )
+        assert "'Mass'" in body["detail"] and "Effusion, Infiltration, Nodule" in body["detail"]
+
+    def test_positive_without_finding_is_422(self, client: TestClient) -> None:
+        body = assert_problem(
+            client.get("/v1/predictions?positive=true"), 422, code="unknown-finding"
+        )
+        assert "add finding=<name>" in body["detail"]
+
+    def test_finding_repeated_is_422(self, client: TestClient) -> None:
+        response = client.get("/v1/predictions?finding=Effusion&finding=Nodule")
+        assert_problem(response, 422)
+
+
+def test_openapi_says_when_scores_sum_to_one(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    public = schema["components"]["schemas"]["PredictionPublic"]["properties"]
+    assert "sum to one" in public["scores"]["description"]
+    assert "independent" in public["scores"]["description"]
+    assert public["label_mode"]["enum"] == ["single-label", "multi-label"]
+    finding = schema["components"]["schemas"]["FindingPublic"]["properties"]
+    assert set(finding) == {"name", "score", "threshold", "positive"}
+    params = {p["name"] for p in schema["paths"]["/v1/predictions"]["get"]["parameters"]}
+    assert {"finding", "positive"} <= params
+
+
+def test_single_label_predictions_have_no_findings(service: Any) -> None:
+    body = service.post(png_bytes(99)).json()
+    assert body["label_mode"] == "single-label" and body["findings"] is None
+    assert_problem(
+        service.client.get("/v1/predictions?finding=Effusion"), 422, code="unknown-finding"
+    )
