@@ -23,6 +23,7 @@ import functools
 import hashlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
@@ -186,9 +187,19 @@ class Ingestor:
         self.predictor.check_capacity()
         self.writer.queue.check()
 
-    async def ingest(self, data: bytes, actor: str | None, *, explain: bool = False) -> Ingested:
-        """``prepare``, then ``commit``: predict on one upload and store the result."""
-        return await self.commit(await self.prepare(data), actor, explain=explain)
+    async def ingest(
+        self,
+        data: bytes,
+        actor: str | None,
+        *,
+        explain: bool = False,
+        findings: Sequence[str] | None = None,
+    ) -> Ingested:
+        """``prepare``, then ``commit``: predict on one upload and store the result
+        (``findings``: the findings a multi-label model's explanation shows)."""
+        return await self.commit(
+            await self.prepare(data), actor, explain=explain, findings=findings
+        )
 
     async def prepare(self, data: bytes) -> Candidate:
         """Preprocess (off the event loop) and predict (micro-batched); safe to run
@@ -246,11 +257,13 @@ class Ingestor:
         )
         return Candidate(prediction=prediction, image=image, findings=findings)
 
-    async def explain(self, candidate: Candidate) -> Candidate:
+    async def explain(
+        self, candidate: Candidate, findings: Sequence[str] | None = None
+    ) -> Candidate:
         """The candidate with its Grad-CAM overlay, computed in a worker thread (no
         transaction is open). Stored with the prediction unless the stored row has one."""
         explainer = explainer_for(self.predictor)
-        output = await run_in_threadpool(explainer.explain, candidate.image.model_input())
+        output = await run_in_threadpool(explainer.explain, candidate.image.model_input(), findings)
         logger.info(
             "explanation for prediction %s: %s %.2f at %s (%.0f ms)",
             candidate.prediction.id,
@@ -262,14 +275,19 @@ class Ingestor:
         return replace(candidate, explanation=output)
 
     async def commit(
-        self, candidate: Candidate, actor: str | None, *, explain: bool = False
+        self,
+        candidate: Candidate,
+        actor: str | None,
+        *,
+        explain: bool = False,
+        findings: Sequence[str] | None = None,
     ) -> Ingested:
         """Lookup-or-insert the prediction (with ``explain``, its explanation, computed first
         when the candidate has none) and its audit row, committed by the writer together with
         the other uploads waiting at that moment. Raises ServiceBusyError (503) when the
         writer's queue is full and the database's errors, nothing of this upload committed."""
         if explain and candidate.explanation is None:
-            candidate = await self.explain(candidate)
+            candidate = await self.explain(candidate, findings)
         written = await self.writer.commit(
             candidate.prediction, actor, candidate.explanation, candidate.findings
         )

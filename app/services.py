@@ -191,6 +191,14 @@ def findings_of(
     return found
 
 
+def read_findings(
+    sessionmaker: Callable[[], Session], prediction_id: uuid.UUID
+) -> list[PredictionFinding]:
+    """:func:`findings_of` one prediction in a session of its own (blocking: a worker thread)."""
+    with sessionmaker() as session:
+        return findings_of(session, [prediction_id]).get(prediction_id, [])
+
+
 def check_finding_filter(
     session: Session, finding: str | None, positive: bool | None, known: Sequence[str]
 ) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from radlens.app import services
 from radlens.app.auth import PrincipalDep
 from radlens.app.deps import IngestorDep, SessionDep
+from radlens.app.errors import UnknownFindingError
 from radlens.app.pseudonym import pseudonymise_uid
 from radlens.app.schemas import (
     NOT_FOR_CLINICAL_USE,
@@ -60,6 +61,10 @@ CURSOR_SCHEMA: dict[str, Any] = {"format": "radlens-cursor", "pattern": "^[A-Za-
 UPLOAD_MEDIA_TYPES = "application/dicom, image/png, image/jpeg"
 
 
+EXPLAIN_FINDING_DESCRIPTION = (
+    "Multi-label models, with explain=true: the finding(s) to explain, comma-separated "
+    "(default: the top positive findings, or the highest-scoring one when none is positive)"
+)
 FINDING_DESCRIPTION = (
     "Multi-label models: only predictions with this finding (a name of the model's findings, "
     "GET /v1/models); an unknown name is a 422"
@@ -191,6 +196,10 @@ async def create_prediction(
     principal: PrincipalDep,
     ingestor: IngestorDep,
     explain: Annotated[bool, Query(description=EXPLAIN_DESCRIPTION)] = False,
+    finding: Annotated[
+        str | None,
+        Query(max_length=1024, pattern=NO_NUL, description=EXPLAIN_FINDING_DESCRIPTION),
+    ] = None,
 ) -> Response:
     """Preprocess the image exactly as in training, run the loaded model, store the result.
 
@@ -199,9 +208,10 @@ async def create_prediction(
     returns the stored prediction with status 200.
     """
     # The key (dependencies) before the body; a full queue refuses before reading it.
+    explained = _explained_findings(finding, explain, ingestor.predictor.manifest)
     ingestor.check_capacity()
     data = await read_file(request)
-    result = await ingestor.ingest(data, principal.key_id, explain=explain)
+    result = await ingestor.ingest(data, principal.key_id, explain=explain, findings=explained)
     stored = result.prediction
     findings = await _stored_findings(request, result, ingestor.predictor.manifest)
     headers = {"Location": request.app.url_path_for("get_prediction", prediction_id=str(stored.id))}
@@ -214,6 +224,32 @@ async def create_prediction(
         media_type="application/json",
         headers=headers,
     )
+
+
+def _explained_findings(
+    finding: str | None, explain: bool, manifest: ModelManifest
+) -> list[str] | None:
+    """The findings named by ``?finding=`` (comma-separated) for the explanation; refused
+    (422, before the body is read) without explain=true, on a single-label model, or when a
+    name is not one of the model's findings."""
+    if finding is None:
+        return None
+    names = [n.strip() for n in finding.split(",") if n.strip()]
+    if not explain:
+        raise UnknownFindingError(
+            f"finding={finding!r} chooses the findings Grad-CAM explains; add explain=true"
+        )
+    if not manifest.multi_label:
+        raise UnknownFindingError(
+            f"model {manifest.ref} is single-label: it has no findings (received {finding!r})"
+        )
+    unknown = [n for n in names if n not in manifest.class_names]
+    if unknown or not names:
+        raise UnknownFindingError(
+            f"unknown finding(s) {unknown or [finding]!r}; the model's findings: "
+            f"{', '.join(manifest.class_names)}"
+        )
+    return names
 
 
 def _single_valued(request: Request) -> None:
@@ -313,15 +349,9 @@ async def _stored_findings(
     """A new prediction's findings as just decided; a re-post's as stored with the first."""
     if result.created or not manifest.multi_label:
         return tuple(result.findings)
-    sessionmaker = request.app.state.resources.sessionmaker
-
-    def read() -> list[PredictionFinding]:
-        with sessionmaker() as session:
-            return services.findings_of(session, [result.prediction.id]).get(
-                result.prediction.id, []
-            )
-
-    return await run_in_threadpool(read)
+    return await run_in_threadpool(
+        services.read_findings, request.app.state.resources.sessionmaker, result.prediction.id
+    )
 
 
 def _loaded_manifest(request: Request) -> ModelManifest | None:

@@ -191,3 +191,132 @@ def test_single_label_predictions_have_no_findings(service: Any) -> None:
     assert_problem(
         service.client.get("/v1/predictions?finding=Effusion"), 422, code="unknown-finding"
     )
+
+
+def _sr_items(ds: Any) -> list[Any]:
+    """Every content item of an SR dataset, depth first."""
+    found = []
+    for item in getattr(ds, "ContentSequence", []):
+        found.append(item)
+        found.extend(_sr_items(item))
+    return found
+
+
+def _finding_groups(sr: Any) -> dict[str, dict[str, Any]]:
+    """finding name -> {"presence": meaning, "score": value, "threshold": value} for each
+    measurement group that names a finding type."""
+    groups: dict[str, dict[str, Any]] = {}
+    for group in _sr_items(sr):
+        if group.ConceptNameCodeSequence[0].CodeMeaning != "Measurement Group":
+            continue
+        children = list(getattr(group, "ContentSequence", []))
+        finding = next(
+            (
+                c.ConceptCodeSequence[0].CodeMeaning
+                for c in children
+                if c.ConceptNameCodeSequence[0].CodeMeaning == "Finding"
+                and c.ConceptCodeSequence[0].CodingSchemeDesignator == "99RADLENS"
+            ),
+            None,
+        )
+        if finding is None or finding not in FINDINGS:
+            continue
+        entry: dict[str, Any] = {}
+        for c in _sr_items(group):
+            name = c.ConceptNameCodeSequence[0].CodeMeaning
+            if name == finding and "ConceptCodeSequence" in c:
+                entry["presence"] = c.ConceptCodeSequence[0].CodeMeaning
+            elif name == f"Model score for {finding}":
+                entry["score"] = float(c.MeasuredValueSequence[0].NumericValue)
+            elif name == "Threshold Value":
+                entry["threshold"] = float(c.MeasuredValueSequence[0].NumericValue)
+        groups[finding] = entry
+    return groups
+
+
+class TestStructuredReport:
+    def test_one_group_per_finding_with_its_score(self, client: TestClient) -> None:
+        import io
+
+        import pydicom
+
+        from tests.app.conftest import dicom_bytes
+
+        files = {"file": ("ct.dcm", dicom_bytes(seed=5), "application/dicom")}
+        created = client.post("/v1/predictions", files=files).json()
+        response = client.get(f"/v1/predictions/{created['id']}/dicom/sr")
+        assert response.status_code == 200, response.text
+        sr = pydicom.dcmread(io.BytesIO(response.content))
+        groups = _finding_groups(sr)
+        assert set(groups) == set(FINDINGS)
+        assert groups["Effusion"]["presence"] == "Present"
+        assert groups["Infiltration"]["presence"] == "Absent"
+        assert groups["Nodule"]["presence"] == "Absent"
+        assert groups["Effusion"]["score"] == pytest.approx(0.8808, abs=1e-4)
+        assert groups["Nodule"]["threshold"] == pytest.approx(0.6)
+
+    def test_dicom_sr_upload_route_too(self, client: TestClient) -> None:
+        import io
+
+        import pydicom
+
+        from tests.app.conftest import dicom_bytes
+
+        files = {"file": ("ct.dcm", dicom_bytes(seed=6), "application/dicom")}
+        response = client.post("/v1/predictions/dicom-sr", files=files)
+        assert response.status_code == 201, response.text
+        groups = _finding_groups(pydicom.dcmread(io.BytesIO(response.content)))
+        assert groups["Effusion"]["presence"] == "Present"
+        again = client.post("/v1/predictions/dicom-sr", files=files)  # stored findings
+        assert again.status_code == 200
+        assert _finding_groups(pydicom.dcmread(io.BytesIO(again.content))) == groups
+
+
+class TestGradCamPerFinding:
+    def _explain(self, client: TestClient, seed: int, query: str = "") -> Any:
+        files = {"file": ("x.png", png_bytes(seed), "application/octet-stream")}
+        return client.post(f"/v1/predictions?explain=true{query}", files=files)
+
+    def _heatmap(self, client: TestClient, prediction_id: str) -> Any:
+        response = client.get(f"/v1/predictions/{prediction_id}/heatmap")
+        assert response.status_code == 200, response.text
+        return response
+
+    def test_default_is_the_positive_findings(self, client: TestClient) -> None:
+        created = self._explain(client, 20).json()
+        heatmap = self._heatmap(client, created["id"])
+        assert heatmap.headers["X-Radlens-Explained-Class"] == "Effusion"  # the one positive
+
+    def test_named_findings_each_get_a_map(self, client: TestClient) -> None:
+        import io
+
+        from PIL import Image
+
+        one = self._explain(client, 21, "&finding=Nodule").json()
+        two = self._explain(client, 22, "&finding=Nodule,Infiltration").json()
+        single = self._heatmap(client, one["id"])
+        double = self._heatmap(client, two["id"])
+        assert single.headers["X-Radlens-Explained-Class"] == "Nodule"
+        assert double.headers["X-Radlens-Explained-Class"] == "Nodule|Infiltration"
+        h1 = Image.open(io.BytesIO(single.content)).height
+        h2 = Image.open(io.BytesIO(double.content)).height
+        assert h2 == 2 * h1  # two overlays stacked
+
+    def test_unknown_finding_is_422_and_nothing_stored(self, client: TestClient) -> None:
+        before = client.get("/v1/predictions?limit=100").json()["items"]
+        body = assert_problem(
+            self._explain(client, 23, "&finding=Mass"), 422, code="unknown-finding"
+        )
+        assert "'Mass'" in body["detail"]
+        after = client.get("/v1/predictions?limit=100").json()["items"]
+        assert len(after) == len(before)
+
+    def test_finding_without_explain_is_422(self, client: TestClient) -> None:
+        files = {"file": ("x.png", png_bytes(24), "application/octet-stream")}
+        response = client.post("/v1/predictions?finding=Nodule", files=files)
+        assert "add explain=true" in assert_problem(response, 422)["detail"]
+
+
+def test_finding_on_a_single_label_model_is_422(service: Any) -> None:
+    response = service.post(png_bytes(98), params={"explain": "true", "finding": "Effusion"})
+    assert "single-label" in assert_problem(response, 422, code="unknown-finding")["detail"]
