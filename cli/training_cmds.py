@@ -138,6 +138,10 @@ def train(
         str | None,
         typer.Option("--positive-weights", help="Multi-label: auto (n_neg / n_pos) or none."),
     ] = None,
+    ignore_findings: Annotated[
+        str | None,
+        typer.Option("--ignore-findings", help="Multi-label: findings left out, comma-separated."),
+    ] = None,
     name: shared.NameOption = None,
     store: Annotated[
         str | None, typer.Option("--store", help="Model store (default $RADLENS_MODEL_STORE).")
@@ -180,6 +184,7 @@ def train(
         "no_finding": no_finding,
         "findings": findings,
         "positive_weights": positive_weights,
+        "ignore_findings": ignore_findings,
     }
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and (given or config is not None):

@@ -90,6 +90,7 @@ class TrainConfig:
     no_finding: str = "No Finding"  # the cell of an image without any finding
     findings: tuple[str, ...] = ()  # the finding list, in output order; () = from the data
     positive_weights: str = "none"  # "auto": each finding's positives weighted n_neg / n_pos
+    ignore_findings: tuple[str, ...] = ()  # findings dropped from the labels (too rare, ...)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -166,6 +167,7 @@ class TrainConfig:
             separator=self.label_separator,
             none_name=self.no_finding,
             findings=self.findings or None,
+            ignore=self.ignore_findings,
         )
 
 
@@ -298,7 +300,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
-    if name in ("filters", "class_names", "findings"):
+    if name in ("filters", "class_names", "findings", "ignore_findings"):
         if value is None:
             return ()
         if isinstance(value, str):
@@ -416,10 +418,14 @@ def _validate_multi_label(cfg: TrainConfig, bad: Any) -> None:
         raise bad("positive_weights", "'auto' or 'none'")
     if len(set(cfg.findings)) != len(cfg.findings) or len(cfg.findings) == 1:
         raise bad("findings", "empty (from the data) or at least 2 distinct names")
+    overlap = sorted(set(cfg.findings) & set(cfg.ignore_findings))
+    if overlap:
+        raise bad("ignore_findings", f"names not in findings (both have {overlap!r})")
     if not cfg.multi_label:
-        if cfg.findings or cfg.positive_weights != "none":
+        if cfg.findings or cfg.ignore_findings or cfg.positive_weights != "none":
             raise ConfigurationError(
-                "findings and positive_weights apply to multi-label training only; set "
+                "findings, ignore_findings and positive_weights apply to multi-label training "
+                "only; set "
                 f"multi_label (--multi-label); received findings={list(cfg.findings)!r}, "
                 f"positive_weights={cfg.positive_weights!r}"
             )

@@ -205,6 +205,7 @@ def _evaluate_findings(
         separator=str(config.get("label_separator", "|")),
         none_name=str(manifest.findings.get("none_name", "No Finding")),
         findings=tuple(manifest.class_names),  # a finding the model does not know: refused
+        ignore=tuple(config.get("ignore_findings", ())),  # unless training left it out
     )
     source = open_data(data, multi_label=spec)
     examples = select_split(source, split, config)

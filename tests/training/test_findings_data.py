@@ -116,6 +116,17 @@ class TestMultiLabelCsv:
         changed = open_source(csv_path, multi_label=SPEC)
         assert data_fingerprint(changed, split_source(changed)) != before
 
+    def test_ignored_findings_leave_the_labels(self, tmp_path: Path) -> None:
+        spec = MultiLabelSpec(column="findings", ignore=("Nodule",))
+        source = open_source(multilabel_csv(tmp_path, n=12), multi_label=spec)
+        assert source.class_names == ["Effusion", "Infiltration"]
+        # none, E, I, N (-> none), E+I, I+N (-> I)
+        assert [e.findings for e in source.examples[:6]] == [(), (0,), (1,), (), (0, 1), (1,)]
+
+    def test_ignore_and_findings_overlap_is_refused(self) -> None:
+        with pytest.raises(ConfigurationError, match="ignore_findings must be names not in"):
+            TrainConfig.from_dict({"multi_label": True, "findings": "A,B", "ignore_findings": "B"})
+
 
 class TestMultiLabelFolder:
     def test_folder_names_are_finding_sets(self, tmp_path: Path) -> None:

@@ -172,6 +172,9 @@ class MultiLabelSpec:
     separator: str = "|"
     none_name: str = "No Finding"
     findings: tuple[str, ...] | None = None
+    # findings left out of the model: dropped from every label (an image keeps its other
+    # findings; each remaining finding's negatives stay true negatives)
+    ignore: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.separator or self.separator.strip() != self.separator:
@@ -199,7 +202,8 @@ class MultiLabelSpec:
             raise ConfigurationError(
                 f"{self.none_name!r} is joined to findings at {where}: {value!r}"
             )
-        return sorted(set(names), key=names.index)
+        kept = [name for name in names if name not in self.ignore]
+        return sorted(set(kept), key=kept.index)
 
 
 @dataclass(frozen=True)
@@ -819,7 +823,9 @@ def _check_findings(source: DataSource, where: str) -> None:
     counts = source.class_counts()
     absent = [name for name, c in counts.items() if c == 0]
     if absent:
-        raise ConfigurationError(f"finding(s) {absent!r} have no image in {where!r}")
+        raise ConfigurationError(
+            f"finding(s) {absent!r} have no image in {where!r}; leave them out of the finding list"
+        )
     everywhere = [name for name, c in counts.items() if c == len(source.examples)]
     if everywhere:
         raise ConfigurationError(
@@ -1120,7 +1126,7 @@ def _check_finding_splits(source: DataSource, splits: Mapping[str, Sequence[Exam
     if missing:
         raise ConfigurationError(
             f"finding(s) {missing!r} have no training image; train split counts {train_counts}. "
-            "Leave them out of the finding list or add data"
+            "Leave them out (--ignore-findings) or add data"
         )
     val = list(splits["val"])
     val_counts = source.class_counts(val)
