@@ -263,7 +263,9 @@ class Ingestor:
         """The candidate with its Grad-CAM overlay, computed in a worker thread (no
         transaction is open). Stored with the prediction unless the stored row has one."""
         explainer = explainer_for(self.predictor)
-        output = await run_in_threadpool(explainer.explain, candidate.image.model_input(), findings)
+        # findings only when named: Explainer.explain(model_input) stays the one-argument call
+        named = () if findings is None else (findings,)
+        output = await run_in_threadpool(explainer.explain, candidate.image.model_input(), *named)
         logger.info(
             "explanation for prediction %s: %s %.2f at %s (%.0f ms)",
             candidate.prediction.id,
