@@ -320,3 +320,18 @@ class TestGradCamPerFinding:
 def test_finding_on_a_single_label_model_is_422(service: Any) -> None:
     response = service.post(png_bytes(98), params={"explain": "true", "finding": "Effusion"})
     assert "single-label" in assert_problem(response, 422, code="unknown-finding")["detail"]
+
+
+def test_purge_removes_the_findings_with_their_prediction(client: TestClient) -> None:
+    from datetime import timedelta
+
+    from radlens.app.audit import purge
+    from radlens.app.db import utcnow
+
+    created = _post(client, 30).json()
+    assert len(_finding_rows(client, created["id"])) == 3
+    sessionmaker = client.app.state.resources.sessionmaker  # type: ignore[attr-defined]
+    with sessionmaker() as session:
+        purge(session, retention_days=1, now=utcnow() + timedelta(days=2))
+        session.commit()
+    assert _finding_rows(client, created["id"]) == []  # ON DELETE CASCADE, both databases
