@@ -217,3 +217,22 @@ class TestDataCheck:
         assert "finding Effusion: 170" in out
         assert "No Finding: 499" in out
         assert "Effusion + Infiltration: 46" in out
+
+
+def _rare_and_common(tmp_path: Path) -> Path:
+    """80 one-patient images: 10 with Rare (+Common), 50 with Common only, 20 with none."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(80):
+        label = "Rare|Common" if i < 10 else "Common" if i < 60 else "No Finding"
+        path = write_png(tmp_path / f"{i:02d}.png", random_gray(rng))
+        rows.append({"path": path.name, "label": label, "patient_id": f"P{i}"})
+    return write_csv(tmp_path / "labels.csv", rows)
+
+
+def test_splits_spread_the_rarest_finding(tmp_path: Path) -> None:
+    source = open_source(_rare_and_common(tmp_path), multi_label=MultiLabelSpec())
+    for seed in range(5):
+        splits = split_source(source, val_fraction=0.2, test_fraction=0.2, seed=seed)
+        rare = {name: source.class_counts(items)["Rare"] for name, items in splits.items()}
+        assert rare == {"train": 6, "val": 2, "test": 2}, (seed, rare)

@@ -939,8 +939,9 @@ def split_source(
     without one are assigned here. Assignment is by **patient** when patient ids exist (all
     images of a patient land in one split; a patient who already has a given split joins
     it), otherwise per image. Groups are shuffled with ``seed`` and allocated per label
-    (stratified by the group's majority label) so each split gets about the requested
-    fraction of each class's images. The same inputs and seed always give the same splits.
+    (stratified by the group's majority label; multi-label: by each image's rarest finding)
+    so each split gets about the requested fraction of each class's images. The same inputs
+    and seed always give the same splits.
 
     Raises:
         models.errors.ConfigurationError: fractions outside [0, 1) or summing to >= 1.
@@ -976,9 +977,10 @@ def split_source(
             continue
         groups[f"p:{pid}" if pid is not None else f"k:{ex.key}"].append(ex)
 
+    stratum = _stratum(source)
     by_label: dict[int, list[str]] = defaultdict(list)
     for gid in sorted(groups):
-        labels = Counter(e.label for e in groups[gid])
+        labels = Counter(stratum(e) for e in groups[gid])
         majority = min(labels, key=lambda lab: (-labels[lab], lab))
         by_label[majority].append(gid)
     rng = random.Random(seed)
@@ -1001,6 +1003,20 @@ def split_source(
     for split in SPLITS:
         splits[split].sort(key=lambda e: e.key)
     return splits
+
+
+def _stratum(source: DataSource) -> Any:
+    """What a split stratifies on: the label; multi-label, the image's rarest finding (0: no
+    finding), so rare findings reach every split rather than only the most common ones."""
+    if not source.multi_label:
+        return lambda e: e.label
+    counts = Counter(i for e in source.examples for i in e.findings or ())
+    rank = {i: r for r, i in enumerate(sorted(counts, key=lambda i: (counts[i], i)), start=1)}
+
+    def rarest(e: Example) -> int:
+        return min((rank[i] for i in e.findings or ()), default=0)
+
+    return rarest
 
 
 def leakage_report(splits: Mapping[str, Iterable[Example]]) -> dict[str, list[str]]:
