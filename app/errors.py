@@ -67,11 +67,12 @@ class InvalidCursorError(AppError):
 
 
 class UnknownFindingError(AppError):
-    """A per-finding filter names no finding of the loaded model nor of a stored prediction."""
+    """A finding name (list filter, explanation) that no model finding has: there is no such
+    finding to filter on or explain (404, as for an unknown prediction id)."""
 
     code = "unknown-finding"
-    title = "Unknown finding; use one of the model's findings (GET /v1/models)"
-    status_code = 422
+    title = "No such finding; use one of the model's findings (GET /v1/models)"
+    status_code = 404
 
 
 class InvalidDicomAttributeError(AppError):

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, and_, exists, or_, select
 from sqlalchemy import inspect as sa_inspect
@@ -191,6 +191,23 @@ def findings_of(
     return found
 
 
+def _finding_conditions(finding: str | None, positive: bool | None) -> list[Any]:
+    """``finding`` (+ ``positive``): predictions with that finding (so decided). ``positive``
+    alone: multi-label predictions with at least one positive finding (true) or none (false)."""
+    linked = PredictionFinding.prediction_id == Prediction.id
+    if finding is not None:
+        having = [linked, PredictionFinding.finding == finding]
+        if positive is not None:
+            having.append(PredictionFinding.positive == positive)
+        return [exists().where(*having)]
+    if positive is None:
+        return []
+    any_positive = exists().where(linked, PredictionFinding.positive.is_(True))
+    if positive:
+        return [any_positive]
+    return [exists().where(linked), ~any_positive]
+
+
 def read_findings(
     sessionmaker: Callable[[], Session], prediction_id: uuid.UUID
 ) -> list[PredictionFinding]:
@@ -199,18 +216,10 @@ def read_findings(
         return findings_of(session, [prediction_id]).get(prediction_id, [])
 
 
-def check_finding_filter(
-    session: Session, finding: str | None, positive: bool | None, known: Sequence[str]
-) -> None:
-    """Refuse (422) a ``positive`` filter without ``finding``, and a finding that neither the
-    loaded model (``known``) nor any stored prediction has."""
-    if finding is None:
-        if positive is not None:
-            raise UnknownFindingError(
-                f"positive={str(positive).lower()} filters on a finding; add finding=<name>"
-            )
-        return
-    if finding in known:
+def check_finding_filter(session: Session, finding: str | None, known: Sequence[str]) -> None:
+    """Refuse (404) a finding that neither the loaded model (``known``) nor any stored
+    prediction has."""
+    if finding is None or finding in known:
         return
     stored = select(PredictionFinding.id).where(PredictionFinding.finding == finding).limit(1)
     if session.scalars(stored).first() is None:
@@ -284,14 +293,7 @@ def list_predictions(
         conditions.append(Prediction.created_at > filters.created_after)
     if filters.created_before is not None:
         conditions.append(Prediction.created_at < filters.created_before)
-    if filters.finding is not None:
-        having = [
-            PredictionFinding.prediction_id == Prediction.id,
-            PredictionFinding.finding == filters.finding,
-        ]
-        if filters.positive is not None:
-            having.append(PredictionFinding.positive == filters.positive)
-        conditions.append(exists().where(*having))
+    conditions.extend(_finding_conditions(filters.finding, filters.positive))
     if cursor is not None:
         conditions.append(
             or_(

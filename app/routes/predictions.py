@@ -62,14 +62,18 @@ UPLOAD_MEDIA_TYPES = "application/dicom, image/png, image/jpeg"
 
 
 EXPLAIN_FINDING_DESCRIPTION = (
-    "Multi-label models, with explain=true: the finding(s) to explain, comma-separated "
-    "(default: the top positive findings, or the highest-scoring one when none is positive)"
+    "Multi-label models: the finding(s) to explain, comma-separated; implies explain=true "
+    "(without it the explanation shows the top positive findings, or the highest-scoring one "
+    "when none is positive). A name the model does not have is a 404 unknown-finding"
 )
 FINDING_DESCRIPTION = (
     "Multi-label models: only predictions with this finding (a name of the model's findings, "
-    "GET /v1/models); an unknown name is a 422"
+    "GET /v1/models); a name no model finding has is a 404 unknown-finding"
 )
-POSITIVE_DESCRIPTION = "With finding: only predictions where it was decided positive (true) or not"
+POSITIVE_DESCRIPTION = (
+    "With finding: only predictions where it was decided positive (true) or negative (false). "
+    "Alone: multi-label predictions with at least one positive finding (true) or none (false)"
+)
 
 
 DATE_TIME_DESCRIPTION = (
@@ -187,7 +191,7 @@ def _public_findings(
             "description": "This instance was already predicted by this model: the stored "
             "prediction (same id), nothing new is stored",
         },
-        **problem_responses(400, 413, 415, 422, 500, 503),
+        **problem_responses(400, 404, 413, 415, 422, 500, 503),
     },
     openapi_extra=UPLOAD_OPENAPI,
 )
@@ -208,7 +212,8 @@ async def create_prediction(
     returns the stored prediction with status 200.
     """
     # The key (dependencies) before the body; a full queue refuses before reading it.
-    explained = _explained_findings(finding, explain, ingestor.predictor.manifest)
+    explained = _explained_findings(finding, ingestor.predictor.manifest)
+    explain = explain or explained is not None  # naming a finding asks for its explanation
     ingestor.check_capacity()
     data = await read_file(request)
     result = await ingestor.ingest(data, principal.key_id, explain=explain, findings=explained)
@@ -226,19 +231,13 @@ async def create_prediction(
     )
 
 
-def _explained_findings(
-    finding: str | None, explain: bool, manifest: ModelManifest
-) -> list[str] | None:
+def _explained_findings(finding: str | None, manifest: ModelManifest) -> list[str] | None:
     """The findings named by ``?finding=`` (comma-separated) for the explanation; refused
-    (422, before the body is read) without explain=true, on a single-label model, or when a
-    name is not one of the model's findings."""
+    (404, before the body is read) on a single-label model or when a name is not one of the
+    model's findings."""
     if finding is None:
         return None
     names = [n.strip() for n in finding.split(",") if n.strip()]
-    if not explain:
-        raise UnknownFindingError(
-            f"finding={finding!r} chooses the findings Grad-CAM explains; add explain=true"
-        )
     if not manifest.multi_label:
         raise UnknownFindingError(
             f"model {manifest.ref} is single-label: it has no findings (received {finding!r})"
@@ -291,7 +290,7 @@ def get_prediction(
     "",
     response_model=PredictionPage,
     summary="List predictions, newest first",
-    responses=problem_responses(422, 500, 503),
+    responses=problem_responses(404, 422, 500, 503),
 )
 def list_predictions(
     session: SessionDep,
@@ -321,7 +320,7 @@ def list_predictions(
     _single_valued(request)
     manifest = _loaded_manifest(request)
     known = manifest.class_names if manifest is not None and manifest.multi_label else []
-    services.check_finding_filter(session, finding, positive, known)
+    services.check_finding_filter(session, finding, known)
     filters = services.PredictionFilters(
         study_instance_uid=pseudonymise_uid(
             study_instance_uid, request.app.state.settings.uid_pseudonym_key_bytes

@@ -156,17 +156,22 @@ class TestListFilters:
         assert not ids & listed("finding=Infiltration&positive=true")
         assert ids <= listed("finding=Nodule&positive=false")
 
-    def test_unknown_finding_is_422(self, client: TestClient) -> None:
+    def test_unknown_finding_is_404(self, client: TestClient) -> None:
         body = assert_problem(
-            client.get("/v1/predictions?finding=Mass&positive=true"), 422, code="unknown-finding"
+            client.get("/v1/predictions?finding=Mass&positive=true"), 404, code="unknown-finding"
         )
         assert "'Mass'" in body["detail"] and "Effusion, Infiltration, Nodule" in body["detail"]
 
-    def test_positive_without_finding_is_422(self, client: TestClient) -> None:
-        body = assert_problem(
-            client.get("/v1/predictions?positive=true"), 422, code="unknown-finding"
-        )
-        assert "add finding=<name>" in body["detail"]
+    def test_positive_alone_is_any_positive_finding(self, client: TestClient) -> None:
+        ids = {_post(client, seed).json()["id"] for seed in (12, 13)}  # Effusion positive
+
+        def listed(query: str) -> set[str]:
+            response = client.get(f"/v1/predictions?{query}&limit=100")
+            assert response.status_code == 200, response.text
+            return {item["id"] for item in response.json()["items"]}
+
+        assert ids <= listed("positive=true")
+        assert not ids & listed("positive=false")
 
     def test_finding_repeated_is_422(self, client: TestClient) -> None:
         response = client.get("/v1/predictions?finding=Effusion&finding=Nodule")
@@ -189,7 +194,7 @@ def test_single_label_predictions_have_no_findings(service: Any) -> None:
     body = service.post(png_bytes(99)).json()
     assert body["label_mode"] == "single-label" and body["findings"] is None
     assert_problem(
-        service.client.get("/v1/predictions?finding=Effusion"), 422, code="unknown-finding"
+        service.client.get("/v1/predictions?finding=Effusion"), 404, code="unknown-finding"
     )
 
 
@@ -302,24 +307,26 @@ class TestGradCamPerFinding:
         h2 = Image.open(io.BytesIO(double.content)).height
         assert h2 == 2 * h1  # two overlays stacked
 
-    def test_unknown_finding_is_422_and_nothing_stored(self, client: TestClient) -> None:
+    def test_unknown_finding_is_404_and_nothing_stored(self, client: TestClient) -> None:
         before = client.get("/v1/predictions?limit=100").json()["items"]
         body = assert_problem(
-            self._explain(client, 23, "&finding=Mass"), 422, code="unknown-finding"
+            self._explain(client, 23, "&finding=Mass"), 404, code="unknown-finding"
         )
         assert "'Mass'" in body["detail"]
         after = client.get("/v1/predictions?limit=100").json()["items"]
         assert len(after) == len(before)
 
-    def test_finding_without_explain_is_422(self, client: TestClient) -> None:
+    def test_finding_alone_asks_for_the_explanation(self, client: TestClient) -> None:
         files = {"file": ("x.png", png_bytes(24), "application/octet-stream")}
-        response = client.post("/v1/predictions?finding=Nodule", files=files)
-        assert "add explain=true" in assert_problem(response, 422)["detail"]
+        created = client.post("/v1/predictions?finding=Nodule", files=files)
+        assert created.status_code == 201, created.text
+        heatmap = self._heatmap(client, created.json()["id"])
+        assert heatmap.headers["X-Radlens-Explained-Class"] == "Nodule"
 
 
-def test_finding_on_a_single_label_model_is_422(service: Any) -> None:
+def test_finding_on_a_single_label_model_is_404(service: Any) -> None:
     response = service.post(png_bytes(98), params={"explain": "true", "finding": "Effusion"})
-    assert "single-label" in assert_problem(response, 422, code="unknown-finding")["detail"]
+    assert "single-label" in assert_problem(response, 404, code="unknown-finding")["detail"]
 
 
 def test_purge_removes_the_findings_with_their_prediction(client: TestClient) -> None:
