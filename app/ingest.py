@@ -293,7 +293,7 @@ class Ingestor:
         written = await self.writer.commit(
             candidate.prediction, actor, candidate.explanation, candidate.findings
         )
-        self._observe(written.prediction, written.created)
+        self._observe(written.prediction, written.created, candidate.findings)
         return Ingested(
             prediction=written.prediction,
             created=written.created,
@@ -303,10 +303,17 @@ class Ingestor:
             findings=candidate.findings,
         )
 
-    def _observe(self, stored: Prediction, created: bool) -> None:
+    def _observe(
+        self, stored: Prediction, created: bool, findings: tuple[FindingValue, ...] = ()
+    ) -> None:
         ref = self.predictor.manifest.ref
         if created:
-            self.metrics.observe_prediction(ref, stored.label)
+            # multi-label: one count per positive finding (or the no-finding name), never the
+            # joined label, whose combinations would multiply the metric's label values
+            positive = [f.name for f in findings if f.positive]
+            none_name = str((self.predictor.manifest.findings or {}).get("none_name", ""))
+            for label in (positive or [none_name]) if findings else [stored.label]:
+                self.metrics.observe_prediction(ref, label)
             logger.info(
                 "prediction %s: model %s label %s (%.1f ms, batch %d)",
                 stored.id,

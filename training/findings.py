@@ -237,7 +237,7 @@ def write_roc_curves(
         if auc is None:
             continue
         path = out / f"roc_{_safe(name)}.png"
-        path.write_bytes(roc_curve_png(y[:, j], scores[:, j], auc))
+        path.write_bytes(roc_curve_png(y[:, j], scores[:, j], auc, title=f"ROC: {name}"))
         written.append(path)
     return written
 

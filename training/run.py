@@ -784,6 +784,12 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
             findings=record,
         )
         model_ref = f"{manifest.name}:{manifest.version}"
+        if config.openvino:
+            log.info(
+                "%s: no OpenVINO runtime stored (its parity check is single-label); "
+                "the service runs it with TensorFlow",
+                model_ref,
+            )
     result = RunResult(
         run_dir=run_path,
         model_ref=model_ref,

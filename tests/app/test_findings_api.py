@@ -133,6 +133,18 @@ class TestResponse:
         assert read["label_mode"] == "multi-label"
         assert read["findings"] == created["findings"]
 
+    def test_metrics_count_each_positive_finding(self, client: TestClient) -> None:
+        def count(label: str) -> float:
+            text = client.get("/metrics").text
+            prefix = f'radlens_predictions_total{{label="{label}",model="findings:1"}} '
+            lines = [line for line in text.splitlines() if line.startswith(prefix)]
+            return float(lines[0].split()[-1]) if lines else 0.0
+
+        before = count("Effusion")
+        _post(client, 5)
+        assert count("Effusion") == before + 1
+        assert count("Infiltration") == 0.0  # never positive with this model
+
     def test_models_lists_the_thresholds(self, client: TestClient) -> None:
         model = client.get("/v1/models").json()["models"][0]
         assert model["label_mode"] == "multi-label"
