@@ -105,6 +105,9 @@ def _text(manifest: ModelManifest, path: Path) -> str:
         f"window: {fmt(manifest.window)}",
         f"filters: {', '.join(manifest.filters) or '-'}",
     ]
+    if manifest.multi_label:  # independent scores, a threshold per finding
+        cuts = ", ".join(f"{k} {v:.4g}" for k, v in manifest.finding_thresholds.items())
+        lines.append(f"findings (multi-label, independent scores): thresholds {cuts}")
     for split, values in sorted(manifest.metrics.items()):
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={fmt(v)}"

@@ -259,3 +259,14 @@ def test_cli_train_multi_label(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "model: ml:1" in out and "temperature per finding" in out and "macro AUC" in out
     manifest = ModelRegistry(tmp_path / "store").load("ml:1").manifest
     assert manifest.class_names == NAMES and manifest.training_config["label_separator"] == ";"
+
+
+def test_models_show_lists_the_thresholds(
+    findings_run: RunResult, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from radlens.cli.main import main
+
+    args = ["models", "show", findings_run.model_ref, "--store", str(findings_run.store)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "findings (multi-label, independent scores): thresholds Effusion" in out
