@@ -82,7 +82,7 @@ class Explainer:
         names = list(manifest.class_names)
         with self._lock, tf.device(self.predictor.device.name):
             start = time.perf_counter()
-            if manifest.multi_label:
+            if getattr(manifest, "multi_label", False):  # stand-in manifests lack it
                 result, png = explain_findings(
                     self.predictor.model,
                     model_input,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from radlens.cli.common import fail
+
 if TYPE_CHECKING:
     from radlens.models.manifest import ModelManifest
     from radlens.models.registry import ModelRegistry
@@ -205,6 +207,11 @@ def convert_model(
     registry = _registry(store)
     name, version = registry.resolve(ref)
     manifest = registry.verify(name, version)
+    if manifest.multi_label:  # parity (AUC, flipped labels) is defined on one positive class
+        fail(
+            f"{manifest.ref} is a multi-label findings model: OpenVINO conversion and its "
+            "parity check are single-label only for now; the service runs it with TensorFlow"
+        )
     images = labels = None
     note = ""
     if data is not None:

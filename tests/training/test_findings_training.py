@@ -270,3 +270,14 @@ def test_models_show_lists_the_thresholds(
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "findings (multi-label, independent scores): thresholds Effusion" in out
+
+
+def test_models_convert_refuses_a_multi_label_model(
+    findings_run: RunResult, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from radlens.cli.main import main
+
+    args = ["models", "convert", findings_run.model_ref, "--store", str(findings_run.store)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "multi-label findings model" in err and "Traceback" not in err
