@@ -354,3 +354,24 @@ def test_purge_removes_the_findings_with_their_prediction(client: TestClient) ->
         purge(session, retention_days=1, now=utcnow() + timedelta(days=2))
         session.commit()
     assert _finding_rows(client, created["id"]) == []  # ON DELETE CASCADE, both databases
+
+
+def test_stow_rs_instances_get_their_findings(client: TestClient) -> None:
+    from tests.app.conftest import dicom_bytes, new_uid
+    from tests.app.test_stowrs import multipart_related
+
+    study = new_uid()
+    sops = [new_uid(), new_uid()]
+    body, content_type = multipart_related(
+        [dicom_bytes(study=study, sop=sop, seed=i) for i, sop in enumerate(sops)]
+    )
+    response = client.post(
+        f"/dicomweb/studies/{study}", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 200, response.text
+    listed = client.get(f"/v1/predictions?study_instance_uid={study}&finding=Effusion")
+    items = listed.json()["items"]
+    assert {item["sop_instance_uid"] for item in items} == set(sops)
+    for item in items:
+        assert len(_finding_rows(client, item["id"])) == 3
+        assert item["label"] == "Effusion"
