@@ -281,3 +281,23 @@ def test_models_convert_refuses_a_multi_label_model(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "multi-label findings model" in err and "Traceback" not in err
+
+
+class _StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated interruption after epoch 1")
+
+
+def test_an_interrupted_multi_label_run_resumes(tmp_path: Path) -> None:
+    from radlens.training.run import resume
+
+    csv_path = multilabel_csv(tmp_path / "data")
+    config = findings_config(csv_path, tmp_path, epochs_head=2, histogram_freq=0)
+    started: list[Path] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_StopAfterFirstEpoch()], verbose=0, on_start=started.append)
+    result = resume(started[0], verbose=0)
+    assert result.epochs_run == 2 and result.threshold is None
+    manifest = ModelRegistry(result.store).load(result.model_ref).manifest
+    assert manifest.multi_label and list(manifest.finding_thresholds) == NAMES
