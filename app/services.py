@@ -180,8 +180,8 @@ def record_findings(
 def findings_of(
     session: Session, prediction_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[PredictionFinding]]:
-    """The stored findings of these predictions (one query), in the model's stored order of
-    insertion by name; predictions without findings (single-label) are absent."""
+    """The stored findings of these predictions (one query), unordered; predictions without
+    findings (single-label) are absent."""
     if not prediction_ids:
         return {}
     stmt = select(PredictionFinding).where(PredictionFinding.prediction_id.in_(prediction_ids))
