@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -198,12 +199,15 @@ def _code(value: str, meaning: str) -> Any:
     return hd.sr.CodedConcept(value=value, scheme_designator=CODING_SCHEME, meaning=meaning[:64])
 
 
-def build_sr(prediction: Prediction, source: SourceRef) -> bytes:
+def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] = ()) -> bytes:
     """A Comprehensive 3D SR (TID 1500 Measurement Report) stating the prediction.
 
     Content: the finding (the predicted label as a ``99RADLENS`` code) as a qualitative
     evaluation, one numeric measurement per class score (UCUM unit "1", no unit), the
     algorithm (model name and version) and the source image (SOP Class + Instance UID).
+    A multi-label prediction (``findings``: its stored prediction_findings rows or decided
+    values, each with name/finding, score, threshold, positive) adds one measurement group
+    per finding (:func:`_finding_groups`).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -250,7 +254,10 @@ def build_sr(prediction: Prediction, source: SourceRef) -> bytes:
         report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
             procedure_reported=hd.sr.CodedConcept(*_IMAGING_PROCEDURE),
-            imaging_measurements=[group],
+            imaging_measurements=[
+                group,
+                *_finding_groups(prediction, source, algorithm, findings),
+            ],
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=[_reference_dataset(source)],
@@ -269,6 +276,56 @@ def build_sr(prediction: Prediction, source: SourceRef) -> bytes:
             f"highdicom refused the SR for prediction {prediction.id}: {exc}"
         ) from exc
     return _to_bytes(sr)
+
+
+def _finding_groups(
+    prediction: Prediction, source: SourceRef, algorithm: Any, findings: Sequence[Any]
+) -> list[Any]:
+    """One TID 1501 group per finding of a multi-label prediction: Finding = the finding (a
+    ``99RADLENS`` code), its presence (SCT Present/Absent: score >= its threshold), and its
+    score and threshold as measurements."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    groups = []
+    for finding in findings:
+        name = str(getattr(finding, "finding", None) or finding.name)
+        code = _code(name[:16], name)
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=output_uid(prediction.id, f"finding:{name}", with_patient=False),
+                    identifier=f"radlens prediction {prediction.id} finding {name}"[:64],
+                ),
+                finding_type=code,
+                algorithm_id=algorithm,
+                source_images=[
+                    hd.sr.SourceImageForMeasurementGroup(
+                        source.sop_class_uid, source.sop_instance_uid
+                    )
+                ],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(
+                        name=code, value=codes.SCT.Present if finding.positive else codes.SCT.Absent
+                    )
+                ],
+                measurements=[
+                    hd.sr.Measurement(
+                        name=_code(f"score:{name}"[:16], f"Model score for {name}"),
+                        value=float(finding.score),
+                        unit=codes.UCUM.NoUnits,
+                        algorithm_id=algorithm,
+                    ),
+                    hd.sr.Measurement(
+                        name=codes.DCM.ThresholdValue,
+                        value=float(finding.threshold),
+                        unit=codes.UCUM.NoUnits,
+                        algorithm_id=algorithm,
+                    ),
+                ],
+            )
+        )
+    return groups
 
 
 def overlay_rgb(png: bytes) -> np.ndarray:

@@ -66,6 +66,15 @@ class InvalidCursorError(AppError):
     status_code = 422
 
 
+class UnknownFindingError(AppError):
+    """A finding name (list filter, explanation) that no model finding has: there is no such
+    finding to filter on or explain (404, as for an unknown prediction id)."""
+
+    code = "unknown-finding"
+    title = "No such finding; use one of the model's findings (GET /v1/models)"
+    status_code = 404
+
+
 class InvalidDicomAttributeError(AppError):
     code = "invalid-dicom-attribute"
     title = (

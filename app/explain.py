@@ -11,7 +11,8 @@ backward pass, and running several at once on a 2-core machine only slows all of
 the predictions down.
 
 Which class: for a binary model the positive class (index 1), whatever the decision, so
-maps of different images are comparable; for a multi-class model the predicted class.
+maps of different images are comparable; for a multi-class model the predicted class; for a
+multi-label model the findings asked for (``?finding=``), else its top positive findings.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,9 @@ from radlens.app.tables import Explanation
 
 if TYPE_CHECKING:
     from radlens.app.predictor import Predictor
+
+
+EXPLAINED_NAME_LENGTH = 128  # explanations.class_name
 
 
 class ExplanationNotFoundError(NotFoundError):
@@ -61,29 +66,46 @@ class Explainer:
     def class_index(self) -> int | None:
         return 1 if len(self.predictor.manifest.class_names) == 2 else None
 
-    def explain(self, model_input: np.ndarray) -> ExplanationOutput:
-        """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input."""
+    def explain(
+        self, model_input: np.ndarray, findings: Sequence[str] | None = None
+    ) -> ExplanationOutput:
+        """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input.
+
+        A multi-label model explains the named ``findings``, else its top positive ones (one
+        map each, stacked in the PNG; models.gradcam.explain_findings); ``class_name`` is
+        then the explained findings joined by ``|``."""
         import tensorflow as tf
 
-        from radlens.models.gradcam import explain_image
+        from radlens.models.gradcam import explain_findings, explain_image
 
-        names = list(self.predictor.manifest.class_names)
+        manifest = self.predictor.manifest
+        names = list(manifest.class_names)
         with self._lock, tf.device(self.predictor.device.name):
             start = time.perf_counter()
-            result, png = explain_image(
-                self.predictor.model,
-                model_input,
-                class_names=names,
-                class_index=self.class_index(),
-            )
+            if getattr(manifest, "multi_label", False):  # stand-in manifests lack it
+                result, png = explain_findings(
+                    self.predictor.model,
+                    model_input,
+                    finding_names=names,
+                    thresholds=manifest.finding_thresholds,
+                    requested=findings,
+                )
+            else:
+                result, png = explain_image(
+                    self.predictor.model,
+                    model_input,
+                    class_names=names,
+                    class_index=self.class_index(),
+                )
             seconds = time.perf_counter() - start
             self.warmed = True
         chosen = int(result.class_indices[0])
+        explained = "|".join(names[int(i)] for i in result.class_indices)
         return ExplanationOutput(
             png=png,
             layer=result.layer,
             class_index=chosen,
-            class_name=names[chosen],
+            class_name=explained[:EXPLAINED_NAME_LENGTH],
             score=float(result.scores[0, chosen]),
             scores=np.asarray(result.scores[0], dtype=np.float32),
             seconds=seconds,

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
@@ -35,12 +36,14 @@ from radlens.app.errors import InvalidDicomAttributeError
 from radlens.app.explain import ExplanationOutput, explainer_for
 from radlens.app.metrics import ServiceMetrics
 from radlens.app.pseudonym import pseudonym_key_id, pseudonymise_uid
+from radlens.app.services import FindingValue
 from radlens.app.settings import Settings
 from radlens.app.tables import Explanation, Prediction, dedupe_key
 from radlens.app.writer import PredictionWriter
 
 if TYPE_CHECKING:
     from radlens.app.predictor import Predictor
+    from radlens.models.manifest import ModelManifest
     from radlens.models.preprocessing import PreprocessedImage
 
 logger = logging.getLogger(__name__)
@@ -112,6 +115,30 @@ def _prepare_upload(
     return image.model_input(), (image, hashlib.sha256(data).hexdigest())
 
 
+def decided_findings(scores: np.ndarray, manifest: ModelManifest) -> tuple[FindingValue, ...]:
+    """Every finding of a multi-label model with its score, threshold and decision (the
+    manifest's rule, models.decision); () for a single-label model."""
+    if not manifest.multi_label:
+        return ()
+    from radlens.models.decision import decide_findings
+
+    return tuple(
+        FindingValue(d.name, d.score, d.threshold, d.positive)
+        for d in decide_findings(scores, manifest)
+    )
+
+
+LABEL_LENGTH = _column_length("label")
+
+
+def fit_label(label: str, findings: tuple[FindingValue, ...]) -> str:
+    """The label as stored: a multi-label model's positive findings joined by ``|`` when they
+    fit the column, else ``"<n> findings"`` (each one is in prediction_findings)."""
+    if len(label) <= LABEL_LENGTH or not findings:
+        return label
+    return f"{sum(f.positive for f in findings)} findings"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A preprocessed upload and the model's prediction on it, not stored yet."""
@@ -119,6 +146,7 @@ class Candidate:
     prediction: Prediction  # the unsaved row
     image: PreprocessedImage
     explanation: ExplanationOutput | None = None  # set by Ingestor.explain
+    findings: tuple[FindingValue, ...] = ()  # multi-label models: every finding, decided
 
 
 @dataclass(frozen=True)
@@ -130,6 +158,7 @@ class Ingested:
     image: PreprocessedImage
     explanation: Explanation | None = None
     explanation_created: bool = False
+    findings: tuple[FindingValue, ...] = ()  # as decided for this upload (multi-label)
 
 
 class Ingestor:
@@ -161,9 +190,19 @@ class Ingestor:
         self.predictor.check_capacity()
         self.writer.queue.check()
 
-    async def ingest(self, data: bytes, actor: str | None, *, explain: bool = False) -> Ingested:
-        """``prepare``, then ``commit``: predict on one upload and store the result."""
-        return await self.commit(await self.prepare(data), actor, explain=explain)
+    async def ingest(
+        self,
+        data: bytes,
+        actor: str | None,
+        *,
+        explain: bool = False,
+        findings: Sequence[str] | None = None,
+    ) -> Ingested:
+        """``prepare``, then ``commit``: predict on one upload and store the result
+        (``findings``: the findings a multi-label model's explanation shows)."""
+        return await self.commit(
+            await self.prepare(data), actor, explain=explain, findings=findings
+        )
 
     async def prepare(self, data: bytes) -> Candidate:
         """Preprocess (off the event loop) and predict (micro-batched); safe to run
@@ -181,6 +220,7 @@ class Ingestor:
         )
         output = await predictor.predict_prepared(prepare)  # on its stream, or a worker thread
         image, digest = cast(tuple["PreprocessedImage", str], output.prepared)
+        findings = decided_findings(output.scores, manifest)
         meta = image.metadata
         pseudonymised = self._pseudonym_key is not None and meta.format == "dicom"
         study_uid, series_uid, sop_uid = (
@@ -195,7 +235,7 @@ class Ingestor:
             device=predictor.device.name,
             runtime=predictor.selection.runtime,
             precision=predictor.selection.precision,
-            label=output.label,
+            label=fit_label(output.label, findings),
             scores={
                 name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
             },
@@ -223,13 +263,17 @@ class Ingestor:
             uids_pseudonymised=pseudonymised,
             pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
         )
-        return Candidate(prediction=prediction, image=image)
+        return Candidate(prediction=prediction, image=image, findings=findings)
 
-    async def explain(self, candidate: Candidate) -> Candidate:
+    async def explain(
+        self, candidate: Candidate, findings: Sequence[str] | None = None
+    ) -> Candidate:
         """The candidate with its Grad-CAM overlay, computed in a worker thread (no
         transaction is open). Stored with the prediction unless the stored row has one."""
         explainer = explainer_for(self.predictor)
-        output = await run_in_threadpool(explainer.explain, candidate.image.model_input())
+        # findings only when named: Explainer.explain(model_input) stays the one-argument call
+        named = () if findings is None else (findings,)
+        output = await run_in_threadpool(explainer.explain, candidate.image.model_input(), *named)
         logger.info(
             "explanation for prediction %s: %s %.2f at %s (%.0f ms)",
             candidate.prediction.id,
@@ -241,28 +285,43 @@ class Ingestor:
         return replace(candidate, explanation=output)
 
     async def commit(
-        self, candidate: Candidate, actor: str | None, *, explain: bool = False
+        self,
+        candidate: Candidate,
+        actor: str | None,
+        *,
+        explain: bool = False,
+        findings: Sequence[str] | None = None,
     ) -> Ingested:
         """Lookup-or-insert the prediction (with ``explain``, its explanation, computed first
         when the candidate has none) and its audit row, committed by the writer together with
         the other uploads waiting at that moment. Raises ServiceBusyError (503) when the
         writer's queue is full and the database's errors, nothing of this upload committed."""
         if explain and candidate.explanation is None:
-            candidate = await self.explain(candidate)
-        written = await self.writer.commit(candidate.prediction, actor, candidate.explanation)
-        self._observe(written.prediction, written.created)
+            candidate = await self.explain(candidate, findings)
+        written = await self.writer.commit(
+            candidate.prediction, actor, candidate.explanation, candidate.findings
+        )
+        self._observe(written.prediction, written.created, candidate.findings)
         return Ingested(
             prediction=written.prediction,
             created=written.created,
             image=candidate.image,
             explanation=written.explanation,
             explanation_created=written.explanation_created,
+            findings=candidate.findings,
         )
 
-    def _observe(self, stored: Prediction, created: bool) -> None:
+    def _observe(
+        self, stored: Prediction, created: bool, findings: tuple[FindingValue, ...] = ()
+    ) -> None:
         ref = self.predictor.manifest.ref
         if created:
-            self.metrics.observe_prediction(ref, stored.label)
+            # multi-label: one count per positive finding (or the no-finding name), never the
+            # joined label, whose combinations would multiply the metric's label values
+            positive = [f.name for f in findings if f.positive]
+            none_name = str((self.predictor.manifest.findings or {}).get("none_name", ""))
+            for label in (positive or [none_name]) if findings else [stored.label]:
+                self.metrics.observe_prediction(ref, label)
             logger.info(
                 "prediction %s: model %s label %s (%.1f ms, batch %d)",
                 stored.id,

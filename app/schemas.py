@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,6 +67,25 @@ class ModelRef(BaseModel):
     version: int = Field(examples=[3])
 
 
+SCORES_DESCRIPTION = (
+    "Score per class name. label_mode single-label: the model's softmax, the scores sum to "
+    "one and label is the decided class. label_mode multi-label: one independent sigmoid "
+    "score per finding (they do not sum to one), each decided at its own threshold (see "
+    "findings); label is the positive findings joined by '|', or the no-finding name"
+)
+
+
+class FindingPublic(BaseModel):
+    """One finding of a multi-label prediction: an independent score and its own decision."""
+
+    name: str = Field(examples=["Effusion"])
+    score: float = Field(description="Independent sigmoid score in [0, 1]", examples=[0.71])
+    threshold: float = Field(
+        description="This finding's threshold (chosen on validation)", examples=[0.42]
+    )
+    positive: bool = Field(description="score >= threshold", examples=[True])
+
+
 class PredictionPublic(BaseModel):
     """A stored prediction with its provenance; never any patient identifier."""
 
@@ -100,14 +119,26 @@ class PredictionPublic(BaseModel):
     model: ModelRef
     preprocessing_version: str
     label: str
-    scores: dict[str, float] = Field(description="Score per class name (softmax)")
-    threshold: float | None = Field(description="Decision threshold on the positive class")
+    scores: dict[str, float] = Field(description=SCORES_DESCRIPTION)
+    threshold: float | None = Field(
+        description="Decision threshold on the positive class (binary single-label models)"
+    )
     operating_point: str | None = Field(
         default=None,
         description="Which of the model's operating points decided the label "
         "(RADLENS_OPERATING_POINT; 'chosen' = the model's own threshold); null for "
         "multi-class models and predictions stored before it was recorded",
         examples=["sens95"],
+    )
+    label_mode: Literal["single-label", "multi-label"] = Field(
+        default="single-label",
+        description="single-label: scores sum to one (softmax); multi-label: independent "
+        "scores, one per finding, listed in findings",
+    )
+    findings: list[FindingPublic] | None = Field(
+        default=None,
+        description="multi-label models: every finding with its score, threshold and "
+        "decision; null for single-label models",
     )
     study_instance_uid: str | None
     series_instance_uid: str | None
@@ -172,6 +203,14 @@ class ModelPublic(BaseModel):
     )
     calibration: dict[str, Any] | None = Field(
         default=None, description="Score calibration: temperature, ECE before and after"
+    )
+    label_mode: Literal["single-label", "multi-label"] = Field(
+        default="single-label",
+        description="multi-label: class_names are findings scored independently (sigmoid), "
+        "each with its threshold in finding_thresholds; single-label: a softmax over classes",
+    )
+    finding_thresholds: dict[str, float] | None = Field(
+        default=None, description="multi-label models: the threshold of each finding"
     )
 
 

@@ -9,12 +9,12 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, and_, or_, select
+from sqlalchemy import Table, and_, exists, or_, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
 
 from radlens.app.db import utcnow
-from radlens.app.errors import InvalidCursorError, NotFoundError
-from radlens.app.tables import Prediction
+from radlens.app.errors import InvalidCursorError, NotFoundError, UnknownFindingError
+from radlens.app.tables import Prediction, PredictionFinding
 
 T = TypeVar("T")
 
@@ -151,6 +151,92 @@ class PredictionFilters:
     model_version: int | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    finding: str | None = None  # multi-label: predictions with this finding ...
+    positive: bool | None = None  # ... decided positive (True) or negative (False)
+
+
+# --- multi-label findings (prediction_findings, 0007) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class FindingValue:
+    """One finding of a multi-label prediction, before it is stored."""
+
+    name: str
+    score: float
+    threshold: float
+    positive: bool
+
+
+def record_findings(
+    session: Session, prediction_id: uuid.UUID, findings: Sequence[FindingValue]
+) -> None:
+    """Add one ``prediction_findings`` row per finding of a newly stored prediction (flush
+    only: the caller's transaction holds the prediction too)."""
+    session.add_all(
+        PredictionFinding(
+            id=uuid.uuid4(),
+            prediction_id=prediction_id,
+            finding=f.name,
+            score=float(f.score),
+            threshold=float(f.threshold),
+            positive=bool(f.positive),
+        )
+        for f in findings
+    )
+    session.flush()
+
+
+def findings_of(
+    session: Session, prediction_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[PredictionFinding]]:
+    """The stored findings of these predictions (one query), unordered; predictions without
+    findings (single-label) are absent."""
+    if not prediction_ids:
+        return {}
+    stmt = select(PredictionFinding).where(PredictionFinding.prediction_id.in_(prediction_ids))
+    found: dict[uuid.UUID, list[PredictionFinding]] = {}
+    for row in session.scalars(stmt):
+        found.setdefault(row.prediction_id, []).append(row)
+    return found
+
+
+def _finding_conditions(finding: str | None, positive: bool | None) -> list[Any]:
+    """``finding`` (+ ``positive``): predictions with that finding (so decided). ``positive``
+    alone: multi-label predictions with at least one positive finding (true) or none (false)."""
+    linked = PredictionFinding.prediction_id == Prediction.id
+    if finding is not None:
+        having = [linked, PredictionFinding.finding == finding]
+        if positive is not None:
+            having.append(PredictionFinding.positive == positive)
+        return [exists().where(*having)]
+    if positive is None:
+        return []
+    any_positive = exists().where(linked, PredictionFinding.positive.is_(True))
+    if positive:
+        return [any_positive]
+    return [exists().where(linked), ~any_positive]
+
+
+def read_findings(
+    sessionmaker: Callable[[], Session], prediction_id: uuid.UUID
+) -> list[PredictionFinding]:
+    """:func:`findings_of` one prediction in a session of its own (blocking: a worker thread)."""
+    with sessionmaker() as session:
+        return findings_of(session, [prediction_id]).get(prediction_id, [])
+
+
+def check_finding_filter(session: Session, finding: str | None, known: Sequence[str]) -> None:
+    """Refuse (404) a finding that neither the loaded model (``known``) nor any stored
+    prediction has."""
+    if finding is None or finding in known:
+        return
+    stored = select(PredictionFinding.id).where(PredictionFinding.finding == finding).limit(1)
+    if session.scalars(stored).first() is None:
+        listed = ", ".join(known) if known else "none (the loaded model is single-label)"
+        raise UnknownFindingError(
+            f"no model finding is called {finding!r}; the loaded model's findings: {listed}"
+        )
 
 
 @dataclass(frozen=True)
@@ -217,6 +303,7 @@ def list_predictions(
         conditions.append(Prediction.created_at > filters.created_after)
     if filters.created_before is not None:
         conditions.append(Prediction.created_at < filters.created_before)
+    conditions.extend(_finding_conditions(filters.finding, filters.positive))
     if cursor is not None:
         conditions.append(
             or_(

@@ -112,6 +112,30 @@ class Explanation(Base):
     png: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class PredictionFinding(Base):
+    """One finding of a multi-label prediction (0007): its score, threshold and decision.
+
+    A multi-label model scores every finding independently, so a prediction has one row per
+    finding of the model, written in the prediction's transaction; single-label predictions
+    have none. ``(finding, positive)`` is indexed for ``GET /v1/predictions?finding=&positive=``.
+    """
+
+    __tablename__ = "prediction_findings"
+    __table_args__ = (
+        UniqueConstraint("prediction_id", "finding"),
+        Index(None, "finding", "positive"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    prediction_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(as_uuid=True), ForeignKey("predictions.id", ondelete="CASCADE")
+    )
+    finding: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    positive: Mapped[bool] = mapped_column(Boolean)
+
+
 def dedupe_key(*, sop_instance_uid: str | None, input_sha256: str) -> str:
     """The per-model identity of an input: its SOP Instance UID, else its bytes' sha256."""
     if sop_instance_uid:

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -65,6 +65,7 @@ class _Write:
     explanation: ExplanationOutput | None
     future: asyncio.Future[Written]
     loop: asyncio.AbstractEventLoop
+    findings: Sequence[services.FindingValue] = ()  # multi-label: stored with a new row
 
 
 class PredictionWriter:
@@ -120,6 +121,7 @@ class PredictionWriter:
         prediction: Prediction,
         actor: str | None,
         explanation: ExplanationOutput | None = None,
+        findings: Sequence[services.FindingValue] = (),
     ) -> Written:
         """Store ``prediction`` (or find the row this model stored for the same input), the
         ``explanation`` of the stored row unless it has one, and the "prediction.create" audit
@@ -131,7 +133,7 @@ class PredictionWriter:
             self.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Written] = loop.create_future()
-        self.queue.put(_Write(prediction, actor, explanation, future, loop))
+        self.queue.put(_Write(prediction, actor, explanation, future, loop, findings))
         return await future
 
     def _run(self) -> None:
@@ -177,6 +179,8 @@ class PredictionWriter:
             results = []
             for item in group:
                 stored, created = services.record_prediction(session, item.prediction)
+                if created and item.findings:  # a re-post keeps the stored row's findings
+                    services.record_findings(session, stored.id, item.findings)
                 explanation, explanation_created = None, False
                 if item.explanation is not None:
                     explanation, explanation_created = record_explanation(

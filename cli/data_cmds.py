@@ -7,7 +7,7 @@ the command bodies (it needs numpy/pydicom, not TensorFlow).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -56,14 +56,38 @@ def data_check(
         bool,
         typer.Option("--resplit", help="Ignore given splits and split by patient afresh."),
     ] = False,
+    multi_label: Annotated[
+        bool,
+        typer.Option("--multi-label", help="Labels are sets of findings (see --label-column)."),
+    ] = False,
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="Multi-label: the CSV column of findings.")
+    ] = "label",
+    label_separator: Annotated[
+        str, typer.Option("--label-separator", help="Multi-label: joins findings in a cell.")
+    ] = "|",
+    no_finding: Annotated[
+        str, typer.Option("--no-finding", help="Multi-label: the label of an image without any.")
+    ] = "No Finding",
 ) -> None:
-    """Scan a data set: classes, counts, skipped files, splits and patient leakage."""
-    from radlens.training.data.sources import leakage_report, open_source, split_source
+    """Scan a data set: classes (or findings), counts, skipped files, splits and leakage."""
+    from radlens.training.data.sources import (
+        MultiLabelSpec,
+        leakage_report,
+        open_source,
+        split_source,
+    )
 
-    source = open_source(path)
+    spec = None
+    if multi_label:
+        spec = MultiLabelSpec(column=label_column, separator=label_separator, none_name=no_finding)
+    source = open_source(path, multi_label=spec)
     typer.echo(f"{source.kind} source {path}: {len(source.examples)} images")
-    for name, count in source.class_counts().items():
-        typer.echo(f"  class {name}: {count}")
+    if source.multi_label:
+        _echo_findings(source)
+    else:
+        for name, count in source.class_counts().items():
+            typer.echo(f"  class {name}: {count}")
     if source.has_patients:
         typer.echo(f"  patients: from {source.patient_source} (keyed hash, no raw id)")
     else:
@@ -92,6 +116,32 @@ def data_check(
     for item in source.skipped:
         typer.echo(f"  skipped {item}")
     typer.echo(f"  {len(source.skipped)} file(s) skipped")
+
+
+def _echo_findings(source: Any) -> None:
+    """Per-finding counts, the images without any, and the co-occurrence table."""
+    from radlens.training.data.sources import finding_cooccurrence
+
+    counts = source.class_counts()
+    none = sum(not e.findings for e in source.examples)
+    several = sum(len(e.findings or ()) > 1 for e in source.examples)
+    typer.echo(f"  findings: {len(counts)} (multi-label; {several} image(s) with several)")
+    for name, count in counts.items():
+        typer.echo(f"  finding {name}: {count}")
+    typer.echo(f"  {source.none_name}: {none}")
+    matrix = finding_cooccurrence(source)
+    names = list(counts)
+    typer.echo("  co-occurrence (images with both; pairs seen together):")
+    pairs = [
+        (int(matrix[i, j]), names[i], names[j])
+        for i in range(len(names))
+        for j in range(i + 1, len(names))
+        if matrix[i, j]
+    ]
+    for count, a, b in sorted(pairs, key=lambda p: (-p[0], p[1], p[2])):
+        typer.echo(f"    {a} + {b}: {count}")
+    if not pairs:
+        typer.echo("    none")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from radlens.cli.common import fail
+
 if TYPE_CHECKING:
     from radlens.models.manifest import ModelManifest
     from radlens.models.registry import ModelRegistry
@@ -105,6 +107,9 @@ def _text(manifest: ModelManifest, path: Path) -> str:
         f"window: {fmt(manifest.window)}",
         f"filters: {', '.join(manifest.filters) or '-'}",
     ]
+    if manifest.multi_label:  # independent scores, a threshold per finding
+        cuts = ", ".join(f"{k} {v:.4g}" for k, v in manifest.finding_thresholds.items())
+        lines.append(f"findings (multi-label, independent scores): thresholds {cuts}")
     for split, values in sorted(manifest.metrics.items()):
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={fmt(v)}"
@@ -202,6 +207,11 @@ def convert_model(
     registry = _registry(store)
     name, version = registry.resolve(ref)
     manifest = registry.verify(name, version)
+    if manifest.multi_label:  # parity (AUC, flipped labels) is defined on one positive class
+        fail(
+            f"{manifest.ref} is a multi-label findings model: OpenVINO conversion and its "
+            "parity check are single-label only for now; the service runs it with TensorFlow"
+        )
     images = labels = None
     note = ""
     if data is not None:

@@ -112,6 +112,36 @@ def train(
         str | None,
         typer.Option("--mixed-precision", help="off, on (mixed_float16, GPU only) or auto."),
     ] = None,
+    multi_label: Annotated[
+        bool | None,
+        typer.Option(
+            "--multi-label/--single-label",
+            help="Labels are sets of findings: a sigmoid head, a threshold per finding.",
+        ),
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", help="Multi-label: the CSV column of findings.")
+    ] = None,
+    label_separator: Annotated[
+        str | None,
+        typer.Option("--label-separator", help="Multi-label: joins findings in a cell ('|')."),
+    ] = None,
+    no_finding: Annotated[
+        str | None,
+        typer.Option("--no-finding", help="Multi-label: the label of an image without findings."),
+    ] = None,
+    findings: Annotated[
+        str | None,
+        typer.Option("--findings", help="Multi-label: the finding list, comma-separated."),
+    ] = None,
+    positive_weights: Annotated[
+        str | None,
+        typer.Option("--positive-weights", help="Multi-label: auto (n_neg / n_pos) or none."),
+    ] = None,
+    ignore_findings: Annotated[
+        str | None,
+        typer.Option("--ignore-findings", help="Multi-label: findings left out, comma-separated."),
+    ] = None,
     name: shared.NameOption = None,
     store: Annotated[
         str | None, typer.Option("--store", help="Model store (default $RADLENS_MODEL_STORE).")
@@ -148,6 +178,13 @@ def train(
         "strategy": strategy,
         "mixed_precision": mixed_precision,
         "store": store,
+        "multi_label": multi_label,
+        "label_column": label_column,
+        "label_separator": label_separator,
+        "no_finding": no_finding,
+        "findings": findings,
+        "positive_weights": positive_weights,
+        "ignore_findings": ignore_findings,
     }
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and (given or config is not None):
@@ -194,7 +231,12 @@ def train(
     reported = result.reported
     typer.echo(f"reported figures: {reported.get('label')}: {_summary(reported)}")
     cal = result.calibration
-    if cal:
+    if cal and "temperatures" in cal:  # multi-label: one temperature per finding
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in cal["temperatures"].items())
+        typer.echo(f"calibration: temperature per finding (fitted on val): {shown}")
+        for line in _findings_table(reported):
+            typer.echo(f"  {line}")
+    elif cal:
         typer.echo(
             f"calibration: temperature {cal['temperature']:.4f} (fitted on val); "
             f"ECE on {cal['evaluated_on']} {cal['ece_before']:.4f} before, "
@@ -233,8 +275,15 @@ def evaluate(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    label_column: Annotated[
+        str | None,
+        typer.Option(
+            "--label-column",
+            help="Multi-label models: the CSV column of findings (default: as in training).",
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate a stored model on a data set at its saved threshold."""
+    """Evaluate a stored model on a data set at its saved threshold(s)."""
     from radlens.training.evaluate import SPLIT_CHOICES  # no TensorFlow
 
     if split not in SPLIT_CHOICES:
@@ -244,9 +293,26 @@ def evaluate(
 
     from radlens.training.evaluate import evaluate as run_evaluation
 
-    metrics = run_evaluation(model, data, split=split, store=store, out=out, batch_size=batch_size)
+    metrics = run_evaluation(
+        model,
+        data,
+        split=split,
+        store=store,
+        out=out,
+        batch_size=batch_size,
+        label_column=label_column,
+    )
     if json_out:
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+        return
+    if metrics.get("label_mode") == "multi-label":
+        typer.echo(f"model: {metrics['model']}  split: {split}  n: {metrics['n']}  (multi-label)")
+        for line in metrics["table"]:
+            typer.echo(line)
+        if metrics.get("skipped_files"):
+            typer.echo(f"skipped files: {metrics['skipped_files']}")
+        if out is not None:
+            typer.echo(f"report: {out} (per-finding ROC curves in {out / 'roc'})")
         return
     typer.echo(f"model: {metrics['model']}  split: {split}  n: {metrics['n']}")
     typer.echo(_summary(metrics))
@@ -257,6 +323,12 @@ def evaluate(
         typer.echo(f"skipped files: {metrics['skipped_files']}")
     if out is not None:
         typer.echo(f"report: {out}")
+
+
+def _findings_table(metrics: dict[str, Any]) -> list[str]:
+    from radlens.training.findings import format_table
+
+    return format_table(metrics)
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -75,6 +75,7 @@ def build_model(
     filters: Sequence[str] = (),
     weights: str | os.PathLike[str] | None = None,
     dropout: float = 0.3,
+    multi_label: bool = False,
 ) -> keras.Model:
     """Build a classifier for gray images in [0, 1].
 
@@ -90,6 +91,8 @@ def build_model(
             internet; users only), a path to a local no-top ResNet50 weights file
             (``.h5`` / ``.weights.h5``), or None for random initialisation.
         dropout: dropout rate before the classifier, in [0, 1).
+        multi_label: a sigmoid head instead of the softmax: one independent score per
+            output (``num_classes`` findings, >= 2), for multi-label findings.
 
     Returns:
         An uncompiled ``keras.Model`` named after the architecture, with input
@@ -131,9 +134,17 @@ def build_model(
                 f"simple_cnn has no pretrained weights; use weights=None. Received: "
                 f"weights={weights!r}"
             )
-        return _simple_cnn((height, width), int(num_classes), names, float(dropout))
+        head = "sigmoid" if multi_label else "softmax"
+        return _simple_cnn((height, width), int(num_classes), names, float(dropout), head)
     resolved = _check_weights(weights)
-    return _resnet50((height, width), int(num_classes), names, resolved, float(dropout))
+    return _resnet50(
+        (height, width),
+        int(num_classes),
+        names,
+        resolved,
+        float(dropout),
+        "sigmoid" if multi_label else "softmax",
+    )
 
 
 def _check_input_shape(input_shape: Any, min_size: int) -> tuple[int, int]:
@@ -183,6 +194,7 @@ def _resnet50(
     filters: tuple[str, ...],
     weights: str | None,
     dropout: float,
+    head: str = "softmax",
 ) -> keras.Model:
     inputs = keras.Input((*size, 1), name="image")
     x = _frontend(inputs, filters)
@@ -219,16 +231,20 @@ def _resnet50(
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     # float32 head under any dtype policy: with mixed_float16 the softmax (and the loss on
     # it) stays in float32, as Keras's mixed-precision guide asks of a model's last layer.
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", name="predictions", dtype="float32"
-    )(x)
+    outputs = keras.layers.Dense(num_classes, activation=head, name="predictions", dtype="float32")(
+        x
+    )
     model = keras.Model(inputs, outputs, name="resnet50")
     set_backbone_trainable(model, 0 if weights is not None else "all")
     return model
 
 
 def _simple_cnn(
-    size: tuple[int, int], num_classes: int, filters: tuple[str, ...], dropout: float
+    size: tuple[int, int],
+    num_classes: int,
+    filters: tuple[str, ...],
+    dropout: float,
+    head: str = "softmax",
 ) -> keras.Model:
     layers = keras.layers
     inputs = keras.Input((*size, 1), name="image")
@@ -244,7 +260,7 @@ def _simple_cnn(
     x = layers.Dropout(dropout, name="dropout1")(x)
     x = layers.Dense(64, activation="relu", name="dense2")(x)
     x = layers.Dropout(dropout, name="dropout2")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions", dtype="float32")(
+    outputs = layers.Dense(num_classes, activation=head, name="predictions", dtype="float32")(
         x
     )  # float32 under mixed_float16 too (see _resnet50)
     return keras.Model(inputs, outputs, name="simple_cnn")

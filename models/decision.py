@@ -1,9 +1,10 @@
 """The decision rule: class scores -> a class, the same in training's metrics and in serving.
 
-Every radlens model ends in a softmax over its classes. Binary models (2 classes) have a
-positive class, index 1, and a decision threshold on its score (chosen on validation and
-saved in the manifest): a score ``>= threshold`` is positive. Models with more classes take
-the class with the highest score (the first one on a tie, as ``numpy.argmax``).
+Every single-label radlens model ends in a softmax over its classes. Binary models (2
+classes) have a positive class, index 1, and a decision threshold on its score (chosen on
+validation and saved in the manifest): a score ``>= threshold`` is positive. Models with
+more classes take the class with the highest score (the first one on a tie, as
+``numpy.argmax``).
 
 ``training.metrics`` counts its confusion matrices with :func:`decide_indices` and the
 service labels each prediction with :func:`decide`, so a threshold means the same thing in
@@ -13,11 +14,16 @@ A deployment may decide by another of the operating points training stored in th
 manifest (``metrics["operating_points"]``: ``chosen``, ``youden``, ``sens90``, ``sens95``,
 ``sens99``, and the run's threshold rule) instead of the model's own threshold:
 :func:`operating_point` resolves the name to its threshold (``RADLENS_OPERATING_POINT``).
+
+Multi-label findings models (``manifest.multi_label``) end in a sigmoid per finding instead:
+each score is independent and has its own threshold (:func:`decide_findings`); the label is
+the positive findings joined by ``|``, or the manifest's no-finding name.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +96,8 @@ def decide(scores: np.ndarray, manifest: ModelManifest, point: OperatingPoint | 
             f"Received shape {vector.shape}"
         )
     threshold = manifest.threshold if point is None else point.threshold
+    if manifest.multi_label:
+        return finding_label(decide_findings(vector, manifest), manifest)
     return classes[int(decide_indices(vector[np.newaxis], threshold)[0])]
 
 
@@ -176,3 +184,47 @@ def _point_threshold(point: Any) -> float | None:
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         return None
     return float(value)
+
+
+def decide_findings(scores: np.ndarray, manifest: ModelManifest) -> list[FindingDecision]:
+    """Each finding of a multi-label model with its score, threshold and decision.
+
+    A finding is positive when its (independent, sigmoid) score is ``>= `` its own threshold
+    from the manifest, the rule :func:`is_positive` applies to a binary model.
+
+    Raises:
+        ValueError: the manifest is not multi-label, or the score count is wrong.
+    """
+    if not manifest.multi_label:
+        raise ValueError(f"model {manifest.ref} is single-label: it has no findings")
+    vector = np.asarray(scores, dtype=np.float64)
+    names = manifest.class_names
+    if vector.shape != (len(names),):
+        raise ValueError(
+            f"expected {len(names)} scores (one per finding {names!r}). "
+            f"Received shape {vector.shape}"
+        )
+    cuts = manifest.finding_thresholds
+    return [
+        FindingDecision(name, float(v), cuts[name], bool(is_positive(v, cuts[name])))
+        for name, v in zip(names, vector, strict=True)
+    ]
+
+
+def finding_label(decisions: Sequence[FindingDecision], manifest: ModelManifest) -> str:
+    """The positive findings joined by ``|`` (the data's own notation), or the no-finding
+    name from the manifest."""
+    positive = [d.name for d in decisions if d.positive]
+    if positive:
+        return "|".join(positive)
+    return str((manifest.findings or {}).get("none_name", "No Finding"))
+
+
+@dataclass(frozen=True)
+class FindingDecision:
+    """One finding of a multi-label prediction."""
+
+    name: str
+    score: float
+    threshold: float
+    positive: bool

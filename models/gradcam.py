@@ -19,8 +19,9 @@ deeper nesting.
 Which score: the class *logit* (the score before softmax), as in the paper. Softmax
 probabilities saturate — a confident model has near-zero gradients and a noisy map — so
 when the model ends in a softmax (a ``Dense`` with softmax activation or a softmax layer),
-the logits are recomputed from that layer's input. For any other output layer the output
-itself is the score.
+the logits are recomputed from that layer's input. A multi-label model's sigmoid ``Dense``
+(one independent score per finding) is treated the same way: the finding's logit. For any
+other output layer the output itself is the score.
 
 This module imports TensorFlow and Keras; the rendering of a map over the image is in
 :mod:`models.overlay`, which needs neither.
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -204,12 +205,14 @@ def find_layer_path(model: keras.Model, layer_name: str) -> tuple[str, ...]:
 
 
 def _softmax_layer(layer: Any) -> tuple[bool, Any]:
-    """Whether ``layer`` applies a softmax, and the Dense to take the logits from, if any."""
+    """Whether ``layer`` applies a softmax (or is a sigmoid Dense), and the Dense to take the
+    logits from, if any."""
     import keras
 
     activation = getattr(layer, "activation", None)
     is_softmax = getattr(activation, "__name__", "") == "softmax"
-    if isinstance(layer, keras.layers.Dense) and is_softmax:
+    is_sigmoid = getattr(activation, "__name__", "") == "sigmoid"
+    if isinstance(layer, keras.layers.Dense) and (is_softmax or is_sigmoid):
         return True, layer
     if isinstance(layer, keras.layers.Softmax) or (
         isinstance(layer, keras.layers.Activation) and is_softmax
@@ -631,3 +634,119 @@ def explain_image(
         model_input[..., 0], result.heatmaps[0], title=title, alpha=alpha, cmap=cmap
     )
     return result, png
+
+
+# --- multi-label findings ------------------------------------------------------------------
+
+DEFAULT_EXPLAINED_FINDINGS = 3  # the top positive findings explained when none is named
+
+
+def pick_findings(
+    scores: np.ndarray,
+    finding_names: Sequence[str],
+    thresholds: Mapping[str, float],
+    *,
+    requested: Sequence[str] | None = None,
+    top: int = DEFAULT_EXPLAINED_FINDINGS,
+) -> list[int]:
+    """Which findings of a multi-label model to explain, as output indices.
+
+    ``requested`` names them (in that order, repeats dropped); otherwise the positive findings
+    (score >= their threshold) by descending score, at most ``top``; when none is positive,
+    the one with the highest score (what the model came closest to seeing).
+
+    Raises:
+        ConfigurationError: a requested name that is not one of ``finding_names`` (the
+            message lists them), or ``top`` < 1.
+    """
+    names = list(finding_names)
+    if requested:
+        unknown = [n for n in requested if n not in names]
+        if unknown:
+            raise ConfigurationError(
+                f"unknown finding(s) {unknown!r}; the model's findings are {names!r}"
+            )
+        return list(dict.fromkeys(names.index(n) for n in requested))
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ConfigurationError(f"top must be an int >= 1. Received: {top!r}")
+    vector = np.asarray(scores, dtype=np.float64).ravel()
+    order = sorted(range(len(names)), key=lambda i: (-vector[i], i))
+    positive = [i for i in order if vector[i] >= thresholds[names[i]]]
+    return positive[:top] if positive else order[:1]
+
+
+def explain_findings(
+    model: keras.Model,
+    model_input: np.ndarray,
+    *,
+    finding_names: Sequence[str],
+    thresholds: Mapping[str, float],
+    requested: Sequence[str] | None = None,
+    top: int = DEFAULT_EXPLAINED_FINDINGS,
+    layer_name: str | None = None,
+    alpha: float = 0.4,
+    cmap: str = "inferno",
+) -> tuple[GradCamResult, bytes]:
+    """Grad-CAM of a multi-label model, one map per chosen finding, in one PNG.
+
+    The findings are chosen by :func:`pick_findings` (named ones, else the top positive
+    ones); each gets its own map -- the gradient of that finding's logit -- rendered as in
+    :func:`explain_image` and titled ``"<finding> <score> (positive|negative at <threshold>)"``;
+    the overlays are stacked top to bottom in one PNG.
+
+    Returns:
+        ``(result, png)``: the :class:`GradCamResult` with one row per chosen finding (the
+        same image repeated; ``class_indices`` the findings) and the PNG bytes.
+
+    Raises:
+        As :func:`pick_findings` and :func:`explain_image`.
+    """
+    from radlens.models.overlay import render_overlay
+
+    if not isinstance(model_input, np.ndarray) or model_input.ndim != 3:
+        shape = getattr(model_input, "shape", type(model_input).__name__)
+        raise InvalidImageError(f"model_input must be one image (H, W, 1). Received: {shape}")
+    names = list(finding_names)
+    if requested:
+        chosen = pick_findings(np.zeros(len(names)), names, thresholds, requested=requested)
+    else:
+        scores = np.asarray(model(model_input[np.newaxis], training=False))[0]
+        chosen = pick_findings(scores, names, thresholds, top=top)
+    batch = np.repeat(model_input[np.newaxis], len(chosen), axis=0)
+    result = gradcam_explain(model, batch, class_index=chosen, layer_name=layer_name)
+    if len(names) != result.scores.shape[1]:
+        raise ConfigurationError(
+            f"finding_names has {len(names)} names for a model with "
+            f"{result.scores.shape[1]} outputs. Received: {names!r}"
+        )
+    panels = []
+    for row, index in enumerate(chosen):
+        name, score = names[index], float(result.scores[row, index])
+        decision = "positive" if score >= thresholds[name] else "negative"
+        title = f"{name} {score:.2f} ({decision} at {thresholds[name]:.2f}) · Grad-CAM"
+        panels.append(
+            render_overlay(
+                model_input[..., 0], result.heatmaps[row], title=title, alpha=alpha, cmap=cmap
+            )
+        )
+    return result, _stack_pngs(panels)
+
+
+def _stack_pngs(panels: Sequence[bytes]) -> bytes:
+    """PNG panels of one width stacked top to bottom into one PNG."""
+    import io
+
+    from PIL import Image
+
+    if len(panels) == 1:
+        return panels[0]
+    images = [Image.open(io.BytesIO(p)).convert("RGB") for p in panels]
+    width = max(im.width for im in images)
+    canvas = Image.new("RGB", (width, sum(im.height for im in images)), "white")
+    top = 0
+    for im in images:
+        canvas.paste(im, (0, top))
+        top += im.height
+    out = io.BytesIO()
+    canvas.save(out, format="PNG")
+    return out.getvalue()

@@ -67,7 +67,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 INTEGRITY_FIELD = "integrity"
-_WRITTEN_WHEN_SET = ("data_split", "leakage_check", "calibration")
+_WRITTEN_WHEN_SET = ("data_split", "leakage_check", "calibration", "findings")
 SEAL_SCHEME = "radlens-manifest-seal-v1"
 
 
@@ -180,6 +180,11 @@ class ModelManifest:
             seal) stay exactly as they were.
         integrity: the seal over every other field (see the module docstring), or None in
             a manifest not sealed yet.
+        findings: multi-label models only (absent from single-label manifests):
+            ``{"label_mode": "multi-label", "scores": "independent", "none_name": str,
+            "thresholds": {finding: threshold}, ...}`` -- ``class_names`` are then the
+            findings, each output an independent sigmoid score, each with its own threshold
+            (``threshold`` is null).
     """
 
     name: str
@@ -205,6 +210,7 @@ class ModelManifest:
     calibration: dict[str, Any] | None = None
     integrity: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    findings: dict[str, Any] | None = None
 
     @property
     def ref(self) -> str:
@@ -219,7 +225,19 @@ class ModelManifest:
     @property
     def is_binary(self) -> bool:
         """True for a two-class model (the threshold applies to class index 1)."""
-        return len(self.class_names) == 2
+        return len(self.class_names) == 2 and not self.multi_label
+
+    @property
+    def multi_label(self) -> bool:
+        """True for a multi-label findings model (independent sigmoid scores)."""
+        return self.findings is not None
+
+    @property
+    def finding_thresholds(self) -> dict[str, float]:
+        """Each finding's threshold (multi-label models; empty otherwise)."""
+        if self.findings is None:
+            return {}
+        return {k: float(v) for k, v in self.findings["thresholds"].items()}
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON types, in field order (what ``manifest.json`` holds).
@@ -348,8 +366,10 @@ class ModelManifest:
             raise error(
                 f"manifest field 'integrity' must be an object or absent. Received: {integrity!r}"
             )
+        findings = _check_findings(check.get("findings", None), class_names, threshold, error)
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         return cls(
+            findings=findings,
             name=name,
             version=version,
             created_at=created_at,
@@ -383,6 +403,39 @@ class ModelManifest:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelCorruptError(f"manifest is not valid JSON ({exc})") from None
         return cls.from_dict(data)
+
+
+LABEL_MODES = ("multi-label",)
+
+
+def _check_findings(
+    value: Any, class_names: list[str], threshold: float | None, error: type[RadlensError]
+) -> dict[str, Any] | None:
+    """Validate the ``findings`` field: thresholds in [0, 1] for exactly the class names."""
+    if value is None:
+        return None
+
+    def fail(what: str) -> RadlensError:
+        return error(f"manifest field 'findings' {what}. Received: {value!r:.300}")
+
+    if not isinstance(value, dict) or value.get("label_mode") not in LABEL_MODES:
+        raise fail("must be an object with label_mode 'multi-label'")
+    thresholds = value.get("thresholds")
+    if not isinstance(thresholds, dict) or list(thresholds) != class_names:
+        raise fail(f"must hold 'thresholds' for exactly the class names {class_names!r}, in order")
+    for name, cut in thresholds.items():
+        if isinstance(cut, bool) or not isinstance(cut, int | float) or not 0.0 <= cut <= 1.0:
+            raise fail(f"threshold of {name!r} must be a number in [0, 1]")
+    if not isinstance(value.get("none_name"), str) or not value["none_name"]:
+        raise fail("must name the no-finding label ('none_name')")
+    if value["none_name"] in class_names:
+        raise fail("'none_name' must not be one of the findings")
+    if threshold is not None:
+        raise error(
+            "a multi-label manifest has per-finding thresholds and a null 'threshold'. "
+            f"Received: threshold={threshold!r}"
+        )
+    return dict(value)
 
 
 def canonical_json(value: Any) -> bytes:

@@ -208,6 +208,7 @@ class ModelRegistry:
         data_split: dict[str, Any] | None = None,
         leakage_check: dict[str, Any] | None = None,
         calibration: dict[str, Any] | None = None,
+        findings: dict[str, Any] | None = None,
     ) -> ModelManifest:
         """Store a model as a new version, atomically, and return its manifest.
 
@@ -233,6 +234,8 @@ class ModelRegistry:
             data_split: how the data was split (``ModelManifest.data_split``), or None.
             leakage_check: the patient-leakage check's result, or None.
             calibration: the score calibration's record, or None.
+            findings: a multi-label model's finding record (``ModelManifest.findings``:
+                label mode, no-finding name, a threshold per class name), or None.
 
         Returns:
             The manifest as written to ``<root>/<name>/<version>/manifest.json``.
@@ -283,6 +286,7 @@ class ModelRegistry:
                         )
                         if value is not None
                     },
+                    **({"findings": findings} if findings is not None else {}),
                 }
             )
         except TypeError as exc:

@@ -369,9 +369,14 @@ def confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], *, title: s
 
 
 def roc_curve_png(
-    labels: np.ndarray, scores: np.ndarray, auc: float | None, epoch: int | None = None
+    labels: np.ndarray,
+    scores: np.ndarray,
+    auc: float | None,
+    epoch: int | None = None,
+    *,
+    title: str | None = None,
 ) -> bytes:
-    """The ROC curve of the positive-class scores as PNG bytes."""
+    """The ROC curve of the positive-class scores as PNG bytes (``title``: replaces "ROC")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -387,7 +392,8 @@ def roc_curve_png(
     ax.set_ylim(0, 1)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("ROC" if epoch is None else f"ROC, epoch {epoch}")
+    heading = title or "ROC"
+    ax.set_title(heading if epoch is None else f"{heading}, epoch {epoch}")
     ax.legend(loc="lower right")
     fig.tight_layout()
     return _figure_png(fig)

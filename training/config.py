@@ -82,6 +82,15 @@ class TrainConfig:
     # also store an OpenVINO IR of the exported model with its parity on val (models.runtime);
     # skipped with a warning when OpenVINO is not installed
     openvino: bool = True
+    # multi-label findings (training.data.sources.MultiLabelSpec): a sigmoid head, one
+    # binary cross-entropy per finding and a threshold per finding chosen on validation
+    multi_label: bool = False
+    label_column: str = "label"  # the CSV column holding the findings
+    label_separator: str = "|"  # joins several findings in one cell
+    no_finding: str = "No Finding"  # the cell of an image without any finding
+    findings: tuple[str, ...] = ()  # the finding list, in output order; () = from the data
+    positive_weights: str = "none"  # "auto": each finding's positives weighted n_neg / n_pos
+    ignore_findings: tuple[str, ...] = ()  # findings dropped from the labels (too rare, ...)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -147,6 +156,20 @@ class TrainConfig:
         scratch (``weights=None``: a frozen random backbone teaches nothing) train in one."""
         return self.architecture == "resnet50" and self.weights is not None
 
+    def multi_label_spec(self) -> Any:
+        """The data's :class:`~training.data.sources.MultiLabelSpec`, or None (single-label)."""
+        if not self.multi_label:
+            return None
+        from radlens.training.data.sources import MultiLabelSpec
+
+        return MultiLabelSpec(
+            column=self.label_column,
+            separator=self.label_separator,
+            none_name=self.no_finding,
+            findings=self.findings or None,
+            ignore=self.ignore_findings,
+        )
+
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a ``.yaml``/``.yml``/``.json`` file into a dict, with typed errors."""
@@ -205,7 +228,7 @@ _FLOAT_FIELDS = {
     "weight_decay",
     "label_smoothing",
 }
-_BOOL_FIELDS = {"deterministic", "augment", "cache", "resplit", "openvino"}
+_BOOL_FIELDS = {"deterministic", "augment", "cache", "resplit", "openvino", "multi_label"}
 _OPTIONAL_STR_FIELDS = {"data", "weights", "window", "store"}
 _OPTIONAL_INT_FIELDS = {"split_seed"}
 _STR_FIELDS = {
@@ -218,6 +241,10 @@ _STR_FIELDS = {
     "mixed_precision",
     "threshold_rule",
     "lr_schedule",
+    "label_column",
+    "label_separator",
+    "no_finding",
+    "positive_weights",
 }
 
 
@@ -273,7 +300,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
-    if name in ("filters", "class_names"):
+    if name in ("filters", "class_names", "findings", "ignore_findings"):
         if value is None:
             return ()
         if isinstance(value, str):
@@ -380,6 +407,46 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("min_calibration_positives", "1 or more")
     if not 0 <= cfg.label_smoothing < 0.5:
         raise bad("label_smoothing", "from 0 up to (not including) 0.5")
+    _validate_multi_label(cfg, bad)
+
+
+POSITIVE_WEIGHT_MODES = ("auto", "none")
+
+
+def _validate_multi_label(cfg: TrainConfig, bad: Any) -> None:
+    if cfg.positive_weights not in POSITIVE_WEIGHT_MODES:
+        raise bad("positive_weights", "'auto' or 'none'")
+    if len(set(cfg.findings)) != len(cfg.findings) or len(cfg.findings) == 1:
+        raise bad("findings", "empty (from the data) or at least 2 distinct names")
+    overlap = sorted(set(cfg.findings) & set(cfg.ignore_findings))
+    if overlap:
+        raise bad("ignore_findings", f"names not in findings (both have {overlap!r})")
+    if not cfg.multi_label:
+        if cfg.findings or cfg.ignore_findings or cfg.positive_weights != "none":
+            raise ConfigurationError(
+                "findings, ignore_findings and positive_weights apply to multi-label training "
+                "only; set "
+                f"multi_label (--multi-label); received findings={list(cfg.findings)!r}, "
+                f"positive_weights={cfg.positive_weights!r}"
+            )
+        return
+    if cfg.class_names:
+        raise ConfigurationError(
+            "a multi-label run names its outputs with findings (--findings), not "
+            f"class_names; received class_names={list(cfg.class_names)!r}"
+        )
+    if cfg.label_smoothing:
+        raise bad("label_smoothing", "0 for multi-label training")
+    if cfg.strategy not in ("auto", "default"):
+        raise ConfigurationError(
+            "multi-label training runs on one device (model.fit) for now; received "
+            f"strategy={cfg.strategy!r}"
+        )
+    for name in ("label_column", "label_separator", "no_finding"):
+        if not str(getattr(cfg, name)).strip():
+            raise bad(name, "a non-empty string")
+    if cfg.label_separator.strip() != cfg.label_separator:
+        raise bad("label_separator", "a separator without spaces")
 
 
 def _validate_window(window: str) -> None:

@@ -79,8 +79,14 @@ def evaluate(
     store: str | Path | None = None,
     out: Path | None = None,
     batch_size: int = 32,
+    label_column: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of a stored model on a split of a data set (see the module docstring).
+
+    A multi-label findings model reads the data's findings as its training did (column,
+    separator, no-finding name from its training config; ``label_column`` overrides the
+    column) and reports per-finding figures at each finding's threshold; ``out`` then gets
+    ``metrics.json``, ``findings.txt`` (the table) and ``roc/roc_<finding>.png``.
 
     Returns:
         JSON-ready dict: model, split, data, auc, accuracy, sensitivity, specificity, precision,
@@ -100,6 +106,10 @@ def evaluate(
         model_ref
     )
     manifest = loaded.manifest
+    if manifest.multi_label:
+        return _evaluate_findings(
+            loaded, data, split=split, out=out, batch_size=batch_size, label_column=label_column
+        )
     source = open_data(data, manifest.class_names)
     if source.class_names != list(manifest.class_names):
         raise ConfigurationError(
@@ -172,3 +182,60 @@ def write_report(
             roc_curve_png(labels, probabilities[:, 1], metrics.get("auc"))
         )
     return files
+
+
+def _evaluate_findings(
+    loaded: Any,
+    data: str | Path,
+    *,
+    split: str,
+    out: Path | None,
+    batch_size: int,
+    label_column: str | None,
+) -> dict[str, Any]:
+    """:func:`evaluate` for a multi-label findings model."""
+    from radlens.training import findings
+    from radlens.training.data.pipeline import load_examples
+    from radlens.training.data.sources import MultiLabelSpec
+
+    manifest = loaded.manifest
+    config = manifest.training_config
+    spec = MultiLabelSpec(
+        column=label_column or str(config.get("label_column", "label")),
+        separator=str(config.get("label_separator", "|")),
+        none_name=str(manifest.findings.get("none_name", "No Finding")),
+        findings=tuple(manifest.class_names),  # a finding the model does not know: refused
+        ignore=tuple(config.get("ignore_findings", ())),  # unless training left it out
+    )
+    source = open_data(data, multi_label=spec)
+    examples = select_split(source, split, config)
+    skipped: list[SkippedFile] = list(source.skipped)
+    inputs, targets = load_examples(
+        source,
+        examples,
+        size=manifest.input_size,
+        window=manifest.window,
+        version=manifest.preprocessing_version,
+        batch_size=batch_size,
+        skipped=skipped,
+    )
+    scores = np.asarray(loaded.model.predict(inputs, batch_size=batch_size, verbose=0))
+    names = list(manifest.class_names)
+    metrics = findings.finding_metrics(targets, scores, names, manifest.finding_thresholds)
+    result: dict[str, Any] = {
+        "model": manifest.ref,
+        "split": split,
+        "data": str(data),
+        "class_names": names,
+        "findings": names,
+        **metrics,
+        "table": findings.format_table(metrics),
+        "skipped_files": len(unique_skipped(skipped)),
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        (out / "findings.txt").write_text("\n".join(result["table"]) + "\n")
+        findings.write_roc_curves(out / "roc", targets, scores, names)
+    return result

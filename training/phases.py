@@ -101,6 +101,7 @@ def build_model_for(config: TrainConfig, num_classes: int) -> keras.Model:
         filters=config.filters,
         weights=config.weights,
         dropout=config.dropout,
+        multi_label=config.multi_label,
     )
 
 
@@ -137,11 +138,29 @@ def fold_temperature(network: keras.Model, temperature: float) -> None:
 
 
 def compile_model(
-    model: keras.Model, learning_rate: float, num_classes: int, config: TrainConfig, *, steps: int
+    model: keras.Model,
+    learning_rate: float,
+    num_classes: int,
+    config: TrainConfig,
+    *,
+    steps: int,
+    loss: Any = None,
 ) -> None:
-    """Compile for ``model.fit``: :func:`make_optimizer`, :func:`make_loss`, the run's metrics."""
+    """Compile for ``model.fit``: :func:`make_optimizer`, :func:`make_loss`, the run's metrics.
+
+    A multi-label run passes its findings loss (``training.findings.make_loss``) as ``loss``
+    and gets the findings metrics (macro ``auc``)."""
     from radlens.training.metrics import keras_metrics
 
+    if config.multi_label:
+        from radlens.training import findings
+
+        model.compile(
+            optimizer=make_optimizer(config, learning_rate, steps=steps),
+            loss=loss if loss is not None else findings.make_loss(),
+            metrics=findings.keras_metrics(num_classes),
+        )
+        return
     model.compile(
         optimizer=make_optimizer(config, learning_rate, steps=steps),
         loss=make_loss(num_classes, config.label_smoothing),
@@ -176,8 +195,10 @@ def make_loss(num_classes: int, label_smoothing: float = 0.0) -> Any:
 def class_weights(
     config: TrainConfig, examples: Sequence[Example], num_classes: int
 ) -> dict[int, float]:
-    """'auto': n / (k * n_c) per class (inverse frequency, mean weight 1); 'none': {}."""
-    if config.class_weights == "none":
+    """'auto': n / (k * n_c) per class (inverse frequency, mean weight 1); 'none': {}.
+
+    Multi-label runs weight positives per finding in the loss instead: {}."""
+    if config.class_weights == "none" or config.multi_label:
         return {}
     counts = np.bincount([e.label for e in examples], minlength=num_classes)
     n = counts.sum()

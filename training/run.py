@@ -175,6 +175,11 @@ def train(
                 dist.strategy.num_replicas_in_sync,
                 "chief (exports)" if dist.chief else f"{dist.task} (trains, does not export)",
             )
+        if config.multi_label and dist.distributed:
+            raise ConfigurationError(
+                "multi-label training runs on one device (model.fit) for now; this machine "
+                f"resolved strategy {config.strategy!r} to {dist.name!r}: pass --strategy default"
+            )
         data.report()
         data.load_validation()
         state = rundir.read_state(run_path)
@@ -223,7 +228,9 @@ class _RunData:
             split_source,
         )
 
-        source = open_data(str(config.data), config.class_names)
+        source = open_data(
+            str(config.data), config.class_names, multi_label=config.multi_label_spec()
+        )
         splits = split_source(
             source,
             val_fraction=config.val_fraction,
@@ -335,9 +342,14 @@ def _train_phases(
     weights = class_weights(config, data.splits["train"], data.num_classes)
     if weights:
         log.info("class weights %s", {class_names[k]: round(v, 3) for k, v in weights.items()})
+    loss = make_loss(data.num_classes, config.label_smoothing)
+    if config.multi_label:
+        loss = _findings_loss(config, data)
     train_ds = data.train_dataset()
     tb_callbacks: list[keras.callbacks.Callback] = []
-    if dist.chief:  # one TensorBoard run per training run, written by the chief only
+    if config.multi_label:
+        tb_callbacks = _findings_callbacks(config, data, run_path, chief=dist.chief)
+    elif dist.chief:  # one TensorBoard run per training run, written by the chief only
         tb_callbacks = cb.tensorboard_callbacks(
             run_path / rundir.TENSORBOARD,
             validation=(data.x_val[:MAX_FIGURE_EXAMPLES], data.y_val[:MAX_FIGURE_EXAMPLES]),
@@ -385,10 +397,15 @@ def _train_phases(
                 train_ds,
                 dist=dist,
                 compile_fn=lambda: compile_model(
-                    model, phase.learning_rate, data.num_classes, config, steps=phase_steps
+                    model,
+                    phase.learning_rate,
+                    data.num_classes,
+                    config,
+                    steps=phase_steps,
+                    loss=loss if config.multi_label else None,
                 ),
                 optimizer_fn=lambda: make_optimizer(config, phase.learning_rate, steps=phase_steps),
-                loss=make_loss(data.num_classes, config.label_smoothing),
+                loss=loss,
                 first_epoch=phase.first_epoch,
                 last_epoch=phase.last_epoch,
                 steps_per_epoch=steps,
@@ -433,6 +450,8 @@ def _finish(run: _Run, started: float) -> RunResult:
     )
     from radlens.training.phases import fold_temperature
 
+    if data.source.multi_label:
+        return _finish_findings(run, started)
     class_names = list(data.source.class_names)
     best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
     if best.is_file():
@@ -613,3 +632,191 @@ def _add_openvino(registry: Any, model_ref: str, data: _RunData) -> None:
         return
     parity = manifest.runtimes.get("openvino", {}).get("parity", {})
     log.info("%s: OpenVINO runtime stored; parity on val: %s", model_ref, parity)
+
+
+# --- multi-label findings (training.findings) ------------------------------------------------
+
+
+def _findings_loss(config: TrainConfig, data: _RunData) -> Any:
+    """Per-finding binary cross-entropy, positives weighted as ``positive_weights`` says."""
+    from radlens.training import findings
+
+    targets = data.source.targets(data.splits["train"])
+    weights = findings.positive_weights(targets, config.positive_weights)
+    if weights is not None:
+        log.info(
+            "positive weights (n_neg / n_pos on train) %s",
+            {n: round(float(w), 3) for n, w in zip(data.source.class_names, weights, strict=True)},
+        )
+    return findings.make_loss(weights)
+
+
+def _findings_callbacks(
+    config: TrainConfig, data: _RunData, run_path: Path, *, chief: bool
+) -> list[keras.callbacks.Callback]:
+    """TensorBoard (scalars, graph, histograms, hparams, sample images) and the per-finding
+    validation AUC each epoch (train.log and TensorBoard ``findings/``). The single-label
+    figures (confusion matrix, one ROC curve, Grad-CAM of a class) do not apply."""
+    from radlens.training import callbacks as cb
+    from radlens.training.findings import FindingMetricsCallback
+
+    log_dir = run_path / rundir.TENSORBOARD
+    x, y = data.x_val[:MAX_FIGURE_EXAMPLES], data.y_val[:MAX_FIGURE_EXAMPLES]
+    per_finding = FindingMetricsCallback(
+        log_dir / "findings" if chief else None,
+        x,
+        y,
+        data.source.class_names,
+        config.batch_size,
+    )
+    if not chief:
+        return [per_finding]
+    made: list[keras.callbacks.Callback] = [
+        keras.callbacks.TensorBoard(
+            log_dir=str(log_dir), histogram_freq=config.histogram_freq, update_freq="epoch"
+        ),
+        cb.HParamsCallback(log_dir, _hparams(config)),
+        cb.ModelGraphCallback(log_dir / "graph"),
+        per_finding,
+    ]
+    if config.tensorboard_samples > 0:
+        made.append(cb.SampleImagesCallback(log_dir / "images", x[: config.tensorboard_samples]))
+    return made
+
+
+def _finish_findings(run: _Run, started: float) -> RunResult:
+    """Multi-label end of a run: best epoch, a temperature and a threshold per finding on
+    validation, then the test split measured once; export with the findings record."""
+    config, data, dist, run_path, state = run.config, run.data, run.dist, run.path, run.state
+    model, network = run.model, run.network
+    from radlens.models.registry import ModelRegistry, default_store_path
+    from radlens.training import findings
+    from radlens.training.data.sources import data_fingerprint, unique_skipped
+    from radlens.training.loop import predict
+
+    names = list(data.source.class_names)
+    best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
+    if best.is_file():
+        network.load_weights(best)
+        log.info("restored the best epoch (%s) by validation macro AUC", state.get("best_epoch"))
+    raw_val = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
+    temperatures, uncalibrated = findings.fit_temperatures(
+        data.y_val, raw_val, names, min_positives=config.min_calibration_positives
+    )
+    findings.fold_temperatures(network, temperatures)
+    val_scores = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
+    thresholds, undecided = findings.choose_thresholds(
+        config.threshold_rule, data.y_val, val_scores, names
+    )
+    if uncalibrated:
+        log.warning(
+            "finding(s) %s have fewer than %d validation positives (or no negative): "
+            "not temperature-scaled (T = 1)",
+            uncalibrated,
+            config.min_calibration_positives,
+        )
+    if undecided:
+        log.warning(
+            "finding(s) %s have no validation positive or no negative: threshold 0.5, "
+            "not chosen on data",
+            undecided,
+        )
+    val_metrics = findings.finding_metrics(data.y_val, val_scores, names, thresholds)
+    val_metrics["best_epoch"] = state.get("best_epoch")
+    test_metrics = None
+    eval_split = "val"
+    if data.splits["test"]:
+        x_test, y_test = data.load("test")
+        test_scores = predict(model, x_test, dist=dist, batch_size=config.batch_size)
+        test_metrics = findings.finding_metrics(y_test, test_scores, names, thresholds)
+        eval_split = "test"
+    reported = {
+        "split": eval_split,
+        "label": REPORTED_LABELS[eval_split],
+        **(test_metrics if test_metrics is not None else val_metrics),
+    }
+    calibration = {
+        "method": "temperature scaling per finding (sigmoid)",
+        "temperatures": dict(zip(names, temperatures.tolist(), strict=True)),
+        "fitted_on": "val",
+        "not_calibrated": uncalibrated,
+        "min_calibration_positives": config.min_calibration_positives,
+    }
+    for line in findings.format_table(reported):
+        log.info("%s: %s", eval_split, line)
+    record = {
+        "label_mode": "multi-label",
+        "scores": "independent",  # one sigmoid per finding: they do not sum to one
+        "none_name": data.source.none_name or config.no_finding,
+        "thresholds": thresholds,
+        "threshold_rule": config.threshold_rule,
+        "thresholds_not_chosen_on_data": undecided,
+        "positive_weights": config.positive_weights,
+    }
+    skipped = unique_skipped(data.skipped)
+    for item in skipped:
+        log.warning("skipped %s", item)
+    store = Path(config.store) if config.store is not None else default_store_path()
+    sizes = {k: len(v) for k, v in data.splits.items()}
+    model_ref = ""
+    if dist.chief:
+        manifest = ModelRegistry(store).save(
+            network,
+            name=config.name,
+            architecture=config.architecture,
+            class_names=names,
+            threshold=None,
+            window=config.window,
+            filters=list(config.filters),
+            metrics={
+                "val": val_metrics,
+                **({"test": test_metrics} if test_metrics else {}),
+                "reported": reported,
+                "calibration": calibration,
+                "split": data.split_record,
+            },
+            training_config={
+                **config.to_dict(),
+                "run_dir": str(run_path),
+                "split_sizes": sizes,
+                "split": data.split_record,
+            },
+            data_fingerprint=data_fingerprint(data.source, data.splits),
+            description=config.description,
+            findings=record,
+        )
+        model_ref = f"{manifest.name}:{manifest.version}"
+        if config.openvino:
+            log.info(
+                "%s: no OpenVINO runtime stored (its parity check is single-label); "
+                "the service runs it with TensorFlow",
+                model_ref,
+            )
+    result = RunResult(
+        run_dir=run_path,
+        model_ref=model_ref,
+        store=store,
+        class_names=names,
+        threshold=None,
+        val_metrics=val_metrics,
+        test_metrics=test_metrics,
+        best_epoch=state.get("best_epoch"),
+        epochs_run=int(state.get("last_epoch", 0)),
+        skipped=skipped,
+        split_sizes=sizes,
+        seconds=time.monotonic() - started,
+        reported=reported,
+        calibration=calibration,
+        split=data.split_record,
+    )
+    rundir.write_result(run_path, {**result.to_dict(), "findings": record})
+    log.info(
+        "exported %s to %s (val macro AUC %s, %d finding(s), %d skipped file(s), %.0f s)",
+        result.model_ref or config.name,
+        store,
+        val_metrics.get("macro_auc"),
+        len(names),
+        len(skipped),
+        result.seconds,
+    )
+    return result

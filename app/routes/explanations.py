@@ -128,7 +128,8 @@ def get_dicom_sr(prediction_id: uuid.UUID, session: SessionDep, settings: Settin
     attributes empty (the service stores none)."""
     prediction = services.get_prediction(session, prediction_id)
     source = _stored_source(prediction, settings)
-    return _dicom(build_sr(prediction, source), prediction_id, "sr")
+    findings = services.findings_of(session, [prediction.id]).get(prediction.id, [])
+    return _dicom(build_sr(prediction, source, findings), prediction_id, "sr")
 
 
 @router.get(
@@ -188,7 +189,12 @@ async def create_prediction_dicom_sr(
     result = await ingestor.commit(candidate, principal.key_id)
     prediction = result.prediction
     # built after the commit: no transaction is open meanwhile
-    response = _dicom(build_sr(prediction, source), prediction.id, "sr")
+    findings: Any = result.findings
+    if not result.created and findings:  # a re-post: the findings stored with the first
+        findings = await run_in_threadpool(
+            services.read_findings, request.app.state.resources.sessionmaker, prediction.id
+        )
+    response = _dicom(build_sr(prediction, source, findings), prediction.id, "sr")
     response.status_code = 201 if result.created else 200
     response.headers["Location"] = request.app.url_path_for(
         "get_prediction", prediction_id=str(prediction.id)

@@ -44,6 +44,8 @@ def list_models(resources: ResourcesDep) -> ModelsPublic:
                 data_split=m.data_split,
                 leakage_check=m.leakage_check,
                 calibration=m.calibration,
+                label_mode="multi-label" if m.multi_label else "single-label",
+                finding_thresholds=m.finding_thresholds or None,
             )
         ]
     )

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, Field
 
 from radlens.app import services
 from radlens.app.auth import PrincipalDep
 from radlens.app.deps import IngestorDep, SessionDep
+from radlens.app.errors import UnknownFindingError
 from radlens.app.pseudonym import pseudonymise_uid
 from radlens.app.schemas import (
     NOT_FOR_CLINICAL_USE,
+    FindingPublic,
     ModelRef,
     PredictionPage,
     PredictionPublic,
     problem_responses,
 )
-from radlens.app.tables import Prediction
+from radlens.app.services import FindingValue
+from radlens.app.tables import Prediction, PredictionFinding
 from radlens.app.upload import read_file
 from radlens.models.manifest import ModelManifest
 
@@ -54,6 +59,21 @@ CURSOR_SCHEMA: dict[str, Any] = {"format": "radlens-cursor", "pattern": "^[A-Za-
 # What the upload's `file` part may hold (OpenAPI encoding: a list of media types; the service
 # reads the format from the bytes, whatever the part's Content-Type says).
 UPLOAD_MEDIA_TYPES = "application/dicom, image/png, image/jpeg"
+
+
+EXPLAIN_FINDING_DESCRIPTION = (
+    "Multi-label models: the finding(s) to explain, comma-separated; implies explain=true "
+    "(without it the explanation shows the top positive findings, or the highest-scoring one "
+    "when none is positive). A name the model does not have is a 404 unknown-finding"
+)
+FINDING_DESCRIPTION = (
+    "Multi-label models: only predictions with this finding (a name of the model's findings, "
+    "GET /v1/models); a name no model finding has is a 404 unknown-finding"
+)
+POSITIVE_DESCRIPTION = (
+    "With finding: only predictions where it was decided positive (true) or negative (false). "
+    "Alone: multi-label predictions with at least one positive finding (true) or none (false)"
+)
 
 
 DATE_TIME_DESCRIPTION = (
@@ -97,7 +117,11 @@ UPLOAD_OPENAPI = upload_openapi(UPLOAD_MEDIA_TYPES)
 OPENAPI_SCHEMAS = {"PredictionUpload": PredictionUpload}  # added to components (app/main.py)
 
 
-def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> PredictionPublic:
+def to_public(
+    prediction: Prediction,
+    loaded: ModelManifest | None = None,
+    findings: Sequence[PredictionFinding | FindingValue] = (),
+) -> PredictionPublic:
     validated = (
         loaded is not None
         and loaded.validated_for_clinical_use
@@ -129,7 +153,26 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
         runtime=prediction.runtime,
         precision=prediction.precision,
         notice=None if validated else NOT_FOR_CLINICAL_USE,
+        label_mode="multi-label" if findings else "single-label",
+        findings=_public_findings(prediction, findings) if findings else None,
     )
+
+
+def _public_findings(
+    prediction: Prediction, findings: Sequence[PredictionFinding | FindingValue]
+) -> list[FindingPublic]:
+    """In the order of the prediction's scores (the model's finding order)."""
+    order = {name: i for i, name in enumerate(prediction.scores)}
+    public = [
+        FindingPublic(
+            name=f.finding if isinstance(f, PredictionFinding) else f.name,
+            score=f.score,
+            threshold=f.threshold,
+            positive=f.positive,
+        )
+        for f in findings
+    ]
+    return sorted(public, key=lambda f: order.get(f.name, len(order)))
 
 
 @upload_router.post(
@@ -149,7 +192,7 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
             "description": "This instance was already predicted by this model: the stored "
             "prediction (same id), nothing new is stored",
         },
-        **problem_responses(400, 413, 415, 422, 500, 503),
+        **problem_responses(400, 404, 413, 415, 422, 500, 503),
     },
     openapi_extra=UPLOAD_OPENAPI,
 )
@@ -158,6 +201,10 @@ async def create_prediction(
     principal: PrincipalDep,
     ingestor: IngestorDep,
     explain: Annotated[bool, Query(description=EXPLAIN_DESCRIPTION)] = False,
+    finding: Annotated[
+        str | None,
+        Query(max_length=1024, pattern=NO_NUL, description=EXPLAIN_FINDING_DESCRIPTION),
+    ] = None,
 ) -> Response:
     """Preprocess the image exactly as in training, run the loaded model, store the result.
 
@@ -166,20 +213,43 @@ async def create_prediction(
     returns the stored prediction with status 200.
     """
     # The key (dependencies) before the body; a full queue refuses before reading it.
+    explained = _explained_findings(finding, ingestor.predictor.manifest)
+    explain = explain or explained is not None  # naming a finding asks for its explanation
     ingestor.check_capacity()
     data = await read_file(request)
-    result = await ingestor.ingest(data, principal.key_id, explain=explain)
+    result = await ingestor.ingest(data, principal.key_id, explain=explain, findings=explained)
     stored = result.prediction
+    findings = await _stored_findings(request, result, ingestor.predictor.manifest)
     headers = {"Location": request.app.url_path_for("get_prediction", prediction_id=str(stored.id))}
     if explain:
         heatmap = request.app.url_path_for("get_heatmap", prediction_id=str(stored.id))
         headers["Link"] = f'<{heatmap}>; rel="describedby"; type="image/png"'
     return Response(
-        content=to_public(stored, ingestor.predictor.manifest).model_dump_json(),
+        content=to_public(stored, ingestor.predictor.manifest, findings).model_dump_json(),
         status_code=201 if result.created else 200,
         media_type="application/json",
         headers=headers,
     )
+
+
+def _explained_findings(finding: str | None, manifest: ModelManifest) -> list[str] | None:
+    """The findings named by ``?finding=`` (comma-separated) for the explanation; refused
+    (404, before the body is read) on a single-label model or when a name is not one of the
+    model's findings."""
+    if finding is None:
+        return None
+    names = [n.strip() for n in finding.split(",") if n.strip()]
+    if not manifest.multi_label:
+        raise UnknownFindingError(
+            f"model {manifest.ref} is single-label: it has no findings (received {finding!r})"
+        )
+    unknown = [n for n in names if n not in manifest.class_names]
+    if unknown or not names:
+        raise UnknownFindingError(
+            f"unknown finding(s) {unknown or [finding]!r}; the model's findings: "
+            f"{', '.join(manifest.class_names)}"
+        )
+    return names
 
 
 def _single_valued(request: Request) -> None:
@@ -213,14 +283,15 @@ def get_prediction(
 ) -> PredictionPublic:
     """The stored prediction with this id (404 when there is none)."""
     prediction = services.get_prediction(session, prediction_id)
-    return to_public(prediction, _loaded_manifest(request))
+    found = services.findings_of(session, [prediction.id]).get(prediction.id, [])
+    return to_public(prediction, _loaded_manifest(request), found)
 
 
 @router.get(
     "",
     response_model=PredictionPage,
     summary="List predictions, newest first",
-    responses=problem_responses(422, 500, 503),
+    responses=problem_responses(404, 422, 500, 503),
 )
 def list_predictions(
     session: SessionDep,
@@ -240,9 +311,17 @@ def list_predictions(
         str | None,
         Query(max_length=512, description=CURSOR_DESCRIPTION, json_schema_extra=CURSOR_SCHEMA),
     ] = None,
+    finding: Annotated[
+        str | None, Query(max_length=128, pattern=NO_NUL, description=FINDING_DESCRIPTION)
+    ] = None,
+    positive: Annotated[bool | None, Query(description=POSITIVE_DESCRIPTION)] = None,
 ) -> PredictionPage:
-    """Filter by study, label, model name/version and creation time; page with next_cursor."""
+    """Filter by study, label, model name/version, creation time and (multi-label models)
+    finding and its decision; page with next_cursor."""
     _single_valued(request)
+    manifest = _loaded_manifest(request)
+    known = manifest.class_names if manifest is not None and manifest.multi_label else []
+    services.check_finding_filter(session, finding, known)
     filters = services.PredictionFilters(
         study_instance_uid=pseudonymise_uid(
             study_instance_uid, request.app.state.settings.uid_pseudonym_key_bytes
@@ -252,13 +331,26 @@ def list_predictions(
         model_version=model_version,
         created_after=services.as_utc(created_after),
         created_before=services.as_utc(created_before),
+        finding=finding,
+        positive=positive,
     )
     position = services.Cursor.decode(cursor) if cursor else None
     items, next_cursor = services.list_predictions(session, filters, limit=limit, cursor=position)
-    manifest = _loaded_manifest(request)
+    found = services.findings_of(session, [p.id for p in items])
     return PredictionPage(
-        items=[to_public(p, manifest) for p in items],
+        items=[to_public(p, manifest, found.get(p.id, [])) for p in items],
         next_cursor=next_cursor.encode() if next_cursor else None,
+    )
+
+
+async def _stored_findings(
+    request: Request, result: Any, manifest: ModelManifest
+) -> Sequence[PredictionFinding | FindingValue]:
+    """A new prediction's findings as just decided; a re-post's as stored with the first."""
+    if result.created or not manifest.multi_label:
+        return tuple(result.findings)
+    return await run_in_threadpool(
+        services.read_findings, request.app.state.resources.sessionmaker, result.prediction.id
     )
 
 

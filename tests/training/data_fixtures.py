@@ -77,3 +77,55 @@ def write_npz(
         arrays[f"{split}_labels"] = labels[:, None] if label_shape_2d else labels
     np.savez(path, **arrays)
     return path
+
+
+FINDING_BOXES = {  # finding -> the image quarter lit up when an image has it (learnable)
+    "Effusion": (slice(0, 16), slice(0, 16)),
+    "Infiltration": (slice(16, 32), slice(16, 32)),
+    "Nodule": (slice(0, 16), slice(16, 32)),
+}
+
+
+def finding_image(rng: np.random.Generator, findings: Iterable[str], size: int = 32) -> np.ndarray:
+    """A random dark uint8 image with a bright quarter per finding (32 px layout)."""
+    image = rng.integers(0, 90, size=(size, size), dtype=np.uint8)
+    for name in findings:
+        rows, cols = FINDING_BOXES[name]
+        image[rows, cols] = 230
+    return image
+
+
+def multilabel_csv(
+    root: Path,
+    *,
+    n: int = 48,
+    seed: int = 0,
+    column: str = "findings",
+    separator: str = "|",
+    none_name: str = "No Finding",
+) -> Path:
+    """``root/labels.csv`` (path, split, ``column``, patient_id) over ``n`` 32 px PNGs whose
+    findings cycle through none, each one alone and pairs; a fixed train/val/test split."""
+    rng = np.random.default_rng(seed)
+    combos: list[tuple[str, ...]] = [
+        (),
+        ("Effusion",),
+        ("Infiltration",),
+        ("Nodule",),
+        ("Effusion", "Infiltration"),
+        ("Infiltration", "Nodule"),
+    ]
+    rows = []
+    for i in range(n):
+        combo = combos[i % len(combos)]
+        split = ("train", "train", "train", "train", "val", "test")[(i // len(combos)) % 6]
+        path = write_png(root / "images" / f"img_{i:03d}.png", finding_image(rng, combo))
+        rows.append(
+            {
+                "path": path.relative_to(root).as_posix(),
+                "split": split,
+                column: separator.join(combo) if combo else none_name,
+                "patient_id": f"P{i:03d}",
+            }
+        )
+    return write_csv(root / "labels.csv", rows)

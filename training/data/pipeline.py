@@ -75,7 +75,8 @@ def make_dataset(
         drop_remainder: drop a last, smaller batch.
 
     Returns:
-        A dataset of ``(float32 (B, H, W, 1) in [0, 1], int32 (B,))``.
+        A dataset of ``(float32 (B, H, W, 1) in [0, 1], int32 (B,))``; for a multi-label
+        source the targets are float32 multi-hot ``(B, findings)``.
 
     Raises:
         models.errors.ConfigurationError: no examples, or a bad size/batch size.
@@ -97,7 +98,7 @@ def make_dataset(
     if training and augment:
         aug_config = augment if isinstance(augment, AugmentConfig) else AugmentConfig()
 
-    labels = np.asarray([e.label for e in examples], dtype=np.int32)
+    labels = source.targets(examples)  # int32 (N,); multi-label: float32 multi-hot (N, F)
     shuffle_before_decode = training and not cache and source.kind != "npz"
     if source.kind == "npz":
         pixels = np.stack([source.load_pixels(e, size=hw, window=None) for e in examples])

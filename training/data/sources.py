@@ -143,12 +143,67 @@ def hash_patient_id(raw: str, key: bytes | None = None) -> str:
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled image: ``key`` is a file path or ``"npz:<split>:<index>"``."""
+    """One labelled image: ``key`` is a file path or ``"npz:<split>:<index>"``.
+
+    In a multi-label source ``findings`` holds the indices of the image's findings (empty:
+    none) and ``label`` is 1 when it has any finding, else 0 (what splits stratify on).
+    """
 
     key: str
     label: int
     patient_id: str | None = None
     split: str | None = None
+    findings: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MultiLabelSpec:
+    """How a multi-label data set writes its findings.
+
+    ``column``: the CSV column holding them (``label`` by default; NIH ChestX-ray14 calls it
+    ``nih_finding_labels``); ``separator`` joins several findings in one cell
+    (``Effusion|Infiltration``); ``none_name`` is the cell of an image without any finding
+    (``No Finding``); ``findings``: the allowed finding names in output order (None: every
+    name the data holds, sorted). Folder layouts name each class folder the same way
+    (``Effusion+Infiltration/`` with ``separator="+"``).
+    """
+
+    column: str = "label"
+    separator: str = "|"
+    none_name: str = "No Finding"
+    findings: tuple[str, ...] | None = None
+    # findings left out of the model: dropped from every label (an image keeps its other
+    # findings; each remaining finding's negatives stay true negatives)
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.separator or self.separator.strip() != self.separator:
+            raise ConfigurationError(
+                f"the finding separator must be non-empty, without spaces; got {self.separator!r}"
+            )
+        if not self.none_name.strip():
+            raise ConfigurationError("the no-finding name must not be empty")
+        if not self.column.strip():
+            raise ConfigurationError("the finding label column must not be empty")
+
+    def parse(self, value: str, *, where: str) -> list[str]:
+        """The finding names of one label cell (``[]`` for the no-finding name).
+
+        Raises:
+            ConfigurationError: an empty cell, or the no-finding name joined to findings.
+        """
+        text = value.strip()
+        if not text:
+            raise ConfigurationError(f"empty finding label at {where}")
+        if text == self.none_name:
+            return []
+        names = [part.strip() for part in text.split(self.separator) if part.strip()]
+        if self.none_name in names:
+            raise ConfigurationError(
+                f"{self.none_name!r} is joined to findings at {where}: {value!r}"
+            )
+        kept = [name for name in names if name not in self.ignore]
+        return sorted(set(kept), key=kept.index)
 
 
 @dataclass(frozen=True)
@@ -175,6 +230,9 @@ class DataSource:
     # where patient ids came from: "PatientID/StudyInstanceUID" (DICOM), "patient_id column"
     # (CSV), "none" (no patient information: splits are per image)
     patient_source: str = "none"
+    # multi-label: class_names are the finding names, each example carries ``findings``
+    multi_label: bool = False
+    none_name: str | None = None  # the multi-label "no finding" name
 
     @property
     def has_patients(self) -> bool:
@@ -186,9 +244,23 @@ class DataSource:
         return len(self.class_names)
 
     def class_counts(self, examples: Iterable[Example] | None = None) -> dict[str, int]:
-        """Images per class name (of ``examples``, default all)."""
-        counts = Counter(e.label for e in (self.examples if examples is None else examples))
+        """Images per class name (of ``examples``, default all); multi-label: images with
+        each finding."""
+        items = self.examples if examples is None else examples
+        if self.multi_label:
+            counts = Counter(i for e in items for i in e.findings or ())
+        else:
+            counts = Counter(e.label for e in items)
         return {name: counts.get(i, 0) for i, name in enumerate(self.class_names)}
+
+    def targets(self, examples: Sequence[Example]) -> np.ndarray:
+        """Training targets: int32 labels (N,), or float32 multi-hot (N, findings)."""
+        if not self.multi_label:
+            return np.asarray([e.label for e in examples], dtype=np.int32)
+        hot = np.zeros((len(examples), self.num_classes), dtype=np.float32)
+        for row, e in enumerate(examples):
+            hot[row, list(e.findings or ())] = 1.0
+        return hot
 
     def raw_array(self, example: Example) -> np.ndarray:
         """The stored 2-D pixel array of an npz example (uint8/uint16 gray)."""
@@ -268,6 +340,7 @@ def open_source(
     *,
     class_names: Sequence[str] | None = None,
     validate: bool = True,
+    multi_label: MultiLabelSpec | None = None,
 ) -> DataSource:
     """Open a folder of class sub-folders, a ``.csv`` manifest or a ``.npz`` file.
 
@@ -279,6 +352,8 @@ def open_source(
         validate: read each file's header at scan time (cheap) and skip files that cannot
             be images. When False, every candidate file is kept and unreadable ones are
             skipped during decoding instead.
+        multi_label: open the labels as sets of findings (see :class:`MultiLabelSpec`):
+            a CSV column or class-folder names; not for npz files.
 
     Raises:
         models.errors.ConfigurationError: the path does not exist, or the layout or labels
@@ -287,7 +362,9 @@ def open_source(
     p = Path(path)
     if not p.exists():
         raise ConfigurationError(f"data path does not exist: {str(p)!r}")
-    if p.is_dir():
+    if multi_label is not None:
+        source = _open_multi_label(p, multi_label, validate=validate)
+    elif p.is_dir():
         source = _open_folder(p, class_names=class_names, validate=validate)
     elif p.suffix.lower() == ".csv":
         source = _open_csv(p, class_names=class_names, validate=validate)
@@ -305,7 +382,12 @@ def open_source(
 NEGATIVE_CLASS_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no_finding"})
 
 
-def open_data(path: str | Path, class_names: Sequence[str] = ()) -> DataSource:
+def open_data(
+    path: str | Path,
+    class_names: Sequence[str] = (),
+    *,
+    multi_label: MultiLabelSpec | None = None,
+) -> DataSource:
     """Open a training/evaluation data set.
 
     A folder holding a ``labels.csv`` is opened through that manifest (it carries patient ids
@@ -319,7 +401,7 @@ def open_data(path: str | Path, class_names: Sequence[str] = ()) -> DataSource:
     p = Path(path)
     if p.is_dir() and (p / "labels.csv").is_file():
         p = p / "labels.csv"
-    source = open_source(p, class_names=list(class_names) or None)
+    source = open_source(p, class_names=list(class_names) or None, multi_label=multi_label)
     if source.num_classes < 2:
         raise ConfigurationError(
             f"a classifier needs at least 2 classes; {str(path)!r} has {source.class_names!r}"
@@ -638,6 +720,136 @@ def _csv_labels(
     return names, by_name
 
 
+def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> DataSource:
+    """A CSV (``spec.column``) or a folder (class-folder names) read as sets of findings."""
+    if path.is_dir():
+        dirs = sorted(d.name for d in path.iterdir() if d.is_dir() and not _is_hidden(d.name))
+        rows = [
+            {"path": str(file), spec.column: name, "split": "", "patient_id": ""}
+            for name in dirs
+            for file in _walk_files(path / name)
+        ]
+        if not rows:
+            raise ConfigurationError(f"no files under the class folders of {str(path)!r}")
+        columns = list(rows[0])
+    elif path.suffix.lower() == ".csv":
+        columns, rows = _read_csv(path)
+        for required in ("path", spec.column):
+            if required not in columns:
+                raise ConfigurationError(
+                    f"CSV manifest {str(path)!r} has no {required!r} column (the findings are "
+                    f"read from {spec.column!r}); columns: {columns!r}"
+                )
+    else:
+        raise ConfigurationError(
+            f"multi-label data must be a .csv manifest or a folder; got {str(path)!r}"
+        )
+    csv_name = path.name
+    parsed = [
+        spec.parse(row[spec.column], where=f"{csv_name} line {line}")
+        for line, row in enumerate(rows, start=2)
+    ]
+    seen = sorted({name for names in parsed for name in names})
+    if spec.findings is not None:
+        names = list(spec.findings)
+        unknown = sorted(set(seen) - set(names))
+        if unknown:
+            raise ConfigurationError(
+                f"finding(s) {unknown!r} in {str(path)!r} are not in the finding list "
+                f"{names!r}; add them to the list or fix the labels"
+            )
+    else:
+        names = seen
+    index = {name: i for i, name in enumerate(names)}
+    key = patient_hash_key() if any(r.get("patient_id", "").strip() for r in rows) else b""
+    base = path if path.is_dir() else path.parent
+    examples: list[Example] = []
+    skipped: list[SkippedFile] = []
+    for line, (row, found) in enumerate(zip(rows, parsed, strict=True), start=2):
+        where = f"{csv_name} line {line}"
+        file, reason = _locate(base, row["path"], where, validate=validate)
+        if reason is not None:
+            skipped.append(SkippedFile(str(file), reason))
+            log.warning("skipping %s: %s", file, reason)
+            continue
+        raw_patient = row.get("patient_id", "").strip()
+        patient = hash_patient_id(f"PatientID:{raw_patient}", key) if raw_patient else None
+        split = _normalise_split(row.get("split"), where=where)
+        findings = tuple(sorted(index[name] for name in found))
+        examples.append(Example(str(file), int(bool(findings)), patient, split, findings))
+    source = DataSource(
+        names,
+        examples,
+        "folder" if path.is_dir() else "csv",
+        path,
+        skipped,
+        multi_label=True,
+        none_name=spec.none_name,
+    )
+    if any(e.patient_id is not None for e in examples):
+        source.patient_source = "patient_id column"
+    _check_findings(source, str(path))
+    return source
+
+
+def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
+    if not rows:
+        raise ConfigurationError(f"CSV manifest {str(csv_path)!r} has no rows")
+    return columns, rows
+
+
+def _locate(base: Path, value: str, where: str, *, validate: bool) -> tuple[Path, str | None]:
+    """The file a manifest row names, and why to skip it (None: usable)."""
+    rel = value.strip()
+    if not rel:
+        raise ConfigurationError(f"empty path at {where}")
+    file = Path(rel) if Path(rel).is_absolute() else base / rel
+    reason: str | None = "not a file" if file.exists() else "file does not exist"
+    if file.is_file():
+        reason = _probe_file(file) if validate else _probe_kind_only(file)
+    return file, reason
+
+
+def _check_findings(source: DataSource, where: str) -> None:
+    """A multi-label set needs 2+ findings, each on some image, and images without each."""
+    if source.num_classes < 2:
+        raise ConfigurationError(
+            f"a multi-label data set needs at least 2 finding names; {where!r} has "
+            f"{source.class_names!r}"
+        )
+    counts = source.class_counts()
+    absent = [name for name, c in counts.items() if c == 0]
+    if absent:
+        raise ConfigurationError(
+            f"finding(s) {absent!r} have no image in {where!r}; leave them out of the finding list"
+        )
+    everywhere = [name for name, c in counts.items() if c == len(source.examples)]
+    if everywhere:
+        raise ConfigurationError(
+            f"finding(s) {everywhere!r} are on every image of {where!r}: nothing to tell apart"
+        )
+
+
+def finding_cooccurrence(source: DataSource, examples: Iterable[Example] | None = None) -> Any:
+    """Images with both findings i and j (int64 (F, F); the diagonal counts each finding).
+
+    Raises:
+        ConfigurationError: ``source`` is not multi-label.
+    """
+    if not source.multi_label:
+        raise ConfigurationError("co-occurrence needs a multi-label data set")
+    items = list(source.examples if examples is None else examples)
+    hot = source.targets(items).astype(np.int64)
+    return hot.T @ hot
+
+
 def _open_npz(path: Path, *, class_names: Sequence[str] | None) -> DataSource:
     try:
         data = np.load(path, allow_pickle=False)
@@ -731,8 +943,9 @@ def split_source(
     without one are assigned here. Assignment is by **patient** when patient ids exist (all
     images of a patient land in one split; a patient who already has a given split joins
     it), otherwise per image. Groups are shuffled with ``seed`` and allocated per label
-    (stratified by the group's majority label) so each split gets about the requested
-    fraction of each class's images. The same inputs and seed always give the same splits.
+    (stratified by the group's majority label; multi-label: by each image's rarest finding)
+    so each split gets about the requested fraction of each class's images. The same inputs
+    and seed always give the same splits.
 
     Raises:
         models.errors.ConfigurationError: fractions outside [0, 1) or summing to >= 1.
@@ -768,9 +981,10 @@ def split_source(
             continue
         groups[f"p:{pid}" if pid is not None else f"k:{ex.key}"].append(ex)
 
+    stratum = _stratum(source)
     by_label: dict[int, list[str]] = defaultdict(list)
     for gid in sorted(groups):
-        labels = Counter(e.label for e in groups[gid])
+        labels = Counter(stratum(e) for e in groups[gid])
         majority = min(labels, key=lambda lab: (-labels[lab], lab))
         by_label[majority].append(gid)
     rng = random.Random(seed)
@@ -793,6 +1007,20 @@ def split_source(
     for split in SPLITS:
         splits[split].sort(key=lambda e: e.key)
     return splits
+
+
+def _stratum(source: DataSource) -> Any:
+    """What a split stratifies on: the label; multi-label, the image's rarest finding (0: no
+    finding), so rare findings reach every split rather than only the most common ones."""
+    if not source.multi_label:
+        return lambda e: e.label
+    counts = Counter(i for e in source.examples for i in e.findings or ())
+    rank = {i: r for r, i in enumerate(sorted(counts, key=lambda i: (counts[i], i)), start=1)}
+
+    def rarest(e: Example) -> int:
+        return min((rank[i] for i in e.findings or ()), default=0)
+
+    return rarest
 
 
 def leakage_report(splits: Mapping[str, Iterable[Example]]) -> dict[str, list[str]]:
@@ -880,6 +1108,9 @@ def check_splits(
     Raises:
         ConfigurationError: naming the counts found.
     """
+    if source.multi_label:
+        _check_finding_splits(source, splits)
+        return
     names = source.class_names
     train_counts = source.class_counts(splits["train"])
     missing = [n for n, c in train_counts.items() if c == 0]
@@ -906,6 +1137,28 @@ def check_splits(
             )
 
 
+def _check_finding_splits(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> None:
+    """Multi-label: every finding needs a training image; validation needs, for at least one
+    finding, images with and without it. A finding validation cannot judge (no positive or no
+    negative there) keeps the 0.5 threshold and an undefined AUC; training says so."""
+    train_counts = source.class_counts(splits["train"])
+    missing = [n for n, c in train_counts.items() if c == 0]
+    if missing:
+        raise ConfigurationError(
+            f"finding(s) {missing!r} have no training image; train split counts {train_counts}. "
+            "Leave them out (--ignore-findings) or add data"
+        )
+    val = list(splits["val"])
+    val_counts = source.class_counts(val)
+    judged = [n for n, c in val_counts.items() if 0 < c < len(val)]
+    if not judged:
+        raise ConfigurationError(
+            "the validation split needs images with and without at least one finding to "
+            f"choose the best epoch and the thresholds; it has {len(val)} image(s), finding "
+            f"counts {val_counts}. Add data or raise val_fraction"
+        )
+
+
 def data_fingerprint(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> str:
     """sha256 over the sorted (split, key relative to the data root, label) lines."""
     root = Path(source.root)
@@ -917,7 +1170,8 @@ def data_fingerprint(source: DataSource, splits: Mapping[str, Sequence[Example]]
             if not key.startswith("npz:"):
                 with contextlib.suppress(ValueError):  # outside the root: keep it absolute
                     key = Path(key).resolve().relative_to(base.resolve()).as_posix()
-            lines.append(f"{split}\t{key}\t{e.label}")
+            label = e.label if e.findings is None else "|".join(map(str, e.findings))
+            lines.append(f"{split}\t{key}\t{label}")
     digest = hashlib.sha256()
     digest.update("\n".join(sorted(lines)).encode())
     return f"sha256:{digest.hexdigest()}"
