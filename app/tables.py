@@ -39,6 +39,7 @@ class Prediction(Base):
         Index(None, "created_at", "id"),
         Index(None, "study_instance_uid"),
         Index(None, "label"),
+        Index(None, "series_instance_uid"),  # (0008) GET /v1/series/{uid}
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -96,6 +97,25 @@ class Explanation(Base):
     class_name: Mapped[str] = mapped_column(String(128))
     score: Mapped[float] = mapped_column(Float)
     png: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PredictionSeries(Base):
+    """(0008) The attributes every instance of one series must share (app/series.py).
+
+    Written by the first instance of a series that is stored, in the same transaction as its
+    prediction; a later instance that disagrees is refused (422) before its row is written.
+    One row per Series Instance UID as stored (a pseudonym when the UIDs are pseudonymised):
+    the row is the series' lock, so concurrent writers (threads or replicas) agree on it.
+    """
+
+    __tablename__ = "prediction_series"
+
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), primary_key=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    rows: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 def dedupe_key(*, sop_instance_uid: str | None, input_sha256: str) -> str:

@@ -63,6 +63,7 @@ FAILURE_REASONS: dict[str, int] = {
     "invalid-dicom-attribute": DATA_SET_DOES_NOT_MATCH,
     "preprocessing-error": DATA_SET_DOES_NOT_MATCH,
     "study-mismatch": DATA_SET_DOES_NOT_MATCH,
+    "series-mismatch": DATA_SET_DOES_NOT_MATCH,
     "image-too-large": OUT_OF_RESOURCES,
     "too-many-instances": OUT_OF_RESOURCES,
     "service-busy": OUT_OF_RESOURCES,

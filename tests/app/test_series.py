@@ -1,0 +1,436 @@
+"""Series and study results (app/series.py, app/routes/series.py) on SQLite and PostgreSQL:
+aggregation as instances arrive, links to the instance predictions, pseudonymised UIDs, the
+series SR, instances that disagree with their series, concurrent uploads of one series."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pydicom
+import pytest
+
+from tests.app.conftest import (
+    Service,
+    TestClient,
+    assert_problem,
+    create_api_key,
+    dicom_bytes,
+    make_settings,
+    new_uid,
+)
+from tests.app.test_stowrs import parse, stow
+
+
+def with_modality(data: bytes, modality: str) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.Modality = modality
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def abnormal(response: Any) -> float:
+    return float(response.json()["scores"]["abnormal"])
+
+
+def series_rows(service: Service, series: str) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in service.rows()
+        if r["table"] == "predictions" and r["series_instance_uid"] == series
+    ]
+
+
+# --- aggregation, pure -----------------------------------------------------------------------
+
+
+class TestAggregate:
+    def test_max(self) -> None:
+        from radlens.app.series import aggregate
+
+        assert aggregate([0.1, 0.7, 0.3], "max", 2) == 0.7
+
+    def test_mean_of_the_top_k(self) -> None:
+        from radlens.app.series import aggregate
+
+        assert aggregate([0.1, 0.7, 0.3, 0.5], "mean_top_k", 2) == pytest.approx(0.6)
+        assert aggregate([0.2, 0.4], "mean_top_k", 5) == pytest.approx(0.3)  # fewer than k
+
+    def test_noisy_or(self) -> None:
+        from radlens.app.series import aggregate
+
+        assert aggregate([0.5, 0.5], "noisy_or", 1) == pytest.approx(0.75)
+        assert aggregate([0.2, 0.1, 0.3], "noisy_or", 1) == pytest.approx(1 - 0.8 * 0.9 * 0.7)
+        assert aggregate([1.0, 0.1], "noisy_or", 1) == 1.0
+        many = aggregate([1e-9] * 1000, "noisy_or", 1)  # log space: no underflow to 0
+        assert many == pytest.approx(1e-6, rel=1e-6)
+
+    def test_refusals_quote_what_was_received(self) -> None:
+        from radlens.app.series import aggregate
+
+        with pytest.raises(ValueError, match=r"Received: 'median'"):
+            aggregate([0.1], "median", 1)
+        with pytest.raises(ValueError, match=r"Received: \[\]"):
+            aggregate([], "max", 1)
+        with pytest.raises(ValueError, match=r"k=0"):
+            aggregate([0.1], "max", 0)
+
+
+def test_the_aggregation_setting_is_checked() -> None:
+    from pydantic import ValidationError
+
+    from radlens.app.settings import Settings
+
+    with pytest.raises(ValidationError, match="series_aggregation"):
+        Settings(series_aggregation="median")
+    with pytest.raises(ValidationError, match="series_top_k"):
+        Settings(series_top_k=0)
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+class TestSeries:
+    def test_aggregate_is_updated_as_instances_arrive(self, service: Service) -> None:
+        study, series = new_uid(), new_uid()
+        scores: dict[str, float] = {}
+        ids: dict[str, str] = {}
+        for seed in range(4):
+            sop = new_uid()
+            response = service.post(dicom_bytes(study=study, series=series, sop=sop, seed=seed))
+            assert response.status_code == 201, response.text
+            scores[sop], ids[sop] = abnormal(response), response.json()["id"]
+
+            got = service.client.get(f"/v1/series/{series}")
+            assert got.status_code == 200, got.text
+            body = got.json()
+            (result,) = body["results"]
+            assert result["instance_count"] == seed + 1
+            assert result["class_name"] == "abnormal"
+            assert result["score"] == pytest.approx(max(scores.values()))
+            assert result["positive"] == (result["score"] >= 0.5)
+            assert result["label"] == ("abnormal" if result["positive"] else "normal")
+            assert result["notice"].startswith("Not for clinical use")
+
+        assert body["series_instance_uid"] == series
+        assert body["study_instance_uid"] == study
+        assert (body["modality"], body["rows"], body["columns"]) == ("CT", 16, 16)
+        assert body["aggregation"] == "max" and body["top_k"] == 3
+        ranked = sorted(scores, key=lambda s: -scores[s])
+        assert [i["sop_instance_uid"] for i in result["key_instances"]] == ranked[:3]
+        assert [i["sop_instance_uid"] for i in result["instances"]] == ranked
+        for item in result["instances"]:  # each link is the instance's own prediction
+            assert item["prediction_id"] == ids[item["sop_instance_uid"]]
+            linked = service.client.get(item["href"])
+            assert linked.status_code == 200
+            assert linked.json()["sop_instance_uid"] == item["sop_instance_uid"]
+            assert linked.json()["scores"]["abnormal"] == pytest.approx(item["score"])
+
+        study_body = service.client.get(body["study_href"]).json()
+        assert study_body["study_instance_uid"] == study
+        (link,) = study_body["series"]
+        assert link["series_instance_uid"] == series and link["instance_count"] == 4
+        assert service.client.get(link["href"]).json() == body
+        (study_result,) = study_body["results"]
+        assert study_result["score"] == pytest.approx(result["score"])
+        assert study_result["key_series_instance_uid"] == series
+
+    def test_a_repost_does_not_count_twice(self, service: Service) -> None:
+        series = new_uid()
+        data = dicom_bytes(series=series)
+        assert service.post(data).status_code == 201
+        assert service.post(data).status_code == 200
+        body = service.client.get(f"/v1/series/{series}").json()
+        assert body["results"][0]["instance_count"] == 1
+
+    def test_study_with_two_series_takes_its_most_positive_series(self, service: Service) -> None:
+        study = new_uid()
+        best: dict[str, float] = {}
+        for series_seed in range(2):
+            series = new_uid()
+            for seed in range(2):
+                response = service.post(
+                    dicom_bytes(study=study, series=series, seed=10 * series_seed + seed + 50)
+                )
+                best[series] = max(best.get(series, 0.0), abnormal(response))
+        body = service.client.get(f"/v1/studies/{study}").json()
+        top = max(best, key=lambda s: best[s])
+        (result,) = body["results"]
+        assert result["key_series_instance_uid"] == top
+        assert result["score"] == pytest.approx(best[top])
+        assert result["series_count"] == 2 and result["instance_count"] == 4
+        assert [s["series_instance_uid"] for s in body["series"]] == sorted(
+            best, key=lambda s: -best[s]
+        )
+
+    def test_stow_of_one_series_is_one_result(self, service: Service) -> None:
+        study, series = new_uid(), new_uid()
+        parts = [dicom_bytes(study=study, series=series, seed=s) for s in range(5)]
+        response = stow(service, parts)
+        assert response.status_code == 200, response.text
+        body = service.client.get(f"/v1/series/{series}").json()
+        assert body["results"][0]["instance_count"] == 5
+
+    def test_stow_mixing_studies_gives_a_result_per_study(self, service: Service) -> None:
+        # POST /dicomweb/studies may carry several studies (PS3.18 10.5); each is its own
+        # result. (POST /dicomweb/studies/{uid} refuses another study's instance:
+        # tests/app/test_stowrs.py::TestStow::test_study_in_the_url.)
+        a, b = new_uid(), new_uid()
+        parts = [dicom_bytes(study=a), dicom_bytes(study=a), dicom_bytes(study=b)]
+        assert stow(service, parts).status_code == 200
+        counts = {
+            uid: sum(
+                s["instance_count"]
+                for s in service.client.get(f"/v1/studies/{uid}").json()["series"]
+            )
+            for uid in (a, b)
+        }
+        assert counts == {a: 2, b: 1}
+
+    def test_unknown_series_and_study_are_404(self, service: Service) -> None:
+        uid = new_uid()
+        assert_problem(service.client.get(f"/v1/series/{uid}"), 404, code="not-found")
+        assert_problem(service.client.get(f"/v1/studies/{uid}"), 404, code="not-found")
+        assert_problem(service.client.get(f"/v1/series/{uid}/dicom/sr"), 404, code="not-found")
+
+    @pytest.mark.parametrize("bad", ["abc", "1.2.x", "1" * 65, "1..2"])
+    def test_malformed_uid_is_422(self, service: Service, bad: str) -> None:
+        assert_problem(service.client.get(f"/v1/series/{bad}"), 422)
+        assert_problem(service.client.get(f"/v1/studies/{bad}"), 422)
+
+
+class TestSeriesMismatch:
+    def test_other_rows_and_columns_are_refused_and_nothing_stored(self, service: Service) -> None:
+        study, series = new_uid(), new_uid()
+        assert service.post(dicom_bytes(study=study, series=series, seed=1)).status_code == 201
+        before_rows, before = service.rows(), service.client.get(f"/v1/series/{series}").json()
+
+        response = service.post(dicom_bytes(study=study, series=series, rows=20, columns=24))
+        body = assert_problem(response, 422, code="series-mismatch")
+        assert "20x24" in body["detail"] and "16x16" in body["detail"]
+        assert "Study" not in body["detail"] and "Modality" not in body["detail"]
+        after_rows = service.rows()
+        assert [r for r in after_rows if r["table"] != "audit_events"] == [
+            r for r in before_rows if r["table"] != "audit_events"
+        ]
+        assert service.client.get(f"/v1/series/{series}").json() == before
+
+    def test_other_modality_is_refused(self, service: Service) -> None:
+        study, series = new_uid(), new_uid()
+        assert service.post(dicom_bytes(study=study, series=series)).status_code == 201
+        response = service.post(with_modality(dicom_bytes(study=study, series=series), "MR"))
+        body = assert_problem(response, 422, code="series-mismatch")
+        assert "'MR'" in body["detail"] and "'CT'" in body["detail"]
+        assert "Study" not in body["detail"]
+        assert len(series_rows(service, series)) == 1
+
+    def test_another_study_is_refused(self, service: Service) -> None:
+        series = new_uid()
+        assert service.post(dicom_bytes(series=series)).status_code == 201
+        body = assert_problem(service.post(dicom_bytes(series=series)), 422, code="series-mismatch")
+        assert "Study Instance UID differs" in body["detail"]
+        assert "Modality" not in body["detail"] and "Rows" not in body["detail"]
+        assert len(series_rows(service, series)) == 1
+
+    def test_in_a_stow_request_only_the_disagreeing_instance_fails(self, service: Service) -> None:
+        study, series = new_uid(), new_uid()
+        good = [dicom_bytes(study=study, series=series, seed=s) for s in range(3)]
+        bad_sop = new_uid()
+        bad = dicom_bytes(study=study, series=series, sop=bad_sop, rows=20, columns=20)
+        assert service.post(good[0]).status_code == 201  # the series is 16x16 from here on
+        response = stow(service, [*good[1:], bad])
+        assert response.status_code == 202, response.text
+        ds = parse(response)
+        (failed,) = ds.FailedSOPSequence
+        assert failed.ReferencedSOPInstanceUID == bad_sop
+        assert failed.FailureReason == 0xA900
+        assert failed[0x00991004].value == "series-mismatch"
+        assert len(ds.ReferencedSOPSequence) == 2
+        assert (
+            service.client.get(f"/v1/series/{series}").json()["results"][0]["instance_count"] == 3
+        )
+        assert bad_sop not in {r["sop_instance_uid"] for r in series_rows(service, series)}
+
+
+# --- concurrency: two replicas (two apps, two writers) on one database -----------------------
+
+
+@pytest.fixture()
+def two_replicas(migrated_database_url: str, model_store: Any) -> Iterator[list[Any]]:
+    from radlens.app.main import create_app
+
+    key = create_api_key(migrated_database_url)
+    apps = [
+        create_app(make_settings(migrated_database_url, model_store, auth="enabled"))
+        for _ in range(2)
+    ]
+    for app in apps:
+        app.state.test_headers = {"Authorization": f"Bearer {key}"}
+    yield apps
+
+
+async def _post_concurrently(apps: list[Any], uploads: list[bytes], series: str) -> list[Any]:
+    import contextlib
+
+    import httpx
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for app in apps:
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            clients.append(
+                await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        transport=httpx.ASGITransport(app=app),
+                        base_url="http://test",
+                        headers=app.state.test_headers,
+                    )
+                )
+            )
+
+        async def post(i: int, data: bytes) -> Any:
+            files = {"file": ("image.dcm", data, "application/octet-stream")}
+            return await clients[i % len(clients)].post("/v1/predictions", files=files)
+
+        responses = list(await asyncio.gather(*(post(i, d) for i, d in enumerate(uploads))))
+        aggregate = await clients[0].get(f"/v1/series/{series}")
+        return [*responses, aggregate]
+
+
+def test_concurrent_uploads_of_one_series_on_two_replicas(two_replicas: list[Any]) -> None:
+    """Instances of one series with two geometries, posted at once through two apps (two
+    writer threads: concurrent transactions on one database): exactly one geometry wins, every
+    stored instance has it, every other is a 422, and the aggregate counts what was stored."""
+    from sqlalchemy import select
+
+    from radlens.app.db import make_engine
+    from radlens.app.tables import Prediction, PredictionSeries
+
+    study, series = new_uid(), new_uid()
+    uploads = [
+        dicom_bytes(
+            study=study,
+            series=series,
+            seed=i,
+            rows=16 if i % 2 else 24,
+            columns=16 if i % 2 else 24,
+        )
+        for i in range(16)
+    ]
+    *responses, aggregate = asyncio.run(_post_concurrently(two_replicas, uploads, series))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {201, 422}, [r.text for r in responses if r.status_code >= 500]
+    assert statuses.count(201) == 8 and statuses.count(422) == 8, statuses
+    refused = [r for r in responses if r.status_code == 422]
+    assert all(r.json()["type"].endswith("series-mismatch") for r in refused)
+
+    engine = make_engine(two_replicas[0].state.settings.database_url)
+    try:
+        with engine.connect() as conn:
+            sizes = set(
+                conn.execute(
+                    select(Prediction.rows, Prediction.columns).where(
+                        Prediction.series_instance_uid == series
+                    )
+                ).all()
+            )
+            reference = conn.execute(
+                select(PredictionSeries.rows, PredictionSeries.columns).where(
+                    PredictionSeries.series_instance_uid == series
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    assert sizes == {tuple(reference)}
+    assert aggregate.json()["results"][0]["instance_count"] == 8
+    scores = [r.json()["scores"]["abnormal"] for r in responses if r.status_code == 201]
+    assert aggregate.json()["results"][0]["score"] == pytest.approx(max(scores))
+    assert not math.isnan(aggregate.json()["results"][0]["score"])
+
+
+# --- pseudonymised UIDs and the series SR ----------------------------------------------------
+
+
+@pytest.fixture()
+def pseudonymising(migrated_database_url: str, model_store: Any) -> Iterator[TestClient]:
+    from radlens.app.main import create_app
+
+    settings = make_settings(
+        migrated_database_url,
+        model_store,
+        uid_pseudonym_key="a-site-key-of-at-least-16-chars",
+        series_aggregation="mean_top_k",
+        series_top_k=2,
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_pseudonymised_series_is_found_by_its_original_uid_and_its_pseudonym(
+    pseudonymising: TestClient,
+) -> None:
+    client = pseudonymising
+    study, series = new_uid(), new_uid()
+    scores = []
+    for seed in range(3):
+        files = {"file": ("x.dcm", dicom_bytes(study=study, series=series, seed=seed), "x")}
+        response = client.post("/v1/predictions", files=files)
+        assert response.status_code == 201
+        scores.append(response.json()["scores"]["abnormal"])
+    pseudonym = response.json()["series_instance_uid"]
+    assert pseudonym != series
+
+    by_original = client.get(f"/v1/series/{series}")
+    assert by_original.status_code == 200
+    body = by_original.json()
+    assert body["series_instance_uid"] == pseudonym and body["uids_pseudonymised"]
+    assert series not in by_original.text and study not in by_original.text
+    assert client.get(f"/v1/series/{pseudonym}").json() == body
+    top2 = sorted(scores, reverse=True)[:2]
+    assert body["aggregation"] == "mean_top_k"
+    assert body["results"][0]["score"] == pytest.approx(sum(top2) / 2)
+    assert len(body["results"][0]["key_instances"]) == 2
+
+    study_body = client.get(f"/v1/studies/{study}").json()
+    assert client.get(body["study_href"]).json() == study_body
+    assert study_body["series"][0]["series_instance_uid"] == pseudonym
+    # an SR must name the real source study: the pseudonyms cannot
+    assert_problem(client.get(f"/v1/series/{series}/dicom/sr"), 409, code="uids-pseudonymised")
+
+
+def test_series_sr_references_the_key_instances(service: Service) -> None:
+    study, series = new_uid(), new_uid()
+    for seed in range(5):
+        service.post(dicom_bytes(study=study, series=series, seed=seed + 20))
+    result = service.client.get(f"/v1/series/{series}").json()["results"][0]
+    keys = [i["sop_instance_uid"] for i in result["key_instances"]]
+    assert len(keys) == 3
+
+    response = service.client.get(f"/v1/series/{series}/dicom/sr")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    sr = pydicom.dcmread(io.BytesIO(response.content))
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == study
+    assert sr.SeriesInstanceUID != series
+    evidence = [
+        item.ReferencedSOPInstanceUID
+        for study_item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series_item in study_item.ReferencedSeriesSequence
+        for item in series_item.ReferencedSOPSequence
+    ]
+    assert sorted(evidence) == sorted(keys)
+    text = str(sr)
+    assert f"{result['score']:.3f}"[:4] in text or "Series max score" in text
+    assert "Series max score for abnormal" in text
+    for key in keys:
+        assert key in text  # the measurement group's source images
+
+    again = service.client.get(f"/v1/series/{series}/dicom/sr").content
+    assert pydicom.dcmread(io.BytesIO(again)).SOPInstanceUID == sr.SOPInstanceUID  # stable
+    service.post(dicom_bytes(study=study, series=series, seed=99))
+    grown = pydicom.dcmread(io.BytesIO(service.client.get(f"/v1/series/{series}/dicom/sr").content))
+    assert grown.SOPInstanceUID != sr.SOPInstanceUID  # a new result is a new instance
