@@ -42,8 +42,12 @@ file wherever it runs. The steps, in order, and why the order matters:
    Pixel and fit Bits Allocated (a JPEG height left to a DNL marker is refused too), else
    :class:`~models.errors.CodestreamMismatchError`: a decompression bomb behind a small
    header costs a header parse, not a decode.
-2. **Pick the frame.** Multi-frame DICOM: only the middle frame, index ``frames // 2`` (for
-   an even count, the later of the two central frames), is decoded.
+2. **Pick the frame.** Multi-frame DICOM: only one frame is decoded, the one ``frame=``
+   names, by default the middle frame, index ``frames // 2`` (for an even count, the later
+   of the two central frames). :func:`frame_indices` lists the frames to use when a whole
+   instance is predicted frame by frame. From version "3", an enhanced multi-frame image's
+   functional groups decide the next two steps for that frame (:func:`frame_dataset`: the
+   Per-Frame Functional Groups item, else the Shared one, else the top-level attributes).
 3. **Modality LUT** (:func:`modality_values`): Rescale Slope/Intercept or the Modality LUT
    Sequence, so CT comes out in Hounsfield units. Windows are defined on these values, so
    this must come first.
@@ -53,7 +57,9 @@ file wherever it runs. The steps, in order, and why the order matters:
    Sequence or Window Center/Width through pydicom's ``apply_voi_lut``; otherwise min-max.
    The result is scaled to [0, 1] by the output range of that VOI transform.
 5. **MONOCHROME1 inversion** (``1 - x``), after VOI as in the DICOM display pipeline, so
-   bone is bright for both photometric interpretations.
+   bone is bright for both photometric interpretations. From version "3", a Presentation
+   LUT Shape of INVERSE inverts a MONOCHROME2 frame too, and MONOCHROME1 with INVERSE is
+   inverted once, not twice (:func:`display_inverted` has the table).
 6. **Colour to gray.** YBR_* is converted to RGB by pydicom's decoders, PALETTE COLOR through
    ``apply_color_lut``; RGB becomes gray by the ITU-R BT.601 luma weights (an RGB image
    whose three channels are equal keeps that channel exactly). Colour images use the full
@@ -63,10 +69,11 @@ file wherever it runs. The steps, in order, and why the order matters:
    widens its support when shrinking, so downsampling is antialiased.
 
 PNG and JPEG are already display images: they map by the full range of their bit depth
-(``/255`` for 8-bit, ``/65535`` for 16-bit PNG), RGB/RGBA/LA/P/CMYK become gray as above and
-alpha is ignored; window presets do not apply to them (window ``"full-range"``). Pillow's
-own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of
-``max_pixels``.
+(``/255`` for 8-bit; a 16-bit gray PNG from version "3" by the depth its sBIT chunk states,
+else the depth its data needs, see :func:`scale_16bit`; ``/65535`` before), RGB/RGBA/LA/P/
+CMYK become gray as above and alpha is ignored; window presets do not apply to them
+(window ``"full-range"``). Pillow's own decompression-bomb limit
+(``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of ``max_pixels``.
 
 Every failure is a :class:`~models.errors.PreprocessingError` subclass that quotes what was
 received; exceptions from pydicom, Pillow and numpy are translated where they are called.
@@ -112,15 +119,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PREPROCESSING_VERSION = "2"
+PREPROCESSING_VERSION = "3"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
-"2": JPEG 2000 and baseline JPEG DICOM frames are decoded at a reduced resolution when a
-``size`` is given (see :func:`decode_reduction`). "1": every frame decoded in full."""
+"3": an enhanced multi-frame image's per-frame functional groups (rescale, window) are
+applied to the frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is
+honoured (:func:`display_inverted`); a 16-bit PNG is scaled by its actual bit depth
+(:func:`scale_16bit`). "2": JPEG 2000 and baseline JPEG
+DICOM frames are decoded at a reduced resolution when a ``size`` is given (see
+:func:`decode_reduction`). "1": every frame decoded in full. Each version keeps the
+changes of the ones before it."""
 
-SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2")
-"""Versions :func:`preprocess` can reproduce (``version=``): a model trained under "1" keeps
-the full-resolution decode it was trained with."""
+SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3")
+"""Versions :func:`preprocess` can reproduce (``version=``): a model keeps the
+preprocessing it was trained with (a "2" model ignores functional groups, a "1" model
+decodes in full), so every older model still loads and predicts as it was validated."""
 
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
@@ -199,6 +212,7 @@ def preprocess(
     window: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     version: str = PREPROCESSING_VERSION,
+    frame: int | None = None,
 ) -> PreprocessedImage:
     """Turn the bytes of a DICOM, PNG or JPEG file into a float32 gray image in [0, 1].
 
@@ -215,7 +229,12 @@ def preprocess(
             :data:`SUPPORTED_PREPROCESSING_VERSIONS` (a model's manifest says which): "1"
             decodes every frame at full resolution; "2" decodes JPEG 2000 and baseline JPEG
             DICOM frames at the reduced resolution :func:`decode_reduction` picks for
-            ``size`` (full resolution when ``size`` is None).
+            ``size`` (full resolution when ``size`` is None); "3" also applies an enhanced
+            multi-frame file's per-frame functional groups (see :func:`frame_dataset`).
+        frame: the 0-based index of the frame to use; ``None`` picks the middle frame
+            (``frames // 2``). A PNG or JPEG has the one frame 0. To predict a whole
+            multi-frame instance frame by frame, call this once per index of
+            :func:`frame_indices` (``metadata.frames`` says how many there are).
 
     Returns:
         The pixels, float32 of shape ``(H, W)`` with values in [0, 1], and the PHI-free
@@ -232,7 +251,8 @@ def preprocess(
             sample count or a bit depth than the DICOM header (a decompression bomb behind a
             small header), or whose reduced-resolution decode fails.
         InvalidImageError: zero-size or non-numeric pixels, a malformed header, or a bad
-            option (unknown window preset or version, bad size or max_pixels).
+            option (unknown window preset or version, bad size or max_pixels, a frame
+            index the file does not have).
 
     Example:
         >>> image = preprocess(Path("chest.dcm").read_bytes(), size=(224, 224))
@@ -248,6 +268,7 @@ def preprocess(
         )
     if size is not None:
         size = _check_size(size)
+    _check_frame_option(frame)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidImageError(
             f"expected the file content as bytes. Received: {type(data).__name__}"
@@ -258,16 +279,32 @@ def preprocess(
         if kind == "dicom":
             reduce_for = size if version != "1" else None
             pixels, metadata = _preprocess_dicom(
-                data, window=window, max_pixels=max_pixels, reduce_for=reduce_for
+                data,
+                window=window,
+                max_pixels=max_pixels,
+                reduce_for=reduce_for,
+                frame=frame,
+                version=version,
             )
         else:
-            pixels, metadata = _preprocess_pillow(data, kind, max_pixels=max_pixels)
+            if frame not in (None, 0):
+                raise InvalidImageError(
+                    f"a {kind.upper()} file has one frame (index 0). Received frame={frame}"
+                )
+            pixels, metadata = _preprocess_pillow(
+                data, kind, max_pixels=max_pixels, version=version
+            )
     if size is not None:
         pixels = resize_image(pixels, size)
     return PreprocessedImage(pixels=pixels, metadata=metadata)
 
 
-def preprocess_array(array: np.ndarray, *, size: tuple[int, int] | None = None) -> np.ndarray:
+def preprocess_array(
+    array: np.ndarray,
+    *,
+    size: tuple[int, int] | None = None,
+    version: str = PREPROCESSING_VERSION,
+) -> np.ndarray:
     """Preprocess already-decoded 8/16-bit pixels exactly as their PNG would be.
 
     For sources such as MedMNIST ``.npz`` files: the result equals
@@ -278,9 +315,12 @@ def preprocess_array(array: np.ndarray, *, size: tuple[int, int] | None = None) 
         array: uint8 ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA,
             alpha ignored), or uint16 ``(H, W)`` / ``(H, W, 1)``.
         size: ``(height, width)`` to resize to, or ``None`` to keep the size.
+        version: the :data:`PREPROCESSING_VERSION` to reproduce: from "3", uint16 is scaled
+            by the depth of its data (:func:`scale_16bit`, as a 16-bit PNG without sBIT);
+            before, by 65535.
 
     Returns:
-        float32 ``(H, W)`` in [0, 1]: ``/255`` for uint8, ``/65535`` for uint16.
+        float32 ``(H, W)`` in [0, 1]: ``/255`` for uint8; uint16 as ``version`` says.
 
     Raises:
         InvalidImageError: another dtype or shape, or an empty array (quotes them).
@@ -302,7 +342,15 @@ def preprocess_array(array: np.ndarray, *, size: tuple[int, int] | None = None) 
     if array.dtype == np.uint8 and gray_or_colour:
         pixels = _to_gray(array) / np.float32(255.0)
     elif array.dtype == np.uint16 and array.ndim == 2:
-        pixels = array.astype(np.float32) / np.float32(65535.0)
+        if version not in SUPPORTED_PREPROCESSING_VERSIONS:
+            raise InvalidImageError(
+                f"unknown preprocessing version {version!r}; this radlens reproduces "
+                f"{', '.join(SUPPORTED_PREPROCESSING_VERSIONS)}"
+            )
+        if _at_least(version, "3"):
+            pixels = scale_16bit(array)[0]
+        else:
+            pixels = array.astype(np.float32) / np.float32(65535.0)
     else:
         raise InvalidImageError(
             "expected uint8 (H, W[, 1|3|4]) or uint16 (H, W[, 1]) pixels. "
@@ -381,6 +429,140 @@ def sniff_format(data: bytes) -> str:
 # --- DICOM pieces (public so they can be tested on their own) ---------------------------
 
 
+def frame_indices(number_of_frames: int, max_frames: int | None) -> list[int]:
+    """The frames to use when a whole multi-frame instance is predicted frame by frame.
+
+    Every frame when there are at most ``max_frames`` of them (or ``max_frames`` is
+    ``None``); otherwise every k-th frame, ``k = ceil(number_of_frames / max_frames)``, so
+    at most ``max_frames`` are returned, with the unused frames split evenly before the
+    first and after the last one so the sample stays centred on the volume. Pass each
+    index as ``preprocess(..., frame=index)``.
+
+    Args:
+        number_of_frames: the instance's frame count (``ImageMetadata.frames``), >= 1.
+        max_frames: the most frames to return, >= 1, or ``None`` for all of them.
+
+    Returns:
+        Increasing 0-based frame indices.
+
+    Raises:
+        InvalidImageError: a count or limit that is not a positive integer (quotes it).
+
+    Example:
+        >>> frame_indices(5, 10)
+        [0, 1, 2, 3, 4]
+        >>> frame_indices(10, 3)   # every 4th frame
+        [0, 4, 8]
+        >>> frame_indices(11, 3)   # every 4th, one frame left over on each side
+        [1, 5, 9]
+    """
+    for name, value in (("number_of_frames", number_of_frames), ("max_frames", max_frames)):
+        if value is None and name == "max_frames":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise InvalidImageError(f"{name} must be a positive integer. Received {value!r}")
+    total = int(number_of_frames)
+    if max_frames is None or total <= int(max_frames):
+        return list(range(total))
+    step = -(-total // int(max_frames))
+    count = -(-total // step)
+    offset = (total - 1 - (count - 1) * step) // 2
+    return [offset + position * step for position in range(count)]
+
+
+_MODALITY_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence")
+_VOI_KEYWORDS = (
+    "WindowCenter",
+    "WindowWidth",
+    "WindowCenterWidthExplanation",
+    "VOILUTFunction",
+    "VOILUTSequence",
+)
+_FRAME_VIEW_KEYWORDS = (
+    "Modality",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PresentationLUTShape",
+)
+_FUNCTIONAL_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("PixelValueTransformationSequence", _MODALITY_KEYWORDS),
+    ("FrameVOILUTSequence", _VOI_KEYWORDS),
+)
+
+
+def frame_dataset(ds: Dataset, index: int) -> Dataset:
+    """The attributes that map frame ``index``'s stored values to display values.
+
+    An enhanced multi-frame image (Enhanced CT/MR/XA/..., PS3.3 C.7.6.16) keeps its
+    rescale and window in functional groups instead of the top-level attributes: for each
+    of the Pixel Value Transformation macro (Rescale Slope/Intercept/Type, or a Modality
+    LUT) and the Frame VOI LUT macro (Window Center/Width, VOI LUT Function, or a VOI LUT
+    Sequence), the frame's item of the Per-Frame Functional Groups Sequence is used when it
+    holds the macro, else the Shared Functional Groups Sequence's, else the top-level
+    attributes. A macro found in a group replaces all of that macro's top-level attributes
+    (a per-frame window never mixes with a top-level VOI LUT).
+
+    Args:
+        ds: the image's dataset.
+        index: the 0-based frame index.
+
+    Returns:
+        ``ds`` itself when no functional group holds either macro (every single-frame and
+        classic multi-frame file), else a small new dataset with the image pixel
+        description, Modality, Presentation LUT Shape and the frame's modality and VOI
+        attributes, for :func:`modality_values` and the VOI step. ``ds`` is not changed.
+
+    Example:
+        >>> view = frame_dataset(enhanced_ct, 0)
+        >>> float(view.RescaleIntercept), float(view.WindowCenter)
+        (-1024.0, 49.0)
+    """
+    per_frame = _group_item(ds, "PerFrameFunctionalGroupsSequence", index)
+    shared = _group_item(ds, "SharedFunctionalGroupsSequence", 0)
+    found: list[tuple[tuple[str, ...], Dataset]] = []
+    for sequence, keywords in _FUNCTIONAL_GROUPS:
+        for group in (per_frame, shared):
+            macro = _group_item(group, sequence, 0) if group is not None else None
+            if macro is not None:
+                found.append((keywords, macro))
+                break
+    if not found:
+        return ds
+    import copy
+
+    from pydicom.dataset import Dataset as PydicomDataset
+
+    view = PydicomDataset()
+    for keyword in _FRAME_VIEW_KEYWORDS + _MODALITY_KEYWORDS + _VOI_KEYWORDS:
+        if keyword in ds:
+            view[keyword] = copy.deepcopy(ds[keyword])
+    for keywords, macro in found:
+        for keyword in keywords:
+            if keyword in view:
+                del view[keyword]
+            if keyword in macro:
+                view[keyword] = copy.deepcopy(macro[keyword])
+    return view
+
+
+def _group_item(ds: Dataset, keyword: str, index: int) -> Dataset | None:
+    """Item ``index`` of sequence ``keyword``, or ``None`` when absent or malformed."""
+    try:
+        sequence = ds.get(keyword)
+        if not sequence or not 0 <= index < len(sequence):
+            return None
+        item = sequence[index]
+    except Exception:  # a malformed sequence: treat as absent, as _int_or does
+        return None
+    from pydicom.dataset import Dataset as PydicomDataset
+
+    return item if isinstance(item, PydicomDataset) else None
+
+
 def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """Apply the modality LUT: stored values -> modality units (HU for CT).
 
@@ -442,7 +624,13 @@ def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
 
 
 def _preprocess_dicom(
-    data: bytes, *, window: str | None, max_pixels: int, reduce_for: tuple[int, int] | None
+    data: bytes,
+    *,
+    window: str | None,
+    max_pixels: int,
+    reduce_for: tuple[int, int] | None,
+    frame: int | None = None,
+    version: str = PREPROCESSING_VERSION,
 ) -> tuple[np.ndarray, ImageMetadata]:
     ds = _read_dicom(data)
     tsyntax = _transfer_syntax(ds)
@@ -461,7 +649,7 @@ def _preprocess_dicom(
             f"{_sop_class_name(ds)!r}, modality {_text(ds, 'Modality')!r}, {len(data)} bytes"
         )
     rows, columns, frames = _check_geometry(ds, max_pixels)
-    index = frames // 2
+    index = frames // 2 if frame is None else _check_frame_index(frame, frames)
     codestream = _frame_codestream(ds, tsyntax, index, frames)
     reduced = None
     if codestream is not None:
@@ -479,6 +667,9 @@ def _preprocess_dicom(
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise InvalidImageError("the pixel data holds NaN or infinite values")
 
+    # From version "3", the frame's functional groups (enhanced multi-frame) decide the
+    # modality LUT and VOI; `ds` keeps describing the image for the metadata.
+    pixel_ds = frame_dataset(ds, index) if _at_least(version, "3") else ds
     table = _value_table(arr) if arr.ndim == 2 and photometric != "PALETTE COLOR" else None
     if arr.ndim == 2:
         if photometric == "PALETTE COLOR":
@@ -487,8 +678,8 @@ def _preprocess_dicom(
             # With a value table, the per-value steps below run once per distinct stored
             # value (table.domain) instead of once per pixel; see _value_table.
             source = arr if table is None else table.domain
-            pixels, label = _grayscale(source, ds, window, table=table)
-            if photometric == "MONOCHROME1":
+            pixels, label = _grayscale(source, pixel_ds, window, table=table)
+            if display_inverted(photometric, ds, version=version):
                 pixels = 1.0 - pixels
     elif arr.ndim == 3 and arr.shape[2] in (3, 4):
         if photometric.startswith("YBR"):
@@ -511,8 +702,8 @@ def _preprocess_dicom(
         # e.g. a Rescale Slope that overflows
         raise InvalidImageError(
             "the pixel values are not finite after the modality/VOI transforms. Received "
-            f"RescaleSlope={_text(ds, 'RescaleSlope')!r}, "
-            f"RescaleIntercept={_text(ds, 'RescaleIntercept')!r}"
+            f"RescaleSlope={_text(pixel_ds, 'RescaleSlope')!r}, "
+            f"RescaleIntercept={_text(pixel_ds, 'RescaleIntercept')!r}"
         )
     pixels = np.clip(pixels, 0.0, 1.0)
     if table is not None:
@@ -537,6 +728,47 @@ def _preprocess_dicom(
         window=label,
     )
     return pixels, metadata
+
+
+def display_inverted(
+    photometric: str, ds: Dataset, *, version: str = PREPROCESSING_VERSION
+) -> bool:
+    """Whether a grayscale frame is inverted (``1 - x``) after VOI, so bone is bright.
+
+    MONOCHROME1 (minimum is white) is always inverted. From version "3", a Presentation LUT
+    Shape of INVERSE inverts too (PS3.3 C.11.6: its P-values run the other way), and the
+    two never add up to a double inversion: radiography IODs require INVERSE exactly with
+    MONOCHROME1 (e.g. DX, C.8.11.1.1.1), which describes one inversion. So:
+
+    ====================  ========  ========  ===========
+    Photometric           absent    IDENTITY  INVERSE
+    ====================  ========  ========  ===========
+    MONOCHROME2           as is     as is     inverted
+    MONOCHROME1           inverted  inverted  inverted
+    ====================  ========  ========  ===========
+
+    MONOCHROME1 with IDENTITY contradicts the standard; the photometric interpretation,
+    which describes the stored pixels, wins (highdicom lets IDENTITY win there). A
+    Presentation LUT Sequence (a table rather than a shape) is not applied.
+
+    Args:
+        photometric: the frame's photometric interpretation after decoding.
+        ds: the dataset (its Presentation LUT Shape is read).
+        version: the :data:`PREPROCESSING_VERSION` to reproduce; before "3", only
+            MONOCHROME1 inverts.
+
+    Returns:
+        True when the frame is to be inverted.
+
+    Example:
+        >>> display_inverted("MONOCHROME2", ds_with_inverse_shape)
+        True
+    """
+    if photometric == "MONOCHROME1":
+        return True
+    if not _at_least(version, "3") or photometric != "MONOCHROME2":
+        return False
+    return (_text(ds, "PresentationLUTShape") or "").upper() == "INVERSE"
 
 
 def _read_dicom(data: bytes) -> Dataset:
@@ -1213,7 +1445,7 @@ def _min_max(values: np.ndarray, present: np.ndarray | None = None) -> np.ndarra
 
 
 def _preprocess_pillow(
-    data: bytes, kind: str, *, max_pixels: int
+    data: bytes, kind: str, *, max_pixels: int, version: str = PREPROCESSING_VERSION
 ) -> tuple[np.ndarray, ImageMetadata]:
     from PIL import Image, UnidentifiedImageError
 
@@ -1250,7 +1482,10 @@ def _preprocess_pillow(
             )
         try:
             image.load()
-            pixels, bits = _pillow_to_float(image)
+            significant = _png_significant_bits(data) if kind == "png" else None
+            pixels, bits = _pillow_to_float(
+                image, significant_bits=significant, by_depth=_at_least(version, "3")
+            )
         except PreprocessingError:
             raise
         except BaseException as exc:  # third-party boundary
@@ -1277,15 +1512,19 @@ def _preprocess_pillow(
     return pixels, metadata
 
 
-def _pillow_to_float(image: PILImage.Image) -> tuple[np.ndarray, int]:
-    """Map a Pillow image to float32 gray in [0, 1] by the full range of its bit depth."""
+def _pillow_to_float(
+    image: PILImage.Image, *, significant_bits: int | None = None, by_depth: bool = True
+) -> tuple[np.ndarray, int]:
+    """Map a Pillow image to float32 gray in [0, 1] by the full range of its bit depth.
+
+    16-bit gray: by :func:`scale_16bit` (``by_depth``, version "3"), else by 65535.
+    """
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr16 = np.asarray(image).astype(np.float32)
-        return np.clip(arr16 / np.float32(65535.0), 0.0, 1.0), 16
-    if mode == "I":  # 16-bit PNG as read by some Pillow versions
-        arr32 = np.asarray(image).astype(np.float32)
-        return np.clip(arr32 / np.float32(65535.0), 0.0, 1.0), 16
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # "I": as some Pillows read it
+        arr16 = np.asarray(image)
+        if by_depth:
+            return scale_16bit(arr16, significant_bits)
+        return np.clip(arr16.astype(np.float32) / np.float32(65535.0), 0.0, 1.0), 16
     if mode in ("1", "L"):
         arr8 = np.asarray(image.convert("L"))
     elif mode in ("LA", "La"):
@@ -1297,6 +1536,68 @@ def _pillow_to_float(image: PILImage.Image) -> tuple[np.ndarray, int]:
     else:
         raise InvalidImageError(f"unsupported image mode. Received mode {mode!r}")
     return np.clip(_to_gray(arr8) / np.float32(255.0), 0.0, 1.0), 8
+
+
+_CONTAINER_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def scale_16bit(values: np.ndarray, significant_bits: int | None = None) -> tuple[np.ndarray, int]:
+    """Scale 16-bit gray samples to [0, 1] by the bit depth they actually have.
+
+    A 16-bit PNG often holds 10-, 12- or 14-bit detector values; dividing those by 65535
+    would leave a 12-bit radiograph in [0, 0.0625]. The depth ``b`` is:
+
+    - the PNG's sBIT chunk (``significant_bits``, 1..16) when present. The PNG
+      specification (11.3.2.4) has the encoder scale such samples up to 16 bits; many
+      medical exporters store them unscaled instead. Both are read right: samples that
+      all fit in ``b`` bits are divided by ``2**b - 1``; samples beyond are taken as
+      scaled up and shifted right by ``16 - b`` first.
+    - else the smallest of 8, 10, 12, 14 and 16 bits that holds the largest sample (the
+      data's range, rounded up to a common detector depth, so images of one source map
+      alike even when one of them is darker).
+
+    Args:
+        values: unsigned integer samples (a 16-bit PNG's, or a uint16 array).
+        significant_bits: the sBIT gray value, or ``None`` when the file has none. A value
+            outside 1..16 is ignored as malformed.
+
+    Returns:
+        float32 in [0, 1] of the shape of ``values``, and ``b``.
+
+    Example:
+        >>> scale_16bit(np.array([0, 2048, 4095], np.uint16))   # no sBIT: 12-bit data
+        (array([0.        , 0.50012213, 1.        ], dtype=float32), 12)
+    """
+    arr = np.asarray(values)
+    peak = int(arr.max()) if arr.size else 0
+    if significant_bits is not None and 1 <= significant_bits <= 16:
+        bits = int(significant_bits)
+        if peak >= 1 << bits:
+            arr = np.right_shift(arr.astype(np.uint32), 16 - bits)
+    else:
+        bits = next((b for b in _CONTAINER_DEPTHS if peak < 1 << b), 16)
+    scaled = arr.astype(np.float32) / np.float32((1 << bits) - 1)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32), bits
+
+
+def _png_significant_bits(data: bytes) -> int | None:
+    """The gray (first) value of a PNG's sBIT chunk, or ``None`` when it has none.
+
+    Pillow reads PNG without exposing sBIT, so the chunks before the image data are walked
+    here (PNG 5.3: 4-byte length, 4-byte type, data, 4-byte CRC; sBIT must precede IDAT).
+    """
+    import struct
+
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length = struct.unpack(">I", data[offset : offset + 4])[0]
+        chunk = data[offset + 4 : offset + 8]
+        if chunk == b"sBIT":
+            return data[offset + 8] if length >= 1 and offset + 8 < len(data) else None
+        if chunk in (b"IDAT", b"IEND"):
+            return None
+        offset += 12 + length
+    return None
 
 
 def _pillow_error(exc: BaseException, kind: str, data: bytes) -> PreprocessingError:
@@ -1389,6 +1690,29 @@ def _check_window(window: str | None) -> None:
         raise InvalidImageError(
             f"unknown window preset {window!r}; valid presets: {', '.join(WINDOW_PRESETS)}"
         )
+
+
+def _check_frame_option(frame: Any) -> None:
+    if frame is None:
+        return
+    if isinstance(frame, bool) or not isinstance(frame, int | np.integer) or frame < 0:
+        raise InvalidImageError(
+            f"frame must be None or a non-negative integer index. Received {frame!r}"
+        )
+
+
+def _check_frame_index(frame: int, frames: int) -> int:
+    if not 0 <= int(frame) < frames:
+        raise InvalidImageError(
+            f"frame index {frame} is out of range: the file has {frames} frame(s), "
+            f"indices 0 to {frames - 1}"
+        )
+    return int(frame)
+
+
+def _at_least(version: str, oldest: str) -> bool:
+    """True when ``version`` is ``oldest`` or later (versions are whole numbers)."""
+    return int(version) >= int(oldest)
 
 
 def _check_max_pixels(max_pixels: int) -> None:

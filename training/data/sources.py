@@ -229,7 +229,11 @@ class DataSource:
         """
         hw = as_size(size)
         if self.kind == "npz":
-            pixels = preprocessing.preprocess_array(self.raw_array(example), size=hw)
+            pixels = preprocessing.preprocess_array(
+                self.raw_array(example),
+                size=hw,
+                version=version or preprocessing.PREPROCESSING_VERSION,
+            )
             return np.asarray(pixels, dtype=np.float32)[..., np.newaxis]
         image = preprocessing.preprocess(
             self.read_bytes(example),
