@@ -153,6 +153,13 @@ class Settings(BaseSettings):
     series_top_k: int = Field(
         default=3, ge=1, le=1000, description="k of mean_top_k, and key instances listed"
     )
+    max_frames: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="most frames of a multi-frame instance predicted, one by one; above it "
+        "every k-th frame (k = ceil(frames / max_frames)), centred on the volume",
+    )
     # DICOM Storage SCP (app/dimse.py; docs/pacs-integration.md)
     dimse_port: int | None = Field(
         default=None, ge=0, le=65535, description="listen for DICOM associations (off: unset)"

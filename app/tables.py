@@ -76,6 +76,9 @@ class Prediction(Base):
     # id of the key that made them; NULL in both: stored before 0004, not recorded
     uids_pseudonymised: Mapped[bool | None] = mapped_column(Boolean)
     pseudonym_key_id: Mapped[str | None] = mapped_column(String(16))
+    # (0008) a multi-frame instance predicted frame by frame (app/ingest.py): the frames used,
+    # their scores for the aggregated class, the aggregation and the key frame; NULL otherwise
+    frame_result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Explanation(Base):

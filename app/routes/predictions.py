@@ -17,6 +17,7 @@ from radlens.app.deps import IngestorDep, SessionDep
 from radlens.app.pseudonym import pseudonymise_uid
 from radlens.app.schemas import (
     NOT_FOR_CLINICAL_USE,
+    FrameResult,
     ModelRef,
     PredictionPage,
     PredictionPublic,
@@ -127,6 +128,9 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
         device=prediction.device,
         runtime=prediction.runtime,
         precision=prediction.precision,
+        frame_result=(
+            FrameResult.model_validate(prediction.frame_result) if prediction.frame_result else None
+        ),
         notice=None if validated else NOT_FOR_CLINICAL_USE,
     )
 

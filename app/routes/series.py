@@ -48,6 +48,9 @@ class InstanceLink(BaseModel):
     sop_instance_uid: str | None
     score: float = Field(description="The instance's score for the aggregated class")
     label: str
+    key_frame: int | None = Field(
+        default=None, description="Multi-frame instances: the frame with the highest score"
+    )
     href: str = Field(description="GET this for the instance's full prediction")
 
 
@@ -136,6 +139,7 @@ def _links(request: Request, result: ModelResult, which: str) -> list[InstanceLi
             sop_instance_uid=i.prediction.sop_instance_uid,
             score=i.score,
             label=i.prediction.label,
+            key_frame=(i.prediction.frame_result or {}).get("key_frame"),
             href=request.app.url_path_for("get_prediction", prediction_id=str(i.prediction.id)),
         )
         for i in items

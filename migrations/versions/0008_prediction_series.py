@@ -1,7 +1,9 @@
-"""prediction_series: the modality and geometry each series' instances share (a later instance
-that disagrees is refused), and an index on predictions.series_instance_uid for the series and
-study results (GET /v1/series/{uid}, GET /v1/studies/{uid}). Existing predictions are
-backfilled: one row per stored series, from its earliest prediction.
+"""Series and frames (issue 20): prediction_series, the modality, size and study every
+instance of a series shares (a later instance that disagrees is refused); an index on
+predictions.series_instance_uid for GET /v1/series/{uid} and /v1/studies/{uid}; and
+predictions.frame_result (a multi-frame instance predicted frame by frame: the frames used,
+their scores, the key frame). Existing predictions are backfilled into prediction_series: one
+row per stored series, from its earliest prediction.
 
 Revision ID: 0008
 Revises: 0005
@@ -32,6 +34,8 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("series_instance_uid", name=op.f("pk_prediction_series")),
     )
+    with op.batch_alter_table("predictions") as batch:
+        batch.add_column(sa.Column("frame_result", sa.JSON(), nullable=True))
     op.create_index(
         op.f("ix_predictions_series_instance_uid"),
         "predictions",
@@ -61,3 +65,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_predictions_series_instance_uid"), table_name="predictions")
     op.drop_table("prediction_series")
+    with op.batch_alter_table("predictions") as batch:
+        batch.drop_column("frame_result")

@@ -434,3 +434,116 @@ def test_series_sr_references_the_key_instances(service: Service) -> None:
     service.post(dicom_bytes(study=study, series=series, seed=99))
     grown = pydicom.dcmread(io.BytesIO(service.client.get(f"/v1/series/{series}/dicom/sr").content))
     assert grown.SOPInstanceUID != sr.SOPInstanceUID  # a new result is a new instance
+
+
+# --- multi-frame instances, frame by frame ---------------------------------------------------
+
+
+def multiframe_bytes(
+    frames: int,
+    *,
+    declared: int | None = None,
+    rows: int = 16,
+    columns: int = 16,
+    series: str | None = None,
+    study: str | None = None,
+    seed: int = 0,
+) -> tuple[bytes, list[Any]]:
+    """A multi-frame CT instance (each frame different) and its frames' pixel arrays."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16) for _ in range(frames)]
+    ds = pydicom.dcmread(
+        io.BytesIO(dicom_bytes(rows=rows, columns=columns, series=series, study=study))
+    )
+    ds.NumberOfFrames = declared if declared is not None else frames
+    ds.PixelData = b"".join(a.tobytes() for a in arrays)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue(), arrays
+
+
+def single_frame_bytes(array: Any) -> bytes:
+    """One frame's pixels as a single-frame instance of its own (a new SOP Instance UID)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(rows=array.shape[0], columns=array.shape[1])))
+    ds.PixelData = array.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+class TestMultiFrame:
+    def test_every_frame_is_predicted_and_the_key_frame_named(self, service: Service) -> None:
+        data, arrays = multiframe_bytes(5, seed=3)
+        response = service.post(data)
+        assert response.status_code == 201, response.text
+        body = response.json()
+        result = body["frame_result"]
+        assert body["frames"] == 5
+        assert result["frames"] == [0, 1, 2, 3, 4]
+        assert result["class_name"] == "abnormal" and result["aggregation"] == "max"
+        # each frame's score is what the model gives that frame alone
+        alone = [abnormal(service.post(single_frame_bytes(a))) for a in arrays]
+        assert result["scores"] == pytest.approx(alone, abs=1e-5)
+        assert result["key_frame"] == max(range(5), key=lambda i: alone[i])
+        assert body["scores"]["abnormal"] == pytest.approx(max(alone), abs=1e-5)
+        assert body["scores"]["normal"] == pytest.approx(1 - body["scores"]["abnormal"])
+        assert body["label"] == ("abnormal" if body["scores"]["abnormal"] >= 0.5 else "normal")
+        stored = service.client.get(f"/v1/predictions/{body['id']}").json()
+        assert stored["frame_result"] == result
+
+    def test_a_single_frame_instance_has_no_frame_result(self, service: Service) -> None:
+        assert service.post(dicom_bytes()).json()["frame_result"] is None
+
+    def test_the_series_lists_the_key_frame(self, service: Service) -> None:
+        series, study = new_uid(), new_uid()
+        data, _ = multiframe_bytes(3, series=series, study=study, seed=4)
+        key = service.post(data).json()["frame_result"]["key_frame"]
+        (instance,) = service.client.get(f"/v1/series/{series}").json()["results"][0]["instances"]
+        assert instance["key_frame"] == key
+
+    def test_over_the_declared_frame_limit_is_refused(self, service: Service) -> None:
+        # 10,000 declared frames is the preprocessing limit (models.preprocessing.MAX_FRAMES)
+        data, _ = multiframe_bytes(2, declared=10_001)
+        before = service.count()
+        body = assert_problem(service.post(data), 422, code="image-too-large")
+        assert "10001 frames" in body["detail"]
+        assert service.count() == before
+
+    def test_fewer_frames_than_declared_is_refused_and_nothing_stored(
+        self, service: Service
+    ) -> None:
+        data, _ = multiframe_bytes(3, declared=6)
+        before = service.count()
+        response = service.post(data)
+        assert 400 <= response.status_code < 500, response.text
+        assert_problem(response, response.status_code)
+        assert service.count() == before
+
+
+@pytest.fixture()
+def two_frames_at_most(migrated_database_url: str, model_store: Any) -> Iterator[TestClient]:
+    from radlens.app.main import create_app
+
+    settings = make_settings(
+        migrated_database_url, model_store, max_frames=2, series_aggregation="mean_top_k"
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_above_max_frames_every_kth_frame_is_predicted(two_frames_at_most: TestClient) -> None:
+    from radlens.models.preprocessing import frame_indices
+
+    data, _ = multiframe_bytes(7, seed=5)
+    files = {"file": ("x.dcm", data, "application/dicom")}
+    response = two_frames_at_most.post("/v1/predictions", files=files)
+    assert response.status_code == 201, response.text
+    result = response.json()["frame_result"]
+    assert result["frames"] == frame_indices(7, 2) == [1, 5]  # every 4th, centred
+    assert len(result["scores"]) == 2
+    assert result["aggregation"] == "mean_top_k"
+    assert response.json()["scores"]["abnormal"] == pytest.approx(
+        sum(result["scores"]) / 2, abs=1e-6
+    )
