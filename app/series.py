@@ -33,7 +33,7 @@ import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -86,22 +86,21 @@ def register_instance(session: Session, prediction: Prediction) -> None:
         "columns": prediction.columns,
         "created_at": utcnow(),
     }
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        session.execute(_POSTGRESQL_INSERT, values)
-    elif dialect == "sqlite":
-        session.execute(_SQLITE_INSERT, values)
-    elif session.get(PredictionSeries, uid) is None:  # settings allow only the two above
-        session.add(PredictionSeries(**values))
-        session.flush()
-    reference = session.execute(
-        select(
-            PredictionSeries.study_instance_uid,
-            PredictionSeries.modality,
-            PredictionSeries.rows,
-            PredictionSeries.columns,
-        ).where(PredictionSeries.series_instance_uid == uid)
-    ).one()
+    reference = None
+    for _attempt in range(2):  # the second: `radlens purge` deleted the row in between
+        _insert_series(session, values)
+        reference = session.execute(
+            select(
+                PredictionSeries.study_instance_uid,
+                PredictionSeries.modality,
+                PredictionSeries.rows,
+                PredictionSeries.columns,
+            ).where(PredictionSeries.series_instance_uid == uid)
+        ).one_or_none()
+        if reference is not None:
+            break
+    if reference is None:
+        raise RuntimeError(f"the series record of {uid!r} was neither inserted nor found")
     problems = mismatches(
         reference.study_instance_uid,
         reference.modality,
@@ -112,6 +111,17 @@ def register_instance(session: Session, prediction: Prediction) -> None:
         raise SeriesMismatchError(
             "the instance's " + "; ".join(problems) + " (nothing of this instance was stored)"
         )
+
+
+def _insert_series(session: Session, values: dict[str, Any]) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(_POSTGRESQL_INSERT, values)
+    elif dialect == "sqlite":
+        session.execute(_SQLITE_INSERT, values)
+    elif session.get(PredictionSeries, values["series_instance_uid"]) is None:
+        session.add(PredictionSeries(**values))  # settings allow only the two above
+        session.flush()
 
 
 def mismatches(
