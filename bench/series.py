@@ -24,7 +24,10 @@ What it does, all on this machine and loopback only:
    to take the request), sends one warm-up request, then per round: the raw model at the
    sweep's best batch size on as many images as the series has slices, then at once the STOW-RS
    request; the round's ratio is (slices / STOW wall time) / raw images per second. The
-   verdict is the median ratio over the rounds (target >= 0.9). Each round also reads
+   verdict is the median ratio over the rounds (target >= 0.9). Each round also prints the
+   CPU time per image of both (the raw model's in this process, the service's from
+   /proc/<pid>/stat): on a CPU shared with other jobs the wall-clock ratio swings with their
+   load, the CPU ratio much less. Each round also reads
    GET /v1/series/{uid} (the aggregate, computed from the 200 stored rows) and checks its
    instance count;
 5. prints the CPU model, each figure next to its baseline, and the service's CPU time and
@@ -140,14 +143,15 @@ class Raw:
         }
         self.rng = np.random.default_rng(0)
 
-    def rate(self, bs: int, images: int) -> tuple[float, str]:
+    def rate(self, bs: int, images: int) -> tuple[float, str, float]:
+        """(img/s, method, CPU ms per image) of the faster method at batch size ``bs``."""
         batch = self.rng.random((bs, SIZE, SIZE, 1), dtype=np.float32)
         for run in self.methods.values():
             run(batch)  # trace / warm this shape
         calls = max(2, -(-images // bs))
-        wall, _cpu = time_interleaved(self.methods, batch, calls)
+        wall, cpu = time_interleaved(self.methods, batch, calls)
         best = min(wall, key=lambda m: wall[m])
-        return calls * bs / wall[best], best
+        return calls * bs / wall[best], best, cpu[best] * 1000.0 / (calls * bs)
 
 
 async def stow(base: str, headers: dict[str, str], body: bytes, content_type: str) -> Any:
@@ -210,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         raw = Raw(store, ref)
         sweep = {}
         for bs in BATCH_SIZES:
-            sweep[bs] = raw.rate(bs, args.raw_images)[0]
-            print(f"  raw model batch {bs:2d}: {sweep[bs]:6.2f} img/s", flush=True)
+            sweep[bs], _method, cpu_ms = raw.rate(bs, args.raw_images)
+            print(
+                f"  raw model batch {bs:2d}: {sweep[bs]:6.2f} img/s, {cpu_ms:5.1f} CPU ms/img",
+                flush=True,
+            )
         best_bs = max(sweep, key=lambda b: sweep[b])
         print(f"  best batch size {best_bs} ({sweep[best_bs]:.2f} img/s)")
 
@@ -226,21 +233,23 @@ def main(argv: list[str] | None = None) -> int:
                 headers = api_key_headers(url)
                 print(f"service ready in {ready_s:.1f} s ({args.database})")
                 run_round(base, headers, ds, pixels, min(args.slices, 16))  # warm-up
-                ratios = []
+                ratios, cpu_ratios = [], []
                 for r in range(args.rounds):
-                    raw_rate, method = raw.rate(best_bs, args.slices)
+                    raw_rate, method, raw_cpu = raw.rate(best_bs, args.slices)
                     cpu0 = proc_cpu_s(proc.pid)
-                    seconds, series, _status, read_ms = run_round(
+                    seconds, _series, _status, read_ms = run_round(
                         base, headers, ds, pixels, args.slices
                     )
                     cpu_ms = (proc_cpu_s(proc.pid) - cpu0) * 1000.0 / args.slices
                     rate = args.slices / seconds
                     ratios.append(rate / raw_rate)
+                    cpu_ratios.append(raw_cpu / cpu_ms)
                     print(
-                        f"round {r + 1}: raw {raw_rate:6.2f} img/s (batch {best_bs}, {method}); "
-                        f"STOW-RS {args.slices} slices in {seconds:6.1f} s = {rate:6.2f} img/s "
-                        f"-> {ratios[-1]:.3f}x; service {cpu_ms:.0f} CPU ms/slice; "
-                        f"GET /v1/series {read_ms:.0f} ms",
+                        f"round {r + 1}: raw {raw_rate:6.2f} img/s, {raw_cpu:.0f} CPU ms/img "
+                        f"(batch {best_bs}, {method}); STOW-RS {args.slices} slices in "
+                        f"{seconds:6.1f} s = {rate:6.2f} img/s -> {ratios[-1]:.3f}x; service "
+                        f"{cpu_ms:.0f} CPU ms/slice (raw/service CPU {cpu_ratios[-1]:.3f}); "
+                        f"GET /v1/series {read_ms:.0f} ms; load {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
                 memory = proc_memory(proc.pid)
@@ -250,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "meets" if median >= 0.9 else "misses"
     print(
         f"median ratio {median:.3f}x over {len(ratios)} rounds (target >= 0.9: {verdict}); "
+        f"CPU per image, raw / service: median {statistics.median(cpu_ratios):.3f}; "
         f"service VmHWM {memory.get('VmHWM', 0) / MIB:.0f} MiB"
     )
     return 0
