@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from radlens.app.db import utcnow
 from radlens.app.errors import AppError
 from radlens.app.tables import Prediction, PredictionSeries
+from radlens.models.decision import DEFAULT_THRESHOLD
 
 Aggregation = Literal["max", "mean_top_k", "noisy_or"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean_top_k", "noisy_or")
@@ -203,12 +204,11 @@ def model_result(rows: Sequence[Prediction], method: str, k: int) -> ModelResult
     """The aggregate of ``rows``, which are one model's predictions (non-empty)."""
     first = rows[0]
     names = [str(n) for n in first.scores]
-    binary = first.threshold is not None and len(names) == 2
-    if binary:
+    if len(names) == 2:  # binary, as models.decision decides: class 1 >= threshold
         positive_name, negative_name = names[1], names[0]
         scored = [InstanceScore(r, float(r.scores.get(positive_name, 0.0))) for r in rows]
         score = aggregate([s.score for s in scored], method, k)
-        threshold = float(cast(float, first.threshold))
+        threshold = float(DEFAULT_THRESHOLD if first.threshold is None else first.threshold)
         positive = score >= threshold
         label, class_name = (positive_name if positive else negative_name), positive_name
     else:

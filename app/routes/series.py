@@ -293,8 +293,13 @@ def get_series_sr(
     """The result of the loaded model (else the newest) as an SR: the series' finding and
     score, and the key instances as its image references; patient attributes empty."""
     view = _find_series(session, series_uid, settings)
-    if view.uids_pseudonymised or any(
-        i.prediction.uids_pseudonymised for r in view.results for i in r.instances
+    # as the per-instance SR: a row's own record decides; rows stored before 0004 recorded
+    # nothing, and the current setting is the best guess for them
+    key_set = settings.uid_pseudonym_key_bytes is not None
+    if any(
+        i.prediction.uids_pseudonymised or (i.prediction.uids_pseudonymised is None and key_set)
+        for r in view.results
+        for i in r.instances
     ):
         raise PseudonymisedUidsError(
             f"series {series_uid!r} stores pseudonyms, not the source's UIDs"

@@ -80,6 +80,64 @@ class TestAggregate:
             aggregate([0.1], "max", 0)
 
 
+def _row(scores: dict[str, float], threshold: float | None, sop: str, model: int = 1) -> Any:
+    from datetime import UTC, datetime
+
+    from tests.app.conftest import prediction_row
+
+    row = prediction_row(f"sop:{sop}")
+    row.scores, row.threshold, row.sop_instance_uid = scores, threshold, sop
+    row.model_version, row.created_at = model, datetime.now(UTC)
+    return row
+
+
+class TestModelResult:
+    def test_binary_uses_the_positive_class_and_the_threshold(self) -> None:
+        from radlens.app.series import model_result
+
+        rows = [
+            _row({"normal": 0.7, "abnormal": 0.3}, 0.35, "1"),
+            _row({"normal": 0.6, "abnormal": 0.4}, 0.35, "2"),
+            _row({"normal": 0.9, "abnormal": 0.1}, 0.35, "3"),
+        ]
+        result = model_result(rows, "mean_top_k", 2)
+        assert result.class_name == "abnormal"
+        assert result.score == pytest.approx(0.35)
+        assert (result.label, result.positive, result.threshold) == ("abnormal", True, 0.35)
+        assert [i.prediction.sop_instance_uid for i in result.key_instances] == ["2", "1"]
+        assert [i.score for i in result.instances] == [0.4, 0.3, 0.1]
+
+    def test_binary_without_a_threshold_decides_at_one_half(self) -> None:
+        from radlens.app.series import model_result
+
+        rows = [_row({"normal": 0.55, "abnormal": 0.45}, None, "1")]
+        result = model_result(rows, "max", 3)
+        assert (result.label, result.positive, result.threshold) == ("normal", False, 0.5)
+
+    def test_multi_class_aggregates_each_class(self) -> None:
+        from radlens.app.series import model_result
+
+        rows = [
+            _row({"a": 0.5, "b": 0.3, "c": 0.2}, None, "1"),
+            _row({"a": 0.1, "b": 0.8, "c": 0.1}, None, "2"),
+        ]
+        result = model_result(rows, "max", 1)
+        assert (result.label, result.class_name, result.positive) == ("b", "b", None)
+        assert result.score == pytest.approx(0.8)
+        assert [i.prediction.sop_instance_uid for i in result.key_instances] == ["2"]
+
+    def test_models_are_never_mixed(self) -> None:
+        from radlens.app.series import results_by_model
+
+        rows = [
+            _row({"normal": 0.1, "abnormal": 0.9}, 0.5, "1", model=1),
+            _row({"normal": 0.8, "abnormal": 0.2}, 0.5, "1", model=2),
+        ]
+        results = results_by_model(rows, "max", 3)
+        assert {(r.model_version, r.score) for r in results} == {(1, 0.9), (2, 0.2)}
+        assert results[0].model_version == 2  # the newest prediction first
+
+
 def test_the_aggregation_setting_is_checked() -> None:
     from pydantic import ValidationError
 
