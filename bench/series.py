@@ -6,6 +6,7 @@ Not a test. Run from the repository root (figures: docs/benchmarks/series.md):
     .venv/bin/python -m bench.series                      # SQLite in a temp dir
     .venv/bin/python -m bench.series --database postgres  # scratch DB on 127.0.0.1:5432
     .venv/bin/python -m bench.series --slices 40 --rounds 1   # smoke run
+    .venv/bin/python -m bench.series --multiframe-probe 64     # frame-by-frame cost, in process
 
 What it does, all on this machine and loopback only:
 1. builds ResNet50 at 224x224 (weights=None, 2 classes, window "lung") into a temporary model
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import io
 import os
 import statistics
@@ -94,7 +96,7 @@ def make_series(ds: Any, pixels: np.ndarray, slices: int) -> tuple[str, str, lis
     from pydicom.uid import ExplicitVRLittleEndian
 
     study, series = new_uid(), new_uid()
-    template = ds.copy()
+    template = copy.deepcopy(ds)  # the source stays as read
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName"):
         if keyword in template:
             delattr(template, keyword)  # nothing patient-identifying leaves this script
@@ -191,6 +193,89 @@ def run_round(
     return seconds, series, response.status_code, read_ms
 
 
+def multiframe_instance(ds: Any, pixels: np.ndarray, frames: int) -> bytes:
+    """One multi-frame CT instance whose frame i is the slice rolled by i columns."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    template = copy.deepcopy(ds)  # the source stays as read
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName"):
+        if keyword in template:
+            delattr(template, keyword)
+    template.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    template.StudyInstanceUID, template.SeriesInstanceUID = new_uid(), new_uid()
+    template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = new_uid()
+    template.NumberOfFrames = frames
+    template.PixelData = b"".join(
+        np.roll(pixels, i, axis=1).astype(pixels.dtype).tobytes() for i in range(frames)
+    )
+    template["PixelData"].VR = "OW"
+    template["PixelData"].is_undefined_length = False
+    buf = io.BytesIO()
+    template.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def multiframe_probe(frames: int, rounds: int) -> None:
+    """In process (httpx's ASGI transport, no socket), with a 32 px model whose time is next to
+    nothing: one ``frames``-frame 512x512 instance predicted frame by frame vs the same frames
+    as single-frame instances in one STOW-RS request. The difference is what the frame-by-frame
+    path costs beyond the model."""
+    import httpx
+
+    from bench.serve import save_tiny_model
+    from radlens.app.main import create_app
+    from radlens.app.settings import Settings
+
+    ds, pixels, source = source_pixels()
+    print(f"multi-frame probe: {frames} frames of {source}, uncompressed; 32 px model")
+    with tempfile.TemporaryDirectory(prefix="radlens-bench-frames-") as tmp_name:
+        tmp = Path(tmp_name)
+        ref = save_tiny_model(tmp / "store")
+        settings = Settings(
+            database_url=f"sqlite:///{tmp / 'bench.db'}",
+            model_store=tmp / "store",
+            model=ref,
+            auth="disabled",
+            max_upload_bytes=1024 * MIB,
+            stow_max_instances=max(frames, 100),
+            max_frames=frames,
+        )
+        app = create_app(settings)
+
+        async def run() -> None:
+            async with (
+                app.router.lifespan_context(app),
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app), base_url="http://bench", timeout=600
+                ) as client,
+            ):
+                for r in range(rounds):
+                    data = multiframe_instance(ds, pixels, frames)
+                    t0 = time.perf_counter()
+                    one = await client.post(
+                        "/v1/predictions", files={"file": ("mf.dcm", data, "application/dicom")}
+                    )
+                    multi_s = time.perf_counter() - t0
+                    _study, _series, files = make_series(ds, pixels, frames)
+                    body, content_type = multipart(files)
+                    t0 = time.perf_counter()
+                    many = await client.post(
+                        "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
+                    )
+                    stow_s = time.perf_counter() - t0
+                    if many.status_code != 200:
+                        print(many.text[:600])
+                    print(
+                        f"round {r + 1}: one {frames}-frame instance ({len(data) / MIB:.0f} MiB) "
+                        f"{one.status_code} in {multi_s:.2f} s; {frames} single-frame instances "
+                        f"by STOW-RS {many.status_code} in {stow_s:.2f} s; load "
+                        f"{os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
+
+        asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=200)
@@ -201,8 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-wait-ms", type=float, default=50.0)
     parser.add_argument("--inference-streams", type=int, default=2)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--multiframe-probe", type=int, default=0, metavar="FRAMES",
+        help="instead: one FRAMES-frame instance vs FRAMES single-frame ones, in process, "
+        "with a model of negligible cost (what frame-by-frame prediction costs)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.http, args.loop, args.runtime, args.precision = "auto", "auto", None, None
+    if args.multiframe_probe:
+        print(f"CPU: {cpu_model()}; {os.cpu_count()} logical cores; load {os.getloadavg()}")
+        multiframe_probe(args.multiframe_probe, args.rounds)
+        return 0
 
     print(f"CPU: {cpu_model()}; {os.cpu_count()} logical cores; load {os.getloadavg()}")
     ds, pixels, source = source_pixels()
