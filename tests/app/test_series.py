@@ -551,6 +551,24 @@ class TestMultiFrame:
         stored = service.client.get(f"/v1/predictions/{body['id']}").json()
         assert stored["frame_result"] == result
 
+    def test_grad_cam_explains_the_key_frame(self, service: Service) -> None:
+        from radlens.app.explain import explainer_for
+
+        data, arrays = multiframe_bytes(3, seed=8)
+        response = service.post(data, params={"explain": "true"})
+        assert response.status_code == 201, response.text
+        key = response.json()["frame_result"]["key_frame"]
+        assert key != 1  # not the middle frame (what the first preprocess picks): seed chosen
+        stored = service.client.get(f"/v1/predictions/{response.json()['id']}/heatmap")
+        assert stored.status_code == 200
+        # the same overlay as Grad-CAM on the key frame posted alone
+        predictor = service.app.state.resources.predictor
+        from radlens.models.preprocessing import preprocess
+
+        alone = preprocess(single_frame_bytes(arrays[key]), size=predictor.input_size, window=None)
+        expected = explainer_for(predictor).explain(alone.model_input())
+        assert stored.content == expected.png
+
     def test_a_single_frame_instance_has_no_frame_result(self, service: Service) -> None:
         assert service.post(dicom_bytes()).json()["frame_result"] is None
 
