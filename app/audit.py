@@ -178,4 +178,19 @@ def purge(
                 status=200,
                 at=now,
             )
+    forget_empty_series(session)
     return ids
+
+
+def forget_empty_series(session: Session) -> None:
+    """Delete the series records (app/series.py) no stored prediction belongs to any more, so
+    a purge leaves none of the purged series' UIDs behind."""
+    from sqlalchemy import exists
+
+    from radlens.app.tables import PredictionSeries
+
+    session.execute(
+        delete(PredictionSeries).where(
+            ~exists().where(Prediction.series_instance_uid == PredictionSeries.series_instance_uid)
+        )
+    )

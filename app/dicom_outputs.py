@@ -34,6 +34,7 @@ from radlens.app.errors import AppError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from radlens.app.series import ModelResult
     from radlens.app.tables import Prediction
 
 CODING_SCHEME = "99RADLENS"  # private (local) coding scheme for radlens class labels and scores
@@ -326,6 +327,96 @@ def _finding_groups(
             )
         )
     return groups
+
+
+def build_series_sr(
+    result: ModelResult,
+    sources: list[SourceRef],
+    *,
+    aggregation: str,
+    series_uid: str,
+    sop_uid: str,
+) -> bytes:
+    """A Comprehensive 3D SR (TID 1500) stating a series' aggregated result (app/series.py).
+
+    Content: the series' finding (the aggregated label, a ``99RADLENS`` code), the aggregated
+    score and the number of instances as numeric measurements, the algorithm, and the key
+    instances (``sources``, highest score first) as the group's source images and the SR's
+    evidence. Patient attributes are empty (the service stores none).
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if not sources:
+        raise DicomOutputError("a series SR needs at least one key instance")
+    model_ref = f"{result.model_name}:{result.model_version}"
+    try:
+        algorithm = hd.sr.AlgorithmIdentification(
+            name=result.model_name, version=str(result.model_version)
+        )
+        measurements = [
+            hd.sr.Measurement(
+                name=_code(
+                    f"series:{result.class_name}"[:16],
+                    f"Series {aggregation} score for {result.class_name}",
+                ),
+                value=float(result.score),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            ),
+            hd.sr.Measurement(
+                name=_code("instances", "Instances aggregated"),
+                value=float(result.instance_count),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            ),
+        ]
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=sop_uid + ".1" if len(sop_uid) <= 62 else sop_uid[:62],
+                identifier=f"radlens series result ({model_ref})",
+            ),
+            algorithm_id=algorithm,
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(s.sop_class_uid, s.sop_instance_uid)
+                for s in sources
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(
+                    name=codes.DCM.Finding, value=_code(result.label[:16], result.label)
+                )
+            ],
+            measurements=measurements,
+        )
+        observer = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=output_uid(uuid.uuid5(_UID_NAMESPACE, model_ref), "device", with_patient=False),
+                name=f"radlens {result.model_name}",
+                manufacturer_name=MANUFACTURER,
+                model_name=model_ref,
+            ),
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=hd.sr.CodedConcept(*_IMAGING_PROCEDURE),
+            imaging_measurements=[group],
+        )
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[_reference_dataset(s) for s in sources],
+            content=report[0],
+            series_instance_uid=series_uid,
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=sop_uid,
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=model_ref,
+            series_description=SR_SERIES_DESCRIPTION,
+            is_complete=True,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DicomOutputError(f"highdicom refused the series SR ({model_ref}): {exc}") from exc
+    return _to_bytes(sr)
 
 
 def overlay_rgb(png: bytes) -> np.ndarray:

@@ -19,13 +19,14 @@ hot path costs no hop or round trip beyond the predictor's and the writer's.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
@@ -42,7 +43,7 @@ from radlens.app.tables import Explanation, Prediction, dedupe_key
 from radlens.app.writer import PredictionWriter
 
 if TYPE_CHECKING:
-    from radlens.app.predictor import Predictor
+    from radlens.app.predictor import PredictionOutput, Predictor
     from radlens.models.manifest import ModelManifest
     from radlens.models.preprocessing import PreprocessedImage
 
@@ -139,6 +140,74 @@ def fit_label(label: str, findings: tuple[FindingValue, ...]) -> str:
     return f"{sum(f.positive for f in findings)} findings"
 
 
+def _prepare_frame(
+    data: bytes,
+    size: tuple[int, int],
+    window: str | None,
+    max_pixels: int,
+    version: str,
+    frame: int,
+) -> tuple[np.ndarray, PreprocessedImage]:
+    """One frame of a multi-frame upload -> (model input, preprocessed frame)."""
+    from radlens.models.preprocessing import preprocess
+
+    image = preprocess(
+        data, size=size, window=window, max_pixels=max_pixels, version=version, frame=frame
+    )
+    return image.model_input(), image
+
+
+@dataclass(frozen=True)
+class FramesPredicted:
+    """A multi-frame instance predicted frame by frame, aggregated into one result."""
+
+    scores: np.ndarray  # (classes,): the aggregate; binary: (1 - p, p)
+    label: str
+    image: PreprocessedImage  # the key frame, as the model saw it (Grad-CAM explains it)
+    inference_ms: float  # summed over the frames' model calls
+    batch_size: int  # the largest batch a frame was in
+    result: dict[str, Any]  # predictions.frame_result
+
+
+def aggregate_frames(
+    indices: list[int],
+    frame_scores: np.ndarray,
+    class_names: list[str],
+    threshold: float | None,
+    method: str,
+    k: int,
+    *,
+    binary: bool | None = None,
+) -> tuple[np.ndarray, int, dict[str, Any]]:
+    """The frames' scores (n, classes) -> (aggregated scores, position of the key frame,
+    frame_result). Binary models aggregate the positive class (index 1) and keep scores summing
+    to one; others aggregate each class. The key frame has the highest score for the class the
+    aggregate decides on (binary: the positive class). ``binary`` defaults to "two classes";
+    a multi-label model with two findings passes False (each finding is aggregated alone)."""
+    from radlens.app.series import aggregate
+    from radlens.models.decision import decide_indices
+
+    if (len(class_names) == 2) if binary is None else binary:
+        positive = aggregate(frame_scores[:, 1].tolist(), method, k)
+        scores = np.array([1.0 - positive, positive])
+        column = 1
+    else:
+        scores = np.array(
+            [aggregate(frame_scores[:, c].tolist(), method, k) for c in range(len(class_names))]
+        )
+        column = int(decide_indices(scores[np.newaxis], threshold)[0])
+    key = int(np.argmax(frame_scores[:, column]))  # the first on a tie
+    result = {
+        "aggregation": method,
+        "top_k": k,
+        "class_name": class_names[column],
+        "frames": [int(i) for i in indices],
+        "scores": [float(s) for s in frame_scores[:, column]],
+        "key_frame": int(indices[key]),
+    }
+    return scores, key, result
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A preprocessed upload and the model's prediction on it, not stored yet."""
@@ -220,7 +289,15 @@ class Ingestor:
         )
         output = await predictor.predict_prepared(prepare)  # on its stream, or a worker thread
         image, digest = cast(tuple["PreprocessedImage", str], output.prepared)
-        findings = decided_findings(output.scores, manifest)
+        scores, label = output.scores, output.label
+        inference_ms, batch_size = float(output.inference_ms), int(output.batch_size)
+        frame_result = None
+        if image.metadata.format == "dicom" and image.metadata.frames > 1:
+            frames = await self._predict_frames(data, image, output)
+            scores, label, image = frames.scores, frames.label, frames.image
+            inference_ms, batch_size = frames.inference_ms, frames.batch_size
+            frame_result = frames.result
+        findings = decided_findings(scores, manifest)
         meta = image.metadata
         pseudonymised = self._pseudonym_key is not None and meta.format == "dicom"
         study_uid, series_uid, sop_uid = (
@@ -235,14 +312,12 @@ class Ingestor:
             device=predictor.device.name,
             runtime=predictor.selection.runtime,
             precision=predictor.selection.precision,
-            label=fit_label(output.label, findings),
-            scores={
-                name: float(s) for name, s in zip(manifest.class_names, output.scores, strict=True)
-            },
+            label=fit_label(label, findings),
+            scores={name: float(s) for name, s in zip(manifest.class_names, scores, strict=True)},
             threshold=predictor.operating_point.threshold,
             operating_point=predictor.operating_point.name,
-            inference_ms=float(output.inference_ms),
-            batch_size=int(output.batch_size),
+            inference_ms=inference_ms,
+            batch_size=batch_size,
             dedupe_key=dedupe_key(sop_instance_uid=sop_uid, input_sha256=digest),
             # over the UID as received (never stored): the same with or without pseudonyms
             dedupe_identity=dedupe_identity(
@@ -262,8 +337,59 @@ class Ingestor:
             sop_class_uid=meta.sop_class_uid,
             uids_pseudonymised=pseudonymised,
             pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
+            frame_result=frame_result,
         )
         return Candidate(prediction=prediction, image=image, findings=findings)
+
+    async def _predict_frames(
+        self, data: bytes, first: PreprocessedImage, output: PredictionOutput
+    ) -> FramesPredicted:
+        """Predict a multi-frame instance frame by frame: every frame, or every k-th above
+        RADLENS_MAX_FRAMES (models.preprocessing.frame_indices). The frames' model calls are
+        queued together, so they share micro-batches (with each other and other requests);
+        the frame already predicted (the middle one) is not predicted again. A frame that fails
+        fails the instance (nothing is stored)."""
+        from radlens.models.preprocessing import frame_indices
+
+        predictor = self.predictor
+        manifest = predictor.manifest
+        indices = frame_indices(first.metadata.frames, self.settings.max_frames)
+        prepare = functools.partial(
+            _prepare_frame,
+            data,
+            predictor.input_size,
+            manifest.window,
+            self.settings.max_pixels,
+            manifest.preprocessing_version,
+        )
+
+        async def one(index: int) -> tuple[PredictionOutput, PreprocessedImage]:
+            if index == first.metadata.frame_index:
+                return output, first
+            out = await predictor.predict_prepared(functools.partial(prepare, index))
+            return out, cast("PreprocessedImage", out.prepared)
+
+        done = await asyncio.gather(*(one(i) for i in indices))
+        frame_scores = np.stack([np.asarray(o.scores, dtype=np.float64) for o, _ in done])
+        scores, key, result = aggregate_frames(
+            indices,
+            frame_scores,
+            list(manifest.class_names),
+            predictor.operating_point.threshold,
+            self.settings.series_aggregation,
+            self.settings.series_top_k,
+            binary=manifest.is_binary,
+        )
+        from radlens.models.registry import decide
+
+        return FramesPredicted(
+            scores=scores,
+            label=decide(scores, manifest, predictor.operating_point),
+            image=done[key][1],
+            inference_ms=sum(float(o.inference_ms) for o, _ in done),
+            batch_size=max(int(o.batch_size) for o, _ in done),
+            result=result,
+        )
 
     async def explain(
         self, candidate: Candidate, findings: Sequence[str] | None = None

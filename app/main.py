@@ -123,6 +123,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     app.include_router(explanations.upload_router, dependencies=UPLOADS, responses=keyed)
     app.include_router(explanations.router, dependencies=AUDITED, responses=keyed)
     app.include_router(dicomweb.router, dependencies=UPLOADS, responses=keyed)
+    from radlens.app.routes import series  # series and study results (app/series.py)
+
+    app.include_router(series.router, dependencies=AUDITED, responses=keyed)
     app.include_router(model_info.router, dependencies=AUTHORIZED, responses=keyed)
     app.include_router(ops.router)
 

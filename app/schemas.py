@@ -86,6 +86,18 @@ class FindingPublic(BaseModel):
     positive: bool = Field(description="score >= threshold", examples=[True])
 
 
+class FrameResult(BaseModel):
+    """A multi-frame instance predicted frame by frame (RADLENS_MAX_FRAMES): the frames used,
+    their scores for the aggregated class, and the key frame (the highest score)."""
+
+    aggregation: str = Field(examples=["max"])
+    top_k: int
+    class_name: str = Field(description="The class whose frame scores were aggregated")
+    frames: list[int] = Field(description="0-based indices of the frames predicted")
+    scores: list[float] = Field(description="Each frame's score for class_name")
+    key_frame: int = Field(description="0-based index of the frame with the highest score")
+
+
 class PredictionPublic(BaseModel):
     """A stored prediction with its provenance; never any patient identifier."""
 
@@ -156,6 +168,10 @@ class PredictionPublic(BaseModel):
     device: str = ""
     runtime: str | None = Field(default=None, examples=["openvino"])
     precision: str | None = Field(default=None, examples=["bf16"])
+    frame_result: FrameResult | None = Field(
+        default=None,
+        description="Multi-frame instances: scores is the frames' aggregate; null otherwise",
+    )
     notice: str | None = Field(
         default=None, description="Present unless the model is validated for clinical use"
     )

@@ -156,6 +156,22 @@ class Settings(BaseSettings):
         "SR returned in the same request (never stored); off = those attributes are empty",
     )
     stow_max_instances: int = Field(default=100, ge=1, le=10_000)
+    # Series and study results (app/series.py): computed from the stored predictions on read
+    series_aggregation: Literal["max", "mean_top_k", "noisy_or"] = Field(
+        default="max",
+        description="how instance scores combine into a series score: max, mean_top_k (mean "
+        "of the k highest) or noisy_or (1 - prod(1 - p): saturates on long series)",
+    )
+    series_top_k: int = Field(
+        default=3, ge=1, le=1000, description="k of mean_top_k, and key instances listed"
+    )
+    max_frames: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="most frames of a multi-frame instance predicted, one by one; above it "
+        "every k-th frame (k = ceil(frames / max_frames)), centred on the volume",
+    )
     # DICOM Storage SCP (app/dimse.py; docs/pacs-integration.md)
     dimse_port: int | None = Field(
         default=None, ge=0, le=65535, description="listen for DICOM associations (off: unset)"

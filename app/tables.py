@@ -47,6 +47,7 @@ class Prediction(Base):
         Index(None, "created_at", "id"),
         Index(None, "study_instance_uid"),
         Index(None, "label"),
+        Index(None, "series_instance_uid"),  # (0008) GET /v1/series/{uid}
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -89,6 +90,10 @@ class Prediction(Base):
     # (0010) app/dedupe.dedupe_identity: a keyed hash of the SOP Instance UID as received (or
     # the input's sha256), the same whatever the pseudonymisation; NULL: stored before 0010
     dedupe_identity: Mapped[str | None] = mapped_column(String(IDENTITY_LENGTH))
+
+    # (0008) a multi-frame instance predicted frame by frame (app/ingest.py): the frames used,
+    # their scores for the aggregated class, the aggregation and the key frame; NULL otherwise
+    frame_result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Explanation(Base):
@@ -134,6 +139,25 @@ class PredictionFinding(Base):
     score: Mapped[float] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
     positive: Mapped[bool] = mapped_column(Boolean)
+
+
+class PredictionSeries(Base):
+    """(0008) The attributes every instance of one series must share (app/series.py).
+
+    Written by the first instance of a series that is stored, in the same transaction as its
+    prediction; a later instance that disagrees is refused (422) before its row is written.
+    One row per Series Instance UID as stored (a pseudonym when the UIDs are pseudonymised):
+    the row is the series' lock, so concurrent writers (threads or replicas) agree on it.
+    """
+
+    __tablename__ = "prediction_series"
+
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), primary_key=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    rows: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 def dedupe_key(*, sop_instance_uid: str | None, input_sha256: str) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from radlens.app import audit as audit_log
-from radlens.app import services
+from radlens.app import series, services
 from radlens.app.errors import AppError
 from radlens.app.explain import ExplanationOutput, record_explanation
 from radlens.app.tables import Explanation, Prediction
@@ -178,6 +178,8 @@ class PredictionWriter:
         try:
             results = []
             for item in group:
+                # the instance's series: recorded, or checked (422 on a mismatch) first
+                series.register_instance(session, item.prediction)
                 stored, created = services.record_prediction(session, item.prediction)
                 if created and item.findings:  # a re-post keeps the stored row's findings
                     services.record_findings(session, stored.id, item.findings)

@@ -63,6 +63,7 @@ FAILURE_REASONS: dict[str, int] = {
     "invalid-dicom-attribute": DATA_SET_DOES_NOT_MATCH,
     "preprocessing-error": DATA_SET_DOES_NOT_MATCH,
     "study-mismatch": DATA_SET_DOES_NOT_MATCH,
+    "series-mismatch": DATA_SET_DOES_NOT_MATCH,
     "image-too-large": OUT_OF_RESOURCES,
     "too-many-instances": OUT_OF_RESOURCES,
     "service-busy": OUT_OF_RESOURCES,
@@ -205,20 +206,28 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         outcome.fail("not-dicom-part", f"part {part.index} is {part.content_type!r}")
         return
     data = part.data
-    uids = await asyncio.to_thread(_uids, data)
-    outcome.sop_class_uid, outcome.sop_instance_uid, outcome.study_instance_uid = uids
-    if study is not None and outcome.study_instance_uid != study:
-        outcome.fail(
-            "study-mismatch",
-            f"part {part.index} belongs to study {outcome.study_instance_uid!r}, "
-            f"not {study!r} of the URL",
-        )
-        return
+    if study is not None:  # the study is checked before the model runs
+        uids = await asyncio.to_thread(_uids, data)
+        outcome.sop_class_uid, outcome.sop_instance_uid, outcome.study_instance_uid = uids
+        if outcome.study_instance_uid != study:
+            outcome.fail(
+                "study-mismatch",
+                f"part {part.index} belongs to study {outcome.study_instance_uid!r}, "
+                f"not {study!r} of the URL",
+            )
+            return
     try:
         outcome.candidate = await ingestor.prepare(data)
+        # the UIDs as received, from the preprocessed header (reading the header a second
+        # time cost 2.5 ms per 512x512 CT slice, next to ~50 CPU ms for the whole slice)
+        meta = outcome.candidate.image.metadata
+        outcome.sop_class_uid, outcome.sop_instance_uid = meta.sop_class_uid, meta.sop_instance_uid
+        outcome.study_instance_uid = meta.study_instance_uid
     except RadlensError as exc:
+        await _read_uids(outcome, data)
         outcome.fail(exc.code, str(exc))
     except Exception as exc:  # one bad instance must not fail the others
+        await _read_uids(outcome, data)
         # as CatchAllMiddleware: the type and the frames, not the message (it may quote input)
         logger.error(
             "STOW-RS part %d: unexpected %s (message withheld)\n%s",
@@ -227,6 +236,13 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
             "".join(traceback.format_tb(exc.__traceback__)),
         )
         outcome.fail("inference-failed", f"part {part.index}: {type(exc).__name__}")
+
+
+async def _read_uids(outcome: Outcome, data: bytes) -> None:
+    """A failed instance's UIDs for the response, when its header reads (not read twice)."""
+    if outcome.sop_instance_uid is None and outcome.sop_class_uid is None:
+        uids = await asyncio.to_thread(_uids, data)
+        outcome.sop_class_uid, outcome.sop_instance_uid, outcome.study_instance_uid = uids
 
 
 def _element(vr: str, *values: Any) -> dict[str, Any]:
@@ -320,16 +336,19 @@ async def _stow(
             f"part {outcome.part.index}: more than {settings.stow_max_instances} instances "
             "in one request (RADLENS_STOW_MAX_INSTANCES)",
         )
-    # model calls run concurrently (they share micro-batches), then the commits (they share
-    # the writer's group transactions; each writes its own "prediction.create" audit row)
-    await asyncio.gather(*(_predict(o, ingestor=ingestor, study=study) for o in allowed))
-    await asyncio.gather(
-        *(
-            _store(o, o.candidate, ingestor=ingestor, actor=principal.key_id, explain=explain)
-            for o in allowed
-            if o.candidate is not None
-        )
-    )
+
+    # model calls run concurrently (they share micro-batches), and each instance is committed
+    # as soon as it is predicted (the commits share the writer's group transactions, each with
+    # its own "prediction.create" audit row), so the writes overlap the remaining model calls
+    async def predict_and_store(outcome: Outcome) -> None:
+        await _predict(outcome, ingestor=ingestor, study=study)
+        if outcome.candidate is not None:
+            await _store(
+                outcome, outcome.candidate, ingestor=ingestor, actor=principal.key_id,
+                explain=explain,
+            )  # fmt: skip
+
+    await asyncio.gather(*(predict_and_store(o) for o in allowed))
     status, body = stow_response(outcomes, request)
     if status != 200:  # the predictions have their rows; the failed instances are this one's
         await record_outcome(request, status)

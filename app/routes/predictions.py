@@ -21,6 +21,7 @@ from radlens.app.pseudonym import pseudonymise_uid
 from radlens.app.schemas import (
     NOT_FOR_CLINICAL_USE,
     FindingPublic,
+    FrameResult,
     ModelRef,
     PredictionPage,
     PredictionPublic,
@@ -152,6 +153,9 @@ def to_public(
         device=prediction.device,
         runtime=prediction.runtime,
         precision=prediction.precision,
+        frame_result=(
+            FrameResult.model_validate(prediction.frame_result) if prediction.frame_result else None
+        ),
         notice=None if validated else NOT_FOR_CLINICAL_USE,
         label_mode="multi-label" if findings else "single-label",
         findings=_public_findings(prediction, findings) if findings else None,

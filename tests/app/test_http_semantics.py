@@ -53,6 +53,7 @@ def test_allow_agrees_with_the_openapi_document(client: TestClient) -> None:
     for template, operations in paths.items():
         concrete = template.replace("{prediction_id}", "0b0a7c3e-6f7d-4c55-9d2a-8d8e0c0f3b11")
         concrete = concrete.replace("{study}", "1.2.3").replace("{study_uid}", "1.2.3")
+        concrete = concrete.replace("{series_uid}", "1.2.4")
         assert "{" not in concrete, f"fill in the parameter of {template}"
         documented = {m.upper() for m in operations if m in ("get", "post", "put", "delete")}
         undocumented = "DELETE" if "DELETE" not in documented else "PATCH"

@@ -143,3 +143,34 @@ class TestPurgeCommand:
         monkeypatch.setenv("RADLENS_RETENTION_DAYS", "-3")
         assert main(["purge", "--database-url", url]) == 2
         assert "RADLENS_RETENTION_DAYS" in capsys.readouterr().err
+
+
+def test_purge_forgets_the_series_records_it_emptied(service: Service) -> None:
+    """A purged series leaves no prediction_series row (its UIDs) behind; a series that still
+    has a stored instance keeps its row."""
+    from sqlalchemy import select
+
+    from radlens.app import audit
+    from radlens.app.tables import PredictionSeries
+    from tests.app.conftest import dicom_bytes, new_uid
+
+    gone, kept = new_uid(), new_uid()
+    study = new_uid()
+    old_ids = [
+        service.post(dicom_bytes(series=gone, study=study, seed=s)).json()["id"] for s in (1, 2)
+    ]
+    old_ids.append(service.post(dicom_bytes(series=kept, study=study, seed=3)).json()["id"])
+    service.post(dicom_bytes(series=kept, study=study, seed=4))  # recent: stays
+    with service.app.state.resources.sessionmaker() as session:
+        session.execute(
+            update(Prediction)
+            .where(Prediction.id.in_([uuid.UUID(i) for i in old_ids]))
+            .values(created_at=datetime.now(UTC) - timedelta(days=400))
+        )
+        session.commit()
+        audit.purge(session, retention_days=365)
+        session.commit()
+        left = set(session.scalars(select(PredictionSeries.series_instance_uid)))
+    assert gone not in left and kept in left
+    assert service.client.get(f"/v1/series/{gone}").status_code == 404
+    assert service.client.get(f"/v1/series/{kept}").json()["results"][0]["instance_count"] == 1

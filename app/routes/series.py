@@ -1,0 +1,324 @@
+"""API v1 series and study results: the stored predictions of a series (or a study) aggregated,
+with links to each instance's prediction, and a series Structured Report (app/series.py)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from radlens.app.deps import SessionDep, SettingsDep
+from radlens.app.dicom_outputs import DICOM_MEDIA_TYPE, build_series_sr, source_from_prediction
+from radlens.app.errors import NotFoundError
+from radlens.app.routes.explanations import PseudonymisedUidsError
+from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelRef, problem_responses
+from radlens.app.series import (
+    ModelResult,
+    SeriesView,
+    series_output_uid,
+    series_results,
+    stored_uid_candidates,
+    study_results,
+)
+from radlens.app.settings import Settings
+from radlens.models.manifest import ModelManifest
+
+router = APIRouter(prefix="/v1", tags=["series and studies"])
+
+# A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1)
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+UidPath = Annotated[
+    str,
+    Path(
+        max_length=64,
+        pattern=UID_PATTERN,
+        description="The UID as sent by the modality, or as a response shows it (a pseudonym "
+        "when RADLENS_UID_PSEUDONYM_KEY is set)",
+    ),
+]
+
+
+class InstanceLink(BaseModel):
+    """One instance's prediction in a series result."""
+
+    prediction_id: uuid.UUID
+    sop_instance_uid: str | None
+    score: float = Field(description="The instance's score for the aggregated class")
+    label: str
+    key_frame: int | None = Field(
+        default=None, description="Multi-frame instances: the frame with the highest score"
+    )
+    href: str = Field(description="GET this for the instance's full prediction")
+
+
+class SeriesResult(BaseModel):
+    """One model's aggregate over a series' instances."""
+
+    model: ModelRef
+    class_name: str = Field(description="The class whose instance scores were aggregated")
+    score: float = Field(description="The aggregated score (RADLENS_SERIES_AGGREGATION)")
+    threshold: float | None
+    label: str
+    positive: bool | None = Field(description="Binary models: score >= threshold")
+    instance_count: int
+    key_instances: list[InstanceLink] = Field(
+        description="The RADLENS_SERIES_TOP_K instances with the highest scores"
+    )
+    instances: list[InstanceLink] = Field(description="Every instance, highest score first")
+    notice: str | None = Field(description="Present unless the model is validated")
+
+
+class SeriesPublic(BaseModel):
+    """A series' aggregate per model; never any patient identifier."""
+
+    series_instance_uid: str = Field(description="As stored (a pseudonym when pseudonymised)")
+    study_instance_uid: str | None
+    modality: str | None
+    rows: int
+    columns: int
+    uids_pseudonymised: bool
+    aggregation: str = Field(examples=["max"])
+    top_k: int
+    results: list[SeriesResult] = Field(description="Per model, newest prediction first")
+    study_href: str | None
+    sr_href: str = Field(description="GET this for the series' DICOM Structured Report")
+
+
+class SeriesLink(BaseModel):
+    series_instance_uid: str
+    modality: str | None
+    instance_count: int
+    score: float = Field(description="The series' highest aggregated score over the models")
+    href: str
+
+
+class StudyResult(BaseModel):
+    """One model's result for a study: its most positive series' aggregate."""
+
+    model: ModelRef
+    class_name: str
+    score: float
+    threshold: float | None
+    label: str
+    positive: bool | None
+    key_series_instance_uid: str
+    key_series_href: str
+    key_instances: list[InstanceLink]
+    series_count: int
+    instance_count: int
+    notice: str | None
+
+
+class StudyPublic(BaseModel):
+    """A study's series and, per model, the result of its most positive series."""
+
+    study_instance_uid: str
+    aggregation: str
+    top_k: int
+    results: list[StudyResult]
+    series: list[SeriesLink] = Field(description="Highest score first")
+
+
+def _notice(result: ModelResult, loaded: ModelManifest | None) -> str | None:
+    validated = (
+        loaded is not None
+        and loaded.validated_for_clinical_use
+        and (loaded.name, loaded.version) == (result.model_name, result.model_version)
+    )
+    return None if validated else NOT_FOR_CLINICAL_USE
+
+
+def _links(request: Request, result: ModelResult, which: str) -> list[InstanceLink]:
+    items = result.key_instances if which == "key" else result.instances
+    return [
+        InstanceLink(
+            prediction_id=i.prediction.id,
+            sop_instance_uid=i.prediction.sop_instance_uid,
+            score=i.score,
+            label=i.prediction.label,
+            key_frame=(i.prediction.frame_result or {}).get("key_frame"),
+            href=request.app.url_path_for("get_prediction", prediction_id=str(i.prediction.id)),
+        )
+        for i in items
+    ]
+
+
+def _loaded(request: Request) -> ModelManifest | None:
+    resources = getattr(request.app.state, "resources", None)
+    return resources.predictor.manifest if resources is not None else None
+
+
+def _series_result(request: Request, result: ModelResult) -> SeriesResult:
+    return SeriesResult(
+        model=ModelRef(name=result.model_name, version=result.model_version),
+        class_name=result.class_name,
+        score=result.score,
+        threshold=result.threshold,
+        label=result.label,
+        positive=result.positive,
+        instance_count=result.instance_count,
+        key_instances=_links(request, result, "key"),
+        instances=_links(request, result, "all"),
+        notice=_notice(result, _loaded(request)),
+    )
+
+
+def _find_series(session: Any, series_uid: str, settings: Settings) -> SeriesView:
+    candidates = stored_uid_candidates(series_uid, settings.uid_pseudonym_key_bytes)
+    view = series_results(session, candidates, settings.series_aggregation, settings.series_top_k)
+    if view is None:
+        raise NotFoundError(f"no prediction is stored for series {series_uid!r}")
+    return view
+
+
+@router.get(
+    "/series/{series_uid}",
+    response_model=SeriesPublic,
+    name="get_series",
+    summary="A series' result: its instances' predictions aggregated, per model",
+    responses=problem_responses(404, 422, 500, 503),
+)
+def get_series(
+    series_uid: UidPath, session: SessionDep, settings: SettingsDep, request: Request
+) -> SeriesPublic:
+    """Aggregate (max, mean of the top k or noisy-or) of the stored instances; 404 if none."""
+    view = _find_series(session, series_uid, settings)
+    uid = view.series_instance_uid
+    return SeriesPublic(
+        series_instance_uid=uid,
+        study_instance_uid=view.study_instance_uid,
+        modality=view.modality,
+        rows=view.rows,
+        columns=view.columns,
+        uids_pseudonymised=view.uids_pseudonymised,
+        aggregation=settings.series_aggregation,
+        top_k=settings.series_top_k,
+        results=[_series_result(request, r) for r in view.results],
+        study_href=(
+            request.app.url_path_for("get_study", study_uid=view.study_instance_uid)
+            if view.study_instance_uid
+            else None
+        ),
+        sr_href=request.app.url_path_for("get_series_sr", series_uid=uid),
+    )
+
+
+@router.get(
+    "/studies/{study_uid}",
+    response_model=StudyPublic,
+    name="get_study",
+    summary="A study's result: per model, its most positive series' aggregate",
+    responses=problem_responses(404, 422, 500, 503),
+)
+def get_study(
+    study_uid: UidPath, session: SessionDep, settings: SettingsDep, request: Request
+) -> StudyPublic:
+    """Every series of the study aggregated, with links; 404 when none is stored."""
+    candidates = stored_uid_candidates(study_uid, settings.uid_pseudonym_key_bytes)
+    view = study_results(session, candidates, settings.series_aggregation, settings.series_top_k)
+    if view is None:
+        raise NotFoundError(f"no prediction with a series is stored for study {study_uid!r}")
+    loaded = _loaded(request)
+    results = []
+    for result, series in view.results:
+        href = request.app.url_path_for("get_series", series_uid=series.series_instance_uid)
+        results.append(
+            StudyResult(
+                model=ModelRef(name=result.model_name, version=result.model_version),
+                class_name=result.class_name,
+                score=result.score,
+                threshold=result.threshold,
+                label=result.label,
+                positive=result.positive,
+                key_series_instance_uid=series.series_instance_uid,
+                key_series_href=href,
+                key_instances=_links(request, result, "key"),
+                series_count=sum(
+                    any(
+                        (r.model_name, r.model_version) == (result.model_name, result.model_version)
+                        for r in s.results
+                    )
+                    for s in view.series
+                ),
+                instance_count=sum(
+                    r.instance_count
+                    for s in view.series
+                    for r in s.results
+                    if (r.model_name, r.model_version) == (result.model_name, result.model_version)
+                ),
+                notice=_notice(result, loaded),
+            )
+        )
+    return StudyPublic(
+        study_instance_uid=view.study_instance_uid,
+        aggregation=settings.series_aggregation,
+        top_k=settings.series_top_k,
+        results=results,
+        series=[
+            SeriesLink(
+                series_instance_uid=s.series_instance_uid,
+                modality=s.modality,
+                instance_count=max(r.instance_count for r in s.results),
+                score=max(r.score for r in s.results),
+                href=request.app.url_path_for("get_series", series_uid=s.series_instance_uid),
+            )
+            for s in view.series
+        ],
+    )
+
+
+@router.get(
+    "/series/{series_uid}/dicom/sr",
+    name="get_series_sr",
+    summary="A DICOM Structured Report of the series' result, referencing its key instances",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Comprehensive 3D SR (application/dicom) in the series' study",
+            "content": {DICOM_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        409: {
+            "description": "The series' UIDs are pseudonymised",
+            "content": problem_responses(409)[409]["content"],
+        },
+        **problem_responses(404, 422, 500, 503),
+    },
+)
+def get_series_sr(
+    series_uid: UidPath, session: SessionDep, settings: SettingsDep, request: Request
+) -> Response:
+    """The result of the loaded model (else the newest) as an SR: the series' finding and
+    score, and the key instances as its image references; patient attributes empty."""
+    view = _find_series(session, series_uid, settings)
+    # as the per-instance SR: a row's own record decides; rows stored before 0004 recorded
+    # nothing, and the current setting is the best guess for them
+    key_set = settings.uid_pseudonym_key_bytes is not None
+    if any(
+        i.prediction.uids_pseudonymised or (i.prediction.uids_pseudonymised is None and key_set)
+        for r in view.results
+        for i in r.instances
+    ):
+        raise PseudonymisedUidsError(
+            f"series {series_uid!r} stores pseudonyms, not the source's UIDs"
+        )
+    manifest = _loaded(request)
+    loaded = (manifest.name, manifest.version) if manifest is not None else None
+    result = next(
+        (r for r in view.results if (r.model_name, r.model_version) == loaded), view.results[0]
+    )
+    sources = [source_from_prediction(i.prediction) for i in result.key_instances]
+    data = build_series_sr(
+        result,
+        sources,
+        aggregation=settings.series_aggregation,
+        series_uid=series_output_uid(view, result, "sr-series"),
+        sop_uid=series_output_uid(view, result, "sr"),
+    )
+    return Response(
+        data,
+        media_type=DICOM_MEDIA_TYPE,
+        headers={"Content-Disposition": 'attachment; filename="series-sr.dcm"'},
+    )

@@ -1,0 +1,352 @@
+"""Series and study results: the instances of one series (same Series Instance UID) read as one.
+
+Two parts:
+
+- **Write side** (:func:`register_instance`, called by the writer in the transaction that
+  stores a prediction): the first stored instance of a series records the attributes every
+  instance of it must share (Modality, Rows x Columns, Study Instance UID) in
+  ``prediction_series``; an instance that disagrees is refused with
+  :class:`SeriesMismatchError` (422) and nothing of it is stored. The row is inserted with
+  ``INSERT ... ON CONFLICT DO NOTHING`` and read back in the same transaction, so two writers
+  (the writer's group transaction, or two replicas on PostgreSQL, where the second insert waits
+  for the first transaction) agree on one reference.
+- **Read side** (:func:`series_results`, :func:`study_results`): the aggregate is *computed on
+  read* from the stored prediction rows, one SELECT per request. It is therefore always the
+  aggregate of exactly the rows that are committed (a concurrent upload is either in it or not,
+  never half), there is no second row to keep in step with the predictions (no lost update
+  between concurrent uploads of one series, nothing to repair after ``radlens purge``), the
+  upload path pays nothing for it, and a change of RADLENS_SERIES_AGGREGATION applies to every
+  stored series. Reading a 200-slice series is one indexed query of 200 small rows.
+
+Aggregation (RADLENS_SERIES_AGGREGATION, k = RADLENS_SERIES_TOP_K), over the instance scores of
+the class of interest (a binary model's positive class; for a multi-class model each class is
+aggregated and the highest is the label):
+``max``; ``mean_top_k``, the mean of the k highest; ``noisy_or``, 1 - prod(1 - p_i), the
+probability that at least one instance is positive if they were independent (it tends to 1 on
+long series: prefer max or mean_top_k for CT). Results are per model (name, version): scores of
+different models are never mixed.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from sqlalchemy import Table, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from radlens.app.db import utcnow
+from radlens.app.errors import AppError
+from radlens.app.tables import Prediction, PredictionSeries
+from radlens.models.decision import DEFAULT_THRESHOLD
+
+Aggregation = Literal["max", "mean_top_k", "noisy_or"]
+AGGREGATIONS: tuple[str, ...] = ("max", "mean_top_k", "noisy_or")
+
+
+class SeriesMismatchError(AppError):
+    code = "series-mismatch"
+    title = (
+        "This instance disagrees with the instances already stored for its series (modality, "
+        "rows/columns or study); send it with its own Series Instance UID"
+    )
+    status_code = 422
+
+
+# --- write side -----------------------------------------------------------------------------
+
+_SERIES_TABLE = cast(Table, PredictionSeries.__table__)
+_SQLITE_INSERT = sqlite_insert(_SERIES_TABLE).on_conflict_do_nothing(
+    index_elements=["series_instance_uid"]
+)
+_POSTGRESQL_INSERT = postgresql_insert(_SERIES_TABLE).on_conflict_do_nothing(
+    index_elements=["series_instance_uid"]
+)
+
+
+def register_instance(session: Session, prediction: Prediction) -> None:
+    """Record ``prediction``'s series on its first instance, or check it against the record.
+
+    Raises SeriesMismatchError (422) when the instance's Modality, Rows x Columns or Study
+    Instance UID differ from the series'; the caller's transaction then rolls back, so nothing
+    of the instance is stored. Instances without a Series Instance UID (PNG/JPEG) pass.
+    """
+    uid = prediction.series_instance_uid
+    if not uid:
+        return
+    values = {
+        "series_instance_uid": uid,
+        "study_instance_uid": prediction.study_instance_uid,
+        "modality": prediction.modality,
+        "rows": prediction.rows,
+        "columns": prediction.columns,
+        "created_at": utcnow(),
+    }
+    reference = None
+    for _attempt in range(2):  # the second: `radlens purge` deleted the row in between
+        _insert_series(session, values)
+        reference = session.execute(
+            select(
+                PredictionSeries.study_instance_uid,
+                PredictionSeries.modality,
+                PredictionSeries.rows,
+                PredictionSeries.columns,
+            ).where(PredictionSeries.series_instance_uid == uid)
+        ).one_or_none()
+        if reference is not None:
+            break
+    if reference is None:
+        raise RuntimeError(f"the series record of {uid!r} was neither inserted nor found")
+    problems = mismatches(
+        reference.study_instance_uid,
+        reference.modality,
+        (reference.rows, reference.columns),
+        prediction,
+    )
+    if problems:
+        raise SeriesMismatchError(
+            "the instance's " + "; ".join(problems) + " (nothing of this instance was stored)"
+        )
+
+
+def _insert_series(session: Session, values: dict[str, Any]) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(_POSTGRESQL_INSERT, values)
+    elif dialect == "sqlite":
+        session.execute(_SQLITE_INSERT, values)
+    elif session.get(PredictionSeries, values["series_instance_uid"]) is None:
+        session.add(PredictionSeries(**values))  # settings allow only the two above
+        session.flush()
+
+
+def mismatches(
+    study: str | None, modality: str | None, size: tuple[int, int], prediction: Prediction
+) -> list[str]:
+    """What ``prediction`` has that differs from its series' reference, one phrase each."""
+    found = []
+    if (prediction.modality or None) != (modality or None):
+        found.append(f"Modality is {prediction.modality!r}, the series' is {modality!r}")
+    if (prediction.rows, prediction.columns) != size:
+        found.append(
+            f"Rows x Columns is {prediction.rows}x{prediction.columns}, "
+            f"the series' is {size[0]}x{size[1]}"
+        )
+    if study and prediction.study_instance_uid and prediction.study_instance_uid != study:
+        found.append("Study Instance UID differs from the study of the series' first instance")
+    return found
+
+
+# --- aggregation (pure) ---------------------------------------------------------------------
+
+
+def aggregate(scores: Sequence[float], method: str, k: int) -> float:
+    """Combine instance scores in [0, 1] into one series score.
+
+    ``method``: "max", "mean_top_k" (mean of the ``k`` highest, all when fewer) or "noisy_or"
+    (1 - prod(1 - p), computed in log space). Raises ValueError on an empty sequence, an
+    unknown method or k < 1.
+    """
+    if not scores:
+        raise ValueError("aggregate needs at least one score. Received: []")
+    if k < 1:
+        raise ValueError(f"k should be >= 1. Received: k={k!r}")
+    clipped = [min(max(float(s), 0.0), 1.0) for s in scores]
+    if method == "max":
+        return max(clipped)
+    if method == "mean_top_k":
+        top = sorted(clipped, reverse=True)[:k]
+        return sum(top) / len(top)
+    if method == "noisy_or":
+        if any(s >= 1.0 for s in clipped):
+            return 1.0
+        return -math.expm1(sum(math.log1p(-s) for s in clipped))
+    raise ValueError(f"method should be one of {', '.join(AGGREGATIONS)}. Received: {method!r}")
+
+
+@dataclass(frozen=True)
+class InstanceScore:
+    """One instance's prediction and its score for the aggregated class."""
+
+    prediction: Prediction
+    score: float
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """The aggregate of one model's predictions on a set of instances."""
+
+    model_name: str
+    model_version: int
+    class_name: str  # the class whose scores were aggregated
+    score: float
+    label: str
+    threshold: float | None
+    positive: bool | None  # binary models: score >= threshold; None otherwise
+    instances: list[InstanceScore]  # highest score first
+    key_instances: list[InstanceScore]  # the first k of instances
+
+    @property
+    def instance_count(self) -> int:
+        return len(self.instances)
+
+
+def _ordered(rows: Iterable[InstanceScore]) -> list[InstanceScore]:
+    return sorted(rows, key=lambda i: (-i.score, i.prediction.sop_instance_uid or ""))
+
+
+def model_result(rows: Sequence[Prediction], method: str, k: int) -> ModelResult:
+    """The aggregate of ``rows``, which are one model's predictions (non-empty)."""
+    first = rows[0]
+    names = [str(n) for n in first.scores]
+    if len(names) == 2:  # binary, as models.decision decides: class 1 >= threshold
+        positive_name, negative_name = names[1], names[0]
+        scored = [InstanceScore(r, float(r.scores.get(positive_name, 0.0))) for r in rows]
+        score = aggregate([s.score for s in scored], method, k)
+        threshold = float(DEFAULT_THRESHOLD if first.threshold is None else first.threshold)
+        positive = score >= threshold
+        label, class_name = (positive_name if positive else negative_name), positive_name
+    else:
+        per_class = {
+            name: aggregate([float(r.scores.get(name, 0.0)) for r in rows], method, k)
+            for name in names
+        }
+        class_name = max(names, key=lambda n: per_class[n])
+        label, score, threshold, positive = class_name, per_class[class_name], None, None
+        scored = [InstanceScore(r, float(r.scores.get(class_name, 0.0))) for r in rows]
+    ordered = _ordered(scored)
+    return ModelResult(
+        model_name=first.model_name,
+        model_version=first.model_version,
+        class_name=class_name,
+        score=score,
+        label=label,
+        threshold=threshold,
+        positive=positive,
+        instances=ordered,
+        key_instances=ordered[:k],
+    )
+
+
+def results_by_model(rows: Sequence[Prediction], method: str, k: int) -> list[ModelResult]:
+    """One result per (model name, version), the model with the newest prediction first."""
+    groups: dict[tuple[str, int], list[Prediction]] = {}
+    for row in rows:
+        groups.setdefault((row.model_name, row.model_version), []).append(row)
+    newest = {key: max(r.created_at for r in group) for key, group in groups.items()}
+    order = sorted(groups, key=lambda key: (newest[key], key), reverse=True)
+    return [model_result(groups[key], method, k) for key in order]
+
+
+# --- read side ------------------------------------------------------------------------------
+
+
+def stored_uid_candidates(uid: str, key: bytes | None) -> list[str]:
+    """The stored forms a caller's UID may have: with a pseudonym key, its pseudonym (the
+    caller gave the original) and itself (the caller gave a pseudonym from a response)."""
+    from radlens.app.pseudonym import pseudonymise_uid
+
+    pseudonym = pseudonymise_uid(uid, key)
+    return [uid] if pseudonym in (None, uid) else [pseudonym, uid]
+
+
+@dataclass(frozen=True)
+class SeriesView:
+    """A stored series: its identity, as stored, and its results per model."""
+
+    series_instance_uid: str
+    study_instance_uid: str | None
+    modality: str | None
+    rows: int
+    columns: int
+    uids_pseudonymised: bool
+    results: list[ModelResult]
+
+
+def _series_view(rows: Sequence[Prediction], method: str, k: int) -> SeriesView:
+    first = min(rows, key=lambda r: (r.created_at, r.id))
+    return SeriesView(
+        series_instance_uid=cast(str, first.series_instance_uid),
+        study_instance_uid=first.study_instance_uid,
+        modality=first.modality,
+        rows=first.rows,
+        columns=first.columns,
+        uids_pseudonymised=bool(first.uids_pseudonymised),
+        results=results_by_model(rows, method, k),
+    )
+
+
+def series_results(
+    session: Session, candidates: Sequence[str], method: str, k: int
+) -> SeriesView | None:
+    """The series stored under one of ``candidates`` (None when there is none)."""
+    rows = list(
+        session.scalars(select(Prediction).where(Prediction.series_instance_uid.in_(candidates)))
+    )
+    if not rows:
+        return None
+    # both forms stored (a site that turned pseudonymisation on mid-series): one view per form
+    # would split the series, so the caller's first candidate (the pseudonym) names it
+    return _series_view(rows, method, k)
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """A stored study: its series, and per model the series with the highest score."""
+
+    study_instance_uid: str
+    series: list[SeriesView]  # highest top score first
+    results: list[tuple[ModelResult, SeriesView]]  # per model: the key series' result
+
+
+def study_results(
+    session: Session, candidates: Sequence[str], method: str, k: int
+) -> StudyView | None:
+    """The study stored under one of ``candidates``: each series aggregated; the study's result
+    per model is its most positive series' (a study is as positive as its most positive
+    series). Instances without a Series Instance UID are left out. None when nothing is
+    stored."""
+    rows = list(
+        session.scalars(select(Prediction).where(Prediction.study_instance_uid.in_(candidates)))
+    )
+    by_series: dict[str, list[Prediction]] = {}
+    for row in rows:
+        if row.series_instance_uid:
+            by_series.setdefault(row.series_instance_uid, []).append(row)
+    if not by_series:
+        return None
+    views = [_series_view(group, method, k) for group in by_series.values()]
+    best: dict[tuple[str, int], tuple[ModelResult, SeriesView]] = {}
+    for view in views:
+        for result in view.results:
+            key = (result.model_name, result.model_version)
+            if key not in best or result.score > best[key][0].score:
+                best[key] = (result, view)
+    views.sort(key=lambda v: (-max(r.score for r in v.results), v.series_instance_uid))
+    study_uid = next(r.study_instance_uid for r in rows if r.study_instance_uid)
+    return StudyView(
+        study_instance_uid=study_uid,
+        series=views,
+        results=sorted(
+            best.values(), key=lambda pair: (pair[0].model_name, -pair[0].model_version)
+        ),
+    )
+
+
+def series_output_uid(view: SeriesView, result: ModelResult, kind: str) -> str:
+    """A UID for one DICOM output of one series result (``2.25.<uuid5>``): the same content
+    (series, model, the key instances' predictions and the instance count) gives the same UID,
+    and a series that received more instances gets a new one."""
+    from radlens.app.dicom_outputs import output_uid
+
+    state = ",".join(str(i.prediction.id) for i in result.key_instances)
+    name = (
+        f"series:{view.series_instance_uid}:{result.model_name}:{result.model_version}:"
+        f"{result.instance_count}:{state}"
+    )
+    return output_uid(uuid.uuid5(uuid.NAMESPACE_OID, name), kind, with_patient=False)
