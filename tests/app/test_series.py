@@ -421,6 +421,7 @@ def pseudonymising(migrated_database_url: str, model_store: Any) -> Iterator[Tes
         migrated_database_url,
         model_store,
         uid_pseudonym_key="a-site-key-of-at-least-16-chars",
+        dedupe_key="a-separate-dedupe-key-16+",
         series_aggregation="mean_top_k",
         series_top_k=2,
     )
