@@ -125,6 +125,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     app.include_router(dicomweb.router, dependencies=UPLOADS, responses=keyed)
     app.include_router(model_info.router, dependencies=AUTHORIZED, responses=keyed)
     app.include_router(ops.router)
+    from radlens.app.ui import install_ui  # /ui pages: login, predictions, upload, model
+
+    install_ui(app)
 
     # Outermost first when the request comes in: catch-all -> metrics -> body limit -> app.
     app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_upload_bytes)
