@@ -61,8 +61,12 @@ class Explainer:
     def class_index(self) -> int | None:
         return 1 if len(self.predictor.manifest.class_names) == 2 else None
 
-    def explain(self, model_input: np.ndarray) -> ExplanationOutput:
-        """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input."""
+    def explain(
+        self, model_input: np.ndarray, display: np.ndarray | None = None
+    ) -> ExplanationOutput:
+        """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input; with
+        ``display`` (the image preprocessed at display size, app/ingest.py) the map is drawn
+        upsampled onto it, beside the model input."""
         import tensorflow as tf
 
         from radlens.models.gradcam import explain_image
@@ -75,6 +79,7 @@ class Explainer:
                 model_input,
                 class_names=names,
                 class_index=self.class_index(),
+                display=display,
             )
             seconds = time.perf_counter() - start
             self.warmed = True

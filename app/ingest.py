@@ -31,7 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import String
 
 from radlens.app.errors import InvalidDicomAttributeError
-from radlens.app.explain import ExplanationOutput, explainer_for
+from radlens.app.explain import Explainer, ExplanationOutput, explainer_for
 from radlens.app.metrics import ServiceMetrics
 from radlens.app.pseudonym import pseudonym_key_id, pseudonymise_uid
 from radlens.app.settings import Settings
@@ -118,6 +118,7 @@ class Candidate:
     prediction: Prediction  # the unsaved row
     image: PreprocessedImage
     explanation: ExplanationOutput | None = None  # set by Ingestor.explain
+    source: bytes | None = None  # the upload, for the display-resolution overlay (explain)
 
 
 @dataclass(frozen=True)
@@ -215,13 +216,13 @@ class Ingestor:
             uids_pseudonymised=pseudonymised,
             pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
         )
-        return Candidate(prediction=prediction, image=image)
+        return Candidate(prediction=prediction, image=image, source=data)
 
     async def explain(self, candidate: Candidate) -> Candidate:
         """The candidate with its Grad-CAM overlay, computed in a worker thread (no
         transaction is open). Stored with the prediction unless the stored row has one."""
         explainer = explainer_for(self.predictor)
-        output = await run_in_threadpool(explainer.explain, candidate.image.model_input())
+        output = await run_in_threadpool(self._explain, explainer, candidate)
         logger.info(
             "explanation for prediction %s: %s %.2f at %s (%.0f ms)",
             candidate.prediction.id,
@@ -231,6 +232,25 @@ class Ingestor:
             output.seconds * 1000,
         )
         return replace(candidate, explanation=output)
+
+    def _explain(self, explainer: Explainer, candidate: Candidate) -> ExplanationOutput:
+        """Grad-CAM, drawn on the upload preprocessed again at display size (the same steps
+        and version as the model input, models/overlay.display_size) when the upload is at
+        hand; blocking."""
+        display = None
+        if candidate.source is not None:
+            from radlens.models.overlay import display_size
+
+            meta = candidate.image.metadata
+            manifest = self.predictor.manifest
+            display = preprocess_upload(
+                candidate.source,
+                display_size(meta.rows, meta.columns),
+                manifest.window,
+                self.settings.max_pixels,
+                manifest.preprocessing_version,
+            ).pixels
+        return explainer.explain(candidate.image.model_input(), display)
 
     async def commit(
         self, candidate: Candidate, actor: str | None, *, explain: bool = False
