@@ -263,6 +263,11 @@ class Ingestor:
             candidate = await self.explain(candidate)
         written = await self.writer.commit(candidate.prediction, actor, candidate.explanation)
         self._observe(written.prediction, written.created)
+        if written.created:  # score histograms, input counts, drift window (app/drift.py)
+            stored = written.prediction
+            self.metrics.observe_upload(
+                self.predictor.manifest.ref, stored.scores, candidate.image, stored.label
+            )
         return Ingested(
             prediction=written.prediction,
             created=written.created,

@@ -124,6 +124,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     app.include_router(explanations.router, dependencies=AUDITED, responses=keyed)
     app.include_router(dicomweb.router, dependencies=UPLOADS, responses=keyed)
     app.include_router(model_info.router, dependencies=AUTHORIZED, responses=keyed)
+    from radlens.app.routes import drift  # recent uploads vs the model's reference
+
+    app.include_router(drift.router, dependencies=AUTHORIZED, responses=keyed)
     app.include_router(ops.router)
     from radlens.app.ui import install_ui  # /ui pages: login, predictions, upload, model
 
@@ -171,6 +174,9 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
             metrics.observe_batch(stats.size, stats.inference_ms / 1000.0)
 
     predictor.observers.append(observe)
+    from radlens.app.drift import DriftMonitor  # recent uploads vs the model's reference
+
+    metrics.drift = DriftMonitor(predictor.manifest, settings.drift_window)
     from radlens.app.ingest import Ingestor
     from radlens.app.writer import PredictionWriter
 

@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     ui_secure_cookies: bool = Field(
         default=False, description="mark the /ui session and CSRF cookies Secure (HTTPS only)"
     )
+    drift_window: int = Field(
+        default=500, ge=30, le=100_000, description="recent uploads the drift check compares"
+    )
 
     @field_validator("uid_pseudonym_key", "model_signing_key")
     @classmethod

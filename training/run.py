@@ -419,6 +419,7 @@ def _finish(run: _Run, started: float) -> RunResult:
     """Restore the best epoch, choose the threshold, measure val/test, export, write result."""
     config, data, dist, run_path, state = run.config, run.data, run.dist, run.path, run.state
     model, network = run.model, run.network
+    from radlens.models.drift import build_reference
     from radlens.models.registry import ModelRegistry, default_store_path
     from radlens.training.data.sources import data_fingerprint, unique_skipped
     from radlens.training.loop import predict
@@ -518,6 +519,8 @@ def _finish(run: _Run, started: float) -> RunResult:
                 "calibration": calibration,
                 "operating_points": points,
                 "split": data.split_record,
+                # what the service's drift check compares recent inputs and scores with
+                "drift_reference": build_reference(val_probs, data.x_val, class_names, threshold),
             },
             training_config={
                 **config.to_dict(),

@@ -417,3 +417,13 @@ def _metric_tables(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str, s
         if rows:
             tables.append((str(section), rows))
     return tables
+
+
+# --- drift ----------------------------------------------------------------------------------
+
+
+@router.get("/drift", name="ui_drift")
+def drift_page(request: Request, principal: UiPrincipal) -> Response:
+    from radlens.app.routes.drift import drift_monitor
+
+    return render(request, "drift.html", summary=drift_monitor(request).summary())

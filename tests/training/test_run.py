@@ -74,7 +74,16 @@ class TestFinishedRun:
             "calibration",
             "operating_points",
             "split",
+            "drift_reference",
         }
+        # the drift check's reference: the validation split's score and input histograms
+        reference = m.metrics["drift_reference"]
+        assert reference["split_size"] == tiny_run.split_sizes["val"]
+        assert set(reference["scores"]) == {"normal", "abnormal"}
+        for fractions in reference["scores"].values():
+            assert len(fractions) == 10 and sum(fractions) == pytest.approx(1.0, abs=1e-5)
+        assert sum(reference["label_rates"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert set(reference["inputs"]) == {"mean_intensity", "std_intensity"}
         for key in ("auc", "accuracy", "sensitivity", "specificity", "precision"):
             assert key in m.metrics["val"]
         assert m.metrics["val"]["n"] == tiny_run.split_sizes["val"]
@@ -268,7 +277,15 @@ def test_multiclass_run_has_per_class_metrics_and_no_threshold(tmp_path: Path) -
     assert np.asarray(result.val_metrics["confusion_matrix"]).shape == (3, 3)
     manifest = ModelRegistry(result.store).load(result.model_ref).manifest
     assert manifest.threshold is None and manifest.class_names == ["a", "b", "c"]
-    assert set(manifest.metrics) == {"val", "reported", "calibration", "operating_points", "split"}
+    assert set(manifest.metrics) == {
+        "val",
+        "reported",
+        "calibration",
+        "operating_points",
+        "split",
+        "drift_reference",
+    }
+    assert set(manifest.metrics["drift_reference"]["scores"]) == {"a", "b", "c"}
     # no test split: the reported figures are validation's, labelled optimistic
     assert manifest.metrics["reported"]["split"] == "val"
     assert "optimistic (validation-selected)" in manifest.metrics["reported"]["label"]
