@@ -492,7 +492,7 @@ def _finish(run: _Run, started: float) -> RunResult:
         from radlens.training.callbacks import reliability_diagram_png, write_figure
 
         write_figure(
-            run_path / rundir.TENSORBOARD / "calibration",
+            run_path / rundir.TENSORBOARD / rundir.TENSORBOARD_VALIDATION,
             f"calibration/reliability_{eval_split}",
             reliability_diagram_png(y_eval, eval_probs, title=f"Reliability ({eval_split})"),
         )

@@ -57,6 +57,17 @@ class TestFinishedRun:
         for key in ("loss", "accuracy", "auc", "precision", "sensitivity", "specificity"):
             assert key in rows[0] and f"val_{key}" in rows[0]
 
+    def test_tensorboard_has_only_the_train_and_validation_sub_runs(
+        self, tiny_run: RunResult
+    ) -> None:
+        # graph, images, figures, Grad-CAM, hparams and the calibration figure are tags in
+        # them: each run adds two entries to TensorBoard's run selector
+        tensorboard = tiny_run.run_dir / "tensorboard"
+        folders = {
+            p.parent.relative_to(tensorboard) for p in tensorboard.rglob("events.out.tfevents.*")
+        }
+        assert folders == {Path("train"), Path("validation")}
+
     def test_export_reloads_with_manifest(self, tiny_run: RunResult) -> None:
         loaded = ModelRegistry(tiny_run.store).load(tiny_run.model_ref)
         m = loaded.manifest
