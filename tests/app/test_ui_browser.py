@@ -183,6 +183,9 @@ def test_login_upload_detail_filter_logout(served: dict[str, str], artifacts: Pa
 
             page.get_by_role("link", name="Model", exact=True).click()
             _check(page, artifacts, "06-model")
+            page.get_by_role("link", name="Drift", exact=True).click()
+            assert "Status: no-reference." in page.content()  # the test model has none
+            _check(page, artifacts, "07-drift")
 
             page.get_by_role("button", name="Log out").click()
             page.wait_for_url(f"{base}/ui/login")
@@ -191,3 +194,26 @@ def test_login_upload_detail_filter_logout(served: dict[str, str], artifacts: Pa
         finally:
             browser.close()
     assert outside == [], f"the pages tried to reach other hosts: {outside}"
+
+
+def test_the_accessibility_audit_finds_what_it_looks_for() -> None:
+    """The audit above is not vacuous: a page with an unlabelled field, an image without alt
+    text and light-gray text on white is reported on each count."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_content(
+                '<html><body><input name="q"><img src="data:,">'
+                '<p style="color:#bbb">faint</p><p>fine</p></body></html>'
+            )
+            problems = page.evaluate(AUDIT_JS)
+        finally:
+            browser.close()
+    assert any(p.startswith("html has no lang") for p in problems)
+    assert any("control without a label: q" in p for p in problems)
+    assert any(p.startswith("image without alt") for p in problems)
+    assert [p for p in problems if p.startswith("contrast")] == [
+        next(p for p in problems if "faint" in p)
+    ]
