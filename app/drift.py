@@ -74,42 +74,55 @@ class DriftMonitor:
         """What an operator reads: per feature PSI/KS and drifted or not, label rates recent
         vs reference, and an overall status (no-reference, collecting, stable, drift)."""
         scores, features, labels = self._snapshot()
-        n = len(labels)
-        out: dict[str, Any] = {
-            "model": self.model,
-            "window": self.window,
-            "n": n,
-            "min_samples": MIN_SAMPLES,
-            "psi_threshold": PSI_DRIFT,
-            "reference": None,
-            "features": [],
-            "label_rates": {},
-            "drifted": [],
-        }
-        recent_rates = {name: (labels.count(name) / n if n else None) for name in self.class_names}
-        if self.reference is None:
-            out["status"] = "no-reference"
-            out["label_rates"] = {
-                k: {"recent": v, "reference": None} for k, v in recent_rates.items()
-            }
-            return out
-        out["reference"] = {
-            "split": self.reference.get("split", "val"),
-            "split_size": self.reference.get("split_size"),
-        }
-        reference_rates = self.reference.get("label_rates", {})
+        out = summarise(self.reference, self.class_names, scores, features, labels)
+        return {"model": self.model, "window": self.window, **out}
+
+
+def summarise(
+    reference: Mapping[str, Any] | None,
+    class_names: Sequence[str],
+    scores: np.ndarray,
+    features: Sequence[Mapping[str, float]] | None,
+    labels: Sequence[str],
+) -> dict[str, Any]:
+    """Recent scores (``(n, classes)``), input features (None: not known, e.g. read back from
+    the database, which keeps none) and labels against ``reference``."""
+    n = len(labels)
+    out: dict[str, Any] = {
+        "n": n,
+        "min_samples": MIN_SAMPLES,
+        "psi_threshold": PSI_DRIFT,
+        "reference": None,
+        "features": [],
+        "label_rates": {},
+        "drifted": [],
+    }
+    recent_rates = {name: (labels.count(name) / n if n else None) for name in class_names}
+    if reference is None:
+        out["status"] = "no-reference"
         out["label_rates"] = {
-            name: {"recent": recent_rates[name], "reference": reference_rates.get(name)}
-            for name in self.class_names
+            name: {"recent": rate, "reference": None} for name, rate in recent_rates.items()
         }
-        if n < MIN_SAMPLES:
-            out["status"] = "collecting"
-            return out
-        comparisons = compare(self.reference, scores, features)
-        out["features"] = [c.to_dict() for c in comparisons]
-        out["drifted"] = [c.feature for c in comparisons if c.drifted]
-        out["status"] = "drift" if out["drifted"] else "stable"
         return out
+    out["reference"] = {
+        "split": reference.get("split", "val"),
+        "split_size": reference.get("split_size"),
+    }
+    reference_rates = reference.get("label_rates", {})
+    out["label_rates"] = {
+        name: {"recent": recent_rates[name], "reference": reference_rates.get(name)}
+        for name in class_names
+    }
+    if n < MIN_SAMPLES:
+        out["status"] = "collecting"
+        return out
+    if features is None:  # compare the scores only
+        reference = {key: value for key, value in reference.items() if key != "inputs"}
+    comparisons = compare(reference, scores, features or [])
+    out["features"] = [c.to_dict() for c in comparisons]
+    out["drifted"] = [c.feature for c in comparisons if c.drifted]
+    out["status"] = "drift" if out["drifted"] else "stable"
+    return out
 
 
 class DriftCollector(Collector):
