@@ -182,6 +182,7 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
 
     sessions = make_sessionmaker(engine)
     writer = PredictionWriter(sessions, max_queued=settings.max_queued_writes)
+    metrics.queue_depths = lambda: _queue_depths(predictor, writer)
     return Resources(
         engine=engine,
         sessionmaker=sessions,
@@ -189,6 +190,15 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
         writer=writer,
         ingestor=Ingestor(predictor, writer, settings, metrics),
     )
+
+
+def _queue_depths(predictor: Any, writer: Any) -> dict[str, int]:
+    """Items waiting: uploads for a model call (the predictor's queue), rows to be stored."""
+    depths = {"writes": writer.queue.qsize()}
+    queue = getattr(predictor, "_queue", None)  # absent in a test's stand-in predictor
+    if queue is not None:
+        depths["predictions"] = queue.qsize()
+    return depths
 
 
 def _register_problem_schema(app: FastAPI) -> None:

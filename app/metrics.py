@@ -9,9 +9,12 @@ middleware below report the rest.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -72,9 +75,12 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.drift: Any = None  # app.drift.DriftMonitor, set once the model is loaded
+        # () -> {queue name: items waiting}, set in the lifespan (predictor and writer queues)
+        self.queue_depths: Callable[[], dict[str, int]] | None = None
         from radlens.app.drift import DriftCollector
 
         self.registry.register(DriftCollector(self))
+        self.registry.register(QueueCollector(self))
 
     def observe_upload(self, model: str, scores: dict[str, Any], image: Any, label: str) -> None:
         """Record one stored prediction's scores and input (a PreprocessedImage) for the
@@ -99,6 +105,28 @@ class ServiceMetrics:
 
     def observe_prediction(self, model: str, label: str) -> None:
         self.predictions.labels(model=model, label=label).inc()
+
+
+class QueueCollector(Collector):
+    """``radlens_queue_depth{queue}``: items waiting in the bounded queues, read at scrape
+    time (predictions: uploads waiting for a model call; writes: predictions waiting to be
+    stored)."""
+
+    def __init__(self, holder: ServiceMetrics) -> None:
+        self.holder = holder
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depths = self.holder.queue_depths
+        if depths is None:
+            return
+        gauge = GaugeMetricFamily(
+            "radlens_queue_depth",
+            "Items waiting in a bounded queue (predictions: for the model; writes: to be stored).",
+            labels=["queue"],
+        )
+        for name, depth in depths().items():
+            gauge.add_metric([name], depth)
+        yield gauge
 
 
 SIZE_BUCKETS = (256, 512, 1024, 2048)

@@ -146,3 +146,44 @@ def test_size_buckets() -> None:
         "1024-2047",
         ">=2048",
     ]
+
+
+REPO = Path(__file__).resolve().parents[2]
+_SERIES = re.compile(r"\bradlens_[a-z0-9_]+")
+
+
+def _exported(text: str) -> set[str]:
+    return {
+        line.split("{", 1)[0].split(" ", 1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_dashboard_and_alert_rules_name_series_that_metrics_exports(
+    drift_client: TestClient,
+) -> None:
+    """monitoring/grafana/radlens.json and monitoring/prometheus/alerts.yml query only series
+    the service exports (after uploads, with a model that has a reference): a renamed metric
+    fails here, not silently on an operator's empty panel."""
+    import json
+
+    import yaml
+
+    rng = np.random.default_rng(11)
+    _post_all(drift_client, [_png(rng) for _ in range(WINDOW)])
+    exported = _exported(drift_client.get("/metrics").text)
+    dashboard = json.loads((REPO / "monitoring" / "grafana" / "radlens.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    rules = yaml.safe_load((REPO / "monitoring" / "prometheus" / "alerts.yml").read_text())
+    alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert {
+        "RadlensDrift",
+        "RadlensHighErrorRate",
+        "RadlensHighLatency",
+        "RadlensQueueBacklog",
+    } <= set(alerts)
+    used = {name for expr in [*queries, *alerts.values()] for name in _SERIES.findall(expr)}
+    assert len(used) >= 12, used
+    assert used <= exported, sorted(used - exported)
+    assert "Not for clinical use".lower() in dashboard["description"].lower()
