@@ -382,6 +382,7 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
         "model.html",
         manifest=manifest,
         metric_tables=_metric_tables(manifest.metrics),
+        operating_points=_operating_points(manifest.metrics),
         plots=plots,
         notice=clinical_notice(manifest),
     )
@@ -401,6 +402,27 @@ def model_plot(kind: str, request: Request, principal: UiPrincipal) -> Response:
 
 def _model_folder(request: Request, manifest: ModelManifest) -> Path:
     return Path(_settings(request).model_store) / manifest.name / str(manifest.version)
+
+
+def _operating_points(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """The manifest's operating points (threshold chosen on validation, figures on the
+    reported split with Wilson 95% intervals), formatted for the model page."""
+    points = metrics.get("operating_points")
+    if not isinstance(points, dict):
+        return []
+    rows = []
+    for name, figures in points.items():
+        if not isinstance(figures, dict) or not isinstance(figures.get("threshold"), int | float):
+            continue
+        row = {"name": str(name), "threshold": f"{figures['threshold']:.3f}"}
+        for key in ("sensitivity", "specificity", "ppv", "npv"):
+            value, interval = figures.get(key), figures.get(f"{key}_ci95")
+            text = f"{value:.3f}" if isinstance(value, int | float) else "–"
+            if isinstance(interval, list | tuple) and len(interval) == 2:
+                text += f" ({interval[0]:.3f}–{interval[1]:.3f})"
+            row[key] = text
+        rows.append(row)
+    return rows
 
 
 def _metric_tables(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:

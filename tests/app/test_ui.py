@@ -337,7 +337,17 @@ def test_model_page_shows_plots_from_the_store(tmp_path: Path) -> None:
     from tests.app.conftest import create_api_key
 
     store = tmp_path / "store"
-    manifest = save_tiny_model(store, name="plotted")
+    point = {
+        "threshold": 0.42,
+        "sensitivity": 0.9,
+        "sensitivity_ci95": [0.8, 0.95],
+        "specificity": 0.7,
+        "specificity_ci95": [0.6, 0.78],
+        "ppv": 0.5,
+        "npv": 0.95,
+    }
+    metrics = {"val": {"auc": 0.5}, "operating_points": {"chosen": point}}
+    manifest = save_tiny_model(store, name="plotted", metrics=metrics)
     folder = store / manifest.name / str(manifest.version)
     png = png_bytes(seed=1)
     (folder / "roc_curve.png").write_bytes(png)
@@ -351,6 +361,7 @@ def test_model_page_shows_plots_from_the_store(tmp_path: Path) -> None:
         assert "/ui/model/plots/roc.png" in page.text
         assert "/ui/model/plots/reliability.png" not in page.text
         assert client.get("/ui/model/plots/roc.png").content == png
+        assert "<td>0.420</td><td>0.900 (0.800–0.950)</td>" in page.text  # operating point
 
 
 def test_notice_is_left_out_only_for_a_validated_loaded_model() -> None:
