@@ -136,6 +136,42 @@ def test_an_expired_session_redirects_to_login(ui: TestClient, service: Service)
     assert "expired" in ui.get(response.headers["location"]).text
 
 
+def test_a_revoked_key_ends_its_sessions(ui: TestClient, service: Service) -> None:
+    from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.keys import key_id_of, revoke_key
+    from tests.app.conftest import create_api_key
+
+    key = create_api_key(service.database_url, "read", name="ui-revoked")
+    login(ui, key)
+    assert ui.get("/ui/predictions").status_code == 200
+    engine = make_engine(service.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            revoke_key(session, key_id_of(key) or "")
+            session.commit()
+    finally:
+        engine.dispose()
+    service.app.state.key_cache.clear()  # else refused within RADLENS_AUTH_CACHE_TTL_S
+    response = ui.get("/ui/predictions", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/ui/login?reason=revoked"
+
+
+def test_a_read_only_key_cannot_upload(ui: TestClient, service: Service) -> None:
+    from tests.app.conftest import create_api_key
+
+    token = login(ui, create_api_key(service.database_url, "read", name="ui-reader"))
+    before = service.count()
+    response = ui.post(
+        "/ui/upload",
+        files={"file": ("scan.png", png_bytes(seed=77), "image/png")},
+        data={"csrf_token": token},
+    )
+    assert response.status_code == 403
+    assert "lacks the scope" in response.text
+    assert service.count() == before
+
+
 def test_logout_needs_the_csrf_token_and_ends_the_session(ui: TestClient, service: Service) -> None:
     token = login(ui, service.api_key or "")
     assert ui.post("/ui/logout", data={}, follow_redirects=False).status_code == 403
