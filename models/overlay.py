@@ -211,8 +211,7 @@ def render_overlay(
         raise ConfigurationError(f"width must be an int in 256..2048. Received: {width!r}")
     if display is not None:
         big = _check_map(display, "display")
-        overlay = _display_overlay(big, heat, alpha_value, cmap_name)
-        return _render_pair(gray, overlay, big.shape, title, cmap_name, width)
+        return _render_pair(gray, big, heat, title, alpha_value, cmap_name, width)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
@@ -259,21 +258,36 @@ def _display_overlay(display: np.ndarray, heat: np.ndarray, alpha: float, cmap: 
     return _to_uint8(_blend(display, upsample_heatmap(heat, display.shape), alpha, cmap))
 
 
+def _resize_gray(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 ``(H, W)`` resized to ``size`` (width, height) with Lanczos, clipped to [0, 1]."""
+    if (pixels.shape[1], pixels.shape[0]) == size:
+        return pixels
+    from PIL import Image
+
+    resized = Image.fromarray(pixels, mode="F").resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
 def _render_pair(
     gray: np.ndarray,
-    overlay: np.ndarray,
-    shape: tuple[int, ...],
+    display: np.ndarray,
+    heat: np.ndarray,
     title: str | None,
+    alpha: float,
     cmap: str,
     width: int,
 ) -> bytes:
-    """Two panels (model input | display-resolution overlay), a colour bar and a caption."""
+    """Two panels (model input | display-resolution overlay), a colour bar and a caption.
+
+    The display image is brought to the right panel's own pixel size first (Lanczos), the
+    heatmap upsampled to that size and blended there, and the result drawn 1:1: what the PNG
+    shows, at a fraction of the cost of blending a 1024 px image for matplotlib to shrink."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    rows, cols = shape[0], shape[1]
+    rows, cols = display.shape
     panel_w = 0.42  # fractions of the figure width: two panels, then the colour bar
     top_pad = 0.6 if title else 0.3  # inches: title line and panel labels
     bottom_pad = 0.35
@@ -288,7 +302,10 @@ def _render_pair(
     left_ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
     left_ax.set_title(f"model input {gray.shape[1]}x{gray.shape[0]}", fontsize=8, pad=3)
     right_ax = fig.add_axes((0.44, bottom, panel_w, height))
-    right_ax.imshow(overlay, interpolation="antialiased", aspect="auto")
+    panel = (max(1, round(panel_w * width)), max(1, round(image_h_in * _DPI)))
+    shown = _resize_gray(display, panel) if panel[0] < cols else display
+    overlay = _display_overlay(shown, heat, alpha, cmap)
+    right_ax.imshow(overlay, interpolation="nearest", aspect="auto")
     right_ax.set_title(f"Grad-CAM on the image, {cols}x{rows}", fontsize=8, pad=3)
     for ax in (left_ax, right_ax):
         ax.set_axis_off()
