@@ -383,6 +383,8 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
         manifest=manifest,
         metric_tables=_metric_tables(manifest.metrics),
         operating_points=_operating_points(manifest.metrics),
+        # a manifest field in newer manifests, a metrics section in older ones
+        calibration=_scalars(getattr(manifest, "calibration", None)),
         plots=plots,
         notice=clinical_notice(manifest),
     )
@@ -425,17 +427,24 @@ def _operating_points(metrics: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _scalars(values: Any) -> list[tuple[str, str]]:
+    """A dict's scalar entries, formatted; [] for anything else."""
+    if not isinstance(values, dict):
+        return []
+    return [
+        (str(name), f"{value:.4g}" if isinstance(value, float) else str(value))
+        for name, value in values.items()
+        if isinstance(value, int | float | str) and not isinstance(value, bool)
+    ]
+
+
 def _metric_tables(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
     """Each metrics section's scalar values, formatted (nested tables are left out)."""
     tables = []
     for section, values in metrics.items():
         if not isinstance(values, dict):
             continue
-        rows = [
-            (str(name), f"{value:.4g}" if isinstance(value, float) else str(value))
-            for name, value in values.items()
-            if isinstance(value, int | float | str) and not isinstance(value, bool)
-        ]
+        rows = _scalars(values)
         if rows:
             tables.append((str(section), rows))
     return tables

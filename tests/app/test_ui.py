@@ -367,6 +367,18 @@ def test_model_page_shows_manifest_metrics_and_the_notice(ui: TestClient, servic
     assert ui.get("/ui/model/plots/roc.png").status_code == 404
 
 
+def test_model_page_shows_the_manifest_calibration(
+    ui: TestClient, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = service.app.state.resources.predictor.manifest
+    calibration = {"method": "temperature scaling", "temperature": 1.2345, "ece_after": 0.02}
+    monkeypatch.setattr(manifest, "calibration", calibration, raising=False)
+    login(ui, service.api_key or "")
+    page = ui.get("/ui/model")
+    assert "<caption>calibration</caption>" in page.text
+    assert "<td>1.234</td>" in page.text and "temperature scaling" in page.text
+
+
 def test_model_page_shows_plots_from_the_store(tmp_path: Path) -> None:
     from radlens.app.main import create_app
     from radlens.app.migrate import upgrade
