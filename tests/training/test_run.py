@@ -48,8 +48,9 @@ class TestFinishedRun:
         assert "validation/epoch_auc" in found["scalars"]
         assert "train/epoch_learning_rate" in found["scalars"]
         assert found["histograms"] and found["hparams"] and "graph" in found
-        assert "validation_figures/validation/roc_curve" in found["images"]
-        assert "images/filters/sobel_h" in found["images"]
+        assert "validation/validation/roc_curve" in found["images"]  # tags of the validation run
+        assert "validation/filters/sobel_h" in found["images"]
+        assert "validation/calibration/reliability_test" in found["images"]
 
     def test_history_has_every_metric_per_epoch(self, tiny_run: RunResult) -> None:
         rows = _history(tiny_run.run_dir)
