@@ -22,7 +22,7 @@ from starlette.datastructures import UploadFile
 
 from radlens.app import audit as audit_log
 from radlens.app import services
-from radlens.app.auth import Principal, UnauthorizedError, authorize
+from radlens.app.auth import Principal, UnauthorizedError, audit_failure, authorize
 from radlens.app.deps import SessionDep, _resources
 from radlens.app.errors import AppError
 from radlens.app.explain import get_explanation
@@ -327,7 +327,11 @@ async def upload_form(request: Request, principal: UiPrincipal) -> Response:
     return render(request, "upload.html")
 
 
-@router.post("/upload", name="ui_upload_post")
+# a failed upload gets its audit row as the API's do (app/auth.audit_failure); a stored
+# prediction's "prediction.create" row is the writer's
+@router.post(
+    "/upload", name="ui_upload_post", dependencies=[Depends(audit_failure, scope="function")]
+)
 async def upload(request: Request, principal: UiPrincipal) -> Response:
     ingestor = _resources(request).ingestor
     ingestor.check_capacity()

@@ -314,6 +314,8 @@ def test_upload_form_goes_through_the_ingest_path(ui: TestClient, service: Servi
 
 
 def test_upload_form_refuses_a_bad_file_with_a_page(ui: TestClient, service: Service) -> None:
+    from radlens.app.keys import key_id_of
+
     token = login(ui, service.api_key or "")
     before = service.count()
     response = ui.post(
@@ -331,6 +333,14 @@ def test_upload_form_refuses_a_bad_file_with_a_page(ui: TestClient, service: Ser
     )
     assert empty.status_code == 422 and "is empty" in empty.text
     assert service.count() == before
+    # audited like a failed API upload: the key, the route, the status
+    refused = [
+        (r["actor"], r["status"])
+        for r in service.rows()
+        if r["table"] == "audit_events" and r["action"] == "POST /ui/upload"
+    ]
+    assert (key_id_of(service.api_key or ""), 415) in refused
+    assert (key_id_of(service.api_key or ""), 422) in refused
 
 
 def test_burned_in_annotation_warning(ui: TestClient, service: Service) -> None:
