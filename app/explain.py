@@ -67,13 +67,18 @@ class Explainer:
         return 1 if len(self.predictor.manifest.class_names) == 2 else None
 
     def explain(
-        self, model_input: np.ndarray, findings: Sequence[str] | None = None
+        self,
+        model_input: np.ndarray,
+        display: np.ndarray | None = None,
+        findings: Sequence[str] | None = None,
     ) -> ExplanationOutput:
-        """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input.
+        """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input; with
+        ``display`` (the image preprocessed at display size, app/ingest.py) the map is drawn
+        upsampled onto it, beside the model input.
 
         A multi-label model explains the named ``findings``, else its top positive ones (one
-        map each, stacked in the PNG; models.gradcam.explain_findings); ``class_name`` is
-        then the explained findings joined by ``|``."""
+        map each, stacked in the PNG at the model's input size; models.gradcam.explain_findings);
+        ``class_name`` is then the explained findings joined by ``|``."""
         import tensorflow as tf
 
         from radlens.models.gradcam import explain_findings, explain_image
@@ -96,6 +101,7 @@ class Explainer:
                     model_input,
                     class_names=names,
                     class_index=self.class_index(),
+                    display=display,
                 )
             seconds = time.perf_counter() - start
             self.warmed = True

@@ -34,7 +34,7 @@ from sqlalchemy import String
 
 from radlens.app.dedupe import dedupe_identity
 from radlens.app.errors import InvalidDicomAttributeError
-from radlens.app.explain import ExplanationOutput, explainer_for
+from radlens.app.explain import Explainer, ExplanationOutput, explainer_for
 from radlens.app.metrics import ServiceMetrics
 from radlens.app.pseudonym import pseudonym_key_id, pseudonymise_uid
 from radlens.app.services import FindingValue
@@ -216,6 +216,7 @@ class Candidate:
     image: PreprocessedImage
     explanation: ExplanationOutput | None = None  # set by Ingestor.explain
     findings: tuple[FindingValue, ...] = ()  # multi-label models: every finding, decided
+    source: bytes | None = None  # the upload, for the display-resolution overlay (explain)
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,7 @@ class Ingestor:
             pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
             frame_result=frame_result,
         )
-        return Candidate(prediction=prediction, image=image, findings=findings)
+        return Candidate(prediction=prediction, image=image, findings=findings, source=data)
 
     async def _predict_frames(
         self, data: bytes, first: PreprocessedImage, output: PredictionOutput
@@ -397,9 +398,7 @@ class Ingestor:
         """The candidate with its Grad-CAM overlay, computed in a worker thread (no
         transaction is open). Stored with the prediction unless the stored row has one."""
         explainer = explainer_for(self.predictor)
-        # findings only when named: Explainer.explain(model_input) stays the one-argument call
-        named = () if findings is None else (findings,)
-        output = await run_in_threadpool(explainer.explain, candidate.image.model_input(), *named)
+        output = await run_in_threadpool(self._explain, explainer, candidate, findings)
         logger.info(
             "explanation for prediction %s: %s %.2f at %s (%.0f ms)",
             candidate.prediction.id,
@@ -409,6 +408,29 @@ class Ingestor:
             output.seconds * 1000,
         )
         return replace(candidate, explanation=output)
+
+    def _explain(
+        self, explainer: Explainer, candidate: Candidate, findings: Sequence[str] | None = None
+    ) -> ExplanationOutput:
+        """Grad-CAM, drawn on the upload preprocessed again at display size (the same steps
+        and version as the model input, models/overlay.display_size) when the upload is at
+        hand; blocking."""
+        display = None
+        if candidate.source is not None:
+            from radlens.models.overlay import display_size
+
+            meta = candidate.image.metadata
+            manifest = self.predictor.manifest
+            display = preprocess_upload(
+                candidate.source,
+                display_size(meta.rows, meta.columns),
+                manifest.window,
+                self.settings.max_pixels,
+                manifest.preprocessing_version,
+            ).pixels
+        if findings is None:  # Explainer.explain(model_input, display) stays the usual call
+            return explainer.explain(candidate.image.model_input(), display)
+        return explainer.explain(candidate.image.model_input(), display, findings)
 
     async def commit(
         self,
@@ -428,6 +450,11 @@ class Ingestor:
             candidate.prediction, actor, candidate.explanation, candidate.findings
         )
         self._observe(written.prediction, written.created, candidate.findings)
+        if written.created:  # score histograms, input counts, drift window (app/drift.py)
+            stored = written.prediction
+            self.metrics.observe_upload(
+                self.predictor.manifest.ref, stored.scores, candidate.image, stored.label
+            )
         return Ingested(
             prediction=written.prediction,
             created=written.created,

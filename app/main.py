@@ -127,7 +127,13 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
 
     app.include_router(series.router, dependencies=AUDITED, responses=keyed)
     app.include_router(model_info.router, dependencies=AUTHORIZED, responses=keyed)
+    from radlens.app.routes import drift  # recent uploads vs the model's reference
+
+    app.include_router(drift.router, dependencies=AUTHORIZED, responses=keyed)
     app.include_router(ops.router)
+    from radlens.app.ui import install_ui  # /ui pages: login, predictions, upload, model
+
+    install_ui(app)
 
     # Outermost first when the request comes in: catch-all -> metrics -> body limit -> app.
     app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_upload_bytes)
@@ -171,11 +177,15 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
             metrics.observe_batch(stats.size, stats.inference_ms / 1000.0)
 
     predictor.observers.append(observe)
+    from radlens.app.drift import DriftMonitor  # recent uploads vs the model's reference
+
+    metrics.drift = DriftMonitor(predictor.manifest, settings.drift_window)
     from radlens.app.ingest import Ingestor
     from radlens.app.writer import PredictionWriter
 
     sessions = make_sessionmaker(engine)
     writer = PredictionWriter(sessions, max_queued=settings.max_queued_writes)
+    metrics.queue_depths = lambda: _queue_depths(predictor, writer)
     return Resources(
         engine=engine,
         sessionmaker=sessions,
@@ -183,6 +193,15 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
         writer=writer,
         ingestor=Ingestor(predictor, writer, settings, metrics),
     )
+
+
+def _queue_depths(predictor: Any, writer: Any) -> dict[str, int]:
+    """Items waiting: uploads for a model call (the predictor's queue), rows to be stored."""
+    depths = {"writes": writer.queue.qsize()}
+    queue = getattr(predictor, "_queue", None)  # absent in a test's stand-in predictor
+    if queue is not None:
+        depths["predictions"] = queue.qsize()
+    return depths
 
 
 def _register_problem_schema(app: FastAPI) -> None:

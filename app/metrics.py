@@ -9,12 +9,17 @@ middleware below report the rest.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class ServiceMetrics:
@@ -54,6 +59,45 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+        # what a model owner watches (app/drift.py): scores per class, input metadata, drift
+        self.prediction_scores = Histogram(
+            "radlens_prediction_score",
+            "Score of each class in each stored prediction, by model and class.",
+            ("model", "class_name"),
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )
+        self.inputs = Counter(
+            "radlens_inputs",
+            "Stored predictions by input format, modality, body part, photometric "
+            "interpretation and size bucket (longest side).",
+            ("format", "modality", "body_part", "photometric", "size"),
+            registry=self.registry,
+        )
+        self.drift: Any = None  # app.drift.DriftMonitor, set once the model is loaded
+        # () -> {queue name: items waiting}, set in the lifespan (predictor and writer queues)
+        self.queue_depths: Callable[[], dict[str, int]] | None = None
+        from radlens.app.drift import DriftCollector
+
+        self.registry.register(DriftCollector(self))
+        self.registry.register(QueueCollector(self))
+
+    def observe_upload(self, model: str, scores: dict[str, Any], image: Any, label: str) -> None:
+        """Record one stored prediction's scores and input (a PreprocessedImage) for the
+        score histograms, the input counts and the drift window."""
+        for name, value in scores.items():
+            self.prediction_scores.labels(model=model, class_name=name).observe(float(value))
+        meta = image.metadata
+        self.inputs.labels(
+            format=meta.format,
+            modality=_label_value(meta.modality),
+            body_part=_label_value(meta.body_part),
+            photometric=_label_value(meta.photometric_interpretation),
+            size=size_bucket(meta.rows, meta.columns),
+        ).inc()
+        if self.drift is not None:
+            self.drift.observe(scores, image.pixels, label)
+
     def observe_batch(self, batch_size: int, seconds: float) -> None:
         """Record one model call: how many images it ran and how long it took."""
         self.inference_batch_size.observe(batch_size)
@@ -61,6 +105,50 @@ class ServiceMetrics:
 
     def observe_prediction(self, model: str, label: str) -> None:
         self.predictions.labels(model=model, label=label).inc()
+
+
+class QueueCollector(Collector):
+    """``radlens_queue_depth{queue}``: items waiting in the bounded queues, read at scrape
+    time (predictions: uploads waiting for a model call; writes: predictions waiting to be
+    stored)."""
+
+    def __init__(self, holder: ServiceMetrics) -> None:
+        self.holder = holder
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depths = self.holder.queue_depths
+        if depths is None:
+            return
+        gauge = GaugeMetricFamily(
+            "radlens_queue_depth",
+            "Items waiting in a bounded queue (predictions: for the model; writes: to be stored).",
+            labels=["queue"],
+        )
+        for name, depth in depths().items():
+            gauge.add_metric([name], depth)
+        yield gauge
+
+
+SIZE_BUCKETS = (256, 512, 1024, 2048)
+
+
+def size_bucket(rows: int, columns: int) -> str:
+    """The image's longest side as a bucket label: "<256", "256-511", ..., ">=2048"."""
+    side = max(rows, columns)
+    low = 0
+    for edge in SIZE_BUCKETS:
+        if side < edge:
+            return f"<{edge}" if low == 0 else f"{low}-{edge - 1}"
+        low = edge
+    return f">={SIZE_BUCKETS[-1]}"
+
+
+def _label_value(value: str | None) -> str:
+    # header values from uploads: bounded and printable, so a label set cannot explode
+    if not value:
+        return "unknown"
+    cleaned = "".join(ch for ch in value.strip().upper()[:16] if ch.isalnum() or ch in "_ -")
+    return cleaned or "unknown"
 
 
 class MetricsMiddleware:

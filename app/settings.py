@@ -217,6 +217,14 @@ class Settings(BaseSettings):
         description="HMAC key (>= 16 characters) that signs manifests at save and is "
         "required to verify them at load",
     )
+    # /ui pages (app/ui/): how long a login lasts, and Secure cookies behind HTTPS
+    ui_session_minutes: int = Field(default=480, ge=1, le=10_080)
+    ui_secure_cookies: bool = Field(
+        default=False, description="mark the /ui session and CSRF cookies Secure (HTTPS only)"
+    )
+    drift_window: int = Field(
+        default=500, ge=30, le=100_000, description="recent uploads the drift check compares"
+    )
 
     @field_validator("uid_pseudonym_key", "model_signing_key", "dedupe_key")
     @classmethod

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "radlens.cli.service_cmds",
     "radlens.cli.keys_cmds",
     "radlens.cli.audit_cmds",
+    "radlens.cli.drift_cmds",
 )
 
 app = typer.Typer(

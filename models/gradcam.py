@@ -590,6 +590,7 @@ def explain_image(
     layer_name: str | None = None,
     alpha: float = 0.4,
     cmap: str = "inferno",
+    display: np.ndarray | None = None,
 ) -> tuple[GradCamResult, bytes]:
     """Explain one image: its Grad-CAM map and the PNG overlay titled with class and score.
 
@@ -606,6 +607,9 @@ def explain_image(
         layer_name: as in :func:`gradcam`.
         alpha: overlay opacity where the map is 1.
         cmap: ``"inferno"`` or ``"viridis"``.
+        display: the same image at display resolution ``(H2, W2)`` in [0, 1]; given, the
+            PNG shows the model input beside the map upsampled onto ``display``
+            (:func:`models.overlay.render_overlay`).
 
     Returns:
         ``(result, png)``: the :class:`GradCamResult` (batch of one) and the PNG bytes.
@@ -631,7 +635,12 @@ def explain_image(
     chosen = int(result.class_indices[0])
     title = f"{class_names[chosen]} {result.scores[0, chosen]:.2f} · Grad-CAM {result.layer}"
     png = render_overlay(
-        model_input[..., 0], result.heatmaps[0], title=title, alpha=alpha, cmap=cmap
+        model_input[..., 0],
+        result.heatmaps[0],
+        title=title,
+        alpha=alpha,
+        cmap=cmap,
+        display=display,
     )
     return result, png
 

@@ -9,20 +9,27 @@ The run's own (``training.run`` adds them to every phase):
 - :func:`close_files`: closes what an interrupted phase left open.
 
 TensorBoard: ``tensorboard_callbacks(log_dir, ...)`` returns the callbacks that together own
-``log_dir``:
+``log_dir``. They write into two sub-runs only, Keras' ``train`` and ``validation``
+(``rundir.TENSORBOARD_TRAIN`` / ``TENSORBOARD_VALIDATION``), so each run adds two entries to
+TensorBoard's run selector and many runs can be compared at a glance; everything else is a
+tag in the ``validation`` run (what it shows is computed on validation data or is the
+inference graph):
 
 - ``keras.callbacks.TensorBoard``: scalars for train and validation (loss, every compiled
   metric, the learning rate), the conceptual Keras model graph (``write_graph``), weight
-  histograms and distributions (``histogram_freq``);
-- :class:`ModelGraphCallback` (``log_dir/graph``): the op-level graph of the model's forward
-  pass (Keras 3 writes only the conceptual graph for its own train function);
-- :class:`SampleImagesCallback` (``log_dir/images``): sample inputs exactly as the model sees
-  them, and the classic filter responses of those samples (``models.ops.apply_filter``);
-- :class:`EvaluationFiguresCallback` (``log_dir/validation_figures``): a confusion matrix and
-  a ROC curve on the validation data each epoch, drawn with matplotlib (Agg) to PNG and logged
-  with ``tf.summary.image``;
-- :class:`HParamsCallback` (``log_dir``): the hparams dashboard (run hyperparameters and the
-  validation metrics it should show).
+  histograms and distributions (``histogram_freq``), in ``train`` and ``validation``;
+- :class:`ModelGraphCallback`: the op-level graph of the model's forward pass (Keras 3
+  writes only the conceptual graph for its own train function), the ``validation`` run's graph;
+- :class:`SampleImagesCallback`: sample validation inputs exactly as the model sees them
+  (tag ``inputs/as_model_sees_them``) and their classic filter responses (``filters/<name>``,
+  ``models.ops.apply_filter``);
+- :class:`EvaluationFiguresCallback`: a confusion matrix and a ROC curve on the validation
+  data each epoch (``validation/confusion_matrix``, ``validation/roc_curve``), drawn with
+  matplotlib (Agg) to PNG and logged with ``tf.summary.image``;
+- ``GradCamCallback`` (training/gradcam_callback.py): ``gradcam/<k>_<class>`` each epoch;
+- :class:`HParamsCallback`: the hparams dashboard; the session lives in the ``validation``
+  run, so its metrics are the validation ones (``epoch_auc``, ``epoch_accuracy``,
+  ``epoch_loss``).
 """
 
 from __future__ import annotations
@@ -39,7 +46,13 @@ import numpy as np
 import tensorflow as tf
 
 from radlens.training.metrics import DEFAULT_THRESHOLD, classification_metrics, roc_curve_points
-from radlens.training.rundir import BEST_WEIGHTS, CHECKPOINTS, write_state
+from radlens.training.rundir import (
+    BEST_WEIGHTS,
+    CHECKPOINTS,
+    TENSORBOARD_TRAIN,
+    TENSORBOARD_VALIDATION,
+    write_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +83,7 @@ def tensorboard_callbacks(
             Keras' TensorBoard callback (whose graph and histograms need ``fit``).
     """
     log_dir = Path(log_dir)
+    validation_run = log_dir / TENSORBOARD_VALIDATION  # Keras' own validation sub-run
     x_val, y_val = validation
     callbacks: list[keras.callbacks.Callback] = [
         EpochScalarsCallback(log_dir)
@@ -80,17 +94,15 @@ def tensorboard_callbacks(
             write_graph=True,
             update_freq="epoch",
         ),
-        HParamsCallback(log_dir, hparams),
-        ModelGraphCallback(log_dir / "graph"),
-        EvaluationFiguresCallback(log_dir / "validation_figures", x_val, y_val, class_names),
+        HParamsCallback(validation_run, hparams),
+        ModelGraphCallback(validation_run),
+        EvaluationFiguresCallback(validation_run, x_val, y_val, class_names),
     ]
     if samples > 0:
         from radlens.training.gradcam_callback import GradCamCallback
 
-        callbacks.append(SampleImagesCallback(log_dir / "images", x_val[:samples]))
-        callbacks.append(
-            GradCamCallback(log_dir / "gradcam", x_val, y_val, class_names, count=samples)
-        )
+        callbacks.append(SampleImagesCallback(validation_run, x_val[:samples]))
+        callbacks.append(GradCamCallback(validation_run, x_val, y_val, class_names, count=samples))
     return callbacks
 
 
@@ -214,7 +226,11 @@ class EpochScalarsCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         for key, value in (logs or {}).items():
-            group, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            group, name = (
+                (TENSORBOARD_VALIDATION, key[4:])
+                if key.startswith("val_")
+                else (TENSORBOARD_TRAIN, key)
+            )
             if group not in self._writers:
                 self._writers[group] = tf.summary.create_file_writer(str(self.log_dir / group))
             with self._writers[group].as_default():
@@ -246,10 +262,10 @@ class HParamsCallback(keras.callbacks.Callback):
         with writer.as_default():
             hp.hparams_config(
                 hparams=[hp.HParam(name) for name in self.hparams],
+                # the session is this (validation) run: its metrics are its own scalars;
+                # a group names a sub-run of the session, so train's cannot be listed
                 metrics=[
-                    hp.Metric(tag, group=group, display_name=f"{tag[6:]} ({group})")
-                    for tag in HPARAM_METRICS
-                    for group in ("validation", "train")
+                    hp.Metric(tag, display_name=f"{tag[6:]} (validation)") for tag in HPARAM_METRICS
                 ],
             )
             hp.hparams(self.hparams)

@@ -43,7 +43,7 @@ class GradCamCallback(keras.callbacks.Callback):
     """Logs Grad-CAM overlays of fixed validation images at the end of each epoch.
 
     Args:
-        log_dir: directory of the event files (the run's ``tensorboard/gradcam``).
+        log_dir: directory of the event files (the run's ``tensorboard/validation``).
         inputs: validation inputs ``(N, H, W, 1)`` float32 in [0, 1].
         labels: their integer labels ``(N,)``.
         class_names: class names in label order.

@@ -437,6 +437,7 @@ def _finish(run: _Run, started: float) -> RunResult:
     """Restore the best epoch, choose the threshold, measure val/test, export, write result."""
     config, data, dist, run_path, state = run.config, run.data, run.dist, run.path, run.state
     model, network = run.model, run.network
+    from radlens.models.drift import build_reference
     from radlens.models.registry import ModelRegistry, default_store_path
     from radlens.training.data.sources import data_fingerprint, unique_skipped
     from radlens.training.loop import predict
@@ -511,7 +512,7 @@ def _finish(run: _Run, started: float) -> RunResult:
         from radlens.training.callbacks import reliability_diagram_png, write_figure
 
         write_figure(
-            run_path / rundir.TENSORBOARD / "calibration",
+            run_path / rundir.TENSORBOARD / rundir.TENSORBOARD_VALIDATION,
             f"calibration/reliability_{eval_split}",
             reliability_diagram_png(y_eval, eval_probs, title=f"Reliability ({eval_split})"),
         )
@@ -536,6 +537,8 @@ def _finish(run: _Run, started: float) -> RunResult:
                 **({"test": test_metrics} if test_metrics else {}),
                 "reported": reported,
                 "operating_points": points,
+                # what the service's drift check compares recent inputs and scores with
+                "drift_reference": build_reference(val_probs, data.x_val, class_names, threshold),
             },
             training_config={
                 **config.to_dict(),

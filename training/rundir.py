@@ -10,7 +10,8 @@
     state.json         phase progress and the best epoch so far (for resuming)
     checkpoints/       best.weights.h5 (best epoch by validation AUC), phase1.weights.h5
     backup/phase<N>/   keras.callbacks.BackupAndRestore state while a phase is running
-    tensorboard/       the TensorBoard callbacks' log directory (see training.callbacks)
+    tensorboard/       the TensorBoard callbacks' log directory (see training.callbacks):
+                       train/ and validation/ only, every other summary a tag in them
     result.json        the exported model ref, metrics and counts, once the run has finished
 
 Under a multi-worker strategy a worker that is not the chief keeps its files in
@@ -49,6 +50,11 @@ CHECKPOINTS = "checkpoints"
 BEST_WEIGHTS = "best.weights.h5"
 PHASE1_WEIGHTS = "phase1.weights.h5"
 TENSORBOARD = "tensorboard"
+# The only two sub-runs a run adds to TensorBoard's run selector: Keras' own pair. Every other
+# summary (op graph, sample images, figures, Grad-CAM, hparams, calibration) is a tag in one of
+# them, so many runs stay comparable at a glance (training.callbacks).
+TENSORBOARD_TRAIN = "train"
+TENSORBOARD_VALIDATION = "validation"
 PACKAGE_LOGGER = __name__.rpartition(".")[0]  # "radlens.training": train.log records the package
 
 

@@ -47,7 +47,8 @@ class TestExplainOnPost:
         assert heatmap.headers["x-radlens-explained-class"] == "abnormal"  # binary: class 1
         assert heatmap.headers["x-radlens-explained-layer"] == "conv4"  # simple_cnn's last conv
         pixels = _png_pixels(heatmap.content)
-        assert pixels.shape[1] == 512  # render_overlay's width, legend included
+        # two panels (model input | map on the image at display resolution), legend included
+        assert pixels.shape[1] == 1024
         # a colour map and a colour bar: some pixels are not gray
         assert np.any(np.abs(pixels[..., 0].astype(int) - pixels[..., 2].astype(int)) > 40)
 
@@ -92,7 +93,7 @@ class TestExplainOnPost:
         assert response.status_code in (200, 201), response.text
         heatmap = service.client.get(f"/v1/predictions/{response.json()['id']}/heatmap")
         assert heatmap.status_code == 200
-        assert _png_pixels(heatmap.content).shape[1] == 512
+        assert _png_pixels(heatmap.content).shape[1] == 1024  # model input | map on the image
 
     def test_patient_data_stays_out_of_the_explanation(self, service: Service) -> None:
         patient = {"PatientName": "Doe^Janet", "PatientID": "PID-778899"}
@@ -198,3 +199,15 @@ def test_deleting_a_prediction_deletes_its_explanation(service: Service) -> None
         session.commit()
     assert _explanations(service, pid) == []
     assert service.client.get(f"/v1/predictions/{pid}/heatmap").status_code == 404
+
+
+def test_overlay_is_drawn_at_display_resolution(service: Service) -> None:
+    """The stored overlay (GET .../heatmap, the /ui page, the SC) shows the map upsampled
+    onto the upload at display size: its panels have the source's aspect ratio (4:1 here),
+    not the square 32 px model input's."""
+    response = service.post(png_bytes(size=(60, 240)), "wide.png", params={"explain": "true"})
+    assert response.status_code == 201, response.text
+    heatmap = service.client.get(f"/v1/predictions/{response.json()['id']}/heatmap")
+    pixels = _png_pixels(heatmap.content)
+    assert pixels.shape[1] == 1024
+    assert pixels.shape[0] < 0.3 * pixels.shape[1], pixels.shape

@@ -48,14 +48,26 @@ class TestFinishedRun:
         assert "validation/epoch_auc" in found["scalars"]
         assert "train/epoch_learning_rate" in found["scalars"]
         assert found["histograms"] and found["hparams"] and "graph" in found
-        assert "validation_figures/validation/roc_curve" in found["images"]
-        assert "images/filters/sobel_h" in found["images"]
+        assert "validation/validation/roc_curve" in found["images"]  # tags of the validation run
+        assert "validation/filters/sobel_h" in found["images"]
+        assert "validation/calibration/reliability_test" in found["images"]
 
     def test_history_has_every_metric_per_epoch(self, tiny_run: RunResult) -> None:
         rows = _history(tiny_run.run_dir)
         assert [r["epoch"] for r in rows] == ["0", "1"]
         for key in ("loss", "accuracy", "auc", "precision", "sensitivity", "specificity"):
             assert key in rows[0] and f"val_{key}" in rows[0]
+
+    def test_tensorboard_has_only_the_train_and_validation_sub_runs(
+        self, tiny_run: RunResult
+    ) -> None:
+        # graph, images, figures, Grad-CAM, hparams and the calibration figure are tags in
+        # them: each run adds two entries to TensorBoard's run selector
+        tensorboard = tiny_run.run_dir / "tensorboard"
+        folders = {
+            p.parent.relative_to(tensorboard) for p in tensorboard.rglob("events.out.tfevents.*")
+        }
+        assert folders == {Path("train"), Path("validation")}
 
     def test_export_reloads_with_manifest(self, tiny_run: RunResult) -> None:
         loaded = ModelRegistry(tiny_run.store).load(tiny_run.model_ref)
@@ -67,10 +79,18 @@ class TestFinishedRun:
         assert m.filters == ["sobel_h"]
         assert m.threshold == pytest.approx(tiny_run.threshold)
         assert 0.0 <= m.threshold <= 1.0
-        assert set(m.metrics) == {"val", "test", "reported", "operating_points"}
+        assert set(m.metrics) == {"val", "test", "reported", "operating_points", "drift_reference"}
         assert m.calibration is not None and m.calibration["method"] == "temperature scaling"
         assert m.leakage_check == {"passed": True, "patients_in_two_splits": 0}
         assert m.data_split is not None and m.data_split["sizes"] == tiny_run.split_sizes
+        # the drift check's reference: the validation split's score and input histograms
+        reference = m.metrics["drift_reference"]
+        assert reference["split_size"] == tiny_run.split_sizes["val"]
+        assert set(reference["scores"]) == {"normal", "abnormal"}
+        for fractions in reference["scores"].values():
+            assert len(fractions) == 10 and sum(fractions) == pytest.approx(1.0, abs=1e-5)
+        assert sum(reference["label_rates"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert set(reference["inputs"]) == {"mean_intensity", "std_intensity"}
         for key in ("auc", "accuracy", "sensitivity", "specificity", "precision"):
             assert key in m.metrics["val"]
         assert m.metrics["val"]["n"] == tiny_run.split_sizes["val"]
@@ -264,8 +284,9 @@ def test_multiclass_run_has_per_class_metrics_and_no_threshold(tmp_path: Path) -
     assert np.asarray(result.val_metrics["confusion_matrix"]).shape == (3, 3)
     manifest = ModelRegistry(result.store).load(result.model_ref).manifest
     assert manifest.threshold is None and manifest.class_names == ["a", "b", "c"]
-    assert set(manifest.metrics) == {"val", "reported", "operating_points"}
+    assert set(manifest.metrics) == {"val", "reported", "operating_points", "drift_reference"}
     assert manifest.calibration is not None and manifest.data_split is not None
+    assert set(manifest.metrics["drift_reference"]["scores"]) == {"a", "b", "c"}
     # no test split: the reported figures are validation's, labelled optimistic
     assert manifest.metrics["reported"]["split"] == "val"
     assert "optimistic (validation-selected)" in manifest.metrics["reported"]["label"]

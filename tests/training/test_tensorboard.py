@@ -1,4 +1,5 @@
-"""TensorBoard: the event files of a tiny run hold every kind of summary the course teaches."""
+"""TensorBoard: the event files of a tiny run hold every kind of summary the course teaches,
+in two sub-runs only (Keras' train and validation), everything else being tags in them."""
 
 from __future__ import annotations
 
@@ -72,32 +73,34 @@ def test_scalars_for_train_and_validation_with_learning_rate(event_dir: Path) ->
 
 def test_graph_and_histograms(event_dir: Path) -> None:
     found = read_events(event_dir)
-    assert "graph" in found["graph"]  # op graph of the forward pass, in tensorboard/graph
+    assert "validation" in found["graph"]  # op graph of the forward pass: validation's graph
     assert "train/keras" in found["graph_keras_model"]  # Keras' conceptual graph
     assert any(tag.startswith("train/conv/kernel") for tag in found["histograms"])
 
 
 def test_images_inputs_filters_confusion_and_roc(event_dir: Path) -> None:
     images = read_events(event_dir)["images"]
-    assert "images/inputs/as_model_sees_them" in images
+    assert "validation/inputs/as_model_sees_them" in images
     for name in ("sobel_h", "sobel_v", "blur", "outline"):
-        assert f"images/filters/{name}" in images
-    assert "validation_figures/validation/confusion_matrix" in images
-    assert "validation_figures/validation/roc_curve" in images
+        assert f"validation/filters/{name}" in images
+    assert "validation/validation/confusion_matrix" in images
+    assert "validation/validation/roc_curve" in images
 
 
 def test_gradcam_overlays_of_fixed_validation_images_each_epoch(event_dir: Path) -> None:
     images = read_events(event_dir)["images"]
     # samples=3 images, round-robin over the classes (y[:2] == [0, 1])
-    assert {t for t in images if t.startswith("gradcam/")} == {
-        "gradcam/gradcam/0_normal",
-        "gradcam/gradcam/1_abnormal",
-        "gradcam/gradcam/2_normal",
+    assert {t for t in images if t.startswith("validation/gradcam/")} == {
+        "validation/gradcam/0_normal",
+        "validation/gradcam/1_abnormal",
+        "validation/gradcam/2_normal",
     }
     steps: dict[str, set[int]] = {}
-    for path in (event_dir / "gradcam").glob("events.out.tfevents.*"):
+    for path in (event_dir / "validation").glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             for value in event.summary.value:
+                if not value.tag.startswith("gradcam/"):
+                    continue
                 steps.setdefault(value.tag, set()).add(event.step)
                 # an RGB PNG (blend's colour map), encoded by tf.summary.image
                 width, height, png = value.tensor.string_val[:3]
@@ -108,11 +111,20 @@ def test_gradcam_overlays_of_fixed_validation_images_each_epoch(event_dir: Path)
 def test_hparams(event_dir: Path) -> None:
     hparams = read_events(event_dir)["hparams"]
     assert len(hparams) >= 2  # the experiment config and this session's values
+    # the session is the validation run, whose own scalars are the metrics it lists
+    assert all(tag.startswith("validation/") for tag in hparams)
+
+
+def test_only_the_train_and_validation_sub_runs(event_dir: Path) -> None:
+    """Every event file is in train/ or validation/: a run adds two entries to TensorBoard's
+    run selector, not seven (tensorboard, graph, images, ..., gradcam)."""
+    folders = {p.parent.relative_to(event_dir) for p in event_dir.rglob("events.out.tfevents.*")}
+    assert folders == {Path("train"), Path("validation")}
 
 
 def test_confusion_matrix_is_logged_each_epoch(event_dir: Path) -> None:
     steps = set()
-    for path in (event_dir / "validation_figures").glob("events.out.tfevents.*"):
+    for path in (event_dir / "validation").glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             if any(v.tag.endswith("confusion_matrix") for v in event.summary.value):
                 steps.add(event.step)

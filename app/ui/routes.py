@@ -1,0 +1,464 @@
+"""Server-rendered pages under /ui: log in with an API key, the predictions (list with
+filters, detail with the Grad-CAM overlay and provenance, SR/SC downloads), an upload form
+through the one ingest path (app/ingest.py), the loaded model's page, and the drift summary.
+
+Every page says "not for clinical use" unless the model's manifest says validated; no page
+shows a patient identifier (the service stores none). Session and CSRF: app/ui/session.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.templating import Jinja2Templates
+from starlette.datastructures import UploadFile
+
+from radlens.app import audit as audit_log
+from radlens.app import services
+from radlens.app.auth import Principal, UnauthorizedError, audit_failure, authorize
+from radlens.app.deps import SessionDep, _resources
+from radlens.app.errors import AppError
+from radlens.app.explain import get_explanation
+from radlens.app.schemas import NOT_FOR_CLINICAL_USE
+from radlens.app.ui import session as ui_session
+from radlens.app.ui.queries import PAGE_SIZE, find_predictions, parse_filters
+from radlens.models.manifest import ModelManifest
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+PLOTS = {"roc": "roc_curve.png", "reliability": "reliability.png"}
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+# Nothing loads from elsewhere, no page may be framed, no response is cached by the browser.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class LoginRequired(Exception):
+    """No valid session: the exception handler redirects to the login form."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CsrfError(AppError):
+    code = "csrf-failed"
+    title = "The form's CSRF token is missing or wrong; reload the page and submit it again"
+    status_code = 403
+
+
+class UploadFormError(AppError):
+    code = "upload-form"
+    title = "Choose a DICOM, PNG or JPEG file to upload"
+    status_code = 422
+
+
+def _settings(request: Request) -> Any:
+    return request.app.state.settings
+
+
+async def require_login(request: Request) -> Principal:
+    """The session's principal (scope checked as for the API: GET read, POST predict)."""
+    settings = _settings(request)
+    if settings.auth == "disabled":
+        return await authorize(request, None)
+    cookie = request.cookies.get(ui_session.SESSION_COOKIE)
+    key = ui_session.session_key(cookie, max_age_s=settings.ui_session_minutes * 60)
+    if key is None:
+        raise LoginRequired("expired" if cookie else "login")
+    try:
+        return await authorize(
+            request, HTTPAuthorizationCredentials(scheme="Bearer", credentials=key)
+        )
+    except UnauthorizedError as exc:
+        raise LoginRequired("revoked") from exc
+
+
+UiPrincipal = Annotated[Principal, Depends(require_login)]
+
+
+def loaded_manifest(request: Request) -> ModelManifest | None:
+    resources = getattr(request.app.state, "resources", None)
+    return resources.predictor.manifest if resources is not None else None
+
+
+def clinical_notice(
+    manifest: ModelManifest | None, name: str | None = None, version: int | None = None
+) -> str | None:
+    """None only when the (named) model is the loaded one and its manifest says validated."""
+    if manifest is None or not manifest.validated_for_clinical_use:
+        return NOT_FOR_CLINICAL_USE
+    if name is not None and (name, version) != (manifest.name, manifest.version):
+        return NOT_FOR_CLINICAL_USE
+    return None
+
+
+def csrf_token(request: Request) -> str:
+    """The page's CSRF token: the cookie's, or a new one (set by :func:`render`)."""
+    token = request.cookies.get(ui_session.CSRF_COOKIE)
+    if not token:
+        token = getattr(request.state, "new_csrf", None) or ui_session.new_csrf_token()
+        request.state.new_csrf = token
+    return token
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str) -> None:
+    settings = _settings(request)
+    response.set_cookie(
+        name,
+        value,
+        max_age=settings.ui_session_minutes * 60,
+        path=ui_session.COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=settings.ui_secure_cookies,
+    )
+
+
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+    """A page with the common context (notice, CSRF token, who is logged in)."""
+    context.setdefault("notice", clinical_notice(loaded_manifest(request)))
+    context["csrf_token"] = csrf_token(request)
+    context["csrf_field"] = ui_session.CSRF_FIELD
+    context.setdefault("principal", getattr(request.state, "principal", None))
+    context["auth_enabled"] = _settings(request).auth == "enabled"
+    response = TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    new = getattr(request.state, "new_csrf", None)
+    if new:
+        set_cookie(request, response, ui_session.CSRF_COOKIE, new)
+    return response
+
+
+async def check_csrf(request: Request) -> Any:
+    """The submitted form, once its CSRF token matched the cookie (else CsrfError 403)."""
+    form = await request.form()
+    if not ui_session.csrf_valid(
+        request.cookies.get(ui_session.CSRF_COOKIE), form.get(ui_session.CSRF_FIELD)
+    ):
+        await form.close()
+        raise CsrfError(
+            "the form was posted without the token of this session's pages"
+            if not form.get(ui_session.CSRF_FIELD)
+            else "the form's token does not match this session's"
+        )
+    return form
+
+
+def parse_id(text: str) -> uuid.UUID:
+    """A prediction id from the URL; anything else is a 404 page, not a validation error."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        from radlens.app.errors import NotFoundError
+
+        raise NotFoundError(f"{text[:40]!r} is not a prediction id") from None
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+# --- login and logout -------------------------------------------------------------------
+
+
+@router.get("", name="ui_home")
+async def home() -> RedirectResponse:
+    return _redirect("/ui/predictions")
+
+
+@router.get("/login", name="ui_login")
+async def login_form(request: Request, reason: str = "") -> Response:
+    messages = {
+        "expired": "Your session expired; log in again.",
+        "revoked": "The key of your session is unknown or revoked; log in with a valid key.",
+        "login": "Log in with an API key to see the results.",
+    }
+    return render(request, "login.html", message=messages.get(reason))
+
+
+@router.post("/login", name="ui_login_post")
+async def login(request: Request) -> Response:
+    form = await check_csrf(request)
+    key = str(form.get("api_key") or "").strip()
+    if not key:
+        return render(request, "login.html", 401, message="Enter an API key.")
+    try:
+        await authorize_key(request, key)
+    except UnauthorizedError as exc:
+        return render(request, "login.html", 401, message=f"Not logged in: {exc.detail}.")
+    response = _redirect("/ui/predictions")
+    set_cookie(request, response, ui_session.SESSION_COOKIE, ui_session.session_value(key))
+    # a new CSRF token for the new session
+    set_cookie(request, response, ui_session.CSRF_COOKIE, ui_session.new_csrf_token())
+    return response
+
+
+async def authorize_key(request: Request, key: str) -> Principal:
+    """The key's principal as a GET would see it (needs the read scope)."""
+    from radlens.app.auth import _authenticate
+
+    principal = await _authenticate(
+        request, HTTPAuthorizationCredentials(scheme="Bearer", credentials=key)
+    )
+    if "read" not in principal.scopes:
+        raise UnauthorizedError(f"key {principal.key_id!r} lacks the read scope the pages need")
+    return principal
+
+
+@router.post("/logout", name="ui_logout")
+async def logout(request: Request) -> Response:
+    await check_csrf(request)
+    response = _redirect("/ui/login")
+    for name in (ui_session.SESSION_COOKIE, ui_session.CSRF_COOKIE):
+        response.delete_cookie(name, path=ui_session.COOKIE_PATH)
+    return response
+
+
+# --- predictions --------------------------------------------------------------------------
+
+
+@router.get("/predictions", name="ui_predictions")
+def predictions_page(request: Request, principal: UiPrincipal, session: SessionDep) -> Response:
+    filters = parse_filters(request.query_params)
+    manifest = loaded_manifest(request)
+    negative = manifest.class_names[0] if manifest is not None else None
+    rows: list[Any] = []
+    total = 0
+    if not filters.errors:
+        rows, total = find_predictions(session, filters, negative_label=negative)
+    audit_log.add(
+        session,
+        actor=principal.key_id,
+        action="ui.prediction.list",
+        status=422 if filters.errors else 200,
+        # a refused filter may hold what the database cannot store (a NUL): not recorded
+        query=None
+        if filters.errors
+        else audit_log.minimal_query(request.query_params.multi_items()),
+    )
+    query = {k: v for k, v in filters.form_values().items() if v}
+    pages = max(1, -(-total // PAGE_SIZE))
+    return render(
+        request,
+        "predictions.html",
+        422 if filters.errors else 200,
+        filters=filters.form_values(),
+        errors=filters.errors,
+        rows=rows,
+        total=total,
+        page=filters.page,
+        pages=pages,
+        query="&".join(f"{k}={quote(v)}" for k, v in query.items()),
+        negative=negative,
+    )
+
+
+@router.get("/predictions/{prediction_id}", name="ui_prediction")
+def prediction_page(
+    prediction_id: str, request: Request, principal: UiPrincipal, session: SessionDep
+) -> Response:
+    row = services.get_prediction(session, parse_id(prediction_id))
+    explanation = get_explanation(session, row.id)
+    audit_log.add(
+        session,
+        actor=principal.key_id,
+        action="ui.prediction.read",
+        target=str(row.id),
+        status=200,
+    )
+    manifest = loaded_manifest(request)
+    scores = sorted(((str(k), float(v)) for k, v in row.scores.items()), key=lambda kv: -kv[1])
+    return render(
+        request,
+        "prediction.html",
+        row=row,
+        scores=scores,
+        explanation=explanation,
+        notice=clinical_notice(manifest, row.model_name, row.model_version),
+        burned_in=request.query_params.get("burned_in") == "yes",
+        dicom=row.input_format == "dicom",
+    )
+
+
+@router.get("/predictions/{prediction_id}/overlay.png", name="ui_overlay")
+def overlay_png(prediction_id: str, principal: UiPrincipal, session: SessionDep) -> Response:
+    from radlens.app.routes.explanations import get_heatmap
+
+    return get_heatmap(parse_id(prediction_id), session)
+
+
+@router.get("/predictions/{prediction_id}/sr.dcm", name="ui_sr")
+def sr_download(
+    prediction_id: str, request: Request, principal: UiPrincipal, session: SessionDep
+) -> Response:
+    from radlens.app.routes.explanations import get_dicom_sr
+
+    return get_dicom_sr(parse_id(prediction_id), session, _settings(request))
+
+
+@router.get("/predictions/{prediction_id}/sc.dcm", name="ui_sc")
+def sc_download(
+    prediction_id: str, request: Request, principal: UiPrincipal, session: SessionDep
+) -> Response:
+    from radlens.app.routes.explanations import get_dicom_secondary_capture
+
+    return get_dicom_secondary_capture(parse_id(prediction_id), session, _settings(request))
+
+
+# --- upload -------------------------------------------------------------------------------
+
+
+@router.get("/upload", name="ui_upload")
+async def upload_form(request: Request, principal: UiPrincipal) -> Response:
+    return render(request, "upload.html")
+
+
+# a failed upload gets its audit row as the API's do (app/auth.audit_failure); a stored
+# prediction's "prediction.create" row is the writer's
+@router.post(
+    "/upload", name="ui_upload_post", dependencies=[Depends(audit_failure, scope="function")]
+)
+async def upload(request: Request, principal: UiPrincipal) -> Response:
+    ingestor = _resources(request).ingestor
+    ingestor.check_capacity()
+    form = await check_csrf(request)
+    try:
+        upload_file = form.get("file")
+        if not isinstance(upload_file, UploadFile):
+            raise UploadFormError("the form has no file (field 'file')")
+        data = await upload_file.read()
+        if not data:
+            raise UploadFormError(f"the file {upload_file.filename!r} is empty")
+        explain = form.get("explain") == "on"
+    finally:
+        await form.close()
+    if not ingestor.predictor.ready:
+        from radlens.app.errors import ModelNotReadyError
+
+        raise ModelNotReadyError("the model is not warmed up yet")
+    result = await ingestor.ingest(data, principal.key_id, explain=explain)
+    burned_in = await run_in_threadpool(_burned_in_annotation, data)
+    url = f"/ui/predictions/{result.prediction.id}"
+    return _redirect(url + ("?burned_in=yes" if burned_in else ""))
+
+
+def _burned_in_annotation(data: bytes) -> bool:
+    """Whether a DICOM upload says its pixels carry burned-in text (Burned In Annotation
+    YES); PNG/JPEG carry no such attribute."""
+    import io
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=["BurnedInAnnotation"]
+        )
+    except (InvalidDicomError, OSError, ValueError, TypeError):
+        return False
+    return str(ds.get("BurnedInAnnotation") or "").strip().upper() == "YES"
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+@router.get("/model", name="ui_model")
+def model_page(request: Request, principal: UiPrincipal) -> Response:
+    manifest = _resources(request).predictor.manifest
+    folder = _model_folder(request, manifest)
+    plots = [kind for kind, name in PLOTS.items() if (folder / name).is_file()]
+    return render(
+        request,
+        "model.html",
+        manifest=manifest,
+        metric_tables=_metric_tables(manifest.metrics),
+        operating_points=_operating_points(manifest.metrics),
+        # a manifest field in newer manifests, a metrics section in older ones
+        calibration=_scalars(getattr(manifest, "calibration", None)),
+        plots=plots,
+        notice=clinical_notice(manifest),
+    )
+
+
+@router.get("/model/plots/{kind}.png", name="ui_model_plot")
+def model_plot(kind: str, request: Request, principal: UiPrincipal) -> Response:
+    manifest = _resources(request).predictor.manifest
+    name = PLOTS.get(kind)
+    path = _model_folder(request, manifest) / name if name else None
+    if path is None or not path.is_file():
+        from radlens.app.errors import NotFoundError
+
+        raise NotFoundError(f"the model store holds no {kind!r} plot for {manifest.ref}")
+    return Response(path.read_bytes(), media_type="image/png")
+
+
+def _model_folder(request: Request, manifest: ModelManifest) -> Path:
+    return Path(_settings(request).model_store) / manifest.name / str(manifest.version)
+
+
+def _operating_points(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """The manifest's operating points (threshold chosen on validation, figures on the
+    reported split with Wilson 95% intervals), formatted for the model page."""
+    points = metrics.get("operating_points")
+    if not isinstance(points, dict):
+        return []
+    rows = []
+    for name, figures in points.items():
+        if not isinstance(figures, dict) or not isinstance(figures.get("threshold"), int | float):
+            continue
+        row = {"name": str(name), "threshold": f"{figures['threshold']:.3f}"}
+        for key in ("sensitivity", "specificity", "ppv", "npv"):
+            value, interval = figures.get(key), figures.get(f"{key}_ci95")
+            text = f"{value:.3f}" if isinstance(value, int | float) else "–"
+            if isinstance(interval, list | tuple) and len(interval) == 2:
+                text += f" ({interval[0]:.3f}–{interval[1]:.3f})"
+            row[key] = text
+        rows.append(row)
+    return rows
+
+
+def _scalars(values: Any) -> list[tuple[str, str]]:
+    """A dict's scalar entries, formatted; [] for anything else."""
+    if not isinstance(values, dict):
+        return []
+    return [
+        (str(name), f"{value:.4g}" if isinstance(value, float) else str(value))
+        for name, value in values.items()
+        if isinstance(value, int | float | str) and not isinstance(value, bool)
+    ]
+
+
+def _metric_tables(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Each metrics section's scalar values, formatted (nested tables are left out)."""
+    tables = []
+    for section, values in metrics.items():
+        if not isinstance(values, dict):
+            continue
+        rows = _scalars(values)
+        if rows:
+            tables.append((str(section), rows))
+    return tables
+
+
+# --- drift ----------------------------------------------------------------------------------
+
+
+@router.get("/drift", name="ui_drift")
+def drift_page(request: Request, principal: UiPrincipal) -> Response:
+    from radlens.app.routes.drift import drift_monitor
+
+    return render(request, "drift.html", summary=drift_monitor(request).summary())

@@ -1,0 +1,11 @@
+// radlens /ui: a little progressive enhancement, nothing the pages need to work.
+// The upload button says it is working (a Grad-CAM upload takes a few seconds).
+document.addEventListener("DOMContentLoaded", function () {
+  var form = document.querySelector("form.upload");
+  if (!form) return;
+  form.addEventListener("submit", function () {
+    var button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    button.textContent = "Predicting…";
+  });
+});

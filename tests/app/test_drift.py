@@ -1,0 +1,189 @@
+"""Drift monitoring through the running service: a tiny model whose manifest carries a
+reference built from its own scores on a set of images; uploads like those keep every
+statistic low, brighter uploads move the input statistic over the threshold — in
+GET /v1/drift, on /metrics and on /ui/drift. Plus the score histograms and input counts."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.app.conftest import TestClient, make_settings, save_tiny_model
+
+WINDOW = 40
+
+
+def _png(rng: np.random.Generator, brightness: float = 0.0) -> bytes:
+    from PIL import Image
+
+    base = rng.uniform(0.25, 0.55)
+    pixels = np.clip(base + rng.normal(0, 0.08, size=(32, 32)) + brightness, 0, 1)
+    buffer = io.BytesIO()
+    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _reference(rng: np.random.Generator) -> dict[str, Any]:
+    """The reference the tiny model's export would write: its scores on 300 images."""
+    import keras
+
+    from radlens.models.drift import build_reference
+    from radlens.models.preprocessing import preprocess
+    from tests.app.conftest import build_tiny_model
+
+    keras.utils.set_random_seed(7)  # the same weights save_tiny_model stores
+    model = build_tiny_model()
+    pixels = np.stack([preprocess(_png(rng), size=(32, 32)).pixels for _ in range(300)])
+    scores = model.predict(pixels[..., np.newaxis], verbose=0)
+    return build_reference(scores, pixels, ["normal", "abnormal"], 0.5)
+
+
+@pytest.fixture(scope="module")
+def drift_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    tmp = tmp_path_factory.mktemp("drift")
+    store = tmp / "store"
+    reference = _reference(np.random.default_rng(0))
+    save_tiny_model(store, name="watched", metrics={"val": {}, "drift_reference": reference})
+    url = f"sqlite:///{tmp / 'drift.db'}"
+    upgrade(url)
+    app = create_app(make_settings(url, store, drift_window=WINDOW))
+    with TestClient(app) as client:
+        yield client
+
+
+def _post_all(client: TestClient, images: list[bytes]) -> None:
+    for data in images:
+        response = client.post("/v1/predictions", files={"file": ("x.png", data, "image/png")})
+        assert response.status_code == 201, response.text
+
+
+def _gauge(text: str, name: str, feature: str) -> float:
+    match = re.search(rf'^{name}\{{feature="{feature}",model="watched:1"\}} (\S+)$', text, re.M)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_drift_summary_stays_low_then_moves_with_a_shifted_stream(
+    drift_client: TestClient,
+) -> None:
+    first = drift_client.get("/v1/drift").json()
+    assert first["status"] == "collecting" and first["n"] == 0
+    assert first["reference"] == {"split": "val", "split_size": 300}
+
+    rng = np.random.default_rng(1)
+    _post_all(drift_client, [_png(rng) for _ in range(WINDOW)])
+    stable = drift_client.get("/v1/drift").json()
+    assert stable["n"] == WINDOW
+    psi = {f["feature"]: f["psi"] for f in stable["features"]}
+    assert stable["status"] == "stable", stable
+    assert psi["input:mean_intensity"] < 0.2
+    metrics = drift_client.get("/metrics").text
+    assert _gauge(metrics, "radlens_drift_psi", "input:mean_intensity") < 0.2
+    assert 'radlens_drift_window_inputs{model="watched:1"} 40.0' in metrics
+
+    _post_all(drift_client, [_png(rng, brightness=0.3) for _ in range(WINDOW)])
+    shifted = drift_client.get("/v1/drift").json()
+    assert shifted["status"] == "drift"
+    assert "input:mean_intensity" in shifted["drifted"]
+    metrics = drift_client.get("/metrics").text
+    assert _gauge(metrics, "radlens_drift_psi", "input:mean_intensity") > 0.2
+    assert _gauge(metrics, "radlens_drift_ks", "input:mean_intensity") > 0.5
+    page = drift_client.get("/ui/drift")
+    assert page.status_code == 200 and "Status: drift." in page.text
+    assert "input:mean_intensity" in page.text
+
+
+def test_score_histograms_and_input_counts(drift_client: TestClient) -> None:
+    _post_all(drift_client, [_png(np.random.default_rng(9))])
+    metrics = drift_client.get("/metrics").text
+    assert re.search(
+        r'^radlens_prediction_score_count\{class_name="abnormal",model="watched:1"\} \d+',
+        metrics,
+        re.M,
+    )
+    assert re.search(
+        r'^radlens_inputs_total\{body_part="unknown",format="png",modality="unknown",'
+        r'photometric="unknown",size="<256"\} \d+',
+        metrics,
+        re.M,
+    )
+    assert re.search(
+        r'^radlens_label_rate\{label="normal",model="watched:1",window="reference"\}', metrics, re.M
+    )
+
+
+def test_a_model_without_a_reference_says_so(tmp_path: Path) -> None:
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    save_tiny_model(tmp_path / "store", name="old")
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    upgrade(url)
+    with TestClient(create_app(make_settings(url, tmp_path / "store"))) as client:
+        summary = client.get("/v1/drift").json()
+        assert summary["status"] == "no-reference" and summary["features"] == []
+        assert 'radlens_drift_reference_present{model="old:1"} 0.0' in client.get("/metrics").text
+        assert "holds no reference distribution" in client.get("/ui/drift").text
+
+
+def test_size_buckets() -> None:
+    from radlens.app.metrics import size_bucket
+
+    assert [size_bucket(r, 10) for r in (64, 256, 511, 1024, 2047, 4096)] == [
+        "<256",
+        "256-511",
+        "256-511",
+        "1024-2047",
+        "1024-2047",
+        ">=2048",
+    ]
+
+
+REPO = Path(__file__).resolve().parents[2]
+_SERIES = re.compile(r"\bradlens_[a-z0-9_]+")
+
+
+def _exported(text: str) -> set[str]:
+    return {
+        line.split("{", 1)[0].split(" ", 1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_dashboard_and_alert_rules_name_series_that_metrics_exports(
+    drift_client: TestClient,
+) -> None:
+    """monitoring/grafana/radlens.json and monitoring/prometheus/alerts.yml query only series
+    the service exports (after uploads, with a model that has a reference): a renamed metric
+    fails here, not silently on an operator's empty panel."""
+    import json
+
+    import yaml
+
+    rng = np.random.default_rng(11)
+    _post_all(drift_client, [_png(rng) for _ in range(WINDOW)])
+    exported = _exported(drift_client.get("/metrics").text)
+    dashboard = json.loads((REPO / "monitoring" / "grafana" / "radlens.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    rules = yaml.safe_load((REPO / "monitoring" / "prometheus" / "alerts.yml").read_text())
+    alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert {
+        "RadlensDrift",
+        "RadlensHighErrorRate",
+        "RadlensHighLatency",
+        "RadlensQueueBacklog",
+    } <= set(alerts)
+    used = {name for expr in [*queries, *alerts.values()] for name in _SERIES.findall(expr)}
+    assert len(used) >= 12, used
+    assert used <= exported, sorted(used - exported)
+    assert "Not for clinical use".lower() in dashboard["description"].lower()
