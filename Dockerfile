@@ -17,7 +17,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# Dependencies first, in their own layer (a code change does not reinstall TensorFlow):
+# the pins of pyproject.toml, with TensorFlow's CPU-only wheel for the CPU image.
 COPY pyproject.toml README.md ./
+COPY scripts/image_requirements.py ./scripts/
+RUN python scripts/image_requirements.py "${RADLENS_EXTRAS}" > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt \
+    && rm -rf /opt/venv/lib/python3.11/site-packages/tensorflow/include
 COPY app ./app
 COPY cli ./cli
 COPY models ./models
@@ -25,7 +31,7 @@ COPY training ./training
 COPY migrations ./migrations
 # the one installed top-level package: links to the folders above (pyproject.toml)
 COPY radlens ./radlens
-RUN pip install ".[${RADLENS_EXTRAS}]"
+RUN pip install --no-deps .
 
 # ---- runtime: the venv and a non-root user, nothing else ------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -47,6 +53,7 @@ WORKDIR /data
 VOLUME ["/data/store", "/data/runs"]
 USER 10001:10001
 EXPOSE 8000
+# probes the port the settings give (RADLENS_PORT), so `-e RADLENS_PORT=9000` stays healthy
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RADLENS_PORT', '8000'), timeout=4)"]
 CMD ["radlens", "serve"]
