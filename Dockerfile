@@ -19,11 +19,12 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # Dependencies first, in their own layer (a code change does not reinstall TensorFlow):
 # the pins of pyproject.toml, with TensorFlow's CPU-only wheel for the CPU image.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY scripts/image_requirements.py ./scripts/
 RUN python scripts/image_requirements.py "${RADLENS_EXTRAS}" > /tmp/requirements.txt \
     && pip install --requirement /tmp/requirements.txt \
     && rm -rf /opt/venv/lib/python3.11/site-packages/tensorflow/include
+COPY README.md ./
 COPY app ./app
 COPY cli ./cli
 COPY models ./models
@@ -39,7 +40,7 @@ LABEL org.opencontainers.image.title="radlens" \
       org.opencontainers.image.description="Medical imaging diagnosis service. Not for clinical use unless the model manifest says it was validated." \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin radlens \
-    && mkdir -p /data/store /data/runs /data/var \
+    && mkdir -p /data/store /data/runs /data/var /data/input \
     && chown -R radlens:radlens /data
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
