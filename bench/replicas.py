@@ -167,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                     replicas = _start(count, url, store, Path(tmp))
                     try:
                         bases = [base for _, base, _ in replicas]
-                        _load(bases, key, args.clients, args.warmup_seconds, seed=round_ + 99)
-                        rate = _load(bases, key, args.clients, args.seconds, seed=round_)
+                        # fresh seeds every time: a repeated image would be a dedupe hit (200)
+                        seeds = 2 * (round_ * 2 + (count > 1))
+                        _load(bases, key, args.clients, args.warmup_seconds, seed=seeds)
+                        rate = _load(bases, key, args.clients, args.seconds, seed=seeds + 1)
                     finally:
                         _stop(replicas)
                     results[count].append(rate)

@@ -17,8 +17,9 @@ Steps (each timed; the image size is printed):
   5. an API key made by the image (``radlens keys create``)
   6. the API container (host network, read-only root filesystem, the store mounted read-only)
      until /readyz answers 200; target: within 60 s of ``docker run``
-  7. a real DICOM posted with the key, and the prediction read back by its id
-  8. teardown: containers, volumes and the database (also after a failure)
+  7. the image's HEALTHCHECK reports healthy on that (non-default) port, as a non-root user
+  8. a real DICOM posted with the key, and the prediction read back by its id
+  9. teardown: containers, volumes and the database (also after a failure)
 
 Every container runs with ``--network host`` (the engine here runs without a bridge:
 ``dockerd --bridge=none --iptables=false``) as the image's non-root user. Exit status 0 when
@@ -277,7 +278,7 @@ class Check:
             run(
                 [
                     "docker", "run", "-d", "--name", self.api, "--network", "host",
-                    "--read-only", "--tmpfs", "/tmp",
+                    "--read-only", "--tmpfs", "/tmp", "--health-interval", "2s",
                     "-v", f"{self.volumes['store']}:/data/store:ro",
                     "-e", f"RADLENS_DATABASE_URL={self.database_url}",
                     "-e", f"RADLENS_PORT={self.port}", "-e", "RADLENS_HOST=127.0.0.1",
@@ -302,6 +303,22 @@ class Check:
             )
             if elapsed > READY_TARGET_S:
                 raise CheckFailed(f"the API took {elapsed:.1f} s to be ready (target 60 s)")
+
+    def wait_healthy(self) -> None:
+        """The image's HEALTHCHECK, probing the port RADLENS_PORT gives (not 8000)."""
+        with self.report.step(f"HEALTHCHECK healthy on port {self.port}"):
+            deadline = time.monotonic() + 60
+            while True:
+                status = run(["docker", "inspect", "-f", "{{.State.Health.Status}}", self.api])
+                if status.strip() == "healthy":
+                    break
+                if status.strip() == "unhealthy" or time.monotonic() > deadline:
+                    raise CheckFailed(f"the container's health check says {status.strip()!r}")
+                time.sleep(0.5)
+            user = run(["docker", "exec", self.api, "id", "-u"]).strip()
+            if user == "0":
+                raise CheckFailed("the API container runs as root")
+            self.report.facts["API user"] = f"uid {user}, read-only root filesystem"
 
     def _api_running(self) -> bool:
         state = subprocess.run(
@@ -344,6 +361,7 @@ class Check:
             self.train()
             key = self.make_key()
             self.start_api()
+            self.wait_healthy()
             self.predict(key)
         finally:
             self.teardown()
