@@ -1,4 +1,5 @@
-"""Static checks of Dockerfile and docker-compose.yml (no Docker engine on CI machines).
+"""Static checks of Dockerfile and docker-compose.yml (the image built and run for real:
+tests/test_container_check.py, when a Docker engine can be started).
 
 They keep the container files thin wrappers around the CLI: every compose command is a real
 `radlens` command with real options, every RADLENS_ variable is a real setting, and ports and
