@@ -347,7 +347,7 @@ class Check:
     def teardown(self) -> None:
         with self.report.step("teardown"):
             for args in (
-                ["docker", "rm", "-f", self.api],
+                ["docker", "rm", "-f", "-v", self.api],  # -v: its anonymous /data/runs too
                 ["docker", "volume", "rm", "-f", *self.volumes.values()],
             ):
                 subprocess.run(args, capture_output=True, timeout=120, check=False)

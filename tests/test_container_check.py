@@ -53,6 +53,7 @@ def test_the_image_builds_migrates_trains_serves_and_predicts():
         )
     if shutil.which("docker") is None:
         pytest.fail("RADLENS_CONTAINER_CHECK=1 but there is no docker client")
+    volumes_before = _docker_names("volume", "ls", "-q")
     done = _check("--image", "radlens:ci", timeout=2300)
     print(done.stdout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -61,3 +62,13 @@ def test_the_image_builds_migrates_trains_serves_and_predicts():
     ready = float(re.search(r"API ready after: ([\d.]+) s", done.stdout).group(1))
     assert ready <= 60.0
     assert "prediction: " in done.stdout and "training run: " in done.stdout
+    # torn down: no container of the check left, no volume more than before
+    assert not [n for n in _docker_names("ps", "-a", "--format", "{{.Names}}") if "check" in n]
+    assert _docker_names("volume", "ls", "-q") <= volumes_before
+
+
+def _docker_names(*args: str) -> set[str]:
+    listed = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(listed.stdout.split())
