@@ -8,9 +8,18 @@
 # container toolkit (see docker-compose.gpu.yml). PYTHON_IMAGE chooses the base image.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
+# ---- requirements: the image's pins, read from pyproject.toml -------------------------
+# Its own stage so that the install below is cached on the list itself: editing
+# pyproject.toml elsewhere (tools, dev dependencies) does not reinstall TensorFlow.
+FROM ${PYTHON_IMAGE} AS requirements
+ARG RADLENS_EXTRAS=cpu
+WORKDIR /src
+COPY pyproject.toml ./
+COPY scripts/image_requirements.py ./scripts/
+RUN python scripts/image_requirements.py "${RADLENS_EXTRAS}" > /requirements.txt
+
 # ---- build: resolve and install every dependency into a virtual environment ----------
 FROM ${PYTHON_IMAGE} AS build
-ARG RADLENS_EXTRAS=cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -19,11 +28,10 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # Dependencies first, in their own layer (a code change does not reinstall TensorFlow):
 # the pins of pyproject.toml, with TensorFlow's CPU-only wheel for the CPU image.
-COPY pyproject.toml ./
-COPY scripts/image_requirements.py ./scripts/
-RUN python scripts/image_requirements.py "${RADLENS_EXTRAS}" > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt \
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN pip install --requirement /tmp/requirements.txt \
     && rm -rf /opt/venv/lib/python3.11/site-packages/tensorflow/include
+COPY pyproject.toml ./
 COPY README.md ./
 COPY app ./app
 COPY cli ./cli
