@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv clean container-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: $(STAMP)
 ## Lint, type-check and run the whole test suite.
 test: lint
 	$(BIN)/python -m pytest
+
+## Build the image and run it for real (PostgreSQL, migrations, training job, API, a DICOM);
+## needs a Docker engine (docs/deployment.md).
+container-check: $(STAMP)
+	$(BIN)/python -m scripts.container_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -103,11 +103,23 @@ def framework_versions() -> dict[str, str]:
     """
     versions = {"python": platform.python_version()}
     for dist in ("tensorflow", "keras", "numpy", "radlens"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
+        versions[dist] = _installed_version(dist, *_SAME_PACKAGE.get(dist, ()))
     return versions
+
+
+# Distributions that install the same importable package under another name: the container
+# image's TensorFlow is the CPU-only wheel (scripts/image_requirements.py).
+_SAME_PACKAGE = {"tensorflow": ("tensorflow-cpu",)}
+
+
+def _installed_version(*dists: str) -> str:
+    """The version of the first of ``dists`` that is installed, else ``"not installed"``."""
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 def jsonable(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Static checks of Dockerfile and docker-compose.yml (no Docker engine on CI machines).
+"""Static checks of Dockerfile and docker-compose.yml (the image built and run for real:
+tests/test_container_check.py, when a Docker engine can be started).
 
 They keep the container files thin wrappers around the CLI: every compose command is a real
 `radlens` command with real options, every RADLENS_ variable is a real setting, and ports and
@@ -7,10 +8,14 @@ volumes agree with what the service, the image and TensorBoard use.
 
 from __future__ import annotations
 
+import http.server
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,6 +40,14 @@ def _dockerfile_env() -> dict[str, str]:
         if line.startswith("ENV "):
             env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
     return env
+
+
+def _healthcheck_command() -> list[str]:
+    """The HEALTHCHECK's exec-form CMD of the Dockerfile."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    match = re.search(r"^HEALTHCHECK .*?CMD (\[.*\])\s*$", text, re.MULTILINE)
+    assert match, "no exec-form HEALTHCHECK CMD in the Dockerfile"
+    return json.loads(match.group(1))
 
 
 def _radlens_command():
@@ -114,7 +127,7 @@ def test_ports_and_volumes_match_the_service_and_tensorboard():
     port = Settings.model_fields["port"].default
     assert services["api"]["ports"] == [f"{port}:{port}"]
     assert services["api"]["command"][-2:] == ["--port", str(port)]
-    assert f"http://127.0.0.1:{port}/healthz" in DOCKERFILE.read_text()
+    assert "/healthz" in " ".join(_healthcheck_command())
     assert env["RADLENS_PORT"] == str(port)
     tb = services["tensorboard"]
     assert tb["ports"] == ["127.0.0.1:6006:6006"]  # internal: it shows training images
@@ -172,3 +185,36 @@ def test_tensorboard_is_published_on_loopback_only():
         for port in tb.get("ports") or []:
             assert str(port).startswith("127.0.0.1:"), f"{path.name}: tensorboard port {port}"
     assert _compose()["services"]["tensorboard"]["ports"]
+
+
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _run_healthcheck(port: int) -> int:
+    command = _healthcheck_command()
+    assert command[0] == "python"
+    env = {**os.environ, "RADLENS_PORT": str(port)}
+    return subprocess.run(
+        [sys.executable, *command[1:]], env=env, capture_output=True, check=False, timeout=30
+    ).returncode
+
+
+def test_healthcheck_probes_the_port_the_settings_give():
+    """Issue 22: the probe was fixed to 8000, so a container with RADLENS_PORT=9000 was
+    reported unhealthy. Run the Dockerfile's probe against a /healthz on another port."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthz) as server:
+        port = server.server_address[1]
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            assert _run_healthcheck(port) == 0
+        finally:
+            server.shutdown()
+            thread.join()
+    assert _run_healthcheck(port) != 0  # nothing listens there any more: unhealthy
