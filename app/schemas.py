@@ -148,6 +148,18 @@ class ModelPublic(BaseModel):
     device: str
     ready: bool
     notice: str | None
+    intended_use: dict[str, Any] | str = Field(
+        default="not stated",
+        description="What the model is for: stated modalities and body parts, what training "
+        "saw (counts of modalities, body parts, view positions, photometric interpretations, "
+        "image-size ranges) and what the metadata gate accepts; 'not stated' for a model "
+        "saved before radlens recorded it",
+    )
+    ood: dict[str, Any] | None = Field(
+        default=None,
+        description="The out-of-distribution detector (method, threshold, how it was fitted), "
+        "or null when the model has none",
+    )
 
 
 class ModelsPublic(BaseModel):

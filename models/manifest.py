@@ -166,6 +166,11 @@ class ModelManifest:
         description: free text.
         runtimes: converted runtimes kept beside ``model.keras``, e.g. ``{"openvino":
             {"files": {relative path: sha256}, "parity": {...}, ...}}`` (models.runtime).
+        intended_use: what the model is for and what training saw
+            (``models.intended_use.intended_use_record``: stated values, observed counts,
+            what the metadata gate accepts), or None: "not stated" (saved before it existed).
+        ood: the out-of-distribution detector stored beside ``model.keras``
+            (``models.ood``: method, threshold, ``files`` {relative path: sha256}), or None.
         integrity: the seal over every other field (see the module docstring), or None in
             a manifest not sealed yet.
     """
@@ -188,6 +193,8 @@ class ModelManifest:
     validated_for_clinical_use: bool = False
     description: str = ""
     runtimes: dict[str, Any] = field(default_factory=dict)
+    intended_use: dict[str, Any] | None = None
+    ood: dict[str, Any] | None = None
     integrity: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -316,6 +323,22 @@ class ModelManifest:
                 "manifest field 'runtimes' must map runtime names to objects with 'files' "
                 f"(relative path -> sha256). Received: {runtimes!r}"
             )
+        intended_use = check.get("intended_use", None)
+        if intended_use is not None and not isinstance(intended_use, dict):
+            raise error(
+                "manifest field 'intended_use' must be an object or null. "
+                f"Received: {intended_use!r}"
+            )
+        ood = check.get("ood", None)
+        if ood is not None and not (
+            isinstance(ood, dict)
+            and isinstance(ood.get("files"), dict)
+            and all(isinstance(p, str) and _SHA256.match(str(h)) for p, h in ood["files"].items())
+        ):
+            raise error(
+                "manifest field 'ood' must be null or an object with 'files' "
+                f"(relative path -> sha256). Received: {ood!r:.200}"
+            )
         integrity = check.get(INTEGRITY_FIELD, None)
         if integrity is not None and not isinstance(integrity, dict):
             raise error(
@@ -341,6 +364,8 @@ class ModelManifest:
             validated_for_clinical_use=validated,
             description=check.optional_string("description") or "",
             runtimes=runtimes,
+            intended_use=intended_use,
+            ood=ood,
             integrity=integrity,
             extra={k: v for k, v in data.items() if k not in known},
         )

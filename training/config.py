@@ -26,6 +26,7 @@ from radlens.training.metrics import THRESHOLD_RULES
 ARCHITECTURE_NAMES = ("resnet50", "simple_cnn")
 CLASS_WEIGHT_MODES = ("auto", "none")
 LR_SCHEDULES = ("constant", "cosine")
+OOD_METHODS = ("mahalanobis", "knn", "none")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,14 @@ class TrainConfig:
     # also store an OpenVINO IR of the exported model with its parity on val (models.runtime);
     # skipped with a warning when OpenVINO is not installed
     openvino: bool = True
+    # intended use (models/intended_use.py): stated modalities and body parts, recorded in the
+    # manifest and enforced by the service's metadata gate; () = what the training DICOM
+    # headers show (nothing for PNG/JPEG/npz data)
+    intended_modalities: tuple[str, ...] = ()
+    intended_body_parts: tuple[str, ...] = ()
+    # the out-of-distribution detector fitted on the penultimate features (models/ood.py):
+    # mahalanobis, knn, or none
+    ood_method: str = "mahalanobis"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -218,6 +227,7 @@ _STR_FIELDS = {
     "mixed_precision",
     "threshold_rule",
     "lr_schedule",
+    "ood_method",
 }
 
 
@@ -273,7 +283,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
-    if name in ("filters", "class_names"):
+    if name in ("filters", "class_names", "intended_modalities", "intended_body_parts"):
         if value is None:
             return ()
         if isinstance(value, str):
@@ -380,6 +390,14 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("min_calibration_positives", "1 or more")
     if not 0 <= cfg.label_smoothing < 0.5:
         raise bad("label_smoothing", "from 0 up to (not including) 0.5")
+    if cfg.ood_method not in OOD_METHODS:
+        raise bad("ood_method", f"one of {', '.join(OOD_METHODS)}")
+    from radlens.models.intended_use import check_stated  # pure, no I/O
+
+    try:
+        check_stated(cfg.intended_modalities, cfg.intended_body_parts)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _validate_window(window: str) -> None:

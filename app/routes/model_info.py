@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from radlens.app.deps import ResourcesDep
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelPublic, ModelsPublic, problem_responses
+from radlens.models.intended_use import NOT_STATED
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -39,6 +40,8 @@ def list_models(resources: ResourcesDep) -> ModelsPublic:
                 device=predictor.device.name,
                 ready=predictor.ready,
                 notice=None if m.validated_for_clinical_use else NOT_FOR_CLINICAL_USE,
+                intended_use=m.intended_use or NOT_STATED,
+                ood={k: v for k, v in m.ood.items() if k != "files"} if m.ood else None,
             )
         ]
     )

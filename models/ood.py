@@ -1,0 +1,257 @@
+"""Out-of-distribution (OOD) scores on the model's own penultimate-layer features.
+
+A classifier answers every image with a confident class, a CT slice or a photo of a cat
+included. This module fits, at training time, a detector on the features the model computes
+just before its last Dense layer (``"predictions"``) for the training set, and calibrates a
+threshold on the validation set: an image whose score is above it is "not like what the model
+was trained on". Two detectors (measured against each other in bench/ood.py, figures in
+docs/benchmarks/ood.md):
+
+- ``mahalanobis``: class-conditional means with one shared covariance (Lee et al., NeurIPS
+  2018); the score is the smallest squared Mahalanobis distance to a class mean. The
+  covariance is shrunk towards a scaled identity (features outnumber images for ResNet50's
+  2048-d pool on small sets).
+- ``knn``: the distance of the L2-normalised feature to its k-th nearest training feature
+  (Sun et al., ICML 2022).
+
+The threshold is a quantile (default 0.99) of the validation scores. The detector is one
+``.npz`` file (numbers only, read without pickle) stored beside ``model.keras``, listed with
+its sha256 in the manifest's ``ood`` field, so the seal covers it (models.registry).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from radlens.models.errors import ConfigurationError, ModelCorruptError
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "FEATURE_LAYER",
+    "METHODS",
+    "OodDetector",
+    "feature_model",
+    "fit_detector",
+]
+
+FEATURE_LAYER = "predictions"  # the features are this layer's input
+METHODS = ("mahalanobis", "knn")
+Method = Literal["mahalanobis", "knn"]
+DEFAULT_QUANTILE = 0.99
+DEFAULT_K = 5
+MAX_KNN_BANK = 4096  # training features kept for knn (a seeded sample beyond that)
+SHRINKAGE = 0.1  # covariance weight moved to the scaled identity
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """A model with the same input returning ``[class scores, penultimate features]``.
+
+    Args:
+        model: a radlens classifier whose last layer is the Dense named ``"predictions"``
+            (models.architectures builds them so).
+
+    Raises:
+        ConfigurationError: the model has no ``"predictions"`` layer (quotes its layers).
+    """
+    import keras
+
+    try:
+        layer = model.get_layer(FEATURE_LAYER)
+    except ValueError:
+        names = [layer.name for layer in model.layers][-5:]
+        raise ConfigurationError(
+            f"the OOD detector reads the input of the model's {FEATURE_LAYER!r} layer; this "
+            f"model has none. Received: last layers {names!r}"
+        ) from None
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, [model.outputs[0], layer.input], name=f"{model.name}_ood")
+
+
+def extract_features(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Penultimate features ``(N, D)`` float32 of ``images`` ``(N, H, W, 1)``."""
+    both = feature_model(model)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
+        _, features = both(batch, training=False)
+        chunks.append(np.asarray(features, dtype=np.float32))
+    return np.concatenate(chunks).reshape(len(images), -1)
+
+
+@dataclass(frozen=True)
+class OodDetector:
+    """A fitted detector: ``scores(features)`` and the threshold above which an image is OOD.
+
+    Attributes:
+        method: ``"mahalanobis"`` or ``"knn"``.
+        threshold: the score at ``quantile`` of the validation scores.
+        quantile: the validation quantile the threshold was set at.
+        arrays: the fitted numbers (means and precision matrix, or the normalised bank).
+        k: neighbours (knn).
+    """
+
+    method: Method
+    threshold: float
+    quantile: float
+    arrays: dict[str, np.ndarray]
+    k: int = DEFAULT_K
+
+    @property
+    def dimension(self) -> int:
+        """The feature dimension the detector was fitted on."""
+        key = "means" if self.method == "mahalanobis" else "bank"
+        return int(self.arrays[key].shape[1])
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """OOD scores ``(N,)`` float64 of features ``(N, D)``: higher is further out.
+
+        Raises:
+            ValueError: features of another dimension than the detector's (both quoted).
+        """
+        x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+        if x.shape[1] != self.dimension:
+            raise ValueError(
+                f"the OOD detector was fitted on {self.dimension}-d features. "
+                f"Received shape {x.shape}"
+            )
+        if self.method == "mahalanobis":
+            return _mahalanobis(x, self.arrays["means"], self.arrays["precision"])
+        return _knn(x, self.arrays["bank"], self.k)
+
+    def in_distribution(self, score: float) -> bool:
+        """True when ``score`` is at or below the threshold."""
+        return bool(score <= self.threshold)
+
+    def entry(self) -> dict[str, Any]:
+        """The manifest's description of the detector (the registry adds ``files``)."""
+        return {
+            "method": self.method,
+            "threshold": float(self.threshold),
+            "quantile": float(self.quantile),
+            "k": self.k if self.method == "knn" else None,
+            "dimension": self.dimension,
+            "feature_layer": f"input of {FEATURE_LAYER!r}",
+        }
+
+    def to_bytes(self) -> bytes:
+        """The detector as ``.npz`` bytes (numbers only)."""
+        buffer = io.BytesIO()
+        meta = np.array([self.threshold, self.quantile, float(self.k)], dtype=np.float64)
+        arrays: dict[str, Any] = {"method": np.array(self.method), "meta": meta, **self.arrays}
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    def save(self, path: Path) -> None:
+        """Write :meth:`to_bytes` to ``path``."""
+        path.write_bytes(self.to_bytes())
+
+    @classmethod
+    def load(cls, path: Path) -> OodDetector:
+        """Read a detector written by :meth:`save` (no pickle).
+
+        Raises:
+            ModelCorruptError: not a detector file (names the path and what is wrong).
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                method = str(data["method"])
+                meta = data["meta"]
+                keys = ("means", "precision") if method == "mahalanobis" else ("bank",)
+                arrays = {key: np.asarray(data[key]) for key in keys}
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelCorruptError(f"{path} is not an OOD detector file: {exc}") from None
+        if method not in METHODS:
+            raise ModelCorruptError(f"{path}: unknown OOD method. Received: {method!r}")
+        return cls(method, float(meta[0]), float(meta[1]), arrays, int(meta[2]))  # type: ignore[arg-type]
+
+
+def fit_detector(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    *,
+    method: Method = "mahalanobis",
+    quantile: float = DEFAULT_QUANTILE,
+    k: int = DEFAULT_K,
+    seed: int = 0,
+) -> OodDetector:
+    """Fit a detector on training features and set its threshold on validation features.
+
+    Args:
+        train_features: ``(N, D)`` penultimate features of the training set.
+        train_labels: ``(N,)`` class indices (class-conditional means; ignored by knn).
+        val_features: ``(M, D)`` features of the validation set (in-distribution); the
+            threshold is their ``quantile``.
+        method: ``"mahalanobis"`` or ``"knn"``.
+        quantile: in (0, 1]; 0.99 flags about 1% of in-distribution images.
+        k: neighbours for knn.
+        seed: the sample of the knn bank when the training set is larger than 4096.
+
+    Raises:
+        ConfigurationError: an unknown method, a quantile outside (0, 1], fewer than 2
+            training or 1 validation images, or mismatched shapes (quoted).
+    """
+    if method not in METHODS:
+        raise ConfigurationError(f"OOD method must be one of {METHODS}. Received: {method!r}")
+    if not 0.0 < quantile <= 1.0:
+        raise ConfigurationError(f"OOD quantile must be in (0, 1]. Received: {quantile!r}")
+    x = np.asarray(train_features, dtype=np.float64).reshape(len(train_features), -1)
+    v = np.asarray(val_features, dtype=np.float64).reshape(len(val_features), -1)
+    y = np.asarray(train_labels).reshape(-1)
+    if len(x) < 2 or len(v) < 1 or len(y) != len(x) or v.shape[1] != x.shape[1]:
+        raise ConfigurationError(
+            "the OOD detector needs >= 2 training and >= 1 validation feature rows of one "
+            f"dimension, one label per training row. Received: train {x.shape}, labels "
+            f"{y.shape}, val {v.shape}"
+        )
+    if method == "mahalanobis":
+        arrays = _fit_mahalanobis(x, y)
+    else:
+        if len(x) > MAX_KNN_BANK:
+            x = x[np.random.default_rng(seed).choice(len(x), MAX_KNN_BANK, replace=False)]
+        arrays = {"bank": _normalise(x).astype(np.float32)}
+        k = max(1, min(k, len(x)))
+    draft = OodDetector(method, 0.0, quantile, arrays, k)
+    threshold = float(np.quantile(draft.scores(v), quantile))
+    return OodDetector(method, threshold, quantile, arrays, k)
+
+
+def _fit_mahalanobis(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    centred = x - means[np.searchsorted(classes, y)]
+    cov = centred.T @ centred / max(1, len(x) - 1)
+    dim = cov.shape[0]
+    scale = float(np.trace(cov)) / dim or 1.0
+    shrunk = (1.0 - SHRINKAGE) * cov + SHRINKAGE * scale * np.eye(dim)
+    precision = np.linalg.pinv(shrunk, hermitian=True)
+    return {"means": means.astype(np.float32), "precision": precision.astype(np.float32)}
+
+
+def _mahalanobis(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    p = precision.astype(np.float64)
+    best = np.full(len(x), np.inf)
+    for mean in means.astype(np.float64):
+        d = x - mean
+        best = np.minimum(best, np.einsum("ij,jk,ik->i", d, p, d))
+    return best
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _knn(x: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+    q = _normalise(x)
+    # on the unit sphere, squared distance = 2 - 2 cos
+    dist = np.maximum(0.0, 2.0 - 2.0 * (q @ bank.astype(np.float64).T))
+    kth = np.partition(dist, k - 1, axis=1)[:, k - 1]
+    return np.sqrt(kth)
