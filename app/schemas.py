@@ -120,6 +120,21 @@ class PredictionPublic(BaseModel):
     notice: str | None = Field(
         default=None, description="Present unless the model is validated for clinical use"
     )
+    ood_score: float | None = Field(
+        default=None,
+        description="The model's out-of-distribution score of this image (higher: further "
+        "from its training images); null when the model has no detector or RADLENS_OOD=off",
+    )
+    in_distribution: bool | None = Field(
+        default=None,
+        description="false: the image scored above the model's OOD threshold (flagged, "
+        "RADLENS_OOD=flag); null: not scored",
+    )
+    intended_use_violations: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="DICOM attributes contradicting the model's intended use, let through "
+        "with RADLENS_GATE=flag: attribute, value, what the model accepts",
+    )
 
 
 class PredictionPage(BaseModel):

@@ -75,6 +75,12 @@ class Prediction(Base):
     # id of the key that made them; NULL in both: stored before 0004, not recorded
     uids_pseudonymised: Mapped[bool | None] = mapped_column(Boolean)
     pseudonym_key_id: Mapped[str | None] = mapped_column(String(16))
+    # (0006, app/gate.py) the model's out-of-distribution score and its verdict (NULL: the
+    # model has no detector, RADLENS_OOD=off, or stored before 0006), and the intended-use
+    # violations a RADLENS_GATE=flag service let through (NULL: none)
+    ood_score: Mapped[float | None] = mapped_column(Float)
+    in_distribution: Mapped[bool | None] = mapped_column(Boolean)
+    intended_use_violations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class Explanation(Base):

@@ -128,6 +128,9 @@ def to_public(prediction: Prediction, loaded: ModelManifest | None = None) -> Pr
         runtime=prediction.runtime,
         precision=prediction.precision,
         notice=None if validated else NOT_FOR_CLINICAL_USE,
+        ood_score=prediction.ood_score,
+        in_distribution=prediction.in_distribution,
+        intended_use_violations=prediction.intended_use_violations,
     )
 
 

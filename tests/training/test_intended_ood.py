@@ -56,7 +56,7 @@ def test_an_altered_detector_file_is_refused(tiny_run, tmp_path: Path) -> None: 
     path = registry.ood_detector_file(manifest)
     assert path is not None
     path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(ModelCorruptError, match="sha256 of .*ood-"):
+    with pytest.raises(ModelCorruptError, match=r"sha256 of .*ood-"):
         registry.ood_detector_file(manifest)
     # and the manifest's description of it is under the seal
     text = (path.parent / "manifest.json").read_text()
