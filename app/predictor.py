@@ -525,7 +525,10 @@ class Predictor:
         try:
             stacked = np.stack([cast(np.ndarray, item.array) for item in live])  # all prepared
             t0 = time.perf_counter()
-            scores, ood = self._infer_scored(stacked)
+            if self.ood is None:
+                scores, ood = self._infer(stacked), None
+            else:  # one call for the scores and the features the detector scores
+                scores, ood = self._infer_scored(stacked)
             inference_ms = (time.perf_counter() - t0) * 1000.0
             self._note_demand(len(live))
             outputs = [
