@@ -1,18 +1,19 @@
-"""Out-of-distribution (OOD) scores on the model's own penultimate-layer features.
+"""Out-of-distribution (OOD) scores on the model's own features.
 
 A classifier answers every image with a confident class, a CT slice or a photo of a cat
 included. This module fits, at training time, a detector on the features the model computes
-just before its last Dense layer (``"predictions"``) for the training set, and calibrates a
-threshold on the validation set: an image whose score is above it is "not like what the model
-was trained on". Two detectors (measured against each other in bench/ood.py, figures in
-docs/benchmarks/ood.md):
+for its training set -- the global average of its last convolutional feature map, which for
+ResNet50 is its penultimate layer (:func:`feature_model`) -- and calibrates a threshold on
+the validation set: an image whose score is above it is "not like what the model was trained
+on". Features are L2-normalised first (raw-feature Mahalanobis separated CT slices and noise
+much worse, docs/benchmarks/ood.md). Two detectors, measured against each other in
+bench/ood.py:
 
-- ``mahalanobis``: class-conditional means with one shared covariance (Lee et al., NeurIPS
-  2018); the score is the smallest squared Mahalanobis distance to a class mean. The
-  covariance is shrunk towards a scaled identity (features outnumber images for ResNet50's
-  2048-d pool on small sets).
-- ``knn``: the distance of the L2-normalised feature to its k-th nearest training feature
-  (Sun et al., ICML 2022).
+- ``mahalanobis`` (the default): class-conditional means with one shared covariance (Lee et
+  al., NeurIPS 2018); the score is the smallest squared Mahalanobis distance to a class mean.
+  The covariance is shrunk towards a scaled identity (features outnumber images for
+  ResNet50's 2048-d pool on small sets).
+- ``knn``: the distance to the k-th nearest training feature (Sun et al., ICML 2022).
 
 The threshold is a quantile (default 0.99) of the validation scores. The detector is one
 ``.npz`` file (numbers only, read without pickle) stored beside ``model.keras``, listed with
@@ -34,14 +35,12 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
-    "FEATURE_LAYER",
     "METHODS",
     "OodDetector",
     "feature_model",
     "fit_detector",
 ]
 
-FEATURE_LAYER = "predictions"  # the features are this layer's input
 METHODS = ("mahalanobis", "knn")
 Method = Literal["mahalanobis", "knn"]
 DEFAULT_QUANTILE = 0.99
@@ -51,27 +50,32 @@ SHRINKAGE = 0.1  # covariance weight moved to the scaled identity
 
 
 def feature_model(model: keras.Model) -> keras.Model:
-    """A model with the same input returning ``[class scores, penultimate features]``.
+    """A model with the same input returning ``[class scores, features]``.
 
-    Args:
-        model: a radlens classifier whose last layer is the Dense named ``"predictions"``
-            (models.architectures builds them so).
+    The features are the global average of the last convolutional feature map
+    (``models.architectures.last_conv_layer_name``): for ResNet50 exactly its penultimate
+    layer (``"pool"``, 2048 values), for simple_cnn its ``conv4`` (64 values; its dense layers
+    separated noise and CT slices worse, docs/benchmarks/ood.md). The layers are shared with
+    ``model``.
 
     Raises:
-        ConfigurationError: the model has no ``"predictions"`` layer (quotes its layers).
+        ConfigurationError: the model has no convolution layer.
     """
     import keras
 
-    try:
-        layer = model.get_layer(FEATURE_LAYER)
-    except ValueError:
-        names = [layer.name for layer in model.layers][-5:]
-        raise ConfigurationError(
-            f"the OOD detector reads the input of the model's {FEATURE_LAYER!r} layer; this "
-            f"model has none. Received: last layers {names!r}"
-        ) from None
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, [model.outputs[0], layer.input], name=f"{model.name}_ood")
+    from radlens.models.architectures import gradcam_model
+
+    both = gradcam_model(model)  # [last conv feature map, scores]
+    feature_map, scores = both.outputs
+    features = keras.layers.GlobalAveragePooling2D(name="ood_features")(feature_map)
+    return keras.Model(both.inputs[0], [scores, features], name=f"{model.name}_ood")
+
+
+def feature_layer(model: keras.Model) -> str:
+    """What :func:`feature_model` pools, for the manifest."""
+    from radlens.models.architectures import last_conv_layer_name
+
+    return f"global average of {last_conv_layer_name(model)}"
 
 
 def extract_features(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -122,7 +126,7 @@ class OodDetector:
                 f"Received shape {x.shape}"
             )
         if self.method == "mahalanobis":
-            return _mahalanobis(x, self.arrays["means"], self.arrays["precision"])
+            return _mahalanobis(_normalise(x), self.arrays["means"], self.arrays["precision"])
         return _knn(x, self.arrays["bank"], self.k)
 
     def in_distribution(self, score: float) -> bool:
@@ -137,7 +141,7 @@ class OodDetector:
             "quantile": float(self.quantile),
             "k": self.k if self.method == "knn" else None,
             "dimension": self.dimension,
-            "feature_layer": f"input of {FEATURE_LAYER!r}",
+            "features": "global average of the last convolutional feature map, L2-normalised",
         }
 
     def to_bytes(self) -> bytes:
@@ -212,7 +216,7 @@ def fit_detector(
             f"{y.shape}, val {v.shape}"
         )
     if method == "mahalanobis":
-        arrays = _fit_mahalanobis(x, y)
+        arrays = _fit_mahalanobis(_normalise(x), y)
     else:
         if len(x) > MAX_KNN_BANK:
             x = x[np.random.default_rng(seed).choice(len(x), MAX_KNN_BANK, replace=False)]
@@ -240,7 +244,7 @@ def _mahalanobis(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.
     best = np.full(len(x), np.inf)
     for mean in means.astype(np.float64):
         d = x - mean
-        best = np.minimum(best, np.einsum("ij,jk,ik->i", d, p, d))
+        best = np.minimum(best, ((d @ p) * d).sum(axis=1))
     return best
 
 

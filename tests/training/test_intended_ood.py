@@ -41,7 +41,7 @@ def test_run_stores_a_sealed_ood_detector(tiny_run) -> None:  # type: ignore[no-
     assert path is not None
     detector = OodDetector.load(path)
     assert detector.threshold == pytest.approx(manifest.ood["threshold"])
-    assert detector.dimension == manifest.ood["dimension"] == 64  # simple_cnn's dense2
+    assert detector.dimension == manifest.ood["dimension"] == 64  # simple_cnn's conv4, pooled
     assert 0.0 <= manifest.ood["val_flagged_fraction"] <= 0.5
 
 
