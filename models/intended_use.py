@@ -178,16 +178,16 @@ def check_stated(modalities: Sequence[str], body_parts: Sequence[str]) -> dict[s
             the known ones), since a statement that cannot be checked would gate nothing.
     """
     stated: dict[str, list[str]] = {}
-    for key, values, normalise, known in (
-        ("modalities", modalities, normalise_modality, _MODALITY_SYNONYMS),
-        ("body_parts", body_parts, normalise_body_part, _BODY_PART_SYNONYMS),
+    for key, what, values, normalise, known in (
+        ("modalities", "modality", modalities, normalise_modality, _MODALITY_SYNONYMS),
+        ("body_parts", "body part", body_parts, normalise_body_part, _BODY_PART_SYNONYMS),
     ):
         canonical = []
         for value in values:
             found = normalise(value)
             if found is None:
                 raise ValueError(
-                    f"intended use: {value!r} is not a known {key[:-1].replace('_', ' ')} "
+                    f"intended use: {value!r} is not a known {what} "
                     f"(known: {', '.join(sorted(set(known.values())))}). Received: {list(values)!r}"
                 )
             canonical.append(found)
