@@ -226,3 +226,22 @@ def test_dimse_refusal_says_why(databases: Databases, chest_store: Path) -> None
             assoc.release()
     assert status.Status == 0xC000
     assert status.ErrorComment == "Outside intended use: Modality CT"
+
+
+@needs_data
+def test_stow_rs_fails_the_ct_instance_and_stores_the_chest_one(refusing: Gated) -> None:
+    from tests.app.test_stowrs import multipart_related
+
+    chest = _edited(
+        DATA / "rsna_chest_cr_jpeg_baseline.dcm", SOPInstanceUID=pydicom.uid.generate_uid()
+    )
+    body, content_type = multipart_related([(DATA / "CT1_JLSN.dcm").read_bytes(), chest])
+    response = refusing.client.post(
+        "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 202, response.text  # some stored, some failed
+    (failed,) = response.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert failed["00991004"]["Value"] == ["outside-intended-use"]
+    assert "Modality 'CT'" in failed["00991005"]["Value"][0]
+    assert len(response.json()["00081199"]["Value"]) == 1
