@@ -245,3 +245,40 @@ def test_stow_rs_fails_the_ct_instance_and_stores_the_chest_one(refusing: Gated)
     assert failed["00991004"]["Value"] == ["outside-intended-use"]
     assert "Modality 'CT'" in failed["00991005"]["Value"][0]
     assert len(response.json()["00081199"]["Value"]) == 1
+
+
+def test_the_sr_carries_the_gate_flags() -> None:
+    from radlens.app.dicom_outputs import build_sr, source_from_prediction
+    from tests.app.conftest import new_uid, prediction_row
+
+    row = prediction_row("sop:x")
+    row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid = (
+        new_uid(),
+        new_uid(),
+        new_uid(),
+    )
+    row.sop_class_uid = "1.2.840.10008.5.1.4.1.1.2"
+
+    def meanings(sr: bytes) -> set[str]:
+        ds = pydicom.dcmread(io.BytesIO(sr))
+        found, stack = set(), list(ds.ContentSequence)
+        while stack:
+            item = stack.pop()
+            if "ConceptCodeSequence" in item:
+                found.add(item.ConceptCodeSequence[0].CodeMeaning)
+            stack.extend(getattr(item, "ContentSequence", []))
+        return found
+
+    plain = meanings(build_sr(row, source_from_prediction(row)))
+    assert not any("distribution" in m or "intended use" in m for m in plain)
+    row.in_distribution = False
+    row.intended_use_violations = [
+        {"attribute": "Modality", "value": "CT", "accepted": ["CR", "DX"]}
+    ]
+    flagged = meanings(build_sr(row, source_from_prediction(row)))
+    assert "Out of distribution for this model" in flagged
+    assert "Outside intended use: Modality CT" in flagged
+    row.in_distribution, row.intended_use_violations = True, None
+    assert "Like the model's training images" in meanings(
+        build_sr(row, source_from_prediction(row))
+    )
