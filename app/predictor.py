@@ -246,11 +246,22 @@ class Predictor:
     def _build_function(self) -> Callable[[Any], Any]:
         import tensorflow as tf
 
-        model = self._ood_model if self._ood_model is not None else self.model
         h, w, c = self._input_shape
+        signature = [tf.TensorSpec([None, h, w, c], tf.float32)]
+        if self._ood_model is not None and self.ood is not None:
+            # [scores, OOD scores] in one call: the detector runs in the graph (models.ood)
+            both, detector = self._ood_model, self.ood.tf_scorer()
+
+            @tf.function(input_signature=signature)
+            def serve_scored(x: Any) -> Any:
+                scores, features = both(x, training=False)
+                return scores, detector(features)
+
+            return serve_scored
+        model = self.model
 
         # Traced once for every batch size (None); much cheaper per call than model.predict().
-        @tf.function(input_signature=[tf.TensorSpec([None, h, w, c], tf.float32)])
+        @tf.function(input_signature=signature)
         def serve(x: Any) -> Any:
             return model(x, training=False)
 
@@ -262,14 +273,14 @@ class Predictor:
 
     def _infer_scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One model call -> ((N, classes) scores, (N,) OOD scores or None)."""
-        features = None
+        ood: np.ndarray | None = None
         if self.runtime is not None:
             out = self.runtime.predict(batch)
-            if self._features is not None:
+            if self._features is not None:  # the Keras model's [scores, OOD scores]
                 import tensorflow as tf
 
                 with tf.device(self.device.name):
-                    features = self._features(tf.constant(batch))[1]
+                    ood = np.asarray(self._features(tf.constant(batch))[1])
         else:
             import tensorflow as tf
 
@@ -280,11 +291,13 @@ class Predictor:
                     out = self._ood_model.predict_on_batch(batch)
                 else:
                     out = self.model.predict_on_batch(batch)
-            if self._ood_model is not None:
-                out, features = out
-        ood = None
-        if features is not None and self.ood is not None:
-            ood = self.ood.scores(np.asarray(features, dtype=np.float32))
+            if self._ood_model is not None and self.ood is not None:
+                out, second = out
+                ood = (
+                    np.asarray(second)  # already scored in the graph
+                    if self._function is not None
+                    else self.ood.scores(np.asarray(second, dtype=np.float32))
+                )
         scores = np.asarray(out, dtype=np.float32)
         if scores.ndim != 2 or scores.shape[0] != batch.shape[0]:
             raise InferenceError(

@@ -23,6 +23,7 @@ its sha256 in the manifest's ``ood`` field, so the seal covers it (models.regist
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -131,6 +132,41 @@ class OodDetector:
         if self.method == "mahalanobis":
             return _mahalanobis(_normalise(x), self.arrays["means"], self.arrays["precision"])
         return _knn(x, self.arrays["bank"], self.k)
+
+    def tf_scorer(self) -> Callable[[Any], Any]:
+        """The same scores as TensorFlow ops, for the serving graph (app/predictor.py).
+
+        Inside the model's ``tf.function`` the detector runs on TensorFlow's thread pool in
+        the same call: scored with numpy right after a model call, OpenBLAS's threads waited
+        on TensorFlow's still-spinning ones, and a 0.2 ms matrix-vector product took 20-35 ms
+        on 2 cores (docs/benchmarks/ood.md). The arrays become constants once, here.
+
+        Returns:
+            features ``(N, D)`` tensor -> ``(N,)`` float32 scores.
+        """
+        import tensorflow as tf
+
+        if self.method == "mahalanobis":
+            means = tf.constant(self.arrays["means"], tf.float32)
+            precision = tf.constant(self.arrays["precision"], tf.float32)
+
+            def mahalanobis(features: Any) -> Any:
+                x = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1, epsilon=1e-24)
+                d = x[:, None, :] - means[None, :, :]  # (N, classes, D)
+                per_class = tf.reduce_sum(tf.einsum("ncd,de->nce", d, precision) * d, axis=2)
+                return tf.reduce_min(per_class, axis=1)
+
+            return mahalanobis
+        bank = tf.constant(self.arrays["bank"], tf.float32)
+        k = self.k
+
+        def knn(features: Any) -> Any:
+            q = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1, epsilon=1e-24)
+            dist = tf.maximum(0.0, 2.0 - 2.0 * tf.matmul(q, bank, transpose_b=True))
+            nearest = -tf.math.top_k(-dist, k=k).values  # the k smallest, ascending
+            return tf.sqrt(nearest[:, k - 1])
+
+        return knn
 
     def in_distribution(self, score: float) -> bool:
         """True when ``score`` is at or below the threshold."""

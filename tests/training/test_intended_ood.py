@@ -114,3 +114,6 @@ def test_detector_separates_far_features(tmp_path: Path) -> None:
         loaded = OodDetector.load(tmp_path / f"{method}.npz")
         assert loaded.threshold == detector.threshold
         np.testing.assert_allclose(loaded.scores(far), detector.scores(far), rtol=1e-6)
+        # the serving graph's TensorFlow ops give the same scores (app/predictor.py)
+        in_graph = np.asarray(detector.tf_scorer()(far.astype(np.float32)))
+        np.testing.assert_allclose(in_graph, detector.scores(far), rtol=1e-4, atol=1e-5)
