@@ -200,6 +200,34 @@ def _code(value: str, meaning: str) -> Any:
     return hd.sr.CodedConcept(value=value, scheme_designator=CODING_SCHEME, meaning=meaning[:64])
 
 
+def _gate_evaluations(prediction: Prediction) -> list[Any]:
+    """The intended-use gate's flags (app/gate.py) as qualitative evaluations: the image's
+    distribution verdict when scored, and "outside intended use" when the gate flagged it."""
+    import highdicom as hd
+
+    found = []
+    if prediction.in_distribution is not None:
+        value = (
+            _code("in-distribution", "Like the model's training images")
+            if prediction.in_distribution
+            else _code("out-of-distrib", "Out of distribution for this model")
+        )
+        found.append(
+            hd.sr.QualitativeEvaluation(name=_code("ood", "Distribution check"), value=value)
+        )
+    for violation in prediction.intended_use_violations or []:
+        found.append(
+            hd.sr.QualitativeEvaluation(
+                name=_code("intended-use", "Intended use check"),
+                value=_code(
+                    "outside-use",
+                    f"Outside intended use: {violation['attribute']} {violation['value']}",
+                ),
+            )
+        )
+    return found
+
+
 def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] = ()) -> bytes:
     """A Comprehensive 3D SR (TID 1500 Measurement Report) stating the prediction.
 
@@ -239,7 +267,8 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
                 hd.sr.QualitativeEvaluation(
                     name=codes.DCM.Finding,
                     value=_code(prediction.label[:16], prediction.label),
-                )
+                ),
+                *_gate_evaluations(prediction),
             ],
             measurements=measurements,
         )

@@ -154,7 +154,8 @@ class StorageSCP:
         except ServiceBusyError as exc:
             return STATUS_OUT_OF_RESOURCES, exc.title
         except RadlensError as exc:
-            return STATUS_CANNOT_UNDERSTAND, exc.title
+            # the gate's refusals say why (attribute and value, app/gate.py); others the title
+            return STATUS_CANNOT_UNDERSTAND, getattr(exc, "comment", exc.title)
         except TimeoutError:
             future.cancel()
             return STATUS_OUT_OF_RESOURCES, "Prediction not committed in time; retry"

@@ -35,12 +35,21 @@ from sqlalchemy import String
 from radlens.app.dedupe import dedupe_identity
 from radlens.app.errors import InvalidDicomAttributeError
 from radlens.app.explain import Explainer, ExplanationOutput, explainer_for
+from radlens.app.gate import (
+    GatePolicy,
+    OutOfDistributionError,
+    OutsideIntendedUseError,
+    check_metadata,
+    dicom_gate_header,
+    violation_records,
+)
 from radlens.app.metrics import ServiceMetrics
 from radlens.app.pseudonym import pseudonym_key_id, pseudonymise_uid
 from radlens.app.services import FindingValue
 from radlens.app.settings import Settings
 from radlens.app.tables import Explanation, Prediction, dedupe_key
 from radlens.app.writer import PredictionWriter
+from radlens.models.intended_use import IntendedUse, Violation, from_record
 
 if TYPE_CHECKING:
     from radlens.app.predictor import PredictionOutput, Predictor
@@ -106,14 +115,38 @@ def check_recordable(image: PreprocessedImage) -> None:
             )
 
 
+def gate_upload(data: bytes, intended_use: IntendedUse, policy: GatePolicy) -> list[Violation]:
+    """The metadata gate (app/gate.py) on a DICOM upload's header, before its pixels are
+    decoded: raises OutsideIntendedUseError (``refuse``) or returns the violations (``flag``)."""
+    if policy == "off" or intended_use.empty:
+        return []
+    from radlens.models.errors import NotAnImageError
+    from radlens.models.preprocessing import sniff_format
+
+    try:
+        if sniff_format(data) != "dicom":
+            return []  # PNG/JPEG carry no metadata: the OOD score covers them
+    except NotAnImageError:
+        return []  # preprocessing says what is wrong with it
+    return check_metadata(dicom_gate_header(data), intended_use, policy)
+
+
 def _prepare_upload(
-    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int, version: str
-) -> tuple[np.ndarray, tuple[PreprocessedImage, str]]:
-    """The upload -> (model input, (preprocessed image, sha256 of the upload)); runs off the
-    event loop (on a predictor stream or a worker thread), the checks and the hash included."""
+    data: bytes,
+    size: tuple[int, int],
+    window: str | None,
+    max_pixels: int,
+    version: str,
+    intended_use: IntendedUse | None = None,
+    gate: GatePolicy = "off",
+) -> tuple[np.ndarray, tuple[PreprocessedImage, str, list[Violation]]]:
+    """The upload -> (model input, (preprocessed image, sha256 of the upload, intended-use
+    violations flagged)); runs off the event loop (on a predictor stream or a worker thread),
+    the checks and the hash included."""
+    flagged = gate_upload(data, intended_use or IntendedUse(), gate)
     image = preprocess_upload(data, size, window, max_pixels, version)
     check_recordable(image)
-    return image.model_input(), (image, hashlib.sha256(data).hexdigest())
+    return image.model_input(), (image, hashlib.sha256(data).hexdigest(), flagged)
 
 
 def decided_findings(scores: np.ndarray, manifest: ModelManifest) -> tuple[FindingValue, ...]:
@@ -245,6 +278,8 @@ class Ingestor:
         self.writer = writer
         self.settings = settings
         self.metrics = metrics
+        # RADLENS_GATE: what the metadata gate accepts (the manifest's intended use)
+        self._intended_use = from_record(predictor.manifest.intended_use)
         # RADLENS_UID_PSEUDONYM_KEY: store keyed-hash pseudonyms of the UIDs (app/pseudonym.py)
         self._pseudonym_key = settings.uid_pseudonym_key_bytes
         self._pseudonym_key_id = (
@@ -287,9 +322,21 @@ class Ingestor:
             manifest.window,
             self.settings.max_pixels,
             manifest.preprocessing_version,
+            self._intended_use,
+            self.settings.gate,
         )
-        output = await predictor.predict_prepared(prepare)  # on its stream, or a worker thread
-        image, digest = cast(tuple["PreprocessedImage", str], output.prepared)
+        try:
+            output = await predictor.predict_prepared(prepare)  # its stream, or a worker thread
+        except OutsideIntendedUseError as exc:
+            self.metrics.observe_gated("outside-intended-use", "refused")
+            logger.info("upload refused: outside the intended use of %s: %s", manifest.ref, exc)
+            raise
+        image, digest, flagged = cast(
+            tuple["PreprocessedImage", str, list[Violation]], output.prepared
+        )
+        in_distribution = self._ood_verdict(output.ood_score)
+        if flagged:
+            self.metrics.observe_gated("outside-intended-use", "flagged")
         scores, label = output.scores, output.label
         inference_ms, batch_size = float(output.inference_ms), int(output.batch_size)
         frame_result = None
@@ -339,6 +386,9 @@ class Ingestor:
             uids_pseudonymised=pseudonymised,
             pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
             frame_result=frame_result,
+            ood_score=output.ood_score,
+            in_distribution=in_distribution,
+            intended_use_violations=violation_records(flagged),
         )
         return Candidate(prediction=prediction, image=image, findings=findings, source=data)
 
@@ -391,6 +441,24 @@ class Ingestor:
             batch_size=max(int(o.batch_size) for o, _ in done),
             result=result,
         )
+
+    def _ood_verdict(self, score: float | None) -> bool | None:
+        """In distribution or not (None: not scored); raises OutOfDistributionError with
+        RADLENS_OOD=refuse."""
+        detector = self.predictor.ood
+        if score is None or detector is None:
+            return None
+        if detector.in_distribution(score):
+            return True
+        if self.settings.ood == "refuse":
+            self.metrics.observe_gated("out-of-distribution", "refused")
+            raise OutOfDistributionError(
+                f"OOD score {score:.4g} is above the model's threshold {detector.threshold:.4g} "
+                f"({detector.method}, the {detector.quantile:.0%} quantile of its validation "
+                "images)"
+            )
+        self.metrics.observe_gated("out-of-distribution", "flagged")
+        return False
 
     async def explain(
         self, candidate: Candidate, findings: Sequence[str] | None = None

@@ -97,11 +97,22 @@ class ServiceMetrics:
         ).inc()
         if self.drift is not None:
             self.drift.observe(scores, image.pixels, label)
+        self.gated_inputs = Counter(
+            "radlens_gated_inputs",
+            "Uploads the intended-use gate refused or flagged, by reason (outside-intended-use: "
+            "DICOM metadata; out-of-distribution: the image score) and action.",
+            ("reason", "action"),
+            registry=self.registry,
+        )
 
     def observe_batch(self, batch_size: int, seconds: float) -> None:
         """Record one model call: how many images it ran and how long it took."""
         self.inference_batch_size.observe(batch_size)
         self.inference_latency.observe(seconds)
+
+    def observe_gated(self, reason: str, action: str) -> None:
+        """Count one upload refused or flagged by the gate (app/gate.py)."""
+        self.gated_inputs.labels(reason=reason, action=action).inc()
 
     def observe_prediction(self, model: str, label: str) -> None:
         self.predictions.labels(model=model, label=label).inc()

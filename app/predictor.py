@@ -48,6 +48,7 @@ from radlens.models.errors import InvalidImageError, ModelCorruptError, RadlensE
 from radlens.models.runtime import OpenVINORuntime, Selection
 
 if TYPE_CHECKING:
+    from radlens.models.ood import OodDetector
     from radlens.models.registry import LoadedModel, ModelManifest
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class PredictionOutput:
     inference_ms: float  # model time of the batch this image was in
     batch_size: int
     prepared: Any = None  # what the request's prepare() handed back (predict_prepared)
+    ood_score: float | None = None  # the model's OOD detector's score (None: no detector)
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ class Predictor:
         runtime: ModelRuntime | None = None,
         selection: Selection | None = None,
         operating_point_name: str | None = None,
+        ood: OodDetector | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size should be >= 1. Received: {max_batch_size!r}")
@@ -205,6 +208,14 @@ class Predictor:
         self.manifest: ModelManifest = loaded.manifest
         # which of the manifest's operating points decides the label (RADLENS_OPERATING_POINT)
         self.operating_point: OperatingPoint = operating_point(self.manifest, operating_point_name)
+        # The OOD detector (models/ood.py) scores the penultimate features of every batch:
+        # the model then runs as [scores, features] in the same call (app/gate.py).
+        self.ood = ood
+        self._ood_model = None
+        if ood is not None:
+            from radlens.models.ood import feature_model
+
+            self._ood_model = feature_model(loaded.model)
         self.device = device
         self.max_batch_size = int(max_batch_size)
         # The largest batch the worker builds: max_batch_size, or with batch_tuning="auto" the
@@ -231,17 +242,30 @@ class Predictor:
         self._gap_ewma_s: float | None = None  # recent gap between arrivals
         self._demand_ewma: float | None = None  # recent requests per batch incl. those queued
         self._function = self._build_function() if inference == "function" else None
+        # with a converted runtime the features come from the Keras model in a second call
+        self._features = self._build_function() if runtime and ood else None
 
     # --- inference ------------------------------------------------------------------------
 
     def _build_function(self) -> Callable[[Any], Any]:
         import tensorflow as tf
 
-        model = self.model
         h, w, c = self._input_shape
+        signature = [tf.TensorSpec([None, h, w, c], tf.float32)]
+        if self._ood_model is not None and self.ood is not None:
+            # [scores, OOD scores] in one call: the detector runs in the graph (models.ood)
+            both, detector = self._ood_model, self.ood.tf_scorer()
+
+            @tf.function(input_signature=signature)
+            def serve_scored(x: Any) -> Any:
+                scores, features = both(x, training=False)
+                return scores, detector(features)
+
+            return serve_scored
+        model = self.model
 
         # Traced once for every batch size (None); much cheaper per call than model.predict().
-        @tf.function(input_signature=[tf.TensorSpec([None, h, w, c], tf.float32)])
+        @tf.function(input_signature=signature)
         def serve(x: Any) -> Any:
             return model(x, training=False)
 
@@ -249,23 +273,42 @@ class Predictor:
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """One model call on a (N, H, W, 1) float32 batch -> (N, classes) scores."""
+        return self._infer_scored(batch)[0]
+
+    def _infer_scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One model call -> ((N, classes) scores, (N,) OOD scores or None)."""
+        ood: np.ndarray | None = None
         if self.runtime is not None:
             out = self.runtime.predict(batch)
+            if self._features is not None:  # the Keras model's [scores, OOD scores]
+                import tensorflow as tf
+
+                with tf.device(self.device.name):
+                    ood = np.asarray(self._features(tf.constant(batch))[1])
         else:
             import tensorflow as tf
 
             with tf.device(self.device.name):
                 if self._function is not None:
                     out = self._function(tf.constant(batch))
+                elif self._ood_model is not None:
+                    out = self._ood_model.predict_on_batch(batch)
                 else:
                     out = self.model.predict_on_batch(batch)
+            if self._ood_model is not None and self.ood is not None:
+                out, second = out
+                ood = (
+                    np.asarray(second)  # already scored in the graph
+                    if self._function is not None
+                    else self.ood.scores(np.asarray(second, dtype=np.float32))
+                )
         scores = np.asarray(out, dtype=np.float32)
         if scores.ndim != 2 or scores.shape[0] != batch.shape[0]:
             raise InferenceError(
                 f"the model returned an output of shape {scores.shape} for a batch of "
                 f"{batch.shape[0]}; expected ({batch.shape[0]}, classes)"
             )
-        return scores
+        return scores, ood
 
     def warmup(self) -> None:
         """Run one real prediction at batch size 1 and one at max batch size; set ready."""
@@ -499,7 +542,10 @@ class Predictor:
         try:
             stacked = np.stack([cast(np.ndarray, item.array) for item in live])  # all prepared
             t0 = time.perf_counter()
-            scores = self._infer(stacked)
+            if self.ood is None:
+                scores, ood = self._infer(stacked), None
+            else:  # one call for the scores and the features the detector scores
+                scores, ood = self._infer_scored(stacked)
             inference_ms = (time.perf_counter() - t0) * 1000.0
             self._note_demand(len(live))
             outputs = [
@@ -509,6 +555,7 @@ class Predictor:
                     inference_ms=inference_ms,
                     batch_size=len(live),
                     prepared=live[i].prepared,
+                    ood_score=None if ood is None else float(ood[i]),
                 )
                 for i in range(len(live))
             ]
@@ -586,6 +633,20 @@ def load_predictor(settings: Any) -> Predictor:
                 raise
             selection = Selection("tensorflow", "fp32", f"auto: {exc.detail}", fallback=True)
             log.warning("serving with TensorFlow fp32: %s", selection.reason)
+    ood = None
+    if getattr(settings, "ood", "off") != "off":
+        from radlens.models.ood import OodDetector
+
+        path = registry.ood_detector_file(loaded.manifest)  # checked against its sha256
+        if path is not None:
+            ood = OodDetector.load(path)
+        else:
+            log.warning(
+                "model %s has no OOD detector: predictions carry no ood_score (add one with "
+                "`radlens models ood %s --data PATH`)",
+                loaded.manifest.ref,
+                loaded.manifest.ref,
+            )
     predictor = Predictor(
         loaded,
         device,
@@ -597,6 +658,7 @@ def load_predictor(settings: Any) -> Predictor:
         runtime=runtime,
         selection=selection,
         operating_point_name=getattr(settings, "operating_point", None),
+        ood=ood,
     )
     predictor.warmup()
     return predictor

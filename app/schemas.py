@@ -175,6 +175,21 @@ class PredictionPublic(BaseModel):
     notice: str | None = Field(
         default=None, description="Present unless the model is validated for clinical use"
     )
+    ood_score: float | None = Field(
+        default=None,
+        description="The model's out-of-distribution score of this image (higher: further "
+        "from its training images); null when the model has no detector or RADLENS_OOD=off",
+    )
+    in_distribution: bool | None = Field(
+        default=None,
+        description="false: the image scored above the model's OOD threshold (flagged, "
+        "RADLENS_OOD=flag); null: not scored",
+    )
+    intended_use_violations: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="DICOM attributes contradicting the model's intended use, let through "
+        "with RADLENS_GATE=flag: attribute, value, what the model accepts",
+    )
 
 
 class PredictionPage(BaseModel):
@@ -227,6 +242,18 @@ class ModelPublic(BaseModel):
     )
     finding_thresholds: dict[str, float] | None = Field(
         default=None, description="multi-label models: the threshold of each finding"
+    )
+    intended_use: dict[str, Any] | str = Field(
+        default="not stated",
+        description="What the model is for: stated modalities and body parts, what training "
+        "saw (counts of modalities, body parts, view positions, photometric interpretations, "
+        "image-size ranges) and what the metadata gate accepts; 'not stated' for a model "
+        "saved before radlens recorded it",
+    )
+    ood: dict[str, Any] | None = Field(
+        default=None,
+        description="The out-of-distribution detector (method, threshold, how it was fitted), "
+        "or null when the model has none",
     )
 
 

@@ -212,6 +212,17 @@ class Settings(BaseSettings):
         le=1.0,
         description="largest fraction of validation labels that may flip at the threshold",
     )
+    # Intended-use gating (app/gate.py; README "Intended use and out-of-distribution images")
+    gate: Literal["refuse", "flag", "off"] = Field(
+        default="refuse",
+        description="DICOM metadata contradicting the model's intended use: refuse (422 "
+        "outside-intended-use), flag (predict and record it) or off",
+    )
+    ood: Literal["refuse", "flag", "off"] = Field(
+        default="flag",
+        description="an image scored out of distribution by the model's detector: refuse "
+        "(422 out-of-distribution), flag (predict, in_distribution false) or off (no score)",
+    )
     model_signing_key: SecretStr | None = Field(
         default=None,
         description="HMAC key (>= 16 characters) that signs manifests at save and is "

@@ -95,6 +95,13 @@ class Prediction(Base):
     # their scores for the aggregated class, the aggregation and the key frame; NULL otherwise
     frame_result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
+    # (0006, app/gate.py) the model's out-of-distribution score and its verdict (NULL: the
+    # model has no detector, RADLENS_OOD=off, or stored before 0006), and the intended-use
+    # violations a RADLENS_GATE=flag service let through (NULL: none)
+    ood_score: Mapped[float | None] = mapped_column(Float)
+    in_distribution: Mapped[bool | None] = mapped_column(Boolean)
+    intended_use_violations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+
 
 class Explanation(Base):
     """The Grad-CAM overlay of one prediction (stored only when asked with ?explain=true).

@@ -1,6 +1,6 @@
 """Model store commands: ``radlens models list``, ``show NAME[:VERSION]``, ``convert`` (add an
-OpenVINO runtime with measured parity) and ``seal`` (seal a legacy or deliberately edited
-manifest).
+OpenVINO runtime with measured parity), ``ood`` (add an out-of-distribution detector) and
+``seal`` (seal a legacy or deliberately edited manifest).
 
 Only typer and the standard library are imported here; ``models.registry`` (numpy, no
 TensorFlow until a model is loaded) is imported inside the command bodies, so listing the
@@ -32,7 +32,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 
 models_app = typer.Typer(
     name="models",
-    help="List, show, convert and seal the models in the model store.",
+    help="List, show, convert, add OOD detectors to and seal the models in the model store.",
     no_args_is_help=True,
 )
 
@@ -239,6 +239,73 @@ def convert_model(
     for precision in ("fp32", "bf16"):
         parity = recorded_parity(updated, precision)
         typer.echo(f"{precision} parity: {parity.summary() if parity else 'not measured'}")
+
+
+@models_app.command("ood")
+def add_ood_detector(
+    ref: Annotated[
+        str, typer.Argument(metavar="NAME[:VERSION]", help="Model name, optionally :version.")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="The model's training data (folder, CSV or .npz): its train split fits the "
+            "detector, its val split sets the threshold, split as the training run did.",
+        ),
+    ],
+    method: Annotated[
+        str, typer.Option("--method", help="mahalanobis or knn (docs/benchmarks/ood.md).")
+    ] = "mahalanobis",
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit an out-of-distribution detector for a stored model and store it with the model.
+
+    For models saved before training fitted one: the version keeps its name, number and
+    model.keras; the detector file and its sha256 are added to its manifest, which is sealed
+    again. The service scores every prediction with it (RADLENS_OOD).
+    """
+    from radlens.models.errors import ConfigurationError
+    from radlens.models.ood import METHODS
+    from radlens.training.data.sources import open_data
+    from radlens.training.evaluate import select_split
+    from radlens.training.ood import attach_from_source
+
+    if method not in METHODS:
+        raise ConfigurationError(
+            f"--method must be one of {', '.join(METHODS)}. Received: {method!r}"
+        )
+    registry = _registry(store)
+    name, version = registry.resolve(ref)
+    loaded = registry.load(f"{name}:{version}")
+    manifest = loaded.manifest
+    source = open_data(data, manifest.class_names)
+    config = manifest.training_config
+    splits = {split: select_split(source, split, config) for split in ("train", "val")}
+    updated = attach_from_source(
+        registry,
+        manifest.ref,
+        loaded.model,
+        source,
+        splits,
+        size=manifest.input_size,
+        window=manifest.window,
+        method=method,
+        version=manifest.preprocessing_version,
+        seed=int(config.get("seed", 0)),
+    )
+    assert updated.ood is not None
+    if as_json:
+        typer.echo(json.dumps(updated.ood, indent=2))
+        return
+    ood = updated.ood
+    typer.echo(
+        f"added an OOD detector to {updated.ref}: {ood['method']}, threshold "
+        f"{ood['threshold']:.4g} ({ood['quantile']:.0%} quantile of "
+        f"{ood['fitted_on']['val_images']} validation images; "
+        f"{ood['val_flagged_fraction']:.1%} of them flagged)"
+    )
 
 
 @models_app.command("seal")

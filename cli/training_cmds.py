@@ -79,6 +79,23 @@ def train(
             help="Also store an OpenVINO IR of the model with its parity on val (default: on).",
         ),
     ] = None,
+    intended_modalities: Annotated[
+        str | None,
+        typer.Option(
+            "--intended-modalities",
+            help="Stated intended use, e.g. CR,DX (default: what the DICOM headers show).",
+        ),
+    ] = None,
+    intended_body_parts: Annotated[
+        str | None,
+        typer.Option("--intended-body-parts", help="Stated intended use, e.g. CHEST."),
+    ] = None,
+    ood_method: Annotated[
+        str | None,
+        typer.Option(
+            "--ood-method", help="Out-of-distribution detector: mahalanobis, knn or none."
+        ),
+    ] = None,
     augment: shared.AugmentOption = None,
     deterministic: Annotated[
         bool | None,
@@ -170,6 +187,9 @@ def train(
         "resplit": resplit,
         "min_calibration_positives": min_calibration_positives,
         "openvino": openvino,
+        "intended_modalities": intended_modalities,
+        "intended_body_parts": intended_body_parts,
+        "ood_method": ood_method,
         "deterministic": deterministic,
         "lr_schedule": lr_schedule,
         "weight_decay": weight_decay,

@@ -9,7 +9,10 @@ and never causes a refusal on its own.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 _BODY_PART_SYNONYMS: dict[str, str] = {
     "CHEST": "CHEST",
@@ -144,3 +147,136 @@ def violations(metadata: dict[str, object], intended_use: IntendedUse) -> list[V
         if value is not None and value not in accepted:
             found.append(Violation(attribute, str(raw), tuple(accepted)))
     return found
+
+
+# --- the manifest's record --------------------------------------------------------------------
+
+NOT_STATED = "not stated"
+"""What a manifest without an ``intended_use`` field (saved before it existed) states."""
+
+SURVEYED_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("modalities", "Modality"),
+    ("body_parts", "BodyPartExamined"),
+    ("view_positions", "ViewPosition"),
+    ("photometric_interpretations", "PhotometricInterpretation"),
+)
+"""Record key -> the DICOM keyword whose values training counts."""
+
+
+def check_stated(modalities: Sequence[str], body_parts: Sequence[str]) -> dict[str, list[str]]:
+    """Validate and normalise an explicit intended-use statement (training config).
+
+    Args:
+        modalities: e.g. ``["CR", "DX"]`` (synonyms such as ``"DR"`` are accepted).
+        body_parts: e.g. ``["CHEST"]`` (synonyms such as ``"thorax"`` are accepted).
+
+    Returns:
+        ``{"modalities": [...], "body_parts": [...]}`` in canonical, sorted, unique form.
+
+    Raises:
+        ValueError: a value the normaliser does not know (the message quotes it and lists
+            the known ones), since a statement that cannot be checked would gate nothing.
+    """
+    stated: dict[str, list[str]] = {}
+    for key, what, values, normalise, known in (
+        ("modalities", "modality", modalities, normalise_modality, _MODALITY_SYNONYMS),
+        ("body_parts", "body part", body_parts, normalise_body_part, _BODY_PART_SYNONYMS),
+    ):
+        canonical = []
+        for value in values:
+            found = normalise(value)
+            if found is None:
+                raise ValueError(
+                    f"intended use: {value!r} is not a known {what} "
+                    f"(known: {', '.join(sorted(set(known.values())))}). Received: {list(values)!r}"
+                )
+            canonical.append(found)
+        stated[key] = sorted(set(canonical))
+    return stated
+
+
+def survey(headers: Iterable[Mapping[str, object]]) -> dict[str, Any]:
+    """Count what a training set holds, from each image's metadata.
+
+    Args:
+        headers: one mapping per training image with ``format`` (``"dicom"``, ``"png"``,
+            ``"jpeg"``, ``"npz"``), ``rows``, ``columns`` and, for DICOM, the keywords of
+            :data:`SURVEYED_ATTRIBUTES`.
+
+    Returns:
+        ``{"images", "formats": {format: n}, "modalities": {value: n}, "body_parts": ...,
+        "view_positions": ..., "photometric_interpretations": ..., "rows": [min, max],
+        "columns": [min, max]}``. Modality and body part are counted by their normalised
+        value, anything unrecognised or empty as ``"unknown"``; view position and
+        photometric interpretation as written (upper case), empty as ``"unknown"``.
+    """
+    counters: dict[str, Counter[str]] = {key: Counter() for key, _ in SURVEYED_ATTRIBUTES}
+    formats: Counter[str] = Counter()
+    rows: list[int] = []
+    columns: list[int] = []
+    for header in headers:
+        formats[str(header.get("format") or "unknown")] += 1
+        for dimension, sink in (("rows", rows), ("columns", columns)):
+            value = header.get(dimension)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                sink.append(value)
+        if header.get("format") != "dicom":
+            continue
+        for key, keyword in SURVEYED_ATTRIBUTES:
+            raw = header.get(keyword)
+            if key == "modalities":
+                value = normalise_modality(raw)
+            elif key == "body_parts":
+                value = normalise_body_part(raw)
+            else:
+                value = _clean(raw) or None
+            counters[key][value or "unknown"] += 1
+    record: dict[str, Any] = {
+        "images": sum(formats.values()),
+        "formats": dict(sorted(formats.items())),
+    }
+    for key, counter in counters.items():
+        record[key] = dict(sorted(counter.items()))
+    record["rows"] = [min(rows), max(rows)] if rows else None
+    record["columns"] = [min(columns), max(columns)] if columns else None
+    return record
+
+
+def intended_use_record(
+    observed: Mapping[str, Any], stated: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """The manifest's ``intended_use`` field: what was stated, what training saw, what the
+    metadata gate accepts.
+
+    Per attribute (modality, body part) the gate accepts the stated values when some were
+    stated, else the known values seen in training DICOM headers, else anything (an
+    empty list: PNG/JPEG/npz training data states nothing about modality or body part).
+    """
+    accepts: dict[str, list[str]] = {}
+    for key in ("modalities", "body_parts"):
+        given = list((stated or {}).get(key) or [])
+        seen = sorted(v for v in (observed.get(key) or {}) if v != "unknown")
+        accepts[key] = sorted(set(given)) if given else seen
+    return {
+        "stated": {k: sorted(set(v)) for k, v in stated.items()} if stated else None,
+        "observed": dict(observed),
+        "accepts": accepts,
+        "source": "stated" if stated and any(stated.values()) else "training data",
+    }
+
+
+def from_record(record: Mapping[str, Any] | None) -> IntendedUse:
+    """The :class:`IntendedUse` a manifest's ``intended_use`` field gates on.
+
+    ``None`` (a manifest saved before the field existed: "not stated") gives an empty
+    intended use, which gates nothing.
+    """
+    if not record:
+        return IntendedUse()
+    accepts = record.get("accepts") or {}
+    observed = record.get("observed") or {}
+    return IntendedUse(
+        modalities=tuple(accepts.get("modalities") or ()),
+        body_parts=tuple(accepts.get("body_parts") or ()),
+        counts={k: dict(v) for k, v in observed.items() if isinstance(v, dict)},
+    )

@@ -190,6 +190,11 @@ class ModelManifest:
             calibrated, or recorded under ``metrics["calibration"]`` by an older radlens).
             These three are written only when set, so an older manifest's fields (and its
             seal) stay exactly as they were.
+        intended_use: what the model is for and what training saw
+            (``models.intended_use.intended_use_record``: stated values, observed counts,
+            what the metadata gate accepts), or None: "not stated" (saved before it existed).
+        ood: the out-of-distribution detector stored beside ``model.keras``
+            (``models.ood``: method, threshold, ``files`` {relative path: sha256}), or None.
         integrity: the seal over every other field (see the module docstring), or None in
             a manifest not sealed yet.
         findings: multi-label models only (absent from single-label manifests):
@@ -220,6 +225,8 @@ class ModelManifest:
     data_split: dict[str, Any] | None = None
     leakage_check: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    intended_use: dict[str, Any] | None = None
+    ood: dict[str, Any] | None = None
     integrity: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     findings: dict[str, Any] | None = None
@@ -373,6 +380,22 @@ class ModelManifest:
                     f"Received: {value!r:.200}"
                 )
             records[optional] = value
+        intended_use = check.get("intended_use", None)
+        if intended_use is not None and not isinstance(intended_use, dict):
+            raise error(
+                "manifest field 'intended_use' must be an object or null. "
+                f"Received: {intended_use!r}"
+            )
+        ood = check.get("ood", None)
+        if ood is not None and not (
+            isinstance(ood, dict)
+            and isinstance(ood.get("files"), dict)
+            and all(isinstance(p, str) and _SHA256.match(str(h)) for p, h in ood["files"].items())
+        ):
+            raise error(
+                "manifest field 'ood' must be null or an object with 'files' "
+                f"(relative path -> sha256). Received: {ood!r:.200}"
+            )
         integrity = check.get(INTEGRITY_FIELD, None)
         if integrity is not None and not isinstance(integrity, dict):
             raise error(
@@ -403,6 +426,8 @@ class ModelManifest:
             data_split=records["data_split"],
             leakage_check=records["leakage_check"],
             calibration=records["calibration"],
+            intended_use=intended_use,
+            ood=ood,
             integrity=integrity,
             extra={k: v for k, v in data.items() if k not in known},
         )

@@ -209,6 +209,7 @@ class ModelRegistry:
         leakage_check: dict[str, Any] | None = None,
         calibration: dict[str, Any] | None = None,
         findings: dict[str, Any] | None = None,
+        intended_use: dict[str, Any] | None = None,
     ) -> ModelManifest:
         """Store a model as a new version, atomically, and return its manifest.
 
@@ -236,6 +237,8 @@ class ModelRegistry:
             calibration: the score calibration's record, or None.
             findings: a multi-label model's finding record (``ModelManifest.findings``:
                 label mode, no-finding name, a threshold per class name), or None.
+            intended_use: ``models.intended_use.intended_use_record(...)``, or None ("not
+                stated").
 
         Returns:
             The manifest as written to ``<root>/<name>/<version>/manifest.json``.
@@ -287,6 +290,7 @@ class ModelRegistry:
                         if value is not None
                     },
                     **({"findings": findings} if findings is not None else {}),
+                    "intended_use": intended_use,
                 }
             )
         except TypeError as exc:
@@ -552,6 +556,71 @@ class ModelRegistry:
                     shutil.rmtree(version_dir / old, ignore_errors=True)
         log.info("added the %s runtime to %s (%s)", runtime, updated.ref, target.name)
         return updated
+
+    def add_ood_detector(
+        self, ref: str, detector_file: Path, entry: dict[str, Any]
+    ) -> ModelManifest:
+        """Attach an out-of-distribution detector (``models.ood``) to an existing version.
+
+        As :meth:`add_runtime`: the version must pass :meth:`verify`; ``detector_file`` (on
+        the store's filesystem, e.g. in :meth:`staging_dir`) is fsynced and renamed to
+        ``<version>/ood-<id>.npz``, then ``manifest.json`` is replaced in one rename by the
+        same manifest with ``ood = entry + {"files": {name: sha256}}``, sealed again, so the
+        seal covers the detector. A previous detector's file is removed after the switch.
+
+        Returns:
+            The new manifest.
+        """
+        name, version = self.resolve(ref)
+        version_dir = self.root / name / str(version)
+        with self._lock():
+            manifest = self.verify(name, version)
+            _fsync_file(detector_file)
+            target = version_dir / f"ood-{uuid.uuid4().hex[:12]}.npz"
+            os.rename(detector_file, target)
+            _fsync_dir(version_dir)
+            try:
+                data = manifest.to_dict()
+                previous = data.get("ood") or {}
+                data["ood"] = jsonable({**entry, "files": {target.name: file_sha256(target)}})
+                data[INTEGRITY_FIELD] = seal(data, self.signing_key)
+                updated = ModelManifest.from_dict(data)
+                _replace_manifest(version_dir / MANIFEST_FILE, updated)
+            except BaseException:
+                target.unlink(missing_ok=True)
+                raise
+        for old in previous.get("files", {}):
+            if old != target.name and Path(old).name == old:
+                (version_dir / old).unlink(missing_ok=True)
+        log.info("added an OOD detector (%s) to %s", entry.get("method"), updated.ref)
+        return updated
+
+    def ood_detector_file(self, manifest: ModelManifest) -> Path | None:
+        """The detector file a manifest lists, checked against its sha256; None when the
+        model has no detector.
+
+        Raises:
+            ModelCorruptError: the file is missing, outside the version, or altered (both
+                digests quoted).
+        """
+        if not manifest.ood:
+            return None
+        version_dir = (self.root / manifest.name / str(manifest.version)).resolve()
+        files = manifest.ood["files"]
+        if len(files) != 1:
+            raise ModelCorruptError(
+                f"the OOD detector of {manifest.ref} must be one file. Received: {files!r}"
+            )
+        ((relative, expected),) = files.items()
+        path = (version_dir / relative).resolve()
+        if path.parent != version_dir:
+            raise ModelCorruptError(f"OOD file {relative!r} of {manifest.ref} is outside it")
+        if not path.is_file():
+            raise ModelCorruptError(f"{path} (OOD detector of {manifest.ref}) is missing")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise ModelCorruptError(f"sha256 of {path} is {actual}, the manifest says {expected}")
+        return path
 
     def staging_dir(self, name: str) -> Path:
         """A fresh, empty directory under ``.staging`` (same filesystem as the versions)."""

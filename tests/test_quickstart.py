@@ -68,6 +68,15 @@ def test_quickstart_sets_up_database_demo_data_and_demo_model(tmp_path: Path):
     models = json.loads(listing.stdout)
     assert len(models) == 1
     assert models[0]["architecture"] == "resnet50"
+    # the demo model states chest CR/DX (the README's CT example shows the gate) and carries
+    # an OOD detector
+    (manifest_path,) = (tmp_path / "store").glob("*/*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["intended_use"]["stated"] == {
+        "modalities": ["CR", "DX"],
+        "body_parts": ["CHEST"],
+    }
+    assert manifest["ood"]["method"] == "mahalanobis"
 
     # a second run finds the model and does not train again
     again = _quickstart(tmp_path, env, timeout=300)

@@ -26,6 +26,7 @@ from radlens.training.metrics import THRESHOLD_RULES
 ARCHITECTURE_NAMES = ("resnet50", "simple_cnn")
 CLASS_WEIGHT_MODES = ("auto", "none")
 LR_SCHEDULES = ("constant", "cosine")
+OOD_METHODS = ("mahalanobis", "knn", "none")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,14 @@ class TrainConfig:
     findings: tuple[str, ...] = ()  # the finding list, in output order; () = from the data
     positive_weights: str = "none"  # "auto": each finding's positives weighted n_neg / n_pos
     ignore_findings: tuple[str, ...] = ()  # findings dropped from the labels (too rare, ...)
+    # intended use (models/intended_use.py): stated modalities and body parts, recorded in the
+    # manifest and enforced by the service's metadata gate; () = what the training DICOM
+    # headers show (nothing for PNG/JPEG/npz data)
+    intended_modalities: tuple[str, ...] = ()
+    intended_body_parts: tuple[str, ...] = ()
+    # the out-of-distribution detector fitted on the penultimate features (models/ood.py):
+    # mahalanobis, knn, or none
+    ood_method: str = "mahalanobis"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -245,6 +254,7 @@ _STR_FIELDS = {
     "label_separator",
     "no_finding",
     "positive_weights",
+    "ood_method",
 }
 
 
@@ -300,7 +310,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
-    if name in ("filters", "class_names", "findings", "ignore_findings"):
+    if name in (
+        "filters",
+        "class_names",
+        "findings",
+        "ignore_findings",
+        "intended_modalities",
+        "intended_body_parts",
+    ):
         if value is None:
             return ()
         if isinstance(value, str):
@@ -407,6 +424,14 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("min_calibration_positives", "1 or more")
     if not 0 <= cfg.label_smoothing < 0.5:
         raise bad("label_smoothing", "from 0 up to (not including) 0.5")
+    if cfg.ood_method not in OOD_METHODS:
+        raise bad("ood_method", f"one of {', '.join(OOD_METHODS)}")
+    from radlens.models.intended_use import check_stated  # pure, no I/O
+
+    try:
+        check_stated(cfg.intended_modalities, cfg.intended_body_parts)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     _validate_multi_label(cfg, bad)
 
 

@@ -524,6 +524,14 @@ def _finish(run: _Run, started: float) -> RunResult:
     sizes = {k: len(v) for k, v in data.splits.items()}
     model_ref = ""
     if dist.chief:  # every worker holds the same weights; exactly one creates the version
+        from radlens.training.data.intended import intended_use_for
+
+        intended_use = intended_use_for(
+            data.source,
+            data.splits["train"],
+            modalities=config.intended_modalities,
+            body_parts=config.intended_body_parts,
+        )
         manifest = ModelRegistry(store).save(
             network,
             name=config.name,
@@ -551,8 +559,25 @@ def _finish(run: _Run, started: float) -> RunResult:
             data_split={k: v for k, v in data.split_record.items() if k != "leakage_check"},
             leakage_check=data.split_record["leakage_check"],
             calibration=calibration,
+            intended_use=intended_use,
         )
         model_ref = f"{manifest.name}:{manifest.version}"
+        if config.ood_method != "none":
+            from radlens.training.ood import attach_from_source
+
+            attach_from_source(
+                ModelRegistry(store),
+                model_ref,
+                network,
+                data.source,
+                data.splits,
+                size=data.size,
+                window=config.window,
+                method=config.ood_method,
+                x_val=data.x_val,
+                seed=config.seed,
+                batch_size=config.batch_size,
+            )
         if config.openvino:
             _add_openvino(ModelRegistry(store), model_ref, data)
     result = RunResult(

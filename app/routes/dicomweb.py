@@ -69,6 +69,8 @@ FAILURE_REASONS: dict[str, int] = {
     "service-busy": OUT_OF_RESOURCES,
     "inference-failed": PROCESSING_FAILURE,
     "predictor-unavailable": PROCESSING_FAILURE,
+    "outside-intended-use": CANNOT_UNDERSTAND,  # app/gate.py: not what the model is for
+    "out-of-distribution": CANNOT_UNDERSTAND,
 }
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from radlens.app.deps import ResourcesDep
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelPublic, ModelsPublic, problem_responses
+from radlens.models.intended_use import NOT_STATED
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -46,6 +47,8 @@ def list_models(resources: ResourcesDep) -> ModelsPublic:
                 calibration=m.calibration,
                 label_mode="multi-label" if m.multi_label else "single-label",
                 finding_thresholds=m.finding_thresholds or None,
+                intended_use=m.intended_use or NOT_STATED,
+                ood={k: v for k, v in m.ood.items() if k != "files"} if m.ood else None,
             )
         ]
     )

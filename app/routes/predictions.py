@@ -159,6 +159,9 @@ def to_public(
         notice=None if validated else NOT_FOR_CLINICAL_USE,
         label_mode="multi-label" if findings else "single-label",
         findings=_public_findings(prediction, findings) if findings else None,
+        ood_score=prediction.ood_score,
+        in_distribution=prediction.in_distribution,
+        intended_use_violations=prediction.intended_use_violations,
     )
 
 

@@ -45,6 +45,9 @@ def _one_error_line(err: str) -> str:
         (["--epochs", "-1"], "epochs_head must be 0 or more; received -1"),
         (["--weights", "w.bin"], "received 'w.bin'"),
         (["--class-weights", "balanced"], "class_weights must be 'auto' or 'none'"),
+        (["--intended-modalities", "CR,XR"], "intended use: 'XR' is not a known modality"),
+        (["--intended-body-parts", "banana"], "'banana' is not a known body part"),
+        (["--ood-method", "forest"], "ood_method must be one of mahalanobis, knn, none"),
     ],
 )
 def test_bad_options_exit_2(

@@ -45,3 +45,71 @@ def test_rt_plan_sop_class_violates() -> None:
     assert {v.attribute for v in violations(plan, CHEST_CR)} == {"SOPClassUID", "Modality"}
     cr_image = {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1", "Modality": "CR"}
     assert violations(cr_image, CHEST_CR) == []
+
+
+# --- the manifest's record (survey, statement, what the gate accepts) -------------------------
+
+from radlens.models.intended_use import (  # noqa: E402
+    NOT_STATED,
+    check_stated,
+    from_record,
+    intended_use_record,
+    survey,
+)
+
+
+def test_survey_counts_normalised_values_and_sizes() -> None:
+    headers = [
+        {
+            "format": "dicom",
+            "rows": 2048,
+            "columns": 1800,
+            "Modality": "CR",
+            "BodyPartExamined": "Chest",
+            "ViewPosition": "pa",
+            "PhotometricInterpretation": "MONOCHROME1",
+        },
+        {
+            "format": "dicom",
+            "rows": 1024,
+            "columns": 1024,
+            "Modality": "DR",
+            "BodyPartExamined": "JPEG 2000 Compressed Image",
+            "ViewPosition": "",
+            "PhotometricInterpretation": "MONOCHROME2",
+        },
+        {"format": "png", "rows": 64, "columns": 64},
+    ]
+    record = survey(headers)
+    assert record["images"] == 3 and record["formats"] == {"dicom": 2, "png": 1}
+    assert record["modalities"] == {"CR": 1, "DX": 1}
+    assert record["body_parts"] == {"CHEST": 1, "unknown": 1}
+    assert record["view_positions"] == {"PA": 1, "unknown": 1}
+    assert record["photometric_interpretations"] == {"MONOCHROME1": 1, "MONOCHROME2": 1}
+    assert record["rows"] == [64, 2048] and record["columns"] == [64, 1800]
+
+
+def test_the_gate_accepts_the_statement_else_what_training_saw() -> None:
+    observed = survey([{"format": "dicom", "Modality": "CR", "BodyPartExamined": "junk"}])
+    seen = intended_use_record(observed)
+    assert seen["accepts"] == {"modalities": ["CR"], "body_parts": []}  # junk: no constraint
+    assert from_record(seen) == IntendedUse(modalities=("CR",), counts=from_record(seen).counts)
+    stated = intended_use_record(observed, check_stated(["dr", "CR"], []))
+    assert stated["accepts"]["modalities"] == ["CR", "DX"] and stated["source"] == "stated"
+    png_only = intended_use_record(survey([{"format": "png", "rows": 8, "columns": 8}]))
+    assert from_record(png_only).empty
+
+
+def test_a_manifest_without_a_record_states_nothing() -> None:
+    assert from_record(None).empty and NOT_STATED == "not stated"
+    ct = {"Modality": "CT", "BodyPartExamined": "HIP"}
+    assert violations(ct, from_record(None)) == []
+
+
+def test_unknown_statements_are_refused_quoting_them() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match=r"'XR' is not a known modality"):
+        check_stated(["CR", "XR"], [])
+    with pytest.raises(ValueError, match=r"'banana' is not a known body part"):
+        check_stated([], ["banana"])

@@ -1,0 +1,108 @@
+"""Intended-use gating (issue #17): the metadata gate and the out-of-distribution policy.
+
+Both run in the one ingest path (app/ingest.py ``Ingestor.prepare``), so the HTTP upload,
+dicom-sr, STOW-RS and the DIMSE SCP all apply them.
+
+- **Metadata gate** (``RADLENS_GATE``, default ``refuse``): a DICOM upload whose Modality,
+  BodyPartExamined or SOP Class contradicts the model's intended use (its manifest's
+  ``intended_use.accepts``, models/intended_use.py) is refused with 422
+  ``outside-intended-use`` before its pixels are decoded; ``flag`` predicts and records the
+  violations; ``off`` checks nothing. Unknown, empty or junk values are never a violation,
+  and a model whose manifest states nothing ("not stated") gates nothing.
+- **OOD policy** (``RADLENS_OOD``, default ``flag``): the predictor scores every image with the
+  model's stored detector (models/ood.py); above the threshold the image is out of
+  distribution: ``refuse`` answers 422 ``out-of-distribution``, ``flag`` stores the
+  prediction with ``in_distribution = false``; ``off`` does not score. The default is
+  ``flag`` because the threshold is a quantile of the model's own validation scores: about
+  1% of in-distribution images lie above it by construction.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any, Literal
+
+from radlens.app.errors import AppError
+from radlens.models.intended_use import IntendedUse, Violation, violations
+
+GatePolicy = Literal["refuse", "flag", "off"]
+
+GATED_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID")
+
+
+class OutsideIntendedUseError(AppError):
+    """A DICOM upload whose metadata contradicts the model's intended use."""
+
+    code = "outside-intended-use"
+    title = (
+        "The image is outside the model's intended use (see GET /v1/models); send an image "
+        "of what the model was made for"
+    )
+    status_code = 422
+
+    def __init__(self, found: list[Violation]) -> None:
+        self.violations = found
+        super().__init__("; ".join(str(v) for v in found))
+
+    @property
+    def comment(self) -> str:
+        """A short reason for a DICOM Error Comment: names the attribute and value only."""
+        first = self.violations[0]
+        return f"Outside intended use: {first.attribute} {first.value}"
+
+
+class OutOfDistributionError(AppError):
+    """An image whose OOD score is above the model's threshold (RADLENS_OOD=refuse)."""
+
+    code = "out-of-distribution"
+    title = (
+        "The image does not look like the images the model was trained on; send an image of "
+        "what the model was made for"
+    )
+    status_code = 422
+
+    @property
+    def comment(self) -> str:
+        return "Out of distribution for this model"
+
+
+def dicom_gate_header(data: bytes) -> dict[str, Any] | None:
+    """The gated attributes of a DICOM upload, read up to the pixel data; None when the
+    bytes are not a readable DICOM header (preprocessing then says what is wrong)."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(
+                io.BytesIO(data),
+                stop_before_pixels=True,
+                force=True,
+                specific_tags=list(GATED_KEYWORDS),
+            )
+    except Exception:  # third-party parser boundary: any failure means "no header to gate"
+        return None
+    header = {keyword: str(ds.get(keyword, "") or "") for keyword in GATED_KEYWORDS}
+    return header if any(header.values()) else None
+
+
+def check_metadata(
+    header: dict[str, Any] | None, intended_use: IntendedUse, policy: GatePolicy
+) -> list[Violation]:
+    """The violations of ``header`` (refused with ``refuse``, returned with ``flag``)."""
+    if policy == "off" or header is None or intended_use.empty:
+        return []
+    found = violations(header, intended_use)
+    if found and policy == "refuse":
+        raise OutsideIntendedUseError(found)
+    return found
+
+
+def violation_records(found: list[Violation]) -> list[dict[str, Any]] | None:
+    """JSON for the prediction row (None when nothing was flagged)."""
+    if not found:
+        return None
+    return [
+        {"attribute": v.attribute, "value": v.value, "accepted": list(v.accepted)} for v in found
+    ]

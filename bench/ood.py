@@ -1,0 +1,451 @@
+"""How well the out-of-distribution detector (models/ood.py) tells a model's own images from
+images it was not made for, and what the gate costs per prediction (issue #17).
+
+Not a test. Run from the repository root (figures: docs/benchmarks/ood.md):
+
+    .venv/bin/python -m bench.ood --out var/bench-ood.json
+    .venv/bin/python -m bench.ood --demo-store /tmp/store --demo-model demo \\
+        --demo-data /tmp/demo-data
+
+1. Trains a small model on PneumoniaMNIST with ``training.run.train`` (the code of
+   ``radlens train``): simple_cnn at 64 px, a few epochs (``--epochs``), which also fits and
+   stores the default detector. With ``--demo-store`` it also measures a stored model (the
+   demo model: ``radlens train --config training/configs/demo.yaml``) on its own data.
+2. Fits both detectors (Mahalanobis with a shared covariance, k-NN) on the model's
+   penultimate features of (a sample of) its training split, as training does.
+3. In-distribution: the validation split, halved at random: the threshold (99th percentile)
+   is set on half A, the fraction flagged is measured on half B (a fraction measured on the
+   images that set the threshold would be 1% by construction).
+4. OOD sets, every image fed exactly as an upload is (``models.preprocessing``): CT slices
+   (../shared/data, pydicom, pydicom-data), non-chest radiographs (hip RG2, tibia RG3),
+   colour photos (matplotlib's sample photos), noise; each real image also as crops and
+   flips (PNG of the crop: what a client could upload), so a set has tens of images from
+   a handful of files.
+5. AUROC per OOD set (in-distribution: the whole validation split), the fraction of each OOD
+   set caught at the threshold, and timing: the model call at batch 1 without and with the
+   features + detector, and the metadata gate's header read on a chest CR, each the median of
+   repeated runs, as a ratio to the prediction (preprocessing + model call) in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+SHARED = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_NPZ = SHARED / "pneumoniamnist" / "pneumoniamnist_28_trainval.npz"
+
+import numpy as np  # noqa: E402
+
+CT_FILES = [
+    SHARED / "dicom" / "CT1_JLSN.dcm",
+    SHARED / "dicom" / "TOSHIBA_J2K_OpenJPEGv2Regression.dcm",
+    SHARED / "dicom" / "ct_image.dcm",
+    "pydicom:CT_small.dcm",
+    "pydicom:693_UNCI.dcm",
+    "pydicom:eCT_Supplemental.dcm",
+    "pydicom:explicit_VR-UN.dcm",
+]
+RADIOGRAPH_FILES = [SHARED / "dicom" / "RG2_JLSL.dcm", "pydicom:RG3_UNCI.dcm"]
+CHEST_DICOM = SHARED / "dicom" / "rsna_chest_cr_jpeg_baseline.dcm"
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _resolve(item: str | Path) -> Path | None:
+    if isinstance(item, Path):
+        return item if item.is_file() else None
+    from pydicom.data import get_testdata_file
+
+    found = get_testdata_file(item.split(":", 1)[1])
+    return Path(found) if found else None
+
+
+def _photos() -> list[Path]:
+    import matplotlib
+
+    sample = Path(matplotlib.get_data_path()) / "sample_data"
+    return [
+        p
+        for p in (sample / "grace_hopper.jpg", sample / "Minduka_Present_Blue_Pack.png")
+        if p.is_file()
+    ]
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _views(gray: np.ndarray) -> Iterator[np.ndarray]:
+    """The image, four 75% corner crops, two centre crops (60%, 85%), and their mirror
+    images: 14 views of one real image."""
+    h, w = gray.shape
+    crops = [gray]
+    for frac in (0.75,):
+        ch, cw = int(h * frac), int(w * frac)
+        for y, x in ((0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw)):
+            crops.append(gray[y : y + ch, x : x + cw])
+    for frac in (0.6, 0.85):
+        ch, cw = int(h * frac), int(w * frac)
+        y, x = (h - ch) // 2, (w - cw) // 2
+        crops.append(gray[y : y + ch, x : x + cw])
+    for crop in crops:
+        yield crop
+        yield crop[:, ::-1]
+
+
+def model_inputs_from_files(
+    files: list[Path], size: tuple[int, int], *, version: str | None = None
+) -> np.ndarray:
+    """Every file decoded as the service does, at 256 px, then its 14 views as PNG uploads."""
+    from radlens.models.preprocessing import preprocess
+
+    out = []
+    for path in files:
+        kwargs: dict[str, Any] = {"size": (256, 256)}
+        if version is not None:
+            kwargs["version"] = version
+        image = preprocess(path.read_bytes(), **kwargs)
+        gray = np.clip(np.asarray(image.pixels) * 255.0, 0, 255).astype(np.uint8)
+        for view in _views(gray):
+            upload = preprocess(
+                _png(np.ascontiguousarray(view)),
+                size=size,
+                **({"version": version} if version else {}),
+            )
+            out.append(upload.model_input())
+    return np.stack(out) if out else np.empty((0, *size, 1), np.float32)
+
+
+def noise_inputs(size: tuple[int, int], n: int = 48, seed: int = 0) -> np.ndarray:
+    """Uniform, Gaussian, salt-and-pepper and smoothed noise, as PNG uploads."""
+    from PIL import Image, ImageFilter
+
+    from radlens.models.preprocessing import preprocess
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            arr = rng.integers(0, 256, (256, 256), dtype=np.uint8)
+        elif kind == 1:
+            arr = np.clip(rng.normal(128, 40, (256, 256)), 0, 255).astype(np.uint8)
+        elif kind == 2:
+            arr = (rng.random((256, 256)) > 0.5).astype(np.uint8) * 255
+        else:
+            base = Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8))
+            arr = np.asarray(base.filter(ImageFilter.GaussianBlur(radius=6)))
+            arr = ((arr - arr.min()) / max(1, int(arr.max()) - int(arr.min())) * 255).astype(
+                np.uint8
+            )
+        out.append(preprocess(_png(arr), size=size).model_input())
+    return np.stack(out)
+
+
+def ood_sets(size: tuple[int, int], version: str | None = None) -> dict[str, np.ndarray]:
+    """name -> model inputs of each OOD set (sets whose files are all absent are left out)."""
+    sets: dict[str, np.ndarray] = {}
+    for name, items in (
+        ("ct_slices", CT_FILES),
+        ("non_chest_radiographs", RADIOGRAPH_FILES),
+    ):
+        files = [p for p in (_resolve(i) for i in items) if p is not None]
+        if files:
+            sets[name] = model_inputs_from_files(files, size, version=version)
+            print(f"  {name}: {len(files)} files -> {len(sets[name])} images", flush=True)
+    photos = _photos()
+    if photos:
+        sets["colour_photos"] = model_inputs_from_files(photos, size, version=version)
+        print(f"  colour_photos: {len(photos)} files -> {len(sets['colour_photos'])} images")
+    sets["noise"] = noise_inputs(size)
+    print(f"  noise: {len(sets['noise'])} images", flush=True)
+    return sets
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """P(score of an OOD image > score of an in-distribution one), ties counted half."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
+    return float(roc_auc_score(y, np.r_[in_scores, out_scores]))
+
+
+def evaluate_model(
+    label: str,
+    model: Any,
+    train: tuple[np.ndarray, np.ndarray],
+    val: np.ndarray,
+    sets: dict[str, np.ndarray],
+    seed: int,
+) -> dict[str, Any]:
+    """AUROC per set and flagged fractions, for both detectors."""
+    from radlens.models.ood import extract_features, fit_detector
+
+    train_f = extract_features(model, train[0])
+    val_f = extract_features(model, val)
+    set_f = {name: extract_features(model, x) for name, x in sets.items()}
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(val_f))
+    half_a, half_b = order[: len(order) // 2], order[len(order) // 2 :]
+    result: dict[str, Any] = {"train_images": len(train_f), "val_images": len(val_f)}
+    for method in ("mahalanobis", "knn"):
+        full = fit_detector(train_f, train[1], val_f, method=method)  # type: ignore[arg-type]
+        held = fit_detector(train_f, train[1], val_f[half_a], method=method)  # type: ignore[arg-type]
+        val_scores = full.scores(val_f)
+        per_set = {}
+        for name, feats in set_f.items():
+            s = full.scores(feats)
+            per_set[name] = {
+                "images": len(feats),
+                "auroc": auroc(val_scores, s),
+                "caught_at_threshold": float(np.mean(s > full.threshold)),
+            }
+        flagged_b = float(np.mean(held.scores(val_f[half_b]) > held.threshold))
+        result[method] = {
+            "sets": per_set,
+            "in_distribution_flagged_heldout_half": flagged_b,
+            "heldout_half_images": len(half_b),
+        }
+        worst = min(v["auroc"] for v in per_set.values())
+        print(
+            f"[{label}] {method:12s} "
+            + "  ".join(
+                f"{k} AUROC {v['auroc']:.3f} (caught {v['caught_at_threshold']:.0%})"
+                for k, v in per_set.items()
+            )
+            + f"  | in-dist flagged (held-out half) {flagged_b:.1%}  | worst AUROC {worst:.3f}",
+            flush=True,
+        )
+    return result
+
+
+def _median_ms(fn: Callable[[], Any], repeat: int) -> float:
+    return _interleaved_ms([fn], repeat)[0]
+
+
+def _interleaved_ms(fns: list[Callable[[], Any]], repeat: int) -> list[float]:
+    """Median ms of each function, called in turn round by round (so a busy spell on the
+    shared machine hits them alike)."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, sink in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            sink.append((time.perf_counter() - t0) * 1000.0)
+    return [statistics.median(t) for t in times]
+
+
+def timing(model: Any, detector: Any, size: tuple[int, int], repeat: int) -> dict[str, Any]:
+    """The gate's added time per prediction at batch 1, as the service runs it."""
+    import tensorflow as tf
+
+    from radlens.app.gate import dicom_gate_header
+    from radlens.app.ingest import gate_upload
+    from radlens.models.intended_use import IntendedUse
+    from radlens.models.ood import feature_model
+    from radlens.models.preprocessing import preprocess
+
+    h, w = size
+    spec = [tf.TensorSpec([None, h, w, 1], tf.float32)]
+    plain = tf.function(lambda x: model(x, training=False), input_signature=spec)
+    both_model, scorer = feature_model(model), detector.tf_scorer()
+
+    @tf.function(input_signature=spec)
+    def scored(x: Any) -> Any:  # as app/predictor.py serves a model with a detector
+        scores, features = both_model(x, training=False)
+        return scores, scorer(features)
+
+    x = tf.constant(np.random.default_rng(0).random((1, h, w, 1), dtype=np.float32))
+    model_ms, model_ood_ms = _interleaved_ms([lambda: plain(x), lambda: scored(x)], repeat)
+    figures: dict[str, Any] = {
+        "model_call_ms": model_ms,
+        "model_call_with_ood_ms": model_ood_ms,
+        "ood_added_ms": model_ood_ms - model_ms,
+    }
+    if CHEST_DICOM.is_file():
+        data = CHEST_DICOM.read_bytes()
+        chest = IntendedUse(modalities=("CR", "DX"), body_parts=("CHEST",))
+        prep_ms, gate_ms = _interleaved_ms(
+            [lambda: preprocess(data, size=size), lambda: gate_upload(data, chest, "refuse")],
+            max(5, repeat // 4),
+        )
+        assert dicom_gate_header(data) is not None
+        prediction_ms = prep_ms + model_ms
+        figures.update(
+            {
+                "preprocess_chest_cr_ms": prep_ms,
+                "metadata_gate_ms": gate_ms,
+                "prediction_ms": prediction_ms,
+                "gate_total_added_ms": gate_ms + figures["ood_added_ms"],
+                "gate_ratio_to_prediction": (gate_ms + figures["ood_added_ms"]) / prediction_ms,
+            }
+        )
+    print("timing: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()), flush=True)
+    return figures
+
+
+def train_pneumonia(args: argparse.Namespace, workdir: Path) -> Any:
+    from radlens.training.config import TrainConfig
+    from radlens.training.run import train
+
+    config = TrainConfig.from_dict(
+        {
+            "data": str(args.data),
+            "class_names": ["normal", "pneumonia"],
+            "architecture": "simple_cnn",
+            "image_size": args.image_size,
+            "batch_size": 64,
+            "epochs_head": args.epochs,
+            "learning_rate_head": 1e-3,
+            "dropout": 0.3,
+            "augment": False,
+            "early_stopping_patience": 0,
+            "histogram_freq": 0,
+            "tensorboard_samples": 0,
+            "openvino": False,
+            "name": "pneumonia-ood-bench",
+            "store": str(workdir / "store"),
+            "runs_dir": str(workdir / "runs"),
+            "seed": args.seed,
+        }
+    )
+    t0 = time.monotonic()
+    result = train(config, verbose=0)
+    print(
+        f"trained {result.model_ref} in {time.monotonic() - t0:.0f} s: "
+        f"val AUC {result.val_metrics.get('auc')}",
+        flush=True,
+    )
+    return result
+
+
+def _split_inputs(
+    source: Any, splits: dict[str, Any], manifest: Any, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    from radlens.training.data.pipeline import load_examples
+    from radlens.training.ood import MAX_FIT_IMAGES, sample_examples
+
+    kwargs = {
+        "size": manifest.input_size,
+        "window": manifest.window,
+        "version": manifest.preprocessing_version,
+    }
+    train = load_examples(source, sample_examples(splits["train"], MAX_FIT_IMAGES, seed), **kwargs)
+    val, _ = load_examples(source, splits["val"], **kwargs)
+    return train, val
+
+
+def measure_stored(
+    label: str, store: Path, ref: str, data: Path, seed: int, repeat: int
+) -> dict[str, Any]:
+    """The figures for a model in a store, on its own data split as training split it."""
+    from radlens.models.ood import OodDetector
+    from radlens.models.registry import ModelRegistry
+    from radlens.training.data.sources import open_data
+    from radlens.training.evaluate import select_split
+
+    registry = ModelRegistry(store)
+    loaded = registry.load(ref)
+    manifest = loaded.manifest
+    source = open_data(data, manifest.class_names)
+    splits = {s: select_split(source, s, manifest.training_config) for s in ("train", "val")}
+    train, val = _split_inputs(source, splits, manifest, seed)
+    print(f"[{label}] {manifest.ref}: input {manifest.input_size}, OOD sets:", flush=True)
+    sets = ood_sets(manifest.input_size, manifest.preprocessing_version)
+    figures = evaluate_model(label, loaded.model, train, val, sets, seed)
+    path = registry.ood_detector_file(manifest)
+    if path is not None:
+        detector = OodDetector.load(path)
+        figures["stored_detector"] = {k: v for k, v in (manifest.ood or {}).items() if k != "files"}
+        figures["timing"] = timing(loaded.model, detector, manifest.input_size, repeat)
+    figures["model"] = manifest.ref
+    figures["architecture"] = manifest.architecture
+    figures["val_auc"] = manifest.metrics.get("val", {}).get("auc")
+    return figures
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_NPZ, help="PneumoniaMNIST npz")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--repeat", type=int, default=200, help="timing repetitions (median)")
+    p.add_argument("--demo-store", type=Path, help="a store holding the demo model")
+    p.add_argument("--demo-model", default="demo")
+    p.add_argument("--demo-data", type=Path, help="the demo model's data (radlens demo-data)")
+    p.add_argument("--no-pneumonia", action="store_true", help="only the --demo-store model")
+    p.add_argument("--out", type=Path, help="write the figures as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if not args.data.is_file():
+        print(f"bench.ood: PneumoniaMNIST not found: {str(args.data)!r}", file=sys.stderr)
+        return 2
+    load = os.getloadavg()
+    header = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in load],
+        "command": " ".join(["python -m bench.ood", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    print(
+        f"CPU: {header['cpu']} ({header['cpus']} logical), load average {load[0]:.1f}", flush=True
+    )
+    report: dict[str, Any] = {**header}
+    if not args.no_pneumonia:
+        with tempfile.TemporaryDirectory(prefix="bench-ood-") as tmp:
+            result = train_pneumonia(args, Path(tmp))
+            report["pneumonia"] = measure_stored(
+                "pneumonia", result.store, result.model_ref, args.data, args.seed, args.repeat
+            )
+            report["pneumonia"]["epochs"] = args.epochs
+    if args.demo_store is not None:
+        if args.demo_data is None:
+            print("bench.ood: --demo-store needs --demo-data", file=sys.stderr)
+            return 2
+        report["demo"] = measure_stored(
+            "demo", args.demo_store, args.demo_model, args.demo_data, args.seed, args.repeat
+        )
+    report["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The out-of-distribution score in the service (RADLENS_OOD), with a small real model trained
+here on PneumoniaMNIST (pediatric chest X-rays) and its detector: a CT slice and a hip
+radiograph sent as PNG (no metadata to gate on) are flagged or refused by the image score;
+chest images of the model's own validation split are not."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import Databases, assert_problem, make_settings
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+NPZ = SHARED / "pneumoniamnist" / "pneumoniamnist_28_trainval.npz"
+pytestmark = pytest.mark.skipif(
+    not (NPZ.is_file() and (SHARED / "dicom").is_dir()),
+    reason=f"the shared real-data folder {SHARED} (PneumoniaMNIST, dicom/) is absent",
+)
+SIZE = (32, 32)
+TRAIN, VAL = 1200, 262  # images fitting the model/detector; the threshold's val images
+
+
+def _png(gray: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _as_png(path: Path) -> bytes:
+    """A DICOM's pixels as an 8-bit PNG upload (as displayed: windowed, 256 px)."""
+    from radlens.models.preprocessing import preprocess
+
+    image = preprocess(path.read_bytes(), size=(256, 256))
+    return _png((np.clip(image.pixels, 0, 1) * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def ood_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simple_cnn trained for 3 epochs on 1200 PneumoniaMNIST images, with its detector."""
+    import keras
+
+    from radlens.models.architectures import build_model
+    from radlens.models.preprocessing import preprocess_array
+    from radlens.models.registry import ModelRegistry
+    from radlens.training.ood import attach_detector
+
+    data = np.load(NPZ)
+
+    def inputs(images: np.ndarray) -> np.ndarray:
+        return np.stack([preprocess_array(a, size=SIZE) for a in images])[..., None]
+
+    x, y = inputs(data["train_images"][:TRAIN]), data["train_labels"][:TRAIN, 0]
+    keras.utils.set_random_seed(0)
+    model = build_model("simple_cnn", input_shape=(*SIZE, 1), num_classes=2)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    store = tmp_path_factory.mktemp("ood-store")
+    registry = ModelRegistry(store)
+    registry.save(
+        model,
+        name="pneumonia",
+        architecture="simple_cnn",
+        class_names=["normal", "pneumonia"],
+        threshold=0.5,
+        window=None,
+        filters=[],
+        metrics={},
+        training_config={"note": "tests/app/test_ood_service.py"},
+        data_fingerprint=None,
+    )
+    attach_detector(
+        registry,
+        "pneumonia:1",
+        model,
+        (x, y),
+        inputs(data["val_images"][:VAL]),
+        method="mahalanobis",
+    )
+    return store
+
+
+class Node:
+    def __init__(self, client: TestClient, app: Any) -> None:
+        self.client = client
+        self.app = app
+
+    def post(self, data: bytes) -> Any:
+        return self.client.post("/v1/predictions", files={"file": ("x.png", data, "image/png")})
+
+    def count(self) -> int:
+        from sqlalchemy import text
+
+        with self.app.state.resources.engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM predictions")).scalar() or 0)
+
+    def metric(self, action: str) -> float:
+        value = self.app.state.metrics.registry.get_sample_value(
+            "radlens_gated_inputs_total", {"reason": "out-of-distribution", "action": action}
+        )
+        return float(value or 0.0)
+
+
+def _node(databases: Databases, store: Path, policy: str) -> Iterator[Node]:
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    url = databases.new()
+    upgrade(url)
+    app = create_app(make_settings(url, store, ood=policy))
+    with TestClient(app) as client:
+        yield Node(client, app)
+
+
+@pytest.fixture(scope="module")
+def flagging(databases: Databases, ood_store: Path) -> Iterator[Node]:
+    yield from _node(databases, ood_store, "flag")
+
+
+@pytest.fixture(scope="module")
+def refusing(databases: Databases, ood_store: Path) -> Iterator[Node]:
+    yield from _node(databases, ood_store, "refuse")
+
+
+@pytest.mark.parametrize("name", ["CT1_JLSN.dcm", "RG2_JLSL.dcm"])
+def test_ct_and_hip_pixels_as_png_are_flagged(flagging: Node, name: str) -> None:
+    before = flagging.metric("flagged")
+    response = flagging.post(_as_png(SHARED / "dicom" / name))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["in_distribution"] is False, body
+    threshold = flagging.client.get("/v1/models").json()["models"][0]["ood"]["threshold"]
+    assert body["ood_score"] > threshold
+    assert flagging.metric("flagged") == before + 1
+    stored = flagging.client.get(f"/v1/predictions/{body['id']}").json()
+    assert stored["in_distribution"] is False and stored["ood_score"] == body["ood_score"]
+
+
+def test_own_validation_chest_images_are_not_flagged(flagging: Node) -> None:
+    data = np.load(NPZ)
+    held_out = data["val_images"][VAL : VAL + 20]  # not among the threshold's images
+    verdicts = [flagging.post(_png(image)).json()["in_distribution"] for image in held_out]
+    assert verdicts.count(False) <= 1, verdicts  # the threshold is their 99th percentile
+
+
+def test_the_sr_says_out_of_distribution(flagging: Node) -> None:
+    import pydicom
+
+    # this model states no intended use: the CT DICOM passes the metadata gate, the score flags it
+    body = flagging.post((SHARED / "dicom" / "CT1_JLSN.dcm").read_bytes()).json()
+    assert body["in_distribution"] is False, body
+    sr = flagging.client.get(f"/v1/predictions/{body['id']}/dicom/sr")
+    assert sr.status_code == 200, sr.text
+    ds = pydicom.dcmread(io.BytesIO(sr.content))
+    meanings = {
+        item.ConceptCodeSequence[0].CodeMeaning
+        for item in _walk(ds)
+        if "ConceptCodeSequence" in item
+    }
+    assert "Out of distribution for this model" in meanings
+
+
+def _walk(ds: Any) -> Iterator[Any]:
+    for item in getattr(ds, "ContentSequence", []):
+        yield item
+        yield from _walk(item)
+
+
+def test_refuse_answers_422_and_stores_nothing(refusing: Node) -> None:
+    before, metric = refusing.count(), refusing.metric("refused")
+    body = assert_problem(
+        refusing.post(_as_png(SHARED / "dicom" / "CT1_JLSN.dcm")), 422, code="out-of-distribution"
+    )
+    assert "above the model's threshold" in body["detail"], body
+    assert refusing.count() == before
+    assert refusing.metric("refused") == metric + 1
+    chest = refusing.post(_png(np.load(NPZ)["val_images"][VAL + 1]))
+    assert chest.status_code == 201 and chest.json()["in_distribution"] is True

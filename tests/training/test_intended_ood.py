@@ -1,0 +1,119 @@
+"""Training records the intended use and fits the OOD detector (issue #17)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radlens.models.errors import ConfigurationError, ModelCorruptError, ModelTamperedError
+from radlens.models.ood import OodDetector
+from radlens.models.registry import ModelRegistry
+from tests.training.conftest import tiny_config
+
+
+def _ref(ref: str) -> tuple[str, int]:
+    name, version = ref.split(":")
+    return name, int(version)
+
+
+def test_run_records_what_the_dicom_headers_show(tiny_run) -> None:  # type: ignore[no-untyped-def]
+    manifest = ModelRegistry(tiny_run.store).read_manifest(*_ref(tiny_run.model_ref))
+    record = manifest.intended_use
+    assert record is not None
+    observed = record["observed"]
+    assert observed["formats"] == {"dicom": observed["images"]}
+    assert observed["images"] == tiny_run.split_sizes["train"]
+    assert observed["modalities"] == {"CR": observed["images"]}
+    assert observed["body_parts"] == {"CHEST": observed["images"]}
+    assert observed["rows"][0] >= 1 and observed["columns"][0] >= 1
+    assert record["stated"] is None and record["source"] == "training data"
+    assert record["accepts"] == {"modalities": ["CR"], "body_parts": ["CHEST"]}
+
+
+def test_run_stores_a_sealed_ood_detector(tiny_run) -> None:  # type: ignore[no-untyped-def]
+    registry = ModelRegistry(tiny_run.store)
+    name, version = tiny_run.model_ref.split(":")
+    manifest = registry.verify(name, int(version))
+    assert manifest.ood is not None and manifest.ood["method"] == "mahalanobis"
+    path = registry.ood_detector_file(manifest)
+    assert path is not None
+    detector = OodDetector.load(path)
+    assert detector.threshold == pytest.approx(manifest.ood["threshold"])
+    assert detector.dimension == manifest.ood["dimension"] == 64  # simple_cnn's conv4, pooled
+    assert 0.0 <= manifest.ood["val_flagged_fraction"] <= 0.5
+
+
+def test_an_altered_detector_file_is_refused(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_run.store, store)
+    registry = ModelRegistry(store)
+    name, version = tiny_run.model_ref.split(":")
+    manifest = registry.verify(name, int(version))
+    path = registry.ood_detector_file(manifest)
+    assert path is not None
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ModelCorruptError, match=r"sha256 of .*ood-"):
+        registry.ood_detector_file(manifest)
+    # and the manifest's description of it is under the seal
+    text = (path.parent / "manifest.json").read_text()
+    (path.parent / "manifest.json").write_text(text.replace('"mahalanobis"', '"knn"'))
+    with pytest.raises(ModelTamperedError, match="'ood' changed"):
+        registry.verify(name, int(version))
+
+
+def test_a_stated_intended_use_wins(tiny_demo_data: Path, tmp_path: Path) -> None:
+    from radlens.training.run import train
+
+    config = tiny_config(
+        tiny_demo_data,
+        tmp_path,
+        epochs_head=1,
+        intended_modalities=["dr", "CR"],
+        intended_body_parts="thorax",
+        ood_method="knn",
+        openvino=False,
+    )
+    result = train(config, verbose=0)
+    manifest = ModelRegistry(result.store).read_manifest(*_ref(result.model_ref))
+    assert manifest.intended_use is not None
+    assert manifest.intended_use["stated"] == {"modalities": ["CR", "DX"], "body_parts": ["CHEST"]}
+    assert manifest.intended_use["accepts"]["modalities"] == ["CR", "DX"]
+    assert manifest.ood is not None and manifest.ood["method"] == "knn"
+
+
+def test_an_unknown_stated_value_is_refused_at_start(tiny_demo_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"'banana' is not a known body part"):
+        tiny_config(tiny_demo_data, tmp_path, intended_body_parts=["banana"])
+    with pytest.raises(ConfigurationError, match="ood_method must be one of"):
+        tiny_config(tiny_demo_data, tmp_path, ood_method="isolation-forest")
+
+
+def test_detector_separates_far_features(tmp_path: Path) -> None:
+    from radlens.models.ood import fit_detector
+
+    # ReLU-like features: training images light up the first 8 units, the far ones the last 8
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0] * 8 + [0.05] * 8)
+
+    def features(n: int, scale: np.ndarray) -> np.ndarray:
+        return np.abs(rng.normal(size=(n, 16))) * scale
+
+    train = features(400, scale)
+    labels = (train[:, 0] > 0.7).astype(int)
+    val = features(200, scale)
+    far = features(50, scale[::-1])
+    for method in ("mahalanobis", "knn"):
+        detector = fit_detector(train, labels, val, method=method)  # type: ignore[arg-type]
+        assert np.mean(detector.scores(val) > detector.threshold) <= 0.02
+        assert np.all(detector.scores(far) > detector.threshold)
+        detector.save(tmp_path / f"{method}.npz")
+        loaded = OodDetector.load(tmp_path / f"{method}.npz")
+        assert loaded.threshold == detector.threshold
+        np.testing.assert_allclose(loaded.scores(far), detector.scores(far), rtol=1e-6)
+        # the serving graph's TensorFlow ops give the same scores (app/predictor.py)
+        in_graph = np.asarray(detector.tf_scorer()(far.astype(np.float32)))
+        np.testing.assert_allclose(in_graph, detector.scores(far), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,94 @@
+"""What a training set holds, for the manifest's intended use (models/intended_use.py).
+
+Reads headers only: DICOM up to the pixel data (Modality, BodyPartExamined, ViewPosition,
+PhotometricInterpretation, Rows, Columns), PNG/JPEG through Pillow's lazy open (size), npz
+arrays by shape. Nothing patient-identifying is read into the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from radlens.models.intended_use import check_stated, intended_use_record, survey
+from radlens.training.data.sources import DataSource, Example, sniff_format
+
+log = logging.getLogger(__name__)
+
+_KEYWORDS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation")
+
+
+def image_header(source: DataSource, example: Example) -> dict[str, Any]:
+    """The surveyed header of one example (``format``, ``rows``, ``columns``, DICOM keywords);
+    an unreadable file gives ``{"format": "unreadable"}``."""
+    if source.kind == "npz":
+        shape = source.raw_array(example).shape
+        return {"format": "npz", "rows": int(shape[0]), "columns": int(shape[1])}
+    path = Path(example.key)
+    try:
+        with path.open("rb") as handle:
+            kind = sniff_format(handle.read(132))
+    except OSError:
+        return {"format": "unreadable"}
+    if kind in ("png", "jpeg"):
+        return _raster_header(path, kind)
+    return _dicom_header(path)
+
+
+def _raster_header(path: Path, kind: str) -> dict[str, Any]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # Pillow raises many types for a bad file; it is skipped at decode
+        return {"format": "unreadable"}
+    return {"format": kind, "rows": height, "columns": width}
+
+
+def _dicom_header(path: Path) -> dict[str, Any]:
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # third-party parser boundary: skipped at decode time anyway
+        return {"format": "unreadable"}
+    header: dict[str, Any] = {"format": "dicom"}
+    for keyword in _KEYWORDS:
+        header[keyword] = str(ds.get(keyword, "") or "")
+    for keyword, key in (("Rows", "rows"), ("Columns", "columns")):
+        value = ds.get(keyword)
+        header[key] = int(value) if isinstance(value, int) else None
+    return header
+
+
+def _headers(source: DataSource, examples: Sequence[Example]) -> Iterator[dict[str, Any]]:
+    for example in examples:
+        yield image_header(source, example)
+
+
+def intended_use_for(
+    source: DataSource,
+    examples: Sequence[Example],
+    *,
+    modalities: Sequence[str] = (),
+    body_parts: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The manifest's ``intended_use`` for a model trained on ``examples``: the statement
+    (``modalities``/``body_parts`` from the config; none: not stated) and the survey."""
+    observed = survey(_headers(source, examples))
+    stated = check_stated(modalities, body_parts) if (modalities or body_parts) else None
+    record = intended_use_record(observed, stated)
+    log.info(
+        "intended use (%s): modalities %s, body parts %s; training images %s",
+        record["source"],
+        record["accepts"]["modalities"] or "any",
+        record["accepts"]["body_parts"] or "any",
+        observed["formats"],
+    )
+    return record
