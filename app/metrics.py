@@ -74,6 +74,13 @@ class ServiceMetrics:
             ("format", "modality", "body_part", "photometric", "size"),
             registry=self.registry,
         )
+        self.gated_inputs = Counter(
+            "radlens_gated_inputs",
+            "Uploads the intended-use gate refused or flagged, by reason (outside-intended-use: "
+            "DICOM metadata; out-of-distribution: the image score) and action.",
+            ("reason", "action"),
+            registry=self.registry,
+        )
         self.drift: Any = None  # app.drift.DriftMonitor, set once the model is loaded
         # () -> {queue name: items waiting}, set in the lifespan (predictor and writer queues)
         self.queue_depths: Callable[[], dict[str, int]] | None = None
@@ -97,13 +104,6 @@ class ServiceMetrics:
         ).inc()
         if self.drift is not None:
             self.drift.observe(scores, image.pixels, label)
-        self.gated_inputs = Counter(
-            "radlens_gated_inputs",
-            "Uploads the intended-use gate refused or flagged, by reason (outside-intended-use: "
-            "DICOM metadata; out-of-distribution: the image score) and action.",
-            ("reason", "action"),
-            registry=self.registry,
-        )
 
     def observe_batch(self, batch_size: int, seconds: float) -> None:
         """Record one model call: how many images it ran and how long it took."""

@@ -147,17 +147,19 @@ class OodDetector:
         import tensorflow as tf
 
         if self.method == "mahalanobis":
-            # (x-m)'P(x-m) = x'Px - 2 x'Pm + m'Pm: one (N, D) x (D, D) product for every class
-            means64 = self.arrays["means"].astype(np.float64)
-            p64 = self.arrays["precision"].astype(np.float64)
+            # (x-m)'P(x-m) per class, centred first as the numpy scores (and so the threshold)
+            # are: the expanded x'Px - 2x'Pm + m'Pm cancels catastrophically in float32 when
+            # the shrunk covariance of unit-length features is nearly singular (precision
+            # entries of 1e8 gave scores off by +-50 around a threshold of 80).
             precision = tf.constant(self.arrays["precision"], tf.float32)
-            p_means = tf.constant((p64 @ means64.T).astype(np.float32))  # (D, classes)
-            m_p_m = tf.constant(np.einsum("cd,de,ce->c", means64, p64, means64), tf.float32)
+            means = tf.constant(self.arrays["means"], tf.float32)  # (classes, D)
 
             def mahalanobis(features: Any) -> Any:
                 x = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1, epsilon=1e-24)
-                x_p_x = tf.reduce_sum(tf.matmul(x, precision) * x, axis=1, keepdims=True)
-                per_class = x_p_x - 2.0 * tf.matmul(x, p_means) + m_p_m[None, :]
+                centred = x[:, None, :] - means[None, :, :]  # (N, classes, D)
+                per_class = tf.reduce_sum(
+                    tf.einsum("ncd,de->nce", centred, precision) * centred, axis=2
+                )
                 return tf.reduce_min(per_class, axis=1)
 
             return mahalanobis

@@ -117,3 +117,25 @@ def test_detector_separates_far_features(tmp_path: Path) -> None:
         # the serving graph's TensorFlow ops give the same scores (app/predictor.py)
         in_graph = np.asarray(detector.tf_scorer()(far.astype(np.float32)))
         np.testing.assert_allclose(in_graph, detector.scores(far), rtol=1e-4, atol=1e-5)
+
+
+def test_in_graph_mahalanobis_matches_numpy_when_the_covariance_is_nearly_singular() -> None:
+    """Features that all point almost the same way leave unit-length vectors a tiny
+    within-class covariance, so even the shrunk one has precision entries of 1e6 and more
+    (2e8 for the small CNN of tests/app/test_ood_service.py). The expanded form
+    x'Px - 2x'Pm + m'Pm cancelled in float32 there and served scores off by tens around the
+    threshold; the centred form agrees with the numpy scores the threshold was set with."""
+    from radlens.models.ood import fit_detector
+
+    rng = np.random.default_rng(1)
+    direction = np.abs(rng.normal(size=64))
+
+    def features(n: int) -> np.ndarray:
+        return direction + 1e-3 * np.abs(rng.normal(size=(n, 64)))
+
+    train, val = features(600), features(200)
+    detector = fit_detector(train, (train[:, 0] > np.median(train[:, 0])).astype(int), val)
+    assert np.abs(detector.arrays["precision"]).max() > 1e6  # the ill-conditioned case
+    expected = detector.scores(val)
+    in_graph = np.asarray(detector.tf_scorer()(val.astype(np.float32)))
+    np.testing.assert_allclose(in_graph, expected, rtol=1e-3, atol=1e-3 * detector.threshold)
