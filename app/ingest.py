@@ -19,12 +19,13 @@ hot path costs no hop or round trip beyond the predictor's and the writer's.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
@@ -37,8 +38,11 @@ from radlens.app.pseudonym import pseudonym_key_id, pseudonymise_uid
 from radlens.app.settings import Settings
 from radlens.app.tables import Explanation, Prediction, dedupe_key
 from radlens.app.writer import PredictionWriter
+from radlens.models.errors import RadlensError
 
 if TYPE_CHECKING:
+    from radlens.app.dicom_outputs import SourceRef
+    from radlens.app.outbox import Outbox
     from radlens.app.predictor import Predictor
     from radlens.models.preprocessing import PreprocessedImage
 
@@ -111,6 +115,17 @@ def _prepare_upload(
     return image.model_input(), (image, hashlib.sha256(data).hexdigest())
 
 
+def _source_from_header(data: bytes, *, copy_patient: bool) -> SourceRef:
+    import io
+
+    import pydicom
+
+    from radlens.app.dicom_outputs import source_from_dataset
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return source_from_dataset(ds, copy_patient=copy_patient)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A preprocessed upload and the model's prediction on it, not stored yet."""
@@ -118,6 +133,9 @@ class Candidate:
     prediction: Prediction  # the unsaved row
     image: PreprocessedImage
     explanation: ExplanationOutput | None = None  # set by Ingestor.explain
+    # the sender's own UIDs (never pseudonymised), in memory only: set when results are sent
+    # back (RADLENS_DICOM_DESTINATIONS, app/outbox.py), for the SR/SC to reference them
+    source: SourceRef | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +168,7 @@ class Ingestor:
         self._pseudonym_key_id = (
             pseudonym_key_id(self._pseudonym_key) if self._pseudonym_key is not None else None
         )
+        self.outbox: Outbox | None = None  # RADLENS_DICOM_DESTINATIONS (set in the lifespan)
 
     def check_capacity(self) -> None:
         """503 + Retry-After (ServiceBusyError) at once when the predictor's or the writer's
@@ -215,7 +234,31 @@ class Ingestor:
             uids_pseudonymised=pseudonymised,
             pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
         )
-        return Candidate(prediction=prediction, image=image)
+        source = await self._source(data, image) if self.outbox is not None else None
+        return Candidate(prediction=prediction, image=image, source=source)
+
+    async def _source(self, data: bytes, image: PreprocessedImage) -> SourceRef | None:
+        """What the SR/SC sent back reference: the upload's own UIDs (not the stored
+        pseudonyms); with RADLENS_DICOM_COPY_PATIENT or an SC to send, read from the header
+        (patient identification, Burned In Annotation), else from the image's metadata."""
+        from radlens.app.dicom_outputs import SourceRef
+
+        meta = image.metadata
+        uids = (
+            meta.study_instance_uid,
+            meta.series_instance_uid,
+            meta.sop_instance_uid,
+            meta.sop_class_uid,
+        )
+        if meta.format != "dicom" or not all(uids):
+            return None
+        assert self.outbox is not None
+        if self.settings.dicom_copy_patient or self.outbox.wants("sc"):
+            return await asyncio.to_thread(
+                _source_from_header, data, copy_patient=self.settings.dicom_copy_patient
+            )
+        study, series, sop, sop_class = (str(u) for u in uids)
+        return SourceRef(study, series, sop, sop_class, meta.modality)
 
     async def explain(self, candidate: Candidate) -> Candidate:
         """The candidate with its Grad-CAM overlay, computed in a worker thread (no
@@ -239,10 +282,15 @@ class Ingestor:
         when the candidate has none) and its audit row, committed by the writer together with
         the other uploads waiting at that moment. Raises ServiceBusyError (503) when the
         writer's queue is full and the database's errors, nothing of this upload committed."""
+        send_back = self.outbox is not None and candidate.source is not None
+        if send_back and self.outbox is not None and self.outbox.wants("sc"):
+            explain = True  # the Secondary Capture shows the Grad-CAM overlay
         if explain and candidate.explanation is None:
             candidate = await self.explain(candidate)
         written = await self.writer.commit(candidate.prediction, actor, candidate.explanation)
         self._observe(written.prediction, written.created)
+        if send_back and written.created:
+            await self._send_back(written, candidate)
         return Ingested(
             prediction=written.prediction,
             created=written.created,
@@ -250,6 +298,22 @@ class Ingestor:
             explanation=written.explanation,
             explanation_created=written.explanation_created,
         )
+
+    async def _send_back(self, written: Any, candidate: Candidate) -> None:
+        """Queue the new prediction's SR/SC for the destinations (app/outbox.py). The
+        prediction is committed already: a failure here is logged, never the upload's."""
+        assert self.outbox is not None and candidate.source is not None
+        overlay = written.explanation.png if written.explanation is not None else None
+        try:
+            await asyncio.to_thread(
+                self.outbox.submit, written.prediction, candidate.source, overlay
+            )
+        except (RadlensError, OSError) as exc:
+            logger.error(
+                "prediction %s: results not queued for the DICOM destinations: %s",
+                written.prediction.id,
+                type(exc).__name__,
+            )
 
     def _observe(self, stored: Prediction, created: bool) -> None:
         ref = self.predictor.manifest.ref

@@ -64,6 +64,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
             dimse = StorageSCP(settings, resources.ingestor)
             dimse.start()
         app.state.dimse = dimse
+        outbox = resources.ingestor.outbox  # results sent back by C-STORE (app/outbox.py)
+        if outbox is not None:
+            outbox.start()
         serving = resources.predictor.selection
         logger.info(
             "ready: model %s on %s, runtime %s %s (%s; parity: %s), database schema %s",
@@ -80,6 +83,8 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         finally:
             if dimse is not None:
                 await run_in_threadpool(dimse.stop)
+            if outbox is not None:
+                await run_in_threadpool(outbox.stop)
             app.state.resources = None
             await resources.predictor.stop()
             await resources.writer.stop()
@@ -124,6 +129,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     app.include_router(explanations.router, dependencies=AUDITED, responses=keyed)
     app.include_router(dicomweb.router, dependencies=UPLOADS, responses=keyed)
     app.include_router(model_info.router, dependencies=AUTHORIZED, responses=keyed)
+    from radlens.app.routes import outbox as outbox_routes  # DICOM send-back outbox
+
+    app.include_router(outbox_routes.router, dependencies=AUDITED, responses=keyed)
     app.include_router(ops.router)
 
     # Outermost first when the request comes in: catch-all -> metrics -> body limit -> app.
@@ -173,12 +181,17 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
 
     sessions = make_sessionmaker(engine)
     writer = PredictionWriter(sessions, max_queued=settings.max_queued_writes)
+    ingestor = Ingestor(predictor, writer, settings, metrics)
+    if settings.dicom_destinations:
+        from radlens.app.outbox import Outbox
+
+        ingestor.outbox = Outbox(settings, sessionmaker=sessions, registry=metrics.registry)
     return Resources(
         engine=engine,
         sessionmaker=sessions,
         schema_revision=revision,
         writer=writer,
-        ingestor=Ingestor(predictor, writer, settings, metrics),
+        ingestor=ingestor,
     )
 
 
