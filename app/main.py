@@ -132,6 +132,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     from radlens.app.routes import outbox as outbox_routes  # DICOM send-back outbox
 
     app.include_router(outbox_routes.router, dependencies=AUDITED, responses=keyed)
+    from radlens.app.routes import wado  # QIDO-RS/WADO-RS for the SR/SC radlens produced
+
+    app.include_router(wado.router, dependencies=AUDITED, responses=keyed)
     app.include_router(ops.router)
 
     # Outermost first when the request comes in: catch-all -> metrics -> body limit -> app.
