@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         if settings.dimse_port is not None:  # DICOM Storage SCP (app/dimse.py)
             from radlens.app.dimse import StorageSCP
 
-            dimse = StorageSCP(settings, resources.ingestor)
+            dimse = StorageSCP(settings, resources.ingestor, resources.sessionmaker)
             dimse.start()
         app.state.dimse = dimse
         outbox = resources.ingestor.outbox  # results sent back by C-STORE (app/outbox.py)
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         finally:
             if dimse is not None:
                 await run_in_threadpool(dimse.stop)
+                await dimse.drain()
             if outbox is not None:
                 await run_in_threadpool(outbox.stop)
             app.state.resources = None

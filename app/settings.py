@@ -163,6 +163,16 @@ class Settings(BaseSettings):
     dimse_tls_ca: Path | None = Field(
         default=None, description="PEM CA bundle: peers must present a certificate it signed"
     )
+    dimse_ack: Literal["committed", "queued"] = Field(
+        default="committed",
+        description="committed: C-STORE answers Success once the prediction is committed; "
+        "queued: once the instance is durably queued (a series on one association is then "
+        "micro-batched; failures found later are audit rows)",
+    )
+    dimse_inbox_dir: Path = Field(
+        default_factory=lambda: REPO_ROOT / "var" / "dimse-inbox",
+        description="spool of instances acknowledged with RADLENS_DIMSE_ACK=queued",
+    )
     # DICOM send-back: Storage SCU and its outbox (app/outbox.py; docs/pacs-integration.md)
     dicom_destinations: str | None = Field(
         default=None,
