@@ -6,6 +6,7 @@ Not a test. Run from the repository root (figures: docs/benchmarks/dimse.md):
     .venv/bin/python -m bench.dimse                  # ResNet50 224 px, 200 slices, 3 rounds
     .venv/bin/python -m bench.dimse --model tiny     # 32 px simple_cnn: transport overhead
     .venv/bin/python -m bench.dimse --quick          # 40 slices, 1 round: a smoke run
+    .venv/bin/python -m bench.dimse --dimse-env RADLENS_DIMSE_ACK=queued  # acknowledge queued
 
 What it does, all on this machine and loopback only:
 1. saves the model to a temporary store (bench/serve.py's ResNet50 at 224x224, weights=None,
@@ -17,10 +18,11 @@ What it does, all on this machine and loopback only:
    on (RADLENS_DIMSE_PORT) and RADLENS_STOW_MAX_INSTANCES = N, waits for /readyz, warms up
    both paths with a few instances;
 4. each round, in alternating order: the series by C-STORE on one association (pynetdicom
-   SCU, the file's own transfer syntax proposed), timed from the association request to its
-   release; the same series with fresh UIDs by one STOW-RS request (httpx), timed from the
-   request to the response. Every instance must succeed (C-STORE status 0x0000, STOW 200),
-   so both are N predictions committed;
+   SCU, the file's own transfer syntax proposed), timed from the association request until
+   every instance is committed (read from the service's database: with
+   ``--dimse-env RADLENS_DIMSE_ACK=queued`` that is after the release); the same series with
+   fresh UIDs by one STOW-RS request (httpx), timed from the request to the response. Every
+   instance must succeed (C-STORE status 0x0000, STOW 200): N predictions committed each;
 5. prints throughput (instances/s) per path and round, the per-round ratio DIMSE/STOW and its
    median (target >= 0.8), the CPU model, nproc and the load average.
 """
@@ -107,8 +109,22 @@ def part10(ds: Any) -> bytes:
     return buf.getvalue()
 
 
-def send_dimse(port: int, instances: list[Any]) -> float:
-    """Seconds to send every instance on one association; raises on any failure."""
+def committed(database_url: str, study: str) -> int:
+    """Predictions the service has committed for ``study`` (read from its database)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            sql = text("SELECT count(*) FROM predictions WHERE study_instance_uid = :s")
+            return int(conn.execute(sql, {"s": study}).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
+def send_dimse(port: int, instances: list[Any], database_url: str) -> float:
+    """Seconds from the association request until every instance is committed (with
+    RADLENS_DIMSE_ACK=queued that is after the release); raises on any failure."""
     from pynetdicom import AE
 
     ae = AE(ae_title="BENCH")
@@ -126,6 +142,12 @@ def send_dimse(port: int, instances: list[Any]) -> float:
                 raise RuntimeError(f"C-STORE failed: {status}")
     finally:
         assoc.release()
+    study = str(instances[0].StudyInstanceUID)
+    deadline = time.monotonic() + 1800
+    while committed(database_url, study) < len(instances):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the queued instances were not committed within 30 min")
+        time.sleep(0.05)
     return time.perf_counter() - t0
 
 
@@ -195,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"service ready in {asyncio.run(wait_ready(base, proc, 600)):.1f} s")
                 headers = api_key_headers(url)
                 send_stow(base, headers, series(base_ds, 8))  # warm-up, not counted
-                send_dimse(dimse_port, series(base_ds, 8))
+                send_dimse(dimse_port, series(base_ds, 8), url)
                 ratios = []
                 for round_no in range(1, args.rounds + 1):
                     order = ("dimse", "stow") if round_no % 2 else ("stow", "dimse")
@@ -203,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     for path in order:
                         instances = series(base_ds, args.slices)
                         if path == "dimse":
-                            seconds[path] = send_dimse(dimse_port, instances)
+                            seconds[path] = send_dimse(dimse_port, instances, url)
                         else:
                             seconds[path] = send_stow(base, headers, instances)
                     rate = {p: args.slices / s for p, s in seconds.items()}
