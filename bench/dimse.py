@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import io
 import os
 import statistics
@@ -91,8 +92,7 @@ def series(base: Any, count: int) -> list[Any]:
     study, series_uid = _uid(), _uid()
     instances = []
     for number in range(1, count + 1):
-        ds = base.copy()
-        ds.file_meta = base.file_meta.copy()
+        ds = copy.deepcopy(base)  # Dataset.copy() shares the elements: one UID for all
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _uid()
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
         ds.InstanceNumber = number
@@ -161,7 +161,7 @@ def stow_body(instances: list[Any]) -> tuple[bytes, str]:
     return b"".join(chunks), f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def send_stow(base: str, headers: dict[str, str], instances: list[Any]) -> float:
+def send_stow(base: str, headers: dict[str, str], instances: list[Any], database_url: str) -> float:
     """Seconds for one STOW-RS request of every instance; raises unless all were stored."""
     import httpx
 
@@ -176,6 +176,9 @@ def send_stow(base: str, headers: dict[str, str], instances: list[Any]) -> float
     seconds = time.perf_counter() - t0
     if response.status_code != 200:
         raise RuntimeError(f"STOW-RS answered {response.status_code}: {response.text[:300]}")
+    stored = committed(database_url, str(instances[0].StudyInstanceUID))
+    if stored != len(instances):
+        raise RuntimeError(f"STOW-RS stored {stored} predictions of {len(instances)}")
     return seconds
 
 
@@ -205,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             RADLENS_DIMSE_PORT=str(dimse_port),
             RADLENS_STOW_MAX_INSTANCES=str(max(args.slices, 16)),
             RADLENS_MAX_UPLOAD_BYTES=str(1024**3),
+            RADLENS_DIMSE_INBOX_DIR=str(tmp / "dimse-inbox"),  # used with ACK=queued
         )
         for item in args.dimse_env:
             name, _, value = item.partition("=")
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 base = f"http://127.0.0.1:{http_port}"
                 print(f"service ready in {asyncio.run(wait_ready(base, proc, 600)):.1f} s")
                 headers = api_key_headers(url)
-                send_stow(base, headers, series(base_ds, 8))  # warm-up, not counted
+                send_stow(base, headers, series(base_ds, 8), url)  # warm-up, not counted
                 send_dimse(dimse_port, series(base_ds, 8), url)
                 ratios = []
                 for round_no in range(1, args.rounds + 1):
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                         if path == "dimse":
                             seconds[path] = send_dimse(dimse_port, instances, url)
                         else:
-                            seconds[path] = send_stow(base, headers, instances)
+                            seconds[path] = send_stow(base, headers, instances, url)
                     rate = {p: args.slices / s for p, s in seconds.items()}
                     ratios.append(rate["dimse"] / rate["stow"])
                     print(
