@@ -256,18 +256,19 @@ class Outbox:
 
     def _send(self, destination: Destination, entries: list[Entry]) -> None:
         import pydicom
+        from pydicom.errors import InvalidDicomError
 
         datasets = []
         for entry in entries:
             try:
-                data = self.payload(entry)
+                ds = pydicom.dcmread(io.BytesIO(self.payload(entry)))
             except UndecryptableEntryError as exc:
                 self._drop(entry, f"cannot be decrypted: {exc}")
                 continue
-            except OSError as exc:
+            except (OSError, InvalidDicomError) as exc:
                 self._drop(entry, f"payload unreadable: {type(exc).__name__}")
                 continue
-            datasets.append((entry, pydicom.dcmread(io.BytesIO(data))))
+            datasets.append((entry, ds))
         if not datasets:
             return
         assoc = self._associate(destination, {str(ds.SOPClassUID) for _, ds in datasets})

@@ -456,3 +456,17 @@ def test_no_destinations_no_outbox(service: Any) -> None:
     body = service.client.get("/v1/dicom/outbox").json()
     assert body == {"destinations": [], "pending": []}
     assert service.app.state.resources.ingestor.outbox is None
+
+
+def test_unreadable_payload_is_dropped_with_an_audit_row(
+    tmp_path: Path, model_store: Path, migrated_database_url: str, sessions: Any
+) -> None:
+    settings = outbox_settings(
+        migrated_database_url, model_store, tmp_path, f"PACS@127.0.0.1:{free_port()}"
+    )
+    outbox = make_outbox(settings, sessions)
+    outbox.enqueue("pred-3", "sr", b"not a DICOM file")
+    outbox.deliver_due()
+    assert outbox.entries() == []
+    ((_, target, query, _),) = rows(migrated_database_url, "dicom.send.drop")
+    assert target == "pred-3" and "payload unreadable" in query
