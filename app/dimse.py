@@ -11,6 +11,12 @@ A refused instance gets a failure status whose Error Comment is the error's titl
 the detail, which may quote the file; at most 64 characters): 0xA700 (out of resources)
 for a busy service, 0xC000 (cannot understand) for data radlens cannot use, 0xA900 for an
 instance too large.
+
+With ``RADLENS_DIMSE_ACK=queued`` the response is Success once the instance is durably
+queued in app/dimse_inbox.py instead; the event loop then predicts the queued instances
+concurrently (so a series on one association is micro-batched), and a restart finishes what
+was queued. Then only the size, a full inbox (RADLENS_MAX_QUEUED_PREDICTIONS instances) and
+a busy service are refused by status; a failure found later is an audit row.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -34,6 +41,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 
+from radlens.app.dimse_inbox import DimseInbox, describe
 from radlens.app.errors import ServiceBusyError
 from radlens.app.ingest import Ingestor
 from radlens.app.settings import Settings
@@ -69,11 +77,19 @@ def error_comment(text: str) -> str:
 class StorageSCP:
     """The Storage SCP; ``start`` from the event loop's thread, ``stop`` on shutdown."""
 
-    def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
+    def __init__(
+        self, settings: Settings, ingestor: Ingestor, sessionmaker: Any | None = None
+    ) -> None:
         self.settings = settings
         self.ingestor = ingestor
+        self.sessionmaker = sessionmaker  # audit rows of queued instances that fail later
         self._server: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.inbox: DimseInbox | None = None
+        self._queued: set[Path] = set()  # in the inbox and not yet finished (loop thread)
+        self._tasks: set[asyncio.Task[None]] = set()
+        if settings.dimse_ack == "queued":
+            self.inbox = DimseInbox(settings.dimse_inbox_dir, settings.uid_pseudonym_key_bytes)
 
     @property
     def port(self) -> int:
@@ -100,6 +116,12 @@ class StorageSCP:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.inbox is not None:
+            left = self.inbox.pending()
+            if left:
+                logger.info("DIMSE inbox: %d instances queued before a restart", len(left))
+            for path in left:  # acknowledged by a previous process: finish them first
+                self._spawn(path)
         ae = self._ae()
         self._server = ae.start_server(
             (self.settings.dimse_bind, self.settings.dimse_port or 0),
@@ -128,9 +150,17 @@ class StorageSCP:
         return context
 
     def stop(self) -> None:
+        """Stop listening; queued instances not finished stay in the inbox for the next start."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait (bounded) for the queued instances being processed, then cancel the rest."""
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
 
     def _handle_store(self, event: Any) -> int | Dataset:
         calling = event.assoc.requestor.ae_title.strip()
@@ -148,6 +178,8 @@ class StorageSCP:
         data = event.encoded_dataset()  # preamble + file meta + the dataset as sent
         if len(data) > self.settings.max_upload_bytes:
             return STATUS_TOO_LARGE, "Instance larger than RADLENS_MAX_UPLOAD_BYTES"
+        if self.inbox is not None:
+            return self._queue(data, calling)
         future = asyncio.run_coroutine_threadsafe(self._ingest(data, calling), self._loop)
         try:
             future.result(timeout=self.settings.dimse_dimse_timeout_s)
@@ -167,3 +199,67 @@ class StorageSCP:
     async def _ingest(self, data: bytes, calling: str) -> None:
         self.ingestor.check_capacity()
         await self.ingestor.ingest(data, f"dimse:{calling}")
+
+    # --- RADLENS_DIMSE_ACK=queued ---------------------------------------------------------
+
+    def _queue(self, data: bytes, calling: str) -> tuple[int, str]:
+        """Durably queue, then answer Success (on the association's thread)."""
+        assert self._loop is not None and self.inbox is not None
+        if len(self._queued) >= self.settings.max_queued_predictions:
+            return STATUS_OUT_OF_RESOURCES, "radlens DIMSE inbox full; retry later"
+        try:
+            path = self.inbox.put(data, calling)
+        except OSError as exc:
+            logger.error("DIMSE inbox: instance from %s not queued: %s", calling, exc)
+            return STATUS_OUT_OF_RESOURCES, "radlens could not queue the instance"
+        self._queued.add(path)
+        self._loop.call_soon_threadsafe(self._spawn, path)
+        return STATUS_SUCCESS, ""
+
+    def _spawn(self, path: Path) -> None:
+        self._queued.add(path)
+        task = asyncio.get_running_loop().create_task(self._process(path))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, path: Path) -> None:
+        """Predict and commit one queued instance; delete its file once that is done."""
+        assert self.inbox is not None
+        calling = self.inbox.calling_ae(path)
+        try:
+            data = await asyncio.to_thread(self.inbox.read, path)
+            while True:
+                try:
+                    await self._ingest(data, calling)
+                    break
+                except ServiceBusyError:  # acknowledged: wait for room, never drop it
+                    await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            raise  # shutting down: the file stays for the next start
+        except (RadlensError, ValueError, OSError) as exc:
+            await self._failed(path, calling, 422, describe(exc))
+        except Exception as exc:
+            logger.exception("DIMSE inbox: queued instance from %s failed", calling)
+            await self._failed(path, calling, 500, describe(exc))
+        else:
+            self.inbox.remove(path)
+        finally:
+            self._queued.discard(path)
+
+    async def _failed(self, path: Path, calling: str, status: int, reason: str) -> None:
+        assert self.inbox is not None
+        logger.warning(
+            "DIMSE inbox: queued instance from %s not predicted (%d): %s", calling, status, reason
+        )
+        if self.sessionmaker is not None:
+            from radlens.app.audit import record_apart
+
+            await asyncio.to_thread(
+                record_apart,
+                self.sessionmaker,
+                actor=f"dimse:{calling}"[:32],
+                action="dimse.store",
+                status=status,
+                query=f"reason={reason}",
+            )
+        self.inbox.remove(path)

@@ -49,9 +49,12 @@ from radlens.app.services import FindingValue
 from radlens.app.settings import Settings
 from radlens.app.tables import Explanation, Prediction, dedupe_key
 from radlens.app.writer import PredictionWriter
+from radlens.models.errors import RadlensError
 from radlens.models.intended_use import IntendedUse, Violation, from_record
 
 if TYPE_CHECKING:
+    from radlens.app.dicom_outputs import SourceRef
+    from radlens.app.outbox import Outbox
     from radlens.app.predictor import PredictionOutput, Predictor
     from radlens.models.manifest import ModelManifest
     from radlens.models.preprocessing import PreprocessedImage
@@ -241,6 +244,17 @@ def aggregate_frames(
     return scores, key, result
 
 
+def _source_from_header(data: bytes, *, copy_patient: bool) -> SourceRef:
+    import io
+
+    import pydicom
+
+    from radlens.app.dicom_outputs import source_from_dataset
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return source_from_dataset(ds, copy_patient=copy_patient)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A preprocessed upload and the model's prediction on it, not stored yet."""
@@ -250,6 +264,9 @@ class Candidate:
     explanation: ExplanationOutput | None = None  # set by Ingestor.explain
     findings: tuple[FindingValue, ...] = ()  # multi-label models: every finding, decided
     source: bytes | None = None  # the upload, for the display-resolution overlay (explain)
+    # the sender's own UIDs (never pseudonymised), in memory only: set when results are sent
+    # back (RADLENS_DICOM_DESTINATIONS, app/outbox.py), for the SR/SC to reference them
+    sender: SourceRef | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +304,7 @@ class Ingestor:
         )
         # RADLENS_DEDUPE_KEY: the identity of a re-post, whatever the pseudonymisation
         self._dedupe_key = settings.dedupe_key_bytes
+        self.outbox: Outbox | None = None  # RADLENS_DICOM_DESTINATIONS (set in the lifespan)
 
     def check_capacity(self) -> None:
         """503 + Retry-After (ServiceBusyError) at once when the predictor's or the writer's
@@ -390,7 +408,33 @@ class Ingestor:
             in_distribution=in_distribution,
             intended_use_violations=violation_records(flagged),
         )
-        return Candidate(prediction=prediction, image=image, findings=findings, source=data)
+        sender = await self._sender(data, image) if self.outbox is not None else None
+        return Candidate(
+            prediction=prediction, image=image, findings=findings, source=data, sender=sender
+        )
+
+    async def _sender(self, data: bytes, image: PreprocessedImage) -> SourceRef | None:
+        """What the SR/SC sent back reference: the upload's own UIDs (not the stored
+        pseudonyms); with RADLENS_DICOM_COPY_PATIENT or an SC to send, read from the header
+        (patient identification, Burned In Annotation), else from the image's metadata."""
+        from radlens.app.dicom_outputs import SourceRef
+
+        meta = image.metadata
+        uids = (
+            meta.study_instance_uid,
+            meta.series_instance_uid,
+            meta.sop_instance_uid,
+            meta.sop_class_uid,
+        )
+        if meta.format != "dicom" or not all(uids):
+            return None
+        assert self.outbox is not None
+        if self.settings.dicom_copy_patient or self.outbox.wants("sc"):
+            return await asyncio.to_thread(
+                _source_from_header, data, copy_patient=self.settings.dicom_copy_patient
+            )
+        study, series, sop, sop_class = (str(u) for u in uids)
+        return SourceRef(study, series, sop, sop_class, meta.modality)
 
     async def _predict_frames(
         self, data: bytes, first: PreprocessedImage, output: PredictionOutput
@@ -512,6 +556,9 @@ class Ingestor:
         when the candidate has none) and its audit row, committed by the writer together with
         the other uploads waiting at that moment. Raises ServiceBusyError (503) when the
         writer's queue is full and the database's errors, nothing of this upload committed."""
+        send_back = self.outbox is not None and candidate.sender is not None
+        if send_back and self.outbox is not None and self.outbox.wants("sc"):
+            explain = True  # the Secondary Capture shows the Grad-CAM overlay
         if explain and candidate.explanation is None:
             candidate = await self.explain(candidate, findings)
         written = await self.writer.commit(
@@ -523,6 +570,8 @@ class Ingestor:
             self.metrics.observe_upload(
                 self.predictor.manifest.ref, stored.scores, candidate.image, stored.label
             )
+        if send_back and written.created:
+            await self._send_back(written, candidate)
         return Ingested(
             prediction=written.prediction,
             created=written.created,
@@ -531,6 +580,22 @@ class Ingestor:
             explanation_created=written.explanation_created,
             findings=candidate.findings,
         )
+
+    async def _send_back(self, written: Any, candidate: Candidate) -> None:
+        """Queue the new prediction's SR/SC for the destinations (app/outbox.py). The
+        prediction is committed already: a failure here is logged, never the upload's."""
+        assert self.outbox is not None and candidate.sender is not None
+        overlay = written.explanation.png if written.explanation is not None else None
+        try:
+            await asyncio.to_thread(
+                self.outbox.submit, written.prediction, candidate.sender, overlay
+            )
+        except (RadlensError, OSError) as exc:
+            logger.error(
+                "prediction %s: results not queued for the DICOM destinations: %s",
+                written.prediction.id,
+                type(exc).__name__,
+            )
 
     def _observe(
         self, stored: Prediction, created: bool, findings: tuple[FindingValue, ...] = ()

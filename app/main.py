@@ -61,9 +61,12 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         if settings.dimse_port is not None:  # DICOM Storage SCP (app/dimse.py)
             from radlens.app.dimse import StorageSCP
 
-            dimse = StorageSCP(settings, resources.ingestor)
+            dimse = StorageSCP(settings, resources.ingestor, resources.sessionmaker)
             dimse.start()
         app.state.dimse = dimse
+        outbox = resources.ingestor.outbox  # results sent back by C-STORE (app/outbox.py)
+        if outbox is not None:
+            outbox.start()
         serving = resources.predictor.selection
         logger.info(
             "ready: model %s on %s, runtime %s %s (%s; parity: %s), database schema %s",
@@ -80,6 +83,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         finally:
             if dimse is not None:
                 await run_in_threadpool(dimse.stop)
+                await dimse.drain()
+            if outbox is not None:
+                await run_in_threadpool(outbox.stop)
             app.state.resources = None
             await resources.predictor.stop()
             await resources.writer.stop()
@@ -130,6 +136,12 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     from radlens.app.routes import drift  # recent uploads vs the model's reference
 
     app.include_router(drift.router, dependencies=AUTHORIZED, responses=keyed)
+    from radlens.app.routes import outbox as outbox_routes  # DICOM send-back outbox
+
+    app.include_router(outbox_routes.router, dependencies=AUDITED, responses=keyed)
+    from radlens.app.routes import wado  # QIDO-RS/WADO-RS for the SR/SC radlens produced
+
+    app.include_router(wado.router, dependencies=AUDITED, responses=keyed)
     app.include_router(ops.router)
     from radlens.app.ui import install_ui  # /ui pages: login, predictions, upload, model
 
@@ -186,12 +198,17 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
     sessions = make_sessionmaker(engine)
     writer = PredictionWriter(sessions, max_queued=settings.max_queued_writes)
     metrics.queue_depths = lambda: _queue_depths(predictor, writer)
+    ingestor = Ingestor(predictor, writer, settings, metrics)
+    if settings.dicom_destinations:
+        from radlens.app.outbox import Outbox
+
+        ingestor.outbox = Outbox(settings, sessionmaker=sessions, registry=metrics.registry)
     return Resources(
         engine=engine,
         sessionmaker=sessions,
         schema_revision=revision,
         writer=writer,
-        ingestor=Ingestor(predictor, writer, settings, metrics),
+        ingestor=ingestor,
     )
 
 

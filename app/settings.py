@@ -191,6 +191,38 @@ class Settings(BaseSettings):
     dimse_tls_ca: Path | None = Field(
         default=None, description="PEM CA bundle: peers must present a certificate it signed"
     )
+    dimse_ack: Literal["committed", "queued"] = Field(
+        default="committed",
+        description="committed: C-STORE answers Success once the prediction is committed; "
+        "queued: once the instance is durably queued (a series on one association is then "
+        "micro-batched; failures found later are audit rows)",
+    )
+    dimse_inbox_dir: Path = Field(
+        default_factory=lambda: REPO_ROOT / "var" / "dimse-inbox",
+        description="spool of instances acknowledged with RADLENS_DIMSE_ACK=queued",
+    )
+    # DICOM send-back: Storage SCU and its outbox (app/outbox.py; docs/pacs-integration.md)
+    dicom_destinations: str | None = Field(
+        default=None,
+        description="comma-separated AE@host:port[/sr|/sc|/sr+sc] that get each prediction's "
+        "SR (default) and/or Secondary Capture by C-STORE (unset: none)",
+    )
+    dicom_outbox_dir: Path = Field(
+        default_factory=lambda: REPO_ROOT / "var" / "outbox",
+        description="spool directory of results waiting for delivery",
+    )
+    dicom_outbox_max_age_s: float = Field(
+        default=3 * 86_400.0,
+        gt=0,
+        le=365 * 86_400.0,
+        description="an undelivered result older than this is dropped (with an audit row)",
+    )
+    dicom_outbox_retry_s: float = Field(
+        default=10.0, gt=0, le=86_400.0, description="first retry delay; doubles per attempt"
+    )
+    dicom_outbox_retry_max_s: float = Field(
+        default=900.0, gt=0, le=86_400.0, description="longest delay between two attempts"
+    )
     # Inference runtime (models/runtime.py; README "Runtimes")
     runtime: Literal["auto", "tensorflow", "openvino"] = Field(
         default="auto",
@@ -307,6 +339,21 @@ class Settings(BaseSettings):
             for title in value.split(","):
                 _ae_title(title)
         return value
+
+    @field_validator("dicom_destinations")
+    @classmethod
+    def _check_dicom_destinations(cls, value: str | None) -> str | None:
+        from radlens.app.destinations import parse_destinations
+
+        parse_destinations(value)
+        return value if value and value.strip() else None
+
+    @property
+    def dicom_destination_list(self) -> list[Any]:
+        """The parsed RADLENS_DICOM_DESTINATIONS (app/destinations.Destination)."""
+        from radlens.app.destinations import parse_destinations
+
+        return parse_destinations(self.dicom_destinations)
 
     @property
     def dimse_allowed_ae_title_list(self) -> list[str]:

@@ -1,0 +1,99 @@
+"""The Storage SCP's durable inbox (``RADLENS_DIMSE_ACK=queued``, app/dimse.py).
+
+DIMSE on one association is one C-STORE at a time: when the response waits for the
+prediction's commit (``RADLENS_DIMSE_ACK=committed``, the default), a series sent on one
+association is predicted one instance per model call, and micro-batching never helps it.
+With ``queued`` the SCP answers Success once the instance is *durably queued* here, so the
+sender streams the series and the model batches it (docs/benchmarks/dimse.md):
+
+- ``put``: the instance as received (file meta + dataset) is written to
+  ``RADLENS_DIMSE_INBOX_DIR`` under a temporary name, flushed to disk and renamed; only then
+  is the C-STORE answered. Fernet-encrypted (as the outbox, app/outbox.py) when
+  ``RADLENS_UID_PSEUDONYM_KEY`` is set: the files hold the whole instance, patient data
+  included.
+- the service's event loop predicts and commits each queued instance through the one ingest
+  path, then deletes its file;
+- at start-up the files a previous process left (acknowledged, not yet committed) are
+  processed first: nothing acknowledged is lost.
+
+The file name carries the calling AE title (hex) for the audit actor. An instance that
+fails *after* it was acknowledged cannot be refused any more: the failure is logged and
+recorded as a ``dimse.store`` audit row (status 422; 500 for an unexpected error), and its
+file deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".part"
+
+
+class DimseInbox:
+    """The spool directory of acknowledged, not yet committed instances."""
+
+    def __init__(self, directory: Path, pseudonym_key: bytes | None) -> None:
+        from radlens.app.outbox import _fernet
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._fernet = _fernet(pseudonym_key)
+        for path in self.directory.glob(f"*{PARTIAL_SUFFIX}"):  # never acknowledged
+            path.unlink(missing_ok=True)
+
+    def put(self, data: bytes, calling: str) -> Path:
+        """Write ``data`` durably; returns its path (the C-STORE may be answered after)."""
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}-{calling.encode().hex()}.dcm"
+        path = self.directory / name
+        partial = path.with_name(name + PARTIAL_SUFFIX)
+        stored = self._fernet.encrypt(data) if self._fernet is not None else data
+        with open(partial, "wb") as f:
+            f.write(stored)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+        return path
+
+    def pending(self) -> list[Path]:
+        """The queued instances, oldest first."""
+        return sorted(self.directory.glob("*.dcm"))
+
+    def read(self, path: Path) -> bytes:
+        """The instance's bytes (decrypted); raises ValueError when they cannot be."""
+        data = path.read_bytes()
+        if self._fernet is None:
+            if data[128:132] != b"DICM":
+                raise ValueError("encrypted under RADLENS_UID_PSEUDONYM_KEY, which is unset")
+            return data
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return bytes(self._fernet.decrypt(data))
+        except InvalidToken:
+            raise ValueError("not decryptable: RADLENS_UID_PSEUDONYM_KEY changed") from None
+
+    @staticmethod
+    def calling_ae(path: Path) -> str:
+        try:
+            return bytes.fromhex(path.stem.rsplit("-", 1)[1]).decode()
+        except (IndexError, ValueError):
+            return "unknown"
+
+    @staticmethod
+    def remove(path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return len(self.pending())
+
+
+def describe(exc: Any) -> str:
+    """What a log line may say about a failure: its title, never a detail quoting input."""
+    return str(getattr(exc, "title", type(exc).__name__))

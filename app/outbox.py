@@ -1,0 +1,461 @@
+"""DICOM send-back (issue #24): each prediction's SR (and Secondary Capture) C-STOREd to the
+destinations of ``RADLENS_DICOM_DESTINATIONS`` through a persistent outbox.
+
+After a prediction is committed (any upload path: ``POST /v1/predictions``, STOW-RS, the
+DIMSE Storage SCP), :meth:`Outbox.submit` builds the outputs each destination wants
+(app/dicom_outputs.py) from the *sender's own* Study/Series/SOP Instance UIDs, held in memory
+by the upload (``Candidate.sender``), never from the database, where they may be pseudonyms.
+So the PACS files the result into the study it came from.
+
+The outbox is a spool directory, not a table: nothing patient-identifying goes into the
+database for it. One entry per (object, destination) is two files, written each to a
+temporary name, flushed and renamed (a crash leaves either a whole entry or none):
+
+- ``<id>.dcm`` the Part 10 object (``<id>.enc``: Fernet-encrypted, when
+  ``RADLENS_UID_PSEUDONYM_KEY`` is set, with a key derived from it, since the object carries
+  the UIDs the database does not keep);
+- ``<id>.json`` its state: prediction id, kind, destination, attempts, next attempt, the
+  last error. No UID, no patient data.
+
+One thread (:meth:`start`) delivers: each pass opens one association per destination for its
+due entries, deletes an entry once its C-STORE returned Success or Warning, and otherwise
+schedules the next attempt after ``RADLENS_DICOM_OUTBOX_RETRY_S`` doubling per attempt up to
+``RADLENS_DICOM_OUTBOX_RETRY_MAX_S``. An entry older than ``RADLENS_DICOM_OUTBOX_MAX_AGE_S``
+(or that cannot be decrypted any more: the key changed) is dropped with a
+``dicom.send.drop`` audit row; each delivery writes a ``dicom.send.deliver`` row. The spool
+survives restarts: a new process delivers what the previous one left.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from radlens.app.destinations import Destination
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from sqlalchemy.orm import Session
+
+    from radlens.app.dicom_outputs import SourceRef
+    from radlens.app.settings import Settings
+    from radlens.app.tables import Prediction
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "dicom-send"
+DELIVER_ACTION = "dicom.send.deliver"
+DROP_ACTION = "dicom.send.drop"
+PARTIAL_SUFFIX = ".part"
+_KEY_LABEL = b"radlens outbox encryption key"
+_POLL_S = 5.0  # the delivery thread looks at the spool at least this often
+
+
+def _fernet(key: bytes | None) -> Any:
+    """The Fernet cipher of the spool (None: no pseudonym key, stored as plain Part 10)."""
+    if key is None:
+        return None
+    from cryptography.fernet import Fernet
+
+    derived = hmac.new(key, _KEY_LABEL, hashlib.sha256).digest()
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One object waiting for one destination (the ``<id>.json`` file)."""
+
+    id: str
+    prediction_id: str
+    kind: str  # "sr" | "sc"
+    destination: str  # Destination.name
+    created_at: float  # seconds since the epoch
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+    encrypted: bool = False
+
+
+class UndecryptableEntryError(Exception):
+    """The payload cannot be decrypted with the current key."""
+
+
+class Outbox:
+    """The spool directory and its delivery thread; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sessionmaker: Callable[[], Session] | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.directory = Path(settings.dicom_outbox_dir)
+        self.destinations: dict[str, Destination] = {
+            d.name: d for d in settings.dicom_destination_list
+        }
+        self.sessionmaker = sessionmaker
+        self.clock = clock
+        self._fernet = _fernet(settings.uid_pseudonym_key_bytes)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.gauge: Any = None
+        if registry is not None:
+            from prometheus_client import Gauge
+
+            self.gauge = Gauge(
+                "radlens_dicom_outbox_pending",
+                "Results (SR/SC objects) waiting in the outbox, by destination.",
+                ("destination",),
+                registry=registry,
+            )
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._remove_partials()
+        self._recount()
+
+    # --- what is wanted ------------------------------------------------------------
+
+    def wants(self, kind: str) -> bool:
+        return any(d.wants(kind) for d in self.destinations.values())
+
+    # --- enqueue -------------------------------------------------------------------
+
+    def submit(self, prediction: Prediction, source: SourceRef, overlay_png: bytes | None) -> int:
+        """Build the outputs the destinations want and queue one entry per destination;
+        returns the number of entries queued. Runs in a worker thread (highdicom, disk)."""
+        from radlens.app.dicom_outputs import build_sc, build_sr
+
+        queued = 0
+        if self.wants("sr"):
+            queued += self.enqueue(str(prediction.id), "sr", build_sr(prediction, source))
+        if self.wants("sc"):
+            if overlay_png is None:
+                logger.error("prediction %s: no Grad-CAM overlay, SC not sent", prediction.id)
+            else:
+                sc = build_sc(prediction, source, overlay_png)
+                queued += self.enqueue(str(prediction.id), "sc", sc)
+        return queued
+
+    def enqueue(self, prediction_id: str, kind: str, payload: bytes) -> int:
+        """Queue ``payload`` (a Part 10 object) for every destination that wants ``kind``."""
+        count = 0
+        now = self.clock()
+        for destination in self.destinations.values():
+            if not destination.wants(kind):
+                continue
+            entry = Entry(
+                id=f"{int(now * 1000):013d}-{uuid.uuid4().hex}",
+                prediction_id=prediction_id,
+                kind=kind,
+                destination=destination.name,
+                created_at=now,
+                encrypted=self._fernet is not None,
+            )
+            stored = self._fernet.encrypt(payload) if self._fernet is not None else payload
+            with self._lock:
+                _write_atomic(self._payload_path(entry), stored)  # payload first, then state
+                _write_atomic(self._state_path(entry), json.dumps(asdict(entry)).encode())
+                if self.gauge is not None:
+                    self.gauge.labels(destination=destination.name).inc()
+            count += 1
+        if count:
+            self._wake.set()
+        return count
+
+    # --- the spool -----------------------------------------------------------------
+
+    def _state_path(self, entry: Entry) -> Path:
+        return self.directory / f"{entry.id}.json"
+
+    def _payload_path(self, entry: Entry) -> Path:
+        return self.directory / f"{entry.id}.{'enc' if entry.encrypted else 'dcm'}"
+
+    def entries(self) -> list[Entry]:
+        """Every entry in the spool, oldest first (unreadable state files are skipped)."""
+        found = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                found.append(Entry(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError) as exc:
+                logger.warning("outbox: %s unreadable (%s)", path.name, type(exc).__name__)
+        return found
+
+    def payload(self, entry: Entry) -> bytes:
+        """The Part 10 bytes of ``entry``, decrypted."""
+        data = self._payload_path(entry).read_bytes()
+        if not entry.encrypted:
+            return data
+        from cryptography.fernet import InvalidToken
+
+        if self._fernet is None:
+            raise UndecryptableEntryError("encrypted, and RADLENS_UID_PSEUDONYM_KEY is unset")
+        try:
+            return bytes(self._fernet.decrypt(data))
+        except InvalidToken:
+            raise UndecryptableEntryError("RADLENS_UID_PSEUDONYM_KEY changed") from None
+
+    def _remove(self, entry: Entry) -> None:
+        with self._lock:
+            self._state_path(entry).unlink(missing_ok=True)  # state first: no entry left
+            self._payload_path(entry).unlink(missing_ok=True)
+            if self.gauge is not None:
+                self.gauge.labels(destination=entry.destination).dec()
+
+    def _remove_partials(self) -> None:
+        """Files a crash left: temporaries, and payloads whose state was never written or
+        was already removed."""
+        states = {p.stem for p in self.directory.glob("*.json")}
+        for path in self.directory.iterdir():
+            partial = path.name.endswith(PARTIAL_SUFFIX)
+            orphan = path.suffix in (".dcm", ".enc") and path.stem not in states
+            if partial or orphan:
+                path.unlink(missing_ok=True)
+
+    def _recount(self) -> None:
+        if self.gauge is None:
+            return
+        with self._lock:
+            counts = dict.fromkeys(self.destinations, 0)
+            for entry in self.entries():
+                counts[entry.destination] = counts.get(entry.destination, 0) + 1
+            for name, count in counts.items():
+                self.gauge.labels(destination=name).set(count)
+
+    # --- delivery ------------------------------------------------------------------
+
+    def deliver_due(self) -> None:
+        """One pass: drop the expired, send the due (one association per destination)."""
+        now = self.clock()
+        due: dict[str, list[Entry]] = {}
+        for entry in self.entries():
+            if now - entry.created_at >= self.settings.dicom_outbox_max_age_s:
+                self._drop(entry, f"undelivered after {entry.attempts} attempts")
+            elif entry.destination not in self.destinations:
+                self._drop(entry, "destination no longer configured")
+            elif entry.next_attempt_at <= now:
+                due.setdefault(entry.destination, []).append(entry)
+        for name, entries in due.items():
+            self._send(self.destinations[name], entries)
+        self._recount()
+
+    def _send(self, destination: Destination, entries: list[Entry]) -> None:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        datasets = []
+        for entry in entries:
+            try:
+                ds = pydicom.dcmread(io.BytesIO(self.payload(entry)))
+            except UndecryptableEntryError as exc:
+                self._drop(entry, f"cannot be decrypted: {exc}")
+                continue
+            except (OSError, InvalidDicomError) as exc:
+                self._drop(entry, f"payload unreadable: {type(exc).__name__}")
+                continue
+            datasets.append((entry, ds))
+        if not datasets:
+            return
+        assoc = self._associate(destination, {str(ds.SOPClassUID) for _, ds in datasets})
+        if not assoc.is_established:
+            reason = "association rejected" if assoc.is_rejected else "association failed"
+            for entry, _ in datasets:
+                self._retry(entry, f"{reason} by {destination.name}")
+            return
+        delivered: list[Entry] = []
+        try:
+            for entry, ds in datasets:
+                error = self._store(assoc, ds)
+                if error is None:
+                    self._remove(entry)
+                    delivered.append(entry)
+                else:
+                    self._retry(entry, error)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        self._audit(
+            [
+                (e, DELIVER_ACTION, 200, f"destination={e.destination}&kind={e.kind}")
+                for e in delivered
+            ]
+        )
+        if delivered:
+            logger.info("outbox: %d objects delivered to %s", len(delivered), destination.name)
+
+    def _associate(self, destination: Destination, sop_classes: set[str]) -> Any:
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        s = self.settings
+        ae = _sender_ae(s.dimse_ae_title)
+        ae.connection_timeout = s.dimse_network_timeout_s  # a silent host: no endless connect
+        ae.acse_timeout = s.dimse_acse_timeout_s
+        ae.dimse_timeout = s.dimse_dimse_timeout_s
+        ae.network_timeout = s.dimse_network_timeout_s
+        ae.maximum_pdu_size = s.dimse_max_pdu_size
+        for sop_class in sorted(sop_classes):
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        return ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+
+    @staticmethod
+    def _store(assoc: Any, ds: Any) -> str | None:
+        """C-STORE one object; None on Success/Warning, else why not."""
+        from pynetdicom.status import code_to_category
+
+        try:
+            status = assoc.send_c_store(ds)
+        except (ValueError, RuntimeError) as exc:  # e.g. no accepted presentation context
+            return f"not sent: {exc}"[:200]
+        if "Status" not in status:
+            return "no response (timeout or abort)"
+        category = code_to_category(status.Status)
+        if category in ("Success", "Warning"):
+            return None
+        comment = str(status.get("ErrorComment", ""))[:64]
+        return f"C-STORE status 0x{status.Status:04X} {category} {comment}".strip()
+
+    def _retry(self, entry: Entry, error: str) -> None:
+        attempts = entry.attempts + 1
+        s = self.settings
+        delay = min(s.dicom_outbox_retry_s * 2 ** (attempts - 1), s.dicom_outbox_retry_max_s)
+        updated = replace(
+            entry, attempts=attempts, next_attempt_at=self.clock() + delay, last_error=error
+        )
+        with self._lock:
+            if self._state_path(entry).exists():
+                _write_atomic(self._state_path(entry), json.dumps(asdict(updated)).encode())
+        logger.warning(
+            "outbox: %s of prediction %s to %s not delivered (attempt %d): %s; next in %.0f s",
+            entry.kind.upper(),
+            entry.prediction_id,
+            entry.destination,
+            attempts,
+            error,
+            delay,
+        )
+
+    def _drop(self, entry: Entry, reason: str) -> None:
+        self._remove(entry)
+        logger.error(
+            "outbox: %s of prediction %s to %s dropped: %s",
+            entry.kind.upper(),
+            entry.prediction_id,
+            entry.destination,
+            reason,
+        )
+        query = f"destination={entry.destination}&kind={entry.kind}&reason={reason}"
+        self._audit([(entry, DROP_ACTION, 410, query)])
+
+    def _audit(self, rows: list[tuple[Entry, str, int, str]]) -> None:
+        if not rows or self.sessionmaker is None:
+            return
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from radlens.app import audit
+
+        try:
+            with self.sessionmaker() as session:
+                for entry, action, status, query in rows:
+                    audit.add(
+                        session,
+                        actor=ACTOR,
+                        action=action,
+                        status=status,
+                        target=entry.prediction_id,
+                        query=query,
+                    )
+                session.commit()
+        except SQLAlchemyError as exc:
+            logger.warning("outbox: audit rows not written: %s", type(exc).__name__)
+
+    # --- the delivery thread ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="radlens-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+
+    def wake(self) -> None:
+        """Run a delivery pass now (a new entry, or a test that moved the clock)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self.deliver_due()
+            except Exception:  # the thread must survive anything one pass meets
+                logger.exception("outbox: delivery pass failed")
+            self._wake.wait(timeout=self._next_wait())
+
+    def _next_wait(self) -> float:
+        entries = self.entries()
+        if not entries:
+            return _POLL_S
+        soonest = min(e.next_attempt_at for e in entries) - self.clock()
+        return min(max(soonest, 0.05), _POLL_S)
+
+
+def _sender_ae(ae_title: str) -> Any:
+    """A pynetdicom AE whose sockets are closed when the connection is refused.
+
+    pynetdicom 3.0 shuts a socket down and closes it in one ``try``: on a socket that never
+    connected the shutdown raises and the close is skipped, so each refused attempt would
+    leave a socket to the garbage collector (a ResourceWarning per retry of a down PACS).
+    """
+    import socket
+
+    from pynetdicom import AE
+    from pynetdicom.transport import AssociationSocket
+
+    class ClosingSocket(AssociationSocket):
+        def _shutdown_socket(self) -> None:
+            sock = self.socket
+            if sock is None:
+                return
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # never connected
+            finally:
+                sock.close()
+
+    class SenderAE(AE):
+        def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> AssociationSocket:
+            sock = ClosingSocket(assoc, address=address)
+            sock.tls_args = tls_args
+            return sock
+
+    return SenderAE(ae_title=ae_title)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a flushed temporary file and a rename."""
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)

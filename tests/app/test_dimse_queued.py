@@ -1,0 +1,156 @@
+"""RADLENS_DIMSE_ACK=queued (app/dimse.py, app/dimse_inbox.py): Success once the instance is
+durably queued, the series micro-batched, leftovers finished after a restart, late failures
+recorded in the audit trail."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import dicom_bytes, make_settings, new_uid
+from tests.app.test_outbox import wait_for
+
+pytest.importorskip("pynetdicom")
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+PSEUDONYM_KEY = "queued-test-pseudonym-key-0123456789"
+
+
+def _settings(url: str, store: Path, inbox: Path, **extra: Any) -> Any:
+    return make_settings(
+        url, store, dimse_port=0, dimse_ack="queued", dimse_inbox_dir=inbox, **extra
+    )
+
+
+def _send(port: int, datasets: list[Any]) -> list[int]:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADLENS")
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    assoc.release()
+    return statuses
+
+
+def _rows(app: Any, sql: str) -> list[Any]:
+    from sqlalchemy import text
+
+    with app.state.resources.engine.connect() as conn:
+        return list(conn.execute(text(sql)))
+
+
+def _ds(**kwargs: Any) -> Any:
+    return dcmread(io.BytesIO(dicom_bytes(**kwargs)))
+
+
+def test_a_series_on_one_association_is_queued_then_batched(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> None:
+    import asyncio
+
+    from radlens.app.main import create_app
+
+    inbox = tmp_path / "inbox"
+    settings = _settings(
+        migrated_database_url, model_store, inbox, max_batch_size=4, inference_streams=1
+    )
+    study = new_uid()
+    series = [_ds(study=study, seed=i) for i in range(12)]
+    with TestClient(create_app(settings)) as client:
+        app: Any = client.app
+        scp = app.state.dimse
+        loop = scp._loop
+        gate = asyncio.Event()
+        ingest = scp._ingest
+
+        async def held(data: bytes, calling: str) -> None:
+            await gate.wait()
+            await ingest(data, calling)
+
+        # hold the prediction of what is queued: with RADLENS_DIMSE_ACK=committed no C-STORE
+        # below could be answered; queued, each is answered once its file is in the inbox
+        scp._ingest = held
+        assert _send(scp.port, series) == [0x0000] * 12
+        assert len(list(inbox.glob("*.dcm"))) == 12
+        assert _rows(app, "SELECT id FROM predictions") == []
+        loop.call_soon_threadsafe(gate.set)  # all twelve reach the model together
+        wait_for(lambda: len(_rows(app, "SELECT id FROM predictions")) == 12, 120, "12 predictions")
+        wait_for(lambda: not list(inbox.iterdir()), 30, "an empty inbox")
+        sizes = [r[0] for r in _rows(app, "SELECT batch_size FROM predictions")]
+        actors = {r[0] for r in _rows(app, "SELECT actor FROM audit_events")}
+    assert max(sizes) > 1  # the queued series ran in micro-batches
+    assert actors == {"dimse:MODALITY"}
+
+
+def test_queued_instances_are_finished_after_a_restart(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> None:
+    """What a process acknowledged and did not commit (here: put in its inbox, as the SCP
+    does before answering) is predicted by the next process at start-up."""
+    from radlens.app.dimse_inbox import DimseInbox
+    from radlens.app.main import create_app
+
+    inbox_dir = tmp_path / "inbox"
+    inbox = DimseInbox(inbox_dir, PSEUDONYM_KEY.encode())
+    sop = new_uid()
+    path = inbox.put(dicom_bytes(sop=sop, study=new_uid()), "MODALITY")
+    (inbox_dir / "00000000000000000001-abc-4d4f.dcm.part").write_bytes(b"never acknowledged")
+    assert sop.encode() not in path.read_bytes()  # encrypted at rest under the pseudonym key
+    settings = _settings(
+        migrated_database_url, model_store, inbox_dir, uid_pseudonym_key=PSEUDONYM_KEY
+    )
+    with TestClient(create_app(settings)) as client:
+        app: Any = client.app
+        wait_for(lambda: _rows(app, "SELECT id FROM predictions"), 120, "the queued prediction")
+        wait_for(lambda: not list(inbox_dir.iterdir()), 30, "an empty inbox")
+        (actor,) = [r[0] for r in _rows(app, "SELECT actor FROM audit_events")]
+    assert actor == "dimse:MODALITY"
+
+
+def test_a_late_failure_is_an_audit_row_and_leaves_nothing(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> None:
+    from radlens.app.main import create_app
+
+    bad = _ds(seed=5)
+    bad.PixelData = bad.PixelData[: len(bad.PixelData) // 3]  # truncated: found after the ack
+    settings = _settings(migrated_database_url, model_store, tmp_path / "inbox")
+    with TestClient(create_app(settings)) as client:
+        app: Any = client.app
+        assert _send(app.state.dimse.port, [bad]) == [0x0000]  # acknowledged when queued
+        rows = wait_for(
+            lambda: _rows(
+                app, "SELECT actor, status, query FROM audit_events WHERE action = 'dimse.store'"
+            ),
+            60,
+            "the failure's audit row",
+        )
+        wait_for(lambda: not list((tmp_path / "inbox").iterdir()), 30, "an empty inbox")
+        assert _rows(app, "SELECT id FROM predictions") == []
+        assert client.get("/healthz").status_code == 200
+    ((actor, status, query),) = rows
+    assert (actor, status) == ("dimse:MODALITY", 422)
+    assert query.startswith("reason=")
+
+
+def test_a_full_inbox_refuses_with_out_of_resources(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> None:
+    from radlens.app.main import create_app
+
+    settings = _settings(
+        migrated_database_url, model_store, tmp_path / "inbox", max_queued_predictions=1
+    )
+    with TestClient(create_app(settings)) as client:
+        app: Any = client.app
+        scp = app.state.dimse
+        scp._queued.add(tmp_path / "inbox" / "held.dcm")  # one instance still being processed
+        assert _send(scp.port, [_ds(seed=6)]) == [0xA700]
+        scp._queued.clear()
+        assert _send(scp.port, [_ds(seed=7)]) == [0x0000]

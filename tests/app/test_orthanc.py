@@ -1,0 +1,160 @@
+"""Orthanc as the PACS (issue #24): Orthanc, configured with radlens as a DICOM modality,
+sends it a study by C-STORE; radlens's SRs come back by C-STORE into the same study in
+Orthanc, seen through Orthanc's REST API. Debian's ``orthanc`` package, run from a config
+file in a temporary directory on loopback ports (no systemd); skipped without the binary.
+docs/pacs-integration.md shows this configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import create_api_key, dicom_bytes, make_settings, new_uid
+from tests.app.test_outbox import free_port, wait_for
+
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+pytestmark = pytest.mark.skipif(
+    not Path(ORTHANC).is_file(),
+    reason="Orthanc is not installed (Debian: apt-get install orthanc; .ci/run installs it)",
+)
+pytest.importorskip("requests")
+import requests  # noqa: E402
+
+
+def orthanc_config(folder: Path, http_port: int, dicom_port: int, radlens_port: int) -> dict:
+    """Orthanc's configuration, as docs/pacs-integration.md shows it."""
+    return {
+        "Name": "radlens-test-pacs",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,  # REST API for localhost only
+        "AuthenticationEnabled": False,
+        "DicomAet": "ORTHANC",
+        "DicomPort": dicom_port,
+        "DicomCheckCalledAet": True,
+        "DicomAlwaysAllowStore": False,  # only the modalities below may store into it ...
+        "DicomCheckModalityHost": True,  # ... from their own address
+        "DicomModalities": {"radlens": ["RADLENS", "127.0.0.1", radlens_port]},
+        "Plugins": [],
+        "OrthancExplorerEnabled": False,
+        "SaveJobs": False,
+    }
+
+
+class Orthanc:
+    def __init__(self, folder: Path, radlens_port: int) -> None:
+        self.http_port, self.dicom_port = free_port(), free_port()
+        config = orthanc_config(folder, self.http_port, self.dicom_port, radlens_port)
+        path = folder / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        self.log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [ORTHANC, str(path)], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        wait_for(self._up, 60, "Orthanc's REST API")
+
+    def _up(self) -> bool:
+        assert self.process.poll() is None, "Orthanc exited at start-up (see orthanc.log)"
+        try:
+            return requests.get(f"{self.url}/system", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def get(self, path: str) -> Any:
+        response = requests.get(f"{self.url}{path}", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        response = requests.post(f"{self.url}{path}", timeout=120, **kwargs)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+@pytest.fixture()
+def orthanc_and_radlens(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> Iterator[tuple[Orthanc, Any]]:
+    from radlens.app.main import create_app
+
+    radlens_port = free_port()
+    orthanc = Orthanc(tmp_path, radlens_port)
+    try:
+        settings = make_settings(
+            migrated_database_url,
+            model_store,
+            auth="enabled",
+            dimse_port=radlens_port,
+            dimse_allowed_ae_titles="ORTHANC",
+            dicom_destinations=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}/sr",
+            dicom_copy_patient=True,  # Orthanc files a study under its patient: see the docs
+            dicom_outbox_dir=tmp_path / "outbox",
+            dicom_outbox_retry_s=0.5,
+        )
+        key = create_api_key(migrated_database_url)
+        app = create_app(settings)
+        with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
+            yield orthanc, client
+    finally:
+        orthanc.stop()
+
+
+def test_orthanc_sends_a_study_and_gets_the_srs_back_into_it(
+    orthanc_and_radlens: tuple[Orthanc, Any],
+) -> None:
+    orthanc, client = orthanc_and_radlens
+    study = new_uid()
+    patient = {"PatientID": "SYNTH-0001", "PatientName": "Synthetic^Test"}  # not a person
+    for seed in range(3):
+        orthanc.post(
+            "/instances", data=dicom_bytes(study=study, series=None, seed=seed, patient=patient)
+        )
+    (orthanc_study,) = orthanc.get("/studies")
+    assert orthanc.get(f"/studies/{orthanc_study}")["MainDicomTags"]["StudyInstanceUID"] == study
+    instances = orthanc.get(f"/studies/{orthanc_study}/instances")
+    sources = {i["MainDicomTags"]["SOPInstanceUID"] for i in instances}
+
+    # Orthanc -> radlens by C-STORE (what a routing rule or a user's "Send to" does)
+    job = orthanc.post(
+        "/modalities/radlens/store", json={"Resources": [orthanc_study], "Synchronous": True}
+    )
+    assert job["InstancesCount"] == 3 and job["FailedInstancesCount"] == 0
+
+    def sr_series() -> list[Any]:
+        series = orthanc.get(f"/studies/{orthanc_study}/series?expand")
+        return [s for s in series if s["MainDicomTags"].get("Modality") == "SR"]
+
+    srs = wait_for(lambda: len(sr_series()) == 3 and sr_series(), 120, "3 SRs in Orthanc")
+    assert orthanc.get("/studies") == [orthanc_study]  # no second study, no second patient
+    referenced = set()
+    for series in srs:
+        (instance,) = series["Instances"]
+        tags = orthanc.get(f"/instances/{instance}/simplified-tags")
+        assert tags["StudyInstanceUID"] == study
+        assert tags["PatientID"] == "SYNTH-0001"
+        evidence = tags["CurrentRequestedProcedureEvidenceSequence"][0]
+        referenced.add(
+            evidence["ReferencedSeriesSequence"][0]["ReferencedSOPSequence"][0][
+                "ReferencedSOPInstanceUID"
+            ]
+        )
+    assert referenced == sources  # one SR per instance sent, each naming its source
+    assert client.get("/v1/dicom/outbox").json()["pending"] == []
+    # radlens stored no patient identifier while doing so
+    body = client.get("/v1/predictions").json()
+    assert "SYNTH" not in json.dumps(body)
