@@ -20,6 +20,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 PSEUDONYM_KEY = "queued-test-pseudonym-key-0123456789"
+DEDUPE_KEY = "queued-test-dedupe-key-0123456789"  # required with a pseudonym key
 
 
 def _settings(url: str, store: Path, inbox: Path, **extra: Any) -> Any:
@@ -103,7 +104,11 @@ def test_queued_instances_are_finished_after_a_restart(
     (inbox_dir / "00000000000000000001-abc-4d4f.dcm.part").write_bytes(b"never acknowledged")
     assert sop.encode() not in path.read_bytes()  # encrypted at rest under the pseudonym key
     settings = _settings(
-        migrated_database_url, model_store, inbox_dir, uid_pseudonym_key=PSEUDONYM_KEY
+        migrated_database_url,
+        model_store,
+        inbox_dir,
+        uid_pseudonym_key=PSEUDONYM_KEY,
+        dedupe_key=DEDUPE_KEY,
     )
     with TestClient(create_app(settings)) as client:
         app: Any = client.app

@@ -21,6 +21,7 @@ pytest.importorskip("pynetdicom")
 from pydicom import dcmread
 
 PSEUDONYM_KEY = "outbox-test-pseudonym-key-0123456789"
+DEDUPE_KEY = "outbox-test-dedupe-key-0123456789"  # required with a pseudonym key
 needs_storescp = pytest.mark.skipif(
     shutil.which("storescp") is None, reason="dcmtk (storescp) is not installed"
 )
@@ -217,6 +218,7 @@ def test_encrypted_at_rest_with_a_pseudonym_key(tmp_path: Path, model_store: Pat
         tmp_path,
         f"PACS@127.0.0.1:{free_port()}",
         uid_pseudonym_key=PSEUDONYM_KEY,
+        dedupe_key=DEDUPE_KEY,
     )
     outbox = make_outbox(settings)
     assert outbox.enqueue("p-1", "sr", secret) == 1
@@ -302,6 +304,7 @@ def test_changed_key_drops_the_undecryptable_with_an_audit_row(
         tmp_path,
         destination,
         uid_pseudonym_key=PSEUDONYM_KEY,
+        dedupe_key=DEDUPE_KEY,
     )
     make_outbox(first).enqueue("pred-2", "sr", dicom_bytes())
     second = outbox_settings(
@@ -310,6 +313,7 @@ def test_changed_key_drops_the_undecryptable_with_an_audit_row(
         tmp_path,
         destination,
         uid_pseudonym_key="another-pseudonym-key-9876543210",
+        dedupe_key=DEDUPE_KEY,
     )
     make_outbox(second, sessions).deliver_due()
     assert list(tmp_path.iterdir()) == []
@@ -365,6 +369,7 @@ def test_sr_and_sc_reach_the_pacs_with_the_senders_uids(
         tmp_path / "spool",
         f"PACS@127.0.0.1:{pacs.port}/sr+sc",
         uid_pseudonym_key=PSEUDONYM_KEY,
+        dedupe_key=DEDUPE_KEY,
         auth="enabled",
     )
     key = create_api_key(migrated_database_url)
