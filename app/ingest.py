@@ -63,13 +63,23 @@ logger = logging.getLogger(__name__)
 
 
 def preprocess_upload(
-    data: bytes, size: tuple[int, int], window: str | None, max_pixels: int, version: str
+    data: bytes,
+    size: tuple[int, int],
+    window: str | None,
+    max_pixels: int,
+    version: str,
+    frame: int | None = None,
 ) -> PreprocessedImage:
     """Preprocess as the model was trained: ``version`` is its manifest's preprocessing
-    version (an older model is fed exactly as before, models.preprocessing)."""
+    version (an older model is fed exactly as before, models.preprocessing); ``frame``: a
+    multi-frame image's frame (None: the middle one)."""
     from radlens.models.preprocessing import preprocess
 
-    return preprocess(data, size=size, window=window, max_pixels=max_pixels, version=version)
+    if frame is None:
+        return preprocess(data, size=size, window=window, max_pixels=max_pixels, version=version)
+    return preprocess(
+        data, size=size, window=window, max_pixels=max_pixels, version=version, frame=frame
+    )
 
 
 def _column_length(field: str) -> int:
@@ -526,7 +536,8 @@ class Ingestor:
     ) -> ExplanationOutput:
         """Grad-CAM, drawn on the upload preprocessed again at display size (the same steps
         and version as the model input, models/overlay.display_size) when the upload is at
-        hand; blocking."""
+        hand; blocking. A multi-frame upload is drawn from the frame that was explained (the
+        key frame), not the middle one."""
         display = None
         if candidate.source is not None:
             from radlens.models.overlay import display_size
@@ -539,6 +550,7 @@ class Ingestor:
                 manifest.window,
                 self.settings.max_pixels,
                 manifest.preprocessing_version,
+                meta.frame_index if meta.frames > 1 else None,
             ).pixels
         if findings is None:  # Explainer.explain(model_input, display) stays the usual call
             return explainer.explain(candidate.image.model_input(), display)

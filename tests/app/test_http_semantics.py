@@ -28,8 +28,8 @@ def client(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> TestC
         ("DELETE", "/v1/predictions", "GET, POST"),
         ("PUT", "/v1/predictions/0b0a7c3e-6f7d-4c55-9d2a-8d8e0c0f3b11", "GET"),
         ("PATCH", "/v1/predictions/0b0a7c3e-6f7d-4c55-9d2a-8d8e0c0f3b11/dicom/sr", "GET"),
-        ("DELETE", "/dicomweb/studies", "POST"),
-        ("PUT", "/dicomweb/studies/1.2.3", "POST"),
+        ("DELETE", "/dicomweb/studies", "GET, POST"),  # QIDO-RS search, STOW-RS store
+        ("PUT", "/dicomweb/studies/1.2.3", "GET, POST"),  # WADO-RS retrieve, STOW-RS store
         ("POST", "/v1/models", "GET"),
         ("POST", "/healthz", "GET"),
         ("DELETE", "/openapi.json", "GET, HEAD"),  # not in the document: Starlette's own
@@ -53,7 +53,8 @@ def test_allow_agrees_with_the_openapi_document(client: TestClient) -> None:
     for template, operations in paths.items():
         concrete = template.replace("{prediction_id}", "0b0a7c3e-6f7d-4c55-9d2a-8d8e0c0f3b11")
         concrete = concrete.replace("{study}", "1.2.3").replace("{study_uid}", "1.2.3")
-        concrete = concrete.replace("{series_uid}", "1.2.4")
+        concrete = concrete.replace("{series_uid}", "1.2.4").replace("{series}", "1.2.4")
+        concrete = concrete.replace("{instance}", "1.2.5").replace("{frames}", "1")
         assert "{" not in concrete, f"fill in the parameter of {template}"
         documented = {m.upper() for m in operations if m in ("get", "post", "put", "delete")}
         undocumented = "DELETE" if "DELETE" not in documented else "PATCH"

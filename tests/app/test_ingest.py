@@ -408,7 +408,8 @@ def test_an_upload_is_preprocessed_with_the_manifests_version(version: str) -> N
     from radlens.models.preprocessing import preprocess
 
     data = Path(str(get_testdata_file("RG1_J2KR.dcm"))).read_bytes()  # 1955x1841 chest CR
-    model_input, (image, _) = _prepare_upload(data, (64, 64), None, 36_000_000, version)
+    model_input, (image, _, flagged) = _prepare_upload(data, (64, 64), None, 36_000_000, version)
+    assert flagged == []  # no intended use stated: nothing to flag
     expected = preprocess(data, size=(64, 64), version=version).pixels
     other = preprocess(data, size=(64, 64), version="2" if version == "1" else "1").pixels
     np.testing.assert_array_equal(image.pixels, expected)
@@ -429,7 +430,9 @@ def test_the_ingestor_passes_the_loaded_models_version(monkeypatch: pytest.Monke
 
     class Predictor:
         input_size = (64, 64)
-        manifest = type("M", (), {"window": None, "preprocessing_version": "1"})()
+        manifest = type(
+            "M", (), {"window": None, "preprocessing_version": "1", "intended_use": None}
+        )()
 
         async def predict_prepared(self, prepare: Any) -> Any:
             return prepare()

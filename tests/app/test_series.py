@@ -566,8 +566,13 @@ class TestMultiFrame:
         predictor = service.app.state.resources.predictor
         from radlens.models.preprocessing import preprocess
 
-        alone = preprocess(single_frame_bytes(arrays[key]), size=predictor.input_size, window=None)
-        expected = explainer_for(predictor).explain(alone.model_input())
+        from radlens.models.overlay import display_size
+
+        single = single_frame_bytes(arrays[key])
+        alone = preprocess(single, size=predictor.input_size, window=None)
+        # drawn on the key frame at display size (a middle-frame backdrop would differ)
+        shown = preprocess(single, size=display_size(alone.metadata.rows, alone.metadata.columns))
+        expected = explainer_for(predictor).explain(alone.model_input(), shown.pixels)
         assert stored.content == expected.png
 
     def test_a_single_frame_instance_has_no_frame_result(self, service: Service) -> None:

@@ -89,11 +89,22 @@ def test_split_is_by_patient_and_recorded(series_run: dict[str, Any]) -> None:
     assert manifest.training_config["split"] == record
 
 
+def _split_keys(result: RunResult) -> dict[str, set[str]]:
+    """Each split's example keys, as the run's splits.csv records them."""
+    keys: dict[str, set[str]] = {}
+    with (result.run_dir / "splits.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            keys.setdefault(row["split"], set()).add(row["key"])
+    return keys
+
+
 def test_no_slice_of_a_series_reaches_two_splits(series_run: dict[str, Any]) -> None:
     events = series_run["events"]
-    loads = [set(keys) for kind, keys in events if kind == "load"]
-    train_keys = set().union(*(e for e in loads[:-2])) if len(loads) > 2 else set()
-    val_keys, test_keys = loads[-2], loads[-1]  # validation first, test last
+    split_keys = _split_keys(series_run["result"])
+    loaded = set().union(*(set(keys) for kind, keys in events if kind == "load"))
+    assert loaded == set().union(*split_keys.values())  # splits.csv is what was loaded
+    train_keys, val_keys = split_keys["train"], split_keys["val"]
+    test_keys = split_keys["test"]
     for name, files in series_run["series"].items():
         if name == "_raw":
             continue
@@ -108,8 +119,13 @@ def test_reported_figures_come_from_examples_no_selection_touched(
 ) -> None:
     result: RunResult = series_run["result"]
     events = series_run["events"]
-    test_load = max(i for i, (kind, _) in enumerate(events) if kind == "load")
-    test_keys = set(events[test_load][1])
+    # after the report, the OOD detector is fitted on training and validation examples
+    # (training/ood.py): the test split is the one in splits.csv, not the last load
+    test_keys = _split_keys(result)["test"]
+    (test_load,) = [
+        i for i, (kind, keys) in enumerate(events) if kind == "load" and set(keys) & test_keys
+    ]
+    assert set(events[test_load][1]) == test_keys
     selections = [(i, n) for i, (kind, n) in enumerate(events) if kind.startswith("select:")]
     assert {kind for kind, _ in events if kind.startswith("select:")} == {
         "select:temperature",
