@@ -564,9 +564,8 @@ class TestMultiFrame:
         assert stored.status_code == 200
         # the same overlay as Grad-CAM on the key frame posted alone
         predictor = service.app.state.resources.predictor
-        from radlens.models.preprocessing import preprocess
-
         from radlens.models.overlay import display_size
+        from radlens.models.preprocessing import preprocess
 
         single = single_frame_bytes(arrays[key])
         alone = preprocess(single, size=predictor.input_size, window=None)
