@@ -156,9 +156,7 @@ def test_orthanc_sends_a_study_and_gets_the_srs_back_into_it(
     assert referenced == sources  # one SR per instance sent, each naming its source
     # the spool entry goes once Orthanc's C-STORE response is in: moments after Orthanc
     # shows the SR, so wait for it (a loaded machine saw the last one still pending)
-    wait_for(
-        lambda: client.get("/v1/dicom/outbox").json()["pending"] == [], 60, "an empty outbox"
-    )
+    wait_for(lambda: client.get("/v1/dicom/outbox").json()["pending"] == [], 60, "an empty outbox")
     # radlens stored no patient identifier while doing so
     body = client.get("/v1/predictions").json()
     assert "SYNTH" not in json.dumps(body)
