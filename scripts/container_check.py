@@ -127,13 +127,15 @@ def free_port() -> int:
 
 
 def sample_dicom() -> Path:
-    """A real DICOM file: the shared data's CT if present, else one shipped in pydicom."""
-    shared = REPO_ROOT.parent / "shared" / "data" / "dicom" / "ct_image.dcm"
+    """A real chest radiograph (the demo model is for chest CR/DX: its intended-use gate
+    refuses a CT): the shared data's RSNA chest CR if present, else pydicom-data's RG1 chest
+    CR."""
+    shared = REPO_ROOT.parent / "shared" / "data" / "dicom" / "rsna_chest_cr_jpeg_baseline.dcm"
     if shared.is_file():
         return shared
     from pydicom.data import get_testdata_file
 
-    return Path(str(get_testdata_file("CT_small.dcm")))
+    return Path(str(get_testdata_file("RG1_UNCR.dcm")))
 
 
 def _psql_url(url: str) -> str:
