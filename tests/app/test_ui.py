@@ -553,6 +553,6 @@ def test_notice_is_left_out_only_for_a_validated_loaded_model() -> None:
     assert clinical_notice(None) is not None
     assert clinical_notice(M()) is None  # type: ignore[arg-type]
     assert clinical_notice(M(), "m", 2) is None  # type: ignore[arg-type]
-    assert clinical_notice(M(), "m", 1) is not None  # another version: not validated
+    assert clinical_notice(M(), "m", 1) is not None  # type: ignore[arg-type]  # another version
     M.validated_for_clinical_use = False
     assert clinical_notice(M()) is not None  # type: ignore[arg-type]
