@@ -201,7 +201,7 @@ def findings_of(
     return found
 
 
-def _finding_conditions(finding: str | None, positive: bool | None) -> list[Any]:
+def finding_conditions(finding: str | None, positive: bool | None) -> list[Any]:
     """``finding`` (+ ``positive``): predictions with that finding (so decided). ``positive``
     alone: multi-label predictions with at least one positive finding (true) or none (false)."""
     linked = PredictionFinding.prediction_id == Prediction.id
@@ -303,7 +303,7 @@ def list_predictions(
         conditions.append(Prediction.created_at > filters.created_after)
     if filters.created_before is not None:
         conditions.append(Prediction.created_at < filters.created_before)
-    conditions.extend(_finding_conditions(filters.finding, filters.positive))
+    conditions.extend(finding_conditions(filters.finding, filters.positive))
     if cursor is not None:
         conditions.append(
             or_(

@@ -218,3 +218,112 @@ def test_healthcheck_probes_the_port_the_settings_give():
             server.shutdown()
             thread.join()
     assert _run_healthcheck(port) != 0  # nothing listens there any more: unhealthy
+
+
+# --- the `monitoring` profile: Prometheus and Grafana ----------------------------------------
+
+MONITORING = ("prometheus", "grafana")
+
+
+def _bind_mounts(service: dict) -> dict[str, str]:
+    """A service's bind mounts (``./host:container[:ro]``): container path -> host path."""
+    mounts: dict[str, str] = {}
+    for volume in service.get("volumes") or []:
+        host, container, *_ = str(volume).split(":")
+        if host.startswith("./"):
+            mounts[container] = host
+    return mounts
+
+
+def _host_file(relative: str) -> Path:
+    return REPO_ROOT / relative.removeprefix("./")
+
+
+def test_monitoring_runs_under_its_profile_on_the_host_network_from_upstream_images():
+    services = _compose()["services"]
+    for name in MONITORING:
+        service = services[name]
+        assert service["profiles"] == ["monitoring"], name
+        assert service["network_mode"] == "host", name
+        assert "ports" not in service, f"{name}: host network, nothing to publish"
+        image, _, tag = service["image"].partition(":")
+        assert image in ("prom/prometheus", "grafana/grafana") and tag and tag != "latest"
+    # the other services start without the profile, as before
+    assert "profiles" not in services["api"] and "profiles" not in services["db"]
+
+
+def test_monitoring_mounts_files_that_exist_in_the_repo():
+    services = _compose()["services"]
+    prometheus = _bind_mounts(services["prometheus"])
+    grafana = _bind_mounts(services["grafana"])
+    assert prometheus["/etc/prometheus/alerts.yml"] == "./monitoring/prometheus/alerts.yml"
+    assert prometheus["/etc/prometheus/prometheus.yml"] == "./monitoring/prometheus/prometheus.yml"
+    assert grafana["/etc/grafana/provisioning"] == "./monitoring/grafana/provisioning"
+    for mounts in (prometheus, grafana):
+        for host in mounts.values():
+            assert _host_file(host).exists(), f"{host} is mounted but not in the repository"
+    config = "--config.file=/etc/prometheus/prometheus.yml"
+    assert config in services["prometheus"]["command"]
+
+
+def _prometheus_config() -> dict:
+    return yaml.safe_load((REPO_ROOT / "monitoring/prometheus/prometheus.yml").read_text())
+
+
+def _listen_port(command: list[str], option: str) -> tuple[str, int]:
+    value = next(word.split("=", 1)[1] for word in command if word.startswith(option + "="))
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+def test_prometheus_scrapes_the_api_port_and_loads_the_mounted_alert_rules():
+    from radlens.app.settings import Settings
+
+    compose = _compose()
+    services = compose["services"]
+    config = _prometheus_config()
+    mounted = set(_bind_mounts(services["prometheus"]))
+    assert config["rule_files"] and set(config["rule_files"]) <= mounted
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (target,) = [t for group in job["static_configs"] for t in group["targets"]]
+    host, _, port = target.rpartition(":")
+    api_port = Settings.model_fields["port"].default
+    assert host == "127.0.0.1"  # the host network reaches the API's published port
+    assert int(port) == api_port
+    assert services["api"]["ports"] == [f"{api_port}:{api_port}"]
+    assert services["api"]["command"][-2:] == ["--port", str(api_port)]
+    # the alert rules it loads are the repository's (a rules file Prometheus can parse)
+    rules = yaml.safe_load((REPO_ROOT / "monitoring/prometheus/alerts.yml").read_text())
+    assert rules["groups"] and all(rule["expr"] for rule in rules["groups"][0]["rules"])
+
+
+def test_prometheus_and_grafana_listen_on_loopback_only_and_find_each_other():
+    services = _compose()["services"]
+    host, prometheus_port = _listen_port(services["prometheus"]["command"], "--web.listen-address")
+    assert host == "127.0.0.1"
+    grafana_env = services["grafana"]["environment"]
+    assert grafana_env["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert grafana_env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    provisioning = REPO_ROOT / "monitoring/grafana/provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == f"http://127.0.0.1:{prometheus_port}"
+
+
+def test_grafana_provisions_the_repository_dashboard():
+    grafana = _bind_mounts(_compose()["services"]["grafana"])
+    provider_file = REPO_ROOT / "monitoring/grafana/provisioning/dashboards/radlens.yml"
+    (provider,) = yaml.safe_load(provider_file.read_text())["providers"]
+    assert provider["type"] == "file"
+    folder = provider["options"]["path"].rstrip("/")
+    dashboards = {c: h for c, h in grafana.items() if c.startswith(folder + "/")}
+    assert dashboards == {f"{folder}/radlens.json": "./monitoring/grafana/radlens.json"}
+    dashboard = json.loads(_host_file(dashboards[f"{folder}/radlens.json"]).read_text())
+    assert dashboard["uid"] and dashboard["panels"]
+    # its panels take the provisioned (default) Prometheus data source
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == "prometheus"

@@ -10,11 +10,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from radlens.app.services import finding_conditions
 from radlens.app.tables import Prediction
 
 PAGE_SIZE = 50
 MAX_TEXT = 128
-FLAGGED_VALUES = ("", "yes", "no")
+YES_NO = ("", "yes", "no")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class ListFilters:
     date_from: date | None = None
     date_to: date | None = None
     flagged: bool | None = None
+    finding: str | None = None  # multi-label: predictions with this finding ...
+    positive: bool | None = None  # ... decided positive (yes) or negative (no)
+    ood: bool | None = None  # the OOD gate's verdict: out of distribution (yes) or in (no)
     page: int = 1
     errors: list[str] = field(default_factory=list)
 
@@ -40,8 +44,25 @@ class ListFilters:
             "model": model,
             "date_from": self.date_from.isoformat() if self.date_from else "",
             "date_to": self.date_to.isoformat() if self.date_to else "",
-            "flagged": "" if self.flagged is None else ("yes" if self.flagged else "no"),
+            "flagged": _yes_no(self.flagged),
+            "finding": self.finding or "",
+            "positive": _yes_no(self.positive),
+            "ood": _yes_no(self.ood),
         }
+
+
+def _yes_no(value: bool | None) -> str:
+    return "" if value is None else ("yes" if value else "no")
+
+
+def _choice(params: Mapping[str, str], name: str, errors: list[str]) -> bool | None:
+    """A yes/no/empty select: True, False or None (any other value is described in
+    ``errors``)."""
+    text = params.get(name, "").strip().lower()
+    if text not in YES_NO:
+        errors.append(f"{name}: expected yes, no or empty, received {text[:20]!r}")
+        return None
+    return None if not text else text == "yes"
 
 
 def _text(params: Mapping[str, str], name: str, errors: list[str]) -> str | None:
@@ -89,19 +110,29 @@ def parse_filters(params: Mapping[str, str]) -> ListFilters:
     if date_from and date_to and date_from > date_to:
         errors.append(f"date_from {date_from} is after date_to {date_to}")
         date_from = date_to = None
-    flagged_text = params.get("flagged", "").strip().lower()
-    flagged: bool | None = None
-    if flagged_text not in FLAGGED_VALUES:
-        errors.append(f"flagged: expected yes, no or empty, received {flagged_text[:20]!r}")
-    elif flagged_text:
-        flagged = flagged_text == "yes"
+    flagged = _choice(params, "flagged", errors)
+    finding = _text(params, "finding", errors)
+    positive = _choice(params, "positive", errors)
+    ood = _choice(params, "ood", errors)
     page_text = params.get("page", "1").strip() or "1"
     page = 1
     if not page_text.isdigit() or not 1 <= int(page_text) <= 100_000:
         errors.append(f"page: expected a number from 1, received {page_text[:20]!r}")
     else:
         page = int(page_text)
-    return ListFilters(label, model_name, model_version, date_from, date_to, flagged, page, errors)
+    return ListFilters(
+        label=label,
+        model_name=model_name,
+        model_version=model_version,
+        date_from=date_from,
+        date_to=date_to,
+        flagged=flagged,
+        finding=finding,
+        positive=positive,
+        ood=ood,
+        page=page,
+        errors=errors,
+    )
 
 
 def _day_start(day: date) -> datetime:
@@ -114,7 +145,9 @@ def find_predictions(
     """One page of predictions, newest first, and how many match in all.
 
     ``flagged`` = the label is not ``negative_label`` (the loaded model's first class, e.g.
-    "normal"): what a reader looks at first.
+    "normal"): what a reader looks at first. ``finding``/``positive`` select as the API's
+    list does (:func:`radlens.app.services.finding_conditions`); ``ood`` selects on the OOD
+    gate's verdict, so predictions the gate did not score show only when it is not set.
     """
     conditions = []
     if filters.label is not None:
@@ -130,6 +163,9 @@ def find_predictions(
     if filters.flagged is not None and negative_label is not None:
         flagged = Prediction.label != negative_label
         conditions.append(flagged if filters.flagged else Prediction.label == negative_label)
+    conditions.extend(finding_conditions(filters.finding, filters.positive))
+    if filters.ood is not None:
+        conditions.append(Prediction.in_distribution.is_(not filters.ood))
     total = int(
         session.scalar(select(func.count()).select_from(Prediction).where(*conditions)) or 0
     )

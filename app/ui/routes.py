@@ -24,7 +24,7 @@ from radlens.app import audit as audit_log
 from radlens.app import services
 from radlens.app.auth import Principal, UnauthorizedError, audit_failure, authorize
 from radlens.app.deps import SessionDep, _resources
-from radlens.app.errors import AppError
+from radlens.app.errors import AppError, UnknownFindingError
 from radlens.app.explain import get_explanation
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE
 from radlens.app.ui import session as ui_session
@@ -236,6 +236,12 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
     filters = parse_filters(request.query_params)
     manifest = loaded_manifest(request)
     negative = manifest.class_names[0] if manifest is not None else None
+    known = manifest.class_names if manifest is not None and manifest.multi_label else []
+    if not filters.errors:
+        try:  # as the API's list: a finding no model has is refused, here with a message
+            services.check_finding_filter(session, filters.finding, known)
+        except UnknownFindingError as exc:
+            filters.errors.append(f"finding: {exc.detail}")
     rows: list[Any] = []
     total = 0
     if not filters.errors:
@@ -264,6 +270,7 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
         pages=pages,
         query="&".join(f"{k}={quote(v)}" for k, v in query.items()),
         negative=negative,
+        findings=known,
     )
 
 
@@ -282,12 +289,18 @@ def prediction_page(
     )
     manifest = loaded_manifest(request)
     scores = sorted(((str(k), float(v)) for k, v in row.scores.items()), key=lambda kv: -kv[1])
+    order = {name: i for i, (name, _) in enumerate(scores)}
+    findings = sorted(
+        services.findings_of(session, [row.id]).get(row.id, []),
+        key=lambda f: (order.get(f.finding, len(order)), f.finding),
+    )
     return render(
         request,
         "prediction.html",
         row=row,
         scores=scores,
         explanation=explanation,
+        findings=findings,
         notice=clinical_notice(manifest, row.model_name, row.model_version),
         burned_in=request.query_params.get("burned_in") == "yes",
         dicom=row.input_format == "dicom",

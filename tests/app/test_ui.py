@@ -224,6 +224,85 @@ def test_list_filters_by_label_model_date_and_flag(ui: TestClient, service: Serv
     assert shown(model=f"ui-{tag}:2") == set()
 
 
+def _finding(prediction_id: uuid.UUID, name: str, score: float, positive: bool) -> Any:
+    from radlens.app.tables import PredictionFinding
+
+    return PredictionFinding(
+        prediction_id=prediction_id, finding=name, score=score, threshold=0.4, positive=positive
+    )
+
+
+def test_list_filters_by_finding_and_its_decision(ui: TestClient, service: Service) -> None:
+    tag = uuid.uuid4().hex[:8]
+    effusion, nodule = f"effusion-{tag}", f"nodule-{tag}"
+    rows = []
+    for i in range(4):
+        row = prediction_row(f"sha256:f{tag}{i}")
+        row.model_name = f"ui-{tag}"
+        row.input_sha256 = f"f{tag}{i}".ljust(64, "0")
+        rows.append(row)
+    _store_rows(service, rows)
+    # 0: effusion positive; 1: effusion negative, nodule positive; 2: both negative;
+    # 3: single-label (no findings)
+    _store_rows(
+        service,
+        [
+            _finding(rows[0].id, effusion, 0.8, True),
+            _finding(rows[0].id, nodule, 0.1, False),
+            _finding(rows[1].id, effusion, 0.2, False),
+            _finding(rows[1].id, nodule, 0.7, True),
+            _finding(rows[2].id, effusion, 0.1, False),
+            _finding(rows[2].id, nodule, 0.2, False),
+        ],
+    )
+    login(ui, service.api_key or "")
+
+    def shown(**params: str) -> set[str]:
+        page = ui.get("/ui/predictions", params={"model": f"ui-{tag}", **params})
+        assert page.status_code == 200, page.text
+        return set(re.findall(r"/ui/predictions/([0-9a-f-]{36})", page.text))
+
+    ids = [str(r.id) for r in rows]
+    assert shown() == set(ids)
+    assert shown(finding=effusion) == set(ids[:3])
+    assert shown(finding=effusion, positive="yes") == {ids[0]}
+    assert shown(finding=effusion, positive="no") == {ids[1], ids[2]}
+    assert shown(finding=nodule, positive="yes") == {ids[1]}
+    assert shown(positive="yes") == {ids[0], ids[1]}  # any positive finding
+    assert shown(positive="no") == {ids[2]}  # multi-label with none positive
+    page = ui.get("/ui/predictions", params={"finding": effusion, "positive": "yes"})
+    assert 'value="effusion-' in page.text  # the form shows the filter back
+    assert '<option value="yes" selected>positive</option>' in page.text
+
+
+def test_list_filters_by_the_ood_verdict(ui: TestClient, service: Service) -> None:
+    tag = uuid.uuid4().hex[:8]
+    rows = []
+    for i, verdict in enumerate([False, True, None]):
+        row = prediction_row(f"sha256:o{tag}{i}")
+        row.model_name = f"ui-{tag}"
+        row.input_sha256 = f"o{tag}{i}".ljust(64, "0")
+        row.in_distribution = verdict
+        row.ood_score = None if verdict is None else (3.5 if verdict is False else 0.2)
+        rows.append(row)
+    _store_rows(service, rows)
+    login(ui, service.api_key or "")
+
+    def shown(**params: str) -> set[str]:
+        page = ui.get("/ui/predictions", params={"model": f"ui-{tag}", **params})
+        assert page.status_code == 200, page.text
+        return set(re.findall(r"/ui/predictions/([0-9a-f-]{36})", page.text))
+
+    ids = [str(r.id) for r in rows]
+    assert shown() == set(ids)
+    assert shown(ood="yes") == {ids[0]}
+    assert shown(ood="no") == {ids[1]}  # not scored: only when the filter is not set
+    assert (
+        "out of distribution</span>"
+        in ui.get("/ui/predictions", params={"model": f"ui-{tag}", "ood": "yes"}).text
+    )
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -233,6 +312,10 @@ def test_list_filters_by_label_model_date_and_flag(ui: TestClient, service: Serv
         ({"model": "chest:x"}, "expected NAME or NAME:VERSION"),
         ({"page": "0"}, "expected a number from 1"),
         ({"label": "a\x00b"}, "printable characters"),
+        ({"positive": "true"}, "positive: expected yes, no or empty"),
+        ({"ood": "maybe"}, "ood: expected yes, no or empty"),
+        ({"finding": "x" * 200}, "finding: at most 128 printable characters"),
+        ({"finding": "no-such-finding"}, "no model finding is called &#39;no-such-finding&#39;"),
     ],
 )
 def test_bad_filters_show_a_message_not_a_500(
@@ -282,6 +365,45 @@ def test_detail_shows_overlay_scores_provenance_and_no_patient_identifiers(
     assert sc.status_code == 200 and sc.content[128:132] == b"DICM"
     for blob in (overlay.content, sr.content, sc.content):
         assert b"Doe^Janet" not in blob and b"PID-UI-4711" not in blob
+
+
+def test_detail_shows_the_ood_verdict_violations_and_each_finding(
+    ui: TestClient, service: Service
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    row = prediction_row(f"sha256:d{tag}")
+    row.input_sha256 = f"d{tag}".ljust(64, "0")
+    row.scores = {f"effusion-{tag}": 0.8125, f"nodule-{tag}": 0.0625}
+    row.label = f"effusion-{tag}"
+    row.ood_score = 3.25
+    row.in_distribution = False
+    row.intended_use_violations = [
+        {"attribute": "BodyPartExamined", "value": "KNEE", "accepted": ["CHEST"]}
+    ]
+    _store_rows(service, [row])
+    _store_rows(
+        service,
+        [
+            _finding(row.id, f"effusion-{tag}", 0.8125, True),
+            _finding(row.id, f"nodule-{tag}", 0.0625, False),
+        ],
+    )
+    plain = prediction_row(f"sha256:p{tag}")  # single-label, not scored by the gate
+    plain.input_sha256 = f"p{tag}".ljust(64, "0")
+    _store_rows(service, [plain])
+    login(ui, service.api_key or "")
+    html = re.sub(r"\s+", " ", ui.get(f"/ui/predictions/{row.id}").text)
+    assert "Out of distribution</strong>: OOD score 3.2500" in html
+    assert "Outside the model's intended use" in html
+    assert "BodyPartExamined: KNEE (the model accepts CHEST)" in html
+    assert "Findings (multi-label)" in html
+    assert f"<td>effusion-{tag}</td><td>0.8125</td><td>0.4000</td><td>positive</td>" in html
+    assert f"<td>nodule-{tag}</td><td>0.0625</td><td>0.4000</td><td>negative</td>" in html
+    assert html.index(f"effusion-{tag}</td>") < html.index(f"nodule-{tag}</td>")
+    other = re.sub(r"\s+", " ", ui.get(f"/ui/predictions/{plain.id}").text)
+    assert "Findings (multi-label)" not in other
+    assert "intended use" not in other
+    assert "Not scored: the model has no OOD detector" in other
 
 
 def test_unknown_or_malformed_ids_are_404_pages(ui: TestClient, service: Service) -> None:
@@ -431,6 +553,6 @@ def test_notice_is_left_out_only_for_a_validated_loaded_model() -> None:
     assert clinical_notice(None) is not None
     assert clinical_notice(M()) is None  # type: ignore[arg-type]
     assert clinical_notice(M(), "m", 2) is None  # type: ignore[arg-type]
-    assert clinical_notice(M(), "m", 1) is not None  # another version: not validated
+    assert clinical_notice(M(), "m", 1) is not None  # type: ignore[arg-type]  # another version
     M.validated_for_clinical_use = False
     assert clinical_notice(M()) is not None  # type: ignore[arg-type]
