@@ -168,7 +168,9 @@ def test_secrets_have_no_default():
     every installation would share, and db and api read the same variable."""
     for path in (COMPOSE, COMPOSE_GPU):
         for name, rest in _interpolations(path.read_text()):
-            if re.search("PASSWORD|SECRET|KEY|TOKEN", name):
+            if name == "GRAFANA_ADMIN_PASSWORD":  # empty when unset; the container refuses it
+                assert rest == ":-", f"{path.name}: ${{{name}{rest}}}"
+            elif re.search("PASSWORD|SECRET|KEY|TOKEN", name):
                 assert rest.startswith((":?", "?")), f"{path.name}: ${{{name}{rest}}} has a default"
     compose = _compose()
     db_password = compose["services"]["db"]["environment"]["POSTGRES_PASSWORD"]
@@ -304,7 +306,13 @@ def test_prometheus_and_grafana_listen_on_loopback_only_and_find_each_other():
     assert host == "127.0.0.1"
     grafana_env = services["grafana"]["environment"]
     assert grafana_env["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
-    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    # no ${...:?} in a profile's service: compose interpolates every service before it applies
+    # profiles, so it would stop a plain `docker compose up`; the container refuses to start
+    # without a password instead (and never runs Grafana's default admin/admin)
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    guard = " ".join(services["grafana"]["entrypoint"])
+    assert '[ -z "$$GF_SECURITY_ADMIN_PASSWORD" ]' in guard and "exit 1" in guard
+    assert guard.rstrip().endswith("exec /run.sh")
     assert grafana_env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     provisioning = REPO_ROOT / "monitoring/grafana/provisioning"
     (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())[
