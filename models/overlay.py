@@ -214,8 +214,6 @@ def render_overlay(
         return _render_pair(gray, big, heat, title, alpha_value, cmap_name, width)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     rows, cols = gray.shape
@@ -239,10 +237,7 @@ def render_overlay(
     )
     ax.set_axis_off()
 
-    cax = fig.add_axes((bar_x, bottom, bar_w, height))
-    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap_name), cax=cax)
-    bar.set_ticks([0.0, 0.5, 1.0], labels=["0 low", "0.5", "1 high"])
-    bar.ax.tick_params(labelsize=8)
+    _colorbar(fig, (bar_x, bottom, bar_w, height), cmap_name)
 
     if title:
         fig.text(0.5, 1.0 - 0.08 / fig_h, title, ha="center", va="top", fontsize=11)
@@ -251,6 +246,17 @@ def render_overlay(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
     return buffer.getvalue()
+
+
+def _colorbar(fig: Any, rect: tuple[float, float, float, float], cmap: str) -> None:
+    """The 0-1 heat scale beside the image, in axes at ``rect`` (figure fractions)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cax = fig.add_axes(rect)
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), cax=cax)
+    bar.set_ticks([0.0, 0.5, 1.0], labels=["0 low", "0.5", "1 high"])
+    bar.ax.tick_params(labelsize=8)
 
 
 def _display_overlay(display: np.ndarray, heat: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
@@ -283,8 +289,6 @@ def _render_pair(
     heatmap upsampled to that size and blended there, and the result drawn 1:1: what the PNG
     shows, at a fraction of the cost of blending a 1024 px image for matplotlib to shrink."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     rows, cols = display.shape
@@ -309,10 +313,7 @@ def _render_pair(
     right_ax.set_title(f"Grad-CAM on the image, {cols}x{rows}", fontsize=8, pad=3)
     for ax in (left_ax, right_ax):
         ax.set_axis_off()
-    cax = fig.add_axes((0.88, bottom, 0.025, height))
-    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), cax=cax)
-    bar.set_ticks([0.0, 0.5, 1.0], labels=["0 low", "0.5", "1 high"])
-    bar.ax.tick_params(labelsize=8)
+    _colorbar(fig, (0.88, bottom, 0.025, height), cmap)
     if title:
         fig.text(0.5, 1.0 - 0.06 / fig_h, title, ha="center", va="top", fontsize=11)
     fig.text(0.01, 0.08 / fig_h, _CAPTION, ha="left", va="bottom", fontsize=6.5, color="0.3")

@@ -4,8 +4,6 @@ real DICOMweb client, against a real uvicorn server with API keys on."""
 from __future__ import annotations
 
 import io
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from tests.app.conftest import (
     png_bytes,
     prediction_row,
 )
+from tests.app.test_docs_browser import _Server  # uvicorn on a free loopback port
 
 pytest.importorskip("dicomweb_client")
 import requests
@@ -30,32 +29,6 @@ from pydicom import dcmread
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SC = "1.2.840.10008.5.1.4.1.1.7"
-
-
-class _Server:
-    """uvicorn on a free loopback port, serving ``app`` with its lifespan."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive(), "uvicorn stopped during start-up"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
 
 
 @dataclass
