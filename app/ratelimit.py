@@ -28,9 +28,9 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from sqlalchemy import Boolean, Engine, Float, String, bindparam, case, func
+from sqlalchemy import Boolean, Engine, Float, String, Table, bindparam, case, func
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -155,6 +155,8 @@ def _charge_statement(dialect: str, capacity: float, rate: float) -> Any:
     and rate are literal constants of the statement (they are settings, fixed per process),
     which keeps the SQL the same for every request.
     """
+    greatest: Callable[..., Any]
+    least: Callable[..., Any]
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
 
@@ -170,7 +172,7 @@ def _charge_statement(dialect: str, capacity: float, rate: float) -> Any:
         greatest, least = func.max, func.min
     else:
         raise ValueError(f"no database rate limiter for {dialect!r}; use postgresql or sqlite")
-    table = RateLimitBucket.__table__
+    table = cast(Table, RateLimitBucket.__table__)
     refilled = least(capacity, table.c.tokens + greatest(0.0, now - table.c.updated_at) * rate)
     take = refilled >= 1.0
     statement = insert(table).values(
