@@ -20,6 +20,9 @@ amount; a clock that steps back never refills nor moves a bucket's time backward
 ``memory`` keeps the buckets in the process (no database round trip), for a single process
 that does not share its database with other replicas: with R processes a key gets up to R x N.
 The clock of the memory limiter is injectable for tests.
+
+On PostgreSQL the table is UNLOGGED (migration 0012): a charge is not worth a WAL flush per
+request, and losing the buckets in a crash or failover only lets each key burst once more.
 """
 
 from __future__ import annotations

@@ -224,3 +224,15 @@ def test_two_apps_on_one_database_share_each_keys_allowance(
         assert 1 <= int(refused.headers["retry-after"]) <= 20
         assert "3 requests per minute" in body["detail"]
         assert one.get("/healthz").status_code == 200  # never limited
+
+
+def test_the_buckets_table_is_unlogged_on_postgresql(engines: list[Engine]) -> None:
+    """No WAL flush per charge on PostgreSQL (migration 0012); SQLite has no such notion."""
+    engine = engines[0]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("UNLOGGED tables are a PostgreSQL feature")
+    with engine.connect() as conn:
+        persistence = conn.execute(
+            text("SELECT relpersistence FROM pg_class WHERE relname = 'rate_limit_buckets'")
+        ).scalar_one()
+    assert persistence == "u"
