@@ -89,12 +89,16 @@ def _report(title: str, samples: dict[str, list[tuple[float, float]]]) -> None:
         for v, runs in samples.items()
     }
     print(f"\n{title}")
-    print(f"  {'variant':<9} {'wall us':>9} {'CPU us':>9}  {'wall/none':>9} {'wall/mem':>9}")
-    none_wall, memory_wall = medians["none"][0], medians["memory"][0]
+    print(
+        f"  {'variant':<9} {'wall us':>9} {'CPU us':>9}  {'wall/none':>9} {'wall/mem':>9}"
+        f"  {'CPU/none':>9} {'CPU/mem':>9}"
+    )
+    none, memory = medians["none"], medians["memory"]
     for variant, (wall, cpu) in medians.items():
         print(
             f"  {variant:<9} {wall * 1e6:9.1f} {cpu * 1e6:9.1f}"
-            f"  {wall / none_wall:9.2f} {wall / memory_wall:9.2f}"
+            f"  {wall / none[0]:9.2f} {wall / memory[0]:9.2f}"
+            f"  {cpu / max(none[1], 1e-9):9.2f} {cpu / max(memory[1], 1e-9):9.2f}"
         )
 
 
