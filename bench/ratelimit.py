@@ -16,6 +16,10 @@ a change in the machine's load hits all of them alike:
   the limiter charged, a thread hop for the database one) with Starlette's TestClient,
   ``--requests`` per round, the app's limiter set to none / memory / database in turn.
 
+On PostgreSQL the ``acquire`` level is also measured on a second database whose
+``rate_limit_buckets`` was made ``LOGGED`` again: what migration 0012's ``UNLOGGED`` saves
+(a WAL flush per charge).
+
 The limit is far above what the run spends (nothing is refused): the cost of a charge, not of
 a refusal. Printed per variant: the median over rounds of wall-clock and of this process's CPU
 time (``time.process_time``) per call, and their ratios to ``none`` and to ``memory``. The
@@ -40,6 +44,7 @@ from bench.serve import cpu_model
 
 LIMIT = 1_000_000  # per minute: never reached in a run
 VARIANTS = ("none", "memory", "database")
+LOGGED = "postgresql, table SET LOGGED"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 
@@ -61,11 +66,21 @@ def databases(skip_postgres: bool) -> Iterator[list[tuple[str, str]]]:
                     conn.execute(f'CREATE DATABASE "{name}"')
                 created = True
                 found.append(("postgresql", PG_URL.format(name=name)))
+                with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{name}_logged"')
+                found.append((LOGGED, PG_URL.format(name=f"{name}_logged")))
             except Exception as exc:  # unreachable server: measure SQLite only, say why
                 print(f"PostgreSQL skipped: {type(exc).__name__}: {exc}")
         try:
-            for _, url in found:
+            for label, url in found:
                 upgrade(url)
+                if label == LOGGED:  # what 0012 would cost without UNLOGGED
+                    from sqlalchemy import create_engine, text
+
+                    engine = create_engine(url)
+                    with engine.begin() as conn:
+                        conn.execute(text("ALTER TABLE rate_limit_buckets SET LOGGED"))
+                    engine.dispose()
             yield found
         finally:
             if created:
@@ -73,6 +88,7 @@ def databases(skip_postgres: bool) -> Iterator[list[tuple[str, str]]]:
 
                 with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}_logged" WITH (FORCE)')
 
 
 def _timed(calls: int, fn: Callable[[], object]) -> tuple[float, float]:
@@ -194,6 +210,8 @@ def main() -> None:
         with databases(args.no_postgres) as found:
             for label, url in found:
                 _report(f"{label}: acquire", bench_acquire(url, args.calls, args.rounds))
+                if label == LOGGED:
+                    continue  # the table's WAL is what differs: the acquire figures say it
                 samples = bench_requests(url, store, args.requests, args.rounds)
                 _report(f"{label}: GET /v1/models", samples)
     print(f"\nload average at the end {os.getloadavg()}")
