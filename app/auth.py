@@ -4,7 +4,8 @@ Every /v1 route (and /dicomweb) depends on ``authorize``: the request must carry
 ``Authorization: Bearer <key>`` with an active key holding the scope the method needs —
 ``read`` for GET/HEAD/OPTIONS, ``predict`` for POST; no key may use any other method (no
 route has one) — else 401 (with ``WWW-Authenticate: Bearer``) or 403. Then the key's token bucket is
-charged (429 with Retry-After when empty; app/ratelimit.py). ``RADLENS_AUTH=disabled``
+charged (429 with Retry-After when empty; app/ratelimit.py: in the database, shared by
+replicas, unless RADLENS_RATE_LIMIT_STORE=memory). ``RADLENS_AUTH=disabled``
 turns authentication off for development (logged as a warning at start-up); requests then
 act as the anonymous principal with every scope.
 
@@ -125,7 +126,13 @@ async def authorize(
             )
     limiter = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None:
-        wait = limiter.acquire(principal.key_id or ANONYMOUS)
+        key = principal.key_id or ANONYMOUS
+        # the database limiter is a round trip (a thread); the in-memory one is not
+        wait = (
+            await run_in_threadpool(limiter.acquire, key)
+            if limiter.blocking
+            else limiter.acquire(key)
+        )
         if wait is not None:
             retry_after = limiter.retry_after_header(wait)
             logger.warning("rate limited: key %s", principal.key_id or ANONYMOUS)

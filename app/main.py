@@ -55,6 +55,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = await run_in_threadpool(_start, settings, load, metrics)
         app.state.resources = resources
+        limiter = app.state.rate_limiter
+        if hasattr(limiter, "bind"):  # the database rate limiter charges this engine's buckets
+            limiter.bind(resources.engine)
         await resources.predictor.start()
         resources.writer.start()
         dimse = None
@@ -158,8 +161,10 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
 def _rate_limiter(settings: Settings) -> Any:
     if settings.rate_limit_per_minute == 0:
         return None
-    from radlens.app.ratelimit import RateLimiter
+    from radlens.app.ratelimit import DatabaseRateLimiter, RateLimiter
 
+    if settings.rate_limit_store == "database":  # shared by replicas; bound in the lifespan
+        return DatabaseRateLimiter(settings.rate_limit_per_minute)
     return RateLimiter(settings.rate_limit_per_minute)
 
 

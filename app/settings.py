@@ -146,6 +146,13 @@ class Settings(BaseSettings):
         "re-posts whatever the pseudonymisation (app/dedupe.py); required with "
         "uid_pseudonym_key, must differ from it, and keep it: a new one is not recognised",
     )
+    rate_limit_store: Literal["database", "memory"] = Field(
+        default="database",
+        description="Where the per-key token buckets live (app/ratelimit.py): 'database' shares "
+        "them between every replica and worker on RADLENS_DATABASE_URL (one round trip per "
+        "request); 'memory' keeps them in the process (no round trip; R processes give a key "
+        "R times the limit)",
+    )
     # Explanations and DICOM outputs (docs/pacs-integration.md)
     explain_warmup: bool = Field(
         default=False, description="Build and trace Grad-CAM at start-up (first explain is fast)"

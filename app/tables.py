@@ -174,5 +174,7 @@ def dedupe_key(*, sop_instance_uid: str | None, input_sha256: str) -> str:
     return f"sha256:{input_sha256}"
 
 
-# API keys and the audit trail share this metadata (Alembic and the migrations test see them).
+# API keys and the audit trail share this metadata (Alembic and the migrations test see them),
+# as do (0012) the rate limiter's token buckets, shared by replicas (app/ratelimit.py).
+from radlens.app.ratelimit import RateLimitBucket  # noqa: E402, F401
 from radlens.app.security_tables import ApiKey, AuditEvent  # noqa: E402, F401

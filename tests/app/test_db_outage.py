@@ -112,3 +112,40 @@ def test_outage_is_503_with_retry_after_and_the_service_recovers_by_itself(
     finally:
         engine.dispose()
     assert stored == set(created)  # every 201 stored, nothing from the refused uploads
+
+
+def test_the_shared_rate_limit_fails_closed_during_an_outage(
+    private_cluster: Any, model_store: Path
+) -> None:
+    """The database rate limiter cannot charge a bucket while the database is down: the
+    request gets the outage's 503 (as an upload does), not an unlimited pass, and is charged
+    again once the database is back, without a restart. The in-memory limiter, which needs no
+    database, still answers a cached key (the contrast: the 503 comes from the shared one)."""
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    pg = private_cluster
+    upgrade(pg.url)
+    key = create_api_key(pg.url, scopes="read")
+    headers = {"Authorization": f"Bearer {key}"}
+    common = {"auth": "enabled", "auth_cache_ttl_s": 300.0, "rate_limit_per_minute": 1000}
+    shared = create_app(make_settings(pg.url, model_store, **common))
+    memory = create_app(make_settings(pg.url, model_store, rate_limit_store="memory", **common))
+    with (
+        TestClient(shared, headers=headers) as client,
+        TestClient(memory, headers=headers) as in_memory,
+    ):
+        # the key is now cached by both apps: /v1/models needs no database but the bucket
+        assert client.get("/v1/models").status_code == 200
+        assert in_memory.get("/v1/models").status_code == 200
+        pg.stop("fast")
+        try:
+            refused = client.get("/v1/models")
+            body = assert_problem(refused, 503, code="database-unavailable")
+            assert refused.headers["retry-after"] == "1"
+            assert "Traceback" not in body["detail"]
+            assert in_memory.get("/v1/models").status_code == 200
+            assert client.get("/healthz").status_code == 200
+        finally:
+            pg.start()
+        assert client.get("/v1/models").status_code == 200  # same app, no restart

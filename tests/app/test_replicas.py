@@ -4,8 +4,9 @@ Two real ``radlens serve`` processes on different loopback ports share one Postg
 database and one model store, as pods behind a Service do. Uploads go to both at once:
 the same DICOM instance posted to both replicas at the same moment is stored exactly once
 (every answer names that one row), ids and cursor pagination are the same whichever replica
-answers, the audit trail holds one row per upload, and a revoked key is refused by every
-replica within RADLENS_AUTH_CACHE_TTL_S.
+answers, the audit trail holds one row per upload, a revoked key is refused by every
+replica within RADLENS_AUTH_CACHE_TTL_S, and a key's rate limit is spent once across the
+replicas (the buckets are in the database, app/ratelimit.py), not once per replica.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 REPLICAS = 2
 AUTH_CACHE_TTL_S = 1
 START_TIMEOUT_S = 240  # TensorFlow's import on a busy 2-core machine
+# Per key; above what the other tests spend with one key (about 40 requests) in a burst.
+RATE_LIMIT_PER_MINUTE = 60
 
 
 def _free_port() -> int:
@@ -66,6 +69,7 @@ class Replica:
             "RADLENS_DEVICE": "cpu",
             "RADLENS_AUTH_CACHE_TTL_S": str(AUTH_CACHE_TTL_S),
             "RADLENS_INFERENCE_STREAMS": "1",
+            "RADLENS_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT_PER_MINUTE),
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
         self.log = log
@@ -249,3 +253,37 @@ def test_a_revoked_key_is_refused_by_every_replica_within_the_cache_ttl(cluster:
             # the documented bound is the TTL; the margin covers a slow request on a busy CPU
             assert time.monotonic() - revoked_at < AUTH_CACHE_TTL_S + 10, "still accepted"
             time.sleep(0.1)
+
+
+def test_a_keys_rate_limit_is_shared_by_every_replica(cluster: dict) -> None:
+    """2N + 10 requests of one fresh key, alternating between the replicas (eight at a time):
+    N admitted in total (plus what refills at N per minute while they run), every other one
+    429 problem+json with Retry-After. Per-process buckets would admit about 2N."""
+    url, replicas = cluster["url"], cluster["replicas"]
+    n = RATE_LIMIT_PER_MINUTE
+    key = create_api_key(url, "read", name="rate-limited")
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def get(i: int) -> httpx.Response:
+        base = replicas[i % len(replicas)].base
+        return httpx.get(f"{base}/v1/models", headers=headers, timeout=60)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(get, range(2 * n + 10)))
+    elapsed = time.monotonic() - started
+
+    admitted = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    # the bucket starts full (N) and refills N/60 tokens a second while the requests run
+    allowance = n + int(elapsed * n / 60.0)
+    assert n <= len(admitted) <= allowance, (len(admitted), elapsed)
+    for response in refused:
+        assert response.status_code == 429, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["type"] == "urn:radlens:problem:rate-limited"
+        assert int(response.headers["retry-after"]) >= 1
+    # both replicas admitted and refused: the one bucket is charged from either side
+    for parity in (0, 1):
+        statuses = {r.status_code for i, r in enumerate(responses) if i % 2 == parity}
+        assert statuses == {200, 429}, (parity, statuses)
