@@ -8,6 +8,7 @@ middleware below report the rest.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -70,8 +71,9 @@ class ServiceMetrics:
         self.inputs = Counter(
             "radlens_inputs",
             "Stored predictions by input format, modality, body part, photometric "
-            "interpretation and size bucket (longest side).",
-            ("format", "modality", "body_part", "photometric", "size"),
+            "interpretation, size bucket (longest side) and manufacturer (a known vendor, "
+            "other or unknown).",
+            ("format", "modality", "body_part", "photometric", "size", "manufacturer"),
             registry=self.registry,
         )
         self.gated_inputs = Counter(
@@ -101,6 +103,7 @@ class ServiceMetrics:
             body_part=_label_value(meta.body_part),
             photometric=_label_value(meta.photometric_interpretation),
             size=size_bucket(meta.rows, meta.columns),
+            manufacturer=manufacturer_label(getattr(meta, "manufacturer", None)),
         ).inc()
         if self.drift is not None:
             self.drift.observe(scores, image.pixels, label)
@@ -152,6 +155,59 @@ def size_bucket(rows: int, columns: int) -> str:
             return f"<{edge}" if low == 0 else f"{low}-{edge - 1}"
         low = edge
     return f">={SIZE_BUCKETS[-1]}"
+
+
+# Manufacturer (0008,0070) is free text typed into each modality ("GE MEDICAL SYSTEMS",
+# "G.E. Medical Systems", "GE Healthcare", ...): a label value per distinct string would grow
+# without bound and could carry whatever someone typed. The label is one of these vendors (the
+# first whose rule matches the normalised words), "other" or "unknown"; nothing else.
+MANUFACTURERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # (label, words or word prefixes ending in "*"; "G E" is two words: G.E. normalised)
+    ("ge", ("GE", "G E", "GEMS", "GENERAL ELECTRIC")),
+    ("siemens", ("SIEMENS",)),
+    ("philips", ("PHILIPS",)),
+    ("canon", ("CANON", "TOSHIBA")),  # Toshiba Medical Systems is Canon Medical since 2018
+    ("fujifilm", ("FUJI*",)),
+    ("agfa", ("AGFA",)),
+    ("carestream", ("CARESTREAM", "KODAK")),  # Kodak's medical imaging became Carestream
+    ("konica-minolta", ("KONICA",)),
+    ("hologic", ("HOLOGIC",)),
+    ("samsung", ("SAMSUNG",)),
+    ("hitachi", ("HITACHI", "ALOKA")),
+    ("shimadzu", ("SHIMADZU",)),
+    ("united-imaging", ("UIH", "UNITED IMAGING")),
+    ("mindray", ("MINDRAY",)),
+    ("esaote", ("ESAOTE",)),
+)
+MANUFACTURER_LABELS = (*(label for label, _ in MANUFACTURERS), "other", "unknown")
+_MAX_MANUFACTURER_CHARS = 64  # the LO value representation's limit
+
+
+def manufacturer_label(value: str | None) -> str:
+    """The bounded label for a Manufacturer value: a vendor of :data:`MANUFACTURERS` (case,
+    punctuation and spacing ignored: "G.E. Medical Systems" and "GE MEDICAL SYSTEMS" are both
+    "ge"), "other" for any other text, "unknown" when absent or blank. Always one of
+    :data:`MANUFACTURER_LABELS`, whatever the file holds."""
+    words = re.findall(r"[A-Z0-9]+", str(value or "")[:_MAX_MANUFACTURER_CHARS].upper())
+    if not words:
+        return "unknown"
+    for label, rules in MANUFACTURERS:
+        if any(_matches(words, rule.split()) for rule in rules):
+            return label
+    return "other"
+
+
+def _matches(words: list[str], rule: list[str]) -> bool:
+    """Whether the words hold the rule's words consecutively (a last word ending in "*"
+    matches as a prefix)."""
+    for start in range(len(words) - len(rule) + 1):
+        window = words[start : start + len(rule)]
+        if all(
+            word.startswith(part[:-1]) if part.endswith("*") else word == part
+            for word, part in zip(window, rule, strict=True)
+        ):
+            return True
+    return False
 
 
 def _label_value(value: str | None) -> str:

@@ -111,14 +111,48 @@ def test_score_histograms_and_input_counts(drift_client: TestClient) -> None:
         re.M,
     )
     assert re.search(
-        r'^radlens_inputs_total\{body_part="unknown",format="png",modality="unknown",'
-        r'photometric="unknown",size="<256"\} \d+',
+        r'^radlens_inputs_total\{body_part="unknown",format="png",manufacturer="unknown",'
+        r'modality="unknown",photometric="unknown",size="<256"\} \d+',
         metrics,
         re.M,
     )
     assert re.search(
         r'^radlens_label_rate\{label="normal",model="watched:1",window="reference"\}', metrics, re.M
     )
+
+
+def _with_manufacturer(value: str) -> bytes:
+    import pydicom
+
+    from tests.app.conftest import dicom_bytes
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(seed=3)))
+    ds.Manufacturer = value
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_input_counts_carry_a_bounded_manufacturer(drift_client: TestClient) -> None:
+    """A real GE CT counts as manufacturer="ge"; free text (here identifying-looking) counts
+    as "other" and never appears on /metrics."""
+    from pydicom.data import get_testdata_file
+
+    junk = "Doe^Jane St Elsewhere Scanner 4"
+    for name, data in (
+        ("ct.dcm", Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()),
+        ("junk.dcm", _with_manufacturer(junk)),
+    ):
+        response = drift_client.post(
+            "/v1/predictions", files={"file": (name, data, "application/dicom")}
+        )
+        assert response.status_code == 201, response.text
+    metrics = drift_client.get("/metrics").text
+    inputs = [line for line in metrics.splitlines() if line.startswith("radlens_inputs_total{")]
+    values = {re.search(r'manufacturer="([^"]*)"', line).group(1) for line in inputs}  # type: ignore[union-attr]
+    assert {"ge", "other"} <= values, inputs
+    assert any('manufacturer="ge",modality="CT"' in line for line in inputs), inputs
+    assert "Doe" not in metrics and "Elsewhere" not in metrics
 
 
 def test_a_model_without_a_reference_says_so(tmp_path: Path) -> None:
