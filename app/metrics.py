@@ -93,7 +93,7 @@ class ServiceMetrics:
 
     def observe_upload(self, model: str, scores: dict[str, Any], image: Any, label: str) -> None:
         """Record one stored prediction's scores and input (a PreprocessedImage) for the
-        score histograms, the input counts and the drift window."""
+        score histograms and the input counts (the drift window reads the database)."""
         for name, value in scores.items():
             self.prediction_scores.labels(model=model, class_name=name).observe(float(value))
         meta = image.metadata
@@ -105,8 +105,6 @@ class ServiceMetrics:
             size=size_bucket(meta.rows, meta.columns),
             manufacturer=manufacturer_label(getattr(meta, "manufacturer", None)),
         ).inc()
-        if self.drift is not None:
-            self.drift.observe(scores, image.pixels, label)
 
     def observe_batch(self, batch_size: int, seconds: float) -> None:
         """Record one model call: how many images it ran and how long it took."""
