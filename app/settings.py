@@ -273,7 +273,7 @@ class Settings(BaseSettings):
         "from the database) the drift check compares",
     )
     drift_cache_s: float = Field(
-        default=10.0,
+        default=30.0,
         ge=0.0,
         le=3600.0,
         description="seconds a drift summary (the radlens_drift_* gauges, GET /v1/drift) is "
