@@ -8,6 +8,7 @@ middleware below report the rest.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -186,26 +187,27 @@ def manufacturer_label(value: str | None) -> str:
     punctuation and spacing ignored: "G.E. Medical Systems" and "GE MEDICAL SYSTEMS" are both
     "ge"), "other" for any other text, "unknown" when absent or blank. Always one of
     :data:`MANUFACTURER_LABELS`, whatever the file holds."""
-    words = re.findall(r"[A-Z0-9]+", str(value or "")[:_MAX_MANUFACTURER_CHARS].upper())
+    return _vendor(str(value or "")[:_MAX_MANUFACTURER_CHARS])
+
+
+@functools.lru_cache(maxsize=1024)  # a site sends a handful of distinct values, over and over
+def _vendor(value: str) -> str:
+    words = re.findall(r"[A-Z0-9]+", value.upper())
     if not words:
         return "unknown"
-    for label, rules in MANUFACTURERS:
-        if any(_matches(words, rule.split()) for rule in rules):
+    spaced = f" {' '.join(words)} "  # whole words: " GE " is in it, "AGE" is not
+    for label, needles in _MANUFACTURER_NEEDLES:
+        if any(needle in spaced for needle in needles):
             return label
     return "other"
 
 
-def _matches(words: list[str], rule: list[str]) -> bool:
-    """Whether the words hold the rule's words consecutively (a last word ending in "*"
-    matches as a prefix)."""
-    for start in range(len(words) - len(rule) + 1):
-        window = words[start : start + len(rule)]
-        if all(
-            word.startswith(part[:-1]) if part.endswith("*") else word == part
-            for word, part in zip(window, rule, strict=True)
-        ):
-            return True
-    return False
+# each rule as a substring of the spaced words: " SIEMENS " (a word), " G E " (consecutive
+# words), " FUJI" (a word prefix, from "FUJI*")
+_MANUFACTURER_NEEDLES = tuple(
+    (label, tuple(f" {rule[:-1]}" if rule.endswith("*") else f" {rule} " for rule in rules))
+    for label, rules in MANUFACTURERS
+)
 
 
 def _label_value(value: str | None) -> str:
