@@ -1,31 +1,47 @@
-"""Drift monitoring in the service: a rolling window of recent uploads compared with the
-reference distributions the loaded model carries (``metrics["drift_reference"]``, written at
+"""Drift monitoring in the service: the recent stored predictions of the loaded model compared
+with the reference distributions it carries (``metrics["drift_reference"]``, written at
 training export; models/drift.py has the statistics).
 
-Each stored prediction (``Ingestor.commit``, re-posts excluded) adds its scores, its label
-and its model input's intensity statistics to the window (the last ``RADLENS_DRIFT_WINDOW``
-uploads of this process). Nothing is computed on the upload path beyond that: the PSI and KS
-statistics are computed when /metrics is scraped (:class:`DriftCollector`, gauges
-``radlens_drift_psi`` / ``radlens_drift_ks`` per feature) or when the summary is asked for
-(``GET /v1/drift``, ``/ui/drift``). Below :data:`MIN_SAMPLES` recent uploads the statistics
-are not reported (too few to mean anything).
+The window is the database's, not one process's: the last ``RADLENS_DRIFT_WINDOW`` stored
+predictions of the loaded model (name and version), whichever replica stored them, with their
+scores, labels and the model input's intensity statistics (columns of 0014, written by
+``Ingestor.prepare``). ``radlens drift --since`` reads the same rows (:func:`recent`). Nothing
+is computed on the upload path beyond the two statistics: the PSI and KS statistics are
+computed when /metrics is scraped (:class:`DriftCollector`, gauges ``radlens_drift_psi`` /
+``radlens_drift_ks`` per feature) or when the summary is asked for (``GET /v1/drift``,
+``/ui/drift``), and the summary is kept ``RADLENS_DRIFT_CACHE_S`` seconds so frequent scrapes
+and page views cost one query per interval. Below :data:`MIN_SAMPLES` recent predictions (per
+feature: predictions stored before 0014 have no input statistics) nothing is reported.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from radlens.models.drift import PSI_DRIFT, compare, input_features
+from radlens.models.drift import PSI_DRIFT, compare
 from radlens.models.manifest import ModelManifest
 
+logger = logging.getLogger(__name__)
+
 MIN_SAMPLES = 30
+# Prediction column -> models/drift.input_features name
+INPUT_COLUMNS = {
+    "input_mean_intensity": "mean_intensity",
+    "input_std_intensity": "std_intensity",
+}
 
 
 def reference_of(manifest: ModelManifest) -> dict[str, Any] | None:
@@ -40,42 +56,91 @@ def reference_of(manifest: ModelManifest) -> dict[str, Any] | None:
     return dict(reference)
 
 
-class DriftMonitor:
-    """The recent uploads of one model and their comparison with its reference."""
+@dataclass(frozen=True)
+class Recent:
+    """Stored predictions of one model, newest first."""
 
-    def __init__(self, manifest: ModelManifest, window: int) -> None:
+    scores: np.ndarray  # (n, classes) in the manifest's class order
+    features: list[dict[str, float]]  # input statistics; {} for a row stored before 0014
+    labels: list[str]
+
+
+def recent(
+    session: Session,
+    name: str,
+    version: int,
+    class_names: Sequence[str],
+    *,
+    limit: int,
+    since: datetime | None = None,
+) -> Recent:
+    """The last ``limit`` stored predictions of model ``name:version`` (created at or after
+    ``since`` when given): one indexed query (0014's (model, version, created_at) index)."""
+    from radlens.app.tables import Prediction
+
+    columns = [getattr(Prediction, column) for column in INPUT_COLUMNS]
+    stmt = select(Prediction.scores, Prediction.label, *columns).where(
+        Prediction.model_name == name, Prediction.model_version == version
+    )
+    if since is not None:
+        stmt = stmt.where(Prediction.created_at >= since)
+    stmt = stmt.order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(limit)
+    rows = session.execute(stmt).all()
+    scores = np.asarray(
+        [[float(row.scores.get(c, 0.0)) for c in class_names] for row in rows], dtype=np.float64
+    ).reshape(-1, len(class_names))
+    features = [
+        {
+            feature: float(value)
+            for column, feature in INPUT_COLUMNS.items()
+            if (value := getattr(row, column)) is not None
+        }
+        for row in rows
+    ]
+    return Recent(scores=scores, features=features, labels=[str(row.label) for row in rows])
+
+
+class DriftMonitor:
+    """The loaded model's drift window, read from the database and summarised at most once
+    per ``cache_seconds`` (0: at every call)."""
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        window: int,
+        sessions: Callable[[], Session],
+        *,
+        cache_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.model = manifest.ref
+        self.name = manifest.name
+        self.version = manifest.version
         self.class_names = list(manifest.class_names)
         self.reference = reference_of(manifest)
         self.window = window
-        self._scores: deque[list[float]] = deque(maxlen=window)
-        self._features: deque[dict[str, float]] = deque(maxlen=window)
-        self._labels: deque[str] = deque(maxlen=window)
-        self._lock = threading.Lock()
-
-    def observe(self, scores: Mapping[str, float], pixels: np.ndarray, label: str) -> None:
-        """Add one stored prediction (its scores by class, model input, label)."""
-        row = [float(scores.get(name, 0.0)) for name in self.class_names]
-        features = input_features(pixels)
-        with self._lock:
-            self._scores.append(row)
-            self._features.append(features)
-            self._labels.append(label)
-
-    def _snapshot(self) -> tuple[np.ndarray, list[dict[str, float]], list[str]]:
-        with self._lock:
-            return (
-                np.asarray(list(self._scores), dtype=np.float64).reshape(-1, len(self.class_names)),
-                list(self._features),
-                list(self._labels),
-            )
+        self.cache_seconds = cache_seconds
+        self._sessions = sessions
+        self._clock = clock
+        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()  # one query at a time: concurrent scrapes share it
 
     def summary(self) -> dict[str, Any]:
         """What an operator reads: per feature PSI/KS and drifted or not, label rates recent
-        vs reference, and an overall status (no-reference, collecting, stable, drift)."""
-        scores, features, labels = self._snapshot()
-        out = summarise(self.reference, self.class_names, scores, features, labels)
-        return {"model": self.model, "window": self.window, **out}
+        vs reference, and an overall status (no-reference, collecting, stable, drift).
+        Raises the database's errors (SQLAlchemyError) when it cannot be read."""
+        with self._lock:
+            now = self._clock()
+            if self._cached is not None and now - self._cached[0] < self.cache_seconds:
+                return self._cached[1]
+            with self._sessions() as session:
+                rows = recent(session, self.name, self.version, self.class_names, limit=self.window)
+            out = summarise(
+                self.reference, self.class_names, rows.scores, rows.features, rows.labels
+            )
+            summary = {"model": self.model, "window": self.window, **out}
+            self._cached = (now, summary)
+            return summary
 
 
 def summarise(
@@ -85,8 +150,9 @@ def summarise(
     features: Sequence[Mapping[str, float]] | None,
     labels: Sequence[str],
 ) -> dict[str, Any]:
-    """Recent scores (``(n, classes)``), input features (None: not known, e.g. read back from
-    the database, which keeps none) and labels against ``reference``."""
+    """Recent scores (``(n, classes)``), input features (None: not known; a row's dict may
+    lack a statistic, e.g. a prediction stored before 0014) and labels against
+    ``reference``."""
     n = len(labels)
     out: dict[str, Any] = {
         "n": n,
@@ -118,6 +184,13 @@ def summarise(
         return out
     if features is None:  # compare the scores only
         reference = {key: value for key, value in reference.items() if key != "inputs"}
+    else:  # an input statistic is compared only over enough rows that have it (0014 on)
+        inputs = {
+            name: spec
+            for name, spec in reference.get("inputs", {}).items()
+            if sum(name in f for f in features) >= MIN_SAMPLES
+        }
+        reference = {**reference, "inputs": inputs}
     comparisons = compare(reference, scores, features or [])
     out["features"] = [c.to_dict() for c in comparisons]
     out["drifted"] = [c.feature for c in comparisons if c.drifted]
@@ -138,11 +211,16 @@ class DriftCollector(Collector):
         monitor: DriftMonitor | None = getattr(self.holder, "drift", None)
         if monitor is None:
             return
-        summary = monitor.summary()
+        try:
+            summary = monitor.summary()
+        except SQLAlchemyError as exc:  # a database outage must not fail the whole scrape
+            logger.warning("drift gauges left out of this scrape: %s", type(exc).__name__)
+            return
         model = summary["model"]
         window = GaugeMetricFamily(
             "radlens_drift_window_inputs",
-            "Recent stored predictions in the drift window (at most RADLENS_DRIFT_WINDOW).",
+            "Stored predictions in the drift window (the model's last RADLENS_DRIFT_WINDOW, "
+            "from every replica).",
             labels=["model"],
         )
         window.add_metric([model], summary["n"])

@@ -104,6 +104,19 @@ RECORDED_ATTRIBUTES = {
 }
 
 
+def _input_statistics(image: PreprocessedImage) -> dict[str, float]:
+    """The model input's intensity statistics as Prediction columns (0014): a few
+    microseconds of mean and standard deviation, stored so the drift window is the
+    database's, not one process's."""
+    from radlens.models.drift import input_features
+
+    features = input_features(image.pixels)
+    return {
+        "input_mean_intensity": features["mean_intensity"],
+        "input_std_intensity": features["std_intensity"],
+    }
+
+
 def check_recordable(image: PreprocessedImage) -> None:
     """Refuse (422) a file whose recorded attributes do not fit their columns or hold control
     characters: such a value is not valid DICOM, and it is refused before the model runs
@@ -417,6 +430,8 @@ class Ingestor:
             ood_score=output.ood_score,
             in_distribution=in_distribution,
             intended_use_violations=violation_records(flagged),
+            # the drift window of every replica reads these back (app/drift.py)
+            **_input_statistics(image),
         )
         sender = await self._sender(data, image) if self.outbox is not None else None
         return Candidate(

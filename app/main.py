@@ -194,13 +194,18 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
             metrics.observe_batch(stats.size, stats.inference_ms / 1000.0)
 
     predictor.observers.append(observe)
-    from radlens.app.drift import DriftMonitor  # recent uploads vs the model's reference
-
-    metrics.drift = DriftMonitor(predictor.manifest, settings.drift_window)
     from radlens.app.ingest import Ingestor
     from radlens.app.writer import PredictionWriter
 
     sessions = make_sessionmaker(engine)
+    from radlens.app.drift import DriftMonitor  # the stored window vs the model's reference
+
+    metrics.drift = DriftMonitor(
+        predictor.manifest,
+        settings.drift_window,
+        make_sessionmaker(engine, read_only=True),
+        cache_seconds=settings.drift_cache_s,
+    )
     writer = PredictionWriter(sessions, max_queued=settings.max_queued_writes)
     metrics.queue_depths = lambda: _queue_depths(predictor, writer)
     ingestor = Ingestor(predictor, writer, settings, metrics)

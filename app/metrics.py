@@ -8,6 +8,8 @@ middleware below report the rest.
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -70,8 +72,9 @@ class ServiceMetrics:
         self.inputs = Counter(
             "radlens_inputs",
             "Stored predictions by input format, modality, body part, photometric "
-            "interpretation and size bucket (longest side).",
-            ("format", "modality", "body_part", "photometric", "size"),
+            "interpretation, size bucket (longest side) and manufacturer (a known vendor, "
+            "other or unknown).",
+            ("format", "modality", "body_part", "photometric", "size", "manufacturer"),
             registry=self.registry,
         )
         self.gated_inputs = Counter(
@@ -91,7 +94,7 @@ class ServiceMetrics:
 
     def observe_upload(self, model: str, scores: dict[str, Any], image: Any, label: str) -> None:
         """Record one stored prediction's scores and input (a PreprocessedImage) for the
-        score histograms, the input counts and the drift window."""
+        score histograms and the input counts (the drift window reads the database)."""
         for name, value in scores.items():
             self.prediction_scores.labels(model=model, class_name=name).observe(float(value))
         meta = image.metadata
@@ -101,9 +104,8 @@ class ServiceMetrics:
             body_part=_label_value(meta.body_part),
             photometric=_label_value(meta.photometric_interpretation),
             size=size_bucket(meta.rows, meta.columns),
+            manufacturer=manufacturer_label(getattr(meta, "manufacturer", None)),
         ).inc()
-        if self.drift is not None:
-            self.drift.observe(scores, image.pixels, label)
 
     def observe_batch(self, batch_size: int, seconds: float) -> None:
         """Record one model call: how many images it ran and how long it took."""
@@ -152,6 +154,60 @@ def size_bucket(rows: int, columns: int) -> str:
             return f"<{edge}" if low == 0 else f"{low}-{edge - 1}"
         low = edge
     return f">={SIZE_BUCKETS[-1]}"
+
+
+# Manufacturer (0008,0070) is free text typed into each modality ("GE MEDICAL SYSTEMS",
+# "G.E. Medical Systems", "GE Healthcare", ...): a label value per distinct string would grow
+# without bound and could carry whatever someone typed. The label is one of these vendors (the
+# first whose rule matches the normalised words), "other" or "unknown"; nothing else.
+MANUFACTURERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # (label, words or word prefixes ending in "*"; "G E" is two words: G.E. normalised)
+    ("ge", ("GE", "G E", "GEMS", "GENERAL ELECTRIC")),
+    ("siemens", ("SIEMENS",)),
+    ("philips", ("PHILIPS",)),
+    ("canon", ("CANON", "TOSHIBA")),  # Toshiba Medical Systems is Canon Medical since 2018
+    ("fujifilm", ("FUJI*",)),
+    ("agfa", ("AGFA",)),
+    ("carestream", ("CARESTREAM", "KODAK")),  # Kodak's medical imaging became Carestream
+    ("konica-minolta", ("KONICA",)),
+    ("hologic", ("HOLOGIC",)),
+    ("samsung", ("SAMSUNG",)),
+    ("hitachi", ("HITACHI", "ALOKA")),
+    ("shimadzu", ("SHIMADZU",)),
+    ("united-imaging", ("UIH", "UNITED IMAGING")),
+    ("mindray", ("MINDRAY",)),
+    ("esaote", ("ESAOTE",)),
+)
+MANUFACTURER_LABELS = (*(label for label, _ in MANUFACTURERS), "other", "unknown")
+_MAX_MANUFACTURER_CHARS = 64  # the LO value representation's limit
+
+
+def manufacturer_label(value: str | None) -> str:
+    """The bounded label for a Manufacturer value: a vendor of :data:`MANUFACTURERS` (case,
+    punctuation and spacing ignored: "G.E. Medical Systems" and "GE MEDICAL SYSTEMS" are both
+    "ge"), "other" for any other text, "unknown" when absent or blank. Always one of
+    :data:`MANUFACTURER_LABELS`, whatever the file holds."""
+    return _vendor(str(value or "")[:_MAX_MANUFACTURER_CHARS])
+
+
+@functools.lru_cache(maxsize=1024)  # a site sends a handful of distinct values, over and over
+def _vendor(value: str) -> str:
+    words = re.findall(r"[A-Z0-9]+", value.upper())
+    if not words:
+        return "unknown"
+    spaced = f" {' '.join(words)} "  # whole words: " GE " is in it, "AGE" is not
+    for label, needles in _MANUFACTURER_NEEDLES:
+        if any(needle in spaced for needle in needles):
+            return label
+    return "other"
+
+
+# each rule as a substring of the spaced words: " SIEMENS " (a word), " G E " (consecutive
+# words), " FUJI" (a word prefix, from "FUJI*")
+_MANUFACTURER_NEEDLES = tuple(
+    (label, tuple(f" {rule[:-1]}" if rule.endswith("*") else f" {rule} " for rule in rules))
+    for label, rules in MANUFACTURERS
+)
 
 
 def _label_value(value: str | None) -> str:

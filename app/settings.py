@@ -273,7 +273,18 @@ class Settings(BaseSettings):
         default=False, description="mark the /ui session and CSRF cookies Secure (HTTPS only)"
     )
     drift_window: int = Field(
-        default=500, ge=30, le=100_000, description="recent uploads the drift check compares"
+        default=500,
+        ge=30,
+        le=100_000,
+        description="the loaded model's last stored predictions (from every replica, read "
+        "from the database) the drift check compares",
+    )
+    drift_cache_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=3600.0,
+        description="seconds a drift summary (the radlens_drift_* gauges, GET /v1/drift) is "
+        "reused before the database is read again; 0: read at every scrape",
     )
 
     @field_validator("uid_pseudonym_key", "model_signing_key", "dedupe_key")

@@ -48,6 +48,8 @@ class Prediction(Base):
         Index(None, "study_instance_uid"),
         Index(None, "label"),
         Index(None, "series_instance_uid"),  # (0008) GET /v1/series/{uid}
+        # (0014) the drift window: the last N predictions of one model (app/drift.py)
+        Index(None, "model_name", "model_version", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -101,6 +103,12 @@ class Prediction(Base):
     ood_score: Mapped[float | None] = mapped_column(Float)
     in_distribution: Mapped[bool | None] = mapped_column(Boolean)
     intended_use_violations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+
+    # (0014, app/drift.py) the model input's mean and standard deviation of intensity in [0, 1]
+    # (models/drift.input_features): what the drift window of every replica and `radlens
+    # drift` compare with the model's reference; NULL: stored before 0014
+    input_mean_intensity: Mapped[float | None] = mapped_column(Float)
+    input_std_intensity: Mapped[float | None] = mapped_column(Float)
 
 
 class Explanation(Base):

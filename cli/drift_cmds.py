@@ -1,6 +1,7 @@
 """`radlens drift`: the stored predictions of a model since a time, against the reference
-distributions its manifest carries (app/drift.py; scores and labels only: the database keeps
-no input pixels, so the input statistics are the service's, on /metrics and GET /v1/drift).
+distributions its manifest carries (app/drift.py): their scores, labels and input intensity
+statistics (stored per prediction since 0014; older rows count for the scores only), read
+as the service's drift window reads them (app.drift.recent).
 
 Imports only typer and the standard library at module level.
 """
@@ -32,8 +33,8 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseUrlOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        """Compare a model's recent scores and label rates with its training reference
-        (PSI and KS per class score) and say which changed."""
+        """Compare a model's recent scores, input statistics and label rates with its
+        training reference (PSI and KS per feature) and say which changed."""
         from radlens.app.drift import reference_of, summarise
         from radlens.app.startup import registry_for
 
@@ -48,41 +49,26 @@ def register(app: typer.Typer) -> None:
                 f"model {manifest.ref} has no drift reference in its manifest (exported before "
                 "radlens wrote one); retrain it to get one"
             )
-        with database_session(settings.database_url) as session:
-            scores, labels = _recent(session, manifest.name, manifest.version, start)
-        import numpy as np
+        from radlens.app.drift import recent
 
-        matrix = np.asarray(
-            [[float(s.get(c, 0.0)) for c in manifest.class_names] for s in scores]
-        ).reshape(-1, len(manifest.class_names))
+        with database_session(settings.database_url) as session:
+            rows = recent(
+                session,
+                manifest.name,
+                manifest.version,
+                manifest.class_names,
+                limit=MAX_ROWS,
+                since=start,
+            )
         summary = {
             "model": manifest.ref,
             "since": start.isoformat(),
-            **summarise(reference, manifest.class_names, matrix, None, labels),
+            **summarise(reference, manifest.class_names, rows.scores, rows.features, rows.labels),
         }
         if as_json:
             typer.echo(json.dumps(summary, indent=2))
             return
         _print(summary)
-
-
-def _recent(session: Any, name: str, version: int, start: Any) -> tuple[list[Any], list[str]]:
-    from sqlalchemy import select
-
-    from radlens.app.tables import Prediction
-
-    stmt = (
-        select(Prediction.scores, Prediction.label)
-        .where(
-            Prediction.model_name == name,
-            Prediction.model_version == version,
-            Prediction.created_at >= start,
-        )
-        .order_by(Prediction.created_at.desc())
-        .limit(MAX_ROWS)
-    )
-    rows = session.execute(stmt).all()
-    return [dict(r.scores) for r in rows], [str(r.label) for r in rows]
 
 
 def _print(summary: dict[str, Any]) -> None:
@@ -106,4 +92,4 @@ def _print(summary: dict[str, Any]) -> None:
     elif status == "drift":
         typer.echo(f"drift: {', '.join(summary['drifted'])} changed (PSI >= 0.2)")
     else:
-        typer.echo("stable: no score distribution changed (every PSI below 0.2)")
+        typer.echo("stable: no distribution changed (every PSI below 0.2)")

@@ -184,6 +184,8 @@ class ImageMetadata:
     sop_class_uid: str | None
     frame_index: int
     window: str
+    # (0008,0070) as the file gives it; only app/metrics.py reads it, mapped to a vendor list
+    manufacturer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-ready dict."""
@@ -726,6 +728,7 @@ def _preprocess_dicom(
         sop_class_uid=_text(ds, "SOPClassUID"),
         frame_index=index,
         window=label,
+        manufacturer=_text(ds, "Manufacturer"),
     )
     return pixels, metadata
 

@@ -1,4 +1,4 @@
-"""Drift summary: the recent uploads of the loaded model vs its training reference
+"""Drift summary: the recent stored predictions of the loaded model vs its training reference
 (app/drift.py); the same figures as the radlens_drift_* gauges on /metrics."""
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ class DriftSummary(BaseModel):
     model: str
     status: Literal["no-reference", "collecting", "stable", "drift"] = Field(
         description="no-reference: the manifest has none (a model exported before radlens "
-        "wrote one); collecting: fewer than min_samples recent uploads"
+        "wrote one); collecting: fewer than min_samples stored predictions"
     )
-    window: int = Field(description="RADLENS_DRIFT_WINDOW: recent uploads kept")
-    n: int = Field(description="recent uploads in the window")
+    window: int = Field(
+        description="RADLENS_DRIFT_WINDOW: the model's last stored predictions compared"
+    )
+    n: int = Field(description="stored predictions in the window (every replica's)")
     min_samples: int
     psi_threshold: float
     reference: DriftReference | None
@@ -64,7 +66,7 @@ def drift_monitor(request: Request) -> DriftMonitor:
     responses=problem_responses(500, 503),
 )
 def get_drift(request: Request) -> DriftSummary:
-    """PSI and KS per score class and input statistic over this process's last
-    RADLENS_DRIFT_WINDOW uploads, and the label rates, against the validation reference
-    stored with the model."""
+    """PSI and KS per score class and input statistic over the model's last
+    RADLENS_DRIFT_WINDOW stored predictions (every replica's), and the label rates, against
+    the validation reference stored with the model."""
     return DriftSummary.model_validate(drift_monitor(request).summary())

@@ -94,6 +94,12 @@ def test_outage_is_503_with_retry_after_and_the_service_recovers_by_itself(
             assert_problem(read, 503, code="database-unavailable")
             assert read.headers["retry-after"] == "1"
             assert client.get("/healthz").status_code == 200  # the process itself is alive
+            # the drift window is read from the database: 503 for its summary, while /metrics
+            # still serves every other series (the drift gauges are left out of the scrape)
+            assert_problem(client.get("/v1/drift"), 503, code="database-unavailable")
+            scrape = client.get("/metrics")
+            assert scrape.status_code == 200 and "radlens_http_requests_total" in scrape.text
+            assert "radlens_drift_window_inputs" not in scrape.text
         finally:
             pg.start()
 

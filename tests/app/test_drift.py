@@ -1,10 +1,12 @@
 """Drift monitoring through the running service: a tiny model whose manifest carries a
 reference built from its own scores on a set of images; uploads like those keep every
 statistic low, brighter uploads move the input statistic over the threshold — in
-GET /v1/drift, on /metrics and on /ui/drift. Plus the score histograms and input counts."""
+GET /v1/drift, on /metrics and on /ui/drift. The window is the database's: two apps on one
+database (replicas) see each other's uploads. Plus the score histograms and input counts."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from collections.abc import Iterator
@@ -45,17 +47,24 @@ def _reference(rng: np.random.Generator) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def drift_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def watched_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with the tiny model "watched" whose manifest carries a drift reference."""
+    store = tmp_path_factory.mktemp("drift") / "store"
+    reference = _reference(np.random.default_rng(0))
+    save_tiny_model(store, name="watched", metrics={"val": {}, "drift_reference": reference})
+    return store
+
+
+@pytest.fixture(scope="module")
+def drift_client(
+    watched_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
     from radlens.app.main import create_app
     from radlens.app.migrate import upgrade
 
-    tmp = tmp_path_factory.mktemp("drift")
-    store = tmp / "store"
-    reference = _reference(np.random.default_rng(0))
-    save_tiny_model(store, name="watched", metrics={"val": {}, "drift_reference": reference})
-    url = f"sqlite:///{tmp / 'drift.db'}"
+    url = f"sqlite:///{tmp_path_factory.mktemp('drift-db') / 'drift.db'}"
     upgrade(url)
-    app = create_app(make_settings(url, store, drift_window=WINDOW))
+    app = create_app(make_settings(url, watched_store, drift_window=WINDOW, drift_cache_s=0))
     with TestClient(app) as client:
         yield client
 
@@ -111,14 +120,48 @@ def test_score_histograms_and_input_counts(drift_client: TestClient) -> None:
         re.M,
     )
     assert re.search(
-        r'^radlens_inputs_total\{body_part="unknown",format="png",modality="unknown",'
-        r'photometric="unknown",size="<256"\} \d+',
+        r'^radlens_inputs_total\{body_part="unknown",format="png",manufacturer="unknown",'
+        r'modality="unknown",photometric="unknown",size="<256"\} \d+',
         metrics,
         re.M,
     )
     assert re.search(
         r'^radlens_label_rate\{label="normal",model="watched:1",window="reference"\}', metrics, re.M
     )
+
+
+def _with_manufacturer(value: str) -> bytes:
+    import pydicom
+
+    from tests.app.conftest import dicom_bytes
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(seed=3)))
+    ds.Manufacturer = value
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_input_counts_carry_a_bounded_manufacturer(drift_client: TestClient) -> None:
+    """A real GE CT counts as manufacturer="ge"; free text (here identifying-looking) counts
+    as "other" and never appears on /metrics."""
+    from pydicom.data import get_testdata_file
+
+    junk = "Doe^Jane St Elsewhere Scanner 4"
+    for name, data in (
+        ("ct.dcm", Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()),
+        ("junk.dcm", _with_manufacturer(junk)),
+    ):
+        response = drift_client.post(
+            "/v1/predictions", files={"file": (name, data, "application/dicom")}
+        )
+        assert response.status_code == 201, response.text
+    metrics = drift_client.get("/metrics").text
+    inputs = [line for line in metrics.splitlines() if line.startswith("radlens_inputs_total{")]
+    values = {re.search(r'manufacturer="([^"]*)"', line).group(1) for line in inputs}  # type: ignore[union-attr]
+    assert {"ge", "other"} <= values, inputs
+    assert any('manufacturer="ge",modality="CT"' in line for line in inputs), inputs
+    assert "Doe" not in metrics and "Elsewhere" not in metrics
 
 
 def test_a_model_without_a_reference_says_so(tmp_path: Path) -> None:
@@ -187,3 +230,120 @@ def test_dashboard_and_alert_rules_name_series_that_metrics_exports(
     assert len(used) >= 12, used
     assert used <= exported, sorted(used - exported)
     assert "Not for clinical use".lower() in dashboard["description"].lower()
+
+
+# --- the window comes from the database (replicas) -------------------------------------
+
+
+def test_replicas_on_one_database_share_the_drift_window(
+    watched_store: Path, migrated_database_url: str
+) -> None:
+    """Two apps on one database (SQLite and PostgreSQL), as replicas behind a load balancer:
+    uploads to one show in the other's GET /v1/drift and radlens_drift_* gauges, and the
+    stored rows carry the input statistics that make that possible."""
+    from radlens.app.main import create_app
+
+    def settings() -> Any:
+        return make_settings(
+            migrated_database_url, watched_store, drift_window=WINDOW, drift_cache_s=0
+        )
+
+    with (
+        TestClient(create_app(settings())) as first,
+        TestClient(create_app(settings())) as second,
+    ):
+        rng = np.random.default_rng(21)
+        _post_all(first, [_png(rng) for _ in range(WINDOW)])
+        seen = second.get("/v1/drift").json()
+        assert seen["n"] == WINDOW and seen["status"] == "stable", seen
+        assert {f["feature"] for f in seen["features"]} >= {"input:mean_intensity"}
+        assert f'radlens_drift_window_inputs{{model="watched:1"}} {WINDOW}.0' in (
+            second.get("/metrics").text
+        )
+
+        _post_all(second, [_png(rng, brightness=0.3) for _ in range(WINDOW)])
+        moved = first.get("/v1/drift").json()
+        assert moved["status"] == "drift" and "input:mean_intensity" in moved["drifted"]
+        assert _gauge(first.get("/metrics").text, "radlens_drift_psi", "input:mean_intensity") > 0.2
+
+
+def _store_rows(url: str, means: list[float | None]) -> None:
+    from radlens.app.db import make_engine, make_sessionmaker
+    from tests.app.conftest import prediction_row
+
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            for i, mean in enumerate(means):
+                row = prediction_row(f"sha256:{i}-{mean}-{np.random.default_rng().random()}")
+                row.model_name, row.scores = "watched", {"normal": 0.6, "abnormal": 0.4}
+                row.input_mean_intensity = mean
+                row.input_std_intensity = None if mean is None else 0.08
+                session.add(row)
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _monitor(url: str, store: Path, **kwargs: Any) -> Iterator[Any]:
+    from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.drift import DriftMonitor
+    from radlens.models.registry import ModelRegistry
+
+    manifest = ModelRegistry(store).check_seal("watched", 1)
+    engine = make_engine(url)
+    try:
+        yield DriftMonitor(manifest, WINDOW, make_sessionmaker(engine), **kwargs)
+    finally:
+        engine.dispose()
+
+
+def test_the_summary_is_cached_for_cache_seconds(
+    watched_store: Path, migrated_database_url: str
+) -> None:
+    """Within RADLENS_DRIFT_CACHE_S a summary is reused (one query per interval, whatever the
+    scrape rate); after it, the database is read again."""
+    now = [0.0]
+    url = migrated_database_url
+    with _monitor(url, watched_store, cache_seconds=10, clock=lambda: now[0]) as monitor:
+        assert monitor.summary()["n"] == 0
+        _store_rows(url, [0.4] * 5)
+        now[0] = 9.9
+        assert monitor.summary()["n"] == 0
+        now[0] = 10.0
+        assert monitor.summary()["n"] == 5
+
+
+def test_rows_without_input_statistics_compare_scores_only(
+    watched_store: Path, migrated_database_url: str
+) -> None:
+    """Predictions stored before 0014 (no input statistics) count for the scores and labels;
+    an input statistic is compared only once MIN_SAMPLES rows carry it, and the window is the
+    newest RADLENS_DRIFT_WINDOW rows."""
+    _store_rows(migrated_database_url, [None] * WINDOW)
+    with _monitor(migrated_database_url, watched_store) as monitor:
+        summary = monitor.summary()
+        assert summary["n"] == WINDOW
+        assert {f["feature"] for f in summary["features"]} == {"score:normal", "score:abnormal"}
+        _store_rows(migrated_database_url, [0.9] * 30)  # newer: 30 with statistics, 10 without
+        summary = monitor.summary()
+    features = {f["feature"]: f for f in summary["features"]}
+    assert summary["n"] == WINDOW and features["input:mean_intensity"]["n"] == 30
+    assert "input:mean_intensity" in summary["drifted"]
+
+
+def test_a_database_outage_leaves_the_drift_gauges_out_of_the_scrape(
+    watched_store: Path, tmp_path: Path
+) -> None:
+    """The drift query failing does not fail /metrics: the other series are still served."""
+    from prometheus_client import generate_latest
+
+    from radlens.app.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    with _monitor(f"sqlite:///{tmp_path / 'never-migrated.db'}", watched_store) as monitor:
+        metrics.drift = monitor
+        metrics.observe_prediction("watched:1", "normal")
+        text = generate_latest(metrics.registry).decode()
+    assert "radlens_predictions_total" in text and "radlens_drift_" not in text

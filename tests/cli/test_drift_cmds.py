@@ -44,7 +44,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _database(tmp_path: Path, scores: np.ndarray, days_ago: float = 1.0) -> str:
+def _database(
+    tmp_path: Path, scores: np.ndarray, days_ago: float = 1.0, input_mean: float | None = None
+) -> str:
     from radlens.app.db import make_engine, make_sessionmaker
     from radlens.app.migrate import upgrade
 
@@ -59,6 +61,7 @@ def _database(tmp_path: Path, scores: np.ndarray, days_ago: float = 1.0) -> str:
                 row.scores = {"normal": float(row_scores[0]), "abnormal": float(row_scores[1])}
                 row.label = "abnormal" if row_scores[1] >= 0.5 else "normal"
                 row.created_at = datetime.now(UTC) - timedelta(days=days_ago)
+                row.input_mean_intensity = input_mean  # (0014) None: stored before it
                 session.add(row)
             session.commit()
     finally:
@@ -114,3 +117,16 @@ def test_refusals_are_one_line(
     assert _run(store, url, "--since", "last week") == 2
     err = capsys.readouterr().err.strip()
     assert "--since must be a duration" in err and "'last week'" in err
+
+
+def test_stored_input_statistics_are_compared(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scores like the reference but inputs far brighter than its (all 0.5) images: the
+    input statistic stored with each prediction (0014) is what says drift."""
+    monkeypatch.setenv("RADLENS_MODEL_STORE", str(store))
+    url = _database(tmp_path, _scores(np.random.default_rng(4), 200, 2.0), input_mean=0.95)
+    assert _run(store, url, "--since", "7d") == 0
+    out = capsys.readouterr().out
+    assert "input:mean_intensity" in out
+    assert "drift: input:mean_intensity changed" in out
