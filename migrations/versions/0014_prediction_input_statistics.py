@@ -5,7 +5,7 @@ before this revision. An index on (model_name, model_version, created_at) serves
 "last N predictions of this model" query.
 
 Revision ID: 0014
-Revises: 0006
+Revises: 0012
 Create Date: 2026-12-04 17:00:00
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | None = "0006"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
