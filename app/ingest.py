@@ -417,6 +417,7 @@ class Ingestor:
             ood_score=output.ood_score,
             in_distribution=in_distribution,
             intended_use_violations=violation_records(flagged),
+            burned_in_annotation=meta.burned_in_annotation,
         )
         sender = await self._sender(data, image) if self.outbox is not None else None
         return Candidate(

@@ -102,6 +102,11 @@ class Prediction(Base):
     in_distribution: Mapped[bool | None] = mapped_column(Boolean)
     intended_use_violations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
+    # (0013) the source's DICOM Burned In Annotation, "YES" or "NO" (NULL: unknown: absent or
+    # another value, not DICOM, or stored before 0013), so every page showing the prediction
+    # can warn that its pixels may carry text (a name, a date); identifies no one itself
+    burned_in_annotation: Mapped[str | None] = mapped_column(String(3))
+
 
 class Explanation(Base):
     """The Grad-CAM overlay of one prediction (stored only when asked with ?explain=true).
