@@ -242,7 +242,7 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
     known = manifest.class_names if manifest is not None and manifest.multi_label else []
     if not filters.errors:
         try:  # as the API's list: a finding no model has is refused, here with a message
-            services.check_finding_filter(session, filters.finding, known)
+            services.check_finding_filter(session, filters.query.finding, known)
         except UnknownFindingError as exc:
             filters.errors.append(f"finding: {exc.detail}")
     rows: list[Any] = []
