@@ -107,6 +107,9 @@ def parse_filters(params: Mapping[str, str]) -> ListFilters:
     model_name, model_version = _model(_text(params, "model", errors), errors)
     date_from = _date(params, "date_from", errors)
     date_to = _date(params, "date_to", errors)
+    if date_to == date.max:  # the whole day ends at the next day's start: not representable
+        errors.append(f"date_to: expected a date before {date.max}, received {date_to}")
+        date_to = None
     if date_from and date_to and date_from > date_to:
         errors.append(f"date_from {date_from} is after date_to {date_to}")
         date_from = date_to = None

@@ -431,6 +431,7 @@ def test_the_ui_list_selects_what_the_api_list_selects(ui: TestClient, service: 
     ("params", "message"),
     [
         ({"date_from": "yesterday"}, "expected a date as YYYY-MM-DD"),
+        ({"date_to": "9999-12-31"}, "date_to: expected a date before 9999-12-31"),
         ({"date_from": "2026-02-02", "date_to": "2026-01-01"}, "is after date_to"),
         ({"flagged": "maybe"}, "expected yes, no or empty"),
         ({"model": "chest:x"}, "expected NAME or NAME:VERSION"),
