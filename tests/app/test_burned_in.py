@@ -75,6 +75,24 @@ class TestStored:
         again = service.client.get(f"/v1/predictions/{body['id']}").json()
         assert again["burned_in_annotation"] == expected
 
+    def test_a_multi_frame_instance_keeps_it(self, service: Service, tmp_path: Path) -> None:
+        """Predicted frame by frame (app/ingest.py), stored from the key frame's metadata: the
+        value is the instance's all the same (pydicom's real 10-frame MR, tag set to YES)."""
+        from pydicom.data import get_testdata_file
+
+        path = get_testdata_file("emri_small.dcm")
+        if path is None:
+            pytest.skip("pydicom's emri_small.dcm (multi-frame MR) is not installed")
+        ds = pydicom.dcmread(str(path))
+        ds.BurnedInAnnotation = "YES"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(new_uid())
+        copy = tmp_path / "multi-frame.dcm"
+        ds.save_as(copy, enforce_file_format=True)
+        body = post(service, copy.read_bytes())
+        assert body["frames"] == 10 and body["frame_result"] is not None
+        assert body["burned_in_annotation"] == "YES"
+        assert stored_value(service, body["id"]) == "YES"
+
     def test_png_is_unknown(self, service: Service) -> None:
         body = post(service, png_bytes(), "x.png")
         assert body["burned_in_annotation"] is None
