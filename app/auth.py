@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radlens.app import audit as audit_log
 from radlens.app.db import READ_ONLY
-from radlens.app.deps import SessionDep, _resources
+from radlens.app.deps import SessionDep, get_resources
 from radlens.app.errors import AppError, status_for
 from radlens.app.keycache import KeyCache
 from radlens.app.keys import SCOPES, authenticate, hash_key, key_id_of
@@ -115,7 +115,7 @@ async def authorize(
     if settings.auth == "disabled":
         principal = Principal(None, ANONYMOUS, frozenset(SCOPES))
     else:
-        principal = await _authenticate(request, credentials)
+        principal = await authenticate_bearer(request, credentials)
         needed = required_scope(request.method)
         if needed is None or needed not in principal.scopes:
             await run_in_threadpool(_record_denied, request, principal)
@@ -154,9 +154,12 @@ def key_cache(request: Request) -> KeyCache[Principal]:
     return cache
 
 
-async def _authenticate(
+async def authenticate_bearer(
     request: Request, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
+    """The principal of a bearer key (cached, else looked up), with no scope check and no
+    rate limit: :func:`authorize` adds those for the API; the /ui login checks the key
+    itself (app/ui/routes.py). Raises UnauthorizedError saying what is wrong with the key."""
     if credentials is None:
         header = request.headers.get("authorization")
         if header is None:
@@ -185,7 +188,7 @@ async def _authenticate(
 
 
 def _look_up(request: Request, token: str) -> Principal | None:
-    with _resources(request).sessionmaker() as session:
+    with get_resources(request).sessionmaker() as session:
         # Only reads: on SQLite a WAL snapshot that never queues behind the writers.
         session.connection(execution_options=READ_ONLY)
         row = authenticate(session, token)
@@ -205,7 +208,7 @@ def _record_denied(request: Request, principal: Principal) -> None:
 def _record_apart(request: Request, **fields: object) -> None:
     """Write one audit row in its own transaction; a failure is logged, never raised."""
     try:
-        sessionmaker = _resources(request).sessionmaker
+        sessionmaker = get_resources(request).sessionmaker
     except RadlensError as exc:  # start-up has not finished
         logger.warning("audit row not written: %s", type(exc).__name__)
         return

@@ -50,11 +50,16 @@ class Resources:
         self.ingestor.predictor = predictor
 
 
-def _resources(request: Request) -> Resources:
+def get_resources(request: Request) -> Resources:
+    """The lifespan's resources (engine, sessions, writer, ingestor, predictor); 503 until
+    start-up has finished. Public: app/auth.py and the /ui pages read them too."""
     resources: Resources | None = getattr(request.app.state, "resources", None)
     if resources is None:
         raise ModelNotReadyError("start-up has not finished (model and database not loaded yet)")
     return resources
+
+
+_resources = get_resources  # the name this module's dependencies (and older code) use
 
 
 async def get_settings(request: Request) -> Settings:

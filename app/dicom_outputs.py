@@ -131,7 +131,14 @@ def source_from_prediction(prediction: Prediction) -> SourceRef:
             "stored before the SOP Class UID was recorded: re-post the instance)"
         )
     study, series, sop, sop_class = (str(u) for u in uids)
-    return SourceRef(study, series, sop, sop_class, prediction.modality)
+    return SourceRef(
+        study,
+        series,
+        sop,
+        sop_class,
+        prediction.modality,
+        burned_in_annotation=prediction.burned_in_annotation,  # stored since 0013
+    )
 
 
 def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:

@@ -432,6 +432,7 @@ class Ingestor:
             intended_use_violations=violation_records(flagged),
             # the drift window of every replica reads these back (app/drift.py)
             **_input_statistics(image),
+            burned_in_annotation=meta.burned_in_annotation,
         )
         sender = await self._sender(data, image) if self.outbox is not None else None
         return Candidate(

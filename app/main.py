@@ -225,9 +225,9 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
 def _queue_depths(predictor: Any, writer: Any) -> dict[str, int]:
     """Items waiting: uploads for a model call (the predictor's queue), rows to be stored."""
     depths = {"writes": writer.queue.qsize()}
-    queue = getattr(predictor, "_queue", None)  # absent in a test's stand-in predictor
-    if queue is not None:
-        depths["predictions"] = queue.qsize()
+    queue_depth = getattr(predictor, "queue_depth", None)  # absent in a test's stand-in
+    if queue_depth is not None:
+        depths["predictions"] = queue_depth()
     return depths
 
 

@@ -401,6 +401,10 @@ class Predictor:
         """Raise ServiceBusyError (503, Retry-After) when the queue holds ``max_queued``."""
         self._queue.check()
 
+    def queue_depth(self) -> int:
+        """How many uploads wait for a model call (the /metrics queue-depth gauge)."""
+        return self._queue.qsize()
+
     async def predict(self, model_input: np.ndarray) -> PredictionOutput:
         """Queue one (H, W, 1) float32 image and await its prediction."""
         return await self._enqueue(self._check_input(model_input), None)

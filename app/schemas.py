@@ -190,6 +190,14 @@ class PredictionPublic(BaseModel):
         description="DICOM attributes contradicting the model's intended use, let through "
         "with RADLENS_GATE=flag: attribute, value, what the model accepts",
     )
+    burned_in_annotation: Literal["YES", "NO"] | None = Field(
+        default=None,
+        description="The source's DICOM Burned In Annotation: YES means its pixels carry "
+        "text that may identify the patient (a name, an ID, a date), so the images derived "
+        "from it (the Grad-CAM overlay, the Secondary Capture) may too; null: unknown (the "
+        "attribute was absent, the upload was PNG/JPEG, or the prediction predates it)",
+        examples=["NO"],
+    )
 
 
 class PredictionPage(BaseModel):

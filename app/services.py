@@ -145,6 +145,10 @@ def get_prediction(session: Session, prediction_id: uuid.UUID) -> Prediction:
 
 @dataclass(frozen=True)
 class PredictionFilters:
+    """What a list of predictions selects: the API's ``GET /v1/predictions`` and the /ui list
+    (app/ui/queries.py) both build one, and :func:`prediction_conditions` turns it into SQL
+    for both, so the two lists cannot select differently."""
+
     study_instance_uid: str | None = None
     label: str | None = None
     model_name: str | None = None
@@ -153,6 +157,8 @@ class PredictionFilters:
     created_before: datetime | None = None
     finding: str | None = None  # multi-label: predictions with this finding ...
     positive: bool | None = None  # ... decided positive (True) or negative (False)
+    created_from: datetime | None = None  # inclusive (/ui: from the start of a day)
+    in_distribution: bool | None = None  # the OOD gate's verdict; unscored rows never match
 
 
 # --- multi-label findings (prediction_findings, 0007) ------------------------------------------
@@ -290,20 +296,7 @@ def list_predictions(
     session: Session, filters: PredictionFilters, *, limit: int, cursor: Cursor | None
 ) -> tuple[list[Prediction], Cursor | None]:
     """One page, newest first, and the cursor of the next page (None on the last)."""
-    conditions = []
-    if filters.study_instance_uid is not None:
-        conditions.append(Prediction.study_instance_uid == filters.study_instance_uid)
-    if filters.label is not None:
-        conditions.append(Prediction.label == filters.label)
-    if filters.model_name is not None:
-        conditions.append(Prediction.model_name == filters.model_name)
-    if filters.model_version is not None:
-        conditions.append(Prediction.model_version == filters.model_version)
-    if filters.created_after is not None:
-        conditions.append(Prediction.created_at > filters.created_after)
-    if filters.created_before is not None:
-        conditions.append(Prediction.created_at < filters.created_before)
-    conditions.extend(finding_conditions(filters.finding, filters.positive))
+    conditions = prediction_conditions(filters)
     if cursor is not None:
         conditions.append(
             or_(
@@ -323,3 +316,26 @@ def list_predictions(
     page = rows[:limit]
     last = page[-1]
     return page, Cursor(created_at=last.created_at, id=last.id)
+
+
+def prediction_conditions(filters: PredictionFilters) -> list[Any]:
+    """The WHERE conditions of ``filters`` (an empty list selects every prediction)."""
+    conditions: list[Any] = []
+    if filters.study_instance_uid is not None:
+        conditions.append(Prediction.study_instance_uid == filters.study_instance_uid)
+    if filters.label is not None:
+        conditions.append(Prediction.label == filters.label)
+    if filters.model_name is not None:
+        conditions.append(Prediction.model_name == filters.model_name)
+    if filters.model_version is not None:
+        conditions.append(Prediction.model_version == filters.model_version)
+    if filters.created_after is not None:
+        conditions.append(Prediction.created_at > filters.created_after)
+    if filters.created_before is not None:
+        conditions.append(Prediction.created_at < filters.created_before)
+    conditions.extend(finding_conditions(filters.finding, filters.positive))
+    if filters.created_from is not None:
+        conditions.append(Prediction.created_at >= filters.created_from)
+    if filters.in_distribution is not None:
+        conditions.append(Prediction.in_distribution.is_(filters.in_distribution))
+    return conditions

@@ -109,6 +109,10 @@ class Prediction(Base):
     # drift` compare with the model's reference; NULL: stored before 0014
     input_mean_intensity: Mapped[float | None] = mapped_column(Float)
     input_std_intensity: Mapped[float | None] = mapped_column(Float)
+    # (0013) the source's DICOM Burned In Annotation, "YES" or "NO" (NULL: unknown: absent or
+    # another value, not DICOM, or stored before 0013), so every page showing the prediction
+    # can warn that its pixels may carry text (a name, a date); identifies no one itself
+    burned_in_annotation: Mapped[str | None] = mapped_column(String(3))
 
 
 class Explanation(Base):

@@ -17,7 +17,9 @@ manifest (``metrics["operating_points"]``: ``chosen``, ``youden``, ``sens90``, `
 
 Multi-label findings models (``manifest.multi_label``) end in a sigmoid per finding instead:
 each score is independent and has its own threshold (:func:`decide_findings`); the label is
-the positive findings joined by ``|``, or the manifest's no-finding name.
+the positive findings joined by ``|``, or the manifest's no-finding name. They have no
+operating-point table to choose from, so ``RADLENS_OPERATING_POINT`` is refused for them with
+a message saying so (:func:`operating_point`).
 """
 
 from __future__ import annotations
@@ -139,7 +141,8 @@ def operating_point(manifest: ModelManifest, name: str | None) -> OperatingPoint
         The point's name and threshold, chosen on validation at training time.
 
     Raises:
-        ConfigurationError: ``name`` is set but the model is not binary, or its manifest has
+        ConfigurationError: ``name`` is set but the model is not binary (a multi-label
+            model is told apart: its findings have their own thresholds), or its manifest has
             no such point (the message lists the points it has and what to do).
 
     Example:
@@ -152,6 +155,8 @@ def operating_point(manifest: ModelManifest, name: str | None) -> OperatingPoint
         if not manifest.is_binary:
             return OperatingPoint(None, None)
         return OperatingPoint("chosen", manifest.threshold)
+    if manifest.multi_label:
+        raise ConfigurationError(_multi_label_refusal(manifest, name))
     if not manifest.is_binary:
         raise ConfigurationError(
             f"RADLENS_OPERATING_POINT={name!r}: model {manifest.ref} has "
@@ -174,6 +179,28 @@ def operating_point(manifest: ModelManifest, name: str | None) -> OperatingPoint
             "model's own threshold"
         )
     return OperatingPoint(name, threshold)
+
+
+def _multi_label_refusal(manifest: ModelManifest, name: str) -> str:
+    """Why a multi-label model refuses an operating point, and what to do.
+
+    Each finding has its own threshold, chosen on validation by the run's threshold rule
+    (``findings.thresholds``); training records no alternative per-finding points to switch
+    to, and one name cannot say which of a finding's thresholds to move. So the setting is
+    refused rather than ignored: a deployment that believes it chose, e.g., high sensitivity
+    must not silently run at the trained thresholds.
+    """
+    findings = manifest.findings or {}
+    rule = findings.get("threshold_rule")
+    chosen_by = f" by the {rule!r} rule" if isinstance(rule, str) and rule else ""
+    return (
+        f"RADLENS_OPERATING_POINT={name!r}: model {manifest.ref} is multi-label: each of its "
+        f"{len(manifest.class_names)} findings is decided at its own threshold, chosen on "
+        f"validation{chosen_by} (the manifest's findings.thresholds; GET /v1/models lists "
+        "them as finding_thresholds), and operating points apply to binary single-label "
+        "models only. Unset RADLENS_OPERATING_POINT to serve it with those thresholds; to "
+        "change them, train again with another --threshold-rule"
+    )
 
 
 def _point_threshold(point: Any) -> float | None:

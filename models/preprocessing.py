@@ -186,6 +186,10 @@ class ImageMetadata:
     window: str
     # (0008,0070) as the file gives it; only app/metrics.py reads it, mapped to a vendor list
     manufacturer: str | None = None
+    # DICOM Burned In Annotation: "YES" (the pixels carry text, possibly a name or a date),
+    # "NO", or None (absent, another value, or not DICOM): unknown. Says whether the pixels
+    # may identify the patient; identifies no one itself.
+    burned_in_annotation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-ready dict."""
@@ -729,8 +733,16 @@ def _preprocess_dicom(
         frame_index=index,
         window=label,
         manufacturer=_text(ds, "Manufacturer"),
+        burned_in_annotation=burned_in_annotation(ds),
     )
     return pixels, metadata
+
+
+def burned_in_annotation(ds: Dataset) -> str | None:
+    """The dataset's Burned In Annotation (0028,0301) as "YES" or "NO"; None when it is
+    absent or holds anything else (unknown: the pixels may carry text)."""
+    value = str(ds.get("BurnedInAnnotation") or "").strip().upper()
+    return value if value in ("YES", "NO") else None
 
 
 def display_inverted(

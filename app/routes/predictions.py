@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -162,7 +162,13 @@ def to_public(
         ood_score=prediction.ood_score,
         in_distribution=prediction.in_distribution,
         intended_use_violations=prediction.intended_use_violations,
+        burned_in_annotation=_burned_in(prediction.burned_in_annotation),
     )
+
+
+def _burned_in(value: str | None) -> Literal["YES", "NO"] | None:
+    """The stored Burned In Annotation as the schema's enum (the column holds only these)."""
+    return "YES" if value == "YES" else "NO" if value == "NO" else None
 
 
 def _public_findings(

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from radlens.app.services import finding_conditions
+from radlens.app.services import PredictionFilters, prediction_conditions
 from radlens.app.tables import Prediction
 
 PAGE_SIZE = 50
@@ -20,34 +20,34 @@ YES_NO = ("", "yes", "no")
 
 @dataclass(frozen=True)
 class ListFilters:
-    """What the list shows; ``model`` is ``name`` or ``name:version``."""
+    """What the list shows: the API's :class:`PredictionFilters` (so the /ui list and
+    ``GET /v1/predictions`` select through the same conditions,
+    :func:`radlens.app.services.prediction_conditions`) plus what only the page has: ``flagged``
+    (relative to the loaded model's negative class), the page number and the messages about
+    refused values. The form's ``model`` is ``name`` or ``name:version``; its dates are whole
+    days (UTC), ``query.created_from`` to ``query.created_before`` (exclusive)."""
 
-    label: str | None = None
-    model_name: str | None = None
-    model_version: int | None = None
-    date_from: date | None = None
-    date_to: date | None = None
+    query: PredictionFilters = field(default_factory=PredictionFilters)
     flagged: bool | None = None
-    finding: str | None = None  # multi-label: predictions with this finding ...
-    positive: bool | None = None  # ... decided positive (yes) or negative (no)
-    ood: bool | None = None  # the OOD gate's verdict: out of distribution (yes) or in (no)
     page: int = 1
     errors: list[str] = field(default_factory=list)
 
     def form_values(self) -> dict[str, str]:
         """The values to show back in the filter form."""
-        model = self.model_name or ""
-        if self.model_name and self.model_version is not None:
-            model = f"{self.model_name}:{self.model_version}"
+        q = self.query
+        model = q.model_name or ""
+        if q.model_name and q.model_version is not None:
+            model = f"{q.model_name}:{q.model_version}"
+        last_day = q.created_before - timedelta(days=1) if q.created_before else None
         return {
-            "label": self.label or "",
+            "label": q.label or "",
             "model": model,
-            "date_from": self.date_from.isoformat() if self.date_from else "",
-            "date_to": self.date_to.isoformat() if self.date_to else "",
+            "date_from": q.created_from.date().isoformat() if q.created_from else "",
+            "date_to": last_day.date().isoformat() if last_day else "",
             "flagged": _yes_no(self.flagged),
-            "finding": self.finding or "",
-            "positive": _yes_no(self.positive),
-            "ood": _yes_no(self.ood),
+            "finding": q.finding or "",
+            "positive": _yes_no(q.positive),
+            "ood": _yes_no(None if q.in_distribution is None else not q.in_distribution),
         }
 
 
@@ -107,6 +107,9 @@ def parse_filters(params: Mapping[str, str]) -> ListFilters:
     model_name, model_version = _model(_text(params, "model", errors), errors)
     date_from = _date(params, "date_from", errors)
     date_to = _date(params, "date_to", errors)
+    if date_to == date.max:  # the whole day ends at the next day's start: not representable
+        errors.append(f"date_to: expected a date before {date.max}, received {date_to}")
+        date_to = None
     if date_from and date_to and date_from > date_to:
         errors.append(f"date_from {date_from} is after date_to {date_to}")
         date_from = date_to = None
@@ -120,19 +123,17 @@ def parse_filters(params: Mapping[str, str]) -> ListFilters:
         errors.append(f"page: expected a number from 1, received {page_text[:20]!r}")
     else:
         page = int(page_text)
-    return ListFilters(
+    query = PredictionFilters(
         label=label,
         model_name=model_name,
         model_version=model_version,
-        date_from=date_from,
-        date_to=date_to,
-        flagged=flagged,
+        created_from=_day_start(date_from) if date_from else None,
+        created_before=_day_start(date_to + timedelta(days=1)) if date_to else None,
         finding=finding,
         positive=positive,
-        ood=ood,
-        page=page,
-        errors=errors,
+        in_distribution=None if ood is None else not ood,
     )
+    return ListFilters(query=query, flagged=flagged, page=page, errors=errors)
 
 
 def _day_start(day: date) -> datetime:
@@ -145,27 +146,15 @@ def find_predictions(
     """One page of predictions, newest first, and how many match in all.
 
     ``flagged`` = the label is not ``negative_label`` (the loaded model's first class, e.g.
-    "normal"): what a reader looks at first. ``finding``/``positive`` select as the API's
-    list does (:func:`radlens.app.services.finding_conditions`); ``ood`` selects on the OOD
-    gate's verdict, so predictions the gate did not score show only when it is not set.
+    "normal"): what a reader looks at first. Everything else selects exactly as the API's
+    list does (:func:`radlens.app.services.prediction_conditions`); ``ood`` (the query's
+    ``in_distribution``) selects on the OOD gate's verdict, so predictions the gate did not
+    score show only when it is not set.
     """
-    conditions = []
-    if filters.label is not None:
-        conditions.append(Prediction.label == filters.label)
-    if filters.model_name is not None:
-        conditions.append(Prediction.model_name == filters.model_name)
-    if filters.model_version is not None:
-        conditions.append(Prediction.model_version == filters.model_version)
-    if filters.date_from is not None:
-        conditions.append(Prediction.created_at >= _day_start(filters.date_from))
-    if filters.date_to is not None:  # the whole day
-        conditions.append(Prediction.created_at < _day_start(filters.date_to + timedelta(days=1)))
+    conditions = prediction_conditions(filters.query)
     if filters.flagged is not None and negative_label is not None:
         flagged = Prediction.label != negative_label
         conditions.append(flagged if filters.flagged else Prediction.label == negative_label)
-    conditions.extend(finding_conditions(filters.finding, filters.positive))
-    if filters.ood is not None:
-        conditions.append(Prediction.in_distribution.is_(not filters.ood))
     total = int(
         session.scalar(select(func.count()).select_from(Prediction).where(*conditions)) or 0
     )

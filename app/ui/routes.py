@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
@@ -22,8 +21,14 @@ from starlette.datastructures import UploadFile
 
 from radlens.app import audit as audit_log
 from radlens.app import services
-from radlens.app.auth import Principal, UnauthorizedError, audit_failure, authorize
-from radlens.app.deps import SessionDep, _resources
+from radlens.app.auth import (
+    Principal,
+    UnauthorizedError,
+    audit_failure,
+    authenticate_bearer,
+    authorize,
+)
+from radlens.app.deps import SessionDep, get_resources
 from radlens.app.errors import AppError, UnknownFindingError
 from radlens.app.explain import get_explanation
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE
@@ -209,9 +214,7 @@ async def login(request: Request) -> Response:
 
 async def authorize_key(request: Request, key: str) -> Principal:
     """The key's principal as a GET would see it (needs the read scope)."""
-    from radlens.app.auth import _authenticate
-
-    principal = await _authenticate(
+    principal = await authenticate_bearer(
         request, HTTPAuthorizationCredentials(scheme="Bearer", credentials=key)
     )
     if "read" not in principal.scopes:
@@ -239,7 +242,7 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
     known = manifest.class_names if manifest is not None and manifest.multi_label else []
     if not filters.errors:
         try:  # as the API's list: a finding no model has is refused, here with a message
-            services.check_finding_filter(session, filters.finding, known)
+            services.check_finding_filter(session, filters.query.finding, known)
         except UnknownFindingError as exc:
             filters.errors.append(f"finding: {exc.detail}")
     rows: list[Any] = []
@@ -302,7 +305,6 @@ def prediction_page(
         explanation=explanation,
         findings=findings,
         notice=clinical_notice(manifest, row.model_name, row.model_version),
-        burned_in=request.query_params.get("burned_in") == "yes",
         dicom=row.input_format == "dicom",
     )
 
@@ -346,7 +348,7 @@ async def upload_form(request: Request, principal: UiPrincipal) -> Response:
     "/upload", name="ui_upload_post", dependencies=[Depends(audit_failure, scope="function")]
 )
 async def upload(request: Request, principal: UiPrincipal) -> Response:
-    ingestor = _resources(request).ingestor
+    ingestor = get_resources(request).ingestor
     ingestor.check_capacity()
     form = await check_csrf(request)
     try:
@@ -363,27 +365,9 @@ async def upload(request: Request, principal: UiPrincipal) -> Response:
         from radlens.app.errors import ModelNotReadyError
 
         raise ModelNotReadyError("the model is not warmed up yet")
+    # the detail page warns from the stored Burned In Annotation (app/ingest.py)
     result = await ingestor.ingest(data, principal.key_id, explain=explain)
-    burned_in = await run_in_threadpool(_burned_in_annotation, data)
-    url = f"/ui/predictions/{result.prediction.id}"
-    return _redirect(url + ("?burned_in=yes" if burned_in else ""))
-
-
-def _burned_in_annotation(data: bytes) -> bool:
-    """Whether a DICOM upload says its pixels carry burned-in text (Burned In Annotation
-    YES); PNG/JPEG carry no such attribute."""
-    import io
-
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), stop_before_pixels=True, specific_tags=["BurnedInAnnotation"]
-        )
-    except (InvalidDicomError, OSError, ValueError, TypeError):
-        return False
-    return str(ds.get("BurnedInAnnotation") or "").strip().upper() == "YES"
+    return _redirect(f"/ui/predictions/{result.prediction.id}")
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -391,7 +375,7 @@ def _burned_in_annotation(data: bytes) -> bool:
 
 @router.get("/model", name="ui_model")
 def model_page(request: Request, principal: UiPrincipal) -> Response:
-    manifest = _resources(request).predictor.manifest
+    manifest = get_resources(request).predictor.manifest
     folder = _model_folder(request, manifest)
     plots = [kind for kind, name in PLOTS.items() if (folder / name).is_file()]
     return render(
@@ -409,7 +393,7 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
 
 @router.get("/model/plots/{kind}.png", name="ui_model_plot")
 def model_plot(kind: str, request: Request, principal: UiPrincipal) -> Response:
-    manifest = _resources(request).predictor.manifest
+    manifest = get_resources(request).predictor.manifest
     name = PLOTS.get(kind)
     path = _model_folder(request, manifest) / name if name else None
     if path is None or not path.is_file():

@@ -681,6 +681,9 @@ class TestOperations:
         )
         assert float(count_line.split()[-1]) >= 1
         assert "radlens_inference_duration_seconds_sum" in text
+        # both bounded queues (the predictor's through Predictor.queue_depth), idle now
+        assert 'radlens_queue_depth{queue="predictions"} 0.0' in text
+        assert 'radlens_queue_depth{queue="writes"} 0.0' in text
 
     def test_openapi_documents_routes_upload_and_errors(self, service: Service) -> None:
         schema = service.client.get("/openapi.json").json()

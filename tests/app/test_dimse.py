@@ -342,3 +342,31 @@ def test_dcmtk_resend_of_an_instance_is_deduplicated(node: Node) -> None:
         assert done.returncode == 0, done.stderr
         counts.append(node.count("predictions"))
     assert counts[1] == counts[0]
+
+
+@pytest.mark.parametrize("value", ["YES", None])
+def test_c_store_records_the_burned_in_annotation(node: Node, value: str | None) -> None:
+    """The DIMSE path stores the source's Burned In Annotation as POST and STOW-RS do (one
+    ingest path, app/ingest.py): a real CT with the tag written in (YES) and without (NULL),
+    each stored, neither refused."""
+    from pydicom.uid import UID
+    from sqlalchemy import text
+
+    from tests.app.conftest import new_uid
+    from tests.conftest import shared_data_path
+
+    ds = dcmread(shared_data_path("dicom", "ct_image.dcm"))
+    ds.pop("BurnedInAnnotation", None)
+    if value is not None:
+        ds.BurnedInAnnotation = value
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(new_uid())
+    assoc = _assoc(node)
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0x0000
+    with node.app.state.resources.engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT burned_in_annotation FROM predictions WHERE sop_instance_uid = :uid"),
+            {"uid": str(ds.SOPInstanceUID)},
+        ).all()
+    assert [tuple(row) for row in stored] == [(value,)]

@@ -161,7 +161,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from radlens.app import auth
 
     seen: list[str] = []
-    real_authenticate = auth._authenticate
+    real_authenticate = auth.authenticate_bearer
     real_init = MultipartParser.__init__
 
     async def authenticate(*args: Any, **kwargs: Any) -> Any:
@@ -172,7 +172,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append("parse")
         real_init(self, *args, **kwargs)
 
-    monkeypatch.setattr(auth, "_authenticate", authenticate)
+    monkeypatch.setattr(auth, "authenticate_bearer", authenticate)
     monkeypatch.setattr(MultipartParser, "__init__", init)
     return seen
 

@@ -74,3 +74,45 @@ def test_sqlite_directory_is_created(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'deep' / 'var' / 'radlens.db'}"
     upgrade(url)
     assert (tmp_path / "deep" / "var" / "radlens.db").is_file()
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {column["name"] for column in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def test_0013_burned_in_annotation_down_and_up_keeps_the_predictions(
+    migrated_database_url: str,
+) -> None:
+    """0013 adds one nullable column; undoing it drops only that column (the rows stay), and
+    redoing it leaves the existing rows unknown (NULL), as rows stored before 0013 are."""
+    from sqlalchemy import text
+
+    from radlens.app.db import make_sessionmaker
+    from tests.app.conftest import prediction_row
+
+    url = migrated_database_url
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            row = prediction_row("sha256:burned")
+            row.burned_in_annotation = "YES"
+            session.add(row)
+            session.commit()
+        downgrade(url, "0013-1")  # the revision before 0013, whatever the chain becomes
+        assert current_revision(engine) != "0013"
+        assert "burned_in_annotation" not in _columns(url, "predictions")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 1
+        upgrade(url, "0013")
+        with engine.connect() as conn:
+            values = conn.execute(text("SELECT burned_in_annotation FROM predictions")).all()
+        assert [tuple(v) for v in values] == [(None,)]
+        upgrade(url)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+    assert _diff(url) == []

@@ -156,6 +156,28 @@ class TestStartUp:
         with pytest.raises(ConfigurationError, match=r"records no operating points"):
             check_model(settings)
 
+    def test_a_multi_label_model_is_refused_in_its_own_words(
+        self, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        """Not the multi-class wording ("decides by the highest score"): its findings have
+        their own thresholds, and unsetting the variable serves them."""
+        from radlens.app.startup import check_model
+        from tests.app.test_findings_api import save_findings_model
+
+        store = tmp_path_factory.mktemp("findings-points")
+        save_findings_model(store)
+        url = f"sqlite:///{tmp_path / 'x.db'}"
+        assert check_model(make_settings(url, store, model="findings")).name == "findings"
+        bad = make_settings(url, store, model="findings", operating_point="sens95")
+        with pytest.raises(ConfigurationError) as caught:
+            check_model(bad)
+        detail = str(caught.value.detail)
+        assert "model findings:1 is multi-label: each of its 3 findings is decided at its own" in (
+            detail
+        )
+        assert "Unset RADLENS_OPERATING_POINT to serve it with those thresholds" in detail
+        assert "highest score" not in detail
+
     @pytest.mark.parametrize("value", ["sens 95", "sens95;drop", "é"])
     def test_a_malformed_name_is_refused_by_the_settings(
         self, tmp_path: Path, model_store: Path, value: str

@@ -490,6 +490,36 @@ class TestLifecycle:
         for i in (0, 1, 3, 4, 5):
             np.testing.assert_allclose(outs[i].scores, expected[i], atol=ATOL)
 
+    def test_queue_depth_counts_the_uploads_waiting_for_a_model_call(
+        self, loaded: LoadedModel, inputs: np.ndarray
+    ) -> None:
+        """The public accessor /metrics reads (app/main.py), instead of the private queue."""
+        predictor = make_predictor(loaded, max_batch_size=1, max_batch_wait_ms=0.0)
+        release = threading.Event()
+        original = predictor._infer
+
+        def held(batch: np.ndarray) -> np.ndarray:
+            release.wait(30)  # the first upload holds the model: the others wait in the queue
+            return original(batch)
+
+        predictor._infer = held  # type: ignore[method-assign]
+
+        async def main() -> list[int]:
+            depths = [predictor.queue_depth()]
+            tasks = [asyncio.ensure_future(predictor.predict(x)) for x in inputs[:4]]
+            for _ in range(3000):  # until the worker holds one and three wait
+                await asyncio.sleep(0.01)
+                if predictor.queue_depth() == 3:
+                    break
+            depths.append(predictor.queue_depth())
+            release.set()
+            await asyncio.gather(*tasks)
+            depths.append(predictor.queue_depth())
+            await predictor.stop()
+            return depths
+
+        assert run(main()) == [0, 3, 0]
+
     def test_predict_on_batch_mode_gives_the_same_scores(
         self, loaded: LoadedModel, inputs: np.ndarray
     ) -> None:

@@ -303,10 +303,135 @@ def test_list_filters_by_the_ood_verdict(ui: TestClient, service: Service) -> No
     )
 
 
+def test_list_filters_are_the_apis_prediction_filters_plus_the_pages_own() -> None:
+    """The /ui list holds a PredictionFilters (the API's) instead of declaring the filters
+    again: only what the API has no use for is its own (flagged, page, messages)."""
+    import dataclasses
+
+    from radlens.app.services import PredictionFilters
+    from radlens.app.ui.queries import ListFilters, parse_filters
+
+    assert {f.name for f in dataclasses.fields(ListFilters)} == {
+        "query",
+        "flagged",
+        "page",
+        "errors",
+    }
+    form = {
+        "label": "abnormal",
+        "model": "chest:3",
+        "date_from": "2026-01-02",
+        "date_to": "2026-01-03",
+        "flagged": "no",
+        "finding": "Effusion",
+        "positive": "yes",
+        "ood": "yes",
+    }
+    parsed = parse_filters({**form, "page": "2"})
+    assert parsed.errors == []
+    assert parsed.query == PredictionFilters(
+        label="abnormal",
+        model_name="chest",
+        model_version=3,
+        created_from=datetime(2026, 1, 2, tzinfo=UTC),
+        created_before=datetime(2026, 1, 4, tzinfo=UTC),  # date_to is a whole day
+        finding="Effusion",
+        positive=True,
+        in_distribution=False,
+    )
+    assert (parsed.flagged, parsed.page) == (False, 2)
+    assert parsed.form_values() == form  # shown back as typed
+    assert parse_filters({}).query == PredictionFilters()
+
+
+def test_every_prediction_filter_has_a_condition() -> None:
+    """A field added to PredictionFilters without SQL would select everything, silently, in
+    both lists: each one set alone yields a condition."""
+    import dataclasses
+
+    from radlens.app.services import PredictionFilters, prediction_conditions
+
+    samples: dict[str, Any] = {
+        "study_instance_uid": "1.2.3",
+        "label": "normal",
+        "model_name": "chest",
+        "model_version": 1,
+        "created_after": datetime(2026, 1, 1, tzinfo=UTC),
+        "created_before": datetime(2026, 1, 1, tzinfo=UTC),
+        "finding": "Effusion",
+        "positive": True,
+        "created_from": datetime(2026, 1, 1, tzinfo=UTC),
+        "in_distribution": False,
+    }
+    assert {f.name for f in dataclasses.fields(PredictionFilters)} == set(samples)
+    assert prediction_conditions(PredictionFilters()) == []
+    for name, value in samples.items():
+        assert prediction_conditions(PredictionFilters(**{name: value})), name
+
+
+def test_the_ui_list_selects_what_the_api_list_selects(ui: TestClient, service: Service) -> None:
+    """The same filters through the page and through GET /v1/predictions: the same rows."""
+    tag = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC)
+    effusion = f"effusion-{tag}"
+    rows = []
+    for i, (label, age_days, version) in enumerate(
+        [("abnormal", 0, 1), ("normal", 0, 2), ("abnormal", 3, 1), ("normal", 10, 1)]
+    ):
+        row = prediction_row(f"sha256:p{tag}{i}")
+        row.model_name = f"ui-{tag}"
+        row.model_version = version
+        row.label = label
+        row.input_sha256 = f"p{tag}{i}".ljust(64, "0")
+        row.created_at = now - timedelta(days=age_days)
+        rows.append(row)
+    _store_rows(service, rows)
+    _store_rows(
+        service,
+        [
+            _finding(rows[0].id, effusion, 0.8, True),
+            _finding(rows[1].id, effusion, 0.2, False),
+        ],
+    )
+    login(ui, service.api_key or "")
+    today = now.date()
+    day = (today - timedelta(days=4)).isoformat()
+    ids = [str(r.id) for r in rows]
+    # (the page's parameters, the API's, the rows both must list)
+    cases: list[tuple[dict[str, str], dict[str, str], set[str]]] = [
+        ({}, {}, set(ids)),
+        ({"label": "abnormal"}, {"label": "abnormal"}, {ids[0], ids[2]}),
+        ({"model": f"ui-{tag}:2"}, {"model_version": "2"}, {ids[1]}),
+        ({"date_from": day}, {"created_after": f"{day}T00:00:00Z"}, set(ids[:3])),
+        ({"date_to": day}, {"created_before": f"{today - timedelta(days=3)}T00:00:00Z"}, {ids[3]}),
+        ({"finding": effusion}, {"finding": effusion}, {ids[0], ids[1]}),
+        (
+            {"finding": effusion, "positive": "no"},
+            {"finding": effusion, "positive": "false"},
+            {ids[1]},
+        ),
+        (
+            {"positive": "yes", "label": "abnormal"},
+            {"positive": "true", "label": "abnormal"},
+            {ids[0]},
+        ),
+    ]
+    for ui_params, api_params, expected in cases:
+        page = ui.get("/ui/predictions", params={"model": f"ui-{tag}", **ui_params})
+        assert page.status_code == 200, page.text
+        shown = set(re.findall(r"/ui/predictions/([0-9a-f-]{36})", page.text))
+        listed = service.client.get(
+            "/v1/predictions", params={"model_name": f"ui-{tag}", "limit": 100, **api_params}
+        )
+        assert listed.status_code == 200, listed.text
+        assert shown == {item["id"] for item in listed.json()["items"]} == expected, ui_params
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
         ({"date_from": "yesterday"}, "expected a date as YYYY-MM-DD"),
+        ({"date_to": "9999-12-31"}, "date_to: expected a date before 9999-12-31"),
         ({"date_from": "2026-02-02", "date_to": "2026-01-01"}, "is after date_to"),
         ({"flagged": "maybe"}, "expected yes, no or empty"),
         ({"model": "chest:x"}, "expected NAME or NAME:VERSION"),

@@ -115,6 +115,25 @@ class TestServePreflight:
         line = one_error_line(capsys.readouterr().err)
         assert "corrupt" in line and "sha256" in line
 
+    def test_operating_point_with_a_multi_label_model(
+        self,
+        sqlite_url: str,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        from tests.app.test_findings_api import save_findings_model
+
+        store = tmp_path / "store"
+        save_findings_model(store)
+        monkeypatch.setenv("RADLENS_DATABASE_URL", sqlite_url)
+        monkeypatch.setenv("RADLENS_MODEL_STORE", str(store))
+        monkeypatch.setenv("RADLENS_MODEL", "findings")
+        monkeypatch.setenv("RADLENS_OPERATING_POINT", "sens95")
+        assert main(["serve"]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "is multi-label" in line and "Unset RADLENS_OPERATING_POINT" in line
+
     def test_bad_option_value(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["serve", "--port", "70000"]) == 2
         assert "RADLENS_PORT" in one_error_line(capsys.readouterr().err)

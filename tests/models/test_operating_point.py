@@ -3,6 +3,7 @@ operating-point table training writes into the manifest, and the label it decide
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,59 @@ class TestResolve:
         assert operating_point(m, None) == OperatingPoint(None, None)
         with pytest.raises(ConfigurationError, match=r"3 classes .* binary models only"):
             operating_point(m, "sens95")
+
+
+class TestMultiLabel:
+    """A multi-label model decides each finding at its own threshold: a named operating
+    point is refused with that wording (not the multi-class "highest score" one), and unset
+    serves the per-finding thresholds."""
+
+    @staticmethod
+    def findings_manifest(names: list[str], rule: str | None = "youden") -> ModelManifest:
+        findings: dict[str, Any] = {
+            "label_mode": "multi-label",
+            "scores": "independent",
+            "none_name": "No Finding",
+            "thresholds": {name: 0.3 for name in names},
+        }
+        if rule is not None:
+            findings["threshold_rule"] = rule
+        return ModelManifest.from_dict(
+            valid_manifest_dict() | {"class_names": names, "threshold": None, "findings": findings}
+        )
+
+    @pytest.mark.parametrize("names", [["Effusion", "Nodule"], ["Effusion", "Mass", "Nodule"]])
+    def test_a_named_point_is_refused_saying_why_and_what_to_do(self, names: list[str]) -> None:
+        m = self.findings_manifest(names)
+        with pytest.raises(ConfigurationError) as caught:
+            operating_point(m, "sens95")
+        message = str(caught.value.detail)
+        assert re.search(
+            rf"RADLENS_OPERATING_POINT='sens95': model \S+ is multi-label: each of its "
+            rf"{len(names)} findings is decided at its own threshold, chosen on validation by "
+            r"the 'youden' rule \(the manifest's findings\.thresholds",
+            message,
+        ), message
+        assert "Unset RADLENS_OPERATING_POINT to serve it with those thresholds" in message
+        assert "--threshold-rule" in message
+        assert "highest score" not in message and "classes" not in message
+
+    def test_chosen_is_refused_too(self) -> None:
+        """No table to look "chosen" up in: even the trained points' name is refused, so a
+        deployment never believes it picked a point that is not applied."""
+        with pytest.raises(ConfigurationError, match=r"is multi-label"):
+            operating_point(self.findings_manifest(["A", "B", "C"]), "chosen")
+
+    def test_a_manifest_without_its_rule_still_says_why(self) -> None:
+        m = self.findings_manifest(["A", "B", "C"], rule=None)
+        with pytest.raises(ConfigurationError, match=r"chosen on validation \(the manifest's"):
+            operating_point(m, "youden")
+
+    def test_unset_serves_the_per_finding_thresholds(self) -> None:
+        m = self.findings_manifest(["Effusion", "Nodule"])
+        point = operating_point(m, None)
+        assert point == OperatingPoint(None, None)
+        assert decide(np.array([0.4, 0.2]), m, point) == "Effusion"
 
 
 class TestDecide:

@@ -598,3 +598,30 @@ class TestNoPhi:
     def test_metadata_has_no_patient_fields_at_all(self):
         names = {field.name for field in dataclasses.fields(ImageMetadata)}
         assert not {name for name in names if "patient" in name or "birth" in name}
+
+
+class TestBurnedInAnnotation:
+    """ImageMetadata.burned_in_annotation: the source's Burned In Annotation as YES/NO, None
+    when unknown (the service stores it with each prediction, migration 0013)."""
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [("YES", "YES"), ("NO", "NO"), ("MAYBE", None), ("", None), (None, None)],
+    )
+    def test_from_a_real_file(self, value: str | None, expected: str | None) -> None:
+        ds = pydicom.dcmread(io.BytesIO(shared_bytes("ct_image.dcm")))
+        if value is None:
+            ds.pop("BurnedInAnnotation", None)
+        else:
+            ds.BurnedInAnnotation = value
+        image = preprocess(dicom_bytes(ds), size=(16, 16))
+        assert image.metadata.burned_in_annotation == expected
+
+    def test_a_file_that_says_no(self) -> None:
+        # highdicom's DX test file carries Burned In Annotation NO as shipped
+        image = preprocess(shared_bytes("dx_image.dcm"), size=(16, 16))
+        assert image.metadata.burned_in_annotation == "NO"
+
+    def test_png_is_unknown(self) -> None:
+        data = png_bytes(np.zeros((8, 8), dtype=np.uint8))
+        assert preprocess(data).metadata.burned_in_annotation is None
