@@ -220,16 +220,25 @@ class _SeriesOptions:
         """``{"series": metrics, "series_table": rows}`` (training.series)."""
         from radlens.training.series import series_metrics, series_rows
 
-        options = {
-            "method": self.method,
-            "k": self.k,
-            "threshold": threshold,
-            "thresholds": thresholds,
-            "multi_label": thresholds is not None,
-        }
+        multi_label = thresholds is not None
+        common = (series_of, targets, scores, class_names)
         return {
-            "series": series_metrics(series_of, targets, scores, class_names, **options),
-            "series_table": series_rows(series_of, targets, scores, class_names, **options),
+            "series": series_metrics(
+                *common,
+                method=self.method,
+                k=self.k,
+                threshold=threshold,
+                thresholds=thresholds,
+                multi_label=multi_label,
+            ),
+            "series_table": series_rows(
+                *common,
+                method=self.method,
+                k=self.k,
+                threshold=threshold,
+                thresholds=thresholds,
+                multi_label=multi_label,
+            ),
         }
 
 
