@@ -218,12 +218,12 @@ def series_rows(
 
 def format_series_table(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]) -> list[str]:
     """The series table as text lines (``radlens evaluate``)."""
-    lines = [f"{'series':<28} {'slices':>6} {'truth':<16} {'score':>6} {'predicted':<16}"]
+    lines = [f"{'series':<28} {'slices':>6} {'truth':<16} {'score':>6} predicted"]
     for r in rows:
         mark = "" if r["truth"] == r["predicted"] else "  *"
         lines.append(
             f"{r['series']:<28} {r['slices']:>6} {r['truth']:<16} {r['score']:>6.3f} "
-            f"{r['predicted']:<16}{mark}"
+            f"{r['predicted']}{mark}"
         )
 
     def fmt(value: Any) -> str:
