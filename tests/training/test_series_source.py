@@ -108,6 +108,11 @@ class TestSlicesInheritTheSeriesLabel:
         assert not np.array_equal(
             source.load_pixels(first[0], size=32), source.load_pixels(first[1], size=32)
         )
+        # the intended-use survey reads the file of a frame's key
+        from radlens.training.data.intended import image_header
+
+        header = image_header(source, first[1])
+        assert header["Modality"] == "CT" and header["rows"] == 32
 
     def test_multi_label_series(self, tmp_path: Path) -> None:
         rng = np.random.default_rng(4)
