@@ -358,3 +358,50 @@ class TestSeriesCli:
             assert len(lines) == 1 and "Traceback" not in err
             assert match in lines[0]
         assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_multi_label_series_run_and_evaluate(tmp_path: Path) -> None:
+    """Findings per series: slices inherit the set; val/test and evaluate report per series."""
+    from radlens.models.registry import ModelRegistry
+    from radlens.training.evaluate import evaluate
+    from radlens.training.run import train
+    from tests.training.series_fixtures import uid, write_series
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(6):
+        for s, label in enumerate(["Nodule", "No Finding", "Nodule|Effusion", "Effusion"]):
+            folder = tmp_path / "ds" / f"p{p}s{s}"
+            write_series(
+                folder,
+                patient_id=f"P{p}",
+                series_uid=uid("ml", p, s),
+                positive="Nodule" in label,
+                slices=2,
+                rng=rng,
+            )
+            rows.append({"series_path": folder.name, "findings": label, "patient_id": f"P{p}"})
+    csv_path = write_rows(tmp_path / "ds" / "findings.csv", rows)
+    config = tiny_config(
+        csv_path,
+        tmp_path,
+        multi_label=True,
+        label_column="findings",
+        epochs_head=1,
+        val_fraction=0.34,
+        test_fraction=0.17,
+        openvino=False,
+        ood_method="none",
+        name="series-findings",
+    )
+    result = train(config, verbose=0)
+    val = result.val_metrics["series"]
+    assert (val["n_series"], val["n_slices"]) == (8, 16)
+    assert val["label_mode"] == "multi-label" and set(val["per_finding"]) == {"Effusion", "Nodule"}
+    assert result.test_metrics["series"]["n_series"] == 4
+    manifest = ModelRegistry(result.store).load(result.model_ref).manifest
+    assert manifest.metrics["val"]["series"]["aggregation"] == "max"
+    got = evaluate(result.model_ref, csv_path, split="test", store=result.store)
+    assert got["series"]["n_series"] == 4 and len(got["series_table"]) == 4
+    truths = {r["truth"] for r in got["series_table"]}
+    assert truths == {"Nodule", "-", "Effusion|Nodule", "Effusion"}
