@@ -316,6 +316,8 @@ def _series_slices(
             slices.append(header)
     if not slices:
         what = f"folder {folder_value!r}" if folder_value else "series_uid"
+        if folder_value and uid:
+            what += " with the given series_uid"
         raise ConfigurationError(
             f"the series at {where} ({what}) has no readable DICOM slice"
             + (f" ({len(skipped)} file(s) skipped)" if skipped else "")

@@ -28,6 +28,12 @@ CSV manifest
     else ``class_0``, ``class_1``, .... Split values ``train``, ``val`` (also ``valid``,
     ``validation``), ``test``; an empty cell means "not assigned".
 
+Series-labelled CSV
+    Columns ``series_path`` and/or ``series_uid`` instead of ``path``, with ``label``,
+    ``patient_id`` and an optional ``split``: one row labels a whole DICOM series and each
+    of its slices (each frame of a multi-frame file) becomes an example carrying the series'
+    label and ``Example.series``. See ``training.data.series``.
+
 MedMNIST .npz
     Keys ``<split>_images``/``<split>_labels`` for at least one of train, val, test (a file
     holding only ``test_*`` serves ``radlens evaluate --split test``; training needs train) (labels
