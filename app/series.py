@@ -29,11 +29,10 @@ different models are never mixed.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -43,10 +42,10 @@ from sqlalchemy.orm import Session
 from radlens.app.db import utcnow
 from radlens.app.errors import AppError
 from radlens.app.tables import Prediction, PredictionSeries
+from radlens.models.aggregation import AGGREGATIONS, Aggregation, aggregate
 from radlens.models.decision import DEFAULT_THRESHOLD
 
-Aggregation = Literal["max", "mean_top_k", "noisy_or"]
-AGGREGATIONS: tuple[str, ...] = ("max", "mean_top_k", "noisy_or")
+__all__ = ["AGGREGATIONS", "Aggregation", "aggregate"]  # re-exported from models.aggregation
 
 
 class SeriesMismatchError(AppError):
@@ -142,31 +141,7 @@ def mismatches(
     return found
 
 
-# --- aggregation (pure) ---------------------------------------------------------------------
-
-
-def aggregate(scores: Sequence[float], method: str, k: int) -> float:
-    """Combine instance scores in [0, 1] into one series score.
-
-    ``method``: "max", "mean_top_k" (mean of the ``k`` highest, all when fewer) or "noisy_or"
-    (1 - prod(1 - p), computed in log space). Raises ValueError on an empty sequence, an
-    unknown method or k < 1.
-    """
-    if not scores:
-        raise ValueError("aggregate needs at least one score. Received: []")
-    if k < 1:
-        raise ValueError(f"k should be >= 1. Received: k={k!r}")
-    clipped = [min(max(float(s), 0.0), 1.0) for s in scores]
-    if method == "max":
-        return max(clipped)
-    if method == "mean_top_k":
-        top = sorted(clipped, reverse=True)[:k]
-        return sum(top) / len(top)
-    if method == "noisy_or":
-        if any(s >= 1.0 for s in clipped):
-            return 1.0
-        return -math.expm1(sum(math.log1p(-s) for s in clipped))
-    raise ValueError(f"method should be one of {', '.join(AGGREGATIONS)}. Received: {method!r}")
+# --- aggregation (pure): models.aggregation, shared with training's series evaluation ---------
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,13 @@ def data_check(
     no_finding: Annotated[
         str, typer.Option("--no-finding", help="Multi-label: the label of an image without any.")
     ] = "No Finding",
+    dicom_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--dicom-root",
+            help="Series CSV: the folder scanned for series_uid values (default: the CSV's).",
+        ),
+    ] = None,
 ) -> None:
     """Scan a data set: classes (or findings), counts, skipped files, splits and leakage."""
     from radlens.training.data.sources import (
@@ -81,8 +88,10 @@ def data_check(
     spec = None
     if multi_label:
         spec = MultiLabelSpec(column=label_column, separator=label_separator, none_name=no_finding)
-    source = open_source(path, multi_label=spec)
+    source = open_source(path, multi_label=spec, dicom_root=dicom_root)
     typer.echo(f"{source.kind} source {path}: {len(source.examples)} images")
+    if source.has_series:
+        _echo_series(source, source.examples, "all")
     if source.multi_label:
         _echo_findings(source)
     else:
@@ -102,6 +111,8 @@ def data_check(
     for name, items in splits.items():
         per_class = ", ".join(f"{k} {v}" for k, v in source.class_counts(items).items())
         typer.echo(f"  split {name}: {len(items)} ({per_class})")
+        if source.has_series:
+            _echo_series(source, items, name)
     leaks = leakage_report(splits)
     if leaks:
         # the ids are keyed hashes (training.data.sources.hash_patient_id), never raw ones
@@ -116,6 +127,26 @@ def data_check(
     for item in source.skipped:
         typer.echo(f"  skipped {item}")
     typer.echo(f"  {len(source.skipped)} file(s) skipped")
+    if leaks and source.has_series:  # a series CSV's given split must keep patients apart
+        fail(
+            f"{len(leaks)} patient(s) have series in more than one given split; fix the split "
+            "column or pass --resplit (training refuses this split)"
+        )
+
+
+def _echo_series(source: Any, examples: Any, where: str) -> None:
+    """Series-labelled data: series, slices and patients, overall and per class."""
+    from radlens.training.data.series import series_counts
+
+    counts = series_counts(source, examples)
+    per_class = "; ".join(
+        f"{name} {c['series']} series / {c['slices']} slices / {c['patients']} patients"
+        for name, c in counts["per_class"].items()
+    )
+    typer.echo(
+        f"  series ({where}): {counts['series']} series, {counts['slices']} slices, "
+        f"{counts['patients']} patients ({per_class})"
+    )
 
 
 def _echo_findings(source: Any) -> None:

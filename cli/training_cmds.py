@@ -159,6 +159,9 @@ def train(
         str | None,
         typer.Option("--ignore-findings", help="Multi-label: findings left out, comma-separated."),
     ] = None,
+    dicom_root: shared.DicomRootOption = None,
+    series_aggregation: shared.SeriesAggregationOption = None,
+    series_top_k: shared.SeriesTopKOption = None,
     name: shared.NameOption = None,
     store: Annotated[
         str | None, typer.Option("--store", help="Model store (default $RADLENS_MODEL_STORE).")
@@ -205,6 +208,9 @@ def train(
         "findings": findings,
         "positive_weights": positive_weights,
         "ignore_findings": ignore_findings,
+        "dicom_root": dicom_root,
+        "series_aggregation": series_aggregation,
+        "series_top_k": series_top_k,
     }
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and (given or config is not None):
@@ -264,6 +270,8 @@ def train(
         )
     for point, figures in result.operating_points.items():
         typer.echo(f"  operating point {point}: {_point(figures)}")
+    if isinstance(reported.get("series"), dict):
+        typer.echo(f"series-level ({reported.get('split')}): {_series_summary(reported['series'])}")
     typer.echo(
         f"best epoch: {result.best_epoch} of {result.epochs_run}; "
         f"skipped files: {len(result.skipped)}"
@@ -302,6 +310,9 @@ def evaluate(
             help="Multi-label models: the CSV column of findings (default: as in training).",
         ),
     ] = None,
+    dicom_root: shared.DicomRootOption = None,
+    series_aggregation: shared.SeriesAggregationOption = None,
+    series_top_k: shared.SeriesTopKOption = None,
 ) -> None:
     """Evaluate a stored model on a data set at its saved threshold(s)."""
     from radlens.training.evaluate import SPLIT_CHOICES  # no TensorFlow
@@ -321,6 +332,9 @@ def evaluate(
         out=out,
         batch_size=batch_size,
         label_column=label_column,
+        dicom_root=dicom_root,
+        series_aggregation=series_aggregation,
+        series_top_k=series_top_k,
     )
     if json_out:
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
@@ -329,6 +343,7 @@ def evaluate(
         typer.echo(f"model: {metrics['model']}  split: {split}  n: {metrics['n']}  (multi-label)")
         for line in metrics["table"]:
             typer.echo(line)
+        _echo_series(metrics)
         if metrics.get("skipped_files"):
             typer.echo(f"skipped files: {metrics['skipped_files']}")
         if out is not None:
@@ -339,10 +354,30 @@ def evaluate(
     typer.echo(
         f"confusion matrix (rows = truth {metrics['class_names']}): {metrics['confusion_matrix']}"
     )
+    _echo_series(metrics)
     if metrics.get("skipped_files"):
         typer.echo(f"skipped files: {metrics['skipped_files']}")
     if out is not None:
         typer.echo(f"report: {out}")
+
+
+def _echo_series(metrics: dict[str, Any]) -> None:
+    """A series-labelled data set: the series table and the series-level figures."""
+    if not isinstance(metrics.get("series"), dict):
+        return
+    from radlens.training.series import format_series_table
+
+    typer.echo(f"series-level: {_series_summary(metrics['series'])}")
+    for line in format_series_table(metrics.get("series_table", []), metrics["series"]):
+        typer.echo(f"  {line}")
+
+
+def _series_summary(figures: dict[str, Any]) -> str:
+    """One line of series figures, with the slice AUC for contrast."""
+    head = f"{figures['n_series']} series, {figures['aggregation']} (k={figures['top_k']}); "
+    slice_auc = figures.get("slice_auc")
+    tail = f" slice_auc={slice_auc:.4f}" if isinstance(slice_auc, float) else ""
+    return head + _summary({k: v for k, v in figures.items() if k != "n"}) + tail
 
 
 def _findings_table(metrics: dict[str, Any]) -> list[str]:

@@ -102,3 +102,24 @@ def base_config(config: Path | None, overrides: dict[str, Any], **defaults: Any)
     if not Path(cfg.data).exists():
         fail(f"data path does not exist: {cfg.data!r}")
     return cfg
+
+
+# series-labelled CSVs (training.data.series): train, evaluate and data-check
+DicomRootOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dicom-root",
+        help="Series CSV: the folder scanned for series_uid values (default: the CSV's folder).",
+    ),
+]
+SeriesAggregationOption = Annotated[
+    str | None,
+    typer.Option(
+        "--series-aggregation",
+        help="Series CSV: max, mean_top_k or noisy_or, as RADLENS_SERIES_AGGREGATION (max).",
+    ),
+]
+SeriesTopKOption = Annotated[
+    int | None,
+    typer.Option("--series-top-k", help="Series CSV: k of mean_top_k (default 3).", min=1),
+]

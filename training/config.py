@@ -100,6 +100,12 @@ class TrainConfig:
     # the out-of-distribution detector fitted on the penultimate features (models/ood.py):
     # mahalanobis, knn, or none
     ood_method: str = "mahalanobis"
+    # series-labelled CSVs (training.data.series, training.series): where series_uid values
+    # are looked up (None: the CSV's folder), and how slice scores combine into the series
+    # score validation and test report -- models.aggregation, the service's own function
+    dicom_root: str | None = None
+    series_aggregation: str = "max"  # max, mean_top_k, noisy_or (RADLENS_SERIES_AGGREGATION)
+    series_top_k: int = 3  # k of mean_top_k (RADLENS_SERIES_TOP_K)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -227,6 +233,7 @@ _INT_FIELDS = {
     "histogram_freq",
     "tensorboard_samples",
     "min_calibration_positives",
+    "series_top_k",
 }
 _FLOAT_FIELDS = {
     "learning_rate_head",
@@ -238,7 +245,7 @@ _FLOAT_FIELDS = {
     "label_smoothing",
 }
 _BOOL_FIELDS = {"deterministic", "augment", "cache", "resplit", "openvino", "multi_label"}
-_OPTIONAL_STR_FIELDS = {"data", "weights", "window", "store"}
+_OPTIONAL_STR_FIELDS = {"data", "weights", "window", "store", "dicom_root"}
 _OPTIONAL_INT_FIELDS = {"split_seed"}
 _STR_FIELDS = {
     "architecture",
@@ -255,6 +262,7 @@ _STR_FIELDS = {
     "no_finding",
     "positive_weights",
     "ood_method",
+    "series_aggregation",
 }
 
 
@@ -426,6 +434,12 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("label_smoothing", "from 0 up to (not including) 0.5")
     if cfg.ood_method not in OOD_METHODS:
         raise bad("ood_method", f"one of {', '.join(OOD_METHODS)}")
+    from radlens.models.aggregation import AGGREGATIONS
+
+    if cfg.series_aggregation not in AGGREGATIONS:
+        raise bad("series_aggregation", f"one of {', '.join(AGGREGATIONS)}")
+    if cfg.series_top_k < 1:
+        raise bad("series_top_k", "an integer >= 1")
     from radlens.models.intended_use import check_stated  # pure, no I/O
 
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from radlens.training.data.sources import (
     split_source,
     unique_skipped,
 )
+from radlens.training.series import decoded
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,18 @@ def evaluate(
     out: Path | None = None,
     batch_size: int = 32,
     label_column: str | None = None,
+    dicom_root: str | Path | None = None,
+    series_aggregation: str | None = None,
+    series_top_k: int | None = None,
 ) -> dict[str, Any]:
     """Metrics of a stored model on a split of a data set (see the module docstring).
+
+    A series-labelled CSV (``training.data.series``) is evaluated per slice and per series:
+    the result's ``series`` holds the series-level figures (slice scores aggregated by
+    ``models.aggregation``, as the service aggregates them; method and k from the arguments,
+    else the model's training config, else the service's defaults) and ``series_table`` one
+    row per series. ``dicom_root``: where ``series_uid`` values are looked up (default: as
+    in training, else the CSV's folder).
 
     A multi-label findings model reads the data's findings as its training did (column,
     separator, no-finding name from its training config; ``label_column`` overrides the
@@ -106,11 +118,20 @@ def evaluate(
         model_ref
     )
     manifest = loaded.manifest
+    series = _SeriesOptions.of(
+        manifest.training_config, dicom_root, series_aggregation, series_top_k
+    )
     if manifest.multi_label:
         return _evaluate_findings(
-            loaded, data, split=split, out=out, batch_size=batch_size, label_column=label_column
+            loaded,
+            data,
+            split=split,
+            out=out,
+            batch_size=batch_size,
+            label_column=label_column,
+            series=series,
         )
-    source = open_data(data, manifest.class_names)
+    source = open_data(data, manifest.class_names, dicom_root=series.dicom_root)
     if source.class_names != list(manifest.class_names):
         raise ConfigurationError(
             f"the data's classes {source.class_names!r} differ from the model's "
@@ -142,9 +163,83 @@ def evaluate(
         **metrics,
         "skipped_files": len(unique_skipped(skipped)),
     }
+    if source.has_series:
+        result.update(
+            series.figures(
+                [e.series for e in decoded(examples, skipped)],
+                labels,
+                probabilities,
+                manifest.class_names,
+                threshold=manifest.threshold,
+            )
+        )
     if out is not None:
         write_report(out, result, labels, probabilities, manifest.class_names)
     return result
+
+
+@dataclass(frozen=True)
+class _SeriesOptions:
+    """How a series-labelled data set is opened and aggregated for one evaluation."""
+
+    dicom_root: str | None
+    method: str
+    k: int
+
+    @classmethod
+    def of(
+        cls,
+        training_config: dict[str, Any],
+        dicom_root: str | Path | None,
+        method: str | None,
+        k: int | None,
+    ) -> _SeriesOptions:
+        from radlens.models.aggregation import AGGREGATIONS
+
+        chosen = method or str(training_config.get("series_aggregation") or "max")
+        if chosen not in AGGREGATIONS:
+            raise ConfigurationError(
+                f"series aggregation must be one of {', '.join(AGGREGATIONS)}; got {chosen!r}"
+            )
+        top_k = int(k if k is not None else training_config.get("series_top_k") or 3)
+        if top_k < 1:
+            raise ConfigurationError(f"series top k must be >= 1; got {top_k}")
+        root = dicom_root if dicom_root is not None else training_config.get("dicom_root")
+        return cls(None if root is None else str(root), chosen, top_k)
+
+    def figures(
+        self,
+        series_of: list[str | None],
+        targets: np.ndarray,
+        scores: np.ndarray,
+        class_names: Sequence[str],
+        *,
+        threshold: float | None = None,
+        thresholds: dict[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """``{"series": metrics, "series_table": rows}`` (training.series)."""
+        from radlens.training.series import series_metrics, series_rows
+
+        multi_label = thresholds is not None
+        common = (series_of, targets, scores, class_names)
+        return {
+            "series": series_metrics(
+                *common,
+                method=self.method,
+                k=self.k,
+                threshold=threshold,
+                thresholds=thresholds,
+                multi_label=multi_label,
+            ),
+            "series_table": series_rows(
+                *common,
+                method=self.method,
+                k=self.k,
+                threshold=threshold,
+                thresholds=thresholds,
+                multi_label=multi_label,
+            ),
+        }
 
 
 def write_report(
@@ -192,6 +287,7 @@ def _evaluate_findings(
     out: Path | None,
     batch_size: int,
     label_column: str | None,
+    series: _SeriesOptions,
 ) -> dict[str, Any]:
     """:func:`evaluate` for a multi-label findings model."""
     from radlens.training import findings
@@ -207,7 +303,7 @@ def _evaluate_findings(
         findings=tuple(manifest.class_names),  # a finding the model does not know: refused
         ignore=tuple(config.get("ignore_findings", ())),  # unless training left it out
     )
-    source = open_data(data, multi_label=spec)
+    source = open_data(data, multi_label=spec, dicom_root=series.dicom_root)
     examples = select_split(source, split, config)
     skipped: list[SkippedFile] = list(source.skipped)
     inputs, targets = load_examples(
@@ -232,6 +328,16 @@ def _evaluate_findings(
         "table": findings.format_table(metrics),
         "skipped_files": len(unique_skipped(skipped)),
     }
+    if source.has_series:
+        result.update(
+            series.figures(
+                [e.series for e in decoded(examples, skipped)],
+                targets,
+                scores,
+                names,
+                thresholds=dict(manifest.finding_thresholds),
+            )
+        )
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -204,6 +204,8 @@ class _RunData:
     split_record: dict[str, Any]  # how the split was made (config.json, the manifest)
     x_val: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0, 1), np.float32))
     y_val: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    # series-labelled data: the series of each decoded validation slice (x_val's rows)
+    val_series: list[str | None] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -229,7 +231,10 @@ class _RunData:
         )
 
         source = open_data(
-            str(config.data), config.class_names, multi_label=config.multi_label_spec()
+            str(config.data),
+            config.class_names,
+            multi_label=config.multi_label_spec(),
+            dicom_root=config.dicom_root,
         )
         splits = split_source(
             source,
@@ -241,6 +246,10 @@ class _RunData:
         leakage = check_leakage(splits)  # one patient in two splits inflates every figure
         check_splits(source, splits, min_calibration_positives=config.min_calibration_positives)
         record = describe_split(source, splits, resplit=config.resplit)
+        if source.has_series:  # series-labelled: how many series (and slices) each split got
+            from radlens.training.data.series import series_counts
+
+            record["series"] = {k: series_counts(source, v) for k, v in splits.items()}
         record["leakage_check"] = leakage
         return cls(config, source, splits, list(source.skipped), record)
 
@@ -268,6 +277,13 @@ class _RunData:
     def load_validation(self) -> None:
         """Decode the validation split into memory (it is small; figures and metrics use it)."""
         self.x_val, self.y_val = self.load("val")
+        self.val_series = self.series_of("val")
+
+    def series_of(self, split: str) -> list[str | None]:
+        """The series of each decoded example of ``split`` (call right after ``load``)."""
+        from radlens.training.series import decoded
+
+        return [e.series for e in decoded(self.splits[split], self.skipped)]
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) of a split, decoded as the training pipeline does, augmentation off."""
@@ -360,6 +376,7 @@ def _train_phases(
             custom_loop=dist.distributed,
         )
     steps = data.steps_per_epoch
+    series_callbacks = _series_callbacks(config, data, run_path, dist)
 
     def fit(phase: Phase) -> None:
         log.info(
@@ -379,6 +396,7 @@ def _train_phases(
                 str(run_path / "backup" / f"phase{phase.number}")
             ),
             cb.BestCheckpoint(run_path, state, network),
+            *series_callbacks,  # before history.csv, which then records val_series_auc
             history_csv,
             cb.EpochLog(phase.number),
             *tb_callbacks,
@@ -471,6 +489,10 @@ def _finish(run: _Run, started: float) -> RunResult:
     )
     val_metrics = classification_metrics(data.y_val, val_probs, class_names, threshold)
     val_metrics["best_epoch"] = state.get("best_epoch")
+    if data.source.has_series:
+        val_metrics["series"] = _series_figures(
+            config, "val", data.val_series, data.y_val, val_probs, class_names, threshold=threshold
+        )
     test_metrics = None
     # the figures reported: the test split, which no selection step (epoch, early stopping,
     # threshold, temperature, operating points) has seen; else validation, labelled optimistic
@@ -479,6 +501,16 @@ def _finish(run: _Run, started: float) -> RunResult:
         x_test, y_test = data.load("test")
         test_probs = predict(model, x_test, dist=dist, batch_size=config.batch_size)  # calibrated
         test_metrics = classification_metrics(y_test, test_probs, class_names, threshold)
+        if data.source.has_series:
+            test_metrics["series"] = _series_figures(
+                config,
+                "test",
+                data.series_of("test"),
+                y_test,
+                test_probs,
+                class_names,
+                threshold=threshold,
+            )
         eval_split, y_eval, eval_probs = "test", y_test, test_probs
         raw_eval = apply_temperature(test_probs, 1.0 / temperature)  # the uncalibrated scores
     calibration = {
@@ -610,6 +642,70 @@ def _finish(run: _Run, started: float) -> RunResult:
         result.seconds,
     )
     return result
+
+
+def _series_callbacks(
+    config: TrainConfig, data: _RunData, run_path: Path, dist: Distribution
+) -> list[keras.callbacks.Callback]:
+    """Series-labelled data: the per-epoch validation series AUC (training.series)."""
+    if not data.source.has_series:
+        return []
+    if dist.distributed:  # the custom loop predicts per replica; the end-of-run figures hold
+        log.warning("series AUC per epoch is not computed under %s; the final one is", dist.name)
+        return []
+    from radlens.training.series import series_callback
+
+    return [
+        series_callback(
+            run_path / rundir.TENSORBOARD / "series" if dist.chief else None,
+            data.x_val,
+            data.y_val,
+            data.val_series,
+            data.source.class_names,
+            method=config.series_aggregation,
+            k=config.series_top_k,
+            batch_size=config.batch_size,
+            multi_label=data.source.multi_label,
+        )
+    ]
+
+
+def _series_figures(
+    config: TrainConfig,
+    split: str,
+    series_of: Sequence[str | None],
+    targets: np.ndarray,
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    threshold: float | None = None,
+    thresholds: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Series-level figures of one split (training.series), logged to train.log."""
+    from radlens.training.series import series_metrics
+
+    figures = series_metrics(
+        series_of,
+        targets,
+        scores,
+        class_names,
+        method=config.series_aggregation,
+        k=config.series_top_k,
+        threshold=threshold,
+        thresholds=thresholds,
+        multi_label=thresholds is not None,
+    )
+    log.info(
+        "%s series-level: AUC %s over %d series (%s, k=%d); slice AUC %s over %d slices",
+        split,
+        figures["auc"],
+        figures["n_series"],
+        figures["aggregation"],
+        figures["top_k"],
+        figures["slice_auc"],
+        figures["n_slices"],
+    )
+    return figures
 
 
 def _hparams(config: TrainConfig) -> dict[str, Any]:
@@ -751,12 +847,26 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
         )
     val_metrics = findings.finding_metrics(data.y_val, val_scores, names, thresholds)
     val_metrics["best_epoch"] = state.get("best_epoch")
+    if data.source.has_series:
+        val_metrics["series"] = _series_figures(
+            config, "val", data.val_series, data.y_val, val_scores, names, thresholds=thresholds
+        )
     test_metrics = None
     eval_split = "val"
     if data.splits["test"]:
         x_test, y_test = data.load("test")
         test_scores = predict(model, x_test, dist=dist, batch_size=config.batch_size)
         test_metrics = findings.finding_metrics(y_test, test_scores, names, thresholds)
+        if data.source.has_series:
+            test_metrics["series"] = _series_figures(
+                config,
+                "test",
+                data.series_of("test"),
+                y_test,
+                test_scores,
+                names,
+                thresholds=thresholds,
+            )
         eval_split = "test"
     reported = {
         "split": eval_split,

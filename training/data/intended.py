@@ -27,7 +27,9 @@ def image_header(source: DataSource, example: Example) -> dict[str, Any]:
     if source.kind == "npz":
         shape = source.raw_array(example).shape
         return {"format": "npz", "rows": int(shape[0]), "columns": int(shape[1])}
-    path = Path(example.key)
+    from radlens.training.data.series import split_frame_key
+
+    path = Path(split_frame_key(example.key)[0])  # a frame of a multi-frame file: the file
     try:
         with path.open("rb") as handle:
             kind = sniff_format(handle.read(132))

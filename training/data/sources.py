@@ -28,6 +28,12 @@ CSV manifest
     else ``class_0``, ``class_1``, .... Split values ``train``, ``val`` (also ``valid``,
     ``validation``), ``test``; an empty cell means "not assigned".
 
+Series-labelled CSV
+    Columns ``series_path`` and/or ``series_uid`` instead of ``path``, with ``label``,
+    ``patient_id`` and an optional ``split``: one row labels a whole DICOM series and each
+    of its slices (each frame of a multi-frame file) becomes an example carrying the series'
+    label and ``Example.series``. See ``training.data.series``.
+
 MedMNIST .npz
     Keys ``<split>_images``/``<split>_labels`` for at least one of train, val, test (a file
     holding only ``test_*`` serves ``radlens evaluate --split test``; training needs train) (labels
@@ -154,6 +160,9 @@ class Example:
     patient_id: str | None = None
     split: str | None = None
     findings: tuple[int, ...] | None = None
+    # series-labelled sources (training.data.series): the series this slice belongs to
+    # ("<csv name>:<line>"), what series-level evaluation groups by; None elsewhere
+    series: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,11 @@ class DataSource:
         return any(e.patient_id is not None for e in self.examples)
 
     @property
+    def has_series(self) -> bool:
+        """True for a series-labelled source: examples are slices grouped by ``series``."""
+        return any(e.series is not None for e in self.examples)
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -274,7 +288,9 @@ class DataSource:
         """The file bytes of a folder/CSV example (what a client would upload)."""
         if self.kind == "npz":
             raise ConfigurationError(f"npz examples have no file bytes: {example.key!r}")
-        return Path(example.key).read_bytes()
+        from radlens.training.data.series import split_frame_key
+
+        return Path(split_frame_key(example.key)[0]).read_bytes()
 
     def load_pixels(
         self,
@@ -307,11 +323,14 @@ class DataSource:
                 version=version or preprocessing.PREPROCESSING_VERSION,
             )
             return np.asarray(pixels, dtype=np.float32)[..., np.newaxis]
+        from radlens.training.data.series import split_frame_key
+
         image = preprocessing.preprocess(
             self.read_bytes(example),
             size=hw,
             window=window,
             version=version or preprocessing.PREPROCESSING_VERSION,
+            frame=split_frame_key(example.key)[1],  # one frame of a multi-frame slice
         )
         return np.asarray(image.model_input(), dtype=np.float32)
 
@@ -341,6 +360,7 @@ def open_source(
     class_names: Sequence[str] | None = None,
     validate: bool = True,
     multi_label: MultiLabelSpec | None = None,
+    dicom_root: str | Path | None = None,
 ) -> DataSource:
     """Open a folder of class sub-folders, a ``.csv`` manifest or a ``.npz`` file.
 
@@ -354,6 +374,9 @@ def open_source(
             skipped during decoding instead.
         multi_label: open the labels as sets of findings (see :class:`MultiLabelSpec`):
             a CSV column or class-folder names; not for npz files.
+        dicom_root: a series-labelled CSV (``training.data.series``: ``series_path`` /
+            ``series_uid`` columns instead of ``path``) looks its ``series_uid`` values up
+            under this folder (default: the CSV's folder).
 
     Raises:
         models.errors.ConfigurationError: the path does not exist, or the layout or labels
@@ -362,7 +385,17 @@ def open_source(
     p = Path(path)
     if not p.exists():
         raise ConfigurationError(f"data path does not exist: {str(p)!r}")
-    if multi_label is not None:
+    if p.is_file() and p.suffix.lower() == ".csv" and _is_series_csv(p):
+        from radlens.training.data.series import open_series_csv
+
+        source = open_series_csv(
+            p,
+            class_names=class_names,
+            multi_label=multi_label,
+            dicom_root=dicom_root,
+            validate=validate,
+        )
+    elif multi_label is not None:
         source = _open_multi_label(p, multi_label, validate=validate)
     elif p.is_dir():
         source = _open_folder(p, class_names=class_names, validate=validate)
@@ -379,6 +412,18 @@ def open_source(
     return source
 
 
+def _is_series_csv(csv_path: Path) -> bool:
+    """Whether a CSV labels series (``training.data.series``) rather than files."""
+    from radlens.training.data.series import is_series_csv
+
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), [])
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
+    return is_series_csv([c.strip() for c in header])
+
+
 NEGATIVE_CLASS_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no_finding"})
 
 
@@ -387,6 +432,7 @@ def open_data(
     class_names: Sequence[str] = (),
     *,
     multi_label: MultiLabelSpec | None = None,
+    dicom_root: str | Path | None = None,
 ) -> DataSource:
     """Open a training/evaluation data set.
 
@@ -401,7 +447,9 @@ def open_data(
     p = Path(path)
     if p.is_dir() and (p / "labels.csv").is_file():
         p = p / "labels.csv"
-    source = open_source(p, class_names=list(class_names) or None, multi_label=multi_label)
+    source = open_source(
+        p, class_names=list(class_names) or None, multi_label=multi_label, dicom_root=dicom_root
+    )
     if source.num_classes < 2:
         raise ConfigurationError(
             f"a classifier needs at least 2 classes; {str(path)!r} has {source.class_names!r}"

@@ -1,0 +1,51 @@
+"""How the instance (slice) scores of one series combine into one series score.
+
+One function for the service and for training: ``app/series.py`` aggregates stored
+predictions with it on read, ``training/series.py`` aggregates validation and test slice
+scores with it, so the series AUC a run reports is the AUC of the scores the service will
+give (RADLENS_SERIES_AGGREGATION, RADLENS_SERIES_TOP_K).
+
+Methods, over the scores in [0, 1] of one class:
+
+- ``max``: the highest score (a series is as positive as its most positive slice);
+- ``mean_top_k``: the mean of the ``k`` highest (all of them when there are fewer), less
+  sensitive to one noisy slice;
+- ``noisy_or``: ``1 - prod(1 - p_i)``, the probability that at least one slice is positive
+  if slices were independent; computed in log space. It tends to 1 on long series, so
+  ``max`` or ``mean_top_k`` suit CT better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+Aggregation = Literal["max", "mean_top_k", "noisy_or"]
+AGGREGATIONS: tuple[str, ...] = ("max", "mean_top_k", "noisy_or")
+
+
+def aggregate(scores: Sequence[float], method: str, k: int) -> float:
+    """Combine instance scores in [0, 1] into one series score.
+
+    ``method``: "max", "mean_top_k" (mean of the ``k`` highest, all when fewer) or "noisy_or"
+    (1 - prod(1 - p), computed in log space). Scores outside [0, 1] are clipped.
+
+    Raises:
+        ValueError: an empty sequence, an unknown method or k < 1.
+    """
+    if not scores:
+        raise ValueError("aggregate needs at least one score. Received: []")
+    if k < 1:
+        raise ValueError(f"k should be >= 1. Received: k={k!r}")
+    clipped = [min(max(float(s), 0.0), 1.0) for s in scores]
+    if method == "max":
+        return max(clipped)
+    if method == "mean_top_k":
+        top = sorted(clipped, reverse=True)[:k]
+        return sum(top) / len(top)
+    if method == "noisy_or":
+        if any(s >= 1.0 for s in clipped):
+            return 1.0
+        return -math.expm1(sum(math.log1p(-s) for s in clipped))
+    raise ValueError(f"method should be one of {', '.join(AGGREGATIONS)}. Received: {method!r}")
