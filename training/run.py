@@ -657,7 +657,8 @@ def _series_callbacks(
 
     return [
         series_callback(
-            run_path / rundir.TENSORBOARD / "series" if dist.chief else None,
+            # tags in Keras' validation sub-run: a run keeps its two entries in TensorBoard
+            run_path / rundir.TENSORBOARD / rundir.TENSORBOARD_VALIDATION if dist.chief else None,
             data.x_val,
             data.y_val,
             data.val_series,
@@ -779,7 +780,8 @@ def _findings_callbacks(
     config: TrainConfig, data: _RunData, run_path: Path, *, chief: bool
 ) -> list[keras.callbacks.Callback]:
     """TensorBoard (scalars, graph, histograms, hparams, sample images) and the per-finding
-    validation AUC each epoch (train.log and TensorBoard ``findings/``). The single-label
+    validation AUC each epoch (train.log and TensorBoard ``findings/...`` tags in the
+    validation sub-run). The single-label
     figures (confusion matrix, one ROC curve, Grad-CAM of a class) do not apply."""
     from radlens.training import callbacks as cb
     from radlens.training.findings import FindingMetricsCallback
@@ -787,7 +789,7 @@ def _findings_callbacks(
     log_dir = run_path / rundir.TENSORBOARD
     x, y = data.x_val[:MAX_FIGURE_EXAMPLES], data.y_val[:MAX_FIGURE_EXAMPLES]
     per_finding = FindingMetricsCallback(
-        log_dir / "findings" if chief else None,
+        log_dir / rundir.TENSORBOARD_VALIDATION if chief else None,  # tags, not a sub-run
         x,
         y,
         data.source.class_names,

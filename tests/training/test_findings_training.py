@@ -150,10 +150,11 @@ class TestFindingsRun:
         assert "epoch 2 findings: macro AUC" in log and "Nodule" in log
         assert "test: macro AUC" in log
         scalars = read_events(findings_run.run_dir / "tensorboard")["scalars"]
-        assert "findings/findings/macro_auc" in scalars
-        assert "findings/findings/micro_auc" in scalars
-        assert "findings/findings/auc/Effusion" in scalars
+        assert "validation/findings/macro_auc" in scalars
+        assert "validation/findings/micro_auc" in scalars
+        assert "validation/findings/auc/Effusion" in scalars
         assert "validation/epoch_auc" in scalars  # Keras' macro AUC, picks the best epoch
+        assert not any(key.startswith("findings/") for key in scalars)  # tags, not a sub-run
         assert "positive weights (n_neg / n_pos on train)" in log
 
     def test_result_json(self, findings_run: RunResult) -> None:

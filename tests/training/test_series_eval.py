@@ -170,8 +170,13 @@ class TestSeriesRun:
             history = list(csv.DictReader(fh))
         assert len(history) == 4 and all(row["val_series_auc"] for row in history)
         assert {"series/auc", "series/slice_auc"} <= _scalar_tags(
-            result.run_dir / "tensorboard" / "series"
+            result.run_dir / "tensorboard" / "validation"
         )
+        # tags in Keras' validation sub-run: the run still adds two entries to TensorBoard
+        assert sorted(p.name for p in (result.run_dir / "tensorboard").iterdir() if p.is_dir()) == [
+            "train",
+            "validation",
+        ]
         with (result.run_dir / "splits.csv").open() as fh:
             assigned = list(csv.DictReader(fh))
         assert len(assigned) == 48  # every slice recorded with its split, as for any source
