@@ -6,9 +6,10 @@ dicom-sr, STOW-RS and the DIMSE SCP all apply them.
 - **Metadata gate** (``RADLENS_GATE``, default ``refuse``): a DICOM upload whose Modality,
   BodyPartExamined or SOP Class contradicts the model's intended use (its manifest's
   ``intended_use.accepts``, models/intended_use.py) is refused with 422
-  ``outside-intended-use`` before its pixels are decoded; ``flag`` predicts and records the
-  violations; ``off`` checks nothing. Unknown, empty or junk values are never a violation,
-  and a model whose manifest states nothing ("not stated") gates nothing.
+  ``outside-intended-use`` before its pixels are decoded (ViewPosition is gated by
+  projection family: a lateral to a model trained on frontal films); ``flag`` predicts and
+  records the violations; ``off`` checks nothing. Unknown, empty or junk values are never a
+  violation, and a model whose manifest states nothing ("not stated") gates nothing.
 - **OOD policy** (``RADLENS_OOD``, default ``flag``): the predictor scores every image with the
   model's stored detector (models/ood.py); above the threshold the image is out of
   distribution: ``refuse`` answers 422 ``out-of-distribution``, ``flag`` stores the
@@ -28,7 +29,7 @@ from radlens.models.intended_use import IntendedUse, Violation, violations
 
 GatePolicy = Literal["refuse", "flag", "off"]
 
-GATED_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID")
+GATED_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "ViewPosition")
 
 
 class OutsideIntendedUseError(AppError):

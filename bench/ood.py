@@ -287,17 +287,78 @@ def _median_ms(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def _interleaved_ms(fns: list[Callable[[], Any]], repeat: int) -> list[float]:
-    """Median ms of each function, called in turn round by round (so a busy spell on the
-    shared machine hits them alike)."""
+    """Median wall ms of each function, called in turn round by round (so a busy spell on
+    the shared machine hits them alike)."""
+    return [wall for wall, _ in _interleaved_wall_cpu_ms(fns, repeat)]
+
+
+def _interleaved_wall_cpu_ms(
+    fns: list[Callable[[], Any]], repeat: int
+) -> list[tuple[float, float]]:
+    """(median wall ms, mean process CPU ms) of each function, interleaved as above.
+
+    The CPU time (``time.process_time``: every thread of this process, TensorFlow's pool
+    included) is what a call costs the machine whatever else runs on it; it is summed over
+    the repeats and divided (one call is near the clock's granularity), while the wall
+    time of a shared machine is a median.
+    """
     for fn in fns:
         fn()
-    times: list[list[float]] = [[] for _ in fns]
+    walls: list[list[float]] = [[] for _ in fns]
+    cpus = [0.0 for _ in fns]
     for _ in range(repeat):
-        for fn, sink in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
+        for i, fn in enumerate(fns):
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            sink.append((time.perf_counter() - t0) * 1000.0)
-    return [statistics.median(t) for t in times]
+            walls[i].append((time.perf_counter() - t0) * 1000.0)
+            cpus[i] += (time.process_time() - c0) * 1000.0
+    return [(statistics.median(w), c / repeat) for w, c in zip(walls, cpus, strict=True)]
+
+
+def previous_scorer(detector: Any) -> Callable[[Any], Any]:
+    """The served Mahalanobis score before this bench's change (the baseline): per class,
+    the centred features times the full precision matrix, ``classes * D^2`` multiply-adds."""
+    import tensorflow as tf
+
+    precision = tf.constant(detector.arrays["precision"], tf.float32)
+    means = tf.constant(detector.arrays["means"], tf.float32)
+
+    def mahalanobis(features: Any) -> Any:
+        x = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1, epsilon=1e-24)
+        centred = x[:, None, :] - means[None, :, :]
+        per_class = tf.reduce_sum(tf.einsum("ncd,de->nce", centred, precision) * centred, axis=2)
+        return tf.reduce_min(per_class, axis=1)
+
+    return mahalanobis
+
+
+def scorer_timing(model: Any, detector: Any, size: tuple[int, int], repeat: int) -> dict[str, Any]:
+    """The detector alone at batch 1 on one image's real features, served form vs the
+    previous one, wall and CPU; and the served form's agreement with the numpy scores."""
+    import tensorflow as tf
+
+    from radlens.models.ood import extract_features
+
+    image = np.random.default_rng(0).random((1, *size, 1), dtype=np.float32)
+    feats = tf.constant(extract_features(model, image))
+    spec = [tf.TensorSpec([None, feats.shape[1]], tf.float32)]
+    new = tf.function(detector.tf_scorer(), input_signature=spec)
+    figures: dict[str, Any] = {"dimension": int(feats.shape[1])}
+    if "basis" in detector.arrays:
+        figures["projection_rank"] = int(detector.arrays["basis"].shape[1])
+    fns = [lambda: new(feats)]
+    if detector.method == "mahalanobis":
+        old = tf.function(previous_scorer(detector), input_signature=spec)
+        fns.append(lambda: old(feats))
+    measured = _interleaved_wall_cpu_ms(fns, repeat)
+    figures["scorer_wall_ms"], figures["scorer_cpu_ms"] = measured[0]
+    if len(measured) > 1:
+        figures["previous_scorer_wall_ms"], figures["previous_scorer_cpu_ms"] = measured[1]
+    reference = detector.scores(np.asarray(feats))
+    figures["relative_difference_to_numpy"] = float(
+        abs(float(new(feats)[0]) - float(reference[0])) / max(abs(float(reference[0])), 1e-12)
+    )
+    return figures
 
 
 def timing(model: Any, detector: Any, size: tuple[int, int], repeat: int) -> dict[str, Any]:
@@ -321,19 +382,28 @@ def timing(model: Any, detector: Any, size: tuple[int, int], repeat: int) -> dic
         return scores, scorer(features)
 
     x = tf.constant(np.random.default_rng(0).random((1, h, w, 1), dtype=np.float32))
-    model_ms, model_ood_ms = _interleaved_ms([lambda: plain(x), lambda: scored(x)], repeat)
+    (model_ms, model_cpu), (model_ood_ms, model_ood_cpu) = _interleaved_wall_cpu_ms(
+        [lambda: plain(x), lambda: scored(x)], repeat
+    )
     figures: dict[str, Any] = {
         "model_call_ms": model_ms,
         "model_call_with_ood_ms": model_ood_ms,
         "ood_added_ms": model_ood_ms - model_ms,
+        "model_call_cpu_ms": model_cpu,
+        "model_call_with_ood_cpu_ms": model_ood_cpu,
+        "ood_added_cpu_ms": model_ood_cpu - model_cpu,
     }
+    figures.update(scorer_timing(model, detector, size, repeat * 10))
     if CHEST_DICOM.is_file():
         data = CHEST_DICOM.read_bytes()
         chest = IntendedUse(modalities=("CR", "DX"), body_parts=("CHEST",))
-        prep_ms, gate_ms = _interleaved_ms(
+        (prep_ms, _), (gate_ms, gate_cpu) = _interleaved_wall_cpu_ms(
             [lambda: preprocess(data, size=size), lambda: gate_upload(data, chest, "refuse")],
             max(5, repeat // 4),
         )
+        figures["metadata_gate_cpu_ms"] = gate_cpu
+        figures["gate_total_added_cpu_ms"] = gate_cpu + figures["ood_added_cpu_ms"]
+        figures["gate_total_scorer_cpu_ms"] = gate_cpu + figures["scorer_cpu_ms"]
         assert dicom_gate_header(data) is not None
         prediction_ms = prep_ms + model_ms
         figures.update(

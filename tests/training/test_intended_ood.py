@@ -29,7 +29,11 @@ def test_run_records_what_the_dicom_headers_show(tiny_run) -> None:  # type: ign
     assert observed["body_parts"] == {"CHEST": observed["images"]}
     assert observed["rows"][0] >= 1 and observed["columns"][0] >= 1
     assert record["stated"] is None and record["source"] == "training data"
-    assert record["accepts"] == {"modalities": ["CR"], "body_parts": ["CHEST"]}
+    assert record["accepts"] == {
+        "modalities": ["CR"],
+        "body_parts": ["CHEST"],
+        "view_positions": ["FRONTAL"],  # the demo data's PA films
+    }
 
 
 def test_run_stores_a_sealed_ood_detector(tiny_run) -> None:  # type: ignore[no-untyped-def]
