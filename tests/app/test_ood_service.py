@@ -274,3 +274,60 @@ def test_refuse_refuses_a_multiframe_instance_by_its_frames(refusing: Node) -> N
     body = assert_problem(refusing.post(data), 422, code="out-of-distribution")
     assert "threshold" in body["detail"], body
     assert refusing.count() == before
+
+
+# --- the OpenVINO runtime: the same score as TensorFlow ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openvino_node(
+    databases: Databases, ood_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    """The same model and detector served through OpenVINO (RADLENS_RUNTIME=openvino): the
+    classifier runs as the converted IR, the detector on the Keras model's features."""
+    import shutil
+
+    from radlens.models.preprocessing import preprocess_array
+    from radlens.models.registry import ModelRegistry
+    from radlens.models.runtime import add_openvino_runtime, openvino_version
+
+    if openvino_version() is None:
+        pytest.skip("openvino is not installed")
+    store = tmp_path_factory.mktemp("ood-openvino") / "store"
+    shutil.copytree(ood_store, store)
+    data = np.load(NPZ)
+    images = np.stack([preprocess_array(a, size=SIZE) for a in data["val_images"][:64]])
+    add_openvino_runtime(
+        ModelRegistry(store),
+        "pneumonia:1",
+        images=images[..., None].astype(np.float32),
+        labels=data["val_labels"][:64].reshape(-1),
+    )
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    url = databases.new()
+    upgrade(url)
+    settings = make_settings(url, store, ood="flag", runtime="openvino", precision="fp32")
+    app = create_app(settings)
+    with TestClient(app) as client:
+        yield Node(client, app)
+
+
+def test_openvino_records_the_tensorflow_ood_score(flagging: Node, openvino_node: Node) -> None:
+    ready = openvino_node.client.get("/readyz").json()
+    assert (ready["runtime"], ready["precision"]) == ("openvino", "fp32"), ready
+    chest = _png(np.load(NPZ)["val_images"][VAL + 1])
+    ct = _as_png(SHARED / "dicom" / "CT1_JLSN.dcm")
+    for upload, in_distribution in ((chest, True), (ct, False)):
+        served = openvino_node.post(upload)
+        assert served.status_code == 201, served.text
+        body = served.json()
+        assert body["runtime"] == "openvino"
+        reference = flagging.post(upload).json()
+        assert reference["runtime"] == "tensorflow"
+        assert body["ood_score"] == pytest.approx(reference["ood_score"], rel=1e-4)
+        assert body["in_distribution"] is reference["in_distribution"] is in_distribution
+        # the classifier's scores come from the IR: equal to TensorFlow's within fp32 parity
+        for name, score in reference["scores"].items():
+            assert body["scores"][name] == pytest.approx(score, abs=1e-3)
