@@ -192,9 +192,9 @@ def _multiframe(frames: list[np.ndarray]) -> bytes:
     """An 8-bit MONOCHROME2 multi-frame instance of the given (28 x 28) frames."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-    sop_class = "1.2.840.10008.5.1.4.1.1.7.2"  # Multi-frame Grayscale Byte Secondary Capture
+    sop_class = UID("1.2.840.10008.5.1.4.1.1.7.2")  # Multi-frame Grayscale Byte SC
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
