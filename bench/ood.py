@@ -51,7 +51,7 @@ DEFAULT_NPZ = SHARED / "pneumoniamnist" / "pneumoniamnist_28_trainval.npz"
 
 import numpy as np  # noqa: E402
 
-CT_FILES = [
+CT_FILES: list[str | Path] = [
     SHARED / "dicom" / "CT1_JLSN.dcm",
     SHARED / "dicom" / "TOSHIBA_J2K_OpenJPEGv2Regression.dcm",
     SHARED / "dicom" / "ct_image.dcm",
@@ -60,7 +60,7 @@ CT_FILES = [
     "pydicom:eCT_Supplemental.dcm",
     "pydicom:explicit_VR-UN.dcm",
 ]
-RADIOGRAPH_FILES = [SHARED / "dicom" / "RG2_JLSL.dcm", "pydicom:RG3_UNCI.dcm"]
+RADIOGRAPH_FILES: list[str | Path] = [SHARED / "dicom" / "RG2_JLSL.dcm", "pydicom:RG3_UNCI.dcm"]
 CHEST_DICOM = SHARED / "dicom" / "rsna_chest_cr_jpeg_baseline.dcm"
 
 
@@ -135,11 +135,10 @@ def model_inputs_from_files(
         image = preprocess(path.read_bytes(), **kwargs)
         gray = np.clip(np.asarray(image.pixels) * 255.0, 0, 255).astype(np.uint8)
         for view in _views(gray):
-            upload = preprocess(
-                _png(np.ascontiguousarray(view)),
-                size=size,
-                **({"version": version} if version else {}),
-            )
+            options: dict[str, Any] = {"size": size}
+            if version:
+                options["version"] = version
+            upload = preprocess(_png(np.ascontiguousarray(view)), **options)
             out.append(upload.model_input())
     return np.stack(out) if out else np.empty((0, *size, 1), np.float32)
 
@@ -214,7 +213,7 @@ def evaluate_model(
     set_f = {name: extract_features(model, x) for name, x in sets.items()}
     result: dict[str, Any] = {"train_images": len(train_f), "val_images": len(val_f)}
     for method in ("mahalanobis", "knn"):
-        full = fit_detector(train_f, train[1], val_f, method=method)  # type: ignore[arg-type]
+        full = fit_detector(train_f, train[1], val_f, method=method)
         val_scores = full.scores(val_f)
         per_set = {}
         for name, feats in set_f.items():
