@@ -6,15 +6,20 @@ dicom-sr, STOW-RS and the DIMSE SCP all apply them.
 - **Metadata gate** (``RADLENS_GATE``, default ``refuse``): a DICOM upload whose Modality,
   BodyPartExamined or SOP Class contradicts the model's intended use (its manifest's
   ``intended_use.accepts``, models/intended_use.py) is refused with 422
-  ``outside-intended-use`` before its pixels are decoded; ``flag`` predicts and records the
-  violations; ``off`` checks nothing. Unknown, empty or junk values are never a violation,
-  and a model whose manifest states nothing ("not stated") gates nothing.
+  ``outside-intended-use`` before its pixels are decoded (ViewPosition is gated by
+  projection family: a lateral to a model trained on frontal films); ``flag`` predicts and
+  records the violations; ``off`` checks nothing. Unknown, empty or junk values are never a
+  violation, and a model whose manifest states nothing ("not stated") gates nothing.
 - **OOD policy** (``RADLENS_OOD``, default ``flag``): the predictor scores every image with the
   model's stored detector (models/ood.py); above the threshold the image is out of
   distribution: ``refuse`` answers 422 ``out-of-distribution``, ``flag`` stores the
   prediction with ``in_distribution = false``; ``off`` does not score. The default is
   ``flag`` because the threshold is a quantile of the model's own validation scores: about
   1% of in-distribution images lie above it by construction.
+- **Multi-frame instances**: every predicted frame is scored; the instance is out of
+  distribution when its key frame is (the frame its result shows) or when more than
+  :data:`OOD_FRAME_FRACTION` of the frames are (:func:`frames_ood`). The frame result keeps
+  each frame's score; the prediction's ``ood_score`` is the key frame's.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from radlens.models.intended_use import IntendedUse, Violation, violations
 
 GatePolicy = Literal["refuse", "flag", "off"]
 
-GATED_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID")
+GATED_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "ViewPosition")
 
 
 class OutsideIntendedUseError(AppError):
@@ -106,3 +111,30 @@ def violation_records(found: list[Violation]) -> list[dict[str, Any]] | None:
     return [
         {"attribute": v.attribute, "value": v.value, "accepted": list(v.accepted)} for v in found
     ]
+
+
+OOD_FRAME_FRACTION = 0.25
+"""A multi-frame instance is out of distribution when more than this share of its predicted
+frames is, even if its key frame is not. A quarter, not a majority: a frame's false-alarm rate
+is about 1% (the detector's threshold), so an in-distribution instance of n >= 4 frames
+almost never has a quarter flagged, while an instance where one frame in three is a CT slice or
+a blank is not what the model was made for, even when its highest-scoring frame looks fine."""
+
+
+def frames_ood(scores: list[float | None], key: int, detector: Any) -> dict[str, Any] | None:
+    """The OOD part of a multi-frame instance's frame result (None when not scored).
+
+    Args:
+        scores: each predicted frame's OOD score, in the frame result's order.
+        key: the key frame's position in ``scores``.
+        detector: the model's ``models.ood.OodDetector``.
+
+    Returns:
+        ``{"ood_scores", "ood_frames": frames above the threshold, "in_distribution"}``.
+    """
+    if detector is None or any(s is None for s in scores) or not scores:
+        return None
+    known = [float(s) for s in scores if s is not None]
+    flagged = [not detector.in_distribution(s) for s in known]
+    out = flagged[key] or sum(flagged) > OOD_FRAME_FRACTION * len(flagged)
+    return {"ood_scores": known, "ood_frames": sum(flagged), "in_distribution": not out}

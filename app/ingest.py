@@ -36,11 +36,13 @@ from radlens.app.dedupe import dedupe_identity
 from radlens.app.errors import InvalidDicomAttributeError
 from radlens.app.explain import Explainer, ExplanationOutput, explainer_for
 from radlens.app.gate import (
+    OOD_FRAME_FRACTION,
     GatePolicy,
     OutOfDistributionError,
     OutsideIntendedUseError,
     check_metadata,
     dicom_gate_header,
+    frames_ood,
     violation_records,
 )
 from radlens.app.metrics import ServiceMetrics
@@ -375,7 +377,6 @@ class Ingestor:
         image, digest, flagged = cast(
             tuple["PreprocessedImage", str, list[Violation]], output.prepared
         )
-        in_distribution = self._ood_verdict(output.ood_score)
         if flagged:
             self.metrics.observe_gated("outside-intended-use", "flagged")
         scores, label = output.scores, output.label
@@ -386,6 +387,13 @@ class Ingestor:
             scores, label, image = frames.scores, frames.label, frames.image
             inference_ms, batch_size = frames.inference_ms, frames.batch_size
             frame_result = frames.result
+        # every frame is scored: the instance's verdict is the frames' (app/gate.py frames_ood)
+        ood_score, frames_in = output.ood_score, None
+        if frame_result is not None and "ood_scores" in frame_result:
+            key = frame_result["frames"].index(frame_result["key_frame"])
+            ood_score = frame_result["ood_scores"][key]
+            frames_in = bool(frame_result["in_distribution"])
+        in_distribution = self._ood_verdict(ood_score, frames_in)
         findings = decided_findings(scores, manifest)
         meta = image.metadata
         pseudonymised = self._pseudonym_key is not None and meta.format == "dicom"
@@ -427,7 +435,7 @@ class Ingestor:
             uids_pseudonymised=pseudonymised,
             pseudonym_key_id=self._pseudonym_key_id if pseudonymised else None,
             frame_result=frame_result,
-            ood_score=output.ood_score,
+            ood_score=ood_score,
             in_distribution=in_distribution,
             intended_use_violations=violation_records(flagged),
             # the drift window of every replica reads these back (app/drift.py)
@@ -503,6 +511,7 @@ class Ingestor:
         )
         from radlens.models.registry import decide
 
+        result.update(frames_ood([o.ood_score for o, _ in done], key, predictor.ood) or {})
         return FramesPredicted(
             scores=scores,
             label=decide(scores, manifest, predictor.operating_point),
@@ -512,20 +521,26 @@ class Ingestor:
             result=result,
         )
 
-    def _ood_verdict(self, score: float | None) -> bool | None:
+    def _ood_verdict(self, score: float | None, frames_in: bool | None = None) -> bool | None:
         """In distribution or not (None: not scored); raises OutOfDistributionError with
-        RADLENS_OOD=refuse."""
+        RADLENS_OOD=refuse. ``frames_in``: a multi-frame instance's verdict over its frames
+        (app/gate.py frames_ood), which ``score`` (the key frame's) alone does not decide."""
         detector = self.predictor.ood
         if score is None or detector is None:
             return None
-        if detector.in_distribution(score):
+        if detector.in_distribution(score) if frames_in is None else frames_in:
             return True
         if self.settings.ood == "refuse":
             self.metrics.observe_gated("out-of-distribution", "refused")
+            above = (
+                f"OOD score {score:.4g} is above the model's threshold {detector.threshold:.4g}"
+                if not detector.in_distribution(score)
+                else f"more than {OOD_FRAME_FRACTION:.0%} of the frames' OOD scores are above "
+                f"the model's threshold {detector.threshold:.4g}"
+            )
             raise OutOfDistributionError(
-                f"OOD score {score:.4g} is above the model's threshold {detector.threshold:.4g} "
-                f"({detector.method}, the {detector.quantile:.0%} quantile of its validation "
-                "images)"
+                f"{above} ({detector.method}, the {detector.quantile:.0%} quantile of its "
+                "validation images)"
             )
         self.metrics.observe_gated("out-of-distribution", "flagged")
         return False

@@ -96,6 +96,18 @@ class FrameResult(BaseModel):
     frames: list[int] = Field(description="0-based indices of the frames predicted")
     scores: list[float] = Field(description="Each frame's score for class_name")
     key_frame: int = Field(description="0-based index of the frame with the highest score")
+    ood_scores: list[float] | None = Field(
+        default=None,
+        description="Each frame's out-of-distribution score (None: the model has no detector)",
+    )
+    ood_frames: int | None = Field(
+        default=None, description="How many of the frames score above the OOD threshold"
+    )
+    in_distribution: bool | None = Field(
+        default=None,
+        description="The instance's verdict: false when the key frame or more than a quarter "
+        "of the frames are out of distribution",
+    )
 
 
 class PredictionPublic(BaseModel):

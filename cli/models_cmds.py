@@ -306,6 +306,11 @@ def add_ood_detector(
         f"{ood['fitted_on']['val_images']} validation images; "
         f"{ood['val_flagged_fraction']:.1%} of them flagged)"
     )
+    if "expected_flag_rate" in ood:  # conformal: what it flags of NEW in-distribution images
+        typer.echo(
+            f"expected to flag {ood['expected_flag_rate']:.1%} of new in-distribution images "
+            f"(under {ood['expected_flag_rate_upper_95']:.1%} for 95% of calibration draws)"
+        )
 
 
 @models_app.command("seal")

@@ -1,7 +1,7 @@
 """What a model was trained on, and whether an upload's DICOM metadata contradicts it.
 
-Pure: no I/O, no Keras. Body-part and modality values in the wild are messy (free text,
-lower case, vendor junk such as ``"JPEG 2000 Compressed Image"``), so each value is
+Pure: no I/O, no Keras. Body-part, modality and view-position values in the wild are messy
+(free text, lower case, vendor junk such as ``"JPEG 2000 Compressed Image"``), so each value is
 normalised through a synonym table; anything unrecognised or empty is "not known" (``None``)
 and never causes a refusal on its own.
 """
@@ -66,6 +66,42 @@ _MODALITY_SYNONYMS: dict[str, str] = {
 }
 
 
+# ViewPosition (0018,5101) -> projection family. The gate compares families: a lateral is a
+# different picture of the chest than a frontal one, whereas PA vs AP is a difference of
+# degree (magnification, patient position) that the image-level OOD score covers; a model
+# trained on PA films only therefore accepts AP ones but refuses a lateral. DICOM's defined
+# terms (AP, PA, LL, RL, RLD, LLD, RLO, LLO) plus free-text spellings seen in the wild.
+_VIEW_POSITION_SYNONYMS: dict[str, str] = {
+    "PA": "FRONTAL",
+    "AP": "FRONTAL",
+    "POSTERO ANTERIOR": "FRONTAL",
+    "POSTEROANTERIOR": "FRONTAL",
+    "ANTERO POSTERIOR": "FRONTAL",
+    "ANTEROPOSTERIOR": "FRONTAL",
+    "AP SUPINE": "FRONTAL",
+    "AP ERECT": "FRONTAL",
+    "PA ERECT": "FRONTAL",
+    "FRONTAL": "FRONTAL",
+    "LL": "LATERAL",
+    "RL": "LATERAL",
+    "LAT": "LATERAL",
+    "LATERAL": "LATERAL",
+    "LEFT LATERAL": "LATERAL",
+    "RIGHT LATERAL": "LATERAL",
+    "L LAT": "LATERAL",
+    "R LAT": "LATERAL",
+    "LLD": "DECUBITUS",
+    "RLD": "DECUBITUS",
+    "DECUBITUS": "DECUBITUS",
+    "LLO": "OBLIQUE",
+    "RLO": "OBLIQUE",
+    "OBLIQUE": "OBLIQUE",
+    "OBL": "OBLIQUE",
+    "CC": "CC",
+    "MLO": "MLO",
+}
+
+
 # Storage SOP classes that hold no image a classifier could read (RT plan/structure set/dose,
 # structured reports); any of these contradicts every image intended use.
 _NON_IMAGE_SOP_PREFIXES: tuple[str, ...] = (
@@ -94,6 +130,15 @@ def normalise_body_part(value: object) -> str | None:
     return None
 
 
+def normalise_view_position(value: object) -> str | None:
+    """Projection family (FRONTAL, LATERAL, DECUBITUS, OBLIQUE, CC, MLO) of a ViewPosition
+    value, or None when not known (empty, junk, vendor free text)."""
+    text = _clean(value)
+    if not text:
+        return None
+    return _VIEW_POSITION_SYNONYMS.get(text) or _VIEW_POSITION_SYNONYMS.get(text.replace(" ", ""))
+
+
 def normalise_modality(value: object) -> str | None:
     """Canonical modality for a Modality value, or None when not known."""
     text = _clean(value).replace(" ", "")
@@ -107,11 +152,12 @@ class IntendedUse:
     modalities: tuple[str, ...] = ()
     body_parts: tuple[str, ...] = ()
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    view_positions: tuple[str, ...] = ()  # projection families (normalise_view_position)
 
     @property
     def empty(self) -> bool:
         """True when nothing is stated, so no metadata gate applies."""
-        return not (self.modalities or self.body_parts)
+        return not (self.modalities or self.body_parts or self.view_positions)
 
 
 @dataclass(frozen=True)
@@ -138,6 +184,7 @@ def violations(metadata: dict[str, object], intended_use: IntendedUse) -> list[V
     checks = (
         ("Modality", normalise_modality, intended_use.modalities),
         ("BodyPartExamined", normalise_body_part, intended_use.body_parts),
+        ("ViewPosition", normalise_view_position, intended_use.view_positions),
     )
     for attribute, normalise, accepted in checks:
         if not accepted:
@@ -251,12 +298,17 @@ def intended_use_record(
     Per attribute (modality, body part) the gate accepts the stated values when some were
     stated, else the known values seen in training DICOM headers, else anything (an
     empty list: PNG/JPEG/npz training data states nothing about modality or body part).
+    View positions are never stated: the gate accepts the projection families
+    (:func:`normalise_view_position`) of the values training saw, and anything when it saw
+    none it knows (a training set without ViewPosition, or with junk in it, gates nothing).
     """
     accepts: dict[str, list[str]] = {}
     for key in ("modalities", "body_parts"):
         given = list((stated or {}).get(key) or [])
         seen = sorted(v for v in (observed.get(key) or {}) if v != "unknown")
         accepts[key] = sorted(set(given)) if given else seen
+    families = (normalise_view_position(v) for v in (observed.get("view_positions") or {}))
+    accepts["view_positions"] = sorted({f for f in families if f is not None})
     return {
         "stated": {k: sorted(set(v)) for k, v in stated.items()} if stated else None,
         "observed": dict(observed),
@@ -279,4 +331,5 @@ def from_record(record: Mapping[str, Any] | None) -> IntendedUse:
         modalities=tuple(accepts.get("modalities") or ()),
         body_parts=tuple(accepts.get("body_parts") or ()),
         counts={k: dict(v) for k, v in observed.items() if isinstance(v, dict)},
+        view_positions=tuple(accepts.get("view_positions") or ()),
     )

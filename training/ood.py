@@ -2,7 +2,8 @@
 
 Used at the end of every training run (training.run) and by ``radlens models ood NAME --data``
 for models saved before detectors existed: the model's penultimate features of (a sample of)
-the training split fit the detector, the validation split sets its threshold, and the
+the training split fit the detector, the validation split (which the detector never saw)
+sets its threshold as a split-conformal quantile, and the
 registry stores the detector beside ``model.keras`` under the manifest's seal.
 """
 
@@ -15,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from radlens.models.ood import DEFAULT_QUANTILE, extract_features, fit_detector
+from radlens.models.ood import (
+    DEFAULT_QUANTILE,
+    expected_flag_rate,
+    extract_features,
+    fit_detector,
+)
 from radlens.models.registry import ModelManifest, ModelRegistry
 
 if TYPE_CHECKING:
@@ -66,10 +72,16 @@ def attach_detector(
         seed=seed,
     )
     flagged = float(np.mean(detector.scores(val_features) > detector.threshold))
+    # what the threshold flags of NEW in-distribution images (the validation images set it,
+    # so their own flagged fraction says little): the conformal expectation and its spread
+    rate = expected_flag_rate(len(val), quantile)
     entry: dict[str, Any] = {
         **detector.entry(),
         "fitted_on": {"train_images": len(x_train), "val_images": len(val), "data": data_note},
         "val_flagged_fraction": flagged,
+        "calibration": "split conformal: fitted on training images, threshold on validation",
+        "expected_flag_rate": rate["expected"],
+        "expected_flag_rate_upper_95": rate["upper_95"],
     }
     name = ref.split(":", 1)[0]
     staging = registry.staging_dir(name)
@@ -81,14 +93,16 @@ def attach_detector(
         path.unlink(missing_ok=True)
         staging.rmdir()
     log.info(
-        "%s: OOD detector %s, threshold %.4g (%.0f%% quantile of %d validation images; "
-        "%.1f%% of them flagged), fitted on %d training images",
+        "%s: OOD detector %s, threshold %.4g (conformal %.0f%% quantile of %d validation "
+        "images: expected to flag %.1f%% of new in-distribution images, under %.1f%% for 95%% "
+        "of calibration draws), fitted on %d training images",
         manifest.ref,
         detector.method,
         detector.threshold,
         quantile * 100,
         len(val),
-        flagged * 100,
+        rate["expected"] * 100,
+        rate["upper_95"] * 100,
         len(x_train),
     )
     return manifest

@@ -282,3 +282,49 @@ def test_the_sr_carries_the_gate_flags() -> None:
     assert "Like the model's training images" in meanings(
         build_sr(row, source_from_prediction(row))
     )
+
+
+FRONTAL_CHEST = {
+    "stated": {"modalities": ["CR", "DX"], "body_parts": ["CHEST"]},
+    "observed": {"images": 2, "formats": {"dicom": 2}, "view_positions": {"PA": 1, "AP": 1}},
+    "accepts": {"modalities": ["CR", "DX"], "body_parts": ["CHEST"], "view_positions": ["FRONTAL"]},
+    "source": "stated",
+}
+
+
+@pytest.fixture(scope="module")
+def frontal(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
+    """A chest model whose training films were all PA or AP (the manifest's view positions)."""
+    store = tmp_path_factory.mktemp("frontal-store")
+    save_tiny_model(store, name="frontal", intended_use=FRONTAL_CHEST)
+    yield from _app(databases, store)
+
+
+@needs_data
+@pytest.mark.parametrize("view", ["LL", "RL", "lateral", "LAT"])
+def test_a_lateral_to_a_frontal_model_is_refused_naming_view_position(
+    frontal: Gated, view: str
+) -> None:
+    data = _edited(
+        DATA / "rsna_chest_cr_jpeg_baseline.dcm",
+        ViewPosition=view,
+        SOPInstanceUID=pydicom.uid.generate_uid(),
+    )
+    before = len(frontal.rows())
+    body = assert_problem(frontal.post(data), 422, code="outside-intended-use")
+    assert f"ViewPosition {view!r}" in body["detail"] and "FRONTAL" in body["detail"], body
+    assert "Modality" not in body["detail"] and "BodyPart" not in body["detail"]
+    assert len(frontal.rows()) == before
+
+
+@needs_data
+@pytest.mark.parametrize("view", ["PA", "AP", "", "JPEG 2000 Compressed Image", "xyz123"])
+def test_frontal_and_junk_view_positions_pass(frontal: Gated, view: str) -> None:
+    data = _edited(
+        DATA / "rsna_chest_cr_jpeg_baseline.dcm",  # ViewPosition PA as it ships
+        ViewPosition=view,
+        SOPInstanceUID=pydicom.uid.generate_uid(),
+    )
+    response = frontal.post(data)
+    assert response.status_code == 201, response.text
+    assert response.json()["intended_use_violations"] is None

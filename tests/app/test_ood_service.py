@@ -183,3 +183,151 @@ def test_refuse_answers_422_and_stores_nothing(refusing: Node) -> None:
     assert refusing.metric("refused") == metric + 1
     chest = refusing.post(_png(np.load(NPZ)["val_images"][VAL + 1]))
     assert chest.status_code == 201 and chest.json()["in_distribution"] is True
+
+
+# --- multi-frame instances: every frame scored ------------------------------------------------
+
+
+def _multiframe(frames: list[np.ndarray]) -> bytes:
+    """An 8-bit MONOCHROME2 multi-frame instance of the given (28 x 28) frames."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+    sop_class = UID("1.2.840.10008.5.1.4.1.1.7.2")  # Multi-frame Grayscale Byte SC
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = frames[0].shape
+    ds.NumberOfFrames = len(frames)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    # displayed as stored (0..255 -> 0..1), as the model's PNG training images were: without
+    # a window the DICOM path stretches each frame's own range, which this PNG-trained model
+    # never saw (its OOD scores of chest frames then double and one in four is flagged)
+    ds.WindowCenter, ds.WindowWidth = 127.5, 256
+    ds.PixelData = np.stack(frames).astype(np.uint8).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert pydicom.dcmread(io.BytesIO(buf.getvalue())).pixel_array.shape == (len(frames), 28, 28)
+    return buf.getvalue()
+
+
+def _ct_frame() -> np.ndarray:
+    """CT1_JLSN's pixels as displayed, at PneumoniaMNIST's 28 x 28."""
+    from PIL import Image
+
+    from radlens.models.preprocessing import preprocess
+
+    image = preprocess((SHARED / "dicom" / "CT1_JLSN.dcm").read_bytes(), size=(256, 256))
+    gray = Image.fromarray((np.clip(image.pixels, 0, 1) * 255).astype(np.uint8))
+    return np.asarray(gray.resize((28, 28), Image.Resampling.BILINEAR))
+
+
+def _mixed_instance() -> bytes:
+    """Four CT frames around a held-out chest frame in the middle (the frame the instance's
+    first model call predicts)."""
+    chest = np.load(NPZ)["val_images"][VAL + 2]
+    ct = _ct_frame()
+    return _multiframe([ct, ct, chest, ct, ct])
+
+
+def test_every_frame_of_a_multiframe_instance_is_scored(flagging: Node) -> None:
+    """The middle frame is a chest X-ray, the other four a CT slice: judged by its middle
+    frame alone (as before), the instance passed as in distribution."""
+    threshold = flagging.client.get("/v1/models").json()["models"][0]["ood"]["threshold"]
+    data = _mixed_instance()
+    response = flagging.post(data)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    result = body["frame_result"]
+    assert result["frames"] == [0, 1, 2, 3, 4]
+    scores = result["ood_scores"]
+    assert len(scores) == 5
+    assert scores[2] <= threshold < min(scores[i] for i in (0, 1, 3, 4)), scores
+    assert result["ood_frames"] == 4 and result["in_distribution"] is False
+    assert body["in_distribution"] is False
+    key = result["frames"].index(result["key_frame"])
+    assert body["ood_score"] == pytest.approx(scores[key])  # the key frame's
+    stored = flagging.client.get(f"/v1/predictions/{body['id']}").json()
+    assert stored["frame_result"]["ood_scores"] == scores and stored["in_distribution"] is False
+
+
+def test_a_multiframe_instance_of_chest_frames_is_in_distribution(flagging: Node) -> None:
+    val = np.load(NPZ)["val_images"]
+    response = flagging.post(_multiframe([val[VAL + i] for i in (3, 4, 5, 6)]))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["frame_result"]["ood_frames"] == 0, body["frame_result"]
+    assert body["in_distribution"] is True and body["frame_result"]["in_distribution"] is True
+
+
+def test_refuse_refuses_a_multiframe_instance_by_its_frames(refusing: Node) -> None:
+    before = refusing.count()
+    data = _mixed_instance()
+    body = assert_problem(refusing.post(data), 422, code="out-of-distribution")
+    assert "threshold" in body["detail"], body
+    assert refusing.count() == before
+
+
+# --- the OpenVINO runtime: the same score as TensorFlow ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openvino_node(
+    databases: Databases, ood_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    """The same model and detector served through OpenVINO (RADLENS_RUNTIME=openvino): the
+    classifier runs as the converted IR, the detector on the Keras model's features."""
+    import shutil
+
+    from radlens.models.preprocessing import preprocess_array
+    from radlens.models.registry import ModelRegistry
+    from radlens.models.runtime import add_openvino_runtime, openvino_version
+
+    if openvino_version() is None:
+        pytest.skip("openvino is not installed")
+    store = tmp_path_factory.mktemp("ood-openvino") / "store"
+    shutil.copytree(ood_store, store)
+    data = np.load(NPZ)
+    images = np.stack([preprocess_array(a, size=SIZE) for a in data["val_images"][:64]])
+    add_openvino_runtime(
+        ModelRegistry(store),
+        "pneumonia:1",
+        images=images[..., None].astype(np.float32),
+        labels=data["val_labels"][:64].reshape(-1),
+    )
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    url = databases.new()
+    upgrade(url)
+    settings = make_settings(url, store, ood="flag", runtime="openvino", precision="fp32")
+    app = create_app(settings)
+    with TestClient(app) as client:
+        yield Node(client, app)
+
+
+def test_openvino_records_the_tensorflow_ood_score(flagging: Node, openvino_node: Node) -> None:
+    ready = openvino_node.client.get("/readyz").json()
+    assert (ready["runtime"], ready["precision"]) == ("openvino", "fp32"), ready
+    chest = _png(np.load(NPZ)["val_images"][VAL + 1])
+    ct = _as_png(SHARED / "dicom" / "CT1_JLSN.dcm")
+    for upload, in_distribution in ((chest, True), (ct, False)):
+        served = openvino_node.post(upload)
+        assert served.status_code == 201, served.text
+        body = served.json()
+        assert body["runtime"] == "openvino"
+        reference = flagging.post(upload).json()
+        assert reference["runtime"] == "tensorflow"
+        assert body["ood_score"] == pytest.approx(reference["ood_score"], rel=1e-4)
+        assert body["in_distribution"] is reference["in_distribution"] is in_distribution
+        # the classifier's scores come from the IR: equal to TensorFlow's within fp32 parity
+        for name, score in reference["scores"].items():
+            assert body["scores"][name] == pytest.approx(score, abs=1e-3)

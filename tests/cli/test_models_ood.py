@@ -34,6 +34,7 @@ def test_adds_a_sealed_detector_and_replaces_it(
     assert main(["models", "ood", "tiny", "--data", str(demo_data), "--store", str(store)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("added an OOD detector to tiny:1: mahalanobis, threshold")
+    assert "of new in-distribution images (under " in out  # the conformal expectation
     first = registry.verify("tiny", 1)  # sealed again: the seal covers the new field
     assert first.ood is not None
     first_file = registry.ood_detector_file(first)
@@ -43,6 +44,10 @@ def test_adds_a_sealed_detector_and_replaces_it(
     assert main([*args, "--method", "knn", "--json"]) == 0
     entry = json.loads(capsys.readouterr().out)
     assert entry["method"] == "knn" and entry["fitted_on"]["val_images"] >= 1
+    n = entry["fitted_on"]["val_images"]  # split conformal: ceil((n + 1) 0.99)-th of n
+    assert entry["expected_flag_rate"] == pytest.approx(
+        (n + 1 - min(n, -(-(n + 1) * 99 // 100))) / (n + 1)
+    )
     second = registry.verify("tiny", 1)
     assert second.model_sha256 == first.model_sha256 and second.created_at == first.created_at
     assert not first_file.exists()  # the replaced detector's file is gone

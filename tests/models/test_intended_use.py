@@ -1,7 +1,10 @@
+import pytest
+
 from radlens.models.intended_use import (
     IntendedUse,
     normalise_body_part,
     normalise_modality,
+    normalise_view_position,
     violations,
 )
 
@@ -92,7 +95,7 @@ def test_survey_counts_normalised_values_and_sizes() -> None:
 def test_the_gate_accepts_the_statement_else_what_training_saw() -> None:
     observed = survey([{"format": "dicom", "Modality": "CR", "BodyPartExamined": "junk"}])
     seen = intended_use_record(observed)
-    assert seen["accepts"] == {"modalities": ["CR"], "body_parts": []}  # junk: no constraint
+    assert seen["accepts"] == {"modalities": ["CR"], "body_parts": [], "view_positions": []}
     assert from_record(seen) == IntendedUse(modalities=("CR",), counts=from_record(seen).counts)
     stated = intended_use_record(observed, check_stated(["dr", "CR"], []))
     assert stated["accepts"]["modalities"] == ["CR", "DX"] and stated["source"] == "stated"
@@ -113,3 +116,53 @@ def test_unknown_statements_are_refused_quoting_them() -> None:
         check_stated(["CR", "XR"], [])
     with pytest.raises(ValueError, match=r"'banana' is not a known body part"):
         check_stated([], ["banana"])
+
+
+@pytest.mark.parametrize(
+    ("value", "family"),
+    [
+        ("PA", "FRONTAL"),  # rsna_chest_cr_*.dcm, RG1_*.dcm
+        ("AP", "FRONTAL"),  # RG3_*.dcm
+        ("pa", "FRONTAL"),
+        ("Postero-anterior", "FRONTAL"),
+        ("LL", "LATERAL"),
+        ("RL", "LATERAL"),
+        ("lateral", "LATERAL"),
+        ("Left_Lateral", "LATERAL"),
+        ("LAT", "LATERAL"),
+        ("RLD", "DECUBITUS"),
+        ("LLO", "OBLIQUE"),
+        ("MLO", "MLO"),
+        ("", None),  # RG2_JLSL.dcm (a hip): empty
+        (None, None),
+        ("JPEG 2000 Compressed Image", None),
+        ("??", None),
+        ("VIEW 3", None),
+    ],
+)
+def test_view_positions_normalise_to_projection_families(value: object, family: object) -> None:
+    assert normalise_view_position(value) == family
+
+
+def test_a_lateral_violates_a_frontal_model_and_junk_never_does() -> None:
+    observed = survey(
+        [
+            {"format": "dicom", "Modality": "CR", "BodyPartExamined": "CHEST", "ViewPosition": v}
+            for v in ("PA", "AP", "", "junk")
+        ]
+    )
+    record = intended_use_record(observed)
+    assert record["accepts"]["view_positions"] == ["FRONTAL"]
+    frontal = from_record(record)
+    chest = {"Modality": "CR", "BodyPartExamined": "CHEST"}
+    (found,) = violations({**chest, "ViewPosition": "LL"}, frontal)
+    assert (found.attribute, found.value, found.accepted) == ("ViewPosition", "LL", ("FRONTAL",))
+    assert violations({**chest, "ViewPosition": "lateral"}, frontal)
+    for ok in ("PA", "AP", "ap", "", None, "JPEG 2000 Compressed Image", "xyz"):
+        assert violations({**chest, "ViewPosition": ok}, frontal) == [], ok
+    # training DICOM without a known view position: no view constraint
+    unknown = survey([{"format": "dicom", "Modality": "CR", "ViewPosition": "junk"}])
+    assert violations({"ViewPosition": "LL"}, from_record(intended_use_record(unknown))) == []
+    # a manifest recorded before view positions were gated accepts every view
+    older = {"accepts": {"modalities": ["CR"], "body_parts": ["CHEST"]}, "observed": {}}
+    assert violations({**chest, "ViewPosition": "LL"}, from_record(older)) == []
