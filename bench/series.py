@@ -7,6 +7,7 @@ Not a test. Run from the repository root (figures: docs/benchmarks/series.md):
     .venv/bin/python -m bench.series --database postgres  # scratch DB on 127.0.0.1:5432
     .venv/bin/python -m bench.series --slices 40 --rounds 1   # smoke run
     .venv/bin/python -m bench.series --multiframe-probe 64     # frame-by-frame cost, in process
+                                                               # (and preprocessing alone)
 
 What it does, all on this machine and loopback only:
 1. builds ResNet50 at 224x224 (weights=None, 2 classes, window "lung") into a temporary model
@@ -215,6 +216,36 @@ def multiframe_instance(ds: Any, pixels: np.ndarray, frames: int) -> bytes:
     return buf.getvalue()
 
 
+def preprocessing_probe(data: bytes, frames: int, rounds: int) -> None:
+    """Preprocessing alone, in this process: every frame of ``data`` by one
+    ``preprocess(data, frame=i)`` call each (what the service did before) vs one
+    ``preprocess_frames`` call (the file parsed once), interleaved round by round; CPU and
+    wall seconds for the whole instance, at the bench model's 224x224 lung window."""
+    from radlens.models.preprocessing import preprocess, preprocess_frames
+
+    options: dict[str, Any] = {"size": (SIZE, SIZE), "window": "lung"}
+
+    def per_frame() -> int:
+        return len([preprocess(data, frame=i, **options) for i in range(frames)])
+
+    def read_once() -> int:
+        return len(list(preprocess_frames(data, range(frames), **options)))
+
+    for r in range(rounds):
+        figures = []
+        ways = (("per-frame preprocess()", per_frame), ("preprocess_frames()", read_once))
+        for name, run in ways:
+            c0, t0 = time.process_time(), time.perf_counter()
+            assert run() == frames
+            cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+            figures.append(f"{name} {cpu:.2f} CPU s / {wall:.2f} s wall")
+        print(
+            f"preprocessing round {r + 1}, {frames} frames: {'; '.join(figures)}; load "
+            f"{os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+
+
 def multiframe_probe(frames: int, rounds: int) -> None:
     """In process (httpx's ASGI transport, no socket), with a 32 px model whose time is next to
     nothing: one ``frames``-frame 512x512 instance predicted frame by frame vs the same frames
@@ -228,6 +259,7 @@ def multiframe_probe(frames: int, rounds: int) -> None:
 
     ds, pixels, source = source_pixels()
     print(f"multi-frame probe: {frames} frames of {source}, uncompressed; 32 px model")
+    preprocessing_probe(multiframe_instance(ds, pixels, frames), frames, rounds)
     with tempfile.TemporaryDirectory(prefix="radlens-bench-frames-") as tmp_name:
         tmp = Path(tmp_name)
         ref = save_tiny_model(tmp / "store")
