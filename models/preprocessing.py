@@ -233,8 +233,9 @@ def preprocess(
             multi-frame file's per-frame functional groups (see :func:`frame_dataset`).
         frame: the 0-based index of the frame to use; ``None`` picks the middle frame
             (``frames // 2``). A PNG or JPEG has the one frame 0. To predict a whole
-            multi-frame instance frame by frame, call this once per index of
-            :func:`frame_indices` (``metadata.frames`` says how many there are).
+            multi-frame instance frame by frame, pass :func:`frame_indices` to
+            :func:`preprocess_frames`, which parses the file once for all of them
+            (``metadata.frames`` says how many there are).
 
     Returns:
         The pixels, float32 of shape ``(H, W)`` with values in [0, 1], and the PHI-free
@@ -509,7 +510,7 @@ def frame_indices(number_of_frames: int, max_frames: int | None) -> list[int]:
     ``None``); otherwise every k-th frame, ``k = ceil(number_of_frames / max_frames)``, so
     at most ``max_frames`` are returned, with the unused frames split evenly before the
     first and after the last one so the sample stays centred on the volume. Pass each
-    index as ``preprocess(..., frame=index)``.
+    index as ``preprocess(..., frame=index)``, or all of them to :func:`preprocess_frames`.
 
     Args:
         number_of_frames: the instance's frame count (``ImageMetadata.frames``), >= 1.
