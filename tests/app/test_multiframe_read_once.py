@@ -77,3 +77,29 @@ def test_a_multi_frame_upload_is_parsed_twice_not_once_per_frame(
     monkeypatch.undo()
     expected = model_scores(service, data, list(range(6)))[:, 1]
     assert result["scores"] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_a_frame_that_fails_after_the_middle_one_fails_the_instance(service: Service) -> None:
+    """The middle frame decodes (the upload's first step passes), frame 0 does not: the
+    instance is refused with a problem, nothing is stored, and the service keeps serving."""
+    import io
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(str(get_testdata_file("emri_small_RLE.dcm")))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    frames[0] = b"\x01\x00\x00\x00" + b"\x00" * 60  # an RLE header naming one segment, no data
+    ds.PixelData = encapsulate(frames)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    assert preprocessing.preprocess(data).metadata.frame_index == 5  # the middle frame is fine
+    before = service.count()
+    response = service.post(data)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert service.count() == before
+    assert service.post(multiframe_bytes(2, seed=12)[0]).status_code == 201
