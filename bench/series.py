@@ -6,6 +6,7 @@ Not a test. Run from the repository root (figures: docs/benchmarks/series.md):
     .venv/bin/python -m bench.series                      # SQLite in a temp dir
     .venv/bin/python -m bench.series --database postgres  # scratch DB on 127.0.0.1:5432
     .venv/bin/python -m bench.series --slices 40 --rounds 1   # smoke run
+    .venv/bin/python -m bench.series --compare-streams 1      # also a 1-stream service, same run
     .venv/bin/python -m bench.series --multiframe-probe 64     # frame-by-frame cost, in process
                                                                # (and preprocessing alone)
 
@@ -321,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-streams", type=int, default=2)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument(
+        "--compare-streams", type=int, default=0, metavar="N",
+        help="also run a second service with N inference streams; each round sends the series "
+        "to both (the order alternating), against the same raw measurement",
+    )  # fmt: skip
+    parser.add_argument(
         "--multiframe-probe", type=int, default=0, metavar="FRAMES",
         help="instead: one FRAMES-frame instance vs FRAMES single-frame ones, in process, "
         "with a model of negligible cost (what frame-by-frame prediction costs)",
@@ -353,43 +359,61 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RADLENS_MAX_UPLOAD_BYTES"] = str(512 * MIB)
         os.environ["RADLENS_STOW_MAX_INSTANCES"] = str(max(args.slices, 100))
         with database(args.database, tmp) as url:
-            port = free_port()
-            proc = start_service(tmp, store, ref, port, url, args)
-            base = f"http://127.0.0.1:{port}"
+            services = {f"{args.inference_streams} streams": (tmp, args)}
+            if args.compare_streams:
+                other = argparse.Namespace(
+                    **{**vars(args), "inference_streams": args.compare_streams}
+                )
+                (tmp / "compare").mkdir()
+                services[f"{args.compare_streams} streams"] = (tmp / "compare", other)
+            procs: dict[str, tuple[Any, str]] = {}
             try:
-                ready_s = asyncio.run(wait_ready(base, proc, args.ready_timeout))
-                headers = api_key_headers(url)
-                print(f"service ready in {ready_s:.1f} s ({args.database})")
-                run_round(base, headers, ds, pixels, min(args.slices, 16))  # warm-up
-                ratios, cpu_ratios = [], []
+                for name, (folder, options) in services.items():
+                    port = free_port()
+                    proc = start_service(folder, store, ref, port, url, options)
+                    base = f"http://127.0.0.1:{port}"
+                    procs[name] = (proc, base)
+                    ready_s = asyncio.run(wait_ready(base, proc, args.ready_timeout))
+                    headers = api_key_headers(url)
+                    print(f"service ({name}) ready in {ready_s:.1f} s ({args.database})")
+                    run_round(base, headers, ds, pixels, min(args.slices, 16))  # warm-up
+                ratios: dict[str, list[float]] = {name: [] for name in procs}
+                cpu_ratios: dict[str, list[float]] = {name: [] for name in procs}
                 for r in range(args.rounds):
                     raw_rate, method, raw_cpu = raw.rate(best_bs, args.slices)
-                    cpu0 = proc_cpu_s(proc.pid)
-                    seconds, _series, _status, read_ms = run_round(
-                        base, headers, ds, pixels, args.slices
-                    )
-                    cpu_ms = (proc_cpu_s(proc.pid) - cpu0) * 1000.0 / args.slices
-                    rate = args.slices / seconds
-                    ratios.append(rate / raw_rate)
-                    cpu_ratios.append(raw_cpu / cpu_ms)
-                    print(
-                        f"round {r + 1}: raw {raw_rate:6.2f} img/s, {raw_cpu:.0f} CPU ms/img "
-                        f"(batch {best_bs}, {method}); STOW-RS {args.slices} slices in "
-                        f"{seconds:6.1f} s = {rate:6.2f} img/s -> {ratios[-1]:.3f}x; service "
-                        f"{cpu_ms:.0f} CPU ms/slice (raw/service CPU {cpu_ratios[-1]:.3f}); "
-                        f"GET /v1/series {read_ms:.0f} ms; load {os.getloadavg()[0]:.1f}",
-                        flush=True,
-                    )
-                memory = proc_memory(proc.pid)
+                    names = list(procs) if r % 2 == 0 else list(reversed(procs))
+                    for name in names:
+                        proc, base = procs[name]
+                        cpu0 = proc_cpu_s(proc.pid)
+                        seconds, _series, _status, read_ms = run_round(
+                            base, headers, ds, pixels, args.slices
+                        )
+                        cpu_ms = (proc_cpu_s(proc.pid) - cpu0) * 1000.0 / args.slices
+                        rate = args.slices / seconds
+                        ratios[name].append(rate / raw_rate)
+                        cpu_ratios[name].append(raw_cpu / cpu_ms)
+                        print(
+                            f"round {r + 1} ({name}): raw {raw_rate:6.2f} img/s, {raw_cpu:.0f} "
+                            f"CPU ms/img (batch {best_bs}, {method}); STOW-RS {args.slices} "
+                            f"slices in {seconds:6.1f} s = {rate:6.2f} img/s -> "
+                            f"{ratios[name][-1]:.3f}x; service {cpu_ms:.0f} CPU ms/slice "
+                            f"(raw/service CPU {cpu_ratios[name][-1]:.3f}); GET /v1/series "
+                            f"{read_ms:.0f} ms; load {os.getloadavg()[0]:.1f}",
+                            flush=True,
+                        )
+                memory = {name: proc_memory(proc.pid) for name, (proc, _base) in procs.items()}
             finally:
-                stop_service(proc)
-    median = statistics.median(ratios)
-    verdict = "meets" if median >= 0.9 else "misses"
-    print(
-        f"median ratio {median:.3f}x over {len(ratios)} rounds (target >= 0.9: {verdict}); "
-        f"CPU per image, raw / service: median {statistics.median(cpu_ratios):.3f}; "
-        f"service VmHWM {memory.get('VmHWM', 0) / MIB:.0f} MiB"
-    )
+                for proc, _base in procs.values():
+                    stop_service(proc)
+    for name in ratios:
+        median = statistics.median(ratios[name])
+        verdict = "meets" if median >= 0.9 else "misses"
+        print(
+            f"{name}: median ratio {median:.3f}x over {len(ratios[name])} rounds (target >= 0.9: "
+            f"{verdict}); CPU per image, raw / service: median "
+            f"{statistics.median(cpu_ratios[name]):.3f}; service VmHWM "
+            f"{memory[name].get('VmHWM', 0) / MIB:.0f} MiB"
+        )
     return 0
 
 
