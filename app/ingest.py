@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import itertools
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -201,21 +202,10 @@ def fit_label(label: str, findings: tuple[FindingValue, ...]) -> str:
     return f"{sum(f.positive for f in findings)} findings"
 
 
-def _prepare_frame(
-    data: bytes,
-    size: tuple[int, int],
-    window: str | None,
-    max_pixels: int,
-    version: str,
-    frame: int,
-) -> tuple[np.ndarray, PreprocessedImage]:
-    """One frame of a multi-frame upload -> (model input, preprocessed frame)."""
-    from radlens.models.preprocessing import preprocess
-
-    image = preprocess(
-        data, size=size, window=window, max_pixels=max_pixels, version=version, frame=frame
-    )
-    return image.model_input(), image
+def _next_frames(frames: Iterator[PreprocessedImage], count: int) -> list[PreprocessedImage]:
+    """Up to ``count`` more frames from models.preprocessing.preprocess_frames (blocking:
+    each is decoded, transformed and resized here)."""
+    return list(itertools.islice(frames, count))
 
 
 @dataclass(frozen=True)
@@ -474,31 +464,46 @@ class Ingestor:
         self, data: bytes, first: PreprocessedImage, output: PredictionOutput
     ) -> FramesPredicted:
         """Predict a multi-frame instance frame by frame: every frame, or every k-th above
-        RADLENS_MAX_FRAMES (models.preprocessing.frame_indices). The frames' model calls are
-        queued together, so they share micro-batches (with each other and other requests);
-        the frame already predicted (the middle one) is not predicted again. A frame that fails
-        fails the instance (nothing is stored)."""
-        from radlens.models.preprocessing import frame_indices
+        RADLENS_MAX_FRAMES (models.preprocessing.frame_indices). The file is parsed once for
+        all the frames (models.preprocessing.preprocess_frames; parsing it again per frame
+        cost more than the frame's model call), and the frames are decoded in a worker
+        thread a batch at a time, each batch's model calls queued while the next is decoded,
+        so they share micro-batches (with each other and other requests); the frame already
+        predicted (the middle one) is not predicted again. A frame that fails fails the
+        instance (nothing is stored)."""
+        from radlens.models.preprocessing import frame_indices, preprocess_frames
 
         predictor = self.predictor
         manifest = predictor.manifest
         indices = frame_indices(first.metadata.frames, self.settings.max_frames)
-        prepare = functools.partial(
-            _prepare_frame,
+        others = [i for i in indices if i != first.metadata.frame_index]
+        frames = await asyncio.to_thread(
+            preprocess_frames,
             data,
-            predictor.input_size,
-            manifest.window,
-            self.settings.max_pixels,
-            manifest.preprocessing_version,
+            others,
+            size=predictor.input_size,
+            window=manifest.window,
+            max_pixels=self.settings.max_pixels,
+            version=manifest.preprocessing_version,
         )
-
-        async def one(index: int) -> tuple[PredictionOutput, PreprocessedImage]:
-            if index == first.metadata.frame_index:
-                return output, first
-            out = await predictor.predict_prepared(functools.partial(prepare, index))
-            return out, cast("PreprocessedImage", out.prepared)
-
-        done = await asyncio.gather(*(one(i) for i in indices))
+        images = {first.metadata.frame_index: first}
+        calls: dict[int, asyncio.Task[PredictionOutput]] = {}
+        try:
+            while batch := await asyncio.to_thread(
+                _next_frames, frames, max(1, predictor.batch_limit)
+            ):
+                for image in batch:
+                    index = image.metadata.frame_index
+                    images[index] = image
+                    calls[index] = asyncio.create_task(predictor.predict(image.model_input()))
+            outputs = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
+        except BaseException:
+            for call in calls.values():
+                call.cancel()
+            await asyncio.gather(*calls.values(), return_exceptions=True)
+            raise
+        outputs[first.metadata.frame_index] = output
+        done = [(outputs[i], images[i]) for i in indices]
         frame_scores = np.stack([np.asarray(o.scores, dtype=np.float64) for o, _ in done])
         scores, key, result = aggregate_frames(
             indices,

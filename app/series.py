@@ -78,6 +78,44 @@ def register_instance(session: Session, prediction: Prediction) -> None:
     uid = prediction.series_instance_uid
     if not uid:
         return
+    reference = _series_seen(session).get(uid)
+    if reference is None:
+        reference = _record_series(session, prediction, uid)
+        # the rest of this transaction (begun by now) checks against it without a query
+        _series_seen(session)[uid] = reference
+    problems = mismatches(
+        reference.study_instance_uid,
+        reference.modality,
+        (reference.rows, reference.columns),
+        prediction,
+    )
+    if problems:
+        raise SeriesMismatchError(
+            "the instance's " + "; ".join(problems) + " (nothing of this instance was stored)"
+        )
+
+
+def _series_seen(session: Session) -> dict[str, Any]:
+    """The series recorded or read so far in the session's current transaction.
+
+    The writer commits a group of predictions in one transaction, often many instances of
+    one series (a STOW-RS request of a CT series): the series' row is inserted or read for
+    the first and checked from memory for the others, saving two statements per instance.
+    A group that fails is rolled back as a whole, so what is remembered here never outlives
+    the transaction it was read in (it is keyed by the transaction object)."""
+    transaction = session.get_transaction()
+    stored = session.info.get(_SEEN_KEY)
+    if stored is None or stored[0] is not transaction:
+        stored = (transaction, {})
+        session.info[_SEEN_KEY] = stored
+    return cast(dict[str, Any], stored[1])
+
+
+_SEEN_KEY = "radlens.series_seen"
+
+
+def _record_series(session: Session, prediction: Prediction, uid: str) -> Any:
+    """Insert the series' row unless it exists, and read it back."""
     values = {
         "series_instance_uid": uid,
         "study_instance_uid": prediction.study_instance_uid,
@@ -101,16 +139,7 @@ def register_instance(session: Session, prediction: Prediction) -> None:
             break
     if reference is None:
         raise RuntimeError(f"the series record of {uid!r} was neither inserted nor found")
-    problems = mismatches(
-        reference.study_instance_uid,
-        reference.modality,
-        (reference.rows, reference.columns),
-        prediction,
-    )
-    if problems:
-        raise SeriesMismatchError(
-            "the instance's " + "; ".join(problems) + " (nothing of this instance was stored)"
-        )
+    return reference
 
 
 def _insert_series(session: Session, values: dict[str, Any]) -> None:

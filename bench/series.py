@@ -6,7 +6,9 @@ Not a test. Run from the repository root (figures: docs/benchmarks/series.md):
     .venv/bin/python -m bench.series                      # SQLite in a temp dir
     .venv/bin/python -m bench.series --database postgres  # scratch DB on 127.0.0.1:5432
     .venv/bin/python -m bench.series --slices 40 --rounds 1   # smoke run
+    .venv/bin/python -m bench.series --compare-streams 1      # also a 1-stream service, same run
     .venv/bin/python -m bench.series --multiframe-probe 64     # frame-by-frame cost, in process
+                                                               # (and preprocessing alone)
 
 What it does, all on this machine and loopback only:
 1. builds ResNet50 at 224x224 (weights=None, 2 classes, window "lung") into a temporary model
@@ -215,6 +217,36 @@ def multiframe_instance(ds: Any, pixels: np.ndarray, frames: int) -> bytes:
     return buf.getvalue()
 
 
+def preprocessing_probe(data: bytes, frames: int, rounds: int) -> None:
+    """Preprocessing alone, in this process: every frame of ``data`` by one
+    ``preprocess(data, frame=i)`` call each (what the service did before) vs one
+    ``preprocess_frames`` call (the file parsed once), interleaved round by round; CPU and
+    wall seconds for the whole instance, at the bench model's 224x224 lung window."""
+    from radlens.models.preprocessing import preprocess, preprocess_frames
+
+    options: dict[str, Any] = {"size": (SIZE, SIZE), "window": "lung"}
+
+    def per_frame() -> int:
+        return len([preprocess(data, frame=i, **options) for i in range(frames)])
+
+    def read_once() -> int:
+        return len(list(preprocess_frames(data, range(frames), **options)))
+
+    for r in range(rounds):
+        figures = []
+        ways = (("per-frame preprocess()", per_frame), ("preprocess_frames()", read_once))
+        for name, run in ways:
+            c0, t0 = time.process_time(), time.perf_counter()
+            assert run() == frames
+            cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+            figures.append(f"{name} {cpu:.2f} CPU s / {wall:.2f} s wall")
+        print(
+            f"preprocessing round {r + 1}, {frames} frames: {'; '.join(figures)}; load "
+            f"{os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+
+
 def multiframe_probe(frames: int, rounds: int) -> None:
     """In process (httpx's ASGI transport, no socket), with a 32 px model whose time is next to
     nothing: one ``frames``-frame 512x512 instance predicted frame by frame vs the same frames
@@ -228,6 +260,7 @@ def multiframe_probe(frames: int, rounds: int) -> None:
 
     ds, pixels, source = source_pixels()
     print(f"multi-frame probe: {frames} frames of {source}, uncompressed; 32 px model")
+    preprocessing_probe(multiframe_instance(ds, pixels, frames), frames, rounds)
     with tempfile.TemporaryDirectory(prefix="radlens-bench-frames-") as tmp_name:
         tmp = Path(tmp_name)
         ref = save_tiny_model(tmp / "store")
@@ -251,24 +284,26 @@ def multiframe_probe(frames: int, rounds: int) -> None:
             ):
                 for r in range(rounds):
                     data = multiframe_instance(ds, pixels, frames)
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     one = await client.post(
                         "/v1/predictions", files={"file": ("mf.dcm", data, "application/dicom")}
                     )
-                    multi_s = time.perf_counter() - t0
+                    multi_s, multi_cpu = time.perf_counter() - t0, time.process_time() - c0
                     _study, _series, files = make_series(ds, pixels, frames)
                     body, content_type = multipart(files)
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     many = await client.post(
                         "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
                     )
-                    stow_s = time.perf_counter() - t0
+                    stow_s, stow_cpu = time.perf_counter() - t0, time.process_time() - c0
                     if many.status_code != 200:
                         print(many.text[:600])
+                    # CPU: this whole process (service threads included) during the request
                     print(
                         f"round {r + 1}: one {frames}-frame instance ({len(data) / MIB:.0f} MiB) "
-                        f"{one.status_code} in {multi_s:.2f} s; {frames} single-frame instances "
-                        f"by STOW-RS {many.status_code} in {stow_s:.2f} s; load "
+                        f"{one.status_code} in {multi_s:.2f} s ({multi_cpu:.2f} CPU s); {frames} "
+                        f"single-frame instances by STOW-RS {many.status_code} in {stow_s:.2f} s "
+                        f"({stow_cpu * 1000 / frames:.1f} CPU ms per instance); load "
                         f"{os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
@@ -286,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-wait-ms", type=float, default=50.0)
     parser.add_argument("--inference-streams", type=int, default=2)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--compare-streams", type=int, default=0, metavar="N",
+        help="also run a second service with N inference streams; each round sends the series "
+        "to both (the order alternating), against the same raw measurement",
+    )  # fmt: skip
     parser.add_argument(
         "--multiframe-probe", type=int, default=0, metavar="FRAMES",
         help="instead: one FRAMES-frame instance vs FRAMES single-frame ones, in process, "
@@ -319,43 +359,61 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RADLENS_MAX_UPLOAD_BYTES"] = str(512 * MIB)
         os.environ["RADLENS_STOW_MAX_INSTANCES"] = str(max(args.slices, 100))
         with database(args.database, tmp) as url:
-            port = free_port()
-            proc = start_service(tmp, store, ref, port, url, args)
-            base = f"http://127.0.0.1:{port}"
+            services = {f"{args.inference_streams} streams": (tmp, args)}
+            if args.compare_streams:
+                other = argparse.Namespace(
+                    **{**vars(args), "inference_streams": args.compare_streams}
+                )
+                (tmp / "compare").mkdir()
+                services[f"{args.compare_streams} streams"] = (tmp / "compare", other)
+            procs: dict[str, tuple[Any, str]] = {}
             try:
-                ready_s = asyncio.run(wait_ready(base, proc, args.ready_timeout))
-                headers = api_key_headers(url)
-                print(f"service ready in {ready_s:.1f} s ({args.database})")
-                run_round(base, headers, ds, pixels, min(args.slices, 16))  # warm-up
-                ratios, cpu_ratios = [], []
+                for name, (folder, options) in services.items():
+                    port = free_port()
+                    proc = start_service(folder, store, ref, port, url, options)
+                    base = f"http://127.0.0.1:{port}"
+                    procs[name] = (proc, base)
+                    ready_s = asyncio.run(wait_ready(base, proc, args.ready_timeout))
+                    headers = api_key_headers(url)
+                    print(f"service ({name}) ready in {ready_s:.1f} s ({args.database})")
+                    run_round(base, headers, ds, pixels, min(args.slices, 16))  # warm-up
+                ratios: dict[str, list[float]] = {name: [] for name in procs}
+                cpu_ratios: dict[str, list[float]] = {name: [] for name in procs}
                 for r in range(args.rounds):
                     raw_rate, method, raw_cpu = raw.rate(best_bs, args.slices)
-                    cpu0 = proc_cpu_s(proc.pid)
-                    seconds, _series, _status, read_ms = run_round(
-                        base, headers, ds, pixels, args.slices
-                    )
-                    cpu_ms = (proc_cpu_s(proc.pid) - cpu0) * 1000.0 / args.slices
-                    rate = args.slices / seconds
-                    ratios.append(rate / raw_rate)
-                    cpu_ratios.append(raw_cpu / cpu_ms)
-                    print(
-                        f"round {r + 1}: raw {raw_rate:6.2f} img/s, {raw_cpu:.0f} CPU ms/img "
-                        f"(batch {best_bs}, {method}); STOW-RS {args.slices} slices in "
-                        f"{seconds:6.1f} s = {rate:6.2f} img/s -> {ratios[-1]:.3f}x; service "
-                        f"{cpu_ms:.0f} CPU ms/slice (raw/service CPU {cpu_ratios[-1]:.3f}); "
-                        f"GET /v1/series {read_ms:.0f} ms; load {os.getloadavg()[0]:.1f}",
-                        flush=True,
-                    )
-                memory = proc_memory(proc.pid)
+                    names = list(procs) if r % 2 == 0 else list(reversed(procs))
+                    for name in names:
+                        proc, base = procs[name]
+                        cpu0 = proc_cpu_s(proc.pid)
+                        seconds, _series, _status, read_ms = run_round(
+                            base, headers, ds, pixels, args.slices
+                        )
+                        cpu_ms = (proc_cpu_s(proc.pid) - cpu0) * 1000.0 / args.slices
+                        rate = args.slices / seconds
+                        ratios[name].append(rate / raw_rate)
+                        cpu_ratios[name].append(raw_cpu / cpu_ms)
+                        print(
+                            f"round {r + 1} ({name}): raw {raw_rate:6.2f} img/s, {raw_cpu:.0f} "
+                            f"CPU ms/img (batch {best_bs}, {method}); STOW-RS {args.slices} "
+                            f"slices in {seconds:6.1f} s = {rate:6.2f} img/s -> "
+                            f"{ratios[name][-1]:.3f}x; service {cpu_ms:.0f} CPU ms/slice "
+                            f"(raw/service CPU {cpu_ratios[name][-1]:.3f}); GET /v1/series "
+                            f"{read_ms:.0f} ms; load {os.getloadavg()[0]:.1f}",
+                            flush=True,
+                        )
+                memory = {name: proc_memory(proc.pid) for name, (proc, _base) in procs.items()}
             finally:
-                stop_service(proc)
-    median = statistics.median(ratios)
-    verdict = "meets" if median >= 0.9 else "misses"
-    print(
-        f"median ratio {median:.3f}x over {len(ratios)} rounds (target >= 0.9: {verdict}); "
-        f"CPU per image, raw / service: median {statistics.median(cpu_ratios):.3f}; "
-        f"service VmHWM {memory.get('VmHWM', 0) / MIB:.0f} MiB"
-    )
+                for proc, _base in procs.values():
+                    stop_service(proc)
+    for name in ratios:
+        median = statistics.median(ratios[name])
+        verdict = "meets" if median >= 0.9 else "misses"
+        print(
+            f"{name}: median ratio {median:.3f}x over {len(ratios[name])} rounds (target >= 0.9: "
+            f"{verdict}); CPU per image, raw / service: median "
+            f"{statistics.median(cpu_ratios[name]):.3f}; service VmHWM "
+            f"{memory[name].get('VmHWM', 0) / MIB:.0f} MiB"
+        )
     return 0
 
 
