@@ -108,7 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta-shift", type=int, default=2)
     p.add_argument("--ensembles", action="store_true", help="also score seed-averaged OOF")
     p.add_argument("--out", type=Path, default=Path("runs/cv"))
+    p.add_argument(
+        "--summary",
+        help="no training: merge the cv.json/OOF files of these comma-separated --out folders "
+        "into <out>/summary.json (table, seed-averaged ensembles, ranking across seeds)",
+    )
     args = p.parse_args(argv)
+    if args.summary:
+        return summary([Path(d) for d in args.summary.split(",") if d], args)
     if not Path(args.data).is_file():
         print(f"bench.recipe_cv: data not found: {args.data!r}", file=sys.stderr)
         return 2
@@ -191,6 +198,57 @@ def ensembles(out: Path, report: dict[str, Any], names: list[str], folding: Any,
             key = f"{name}{suffix}_x{len(files)}"
             report["ensembles"][key] = summarise(labels, scores, folds)
             print(line(key, report["ensembles"][key]), flush=True)
+
+
+def summary(folders: list[Path], args: Any) -> int:
+    """Merge runs from several ``--out`` folders (the seeds may run as separate processes)."""
+    import numpy as np
+
+    from radlens.training.recipe import stratified_folds
+
+    runs: dict[str, Any] = {}
+    for folder in folders:
+        runs.update(json.loads((folder / "cv.json").read_text())["runs"])
+    _, labels = load(args.data, 32)
+    folds = stratified_folds(labels, args.folds, args.fold_seed)
+    merged: dict[str, Any] = {"runs": runs, "ensembles": {}, "ranking": {}}
+    print("per run (OOF over train+val, mean +- sd over folds):")
+    for key in sorted(runs):
+        print(line(key, runs[key]["plain"]))
+        if "tta" in runs[key]:
+            print(line(f"{key} +tta", runs[key]["tta"]))
+    configs_seen = sorted({r["config"] for r in runs.values()})
+    print("seed-averaged OOF scores (an ensemble of one member per seed):")
+    for name in configs_seen:
+        for suffix in ("", "_tta"):
+            files = [
+                f
+                for folder in folders
+                for f in sorted(folder.glob(f"oof_{name}_s*.npy"))
+                if f.stem.endswith("_tta") == (suffix == "_tta")
+            ]
+            if len(files) < 2:
+                continue
+            scores = np.mean([np.load(f) for f in files], axis=0)
+            key = f"{name}{suffix} x{len(files)} seeds"
+            merged["ensembles"][key] = summarise(labels, scores, folds)
+            print(line(key, merged["ensembles"][key]))
+    seeds = sorted({r["seed"] for r in runs.values()})
+    both = [c for c in configs_seen if all(f"{c}_s{s}" in runs for s in seeds)]
+    if len(seeds) >= 2 and len(both) >= 2:
+        for metric in ("auc", "accuracy_at_test_prior"):
+            orders = {
+                s: sorted(
+                    both, key=lambda c, s=s: -runs[f"{c}_s{s}"]["plain"]["at_0.5"][metric]["mean"]
+                )
+                for s in seeds
+            }
+            merged["ranking"][metric] = orders
+            print(f"ranking by {metric}: " + "; ".join(f"seed {s}: {o}" for s, o in orders.items()))
+    out = args.out / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
