@@ -4,6 +4,13 @@ Not a test. Run from the repository root (see docs/results.md for the figures an
 
     .venv/bin/python -m bench.pneumonia --arch resnet50 --epochs 12 --time-budget-minutes 50
     .venv/bin/python -m bench.pneumonia --arch simple_cnn --image-size 32 --epochs 15
+    .venv/bin/python -m bench.pneumonia --arch cv-ensemble --time-budget-minutes 45
+
+``--arch cv-ensemble`` (issue 19) is the recipe chosen by 5-fold out-of-fold figures over
+train+val (``bench/recipe_cv.py``): one simple CNN per fold and seed (``--member`` names a
+``bench.recipe_cv`` configuration, ``--seeds`` the seeds), the threshold and operating points
+chosen on the out-of-fold scores, and every member stored as ONE ensemble model
+(``training.recipe.export_ensemble``); the rest of this docstring is about the other two.
 
 It trains with ``training.run.train`` (the same code as ``radlens train``) on
 ``../shared/data/pneumoniamnist/pneumoniamnist_28_trainval.npz``: the official ``train`` split
