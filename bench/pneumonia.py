@@ -94,7 +94,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 # The recipe issue 19 chose by 5-fold out-of-fold figures over train+val (bench/recipe_cv.py,
 # docs/results.md): the fold models of every seed, served as one averaged model.
 ENSEMBLE = "cv-ensemble"
-ENSEMBLE_MEMBER = "ls"
+ENSEMBLE_MEMBER = "filters"
 ENSEMBLE_SEEDS = "1,2"
 ENSEMBLE_EPOCHS = 6
 ENSEMBLE_TTA_SHIFT = 0
