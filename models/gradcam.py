@@ -517,6 +517,11 @@ def gradcam_explain(
     classes = _check_class_index(class_index, batch.shape[0])
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigurationError(f"batch_size must be an int >= 1. Received: {batch_size!r}")
+    from radlens.models.ensemble import ensemble_members
+
+    members = ensemble_members(model)
+    if members:
+        return _explain_ensemble(model, members, batch, classes, layer_name, batch_size)
     gm = _grad_model(model, layer_name)
     maps, chosen, scores = [], [], []
     for start in range(0, batch.shape[0], batch_size):
@@ -530,6 +535,53 @@ def gradcam_explain(
         class_indices=np.concatenate(chosen),
         scores=np.concatenate(scores).astype(np.float32),
         layer=gm.layer,
+    )
+
+
+def _explain_ensemble(
+    model: keras.Model,
+    members: Sequence[keras.Model],
+    batch: np.ndarray,
+    classes: np.ndarray | None,
+    layer_name: str | None,
+    batch_size: int,
+) -> GradCamResult:
+    """Grad-CAM of an ensemble (``models.ensemble``): each member's map of the same class on the
+    unshifted image, averaged and re-normalised; the scores are the ensemble's own output.
+
+    Why the mean of maps: the ensemble's score is the mean of its members' probabilities, so
+    the evidence for it is their evidence together; a single member's map would explain a
+    score the service never shows. The class explained is the ensemble's choice (its argmax
+    when ``class_index`` is None), the same for every member.
+    """
+    scores = np.concatenate(
+        [
+            np.asarray(model(batch[i : i + batch_size], training=False), dtype=np.float32)
+            for i in range(0, batch.shape[0], batch_size)
+        ]
+    )
+    if classes is None:
+        chosen = np.argmax(scores, axis=1).astype(np.int64)
+    else:
+        bad = classes[(classes < 0) | (classes >= scores.shape[1])]
+        if bad.size:
+            raise ConfigurationError(
+                f"class_index must be in 0..{scores.shape[1] - 1} for this model. "
+                f"Received: {bad.tolist()[0]}"
+            )
+        chosen = classes.astype(np.int64)
+    maps = [
+        gradcam_explain(
+            member, batch, class_index=chosen, layer_name=layer_name, batch_size=batch_size
+        )
+        for member in members
+    ]
+    mean = np.mean([m.heatmaps for m in maps], axis=0)
+    return GradCamResult(
+        heatmaps=_normalise(mean).astype(np.float32),
+        class_indices=chosen,
+        scores=scores,
+        layer=f"mean of {len(members)} members' {maps[0].layer}",
     )
 
 

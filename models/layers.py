@@ -20,7 +20,7 @@ from keras import ops as K
 from radlens.models.errors import ConfigurationError
 from radlens.models.ops import FILTER_NAMES, KERNELS
 
-__all__ = ["FixedFilterBank", "GrayToRGB", "ResNetPreprocess", "check_filter_names"]
+__all__ = ["FixedFilterBank", "GrayToRGB", "ResNetPreprocess", "ShiftView", "check_filter_names"]
 
 # keras.applications.resnet50.preprocess_input ("caffe" mode) on 0..255 RGB: flip RGB->BGR,
 # subtract the ImageNet BGR channel means, no scaling.
@@ -167,3 +167,46 @@ class ResNetPreprocess(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         return tuple(input_shape)
+
+
+@keras.saving.register_keras_serializable(package="radlens")
+class ShiftView(keras.layers.Layer):
+    """The image moved by ``(dy, dx)`` pixels, the uncovered border filled by reflection.
+
+    A test-time augmentation view (``models.ensemble``): content at ``(i, j)`` moves to
+    ``(i + dy, j + dx)``. Reflection, as the training augmentation fills, so a view never
+    shows a black bar the training images never had. No weights; ``(0, 0)`` is the identity.
+    """
+
+    def __init__(self, dy: int = 0, dx: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name, value in (("dy", dy), ("dx", dx)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"ShiftView {name} must be an int. Received: {value!r}")
+        self.dy, self.dx = int(dy), int(dx)
+        self.pad = max(abs(self.dy), abs(self.dx))
+
+    def build(self, input_shape: Any) -> None:
+        height, width = input_shape[1], input_shape[2]
+        if height is not None and width is not None and self.pad >= min(height, width):
+            raise ValueError(
+                f"ShiftView shift ({self.dy}, {self.dx}) is too large for a {height}x{width} input"
+            )
+        super().build(input_shape)
+
+    def call(self, inputs: Any) -> Any:
+        if self.pad == 0:
+            return inputs
+        p = self.pad
+        padded = K.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+        height, width = K.shape(inputs)[1], K.shape(inputs)[2]
+        top, left = p - self.dy, p - self.dx
+        return padded[:, top : top + height, left : left + width, :]
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update({"dy": self.dy, "dx": self.dx})
+        return config

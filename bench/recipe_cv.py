@@ -1,0 +1,255 @@
+"""The selection signal for the PneumoniaMNIST recipe: 5-fold out-of-fold figures (issue 19).
+
+Not a test. Run from the repository root (figures in docs/results.md):
+
+    .venv/bin/python -m bench.recipe_cv --configs base,ls,mixup,ema --seeds 1 --out runs/cv
+
+train+val (5232 images) are split into ``--folds`` stratified folds with a FIXED fold seed (so
+different training seeds see the same folds), one simple CNN is trained per fold on the other
+folds (``training.recipe.cross_validate``) and every image is scored once, out of fold. Per
+configuration it prints AUC, accuracy and accuracy at the test prior (37.5 % normal; see
+``training.recipe``) as mean +- sd over the folds, at a fixed 0.5 threshold and at the
+"balanced" threshold chosen on the OOF scores, with and without test-time augmentation
+(``--tta-shift`` px). OOF scores go to ``<out>/oof_<config>_s<seed>.npy`` so that averaging
+the scores of two seeds measures a two-member ensemble (``--ensembles``), and ``<out>/cv.json``
+collects every figure, the CPU time (``time.process_time``: this process, both cores) and the
+wall time with the load average -- the machine is shared, so wall time is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+DEFAULT_NPZ = (
+    REPO_ROOT.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_28_trainval.npz"
+)
+
+
+def configs() -> dict[str, Any]:
+    """The configurations measured, each a change from ``base``."""
+    from radlens.training.data.augment import AugmentConfig
+    from radlens.training.recipe import MemberRecipe
+
+    base = MemberRecipe()
+    strong = AugmentConfig(rotation_degrees=12.0, zoom=0.15, contrast=0.25, brightness=0.1)
+    return {
+        "base": base,
+        "ls": base.replace(label_smoothing=0.1),  # the previous README recipe's smoothing
+        "mixup": base.replace(mixup_alpha=0.2),
+        "ema": base.replace(ema_momentum=0.99),
+        "strongaug": base.replace(augment=strong),
+        "noaug": base.replace(augment=None),
+        "filters": base.replace(filters=("sobel_h", "sobel_v", "blur", "outline")),
+        "size48": base.replace(image_size=48),
+        "mixup_ema": base.replace(mixup_alpha=0.2, ema_momentum=0.99),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load(data: str, size: int) -> tuple[Any, Any]:
+    """train+val of the npz, preprocessed exactly as training and the service do."""
+    from radlens.training.data.pipeline import load_examples
+    from radlens.training.data.sources import open_data
+
+    source = open_data(data, ["normal", "pneumonia"])
+    examples = [e for e in source.examples if e.split in ("train", "val")]
+    return load_examples(source, examples, size=(size, size), window=None)
+
+
+def summarise(labels: Any, scores: Any, folds: Any) -> dict[str, Any]:
+    """Figures at 0.5 and at the balanced threshold chosen on these OOF scores."""
+    from radlens.training.metrics import decision_threshold
+    from radlens.training.recipe import fold_figures
+
+    balanced = decision_threshold("balanced", labels, scores)
+    return {
+        "at_0.5": fold_figures(labels, scores, folds, 0.5),
+        "at_balanced": fold_figures(labels, scores, folds, balanced),
+    }
+
+
+def line(name: str, figures: dict[str, Any]) -> str:
+    a, b = figures["at_0.5"], figures["at_balanced"]
+    return (
+        f"{name:<22} AUC {a['auc']['mean']:.4f} +- {a['auc']['sd']:.4f}  "
+        f"acc@0.5 {a['accuracy']['mean']:.4f} +- {a['accuracy']['sd']:.4f}  "
+        f"acc@prior,0.5 {a['accuracy_at_test_prior']['mean']:.4f}  "
+        f"acc@prior,bal({b['threshold']:.2f}) {b['accuracy_at_test_prior']['mean']:.4f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", default=str(DEFAULT_NPZ))
+    p.add_argument("--configs", default="base,ls,mixup,ema,strongaug,filters")
+    p.add_argument("--seeds", default="1", help="training seeds, comma-separated")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--fold-seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="override every configuration's epochs")
+    p.add_argument("--tta-shift", type=int, default=2)
+    p.add_argument("--ensembles", action="store_true", help="also score seed-averaged OOF")
+    p.add_argument("--out", type=Path, default=Path("runs/cv"))
+    p.add_argument(
+        "--summary",
+        help="no training: merge the cv.json/OOF files of these comma-separated --out folders "
+        "into <out>/summary.json (table, seed-averaged ensembles, ranking across seeds)",
+    )
+    args = p.parse_args(argv)
+    if args.summary:
+        return summary([Path(d) for d in args.summary.split(",") if d], args)
+    if not Path(args.data).is_file():
+        print(f"bench.recipe_cv: data not found: {args.data!r}", file=sys.stderr)
+        return 2
+    import numpy as np
+
+    from radlens.training.recipe import cross_validate, stratified_folds
+
+    table = configs()
+    names = [n for n in args.configs.split(",") if n]
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        print(
+            f"bench.recipe_cv: unknown config(s) {unknown}; known: {sorted(table)}", file=sys.stderr
+        )
+        return 2
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.out.mkdir(parents=True, exist_ok=True)
+    report_path = args.out / "cv.json"
+    report: dict[str, Any] = (
+        json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
+    )
+    report.update({"cpu": cpu_model(), "cpu_count": os.cpu_count(), "folds": args.folds})
+    cache: dict[int, Any] = {}
+    for seed in seeds:
+        for name in names:
+            recipe = table[name]
+            if args.epochs:
+                recipe = recipe.replace(epochs=args.epochs)
+            if recipe.image_size not in cache:
+                cache[recipe.image_size] = load(args.data, recipe.image_size)
+            images, labels = cache[recipe.image_size]
+            folds = stratified_folds(labels, args.folds, args.fold_seed)
+            load_before = os.getloadavg()
+            print(f"{name} seed {seed}: {recipe.to_dict()}", flush=True)
+            cv = cross_validate(images, labels, folds, recipe, seed=seed, tta_shift=args.tta_shift)
+            np.save(args.out / f"oof_{name}_s{seed}.npy", cv.scores)
+            entry: dict[str, Any] = {
+                "config": name,
+                "seed": seed,
+                "recipe": recipe.to_dict(),
+                "plain": summarise(labels, cv.scores, folds),
+                "cpu_seconds": round(cv.cpu_seconds, 1),
+                "wall_seconds": round(cv.wall_seconds, 1),
+                "loadavg_before": [round(x, 2) for x in load_before],
+                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            print(line(f"{name} s{seed}", entry["plain"]), flush=True)
+            if cv.scores_tta is not None:
+                np.save(args.out / f"oof_{name}_s{seed}_tta.npy", cv.scores_tta)
+                entry["tta"] = summarise(labels, cv.scores_tta, folds)
+                print(line(f"{name} s{seed} +tta", entry["tta"]), flush=True)
+            print(
+                f"  {cv.cpu_seconds:.0f} CPU-s, {cv.wall_seconds:.0f} s wall, "
+                f"loadavg {entry['loadavg_after']}",
+                flush=True,
+            )
+            report["runs"][f"{name}_s{seed}"] = entry
+            report_path.write_text(json.dumps(report, indent=2) + "\n")
+    if args.ensembles:
+        ensembles(args.out, report, names, stratified_folds, args)
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def ensembles(out: Path, report: dict[str, Any], names: list[str], folding: Any, args: Any) -> None:
+    """Seed-averaged OOF scores: the OOF figures of an ensemble of one member per seed."""
+    import numpy as np
+
+    _, labels = load(args.data, 32)
+    folds = folding(labels, args.folds, args.fold_seed)
+    report.setdefault("ensembles", {})
+    for name in names:
+        for suffix in ("", "_tta"):
+            files = sorted(out.glob(f"oof_{name}_s*{suffix}.npy"))
+            files = [f for f in files if f.stem.endswith("_tta") == (suffix == "_tta")]
+            if len(files) < 2:
+                continue
+            scores = np.mean([np.load(f) for f in files], axis=0)
+            key = f"{name}{suffix}_x{len(files)}"
+            report["ensembles"][key] = summarise(labels, scores, folds)
+            print(line(key, report["ensembles"][key]), flush=True)
+
+
+def summary(folders: list[Path], args: Any) -> int:
+    """Merge runs from several ``--out`` folders (the seeds may run as separate processes)."""
+    import numpy as np
+
+    from radlens.training.recipe import stratified_folds
+
+    runs: dict[str, Any] = {}
+    for folder in folders:
+        runs.update(json.loads((folder / "cv.json").read_text())["runs"])
+    _, labels = load(args.data, 32)
+    folds = stratified_folds(labels, args.folds, args.fold_seed)
+    merged: dict[str, Any] = {"runs": runs, "ensembles": {}, "ranking": {}}
+    print("per run (OOF over train+val, mean +- sd over folds):")
+    for key in sorted(runs):
+        print(line(key, runs[key]["plain"]))
+        if "tta" in runs[key]:
+            print(line(f"{key} +tta", runs[key]["tta"]))
+    configs_seen = sorted({r["config"] for r in runs.values()})
+    print("seed-averaged OOF scores (an ensemble of one member per seed):")
+    for name in configs_seen:
+        for suffix in ("", "_tta"):
+            files = [
+                f
+                for folder in folders
+                for f in sorted(folder.glob(f"oof_{name}_s*.npy"))
+                if f.stem.endswith("_tta") == (suffix == "_tta")
+            ]
+            if len(files) < 2:
+                continue
+            scores = np.mean([np.load(f) for f in files], axis=0)
+            key = f"{name}{suffix} x{len(files)} seeds"
+            merged["ensembles"][key] = summarise(labels, scores, folds)
+            print(line(key, merged["ensembles"][key]))
+    seeds = sorted({r["seed"] for r in runs.values()})
+    both = [c for c in configs_seen if all(f"{c}_s{s}" in runs for s in seeds)]
+    if len(seeds) >= 2 and len(both) >= 2:
+        for metric in ("auc", "accuracy_at_test_prior"):
+            orders = {
+                s: sorted(
+                    both, key=lambda c, s=s: -runs[f"{c}_s{s}"]["plain"]["at_0.5"][metric]["mean"]
+                )
+                for s in seeds
+            }
+            merged["ranking"][metric] = orders
+            print(f"ranking by {metric}: " + "; ".join(f"seed {s}: {o}" for s, o in orders.items()))
+    out = args.out / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""The k-fold recipe (training.recipe): folds, the OOF figures, MixUp, EMA, the exported
+ensemble (stored, evaluated, explained), and ``evaluate`` on a file holding only a test split.
+Tiny generated npz data and 16 px simple_cnns: seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from radlens.cli.main import main
+from radlens.models.ensemble import ensemble_members
+from radlens.models.errors import ConfigurationError
+from radlens.models.gradcam import gradcam_explain
+from radlens.models.registry import ModelRegistry
+from radlens.training.data.pipeline import load_examples
+from radlens.training.data.sources import open_data
+from radlens.training.evaluate import select_split
+from radlens.training.recipe import (
+    MemberRecipe,
+    cross_validate,
+    export_ensemble,
+    fold_figures,
+    member_dataset,
+    mixup_batch,
+    prior_matched_accuracy,
+    stratified_folds,
+    train_member,
+)
+
+from .data_fixtures import write_npz
+
+TINY = MemberRecipe(image_size=16, epochs=1, batch_size=16)
+
+
+class TestFolds:
+    def test_stratified_deterministic_and_balanced(self):
+        labels = np.array([0] * 13 + [1] * 37)
+        folds = stratified_folds(labels, 5, seed=3)
+        np.testing.assert_array_equal(folds, stratified_folds(labels, 5, seed=3))
+        assert not np.array_equal(folds, stratified_folds(labels, 5, seed=4))
+        for f in range(5):
+            held = labels[folds == f]
+            assert (held == 0).sum() in (2, 3) and (held == 1).sum() in (7, 8)
+
+    def test_refuses_too_few(self):
+        with pytest.raises(ConfigurationError, match="k >= 2"):
+            stratified_folds(np.array([0, 1]), 1, seed=0)
+        with pytest.raises(ConfigurationError, match="fewer than k=5"):
+            stratified_folds(np.array([0, 0, 1, 1, 1, 1, 1]), 5, seed=0)
+
+
+class TestFigures:
+    def test_prior_matched_accuracy(self):
+        # the official test split: 234 normal, 390 pneumonia
+        assert prior_matched_accuracy(1.0, 0.0) == pytest.approx(390 / 624)
+        assert prior_matched_accuracy(0.9, 0.8) == pytest.approx((0.8 * 234 + 0.9 * 390) / 624)
+
+    def test_fold_figures_known_values(self):
+        labels = np.array([0, 0, 1, 1, 0, 1, 1, 1])
+        scores = np.array([0.1, 0.6, 0.7, 0.9, 0.2, 0.4, 0.8, 0.3])
+        folds = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+        fig = fold_figures(labels, scores, folds, 0.5)
+        # fold 0: all four right but the 0.6 normal -> acc .75, AUC 1.0; fold 1: acc .5
+        assert fig["accuracy"]["folds"] == [0.75, 0.5]
+        assert fig["auc"]["folds"][0] == 1.0
+        assert fig["accuracy"]["mean"] == pytest.approx(0.625)
+        assert fig["accuracy"]["sd"] == pytest.approx(np.std([0.75, 0.5], ddof=1))
+        assert fig["pooled"]["sensitivity"] == pytest.approx(3 / 5)
+
+
+class TestMixUp:
+    def test_convex_mix_of_a_batch_partner(self):
+        images = tf.constant(np.stack([np.full((4, 4, 1), v, np.float32) for v in (0, 1, 2, 3)]))
+        targets = tf.constant(np.eye(2, dtype=np.float32)[[0, 1, 1, 0]])
+        weights = tf.constant([1.0, 2.0, 3.0, 4.0])
+        seed = tf.constant([7, 9])
+        x, y, _ = (np.asarray(t) for t in mixup_batch(images, targets, weights, 0.4, seed))
+        again = mixup_batch(images, targets, weights, 0.4, seed)
+        np.testing.assert_array_equal(x, np.asarray(again[0]))
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-6)
+        for i in range(4):
+            # x_i = lam * i + (1 - lam) * j for one partner j, lam >= 0.5
+            value = float(x[i].mean())
+            lam = [
+                (value - j) / (i - j) if i != j else 1.0
+                for j in range(4)
+                if (i == j and value == i) or (i != j and 0.5 <= (value - j) / (i - j) <= 1.0)
+            ]
+            assert lam, f"image {i} ({value}) is not a mix with lambda >= 0.5"
+
+    def test_pipeline_with_mixup_gives_soft_targets_and_class_weights(self):
+        rng = np.random.default_rng(0)
+        images = rng.random((32, 16, 16, 1), dtype=np.float32)
+        labels = np.array([0] * 8 + [1] * 24)
+        plain = next(iter(member_dataset(images, labels, TINY.replace(augment=None), seed=1)))
+        assert set(np.unique(plain[1])) == {0.0, 1.0}
+        assert sorted(set(np.round(np.asarray(plain[2]), 4))) == [0.6667, 2.0]
+        mixed = next(iter(member_dataset(images, labels, TINY.replace(mixup_alpha=0.4), seed=1)))
+        soft = np.asarray(mixed[1])
+        assert np.any((soft > 0.01) & (soft < 0.99))
+        np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_ema_weights_are_the_models_after_training():
+    rng = np.random.default_rng(1)
+    images = rng.random((48, 16, 16, 1), dtype=np.float32)
+    labels = np.arange(48) % 2
+    model = train_member(images, labels, TINY.replace(ema_momentum=0.9, epochs=2), seed=5)
+    optimizer = model.optimizer
+    assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.9)
+    # Keras keeps the average in the optimizer and copies it into the model when fit ends
+    averages = {
+        id(v): a
+        for v, a in zip(
+            optimizer._trainable_variables, optimizer._model_variables_moving_average, strict=True
+        )
+    }
+    for variable in model.trainable_variables:
+        np.testing.assert_allclose(np.asarray(variable), np.asarray(averages[id(variable)]))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    tmp = tmp_path_factory.mktemp("recipe")
+    npz = write_npz(tmp / "tv.npz", n={"train": 40, "val": 20})
+    source = open_data(npz, ["normal", "pneumonia"])
+    examples = list(source.examples)
+    images, labels = load_examples(source, examples, size=(16, 16), window=None)
+    folds = stratified_folds(labels, 2, seed=0)
+    runs = [
+        cross_validate(images, labels, folds, TINY, seed=s, tta_shift=1, keep_models=True)
+        for s in (1, 2)
+    ]
+    manifest = export_ensemble(
+        runs,
+        labels,
+        images,
+        source=source,
+        examples=examples,
+        store=tmp / "store",
+        name="tiny-ensemble",
+        tta_shift=1,
+    )
+    return {"tmp": tmp, "runs": runs, "labels": labels, "manifest": manifest}
+
+
+def test_oof_scores_cover_every_image_once(exported: dict[str, object]) -> None:
+    runs = exported["runs"]
+    for run in runs:  # type: ignore[attr-defined]
+        assert len(run.models) == 2
+        assert np.isfinite(run.scores).all() and np.isfinite(run.scores_tta).all()
+        assert run.cpu_seconds > 0
+
+
+def test_exported_ensemble_is_one_model_with_oof_threshold(exported: dict[str, object]) -> None:
+    tmp = Path(exported["tmp"])  # type: ignore[arg-type]
+    manifest = exported["manifest"]
+    loaded = ModelRegistry(tmp / "store").load(f"{manifest.name}:{manifest.version}")  # type: ignore[attr-defined]
+    assert len(ensemble_members(loaded.model)) == 4  # 2 folds x 2 seeds
+    points = loaded.manifest.metrics["operating_points"]
+    assert {"chosen", "youden", "sens90", "sens95", "sens99", "balanced"} <= set(points)
+    assert points["chosen"]["threshold"] == pytest.approx(loaded.manifest.threshold)
+    assert loaded.manifest.metrics["reported"]["split"] == "oof"
+    assert loaded.manifest.training_config["members"] == 4
+    x = np.random.default_rng(2).random((2, 16, 16, 1), dtype=np.float32)
+    result = gradcam_explain(loaded.model, x, class_index=1)
+    assert result.heatmaps.shape == (2, 16, 16) and result.layer.startswith("mean of 4 members")
+
+
+def test_radlens_evaluate_runs_on_the_ensemble(
+    exported: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    tmp = Path(exported["tmp"])  # type: ignore[arg-type]
+    args = ["evaluate", "--model", "tiny-ensemble", "--store", str(tmp / "store")]
+    assert main([*args, "--data", str(tmp / "tv.npz"), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 20
+
+
+# --- evaluate on a file that holds only the test split -------------------------------------
+
+
+def test_test_only_file_is_the_whole_test_split_even_for_a_resplit_model(tmp_path: Path) -> None:
+    source = open_data(write_npz(tmp_path / "t.npz", n={"test": 40}), ["normal", "pneumonia"])
+    for config in ({}, {"resplit": True, "seed": 3}):
+        assert len(select_split(source, "test", config)) == 40
+
+
+def test_absent_split_is_named(tmp_path: Path) -> None:
+    source = open_data(write_npz(tmp_path / "t.npz", n={"test": 10}), ["normal", "pneumonia"])
+    with pytest.raises(ConfigurationError, match=r"the 'val' split of this data set is empty"):
+        select_split(source, "val", {})

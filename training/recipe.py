@@ -1,0 +1,496 @@
+"""Recipe selection by k-fold cross-validation, and the methods it measures (issue 19).
+
+Why this exists: on PneumoniaMNIST the official validation split is nearly saturated (AUC .99+
+for almost any model) while the official test split is harder and holds more normals, so an
+epoch, a recipe or a threshold picked on validation picks noise. The signal used here instead
+is **out-of-fold** (OOF) prediction over train+val: the images are split into ``k`` stratified
+folds, one model is trained per fold on the other ``k - 1`` folds, and every image is scored
+once, by the model that never saw it. AUC and accuracy of those scores (mean and spread over
+folds) rank recipes; the decision threshold and the operating-point table are chosen on them.
+
+Accuracy is also reported **at the test prior** (234 normal / 390 pneumonia in the official
+test split, 37.5 % normal, against 25 % in train+val): ``0.375 * specificity + 0.625 *
+sensitivity``. A recipe that buys sensitivity with specificity looks good on the pneumonia-rich
+folds and poor on the test split; the prior-matched figure shows that.
+
+The methods are plain functions used by ``bench/recipe_cv.py`` and ``bench/pneumonia.py``:
+
+- :func:`mixup_batch`: MixUp (Zhang et al. 2018) on a batch of images and one-hot targets;
+- EMA of the weights: Keras' own ``use_ema`` / ``ema_momentum`` optimizer arguments
+  (:func:`make_member_optimizer`), the evaluated weights being the averaged ones;
+- test-time augmentation and ensembles: :func:`averaged_model` builds ONE Keras model whose
+  output is the mean of its members' probabilities over a few shifted views of the input
+  (``models.ensemble``), so the service, the manifest and Grad-CAM see a single model.
+
+The fold models of the chosen recipe are the final ensemble: each OOF score came from one of
+them, so the threshold chosen on OOF scores is chosen on images its members did not train on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from radlens.models.errors import ConfigurationError
+from radlens.training.data.augment import AugmentConfig, augment_image
+
+TEST_PRIOR_NORMAL = 234 / 624
+"""Share of normals in PneumoniaMNIST's official test split (234 of 624 images)."""
+
+
+@dataclass(frozen=True)
+class MemberRecipe:
+    """How one member network is trained (every field is a choice the CV bench measures)."""
+
+    architecture: str = "simple_cnn"
+    image_size: int = 32
+    filters: tuple[str, ...] = ()
+    epochs: int = 8
+    batch_size: int = 64
+    learning_rate: float = 1e-3  # cosine-decayed to 0 over the epochs
+    weight_decay: float = 1e-4  # AdamW's decoupled decay
+    dropout: float = 0.3
+    label_smoothing: float = 0.0
+    class_weights: bool = True  # inverse class frequency per example
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    mixup_alpha: float = 0.0  # > 0: MixUp with lambda ~ Beta(alpha, alpha)
+    ema_momentum: float = 0.0  # > 0: evaluate the exponential moving average of the weights
+    tta_shift: int = 0  # > 0: average predictions over the input shifted by +-tta_shift px
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
+            "mixup_alpha": self.mixup_alpha >= 0.0,
+            "ema_momentum": 0.0 <= self.ema_momentum < 1.0,
+            "tta_shift": 0 <= self.tta_shift <= self.image_size // 4,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigurationError(
+                    f"recipe {name} is out of range; received {name}={getattr(self, name)!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["filters"] = list(self.filters)
+        return values
+
+    def replace(self, **changes: Any) -> MemberRecipe:
+        return dataclasses.replace(self, **changes)
+
+
+# --- folds and the selection signal ---------------------------------------------------------
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The fold (0..k-1) of each example: each class shuffled with ``seed`` and dealt round-robin,
+    so every fold holds the class balance of the whole set to within one image.
+
+    Raises:
+        ConfigurationError: ``k`` < 2 or a class with fewer than ``k`` examples.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if k < 2:
+        raise ConfigurationError(f"k-fold needs k >= 2; received k={k}")
+    fold = np.empty(len(labels), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels):
+        index = np.flatnonzero(labels == label)
+        if len(index) < k:
+            raise ConfigurationError(
+                f"class {int(label)} has {len(index)} examples, fewer than k={k} folds"
+            )
+        rng.shuffle(index)
+        fold[index] = np.arange(len(index)) % k
+    return fold
+
+
+def prior_matched_accuracy(
+    sensitivity: float, specificity: float, normal_share: float = TEST_PRIOR_NORMAL
+) -> float:
+    """Accuracy expected on a set with ``normal_share`` normals at these rates."""
+    return normal_share * specificity + (1.0 - normal_share) * sensitivity
+
+
+def fold_figures(
+    labels: np.ndarray, scores: np.ndarray, folds: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """AUC, accuracy and prior-matched accuracy of OOF ``scores`` per fold and pooled, with the
+    mean and sample standard deviation over folds (the spread a recipe choice must beat)."""
+    from radlens.training.metrics import roc_auc
+
+    def figures(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
+        predicted = s >= threshold
+        sens = float(np.mean(predicted[y == 1])) if np.any(y == 1) else float("nan")
+        spec = float(np.mean(~predicted[y == 0])) if np.any(y == 0) else float("nan")
+        return {
+            "auc": float(roc_auc(y, s) or float("nan")),
+            "accuracy": float(np.mean(predicted == (y == 1))),
+            "sensitivity": sens,
+            "specificity": spec,
+            "accuracy_at_test_prior": prior_matched_accuracy(sens, spec),
+        }
+
+    per_fold = [figures(labels[folds == f], scores[folds == f]) for f in np.unique(folds)]
+    result: dict[str, Any] = {"pooled": figures(labels, scores), "threshold": float(threshold)}
+    for key in per_fold[0]:
+        values = np.array([f[key] for f in per_fold])
+        result[key] = {
+            "mean": float(values.mean()),
+            "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "folds": [round(float(v), 4) for v in values],
+        }
+    return result
+
+
+# --- the methods ------------------------------------------------------------------------------
+
+
+def mixup_batch(
+    images: tf.Tensor, targets: tf.Tensor, weights: tf.Tensor, alpha: float, seed: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """MixUp a batch: each image, its one-hot target and its sample weight mixed with those of a
+    random partner from the same batch, ``lambda ~ Beta(alpha, alpha)`` per image.
+
+    ``lambda`` is folded to ``max(lambda, 1 - lambda)`` so the original image dominates (the
+    partner is a perturbation, as in the reference implementation's symmetric use). Seeded and
+    stateless: the same ``seed`` (int (2,)) gives the same batch.
+    """
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+    # Beta(a, a) from two Gammas
+    g1 = tf.random.stateless_gamma([batch], seeds[0], alpha)
+    g2 = tf.random.stateless_gamma([batch], seeds[1], alpha)
+    lam = g1 / (g1 + g2 + 1e-12)
+    lam = tf.maximum(lam, 1.0 - lam)
+    order = tf.argsort(tf.random.stateless_uniform([batch], seeds[2]))
+    lam_img = tf.reshape(lam, (-1, 1, 1, 1))
+    lam_vec = tf.reshape(lam, (-1, 1))
+    mixed_images = lam_img * images + (1.0 - lam_img) * tf.gather(images, order)
+    mixed_targets = lam_vec * targets + (1.0 - lam_vec) * tf.gather(targets, order)
+    mixed_weights = lam * weights + (1.0 - lam) * tf.gather(weights, order)
+    return mixed_images, mixed_targets, mixed_weights
+
+
+def member_dataset(
+    images: np.ndarray, labels: np.ndarray, recipe: MemberRecipe, seed: int
+) -> tf.data.Dataset:
+    """The training pipeline of one member: shuffle -> augment (per image, seeded) -> batch ->
+    MixUp (per batch) -> prefetch, yielding (images, one-hot targets, class weights)."""
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    per_class = len(labels) / (len(counts) * np.maximum(counts, 1.0))
+    weights = (per_class[labels] if recipe.class_weights else np.ones(len(labels))).astype(
+        np.float32
+    )
+    targets = np.eye(len(counts), dtype=np.float32)[labels]
+    ds = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), targets, weights))
+    ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    if recipe.augment is not None:
+        aug = recipe.augment
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+        def augment(item: Any, s: tf.Tensor) -> Any:
+            image, target, weight = item
+            return augment_image(image, s, aug), target, weight
+
+        ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(recipe.batch_size)
+    if recipe.mixup_alpha > 0:
+        alpha = recipe.mixup_alpha
+        batch_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(
+            2
+        )
+        ds = tf.data.Dataset.zip((ds, batch_seeds)).map(
+            lambda item, s: mixup_batch(item[0], item[1], item[2], alpha, s),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_member_optimizer(recipe: MemberRecipe, steps: int) -> keras.optimizers.Optimizer:
+    """AdamW on a cosine schedule; ``ema_momentum`` > 0 keeps Keras' EMA of the weights, which
+    ``fit`` copies into the model when it ends."""
+    rate = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=max(1, steps))
+    ema = {"use_ema": True, "ema_momentum": recipe.ema_momentum} if recipe.ema_momentum else {}
+    return keras.optimizers.AdamW(rate, weight_decay=recipe.weight_decay, **ema)
+
+
+def train_member(
+    images: np.ndarray,
+    labels: np.ndarray,
+    recipe: MemberRecipe,
+    seed: int,
+    *,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> keras.Model:
+    """Train one member network on in-memory images (float32 (N, H, W, 1) in [0, 1])."""
+    from radlens.models.architectures import build_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(
+        recipe.architecture,
+        input_shape=(recipe.image_size, recipe.image_size, 1),
+        num_classes=2,
+        filters=recipe.filters,
+        dropout=recipe.dropout,
+    )
+    steps = recipe.epochs * math.ceil(len(images) / recipe.batch_size)
+    model.compile(
+        optimizer=make_member_optimizer(recipe, steps),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+    )
+    # with use_ema, Keras' fit ends by copying the averaged weights into the model
+    # (optimizer.finalize_variable_values), so what is evaluated and exported is the EMA
+    callbacks: list[Any] = []
+    if on_epoch is not None:
+        callbacks.append(_EpochTimer(on_epoch))
+    model.fit(
+        member_dataset(images, labels, recipe, seed),
+        epochs=recipe.epochs,
+        shuffle=False,  # member_dataset shuffles (seeded); fit cannot shuffle a Dataset
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return model
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def __init__(self, report: Callable[[int, float], None]) -> None:
+        super().__init__()
+        self.report = report
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self.report(epoch, time.monotonic() - self._start)
+
+
+def tta_offsets(shift: int) -> list[tuple[int, int]]:
+    """The test-time views: the image itself and shifted by ``shift`` px up/down/left/right."""
+    if shift <= 0:
+        return [(0, 0)]
+    return [(0, 0), (shift, 0), (-shift, 0), (0, shift), (0, -shift)]
+
+
+def averaged_model(
+    members: Sequence[keras.Model], *, tta_shift: int = 0, name: str = "ensemble"
+) -> keras.Model:
+    """One model: the mean of ``members``' probabilities over the TTA views (see
+    ``models.ensemble.build_ensemble``)."""
+    from radlens.models.ensemble import build_ensemble
+
+    return build_ensemble(members, offsets=tta_offsets(tta_shift), name=name)
+
+
+def predict_positive(
+    model: keras.Model, images: np.ndarray, *, tta_shift: int = 0, batch_size: int = 256
+) -> np.ndarray:
+    """P(class 1) of one member, averaged over the TTA views when ``tta_shift`` > 0."""
+    if tta_shift > 0:
+        model = averaged_model([model], tta_shift=tta_shift, name="tta")
+    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))[:, 1]
+
+
+# --- cross-validation -------------------------------------------------------------------------
+
+
+@dataclass
+class CrossValidation:
+    """The outcome of :func:`cross_validate` for one recipe and one training seed."""
+
+    recipe: MemberRecipe
+    seed: int
+    folds: np.ndarray  # fold of each example
+    scores: np.ndarray  # OOF P(pneumonia), plain
+    scores_tta: np.ndarray | None  # OOF P(pneumonia) averaged over the TTA views
+    models: list[keras.Model]
+    cpu_seconds: float
+    wall_seconds: float
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def cross_validate(
+    images: np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    recipe: MemberRecipe,
+    *,
+    seed: int,
+    tta_shift: int = 0,
+    keep_models: bool = False,
+    log: Callable[[str], None] = print,
+) -> CrossValidation:
+    """Train one member per fold on the other folds and score the held-out fold (OOF).
+
+    ``tta_shift`` > 0 also scores every held-out image over the TTA views (a second set of
+    scores, so one run measures the model with and without TTA). CPU time is this process's
+    (``time.process_time``: both cores' work, the shared machine's other jobs excluded).
+    """
+    labels = np.asarray(labels).reshape(-1)
+    scores = np.full(len(labels), np.nan)
+    scores_tta = np.full(len(labels), np.nan) if tta_shift else None
+    models: list[keras.Model] = []
+    epoch_seconds: list[float] = []
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    for fold in np.unique(folds):
+        held = folds == fold
+        model = train_member(
+            images[~held],
+            labels[~held],
+            recipe,
+            seed + 1000 * int(fold),
+            on_epoch=lambda _e, s: epoch_seconds.append(s),
+        )
+        scores[held] = predict_positive(model, images[held])
+        if scores_tta is not None:
+            scores_tta[held] = predict_positive(model, images[held], tta_shift=tta_shift)
+        log(
+            f"  fold {int(fold)}: trained on {int((~held).sum())}, "
+            f"{time.monotonic() - wall0:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU"
+        )
+        if keep_models:
+            models.append(model)
+        else:
+            keras.backend.clear_session()
+    return CrossValidation(
+        recipe,
+        seed,
+        folds,
+        scores,
+        scores_tta,
+        models,
+        time.process_time() - cpu0,
+        time.monotonic() - wall0,
+        epoch_seconds,
+    )
+
+
+# --- the final recipe: the fold models as one served ensemble ---------------------------------
+
+OOF_LABEL = (
+    "out-of-fold over train+val: each image scored by the fold model that did not train on it "
+    "(the selection signal; the threshold was chosen on these same scores)"
+)
+
+
+def export_ensemble(
+    runs: Sequence[CrossValidation],
+    labels: np.ndarray,
+    images: np.ndarray,
+    *,
+    source: Any,
+    examples: Sequence[Any],
+    store: Any,
+    name: str,
+    description: str = "",
+    threshold_rule: str = "balanced",
+    tta_shift: int = 0,
+    extra_config: dict[str, Any] | None = None,
+) -> Any:
+    """Store every fold model of ``runs`` as ONE ensemble model, with the threshold and the
+    operating-point table chosen on the out-of-fold scores.
+
+    The OOF score of an image is the mean over ``runs`` (training seeds) of the score of the
+    fold model that did not see it, i.e. the OOF score of a one-member-per-seed ensemble: the
+    closest honest stand-in for the served ensemble's score on unseen images. ``tta_shift``
+    > 0 (the shift the runs were scored with) uses their TTA scores and puts the same views
+    into the served graph.
+
+    ``metrics["val"]`` holds the OOF figures of the official val images (they were in the
+    other folds' training data, never in their own fold's), ``metrics["reported"]`` the OOF
+    figures over all of train+val, labelled. No temperature is fitted: the members' mean
+    probability is served as it is, and its OOF calibration error is recorded.
+
+    Returns:
+        The stored ``ModelManifest``.
+    """
+    from radlens.models.drift import build_reference
+    from radlens.models.registry import ModelRegistry
+    from radlens.training.data.intended import intended_use_for
+    from radlens.training.data.sources import data_fingerprint, split_source
+    from radlens.training.metrics import (
+        classification_metrics,
+        decision_threshold,
+        expected_calibration_error,
+        operating_points,
+    )
+
+    if not runs or any(not r.models for r in runs):
+        raise ConfigurationError("export_ensemble needs runs made with keep_models=True")
+    recipe = runs[0].recipe
+    folds = runs[0].folds
+    if tta_shift and any(r.scores_tta is None for r in runs):
+        raise ConfigurationError("tta_shift > 0 needs runs scored with TTA (cross_validate)")
+    per_run = [r.scores_tta if tta_shift and r.scores_tta is not None else r.scores for r in runs]
+    scores = np.mean(per_run, axis=0)
+    probabilities = np.stack([1.0 - scores, scores], axis=1)
+    threshold = decision_threshold(threshold_rule, labels, scores)
+    class_names = list(source.class_names)
+    points = operating_points(labels, scores, labels, scores, threshold)
+    points[threshold_rule] = {**points["chosen"], "rule": threshold_rule}
+    is_val = np.array([e.split == "val" for e in examples])
+    signal = fold_figures(labels, scores, folds, threshold)
+    members = [m for r in runs for m in r.models]
+    model = averaged_model(members, tta_shift=tta_shift, name="ensemble")
+    reported = {
+        "split": "oof",
+        "label": OOF_LABEL,
+        **classification_metrics(labels, probabilities, class_names, threshold),
+    }
+    splits = split_source(source)
+    config = {
+        "data": str(source.root),
+        "architecture": f"ensemble of {len(members)} {recipe.architecture}",
+        "recipe": recipe.to_dict(),
+        "members": len(members),
+        "folds": int(folds.max()) + 1,
+        "seeds": [r.seed for r in runs],
+        "tta_shift": tta_shift,
+        "threshold_rule": threshold_rule,
+        "seed": runs[0].seed,
+        "resplit": False,  # radlens evaluate rebuilds the given train/val/test splits
+        "cpu_seconds": round(sum(r.cpu_seconds for r in runs), 1),
+        "wall_seconds": round(sum(r.wall_seconds for r in runs), 1),
+        **(extra_config or {}),
+    }
+    return ModelRegistry(store).save(
+        model,
+        name=name,
+        architecture=recipe.architecture,
+        class_names=class_names,
+        threshold=threshold,
+        window=None,
+        filters=list(recipe.filters),
+        metrics={
+            "val": classification_metrics(
+                labels[is_val], probabilities[is_val], class_names, threshold
+            ),
+            "oof": signal,
+            "reported": reported,
+            "operating_points": points,
+            "drift_reference": build_reference(probabilities, images, class_names, threshold),
+        },
+        training_config=config,
+        data_fingerprint=data_fingerprint(source, splits),
+        description=description,
+        calibration={
+            "method": "none (mean of the members' probabilities)",
+            "evaluated_on": "oof",
+            "ece": expected_calibration_error(labels, probabilities),
+        },
+        intended_use=intended_use_for(source, list(examples)),
+    )
