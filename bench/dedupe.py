@@ -25,7 +25,6 @@ ratios, with the CPU model.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -35,16 +34,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench._machine import cpu_model
+
 GROUP = 64  # rows per transaction, as the writer's MAX_GROUP
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def row(uid: str, stored_uid: str, key: bytes, *, identity: bool = True) -> Any:

@@ -51,6 +51,8 @@ DEFAULT_NPZ = SHARED / "pneumoniamnist" / "pneumoniamnist_28_trainval.npz"
 
 import numpy as np  # noqa: E402
 
+from bench._machine import cpu_model  # noqa: E402
+
 CT_FILES: list[str | Path] = [
     SHARED / "dicom" / "CT1_JLSN.dcm",
     SHARED / "dicom" / "TOSHIBA_J2K_OpenJPEGv2Regression.dcm",
@@ -62,17 +64,6 @@ CT_FILES: list[str | Path] = [
 ]
 RADIOGRAPH_FILES: list[str | Path] = [SHARED / "dicom" / "RG2_JLSL.dcm", "pydicom:RG3_UNCI.dcm"]
 CHEST_DICOM = SHARED / "dicom" / "rsna_chest_cr_jpeg_baseline.dcm"
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _resolve(item: str | Path) -> Path | None:
