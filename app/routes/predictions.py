@@ -77,6 +77,13 @@ POSITIVE_DESCRIPTION = (
 )
 
 
+IN_DISTRIBUTION_DESCRIPTION = (
+    "The out-of-distribution verdict stored with the prediction: true lists those the model's "
+    "detector scored in distribution, false those it flagged; predictions never scored (no "
+    "detector, or stored before the gate) match neither"
+)
+
+
 DATE_TIME_DESCRIPTION = (
     "ISO 8601 date and time (e.g. 2026-01-01T00:00:00Z); without a zone it is UTC"
 )
@@ -328,9 +335,10 @@ def list_predictions(
         str | None, Query(max_length=128, pattern=NO_NUL, description=FINDING_DESCRIPTION)
     ] = None,
     positive: Annotated[bool | None, Query(description=POSITIVE_DESCRIPTION)] = None,
+    in_distribution: Annotated[bool | None, Query(description=IN_DISTRIBUTION_DESCRIPTION)] = None,
 ) -> PredictionPage:
-    """Filter by study, label, model name/version, creation time and (multi-label models)
-    finding and its decision; page with next_cursor."""
+    """Filter by study, label, model name/version, creation time, (multi-label models)
+    finding and its decision, and the out-of-distribution verdict; page with next_cursor."""
     _single_valued(request)
     manifest = _loaded_manifest(request)
     known = manifest.class_names if manifest is not None and manifest.multi_label else []
@@ -346,6 +354,7 @@ def list_predictions(
         created_before=services.as_utc(created_before),
         finding=finding,
         positive=positive,
+        in_distribution=in_distribution,
     )
     position = services.Cursor.decode(cursor) if cursor else None
     items, next_cursor = services.list_predictions(session, filters, limit=limit, cursor=position)

@@ -297,6 +297,20 @@ def test_list_filters_by_the_ood_verdict(ui: TestClient, service: Service) -> No
     assert shown() == set(ids)
     assert shown(ood="yes") == {ids[0]}
     assert shown(ood="no") == {ids[1]}  # not scored: only when the filter is not set
+
+    def listed(**params: str) -> set[str]:  # the API's list selects the same way
+        page = service.client.get(
+            "/v1/predictions", params={"model_name": f"ui-{tag}", "limit": 100, **params}
+        )
+        assert page.status_code == 200, page.text
+        return {item["id"] for item in page.json()["items"]}
+
+    assert listed() == set(ids)
+    assert listed(in_distribution="false") == {ids[0]}
+    assert listed(in_distribution="true") == {ids[1]}  # never scored: matches neither
+    bad = service.client.get("/v1/predictions", params={"in_distribution": "maybe"})
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("application/problem+json")
     assert (
         "out of distribution</span>"
         in ui.get("/ui/predictions", params={"model": f"ui-{tag}", "ood": "yes"}).text
