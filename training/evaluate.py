@@ -225,25 +225,17 @@ class _SeriesOptions:
         """``{"series": metrics, "series_table": rows}`` (training.series)."""
         from radlens.training.series import series_metrics, series_rows
 
-        multi_label = thresholds is not None
-        common = (series_of, targets, scores, class_names)
+        args = (series_of, targets, scores, class_names)
+        options: dict[str, Any] = {
+            "method": self.method,
+            "k": self.k,
+            "threshold": threshold,
+            "thresholds": thresholds,
+            "multi_label": thresholds is not None,
+        }
         return {
-            "series": series_metrics(
-                *common,
-                method=self.method,
-                k=self.k,
-                threshold=threshold,
-                thresholds=thresholds,
-                multi_label=multi_label,
-            ),
-            "series_table": series_rows(
-                *common,
-                method=self.method,
-                k=self.k,
-                threshold=threshold,
-                thresholds=thresholds,
-                multi_label=multi_label,
-            ),
+            "series": series_metrics(*args, **options),
+            "series_table": series_rows(*args, **options),
         }
 
 

@@ -57,6 +57,23 @@ def set_cookie_headers(response: Any) -> dict[str, str]:
     return {header.split("=", 1)[0]: header for header in response.headers.get_list("set-cookie")}
 
 
+def _page_ids(ui: TestClient, model: str, /, **params: str) -> set[str]:
+    """The prediction ids the /ui list shows for these filters (``model`` unless a filter
+    names another)."""
+    page = ui.get("/ui/predictions", params={"model": model, **params})
+    assert page.status_code == 200, page.text
+    return set(re.findall(r"/ui/predictions/([0-9a-f-]{36})", page.text))
+
+
+def _api_ids(service: Service, model: str, /, **params: str) -> set[str]:
+    """The prediction ids GET /v1/predictions lists for these filters (one model's rows)."""
+    listed = service.client.get(
+        "/v1/predictions", params={"model_name": model, "limit": 100, **params}
+    )
+    assert listed.status_code == 200, listed.text
+    return {item["id"] for item in listed.json()["items"]}
+
+
 # --- login, session, CSRF -----------------------------------------------------------------
 
 
@@ -208,9 +225,7 @@ def test_list_filters_by_label_model_date_and_flag(ui: TestClient, service: Serv
     login(ui, service.api_key or "")
 
     def shown(**params: str) -> set[str]:
-        page = ui.get("/ui/predictions", params={"model": f"ui-{tag}", **params})
-        assert page.status_code == 200, page.text
-        return set(re.findall(r"/ui/predictions/([0-9a-f-]{36})", page.text))
+        return _page_ids(ui, f"ui-{tag}", **params)
 
     ids = [str(r.id) for r in rows]
     assert shown() == set(ids)
@@ -258,9 +273,7 @@ def test_list_filters_by_finding_and_its_decision(ui: TestClient, service: Servi
     login(ui, service.api_key or "")
 
     def shown(**params: str) -> set[str]:
-        page = ui.get("/ui/predictions", params={"model": f"ui-{tag}", **params})
-        assert page.status_code == 200, page.text
-        return set(re.findall(r"/ui/predictions/([0-9a-f-]{36})", page.text))
+        return _page_ids(ui, f"ui-{tag}", **params)
 
     ids = [str(r.id) for r in rows]
     assert shown() == set(ids)
@@ -289,9 +302,7 @@ def test_list_filters_by_the_ood_verdict(ui: TestClient, service: Service) -> No
     login(ui, service.api_key or "")
 
     def shown(**params: str) -> set[str]:
-        page = ui.get("/ui/predictions", params={"model": f"ui-{tag}", **params})
-        assert page.status_code == 200, page.text
-        return set(re.findall(r"/ui/predictions/([0-9a-f-]{36})", page.text))
+        return _page_ids(ui, f"ui-{tag}", **params)
 
     ids = [str(r.id) for r in rows]
     assert shown() == set(ids)
@@ -299,11 +310,7 @@ def test_list_filters_by_the_ood_verdict(ui: TestClient, service: Service) -> No
     assert shown(ood="no") == {ids[1]}  # not scored: only when the filter is not set
 
     def listed(**params: str) -> set[str]:  # the API's list selects the same way
-        page = service.client.get(
-            "/v1/predictions", params={"model_name": f"ui-{tag}", "limit": 100, **params}
-        )
-        assert page.status_code == 200, page.text
-        return {item["id"] for item in page.json()["items"]}
+        return _api_ids(service, f"ui-{tag}", **params)
 
     assert listed() == set(ids)
     assert listed(in_distribution="false") == {ids[0]}
@@ -431,14 +438,8 @@ def test_the_ui_list_selects_what_the_api_list_selects(ui: TestClient, service: 
         ),
     ]
     for ui_params, api_params, expected in cases:
-        page = ui.get("/ui/predictions", params={"model": f"ui-{tag}", **ui_params})
-        assert page.status_code == 200, page.text
-        shown = set(re.findall(r"/ui/predictions/([0-9a-f-]{36})", page.text))
-        listed = service.client.get(
-            "/v1/predictions", params={"model_name": f"ui-{tag}", "limit": 100, **api_params}
-        )
-        assert listed.status_code == 200, listed.text
-        assert shown == {item["id"] for item in listed.json()["items"]} == expected, ui_params
+        shown = _page_ids(ui, f"ui-{tag}", **ui_params)
+        assert shown == _api_ids(service, f"ui-{tag}", **api_params) == expected, ui_params
 
 
 @pytest.mark.parametrize(
