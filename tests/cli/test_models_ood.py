@@ -19,7 +19,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from radlens.training.data.demo import write_demo_dataset
 
     out = tmp_path_factory.mktemp("ood-demo") / "data"
-    write_demo_dataset(out, n_per_class=12, size=32, seed=0)
+    write_demo_dataset(out, n_per_class=12, size=32, seed=0, val_fraction=0.15, test_fraction=0.15)
     return out
 
 
