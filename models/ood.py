@@ -370,7 +370,7 @@ class EnsembleOodDetector:
         score(x) = sum_i #{c in calibration[i] : c < s_i(x)} / N,   N = sum_i n_i
 
     so each member is normalised by its own calibration (scales differ between members) and
-    the score is in [0, 1]: about uniform for a new in-distribution image, 1.0 beyond every
+    the score is in [0, 1]: 0.5 on average for a new in-distribution image, 1.0 beyond every
     calibration image of every member. The threshold is the split-conformal rule on the
     pooled ranks: an image is flagged when its pooled rank reaches ``ceil((N + 1) quantile)``
     (with one member and the validation split this is exactly :func:`conformal_threshold`).
