@@ -48,7 +48,7 @@ from radlens.models.errors import InvalidImageError, ModelCorruptError, RadlensE
 from radlens.models.runtime import OpenVINORuntime, Selection
 
 if TYPE_CHECKING:
-    from radlens.models.ood import OodDetector
+    from radlens.models.ood import EnsembleOodDetector, OodDetector
     from radlens.models.registry import LoadedModel, ModelManifest
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class Predictor:
         runtime: ModelRuntime | None = None,
         selection: Selection | None = None,
         operating_point_name: str | None = None,
-        ood: OodDetector | None = None,
+        ood: OodDetector | EnsembleOodDetector | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size should be >= 1. Received: {max_batch_size!r}")
@@ -639,11 +639,11 @@ def load_predictor(settings: Any) -> Predictor:
             log.warning("serving with TensorFlow fp32: %s", selection.reason)
     ood = None
     if getattr(settings, "ood", "off") != "off":
-        from radlens.models.ood import OodDetector
+        from radlens.models.ood import load_detector
 
         path = registry.ood_detector_file(loaded.manifest)  # checked against its sha256
         if path is not None:
-            ood = OodDetector.load(path)
+            ood = load_detector(path)  # an ensemble's has one detector per member
         else:
             log.warning(
                 "model %s has no OOD detector: predictions carry no ood_score (add one with "

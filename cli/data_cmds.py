@@ -18,7 +18,7 @@ def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to create (must be absent or empty).")],
     n_per_class: Annotated[
         int, typer.Option("--n-per-class", help="Images per class (normal, abnormal).", min=4)
-    ] = 120,
+    ] = 160,
     size: Annotated[
         int, typer.Option("--size", help="Image side in pixels.", min=32, max=1024)
     ] = 128,

@@ -280,8 +280,14 @@ def add_ood_detector(
     name, version = registry.resolve(ref)
     loaded = registry.load(f"{name}:{version}")
     manifest = loaded.manifest
-    source = open_data(data, manifest.class_names)
     config = manifest.training_config
+    if "folds" in config and "members" in config:  # training.recipe.export_ensemble
+        raise ConfigurationError(
+            f"{manifest.ref} is a cross-validated ensemble: its members trained on the "
+            "validation split, so no split here is unseen by all of them; its detector is "
+            "fitted at export on each member's held-out fold (training.recipe.export_ensemble)"
+        )
+    source = open_data(data, manifest.class_names)
     splits = {split: select_split(source, split, config) for split in ("train", "val")}
     updated = attach_from_source(
         registry,
@@ -306,6 +312,12 @@ def add_ood_detector(
         f"{ood['fitted_on']['val_images']} validation images; "
         f"{ood['val_flagged_fraction']:.1%} of them flagged)"
     )
+    if "nominal_flag_rate" in ood:  # an ensemble's pooled ranks (models.ood.EnsembleOodDetector)
+        typer.echo(
+            f"{ood['members']} member detectors; nominally flags "
+            f"{ood['nominal_flag_rate']:.1%} of new in-distribution images (at most "
+            f"{ood['flag_rate_bound']:.1%})"
+        )
     if "expected_flag_rate" in ood:  # conformal: what it flags of NEW in-distribution images
         typer.echo(
             f"expected to flag {ood['expected_flag_rate']:.1%} of new in-distribution images "

@@ -21,13 +21,22 @@ validation images are a calibration set it never saw, and a new in-distribution 
 flagged with probability at most 1% (at least ``1% - 1/(n+1)``). The detector is one
 ``.npz`` file (numbers only, read without pickle) stored beside ``model.keras``, listed with
 its sha256 in the manifest's ``ood`` field, so the seal covers it (models.registry).
+
+An ensemble (``models.ensemble``) gets an :class:`EnsembleOodDetector`: one Mahalanobis
+detector per member on that member's own pooled features, fitted on the images the member
+trained on, and the member's scores of images it did NOT train on (its held-out fold for a
+cross-validated ensemble, the validation split otherwise) kept as its calibration set. The
+served score is the image's rank among those calibration scores pooled over the members (the
+cross-conformal p-value, Vovk 2015), so each member is normalised by its own calibration and
+no image needs to be unseen by every member (none is, in a cross-validated ensemble).
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,15 +49,20 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
+    "ENSEMBLE",
     "METHODS",
+    "EnsembleOodDetector",
     "OodDetector",
     "conformal_threshold",
     "expected_flag_rate",
     "feature_model",
     "fit_detector",
+    "fit_ensemble_detector",
+    "load_detector",
 ]
 
 METHODS = ("mahalanobis", "knn")
+ENSEMBLE = "ensemble"  # the stored method of an EnsembleOodDetector
 Method = Literal["mahalanobis", "knn"]
 DEFAULT_QUANTILE = 0.99
 DEFAULT_K = 5
@@ -71,17 +85,57 @@ def feature_model(model: keras.Model) -> keras.Model:
     import keras
 
     from radlens.models.architectures import gradcam_model
+    from radlens.models.ensemble import ensemble_members
 
+    members = ensemble_members(model)
+    if members:
+        return _ensemble_feature_model(model, members)
     both = gradcam_model(model)  # [last conv feature map, scores]
     feature_map, scores = both.outputs
     features = keras.layers.GlobalAveragePooling2D(name="ood_features")(feature_map)
     return keras.Model(both.inputs[0], [scores, features], name=f"{model.name}_ood")
 
 
+def _ensemble_feature_model(model: keras.Model, members: list[keras.Model]) -> keras.Model:
+    """:func:`feature_model` of an ensemble: ``[the ensemble's scores, features]``, the
+    features being the members' pooled last feature maps on the unshifted image, concatenated
+    in member order (``(N, sum of the members' widths)``; :class:`EnsembleOodDetector` splits
+    them again). The ensemble's graph is rebuilt around the members' feature outputs (the same
+    layers and views, ``models.ensemble``), so each member runs once per view, as when
+    serving without the detector."""
+    import keras
+
+    from radlens.models.architectures import gradcam_model
+    from radlens.models.layers import ShiftView
+
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    outputs, features = [], []
+    for i, member in enumerate(members):
+        feature_map, scores = gradcam_model(member)(inputs)
+        features.append(keras.layers.GlobalAveragePooling2D(name=f"ood_features_{i}")(feature_map))
+        outputs.append(scores)
+    for layer in model.layers:  # the test-time views after the identity
+        if isinstance(layer, ShiftView):
+            view = layer(inputs)
+            outputs.extend(member(view) for member in members)
+    mean = keras.layers.Average(name="ensemble_mean")(outputs) if len(outputs) > 1 else outputs[0]
+    pooled = (
+        keras.layers.Concatenate(name="ood_features")(features)
+        if len(features) > 1
+        else features[0]
+    )
+    return keras.Model(inputs, [mean, pooled], name=f"{model.name}_ood")
+
+
 def feature_layer(model: keras.Model) -> str:
     """What :func:`feature_model` pools, for the manifest."""
     from radlens.models.architectures import last_conv_layer_name
+    from radlens.models.ensemble import ensemble_members
 
+    members = ensemble_members(model)
+    if members:
+        layers = sorted({last_conv_layer_name(m) for m in members})
+        return f"global average of {', '.join(layers)} in each of {len(members)} members"
     return f"global average of {last_conv_layer_name(model)}"
 
 
@@ -301,6 +355,242 @@ def expected_flag_rate(n: int, quantile: float) -> dict[str, float]:
         "expected": above / (n + 1),
         "upper_95": float(beta.ppf(0.95, above, rank)),
     }
+
+
+@dataclass(frozen=True)
+class EnsembleOodDetector:
+    """The OOD detector of an ensemble: one detector per member, each with calibration scores.
+
+    Member ``i``'s detector (an :class:`OodDetector`, Mahalanobis by default) scores member
+    ``i``'s own pooled features; ``calibration[i]`` holds its scores, sorted, of images member
+    ``i`` never trained on (its held-out fold in a cross-validated ensemble, the validation
+    split otherwise). The ensemble's score of an image is the share of all calibration scores
+    that lie below the image's score under their own member::
+
+        score(x) = sum_i #{c in calibration[i] : c < s_i(x)} / N,   N = sum_i n_i
+
+    so each member is normalised by its own calibration (scales differ between members) and
+    the score is in [0, 1]: 0.5 on average for a new in-distribution image, 1.0 beyond every
+    calibration image of every member. The threshold is the split-conformal rule on the
+    pooled ranks: an image is flagged when its pooled rank reaches ``ceil((N + 1) quantile)``
+    (with one member and the validation split this is exactly :func:`conformal_threshold`).
+    For several members it is the cross-conformal test (Vovk 2015), whose false-flag rate
+    is the nominal ``1 - quantile`` up to a factor of at most 2 in the worst case (Barber et
+    al. 2021); bench/ood.py measures it on images no member saw.
+
+    Attributes:
+        members: each member's detector (its own ``threshold`` is informative only).
+        calibration: each member's sorted calibration scores (float32).
+        quantile: the conformal level (0.99: nominally 1% of new images flagged).
+    """
+
+    members: tuple[OodDetector, ...]
+    calibration: tuple[np.ndarray, ...]
+    quantile: float = DEFAULT_QUANTILE
+
+    method = ENSEMBLE
+
+    def __post_init__(self) -> None:
+        if not self.members or len(self.members) != len(self.calibration):
+            raise ConfigurationError(
+                "an ensemble OOD detector needs one calibration set per member detector. "
+                f"Received: {len(self.members)} detectors, {len(self.calibration)} sets"
+            )
+        if any(len(c) < 1 for c in self.calibration):
+            raise ConfigurationError(
+                "every member needs >= 1 calibration score. Received sizes: "
+                f"{[len(c) for c in self.calibration]}"
+            )
+
+    @property
+    def calibration_size(self) -> int:
+        """N: the calibration scores of all members."""
+        return sum(len(c) for c in self.calibration)
+
+    @property
+    def rank(self) -> int:
+        """The pooled rank at which an image is flagged."""
+        n = self.calibration_size
+        return max(1, min(n, math.ceil((n + 1) * self.quantile - 1e-9)))
+
+    @property
+    def threshold(self) -> float:
+        """Scores above it (pooled rank >= :attr:`rank`) are out of distribution."""
+        return (self.rank - 0.5) / self.calibration_size
+
+    @property
+    def dimensions(self) -> list[int]:
+        """Each member's feature width, in the order of the concatenated features."""
+        return [m.dimension for m in self.members]
+
+    @property
+    def dimension(self) -> int:
+        """The width of the concatenated features (``feature_model`` of the ensemble)."""
+        return sum(self.dimensions)
+
+    def member_scores(self, features: np.ndarray) -> list[np.ndarray]:
+        """Each member detector's scores ``(N,)`` of the concatenated features ``(N, D)``."""
+        x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+        if x.shape[1] != self.dimension:
+            raise ValueError(
+                f"the ensemble OOD detector was fitted on {self.dimension}-d features "
+                f"({' + '.join(map(str, self.dimensions))}). Received shape {x.shape}"
+            )
+        bounds = np.cumsum([0, *self.dimensions])
+        return [
+            m.scores(x[:, lo:hi])
+            for m, lo, hi in zip(self.members, bounds[:-1], bounds[1:], strict=True)
+        ]
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """The pooled calibration ranks ``(N,)`` in [0, 1] (the numpy reference)."""
+        below = np.zeros(len(features), dtype=np.int64)
+        for s, cal in zip(self.member_scores(features), self.calibration, strict=True):
+            below += np.searchsorted(cal, s.astype(np.float32), side="left")
+        return (below / self.calibration_size).astype(np.float32)
+
+    def tf_scorer(self) -> Callable[[Any], Any]:
+        """:meth:`scores` as TensorFlow ops for the serving graph (see
+        :meth:`OodDetector.tf_scorer`): each member's in-graph score, then its rank among the
+        member's sorted calibration scores (``tf.searchsorted``)."""
+        import tensorflow as tf
+
+        scorers = [m.tf_scorer() for m in self.members]
+        sorted_sets = [tf.constant(c.reshape(1, -1).astype(np.float32)) for c in self.calibration]
+        bounds = [int(b) for b in np.cumsum([0, *self.dimensions])]
+        total = float(self.calibration_size)
+
+        def ensemble(features: Any) -> Any:
+            x = tf.cast(features, tf.float32)
+            below = None
+            for scorer, cal, lo, hi in zip(
+                scorers, sorted_sets, bounds[:-1], bounds[1:], strict=True
+            ):
+                s = tf.reshape(scorer(x[:, lo:hi]), [1, -1])
+                count = tf.searchsorted(cal, s, side="left", out_type=tf.int32)[0]
+                below = count if below is None else below + count
+            return tf.cast(below, tf.float32) / total
+
+        return ensemble
+
+    def in_distribution(self, score: float) -> bool:
+        """True when ``score`` is at or below the threshold."""
+        return bool(score <= self.threshold)
+
+    def entry(self) -> dict[str, Any]:
+        """The manifest's description of the detector (the registry adds ``files``)."""
+        n, rank = self.calibration_size, self.rank
+        nominal = (n + 1 - rank) / (n + 1)
+        return {
+            "method": ENSEMBLE,
+            "member_method": self.members[0].method,
+            "members": len(self.members),
+            "threshold": float(self.threshold),
+            "quantile": float(self.quantile),
+            "k": None,
+            "dimension": self.dimension,
+            "features": "each member's global average of its last convolutional feature map, "
+            "L2-normalised, scored by the member's own detector",
+            "score": "share of the members' calibration scores below the image's "
+            "(pooled rank in [0, 1], cross-conformal)",
+            "calibration_images": [len(c) for c in self.calibration],
+            "member_thresholds": [float(m.threshold) for m in self.members],
+            "nominal_flag_rate": nominal,
+            "flag_rate_bound": min(1.0, 2.0 * nominal),
+        }
+
+    def to_bytes(self) -> bytes:
+        """The detector as ``.npz`` bytes (numbers only): ``m<i>__<array>`` per member."""
+        buffer = io.BytesIO()
+        arrays: dict[str, Any] = {
+            "method": np.array(ENSEMBLE),
+            "meta": np.array([self.quantile, float(len(self.members))], dtype=np.float64),
+        }
+        for i, (member, cal) in enumerate(zip(self.members, self.calibration, strict=True)):
+            arrays[f"m{i}__method"] = np.array(member.method)
+            arrays[f"m{i}__meta"] = np.array(
+                [member.threshold, member.quantile, float(member.k)], dtype=np.float64
+            )
+            arrays[f"m{i}__calibration"] = np.asarray(cal, dtype=np.float32)
+            arrays.update({f"m{i}__{k}": v for k, v in member.arrays.items()})
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    def save(self, path: Path) -> None:
+        """Write :meth:`to_bytes` to ``path``."""
+        path.write_bytes(self.to_bytes())
+
+
+def load_detector(path: Path) -> OodDetector | EnsembleOodDetector:
+    """Read a detector file written by :meth:`OodDetector.save` or
+    :meth:`EnsembleOodDetector.save` (no pickle).
+
+    Raises:
+        ModelCorruptError: not a detector file (names the path and what is wrong).
+    """
+    try:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+            method = str(data["method"])
+            if method != ENSEMBLE:
+                return OodDetector.load(path)
+            quantile, count = (float(v) for v in data["meta"])
+            members, calibration = [], []
+            for i in range(int(count)):
+                kind = str(data[f"m{i}__method"])
+                meta = data[f"m{i}__meta"]
+                keys = (
+                    ("means", "precision", *_DECOMPOSITION) if kind == "mahalanobis" else ("bank",)
+                )
+                arrays = {k: np.asarray(data[f"m{i}__{k}"]) for k in keys if f"m{i}__{k}" in data}
+                if kind not in METHODS:
+                    raise ValueError(f"member {i} has an unknown method {kind!r}")
+                threshold, level, k = float(meta[0]), float(meta[1]), int(meta[2])
+                members.append(OodDetector(kind, threshold, level, arrays, k))  # type: ignore[arg-type]
+                calibration.append(np.asarray(data[f"m{i}__calibration"], dtype=np.float32))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ModelCorruptError(f"{path} is not an OOD detector file: {exc}") from None
+    try:
+        return EnsembleOodDetector(tuple(members), tuple(calibration), quantile)
+    except ConfigurationError as exc:
+        raise ModelCorruptError(f"{path} is not an OOD detector file: {exc}") from None
+
+
+def fit_ensemble_detector(
+    members: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    method: Method = "mahalanobis",
+    quantile: float = DEFAULT_QUANTILE,
+    k: int = DEFAULT_K,
+    seed: int = 0,
+) -> EnsembleOodDetector:
+    """Fit an :class:`EnsembleOodDetector`, one member at a time.
+
+    Args:
+        members: per member, ``(train_features, train_labels, calibration_features)``: the
+            member's features of (a sample of) the images it trained on, with their class
+            indices, and of images it never trained on (its held-out fold, or the validation
+            split when every member trained on the same training split).
+        method, quantile, k, seed: as in :func:`fit_detector`, for every member.
+
+    Raises:
+        ConfigurationError: no member, or a member's arrays as :func:`fit_detector` refuses.
+    """
+    if not members:
+        raise ConfigurationError("an ensemble OOD detector needs >= 1 member; received none")
+    detectors, calibration = [], []
+    for train_features, train_labels, calibration_features in members:
+        detector = fit_detector(
+            train_features,
+            train_labels,
+            calibration_features,
+            method=method,
+            quantile=quantile,
+            k=k,
+            seed=seed,
+        )
+        detectors.append(detector)
+        calibration.append(np.sort(detector.scores(calibration_features)).astype(np.float32))
+    return EnsembleOodDetector(tuple(detectors), tuple(calibration), quantile)
 
 
 def _fit_mahalanobis(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:

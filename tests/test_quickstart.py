@@ -77,6 +77,9 @@ def test_quickstart_sets_up_database_demo_data_and_demo_model(tmp_path: Path):
         "body_parts": ["CHEST"],
     }
     assert manifest["ood"]["method"] == "mahalanobis"
+    # the demo data's validation split calibrates the threshold to <= 1% expected flags (#17)
+    assert manifest["ood"]["fitted_on"]["val_images"] >= 100
+    assert manifest["ood"]["expected_flag_rate"] < 0.01
 
     # a second run finds the model and does not train again
     again = _quickstart(tmp_path, env, timeout=300)

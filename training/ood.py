@@ -5,6 +5,12 @@ for models saved before detectors existed: the model's penultimate features of (
 the training split fit the detector, the validation split (which the detector never saw)
 sets its threshold as a split-conformal quantile, and the
 registry stores the detector beside ``model.keras`` under the manifest's seal.
+
+An ensemble (``models.ensemble``) gets one detector per member (``models.ood``
+:class:`EnsembleOodDetector`): :func:`attach_ensemble_detector` takes, per member, the images
+it trained on and images it did not; :func:`attach_cross_fitted_detector` builds those from the
+folds of a cross-validated ensemble (``training.recipe.export_ensemble``: member ``i`` is
+calibrated on its own held-out fold, which it never saw).
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from radlens.models.errors import ConfigurationError
 from radlens.models.ood import (
     DEFAULT_QUANTILE,
+    EnsembleOodDetector,
+    OodDetector,
     expected_flag_rate,
     extract_features,
     fit_detector,
+    fit_ensemble_detector,
 )
 from radlens.models.registry import ModelManifest, ModelRegistry
 
@@ -57,10 +67,29 @@ def attach_detector(
     """Fit the detector on ``model``'s features of ``train`` (images, labels), threshold it
     on ``val`` images, and store it with the version ``ref``.
 
+    An ensemble gets an :class:`EnsembleOodDetector` whose members all trained on ``train``
+    and are all calibrated on ``val`` (:func:`attach_ensemble_detector`).
+
     Returns:
         The version's new manifest (its ``ood`` field describes the detector).
     """
+    from radlens.models.ensemble import ensemble_members
+
     x_train, y_train = train
+    members = ensemble_members(model)
+    if members:
+        return attach_ensemble_detector(
+            registry,
+            ref,
+            model,
+            [(x_train, y_train, val)] * len(members),
+            method=method,
+            quantile=quantile,
+            seed=seed,
+            data_note=data_note,
+            calibration="every member trained on the training split and is calibrated on the "
+            "validation split, which no member saw",
+        )
     train_features = extract_features(model, x_train)
     val_features = extract_features(model, val)
     detector = fit_detector(
@@ -83,15 +112,7 @@ def attach_detector(
         "expected_flag_rate": rate["expected"],
         "expected_flag_rate_upper_95": rate["upper_95"],
     }
-    name = ref.split(":", 1)[0]
-    staging = registry.staging_dir(name)
-    path = staging / "detector.npz"
-    detector.save(path)
-    try:
-        manifest = registry.add_ood_detector(ref, path, entry)
-    finally:
-        path.unlink(missing_ok=True)
-        staging.rmdir()
+    manifest = _store(registry, ref, detector, entry)
     log.info(
         "%s: OOD detector %s, threshold %.4g (conformal %.0f%% quantile of %d validation "
         "images: expected to flag %.1f%% of new in-distribution images, under %.1f%% for 95%% "
@@ -106,6 +127,145 @@ def attach_detector(
         len(x_train),
     )
     return manifest
+
+
+def _store(
+    registry: ModelRegistry,
+    ref: str,
+    detector: OodDetector | EnsembleOodDetector,
+    entry: dict[str, Any],
+) -> ModelManifest:
+    name = ref.split(":", 1)[0]
+    staging = registry.staging_dir(name)
+    path = staging / "detector.npz"
+    detector.save(path)
+    try:
+        return registry.add_ood_detector(ref, path, entry)
+    finally:
+        path.unlink(missing_ok=True)
+        staging.rmdir()
+
+
+def attach_ensemble_detector(
+    registry: ModelRegistry,
+    ref: str,
+    model: keras.Model,
+    fits: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    method: str = "mahalanobis",
+    quantile: float = DEFAULT_QUANTILE,
+    seed: int = 0,
+    data_note: str = "",
+    calibration: str,
+) -> ModelManifest:
+    """Fit an ensemble's detector (``models.ood.EnsembleOodDetector``) and store it with ``ref``.
+
+    Args:
+        model: an ensemble built by ``models.ensemble.build_ensemble``.
+        fits: per member, in member order, ``(train_images, train_labels, calibration_images)``:
+            images the member trained on (the detector's fit) and images it never trained
+            on (its calibration).
+        calibration: how the calibration images were chosen, for the manifest.
+
+    Raises:
+        ConfigurationError: ``model`` is not an ensemble or ``fits`` has another length.
+    """
+    from radlens.models.ensemble import ensemble_members
+
+    members = ensemble_members(model)
+    if not members or len(fits) != len(members):
+        raise ConfigurationError(
+            f"an ensemble detector needs one (train, labels, calibration) triple per member; "
+            f"received {len(fits)} for a model with {len(members)} ensemble members"
+        )
+    features = [
+        (extract_features(member, x), np.asarray(y), extract_features(member, cal))
+        for member, (x, y, cal) in zip(members, fits, strict=True)
+    ]
+    detector = fit_ensemble_detector(
+        features,
+        method=method,  # type: ignore[arg-type]
+        quantile=quantile,
+        seed=seed,
+    )
+    shared = all(cal is fits[0][2] for _, _, cal in fits)  # one validation split for all
+    entry: dict[str, Any] = {
+        **detector.entry(),
+        "fitted_on": {
+            "train_images": [len(x) for x, _, _ in fits],
+            # distinct images that calibrate (each member's own fold, or the one val split)
+            "val_images": len(fits[0][2]) if shared else detector.calibration_size,
+            "data": data_note,
+        },
+        "calibration": calibration,
+    }
+    if shared:
+        joined = np.concatenate([f[2] for f in features], axis=1)
+        entry["val_flagged_fraction"] = float(np.mean(detector.scores(joined) > detector.threshold))
+    manifest = _store(registry, ref, detector, entry)
+    log.info(
+        "%s: ensemble OOD detector (%d %s members), pooled rank threshold %.4g on %d "
+        "calibration scores (nominally %.1f%% of new in-distribution images flagged, at most "
+        "%.1f%%)",
+        manifest.ref,
+        len(members),
+        method,
+        detector.threshold,
+        detector.calibration_size,
+        entry["nominal_flag_rate"] * 100,
+        entry["flag_rate_bound"] * 100,
+    )
+    return manifest
+
+
+def attach_cross_fitted_detector(
+    registry: ModelRegistry,
+    ref: str,
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    held_out: Sequence[np.ndarray],
+    *,
+    method: str = "mahalanobis",
+    quantile: float = DEFAULT_QUANTILE,
+    seed: int = 0,
+    data_note: str = "",
+) -> ModelManifest:
+    """:func:`attach_ensemble_detector` for a cross-validated ensemble: member ``i`` trained
+    on the images outside ``held_out[i]``, so its detector is fitted on (a sample of at most
+    :data:`MAX_FIT_IMAGES` of) those and calibrated on ``held_out[i]``, which it never saw.
+
+    Args:
+        images, labels: the model inputs ``(N, H, W, 1)`` and class indices of every image
+            the ensemble was cross-validated on (``training.recipe``).
+        held_out: per member (in member order), a boolean mask ``(N,)`` of its held-out fold.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    fits = []
+    for i, mask in enumerate(held_out):
+        held = np.asarray(mask, dtype=bool).reshape(-1)
+        if held.shape != labels.shape or not held.any() or held.all():
+            raise ConfigurationError(
+                f"member {i}'s held-out mask must mark some but not all of the {len(labels)} "
+                f"images. Received shape {held.shape}, {int(held.sum())} marked"
+            )
+        train = np.flatnonzero(~held)
+        if len(train) > MAX_FIT_IMAGES:
+            rng = np.random.default_rng([seed, i])
+            train = np.sort(rng.choice(train, MAX_FIT_IMAGES, replace=False))
+        fits.append((images[train], labels[train], images[held]))
+    return attach_ensemble_detector(
+        registry,
+        ref,
+        model,
+        fits,
+        method=method,
+        quantile=quantile,
+        seed=seed,
+        data_note=data_note,
+        calibration="cross-conformal: each member is calibrated on its own held-out fold "
+        "(images it never trained on), its detector fitted on the other folds",
+    )
 
 
 def attach_from_source(

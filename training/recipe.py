@@ -400,9 +400,14 @@ def export_ensemble(
     threshold_rule: str = "balanced",
     tta_shift: int = 0,
     extra_config: dict[str, Any] | None = None,
+    ood_method: str | None = "mahalanobis",
 ) -> Any:
     """Store every fold model of ``runs`` as ONE ensemble model, with the threshold and the
     operating-point table chosen on the out-of-fold scores.
+
+    ``ood_method`` (None: none) adds the ensemble's out-of-distribution detector
+    (``training.ood.attach_cross_fitted_detector``): each member's detector is fitted on the
+    folds it trained on and calibrated on the fold it never saw.
 
     The OOF score of an image is the mean over ``runs`` (training seeds) of the score of the
     fold model that did not see it, i.e. the OOF score of a one-member-per-seed ensemble: the
@@ -467,7 +472,7 @@ def export_ensemble(
         "wall_seconds": round(sum(r.wall_seconds for r in runs), 1),
         **(extra_config or {}),
     }
-    return ModelRegistry(store).save(
+    manifest = ModelRegistry(store).save(
         model,
         name=name,
         architecture=recipe.architecture,
@@ -493,4 +498,19 @@ def export_ensemble(
             "ece": expected_calibration_error(labels, probabilities),
         },
         intended_use=intended_use_for(source, list(examples)),
+    )
+    if ood_method is None:
+        return manifest
+    from radlens.training.ood import attach_cross_fitted_detector
+
+    return attach_cross_fitted_detector(
+        ModelRegistry(store),
+        manifest.ref,
+        model,
+        images,
+        labels,
+        [r.folds == fold for r in runs for fold in np.unique(r.folds)],  # cross_validate's order
+        method=ood_method,
+        seed=runs[0].seed,
+        data_note=f"{source.root.name}: train+val, {int(folds.max()) + 1} folds",
     )

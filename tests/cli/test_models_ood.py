@@ -19,7 +19,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from radlens.training.data.demo import write_demo_dataset
 
     out = tmp_path_factory.mktemp("ood-demo") / "data"
-    write_demo_dataset(out, n_per_class=12, size=32, seed=0)
+    write_demo_dataset(out, n_per_class=12, size=32, seed=0, val_fraction=0.15, test_fraction=0.15)
     return out
 
 
@@ -64,3 +64,36 @@ def test_bad_method_is_one_line(
     line = one_error_line(capsys.readouterr().err)
     assert "--method must be one of mahalanobis, knn. Received: 'forest'" in line
     assert ModelRegistry(store).verify("tiny", 1).ood is None
+
+
+def test_an_ensemble_trained_on_the_train_split_gets_one_detector_per_member(
+    tmp_path: Path, demo_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from radlens.models.ensemble import build_ensemble
+    from radlens.models.ood import EnsembleOodDetector, load_detector
+    from tests.app.conftest import CLASS_NAMES, build_tiny_model
+
+    store = tmp_path / "store"
+    registry = ModelRegistry(store)
+    registry.save(
+        build_ensemble([build_tiny_model(), build_tiny_model()]),
+        name="ens",
+        architecture="simple_cnn",
+        class_names=CLASS_NAMES,
+        threshold=0.5,
+        window=None,
+        filters=[],
+        metrics={},
+        training_config={"note": "two members trained on one train split", "members": 2},
+        data_fingerprint=None,
+    )
+    assert main(["models", "ood", "ens:1", "--data", str(demo_data), "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("added an OOD detector to ens:1: ensemble, threshold")
+    assert "2 member detectors; nominally flags" in out
+    ood = registry.verify("ens", 1).ood
+    assert ood is not None and ood["members"] == 2
+    n = ood["fitted_on"]["val_images"]  # every member calibrated on the same val split
+    assert ood["calibration_images"] == [n, n] and 0 <= ood["val_flagged_fraction"] <= 1
+    detector = load_detector(registry.ood_detector_file(registry.verify("ens", 1)))  # type: ignore[arg-type]
+    assert isinstance(detector, EnsembleOodDetector) and detector.dimension == 128

@@ -26,7 +26,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from radlens.training.data.demo import write_demo_dataset
 
     out = tmp_path_factory.mktemp("cli-demo") / "data"
-    write_demo_dataset(out, n_per_class=12, size=32, seed=1)
+    write_demo_dataset(out, n_per_class=12, size=32, seed=1, val_fraction=0.15, test_fraction=0.15)
     return out
 
 

@@ -26,7 +26,8 @@ def tiny_demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from radlens.training.data.demo import write_demo_dataset
 
     out = tmp_path_factory.mktemp("demo") / "data"
-    write_demo_dataset(out, n_per_class=20, size=32, seed=0)
+    # the split of the former defaults (15% / 15%), which these tests are written against
+    write_demo_dataset(out, n_per_class=20, size=32, seed=0, val_fraction=0.15, test_fraction=0.15)
     return out
 
 

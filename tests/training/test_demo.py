@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 from collections import Counter
 from pathlib import Path
 
@@ -206,3 +207,31 @@ class TestCli:
         assert "class normal: 8" in out and "leakage: none" in out
         assert main(["data-check", str(mixed / "missing")]) == 2
         assert "does not exist" in capsys.readouterr().err
+
+
+class TestDefaultSize:
+    """The default demo set is large enough for the demo model's OOD threshold (issue #17)."""
+
+    def test_default_split_calibrates_the_ood_threshold_below_1_percent(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from radlens.models.ood import DEFAULT_QUANTILE, expected_flag_rate
+
+        # what `radlens demo-data OUT` writes (the size of the images does not change the split)
+        assert main(["demo-data", str(tmp_path / "d"), "--size", "32"]) == 0
+        capsys.readouterr()
+        with (tmp_path / "d" / "labels.csv").open(newline="") as fh:
+            split = Counter(row["split"] for row in csv.DictReader(fh))
+        # 1/(n+1) <= 1% needs n >= 99 validation images; the former default (36) gave 2.7%
+        assert split["val"] >= 100
+        assert expected_flag_rate(split["val"], DEFAULT_QUANTILE)["expected"] < 0.01
+        # the demo training (make run) sees about as many images as before (168)
+        assert 160 <= split["train"] <= 190 and split["test"] >= 30
+        assert sum(split.values()) == 2 * 160
+        # the split is still by patient
+        assert leakage_report(split_source(open_source(tmp_path / "d" / "labels.csv"))) == {}
+        # and `radlens demo-data`'s default is the library's
+        from radlens.cli.data_cmds import demo_data
+        from radlens.training.data.demo import DEMO_N_PER_CLASS
+
+        assert inspect.signature(demo_data).parameters["n_per_class"].default == DEMO_N_PER_CLASS

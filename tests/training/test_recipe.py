@@ -171,6 +171,34 @@ def test_exported_ensemble_is_one_model_with_oof_threshold(exported: dict[str, o
     assert result.heatmaps.shape == (2, 16, 16) and result.layer.startswith("mean of 4 members")
 
 
+def test_exported_ensemble_has_a_cross_fitted_ood_detector(
+    exported: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from radlens.models.ood import EnsembleOodDetector, feature_model, load_detector
+
+    tmp = Path(exported["tmp"])  # type: ignore[arg-type]
+    registry = ModelRegistry(tmp / "store")
+    manifest = exported["manifest"]
+    loaded = registry.load(manifest.ref)  # type: ignore[attr-defined]
+    ood = loaded.manifest.ood
+    assert ood is not None and ood["method"] == "ensemble" and ood["members"] == 4
+    # member (seed, fold) is calibrated on its own held-out fold: each image once per seed
+    folds = exported["runs"][0].folds  # type: ignore[index]
+    sizes = [int((folds == f).sum()) for f in (0, 1)]
+    assert ood["calibration_images"] == sizes * 2
+    assert ood["fitted_on"]["train_images"] == [60 - n for n in sizes] * 2
+    detector = load_detector(registry.ood_detector_file(loaded.manifest))  # type: ignore[arg-type]
+    assert isinstance(detector, EnsembleOodDetector)
+    x = np.random.default_rng(5).random((3, 16, 16, 1), dtype=np.float32)
+    _, features = feature_model(loaded.model)(x, training=False)
+    assert detector.scores(np.asarray(features)).shape == (3,)
+    # `radlens models ood` cannot refit it: every member trained on the validation split
+    args = ["models", "ood", "tiny-ensemble", "--data", str(tmp / "tv.npz")]
+    assert main([*args, "--store", str(tmp / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "cross-validated ensemble" in err and len(err.strip().splitlines()) == 1
+
+
 def test_radlens_evaluate_runs_on_the_ensemble(
     exported: dict[str, object], capsys: pytest.CaptureFixture[str]
 ) -> None:
