@@ -476,11 +476,6 @@ def _validate_multi_label(cfg: TrainConfig, bad: Any) -> None:
         )
     if cfg.label_smoothing:
         raise bad("label_smoothing", "0 for multi-label training")
-    if cfg.strategy not in ("auto", "default"):
-        raise ConfigurationError(
-            "multi-label training runs on one device (model.fit) for now; received "
-            f"strategy={cfg.strategy!r}"
-        )
     for name in ("label_column", "label_separator", "no_finding"):
         if not str(getattr(cfg, name)).strip():
             raise bad(name, "a non-empty string")

@@ -175,11 +175,6 @@ def train(
                 dist.strategy.num_replicas_in_sync,
                 "chief (exports)" if dist.chief else f"{dist.task} (trains, does not export)",
             )
-        if config.multi_label and dist.distributed:
-            raise ConfigurationError(
-                "multi-label training runs on one device (model.fit) for now; this machine "
-                f"resolved strategy {config.strategy!r} to {dist.name!r}: pass --strategy default"
-            )
         data.report()
         data.load_validation()
         state = rundir.read_state(run_path)
@@ -364,7 +359,9 @@ def _train_phases(
     train_ds = data.train_dataset()
     tb_callbacks: list[keras.callbacks.Callback] = []
     if config.multi_label:
-        tb_callbacks = _findings_callbacks(config, data, run_path, chief=dist.chief)
+        tb_callbacks = _findings_callbacks(
+            config, data, run_path, chief=dist.chief, custom_loop=dist.distributed
+        )
     elif dist.chief:  # one TensorBoard run per training run, written by the chief only
         tb_callbacks = cb.tensorboard_callbacks(
             run_path / rundir.TENSORBOARD,
@@ -390,7 +387,7 @@ def _train_phases(
         history_csv = keras.callbacks.CSVLogger(str(run_path / rundir.HISTORY_FILE), append=True)
         callbacks: list[keras.callbacks.Callback] = [
             # the custom loop has no mid-phase resume; its phases restart when interrupted
-            cb.ValidationMetrics(data.x_val, data.y_val, class_names, config.batch_size)
+            _validation_metrics(config, data, loss)
             if dist.distributed
             else keras.callbacks.BackupAndRestore(
                 str(run_path / "backup" / f"phase{phase.number}")
@@ -432,6 +429,7 @@ def _train_phases(
                 class_weight=weights,
                 callbacks=callbacks,
                 verbose=_verbosity(verbose),
+                multi_label=config.multi_label,
             )
         finally:  # an interrupted fit skips on_train_end, which closes these
             cb.close_files(history_csv, *tb_callbacks)
@@ -776,13 +774,35 @@ def _findings_loss(config: TrainConfig, data: _RunData) -> Any:
     return findings.make_loss(weights)
 
 
+def _validation_metrics(config: TrainConfig, data: _RunData, loss: Any) -> Any:
+    """The custom loop's validation callback: ``val_loss``, ``val_auc``, ... in the epoch logs
+    (multi-label: ``val_auc`` is the macro AUC over findings, as Keras' compiled ``auc``)."""
+    from radlens.training import callbacks as cb
+
+    if config.multi_label:
+        from radlens.training.findings import FindingValidationMetrics
+
+        return FindingValidationMetrics(
+            data.x_val, data.y_val, data.source.class_names, config.batch_size, loss
+        )
+    return cb.ValidationMetrics(data.x_val, data.y_val, data.source.class_names, config.batch_size)
+
+
 def _findings_callbacks(
-    config: TrainConfig, data: _RunData, run_path: Path, *, chief: bool
+    config: TrainConfig,
+    data: _RunData,
+    run_path: Path,
+    *,
+    chief: bool,
+    custom_loop: bool = False,
 ) -> list[keras.callbacks.Callback]:
     """TensorBoard (scalars, graph, histograms, hparams, sample images) and the per-finding
     validation AUC each epoch (train.log and TensorBoard ``findings/...`` tags in the
     validation sub-run). The single-label
-    figures (confusion matrix, one ROC curve, Grad-CAM of a class) do not apply."""
+    figures (confusion matrix, one ROC curve, Grad-CAM of a class) do not apply. Under a
+    distribution strategy (the custom loop, ``custom_loop``) the epoch scalars come from
+    ``EpochScalarsCallback`` (Keras' TensorBoard callback, with its histograms, needs ``fit``)
+    and the per-finding AUC predicts on this process only."""
     from radlens.training import callbacks as cb
     from radlens.training.findings import FindingMetricsCallback
 
@@ -794,11 +814,14 @@ def _findings_callbacks(
         y,
         data.source.class_names,
         config.batch_size,
+        local=custom_loop,
     )
     if not chief:
         return [per_finding]
     made: list[keras.callbacks.Callback] = [
-        keras.callbacks.TensorBoard(
+        cb.EpochScalarsCallback(log_dir)
+        if custom_loop
+        else keras.callbacks.TensorBoard(
             log_dir=str(log_dir), histogram_freq=config.histogram_freq, update_freq="epoch"
         ),
         cb.HParamsCallback(log_dir, _hparams(config)),
