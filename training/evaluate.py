@@ -276,6 +276,21 @@ def write_report(
     return files
 
 
+def findings_spec(manifest: Any, label_column: str | None = None) -> Any:
+    """How to read a findings model's labels from a data set, as its training run read them
+    (``MultiLabelSpec``): a finding the model does not know is refused."""
+    from radlens.training.data.sources import MultiLabelSpec
+
+    config = manifest.training_config
+    return MultiLabelSpec(
+        column=label_column or str(config.get("label_column", "label")),
+        separator=str(config.get("label_separator", "|")),
+        none_name=str((manifest.findings or {}).get("none_name", "No Finding")),
+        findings=tuple(manifest.class_names),  # a finding the model does not know: refused
+        ignore=tuple(config.get("ignore_findings", ())),  # unless training left it out
+    )
+
+
 def _evaluate_findings(
     loaded: Any,
     data: str | Path,
@@ -289,17 +304,10 @@ def _evaluate_findings(
     """:func:`evaluate` for a multi-label findings model."""
     from radlens.training import findings
     from radlens.training.data.pipeline import load_examples
-    from radlens.training.data.sources import MultiLabelSpec
 
     manifest = loaded.manifest
     config = manifest.training_config
-    spec = MultiLabelSpec(
-        column=label_column or str(config.get("label_column", "label")),
-        separator=str(config.get("label_separator", "|")),
-        none_name=str(manifest.findings.get("none_name", "No Finding")),
-        findings=tuple(manifest.class_names),  # a finding the model does not know: refused
-        ignore=tuple(config.get("ignore_findings", ())),  # unless training left it out
-    )
+    spec = findings_spec(manifest, label_column)
     source = open_data(data, multi_label=spec, dicom_root=series.dicom_root)
     examples = select_split(source, split, config)
     skipped: list[SkippedFile] = list(source.skipped)

@@ -949,12 +949,8 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
             findings=record,
         )
         model_ref = f"{manifest.name}:{manifest.version}"
-        if config.openvino:
-            log.info(
-                "%s: no OpenVINO runtime stored (its parity check is single-label); "
-                "the service runs it with TensorFlow",
-                model_ref,
-            )
+        if config.openvino:  # parity per finding on validation (models.runtime)
+            _add_openvino(ModelRegistry(store), model_ref, data)
     result = RunResult(
         run_dir=run_path,
         model_ref=model_ref,
