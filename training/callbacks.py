@@ -278,21 +278,35 @@ class HParamsCallback(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the weights of the best epoch by val AUC; the best survives resumes (state.json)."""
+    """Saves the weights of the best epoch by val AUC; the best survives resumes (state.json).
 
-    def __init__(self, run_path: Path, state: dict[str, Any], network: keras.Model) -> None:
+    ``monitor``: the epoch-log entry to maximise, ``val_auc`` (the image AUC) or
+    ``val_series_auc`` (the validation series AUC, ``TrainConfig.select_by="series-auc"``;
+    a series callback must run before this one). The best value is kept in state.json as
+    ``best_<monitor>``.
+    """
+
+    def __init__(
+        self,
+        run_path: Path,
+        state: dict[str, Any],
+        network: keras.Model,
+        monitor: str = "val_auc",
+    ) -> None:
         super().__init__()
         self.run_path = run_path
         self.state = state
         self.network = network  # the trained layers without the optimizer
+        self.monitor = monitor
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        auc = (logs or {}).get("val_auc")
+        auc = (logs or {}).get(self.monitor)
         self.state["last_epoch"] = epoch + 1
-        best = self.state.get("best_val_auc")
+        key = f"best_{self.monitor}"
+        best = self.state.get(key)
         if auc is not None and math.isfinite(float(auc)) and (best is None or auc > best):
             self.network.save_weights(self.run_path / CHECKPOINTS / BEST_WEIGHTS)
-            self.state["best_val_auc"] = float(auc)
+            self.state[key] = float(auc)
             self.state["best_epoch"] = epoch + 1
         write_state(self.run_path, self.state)
 

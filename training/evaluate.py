@@ -175,7 +175,8 @@ def evaluate(
                 labels,
                 probabilities,
                 manifest.class_names,
-                threshold=manifest.threshold,
+                # the run's series threshold when chosen for this aggregation (as the service)
+                threshold=series.threshold_for(manifest),
             )
         )
     if out is not None:
@@ -211,6 +212,14 @@ class _SeriesOptions:
             raise ConfigurationError(f"series top k must be >= 1; got {top_k}")
         root = dicom_root if dicom_root is not None else training_config.get("dicom_root")
         return cls(None if root is None else str(root), chosen, top_k)
+
+    def threshold_for(self, manifest: Any) -> float | None:
+        """The threshold a binary model's series are decided at with this aggregation: the
+        run's series threshold if it was chosen for it, else the model threshold."""
+        from radlens.models.aggregation import recorded_series_threshold
+
+        found = recorded_series_threshold(manifest.metrics, self.method, self.k)
+        return found if found is not None else manifest.threshold
 
     def figures(
         self,

@@ -153,6 +153,11 @@ def train(
 
         tf.config.experimental.enable_op_determinism()
     data = _RunData.open(config)
+    if config.select_by == "series-auc" and not data.source.has_series:
+        raise ConfigurationError(
+            "select_by='series-auc' picks the best epoch by the validation series AUC; "
+            f"{config.data} is not series-labelled (no series_uid column): use select_by='auc'"
+        )
     run_path = rundir.open_run_dir(config, run_dir, chief=dist.chief, task=dist.task)
     if run_dir is None and dist.chief:
         rundir.record_split(
@@ -392,8 +397,8 @@ def _train_phases(
             else keras.callbacks.BackupAndRestore(
                 str(run_path / "backup" / f"phase{phase.number}")
             ),
-            cb.BestCheckpoint(run_path, state, network),
-            *series_callbacks,  # before history.csv, which then records val_series_auc
+            *series_callbacks,  # before the checkpoint and history.csv: val_series_auc
+            cb.BestCheckpoint(run_path, state, network, monitor=_monitor(config)),
             history_csv,
             cb.EpochLog(phase.number),
             *tb_callbacks,
@@ -401,7 +406,7 @@ def _train_phases(
         if config.early_stopping_patience > 0:
             callbacks.append(
                 keras.callbacks.EarlyStopping(
-                    monitor="val_auc", mode="max", patience=config.early_stopping_patience
+                    monitor=_monitor(config), mode="max", patience=config.early_stopping_patience
                 )
             )
         callbacks.extend(extra_callbacks)
@@ -473,7 +478,11 @@ def _finish(run: _Run, started: float) -> RunResult:
     best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
     if best.is_file():
         network.load_weights(best)
-        log.info("restored the best epoch (%s) by validation AUC", state.get("best_epoch"))
+        log.info(
+            "restored the best epoch (%s) by validation %s",
+            state.get("best_epoch"),
+            "series AUC" if config.select_by == "series-auc" else "AUC",
+        )
     raw_val = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
     # calibration: T fitted on validation only, then folded into the exported model
     temperature = fit_temperature(data.y_val, raw_val)
@@ -487,9 +496,12 @@ def _finish(run: _Run, started: float) -> RunResult:
     )
     val_metrics = classification_metrics(data.y_val, val_probs, class_names, threshold)
     val_metrics["best_epoch"] = state.get("best_epoch")
+    val_metrics["selected_by"] = config.select_by
+    series_record = _series_threshold(config, data, val_probs, threshold)
+    series_cut = series_record["threshold"] if series_record is not None else threshold
     if data.source.has_series:
         val_metrics["series"] = _series_figures(
-            config, "val", data.val_series, data.y_val, val_probs, class_names, threshold=threshold
+            config, "val", data.val_series, data.y_val, val_probs, class_names, threshold=series_cut
         )
     test_metrics = None
     # the figures reported: the test split, which no selection step (epoch, early stopping,
@@ -507,7 +519,7 @@ def _finish(run: _Run, started: float) -> RunResult:
                 y_test,
                 test_probs,
                 class_names,
-                threshold=threshold,
+                threshold=series_cut,
             )
         eval_split, y_eval, eval_probs = "test", y_test, test_probs
         raw_eval = apply_temperature(test_probs, 1.0 / temperature)  # the uncalibrated scores
@@ -575,6 +587,8 @@ def _finish(run: _Run, started: float) -> RunResult:
                 **({"test": test_metrics} if test_metrics else {}),
                 "reported": reported,
                 "operating_points": points,
+                # series-labelled binary data: the threshold the service decides a series at
+                **({"series_threshold": series_record} if series_record is not None else {}),
                 # what the service's drift check compares recent inputs and scores with
                 "drift_reference": build_reference(val_probs, data.x_val, class_names, threshold),
             },
@@ -648,9 +662,6 @@ def _series_callbacks(
     """Series-labelled data: the per-epoch validation series AUC (training.series)."""
     if not data.source.has_series:
         return []
-    if dist.distributed:  # the custom loop predicts per replica; the end-of-run figures hold
-        log.warning("series AUC per epoch is not computed under %s; the final one is", dist.name)
-        return []
     from radlens.training.series import series_callback
 
     return [
@@ -665,8 +676,50 @@ def _series_callbacks(
             k=config.series_top_k,
             batch_size=config.batch_size,
             multi_label=data.source.multi_label,
+            local=dist.distributed,  # the custom loop: predict on this process only
         )
     ]
+
+
+def _monitor(config: TrainConfig) -> str:
+    """The epoch-log entry that picks the best epoch and stops early (``select_by``)."""
+    return "val_series_auc" if config.select_by == "series-auc" else "val_auc"
+
+
+def _series_threshold(
+    config: TrainConfig, data: _RunData, val_probs: np.ndarray, threshold: float | None
+) -> dict[str, Any] | None:
+    """Series-labelled binary data: the series threshold on the calibrated validation series
+    scores (``training.series.choose_series_threshold``), logged; None otherwise."""
+    if not data.source.has_series or threshold is None:
+        return None
+    from radlens.training.series import choose_series_threshold
+
+    record = choose_series_threshold(
+        config.threshold_rule,
+        data.val_series,
+        data.y_val,
+        val_probs,
+        method=config.series_aggregation,
+        k=config.series_top_k,
+    )
+    if record is None:
+        log.warning(
+            "the validation series hold one class only: no series threshold; the service "
+            "decides series at the model threshold %.4f",
+            threshold,
+        )
+        return None
+    log.info(
+        "series threshold %.4f (%s on %d validation series, %s, k=%d); slice threshold %.4f",
+        record["threshold"],
+        record["rule"],
+        record["n_series"],
+        record["aggregation"],
+        record["top_k"],
+        threshold,
+    )
+    return record
 
 
 def _series_figures(
@@ -847,7 +900,11 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
     best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
     if best.is_file():
         network.load_weights(best)
-        log.info("restored the best epoch (%s) by validation macro AUC", state.get("best_epoch"))
+        log.info(
+            "restored the best epoch (%s) by validation %s",
+            state.get("best_epoch"),
+            "series macro AUC" if config.select_by == "series-auc" else "macro AUC",
+        )
     raw_val = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
     temperatures, uncalibrated = findings.fit_temperatures(
         data.y_val, raw_val, names, min_positives=config.min_calibration_positives
