@@ -284,6 +284,11 @@ class BestCheckpoint(keras.callbacks.Callback):
     ``val_series_auc`` (the validation series AUC, ``TrainConfig.select_by="series-auc"``;
     a series callback must run before this one). The best value is kept in state.json as
     ``best_<monitor>``.
+
+    ``tie_break``: another entry that decides between epochs with the same ``monitor`` value
+    (the higher wins; kept as ``best_tie_break``). A series AUC over a few validation series
+    takes few values and often reaches 1.0 early; then the slice AUC (``val_auc``) picks
+    among the tied epochs instead of the first of them.
     """
 
     def __init__(
@@ -292,22 +297,41 @@ class BestCheckpoint(keras.callbacks.Callback):
         state: dict[str, Any],
         network: keras.Model,
         monitor: str = "val_auc",
+        tie_break: str | None = None,
     ) -> None:
         super().__init__()
         self.run_path = run_path
         self.state = state
         self.network = network  # the trained layers without the optimizer
         self.monitor = monitor
+        self.tie_break = tie_break
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        auc = (logs or {}).get(self.monitor)
+        logs = logs or {}
+        auc = logs.get(self.monitor)
         self.state["last_epoch"] = epoch + 1
         key = f"best_{self.monitor}"
         best = self.state.get(key)
-        if auc is not None and math.isfinite(float(auc)) and (best is None or auc > best):
+        second = logs.get(self.tie_break) if self.tie_break else None
+        if second is not None and not math.isfinite(float(second)):
+            second = None
+        best_second = self.state.get("best_tie_break")
+        tied_better = (
+            best is not None
+            and auc == best
+            and second is not None
+            and (best_second is None or second > best_second)
+        )
+        if (
+            auc is not None
+            and math.isfinite(float(auc))
+            and (best is None or auc > best or tied_better)
+        ):
             self.network.save_weights(self.run_path / CHECKPOINTS / BEST_WEIGHTS)
             self.state[key] = float(auc)
             self.state["best_epoch"] = epoch + 1
+            if self.tie_break:
+                self.state["best_tie_break"] = None if second is None else float(second)
         write_state(self.run_path, self.state)
 
 

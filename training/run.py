@@ -398,7 +398,14 @@ def _train_phases(
                 str(run_path / "backup" / f"phase{phase.number}")
             ),
             *series_callbacks,  # before the checkpoint and history.csv: val_series_auc
-            cb.BestCheckpoint(run_path, state, network, monitor=_monitor(config)),
+            cb.BestCheckpoint(
+                run_path,
+                state,
+                network,
+                monitor=_monitor(config),
+                # equal series AUCs (few series, often 1.0 early): the slice AUC decides
+                tie_break="val_auc" if config.select_by == "series-auc" else None,
+            ),
             history_csv,
             cb.EpochLog(phase.number),
             *tb_callbacks,

@@ -309,6 +309,27 @@ class TestSelectBySeriesAuc:
             assert state[f"best_{monitor}"] == max(e[monitor] for e in epochs)
         assert picked == {"val_auc": 1, "val_series_auc": 2}
 
+    def test_equal_series_aucs_are_decided_by_the_slice_auc(self, tmp_path: Path) -> None:
+        import keras
+
+        from radlens.training.callbacks import BestCheckpoint
+
+        (tmp_path / "checkpoints").mkdir()
+        network = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        epochs = [  # the series AUC saturates at 1.0 from epoch 1; the slice AUC goes on
+            {"val_auc": 0.7, "val_series_auc": 1.0},
+            {"val_auc": 0.9, "val_series_auc": 1.0},
+            {"val_auc": 0.8, "val_series_auc": 1.0},
+        ]
+        for tie_break, expected in ((None, 1), ("val_auc", 2)):
+            state: dict[str, Any] = {}
+            callback = BestCheckpoint(
+                tmp_path, state, network, monitor="val_series_auc", tie_break=tie_break
+            )
+            for epoch, logs in enumerate(epochs):
+                callback.on_epoch_end(epoch, dict(logs))
+            assert state["best_epoch"] == expected
+
     def test_a_run_picks_the_epoch_of_the_best_series_auc(self, tmp_path: Path) -> None:
         import json
 
@@ -332,11 +353,14 @@ class TestSelectBySeriesAuc:
         )
         result = train(config, verbose=0)
         with (result.run_dir / "history.csv").open() as fh:
-            history = [float(row["val_series_auc"]) for row in csv.DictReader(fh)]
+            rows = list(csv.DictReader(fh))
+        history = [(float(r["val_series_auc"]), float(r["val_auc"])) for r in rows]
         assert len(history) == 3
-        assert result.best_epoch == int(np.argmax(history)) + 1  # the first best
+        # the best series AUC; among equal ones the best slice AUC; then the first
+        best = max(range(3), key=lambda i: (history[i][0], history[i][1], -i))
+        assert result.best_epoch == best + 1
         state = json.loads((result.run_dir / "state.json").read_text())
-        assert state["best_val_series_auc"] == pytest.approx(max(history))
+        assert state["best_val_series_auc"] == pytest.approx(history[best][0])
         assert "best_val_auc" not in state
         manifest = ModelRegistry(result.store).load(result.model_ref).manifest
         assert manifest.metrics["val"]["selected_by"] == "series-auc"
