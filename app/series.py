@@ -25,6 +25,12 @@ aggregated and the highest is the label):
 probability that at least one instance is positive if they were independent (it tends to 1 on
 long series: prefer max or mean_top_k for CT). Results are per model (name, version): scores of
 different models are never mixed.
+
+A binary model's series is decided at the instances' threshold, or -- for the loaded model,
+when its training chose a series threshold on validation series for the aggregation the
+service runs (``metrics["series_threshold"]``, models.aggregation.recorded_series_threshold)
+and the instances were decided at the model threshold -- at that series threshold
+(``ModelResult.threshold_source`` says which: "series" or "model").
 """
 
 from __future__ import annotations
