@@ -9,7 +9,9 @@ TensorFlow starts (as tests/training/test_train_strategy.py does):
   weights after the update;
 * ``radlens train --multi-label --strategy mirrored`` over two logical CPUs: it trains
   (validation by the custom loop: macro AUC as ``val_auc``), and exports a model whose
-  manifest holds the findings and a threshold per finding.
+  manifest holds the findings and a threshold per finding;
+* the same with ``--strategy multiworker``, two worker processes on localhost: only the chief
+  exports, both end with the same validation figures and thresholds.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 from radlens.models.registry import ModelRegistry
 from tests.conftest import REPO_ROOT
 from tests.training.data_fixtures import multilabel_csv
-from tests.training.workers import worker_env
+from tests.training.workers import free_ports, worker_env
 
 TIMEOUT = 240
 NAMES = ["Effusion", "Infiltration", "Nodule"]
@@ -84,13 +86,14 @@ json.dump(out, sys.stdout)
 LAUNCHER = """
 import sys
 from radlens.training.distribute import split_cpu
-split_cpu(2)
+if sys.argv[1] == "split":
+    split_cpu(2)
 from radlens.cli.main import main
-raise SystemExit(main(sys.argv[1:]))
+raise SystemExit(main(sys.argv[2:]))
 """
 
 
-def _run(code: str, *args: str) -> str:
+def _run(code: str, *args: str) -> str:  # one process, waited for
     process = subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=REPO_ROOT,
@@ -123,22 +126,78 @@ def test_one_mirrored_step_equals_the_single_device_step() -> None:
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def mirrored_findings_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("findings-mirrored")
-    csv_path = multilabel_csv(root / "data")
+def _train_args(root: Path, csv_path: Path, strategy: str) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
     config = root / "base.yaml"
     config.write_text("histogram_freq: 0\ntensorboard_samples: 0\nmin_calibration_positives: 2\n")
-    args = [
+    return [
         "train", "--config", str(config), "--data", str(csv_path), "--arch", "simple_cnn",
         "--image-size", "32", "--batch-size", "8", "--epochs", "2", "--patience", "0",
         "--no-augment", "--multi-label", "--label-column", "findings",
-        "--positive-weights", "auto", "--no-openvino", "--strategy", "mirrored",
-        "--name", "ml-mirrored", "--runs-dir", str(root / "runs"), "--store", str(root / "store"),
-        "--json",
+        "--positive-weights", "auto", "--no-openvino", "--strategy", strategy,
+        "--name", f"ml-{strategy}", "--runs-dir", str(root / "runs"),
+        "--store", str(root / "store"), "--json",
     ]  # fmt: skip
-    stdout = _run(LAUNCHER, *args)
-    return json.loads(stdout[stdout.index("{") :])
+
+
+@pytest.fixture(scope="module")
+def findings_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Mirrored over two logical CPUs, and two multi-worker processes on localhost, started
+    together (as tests/training/test_train_strategy.py)."""
+    root = tmp_path_factory.mktemp("findings-distributed")
+    csv_path = multilabel_csv(root / "data")
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    processes = {
+        "mirrored": _start(
+            ["split", *_train_args(root / "mirrored", csv_path, "mirrored")], worker_env()
+        ),
+        **{
+            f"worker{i}": _start(
+                ["nosplit", *_train_args(root / "multi", csv_path, "multiworker")],
+                worker_env(
+                    json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+                ),
+            )
+            for i in range(2)
+        },
+    }
+    outputs: dict[str, Any] = {"root": root}
+    errors: list[str] = []
+    try:
+        for name, process in processes.items():
+            try:
+                stdout, stderr = process.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                errors.append(f"{name} did not finish in {TIMEOUT} s")
+                break
+            if process.returncode != 0:
+                errors.append(f"{name} exited {process.returncode}: {stderr[-3000:]}")
+                continue
+            outputs[name] = json.loads(stdout[stdout.index("{") :])
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    if errors:
+        pytest.fail("; ".join(errors))
+    return outputs
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def mirrored_findings_run(findings_runs: dict[str, Any]) -> dict[str, Any]:
+    return dict(findings_runs["mirrored"])
 
 
 @pytest.mark.slow
@@ -182,3 +241,22 @@ def test_mirrored_findings_tensorboard_has_the_same_kind_of_figures(
         "train/epoch_loss",
     ):
         assert tag in scalars, (tag, sorted(scalars))
+
+
+@pytest.mark.slow
+def test_multiworker_findings_workers_end_identical_and_only_the_chief_exports(
+    findings_runs: dict[str, Any],
+) -> None:
+    chief, other = findings_runs["worker0"], findings_runs["worker1"]
+    assert chief["model"] == "ml-multiworker:1" and other["model"] == ""
+    store = ModelRegistry(findings_runs["root"] / "multi" / "store")
+    assert [m.ref for m in store.list()] == ["ml-multiworker:1"]
+    manifest = store.load("ml-multiworker:1").manifest
+    assert manifest.multi_label and list(manifest.finding_thresholds) == NAMES
+    chief_dir, other_dir = Path(chief["run_dir"]), Path(other["run_dir"])
+    assert "2 replica(s), chief (exports)" in (chief_dir / "train.log").read_text()
+    assert not (other_dir / "tensorboard").exists()
+    # the all-reduce kept the workers in step: same validation figures and thresholds
+    assert chief["val"] == other["val"]
+    written = [json.loads((d / "result.json").read_text()) for d in (chief_dir, other_dir)]
+    assert written[0]["findings"]["thresholds"] == written[1]["findings"]["thresholds"]
