@@ -25,12 +25,19 @@ aggregated and the highest is the label):
 probability that at least one instance is positive if they were independent (it tends to 1 on
 long series: prefer max or mean_top_k for CT). Results are per model (name, version): scores of
 different models are never mixed.
+
+A binary model's series is decided at the instances' threshold, or -- for the loaded model,
+when its training chose a series threshold on validation series for the aggregation the
+service runs (``metrics["series_threshold"]``, models.aggregation.recorded_series_threshold)
+and the instances were decided at the model threshold -- at that series threshold
+(``ModelResult.threshold_source`` says which: "series" or "model").
 """
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -194,6 +201,9 @@ class ModelResult:
     positive: bool | None  # binary models: score >= threshold; None otherwise
     instances: list[InstanceScore]  # highest score first
     key_instances: list[InstanceScore]  # the first k of instances
+    # binary models: "series" when decided at the training run's series threshold
+    # (SeriesThresholds), "model" when at the instances' threshold as before; None otherwise
+    threshold_source: str | None = None
 
     @property
     def instance_count(self) -> int:
@@ -204,15 +214,43 @@ def _ordered(rows: Iterable[InstanceScore]) -> list[InstanceScore]:
     return sorted(rows, key=lambda i: (-i.score, i.prediction.sop_instance_uid or ""))
 
 
-def model_result(rows: Sequence[Prediction], method: str, k: int) -> ModelResult:
+# (model name, version) -> (the model threshold its instances are decided at, the series
+# threshold its training run chose for the service's aggregation): models.aggregation.
+# recorded_series_threshold; the routes fill it for the model the service has loaded.
+SeriesThresholds = Mapping[tuple[str, int], tuple[float | None, float]]
+
+
+def _series_cut(first: Prediction, series_thresholds: SeriesThresholds | None) -> tuple[float, str]:
+    """The threshold a binary model's series is decided at, and where it comes from: the
+    run's series threshold when one is known for this model and the instances were decided
+    at the model threshold (an operating point chosen by the site keeps its own), else the
+    instances' threshold as before."""
+    instance = float(DEFAULT_THRESHOLD if first.threshold is None else first.threshold)
+    found = (series_thresholds or {}).get((first.model_name, first.model_version))
+    if found is not None:
+        model_threshold, series_threshold = found
+        if first.threshold is None or (
+            model_threshold is not None and math.isclose(instance, model_threshold, abs_tol=1e-9)
+        ):
+            return series_threshold, "series"
+    return instance, "model"
+
+
+def model_result(
+    rows: Sequence[Prediction],
+    method: str,
+    k: int,
+    series_thresholds: SeriesThresholds | None = None,
+) -> ModelResult:
     """The aggregate of ``rows``, which are one model's predictions (non-empty)."""
     first = rows[0]
     names = [str(n) for n in first.scores]
+    source: str | None = None
     if len(names) == 2:  # binary, as models.decision decides: class 1 >= threshold
         positive_name, negative_name = names[1], names[0]
         scored = [InstanceScore(r, float(r.scores.get(positive_name, 0.0))) for r in rows]
         score = aggregate([s.score for s in scored], method, k)
-        threshold = float(DEFAULT_THRESHOLD if first.threshold is None else first.threshold)
+        threshold, source = _series_cut(first, series_thresholds)
         positive = score >= threshold
         label, class_name = (positive_name if positive else negative_name), positive_name
     else:
@@ -234,17 +272,23 @@ def model_result(rows: Sequence[Prediction], method: str, k: int) -> ModelResult
         positive=positive,
         instances=ordered,
         key_instances=ordered[:k],
+        threshold_source=source,
     )
 
 
-def results_by_model(rows: Sequence[Prediction], method: str, k: int) -> list[ModelResult]:
+def results_by_model(
+    rows: Sequence[Prediction],
+    method: str,
+    k: int,
+    series_thresholds: SeriesThresholds | None = None,
+) -> list[ModelResult]:
     """One result per (model name, version), the model with the newest prediction first."""
     groups: dict[tuple[str, int], list[Prediction]] = {}
     for row in rows:
         groups.setdefault((row.model_name, row.model_version), []).append(row)
     newest = {key: max(r.created_at for r in group) for key, group in groups.items()}
     order = sorted(groups, key=lambda key: (newest[key], key), reverse=True)
-    return [model_result(groups[key], method, k) for key in order]
+    return [model_result(groups[key], method, k, series_thresholds) for key in order]
 
 
 # --- read side ------------------------------------------------------------------------------
@@ -272,7 +316,12 @@ class SeriesView:
     results: list[ModelResult]
 
 
-def _series_view(rows: Sequence[Prediction], method: str, k: int) -> SeriesView:
+def _series_view(
+    rows: Sequence[Prediction],
+    method: str,
+    k: int,
+    series_thresholds: SeriesThresholds | None = None,
+) -> SeriesView:
     first = min(rows, key=lambda r: (r.created_at, r.id))
     return SeriesView(
         series_instance_uid=cast(str, first.series_instance_uid),
@@ -281,12 +330,16 @@ def _series_view(rows: Sequence[Prediction], method: str, k: int) -> SeriesView:
         rows=first.rows,
         columns=first.columns,
         uids_pseudonymised=bool(first.uids_pseudonymised),
-        results=results_by_model(rows, method, k),
+        results=results_by_model(rows, method, k, series_thresholds),
     )
 
 
 def series_results(
-    session: Session, candidates: Sequence[str], method: str, k: int
+    session: Session,
+    candidates: Sequence[str],
+    method: str,
+    k: int,
+    series_thresholds: SeriesThresholds | None = None,
 ) -> SeriesView | None:
     """The series stored under one of ``candidates`` (None when there is none)."""
     rows = list(
@@ -296,7 +349,7 @@ def series_results(
         return None
     # both forms stored (a site that turned pseudonymisation on mid-series): one view per form
     # would split the series, so the caller's first candidate (the pseudonym) names it
-    return _series_view(rows, method, k)
+    return _series_view(rows, method, k, series_thresholds)
 
 
 @dataclass(frozen=True)
@@ -309,7 +362,11 @@ class StudyView:
 
 
 def study_results(
-    session: Session, candidates: Sequence[str], method: str, k: int
+    session: Session,
+    candidates: Sequence[str],
+    method: str,
+    k: int,
+    series_thresholds: SeriesThresholds | None = None,
 ) -> StudyView | None:
     """The study stored under one of ``candidates``: each series aggregated; the study's result
     per model is its most positive series' (a study is as positive as its most positive
@@ -324,7 +381,7 @@ def study_results(
             by_series.setdefault(row.series_instance_uid, []).append(row)
     if not by_series:
         return None
-    views = [_series_view(group, method, k) for group in by_series.values()]
+    views = [_series_view(group, method, k, series_thresholds) for group in by_series.values()]
     best: dict[tuple[str, int], tuple[ModelResult, SeriesView]] = {}
     for view in views:
         for result in view.results:

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from radlens.cli.common import fail
-
 if TYPE_CHECKING:
     from radlens.models.manifest import ModelManifest
     from radlens.models.registry import ModelRegistry
@@ -207,19 +205,18 @@ def convert_model(
     registry = _registry(store)
     name, version = registry.resolve(ref)
     manifest = registry.verify(name, version)
-    if manifest.multi_label:  # parity (AUC, flipped labels) is defined on one positive class
-        fail(
-            f"{manifest.ref} is a multi-label findings model: OpenVINO conversion and its "
-            "parity check are single-label only for now; the service runs it with TensorFlow"
-        )
     images = labels = None
     note = ""
     if data is not None:
         from radlens.training.data.pipeline import load_examples
         from radlens.training.data.sources import open_data
-        from radlens.training.evaluate import select_split
+        from radlens.training.evaluate import findings_spec, select_split
 
-        source = open_data(data, manifest.class_names)
+        source = (  # a findings model: multi-hot targets, parity per finding (models.runtime)
+            open_data(data, multi_label=findings_spec(manifest))
+            if manifest.multi_label
+            else open_data(data, manifest.class_names)
+        )
         examples = select_split(source, split, manifest.training_config)
         images, labels = load_examples(
             source,

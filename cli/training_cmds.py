@@ -162,6 +162,14 @@ def train(
     dicom_root: shared.DicomRootOption = None,
     series_aggregation: shared.SeriesAggregationOption = None,
     series_top_k: shared.SeriesTopKOption = None,
+    select_by: Annotated[
+        str | None,
+        typer.Option(
+            "--select-by",
+            help="Best epoch (and early stopping) by validation: auc (images, the default) or "
+            "series-auc (series scores aggregated as --series-aggregation; series data only).",
+        ),
+    ] = None,
     name: shared.NameOption = None,
     store: Annotated[
         str | None, typer.Option("--store", help="Model store (default $RADLENS_MODEL_STORE).")
@@ -211,6 +219,7 @@ def train(
         "dicom_root": dicom_root,
         "series_aggregation": series_aggregation,
         "series_top_k": series_top_k,
+        "select_by": select_by,
     }
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and (given or config is not None):

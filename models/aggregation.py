@@ -18,8 +18,8 @@ Methods, over the scores in [0, 1] of one class:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 Aggregation = Literal["max", "mean_top_k", "noisy_or"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean_top_k", "noisy_or")
@@ -49,3 +49,23 @@ def aggregate(scores: Sequence[float], method: str, k: int) -> float:
             return 1.0
         return -math.expm1(sum(math.log1p(-s) for s in clipped))
     raise ValueError(f"method should be one of {', '.join(AGGREGATIONS)}. Received: {method!r}")
+
+
+def recorded_series_threshold(metrics: Mapping[str, Any], method: str, k: int) -> float | None:
+    """The series threshold a training run chose for a binary model (the manifest's
+    ``metrics["series_threshold"]``, ``training.series.choose_series_threshold``), when it
+    was chosen for this aggregation (``method``, and ``k`` for ``mean_top_k``); else None,
+    and a series is decided at the model's threshold as an instance is.
+
+    A threshold chosen on ``max`` series scores says nothing about ``noisy_or`` ones, so a
+    service configured with another aggregation than the run's does not use it.
+    """
+    record = metrics.get("series_threshold")
+    if not isinstance(record, Mapping) or record.get("aggregation") != method:
+        return None
+    if method == "mean_top_k" and record.get("top_k") != k:
+        return None
+    value = record.get("threshold")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0.0 <= value <= 1.0 else None

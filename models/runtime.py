@@ -65,6 +65,7 @@ __all__ = [
     "bf16_supported",
     "convert_to_openvino",
     "cpu_name",
+    "measure_findings_parity",
     "measure_parity",
     "openvino_version",
     "select_runtime",
@@ -125,6 +126,12 @@ class Parity:
         flips: images whose label differs at the threshold (binary) or argmax.
         flip_fraction: ``flips / n``.
         threshold: the decision threshold used (binary), or None (argmax).
+        per_finding: multi-label findings models only (:func:`measure_findings_parity`), else
+            None: ``{finding: {auc_reference, auc, auc_difference, max_score_difference,
+            flips, threshold}}``. Then ``auc_reference``/``auc`` are the macro AUCs,
+            ``auc_difference`` the LARGEST per-finding AUC difference, ``flips`` the
+            (image, finding) decisions that differ at each finding's threshold and
+            ``flip_fraction`` their share of all ``n x findings`` decisions.
     """
 
     n: int
@@ -135,9 +142,13 @@ class Parity:
     flips: int
     flip_fraction: float
     threshold: float | None
+    per_finding: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.per_finding is None:  # single-label records keep their fields
+            del data["per_finding"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Parity | None:
@@ -145,12 +156,22 @@ class Parity:
         if not isinstance(data, dict):
             return None
         try:
-            return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+            return cls(
+                **{f: data[f] for f in cls.__dataclass_fields__ if f != "per_finding"},
+                per_finding=data.get("per_finding"),
+            )
         except (KeyError, TypeError):
             return None
 
     def summary(self) -> str:
         auc = "n/a" if self.auc_difference is None else f"{self.auc_difference:.5f}"
+        if self.per_finding is not None:
+            decisions = self.n * len(self.per_finding)
+            return (
+                f"largest per-finding AUC difference {auc}, largest score difference "
+                f"{self.max_score_difference:.5f}, {self.flips}/{decisions} (image, finding) "
+                "decisions flipped"
+            )
         return (
             f"AUC difference {auc}, largest score difference {self.max_score_difference:.5f}, "
             f"{self.flips}/{self.n} labels flipped"
@@ -214,6 +235,80 @@ def measure_parity(
         flips=flips,
         flip_fraction=flips / len(y),
         threshold=threshold if ref.shape[1] == 2 else None,
+    )
+
+
+def measure_findings_parity(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    targets: np.ndarray,
+    thresholds: dict[str, float],
+) -> Parity:
+    """:func:`measure_parity` for a multi-label findings model (one sigmoid per finding).
+
+    Per finding: the ROC AUC of either runtime (None where the images hold one class of that
+    finding), their difference, the largest score difference and the images whose decision
+    flips at that finding's threshold. Overall (what :class:`Tolerance` judges): the largest
+    per-finding AUC difference (None when no finding has one), the largest score difference,
+    and the (image, finding) decisions that flip over all ``N x findings`` of them.
+
+    Args:
+        reference, candidate: ``(N, findings)`` sigmoid scores, same images and order.
+        targets: ``(N, findings)`` multi-hot labels.
+        thresholds: the manifest's ``findings.thresholds``, one per finding in column order.
+
+    Raises:
+        ValueError: shapes that do not match, thresholds for other findings than the columns,
+            an empty set or non-finite scores.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    y = np.asarray(targets).astype(np.int64)
+    names = list(thresholds)
+    if (
+        ref.ndim != 2
+        or ref.shape != cand.shape
+        or ref.shape != y.shape
+        or not len(y)
+        or ref.shape[1] != len(names)
+    ):
+        raise ValueError(
+            "reference, candidate and targets must be (N, findings) for the same N >= 1, with "
+            f"one threshold per finding. Received shapes {ref.shape}, {cand.shape}, {y.shape} "
+            f"and {len(names)} threshold(s)"
+        )
+    if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(cand))):
+        raise ValueError("scores must be finite. Received NaN or infinite scores")
+    per: dict[str, dict[str, Any]] = {}
+    flips = 0
+    for j, name in enumerate(names):
+        cut = float(thresholds[name])
+        column = np.stack([1.0 - ref[:, j], ref[:, j]], axis=1)
+        auc_ref = _auc(y[:, j], column)
+        auc = _auc(y[:, j], np.stack([1.0 - cand[:, j], cand[:, j]], axis=1))
+        flipped = int(np.sum((ref[:, j] >= cut) != (cand[:, j] >= cut)))
+        flips += flipped
+        per[name] = {
+            "auc_reference": auc_ref,
+            "auc": auc,
+            "auc_difference": None if auc is None or auc_ref is None else abs(auc - auc_ref),
+            "max_score_difference": float(np.max(np.abs(ref[:, j] - cand[:, j]))),
+            "flips": flipped,
+            "threshold": cut,
+        }
+    differences = [v["auc_difference"] for v in per.values() if v["auc_difference"] is not None]
+    references = [v["auc_reference"] for v in per.values() if v["auc_reference"] is not None]
+    candidates = [v["auc"] for v in per.values() if v["auc"] is not None]
+    return Parity(
+        n=len(y),
+        auc_reference=float(np.mean(references)) if references else None,
+        auc=float(np.mean(candidates)) if candidates else None,
+        auc_difference=max(differences) if differences else None,
+        max_score_difference=float(np.max(np.abs(ref - cand))),
+        flips=flips,
+        flip_fraction=flips / y.size,
+        threshold=None,
+        per_finding=per,
     )
 
 
@@ -522,7 +617,9 @@ def add_openvino_runtime(
         model: the Keras model if already loaded (training export); else it is loaded.
         images: ``(N, H, W, 1)`` float32 model inputs for parity (the validation split), or
             None to convert without parity (then ``auto`` will not serve OpenVINO).
-        labels: ``(N,)`` class indices for ``images``.
+        labels: ``(N,)`` class indices for ``images``; for a multi-label findings model
+            ``(N, findings)`` multi-hot targets (parity by :func:`measure_findings_parity`
+            at the manifest's per-finding thresholds).
         data_note: where the images came from, recorded with the parity.
         batch_size: images per model call while measuring.
 
@@ -556,10 +653,12 @@ def add_openvino_runtime(
         parity: dict[str, Any] = {"fp32": None, "bf16": None}
         if images is not None and labels is not None:
             batch = np.asarray(images, dtype=np.float32)
-            if batch.ndim != 4 or len(batch) != len(np.asarray(labels).reshape(-1)):
+            targets = np.asarray(labels)
+            count = len(targets) if manifest.multi_label else len(targets.reshape(-1))
+            if batch.ndim != 4 or len(batch) != count:
                 raise ValueError(
                     f"images must be (N, H, W, C) with one label each. Received images "
-                    f"{batch.shape} and labels {np.asarray(labels).shape}"
+                    f"{batch.shape} and labels {targets.shape}"
                 )
             reference = _scores_in_batches(
                 lambda b: predict_scores(keras_model, b), batch, batch_size
@@ -569,7 +668,13 @@ def add_openvino_runtime(
                     continue  # the hint would run fp32 here: nothing to learn
                 runtime = OpenVINORuntime(files[IR_XML], precision, tuple(batch.shape[1:]))
                 candidate = _scores_in_batches(runtime.predict, batch, batch_size)
-                measured = measure_parity(reference, candidate, labels, manifest.threshold)
+                measured = (
+                    measure_findings_parity(
+                        reference, candidate, targets, dict(manifest.finding_thresholds)
+                    )
+                    if manifest.multi_label
+                    else measure_parity(reference, candidate, targets, manifest.threshold)
+                )
                 parity[precision] = {**measured.to_dict(), "data": data_note}
                 log.info("%s parity of %s: %s", precision, manifest.ref, measured.summary())
         entry = {

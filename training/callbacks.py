@@ -278,22 +278,60 @@ class HParamsCallback(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the weights of the best epoch by val AUC; the best survives resumes (state.json)."""
+    """Saves the weights of the best epoch by val AUC; the best survives resumes (state.json).
 
-    def __init__(self, run_path: Path, state: dict[str, Any], network: keras.Model) -> None:
+    ``monitor``: the epoch-log entry to maximise, ``val_auc`` (the image AUC) or
+    ``val_series_auc`` (the validation series AUC, ``TrainConfig.select_by="series-auc"``;
+    a series callback must run before this one). The best value is kept in state.json as
+    ``best_<monitor>``.
+
+    ``tie_break``: another entry that decides between epochs with the same ``monitor`` value
+    (the higher wins; kept as ``best_tie_break``). A series AUC over a few validation series
+    takes few values and often reaches 1.0 early; then the slice AUC (``val_auc``) picks
+    among the tied epochs instead of the first of them.
+    """
+
+    def __init__(
+        self,
+        run_path: Path,
+        state: dict[str, Any],
+        network: keras.Model,
+        monitor: str = "val_auc",
+        tie_break: str | None = None,
+    ) -> None:
         super().__init__()
         self.run_path = run_path
         self.state = state
         self.network = network  # the trained layers without the optimizer
+        self.monitor = monitor
+        self.tie_break = tie_break
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        auc = (logs or {}).get("val_auc")
+        logs = logs or {}
+        auc = logs.get(self.monitor)
         self.state["last_epoch"] = epoch + 1
-        best = self.state.get("best_val_auc")
-        if auc is not None and math.isfinite(float(auc)) and (best is None or auc > best):
+        key = f"best_{self.monitor}"
+        best = self.state.get(key)
+        second = logs.get(self.tie_break) if self.tie_break else None
+        if second is not None and not math.isfinite(float(second)):
+            second = None
+        best_second = self.state.get("best_tie_break")
+        tied_better = (
+            best is not None
+            and auc == best
+            and second is not None
+            and (best_second is None or second > best_second)
+        )
+        if (
+            auc is not None
+            and math.isfinite(float(auc))
+            and (best is None or auc > best or tied_better)
+        ):
             self.network.save_weights(self.run_path / CHECKPOINTS / BEST_WEIGHTS)
-            self.state["best_val_auc"] = float(auc)
+            self.state[key] = float(auc)
             self.state["best_epoch"] = epoch + 1
+            if self.tie_break:
+                self.state["best_tie_break"] = None if second is None else float(second)
         write_state(self.run_path, self.state)
 
 

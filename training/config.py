@@ -27,6 +27,7 @@ ARCHITECTURE_NAMES = ("resnet50", "simple_cnn")
 CLASS_WEIGHT_MODES = ("auto", "none")
 LR_SCHEDULES = ("constant", "cosine")
 OOD_METHODS = ("mahalanobis", "knn", "none")
+SELECT_BY = ("auc", "series-auc")  # the validation figure that picks the best epoch
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ class TrainConfig:
     dicom_root: str | None = None
     series_aggregation: str = "max"  # max, mean_top_k, noisy_or (RADLENS_SERIES_AGGREGATION)
     series_top_k: int = 3  # k of mean_top_k (RADLENS_SERIES_TOP_K)
+    # which validation figure picks the best epoch (and stops early): "auc", the slice (image)
+    # AUC as always, or "series-auc", the AUC of the series scores aggregated as above
+    # (series-labelled data only; training.series, docs/series-training.md)
+    select_by: str = "auc"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -263,6 +268,7 @@ _STR_FIELDS = {
     "positive_weights",
     "ood_method",
     "series_aggregation",
+    "select_by",
 }
 
 
@@ -440,6 +446,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("series_aggregation", f"one of {', '.join(AGGREGATIONS)}")
     if cfg.series_top_k < 1:
         raise bad("series_top_k", "an integer >= 1")
+    if cfg.select_by not in SELECT_BY:
+        raise bad("select_by", f"one of {', '.join(SELECT_BY)}")
     from radlens.models.intended_use import check_stated  # pure, no I/O
 
     try:
@@ -476,11 +484,6 @@ def _validate_multi_label(cfg: TrainConfig, bad: Any) -> None:
         )
     if cfg.label_smoothing:
         raise bad("label_smoothing", "0 for multi-label training")
-    if cfg.strategy not in ("auto", "default"):
-        raise ConfigurationError(
-            "multi-label training runs on one device (model.fit) for now; received "
-            f"strategy={cfg.strategy!r}"
-        )
     for name in ("label_column", "label_separator", "no_finding"):
         if not str(getattr(cfg, name)).strip():
             raise bad(name, "a non-empty string")

@@ -175,7 +175,8 @@ def evaluate(
                 labels,
                 probabilities,
                 manifest.class_names,
-                threshold=manifest.threshold,
+                # the run's series threshold when chosen for this aggregation (as the service)
+                threshold=series.threshold_for(manifest),
             )
         )
     if out is not None:
@@ -211,6 +212,14 @@ class _SeriesOptions:
             raise ConfigurationError(f"series top k must be >= 1; got {top_k}")
         root = dicom_root if dicom_root is not None else training_config.get("dicom_root")
         return cls(None if root is None else str(root), chosen, top_k)
+
+    def threshold_for(self, manifest: Any) -> float | None:
+        """The threshold a binary model's series are decided at with this aggregation: the
+        run's series threshold if it was chosen for it, else the model threshold."""
+        from radlens.models.aggregation import recorded_series_threshold
+
+        found = recorded_series_threshold(manifest.metrics, self.method, self.k)
+        return found if found is not None else manifest.threshold
 
     def figures(
         self,
@@ -276,6 +285,21 @@ def write_report(
     return files
 
 
+def findings_spec(manifest: Any, label_column: str | None = None) -> Any:
+    """How to read a findings model's labels from a data set, as its training run read them
+    (``MultiLabelSpec``): a finding the model does not know is refused."""
+    from radlens.training.data.sources import MultiLabelSpec
+
+    config = manifest.training_config
+    return MultiLabelSpec(
+        column=label_column or str(config.get("label_column", "label")),
+        separator=str(config.get("label_separator", "|")),
+        none_name=str((manifest.findings or {}).get("none_name", "No Finding")),
+        findings=tuple(manifest.class_names),  # a finding the model does not know: refused
+        ignore=tuple(config.get("ignore_findings", ())),  # unless training left it out
+    )
+
+
 def _evaluate_findings(
     loaded: Any,
     data: str | Path,
@@ -289,17 +313,10 @@ def _evaluate_findings(
     """:func:`evaluate` for a multi-label findings model."""
     from radlens.training import findings
     from radlens.training.data.pipeline import load_examples
-    from radlens.training.data.sources import MultiLabelSpec
 
     manifest = loaded.manifest
     config = manifest.training_config
-    spec = MultiLabelSpec(
-        column=label_column or str(config.get("label_column", "label")),
-        separator=str(config.get("label_separator", "|")),
-        none_name=str(manifest.findings.get("none_name", "No Finding")),
-        findings=tuple(manifest.class_names),  # a finding the model does not know: refused
-        ignore=tuple(config.get("ignore_findings", ())),  # unless training left it out
-    )
+    spec = findings_spec(manifest, label_column)
     source = open_data(data, multi_label=spec, dicom_root=series.dicom_root)
     examples = select_split(source, split, config)
     skipped: list[SkippedFile] = list(source.skipped)

@@ -257,6 +257,8 @@ class FindingMetricsCallback(keras.callbacks.Callback):
         targets: np.ndarray,
         names: Sequence[str],
         batch_size: int = 32,
+        *,
+        local: bool = False,
     ) -> None:
         super().__init__()
         self.log_dir = log_dir
@@ -264,10 +266,11 @@ class FindingMetricsCallback(keras.callbacks.Callback):
         self.targets = np.asarray(targets)
         self.names = list(names)
         self.batch_size = batch_size
+        self.local = local  # under a strategy: predict on this process (training.loop)
         self._writer: Any = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        scores = np.asarray(self.model.predict(self.inputs, batch_size=self.batch_size, verbose=0))
+        scores = _predict(self.model, self.inputs, self.batch_size, local=self.local)
         summary = auc_summary(self.targets, scores, self.names)
         shown = ", ".join(
             f"{n} {'-' if v is None else f'{v:.3f}'}" for n, v in summary["per_finding"].items()
@@ -302,6 +305,52 @@ class FindingMetricsCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _predict(model: Any, inputs: np.ndarray, batch_size: int, *, local: bool) -> np.ndarray:
+    """Validation scores: ``model.predict``, or on this process only (``local``: inside a
+    distributed run, where ``model.predict`` would distribute through the strategy)."""
+    if local:
+        from radlens.training.loop import predict_local
+
+        return np.asarray(predict_local(model, inputs, batch_size=batch_size))
+    return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0))
+
+
+class FindingValidationMetrics(keras.callbacks.Callback):
+    """The custom loop's validation for a multi-label run (``training.loop.distributed_train``
+    has no ``validation_data``): ``val_loss`` (the run's findings loss), ``val_auc`` (the
+    macro AUC over findings, what picks the best epoch and stops early, as Keras' compiled
+    ``auc`` does under ``fit``) and ``val_binary_accuracy`` in the epoch logs.
+
+    Predicts on this process only: every worker holds the same weights, so every worker
+    takes the same decisions without a collective (as ``callbacks.ValidationMetrics``).
+    """
+
+    def __init__(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        names: Sequence[str],
+        batch_size: int,
+        loss: Any = None,
+    ) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.targets = np.asarray(targets, dtype=np.float32)
+        self.names = list(names)
+        self.batch_size = batch_size
+        self.loss = loss if loss is not None else make_loss()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is None:
+            return
+        scores = _predict(self.model, self.inputs, self.batch_size, local=True)
+        logs["val_loss"] = float(np.mean(np.asarray(self.loss(self.targets, scores))))
+        logs["val_binary_accuracy"] = float(np.mean((scores >= 0.5) == (self.targets == 1)))
+        macro = auc_summary(self.targets, scores, self.names)["macro_auc"]
+        if macro is not None:
+            logs["val_auc"] = float(macro)
 
 
 def _fmt(value: float | None) -> str:

@@ -53,6 +53,7 @@ def fit_phase(
     class_weight: Mapping[int, float] | None,
     callbacks: Sequence[Any],
     verbose: int,
+    multi_label: bool = False,
 ) -> None:
     """Train epochs ``first_epoch + 1 .. last_epoch`` of ``model`` on ``train_ds``.
 
@@ -69,6 +70,8 @@ def fit_phase(
         class_weight: ``{class: weight}`` or None, applied by both loops alike.
         callbacks: Keras callbacks; the custom loop calls their epoch-level hooks only.
         verbose: Keras verbosity for ``model.fit``.
+        multi_label: labels are multi-hot ``(N, findings)`` rows for a sigmoid head (the
+            custom loop keeps them 2-D; see :func:`distributed_train`).
     """
     if not dist.distributed:
         compile_fn()
@@ -96,6 +99,7 @@ def fit_phase(
         loss=loss,
         class_weight=class_weight or None,
         callbacks=callbacks,
+        multi_label=multi_label,
     )
 
 
@@ -176,6 +180,7 @@ def distributed_train(
     initial_epoch: int = 0,
     callbacks: Sequence[Any] = (),
     on_epoch_end: Callable[[int, dict[str, float]], bool | None] | None = None,
+    multi_label: bool = False,
 ) -> DistributedTrainResult:
     """Train a Keras model with a custom ``strategy.run`` loop, under any tf.distribute strategy.
 
@@ -224,6 +229,12 @@ def distributed_train(
         on_epoch_end: a plain function alternative, called as ``on_epoch_end(epoch, metrics)``
             after the callbacks (``epoch`` counts from 0); it may add entries to ``metrics``;
             returning True stops training (same rule as above).
+        multi_label: labels are multi-hot ``(N, findings)`` rows and predictions one sigmoid
+            per finding (``training.findings``): the labels keep their shape, ``loss`` must
+            return one value per example (the findings loss averages over findings), the
+            accuracy is Keras' ``binary_accuracy`` (the fraction of all (image, finding)
+            decisions at 0.5 that are right) and ``class_weight`` is refused (positives are
+            weighted inside the findings loss).
 
     Returns:
         The model, the optimizer and one ``{"loss": ..., "accuracy": ...}`` per epoch, where
@@ -251,6 +262,11 @@ def distributed_train(
         raise ConfigurationError(
             f"shard_policy should be one of {', '.join(SHARD_POLICIES)}. "
             f"Received: shard_policy={shard_policy!r}"
+        )
+    if class_weight is not None and multi_label:
+        raise ConfigurationError(
+            "class_weight does not apply to multi-label training (weight the positives in the "
+            f"findings loss). Received: class_weight={dict(class_weight)!r}"
         )
     if class_weight is not None:
         _class_weight_table(class_weight, num_classes=1)  # validate before building anything
@@ -284,7 +300,8 @@ def distributed_train(
 
     def step_fn(batch: Any) -> tuple[Any, Any, Any]:
         images, labels = batch[0], batch[1]
-        labels = tf.reshape(labels, [-1])
+        if not multi_label:
+            labels = tf.reshape(labels, [-1])
         with tf.GradientTape() as tape:
             predictions = tf.cast(model(images, training=True), tf.float32)
             losses = tf.cast(per_example_loss(labels, predictions), tf.float32)
@@ -299,6 +316,10 @@ def distributed_train(
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
         # The Keras optimizer all-reduces (sums) the gradients over replicas and workers.
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        if multi_label:  # every (image, finding) decision at 0.5, as binary_accuracy counts
+            decided = tf.cast(predictions >= 0.5, tf.float32)
+            correct = tf.reduce_sum(tf.cast(decided == tf.cast(labels, tf.float32), tf.float32))
+            return step_loss, correct, tf.cast(tf.size(labels), tf.float32)
         if predictions.shape[-1] == 1:
             predicted = tf.cast(tf.reshape(predictions, [-1]) >= 0.5, tf.int64)
         else:
@@ -351,7 +372,10 @@ def distributed_train(
             total_count += float(count)
         metrics: dict[str, float] = {
             "loss": total_loss / steps_per_epoch,
-            "accuracy": total_correct / total_count if total_count else math.nan,
+            # named as model.fit's compiled metric of the same kind (binary_accuracy for findings)
+            "binary_accuracy" if multi_label else "accuracy": (
+                total_correct / total_count if total_count else math.nan
+            ),
         }
         for callback in callbacks:
             callback.on_epoch_end(epoch, metrics)

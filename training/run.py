@@ -153,6 +153,11 @@ def train(
 
         tf.config.experimental.enable_op_determinism()
     data = _RunData.open(config)
+    if config.select_by == "series-auc" and not data.source.has_series:
+        raise ConfigurationError(
+            "select_by='series-auc' picks the best epoch by the validation series AUC; "
+            f"{config.data} is not series-labelled (no series_uid column): use select_by='auc'"
+        )
     run_path = rundir.open_run_dir(config, run_dir, chief=dist.chief, task=dist.task)
     if run_dir is None and dist.chief:
         rundir.record_split(
@@ -174,11 +179,6 @@ def train(
                 type(dist.strategy).__name__,
                 dist.strategy.num_replicas_in_sync,
                 "chief (exports)" if dist.chief else f"{dist.task} (trains, does not export)",
-            )
-        if config.multi_label and dist.distributed:
-            raise ConfigurationError(
-                "multi-label training runs on one device (model.fit) for now; this machine "
-                f"resolved strategy {config.strategy!r} to {dist.name!r}: pass --strategy default"
             )
         data.report()
         data.load_validation()
@@ -364,7 +364,9 @@ def _train_phases(
     train_ds = data.train_dataset()
     tb_callbacks: list[keras.callbacks.Callback] = []
     if config.multi_label:
-        tb_callbacks = _findings_callbacks(config, data, run_path, chief=dist.chief)
+        tb_callbacks = _findings_callbacks(
+            config, data, run_path, chief=dist.chief, custom_loop=dist.distributed
+        )
     elif dist.chief:  # one TensorBoard run per training run, written by the chief only
         tb_callbacks = cb.tensorboard_callbacks(
             run_path / rundir.TENSORBOARD,
@@ -390,13 +392,20 @@ def _train_phases(
         history_csv = keras.callbacks.CSVLogger(str(run_path / rundir.HISTORY_FILE), append=True)
         callbacks: list[keras.callbacks.Callback] = [
             # the custom loop has no mid-phase resume; its phases restart when interrupted
-            cb.ValidationMetrics(data.x_val, data.y_val, class_names, config.batch_size)
+            _validation_metrics(config, data, loss)
             if dist.distributed
             else keras.callbacks.BackupAndRestore(
                 str(run_path / "backup" / f"phase{phase.number}")
             ),
-            cb.BestCheckpoint(run_path, state, network),
-            *series_callbacks,  # before history.csv, which then records val_series_auc
+            *series_callbacks,  # before the checkpoint and history.csv: val_series_auc
+            cb.BestCheckpoint(
+                run_path,
+                state,
+                network,
+                monitor=_monitor(config),
+                # equal series AUCs (few series, often 1.0 early): the slice AUC decides
+                tie_break="val_auc" if config.select_by == "series-auc" else None,
+            ),
             history_csv,
             cb.EpochLog(phase.number),
             *tb_callbacks,
@@ -404,7 +413,7 @@ def _train_phases(
         if config.early_stopping_patience > 0:
             callbacks.append(
                 keras.callbacks.EarlyStopping(
-                    monitor="val_auc", mode="max", patience=config.early_stopping_patience
+                    monitor=_monitor(config), mode="max", patience=config.early_stopping_patience
                 )
             )
         callbacks.extend(extra_callbacks)
@@ -432,6 +441,7 @@ def _train_phases(
                 class_weight=weights,
                 callbacks=callbacks,
                 verbose=_verbosity(verbose),
+                multi_label=config.multi_label,
             )
         finally:  # an interrupted fit skips on_train_end, which closes these
             cb.close_files(history_csv, *tb_callbacks)
@@ -475,7 +485,11 @@ def _finish(run: _Run, started: float) -> RunResult:
     best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
     if best.is_file():
         network.load_weights(best)
-        log.info("restored the best epoch (%s) by validation AUC", state.get("best_epoch"))
+        log.info(
+            "restored the best epoch (%s) by validation %s",
+            state.get("best_epoch"),
+            "series AUC" if config.select_by == "series-auc" else "AUC",
+        )
     raw_val = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
     # calibration: T fitted on validation only, then folded into the exported model
     temperature = fit_temperature(data.y_val, raw_val)
@@ -489,9 +503,12 @@ def _finish(run: _Run, started: float) -> RunResult:
     )
     val_metrics = classification_metrics(data.y_val, val_probs, class_names, threshold)
     val_metrics["best_epoch"] = state.get("best_epoch")
+    val_metrics["selected_by"] = config.select_by
+    series_record = _series_threshold(config, data, val_probs, threshold)
+    series_cut = series_record["threshold"] if series_record is not None else threshold
     if data.source.has_series:
         val_metrics["series"] = _series_figures(
-            config, "val", data.val_series, data.y_val, val_probs, class_names, threshold=threshold
+            config, "val", data.val_series, data.y_val, val_probs, class_names, threshold=series_cut
         )
     test_metrics = None
     # the figures reported: the test split, which no selection step (epoch, early stopping,
@@ -509,7 +526,7 @@ def _finish(run: _Run, started: float) -> RunResult:
                 y_test,
                 test_probs,
                 class_names,
-                threshold=threshold,
+                threshold=series_cut,
             )
         eval_split, y_eval, eval_probs = "test", y_test, test_probs
         raw_eval = apply_temperature(test_probs, 1.0 / temperature)  # the uncalibrated scores
@@ -577,6 +594,8 @@ def _finish(run: _Run, started: float) -> RunResult:
                 **({"test": test_metrics} if test_metrics else {}),
                 "reported": reported,
                 "operating_points": points,
+                # series-labelled binary data: the threshold the service decides a series at
+                **({"series_threshold": series_record} if series_record is not None else {}),
                 # what the service's drift check compares recent inputs and scores with
                 "drift_reference": build_reference(val_probs, data.x_val, class_names, threshold),
             },
@@ -650,9 +669,6 @@ def _series_callbacks(
     """Series-labelled data: the per-epoch validation series AUC (training.series)."""
     if not data.source.has_series:
         return []
-    if dist.distributed:  # the custom loop predicts per replica; the end-of-run figures hold
-        log.warning("series AUC per epoch is not computed under %s; the final one is", dist.name)
-        return []
     from radlens.training.series import series_callback
 
     return [
@@ -667,8 +683,50 @@ def _series_callbacks(
             k=config.series_top_k,
             batch_size=config.batch_size,
             multi_label=data.source.multi_label,
+            local=dist.distributed,  # the custom loop: predict on this process only
         )
     ]
+
+
+def _monitor(config: TrainConfig) -> str:
+    """The epoch-log entry that picks the best epoch and stops early (``select_by``)."""
+    return "val_series_auc" if config.select_by == "series-auc" else "val_auc"
+
+
+def _series_threshold(
+    config: TrainConfig, data: _RunData, val_probs: np.ndarray, threshold: float | None
+) -> dict[str, Any] | None:
+    """Series-labelled binary data: the series threshold on the calibrated validation series
+    scores (``training.series.choose_series_threshold``), logged; None otherwise."""
+    if not data.source.has_series or threshold is None:
+        return None
+    from radlens.training.series import choose_series_threshold
+
+    record = choose_series_threshold(
+        config.threshold_rule,
+        data.val_series,
+        data.y_val,
+        val_probs,
+        method=config.series_aggregation,
+        k=config.series_top_k,
+    )
+    if record is None:
+        log.warning(
+            "the validation series hold one class only: no series threshold; the service "
+            "decides series at the model threshold %.4f",
+            threshold,
+        )
+        return None
+    log.info(
+        "series threshold %.4f (%s on %d validation series, %s, k=%d); slice threshold %.4f",
+        record["threshold"],
+        record["rule"],
+        record["n_series"],
+        record["aggregation"],
+        record["top_k"],
+        threshold,
+    )
+    return record
 
 
 def _series_figures(
@@ -776,13 +834,35 @@ def _findings_loss(config: TrainConfig, data: _RunData) -> Any:
     return findings.make_loss(weights)
 
 
+def _validation_metrics(config: TrainConfig, data: _RunData, loss: Any) -> Any:
+    """The custom loop's validation callback: ``val_loss``, ``val_auc``, ... in the epoch logs
+    (multi-label: ``val_auc`` is the macro AUC over findings, as Keras' compiled ``auc``)."""
+    from radlens.training import callbacks as cb
+
+    if config.multi_label:
+        from radlens.training.findings import FindingValidationMetrics
+
+        return FindingValidationMetrics(
+            data.x_val, data.y_val, data.source.class_names, config.batch_size, loss
+        )
+    return cb.ValidationMetrics(data.x_val, data.y_val, data.source.class_names, config.batch_size)
+
+
 def _findings_callbacks(
-    config: TrainConfig, data: _RunData, run_path: Path, *, chief: bool
+    config: TrainConfig,
+    data: _RunData,
+    run_path: Path,
+    *,
+    chief: bool,
+    custom_loop: bool = False,
 ) -> list[keras.callbacks.Callback]:
     """TensorBoard (scalars, graph, histograms, hparams, sample images) and the per-finding
     validation AUC each epoch (train.log and TensorBoard ``findings/...`` tags in the
     validation sub-run). The single-label
-    figures (confusion matrix, one ROC curve, Grad-CAM of a class) do not apply."""
+    figures (confusion matrix, one ROC curve, Grad-CAM of a class) do not apply. Under a
+    distribution strategy (the custom loop, ``custom_loop``) the epoch scalars come from
+    ``EpochScalarsCallback`` (Keras' TensorBoard callback, with its histograms, needs ``fit``)
+    and the per-finding AUC predicts on this process only."""
     from radlens.training import callbacks as cb
     from radlens.training.findings import FindingMetricsCallback
 
@@ -794,11 +874,14 @@ def _findings_callbacks(
         y,
         data.source.class_names,
         config.batch_size,
+        local=custom_loop,
     )
     if not chief:
         return [per_finding]
     made: list[keras.callbacks.Callback] = [
-        keras.callbacks.TensorBoard(
+        cb.EpochScalarsCallback(log_dir)
+        if custom_loop
+        else keras.callbacks.TensorBoard(
             log_dir=str(log_dir), histogram_freq=config.histogram_freq, update_freq="epoch"
         ),
         cb.HParamsCallback(log_dir, _hparams(config)),
@@ -824,7 +907,11 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
     best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
     if best.is_file():
         network.load_weights(best)
-        log.info("restored the best epoch (%s) by validation macro AUC", state.get("best_epoch"))
+        log.info(
+            "restored the best epoch (%s) by validation %s",
+            state.get("best_epoch"),
+            "series macro AUC" if config.select_by == "series-auc" else "macro AUC",
+        )
     raw_val = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
     temperatures, uncalibrated = findings.fit_temperatures(
         data.y_val, raw_val, names, min_positives=config.min_calibration_positives
@@ -926,12 +1013,8 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
             findings=record,
         )
         model_ref = f"{manifest.name}:{manifest.version}"
-        if config.openvino:
-            log.info(
-                "%s: no OpenVINO runtime stored (its parity check is single-label); "
-                "the service runs it with TensorFlow",
-                model_ref,
-            )
+        if config.openvino:  # parity per finding on validation (models.runtime)
+            _add_openvino(ModelRegistry(store), model_ref, data)
     result = RunResult(
         run_dir=run_path,
         model_ref=model_ref,

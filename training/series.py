@@ -16,9 +16,12 @@ the series score, so that is what a run reports beside the slice figures:
    (``series/auc``, ``series/slice_auc`` per epoch), the manifest's metrics and
    ``radlens evaluate``'s series table.
 
-The series threshold is **not** chosen separately: the service has one threshold per model
-and applies it to series scores as to instance scores, so the series figures are measured at
-that threshold.
+A binary model also gets a **series threshold** (:func:`choose_series_threshold`): chosen by
+the run's ``threshold_rule`` on the validation series scores, recorded in the manifest's
+``metrics["series_threshold"]`` with the aggregation it holds for, and the one the series
+figures are measured at; the service decides a series at it when its own aggregation is the
+same (``app.series``), else at the model threshold as before. The best epoch may be picked by
+the validation series AUC instead of the slice AUC (``select_by="series-auc"``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "AGGREGATIONS",
     "SeriesScores",
     "aggregate_series",
+    "choose_series_threshold",
     "decoded",
     "format_series_table",
     "series_callback",
@@ -165,6 +169,46 @@ def series_metrics(
     }
 
 
+def choose_series_threshold(
+    rule: str,
+    series_of: Sequence[str | None],
+    targets: np.ndarray,
+    scores: np.ndarray,
+    *,
+    method: str,
+    k: int,
+) -> dict[str, Any] | None:
+    """A binary model's series-level threshold, chosen on validation SERIES scores.
+
+    The slice threshold is chosen on slice scores; a series score is an aggregate of many
+    slices (``max`` of a 40-slice series sits far above a typical slice score), so the cut
+    that balances sensitivity and specificity on series is another one. It is chosen by the
+    run's ``threshold_rule`` (``training.metrics.decision_threshold``) on the series scores
+    aggregated with ``method``/``k`` -- valid for that aggregation only, which is recorded
+    with it (the service uses it when its own aggregation is the same).
+
+    Returns:
+        ``{"threshold", "rule", "aggregation", "top_k", "fitted_on": "val", "n_series",
+        "n_positive"}``, or None when the validation series hold one class only.
+    """
+    from radlens.training.metrics import decision_threshold
+
+    grouped = aggregate_series(series_of, targets, scores, method=method, k=k)
+    y = np.asarray(grouped.targets).astype(np.int64).reshape(-1)
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        return None
+    return {
+        "threshold": float(decision_threshold(rule, y, grouped.scores[:, 1])),
+        "rule": rule,
+        "aggregation": method,
+        "top_k": k,
+        "fitted_on": "val",
+        "n_series": len(y),
+        "n_positive": positives,
+    }
+
+
 def series_rows(
     series_of: Sequence[str | None],
     targets: np.ndarray,
@@ -249,10 +293,14 @@ def series_callback(
     k: int,
     batch_size: int,
     multi_label: bool = False,
+    local: bool = False,
 ) -> Any:
     """A Keras callback: each epoch, the validation series AUC and slice AUC to train.log,
-    to the epoch logs (``val_series_auc``: history.csv) and to TensorBoard (``series/auc``,
-    ``series/slice_auc`` under ``log_dir``; None: no TensorBoard, e.g. a worker)."""
+    to the epoch logs (``val_series_auc``: history.csv, and what picks the best epoch with
+    ``select_by="series-auc"``) and to TensorBoard (``series/auc``, ``series/slice_auc``
+    under ``log_dir``; None: no TensorBoard, e.g. a worker). ``local``: predict on this
+    process only (``training.loop.predict_local``: inside a distributed run, where every
+    worker holds the same weights and so takes the same decision)."""
     import keras
 
     class _Callback(keras.callbacks.Callback):
@@ -261,7 +309,12 @@ def series_callback(
             self._writer: Any = None
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            scores = np.asarray(self.model.predict(inputs, batch_size=batch_size, verbose=0))
+            if local:
+                from radlens.training.loop import predict_local
+
+                scores = np.asarray(predict_local(self.model, inputs, batch_size=batch_size))
+            else:
+                scores = np.asarray(self.model.predict(inputs, batch_size=batch_size, verbose=0))
             figures = series_metrics(
                 series_of,
                 targets,

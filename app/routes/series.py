@@ -17,6 +17,7 @@ from radlens.app.routes.explanations import PseudonymisedUidsError
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelRef, problem_responses
 from radlens.app.series import (
     ModelResult,
+    SeriesThresholds,
     SeriesView,
     series_output_uid,
     series_results,
@@ -63,6 +64,12 @@ class SeriesResult(BaseModel):
     threshold: float | None
     label: str
     positive: bool | None = Field(description="Binary models: score >= threshold")
+    threshold_source: str | None = Field(
+        default=None,
+        description="Binary models: 'series' when the threshold is the series threshold the "
+        "model's training chose on validation series for this aggregation, 'model' when it is "
+        "the instances' threshold",
+    )
     instance_count: int
     key_instances: list[InstanceLink] = Field(
         description="The RADLENS_SERIES_TOP_K instances with the highest scores"
@@ -104,6 +111,7 @@ class StudyResult(BaseModel):
     threshold: float | None
     label: str
     positive: bool | None
+    threshold_source: str | None = Field(default=None, description="As in a series result")
     key_series_instance_uid: str
     key_series_href: str
     key_instances: list[InstanceLink]
@@ -159,6 +167,7 @@ def _series_result(request: Request, result: ModelResult) -> SeriesResult:
         threshold=result.threshold,
         label=result.label,
         positive=result.positive,
+        threshold_source=result.threshold_source,
         instance_count=result.instance_count,
         key_instances=_links(request, result, "key"),
         instances=_links(request, result, "all"),
@@ -166,9 +175,31 @@ def _series_result(request: Request, result: ModelResult) -> SeriesResult:
     )
 
 
-def _find_series(session: Any, series_uid: str, settings: Settings) -> SeriesView:
+def _series_thresholds(request: Request, settings: Settings) -> SeriesThresholds:
+    """The loaded model's series threshold, when its training chose one for the configured
+    aggregation (models.aggregation.recorded_series_threshold); other models: none."""
+    from radlens.models.aggregation import recorded_series_threshold
+
+    loaded = _loaded(request)
+    if loaded is None:
+        return {}
+    found = recorded_series_threshold(
+        loaded.metrics, settings.series_aggregation, settings.series_top_k
+    )
+    return {} if found is None else {(loaded.name, loaded.version): (loaded.threshold, found)}
+
+
+def _find_series(
+    session: Any, series_uid: str, settings: Settings, request: Request | None = None
+) -> SeriesView:
     candidates = stored_uid_candidates(series_uid, settings.uid_pseudonym_key_bytes)
-    view = series_results(session, candidates, settings.series_aggregation, settings.series_top_k)
+    view = series_results(
+        session,
+        candidates,
+        settings.series_aggregation,
+        settings.series_top_k,
+        _series_thresholds(request, settings) if request is not None else None,
+    )
     if view is None:
         raise NotFoundError(f"no prediction is stored for series {series_uid!r}")
     return view
@@ -185,7 +216,7 @@ def get_series(
     series_uid: UidPath, session: SessionDep, settings: SettingsDep, request: Request
 ) -> SeriesPublic:
     """Aggregate (max, mean of the top k or noisy-or) of the stored instances; 404 if none."""
-    view = _find_series(session, series_uid, settings)
+    view = _find_series(session, series_uid, settings, request)
     uid = view.series_instance_uid
     return SeriesPublic(
         series_instance_uid=uid,
@@ -218,7 +249,13 @@ def get_study(
 ) -> StudyPublic:
     """Every series of the study aggregated, with links; 404 when none is stored."""
     candidates = stored_uid_candidates(study_uid, settings.uid_pseudonym_key_bytes)
-    view = study_results(session, candidates, settings.series_aggregation, settings.series_top_k)
+    view = study_results(
+        session,
+        candidates,
+        settings.series_aggregation,
+        settings.series_top_k,
+        _series_thresholds(request, settings),
+    )
     if view is None:
         raise NotFoundError(f"no prediction with a series is stored for study {study_uid!r}")
     loaded = _loaded(request)
@@ -233,6 +270,7 @@ def get_study(
                 threshold=result.threshold,
                 label=result.label,
                 positive=result.positive,
+                threshold_source=result.threshold_source,
                 key_series_instance_uid=series.series_instance_uid,
                 key_series_href=href,
                 key_instances=_links(request, result, "key"),
@@ -292,7 +330,7 @@ def get_series_sr(
 ) -> Response:
     """The result of the loaded model (else the newest) as an SR: the series' finding and
     score, and the key instances as its image references; patient attributes empty."""
-    view = _find_series(session, series_uid, settings)
+    view = _find_series(session, series_uid, settings, request)
     # as the per-instance SR: a row's own record decides; rows stored before 0004 recorded
     # nothing, and the current setting is the best guess for them
     key_set = settings.uid_pseudonym_key_bytes is not None

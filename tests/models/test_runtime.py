@@ -24,6 +24,7 @@ from radlens.models.runtime import (
     Tolerance,
     add_openvino_runtime,
     bf16_supported,
+    measure_findings_parity,
     measure_parity,
     openvino_version,
     recorded_parity,
@@ -100,6 +101,67 @@ class TestMeasureParity:
         parity = measure_parity(binary([0.1, 0.9]), binary([0.12, 0.88]), np.array([0, 1]), 0.5)
         assert Parity.from_dict(json.loads(json.dumps(parity.to_dict()))) == parity
         assert Parity.from_dict(None) is None and Parity.from_dict({"n": 1}) is None
+
+
+class TestMeasureFindingsParity:
+    """Multi-label findings: per finding, then the worst finding and all decisions."""
+
+    def test_known_values(self):
+        targets = np.array([[0, 1], [0, 0], [1, 1], [1, 0]])
+        reference = np.array([[0.1, 0.9], [0.45, 0.2], [0.55, 0.8], [0.9, 0.1]])
+        candidate = np.array([[0.1, 0.9], [0.52, 0.2], [0.48, 0.8], [0.9, 0.1]])
+        thresholds = {"a": 0.5, "b": 0.3}
+        parity = measure_findings_parity(reference, candidate, targets, thresholds)
+        a, b = parity.per_finding["a"], parity.per_finding["b"]
+        # a: two decisions flip at 0.5 and the ranking of rows 2 and 3 swaps (AUC 1 -> 0.75)
+        assert (a["auc_reference"], a["auc"], a["flips"]) == (1.0, 0.75, 2)
+        assert a["max_score_difference"] == pytest.approx(0.07)
+        assert (b["auc_difference"], b["flips"], b["threshold"]) == (0.0, 0, 0.3)
+        assert parity.auc_difference == pytest.approx(0.25)  # the worst finding
+        assert parity.auc_reference == pytest.approx(1.0) and parity.auc == pytest.approx(0.875)
+        assert (parity.n, parity.flips, parity.flip_fraction) == (4, 2, 2 / 8)
+        assert parity.threshold is None
+        assert "2/8 (image, finding) decisions flipped" in parity.summary()
+        assert not Tolerance().allows(parity)
+
+    def test_each_finding_decided_at_its_own_threshold(self):
+        targets = np.array([[0, 1], [1, 0]])
+        reference = np.array([[0.30, 0.30], [0.8, 0.8]])
+        candidate = np.array([[0.34, 0.34], [0.8, 0.8]])
+        parity = measure_findings_parity(reference, candidate, targets, {"a": 0.32, "b": 0.5})
+        assert parity.per_finding["a"]["flips"] == 1 and parity.per_finding["b"]["flips"] == 0
+
+    def test_a_one_class_finding_has_no_auc_and_the_others_decide(self):
+        targets = np.array([[0, 1], [1, 1]])
+        scores = np.array([[0.2, 0.7], [0.9, 0.6]])
+        parity = measure_findings_parity(scores, scores.copy(), targets, {"a": 0.5, "b": 0.5})
+        assert parity.per_finding["b"]["auc"] is None
+        assert parity.auc_difference == 0.0 and Tolerance().allows(parity)
+
+    @pytest.mark.parametrize(
+        ("targets", "thresholds", "match"),
+        [
+            (np.array([0, 1]), {"a": 0.5, "b": 0.5}, "same N"),
+            (np.array([[0, 1], [1, 0]]), {"a": 0.5}, "one threshold per finding"),
+        ],
+    )
+    def test_bad_input(self, targets, thresholds, match):
+        scores = np.array([[0.2, 0.7], [0.9, 0.6]])
+        with pytest.raises(ValueError, match=match):
+            measure_findings_parity(scores, scores, targets, thresholds)
+
+    def test_round_trip_keeps_the_findings_and_old_records_read(self):
+        targets = np.array([[0, 1], [1, 0]])
+        parity = measure_findings_parity(
+            np.array([[0.1, 0.9], [0.8, 0.3]]),
+            np.array([[0.11, 0.9], [0.8, 0.31]]),
+            targets,
+            {"a": 0.5, "b": 0.5},
+        )
+        assert Parity.from_dict(json.loads(json.dumps(parity.to_dict()))) == parity
+        single = measure_parity(binary([0.1, 0.9]), binary([0.1, 0.9]), np.array([0, 1]), 0.5)
+        assert "per_finding" not in single.to_dict()  # single-label records unchanged
+        assert Parity.from_dict(single.to_dict()) == single
 
 
 def parity(auc_difference: float | None = 0.0, flip_fraction: float = 0.0) -> Parity:

@@ -15,6 +15,7 @@ from radlens.models.decision import decide, decide_findings
 from radlens.models.errors import ConfigurationError
 from radlens.models.manifest import ModelManifest
 from radlens.models.registry import ModelRegistry
+from radlens.models.runtime import openvino_version
 from radlens.training import findings
 from radlens.training.run import RunResult, train
 from tests.training.data_fixtures import multilabel_csv
@@ -273,15 +274,35 @@ def test_models_show_lists_the_thresholds(
     assert "findings (multi-label, independent scores): thresholds Effusion" in out
 
 
-def test_models_convert_refuses_a_multi_label_model(
-    findings_run: RunResult, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from radlens.cli.main import main
+@pytest.mark.skipif(openvino_version() is None, reason="openvino not installed")
+class TestOpenVINO:
+    def test_export_stores_openvino_with_parity_per_finding(self, findings_run: RunResult) -> None:
+        manifest = ModelRegistry(findings_run.store).load(findings_run.model_ref).manifest
+        fp32 = manifest.runtimes["openvino"]["parity"]["fp32"]
+        assert fp32["data"].startswith("validation split")
+        assert list(fp32["per_finding"]) == NAMES
+        for name in NAMES:  # decided at each finding's own threshold
+            assert fp32["per_finding"][name]["threshold"] == manifest.finding_thresholds[name]
+        assert fp32["max_score_difference"] < 1e-4 and fp32["flips"] == 0
 
-    args = ["models", "convert", findings_run.model_ref, "--store", str(findings_run.store)]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "multi-label findings model" in err and "Traceback" not in err
+    def test_models_convert_measures_parity_per_finding(
+        self, findings_run: RunResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import shutil
+
+        from radlens.cli.main import main
+
+        store = tmp_path / "store"
+        shutil.copytree(findings_run.store, store)
+        data = json.loads((findings_run.run_dir / "config.json").read_text())["data"]
+        args = ["models", "convert", findings_run.model_ref, "--store", str(store)]
+        assert main([*args, "--data", data, "--split", "test", "--json"]) == 0
+        entry = json.loads(capsys.readouterr().out)
+        fp32 = entry["parity"]["fp32"]
+        assert fp32["n"] == 6 and "(test, 6 images)" in fp32["data"]
+        assert list(fp32["per_finding"]) == NAMES and fp32["threshold"] is None
+        assert main(args) == 0  # without --data: converted, no parity
+        assert "fp32 parity: not measured" in capsys.readouterr().out
 
 
 class _StopAfterFirstEpoch(keras.callbacks.Callback):

@@ -143,9 +143,15 @@ class TestSeriesRun:
         assert (test["n_series"], test["n_slices"]) == (2, 8)
         assert val["aggregation"] == "max" and val["top_k"] == 3
         assert val["auc"] is not None and val["slice_auc"] is not None
-        assert val["threshold"] == result.threshold  # the service's one threshold per model
         assert result.reported["series"] == test
         manifest = ModelRegistry(result.store).load(result.model_ref).manifest
+        # series decided at the series threshold chosen on the validation series, as the
+        # service decides them (its aggregation is the run's: max)
+        chosen = manifest.metrics["series_threshold"]
+        assert val["threshold"] == test["threshold"] == chosen["threshold"]
+        assert (chosen["aggregation"], chosen["top_k"], chosen["rule"]) == ("max", 3, "youden")
+        assert (chosen["n_series"], chosen["n_positive"], chosen["fitted_on"]) == (4, 2, "val")
+        assert manifest.metrics["val"]["selected_by"] == "auc"  # the default
         assert manifest.metrics["val"]["series"] == val
         assert manifest.metrics["test"]["series"] == test
         assert manifest.training_config["series_aggregation"] == "max"
@@ -219,6 +225,164 @@ class TestSeriesRun:
             "auc": default["series"]["auc"]
         }
         assert default["series"]["aggregation"] == "max"
+
+
+class TestSeriesThreshold:
+    def test_chosen_on_series_scores_not_slice_scores(self) -> None:
+        from radlens.training.metrics import decision_threshold
+        from radlens.training.series import choose_series_threshold
+
+        # 2 slices per series; one negative series has one bright slice (0.75): on slices
+        # Youden cuts below the positives' weaker slices, on series maxima above that 0.75
+        series_of = ["p1", "p1", "p2", "p2", "n1", "n1", "n2", "n2"]
+        y = np.asarray([1, 1, 1, 1, 0, 0, 0, 0])
+        p = np.asarray([0.9, 0.6, 0.8, 0.55, 0.75, 0.1, 0.3, 0.2])
+        scores = np.stack([1 - p, p], axis=1)
+        record = choose_series_threshold("youden", series_of, y, scores, method="max", k=3)
+        assert record is not None
+        maxima = np.array([0.9, 0.8, 0.75, 0.3])
+        assert record["threshold"] == decision_threshold("youden", np.array([1, 1, 0, 0]), maxima)
+        assert 0.75 < record["threshold"] <= 0.8  # every series decided right at it
+        assert decision_threshold("youden", y, p) <= 0.55  # the slice threshold: far lower
+        assert (record["n_series"], record["n_positive"], record["aggregation"]) == (4, 2, "max")
+        mean = choose_series_threshold("youden", series_of, y, scores, method="mean_top_k", k=2)
+        assert mean is not None and mean["top_k"] == 2 and mean["threshold"] != record["threshold"]
+
+    def test_one_class_series_give_none(self) -> None:
+        from radlens.training.series import choose_series_threshold
+
+        scores = np.asarray([[0.2, 0.8], [0.4, 0.6]])
+        assert (
+            choose_series_threshold(
+                "youden", ["a", "b"], np.asarray([1, 1]), scores, method="max", k=1
+            )
+            is None
+        )
+
+    def test_recorded_threshold_recomputed_from_the_exported_model(
+        self, series_run: tuple[Any, Path]
+    ) -> None:
+        from radlens.models.registry import ModelRegistry
+        from radlens.training.data.pipeline import load_examples
+        from radlens.training.data.sources import open_data
+        from radlens.training.evaluate import select_split
+        from radlens.training.series import choose_series_threshold
+
+        result, csv_path = series_run
+        loaded = ModelRegistry(result.store).load(result.model_ref)
+        source = open_data(csv_path, loaded.manifest.class_names)
+        examples = select_split(source, "val", loaded.manifest.training_config)
+        x, y = load_examples(
+            source, examples, size=loaded.manifest.input_size, window=None, batch_size=8
+        )
+        probs = np.asarray(loaded.model.predict(x, verbose=0))
+        again = choose_series_threshold(
+            "youden", [e.series for e in examples], y, probs, method="max", k=3
+        )
+        assert again is not None
+        recorded = loaded.manifest.metrics["series_threshold"]
+        assert again["threshold"] == pytest.approx(recorded["threshold"], abs=1e-5)
+        log_text = (result.run_dir / "train.log").read_text()
+        assert "series threshold " in log_text and "on 4 validation series" in log_text
+
+
+class TestSelectBySeriesAuc:
+    def test_best_checkpoint_follows_the_monitor(self, tmp_path: Path) -> None:
+        import keras
+
+        from radlens.training.callbacks import BestCheckpoint
+
+        (tmp_path / "checkpoints").mkdir()
+        network = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        epochs = [  # the slice AUC peaks at epoch 1, the series AUC at epoch 2
+            {"val_auc": 0.9, "val_series_auc": 0.7},
+            {"val_auc": 0.8, "val_series_auc": 0.95},
+            {"val_auc": 0.85, "val_series_auc": 0.9},
+        ]
+        picked = {}
+        for monitor in ("val_auc", "val_series_auc"):
+            state: dict[str, Any] = {}
+            callback = BestCheckpoint(tmp_path, state, network, monitor=monitor)
+            for epoch, logs in enumerate(epochs):
+                callback.on_epoch_end(epoch, dict(logs))
+            picked[monitor] = state["best_epoch"]
+            assert state[f"best_{monitor}"] == max(e[monitor] for e in epochs)
+        assert picked == {"val_auc": 1, "val_series_auc": 2}
+
+    def test_equal_series_aucs_are_decided_by_the_slice_auc(self, tmp_path: Path) -> None:
+        import keras
+
+        from radlens.training.callbacks import BestCheckpoint
+
+        (tmp_path / "checkpoints").mkdir()
+        network = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        epochs = [  # the series AUC saturates at 1.0 from epoch 1; the slice AUC goes on
+            {"val_auc": 0.7, "val_series_auc": 1.0},
+            {"val_auc": 0.9, "val_series_auc": 1.0},
+            {"val_auc": 0.8, "val_series_auc": 1.0},
+        ]
+        for tie_break, expected in ((None, 1), ("val_auc", 2)):
+            state: dict[str, Any] = {}
+            callback = BestCheckpoint(
+                tmp_path, state, network, monitor="val_series_auc", tie_break=tie_break
+            )
+            for epoch, logs in enumerate(epochs):
+                callback.on_epoch_end(epoch, dict(logs))
+            assert state["best_epoch"] == expected
+
+    def test_a_run_picks_the_epoch_of_the_best_series_auc(self, tmp_path: Path) -> None:
+        import json
+
+        from radlens.models.registry import ModelRegistry
+        from radlens.training.run import train
+
+        csv_path = series_dataset(tmp_path / "ds")
+        config = tiny_config(
+            csv_path,
+            tmp_path,
+            epochs_head=3,
+            val_fraction=0.34,
+            test_fraction=0.17,
+            seed=0,
+            openvino=False,
+            ood_method="none",
+            histogram_freq=0,
+            tensorboard_samples=0,
+            select_by="series-auc",
+            name="by-series",
+        )
+        result = train(config, verbose=0)
+        with (result.run_dir / "history.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        history = [(float(r["val_series_auc"]), float(r["val_auc"])) for r in rows]
+        assert len(history) == 3
+        # the best series AUC; among equal ones the best slice AUC; then the first
+        best = max(range(3), key=lambda i: (history[i][0], history[i][1], -i))
+        assert result.best_epoch == best + 1
+        state = json.loads((result.run_dir / "state.json").read_text())
+        assert state["best_val_series_auc"] == pytest.approx(history[best][0])
+        assert "best_val_auc" not in state
+        manifest = ModelRegistry(result.store).load(result.model_ref).manifest
+        assert manifest.metrics["val"]["selected_by"] == "series-auc"
+        assert manifest.training_config["select_by"] == "series-auc"
+        log_text = (result.run_dir / "train.log").read_text()
+        assert "by validation series AUC" in log_text
+
+    def test_refused_on_data_without_series(self, tiny_demo_data: Path, tmp_path: Path) -> None:
+        from radlens.models.errors import ConfigurationError
+        from radlens.training.run import train
+
+        config = tiny_config(tiny_demo_data, tmp_path, select_by="series-auc")
+        with pytest.raises(ConfigurationError, match="not series-labelled"):
+            train(config, verbose=0)
+        assert not (tmp_path / "runs").exists()  # refused before the run directory
+
+    def test_unknown_value_is_refused(self) -> None:
+        from radlens.models.errors import ConfigurationError
+        from radlens.training.config import TrainConfig
+
+        with pytest.raises(ConfigurationError, match="select_by must be one of auc, series-auc"):
+            TrainConfig.from_dict({"select_by": "series_auc"})
 
 
 class TestSeriesCli:
