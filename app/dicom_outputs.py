@@ -365,6 +365,61 @@ def _finding_groups(
     return groups
 
 
+def _series_finding_groups(
+    result: ModelResult, sources: list[SourceRef], algorithm: Any, aggregation: str, sop_uid: str
+) -> list[Any]:
+    """A multi-label series result: one TID 1501 group per finding, as an instance SR has
+    (the finding, its presence at its threshold, its aggregated score and the threshold),
+    referencing the series' key instances; none for a single-label model."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    groups = []
+    for finding in result.findings or ():
+        code = _code(finding.name[:16], finding.name)
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=output_uid(
+                        uuid.uuid5(_UID_NAMESPACE, f"{sop_uid}:{finding.name}"),
+                        "finding",
+                        with_patient=False,
+                    ),
+                    identifier=f"radlens series finding {finding.name}"[:64],
+                ),
+                finding_type=code,
+                algorithm_id=algorithm,
+                source_images=[
+                    hd.sr.SourceImageForMeasurementGroup(s.sop_class_uid, s.sop_instance_uid)
+                    for s in sources
+                ],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(
+                        name=code, value=codes.SCT.Present if finding.positive else codes.SCT.Absent
+                    )
+                ],
+                measurements=[
+                    hd.sr.Measurement(
+                        name=_code(
+                            f"series:{finding.name}"[:16],
+                            f"Series {aggregation} score for {finding.name}",
+                        ),
+                        value=float(finding.score),
+                        unit=codes.UCUM.NoUnits,
+                        algorithm_id=algorithm,
+                    ),
+                    hd.sr.Measurement(
+                        name=codes.DCM.ThresholdValue,
+                        value=float(finding.threshold),
+                        unit=codes.UCUM.NoUnits,
+                        algorithm_id=algorithm,
+                    ),
+                ],
+            )
+        )
+    return groups
+
+
 def build_series_sr(
     result: ModelResult,
     sources: list[SourceRef],
@@ -424,6 +479,7 @@ def build_series_sr(
             ],
             measurements=measurements,
         )
+        groups = [group, *_series_finding_groups(result, sources, algorithm, aggregation, sop_uid)]
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -436,7 +492,7 @@ def build_series_sr(
         report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
             procedure_reported=hd.sr.CodedConcept(*_IMAGING_PROCEDURE),
-            imaging_measurements=[group],
+            imaging_measurements=groups,
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=[_reference_dataset(s) for s in sources],

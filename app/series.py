@@ -31,6 +31,11 @@ when its training chose a series threshold on validation series for the aggregat
 service runs (``metrics["series_threshold"]``, models.aggregation.recorded_series_threshold)
 and the instances were decided at the model threshold -- at that series threshold
 (``ModelResult.threshold_source`` says which: "series" or "model").
+
+A multi-label model's scores are independent findings, not classes of one softmax: each finding
+is aggregated on its own and decided at its own threshold (the one its instances were decided
+at, from prediction_findings), and the series' label is its positive findings joined by '|'
+(``ModelResult.findings``); a series threshold chosen in training applies to binary models only.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from sqlalchemy.orm import Session
 
 from radlens.app.db import utcnow
 from radlens.app.errors import AppError
-from radlens.app.tables import Prediction, PredictionSeries
+from radlens.app.tables import Prediction, PredictionFinding, PredictionSeries
 from radlens.models.aggregation import AGGREGATIONS, Aggregation, aggregate
 from radlens.models.decision import DEFAULT_THRESHOLD
 
@@ -189,6 +194,19 @@ class InstanceScore:
 
 
 @dataclass(frozen=True)
+class FindingResult:
+    """One finding of a multi-label model aggregated over a series' instances: its
+    instances' scores for that finding aggregated as a binary model's are, decided at the
+    finding's own threshold (the one its instances were decided at)."""
+
+    name: str
+    score: float
+    threshold: float
+    positive: bool
+    key_instances: list[InstanceScore]  # the k instances with the highest score for it
+
+
+@dataclass(frozen=True)
 class ModelResult:
     """The aggregate of one model's predictions on a set of instances."""
 
@@ -204,6 +222,8 @@ class ModelResult:
     # binary models: "series" when decided at the training run's series threshold
     # (SeriesThresholds), "model" when at the instances' threshold as before; None otherwise
     threshold_source: str | None = None
+    # multi-label models: every finding aggregated on its own; None for single-label models
+    findings: list[FindingResult] | None = None
 
     @property
     def instance_count(self) -> int:
@@ -236,14 +256,66 @@ def _series_cut(first: Prediction, series_thresholds: SeriesThresholds | None) -
     return instance, "model"
 
 
+# prediction id -> its prediction_findings rows (multi-label predictions only)
+FindingRows = Mapping[uuid.UUID, Sequence[PredictionFinding]]
+
+
+def _findings_result(
+    rows: Sequence[Prediction], method: str, k: int, findings: FindingRows
+) -> ModelResult:
+    """A multi-label model's aggregate: each finding on its own (its instances' scores
+    aggregated, decided at the finding's threshold); the label is the positive findings
+    joined by '|' as an instance's is, or the no-finding label its instances carry. The
+    result's class is the positive finding with the highest aggregate (else the highest
+    one), so studies and instance lists rank by it."""
+    first = rows[0]
+    names = [str(n) for n in first.scores]
+    cut: dict[str, float] = {}
+    for row in rows:  # the instances' thresholds (one per finding for one model version)
+        for f in findings.get(row.id, ()):
+            cut.setdefault(f.finding, float(f.threshold))
+    results = []
+    for name in names:
+        scored = [InstanceScore(r, float(r.scores.get(name, 0.0))) for r in rows]
+        score = aggregate([s.score for s in scored], method, k)
+        threshold = cut.get(name, float(DEFAULT_THRESHOLD))
+        results.append(
+            FindingResult(name, score, threshold, score >= threshold, _ordered(scored)[:k])
+        )
+    positives = [f for f in results if f.positive]
+    top = max(positives or results, key=lambda f: f.score)
+    none_name = next(
+        (r.label for r in rows if r.id in findings and not any(f.positive for f in findings[r.id])),
+        "No Finding",
+    )
+    ordered = _ordered(InstanceScore(r, float(r.scores.get(top.name, 0.0))) for r in rows)
+    return ModelResult(
+        model_name=first.model_name,
+        model_version=first.model_version,
+        class_name=top.name,
+        score=top.score,
+        label="|".join(f.name for f in positives) or none_name,
+        threshold=top.threshold,
+        positive=bool(positives),
+        instances=ordered,
+        key_instances=ordered[:k],
+        threshold_source="model",
+        findings=results,
+    )
+
+
 def model_result(
     rows: Sequence[Prediction],
     method: str,
     k: int,
     series_thresholds: SeriesThresholds | None = None,
+    findings: FindingRows | None = None,
 ) -> ModelResult:
-    """The aggregate of ``rows``, which are one model's predictions (non-empty)."""
+    """The aggregate of ``rows``, which are one model's predictions (non-empty);
+    ``findings``: the prediction_findings rows of multi-label predictions among them."""
     first = rows[0]
+    if findings and any(r.id in findings for r in rows):
+        return _findings_result(rows, method, k, findings)
     names = [str(n) for n in first.scores]
     source: str | None = None
     if len(names) == 2:  # binary, as models.decision decides: class 1 >= threshold
@@ -281,6 +353,7 @@ def results_by_model(
     method: str,
     k: int,
     series_thresholds: SeriesThresholds | None = None,
+    findings: FindingRows | None = None,
 ) -> list[ModelResult]:
     """One result per (model name, version), the model with the newest prediction first."""
     groups: dict[tuple[str, int], list[Prediction]] = {}
@@ -288,7 +361,7 @@ def results_by_model(
         groups.setdefault((row.model_name, row.model_version), []).append(row)
     newest = {key: max(r.created_at for r in group) for key, group in groups.items()}
     order = sorted(groups, key=lambda key: (newest[key], key), reverse=True)
-    return [model_result(groups[key], method, k, series_thresholds) for key in order]
+    return [model_result(groups[key], method, k, series_thresholds, findings) for key in order]
 
 
 # --- read side ------------------------------------------------------------------------------
@@ -316,11 +389,23 @@ class SeriesView:
     results: list[ModelResult]
 
 
+def _findings_of(session: Session, where: Any) -> dict[uuid.UUID, list[PredictionFinding]]:
+    """The prediction_findings rows of the predictions ``where`` selects (one query)."""
+    found: dict[uuid.UUID, list[PredictionFinding]] = {}
+    query = select(PredictionFinding).join(
+        Prediction, Prediction.id == PredictionFinding.prediction_id
+    )
+    for finding in session.scalars(query.where(where)):
+        found.setdefault(finding.prediction_id, []).append(finding)
+    return found
+
+
 def _series_view(
     rows: Sequence[Prediction],
     method: str,
     k: int,
     series_thresholds: SeriesThresholds | None = None,
+    findings: FindingRows | None = None,
 ) -> SeriesView:
     first = min(rows, key=lambda r: (r.created_at, r.id))
     return SeriesView(
@@ -330,7 +415,7 @@ def _series_view(
         rows=first.rows,
         columns=first.columns,
         uids_pseudonymised=bool(first.uids_pseudonymised),
-        results=results_by_model(rows, method, k, series_thresholds),
+        results=results_by_model(rows, method, k, series_thresholds, findings),
     )
 
 
@@ -342,14 +427,13 @@ def series_results(
     series_thresholds: SeriesThresholds | None = None,
 ) -> SeriesView | None:
     """The series stored under one of ``candidates`` (None when there is none)."""
-    rows = list(
-        session.scalars(select(Prediction).where(Prediction.series_instance_uid.in_(candidates)))
-    )
+    where = Prediction.series_instance_uid.in_(candidates)
+    rows = list(session.scalars(select(Prediction).where(where)))
     if not rows:
         return None
     # both forms stored (a site that turned pseudonymisation on mid-series): one view per form
     # would split the series, so the caller's first candidate (the pseudonym) names it
-    return _series_view(rows, method, k, series_thresholds)
+    return _series_view(rows, method, k, series_thresholds, _findings_of(session, where))
 
 
 @dataclass(frozen=True)
@@ -372,16 +456,18 @@ def study_results(
     per model is its most positive series' (a study is as positive as its most positive
     series). Instances without a Series Instance UID are left out. None when nothing is
     stored."""
-    rows = list(
-        session.scalars(select(Prediction).where(Prediction.study_instance_uid.in_(candidates)))
-    )
+    where = Prediction.study_instance_uid.in_(candidates)
+    rows = list(session.scalars(select(Prediction).where(where)))
     by_series: dict[str, list[Prediction]] = {}
     for row in rows:
         if row.series_instance_uid:
             by_series.setdefault(row.series_instance_uid, []).append(row)
     if not by_series:
         return None
-    views = [_series_view(group, method, k, series_thresholds) for group in by_series.values()]
+    findings = _findings_of(session, where)
+    views = [
+        _series_view(group, method, k, series_thresholds, findings) for group in by_series.values()
+    ]
     best: dict[tuple[str, int], tuple[ModelResult, SeriesView]] = {}
     for view in views:
         for result in view.results:

@@ -16,6 +16,7 @@ from radlens.app.errors import NotFoundError
 from radlens.app.routes.explanations import PseudonymisedUidsError
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelRef, problem_responses
 from radlens.app.series import (
+    InstanceScore,
     ModelResult,
     SeriesThresholds,
     SeriesView,
@@ -55,6 +56,26 @@ class InstanceLink(BaseModel):
     href: str = Field(description="GET this for the instance's full prediction")
 
 
+class SeriesFinding(BaseModel):
+    """One finding of a multi-label model aggregated over the series' instances."""
+
+    name: str = Field(examples=["Effusion"])
+    score: float = Field(description="The instances' scores for this finding, aggregated")
+    threshold: float = Field(description="This finding's threshold (its instances' one)")
+    positive: bool = Field(description="score >= threshold")
+    key_instances: list[InstanceLink] = Field(
+        description="The RADLENS_SERIES_TOP_K instances with the highest scores for this finding"
+    )
+
+
+FINDINGS_DESCRIPTION = (
+    "Multi-label models: every finding aggregated on its own and decided at its own threshold "
+    "(scores are independent, they do not sum to one); class_name, score and threshold are then "
+    "the top positive finding's (else the top finding's) and label joins the positive findings "
+    "with '|'. Null for single-label models."
+)
+
+
 class SeriesResult(BaseModel):
     """One model's aggregate over a series' instances."""
 
@@ -75,6 +96,7 @@ class SeriesResult(BaseModel):
         description="The RADLENS_SERIES_TOP_K instances with the highest scores"
     )
     instances: list[InstanceLink] = Field(description="Every instance, highest score first")
+    findings: list[SeriesFinding] | None = Field(default=None, description=FINDINGS_DESCRIPTION)
     notice: str | None = Field(description="Present unless the model is validated")
 
 
@@ -117,6 +139,9 @@ class StudyResult(BaseModel):
     key_instances: list[InstanceLink]
     series_count: int
     instance_count: int
+    findings: list[SeriesFinding] | None = Field(
+        default=None, description="As in a series result, for the key series"
+    )
     notice: str | None
 
 
@@ -139,8 +164,7 @@ def _notice(result: ModelResult, loaded: ModelManifest | None) -> str | None:
     return None if validated else NOT_FOR_CLINICAL_USE
 
 
-def _links(request: Request, result: ModelResult, which: str) -> list[InstanceLink]:
-    items = result.key_instances if which == "key" else result.instances
+def _instance_links(request: Request, items: list[InstanceScore]) -> list[InstanceLink]:
     return [
         InstanceLink(
             prediction_id=i.prediction.id,
@@ -151,6 +175,25 @@ def _links(request: Request, result: ModelResult, which: str) -> list[InstanceLi
             href=request.app.url_path_for("get_prediction", prediction_id=str(i.prediction.id)),
         )
         for i in items
+    ]
+
+
+def _links(request: Request, result: ModelResult, which: str) -> list[InstanceLink]:
+    return _instance_links(request, result.key_instances if which == "key" else result.instances)
+
+
+def _findings(request: Request, result: ModelResult) -> list[SeriesFinding] | None:
+    if result.findings is None:
+        return None
+    return [
+        SeriesFinding(
+            name=f.name,
+            score=f.score,
+            threshold=f.threshold,
+            positive=f.positive,
+            key_instances=_instance_links(request, f.key_instances),
+        )
+        for f in result.findings
     ]
 
 
@@ -171,6 +214,7 @@ def _series_result(request: Request, result: ModelResult) -> SeriesResult:
         instance_count=result.instance_count,
         key_instances=_links(request, result, "key"),
         instances=_links(request, result, "all"),
+        findings=_findings(request, result),
         notice=_notice(result, _loaded(request)),
     )
 
@@ -287,6 +331,7 @@ def get_study(
                     for r in s.results
                     if (r.model_name, r.model_version) == (result.model_name, result.model_version)
                 ),
+                findings=_findings(request, result),
                 notice=_notice(result, loaded),
             )
         )
