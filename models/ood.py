@@ -254,14 +254,14 @@ class OodDetector:
             ModelCorruptError: not a detector file (names the path and what is wrong).
         """
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
                 method = str(data["method"])
                 meta = data["meta"]
                 keys = ("means", "precision") if method == "mahalanobis" else ("bank",)
                 arrays = {key: np.asarray(data[key]) for key in keys}
                 # the served form's decomposition (detectors fitted before it lack it)
                 arrays.update({k: np.asarray(data[k]) for k in _DECOMPOSITION if k in data})
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise ModelCorruptError(f"{path} is not an OOD detector file: {exc}") from None
         if method not in METHODS:
             raise ModelCorruptError(f"{path}: unknown OOD method. Received: {method!r}")

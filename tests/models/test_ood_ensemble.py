@@ -130,3 +130,18 @@ class TestFile:
         path.write_bytes(path.read_bytes()[:200])
         with pytest.raises(ModelCorruptError, match="is not an OOD detector file"):
             load_detector(path)
+
+
+def test_truncated_single_detector_file_is_corrupt(tmp_path: Path) -> None:
+    """OodDetector.load (the single-model reader) names a truncated file as corrupt too,
+    rather than letting zipfile's BadZipFile out."""
+    from radlens.models.ood import OodDetector
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(240, 8)).astype(np.float32)
+    labels = (np.arange(240) % 2).astype(np.int64)
+    path = tmp_path / "ood.npz"
+    fit_detector(images[:200], labels[:200], images[200:]).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ModelCorruptError, match="is not an OOD detector file"):
+        OodDetector.load(path)
