@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from radlens.app.db import utcnow
@@ -125,11 +125,16 @@ def list_keys(session: Session) -> list[ApiKey]:
 
 
 def revoke_key(session: Session, key_id: str) -> ApiKey:
-    """Mark a key revoked (idempotent); it stops working on the next request."""
+    """Mark a key revoked (idempotent); it stops working on the next request. Its rate-limit
+    bucket (app/ratelimit.py, keyed by the key id) goes with it, in the same transaction: a
+    revoked key is never charged again, so the row would only linger."""
+    from radlens.app.ratelimit import RateLimitBucket
+
     row = session.get(ApiKey, key_id.strip())
     if row is None:
         raise KeyNotFoundError(f"no API key with id {key_id!r}")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        session.execute(delete(RateLimitBucket).where(RateLimitBucket.key == row.key_id))
         session.flush()
     return row

@@ -236,3 +236,23 @@ def test_the_buckets_table_is_unlogged_on_postgresql(engines: list[Engine]) -> N
             text("SELECT relpersistence FROM pg_class WHERE relname = 'rate_limit_buckets'")
         ).scalar_one()
     assert persistence == "u"
+
+
+def test_revoking_a_key_deletes_its_bucket(engines: list[Engine]) -> None:
+    """A revoked key is never charged again: its bucket row goes with the revocation (other
+    keys' buckets stay)."""
+    from sqlalchemy.orm import Session
+
+    from radlens.app.keys import create_key, revoke_key
+
+    engine = engines[0]
+    with Session(engine) as session, session.begin():
+        key_id = create_key(session, name="bucket-test", scopes="predict").key_id
+    limiter = DatabaseRateLimiter(5, engine)
+    assert limiter.acquire(key_id) is None and limiter.acquire("other") is None
+    _bucket(engine, key_id)  # present
+    with Session(engine) as session, session.begin():
+        revoke_key(session, key_id)
+    with engine.connect() as conn:
+        keys = set(conn.execute(text("SELECT key FROM rate_limit_buckets")).scalars())
+    assert key_id not in keys and "other" in keys
