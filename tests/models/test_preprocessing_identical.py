@@ -180,7 +180,9 @@ def test_lookup_gives_each_pixel_its_own_entry(case: str) -> None:
     values = FRAMES[case]
     rng = np.random.default_rng(3)
     side = 512 if values.size > 4096 else 128  # at least 4x as many pixels as values
-    frame = rng.choice(values, size=(side, side)).astype(values.dtype)
+    # (side, side + 7): not a whole number of lookup chunks
+    frame = rng.choice(values, size=(side, side + 7)).astype(values.dtype)
+    assert frame.size % pp._LOOKUP_CHUNK != 0
     frame.flat[:2] = values[0], values[-1]  # both ends of the range occur
     table = pp._value_table(frame)
     assert table is not None
