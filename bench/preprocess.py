@@ -40,6 +40,12 @@ after, and whether the two outputs are equal (they must be, for a change that ke
 ``PREPROCESSING_VERSION``). REF's ``models/preprocessing.py`` and ``models/codecs.py`` are read
 with ``git show`` and imported as a separate package beside the current ones (its decoder
 plugin registered with pydicom under another name), so both run in one process.
+``--fresh N`` adds, for the uncompressed CT slice, N rounds of one new process per version
+that preprocesses only that slice: the state of the C allocator depends on what a process
+did before (a process that has seen a large radiograph keeps its freed memory mapped; one
+that has only seen 512x512 slices gives it back and takes page faults on the next call, as
+a service fed a CT series does), so each side is also measured in the state the series
+benchmark's service is in. It prints CPU ms and minor page faults per call.
 """
 
 from __future__ import annotations
@@ -162,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--before", metavar="REF", help="preprocess at git commit REF vs now (see above)"
     )
+    parser.add_argument(
+        "--fresh", type=int, default=0, metavar="N", help="with --before: N fresh-process rounds"
+    )
+    parser.add_argument("--side", choices=("before", "after"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.before and args.side:
+        return fresh_child(args)
     if args.before:
         return before_after(args)
     if args.threads:
@@ -489,7 +501,68 @@ def before_after(args: argparse.Namespace) -> int:
             f"{'yes' if equal else 'NO':>5}"
         )
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.fresh:
+        fresh_rounds(args)
     return 0
+
+
+def fresh_child(args: argparse.Namespace) -> int:
+    """One side, in this new process, on the uncompressed CT slice only: CPU ms and minor
+    page faults per call, as one ``RESULT`` line for :func:`fresh_rounds`."""
+    import resource
+
+    if args.side == "before":
+        preprocess = load_before(args.before).preprocess
+    else:
+        from radlens.models.preprocessing import preprocess
+    pin_to_one_cpu(args.cpu)
+    data = uncompressed_ct(args.data_dir)
+    if data is None:
+        print("RESULT missing")
+        return 1
+    size = (args.size, args.size)
+    for _ in range(3):
+        preprocess(data, size=size, window="lung")
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    cpu0 = time.process_time()
+    for _ in range(args.repeat):
+        preprocess(data, size=size, window="lung")
+    cpu = (time.process_time() - cpu0) / args.repeat
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.repeat
+    print(f"RESULT {cpu * 1000:.3f} {faults:.1f}")
+    return 0
+
+
+def fresh_rounds(args: argparse.Namespace) -> None:
+    import subprocess
+
+    print(
+        f"\nCT1_JLSN uncompressed, lung preset, one fresh process per side and round "
+        f"({args.fresh} rounds, {args.repeat} calls each, the order alternating):"
+    )
+    results: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
+    for round_ in range(args.fresh):
+        sides = ("before", "after") if round_ % 2 == 0 else ("after", "before")
+        for side in sides:
+            command = [sys.executable, str(Path(__file__).resolve()), "--before", args.before]
+            command += ["--side", side, "--repeat", str(args.repeat), "--size", str(args.size)]
+            command += ["--data-dir", str(args.data_dir)]
+            if args.cpu is not None:
+                command += ["--cpu", str(args.cpu)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            line = next(x for x in out.splitlines() if x.startswith("RESULT"))
+            cpu_ms, faults = (float(x) for x in line.split()[1:3])
+            results[side].append((cpu_ms, faults))
+            print(f"  round {round_ + 1} {side:6}: {cpu_ms:6.2f} CPU ms/call, {faults:7.1f} faults")
+    before = statistics.median(cpu for cpu, _ in results["before"])
+    after = statistics.median(cpu for cpu, _ in results["after"])
+    print(
+        f"  median: before {before:.2f} CPU ms, after {after:.2f} CPU ms, "
+        f"ratio {before / after:.3f}; faults/call before "
+        f"{statistics.median(f for _, f in results['before']):.0f}, after "
+        f"{statistics.median(f for _, f in results['after']):.0f}"
+    )
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
