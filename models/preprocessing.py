@@ -481,14 +481,13 @@ def resize_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _float_image(arr: np.ndarray) -> PILImage.Image:
     """A read-only Pillow mode "F" image over ``arr``'s memory (C-contiguous float32).
 
-    ``Image.fromarray`` copies a float array into a new image (allocate, zero-fill, copy:
-    about 2 ms for a 2140x1760 radiograph) because Pillow's ``frombuffer`` maps a buffer only
-    for its 8/16-bit modes. Pillow's ``core.map_buffer``, which ``frombuffer`` calls for
-    those modes, maps "F" as well (4-byte rows, ``raw`` "F"): the resize then reads the
-    array itself and gives the same result. ``core`` is Pillow's C module, not its
-    documented API, so any failure to map falls back to ``fromarray``;
-    tests/models/test_value_table.py checks both give the same pixels and that the mapping
-    is taken with the pinned Pillow.
+    ``Image.fromarray`` copies a float array into a new image (allocate, zero-fill, copy
+    the whole frame) because Pillow's ``frombuffer`` maps a buffer only for its 8/16-bit
+    modes. Pillow's ``core.map_buffer``, which ``frombuffer`` calls for those modes, maps
+    "F" as well (4-byte rows, ``raw`` "F"): the resize then reads the array itself and gives
+    the same result. ``core`` is Pillow's C module, not its documented API, so any failure
+    to map falls back to ``fromarray``; tests/models/test_preprocessing_identical.py checks
+    that both give the same pixels and that the mapping is taken with the pinned Pillow.
     """
     from PIL import Image
 
@@ -1550,13 +1549,13 @@ class _ValueTable:
 
         The same elements as ``values[offsets]``. ``np.take`` wants ``intp`` indices and
         would otherwise convert the whole frame into a new array of them (8 bytes per pixel:
-        2 MiB for a 512x512 CT, 30 MiB for a 2140x1760 radiograph), which costs a pass over
-        memory and, for a CT-sized frame, page faults: glibc returns freed blocks of that
-        size to the system and maps them afresh on the next call (about 1,000 faults and
-        2-3 CPU ms per 512x512 slice in a process that has only seen such slices). So the
-        offsets are converted a chunk at a time into a per-thread buffer of
-        :data:`_LOOKUP_CHUNK` indices. ``mode="clip"`` lets ``np.take`` write straight into
-        ``out`` (``"raise"`` buffers it); every offset is within the domain by construction.
+        2 MiB for a 512x512 CT, 30 MiB for a 2140x1760 radiograph): a pass over memory, and
+        the largest block of a CT slice's call, which a process that only ever sees such
+        slices gives back to the system and faults in afresh on every call
+        (docs/benchmarks/preprocess.md, round 6). So the offsets are converted a chunk at a
+        time into a per-thread buffer of :data:`_LOOKUP_CHUNK` indices. ``mode="clip"`` lets
+        ``np.take`` write straight into ``out`` (``"raise"`` buffers it); every offset is
+        within the domain by construction.
         """
         flat = self.offsets.reshape(-1)
         out = np.empty(flat.size, dtype=values.dtype)
