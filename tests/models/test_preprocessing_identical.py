@@ -16,6 +16,7 @@ and its frames through ``preprocess_frames``; files refused are refused the same
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import radlens.models.preprocessing as pp
 from radlens.models.errors import PreprocessingError
@@ -218,3 +221,33 @@ def test_resize_falls_back_to_fromarray(monkeypatch: pytest.MonkeyPatch) -> None
     image = pp._float_image(frame)
     assert not image.readonly  # fromarray's copy
     assert np.array_equal(pp.resize_image(frame, (32, 48)), expected)
+
+
+def test_float_pixel_data_goes_element_wise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No file at hand has Float Pixel Data; a synthetic one (a parametric-map-like MR frame)
+    takes the element-wise path, with and without the table switched on."""
+    values = np.random.default_rng(8).normal(800.0, 150.0, size=(96, 80)).astype(np.float32)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.Rows, ds.Columns = values.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = values.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    for options in OPTIONS.values():
+        with tables_counted(monkeypatch) as taken:
+            fast = outcome(lambda options=options: [pp.preprocess(data, **options)])
+        with element_wise(monkeypatch):
+            reference = outcome(lambda options=options: [pp.preprocess(data, **options)])
+        assert taken == [False]
+        assert_same(fast, reference, f"float pixels {options}")
+        assert not isinstance(fast, tuple), fast
