@@ -31,6 +31,21 @@ is full / reduced CPU time. With ``--diff`` it prints, for every JPEG 2000 and J
 file at hand (../shared/data/dicom, pydicom-data, pydicom's own test files), the reduction
 applied and the max / mean absolute difference between the two versions' outputs at
 ``--size`` and at 64.
+
+With ``--before REF`` (a git commit, e.g. the one before a speed-up) it compares, pinned and
+alternating call by call, ``preprocess`` as it was at REF with the working tree's, on the files
+above, RG1 uncompressed (pydicom-data) and the CT1_JLSN slice re-encoded uncompressed with
+the lung preset (the series benchmark's slice): CPU ms per file of each, the ratio before /
+after, and whether the two outputs are equal (they must be, for a change that keeps
+``PREPROCESSING_VERSION``). REF's ``models/preprocessing.py`` and ``models/codecs.py`` are read
+with ``git show`` and imported as a separate package beside the current ones (its decoder
+plugin registered with pydicom under another name), so both run in one process.
+``--fresh N`` adds, for the uncompressed CT slice, N rounds of one new process per version
+that preprocesses only that slice: the state of the C allocator depends on what a process
+did before (a process that has seen a large radiograph keeps its freed memory mapped; one
+that has only seen 512x512 slices gives it back and takes page faults on the next call, as
+a service fed a CT series does), so each side is also measured in the state the series
+benchmark's service is in. It prints CPU ms and minor page faults per call.
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 # One thread per library, so the figures are single-core figures.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -149,7 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--diff", action="store_true", help="output differences, version 2 vs 1, every file"
     )
+    parser.add_argument(
+        "--before", metavar="REF", help="preprocess at git commit REF vs now (see above)"
+    )
+    parser.add_argument(
+        "--fresh", type=int, default=0, metavar="N", help="with --before: N fresh-process rounds"
+    )
+    parser.add_argument("--side", choices=("before", "after"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.before and args.side:
+        return fresh_child(args)
+    if args.before:
+        return before_after(args)
     if args.threads:
         return threads(args)
     if args.diff:
@@ -371,6 +398,171 @@ def threads(args: argparse.Namespace) -> int:
             f"{row[3]:13.1f} {row[4]:7.1f} {row[5]:8.2f}"
         )
     return 0
+
+
+def load_before(ref: str) -> Any:
+    """``models.preprocessing`` as of git commit ``ref``, as a module beside the current one.
+
+    Its ``models/preprocessing.py`` and ``models/codecs.py`` go into a temporary package
+    ``_before_<ref>.models`` (their ``radlens.models.codecs`` imports pointed there, the errors
+    module shared); the old codecs plugin registers with pydicom as ``imagecodecs-before``, so
+    each version decodes with its own plugin.
+    """
+    import importlib
+    import subprocess
+    import tempfile
+
+    package = f"_before_{ref.replace('/', '_').replace('-', '_').replace('~', '_')}"
+    root = Path(tempfile.mkdtemp(prefix="radlens-before-"))
+    (root / package / "models").mkdir(parents=True)
+    (root / package / "__init__.py").write_text("")
+    (root / package / "models" / "__init__.py").write_text("")
+    for name in ("preprocessing.py", "codecs.py"):
+        text = subprocess.run(
+            ["git", "show", f"{ref}:models/{name}"],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        text = text.replace("radlens.models.codecs", f"{package}.models.codecs")
+        text = text.replace(
+            "from radlens.models import codecs", f"from {package}.models import codecs"
+        )
+        text = text.replace('PLUGIN = "imagecodecs"', 'PLUGIN = "imagecodecs-before"')
+        (root / package / "models" / name).write_text(text)
+    sys.path.insert(0, str(root))
+    return importlib.import_module(f"{package}.models.preprocessing")
+
+
+def uncompressed_ct(data_dir: Path) -> bytes | None:
+    """CT1_JLSN's slice re-encoded Explicit VR Little Endian (the series benchmark's slice)."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    path = data_dir / "CT1_JLSN.dcm"
+    if not path.exists():
+        return None
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.pixel_array.tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def before_after(args: argparse.Namespace) -> int:
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    from bench._machine import cpu_model
+    from radlens.models import preprocessing as now
+
+    old = load_before(args.before)
+    cpu = pin_to_one_cpu(args.cpu)
+    print(f"machine: {machine()}; CPU model {cpu_model()!r}; pinned to CPU {cpu}")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"before = {args.before} ({old.__file__}), after = the working tree; output "
+        f"{args.size}x{args.size}; repeat {args.repeat}; ratio = before / after CPU time"
+    )
+    cases: list[tuple[str, str, bytes, str | None]] = []
+    for name, (path, what) in bench_files(args.data_dir).items():
+        if path.exists():
+            cases.append((name, what, path.read_bytes(), None))
+        else:
+            print(f"{name:38} missing: {path}")
+    found = get_testdata_file("RG1_UNCR.dcm")
+    if found:
+        what = "chest CR 1955x1841, uncompressed"
+        cases.append(("RG1_UNCR.dcm", what, Path(str(found)).read_bytes(), None))
+    ct = uncompressed_ct(args.data_dir)
+    if ct is not None:
+        cases.append(("CT1_JLSN, uncompressed", "CT 512x512, lung preset", ct, "lung"))
+    header = (
+        f"{'file':38} {'what':40} {'before ms':>9} {'after ms':>8} {'ratio':>6} "
+        f"{'wall before':>11} {'after':>7} {'equal':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    size = (args.size, args.size)
+    for name, what, data, window in cases:
+        a = old.preprocess(data, size=size, window=window).pixels
+        b = now.preprocess(data, size=size, window=window).pixels
+        equal = a.dtype == b.dtype and np.array_equal(a, b)
+        t = time_pair(
+            lambda data=data, window=window: old.preprocess(data, size=size, window=window),
+            lambda data=data, window=window: now.preprocess(data, size=size, window=window),
+            args.repeat,
+        )
+        print(
+            f"{name:38} {what:40} {t['base_cpu'] * 1000:9.2f} {t['cand_cpu'] * 1000:8.2f} "
+            f"{t['ratio']:6.3f} {t['base_wall'] * 1000:11.1f} {t['cand_wall'] * 1000:7.1f} "
+            f"{'yes' if equal else 'NO':>5}"
+        )
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.fresh:
+        fresh_rounds(args)
+    return 0
+
+
+def fresh_child(args: argparse.Namespace) -> int:
+    """One side, in this new process, on the uncompressed CT slice only: CPU ms and minor
+    page faults per call, as one ``RESULT`` line for :func:`fresh_rounds`."""
+    import resource
+
+    if args.side == "before":
+        preprocess = load_before(args.before).preprocess
+    else:
+        from radlens.models.preprocessing import preprocess
+    pin_to_one_cpu(args.cpu)
+    data = uncompressed_ct(args.data_dir)
+    if data is None:
+        print("RESULT missing")
+        return 1
+    size = (args.size, args.size)
+    for _ in range(3):
+        preprocess(data, size=size, window="lung")
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    cpu0 = time.process_time()
+    for _ in range(args.repeat):
+        preprocess(data, size=size, window="lung")
+    cpu = (time.process_time() - cpu0) / args.repeat
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.repeat
+    print(f"RESULT {cpu * 1000:.3f} {faults:.1f}")
+    return 0
+
+
+def fresh_rounds(args: argparse.Namespace) -> None:
+    import subprocess
+
+    print(
+        f"\nCT1_JLSN uncompressed, lung preset, one fresh process per side and round "
+        f"({args.fresh} rounds, {args.repeat} calls each, the order alternating):"
+    )
+    results: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
+    for round_ in range(args.fresh):
+        sides = ("before", "after") if round_ % 2 == 0 else ("after", "before")
+        for side in sides:
+            command = [sys.executable, str(Path(__file__).resolve()), "--before", args.before]
+            command += ["--side", side, "--repeat", str(args.repeat), "--size", str(args.size)]
+            command += ["--data-dir", str(args.data_dir)]
+            if args.cpu is not None:
+                command += ["--cpu", str(args.cpu)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            line = next(x for x in out.splitlines() if x.startswith("RESULT"))
+            cpu_ms, faults = (float(x) for x in line.split()[1:3])
+            results[side].append((cpu_ms, faults))
+            print(f"  round {round_ + 1} {side:6}: {cpu_ms:6.2f} CPU ms/call, {faults:7.1f} faults")
+    before = statistics.median(cpu for cpu, _ in results["before"])
+    after = statistics.median(cpu for cpu, _ in results["after"])
+    print(
+        f"  median: before {before:.2f} CPU ms, after {after:.2f} CPU ms, "
+        f"ratio {before / after:.3f}; faults/call before "
+        f"{statistics.median(f for _, f in results['before']):.0f}, after "
+        f"{statistics.median(f for _, f in results['after']):.0f}"
+    )
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import imagecodecs
+import numpy as np
 from pydicom import uid
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def is_available(tsyntax: str) -> bool:
     return False
 
 
-def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
+def _decode_frame(src: bytes, runner: DecodeRunner) -> memoryview:
     """Decode one encapsulated frame to its samples' bytes (pydicom calls this)."""
     tsyntax = runner.transfer_syntax
     if tsyntax in J2K_SYNTAXES:
@@ -84,7 +85,10 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
         raise ValueError(f"the {PLUGIN} plugin does not decode {tsyntax.name}")
     # the container follows the codestream's precision, as with pydicom's own plugins
     runner.set_option("bits_allocated", arr.dtype.itemsize * 8)
-    return arr.tobytes()
+    # The decoded array's own bytes, not a tobytes() copy of the whole frame: pydicom reads
+    # the frame with np.frombuffer and copies it into its output array, and len() of a
+    # byte-cast memoryview counts bytes as it does for bytes.
+    return np.ascontiguousarray(arr).data.cast("B")
 
 
 def register() -> None:

@@ -473,9 +473,32 @@ def resize_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.shape == (height, width):
         return np.clip(arr, 0.0, 1.0)
-    image = Image.fromarray(arr)
+    image = _float_image(arr)
     resized = image.resize((width, height), resample=Image.Resampling.BILINEAR)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def _float_image(arr: np.ndarray) -> PILImage.Image:
+    """A read-only Pillow mode "F" image over ``arr``'s memory (C-contiguous float32).
+
+    ``Image.fromarray`` copies a float array into a new image (allocate, zero-fill, copy
+    the whole frame) because Pillow's ``frombuffer`` maps a buffer only for its 8/16-bit
+    modes. Pillow's ``core.map_buffer``, which ``frombuffer`` calls for those modes, maps
+    "F" as well (4-byte rows, ``raw`` "F"): the resize then reads the array itself and gives
+    the same result. ``core`` is Pillow's C module, not its documented API, so any failure
+    to map falls back to ``fromarray``; tests/models/test_preprocessing_identical.py checks
+    that both give the same pixels and that the mapping is taken with the pinned Pillow.
+    """
+    from PIL import Image
+
+    height, width = arr.shape
+    try:
+        image = Image.new("F", (0, 0))
+        image = image._new(Image.core.map_buffer(arr, (width, height), "raw", 0, ("F", 0, 1)))
+    except Exception:  # another Pillow: the documented, copying way
+        return Image.fromarray(arr)
+    image.readonly = 1
+    return image
 
 
 def sniff_format(data: bytes) -> str:
@@ -818,7 +841,7 @@ def _dicom_frame(
         )
     pixels = np.clip(pixels, 0.0, 1.0)
     if table is not None:
-        pixels = pixels[table.index]  # look every pixel up: (H, W) float32
+        pixels = table.lookup(pixels)  # look every pixel up: (H, W) float32
 
     metadata = ImageMetadata(
         format="dicom",
@@ -1509,17 +1532,47 @@ def _convert_to_rgb(arr: np.ndarray, photometric: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _ValueTable:
-    """A grayscale frame as indices into the range of its stored values."""
+    """A grayscale frame as offsets into the range of its stored values."""
 
     domain: np.ndarray  # every value from the frame's min to its max, in the frame's dtype
-    index: np.ndarray  # (H, W) intp: frame - min, the position of each pixel in the domain
+    offsets: np.ndarray  # (H, W) native unsigned of the frame's width: frame - min
 
     @functools.cached_property
     def present(self) -> np.ndarray:
         """Bool per domain entry: the value occurs in the frame. Counted only when asked for
         (min-max, or a non-finite value somewhere in the domain): a window preset or the
         file's VOI never needs it."""
-        return np.bincount(self.index.ravel(), minlength=self.domain.size).astype(bool)
+        return np.bincount(self.offsets.ravel(), minlength=self.domain.size).astype(bool)
+
+    def lookup(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (one per domain entry) at every pixel: an ``(H, W)`` array of their dtype.
+
+        The same elements as ``values[offsets]``. ``np.take`` wants ``intp`` indices and
+        would otherwise convert the whole frame into a new array of them (8 bytes per pixel:
+        2 MiB for a 512x512 CT, 30 MiB for a 2140x1760 radiograph): a pass over memory, and
+        the largest block of a CT slice's call, which a process that only ever sees such
+        slices gives back to the system and faults in afresh on every call
+        (docs/benchmarks/preprocess.md, round 6). So the offsets are converted a chunk at a
+        time into a per-thread buffer of :data:`_LOOKUP_CHUNK` indices. ``mode="clip"`` lets
+        ``np.take`` write straight into ``out`` (``"raise"`` buffers it); every offset is
+        within the domain by construction.
+        """
+        flat = self.offsets.reshape(-1)
+        out = np.empty(flat.size, dtype=values.dtype)
+        scratch: np.ndarray | None = getattr(_lookup_scratch, "index", None)
+        if scratch is None:
+            scratch = _lookup_scratch.index = np.empty(_LOOKUP_CHUNK, dtype=np.intp)
+        for start in range(0, flat.size, _LOOKUP_CHUNK):
+            stop = min(start + _LOOKUP_CHUNK, flat.size)
+            index = scratch[: stop - start]
+            np.copyto(index, flat[start:stop], casting="safe")
+            np.take(values, index, out=out[start:stop], mode="clip")
+        return out.reshape(self.offsets.shape)
+
+
+_LOOKUP_CHUNK = 1 << 15
+"""Offsets converted to ``intp`` at a time by :meth:`_ValueTable.lookup` (256 KiB per thread)."""
+_lookup_scratch = threading.local()
 
 
 def _value_table(arr: np.ndarray) -> _ValueTable | None:
@@ -1531,7 +1584,15 @@ def _value_table(arr: np.ndarray) -> _ValueTable | None:
     distinct stored value and the frame is then one table lookup: the same float operations
     on the same inputs, so bit for bit the same result, in a fraction of the full-resolution
     float64 passes (a 12-bit CT has at most 4,096 values against 262,144 pixels). Used for
-    integer frames whose value range is small next to their pixel count.
+    integer frames of at least :data:`_TABLE_MIN_PIXELS` pixels whose value range is at most
+    a quarter of their pixel count: the table's steps then cost at most a quarter of the
+    per-pixel ones, and a 16-bit frame's table stays within 64 Ki entries (256 KiB of
+    float32, in cache for the lookup). Wider ranges (32-bit values, sparse float-like data)
+    and float pixels take the per-pixel path, which gives the same result.
+
+    The offsets are ``frame - min`` in the unsigned integer of the frame's width, computed
+    modulo ``2**bits``: exact, because ``max - min < 2**bits``, and signed frames need no
+    wider type (``-1024 - -2048`` is 1024 in uint16 too).
     """
     if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 4 or arr.size < _TABLE_MIN_PIXELS:
         return None
@@ -1539,10 +1600,15 @@ def _value_table(arr: np.ndarray) -> _ValueTable | None:
     entries = hi - lo + 1
     if entries > arr.size // 4:
         return None
-    index = arr.astype(np.intp)
-    index -= lo
+    bits = 8 * arr.dtype.itemsize
+    unsigned = np.dtype(f"u{arr.dtype.itemsize}")
+    stored = arr.view(unsigned.newbyteorder(arr.dtype.byteorder))  # same bytes, unsigned
+    if lo == 0 and stored.dtype.isnative:
+        offsets = stored
+    else:
+        offsets = np.subtract(stored, unsigned.type(lo % (1 << bits)), dtype=unsigned)
     domain = np.arange(lo, hi + 1, dtype=np.int64).astype(arr.dtype)
-    return _ValueTable(domain=domain, index=index)
+    return _ValueTable(domain=domain, offsets=offsets)
 
 
 _TABLE_MIN_PIXELS = 4096

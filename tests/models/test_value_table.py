@@ -182,7 +182,7 @@ def test_table_is_skipped_when_it_would_not_pay() -> None:
     table = pp._value_table(np.full((64, 64), 7, np.int16))
     assert table is not None
     assert table.domain.tolist() == [7] and table.present.tolist() == [True]
-    assert table.index.shape == (64, 64) and not table.index.any()
+    assert table.offsets.shape == (64, 64) and not table.offsets.any()
 
 
 def test_table_keeps_byte_order() -> None:
@@ -192,7 +192,7 @@ def test_table_keeps_byte_order() -> None:
     table = pp._value_table(arr)
     assert table is not None
     assert table.domain.dtype == arr.dtype
-    assert np.array_equal(table.domain[table.index], arr)
+    assert np.array_equal(table.lookup(table.domain), arr)
     assert table.present.all()
 
 
