@@ -473,32 +473,9 @@ def resize_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.shape == (height, width):
         return np.clip(arr, 0.0, 1.0)
-    image = _float_image(arr)
+    image = Image.fromarray(arr)
     resized = image.resize((width, height), resample=Image.Resampling.BILINEAR)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
-
-
-def _float_image(arr: np.ndarray) -> PILImage.Image:
-    """A read-only Pillow mode "F" image over ``arr``'s memory (C-contiguous float32).
-
-    ``Image.fromarray`` copies a float array into a new image (allocate, zero-fill, copy
-    the whole frame) because Pillow's ``frombuffer`` maps a buffer only for its 8/16-bit
-    modes. Pillow's ``core.map_buffer``, which ``frombuffer`` calls for those modes, maps
-    "F" as well (4-byte rows, ``raw`` "F"): the resize then reads the array itself and gives
-    the same result. ``core`` is Pillow's C module, not its documented API, so any failure
-    to map falls back to ``fromarray``; tests/models/test_preprocessing_identical.py checks
-    that both give the same pixels and that the mapping is taken with the pinned Pillow.
-    """
-    from PIL import Image
-
-    height, width = arr.shape
-    try:
-        image = Image.new("F", (0, 0))
-        image = image._new(Image.core.map_buffer(arr, (width, height), "raw", 0, ("F", 0, 1)))
-    except Exception:  # another Pillow: the documented, copying way
-        return Image.fromarray(arr)
-    image.readonly = 1
-    return image
 
 
 def sniff_format(data: bytes) -> str:

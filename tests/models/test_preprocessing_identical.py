@@ -2,8 +2,7 @@
 
 ``models.preprocessing`` runs the per-value steps of an integer gray frame (modality LUT, VOI or
 window preset, MONOCHROME1 / INVERSE inversion, [0, 1]) once per stored value in the frame's
-range and looks every pixel up (``_value_table``, ``_ValueTable.lookup``); the resize reads the
-float frame through a Pillow image mapped over it (``_float_image``). Neither may change an
+range and looks every pixel up (``_value_table``, ``_ValueTable.lookup``). It may not change an
 output bit, or ``PREPROCESSING_VERSION`` would have to change. The reference is the
 element-wise path the module still takes for float pixels and wide value ranges: turning
 ``_value_table`` off sends every frame down it.
@@ -24,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -195,32 +193,6 @@ def test_lookup_gives_each_pixel_its_own_entry(case: str) -> None:
     positions = table.lookup(np.arange(table.domain.size))
     assert np.array_equal(positions, frame.astype(np.int64) - int(values.min()))
     assert table.present.sum() == np.unique(frame).size
-
-
-def test_resize_reads_the_frame_in_place_and_matches_fromarray() -> None:
-    rng = np.random.default_rng(5)
-    frame = rng.random((301, 257), dtype=np.float32)
-    image = pp._float_image(frame)
-    assert image.mode == "F" and image.size == (257, 301)
-    assert image.readonly  # mapped over the array, not copied (the pinned Pillow)
-    assert np.array_equal(np.asarray(image), frame)
-    for height, width in [(224, 224), (64, 32), (600, 500), (301, 100)]:
-        want = Image.fromarray(frame).resize((width, height), resample=Image.Resampling.BILINEAR)
-        expected = np.clip(np.asarray(want, dtype=np.float32), 0.0, 1.0)
-        assert np.array_equal(pp.resize_image(frame, (height, width)), expected)
-
-
-def test_resize_falls_back_to_fromarray(monkeypatch: pytest.MonkeyPatch) -> None:
-    frame = np.random.default_rng(6).random((90, 70), dtype=np.float32)
-    expected = pp.resize_image(frame, (32, 48))
-
-    def refuse(*args: object) -> None:
-        raise ValueError("no mapping in this Pillow")
-
-    monkeypatch.setattr(Image.core, "map_buffer", refuse)
-    image = pp._float_image(frame)
-    assert not image.readonly  # fromarray's copy
-    assert np.array_equal(pp.resize_image(frame, (32, 48)), expected)
 
 
 def test_float_pixel_data_goes_element_wise(monkeypatch: pytest.MonkeyPatch) -> None:
