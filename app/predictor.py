@@ -23,6 +23,12 @@ Batching policy (why it looks like this):
   than the wait. A lone client sends its next request only after it got the previous answer:
   every batch has one request and nothing queues behind it, so it is never delayed.
 - It never waits when the batch is already full.
+
+A lone request (one item in the batch, nothing else queued, no other stream in a model call)
+runs on the runtime's latency model when it has one (OpenVINO compiled a second time with the
+LATENCY hint: one call over every core; ``RADLENS_LATENCY_MODEL``): with several streams each
+call otherwise gets one stream's share of the cores, and a single client waits for a model
+call on one core of two. Same IR, same precision, the same scores bit for bit.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class BatchStats:
     queue_ms: float  # time the oldest item spent queued before its model call started
     waited: bool  # whether the worker waited for more items at all
     ok: bool
+    alone: bool = False  # a lone request run on the runtime's latency model (every core)
 
 
 BatchObserver = Callable[[BatchStats], None]
@@ -241,6 +248,10 @@ class Predictor:
         self._last_arrival: float | None = None
         self._gap_ewma_s: float | None = None  # recent gap between arrivals
         self._demand_ewma: float | None = None  # recent requests per batch incl. those queued
+        # Model calls running now, for the lone-request rule (a runtime with a latency model).
+        self._in_flight = 0
+        self._flight_lock = threading.Lock()
+        self._has_latency_model = bool(getattr(runtime, "latency", False))
         self._function = self._build_function() if inference == "function" else None
         # with a converted runtime the features come from the Keras model in a second call
         self._features = self._build_function() if runtime and ood else None
@@ -271,15 +282,18 @@ class Predictor:
 
         return serve
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
         """One model call on a (N, H, W, 1) float32 batch -> (N, classes) scores."""
-        return self._infer_scored(batch)[0]
+        return self._infer_scored(batch, alone)[0]
 
-    def _infer_scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """One model call -> ((N, classes) scores, (N,) OOD scores or None)."""
+    def _infer_scored(
+        self, batch: np.ndarray, alone: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One model call -> ((N, classes) scores, (N,) OOD scores or None); ``alone``: on
+        the runtime's latency model (only when it has one)."""
         ood: np.ndarray | None = None
         if self.runtime is not None:
-            out = self.runtime.predict(batch)
+            out = self.runtime.predict(batch, alone=True) if alone else self.runtime.predict(batch)
             if self._features is not None:  # the Keras model's [scores, OOD scores]
                 import tensorflow as tf
 
@@ -316,6 +330,8 @@ class Predictor:
         scores = self._infer(one)
         if not np.all(np.isfinite(scores)):
             raise InferenceError(f"warm-up prediction returned non-finite scores {scores[0]}")
+        if self._has_latency_model:  # its first call is slow too
+            self._infer(one, alone=True)
         self._decide(scores[0])  # the manifest's classes and threshold fit the output
         if self.max_batch_size > 1:
             self._infer(np.zeros((self.max_batch_size, *self._input_shape), dtype=np.float32))
@@ -543,13 +559,23 @@ class Predictor:
         queue_ms = (started - min(item.queued_at for item in live)) * 1000.0
         ok = False
         inference_ms = 0.0
+        alone = False
         try:
             stacked = np.stack([cast(np.ndarray, item.array) for item in live])  # all prepared
+            with self._flight_lock:
+                alone = self._lone(len(live))
+                self._in_flight += 1
             t0 = time.perf_counter()
-            if self.ood is None:
-                scores, ood = self._infer(stacked), None
-            else:  # one call for the scores and the features the detector scores
-                scores, ood = self._infer_scored(stacked)
+            try:
+                if self.ood is None:
+                    # the one-argument call when not alone (tests wrap _infer(batch))
+                    scores = self._infer(stacked, alone=True) if alone else self._infer(stacked)
+                    ood = None
+                else:  # one call for the scores and the features the detector scores
+                    scores, ood = self._infer_scored(stacked, alone)
+            finally:
+                with self._flight_lock:
+                    self._in_flight -= 1
             inference_ms = (time.perf_counter() - t0) * 1000.0
             self._note_demand(len(live))
             outputs = [
@@ -576,12 +602,23 @@ class Predictor:
             resolve_all(
                 (item.loop, item.future, output) for item, output in zip(live, outputs, strict=True)
             )
-        stats = BatchStats(len(live), inference_ms, wait_ms, queue_ms, waited, ok)
+        stats = BatchStats(len(live), inference_ms, wait_ms, queue_ms, waited, ok, alone)
         for observer in self.observers:
             try:
                 observer(stats)
             except Exception:  # a metrics bug must not stop inference
                 log.exception("batch observer %r failed", observer)
+
+    def _lone(self, batch_size: int) -> bool:
+        """Run this batch on the latency model: the runtime has one, the batch is one request,
+        and no other call runs or waits (call with ``_flight_lock`` held). Under load another
+        stream's call or a queued request is always there, so the streams keep their cores."""
+        return (
+            self._has_latency_model
+            and batch_size == 1
+            and self._in_flight == 0
+            and self._queue.qsize() == 0
+        )
 
     def _prepare(self, batch: list[_Item]) -> list[_Item]:
         """Run each item's prepare(); an item whose preparation fails gets its own error and
@@ -630,7 +667,15 @@ def load_predictor(settings: Any) -> Predictor:
                 selection.precision,
                 tuple(loaded.manifest.input_shape),
                 streams=settings.inference_streams,
+                latency=getattr(settings, "latency_model", "auto") == "auto",
             )
+            if runtime.latency:
+                log.info(
+                    "a lone request runs on the %s model compiled for latency (every core); "
+                    "concurrent ones on %d streams",
+                    selection.precision,
+                    runtime.streams,
+                )
         except ModelCorruptError as exc:
             explicit = getattr(settings, "runtime", "auto") != "auto"
             if explicit or getattr(settings, "precision", "auto") == "bf16":

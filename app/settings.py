@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         description="model calls that may run at once, each on its own batch; with more than "
         "one, each call preprocesses its own batch first (docs/benchmarks/serve.md)",
     )
+    latency_model: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: with OpenVINO and more than one inference stream, also compile the "
+        "model (same IR and precision) with OpenVINO's LATENCY hint and run a lone request "
+        "(nothing else queued or running) on it, over every core; off: every call on its "
+        "stream's share of the cores (docs/benchmarks/serve.md, round 8)",
+    )
     # Backpressure: beyond these the service answers 503 + Retry-After at once (app/workqueue.py)
     max_queued_predictions: int = Field(
         default=256, ge=1, le=100_000, description="uploads waiting for the model at most"
