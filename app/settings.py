@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         "(nothing else queued or running) on it, over every core; off: every call on its "
         "stream's share of the cores (docs/benchmarks/serve.md, round 8)",
     )
+    malloc_keep_mib: int = Field(
+        default=64,
+        ge=0,
+        le=4096,
+        description="glibc only: serve buffers up to 32 MiB from the heap and keep up to this "
+        "much freed memory per heap, so each upload's multi-megabyte copies reuse memory "
+        "instead of faulting in fresh pages (app/memory.py); 0 = glibc's defaults",
+    )
     # Backpressure: beyond these the service answers 503 + Retry-After at once (app/workqueue.py)
     max_queued_predictions: int = Field(
         default=256, ge=1, le=100_000, description="uploads waiting for the model at most"
