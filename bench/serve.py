@@ -468,6 +468,7 @@ def measure_latency_model(
     out.update({f"{m}_cpu_ms": statistics.median(cpu[m]) for m in methods})
     out.update(
         identical=float(identical),
+        kept=float(both.latency),
         plain_mib=(rss1 - rss0) / 2**20,
         latency_mib=(rss2 - rss1) / 2**20 - (rss1 - rss0) / 2**20,
     )
@@ -476,7 +477,8 @@ def measure_latency_model(
         f"streams) p50 {out['streams_ms']:.1f} ms ({out['streams_cpu_ms']:.1f} CPU ms), latency "
         f"model p50 {out['latency_ms']:.1f} ms ({out['latency_cpu_ms']:.1f} CPU ms), raw TF fp32 "
         f"p50 {out['raw_ms']:.1f} ms; latency / streams {out['latency_ms'] / out['streams_ms']:.2f}"
-        f"; scores identical: {identical}; RSS of one compiled model ~{out['plain_mib']:.0f} MiB,"
+        f"; latency model kept: {both.latency} {both.latency_note}; scores identical: "
+        f"{identical}; RSS of one compiled model ~{out['plain_mib']:.0f} MiB,"
         f" the latency model adds ~{out['latency_mib']:.0f} MiB",
         flush=True,
     )
