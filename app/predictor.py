@@ -25,10 +25,14 @@ Batching policy (why it looks like this):
 - It never waits when the batch is already full.
 
 A lone request (one item in the batch, nothing else queued, no other stream in a model call)
-runs on the runtime's latency model when it has one (OpenVINO compiled a second time with the
-LATENCY hint: one call over every core; ``RADLENS_LATENCY_MODEL``): with several streams each
-call otherwise gets one stream's share of the cores, and a single client waits for a model
-call on one core of two. Same IR, same precision, the same scores bit for bit.
+may run on the runtime's latency model when it has one (OpenVINO compiled a second time with
+the LATENCY hint: one call over every core; ``RADLENS_LATENCY_MODEL``): with several streams
+each call otherwise gets one stream's share of the cores. Same IR, same precision, the same
+scores bit for bit. Which of the two is faster depends on the machine: on a quiet CPU one call
+over every core is, on a busy shared one it stalls whenever any core is taken and is slower
+(docs/benchmarks/serve.md, round 8). So ``auto`` times both (:class:`LoneCallChooser`: seeded
+at warm-up, then a moving average of each one's lone calls, the other one tried every 16th)
+and runs a lone request on the faster; ``on`` always takes the latency model.
 """
 
 from __future__ import annotations
@@ -122,6 +126,54 @@ Prepare = Callable[[], tuple[np.ndarray, Any]]
 
 MAX_QUEUED = 256  # uploads waiting for a model call at most (RADLENS_MAX_QUEUED_PREDICTIONS)
 
+LatencyPolicy = Literal["auto", "on"]
+
+
+class LoneCallChooser:
+    """Which compiled model a lone request runs on, by measured time: the latency model
+    (True) or the streams model (False).
+
+    Keeps a moving average (weight ``alpha`` for the newest) of each one's lone-call wall time
+    and picks the faster; each option is tried until it has a time, and every
+    ``explore_every``-th choice is the other one, so a change of the machine's load is noticed.
+    Not thread-safe: the predictor calls it under its lock.
+
+    Example:
+        >>> chooser = LoneCallChooser(explore_every=4)
+        >>> chooser.choose(), chooser.record(True, 9.0), chooser.choose()
+        (True, None, False)
+        >>> chooser.record(False, 16.0)
+        >>> [chooser.choose() for _ in range(4)]  # the faster, and every 4th the other
+        [True, False, True, True]
+    """
+
+    def __init__(self, explore_every: int = 16, alpha: float = 0.3) -> None:
+        if explore_every < 2 or not 0.0 < alpha <= 1.0:
+            raise ValueError(
+                f"explore_every must be >= 2 and alpha in (0, 1]. Received: {explore_every!r}, "
+                f"{alpha!r}"
+            )
+        self.explore_every = explore_every
+        self.alpha = alpha
+        self.ms: dict[bool, float | None] = {True: None, False: None}
+        self.choices = 0
+
+    def choose(self) -> bool:
+        """True: run this lone call on the latency model."""
+        self.choices += 1
+        latency, streams = self.ms[True], self.ms[False]
+        if latency is None:
+            return True
+        if streams is None:
+            return False
+        faster = latency <= streams
+        return (not faster) if self.choices % self.explore_every == 0 else faster
+
+    def record(self, latency: bool, ms: float) -> None:
+        """A lone call's wall time on the latency (True) or the streams model."""
+        old = self.ms[latency]
+        self.ms[latency] = ms if old is None else (1.0 - self.alpha) * old + self.alpha * ms
+
 
 def _error_summary(exc: BaseException, limit: int = 300) -> str:
     """The message of an exception without the graph traceback TensorFlow puts into it."""
@@ -186,6 +238,7 @@ class Predictor:
         selection: Selection | None = None,
         operating_point_name: str | None = None,
         ood: OodDetector | None = None,
+        latency_policy: LatencyPolicy = "auto",
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size should be >= 1. Received: {max_batch_size!r}")
@@ -252,6 +305,12 @@ class Predictor:
         self._in_flight = 0
         self._flight_lock = threading.Lock()
         self._has_latency_model = bool(getattr(runtime, "latency", False))
+        if latency_policy not in ("auto", "on"):
+            raise ValueError(
+                f"latency_policy should be 'auto' or 'on'. Received: {latency_policy!r}"
+            )
+        self.latency_policy: LatencyPolicy = latency_policy
+        self.lone_calls = LoneCallChooser()  # "auto": which model a lone request runs on
         self._function = self._build_function() if inference == "function" else None
         # with a converted runtime the features come from the Keras model in a second call
         self._features = self._build_function() if runtime and ood else None
@@ -330,8 +389,14 @@ class Predictor:
         scores = self._infer(one)
         if not np.all(np.isfinite(scores)):
             raise InferenceError(f"warm-up prediction returned non-finite scores {scores[0]}")
-        if self._has_latency_model:  # its first call is slow too
+        if self._has_latency_model:  # its first call is slow too; then seed the chooser
             self._infer(one, alone=True)
+            if self.latency_policy == "auto":
+                for _ in range(3):
+                    for latency in (True, False):
+                        t0 = time.perf_counter()
+                        self._infer(one, alone=latency)
+                        self.lone_calls.record(latency, (time.perf_counter() - t0) * 1000.0)
         self._decide(scores[0])  # the manifest's classes and threshold fit the output
         if self.max_batch_size > 1:
             self._infer(np.zeros((self.max_batch_size, *self._input_shape), dtype=np.float32))
@@ -563,7 +628,8 @@ class Predictor:
         try:
             stacked = np.stack([cast(np.ndarray, item.array) for item in live])  # all prepared
             with self._flight_lock:
-                alone = self._lone(len(live))
+                lone = self._lone(len(live))
+                alone = bool(lone)
                 self._in_flight += 1
             t0 = time.perf_counter()
             try:
@@ -577,6 +643,9 @@ class Predictor:
                 with self._flight_lock:
                     self._in_flight -= 1
             inference_ms = (time.perf_counter() - t0) * 1000.0
+            if lone is not None and self.latency_policy == "auto":
+                with self._flight_lock:
+                    self.lone_calls.record(alone, inference_ms)
             self._note_demand(len(live))
             outputs = [
                 PredictionOutput(
@@ -609,16 +678,20 @@ class Predictor:
             except Exception:  # a metrics bug must not stop inference
                 log.exception("batch observer %r failed", observer)
 
-    def _lone(self, batch_size: int) -> bool:
-        """Run this batch on the latency model: the runtime has one, the batch is one request,
-        and no other call runs or waits (call with ``_flight_lock`` held). Under load another
-        stream's call or a queued request is always there, so the streams keep their cores."""
-        return (
+    def _lone(self, batch_size: int) -> bool | None:
+        """None unless this is a lone call: the runtime has a latency model, the batch is one
+        request, and no other call runs or waits (under load another stream's call or a queued
+        request is always there, so the streams keep their cores). Then True to run it on the
+        latency model (``on``, or ``auto`` when it is measured faster), False on the streams
+        model. Call with ``_flight_lock`` held."""
+        if not (
             self._has_latency_model
             and batch_size == 1
             and self._in_flight == 0
             and self._queue.qsize() == 0
-        )
+        ):
+            return None
+        return True if self.latency_policy == "on" else self.lone_calls.choose()
 
     def _prepare(self, batch: list[_Item]) -> list[_Item]:
         """Run each item's prepare(); an item whose preparation fails gets its own error and
@@ -667,13 +740,16 @@ def load_predictor(settings: Any) -> Predictor:
                 selection.precision,
                 tuple(loaded.manifest.input_shape),
                 streams=settings.inference_streams,
-                latency=getattr(settings, "latency_model", "auto") == "auto",
+                latency=getattr(settings, "latency_model", "auto") != "off",
             )
             if runtime.latency:
                 log.info(
-                    "a lone request runs on the %s model compiled for latency (every core); "
+                    "a lone request runs on the %s model compiled for latency (every core) %s; "
                     "concurrent ones on %d streams",
                     selection.precision,
+                    "when it is measured faster"
+                    if getattr(settings, "latency_model", "auto") == "auto"
+                    else "always",
                     runtime.streams,
                 )
         except ModelCorruptError as exc:
@@ -708,6 +784,7 @@ def load_predictor(settings: Any) -> Predictor:
         selection=selection,
         operating_point_name=getattr(settings, "operating_point", None),
         ood=ood,
+        latency_policy="on" if getattr(settings, "latency_model", "auto") == "on" else "auto",
     )
     predictor.warmup()
     return predictor

@@ -108,12 +108,13 @@ class Settings(BaseSettings):
         description="model calls that may run at once, each on its own batch; with more than "
         "one, each call preprocesses its own batch first (docs/benchmarks/serve.md)",
     )
-    latency_model: Literal["auto", "off"] = Field(
+    latency_model: Literal["auto", "on", "off"] = Field(
         default="auto",
-        description="auto: with OpenVINO and more than one inference stream, also compile the "
-        "model (same IR and precision) with OpenVINO's LATENCY hint and run a lone request "
-        "(nothing else queued or running) on it, over every core; off: every call on its "
-        "stream's share of the cores (docs/benchmarks/serve.md, round 8)",
+        description="with OpenVINO and more than one inference stream, also compile the model "
+        "(same IR and precision) with OpenVINO's LATENCY hint for a lone request (nothing else "
+        "queued or running), over every core. auto: run a lone request on whichever of the two "
+        "is measured faster (one call over every core stalls on a busy shared CPU); on: always "
+        "on the latency model; off: one compiled model (docs/benchmarks/serve.md, round 8)",
     )
     malloc_keep_mib: int = Field(
         default=64,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from radlens.app.device import DeviceInfo
-from radlens.app.predictor import BatchStats, Predictor
+from radlens.app.predictor import BatchStats, LoneCallChooser, Predictor
 from radlens.models.registry import LoadedModel, ModelRegistry
 from radlens.models.runtime import OpenVINORuntime, bf16_supported, openvino_version
 from tests.app.conftest import TestClient, make_settings, png_bytes, save_tiny_model
@@ -49,7 +49,9 @@ def images(count: int) -> np.ndarray:
     return np.random.default_rng(5).random((count, 32, 32, 1), dtype=np.float32)
 
 
-def predictor_on(loaded: LoadedModel, runtime: OpenVINORuntime) -> tuple[Predictor, list[Any]]:
+def predictor_on(
+    loaded: LoadedModel, runtime: OpenVINORuntime, policy: str = "on"
+) -> tuple[Predictor, list[Any]]:
     stats: list[BatchStats] = []
     predictor = Predictor(
         loaded,
@@ -59,6 +61,7 @@ def predictor_on(loaded: LoadedModel, runtime: OpenVINORuntime) -> tuple[Predict
         streams=2,
         runtime=runtime,
         observers=[stats.append],
+        latency_policy=policy,  # type: ignore[arg-type]
     )
     predictor.warmup()
     return predictor, stats
@@ -139,6 +142,63 @@ class TestPredictor:
         run(one_by_one())
         assert [(s.size, s.alone) for s in stats] == [(1, False)] * 3
 
+    def test_auto_seeds_both_timings_at_warm_up_and_runs_each_lone_call_on_one(
+        self, converted: tuple[Path, LoadedModel, Path]
+    ) -> None:
+        _, loaded, xml = converted
+        runtime = OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2, latency=True)
+        if not runtime.latency:
+            pytest.skip(f"no latency model on this CPU in {PRECISION}: {runtime.latency_note}")
+        plain = OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2)
+        predictor, stats = predictor_on(loaded, runtime, policy="auto")
+        assert all(ms is not None for ms in predictor.lone_calls.ms.values())  # warm-up
+        xs = images(20)
+
+        async def one_by_one() -> list[Any]:
+            await predictor.start()
+            try:
+                return [await predictor.predict(x) for x in xs]
+            finally:
+                await predictor.stop()
+
+        outs = run(one_by_one())
+        assert [s.size for s in stats] == [1] * len(xs)
+        # every 16th lone call tries the slower model: both ran, whichever is faster here
+        assert {s.alone for s in stats} == {True, False}
+        for x, out in zip(xs, outs, strict=True):  # either way, the same scores
+            np.testing.assert_array_equal(out.scores, plain.predict(x[None])[0])
+
+    def test_bad_policy(self, converted: tuple[Path, LoadedModel, Path]) -> None:
+        _, loaded, xml = converted
+        runtime = OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2)
+        with pytest.raises(ValueError, match="latency_policy should be 'auto' or 'on'"):
+            predictor_on(loaded, runtime, policy="always")
+
+
+class TestLoneCallChooser:
+    def test_tries_each_then_takes_the_faster_and_explores(self) -> None:
+        chooser = LoneCallChooser(explore_every=4)
+        assert chooser.choose() is True  # no time yet for the latency model
+        chooser.record(True, 30.0)
+        assert chooser.choose() is False  # nor for the streams model
+        chooser.record(False, 16.0)
+        # streams faster: it runs, and every 4th choice the latency model is tried again
+        assert [chooser.choose() for _ in range(6)] == [False, True, False, False, False, True]
+
+    def test_follows_a_change_of_load(self) -> None:
+        chooser = LoneCallChooser(explore_every=4, alpha=0.5)
+        chooser.record(True, 30.0)  # busy machine: one call over both cores stalls
+        chooser.record(False, 16.0)
+        for _ in range(4):  # the machine became quiet: the latency model takes 8 ms
+            chooser.record(True, 8.0)
+        assert chooser.ms[True] is not None and chooser.ms[True] < 16.0
+        assert chooser.choose() is True
+
+    @pytest.mark.parametrize(("every", "alpha"), [(1, 0.3), (16, 0.0), (16, 1.5)])
+    def test_bad_options(self, every: int, alpha: float) -> None:
+        with pytest.raises(ValueError, match="explore_every must be >= 2"):
+            LoneCallChooser(explore_every=every, alpha=alpha)
+
 
 class TestService:
     def test_setting_turns_it_on_and_off_with_identical_predictions(
@@ -148,7 +208,7 @@ class TestService:
 
         store = converted[0]
         found: dict[str, Any] = {}
-        for mode in ("auto", "off"):
+        for mode in ("auto", "on", "off"):
             settings = make_settings(
                 f"sqlite:///{tmp_path / mode / 'radlens.db'}",
                 store,
@@ -164,6 +224,7 @@ class TestService:
             with TestClient(app) as client:
                 runtime = app.state.resources.predictor.runtime
                 found[mode] = runtime.latency
+                found[f"{mode}-policy"] = app.state.resources.predictor.latency_policy
                 body = client.post(
                     "/v1/predictions", files={"file": ("a.png", png_bytes(seed=11))}
                 ).json()
@@ -171,5 +232,7 @@ class TestService:
                 found[f"{mode}-scores"] = body["scores"]
         assert found["off"] is False
         if PRECISION == "bf16":
-            assert found["auto"] is True
-        assert found["auto-scores"] == found["off-scores"]  # the JSON floats, exactly
+            assert found["auto"] is True and found["on"] is True
+        assert (found["auto-policy"], found["on-policy"]) == ("auto", "on")
+        # the JSON floats, exactly
+        assert found["auto-scores"] == found["on-scores"] == found["off-scores"]
