@@ -53,6 +53,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from radlens.app.memory import keep_freed_memory
+
+        keep_freed_memory(settings.malloc_keep_mib)  # process-wide: before the model loads
         resources = await run_in_threadpool(_start, settings, load, metrics)
         app.state.resources = resources
         limiter = app.state.rate_limiter

@@ -23,6 +23,16 @@ Batching policy (why it looks like this):
   than the wait. A lone client sends its next request only after it got the previous answer:
   every batch has one request and nothing queues behind it, so it is never delayed.
 - It never waits when the batch is already full.
+
+A lone request (one item in the batch, nothing else queued, no other stream in a model call)
+may run on the runtime's latency model when it has one (OpenVINO compiled a second time with
+the LATENCY hint: one call over every core; ``RADLENS_LATENCY_MODEL``): with several streams
+each call otherwise gets one stream's share of the cores. Same IR, same precision, the same
+scores bit for bit. Which of the two is faster depends on the machine: on a quiet CPU one call
+over every core is, on a busy shared one it stalls whenever any core is taken and is slower
+(docs/benchmarks/serve.md, round 8). So ``auto`` times both (:class:`LoneCallChooser`: seeded
+at warm-up, then a moving average of each one's lone calls, the other one tried every 16th)
+and runs a lone request on the faster; ``on`` always takes the latency model.
 """
 
 from __future__ import annotations
@@ -94,6 +104,7 @@ class BatchStats:
     queue_ms: float  # time the oldest item spent queued before its model call started
     waited: bool  # whether the worker waited for more items at all
     ok: bool
+    alone: bool = False  # a lone request run on the runtime's latency model (every core)
 
 
 BatchObserver = Callable[[BatchStats], None]
@@ -114,6 +125,54 @@ Prepare = Callable[[], tuple[np.ndarray, Any]]
 
 
 MAX_QUEUED = 256  # uploads waiting for a model call at most (RADLENS_MAX_QUEUED_PREDICTIONS)
+
+LatencyPolicy = Literal["auto", "on"]
+
+
+class LoneCallChooser:
+    """Which compiled model a lone request runs on, by measured time: the latency model
+    (True) or the streams model (False).
+
+    Keeps a moving average (weight ``alpha`` for the newest) of each one's lone-call wall time
+    and picks the faster; each option is tried until it has a time, and every
+    ``explore_every``-th choice is the other one, so a change of the machine's load is noticed.
+    Not thread-safe: the predictor calls it under its lock.
+
+    Example:
+        >>> chooser = LoneCallChooser(explore_every=4)
+        >>> chooser.choose(), chooser.record(True, 9.0), chooser.choose()
+        (True, None, False)
+        >>> chooser.record(False, 16.0)
+        >>> [chooser.choose() for _ in range(4)]  # the faster, and every 4th the other
+        [True, False, True, True]
+    """
+
+    def __init__(self, explore_every: int = 16, alpha: float = 0.3) -> None:
+        if explore_every < 2 or not 0.0 < alpha <= 1.0:
+            raise ValueError(
+                f"explore_every must be >= 2 and alpha in (0, 1]. Received: {explore_every!r}, "
+                f"{alpha!r}"
+            )
+        self.explore_every = explore_every
+        self.alpha = alpha
+        self.ms: dict[bool, float | None] = {True: None, False: None}
+        self.choices = 0
+
+    def choose(self) -> bool:
+        """True: run this lone call on the latency model."""
+        self.choices += 1
+        latency, streams = self.ms[True], self.ms[False]
+        if latency is None:
+            return True
+        if streams is None:
+            return False
+        faster = latency <= streams
+        return (not faster) if self.choices % self.explore_every == 0 else faster
+
+    def record(self, latency: bool, ms: float) -> None:
+        """A lone call's wall time on the latency (True) or the streams model."""
+        old = self.ms[latency]
+        self.ms[latency] = ms if old is None else (1.0 - self.alpha) * old + self.alpha * ms
 
 
 def _error_summary(exc: BaseException, limit: int = 300) -> str:
@@ -179,6 +238,7 @@ class Predictor:
         selection: Selection | None = None,
         operating_point_name: str | None = None,
         ood: OodDetector | EnsembleOodDetector | None = None,
+        latency_policy: LatencyPolicy = "auto",
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size should be >= 1. Received: {max_batch_size!r}")
@@ -241,6 +301,16 @@ class Predictor:
         self._last_arrival: float | None = None
         self._gap_ewma_s: float | None = None  # recent gap between arrivals
         self._demand_ewma: float | None = None  # recent requests per batch incl. those queued
+        # Model calls running now, for the lone-request rule (a runtime with a latency model).
+        self._in_flight = 0
+        self._flight_lock = threading.Lock()
+        self._has_latency_model = bool(getattr(runtime, "latency", False))
+        if latency_policy not in ("auto", "on"):
+            raise ValueError(
+                f"latency_policy should be 'auto' or 'on'. Received: {latency_policy!r}"
+            )
+        self.latency_policy: LatencyPolicy = latency_policy
+        self.lone_calls = LoneCallChooser()  # "auto": which model a lone request runs on
         self._function = self._build_function() if inference == "function" else None
         # with a converted runtime the features come from the Keras model in a second call
         self._features = self._build_function() if runtime and ood else None
@@ -271,15 +341,18 @@ class Predictor:
 
         return serve
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
         """One model call on a (N, H, W, 1) float32 batch -> (N, classes) scores."""
-        return self._infer_scored(batch)[0]
+        return self._infer_scored(batch, alone)[0]
 
-    def _infer_scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """One model call -> ((N, classes) scores, (N,) OOD scores or None)."""
+    def _infer_scored(
+        self, batch: np.ndarray, alone: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One model call -> ((N, classes) scores, (N,) OOD scores or None); ``alone``: on
+        the runtime's latency model (only when it has one)."""
         ood: np.ndarray | None = None
         if self.runtime is not None:
-            out = self.runtime.predict(batch)
+            out = self.runtime.predict(batch, alone=True) if alone else self.runtime.predict(batch)
             if self._features is not None:  # the Keras model's [scores, OOD scores]
                 import tensorflow as tf
 
@@ -316,6 +389,14 @@ class Predictor:
         scores = self._infer(one)
         if not np.all(np.isfinite(scores)):
             raise InferenceError(f"warm-up prediction returned non-finite scores {scores[0]}")
+        if self._has_latency_model:  # its first call is slow too; then seed the chooser
+            self._infer(one, alone=True)
+            if self.latency_policy == "auto":
+                for _ in range(3):
+                    for latency in (True, False):
+                        t0 = time.perf_counter()
+                        self._infer(one, alone=latency)
+                        self.lone_calls.record(latency, (time.perf_counter() - t0) * 1000.0)
         self._decide(scores[0])  # the manifest's classes and threshold fit the output
         if self.max_batch_size > 1:
             self._infer(np.zeros((self.max_batch_size, *self._input_shape), dtype=np.float32))
@@ -543,14 +624,28 @@ class Predictor:
         queue_ms = (started - min(item.queued_at for item in live)) * 1000.0
         ok = False
         inference_ms = 0.0
+        alone = False
         try:
             stacked = np.stack([cast(np.ndarray, item.array) for item in live])  # all prepared
+            with self._flight_lock:
+                lone = self._lone(len(live))
+                alone = bool(lone)
+                self._in_flight += 1
             t0 = time.perf_counter()
-            if self.ood is None:
-                scores, ood = self._infer(stacked), None
-            else:  # one call for the scores and the features the detector scores
-                scores, ood = self._infer_scored(stacked)
+            try:
+                if self.ood is None:
+                    # the one-argument call when not alone (tests wrap _infer(batch))
+                    scores = self._infer(stacked, alone=True) if alone else self._infer(stacked)
+                    ood = None
+                else:  # one call for the scores and the features the detector scores
+                    scores, ood = self._infer_scored(stacked, alone)
+            finally:
+                with self._flight_lock:
+                    self._in_flight -= 1
             inference_ms = (time.perf_counter() - t0) * 1000.0
+            if lone is not None and self.latency_policy == "auto":
+                with self._flight_lock:
+                    self.lone_calls.record(alone, inference_ms)
             self._note_demand(len(live))
             outputs = [
                 PredictionOutput(
@@ -576,12 +671,27 @@ class Predictor:
             resolve_all(
                 (item.loop, item.future, output) for item, output in zip(live, outputs, strict=True)
             )
-        stats = BatchStats(len(live), inference_ms, wait_ms, queue_ms, waited, ok)
+        stats = BatchStats(len(live), inference_ms, wait_ms, queue_ms, waited, ok, alone)
         for observer in self.observers:
             try:
                 observer(stats)
             except Exception:  # a metrics bug must not stop inference
                 log.exception("batch observer %r failed", observer)
+
+    def _lone(self, batch_size: int) -> bool | None:
+        """None unless this is a lone call: the runtime has a latency model, the batch is one
+        request, and no other call runs or waits (under load another stream's call or a queued
+        request is always there, so the streams keep their cores). Then True to run it on the
+        latency model (``on``, or ``auto`` when it is measured faster), False on the streams
+        model. Call with ``_flight_lock`` held."""
+        if not (
+            self._has_latency_model
+            and batch_size == 1
+            and self._in_flight == 0
+            and self._queue.qsize() == 0
+        ):
+            return None
+        return True if self.latency_policy == "on" else self.lone_calls.choose()
 
     def _prepare(self, batch: list[_Item]) -> list[_Item]:
         """Run each item's prepare(); an item whose preparation fails gets its own error and
@@ -630,7 +740,18 @@ def load_predictor(settings: Any) -> Predictor:
                 selection.precision,
                 tuple(loaded.manifest.input_shape),
                 streams=settings.inference_streams,
+                latency=getattr(settings, "latency_model", "auto") != "off",
             )
+            if runtime.latency:
+                log.info(
+                    "a lone request runs on the %s model compiled for latency (every core) %s; "
+                    "concurrent ones on %d streams",
+                    selection.precision,
+                    "when it is measured faster"
+                    if getattr(settings, "latency_model", "auto") == "auto"
+                    else "always",
+                    runtime.streams,
+                )
         except ModelCorruptError as exc:
             explicit = getattr(settings, "runtime", "auto") != "auto"
             if explicit or getattr(settings, "precision", "auto") == "bf16":
@@ -663,6 +784,7 @@ def load_predictor(settings: Any) -> Predictor:
         selection=selection,
         operating_point_name=getattr(settings, "operating_point", None),
         ood=ood,
+        latency_policy="on" if getattr(settings, "latency_model", "auto") == "on" else "auto",
     )
     predictor.warmup()
     return predictor

@@ -108,6 +108,22 @@ class Settings(BaseSettings):
         description="model calls that may run at once, each on its own batch; with more than "
         "one, each call preprocesses its own batch first (docs/benchmarks/serve.md)",
     )
+    latency_model: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="with OpenVINO and more than one inference stream, also compile the model "
+        "(same IR and precision) with OpenVINO's LATENCY hint for a lone request (nothing else "
+        "queued or running), over every core. auto: run a lone request on whichever of the two "
+        "is measured faster (one call over every core stalls on a busy shared CPU); on: always "
+        "on the latency model; off: one compiled model (docs/benchmarks/serve.md, round 8)",
+    )
+    malloc_keep_mib: int = Field(
+        default=64,
+        ge=0,
+        le=4096,
+        description="glibc only: serve buffers up to 32 MiB from the heap and keep up to this "
+        "much freed memory per heap, so each upload's multi-megabyte copies reuse memory "
+        "instead of faulting in fresh pages (app/memory.py); 0 = glibc's defaults",
+    )
     # Backpressure: beyond these the service answers 503 + Retry-After at once (app/workqueue.py)
     max_queued_predictions: int = Field(
         default=256, ge=1, le=100_000, description="uploads waiting for the model at most"

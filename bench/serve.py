@@ -223,6 +223,8 @@ class Baselines:
     # measure_streams(batch_size, streams, images) -> img/s of the raw model run as the service
     # runs it: ``streams`` threads each calling it at ``batch_size`` at once
     measure_streams: Callable[[int, int, int], float] | None = None
+    # OpenVINO batch 1: streams model vs latency model vs raw (measure_latency_model)
+    latency_model: dict[str, float] | None = None
 
     @property
     def best_single_ms(self) -> tuple[str, float]:
@@ -308,6 +310,10 @@ def measure_baselines(
     result.predictor = measure_predictor(
         loaded, methods["tf.function"], rng, single_repeats, images, args
     )
+    if (args.runtime or os.environ.get("RADLENS_RUNTIME", "auto")) != "tensorflow":
+        result.latency_model = measure_latency_model(
+            store, ref, methods["tf.function"], max(20, single_repeats), args.inference_streams
+        )
 
     def measure(bs: int, count: int) -> tuple[float, float]:
         batch = rng.random((bs, SIZE, SIZE, 1), dtype=np.float32)
@@ -405,6 +411,75 @@ def measure_predictor(
         f"{out['single_ms']:.1f} ms vs raw {out['raw_single_ms']:.1f} ms; {args.clients} "
         f"clients {out['throughput']:.2f} img/s vs raw {out['raw_throughput']:.2f} img/s "
         f"(mean batch {out['mean_batch']:.1f}, {out['cpu_ms']:.1f} CPU ms/img)",
+        flush=True,
+    )
+    return out
+
+
+def measure_latency_model(
+    store: Path, ref: str, raw: Callable[[np.ndarray], Any], repeats: int, streams: int
+) -> dict[str, float] | None:
+    """OpenVINO at batch 1 as the service compiles it: the streams model (one stream's share
+    of the cores: what a lone request got before round 8) against the latency model (every
+    core: what it gets now, RADLENS_LATENCY_MODEL=auto) and the raw TensorFlow fp32 model,
+    interleaved call by call (wall p50 and CPU ms per call); the RSS the latency model adds;
+    whether the two compiled models give the same scores bit for bit. None without OpenVINO."""
+    from radlens.models.registry import ModelRegistry
+    from radlens.models.runtime import OpenVINORuntime, bf16_supported, openvino_version
+
+    if openvino_version() is None:
+        return None
+    registry = ModelRegistry(store)
+    manifest = registry.verify(*registry.resolve(ref))
+    files = registry.runtime_files(manifest, "openvino")
+    xml = next(path for path in files.values() if path.name == "model.xml")
+    precision = "bf16" if bf16_supported() else "fp32"
+    shape = (SIZE, SIZE, 1)
+    rss0 = proc_memory(os.getpid()).get("VmRSS", 0)
+    plain = OpenVINORuntime(xml, precision, shape, streams=streams)
+    rss1 = proc_memory(os.getpid()).get("VmRSS", 0)
+    both = OpenVINORuntime(xml, precision, shape, streams=streams, latency=True)
+    rss2 = proc_memory(os.getpid()).get("VmRSS", 0)
+    rng = np.random.default_rng(1)
+    images = rng.random((8, *shape), dtype=np.float32)
+    identical = all(
+        np.array_equal(
+            plain.predict(images[i : i + n]), both.predict(images[i : i + n], alone=True)
+        )
+        for i, n in ((0, 1), (1, 1), (0, 8))
+    )
+    methods: dict[str, Callable[[np.ndarray], Any]] = {
+        "streams": lambda b: both.predict(b),
+        "latency": lambda b: both.predict(b, alone=True),
+        "raw": raw,
+    }
+    wall: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
+    for run in methods.values():
+        run(images[:1])
+    for i in range(repeats):
+        one = images[i % 8 : i % 8 + 1]
+        for name, run in methods.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            run(one)
+            wall[name].append((time.perf_counter() - t0) * 1000.0)
+            cpu[name].append((time.process_time() - c0) * 1000.0)
+    out = {f"{m}_ms": statistics.median(wall[m]) for m in methods}
+    out.update({f"{m}_cpu_ms": statistics.median(cpu[m]) for m in methods})
+    out.update(
+        identical=float(identical),
+        kept=float(both.latency),
+        plain_mib=(rss1 - rss0) / 2**20,
+        latency_mib=(rss2 - rss1) / 2**20 - (rss1 - rss0) / 2**20,
+    )
+    print(
+        f"  OpenVINO {precision} batch 1, interleaved x{repeats}: streams model ({streams} "
+        f"streams) p50 {out['streams_ms']:.1f} ms ({out['streams_cpu_ms']:.1f} CPU ms), latency "
+        f"model p50 {out['latency_ms']:.1f} ms ({out['latency_cpu_ms']:.1f} CPU ms), raw TF fp32 "
+        f"p50 {out['raw_ms']:.1f} ms; latency / streams {out['latency_ms'] / out['streams_ms']:.2f}"
+        f"; latency model kept: {both.latency} {both.latency_note}; scores identical: "
+        f"{identical}; RSS of one compiled model ~{out['plain_mib']:.0f} MiB,"
+        f" the latency model adds ~{out['latency_mib']:.0f} MiB",
         flush=True,
     )
     return out
@@ -573,7 +648,11 @@ def start_service(
     env.setdefault("RADLENS_PARITY_MAX_AUC_DIFFERENCE", "1")
     env.setdefault("RADLENS_PARITY_MAX_FLIP_FRACTION", "1")
     # passed through as given (the service's settings validate them)
-    for option, variable in (("runtime", "RADLENS_RUNTIME"), ("precision", "RADLENS_PRECISION")):
+    for option, variable in (
+        ("runtime", "RADLENS_RUNTIME"),
+        ("precision", "RADLENS_PRECISION"),
+        ("latency_model", "RADLENS_LATENCY_MODEL"),
+    ):
         value = getattr(args, option, None)
         if value is not None:
             env[variable] = value
@@ -939,6 +1018,10 @@ def main(argv: list[str] | None = None) -> int:
         help="sets RADLENS_PRECISION for the service (default: the service's own default)",
     )  # fmt: skip
     parser.add_argument(
+        "--latency-model", choices=("auto", "off"), default=None,
+        help="sets RADLENS_LATENCY_MODEL for the service (default: the service's own default)",
+    )  # fmt: skip
+    parser.add_argument(
         "--encodings", default=",".join(ENCODINGS),
         help="stored = the files as they are (JPEG-LS, JPEG 2000); uncompressed = same pixels "
         "re-encoded Explicit VR LE (separates codec time from service overhead)",
@@ -985,7 +1068,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "service runtime: "
         f"RADLENS_RUNTIME={args.runtime or os.environ.get('RADLENS_RUNTIME', '(default)')}, "
-        f"RADLENS_PRECISION={args.precision or os.environ.get('RADLENS_PRECISION', '(default)')}"
+        f"RADLENS_PRECISION={args.precision or os.environ.get('RADLENS_PRECISION', '(default)')}, "
+        "RADLENS_LATENCY_MODEL="
+        f"{args.latency_model or os.environ.get('RADLENS_LATENCY_MODEL', '(default)')}"
     )
     with tempfile.TemporaryDirectory(prefix="radlens-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -1164,6 +1249,16 @@ def main(argv: list[str] | None = None) -> int:
         f"(ratio {pr['throughput'] / pr['raw_throughput']:.2f}, mean batch {pr['mean_batch']:.1f},"
         f" {pr['cpu_ms']:.0f} CPU ms/img vs raw {raw_cpu:.0f})"
     )
+    lm = base_line.latency_model
+    if lm is not None:
+        print(
+            f"OpenVINO batch 1 in-process (interleaved): latency model p50 {lm['latency_ms']:.1f} "
+            f"ms vs the streams model {lm['streams_ms']:.1f} ms (ratio "
+            f"{lm['latency_ms'] / lm['streams_ms']:.2f}) vs raw TF fp32 {lm['raw_ms']:.1f} ms; "
+            f"CPU {lm['latency_cpu_ms']:.1f} / {lm['streams_cpu_ms']:.1f} / {lm['raw_cpu_ms']:.1f} "
+            f"ms; scores identical: {bool(lm['identical'])}; latency model RSS "
+            f"~{lm['latency_mib']:.0f} MiB"
+        )
     for encoding, (single, many) in phases.items():
         ratio = many.throughput / raw_best
         lat = pct(single.latencies_ms, 50)

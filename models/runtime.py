@@ -82,6 +82,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 IR_XML = "model.xml"
 IR_BIN = "model.bin"
 _OV_HINT = {"fp32": "f32", "bf16": "bf16"}
+LATENCY_PROBES = 32  # images the latency model must score bit for bit as the streams model
 
 
 # --- parity --------------------------------------------------------------------------------
@@ -397,6 +398,14 @@ class OpenVINORuntime:
             the cores split between them, so concurrent calls do not fight over the same
             threads (on a busy 2-core machine one call spread over both cores stalls
             whenever either core is taken; docs/benchmarks/serve.md, "Runtimes").
+        latency: with ``streams`` > 1, also compile the same IR at the same precision with
+            OpenVINO's ``LATENCY`` performance hint (one stream over every core), for
+            ``predict(batch, alone=True)``: a lone request then runs on all the cores instead
+            of one stream's share. It is kept only when its scores are the streams model's bit
+            for bit on :data:`LATENCY_PROBES` seeded images at batch 1 (the only size it
+            serves): in bf16 they were on every image tried, in fp32 one image in six differed
+            in the last bit (threads split a reduction), and such a model is dropped with a
+            warning (``latency_note`` says why). It costs one more compiled model's memory.
 
     Raises:
         RuntimeUnavailableError: OpenVINO is absent.
@@ -412,6 +421,7 @@ class OpenVINORuntime:
         input_shape: tuple[int, ...],
         *,
         streams: int = 1,
+        latency: bool = False,
     ) -> None:
         from radlens.models.errors import ModelCorruptError
 
@@ -430,17 +440,55 @@ class OpenVINORuntime:
         if streams > 1:
             config["NUM_STREAMS"] = streams
         core = _core()
+        # The latency model: the same IR and precision, one stream over every core.
+        self.latency_compiled: Any = None
         try:
-            self.compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", config)
+            model = core.read_model(str(xml_path))
+            self.compiled = core.compile_model(model, "CPU", config)
+            if latency and streams > 1:
+                self.latency_compiled = core.compile_model(
+                    model,
+                    "CPU",
+                    {
+                        "INFERENCE_PRECISION_HINT": _OV_HINT[precision],
+                        "PERFORMANCE_HINT": "LATENCY",
+                    },
+                )
         except Exception as exc:  # OpenVINO raises RuntimeError with the parser's reason
             raise ModelCorruptError(
                 f"OpenVINO could not load {xml_path}: {type(exc).__name__}: "
                 f"{' '.join(str(exc).split())[:300]}"
             ) from exc
         self._local = threading.local()
+        self.latency_note = ""
+        if self.latency_compiled is not None:
+            differ = self._latency_model_differs()
+            if differ:
+                self.latency_compiled = None
+                self.latency_note = (
+                    f"the latency model's scores differed from the streams model's in "
+                    f"{differ} of {LATENCY_PROBES} probe images; every call runs on the streams"
+                )
+                log.warning("OpenVINO %s: %s", precision, self.latency_note)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, H, W, C)`` float images -> float32 ``(N, classes)`` scores (one call)."""
+    def _latency_model_differs(self) -> int:
+        """How many of the seeded probe images (batch 1) the two compiled models score
+        differently in any bit."""
+        rng = np.random.default_rng(0)
+        probes = rng.random((LATENCY_PROBES, 1, *self.input_shape), dtype=np.float32)
+        return sum(not np.array_equal(self.predict(x), self.predict(x, alone=True)) for x in probes)
+
+    @property
+    def latency(self) -> bool:
+        """True when a latency model is compiled (``predict(batch, alone=True)`` uses it)."""
+        return self.latency_compiled is not None
+
+    def predict(self, batch: np.ndarray, *, alone: bool = False) -> np.ndarray:
+        """``(N, H, W, C)`` float images -> float32 ``(N, classes)`` scores (one call).
+
+        ``alone``: no other call runs meanwhile, so run on the latency model (every core)
+        when one is compiled; the same scores either way.
+        """
         if not isinstance(batch, np.ndarray):
             raise TypeError(f"batch must be a numpy array. Received: {type(batch).__name__}")
         if batch.ndim != 4 or batch.shape[0] == 0 or tuple(batch.shape[1:]) != self.input_shape:
@@ -448,11 +496,16 @@ class OpenVINORuntime:
                 f"expected a batch of shape (N, {', '.join(map(str, self.input_shape))}) for "
                 f"this model. Received shape {batch.shape}"
             )
-        request = getattr(self._local, "request", None)
+        compiled = self.compiled
+        if alone and self.latency_compiled is not None:
+            compiled = self.latency_compiled
+        key = "latency_request" if compiled is self.latency_compiled else "request"
+        request = getattr(self._local, key, None)
         if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+            request = compiled.create_infer_request()
+            setattr(self._local, key, request)
         result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.array(result[self.compiled.output(0)], dtype=np.float32)
+        return np.array(result[compiled.output(0)], dtype=np.float32)
 
 
 # --- selection -----------------------------------------------------------------------------

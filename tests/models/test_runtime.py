@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -359,6 +360,44 @@ class TestConvertStoredModel:
             np.testing.assert_allclose(result, expected, atol=1e-6)
         with pytest.raises(ConfigurationError, match="streams"):
             OpenVINORuntime(xml, "fp32", (32, 32, 1), streams=0)
+
+    @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+    def test_latency_model_gives_the_streams_scores_bit_for_bit(self, stored, precision, caplog):
+        if precision == "bf16" and not bf16_supported():
+            pytest.skip("this CPU has no bf16: the bf16 hint would run fp32, proving nothing")
+        manifest = add_openvino_runtime(stored, "chest:1")
+        files = stored.runtime_files(manifest, "openvino")
+        xml = next(p for p in files.values() if p.name == "model.xml")
+        images, _ = val_images(count=96)
+        before = OpenVINORuntime(xml, precision, (32, 32, 1), streams=2)  # one compiled model
+        assert not before.latency and before.latency_compiled is None
+        with caplog.at_level(logging.WARNING, logger="radlens.models.runtime"):
+            served = OpenVINORuntime(xml, precision, (32, 32, 1), streams=2, latency=True)
+        if served.latency:
+            lat, tput = served.latency_compiled, served.compiled
+            assert int(lat.get_property("NUM_STREAMS")) == 1
+            assert str(lat.get_property("PERFORMANCE_HINT")) == "LATENCY"
+            assert int(tput.get_property("NUM_STREAMS")) == 2
+            assert str(lat.get_property("INFERENCE_PRECISION_HINT")) == str(
+                tput.get_property("INFERENCE_PRECISION_HINT")
+            )
+        else:  # the probe found a difference: dropped, said so, alone runs on the streams
+            assert "differed from the streams model's" in served.latency_note
+            assert served.latency_note in caplog.text
+        if precision == "bf16":  # what serves on a bf16 CPU: identical on every image tried
+            assert served.latency, served.latency_note
+        # kept or not, a lone image gets the streams model's scores, bit for bit
+        for i in range(len(images)):
+            np.testing.assert_array_equal(
+                served.predict(images[i : i + 1], alone=True), before.predict(images[i : i + 1])
+            )
+        np.testing.assert_array_equal(served.predict(images), before.predict(images))
+        # one stream is the latency mode already: no second model, alone is a no-op
+        single = OpenVINORuntime(xml, precision, (32, 32, 1), latency=True)
+        assert not single.latency and single.latency_compiled is None
+        np.testing.assert_array_equal(
+            single.predict(images[:1], alone=True), single.predict(images[:1])
+        )
 
     def test_reconverting_replaces_the_old_files(self, stored):
         first = add_openvino_runtime(stored, "chest:1")
