@@ -37,6 +37,10 @@ DEFAULT_NPZ = (
 )
 
 
+FILTER_BANK = ("sobel_h", "sobel_v", "blur", "outline")
+"""The course's filters stacked with the image by the chosen recipe's front-end."""
+
+
 def configs() -> dict[str, Any]:
     """The configurations measured, each a change from ``base``."""
     from radlens.training.data.augment import AugmentConfig
@@ -51,9 +55,14 @@ def configs() -> dict[str, Any]:
         "ema": base.replace(ema_momentum=0.99),
         "strongaug": base.replace(augment=strong),
         "noaug": base.replace(augment=None),
-        "filters": base.replace(filters=("sobel_h", "sobel_v", "blur", "outline")),
+        "filters": base.replace(filters=FILTER_BANK),
         "size48": base.replace(image_size=48),
         "mixup_ema": base.replace(mixup_alpha=0.2, ema_momentum=0.99),
+        # issue 19, input size and length on top of the chosen filter front-end: run these
+        # without --epochs (which would override the 12) or with --epochs 6 for the sizes
+        "filters48": base.replace(filters=FILTER_BANK, image_size=48),
+        "filters64": base.replace(filters=FILTER_BANK, image_size=64),
+        "filters_e12": base.replace(filters=FILTER_BANK, epochs=12),
     }
 
 
@@ -104,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         "--summary",
         help="no training: merge the cv.json/OOF files of these comma-separated --out folders "
         "into <out>/summary.json (table, seed-averaged ensembles, ranking across seeds)",
+    )
+    p.add_argument(
+        "--against",
+        help="with --summary: also print every configuration minus this one, paired by fold "
+        "at the same seed (AUC; accuracy at the test prior at each one's balanced threshold)",
     )
     args = p.parse_args(argv)
     if args.summary:
@@ -237,10 +251,42 @@ def summary(folders: list[Path], args: Any) -> int:
             }
             merged["ranking"][metric] = orders
             print(f"ranking by {metric}: " + "; ".join(f"seed {s}: {o}" for s, o in orders.items()))
+    if args.against:
+        merged["paired"] = paired(folders, runs, args.against, labels, folds)
     out = args.out / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(merged, indent=2) + "\n")
     return 0
+
+
+def paired(
+    folders: list[Path], runs: dict[str, Any], against: str, labels: Any, folds: Any
+) -> dict[str, Any]:
+    """Each configuration minus ``against`` at the same seed, fold by fold (same folds)."""
+    import numpy as np
+
+    from radlens.training.recipe import paired_fold_differences
+
+    def oof(key: str) -> Path | None:
+        found = [f / f"oof_{key}.npy" for f in folders if (f / f"oof_{key}.npy").is_file()]
+        return found[-1] if found else None  # the last folder wins, as for the runs
+
+    result: dict[str, Any] = {}
+    print(f"paired by fold against {against} (same seed, same folds):")
+    for key in sorted(runs):
+        name, seed = runs[key]["config"], runs[key]["seed"]
+        reference, candidate = oof(f"{against}_s{seed}"), oof(key)
+        if name == against or reference is None or candidate is None:
+            continue
+        d = paired_fold_differences(labels, np.load(reference), np.load(candidate), folds)
+        result[key] = d
+        a, b = d["auc"], d["accuracy_at_test_prior"]
+        n = len(a["folds"])
+        print(
+            f"{key:<22} AUC {a['mean']:+.4f} +- {a['sd']:.4f} (better on {a['better']}/{n})  "
+            f"acc@prior,bal {b['mean']:+.4f} +- {b['sd']:.4f} (better on {b['better']}/{n})"
+        )
+    return result
 
 
 if __name__ == "__main__":
