@@ -126,6 +126,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--store", help="model store (default $RADLENS_MODEL_STORE / models/store)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
+    p.add_argument(
+        "--oof-out",
+        type=Path,
+        help=f"{ENSEMBLE}: also record each seed's 5-fold run as bench.recipe_cv does (OOF "
+        "scores and cv.json in this folder), so the final run is a run of the CV summary",
+    )
     return p.parse_args(argv)
 
 
@@ -261,7 +267,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
     or past twice that in process CPU time (2 cores x the budget); only complete seeds are
     kept, so every image has an out-of-fold score from each kept seed.
     """
-    from bench.recipe_cv import configs, cpu_model, load
+    from bench.recipe_cv import configs, cpu_model, load, record_run
     from radlens.training.data.sources import open_data
     from radlens.training.recipe import cross_validate, fold_figures, stratified_folds
 
@@ -295,13 +301,18 @@ def cv_ensemble(args: argparse.Namespace) -> int:
             print(f"time budget: stopping before seed {seed} ({wall:.0f} s wall, {cpu:.0f} s CPU)")
             break
         print(f"seed {seed}: {args.folds} folds of {recipe.to_dict()}", flush=True)
-        t0 = time.monotonic()
+        t0, seed_load = time.monotonic(), os.getloadavg()
         runs.append(
             cross_validate(
                 images, labels, folds, recipe, seed=seed, tta_shift=args.tta_shift, keep_models=True
             )
         )
         seed_seconds.append(time.monotonic() - t0)
+        if args.oof_out is not None:
+            # a recipe changed by --epochs/--image-size is not the named configuration
+            changed = args.image_size or (args.epochs and args.epochs != ENSEMBLE_EPOCHS)
+            key = f"{args.member}_{recipe.image_size}px_e{recipe.epochs}" if changed else None
+            record_run(args.oof_out, key or args.member, runs[-1], labels, seed_load)
     from radlens.training.recipe import export_ensemble
 
     wall, cpu = time.monotonic() - started_wall, time.process_time() - started_cpu

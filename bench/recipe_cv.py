@@ -88,6 +88,49 @@ def summarise(labels: Any, scores: Any, folds: Any) -> dict[str, Any]:
     }
 
 
+def record_run(
+    out: Path, name: str, cv: Any, labels: Any, load_before: tuple[float, float, float]
+) -> dict[str, Any]:
+    """Save one 5-fold run (``training.recipe.CrossValidation``) of configuration ``name``:
+    its OOF scores as ``<out>/oof_<name>_s<seed>[_tta].npy`` and its figures, CPU and wall
+    time and load average under ``runs`` in ``<out>/cv.json`` (kept across invocations)."""
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "cv.json"
+    report: dict[str, Any] = (
+        json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
+    )
+    report.update(
+        {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "folds": int(cv.folds.max()) + 1}
+    )
+    np.save(out / f"oof_{name}_s{cv.seed}.npy", cv.scores)
+    entry: dict[str, Any] = {
+        "config": name,
+        "seed": cv.seed,
+        "recipe": cv.recipe.to_dict(),
+        "plain": summarise(labels, cv.scores, cv.folds),
+        "cpu_seconds": round(cv.cpu_seconds, 1),
+        "wall_seconds": round(cv.wall_seconds, 1),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(line(f"{name} s{cv.seed}", entry["plain"]), flush=True)
+    if cv.scores_tta is not None:
+        np.save(out / f"oof_{name}_s{cv.seed}_tta.npy", cv.scores_tta)
+        entry["tta"] = summarise(labels, cv.scores_tta, cv.folds)
+        print(line(f"{name} s{cv.seed} +tta", entry["tta"]), flush=True)
+    print(
+        f"  {cv.cpu_seconds:.0f} CPU-s, {cv.wall_seconds:.0f} s wall, "
+        f"loadavg {entry['loadavg_after']}",
+        flush=True,
+    )
+    report["runs"][f"{name}_s{cv.seed}"] = entry
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return entry
+
+
 def line(name: str, figures: dict[str, Any]) -> str:
     a, b = figures["at_0.5"], figures["at_balanced"]
     return (
@@ -125,8 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data).is_file():
         print(f"bench.recipe_cv: data not found: {args.data!r}", file=sys.stderr)
         return 2
-    import numpy as np
-
     from radlens.training.recipe import cross_validate, stratified_folds
 
     table = configs()
@@ -138,12 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    args.out.mkdir(parents=True, exist_ok=True)
-    report_path = args.out / "cv.json"
-    report: dict[str, Any] = (
-        json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
-    )
-    report.update({"cpu": cpu_model(), "cpu_count": os.cpu_count(), "folds": args.folds})
     cache: dict[int, Any] = {}
     for seed in seeds:
         for name in names:
@@ -157,30 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             load_before = os.getloadavg()
             print(f"{name} seed {seed}: {recipe.to_dict()}", flush=True)
             cv = cross_validate(images, labels, folds, recipe, seed=seed, tta_shift=args.tta_shift)
-            np.save(args.out / f"oof_{name}_s{seed}.npy", cv.scores)
-            entry: dict[str, Any] = {
-                "config": name,
-                "seed": seed,
-                "recipe": recipe.to_dict(),
-                "plain": summarise(labels, cv.scores, folds),
-                "cpu_seconds": round(cv.cpu_seconds, 1),
-                "wall_seconds": round(cv.wall_seconds, 1),
-                "loadavg_before": [round(x, 2) for x in load_before],
-                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            print(line(f"{name} s{seed}", entry["plain"]), flush=True)
-            if cv.scores_tta is not None:
-                np.save(args.out / f"oof_{name}_s{seed}_tta.npy", cv.scores_tta)
-                entry["tta"] = summarise(labels, cv.scores_tta, folds)
-                print(line(f"{name} s{seed} +tta", entry["tta"]), flush=True)
-            print(
-                f"  {cv.cpu_seconds:.0f} CPU-s, {cv.wall_seconds:.0f} s wall, "
-                f"loadavg {entry['loadavg_after']}",
-                flush=True,
-            )
-            report["runs"][f"{name}_s{seed}"] = entry
-            report_path.write_text(json.dumps(report, indent=2) + "\n")
+            record_run(args.out, name, cv, labels, load_before)
+    report_path = args.out / "cv.json"
+    report: dict[str, Any] = (
+        json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
+    )
     if args.ensembles:
         ensembles(args.out, report, names, stratified_folds, args)
         report_path.write_text(json.dumps(report, indent=2) + "\n")

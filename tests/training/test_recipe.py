@@ -262,3 +262,24 @@ def test_cv_configs_for_input_size_and_length_build_on_the_filter_recipe() -> No
     table = recipe_cv.configs()
     for name, size, epochs in (("filters48", 48, 8), ("filters64", 64, 8), ("filters_e12", 32, 12)):
         assert table[name] == table["filters"].replace(image_size=size, epochs=epochs), name
+
+
+def test_final_run_records_the_same_oof_scores_as_the_cv_bench(tmp_path: Path) -> None:
+    """bench.pneumonia --oof-out: the final ensemble run is a run of the CV summary (same
+    folds, seed and recipe give the same OOF scores), keyed by what it trained."""
+    from bench import pneumonia, recipe_cv
+
+    npz = write_npz(tmp_path / "d.npz", n={"train": 24, "val": 8})
+    common = ["--data", str(npz), "--seeds", "1", "--epochs", "1", "--folds", "2"]
+    final = [*common, "--arch", "cv-ensemble", "--store", str(tmp_path / "store")]
+    final += ["--out", str(tmp_path / "f.json"), "--oof-out", str(tmp_path / "final")]
+    assert pneumonia.main(final) == 0
+    assert recipe_cv.main([*common, "--configs", "filters", "--out", str(tmp_path / "cv")]) == 0
+    runs = json.loads((tmp_path / "final" / "cv.json").read_text())["runs"]
+    assert list(runs) == ["filters_32px_e1_s1"]  # --epochs 1 is not the named configuration
+    assert runs["filters_32px_e1_s1"]["recipe"]["epochs"] == 1
+    np.testing.assert_allclose(
+        np.load(tmp_path / "final" / "oof_filters_32px_e1_s1.npy"),
+        np.load(tmp_path / "cv" / "oof_filters_s1.npy"),
+        atol=1e-6,
+    )
