@@ -243,12 +243,15 @@ def summary(folders: list[Path], args: Any) -> int:
     print("seed-averaged OOF scores (an ensemble of one member per seed):")
     for name in configs_seen:
         for suffix in ("", "_tta"):
-            files = [
-                f
+            # one file per seed: a seed run in two folders counts once (the last folder wins,
+            # as for the runs)
+            by_seed = {
+                f.name: f
                 for folder in folders
                 for f in sorted(folder.glob(f"oof_{name}_s*.npy"))
                 if f.stem.endswith("_tta") == (suffix == "_tta")
-            ]
+            }
+            files = list(by_seed.values())
             if len(files) < 2:
                 continue
             scores = np.mean([np.load(f) for f in files], axis=0)

@@ -244,10 +244,17 @@ def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: P
                 "plain": recipe_cv.summarise(labels, scores[key], folds),
             }
     (run_dir / "cv.json").write_text(json.dumps({"runs": runs}))
+    again = tmp_path / "again"  # seed 1 of the reference recorded a second time elsewhere
+    again.mkdir()
+    np.save(again / "oof_ref_s1.npy", scores["ref_s1"])
+    (again / "cv.json").write_text(json.dumps({"runs": {"ref_s1": runs["ref_s1"]}}))
     out = tmp_path / "sum"
-    argv = ["--summary", str(run_dir), "--against", "ref", "--data", str(npz), "--out", str(out)]
+    folders = f"{run_dir},{again}"
+    argv = ["--summary", folders, "--against", "ref", "--data", str(npz), "--out", str(out)]
     assert recipe_cv.main(argv) == 0
-    paired = json.loads((out / "summary.json").read_text())["paired"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["ensembles"]) == ["cand x2 seeds", "ref x2 seeds"]  # not "ref x3"
+    paired = summary["paired"]
     assert sorted(paired) == ["cand_s1", "cand_s2"]  # the reference is not paired with itself
     for seed in (1, 2):
         expected = paired_fold_differences(
