@@ -258,6 +258,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def ensemble_recipe(
+    table: dict[str, Any], member: str, epochs: int | None = None, image_size: int | None = None
+) -> tuple[Any, str]:
+    """The member recipe of ``--arch cv-ensemble`` and the name its runs are recorded under.
+
+    A configuration that sets its own epochs (``filters_e12``) keeps them; the others train
+    ``ENSEMBLE_EPOCHS``, as the CV table's ``--epochs 6`` runs did. ``--epochs`` and
+    ``--image-size`` override either; a recipe so changed is recorded as
+    ``<member>_<size>px_e<epochs>``, not as the named configuration.
+    """
+    from radlens.training.recipe import MemberRecipe
+
+    named = table[member]
+    if named.epochs == MemberRecipe().epochs:
+        named = named.replace(epochs=ENSEMBLE_EPOCHS)
+    recipe = named
+    if epochs:
+        recipe = recipe.replace(epochs=epochs)
+    if image_size:
+        recipe = recipe.replace(image_size=image_size)
+    key = member if recipe == named else f"{member}_{recipe.image_size}px_e{recipe.epochs}"
+    return recipe, key
+
+
 def cv_ensemble(args: argparse.Namespace) -> int:
     """Train the k-fold members for each seed, choose the threshold on their out-of-fold scores
     and store them as one ensemble (``training.recipe.export_ensemble``).
@@ -278,9 +302,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    recipe = table[args.member].replace(epochs=args.epochs or ENSEMBLE_EPOCHS)
-    if args.image_size:
-        recipe = recipe.replace(image_size=args.image_size)
+    recipe, key = ensemble_recipe(table, args.member, args.epochs, args.image_size)
     seeds = [int(s) for s in str(args.seeds).split(",") if s]
     budget = args.time_budget_minutes * 60 if args.time_budget_minutes else None
     source = open_data(args.data, ["normal", "pneumonia"])
@@ -309,10 +331,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
         )
         seed_seconds.append(time.monotonic() - t0)
         if args.oof_out is not None:
-            # a recipe changed by --epochs/--image-size is not the named configuration
-            changed = args.image_size or (args.epochs and args.epochs != ENSEMBLE_EPOCHS)
-            key = f"{args.member}_{recipe.image_size}px_e{recipe.epochs}" if changed else None
-            record_run(args.oof_out, key or args.member, runs[-1], labels, seed_load)
+            record_run(args.oof_out, key, runs[-1], labels, seed_load)
     from radlens.training.recipe import export_ensemble
 
     wall, cpu = time.monotonic() - started_wall, time.process_time() - started_cpu

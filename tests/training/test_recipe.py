@@ -290,3 +290,21 @@ def test_final_run_records_the_same_oof_scores_as_the_cv_bench(tmp_path: Path) -
         np.load(tmp_path / "cv" / "oof_filters_s1.npy"),
         atol=1e-6,
     )
+
+
+def test_cv_ensemble_member_keeps_its_own_epochs_and_names_overrides() -> None:
+    from bench import pneumonia, recipe_cv
+
+    table = recipe_cv.configs()
+    recipe, key = pneumonia.ensemble_recipe(table, "filters")
+    assert (recipe.epochs, recipe.image_size, key) == (pneumonia.ENSEMBLE_EPOCHS, 32, "filters")
+    recipe, key = pneumonia.ensemble_recipe(table, "filters_e12")
+    assert (recipe.epochs, key) == (12, "filters_e12")
+    assert recipe == table["filters"].replace(epochs=12)
+    recipe, key = pneumonia.ensemble_recipe(table, "filters_e12", epochs=6)
+    assert (recipe.epochs, key) == (6, "filters_e12_32px_e6")
+    recipe, key = pneumonia.ensemble_recipe(table, "filters", image_size=48)
+    assert (recipe.image_size, key) == (48, "filters_48px_e6")
+    assert pneumonia.ensemble_recipe(table, "filters", epochs=pneumonia.ENSEMBLE_EPOCHS)[1] == (
+        "filters"
+    )
