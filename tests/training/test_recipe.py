@@ -278,7 +278,8 @@ def test_final_run_records_the_same_oof_scores_as_the_cv_bench(tmp_path: Path) -
 
     npz = write_npz(tmp_path / "d.npz", n={"train": 24, "val": 8})
     common = ["--data", str(npz), "--seeds", "1", "--epochs", "1", "--folds", "2"]
-    final = [*common, "--arch", "cv-ensemble", "--store", str(tmp_path / "store")]
+    final = [*common, "--arch", "cv-ensemble", "--member", "filters"]
+    final += ["--store", str(tmp_path / "store")]
     final += ["--out", str(tmp_path / "f.json"), "--oof-out", str(tmp_path / "final")]
     assert pneumonia.main(final) == 0
     assert recipe_cv.main([*common, "--configs", "filters", "--out", str(tmp_path / "cv")]) == 0
