@@ -37,6 +37,10 @@ DEFAULT_NPZ = (
 )
 
 
+FILTER_BANK = ("sobel_h", "sobel_v", "blur", "outline")
+"""The course's filters stacked with the image by the chosen recipe's front-end."""
+
+
 def configs() -> dict[str, Any]:
     """The configurations measured, each a change from ``base``."""
     from radlens.training.data.augment import AugmentConfig
@@ -51,9 +55,14 @@ def configs() -> dict[str, Any]:
         "ema": base.replace(ema_momentum=0.99),
         "strongaug": base.replace(augment=strong),
         "noaug": base.replace(augment=None),
-        "filters": base.replace(filters=("sobel_h", "sobel_v", "blur", "outline")),
+        "filters": base.replace(filters=FILTER_BANK),
         "size48": base.replace(image_size=48),
         "mixup_ema": base.replace(mixup_alpha=0.2, ema_momentum=0.99),
+        # issue 19, input size and length on top of the chosen filter front-end: run these
+        # without --epochs (which would override the 12) or with --epochs 6 for the sizes
+        "filters48": base.replace(filters=FILTER_BANK, image_size=48),
+        "filters64": base.replace(filters=FILTER_BANK, image_size=64),
+        "filters_e12": base.replace(filters=FILTER_BANK, epochs=12),
     }
 
 
@@ -77,6 +86,49 @@ def summarise(labels: Any, scores: Any, folds: Any) -> dict[str, Any]:
         "at_0.5": fold_figures(labels, scores, folds, 0.5),
         "at_balanced": fold_figures(labels, scores, folds, balanced),
     }
+
+
+def record_run(
+    out: Path, name: str, cv: Any, labels: Any, load_before: tuple[float, float, float]
+) -> dict[str, Any]:
+    """Save one 5-fold run (``training.recipe.CrossValidation``) of configuration ``name``:
+    its OOF scores as ``<out>/oof_<name>_s<seed>[_tta].npy`` and its figures, CPU and wall
+    time and load average under ``runs`` in ``<out>/cv.json`` (kept across invocations)."""
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "cv.json"
+    report: dict[str, Any] = (
+        json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
+    )
+    report.update(
+        {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "folds": int(cv.folds.max()) + 1}
+    )
+    np.save(out / f"oof_{name}_s{cv.seed}.npy", cv.scores)
+    entry: dict[str, Any] = {
+        "config": name,
+        "seed": cv.seed,
+        "recipe": cv.recipe.to_dict(),
+        "plain": summarise(labels, cv.scores, cv.folds),
+        "cpu_seconds": round(cv.cpu_seconds, 1),
+        "wall_seconds": round(cv.wall_seconds, 1),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(line(f"{name} s{cv.seed}", entry["plain"]), flush=True)
+    if cv.scores_tta is not None:
+        np.save(out / f"oof_{name}_s{cv.seed}_tta.npy", cv.scores_tta)
+        entry["tta"] = summarise(labels, cv.scores_tta, cv.folds)
+        print(line(f"{name} s{cv.seed} +tta", entry["tta"]), flush=True)
+    print(
+        f"  {cv.cpu_seconds:.0f} CPU-s, {cv.wall_seconds:.0f} s wall, "
+        f"loadavg {entry['loadavg_after']}",
+        flush=True,
+    )
+    report["runs"][f"{name}_s{cv.seed}"] = entry
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return entry
 
 
 def line(name: str, figures: dict[str, Any]) -> str:
@@ -105,14 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         help="no training: merge the cv.json/OOF files of these comma-separated --out folders "
         "into <out>/summary.json (table, seed-averaged ensembles, ranking across seeds)",
     )
+    p.add_argument(
+        "--against",
+        help="with --summary: also print every configuration minus this one, paired by fold "
+        "at the same seed (AUC; accuracy at the test prior at each one's balanced threshold)",
+    )
     args = p.parse_args(argv)
     if args.summary:
         return summary([Path(d) for d in args.summary.split(",") if d], args)
     if not Path(args.data).is_file():
         print(f"bench.recipe_cv: data not found: {args.data!r}", file=sys.stderr)
         return 2
-    import numpy as np
-
     from radlens.training.recipe import cross_validate, stratified_folds
 
     table = configs()
@@ -124,12 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    args.out.mkdir(parents=True, exist_ok=True)
-    report_path = args.out / "cv.json"
-    report: dict[str, Any] = (
-        json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
-    )
-    report.update({"cpu": cpu_model(), "cpu_count": os.cpu_count(), "folds": args.folds})
     cache: dict[int, Any] = {}
     for seed in seeds:
         for name in names:
@@ -143,30 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             load_before = os.getloadavg()
             print(f"{name} seed {seed}: {recipe.to_dict()}", flush=True)
             cv = cross_validate(images, labels, folds, recipe, seed=seed, tta_shift=args.tta_shift)
-            np.save(args.out / f"oof_{name}_s{seed}.npy", cv.scores)
-            entry: dict[str, Any] = {
-                "config": name,
-                "seed": seed,
-                "recipe": recipe.to_dict(),
-                "plain": summarise(labels, cv.scores, folds),
-                "cpu_seconds": round(cv.cpu_seconds, 1),
-                "wall_seconds": round(cv.wall_seconds, 1),
-                "loadavg_before": [round(x, 2) for x in load_before],
-                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            print(line(f"{name} s{seed}", entry["plain"]), flush=True)
-            if cv.scores_tta is not None:
-                np.save(args.out / f"oof_{name}_s{seed}_tta.npy", cv.scores_tta)
-                entry["tta"] = summarise(labels, cv.scores_tta, folds)
-                print(line(f"{name} s{seed} +tta", entry["tta"]), flush=True)
-            print(
-                f"  {cv.cpu_seconds:.0f} CPU-s, {cv.wall_seconds:.0f} s wall, "
-                f"loadavg {entry['loadavg_after']}",
-                flush=True,
-            )
-            report["runs"][f"{name}_s{seed}"] = entry
-            report_path.write_text(json.dumps(report, indent=2) + "\n")
+            record_run(args.out, name, cv, labels, load_before)
+    report_path = args.out / "cv.json"
+    report: dict[str, Any] = (
+        json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
+    )
     if args.ensembles:
         ensembles(args.out, report, names, stratified_folds, args)
         report_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -213,12 +243,15 @@ def summary(folders: list[Path], args: Any) -> int:
     print("seed-averaged OOF scores (an ensemble of one member per seed):")
     for name in configs_seen:
         for suffix in ("", "_tta"):
-            files = [
-                f
+            # one file per seed: a seed run in two folders counts once (the last folder wins,
+            # as for the runs)
+            by_seed = {
+                f.name: f
                 for folder in folders
                 for f in sorted(folder.glob(f"oof_{name}_s*.npy"))
                 if f.stem.endswith("_tta") == (suffix == "_tta")
-            ]
+            }
+            files = list(by_seed.values())
             if len(files) < 2:
                 continue
             scores = np.mean([np.load(f) for f in files], axis=0)
@@ -237,10 +270,42 @@ def summary(folders: list[Path], args: Any) -> int:
             }
             merged["ranking"][metric] = orders
             print(f"ranking by {metric}: " + "; ".join(f"seed {s}: {o}" for s, o in orders.items()))
+    if args.against:
+        merged["paired"] = paired(folders, runs, args.against, labels, folds)
     out = args.out / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(merged, indent=2) + "\n")
     return 0
+
+
+def paired(
+    folders: list[Path], runs: dict[str, Any], against: str, labels: Any, folds: Any
+) -> dict[str, Any]:
+    """Each configuration minus ``against`` at the same seed, fold by fold (same folds)."""
+    import numpy as np
+
+    from radlens.training.recipe import paired_fold_differences
+
+    def oof(key: str) -> Path | None:
+        found = [f / f"oof_{key}.npy" for f in folders if (f / f"oof_{key}.npy").is_file()]
+        return found[-1] if found else None  # the last folder wins, as for the runs
+
+    result: dict[str, Any] = {}
+    print(f"paired by fold against {against} (same seed, same folds):")
+    for key in sorted(runs):
+        name, seed = runs[key]["config"], runs[key]["seed"]
+        reference, candidate = oof(f"{against}_s{seed}"), oof(key)
+        if name == against or reference is None or candidate is None:
+            continue
+        d = paired_fold_differences(labels, np.load(reference), np.load(candidate), folds)
+        result[key] = d
+        a, b = d["auc"], d["accuracy_at_test_prior"]
+        n = len(a["folds"])
+        print(
+            f"{key:<22} AUC {a['mean']:+.4f} +- {a['sd']:.4f} (better on {a['better']}/{n})  "
+            f"acc@prior,bal {b['mean']:+.4f} +- {b['sd']:.4f} (better on {b['better']}/{n})"
+        )
+    return result
 
 
 if __name__ == "__main__":

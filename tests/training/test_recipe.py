@@ -26,6 +26,7 @@ from radlens.training.recipe import (
     fold_figures,
     member_dataset,
     mixup_batch,
+    paired_fold_differences,
     prior_matched_accuracy,
     stratified_folds,
     train_member,
@@ -221,3 +222,118 @@ def test_absent_split_is_named(tmp_path: Path) -> None:
     source = open_data(write_npz(tmp_path / "t.npz", n={"test": 10}), ["normal", "pneumonia"])
     with pytest.raises(ConfigurationError, match=r"the 'val' split of this data set is empty"):
         select_split(source, "val", {})
+
+
+class TestPairedDifferences:
+    LABELS = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    FOLDS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    # fold AUCs: reference .75 / 1.0, candidate 1.0 / .75
+    REFERENCE = np.array([0.1, 0.6, 0.5, 0.9, 0.2, 0.3, 0.4, 0.8])
+    CANDIDATE = np.array([0.1, 0.2, 0.5, 0.9, 0.2, 0.3, 0.25, 0.8])
+
+    def test_known_values_fold_by_fold(self):
+        d = paired_fold_differences(self.LABELS, self.REFERENCE, self.CANDIDATE, self.FOLDS)
+        assert d["auc"]["folds"] == pytest.approx([0.25, -0.25])
+        assert d["auc"]["mean"] == pytest.approx(0.0)
+        assert d["auc"]["sd"] == pytest.approx(np.std([0.25, -0.25], ddof=1))
+        assert d["auc"]["better"] == 1
+        back = paired_fold_differences(self.LABELS, self.CANDIDATE, self.REFERENCE, self.FOLDS)
+        for key in ("auc", "accuracy_at_test_prior"):
+            assert back[key]["folds"] == pytest.approx([-x for x in d[key]["folds"]])
+
+    def test_identical_scores_differ_by_nothing(self):
+        d = paired_fold_differences(self.LABELS, self.REFERENCE, self.REFERENCE, self.FOLDS)
+        for key in ("auc", "accuracy_at_test_prior"):
+            assert d[key]["folds"] == [0.0, 0.0] and d[key]["better"] == 0
+
+    def test_refuses_mismatched_lengths(self):
+        with pytest.raises(ConfigurationError, match="one score per example"):
+            paired_fold_differences(self.LABELS, self.REFERENCE[:-1], self.CANDIDATE, self.FOLDS)
+
+
+def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: Path) -> None:
+    from bench import recipe_cv
+
+    npz = write_npz(tmp_path / "d.npz", n={"train": 40, "val": 10})
+    _, labels = recipe_cv.load(str(npz), 32)
+    folds = stratified_folds(labels, 5, 0)
+    rng = np.random.default_rng(0)
+    run_dir = tmp_path / "cv"
+    run_dir.mkdir()
+    runs, scores = {}, {}
+    for name in ("ref", "cand"):
+        for seed in (1, 2):
+            key = f"{name}_s{seed}"
+            scores[key] = np.clip(labels * 0.3 + rng.uniform(0, 0.7, len(labels)), 0, 1)
+            np.save(run_dir / f"oof_{key}.npy", scores[key])
+            runs[key] = {
+                "config": name,
+                "seed": seed,
+                "plain": recipe_cv.summarise(labels, scores[key], folds),
+            }
+    (run_dir / "cv.json").write_text(json.dumps({"runs": runs}))
+    again = tmp_path / "again"  # seed 1 of the reference recorded a second time elsewhere
+    again.mkdir()
+    np.save(again / "oof_ref_s1.npy", scores["ref_s1"])
+    (again / "cv.json").write_text(json.dumps({"runs": {"ref_s1": runs["ref_s1"]}}))
+    out = tmp_path / "sum"
+    folders = f"{run_dir},{again}"
+    argv = ["--summary", folders, "--against", "ref", "--data", str(npz), "--out", str(out)]
+    assert recipe_cv.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["ensembles"]) == ["cand x2 seeds", "ref x2 seeds"]  # not "ref x3"
+    paired = summary["paired"]
+    assert sorted(paired) == ["cand_s1", "cand_s2"]  # the reference is not paired with itself
+    for seed in (1, 2):
+        expected = paired_fold_differences(
+            labels, scores[f"ref_s{seed}"], scores[f"cand_s{seed}"], folds
+        )
+        assert paired[f"cand_s{seed}"]["auc"]["folds"] == pytest.approx(expected["auc"]["folds"])
+
+
+def test_cv_configs_for_input_size_and_length_build_on_the_filter_recipe() -> None:
+    from bench import recipe_cv
+
+    table = recipe_cv.configs()
+    for name, size, epochs in (("filters48", 48, 8), ("filters64", 64, 8), ("filters_e12", 32, 12)):
+        assert table[name] == table["filters"].replace(image_size=size, epochs=epochs), name
+
+
+def test_final_run_records_the_same_oof_scores_as_the_cv_bench(tmp_path: Path) -> None:
+    """bench.pneumonia --oof-out: the final ensemble run is a run of the CV summary (same
+    folds, seed and recipe give the same OOF scores), keyed by what it trained."""
+    from bench import pneumonia, recipe_cv
+
+    npz = write_npz(tmp_path / "d.npz", n={"train": 24, "val": 8})
+    common = ["--data", str(npz), "--seeds", "1", "--epochs", "1", "--folds", "2"]
+    final = [*common, "--arch", "cv-ensemble", "--member", "filters"]
+    final += ["--store", str(tmp_path / "store")]
+    final += ["--out", str(tmp_path / "f.json"), "--oof-out", str(tmp_path / "final")]
+    assert pneumonia.main(final) == 0
+    assert recipe_cv.main([*common, "--configs", "filters", "--out", str(tmp_path / "cv")]) == 0
+    runs = json.loads((tmp_path / "final" / "cv.json").read_text())["runs"]
+    assert list(runs) == ["filters_32px_e1_s1"]  # --epochs 1 is not the named configuration
+    assert runs["filters_32px_e1_s1"]["recipe"]["epochs"] == 1
+    np.testing.assert_allclose(
+        np.load(tmp_path / "final" / "oof_filters_32px_e1_s1.npy"),
+        np.load(tmp_path / "cv" / "oof_filters_s1.npy"),
+        atol=1e-6,
+    )
+
+
+def test_cv_ensemble_member_keeps_its_own_epochs_and_names_overrides() -> None:
+    from bench import pneumonia, recipe_cv
+
+    table = recipe_cv.configs()
+    recipe, key = pneumonia.ensemble_recipe(table, "filters")
+    assert (recipe.epochs, recipe.image_size, key) == (pneumonia.ENSEMBLE_EPOCHS, 32, "filters")
+    recipe, key = pneumonia.ensemble_recipe(table, "filters_e12")
+    assert (recipe.epochs, key) == (12, "filters_e12")
+    assert recipe == table["filters"].replace(epochs=12)
+    recipe, key = pneumonia.ensemble_recipe(table, "filters_e12", epochs=6)
+    assert (recipe.epochs, key) == (6, "filters_e12_32px_e6")
+    recipe, key = pneumonia.ensemble_recipe(table, "filters", image_size=48)
+    assert (recipe.image_size, key) == (48, "filters_48px_e6")
+    assert pneumonia.ensemble_recipe(table, "filters", epochs=pneumonia.ENSEMBLE_EPOCHS)[1] == (
+        "filters"
+    )
