@@ -315,51 +315,73 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
     return _to_bytes(sr)
 
 
-def _finding_groups(
-    prediction: Prediction, source: SourceRef, algorithm: Any, findings: Sequence[Any]
-) -> list[Any]:
-    """One TID 1501 group per finding of a multi-label prediction: Finding = the finding (a
-    ``99RADLENS`` code), its presence (SCT Present/Absent: score >= its threshold), and its
-    score and threshold as measurements."""
+def _finding_group(
+    finding: Any,
+    *,
+    tracking: tuple[str, str],
+    sources: Sequence[SourceRef],
+    algorithm: Any,
+    score_code: tuple[str, str],
+) -> Any:
+    """One TID 1501 group for one finding: Finding = the finding (a ``99RADLENS`` code), its
+    presence (SCT Present/Absent: score >= its threshold), its score (``score_code``: value
+    and meaning) and threshold as measurements, ``sources`` as its source images;
+    ``tracking``: the group's tracking UID and identifier."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    name = str(getattr(finding, "finding", None) or finding.name)
+    code = _code(name[:16], name)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[0], identifier=tracking[1][:64]),
+        finding_type=code,
+        algorithm_id=algorithm,
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(s.sop_class_uid, s.sop_instance_uid)
+            for s in sources
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=code, value=codes.SCT.Present if finding.positive else codes.SCT.Absent
+            )
+        ],
+        measurements=[
+            hd.sr.Measurement(
+                name=_code(*score_code),
+                value=float(finding.score),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            ),
+            hd.sr.Measurement(
+                name=codes.DCM.ThresholdValue,
+                value=float(finding.threshold),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            ),
+        ],
+    )
+
+
+def _finding_groups(
+    prediction: Prediction, source: SourceRef, algorithm: Any, findings: Sequence[Any]
+) -> list[Any]:
+    """One group per finding of a multi-label prediction (:func:`_finding_group`), each
+    referencing the prediction's source image."""
     groups = []
     for finding in findings:
         name = str(getattr(finding, "finding", None) or finding.name)
-        code = _code(name[:16], name)
+        tracking = (
+            output_uid(prediction.id, f"finding:{name}", with_patient=False),
+            f"radlens prediction {prediction.id} finding {name}",
+        )
+        score_code = (f"score:{name}"[:16], f"Model score for {name}")
         groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=output_uid(prediction.id, f"finding:{name}", with_patient=False),
-                    identifier=f"radlens prediction {prediction.id} finding {name}"[:64],
-                ),
-                finding_type=code,
-                algorithm_id=algorithm,
-                source_images=[
-                    hd.sr.SourceImageForMeasurementGroup(
-                        source.sop_class_uid, source.sop_instance_uid
-                    )
-                ],
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(
-                        name=code, value=codes.SCT.Present if finding.positive else codes.SCT.Absent
-                    )
-                ],
-                measurements=[
-                    hd.sr.Measurement(
-                        name=_code(f"score:{name}"[:16], f"Model score for {name}"),
-                        value=float(finding.score),
-                        unit=codes.UCUM.NoUnits,
-                        algorithm_id=algorithm,
-                    ),
-                    hd.sr.Measurement(
-                        name=codes.DCM.ThresholdValue,
-                        value=float(finding.threshold),
-                        unit=codes.UCUM.NoUnits,
-                        algorithm_id=algorithm,
-                    ),
-                ],
+            _finding_group(
+                finding,
+                tracking=tracking,
+                sources=[source],
+                algorithm=algorithm,
+                score_code=score_code,
             )
         )
     return groups
@@ -368,53 +390,30 @@ def _finding_groups(
 def _series_finding_groups(
     result: ModelResult, sources: list[SourceRef], algorithm: Any, aggregation: str, sop_uid: str
 ) -> list[Any]:
-    """A multi-label series result: one TID 1501 group per finding, as an instance SR has
-    (the finding, its presence at its threshold, its aggregated score and the threshold),
-    referencing the series' key instances; none for a single-label model."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
+    """A multi-label series result: one group per finding as an instance SR has
+    (:func:`_finding_group`), with the finding's aggregated score, referencing the series' key
+    instances; none for a single-label model."""
     groups = []
     for finding in result.findings or ():
-        code = _code(finding.name[:16], finding.name)
+        tracking = (
+            output_uid(
+                uuid.uuid5(_UID_NAMESPACE, f"{sop_uid}:{finding.name}"),
+                "finding",
+                with_patient=False,
+            ),
+            f"radlens series finding {finding.name}",
+        )
+        score_code = (
+            f"series:{finding.name}"[:16],
+            f"Series {aggregation} score for {finding.name}",
+        )
         groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=output_uid(
-                        uuid.uuid5(_UID_NAMESPACE, f"{sop_uid}:{finding.name}"),
-                        "finding",
-                        with_patient=False,
-                    ),
-                    identifier=f"radlens series finding {finding.name}"[:64],
-                ),
-                finding_type=code,
-                algorithm_id=algorithm,
-                source_images=[
-                    hd.sr.SourceImageForMeasurementGroup(s.sop_class_uid, s.sop_instance_uid)
-                    for s in sources
-                ],
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(
-                        name=code, value=codes.SCT.Present if finding.positive else codes.SCT.Absent
-                    )
-                ],
-                measurements=[
-                    hd.sr.Measurement(
-                        name=_code(
-                            f"series:{finding.name}"[:16],
-                            f"Series {aggregation} score for {finding.name}",
-                        ),
-                        value=float(finding.score),
-                        unit=codes.UCUM.NoUnits,
-                        algorithm_id=algorithm,
-                    ),
-                    hd.sr.Measurement(
-                        name=codes.DCM.ThresholdValue,
-                        value=float(finding.threshold),
-                        unit=codes.UCUM.NoUnits,
-                        algorithm_id=algorithm,
-                    ),
-                ],
+            _finding_group(
+                finding,
+                tracking=tracking,
+                sources=sources,
+                algorithm=algorithm,
+                score_code=score_code,
             )
         )
     return groups

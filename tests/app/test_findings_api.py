@@ -19,24 +19,17 @@ BIASES = [2.0, -2.0, 0.0]
 THRESHOLDS = {"Effusion": 0.5, "Infiltration": 0.5, "Nodule": 0.6}
 
 
-def save_findings_model(store: Path, name: str = "findings") -> Any:
-    """A multi-label simple_cnn whose scores do not depend on the image (zero kernel in the
-    sigmoid head, fixed biases), so every upload has the same, known findings."""
-    import keras
-
-    from radlens.models.architectures import build_model
+def save_multilabel(
+    store: Path, model: Any, name: str, thresholds: dict[str, float], none_name: str = "No Finding"
+) -> Any:
+    """Save a multi-label simple_cnn ``model`` whose findings are ``thresholds``' keys."""
     from radlens.models.registry import ModelRegistry
 
-    keras.utils.set_random_seed(7)
-    model = build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=3, multi_label=True)
-    head = model.get_layer("predictions")
-    kernel, _ = head.get_weights()
-    head.set_weights([np.zeros_like(kernel), np.asarray(BIASES, dtype=np.float32)])
     return ModelRegistry(store).save(
         model,
         name=name,
         architecture="simple_cnn",
-        class_names=FINDINGS,
+        class_names=list(thresholds),
         threshold=None,
         window=None,
         filters=[],
@@ -46,10 +39,32 @@ def save_findings_model(store: Path, name: str = "findings") -> Any:
         findings={
             "label_mode": "multi-label",
             "scores": "independent",
-            "none_name": "No Finding",
-            "thresholds": THRESHOLDS,
+            "none_name": none_name,
+            "thresholds": thresholds,
         },
     )
+
+
+def constant_findings_model(biases: list[float]) -> Any:
+    """A multi-label simple_cnn whose scores do not depend on the image (zero kernel in the
+    sigmoid head, fixed biases), so every upload has the same, known findings."""
+    import keras
+
+    from radlens.models.architectures import build_model
+
+    keras.utils.set_random_seed(7)
+    model = build_model(
+        "simple_cnn", input_shape=(32, 32, 1), num_classes=len(biases), multi_label=True
+    )
+    head = model.get_layer("predictions")
+    kernel, _ = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.asarray(biases, dtype=np.float32)])
+    return model
+
+
+def save_findings_model(store: Path, name: str = "findings") -> Any:
+    """FINDINGS at BIASES and THRESHOLDS: every upload has the same, known findings."""
+    return save_multilabel(store, constant_findings_model(BIASES), name, THRESHOLDS)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from radlens.models.runtime import (
     recorded_parity,
 )
 from tests.app.conftest import TestClient, make_settings, png_bytes
+from tests.app.test_findings_api import save_multilabel
 
 pytestmark = pytest.mark.skipif(openvino_version() is None, reason="openvino not installed")
 
@@ -43,31 +44,13 @@ def save_model(store: Path) -> Any:
     import keras
 
     from radlens.models.architectures import build_model
-    from radlens.models.registry import ModelRegistry
 
     keras.utils.set_random_seed(5)
     model = build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=3, multi_label=True)
     images, _ = parity_set()
     scores = np.asarray(model.predict(images, verbose=0))
     thresholds = {f: float(np.median(scores[:, j])) for j, f in enumerate(FINDINGS)}
-    return ModelRegistry(store).save(
-        model,
-        name="ml",
-        architecture="simple_cnn",
-        class_names=FINDINGS,
-        threshold=None,
-        window=None,
-        filters=[],
-        metrics={"val": {"auc": 0.5}},
-        training_config={"note": "test fixture", "label_column": "findings"},
-        data_fingerprint=None,
-        findings={
-            "label_mode": "multi-label",
-            "scores": "independent",
-            "none_name": "No Finding",
-            "thresholds": thresholds,
-        },
-    )
+    return save_multilabel(store, model, "ml", thresholds)
 
 
 @pytest.fixture(scope="module")

@@ -9,47 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import Databases, dicom_bytes, make_settings, new_uid
-from tests.app.test_findings_api import _finding_groups
+from tests.app.test_findings_api import (
+    _finding_groups,
+    constant_findings_model,
+    save_multilabel,
+)
 
 
 def save_model(store: Path, name: str, biases: list[float], thresholds: dict[str, float]) -> Any:
-    """A multi-label simple_cnn whose scores do not depend on the image: a zero kernel in the
-    sigmoid head and fixed biases, so every instance has the same, known findings."""
-    import keras
-
-    from radlens.models.architectures import build_model
-    from radlens.models.registry import ModelRegistry
-
-    keras.utils.set_random_seed(7)
-    model = build_model(
-        "simple_cnn", input_shape=(32, 32, 1), num_classes=len(biases), multi_label=True
-    )
-    head = model.get_layer("predictions")
-    kernel, _ = head.get_weights()
-    head.set_weights([np.zeros_like(kernel), np.asarray(biases, dtype=np.float32)])
-    return ModelRegistry(store).save(
-        model,
-        name=name,
-        architecture="simple_cnn",
-        class_names=list(thresholds),
-        threshold=None,
-        window=None,
-        filters=[],
-        metrics={"val": {"auc": 0.5}},
-        training_config={"note": "test fixture", "label_column": "findings"},
-        data_fingerprint=None,
-        findings={
-            "label_mode": "multi-label",
-            "scores": "independent",
-            "none_name": "Nothing Seen",
-            "thresholds": thresholds,
-        },
-    )
+    return save_multilabel(store, constant_findings_model(biases), name, thresholds, "Nothing Seen")
 
 
 def _client(databases: Databases, store: Path) -> Iterator[TestClient]:
