@@ -28,7 +28,7 @@ import pytest
 from radlens.models.registry import ModelRegistry
 from tests.conftest import REPO_ROOT
 from tests.training.data_fixtures import multilabel_csv
-from tests.training.workers import free_ports, worker_env
+from tests.training.workers import collect_outputs, free_ports, worker_env
 
 TIMEOUT = 240
 NAMES = ["Effusion", "Infiltration", "Nodule"]
@@ -161,27 +161,7 @@ def findings_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             for i in range(2)
         },
     }
-    outputs: dict[str, Any] = {"root": root}
-    errors: list[str] = []
-    try:
-        for name, process in processes.items():
-            try:
-                stdout, stderr = process.communicate(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                errors.append(f"{name} did not finish in {TIMEOUT} s")
-                break
-            if process.returncode != 0:
-                errors.append(f"{name} exited {process.returncode}: {stderr[-3000:]}")
-                continue
-            outputs[name] = json.loads(stdout[stdout.index("{") :])
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    if errors:
-        pytest.fail("; ".join(errors))
-    return outputs
+    return {"root": root, **collect_outputs(processes, TIMEOUT)}
 
 
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

@@ -21,7 +21,7 @@ import pytest
 
 from radlens.models.registry import ModelRegistry
 from tests.conftest import REPO_ROOT
-from tests.training.workers import free_ports, worker_env
+from tests.training.workers import collect_outputs, free_ports, worker_env
 
 TIMEOUT = 240  # seconds per process; a hung collective fails the test instead of CI
 
@@ -101,27 +101,7 @@ def strategy_runs(tiny_demo_data: Path, tmp_path_factory: pytest.TempPathFactory
             for i in range(2)
         },
     }
-    outputs: dict[str, Any] = {"root": root}
-    errors: list[str] = []
-    try:
-        for name, process in processes.items():
-            try:
-                stdout, stderr = process.communicate(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                errors.append(f"{name} did not finish in {TIMEOUT} s")
-                break
-            if process.returncode != 0:
-                errors.append(f"{name} exited {process.returncode}: {stderr[-3000:]}")
-                continue
-            outputs[name] = json.loads(stdout[stdout.index("{") :])
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    if errors:
-        pytest.fail("; ".join(errors))
-    return outputs
+    return {"root": root, **collect_outputs(processes, TIMEOUT)}
 
 
 def _weights(path: Path) -> dict[str, np.ndarray]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+from typing import Any
+
+import pytest
 
 from tests.conftest import REPO_ROOT
 
@@ -28,3 +33,30 @@ def worker_env(tf_config: str | None = None) -> dict[str, str]:
     if tf_config is not None:
         env["TF_CONFIG"] = tf_config
     return env
+
+
+def collect_outputs(processes: dict[str, subprocess.Popen[str]], timeout: float) -> dict[str, Any]:
+    """Wait for each worker process and read the JSON object its stdout ends with, by name;
+    kill whatever is left and fail the test (naming each process and its stderr's tail) when
+    one times out or exits non-zero."""
+    outputs: dict[str, Any] = {}
+    errors: list[str] = []
+    try:
+        for name, process in processes.items():
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                errors.append(f"{name} did not finish in {timeout} s")
+                break
+            if process.returncode != 0:
+                errors.append(f"{name} exited {process.returncode}: {stderr[-3000:]}")
+                continue
+            outputs[name] = json.loads(stdout[stdout.index("{") :])
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    if errors:
+        pytest.fail("; ".join(errors))
+    return outputs
