@@ -7,7 +7,6 @@ reference's, through TensorFlow and through OpenVINO."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import Databases, make_settings
+from tests.app.test_ood_service import _as_png, _png
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 NPZ = SHARED / "pneumoniamnist" / "pneumoniamnist_28_trainval.npz"
@@ -26,22 +26,6 @@ pytestmark = pytest.mark.skipif(
 )
 SIZE = (32, 32)
 TRAIN, FOLDS = 1200, 3
-
-
-def _png(gray: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(gray).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _as_png(path: Path) -> bytes:
-    """A DICOM's pixels as an 8-bit PNG upload (as displayed: windowed, 256 px)."""
-    from radlens.models.preprocessing import preprocess
-
-    image = preprocess(path.read_bytes(), size=(256, 256))
-    return _png((np.clip(image.pixels, 0, 1) * 255).astype(np.uint8))
 
 
 def _inputs(images: np.ndarray) -> np.ndarray:
