@@ -74,6 +74,15 @@ def run(coro: Any) -> Any:
     return asyncio.run(guarded())
 
 
+async def one_by_one(predictor: Any, xs: np.ndarray) -> list[Any]:
+    """Start the predictor, send ``xs`` one at a time (each a lone request), stop it."""
+    await predictor.start()
+    try:
+        return [await predictor.predict(x) for x in xs]
+    finally:
+        await predictor.stop()
+
+
 class TestPredictor:
     def test_lone_requests_run_on_the_latency_model_with_the_same_scores(
         self, converted: tuple[Path, LoadedModel, Path]
@@ -86,14 +95,7 @@ class TestPredictor:
         predictor, stats = predictor_on(loaded, runtime)
         xs = images(6)
 
-        async def one_by_one() -> list[Any]:
-            await predictor.start()
-            try:
-                return [await predictor.predict(x) for x in xs]
-            finally:
-                await predictor.stop()
-
-        outs = run(one_by_one())
+        outs = run(one_by_one(predictor, xs))
         assert [(s.size, s.alone, s.ok) for s in stats] == [(1, True, True)] * len(xs)
         for x, out in zip(xs, outs, strict=True):
             np.testing.assert_array_equal(out.scores, plain.predict(x[None])[0])
@@ -154,14 +156,7 @@ class TestPredictor:
         assert all(ms is not None for ms in predictor.lone_calls.ms.values())  # warm-up
         xs = images(20)
 
-        async def one_by_one() -> list[Any]:
-            await predictor.start()
-            try:
-                return [await predictor.predict(x) for x in xs]
-            finally:
-                await predictor.stop()
-
-        outs = run(one_by_one())
+        outs = run(one_by_one(predictor, xs))
         assert [s.size for s in stats] == [1] * len(xs)
         # every 16th lone call tries the slower model: both ran, whichever is faster here
         assert {s.alone for s in stats} == {True, False}

@@ -37,7 +37,7 @@ from radlens.training.distribute import (
     resolve_strategy_name,
 )
 from tests.conftest import REPO_ROOT
-from tests.training.workers import free_ports, worker_env
+from tests.training.workers import collect_outputs, free_ports, worker_env
 
 SUBPROCESS_TIMEOUT = 150  # seconds; a hung collective fails the test instead of freezing CI
 # One training recipe for every run, so the runs are comparable.
@@ -708,23 +708,7 @@ def start_worker(out: Path, args: list[str], env: dict[str, str]) -> subprocess.
 
 def finish(processes: dict[str, subprocess.Popen[str]]) -> None:
     """Wait for every worker (bounded); on a timeout or failure kill all and fail with stderr."""
-    errors: list[str] = []
-    try:
-        for name, process in processes.items():
-            try:
-                _, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                errors.append(f"{name} did not finish in {SUBPROCESS_TIMEOUT} s")
-                break
-            if process.returncode != 0:
-                errors.append(f"{name} exited {process.returncode}: {stderr[-3000:]}")
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    if errors:
-        pytest.fail("; ".join(errors))
+    collect_outputs(processes, SUBPROCESS_TIMEOUT, json_out=False)
 
 
 def load_run(out: Path) -> WorkerRun:

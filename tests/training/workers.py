@@ -35,10 +35,12 @@ def worker_env(tf_config: str | None = None) -> dict[str, str]:
     return env
 
 
-def collect_outputs(processes: dict[str, subprocess.Popen[str]], timeout: float) -> dict[str, Any]:
-    """Wait for each worker process and read the JSON object its stdout ends with, by name;
-    kill whatever is left and fail the test (naming each process and its stderr's tail) when
-    one times out or exits non-zero."""
+def collect_outputs(
+    processes: dict[str, subprocess.Popen[str]], timeout: float, *, json_out: bool = True
+) -> dict[str, Any]:
+    """Wait for each worker process and (``json_out``) read the JSON object its stdout ends
+    with, by name; kill whatever is left and fail the test (naming each process and its
+    stderr's tail) when one times out or exits non-zero."""
     outputs: dict[str, Any] = {}
     errors: list[str] = []
     try:
@@ -51,7 +53,8 @@ def collect_outputs(processes: dict[str, subprocess.Popen[str]], timeout: float)
             if process.returncode != 0:
                 errors.append(f"{name} exited {process.returncode}: {stderr[-3000:]}")
                 continue
-            outputs[name] = json.loads(stdout[stdout.index("{") :])
+            if json_out:
+                outputs[name] = json.loads(stdout[stdout.index("{") :])
     finally:
         for process in processes.values():
             if process.poll() is None:
