@@ -14,6 +14,12 @@ configuration it prints AUC, accuracy and accuracy at the test prior (37.5 % nor
 the scores of two seeds measures a two-member ensemble (``--ensembles``), and ``<out>/cv.json``
 collects every figure, the CPU time (``time.process_time``: this process, both cores) and the
 wall time with the load average -- the machine is shared, so wall time is noisy.
+
+``--holdout cluster`` replaces the stratified random folds with the leave-modes-out hold-out
+(``training.recipe.cluster_folds``: each class cut into look-alike groups, whole groups held
+out), a harder signal; ``--probe`` prints, in seconds, how much harder: a pixel logistic
+regression scored out of fold under both hold-outs (the data README's yardstick: that model
+scores val AUC .99 but test AUC .93). Keep each hold-out's runs in their own ``--out``.
 """
 
 from __future__ import annotations
@@ -63,7 +69,66 @@ def configs() -> dict[str, Any]:
         "filters48": base.replace(filters=FILTER_BANK, image_size=48),
         "filters64": base.replace(filters=FILTER_BANK, image_size=64),
         "filters_e12": base.replace(filters=FILTER_BANK, epochs=12),
+        # issue 19, the leave-modes-out hold-out: does stronger augmentation pay under shift?
+        "filters_strongaug": base.replace(filters=FILTER_BANK, augment=strong),
     }
+
+
+PROBE_SIZE = 28
+"""The cluster hold-out is built on the images at the source's own 28 px, so the folds are the
+same whatever input size a configuration trains at."""
+
+
+def folds_for(data: str, holdout: str, labels: Any, k: int, seed: int) -> Any:
+    """The folds of ``holdout`` over train+val (the cluster hold-out reads the 28 px images)."""
+    from radlens.training.recipe import make_folds
+
+    images = load(data, PROBE_SIZE)[0] if holdout == "cluster" else None
+    return make_folds(holdout, images, labels, k, seed)
+
+
+def probe(data: str, k: int, seed: int) -> dict[str, Any]:
+    """Out-of-fold AUC of a pixel logistic regression under each hold-out (seconds to run):
+    how much harder the cluster hold-out is, on the model the data README measured on test."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from radlens.training.recipe import HOLDOUTS, fold_figures
+
+    images, labels = load(data, PROBE_SIZE)
+    pixels = images.reshape(len(labels), -1)
+    result: dict[str, Any] = {}
+    for holdout in HOLDOUTS:
+        folds = folds_for(data, holdout, labels, k, seed)
+        scores = np.zeros(len(labels))
+        for f in np.unique(folds):
+            held = folds == f
+            model = LogisticRegression(max_iter=2000).fit(pixels[~held], labels[~held])
+            scores[held] = model.predict_proba(pixels[held])[:, 1]
+        figures = fold_figures(labels, scores, folds, 0.5)
+        normal_share = [round(float(np.mean(labels[folds == f] == 0)), 3) for f in np.unique(folds)]
+        result[holdout] = {
+            "auc": figures["auc"],
+            "fold_sizes": np.bincount(folds).tolist(),
+            "normal_share": normal_share,
+        }
+        a = figures["auc"]
+        print(
+            f"pixel logistic regression, {holdout:<7} hold-out: OOF AUC {a['mean']:.4f} +- "
+            f"{a['sd']:.4f} (folds {a['folds']}; sizes {result[holdout]['fold_sizes']}; "
+            f"normal share {normal_share})",
+            flush=True,
+        )
+    return result
+
+
+def with_epochs(recipe: Any, epochs: int | None) -> Any:
+    """``recipe`` at ``--epochs`` unless the configuration sets its own length (filters_e12)."""
+    from radlens.training.recipe import MemberRecipe
+
+    if epochs and recipe.epochs == MemberRecipe().epochs:
+        return recipe.replace(epochs=epochs)
+    return recipe
 
 
 def load(data: str, size: int) -> tuple[Any, Any]:
@@ -89,7 +154,12 @@ def summarise(labels: Any, scores: Any, folds: Any) -> dict[str, Any]:
 
 
 def record_run(
-    out: Path, name: str, cv: Any, labels: Any, load_before: tuple[float, float, float]
+    out: Path,
+    name: str,
+    cv: Any,
+    labels: Any,
+    load_before: tuple[float, float, float],
+    holdout: str = "random",
 ) -> dict[str, Any]:
     """Save one 5-fold run (``training.recipe.CrossValidation``) of configuration ``name``:
     its OOF scores as ``<out>/oof_<name>_s<seed>[_tta].npy`` and its figures, CPU and wall
@@ -101,8 +171,16 @@ def record_run(
     report: dict[str, Any] = (
         json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
     )
+    mixed = mixed_holdout(out, holdout)
+    if mixed:
+        raise SystemExit(mixed)
     report.update(
-        {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "folds": int(cv.folds.max()) + 1}
+        {
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "folds": int(cv.folds.max()) + 1,
+            "holdout": holdout,
+        }
     )
     np.save(out / f"oof_{name}_s{cv.seed}.npy", cv.scores)
     entry: dict[str, Any] = {
@@ -131,6 +209,21 @@ def record_run(
     return entry
 
 
+def mixed_holdout(out: Path, holdout: str) -> str | None:
+    """The refusal when ``out`` already holds runs of another hold-out, else None."""
+    report_path = out / "cv.json"
+    if not report_path.is_file():
+        return None
+    report = json.loads(report_path.read_text())
+    held = report.get("holdout", "random")  # runs before the option: random folds
+    if report.get("runs") and held != holdout:
+        return (
+            f"bench.recipe_cv: {out} holds {held}-hold-out runs; write {holdout}-hold-out runs "
+            "to another --out"
+        )
+    return None
+
+
 def line(name: str, figures: dict[str, Any]) -> str:
     a, b = figures["at_0.5"], figures["at_balanced"]
     return (
@@ -148,7 +241,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1", help="training seeds, comma-separated")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--fold-seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, help="override every configuration's epochs")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="the epochs of every configuration that does not set its own (filters_e12 keeps 12)",
+    )
+    p.add_argument(
+        "--holdout",
+        choices=("random", "cluster"),
+        default="random",
+        help="random: stratified folds; cluster: leave-modes-out (training.recipe.cluster_folds)",
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="no training: a pixel logistic regression's OOF AUC under each hold-out",
+    )
     p.add_argument("--tta-shift", type=int, default=2)
     p.add_argument("--ensembles", action="store_true", help="also score seed-averaged OOF")
     p.add_argument("--out", type=Path, default=Path("runs/cv"))
@@ -163,12 +271,17 @@ def main(argv: list[str] | None = None) -> int:
         "at the same seed (AUC; accuracy at the test prior at each one's balanced threshold)",
     )
     args = p.parse_args(argv)
-    if args.summary:
-        return summary([Path(d) for d in args.summary.split(",") if d], args)
     if not Path(args.data).is_file():
         print(f"bench.recipe_cv: data not found: {args.data!r}", file=sys.stderr)
         return 2
-    from radlens.training.recipe import cross_validate, stratified_folds
+    if args.summary:
+        return summary([Path(d) for d in args.summary.split(",") if d], args)
+    if args.probe:
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = probe(args.data, args.folds, args.fold_seed)
+        (args.out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    from radlens.training.recipe import cross_validate
 
     table = configs()
     names = [n for n in args.configs.split(",") if n]
@@ -179,36 +292,40 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    mixed = mixed_holdout(args.out, args.holdout)
+    if mixed:
+        print(mixed, file=sys.stderr)
+        return 2
     cache: dict[int, Any] = {}
+    folds = None
     for seed in seeds:
         for name in names:
-            recipe = table[name]
-            if args.epochs:
-                recipe = recipe.replace(epochs=args.epochs)
+            recipe = with_epochs(table[name], args.epochs)
             if recipe.image_size not in cache:
                 cache[recipe.image_size] = load(args.data, recipe.image_size)
             images, labels = cache[recipe.image_size]
-            folds = stratified_folds(labels, args.folds, args.fold_seed)
+            if folds is None:
+                folds = folds_for(args.data, args.holdout, labels, args.folds, args.fold_seed)
             load_before = os.getloadavg()
             print(f"{name} seed {seed}: {recipe.to_dict()}", flush=True)
             cv = cross_validate(images, labels, folds, recipe, seed=seed, tta_shift=args.tta_shift)
-            record_run(args.out, name, cv, labels, load_before)
+            record_run(args.out, name, cv, labels, load_before, args.holdout)
     report_path = args.out / "cv.json"
     report: dict[str, Any] = (
         json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}
     )
     if args.ensembles:
-        ensembles(args.out, report, names, stratified_folds, args)
+        ensembles(args.out, report, names, args)
         report_path.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
-def ensembles(out: Path, report: dict[str, Any], names: list[str], folding: Any, args: Any) -> None:
+def ensembles(out: Path, report: dict[str, Any], names: list[str], args: Any) -> None:
     """Seed-averaged OOF scores: the OOF figures of an ensemble of one member per seed."""
     import numpy as np
 
     _, labels = load(args.data, 32)
-    folds = folding(labels, args.folds, args.fold_seed)
+    folds = folds_for(args.data, args.holdout, labels, args.folds, args.fold_seed)
     report.setdefault("ensembles", {})
     for name in names:
         for suffix in ("", "_tta"):
@@ -226,15 +343,24 @@ def summary(folders: list[Path], args: Any) -> int:
     """Merge runs from several ``--out`` folders (the seeds may run as separate processes)."""
     import numpy as np
 
-    from radlens.training.recipe import stratified_folds
-
     runs: dict[str, Any] = {}
+    holdouts = set()
     for folder in folders:
-        runs.update(json.loads((folder / "cv.json").read_text())["runs"])
+        report = json.loads((folder / "cv.json").read_text())
+        runs.update(report["runs"])
+        holdouts.add(report.get("holdout", "random"))  # runs before the option: random folds
+    if len(holdouts) > 1:
+        print(
+            f"bench.recipe_cv: the folders mix hold-outs {sorted(holdouts)}; summarise each "
+            "hold-out's folders on their own",
+            file=sys.stderr,
+        )
+        return 2
+    (holdout,) = holdouts
     _, labels = load(args.data, 32)
-    folds = stratified_folds(labels, args.folds, args.fold_seed)
-    merged: dict[str, Any] = {"runs": runs, "ensembles": {}, "ranking": {}}
-    print("per run (OOF over train+val, mean +- sd over folds):")
+    folds = folds_for(args.data, holdout, labels, args.folds, args.fold_seed)
+    merged: dict[str, Any] = {"holdout": holdout, "runs": runs, "ensembles": {}, "ranking": {}}
+    print(f"per run (OOF over train+val, {holdout} hold-out, mean +- sd over folds):")
     for key in sorted(runs):
         print(line(key, runs[key]["plain"]))
         if "tta" in runs[key]:

@@ -116,6 +116,87 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
+def cluster_folds(
+    images: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    *,
+    clusters_per_class: int = 10,
+    components: int = 20,
+    seed: int = 0,
+) -> np.ndarray:
+    """The fold (0..k-1) of each example for a **leave-modes-out** hold-out: harder than
+    :func:`stratified_folds` because a held-out image's look-alikes are held out with it.
+
+    Each class on its own is cut into ``clusters_per_class`` groups by k-means on the first
+    ``components`` principal components of the pixels; whole groups are dealt to folds, the
+    largest first to the fold with the fewest images of that class. Every fold therefore keeps
+    the class balance (to within one group), but its images come from regions of image space
+    the other folds hold little of: a model is scored on kinds of image it trained on few of,
+    as on a shifted test set. Clustering within a class (not across) keeps groups from being
+    nearly one class, which would make the hold-out a test of the class prior instead.
+
+    Deterministic for a ``seed`` (PCA and k-means are seeded).
+
+    Raises:
+        ConfigurationError: ``k`` < 2, or a class with fewer than ``clusters_per_class``
+            examples or fewer groups than folds.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    labels = np.asarray(labels).reshape(-1)
+    if k < 2:
+        raise ConfigurationError(f"k-fold needs k >= 2; received k={k}")
+    if clusters_per_class < k:
+        raise ConfigurationError(
+            f"a leave-modes-out hold-out needs at least as many groups per class as folds; "
+            f"received clusters_per_class={clusters_per_class}, k={k}"
+        )
+    pixels = np.asarray(images, dtype=np.float64).reshape(len(labels), -1)
+    if len(labels) == 0 or pixels.shape[1] == 0:
+        raise ConfigurationError("a leave-modes-out hold-out needs images; received none")
+    n_components = min(components, pixels.shape[1], len(labels))
+    features = PCA(n_components, random_state=seed).fit_transform(pixels)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        index = np.flatnonzero(labels == label)
+        if len(index) < clusters_per_class:
+            raise ConfigurationError(
+                f"class {int(label)} has {len(index)} examples, fewer than "
+                f"clusters_per_class={clusters_per_class}"
+            )
+        groups = KMeans(clusters_per_class, n_init=4, random_state=seed).fit_predict(
+            features[index]
+        )
+        sizes = np.bincount(groups, minlength=clusters_per_class)
+        filled = np.zeros(k, dtype=np.int64)
+        for group in np.argsort(-sizes, kind="stable"):
+            target = int(np.argmin(filled))
+            fold[index[groups == group]] = target
+            filled[target] += sizes[group]
+    return fold
+
+
+HOLDOUTS = ("random", "cluster")
+"""The hold-outs :func:`make_folds` builds: stratified random folds, or leave-modes-out."""
+
+
+def make_folds(
+    holdout: str, images: np.ndarray, labels: np.ndarray, k: int, seed: int
+) -> np.ndarray:
+    """Folds of the named hold-out (:data:`HOLDOUTS`); ``images`` are used only by ``cluster``.
+
+    Raises:
+        ConfigurationError: an unknown hold-out, or what the fold builder raises.
+    """
+    if holdout == "random":
+        return stratified_folds(labels, k, seed)
+    if holdout == "cluster":
+        return cluster_folds(images, labels, k, seed=seed)
+    raise ConfigurationError(f"unknown hold-out {holdout!r}; expected one of {list(HOLDOUTS)}")
+
+
 def prior_matched_accuracy(
     sensitivity: float, specificity: float, normal_share: float = TEST_PRIOR_NORMAL
 ) -> float:

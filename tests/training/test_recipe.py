@@ -21,9 +21,11 @@ from radlens.training.data.sources import open_data
 from radlens.training.evaluate import select_split
 from radlens.training.recipe import (
     MemberRecipe,
+    cluster_folds,
     cross_validate,
     export_ensemble,
     fold_figures,
+    make_folds,
     member_dataset,
     mixup_batch,
     paired_fold_differences,
@@ -337,3 +339,98 @@ def test_cv_ensemble_member_keeps_its_own_epochs_and_names_overrides() -> None:
     assert pneumonia.ensemble_recipe(table, "filters", epochs=pneumonia.ENSEMBLE_EPOCHS)[1] == (
         "filters"
     )
+
+
+def _modes(per_class: int = 10, per_mode: int = 12, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Images in look-alike groups: per class ``per_class`` random templates ("modes"), each
+    copied ``per_mode`` times with a little noise. Returns images, labels, mode of each."""
+    rng = np.random.default_rng(seed)
+    images, labels, modes = [], [], []
+    for label in (0, 1):
+        for m in range(per_class):
+            template = rng.uniform(0, 1, (28, 28))
+            for _ in range(per_mode):
+                images.append(template + rng.normal(0, 0.02, (28, 28)))
+                labels.append(label)
+                modes.append(label * per_class + m)
+    return np.array(images), np.array(labels), np.array(modes)
+
+
+class TestClusterFolds:
+    """The leave-modes-out hold-out (``cluster_folds``): whole look-alike groups are held out."""
+
+    def test_holds_out_whole_groups_and_keeps_the_class_balance(self):
+        images, labels, modes = _modes()
+        folds = cluster_folds(images, labels, 5, seed=0)
+        np.testing.assert_array_equal(folds, cluster_folds(images, labels, 5, seed=0))
+        for m in np.unique(modes):  # a group never straddles folds
+            assert len(np.unique(folds[modes == m])) == 1, m
+        for f in range(5):  # two groups of 12 per class in every fold
+            held = labels[folds == f]
+            assert (held == 0).sum() == 24 and (held == 1).sum() == 24
+        # the random hold-out spreads every group over the folds: the contrast that makes this
+        # one harder (a held-out image's look-alikes are in training there)
+        random = stratified_folds(labels, 5, seed=0)
+        assert all(len(np.unique(random[modes == m])) > 1 for m in np.unique(modes))
+
+    def test_make_folds_names_both_holdouts(self):
+        images, labels, _ = _modes()
+        np.testing.assert_array_equal(
+            make_folds("random", None, labels, 5, 3), stratified_folds(labels, 5, 3)
+        )
+        np.testing.assert_array_equal(
+            make_folds("cluster", images, labels, 5, 0), cluster_folds(images, labels, 5, seed=0)
+        )
+        with pytest.raises(ConfigurationError, match="unknown hold-out 'patient'"):
+            make_folds("patient", images, labels, 5, 0)
+
+    def test_refusals(self):
+        images, labels, _ = _modes()
+        with pytest.raises(ConfigurationError, match="k >= 2"):
+            cluster_folds(images, labels, 1)
+        with pytest.raises(ConfigurationError, match="clusters_per_class=4, k=5"):
+            cluster_folds(images, labels, 5, clusters_per_class=4)
+        few = np.array([0] * 9 + [1] * 20)
+        with pytest.raises(ConfigurationError, match="class 0 has 9 examples"):
+            cluster_folds(np.zeros((29, 4, 4)) + np.arange(29)[:, None, None], few, 5)
+
+
+def test_cv_bench_epochs_leave_a_configuration_with_its_own_length() -> None:
+    from bench import recipe_cv
+
+    table = recipe_cv.configs()
+    assert recipe_cv.with_epochs(table["filters"], 6).epochs == 6
+    assert recipe_cv.with_epochs(table["filters_e12"], 6).epochs == 12
+    assert recipe_cv.with_epochs(table["filters"], None) == table["filters"]
+
+
+def test_cv_bench_cluster_holdout_probe_and_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--probe scores a pixel logistic regression under both hold-outs; a folder of one
+    hold-out's runs refuses the other's (before any training) and a summary refuses to mix."""
+    from bench import recipe_cv
+
+    npz = write_npz(tmp_path / "d.npz", n={"train": 60, "val": 20})
+    common = ["--data", str(npz), "--folds", "2"]
+    assert recipe_cv.main([*common, "--probe", "--out", str(tmp_path / "p")]) == 0
+    probe = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert sorted(probe) == ["cluster", "random"]
+    assert sum(probe["cluster"]["fold_sizes"]) == 80
+    _, labels = recipe_cv.load(str(npz), 28)
+    images = recipe_cv.load(str(npz), 28)[0]
+    expected = cluster_folds(images, labels, 2, seed=0)
+    assert probe["cluster"]["fold_sizes"] == np.bincount(expected).tolist()
+
+    random_dir = tmp_path / "random"
+    random_dir.mkdir()
+    (random_dir / "cv.json").write_text(json.dumps({"runs": {"x_s1": {}}}))  # pre-option file
+    argv = [*common, "--holdout", "cluster", "--configs", "filters", "--out", str(random_dir)]
+    assert recipe_cv.main(argv) == 2
+    assert "holds random-hold-out runs" in capsys.readouterr().err
+    cluster_dir = tmp_path / "cluster"
+    cluster_dir.mkdir()
+    (cluster_dir / "cv.json").write_text(json.dumps({"holdout": "cluster", "runs": {}}))
+    argv = [*common, "--summary", f"{random_dir},{cluster_dir}", "--out", str(tmp_path / "s")]
+    assert recipe_cv.main(argv) == 2
+    assert "mix hold-outs ['cluster', 'random']" in capsys.readouterr().err
