@@ -183,7 +183,7 @@ HOLDOUTS = ("random", "cluster")
 
 
 def make_folds(
-    holdout: str, images: np.ndarray, labels: np.ndarray, k: int, seed: int
+    holdout: str, images: np.ndarray | None, labels: np.ndarray, k: int, seed: int
 ) -> np.ndarray:
     """Folds of the named hold-out (:data:`HOLDOUTS`); ``images`` are used only by ``cluster``.
 
@@ -193,6 +193,8 @@ def make_folds(
     if holdout == "random":
         return stratified_folds(labels, k, seed)
     if holdout == "cluster":
+        if images is None:
+            raise ConfigurationError("the cluster hold-out groups images; received none")
         return cluster_folds(images, labels, k, seed=seed)
     raise ConfigurationError(f"unknown hold-out {holdout!r}; expected one of {list(HOLDOUTS)}")
 
