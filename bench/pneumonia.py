@@ -100,6 +100,7 @@ ENSEMBLE_MEMBER = "filters_e12"
 ENSEMBLE_SEEDS = "1,2"
 ENSEMBLE_EPOCHS = 6
 ENSEMBLE_TTA_SHIFT = 0
+ENSEMBLE_HOLDOUT = "random"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -116,6 +117,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=5, help=f"{ENSEMBLE}: k of the k-fold")
     p.add_argument(
         "--tta-shift", type=int, default=ENSEMBLE_TTA_SHIFT, help=f"{ENSEMBLE}: 0 = no TTA"
+    )
+    p.add_argument(
+        "--holdout",
+        choices=("random", "cluster"),
+        default=ENSEMBLE_HOLDOUT,
+        help=f"{ENSEMBLE}: the folds the members train on and the threshold is chosen on "
+        "(bench.recipe_cv --holdout)",
     )
     p.add_argument("--data", default=str(DEFAULT_NPZ))
     p.add_argument("--epochs", type=int, help="epochs (cosine schedule length)")
@@ -293,9 +301,9 @@ def cv_ensemble(args: argparse.Namespace) -> int:
     or past twice that in process CPU time (2 cores x the budget); only complete seeds are
     kept, so every image has an out-of-fold score from each kept seed.
     """
-    from bench.recipe_cv import configs, cpu_model, load, record_run
+    from bench.recipe_cv import configs, cpu_model, folds_for, load, mixed_holdout, record_run
     from radlens.training.data.sources import open_data
-    from radlens.training.recipe import cross_validate, fold_figures, stratified_folds
+    from radlens.training.recipe import cross_validate, fold_figures
 
     table = configs()
     if args.member not in table:
@@ -305,12 +313,16 @@ def cv_ensemble(args: argparse.Namespace) -> int:
         )
         return 2
     recipe, key = ensemble_recipe(table, args.member, args.epochs, args.image_size)
+    mixed = args.oof_out is not None and mixed_holdout(args.oof_out, args.holdout)
+    if mixed:
+        print(mixed, file=sys.stderr)
+        return 2
     seeds = [int(s) for s in str(args.seeds).split(",") if s]
     budget = args.time_budget_minutes * 60 if args.time_budget_minutes else None
     source = open_data(args.data, ["normal", "pneumonia"])
     examples = [e for e in source.examples if e.split in ("train", "val")]
     images, labels = load(args.data, recipe.image_size)
-    folds = stratified_folds(labels, args.folds, 0)
+    folds = folds_for(args.data, args.holdout, labels, args.folds, 0)
     load_before = os.getloadavg()
     started_wall, started_cpu = time.monotonic(), time.process_time()
     runs, seed_seconds = [], []
@@ -333,7 +345,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
         )
         seed_seconds.append(time.monotonic() - t0)
         if args.oof_out is not None:
-            record_run(args.oof_out, key, runs[-1], labels, seed_load)
+            record_run(args.oof_out, key, runs[-1], labels, seed_load, args.holdout)
     from radlens.training.recipe import export_ensemble
 
     wall, cpu = time.monotonic() - started_wall, time.process_time() - started_cpu
@@ -346,9 +358,14 @@ def cv_ensemble(args: argparse.Namespace) -> int:
         store=args.store or _default_store(),
         name=args.name or "pneumonia-cv-ensemble",
         description=f"PneumoniaMNIST: {len(runs) * args.folds} {recipe.architecture} members "
-        f"({args.folds}-fold x seeds {[r.seed for r in runs]}), bench/pneumonia.py {ENSEMBLE}",
+        f"({args.folds}-fold {args.holdout} hold-out x seeds {[r.seed for r in runs]}), "
+        f"bench/pneumonia.py {ENSEMBLE}",
         tta_shift=args.tta_shift,
-        extra_config={"member_config": args.member, "training_wall_seconds": round(wall, 1)},
+        extra_config={
+            "member_config": args.member,
+            "holdout": args.holdout,
+            "training_wall_seconds": round(wall, 1),
+        },
     )
     metrics = manifest.metrics
     per_seed = {
@@ -358,6 +375,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": f"{manifest.name}:{manifest.version}",
         "member_config": args.member,
+        "holdout": args.holdout,
         "recipe": recipe.to_dict(),
         "members": len(runs) * args.folds,
         "seeds_kept": [r.seed for r in runs],

@@ -54,6 +54,8 @@ def configs() -> dict[str, Any]:
 
     base = MemberRecipe()
     strong = AugmentConfig(rotation_degrees=12.0, zoom=0.15, contrast=0.25, brightness=0.1)
+    # the default geometry, stronger exposure changes only (contrast x0.7..1.3, brightness +-0.15)
+    intensity = AugmentConfig(contrast=0.3, brightness=0.15)
     return {
         "base": base,
         "ls": base.replace(label_smoothing=0.1),  # the previous README recipe's smoothing
@@ -71,6 +73,9 @@ def configs() -> dict[str, Any]:
         "filters_e12": base.replace(filters=FILTER_BANK, epochs=12),
         # issue 19, the leave-modes-out hold-out: does stronger augmentation pay under shift?
         "filters_strongaug": base.replace(filters=FILTER_BANK, augment=strong),
+        "filters_intensity": base.replace(filters=FILTER_BANK, augment=intensity),
+        "filters_noaug": base.replace(filters=FILTER_BANK, augment=None),
+        "filters_ls": base.replace(filters=FILTER_BANK, label_smoothing=0.1),
     }
 
 

@@ -301,13 +301,16 @@ def test_cv_configs_for_input_size_and_length_build_on_the_filter_recipe() -> No
         assert table[name] == table["filters"].replace(image_size=size, epochs=epochs), name
 
 
-def test_final_run_records_the_same_oof_scores_as_the_cv_bench(tmp_path: Path) -> None:
+@pytest.mark.parametrize("holdout", ["random", "cluster"])
+def test_final_run_records_the_same_oof_scores_as_the_cv_bench(tmp_path: Path, holdout) -> None:
     """bench.pneumonia --oof-out: the final ensemble run is a run of the CV summary (same
-    folds, seed and recipe give the same OOF scores), keyed by what it trained."""
+    folds, seed and recipe give the same OOF scores), keyed by what it trained; under either
+    hold-out, which the stored model's training config names."""
     from bench import pneumonia, recipe_cv
 
     npz = write_npz(tmp_path / "d.npz", n={"train": 24, "val": 8})
     common = ["--data", str(npz), "--seeds", "1", "--epochs", "1", "--folds", "2"]
+    common += ["--holdout", holdout]
     final = [*common, "--arch", "cv-ensemble", "--member", "filters"]
     final += ["--store", str(tmp_path / "store")]
     final += ["--out", str(tmp_path / "f.json"), "--oof-out", str(tmp_path / "final")]
@@ -321,6 +324,17 @@ def test_final_run_records_the_same_oof_scores_as_the_cv_bench(tmp_path: Path) -
         np.load(tmp_path / "cv" / "oof_filters_s1.npy"),
         atol=1e-6,
     )
+    (manifest,) = ModelRegistry(tmp_path / "store").list()
+    assert manifest.training_config["holdout"] == holdout
+    _, labels = recipe_cv.load(str(npz), 28)
+    expected = recipe_cv.folds_for(str(npz), holdout, labels, 2, 0)
+    assert manifest.training_config["folds"] == 2
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["holdout"] == holdout
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["holdout"] == holdout
+    oof = np.load(tmp_path / "final" / "oof_filters_32px_e1_s1.npy")
+    again = fold_figures(labels, oof, expected, figures["threshold"])  # the hold-out's folds
+    assert figures["oof"]["accuracy"]["folds"] == again["accuracy"]["folds"]
 
 
 def test_cv_ensemble_member_keeps_its_own_epochs_and_names_overrides() -> None:
