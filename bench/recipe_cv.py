@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -325,6 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def seed_files(folder: Path, name: str, tta: bool) -> list[Path]:
+    """The OOF files of configuration ``name``, one per seed: ``oof_<name>_s<seed>[_tta].npy``
+    exactly (a glob would also take ``filters_strongaug``'s files for ``filters``)."""
+    pattern = re.compile(rf"oof_{re.escape(name)}_s\d+{'_tta' if tta else ''}\.npy")
+    return sorted(f for f in folder.glob("oof_*.npy") if pattern.fullmatch(f.name))
+
+
 def ensembles(out: Path, report: dict[str, Any], names: list[str], args: Any) -> None:
     """Seed-averaged OOF scores: the OOF figures of an ensemble of one member per seed."""
     import numpy as np
@@ -334,8 +342,7 @@ def ensembles(out: Path, report: dict[str, Any], names: list[str], args: Any) ->
     report.setdefault("ensembles", {})
     for name in names:
         for suffix in ("", "_tta"):
-            files = sorted(out.glob(f"oof_{name}_s*{suffix}.npy"))
-            files = [f for f in files if f.stem.endswith("_tta") == (suffix == "_tta")]
+            files = seed_files(out, name, tta=suffix == "_tta")
             if len(files) < 2:
                 continue
             scores = np.mean([np.load(f) for f in files], axis=0)
@@ -377,10 +384,7 @@ def summary(folders: list[Path], args: Any) -> int:
             # one file per seed: a seed run in two folders counts once (the last folder wins,
             # as for the runs)
             by_seed = {
-                f.name: f
-                for folder in folders
-                for f in sorted(folder.glob(f"oof_{name}_s*.npy"))
-                if f.stem.endswith("_tta") == (suffix == "_tta")
+                f.name: f for folder in folders for f in seed_files(folder, name, suffix == "_tta")
             }
             files = list(by_seed.values())
             if len(files) < 2:

@@ -263,7 +263,7 @@ def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: P
     run_dir = tmp_path / "cv"
     run_dir.mkdir()
     runs, scores = {}, {}
-    for name in ("ref", "cand"):
+    for name in ("ref", "cand", "ref_strong"):  # "ref_strong" starts like "ref_s<seed>"
         for seed in (1, 2):
             key = f"{name}_s{seed}"
             scores[key] = np.clip(labels * 0.3 + rng.uniform(0, 0.7, len(labels)), 0, 1)
@@ -283,9 +283,13 @@ def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: P
     argv = ["--summary", folders, "--against", "ref", "--data", str(npz), "--out", str(out)]
     assert recipe_cv.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert sorted(summary["ensembles"]) == ["cand x2 seeds", "ref x2 seeds"]  # not "ref x3"
+    # not "ref x3" (seed 1 twice) nor "ref x4" (ref_strong's files taken for ref's)
+    assert sorted(summary["ensembles"]) == ["cand x2 seeds", "ref x2 seeds", "ref_strong x2 seeds"]
+    mean = np.mean([scores["ref_s1"], scores["ref_s2"]], axis=0)
+    assert summary["ensembles"]["ref x2 seeds"] == recipe_cv.summarise(labels, mean, folds)
     paired = summary["paired"]
-    assert sorted(paired) == ["cand_s1", "cand_s2"]  # the reference is not paired with itself
+    # the reference is not paired with itself
+    assert sorted(paired) == ["cand_s1", "cand_s2", "ref_strong_s1", "ref_strong_s2"]
     for seed in (1, 2):
         expected = paired_fold_differences(
             labels, scores[f"ref_s{seed}"], scores[f"cand_s{seed}"], folds
