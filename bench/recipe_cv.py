@@ -77,6 +77,12 @@ def configs() -> dict[str, Any]:
         "filters_intensity": base.replace(filters=FILTER_BANK, augment=intensity),
         "filters_noaug": base.replace(filters=FILTER_BANK, augment=None),
         "filters_ls": base.replace(filters=FILTER_BANK, label_smoothing=0.1),
+        "filters_e12_intensity": base.replace(filters=FILTER_BANK, epochs=12, augment=intensity),
+        "filters_e24": base.replace(filters=FILTER_BANK, epochs=24),
+        "filters_e12_ls": base.replace(filters=FILTER_BANK, epochs=12, label_smoothing=0.1),
+        "filters_e12_intensity_ls": base.replace(
+            filters=FILTER_BANK, epochs=12, augment=intensity, label_smoothing=0.1
+        ),
     }
 
 
