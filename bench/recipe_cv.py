@@ -282,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with --summary: also print every configuration minus this one, paired by fold "
         "at the same seed (AUC; accuracy at the test prior at each one's balanced threshold)",
     )
+    p.add_argument(
+        "--apply-thresholds",
+        type=Path,
+        help="with --summary: the figures JSON of a bench.pneumonia cv-ensemble run (--out); its "
+        "served threshold and operating points applied to the seed-averaged OOF scores of its "
+        "member configuration in these folders (does the threshold survive this hold-out?)",
+    )
     args = p.parse_args(argv)
     if not Path(args.data).is_file():
         print(f"bench.recipe_cv: data not found: {args.data!r}", file=sys.stderr)
@@ -413,10 +420,55 @@ def summary(folders: list[Path], args: Any) -> int:
             print(f"ranking by {metric}: " + "; ".join(f"seed {s}: {o}" for s, o in orders.items()))
     if args.against:
         merged["paired"] = paired(folders, runs, args.against, labels, folds)
+    if args.apply_thresholds:
+        applied = apply_thresholds(folders, args.apply_thresholds, labels)
+        if applied is None:
+            return 2
+        merged["thresholds_applied"] = applied
     out = args.out / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(merged, indent=2) + "\n")
     return 0
+
+
+def apply_thresholds(folders: list[Path], figures_path: Path, labels: Any) -> dict[str, Any] | None:
+    """A cv-ensemble run's operating points (``bench.pneumonia --out``) applied to the
+    seed-averaged OOF scores of its member configuration in ``folders``: sensitivity,
+    specificity and accuracy at the test prior at each point's threshold, beside the scores'
+    own balanced threshold. None (and a message) when the folders hold no such scores."""
+    import numpy as np
+
+    from radlens.training.metrics import decision_threshold
+    from radlens.training.recipe import prior_matched_accuracy
+
+    figures = json.loads(figures_path.read_text())
+    name = figures["member_config"]
+    by_seed = {f.name: f for folder in folders for f in seed_files(folder, name, tta=False)}
+    if not by_seed:
+        print(f"bench.recipe_cv: no OOF scores of {name!r} in {folders}", file=sys.stderr)
+        return None
+    scores = np.mean([np.load(f) for f in by_seed.values()], axis=0)
+
+    def rates(threshold: float) -> dict[str, float]:
+        predicted = scores >= threshold
+        sens = float(np.mean(predicted[labels == 1]))
+        spec = float(np.mean(~predicted[labels == 0]))
+        return {
+            "threshold": float(threshold),
+            "sensitivity": sens,
+            "specificity": spec,
+            "accuracy_at_test_prior": prior_matched_accuracy(sens, spec),
+        }
+
+    points = {n: rates(p["threshold"]) for n, p in figures["operating_points"].items()}
+    own = rates(decision_threshold("balanced", labels, scores))
+    print(f"{figures['model']}'s operating points on {len(by_seed)} seed(s) of {name}'s OOF here:")
+    for n, r in [*points.items(), ("own balanced", own)]:
+        print(
+            f"  {n:<13} threshold {r['threshold']:.4f}  sensitivity {r['sensitivity']:.3f}  "
+            f"specificity {r['specificity']:.3f}  acc@prior {r['accuracy_at_test_prior']:.4f}"
+        )
+    return {"model": figures["model"], "member": name, "points": points, "own_balanced": own}
 
 
 def paired(

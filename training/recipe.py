@@ -8,6 +8,11 @@ folds, one model is trained per fold on the other ``k - 1`` folds, and every ima
 once, by the model that never saw it. AUC and accuracy of those scores (mean and spread over
 folds) rank recipes; the decision threshold and the operating-point table are chosen on them.
 
+A second, harder signal holds out whole kinds of image: :func:`cluster_folds` cuts each class
+into look-alike groups (k-means on pixel principal components) and deals whole groups to folds
+(``bench.recipe_cv --holdout cluster``). A held-out image's look-alikes are then not in training,
+as on a shifted test set; :func:`make_folds` builds either hold-out by name.
+
 Accuracy is also reported **at the test prior** (234 normal / 390 pneumonia in the official
 test split, 37.5 % normal, against 25 % in train+val): ``0.375 * specificity + 0.625 *
 sensitivity``. A recipe that buys sensitivity with specificity looks good on the pneumonia-rich

@@ -413,6 +413,45 @@ class TestClusterFolds:
             cluster_folds(np.zeros((29, 4, 4)) + np.arange(29)[:, None, None], few, 5)
 
 
+def test_cv_summary_applies_a_runs_operating_points_to_the_oof_scores(tmp_path: Path) -> None:
+    """--apply-thresholds: a cv-ensemble run's thresholds on the seed-averaged OOF scores of its
+    member here (sensitivity/specificity recomputed by hand); no such scores: exit 2."""
+    from bench import recipe_cv
+
+    npz = write_npz(tmp_path / "d.npz", n={"train": 40, "val": 10})
+    _, labels = recipe_cv.load(str(npz), 32)
+    folds = stratified_folds(labels, 5, 0)
+    rng = np.random.default_rng(1)
+    run_dir = tmp_path / "cv"
+    run_dir.mkdir()
+    runs, scores = {}, []
+    for seed in (1, 2):
+        scores.append(np.clip(labels * 0.4 + rng.uniform(0, 0.6, len(labels)), 0, 1))
+        np.save(run_dir / f"oof_member_s{seed}.npy", scores[-1])
+        summary = recipe_cv.summarise(labels, scores[-1], folds)
+        runs[f"member_s{seed}"] = {"config": "member", "seed": seed, "plain": summary}
+    np.save(run_dir / "oof_member_x_s1.npy", np.ones(len(labels)))  # another config's file
+    (run_dir / "cv.json").write_text(json.dumps({"runs": runs}))
+    figures = tmp_path / "f.json"
+    points = {"chosen": {"threshold": 0.5}, "sens95": {"threshold": 0.3}}
+    figures.write_text(
+        json.dumps({"model": "m:1", "member_config": "member", "operating_points": points})
+    )
+    argv = ["--summary", str(run_dir), "--data", str(npz), "--out", str(tmp_path / "s")]
+    assert recipe_cv.main([*argv, "--apply-thresholds", str(figures)]) == 0
+    applied = json.loads((tmp_path / "s" / "summary.json").read_text())["thresholds_applied"]
+    mean = np.mean(scores, axis=0)
+    for name, threshold in (("chosen", 0.5), ("sens95", 0.3)):
+        predicted = mean >= threshold
+        point = applied["points"][name]
+        assert point["sensitivity"] == pytest.approx(np.mean(predicted[labels == 1]))
+        assert point["specificity"] == pytest.approx(np.mean(~predicted[labels == 0]))
+    figures.write_text(
+        json.dumps({"model": "m:1", "member_config": "other", "operating_points": points})
+    )
+    assert recipe_cv.main([*argv, "--apply-thresholds", str(figures)]) == 2
+
+
 def test_cv_bench_epochs_leave_a_configuration_with_its_own_length() -> None:
     from bench import recipe_cv
 
