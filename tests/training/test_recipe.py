@@ -253,7 +253,10 @@ class TestPairedDifferences:
             paired_fold_differences(self.LABELS, self.REFERENCE[:-1], self.CANDIDATE, self.FOLDS)
 
 
-def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: Path) -> None:
+def _cv_runs(tmp_path: Path, names: tuple[str, ...]) -> tuple[Path, np.ndarray, np.ndarray, dict]:
+    """A tiny npz and a bench.recipe_cv --out folder ``tmp_path/cv`` holding seeds 1 and 2 of
+    each configuration in ``names`` (random OOF scores that lean towards the label), as
+    ``recipe_cv.main`` writes them. Returns the npz, labels, folds and the scores by run key."""
     from bench import recipe_cv
 
     npz = write_npz(tmp_path / "d.npz", n={"train": 40, "val": 10})
@@ -263,7 +266,7 @@ def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: P
     run_dir = tmp_path / "cv"
     run_dir.mkdir()
     runs, scores = {}, {}
-    for name in ("ref", "cand", "ref_strong"):  # "ref_strong" starts like "ref_s<seed>"
+    for name in names:
         for seed in (1, 2):
             key = f"{name}_s{seed}"
             scores[key] = np.clip(labels * 0.3 + rng.uniform(0, 0.7, len(labels)), 0, 1)
@@ -274,6 +277,16 @@ def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: P
                 "plain": recipe_cv.summarise(labels, scores[key], folds),
             }
     (run_dir / "cv.json").write_text(json.dumps({"runs": runs}))
+    return npz, labels, folds, scores
+
+
+def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: Path) -> None:
+    from bench import recipe_cv
+
+    # "ref_strong" starts like "ref_s<seed>"
+    npz, labels, folds, scores = _cv_runs(tmp_path, ("ref", "cand", "ref_strong"))
+    run_dir = tmp_path / "cv"
+    runs = json.loads((run_dir / "cv.json").read_text())["runs"]
     again = tmp_path / "again"  # seed 1 of the reference recorded a second time elsewhere
     again.mkdir()
     np.save(again / "oof_ref_s1.npy", scores["ref_s1"])
@@ -418,20 +431,8 @@ def test_cv_summary_applies_a_runs_operating_points_to_the_oof_scores(tmp_path: 
     member here (sensitivity/specificity recomputed by hand); no such scores: exit 2."""
     from bench import recipe_cv
 
-    npz = write_npz(tmp_path / "d.npz", n={"train": 40, "val": 10})
-    _, labels = recipe_cv.load(str(npz), 32)
-    folds = stratified_folds(labels, 5, 0)
-    rng = np.random.default_rng(1)
+    npz, labels, _, scores = _cv_runs(tmp_path, ("member", "member_x"))  # member_x: not ours
     run_dir = tmp_path / "cv"
-    run_dir.mkdir()
-    runs, scores = {}, []
-    for seed in (1, 2):
-        scores.append(np.clip(labels * 0.4 + rng.uniform(0, 0.6, len(labels)), 0, 1))
-        np.save(run_dir / f"oof_member_s{seed}.npy", scores[-1])
-        summary = recipe_cv.summarise(labels, scores[-1], folds)
-        runs[f"member_s{seed}"] = {"config": "member", "seed": seed, "plain": summary}
-    np.save(run_dir / "oof_member_x_s1.npy", np.ones(len(labels)))  # another config's file
-    (run_dir / "cv.json").write_text(json.dumps({"runs": runs}))
     figures = tmp_path / "f.json"
     points = {"chosen": {"threshold": 0.5}, "sens95": {"threshold": 0.3}}
     figures.write_text(
@@ -440,7 +441,7 @@ def test_cv_summary_applies_a_runs_operating_points_to_the_oof_scores(tmp_path: 
     argv = ["--summary", str(run_dir), "--data", str(npz), "--out", str(tmp_path / "s")]
     assert recipe_cv.main([*argv, "--apply-thresholds", str(figures)]) == 0
     applied = json.loads((tmp_path / "s" / "summary.json").read_text())["thresholds_applied"]
-    mean = np.mean(scores, axis=0)
+    mean = np.mean([scores["member_s1"], scores["member_s2"]], axis=0)
     for name, threshold in (("chosen", 0.5), ("sens95", 0.3)):
         predicted = mean >= threshold
         point = applied["points"][name]
