@@ -83,6 +83,9 @@ def configs() -> dict[str, Any]:
         "filters_e12_intensity_ls": base.replace(
             filters=FILTER_BANK, epochs=12, augment=intensity, label_smoothing=0.1
         ),
+        "filters_e24_intensity_ls": base.replace(
+            filters=FILTER_BANK, epochs=24, augment=intensity, label_smoothing=0.1
+        ),
     }
 
 
