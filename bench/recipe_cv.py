@@ -108,13 +108,13 @@ def probe(data: str, k: int, seed: int) -> dict[str, Any]:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    from radlens.training.recipe import HOLDOUTS, fold_figures
+    from radlens.training.recipe import HOLDOUTS, fold_figures, make_folds
 
     images, labels = load(data, PROBE_SIZE)
     pixels = images.reshape(len(labels), -1)
     result: dict[str, Any] = {}
     for holdout in HOLDOUTS:
-        folds = folds_for(data, holdout, labels, k, seed)
+        folds = make_folds(holdout, images, labels, k, seed)  # the images loaded once, here
         scores = np.zeros(len(labels))
         for f in np.unique(folds):
             held = folds == f

@@ -74,6 +74,15 @@ def run(coro: Any) -> Any:
     return asyncio.run(guarded())
 
 
+def latency_runtimes(xml: Path) -> tuple[OpenVINORuntime, OpenVINORuntime]:
+    """The IR with its latency model, and without (the model before round 8); skips when this
+    CPU keeps no latency model at ``PRECISION``."""
+    runtime = OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2, latency=True)
+    if not runtime.latency:
+        pytest.skip(f"no latency model on this CPU in {PRECISION}: {runtime.latency_note}")
+    return runtime, OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2)
+
+
 async def one_by_one(predictor: Any, xs: np.ndarray) -> list[Any]:
     """Start the predictor, send ``xs`` one at a time (each a lone request), stop it."""
     await predictor.start()
@@ -88,10 +97,7 @@ class TestPredictor:
         self, converted: tuple[Path, LoadedModel, Path]
     ) -> None:
         _, loaded, xml = converted
-        runtime = OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2, latency=True)
-        if not runtime.latency:
-            pytest.skip(f"no latency model on this CPU in {PRECISION}: {runtime.latency_note}")
-        plain = OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2)  # before round 8
+        runtime, plain = latency_runtimes(xml)
         predictor, stats = predictor_on(loaded, runtime)
         xs = images(6)
 
@@ -133,25 +139,14 @@ class TestPredictor:
         runtime = OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2)  # latency off
         predictor, stats = predictor_on(loaded, runtime)
 
-        async def one_by_one() -> None:
-            await predictor.start()
-            try:
-                for x in images(3):
-                    await predictor.predict(x)
-            finally:
-                await predictor.stop()
-
-        run(one_by_one())
+        run(one_by_one(predictor, images(3)))
         assert [(s.size, s.alone) for s in stats] == [(1, False)] * 3
 
     def test_auto_seeds_both_timings_at_warm_up_and_runs_each_lone_call_on_one(
         self, converted: tuple[Path, LoadedModel, Path]
     ) -> None:
         _, loaded, xml = converted
-        runtime = OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2, latency=True)
-        if not runtime.latency:
-            pytest.skip(f"no latency model on this CPU in {PRECISION}: {runtime.latency_note}")
-        plain = OpenVINORuntime(xml, PRECISION, (32, 32, 1), streams=2)
+        runtime, plain = latency_runtimes(xml)
         predictor, stats = predictor_on(loaded, runtime, policy="auto")
         assert all(ms is not None for ms in predictor.lone_calls.ms.values())  # warm-up
         xs = images(20)
