@@ -57,6 +57,7 @@ def configs() -> dict[str, Any]:
     strong = AugmentConfig(rotation_degrees=12.0, zoom=0.15, contrast=0.25, brightness=0.1)
     # the default geometry, stronger exposure changes only (contrast x0.7..1.3, brightness +-0.15)
     intensity = AugmentConfig(contrast=0.3, brightness=0.15)
+    member = base.replace(filters=FILTER_BANK, epochs=12, augment=intensity, label_smoothing=0.1)
     return {
         "base": base,
         "ls": base.replace(label_smoothing=0.1),  # the previous README recipe's smoothing
@@ -80,12 +81,15 @@ def configs() -> dict[str, Any]:
         "filters_e12_intensity": base.replace(filters=FILTER_BANK, epochs=12, augment=intensity),
         "filters_e24": base.replace(filters=FILTER_BANK, epochs=24),
         "filters_e12_ls": base.replace(filters=FILTER_BANK, epochs=12, label_smoothing=0.1),
-        "filters_e12_intensity_ls": base.replace(
-            filters=FILTER_BANK, epochs=12, augment=intensity, label_smoothing=0.1
-        ),
+        "filters_e12_intensity_ls": member,
         "filters_e24_intensity_ls": base.replace(
             filters=FILTER_BANK, epochs=24, augment=intensity, label_smoothing=0.1
         ),
+        # issue 19, on top of the chosen member: blind to a film's overall exposure (each
+        # image minus its mean, in the model), and batch normalisation after each convolution
+        "member_center": member.replace(center=True),
+        "member_bn": member.replace(batchnorm=True),
+        "member_center_bn": member.replace(center=True, batchnorm=True),
     }
 
 

@@ -24,13 +24,16 @@ of the backbone).
 
 simple_cnn, the course's lesson-end network::
 
-    input -> ["filter_frontend"] -> "conv1" 32 3x3 ReLU -> "conv2" 32 3x3 ReLU -> "pool1" max 2x2
-          -> "conv3" 64 3x3 ReLU -> "conv4" 64 3x3 ReLU -> "pool2" max 2x2
+    input -> ["center"] -> ["filter_frontend"]
+          -> "conv1" 32 3x3 ReLU ["bn1"] -> "conv2" 32 3x3 ReLU ["bn2"] -> "pool1" max 2x2
+          -> "conv3" 64 3x3 ReLU ["bn3"] -> "conv4" 64 3x3 ReLU ["bn4"] -> "pool2" max 2x2
           -> "flatten" -> "dense1" 128 ReLU -> "dropout1" -> "dense2" 64 ReLU -> "dropout2"
           -> "predictions" Dense softmax
 
 Its convolutions use 'same' padding (size kept, so any input of at least 4x4 works) and
-it takes the [0, 1] input as is.
+it takes the [0, 1] input as is, or, with ``center``, minus each image's mean (CenterImage);
+``batchnorm`` adds a BatchNormalization after each convolution's ReLU ("bn1".."bn4"), so
+Grad-CAM's "conv4" is still a ReLU map.
 """
 
 from __future__ import annotations
@@ -45,7 +48,13 @@ import keras
 import numpy as np
 
 from radlens.models.errors import ConfigurationError
-from radlens.models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess, check_filter_names
+from radlens.models.layers import (
+    CenterImage,
+    FixedFilterBank,
+    GrayToRGB,
+    ResNetPreprocess,
+    check_filter_names,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -76,6 +85,8 @@ def build_model(
     weights: str | os.PathLike[str] | None = None,
     dropout: float = 0.3,
     multi_label: bool = False,
+    center: bool = False,
+    batchnorm: bool = False,
 ) -> keras.Model:
     """Build a classifier for gray images in [0, 1].
 
@@ -93,6 +104,9 @@ def build_model(
         dropout: dropout rate before the classifier, in [0, 1).
         multi_label: a sigmoid head instead of the softmax: one independent score per
             output (``num_classes`` findings, >= 2), for multi-label findings.
+        center: simple_cnn only. Subtract each image's mean first (layer ``"center"``,
+            :class:`~radlens.models.layers.CenterImage`): blind to a film's overall exposure.
+        batchnorm: simple_cnn only. A BatchNormalization after each convolution.
 
     Returns:
         An uncompiled ``keras.Model`` named after the architecture, with input
@@ -128,6 +142,14 @@ def build_model(
         raise TypeError(f"dropout must be a number. Received: {dropout!r}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigurationError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+    for option, value in (("center", center), ("batchnorm", batchnorm)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{option} must be True or False. Received: {value!r}")
+        if value and architecture != "simple_cnn":
+            raise ConfigurationError(
+                f"{option}=True is a simple_cnn option; {architecture} has its own input "
+                f"normalisation. Received: architecture={architecture!r}, {option}=True"
+            )
     if architecture == "simple_cnn":
         if weights is not None:
             raise ConfigurationError(
@@ -135,7 +157,15 @@ def build_model(
                 f"weights={weights!r}"
             )
         head = "sigmoid" if multi_label else "softmax"
-        return _simple_cnn((height, width), int(num_classes), names, float(dropout), head)
+        return _simple_cnn(
+            (height, width),
+            int(num_classes),
+            names,
+            float(dropout),
+            head,
+            center=center,
+            batchnorm=batchnorm,
+        )
     resolved = _check_weights(weights)
     return _resnet50(
         (height, width),
@@ -245,16 +275,20 @@ def _simple_cnn(
     filters: tuple[str, ...],
     dropout: float,
     head: str = "softmax",
+    *,
+    center: bool = False,
+    batchnorm: bool = False,
 ) -> keras.Model:
     layers = keras.layers
     inputs = keras.Input((*size, 1), name="image")
-    x = _frontend(inputs, filters)
-    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(x)
-    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
-    x = layers.MaxPooling2D(2, name="pool1")(x)
-    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv3")(x)
-    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv4")(x)
-    x = layers.MaxPooling2D(2, name="pool2")(x)
+    x = CenterImage(name="center")(inputs) if center else inputs
+    x = _frontend(x, filters)
+    for index, (width, pool) in enumerate(((32, None), (32, "pool1"), (64, None), (64, "pool2"))):
+        x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv{index + 1}")(x)
+        if batchnorm:
+            x = layers.BatchNormalization(name=f"bn{index + 1}")(x)
+        if pool:
+            x = layers.MaxPooling2D(2, name=pool)(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="dense1")(x)
     x = layers.Dropout(dropout, name="dropout1")(x)

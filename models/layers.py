@@ -20,7 +20,14 @@ from keras import ops as K
 from radlens.models.errors import ConfigurationError
 from radlens.models.ops import FILTER_NAMES, KERNELS
 
-__all__ = ["FixedFilterBank", "GrayToRGB", "ResNetPreprocess", "ShiftView", "check_filter_names"]
+__all__ = [
+    "CenterImage",
+    "FixedFilterBank",
+    "GrayToRGB",
+    "ResNetPreprocess",
+    "ShiftView",
+    "check_filter_names",
+]
 
 # keras.applications.resnet50.preprocess_input ("caffe" mode) on 0..255 RGB: flip RGB->BGR,
 # subtract the ImageNet BGR channel means, no scaling.
@@ -119,6 +126,29 @@ class FixedFilterBank(keras.layers.Layer):
         config: dict[str, Any] = super().get_config()
         config.update({"filters": list(self.filter_names), "keep_input": self.keep_input})
         return config
+
+
+@keras.saving.register_keras_serializable(package="radlens")
+class CenterImage(keras.layers.Layer):
+    """Subtract each image's own mean intensity: ``out = x - mean(x)`` over height, width and
+    channels, per image. No weights; the contrast is kept, only the overall exposure goes, so
+    a network behind it cannot lean on how bright a whole film is (one of the things that
+    differs between hospitals, machines and exposures). Output is centred on 0, not in [0, 1].
+    """
+
+    def build(self, input_shape: Any) -> None:
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"CenterImage takes images (batch, H, W, C). Received input shape "
+                f"{tuple(input_shape)}"
+            )
+        super().build(input_shape)
+
+    def call(self, inputs: Any) -> Any:
+        return inputs - K.mean(inputs, axis=(1, 2, 3), keepdims=True)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return tuple(input_shape)
 
 
 @keras.saving.register_keras_serializable(package="radlens")

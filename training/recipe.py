@@ -63,6 +63,8 @@ class MemberRecipe:
     learning_rate: float = 1e-3  # cosine-decayed to 0 over the epochs
     weight_decay: float = 1e-4  # AdamW's decoupled decay
     dropout: float = 0.3
+    center: bool = False  # subtract each image's mean in the model (blind to overall exposure)
+    batchnorm: bool = False  # BatchNormalization after each convolution
     label_smoothing: float = 0.0
     class_weights: bool = True  # inverse class frequency per example
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
@@ -385,6 +387,8 @@ def train_member(
         num_classes=2,
         filters=recipe.filters,
         dropout=recipe.dropout,
+        center=recipe.center,
+        batchnorm=recipe.batchnorm,
     )
     steps = recipe.epochs * math.ceil(len(images) / recipe.batch_size)
     model.compile(

@@ -19,7 +19,7 @@ from radlens.models.architectures import (
     set_backbone_trainable,
 )
 from radlens.models.errors import ConfigurationError
-from radlens.models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess
+from radlens.models.layers import CenterImage, FixedFilterBank, GrayToRGB, ResNetPreprocess
 from radlens.models.registry import ModelRegistry, predict_scores
 
 SIZE = 32
@@ -97,6 +97,44 @@ class TestSimpleCnn:
         loaded = keras.saving.load_model(tmp_path / "model.keras")
         x = batch(3, 16)
         np.testing.assert_array_equal(predict_scores(loaded, x), predict_scores(model, x))
+
+    def test_center_makes_it_blind_to_exposure(self):
+        model = build_model(
+            "simple_cnn", input_shape=(16, 16, 1), num_classes=2, filters=("blur",), center=True
+        )
+        names = [layer.name for layer in model.layers]
+        assert names[:4] == ["image", "center", "filter_frontend", "conv1"]
+        assert isinstance(model.get_layer("center"), CenterImage)
+        x = batch(3, 16) * 0.5
+        np.testing.assert_allclose(
+            predict_scores(model, x + 0.3), predict_scores(model, x), atol=1e-5
+        )
+        plain = build_model("simple_cnn", input_shape=(16, 16, 1), num_classes=2)
+        assert np.abs(predict_scores(plain, x + 0.3) - predict_scores(plain, x)).max() > 1e-4
+
+    def test_batchnorm_after_each_relu_and_in_inference_mode_when_served(self, tmp_path):
+        model = build_model(
+            "simple_cnn", input_shape=(16, 16, 1), num_classes=2, center=True, batchnorm=True
+        )
+        names = [layer.name for layer in model.layers]
+        for i in range(1, 5):
+            assert names[names.index(f"conv{i}") + 1] == f"bn{i}"
+            assert isinstance(model.get_layer(f"bn{i}"), keras.layers.BatchNormalization)
+        assert names[names.index("bn2") + 1] == "pool1" and names[names.index("bn4") + 1] == "pool2"
+        assert last_conv_layer_name(model) == "conv4"  # Grad-CAM still reads a ReLU map
+        features, _ = gradcam_model(model)(batch(1, 16), training=False)
+        assert features.shape == (1, 8, 8, 64) and float(np.min(features)) >= 0.0
+        for i in range(1, 5):
+            bn = model.get_layer(f"bn{i}")
+            bn.moving_mean.assign(RNG.normal(0.3, 0.1, bn.moving_mean.shape).astype(np.float32))
+            bn.moving_variance.assign(RNG.uniform(2, 3, bn.moving_variance.shape).astype("f4"))
+        x = batch(4, 16)
+        served = predict_scores(model, x)
+        model.save(tmp_path / "bn.keras")  # the moving statistics are saved with it
+        loaded = keras.saving.load_model(tmp_path / "bn.keras")
+        np.testing.assert_allclose(predict_scores(loaded, x), served, atol=1e-6)
+        # serving uses the moving statistics, not the batch's
+        assert np.abs(np.asarray(model(x, training=True)) - served).max() > 1e-4
 
     def test_trains_a_step(self):
         model = build_model("simple_cnn", input_shape=(8, 8, 1), num_classes=2, dropout=0.0)
@@ -284,6 +322,13 @@ class TestWeights:
 
 
 class TestArgumentChecks:
+    @pytest.mark.parametrize("option", ["center", "batchnorm"])
+    def test_simple_cnn_options_are_refused_elsewhere_and_must_be_bools(self, option):
+        with pytest.raises(ConfigurationError, match=rf"{option}=True is a simple_cnn option"):
+            build_model("resnet50", input_shape=(32, 32, 1), num_classes=2, **{option: True})
+        with pytest.raises(TypeError, match=f"{option} must be True or False. Received: 1"):
+            build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=2, **{option: 1})
+
     def test_unknown_architecture_lists_valid(self):
         assert ARCHITECTURES == ("resnet50", "simple_cnn")
         with pytest.raises(ConfigurationError, match=r"'vgg16'.*resnet50, simple_cnn"):

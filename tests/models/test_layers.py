@@ -8,7 +8,7 @@ import pytest
 
 from radlens.models import ops
 from radlens.models.errors import ConfigurationError
-from radlens.models.layers import FixedFilterBank, GrayToRGB, ResNetPreprocess
+from radlens.models.layers import CenterImage, FixedFilterBank, GrayToRGB, ResNetPreprocess
 
 RNG = np.random.default_rng(42)
 ATOL = 1e-5
@@ -173,3 +173,27 @@ class TestInputAdapters:
         np.testing.assert_allclose(
             np.asarray(loaded(batch)), np.asarray(model(batch)), rtol=1e-6, atol=1e-6
         )
+
+
+class TestCenterImage:
+    def test_subtracts_each_images_own_mean(self):
+        x = RNG.random((3, 6, 5, 2)).astype(np.float32)
+        x[1] += 0.5  # a brighter image must not move the others
+        out = np.asarray(CenterImage()(x))
+        np.testing.assert_allclose(out, x - x.mean(axis=(1, 2, 3), keepdims=True), atol=1e-6)
+        np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-6)
+        # blind to exposure, keeps contrast: a shifted image centres to the same values
+        shifted = np.asarray(CenterImage()(x + 0.2))
+        np.testing.assert_allclose(shifted, out, atol=1e-6)
+        assert np.abs(np.asarray(CenterImage()(x * 2.0)) - 2.0 * out).max() < 1e-5
+
+    def test_refuses_a_non_image_and_round_trips(self, tmp_path):
+        with pytest.raises(ValueError, match=r"\(batch, H, W, C\).*\(2, 6\)"):
+            CenterImage()(np.zeros((2, 6), np.float32))
+        inputs = keras.Input((8, 8, 1))
+        model = keras.Model(inputs, CenterImage(name="center")(inputs))
+        model.save(tmp_path / "c.keras")
+        loaded = keras.saving.load_model(tmp_path / "c.keras")
+        assert isinstance(loaded.get_layer("center"), CenterImage)
+        x = RNG.random((2, 8, 8, 1)).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)

@@ -126,6 +126,29 @@ def test_ema_weights_are_the_models_after_training():
         np.testing.assert_allclose(np.asarray(variable), np.asarray(averages[id(variable)]))
 
 
+def test_centered_batchnorm_members_train_and_serve_as_an_ensemble():
+    from radlens.models.ensemble import build_ensemble
+    from radlens.models.ood import feature_model
+
+    rng = np.random.default_rng(3)
+    images = rng.random((48, 16, 16, 1), dtype=np.float32) * 0.6
+    labels = np.arange(48) % 2
+    images[labels == 1, 4:12, 4:12] += 0.3  # a learnable "opacity"
+    recipe = TINY.replace(center=True, batchnorm=True, filters=("blur",), epochs=2)
+    members = [train_member(images, labels, recipe, seed=s) for s in (1, 2)]
+    for member in members:
+        assert member.get_layer("center") and member.get_layer("bn4")
+        assert float(np.abs(member.get_layer("bn1").moving_mean).max()) > 0  # trained stats
+    ensemble = build_ensemble(members)
+    x = images[:3]
+    scores = np.asarray(ensemble(x, training=False))
+    np.testing.assert_allclose(np.asarray(ensemble(x + 0.1, training=False)), scores, atol=1e-5)
+    result = gradcam_explain(ensemble, x, class_index=1)
+    assert result.heatmaps.shape == (3, 16, 16) and np.isfinite(result.heatmaps).all()
+    assert result.layer.startswith("mean of 2 members")
+    assert np.asarray(feature_model(ensemble)(x, training=False)[1]).shape[0] == 3
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("recipe")
