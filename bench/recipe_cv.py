@@ -87,9 +87,13 @@ def configs() -> dict[str, Any]:
         ),
         # issue 19, on top of the chosen member: blind to a film's overall exposure (each
         # image minus its mean, in the model), and batch normalisation after each convolution
-        "member_center": member.replace(center=True),
-        "member_bn": member.replace(batchnorm=True),
-        "member_center_bn": member.replace(center=True, batchnorm=True),
+        "filters_e12_intensity_ls_center": member.replace(center=True),
+        "filters_e12_intensity_ls_bn": member.replace(batchnorm=True),
+        "filters_e12_intensity_ls_center_bn": member.replace(center=True, batchnorm=True),
+        # with the exposure gone, only contrast is left to vary: x0.5..1.5 instead of x0.7..1.3
+        "filters_e12_intensity_ls_center_contrast": member.replace(
+            center=True, augment=AugmentConfig(contrast=0.5, brightness=0.15)
+        ),
     }
 
 

@@ -339,6 +339,17 @@ def test_cv_configs_for_input_size_and_length_build_on_the_filter_recipe() -> No
     table = recipe_cv.configs()
     for name, size, epochs in (("filters48", 48, 8), ("filters64", 64, 8), ("filters_e12", 32, 12)):
         assert table[name] == table["filters"].replace(image_size=size, epochs=epochs), name
+    member = table["filters_e12_intensity_ls"]
+    assert table["filters_e12_intensity_ls_center"] == member.replace(center=True)
+    assert table["filters_e12_intensity_ls_bn"] == member.replace(batchnorm=True)
+
+
+def test_cv_ensemble_member_is_the_centred_filter_recipe() -> None:
+    from bench import pneumonia, recipe_cv
+
+    recipe = recipe_cv.configs()[pneumonia.ENSEMBLE_MEMBER]
+    assert recipe.center and not recipe.batchnorm and recipe.filters == recipe_cv.FILTER_BANK
+    assert (recipe.epochs, recipe.label_smoothing, recipe.augment.contrast) == (12, 0.1, 0.3)
 
 
 @pytest.mark.parametrize("holdout", ["random", "cluster"])
