@@ -1,6 +1,7 @@
 """The service serves an ensemble (models.ensemble) as one model: it loads from the store,
 predicts the members' mean, and ?explain=true gives the members' averaged Grad-CAM (SQLite,
-tiny random members: the test checks the plumbing, not diagnostic quality)."""
+tiny random members built as the recipe's are, filter front-end and CenterImage: the test
+checks the plumbing, not diagnostic quality)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import CLASS_NAMES, make_settings, png_bytes
+
+FILTERS = ("sobel_h", "sobel_v", "blur", "outline")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,12 @@ def ensemble_app(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     members = []
     for seed in (1, 2):
         keras.utils.set_random_seed(seed)
-        members.append(build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=2))
+        # as the served recipe's members: the filter front-end behind an exposure-blind centre
+        members.append(
+            build_model(
+                "simple_cnn", input_shape=(32, 32, 1), num_classes=2, filters=FILTERS, center=True
+            )
+        )
     model = build_ensemble(members, offsets=[(0, 0), (1, 0)])
     ModelRegistry(tmp / "store").save(
         model,
@@ -35,7 +43,7 @@ def ensemble_app(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
         class_names=CLASS_NAMES,
         threshold=0.5,
         window=None,
-        filters=[],
+        filters=list(FILTERS),
         metrics={"val": {"auc": 0.5}},
         training_config={"note": "test fixture", "members": 2},
         data_fingerprint=None,
