@@ -258,6 +258,16 @@ def line(name: str, figures: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from radlens.models.errors import ConfigurationError
+
+    try:
+        return _main(argv)
+    except ConfigurationError as exc:  # e.g. too few images of a class for the cluster hold-out
+        print(f"bench.recipe_cv: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_NPZ))
     p.add_argument("--configs", default="base,ls,mixup,ema,strongaug,filters")
@@ -382,7 +392,9 @@ def summary(folders: list[Path], args: Any) -> int:
     runs: dict[str, Any] = {}
     holdouts = set()
     for folder in folders:
-        report = json.loads((folder / "cv.json").read_text())
+        report = read_json(folder / "cv.json", ("runs",), "a bench.recipe_cv --out folder's")
+        if report is None:
+            return 2
         runs.update(report["runs"])
         holdouts.add(report.get("holdout", "random"))  # runs before the option: random folds
     if len(holdouts) > 1:
@@ -442,6 +454,23 @@ def summary(folders: list[Path], args: Any) -> int:
     return 0
 
 
+def read_json(path: Path, keys: tuple[str, ...], what: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` if it holds ``keys``, else None and a one-line message."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        print(f"bench.recipe_cv: cannot read {path}: {exc}", file=sys.stderr)
+        return None
+    missing = [k for k in keys if not isinstance(value, dict) or k not in value]
+    if missing:
+        print(
+            f"bench.recipe_cv: {path} is not {what} figures file: it lacks {missing}",
+            file=sys.stderr,
+        )
+        return None
+    return value  # type: ignore[no-any-return]
+
+
 def apply_thresholds(folders: list[Path], figures_path: Path, labels: Any) -> dict[str, Any] | None:
     """A cv-ensemble run's operating points (``bench.pneumonia --out``) applied to the
     seed-averaged OOF scores of its member configuration in ``folders``: sensitivity,
@@ -452,7 +481,22 @@ def apply_thresholds(folders: list[Path], figures_path: Path, labels: Any) -> di
     from radlens.training.metrics import decision_threshold
     from radlens.training.recipe import prior_matched_accuracy
 
-    figures = json.loads(figures_path.read_text())
+    figures = read_json(
+        figures_path, ("model", "member_config", "operating_points"), "a cv-ensemble run's (--out)"
+    )
+    if figures is None:
+        return None
+    points_in = figures["operating_points"]
+    if not isinstance(points_in, dict) or not all(
+        isinstance(p, dict) and isinstance(p.get("threshold"), int | float)
+        for p in points_in.values()
+    ):
+        print(
+            f"bench.recipe_cv: {figures_path}: operating_points must map each name to an "
+            "object with a numeric threshold",
+            file=sys.stderr,
+        )
+        return None
     name = figures["member_config"]
     by_seed = {f.name: f for folder in folders for f in seed_files(folder, name, tta=False)}
     if not by_seed:

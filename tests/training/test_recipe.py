@@ -487,6 +487,48 @@ def test_cv_summary_applies_a_runs_operating_points_to_the_oof_scores(tmp_path: 
     assert recipe_cv.main([*argv, "--apply-thresholds", str(figures)]) == 2
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "cannot read"),
+        ('{"model": "m:1", "operating_points": {}}', "lacks ['member_config']"),
+        ('["a list"]', "lacks ['model', 'member_config', 'operating_points']"),
+        (
+            '{"model": "m:1", "member_config": "filters", "operating_points": {"x": {}}}',
+            "numeric threshold",
+        ),
+    ],
+)
+def test_cv_bench_refuses_malformed_files_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    from bench import recipe_cv
+
+    npz, *_ = _cv_runs(tmp_path, ("filters",))
+    folder = tmp_path / "cv"
+    figures = tmp_path / "figures.json"
+    figures.write_text(text)
+    argv = ["--data", str(npz), "--summary", str(folder), "--out", str(tmp_path / "s")]
+    assert recipe_cv.main([*argv, "--apply-thresholds", str(figures)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    (folder / "cv.json").write_text("{}")  # a folder that is not a CV run's
+    assert recipe_cv.main(argv) == 2
+    assert "lacks ['runs']" in capsys.readouterr().err
+
+
+def test_cv_bench_names_too_small_data_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import recipe_cv
+
+    npz = write_npz(tmp_path / "tiny.npz", n={"train": 8, "val": 4})
+    assert recipe_cv.main(["--data", str(npz), "--probe", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench.recipe_cv: ") and "class 0 has 6 examples" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_cv_bench_epochs_leave_a_configuration_with_its_own_length() -> None:
     from bench import recipe_cv
 
