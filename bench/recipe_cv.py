@@ -82,9 +82,7 @@ def configs() -> dict[str, Any]:
         "filters_e24": base.replace(filters=FILTER_BANK, epochs=24),
         "filters_e12_ls": base.replace(filters=FILTER_BANK, epochs=12, label_smoothing=0.1),
         "filters_e12_intensity_ls": member,
-        "filters_e24_intensity_ls": base.replace(
-            filters=FILTER_BANK, epochs=24, augment=intensity, label_smoothing=0.1
-        ),
+        "filters_e24_intensity_ls": member.replace(epochs=24),
         # issue 19, on top of the chosen member: blind to a film's overall exposure (each
         # image minus its mean, in the model), and batch normalisation after each convolution
         "filters_e12_intensity_ls_center": member.replace(center=True),
@@ -444,7 +442,7 @@ def summary(folders: list[Path], args: Any) -> int:
     if args.against:
         merged["paired"] = paired(folders, runs, args.against, labels, folds)
     if args.apply_thresholds:
-        applied = apply_thresholds(folders, args.apply_thresholds, labels)
+        applied = apply_thresholds(folders, args.apply_thresholds, labels, folds)
         if applied is None:
             return 2
         merged["thresholds_applied"] = applied
@@ -471,7 +469,9 @@ def read_json(path: Path, keys: tuple[str, ...], what: str) -> dict[str, Any] | 
     return value  # type: ignore[no-any-return]
 
 
-def apply_thresholds(folders: list[Path], figures_path: Path, labels: Any) -> dict[str, Any] | None:
+def apply_thresholds(
+    folders: list[Path], figures_path: Path, labels: Any, folds: Any
+) -> dict[str, Any] | None:
     """A cv-ensemble run's operating points (``bench.pneumonia --out``) applied to the
     seed-averaged OOF scores of its member configuration in ``folders``: sensitivity,
     specificity and accuracy at the test prior at each point's threshold, beside the scores'
@@ -479,7 +479,7 @@ def apply_thresholds(folders: list[Path], figures_path: Path, labels: Any) -> di
     import numpy as np
 
     from radlens.training.metrics import decision_threshold
-    from radlens.training.recipe import prior_matched_accuracy
+    from radlens.training.recipe import fold_figures
 
     figures = read_json(
         figures_path, ("model", "member_config", "operating_points"), "a cv-ensemble run's (--out)"
@@ -505,17 +505,12 @@ def apply_thresholds(folders: list[Path], figures_path: Path, labels: Any) -> di
     scores = np.mean([np.load(f) for f in by_seed.values()], axis=0)
 
     def rates(threshold: float) -> dict[str, float]:
-        predicted = scores >= threshold
-        sens = float(np.mean(predicted[labels == 1]))
-        spec = float(np.mean(~predicted[labels == 0]))
         return {
             "threshold": float(threshold),
-            "sensitivity": sens,
-            "specificity": spec,
-            "accuracy_at_test_prior": prior_matched_accuracy(sens, spec),
+            **fold_figures(labels, scores, folds, threshold)["pooled"],
         }
 
-    points = {n: rates(p["threshold"]) for n, p in figures["operating_points"].items()}
+    points = {n: rates(p["threshold"]) for n, p in points_in.items()}
     own = rates(decision_threshold("balanced", labels, scores))
     print(f"{figures['model']}'s operating points on {len(by_seed)} seed(s) of {name}'s OOF here:")
     for n, r in [*points.items(), ("own balanced", own)]:
