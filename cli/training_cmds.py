@@ -29,6 +29,20 @@ def train(
         str | None,
         typer.Option("--filters", help="Fixed filter front-end, e.g. sobel_h,blur ('' = none)."),
     ] = None,
+    center: Annotated[
+        bool | None,
+        typer.Option(
+            "--center/--no-center",
+            help="simple_cnn: subtract each image's mean in the model (exposure-blind).",
+        ),
+    ] = None,
+    batchnorm: Annotated[
+        bool | None,
+        typer.Option(
+            "--batchnorm/--no-batchnorm",
+            help="simple_cnn: a BatchNormalization after each convolution.",
+        ),
+    ] = None,
     weights: Annotated[
         str | None,
         typer.Option("--weights", help="ResNet50 start weights: imagenet, a .h5 path, or none."),
@@ -186,6 +200,8 @@ def train(
     overrides: dict[str, Any] = {
         **shared.overrides(params),
         "filters": filters,
+        "center": center,
+        "batchnorm": batchnorm,
         "weights": weights,
         "window": window,
         "epochs_finetune": finetune_epochs,

@@ -48,6 +48,11 @@ class TrainConfig:
     class_names: tuple[str, ...] = ()  # CSV/npz label order (index 1 = positive); () = from data
     architecture: str = "resnet50"
     filters: tuple[str, ...] = ()
+    # simple_cnn only (models.architectures.build_model): subtract each image's mean inside
+    # the model (blind to a film's overall exposure; the PneumoniaMNIST recipe's member), and
+    # a BatchNormalization after each convolution
+    center: bool = False
+    batchnorm: bool = False
     weights: str | None = None  # "imagenet", a local .h5/.weights.h5 path, or None
     image_size: int = 224
     window: str | None = None  # a models.preprocessing WINDOW_PRESETS name, or None
@@ -249,7 +254,16 @@ _FLOAT_FIELDS = {
     "weight_decay",
     "label_smoothing",
 }
-_BOOL_FIELDS = {"deterministic", "augment", "cache", "resplit", "openvino", "multi_label"}
+_BOOL_FIELDS = {
+    "center",
+    "batchnorm",
+    "deterministic",
+    "augment",
+    "cache",
+    "resplit",
+    "openvino",
+    "multi_label",
+}
 _OPTIONAL_STR_FIELDS = {"data", "weights", "window", "store", "dicom_root"}
 _OPTIONAL_INT_FIELDS = {"split_seed"}
 _STR_FIELDS = {
@@ -364,6 +378,12 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if len(set(cfg.filters)) != len(cfg.filters):
         raise bad("filters", "a list without repeats")
+    for name in ("center", "batchnorm"):
+        if getattr(cfg, name) and cfg.architecture != "simple_cnn":
+            raise ConfigurationError(
+                f"{name} applies to simple_cnn only (ResNet50 has its own batch normalisation "
+                f"and input stem); received {name}=true with architecture={cfg.architecture!r}"
+            )
     if len(set(cfg.class_names)) != len(cfg.class_names) or len(cfg.class_names) == 1:
         raise bad("class_names", "empty (from the data) or at least 2 distinct names")
     if cfg.weights is not None:

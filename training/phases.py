@@ -102,6 +102,8 @@ def build_model_for(config: TrainConfig, num_classes: int) -> keras.Model:
         weights=config.weights,
         dropout=config.dropout,
         multi_label=config.multi_label,
+        center=config.center,
+        batchnorm=config.batchnorm,
     )
 
 

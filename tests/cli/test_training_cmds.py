@@ -48,6 +48,8 @@ def _one_error_line(err: str) -> str:
         (["--intended-modalities", "CR,XR"], "intended use: 'XR' is not a known modality"),
         (["--intended-body-parts", "banana"], "'banana' is not a known body part"),
         (["--ood-method", "forest"], "ood_method must be one of mahalanobis, knn, none"),
+        (["--center"], "center applies to simple_cnn only"),
+        (["--arch", "resnet50", "--batchnorm"], "batchnorm applies to simple_cnn only"),
     ],
 )
 def test_bad_options_exit_2(

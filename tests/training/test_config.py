@@ -47,6 +47,16 @@ def test_json_round_trip(tmp_path: Path) -> None:
     assert TrainConfig.load(path) == cfg
 
 
+def test_center_and_batchnorm_are_simple_cnn_options(tmp_path: Path) -> None:
+    assert (TrainConfig().center, TrainConfig().batchnorm) == (False, False)
+    path = tmp_path / "c.yaml"
+    path.write_text("architecture: simple_cnn\ncenter: true\n")
+    cfg = TrainConfig.load(path, {"batchnorm": True, "center": None})
+    assert (cfg.center, cfg.batchnorm) == (True, True)
+    cfg.write_json(tmp_path / "config.json")  # what --resume reads back
+    assert TrainConfig.load(tmp_path / "config.json") == cfg
+
+
 def test_filters_from_comma_string() -> None:
     cfg = TrainConfig.from_dict({"filters": "sobel_h, sobel_v"})
     assert cfg.filters == ("sobel_h", "sobel_v")
@@ -81,6 +91,9 @@ def test_filters_from_comma_string() -> None:
         ({"name": "bad name/"}, r"name must be .*received 'bad name/'"),
         ({"deterministic": "perhaps"}, r"deterministic must be true or false"),
         ({"colour": "blue"}, r"unknown option\(s\) in config: colour"),
+        ({"center": True}, r"center applies to simple_cnn only .*'resnet50'"),
+        ({"batchnorm": "yes"}, r"batchnorm applies to simple_cnn only .*'resnet50'"),
+        ({"architecture": "simple_cnn", "center": "maybe"}, r"center must be true or false"),
     ],
 )
 def test_bad_values_raise_one_line_quoting_the_value(values: dict[str, object], match: str) -> None:

@@ -273,6 +273,30 @@ def test_resnet50_from_scratch_trains_everything_including_batchnorm(
     assert not np.allclose(np.asarray(bn.moving_variance), 1.0)
 
 
+def test_centred_batchnorm_simple_cnn_is_trained_exported_and_resumable(
+    tiny_demo_data: Path, tmp_path: Path
+) -> None:
+    """``center``/``batchnorm`` reach the network that is trained, exported and served."""
+    config = tiny_config(tiny_demo_data, tmp_path, center=True, batchnorm=True, histogram_freq=0)
+    result = train(config, verbose=0)
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert (saved["center"], saved["batchnorm"]) == (True, True)  # what --resume reads back
+    loaded = ModelRegistry(result.store).load(result.model_ref)
+    network = loaded.model
+    names = [layer.name for layer in network.layers]
+    assert names.index("center") < names.index("conv1") < names.index("bn1")
+    # served with the moving statistics it learnt, and blind to a uniform exposure change
+    bn = network.get_layer("bn1")
+    assert not np.allclose(np.asarray(bn.moving_mean), 0.0)
+    x = np.random.default_rng(0).uniform(0.2, 0.7, (4, 32, 32, 1)).astype("float32")
+    plain = np.asarray(network.predict(x, verbose=0))
+    brighter = np.asarray(network.predict(x + 0.2, verbose=0))
+    np.testing.assert_allclose(brighter, plain, atol=1e-5)
+    if "openvino" in loaded.manifest.runtimes:  # OpenVINO installed: the IR computes the same
+        fp32 = loaded.manifest.runtimes["openvino"]["parity"]["fp32"]
+        assert fp32["max_score_difference"] < 1e-4 and fp32["flips"] == 0
+
+
 def test_multiclass_run_has_per_class_metrics_and_no_threshold(tmp_path: Path) -> None:
     from tests.training.data_fixtures import png_folder
 
