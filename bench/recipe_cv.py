@@ -92,6 +92,11 @@ def configs() -> dict[str, Any]:
         "filters_e12_intensity_ls_center_contrast": member.replace(
             center=True, augment=AugmentConfig(contrast=0.5, brightness=0.15)
         ),
+        # issue 19, the methods not yet measured, on top of the centred member: CutMix (a box of
+        # another image pasted in, up to half the image) and SWA (the mean of the weights after
+        # each of the last 6 of the 12 epochs, the second half of the cosine schedule)
+        "filters_e12_intensity_ls_center_cutmix": member.replace(center=True, cutmix_alpha=1.0),
+        "filters_e12_intensity_ls_center_swa": member.replace(center=True, swa_epochs=6),
     }
 
 

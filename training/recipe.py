@@ -21,8 +21,12 @@ folds and poor on the test split; the prior-matched figure shows that.
 The methods are plain functions used by ``bench/recipe_cv.py`` and ``bench/pneumonia.py``:
 
 - :func:`mixup_batch`: MixUp (Zhang et al. 2018) on a batch of images and one-hot targets;
+- :func:`cutmix_batch`: CutMix (Yun et al. 2019): a box of a partner image pasted in, the
+  targets mixed by the area it covers;
 - EMA of the weights: Keras' own ``use_ema`` / ``ema_momentum`` optimizer arguments
   (:func:`make_member_optimizer`), the evaluated weights being the averaged ones;
+- SWA, stochastic weight averaging (Izmailov et al. 2018): the plain mean of the weights at the
+  end of each of the last ``swa_epochs`` epochs (:class:`WeightAverage`);
 - test-time augmentation and ensembles: :func:`averaged_model` builds ONE Keras model whose
   output is the mean of its members' probabilities over a few shifted views of the input
   (``models.ensemble``), so the service, the manifest and Grad-CAM see a single model.
@@ -69,7 +73,9 @@ class MemberRecipe:
     class_weights: bool = True  # inverse class frequency per example
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     mixup_alpha: float = 0.0  # > 0: MixUp with lambda ~ Beta(alpha, alpha)
+    cutmix_alpha: float = 0.0  # > 0: CutMix, the pasted box's area share ~ Beta(alpha, alpha)
     ema_momentum: float = 0.0  # > 0: evaluate the exponential moving average of the weights
+    swa_epochs: int = 0  # > 0: evaluate the mean of the weights after each of the last N epochs
     tta_shift: int = 0  # > 0: average predictions over the input shifted by +-tta_shift px
 
     def __post_init__(self) -> None:
@@ -79,7 +85,9 @@ class MemberRecipe:
             "learning_rate": self.learning_rate > 0,
             "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
             "mixup_alpha": self.mixup_alpha >= 0.0,
+            "cutmix_alpha": self.cutmix_alpha >= 0.0,
             "ema_momentum": 0.0 <= self.ema_momentum < 1.0,
+            "swa_epochs": 0 <= self.swa_epochs <= self.epochs,
             "tta_shift": 0 <= self.tta_shift <= self.image_size // 4,
         }
         for name, ok in checks.items():
@@ -87,6 +95,21 @@ class MemberRecipe:
                 raise ConfigurationError(
                     f"recipe {name} is out of range; received {name}={getattr(self, name)!r}"
                 )
+        exclusive = {
+            "mixup_alpha and cutmix_alpha (one batch mix at a time)": (
+                self.mixup_alpha > 0 and self.cutmix_alpha > 0
+            ),
+            "ema_momentum and swa_epochs (one weight average at a time)": (
+                self.ema_momentum > 0 and self.swa_epochs > 0
+            ),
+            # a mean of weights needs batch statistics recomputed for the averaged network
+            "swa_epochs and batchnorm (the averaged weights' BN statistics are not refit)": (
+                self.swa_epochs > 0 and self.batchnorm
+            ),
+        }
+        for pair, clash in exclusive.items():
+            if clash:
+                raise ConfigurationError(f"recipe: choose one of {pair}")
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -325,11 +348,53 @@ def mixup_batch(
     return mixed_images, mixed_targets, mixed_weights
 
 
+def cutmix_batch(
+    images: tf.Tensor, targets: tf.Tensor, weights: tf.Tensor, alpha: float, seed: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """CutMix a batch: into each image, a box of a random partner from the same batch; the
+    one-hot targets and sample weights mixed by the share of the image each one shows.
+
+    The box's area share ``1 - lambda`` has ``lambda ~ Beta(alpha, alpha)`` folded to
+    ``max(lambda, 1 - lambda)`` (as :func:`mixup_batch` does), so the original keeps at least
+    half the image; the box is ``sqrt(1 - lambda)`` of each side, centred uniformly at random
+    and clipped at the border, and the targets use the area actually pasted. Seeded and
+    stateless: the same ``seed`` (int (2,)) gives the same batch.
+    """
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5)
+    g1 = tf.random.stateless_gamma([batch], seeds[0], alpha)
+    g2 = tf.random.stateless_gamma([batch], seeds[1], alpha)
+    lam = g1 / (g1 + g2 + 1e-12)
+    lam = tf.maximum(lam, 1.0 - lam)
+    side = tf.sqrt(1.0 - lam)
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    centre = tf.random.stateless_uniform([batch, 2], seeds[2]) * tf.stack([h, w])
+    half = tf.stack([side * h, side * w], axis=1) / 2.0
+    low = tf.cast(tf.round(tf.clip_by_value(centre - half, 0.0, tf.stack([h, w]))), tf.int32)
+    high = tf.cast(tf.round(tf.clip_by_value(centre + half, 0.0, tf.stack([h, w]))), tf.int32)
+    rows = tf.range(height)[tf.newaxis, :]
+    cols = tf.range(width)[tf.newaxis, :]
+    in_rows = (rows >= low[:, :1]) & (rows < high[:, :1])  # (batch, H)
+    in_cols = (cols >= low[:, 1:]) & (cols < high[:, 1:])  # (batch, W)
+    box = tf.cast(in_rows[:, :, tf.newaxis] & in_cols[:, tf.newaxis, :], images.dtype)
+    box = box[..., tf.newaxis]  # (batch, H, W, 1)
+    order = tf.argsort(tf.random.stateless_uniform([batch], seeds[3]))
+    mixed_images = images * (1.0 - box) + tf.gather(images, order) * box
+    kept = 1.0 - tf.reduce_mean(box, axis=[1, 2, 3])  # the share of the original shown
+    mixed_targets = kept[:, tf.newaxis] * targets + (1.0 - kept[:, tf.newaxis]) * tf.gather(
+        targets, order
+    )
+    mixed_weights = kept * weights + (1.0 - kept) * tf.gather(weights, order)
+    return mixed_images, mixed_targets, mixed_weights
+
+
 def member_dataset(
     images: np.ndarray, labels: np.ndarray, recipe: MemberRecipe, seed: int
 ) -> tf.data.Dataset:
     """The training pipeline of one member: shuffle -> augment (per image, seeded) -> batch ->
-    MixUp (per batch) -> prefetch, yielding (images, one-hot targets, class weights)."""
+    MixUp or CutMix (per batch) -> prefetch, yielding (images, one-hot targets, class
+    weights)."""
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     counts = np.bincount(labels, minlength=2).astype(np.float64)
     per_class = len(labels) / (len(counts) * np.maximum(counts, 1.0))
@@ -349,13 +414,17 @@ def member_dataset(
 
         ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(recipe.batch_size)
-    if recipe.mixup_alpha > 0:
-        alpha = recipe.mixup_alpha
+    mixer, alpha = (
+        (mixup_batch, recipe.mixup_alpha)
+        if recipe.mixup_alpha > 0
+        else (cutmix_batch, recipe.cutmix_alpha)
+    )
+    if alpha > 0:
         batch_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(
             2
         )
         ds = tf.data.Dataset.zip((ds, batch_seeds)).map(
-            lambda item, s: mixup_batch(item[0], item[1], item[2], alpha, s),
+            lambda item, s: mixer(item[0], item[1], item[2], alpha, s),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -400,6 +469,8 @@ def train_member(
     callbacks: list[Any] = []
     if on_epoch is not None:
         callbacks.append(_EpochTimer(on_epoch))
+    if recipe.swa_epochs:  # after the timer: the average is set once the last epoch is timed
+        callbacks.append(WeightAverage(first_epoch=recipe.epochs - recipe.swa_epochs))
     model.fit(
         member_dataset(images, labels, recipe, seed),
         epochs=recipe.epochs,
@@ -408,6 +479,33 @@ def train_member(
         callbacks=callbacks,
     )
     return model
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """SWA: the model ends training with the plain mean of its weights after each epoch from
+    ``first_epoch`` (0-based) on, every variable the model holds (trainable or not) averaged."""
+
+    def __init__(self, first_epoch: int) -> None:
+        super().__init__()
+        self.first_epoch = first_epoch
+        self.count = 0
+        self._sums: list[np.ndarray] = []
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if epoch < self.first_epoch:
+            return
+        weights = [np.asarray(w, dtype=np.float64) for w in self.model.get_weights()]
+        if self._sums:
+            weights = [s + w for s, w in zip(self._sums, weights, strict=True)]
+        self._sums = weights
+        self.count += 1
+
+    def on_train_end(self, logs: Any = None) -> None:
+        if self.count:
+            dtypes = [np.asarray(w).dtype for w in self.model.get_weights()]
+            self.model.set_weights(
+                [(s / self.count).astype(d) for s, d in zip(self._sums, dtypes, strict=True)]
+            )
 
 
 class _EpochTimer(keras.callbacks.Callback):

@@ -21,8 +21,10 @@ from radlens.training.data.sources import open_data
 from radlens.training.evaluate import select_split
 from radlens.training.recipe import (
     MemberRecipe,
+    WeightAverage,
     cluster_folds,
     cross_validate,
+    cutmix_batch,
     export_ensemble,
     fold_figures,
     make_folds,
@@ -106,6 +108,90 @@ class TestMixUp:
         soft = np.asarray(mixed[1])
         assert np.any((soft > 0.01) & (soft < 0.99))
         np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=1e-6)
+
+
+class TestCutMix:
+    def test_a_pasted_box_and_targets_mixed_by_its_area(self):
+        # image i is all i: a pixel's value says which image it came from
+        images = tf.constant(np.stack([np.full((10, 12, 1), v, np.float32) for v in range(8)]))
+        targets = tf.constant(np.eye(2, dtype=np.float32)[[0, 1] * 4])
+        weights = tf.constant(np.arange(1, 9, dtype=np.float32))
+        seed = tf.constant([3, 4])
+        x, y, w = (np.asarray(t) for t in cutmix_batch(images, targets, weights, 1.0, seed))
+        again = cutmix_batch(images, targets, weights, 1.0, seed)
+        np.testing.assert_array_equal(x, np.asarray(again[0]))
+        assert not np.array_equal(
+            x, np.asarray(cutmix_batch(images, targets, weights, 1.0, tf.constant([3, 5]))[0])
+        )
+        pasted_any = False
+        for i in range(8):
+            values = set(np.unique(x[i]).tolist())
+            assert i in values and len(values) <= 2  # the image and at most one partner
+            pasted = x[i, ..., 0] != i
+            kept = 1.0 - pasted.mean()
+            assert kept >= 0.5 - 1e-6  # the original shows at least half
+            if pasted.any():
+                pasted_any = True
+                rows, cols = np.nonzero(pasted)  # one axis-aligned box
+                box = pasted[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+                assert box.all()
+                j = int(next(iter(values - {i})))
+                expected = kept * np.eye(2)[i % 2] + (1 - kept) * np.eye(2)[j % 2]
+                np.testing.assert_allclose(y[i], expected, atol=1e-6)
+                np.testing.assert_allclose(w[i], kept * (i + 1) + (1 - kept) * (j + 1), rtol=1e-6)
+            else:
+                np.testing.assert_allclose(y[i], np.eye(2)[i % 2], atol=1e-6)
+        assert pasted_any
+
+    def test_pipeline_with_cutmix_gives_soft_targets(self):
+        rng = np.random.default_rng(0)
+        images = rng.random((32, 16, 16, 1), dtype=np.float32)
+        labels = np.array([0] * 8 + [1] * 24)
+        mixed = next(iter(member_dataset(images, labels, TINY.replace(cutmix_alpha=1.0), seed=1)))
+        soft = np.asarray(mixed[1])
+        assert np.any((soft > 0.01) & (soft < 0.99))
+        np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"mixup_alpha": 0.2, "cutmix_alpha": 1.0}, "mixup_alpha and cutmix_alpha"),
+        ({"ema_momentum": 0.99, "swa_epochs": 2}, "ema_momentum and swa_epochs"),
+        ({"swa_epochs": 2, "batchnorm": True}, "swa_epochs and batchnorm"),
+        ({"swa_epochs": 9, "epochs": 8}, "swa_epochs is out of range"),
+        ({"cutmix_alpha": -1.0}, "cutmix_alpha is out of range"),
+    ],
+)
+def test_recipe_refuses_clashing_methods(changes, match):
+    with pytest.raises(ConfigurationError, match=match):
+        MemberRecipe(**changes)
+
+
+def test_swa_ends_with_the_mean_of_the_last_epochs_weights():
+    rng = np.random.default_rng(2)
+    images = rng.random((48, 16, 16, 1), dtype=np.float32)
+    labels = np.arange(48) % 2
+    seen: list[list[np.ndarray]] = []
+
+    class Snapshot(WeightAverage):  # records what the average is taken over
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch >= self.first_epoch:
+                seen.append([np.asarray(w).copy() for w in self.model.get_weights()])
+            super().on_epoch_end(epoch, logs)
+
+    import radlens.training.recipe as recipe_module
+
+    original = recipe_module.WeightAverage
+    recipe_module.WeightAverage = Snapshot
+    try:
+        model = train_member(images, labels, TINY.replace(epochs=3, swa_epochs=2), seed=4)
+    finally:
+        recipe_module.WeightAverage = original
+    assert len(seen) == 2  # epochs 2 and 3 of 3
+    assert not all(np.allclose(a, b) for a, b in zip(*seen, strict=True))
+    for final, first, last in zip(model.get_weights(), *seen, strict=True):
+        np.testing.assert_allclose(final, (first + last) / 2, rtol=1e-5, atol=1e-7)
 
 
 def test_ema_weights_are_the_models_after_training():
