@@ -428,6 +428,9 @@ def test_cv_configs_for_input_size_and_length_build_on_the_filter_recipe() -> No
     member = table["filters_e12_intensity_ls"]
     assert table["filters_e12_intensity_ls_center"] == member.replace(center=True)
     assert table["filters_e12_intensity_ls_bn"] == member.replace(batchnorm=True)
+    centred = table["filters_e12_intensity_ls_center"]
+    assert table["filters_e12_intensity_ls_center_cutmix"] == centred.replace(cutmix_alpha=1.0)
+    assert table["filters_e12_intensity_ls_center_swa"] == centred.replace(swa_epochs=6)
 
 
 def test_cv_ensemble_member_is_the_centred_filter_recipe() -> None:
