@@ -97,6 +97,11 @@ def configs() -> dict[str, Any]:
         # each of the last 6 of the 12 epochs, the second half of the cosine schedule)
         "filters_e12_intensity_ls_center_cutmix": member.replace(center=True, cutmix_alpha=1.0),
         "filters_e12_intensity_ls_center_swa": member.replace(center=True, swa_epochs=6),
+        # SWA as designed: a constant-rate tail (the cosine reaches 2e-4, a fifth of the peak,
+        # at epoch 7 and holds it), the weights averaged over those 6 epochs
+        "filters_e12_intensity_ls_center_swa_const": member.replace(
+            center=True, swa_epochs=6, swa_learning_rate=2e-4
+        ),
     }
 
 

@@ -76,6 +76,9 @@ class MemberRecipe:
     cutmix_alpha: float = 0.0  # > 0: CutMix, the pasted box's area share ~ Beta(alpha, alpha)
     ema_momentum: float = 0.0  # > 0: evaluate the exponential moving average of the weights
     swa_epochs: int = 0  # > 0: evaluate the mean of the weights after each of the last N epochs
+    # > 0 (with swa_epochs): the cosine schedule reaches this rate when the averaged epochs
+    # begin and holds it through them, SWA's constant tail; 0: the cosine decays to 0 at the end
+    swa_learning_rate: float = 0.0
     tta_shift: int = 0  # > 0: average predictions over the input shifted by +-tta_shift px
 
     def __post_init__(self) -> None:
@@ -88,6 +91,7 @@ class MemberRecipe:
             "cutmix_alpha": self.cutmix_alpha >= 0.0,
             "ema_momentum": 0.0 <= self.ema_momentum < 1.0,
             "swa_epochs": 0 <= self.swa_epochs <= self.epochs,
+            "swa_learning_rate": 0.0 <= self.swa_learning_rate <= self.learning_rate,
             "tta_shift": 0 <= self.tta_shift <= self.image_size // 4,
         }
         for name, ok in checks.items():
@@ -107,6 +111,12 @@ class MemberRecipe:
                 self.swa_epochs > 0 and self.batchnorm
             ),
         }
+        if self.swa_learning_rate > 0 and not 0 < self.swa_epochs < self.epochs:
+            raise ConfigurationError(
+                "recipe swa_learning_rate holds the rate through the averaged epochs: it needs "
+                f"0 < swa_epochs < epochs; received swa_epochs={self.swa_epochs}, "
+                f"epochs={self.epochs}"
+            )
         for pair, clash in exclusive.items():
             if clash:
                 raise ConfigurationError(f"recipe: choose one of {pair}")
@@ -430,10 +440,26 @@ def member_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def member_learning_rate(
+    recipe: MemberRecipe, steps: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The member's rate over ``steps`` training steps: cosine from ``learning_rate`` to 0; with
+    ``swa_learning_rate`` the cosine reaches that rate when the last ``swa_epochs`` begin and
+    holds it through them (CosineDecay's ``alpha`` floor), SWA's constant tail."""
+    if recipe.swa_learning_rate > 0:
+        before = steps * (recipe.epochs - recipe.swa_epochs) // recipe.epochs
+        return keras.optimizers.schedules.CosineDecay(
+            recipe.learning_rate,
+            decay_steps=max(1, before),
+            alpha=recipe.swa_learning_rate / recipe.learning_rate,
+        )
+    return keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=max(1, steps))
+
+
 def make_member_optimizer(recipe: MemberRecipe, steps: int) -> keras.optimizers.Optimizer:
-    """AdamW on a cosine schedule; ``ema_momentum`` > 0 keeps Keras' EMA of the weights, which
-    ``fit`` copies into the model when it ends."""
-    rate = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=max(1, steps))
+    """AdamW on :func:`member_learning_rate`; ``ema_momentum`` > 0 keeps Keras' EMA of the
+    weights, which ``fit`` copies into the model when it ends."""
+    rate = member_learning_rate(recipe, steps)
     ema = {"use_ema": True, "ema_momentum": recipe.ema_momentum} if recipe.ema_momentum else {}
     return keras.optimizers.AdamW(rate, weight_decay=recipe.weight_decay, **ema)
 

@@ -161,11 +161,28 @@ class TestCutMix:
         ({"swa_epochs": 2, "batchnorm": True}, "swa_epochs and batchnorm"),
         ({"swa_epochs": 9, "epochs": 8}, "swa_epochs is out of range"),
         ({"cutmix_alpha": -1.0}, "cutmix_alpha is out of range"),
+        ({"swa_learning_rate": 1e-4}, "needs 0 < swa_epochs < epochs"),
+        ({"swa_learning_rate": 1e-4, "swa_epochs": 8, "epochs": 8}, "0 < swa_epochs < epochs"),
+        ({"swa_learning_rate": 0.01, "swa_epochs": 2}, "swa_learning_rate is out of range"),
     ],
 )
 def test_recipe_refuses_clashing_methods(changes, match):
     with pytest.raises(ConfigurationError, match=match):
         MemberRecipe(**changes)
+
+
+def test_swa_learning_rate_is_a_cosine_then_a_constant_tail():
+    from radlens.training.recipe import member_learning_rate
+
+    recipe = MemberRecipe(epochs=12, swa_epochs=6, swa_learning_rate=2e-4)
+    schedule = member_learning_rate(recipe, steps=1200)
+    rate = [float(schedule(step)) for step in (0, 300, 599, 600, 900, 1199)]
+    assert rate[0] == pytest.approx(1e-3)
+    assert rate[1] == pytest.approx(2e-4 + (1e-3 - 2e-4) * 0.5, rel=1e-4)  # cosine halfway
+    for r in rate[3:]:  # the averaged epochs (7-12) all run at the SWA rate
+        assert r == pytest.approx(2e-4, rel=1e-5)
+    plain = member_learning_rate(MemberRecipe(epochs=12), steps=1200)
+    assert float(plain(900)) < 2e-4 and float(plain(1200)) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_swa_ends_with_the_mean_of_the_last_epochs_weights():
@@ -431,6 +448,9 @@ def test_cv_configs_for_input_size_and_length_build_on_the_filter_recipe() -> No
     centred = table["filters_e12_intensity_ls_center"]
     assert table["filters_e12_intensity_ls_center_cutmix"] == centred.replace(cutmix_alpha=1.0)
     assert table["filters_e12_intensity_ls_center_swa"] == centred.replace(swa_epochs=6)
+    assert table["filters_e12_intensity_ls_center_swa_const"] == centred.replace(
+        swa_epochs=6, swa_learning_rate=2e-4
+    )
 
 
 def test_cv_ensemble_member_is_the_centred_filter_recipe() -> None:
