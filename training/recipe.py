@@ -26,7 +26,8 @@ The methods are plain functions used by ``bench/recipe_cv.py`` and ``bench/pneum
 - EMA of the weights: Keras' own ``use_ema`` / ``ema_momentum`` optimizer arguments
   (:func:`make_member_optimizer`), the evaluated weights being the averaged ones;
 - SWA, stochastic weight averaging (Izmailov et al. 2018): the plain mean of the weights at the
-  end of each of the last ``swa_epochs`` epochs (:class:`WeightAverage`);
+  end of each of the last ``swa_epochs`` epochs (:class:`WeightAverage`), optionally over a
+  constant-rate tail (``swa_learning_rate``, :func:`member_learning_rate`);
 - test-time augmentation and ensembles: :func:`averaged_model` builds ONE Keras model whose
   output is the mean of its members' probabilities over a few shifted views of the input
   (``models.ensemble``), so the service, the manifest and Grad-CAM see a single model.
@@ -111,15 +112,15 @@ class MemberRecipe:
                 self.swa_epochs > 0 and self.batchnorm
             ),
         }
+        for pair, clash in exclusive.items():
+            if clash:
+                raise ConfigurationError(f"recipe: choose one of {pair}")
         if self.swa_learning_rate > 0 and not 0 < self.swa_epochs < self.epochs:
             raise ConfigurationError(
                 "recipe swa_learning_rate holds the rate through the averaged epochs: it needs "
                 f"0 < swa_epochs < epochs; received swa_epochs={self.swa_epochs}, "
                 f"epochs={self.epochs}"
             )
-        for pair, clash in exclusive.items():
-            if clash:
-                raise ConfigurationError(f"recipe: choose one of {pair}")
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -495,7 +496,7 @@ def train_member(
     callbacks: list[Any] = []
     if on_epoch is not None:
         callbacks.append(_EpochTimer(on_epoch))
-    if recipe.swa_epochs:  # after the timer: the average is set once the last epoch is timed
+    if recipe.swa_epochs:  # what is evaluated and exported is then the average
         callbacks.append(WeightAverage(first_epoch=recipe.epochs - recipe.swa_epochs))
     model.fit(
         member_dataset(images, labels, recipe, seed),
