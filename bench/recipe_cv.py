@@ -102,6 +102,8 @@ def configs() -> dict[str, Any]:
         "filters_e12_intensity_ls_center_swa_const": member.replace(
             center=True, swa_epochs=6, swa_learning_rate=2e-4
         ),
+        # twice the convolution channels (64, 64, 128, 128): does a wider member hold up better?
+        "filters_e12_intensity_ls_center_w2": member.replace(center=True, width_multiplier=2),
     }
 
 

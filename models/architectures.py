@@ -87,6 +87,7 @@ def build_model(
     multi_label: bool = False,
     center: bool = False,
     batchnorm: bool = False,
+    width_multiplier: int = 1,
 ) -> keras.Model:
     """Build a classifier for gray images in [0, 1].
 
@@ -107,6 +108,8 @@ def build_model(
         center: simple_cnn only. Subtract each image's mean first (layer ``"center"``,
             :class:`~radlens.models.layers.CenterImage`): blind to a film's overall exposure.
         batchnorm: simple_cnn only. A BatchNormalization after each convolution.
+        width_multiplier: simple_cnn only. Each convolution's channels times this (1: the
+            course's 32, 32, 64, 64; 2: 64, 64, 128, 128); the dense head is unchanged.
 
     Returns:
         An uncompiled ``keras.Model`` named after the architecture, with input
@@ -150,6 +153,13 @@ def build_model(
                 f"{option}=True is a simple_cnn option; {architecture} has its own input "
                 f"normalisation. Received: architecture={architecture!r}, {option}=True"
             )
+    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, int | np.integer):
+        raise TypeError(f"width_multiplier must be an int. Received: {width_multiplier!r}")
+    if not 1 <= width_multiplier <= 8 or (width_multiplier > 1 and architecture != "simple_cnn"):
+        raise ConfigurationError(
+            "width_multiplier must be 1 to 8, and above 1 for simple_cnn only. Received: "
+            f"architecture={architecture!r}, width_multiplier={width_multiplier}"
+        )
     if architecture == "simple_cnn":
         if weights is not None:
             raise ConfigurationError(
@@ -165,6 +175,7 @@ def build_model(
             head,
             center=center,
             batchnorm=batchnorm,
+            width_multiplier=int(width_multiplier),
         )
     resolved = _check_weights(weights)
     return _resnet50(
@@ -278,13 +289,17 @@ def _simple_cnn(
     *,
     center: bool = False,
     batchnorm: bool = False,
+    width_multiplier: int = 1,
 ) -> keras.Model:
     layers = keras.layers
     inputs = keras.Input((*size, 1), name="image")
     x = CenterImage(name="center")(inputs) if center else inputs
     x = _frontend(x, filters)
     for index, (width, pool) in enumerate(((32, None), (32, "pool1"), (64, None), (64, "pool2"))):
-        x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv{index + 1}")(x)
+        channels = width * width_multiplier
+        x = layers.Conv2D(channels, 3, padding="same", activation="relu", name=f"conv{index + 1}")(
+            x
+        )
         if batchnorm:
             x = layers.BatchNormalization(name=f"bn{index + 1}")(x)
         if pool:

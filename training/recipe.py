@@ -70,6 +70,7 @@ class MemberRecipe:
     dropout: float = 0.3
     center: bool = False  # subtract each image's mean in the model (blind to overall exposure)
     batchnorm: bool = False  # BatchNormalization after each convolution
+    width_multiplier: int = 1  # simple_cnn's convolution channels times this
     label_smoothing: float = 0.0
     class_weights: bool = True  # inverse class frequency per example
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
@@ -485,6 +486,7 @@ def train_member(
         dropout=recipe.dropout,
         center=recipe.center,
         batchnorm=recipe.batchnorm,
+        width_multiplier=recipe.width_multiplier,
     )
     steps = recipe.epochs * math.ceil(len(images) / recipe.batch_size)
     model.compile(

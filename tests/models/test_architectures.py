@@ -136,6 +136,23 @@ class TestSimpleCnn:
         # serving uses the moving statistics, not the batch's
         assert np.abs(np.asarray(model(x, training=True)) - served).max() > 1e-4
 
+    def test_width_multiplier_widens_the_convolutions_only(self, tmp_path):
+        plain = build_model("simple_cnn", input_shape=(16, 16, 1), num_classes=2, center=True)
+        wide = build_model(
+            "simple_cnn", input_shape=(16, 16, 1), num_classes=2, center=True, width_multiplier=2
+        )
+        for i, channels in enumerate((32, 32, 64, 64), start=1):
+            assert plain.get_layer(f"conv{i}").filters == channels
+            assert wide.get_layer(f"conv{i}").filters == 2 * channels
+        assert wide.get_layer("dense1").units == plain.get_layer("dense1").units == 128
+        assert last_conv_layer_name(wide) == "conv4"
+        features, _ = gradcam_model(wide)(batch(1, 16), training=False)
+        assert features.shape == (1, 8, 8, 128)
+        wide.save(tmp_path / "wide.keras")  # the saved graph carries its widths
+        loaded = keras.saving.load_model(tmp_path / "wide.keras")
+        x = batch(2, 16)
+        np.testing.assert_array_equal(predict_scores(loaded, x), predict_scores(wide, x))
+
     def test_trains_a_step(self):
         model = build_model("simple_cnn", input_shape=(8, 8, 1), num_classes=2, dropout=0.0)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
@@ -328,6 +345,14 @@ class TestArgumentChecks:
             build_model("resnet50", input_shape=(32, 32, 1), num_classes=2, **{option: True})
         with pytest.raises(TypeError, match=f"{option} must be True or False. Received: 1"):
             build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=2, **{option: 1})
+
+    def test_width_multiplier_is_a_small_int_and_simple_cnn_only(self):
+        with pytest.raises(ConfigurationError, match=r"simple_cnn only.*'resnet50'.*=2"):
+            build_model("resnet50", input_shape=(32, 32, 1), num_classes=2, width_multiplier=2)
+        with pytest.raises(ConfigurationError, match=r"1 to 8.*width_multiplier=0"):
+            build_model("simple_cnn", input_shape=(8, 8, 1), num_classes=2, width_multiplier=0)
+        with pytest.raises(TypeError, match=r"width_multiplier must be an int. Received: 1.5"):
+            build_model("simple_cnn", input_shape=(8, 8, 1), num_classes=2, width_multiplier=1.5)
 
     def test_unknown_architecture_lists_valid(self):
         assert ARCHITECTURES == ("resnet50", "simple_cnn")

@@ -451,6 +451,7 @@ def test_cv_configs_for_input_size_and_length_build_on_the_filter_recipe() -> No
     assert table["filters_e12_intensity_ls_center_swa_const"] == centred.replace(
         swa_epochs=6, swa_learning_rate=2e-4
     )
+    assert table["filters_e12_intensity_ls_center_w2"] == centred.replace(width_multiplier=2)
 
 
 def test_cv_ensemble_member_is_the_centred_filter_recipe() -> None:
