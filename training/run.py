@@ -771,6 +771,8 @@ def _hparams(config: TrainConfig) -> dict[str, Any]:
     keys = (
         "architecture",
         "filters",
+        "center",
+        "batchnorm",
         "weights",
         "image_size",
         "window",

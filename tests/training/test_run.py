@@ -281,6 +281,9 @@ def test_centred_batchnorm_simple_cnn_is_trained_exported_and_resumable(
     result = train(config, verbose=0)
     saved = json.loads((result.run_dir / "config.json").read_text())
     assert (saved["center"], saved["batchnorm"]) == (True, True)  # what --resume reads back
+    from radlens.training.run import _hparams  # the TensorBoard hparams dashboard's columns
+
+    assert (_hparams(config)["center"], _hparams(config)["batchnorm"]) == (True, True)
     loaded = ModelRegistry(result.store).load(result.model_ref)
     network = loaded.model
     names = [layer.name for layer in network.layers]
