@@ -334,6 +334,26 @@ def paired_fold_differences(
 # --- the methods ------------------------------------------------------------------------------
 
 
+def _folded_beta(batch: tf.Tensor, seeds: tf.Tensor, alpha: float) -> tf.Tensor:
+    """``lambda ~ Beta(alpha, alpha)`` per image (from two Gammas, seeded by ``seeds[0]`` and
+    ``seeds[1]``), folded to ``max(lambda, 1 - lambda)`` so the original image dominates."""
+    g1 = tf.random.stateless_gamma([batch], seeds[0], alpha)
+    g2 = tf.random.stateless_gamma([batch], seeds[1], alpha)
+    lam = g1 / (g1 + g2 + 1e-12)
+    return tf.maximum(lam, 1.0 - lam)
+
+
+def _mix_labels(
+    targets: tf.Tensor, weights: tf.Tensor, share: tf.Tensor, order: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Each one-hot target and sample weight times its image's ``share`` (per image), plus
+    the batch partner's (``order``) times the rest."""
+    column = tf.reshape(share, (-1, 1))
+    mixed_targets = column * targets + (1.0 - column) * tf.gather(targets, order)
+    mixed_weights = share * weights + (1.0 - share) * tf.gather(weights, order)
+    return mixed_targets, mixed_weights
+
+
 def mixup_batch(
     images: tf.Tensor, targets: tf.Tensor, weights: tf.Tensor, alpha: float, seed: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -346,18 +366,11 @@ def mixup_batch(
     """
     batch = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
-    # Beta(a, a) from two Gammas
-    g1 = tf.random.stateless_gamma([batch], seeds[0], alpha)
-    g2 = tf.random.stateless_gamma([batch], seeds[1], alpha)
-    lam = g1 / (g1 + g2 + 1e-12)
-    lam = tf.maximum(lam, 1.0 - lam)
+    lam = _folded_beta(batch, seeds, alpha)
     order = tf.argsort(tf.random.stateless_uniform([batch], seeds[2]))
     lam_img = tf.reshape(lam, (-1, 1, 1, 1))
-    lam_vec = tf.reshape(lam, (-1, 1))
     mixed_images = lam_img * images + (1.0 - lam_img) * tf.gather(images, order)
-    mixed_targets = lam_vec * targets + (1.0 - lam_vec) * tf.gather(targets, order)
-    mixed_weights = lam * weights + (1.0 - lam) * tf.gather(weights, order)
-    return mixed_images, mixed_targets, mixed_weights
+    return (mixed_images, *_mix_labels(targets, weights, lam, order))
 
 
 def cutmix_batch(
@@ -375,11 +388,7 @@ def cutmix_batch(
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5)
-    g1 = tf.random.stateless_gamma([batch], seeds[0], alpha)
-    g2 = tf.random.stateless_gamma([batch], seeds[1], alpha)
-    lam = g1 / (g1 + g2 + 1e-12)
-    lam = tf.maximum(lam, 1.0 - lam)
-    side = tf.sqrt(1.0 - lam)
+    side = tf.sqrt(1.0 - _folded_beta(batch, seeds, alpha))
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
     centre = tf.random.stateless_uniform([batch, 2], seeds[2]) * tf.stack([h, w])
     half = tf.stack([side * h, side * w], axis=1) / 2.0
@@ -394,11 +403,7 @@ def cutmix_batch(
     order = tf.argsort(tf.random.stateless_uniform([batch], seeds[3]))
     mixed_images = images * (1.0 - box) + tf.gather(images, order) * box
     kept = 1.0 - tf.reduce_mean(box, axis=[1, 2, 3])  # the share of the original shown
-    mixed_targets = kept[:, tf.newaxis] * targets + (1.0 - kept[:, tf.newaxis]) * tf.gather(
-        targets, order
-    )
-    mixed_weights = kept * weights + (1.0 - kept) * tf.gather(weights, order)
-    return mixed_images, mixed_targets, mixed_weights
+    return (mixed_images, *_mix_labels(targets, weights, kept, order))
 
 
 def member_dataset(
