@@ -47,6 +47,8 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from bench.recipe_cv import HOLDOUT_CHOICES  # noqa: E402
+
 DEFAULT_NPZ = (
     REPO_ROOT.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_28_trainval.npz"
 )
@@ -125,7 +127,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--holdout",
-        choices=("random", "cluster"),
+        choices=HOLDOUT_CHOICES,
         default=ENSEMBLE_HOLDOUT,
         help=f"{ENSEMBLE}: the folds the members train on and the threshold is chosen on "
         "(bench.recipe_cv --holdout)",

@@ -166,6 +166,7 @@ def cluster_folds(
     clusters_per_class: int = 10,
     components: int = 20,
     seed: int = 0,
+    standardize: bool = False,
 ) -> np.ndarray:
     """The fold (0..k-1) of each example for a **leave-modes-out** hold-out: harder than
     :func:`stratified_folds` because a held-out image's look-alikes are held out with it.
@@ -177,6 +178,11 @@ def cluster_folds(
     the other folds hold little of: a model is scored on kinds of image it trained on few of,
     as on a shifted test set. Clustering within a class (not across) keeps groups from being
     nearly one class, which would make the hold-out a test of the class prior instead.
+
+    On radiographs the first principal component is the film's overall exposure, so the groups
+    differ mostly in brightness. ``standardize`` takes each image's own mean and spread out
+    before the PCA (a uniform image stays all zeros): the groups then differ in layout and
+    texture, and an exposure-blind model is not favoured by how the folds were cut.
 
     Deterministic for a ``seed`` (PCA and k-means are seeded).
 
@@ -198,6 +204,10 @@ def cluster_folds(
     pixels = np.asarray(images, dtype=np.float64).reshape(len(labels), -1)
     if len(labels) == 0 or pixels.shape[1] == 0:
         raise ConfigurationError("a leave-modes-out hold-out needs images; received none")
+    if standardize:
+        pixels = pixels - pixels.mean(axis=1, keepdims=True)
+        spread = pixels.std(axis=1, keepdims=True)
+        pixels = pixels / np.where(spread > 0, spread, 1.0)
     n_components = min(components, pixels.shape[1], len(labels))
     features = PCA(n_components, random_state=seed).fit_transform(pixels)
     fold = np.empty(len(labels), dtype=np.int64)
@@ -220,24 +230,26 @@ def cluster_folds(
     return fold
 
 
-HOLDOUTS = ("random", "cluster")
-"""The hold-outs :func:`make_folds` builds: stratified random folds, or leave-modes-out."""
+HOLDOUTS = ("random", "cluster", "shape")
+"""The hold-outs :func:`make_folds` builds: stratified random folds, leave-modes-out on the
+pixels (``cluster``), or leave-modes-out on each image standardised to its own mean and spread
+(``shape``: exposure and contrast play no part in the grouping)."""
 
 
 def make_folds(
     holdout: str, images: np.ndarray | None, labels: np.ndarray, k: int, seed: int
 ) -> np.ndarray:
-    """Folds of the named hold-out (:data:`HOLDOUTS`); ``images`` are used only by ``cluster``.
+    """Folds of the named hold-out (:data:`HOLDOUTS`); ``images`` are not used by ``random``.
 
     Raises:
         ConfigurationError: an unknown hold-out, or what the fold builder raises.
     """
     if holdout == "random":
         return stratified_folds(labels, k, seed)
-    if holdout == "cluster":
+    if holdout in ("cluster", "shape"):
         if images is None:
-            raise ConfigurationError("the cluster hold-out groups images; received none")
-        return cluster_folds(images, labels, k, seed=seed)
+            raise ConfigurationError(f"the {holdout} hold-out groups images; received none")
+        return cluster_folds(images, labels, k, seed=seed, standardize=holdout == "shape")
     raise ConfigurationError(f"unknown hold-out {holdout!r}; expected one of {list(HOLDOUTS)}")
 
 

@@ -20,6 +20,7 @@ from radlens.training.data.pipeline import load_examples
 from radlens.training.data.sources import open_data
 from radlens.training.evaluate import select_split
 from radlens.training.recipe import (
+    HOLDOUTS,
     MemberRecipe,
     WeightAverage,
     cluster_folds,
@@ -548,7 +549,7 @@ class TestClusterFolds:
         random = stratified_folds(labels, 5, seed=0)
         assert all(len(np.unique(random[modes == m])) > 1 for m in np.unique(modes))
 
-    def test_make_folds_names_both_holdouts(self):
+    def test_make_folds_names_every_holdout(self):
         images, labels, _ = _modes()
         np.testing.assert_array_equal(
             make_folds("random", None, labels, 5, 3), stratified_folds(labels, 5, 3)
@@ -556,8 +557,34 @@ class TestClusterFolds:
         np.testing.assert_array_equal(
             make_folds("cluster", images, labels, 5, 0), cluster_folds(images, labels, 5, seed=0)
         )
+        np.testing.assert_array_equal(
+            make_folds("shape", images, labels, 5, 0),
+            cluster_folds(images, labels, 5, seed=0, standardize=True),
+        )
+        for holdout in ("cluster", "shape"):
+            with pytest.raises(ConfigurationError, match=f"the {holdout} hold-out groups images"):
+                make_folds(holdout, None, labels, 5, 0)
         with pytest.raises(ConfigurationError, match="unknown hold-out 'patient'"):
             make_folds("patient", images, labels, 5, 0)
+
+    def test_shape_holdout_groups_by_layout_not_by_exposure_or_contrast(self):
+        """Each image given its own exposure and contrast (x * a + b): the shape hold-out cuts
+        the same folds, whole groups still together; the pixel one is led by the exposures."""
+        images, labels, modes = _modes()
+        rng = np.random.default_rng(1)
+        gain = rng.uniform(0.5, 2.0, (len(labels), 1, 1))
+        offset = rng.uniform(-1.0, 1.0, (len(labels), 1, 1))
+        exposed = images * gain + offset
+        shape = cluster_folds(exposed, labels, 5, seed=0, standardize=True)
+        np.testing.assert_array_equal(
+            shape, cluster_folds(images, labels, 5, seed=0, standardize=True)
+        )
+        assert all(len(np.unique(shape[modes == m])) == 1 for m in np.unique(modes))
+        pixels = cluster_folds(exposed, labels, 5, seed=0)
+        assert sum(len(np.unique(pixels[modes == m])) > 1 for m in np.unique(modes)) >= 10
+        flat = np.concatenate([images, np.full((1, 28, 28), 0.5)])  # a uniform image is kept
+        folds = cluster_folds(flat, np.append(labels, 0), 5, seed=0, standardize=True)
+        assert folds.shape == (len(labels) + 1,) and set(folds) == set(range(5))
 
     def test_refusals(self):
         images, labels, _ = _modes()
@@ -659,12 +686,15 @@ def test_cv_bench_cluster_holdout_probe_and_refusals(
     common = ["--data", str(npz), "--folds", "2"]
     assert recipe_cv.main([*common, "--probe", "--out", str(tmp_path / "p")]) == 0
     probe = json.loads((tmp_path / "p" / "probe.json").read_text())
-    assert sorted(probe) == ["cluster", "random"]
+    assert sorted(probe) == ["cluster", "random", "shape"]
     assert sum(probe["cluster"]["fold_sizes"]) == 80
     _, labels = recipe_cv.load(str(npz), 28)
     images = recipe_cv.load(str(npz), 28)[0]
     expected = cluster_folds(images, labels, 2, seed=0)
     assert probe["cluster"]["fold_sizes"] == np.bincount(expected).tolist()
+    expected = cluster_folds(images, labels, 2, seed=0, standardize=True)
+    assert probe["shape"]["fold_sizes"] == np.bincount(expected).tolist()
+    assert recipe_cv.HOLDOUT_CHOICES == HOLDOUTS  # --help's choices without TensorFlow
 
     random_dir = tmp_path / "random"
     random_dir.mkdir()
