@@ -109,6 +109,12 @@ def configs() -> dict[str, Any]:
         ),
         # twice the convolution channels (64, 64, 128, 128): does a wider member hold up better?
         "filters_e12_intensity_ls_center_w2": member.replace(center=True, width_multiplier=2),
+        # the shape hold-out (groups that differ in layout, not exposure): does stronger
+        # geometry (rotation +-12 deg, zoom +-15 %, strongaug's) pay where the shift is geometric?
+        "filters_e12_intensity_ls_center_geo": member.replace(
+            center=True,
+            augment=AugmentConfig(rotation_degrees=12.0, zoom=0.15, contrast=0.3, brightness=0.15),
+        ),
     }
 
 
