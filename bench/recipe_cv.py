@@ -528,19 +528,30 @@ def apply_thresholds(
         return None
     scores = np.mean([np.load(f) for f in by_seed.values()], axis=0)
 
-    def rates(threshold: float) -> dict[str, float]:
-        return {
-            "threshold": float(threshold),
-            **fold_figures(labels, scores, folds, threshold)["pooled"],
+    def rates(threshold: float) -> dict[str, Any]:
+        figures = fold_figures(labels, scores, folds, threshold)
+        # a shifted group shows in its own fold: one threshold may miss it while the pooled
+        # rates look fine, so the worst fold of each rate is kept with the pooled one
+        worst = {
+            rate: {
+                "value": min(figures[rate]["folds"]),
+                "fold": int(np.argmin(figures[rate]["folds"])),
+            }
+            for rate in ("sensitivity", "specificity")
         }
+        return {"threshold": float(threshold), **figures["pooled"], "worst_fold": worst}
 
     points = {n: rates(p["threshold"]) for n, p in points_in.items()}
     own = rates(decision_threshold("balanced", labels, scores))
     print(f"{figures['model']}'s operating points on {len(by_seed)} seed(s) of {name}'s OOF here:")
     for n, r in [*points.items(), ("own balanced", own)]:
+        w = r["worst_fold"]
         print(
             f"  {n:<13} threshold {r['threshold']:.4f}  sensitivity {r['sensitivity']:.3f}  "
-            f"specificity {r['specificity']:.3f}  acc@prior {r['accuracy_at_test_prior']:.4f}"
+            f"specificity {r['specificity']:.3f}  acc@prior {r['accuracy_at_test_prior']:.4f}  "
+            f"worst fold: sensitivity {w['sensitivity']['value']:.3f} (fold "
+            f"{w['sensitivity']['fold']}), specificity {w['specificity']['value']:.3f} (fold "
+            f"{w['specificity']['fold']})"
         )
     return {"model": figures["model"], "member": name, "points": points, "own_balanced": own}
 

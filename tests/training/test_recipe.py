@@ -599,10 +599,11 @@ class TestClusterFolds:
 
 def test_cv_summary_applies_a_runs_operating_points_to_the_oof_scores(tmp_path: Path) -> None:
     """--apply-thresholds: a cv-ensemble run's thresholds on the seed-averaged OOF scores of its
-    member here (sensitivity/specificity recomputed by hand); no such scores: exit 2."""
+    member here (sensitivity/specificity pooled and of the worst fold recomputed by hand); no
+    such scores: exit 2."""
     from bench import recipe_cv
 
-    npz, labels, _, scores = _cv_runs(tmp_path, ("member", "member_x"))  # member_x: not ours
+    npz, labels, folds, scores = _cv_runs(tmp_path, ("member", "member_x"))  # member_x: not ours
     run_dir = tmp_path / "cv"
     figures = tmp_path / "f.json"
     points = {"chosen": {"threshold": 0.5}, "sens95": {"threshold": 0.3}}
@@ -618,6 +619,13 @@ def test_cv_summary_applies_a_runs_operating_points_to_the_oof_scores(tmp_path: 
         point = applied["points"][name]
         assert point["sensitivity"] == pytest.approx(np.mean(predicted[labels == 1]))
         assert point["specificity"] == pytest.approx(np.mean(~predicted[labels == 0]))
+        for rate, wanted, hit in (("sensitivity", 1, True), ("specificity", 0, False)):
+            per_fold = [
+                np.mean(predicted[(folds == f) & (labels == wanted)] == hit) for f in range(5)
+            ]
+            worst = point["worst_fold"][rate]
+            assert worst["value"] == pytest.approx(min(per_fold), abs=1e-4)  # rounded to 4
+            assert per_fold[worst["fold"]] == pytest.approx(min(per_fold), abs=1e-4)
     figures.write_text(
         json.dumps({"model": "m:1", "member_config": "other", "operating_points": points})
     )
