@@ -125,9 +125,9 @@ same whatever input size a configuration trains at."""
 
 def folds_for(data: str, holdout: str, labels: Any, k: int, seed: int) -> Any:
     """The folds of ``holdout`` over train+val (the leave-modes-out ones read the 28 px images)."""
-    from radlens.training.recipe import make_folds
+    from radlens.training.recipe import GROUPED_HOLDOUTS, make_folds
 
-    images = load(data, PROBE_SIZE)[0] if holdout != "random" else None
+    images = load(data, PROBE_SIZE)[0] if holdout in GROUPED_HOLDOUTS else None
     return make_folds(holdout, images, labels, k, seed)
 
 

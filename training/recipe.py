@@ -236,6 +236,9 @@ HOLDOUTS = ("random", "cluster", "shape")
 pixels (``cluster``), or leave-modes-out on each image standardised to its own mean and spread
 (``shape``: exposure and contrast play no part in the grouping)."""
 
+GROUPED_HOLDOUTS = ("cluster", "shape")
+"""The hold-outs that group images (:func:`cluster_folds`), so need the images themselves."""
+
 
 def make_folds(
     holdout: str, images: np.ndarray | None, labels: np.ndarray, k: int, seed: int
@@ -247,7 +250,7 @@ def make_folds(
     """
     if holdout == "random":
         return stratified_folds(labels, k, seed)
-    if holdout in ("cluster", "shape"):
+    if holdout in GROUPED_HOLDOUTS:
         if images is None:
             raise ConfigurationError(f"the {holdout} hold-out groups images; received none")
         return cluster_folds(images, labels, k, seed=seed, standardize=holdout == "shape")
