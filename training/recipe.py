@@ -81,6 +81,9 @@ class MemberRecipe:
     # > 0 (with swa_epochs): the cosine schedule reaches this rate when the averaged epochs
     # begin and holds it through them, SWA's constant tail; 0: the cosine decays to 0 at the end
     swa_learning_rate: float = 0.0
+    # > 1: a snapshot ensemble (Huang et al. 2017): the cosine restarts from learning_rate this
+    # many times (equal whole-epoch cycles) and the member is the models at each cycle's end
+    snapshots: int = 0
     tta_shift: int = 0  # > 0: average predictions over the input shifted by +-tta_shift px
 
     def __post_init__(self) -> None:
@@ -94,6 +97,7 @@ class MemberRecipe:
             "ema_momentum": 0.0 <= self.ema_momentum < 1.0,
             "swa_epochs": 0 <= self.swa_epochs <= self.epochs,
             "swa_learning_rate": 0.0 <= self.swa_learning_rate <= self.learning_rate,
+            "snapshots": 0 <= self.snapshots <= self.epochs,
             "tta_shift": 0 <= self.tta_shift <= self.image_size // 4,
         }
         for name, ok in checks.items():
@@ -112,6 +116,9 @@ class MemberRecipe:
             "swa_epochs and batchnorm (the averaged weights' BN statistics are not refit)": (
                 self.swa_epochs > 0 and self.batchnorm
             ),
+            "snapshots and a weight average (ema_momentum, swa_epochs)": (
+                self.snapshots > 1 and (self.ema_momentum > 0 or self.swa_epochs > 0)
+            ),
         }
         for pair, clash in exclusive.items():
             if clash:
@@ -121,6 +128,11 @@ class MemberRecipe:
                 "recipe swa_learning_rate holds the rate through the averaged epochs: it needs "
                 f"0 < swa_epochs < epochs; received swa_epochs={self.swa_epochs}, "
                 f"epochs={self.epochs}"
+            )
+        if self.snapshots > 1 and self.epochs % self.snapshots:
+            raise ConfigurationError(
+                "recipe snapshots cuts the epochs into equal cycles: epochs must be a multiple "
+                f"of snapshots; received epochs={self.epochs}, snapshots={self.snapshots}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -468,7 +480,15 @@ def member_learning_rate(
 ) -> keras.optimizers.schedules.LearningRateSchedule:
     """The member's rate over ``steps`` training steps: cosine from ``learning_rate`` to 0; with
     ``swa_learning_rate`` the cosine reaches that rate when the last ``swa_epochs`` begin and
-    holds it through them (CosineDecay's ``alpha`` floor), SWA's constant tail."""
+    holds it through them (CosineDecay's ``alpha`` floor), SWA's constant tail; with
+    ``snapshots`` > 1 the cosine runs that many times, each cycle from ``learning_rate`` to 0."""
+    if recipe.snapshots > 1:
+        return keras.optimizers.schedules.CosineDecayRestarts(
+            recipe.learning_rate,
+            first_decay_steps=max(1, steps // recipe.snapshots),
+            t_mul=1.0,  # equal cycles (Keras' default doubles each one)
+            m_mul=1.0,  # each from the full rate
+        )
     if recipe.swa_learning_rate > 0:
         before = steps * (recipe.epochs - recipe.swa_epochs) // recipe.epochs
         return keras.optimizers.schedules.CosineDecay(
@@ -495,7 +515,23 @@ def train_member(
     *,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> keras.Model:
-    """Train one member network on in-memory images (float32 (N, H, W, 1) in [0, 1])."""
+    """Train one member network on in-memory images (float32 (N, H, W, 1) in [0, 1]); with
+    ``snapshots`` > 1, the network as the last cycle left it (:func:`train_member_models`
+    returns every snapshot)."""
+    return train_member_models(images, labels, recipe, seed, on_epoch=on_epoch)[-1]
+
+
+def train_member_models(
+    images: np.ndarray,
+    labels: np.ndarray,
+    recipe: MemberRecipe,
+    seed: int,
+    *,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[keras.Model]:
+    """The networks one member's training yields: the trained network, or with ``snapshots``
+    > 1 one network per learning-rate cycle, as it was at the cycle's end (the member's
+    prediction is then their mean, and each is served as a member of the ensemble)."""
     from radlens.models.architectures import build_model
 
     keras.utils.set_random_seed(seed)
@@ -521,6 +557,9 @@ def train_member(
         callbacks.append(_EpochTimer(on_epoch))
     if recipe.swa_epochs:  # what is evaluated and exported is then the average
         callbacks.append(WeightAverage(first_epoch=recipe.epochs - recipe.swa_epochs))
+    snapshots = SnapshotWeights(recipe.epochs // recipe.snapshots) if recipe.snapshots > 1 else None
+    if snapshots is not None:
+        callbacks.append(snapshots)
     model.fit(
         member_dataset(images, labels, recipe, seed),
         epochs=recipe.epochs,
@@ -528,7 +567,27 @@ def train_member(
         verbose=0,
         callbacks=callbacks,
     )
-    return model
+    if snapshots is None:
+        return [model]
+    copies = []
+    for weights in snapshots.weights[:-1]:  # the last cycle's end is the trained model itself
+        copy = keras.models.clone_model(model)
+        copy.set_weights(weights)
+        copies.append(copy)
+    return [*copies, model]
+
+
+class SnapshotWeights(keras.callbacks.Callback):
+    """The model's weights at the end of every ``every``-th epoch (a cycle's end)."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every = every
+        self.weights: list[list[np.ndarray]] = []
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if (epoch + 1) % self.every == 0:
+            self.weights.append([np.array(w) for w in self.model.get_weights()])
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -609,7 +668,7 @@ class CrossValidation:
     folds: np.ndarray  # fold of each example
     scores: np.ndarray  # OOF P(pneumonia), plain
     scores_tta: np.ndarray | None  # OOF P(pneumonia) averaged over the TTA views
-    models: list[keras.Model]
+    models: list[keras.Model]  # per fold in order (with snapshots, each fold's snapshots in turn)
     cpu_seconds: float
     wall_seconds: float
     epoch_seconds: list[float] = field(default_factory=list)
@@ -640,22 +699,25 @@ def cross_validate(
     cpu0, wall0 = time.process_time(), time.monotonic()
     for fold in np.unique(folds):
         held = folds == fold
-        model = train_member(
+        fold_models = train_member_models(
             images[~held],
             labels[~held],
             recipe,
             seed + 1000 * int(fold),
             on_epoch=lambda _e, s: epoch_seconds.append(s),
         )
-        scores[held] = predict_positive(model, images[held])
+        scores[held] = np.mean([predict_positive(m, images[held]) for m in fold_models], axis=0)
         if scores_tta is not None:
-            scores_tta[held] = predict_positive(model, images[held], tta_shift=tta_shift)
+            scores_tta[held] = np.mean(
+                [predict_positive(m, images[held], tta_shift=tta_shift) for m in fold_models],
+                axis=0,
+            )
         log(
             f"  fold {int(fold)}: trained on {int((~held).sum())}, "
             f"{time.monotonic() - wall0:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU"
         )
         if keep_models:
-            models.append(model)
+            models.extend(fold_models)
         else:
             keras.backend.clear_session()
     return CrossValidation(
@@ -801,7 +863,12 @@ def export_ensemble(
         model,
         images,
         labels,
-        [r.folds == fold for r in runs for fold in np.unique(r.folds)],  # cross_validate's order
+        [  # cross_validate's order: by fold, each fold's snapshots in turn
+            r.folds == fold
+            for r in runs
+            for fold in np.unique(r.folds)
+            for _ in range(max(1, r.recipe.snapshots))
+        ],
         method=ood_method,
         seed=runs[0].seed,
         data_note=f"{source.root.name}: train+val, {int(folds.max()) + 1} folds",

@@ -165,6 +165,10 @@ class TestCutMix:
         ({"swa_learning_rate": 1e-4}, "needs 0 < swa_epochs < epochs"),
         ({"swa_learning_rate": 1e-4, "swa_epochs": 8, "epochs": 8}, "0 < swa_epochs < epochs"),
         ({"swa_learning_rate": 0.01, "swa_epochs": 2}, "swa_learning_rate is out of range"),
+        ({"snapshots": 3, "swa_epochs": 2}, "snapshots and a weight average"),
+        ({"snapshots": 3, "ema_momentum": 0.9}, "snapshots and a weight average"),
+        ({"snapshots": 3, "epochs": 8}, "epochs must be a multiple of snapshots"),
+        ({"snapshots": 9, "epochs": 8}, "snapshots is out of range"),
     ],
 )
 def test_recipe_refuses_clashing_methods(changes, match):
@@ -184,6 +188,80 @@ def test_swa_learning_rate_is_a_cosine_then_a_constant_tail():
         assert r == pytest.approx(2e-4, rel=1e-5)
     plain = member_learning_rate(MemberRecipe(epochs=12), steps=1200)
     assert float(plain(900)) < 2e-4 and float(plain(1200)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_snapshot_learning_rate_restarts_at_every_cycle():
+    from radlens.training.recipe import member_learning_rate
+
+    schedule = member_learning_rate(MemberRecipe(epochs=12, snapshots=3), steps=1200)
+    for start in (0, 400, 800):  # three cycles of 400 steps, each a whole cosine
+        assert float(schedule(start)) == pytest.approx(1e-3)
+        assert float(schedule(start + 200)) == pytest.approx(5e-4, rel=1e-4)
+        assert float(schedule(start + 399)) < 1e-7
+    assert float(member_learning_rate(MemberRecipe(epochs=12), steps=1200)(400)) < 1e-3 * 0.8
+
+
+def test_snapshots_are_the_networks_at_each_cycles_end():
+    import radlens.training.recipe as recipe_module
+    from radlens.training.recipe import train_member_models
+
+    rng = np.random.default_rng(6)
+    images = rng.random((48, 16, 16, 1), dtype=np.float32)
+    labels = np.arange(48) % 2
+    seen: list[list[np.ndarray]] = []
+
+    class Recorder(recipe_module.SnapshotWeights):  # every epoch's weights, for comparison
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append([np.asarray(w).copy() for w in self.model.get_weights()])
+            super().on_epoch_end(epoch, logs)
+
+    original = recipe_module.SnapshotWeights
+    recipe_module.SnapshotWeights = Recorder
+    try:
+        models = train_member_models(images, labels, TINY.replace(epochs=4, snapshots=2), seed=7)
+    finally:
+        recipe_module.SnapshotWeights = original
+    assert len(models) == 2 and len(seen) == 4
+    for model, epoch in zip(models, (1, 3), strict=True):  # the ends of epochs 2 and 4
+        for got, want in zip(model.get_weights(), seen[epoch], strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert not np.allclose(models[0].get_weights()[0], models[1].get_weights()[0])
+    plain = train_member_models(images, labels, TINY.replace(epochs=2), seed=7)
+    assert len(plain) == 1
+
+
+def test_snapshot_members_score_as_their_mean_and_export_one_by_one(tmp_path: Path) -> None:
+    from radlens.training.recipe import predict_positive
+
+    npz = write_npz(tmp_path / "tv.npz", n={"train": 40, "val": 20})
+    source = open_data(npz, ["normal", "pneumonia"])
+    examples = list(source.examples)
+    images, labels = load_examples(source, examples, size=(16, 16), window=None)
+    folds = stratified_folds(labels, 2, seed=0)
+    recipe = TINY.replace(epochs=2, snapshots=2)
+    run = cross_validate(images, labels, folds, recipe, seed=3, keep_models=True)
+    assert len(run.models) == 4  # 2 folds x 2 snapshots, by fold
+    for fold in (0, 1):
+        held = folds == fold
+        pair = run.models[2 * fold : 2 * fold + 2]
+        expected = np.mean([predict_positive(m, images[held]) for m in pair], axis=0)
+        np.testing.assert_allclose(run.scores[held], expected, rtol=1e-5, atol=1e-6)
+    manifest = export_ensemble(
+        [run],
+        labels,
+        images,
+        source=source,
+        examples=examples,
+        store=tmp_path / "store",
+        name="tiny-snapshots",
+    )
+    loaded = ModelRegistry(tmp_path / "store").load(manifest.ref)
+    assert len(ensemble_members(loaded.model)) == 4
+    assert loaded.manifest.training_config["recipe"]["snapshots"] == 2
+    ood = loaded.manifest.ood
+    sizes = [int((folds == f).sum()) for f in (0, 1)]
+    # each snapshot is calibrated on its own fold's held-out images, which it never saw
+    assert ood is not None and ood["calibration_images"] == [sizes[0]] * 2 + [sizes[1]] * 2
 
 
 def test_swa_ends_with_the_mean_of_the_last_epochs_weights():
