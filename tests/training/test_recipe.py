@@ -577,6 +577,28 @@ def test_final_run_records_the_same_oof_scores_as_the_cv_bench(tmp_path: Path, h
     assert figures["oof"]["accuracy"]["folds"] == again["accuracy"]["folds"]
 
 
+def test_cv_ensemble_budget_keeps_only_the_seeds_that_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a CPU too slow for the budget, the first seed is trained whole and a seed predicted
+    to overrun is not begun: the stored ensemble is that seed's folds, its threshold from
+    their OOF scores."""
+    from bench import pneumonia
+
+    npz = write_npz(tmp_path / "d.npz", n={"train": 24, "val": 8})
+    args = ["--data", str(npz), "--seeds", "1,2", "--epochs", "1", "--folds", "2"]
+    args += ["--arch", "cv-ensemble", "--member", "filters", "--time-budget-minutes", "0.001"]
+    args += ["--store", str(tmp_path / "store"), "--out", str(tmp_path / "f.json")]
+    assert pneumonia.main(args) == 0
+    assert "time budget: stopping before seed 2" in capsys.readouterr().out
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["seeds_kept"] == [1] and figures["members"] == 2
+    assert figures["training_wall_seconds"] > figures["budget_seconds_wall"] == 0.06
+    loaded = ModelRegistry(tmp_path / "store").load("pneumonia-cv-ensemble")
+    assert len(ensemble_members(loaded.model)) == 2
+    assert loaded.manifest.training_config["seeds"] == [1]
+
+
 def test_cv_ensemble_member_keeps_its_own_epochs_and_names_overrides() -> None:
     from bench import pneumonia, recipe_cv
 
