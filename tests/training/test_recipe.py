@@ -201,7 +201,7 @@ def test_snapshot_learning_rate_restarts_at_every_cycle():
     assert float(member_learning_rate(MemberRecipe(epochs=12), steps=1200)(400)) < 1e-3 * 0.8
 
 
-def test_snapshots_are_the_networks_at_each_cycles_end():
+def test_snapshots_are_the_networks_at_each_cycles_end(monkeypatch: pytest.MonkeyPatch) -> None:
     import radlens.training.recipe as recipe_module
     from radlens.training.recipe import train_member_models
 
@@ -215,12 +215,8 @@ def test_snapshots_are_the_networks_at_each_cycles_end():
             seen.append([np.asarray(w).copy() for w in self.model.get_weights()])
             super().on_epoch_end(epoch, logs)
 
-    original = recipe_module.SnapshotWeights
-    recipe_module.SnapshotWeights = Recorder
-    try:
-        models = train_member_models(images, labels, TINY.replace(epochs=4, snapshots=2), seed=7)
-    finally:
-        recipe_module.SnapshotWeights = original
+    monkeypatch.setattr(recipe_module, "SnapshotWeights", Recorder)
+    models = train_member_models(images, labels, TINY.replace(epochs=4, snapshots=2), seed=7)
     assert len(models) == 2 and len(seen) == 4
     for model, epoch in zip(models, (1, 3), strict=True):  # the ends of epochs 2 and 4
         for got, want in zip(model.get_weights(), seen[epoch], strict=True):
@@ -264,7 +260,9 @@ def test_snapshot_members_score_as_their_mean_and_export_one_by_one(tmp_path: Pa
     assert ood is not None and ood["calibration_images"] == [sizes[0]] * 2 + [sizes[1]] * 2
 
 
-def test_swa_ends_with_the_mean_of_the_last_epochs_weights():
+def test_swa_ends_with_the_mean_of_the_last_epochs_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    import radlens.training.recipe as recipe_module
+
     rng = np.random.default_rng(2)
     images = rng.random((48, 16, 16, 1), dtype=np.float32)
     labels = np.arange(48) % 2
@@ -276,14 +274,8 @@ def test_swa_ends_with_the_mean_of_the_last_epochs_weights():
                 seen.append([np.asarray(w).copy() for w in self.model.get_weights()])
             super().on_epoch_end(epoch, logs)
 
-    import radlens.training.recipe as recipe_module
-
-    original = recipe_module.WeightAverage
-    recipe_module.WeightAverage = Snapshot
-    try:
-        model = train_member(images, labels, TINY.replace(epochs=3, swa_epochs=2), seed=4)
-    finally:
-        recipe_module.WeightAverage = original
+    monkeypatch.setattr(recipe_module, "WeightAverage", Snapshot)
+    model = train_member(images, labels, TINY.replace(epochs=3, swa_epochs=2), seed=4)
     assert len(seen) == 2  # epochs 2 and 3 of 3
     assert not all(np.allclose(a, b) for a, b in zip(*seen, strict=True))
     for final, first, last in zip(model.get_weights(), *seen, strict=True):
