@@ -656,6 +656,13 @@ def predict_positive(
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))[:, 1]
 
 
+def _mean_positive(
+    models: Sequence[keras.Model], images: np.ndarray, *, tta_shift: int = 0
+) -> np.ndarray:
+    """The mean of :func:`predict_positive` over a member's networks (one, or its snapshots)."""
+    return np.mean([predict_positive(m, images, tta_shift=tta_shift) for m in models], axis=0)
+
+
 # --- cross-validation -------------------------------------------------------------------------
 
 
@@ -706,12 +713,9 @@ def cross_validate(
             seed + 1000 * int(fold),
             on_epoch=lambda _e, s: epoch_seconds.append(s),
         )
-        scores[held] = np.mean([predict_positive(m, images[held]) for m in fold_models], axis=0)
+        scores[held] = _mean_positive(fold_models, images[held])
         if scores_tta is not None:
-            scores_tta[held] = np.mean(
-                [predict_positive(m, images[held], tta_shift=tta_shift) for m in fold_models],
-                axis=0,
-            )
+            scores_tta[held] = _mean_positive(fold_models, images[held], tta_shift=tta_shift)
         log(
             f"  fold {int(fold)}: trained on {int((~held).sum())}, "
             f"{time.monotonic() - wall0:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU"
