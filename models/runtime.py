@@ -324,10 +324,30 @@ def openvino_version() -> str | None:
         return None
 
 
-def _core() -> Any:
-    import openvino as ov
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
 
-    return ov.Core()
+
+def _core() -> Any:
+    """The process's one OpenVINO ``Core``, made on first use and kept until the process ends.
+
+    OpenVINO recommends one Core per application. Here it is also what keeps signals working:
+    the CPU plugin each Core loads swaps the calling thread's alternate signal stack for a
+    mapping of its own, and unmaps that mapping when the plugin goes, restoring the previous
+    stack only if its own is still the current one. With two Cores whose lifetimes overlap
+    (load one model, then a second, drop the first, then the second) the thread is left with
+    an unmapped stack, and the next signal handled on it (CPython installs its handlers with
+    ``SA_ONSTACK``: uvicorn's SIGTERM and SIGINT, pytest-timeout's SIGALRM) kills the process
+    with SIGSEGV instead of running the handler. One Core for the life of the process never
+    unmaps its stack (tests/models/test_runtime.py, the SIGTERM test).
+    """
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino as ov
+
+            _CORE = ov.Core()
+        return _CORE
 
 
 def bf16_supported(core: Any = None) -> bool:

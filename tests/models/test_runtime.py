@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from radlens.models.runtime import (
     recorded_parity,
     select_runtime,
 )
-from tests.conftest import shared_data_path
+from tests.conftest import REPO_ROOT, shared_data_path
 
 PP_VERSION = "test-pp-1"
 needs_openvino = pytest.mark.skipif(openvino_version() is None, reason="openvino not installed")
@@ -342,6 +345,45 @@ class TestConvertStoredModel:
         )
         with pytest.raises(InvalidImageError, match=r"Received shape \(8, 28, 28, 1\)"):
             runtime.predict(np.zeros((8, 28, 28, 1), np.float32))
+
+    def test_a_signal_is_still_handled_after_runtimes_come_and_go(self, stored):
+        """Two runtimes whose lifetimes overlap, dropped in the order they were made, then a
+        SIGTERM to the process, which handles it (as uvicorn does). With a Core per runtime,
+        their CPU plugins left the main thread an unmapped alternate signal stack and the
+        process died with SIGSEGV instead (returncode -11); one Core per process keeps it."""
+        add_openvino_runtime(stored, "chest:1")
+        files = stored.runtime_files(stored.verify("chest", 1), "openvino")
+        xml = next(p for p in files.values() if p.name == "model.xml")
+        script = textwrap.dedent(
+            """
+            import gc, os, signal, sys
+            from pathlib import Path
+            import numpy as np
+            from radlens.models.runtime import OpenVINORuntime
+
+            first = OpenVINORuntime(Path(sys.argv[1]), "fp32", (32, 32, 1))
+            second = OpenVINORuntime(Path(sys.argv[1]), "fp32", (32, 32, 1))
+            second.predict(np.zeros((1, 32, 32, 1), np.float32))
+            del first
+            gc.collect()
+            del second
+            gc.collect()
+            handled = []
+            signal.signal(signal.SIGTERM, lambda *_: handled.append(1))
+            os.kill(os.getpid(), signal.SIGTERM)
+            print(f"handled={len(handled)}")
+            """
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(xml)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+        assert result.stdout.split()[-1] == "handled=1"
 
     def test_streams_split_the_cores_and_run_concurrently(self, stored):
         from concurrent.futures import ThreadPoolExecutor
