@@ -383,7 +383,14 @@ def test_sr_and_sc_reach_the_pacs_with_the_senders_uids(
             f'radlens_dicom_outbox_pending{{destination="PACS@127.0.0.1:{pacs.port}"}} 0.0'
         ]
         assert client.get("/v1/dicom/outbox", headers={"Authorization": ""}).status_code == 401
-        actions = audit_actions(app)
+
+        # a pass writes its audit rows after releasing the association, so an empty outbox can
+        # be seen before the last pass's rows (the SC may go in a later pass than the SR)
+        def both_audited() -> list[tuple[str, str | None, str | None]]:
+            found = audit_actions(app)
+            return found if sum(a[0] == "dicom.send.deliver" for a in found) == 2 else []
+
+        actions = wait_for(both_audited, what="both deliveries audited")
     by_modality = {ds.Modality: ds for ds in objects}
     sr, sc = by_modality["SR"], by_modality["OT"]
     for ds in (sr, sc):
