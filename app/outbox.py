@@ -15,15 +15,33 @@ temporary name, flushed and renamed (a crash leaves either a whole entry or none
   ``RADLENS_UID_PSEUDONYM_KEY`` is set, with a key derived from it, since the object carries
   the UIDs the database does not keep);
 - ``<id>.json`` its state: prediction id, kind, destination, attempts, next attempt, the
-  last error. No UID, no patient data.
+  last error, and whether it is still to be delivered (``pending``; a state file without the
+  field, from an earlier version, is pending) or ``delivered`` / ``dropped`` (with the
+  reason) and waiting for its audit row. No UID, no patient data.
 
 One thread (:meth:`start`) delivers: each pass opens one association per destination for its
-due entries, deletes an entry once its C-STORE returned Success or Warning, and otherwise
-schedules the next attempt after ``RADLENS_DICOM_OUTBOX_RETRY_S`` doubling per attempt up to
-``RADLENS_DICOM_OUTBOX_RETRY_MAX_S``. An entry older than ``RADLENS_DICOM_OUTBOX_MAX_AGE_S``
-(or that cannot be decrypted any more: the key changed) is dropped with a
-``dicom.send.drop`` audit row; each delivery writes a ``dicom.send.deliver`` row. The spool
-survives restarts: a new process delivers what the previous one left.
+due entries; an entry whose C-STORE returned Success or Warning becomes ``delivered``, and
+otherwise its next attempt is scheduled after ``RADLENS_DICOM_OUTBOX_RETRY_S`` doubling per
+attempt up to ``RADLENS_DICOM_OUTBOX_RETRY_MAX_S``. An entry older than
+``RADLENS_DICOM_OUTBOX_MAX_AGE_S``, one that cannot be decrypted any more (the key changed) and
+one whose destination is no longer configured become ``dropped``.
+
+The audit trail does not lose an outcome: each delivery has a ``dicom.send.deliver`` row, each
+drop a ``dicom.send.drop`` row (actor ``dicom-send``, target the prediction id). An entry is
+first rewritten (atomically) as delivered or dropped and its payload deleted, so it is never
+sent again; then, at the end of the pass, the rows of every such entry in the spool are written
+in one transaction, and the state files removed only once it committed. A database that is
+down, or a crash, leaves them in the spool; every later pass (and a new process) retries the
+rows, without sending anything again. A crash between the commit and the removal (or a commit
+whose answer was lost) writes the row a second time (``audit_events`` has no key to recognise
+it by): an outcome may be audited twice, never not at all. A crash between a C-STORE's
+answer and the state rewrite sends the object again (delivery is at least once). Without a
+sessionmaker (tests) there is no audit trail: delivered or dropped entries are forgotten at
+once.
+
+Only entries still to be delivered are listed (:meth:`entries`, ``GET /v1/dicom/outbox``),
+counted by the gauge, expired or retried. The spool survives restarts: a new process delivers
+what the previous one left, and writes the audit rows it did not.
 """
 
 from __future__ import annotations
@@ -58,6 +76,9 @@ logger = logging.getLogger(__name__)
 ACTOR = "dicom-send"
 DELIVER_ACTION = "dicom.send.deliver"
 DROP_ACTION = "dicom.send.drop"
+PENDING = "pending"  # Entry.state: still to be delivered
+DELIVERED = "delivered"  # delivered, its audit row not yet committed
+DROPPED = "dropped"  # dropped (Entry.reason), its audit row not yet committed
 PARTIAL_SUFFIX = ".part"
 _KEY_LABEL = b"radlens outbox encryption key"
 _POLL_S = 5.0  # the delivery thread looks at the spool at least this often
@@ -86,6 +107,15 @@ class Entry:
     next_attempt_at: float = 0.0
     last_error: str | None = None
     encrypted: bool = False
+    state: str = PENDING  # PENDING | DELIVERED | DROPPED
+    reason: str | None = None  # why DROPPED
+
+    def audit_row(self) -> tuple[str, int, str]:
+        """The action, status and query of this delivered or dropped entry's audit row."""
+        query = f"destination={self.destination}&kind={self.kind}"
+        if self.state == DROPPED:
+            return DROP_ACTION, 410, f"{query}&reason={self.reason}"
+        return DELIVER_ACTION, 200, query
 
 
 class UndecryptableEntryError(Exception):
@@ -187,6 +217,14 @@ class Outbox:
         return self.directory / f"{entry.id}.{'enc' if entry.encrypted else 'dcm'}"
 
     def entries(self) -> list[Entry]:
+        """The entries still to be delivered, oldest first."""
+        return [e for e in self._spool() if e.state == PENDING]
+
+    def unaudited(self) -> list[Entry]:
+        """The delivered or dropped entries whose audit row is not committed yet, oldest first."""
+        return [e for e in self._spool() if e.state != PENDING]
+
+    def _spool(self) -> list[Entry]:
         """Every entry in the spool, oldest first (unreadable state files are skipped)."""
         found = []
         for path in sorted(self.directory.glob("*.json")):
@@ -210,20 +248,34 @@ class Outbox:
         except InvalidToken:
             raise UndecryptableEntryError("RADLENS_UID_PSEUDONYM_KEY changed") from None
 
-    def _remove(self, entry: Entry) -> None:
+    def _settle(self, entry: Entry, state: str, reason: str | None = None) -> None:
+        """Mark ``entry`` delivered or dropped (state first, then the payload goes: it is
+        never sent again); its audit row is written at the end of the pass."""
+        settled = replace(entry, state=state, reason=reason)
         with self._lock:
-            self._state_path(entry).unlink(missing_ok=True)  # state first: no entry left
+            if not self._state_path(entry).exists():
+                return
+            _write_atomic(self._state_path(entry), json.dumps(asdict(settled)).encode())
             self._payload_path(entry).unlink(missing_ok=True)
             if self.gauge is not None:
                 self.gauge.labels(destination=entry.destination).dec()
 
+    def _forget(self, entries: list[Entry]) -> None:
+        """Remove delivered or dropped entries whose audit rows are committed."""
+        with self._lock:
+            for entry in entries:
+                self._payload_path(entry).unlink(missing_ok=True)  # normally gone already
+                self._state_path(entry).unlink(missing_ok=True)
+
     def _remove_partials(self) -> None:
-        """Files a crash left: temporaries, and payloads whose state was never written or
-        was already removed."""
+        """Files a crash left: temporaries, and payloads whose state was never written, was
+        already removed, or says delivered or dropped."""
         states = {p.stem for p in self.directory.glob("*.json")}
+        settled = {e.id for e in self.unaudited()}
         for path in self.directory.iterdir():
             partial = path.name.endswith(PARTIAL_SUFFIX)
-            orphan = path.suffix in (".dcm", ".enc") and path.stem not in states
+            payload = path.suffix in (".dcm", ".enc")
+            orphan = payload and (path.stem not in states or path.stem in settled)
             if partial or orphan:
                 path.unlink(missing_ok=True)
 
@@ -240,7 +292,9 @@ class Outbox:
     # --- delivery ------------------------------------------------------------------
 
     def deliver_due(self) -> None:
-        """One pass: drop the expired, send the due (one association per destination)."""
+        """One pass: drop the expired, send the due (one association per destination), then
+        write the audit rows of every delivered or dropped entry (this pass's and those a
+        database outage or a crash left) and forget those entries."""
         now = self.clock()
         due: dict[str, list[Entry]] = {}
         for entry in self.entries():
@@ -252,6 +306,7 @@ class Outbox:
                 due.setdefault(entry.destination, []).append(entry)
         for name, entries in due.items():
             self._send(self.destinations[name], entries)
+        self._audit_settled()
         self._recount()
 
     def _send(self, destination: Destination, entries: list[Entry]) -> None:
@@ -277,26 +332,20 @@ class Outbox:
             for entry, _ in datasets:
                 self._retry(entry, f"{reason} by {destination.name}")
             return
-        delivered: list[Entry] = []
+        delivered = 0
         try:
             for entry, ds in datasets:
                 error = self._store(assoc, ds)
                 if error is None:
-                    self._remove(entry)
-                    delivered.append(entry)
+                    self._settle(entry, DELIVERED)
+                    delivered += 1
                 else:
                     self._retry(entry, error)
         finally:
             if assoc.is_established:
                 assoc.release()
-        self._audit(
-            [
-                (e, DELIVER_ACTION, 200, f"destination={e.destination}&kind={e.kind}")
-                for e in delivered
-            ]
-        )
         if delivered:
-            logger.info("outbox: %d objects delivered to %s", len(delivered), destination.name)
+            logger.info("outbox: %d objects delivered to %s", delivered, destination.name)
 
     def _associate(self, destination: Destination, sop_classes: set[str]) -> Any:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -350,7 +399,7 @@ class Outbox:
         )
 
     def _drop(self, entry: Entry, reason: str) -> None:
-        self._remove(entry)
+        self._settle(entry, DROPPED, reason)
         logger.error(
             "outbox: %s of prediction %s to %s dropped: %s",
             entry.kind.upper(),
@@ -358,11 +407,15 @@ class Outbox:
             entry.destination,
             reason,
         )
-        query = f"destination={entry.destination}&kind={entry.kind}&reason={reason}"
-        self._audit([(entry, DROP_ACTION, 410, query)])
 
-    def _audit(self, rows: list[tuple[Entry, str, int, str]]) -> None:
-        if not rows or self.sessionmaker is None:
+    def _audit_settled(self) -> None:
+        """Write the audit rows of the delivered and dropped entries in one transaction and,
+        once it committed, forget the entries; if it fails they wait for the next pass."""
+        settled = self.unaudited()
+        if not settled:
+            return
+        if self.sessionmaker is None:  # no audit trail (tests)
+            self._forget(settled)
             return
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -370,7 +423,8 @@ class Outbox:
 
         try:
             with self.sessionmaker() as session:
-                for entry, action, status, query in rows:
+                for entry in settled:
+                    action, status, query = entry.audit_row()
                     audit.add(
                         session,
                         actor=ACTOR,
@@ -381,7 +435,13 @@ class Outbox:
                     )
                 session.commit()
         except SQLAlchemyError as exc:
-            logger.warning("outbox: audit rows not written: %s", type(exc).__name__)
+            logger.warning(
+                "outbox: %d audit rows not written (%s); kept in the spool, retried next pass",
+                len(settled),
+                type(exc).__name__,
+            )
+            return
+        self._forget(settled)
 
     # --- the delivery thread ---------------------------------------------------------
 

@@ -482,3 +482,230 @@ def test_unreadable_payload_is_dropped_with_an_audit_row(
     assert outbox.entries() == []
     ((_, target, query, _),) = rows(migrated_database_url, "dicom.send.drop")
     assert target == "pred-3" and "payload unreadable" in query
+
+
+# --- the audit trail loses no outcome (a database outage, a restart) ---------------------
+
+
+class AcceptingPACS:
+    """A pynetdicom Storage SCP that answers Success and keeps the SOP Instance UIDs."""
+
+    def __init__(self) -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        self.received: list[str] = []
+        self.port = free_port()
+        ae = AE(ae_title="PACS")
+        ae.supported_contexts = AllStoragePresentationContexts
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+
+    def _store(self, event: Any) -> int:
+        self.received.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+
+@pytest.fixture()
+def pacs() -> Iterator[AcceptingPACS]:
+    scp = AcceptingPACS()
+    yield scp
+    scp.server.shutdown()
+
+
+class SwitchableSessions:
+    """The outbox's sessionmaker: the test database, or (``down``) one that cannot be reached,
+    so the audit transaction fails with an OperationalError."""
+
+    def __init__(self, sessions: Any, broken_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import sessionmaker
+
+        self.sessions = sessions
+        self.broken_engine = create_engine(broken_url)
+        self.broken = sessionmaker(bind=self.broken_engine)
+        self.down = False
+
+    def __call__(self) -> Any:
+        return (self.broken if self.down else self.sessions)()
+
+
+@pytest.fixture()
+def switchable(sessions: Any, tmp_path: Path) -> Iterator[SwitchableSessions]:
+    switch = SwitchableSessions(sessions, f"sqlite:///{tmp_path / 'no-such-dir' / 'audit.db'}")
+    yield switch
+    switch.broken_engine.dispose()
+
+
+def spool_states(spool: Path) -> list[dict[str, Any]]:
+    """The state files of the spool, as written."""
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted(spool.glob("*.json"))]
+
+
+def test_delivery_is_audited_once_the_database_is_back(
+    tmp_path: Path,
+    model_store: Path,
+    migrated_database_url: str,
+    switchable: SwitchableSessions,
+    pacs: AcceptingPACS,
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    clock = Clock()
+    spool = tmp_path / "spool"
+    settings = outbox_settings(
+        migrated_database_url,
+        model_store,
+        spool,
+        f"PACS@127.0.0.1:{pacs.port}",
+        dicom_outbox_max_age_s=100,
+    )
+    switchable.down = True
+    with pytest.raises(OperationalError), switchable() as session:  # the outage to meet
+        session.execute(text("SELECT 1"))
+    outbox = make_outbox(settings, switchable, clock)
+    gauge = outbox.gauge.labels(destination=f"PACS@127.0.0.1:{pacs.port}")
+    sop = new_uid()
+    outbox.enqueue("pred-d", "sr", dicom_bytes(sop=sop))
+    outbox.deliver_due()
+    assert pacs.received == [sop]
+    assert rows(migrated_database_url, "dicom.send.deliver") == []
+    (state,) = spool_states(spool)  # kept until its audit row is committed, without its payload
+    assert state["state"] == "delivered"
+    assert [p.suffix for p in spool.iterdir()] == [".json"]
+    assert outbox.entries() == []  # not queued any more: neither listed nor counted
+    assert [e.id for e in outbox.unaudited()] == [state["id"]]
+    assert gauge._value.get() == 0
+
+    clock.now += 1000  # past RADLENS_DICOM_OUTBOX_MAX_AGE_S: a delivered entry is not dropped
+    outbox.deliver_due()  # the database is still down: nothing sent, nothing lost
+    assert pacs.received == [sop]
+    assert [s["state"] for s in spool_states(spool)] == ["delivered"]
+
+    switchable.down = False
+    outbox.deliver_due()
+    ((actor, target, query, status),) = rows(migrated_database_url, "dicom.send.deliver")
+    assert (actor, target, status) == ("dicom-send", "pred-d", 200)
+    assert query == f"destination=PACS@127.0.0.1:{pacs.port}&kind=sr"
+    assert rows(migrated_database_url, "dicom.send.drop") == []
+    assert list(spool.iterdir()) == []
+    outbox.deliver_due()
+    assert pacs.received == [sop]  # one copy in the PACS
+    assert len(rows(migrated_database_url, "dicom.send.deliver")) == 1
+    assert gauge._value.get() == 0
+
+
+def test_drop_is_audited_once_the_database_is_back(
+    tmp_path: Path,
+    model_store: Path,
+    migrated_database_url: str,
+    switchable: SwitchableSessions,
+) -> None:
+    clock = Clock()
+    spool = tmp_path / "spool"
+    settings = outbox_settings(
+        migrated_database_url,
+        model_store,
+        spool,
+        f"PACS@127.0.0.1:{free_port()}",  # nothing listens: never delivered
+        dicom_outbox_max_age_s=100,
+    )
+    outbox = make_outbox(settings, switchable, clock)
+    gauge = outbox.gauge.labels(destination=settings.dicom_destination_list[0].name)
+    outbox.enqueue("pred-x", "sr", dicom_bytes())
+    outbox.deliver_due()
+    assert outbox.entries()[0].attempts == 1
+    clock.now += 100
+    switchable.down = True
+    outbox.deliver_due()
+    assert rows(migrated_database_url, "dicom.send.drop") == []
+    (state,) = spool_states(spool)
+    assert state["state"] == "dropped"
+    assert state["reason"] == "undelivered after 1 attempts"
+    assert [p.suffix for p in spool.iterdir()] == [".json"]
+    assert outbox.entries() == []
+    assert gauge._value.get() == 0
+
+    clock.now += 1000
+    outbox.deliver_due()  # still down: still one entry waiting for its row, dropped once
+    assert [s["state"] for s in spool_states(spool)] == ["dropped"]
+
+    switchable.down = False
+    outbox.deliver_due()
+    ((actor, target, query, status),) = rows(migrated_database_url, "dicom.send.drop")
+    assert (actor, target, status) == ("dicom-send", "pred-x", 410)
+    assert query.endswith("&kind=sr&reason=undelivered after 1 attempts")
+    assert list(spool.iterdir()) == []
+    outbox.deliver_due()
+    assert len(rows(migrated_database_url, "dicom.send.drop")) == 1
+
+
+def test_restart_writes_the_audit_row_left_behind_without_sending_again(
+    tmp_path: Path,
+    model_store: Path,
+    migrated_database_url: str,
+    sessions: Any,
+    switchable: SwitchableSessions,
+    pacs: AcceptingPACS,
+) -> None:
+    spool = tmp_path / "spool"
+    settings = outbox_settings(
+        migrated_database_url, model_store, spool, f"PACS@127.0.0.1:{pacs.port}"
+    )
+    sop = new_uid()
+    payload = dicom_bytes(sop=sop)
+    first = make_outbox(settings, switchable)
+    first.enqueue("pred-r", "sr", payload)
+    switchable.down = True
+    first.deliver_due()  # delivered; the process then ends before the database is back
+    assert pacs.received == [sop]
+    (state,) = spool_states(spool)
+    assert state["state"] == "delivered"
+    # as if the crash came between the state's rewrite and the payload's removal
+    (spool / f"{state['id']}.dcm").write_bytes(payload)
+
+    again = make_outbox(settings, sessions)  # a new process, the database reachable
+    assert [p.suffix for p in spool.iterdir()] == [".json"]  # the leftover payload removed
+    assert again.entries() == []
+    assert again.gauge.labels(destination=f"PACS@127.0.0.1:{pacs.port}")._value.get() == 0
+    again.deliver_due()
+    assert pacs.received == [sop]  # not sent again
+    ((_, target, _, status),) = rows(migrated_database_url, "dicom.send.deliver")
+    assert (target, status) == ("pred-r", 200)
+    assert list(spool.iterdir()) == []
+
+
+def test_a_state_file_of_an_earlier_version_is_still_to_be_delivered(
+    tmp_path: Path, model_store: Path, migrated_database_url: str, sessions: Any, pacs: Any
+) -> None:
+    import json
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    sop = new_uid()
+    old = {  # no "state" field
+        "id": "0000000000001-0123456789abcdef0123456789abcdef",
+        "prediction_id": "pred-o",
+        "kind": "sr",
+        "destination": f"PACS@127.0.0.1:{pacs.port}",
+        "created_at": time.time(),
+        "attempts": 2,
+        "next_attempt_at": 0.0,
+        "last_error": "association failed by PACS",
+        "encrypted": False,
+    }
+    (spool / f"{old['id']}.dcm").write_bytes(dicom_bytes(sop=sop))
+    (spool / f"{old['id']}.json").write_text(json.dumps(old))
+    settings = outbox_settings(
+        migrated_database_url, model_store, spool, f"PACS@127.0.0.1:{pacs.port}"
+    )
+    outbox = make_outbox(settings, sessions)
+    (entry,) = outbox.entries()
+    assert (entry.id, entry.state, entry.attempts) == (old["id"], "pending", 2)
+    outbox.deliver_due()
+    assert pacs.received == [sop]
+    assert [r[1] for r in rows(migrated_database_url, "dicom.send.deliver")] == ["pred-o"]
+    assert list(spool.iterdir()) == []
