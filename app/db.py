@@ -64,8 +64,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(database_url: str, **kwargs: Any) -> Engine:
+DEFAULT_CONNECT_TIMEOUT_S = 10
+
+
+def make_engine(
+    database_url: str, *, connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S, **kwargs: Any
+) -> Engine:
     """Create the engine; for a SQLite file, create its directory and fix its transactions.
+
+    A server database gets ``connect_timeout_s`` as its driver's connect timeout (unless the
+    URL sets ``connect_timeout`` itself): libpq's default is to wait for ever, so a database
+    host that stops answering (a partition, a firewall dropping packets, a server that
+    accepts and then hangs) would hold every request, readiness probe and metrics scrape that
+    needs a new connection until the kernel abandons the TCP connect, minutes later, instead
+    of failing fast into the service's 503.
 
     pysqlite begins transactions lazily on its own, which breaks SAVEPOINT (used to survive
     a duplicate-insert race); the SQLAlchemy-documented fix is to let SQLAlchemy emit BEGIN.
@@ -88,6 +100,10 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
         _fix_sqlite_transactions(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if "connect_timeout" not in url.query:
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args.setdefault("connect_timeout", connect_timeout_s)
+        kwargs["connect_args"] = connect_args
     return create_engine(url, **kwargs)
 
 

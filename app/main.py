@@ -175,7 +175,9 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
     from radlens.app.db import make_engine, make_sessionmaker
     from radlens.app.migrate import ensure_schema
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(
+        settings.database_url, connect_timeout_s=settings.database_connect_timeout_s
+    )
     try:
         revision = ensure_schema(settings.database_url, engine)
         if load is None:

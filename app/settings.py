@@ -85,6 +85,14 @@ class Settings(BaseSettings):
         default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db",
     )
+    database_connect_timeout_s: int = Field(
+        default=10,
+        ge=2,
+        le=600,
+        description="PostgreSQL: longest wait for a new connection (libpq connect_timeout), so "
+        "a database host that does not answer turns a request into a 503 instead of a hang "
+        "until the kernel gives up on TCP (minutes); a connect_timeout in the URL wins",
+    )
     model_store: Path = Field(default_factory=_default_model_store)
     model: str | None = Field(default=None, description="name[:version]; None = newest model")
     operating_point: str | None = Field(

@@ -116,7 +116,9 @@ def preflight(settings: Settings) -> PreflightReport:
     from radlens.app.db import make_engine
     from radlens.app.migrate import ensure_schema
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(
+        settings.database_url, connect_timeout_s=settings.database_connect_timeout_s
+    )
     try:
         revision = ensure_schema(settings.database_url, engine)
     finally:
