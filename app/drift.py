@@ -102,7 +102,13 @@ def recent(
 
 class DriftMonitor:
     """The loaded model's drift window, read from the database and summarised at most once
-    per ``cache_seconds`` (0: at every call)."""
+    per ``cache_seconds`` (0: at every call).
+
+    A failed read is remembered for as long: within ``cache_seconds`` of it the same error is
+    raised again at once, without the database. While PostgreSQL does not answer, each new
+    connection waits ``RADLENS_DATABASE_CONNECT_TIMEOUT_S``; paid at every scrape, that wait
+    would outlast Prometheus' scrape timeout (10 s by default) and lose every other series of
+    the scrape, exactly when an operator needs them."""
 
     def __init__(
         self,
@@ -123,6 +129,7 @@ class DriftMonitor:
         self._sessions = sessions
         self._clock = clock
         self._cached: tuple[float, dict[str, Any]] | None = None
+        self._failed: tuple[float, SQLAlchemyError] | None = None
         self._lock = threading.Lock()  # one query at a time: concurrent scrapes share it
 
     def summary(self) -> dict[str, Any]:
@@ -133,8 +140,17 @@ class DriftMonitor:
             now = self._clock()
             if self._cached is not None and now - self._cached[0] < self.cache_seconds:
                 return self._cached[1]
-            with self._sessions() as session:
-                rows = recent(session, self.name, self.version, self.class_names, limit=self.window)
+            if self._failed is not None and now - self._failed[0] < self.cache_seconds:
+                raise self._failed[1].with_traceback(None)
+            try:
+                with self._sessions() as session:
+                    rows = recent(
+                        session, self.name, self.version, self.class_names, limit=self.window
+                    )
+            except SQLAlchemyError as exc:
+                self._failed = (now, exc)
+                raise
+            self._failed = None
             out = summarise(
                 self.reference, self.class_names, rows.scores, rows.features, rows.labels
             )

@@ -315,6 +315,46 @@ def test_the_summary_is_cached_for_cache_seconds(
         assert monitor.summary()["n"] == 5
 
 
+def test_a_failed_read_is_not_retried_within_cache_seconds(
+    watched_store: Path, migrated_database_url: str
+) -> None:
+    """While the database does not answer, scrapes within RADLENS_DRIFT_CACHE_S of the failure
+    get the error at once instead of each waiting for a connection; then it is tried again."""
+    from sqlalchemy.exc import OperationalError
+
+    from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.drift import DriftMonitor
+    from radlens.models.registry import ModelRegistry
+
+    now = [0.0]
+    engine = make_engine(migrated_database_url)
+    working = make_sessionmaker(engine)
+    down = [True]
+    opened = []
+
+    def sessions() -> Any:
+        opened.append(now[0])
+        if down[0]:
+            raise OperationalError("SELECT 1", {}, Exception("connection timeout expired"))
+        return working()
+
+    manifest = ModelRegistry(watched_store).check_seal("watched", 1)
+    monitor = DriftMonitor(manifest, WINDOW, sessions, cache_seconds=10, clock=lambda: now[0])
+    try:
+        with pytest.raises(OperationalError):
+            monitor.summary()
+        now[0] = 9.9
+        with pytest.raises(OperationalError, match="connection timeout expired"):
+            monitor.summary()
+        assert opened == [0.0]  # the second scrape did not wait for the database
+        down[0] = False
+        now[0] = 10.0
+        assert monitor.summary()["n"] == 0
+        assert opened == [0.0, 10.0]
+    finally:
+        engine.dispose()
+
+
 def test_rows_without_input_statistics_compare_scores_only(
     watched_store: Path, migrated_database_url: str
 ) -> None:
