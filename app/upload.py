@@ -5,7 +5,8 @@ app/limits.py) and then take the part named ``file`` out of it with python-multi
 parser, in one call: no form object, no temporary file, no per-part validation machinery.
 The answers match what FastAPI's ``File`` parameter gives for the same bodies:
 - a body that is not multipart/form-data: 415;
-- a multipart body the parser cannot read (bad boundary, garbled framing): 400;
+- a multipart body the parser cannot read (bad boundary, garbled framing), or one that ends
+  inside a part (cut short: python-multipart's ``finalize`` does not check this): 400;
 - no part named ``file``, or a ``file`` part that is a text field (no filename): 422 with
   ``loc`` ``body.file``, as FastAPI's request validation reports it.
 """
@@ -72,6 +73,12 @@ def file_field(body: bytes, content_type: str | None, field: str = FIELD) -> byt
         raise StarletteHTTPException(
             400, f"Invalid multipart/form-data body ({reason}); check the boundary and framing"
         ) from exc
+    if parts.open:
+        raise StarletteHTTPException(
+            400,
+            "The multipart/form-data body ended inside a part, before its closing boundary: "
+            "the upload was cut short; send the whole body again",
+        )
     found_text = False
     for headers, content in parts.done:
         disposition = headers.get(b"content-disposition", b"")
@@ -94,6 +101,7 @@ class _Parts:
 
     def __init__(self) -> None:
         self.done: list[tuple[dict[bytes, bytes], bytes]] = []
+        self.open = False  # a part began and has not ended (yet): at the end, a cut body
         self._headers: dict[bytes, bytes] = {}
         self._name = bytearray()
         self._value = bytearray()
@@ -110,6 +118,7 @@ class _Parts:
         }
 
     def _begin(self) -> None:
+        self.open = True
         self._headers = {}
         self._chunks = []
 
@@ -128,5 +137,6 @@ class _Parts:
         self._chunks.append(data[start:end])
 
     def _end(self) -> None:
+        self.open = False
         content = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self.done.append((self._headers, content))
