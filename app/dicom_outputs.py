@@ -79,6 +79,15 @@ class DicomSourceRequiredError(AppError):
     status_code = 409
 
 
+class DicomSourceIncompleteError(AppError):
+    code = "dicom-source-incomplete"
+    title = (
+        "The DICOM instance lacks a UID its outputs must reference; send the instance as the "
+        "modality or PACS exported it, with Study, Series, SOP Instance and SOP Class UIDs"
+    )
+    status_code = 422
+
+
 class DicomOutputError(AppError):
     code = "dicom-output-failed"
     title = "The DICOM output could not be built; please report this with the prediction id"
@@ -148,7 +157,7 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         value = ds.get(keyword)
         if not value:
-            raise DicomSourceRequiredError(f"the DICOM source has no {keyword}")
+            raise DicomSourceIncompleteError(f"the uploaded DICOM instance has no {keyword}")
         values[keyword] = str(value)
     identification: dict[str, Any] = {}
     if copy_patient:

@@ -190,6 +190,25 @@ class TestStructuredReport:
         )
         assert_problem(response, 409, code="dicom-source-required")
 
+    @pytest.mark.parametrize(
+        "keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+    )
+    def test_inline_sr_of_an_instance_without_a_uid_names_it(
+        self, service: Service, keyword: str
+    ) -> None:
+        ds = _read(dicom_bytes())
+        delattr(ds, keyword)
+        if keyword == "SOPClassUID":
+            del ds.file_meta.MediaStorageSOPClassUID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=False)
+        response = service.client.post(
+            "/v1/predictions/dicom-sr",
+            files={"file": ("a.dcm", buffer.getvalue(), "application/dicom")},
+        )
+        body = assert_problem(response, 422, code="dicom-source-incomplete")
+        assert keyword in body["detail"] and "PNG" not in body["title"]
+
 
 class TestSecondaryCapture:
     def test_sc_of_a_real_chest_cr(self, service: Service) -> None:
