@@ -24,12 +24,13 @@ dicom-sr, STOW-RS and the DIMSE SCP all apply them.
 
 from __future__ import annotations
 
-import io
 import warnings
 from typing import Any, Literal
 
 from radlens.app.errors import AppError
+from radlens.models.errors import DeflatedDatasetTooLargeError
 from radlens.models.intended_use import IntendedUse, Violation, violations
+from radlens.models.preprocessing import DEFAULT_MAX_PIXELS
 
 GatePolicy = Literal["refuse", "flag", "off"]
 
@@ -72,20 +73,28 @@ class OutOfDistributionError(AppError):
         return "Out of distribution for this model"
 
 
-def dicom_gate_header(data: bytes) -> dict[str, Any] | None:
+def dicom_gate_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any] | None:
     """The gated attributes of a DICOM upload, read up to the pixel data; None when the
-    bytes are not a readable DICOM header (preprocessing then says what is wrong)."""
-    import pydicom
+    bytes are not a readable DICOM header (preprocessing then says what is wrong).
+
+    Raises:
+        DeflatedDatasetTooLargeError: a deflated dataset that inflates beyond what
+            ``max_pixels`` allows (models/dicomread.py), refused as preprocessing would.
+    """
+    from radlens.models.dicomread import read_dicom_bytes
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                io.BytesIO(data),
+            ds = read_dicom_bytes(
+                data,
+                max_pixels=max_pixels,
                 stop_before_pixels=True,
                 force=True,
                 specific_tags=list(GATED_KEYWORDS),
             )
+    except DeflatedDatasetTooLargeError:
+        raise
     except Exception:  # third-party parser boundary: any failure means "no header to gate"
         return None
     header = {keyword: str(ds.get(keyword, "") or "") for keyword in GATED_KEYWORDS}

@@ -144,20 +144,24 @@ def check_recordable(image: PreprocessedImage) -> None:
             )
 
 
-def gate_upload(data: bytes, intended_use: IntendedUse, policy: GatePolicy) -> list[Violation]:
+def gate_upload(
+    data: bytes, intended_use: IntendedUse, policy: GatePolicy, max_pixels: int | None = None
+) -> list[Violation]:
     """The metadata gate (app/gate.py) on a DICOM upload's header, before its pixels are
-    decoded: raises OutsideIntendedUseError (``refuse``) or returns the violations (``flag``)."""
+    decoded: raises OutsideIntendedUseError (``refuse``) or returns the violations (``flag``).
+    ``max_pixels`` bounds a deflated header's inflation (default: preprocessing's default)."""
     if policy == "off" or intended_use.empty:
         return []
     from radlens.models.errors import NotAnImageError
-    from radlens.models.preprocessing import sniff_format
+    from radlens.models.preprocessing import DEFAULT_MAX_PIXELS, sniff_format
 
     try:
         if sniff_format(data) != "dicom":
             return []  # PNG/JPEG carry no metadata: the OOD score covers them
     except NotAnImageError:
         return []  # preprocessing says what is wrong with it
-    return check_metadata(dicom_gate_header(data), intended_use, policy)
+    header = dicom_gate_header(data, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    return check_metadata(header, intended_use, policy)
 
 
 def _prepare_upload(
@@ -172,7 +176,7 @@ def _prepare_upload(
     """The upload -> (model input, (preprocessed image, sha256 of the upload, intended-use
     violations flagged)); runs off the event loop (on a predictor stream or a worker thread),
     the checks and the hash included."""
-    flagged = gate_upload(data, intended_use or IntendedUse(), gate)
+    flagged = gate_upload(data, intended_use or IntendedUse(), gate, max_pixels)
     image = preprocess_upload(data, size, window, max_pixels, version)
     check_recordable(image)
     return image.model_input(), (image, hashlib.sha256(data).hexdigest(), flagged)
@@ -259,14 +263,11 @@ def aggregate_frames(
     return scores, key, result
 
 
-def _source_from_header(data: bytes, *, copy_patient: bool) -> SourceRef:
-    import io
-
-    import pydicom
-
+def _source_from_header(data: bytes, *, copy_patient: bool, max_pixels: int) -> SourceRef:
     from radlens.app.dicom_outputs import source_from_dataset
+    from radlens.models.dicomread import read_dicom_bytes
 
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    ds = read_dicom_bytes(data, max_pixels=max_pixels, stop_before_pixels=True)
     return source_from_dataset(ds, copy_patient=copy_patient)
 
 
@@ -455,7 +456,10 @@ class Ingestor:
         assert self.outbox is not None
         if self.settings.dicom_copy_patient or self.outbox.wants("sc"):
             return await asyncio.to_thread(
-                _source_from_header, data, copy_patient=self.settings.dicom_copy_patient
+                _source_from_header,
+                data,
+                copy_patient=self.settings.dicom_copy_patient,
+                max_pixels=self.settings.max_pixels,
             )
         study, series, sop, sop_class = (str(u) for u in uids)
         return SourceRef(study, series, sop, sop_class, meta.modality)

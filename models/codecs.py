@@ -13,13 +13,32 @@ The plugin follows pydicom's decoder-plugin contract (``is_available``,
 guide) and returns the frame's bytes exactly as pydicom's pylibjpeg and pyjpegls plugins do,
 so pydicom applies the same corrections (J2K sign, JPEG-LS near-lossless signedness) after
 it. ``models.preprocessing`` asks for it by name (``PLUGIN``) and falls back to pydicom's
-default pick when it refuses a file. tests/models/test_codecs.py checks that every JPEG 2000,
+default pick when it refuses a file (for JPEG-LS to pyjpegls only, ``FALLBACK_PLUGINS``; never
+after a refusal as truncated). tests/models/test_codecs.py checks that every JPEG 2000,
 JPEG-LS and lossless JPEG file shipped with pydicom and pydicom-data (and in ../shared/data)
 decodes to the same array both ways, and round-trips HTJ2K and lossless JPEG it encodes.
+
+**Codestreams cut short.** Several decoders here decode a codestream that stops early without
+an error, filling the rest of the image (pylibjpeg-libjpeg for JPEG and JPEG-LS, libjpeg-turbo
+through imagecodecs and Pillow, which log libjpeg's "premature end of data segment" warning
+nowhere Python can see it). So what is checked *before* any decoder runs is the codestream's
+own structure: :func:`missing_end_marker` (a JPEG, JPEG-LS or JPEG 2000 frame must end with
+its EOI/EOC marker ``FF D9``; DICOM's even-length padding byte ``00`` and ``FF`` fill may
+follow; entropy-coded data cannot hold ``FF D9``: JPEG stuffs ``FF 00``, JPEG-LS a 0 bit,
+JPEG 2000 keeps packet data below ``FF 90``) and :func:`rle_segments_missing` (an RLE header's
+segment offsets inside the frame). A stream cut short *and* closed with an EOI marker again
+(what "repair" tools do) is caught by the decoder where it can be: CharLS and OpenJPEG refuse
+it, and :func:`scan_for_pillow` makes Pillow's libjpeg refuse a sequential JPEG scan that ends
+before its last MCU (see there). JPEG Baseline frames that pydicom's pick, pylibjpeg-libjpeg,
+decodes in full get that scan checked first by :func:`check_scan`, a 1/8-scale Pillow decode
+(~10 % of the libjpeg decode's time). Lossless JPEG (libjpeg-turbo, pylibjpeg-libjpeg), 12-bit
+JPEG (pylibjpeg-libjpeg) and progressive JPEG have no decoder here that reports it.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import TYPE_CHECKING
 
 import imagecodecs
@@ -45,6 +64,182 @@ SYNTAXES = J2K_SYNTAXES + JPEG_LS_SYNTAXES + JPEG_LOSSLESS_SYNTAXES
 
 DECODER_DEPENDENCIES = {ts: ("numpy", "imagecodecs") for ts in SYNTAXES}
 
+# JPEG Baseline and Extended: pydicom's pick, pylibjpeg-libjpeg, after check_scan (in
+# models/jpeg_checked.py): the same pixels as before, a scan cut short refused
+LOSSY_JPEG_PLUGIN = "pylibjpeg-scan-checked"
+LOSSY_JPEG_SYNTAXES = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit)
+
+# When imagecodecs refuses a frame whose structure is whole, the plugin that gets a second go
+# ("": pydicom's default pick). JPEG-LS: pyjpegls only, CharLS as here; pylibjpeg-libjpeg
+# decodes a corrupt or cut JPEG-LS stream without an error, filling the rest of the image.
+FALLBACK_PLUGINS = {uid.JPEGLSLossless: "pyjpegls", uid.JPEGLSNearLossless: "pyjpegls"}
+
+END_MARKER = b"\xff\xd9"  # JPEG and JPEG-LS EOI, JPEG 2000 EOC
+_PADDING = b"\x00\xff"  # DICOM's padding to an even length (00) and marker fill bytes (FF)
+_TAIL = 64  # bytes looked at for the end marker and its padding
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+class TruncatedCodestreamError(ValueError):
+    """A frame's codestream is cut short (the message says "truncated")."""
+
+
+def missing_end_marker(codestream: bytes) -> bool:
+    """True when a JPEG, JPEG-LS or JPEG 2000 (HTJ2K) codestream does not end with ``FF D9``.
+
+    The marker may be followed by ``00`` and ``FF`` bytes (DICOM pads a fragment to an even
+    length with ``00``; some encoders pad with ``FF``, which JPEG allows before a marker).
+    Every JPEG, JPEG-LS and JPEG 2000 frame in pydicom's test files, pydicom-data and
+    ../shared/data ends so (at most one padding byte, 00 or FF). A JPEG 2000 codestream
+    wrapped in a JP2 file (GDCM writes some; DICOM does not allow it) must end so inside its
+    ``jp2c`` box: boxes after it are allowed. Looks at the last bytes only (plus the JP2
+    boxes' headers): no decoding.
+    """
+    data = memoryview(codestream)
+    if bytes(data[:12]) == _JP2_SIGNATURE:
+        end = _jp2c_end(data)
+        if end is None:
+            return True
+        data = data[:end]
+    tail = bytes(data[-_TAIL:]).rstrip(_PADDING)
+    if not tail and len(data) > _TAIL:  # a long run of padding: look further back
+        tail = bytes(data).rstrip(_PADDING)[-2:]
+    return not tail.endswith(END_MARKER)
+
+
+def _jp2c_end(data: memoryview) -> int | None:
+    """End offset of a JP2 file's contiguous-codestream box, ``None`` when it has none or
+    a box runs past the data (ISO/IEC 15444-1 I.4: LBox, TBox, optional XLBox)."""
+    offset = 0
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = bytes(data[offset + 4 : offset + 8])
+        header = 8
+        if length == 1:  # XLBox: a 64-bit length follows
+            if offset + 16 > len(data):
+                return None
+            length = int.from_bytes(data[offset + 8 : offset + 16], "big")
+            header = 16
+        elif length == 0:  # the box runs to the end of the data
+            length = len(data) - offset
+        if length < header or offset + length > len(data):
+            return None
+        if kind == b"jp2c":
+            return offset + length
+        offset += length
+    return None
+
+
+def rle_segments_missing(frame: bytes) -> bool:
+    """True when an RLE Lossless frame's header (PS3.5 G.5: the segment count, then 15
+    offsets) names a segment that starts beyond the frame's end, or is malformed.
+
+    RLE has no end marker: a frame cut inside its last segment passes this check, and
+    pydicom's RLE decoder then refuses the segment for decoding to fewer bytes than
+    Rows x Columns.
+    """
+    if len(frame) < 64:
+        return True
+    count = int.from_bytes(frame[:4], "little")
+    if not 1 <= count <= 15:
+        return False  # not a header this check understands: pydicom's decoder judges it
+    offsets = [int.from_bytes(frame[4 * i : 4 * i + 4], "little") for i in range(1, count + 1)]
+    if offsets[0] != 64:
+        return False
+    return any(b <= a for a, b in itertools.pairwise(offsets)) or offsets[-1] >= len(frame)
+
+
+# a JPEG marker inside entropy-coded data: FF followed by neither 00 (a stuffed FF), RSTn
+# (D0-D7) nor another FF (fill before a marker)
+_JPEG_MARKER = re.compile(b"\xff[^\x00\xd0-\xd7\xff]")
+# SOF0 baseline, SOF1 extended sequential: Huffman-coded, one pass over the image per scan
+_SEQUENTIAL_SOF = (0xC0, 0xC1)
+_SCAN_PAD = bytes(8)  # >= libjpeg's bit-buffer look-ahead (57 bits on 64-bit builds)
+
+
+def scan_for_pillow(codestream: bytes) -> bytes:
+    """The JPEG codestream to give Pillow so that it refuses a scan cut short.
+
+    libjpeg decodes the entropy-coded data of a scan until it meets a marker; a marker met
+    before the scan's last MCU (an EOI appended to a cut stream) is a warning to libjpeg,
+    which fills the rest of the image grey, and Pillow drops libjpeg's warnings. When the
+    data simply runs out instead, Pillow's suspending data source makes libjpeg ask for more,
+    and Pillow raises "image file is truncated". So for a single-scan sequential JPEG (SOF0
+    or SOF1, the first scan holding every component: every 8-bit DICOM JPEG Baseline frame
+    here) the data after the scan's entropy-coded segment (its EOI, any trailer) is replaced
+    by 8 zero bytes: enough for libjpeg's bit-buffer look-ahead after the last MCU, so a whole
+    scan decodes to exactly the same pixels, while a scan that ends early runs out of data
+    within a few MCUs and is refused. (A scan missing only its last few bytes may be
+    completed from the zeros.) Anything else (progressive, several scans, lossless, a header
+    this walk does not understand) is returned unchanged. Walks the marker segments and
+    searches the entropy-coded data for the next marker: no decoding.
+    """
+    end = _sequential_scan_end(codestream)
+    if end is None:
+        return codestream
+    return codestream[:end] + _SCAN_PAD
+
+
+def check_scan(codestream: bytes) -> None:
+    """Raise :class:`TruncatedCodestreamError` when Pillow finds the JPEG scan cut short.
+
+    For a decoder that fills a scan cut short without an error (pylibjpeg-libjpeg): Pillow
+    decodes :func:`scan_for_pillow`'s codestream at 1/8 scale (libjpeg's DCT scaling, no
+    full inverse DCT or upsampling: ~10 % of pylibjpeg-libjpeg's time for a 1024x1024
+    radiograph) and only its verdict is kept. A codestream Pillow cannot decode for another
+    reason (12-bit, a colour space it lacks) is left to the decoder, as before.
+    """
+    import io
+
+    from PIL import Image
+
+    prepared = scan_for_pillow(codestream)
+    if prepared is codestream:  # not a single-scan sequential JPEG: nothing to check
+        return
+    try:
+        with Image.open(io.BytesIO(prepared), formats=["JPEG"]) as image:
+            width, height = image.size
+            image.draft(image.mode, (-(-width // 8), -(-height // 8)))
+            image.load()
+    except Exception as exc:  # Pillow's verdict on a codestream it may not support
+        if "truncated" in str(exc):
+            raise TruncatedCodestreamError(
+                f"the JPEG scan is truncated: it ends before its last MCU ({exc})"
+            ) from exc
+
+
+def _sequential_scan_end(data: bytes) -> int | None:
+    """Where the entropy-coded data of a single-scan sequential JPEG ends, else ``None``."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    components = None
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            offset += 2
+            continue
+        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+        if length < 2 or marker == 0xD9:
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+            if marker not in _SEQUENTIAL_SOF or offset + 10 > len(data):
+                return None
+            components = data[offset + 9]
+        elif marker == 0xDA:  # SOS: Ns, then the scan's entropy-coded data after the header
+            if components is None or offset + 5 > len(data) or data[offset + 4] != components:
+                return None  # no frame header, or one scan per component
+            start = offset + 2 + length
+            found = _JPEG_MARKER.search(data, start)
+            return len(data) if found is None else found.start()
+        offset += 2 + length
+    return None
+
 
 def is_available(tsyntax: str) -> bool:
     """True when imagecodecs was built with the codec ``tsyntax`` needs."""
@@ -60,6 +255,14 @@ def is_available(tsyntax: str) -> bool:
 def _decode_frame(src: bytes, runner: DecodeRunner) -> memoryview:
     """Decode one encapsulated frame to its samples' bytes (pydicom calls this)."""
     tsyntax = runner.transfer_syntax
+    # models.preprocessing refuses such a frame before it gets here; this keeps the plugin
+    # safe on its own: no decoder here sees a codestream without its end marker, and the
+    # "truncated" error tells preprocessing to try no other plugin (they decode it leniently)
+    if tsyntax in SYNTAXES and missing_end_marker(src):
+        raise TruncatedCodestreamError(
+            f"the {tsyntax.name} codestream is truncated: it does not end with its end marker "
+            f"(FF D9); it ends {bytes(src[-8:]).hex(' ')}"
+        )
     if tsyntax in J2K_SYNTAXES:
         # one thread: the service already runs one decode per inference stream
         arr = imagecodecs.jpeg2k_decode(src, numthreads=1)
@@ -67,12 +270,9 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> memoryview:
         if runner.photometric_interpretation in ("YBR_ICT", "YBR_RCT"):
             runner.set_option("photometric_interpretation", "RGB")
     elif tsyntax in JPEG_LS_SYNTAXES:
-        # CharLS spends ~4 s of CPU (whatever the image size) before refusing a codestream
-        # cut short; such a stream lacks the closing EOI marker (FF D9; fill bytes FF and a
-        # DICOM padding 00 may follow, and bit stuffing keeps FF D9 out of the coded data),
-        # so it goes to pydicom's default pick instead, which answers in milliseconds
-        if not bytes(src[-8:]).rstrip(b"\x00\xff").endswith(b"\xff\xd9"):
-            raise ValueError("the JPEG-LS codestream does not end with an EOI marker")
+        # (CharLS spends ~4 s of CPU, whatever the image size, before refusing a codestream
+        # without its EOI marker: the check above keeps those away from it; one cut short
+        # and closed with an EOI again is refused in milliseconds)
         arr = imagecodecs.jpegls_decode(src)
         if arr.ndim == 3:  # returned colour-by-pixel, whatever the interleave mode
             runner.set_option("planar_configuration", 0)
@@ -100,3 +300,11 @@ def register() -> None:
         decoder = get_decoder(tsyntax)
         if PLUGIN not in decoder.available_plugins and is_available(tsyntax):
             decoder.add_plugin(PLUGIN, (__name__, "_decode_frame"))
+    from radlens.models import jpeg_checked
+
+    for tsyntax in LOSSY_JPEG_SYNTAXES:
+        decoder = get_decoder(tsyntax)
+        if LOSSY_JPEG_PLUGIN not in decoder.available_plugins and jpeg_checked.is_available(
+            tsyntax
+        ):
+            decoder.add_plugin(LOSSY_JPEG_PLUGIN, (jpeg_checked.__name__, "_decode_frame"))

@@ -62,6 +62,27 @@ class ImageTooLargeError(PreprocessingError):
     title = "The image has too many pixels; send a smaller image or raise the pixel limit"
 
 
+class DeflatedDatasetTooLargeError(ImageTooLargeError):
+    """A Deflated Explicit VR Little Endian dataset that inflates beyond the size the pixel
+    limit allows (a deflate bomb): refused while counting, before it is inflated in memory."""
+
+    title = (
+        "The deflated DICOM dataset inflates to more than the size limit allows; send it "
+        "uncompressed or with compressed pixel data, or raise the pixel limit"
+    )
+
+
+class EncapsulatedUnderNativeSyntaxError(PreprocessingError):
+    """Pixel Data of undefined length (compressed fragments) in a file whose transfer syntax
+    is an uncompressed one, or that has no file meta information to name one."""
+
+    code = "transfer-syntax-mismatch"
+    title = (
+        "The DICOM pixel data is compressed (encapsulated) but the transfer syntax says "
+        "uncompressed or is missing; the file's header is wrong: re-export it from the source"
+    )
+
+
 class CodestreamMismatchError(PreprocessingError):
     """The compressed codestream's own header disagrees with the DICOM header (size,
     components, bit depth or resolution levels): refused before its pixels are decoded."""
@@ -76,6 +97,18 @@ class CodestreamMismatchError(PreprocessingError):
 class InvalidImageError(PreprocessingError):
     code = "invalid-image"
     title = "The image is invalid; check its size, pixel values and the options given"
+
+
+class RescaleWindowError(InvalidImageError):
+    """The header's modality rescale (or Modality LUT) or its window (or VOI LUT) turns an
+    image into values that are not finite, or flattens one whose stored pixels have contrast
+    into a single value: a blank image the model must not be shown."""
+
+    code = "invalid-rescale-or-window"
+    title = (
+        "The DICOM header's rescale or window makes the image blank or not finite; correct "
+        "Rescale Slope/Intercept or Window Center/Width in the header, or send the original image"
+    )
 
 
 # --- model store -----------------------------------------------------------------------

@@ -11,12 +11,18 @@ file wherever it runs. The steps, in order, and why the order matters:
 
    - JPEG 2000 and HTJ2K: imagecodecs (OpenJPEG, GIL released); pydicom's default pick
      (Pillow, then pylibjpeg-openjpeg) for what it refuses;
-   - JPEG-LS: imagecodecs (CharLS); pydicom's default pick (pyjpegls, then
-     pylibjpeg-libjpeg) for what it refuses, e.g. a codestream without its EOI marker;
+   - JPEG-LS: imagecodecs (CharLS); pyjpegls (CharLS) for what it refuses, never
+     pylibjpeg-libjpeg, which decodes a corrupt stream without an error;
    - lossless JPEG (processes 14, SV1): imagecodecs (libjpeg-turbo); then pylibjpeg-libjpeg;
-   - JPEG Baseline and Extended: pydicom's default pick, Pillow (libjpeg-turbo; 8-bit only),
-     then pylibjpeg-libjpeg (12-bit);
+   - JPEG Baseline and Extended: pydicom's default pick, pylibjpeg-libjpeg, through
+     ``models/jpeg_checked.py`` (which first has Pillow check the scan is whole), then
+     pydicom's default pick (pylibjpeg-libjpeg, then Pillow);
    - RLE Lossless: pydicom's own decoder; uncompressed and deflated syntaxes: pydicom.
+
+   A frame cut short is refused (``TruncatedDataError``) before any of them sees it: a JPEG,
+   JPEG-LS or JPEG 2000 codestream that does not end with its EOI/EOC marker, an RLE frame
+   whose header names segments beyond its end; and no other plugin gets a go at a frame one
+   refused as truncated (see ``models/codecs.py``).
 
    **Decode less** (``PREPROCESSING_VERSION`` "2", when ``size`` is given): a grayscale
    JPEG 2000 frame whose codestream is signed exactly when Pixel Representation says so and
@@ -41,7 +47,11 @@ file wherever it runs. The steps, in order, and why the order matters:
    pylibjpeg-openjpeg; SOF read by pydicom) must agree with Rows, Columns and Samples per
    Pixel and fit Bits Allocated (a JPEG height left to a DNL marker is refused too), else
    :class:`~models.errors.CodestreamMismatchError`: a decompression bomb behind a small
-   header costs a header parse, not a decode.
+   header costs a header parse, not a decode. A Deflated Explicit VR Little Endian dataset
+   may inflate to at most 8 bytes per pixel of ``max_pixels`` plus 16 MiB, counted before it
+   is inflated (``models/dicomread.py``, :class:`~models.errors.DeflatedDatasetTooLargeError`).
+   Encapsulated (compressed) Pixel Data under an uncompressed transfer syntax, or without file
+   meta, is :class:`~models.errors.EncapsulatedUnderNativeSyntaxError`.
 2. **Pick the frame.** Multi-frame DICOM: only one frame is decoded, the one ``frame=``
    names, by default the middle frame, index ``frames // 2`` (for an even count, the later
    of the two central frames). :func:`frame_indices` lists the frames to use when a whole
@@ -50,12 +60,16 @@ file wherever it runs. The steps, in order, and why the order matters:
    Per-Frame Functional Groups item, else the Shared one, else the top-level attributes).
 3. **Modality LUT** (:func:`modality_values`): Rescale Slope/Intercept or the Modality LUT
    Sequence, so CT comes out in Hounsfield units. Windows are defined on these values, so
-   this must come first.
+   this must come first. Values that are not finite, or one value for stored values that
+   differ, are refused (:class:`~models.errors.RescaleWindowError`, quoting the tags).
 4. **VOI** (:func:`apply_window` for presets): a named preset from :data:`WINDOW_PRESETS`
    when one is given *and* the image is in HU (Modality CT or Rescale Type HU; a preset is
    meaningless for a radiograph and is then not applied); otherwise the file's VOI LUT
    Sequence or Window Center/Width through pydicom's ``apply_voi_lut``; otherwise min-max.
-   The result is scaled to [0, 1] by the output range of that VOI transform.
+   The result is scaled to [0, 1] by the output range of that VOI transform. A VOI LUT
+   Sequence item pydicom cannot apply (no or too few LUT Data entries) is ignored, as pydicom
+   ignores one without LUT Data; a file window or VOI LUT that maps an image with contrast
+   to one value is refused (:class:`~models.errors.RescaleWindowError`).
 5. **MONOCHROME1 inversion** (``1 - x``), after VOI as in the DICOM display pipeline, so
    bone is bright for both photometric interpretations. From version "3", a Presentation
    LUT Shape of INVERSE inverts a MONOCHROME2 frame too, and MONOCHROME1 with INVERSE is
@@ -104,11 +118,13 @@ import numpy as np
 
 from radlens.models.errors import (
     CodestreamMismatchError,
+    EncapsulatedUnderNativeSyntaxError,
     ImageTooLargeError,
     InvalidImageError,
     NoPixelDataError,
     NotAnImageError,
     PreprocessingError,
+    RescaleWindowError,
     TruncatedDataError,
     UnsupportedTransferSyntaxError,
 )
@@ -253,13 +269,18 @@ def preprocess(
         UnsupportedTransferSyntaxError: DICOM pixel data that cannot be decoded (names the
             transfer syntax UID and name).
         TruncatedDataError: the file ends before its declared content.
-        ImageTooLargeError: more than ``max_pixels`` pixels per frame.
+        ImageTooLargeError: more than ``max_pixels`` pixels per frame, or a deflated
+            dataset that inflates beyond what they allow (DeflatedDatasetTooLargeError).
+        EncapsulatedUnderNativeSyntaxError: compressed (encapsulated) pixel data under an
+            uncompressed transfer syntax, or without file meta information.
         CodestreamMismatchError: a compressed frame whose codestream declares another size,
             sample count or a bit depth than the DICOM header (a decompression bomb behind a
             small header), or whose reduced-resolution decode fails.
         InvalidImageError: zero-size or non-numeric pixels, a malformed header, or a bad
             option (unknown window preset or version, bad size or max_pixels, a frame
-            index the file does not have).
+            index the file does not have). RescaleWindowError (a subclass): a rescale that
+            gives non-finite values, or a rescale, file window or VOI LUT that maps an image
+            with contrast to one value.
 
     Example:
         >>> image = preprocess(Path("chest.dcm").read_bytes(), size=(224, 224))
@@ -730,7 +751,7 @@ class _DicomSource:
 
 def _open_dicom(data: bytes, max_pixels: int) -> _DicomSource:
     """Parse the file once and check what can be checked before any pixel is decoded."""
-    ds = _read_dicom(data)
+    ds = _read_dicom(data, max_pixels)
     tsyntax = _transfer_syntax(ds)
     if _ends_mid_element(ds):
         raise TruncatedDataError(
@@ -891,12 +912,17 @@ def display_inverted(
     return (_text(ds, "PresentationLUTShape") or "").upper() == "INVERSE"
 
 
-def _read_dicom(data: bytes) -> Dataset:
-    import pydicom
+def _read_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+    """Parse the file; a deflated dataset may inflate to at most what ``max_pixels`` allows
+    (models/dicomread.py: DeflatedDatasetTooLargeError, before it is inflated)."""
     from pydicom.errors import InvalidDicomError
 
+    from radlens.models.dicomread import read_dicom_bytes
+
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=True)
+        return read_dicom_bytes(data, max_pixels=max_pixels, force=True)
+    except PreprocessingError:
+        raise
     except InvalidDicomError as exc:
         raise NotAnImageError(
             f"not a readable DICOM file ({_short(exc)}); received {len(data)} bytes "
@@ -1053,13 +1079,14 @@ def _frame_codestream(ds: Dataset, tsyntax: Any, index: int, frames: int) -> byt
 
 @functools.cache
 def _codestream_syntaxes() -> frozenset[str]:
-    """JPEG 2000 (and HTJ2K), JPEG-LS and the JPEG processes: one codestream per frame."""
+    """JPEG 2000 (and HTJ2K), JPEG-LS and the JPEG processes: one codestream per frame; and
+    RLE Lossless, one RLE-coded frame (header and segments) per frame."""
     from pydicom import uid
 
     from radlens.models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
 
     jpeg = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1)
-    return frozenset(str(ts) for ts in (*J2K_SYNTAXES, *JPEG_LS_SYNTAXES, *jpeg))
+    return frozenset(str(ts) for ts in (*J2K_SYNTAXES, *JPEG_LS_SYNTAXES, *jpeg, uid.RLELossless))
 
 
 @dataclass(frozen=True)
@@ -1120,7 +1147,31 @@ def _check_codestream(
     codestream, so a small header in front of a huge codestream (a decompression bomb) is
     refused here in microseconds instead of decoded in full. A codestream that agrees is
     bounded by the limit already checked.
+
+    A frame cut short is refused too (:class:`~models.errors.TruncatedDataError`), before any
+    decoder sees it, whichever decodes it after (full or reduced, imagecodecs or a fallback):
+    several decode a partial JPEG or JPEG-LS stream without an error. A JPEG, JPEG-LS or JPEG
+    2000 codestream must end with its EOI/EOC marker (padding may follow), an RLE frame's
+    header must name segments inside the frame (``models/codecs.py`` says why and how).
     """
+    from pydicom.uid import RLELossless
+
+    from radlens.models.codecs import missing_end_marker, rle_segments_missing
+
+    if tsyntax == RLELossless:
+        if rle_segments_missing(codestream):
+            raise TruncatedDataError(
+                f"the RLE Lossless frame is cut short: its header names segments beyond its "
+                f"{len(codestream)} bytes"
+            )
+        return
+    if missing_end_marker(codestream):
+        kind = _codestream_kind(tsyntax)
+        raise TruncatedDataError(
+            f"the {kind} codestream is cut short: it does not end with its "
+            f"{'EOC' if kind == 'JPEG 2000' else 'EOI'} marker (FF D9); received "
+            f"{len(codestream)} codestream bytes ending {codestream[-8:].hex(' ')}"
+        )
     header = _codestream_header(codestream, tsyntax)
     if header is None:
         return
@@ -1141,6 +1192,14 @@ def _check_codestream(
         f"SamplesPerPixel={samples}, BitsAllocated={allocated}; received "
         f"{len(codestream)} codestream bytes"
     )
+
+
+def _codestream_kind(tsyntax: Any) -> str:
+    from radlens.models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
+
+    if tsyntax in J2K_SYNTAXES:
+        return "JPEG 2000"
+    return "JPEG-LS" if tsyntax in JPEG_LS_SYNTAXES else "JPEG"
 
 
 def _j2k_main_header(codestream: bytes) -> tuple[int, int, int]:
@@ -1294,13 +1353,19 @@ def _decode_j2k_reduced(
 def _decode_jpeg_reduced(
     codestream: bytes, reduction: int, rows: int, columns: int, size: tuple[int, int]
 ) -> np.ndarray:
-    """libjpeg-turbo's DCT scaling through Pillow's ``draft``: 8-bit gray at 1/2**reduction."""
+    """libjpeg-turbo's DCT scaling through Pillow's ``draft``: 8-bit gray at 1/2**reduction.
+
+    The scan is given as :func:`models.codecs.scan_for_pillow` prepares it, so a scan that
+    ends early is refused ("image file is truncated") instead of decoded with a grey rest.
+    """
     from PIL import Image
+
+    from radlens.models.codecs import scan_for_pillow
 
     factor = 1 << reduction
     height, width = -(-rows // factor), -(-columns // factor)
     try:
-        image = Image.open(io.BytesIO(codestream), formats=["JPEG"])
+        image = Image.open(io.BytesIO(scan_for_pillow(codestream)), formats=["JPEG"])
         with image:
             # draft picks the largest of 1/8, 1/4, 1/2 keeping the image >= the size asked
             # for: decode_reduction's rule, so this is the same reduction
@@ -1355,6 +1420,7 @@ def _decode_frame(
     from pydicom.pixels.utils import get_expected_length
     from pydicom.uid import RLELossless
 
+    from radlens.models.codecs import FALLBACK_PLUGINS, LOSSY_JPEG_PLUGIN, LOSSY_JPEG_SYNTAXES
     from radlens.models.codecs import PLUGIN as CODECS_PLUGIN
     from radlens.models.codecs import SYNTAXES as CODECS_SYNTAXES
 
@@ -1372,6 +1438,20 @@ def _decode_frame(
             f"no installed plugin can decode transfer syntax {label}", transfer_syntax=label
         )
     if not tsyntax.is_encapsulated and "PixelData" in ds:
+        if ds["PixelData"].is_undefined_length:
+            # fragments of a compressed codestream: the file is complete, its header is wrong
+            meta = getattr(ds, "file_meta", None)
+            # _transfer_syntax adds the one element to a file that had no file meta
+            stated = meta is not None and bool(set(meta.keys()) - {0x00020010})
+            raise EncapsulatedUnderNativeSyntaxError(
+                "Pixel Data (7FE0,0010) has undefined length (encapsulated fragments of "
+                f"compressed data, {len(ds.PixelData or b'')} bytes) but the transfer syntax "
+                + (
+                    f"in the file meta information is {label}"
+                    if stated
+                    else f"is missing (no file meta information; read as {label})"
+                )
+            )
         expected = _call(
             lambda: int(get_expected_length(ds, "bytes")),
             InvalidImageError,
@@ -1389,28 +1469,41 @@ def _decode_frame(
     # malformed data, which prints a backtrace to stderr before Python sees an error.
     # JPEG 2000, HTJ2K, JPEG-LS and lossless JPEG: imagecodecs first (models/codecs.py:
     # OpenJPEG, CharLS and libjpeg-turbo with the GIL released, the same pixels); pydicom's
-    # default pick (pylibjpeg: OpenJPEG, or libjpeg, 3.5-5x slower) still gets a go at
-    # whatever it refuses.
+    # default pick (pylibjpeg: OpenJPEG, or libjpeg, 3.5-5x slower; for JPEG-LS only
+    # pyjpegls, codecs.FALLBACK_PLUGINS says why) still gets a go at whatever it refuses,
+    # unless it refused the data as truncated: the others decode a partial stream.
+    # JPEG Baseline and Extended: pydicom's pick, pylibjpeg-libjpeg (the same pixels), after
+    # a check that refuses a scan cut short (models/jpeg_checked.py); pydicom's default pick
+    # for what it refuses otherwise.
     plugin = ""
     if tsyntax == RLELossless and "pydicom" in decoder.available_plugins:
         plugin = "pydicom"
     elif tsyntax in CODECS_SYNTAXES and CODECS_PLUGIN in decoder.available_plugins:
         plugin = CODECS_PLUGIN
+    elif tsyntax in LOSSY_JPEG_SYNTAXES and LOSSY_JPEG_PLUGIN in decoder.available_plugins:
+        plugin = LOSSY_JPEG_PLUGIN
     try:
         options = as_pixel_options(ds)
         try:
             arr, props = decoder.as_array(
                 ds, index=index, validate=True, raw=False, decoding_plugin=plugin, **options
             )
-        except Exception:
-            if plugin != CODECS_PLUGIN:
+        except Exception as exc:
+            if plugin not in (CODECS_PLUGIN, LOSSY_JPEG_PLUGIN) or _looks_truncated(exc):
+                raise
+            fallback = FALLBACK_PLUGINS.get(tsyntax, "")
+            if fallback and fallback not in decoder.available_plugins:
                 raise
             arr, props = decoder.as_array(
-                ds, index=index, validate=True, raw=False, decoding_plugin="", **options
+                ds, index=index, validate=True, raw=False, decoding_plugin=fallback, **options
             )
     except BaseException as exc:  # third-party boundary: decoders raise many kinds
         _reraise_fatal(exc)
-        if _looks_truncated(exc):
+        # pydicom's RLE decoder refuses a segment that decodes to fewer bytes than the frame
+        # needs: the segment is cut short (codecs.rle_segments_missing sees only the header)
+        if _looks_truncated(exc) or (
+            tsyntax == RLELossless and "RLE segment data doesn't match" in str(exc)
+        ):
             raise TruncatedDataError(f"the {label} pixel data ends early ({_short(exc)})") from exc
         if tsyntax.is_encapsulated:
             raise UnsupportedTransferSyntaxError(
@@ -1435,31 +1528,147 @@ def _grayscale(
     present in the image only, as it would from the pixels.
     """
     values = modality_values(arr, ds)
+    _check_modality_output(arr, values, ds, table)
     if window is not None and _is_hounsfield(ds):
         center, width = WINDOW_PRESETS[window]
+        # the model's own window: an image it saturates is the image's matter, not the header's
         return apply_window(values, center, width), f"preset:{window}({center:g}/{width:g})"
     file_window = _file_voi(values, ds)
     if file_window is not None:
+        _check_voi_output(arr, file_window, ds)
         return file_window
     return _min_max(values, None if table is None else table.present), "minmax"
+
+
+def _check_modality_output(
+    arr: np.ndarray, values: np.ndarray, ds: Dataset, table: _ValueTable | None
+) -> None:
+    """Refuse a modality LUT / rescale whose values are not finite (Rescale Slope ``inf``,
+    Intercept ``1e308`` times a slope), or that maps stored values with contrast onto one
+    value (Slope ``0`` or ``1e-308``, Intercept ``1e308``): either would reach the model as a
+    blank image. A stored image that is constant itself passes, as before.
+
+    With a value table, ``arr`` and ``values`` are per distinct stored value from the frame's
+    minimum to its maximum (both occur): the extremes decide for the monotonic rescale; a
+    value that does not occur may be non-finite only if those that occur are finite.
+    """
+    if values is arr:  # no rescale: the stored values themselves (finite: checked on decode)
+        return
+    lo, hi = _value_range(values)  # NaN propagates: non-finite when either is
+    if not (math.isfinite(lo) and math.isfinite(hi)) and table is not None:
+        lo, hi = _value_range(values[table.present])
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        stored_lo, stored_hi = _value_range(arr)
+        raise RescaleWindowError(
+            f"{_modality_source(ds)} give values that are not finite (from {lo:g} to {hi:g}) "
+            f"for the stored values {stored_lo:g} to {stored_hi:g}"
+        )
+    if lo == hi:
+        stored_lo, stored_hi = _value_range(arr)
+        if stored_lo != stored_hi:
+            raise RescaleWindowError(
+                f"{_modality_source(ds)} map every stored value ({stored_lo:g} to "
+                f"{stored_hi:g}) to {lo:g}: the image would be blank"
+            )
+
+
+def _check_voi_output(arr: np.ndarray, voi: tuple[np.ndarray, str], ds: Dataset) -> None:
+    """Refuse the file's window or VOI LUT when it maps every pixel of an image whose stored
+    values have contrast to one value (Window Center/Width 40/1 on an MR, a width of 1e308):
+    the model would see a blank image. ``arr`` is the stored frame or its value table's
+    domain."""
+    pixels, label = voi
+    lo, hi = _value_range(pixels)
+    if lo != hi:
+        return
+    stored_lo, stored_hi = _value_range(arr)
+    if stored_lo == stored_hi:
+        return  # a constant image stays constant, as before
+    if label == "voi-lut":
+        source = "the VOI LUT Sequence (0028,3010) item maps"
+    else:
+        source = (
+            f"Window Center (0028,1050) {_text(ds, 'WindowCenter')!r} and Window Width "
+            f"(0028,1051) {_text(ds, 'WindowWidth')!r} map"
+        )
+    raise RescaleWindowError(
+        f"{source} every pixel (stored values {stored_lo:g} to {stored_hi:g}) to "
+        f"{lo:g} of [0, 1]: the image would be blank"
+    )
+
+
+def _modality_source(ds: Dataset) -> str:
+    """The modality attributes pydicom applied, quoted for an error message."""
+    if ds.get("ModalityLUTSequence"):
+        return "the Modality LUT Sequence (0028,3000) item"
+    return (
+        f"Rescale Slope (0028,1053) {_text(ds, 'RescaleSlope')!r} and Rescale Intercept "
+        f"(0028,1052) {_text(ds, 'RescaleIntercept')!r}"
+    )
+
+
+def _value_range(values: np.ndarray) -> tuple[float, float]:
+    """``(min, max)`` as floats; NaN when any value is NaN."""
+    return float(np.min(values)), float(np.max(values))
+
+
+def _voi_lut_entries(ds: Dataset) -> tuple[int, int] | None:
+    """``(entries, first value mapped)`` of the first VOI LUT Sequence item when pydicom can
+    apply it to any value, else ``None``.
+
+    Usable means what pydicom's ``apply_voi`` needs: a LUT Descriptor of three values with 8
+    or 10-16 bits per entry, and LUT Data with at least as many entries as the descriptor
+    declares (US values, or OW words; entries beyond are ignored, as pydicom ignores them).
+    pydicom's ``apply_voi_lut`` already passes over an item without LUT Descriptor or LUT
+    Data; an item whose data is empty or shorter than its descriptor, or whose bit depth
+    pydicom does not support, is passed over the same way, so the window (or min-max) applies.
+    """
+    try:
+        sequence = ds.get("VOILUTSequence")
+        if not sequence:
+            return None
+        item = sequence[0]
+        descriptor = item.get("LUTDescriptor")
+        if descriptor is None or isinstance(descriptor, int | str | bytes) or len(descriptor) != 3:
+            return None
+        entries = int(descriptor[0]) or 2**16
+        first = int(descriptor[1])
+        bits = int(descriptor[2])
+        if bits != 8 and not 10 <= bits <= 16:
+            return None
+        if "LUTData" not in item:
+            return None
+        element = item["LUTData"]
+        data = element.value
+        if data is None:
+            count = 0
+        elif isinstance(data, bytes | bytearray):
+            count = len(data) // 2 if element.VR == "OW" else 0
+        elif isinstance(data, int):
+            count = 1
+        else:
+            count = len(data)
+    except Exception:  # a malformed VOI LUT module: not usable
+        return None
+    return (entries, first) if count >= entries else None
 
 
 def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str] | None:
     """The file's VOI LUT or Window Center/Width via pydicom, scaled to [0, 1].
 
-    Returns ``None`` when the file has no usable VOI (absent or malformed): min-max is used.
+    A VOI LUT Sequence item is used only when pydicom can apply it (:func:`_voi_lut_entries`);
+    otherwise it is ignored and the window, when the file has one, is used. Returns ``None``
+    when the file has no usable VOI (absent or malformed): min-max is used.
     """
-    from pydicom.pixels import apply_voi_lut
+    from pydicom.pixels import apply_voi_lut, apply_windowing
 
-    has_lut = bool(ds.get("VOILUTSequence"))
+    lut = _voi_lut_entries(ds)
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
-    if not (has_lut or has_window):
+    if lut is None and not has_window:
         return None
     try:
-        if has_lut:
-            item = ds.VOILUTSequence[0]
-            entries = int(item.LUTDescriptor[0]) or 2**16
-            first = int(item.LUTDescriptor[1])
+        if lut is not None:
+            entries, first = lut
             if np.issubdtype(values.dtype, np.floating):
                 values = np.rint(values).astype(np.int64)
             out = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
@@ -1469,8 +1678,9 @@ def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str] | None:
             )
             label = "voi-lut"
         else:
-            out = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
-            probe = np.asarray(apply_voi_lut(np.array([-np.inf, np.inf]), ds), dtype=np.float64)
+            # apply_voi_lut's own choice for a window without a (usable) VOI LUT
+            out = np.asarray(apply_windowing(values, ds), dtype=np.float64)
+            probe = np.asarray(apply_windowing(np.array([-np.inf, np.inf]), ds), dtype=np.float64)
             center = _first_number(ds.WindowCenter)
             width = _first_number(ds.WindowWidth)
             label = f"file:{center:g}/{width:g}"
@@ -1612,8 +1822,13 @@ def _preprocess_pillow(
 ) -> tuple[np.ndarray, ImageMetadata]:
     from PIL import Image, UnidentifiedImageError
 
+    from radlens.models.codecs import scan_for_pillow
+
+    # a JPEG's scan as scan_for_pillow prepares it: Pillow then refuses a scan that ends
+    # early at an EOI marker ("image file is truncated") instead of filling the rest grey
+    source = scan_for_pillow(data) if kind == "jpeg" else data
     try:
-        image = Image.open(io.BytesIO(data), formats=[kind.upper()])
+        image = Image.open(io.BytesIO(source), formats=[kind.upper()])
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
             f"{_short(exc)} (Pillow's limit; radlens limit {max_pixels}); "

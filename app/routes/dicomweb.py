@@ -22,7 +22,6 @@ per-instance failures, never a 500.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from radlens.app.errors import AppError, UnsupportedMediaTypeError
 from radlens.app.ingest import Candidate, Ingestor
 from radlens.app.schemas import problem_responses
 from radlens.app.settings import Settings
-from radlens.models.errors import RadlensError
+from radlens.models.errors import DeflatedDatasetTooLargeError, RadlensError
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +57,10 @@ FAILURE_REASONS: dict[str, int] = {
     "truncated": CANNOT_UNDERSTAND,
     "not-dicom-part": CANNOT_UNDERSTAND,
     "unsupported-transfer-syntax": TRANSFER_SYNTAX_NOT_SUPPORTED,
+    "transfer-syntax-mismatch": CANNOT_UNDERSTAND,  # encapsulated data, native syntax
     "no-pixel-data": SOP_CLASS_NOT_SUPPORTED,
     "invalid-image": DATA_SET_DOES_NOT_MATCH,
+    "invalid-rescale-or-window": DATA_SET_DOES_NOT_MATCH,
     "invalid-dicom-attribute": DATA_SET_DOES_NOT_MATCH,
     "preprocessing-error": DATA_SET_DOES_NOT_MATCH,
     "study-mismatch": DATA_SET_DOES_NOT_MATCH,
@@ -186,16 +187,24 @@ class Outcome:
         self.error_code, self.error = code, message
 
 
-def _uids(data: bytes) -> tuple[str | None, str | None, str | None]:
-    """SOP Class, SOP Instance and Study Instance UID of a part, when its header reads."""
-    import pydicom
+def _uids(data: bytes, max_pixels: int) -> tuple[str | None, str | None, str | None]:
+    """SOP Class, SOP Instance and Study Instance UID of a part, when its header reads.
+
+    Raises:
+        DeflatedDatasetTooLargeError: a deflated part that inflates beyond what
+            ``max_pixels`` allows (models/dicomread.py); any other failure gives Nones.
+    """
+    from radlens.models.dicomread import read_dicom_bytes
 
     try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data),
+        ds = read_dicom_bytes(
+            data,
+            max_pixels=max_pixels,
             stop_before_pixels=True,
             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
         )
+    except DeflatedDatasetTooLargeError:
+        raise
     except Exception:  # best effort: preprocessing reports what is wrong with the part
         return None, None, None
     values = (ds.get("SOPClassUID"), ds.get("SOPInstanceUID"), ds.get("StudyInstanceUID"))
@@ -209,7 +218,11 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         return
     data = part.data
     if study is not None:  # the study is checked before the model runs
-        uids = await asyncio.to_thread(_uids, data)
+        try:
+            uids = await asyncio.to_thread(_uids, data, ingestor.settings.max_pixels)
+        except RadlensError as exc:  # a deflate bomb: refused before anything else
+            outcome.fail(exc.code, str(exc))
+            return
         outcome.sop_class_uid, outcome.sop_instance_uid, outcome.study_instance_uid = uids
         if outcome.study_instance_uid != study:
             outcome.fail(
@@ -226,10 +239,10 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         outcome.sop_class_uid, outcome.sop_instance_uid = meta.sop_class_uid, meta.sop_instance_uid
         outcome.study_instance_uid = meta.study_instance_uid
     except RadlensError as exc:
-        await _read_uids(outcome, data)
+        await _read_uids(outcome, data, ingestor.settings.max_pixels)
         outcome.fail(exc.code, str(exc))
     except Exception as exc:  # one bad instance must not fail the others
-        await _read_uids(outcome, data)
+        await _read_uids(outcome, data, ingestor.settings.max_pixels)
         # as CatchAllMiddleware: the type and the frames, not the message (it may quote input)
         logger.error(
             "STOW-RS part %d: unexpected %s (message withheld)\n%s",
@@ -240,10 +253,13 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         outcome.fail("inference-failed", f"part {part.index}: {type(exc).__name__}")
 
 
-async def _read_uids(outcome: Outcome, data: bytes) -> None:
+async def _read_uids(outcome: Outcome, data: bytes, max_pixels: int) -> None:
     """A failed instance's UIDs for the response, when its header reads (not read twice)."""
     if outcome.sop_instance_uid is None and outcome.sop_class_uid is None:
-        uids = await asyncio.to_thread(_uids, data)
+        try:
+            uids = await asyncio.to_thread(_uids, data, max_pixels)
+        except RadlensError:  # a deflate bomb: its UIDs stay unknown
+            return
         outcome.sop_class_uid, outcome.sop_instance_uid, outcome.study_instance_uid = uids
 
 

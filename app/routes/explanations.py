@@ -185,7 +185,9 @@ async def create_prediction_dicom_sr(
             f"the upload is a {image_format.upper()} image; an SR needs a DICOM source "
             "(nothing was stored)"
         )
-    source = await run_in_threadpool(_source_of_upload, data, settings.dicom_copy_patient)
+    source = await run_in_threadpool(
+        _source_of_upload, data, settings.dicom_copy_patient, settings.max_pixels
+    )
     result = await ingestor.commit(candidate, principal.key_id)
     prediction = result.prediction
     # built after the commit: no transaction is open meanwhile
@@ -202,11 +204,9 @@ async def create_prediction_dicom_sr(
     return response
 
 
-def _source_of_upload(data: bytes, copy_patient: bool) -> Any:
-    import io
-
-    import pydicom
+def _source_of_upload(data: bytes, copy_patient: bool, max_pixels: int) -> Any:
+    from radlens.models.dicomread import read_dicom_bytes
 
     # already decoded once by preprocessing: this read cannot fail on a valid instance
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    ds = read_dicom_bytes(data, max_pixels=max_pixels, stop_before_pixels=True, force=True)
     return source_from_dataset(ds, copy_patient=copy_patient)

@@ -63,9 +63,9 @@ def test_a_multi_frame_upload_is_parsed_twice_not_once_per_frame(
     reads: list[int] = []
     real = preprocessing._read_dicom
 
-    def counting(raw: bytes) -> Any:
+    def counting(raw: bytes, *args: Any) -> Any:
         reads.append(len(raw))
-        return real(raw)
+        return real(raw, *args)
 
     monkeypatch.setattr(preprocessing, "_read_dicom", counting)
     response = service.post(data)

@@ -3,10 +3,10 @@ preprocessing asks for it first and falls back to pydicom's default pick."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import imagecodecs
@@ -21,7 +21,7 @@ from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import HTJ2KLossless, JPEGLossless, JPEGLosslessSV1, generate_uid
 
 from radlens.models import codecs
-from radlens.models.errors import PreprocessingError
+from radlens.models.errors import TruncatedDataError
 from radlens.models.preprocessing import preprocess
 
 SHARED_DICOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
@@ -195,14 +195,18 @@ class TestPreprocessingAsksForIt:
         assert used == [codecs.PLUGIN]
         used = self.plugins_used(monkeypatch, fail=codecs.PLUGIN)
         fallback = preprocess(data, size=(32, 32), version="1").pixels  # imagecodecs "refuses"
-        assert used == [codecs.PLUGIN, ""]
+        # pydicom's default pick; for JPEG-LS pyjpegls only (codecs.FALLBACK_PLUGINS)
+        tsyntax = dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert used == [codecs.PLUGIN, codecs.FALLBACK_PLUGINS.get(tsyntax, "")]
         np.testing.assert_array_equal(first, fallback)
 
     def test_a_cut_jpeg_ls_stream_never_reaches_charls(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """CharLS takes ~4 s to refuse a truncated stream (measured; docs/benchmarks/
-        preprocess.md): one without its EOI marker goes to pydicom's default pick."""
+        preprocess.md): one without its EOI marker is refused as truncated before any
+        decoder sees it (it used to go to pydicom's default pick, whose pylibjpeg-libjpeg
+        decoded it without an error: tests/models/test_truncated_codestreams.py)."""
         from pydicom.data import get_testdata_file
 
         ds = dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
@@ -216,11 +220,13 @@ class TestPreprocessingAsksForIt:
             imagecodecs, "jpegls_decode", lambda src: charls.append(len(src)) or real(src)
         )
         used = self.plugins_used(monkeypatch)
-        # libjpeg may or may not refuse the half stream; CharLS must not see it
-        with contextlib.suppress(PreprocessingError):
+        with pytest.raises(TruncatedDataError):
             preprocess(buf.getvalue(), size=(32, 32))
-        assert used == [codecs.PLUGIN, ""]
+        assert used == []  # no decoder at all
         assert charls == []
+        runner = SimpleNamespace(transfer_syntax=ds.file_meta.TransferSyntaxUID)
+        with pytest.raises(codecs.TruncatedCodestreamError):  # nor the plugin on its own
+            codecs._decode_frame(frame[: len(frame) // 2], runner)  # type: ignore[arg-type]
         preprocess(read_testdata_file("MR_small_jpeg_ls_lossless.dcm"), size=(32, 32))
         assert len(charls) == 1  # the whole stream still goes to CharLS
 
@@ -229,7 +235,7 @@ class TestPreprocessingAsksForIt:
 
         used = self.plugins_used(monkeypatch)
         preprocess(Path(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))).read_bytes())  # JPEG
-        assert used == [""]
+        assert used == [codecs.LOSSY_JPEG_PLUGIN]  # pylibjpeg-libjpeg, its scan checked
 
 
 def test_is_available_only_for_its_syntaxes() -> None:

@@ -73,9 +73,9 @@ def test_the_file_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     reads = []
     real = preprocessing._read_dicom
 
-    def counting(raw: bytes) -> Any:
+    def counting(raw: bytes, *args: Any) -> Any:
         reads.append(len(raw))
-        return real(raw)
+        return real(raw, *args)
 
     monkeypatch.setattr(preprocessing, "_read_dicom", counting)
     assert len(list(preprocess_frames(data, range(10), size=(16, 16)))) == 10

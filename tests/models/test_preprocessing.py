@@ -510,7 +510,8 @@ class TestTypedErrors:
     def test_undecodable_compressed_data_names_the_transfer_syntax(self):
         ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-        garbage = frame[:60] + bytes(range(256)) * 4  # a J2K header, then noise
+        # a J2K header, then noise, then the EOC marker (without it: TruncatedDataError)
+        garbage = frame[:60] + bytes(range(256)) * 4 + b"\xff\xd9"
         ds.PixelData = encapsulate([garbage])
         with pytest.raises(UnsupportedTransferSyntaxError, match="JPEG 2000") as info:
             preprocess(dicom_bytes(ds))

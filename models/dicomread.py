@@ -1,0 +1,167 @@
+"""Parse uploaded DICOM bytes with pydicom, with the inflated size of a deflated file bounded.
+
+Deflated Explicit VR Little Endian (``1.2.840.10008.1.2.1.99``, PS3.5 A.5) compresses the
+whole dataset after the file meta information with deflate. pydicom inflates all of it
+(``zlib.decompress`` in ``pydicom.filereader.read_partial``) before reading a single element,
+whatever ``stop_before_pixels`` or ``specific_tags`` say: a 1 MB upload of zeros inflates to
+1 GB. The pixel limit, checked on Rows x Columns once the header is read, comes too late.
+
+:func:`read_dicom_bytes` is the one way radlens parses the bytes of an upload (preprocessing,
+the intended-use gate, the STOW-RS UID read, the DICOM outputs' source header). For a deflated
+file it first counts what the deflated part inflates to, a megabyte at a time and keeping
+nothing (a refused bomb costs CPU up to the limit, never memory), and refuses beyond
+:func:`max_inflated_bytes` with :class:`~models.errors.DeflatedDatasetTooLargeError` (code
+``image-too-large``). Within the limit it inflates the data itself, exactly as pydicom would,
+and hands pydicom the inflated dataset as Explicit VR Little Endian (which is what deflated
+data is once inflated); the dataset returned keeps the file's own file meta information, so
+its Transfer Syntax UID still says Deflated. Every other file is read by ``pydicom.dcmread``
+unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from radlens.models.errors import DeflatedDatasetTooLargeError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import FileDataset
+
+INFLATED_BYTES_PER_PIXEL = 8
+"""The widest pixel a frame can have: 64-bit Double Float Pixel Data (RGB 16-bit takes 6)."""
+
+INFLATED_HEADER_BYTES = 16 << 20
+"""Room for everything besides one frame's pixels: header, overlays, icon, private data."""
+
+_COUNT_CHUNK = 1 << 20
+
+
+def max_inflated_bytes(max_pixels: int) -> int:
+    """The most bytes a deflated dataset may inflate to under a per-frame pixel limit.
+
+    One frame of ``max_pixels`` pixels at :data:`INFLATED_BYTES_PER_PIXEL` plus
+    :data:`INFLATED_HEADER_BYTES`: every single-frame image the pixel limit allows fits,
+    whatever its pixel encoding (the default 36 MP limit allows 304 MiB; the service's
+    ``RADLENS_MAX_PIXELS`` sets it). A multi-frame deflated file larger than that is refused;
+    send it uncompressed or with a compressed pixel transfer syntax.
+
+    Example:
+        >>> max_inflated_bytes(1_000_000)
+        24777216
+    """
+    return INFLATED_BYTES_PER_PIXEL * int(max_pixels) + INFLATED_HEADER_BYTES
+
+
+def read_dicom_bytes(
+    data: bytes,
+    *,
+    max_pixels: int,
+    force: bool = False,
+    stop_before_pixels: bool = False,
+    specific_tags: list[Any] | None = None,
+) -> FileDataset:
+    """``pydicom.dcmread`` of ``data``, refusing a deflated dataset that inflates too far.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: the per-frame pixel limit the caller applies; the inflated size may be at
+            most :func:`max_inflated_bytes` of it.
+        force, stop_before_pixels, specific_tags: as for ``pydicom.dcmread``.
+
+    Returns:
+        The dataset, as ``pydicom.dcmread`` returns it.
+
+    Raises:
+        DeflatedDatasetTooLargeError: the deflated part inflates beyond the limit (nothing
+            beyond the file meta information was parsed).
+        Whatever ``pydicom.dcmread`` raises for the bytes (or for the inflated bytes: a
+        truncated or corrupt deflate stream raises ``zlib.error``, as in pydicom).
+    """
+    import pydicom
+
+    def dcmread(raw: bytes) -> FileDataset:
+        return pydicom.dcmread(
+            io.BytesIO(raw),
+            force=force,
+            stop_before_pixels=stop_before_pixels,
+            specific_tags=specific_tags,
+        )
+
+    split = _deflated_part(data, force)
+    if split is None:
+        return dcmread(data)
+    preamble, meta, start = split
+    limit = max_inflated_bytes(max_pixels)
+    deflated = memoryview(data)[start:]
+    if _inflated_size_exceeds(deflated, limit):
+        raise DeflatedDatasetTooLargeError(
+            f"the Deflated Explicit VR Little Endian dataset inflates to more than {limit} "
+            f"bytes (8 bytes per pixel of the {max_pixels}-pixel limit plus 16 MiB); "
+            f"received {len(data)} bytes. Send it uncompressed or with compressed pixel data"
+        )
+    inflated = zlib.decompress(deflated, -zlib.MAX_WBITS)  # as pydicom: its errors too
+    ds = dcmread(_explicit_le_file(meta) + inflated)
+    ds.file_meta = meta  # the file's own meta: Transfer Syntax UID Deflated
+    ds.preamble = preamble
+    return ds
+
+
+def _deflated_part(data: bytes, force: bool) -> tuple[bytes | None, Any, int] | None:
+    """``(preamble, file meta, offset of the deflated data)`` for a deflated file, else None.
+
+    The file meta information is read exactly as ``pydicom.dcmread`` starts reading (preamble,
+    then the group 0002 elements). Any failure here is left to ``dcmread``, which fails the
+    same way before it inflates anything.
+    """
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    fp = io.BytesIO(data)
+    try:
+        preamble = read_preamble(fp, force)
+        meta = _read_file_meta_info(fp)
+    except Exception:  # third-party parser boundary: dcmread reports it
+        return None
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    return preamble, meta, fp.tell()
+
+
+def _inflated_size_exceeds(deflated: memoryview, limit: int) -> bool:
+    """Whether the raw deflate stream inflates to more than ``limit`` bytes, counted a chunk at
+    a time without keeping the output. A corrupt or truncated stream stops the count; the
+    real inflation then raises pydicom's error for it."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    pending: bytes | memoryview = deflated
+    try:
+        while not inflater.eof:
+            out = inflater.decompress(pending, _COUNT_CHUNK)
+            total += len(out)
+            if total > limit:
+                return True
+            pending = inflater.unconsumed_tail
+            if not out and not pending:
+                break  # all input consumed, no more output: a truncated stream
+    except zlib.error:
+        return False
+    return False
+
+
+def _explicit_le_file(meta: Any) -> bytes:
+    """A preamble, ``DICM`` and ``meta`` with Transfer Syntax UID Explicit VR Little Endian:
+    what the inflated dataset is to be read as."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    explicit = copy.deepcopy(meta)
+    explicit.TransferSyntaxUID = ExplicitVRLittleEndian
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_file_meta_info(fp, explicit, enforce_standard=False)
+    return b"\x00" * 128 + b"DICM" + fp.getvalue()
