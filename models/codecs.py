@@ -88,7 +88,8 @@ def missing_end_marker(codestream: bytes) -> bool:
     """True when a JPEG, JPEG-LS or JPEG 2000 (HTJ2K) codestream does not end with ``FF D9``.
 
     The marker may be followed by ``00`` and ``FF`` bytes (DICOM pads a fragment to an even
-    length with ``00``; some encoders pad with ``FF``, which JPEG allows before a marker).
+    length with ``00``; some encoders pad with ``FF``, which JPEG allows before a marker), and
+    in a JPEG or JPEG-LS codestream by any bytes once it comes after the first scan's data.
     Every JPEG, JPEG-LS and JPEG 2000 frame in pydicom's test files, pydicom-data and
     ../shared/data ends so (at most one padding byte, 00 or FF). A JPEG 2000 codestream
     wrapped in a JP2 file (GDCM writes some; DICOM does not allow it) must end so inside its
@@ -104,7 +105,14 @@ def missing_end_marker(codestream: bytes) -> bool:
     tail = bytes(data[-_TAIL:]).rstrip(_PADDING)
     if not tail and len(data) > _TAIL:  # a long run of padding: look further back
         tail = bytes(data).rstrip(_PADDING)[-2:]
-    return not tail.endswith(END_MARKER)
+    if tail.endswith(END_MARKER):
+        return False
+    # JPEG and JPEG-LS: an EOI after the first scan's data, then other bytes (a trailer that a
+    # wrapper copying a camera's or a PACS's JPEG byte for byte keeps). Entropy-coded data
+    # cannot hold FF D9, so that EOI closes the image; headers before the scan (an EXIF
+    # thumbnail has its own EOI) are stepped over, not searched.
+    scan = _first_scan(data)
+    return scan is None or bytes(data).find(END_MARKER, scan[3]) < 0
 
 
 def _jp2c_end(data: memoryview) -> int | None:
@@ -169,10 +177,12 @@ def scan_for_pillow(codestream: bytes) -> bytes:
     here) the data after the scan's entropy-coded segment (its EOI, any trailer) is replaced
     by 8 zero bytes: enough for libjpeg's bit-buffer look-ahead after the last MCU, so a whole
     scan decodes to exactly the same pixels, while a scan that ends early runs out of data
-    within a few MCUs and is refused. (A scan missing only its last few bytes may be
-    completed from the zeros.) Anything else (progressive, several scans, lossless, a header
-    this walk does not understand) is returned unchanged. Walks the marker segments and
-    searches the entropy-coded data for the next marker: no decoding.
+    within a few MCUs and is refused. (A scan cut by a few bytes and closed with an EOI again
+    may be completed from the zeros.) A scan that no marker follows (the stream runs out) is
+    returned unchanged, so Pillow refuses it as before: padding it would complete a scan cut
+    by a few bytes. Anything else (progressive, several scans, lossless, a header this walk
+    does not understand) is returned unchanged too. Walks the marker segments and searches
+    the entropy-coded data for the next marker: no decoding.
     """
     end = _sequential_scan_end(codestream)
     if end is None:
@@ -209,10 +219,26 @@ def check_scan(codestream: bytes) -> None:
 
 
 def _sequential_scan_end(data: bytes) -> int | None:
-    """Where the entropy-coded data of a single-scan sequential JPEG ends, else ``None``."""
-    if not data.startswith(b"\xff\xd8"):
+    """Where the entropy-coded data of a single-scan sequential JPEG ends (at the marker that
+    follows it), else ``None``: not such a JPEG, or no marker after the data (the stream runs
+    out: left to the decoder, which refuses it as truncated)."""
+    scan = _first_scan(data)
+    if scan is None:
         return None
-    components = None
+    sof, components, scan_components, start = scan
+    if sof not in _SEQUENTIAL_SOF or components != scan_components:
+        return None  # progressive, lossless, JPEG-LS, or one scan per component
+    found = _JPEG_MARKER.search(data, start)
+    return None if found is None else found.start()
+
+
+def _first_scan(data: bytes | memoryview) -> tuple[int, int, int, int] | None:
+    """``(SOFn marker, frame components, scan components, offset of the entropy-coded data)``
+    of a JPEG or JPEG-LS codestream's first scan, walking its marker segments from SOI to the
+    first SOS; ``None`` when the walk fails or meets no frame header first. No decoding."""
+    if bytes(data[:2]) != b"\xff\xd8":
+        return None
+    sof = components = None
     offset = 2
     while offset + 4 <= len(data):
         if data[offset] != 0xFF:
@@ -227,16 +253,15 @@ def _sequential_scan_end(data: bytes) -> int | None:
         length = int.from_bytes(data[offset + 2 : offset + 4], "big")
         if length < 2 or marker == 0xD9:
             return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
-            if marker not in _SEQUENTIAL_SOF or offset + 10 > len(data):
+        # SOFn of JPEG (C0-CF but DHT, JPG, DAC) and JPEG-LS (F7): P, Y, X, then Nf
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            if offset + 10 > len(data):
                 return None
-            components = data[offset + 9]
+            sof, components = marker, data[offset + 9]
         elif marker == 0xDA:  # SOS: Ns, then the scan's entropy-coded data after the header
-            if components is None or offset + 5 > len(data) or data[offset + 4] != components:
-                return None  # no frame header, or one scan per component
-            start = offset + 2 + length
-            found = _JPEG_MARKER.search(data, start)
-            return len(data) if found is None else found.start()
+            if sof is None or components is None or offset + 5 > len(data):
+                return None
+            return sof, components, data[offset + 4], offset + 2 + length
         offset += 2 + length
     return None
 

@@ -215,6 +215,33 @@ class TestPrematureEoi:
             with pytest.raises(TruncatedDataError):
                 preprocess(data, size=(32, 32))
 
+    @pytest.mark.parametrize("missing", range(1, 9))
+    def test_a_jpeg_upload_missing_its_last_bytes_and_its_eoi(self, missing: int) -> None:
+        """Found by the second fuzzing round: with 8 zero bytes appended where no marker
+        ended the scan, a scan short of 1-8 bytes decoded with its last blocks wrong."""
+        full = self.jpeg()
+        assert full.endswith(b"\xff\xd9")
+        with pytest.raises(TruncatedDataError):
+            preprocess(full[: -(2 + missing)], size=(32, 32))
+
+    @pytest.mark.parametrize("size", SIZES, ids=["native", "224", "32"])
+    @pytest.mark.parametrize(
+        "name", ["shared/rsna_chest_cr_jpeg_baseline.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
+    )
+    def test_a_dicom_frame_with_bytes_after_its_eoi(
+        self, name: str, size: tuple[int, int] | None
+    ) -> None:
+        """A wrapper that copies a JPEG byte for byte keeps what followed its EOI (found by the
+        second fuzzing round: refused as truncated although whole). The same pixels as
+        without; cut short under the same trailer it is still refused."""
+        trailer = b"PACS-TRAILER"
+        whole = preprocess(rewritten(source(name), lambda f: f), size=size).pixels
+        with_trailer = rewritten(source(name), lambda f: f.rstrip(b"\x00\xff") + trailer)
+        np.testing.assert_array_equal(preprocess(with_trailer, size=size).pixels, whole)
+        for cut in (lambda f: half(f) + trailer, lambda f: cut_closed(0.5)(f) + trailer):
+            with pytest.raises(TruncatedDataError):
+                preprocess(rewritten(source(name), cut), size=size)
+
     @pytest.mark.parametrize("options", [{}, {"optimize": True}, {"progressive": True}])
     def test_a_whole_jpeg_upload_decodes_as_before(self, options: dict[str, object]) -> None:
         data = self.jpeg(**options)
@@ -308,6 +335,19 @@ class TestEndMarker:
             assert not codecs.missing_end_marker(stream + tail), tail
         for cut in (stream[:-1], stream[:-2], stream[:50], stream[:-1] + b"\x00"):
             assert codecs.missing_end_marker(cut), cut[-4:]
+
+    def test_bytes_after_the_eoi_of_a_scan(self) -> None:
+        """After the first scan's data an EOI closes the image, whatever follows it; an EOI
+        in a header segment before the scan (an EXIF thumbnail's) does not count."""
+        sof = b"\xff\xc0\x00\x0b\x08\x00\x10\x00\x10\x01\x01\x11\x00"
+        sos = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+        thumbnail = b"\xff\xe1\x00\x08Exif\xff\xd9"  # an APP1 segment holding FF D9
+        stream = b"\xff\xd8" + thumbnail + sof + sos + bytes(range(1, 90))
+        assert not codecs.missing_end_marker(stream + b"\xff\xd9" + b"trailer")
+        assert codecs.missing_end_marker(stream + b"trailer")  # no EOI after the scan
+        assert codecs.missing_end_marker(stream[:-10])
+        j2k = b"\xff\x4f\xff\x51" + bytes(60) + b"\xff\xd9"
+        assert codecs.missing_end_marker(j2k + b"trailer")  # JPEG 2000: no trailer allowed
 
     def test_jp2_wrapped_codestream(self) -> None:
         def box(kind: bytes, content: bytes) -> bytes:
