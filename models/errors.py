@@ -99,15 +99,16 @@ class InvalidImageError(PreprocessingError):
     title = "The image is invalid; check its size, pixel values and the options given"
 
 
-class RescaleWindowError(InvalidImageError):
-    """The header's modality rescale (or Modality LUT) or its window (or VOI LUT) turns an
-    image into values that are not finite, or flattens one whose stored pixels have contrast
-    into a single value: a blank image the model must not be shown."""
+class InvalidRescaleError(InvalidImageError):
+    """The header's modality rescale (or Modality LUT) turns an image into values that are
+    not finite, or flattens one whose stored pixels have contrast into a single value: a blank
+    image the model must not be shown. (A file window that does so is passed over for
+    min-max instead: the pixels themselves are sound.)"""
 
-    code = "invalid-rescale-or-window"
+    code = "invalid-rescale"
     title = (
-        "The DICOM header's rescale or window makes the image blank or not finite; correct "
-        "Rescale Slope/Intercept or Window Center/Width in the header, or send the original image"
+        "The DICOM header's Rescale Slope/Intercept (or Modality LUT) makes the image blank or "
+        "not finite; correct them in the header, or send the original image"
     )
 
 

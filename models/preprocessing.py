@@ -61,7 +61,7 @@ file wherever it runs. The steps, in order, and why the order matters:
 3. **Modality LUT** (:func:`modality_values`): Rescale Slope/Intercept or the Modality LUT
    Sequence, so CT comes out in Hounsfield units. Windows are defined on these values, so
    this must come first. Values that are not finite, or one value for stored values that
-   differ, are refused (:class:`~models.errors.RescaleWindowError`, quoting the tags).
+   differ, are refused (:class:`~models.errors.InvalidRescaleError`, quoting the tags).
 4. **VOI** (:func:`apply_window` for presets): a named preset from :data:`WINDOW_PRESETS`
    when one is given *and* the image is in HU (Modality CT or Rescale Type HU; a preset is
    meaningless for a radiograph and is then not applied); otherwise the file's VOI LUT
@@ -69,7 +69,8 @@ file wherever it runs. The steps, in order, and why the order matters:
    The result is scaled to [0, 1] by the output range of that VOI transform. A VOI LUT
    Sequence item pydicom cannot apply (no or too few LUT Data entries) is ignored, as pydicom
    ignores one without LUT Data; a file window or VOI LUT that maps an image with contrast
-   to one value is refused (:class:`~models.errors.RescaleWindowError`).
+   to one value is passed over for min-max too (labelled ``minmax(not file:C/W)``): the
+   model never sees a blank, and a real file whose window does not suit it is not refused.
 5. **MONOCHROME1 inversion** (``1 - x``), after VOI as in the DICOM display pipeline, so
    bone is bright for both photometric interpretations. From version "3", a Presentation
    LUT Shape of INVERSE inverts a MONOCHROME2 frame too, and MONOCHROME1 with INVERSE is
@@ -121,10 +122,10 @@ from radlens.models.errors import (
     EncapsulatedUnderNativeSyntaxError,
     ImageTooLargeError,
     InvalidImageError,
+    InvalidRescaleError,
     NoPixelDataError,
     NotAnImageError,
     PreprocessingError,
-    RescaleWindowError,
     TruncatedDataError,
     UnsupportedTransferSyntaxError,
 )
@@ -278,9 +279,8 @@ def preprocess(
             small header), or whose reduced-resolution decode fails.
         InvalidImageError: zero-size or non-numeric pixels, a malformed header, or a bad
             option (unknown window preset or version, bad size or max_pixels, a frame
-            index the file does not have). RescaleWindowError (a subclass): a rescale that
-            gives non-finite values, or a rescale, file window or VOI LUT that maps an image
-            with contrast to one value.
+            index the file does not have). InvalidRescaleError (a subclass): a rescale that
+            gives non-finite values, or maps an image with contrast to one value.
 
     Example:
         >>> image = preprocess(Path("chest.dcm").read_bytes(), size=(224, 224))
@@ -760,8 +760,9 @@ def _open_dicom(data: bytes, max_pixels: int) -> _DicomSource:
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         if len(ds) == 0:
             raise TruncatedDataError(
-                f"the data ends after the file meta information, before any dataset "
-                f"element; received {len(data)} bytes"
+                "no dataset element could be read after the file meta information: the data "
+                "ends early (at the meta information, or inside an element such as compressed "
+                f"pixel data without its closing delimiter); received {len(data)} bytes"
             )
         raise NoPixelDataError(
             "no (7FE0,0010) Pixel Data element. Received SOP class "
@@ -1534,10 +1535,12 @@ def _grayscale(
         # the model's own window: an image it saturates is the image's matter, not the header's
         return apply_window(values, center, width), f"preset:{window}({center:g}/{width:g})"
     file_window = _file_voi(values, ds)
-    if file_window is not None:
-        _check_voi_output(arr, file_window, ds)
-        return file_window
-    return _min_max(values, None if table is None else table.present), "minmax"
+    minmax = _min_max(values, None if table is None else table.present)
+    if file_window is None:
+        return minmax, "minmax"
+    if _blanks(arr, file_window[0]):  # the file's window would show the model a blank
+        return minmax, f"minmax(not {file_window[1]})"
+    return file_window
 
 
 def _check_modality_output(
@@ -1559,42 +1562,31 @@ def _check_modality_output(
         lo, hi = _value_range(values[table.present])
     if not (math.isfinite(lo) and math.isfinite(hi)):
         stored_lo, stored_hi = _value_range(arr)
-        raise RescaleWindowError(
+        raise InvalidRescaleError(
             f"{_modality_source(ds)} give values that are not finite (from {lo:g} to {hi:g}) "
             f"for the stored values {stored_lo:g} to {stored_hi:g}"
         )
     if lo == hi:
         stored_lo, stored_hi = _value_range(arr)
         if stored_lo != stored_hi:
-            raise RescaleWindowError(
+            raise InvalidRescaleError(
                 f"{_modality_source(ds)} map every stored value ({stored_lo:g} to "
                 f"{stored_hi:g}) to {lo:g}: the image would be blank"
             )
 
 
-def _check_voi_output(arr: np.ndarray, voi: tuple[np.ndarray, str], ds: Dataset) -> None:
-    """Refuse the file's window or VOI LUT when it maps every pixel of an image whose stored
-    values have contrast to one value (Window Center/Width 40/1 on an MR, a width of 1e308):
-    the model would see a blank image. ``arr`` is the stored frame or its value table's
-    domain."""
-    pixels, label = voi
+def _blanks(arr: np.ndarray, pixels: np.ndarray) -> bool:
+    """Whether the file's window or VOI LUT maps every pixel of an image whose stored values
+    have contrast to one value (a 30/100 brain window on a crop of bone, Window Center/Width
+    40/1 on an MR, a width of 1e308). The file's VOI is then passed over for min-max (the
+    label says so: ``minmax(not file:30/100)``): the model sees the image, not a blank, and a
+    real file whose window does not suit the crop is not refused. ``arr`` is the stored frame
+    or its value table's domain; a constant stored image stays as its window maps it."""
     lo, hi = _value_range(pixels)
     if lo != hi:
-        return
+        return False
     stored_lo, stored_hi = _value_range(arr)
-    if stored_lo == stored_hi:
-        return  # a constant image stays constant, as before
-    if label == "voi-lut":
-        source = "the VOI LUT Sequence (0028,3010) item maps"
-    else:
-        source = (
-            f"Window Center (0028,1050) {_text(ds, 'WindowCenter')!r} and Window Width "
-            f"(0028,1051) {_text(ds, 'WindowWidth')!r} map"
-        )
-    raise RescaleWindowError(
-        f"{source} every pixel (stored values {stored_lo:g} to {stored_hi:g}) to "
-        f"{lo:g} of [0, 1]: the image would be blank"
-    )
+    return stored_lo != stored_hi
 
 
 def _modality_source(ds: Dataset) -> str:
