@@ -60,7 +60,7 @@ FAILURE_REASONS: dict[str, int] = {
     "transfer-syntax-mismatch": CANNOT_UNDERSTAND,  # encapsulated data, native syntax
     "no-pixel-data": SOP_CLASS_NOT_SUPPORTED,
     "invalid-image": DATA_SET_DOES_NOT_MATCH,
-    "invalid-rescale-or-window": DATA_SET_DOES_NOT_MATCH,
+    "invalid-rescale": DATA_SET_DOES_NOT_MATCH,
     "invalid-dicom-attribute": DATA_SET_DOES_NOT_MATCH,
     "preprocessing-error": DATA_SET_DOES_NOT_MATCH,
     "study-mismatch": DATA_SET_DOES_NOT_MATCH,
@@ -79,6 +79,16 @@ router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
 
 class DicomJSONResponse(JSONResponse):
     media_type = DICOM_JSON
+
+
+class StowMediaTypeError(UnsupportedMediaTypeError):
+    """415 for STOW-RS: its title names the body STOW-RS takes (the upload routes' title names
+    multipart/form-data)."""
+
+    title = (
+        'Send the DICOM instances as multipart/related; type="application/dicom" with a '
+        "boundary, one Part 10 instance per part"
+    )
 
 
 class BadMultipartError(AppError):
@@ -112,13 +122,13 @@ async def read_parts(request: Request) -> list[Part]:
     media_type, params = parse_options_header(raw_type)
     shown = raw_type[:120] or "none"
     if media_type.decode("latin-1").lower() != "multipart/related":
-        raise UnsupportedMediaTypeError(
+        raise StowMediaTypeError(
             f"the request's Content-Type is {shown!r}; STOW-RS expects multipart/related; "
             'type="application/dicom"'
         )
     part_type = params.get(b"type", b"application/dicom").decode("latin-1").lower()
     if part_type != "application/dicom":
-        raise UnsupportedMediaTypeError(
+        raise StowMediaTypeError(
             f"the multipart type parameter is {part_type!r}; radlens accepts "
             "application/dicom instances (not metadata+bulkdata)"
         )

@@ -162,6 +162,8 @@ class TestBadRequests:
         )
         body = assert_problem(response, 415, code="unsupported-media-type")
         assert "application/dicom" in body["detail"]
+        # the title names STOW-RS's body, not the upload routes' multipart/form-data
+        assert "multipart/related" in body["title"] and "form-data" not in body["title"]
 
     def test_other_part_type(self, service: Service) -> None:
         body, _ = multipart_related([dicom_bytes()], boundary="b1")
@@ -172,7 +174,8 @@ class TestBadRequests:
                 "Content-Type": 'multipart/related; type="application/dicom+xml"; boundary=b1'
             },
         )
-        assert_problem(response, 415)
+        body = assert_problem(response, 415)
+        assert "multipart/related" in body["title"]
 
     def test_no_boundary(self, service: Service) -> None:
         response = service.client.post(
