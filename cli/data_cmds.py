@@ -76,10 +76,21 @@ def data_check(
             help="Series CSV: the folder scanned for series_uid values (default: the CSV's).",
         ),
     ] = None,
+    headers_only: Annotated[
+        bool,
+        typer.Option(
+            "--headers-only",
+            help="Read headers only (fast): files whose pixels training cannot decode "
+            "(a cut codestream, a blanking rescale) are then counted as usable.",
+        ),
+    ] = False,
 ) -> None:
-    """Scan a data set: classes (or findings), counts, skipped files, splits and leakage."""
+    """Scan a data set: classes (or findings), counts, skipped files, splits and leakage.
+    Every image is decoded as training decodes it (at 32 px), so the counts and skipped files
+    are those `radlens train` will have; --headers-only skips that."""
     from radlens.training.data.sources import (
         MultiLabelSpec,
+        drop_undecodable,
         leakage_report,
         open_source,
         split_source,
@@ -89,6 +100,8 @@ def data_check(
     if multi_label:
         spec = MultiLabelSpec(column=label_column, separator=label_separator, none_name=no_finding)
     source = open_source(path, multi_label=spec, dicom_root=dicom_root)
+    if not headers_only:
+        source = drop_undecodable(source)
     typer.echo(f"{source.kind} source {path}: {len(source.examples)} images")
     if source.has_series:
         _echo_series(source, source.examples, "all")
@@ -126,7 +139,8 @@ def data_check(
         typer.echo("  leakage: none")
     for item in source.skipped:
         typer.echo(f"  skipped {item}")
-    typer.echo(f"  {len(source.skipped)} file(s) skipped")
+    how = "headers read only" if headers_only else "every image decoded as training decodes it"
+    typer.echo(f"  {len(source.skipped)} file(s) skipped ({how})")
     if leaks and source.has_series:  # a series CSV's given split must keep patients apart
         fail(
             f"{len(leaks)} patient(s) have series in more than one given split; fix the split "

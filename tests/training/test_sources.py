@@ -78,10 +78,19 @@ class TestFolderSource:
         assert set(skipped) == {"notes.txt", "broken.png", "fake.dcm"}
         assert "not a DICOM, PNG or JPEG" in skipped["notes.txt"]
         assert "PNG" in skipped["broken.png"]
-        assert "DICOM" in skipped["fake.dcm"]
+        assert "not a DICOM file" in skipped["fake.dcm"]  # read as an empty dataset by force
         assert source.class_counts() == {"normal": 3, "abnormal": 4}  # + no_extension
         assert "3 file(s) skipped" in caplog.text
         assert "notes.txt" in caplog.text
+
+    def test_a_dcm_name_on_an_empty_or_text_file_is_not_a_dicom_file(self, tmp_path: Path) -> None:
+        """Found by fuzzing: both were skipped as "DICOM file has no pixel data"."""
+        root = png_folder(tmp_path / "ds", n_per_class=2)
+        (root / "normal" / "zero.dcm").write_bytes(b"")
+        (root / "normal" / "x.dcm").write_bytes(b"this is not dicom")
+        skipped = {Path(s.path).name: s.reason for s in open_source(root).skipped}
+        assert skipped["zero.dcm"] == "not a DICOM file (0 bytes, starts with b'')"
+        assert skipped["x.dcm"].startswith("not a DICOM file (17 bytes, starts with b'this is ")
 
     def test_dicom_without_pixel_data_is_skipped(self, tmp_path: Path) -> None:
         import pydicom
@@ -422,3 +431,54 @@ def test_split_properties(
     assert splits == split_source(
         source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
+
+
+# --- what data-check counts is what training trains on --------------------------------------
+
+
+class TestUndecodableFiles:
+    """Found by fuzzing: the header probe passed files whose pixels training then could not
+    decode, so `radlens data-check` counted images and splits that `radlens train` did not
+    have; and a deflate bomb was inflated whole by the probe."""
+
+    @staticmethod
+    def folder(tmp_path: Path) -> Path:
+        from tests.models.test_hostile_headers import MIB, dataset, deflated_ct, to_bytes
+        from tests.models.test_truncated_codestreams import half, pydicom_file, rewritten
+
+        root = png_folder(tmp_path / "ds", n_per_class=3)
+        (root / "abnormal" / "cut.dcm").write_bytes(rewritten(pydicom_file("JPEG-LL.dcm"), half))
+        flat = dataset("CT_small.dcm")
+        flat.RescaleSlope = "0"
+        (root / "abnormal" / "flat.dcm").write_bytes(to_bytes(flat))
+        (root / "normal" / "bomb.dcm").write_bytes(deflated_ct(400 * MIB))  # > the 304 MiB bound
+        return root
+
+    def test_the_probe_bounds_a_deflate_bomb(self, tmp_path: Path) -> None:
+        source = open_source(self.folder(tmp_path))
+        skipped = {Path(s.path).name: s.reason for s in source.skipped}
+        assert set(skipped) == {"bomb.dcm"} and "inflates to more than" in skipped["bomb.dcm"]
+        assert source.class_counts() == {"normal": 3, "abnormal": 5}  # headers only
+
+    def test_drop_undecodable_skips_what_training_skips(self, tmp_path: Path) -> None:
+        from radlens.training.data.sources import drop_undecodable
+
+        source = drop_undecodable(open_source(self.folder(tmp_path)))
+        skipped = {Path(s.path).name: s.reason for s in source.skipped}
+        assert set(skipped) == {"bomb.dcm", "cut.dcm", "flat.dcm"}
+        assert "truncated" in skipped["cut.dcm"] and "Rescale" in skipped["flat.dcm"]
+        assert source.class_counts() == {"normal": 3, "abnormal": 3}
+
+    def test_data_check_decodes_unless_told_headers_only(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from radlens.cli.main import main
+
+        root = self.folder(tmp_path)
+        assert main(["data-check", str(root)]) == 0
+        out = capsys.readouterr().out
+        assert "class abnormal: 3" in out
+        assert "3 file(s) skipped (every image decoded as training decodes it)" in out
+        assert main(["data-check", str(root), "--headers-only"]) == 0
+        out = capsys.readouterr().out
+        assert "class abnormal: 5" in out and "1 file(s) skipped (headers read only)" in out

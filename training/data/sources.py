@@ -67,14 +67,14 @@ import warnings
 import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from radlens.models import preprocessing
-from radlens.models.errors import ConfigurationError, NotAnImageError
+from radlens.models.errors import ConfigurationError, NotAnImageError, RadlensError
 
 log = logging.getLogger(__name__)
 
@@ -618,28 +618,74 @@ def _probe_file(path: Path) -> str | None:
     return _probe_raster(path)
 
 
+# the Deflated Explicit VR Little Endian UID as it appears in the file meta's bytes
+_DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
+_META_BYTES = 4096  # the file meta information of any real file fits
+# identifying, patient, acquisition, relationship and image pixel groups: a DICOM image
+# without a preamble (read by force) has elements of some of them
+_IMAGE_GROUPS = frozenset({0x0008, 0x0010, 0x0018, 0x0020, 0x0028})
+
+
 def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from radlens.models.dicomread import read_dicom_bytes
+
+    force = sniffed or path.suffix.lower() in DICOM_EXTENSIONS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd headers warn; the verdict is what counts
-            # defer_size: large values (the pixel data) are located, not read
-            ds = pydicom.dcmread(
-                path, defer_size=1024, force=sniffed or path.suffix.lower() in DICOM_EXTENSIONS
-            )
+            with path.open("rb") as fh:
+                head = fh.read(_META_BYTES)
+            if _DEFLATED_UID in head:  # pydicom inflates a deflated dataset whole: bounded
+                ds = read_dicom_bytes(
+                    path.read_bytes(),
+                    max_pixels=preprocessing.DEFAULT_MAX_PIXELS,
+                    force=force,
+                    stop_before_pixels=False,
+                )
+            else:  # defer_size: large values (the pixel data) are located, not read
+                ds = pydicom.dcmread(path, defer_size=1024, force=force)
             rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except RadlensError as exc:  # the deflate bound
+        return str(exc)
     except InvalidDicomError as exc:
         return f"not a readable DICOM file ({exc})"
     except Exception as exc:  # third-party parser boundary: any failure means unreadable
         return f"not a readable DICOM file ({type(exc).__name__}: {exc})"
+    if not sniffed and not _IMAGE_GROUPS.intersection(tag.group for tag in list(ds.keys())):
+        # force=True reads any bytes as a dataset (of no or garbage elements): a .dcm name on
+        # another kind of file, no preamble, and nothing of the groups every image has
+        return f"not a DICOM file ({path.stat().st_size} bytes, starts with {head[:8]!r})"
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
         return "DICOM file has no pixel data"
     if rows < 1 or cols < 1:
         return f"DICOM image has zero size ({rows}x{cols})"
     return None
+
+
+def drop_undecodable(source: DataSource, *, size: int = 32) -> DataSource:
+    """The source without the examples whose file does not decode, each moved to ``skipped``
+    with the reason training gives when it skips it (``load_pixels`` at ``size``, the call
+    training makes, caught as training catches it). The header probe at scan time reads no
+    pixels, so a cut codestream, a blanking rescale or a deflate bomb passes it; after this,
+    what ``radlens data-check`` counts is what ``radlens train`` trains on. An npz source is
+    returned as it is (its arrays always decode)."""
+    if source.kind == "npz":
+        return source
+    kept: list[Example] = []
+    skipped = list(source.skipped)
+    for example in source.examples:
+        try:
+            source.load_pixels(example, size=size)
+        except (RadlensError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, RadlensError) else f"cannot be read ({exc})"
+            skipped.append(SkippedFile(example.key, reason))
+        else:
+            kept.append(example)
+    return replace(source, examples=kept, skipped=skipped)
 
 
 def _probe_raster(path: Path) -> str | None:
