@@ -124,7 +124,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid-image": 422,
     "codestream-mismatch": 422,
     "transfer-syntax-mismatch": 422,
-    "invalid-rescale-or-window": 422,
+    "invalid-rescale": 422,
     "preprocessing-error": 422,
     "model-not-found": 503,
     "model-corrupt": 503,
