@@ -14,6 +14,20 @@ SHARED_DICOM = SHARED_DATA / "dicom"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def real_dicom_paths(pattern: str = "*") -> list[Path]:
+    """Every file matching ``pattern`` in pydicom's and pydicom-data's test files, then the
+    ``*.dcm`` of ../shared/data/dicom (when present). By directory: pydicom's
+    ``get_testdata_files()`` would try to download its remote files."""
+    from pydicom.data.data_manager import DATA_ROOT, external_data_sources
+
+    roots = [Path(DATA_ROOT) / "test_files"]
+    roots += [Path(source.data_path) for source in external_data_sources().values()]
+    paths = sorted(p for root in roots for p in root.rglob(pattern) if p.is_file())
+    if SHARED_DICOM.is_dir():
+        paths += sorted(SHARED_DICOM.glob("*.dcm"))
+    return paths
+
+
 def shared_data_path(*parts: str) -> Path:
     """Path into ../shared/data, skipping the calling test when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -13,7 +13,6 @@ import imagecodecs
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder
@@ -23,22 +22,16 @@ from pydicom.uid import HTJ2KLossless, JPEGLossless, JPEGLosslessSV1, generate_u
 from radlens.models import codecs
 from radlens.models.errors import TruncatedDataError
 from radlens.models.preprocessing import preprocess
+from tests.conftest import real_dicom_paths
 
-SHARED_DICOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
 SYNTAXES = codecs.SYNTAXES
 
 
 def _encoded_files() -> list[Path]:
     """Every JPEG 2000 / HTJ2K / JPEG-LS file in pydicom's and pydicom-data's test files and
     in ../shared/data/dicom (when present)."""
-    # by directory: get_testdata_files() would try to download pydicom's remote files
-    roots = [Path(DATA_ROOT) / "test_files"]
-    roots += [Path(source.data_path) for source in external_data_sources().values()]
-    paths = sorted(p for root in roots for p in root.rglob("*") if p.is_file())
-    if SHARED_DICOM.is_dir():
-        paths += sorted(SHARED_DICOM.glob("*.dcm"))
     found = []
-    for path in paths:
+    for path in real_dicom_paths():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

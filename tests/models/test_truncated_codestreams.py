@@ -11,6 +11,7 @@ explains the checks.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Callable
@@ -22,7 +23,6 @@ import pytest
 from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.decoders.base import Decoder
 
@@ -30,7 +30,7 @@ from radlens.models import codecs
 from radlens.models import preprocessing as pp
 from radlens.models.errors import PreprocessingError, TruncatedDataError
 from radlens.models.preprocessing import preprocess, preprocess_frames
-from tests.conftest import SHARED_DICOM, shared_data_path
+from tests.conftest import real_dicom_paths, shared_data_path
 
 SIZES = [None, (224, 224), (32, 32)]  # native (full decode); reduced decodes at model sizes
 
@@ -264,13 +264,12 @@ class TestPrematureEoi:
 # --- the checks on every real file ---------------------------------------------------------
 
 
-def _real_frames() -> list[tuple[str, str, bytes]]:
-    roots = [Path(DATA_ROOT) / "test_files"]
-    roots += [Path(s.data_path) for s in external_data_sources().values()]
-    paths = sorted(p for root in roots for p in root.rglob("*.dcm"))
-    paths += sorted(SHARED_DICOM.glob("*.dcm")) if SHARED_DICOM.is_dir() else []
+@functools.cache
+def real_frames() -> list[tuple[str, str, bytes]]:
+    """(file name, transfer syntax, codestream) of every frame of every good encapsulated
+    file; read when a test first asks, not at collection."""
     found = []
-    for path in paths:
+    for path in real_dicom_paths("*.dcm"):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -287,9 +286,6 @@ def _real_frames() -> list[tuple[str, str, bytes]]:
     return found
 
 
-REAL_FRAMES = _real_frames()
-
-
 def test_every_real_frame_passes_the_structure_checks() -> None:
     """pydicom's test files, pydicom-data and ../shared/data: every JPEG, JPEG-LS and JPEG
     2000 frame ends with its marker (some with one padding byte 00 or FF), every RLE frame's
@@ -297,7 +293,7 @@ def test_every_real_frame_passes_the_structure_checks() -> None:
     from pydicom.uid import RLELossless
 
     checked = 0
-    for name, tsyntax, frame in REAL_FRAMES:
+    for name, tsyntax, frame in real_frames():
         if tsyntax == RLELossless:
             assert not codecs.rle_segments_missing(frame), name
         elif tsyntax in pp._codestream_syntaxes():
@@ -310,7 +306,7 @@ def test_every_real_sequential_jpeg_frame_decodes_the_same_through_scan_for_pill
     from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
     checked = 0
-    for name, tsyntax, frame in REAL_FRAMES:
+    for name, tsyntax, frame in real_frames():
         if tsyntax not in (JPEGBaseline8Bit, JPEGExtended12Bit):
             continue
         prepared = codecs.scan_for_pillow(frame)
