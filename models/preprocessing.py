@@ -818,8 +818,10 @@ def _dicom_frame(
         if photometric.startswith("YBR"):
             arr = _convert_to_rgb(arr, photometric)
         bits = _int_or(ds, "BitsStored", None)
-        if bits is None or not 1 <= bits <= 8 * arr.dtype.itemsize:
-            bits = 8 * arr.dtype.itemsize  # a missing or impossible Bits Stored
+        if bits is None or not 1 <= bits <= 8 * arr.dtype.itemsize or arr.max() >= 2**bits:
+            # a missing or impossible Bits Stored, or one the stored values exceed (they would
+            # all saturate to white): the container's range
+            bits = 8 * arr.dtype.itemsize
         pixels = _to_gray(arr[..., :3]) / np.float32(2**bits - 1)
         label = "full-range"
     else:

@@ -457,3 +457,22 @@ class TestEncapsulatedUnderNativeSyntax:
         ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
         with pytest.raises(TruncatedDataError):
             preprocess(to_bytes(ds))
+
+
+# --- 5. a colour image whose Bits Stored its values exceed ----------------------------------
+
+
+@pytest.mark.parametrize("bits_stored", [1, 2, 3])
+def test_a_colour_image_whose_values_exceed_bits_stored_is_not_blank(bits_stored: int) -> None:
+    """Found by fuzzing: an 8-bit RGB image tagged Bits Stored 1-3 was divided by 2**bits - 1
+    and came out all white. Values above the declared range mean the tag lies: the container's
+    range (8 bits here) is used, as for a missing Bits Stored."""
+    # compressed: the decoder returns values above the tag's range (pydicom masks native
+    # pixel data to Bits Stored, which then holds)
+    lying = with_values(
+        dataset("SC_rgb_jpeg_dcmtk.dcm"), BitsStored=bits_stored, HighBit=bits_stored - 1
+    )
+    image = preprocess(to_bytes(lying), size=(32, 32))
+    assert image.metadata.window == "full-range"
+    assert image.pixels.max() > image.pixels.min()  # was all 1.0
+    assert float(image.pixels.min()) >= 0.0 and float(image.pixels.max()) <= 1.0
