@@ -105,7 +105,11 @@ def test_truncated_pixel_data_fails_and_stores_nothing(node: Node) -> None:
 def test_calling_ae_not_on_the_list_is_rejected(node: Node) -> None:
     before = node.count("predictions")
     assoc = _assoc(node, calling="INTRUDER")
-    assert assoc.is_rejected
+    # (failed once in CI, cause not found: 5 runs beside 4 busy loops passed; say what it was)
+    state = f"established={assoc.is_established} aborted={assoc.is_aborted}"
+    if assoc.is_established:
+        assoc.release()
+    assert assoc.is_rejected, state
     assert node.count("predictions") == before
 
 
