@@ -100,7 +100,8 @@ def make_engine(
         _fix_sqlite_transactions(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    if "connect_timeout" not in url.query:
+    # libpq's keyword (psycopg, psycopg2); another driver (pg8000) has its own, left alone
+    if url.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in url.query:
         connect_args = dict(kwargs.pop("connect_args", {}))
         connect_args.setdefault("connect_timeout", connect_timeout_s)
         kwargs["connect_args"] = connect_args
