@@ -618,9 +618,6 @@ def _probe_file(path: Path) -> str | None:
     return _probe_raster(path)
 
 
-# the Deflated Explicit VR Little Endian UID as it appears in the file meta's bytes
-_DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
-_META_BYTES = 4096  # the file meta information of any real file fits
 # identifying, patient, acquisition, relationship and image pixel groups: a DICOM image
 # without a preamble (read by force) has elements of some of them
 _IMAGE_GROUPS = frozenset({0x0008, 0x0010, 0x0018, 0x0020, 0x0028})
@@ -636,14 +633,9 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd headers warn; the verdict is what counts
-            with path.open("rb") as fh:
-                head = fh.read(_META_BYTES)
-            if _DEFLATED_UID in head:  # pydicom inflates a deflated dataset whole: bounded
+            if _is_deflated(path):  # pydicom inflates a deflated dataset whole: bounded
                 ds = read_dicom_bytes(
-                    path.read_bytes(),
-                    max_pixels=preprocessing.DEFAULT_MAX_PIXELS,
-                    force=force,
-                    stop_before_pixels=False,
+                    path.read_bytes(), max_pixels=preprocessing.DEFAULT_MAX_PIXELS, force=force
                 )
             else:  # defer_size: large values (the pixel data) are located, not read
                 ds = pydicom.dcmread(path, defer_size=1024, force=force)
@@ -657,13 +649,28 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
     if not sniffed and not _IMAGE_GROUPS.intersection(tag.group for tag in list(ds.keys())):
         # force=True reads any bytes as a dataset (of no or garbage elements): a .dcm name on
         # another kind of file, no preamble, and nothing of the groups every image has
-        return f"not a DICOM file ({path.stat().st_size} bytes, starts with {head[:8]!r})"
+        with path.open("rb") as fh:
+            head = fh.read(8)
+        return f"not a DICOM file ({path.stat().st_size} bytes, starts with {head!r})"
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
         return "DICOM file has no pixel data"
     if rows < 1 or cols < 1:
         return f"DICOM image has zero size ({rows}x{cols})"
     return None
+
+
+def _is_deflated(path: Path) -> bool:
+    """Whether the file meta information says Deflated Explicit VR Little Endian (read alone,
+    as pydicom reads it); a file without one is not inflated by pydicom either."""
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    try:
+        syntax = read_file_meta_info(path).get("TransferSyntaxUID")
+    except Exception:  # third-party parser boundary: no or broken file meta
+        return False
+    return bool(syntax == DeflatedExplicitVRLittleEndian)
 
 
 def drop_undecodable(source: DataSource, *, size: int = 32) -> DataSource:
