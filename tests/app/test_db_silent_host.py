@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from tests.app.conftest import (
-    PG_ADMIN_URL,
+    Databases,
     TestClient,
     assert_problem,
     make_settings,
@@ -112,30 +112,19 @@ def proxy() -> Iterator[SwitchableProxy]:
         p.close()
 
 
-def _proxied_database(proxy: SwitchableProxy) -> Iterator[str]:
+@pytest.fixture()
+def proxied_url(proxy: SwitchableProxy, tmp_path: Path) -> Iterator[str]:
     """A fresh migrated database on the shared server, addressed through the proxy."""
-    import uuid
-
-    import psycopg
-
     from radlens.app.migrate import upgrade
 
-    name = f"radlens_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{name}"
+    databases = Databases("postgresql", tmp_path, [])
+    url = make_url(databases.new()).set(port=proxy.port).render_as_string(hide_password=False)
     try:
         upgrade(url)
         yield url
     finally:
         proxy.recover()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture()
-def proxied_url(proxy: SwitchableProxy) -> Iterator[str]:
-    yield from _proxied_database(proxy)
+        databases.drop_all()
 
 
 def within(seconds: float, call: Callable[[], Any]) -> Any:
