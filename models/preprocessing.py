@@ -87,7 +87,9 @@ PNG and JPEG are already display images: they map by the full range of their bit
 (``/255`` for 8-bit; a 16-bit gray PNG from version "3" by the depth its sBIT chunk states,
 else the depth its data needs, see :func:`scale_16bit`; ``/65535`` before), RGB/RGBA/LA/P/
 CMYK become gray as above and alpha is ignored; window presets do not apply to them
-(window ``"full-range"``). Pillow's own decompression-bomb limit
+(window ``"full-range"``). From version "4" a PNG or JPEG whose EXIF Orientation turns or
+mirrors it (a camera's or phone's image, some exports) is turned first, to the image a viewer
+shows (:func:`exif_orientation`). Pillow's own decompression-bomb limit
 (``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of ``max_pixels``.
 
 Every failure is a :class:`~models.errors.PreprocessingError` subclass that quotes what was
@@ -136,18 +138,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PREPROCESSING_VERSION = "3"
+PREPROCESSING_VERSION = "4"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
-"3": an enhanced multi-frame image's per-frame functional groups (rescale, window) are
-applied to the frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is
-honoured (:func:`display_inverted`); a 16-bit PNG is scaled by its actual bit depth
-(:func:`scale_16bit`). "2": JPEG 2000 and baseline JPEG
-DICOM frames are decoded at a reduced resolution when a ``size`` is given (see
-:func:`decode_reduction`). "1": every frame decoded in full. Each version keeps the
-changes of the ones before it."""
+"4": a PNG or JPEG is turned as its EXIF Orientation says (:func:`exif_orientation`), the
+image a viewer shows. "3": an enhanced multi-frame image's per-frame functional groups
+(rescale, window) are applied to the frame used (see :func:`frame_dataset`); Presentation LUT
+Shape INVERSE is honoured (:func:`display_inverted`); a 16-bit PNG is scaled by its actual bit
+depth (:func:`scale_16bit`). "2": JPEG 2000 and baseline JPEG DICOM frames are decoded at a
+reduced resolution when a ``size`` is given (see :func:`decode_reduction`). "1": every frame
+decoded in full. Each version keeps the changes of the ones before it."""
 
-SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3")
+SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3", "4")
 """Versions :func:`preprocess` can reproduce (``version=``): a model keeps the
 preprocessing it was trained with (a "2" model ignores functional groups, a "1" model
 decodes in full), so every older model still loads and predicts as it was validated."""
@@ -207,6 +209,9 @@ class ImageMetadata:
     # "NO", or None (absent, another value, or not DICOM): unknown. Says whether the pixels
     # may identify the patient; identifies no one itself.
     burned_in_annotation: str | None = None
+    # a PNG or JPEG's EXIF Orientation (2-8) that preprocessing applied to stand the image
+    # as viewers show it (version "4"); rows and columns are then those of the turned image
+    exif_orientation: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-ready dict."""
@@ -253,7 +258,8 @@ def preprocess(
             decodes every frame at full resolution; "2" decodes JPEG 2000 and baseline JPEG
             DICOM frames at the reduced resolution :func:`decode_reduction` picks for
             ``size`` (full resolution when ``size`` is None); "3" also applies an enhanced
-            multi-frame file's per-frame functional groups (see :func:`frame_dataset`).
+            multi-frame file's per-frame functional groups (see :func:`frame_dataset`);
+            "4" also turns a PNG or JPEG as its EXIF Orientation says.
         frame: the 0-based index of the frame to use; ``None`` picks the middle frame
             (``frames // 2``). A PNG or JPEG has the one frame 0. To predict a whole
             multi-frame instance frame by frame, pass :func:`frame_indices` to
@@ -1854,10 +1860,17 @@ def _preprocess_pillow(
             )
         try:
             image.load()
+            orientation = exif_orientation(image) if _at_least(version, "4") else None
             significant = _png_significant_bits(data) if kind == "png" else None
-            pixels, bits = _pillow_to_float(
-                image, significant_bits=significant, by_depth=_at_least(version, "3")
-            )
+            shown = _upright(image, orientation)
+            try:
+                height, width = shown.height, shown.width
+                pixels, bits = _pillow_to_float(
+                    shown, significant_bits=significant, by_depth=_at_least(version, "3")
+                )
+            finally:
+                if shown is not image:
+                    shown.close()
         except PreprocessingError:
             raise
         except BaseException as exc:  # third-party boundary
@@ -1880,8 +1893,37 @@ def _preprocess_pillow(
             sop_class_uid=None,
             frame_index=0,
             window="full-range",
+            exif_orientation=orientation,
         )
     return pixels, metadata
+
+
+def exif_orientation(image: PILImage.Image) -> int | None:
+    """The EXIF Orientation (274) of an opened PNG or JPEG when it turns or mirrors the
+    image (2-8), else ``None``: absent, 1 (upright), another value, or EXIF Pillow cannot
+    read (which a viewer would also pass over, showing the pixels as stored).
+
+    Cameras, phones and some export tools store the pixels as the sensor read them and
+    say in this tag how to turn them; browsers and viewers show the turned image, which is
+    what a reader of the upload saw. From preprocessing version "4" the model gets that
+    image too (:func:`preprocess`), and so do the overlay and the reported rows/columns.
+    """
+    try:
+        value = image.getexif().get(0x0112)
+    except Exception:  # a malformed EXIF block: Pillow raises many types for one
+        return None
+    return int(value) if isinstance(value, int) and 2 <= value <= 8 else None
+
+
+def _upright(image: PILImage.Image, orientation: int | None) -> PILImage.Image:
+    """The image turned as its EXIF ``orientation`` says (Pillow's ``exif_transpose``), or
+    the image itself when there is nothing to turn."""
+    if orientation is None:
+        return image
+    from PIL import ImageOps
+
+    turned = ImageOps.exif_transpose(image)
+    return image if turned is None else turned
 
 
 def _pillow_to_float(

@@ -211,3 +211,22 @@ def test_overlay_is_drawn_at_display_resolution(service: Service) -> None:
     pixels = _png_pixels(heatmap.content)
     assert pixels.shape[1] == 1024
     assert pixels.shape[0] < 0.3 * pixels.shape[1], pixels.shape
+
+
+def test_an_exif_turned_upload_is_predicted_and_drawn_upright(service: Service) -> None:
+    """A JPEG whose EXIF Orientation says a quarter turn (a phone's picture) is predicted
+    and drawn as a viewer shows it: rows/columns and the overlay are the turned image's."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png_bytes(size=(60, 240)))) as image:
+        exif = image.getexif()
+        exif[0x0112] = 6  # stored 60x240 (wide), shown 240x60 (tall)
+        buffer = io.BytesIO()
+        image.convert("L").save(buffer, format="JPEG", quality=95, exif=exif)
+    response = service.post(buffer.getvalue(), "phone.jpg", params={"explain": "true"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["rows"], body["columns"]) == (240, 60)
+    heatmap = service.client.get(f"/v1/predictions/{body['id']}/heatmap")
+    pixels = _png_pixels(heatmap.content)
+    assert pixels.shape[0] > 0.6 * pixels.shape[1], pixels.shape  # tall panels, not 4:1 wide

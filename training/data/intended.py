@@ -1,8 +1,9 @@
 """What a training set holds, for the manifest's intended use (models/intended_use.py).
 
 Reads headers only: DICOM up to the pixel data (Modality, BodyPartExamined, ViewPosition,
-PhotometricInterpretation, Rows, Columns), PNG/JPEG through Pillow's lazy open (size), npz
-arrays by shape. Nothing patient-identifying is read into the result.
+PhotometricInterpretation, Rows, Columns), PNG/JPEG through Pillow's lazy open (size, turned
+as the EXIF Orientation says), npz arrays by shape. Nothing patient-identifying is read into
+the result.
 """
 
 from __future__ import annotations
@@ -43,9 +44,15 @@ def image_header(source: DataSource, example: Example) -> dict[str, Any]:
 def _raster_header(path: Path, kind: str) -> dict[str, Any]:
     from PIL import Image
 
+    from radlens.models.preprocessing import exif_orientation
+
     try:
         with Image.open(path) as image:
             width, height = image.size
+            # as preprocessing turns it (a quarter turn swaps the sides); only EXIF that the
+            # header holds: a PNG's eXIf chunk after the image data would need a full decode
+            if "exif" in image.info and (exif_orientation(image) or 0) >= 5:
+                width, height = height, width
     except Exception:  # Pillow raises many types for a bad file; it is skipped at decode
         return {"format": "unreadable"}
     return {"format": kind, "rows": height, "columns": width}
