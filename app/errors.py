@@ -125,6 +125,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "codestream-mismatch": 422,
     "transfer-syntax-mismatch": 422,
     "invalid-rescale": 422,
+    "blank-image": 422,
     "preprocessing-error": 422,
     "model-not-found": 503,
     "model-corrupt": 503,

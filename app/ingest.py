@@ -52,7 +52,7 @@ from radlens.app.services import FindingValue
 from radlens.app.settings import Settings
 from radlens.app.tables import Explanation, Prediction, dedupe_key
 from radlens.app.writer import PredictionWriter
-from radlens.models.errors import RadlensError
+from radlens.models.errors import BlankImageError, RadlensError
 from radlens.models.intended_use import IntendedUse, Violation, from_record
 
 if TYPE_CHECKING:
@@ -179,6 +179,12 @@ def _prepare_upload(
     flagged = gate_upload(data, intended_use or IntendedUse(), gate, max_pixels)
     image = preprocess_upload(data, size, window, max_pixels, version)
     check_recordable(image)
+    meta = image.metadata
+    if meta.blank and meta.frames == 1:  # a multi-frame instance: when every frame is
+        raise BlankImageError(
+            f"every stored pixel of the {meta.rows}x{meta.columns} {meta.format.upper()} "
+            "image has the same value"
+        )
     return image.model_input(), (image, hashlib.sha256(data).hexdigest(), flagged)
 
 
@@ -508,6 +514,11 @@ class Ingestor:
             raise
         outputs[first.metadata.frame_index] = output
         done = [(outputs[i], images[i]) for i in indices]
+        if all(image.metadata.blank for _, image in done):
+            raise BlankImageError(
+                f"every stored pixel of each of the {len(done)} frames predicted (of "
+                f"{first.metadata.frames}) has one value"
+            )
         frame_scores = np.stack([np.asarray(o.scores, dtype=np.float64) for o, _ in done])
         scores, key, result = aggregate_frames(
             indices,

@@ -112,6 +112,19 @@ class InvalidRescaleError(InvalidImageError):
     )
 
 
+class BlankImageError(InvalidImageError):
+    """Every stored pixel of the image (every predicted frame of a multi-frame instance) has
+    one value: there is nothing to read, and a score on it would mean nothing. Raised by the
+    service, not by preprocessing (``ImageMetadata.blank``): a blank frame among others is
+    predicted with its instance, and a training set keeps its files."""
+
+    code = "blank-image"
+    title = (
+        "The image is blank (every pixel has the same value), so there is nothing to read; "
+        "send the image with its pixels (an export or an anonymiser may have blanked them)"
+    )
+
+
 # --- model store -----------------------------------------------------------------------
 
 

@@ -212,6 +212,9 @@ class ImageMetadata:
     # a PNG or JPEG's EXIF Orientation (2-8) that preprocessing applied to stand the image
     # as viewers show it (version "4"); rows and columns are then those of the turned image
     exif_orientation: int | None = None
+    # every stored pixel of the frame has one value (a blanked or failed export): nothing to
+    # see whatever the window; the service refuses such an image (models.errors.BlankImageError)
+    blank: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-ready dict."""
@@ -847,6 +850,7 @@ def _dicom_frame(
             f"RescaleIntercept={_text(pixel_ds, 'RescaleIntercept')!r}"
         )
     pixels = np.clip(pixels, 0.0, 1.0)
+    blank = _is_constant(arr if table is None else table.domain)
     if table is not None:
         pixels = table.lookup(pixels)  # look every pixel up: (H, W) float32
 
@@ -869,8 +873,15 @@ def _dicom_frame(
         window=label,
         manufacturer=_text(ds, "Manufacturer"),
         burned_in_annotation=burned_in_annotation(ds),
+        blank=blank,
     )
     return pixels, metadata
+
+
+def _is_constant(arr: np.ndarray) -> bool:
+    """Whether every value of ``arr`` (stored pixels, every sample) is the same one."""
+    lo, hi = _value_range(arr)
+    return lo == hi
 
 
 def burned_in_annotation(ds: Dataset) -> str | None:
@@ -1894,6 +1905,7 @@ def _preprocess_pillow(
             frame_index=0,
             window="full-range",
             exif_orientation=orientation,
+            blank=_is_constant(pixels),
         )
     return pixels, metadata
 

@@ -112,9 +112,11 @@ def _jpeg_images(draw: st.DrawFn) -> bytes:
     from PIL import Image
 
     side = draw(st.integers(8, 64))
-    level = draw(st.integers(0, 255))
+    level = draw(st.integers(0, 215))
+    image = Image.new("L", (side, side), color=level)
+    image.paste(level + 40, (0, 0, side, side // 2))  # not blank (a blank one is refused)
     buf = io.BytesIO()
-    Image.new("L", (side, side), color=level).save(buf, format="JPEG")
+    image.save(buf, format="JPEG")
     return buf.getvalue()
 
 

@@ -86,6 +86,7 @@ class TestEveryRealFile:
             assert not pydicom_can_decode(data), f"pydicom decodes it but radlens said: {exc}"
             return
         check_result(image)
+        assert not image.metadata.blank  # no real file is blank: the service would refuse it
 
     def test_the_corpus_contains_the_deliberately_broken_files(self):
         names = {Path(p.values[0]).name for p in corpus() if p.values[0] is not None}

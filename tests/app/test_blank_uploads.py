@@ -1,0 +1,73 @@
+"""A blank image (every stored pixel one value: a blanked or failed export) is refused with
+422 blank-image and nothing stored; a multi-frame instance only when every frame predicted is
+blank. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from tests.app.conftest import Service, assert_problem, dicom_bytes
+from tests.app.test_series import multiframe_bytes
+from tests.app.test_stowrs import parse, stow
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def with_frames(data: bytes, frames: list[np.ndarray]) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = b"".join(f.astype(np.uint16).tobytes() for f in frames)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_blank_png_is_refused_and_nothing_is_stored(service: Service) -> None:
+    before = service.count()
+    body = assert_problem(
+        service.post(png(np.zeros((40, 48), np.uint8)), "black.png"), 422, code="blank-image"
+    )
+    assert "same value" in body["title"] and "40x48 PNG" in body["detail"]
+    assert service.count() == before
+    # the same size with one pixel of contrast is predicted
+    pixels = np.zeros((40, 48), np.uint8)
+    pixels[5, 5] = 9
+    assert service.post(png(pixels), "nearly.png").status_code == 201
+
+
+def test_a_blank_dicom_frame_is_refused(service: Service) -> None:
+    blank = with_frames(dicom_bytes(), [np.full((16, 16), 1024)])
+    body = assert_problem(service.post(blank), 422, code="blank-image")
+    assert "16x16 DICOM" in body["detail"]
+
+
+def test_a_multi_frame_instance_is_refused_only_when_every_frame_is_blank(
+    service: Service,
+) -> None:
+    data, arrays = multiframe_bytes(3, seed=5)
+    flat = np.full((16, 16), 1024)
+    before = service.count()
+    body = assert_problem(service.post(with_frames(data, [flat] * 3)), 422, code="blank-image")
+    assert "3 frames" in body["detail"]
+    assert service.count() == before
+    # the middle frame blank, the others not: predicted, every frame scored
+    response = service.post(with_frames(data, [arrays[0], flat, arrays[2]]))
+    assert response.status_code == 201, response.text
+    assert response.json()["frame_result"]["frames"] == [0, 1, 2]
+
+
+def test_stow_rs_fails_a_blank_instance_with_data_set_does_not_match(service: Service) -> None:
+    good = dicom_bytes(seed=21)
+    blank = with_frames(dicom_bytes(), [np.full((16, 16), 0)])
+    ds = parse(stow(service, [good, blank]))
+    assert len(ds.ReferencedSOPSequence) == 1
+    (failed,) = ds.FailedSOPSequence
+    assert failed.FailureReason == 0xA900

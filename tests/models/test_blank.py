@@ -1,0 +1,81 @@
+"""``ImageMetadata.blank``: every stored pixel of the frame has one value, whatever the window
+(the service refuses such an image: tests/app/test_blank_uploads.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from radlens.models.preprocessing import preprocess, preprocess_frames
+
+
+def ct(pixels: np.ndarray) -> bytes:
+    """pydicom's real CT_small.dcm with its pixels replaced (uint16 rows x columns)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def raster(pixels: np.ndarray, kind: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+# 16x16 is decoded pixel by pixel; 128x128 (>= 4096 pixels) through the value table
+@pytest.mark.parametrize("side", [16, 128])
+@pytest.mark.parametrize("window", [None, "lung"])
+def test_a_constant_dicom_frame_is_blank_and_one_other_value_is_not(
+    side: int, window: str | None
+) -> None:
+    flat = np.full((side, side), 1000, np.uint16)
+    assert preprocess(ct(flat), window=window).metadata.blank
+    flat[side // 2, 3] = 1001
+    assert not preprocess(ct(flat), window=window).metadata.blank
+
+
+def test_saturated_by_a_window_is_not_blank() -> None:
+    """A bone window (400/1800: from -500 HU) maps -1024 and -1019 HU to 0: the model sees one
+    value, but the stored image has contrast (a model's window is the model's matter)."""
+    pixels = np.full((16, 16), 0, np.uint16)  # CT_small's rescale: -1024 + stored value
+    pixels[:8] = 5
+    image = preprocess(ct(pixels), window="bone")
+    assert float(image.pixels.max()) == float(image.pixels.min())  # flat to the model
+    assert not image.metadata.blank
+
+
+@pytest.mark.parametrize(
+    ("pixels", "kind"),
+    [
+        (np.zeros((20, 30), np.uint8), "PNG"),
+        (np.full((20, 30), 4000, np.uint16), "PNG"),
+        (np.full((20, 30, 3), (10, 200, 30), np.uint8), "PNG"),
+        (np.full((24, 32), 128, np.uint8), "JPEG"),
+    ],
+)
+def test_a_constant_png_or_jpeg_is_blank(pixels: np.ndarray, kind: str) -> None:
+    assert preprocess(raster(pixels, kind)).metadata.blank
+    varied = pixels.copy()
+    varied[: pixels.shape[0] // 2] = varied[: pixels.shape[0] // 2] // 2 + 1
+    assert not preprocess(raster(varied, kind)).metadata.blank
+
+
+def test_each_frame_of_a_multi_frame_instance_says_whether_it_is_blank() -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    frames = [np.full((16, 16), 7, np.uint16), np.arange(256, dtype=np.uint16).reshape(16, 16)]
+    ds.Rows = ds.Columns = 16
+    ds.NumberOfFrames = 2
+    ds.PixelData = b"".join(f.tobytes() for f in frames)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    blanks = [f.metadata.blank for f in preprocess_frames(buffer.getvalue(), [0, 1])]
+    assert blanks == [True, False]
