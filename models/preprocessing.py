@@ -142,12 +142,14 @@ PREPROCESSING_VERSION = "4"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
 "4": a PNG or JPEG is turned as its EXIF Orientation says (:func:`exif_orientation`), the
-image a viewer shows. "3": an enhanced multi-frame image's per-frame functional groups
-(rescale, window) are applied to the frame used (see :func:`frame_dataset`); Presentation LUT
-Shape INVERSE is honoured (:func:`display_inverted`); a 16-bit PNG is scaled by its actual bit
-depth (:func:`scale_16bit`). "2": JPEG 2000 and baseline JPEG DICOM frames are decoded at a
-reduced resolution when a ``size`` is given (see :func:`decode_reduction`). "1": every frame
-decoded in full. Each version keeps the changes of the ones before it."""
+image a viewer shows; a JPEG-LS or JPEG 2000 frame keeps only its Bits Stored
+(:func:`mask_unused_bits`), as the uncompressed file does. "3": an enhanced multi-frame
+image's per-frame functional groups (rescale, window) are applied to the frame used (see
+:func:`frame_dataset`); Presentation LUT Shape INVERSE is honoured (:func:`display_inverted`);
+a 16-bit PNG is scaled by its actual bit depth (:func:`scale_16bit`). "2": JPEG 2000 and
+baseline JPEG DICOM frames are decoded at a reduced resolution when a ``size`` is given (see
+:func:`decode_reduction`). "1": every frame decoded in full. Each version keeps the changes of
+the ones before it."""
 
 SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3", "4")
 """Versions :func:`preprocess` can reproduce (``version=``): a model keeps the
@@ -262,7 +264,8 @@ def preprocess(
             DICOM frames at the reduced resolution :func:`decode_reduction` picks for
             ``size`` (full resolution when ``size`` is None); "3" also applies an enhanced
             multi-frame file's per-frame functional groups (see :func:`frame_dataset`);
-            "4" also turns a PNG or JPEG as its EXIF Orientation says.
+            "4" also turns a PNG or JPEG as its EXIF Orientation says, and masks a JPEG-LS or
+            JPEG 2000 frame's bits above Bits Stored.
         frame: the 0-based index of the frame to use; ``None`` picks the middle frame
             (``frames // 2``). A PNG or JPEG has the one frame 0. To predict a whole
             multi-frame instance frame by frame, pass :func:`frame_indices` to
@@ -802,6 +805,8 @@ def _dicom_frame(
         arr, photometric = reduced
     else:
         arr, photometric = _decode_frame(ds, tsyntax, index, rows=rows, columns=columns)
+        if _at_least(version, "4") and _keeps_unused_bits(tsyntax) and arr.ndim == 2:
+            arr = mask_unused_bits(arr, _int_or(ds, "BitsStored", None))
     if arr.size == 0:
         raise InvalidImageError(f"the decoded frame is empty. Received shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
@@ -876,6 +881,35 @@ def _dicom_frame(
         blank=blank,
     )
     return pixels, metadata
+
+
+def _keeps_unused_bits(tsyntax: Any) -> bool:
+    """JPEG-LS and JPEG 2000 (HTJ2K too): pydicom corrects only their sign, never the bits
+    above Bits Stored, which it clears or sign-extends for every other syntax."""
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes
+
+    return tsyntax in JPEGLSTransferSyntaxes or tsyntax in JPEG2000TransferSyntaxes
+
+
+def mask_unused_bits(arr: np.ndarray, bits_stored: int | None) -> np.ndarray:
+    """Keep only the low ``bits_stored`` bits of integer pixels: the bits above are cleared
+    (unsigned) or copies of the sign bit (signed), as PS3.5 8.1.1 defines a stored value.
+
+    A JPEG-LS or JPEG 2000 codestream may carry whole 16-bit words (dcmtk's ``dcmcjpls``
+    writes precision 16 for Bits Stored 12 when the bits above are set: old overlay bits,
+    signed values not sign-extended); decoded, they must give what the uncompressed file
+    gives, which pydicom masks. Version "4" and later (before, such a frame was read whole).
+    A missing or impossible Bits Stored leaves the array as decoded.
+    """
+    if not np.issubdtype(arr.dtype, np.integer) or bits_stored is None:
+        return arr
+    shift = 8 * arr.dtype.itemsize - bits_stored
+    if not 0 < shift < 8 * arr.dtype.itemsize:
+        return arr
+    arr = arr if arr.flags.writeable else arr.copy()
+    np.left_shift(arr, shift, out=arr)
+    np.right_shift(arr, shift, out=arr)  # arithmetic for a signed dtype: sign-extends
+    return arr
 
 
 def _is_constant(arr: np.ndarray) -> bool:
