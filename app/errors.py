@@ -126,6 +126,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "transfer-syntax-mismatch": 422,
     "invalid-rescale": 422,
     "blank-image": 422,
+    "incomplete-pixel-header": 422,
     "preprocessing-error": 422,
     "model-not-found": 503,
     "model-corrupt": 503,

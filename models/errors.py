@@ -100,15 +100,27 @@ class InvalidImageError(PreprocessingError):
 
 
 class InvalidRescaleError(InvalidImageError):
-    """The header's modality rescale (or Modality LUT) turns an image into values that are
-    not finite, or flattens one whose stored pixels have contrast into a single value: a blank
-    image the model must not be shown. (A file window that does so is passed over for
+    """The header's Rescale Slope or Intercept is present but empty (the values, HU for a CT,
+    cannot be known), or its modality rescale (or Modality LUT) turns an image into values
+    that are not finite, or flattens one whose stored pixels have contrast into a single
+    value: a blank image the model must not be shown. (A file window that does so is passed over for
     min-max instead: the pixels themselves are sound.)"""
 
     code = "invalid-rescale"
     title = (
-        "The DICOM header's Rescale Slope/Intercept (or Modality LUT) makes the image blank or "
-        "not finite; correct them in the header, or send the original image"
+        "The DICOM header's Rescale Slope/Intercept (or Modality LUT) is empty or makes the "
+        "image blank or not finite; correct them in the header, or send the original image"
+    )
+
+
+class IncompletePixelHeaderError(InvalidImageError):
+    """An Image Pixel attribute that decoding needs (Photometric Interpretation, Bits Stored,
+    Rows ...) is absent or empty: the pixels cannot be read as the file describes them."""
+
+    code = "incomplete-pixel-header"
+    title = (
+        "The DICOM header lacks an attribute needed to read the pixels; re-export the image "
+        "with its Image Pixel attributes, or add the one named"
     )
 
 

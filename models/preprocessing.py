@@ -123,6 +123,7 @@ from radlens.models.errors import (
     CodestreamMismatchError,
     EncapsulatedUnderNativeSyntaxError,
     ImageTooLargeError,
+    IncompletePixelHeaderError,
     InvalidImageError,
     InvalidRescaleError,
     NoPixelDataError,
@@ -697,6 +698,22 @@ def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """
     from pydicom.pixels import apply_modality_lut
 
+    if not ds.get("ModalityLUTSequence") and "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        # pydicom would multiply by None; dcmtk reads an empty slope as 1, but an empty
+        # intercept is a CT's offset to HU lost: neither is guessed here
+        empty = [
+            f"{name} ({tag})"
+            for keyword, name, tag in (
+                ("RescaleSlope", "Rescale Slope", "0028,1053"),
+                ("RescaleIntercept", "Rescale Intercept", "0028,1052"),
+            )
+            if _text(ds, keyword) is None
+        ]
+        if empty:
+            raise InvalidRescaleError(
+                f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} present but "
+                "empty, so the image's values (HU for a CT) cannot be known"
+            )
     return _call(
         lambda: np.asarray(apply_modality_lut(arr, ds)),
         InvalidImageError,
@@ -883,6 +900,39 @@ def _dicom_frame(
     return pixels, metadata
 
 
+_PIXEL_HEADER = (
+    ("SamplesPerPixel", "Samples per Pixel", "0028,0002"),
+    ("PhotometricInterpretation", "Photometric Interpretation", "0028,0004"),
+    ("BitsAllocated", "Bits Allocated", "0028,0100"),
+    ("BitsStored", "Bits Stored", "0028,0101"),
+    ("PixelRepresentation", "Pixel Representation", "0028,0103"),
+)
+
+
+def _check_pixel_header(ds: Dataset) -> None:
+    """Refuse, naming them, the Image Pixel attributes pydicom needs to decode a frame that
+    are absent or empty (it would fail on the first with an AttributeError or TypeError).
+    Rows and Columns are checked when the file is parsed; Float and Double Float Pixel Data
+    have no Bits Stored or Pixel Representation. A frame decoded at reduced resolution does
+    not come here: those decoders read the codestream's own header."""
+    floats = "PixelData" not in ds
+    missing = []
+    for keyword, name, tag in _PIXEL_HEADER:
+        if floats and keyword in ("BitsStored", "PixelRepresentation"):
+            continue
+        if keyword == "PhotometricInterpretation":
+            value = _text(ds, keyword)
+        else:
+            value = _int_or(ds, keyword, None)
+        if value is None:
+            missing.append(f"{name} ({tag})")
+    if missing:
+        raise IncompletePixelHeaderError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} absent, empty or "
+            f"unreadable; SOP class {_text(ds, 'SOPClassUID') or 'not stated'}"
+        )
+
+
 def _keeps_unused_bits(tsyntax: Any) -> bool:
     """JPEG-LS and JPEG 2000 (HTJ2K too): pydicom corrects only their sign, never the bits
     above Bits Stored, which it clears or sign-extends for every other syntax."""
@@ -1063,7 +1113,7 @@ def _check_geometry(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
     rows = _int_or(ds, "Rows", None)
     columns = _int_or(ds, "Columns", None)
     if rows is None or columns is None:
-        raise InvalidImageError(
+        raise IncompletePixelHeaderError(
             f"the DICOM header lacks Rows/Columns. Received Rows={rows}, Columns={columns}"
         )
     if rows <= 0 or columns <= 0:
@@ -1491,6 +1541,7 @@ def _decode_frame(
         raise UnsupportedTransferSyntaxError(
             f"no installed plugin can decode transfer syntax {label}", transfer_syntax=label
         )
+    _check_pixel_header(ds)
     if not tsyntax.is_encapsulated and "PixelData" in ds:
         if ds["PixelData"].is_undefined_length:
             # fragments of a compressed codestream: the file is complete, its header is wrong

@@ -62,6 +62,7 @@ FAILURE_REASONS: dict[str, int] = {
     "invalid-image": DATA_SET_DOES_NOT_MATCH,
     "invalid-rescale": DATA_SET_DOES_NOT_MATCH,
     "blank-image": DATA_SET_DOES_NOT_MATCH,
+    "incomplete-pixel-header": DATA_SET_DOES_NOT_MATCH,
     "invalid-dicom-attribute": DATA_SET_DOES_NOT_MATCH,
     "preprocessing-error": DATA_SET_DOES_NOT_MATCH,
     "study-mismatch": DATA_SET_DOES_NOT_MATCH,

@@ -170,6 +170,16 @@ CORPUS: list[tuple[str, Callable[[], bytes], int, str | None]] = [
     ("bits-allocated-zero", lambda: dicom_with(BitsAllocated=0), 422, _ANY_422),
     ("bits-stored-over-allocated", lambda: dicom_with(BitsStored=40), 422, _ANY_422),
     ("samples-per-pixel-7", lambda: dicom_with(SamplesPerPixel=7), 422, _ANY_422),
+    # Type 1 attributes present but empty, as some exports and anonymisers leave them
+    (
+        "photometric-empty",
+        lambda: dicom_with(PhotometricInterpretation=None),
+        422,
+        "incomplete-pixel-header",
+    ),
+    ("bits-stored-empty", lambda: dicom_with(BitsStored=None), 422, "incomplete-pixel-header"),
+    ("rescale-intercept-empty", lambda: dicom_with(RescaleIntercept=None), 422, "invalid-rescale"),
+    ("pixels-blank", lambda: dicom_with(PixelData=bytes(16 * 16 * 2)), 422, "blank-image"),
     (
         "encapsulated-garbage-jpeg-baseline",
         lambda: encapsulated_garbage("1.2.840.10008.1.2.4.50"),

@@ -1,0 +1,85 @@
+"""An Image Pixel attribute decoding needs, absent or empty, is named in the error
+(IncompletePixelHeaderError), as is an empty Rescale Slope or Intercept (InvalidRescaleError),
+instead of pydicom's AttributeError or TypeError behind a generic title. pydicom's real
+CT_small.dcm, edited where a tag matters."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from radlens.models.errors import IncompletePixelHeaderError, InvalidRescaleError
+from radlens.models.preprocessing import preprocess
+
+_DELETE = object()  # ct_small(Keyword=_DELETE): remove the element; None: keep it, empty
+
+
+def ct_small(**changes: object) -> Dataset:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for keyword, value in changes.items():
+        if value is _DELETE:
+            del ds[keyword]
+        else:
+            ds[keyword].value = value
+    return ds
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "named"),
+    [
+        ("SamplesPerPixel", "Samples per Pixel (0028,0002)"),
+        ("PhotometricInterpretation", "Photometric Interpretation (0028,0004)"),
+        ("BitsAllocated", "Bits Allocated (0028,0100)"),
+        ("BitsStored", "Bits Stored (0028,0101)"),
+        ("PixelRepresentation", "Pixel Representation (0028,0103)"),
+    ],
+)
+@pytest.mark.parametrize("how", ["absent", "empty"])
+def test_a_missing_pixel_attribute_is_named(keyword: str, named: str, how: str) -> None:
+    ds = ct_small(**{keyword: _DELETE if how == "absent" else None})
+    with pytest.raises(IncompletePixelHeaderError, match=r"absent, empty or unreadable") as info:
+        preprocess(to_bytes(ds), size=(32, 32))
+    assert named in str(info.value)
+    assert info.value.code == "incomplete-pixel-header"
+
+
+def test_two_missing_attributes_are_both_named() -> None:
+    ds = ct_small(BitsStored=None, PhotometricInterpretation=_DELETE)
+    with pytest.raises(IncompletePixelHeaderError) as info:
+        preprocess(to_bytes(ds))
+    assert "Photometric Interpretation" in str(info.value) and "Bits Stored" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"RescaleSlope": None}, "Rescale Slope (0028,1053) is present but empty"),
+        ({"RescaleIntercept": None}, "Rescale Intercept (0028,1052) is present but empty"),
+        (
+            {"RescaleSlope": None, "RescaleIntercept": None},
+            "Rescale Slope (0028,1053) and Rescale Intercept (0028,1052) are present but empty",
+        ),
+    ],
+)
+def test_an_empty_rescale_is_named_not_guessed(changes: dict[str, object], named: str) -> None:
+    with pytest.raises(InvalidRescaleError, match=r"cannot be known") as info:
+        preprocess(to_bytes(ct_small(**changes)), window="lung")
+    assert named in str(info.value)
+
+
+def test_a_rescale_without_its_pair_still_reads_as_stored_values() -> None:
+    """pydicom applies a rescale only with both attributes: one alone is no rescale."""
+    ds = ct_small(RescaleSlope=_DELETE)
+    image = preprocess(to_bytes(ds))
+    plain = ct_small(RescaleSlope=_DELETE, RescaleIntercept=_DELETE)
+    assert (image.pixels == preprocess(to_bytes(plain)).pixels).all()
