@@ -179,12 +179,10 @@ def _prepare_upload(
     flagged = gate_upload(data, intended_use or IntendedUse(), gate, max_pixels)
     image = preprocess_upload(data, size, window, max_pixels, version)
     check_recordable(image)
-    meta = image.metadata
-    if meta.blank and meta.frames == 1:  # a multi-frame instance: when every frame is
-        raise BlankImageError(
-            f"every stored pixel of the {meta.rows}x{meta.columns} {meta.format.upper()} "
-            "image has the same value"
-        )
+    if image.metadata.blank and image.metadata.frames == 1:  # multi-frame: _predict_frames
+        from radlens.models.preprocessing import blank_image_error
+
+        raise blank_image_error(image.metadata)
     return image.model_input(), (image, hashlib.sha256(data).hexdigest(), flagged)
 
 
@@ -480,7 +478,8 @@ class Ingestor:
         thread a batch at a time, each batch's model calls queued while the next is decoded,
         so they share micro-batches (with each other and other requests); the frame already
         predicted (the middle one) is not predicted again. A frame that fails fails the
-        instance (nothing is stored)."""
+        instance (nothing is stored). Blank frames are predicted but left out of the aggregate
+        (``blank_frames``); an instance whose every predicted frame is blank is refused."""
         from radlens.models.preprocessing import frame_indices, preprocess_frames
 
         predictor = self.predictor
@@ -513,12 +512,16 @@ class Ingestor:
             await asyncio.gather(*calls.values(), return_exceptions=True)
             raise
         outputs[first.metadata.frame_index] = output
-        done = [(outputs[i], images[i]) for i in indices]
-        if all(image.metadata.blank for _, image in done):
+        # a blank frame (every stored pixel one value: padding, a frame before the exposure)
+        # is no evidence: it is left out of the aggregate, and an instance of blanks refused
+        blank = [i for i in indices if images[i].metadata.blank]
+        if len(blank) == len(indices):
             raise BlankImageError(
-                f"every stored pixel of each of the {len(done)} frames predicted (of "
+                f"every stored pixel of each of the {len(indices)} frames predicted (of "
                 f"{first.metadata.frames}) has one value"
             )
+        indices = [i for i in indices if i not in blank]
+        done = [(outputs[i], images[i]) for i in indices]
         frame_scores = np.stack([np.asarray(o.scores, dtype=np.float64) for o, _ in done])
         scores, key, result = aggregate_frames(
             indices,
@@ -532,6 +535,8 @@ class Ingestor:
         from radlens.models.registry import decide
 
         result.update(frames_ood([o.ood_score for o, _ in done], key, predictor.ood) or {})
+        if blank:
+            result["blank_frames"] = blank
         return FramesPredicted(
             scores=scores,
             label=decide(scores, manifest, predictor.operating_point),

@@ -93,7 +93,10 @@ class FrameResult(BaseModel):
     aggregation: str = Field(examples=["max"])
     top_k: int
     class_name: str = Field(description="The class whose frame scores were aggregated")
-    frames: list[int] = Field(description="0-based indices of the frames predicted")
+    frames: list[int] = Field(
+        description="0-based indices of the frames predicted and aggregated (blank_frames: "
+        "those left out)"
+    )
     scores: list[float] = Field(description="Each frame's score for class_name")
     key_frame: int = Field(description="0-based index of the frame with the highest score")
     ood_scores: list[float] | None = Field(
@@ -107,6 +110,12 @@ class FrameResult(BaseModel):
         default=None,
         description="The instance's verdict: false when the key frame or more than a quarter "
         "of the frames are out of distribution",
+    )
+    blank_frames: list[int] | None = Field(
+        default=None,
+        description="0-based indices of frames left out of frames and the aggregate because "
+        "every stored pixel of each has one value (padding, a frame before the exposure); "
+        "null: none",
     )
 
 

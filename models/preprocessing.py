@@ -120,6 +120,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from radlens.models.errors import (
+    BlankImageError,
     CodestreamMismatchError,
     EncapsulatedUnderNativeSyntaxError,
     ImageTooLargeError,
@@ -960,6 +961,15 @@ def mask_unused_bits(arr: np.ndarray, bits_stored: int | None) -> np.ndarray:
     np.left_shift(arr, shift, out=arr)
     np.right_shift(arr, shift, out=arr)  # arithmetic for a signed dtype: sign-extends
     return arr
+
+
+def blank_image_error(metadata: ImageMetadata) -> BlankImageError:
+    """The error for an image whose ``metadata.blank`` is true (the service refuses it with
+    it, training skips the file with it)."""
+    return BlankImageError(
+        f"every stored pixel of the {metadata.rows}x{metadata.columns} "
+        f"{metadata.format.upper()} image has the same value"
+    )
 
 
 def _is_constant(arr: np.ndarray) -> bool:

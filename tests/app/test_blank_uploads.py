@@ -1,6 +1,6 @@
 """A blank image (every stored pixel one value: a blanked or failed export) is refused with
 422 blank-image and nothing stored; a multi-frame instance only when every frame predicted is
-blank. On SQLite and PostgreSQL."""
+blank, its blank frames otherwise left out of the aggregate. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 import pydicom
+import pytest
 from PIL import Image
 
 from tests.app.conftest import Service, assert_problem, dicom_bytes
@@ -58,10 +59,18 @@ def test_a_multi_frame_instance_is_refused_only_when_every_frame_is_blank(
     body = assert_problem(service.post(with_frames(data, [flat] * 3)), 422, code="blank-image")
     assert "3 frames" in body["detail"]
     assert service.count() == before
-    # the middle frame blank, the others not: predicted, every frame scored
+    # the middle frame blank, the others not: predicted from the others alone
     response = service.post(with_frames(data, [arrays[0], flat, arrays[2]]))
     assert response.status_code == 201, response.text
-    assert response.json()["frame_result"]["frames"] == [0, 1, 2]
+    result = response.json()["frame_result"]
+    assert result["frames"] == [0, 2] and result["blank_frames"] == [1]
+    assert result["key_frame"] in (0, 2)
+    pair = service.post(with_frames(data, [arrays[0], arrays[2]])).json()["frame_result"]
+    assert result["scores"] == pytest.approx(pair["scores"], abs=1e-5)
+    assert (
+        service.client.get(f"/v1/predictions/{response.json()['id']}").json()["frame_result"]
+        == result
+    )
 
 
 def test_stow_rs_fails_a_blank_instance_with_data_set_does_not_match(service: Service) -> None:

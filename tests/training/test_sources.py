@@ -469,6 +469,24 @@ class TestUndecodableFiles:
         assert "truncated" in skipped["cut.dcm"] and "Rescale" in skipped["flat.dcm"]
         assert source.class_counts() == {"normal": 3, "abnormal": 3}
 
+    def test_a_blank_image_is_skipped_as_the_service_refuses_it(self, tmp_path: Path) -> None:
+        from PIL import Image
+
+        from radlens.models.errors import BlankImageError
+        from radlens.training.data.sources import drop_undecodable
+
+        root = png_folder(tmp_path / "ds", n_per_class=3)
+        Image.new("L", (32, 24), color=0).save(root / "normal" / "black.png")
+        source = open_source(root)
+        blank = next(e for e in source.examples if e.key.endswith("black.png"))
+        with pytest.raises(BlankImageError):
+            source.load_pixels(blank, size=32)
+        skipped = {Path(s.path).name: s.reason for s in drop_undecodable(source).skipped}
+        assert set(skipped) == {"black.png"}
+        assert (
+            "every stored pixel of the 24x32 PNG image has the same value" in skipped["black.png"]
+        )
+
     def test_data_check_decodes_unless_told_headers_only(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:

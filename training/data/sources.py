@@ -312,7 +312,8 @@ class DataSource:
         which; None: the current one), as the service feeds that model.
 
         Raises:
-            models.errors.PreprocessingError: the file could not be decoded.
+            models.errors.PreprocessingError: the file could not be decoded, or is blank
+                (BlankImageError: every stored pixel one value, which the service refuses).
             OSError: the file could not be read.
         """
         hw = as_size(size)
@@ -332,6 +333,8 @@ class DataSource:
             version=version or preprocessing.PREPROCESSING_VERSION,
             frame=split_frame_key(example.key)[1],  # one frame of a multi-frame slice
         )
+        if image.metadata.blank:  # what the service refuses is not trained or evaluated on
+            raise preprocessing.blank_image_error(image.metadata)
         return np.asarray(image.model_input(), dtype=np.float32)
 
 
