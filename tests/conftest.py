@@ -14,15 +14,26 @@ SHARED_DICOM = SHARED_DATA / "dicom"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pynetdicom_dicom_paths() -> list[Path]:
+    """The real DICOM files pynetdicom's wheel ships for its own tests (a CT with a bad file
+    meta, big endian and JPEG 2000 MR, an RT image, a deflated secondary capture)."""
+    import pynetdicom
+
+    folder = Path(pynetdicom.__file__).parent / "tests" / "dicom_files"
+    return sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+
+
 def real_dicom_paths(pattern: str = "*") -> list[Path]:
-    """Every file matching ``pattern`` in pydicom's and pydicom-data's test files, then the
-    ``*.dcm`` of ../shared/data/dicom (when present). By directory: pydicom's
-    ``get_testdata_files()`` would try to download its remote files."""
+    """Every file matching ``pattern`` in pydicom's and pydicom-data's test files, then
+    pynetdicom's (:func:`pynetdicom_dicom_paths`) and the ``*.dcm`` of ../shared/data/dicom
+    (when present). By directory: pydicom's ``get_testdata_files()`` would try to download
+    its remote files."""
     from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 
     roots = [Path(DATA_ROOT) / "test_files"]
     roots += [Path(source.data_path) for source in external_data_sources().values()]
     paths = sorted(p for root in roots for p in root.rglob(pattern) if p.is_file())
+    paths += [p for p in pynetdicom_dicom_paths() if p.match(pattern)]
     if SHARED_DICOM.is_dir():
         paths += sorted(SHARED_DICOM.glob("*.dcm"))
     return paths

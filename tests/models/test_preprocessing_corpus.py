@@ -1,9 +1,10 @@
 """radlens.models.preprocessing on every real DICOM we have, and on fuzzed DICOM bytes.
 
 The corpus is pydicom's bundled test files, pydicom-data's files (both through
-``get_testdata_files()``) and ../shared/data/dicom. Each file either decodes to float32 in
-[0, 1] of its declared (Rows, Columns), or raises a PreprocessingError subclass; and any file
-pydicom itself can decode must decode here too, so "typed error" cannot hide a regression.
+``get_testdata_files()``), pynetdicom's and ../shared/data/dicom. Each file either decodes to
+float32 in [0, 1] of its declared (Rows, Columns), or raises a PreprocessingError subclass;
+and any file pydicom itself can decode must decode here too, so "typed error" cannot hide a
+regression.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pydicom.data import get_testdata_file, get_testdata_files
 
 from radlens.models.errors import PreprocessingError
 from radlens.models.preprocessing import PreprocessedImage, preprocess
-from tests.conftest import SHARED_DICOM
+from tests.conftest import SHARED_DICOM, pynetdicom_dicom_paths
 
 NOT_DICOM_SUFFIXES = {".txt", ".json", ".gz", ".icc", ".dump"}
 MAX_FILE_BYTES = 20_000_000  # larger files would dominate the run; none are this big today
@@ -40,6 +41,8 @@ def corpus() -> list[pytest.param]:
             marks.append(pytest.mark.skip(reason=f"over {MAX_FILE_BYTES} bytes: too slow here"))
         label = f"{path.parent.name}/{path.name}"
         params.append(pytest.param(path, id=label, marks=marks))
+    for path in pynetdicom_dicom_paths():
+        params.append(pytest.param(path, id=f"pynetdicom/{path.name}"))
     if SHARED_DICOM.is_dir():
         for path in sorted(SHARED_DICOM.glob("*.dcm")):
             params.append(pytest.param(path, id=f"shared/{path.name}"))
