@@ -145,13 +145,14 @@ PREPROCESSING_VERSION = "4"
 
 "4": a PNG or JPEG is turned as its EXIF Orientation says (:func:`exif_orientation`), the
 image a viewer shows; a JPEG-LS or JPEG 2000 frame keeps only its Bits Stored
-(:func:`mask_unused_bits`), as the uncompressed file does. "3": an enhanced multi-frame
-image's per-frame functional groups (rescale, window) are applied to the frame used (see
-:func:`frame_dataset`); Presentation LUT Shape INVERSE is honoured (:func:`display_inverted`);
-a 16-bit PNG is scaled by its actual bit depth (:func:`scale_16bit`). "2": JPEG 2000 and
-baseline JPEG DICOM frames are decoded at a reduced resolution when a ``size`` is given (see
-:func:`decode_reduction`). "1": every frame decoded in full. Each version keeps the changes of
-the ones before it."""
+(:func:`mask_unused_bits`), as the uncompressed file does; a file window that leaves the
+image within one display gray level gives way to min-max as a blanking one does. "3": an
+enhanced multi-frame image's per-frame functional groups (rescale, window) are applied to the
+frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is honoured
+(:func:`display_inverted`); a 16-bit PNG is scaled by its actual bit depth
+(:func:`scale_16bit`). "2": JPEG 2000 and baseline JPEG DICOM frames are decoded at a reduced
+resolution when a ``size`` is given (see :func:`decode_reduction`). "1": every frame decoded in
+full. Each version keeps the changes of the ones before it."""
 
 SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3", "4")
 """Versions :func:`preprocess` can reproduce (``version=``): a model keeps the
@@ -843,7 +844,7 @@ def _dicom_frame(
             # With a value table, the per-value steps below run once per distinct stored
             # value (table.domain) instead of once per pixel; see _value_table.
             source = arr if table is None else table.domain
-            pixels, label = _grayscale(source, pixel_ds, window, table=table)
+            pixels, label = _grayscale(source, pixel_ds, window, table=table, version=version)
             if display_inverted(photometric, ds, version=version):
                 pixels = 1.0 - pixels
     elif arr.ndim == 3 and arr.shape[2] in (3, 4):
@@ -1635,7 +1636,12 @@ def _decode_frame(
 
 
 def _grayscale(
-    arr: np.ndarray, ds: Dataset, window: str | None, *, table: _ValueTable | None = None
+    arr: np.ndarray,
+    ds: Dataset,
+    window: str | None,
+    *,
+    table: _ValueTable | None = None,
+    version: str = PREPROCESSING_VERSION,
 ) -> tuple[np.ndarray, str]:
     """Modality LUT then VOI, to [0, 1] (before any MONOCHROME1 inversion).
 
@@ -1652,9 +1658,18 @@ def _grayscale(
     minmax = _min_max(values, None if table is None else table.present)
     if file_window is None:
         return minmax, "minmax"
-    if _blanks(arr, file_window[0]):  # the file's window would show the model a blank
+    # from version "4", a window that leaves the whole image within one gray level of an
+    # 8-bit display blanks it too (a width of 1e7 on 12-bit values, a window in stored units
+    # over a rescale to optical density); before, only one that maps it to one value
+    within = _NEARLY_BLANK if _at_least(version, "4") else 0.0
+    if _blanks(arr, file_window[0], within=within):  # the model would be shown a blank
         return minmax, f"minmax(not {file_window[1]})"
     return file_window
+
+
+_NEARLY_BLANK = 1.0 / 255.0
+"""A file window or VOI LUT whose output over the whole image spans less than this (one gray
+level of an 8-bit display) shows a blank (version "4"; :func:`_blanks`)."""
 
 
 def _check_modality_output(
@@ -1689,15 +1704,17 @@ def _check_modality_output(
             )
 
 
-def _blanks(arr: np.ndarray, pixels: np.ndarray) -> bool:
+def _blanks(arr: np.ndarray, pixels: np.ndarray, *, within: float = 0.0) -> bool:
     """Whether the file's window or VOI LUT maps every pixel of an image whose stored values
-    have contrast to one value (a 30/100 brain window on a crop of bone, Window Center/Width
-    40/1 on an MR, a width of 1e308). The file's VOI is then passed over for min-max (the
-    label says so: ``minmax(not file:30/100)``): the model sees the image, not a blank, and a
-    real file whose window does not suit the crop is not refused. ``arr`` is the stored frame
-    or its value table's domain; a constant stored image stays as its window maps it."""
+    have contrast to one value, or (``within`` > 0) to values spanning less than ``within``
+    (a 30/100 brain window on a crop of bone, Window Center/Width 40/1 on an MR, a width of
+    1e308). The file's VOI is then passed over for min-max (the label says so:
+    ``minmax(not file:30/100)``): the model sees the image, not a blank, and a real file whose
+    window does not suit the crop is not refused. ``arr`` is the stored frame or its value
+    table's domain; a constant stored image stays as its window maps it."""
     lo, hi = _value_range(pixels)
-    if lo != hi:
+    spread = hi - lo
+    if not (spread == 0.0 or spread < within):  # NaN: not judged blank here
         return False
     stored_lo, stored_hi = _value_range(arr)
     return stored_lo != stored_hi

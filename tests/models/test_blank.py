@@ -79,3 +79,32 @@ def test_each_frame_of_a_multi_frame_instance_says_whether_it_is_blank() -> None
     ds.save_as(buffer, enforce_file_format=True)
     blanks = [f.metadata.blank for f in preprocess_frames(buffer.getvalue(), [0, 1])]
     assert blanks == [True, False]
+
+
+class TestNearlyBlankFileWindow:
+    """Version "4": a file window leaving the whole image within one gray level of an 8-bit
+    display (found by the QA round: a window in stored units over a rescale to optical
+    density) gives way to min-max, as one mapping it to a single value did before."""
+
+    @staticmethod
+    def windowed(width: float) -> bytes:
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.WindowCenter, ds.WindowWidth = 0, width
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    def test_a_window_a_million_wide_gives_way_to_min_max(self) -> None:
+        image = preprocess(self.windowed(1e6))
+        assert image.metadata.window == "minmax(not file:0/1e+06)"
+        assert (float(image.pixels.min()), float(image.pixels.max())) == (0.0, 1.0)
+
+    def test_version_3_keeps_the_window(self) -> None:
+        image = preprocess(self.windowed(1e6), version="3")
+        assert image.metadata.window == "file:0/1e+06"
+        assert float(image.pixels.max() - image.pixels.min()) < 1 / 255
+
+    def test_a_wide_window_that_still_shows_a_few_levels_is_kept(self) -> None:
+        image = preprocess(self.windowed(1e5))
+        assert image.metadata.window == "file:0/100000"
+        assert float(image.pixels.max() - image.pixels.min()) > 1 / 255
