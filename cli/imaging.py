@@ -104,6 +104,16 @@ def inspect(
         f"frames: {meta['frames']} (using frame {meta['frame_index']})",
         f"bits stored: {meta['bits_stored'] if meta['bits_stored'] is not None else '-'}",
         f"window: {meta['window']}",
+        *(
+            [f"EXIF orientation: {meta['exif_orientation']} (turned as a viewer shows it)"]
+            if meta["exif_orientation"]
+            else []
+        ),
+        *(
+            ["blank: every stored pixel has one value (the service refuses it: blank-image)"]
+            if meta["blank"]
+            else []
+        ),
         f"preprocessed: shape {tuple(stats['shape'])} {stats['dtype']}, "
         f"min {stats['min']:.4f}, max {stats['max']:.4f}, "
         f"mean {stats['mean']:.4f}, std {stats['std']:.4f}",

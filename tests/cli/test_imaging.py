@@ -69,6 +69,18 @@ class TestInspect:
         assert report["metadata"]["format"] == "png"
         assert report["pixels"]["max"] == 1.0
 
+    def test_a_turned_or_blank_image_says_so(self, tmp_path, capsys):
+        path = tmp_path / "phone.jpg"
+        image = Image.fromarray(np.full((6, 9), 255, np.uint8))
+        exif = image.getexif()
+        exif[0x0112] = 6
+        image.save(path, exif=exif)
+        assert main(["inspect", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "rows x columns: 9 x 6" in out
+        assert "EXIF orientation: 6 (turned as a viewer shows it)" in out
+        assert "blank: every stored pixel has one value" in out  # and it is all white
+
     def test_no_patient_identifiers_in_the_output(self, capsys):
         ds = pydicom.dcmread(CT_SMALL)
         name = str(ds.PatientName)
