@@ -874,7 +874,12 @@ def _dicom_frame(
             f"RescaleIntercept={_text(pixel_ds, 'RescaleIntercept')!r}"
         )
     pixels = np.clip(pixels, 0.0, 1.0)
-    blank = _is_constant(arr if table is None else table.domain)
+    # the stored values (a gray frame's, or its table's domain; a palette's indices), or a
+    # colour frame's gray: one colour all over is blank whatever its channels hold
+    if arr.ndim == 3:
+        blank = _is_constant(pixels)
+    else:
+        blank = _is_constant(arr if table is None else table.domain)
     if table is not None:
         pixels = table.lookup(pixels)  # look every pixel up: (H, W) float32
 

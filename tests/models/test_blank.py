@@ -108,3 +108,18 @@ class TestNearlyBlankFileWindow:
         image = preprocess(self.windowed(1e5))
         assert image.metadata.window == "file:0/100000"
         assert float(image.pixels.max() - image.pixels.min()) > 1 / 255
+
+
+def test_one_colour_all_over_is_blank_in_a_colour_dicom_too() -> None:
+    """A colour frame is judged by its gray, as a PNG is: (10, 200, 30) everywhere is blank,
+    though its channels differ; pydicom's real SC_rgb.dcm is not."""
+    path = get_testdata_file("SC_rgb.dcm")
+    ds = pydicom.dcmread(path)
+    flat = np.empty((ds.Rows, ds.Columns, 3), np.uint8)
+    flat[...] = (10, 200, 30)
+    ds.PixelData = flat.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    assert preprocess(buffer.getvalue()).metadata.blank
+    with open(path, "rb") as handle:
+        assert not preprocess(handle.read()).metadata.blank
