@@ -110,6 +110,7 @@ import functools
 import io
 import logging
 import math
+import struct
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -1330,8 +1331,6 @@ def _j2k_main_header(codestream: bytes) -> tuple[int, int, int]:
     segments (ISO/IEC 15444-1 A.5.1 SIZ, A.6.1 COD, A.6.2 COC) up to the first tile.
     Returns levels 0 (no reduction) for anything it does not recognise.
     """
-    import struct
-
     if codestream[:4] != b"\xff\x4f\xff\x51" or len(codestream) < 42:
         return 0, 0, 0
     x_offset, y_offset = struct.unpack(">II", codestream[16:24])
@@ -1987,8 +1986,10 @@ def _preprocess_pillow(
                 f"exceeding the limit of {max_pixels}"
             )
         try:
-            image.load()
+            # before load: a PNG's eXIf chunk after the image data, which viewers pass over,
+            # only joins image.info when the data is read
             orientation = exif_orientation(image) if _at_least(version, "4") else None
+            image.load()
             significant = _png_significant_bits(data) if kind == "png" else None
             shown = _upright(image, orientation)
             try:
@@ -2028,20 +2029,40 @@ def _preprocess_pillow(
 
 
 def exif_orientation(image: PILImage.Image) -> int | None:
-    """The EXIF Orientation (274) of an opened PNG or JPEG when it turns or mirrors the
-    image (2-8), else ``None``: absent, 1 (upright), another value, or EXIF Pillow cannot
-    read (which a viewer would also pass over, showing the pixels as stored).
+    """The EXIF Orientation (274) of a PNG or JPEG opened and not yet loaded, when it turns or
+    mirrors the image (2-8) and a viewer would follow it; else ``None``.
 
-    Cameras, phones and some export tools store the pixels as the sensor read them and
-    say in this tag how to turn them; browsers and viewers show the turned image, which is
-    what a reader of the upload saw. From preprocessing version "4" the model gets that
-    image too (:func:`preprocess`), and so do the overlay and the reported rows/columns.
+    Cameras, phones and some export tools store the pixels as the sensor read them and say
+    in this tag how to turn them; browsers and viewers show the turned image, which is what a
+    reader of the upload saw. From preprocessing version "4" the model gets that image too
+    (:func:`preprocess`), and so do the overlay and the reported rows/columns.
+
+    What counts is what Chromium follows (tests/models/test_exif_browser.py): the EXIF block
+    of a JPEG's APP1 segment or of a PNG's eXIf chunk before the image data (what
+    ``image.info["exif"]`` holds before ``load``), and in its first IFD an Orientation entry
+    of type SHORT and count 1. A LONG or a count of 2, an eXIf chunk after the image data, an
+    ImageMagick "Raw profile type exif" text chunk or EXIF that cannot be read: ``None``, the
+    pixels as stored, as the viewer shows them. Pillow reads the block but gives the value of
+    such an entry without its type and count, so the entry is read here (TIFF 6.0 section 2:
+    byte order, 42, the IFD's offset; 12-byte entries of tag, type, count, value).
     """
-    try:
-        value = image.getexif().get(0x0112)
-    except Exception:  # a malformed EXIF block: Pillow raises many types for one
+    block = image.info.get("exif")
+    if not isinstance(block, bytes):
         return None
-    return int(value) if isinstance(value, int) and 2 <= value <= 8 else None
+    tiff = block[6:] if block.startswith(b"Exif\x00\x00") else block
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8 or struct.unpack(order + "H", tiff[2:4])[0] != 42:
+        return None
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return None
+    (entries,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+    for at in range(ifd + 2, min(ifd + 2 + 12 * entries, len(tiff) - 11), 12):
+        tag, kind, count = struct.unpack(order + "HHI", tiff[at : at + 8])
+        if tag == 0x0112:
+            (value,) = struct.unpack(order + "H", tiff[at + 8 : at + 10])
+            return value if kind == 3 and count == 1 and 2 <= value <= 8 else None
+    return None
 
 
 def _upright(image: PILImage.Image, orientation: int | None) -> PILImage.Image:
@@ -2129,8 +2150,6 @@ def _png_significant_bits(data: bytes) -> int | None:
     Pillow reads PNG without exposing sBIT, so the chunks before the image data are walked
     here (PNG 5.3: 4-byte length, 4-byte type, data, 4-byte CRC; sBIT must precede IDAT).
     """
-    import struct
-
     offset = len(_PNG_SIGNATURE)
     while offset + 8 <= len(data):
         length = struct.unpack(">I", data[offset : offset + 4])[0]

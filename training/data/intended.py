@@ -49,9 +49,8 @@ def _raster_header(path: Path, kind: str) -> dict[str, Any]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            # as preprocessing turns it (a quarter turn swaps the sides); only EXIF that the
-            # header holds: a PNG's eXIf chunk after the image data would need a full decode
-            if "exif" in image.info and (exif_orientation(image) or 0) >= 5:
+            # as preprocessing turns it (a quarter turn swaps the sides)
+            if (exif_orientation(image) or 0) >= 5:
                 width, height = height, width
     except Exception:  # Pillow raises many types for a bad file; it is skipped at decode
         return {"format": "unreadable"}
