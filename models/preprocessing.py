@@ -147,7 +147,8 @@ PREPROCESSING_VERSION = "4"
 "4": a PNG or JPEG is turned as its EXIF Orientation says (:func:`exif_orientation`), the
 image a viewer shows; a JPEG-LS or JPEG 2000 frame keeps only its Bits Stored
 (:func:`mask_unused_bits`), as the uncompressed file does; a file window that leaves the
-image within one display gray level gives way to min-max as a blanking one does. "3": an
+image within one display gray level gives way to min-max as a blanking one does; an Image
+Pixel attribute absent or empty is refused whichever decoder reads the frame. "3": an
 enhanced multi-frame image's per-frame functional groups (rescale, window) are applied to the
 frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is honoured
 (:func:`display_inverted`); a 16-bit PNG is scaled by its actual bit depth
@@ -815,6 +816,8 @@ def _dicom_frame(
     """Decode frame ``index`` of a parsed file and map it to display values in [0, 1]."""
     ds, tsyntax = parsed.ds, parsed.tsyntax
     rows, columns, frames = parsed.rows, parsed.columns, parsed.frames
+    if _at_least(version, "4"):  # whichever decoder reads the frame (before: the full decode)
+        _check_pixel_header(ds)
     codestream = _frame_codestream(ds, tsyntax, index, frames)
     reduced = None
     if codestream is not None:
@@ -921,8 +924,10 @@ def _check_pixel_header(ds: Dataset) -> None:
     """Refuse, naming them, the Image Pixel attributes pydicom needs to decode a frame that
     are absent or empty (it would fail on the first with an AttributeError or TypeError).
     Rows and Columns are checked when the file is parsed; Float and Double Float Pixel Data
-    have no Bits Stored or Pixel Representation. A frame decoded at reduced resolution does
-    not come here: those decoders read the codestream's own header."""
+    have no Bits Stored or Pixel Representation. From version "4" every frame is checked, so
+    a file gets the same answer whichever decoder the model size and ``?explain`` pick; a
+    model of an older version still has a frame decoded at reduced resolution (whose decoder
+    reads the codestream's own header) without it, as it was trained."""
     floats = "PixelData" not in ds
     missing = []
     for keyword, name, tag in _PIXEL_HEADER:
