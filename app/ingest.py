@@ -516,9 +516,16 @@ class Ingestor:
         # is no evidence: it is left out of the aggregate, and an instance of blanks refused
         blank = [i for i in indices if images[i].metadata.blank]
         if len(blank) == len(indices):
+            sampled = len(indices) < first.metadata.frames
             raise BlankImageError(
                 f"every stored pixel of each of the {len(indices)} frames predicted (of "
                 f"{first.metadata.frames}) has one value"
+                + (
+                    "; only every k-th frame is read above RADLENS_MAX_FRAMES, and the others "
+                    "were not"
+                    if sampled
+                    else ""
+                )
             )
         indices = [i for i in indices if i not in blank]
         done = [(outputs[i], images[i]) for i in indices]

@@ -123,6 +123,15 @@ class IncompletePixelHeaderError(InvalidImageError):
         "with its Image Pixel attributes, or add the one named"
     )
 
+    def __init__(self, detail: str, missing: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.missing = list(missing or [])
+
+    @property
+    def comment(self) -> str:
+        """A short reason for a DICOM Error Comment (64 characters): the first attribute."""
+        return f"Pixel header lacks {self.missing[0] if self.missing else 'an attribute'}"
+
 
 class BlankImageError(InvalidImageError):
     """Every stored pixel of the image (every predicted frame of a multi-frame instance) has
@@ -135,6 +144,7 @@ class BlankImageError(InvalidImageError):
         "The image is blank (every pixel has the same value), so there is nothing to read; "
         "send the image with its pixels (an export or an anonymiser may have blanked them)"
     )
+    comment = "Blank image: every pixel has the same value"  # a DICOM Error Comment
 
 
 # --- model store -----------------------------------------------------------------------

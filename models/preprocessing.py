@@ -702,7 +702,22 @@ def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """
     from pydicom.pixels import apply_modality_lut
 
-    if not ds.get("ModalityLUTSequence") and "RescaleSlope" in ds and "RescaleIntercept" in ds:
+    sequence = ds.get("ModalityLUTSequence")
+    if sequence:  # pydicom reads its first item's descriptor and data, or raises
+        lacking = [
+            f"{name} ({tag})"
+            for keyword, name, tag in (
+                ("LUTDescriptor", "LUT Descriptor", "0028,3002"),
+                ("LUTData", "LUT Data", "0028,3006"),
+            )
+            if sequence[0].get(keyword) in (None, b"", "", [])
+        ]
+        if lacking:
+            raise InvalidRescaleError(
+                f"the Modality LUT Sequence (0028,3000) item lacks {' and '.join(lacking)}, "
+                "so the image's values cannot be known"
+            )
+    elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
         # pydicom would multiply by None; dcmtk reads an empty slope as 1, but an empty
         # intercept is a CT's offset to HU lost: neither is guessed here
         empty = [
@@ -942,7 +957,8 @@ def _check_pixel_header(ds: Dataset) -> None:
     if missing:
         raise IncompletePixelHeaderError(
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} absent, empty or "
-            f"unreadable; SOP class {_text(ds, 'SOPClassUID') or 'not stated'}"
+            f"unreadable; SOP class {_text(ds, 'SOPClassUID') or 'not stated'}",
+            missing,
         )
 
 
@@ -978,8 +994,13 @@ def mask_unused_bits(arr: np.ndarray, bits_stored: int | None) -> np.ndarray:
 def blank_image_error(metadata: ImageMetadata) -> BlankImageError:
     """The error for an image whose ``metadata.blank`` is true (the service refuses it with
     it, training skips the file with it)."""
+    where = (
+        f"frame {metadata.frame_index} of {metadata.frames} (the one read) of the "
+        if metadata.frames > 1
+        else "the "
+    )
     return BlankImageError(
-        f"every stored pixel of the {metadata.rows}x{metadata.columns} "
+        f"every stored pixel of {where}{metadata.rows}x{metadata.columns} "
         f"{metadata.format.upper()} image has the same value"
     )
 
@@ -1136,7 +1157,8 @@ def _check_geometry(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
     columns = _int_or(ds, "Columns", None)
     if rows is None or columns is None:
         raise IncompletePixelHeaderError(
-            f"the DICOM header lacks Rows/Columns. Received Rows={rows}, Columns={columns}"
+            f"the DICOM header lacks Rows/Columns. Received Rows={rows}, Columns={columns}",
+            ["Rows (0028,0010)" if rows is None else "Columns (0028,0011)"],
         )
     if rows <= 0 or columns <= 0:
         raise InvalidImageError(f"zero-size image. Received Rows={rows}, Columns={columns}")

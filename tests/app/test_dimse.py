@@ -102,6 +102,30 @@ def test_truncated_pixel_data_fails_and_stores_nothing(node: Node) -> None:
     assert node.count("predictions") == before
 
 
+@pytest.mark.parametrize(
+    ("change", "comment"),
+    [
+        ({"PixelData": bytes(16 * 16 * 2)}, "Blank image: every pixel has the same value"),
+        ({"BitsStored": None}, "Pixel header lacks Bits Stored (0028,0101)"),
+    ],
+)
+def test_a_refusal_names_its_reason_in_the_error_comment(
+    node: Node, change: dict[str, Any], comment: str
+) -> None:
+    """Found by QA round 2: the Error Comment (64 characters) was the problem title cut short,
+    which never reached the attribute or the word blank."""
+    before = node.count("predictions")
+    ds = dcmread(__import__("io").BytesIO(dicom_bytes(seed=5)))
+    for keyword, value in change.items():
+        ds[keyword].value = value
+    assoc = _assoc(node)
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0xC000
+    assert status.ErrorComment == comment
+    assert node.count("predictions") == before
+
+
 def test_calling_ae_not_on_the_list_is_rejected(node: Node) -> None:
     before = node.count("predictions")
     assoc = _assoc(node, calling="INTRUDER")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from radlens.models.preprocessing import preprocess, preprocess_frames
+from radlens.models.preprocessing import blank_image_error, preprocess, preprocess_frames
 
 
 def ct(pixels: np.ndarray) -> bytes:
@@ -123,3 +123,23 @@ def test_one_colour_all_over_is_blank_in_a_colour_dicom_too() -> None:
     assert preprocess(buffer.getvalue()).metadata.blank
     with open(path, "rb") as handle:
         assert not preprocess(handle.read()).metadata.blank
+
+
+def test_the_blank_error_of_a_multi_frame_file_names_the_frame_read() -> None:
+    """Training reads one frame of a multi-frame file (the middle one): its skip reason says
+    that frame is blank, not the file (found by QA round 2: "the image is blank" for a file
+    whose other frames were not)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    frames = [np.arange(256, dtype=np.uint16).reshape(16, 16), np.full((16, 16), 7, np.uint16)]
+    frames.append(frames[0])
+    ds.Rows = ds.Columns = 16
+    ds.NumberOfFrames = 3
+    ds.PixelData = b"".join(f.tobytes() for f in frames)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    image = preprocess(buffer.getvalue())
+    assert image.metadata.blank and image.metadata.frame_index == 1
+    assert str(blank_image_error(image.metadata)).endswith(
+        "every stored pixel of frame 1 of 3 (the one read) of the 16x16 DICOM image has the "
+        "same value"
+    )

@@ -100,3 +100,14 @@ def test_the_same_answer_whichever_decoder_reads_the_frame(size: tuple[int, int]
         preprocess(data, size=size)
     if size is not None:
         assert preprocess(data, size=size, version="3").pixels.shape == size
+
+
+def test_a_modality_lut_item_without_its_table_is_named() -> None:
+    """Found by QA round 2: pydicom's AttributeError for LUTDescriptor behind a generic title."""
+    from pydicom.sequence import Sequence
+
+    ds = ct_small(RescaleSlope=_DELETE, RescaleIntercept=_DELETE)
+    ds.ModalityLUTSequence = Sequence([Dataset()])
+    with pytest.raises(InvalidRescaleError, match=r"Modality LUT Sequence \(0028,3000\) item "):
+        preprocess(to_bytes(ds))
+    assert preprocess(to_bytes(pydicom.dcmread(get_testdata_file("mlut_18.dcm")))).pixels.size
