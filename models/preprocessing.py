@@ -141,6 +141,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+def _not_a_plugin_traceback(record: logging.LogRecord) -> bool:
+    """pydicom logs each decoding plugin that fails with its traceback at ERROR, also when the
+    next plugin decodes the frame; whatever fails in the end reaches the caller as a typed
+    PreprocessingError quoting the plugins' messages (a 422 in the service), so these records
+    only put tracebacks for a refused upload into the service's log. Its other records pass."""
+    return record.exc_info is None
+
+
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_not_a_plugin_traceback)
+
 PREPROCESSING_VERSION = "4"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 

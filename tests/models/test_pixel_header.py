@@ -111,3 +111,16 @@ def test_a_modality_lut_item_without_its_table_is_named() -> None:
     with pytest.raises(InvalidRescaleError, match=r"Modality LUT Sequence \(0028,3000\) item "):
         preprocess(to_bytes(ds))
     assert preprocess(to_bytes(pydicom.dcmread(get_testdata_file("mlut_18.dcm")))).pixels.size
+
+
+def test_a_decoder_failure_leaves_no_traceback_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Found by QA round 2: pydicom logged each failing plugin's traceback at ERROR for an
+    upload the service refused with a 422 (pydicom's own broken JPEG 2000 file)."""
+    from radlens.models.errors import PreprocessingError
+
+    path = get_testdata_file("JPEG2000-embedded-sequence-delimiter.dcm")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with caplog.at_level("DEBUG"), pytest.raises(PreprocessingError):
+        preprocess(data, size=(64, 64))
+    assert [r for r in caplog.records if r.exc_info] == []
