@@ -696,3 +696,33 @@ def test_notice_is_left_out_only_for_a_validated_loaded_model() -> None:
     assert clinical_notice(M(), "m", 1) is not None  # type: ignore[arg-type]  # another version
     M.validated_for_clinical_use = False
     assert clinical_notice(M()) is not None  # type: ignore[arg-type]
+
+
+def test_detail_names_the_frames_used_and_the_blank_ones_left_out(
+    ui: TestClient, service: Service
+) -> None:
+    """Found by QA round 2: the page said "3 frame(s)" and nothing of the key frame or of the
+    blank frames the aggregate left out."""
+    import io
+
+    import numpy as np
+    import pydicom
+
+    from tests.app.test_series import multiframe_bytes
+
+    data, arrays = multiframe_bytes(3, seed=12)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PixelData = b"".join(
+        a.tobytes() for a in (arrays[0], np.full_like(arrays[1], 900), arrays[2])
+    )
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    posted = service.post(buffer.getvalue())
+    assert posted.status_code == 201, posted.text
+    key = posted.json()["frame_result"]["key_frame"]
+    login(ui, service.api_key or "")
+    page = ui.get(f"/ui/predictions/{posted.json()['id']}")
+    assert page.status_code == 200, page.text
+    text = re.sub(r"\s+", " ", page.text)
+    assert "2 of 3 predicted one by one, aggregated by max" in text
+    assert f"key frame {key} (0-based; the one explained); blank frames left out: 1" in text
