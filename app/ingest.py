@@ -179,10 +179,11 @@ def _prepare_upload(
     flagged = gate_upload(data, intended_use or IntendedUse(), gate, max_pixels)
     image = preprocess_upload(data, size, window, max_pixels, version)
     check_recordable(image)
-    if image.metadata.blank and image.metadata.frames == 1:  # multi-frame: _predict_frames
+    meta = image.metadata
+    if meta.blank and not (meta.format == "dicom" and meta.frames > 1):  # else _predict_frames
         from radlens.models.preprocessing import blank_image_error
 
-        raise blank_image_error(image.metadata)
+        raise blank_image_error(meta)
     return image.model_input(), (image, hashlib.sha256(data).hexdigest(), flagged)
 
 
@@ -478,8 +479,9 @@ class Ingestor:
         thread a batch at a time, each batch's model calls queued while the next is decoded,
         so they share micro-batches (with each other and other requests); the frame already
         predicted (the middle one) is not predicted again. A frame that fails fails the
-        instance (nothing is stored). Blank frames are predicted but left out of the aggregate
-        (``blank_frames``); an instance whose every predicted frame is blank is refused."""
+        instance (nothing is stored). Blank frames are not sent to the model (the first one,
+        already predicted, aside) and are left out of the aggregate (``blank_frames``); an
+        instance whose every frame read is blank is refused."""
         from radlens.models.preprocessing import frame_indices, preprocess_frames
 
         predictor = self.predictor
@@ -504,6 +506,8 @@ class Ingestor:
                 for image in batch:
                     index = image.metadata.frame_index
                     images[index] = image
+                    if image.metadata.blank:  # no evidence: not sent to the model
+                        continue
                     calls[index] = asyncio.create_task(predictor.predict(image.model_input()))
             outputs = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
         except BaseException:
@@ -512,6 +516,7 @@ class Ingestor:
             await asyncio.gather(*calls.values(), return_exceptions=True)
             raise
         outputs[first.metadata.frame_index] = output
+        called = list(outputs.values())  # every model call made (the first frame's is made)
         # a blank frame (every stored pixel one value: padding, a frame before the exposure)
         # is no evidence: it is left out of the aggregate, and an instance of blanks refused
         blank = [i for i in indices if images[i].metadata.blank]
@@ -548,8 +553,8 @@ class Ingestor:
             scores=scores,
             label=decide(scores, manifest, predictor.operating_point),
             image=done[key][1],
-            inference_ms=sum(float(o.inference_ms) for o, _ in done),
-            batch_size=max(int(o.batch_size) for o, _ in done),
+            inference_ms=sum(float(o.inference_ms) for o in called),
+            batch_size=max(int(o.batch_size) for o in called),
             result=result,
         )
 

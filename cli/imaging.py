@@ -109,16 +109,21 @@ def inspect(
             if meta["exif_orientation"]
             else []
         ),
-        *(
-            ["blank: every stored pixel has one value (the service refuses it: blank-image)"]
-            if meta["blank"]
-            else []
-        ),
+        *([_blank_line(meta)] if meta["blank"] else []),
         f"preprocessed: shape {tuple(stats['shape'])} {stats['dtype']}, "
         f"min {stats['min']:.4f}, max {stats['max']:.4f}, "
         f"mean {stats['mean']:.4f}, std {stats['std']:.4f}",
     ]
     typer.echo("\n".join(lines))
+
+
+def _blank_line(meta: dict[str, Any]) -> str:
+    if meta["format"] == "dicom" and meta["frames"] > 1:
+        return (
+            f"blank: every stored pixel of frame {meta['frame_index']} has one value (the "
+            "service leaves blank frames out of an instance's aggregate)"
+        )
+    return "blank: every stored pixel has one value (the service refuses it: blank-image)"
 
 
 def to_display(response: np.ndarray, kind: str) -> np.ndarray:

@@ -134,10 +134,11 @@ class IncompletePixelHeaderError(InvalidImageError):
 
 
 class BlankImageError(InvalidImageError):
-    """Every stored pixel of the image (every predicted frame of a multi-frame instance) has
-    one value: there is nothing to read, and a score on it would mean nothing. Raised by the
-    service, not by preprocessing (``ImageMetadata.blank``): a blank frame among others is
-    predicted with its instance, and a training set keeps its files."""
+    """Every stored pixel of the image (every frame read of a multi-frame instance) has one
+    value: there is nothing to read, and a score on it would mean nothing. Raised by the
+    service and by training's loader, not by preprocessing (``ImageMetadata.blank``): a blank
+    frame among others is left out of its instance's aggregate, and training skips the file
+    (an npz data set's arrays are taken as given)."""
 
     code = "blank-image"
     title = (

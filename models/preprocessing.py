@@ -156,8 +156,9 @@ PREPROCESSING_VERSION = "4"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
 "4": a PNG or JPEG is turned as its EXIF Orientation says (:func:`exif_orientation`), the
-image a viewer shows; a JPEG-LS or JPEG 2000 frame keeps only its Bits Stored
-(:func:`mask_unused_bits`), as the uncompressed file does; a file window that leaves the
+image a viewer shows; a JPEG-LS or JPEG 2000 frame stays within its Bits Stored (masked from
+a lossless syntax, :func:`mask_unused_bits`, as the uncompressed file is; clipped from a lossy
+one); a file window that leaves the
 image within one display gray level gives way to min-max as a blanking one does; an Image
 Pixel attribute absent or empty is refused whichever decoder reads the frame. "3": an
 enhanced multi-frame image's per-frame functional groups (rescale, window) are applied to the
@@ -280,8 +281,10 @@ def preprocess(
             DICOM frames at the reduced resolution :func:`decode_reduction` picks for
             ``size`` (full resolution when ``size`` is None); "3" also applies an enhanced
             multi-frame file's per-frame functional groups (see :func:`frame_dataset`);
-            "4" also turns a PNG or JPEG as its EXIF Orientation says, and masks a JPEG-LS or
-            JPEG 2000 frame's bits above Bits Stored.
+            "4" also turns a PNG or JPEG as its EXIF Orientation says, keeps a JPEG-LS or
+            JPEG 2000 frame within Bits Stored, passes over a file window that leaves the
+            image within one display gray level, and checks the Image Pixel attributes
+            whichever decoder reads the frame.
         frame: the 0-based index of the frame to use; ``None`` picks the middle frame
             (``frames // 2``). A PNG or JPEG has the one frame 0. To predict a whole
             multi-frame instance frame by frame, pass :func:`frame_indices` to
@@ -842,7 +845,8 @@ def _dicom_frame(
     """Decode frame ``index`` of a parsed file and map it to display values in [0, 1]."""
     ds, tsyntax = parsed.ds, parsed.tsyntax
     rows, columns, frames = parsed.rows, parsed.columns, parsed.frames
-    if _at_least(version, "4"):  # whichever decoder reads the frame (before: the full decode)
+    current = _at_least(version, "4")
+    if current:  # whichever decoder reads the frame
         _check_pixel_header(ds)
     codestream = _frame_codestream(ds, tsyntax, index, frames)
     reduced = None
@@ -853,9 +857,11 @@ def _dicom_frame(
     if reduced is not None:
         arr, photometric = reduced
     else:
+        if not current:  # versions "1"-"3": the full decode only, which needs them all
+            _check_pixel_header(ds)
         arr, photometric = _decode_frame(ds, tsyntax, index, rows=rows, columns=columns)
-        if _at_least(version, "4") and _keeps_unused_bits(tsyntax) and arr.ndim == 2:
-            arr = mask_unused_bits(arr, _int_or(ds, "BitsStored", None))
+        if current and _keeps_unused_bits(tsyntax) and arr.ndim == 2:
+            arr = _stored_bits_only(arr, tsyntax, _int_or(ds, "BitsStored", None))
     if arr.size == 0:
         raise InvalidImageError(f"the decoded frame is empty. Received shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
@@ -979,6 +985,37 @@ def _keeps_unused_bits(tsyntax: Any) -> bool:
     from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes
 
     return tsyntax in JPEGLSTransferSyntaxes or tsyntax in JPEG2000TransferSyntaxes
+
+
+_LOSSY_KEEPING_UNUSED_BITS = frozenset(
+    (
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
+        "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 multi-component
+        "1.2.840.10008.1.2.4.203",  # HTJ2K
+    )
+)
+
+
+def _stored_bits_only(arr: np.ndarray, tsyntax: Any, bits_stored: int | None) -> np.ndarray:
+    """A JPEG-LS or JPEG 2000 frame's values within Bits Stored: masked from a lossless
+    syntax (:func:`mask_unused_bits`: the words are exact, the bits above are not the
+    value's); clipped to the range from a lossy one, whose ringing can overshoot the range
+    when the codestream's precision exceeds Bits Stored (masking would wrap a saturated
+    white to black)."""
+    if str(tsyntax) not in _LOSSY_KEEPING_UNUSED_BITS:
+        return mask_unused_bits(arr, bits_stored)
+    if not np.issubdtype(arr.dtype, np.integer) or bits_stored is None:
+        return arr
+    if not 0 < bits_stored < 8 * arr.dtype.itemsize:
+        return arr
+    signed = np.issubdtype(arr.dtype, np.signedinteger)
+    lo, hi = (
+        (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1)
+        if signed
+        else (0, (1 << bits_stored) - 1)
+    )
+    return np.clip(arr, lo, hi).astype(arr.dtype, copy=False)
 
 
 def mask_unused_bits(arr: np.ndarray, bits_stored: int | None) -> np.ndarray:
@@ -1594,7 +1631,6 @@ def _decode_frame(
         raise UnsupportedTransferSyntaxError(
             f"no installed plugin can decode transfer syntax {label}", transfer_syntax=label
         )
-    _check_pixel_header(ds)
     if not tsyntax.is_encapsulated and "PixelData" in ds:
         if ds["PixelData"].is_undefined_length:
             # fragments of a compressed codestream: the file is complete, its header is wrong
@@ -2104,14 +2140,24 @@ def exif_orientation(image: PILImage.Image) -> int | None:
 
 
 def _upright(image: PILImage.Image, orientation: int | None) -> PILImage.Image:
-    """The image turned as its EXIF ``orientation`` says (Pillow's ``exif_transpose``), or
-    the image itself when there is nothing to turn."""
+    """The image turned as ``orientation`` (:func:`exif_orientation`) says, or the image
+    itself when there is nothing to turn. By the value read there, not by Pillow's
+    ``exif_transpose``, which reads the EXIF again after the load (a PNG's eXIf chunk after
+    the image data too) and could turn by another one."""
     if orientation is None:
         return image
-    from PIL import ImageOps
+    from PIL import Image
 
-    turned = ImageOps.exif_transpose(image)
-    return image if turned is None else turned
+    turn = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }[orientation]
+    return image.transpose(turn)
 
 
 def _pillow_to_float(

@@ -44,6 +44,19 @@ def test_a_blank_png_is_refused_and_nothing_is_stored(service: Service) -> None:
     assert service.post(png(pixels), "nearly.png").status_code == 201
 
 
+def test_a_blank_animated_png_is_refused(service: Service) -> None:
+    """An APNG (or a camera's MPO JPEG) has frames too, but only the first is read: found in
+    review, where only a DICOM's frames went the multi-frame way and a blank APNG was stored."""
+    buffer = io.BytesIO()
+    frames = [Image.new("L", (32, 24), 0), Image.new("L", (32, 24), 0)]
+    frames[1].putpixel((3, 3), 200)  # its second frame is not blank, and is not read
+    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
+    before = service.count()
+    body = assert_problem(service.post(buffer.getvalue(), "anim.png"), 422, code="blank-image")
+    assert "frame 0 of 2 (the one read)" in body["detail"]
+    assert service.count() == before
+
+
 def test_a_blank_dicom_frame_is_refused(service: Service) -> None:
     blank = with_frames(dicom_bytes(), [np.full((16, 16), 1024)])
     body = assert_problem(service.post(blank), 422, code="blank-image")

@@ -146,3 +146,23 @@ def test_training_reads_the_turned_image_and_surveys_its_turned_size(tmp_path: P
     np.testing.assert_array_equal(source.load_pixels(example, size=32), expected)
     header = image_header(source, example)
     assert (header["rows"], header["columns"]) == (60, 40)  # stored 40x60, a quarter turn
+
+
+def test_an_exif_block_after_the_image_data_does_not_change_the_turn() -> None:
+    """A PNG with an eXIf chunk saying 6 before the image data and one saying 3 after it:
+    turned by 6, the one read (found in review: Pillow's exif_transpose read the later one
+    after the load, turning the pixels by 3 while the metadata said 6)."""
+    import struct
+    import zlib
+
+    arr = stored()
+    data = encode(arr, "PNG", 6)
+    with Image.open(io.BytesIO(encode(arr, "PNG", 3))) as image:
+        later = image.info["exif"]
+    later = later[6:] if later.startswith(b"Exif\x00\x00") else later
+    chunk = struct.pack(">I", len(later)) + b"eXIf" + later
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + later))
+    iend = data.rindex(b"IEND") - 4
+    image = preprocess(data[:iend] + chunk + data[iend:])
+    assert image.metadata.exif_orientation == 6
+    np.testing.assert_array_equal(image.pixels, SPEC[6](arr).astype(np.float32) / 255.0)

@@ -115,3 +115,28 @@ class TestMaskUnusedBits:
         arr.flags.writeable = False
         np.testing.assert_array_equal(mask_unused_bits(arr, 12), [[1]])
         assert arr[0, 0] == 0xF001
+
+
+def test_a_lossy_frame_is_clipped_to_bits_stored_not_masked() -> None:
+    """Lossy JPEG 2000 at precision 16 over 12-bit values rings above 4095 next to a white
+    block; masking would wrap those pixels to near black (found in review), so a lossy
+    syntax's values are clipped to the Bits Stored range instead."""
+    from pydicom.uid import JPEG2000
+
+    stored = np.full((128, 128), 200, np.uint16)
+    stored[32:96, 32:96] = 4095
+    stored[::7, :24] = 0  # texture beside the block, not in it
+    ds = mlut_18()
+    del ds.ModalityLUTSequence
+    ds.Rows = ds.Columns = 128
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = stored.tobytes()
+    data = compressed(ds, JPEG2000, lambda a: imagecodecs.jpeg2k_encode(a, level=30))
+    decoded = pydicom.dcmread(io.BytesIO(data)).pixel_array
+    block = (slice(32, 96), slice(32, 96))
+    assert int((decoded[block] > 4095).sum()) > 100  # the codec overshoots the 12-bit range
+    wrapped = int(((decoded[block] & 0x0FFF) < 2048).sum())  # what masking would make dark
+    pixels = preprocess(data).pixels
+    assert int((pixels[block] < 0.5).sum()) < wrapped // 4
+    assert float(pixels.max()) == 1.0
