@@ -520,19 +520,26 @@ class Ingestor:
         # a blank frame (every stored pixel one value: padding, a frame before the exposure)
         # is no evidence: it is left out of the aggregate, and an instance of blanks refused
         blank = [i for i in indices if images[i].metadata.blank]
-        if len(blank) == len(indices):
-            sampled = len(indices) < first.metadata.frames
+        kept = [i for i in indices if i not in blank]
+        first_index = first.metadata.frame_index
+        if not kept and not first.metadata.blank:
+            # every sampled frame blank (RADLENS_MAX_FRAMES), the middle one, read and
+            # predicted first though not sampled, is not: it stands for the instance
+            kept = [first_index]
+        if not kept:
+            read = len(set(indices) | {first_index})
+            sampled = read < first.metadata.frames
             raise BlankImageError(
-                f"every stored pixel of each of the {len(indices)} frames predicted (of "
+                f"every stored pixel of each of the {read} frames read (of "
                 f"{first.metadata.frames}) has one value"
                 + (
-                    "; only every k-th frame is read above RADLENS_MAX_FRAMES, and the others "
+                    "; above RADLENS_MAX_FRAMES only every k-th frame is read, and the others "
                     "were not"
                     if sampled
                     else ""
                 )
             )
-        indices = [i for i in indices if i not in blank]
+        indices = kept
         done = [(outputs[i], images[i]) for i in indices]
         frame_scores = np.stack([np.asarray(o.scores, dtype=np.float64) for o, _ in done])
         scores, key, result = aggregate_frames(

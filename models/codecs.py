@@ -266,6 +266,17 @@ def _first_scan(data: bytes | memoryview) -> tuple[int, int, int, int] | None:
     return None
 
 
+def jpeg_ls_near(data: bytes | memoryview) -> int | None:
+    """The NEAR parameter of a JPEG-LS codestream's first scan (0: lossless coding); ``None``
+    for another codestream or a header the walk cannot read. The SOS header of JPEG-LS ends
+    with NEAR, ILV and the point transform, just before the scan's data (ISO/IEC 14495-1
+    C.2.3)."""
+    scan = _first_scan(data)
+    if scan is None or scan[0] != 0xF7:
+        return None
+    return int(data[scan[3] - 3])
+
+
 def is_available(tsyntax: str) -> bool:
     """True when imagecodecs was built with the codec ``tsyntax`` needs."""
     if tsyntax in J2K_SYNTAXES:

@@ -116,7 +116,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -861,7 +861,8 @@ def _dicom_frame(
             _check_pixel_header(ds)
         arr, photometric = _decode_frame(ds, tsyntax, index, rows=rows, columns=columns)
         if current and _keeps_unused_bits(tsyntax) and arr.ndim == 2:
-            arr = _stored_bits_only(arr, tsyntax, _int_or(ds, "BitsStored", None))
+            lossless = _lossless_codestream(codestream, tsyntax)
+            arr = _stored_bits_only(arr, lossless, _int_or(ds, "BitsStored", None))
     if arr.size == 0:
         raise InvalidImageError(f"the decoded frame is empty. Received shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
@@ -997,24 +998,40 @@ _LOSSY_KEEPING_UNUSED_BITS = frozenset(
 )
 
 
-def _stored_bits_only(arr: np.ndarray, tsyntax: Any, bits_stored: int | None) -> np.ndarray:
-    """A JPEG-LS or JPEG 2000 frame's values within Bits Stored: masked from a lossless
-    syntax (:func:`mask_unused_bits`: the words are exact, the bits above are not the
-    value's); clipped to the range from a lossy one, whose ringing can overshoot the range
-    when the codestream's precision exceeds Bits Stored (masking would wrap a saturated
-    white to black)."""
-    if str(tsyntax) not in _LOSSY_KEEPING_UNUSED_BITS:
+def _lossless_codestream(codestream: bytes | None, tsyntax: Any) -> bool:
+    """Whether a JPEG-LS or JPEG 2000 frame was coded losslessly, by its own header: NEAR 0
+    (JPEG-LS), the reversible 5-3 wavelet (JPEG 2000). A lossless codestream sent under a
+    lossy syntax is common (4.91 is often used for reversible ones); the syntax decides only
+    when the header cannot be read."""
+    from radlens.models.codecs import jpeg_ls_near
+
+    if codestream is not None:
+        near = jpeg_ls_near(codestream)
+        if near is not None:
+            return near == 0
+        reversible = _j2k_main_header(codestream).reversible  # None for a JP2 wrapper
+        if reversible is not None:
+            return reversible
+    return str(tsyntax) not in _LOSSY_KEEPING_UNUSED_BITS
+
+
+def _stored_bits_only(arr: np.ndarray, lossless: bool, bits_stored: int | None) -> np.ndarray:
+    """A JPEG-LS or JPEG 2000 frame's values within Bits Stored: masked when it was coded
+    losslessly (:func:`mask_unused_bits`: the words are exact, the bits above are not the
+    value's); clipped to the range when it was not, since lossy ringing can overshoot the
+    range when the codestream's precision exceeds Bits Stored (masking would wrap a
+    saturated white to black)."""
+    if lossless:
         return mask_unused_bits(arr, bits_stored)
     if not np.issubdtype(arr.dtype, np.integer) or bits_stored is None:
         return arr
     if not 0 < bits_stored < 8 * arr.dtype.itemsize:
         return arr
     signed = np.issubdtype(arr.dtype, np.signedinteger)
-    lo, hi = (
-        (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1)
-        if signed
-        else (0, (1 << bits_stored) - 1)
-    )
+    if signed:
+        lo, hi = -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
+    else:
+        lo, hi = 0, (1 << bits_stored) - 1
     return np.clip(arr, lo, hi).astype(arr.dtype, copy=False)
 
 
@@ -1398,35 +1415,50 @@ def _codestream_kind(tsyntax: Any) -> str:
     return "JPEG-LS" if tsyntax in JPEG_LS_SYNTAXES else "JPEG"
 
 
-def _j2k_main_header(codestream: bytes) -> tuple[int, int, int]:
-    """``(XOsiz, YOsiz, decomposition levels)`` from a raw JPEG 2000 main header.
+class _J2kMainHeader(NamedTuple):
+    x_offset: int  # SIZ XOsiz
+    y_offset: int  # SIZ YOsiz
+    levels: int  # the fewest decomposition levels of COD and any COC (0: unknown)
+    reversible: bool | None  # COD's (and every COC's) 5-3 reversible wavelet; None: unknown
 
-    No library exposes the decomposition levels (OpenJPEG's read_header does not report
-    them through pylibjpeg-openjpeg or Pillow), so this walks the main header's marker
-    segments (ISO/IEC 15444-1 A.5.1 SIZ, A.6.1 COD, A.6.2 COC) up to the first tile.
-    Returns levels 0 (no reduction) for anything it does not recognise.
+
+def _j2k_main_header(codestream: bytes) -> _J2kMainHeader:
+    """From a raw JPEG 2000 main header: the image offsets, decomposition levels and whether
+    its wavelet is the reversible 5-3 one (lossless coding).
+
+    No library exposes the decomposition levels or the transform (OpenJPEG's read_header
+    does not report them through pylibjpeg-openjpeg or Pillow), so this walks the main
+    header's marker segments (ISO/IEC 15444-1 A.5.1 SIZ, A.6.1 COD, A.6.2 COC) up to the first
+    tile. Returns levels 0 (no reduction) and reversible None for what it does not recognise.
     """
     if codestream[:4] != b"\xff\x4f\xff\x51" or len(codestream) < 42:
-        return 0, 0, 0
+        return _J2kMainHeader(0, 0, 0, None)
     x_offset, y_offset = struct.unpack(">II", codestream[16:24])
     components = struct.unpack(">H", codestream[40:42])[0]
     levels: int | None = None
+    transforms: list[int] = []
     offset = 2  # SIZ, then the other main-header segments
     while offset + 4 <= len(codestream):
         marker = codestream[offset : offset + 2]
         length = struct.unpack(">H", codestream[offset + 2 : offset + 4])[0]
         if marker[0] != 0xFF or marker == b"\xff\x90" or length < 2:  # SOT: tiles begin
             break
+        # SPcod / SPcoc: levels, code-block width, height, style, transformation (1: 5-3)
         if marker == b"\xff\x52" and offset + 9 < len(codestream):  # COD
             found = codestream[offset + 9]
             levels = found if levels is None else min(levels, found)
+            if offset + 13 < len(codestream):
+                transforms.append(codestream[offset + 13])
         elif marker == b"\xff\x53":  # COC: Ccoc is 1 byte below 257 components, else 2
             position = offset + 5 + (1 if components < 257 else 2) + 1
             if position < len(codestream):
                 found = codestream[position - 1]
                 levels = found if levels is None else min(levels, found)
+            if position + 3 < len(codestream):  # levels at position - 1, transform 4 on
+                transforms.append(codestream[position + 3])
         offset += 2 + length
-    return x_offset, y_offset, levels or 0
+    reversible = all(t == 1 for t in transforms) if transforms else None
+    return _J2kMainHeader(x_offset, y_offset, levels or 0, reversible)
 
 
 _MAX_REDUCTION = 5  # 1/32: beyond it a radiograph is smaller than any model input here
@@ -1465,7 +1497,7 @@ def _reduced_decode(
             or not 1 <= header.precision <= min(bits_stored, 16)
         ):
             return None
-        x_offset, y_offset, levels = _j2k_main_header(codestream)
+        x_offset, y_offset, levels, _ = _j2k_main_header(codestream)
         if x_offset or y_offset:
             return None
         reduction = decode_reduction(rows, columns, size, limit=min(levels, _MAX_REDUCTION))
@@ -2113,12 +2145,14 @@ def exif_orientation(image: PILImage.Image) -> int | None:
 
     What counts is what Chromium follows (tests/models/test_exif_browser.py): the EXIF block
     of a JPEG's APP1 segment or of a PNG's eXIf chunk before the image data (what
-    ``image.info["exif"]`` holds before ``load``), and in its first IFD an Orientation entry
-    of type SHORT and count 1. A LONG or a count of 2, an eXIf chunk after the image data, an
-    ImageMagick "Raw profile type exif" text chunk or EXIF that cannot be read: ``None``, the
-    pixels as stored, as the viewer shows them. Pillow reads the block but gives the value of
-    such an entry without its type and count, so the entry is read here (TIFF 6.0 section 2:
-    byte order, 42, the IFD's offset; 12-byte entries of tag, type, count, value).
+    ``image.info["exif"]`` holds before ``load``), and in its first IFD the first Orientation
+    entry of type SHORT, count 1 and a value 1-8 (an entry of another form or value is passed
+    over for a later one, as Chromium's decoder, Skia, does). Only a LONG, a count of 2 or a
+    value of 9, an eXIf chunk after the image data, an ImageMagick "Raw profile type exif"
+    text chunk or EXIF that cannot be read: ``None``, the pixels as stored, as the viewer
+    shows them. Pillow reads the block but gives the value of an entry without its type and
+    count, so the entries are read here (TIFF 6.0 section 2: byte order, 42, the IFD's
+    offset; 12-byte entries of tag, type, count, value).
     """
     block = image.info.get("exif")
     if not isinstance(block, bytes):
@@ -2133,9 +2167,10 @@ def exif_orientation(image: PILImage.Image) -> int | None:
     (entries,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
     for at in range(ifd + 2, min(ifd + 2 + 12 * entries, len(tiff) - 11), 12):
         tag, kind, count = struct.unpack(order + "HHI", tiff[at : at + 8])
-        if tag == 0x0112:
+        if tag == 0x0112 and kind == 3 and count == 1:  # another form: the next entry
             (value,) = struct.unpack(order + "H", tiff[at + 8 : at + 10])
-            return value if kind == 3 and count == 1 and 2 <= value <= 8 else None
+            if 1 <= value <= 8:  # the first valid one counts, as in Chromium (Skia)
+                return value if value > 1 else None
     return None
 
 

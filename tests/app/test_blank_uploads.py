@@ -5,13 +5,20 @@ blank, its blank frames otherwise left out of the aggregate. On SQLite and Postg
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
 
-from tests.app.conftest import Service, assert_problem, dicom_bytes
+from tests.app.conftest import (
+    Service,
+    TestClient,
+    assert_problem,
+    dicom_bytes,
+    make_settings,
+)
 from tests.app.test_series import multiframe_bytes
 from tests.app.test_stowrs import parse, stow
 
@@ -93,3 +100,29 @@ def test_stow_rs_fails_a_blank_instance_with_data_set_does_not_match(service: Se
     assert len(ds.ReferencedSOPSequence) == 1
     (failed,) = ds.FailedSOPSequence
     assert failed.FailureReason == 0xA900
+
+
+def test_sampled_frames_all_blank_leave_the_middle_frame_read_first(
+    migrated_database_url: str, model_store: Any
+) -> None:
+    """RADLENS_MAX_FRAMES=2 samples frames 1 and 5 of 7; the middle frame 3 is read and
+    predicted first. Found by QA round 3: with both sampled frames blank the instance was
+    refused though frame 3, read, was not blank."""
+    from radlens.app.main import create_app
+
+    data, arrays = multiframe_bytes(7, seed=9)
+    flat = np.full((16, 16), 1024)
+    frames = [flat if i in (1, 5) else a for i, a in enumerate(arrays)]
+    settings = make_settings(migrated_database_url, model_store, max_frames=2)
+    with TestClient(create_app(settings)) as client:
+        files = {"file": ("x.dcm", with_frames(data, frames), "application/dicom")}
+        response = client.post("/v1/predictions", files=files)
+        assert response.status_code == 201, response.text
+        result = response.json()["frame_result"]
+        assert result["frames"] == [3] and result["blank_frames"] == [1, 5]
+        # frames 1, 3 and 5 read and blank, frame 0 (not read) not: refused, saying so
+        frames = [flat if i in (1, 3, 5) else a for i, a in enumerate(arrays)]
+        files = {"file": ("y.dcm", with_frames(data, frames), "application/dicom")}
+        body = assert_problem(client.post("/v1/predictions", files=files), 422, code="blank-image")
+        assert "each of the 3 frames read (of 7)" in body["detail"]
+        assert "only every k-th frame is read" in body["detail"]

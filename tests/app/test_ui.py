@@ -724,5 +724,5 @@ def test_detail_names_the_frames_used_and_the_blank_ones_left_out(
     page = ui.get(f"/ui/predictions/{posted.json()['id']}")
     assert page.status_code == 200, page.text
     text = re.sub(r"\s+", " ", page.text)
-    assert "2 of 3 scored one by one and aggregated by max" in text
+    assert "2 of 3 frames aggregated by max (the others blank or" in text
     assert f"key frame {key} (0-based; the one explained); blank frames left out: 1" in text

@@ -51,9 +51,16 @@ def stored() -> Image.Image:
 
 def tiff(kind: int, count: int, value: bytes, order: str = "<") -> bytes:
     """An EXIF block (TIFF header, one IFD) holding only an Orientation entry as given."""
+    return tiff_entries([(kind, count, value)], order)
+
+
+def tiff_entries(entries: list[tuple[int, int, bytes]], order: str = "<") -> bytes:
+    """An EXIF block whose one IFD holds these Orientation entries (type, count, value)."""
     head = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(order + "I", 8)
-    entry = struct.pack(order + "HHHI", 1, 0x0112, kind, count) + value
-    return head + entry + struct.pack(order + "I", 0)
+    body = struct.pack(order + "H", len(entries))
+    for kind, count, value in entries:
+        body += struct.pack(order + "HHI", 0x0112, kind, count) + value
+    return head + body + struct.pack(order + "I", 0)
 
 
 def encoded(kind: str, exif: bytes | None = None) -> bytes:
@@ -102,6 +109,13 @@ CASES: dict[str, tuple[str, bytes]] = {
     "jpeg-6-as-long": ("jpeg", jpeg_with_app1(tiff(4, 1, struct.pack("<I", 6)))),
     "jpeg-6-count-2": ("jpeg", jpeg_with_app1(tiff(3, 2, struct.pack("<HH", 6, 6)))),
     "png-6-exif-after-idat": ("png", png_exif_after_idat(tiff(3, 1, SIX))),
+    # two Orientation entries (found by QA round 3): the first valid SHORT counts
+    "jpeg-long-then-6": (
+        "jpeg",
+        jpeg_with_app1(tiff_entries([(4, 1, b"\x03\0\0\0"), (3, 1, SIX)])),
+    ),
+    "jpeg-9-then-6": ("jpeg", jpeg_with_app1(tiff_entries([(3, 1, b"\x09\0\0\0"), (3, 1, SIX)]))),
+    "jpeg-6-then-3": ("jpeg", jpeg_with_app1(tiff_entries([(3, 1, SIX), (3, 1, b"\x03\0\0\0")]))),
     "png-6-raw-profile-text": ("png", png_raw_profile(tiff(3, 1, SIX))),
 }
 

@@ -85,6 +85,19 @@ def test_the_compressed_frame_reads_as_the_uncompressed_file(source: str, codec:
     assert not np.array_equal(preprocess(data, size=(64, 64), version="3").pixels, image.pixels)
 
 
+@pytest.mark.parametrize(
+    ("codec", "lossy_uid"),
+    [("jpeg-ls", "1.2.840.10008.1.2.4.81"), ("jpeg2000", "1.2.840.10008.1.2.4.91")],
+)
+def test_a_lossless_codestream_under_a_lossy_uid_is_masked(codec: str, lossy_uid: str) -> None:
+    """Found by QA round 3: reversible JPEG 2000 is often sent as 4.91, lossless JPEG-LS may
+    come as 4.81; the codestream (NEAR 0, the 5-3 wavelet), not the UID, says lossless."""
+    ds = rg1_with_bit_15()
+    expected = preprocess(to_bytes(ds), size=(64, 64)).pixels
+    data = compressed(ds, UID(lossy_uid), ENCODERS[codec][1])
+    np.testing.assert_array_equal(preprocess(data, size=(64, 64)).pixels, expected)
+
+
 @pytest.mark.skipif(shutil.which("dcmcjpls") is None, reason="dcmtk's dcmcjpls is not installed")
 def test_dcmtks_jpeg_ls_of_a_file_with_high_bits(tmp_path: Path) -> None:
     source = tmp_path / "rg1.dcm"
@@ -140,3 +153,29 @@ def test_a_lossy_frame_is_clipped_to_bits_stored_not_masked() -> None:
     pixels = preprocess(data).pixels
     assert int((pixels[block] < 0.5).sum()) < wrapped // 4
     assert float(pixels.max()) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "near", "reversible"),
+    [
+        ("MR_small_jpeg_ls_lossless.dcm", 0, None),
+        ("JPEGLSNearLossless_16.dcm", 2, None),
+        ("RG1_J2KR.dcm", None, True),
+        ("RG1_J2KI.dcm", None, False),
+    ],
+)
+def test_the_codestream_headers_say_how_real_files_were_coded(
+    name: str, near: int | None, reversible: bool | None
+) -> None:
+    from pydicom.encaps import generate_frames
+
+    from radlens.models.codecs import jpeg_ls_near
+    from radlens.models.preprocessing import _j2k_main_header
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (pydicom-data)")
+    ds = pydicom.dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    assert jpeg_ls_near(frame) == near
+    assert _j2k_main_header(frame).reversible is reversible
