@@ -156,9 +156,9 @@ PREPROCESSING_VERSION = "4"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
 "4": a PNG or JPEG is turned as its EXIF Orientation says (:func:`exif_orientation`), the
-image a viewer shows; a JPEG-LS or JPEG 2000 frame stays within its Bits Stored (masked from
-a lossless syntax, :func:`mask_unused_bits`, as the uncompressed file is; clipped from a lossy
-one); a file window that leaves the
+image a viewer shows; a JPEG-LS or JPEG 2000 frame stays within its Bits Stored (masked when
+its header says lossless coding, :func:`mask_unused_bits`, as the uncompressed file is;
+clipped when lossy); a file window that leaves the
 image within one display gray level gives way to min-max as a blanking one does; an Image
 Pixel attribute absent or empty is refused whichever decoder reads the frame. "3": an
 enhanced multi-frame image's per-frame functional groups (rescale, window) are applied to the
