@@ -421,6 +421,8 @@ def _dicom_frames(
     version: str,
 ) -> Iterator[PreprocessedImage]:
     reduce_for = size if version != "1" else None
+    if _at_least(version, "4"):  # whichever decoder reads the frames
+        _check_pixel_header(source.ds)
     for index in indices:
         with _quiet_warnings():
             pixels, metadata = _dicom_frame(
@@ -797,6 +799,8 @@ def _preprocess_dicom(
 ) -> tuple[np.ndarray, ImageMetadata]:
     source = _open_dicom(data, max_pixels)
     index = source.frames // 2 if frame is None else _check_frame_index(frame, source.frames)
+    if _at_least(version, "4"):  # whichever decoder reads the frame
+        _check_pixel_header(source.ds)
     return _dicom_frame(source, index, window=window, reduce_for=reduce_for, version=version)
 
 
@@ -845,9 +849,7 @@ def _dicom_frame(
     """Decode frame ``index`` of a parsed file and map it to display values in [0, 1]."""
     ds, tsyntax = parsed.ds, parsed.tsyntax
     rows, columns, frames = parsed.rows, parsed.columns, parsed.frames
-    current = _at_least(version, "4")
-    if current:  # whichever decoder reads the frame
-        _check_pixel_header(ds)
+    current = _at_least(version, "4")  # its callers checked the pixel header (once a file)
     codestream = _frame_codestream(ds, tsyntax, index, frames)
     reduced = None
     if codestream is not None:
@@ -956,6 +958,8 @@ _PIXEL_HEADER = (
 def _check_pixel_header(ds: Dataset) -> None:
     """Refuse, naming them, the Image Pixel attributes pydicom needs to decode a frame that
     are absent or empty (it would fail on the first with an AttributeError or TypeError).
+    Version "4": once a file, before any frame; before: in :func:`_dicom_frame`, before a
+    full decode.
     Rows and Columns are checked when the file is parsed; Float and Double Float Pixel Data
     have no Bits Stored or Pixel Representation. From version "4" every frame is checked, so
     a file gets the same answer whichever decoder the model size and ``?explain`` pick; a
