@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         from radlens.app.memory import keep_freed_memory
 
         keep_freed_memory(settings.malloc_keep_mib)  # process-wide: before the model loads
+        app.openapi()  # built here, before any worker thread: see _build_route_state
         resources = await run_in_threadpool(_start, settings, load, metrics)
         app.state.resources = resources
         limiter = app.state.rate_limiter
@@ -158,7 +159,27 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(CatchAllMiddleware)
     _register_problem_schema(app)
+    _build_route_state(app)
     return app
+
+
+def _build_route_state(app: FastAPI) -> None:
+    """Build FastAPI's per-route state now, in one thread, instead of at the first request.
+
+    FastAPI builds an included router's route fields lazily, the first time a request is
+    routed to it or ``url_path_for`` walks it, and builds them inside
+    ``warnings.catch_warnings()`` to silence a pydantic warning. That context manager swaps the
+    process-wide filter list, so a worker thread leaving its own ``catch_warnings`` at that
+    moment (numpy, a codec, TensorFlow) puts the old filters back under FastAPI's feet and the
+    silenced warning escapes: a 500 where warnings are errors (CI saw one under 32 concurrent
+    uploads). Asking for a name no route has walks, and so builds, every included router.
+    The OpenAPI document (read by every 405's ``Allow``) is built the same way, at the start of
+    the lifespan, before any worker thread: 65 ms a served app, not paid by apps never served.
+    """
+    from starlette.routing import NoMatchFound
+
+    with suppress(NoMatchFound):
+        app.url_path_for("radlens: no route has this name")
 
 
 def _rate_limiter(settings: Settings) -> Any:
