@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -23,17 +24,38 @@ def pynetdicom_dicom_paths() -> list[Path]:
     return sorted(folder.glob("*.dcm")) if folder.is_dir() else []
 
 
+def packaged_dicom_paths() -> list[Path]:
+    """The real DICOM files two more wheels ship, one path per distinct file: deid-data's (a
+    cat's DX of 3072x2614, JPEG Baseline colour secondary captures, gray and RGB ultrasound,
+    one a 30-frame cine) and nibabel's test files (Siemens MR: a mosaic, a JPEG 2000 one, an
+    empty Slice Thickness, and one whose pixels were zeroed: see KNOWN_BLANK)."""
+    import deid_data
+    import nibabel
+
+    paths: dict[bytes, Path] = {}
+    for package in (deid_data, nibabel):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.dcm")):
+            paths.setdefault(hashlib.sha256(path.read_bytes()).digest(), path)
+    return list(paths.values())
+
+
+# Real files whose every stored pixel is one value: the service refuses them (blank-image).
+KNOWN_BLANK = {"decimal_rescale.dcm"}  # nibabel's rescale test: its pixel values are zeroed
+
+
 def real_dicom_paths(pattern: str = "*") -> list[Path]:
     """Every file matching ``pattern`` in pydicom's and pydicom-data's test files, then
-    pynetdicom's (:func:`pynetdicom_dicom_paths`) and the ``*.dcm`` of ../shared/data/dicom
-    (when present). By directory: pydicom's ``get_testdata_files()`` would try to download
-    its remote files."""
+    pynetdicom's (:func:`pynetdicom_dicom_paths`), deid-data's and nibabel's
+    (:func:`packaged_dicom_paths`) and the ``*.dcm`` of ../shared/data/dicom (when present).
+    By directory: pydicom's ``get_testdata_files()`` would try to download its remote files."""
     from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 
     roots = [Path(DATA_ROOT) / "test_files"]
     roots += [Path(source.data_path) for source in external_data_sources().values()]
     paths = sorted(p for root in roots for p in root.rglob(pattern) if p.is_file())
     paths += [p for p in pynetdicom_dicom_paths() if p.match(pattern)]
+    paths += [p for p in packaged_dicom_paths() if p.match(pattern)]
     if SHARED_DICOM.is_dir():
         paths += sorted(SHARED_DICOM.glob("*.dcm"))
     return paths

@@ -1,10 +1,10 @@
 """radlens.models.preprocessing on every real DICOM we have, and on fuzzed DICOM bytes.
 
 The corpus is pydicom's bundled test files, pydicom-data's files (both through
-``get_testdata_files()``), pynetdicom's and ../shared/data/dicom. Each file either decodes to
-float32 in [0, 1] of its declared (Rows, Columns), or raises a PreprocessingError subclass;
-and any file pydicom itself can decode must decode here too, so "typed error" cannot hide a
-regression.
+``get_testdata_files()``), pynetdicom's, deid-data's, nibabel's and ../shared/data/dicom.
+Each file either decodes to float32 in [0, 1] of its declared (Rows, Columns), or raises a
+PreprocessingError subclass; and any file pydicom itself can decode must decode here too, so
+"typed error" cannot hide a regression.
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ from pydicom.data import get_testdata_file, get_testdata_files
 
 from radlens.models.errors import PreprocessingError
 from radlens.models.preprocessing import PreprocessedImage, preprocess
-from tests.conftest import SHARED_DICOM, pynetdicom_dicom_paths
+from tests.conftest import (
+    KNOWN_BLANK,
+    SHARED_DICOM,
+    packaged_dicom_paths,
+    pynetdicom_dicom_paths,
+)
 
 NOT_DICOM_SUFFIXES = {".txt", ".json", ".gz", ".icc", ".dump"}
 MAX_FILE_BYTES = 20_000_000  # larger files would dominate the run; none are this big today
@@ -43,6 +48,8 @@ def corpus() -> list[pytest.param]:
         params.append(pytest.param(path, id=label, marks=marks))
     for path in pynetdicom_dicom_paths():
         params.append(pytest.param(path, id=f"pynetdicom/{path.name}"))
+    for path in packaged_dicom_paths():
+        params.append(pytest.param(path, id="/".join(path.parts[-4:])))
     if SHARED_DICOM.is_dir():
         for path in sorted(SHARED_DICOM.glob("*.dcm")):
             params.append(pytest.param(path, id=f"shared/{path.name}"))
@@ -89,7 +96,8 @@ class TestEveryRealFile:
             assert not pydicom_can_decode(data), f"pydicom decodes it but radlens said: {exc}"
             return
         check_result(image)
-        assert not image.metadata.blank  # no real file is blank: the service would refuse it
+        # the service refuses a blank file; only the known one, whose pixels were zeroed, is
+        assert image.metadata.blank == (path.name in KNOWN_BLANK)
 
     def test_the_corpus_contains_the_deliberately_broken_files(self):
         names = {Path(p.values[0]).name for p in corpus() if p.values[0] is not None}
