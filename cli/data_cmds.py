@@ -13,6 +13,8 @@ import typer
 
 from radlens.cli.common import fail
 
+DEFAULT_SEED = 1234  # training.config.TrainConfig.seed: the split `radlens train` makes
+
 
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to create (must be absent or empty).")],
@@ -51,7 +53,9 @@ def data_check(
     path: Annotated[Path, typer.Argument(help="A folder of class sub-folders, a .csv or a .npz.")],
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.95)] = 0.15,
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.95)] = 0.15,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="The split's seed: `radlens train`'s seed or split_seed.")
+    ] = DEFAULT_SEED,
     resplit: Annotated[
         bool,
         typer.Option("--resplit", help="Ignore given splits and split by patient afresh."),
@@ -88,20 +92,30 @@ def data_check(
     """Scan a data set: classes (or findings), counts, skipped files, splits and leakage.
     Every image is decoded as training decodes it (at 32 px), so the counts and skipped files
     are those `radlens train` will have; --headers-only skips that."""
+    from radlens.models.errors import ConfigurationError
     from radlens.training.data.sources import (
         MultiLabelSpec,
+        check_decodable,
         drop_undecodable,
         leakage_report,
-        open_source,
+        open_data,
         split_source,
     )
 
     spec = None
     if multi_label:
         spec = MultiLabelSpec(column=label_column, separator=label_separator, none_name=no_finding)
-    source = open_source(path, multi_label=spec, dicom_root=dicom_root)
+    # opened as `radlens train` opens it (a folder's labels.csv is its manifest)
+    source = open_data(path, multi_label=spec, dicom_root=dicom_root)
     if not headers_only:
-        source = drop_undecodable(source)
+        decoded = drop_undecodable(source)
+        try:
+            check_decodable(source, decoded)
+        except ConfigurationError as exc:
+            for item in decoded.skipped:
+                typer.echo(f"  skipped {item}")
+            fail(str(exc))
+        source = decoded
     typer.echo(f"{source.kind} source {path}: {len(source.examples)} images")
     if source.has_series:
         _echo_series(source, source.examples, "all")

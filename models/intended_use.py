@@ -112,6 +112,13 @@ _NON_IMAGE_SOP_PREFIXES: tuple[str, ...] = (
 )
 
 
+def holds_no_image(sop_class_uid: object) -> bool:
+    """Whether a storage SOP class holds no image a classifier could read (RT dose, structure
+    set or plan; a structured report): the gate refuses it for every model that states its
+    intended use, and training leaves it out."""
+    return str(sop_class_uid or "").startswith(_NON_IMAGE_SOP_PREFIXES)
+
+
 def _clean(value: object) -> str:
     text = "" if value is None else str(value)
     return re.sub(r"[\s_\-]+", " ", text).strip().upper()
@@ -179,7 +186,7 @@ def violations(metadata: dict[str, object], intended_use: IntendedUse) -> list[V
     """
     found: list[Violation] = []
     sop_class = str(metadata.get("SOPClassUID") or "")
-    if not intended_use.empty and sop_class.startswith(_NON_IMAGE_SOP_PREFIXES):
+    if not intended_use.empty and holds_no_image(sop_class):
         found.append(Violation("SOPClassUID", sop_class, ("image storage SOP classes",)))
     checks = (
         ("Modality", normalise_modality, intended_use.modalities),

@@ -27,6 +27,7 @@ from radlens.training.data.sources import (
     DataSource,
     Example,
     SkippedFile,
+    drop_undecodable,
     open_data,
     patient_key_check,
     split_source,
@@ -39,12 +40,22 @@ log = logging.getLogger(__name__)
 SPLIT_CHOICES = ("train", "val", "test", "all")
 
 
+def as_trained(source: DataSource, training_config: dict[str, Any]) -> DataSource:
+    """``source`` as the model's training run split it: a run that decoded every image before
+    its split (``split.decode_checked``, since training refuses what it cannot read up front)
+    split only the images that decode, so they are dropped here too (into ``skipped``)."""
+    if (training_config.get("split") or {}).get("decode_checked"):
+        return drop_undecodable(source)
+    return source
+
+
 def select_split(source: DataSource, split: str, training_config: dict[str, Any]) -> list[Example]:
     """The examples of ``split``, re-split exactly as the model's training run did."""
     if split not in SPLIT_CHOICES:
         raise ConfigurationError(f"split must be one of {', '.join(SPLIT_CHOICES)}; got {split!r}")
     if split == "all":
         return list(source.examples)
+    source = as_trained(source, training_config)  # a no-op on a source already decoded
     if {e.split for e in source.examples} == {split}:
         # a file holding only this split (the official test npz: test_* keys alone) is that
         # split whatever the model's training did: re-splitting it (a --resplit model) would
@@ -142,6 +153,8 @@ def evaluate(
             f"the data's classes {source.class_names!r} differ from the model's "
             f"{list(manifest.class_names)!r}"
         )
+    if split != "all":
+        source = as_trained(source, manifest.training_config)
     examples = select_split(source, split, manifest.training_config)
     skipped: list[SkippedFile] = list(source.skipped)
     inputs, labels = load_examples(
@@ -318,6 +331,8 @@ def _evaluate_findings(
     config = manifest.training_config
     spec = findings_spec(manifest, label_column)
     source = open_data(data, multi_label=spec, dicom_root=series.dicom_root)
+    if split != "all":
+        source = as_trained(source, config)
     examples = select_split(source, split, config)
     skipped: list[SkippedFile] = list(source.skipped)
     inputs, targets = load_examples(

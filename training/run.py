@@ -221,21 +221,28 @@ class _RunData:
 
     @classmethod
     def open(cls, config: TrainConfig) -> _RunData:
-        """Open and split the data; refuse splits a run cannot train on (before any file)."""
+        """Open, decode-check and split the data; refuse data and splits a run cannot train
+        on (before the run directory is written)."""
         from radlens.training.data.sources import (
+            check_decodable,
             check_leakage,
             check_splits,
             describe_split,
+            drop_undecodable,
             open_data,
             split_source,
         )
 
-        source = open_data(
+        opened = open_data(
             str(config.data),
             config.class_names,
             multi_label=config.multi_label_spec(),
             dicom_root=config.dicom_root,
         )
+        # every image decoded once (at 32 px, as `radlens data-check` does) before the split:
+        # the split, the checks and the manifest's survey see only what training can read
+        source = drop_undecodable(opened)
+        check_decodable(opened, source)
         splits = split_source(
             source,
             val_fraction=config.val_fraction,
@@ -246,6 +253,8 @@ class _RunData:
         leakage = check_leakage(splits)  # one patient in two splits inflates every figure
         check_splits(source, splits, min_calibration_positives=config.min_calibration_positives)
         record = describe_split(source, splits, resplit=config.resplit)
+        # what evaluate and `models ood` must know to rebuild this split (select_split)
+        record["decode_checked"] = source.kind != "npz"
         if source.has_series:  # series-labelled: how many series (and slices) each split got
             from radlens.training.data.series import series_counts
 

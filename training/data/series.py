@@ -301,7 +301,11 @@ def _series_slices(
     slices: list[_Slice] = []
     skipped: list[src.SkippedFile] = []
     for folder in folders:
-        files = src._walk_files(folder) if folder_value else _files_in(folder)
+        if folder_value:
+            files, unnamed = src._walk_files(folder)
+            skipped.extend(unnamed)
+        else:
+            files = _files_in(folder)
         for file in files:
             reason = src._probe_file(file) if validate else src._probe_kind_only(file)
             header = _read_header(file) if reason is None else None

@@ -74,7 +74,13 @@ from typing import Any, Literal
 import numpy as np
 
 from radlens.models import preprocessing
-from radlens.models.errors import ConfigurationError, NotAnImageError, RadlensError
+from radlens.models.errors import (
+    ConfigurationError,
+    NotAnImageError,
+    RadlensError,
+    TruncatedDataError,
+)
+from radlens.models.intended_use import holds_no_image
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +248,8 @@ class DataSource:
     # multi-label: class_names are the finding names, each example carries ``findings``
     multi_label: bool = False
     none_name: str | None = None  # the multi-label "no finding" name
+    # every example decoded once (``drop_undecodable``): the undecodable are in ``skipped``
+    decode_checked: bool = False
 
     @property
     def has_patients(self) -> bool:
@@ -474,6 +482,20 @@ def order_class_names(names: Iterable[str]) -> list[str]:
     return ordered
 
 
+def _one_spelling(names: Iterable[str], where: str) -> None:
+    """Refuse class (or finding) names that differ only in case, as ``Normal`` and
+    ``normal``: one class spelled two ways would train as two."""
+    spellings: dict[str, set[str]] = defaultdict(set)
+    for name in names:
+        spellings[name.strip().casefold()].add(name)
+    clash = next((sorted(v) for v in spellings.values() if len(v) > 1), None)
+    if clash is not None:
+        raise ConfigurationError(
+            f"labels {clash!r} in {where!r} differ only in case: one class spelled two ways "
+            "would train as two; use one spelling"
+        )
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
@@ -493,15 +515,18 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
             )
         names = list(class_names)
     else:
+        _one_spelling(dirs, str(root))
         names = order_class_names(dirs)
     class_dirs = [dirs[name] for name in names]
     examples: list[Example] = []
-    skipped: list[SkippedFile] = []
+    skipped: list[SkippedFile] = _stray_files(root)
     key = None
     n_dicom = 0
     for label, class_dir in enumerate(class_dirs):
         found_any = False
-        for file in _walk_files(class_dir):
+        files, unnamed = _walk_files(class_dir)
+        skipped.extend(unnamed)
+        for file in files:
             reason = _probe_file(file) if validate else _probe_kind_only(file)
             if reason is not None:
                 skipped.append(SkippedFile(str(file), reason))
@@ -522,11 +547,7 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
             )
     with_patient = sum(e.patient_id is not None for e in examples)
     if n_dicom and not with_patient:
-        raise ConfigurationError(
-            f"none of the {n_dicom} DICOM file(s) in {str(root)!r} carries a PatientID or "
-            "StudyInstanceUID, so images of one patient could reach two splits; give a CSV "
-            "manifest with path, label and patient_id columns instead"
-        )
+        raise _no_patients_error(n_dicom, root)
     return DataSource(
         class_names=[d.name for d in class_dirs],
         examples=examples,
@@ -537,7 +558,29 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
     )
 
 
+def _no_patients_error(n_dicom: int, root: Path) -> ConfigurationError:
+    return ConfigurationError(
+        f"none of the {n_dicom} DICOM file(s) in {str(root)!r} carries a PatientID or "
+        "StudyInstanceUID, so images of one patient could reach two splits; give a CSV "
+        "manifest with path, label and patient_id columns instead"
+    )
+
+
+def _listed_once(listed: dict[str, int], file: Path, line: int, csv_name: str) -> None:
+    """Refuse a manifest naming one file twice: its two rows could give it two labels or
+    two splits (an image in train and in test)."""
+    real = os.path.realpath(file)
+    if real in listed:
+        raise ConfigurationError(
+            f"{str(file)!r} is listed twice in {csv_name} (lines {listed[real]} and {line}); "
+            "list each file once, with one label and one split"
+        )
+    listed[real] = line
+
+
 def _file_kind(path: Path) -> str | None:
+    if not path.is_file():  # a named pipe, socket or device is not opened (it may block)
+        return None
     try:
         with path.open("rb") as fh:
             kind = sniff_format(fh.read(HEAD_BYTES))
@@ -576,12 +619,53 @@ def _dicom_header_patient(path: Path) -> tuple[bool, str | None]:
     return True, None
 
 
-def _walk_files(folder: Path) -> list[Path]:
+def _walk_files(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
+    """The non-hidden files under ``folder``, sub-folders and linked sub-folders included (a
+    folder reached twice, as by a link loop, is read once), and the files left out, with why:
+    a name that is not UTF-8 cannot be recorded in splits.csv, the manifest or the logs."""
     files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    skipped: list[SkippedFile] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if not _is_hidden(f))
-    return files
+        for name in sorted(filenames):
+            if _is_hidden(name):
+                continue
+            path = Path(dirpath) / name
+            if not _utf8(str(path)):
+                shown = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+                reason = "its name is not UTF-8 text; rename the file (or its folder)"
+                skipped.append(SkippedFile(shown, reason))
+                log.warning("skipping %s: %s", shown, reason)
+                continue
+            files.append(path)
+    return files, skipped
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a byte the file system gave that is not UTF-8
+        return False
+    return True
+
+
+def _stray_files(root: Path) -> list[SkippedFile]:
+    """Images directly in a class-folder data set's root: in no class, so not used (other
+    files there, a README or a manifest, are not named)."""
+    reason = "not in a class sub-folder (each image must sit in its class's folder)"
+    stray = []
+    for path in sorted(root.iterdir()):
+        if not _is_hidden(path.name) and _file_kind(path) is not None:
+            shown = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+            stray.append(SkippedFile(shown, reason))
+            log.warning("skipping %s: %s", shown, reason)
+    return stray
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -599,6 +683,8 @@ def sniff_format(head: bytes) -> str | None:
 
 def _probe_kind_only(path: Path) -> str | None:
     """Reason to skip ``path`` judged by its first bytes only, or None."""
+    if path.exists() and not path.is_file():  # opening a named pipe would wait forever
+        return "not a regular file (a named pipe, socket or device): only image files are read"
     try:
         with path.open("rb") as fh:
             head = fh.read(HEAD_BYTES)
@@ -657,10 +743,27 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
         return f"not a DICOM file ({path.stat().st_size} bytes, starts with {head!r})"
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
-        return "DICOM file has no pixel data"
+        return _no_pixels_reason(path)
+    if holds_no_image(ds.get("SOPClassUID")):  # an RT dose grid has pixels, but no picture
+        return (
+            f"an RT dose, structure set, plan or report (SOP class {ds.get('SOPClassUID')}): "
+            "no image a classifier reads (the service refuses it for a model of stated use)"
+        )
     if rows < 1 or cols < 1:
         return f"DICOM image has zero size ({rows}x{cols})"
     return None
+
+
+def _no_pixels_reason(path: Path) -> str:
+    """Why a DICOM file without pixel data is skipped: it has none, or it was cut short
+    before them (the service's reason, which names where the data ends)."""
+    try:
+        preprocessing.preprocess(path.read_bytes(), size=(8, 8))
+    except TruncatedDataError as exc:
+        return str(exc)
+    except (RadlensError, OSError):  # a report, a plan: no pixel data at all
+        pass
+    return "DICOM file has no pixel data"
 
 
 def _is_deflated(path: Path) -> bool:
@@ -683,7 +786,7 @@ def drop_undecodable(source: DataSource, *, size: int = 32) -> DataSource:
     pixels, so a cut codestream, a blanking rescale or a deflate bomb passes it; after this,
     what ``radlens data-check`` counts is what ``radlens train`` trains on. An npz source is
     returned as it is (its arrays always decode)."""
-    if source.kind == "npz":
+    if source.kind == "npz" or source.decode_checked:
         return source
     kept: list[Example] = []
     skipped = list(source.skipped)
@@ -695,7 +798,50 @@ def drop_undecodable(source: DataSource, *, size: int = 32) -> DataSource:
             skipped.append(SkippedFile(example.key, reason))
         else:
             kept.append(example)
-    return replace(source, examples=kept, skipped=skipped)
+    return replace(source, examples=kept, skipped=skipped, decode_checked=True)
+
+
+def check_decodable(before: DataSource, after: DataSource) -> None:
+    """Refuse what ``drop_undecodable`` left unusable, naming it: a class (or finding) whose
+    every image was skipped at decode (all blank, all cut short), a series with no slice that
+    decodes, or fewer than 2 classes left. The header checks at scan time passed these, and a
+    model trained without one class's images would still export with an AUC it cannot have.
+
+    Raises:
+        models.errors.ConfigurationError: the first such problem, with a skipped file's reason.
+    """
+    where = str(before.root)
+    reasons = {s.path: s.reason for s in after.skipped}
+
+    def first_reason(keys: Iterable[str]) -> str:
+        return next((f"{k}: {reasons[k]}" for k in keys if k in reasons), "")
+
+    if before.has_series:
+        kept = {e.series for e in after.examples}
+        for series in dict.fromkeys(e.series for e in before.examples):
+            if series not in kept:
+                keys = [e.key for e in before.examples if e.series == series]
+                raise ConfigurationError(
+                    f"series {series} has no slice that decodes ({len(keys)} skipped; first "
+                    f"{first_reason(keys)}); fix or leave out the series"
+                )
+    counts = after.class_counts()
+    for index, (name, count) in enumerate(before.class_counts().items()):
+        if count and not counts[name]:
+            keys = [
+                e.key
+                for e in before.examples
+                if (index in (e.findings or ()) if before.multi_label else e.label == index)
+            ]
+            what = "finding" if before.multi_label else "class"
+            raise ConfigurationError(
+                f"{what} {name!r} of {where!r} has no image that decodes: all {count} were "
+                f"skipped (first {first_reason(keys)}); fix those files or leave the {what} out"
+            )
+    if after.multi_label:
+        _check_findings(after, where)
+    else:
+        _check_classes(after, where)
 
 
 def _probe_raster(path: Path) -> str | None:
@@ -745,15 +891,12 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
     base = csv_path.parent
     examples: list[Example] = []
     skipped: list[SkippedFile] = []
+    listed: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         where = f"{csv_path.name} line {line}"
-        rel = row["path"].strip()
-        if not rel:
-            raise ConfigurationError(f"empty path at {where}")
-        file = Path(rel) if Path(rel).is_absolute() else base / rel
-        reason: str | None = "not a file" if file.exists() else "file does not exist"
-        if file.is_file():
-            reason = _probe_file(file) if validate else _probe_kind_only(file)
+        rel = row["path"]
+        file, reason = _locate(base, rel, where, validate=validate)
+        _listed_once(listed, file, line, csv_path.name)
         if reason is not None:
             skipped.append(SkippedFile(str(file), reason))
             log.warning("skipping %s: %s", file, reason)
@@ -815,6 +958,7 @@ def _csv_labels(
 
         return names, by_index
 
+    _one_spelling(raw, str(csv_path))
     names = order_class_names(raw)
     index = {n: i for i, n in enumerate(names)}
 
@@ -826,13 +970,18 @@ def _csv_labels(
 
 def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> DataSource:
     """A CSV (``spec.column``) or a folder (class-folder names) read as sets of findings."""
+    skipped: list[SkippedFile] = []
     if path.is_dir():
         dirs = sorted(d.name for d in path.iterdir() if d.is_dir() and not _is_hidden(d.name))
-        rows = [
-            {"path": str(file), spec.column: name, "split": "", "patient_id": ""}
-            for name in dirs
-            for file in _walk_files(path / name)
-        ]
+        skipped.extend(_stray_files(path))
+        rows = []
+        for name in dirs:
+            files, unnamed = _walk_files(path / name)
+            skipped.extend(unnamed)
+            rows += [
+                {"path": str(file.relative_to(path)), spec.column: name, "split": ""}
+                for file in files
+            ]
         if not rows:
             raise ConfigurationError(f"no files under the class folders of {str(path)!r}")
         columns = list(rows[0])
@@ -863,21 +1012,30 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
                 f"{names!r}; add them to the list or fix the labels"
             )
     else:
+        _one_spelling(seen, str(path))
         names = seen
     index = {name: i for i, name in enumerate(names)}
     key = patient_hash_key() if any(r.get("patient_id", "").strip() for r in rows) else b""
     base = path if path.is_dir() else path.parent
     examples: list[Example] = []
-    skipped: list[SkippedFile] = []
+    n_dicom = 0
+    listed: dict[str, int] = {}
     for line, (row, found) in enumerate(zip(rows, parsed, strict=True), start=2):
         where = f"{csv_name} line {line}"
         file, reason = _locate(base, row["path"], where, validate=validate)
+        _listed_once(listed, file, line, csv_name)
         if reason is not None:
             skipped.append(SkippedFile(str(file), reason))
             log.warning("skipping %s: %s", file, reason)
             continue
         raw_patient = row.get("patient_id", "").strip()
         patient = hash_patient_id(f"PatientID:{raw_patient}", key) if raw_patient else None
+        if path.is_dir() and _file_kind(file) == "dicom":  # a folder: the DICOM header's
+            readable, raw = _dicom_header_patient(file)
+            n_dicom += readable
+            if raw is not None:
+                key = key or patient_hash_key()
+                patient = hash_patient_id(raw, key)
         split = _normalise_split(row.get("split"), where=where)
         findings = tuple(sorted(index[name] for name in found))
         examples.append(Example(str(file), int(bool(findings)), patient, split, findings))
@@ -891,7 +1049,11 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
         none_name=spec.none_name,
     )
     if any(e.patient_id is not None for e in examples):
-        source.patient_source = "patient_id column"
+        source.patient_source = (
+            "PatientID/StudyInstanceUID" if path.is_dir() else "patient_id column"
+        )
+    elif n_dicom:
+        raise _no_patients_error(n_dicom, path)
     _check_findings(source, str(path))
     return source
 
@@ -971,10 +1133,22 @@ def _open_npz(path: Path, *, class_names: Sequence[str] | None) -> DataSource:
         for split in SPLITS:
             if f"{split}_images" not in keys:
                 continue
-            images = np.asarray(data[f"{split}_images"])
-            raw = np.asarray(data[f"{split}_labels"]) if f"{split}_labels" in keys else None
-            if raw is None:
+            if f"{split}_labels" not in keys:
                 raise ConfigurationError(f"npz file {str(path)!r} has {split}_images but no labels")
+            images = _npz_array(data, f"{split}_images", path)
+            raw = _npz_array(data, f"{split}_labels", path)
+            if images.dtype not in (np.uint8, np.uint16):
+                raise ConfigurationError(
+                    f"{split}_images in {str(path)!r} holds {images.dtype} values; npz images "
+                    "must be uint8 or uint16 gray, as stored pixels are (MedMNIST's are uint8)"
+                )
+            if raw.dtype.kind not in "iub" and not (
+                raw.dtype.kind == "f" and np.isfinite(raw).all() and (raw == np.round(raw)).all()
+            ):
+                raise ConfigurationError(
+                    f"{split}_labels in {str(path)!r} must be whole class indices; "
+                    f"they are {raw.dtype} values such as {raw.ravel()[:3].tolist()!r}"
+                )
             if images.ndim == 4 and images.shape[-1] == 1:
                 images = images[..., 0]
             if images.ndim != 3:
@@ -1008,6 +1182,18 @@ def _open_npz(path: Path, *, class_names: Sequence[str] | None) -> DataSource:
     source = DataSource(names, examples, "npz", path, [], arrays)
     _check_classes(source, str(path))
     return source
+
+
+def _npz_array(data: Any, key: str, path: Path) -> np.ndarray:
+    """One array of an npz file; an object array (pickled Python objects) is refused: it is
+    never loaded, as it could run code."""
+    try:
+        return np.asarray(data[key])
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise ConfigurationError(
+            f"cannot read {key} in npz file {str(path)!r} ({exc}); store plain numeric arrays "
+            "(numpy.savez with uint8 images and integer labels)"
+        ) from exc
 
 
 def _parse_npz_key(key: str) -> tuple[str, int]:

@@ -1,0 +1,314 @@
+"""Messy training folders, as an ML engineer's own exports are (found by QA round 8, each
+case one that passed or crashed before): a class whose every image is unusable, multi-label
+folders of DICOMs, one file on two manifest rows, names that are not UTF-8, linked and stray
+files, a named pipe, npz arrays of the wrong kind, and `radlens data-check` splitting
+differently from `radlens train`."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from radlens.cli.main import main
+from radlens.models.errors import ConfigurationError
+from radlens.training.data.sources import (
+    DataSource,
+    Example,
+    MultiLabelSpec,
+    check_decodable,
+    drop_undecodable,
+    open_data,
+    open_source,
+)
+from tests.training.conftest import tiny_config
+from tests.training.data_fixtures import png_folder, write_csv, write_npz
+
+
+def _blank_pngs(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("L", (32, 32), color=0).save(folder / f"blank_{i}.png")
+
+
+def _dicom(path: Path, patient: str, seed: int) -> Path:
+    """pydicom's CT_small with its own instance, patient and noise."""
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    ds.PatientID = patient
+    ds.PatientName = f"Messy^{patient}"
+    ds.SOPInstanceUID = f"2.25.{10**12 + seed}"
+    rng = np.random.default_rng(seed)
+    ds.PixelData = rng.integers(0, 1000, (ds.Rows, ds.Columns), dtype=np.int16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path)
+    return path
+
+
+class TestEveryImageOfAClassUnusable:
+    """A class of blank images passed the header checks: train exported a model with
+    "auc missing" and exit 0, data-check printed `class abnormal: 0` with exit 0."""
+
+    @staticmethod
+    def data(tmp_path: Path) -> Path:
+        root = png_folder(tmp_path / "ds", n_per_class=8, classes=("normal",))
+        _blank_pngs(root / "abnormal", 8)
+        return root
+
+    def test_check_decodable_names_the_class_and_a_reason(self, tmp_path: Path) -> None:
+        source = open_source(self.data(tmp_path))
+        with pytest.raises(ConfigurationError, match=r"class 'abnormal' .* all 8 were skipped"):
+            check_decodable(source, drop_undecodable(source))
+
+    def test_data_check_exits_2_after_listing_the_skipped_files(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["data-check", str(self.data(tmp_path))]) == 2
+        captured = capsys.readouterr()
+        assert captured.out.count("skipped ") == 8 and "blank_0.png" in captured.out
+        assert "class 'abnormal'" in captured.err and "Traceback" not in captured.err
+
+    def test_train_refuses_before_writing_a_run(self, tmp_path: Path) -> None:
+        from radlens.training.run import train
+
+        config = tiny_config(self.data(tmp_path), tmp_path)
+        with pytest.raises(ConfigurationError, match="class 'abnormal'"):
+            train(config, verbose=0)
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+        assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+    def test_a_series_with_no_slice_that_decodes_is_named(self, tmp_path: Path) -> None:
+        good = [Example(f"{tmp_path}/{i}.png", i % 2, series=f"s{i}") for i in range(4)]
+        lost = [Example(f"{tmp_path}/lost{i}.png", 0, series="labels.csv:9") for i in range(2)]
+        before = DataSource(["normal", "abnormal"], good + lost, "csv", tmp_path)
+        after = DataSource(["normal", "abnormal"], good, "csv", tmp_path)
+        with pytest.raises(ConfigurationError, match=r"series labels.csv:9 has no slice"):
+            check_decodable(before, after)
+
+
+class TestMultiLabelFolder:
+    @staticmethod
+    def data(tmp_path: Path) -> Path:
+        root = tmp_path / "ml"
+        seed = 0
+        for finding in ("No Finding", "Effusion", "Infiltration"):
+            for patient in ("P1", "P2", "P3"):
+                seed += 1
+                _dicom(root / finding / f"{patient}_{seed}.dcm", patient, seed)
+        return root
+
+    def test_dicom_patients_are_read_from_the_headers(self, tmp_path: Path) -> None:
+        """They were not: multi-label folders were split image by image, 4 patients in
+        train, val and test at once, and the leakage check passed."""
+        source = open_source(self.data(tmp_path), multi_label=MultiLabelSpec())
+        assert source.patient_source == "PatientID/StudyInstanceUID"
+        assert len({e.patient_id for e in source.examples}) == 3
+        assert all(e.patient_id and "P1" not in e.patient_id for e in source.examples)
+
+    def test_a_relative_folder_path_finds_its_files(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """It looked for ml/ml/...: 'file does not exist' for every file."""
+        self.data(tmp_path)
+        monkeypatch.chdir(tmp_path)
+        source = open_source(Path("ml"), multi_label=MultiLabelSpec())
+        assert len(source.examples) == 9 and not source.skipped
+
+
+def test_one_file_on_two_manifest_rows_is_refused(tmp_path: Path) -> None:
+    """It went to train labelled 0 and to test labelled 1; the leakage check passed."""
+    root = png_folder(tmp_path / "ds", n_per_class=4)
+    files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
+    rows = [{"path": str(f), "label": f.parts[0], "split": ""} for f in files]
+    rows.append({"path": str(files[1]), "label": "normal", "split": "test"})
+    csv_path = write_csv(root / "labels.csv", rows)
+    with pytest.raises(ConfigurationError, match=r"listed twice in labels\.csv \(lines 3 and 10\)"):
+        open_data(root)
+    rows[-1] = {"path": f"./{files[2]}", "label": "abnormal", "split": ""}  # another spelling
+    write_csv(csv_path, rows)
+    with pytest.raises(ConfigurationError, match="listed twice"):
+        open_data(root)
+
+
+class TestFolderWalk:
+    def test_a_name_that_is_not_utf8_is_skipped_with_its_reason(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """train stopped with 'internal error: UnicodeEncodeError' writing splits.csv."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        source_png = next((root / "normal").glob("*.png"))
+        name = os.fsencode(root / "normal") + b"/bad\xe9name.png"
+        with open(name, "wb") as fh:
+            fh.write(source_png.read_bytes())
+        source = open_source(root)
+        assert [Path(s.path).name for s in source.skipped] == ["bad\\udce9name.png"]
+        assert "not UTF-8" in source.skipped[0].reason
+        assert main(["data-check", str(root)]) == 0
+        assert "bad\\udce9name.png: its name is not UTF-8" in capsys.readouterr().out
+
+    def test_linked_folders_are_read_once_and_stray_files_are_named(self, tmp_path: Path) -> None:
+        """A linked sub-folder was left out without a word, and so were files at the root."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        elsewhere = png_folder(tmp_path / "elsewhere", n_per_class=2, classes=("x",), seed=5)
+        (root / "normal" / "linked").symlink_to(elsewhere / "x", target_is_directory=True)
+        (root / "normal" / "linked_again").symlink_to(elsewhere / "x", target_is_directory=True)
+        (root / "abnormal" / "loop").symlink_to(root / "abnormal", target_is_directory=True)
+        (root / "stray.png").write_bytes(next((root / "normal").glob("*.png")).read_bytes())
+        source = open_source(root)
+        assert source.class_counts() == {"normal": 6, "abnormal": 4}
+        assert [(Path(s.path).name, s.reason) for s in source.skipped] == [
+            ("stray.png", "not in a class sub-folder (each image must sit in its class's folder)")
+        ]
+
+    @pytest.mark.timeout(60)
+    def test_a_named_pipe_is_skipped_not_opened(self, tmp_path: Path) -> None:
+        """data-check and train waited on it forever."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        os.mkfifo(root / "normal" / "pipe.dcm")
+        source = open_source(root)
+        assert [Path(s.path).name for s in source.skipped] == ["pipe.dcm"]
+        assert "named pipe" in source.skipped[0].reason
+
+
+class TestNpz:
+    def test_an_object_array_is_refused_without_unpickling(self, tmp_path: Path) -> None:
+        path = tmp_path / "objects.npz"
+        images = np.empty(4, dtype=object)
+        images[:] = [np.zeros((8, 8), np.uint8)] * 4
+        np.savez(path, train_images=images, train_labels=np.array([0, 1, 0, 1]))
+        with pytest.raises(ConfigurationError, match=r"cannot read train_images .*\(Object arrays"):
+            open_source(path)
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.int16])
+    def test_images_that_are_not_stored_pixels_are_refused_by_name(
+        self, tmp_path: Path, dtype: type
+    ) -> None:
+        """data-check counted them; train failed later with a message naming no array."""
+        path = write_npz(tmp_path / "x.npz", n={"train": 8})
+        with np.load(path) as data:
+            arrays = dict(data)
+        arrays["train_images"] = arrays["train_images"].astype(dtype)
+        np.savez(path, **arrays)
+        with pytest.raises(ConfigurationError, match=f"train_images .* holds {np.dtype(dtype)}"):
+            open_source(path)
+
+    def test_fractional_labels_are_refused_whole_float_ones_kept(self, tmp_path: Path) -> None:
+        """0.5 and 1.5 were cut to 0 and 1 without a word."""
+        path = write_npz(tmp_path / "x.npz", n={"train": 8})
+        with np.load(path) as data:
+            arrays = dict(data)
+        labels = arrays["train_labels"].astype(np.float64)
+        np.savez(path, train_images=arrays["train_images"], train_labels=labels + 0.5)
+        with pytest.raises(ConfigurationError, match="must be whole class indices"):
+            open_source(path)
+        np.savez(path, train_images=arrays["train_images"], train_labels=labels)
+        assert len(open_source(path).examples) == 8
+
+
+class TestDataCheckSplitsAsTrainDoes:
+    def test_the_default_seed_is_trains(self) -> None:
+        """data-check split with seed 0, train with 1234: 10 of 40 files differed."""
+        from radlens.cli.data_cmds import DEFAULT_SEED
+        from radlens.training.config import TrainConfig
+
+        assert TrainConfig().seed == DEFAULT_SEED
+
+    def test_undecodable_files_leave_before_the_split(self, tmp_path: Path) -> None:
+        """train split before dropping them, data-check after: 5 of 42 files differed."""
+        from radlens.training.data.sources import split_source
+        from radlens.training.run import _RunData
+
+        root = png_folder(tmp_path / "ds", n_per_class=12)
+        _blank_pngs(root / "abnormal", 3)
+        run = _RunData.open(tiny_config(root, tmp_path, val_fraction=0.25, test_fraction=0.25))
+        assert len(run.skipped) == 3 and len(run.source.examples) == 24
+        checked = drop_undecodable(open_data(root))
+        assert split_source(checked, val_fraction=0.25, test_fraction=0.25, seed=1234) == (
+            run.splits
+        )
+
+    def test_a_folders_labels_csv_is_read_as_train_reads_it(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """data-check read the class folders, train the labels.csv beside them."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
+        write_csv(
+            root / "labels.csv",
+            [{"path": str(f), "label": "x" if i < 2 else "y"} for i, f in enumerate(files)],
+        )
+        assert main(["data-check", str(root)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("csv source") and "class x: 2" in out and "class y: 6" in out
+
+
+class TestSkipReasons:
+    def test_an_rt_dose_grid_is_not_trained_on(self, tmp_path: Path) -> None:
+        """It has pixels, so it was trained on (and the manifest said the model knew RTDOSE),
+        though the service refuses it for every model of stated use."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        (root / "normal" / "dose.dcm").write_bytes(
+            Path(str(get_testdata_file("rtdose.dcm"))).read_bytes()
+        )
+        skipped = {Path(s.path).name: s.reason for s in open_source(root).skipped}
+        assert (
+            set(skipped) == {"dose.dcm"} and "1.2.840.10008.5.1.4.1.1.481.2" in skipped["dose.dcm"]
+        )
+
+    def test_a_file_cut_before_its_pixels_says_truncated(self, tmp_path: Path) -> None:
+        """It said "DICOM file has no pixel data"; `radlens inspect` said truncated."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        cut = Path(str(get_testdata_file("emri_small_jpeg_2k_lossless_too_short.dcm")))
+        (root / "normal" / "cut.dcm").write_bytes(cut.read_bytes())
+        (root / "normal" / "plan.dcm").write_bytes(
+            Path(str(get_testdata_file("rtplan.dcm"))).read_bytes()
+        )
+        skipped = {Path(s.path).name: s.reason for s in open_source(root).skipped}
+        assert skipped["cut.dcm"].startswith("The file is truncated")
+        assert skipped["plan.dcm"] == "DICOM file has no pixel data"
+
+
+@pytest.mark.parametrize("layout", ["folder", "csv", "findings"])
+def test_labels_that_differ_only_in_case_are_refused(tmp_path: Path, layout: str) -> None:
+    """ "Normal" and "normal" became two classes without a word."""
+    root = png_folder(tmp_path / "ds", n_per_class=4, classes=("normal", "Normal", "abnormal"))
+    if layout == "folder":
+        path, spec = root, None
+    else:
+        files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
+        rows = [{"path": str(f), "label": f.parts[0]} for f in files]
+        path = write_csv(tmp_path / "labels.csv", rows)
+        spec = MultiLabelSpec() if layout == "findings" else None
+        for row in rows:
+            row["path"] = str(root / row["path"])
+        write_csv(path, rows)
+    with pytest.raises(ConfigurationError, match=r"\['Normal', 'normal'\] .* differ only in case"):
+        open_source(path, multi_label=spec)
+
+
+def test_evaluate_rebuilds_the_split_of_a_run_that_left_files_out(tmp_path: Path) -> None:
+    """Training now splits only what decodes; evaluate must split the same way, or its
+    "test" split would hold images the model was trained on."""
+    from radlens.models.registry import ModelRegistry
+    from radlens.training.evaluate import evaluate, select_split
+    from radlens.training.run import train
+
+    root = png_folder(tmp_path / "ds", n_per_class=16)
+    _blank_pngs(root / "abnormal", 5)
+    _blank_pngs(root / "normal" / "more", 4)
+    config = tiny_config(root, tmp_path, epochs_head=1, val_fraction=0.25, test_fraction=0.25)
+    run = train(config, verbose=0)
+    assert len(run.skipped) == 9 and run.split["decode_checked"] is True
+    with (run.run_dir / "splits.csv").open() as fh:
+        trained_test = sorted(r["key"] for r in csv.DictReader(fh) if r["split"] == "test")
+    manifest = ModelRegistry(run.store).load(run.model_ref).manifest
+    rebuilt = select_split(open_data(root), "test", manifest.training_config)
+    assert sorted(e.key for e in rebuilt) == trained_test
+    test = evaluate(run.model_ref, root, split="test", store=run.store)
+    assert test["n"] == run.split_sizes["test"] == len(trained_test)
+    assert test["skipped_files"] == 9
