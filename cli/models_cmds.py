@@ -217,7 +217,9 @@ def convert_model(
             if manifest.multi_label
             else open_data(data, manifest.class_names)
         )
-        examples = select_split(source, split, manifest.training_config)
+        examples = select_split(
+            source, split, manifest.training_config, manifest.preprocessing_version
+        )
         images, labels = load_examples(
             source,
             examples,
@@ -266,7 +268,7 @@ def add_ood_detector(
     from radlens.models.errors import ConfigurationError
     from radlens.models.ood import METHODS
     from radlens.training.data.sources import open_data
-    from radlens.training.evaluate import select_split
+    from radlens.training.evaluate import as_trained, select_split
     from radlens.training.ood import attach_from_source
 
     if method not in METHODS:
@@ -285,6 +287,7 @@ def add_ood_detector(
             "fitted at export on each member's held-out fold (training.recipe.export_ensemble)"
         )
     source = open_data(data, manifest.class_names)
+    source = as_trained(source, config, manifest.preprocessing_version)  # decoded once
     splits = {split: select_split(source, split, config) for split in ("train", "val")}
     updated = attach_from_source(
         registry,

@@ -138,7 +138,7 @@ class BlankImageError(InvalidImageError):
     value: there is nothing to read, and a score on it would mean nothing. Raised by the
     service and by training's loader, not by preprocessing (``ImageMetadata.blank``): a blank
     frame among others is left out of its instance's aggregate, and training skips the file
-    (an npz data set's arrays are taken as given)."""
+    (or the npz array)."""
 
     code = "blank-image"
     title = (

@@ -40,22 +40,37 @@ log = logging.getLogger(__name__)
 SPLIT_CHOICES = ("train", "val", "test", "all")
 
 
-def as_trained(source: DataSource, training_config: dict[str, Any]) -> DataSource:
+def as_trained(
+    source: DataSource, training_config: dict[str, Any], version: str | None = None
+) -> DataSource:
     """``source`` as the model's training run split it: a run that decoded every image before
     its split (``split.decode_checked``, since training refuses what it cannot read up front)
-    split only the images that decode, so they are dropped here too (into ``skipped``)."""
+    split only the images that decode, so they are dropped here too (into ``skipped``), decoded
+    with the model's preprocessing ``version`` (the one its run decoded with)."""
     if (training_config.get("split") or {}).get("decode_checked"):
-        return drop_undecodable(source)
+        return drop_undecodable(source, version=version)
     return source
 
 
-def select_split(source: DataSource, split: str, training_config: dict[str, Any]) -> list[Example]:
-    """The examples of ``split``, re-split exactly as the model's training run did."""
+def select_split(
+    source: DataSource,
+    split: str,
+    training_config: dict[str, Any],
+    version: str | None = None,
+) -> list[Example]:
+    """The examples of ``split``, re-split exactly as the model's training run did (the
+    model's preprocessing ``version`` decides which files decode, see :func:`as_trained`).
+
+    Raises:
+        models.errors.ConfigurationError: an unknown or empty split, another patient-hash key,
+            or a rebuilt split whose sizes differ from the run's record (the data, or how
+            radlens reads it, changed since training: its "test" would hold trained images).
+    """
     if split not in SPLIT_CHOICES:
         raise ConfigurationError(f"split must be one of {', '.join(SPLIT_CHOICES)}; got {split!r}")
     if split == "all":
         return list(source.examples)
-    source = as_trained(source, training_config)  # a no-op on a source already decoded
+    source = as_trained(source, training_config, version)  # no-op on a decoded source
     if {e.split for e in source.examples} == {split}:
         # a file holding only this split (the official test npz: test_* keys alone) is that
         # split whatever the model's training did: re-splitting it (a --resplit model) would
@@ -79,6 +94,15 @@ def select_split(source: DataSource, split: str, training_config: dict[str, Any]
         ),
         keep_given=not training_config.get("resplit", False),
     )
+    recorded_sizes = (training_config.get("split") or {}).get("sizes")
+    sizes = {k: len(v) for k, v in splits.items()}
+    if recorded_sizes and sizes != recorded_sizes:
+        raise ConfigurationError(
+            f"the split rebuilt from this data ({sizes}) is not the training run's "
+            f"({recorded_sizes}): the data, or how this radlens reads it, changed since "
+            f"training, so its {split!r} split could hold images the model was trained on; "
+            "evaluate on data the model never saw with --split all"
+        )
     chosen = splits[split]
     if not chosen:
         counts = {k: len(v) for k, v in splits.items()}
@@ -154,7 +178,7 @@ def evaluate(
             f"{list(manifest.class_names)!r}"
         )
     if split != "all":
-        source = as_trained(source, manifest.training_config)
+        source = as_trained(source, manifest.training_config, manifest.preprocessing_version)
     examples = select_split(source, split, manifest.training_config)
     skipped: list[SkippedFile] = list(source.skipped)
     inputs, labels = load_examples(
@@ -332,7 +356,7 @@ def _evaluate_findings(
     spec = findings_spec(manifest, label_column)
     source = open_data(data, multi_label=spec, dicom_root=series.dicom_root)
     if split != "all":
-        source = as_trained(source, config)
+        source = as_trained(source, config, manifest.preprocessing_version)
     examples = select_split(source, split, config)
     skipped: list[SkippedFile] = list(source.skipped)
     inputs, targets = load_examples(

@@ -254,7 +254,7 @@ class _RunData:
         check_splits(source, splits, min_calibration_positives=config.min_calibration_positives)
         record = describe_split(source, splits, resplit=config.resplit)
         # what evaluate and `models ood` must know to rebuild this split (select_split)
-        record["decode_checked"] = source.kind != "npz"
+        record["decode_checked"] = True
         if source.has_series:  # series-labelled: how many series (and slices) each split got
             from radlens.training.data.series import series_counts
 

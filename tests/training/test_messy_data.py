@@ -28,7 +28,7 @@ from radlens.training.data.sources import (
     open_source,
 )
 from tests.training.conftest import tiny_config
-from tests.training.data_fixtures import png_folder, write_csv, write_npz
+from tests.training.data_fixtures import png_folder, random_gray, write_csv, write_npz, write_png
 
 
 def _blank_pngs(folder: Path, n: int) -> None:
@@ -165,6 +165,39 @@ class TestFolderWalk:
             ("stray.png", "not in a class sub-folder (each image must sit in its class's folder)")
         ]
 
+    def test_a_file_linked_into_another_class_is_refused(self, tmp_path: Path) -> None:
+        """QA round 9: the same files were read as normal and as abnormal (and split into
+        train and test), the per-class walk not knowing the other class's files."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        (root / "abnormal" / "from_normal").symlink_to(root / "normal", target_is_directory=True)
+        with pytest.raises(ConfigurationError, match=r"one file \(a link\) in two classes"):
+            open_source(root)
+
+    def test_a_linked_file_in_its_own_class_is_read_once(self, tmp_path: Path) -> None:
+        """QA round 9: each link was a second image, free to land in another split."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        for png in sorted((root / "abnormal").glob("*.png")):
+            (png.parent / f"L_{png.name}").symlink_to(png)
+        source = open_source(root)
+        assert source.class_counts() == {"normal": 4, "abnormal": 4}
+        assert all("reached again through a link" in s.reason for s in source.skipped)
+        assert len(source.skipped) == 2  # abnormal_000 and _002 (the others are one deeper)
+
+    def test_a_folder_that_cannot_be_listed_is_named(self, tmp_path: Path) -> None:
+        """QA round 9: files 900 folders down (past PATH_MAX) were left out without a word."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        deep = root / "normal"
+        os.chdir(deep)
+        try:
+            for _ in range(300):  # each step relative, so the path can outgrow PATH_MAX
+                os.mkdir("d" * 20)
+                os.chdir("d" * 20)
+        finally:
+            os.chdir(tmp_path)
+        source = open_source(root)
+        assert source.class_counts() == {"normal": 4, "abnormal": 4}
+        assert [s.reason.split(" (")[0] for s in source.skipped] == ["folder cannot be read"]
+
     @pytest.mark.timeout(60)
     def test_a_named_pipe_is_skipped_not_opened(self, tmp_path: Path) -> None:
         """data-check and train waited on it forever."""
@@ -273,6 +306,17 @@ class TestSkipReasons:
         assert skipped["plan.dcm"] == "DICOM file has no pixel data"
 
 
+def test_no_finding_spelled_otherwise_is_not_a_finding(tmp_path: Path) -> None:
+    """QA round 9: "no finding" became a finding beside the no-finding name "No Finding"."""
+    root = png_folder(tmp_path / "ds", n_per_class=3, classes=("Effusion", "Nodule", "x"))
+    files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
+    cells = ["Effusion", "Nodule", "no finding"]
+    rows = [{"path": str(f), "label": cells[i % 3]} for i, f in enumerate(files)]
+    path = write_csv(root / "labels.csv", rows)
+    with pytest.raises(ConfigurationError, match=r"\['No Finding', 'no finding'\]"):
+        open_source(path, multi_label=MultiLabelSpec())
+
+
 @pytest.mark.parametrize("layout", ["folder", "csv", "findings"])
 def test_labels_that_differ_only_in_case_are_refused(tmp_path: Path, layout: str) -> None:
     """ "Normal" and "normal" became two classes without a word."""
@@ -312,3 +356,28 @@ def test_evaluate_rebuilds_the_split_of_a_run_that_left_files_out(tmp_path: Path
     test = evaluate(run.model_ref, root, split="test", store=run.store)
     assert test["n"] == run.split_sizes["test"] == len(trained_test)
     assert test["skipped_files"] == 9
+
+    # QA round 9: data changed since training (here: a file added) rebuilt another split
+    # without a word, its "test" holding images the model was trained on
+    write_png(root / "normal" / "added.png", random_gray(np.random.default_rng(7)))
+    with pytest.raises(ConfigurationError, match="is not the training run's"):
+        evaluate(run.model_ref, root, split="test", store=run.store)
+    assert evaluate(run.model_ref, root, split="all", store=run.store)["n"] == 33
+
+
+def test_blank_npz_images_are_skipped_and_a_class_of_them_refused(tmp_path: Path) -> None:
+    """QA round 9: an npz of all-zero images trained and exported with exit 0."""
+    path = write_npz(tmp_path / "x.npz", n={"train": 8, "val": 4})
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["train_images"][0] = 0  # one blank image of class 0
+    np.savez(path, **arrays)
+    source = drop_undecodable(open_source(path))
+    assert [s.path for s in source.skipped] == ["npz:train:0"]
+    assert "every pixel of the 28x28 array npz:train:0 has the same value" in str(source.skipped[0])
+    arrays["train_images"][1::2] = 7  # every class-1 image blank
+    arrays["val_images"][1::2] = 7
+    np.savez(path, **arrays)
+    opened = open_source(path)
+    with pytest.raises(ConfigurationError, match=r"class 'class_1' .* all 6 were skipped"):
+        check_decodable(opened, drop_undecodable(opened))

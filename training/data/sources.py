@@ -75,6 +75,7 @@ import numpy as np
 
 from radlens.models import preprocessing
 from radlens.models.errors import (
+    BlankImageError,
     ConfigurationError,
     NotAnImageError,
     RadlensError,
@@ -522,11 +523,26 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
     skipped: list[SkippedFile] = _stray_files(root)
     key = None
     n_dicom = 0
+    first_seen: dict[str, tuple[int, Path]] = {}  # real path -> (label, the path met first)
     for label, class_dir in enumerate(class_dirs):
         found_any = False
         files, unnamed = _walk_files(class_dir)
         skipped.extend(unnamed)
         for file in files:
+            real = os.path.realpath(file)
+            if real in first_seen:  # one file reached twice, through a link
+                other_label, other = first_seen[real]
+                if other_label != label:
+                    raise ConfigurationError(
+                        f"{str(file)!r} and {str(other)!r} are one file (a link) in two "
+                        f"classes, {names[label]!r} and {names[other_label]!r}: one image "
+                        "cannot have two labels; remove the link"
+                    )
+                again = f"the same file as {other} (reached again through a link): read once"
+                skipped.append(SkippedFile(str(file), again))
+                log.warning("skipping %s: %s", file, again)
+                continue
+            first_seen[real] = (label, file)
             reason = _probe_file(file) if validate else _probe_kind_only(file)
             if reason is not None:
                 skipped.append(SkippedFile(str(file), reason))
@@ -626,7 +642,14 @@ def _walk_files(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
     files: list[Path] = []
     skipped: list[SkippedFile] = []
     seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+    def unreadable(error: OSError) -> None:  # a folder os.walk cannot list (too deep, ...)
+        shown = str(error.filename).encode("utf-8", "backslashreplace").decode("utf-8")
+        reason = f"folder cannot be read ({error.strerror or error}); its files are left out"
+        skipped.append(SkippedFile(shown, reason))
+        log.warning("skipping %s: %s", shown, reason)
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
@@ -779,23 +802,53 @@ def _is_deflated(path: Path) -> bool:
     return bool(syntax == DeflatedExplicitVRLittleEndian)
 
 
-def drop_undecodable(source: DataSource, *, size: int = 32) -> DataSource:
+def drop_undecodable(
+    source: DataSource, *, size: int = 32, version: str | None = None
+) -> DataSource:
     """The source without the examples whose file does not decode, each moved to ``skipped``
     with the reason training gives when it skips it (``load_pixels`` at ``size``, the call
     training makes, caught as training catches it). The header probe at scan time reads no
     pixels, so a cut codestream, a blanking rescale or a deflate bomb passes it; after this,
-    what ``radlens data-check`` counts is what ``radlens train`` trains on. An npz source is
-    returned as it is (its arrays always decode)."""
-    if source.kind == "npz" or source.decode_checked:
+    what ``radlens data-check`` counts is what ``radlens train`` trains on. An npz source's
+    arrays always decode; its blank ones are dropped (:func:`_drop_blank_arrays`), as the
+    service refuses a blank image. ``version``: the preprocessing version to
+    decode with (a stored model's, to rebuild its training run's split; None: the current)."""
+    if source.decode_checked:
         return source
+    if source.kind == "npz":
+        return _drop_blank_arrays(source)
     kept: list[Example] = []
     skipped = list(source.skipped)
     for example in source.examples:
         try:
-            source.load_pixels(example, size=size)
+            source.load_pixels(example, size=size, version=version)
         except (RadlensError, OSError) as exc:
             reason = str(exc) if isinstance(exc, RadlensError) else f"cannot be read ({exc})"
             skipped.append(SkippedFile(example.key, reason))
+        else:
+            kept.append(example)
+    return replace(source, examples=kept, skipped=skipped, decode_checked=True)
+
+
+def _drop_blank_arrays(source: DataSource) -> DataSource:
+    """The npz source without its blank images (every pixel one value), each moved to
+    ``skipped`` with the reason the service refuses such an upload with."""
+    blank: dict[str, np.ndarray] = {}
+    for split, images in source.arrays.items():
+        flat = np.asarray(images).reshape(len(images), -1) if len(images) else None
+        blank[split] = (
+            flat.max(axis=1) == flat.min(axis=1) if flat is not None else np.zeros(0, bool)
+        )
+    kept: list[Example] = []
+    skipped = list(source.skipped)
+    for example in source.examples:
+        split, index = _parse_npz_key(example.key)
+        if blank[split][index]:
+            height, width = source.arrays[split].shape[1:3]
+            error = BlankImageError(
+                f"every pixel of the {height}x{width} array {example.key} has the same value"
+            )
+            skipped.append(SkippedFile(example.key, str(error)))
         else:
             kept.append(example)
     return replace(source, examples=kept, skipped=skipped, decode_checked=True)
@@ -1012,7 +1065,7 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
                 f"{names!r}; add them to the list or fix the labels"
             )
     else:
-        _one_spelling(seen, str(path))
+        _one_spelling([*seen, spec.none_name], str(path))  # "no finding" is not a finding
         names = seen
     index = {name: i for i, name in enumerate(names)}
     key = patient_hash_key() if any(r.get("patient_id", "").strip() for r in rows) else b""
