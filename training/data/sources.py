@@ -777,10 +777,16 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
     return None
 
 
+_WHOLE_READ_BYTES = 64 * 1024 * 1024
+
+
 def _no_pixels_reason(path: Path) -> str:
     """Why a DICOM file without pixel data is skipped: it has none, or it was cut short
-    before them (the service's reason, which names where the data ends)."""
+    before them (the service's reason, which names where the data ends). A large file (an
+    encapsulated document, say) is not read whole to find out."""
     try:
+        if path.stat().st_size > _WHOLE_READ_BYTES:
+            return "DICOM file has no pixel data"
         preprocessing.preprocess(path.read_bytes(), size=(8, 8))
     except TruncatedDataError as exc:
         return str(exc)
