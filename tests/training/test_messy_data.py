@@ -381,3 +381,20 @@ def test_blank_npz_images_are_skipped_and_a_class_of_them_refused(tmp_path: Path
     opened = open_source(path)
     with pytest.raises(ConfigurationError, match=r"class 'class_1' .* all 6 were skipped"):
         check_decodable(opened, drop_undecodable(opened))
+
+
+def test_a_given_test_split_added_after_training_is_evaluated(tmp_path: Path) -> None:
+    """Read, not rebuilt: a split given whole (npz keys) is not refused for sizes that differ
+    from the run's record when the data gained a test split."""
+    from radlens.training.evaluate import evaluate
+    from radlens.training.run import train
+
+    trainval = write_npz(tmp_path / "trainval.npz", n={"train": 24, "val": 12})
+    run = train(tiny_config(trainval, tmp_path, epochs_head=1), verbose=0)
+    with np.load(trainval) as data:
+        arrays = dict(data)
+    with np.load(write_npz(tmp_path / "t.npz", n={"test": 10}, seed=3)) as data:
+        arrays.update(data)
+    np.savez(tmp_path / "all.npz", **arrays)
+    result = evaluate(run.model_ref, tmp_path / "all.npz", split="test", store=run.store)
+    assert result["n"] == 10
