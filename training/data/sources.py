@@ -644,10 +644,8 @@ def _walk_files(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
     seen: set[str] = set()
 
     def unreadable(error: OSError) -> None:  # a folder os.walk cannot list (too deep, ...)
-        shown = str(error.filename).encode("utf-8", "backslashreplace").decode("utf-8")
         reason = f"folder cannot be read ({error.strerror or error}); its files are left out"
-        skipped.append(SkippedFile(shown, reason))
-        log.warning("skipping %s: %s", shown, reason)
+        skipped.append(_skipped_name(error.filename, reason))
 
     for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -660,35 +658,36 @@ def _walk_files(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
             if _is_hidden(name):
                 continue
             path = Path(dirpath) / name
-            if not _utf8(str(path)):
-                shown = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+            if _printable(path) != str(path):  # a byte the file system gave that is not UTF-8
                 reason = "its name is not UTF-8 text; rename the file (or its folder)"
-                skipped.append(SkippedFile(shown, reason))
-                log.warning("skipping %s: %s", shown, reason)
+                skipped.append(_skipped_name(path, reason))
                 continue
             files.append(path)
     return files, skipped
 
 
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a byte the file system gave that is not UTF-8
-        return False
-    return True
+def _printable(path: object) -> str:
+    """A path as text that can be printed, logged and written as UTF-8 (bytes that are not
+    UTF-8 shown as ``\\udcXX`` escapes)."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _skipped_name(path: object, reason: str) -> SkippedFile:
+    """A file (or folder) left out by name, logged as the other skips are."""
+    shown = _printable(path)
+    log.warning("skipping %s: %s", shown, reason)
+    return SkippedFile(shown, reason)
 
 
 def _stray_files(root: Path) -> list[SkippedFile]:
     """Images directly in a class-folder data set's root: in no class, so not used (other
     files there, a README or a manifest, are not named)."""
     reason = "not in a class sub-folder (each image must sit in its class's folder)"
-    stray = []
-    for path in sorted(root.iterdir()):
-        if not _is_hidden(path.name) and _file_kind(path) is not None:
-            shown = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
-            stray.append(SkippedFile(shown, reason))
-            log.warning("skipping %s: %s", shown, reason)
-    return stray
+    return [
+        _skipped_name(path, reason)
+        for path in sorted(root.iterdir())
+        if not _is_hidden(path.name) and _file_kind(path) is not None
+    ]
 
 
 def sniff_format(head: bytes) -> str | None:
