@@ -132,6 +132,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"{ENSEMBLE}: the folds the members train on and the threshold is chosen on "
         "(bench.recipe_cv --holdout)",
     )
+    p.add_argument(
+        "--copies-apart",
+        action="store_true",
+        help=f"{ENSEMBLE}: deal identical images to folds one by one (bench.recipe_cv)",
+    )
     p.add_argument("--data", default=str(DEFAULT_NPZ))
     p.add_argument("--epochs", type=int, help="epochs (cosine schedule length)")
     p.add_argument("--time-budget-minutes", type=float, default=None)
@@ -308,7 +313,15 @@ def cv_ensemble(args: argparse.Namespace) -> int:
     or past twice that in process CPU time (2 cores x the budget); only complete seeds are
     kept, so every image has an out-of-fold score from each kept seed.
     """
-    from bench.recipe_cv import configs, cpu_model, folds_for, load, mixed_holdout, record_run
+    from bench.recipe_cv import (
+        configs,
+        cpu_model,
+        fold_kind,
+        folds_for,
+        load,
+        mixed_holdout,
+        record_run,
+    )
     from radlens.training.data.sources import open_data
     from radlens.training.recipe import cross_validate, fold_figures
 
@@ -320,7 +333,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
         )
         return 2
     recipe, key = ensemble_recipe(table, args.member, args.epochs, args.image_size)
-    mixed = args.oof_out is not None and mixed_holdout(args.oof_out, args.holdout)
+    mixed = args.oof_out is not None and mixed_holdout(args.oof_out, fold_kind(args))
     if mixed:
         print(mixed, file=sys.stderr)
         return 2
@@ -329,7 +342,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
     source = open_data(args.data, ["normal", "pneumonia"])
     examples = [e for e in source.examples if e.split in ("train", "val")]
     images, labels = load(args.data, recipe.image_size)
-    folds = folds_for(args.data, args.holdout, labels, args.folds, 0)
+    folds = folds_for(args.data, args.holdout, labels, args.folds, 0, args.copies_apart)
     load_before = os.getloadavg()
     started_wall, started_cpu = time.monotonic(), time.process_time()
     runs, seed_seconds = [], []
@@ -352,7 +365,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
         )
         seed_seconds.append(time.monotonic() - t0)
         if args.oof_out is not None:
-            record_run(args.oof_out, key, runs[-1], labels, seed_load, args.holdout)
+            record_run(args.oof_out, key, runs[-1], labels, seed_load, fold_kind(args))
     from radlens.training.recipe import export_ensemble
 
     wall, cpu = time.monotonic() - started_wall, time.process_time() - started_cpu
@@ -370,7 +383,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
         tta_shift=args.tta_shift,
         extra_config={
             "member_config": args.member,
-            "holdout": args.holdout,
+            "holdout": fold_kind(args),
             "training_wall_seconds": round(wall, 1),
         },
     )
@@ -382,7 +395,7 @@ def cv_ensemble(args: argparse.Namespace) -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": f"{manifest.name}:{manifest.version}",
         "member_config": args.member,
-        "holdout": args.holdout,
+        "holdout": fold_kind(args),
         "recipe": recipe.to_dict(),
         "members": len(runs) * args.folds,
         "seeds_kept": [r.seed for r in runs],

@@ -130,12 +130,32 @@ PROBE_SIZE = 28
 same whatever input size a configuration trains at."""
 
 
-def folds_for(data: str, holdout: str, labels: Any, k: int, seed: int) -> Any:
-    """The folds of ``holdout`` over train+val (the leave-modes-out ones read the 28 px images)."""
+def folds_for(
+    data: str, holdout: str, labels: Any, k: int, seed: int, copies_apart: bool = False
+) -> Any:
+    """The folds of ``holdout`` over train+val (the leave-modes-out ones read the 28 px images),
+    identical images in one fold unless ``copies_apart`` (the folds of runs before 6 December
+    2026, which ignored copies: PneumoniaMNIST's train+val holds 24 groups of identical images)."""
     from radlens.training.recipe import GROUPED_HOLDOUTS, make_folds
 
     images = load(data, PROBE_SIZE)[0] if holdout in GROUPED_HOLDOUTS else None
-    return make_folds(holdout, images, labels, k, seed)
+    copies = None if copies_apart else copy_keys(data)
+    return make_folds(holdout, images, labels, k, seed, copies)
+
+
+def copy_keys(data: str) -> list[str]:
+    """The pixel digest of each train+val image, in :func:`load`'s order (equal for copies)."""
+    from radlens.training.data.sources import open_data, pixel_digest
+
+    source = open_data(data, ["normal", "pneumonia"])
+    examples = [e for e in source.examples if e.split in ("train", "val")]
+    return [pixel_digest(source.raw_array(e)) for e in examples]
+
+
+def fold_kind(args: Any) -> str:
+    """The folds a run used, as its ``--out`` folder records them (runs of two kinds must not
+    mix in one folder): the hold-out, and whether copies were kept apart."""
+    return args.holdout + (" (copies apart)" if args.copies_apart else "")
 
 
 def probe(data: str, k: int, seed: int) -> dict[str, Any]:
@@ -149,8 +169,9 @@ def probe(data: str, k: int, seed: int) -> dict[str, Any]:
     images, labels = load(data, PROBE_SIZE)
     pixels = images.reshape(len(labels), -1)
     result: dict[str, Any] = {}
+    copies = copy_keys(data)
     for holdout in HOLDOUTS:
-        folds = make_folds(holdout, images, labels, k, seed)  # the images loaded once, here
+        folds = make_folds(holdout, images, labels, k, seed, copies)  # images loaded once, here
         scores = np.zeros(len(labels))
         for f in np.unique(folds):
             held = folds == f
@@ -315,6 +336,13 @@ def _main(argv: list[str] | None) -> int:
         "shape: leave-modes-out on each image standardised to its own mean and spread",
     )
     p.add_argument(
+        "--copies-apart",
+        action="store_true",
+        help="deal identical images to folds one by one, as runs before 6 December 2026 did "
+        "(by default copies share a fold: one scored out of fold by a model trained on its copy "
+        "inflates the signal)",
+    )
+    p.add_argument(
         "--probe",
         action="store_true",
         help="no training: a pixel logistic regression's OOF AUC under each hold-out",
@@ -361,7 +389,7 @@ def _main(argv: list[str] | None) -> int:
         )
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    mixed = mixed_holdout(args.out, args.holdout)
+    mixed = mixed_holdout(args.out, fold_kind(args))
     if mixed:
         print(mixed, file=sys.stderr)
         return 2
@@ -374,11 +402,13 @@ def _main(argv: list[str] | None) -> int:
                 cache[recipe.image_size] = load(args.data, recipe.image_size)
             images, labels = cache[recipe.image_size]
             if folds is None:
-                folds = folds_for(args.data, args.holdout, labels, args.folds, args.fold_seed)
+                folds = folds_for(
+                    args.data, args.holdout, labels, args.folds, args.fold_seed, args.copies_apart
+                )
             load_before = os.getloadavg()
             print(f"{name} seed {seed}: {recipe.to_dict()}", flush=True)
             cv = cross_validate(images, labels, folds, recipe, seed=seed, tta_shift=args.tta_shift)
-            record_run(args.out, name, cv, labels, load_before, args.holdout)
+            record_run(args.out, name, cv, labels, load_before, fold_kind(args))
     report_path = args.out / "cv.json"
     report: dict[str, Any] = (
         json.loads(report_path.read_text()) if report_path.is_file() else {"runs": {}}

@@ -95,7 +95,9 @@ def data_check(
     from radlens.models.errors import ConfigurationError
     from radlens.training.data.sources import (
         MultiLabelSpec,
+        check_copies,
         check_decodable,
+        copies_report,
         drop_undecodable,
         leakage_report,
         open_data,
@@ -151,10 +153,31 @@ def data_check(
         )
     else:
         typer.echo("  leakage: none")
+    copies = copies_report(source, splits)
+    if headers_only:
+        typer.echo("  copies: not looked for (--headers-only reads no pixels)")
+    elif copies["groups"]:
+        pairs = ", ".join(f"{k}: {v}" for k, v in copies["split_pairs"].items())
+        across = (
+            f"; {copies['groups_in_two_splits']} group(s) in two given splits ({pairs}): "
+            "--resplit keeps copies in one split"
+            if pairs
+            else ""
+        )
+        typer.echo(
+            f"  copies: {copies['images']} image(s) in {copies['groups']} group(s) of identical "
+            f"images{across}"
+        )
+    else:
+        typer.echo("  copies: none (no two images have the same pixels)")
     for item in source.skipped:
         typer.echo(f"  skipped {item}")
     how = "headers read only" if headers_only else "every image decoded as training decodes it"
     typer.echo(f"  {len(source.skipped)} file(s) skipped ({how})")
+    try:
+        check_copies(source)  # as training refuses it
+    except ConfigurationError as exc:
+        fail(str(exc))
     if leaks and source.has_series:  # a series CSV's given split must keep patients apart
         fail(
             f"{len(leaks)} patient(s) have series in more than one given split; fix the split "

@@ -369,8 +369,7 @@ def evaluate(
         for line in metrics["table"]:
             typer.echo(line)
         _echo_series(metrics)
-        if metrics.get("skipped_files"):
-            typer.echo(f"skipped files: {metrics['skipped_files']}")
+        _echo_data_notes(metrics)
         if out is not None:
             typer.echo(f"report: {out} (per-finding ROC curves in {out / 'roc'})")
         return
@@ -380,10 +379,20 @@ def evaluate(
         f"confusion matrix (rows = truth {metrics['class_names']}): {metrics['confusion_matrix']}"
     )
     _echo_series(metrics)
-    if metrics.get("skipped_files"):
-        typer.echo(f"skipped files: {metrics['skipped_files']}")
+    _echo_data_notes(metrics)
     if out is not None:
         typer.echo(f"report: {out}")
+
+
+def _echo_data_notes(metrics: dict[str, Any]) -> None:
+    """Skipped files, and images with an identical copy among the training images."""
+    if metrics.get("skipped_files"):
+        typer.echo(f"skipped files: {metrics['skipped_files']}")
+    if metrics.get("copies_in_training"):
+        typer.echo(
+            f"copies of training images: {metrics['copies_in_training']} of {metrics['n']} "
+            "(identical pixels under another name; their figures are inflated)"
+        )
 
 
 def _echo_series(metrics: dict[str, Any]) -> None:

@@ -66,16 +66,27 @@ def select_split(
             or a rebuilt split whose sizes differ from the run's record (the data, or how
             radlens reads it, changed since training: its "test" would hold trained images).
     """
+    return _select(source, split, training_config, version)[0]
+
+
+def _select(
+    source: DataSource,
+    split: str,
+    training_config: dict[str, Any],
+    version: str | None = None,
+) -> tuple[list[Example], list[Example] | None]:
+    """:func:`select_split`, and the training split it was rebuilt beside (None when the
+    data was not re-split: ``all``, or a file holding only the chosen split)."""
     if split not in SPLIT_CHOICES:
         raise ConfigurationError(f"split must be one of {', '.join(SPLIT_CHOICES)}; got {split!r}")
     if split == "all":
-        return list(source.examples)
+        return list(source.examples), None
     source = as_trained(source, training_config, version)  # no-op on a decoded source
     if {e.split for e in source.examples} == {split}:
         # a file holding only this split (the official test npz: test_* keys alone) is that
         # split whatever the model's training did: re-splitting it (a --resplit model) would
         # score a fraction of it and call that the test split
-        return list(source.examples)
+        return list(source.examples), None
     recorded = (training_config.get("split") or {}).get("patient_key_check")
     if recorded and source.has_patients and recorded != patient_key_check():
         raise ConfigurationError(
@@ -93,6 +104,8 @@ def select_split(
             else training_config.get("seed", 0)
         ),
         keep_given=not training_config.get("resplit", False),
+        # a run since copies were grouped split them as one group (older runs did not)
+        copies_together=bool((training_config.get("split") or {}).get("copies_together")),
     )
     recorded_sizes = (training_config.get("split") or {}).get("sizes")
     sizes = {k: len(v) for k, v in splits.items()}
@@ -113,7 +126,30 @@ def select_split(
             f"the {split!r} split of this data set is empty (split sizes: {counts}); "
             "choose another --split or 'all'"
         )
-    return chosen
+    return chosen, splits["train"]
+
+
+def copies_in_training(
+    source: DataSource, chosen: Sequence[Example], train: Sequence[Example] | None
+) -> int | None:
+    """How many of ``chosen`` have an identical copy (the same pixels) in ``train``: images
+    the model was trained on under another name, whose figures are inflated. None when
+    unknown (no training split rebuilt beside them, or no pixels compared)."""
+    if train is None or not source.digests:
+        return None
+    trained = {source.digests.get(e.key) for e in train} - {None}
+    return sum(source.digests.get(e.key) in trained for e in chosen)
+
+
+def _warn_copies(count: int | None, split: str, total: int) -> None:
+    if count and split != "train":
+        log.warning(
+            "%d of the %d %s image(s) have an identical copy in the training split: the "
+            "model saw them under another name, and their figures are inflated",
+            count,
+            total,
+            split,
+        )
 
 
 def evaluate(
@@ -182,7 +218,9 @@ def evaluate(
         )
     if split != "all":
         source = as_trained(source, manifest.training_config, manifest.preprocessing_version)
-    examples = select_split(source, split, manifest.training_config)
+    examples, train = _select(source, split, manifest.training_config)
+    copies = None if split == "train" else copies_in_training(source, examples, train)
+    _warn_copies(copies, split, len(examples))
     skipped: list[SkippedFile] = list(source.skipped)
     inputs, labels = load_examples(
         source,
@@ -207,6 +245,7 @@ def evaluate(
         "class_names": list(manifest.class_names),
         **metrics,
         "skipped_files": len(unique_skipped(skipped)),
+        "copies_in_training": copies,
     }
     if source.has_series:
         result.update(
@@ -360,7 +399,9 @@ def _evaluate_findings(
     source = open_data(data, multi_label=spec, dicom_root=series.dicom_root)
     if split != "all":
         source = as_trained(source, config, manifest.preprocessing_version)
-    examples = select_split(source, split, config)
+    examples, train = _select(source, split, config)
+    copies = None if split == "train" else copies_in_training(source, examples, train)
+    _warn_copies(copies, split, len(examples))
     skipped: list[SkippedFile] = list(source.skipped)
     inputs, targets = load_examples(
         source,
@@ -383,6 +424,7 @@ def _evaluate_findings(
         **metrics,
         "table": findings.format_table(metrics),
         "skipped_files": len(unique_skipped(skipped)),
+        "copies_in_training": copies,
     }
     if source.has_series:
         result.update(

@@ -253,20 +253,47 @@ GROUPED_HOLDOUTS = ("cluster", "shape")
 
 
 def make_folds(
-    holdout: str, images: np.ndarray | None, labels: np.ndarray, k: int, seed: int
+    holdout: str,
+    images: np.ndarray | None,
+    labels: np.ndarray,
+    k: int,
+    seed: int,
+    copies: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Folds of the named hold-out (:data:`HOLDOUTS`); ``images`` are not used by ``random``.
+    ``copies``: each example's pixel digest (``training.data.sources.pixel_digest``); copies
+    are then held out together (:func:`keep_copies_together`).
 
     Raises:
         ConfigurationError: an unknown hold-out, or what the fold builder raises.
     """
     if holdout == "random":
-        return stratified_folds(labels, k, seed)
-    if holdout in GROUPED_HOLDOUTS:
+        fold = stratified_folds(labels, k, seed)
+    elif holdout in GROUPED_HOLDOUTS:
         if images is None:
             raise ConfigurationError(f"the {holdout} hold-out groups images; received none")
-        return cluster_folds(images, labels, k, seed=seed, standardize=holdout == "shape")
-    raise ConfigurationError(f"unknown hold-out {holdout!r}; expected one of {list(HOLDOUTS)}")
+        fold = cluster_folds(images, labels, k, seed=seed, standardize=holdout == "shape")
+    else:
+        raise ConfigurationError(f"unknown hold-out {holdout!r}; expected one of {list(HOLDOUTS)}")
+    return fold if copies is None else keep_copies_together(fold, copies)
+
+
+def keep_copies_together(fold: np.ndarray, copies: Sequence[str]) -> np.ndarray:
+    """``fold`` with every copy moved to the fold of its first image (``copies``: a key per
+    example, equal for identical images). A copy in another fold would be scored out of fold
+    by a model that trained on it. Only copies move, so the folds stay as they were but for a
+    few images each.
+
+    Raises:
+        ConfigurationError: ``copies`` and ``fold`` of different lengths.
+    """
+    if len(copies) != len(fold):
+        raise ConfigurationError(f"{len(copies)} copy keys for {len(fold)} examples")
+    moved = np.array(fold, copy=True)
+    first: dict[str, int] = {}
+    for index, key in enumerate(copies):
+        moved[index] = moved[first.setdefault(key, index)]
+    return moved
 
 
 def prior_matched_accuracy(

@@ -224,9 +224,11 @@ class _RunData:
         """Open, decode-check and split the data; refuse data and splits a run cannot train
         on (before the run directory is written)."""
         from radlens.training.data.sources import (
+            check_copies,
             check_decodable,
             check_leakage,
             check_splits,
+            copies_report,
             describe_split,
             drop_undecodable,
             open_data,
@@ -243,6 +245,7 @@ class _RunData:
         # the split, the checks and the manifest's survey see only what training can read
         source = drop_undecodable(opened)
         check_decodable(opened, source)
+        check_copies(source)  # one image under two labels: one of them is wrong
         splits = split_source(
             source,
             val_fraction=config.val_fraction,
@@ -255,6 +258,8 @@ class _RunData:
         record = describe_split(source, splits, resplit=config.resplit)
         # what evaluate and `models ood` must know to rebuild this split (select_split)
         record["decode_checked"] = True
+        record["copies_together"] = True  # identical images were split as one group
+        record["copies"] = copies_report(source, splits)
         if source.has_series:  # series-labelled: how many series (and slices) each split got
             from radlens.training.data.series import series_counts
 
@@ -282,6 +287,22 @@ class _RunData:
             )
         if not r["test_split"]:
             log.warning("no test split: the figures reported are optimistic (validation-selected)")
+        copies = r["copies"]
+        if copies["groups_in_two_splits"]:
+            pairs = ", ".join(f"{k}: {v}" for k, v in copies["split_pairs"].items())
+            log.warning(
+                "%d group(s) of identical images sit in more than one given split (%s): the "
+                "figures of the split other than train are inflated by them; pass --resplit to "
+                "keep copies in one split",
+                copies["groups_in_two_splits"],
+                pairs,
+            )
+        elif copies["groups"]:
+            log.info(
+                "%d image(s) are identical copies (%d group(s)); each group was kept in one split",
+                copies["images"],
+                copies["groups"],
+            )
 
     def load_validation(self) -> None:
         """Decode the validation split into memory (it is small; figures and metrics use it)."""

@@ -66,7 +66,7 @@ import secrets
 import warnings
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -251,6 +251,9 @@ class DataSource:
     none_name: str | None = None  # the multi-label "no finding" name
     # every example decoded once (``drop_undecodable``): the undecodable are in ``skipped``
     decode_checked: bool = False
+    # what that decode saw, per example key: a sha256 of the pixels (decoded at the check size;
+    # an npz image's stored array), so identical images under two names are known as copies
+    digests: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def has_patients(self) -> bool:
@@ -824,15 +827,25 @@ def drop_undecodable(
         return _drop_blank_arrays(source)
     kept: list[Example] = []
     skipped = list(source.skipped)
+    digests: dict[str, str] = {}
     for example in source.examples:
         try:
-            source.load_pixels(example, size=size, version=version)
+            pixels = source.load_pixels(example, size=size, version=version)
         except (RadlensError, OSError) as exc:
             reason = str(exc) if isinstance(exc, RadlensError) else f"cannot be read ({exc})"
             skipped.append(SkippedFile(example.key, reason))
         else:
             kept.append(example)
-    return replace(source, examples=kept, skipped=skipped, decode_checked=True)
+            digests[example.key] = pixel_digest(pixels)
+    return replace(source, examples=kept, skipped=skipped, decode_checked=True, digests=digests)
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and values: equal for equal pixels only."""
+    array = np.ascontiguousarray(pixels)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _drop_blank_arrays(source: DataSource) -> DataSource:
@@ -846,6 +859,7 @@ def _drop_blank_arrays(source: DataSource) -> DataSource:
         )
     kept: list[Example] = []
     skipped = list(source.skipped)
+    digests: dict[str, str] = {}
     for example in source.examples:
         split, index = _parse_npz_key(example.key)
         if blank[split][index]:
@@ -856,7 +870,8 @@ def _drop_blank_arrays(source: DataSource) -> DataSource:
             skipped.append(SkippedFile(example.key, str(error)))
         else:
             kept.append(example)
-    return replace(source, examples=kept, skipped=skipped, decode_checked=True)
+            digests[example.key] = pixel_digest(source.arrays[split][index])
+    return replace(source, examples=kept, skipped=skipped, decode_checked=True, digests=digests)
 
 
 def check_decodable(before: DataSource, after: DataSource) -> None:
@@ -1284,16 +1299,21 @@ def split_source(
     test_fraction: float = 0.15,
     seed: int = 0,
     keep_given: bool = True,
+    copies_together: bool = True,
 ) -> dict[str, list[Example]]:
     """Split examples into ``train``/``val``/``test`` (always all three keys).
 
     Given splits (CSV ``split`` column, npz keys) are kept when ``keep_given``; examples
     without one are assigned here. Assignment is by **patient** when patient ids exist (all
     images of a patient land in one split; a patient who already has a given split joins
-    it), otherwise per image. Groups are shuffled with ``seed`` and allocated per label
+    it), otherwise per image. With ``copies_together`` (and a decode-checked source, whose
+    ``digests`` say which images are identical) copies are one group too: identical images
+    under two names, and every image of their patients, land in one split, joining a given
+    split one of them has. Groups are shuffled with ``seed`` and allocated per label
     (stratified by the group's majority label; multi-label: by each image's rarest finding)
     so each split gets about the requested fraction of each class's images. The same inputs
-    and seed always give the same splits.
+    and seed always give the same splits, and data without copies splits as it did before
+    copies were grouped.
 
     Raises:
         models.errors.ConfigurationError: fractions outside [0, 1) or summing to >= 1.
@@ -1315,19 +1335,20 @@ def split_source(
     if not pending:
         return splits
 
-    # a patient seen in exactly one given split follows it
+    # a group (a patient's images, joined with their copies' groups) seen in exactly one given
+    # split follows it
+    group_of = _split_groups(source, copies_together)
     given_split_of: dict[str, set[str]] = defaultdict(set)
     for split, items in splits.items():
         for ex in items:
-            if ex.patient_id is not None:
-                given_split_of[ex.patient_id].add(split)
+            given_split_of[group_of(ex)].add(split)
     groups: dict[str, list[Example]] = defaultdict(list)
     for ex in pending:
-        pid = ex.patient_id
-        if pid is not None and len(given_split_of.get(pid, ())) == 1:
-            splits[next(iter(given_split_of[pid]))].append(ex)
+        gid = group_of(ex)
+        if len(given_split_of.get(gid, ())) == 1:
+            splits[next(iter(given_split_of[gid]))].append(ex)
             continue
-        groups[f"p:{pid}" if pid is not None else f"k:{ex.key}"].append(ex)
+        groups[gid].append(ex)
 
     stratum = _stratum(source)
     by_label: dict[int, list[str]] = defaultdict(list)
@@ -1355,6 +1376,95 @@ def split_source(
     for split in SPLITS:
         splits[split].sort(key=lambda e: e.key)
     return splits
+
+
+def _split_groups(source: DataSource, copies_together: bool) -> Callable[[Example], str]:
+    """The split group of an example: its patient's (``p:<id>``), else its own (``k:<key>``);
+    with ``copies_together`` the groups of identical images are merged, named by the least id
+    of those merged (an image without a copy keeps its own group's name, so its data splits
+    exactly as without copies)."""
+    parent: dict[str, str] = {}
+
+    def base(ex: Example) -> str:
+        return f"p:{ex.patient_id}" if ex.patient_id is not None else f"k:{ex.key}"
+
+    def root(gid: str) -> str:
+        while parent.get(gid, gid) != gid:
+            gid = parent[gid]
+        return gid
+
+    if copies_together:
+        for group in copy_groups(source):
+            roots = sorted({root(base(ex)) for ex in group})
+            for other in roots[1:]:
+                parent[other] = roots[0]
+    return lambda ex: root(base(ex))
+
+
+def copy_groups(
+    source: DataSource, examples: Iterable[Example] | None = None
+) -> list[list[Example]]:
+    """The examples (of ``examples``, default all) that have an identical copy, grouped by
+    their pixels (``source.digests``: a decode-checked source), each group in source order.
+    Empty for a source not decode-checked."""
+    by_digest: dict[str, list[Example]] = defaultdict(list)
+    for ex in source.examples if examples is None else examples:
+        digest = source.digests.get(ex.key)
+        if digest is not None:
+            by_digest[digest].append(ex)
+    return [group for group in by_digest.values() if len(group) > 1]
+
+
+def check_copies(source: DataSource) -> None:
+    """Refuse identical images that carry different labels (classes, finding sets): one
+    of them is mislabelled, and training on both teaches the model nothing but noise.
+
+    Raises:
+        models.errors.ConfigurationError: how many such groups, the first few named with
+            their labels, and what to do.
+    """
+
+    def label(ex: Example) -> str:
+        if source.multi_label:
+            names = [source.class_names[i] for i in ex.findings or ()]
+            return "+".join(names) or str(source.none_name)
+        return source.class_names[ex.label]
+
+    conflicts = [g for g in copy_groups(source) if len({label(ex) for ex in g}) > 1]
+    if not conflicts:
+        return
+    shown = "; ".join(
+        " = ".join(f"{_printable(ex.key)} ({label(ex)})" for ex in group) for group in conflicts[:3]
+    )
+    more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+    raise ConfigurationError(
+        f"{sum(map(len, conflicts))} image(s) of {str(source.root)!r} have an identical copy "
+        f"under another label (the same pixels): {shown}{more}; an image cannot be both, so "
+        "remove the wrong copy or correct its label"
+    )
+
+
+def copies_report(source: DataSource, splits: Mapping[str, Iterable[Example]]) -> dict[str, Any]:
+    """Copies in a split, JSON-ready: groups of identical images, the images in them, and
+    the groups found in more than one split (a given split can hold those; they inflate the
+    figures of the split that is not train), with the split pairs."""
+    split_of = {ex.key: name for name, items in splits.items() for ex in items}
+    groups = copy_groups(source)
+    across: Counter[str] = Counter()
+    for group in groups:
+        found = sorted({split_of[ex.key] for ex in group if ex.key in split_of}, key=_split_order)
+        if len(found) > 1:
+            across["+".join(found)] += 1
+    return {
+        "groups": len(groups),
+        "images": sum(len(g) for g in groups),
+        "groups_in_two_splits": sum(across.values()),
+        "split_pairs": dict(sorted(across.items())),
+    }
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
 def _stratum(source: DataSource) -> Any:
