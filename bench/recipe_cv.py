@@ -134,8 +134,9 @@ def folds_for(
     data: str, holdout: str, labels: Any, k: int, seed: int, copies_apart: bool = False
 ) -> Any:
     """The folds of ``holdout`` over train+val (the leave-modes-out ones read the 28 px images),
-    identical images in one fold unless ``copies_apart`` (the folds of runs before 6 December
-    2026, which ignored copies: PneumoniaMNIST's train+val holds 24 groups of identical images)."""
+    identical images in one fold unless ``copies_apart`` (the folds of runs before 5 December
+    2026 23:45 UTC, which ignored copies: PneumoniaMNIST's train+val holds 24 groups of
+    identical images)."""
     from radlens.training.recipe import GROUPED_HOLDOUTS, make_folds
 
     images = load(data, PROBE_SIZE)[0] if holdout in GROUPED_HOLDOUTS else None
@@ -338,9 +339,9 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument(
         "--copies-apart",
         action="store_true",
-        help="deal identical images to folds one by one, as runs before 6 December 2026 did "
-        "(by default copies share a fold: one scored out of fold by a model trained on its copy "
-        "inflates the signal)",
+        help="deal identical images to folds one by one, as runs before 5 December 2026 23:45 "
+        "UTC did (by default copies share a fold: one scored out of fold by a model trained on "
+        "its copy inflates the signal)",
     )
     p.add_argument(
         "--probe",
