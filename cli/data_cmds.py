@@ -157,9 +157,9 @@ def data_check(
     if headers_only:
         typer.echo("  copies: not looked for (--headers-only reads no pixels)")
     elif copies["groups"]:
-        pairs = ", ".join(f"{k}: {v}" for k, v in copies["split_pairs"].items())
+        pairs = ", ".join(f"{k}: {v}" for k, v in copies["spanning"].items())
         across = (
-            f"; {copies['groups_in_two_splits']} group(s) in two given splits ({pairs}): "
+            f"; {copies['groups_across_splits']} group(s) across given splits ({pairs}): "
             "--resplit keeps copies in one split"
             if pairs
             else ""

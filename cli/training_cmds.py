@@ -276,6 +276,14 @@ def train(
         return
     typer.echo(f"model: {result.model_ref} (store {result.store})")
     typer.echo(f"split: {result.split.get('method')}; leakage check passed")
+    copies = result.split.get("copies") or {}
+    if copies.get("groups_across_splits"):
+        spanning = ", ".join(f"{k}: {v}" for k, v in copies["spanning"].items())
+        typer.echo(
+            f"copies: {copies['groups_across_splits']} group(s) of identical images across the "
+            f"given splits ({spanning}): val and test figures are inflated by them; --resplit "
+            "keeps copies in one split"
+        )
     typer.echo(f"val: {_summary(result.val_metrics)} (used for selection)")
     if result.test_metrics is not None:
         typer.echo(f"test: {_summary(result.test_metrics)}")

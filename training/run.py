@@ -288,13 +288,13 @@ class _RunData:
         if not r["test_split"]:
             log.warning("no test split: the figures reported are optimistic (validation-selected)")
         copies = r["copies"]
-        if copies["groups_in_two_splits"]:
-            pairs = ", ".join(f"{k}: {v}" for k, v in copies["split_pairs"].items())
+        if copies["groups_across_splits"]:
+            pairs = ", ".join(f"{k}: {v}" for k, v in copies["spanning"].items())
             log.warning(
                 "%d group(s) of identical images sit in more than one given split (%s): the "
-                "figures of the split other than train are inflated by them; pass --resplit to "
-                "keep copies in one split",
-                copies["groups_in_two_splits"],
+                "figures of val and test are inflated by them; pass --resplit to keep copies in "
+                "one split",
+                copies["groups_across_splits"],
                 pairs,
             )
         elif copies["groups"]:

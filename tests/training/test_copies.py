@@ -76,7 +76,7 @@ def test_copies_land_in_one_split_at_every_seed(tmp_path: Path) -> None:
         old = _split_of(split_source(source, seed=seed, copies_together=False))
         apart += sum(old[str(a)] != old[str(b)] for a, b in pairs)
     assert apart  # dealt one by one, copies did land in two splits
-    assert copies_report(source, split_source(source))["groups_in_two_splits"] == 0
+    assert copies_report(source, split_source(source))["groups_across_splits"] == 0
 
 
 def test_data_without_copies_splits_as_it_did_before(tmp_path: Path) -> None:
@@ -117,6 +117,50 @@ def test_a_copy_follows_its_patient_and_the_given_split(tmp_path: Path) -> None:
         assert split_of[str(root / "given.png")] == "val"
 
 
+def test_a_copy_across_given_splits_leaves_each_patient_in_its_own_split(tmp_path: Path) -> None:
+    """QA round 10: patient P given train, patient Q given test, and one of Q's test images a
+    copy of P's train image. Joining the two groups made one group seen in two given splits,
+    so neither patient's unassigned images followed it any more: Q's landed in train, and
+    train refused the run for a leak in a split column that was fine."""
+    from radlens.training.data.sources import check_leakage
+
+    root = png_folder(tmp_path / "ds", n_per_class=12, seed=3)
+    rows = [
+        {
+            "path": str(f.relative_to(root)),
+            "label": f.relative_to(root).parts[0],
+            "patient_id": f"F{i}",
+            "split": "",
+        }
+        for i, f in enumerate(sorted(root.rglob("*.png")))
+    ]
+    rng = np.random.default_rng(11)
+    for name, patient, split in (
+        ("p_train", "P", "train"),
+        ("p_pend1", "P", ""),
+        ("p_pend2", "P", ""),
+        ("q_test", "Q", "test"),
+        ("q_pend1", "Q", ""),
+    ):
+        write_png(root / "normal" / f"{name}.png", random_gray(rng))
+        rows.append(
+            {"path": f"normal/{name}.png", "label": "normal", "patient_id": patient, "split": split}
+        )
+    _copy(root / "normal" / "p_train.png", root / "normal" / "q_copy.png")
+    rows.append(
+        {"path": "normal/q_copy.png", "label": "normal", "patient_id": "Q", "split": "test"}
+    )
+    source = drop_undecodable(open_source(write_csv(root / "labels.csv", rows)))
+    assert len(copy_groups(source)) == 1
+    for seed in range(8):
+        splits = split_source(source, seed=seed)
+        split_of = _split_of(splits)
+        assert {split_of[str(root / "normal" / f"p_pend{i}.png")] for i in (1, 2)} == {"train"}
+        assert split_of[str(root / "normal" / "q_pend1.png")] == "test"
+        check_leakage(splits)
+        assert copies_report(source, splits)["spanning"] == {"train+test": 1}
+
+
 def test_a_copy_under_another_label_is_refused_everywhere(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -127,20 +171,18 @@ def test_a_copy_under_another_label_is_refused_everywhere(
     with pytest.raises(ConfigurationError) as caught:
         check_copies(source)
     message = str(caught.value)
-    assert (
-        message.startswith("Invalid configuration: 2 image(s) of")
-        and "identical copy under another label" in message
-    )
+    assert message.startswith("Invalid configuration: 1 group(s) of identical images")
+    assert "carry different labels" in message
     assert f"{src} (normal) = {root / 'abnormal' / 'mislabelled.png'} (abnormal)" in message
 
     assert main(["data-check", str(root)]) == 2
     captured = capsys.readouterr()
     assert "copies: 2 image(s) in 1 group(s)" in captured.out
-    assert "identical copy under another label" in captured.err and "Traceback" not in captured.err
+    assert "carry different labels" in captured.err and "Traceback" not in captured.err
 
     from radlens.training.run import train
 
-    with pytest.raises(ConfigurationError, match="identical copy under another label"):
+    with pytest.raises(ConfigurationError, match="carry different labels"):
         train(tiny_config(root, tmp_path), verbose=0)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
@@ -175,7 +217,7 @@ def test_copies_across_a_given_split_are_trained_on_counted_and_reported(
 
     assert main(["data-check", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "copies: 4 image(s) in 2 group(s) of identical images; 2 group(s) in two given" in out
+    assert "copies: 4 image(s) in 2 group(s) of identical images; 2 group(s) across given" in out
 
     from radlens.training.evaluate import evaluate
     from radlens.training.run import train
@@ -185,14 +227,21 @@ def test_copies_across_a_given_split_are_trained_on_counted_and_reported(
     assert run.split["copies"] == {
         "groups": 2,
         "images": 4,
-        "groups_in_two_splits": 2,
-        "split_pairs": {"train+val": 2},
+        "groups_across_splits": 2,
+        "spanning": {"train+val": 2},
     }
     assert run.split["copies_together"] is True
     assert "2 group(s) of identical images sit in more than one given split" in caplog.text
     val = evaluate(run.model_ref, path, split="val", store=run.store)
     assert val["copies_in_training"] == 2 and val["n"] == 12
     assert evaluate(run.model_ref, path, split="all", store=run.store)["copies_in_training"] is None
+    trained = ["train", "--data", str(path), "--arch", "simple_cnn", "--image-size", "32"]
+    options = ["--epochs", "1", "--batch-size", "8", "--min-calibration-positives", "2"]
+    places = ["--store", str(tmp_path / "cli-store"), "--runs-dir", str(tmp_path / "cli-runs")]
+    assert main([*trained, *options, *places]) == 0
+    assert (
+        "copies: 2 group(s) of identical images across the given splits" in capsys.readouterr().out
+    )
     command = ["evaluate", "--model", run.model_ref, "--data", str(path), "--split", "val"]
     assert main([*command, "--store", str(run.store)]) == 0
     assert "copies of training images: 2 of 12" in capsys.readouterr().out
@@ -246,6 +295,6 @@ def test_pneumoniamnist_holds_copies_across_its_official_split() -> None:
     assert report == {
         "groups": 24,
         "images": 50,
-        "groups_in_two_splits": 8,
-        "split_pairs": {"train+val": 8},
+        "groups_across_splits": 8,
+        "spanning": {"train+val": 8},
     }

@@ -1335,18 +1335,27 @@ def split_source(
     if not pending:
         return splits
 
-    # a group (a patient's images, joined with their copies' groups) seen in exactly one given
-    # split follows it
+    # an image follows the given split of its patient when that patient has exactly one; else
+    # that of its group (its patient's images joined with their copies' groups) when that has
+    # exactly one. A copy across two given splits (PneumoniaMNIST's official split holds such)
+    # joins two groups seen in two splits: each patient's images still follow their own split
     group_of = _split_groups(source, copies_together)
-    given_split_of: dict[str, set[str]] = defaultdict(set)
+    own_given: dict[str, set[str]] = defaultdict(set)
+    group_given: dict[str, set[str]] = defaultdict(set)
     for split, items in splits.items():
         for ex in items:
-            given_split_of[group_of(ex)].add(split)
+            own_given[_own_group(ex)].add(split)
+            group_given[group_of(ex)].add(split)
     groups: dict[str, list[Example]] = defaultdict(list)
     for ex in pending:
         gid = group_of(ex)
-        if len(given_split_of.get(gid, ())) == 1:
-            splits[next(iter(given_split_of[gid]))].append(ex)
+        follows = [
+            found
+            for found in (own_given.get(_own_group(ex)), group_given.get(gid))
+            if found and len(found) == 1
+        ]
+        if follows:
+            splits[next(iter(follows[0]))].append(ex)
             continue
         groups[gid].append(ex)
 
@@ -1385,9 +1394,6 @@ def _split_groups(source: DataSource, copies_together: bool) -> Callable[[Exampl
     exactly as without copies)."""
     parent: dict[str, str] = {}
 
-    def base(ex: Example) -> str:
-        return f"p:{ex.patient_id}" if ex.patient_id is not None else f"k:{ex.key}"
-
     def root(gid: str) -> str:
         while parent.get(gid, gid) != gid:
             gid = parent[gid]
@@ -1395,10 +1401,15 @@ def _split_groups(source: DataSource, copies_together: bool) -> Callable[[Exampl
 
     if copies_together:
         for group in copy_groups(source):
-            roots = sorted({root(base(ex)) for ex in group})
+            roots = sorted({root(_own_group(ex)) for ex in group})
             for other in roots[1:]:
                 parent[other] = roots[0]
-    return lambda ex: root(base(ex))
+    return lambda ex: root(_own_group(ex))
+
+
+def _own_group(ex: Example) -> str:
+    """An image's split group before copies are joined: its patient's, else its own."""
+    return f"p:{ex.patient_id}" if ex.patient_id is not None else f"k:{ex.key}"
 
 
 def copy_groups(
@@ -1438,16 +1449,16 @@ def check_copies(source: DataSource) -> None:
     )
     more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
     raise ConfigurationError(
-        f"{sum(map(len, conflicts))} image(s) of {str(source.root)!r} have an identical copy "
-        f"under another label (the same pixels): {shown}{more}; an image cannot be both, so "
-        "remove the wrong copy or correct its label"
+        f"{len(conflicts)} group(s) of identical images (the same pixels under two names) in "
+        f"{str(source.root)!r} carry different labels: {shown}{more}; an image cannot be both, "
+        "so remove the wrong copy or correct its label"
     )
 
 
 def copies_report(source: DataSource, splits: Mapping[str, Iterable[Example]]) -> dict[str, Any]:
     """Copies in a split, JSON-ready: groups of identical images, the images in them, and
     the groups found in more than one split (a given split can hold those; they inflate the
-    figures of the split that is not train), with the split pairs."""
+    figures of the splits other than train), with the splits each such group spans."""
     split_of = {ex.key: name for name, items in splits.items() for ex in items}
     groups = copy_groups(source)
     across: Counter[str] = Counter()
@@ -1458,8 +1469,8 @@ def copies_report(source: DataSource, splits: Mapping[str, Iterable[Example]]) -
     return {
         "groups": len(groups),
         "images": sum(len(g) for g in groups),
-        "groups_in_two_splits": sum(across.values()),
-        "split_pairs": dict(sorted(across.items())),
+        "groups_across_splits": sum(across.values()),
+        "spanning": dict(sorted(across.items())),
     }
 
 
