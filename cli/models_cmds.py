@@ -268,7 +268,7 @@ def add_ood_detector(
     from radlens.models.errors import ConfigurationError
     from radlens.models.ood import METHODS
     from radlens.training.data.sources import open_data
-    from radlens.training.evaluate import as_trained, select_split
+    from radlens.training.evaluate import as_trained, copies_in_training, select_split
     from radlens.training.ood import attach_from_source
 
     if method not in METHODS:
@@ -289,6 +289,7 @@ def add_ood_detector(
     source = open_data(data, manifest.class_names)
     source = as_trained(source, config, manifest.preprocessing_version)  # decoded once
     splits = {split: select_split(source, split, config) for split in ("train", "val")}
+    copies = copies_in_training(source, splits["val"], splits["train"])
     updated = attach_from_source(
         registry,
         manifest.ref,
@@ -322,6 +323,12 @@ def add_ood_detector(
         typer.echo(
             f"expected to flag {ood['expected_flag_rate']:.1%} of new in-distribution images "
             f"(under {ood['expected_flag_rate_upper_95']:.1%} for 95% of calibration draws)"
+        )
+    if copies:
+        typer.echo(
+            f"note: {copies} of the {len(splits['val'])} validation images have an identical "
+            "copy in the train split the detector was fitted on, so they are not new to it: "
+            "the threshold set on them may sit a little low"
         )
 
 

@@ -245,6 +245,10 @@ def test_copies_across_a_given_split_are_trained_on_counted_and_reported(
     command = ["evaluate", "--model", run.model_ref, "--data", str(path), "--split", "val"]
     assert main([*command, "--store", str(run.store)]) == 0
     assert "copies of training images: 2 of 12" in capsys.readouterr().out
+    assert (
+        main(["models", "ood", run.model_ref, "--data", str(path), "--store", str(run.store)]) == 0
+    )
+    assert "note: 2 of the 12 validation images have an identical copy" in capsys.readouterr().out
 
 
 def test_a_run_from_before_copies_were_grouped_is_rebuilt_as_it_was_split(tmp_path: Path) -> None:
