@@ -393,9 +393,20 @@ def evaluate(
 
 
 def _echo_data_notes(metrics: dict[str, Any]) -> None:
-    """Skipped files, and images with an identical copy among the training images."""
+    """Skipped files, a split holding one class only, and images with an identical copy
+    among the training images."""
     if metrics.get("skipped_files"):
         typer.echo(f"skipped files: {metrics['skipped_files']}")
+    matrix = metrics.get("confusion_matrix")
+    if metrics.get("label_mode") != "multi-label" and matrix is not None:
+        present = [
+            name for name, row in zip(metrics["class_names"], matrix, strict=False) if sum(row)
+        ]
+        if len(present) == 1:
+            typer.echo(
+                f"note: every scored image is {present[0]!r}, so AUC and the rates of the "
+                "other class are undefined (n/a); score data holding every class for them"
+            )
     if metrics.get("copies_in_training"):
         typer.echo(
             f"copies of training images: {metrics['copies_in_training']} of {metrics['n']} "

@@ -383,7 +383,9 @@ def test_blank_npz_images_are_skipped_and_a_class_of_them_refused(tmp_path: Path
         check_decodable(opened, drop_undecodable(opened))
 
 
-def test_a_given_test_split_added_after_training_is_evaluated(tmp_path: Path) -> None:
+def test_a_given_test_split_added_after_training_is_evaluated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Read, not rebuilt: a split given whole (npz keys) is not refused for sizes that differ
     from the run's record when the data gained a test split."""
     from radlens.training.evaluate import evaluate
@@ -398,3 +400,17 @@ def test_a_given_test_split_added_after_training_is_evaluated(tmp_path: Path) ->
     np.savez(tmp_path / "all.npz", **arrays)
     result = evaluate(run.model_ref, tmp_path / "all.npz", split="test", store=run.store)
     assert result["n"] == 10
+
+    # a split holding one class only: AUC is undefined, and evaluate says why (it printed
+    # accuracy alone before, without a word)
+    normal = arrays["test_labels"].ravel() == 0
+    arrays["test_images"], arrays["test_labels"] = (
+        arrays["test_images"][normal],
+        arrays["test_labels"][normal],
+    )
+    np.savez(tmp_path / "normals.npz", **arrays)
+    command = ["evaluate", "--model", run.model_ref, "--data", str(tmp_path / "normals.npz")]
+    assert main([*command, "--split", "test", "--store", str(run.store)]) == 0
+    out = capsys.readouterr().out
+    assert "n: 5" in out and "auc=" not in out
+    assert "note: every scored image is 'class_0', so AUC and the rates of the other" in out
