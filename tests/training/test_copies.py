@@ -302,3 +302,47 @@ def test_pneumoniamnist_holds_copies_across_its_official_split() -> None:
         "groups_across_splits": 8,
         "spanning": {"train+val": 8},
     }
+
+
+def test_real_files_holding_the_same_image_are_copies(tmp_path: Path) -> None:
+    """Real copies from the packaged corpus: pydicom's 693 CT stored uncompressed and under the
+    JPEG 2000 syntax (its pixels decode identically), and deid-data's two CT brain files (one
+    image, other headers). Under two labels they are refused, named one file per label."""
+    import deid_data
+    from pydicom.data import get_testdata_file
+
+    brains = sorted((Path(deid_data.__file__).parent / "data" / "humans").glob("ctbrain*.dcm"))
+    pairs = [
+        (Path(get_testdata_file("693_UNCI.dcm")), Path(get_testdata_file("693_J2KI.dcm"))),
+        (brains[0], brains[1]),
+    ]
+    root = tmp_path / "real"
+    for i, (a, b) in enumerate(pairs):
+        _copy(a, root / "normal" / f"{i}_{a.name}")
+        _copy(b, root / "abnormal" / f"{i}_{b.name}")
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        _copy(Path(get_testdata_file(name)), root / "normal" / name)
+        _copy(Path(get_testdata_file(name)), root / "abnormal" / f"other_{name}")
+    source = drop_undecodable(open_source(root))
+    groups = sorted(sorted(Path(e.key).name for e in g) for g in copy_groups(source))
+    assert groups == [
+        ["0_693_J2KI.dcm", "0_693_UNCI.dcm"],
+        ["1_ctbrain1.dcm", "1_ctbrain2.dcm"],
+        ["CT_small.dcm", "other_CT_small.dcm"],
+        ["MR_small.dcm", "other_MR_small.dcm"],
+    ]
+    with pytest.raises(ConfigurationError, match=r"^Invalid configuration: 4 group\(s\)"):
+        check_copies(source)
+
+
+def test_a_long_group_under_two_labels_is_named_by_one_file_per_label(tmp_path: Path) -> None:
+    root = png_folder(tmp_path / "ds", n_per_class=6)
+    src = root / "normal" / "normal_000.png"
+    _copy(src, root / "normal" / "again.png")
+    for i in range(3):
+        _copy(src, root / "abnormal" / f"wrong_{i}.png")
+    with pytest.raises(ConfigurationError) as caught:
+        check_copies(drop_undecodable(open_source(root)))
+    message = str(caught.value)
+    assert message.count(" (normal)") == 1 and message.count(" (abnormal)") == 1
+    assert message.count("wrong_") == 1 and "(abnormal) (and 3 more copies);" in message

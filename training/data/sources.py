@@ -1444,9 +1444,16 @@ def check_copies(source: DataSource) -> None:
     conflicts = [g for g in copy_groups(source) if len({label(ex) for ex in g}) > 1]
     if not conflicts:
         return
-    shown = "; ".join(
-        " = ".join(f"{_printable(ex.key)} ({label(ex)})" for ex in group) for group in conflicts[:3]
-    )
+
+    def one_per_label(group: list[Example]) -> str:  # a long group named by one file per label
+        first = {label(ex): ex for ex in reversed(group)}
+        named = " = ".join(f"{_printable(ex.key)} ({name})" for name, ex in reversed(first.items()))
+        others = len(group) - len(first)
+        return named + (
+            f" (and {others} more cop{'y' if others == 1 else 'ies'})" if others else ""
+        )
+
+    shown = "; ".join(one_per_label(group) for group in conflicts[:3])
     more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
     raise ConfigurationError(
         f"{len(conflicts)} group(s) of identical images (the same pixels under two names) in "
