@@ -158,6 +158,8 @@ def train(
             "select_by='series-auc' picks the best epoch by the validation series AUC; "
             f"{config.data} is not series-labelled (no series_uid column): use select_by='auc'"
         )
+    if run_dir is not None:  # the resumed part must train on the split the first part did
+        rundir.check_resumed_split(run_dir, data.splits)
     run_path = rundir.open_run_dir(config, run_dir, chief=dist.chief, task=dist.task)
     if run_dir is None and dist.chief:
         rundir.record_split(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +91,38 @@ def record_split(
         writer.writerow(["split", "key", "label", "patient"])
         for name, key, label, patient in assignment:
             writer.writerow([name, key, label, patient or ""])
+
+
+def check_resumed_split(run_path: Path, splits: Mapping[str, Iterable[Any]]) -> None:
+    """Refuse to resume a run whose data now splits otherwise than its ``splits.csv`` says
+    (files added, removed or read differently since it started, or a radlens that splits
+    differently): the resumed part would train on images the first part held out, and the
+    run's test figures would count them. Nothing to compare when the run wrote no split.
+
+    Raises:
+        ConfigurationError: how many images moved, appeared or went, one named, and what to do.
+    """
+    recorded_path = Path(run_path) / SPLITS_FILE
+    if not recorded_path.is_file():
+        return
+    with recorded_path.open(newline="") as fh:
+        recorded = {row["key"]: row["split"] for row in csv.DictReader(fh)}
+    now = {example.key: name for name, items in splits.items() for example in items}
+    moved = sorted(k for k in now.keys() & recorded.keys() if now[k] != recorded[k])
+    added = sorted(now.keys() - recorded.keys())
+    gone = sorted(recorded.keys() - now.keys())
+    if not (moved or added or gone):
+        return
+    if moved:
+        named = f"e.g. {moved[0]}: {recorded[moved[0]]} then, {now[moved[0]]} now"
+    else:
+        named = f"e.g. {(added or gone)[0]} {'new' if added else 'gone'}"
+    raise ConfigurationError(
+        f"cannot resume {str(run_path)!r}: its data, or how this radlens reads and splits it, "
+        f"changed since the run started ({len(moved)} image(s) in another split, "
+        f"{len(added)} new, {len(gone)} gone; {named}), so the resumed part would train on "
+        "images the first part held out; start a new run"
+    )
 
 
 def open_run_dir(

@@ -191,6 +191,32 @@ def test_resume_continues_the_epoch_counter(tiny_demo_data: Path, tmp_path: Path
         resume(run_dir)
 
 
+def test_resume_refuses_data_that_now_splits_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The split was made afresh on resume and never compared with the run's splits.csv: a
+    file added in between (or a radlens that splits differently) gave the second part another
+    split, so it trained on images the first part held out as test."""
+    from radlens.cli.main import main
+    from tests.training.data_fixtures import png_folder, random_gray, write_png
+
+    root = png_folder(tmp_path / "ds", n_per_class=16)
+    config = tiny_config(root, tmp_path, epochs_head=2, histogram_freq=0)
+    started: list[Path] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_Interrupt()], verbose=0, on_start=started.append)
+    run_dir = started[0]
+    added = write_png(root / "normal" / "added.png", random_gray(np.random.default_rng(9)))
+    with pytest.raises(ConfigurationError, match=r"cannot resume .* 1 new, 0 gone; e\.g\. "):
+        resume(run_dir, verbose=0)
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "changed since the run started" in err and "Traceback" not in err
+    assert [r["epoch"] for r in _history(run_dir)] == ["0"]  # nothing trained meanwhile
+    added.unlink()
+    assert resume(run_dir, verbose=0).epochs_run == 2
+
+
 def _pretrained_backbone_file(tmp_path: Path) -> Path:
     """A no-top ResNet50 weights file, as a user's local pretrained weights would be."""
     path = tmp_path / "backbone.weights.h5"
