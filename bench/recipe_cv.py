@@ -153,10 +153,18 @@ def copy_keys(data: str) -> list[str]:
     return [pixel_digest(source.raw_array(e)) for e in examples]
 
 
+COPIES_APART = " (copies apart)"
+
+
 def fold_kind(args: Any) -> str:
     """The folds a run used, as its ``--out`` folder records them (runs of two kinds must not
     mix in one folder): the hold-out, and whether copies were kept apart."""
-    return args.holdout + (" (copies apart)" if args.copies_apart else "")
+    return args.holdout + (COPIES_APART if args.copies_apart else "")
+
+
+def parse_fold_kind(kind: str) -> tuple[str, bool]:
+    """(hold-out, copies apart) of a recorded :func:`fold_kind`."""
+    return kind.removesuffix(COPIES_APART), kind.endswith(COPIES_APART)
 
 
 def probe(data: str, k: int, seed: int) -> dict[str, Any]:
@@ -432,7 +440,9 @@ def ensembles(out: Path, report: dict[str, Any], names: list[str], args: Any) ->
     import numpy as np
 
     _, labels = load(args.data, 32)
-    folds = folds_for(args.data, args.holdout, labels, args.folds, args.fold_seed)
+    folds = folds_for(
+        args.data, args.holdout, labels, args.folds, args.fold_seed, args.copies_apart
+    )
     report.setdefault("ensembles", {})
     for name in names:
         for suffix in ("", "_tta"):
@@ -466,7 +476,8 @@ def summary(folders: list[Path], args: Any) -> int:
         return 2
     (holdout,) = holdouts
     _, labels = load(args.data, 32)
-    folds = folds_for(args.data, holdout, labels, args.folds, args.fold_seed)
+    kind, apart = parse_fold_kind(holdout)
+    folds = folds_for(args.data, kind, labels, args.folds, args.fold_seed, apart)
     merged: dict[str, Any] = {"holdout": holdout, "runs": runs, "ensembles": {}, "ranking": {}}
     print(f"per run (OOF over train+val, {holdout} hold-out, mean +- sd over folds):")
     for key in sorted(runs):

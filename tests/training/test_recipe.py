@@ -507,6 +507,47 @@ def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: P
         assert paired[f"cand_s{seed}"]["auc"]["folds"] == pytest.approx(expected["auc"]["folds"])
 
 
+@pytest.mark.parametrize("apart", [False, True])
+def test_cv_summary_rebuilds_the_folds_its_runs_used(tmp_path: Path, apart: bool) -> None:
+    """A folder recorded with copies apart ("random (copies apart)") is summarised on those
+    folds, one without on the folds that keep copies together (the summary read the recorded
+    kind as a hold-out name and stopped: "unknown hold-out")."""
+    from bench import recipe_cv
+
+    npz = write_npz(tmp_path / "d.npz", n={"train": 40, "val": 10})
+    with np.load(npz) as data:
+        arrays = dict(data)
+    for i in range(4):  # four val images are copies of train images of their label
+        arrays["val_images"][i] = arrays["train_images"][10 + i]
+    np.savez(npz, **arrays)
+    _, labels = recipe_cv.load(str(npz), 32)
+    keys = recipe_cv.copy_keys(str(npz))
+    folds = make_folds("random", None, labels, 5, 0, None if apart else keys)
+    assert not np.array_equal(
+        folds, make_folds("random", None, labels, 5, 0, keys if apart else None)
+    )
+    rng = np.random.default_rng(0)
+    run_dir = tmp_path / "cv"
+    run_dir.mkdir()
+    runs, scores = {}, {}
+    for seed in (1, 2):
+        scores[seed] = np.clip(labels * 0.3 + rng.uniform(0, 0.7, len(labels)), 0, 1)
+        np.save(run_dir / f"oof_m_s{seed}.npy", scores[seed])
+        runs[f"m_s{seed}"] = {
+            "config": "m",
+            "seed": seed,
+            "plain": recipe_cv.summarise(labels, scores[seed], folds),
+        }
+    kind = "random (copies apart)" if apart else "random"
+    (run_dir / "cv.json").write_text(json.dumps({"runs": runs, "holdout": kind}))
+    out = tmp_path / "sum"
+    assert recipe_cv.main(["--summary", str(run_dir), "--data", str(npz), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    mean = np.mean([scores[1], scores[2]], axis=0)
+    assert summary["holdout"] == kind
+    assert summary["ensembles"]["m x2 seeds"] == recipe_cv.summarise(labels, mean, folds)
+
+
 def test_cv_configs_for_input_size_and_length_build_on_the_filter_recipe() -> None:
     from bench import recipe_cv
 
