@@ -849,3 +849,38 @@ def test_cv_bench_cluster_holdout_probe_and_refusals(
     argv = [*common, "--summary", f"{random_dir},{cluster_dir}", "--out", str(tmp_path / "s")]
     assert recipe_cv.main(argv) == 2
     assert "mix hold-outs ['cluster', 'random']" in capsys.readouterr().err
+
+
+def test_copies_effect_counts_the_copies_scored_after_training_on_their_twin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import copies_effect, recipe_cv
+
+    npz = write_npz(tmp_path / "d.npz", n={"train": 40, "val": 10})
+    with np.load(npz) as data:
+        arrays = dict(data)
+    for i in range(4):  # four val images are copies of train images of their label
+        arrays["val_images"][i] = arrays["train_images"][10 + i]
+    np.savez(npz, **arrays)
+    _, labels = recipe_cv.load(str(npz), 32)
+    keys = recipe_cv.copy_keys(str(npz))
+    apart = make_folds("random", None, labels, 5, 0)
+    leaked = sum(apart[40 + i] != apart[10 + i] for i in range(4))
+    assert leaked  # the random folds put some copies apart from their twins
+    for name in ("apart", "together"):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "oof_m_s1.npy", np.full(len(labels), 0.5))
+    argv = [
+        str(tmp_path / "apart"),
+        str(tmp_path / "together"),
+        "--config",
+        "m",
+        "--data",
+        str(npz),
+    ]
+    assert copies_effect.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"copies 8 (scored after training on the twin: {2 * leaked})" in out[0]
+    assert "copies 8 (scored after training on the twin: 0)" in out[1]
+    assert len(keys) == 50
+    assert copies_effect.main([*argv[:2], "--config", "missing", "--data", str(npz)]) == 2
