@@ -141,15 +141,21 @@ def copies_in_training(
     return sum(source.digests.get(e.key) in trained for e in chosen)
 
 
-def _warn_copies(count: int | None, split: str, total: int) -> None:
-    if count and split != "train":
+def _copies_scored(
+    source: DataSource, split: str, chosen: Sequence[Example], train: Sequence[Example] | None
+) -> int | None:
+    """:func:`copies_in_training` of the split evaluate scores (None for ``train`` itself),
+    logged as a warning when there are any."""
+    count = None if split == "train" else copies_in_training(source, chosen, train)
+    if count:
         log.warning(
             "%d of the %d %s image(s) have an identical copy in the training split: the "
             "model saw them under another name, and their figures are inflated",
             count,
-            total,
+            len(chosen),
             split,
         )
+    return count
 
 
 def evaluate(
@@ -219,8 +225,7 @@ def evaluate(
     if split != "all":
         source = as_trained(source, manifest.training_config, manifest.preprocessing_version)
     examples, train = _select(source, split, manifest.training_config)
-    copies = None if split == "train" else copies_in_training(source, examples, train)
-    _warn_copies(copies, split, len(examples))
+    copies = _copies_scored(source, split, examples, train)
     skipped: list[SkippedFile] = list(source.skipped)
     inputs, labels = load_examples(
         source,
@@ -400,8 +405,7 @@ def _evaluate_findings(
     if split != "all":
         source = as_trained(source, config, manifest.preprocessing_version)
     examples, train = _select(source, split, config)
-    copies = None if split == "train" else copies_in_training(source, examples, train)
-    _warn_copies(copies, split, len(examples))
+    copies = _copies_scored(source, split, examples, train)
     skipped: list[SkippedFile] = list(source.skipped)
     inputs, targets = load_examples(
         source,

@@ -507,6 +507,21 @@ def test_cv_summary_pairs_each_config_with_the_reference_at_its_seed(tmp_path: P
         assert paired[f"cand_s{seed}"]["auc"]["folds"] == pytest.approx(expected["auc"]["folds"])
 
 
+def _npz_with_copies(tmp_path: Path) -> tuple[Path, np.ndarray, list[str]]:
+    """A tiny npz whose val images 0-3 are copies of train images 10-13 (same labels), with
+    its train+val labels and copy keys as bench.recipe_cv reads them."""
+    from bench import recipe_cv
+
+    npz = write_npz(tmp_path / "d.npz", n={"train": 40, "val": 10})
+    with np.load(npz) as data:
+        arrays = dict(data)
+    for i in range(4):
+        arrays["val_images"][i] = arrays["train_images"][10 + i]
+    np.savez(npz, **arrays)
+    _, labels = recipe_cv.load(str(npz), 32)
+    return npz, labels, recipe_cv.copy_keys(str(npz))
+
+
 @pytest.mark.parametrize("apart", [False, True])
 def test_cv_summary_rebuilds_the_folds_its_runs_used(tmp_path: Path, apart: bool) -> None:
     """A folder recorded with copies apart ("random (copies apart)") is summarised on those
@@ -514,14 +529,7 @@ def test_cv_summary_rebuilds_the_folds_its_runs_used(tmp_path: Path, apart: bool
     kind as a hold-out name and stopped: "unknown hold-out")."""
     from bench import recipe_cv
 
-    npz = write_npz(tmp_path / "d.npz", n={"train": 40, "val": 10})
-    with np.load(npz) as data:
-        arrays = dict(data)
-    for i in range(4):  # four val images are copies of train images of their label
-        arrays["val_images"][i] = arrays["train_images"][10 + i]
-    np.savez(npz, **arrays)
-    _, labels = recipe_cv.load(str(npz), 32)
-    keys = recipe_cv.copy_keys(str(npz))
+    npz, labels, keys = _npz_with_copies(tmp_path)
     folds = make_folds("random", None, labels, 5, 0, None if apart else keys)
     assert not np.array_equal(
         folds, make_folds("random", None, labels, 5, 0, keys if apart else None)
@@ -854,16 +862,9 @@ def test_cv_bench_cluster_holdout_probe_and_refusals(
 def test_copies_effect_counts_the_copies_scored_after_training_on_their_twin(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bench import copies_effect, recipe_cv
+    from bench import copies_effect
 
-    npz = write_npz(tmp_path / "d.npz", n={"train": 40, "val": 10})
-    with np.load(npz) as data:
-        arrays = dict(data)
-    for i in range(4):  # four val images are copies of train images of their label
-        arrays["val_images"][i] = arrays["train_images"][10 + i]
-    np.savez(npz, **arrays)
-    _, labels = recipe_cv.load(str(npz), 32)
-    keys = recipe_cv.copy_keys(str(npz))
+    npz, labels, keys = _npz_with_copies(tmp_path)
     apart = make_folds("random", None, labels, 5, 0)
     leaked = sum(apart[40 + i] != apart[10 + i] for i in range(4))
     assert leaked  # the random folds put some copies apart from their twins
