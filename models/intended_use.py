@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 _BODY_PART_SYNONYMS: dict[str, str] = {
@@ -45,25 +46,26 @@ _BODY_PART_SYNONYMS: dict[str, str] = {
     "EXTREMITY": "EXTREMITY",
 }
 
-_MODALITY_SYNONYMS: dict[str, str] = {
-    "CR": "CR",
-    "DX": "DX",
-    "DR": "DX",
-    "RG": "RG",
-    "CT": "CT",
-    "MR": "MR",
-    "MRI": "MR",
-    "US": "US",
-    "NM": "NM",
-    "PT": "PT",
-    "PET": "PT",
-    "MG": "MG",
-    "XA": "XA",
-    "RTPLAN": "RTPLAN",
-    "RTSTRUCT": "RTSTRUCT",
-    "RTDOSE": "RTDOSE",
-    "SR": "SR",
-}
+# Modality (0008,0060) values: the defined terms of DICOM's CID 33 (as pydicom ships them),
+# each its own canonical value, plus spellings seen in the wild. A term the standard defines
+# says what the instance is, so a model stating CR/DX refuses a slide-microscopy (SM) or
+# segmentation (SEG) instance as it refuses CT. Not known (never refused on their own): "OT"
+# (other: secondary captures of any picture carry it) and "PA" (photoacoustic in CID 33, but
+# in the wild far more likely a view position written into the wrong tag), retired and vendor
+# terms.
+_MODALITY_SPELLINGS = {"DR": "DX", "MRI": "MR", "PET": "PT"}
+_MODALITY_NOT_KNOWN = frozenset({"OT", "PA"})
+
+
+@cache
+def _modality_synonyms() -> dict[str, str]:
+    from pydicom.sr.codedict import codes
+
+    terms = {getattr(codes.CID33, name).value for name in codes.CID33.dir()}
+    return {
+        **{term: term for term in sorted(terms - _MODALITY_NOT_KNOWN)},
+        **_MODALITY_SPELLINGS,
+    }
 
 
 # ViewPosition (0018,5101) -> projection family. The gate compares families: a lateral is a
@@ -102,21 +104,41 @@ _VIEW_POSITION_SYNONYMS: dict[str, str] = {
 }
 
 
-# Storage SOP classes that hold no image a classifier could read (RT plan/structure set/dose,
-# structured reports); any of these contradicts every image intended use.
-_NON_IMAGE_SOP_PREFIXES: tuple[str, ...] = (
-    "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose
-    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
-    "1.2.840.10008.5.1.4.1.1.481.5",  # RT Plan
-    "1.2.840.10008.5.1.4.1.1.88.",  # Structured reports
+# Storage SOP classes that hold no image a classifier could read; any of these contradicts
+# every image intended use. By prefix (a class and its dotted sub-classes): PS3.4 Annex B.5.
+_NON_IMAGE_SOP_CLASSES: tuple[tuple[str, str], ...] = (
+    ("1.2.840.10008.5.1.4.1.1.9", "a waveform"),
+    ("1.2.840.10008.5.1.4.1.1.11", "a presentation state"),
+    ("1.2.840.10008.5.1.4.1.1.66", "a segmentation, registration, fiducials or raw data"),
+    ("1.2.840.10008.5.1.4.1.1.67", "a real world value mapping"),
+    ("1.2.840.10008.5.1.4.1.1.68", "a surface scan"),
+    ("1.2.840.10008.5.1.4.1.1.88", "a structured report"),
+    ("1.2.840.10008.5.1.4.1.1.104", "an encapsulated document"),
+    ("1.2.840.10008.5.1.4.1.1.481", "an RT dose, structure set, plan or record"),
+    ("1.2.840.10008.5.1.4.34", "an RT (second generation) object"),
 )
+# ... except RT Image (481.1: a portal or simulator radiograph)
+_IMAGE_SOP_CLASSES_UNDER_THOSE = frozenset({"1.2.840.10008.5.1.4.1.1.481.1"})
+
+
+def non_image_kind(sop_class_uid: object) -> str | None:
+    """What a storage SOP class that holds no image a classifier could read holds (an RT
+    dose, a segmentation, a structured report, ...; see the table above), or None for an
+    image storage class or an unknown one. The gate refuses such an instance for every model
+    that states its intended use, and training leaves it out."""
+    uid = str(sop_class_uid or "").strip()
+    if uid in _IMAGE_SOP_CLASSES_UNDER_THOSE:
+        return None
+    for prefix, kind in _NON_IMAGE_SOP_CLASSES:
+        if uid == prefix or uid.startswith(prefix + "."):
+            return kind
+    return None
 
 
 def holds_no_image(sop_class_uid: object) -> bool:
-    """Whether a storage SOP class holds no image a classifier could read (RT dose, structure
-    set or plan; a structured report): the gate refuses it for every model that states its
-    intended use, and training leaves it out."""
-    return str(sop_class_uid or "").startswith(_NON_IMAGE_SOP_PREFIXES)
+    """Whether a storage SOP class holds no image a classifier could read
+    (:func:`non_image_kind` names what it holds)."""
+    return non_image_kind(sop_class_uid) is not None
 
 
 def _clean(value: object) -> str:
@@ -149,7 +171,7 @@ def normalise_view_position(value: object) -> str | None:
 def normalise_modality(value: object) -> str | None:
     """Canonical modality for a Modality value, or None when not known."""
     text = _clean(value).replace(" ", "")
-    return _MODALITY_SYNONYMS.get(text)
+    return _modality_synonyms().get(text)
 
 
 @dataclass(frozen=True)
@@ -233,7 +255,7 @@ def check_stated(modalities: Sequence[str], body_parts: Sequence[str]) -> dict[s
     """
     stated: dict[str, list[str]] = {}
     for key, what, values, normalise, known in (
-        ("modalities", "modality", modalities, normalise_modality, _MODALITY_SYNONYMS),
+        ("modalities", "modality", modalities, normalise_modality, _modality_synonyms()),
         ("body_parts", "body part", body_parts, normalise_body_part, _BODY_PART_SYNONYMS),
     ):
         canonical = []

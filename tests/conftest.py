@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -59,6 +60,44 @@ def real_dicom_paths(pattern: str = "*") -> list[Path]:
     if SHARED_DICOM.is_dir():
         paths += sorted(SHARED_DICOM.glob("*.dcm"))
     return paths
+
+
+def segmentation_of_ct_small() -> bytes:
+    """A binary SEG of pydicom's CT_small, built by highdicom: pixels (a mask), no picture."""
+    import highdicom as hd
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.sr.codedict import codes
+
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    mask = np.zeros((1, source.Rows, source.Columns), dtype=bool)
+    mask[0, 40:80, 40:80] = True
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription(
+                segment_number=1,
+                segment_label="lesion",
+                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                segmented_property_type=codes.SCT.Neoplasm,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            )
+        ],
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
+    )
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    return buf.getvalue()
 
 
 def shared_data_path(*parts: str) -> Path:

@@ -14,8 +14,10 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from tests.app.conftest import Databases, assert_problem, make_settings, save_tiny_model
+from tests.conftest import segmentation_of_ct_small
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dicom"
 needs_data = pytest.mark.skipif(
@@ -121,6 +123,31 @@ def test_rt_plan_is_refused_by_sop_class_before_decoding(refusing: Gated) -> Non
     data = Path(get_testdata_file("rtplan.dcm")).read_bytes()
     body = assert_problem(refusing.post(data), 422, code="outside-intended-use")
     assert "SOPClassUID '1.2.840.10008.5.1.4.1.1.481.5'" in body["detail"], body
+
+
+def test_a_segmentation_is_refused_by_modality_and_sop_class(refusing: Gated) -> None:
+    """A SEG's Modality was "not known" and its SOP class not listed: a chest model scored the
+    mask (QA round 11, highdicom's seg_image_ct_binary.dcm)."""
+    before = len(refusing.rows())
+    body = assert_problem(
+        refusing.post(segmentation_of_ct_small()), 422, code="outside-intended-use"
+    )
+    assert "SOPClassUID '1.2.840.10008.5.1.4.1.1.66.4'" in body["detail"], body
+    assert "Modality 'SEG'" in body["detail"], body
+    assert len(refusing.rows()) == before
+
+
+@needs_data
+def test_modality_other_is_not_known_and_passes(refusing: Gated) -> None:
+    """OT says nothing of what was imaged (a secondary capture of a chest film carries it)."""
+    data = _edited(
+        DATA / "rsna_chest_cr_jpeg_baseline.dcm",
+        Modality="OT",
+        SeriesInstanceUID=generate_uid(),
+        SOPInstanceUID=generate_uid(),
+    )
+    response = refusing.post(data)
+    assert response.status_code in (200, 201), response.text
 
 
 @needs_data

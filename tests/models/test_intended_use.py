@@ -2,6 +2,7 @@ import pytest
 
 from radlens.models.intended_use import (
     IntendedUse,
+    non_image_kind,
     normalise_body_part,
     normalise_modality,
     normalise_view_position,
@@ -41,6 +42,40 @@ def test_junk_is_never_refused_and_empty_intended_use_accepts_all() -> None:
     junk = {"Modality": "CR", "BodyPartExamined": "JPEG 2000 Compressed Image"}
     assert violations(junk, CHEST_CR) == []
     assert violations({"Modality": "CT", "BodyPartExamined": "HIP"}, IntendedUse()) == []
+
+
+def test_every_modality_term_dicom_defines_is_known_but_other() -> None:
+    """SM (slide microscopy) and SEG were "not known" and passed a chest CR model's gate."""
+    assert normalise_modality("SM") == "SM" and normalise_modality("seg") == "SEG"
+    assert normalise_modality("RTIMAGE") == "RTIMAGE" and normalise_modality("KO") == "KO"
+    assert normalise_modality("PA") is None  # a view position in the wrong tag, not a modality
+    assert [str(v) for v in violations({"Modality": "SM"}, CHEST_CR)] == [
+        "Modality 'SM' (model accepts CR, DX)"
+    ]
+    assert violations({"Modality": "OT"}, CHEST_CR) == []
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "kind"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.66.4", "a segmentation, registration, fiducials or raw data"),
+        ("1.2.840.10008.5.1.4.1.1.66", "a segmentation, registration, fiducials or raw data"),
+        ("1.2.840.10008.5.1.4.1.1.11.1", "a presentation state"),
+        ("1.2.840.10008.5.1.4.1.1.9.1.1", "a waveform"),
+        ("1.2.840.10008.5.1.4.1.1.104.1", "an encapsulated document"),
+        ("1.2.840.10008.5.1.4.1.1.88.59", "a structured report"),
+        ("1.2.840.10008.5.1.4.1.1.481.10", "an RT dose, structure set, plan or record"),
+        ("1.2.840.10008.5.1.4.1.1.481.1", None),  # RT Image: a portal radiograph
+        ("1.2.840.10008.5.1.4.1.1.1", None),  # CR
+        ("1.2.840.10008.5.1.4.1.1.1.1", None),  # DX for presentation
+        ("1.2.840.10008.5.1.4.1.1.77.1.6", None),  # VL whole slide microscopy: an image
+        ("1.2.840.10008.5.1.4.1.1.90", None),  # not the prefix 9
+        ("", None),
+        (None, None),
+    ],
+)
+def test_sop_classes_that_hold_no_picture(sop_class: str | None, kind: str | None) -> None:
+    assert non_image_kind(sop_class) == kind
 
 
 def test_rt_plan_sop_class_violates() -> None:

@@ -27,6 +27,7 @@ from radlens.training.data.sources import (
     open_data,
     open_source,
 )
+from tests.conftest import segmentation_of_ct_small
 from tests.training.conftest import tiny_config
 from tests.training.data_fixtures import png_folder, random_gray, write_csv, write_npz, write_png
 
@@ -292,6 +293,14 @@ class TestSkipReasons:
         assert (
             set(skipped) == {"dose.dcm"} and "1.2.840.10008.5.1.4.1.1.481.2" in skipped["dose.dcm"]
         )
+
+    def test_a_segmentation_is_not_trained_on(self, tmp_path: Path) -> None:
+        """A SEG has pixels (a mask) but no picture; its Modality was not known either."""
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        (root / "normal" / "mask.dcm").write_bytes(segmentation_of_ct_small())
+        skipped = {Path(s.path).name: s.reason for s in open_source(root).skipped}
+        assert set(skipped) == {"mask.dcm"}
+        assert skipped["mask.dcm"].startswith("a segmentation, registration"), skipped
 
     def test_a_file_cut_before_its_pixels_says_truncated(self, tmp_path: Path) -> None:
         """It said "DICOM file has no pixel data"; `radlens inspect` said truncated."""

@@ -81,7 +81,7 @@ from radlens.models.errors import (
     RadlensError,
     TruncatedDataError,
 )
-from radlens.models.intended_use import holds_no_image
+from radlens.models.intended_use import non_image_kind
 
 log = logging.getLogger(__name__)
 
@@ -769,10 +769,11 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
         return _no_pixels_reason(path)
-    if holds_no_image(ds.get("SOPClassUID")):  # an RT dose grid has pixels, but no picture
+    # an RT dose grid or a segmentation has pixels, but no picture
+    if (kind := non_image_kind(ds.get("SOPClassUID"))) is not None:
         return (
-            f"an RT dose, structure set, plan or report (SOP class {ds.get('SOPClassUID')}): "
-            "no image a classifier reads (the service refuses it for a model of stated use)"
+            f"{kind} (SOP class {ds.get('SOPClassUID')}): no image a classifier reads (the "
+            "service refuses it for a model that states its intended use)"
         )
     if rows < 1 or cols < 1:
         return f"DICOM image has zero size ({rows}x{cols})"
