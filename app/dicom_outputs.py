@@ -21,6 +21,7 @@ variant gets different UIDs from the patient-free one, since their contents diff
 
 from __future__ import annotations
 
+import copy
 import io
 import uuid
 from collections.abc import Sequence
@@ -103,10 +104,13 @@ class SourceRef:
     sop_instance_uid: str
     sop_class_uid: str
     modality: str | None
-    identification: dict[str, Any] = field(default_factory=dict)  # patient + study attributes
+    # patient + study attributes: keyword -> the source's data element, copied as it is
+    identification: dict[str, Any] = field(default_factory=dict)
     # The source's Burned In Annotation ("YES"/"NO"); None = unknown (not stored with a
     # prediction), which a Secondary Capture of its pixels must declare as YES.
     burned_in_annotation: str | None = None
+    # the source's Specific Character Set, copied with the identification it encodes
+    character_set: Any = None
 
     @property
     def with_patient(self) -> bool:
@@ -163,7 +167,7 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
     if copy_patient:
         for keyword in (*PATIENT_ATTRIBUTES, *STUDY_ATTRIBUTES):
             if keyword in ds:
-                identification[keyword] = ds[keyword].value
+                identification[keyword] = copy.deepcopy(ds[keyword])
     return SourceRef(
         values["StudyInstanceUID"],
         values["SeriesInstanceUID"],
@@ -172,6 +176,7 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
         str(ds.get("Modality")) if ds.get("Modality") else None,
         identification,
         _burned_in_annotation(ds),
+        ds.get("SpecificCharacterSet") if identification else None,
     )
 
 
@@ -187,7 +192,9 @@ def output_uid(prediction_id: uuid.UUID, kind: str, *, with_patient: bool) -> st
 
 
 def _reference_dataset(source: SourceRef) -> Dataset:
-    """The evidence dataset highdicom copies the patient and study modules from."""
+    """The evidence dataset highdicom copies the patient and study modules from: UIDs and
+    modality, every Type 2 patient and study attribute empty. The patient's own values go in
+    after highdicom has built the output (:func:`_identified`)."""
     from pydicom.dataset import Dataset
 
     ds = Dataset()
@@ -198,9 +205,25 @@ def _reference_dataset(source: SourceRef) -> Dataset:
     ds.Modality = source.modality or "OT"
     for keyword in _EMPTY_TYPE2:
         setattr(ds, keyword, None)
-    for keyword, value in source.identification.items():
-        setattr(ds, keyword, value)
     return ds
+
+
+def _identified(output: Any, source: SourceRef) -> Any:
+    """``output`` with the source's patient and study attributes, when the site copies them,
+    and the source's Specific Character Set, so that a name in Japanese or Greek reaches the
+    PACS as it left the modality (written without it, each such character became '?').
+
+    Set after highdicom has built the output, not handed to it, and as the source's own data
+    elements rather than values: highdicom checks a person name, and pydicom a value set by
+    keyword, by issuing a warning that quotes the value (a one-component name, a birth date
+    not written as YYYYMMDD), and a warning goes to the server's log.
+    """
+    if source.identification:
+        if source.character_set:
+            output.SpecificCharacterSet = source.character_set
+        for element in source.identification.values():
+            output[element.tag] = element
+    return output
 
 
 def _to_bytes(ds: Any) -> bytes:
@@ -321,7 +344,7 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
         raise DicomOutputError(
             f"highdicom refused the SR for prediction {prediction.id}: {exc}"
         ) from exc
-    return _to_bytes(sr)
+    return _to_bytes(_identified(sr, source))
 
 
 def _finding_group(
@@ -574,4 +597,4 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
         f" (prediction {prediction.id}, label {prediction.label})"
     )[:1024]
     sc.BurnedInAnnotation = source.burned_in_annotation or "YES"
-    return _to_bytes(sc)
+    return _to_bytes(_identified(sc, source))

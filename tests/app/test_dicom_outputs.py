@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,64 @@ class TestSiteSettings:
         dump = repr(site.rows())
         for value in (PATIENT["PatientName"], PATIENT["PatientID"], study):
             assert value not in dump
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "chrH31.dcm",  # ISO 2022 IR 87: Japanese ideographic and phonetic names
+            "chrX1.dcm",  # ISO_IR 192 (UTF-8): Chinese
+            "chrGreek.dcm",  # ISO_IR 126, a one-component name (highdicom warns quoting it)
+            "chrRuss.dcm",  # ISO_IR 144, one component
+            "chrFren.dcm",  # ISO_IR 100 (Latin-1)
+        ],
+    )
+    def test_inline_sr_keeps_a_name_in_its_character_set_and_out_of_the_log(
+        self, site: Service, name: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """pydicom's real character-set files (QA round 11): each non-Latin character of the
+        copied name came out as '?' (no Specific Character Set was written), Latin-1 as bare
+        8859-1 bytes, and highdicom's warning quoting a one-component name reached the log."""
+        from pydicom.data.data_manager import DATA_ROOT
+
+        data = (Path(DATA_ROOT) / "charset_files" / name).read_bytes()
+        source = _read(data)
+        with caplog.at_level("DEBUG"):
+            response = site.client.post(
+                "/v1/predictions/dicom-sr", files={"file": (name, data, "application/dicom")}
+            )
+        assert response.status_code in (200, 201), response.text
+        sr = _read(response.content)
+        assert sr.SpecificCharacterSet == source.SpecificCharacterSet
+        assert str(sr.PatientName) == str(source.PatientName) != ""
+        assert sr.PatientName.components == source.PatientName.components
+        logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+        for component in str(source.PatientName).replace("=", "^").split("^"):
+            assert not component or component not in logged
+
+    def test_inline_sr_copies_odd_values_as_they_are_without_logging_them(
+        self, site: Service, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A birth date not written as YYYYMMDD and a sex highdicom does not know: setting
+        them by keyword warned quoting the value (in the log; a 500 under -W error)."""
+        odd = {
+            "PatientName": "Roe^Richard",
+            "PatientID": "MRN-0042-XYZ",
+            "PatientBirthDate": "1961-02-03 born",
+            "PatientSex": "MALE",
+        }
+        with warnings.catch_warnings():  # the modality's own junk, written by the test
+            warnings.simplefilter("ignore", UserWarning)
+            data = dicom_bytes(patient=odd)
+        caplog.clear()  # pydicom logged the test's own junk as it wrote it
+        with caplog.at_level("DEBUG"):
+            response = site.client.post(
+                "/v1/predictions/dicom-sr", files={"file": ("odd.dcm", data, "application/dicom")}
+            )
+        assert response.status_code == 201, response.text
+        sr = _read(response.content)
+        assert (sr.PatientBirthDate, sr.PatientSex) == ("1961-02-03 born", "MALE")
+        for value in odd.values():
+            assert value not in caplog.text
 
     def test_patient_variant_has_its_own_uid(self) -> None:
         import uuid
