@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir", type=Path, default=DEMO_DATA, help="where the demo data set is written"
     )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="demo training epochs (default: training/configs/demo.yaml's); the test suite "
+        "trains fewer",
+    )
     args = parser.parse_args(argv)
     demo_data: Path = args.data_dir
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -78,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             step(f"Model store is empty: writing the synthetic demo data set to {demo_data}")
             radlens("demo-data", str(demo_data), "--overwrite")
         step("Training the demo model (ResNet50 at 64 px, a few minutes on 2 cores)")
-        radlens("train", "--config", str(DEMO_CONFIG), "--data", str(demo_data))
+        epochs = [] if args.epochs is None else ["--epochs", str(args.epochs)]
+        radlens("train", "--config", str(DEMO_CONFIG), "--data", str(demo_data), *epochs)
     else:
         step("Model store already holds a model: skipping demo training")
     radlens("models", "list")

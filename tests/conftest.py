@@ -46,13 +46,17 @@ KNOWN_BLANK = {"decimal_rescale.dcm"}  # nibabel's rescale test: its pixel value
 
 
 def real_dicom_paths(pattern: str = "*") -> list[Path]:
-    """Every file matching ``pattern`` in pydicom's and pydicom-data's test files, then
-    pynetdicom's (:func:`pynetdicom_dicom_paths`), deid-data's and nibabel's
-    (:func:`packaged_dicom_paths`) and the ``*.dcm`` of ../shared/data/dicom (when present).
+    """Every file matching ``pattern`` in pydicom's test, character-set and palette files and
+    pydicom-data's test files, then pynetdicom's (:func:`pynetdicom_dicom_paths`), deid-data's
+    and nibabel's (:func:`packaged_dicom_paths`) and the ``*.dcm`` of ../shared/data/dicom
+    (when present).
     By directory: pydicom's ``get_testdata_files()`` would try to download its remote files."""
     from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 
-    roots = [Path(DATA_ROOT) / "test_files"]
+    # charset_files: names in Japanese, Korean, Chinese, Arabic, Hebrew, Greek, Cyrillic and
+    # Latin-1 (QA round 11: the dicom-sr patient copy turned them into '?'); palettes: colour
+    # palette instances, no pixels
+    roots = [Path(DATA_ROOT) / name for name in ("test_files", "charset_files", "palettes")]
     roots += [Path(source.data_path) for source in external_data_sources().values()]
     paths = sorted(p for root in roots for p in root.rglob(pattern) if p.is_file())
     paths += [p for p in pynetdicom_dicom_paths() if p.match(pattern)]

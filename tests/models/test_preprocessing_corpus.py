@@ -46,6 +46,11 @@ def corpus() -> list[pytest.param]:
             marks.append(pytest.mark.skip(reason=f"over {MAX_FILE_BYTES} bytes: too slow here"))
         label = f"{path.parent.name}/{path.name}"
         params.append(pytest.param(path, id=label, marks=marks))
+    from pydicom.data.data_manager import DATA_ROOT
+
+    for folder in ("charset_files", "palettes"):  # beside test_files: not in get_testdata_files
+        for path in sorted((Path(DATA_ROOT) / folder).glob("*.dcm")):
+            params.append(pytest.param(path, id=f"{folder}/{path.name}"))
     for path in pynetdicom_dicom_paths():
         params.append(pytest.param(path, id=f"pynetdicom/{path.name}"))
     for path in packaged_dicom_paths():
