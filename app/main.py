@@ -54,8 +54,10 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from radlens.app.memory import keep_freed_memory
+        from radlens.models.dicomread import ignore_value_validation
 
         keep_freed_memory(settings.malloc_keep_mib)  # process-wide: before the model loads
+        ignore_value_validation()  # process-wide: pynetdicom reads DIMSE datasets itself
         app.openapi()  # built here, before any worker thread: see _build_route_state
         resources = await run_in_threadpool(_start, settings, load, metrics)
         app.state.resources = resources

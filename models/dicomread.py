@@ -55,6 +55,23 @@ def max_inflated_bytes(max_pixels: int) -> int:
     return INFLATED_BYTES_PER_PIXEL * int(max_pixels) + INFLATED_HEADER_BYTES
 
 
+def ignore_value_validation() -> None:
+    """Have pydicom convert header values without validating them (its
+    ``reading_validation_mode`` set to IGNORE, process-wide: pydicom has no per-call setting).
+
+    pydicom checks each value as it converts it and reports a bad one (a UID with letters in
+    it, an over-long ID) by a warning *and* a WARNING record on its ``pydicom`` logger, some
+    quoting the value: a hospital's non-conforming UID (which a site may pseudonymise before
+    storing) or another header value went into radlens' log, and the warning, outside the
+    places that silence warnings, to the server's stderr. radlens reads what it is sent and
+    checks the values it uses itself. Called by :func:`read_dicom_bytes`, by the service at
+    start-up (pynetdicom reads DIMSE datasets) and by training's header reads.
+    """
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+
+
 def read_dicom_bytes(
     data: bytes,
     *,
@@ -81,6 +98,8 @@ def read_dicom_bytes(
         truncated or corrupt deflate stream raises ``zlib.error``, as in pydicom).
     """
     import pydicom
+
+    ignore_value_validation()
 
     def dcmread(raw: bytes) -> FileDataset:
         return pydicom.dcmread(

@@ -384,6 +384,32 @@ class TestSiteSettings:
         for value in odd.values():
             assert value not in caplog.text
 
+    def test_a_non_conforming_uid_is_not_quoted_in_the_log(
+        self, site: Service, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """pydicom validated each value it converted and logged a bad one on its own logger,
+        quoting it ("Invalid value for VR UI: '...'"): a hospital's UID with letters in it
+        reached the log of a site that pseudonymises UIDs before storing them, on the plain
+        path too; the over-long name made dicom-sr a 500 under -W error."""
+        study = "1.2.826.0.1.3680043.SMITH.19610203"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            data = dicom_bytes(study=study, patient={"PatientName": "Smith^John" + "n" * 70})
+        caplog.clear()
+        with caplog.at_level("DEBUG"):
+            plain = site.client.post(
+                "/v1/predictions", files={"file": ("u.dcm", data, "application/dicom")}
+            )
+            sr = site.client.post(
+                "/v1/predictions/dicom-sr", files={"file": ("u.dcm", data, "application/dicom")}
+            )
+        assert plain.status_code == 201, plain.text
+        assert sr.status_code == 200, sr.text  # the same instance, stored by the first post
+        assert _read(sr.content).StudyInstanceUID == study
+        assert "SMITH" not in caplog.text and "19610203" not in caplog.text
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == []
+        assert study not in repr(site.rows())
+
     def test_patient_variant_has_its_own_uid(self) -> None:
         import uuid
 

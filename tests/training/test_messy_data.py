@@ -294,6 +294,26 @@ class TestSkipReasons:
             set(skipped) == {"dose.dcm"} and "1.2.840.10008.5.1.4.1.1.481.2" in skipped["dose.dcm"]
         )
 
+    def test_a_non_conforming_header_value_is_not_quoted_in_the_log(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """pydicom logs a value it cannot validate, quoting it, as training reads headers."""
+        import warnings
+
+        root = png_folder(tmp_path / "ds", n_per_class=4)
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ds.PatientID = "SMITH-19610203"
+            ds.PatientName = "Smith^John" + "n" * 70
+            ds.StudyInstanceUID = "1.2.826.0.1.3680043.SMITH.19610203"
+            ds.SeriesInstanceUID = "1.2.826.0.1.3680043.SMITH.19610203.1"
+        ds.save_as(root / "normal" / "ct.dcm")
+        caplog.clear()
+        with caplog.at_level("DEBUG"):
+            assert main(["data-check", str(root)]) in (0, 2)
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == []
+
     def test_a_segmentation_is_not_trained_on(self, tmp_path: Path) -> None:
         """A SEG has pixels (a mask) but no picture; its Modality was not known either."""
         root = png_folder(tmp_path / "ds", n_per_class=4)

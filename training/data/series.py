@@ -86,6 +86,10 @@ def _read_header(path: Path) -> _Slice | None:
     """The header attributes of a DICOM file, or None when it is not a DICOM dataset."""
     import pydicom
 
+    from radlens.models.dicomread import ignore_value_validation
+
+    ignore_value_validation()
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -122,6 +126,10 @@ class _UidIndex:
 
     def _scan(self) -> dict[str, set[Path]]:
         import pydicom
+
+        from radlens.models.dicomread import ignore_value_validation
+
+        ignore_value_validation()
 
         if not self.root.is_dir():
             raise ConfigurationError(

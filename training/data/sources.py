@@ -623,6 +623,10 @@ def _dicom_header_patient(path: Path) -> tuple[bool, str | None]:
     """(whether the header could be read as a DICOM dataset, the raw patient or None)."""
     import pydicom
 
+    from radlens.models.dicomread import ignore_value_validation
+
+    ignore_value_validation()
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
