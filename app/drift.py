@@ -123,6 +123,7 @@ class DriftMonitor:
         self.name = manifest.name
         self.version = manifest.version
         self.class_names = list(manifest.class_names)
+        self.multi_label = bool(manifest.multi_label)
         self.reference = reference_of(manifest)
         self.window = window
         self.cache_seconds = cache_seconds
@@ -152,7 +153,12 @@ class DriftMonitor:
                 raise
             self._failed = None
             out = summarise(
-                self.reference, self.class_names, rows.scores, rows.features, rows.labels
+                self.reference,
+                self.class_names,
+                rows.scores,
+                rows.features,
+                rows.labels,
+                multi_label=self.multi_label,
             )
             summary = {"model": self.model, "window": self.window, **out}
             self._cached = (now, summary)
@@ -165,10 +171,14 @@ def summarise(
     scores: np.ndarray,
     features: Sequence[Mapping[str, float]] | None,
     labels: Sequence[str],
+    *,
+    multi_label: bool = False,
 ) -> dict[str, Any]:
     """Recent scores (``(n, classes)``), input features (None: not known; a row's dict may
     lack a statistic, e.g. a prediction stored before 0014) and labels against
-    ``reference``."""
+    ``reference``. A multi-label model's label is its positive findings joined by ``|``
+    (models.decision.finding_label): each finding's rate is the fraction of labels that
+    hold it."""
     n = len(labels)
     out: dict[str, Any] = {
         "n": n,
@@ -179,7 +189,10 @@ def summarise(
         "label_rates": {},
         "drifted": [],
     }
-    recent_rates = {name: (labels.count(name) / n if n else None) for name in class_names}
+    decided = [set(label.split("|")) if multi_label else {label} for label in labels]
+    recent_rates = {
+        name: (sum(name in found for found in decided) / n if n else None) for name in class_names
+    }
     if reference is None:
         out["status"] = "no-reference"
         out["label_rates"] = {

@@ -63,7 +63,14 @@ def register(app: typer.Typer) -> None:
         summary = {
             "model": manifest.ref,
             "since": start.isoformat(),
-            **summarise(reference, manifest.class_names, rows.scores, rows.features, rows.labels),
+            **summarise(
+                reference,
+                manifest.class_names,
+                rows.scores,
+                rows.features,
+                rows.labels,
+                multi_label=manifest.multi_label,
+            ),
         }
         if as_json:
             typer.echo(json.dumps(summary, indent=2))

@@ -387,3 +387,22 @@ def test_a_database_outage_leaves_the_drift_gauges_out_of_the_scrape(
         metrics.observe_prediction("watched:1", "normal")
         text = generate_latest(metrics.registry).decode()
     assert "radlens_predictions_total" in text and "radlens_drift_" not in text
+
+
+def test_a_multi_label_models_rates_count_each_finding_in_its_labels() -> None:
+    """A multi-label prediction's label is its positive findings joined by '|': every
+    finding's recent rate was 0, since no label equals a finding's name (QA round 12)."""
+    from radlens.app.drift import summarise
+
+    labels = ["Effusion|Infiltration", "Effusion", "No Finding", "Cardiomegaly|Effusion"]
+    names = ["Cardiomegaly", "Effusion", "Infiltration"]
+    scores = np.zeros((len(labels), len(names)))
+    out = summarise(None, names, scores, None, labels, multi_label=True)
+    assert {name: rate["recent"] for name, rate in out["label_rates"].items()} == {
+        "Cardiomegaly": 0.25,
+        "Effusion": 0.75,
+        "Infiltration": 0.25,
+    }
+    # a single-label model's class name may hold '|': it is one label
+    single = summarise(None, ["a|b", "c"], scores[:, :2], None, ["a|b", "c", "c", "a|b"])
+    assert single["label_rates"]["a|b"]["recent"] == 0.5
