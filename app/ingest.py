@@ -373,8 +373,6 @@ class Ingestor:
         image, digest, flagged = cast(
             tuple["PreprocessedImage", str, list[Violation]], output.prepared
         )
-        if flagged:
-            self.metrics.observe_gated("outside-intended-use", "flagged")
         scores, label = output.scores, output.label
         inference_ms, batch_size = float(output.inference_ms), int(output.batch_size)
         frame_result = None
@@ -586,8 +584,7 @@ class Ingestor:
                 f"{above} ({detector.method}, the {detector.quantile:.0%} quantile of its "
                 "validation images)"
             )
-        self.metrics.observe_gated("out-of-distribution", "flagged")
-        return False
+        return False  # counted as flagged once stored (_observe)
 
     async def explain(
         self, candidate: Candidate, findings: Sequence[str] | None = None
@@ -689,6 +686,12 @@ class Ingestor:
     ) -> None:
         ref = self.predictor.manifest.ref
         if created:
+            # flagged uploads are counted by what was stored: a re-post of a stored instance is
+            # answered with the stored prediction, whatever its own pixels scored
+            if stored.intended_use_violations:
+                self.metrics.observe_gated("outside-intended-use", "flagged")
+            if stored.in_distribution is False:
+                self.metrics.observe_gated("out-of-distribution", "flagged")
             # multi-label: one count per positive finding (or the no-finding name), never the
             # joined label, whose combinations would multiply the metric's label values
             positive = [f.name for f in findings if f.positive]

@@ -209,6 +209,9 @@ def test_flag_predicts_and_records_the_violation(flagging: Gated) -> None:
     assert flagging.metric("outside-intended-use", "flagged") == metric + 1
     got = flagging.client.get(f"/v1/predictions/{response.json()['id']}").json()
     assert got["intended_use_violations"] == violations
+    again = flagging.post((DATA / "CT1_JLSN.dcm").read_bytes())  # answered with the stored one
+    assert again.status_code == 200, again.text
+    assert flagging.metric("outside-intended-use", "flagged") == metric + 1
 
 
 def test_models_endpoint_shows_the_intended_use(refusing: Gated, service: Any) -> None:

@@ -141,6 +141,11 @@ def test_ct_and_hip_pixels_as_png_are_flagged(flagging: Node, name: str) -> None
     assert flagging.metric("flagged") == before + 1
     stored = flagging.client.get(f"/v1/predictions/{body['id']}").json()
     assert stored["in_distribution"] is False and stored["ood_score"] == body["ood_score"]
+    # a re-post is answered with the stored prediction and not counted again (QA round 12:
+    # the counter rose at each re-post of an instance whose stored prediction was another's)
+    again = flagging.post(_as_png(SHARED / "dicom" / name))
+    assert again.status_code == 200 and again.json()["id"] == body["id"], again.text
+    assert flagging.metric("flagged") == before + 1
 
 
 def test_own_validation_chest_images_are_not_flagged(flagging: Node) -> None:
