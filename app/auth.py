@@ -164,9 +164,14 @@ async def authenticate_bearer(
         header = request.headers.get("authorization")
         if header is None:
             raise UnauthorizedError("the request has no Authorization header")
-        scheme = header.split(" ", 1)[0][:20]
+        scheme = header.split(" ", 1)[0]
         if scheme.lower() == "bearer":
             raise UnauthorizedError("the Authorization header has the Bearer scheme but no key")
+        if key_id_of(scheme) is not None or len(scheme) > 20 or not scheme.isalpha():
+            # a key sent without "Bearer " (or another secret): never echo any of it
+            raise UnauthorizedError(
+                "the Authorization header has no scheme: send 'Authorization: Bearer <key>'"
+            )
         raise UnauthorizedError(f"the Authorization scheme is {scheme!r}; expected 'Bearer'")
     token = credentials.credentials.strip()
     key_id = key_id_of(token)

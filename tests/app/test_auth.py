@@ -76,6 +76,16 @@ class TestAuthentication:
         empty = service.client.get("/v1/models", headers={"Authorization": "Bearer "})
         assert "Bearer scheme but no key" in assert_unauthorized(empty)["detail"]
 
+    def test_a_key_sent_without_the_scheme_is_not_echoed(self, service: Service) -> None:
+        """It was quoted as "the scheme" (its id and 4 characters of its secret; QA round 12)."""
+        assert service.api_key is not None
+        for header in (service.api_key, "sk-live-do-not-echo-me"):
+            body = assert_unauthorized(
+                service.client.get("/v1/models", headers={"Authorization": header})
+            )
+            assert header[:8] not in response_text(body), body
+            assert "Authorization: Bearer <key>" in body["detail"]
+
     def test_revoked_key_stops_working(self, service: Service) -> None:
         from radlens.app.keycache import KeyCache
 
