@@ -133,6 +133,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "model-incompatible": 503,
     "model-store-error": 503,
     "model-tampered": 503,
+    "model-unsigned": 503,
     "model-unsealed": 503,
     "runtime-unavailable": 503,
     "bad-configuration": 500,

@@ -181,6 +181,17 @@ class ModelTamperedError(ModelCorruptError):
     )
 
 
+class ModelUnsignedError(ModelTamperedError):
+    """A signing key is set, and the manifest's seal carries no signature."""
+
+    code = "model-unsigned"
+    title = (
+        "The stored model's manifest is not signed, and RADLENS_MODEL_SIGNING_KEY is set: it "
+        "was saved or re-sealed without the key; check its fields, then sign it with "
+        "`radlens models seal NAME:VERSION` run with the key set"
+    )
+
+
 class ModelUnsealedError(ModelCorruptError):
     """The manifest has no integrity seal (written by a radlens older than the seal)."""
 

@@ -38,6 +38,7 @@ from radlens.models.errors import (
     ModelCorruptError,
     ModelTamperedError,
     ModelUnsealedError,
+    ModelUnsignedError,
     RadlensError,
 )
 
@@ -550,7 +551,7 @@ def check_seal(data: dict[str, Any], key: bytes | None = None, *, where: str = "
         mac = integrity.get("hmac")
         expected = hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
         if not isinstance(mac, str):
-            raise ModelTamperedError(
+            raise ModelUnsignedError(
                 f"{where} is not signed, but RADLENS_MODEL_SIGNING_KEY is set (seal it with "
                 "the key: `radlens models seal NAME:VERSION`)"
             )

@@ -176,8 +176,11 @@ class TestSignature:
         ModelRegistry(tmp_path).seal("chest:1")  # someone without the key re-seals
         with pytest.raises(
             ModelTamperedError, match="is not signed, but RADLENS_MODEL_SIGNING_KEY"
-        ):
+        ) as raised:
             ModelRegistry(tmp_path, signing_key=KEY).verify("chest", 1)
+        # its title says unsigned, not "changed after it was sealed" (QA round 12)
+        assert raised.value.code == "model-unsigned"
+        assert str(raised.value).startswith("The stored model's manifest is not signed")
 
     def test_key_read_from_the_environment(self, tmp_path, model, monkeypatch):
         monkeypatch.setenv("RADLENS_MODEL_SIGNING_KEY", KEY.decode())
