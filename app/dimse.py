@@ -89,6 +89,10 @@ class StorageSCP:
         self._queued: set[Path] = set()  # in the inbox and not yet finished (loop thread)
         self._tasks: set[asyncio.Task[None]] = set()
         if settings.dimse_ack == "queued":
+            from radlens.app.startup import ensure_spool
+
+            # a path that cannot be a directory: one line naming RADLENS_DIMSE_INBOX_DIR
+            ensure_spool("dimse_inbox_dir", Path(settings.dimse_inbox_dir))
             self.inbox = DimseInbox(settings.dimse_inbox_dir, settings.uid_pseudonym_key_bytes)
 
     @property
@@ -115,20 +119,36 @@ class StorageSCP:
         return ae
 
     def start(self) -> None:
+        """Listen. An address that does not resolve, a port in use or bad TLS files raise
+        ConfigurationError naming the variable (the server reports it in one line)."""
+        from radlens.app.startup import listen_error
+
         self._loop = asyncio.get_running_loop()
-        if self.inbox is not None:
-            left = self.inbox.pending()
-            if left:
-                logger.info("DIMSE inbox: %d instances queued before a restart", len(left))
-            for path in left:  # acknowledged by a previous process: finish them first
-                self._spawn(path)
+        # listed before the server listens (an instance queued from then on is spawned by its
+        # C-STORE), spawned after: nothing runs before start returns, and nothing is spawned
+        # when the server cannot start
+        left = self.inbox.pending() if self.inbox is not None else []
         ae = self._ae()
-        self._server = ae.start_server(
-            (self.settings.dimse_bind, self.settings.dimse_port or 0),
-            block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
-            ssl_context=self._tls(),
-        )
+        ssl_context = self._tls()
+        try:
+            self._server = ae.start_server(
+                (self.settings.dimse_bind, self.settings.dimse_port or 0),
+                block=False,
+                evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+                ssl_context=ssl_context,
+            )
+        except OSError as exc:
+            raise listen_error(
+                exc,
+                host_field="dimse_bind",
+                port_field="dimse_port",
+                host=self.settings.dimse_bind,
+                port=self.settings.dimse_port or 0,
+            ) from None
+        if left:
+            logger.info("DIMSE inbox: %d instances queued before a restart", len(left))
+        for path in left:  # acknowledged by a previous process: finish them first
+            self._spawn(path)
         logger.info(
             "DIMSE Storage SCP %s listening on %s:%d",
             self.settings.dimse_ae_title,
@@ -139,15 +159,9 @@ class StorageSCP:
     def _tls(self) -> ssl.SSLContext | None:
         """DICOM TLS when RADLENS_DIMSE_TLS_CERT/_KEY are set; with _CA, peers must present a
         certificate that CA signed."""
-        s = self.settings
-        if s.dimse_tls_cert is None or s.dimse_tls_key is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(s.dimse_tls_cert, s.dimse_tls_key)
-        if s.dimse_tls_ca is not None:
-            context.load_verify_locations(cafile=s.dimse_tls_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        from radlens.app.startup import dimse_tls_context
+
+        return dimse_tls_context(self.settings)  # a bad file: ConfigurationError naming it
 
     def stop(self) -> None:
         """Stop listening; queued instances not finished stay in the inbox for the next start."""

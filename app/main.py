@@ -60,22 +60,31 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         ignore_value_validation()  # process-wide: pynetdicom reads DIMSE datasets itself
         app.openapi()  # built here, before any worker thread: see _build_route_state
         resources = await run_in_threadpool(_start, settings, load, metrics)
-        app.state.resources = resources
-        limiter = app.state.rate_limiter
-        if hasattr(limiter, "bind"):  # the database rate limiter charges this engine's buckets
-            limiter.bind(resources.engine)
-        await resources.predictor.start()
-        resources.writer.start()
         dimse = None
-        if settings.dimse_port is not None:  # DICOM Storage SCP (app/dimse.py)
-            from radlens.app.dimse import StorageSCP
+        outbox = None
+        try:
+            app.state.resources = resources
+            limiter = app.state.rate_limiter
+            if hasattr(limiter, "bind"):  # the database rate limiter charges this engine's
+                limiter.bind(resources.engine)  # buckets
+            await resources.predictor.start()
+            resources.writer.start()
+            if settings.dimse_port is not None:  # DICOM Storage SCP (app/dimse.py)
+                from radlens.app.dimse import StorageSCP
 
-            dimse = StorageSCP(settings, resources.ingestor, resources.sessionmaker)
-            dimse.start()
-        app.state.dimse = dimse
-        outbox = resources.ingestor.outbox  # results sent back by C-STORE (app/outbox.py)
-        if outbox is not None:
-            outbox.start()
+                # an unusable inbox, address, port or TLS file: ConfigurationError naming it
+                dimse = StorageSCP(settings, resources.ingestor, resources.sessionmaker)
+                dimse.start()
+            app.state.dimse = dimse
+            outbox = resources.ingestor.outbox  # results sent back by C-STORE (app/outbox.py)
+            if outbox is not None:
+                outbox.start()
+        except BaseException:
+            # start-up failed after the model loaded (the failure is reported by the server,
+            # one line for a RadlensError): stop what was started, then let it propagate
+            with suppress(Exception):
+                await _stop(app, resources, dimse, outbox)
+            raise
         serving = resources.predictor.selection
         logger.info(
             "ready: model %s on %s, runtime %s %s (%s; parity: %s), database schema %s",
@@ -90,15 +99,7 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         try:
             yield
         finally:
-            if dimse is not None:
-                await run_in_threadpool(dimse.stop)
-                await dimse.drain()
-            if outbox is not None:
-                await run_in_threadpool(outbox.stop)
-            app.state.resources = None
-            await resources.predictor.stop()
-            await resources.writer.stop()
-            resources.engine.dispose()
+            await _stop(app, resources, dimse, outbox)
 
     app = FastAPI(
         title="radlens",
@@ -240,7 +241,11 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
     if settings.dicom_destinations:
         from radlens.app.outbox import Outbox
 
-        ingestor.outbox = Outbox(settings, sessionmaker=sessions, registry=metrics.registry)
+        try:  # an unusable RADLENS_DICOM_OUTBOX_DIR: ConfigurationError naming it
+            ingestor.outbox = Outbox(settings, sessionmaker=sessions, registry=metrics.registry)
+        except BaseException:
+            engine.dispose()
+            raise
     return Resources(
         engine=engine,
         sessionmaker=sessions,
@@ -248,6 +253,19 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
         writer=writer,
         ingestor=ingestor,
     )
+
+
+async def _stop(app: FastAPI, resources: Resources, dimse: Any, outbox: Any) -> None:
+    """Stop what the lifespan started (each stop is a no-op for what did not start)."""
+    if dimse is not None:
+        await run_in_threadpool(dimse.stop)
+        await dimse.drain()
+    if outbox is not None:
+        await run_in_threadpool(outbox.stop)
+    app.state.resources = None
+    await resources.predictor.stop()
+    await resources.writer.stop()
+    resources.engine.dispose()
 
 
 def _queue_depths(predictor: Any, writer: Any) -> dict[str, int]:

@@ -155,7 +155,11 @@ class Outbox:
                 ("destination",),
                 registry=registry,
             )
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from radlens.app.startup import ensure_spool
+
+        # created here as in `radlens serve`'s pre-flight: a path that cannot be one is a
+        # ConfigurationError naming RADLENS_DICOM_OUTBOX_DIR, one line, not a traceback
+        ensure_spool("dicom_outbox_dir", self.directory)
         self._remove_partials()
         self._recount()
 

@@ -420,13 +420,17 @@ class Settings(BaseSettings):
             )
         return self
 
-    @model_validator(mode="after")
-    def _check_model_store(self) -> Settings:
-        if self.model_store.exists() and not self.model_store.is_dir():
+    @field_validator("model_store")
+    @classmethod
+    def _check_model_store(cls, value: Path) -> Path:
+        # a store that does not exist yet is fine here (`radlens train` creates it); serving
+        # from one is refused at start-up (app/startup.check_model)
+        if value.exists() and not value.is_dir():
             raise ValueError(
-                f"model_store must be a directory. Received: {str(self.model_store)!r}"
+                "must be a directory, the model store `radlens train` writes models to, not "
+                "a file: set it to that directory, or unset it for models/store"
             )
-        return self
+        return value
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

@@ -6,14 +6,14 @@ Alembic are imported inside the commands.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
 
 import typer
 
 from radlens.cli.common import fail, settings_for
-
-if TYPE_CHECKING:
-    pass
 
 db_app = typer.Typer(
     help="Database schema migrations (Alembic). PostgreSQL must be upgraded before serving; "
@@ -29,6 +29,26 @@ DatabaseUrlOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, as it was again afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
 
 
 def _safe(url: str) -> str:
@@ -51,42 +71,60 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the prediction service (uvicorn on app.main:create_app).
 
-        Checks the configuration, the database and the model first, so a missing, corrupt or
-        incompatible model or an un-migrated database stops here with one line (exit 2).
+        Checks the configuration, the addresses and ports (HTTP and DICOM), the spool
+        directories, the database and the model first, so a typo, a port in use, a missing,
+        corrupt or incompatible model or an un-migrated database stops here with one line
+        (exit 2), before the model is loaded. --host/--port/--workers override RADLENS_HOST,
+        RADLENS_PORT and RADLENS_WORKERS, whose values are then ignored.
         """
         settings = settings_for(host=host, port=port, workers=workers)
         if reload and settings.workers > 1:
             fail(f"--reload runs one process; drop --workers. Received: workers={settings.workers}")
+        flags = {
+            field: flag
+            for field, flag, value in (("host", "--host", host), ("port", "--port", port))
+            if value is not None
+        }
 
         import logging
 
         import uvicorn
 
-        from radlens.app.startup import preflight
+        from radlens.app.startup import check_listeners, preflight
 
-        report = preflight(settings)
+        # the addresses, ports and spool directories first (milliseconds), then the database
+        # and the model artifact: each a one-line error naming the variable or flag
+        report = preflight(settings, flags=flags)
         logging.basicConfig(
             level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
             format="%(levelname)s:     %(name)s: %(message)s",
         )
         typer.echo(
-            f"radlens: serving model {report.model.ref} on http://{settings.host}:{settings.port} "
+            f"radlens: serving model {report.model.ref} on {_url(settings.host, settings.port)} "
             f"(database {_safe(settings.database_url)}, schema {report.schema_revision})",
             err=True,
         )
+        # The app (uvicorn's factory, in this process or in each worker) reads its settings
+        # from the environment again: the flags' values go there, so a variable they override
+        # is ignored, as it was here.
+        overridden = {"host": settings.host, "port": settings.port, "workers": settings.workers}
         try:
-            uvicorn.run(
-                "radlens.app.main:create_app",
-                factory=True,
-                host=settings.host,
-                port=settings.port,
-                workers=settings.workers if not reload else None,
-                reload=reload,
-                log_level=settings.log_level,
-                access_log=settings.access_log,  # RADLENS_ACCESS_LOG; off: no raw query strings
-            )
+            with _environment({f"RADLENS_{k.upper()}": str(v) for k, v in overridden.items()}):
+                uvicorn.run(
+                    "radlens.app.main:create_app",
+                    factory=True,
+                    host=settings.host,
+                    port=settings.port,
+                    workers=settings.workers if not reload else None,
+                    reload=reload,
+                    log_level=settings.log_level,
+                    access_log=settings.access_log,  # RADLENS_ACCESS_LOG; off: no raw queries
+                )
         except SystemExit as exc:
             if exc.code not in (0, None):
+                # uvicorn binds after the lifespan loaded the model: a port another process
+                # took in the meantime is named here (uvicorn's own line says only the errno)
+                check_listeners(settings, flags=flags)
                 fail(f"the service stopped during start-up (uvicorn exit status {exc.code})")
             raise
 

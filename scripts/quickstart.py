@@ -5,7 +5,8 @@ Steps, each a `radlens` command (the same ones the README and docker-compose use
      when there is no active API key: `radlens keys create` (the key is printed once)
   2. when the model store is empty:  `radlens demo-data var/demo-data` and
      `radlens train --config training/configs/demo.yaml --data var/demo-data`
-  3. `radlens serve`                 - the API on http://127.0.0.1:8000, Swagger UI at /docs
+  3. `radlens serve`                 - the API on http://127.0.0.1:8000 (RADLENS_HOST,
+                                       RADLENS_PORT), Swagger UI at /docs
 
 `--no-serve` stops after step 2 (CI runs it that way to exercise the set-up path).
 """
@@ -59,6 +60,22 @@ def ensure_api_key() -> None:
     print("    Send it as 'Authorization: Bearer <key>' (Swagger UI: the Authorize button)")
 
 
+def serving_url() -> str | None:
+    """Where `radlens serve` will listen: RADLENS_HOST and RADLENS_PORT, read by the service's
+    own settings class (this process runs in the venv that has radlens installed); None when
+    the settings are invalid (`radlens serve` then says which, in one line)."""
+    from pydantic import ValidationError
+
+    from radlens.app.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError:
+        return None
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-serve", action="store_true", help="set up, then stop")
@@ -94,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_serve:
         step("Set-up finished (--no-serve)")
         return 0
-    step("Serving on http://127.0.0.1:8000 (Swagger UI: http://127.0.0.1:8000/docs)")
+    url = serving_url()
+    step(f"Serving on {url} (Swagger UI: {url}/docs)" if url else "Serving (radlens serve)")
     os.execv(RADLENS, [RADLENS, "serve"])
     return 0  # not reached
 

@@ -76,3 +76,14 @@ def test_model_store_must_be_a_directory(tmp_path: Path) -> None:
 def test_empty_model_means_newest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RADLENS_MODEL", "")
     assert Settings().model is None
+
+
+def test_model_store_that_is_a_file_names_the_variable(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(ValidationError) as info:
+        Settings(model_store=not_a_dir)
+    line = describe_validation_error(info.value)
+    assert "RADLENS_MODEL_STORE" in line and str(not_a_dir) in line
+    assert "radlens train" in line  # what to do
+    assert "\n" not in line

@@ -187,3 +187,84 @@ def test_notice_is_dropped_only_for_a_clinically_validated_model(
         assert created.json()["notice"] is None
         (model,) = client.get("/v1/models").json()["models"]
         assert model["validated_for_clinical_use"] is True and model["notice"] is None
+
+
+class TestStoreAtStartUp:
+    def test_missing_store_names_the_variable_and_what_to_do(
+        self, sqlite_url: str, tmp_path: Path
+    ) -> None:
+        from radlens.app.startup import check_model
+
+        missing = tmp_path / "nonexistent"
+        with pytest.raises(ModelNotFoundError) as info:
+            check_model(make_settings(sqlite_url, missing))
+        text = str(info.value)
+        assert f"RADLENS_MODEL_STORE={missing}" in text and "does not exist" in text
+        assert "radlens train" in text and not missing.exists()
+
+    def test_empty_store_names_the_variable(self, sqlite_url: str, tmp_path: Path) -> None:
+        from radlens.app.startup import check_model
+
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        with pytest.raises(ModelNotFoundError, match="holds no models") as info:
+            check_model(make_settings(sqlite_url, empty))
+        assert f"RADLENS_MODEL_STORE={empty}" in str(info.value)
+
+
+class TestListenersAndSpoolsInTheLifespan:
+    """What the pre-flight of `radlens serve` checks, found again by the lifespan (another
+    launcher, or a port taken between the pre-flight and the bind): a RadlensError naming the
+    variable, which the server reports in one line, and what was started is stopped."""
+
+    def _fails(self, settings: object, match: str) -> None:
+        import threading
+        import time
+
+        from radlens.models.errors import ConfigurationError
+
+        before = set(threading.enumerate())
+        with pytest.raises(ConfigurationError, match=match):
+            start(settings)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+            if not left:
+                break
+            time.sleep(0.05)
+        assert not left, left
+
+    def test_dimse_bind_that_does_not_resolve(self, sqlite_url: str, model_store: Path) -> None:
+        settings = make_settings(sqlite_url, model_store, dimse_port=0, dimse_bind="not-an-ip")
+        self._fails(settings, r"RADLENS_DIMSE_BIND='not-an-ip'")
+
+    def test_dimse_port_in_use(self, sqlite_url: str, model_store: Path) -> None:
+        import socket
+
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            settings = make_settings(sqlite_url, model_store, dimse_port=port)
+            self._fails(settings, rf"RADLENS_DIMSE_PORT={port}.*already in use")
+
+    def test_dimse_inbox_under_a_file(
+        self, sqlite_url: str, model_store: Path, tmp_path: Path
+    ) -> None:
+        (tmp_path / "afile").write_text("x")
+        inbox = tmp_path / "afile" / "inbox"
+        settings = make_settings(
+            sqlite_url, model_store, dimse_port=0, dimse_ack="queued", dimse_inbox_dir=inbox
+        )
+        self._fails(settings, rf"RADLENS_DIMSE_INBOX_DIR='{inbox}'.*Not a directory")
+
+    def test_outbox_under_a_file(self, sqlite_url: str, model_store: Path, tmp_path: Path) -> None:
+        (tmp_path / "afile").write_text("x")
+        outbox = tmp_path / "afile" / "outbox"
+        settings = make_settings(
+            sqlite_url,
+            model_store,
+            dicom_destinations="PACS@127.0.0.1:8725/sr",
+            dicom_outbox_dir=outbox,
+        )
+        self._fails(settings, rf"RADLENS_DICOM_OUTBOX_DIR='{outbox}'.*Not a directory")

@@ -23,7 +23,7 @@ def captured_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     calls: dict[str, Any] = {}
     report = SimpleNamespace(model=SimpleNamespace(ref="m:1"), schema_revision="head")
-    monkeypatch.setattr(startup, "preflight", lambda settings: report)
+    monkeypatch.setattr(startup, "preflight", lambda settings, **kwargs: report)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.update(kwargs))
     return calls
 
