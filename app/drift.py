@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from radlens.models.decision import is_positive
 from radlens.models.drift import PSI_DRIFT, compare
 from radlens.models.manifest import ModelManifest
 
@@ -123,7 +124,10 @@ class DriftMonitor:
         self.name = manifest.name
         self.version = manifest.version
         self.class_names = list(manifest.class_names)
-        self.multi_label = bool(manifest.multi_label)
+        # a multi-label model decides each finding at its own threshold
+        self.finding_thresholds = (
+            dict(manifest.finding_thresholds) if manifest.multi_label else None
+        )
         self.reference = reference_of(manifest)
         self.window = window
         self.cache_seconds = cache_seconds
@@ -158,7 +162,7 @@ class DriftMonitor:
                 rows.scores,
                 rows.features,
                 rows.labels,
-                multi_label=self.multi_label,
+                finding_thresholds=self.finding_thresholds,
             )
             summary = {"model": self.model, "window": self.window, **out}
             self._cached = (now, summary)
@@ -172,13 +176,15 @@ def summarise(
     features: Sequence[Mapping[str, float]] | None,
     labels: Sequence[str],
     *,
-    multi_label: bool = False,
+    finding_thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Recent scores (``(n, classes)``), input features (None: not known; a row's dict may
     lack a statistic, e.g. a prediction stored before 0014) and labels against
-    ``reference``. A multi-label model's label is its positive findings joined by ``|``
-    (models.decision.finding_label): each finding's rate is the fraction of labels that
-    hold it."""
+    ``reference``. A multi-label model (``finding_thresholds``: its manifest's) decides each
+    finding at its own threshold: a finding's rate is the fraction of recent scores at or
+    above it, as the reference's is on validation. Its stored label (the positive findings
+    joined by ``|``, or ``"<n> findings"`` when they do not fit the column) equals no
+    finding's name."""
     n = len(labels)
     out: dict[str, Any] = {
         "n": n,
@@ -189,10 +195,17 @@ def summarise(
         "label_rates": {},
         "drifted": [],
     }
-    decided = [set(label.split("|")) if multi_label else {label} for label in labels]
-    recent_rates = {
-        name: (sum(name in found for found in decided) / n if n else None) for name in class_names
-    }
+    if finding_thresholds is None:
+        recent_rates = {name: (labels.count(name) / n if n else None) for name in class_names}
+    else:
+        positive = is_positive(
+            np.asarray(scores, dtype=np.float64).reshape(n, len(class_names)),
+            np.asarray([finding_thresholds[name] for name in class_names]),
+        )
+        recent_rates = {
+            name: (float(positive[:, j].mean()) if n else None)
+            for j, name in enumerate(class_names)
+        }
     if reference is None:
         out["status"] = "no-reference"
         out["label_rates"] = {

@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
                 rows.scores,
                 rows.features,
                 rows.labels,
-                multi_label=manifest.multi_label,
+                finding_thresholds=(manifest.finding_thresholds if manifest.multi_label else None),
             ),
         }
         if as_json:

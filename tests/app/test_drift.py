@@ -389,20 +389,22 @@ def test_a_database_outage_leaves_the_drift_gauges_out_of_the_scrape(
     assert "radlens_predictions_total" in text and "radlens_drift_" not in text
 
 
-def test_a_multi_label_models_rates_count_each_finding_in_its_labels() -> None:
-    """A multi-label prediction's label is its positive findings joined by '|': every
-    finding's recent rate was 0, since no label equals a finding's name (QA round 12)."""
+def test_a_multi_label_models_rates_are_per_finding_at_its_threshold() -> None:
+    """A multi-label prediction's label is its positive findings joined by '|' (or "<n>
+    findings"): every finding's recent rate read 0, since no label equals a finding's name
+    (QA round 12). Each finding is decided at its own threshold, as the reference is."""
     from radlens.app.drift import summarise
 
-    labels = ["Effusion|Infiltration", "Effusion", "No Finding", "Cardiomegaly|Effusion"]
     names = ["Cardiomegaly", "Effusion", "Infiltration"]
-    scores = np.zeros((len(labels), len(names)))
-    out = summarise(None, names, scores, None, labels, multi_label=True)
+    scores = np.array([[0.1, 0.9, 0.6], [0.2, 0.7, 0.1], [0.1, 0.1, 0.1], [0.8, 0.5, 0.2]])
+    labels = ["Effusion|Infiltration", "Effusion", "No Finding", "2 findings"]
+    thresholds = {"Cardiomegaly": 0.5, "Effusion": 0.5, "Infiltration": 0.6}
+    out = summarise(None, names, scores, None, labels, finding_thresholds=thresholds)
     assert {name: rate["recent"] for name, rate in out["label_rates"].items()} == {
         "Cardiomegaly": 0.25,
         "Effusion": 0.75,
         "Infiltration": 0.25,
     }
-    # a single-label model's class name may hold '|': it is one label
-    single = summarise(None, ["a|b", "c"], scores[:, :2], None, ["a|b", "c", "c", "a|b"])
-    assert single["label_rates"]["a|b"]["recent"] == 0.5
+    # a single-label model's rates are its labels'
+    single = summarise(None, ["a", "b"], scores[:, :2], None, ["a", "b", "b", "a"])
+    assert single["label_rates"]["a"]["recent"] == 0.5
