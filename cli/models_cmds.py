@@ -209,14 +209,10 @@ def convert_model(
     note = ""
     if data is not None:
         from radlens.training.data.pipeline import load_examples
-        from radlens.training.data.sources import open_data
-        from radlens.training.evaluate import findings_spec, select_split
+        from radlens.training.evaluate import open_for_model, select_split
 
-        source = (  # a findings model: multi-hot targets, parity per finding (models.runtime)
-            open_data(data, multi_label=findings_spec(manifest))
-            if manifest.multi_label
-            else open_data(data, manifest.class_names)
-        )
+        # a findings model: multi-hot targets, parity per finding (models.runtime)
+        source = open_for_model(manifest, data)
         examples = select_split(
             source, split, manifest.training_config, manifest.preprocessing_version
         )
@@ -267,8 +263,12 @@ def add_ood_detector(
     """
     from radlens.models.errors import ConfigurationError
     from radlens.models.ood import METHODS
-    from radlens.training.data.sources import open_data
-    from radlens.training.evaluate import as_trained, copies_in_training, select_split
+    from radlens.training.evaluate import (
+        as_trained,
+        copies_in_training,
+        open_for_model,
+        select_split,
+    )
     from radlens.training.ood import attach_from_source
 
     if method not in METHODS:
@@ -286,7 +286,9 @@ def add_ood_detector(
             "validation split, so no split here is unseen by all of them; its detector is "
             "fitted at export on each member's held-out fold (training.recipe.export_ensemble)"
         )
-    source = open_data(data, manifest.class_names)
+    # read as the training run read it (a multi-label model's findings column, separator,
+    # ignored findings; a series CSV's DICOM root), so the split rebuilt is the run's
+    source = open_for_model(manifest, data)
     source = as_trained(source, config, manifest.preprocessing_version)  # decoded once
     splits = {split: select_split(source, split, config) for split in ("train", "val")}
     copies = copies_in_training(source, splits["val"], splits["train"])

@@ -331,7 +331,9 @@ def evaluate(
         Path | None,
         typer.Option(
             "--out",
-            help="Write metrics.json, roc_curve.png, reliability.png, confusion_matrix.png.",
+            help="Write metrics.json, roc_curve.png, reliability.png, confusion_matrix.png "
+            "(multi-label: metrics.json, findings.txt, roc/roc_<finding>.png); the files of "
+            "those names an earlier evaluation left there are removed.",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,

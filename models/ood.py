@@ -12,7 +12,9 @@ bench/ood.py:
 - ``mahalanobis`` (the default): class-conditional means with one shared covariance (Lee et
   al., NeurIPS 2018); the score is the smallest squared Mahalanobis distance to a class mean.
   The covariance is shrunk towards a scaled identity (features outnumber images for
-  ResNet50's 2048-d pool on small sets).
+  ResNet50's 2048-d pool on small sets). A multi-label findings model's classes are its
+  findings: one mean per finding over the images where it is positive, and one over the images
+  without any finding (:func:`finding_groups`).
 - ``knn``: the distance to the k-th nearest training feature (Sun et al., ICML 2022).
 
 The threshold is the split-conformal quantile (default 0.99) of the validation scores
@@ -56,6 +58,7 @@ __all__ = [
     "conformal_threshold",
     "expected_flag_rate",
     "feature_model",
+    "finding_groups",
     "fit_detector",
     "fit_ensemble_detector",
     "load_detector",
@@ -282,7 +285,10 @@ def fit_detector(
 
     Args:
         train_features: ``(N, D)`` penultimate features of the training set.
-        train_labels: ``(N,)`` class indices (class-conditional means; ignored by knn).
+        train_labels: ``(N,)`` class indices (class-conditional means; ignored by knn), or
+            a multi-label model's ``(N, findings)`` multi-hot targets: then each finding's
+            positive images form a group and the images without any finding another
+            (:func:`finding_groups`), an image counting in every group it belongs to.
         val_features: ``(M, D)`` features of the validation set (in-distribution, not
             used to fit): the threshold is their conformal ``quantile``.
         method: ``"mahalanobis"`` or ``"knn"``.
@@ -301,15 +307,22 @@ def fit_detector(
         raise ConfigurationError(f"OOD quantile must be in (0, 1]. Received: {quantile!r}")
     x = np.asarray(train_features, dtype=np.float64).reshape(len(train_features), -1)
     v = np.asarray(val_features, dtype=np.float64).reshape(len(val_features), -1)
-    y = np.asarray(train_labels).reshape(-1)
+    y = np.asarray(train_labels)
+    multi_hot = y.ndim == 2 and y.shape[1] > 1  # a multi-label model's (N, findings) targets
+    if not multi_hot:
+        y = y.reshape(-1)
     if len(x) < 2 or len(v) < 1 or len(y) != len(x) or v.shape[1] != x.shape[1]:
         raise ConfigurationError(
             "the OOD detector needs >= 2 training and >= 1 validation feature rows of one "
-            f"dimension, one label per training row. Received: train {x.shape}, labels "
-            f"{y.shape}, val {v.shape}"
+            f"dimension, one label (or one multi-hot row) per training row. Received: train "
+            f"{x.shape}, labels {y.shape}, val {v.shape}"
         )
     if method == "mahalanobis":
-        arrays = _fit_mahalanobis(_normalise(x), y)
+        arrays = (
+            _fit_mahalanobis(*finding_groups(_normalise(x), y))
+            if multi_hot
+            else (_fit_mahalanobis(_normalise(x), y))
+        )
     else:
         if len(x) > MAX_KNN_BANK:
             x = x[np.random.default_rng(seed).choice(len(x), MAX_KNN_BANK, replace=False)]
@@ -318,6 +331,27 @@ def fit_detector(
     draft = OodDetector(method, 0.0, quantile, arrays, k)
     threshold = conformal_threshold(draft.scores(v), quantile)
     return OodDetector(method, threshold, quantile, arrays, k)
+
+
+def finding_groups(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The class-conditional groups of a multi-label model's training images, for
+    Mahalanobis: one group per finding (the images where it is positive) and one for the
+    images without any finding (index ``findings``). An image with several findings is in
+    each of their groups, so its row is repeated once per group: ``(rows, group indices)``
+    for :func:`_fit_mahalanobis` (whose means and shared covariance then use every
+    image-group membership). A finding with no positive image has no group.
+
+    Example:
+        >>> finding_groups(np.eye(3), np.array([[1, 1], [0, 1], [0, 0]]))[1]
+        array([0, 1, 1, 2])
+    """
+    positive = np.asarray(targets) > 0.5
+    rows, groups = np.nonzero(positive)
+    none = np.flatnonzero(~positive.any(axis=1))
+    rows = np.concatenate([rows, none])
+    groups = np.concatenate([groups, np.full(len(none), positive.shape[1])])
+    order = np.lexsort((groups, rows))  # image order, then group order
+    return features[rows[order]], groups[order].astype(np.int64)
 
 
 def conformal_threshold(scores: np.ndarray, quantile: float) -> float:

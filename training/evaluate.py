@@ -5,7 +5,9 @@ store, reads the input size and window preset from its manifest (never guessed),
 data split the model was trained with (same fractions and seed from its training config),
 predicts, and returns metrics at the model's saved decision threshold. With ``out`` it writes
 ``metrics.json``, ``confusion_matrix.png``, ``reliability.png`` and (binary) ``roc_curve.png``
-there.
+there (a multi-label model: ``metrics.json``, ``findings.txt``, ``roc/roc_<finding>.png``),
+and removes the files of those names that an earlier evaluation left there and this one did
+not write (:func:`remove_stale_report`), so the folder holds this evaluation's report only.
 
 Data is opened and decoded as training does it (``training.data.sources.open_data``,
 ``training.data.pipeline.load_examples``).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,16 @@ from radlens.training.series import decoded
 log = logging.getLogger(__name__)
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
+# every file `evaluate --out` writes, single-label or multi-label (remove_stale_report)
+REPORT_FILES = (
+    "metrics.json",
+    "confusion_matrix.png",
+    "reliability.png",
+    "roc_curve.png",
+    "findings.txt",
+)
+ROC_FOLDER = "roc"  # a multi-label model's roc_<finding>.png
+ROC_PATTERN = "roc_*.png"
 
 
 def as_trained(
@@ -264,7 +276,8 @@ def evaluate(
             )
         )
     if out is not None:
-        write_report(out, result, labels, probabilities, manifest.class_names)
+        files = write_report(out, result, labels, probabilities, manifest.class_names)
+        remove_stale_report(out, files.values())
     return result
 
 
@@ -369,6 +382,60 @@ def write_report(
     return files
 
 
+def remove_stale_report(out: Path, written: Iterable[Path]) -> list[Path]:
+    """Remove from ``out`` the report files an earlier ``evaluate --out`` wrote there that
+    this evaluation did not write (``written``): a binary model's ``roc_curve.png`` beside a
+    multi-class model's report, a single-label report's figures beside a multi-label one's,
+    the ROC curve of a finding this evaluation could not draw. Only radlens' own names are
+    touched (:data:`REPORT_FILES`, and ``roc/roc_*.png``; ``roc/`` itself when that leaves it
+    empty); any other file in ``out`` is left as it is. Each removal is logged (a warning).
+
+    Returns:
+        The removed files.
+    """
+    out = Path(out)
+    kept = {Path(p).absolute() for p in written}
+    candidates = [out / name for name in REPORT_FILES]
+    roc = out / ROC_FOLDER
+    if roc.is_dir() and not roc.is_symlink():
+        candidates += sorted(roc.glob(ROC_PATTERN))
+    removed = []
+    for path in candidates:
+        if path.absolute() in kept or not (path.is_file() or path.is_symlink()):
+            continue
+        path.unlink()
+        removed.append(path)
+    if roc.is_dir() and not roc.is_symlink() and not any(roc.iterdir()):
+        roc.rmdir()
+    if removed:
+        log.warning(
+            "removed %d file(s) an earlier evaluation left in %s, which this one does not "
+            "write: %s",
+            len(removed),
+            out,
+            ", ".join(str(p.relative_to(out)) for p in removed),
+        )
+    return removed
+
+
+def open_for_model(
+    manifest: Any,
+    data: str | Path,
+    *,
+    label_column: str | None = None,
+    dicom_root: str | Path | None = None,
+) -> DataSource:
+    """``data`` opened as the model's training run read it, for a command that rebuilds its
+    split (``radlens models ood``, ``models convert``): a multi-label model's findings from
+    the column, separator, no-finding name and ignored findings its training config records
+    (:func:`findings_spec`), a single-label model's classes in its order; a series-labelled
+    CSV's ``series_uid`` looked up under ``dicom_root``, else the run's."""
+    root = dicom_root if dicom_root is not None else manifest.training_config.get("dicom_root")
+    if manifest.multi_label:
+        return open_data(data, multi_label=findings_spec(manifest, label_column), dicom_root=root)
+    return open_data(data, manifest.class_names, dicom_root=root)
+
+
 def findings_spec(manifest: Any, label_column: str | None = None) -> Any:
     """How to read a findings model's labels from a data set, as its training run read them
     (``MultiLabelSpec``): a finding the model does not know is refused."""
@@ -443,7 +510,9 @@ def _evaluate_findings(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        (out / "findings.txt").write_text("\n".join(result["table"]) + "\n")
-        findings.write_roc_curves(out / "roc", targets, scores, names)
+        written = [out / "metrics.json", out / "findings.txt"]
+        written[0].write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        written[1].write_text("\n".join(result["table"]) + "\n")
+        written += findings.write_roc_curves(out / ROC_FOLDER, targets, scores, names)
+        remove_stale_report(out, written)
     return result

@@ -223,6 +223,40 @@ def format_table(metrics: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def drift_reference(
+    scores: np.ndarray,
+    pixels: np.ndarray,
+    names: Sequence[str],
+    thresholds: Mapping[str, float],
+) -> dict[str, Any]:
+    """The drift reference of a multi-label model (``metrics["drift_reference"]``): the form
+    ``models.drift.build_reference`` gives a single-label model, which the service reads
+    (``app/drift.py``: ``scores`` keyed by the class names, i.e. the findings, in order;
+    ``label_rates`` per class name; ``inputs``), with the label rates per finding: the
+    fraction of the split's images where the finding is decided positive at its own
+    threshold (``score >= threshold``, ``models.decision.decide_findings``). Findings are not
+    exclusive, so the rates need not sum to one; ``label_mode`` says so.
+
+    Args:
+        scores: ``(N, findings)`` the exported (calibrated) model's scores on validation.
+        pixels: the same images as the model saw them.
+        names: the findings, in the model's order.
+        thresholds: finding -> its threshold (the manifest's ``findings.thresholds``).
+    """
+    from radlens.models.decision import is_positive
+    from radlens.models.drift import build_reference
+
+    reference = build_reference(scores, pixels, names, None)
+    s = np.asarray(scores, dtype=np.float64)
+    cuts = np.array([thresholds[name] for name in names], dtype=np.float64)
+    positive = is_positive(s, cuts[np.newaxis, :])
+    reference["label_mode"] = "multi-label"
+    reference["label_rates"] = {
+        name: round(float(np.mean(positive[:, j])), 6) for j, name in enumerate(names)
+    }
+    return reference
+
+
 def write_roc_curves(
     out: Path, targets: np.ndarray, scores: np.ndarray, names: Sequence[str]
 ) -> list[Path]:

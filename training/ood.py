@@ -65,7 +65,8 @@ def attach_detector(
     data_note: str = "",
 ) -> ModelManifest:
     """Fit the detector on ``model``'s features of ``train`` (images, labels), threshold it
-    on ``val`` images, and store it with the version ``ref``.
+    on ``val`` images, and store it with the version ``ref``. The labels are class indices,
+    or a multi-label model's multi-hot targets (``models.ood.fit_detector``).
 
     An ensemble gets an :class:`EnsembleOodDetector` whose members all trained on ``train``
     and are all calibrated on ``val`` (:func:`attach_ensemble_detector`).
@@ -112,6 +113,11 @@ def attach_detector(
         "expected_flag_rate": rate["expected"],
         "expected_flag_rate_upper_95": rate["upper_95"],
     }
+    if np.ndim(y_train) == 2 and detector.method == "mahalanobis":  # a multi-label model
+        entry["class_means"] = (
+            "one per finding (its positive training images) and one for the training images "
+            "without any finding (models.ood.finding_groups)"
+        )
     manifest = _store(registry, ref, detector, entry)
     log.info(
         "%s: OOD detector %s, threshold %.4g (conformal %.0f%% quantile of %d validation "

@@ -23,7 +23,11 @@
    ``{"val", "test", "reported", "operating_points"}``, the manifest's own ``data_split``,
    ``leakage_check`` and ``calibration`` records, the training config (with the split
    record), the data fingerprint
-   (``training.data.sources.data_fingerprint``), window and filters; write result.json.
+   (``training.data.sources.data_fingerprint``), window and filters, and the drift reference
+   (``metrics["drift_reference"]``); then fit and attach the out-of-distribution detector
+   (``training.ood``); write result.json. A multi-label run (``_finish_findings``) exports the
+   same way, with a temperature and a threshold per finding, the drift reference's label
+   rates per finding and the detector's class means per finding.
 
 Step 2 also refuses a split that puts one patient in two splits (``check_leakage``; the
 ``resplit`` option redoes a given split by patient) and a validation split too small to
@@ -645,22 +649,7 @@ def _finish(run: _Run, started: float) -> RunResult:
             intended_use=intended_use,
         )
         model_ref = f"{manifest.name}:{manifest.version}"
-        if config.ood_method != "none":
-            from radlens.training.ood import attach_from_source
-
-            attach_from_source(
-                ModelRegistry(store),
-                model_ref,
-                network,
-                data.source,
-                data.splits,
-                size=data.size,
-                window=config.window,
-                method=config.ood_method,
-                x_val=data.x_val,
-                seed=config.seed,
-                batch_size=config.batch_size,
-            )
+        _attach_ood(config, data, ModelRegistry(store), model_ref, network)
         if config.openvino:
             _add_openvino(ModelRegistry(store), model_ref, data)
     result = RunResult(
@@ -829,6 +818,33 @@ def _verbosity(verbose: int | str) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
+def _attach_ood(
+    config: TrainConfig, data: _RunData, registry: Any, model_ref: str, network: keras.Model
+) -> None:
+    """Fit the exported model's out-of-distribution detector on its training split, threshold
+    it on validation and store it with the version (training.ood; a multi-label model's
+    class means are per finding, models.ood.finding_groups). ``ood_method: none`` skips it,
+    said in train.log."""
+    if config.ood_method == "none":
+        log.info("%s: no OOD detector fitted (ood_method: none)", model_ref)
+        return
+    from radlens.training.ood import attach_from_source
+
+    attach_from_source(
+        registry,
+        model_ref,
+        network,
+        data.source,
+        data.splits,
+        size=data.size,
+        window=config.window,
+        method=config.ood_method,
+        x_val=data.x_val,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
+
+
 def _add_openvino(registry: Any, model_ref: str, data: _RunData) -> None:
     """Store an OpenVINO IR beside the exported model, with its parity on the validation
     split (what lets the service serve it in bf16, models.runtime). The exported model is
@@ -891,8 +907,9 @@ def _findings_callbacks(
     custom_loop: bool = False,
 ) -> list[keras.callbacks.Callback]:
     """TensorBoard (scalars, graph, histograms, hparams, sample images) and the per-finding
-    validation AUC each epoch (train.log and TensorBoard ``findings/...`` tags in the
-    validation sub-run). The single-label
+    validation AUC each epoch (train.log and TensorBoard ``findings/...`` tags), in Keras'
+    ``train`` and ``validation`` sub-runs only, the rest being tags in the validation one.
+    The single-label
     figures (confusion matrix, one ROC curve, Grad-CAM of a class) do not apply. Under a
     distribution strategy (the custom loop, ``custom_loop``) the epoch scalars come from
     ``EpochScalarsCallback`` (Keras' TensorBoard callback, with its histograms, needs ``fit``)
@@ -901,9 +918,12 @@ def _findings_callbacks(
     from radlens.training.findings import FindingMetricsCallback
 
     log_dir = run_path / rundir.TENSORBOARD
+    # everything besides Keras' scalars and histograms is a tag in its validation sub-run (as
+    # single-label runs, training.callbacks): a run adds two entries to the run selector
+    validation_run = log_dir / rundir.TENSORBOARD_VALIDATION
     x, y = data.x_val[:MAX_FIGURE_EXAMPLES], data.y_val[:MAX_FIGURE_EXAMPLES]
     per_finding = FindingMetricsCallback(
-        log_dir / rundir.TENSORBOARD_VALIDATION if chief else None,  # tags, not a sub-run
+        validation_run if chief else None,  # tags, not a sub-run
         x,
         y,
         data.source.class_names,
@@ -918,12 +938,12 @@ def _findings_callbacks(
         else keras.callbacks.TensorBoard(
             log_dir=str(log_dir), histogram_freq=config.histogram_freq, update_freq="epoch"
         ),
-        cb.HParamsCallback(log_dir, _hparams(config)),
-        cb.ModelGraphCallback(log_dir / "graph"),
+        cb.HParamsCallback(validation_run, _hparams(config)),
+        cb.ModelGraphCallback(validation_run),
         per_finding,
     ]
     if config.tensorboard_samples > 0:
-        made.append(cb.SampleImagesCallback(log_dir / "images", x[: config.tensorboard_samples]))
+        made.append(cb.SampleImagesCallback(validation_run, x[: config.tensorboard_samples]))
     return made
 
 
@@ -1035,6 +1055,11 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
                 "reported": reported,
                 "calibration": calibration,
                 "split": data.split_record,
+                # what the service's drift check compares recent inputs and scores with:
+                # per finding, its score histogram and the rate it is decided positive
+                "drift_reference": findings.drift_reference(
+                    val_scores, data.x_val, names, thresholds
+                ),
             },
             training_config={
                 **config.to_dict(),
@@ -1047,6 +1072,13 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
             findings=record,
         )
         model_ref = f"{manifest.name}:{manifest.version}"
+        log.info(
+            "%s: drift reference written (validation split, %d images: per finding its score "
+            "histogram and positive rate; input intensity histograms)",
+            model_ref,
+            len(data.y_val),
+        )
+        _attach_ood(config, data, ModelRegistry(store), model_ref, network)
         if config.openvino:  # parity per finding on validation (models.runtime)
             _add_openvino(ModelRegistry(store), model_ref, data)
     result = RunResult(

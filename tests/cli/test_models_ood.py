@@ -97,3 +97,81 @@ def test_an_ensemble_trained_on_the_train_split_gets_one_detector_per_member(
     assert ood["calibration_images"] == [n, n] and 0 <= ood["val_flagged_fraction"] <= 1
     detector = load_detector(registry.ood_detector_file(registry.verify("ens", 1)))  # type: ignore[arg-type]
     assert isinstance(detector, EnsembleOodDetector) and detector.dimension == 128
+
+
+@pytest.fixture(scope="module")
+def findings_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    """A multi-label model trained as the README's example: its own label column and
+    separator, an ignored finding, --resplit; exported without a detector (ood_method none)."""
+    from radlens.training.run import train
+    from tests.training.conftest import TEST_PATIENT_KEY, tiny_config
+    from tests.training.data_fixtures import multilabel_csv
+
+    tmp = tmp_path_factory.mktemp("ood-findings")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RADLENS_PATIENT_HASH_KEY", TEST_PATIENT_KEY)
+    try:
+        data = multilabel_csv(tmp / "data", n=60, column="nih", separator=";")
+        _add_binary_label_column(data, "nih")  # as NIH's labels.csv: label 0/1 beside it
+        config = tiny_config(
+            data,
+            tmp,
+            multi_label=True,
+            label_column="nih",
+            label_separator=";",
+            ignore_findings=["Nodule"],
+            resplit=True,
+            epochs_head=1,
+            ood_method="none",
+            openvino=False,
+            tensorboard_samples=0,
+            histogram_freq=0,
+        )
+        result = train(config, verbose=0)
+    finally:
+        mp.undo()
+    return result.model_ref, result.store, data
+
+
+def test_a_multi_label_model_gets_a_detector_on_its_training_split(
+    findings_model: tuple[str, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`models ood` reads the data as the run did (findings column, separator, ignored
+    findings, --resplit), so it rebuilds the run's split rather than refusing another one."""
+    from tests.training.conftest import TEST_PATIENT_KEY
+
+    monkeypatch.setenv("RADLENS_PATIENT_HASH_KEY", TEST_PATIENT_KEY)
+    ref, store, data = findings_model
+    registry = ModelRegistry(store)
+    name, version = ref.split(":")
+    before = registry.verify(name, int(version))
+    assert before.ood is None and before.multi_label
+    sizes = before.training_config["split_sizes"]
+    args = ["models", "ood", ref, "--data", str(data), "--store", str(store), "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    entry = json.loads(capsys.readouterr().out)
+    assert entry["fitted_on"]["train_images"] == sizes["train"]
+    assert entry["fitted_on"]["val_images"] == sizes["val"]
+    after = registry.verify(name, int(version))
+    assert after.ood is not None and after.model_sha256 == before.model_sha256
+    detector = OodDetector.load(registry.ood_detector_file(after))  # type: ignore[arg-type]
+    # Effusion, Infiltration (Nodule ignored) and the images without a finding
+    assert detector.arrays["means"].shape[0] == 3
+
+
+def _add_binary_label_column(csv_path: Path, findings_column: str) -> None:
+    """A ``label`` column, 0 for no finding and 1 otherwise (the NIH sample's labels.csv has
+    one beside ``nih_finding_labels``): a reader that ignores the training run's findings
+    options reads it instead, and rebuilds another split."""
+    import csv
+
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["label"] = "0" if row[findings_column] == "No Finding" else "1"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -114,6 +114,11 @@ class TestTemperatures:
             findings.fold_temperatures(model, np.ones(2))
 
 
+def _ref(run: RunResult) -> tuple[str, int]:
+    name, version = run.model_ref.split(":")
+    return name, int(version)
+
+
 class TestFindingsRun:
     def test_manifest_carries_findings_and_thresholds(self, findings_run: RunResult) -> None:
         registry = ModelRegistry(findings_run.store)
@@ -158,10 +163,110 @@ class TestFindingsRun:
         assert not any(key.startswith("findings/") for key in scalars)  # tags, not a sub-run
         assert "positive weights (n_neg / n_pos on train)" in log
 
+    def test_tensorboard_has_only_the_train_and_validation_sub_runs(
+        self, findings_run: RunResult
+    ) -> None:
+        """As a single-label run (README, TensorBoard): two entries in the run selector; the
+        graph, hparams and sample images are tags in the validation run."""
+        from tests.training.test_tensorboard import read_events
+
+        log_dir = findings_run.run_dir / "tensorboard"
+        folders = {p.parent.relative_to(log_dir) for p in log_dir.rglob("events.out.tfevents.*")}
+        assert folders == {Path("train"), Path("validation")}
+        found = read_events(log_dir)
+        assert "validation" in found["graph"]  # the op graph of the forward pass
+        assert found["hparams"] and all(t.startswith("validation/") for t in found["hparams"])
+        assert "validation/inputs/as_model_sees_them" in found["images"]
+        assert "validation/filters/sobel_h" in found["images"]
+
     def test_result_json(self, findings_run: RunResult) -> None:
         result = json.loads((findings_run.run_dir / "result.json").read_text())
         assert result["findings"]["label_mode"] == "multi-label"
         assert result["threshold"] is None
+
+
+class TestFindingsExportMonitoring:
+    """A multi-label export carries an out-of-distribution detector and a drift reference,
+    as a single-label one does (QA: neither was written, and nothing said so)."""
+
+    def _manifest(self, run: RunResult) -> ModelManifest:
+        return ModelRegistry(run.store).verify(*_ref(run))
+
+    def test_an_ood_detector_is_fitted_and_sealed(self, findings_run: RunResult) -> None:
+        from radlens.models.ood import load_detector
+
+        manifest = self._manifest(findings_run)
+        assert manifest.ood is not None and manifest.ood["method"] == "mahalanobis"
+        assert manifest.ood["fitted_on"]["train_images"] == findings_run.split_sizes["train"]
+        assert manifest.ood["fitted_on"]["val_images"] == findings_run.split_sizes["val"]
+        assert "one per finding" in manifest.ood["class_means"]
+        assert "ood" in manifest.to_dict()["integrity"]["fields"]
+        path = ModelRegistry(findings_run.store).ood_detector_file(manifest)
+        assert path is not None
+        detector = load_detector(path)
+        # a mean per finding with a positive training image, and one for images without any
+        assert detector.arrays["means"].shape == (len(NAMES) + 1, 64)
+        log = (findings_run.run_dir / "train.log").read_text()
+        assert f"{findings_run.model_ref}: OOD detector mahalanobis, threshold" in log
+
+    def test_a_drift_reference_per_finding_the_service_reads(self, findings_run: RunResult) -> None:
+        from radlens.app.drift import reference_of
+
+        manifest = self._manifest(findings_run)
+        reference = reference_of(manifest)  # the service's check: keyed by the class names
+        assert reference is not None
+        assert list(reference["scores"]) == NAMES and list(reference["label_rates"]) == NAMES
+        assert reference["label_mode"] == "multi-label"
+        assert reference["split_size"] == findings_run.split_sizes["val"]
+        for fractions in reference["scores"].values():
+            assert len(fractions) == 10 and sum(fractions) == pytest.approx(1.0, abs=1e-5)
+        assert set(reference["inputs"]) == {"mean_intensity", "std_intensity"}
+        log = (findings_run.run_dir / "train.log").read_text()
+        assert f"{findings_run.model_ref}: drift reference written (validation split" in log
+
+    def test_radlens_drift_finds_the_reference(
+        self,
+        findings_run: RunResult,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        from radlens.app.migrate import upgrade
+        from radlens.cli.main import main
+
+        url = f"sqlite:///{tmp_path / 'p.db'}"
+        upgrade(url)
+        monkeypatch.setenv("RADLENS_MODEL_STORE", str(findings_run.store))
+        args = ["drift", "--model", findings_run.model_ref, "--database-url", url, "--json"]
+        assert main(args) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["reference"]["split_size"] == findings_run.split_sizes["val"]
+        assert summary["status"] == "collecting" and set(summary["label_rates"]) == set(NAMES)
+
+
+def test_drift_reference_label_rates_are_per_finding_at_its_threshold() -> None:
+    scores = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.4], [0.5, 0.1]])
+    pixels = np.full((4, 8, 8, 1), 0.5, dtype=np.float32)
+    reference = findings.drift_reference(scores, pixels, ["a", "b"], {"a": 0.5, "b": 0.4})
+    # a: 0.9, 0.6, 0.5 >= 0.5; b: 0.7, 0.4 >= 0.4 -- an image counts for every finding it has
+    assert reference["label_rates"] == {"a": 0.75, "b": 0.5}
+    assert reference["scores"]["a"][9] == 0.25 and reference["split_size"] == 4
+
+
+def test_ood_detector_fits_multi_hot_targets() -> None:
+    from radlens.models.ood import finding_groups, fit_detector
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6))
+    y = np.zeros((40, 3), dtype=np.float32)
+    y[:10, 0] = 1
+    y[5:20, 1] = 1  # 5 images with findings 0 and 1
+    rows, groups = finding_groups(x, y)
+    assert len(rows) == 10 + 15 + 20 and np.bincount(groups).tolist() == [10, 15, 0, 20]
+    detector = fit_detector(x, y, rng.normal(size=(10, 6)))
+    assert detector.arrays["means"].shape == (3, 6)  # findings 0, 1 and "none" (2 has none)
+    knn = fit_detector(x, y, rng.normal(size=(10, 6)), method="knn")
+    assert knn.arrays["bank"].shape == (40, 6)  # one row per image, not per finding
 
 
 class TestManifestFindings:
@@ -221,6 +326,50 @@ class TestEvaluate:
             "roc_Nodule.png",
         ]
         assert (out / "findings.txt").read_text().startswith("finding")
+
+    def test_out_holds_this_evaluations_report_only(
+        self, findings_run: RunResult, tiny_run: RunResult, tmp_path: Path
+    ) -> None:
+        """An earlier single-label evaluation's figures in --out are removed (only radlens'
+        own report names); files radlens did not write are kept."""
+        from radlens.training.evaluate import evaluate
+
+        out = tmp_path / "eval"
+        (out / "roc").mkdir(parents=True)
+        for name in ("confusion_matrix.png", "roc_curve.png", "reliability.png"):
+            (out / name).write_bytes(b"an earlier single-label evaluation")
+        (out / "roc" / "roc_Mass.png").write_bytes(b"another model's finding")
+        (out / "notes.txt").write_text("mine")
+        (out / "roc" / "mine.png").write_bytes(b"mine")
+        evaluate(
+            findings_run.model_ref, self._data(findings_run), store=findings_run.store, out=out
+        )
+        assert sorted(p.name for p in out.iterdir()) == [
+            "findings.txt",
+            "metrics.json",
+            "notes.txt",
+            "roc",
+        ]
+        assert sorted(p.name for p in (out / "roc").iterdir()) == [
+            "mine.png",
+            "roc_Effusion.png",
+            "roc_Infiltration.png",
+            "roc_Nodule.png",
+        ]
+        # and back: a single-label evaluation leaves no findings table or per-finding curves
+        evaluate(tiny_run.model_ref, self._data(tiny_run), store=tiny_run.store, out=out)
+        assert sorted(p.name for p in out.iterdir()) == [
+            "confusion_matrix.png",
+            "metrics.json",
+            "notes.txt",
+            "reliability.png",
+            "roc",
+            "roc_curve.png",
+        ]
+        assert [p.name for p in (out / "roc").iterdir()] == ["mine.png"]
+        (out / "roc" / "mine.png").unlink()
+        evaluate(tiny_run.model_ref, self._data(tiny_run), store=tiny_run.store, out=out)
+        assert not (out / "roc").exists()  # radlens' own folder, left empty: removed
 
     def test_cli_prints_the_table(
         self, findings_run: RunResult, capsys: pytest.CaptureFixture[str]
