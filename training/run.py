@@ -1041,6 +1041,16 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
     sizes = {k: len(v) for k, v in data.splits.items()}
     model_ref = ""
     if dist.chief:
+        from radlens.training.data.intended import intended_use_for
+
+        # what the service's gate checks an upload's metadata against, as for single-label
+        # (it was not written: a multi-label model accepted every modality and body part)
+        intended_use = intended_use_for(
+            data.source,
+            data.splits["train"],
+            modalities=config.intended_modalities,
+            body_parts=config.intended_body_parts,
+        )
         manifest = ModelRegistry(store).save(
             network,
             name=config.name,
@@ -1069,6 +1079,9 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
             },
             data_fingerprint=data_fingerprint(data.source, data.splits),
             description=config.description,
+            data_split={k: v for k, v in data.split_record.items() if k != "leakage_check"},
+            leakage_check=data.split_record.get("leakage_check"),
+            intended_use=intended_use,
             findings=record,
         )
         model_ref = f"{manifest.name}:{manifest.version}"

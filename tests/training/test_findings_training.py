@@ -40,7 +40,10 @@ def findings_config(data: Path, tmp: Path, **changes: Any) -> Any:
 def findings_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     tmp = tmp_path_factory.mktemp("findings-run")
     csv_path = multilabel_csv(tmp / "data")
-    return train(findings_config(csv_path, tmp), verbose=0)
+    config = findings_config(
+        csv_path, tmp, intended_modalities=["CR", "DX"], intended_body_parts=["chest"]
+    )
+    return train(config, verbose=0)
 
 
 class TestLossAndWeights:
@@ -208,6 +211,20 @@ class TestFindingsExportMonitoring:
         assert detector.arrays["means"].shape == (len(NAMES) + 1, 64)
         log = (findings_run.run_dir / "train.log").read_text()
         assert f"{findings_run.model_ref}: OOD detector mahalanobis, threshold" in log
+
+    def test_the_intended_use_and_the_split_are_recorded(self, findings_run: RunResult) -> None:
+        """Neither was written for a multi-label model: the gate accepted every modality."""
+        from radlens.models.intended_use import from_record
+
+        manifest = self._manifest(findings_run)
+        assert manifest.intended_use is not None
+        assert manifest.intended_use["stated"] == {
+            "modalities": ["CR", "DX"],
+            "body_parts": ["CHEST"],
+        }
+        gate = from_record(manifest.intended_use)
+        assert gate.modalities == ("CR", "DX") and gate.body_parts == ("CHEST",)
+        assert manifest.leakage_check is not None and manifest.data_split is not None
 
     def test_a_drift_reference_per_finding_the_service_reads(self, findings_run: RunResult) -> None:
         from radlens.app.drift import reference_of
