@@ -57,6 +57,8 @@ from radlens.training.rundir import (
 log = logging.getLogger(__name__)
 
 HPARAM_METRICS = ("epoch_auc", "epoch_accuracy", "epoch_loss")
+# a multi-label run's compiled accuracy is Keras' binary_accuracy (training.findings)
+HPARAM_METRICS_MULTI_LABEL = ("epoch_auc", "epoch_binary_accuracy", "epoch_loss")
 
 
 def tensorboard_callbacks(
@@ -247,10 +249,16 @@ class EpochScalarsCallback(keras.callbacks.Callback):
 class HParamsCallback(keras.callbacks.Callback):
     """Writes the hparams dashboard's experiment config and this run's values at train begin."""
 
-    def __init__(self, log_dir: Path, hparams: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        hparams: Mapping[str, Any],
+        metrics: Sequence[str] = HPARAM_METRICS,
+    ) -> None:
         super().__init__()
         self.log_dir = Path(log_dir)
         self.hparams = {k: _hparam_value(v) for k, v in hparams.items()}
+        self.metrics = tuple(metrics)  # the validation run's epoch scalars the table lists
         self._written = False
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -265,7 +273,7 @@ class HParamsCallback(keras.callbacks.Callback):
                 # the session is this (validation) run: its metrics are its own scalars;
                 # a group names a sub-run of the session, so train's cannot be listed
                 metrics=[
-                    hp.Metric(tag, display_name=f"{tag[6:]} (validation)") for tag in HPARAM_METRICS
+                    hp.Metric(tag, display_name=f"{tag[6:]} (validation)") for tag in self.metrics
                 ],
             )
             hp.hparams(self.hparams)

@@ -938,7 +938,7 @@ def _findings_callbacks(
         else keras.callbacks.TensorBoard(
             log_dir=str(log_dir), histogram_freq=config.histogram_freq, update_freq="epoch"
         ),
-        cb.HParamsCallback(validation_run, _hparams(config)),
+        cb.HParamsCallback(validation_run, _hparams(config), cb.HPARAM_METRICS_MULTI_LABEL),
         cb.ModelGraphCallback(validation_run),
         per_finding,
     ]

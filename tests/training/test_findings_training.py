@@ -182,6 +182,28 @@ class TestFindingsRun:
         assert "validation/inputs/as_model_sees_them" in found["images"]
         assert "validation/filters/sobel_h" in found["images"]
 
+    def test_the_hparams_table_lists_scalars_the_run_writes(self, findings_run: RunResult) -> None:
+        """It listed epoch_accuracy, which a multi-label run never writes (its accuracy is
+        Keras' binary_accuracy): the column stayed empty (QA round 12)."""
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        from tests.training.test_tensorboard import read_events
+
+        validation = findings_run.run_dir / "tensorboard" / "validation"
+        listed: list[str] = []
+        for path in validation.glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    if value.tag == "_hparams_/experiment":
+                        data = plugin_data_pb2.HParamsPluginData.FromString(
+                            value.metadata.plugin_data.content
+                        )
+                        listed += [m.name.tag for m in data.experiment.metric_infos]
+        assert listed == ["epoch_auc", "epoch_binary_accuracy", "epoch_loss"]
+        scalars = read_events(findings_run.run_dir / "tensorboard")["scalars"]
+        assert all(f"validation/{tag}" in scalars for tag in listed), sorted(scalars)
+
     def test_result_json(self, findings_run: RunResult) -> None:
         result = json.loads((findings_run.run_dir / "result.json").read_text())
         assert result["findings"]["label_mode"] == "multi-label"
