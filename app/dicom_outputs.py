@@ -22,6 +22,7 @@ variant gets different UIDs from the patient-free one, since their contents diff
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import uuid
 from collections.abc import Sequence
@@ -208,6 +209,44 @@ def _reference_dataset(source: SourceRef) -> Dataset:
     return ds
 
 
+# highdicom copies the patient and study modules of an evidence dataset by the IOD of its SOP
+# class, and maps only the classes of the current standard: a retired one (Ultrasound Image
+# Storage 1.2.840.10008.5.1.4.1.1.6, still sent by old modalities) raised KeyError, a 500 after
+# the prediction was committed. The reference dataset holds the same attributes whatever its
+# class, so such an output is built with a stand-in class and then references the real one.
+_STAND_IN_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+
+
+def _with_evidence(sources: Sequence[SourceRef], build: Any) -> Any:
+    """``build(evidence datasets)``; on highdicom's KeyError for a SOP class it does not map,
+    built again from stand-in classes, whose references are then given back their class."""
+    try:
+        return build([_reference_dataset(s) for s in sources])
+    except KeyError:
+        pass
+    stand_ins = [
+        _reference_dataset(dataclasses.replace(s, sop_class_uid=_STAND_IN_SOP_CLASS))
+        for s in sources
+    ]
+    output = build(stand_ins)
+    real = {s.sop_instance_uid: s.sop_class_uid for s in sources}
+    _restore_classes(output, real)
+    return output
+
+
+def _restore_classes(ds: Any, real: dict[str, str]) -> None:
+    """Each reference to one of ``real``'s instances (in any nested sequence) that names the
+    stand-in class names the instance's own class again."""
+    for element in ds:
+        if element.VR != "SQ":
+            continue
+        for item in element.value:
+            instance = str(item.get("ReferencedSOPInstanceUID", ""))
+            if instance in real and item.get("ReferencedSOPClassUID") == _STAND_IN_SOP_CLASS:
+                item.ReferencedSOPClassUID = real[instance]
+            _restore_classes(item, real)
+
+
 def _identified(output: Any, source: SourceRef) -> Any:
     """``output`` with the source's patient and study attributes, when the site copies them,
     and the source's Specific Character Set, so that a name in Japanese or Greek reaches the
@@ -328,17 +367,20 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
                 *_finding_groups(prediction, source, algorithm, findings),
             ],
         )
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=[_reference_dataset(source)],
-            content=report[0],
-            series_instance_uid=output_uid(prediction.id, "sr-series", with_patient=False),
-            series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=output_uid(prediction.id, "sr", with_patient=source.with_patient),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=f"{prediction.model_name}:{prediction.model_version}",
-            series_description=SR_SERIES_DESCRIPTION,
-            is_complete=True,
+        sr = _with_evidence(
+            [source],
+            lambda evidence: hd.sr.Comprehensive3DSR(
+                evidence=evidence,
+                content=report[0],
+                series_instance_uid=output_uid(prediction.id, "sr-series", with_patient=False),
+                series_number=SR_SERIES_NUMBER,
+                sop_instance_uid=output_uid(prediction.id, "sr", with_patient=source.with_patient),
+                instance_number=1,
+                manufacturer=MANUFACTURER,
+                manufacturer_model_name=f"{prediction.model_name}:{prediction.model_version}",
+                series_description=SR_SERIES_DESCRIPTION,
+                is_complete=True,
+            ),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise DicomOutputError(
@@ -525,17 +567,20 @@ def build_series_sr(
             procedure_reported=hd.sr.CodedConcept(*_IMAGING_PROCEDURE),
             imaging_measurements=groups,
         )
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=[_reference_dataset(s) for s in sources],
-            content=report[0],
-            series_instance_uid=series_uid,
-            series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=sop_uid,
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=model_ref,
-            series_description=SR_SERIES_DESCRIPTION,
-            is_complete=True,
+        sr = _with_evidence(
+            sources,
+            lambda evidence: hd.sr.Comprehensive3DSR(
+                evidence=evidence,
+                content=report[0],
+                series_instance_uid=series_uid,
+                series_number=SR_SERIES_NUMBER,
+                sop_instance_uid=sop_uid,
+                instance_number=1,
+                manufacturer=MANUFACTURER,
+                manufacturer_model_name=model_ref,
+                series_description=SR_SERIES_DESCRIPTION,
+                is_complete=True,
+            ),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise DicomOutputError(f"highdicom refused the series SR ({model_ref}): {exc}") from exc
@@ -566,21 +611,24 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
 
     pixels = overlay_rgb(png)
     try:
-        sc = hd.sc.SCImage.from_ref_dataset(
-            _reference_dataset(source),
-            pixel_array=pixels,
-            photometric_interpretation="RGB",
-            bits_allocated=8,
-            coordinate_system="PATIENT",
-            series_instance_uid=output_uid(prediction.id, "sc-series", with_patient=False),
-            series_number=SC_SERIES_NUMBER,
-            sop_instance_uid=output_uid(prediction.id, "sc", with_patient=source.with_patient),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            # highdicom wants an orientation for PATIENT; the service does not keep the
-            # source's, so it is emptied below (Type 2: present, empty = unknown)
-            patient_orientation=("L", "F"),
-            series_description=SC_SERIES_DESCRIPTION,
+        sc = _with_evidence(
+            [source],
+            lambda evidence: hd.sc.SCImage.from_ref_dataset(
+                evidence[0],
+                pixel_array=pixels,
+                photometric_interpretation="RGB",
+                bits_allocated=8,
+                coordinate_system="PATIENT",
+                series_instance_uid=output_uid(prediction.id, "sc-series", with_patient=False),
+                series_number=SC_SERIES_NUMBER,
+                sop_instance_uid=output_uid(prediction.id, "sc", with_patient=source.with_patient),
+                instance_number=1,
+                manufacturer=MANUFACTURER,
+                # highdicom wants an orientation for PATIENT; the service does not keep the
+                # source's, so it is emptied below (Type 2: present, empty = unknown)
+                patient_orientation=("L", "F"),
+                series_description=SC_SERIES_DESCRIPTION,
+            ),
         )
         sc.PatientOrientation = None  # type: ignore[assignment]
     except (ValueError, TypeError, AttributeError) as exc:

@@ -52,7 +52,7 @@ from radlens.app.services import FindingValue
 from radlens.app.settings import Settings
 from radlens.app.tables import Explanation, Prediction, dedupe_key
 from radlens.app.writer import PredictionWriter
-from radlens.models.errors import BlankImageError, RadlensError
+from radlens.models.errors import BlankImageError
 from radlens.models.intended_use import IntendedUse, Violation, from_record
 
 if TYPE_CHECKING:
@@ -272,7 +272,9 @@ def _source_from_header(data: bytes, *, copy_patient: bool, max_pixels: int) -> 
     from radlens.app.dicom_outputs import source_from_dataset
     from radlens.models.dicomread import read_dicom_bytes
 
-    ds = read_dicom_bytes(data, max_pixels=max_pixels, stop_before_pixels=True)
+    # force: as preprocessing read it (a file without preamble and file meta was predicted,
+    # then this read raised InvalidDicomError: a 500 wherever destinations are set)
+    ds = read_dicom_bytes(data, max_pixels=max_pixels, stop_before_pixels=True, force=True)
     return source_from_dataset(ds, copy_patient=copy_patient)
 
 
@@ -674,7 +676,7 @@ class Ingestor:
             await asyncio.to_thread(
                 self.outbox.submit, written.prediction, candidate.sender, overlay
             )
-        except (RadlensError, OSError) as exc:
+        except Exception as exc:  # committed already: whatever fails here is logged only
             logger.error(
                 "prediction %s: results not queued for the DICOM destinations: %s",
                 written.prediction.id,

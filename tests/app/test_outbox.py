@@ -709,3 +709,64 @@ def test_a_state_file_of_an_earlier_version_is_still_to_be_delivered(
     assert pacs.received == [sop]
     assert [r[1] for r in rows(migrated_database_url, "dicom.send.deliver")] == ["pred-o"]
     assert list(spool.iterdir()) == []
+
+
+def _retired_ultrasound(data: bytes) -> bytes:
+    """``data`` as Ultrasound Image Storage (Retired), 1.2.840.10008.5.1.4.1.1.6, the class of
+    pydicom-data's color-pl.dcm: old modalities still send it, highdicom maps no IOD to it."""
+    ds = dcmread(io.BytesIO(data))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6"
+    ds.Modality = "US"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def _without_preamble(data: bytes) -> bytes:
+    """``data`` as a bare dataset: no preamble, no file meta (pydicom-data's OT-PAL-8-face)."""
+    ds = dcmread(io.BytesIO(data))
+    del ds.file_meta
+    ds.preamble = None
+    buf = io.BytesIO()
+    ds.save_as(buf, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    raw = buf.getvalue()
+    assert raw[128:132] != b"DICM" and not raw.startswith(b"\x02\x00")
+    return raw
+
+
+def test_a_retired_sop_class_and_a_bare_dataset_are_answered_and_queued(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> None:
+    """QA round 13: a retired SOP class made highdicom raise KeyError building the SR after the
+    prediction was committed (a 500; the results never queued), and a dataset without preamble
+    or file meta a 500 wherever destinations are set (InvalidDicomError reading its header
+    again)."""
+    from radlens.app.main import create_app
+
+    retired_sop, bare_sop = new_uid(), new_uid()
+    settings = outbox_settings(
+        migrated_database_url, model_store, tmp_path / "spool", f"PACS@127.0.0.1:{free_port()}"
+    )
+    with TestClient(create_app(settings)) as client:
+        post_dicom(client, _retired_ultrasound(dicom_bytes(sop=retired_sop, seed=11)))
+        post_dicom(client, _without_preamble(dicom_bytes(sop=bare_sop, seed=12)))
+        outbox = client.app.state.resources.ingestor.outbox  # type: ignore[attr-defined]
+        # an SR each (an SC needs an explanation)
+        entries = wait_for(lambda: len(outbox.entries()) == 2 and outbox.entries(), what="2")
+        srs = [dcmread(io.BytesIO(outbox.payload(e))) for e in entries if e.kind == "sr"]
+    (retired,) = [
+        sr
+        for sr in srs
+        if sr.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+        == retired_sop
+    ]
+    reference = (
+        retired.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+    )
+    assert reference.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"  # its own class
+    assert "1.2.840.10008.5.1.4.1.1.7" not in repr(retired)  # no stand-in left behind
