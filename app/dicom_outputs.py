@@ -630,7 +630,7 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
                 series_description=SC_SERIES_DESCRIPTION,
             ),
         )
-        sc.PatientOrientation = None  # type: ignore[assignment]
+        sc.PatientOrientation = None
     except (ValueError, TypeError, AttributeError) as exc:
         raise DicomOutputError(
             f"highdicom refused the Secondary Capture for prediction {prediction.id}: {exc}"
