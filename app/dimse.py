@@ -70,8 +70,12 @@ STATUS_PROCESSING_FAILURE = 0x0110
 
 
 def error_comment(text: str) -> str:
-    """An Error Comment (LO: at most 64 characters, no backslash)."""
-    return text.replace("\\", "/")[:64]
+    """An Error Comment (LO: at most 64 characters, no backslash); a longer text is cut at a
+    word and ends in "..." (an error's own ``comment`` fits: models.errors)."""
+    text = text.replace("\\", "/")
+    if len(text) <= 64:
+        return text
+    return text[:61].rsplit(" ", 1)[0].rstrip(" ;,:(") + "..."
 
 
 class StorageSCP:

@@ -67,6 +67,7 @@ class SeriesMismatchError(AppError):
         "rows/columns or study); send it with its own Series Instance UID"
     )
     status_code = 422
+    comment = "Unlike its series' instances: give it its own Series UID"
 
 
 # --- write side -----------------------------------------------------------------------------

@@ -41,11 +41,13 @@ class NotAnImageError(PreprocessingError):
 class NoPixelDataError(PreprocessingError):
     code = "no-pixel-data"
     title = "The DICOM file has no pixel data; send an image instance, not a report or series"
+    comment = "No pixel data: send an image instance"  # a DICOM Error Comment (64 chars)
 
 
 class UnsupportedTransferSyntaxError(PreprocessingError):
     code = "unsupported-transfer-syntax"
     title = "The DICOM pixel data cannot be decoded; re-encode it (e.g. Explicit VR Little Endian)"
+    comment = "Pixel data cannot be decoded: re-encode as Explicit VR LE"
 
     def __init__(self, detail: str, transfer_syntax: str | None = None) -> None:
         super().__init__(detail)

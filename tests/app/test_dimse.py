@@ -107,6 +107,8 @@ def test_truncated_pixel_data_fails_and_stores_nothing(node: Node) -> None:
     [
         ({"PixelData": bytes(16 * 16 * 2)}, "Blank image: every pixel has the same value"),
         ({"BitsStored": None}, "Pixel header lacks Bits Stored (0028,0101)"),
+        # QA round 13: these were their titles cut at 64 characters, mid-word
+        ({"PixelData": None}, "No pixel data: send an image instance"),
     ],
 )
 def test_a_refusal_names_its_reason_in_the_error_comment(
@@ -117,7 +119,10 @@ def test_a_refusal_names_its_reason_in_the_error_comment(
     before = node.count("predictions")
     ds = dcmread(__import__("io").BytesIO(dicom_bytes(seed=5)))
     for keyword, value in change.items():
-        ds[keyword].value = value
+        if keyword == "PixelData" and value is None:
+            del ds.PixelData
+        else:
+            ds[keyword].value = value
     assoc = _assoc(node)
     status = assoc.send_c_store(ds)
     assoc.release()
@@ -398,3 +403,14 @@ def test_c_store_records_the_burned_in_annotation(node: Node, value: str | None)
             {"uid": str(ds.SOPInstanceUID)},
         ).all()
     assert [tuple(row) for row in stored] == [(value,)]
+
+
+def test_a_long_reason_is_cut_at_a_word() -> None:
+    from radlens.app.dimse import error_comment
+    from radlens.app.series import SeriesMismatchError
+    from radlens.models.errors import UnsupportedTransferSyntaxError
+
+    cut = error_comment(UnsupportedTransferSyntaxError.title + " and more words than fit")
+    assert len(cut) <= 64 and cut.endswith("...") and not cut[:-3].endswith(" ")
+    for comment in (SeriesMismatchError.comment, UnsupportedTransferSyntaxError.comment):
+        assert error_comment(comment) == comment  # fits: said whole
