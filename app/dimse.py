@@ -69,6 +69,36 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
 
+def prefer_the_senders_syntaxes(event: Any) -> None:
+    """Order each supported context's transfer syntaxes as the sender proposed them, before
+    the association is negotiated (EVT_REQUESTED).
+
+    Within one presentation context pynetdicom accepts the first syntax of the *acceptor's*
+    list that the sender offers, and ALL_TRANSFER_SYNTAXES starts with Implicit VR Little
+    Endian: a sender proposing ``[JPEG Baseline, Explicit VR LE]`` for a JPEG image was asked
+    to convert it (dcmtk's ``storescu +C`` then failed to send). The sender's order (its
+    first proposal for the SOP class) now comes first, then the rest of radlens' list."""
+    from pynetdicom.presentation import build_context
+
+    requested = event.assoc.requestor.primitive.presentation_context_definition_list
+    order: dict[str, list[str]] = {}
+    for context in requested:
+        order.setdefault(str(context.abstract_syntax), list(context.transfer_syntax))
+    contexts = []
+    for context in event.assoc.acceptor.supported_contexts:
+        proposed = order.get(str(context.abstract_syntax))
+        if proposed:
+            mine = list(context.transfer_syntax)
+            preferred = [ts for ts in proposed if ts in mine] + [
+                ts for ts in mine if ts not in proposed
+            ]
+            reordered = build_context(context.abstract_syntax, preferred)
+            reordered.scu_role, reordered.scp_role = context.scu_role, context.scp_role
+            context = reordered
+        contexts.append(context)
+    event.assoc.acceptor.supported_contexts = contexts
+
+
 def error_comment(text: str) -> str:
     """An Error Comment (LO: at most 64 characters, no backslash); a longer text is cut at a
     word and ends in "..." (an error's own ``comment`` fits: models.errors)."""
@@ -118,7 +148,8 @@ class StorageSCP:
             ae.require_calling_aet = allowed
         ae.add_supported_context(VERIFICATION)
         for sop_class in STORAGE_SOP_CLASSES:
-            # every syntax pydicom (and its plugins) decodes: accepted as sent, never re-encoded
+            # every syntax pydicom (and its plugins) decodes, in the order each sender proposes
+            # them (prefer_the_senders_syntaxes): accepted as sent, never re-encoded
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         return ae
 
@@ -138,7 +169,10 @@ class StorageSCP:
             self._server = ae.start_server(
                 (self.settings.dimse_bind, self.settings.dimse_port or 0),
                 block=False,
-                evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+                evt_handlers=[
+                    (evt.EVT_REQUESTED, prefer_the_senders_syntaxes),
+                    (evt.EVT_C_STORE, self._handle_store),
+                ],
                 ssl_context=ssl_context,
             )
         except OSError as exc:

@@ -414,3 +414,40 @@ def test_a_long_reason_is_cut_at_a_word() -> None:
     assert len(cut) <= 64 and cut.endswith("...") and not cut[:-3].endswith(" ")
     for comment in (SeriesMismatchError.comment, UnsupportedTransferSyntaxError.comment):
         assert error_comment(comment) == comment  # fits: said whole
+
+
+def test_one_context_with_several_syntaxes_is_accepted_in_the_senders_order(node: Node) -> None:
+    """pynetdicom accepted the first syntax of radlens' own list (Implicit VR LE) that a
+    context offered: a JPEG sent as [JPEG Baseline, Explicit VR LE] in one context was to be
+    converted, and a sender that cannot convert failed (QA round 13)."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+        generate_uid,
+    )
+    from pynetdicom.sop_class import SecondaryCaptureImageStorage
+
+    path = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")
+    if path is None:
+        pytest.skip("pydicom test file SC_rgb_jpeg_dcmtk.dcm is not available")
+    ds = dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    # an instance of its own: another test of this module stores the file itself
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(
+        SecondaryCaptureImageStorage,
+        [JPEGBaseline8Bit, ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+    )
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADLENS")
+    assert assoc.is_established
+    (accepted,) = assoc.accepted_contexts
+    assert accepted.transfer_syntax == [JPEGBaseline8Bit]
+    before = node.count("predictions")
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0x0000
+    assert node.count("predictions") == before + 1
