@@ -456,7 +456,24 @@ class Ingestor:
             meta.sop_instance_uid,
             meta.sop_class_uid,
         )
-        if meta.format != "dicom" or not all(uids):
+        if meta.format != "dicom":
+            return None
+        if not all(uids):
+            # an output must reference its source by these: nothing is sent back, and the log
+            # says so (it said nothing: the SR and SC simply never reached the PACS)
+            missing = [
+                name
+                for name, uid in zip(
+                    ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"),
+                    uids,
+                    strict=True,
+                )
+                if not uid
+            ]
+            logger.warning(
+                "results not sent to the DICOM destinations: the instance lacks %s",
+                ", ".join(missing),
+            )
             return None
         assert self.outbox is not None
         if self.settings.dicom_copy_patient or self.outbox.wants("sc"):

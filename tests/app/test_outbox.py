@@ -770,3 +770,30 @@ def test_a_retired_sop_class_and_a_bare_dataset_are_answered_and_queued(
     )
     assert reference.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"  # its own class
     assert "1.2.840.10008.5.1.4.1.1.7" not in repr(retired)  # no stand-in left behind
+
+
+def test_an_instance_without_a_study_uid_is_answered_and_the_log_says_why_nothing_is_sent(
+    tmp_path: Path,
+    model_store: Path,
+    migrated_database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """QA round 13: pydicom's JPEG-LS secondary captures have no Study Instance UID; they were
+    predicted and silently never sent back."""
+    from radlens.app.main import create_app
+
+    ds = dcmread(io.BytesIO(dicom_bytes(seed=13)))
+    del ds.StudyInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    settings = outbox_settings(
+        migrated_database_url, model_store, tmp_path / "spool", f"PACS@127.0.0.1:{free_port()}"
+    )
+    with TestClient(create_app(settings)) as client:
+        caplog.clear()
+        post_dicom(client, buf.getvalue())
+        outbox = client.app.state.resources.ingestor.outbox  # type: ignore[attr-defined]
+        assert outbox.entries() == []
+    assert "results not sent to the DICOM destinations: the instance lacks StudyInstanceUID" in (
+        caplog.text
+    )
