@@ -45,7 +45,7 @@ from radlens.app.dimse_inbox import DimseInbox, describe
 from radlens.app.errors import ServiceBusyError
 from radlens.app.ingest import Ingestor
 from radlens.app.settings import Settings
-from radlens.models.errors import RadlensError
+from radlens.models.errors import NoPixelDataError, RadlensError
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,16 @@ def prefer_the_senders_syntaxes(event: Any) -> None:
             context = reordered
         contexts.append(context)
     event.assoc.acceptor.supported_contexts = contexts
+
+
+def _holds_pixels(event: Any) -> bool:
+    """Whether the C-STORE's dataset has pixel data (any kind); True when it cannot be read
+    here, for the ingest to say what is wrong with it."""
+    try:
+        ds = event.dataset
+    except Exception:  # third-party parser boundary: the ingest names the failure
+        return True
+    return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
 def error_comment(text: str) -> str:
@@ -231,6 +241,8 @@ class StorageSCP:
         if len(data) > self.settings.max_upload_bytes:
             return STATUS_TOO_LARGE, "Instance larger than RADLENS_MAX_UPLOAD_BYTES"
         if self.inbox is not None:
+            if not _holds_pixels(event):  # refused now, not acknowledged and audited later
+                return STATUS_CANNOT_UNDERSTAND, NoPixelDataError.comment
             return self._queue(data, calling)
         future = asyncio.run_coroutine_threadsafe(self._ingest(data, calling), self._loop)
         try:

@@ -159,3 +159,20 @@ def test_a_full_inbox_refuses_with_out_of_resources(
         assert _send(scp.port, [_ds(seed=6)]) == [0xA700]
         scp._queued.clear()
         assert _send(scp.port, [_ds(seed=7)]) == [0x0000]
+
+
+def test_an_instance_without_pixels_is_refused_before_it_is_queued(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> None:
+    """It was acknowledged Success, then audited as a 422 (QA round 13): the committed mode
+    answers 0xC000 at once, and so does the queued one now."""
+    from radlens.app.main import create_app
+
+    empty = _ds(seed=8)
+    del empty.PixelData
+    settings = _settings(migrated_database_url, model_store, tmp_path / "inbox")
+    with TestClient(create_app(settings)) as client:
+        app: Any = client.app
+        assert _send(app.state.dimse.port, [empty]) == [0xC000]
+        assert list((tmp_path / "inbox").iterdir()) == []
+        assert _send(app.state.dimse.port, [_ds(seed=9)]) == [0x0000]  # still serving
