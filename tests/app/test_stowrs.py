@@ -136,6 +136,20 @@ class TestStow:
         assert len(ds.ReferencedSOPSequence) == 1
         assert ds.FailedSOPSequence[0].FailureReason == 0xA900
 
+    def test_a_part_that_is_no_dicom_is_not_a_study_mismatch(self, service: Service) -> None:
+        """Every part was reported 0xA900 study-mismatch when the URL named a study, a text
+        part too (QA round 13)."""
+        study = new_uid()
+        response = stow(
+            service,
+            [dicom_bytes(study=study), b"not a dicom file at all"],
+            url=f"/dicomweb/studies/{study}",
+        )
+        assert response.status_code == 202, response.text
+        (failed,) = parse(response).FailedSOPSequence
+        assert failed.FailureReason == 0xC000
+        assert failed[0x00991004].value != "study-mismatch"
+
     def test_explain_for_every_instance(self, service: Service) -> None:
         response = stow(service, [dicom_bytes(), dicom_bytes()], explain="true")
         assert response.status_code == 200
