@@ -118,6 +118,15 @@ class SourceRef:
         return bool(self.identification)
 
 
+SOURCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+"""What an output references its source by, in this order."""
+
+
+def missing_uids(uids: Sequence[object]) -> str:
+    """The names of the empty ones among ``uids`` (:data:`SOURCE_UIDS` order), comma-joined."""
+    return ", ".join(name for name, uid in zip(SOURCE_UIDS, uids, strict=True) if not uid)
+
+
 def source_from_prediction(prediction: Prediction) -> SourceRef:
     """The stored source reference of a prediction; no patient data (none is stored)."""
     uids = (
@@ -131,17 +140,8 @@ def source_from_prediction(prediction: Prediction) -> SourceRef:
             f"prediction {prediction.id} was made on a {prediction.input_format.upper()} upload"
         )
     if not all(uids):
-        missing = [
-            name
-            for name, value in zip(
-                ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"),
-                uids,
-                strict=True,
-            )
-            if not value
-        ]
         raise DicomSourceRequiredError(
-            f"prediction {prediction.id}'s source lacks {', '.join(missing)} (predictions "
+            f"prediction {prediction.id}'s source lacks {missing_uids(uids)} (predictions "
             "stored before the SOP Class UID was recorded: re-post the instance)"
         )
     study, series, sop, sop_class = (str(u) for u in uids)
@@ -159,7 +159,7 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
     """The source reference of a dataset in memory; patient/study identification only when
     ``copy_patient`` (the site setting) allows it."""
     values = {}
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+    for keyword in SOURCE_UIDS:
         value = ds.get(keyword)
         if not value:
             raise DicomSourceIncompleteError(f"the uploaded DICOM instance has no {keyword}")

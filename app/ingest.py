@@ -447,7 +447,7 @@ class Ingestor:
         """What the SR/SC sent back reference: the upload's own UIDs (not the stored
         pseudonyms); with RADLENS_DICOM_COPY_PATIENT or an SC to send, read from the header
         (patient identification, Burned In Annotation), else from the image's metadata."""
-        from radlens.app.dicom_outputs import SourceRef
+        from radlens.app.dicom_outputs import SourceRef, missing_uids
 
         meta = image.metadata
         uids = (
@@ -461,18 +461,9 @@ class Ingestor:
         if not all(uids):
             # an output must reference its source by these: nothing is sent back, and the log
             # says so (it said nothing: the SR and SC simply never reached the PACS)
-            missing = [
-                name
-                for name, uid in zip(
-                    ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"),
-                    uids,
-                    strict=True,
-                )
-                if not uid
-            ]
             logger.warning(
                 "results not sent to the DICOM destinations: the instance lacks %s",
-                ", ".join(missing),
+                missing_uids(uids),
             )
             return None
         assert self.outbox is not None
