@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from radlens.app.dimse_inbox import DimseInbox, describe
 from radlens.app.errors import ServiceBusyError
@@ -118,6 +121,52 @@ def error_comment(text: str) -> str:
     return text[:61].rsplit(" ", 1)[0].rstrip(" ;,:(") + "..."
 
 
+class HandshakeInWorkerServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the DICOM TLS handshake moved out of the accept loop.
+
+    pynetdicom wraps each accepted socket in TLS inside ``get_request``, which runs on the one
+    thread that accepts connections, with no time limit: a peer that opened a TCP connection
+    and never sent its TLS hello (a port scanner, a half-open load-balancer probe, a sender
+    misconfigured for plain DICOM that waits for us) stopped every other association until it
+    went away. Here the accept loop only accepts; the handshake runs on the connection's own
+    thread, bounded by RADLENS_DIMSE_NETWORK_TIMEOUT_S, and a failed one is logged with the
+    peer's address and the reason (it was dropped silently).
+    """
+
+    def get_request(self) -> tuple[Any, Any]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            timeout = request.gettimeout()
+            try:
+                request.settimeout(self.ae.network_timeout)
+                request.do_handshake()
+                request.settimeout(timeout)
+            except OSError as exc:  # ssl.SSLError, TimeoutError, a reset: all OSError
+                logger.warning(
+                    "DICOM TLS handshake from %s refused: %s",
+                    _peer(client_address),
+                    getattr(exc, "reason", None) or str(exc) or type(exc).__name__,
+                )
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+def _peer(address: Any) -> str:
+    """host:port of a peer (IPv6 hosts in brackets)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
 class StorageSCP:
     """The Storage SCP; ``start`` from the event loop's thread, ``stop`` on shutdown."""
 
@@ -176,14 +225,14 @@ class StorageSCP:
         ae = self._ae()
         ssl_context = self._tls()
         try:
-            self._server = ae.start_server(
+            server = ae.make_server(
                 (self.settings.dimse_bind, self.settings.dimse_port or 0),
-                block=False,
                 evt_handlers=[
                     (evt.EVT_REQUESTED, prefer_the_senders_syntaxes),
                     (evt.EVT_C_STORE, self._handle_store),
                 ],
                 ssl_context=ssl_context,
+                server_class=HandshakeInWorkerServer,
             )
         except OSError as exc:
             raise listen_error(
@@ -193,6 +242,13 @@ class StorageSCP:
                 host=self.settings.dimse_bind,
                 port=self.settings.dimse_port or 0,
             ) from None
+        # what ae.start_server(block=False) does, with the server class above: the AE keeps
+        # its servers (the server's shutdown() takes itself off that list)
+        ae._servers.append(server)
+        threading.Thread(
+            target=make_target(server.serve_forever), name="radlens-dimse-acceptor", daemon=True
+        ).start()
+        self._server = server
         if left:
             logger.info("DIMSE inbox: %d instances queued before a restart", len(left))
         for path in left:  # acknowledged by a previous process: finish them first

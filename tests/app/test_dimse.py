@@ -261,11 +261,18 @@ def _pki(folder: Path) -> dict[str, Path]:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl (to make certificates) absent")
 def test_dicom_tls_requires_a_certificate_the_ca_signed(
-    databases: Databases, model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    databases: Databases,
+    model_store: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    import contextlib
     import io
     import logging
+    import socket
     import ssl
+    import time
 
     # the refused handshakes are logged with their exception, whose traceback would keep the
     # refused sockets alive (in pytest's captured records) past this test's cleanup below
@@ -288,14 +295,25 @@ def test_dicom_tls_requires_a_certificate_the_ca_signed(
         dimse_network_timeout_s=2,
     )
     app = create_app(settings)
-    with TestClient(app) as client:
+    with (
+        TestClient(app) as client,
+        caplog.at_level(logging.WARNING, "radlens.app.dimse"),
+        contextlib.ExitStack() as closing,
+    ):
         tls_node = Node(client, app)
+        # a peer that connects and never says hello (a port scanner, a probe): it used to hold
+        # the one thread that accepts connections in its TLS handshake, with no time limit,
+        # so no one else could associate while it stayed
+        idle = socket.create_connection(("127.0.0.1", tls_node.port))
+        # closed before the app stops, on a failure too (the old accept loop never returned)
+        closing.callback(idle.close)
         plain = _assoc(tls_node)  # no TLS: no association
         assert not plain.is_established
 
         client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca.pem"])
         client_ctx.check_hostname = False
         ae = AE(ae_title="SENDER")
+        ae.connection_timeout = 10  # a blocked server fails the test instead of hanging it
         ae.add_requested_context(CTImageStorage)
         no_cert = ae.associate("127.0.0.1", tls_node.port, ae_title="RADLENS",
                                tls_args=(client_ctx, None))  # fmt: skip
@@ -309,6 +327,18 @@ def test_dicom_tls_requires_a_certificate_the_ca_signed(
         assoc.release()
         assert status.Status == 0x0000
         assert tls_node.count("predictions") == 1
+        idle.close()
+        # each refused handshake is logged with the peer and the reason (they were dropped
+        # silently): the plain-DICOM sender, the sender without a certificate, the silent peer
+        # (logged by its own thread, once it has seen the close)
+        for _ in range(100):
+            refused = [m.getMessage() for m in caplog.records if "TLS handshake" in m.getMessage()]
+            if len(refused) >= 3:
+                break
+            time.sleep(0.05)
+    assert len(refused) == 3, refused
+    assert all(m.startswith("DICOM TLS handshake from 127.0.0.1:") for m in refused), refused
+    assert any("CERTIFICATE" in m for m in refused), refused  # the reason, from OpenSSL
     # pynetdicom leaves the sockets of the refused associations to be closed when their
     # objects go: drop the last references here, under an ignore filter, so the warning is not
     # raised in whichever test runs next
@@ -317,7 +347,7 @@ def test_dicom_tls_requires_a_certificate_the_ca_signed(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
-        del plain, no_cert, assoc, ae
+        del plain, no_cert, assoc, ae, idle
         gc.collect()
 
 
