@@ -61,6 +61,7 @@ FAILURE_REASONS: dict[str, int] = {
     "no-pixel-data": SOP_CLASS_NOT_SUPPORTED,
     "invalid-image": DATA_SET_DOES_NOT_MATCH,
     "invalid-rescale": DATA_SET_DOES_NOT_MATCH,
+    "codestream-mismatch": DATA_SET_DOES_NOT_MATCH,  # the codestream disagrees with the header
     "blank-image": DATA_SET_DOES_NOT_MATCH,
     "incomplete-pixel-header": DATA_SET_DOES_NOT_MATCH,
     "invalid-dicom-attribute": DATA_SET_DOES_NOT_MATCH,

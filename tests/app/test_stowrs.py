@@ -303,3 +303,15 @@ def test_pydicom_data_chest_cr(service: Service) -> None:
         source.Columns,
         source.Modality,
     )
+
+
+def test_every_upload_refusal_has_a_failure_reason() -> None:
+    """A per-instance refusal (a 4xx problem on the upload routes) maps to a Failure Reason of
+    its own; one missing fell back to 0x0110 "processing failure", which a PACS reads as a
+    fault of ours and retries (codestream-mismatch did, QA round 14)."""
+    from radlens.app.errors import STATUS_BY_CODE
+    from radlens.app.routes.dicomweb import FAILURE_REASONS
+
+    refusals = {code for code, status in STATUS_BY_CODE.items() if 400 <= status < 500}
+    assert refusals - set(FAILURE_REASONS) == set()
+    assert all(FAILURE_REASONS[code] != 0x0110 for code in refusals)
