@@ -855,7 +855,13 @@ def _dicom_frame(
     if codestream is not None:
         _check_codestream(codestream, ds, tsyntax, rows=rows, columns=columns)
         if reduce_for is not None:
-            reduced = _reduced_decode(codestream, ds, tsyntax, rows, columns, reduce_for)
+            try:
+                reduced = _reduced_decode(codestream, ds, tsyntax, rows, columns, reduce_for)
+            except CodestreamMismatchError as exc:
+                # Pillow's OpenJPEG binding refuses some valid codestreams at every reduction
+                # (a real 16-bit DX whose pydicom, GDCM and imagecodecs decodes agree): the
+                # full decode, pydicom's plugins, is the judge; it refuses a bad one itself
+                logger.debug("reduced decode refused (%s); decoding in full", exc)
     if reduced is not None:
         arr, photometric = reduced
     else:

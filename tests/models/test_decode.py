@@ -311,6 +311,25 @@ class TestJpeg2000Reduced:
         old = preprocess(data, size=(64, 64), version="1").pixels
         assert np.abs(new - old).max() < 0.02
 
+    def test_a_codestream_the_reduced_decoder_refuses_is_decoded_in_full(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Pillow's OpenJPEG binding refuses some valid codestreams at every reduction (a
+        real 16-bit DX, pylibjpeg-data's JPEG2KLossless_1s_1f_u_16_16, that pydicom, GDCM and
+        imagecodecs decode alike): the full decode decides, instead of a refusal saying the
+        file disagrees with its own header (QA round 14)."""
+        from radlens.models import preprocessing
+
+        codestream = j2k(gradient(600, 600, 8), 8, level=0)
+        data = encapsulated_dicom(codestream, J2K_LOSSLESS, rows=600, columns=600)
+        full = preprocess(data, size=(64, 64), version="1").pixels
+
+        def refuse(*_args: object, **_kwargs: object) -> None:
+            raise CodestreamMismatchError("broken data stream when reading image file")
+
+        monkeypatch.setattr(preprocessing, "_decode_j2k_reduced", refuse)
+        assert np.array_equal(preprocess(data, size=(64, 64)).pixels, full)
+
     def test_truncated_codestream_is_a_named_error(self) -> None:
         codestream = j2k(gradient(600, 600, 8), 8, level=0)
         data = encapsulated_dicom(codestream[: len(codestream) // 2], J2K_LOSSLESS,
