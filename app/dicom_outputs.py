@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radlens.app.errors import AppError
+
+# highdicom logs at INFO each module it copies "from dataset <SOP Instance UID>": the source's
+# real UIDs, in the log of a site that pseudonymises them before storing (QA round 14). Its
+# warnings and errors still reach the log (those that quote a value are handled where the
+# output is built: _identified).
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

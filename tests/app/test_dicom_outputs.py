@@ -384,6 +384,26 @@ class TestSiteSettings:
         for value in odd.values():
             assert value not in caplog.text
 
+    def test_a_pseudonymising_site_logs_no_source_uid(
+        self, site: Service, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """highdicom logs at INFO that it copies the patient and study modules "from dataset
+        <SOP Instance UID>": a real UID in the log of a site that pseudonymises UIDs before
+        storing them (QA round 14). The SR itself carries the real UIDs, for the PACS."""
+        study, series, sop = new_uid(), new_uid(), new_uid()
+        data = dicom_bytes(study=study, series=series, sop=sop, patient=PATIENT)
+        caplog.clear()
+        with caplog.at_level("DEBUG"):
+            response = site.client.post(
+                "/v1/predictions/dicom-sr?explain=true",
+                files={"file": ("a.dcm", data, "application/dicom")},
+            )
+        assert response.status_code == 201, response.text
+        assert _read(response.content).StudyInstanceUID == study
+        logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+        for uid in (study, series, sop):
+            assert uid not in logged
+
     def test_a_non_conforming_uid_is_not_quoted_in_the_log(
         self, site: Service, caplog: pytest.LogCaptureFixture
     ) -> None:
