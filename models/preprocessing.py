@@ -1185,11 +1185,24 @@ def _transfer_syntax(ds: Dataset) -> Any:
             tsyntax = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         ds.file_meta.TransferSyntaxUID = tsyntax
     if not tsyntax.is_transfer_syntax:
+        newer = _NEWER_TRANSFER_SYNTAXES.get(str(tsyntax))
         raise UnsupportedTransferSyntaxError(
-            f"transfer syntax {str(tsyntax)!r} ({tsyntax.name}) is not a known transfer syntax",
+            f"transfer syntax {str(tsyntax)!r} ({newer}) has no decoder here"
+            if newer
+            else f"transfer syntax {str(tsyntax)!r} is not a DICOM transfer syntax pydicom "
+            "knows (a private one, or a typing error in the file meta)",
             transfer_syntax=_ts_label(tsyntax),
         )
     return tsyntax
+
+
+# DICOM transfer syntaxes newer than the pydicom pinned here (PS3.6 2024+): named in the
+# refusal instead of being called unknown
+_NEWER_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+    "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+    "1.2.840.10008.1.2.4.112": "JPEG XL",
+}
 
 
 def _ends_mid_element(ds: Dataset) -> bool:
@@ -2482,7 +2495,8 @@ def _sop_class_name(ds: Dataset) -> str | None:
 
 
 def _ts_label(tsyntax: Any) -> str:
-    return f"{tsyntax} ({tsyntax.name})"
+    name = _NEWER_TRANSFER_SYNTAXES.get(str(tsyntax), tsyntax.name)
+    return f"{tsyntax} ({name})" if name != str(tsyntax) else str(tsyntax)
 
 
 def _hex_head(data: bytes, count: int = 16) -> str:

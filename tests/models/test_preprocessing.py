@@ -507,6 +507,24 @@ class TestTypedErrors:
         assert info.value.transfer_syntax is not None
         assert "MPEG2" in info.value.transfer_syntax
 
+    @pytest.mark.parametrize(
+        ("uid", "said"),
+        [
+            # newer than pydicom's table (dcm4che's will-jxl.dcm, QA round 14): its name, once
+            ("1.2.840.10008.1.2.4.111", "'1.2.840.10008.1.2.4.111' (JPEG XL JPEG Recompression)"),
+            ("1.2.3.4.5.6.7.8.9.10.11", "'1.2.3.4.5.6.7.8.9.10.11' is not a DICOM transfer"),
+        ],
+    )
+    def test_a_transfer_syntax_pydicom_does_not_know_is_named_once(self, uid: str, said: str):
+        ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+        carrier = "1.2.840.10008.1.2.4.201"  # pydicom writes no UID it does not know: swapped
+        ds.file_meta.TransferSyntaxUID = carrier  # in after writing (the same length)
+        data = dicom_bytes(ds).replace(carrier.encode(), uid.encode())
+        with pytest.raises(UnsupportedTransferSyntaxError) as info:
+            preprocess(data)
+        assert said in str(info.value)
+        assert str(info.value).count(uid) == 1
+
     def test_undecodable_compressed_data_names_the_transfer_syntax(self):
         ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
