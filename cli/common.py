@@ -54,7 +54,7 @@ def report_error(exc: BaseException) -> int:
         | NotADirectoryError
         | PermissionError,
     ):
-        typer.echo(f"radlens: error: {_one_line(exc)}", err=True)
+        typer.echo(f"radlens: error: {_os_error(exc) or _one_line(exc)}", err=True)
         return EXIT_BAD_INPUT
     if _debug():
         raise exc
@@ -64,6 +64,23 @@ def report_error(exc: BaseException) -> int:
         err=True,
     )
     return EXIT_INTERNAL
+
+
+_OS_ERROR_HINTS = (
+    (FileNotFoundError, "no such file or folder; check the path"),
+    (IsADirectoryError, "a folder; give a file"),
+    (NotADirectoryError, "a part of the path is a file, not a folder; check the path"),
+    (PermissionError, "permission denied; check the file's permissions or run as its owner"),
+)
+
+
+def _os_error(exc: BaseException) -> str | None:
+    """The path and what to do for a file-system error (Python says "[Errno 2] No such file
+    or directory: '...'"), or None for another exception."""
+    for kind, hint in _OS_ERROR_HINTS:
+        if isinstance(exc, kind) and getattr(exc, "filename", None) is not None:
+            return f"{exc.filename}: {hint}"
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

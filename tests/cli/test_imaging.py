@@ -104,7 +104,12 @@ class TestInspect:
 
     def test_missing_file_and_unknown_window_exit_2(self, tmp_path, capsys):
         assert main(["inspect", str(tmp_path / "absent.dcm")]) == 2
-        one_error_line(capsys.readouterr().err)
+        line = one_error_line(capsys.readouterr().err)
+        # the path and what to do, not Python's "[Errno 2] No such file or directory: '...'"
+        assert (
+            line
+            == f"radlens: error: {tmp_path / 'absent.dcm'}: no such file or folder; check the path"
+        )
         assert main(["inspect", CT_SMALL, "--window", "lungs"]) == 2
         assert "valid presets: lung" in one_error_line(capsys.readouterr().err)
 
