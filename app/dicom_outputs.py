@@ -97,6 +97,17 @@ class DicomSourceIncompleteError(AppError):
     status_code = 422
 
 
+class StoredSourceIncompleteError(DicomSourceIncompleteError):
+    """A stored prediction whose instance lacked a UID (or predates migration 0002, which
+    began recording the SOP Class UID): 409, the prediction's state, not the request."""
+
+    title = (
+        "The prediction's DICOM source lacks a UID its outputs must reference; post the "
+        "instance with Study, Series, SOP Instance and SOP Class UIDs"
+    )
+    status_code = 409
+
+
 class DicomOutputError(AppError):
     code = "dicom-output-failed"
     title = "The DICOM output could not be built; please report this with the prediction id"
@@ -147,9 +158,14 @@ def source_from_prediction(prediction: Prediction) -> SourceRef:
             f"prediction {prediction.id} was made on a {prediction.input_format.upper()} upload"
         )
     if not all(uids):
-        raise DicomSourceRequiredError(
-            f"prediction {prediction.id}'s source lacks {missing_uids(uids)} (predictions "
-            "stored before the SOP Class UID was recorded: re-post the instance)"
+        lacking = missing_uids(uids)
+        raise StoredSourceIncompleteError(
+            f"prediction {prediction.id}'s source instance had no {lacking}"
+            + (
+                " (or the prediction was stored before radlens recorded SOP Class UIDs)"
+                if lacking == "SOPClassUID"
+                else ""
+            )
         )
     study, series, sop, sop_class = (str(u) for u in uids)
     return SourceRef(

@@ -64,8 +64,8 @@ def _dicom_response(
     return {
         **{status: {"description": what, "content": content} for status in success},
         409: {
-            "description": "The prediction's source is not DICOM (PNG/JPEG), or its UIDs are "
-            "pseudonymised",
+            "description": "The prediction's source is not DICOM (PNG/JPEG), lacked a UID "
+            "(dicom-source-incomplete), or its UIDs are pseudonymised",
             "content": problem_responses(409)[409]["content"],
         },
         **problem_responses(*statuses),

@@ -210,6 +210,24 @@ class TestStructuredReport:
         body = assert_problem(response, 422, code="dicom-source-incomplete")
         assert keyword in body["detail"] and "PNG" not in body["title"]
 
+    def test_outputs_of_a_stored_prediction_without_a_sop_class_name_it(
+        self, service: Service
+    ) -> None:
+        """A real file without SOP Class UID (dwv's anonymisation test, QA round 14) is
+        predicted; its outputs were refused as if it had been a PNG upload or predated
+        migration 0002."""
+        ds = _read(dicom_bytes())
+        del ds.SOPClassUID
+        del ds.file_meta.MediaStorageSOPClassUID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=False)
+        prediction = _post(service, buffer.getvalue(), explain=True)
+        for output in ("sr", "secondary-capture"):
+            response = service.client.get(f"/v1/predictions/{prediction['id']}/dicom/{output}")
+            body = assert_problem(response, 409, code="dicom-source-incomplete")
+            assert "had no SOPClassUID" in body["detail"], body
+            assert "PNG" not in body["title"]
+
 
 class TestSecondaryCapture:
     def test_sc_of_a_real_chest_cr(self, service: Service) -> None:
