@@ -6,6 +6,9 @@ the command bodies (it needs numpy/pydicom, not TensorFlow).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,6 +50,30 @@ def demo_data(
     )
     typer.echo(summary.describe())
     typer.echo(f"labels: {summary.labels_csv}")
+
+
+# what training logs for each file it passes over while it opens a data set, and the count:
+# data-check's report lists every one of them (with those decoding drops) under "skipped"
+_SKIP_MESSAGES = ("skipping %s: %s", "%d file(s) skipped in %s")
+_SKIP_LOGGERS = ("radlens.training.data.sources", "radlens.training.data.series")
+
+
+@contextlib.contextmanager
+def _skips_reported_below() -> Iterator[None]:
+    """Keep training's per-file "skipping" warnings off stderr while data-check opens the data
+    (the report prints the whole list once; each file was on the screen twice)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.msg not in _SKIP_MESSAGES
+
+    loggers = [logging.getLogger(name) for name in _SKIP_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(keep)
 
 
 def data_check(
@@ -108,7 +135,8 @@ def data_check(
     if multi_label:
         spec = MultiLabelSpec(column=label_column, separator=label_separator, none_name=no_finding)
     # opened as `radlens train` opens it (a folder's labels.csv is its manifest)
-    source = open_data(path, multi_label=spec, dicom_root=dicom_root)
+    with _skips_reported_below():
+        source = open_data(path, multi_label=spec, dicom_root=dicom_root)
     if not headers_only:
         decoded = drop_undecodable(source)
         try:

@@ -208,6 +208,29 @@ class TestCli:
         assert main(["data-check", str(mixed / "missing")]) == 2
         assert "does not exist" in capsys.readouterr().err
 
+    def test_data_check_lists_each_skipped_file_once(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Training's per-file "skipping" warnings reached stderr above the report's own list
+        of skipped files: each was on the screen twice (QA round 14)."""
+        import pydicom
+
+        out = tmp_path / "set"
+        write_demo_dataset(out, n_per_class=8, size=32, seed=5, modality="cr")
+        (out / "labels.csv").unlink()  # a folder of class folders, as a site's own scans are
+        one = sorted((out / "normal").rglob("*.dcm"))[0]
+        ds = pydicom.dcmread(one)
+        del ds.PixelData  # skipped while the data set is opened (headers)
+        ds.save_as(out / "normal" / "no-pixels.dcm")
+        (out / "abnormal" / "cut.dcm").write_bytes(one.read_bytes()[:-200])  # while decoding
+        assert main(["data-check", str(out)]) == 0
+        captured = capsys.readouterr()
+        # (a CLI run has no log handler: Python's last resort prints warnings on stderr)
+        both = captured.out + captured.err + "".join(r.getMessage() for r in caplog.records)
+        for name in ("no-pixels.dcm", "cut.dcm"):
+            assert both.count(name) == 1, both
+        assert "2 file(s) skipped" in captured.out
+
 
 class TestDefaultSize:
     """The default demo set is large enough for the demo model's OOD threshold (issue #17)."""
