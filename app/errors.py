@@ -122,6 +122,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "image-too-large": 422,
     "truncated": 422,
     "invalid-image": 422,
+    "malformed-dicom": 422,
     "codestream-mismatch": 422,
     "transfer-syntax-mismatch": 422,
     "invalid-rescale": 422,

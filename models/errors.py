@@ -101,6 +101,18 @@ class InvalidImageError(PreprocessingError):
     title = "The image is invalid; check its size, pixel values and the options given"
 
 
+class MalformedDicomError(InvalidImageError):
+    """pydicom could not read the data set: an element's length or value breaks the encoding
+    (a length past the end of a sequence, nesting deeper than any real file ...)."""
+
+    code = "malformed-dicom"
+    title = (
+        "The DICOM data set could not be read (an element's length or encoding is broken); "
+        "re-export the file from its source"
+    )
+    comment = "DICOM data set cannot be read: re-export it"
+
+
 class InvalidRescaleError(InvalidImageError):
     """The header's Rescale Slope or Intercept is present but empty (the values, HU for a CT,
     cannot be known), or its modality rescale (or Modality LUT) turns an image into values

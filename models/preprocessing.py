@@ -128,6 +128,7 @@ from radlens.models.errors import (
     IncompletePixelHeaderError,
     InvalidImageError,
     InvalidRescaleError,
+    MalformedDicomError,
     NoPixelDataError,
     NotAnImageError,
     PreprocessingError,
@@ -1160,7 +1161,7 @@ def _read_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
             raise TruncatedDataError(
                 f"the DICOM data ends early ({_short(exc)}); received {len(data)} bytes"
             ) from exc
-        raise InvalidImageError(
+        raise MalformedDicomError(
             f"the DICOM data could not be parsed ({_short(exc)}); received {len(data)} bytes"
         ) from exc
 

@@ -60,6 +60,7 @@ FAILURE_REASONS: dict[str, int] = {
     "transfer-syntax-mismatch": CANNOT_UNDERSTAND,  # encapsulated data, native syntax
     "no-pixel-data": SOP_CLASS_NOT_SUPPORTED,
     "invalid-image": DATA_SET_DOES_NOT_MATCH,
+    "malformed-dicom": CANNOT_UNDERSTAND,
     "invalid-rescale": DATA_SET_DOES_NOT_MATCH,
     "codestream-mismatch": DATA_SET_DOES_NOT_MATCH,  # the codestream disagrees with the header
     "blank-image": DATA_SET_DOES_NOT_MATCH,

@@ -101,6 +101,19 @@ def encapsulated_garbage(transfer_syntax: str, seed: int = 3) -> bytes:
     return _save(ds)
 
 
+def nested_sequences(depth: int = 3000) -> bytes:
+    """The small CT instance with a sequence nested ``depth`` deep (undefined lengths, Explicit
+    VR Little Endian) before its first element: deeper than pydicom's recursive reader goes,
+    as in orthanc-tests' 2026-05-06-Deeply-Nested-Sequence.dcm (QA round 14)."""
+    data = dicom_bytes(rows=16, columns=16)
+    # the data set starts where the file meta group ends: (0002,0000) holds its length
+    first = 144 + struct.unpack_from("<I", data, 140)[0]
+    opening = struct.pack("<HH2sHI", 0x0008, 0x1115, b"SQ", 0, 0xFFFFFFFF)
+    opening += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)  # an item of undefined length
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return data[:first] + opening * depth + closing * depth + data[first:]
+
+
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return (
         struct.pack(">I", len(payload))
@@ -180,6 +193,7 @@ CORPUS: list[tuple[str, Callable[[], bytes], int, str | None]] = [
     ("bits-stored-empty", lambda: dicom_with(BitsStored=None), 422, "incomplete-pixel-header"),
     ("rescale-intercept-empty", lambda: dicom_with(RescaleIntercept=None), 422, "invalid-rescale"),
     ("pixels-blank", lambda: dicom_with(PixelData=bytes(16 * 16 * 2)), 422, "blank-image"),
+    ("sequences-nested-too-deep", nested_sequences, 422, "malformed-dicom"),
     (
         "encapsulated-garbage-jpeg-baseline",
         lambda: encapsulated_garbage("1.2.840.10008.1.2.4.50"),
