@@ -9,7 +9,10 @@ dicom-sr, STOW-RS and the DIMSE SCP all apply them.
   ``outside-intended-use`` before its pixels are decoded (ViewPosition is gated by
   projection family: a lateral to a model trained on frontal films); ``flag`` predicts and
   records the violations; ``off`` checks nothing. Unknown, empty or junk values are never a
-  violation, and a model whose manifest states nothing ("not stated") gates nothing.
+  violation on their own, and a model whose manifest states nothing ("not stated") gates
+  nothing. A Modality that says nothing (absent, empty, ``OT``, junk) gives way to the
+  modality the SOP class implies (CT Image Storage -> CT; a secondary capture implies none),
+  and the refusal says so; a Modality the gate knows decides, even against the SOP class.
 - **OOD policy** (``RADLENS_OOD``, default ``flag``): the predictor scores every image with the
   model's stored detector (models/ood.py); above the threshold the image is out of
   distribution: ``refuse`` answers 422 ``out-of-distribution``, ``flag`` stores the
@@ -29,7 +32,7 @@ from typing import Any, Literal
 
 from radlens.app.errors import AppError
 from radlens.models.errors import DeflatedDatasetTooLargeError
-from radlens.models.intended_use import IntendedUse, Violation, violations
+from radlens.models.intended_use import IntendedUse, Violation, dataset_metadata, violations
 from radlens.models.preprocessing import DEFAULT_MAX_PIXELS
 
 GatePolicy = Literal["refuse", "flag", "off"]
@@ -55,7 +58,8 @@ class OutsideIntendedUseError(AppError):
     def comment(self) -> str:
         """A short reason for a DICOM Error Comment: names the attribute and value only."""
         first = self.violations[0]
-        return f"Outside intended use: {first.attribute} {first.value}"
+        implied = " (from SOP class)" if first.implied_by else ""
+        return f"Outside intended use: {first.attribute} {first.value}{implied}"
 
 
 class OutOfDistributionError(AppError):
@@ -97,7 +101,8 @@ def dicom_gate_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict
         raise
     except Exception:  # third-party parser boundary: any failure means "no header to gate"
         return None
-    header = {keyword: str(ds.get(keyword, "") or "") for keyword in GATED_KEYWORDS}
+    # absent: None, empty: "" (a refusal says which); read as training's survey reads it
+    header: dict[str, Any] = dataset_metadata(ds, GATED_KEYWORDS)
     return header if any(header.values()) else None
 
 
@@ -118,7 +123,13 @@ def violation_records(found: list[Violation]) -> list[dict[str, Any]] | None:
     if not found:
         return None
     return [
-        {"attribute": v.attribute, "value": v.value, "accepted": list(v.accepted)} for v in found
+        {
+            "attribute": v.attribute,
+            "value": v.value,
+            "accepted": list(v.accepted),
+            **({"implied_by": v.implied_by} if v.implied_by else {}),
+        }
+        for v in found
     ]
 
 

@@ -141,6 +141,140 @@ def holds_no_image(sop_class_uid: object) -> bool:
     return non_image_kind(sop_class_uid) is not None
 
 
+# Image storage SOP classes -> the Modality (0008,0060) their IOD defines (PS3.3 Annex A), by
+# pydicom's keyword (the UIDs come from pydicom's UID dictionary, not typed here). When an
+# instance's Modality says nothing the gate knows (absent, empty, "OT", junk), the modality its
+# SOP class implies stands in for it, so a CT with Modality deleted is refused by a chest CR/DX
+# model as a CT is (QA round 14). A Modality the gate knows decides, even against the SOP class:
+# it is the acquiring device's word, and converters re-wrap images in another IOD (a DX stored
+# as CR, a radiograph as CT for a PACS that takes nothing else). Secondary captures (a capture
+# of any picture), parametric maps and other classes not listed imply nothing.
+_SOP_CLASS_MODALITIES: dict[str, tuple[str, ...]] = {
+    "CR": ("ComputedRadiographyImageStorage",),
+    "DX": ("DigitalXRayImageStorageForPresentation", "DigitalXRayImageStorageForProcessing"),
+    "MG": (
+        "DigitalMammographyXRayImageStorageForPresentation",
+        "DigitalMammographyXRayImageStorageForProcessing",
+        "BreastTomosynthesisImageStorage",
+        "BreastProjectionXRayImageStorageForPresentation",
+        "BreastProjectionXRayImageStorageForProcessing",
+    ),
+    "IO": (
+        "DigitalIntraOralXRayImageStorageForPresentation",
+        "DigitalIntraOralXRayImageStorageForProcessing",
+    ),
+    "CT": (
+        "CTImageStorage",
+        "EnhancedCTImageStorage",
+        "LegacyConvertedEnhancedCTImageStorage",
+    ),
+    "MR": (
+        "MRImageStorage",
+        "EnhancedMRImageStorage",
+        "EnhancedMRColorImageStorage",
+        "LegacyConvertedEnhancedMRImageStorage",
+        "MRSpectroscopyStorage",
+    ),
+    "US": (
+        "UltrasoundImageStorage",
+        "UltrasoundImageStorageRetired",
+        "UltrasoundMultiFrameImageStorage",
+        "UltrasoundMultiFrameImageStorageRetired",
+        "EnhancedUSVolumeStorage",
+    ),
+    "XA": (
+        "XRayAngiographicImageStorage",
+        "XRayAngiographicBiPlaneImageStorage",
+        "EnhancedXAImageStorage",
+        "XRay3DAngiographicImageStorage",
+    ),
+    "RF": ("XRayRadiofluoroscopicImageStorage", "EnhancedXRFImageStorage"),
+    "NM": ("NuclearMedicineImageStorage", "NuclearMedicineImageStorageRetired"),
+    "PT": (
+        "PositronEmissionTomographyImageStorage",
+        "EnhancedPETImageStorage",
+        "LegacyConvertedEnhancedPETImageStorage",
+    ),
+    "RTIMAGE": ("RTImageStorage",),
+    "SM": ("VLWholeSlideMicroscopyImageStorage", "VLSlideCoordinatesMicroscopicImageStorage"),
+    "GM": ("VLMicroscopicImageStorage", "VideoMicroscopicImageStorage"),
+    "ES": ("VLEndoscopicImageStorage", "VideoEndoscopicImageStorage"),
+    "XC": ("VLPhotographicImageStorage", "VideoPhotographicImageStorage"),
+    "DMS": ("DermoscopicPhotographyImageStorage",),
+    "CFM": ("ConfocalMicroscopyImageStorage", "ConfocalMicroscopyTiledPyramidalImageStorage"),
+    "OP": (
+        "OphthalmicPhotography8BitImageStorage",
+        "OphthalmicPhotography16BitImageStorage",
+        "WideFieldOphthalmicPhotographyStereographicProjectionImageStorage",
+        "WideFieldOphthalmicPhotography3DCoordinatesImageStorage",
+    ),
+    "OPT": ("OphthalmicTomographyImageStorage",),
+    "OPTENF": ("OphthalmicOpticalCoherenceTomographyEnFaceImageStorage",),
+    "OPTBSV": ("OphthalmicOpticalCoherenceTomographyBscanVolumeAnalysisStorage",),
+    "IVOCT": (
+        "IntravascularOpticalCoherenceTomographyImageStorageForPresentation",
+        "IntravascularOpticalCoherenceTomographyImageStorageForProcessing",
+    ),
+}
+
+
+@cache
+def sop_class_modalities() -> dict[str, str]:
+    """SOP Class UID -> the modality an image storage class implies (the table above).
+
+    Raises:
+        KeyError: a keyword pydicom's UID dictionary does not hold (a typo in the table).
+    """
+    from pydicom._uid_dict import UID_dictionary  # retired classes are not in pydicom.uid
+
+    by_keyword = {entry[4]: uid for uid, entry in UID_dictionary.items()}
+    return {
+        by_keyword[keyword]: modality
+        for modality, keywords in _SOP_CLASS_MODALITIES.items()
+        for keyword in keywords
+    }
+
+
+def implied_modality(sop_class_uid: object) -> str | None:
+    """The modality an image storage SOP class implies (CT Image Storage -> ``"CT"``), or None
+    for a class that implies none (secondary capture, non-image and unknown classes)."""
+    return sop_class_modalities().get(str(sop_class_uid or "").strip())
+
+
+def sop_class_label(sop_class_uid: object) -> str:
+    """``SOP Class 'CT Image Storage' (1.2.840.10008.5.1.4.1.1.2)``, as messages name it."""
+    from pydicom.uid import UID
+
+    uid = str(sop_class_uid or "").strip()
+    name = UID(uid).name
+    return f"SOP Class {name!r} ({uid})" if name and name != uid else f"SOP Class {uid}"
+
+
+def dataset_metadata(ds: Any, keywords: Iterable[str]) -> dict[str, str | None]:
+    """``{keyword: value}`` of a pydicom dataset as the gate and training's survey read it:
+    text, ``""`` for an empty attribute, None for an absent one (a refusal says which); an
+    absent ``SOPClassUID`` is taken from the file meta's MediaStorageSOPClassUID."""
+    found: dict[str, str | None] = {
+        keyword: str(ds[keyword].value or "") if keyword in ds else None for keyword in keywords
+    }
+    if "SOPClassUID" in found and not found["SOPClassUID"]:
+        meta = getattr(ds, "file_meta", None)
+        found["SOPClassUID"] = str(meta.get("MediaStorageSOPClassUID", "") or "") if meta else ""
+    return found
+
+
+def modality_of(metadata: Mapping[str, object]) -> tuple[str | None, str | None]:
+    """(canonical modality, the SOP class it was taken from or None) of one instance's
+    metadata: the Modality when the gate knows its value, else the modality the SOP class
+    implies (:func:`implied_modality`), else ``(None, None)`` ("not known")."""
+    written = normalise_modality(metadata.get("Modality"))
+    if written is not None:
+        return written, None
+    sop_class = metadata.get("SOPClassUID")
+    implied = implied_modality(sop_class)
+    return (implied, sop_class_label(sop_class)) if implied is not None else (None, None)
+
+
 def _clean(value: object) -> str:
     text = "" if value is None else str(value)
     return re.sub(r"[\s_\-]+", " ", text).strip().upper()
@@ -191,37 +325,64 @@ class IntendedUse:
 
 @dataclass(frozen=True)
 class Violation:
-    """One attribute whose known value the model does not accept."""
+    """One attribute whose known value the model does not accept.
+
+    ``implied_by`` names the SOP class a Modality value was taken from when the instance's
+    own Modality said nothing (``written``: what it held, None when absent).
+    """
 
     attribute: str
     value: str
     accepted: tuple[str, ...]
+    implied_by: str | None = None
+    written: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.attribute} {self.value!r} (model accepts {', '.join(self.accepted)})"
+        accepts = f"(model accepts {', '.join(self.accepted)})"
+        if self.implied_by is None:
+            return f"{self.attribute} {self.value!r} {accepts}"
+        if self.written is None:
+            said = f"{self.attribute} is absent"
+        elif not self.written.strip():
+            said = f"{self.attribute} is empty"
+        else:
+            said = f"{self.attribute} {self.written!r} is not a known modality"
+        return (
+            f"{said}; {self.implied_by} implies {self.value!r}, which this model is not for "
+            f"{accepts}"
+        )
 
 
-def violations(metadata: dict[str, object], intended_use: IntendedUse) -> list[Violation]:
+def violations(metadata: Mapping[str, object], intended_use: IntendedUse) -> list[Violation]:
     """Attributes of ``metadata`` whose normalised, known value contradicts ``intended_use``.
 
-    Unknown or junk values are not violations.
+    Unknown or junk values are not violations. A Modality that says nothing known (absent,
+    empty, ``OT``, junk) gives way to the modality the ``SOPClassUID`` implies
+    (:func:`modality_of`); the violation then names the SOP class.
     """
     found: list[Violation] = []
     sop_class = str(metadata.get("SOPClassUID") or "")
     if not intended_use.empty and holds_no_image(sop_class):
         found.append(Violation("SOPClassUID", sop_class, ("image storage SOP classes",)))
+    modality, implied_by = modality_of(metadata)
+    if intended_use.modalities and modality is not None and modality not in intended_use.modalities:
+        accepted = tuple(intended_use.modalities)
+        raw = metadata.get("Modality")
+        if implied_by is None:
+            found.append(Violation("Modality", str(raw), accepted))
+        else:  # the Modality said nothing: the SOP class's modality stands in
+            written = None if raw is None else str(raw)
+            found.append(Violation("Modality", modality, accepted, implied_by, written))
     checks = (
-        ("Modality", normalise_modality, intended_use.modalities),
         ("BodyPartExamined", normalise_body_part, intended_use.body_parts),
         ("ViewPosition", normalise_view_position, intended_use.view_positions),
     )
-    for attribute, normalise, accepted in checks:
-        if not accepted:
+    for attribute, normalise, accepted_values in checks:
+        if not accepted_values:
             continue
-        raw = metadata.get(attribute)
-        value = normalise(raw)
-        if value is not None and value not in accepted:
-            found.append(Violation(attribute, str(raw), tuple(accepted)))
+        value = normalise(metadata.get(attribute))
+        if value is not None and value not in accepted_values:
+            found.append(Violation(attribute, str(metadata.get(attribute)), accepted_values))
     return found
 
 
@@ -277,13 +438,15 @@ def survey(headers: Iterable[Mapping[str, object]]) -> dict[str, Any]:
     Args:
         headers: one mapping per training image with ``format`` (``"dicom"``, ``"png"``,
             ``"jpeg"``, ``"npz"``), ``rows``, ``columns`` and, for DICOM, the keywords of
-            :data:`SURVEYED_ATTRIBUTES`.
+            :data:`SURVEYED_ATTRIBUTES` and ``SOPClassUID``.
 
     Returns:
         ``{"images", "formats": {format: n}, "modalities": {value: n}, "body_parts": ...,
         "view_positions": ..., "photometric_interpretations": ..., "rows": [min, max],
         "columns": [min, max]}``. Modality and body part are counted by their normalised
-        value, anything unrecognised or empty as ``"unknown"``; view position and
+        value, anything unrecognised or empty as ``"unknown"`` (a Modality that says nothing
+        is counted as the modality its ``SOPClassUID`` implies, as the gate reads it:
+        :func:`modality_of`); view position and
         photometric interpretation as written (upper case), empty as ``"unknown"``.
     """
     counters: dict[str, Counter[str]] = {key: Counter() for key, _ in SURVEYED_ATTRIBUTES}
@@ -300,8 +463,8 @@ def survey(headers: Iterable[Mapping[str, object]]) -> dict[str, Any]:
             continue
         for key, keyword in SURVEYED_ATTRIBUTES:
             raw = header.get(keyword)
-            if key == "modalities":
-                value = normalise_modality(raw)
+            if key == "modalities":  # as the gate reads it: the SOP class stands in
+                value = modality_of(header)[0]
             elif key == "body_parts":
                 value = normalise_body_part(raw)
             else:

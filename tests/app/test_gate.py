@@ -358,3 +358,151 @@ def test_frontal_and_junk_view_positions_pass(frontal: Gated, view: str) -> None
     response = frontal.post(data)
     assert response.status_code == 201, response.text
     assert response.json()["intended_use_violations"] is None
+
+
+# --- a Modality that says nothing: the SOP class stands in (QA round 14) ----------------------
+# A real CT with Modality and BodyPartExamined deleted (orthanc-tests Comunix/Ct) was predicted
+# by the chest CR/DX model: the gate read the SOP class only for classes that hold no picture.
+
+CT_IMAGE_STORAGE = str(pydicom.uid.CTImageStorage)
+
+
+def _ct_small_without_modality(how: str) -> bytes:
+    """pydicom's CT_small.dcm (CT Image Storage) with Modality absent or empty, as new."""
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    if how == "absent":
+        del ds.Modality
+    else:
+        ds.Modality = ""
+    ds.SOPInstanceUID = generate_uid()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def _made(sop_class: str, **attributes: str) -> bytes:
+    """A 32x32 gradient of ``sop_class`` (no Modality unless given), written by pydicom."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.Rows = ds.Columns = 32
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ramp = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint16) * 60
+    ds.PixelData = ramp.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("how", "said"), [("absent", "absent"), ("empty", "empty")])
+def test_a_ct_without_modality_is_refused_by_its_sop_class(
+    refusing: Gated, how: str, said: str
+) -> None:
+    before = len(refusing.rows())
+    metric = refusing.metric("outside-intended-use", "refused")
+    body = assert_problem(
+        refusing.post(_ct_small_without_modality(how)), 422, code="outside-intended-use"
+    )
+    assert body["detail"] == (
+        f"Modality is {said}; SOP Class 'CT Image Storage' ({CT_IMAGE_STORAGE}) implies 'CT', "
+        "which this model is not for (model accepts CR, DX)"
+    ), body
+    assert len(refusing.rows()) == before
+    assert refusing.metric("outside-intended-use", "refused") == metric + 1
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    [
+        pydicom.uid.ComputedRadiographyImageStorage,
+        pydicom.uid.DigitalXRayImageStorageForPresentation,
+        pydicom.uid.DigitalXRayImageStorageForProcessing,
+    ],
+)
+@pytest.mark.parametrize("modality", [None, ""])
+def test_a_chest_cr_or_dx_without_modality_passes(
+    refusing: Gated, sop_class: str, modality: str | None
+) -> None:
+    written = {} if modality is None else {"Modality": modality}
+    response = refusing.post(_made(sop_class, BodyPartExamined="CHEST", **written))
+    assert response.status_code == 201, response.text
+    assert response.json()["intended_use_violations"] is None
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    [
+        pydicom.uid.SecondaryCaptureImageStorage,
+        pydicom.uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    ],
+)
+def test_a_secondary_capture_without_modality_is_not_gated_by_modality(
+    refusing: Gated, sop_class: str
+) -> None:
+    """A secondary capture may hold any picture: its SOP class implies no modality."""
+    response = refusing.post(_made(sop_class, BodyPartExamined="CHEST"))
+    assert response.status_code == 201, response.text
+
+
+def test_flag_records_the_modality_the_sop_class_implies(flagging: Gated) -> None:
+    response = flagging.post(_ct_small_without_modality("absent"))
+    assert response.status_code == 201, response.text
+    assert response.json()["intended_use_violations"] == [
+        {
+            "attribute": "Modality",
+            "value": "CT",
+            "accepted": ["CR", "DX"],
+            "implied_by": f"SOP Class 'CT Image Storage' ({CT_IMAGE_STORAGE})",
+        }
+    ]
+
+
+def test_dimse_refuses_a_ct_without_modality(databases: Databases, chest_store: Path) -> None:
+    from pynetdicom import AE
+
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    ds = pydicom.dcmread(io.BytesIO(_ct_small_without_modality("absent")))
+    url = databases.new()
+    upgrade(url)
+    app = create_app(make_settings(url, chest_store, dimse_port=0))
+    with TestClient(app):
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", app.state.dimse.port, ae_title="RADLENS")
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+    assert status.Status == 0xC000
+    assert status.ErrorComment == "Outside intended use: Modality CT (from SOP class)"
+
+
+def test_stow_rs_fails_a_ct_without_modality(refusing: Gated) -> None:
+    from tests.app.test_stowrs import multipart_related
+
+    chest = _made(pydicom.uid.DigitalXRayImageStorageForPresentation, BodyPartExamined="CHEST")
+    body, content_type = multipart_related([_ct_small_without_modality("empty"), chest])
+    response = refusing.client.post(
+        "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 202, response.text  # some stored, some failed
+    (failed,) = response.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert failed["00991004"]["Value"] == ["outside-intended-use"]
+    assert "Modality is empty; SOP Class 'CT Image Storage'" in failed["00991005"]["Value"][0]
+    assert len(response.json()["00081199"]["Value"]) == 1

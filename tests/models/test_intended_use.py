@@ -201,3 +201,136 @@ def test_a_lateral_violates_a_frontal_model_and_junk_never_does() -> None:
     # a manifest recorded before view positions were gated accepts every view
     older = {"accepts": {"modalities": ["CR"], "body_parts": ["CHEST"]}, "observed": {}}
     assert violations({**chest, "ViewPosition": "LL"}, from_record(older)) == []
+
+
+# --- a Modality that says nothing: the SOP class stands in (QA round 14) ----------------------
+# A CT whose Modality had been deleted was predicted by a chest CR/DX model: its SOP class (CT
+# Image Storage) said what it was, but the gate read the SOP class only for non-image classes.
+
+from pydicom import uid as pydicom_uids  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("keyword", "modality"),
+    [
+        ("CTImageStorage", "CT"),
+        ("EnhancedCTImageStorage", "CT"),
+        ("LegacyConvertedEnhancedCTImageStorage", "CT"),
+        ("MRImageStorage", "MR"),
+        ("EnhancedMRColorImageStorage", "MR"),
+        ("UltrasoundImageStorage", "US"),
+        ("UltrasoundMultiFrameImageStorage", "US"),
+        ("EnhancedUSVolumeStorage", "US"),
+        ("ComputedRadiographyImageStorage", "CR"),
+        ("DigitalXRayImageStorageForPresentation", "DX"),
+        ("DigitalXRayImageStorageForProcessing", "DX"),
+        ("DigitalMammographyXRayImageStorageForPresentation", "MG"),
+        ("BreastTomosynthesisImageStorage", "MG"),
+        ("BreastProjectionXRayImageStorageForProcessing", "MG"),
+        ("DigitalIntraOralXRayImageStorageForPresentation", "IO"),
+        ("XRayAngiographicImageStorage", "XA"),
+        ("EnhancedXAImageStorage", "XA"),
+        ("XRay3DAngiographicImageStorage", "XA"),
+        ("XRayRadiofluoroscopicImageStorage", "RF"),
+        ("EnhancedXRFImageStorage", "RF"),
+        ("NuclearMedicineImageStorage", "NM"),
+        ("PositronEmissionTomographyImageStorage", "PT"),
+        ("EnhancedPETImageStorage", "PT"),
+        ("LegacyConvertedEnhancedPETImageStorage", "PT"),
+        ("RTImageStorage", "RTIMAGE"),
+        ("VLWholeSlideMicroscopyImageStorage", "SM"),
+        ("OphthalmicPhotography8BitImageStorage", "OP"),
+        ("OphthalmicTomographyImageStorage", "OPT"),
+        ("SecondaryCaptureImageStorage", None),  # a capture of any picture
+        ("MultiFrameGrayscaleWordSecondaryCaptureImageStorage", None),
+        ("MultiFrameTrueColorSecondaryCaptureImageStorage", None),
+        ("ParametricMapStorage", None),
+    ],
+)
+def test_image_sop_classes_imply_their_modality(keyword: str, modality: str | None) -> None:
+    from radlens.models.intended_use import implied_modality
+
+    assert implied_modality(getattr(pydicom_uids, keyword)) == modality
+
+
+def test_unknown_or_empty_sop_classes_imply_nothing() -> None:
+    from radlens.models.intended_use import implied_modality
+
+    for uid in ("", None, "1.2.3.4", "1.2.840.10008.5.1.4.1.1.2.99", " "):
+        assert implied_modality(uid) is None, uid
+    assert implied_modality(" 1.2.840.10008.5.1.4.1.1.2 ") == "CT"  # padded as read
+
+
+def test_every_implied_modality_is_a_term_the_gate_knows() -> None:
+    from radlens.models.intended_use import sop_class_modalities
+
+    table = sop_class_modalities()
+    assert len(table) > 40
+    assert {normalise_modality(m) for m in table.values()} == set(table.values())
+
+
+CT_CLASS = str(pydicom_uids.CTImageStorage)
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [({"Modality": ""}, "Modality is empty"), ({}, "Modality is absent")],
+)
+def test_a_ct_sop_class_without_modality_violates_naming_the_sop_class(
+    written: dict[str, str], said: str
+) -> None:
+    (found,) = violations({"SOPClassUID": CT_CLASS, **written}, CHEST_CR)
+    assert (found.attribute, found.value, found.accepted) == ("Modality", "CT", ("CR", "DX"))
+    assert found.implied_by == f"SOP Class 'CT Image Storage' ({CT_CLASS})"
+    assert str(found) == (
+        f"{said}; SOP Class 'CT Image Storage' ({CT_CLASS}) implies 'CT', which this model is "
+        "not for (model accepts CR, DX)"
+    )
+
+
+def test_a_modality_the_gate_does_not_know_gives_way_to_the_sop_class() -> None:
+    """ "OT" or junk says nothing of what was imaged, as an empty Modality says nothing."""
+    (found,) = violations({"SOPClassUID": CT_CLASS, "Modality": "OT"}, CHEST_CR)
+    assert str(found).startswith("Modality 'OT' is not a known modality; SOP Class 'CT Image")
+    assert violations({"SOPClassUID": CT_CLASS, "Modality": "xyz"}, CHEST_CR)
+
+
+def test_cr_and_dx_sop_classes_without_modality_pass_a_chest_cr_dx_model() -> None:
+    for keyword in (
+        "ComputedRadiographyImageStorage",
+        "DigitalXRayImageStorageForPresentation",
+        "DigitalXRayImageStorageForProcessing",
+    ):
+        uid = str(getattr(pydicom_uids, keyword))
+        assert violations({"SOPClassUID": uid, "Modality": ""}, CHEST_CR) == [], keyword
+        assert violations({"SOPClassUID": uid, "BodyPartExamined": "CHEST"}, CHEST_CR) == []
+
+
+def test_a_secondary_capture_without_modality_is_not_gated_by_modality() -> None:
+    sc = str(pydicom_uids.SecondaryCaptureImageStorage)
+    assert violations({"SOPClassUID": sc, "Modality": ""}, CHEST_CR) == []
+    assert violations({"SOPClassUID": sc}, CHEST_CR) == []
+
+
+def test_a_written_modality_decides_over_the_sop_class() -> None:
+    """Modality is the acquiring device's word; a converter re-wrapping a radiograph in
+    another IOD keeps it (documented in models/intended_use.py)."""
+    assert violations({"SOPClassUID": CT_CLASS, "Modality": "CR"}, CHEST_CR) == []
+    cr_class = str(pydicom_uids.ComputedRadiographyImageStorage)
+    (found,) = violations({"SOPClassUID": cr_class, "Modality": "CT"}, CHEST_CR)
+    assert str(found) == "Modality 'CT' (model accepts CR, DX)" and found.implied_by is None
+
+
+def test_an_intended_use_without_modalities_is_not_gated_by_the_sop_class() -> None:
+    chest_only = IntendedUse(body_parts=("CHEST",))
+    assert violations({"SOPClassUID": CT_CLASS}, chest_only) == []
+
+
+def test_survey_counts_the_modality_a_sop_class_implies() -> None:
+    headers = [
+        {"format": "dicom", "SOPClassUID": CT_CLASS, "Modality": ""},
+        {"format": "dicom", "SOPClassUID": CT_CLASS},
+        {"format": "dicom", "SOPClassUID": str(pydicom_uids.SecondaryCaptureImageStorage)},
+        {"format": "dicom", "SOPClassUID": CT_CLASS, "Modality": "MR"},  # Modality decides
+    ]
+    assert survey(headers)["modalities"] == {"CT": 2, "MR": 1, "unknown": 1}

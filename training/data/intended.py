@@ -1,9 +1,11 @@
 """What a training set holds, for the manifest's intended use (models/intended_use.py).
 
 Reads headers only: DICOM up to the pixel data (Modality, BodyPartExamined, ViewPosition,
-PhotometricInterpretation, Rows, Columns), PNG/JPEG through Pillow's lazy open (size, turned
-as the EXIF Orientation says), npz arrays by shape. Nothing patient-identifying is read into
-the result.
+PhotometricInterpretation, SOPClassUID, Rows, Columns), PNG/JPEG through Pillow's lazy open
+(size, turned as the EXIF Orientation says), npz arrays by shape. Nothing patient-identifying
+is read into the result. Modality is read as the service's gate reads it: when it says nothing
+(absent, empty, ``OT``), the modality the SOP class implies stands in (CT Image Storage -> CT;
+``models.intended_use.modality_of``), so a CT without Modality is surveyed as CT.
 """
 
 from __future__ import annotations
@@ -14,12 +16,26 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from radlens.models.intended_use import check_stated, intended_use_record, survey
+from radlens.models.intended_use import (
+    check_stated,
+    dataset_metadata,
+    from_record,
+    intended_use_record,
+    survey,
+    violations,
+)
 from radlens.training.data.sources import DataSource, Example, sniff_format
 
 log = logging.getLogger(__name__)
 
-_KEYWORDS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation")
+_KEYWORDS = (
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PhotometricInterpretation",
+    "SOPClassUID",
+)
+_NAMED = 5  # training images outside the stated intended use named in the warning
 
 
 def image_header(source: DataSource, example: Example) -> dict[str, Any]:
@@ -66,9 +82,7 @@ def _dicom_header(path: Path) -> dict[str, Any]:
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except Exception:  # third-party parser boundary: skipped at decode time anyway
         return {"format": "unreadable"}
-    header: dict[str, Any] = {"format": "dicom"}
-    for keyword in _KEYWORDS:
-        header[keyword] = str(ds.get(keyword, "") or "")
+    header: dict[str, Any] = {"format": "dicom", **dataset_metadata(ds, _KEYWORDS)}
     for keyword, key in (("Rows", "rows"), ("Columns", "columns")):
         value = ds.get(keyword)
         header[key] = int(value) if isinstance(value, int) else None
@@ -80,6 +94,23 @@ def _headers(source: DataSource, examples: Sequence[Example]) -> Iterator[dict[s
         yield image_header(source, example)
 
 
+def outside_stated_use(
+    examples: Sequence[Example], headers: Sequence[dict[str, Any]], record: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """(example key, why) of each training image the service's gate would refuse under the
+    stated intended use (the gate's own words, e.g. ``Modality is absent; SOP Class 'CT Image
+    Storage' (...) implies 'CT', which this model is not for (model accepts CR, DX)``); empty
+    when nothing was stated (the survey then is the intended use)."""
+    if record.get("stated") is None:
+        return []
+    gate = from_record(record)
+    found = []
+    for example, header in zip(examples, headers, strict=True):
+        if header.get("format") == "dicom" and (why := violations(header, gate)):
+            found.append((example.key, "; ".join(str(v) for v in why)))
+    return found
+
+
 def intended_use_for(
     source: DataSource,
     examples: Sequence[Example],
@@ -89,9 +120,19 @@ def intended_use_for(
 ) -> dict[str, Any]:
     """The manifest's ``intended_use`` for a model trained on ``examples``: the statement
     (``modalities``/``body_parts`` from the config; none: not stated) and the survey."""
-    observed = survey(_headers(source, examples))
+    headers = list(_headers(source, examples))
+    observed = survey(headers)
     stated = check_stated(modalities, body_parts) if (modalities or body_parts) else None
     record = intended_use_record(observed, stated)
+    outside = outside_stated_use(examples, headers, record)
+    if outside:  # trained on all the same; the service would refuse these
+        log.warning(
+            "%d training image(s) are outside the stated intended use, which the service "
+            "refuses: %s",
+            len(outside),
+            "; ".join(f"{key}: {why}" for key, why in outside[:_NAMED])
+            + (f"; ... and {len(outside) - _NAMED} more" if len(outside) > _NAMED else ""),
+        )
     log.info(
         "intended use (%s): modalities %s, body parts %s; training images %s",
         record["source"],
