@@ -117,8 +117,15 @@ _NON_IMAGE_SOP_CLASSES: tuple[tuple[str, str], ...] = (
     ("1.2.840.10008.5.1.4.1.1.481", "an RT dose, structure set, plan or record"),
     ("1.2.840.10008.5.1.4.34", "an RT (second generation) object"),
 )
-# ... except RT Image (481.1: a portal or simulator radiograph)
-_IMAGE_SOP_CLASSES_UNDER_THOSE = frozenset({"1.2.840.10008.5.1.4.1.1.481.1"})
+# ... except the RT images (portal or simulator radiographs): RT Image (481.1), Enhanced RT
+# Image (481.23) and Enhanced Continuous RT Image (481.24)
+_IMAGE_SOP_CLASSES_UNDER_THOSE = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.481.1",
+        "1.2.840.10008.5.1.4.1.1.481.23",
+        "1.2.840.10008.5.1.4.1.1.481.24",
+    }
+)
 
 
 def non_image_kind(sop_class_uid: object) -> str | None:
@@ -195,7 +202,11 @@ _SOP_CLASS_MODALITIES: dict[str, tuple[str, ...]] = {
         "EnhancedPETImageStorage",
         "LegacyConvertedEnhancedPETImageStorage",
     ),
-    "RTIMAGE": ("RTImageStorage",),
+    "RTIMAGE": (
+        "RTImageStorage",
+        "EnhancedRTImageStorage",
+        "EnhancedContinuousRTImageStorage",
+    ),
     "SM": ("VLWholeSlideMicroscopyImageStorage", "VLSlideCoordinatesMicroscopicImageStorage"),
     "GM": ("VLMicroscopicImageStorage", "VideoMicroscopicImageStorage"),
     "ES": ("VLEndoscopicImageStorage", "VideoEndoscopicImageStorage"),

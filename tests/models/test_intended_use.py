@@ -66,6 +66,8 @@ def test_every_modality_term_dicom_defines_is_known_but_other() -> None:
         ("1.2.840.10008.5.1.4.1.1.88.59", "a structured report"),
         ("1.2.840.10008.5.1.4.1.1.481.10", "an RT dose, structure set, plan or record"),
         ("1.2.840.10008.5.1.4.1.1.481.1", None),  # RT Image: a portal radiograph
+        ("1.2.840.10008.5.1.4.1.1.481.23", None),  # Enhanced RT Image: one too
+        ("1.2.840.10008.5.1.4.1.1.481.24", None),  # Enhanced Continuous RT Image
         ("1.2.840.10008.5.1.4.1.1.1", None),  # CR
         ("1.2.840.10008.5.1.4.1.1.1.1", None),  # DX for presentation
         ("1.2.840.10008.5.1.4.1.1.77.1.6", None),  # VL whole slide microscopy: an image
