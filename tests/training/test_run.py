@@ -241,6 +241,7 @@ def test_resnet50_two_phases_interrupted_in_phase_two_and_resumed(
         learning_rate_finetune=1e-5,
         histogram_freq=0,
         tensorboard_samples=0,
+        openvino=False,  # ResNet50's IR is converted and checked by the quickstart's demo model
     )
 
     class InterruptInPhaseTwo(keras.callbacks.Callback):
@@ -285,6 +286,7 @@ def test_resnet50_from_scratch_trains_everything_including_batchnorm(
         batch_size=16,
         histogram_freq=0,
         tensorboard_samples=0,
+        openvino=False,  # as above
     )
     recorder = _Recorder()
     result = train(config, callbacks=[recorder], verbose=0)
