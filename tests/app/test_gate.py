@@ -258,23 +258,29 @@ def test_dimse_refusal_says_why(databases: Databases, chest_store: Path) -> None
     assert status.ErrorComment == "Outside intended use: Modality CT"
 
 
-@needs_data
-def test_stow_rs_fails_the_ct_instance_and_stores_the_chest_one(refusing: Gated) -> None:
+def _stow_one_refused_one_stored(gated: Gated, refused: bytes, stored: bytes) -> str:
+    """POST both to STOW-RS; the refused one's reason (the stored one's prediction exists)."""
     from tests.app.test_stowrs import multipart_related
 
-    chest = _edited(
-        DATA / "rsna_chest_cr_jpeg_baseline.dcm", SOPInstanceUID=pydicom.uid.generate_uid()
-    )
-    body, content_type = multipart_related([(DATA / "CT1_JLSN.dcm").read_bytes(), chest])
-    response = refusing.client.post(
+    body, content_type = multipart_related([refused, stored])
+    response = gated.client.post(
         "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
     )
     assert response.status_code == 202, response.text  # some stored, some failed
     (failed,) = response.json()["00081198"]["Value"]
     assert failed["00081197"]["Value"] == [0xC000]
     assert failed["00991004"]["Value"] == ["outside-intended-use"]
-    assert "Modality 'CT'" in failed["00991005"]["Value"][0]
     assert len(response.json()["00081199"]["Value"]) == 1
+    return str(failed["00991005"]["Value"][0])
+
+
+@needs_data
+def test_stow_rs_fails_the_ct_instance_and_stores_the_chest_one(refusing: Gated) -> None:
+    chest = _edited(
+        DATA / "rsna_chest_cr_jpeg_baseline.dcm", SOPInstanceUID=pydicom.uid.generate_uid()
+    )
+    reason = _stow_one_refused_one_stored(refusing, (DATA / "CT1_JLSN.dcm").read_bytes(), chest)
+    assert "Modality 'CT'" in reason
 
 
 def test_the_sr_carries_the_gate_flags() -> None:
@@ -493,16 +499,6 @@ def test_dimse_refuses_a_ct_without_modality(databases: Databases, chest_store: 
 
 
 def test_stow_rs_fails_a_ct_without_modality(refusing: Gated) -> None:
-    from tests.app.test_stowrs import multipart_related
-
     chest = _made(pydicom.uid.DigitalXRayImageStorageForPresentation, BodyPartExamined="CHEST")
-    body, content_type = multipart_related([_ct_small_without_modality("empty"), chest])
-    response = refusing.client.post(
-        "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
-    )
-    assert response.status_code == 202, response.text  # some stored, some failed
-    (failed,) = response.json()["00081198"]["Value"]
-    assert failed["00081197"]["Value"] == [0xC000]
-    assert failed["00991004"]["Value"] == ["outside-intended-use"]
-    assert "Modality is empty; SOP Class 'CT Image Storage'" in failed["00991005"]["Value"][0]
-    assert len(response.json()["00081199"]["Value"]) == 1
+    reason = _stow_one_refused_one_stored(refusing, _ct_small_without_modality("empty"), chest)
+    assert "Modality is empty; SOP Class 'CT Image Storage'" in reason
