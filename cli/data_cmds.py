@@ -55,7 +55,6 @@ def demo_data(
 # what training logs for each file it passes over while it opens a data set, and the count:
 # data-check's report lists every one of them (with those decoding drops) under "skipped"
 _SKIP_MESSAGES = ("skipping %s: %s", "%d file(s) skipped in %s")
-_SKIP_LOGGERS = ("radlens.training.data.sources", "radlens.training.data.series")
 
 
 @contextlib.contextmanager
@@ -66,7 +65,10 @@ def _skips_reported_below() -> Iterator[None]:
     def keep(record: logging.LogRecord) -> bool:
         return record.msg not in _SKIP_MESSAGES
 
-    loggers = [logging.getLogger(name) for name in _SKIP_LOGGERS]
+    loggers = [
+        logging.getLogger("radlens.training.data.sources"),
+        logging.getLogger("radlens.training.data.series"),
+    ]
     for logger in loggers:
         logger.addFilter(keep)
     try:
