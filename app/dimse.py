@@ -44,7 +44,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from radlens.app.dimse_inbox import DimseInbox, describe
+from radlens.app.dimse_inbox import DimseInbox, InboxUnreadableError, describe
 from radlens.app.errors import ServiceBusyError
 from radlens.app.ingest import Ingestor
 from radlens.app.settings import Settings
@@ -181,12 +181,18 @@ class StorageSCP:
         self.inbox: DimseInbox | None = None
         self._queued: set[Path] = set()  # in the inbox and not yet finished (loop thread)
         self._tasks: set[asyncio.Task[None]] = set()
-        if settings.dimse_ack == "queued":
+        self.queued = settings.dimse_ack == "queued"
+        inbox_dir = Path(settings.dimse_inbox_dir)
+        if self.queued:
             from radlens.app.startup import ensure_spool
 
             # a path that cannot be a directory: one line naming RADLENS_DIMSE_INBOX_DIR
-            ensure_spool("dimse_inbox_dir", Path(settings.dimse_inbox_dir))
-            self.inbox = DimseInbox(settings.dimse_inbox_dir, settings.uid_pseudonym_key_bytes)
+            ensure_spool("dimse_inbox_dir", inbox_dir)
+            self.inbox = DimseInbox(inbox_dir, settings.uid_pseudonym_key_bytes)
+        elif inbox_dir.is_dir() and any(inbox_dir.glob("*.dcm")):
+            # switched from queued to committed with instances still queued: they were
+            # acknowledged, so they are predicted now (nothing new is queued)
+            self.inbox = DimseInbox(inbox_dir, settings.uid_pseudonym_key_bytes)
 
     @property
     def port(self) -> int:
@@ -296,9 +302,15 @@ class StorageSCP:
         data = event.encoded_dataset()  # preamble + file meta + the dataset as sent
         if len(data) > self.settings.max_upload_bytes:
             return STATUS_TOO_LARGE, "Instance larger than RADLENS_MAX_UPLOAD_BYTES"
-        if self.inbox is not None:
-            if not _holds_pixels(event):  # refused now, not acknowledged and audited later
+        if self.queued:
+            # refused now, while it can be, what ingest would refuse after the acknowledgement
+            # from the header alone: no pixel data, a modality outside the intended use
+            if not _holds_pixels(event):
                 return STATUS_CANNOT_UNDERSTAND, NoPixelDataError.comment
+            try:
+                self.ingestor.refuse_outside_intended_use(data)
+            except RadlensError as exc:
+                return STATUS_CANNOT_UNDERSTAND, getattr(exc, "comment", exc.title)
             return self._queue(data, calling)
         future = asyncio.run_coroutine_threadsafe(self._ingest(data, calling), self._loop)
         try:
@@ -309,9 +321,13 @@ class StorageSCP:
             # the gate's refusals say why (attribute and value, app/gate.py); others the title
             return STATUS_CANNOT_UNDERSTAND, getattr(exc, "comment", exc.title)
         except TimeoutError:
-            future.cancel()
+            # not cancelled: it may be committing now, and then its results are sent as usual;
+            # the sender's retry finds it stored
             return STATUS_OUT_OF_RESOURCES, "Prediction not committed in time; retry"
-        except Exception:
+        except Exception as exc:
+            if _database_down(exc):
+                logger.warning("C-STORE from %s: the database cannot be reached", calling)
+                return STATUS_OUT_OF_RESOURCES, "radlens database unreachable; retry later"
             logger.exception("C-STORE from %s failed", calling)
             return STATUS_PROCESSING_FAILURE, "radlens could not store the instance"
         return STATUS_SUCCESS, ""
@@ -347,13 +363,14 @@ class StorageSCP:
         assert self.inbox is not None
         calling = self.inbox.calling_ae(path)
         try:
-            data = await asyncio.to_thread(self.inbox.read, path)
-            while True:
-                try:
-                    await self._ingest(data, calling)
-                    break
-                except ServiceBusyError:  # acknowledged: wait for room, never drop it
-                    await asyncio.sleep(0.2)
+            try:
+                data = await asyncio.to_thread(self.inbox.read, path)
+            except InboxUnreadableError as exc:  # kept aside, never deleted: see its message
+                kept = await asyncio.to_thread(self.inbox.set_aside, path)
+                logger.error("DIMSE inbox: %s; kept as %s", exc, kept.name)
+                await self._audit(calling, 500, str(exc))
+                return
+            await self._ingest_until_done(data, calling)
         except asyncio.CancelledError:
             raise  # shutting down: the file stays for the next start
         except (RadlensError, ValueError, OSError) as exc:
@@ -366,11 +383,41 @@ class StorageSCP:
         finally:
             self._queued.discard(path)
 
+    async def _ingest_until_done(self, data: bytes, calling: str) -> None:
+        """Ingest an acknowledged instance; wait out a full queue or a database that cannot be
+        reached (it was acknowledged: it is never dropped for a transient reason)."""
+        waited = 0.0
+        while True:
+            try:
+                await self._ingest(data, calling)
+            except ServiceBusyError:  # wait for room
+                await asyncio.sleep(0.2)
+            except Exception as exc:
+                if not _database_down(exc):
+                    raise
+                if waited == 0.0:
+                    logger.warning(
+                        "DIMSE inbox: the database cannot be reached; the instance from %s "
+                        "stays queued and is retried",
+                        calling,
+                    )
+                pause = min(30.0, max(1.0, waited))  # 1 s, then doubling, at most 30 s
+                await asyncio.sleep(pause)
+                waited += pause
+            else:
+                if waited:
+                    logger.info("DIMSE inbox: the instance from %s was predicted", calling)
+                return
+
     async def _failed(self, path: Path, calling: str, status: int, reason: str) -> None:
         assert self.inbox is not None
         logger.warning(
             "DIMSE inbox: queued instance from %s not predicted (%d): %s", calling, status, reason
         )
+        await self._audit(calling, status, reason)
+        self.inbox.remove(path)
+
+    async def _audit(self, calling: str, status: int, reason: str) -> None:
         if self.sessionmaker is not None:
             from radlens.app.audit import record_apart
 
@@ -382,4 +429,13 @@ class StorageSCP:
                 status=status,
                 query=f"reason={reason}",
             )
-        self.inbox.remove(path)
+
+
+def _database_down(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached now (transient: retry), as the
+    REST routes answer it 503 (app/errors.py)."""
+    from sqlalchemy.exc import OperationalError
+
+    from radlens.app.errors import DatabaseUnavailableError
+
+    return isinstance(exc, OperationalError | DatabaseUnavailableError)

@@ -19,7 +19,10 @@ sender streams the series and the model batches it (docs/benchmarks/dimse.md):
 The file name carries the calling AE title (hex) for the audit actor. An instance that
 fails *after* it was acknowledged cannot be refused any more: the failure is logged and
 recorded as a ``dimse.store`` audit row (status 422; 500 for an unexpected error), and its
-file deleted.
+file deleted. A database that cannot be reached is waited out (the file stays and is retried);
+a file the current RADLENS_UID_PSEUDONYM_KEY cannot decrypt is renamed ``*.unreadable`` and
+kept (logged and audited with what to do), never deleted. A service restarted with
+``RADLENS_DIMSE_ACK=committed`` still predicts what a queued one left.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".part"
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+class InboxUnreadableError(ValueError):
+    """A queued instance that cannot be decrypted with the current key (or was encrypted and
+    no key is set): its message names the file and what to do, nothing of its content."""
 
 
 class DimseInbox:
@@ -66,18 +75,33 @@ class DimseInbox:
         return sorted(self.directory.glob("*.dcm"))
 
     def read(self, path: Path) -> bytes:
-        """The instance's bytes (decrypted); raises ValueError when they cannot be."""
+        """The instance's bytes (decrypted); raises InboxUnreadableError when they cannot be
+        (the key changed or went: the file must not be deleted, see :meth:`set_aside`)."""
         data = path.read_bytes()
         if self._fernet is None:
             if data[128:132] != b"DICM":
-                raise ValueError("encrypted under RADLENS_UID_PSEUDONYM_KEY, which is unset")
+                raise InboxUnreadableError(
+                    f"{path.name} is encrypted, and RADLENS_UID_PSEUDONYM_KEY is unset: set "
+                    "the key it was queued under, and move the file back to *.dcm"
+                )
             return data
         from cryptography.fernet import InvalidToken
 
         try:
             return bytes(self._fernet.decrypt(data))
         except InvalidToken:
-            raise ValueError("not decryptable: RADLENS_UID_PSEUDONYM_KEY changed") from None
+            raise InboxUnreadableError(
+                f"{path.name} was queued under another RADLENS_UID_PSEUDONYM_KEY: set that "
+                "key, and move the file back to *.dcm"
+            ) from None
+
+    @staticmethod
+    def set_aside(path: Path) -> Path:
+        """Rename an instance that cannot be read now out of the queue (``*.unreadable``):
+        acknowledged to its sender, it is kept for whoever holds the right key."""
+        kept = path.with_name(path.name + UNREADABLE_SUFFIX)
+        os.replace(path, kept)
+        return kept
 
     @staticmethod
     def calling_ae(path: Path) -> str:

@@ -329,6 +329,19 @@ class Ingestor:
         self._dedupe_key = settings.dedupe_key_bytes
         self.outbox: Outbox | None = None  # RADLENS_DICOM_DESTINATIONS (set in the lifespan)
 
+    def refuse_outside_intended_use(self, data: bytes) -> None:
+        """The metadata gate alone, on the header (nothing decoded): raises
+        OutsideIntendedUseError when ``RADLENS_GATE=refuse`` and the header contradicts the
+        model's intended use. For a sender that is answered before the instance is predicted
+        (DIMSE ``queued``): refused while it can still be, as ingest would refuse it later."""
+        if self.settings.gate != "refuse":
+            return
+        try:
+            gate_upload(data, self._intended_use, "refuse", self.settings.max_pixels)
+        except OutsideIntendedUseError:
+            self.metrics.observe_gated("outside-intended-use", "refused")
+            raise
+
     def check_capacity(self) -> None:
         """503 + Retry-After (ServiceBusyError) at once when the predictor's or the writer's
         queue is full: called before an upload's body is read, so a refused upload is never

@@ -176,3 +176,142 @@ def test_an_instance_without_pixels_is_refused_before_it_is_queued(
         assert _send(app.state.dimse.port, [empty]) == [0xC000]
         assert list((tmp_path / "inbox").iterdir()) == []
         assert _send(app.state.dimse.port, [_ds(seed=9)]) == [0x0000]  # still serving
+
+
+def test_a_database_outage_keeps_acknowledged_instances_until_it_ends(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> None:
+    """A database that could not be reached for a moment made every instance acknowledged in
+    that moment fail: audited (if it could be), logged with a traceback, and deleted (QA
+    round 15 lost 20 that way). It is waited out: the file stays until it is predicted."""
+    from sqlalchemy.exc import OperationalError
+
+    from radlens.app.main import create_app
+
+    inbox = tmp_path / "inbox"
+    settings = _settings(migrated_database_url, model_store, inbox)
+    with TestClient(create_app(settings)) as client:
+        app: Any = client.app
+        scp = app.state.dimse
+        ingest, outage = scp._ingest, {"left": 2}
+
+        async def database_down_twice(data: bytes, calling: str) -> None:
+            if outage["left"]:
+                outage["left"] -= 1
+                raise OperationalError("INSERT ...", {}, ConnectionRefusedError("refused"))
+            await ingest(data, calling)
+
+        scp._ingest = database_down_twice
+        assert _send(scp.port, [_ds(seed=11)]) == [0x0000]
+        assert list(inbox.glob("*.dcm"))  # kept while the database is down
+        wait_for(lambda: _rows(app, "SELECT id FROM predictions"), 60, "the prediction")
+        wait_for(lambda: not list(inbox.iterdir()), 30, "an empty inbox")
+        failures = _rows(app, "SELECT status FROM audit_events WHERE action = 'dimse.store'")
+    assert outage["left"] == 0 and failures == []
+
+
+def test_an_instance_queued_under_another_key_is_kept_aside_not_deleted(
+    tmp_path: Path,
+    model_store: Path,
+    migrated_database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Restarted with another RADLENS_UID_PSEUDONYM_KEY, every queued instance was deleted,
+    each audited as "ValueError" (QA round 15). Now it is renamed out of the queue and kept
+    for whoever holds the key, and the log and the audit row say so."""
+    from radlens.app.dimse_inbox import DimseInbox
+    from radlens.app.main import create_app
+
+    inbox_dir = tmp_path / "inbox"
+    path = DimseInbox(inbox_dir, b"the-key-it-was-queued-under-0123456789").put(
+        dicom_bytes(seed=12), "MODALITY"
+    )
+    settings = _settings(
+        migrated_database_url,
+        model_store,
+        inbox_dir,
+        uid_pseudonym_key=PSEUDONYM_KEY,
+        dedupe_key=DEDUPE_KEY,
+    )
+    with TestClient(create_app(settings)) as client, caplog.at_level("ERROR"):
+        app: Any = client.app
+        (query,) = wait_for(
+            lambda: [
+                r[0]
+                for r in _rows(app, "SELECT query FROM audit_events WHERE action = 'dimse.store'")
+            ],
+            60,
+            "the audit row",
+        )
+        assert _rows(app, "SELECT id FROM predictions") == []
+    kept = path.with_name(path.name + ".unreadable")
+    assert kept.is_file() and not path.exists()
+    assert "another RADLENS_UID_PSEUDONYM_KEY" in query
+    assert any(kept.name in r.getMessage() for r in caplog.records)
+
+
+def test_instances_a_queued_service_left_are_predicted_by_a_committed_one(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> None:
+    """Restarted with RADLENS_DIMSE_ACK=committed, the instances a queued service had
+    acknowledged stayed in its inbox unseen, without a word (QA round 15)."""
+    from radlens.app.dimse_inbox import DimseInbox
+    from radlens.app.main import create_app
+
+    inbox_dir = tmp_path / "inbox"
+    DimseInbox(inbox_dir, None).put(dicom_bytes(seed=13, study=new_uid()), "MODALITY")
+    settings = make_settings(
+        migrated_database_url, model_store, dimse_port=0, dimse_inbox_dir=inbox_dir
+    )
+    assert settings.dimse_ack == "committed"
+    with TestClient(create_app(settings)) as client:
+        app: Any = client.app
+        wait_for(lambda: _rows(app, "SELECT id FROM predictions"), 120, "the left prediction")
+        wait_for(lambda: not list(inbox_dir.glob("*.dcm")), 30, "an empty inbox")
+        assert _send(app.state.dimse.port, [_ds(seed=14)]) == [0x0000]  # committed as before
+        assert not list(inbox_dir.glob("*.dcm"))
+
+
+def test_an_instance_outside_the_intended_use_is_refused_before_it_is_queued(
+    tmp_path: Path, migrated_database_url: str
+) -> None:
+    """Acknowledged Success, then audited as a 422 (QA round 15: 141 of 247 on one run): the
+    gate reads the header only, so the queued mode refuses as the committed one does."""
+    from radlens.app.main import create_app
+    from tests.app.conftest import save_tiny_model
+    from tests.app.test_gate import CHEST_CR_DX
+
+    store = tmp_path / "store"
+    save_tiny_model(store, name="chest", intended_use=CHEST_CR_DX)
+    settings = _settings(migrated_database_url, store, tmp_path / "inbox")
+    with TestClient(create_app(settings)) as client:
+        app: Any = client.app
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", app.state.dimse.port, ae_title="RADLENS")
+        assert assoc.is_established
+        status = assoc.send_c_store(_ds(seed=15))  # a CT to a chest CR/DX model
+        assoc.release()
+        assert list((tmp_path / "inbox").iterdir()) == []
+    assert status.Status == 0xC000
+    assert status.ErrorComment == "Outside intended use: Modality CT"
+
+
+def test_committed_mode_answers_a_database_outage_out_of_resources(
+    tmp_path: Path, model_store: Path, migrated_database_url: str
+) -> None:
+    """It answered 0x0110 "processing failure" with a traceback in the log (QA round 15): a
+    sender stops on that; 0xA700 says retry, as the REST routes' 503 does."""
+    from sqlalchemy.exc import OperationalError
+
+    from radlens.app.main import create_app
+
+    settings = make_settings(migrated_database_url, model_store, dimse_port=0)
+    with TestClient(create_app(settings)) as client:
+        scp = client.app.state.dimse  # type: ignore[attr-defined]
+
+        async def database_down(data: bytes, calling: str) -> None:
+            raise OperationalError("INSERT ...", {}, ConnectionRefusedError("refused"))
+
+        scp._ingest = database_down
+        assert _send(scp.port, [_ds(seed=16)]) == [0xA700]
