@@ -100,9 +100,9 @@ class ServiceMetrics:
         meta = image.metadata
         self.inputs.labels(
             format=meta.format,
-            modality=_label_value(meta.modality),
-            body_part=_label_value(meta.body_part),
-            photometric=_label_value(meta.photometric_interpretation),
+            modality=modality_label(meta.modality),
+            body_part=body_part_label(meta.body_part),
+            photometric=photometric_label(meta.photometric_interpretation),
             size=size_bucket(meta.rows, meta.columns),
             manufacturer=manufacturer_label(getattr(meta, "manufacturer", None)),
         ).inc()
@@ -210,12 +210,54 @@ _MANUFACTURER_NEEDLES = tuple(
 )
 
 
-def _label_value(value: str | None) -> str:
-    # header values from uploads: bounded and printable, so a label set cannot explode
-    if not value:
-        return "unknown"
-    cleaned = "".join(ch for ch in value.strip().upper()[:16] if ch.isalnum() or ch in "_ -")
-    return cleaned or "unknown"
+# Photometric Interpretation's defined terms (PS3.3 C.7.6.3.1.2)
+PHOTOMETRIC_INTERPRETATIONS = frozenset(
+    {
+        "MONOCHROME1",
+        "MONOCHROME2",
+        "PALETTE COLOR",
+        "RGB",
+        "HSV",
+        "ARGB",
+        "CMYK",
+        "YBR_FULL",
+        "YBR_FULL_422",
+        "YBR_PARTIAL_422",
+        "YBR_PARTIAL_420",
+        "YBR_ICT",
+        "YBR_RCT",
+    }
+)
+
+
+def _known_or_other(value: str | None, known: str | None) -> str:
+    """The label of a header value: ``known`` (a fixed vocabulary's term), "unknown" when the
+    value is absent or blank, "other" for any other text: free text (a name typed into Body
+    Part Examined) never becomes a label, and the series count cannot grow with the input."""
+    if known is not None:
+        return known
+    return "other" if value is not None and str(value).strip(" \x00") else "unknown"
+
+
+def modality_label(value: str | None) -> str:
+    """A Modality's label: its DICOM term (CID 33, models/intended_use.py), or other/unknown."""
+    from radlens.models.intended_use import normalise_modality
+
+    return _known_or_other(value, normalise_modality(value))
+
+
+def body_part_label(value: str | None) -> str:
+    """A Body Part Examined's label: the canonical body part the gate reads (``thorax``,
+    ``Chest_PA`` -> CHEST), or other/unknown."""
+    from radlens.models.intended_use import normalise_body_part
+
+    return _known_or_other(value, normalise_body_part(value))
+
+
+def photometric_label(value: str | None) -> str:
+    """A Photometric Interpretation's label: a defined term, or other/unknown."""
+    text = str(value or "").strip(" \x00").upper()
+    return _known_or_other(value, text if text in PHOTOMETRIC_INTERPRETATIONS else None)
 
 
 class MetricsMiddleware:

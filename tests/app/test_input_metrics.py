@@ -107,3 +107,46 @@ def test_free_text_never_becomes_a_label_value() -> None:
     assert {"other", "unknown"} <= labels
     assert manufacturer_label("Doe^Jane^Q") == "other"
     assert len(MANUFACTURER_LABELS) == len(set(MANUFACTURER_LABELS)) <= 20
+
+
+@pytest.mark.parametrize(
+    ("modality", "body_part", "photometric", "labels"),
+    [
+        ("CR", "CHEST", "MONOCHROME1", ("CR", "CHEST", "MONOCHROME1")),
+        ("dx", "Chest_PA", "monochrome2 ", ("DX", "CHEST", "MONOCHROME2")),
+        # QA round 15: a name typed into Modality and Body Part Examined was a label value
+        ("SMITHJ", "JOHN SMITH 1970", "MRN 0042", ("other", "other", "other")),
+        (None, "", " ", ("unknown", "unknown", "unknown")),
+    ],
+)
+def test_modality_body_part_and_photometric_labels_are_terms_not_free_text(
+    modality: str | None, body_part: str | None, photometric: str | None, labels: tuple[str, ...]
+) -> None:
+    from radlens.app.metrics import body_part_label, modality_label, photometric_label
+
+    assert (
+        modality_label(modality),
+        body_part_label(body_part),
+        photometric_label(photometric),
+    ) == labels
+
+
+def test_free_text_in_any_header_label_never_becomes_a_label_value() -> None:
+    from radlens.app.metrics import (
+        PHOTOMETRIC_INTERPRETATIONS,
+        body_part_label,
+        modality_label,
+        photometric_label,
+    )
+    from radlens.models.intended_use import normalise_body_part, normalise_modality
+
+    rng = random.Random(1)
+    values = [
+        "".join(rng.choice(string.printable) for _ in range(rng.randint(0, 40)))
+        for _ in range(5_000)
+    ] + ["Doe^Jane^Q", "MRN-998877", "X" * 100_000]
+    for value in values:
+        assert modality_label(value) in {"other", "unknown", normalise_modality(value)}
+        assert body_part_label(value) in {"other", "unknown", normalise_body_part(value)}
+        assert photometric_label(value) in PHOTOMETRIC_INTERPRETATIONS | {"other", "unknown"}
+    assert modality_label("Doe^Jane^Q") == body_part_label("MRN-998877") == "other"
