@@ -72,6 +72,15 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
 
+# a refused C-STORE's audit status, as the REST routes answer the same refusal
+_HTTP_LIKE = {
+    STATUS_CANNOT_UNDERSTAND: 422,
+    STATUS_TOO_LARGE: 413,
+    STATUS_OUT_OF_RESOURCES: 503,
+    STATUS_PROCESSING_FAILURE: 500,
+}
+
+
 def prefer_the_senders_syntaxes(event: Any) -> None:
     """Order each supported context's transfer syntaxes as the sender proposed them, before
     the association is negotiated (EVT_REQUESTED).
@@ -292,6 +301,16 @@ class StorageSCP:
         if status == STATUS_SUCCESS:
             return status
         logger.warning("C-STORE from %s refused: 0x%04X %s", calling, status, comment)
+        if self.sessionmaker is not None:  # as a refused HTTP upload is (it was not, QA 15)
+            from radlens.app.audit import record_apart
+
+            record_apart(
+                self.sessionmaker,
+                actor=f"dimse:{calling}"[:32],
+                action="dimse.store",
+                status=_HTTP_LIKE.get(status, 500),
+                query=f"reason={comment}"[:512],
+            )
         response = Dataset()
         response.Status = status
         response.ErrorComment = error_comment(comment)

@@ -36,6 +36,16 @@ class Node:
         with self.app.state.resources.engine.connect() as conn:
             return int(conn.execute(text(f'SELECT count(*) FROM "{table}"')).scalar() or 0)
 
+    def audited(self, action: str) -> list[tuple[str, int, str]]:
+        from sqlalchemy import text
+
+        with self.app.state.resources.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT actor, status, query FROM audit_events WHERE action = :a ORDER BY id"),
+                {"a": action},
+            )
+            return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
+
     def actors(self) -> list[str]:
         from sqlalchemy import text
 
@@ -123,12 +133,17 @@ def test_a_refusal_names_its_reason_in_the_error_comment(
             del ds.PixelData
         else:
             ds[keyword].value = value
+    audited = node.audited("dimse.store")
     assoc = _assoc(node)
     status = assoc.send_c_store(ds)
     assoc.release()
     assert status.Status == 0xC000
     assert status.ErrorComment == comment
     assert node.count("predictions") == before
+    # audited as a refused HTTP upload is (a committed-mode refusal left no row: QA round 15)
+    assert node.audited("dimse.store")[len(audited) :] == [
+        ("dimse:SENDER", 422, f"reason={comment}")
+    ]
 
 
 def test_calling_ae_not_on_the_list_is_rejected(node: Node) -> None:
