@@ -335,7 +335,7 @@ class StorageSCP:
         try:
             future.result(timeout=self.settings.dimse_dimse_timeout_s)
         except ServiceBusyError as exc:
-            return STATUS_OUT_OF_RESOURCES, exc.title
+            return STATUS_OUT_OF_RESOURCES, exc.comment
         except RadlensError as exc:
             # the gate's refusals say why (attribute and value, app/gate.py); others the title
             return STATUS_CANNOT_UNDERSTAND, getattr(exc, "comment", exc.title)

@@ -109,6 +109,7 @@ class ServiceBusyError(AppError):
 
     code = "service-busy"
     title = "The service has as much work queued as it accepts; retry after Retry-After seconds"
+    comment = "radlens is busy: retry in a few seconds"  # DIMSE (no Retry-After there)
     status_code = 503
     headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 

@@ -62,6 +62,7 @@ class TruncatedDataError(PreprocessingError):
 class ImageTooLargeError(PreprocessingError):
     code = "image-too-large"
     title = "The image has too many pixels; send a smaller image or raise the pixel limit"
+    comment = "Too many pixels: send a smaller image or raise the limit"
 
 
 class DeflatedDatasetTooLargeError(ImageTooLargeError):
@@ -72,6 +73,7 @@ class DeflatedDatasetTooLargeError(ImageTooLargeError):
         "The deflated DICOM dataset inflates to more than the size limit allows; send it "
         "uncompressed or with compressed pixel data, or raise the pixel limit"
     )
+    comment = "Deflated data set too large: send it uncompressed"
 
 
 class EncapsulatedUnderNativeSyntaxError(PreprocessingError):
@@ -83,6 +85,7 @@ class EncapsulatedUnderNativeSyntaxError(PreprocessingError):
         "The DICOM pixel data is compressed (encapsulated) but the transfer syntax says "
         "uncompressed or is missing; the file's header is wrong: re-export it from the source"
     )
+    comment = "Compressed pixel data under an uncompressed syntax: re-export"
 
 
 class CodestreamMismatchError(PreprocessingError):
@@ -94,11 +97,13 @@ class CodestreamMismatchError(PreprocessingError):
         "The compressed pixel data disagrees with the DICOM header (size, samples, bit depth "
         "or resolution levels); re-encode the image or correct its header"
     )
+    comment = "Compressed pixels disagree with the header: re-encode the image"
 
 
 class InvalidImageError(PreprocessingError):
     code = "invalid-image"
     title = "The image is invalid; check its size, pixel values and the options given"
+    comment = "Invalid image: check its size, pixel values and header"
 
 
 class MalformedDicomError(InvalidImageError):
@@ -125,6 +130,7 @@ class InvalidRescaleError(InvalidImageError):
         "The DICOM header's Rescale Slope/Intercept (or Modality LUT) is empty or makes the "
         "image blank or not finite; correct them in the header, or send the original image"
     )
+    comment = "Rescale/Modality LUT empty or blanks the image: fix the header"
 
 
 class IncompletePixelHeaderError(InvalidImageError):

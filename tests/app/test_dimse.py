@@ -496,3 +496,28 @@ def test_one_context_with_several_syntaxes_is_accepted_in_the_senders_order(node
     assoc.release()
     assert status.Status == 0x0000
     assert node.count("predictions") == before + 1
+
+
+def test_every_refusal_has_an_error_comment_that_fits() -> None:
+    """A DIMSE Error Comment holds 64 characters: an error whose title is longer says it in a
+    ``comment`` of its own, so the advice is not cut off (QA round 15: "...or raise...")."""
+    from radlens.app.errors import STATUS_BY_CODE, AppError
+    from radlens.models.errors import RadlensError
+
+    def subclasses(cls: type) -> list[type]:
+        return [cls] + [s for c in cls.__subclasses__() for s in subclasses(c)]
+
+    too_long = []
+    for cls in subclasses(RadlensError):
+        status = getattr(cls, "status_code", None) or STATUS_BY_CODE.get(cls.code, 500)
+        if issubclass(cls, AppError) and cls.code not in ("service-busy",):
+            continue  # HTTP-only problems (auth, routing ...): never a C-STORE's answer
+        if not (400 <= status < 500 or cls.code == "service-busy"):
+            continue
+        text = getattr(cls, "comment", None)
+        if isinstance(text, property):
+            continue  # made per refusal, naming the attribute (tested above)
+        text = text if isinstance(text, str) else cls.title
+        if len(text) > 64:
+            too_long.append((cls.__name__, text))
+    assert too_long == []
