@@ -146,11 +146,8 @@ class IncompletePixelHeaderError(InvalidImageError):
     def __init__(self, detail: str, missing: list[str] | None = None) -> None:
         super().__init__(detail)
         self.missing = list(missing or [])
-
-    @property
-    def comment(self) -> str:
-        """A short reason for a DICOM Error Comment (64 characters): the first attribute."""
-        return f"Pixel header lacks {self.missing[0] if self.missing else 'an attribute'}"
+        # a short reason for a DICOM Error Comment (64 characters): the first attribute
+        self.comment = f"Pixel header lacks {self.missing[0] if self.missing else 'an attribute'}"
 
 
 class BlankImageError(InvalidImageError):

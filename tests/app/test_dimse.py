@@ -514,9 +514,9 @@ def test_every_refusal_has_an_error_comment_that_fits() -> None:
             continue  # HTTP-only problems (auth, routing ...): never a C-STORE's answer
         if not (400 <= status < 500 or cls.code == "service-busy"):
             continue
+        if cls.__name__ == "IncompletePixelHeaderError":
+            continue  # its comment is made per refusal, naming the attribute (tested above)
         text = getattr(cls, "comment", None)
-        if isinstance(text, property):
-            continue  # made per refusal, naming the attribute (tested above)
         text = text if isinstance(text, str) else cls.title
         if len(text) > 64:
             too_long.append((cls.__name__, text))
