@@ -677,7 +677,7 @@ class Ingestor:
             self.metrics.observe_upload(
                 self.predictor.manifest.ref, stored.scores, candidate.image, stored.label
             )
-        if send_back and written.created:
+        if send_back and (written.created or not await self._results_queued(written)):
             await self._send_back(written, candidate)
         return Ingested(
             prediction=written.prediction,
@@ -687,6 +687,20 @@ class Ingestor:
             explanation_created=written.explanation_created,
             findings=candidate.findings,
         )
+
+    async def _results_queued(self, written: Any) -> bool:
+        """Whether a stored prediction's results went to the outbox before. An instance
+        received again whose prediction was committed but whose results were never queued (a
+        crash between the two; a queued DIMSE instance replayed after a restart) gets them
+        now; one whose results were queued or delivered gets nothing twice."""
+        assert self.outbox is not None
+        try:
+            return await asyncio.to_thread(self.outbox.handled, str(written.prediction.id))
+        except Exception as exc:  # the database: not known, so not sent a second time
+            logger.warning(
+                "outbox: could not tell whether results were sent: %s", type(exc).__name__
+            )
+            return True
 
     async def _send_back(self, written: Any, candidate: Candidate) -> None:
         """Queue the new prediction's SR/SC for the destinations (app/outbox.py). The

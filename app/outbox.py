@@ -212,6 +212,31 @@ class Outbox:
             self._wake.set()
         return count
 
+    def handled(self, prediction_id: str) -> bool:
+        """Whether a prediction's results were queued before: an entry in the spool (pending,
+        or settled and waiting for its audit row), or a ``dicom.send.deliver``/``drop`` audit
+        row. False for one whose commit was not followed by its queueing (a crash between
+        the two, a queued instance replayed after a restart): it is queued when the instance
+        is received again. Without a sessionmaker (tests) the spool alone decides."""
+        if any(entry.prediction_id == prediction_id for entry in self._spool()):
+            return True
+        if self.sessionmaker is None:
+            return False
+        from sqlalchemy import func, select
+
+        from radlens.app.security_tables import AuditEvent
+
+        with self.sessionmaker() as session:
+            found = session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(
+                    AuditEvent.action.in_((DELIVER_ACTION, DROP_ACTION)),
+                    AuditEvent.target == prediction_id,
+                )
+            )
+        return bool(found)
+
     # --- the spool -----------------------------------------------------------------
 
     def _state_path(self, entry: Entry) -> Path:

@@ -797,3 +797,50 @@ def test_an_instance_without_a_study_uid_is_answered_and_the_log_says_why_nothin
     assert "results not sent to the DICOM destinations: the instance lacks StudyInstanceUID" in (
         caplog.text
     )
+
+
+def test_results_never_queued_are_queued_when_the_instance_comes_again(
+    tmp_path: Path, model_store: Path, migrated_database_url: str, pacs: AcceptingPACS
+) -> None:
+    """A crash between a prediction's commit and the queueing of its SR (or a queued DIMSE
+    instance replayed after a restart, or a C-STORE answered at its timeout) left the
+    prediction stored and its SR never sent: the sender's retry was answered "existing" and
+    nothing was queued (QA round 15: 18 of 47 SRs after a kill -9). The results of a stored
+    prediction are queued when its instance comes again, unless they were queued before."""
+    from radlens.app.main import create_app
+
+    settings = outbox_settings(
+        migrated_database_url, model_store, tmp_path / "spool", f"PACS@127.0.0.1:{pacs.port}"
+    )
+    data = dicom_bytes(sop=new_uid(), study=new_uid())
+    with TestClient(create_app(settings)) as client:
+        app: Any = client.app
+        ingestor = app.state.resources.ingestor
+        send_back = ingestor._send_back
+
+        async def crashed(written: Any, candidate: Any) -> None:
+            return None  # committed, then the process "died" before the SR was queued
+
+        ingestor._send_back = crashed
+        first = post_dicom(client, data)
+        ingestor._send_back = send_back
+        assert pacs.received == []
+
+        again = client.post(
+            "/v1/predictions", files={"file": ("ct.dcm", data, "application/dicom")}
+        )
+        assert again.status_code == 200 and again.json()["id"] == first["id"]  # existing
+        (sr,) = wait_for(lambda: list(pacs.received), what="the SR of the stored prediction")
+        wait_for(
+            lambda: (
+                ("dicom.send.deliver", first["id"]) in [(a, t) for a, t, _ in audit_actions(app)]
+            ),
+            what="its delivery's audit row",
+        )
+        # sent once: a third post of the instance queues nothing more
+        third = client.post(
+            "/v1/predictions", files={"file": ("ct.dcm", data, "application/dicom")}
+        )
+        assert third.status_code == 200
+        assert client.get("/v1/dicom/outbox").json()["pending"] == []
+    assert pacs.received == [sr]
