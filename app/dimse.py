@@ -381,6 +381,7 @@ class StorageSCP:
         """Predict and commit one queued instance; delete its file once that is done."""
         assert self.inbox is not None
         calling = self.inbox.calling_ae(path)
+        data: bytes | None = None
         try:
             try:
                 data = await asyncio.to_thread(self.inbox.read, path)
@@ -393,10 +394,10 @@ class StorageSCP:
         except asyncio.CancelledError:
             raise  # shutting down: the file stays for the next start
         except (RadlensError, ValueError, OSError) as exc:
-            await self._failed(path, calling, 422, describe(exc))
+            await self._failed(path, calling, 422, describe(exc), data)
         except Exception as exc:
             logger.exception("DIMSE inbox: queued instance from %s failed", calling)
-            await self._failed(path, calling, 500, describe(exc))
+            await self._failed(path, calling, 500, describe(exc), data)
         else:
             self.inbox.remove(path)
         finally:
@@ -428,15 +429,39 @@ class StorageSCP:
                     logger.info("DIMSE inbox: the instance from %s was predicted", calling)
                 return
 
-    async def _failed(self, path: Path, calling: str, status: int, reason: str) -> None:
+    async def _failed(
+        self, path: Path, calling: str, status: int, reason: str, data: bytes | None = None
+    ) -> None:
         assert self.inbox is not None
         logger.warning(
             "DIMSE inbox: queued instance from %s not predicted (%d): %s", calling, status, reason
         )
-        await self._audit(calling, status, reason)
+        # the audit row names the instance (as a prediction row would: pseudonymised under
+        # RADLENS_UID_PSEUDONYM_KEY), so the sender can be asked for it again (QA round 15)
+        target = await asyncio.to_thread(self._instance_ref, data) if data else None
+        await self._audit(calling, status, reason, target)
         self.inbox.remove(path)
 
-    async def _audit(self, calling: str, status: int, reason: str) -> None:
+    def _instance_ref(self, data: bytes) -> str | None:
+        """The SOP Instance UID of a queued instance's bytes, as the predictions table would
+        store it (pseudonymised when the site says so); None when it cannot be read."""
+        from radlens.app.pseudonym import pseudonymise_uid
+
+        try:
+            from pydicom import dcmread
+            from pydicom.filebase import DicomBytesIO
+
+            ds = dcmread(DicomBytesIO(data), stop_before_pixels=True, force=True)
+            uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+        except Exception:  # third-party parser boundary: the row then names no instance
+            return None
+        if not uid:
+            return None
+        return pseudonymise_uid(uid, self.settings.uid_pseudonym_key_bytes)
+
+    async def _audit(
+        self, calling: str, status: int, reason: str, target: str | None = None
+    ) -> None:
         if self.sessionmaker is not None:
             from radlens.app.audit import record_apart
 
@@ -446,6 +471,7 @@ class StorageSCP:
                 actor=f"dimse:{calling}"[:32],
                 action="dimse.store",
                 status=status,
+                target=target[:64] if target else None,
                 query=f"reason={reason}",
             )
 

@@ -123,7 +123,8 @@ def test_a_late_failure_is_an_audit_row_and_leaves_nothing(
 ) -> None:
     from radlens.app.main import create_app
 
-    bad = _ds(seed=5)
+    sop = new_uid()
+    bad = _ds(seed=5, sop=sop)
     bad.PixelData = bad.PixelData[: len(bad.PixelData) // 3]  # truncated: found after the ack
     settings = _settings(migrated_database_url, model_store, tmp_path / "inbox")
     with TestClient(create_app(settings)) as client:
@@ -131,7 +132,9 @@ def test_a_late_failure_is_an_audit_row_and_leaves_nothing(
         assert _send(app.state.dimse.port, [bad]) == [0x0000]  # acknowledged when queued
         rows = wait_for(
             lambda: _rows(
-                app, "SELECT actor, status, query FROM audit_events WHERE action = 'dimse.store'"
+                app,
+                "SELECT actor, status, query, target FROM audit_events "
+                "WHERE action = 'dimse.store'",
             ),
             60,
             "the failure's audit row",
@@ -139,9 +142,10 @@ def test_a_late_failure_is_an_audit_row_and_leaves_nothing(
         wait_for(lambda: not list((tmp_path / "inbox").iterdir()), 30, "an empty inbox")
         assert _rows(app, "SELECT id FROM predictions") == []
         assert client.get("/healthz").status_code == 200
-    ((actor, status, query),) = rows
+    ((actor, status, query, target),) = rows
     assert (actor, status) == ("dimse:MODALITY", 422)
     assert query.startswith("reason=")
+    assert target == sop  # which instance to ask the sender for again (QA round 15)
 
 
 def test_a_full_inbox_refuses_with_out_of_resources(
