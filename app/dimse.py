@@ -72,6 +72,8 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
 
+DATABASE_DOWN = "radlens database unreachable; retry later"  # an Error Comment
+
 # a refused C-STORE's audit status, as the REST routes answer the same refusal
 _HTTP_LIKE = {
     STATUS_CANNOT_UNDERSTAND: 422,
@@ -301,7 +303,9 @@ class StorageSCP:
         if status == STATUS_SUCCESS:
             return status
         logger.warning("C-STORE from %s refused: 0x%04X %s", calling, status, comment)
-        if self.sessionmaker is not None:  # as a refused HTTP upload is (it was not, QA 15)
+        # audited as a refused HTTP upload is (it was not, QA 15); not while the database is
+        # down: the row could not be written, and trying would hold the answer back
+        if self.sessionmaker is not None and comment != DATABASE_DOWN:
             from radlens.app.audit import record_apart
 
             record_apart(
@@ -346,7 +350,7 @@ class StorageSCP:
         except Exception as exc:
             if _database_down(exc):
                 logger.warning("C-STORE from %s: the database cannot be reached", calling)
-                return STATUS_OUT_OF_RESOURCES, "radlens database unreachable; retry later"
+                return STATUS_OUT_OF_RESOURCES, DATABASE_DOWN
             logger.exception("C-STORE from %s failed", calling)
             return STATUS_PROCESSING_FAILURE, "radlens could not store the instance"
         return STATUS_SUCCESS, ""
