@@ -450,14 +450,18 @@ class StorageSCP:
         """The SOP Instance UID of a queued instance's bytes, as the predictions table would
         store it (pseudonymised when the site says so); None when it cannot be read."""
         from radlens.app.pseudonym import pseudonymise_uid
+        from radlens.models.dicomread import read_dicom_bytes
 
-        try:
-            from pydicom import dcmread
-            from pydicom.filebase import DicomBytesIO
-
-            ds = dcmread(DicomBytesIO(data), stop_before_pixels=True, force=True)
+        try:  # the project's reader: a deflated data set is inflated within the pixel limit
+            ds = read_dicom_bytes(
+                data,
+                max_pixels=self.settings.max_pixels,
+                stop_before_pixels=True,
+                force=True,
+                specific_tags=["SOPInstanceUID"],
+            )
             uid = str(ds.get("SOPInstanceUID", "") or "").strip()
-        except Exception:  # third-party parser boundary: the row then names no instance
+        except Exception:  # a deflate bomb, a broken header: the row then names no instance
             return None
         if not uid:
             return None
