@@ -222,6 +222,7 @@ class StorageSCP:
         allowed = s.dimse_allowed_ae_title_list
         if allowed:
             ae.require_calling_aet = allowed
+        ae.require_called_aet = s.dimse_require_called_ae_title
         ae.add_supported_context(VERIFICATION)
         for sop_class in STORAGE_SOP_CLASSES:
             # every syntax pydicom (and its plugins) decodes, in the order each sender proposes
@@ -246,6 +247,7 @@ class StorageSCP:
                 (self.settings.dimse_bind, self.settings.dimse_port or 0),
                 evt_handlers=[
                     (evt.EVT_REQUESTED, prefer_the_senders_syntaxes),
+                    (evt.EVT_REJECTED, self._log_rejected),
                     (evt.EVT_C_STORE, self._handle_store),
                 ],
                 ssl_context=ssl_context,
@@ -275,6 +277,37 @@ class StorageSCP:
             self.settings.dimse_ae_title,
             self.settings.dimse_bind,
             self.port,
+        )
+
+    def _log_rejected(self, event: Any) -> None:
+        """Say who was turned away and which setting did it (EVT_REJECTED): pynetdicom's own
+        lines name neither the peer nor the titles, and the sender's log only says "rejected".
+        The checks are pynetdicom's, in its order (the last one that applies is sent)."""
+        s, assoc = self.settings, event.assoc
+        calling = str(assoc.requestor.ae_title).strip()
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        reason = "rejected"
+        allowed = s.dimse_allowed_ae_title_list
+        if allowed and calling not in allowed:
+            reason = "calling AE title not in RADLENS_DIMSE_ALLOWED_AE_TITLES"
+        if s.dimse_require_called_ae_title and called != s.dimse_ae_title:
+            reason = (
+                f"called AE title is not {s.dimse_ae_title} (RADLENS_DIMSE_AE_TITLE; "
+                "RADLENS_DIMSE_REQUIRE_CALLED_AE_TITLE is on)"
+            )
+        acceptors = [a for a in assoc.ae.active_associations if a.is_acceptor]
+        if len(acceptors) > s.dimse_max_associations:
+            reason = (
+                f"{s.dimse_max_associations} associations already open "
+                "(RADLENS_DIMSE_MAX_ASSOCIATIONS; the sender may retry)"
+            )
+        logger.warning(
+            "DICOM association from %s:%s (calling %r, called %r) rejected: %s",
+            assoc.requestor.address,
+            assoc.requestor.port,
+            calling,
+            called,
+            reason,
         )
 
     def _tls(self) -> ssl.SSLContext | None:

@@ -212,6 +212,11 @@ class Settings(BaseSettings):
     dimse_allowed_ae_titles: str | None = Field(
         default=None, description="comma-separated calling AE titles accepted (unset: any)"
     )
+    dimse_require_called_ae_title: bool = Field(
+        default=False,
+        description="reject associations addressed to another called AE title than "
+        "RADLENS_DIMSE_AE_TITLE (off: any, as most PACS nodes)",
+    )
     dimse_max_associations: int = Field(default=4, ge=1, le=256)
     dimse_max_pdu_size: int = Field(default=262_144, ge=4096, le=16 * MIB)
     dimse_acse_timeout_s: float = Field(default=30.0, gt=0, le=3600)

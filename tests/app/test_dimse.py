@@ -3,6 +3,7 @@ each case checks the database afterwards."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -66,6 +67,7 @@ def node(databases: Databases, model_store: Path) -> Iterator[Node]:
         model_store,
         dimse_port=0,
         dimse_allowed_ae_titles="SENDER,STORESCU,ECHOSCU",
+        dimse_require_called_ae_title=True,
         dimse_max_associations=2,
         dimse_acse_timeout_s=2,
         dimse_network_timeout_s=2,
@@ -146,15 +148,49 @@ def test_a_refusal_names_its_reason_in_the_error_comment(
     ]
 
 
-def test_calling_ae_not_on_the_list_is_rejected(node: Node) -> None:
+def test_calling_ae_not_on_the_list_is_rejected(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
     before = node.count("predictions")
-    assoc = _assoc(node, calling="INTRUDER")
+    with caplog.at_level(logging.WARNING, logger="radlens.app.dimse"):
+        assoc = _assoc(node, calling="INTRUDER")
     # (failed once in CI, cause not found: 5 runs beside 4 busy loops passed; say what it was)
     state = f"established={assoc.is_established} aborted={assoc.is_aborted}"
     if assoc.is_established:
         assoc.release()
     assert assoc.is_rejected, state
     assert node.count("predictions") == before
+    # the operator's log says who and which setting (the sender's only says "rejected")
+    said = [r.getMessage() for r in caplog.records if r.name == "radlens.app.dimse"]
+    assert any(
+        "(calling 'INTRUDER', called 'RADLENS') rejected: calling AE title not in "
+        "RADLENS_DIMSE_ALLOWED_AE_TITLES"
+        in line
+        and "127.0.0.1:" in line
+        for line in said
+    ), said
+
+
+def test_association_to_another_called_ae_title_is_rejected_when_required(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RADLENS_DIMSE_REQUIRE_CALLED_AE_TITLE (on in this fixture): a sender configured for
+    another node's title is turned away, and the log names the title it used."""
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    with caplog.at_level(logging.WARNING, logger="radlens.app.dimse"):
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="ANY-SCP")
+    if assoc.is_established:
+        assoc.release()
+    assert assoc.is_rejected
+    said = [r.getMessage() for r in caplog.records if r.name == "radlens.app.dimse"]
+    assert any(
+        "(calling 'SENDER', called 'ANY-SCP') rejected: called AE title is not RADLENS" in line
+        for line in said
+    ), said
+    right = _assoc(node)  # the right title still gets in
+    assert right.is_established
+    right.release()
 
 
 def test_unsupported_sop_class_is_rejected_at_negotiation(node: Node) -> None:
@@ -183,11 +219,16 @@ def test_silent_peer_is_closed_by_its_timeout(node: Node) -> None:
         a.release()
 
 
-def test_more_associations_than_allowed_are_rejected(node: Node) -> None:
+def test_more_associations_than_allowed_are_rejected(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
     held = [_assoc(node) for _ in range(2)]
     assert all(a.is_established for a in held)
-    extra = _assoc(node)
+    with caplog.at_level(logging.WARNING, logger="radlens.app.dimse"):
+        extra = _assoc(node)
     assert extra.is_rejected
+    said = [r.getMessage() for r in caplog.records if r.name == "radlens.app.dimse"]
+    assert any("rejected: 2 associations already open" in line for line in said), said
     for a in held:
         a.release()
     assert node.client.get("/healthz").status_code == 200
