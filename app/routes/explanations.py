@@ -72,15 +72,20 @@ def _dicom_response(
     }
 
 
-def _stored_source(prediction: Prediction, settings: Settings) -> Any:
-    # The row's own record decides (0004); a row stored before it recorded nothing, so the
-    # current setting is the best guess for it.
+def stores_pseudonyms(prediction: Prediction, settings: Settings) -> bool:
+    """Whether the prediction's stored UIDs are pseudonyms, so no DICOM output (SR, SC) can
+    name its source: the row's own record decides (0004); a row stored before it recorded
+    nothing, so the current setting is the best guess for it."""
     pseudonymised = prediction.uids_pseudonymised
     if pseudonymised is None:
         pseudonymised = (
             prediction.input_format == "dicom" and settings.uid_pseudonym_key_bytes is not None
         )
-    if pseudonymised:
+    return bool(pseudonymised)
+
+
+def _stored_source(prediction: Prediction, settings: Settings) -> Any:
+    if stores_pseudonyms(prediction, settings):
         raise PseudonymisedUidsError(
             f"prediction {prediction.id} stores pseudonyms, not the source's UIDs"
         )

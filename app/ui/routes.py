@@ -281,6 +281,8 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
 def prediction_page(
     prediction_id: str, request: Request, principal: UiPrincipal, session: SessionDep
 ) -> Response:
+    from radlens.app.routes.explanations import stores_pseudonyms
+
     row = services.get_prediction(session, parse_id(prediction_id))
     explanation = get_explanation(session, row.id)
     audit_log.add(
@@ -306,6 +308,8 @@ def prediction_page(
         findings=findings,
         notice=clinical_notice(manifest, row.model_name, row.model_version),
         dicom=row.input_format == "dicom",
+        # SR and SC name the source by its UIDs: refused (409) for pseudonyms, so not offered
+        pseudonyms=stores_pseudonyms(row, _settings(request)),
     )
 
 
