@@ -38,6 +38,17 @@ class NotAnImageError(PreprocessingError):
     title = "Not a DICOM, PNG or JPEG file; send one of those"
 
 
+class UnsupportedJpegError(NotAnImageError):
+    """A JPEG of a coding Pillow cannot decode (JPEG-LS, lossless, 12- or 16-bit,
+    hierarchical): as far as the service goes not one of the images it reads, so the code,
+    status and DICOM failure reason of :class:`NotAnImageError`; the title says what to send."""
+
+    title = (
+        "The JPEG's coding cannot be read (radlens reads 8-bit baseline and progressive JPEG); "
+        "convert it to PNG (16-bit gray for deeper data) or send the DICOM"
+    )
+
+
 class NoPixelDataError(PreprocessingError):
     code = "no-pixel-data"
     title = "The DICOM file has no pixel data; send an image instance, not a report or series"
@@ -104,6 +115,30 @@ class InvalidImageError(PreprocessingError):
     code = "invalid-image"
     title = "The image is invalid; check its size, pixel values and the options given"
     comment = "Invalid image: check its size, pixel values and header"
+
+
+class TransparentImageError(InvalidImageError):
+    """A PNG with transparent pixels (an alpha channel below 255, or a tRNS chunk that pixels
+    use): a viewer shows them as its background, radlens would read the colour stored under
+    them, and which background the sender meant is not in the file (models.preprocessing)."""
+
+    title = (
+        "The PNG has transparent pixels, which viewers show as their background while the "
+        "model would see the colour stored under them; flatten it onto the background you "
+        "mean (remove the alpha channel) and send it again"
+    )
+
+
+class DeepColourPngError(InvalidImageError):
+    """A 16-bit colour or gray-with-alpha PNG whose samples need fewer than 15 bits: read at
+    8 bits (each sample's high byte), as Pillow reads such a PNG, it would keep at most 64
+    gray levels in the bottom quarter of the range (models.preprocessing)."""
+
+    title = (
+        "The 16-bit colour or gray-with-alpha PNG holds data that reading it at 8 bits would "
+        "lose (radlens reads only gray PNGs at 16 bits); save it as a 16-bit gray PNG without "
+        "alpha and send that"
+    )
 
 
 class MalformedDicomError(InvalidImageError):

@@ -86,10 +86,13 @@ file wherever it runs. The steps, in order, and why the order matters:
 PNG and JPEG are already display images: they map by the full range of their bit depth
 (``/255`` for 8-bit; a 16-bit gray PNG from version "3" by the depth its sBIT chunk states,
 else the depth its data needs, see :func:`scale_16bit`; ``/65535`` before), RGB/RGBA/LA/P/
-CMYK become gray as above and alpha is ignored; window presets do not apply to them
-(window ``"full-range"``). From version "4" a PNG or JPEG whose EXIF Orientation turns or
-mirrors it (a camera's or phone's image, some exports) is turned first, to the image a viewer
-shows (:func:`exif_orientation`). Pillow's own decompression-bomb limit
+CMYK become gray as above; a PNG with transparent pixels (alpha below 255, or a tRNS chunk
+its pixels use) is refused (:func:`_check_opaque`), an opaque alpha channel is ignored; window
+presets do not apply to them (window ``"full-range"``). A 16-bit colour or gray-with-alpha PNG
+is read at 8 bits (Pillow keeps each sample's high byte) and refused when its data need fewer
+than 15 bits (:func:`_check_png_colour_depth`). From version "4" a PNG or JPEG whose EXIF
+Orientation turns or mirrors it (a camera's or phone's image, some exports) is turned first,
+to the image a viewer shows (:func:`exif_orientation`). Pillow's own decompression-bomb limit
 (``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of ``max_pixels``.
 
 Every failure is a :class:`~models.errors.PreprocessingError` subclass that quotes what was
@@ -123,6 +126,7 @@ import numpy as np
 from radlens.models.errors import (
     BlankImageError,
     CodestreamMismatchError,
+    DeepColourPngError,
     EncapsulatedUnderNativeSyntaxError,
     ImageTooLargeError,
     IncompletePixelHeaderError,
@@ -132,7 +136,9 @@ from radlens.models.errors import (
     NoPixelDataError,
     NotAnImageError,
     PreprocessingError,
+    TransparentImageError,
     TruncatedDataError,
+    UnsupportedJpegError,
     UnsupportedTransferSyntaxError,
 )
 
@@ -448,7 +454,8 @@ def preprocess_array(
 
     Args:
         array: uint8 ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA,
-            alpha ignored), or uint16 ``(H, W)`` / ``(H, W, 1)``.
+            opaque: alpha 255 everywhere, as its PNG must be), or uint16 ``(H, W)`` /
+            ``(H, W, 1)``.
         size: ``(height, width)`` to resize to, or ``None`` to keep the size.
         version: the :data:`PREPROCESSING_VERSION` to reproduce: from "3", uint16 is scaled
             by the depth of its data (:func:`scale_16bit`, as a 16-bit PNG without sBIT);
@@ -459,6 +466,7 @@ def preprocess_array(
 
     Raises:
         InvalidImageError: another dtype or shape, or an empty array (quotes them).
+        TransparentImageError: RGBA with alpha below 255 somewhere (its PNG is refused too).
 
     Example:
         >>> preprocess_array(np.full((28, 28), 255, np.uint8), size=(64, 64)).max()
@@ -475,6 +483,13 @@ def preprocess_array(
     pixels: np.ndarray
     gray_or_colour = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
     if array.dtype == np.uint8 and gray_or_colour:
+        if array.ndim == 3 and array.shape[2] == 4 and int(array[..., 3].min()) < 255:
+            clear = int(np.count_nonzero(array[..., 3] < 255))
+            raise TransparentImageError(
+                f"received a {array.shape[1]}x{array.shape[0]} RGBA array with {clear} of its "
+                f"{array.shape[0] * array.shape[1]} pixels transparent (alpha down to "
+                f"{int(array[..., 3].min())} of 255)"
+            )
         pixels = _to_gray(array) / np.float32(255.0)
     elif array.dtype == np.uint16 and array.ndim == 2:
         if version not in SUPPORTED_PREPROCESSING_VERSIONS:
@@ -543,7 +558,8 @@ def sniff_format(data: bytes) -> str:
         The format name.
 
     Raises:
-        NotAnImageError: none of the three (quotes the size and first bytes in hex).
+        NotAnImageError: none of the three (quotes the size and first bytes in hex, and names
+            the format when :func:`other_format` knows it).
 
     Example:
         >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n...")
@@ -558,7 +574,62 @@ def sniff_format(data: bytes) -> str:
     # A dataset without preamble and file meta starts with its first element's tag.
     if len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
         return "dicom"
-    raise NotAnImageError(f"received {len(data)} bytes starting {_hex_head(data)}")
+    received = f"received {len(data)} bytes starting {_hex_head(data)}"
+    other = other_format(data)
+    if other is not None:
+        name, advice = other
+        raise NotAnImageError(f"{received}: {name}; {advice}")
+    raise NotAnImageError(received)
+
+
+_TO_PNG = "convert it to PNG (16-bit gray keeps a radiograph's depth) and send that"
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+
+
+def other_format(data: bytes) -> tuple[str, str] | None:
+    """``(what it is, what to do)`` for a file of a format people send by mistake (another
+    image format, a document, an archive, a NIfTI volume), recognised by its signature; else
+    ``None``. Only for saying what was received: such a file is refused all the same.
+
+    Example:
+        >>> other_format(b"GIF89a...")
+        ('a GIF image', "convert it to PNG (16-bit gray keeps a radiograph's depth) and send that")
+    """
+    head = bytes(data[:16])
+    name: str | None = None
+    advice = _TO_PNG
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        name = "a GIF image"
+    elif head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        name = "a TIFF image"
+    elif head[:2] == b"BM" and head[6:10] == bytes(4):  # its reserved fields are zero
+        name = "a BMP image"
+    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        name = "a WebP image"
+    elif head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
+        name = "a JPEG 2000 image"
+    elif head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        name = "a JPEG XL image"
+    elif head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        name = "an AVIF image"
+    elif head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        name = "a HEIC/HEIF image"
+    elif head.startswith(b"8BPS"):
+        name = "a Photoshop (PSD) image"
+    elif len(head) >= 3 and head[0:1] == b"P" and head[1] in b"123456" and head[2] in b" \t\r\n":
+        name = "a PNM (PBM/PGM/PPM) image"
+    elif head.startswith(b"%PDF-"):
+        name, advice = "a PDF document", "export the image from it as PNG and send that"
+    elif head.startswith(b"PK\x03\x04"):
+        name, advice = "a ZIP archive", "unpack it and send the images one at a time"
+    elif head.startswith(b"\x1f\x8b"):
+        name, advice = "a gzip-compressed file", "decompress it and send the image inside"
+    elif head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") or (
+        head[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") and head[4:7] in (b"n+2", b"ni2")
+    ):  # sizeof_hdr 348 (NIfTI-1, Analyze 7.5) or 540 and the magic (NIfTI-2)
+        name = "a NIfTI or Analyze volume"
+        advice = "send its slices as DICOM, or a slice as PNG"
+    return None if name is None else (name, advice)
 
 
 # --- DICOM pieces (public so they can be tested on their own) ---------------------------
@@ -834,6 +905,7 @@ def _open_dicom(data: bytes, max_pixels: int) -> _DicomSource:
         raise NoPixelDataError(
             "no (7FE0,0010) Pixel Data element. Received SOP class "
             f"{_sop_class_name(ds)!r}, modality {_text(ds, 'Modality')!r}, {len(data)} bytes"
+            + (_DICOMDIR_HINT if _sop_class_uid(ds) == _MEDIA_STORAGE_DIRECTORY else "")
         )
     rows, columns, frames = _check_geometry(ds, max_pixels)
     return _DicomSource(ds, tsyntax, rows, columns, frames)
@@ -2092,6 +2164,9 @@ def _preprocess_pillow(
             f"received {len(data)} bytes"
         ) from exc
     except UnidentifiedImageError as exc:
+        coding = _unsupported_jpeg_coding(data) if kind == "jpeg" else None
+        if coding is not None:
+            raise UnsupportedJpegError(f"received {coding}, {len(data)} bytes") from exc
         raise InvalidImageError(
             f"the {kind.upper()} header could not be parsed; received {len(data)} bytes "
             f"starting {_hex_head(data)}"
@@ -2120,6 +2195,9 @@ def _preprocess_pillow(
             # only joins image.info when the data is read
             orientation = exif_orientation(image) if _at_least(version, "4") else None
             image.load()
+            if kind == "png":
+                _check_png_colour_depth(data, image)
+                _check_opaque(data, image)
             significant = _png_significant_bits(data) if kind == "png" else None
             shown = _upright(image, orientation)
             try:
@@ -2305,6 +2383,88 @@ def _png_significant_bits(data: bytes) -> int | None:
     return None
 
 
+_PNG_DEEP_COLOUR = {2: "RGB", 4: "gray-with-alpha", 6: "RGBA"}  # IHDR colour type: name
+
+
+def _check_png_colour_depth(data: bytes, image: PILImage.Image) -> None:
+    """Refuse a 16-bit colour or gray-with-alpha PNG whose samples need fewer than 15 bits.
+
+    Pillow reads a PNG of colour type 2, 4 or 6 and bit depth 16 at 8 bits, each sample's
+    high byte (what a browser shows too); a 16-bit gray PNG is read whole and scaled by the
+    depth of its data (:func:`scale_16bit`), because medical exporters store 10- to 14-bit
+    detector values unscaled. Such values in a colour or alpha container (a converter that
+    writes RGB, an alpha channel added on the way) would keep at most 64 gray levels, all in
+    the bottom quarter of the range: a near-black, posterised image the model would score.
+    So when no colour sample's high byte reaches 64 (no sample reaches 2**14) the file is
+    refused (:class:`~models.errors.DeepColourPngError`); one whose data use the high bytes
+    (full-range 16-bit) is read at 8 bits as before. The IHDR chunk comes first in every PNG
+    (PNG 5.2; Pillow has parsed it): bit depth at byte 24, colour type at 25.
+    """
+    colour = _PNG_DEEP_COLOUR.get(data[25]) if len(data) > 25 and data[24] == 16 else None
+    if colour is None:
+        return
+    extrema = image.getextrema()  # per band, (min, max) of the 8-bit samples read
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    alpha = "A" in image.mode  # Pillow's mode for these: "RGB", "RGBA" or "LA"
+    highest = max(int(high) for _low, high in bands[: len(bands) - 1 if alpha else None])
+    if highest < 64:
+        raise DeepColourPngError(
+            f"received a 16-bit {colour} PNG of {image.width}x{image.height} whose samples "
+            f"all lie below 16384 (high bytes up to {highest}): read at 8 bits it would keep "
+            f"at most {highest + 1} gray levels"
+        )
+
+
+def _check_opaque(data: bytes, image: PILImage.Image) -> None:
+    """Refuse a PNG that a viewer shows with transparent pixels (:func:`_transparent_pixels`).
+
+    A viewer shows such a pixel as its background (a white page, a dark viewer) and the
+    colour stored under it is never seen; reading that colour would score what nobody saw
+    (a burned-in name hidden by a transparent box, which the stored Grad-CAM overlay would
+    then show), and which background the sender meant is not in the file. An alpha channel
+    that is opaque everywhere changes nothing.
+    """
+    count, lowest = _transparent_pixels(data, image)
+    if count:
+        raise TransparentImageError(
+            f"received a {image.width}x{image.height} PNG ({image.mode}) with {count} of its "
+            f"{image.width * image.height} pixels transparent (alpha down to {lowest} of 255)"
+        )
+
+
+def _transparent_pixels(data: bytes, image: PILImage.Image) -> tuple[int, int]:
+    """(how many pixels are partly or wholly transparent, the lowest alpha) of a loaded PNG:
+    an alpha band's values below 255, or the pixels a tRNS chunk makes transparent (palette
+    entries with alpha below 255; the one gray or RGB sample value that is transparent).
+
+    Pillow scales a 1-, 2- or 4-bit gray PNG's samples to 0-255 but keeps its tRNS value at
+    the PNG's bit depth (IHDR byte 24), so the value is scaled here too; a 16-bit RGB PNG is
+    read at its samples' high bytes, so its tRNS colour is compared by its high bytes.
+    """
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        alpha = np.asarray(image.getchannel("A"))
+    elif "transparency" not in image.info:
+        return 0, 255
+    elif image.mode == "P":
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+    else:
+        key = image.info["transparency"]
+        depth = data[24] if len(data) > 24 else 8
+        if isinstance(key, int) and image.mode in ("1", "L", "I;16", "I;16B", "I"):
+            if depth < 8:
+                key *= 255 // ((1 << depth) - 1)
+            samples = np.asarray(image.convert("L") if image.mode == "1" else image)
+            clear = samples == key
+        elif isinstance(key, tuple) and image.mode == "RGB" and len(key) == 3:
+            colour = [value >> 8 if depth == 16 else value for value in key]
+            clear = np.all(np.asarray(image) == np.asarray(colour), axis=-1)
+        else:
+            return 0, 255
+        return int(np.count_nonzero(clear)), 0 if clear.any() else 255
+    count = int(np.count_nonzero(alpha < 255))
+    return count, int(alpha.min()) if count else 255
+
+
 def _pillow_error(exc: BaseException, kind: str, data: bytes) -> PreprocessingError:
     from PIL import Image
 
@@ -2314,9 +2474,47 @@ def _pillow_error(exc: BaseException, kind: str, data: bytes) -> PreprocessingEr
         return TruncatedDataError(
             f"the {kind.upper()} data ends early ({_short(exc)}); received {len(data)} bytes"
         )
+    coding = _unsupported_jpeg_coding(data) if kind == "jpeg" else None
+    if coding is not None:
+        return UnsupportedJpegError(f"received {coding}, {len(data)} bytes ({_short(exc)})")
     return InvalidImageError(
         f"the {kind.upper()} data could not be decoded ({_short(exc)}); received {len(data)} bytes"
     )
+
+
+_LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+_HIERARCHICAL_SOF = frozenset({0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF})
+
+
+def _unsupported_jpeg_coding(data: bytes) -> str | None:
+    """What makes a JPEG that Pillow could not read one of a coding it does not decode, from
+    its first frame header (SOFn: marker, then length, precision P): "a JPEG-LS image", "a
+    16-bit lossless JPEG (SOF3)", "a 12-bit JPEG (SOF1)", "a hierarchical JPEG (SOF5)"; else
+    ``None`` (an 8-bit baseline, extended or progressive frame, or no frame header found).
+    Walks the marker segments from SOI (T.81 B.1.1.4); no decoding."""
+    offset = 2
+    while offset + 5 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            offset += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or a scan before any frame header
+            return None
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            precision = data[offset + 4]
+            sof = f"SOF{marker - 0xC0}" if marker != 0xF7 else "SOF55"
+            if marker == 0xF7:
+                return f"a {precision}-bit JPEG-LS image ({sof})"
+            if marker in _LOSSLESS_SOF:
+                return f"a {precision}-bit lossless JPEG ({sof})"
+            if marker in _HIERARCHICAL_SOF:
+                return f"a {precision}-bit hierarchical JPEG ({sof})"
+            return f"a {precision}-bit JPEG ({sof})" if precision != 8 else None
+        offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return None
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -2488,10 +2686,26 @@ def _first_number(value: Any) -> float:
         return float(value)
 
 
+# A DICOMDIR (the index of a DICOM media export: CD, DVD, USB) has no SOP Class UID in its
+# data set, only the Media Storage SOP Class UID of its file meta information
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_DICOMDIR_HINT = (
+    "; this is a DICOMDIR, the index of a DICOM media export: send the image files it lists"
+)
+
+
+def _sop_class_uid(ds: Dataset) -> str | None:
+    """The data set's SOP Class UID, else its file meta's Media Storage SOP Class UID."""
+    meta = getattr(ds, "file_meta", None)
+    return _text(ds, "SOPClassUID") or (
+        _text(meta, "MediaStorageSOPClassUID") if meta is not None else None
+    )
+
+
 def _sop_class_name(ds: Dataset) -> str | None:
     from pydicom.uid import UID
 
-    uid = _text(ds, "SOPClassUID")
+    uid = _sop_class_uid(ds)
     return UID(uid).name if uid else None
 
 

@@ -720,7 +720,9 @@ def _probe_kind_only(path: Path) -> str | None:
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     if sniff_format(head) is None and path.suffix.lower() not in DICOM_EXTENSIONS:
-        return f"not a DICOM, PNG or JPEG file (starts with {head[:8]!r})"
+        other = preprocessing.other_format(head)  # a TIFF, GIF, ... named, with what to do
+        named = "" if other is None else f": {other[0]}; {other[1]}"
+        return f"not a DICOM, PNG or JPEG file (starts with {head[:8]!r}){named}"
     return None
 
 

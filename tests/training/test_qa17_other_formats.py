@@ -1,0 +1,25 @@
+"""A file of another image format in a training folder is skipped with a reason that names
+the format and says what to do, not only its first bytes (QA round 17)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from radlens.training.data.sources import open_source
+from tests.training.data_fixtures import png_folder
+
+
+def test_a_tiff_named_png_is_skipped_as_a_tiff(tmp_path: Path) -> None:
+    root = png_folder(tmp_path / "data", n_per_class=3)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buffer, "TIFF")
+    (root / "normal" / "exported.png").write_bytes(buffer.getvalue())
+    source = open_source(root)
+    [skipped] = source.skipped
+    assert Path(skipped.path).name == "exported.png"
+    assert "not a DICOM, PNG or JPEG file" in skipped.reason
+    assert "a TIFF image; convert it to PNG" in skipped.reason, skipped.reason
