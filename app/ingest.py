@@ -292,6 +292,30 @@ class Candidate:
     sender: SourceRef | None = None
 
 
+def _note_other_bytes(mine: Prediction, stored: Prediction) -> None:
+    """Warn when a re-post recognised by its SOP Instance UID came in other bytes than the
+    stored prediction's: a re-encoded copy (another transfer syntax: the same image), or a
+    UID the sender reused for another image, which the stored result does not describe. The
+    answer stays the stored prediction (docs/security.md, de-duplication); the log says how
+    far this upload's own scores were from it, so a reused UID can be told from a copy."""
+    if mine.input_sha256 == stored.input_sha256:
+        return
+    gap: float | None = None
+    try:
+        shared = set(mine.scores or {}) & set(stored.scores or {})
+        gap = max(abs(float(mine.scores[k]) - float(stored.scores[k])) for k in shared)
+    except (TypeError, ValueError):  # scores of another shape (or none in common): no gap
+        gap = None
+    logger.warning(
+        "prediction %s: its SOP Instance UID was stored before from other bytes (a re-encoded "
+        "copy, or the UID reused for another image); the stored result was returned%s",
+        stored.id,
+        ""
+        if gap is None
+        else f" (this upload scored label {mine.label}, up to {gap:.3f} from the stored scores)",
+    )
+
+
 @dataclass(frozen=True)
 class Ingested:
     """A committed upload."""
@@ -672,6 +696,8 @@ class Ingestor:
             candidate.prediction, actor, candidate.explanation, candidate.findings
         )
         self._observe(written.prediction, written.created, candidate.findings)
+        if not written.created:
+            _note_other_bytes(candidate.prediction, written.prediction)
         if written.created:  # score histograms, input counts, drift window (app/drift.py)
             stored = written.prediction
             self.metrics.observe_upload(

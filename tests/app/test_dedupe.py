@@ -184,6 +184,36 @@ def test_a_repost_after_the_change_returns_the_stored_prediction(
         assert sop not in repr(rows)
 
 
+def test_a_uid_re_posted_with_other_pixels_is_answered_with_a_warning_in_the_log(
+    url: str, model_store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same SOP Instance UID, other pixels (a sender that reuses UIDs, as the QA round 16
+    files did): the stored prediction is the answer, as documented, and the operator's log
+    says it came from other bytes and how far this upload's own scores were; a byte-identical
+    re-post says nothing of the kind."""
+    import logging
+
+    uids = {"study": new_uid(), "series": new_uid(), "sop": new_uid()}
+    sop = uids["sop"]
+    with running(url, model_store, None) as client:
+        first = post(client, dicom_bytes(**uids, seed=1))
+        assert first.status_code == 201, first.text
+        with caplog.at_level(logging.INFO, logger="radlens.app.ingest"):
+            same = post(client, dicom_bytes(**uids, seed=1))
+            other = post(client, dicom_bytes(**uids, seed=7))
+    assert same.status_code == other.status_code == 200
+    assert same.json()["id"] == other.json()["id"] == first.json()["id"]
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "radlens.app.ingest" and r.levelno == logging.WARNING
+    ]
+    assert len(warned) == 1, warned  # the other pixels only
+    assert warned[0].startswith(f"prediction {first.json()['id']}: its SOP Instance UID was")
+    assert "other bytes" in warned[0] and "from the stored scores" in warned[0]
+    assert sop not in warned[0]
+
+
 def test_stowrs_dicom_sr_and_the_storage_scp_recognise_the_instance_too(
     url: str, model_store: Path
 ) -> None:
