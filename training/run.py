@@ -260,6 +260,14 @@ class _RunData:
             keep_given=not config.resplit,
         )
         leakage = check_leakage(splits)  # one patient in two splits inflates every figure
+        from radlens.training.data.intended import check_stated_use_is_trained
+
+        check_stated_use_is_trained(  # a model its own gate would refuse: not trained at all
+            source,
+            splits["train"],
+            modalities=config.intended_modalities,
+            body_parts=config.intended_body_parts,
+        )
         check_splits(source, splits, min_calibration_positives=config.min_calibration_positives)
         record = describe_split(source, splits, resplit=config.resplit)
         # what evaluate and `models ood` must know to rebuild this split (select_split)

@@ -89,6 +89,24 @@ def test_a_stated_intended_use_wins(tiny_demo_data: Path, tmp_path: Path) -> Non
     assert manifest.ood is not None and manifest.ood["method"] == "knn"
 
 
+def test_a_stated_use_that_excludes_every_training_image_is_refused_before_training(
+    tiny_demo_data: Path, tmp_path: Path
+) -> None:
+    """Chest CR films with --intended-modalities MR: the service's gate would refuse every
+    image like them, so no run starts (QA round 16: 2,346 MR images trained for a CR/DX model,
+    said only in train.log). One image inside the statement is enough to train."""
+    from radlens.training.run import train
+
+    config = tiny_config(tiny_demo_data, tmp_path, intended_modalities=["MR"], openvino=False)
+    with pytest.raises(ConfigurationError) as info:
+        train(config, verbose=0)
+    message = str(info.value)
+    assert "the stated intended use (modalities MR) excludes all " in message, message
+    assert "'CR'" in message and "--intended-modalities" in message, message
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
 def test_an_unknown_stated_value_is_refused_at_start(tiny_demo_data: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"'banana' is not a known body part"):
         tiny_config(tiny_demo_data, tmp_path, intended_body_parts=["banana"])

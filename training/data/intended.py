@@ -111,6 +111,49 @@ def outside_stated_use(
     return found
 
 
+def check_stated_use_is_trained(
+    source: DataSource,
+    examples: Sequence[Example],
+    *,
+    modalities: Sequence[str] = (),
+    body_parts: Sequence[str] = (),
+) -> None:
+    """Refuse, before training, a stated intended use that every training image is outside.
+
+    Such a model would be refused by the service's gate for every image like the ones it
+    learnt from (--intended-modalities CR,DX on a folder of MR, a typo in a body part): hours
+    of training for a model nothing can be sent to. Some images outside it train all the
+    same, with the warning :func:`intended_use_for` logs. PNG/JPEG carry no header to judge,
+    so one of them among the training images is never "outside".
+
+    Raises:
+        ConfigurationError: every training image is outside the statement (names the first
+            few, in the gate's words, and what to do).
+    """
+    if not (modalities or body_parts) or not examples:
+        return
+    from radlens.models.errors import ConfigurationError
+
+    headers = list(_headers(source, examples))
+    record = intended_use_record(survey(headers), check_stated(modalities, body_parts))
+    outside = outside_stated_use(examples, headers, record)
+    if len(outside) < len(examples):
+        return
+    stated = ", ".join(
+        f"{name} {'/'.join(values)}"
+        for name, values in (("modalities", modalities), ("body parts", body_parts))
+        if values
+    )
+    shown = "; ".join(f"{key}: {why}" for key, why in outside[:2])
+    raise ConfigurationError(
+        f"the stated intended use ({stated}) excludes all {len(examples)} training images "
+        f"(e.g. {shown}): the service would refuse every image like them. State what this "
+        "data is (--intended-modalities / --intended-body-parts, or intended_modalities / "
+        "intended_body_parts in the config), or leave it unstated: what the headers show is "
+        "then the intended use"
+    )
+
+
 def intended_use_for(
     source: DataSource,
     examples: Sequence[Example],
