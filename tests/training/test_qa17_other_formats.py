@@ -23,3 +23,25 @@ def test_a_tiff_named_png_is_skipped_as_a_tiff(tmp_path: Path) -> None:
     assert Path(skipped.path).name == "exported.png"
     assert "not a DICOM, PNG or JPEG file" in skipped.reason
     assert "a TIFF image; convert it to PNG" in skipped.reason, skipped.reason
+
+
+def test_a_tiff_named_dcm_is_skipped_as_a_tiff(tmp_path: Path) -> None:
+    """A .dcm name makes training read the file as DICOM by force; when nothing of a DICOM
+    image is in it, the reason names what it is (QA round 17: a TIFF named .dcm)."""
+    root = png_folder(tmp_path / "data", n_per_class=3)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buffer, "TIFF")
+    (root / "normal" / "exported.dcm").write_bytes(buffer.getvalue())
+    source = open_source(root)
+    [skipped] = source.skipped
+    assert Path(skipped.path).name == "exported.dcm"
+    assert skipped.reason.startswith("not a DICOM file ("), skipped.reason
+    assert skipped.reason.endswith("): a TIFF image; " + other_advice()), skipped.reason
+
+
+def other_advice() -> str:
+    from radlens.models.preprocessing import other_format
+
+    found = other_format(b"II*\x00")
+    assert found is not None
+    return found[1]

@@ -770,8 +770,10 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
         # force=True reads any bytes as a dataset (of no or garbage elements): a .dcm name on
         # another kind of file, no preamble, and nothing of the groups every image has
         with path.open("rb") as fh:
-            head = fh.read(8)
-        return f"not a DICOM file ({path.stat().st_size} bytes, starts with {head!r})"
+            head = fh.read(16)
+        other = preprocessing.other_format(head)  # a TIFF named .dcm, ...: say so
+        named = "" if other is None else f": {other[0]}; {other[1]}"
+        return f"not a DICOM file ({path.stat().st_size} bytes, starts with {head[:8]!r}){named}"
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
         return _no_pixels_reason(path)
