@@ -281,12 +281,18 @@ class StorageSCP:
 
     def _log_rejected(self, event: Any) -> None:
         """Say who was turned away and which setting did it (EVT_REJECTED): pynetdicom's own
-        lines name neither the peer nor the titles, and the sender's log only says "rejected".
-        The checks are pynetdicom's, in its order (the last one that applies is sent)."""
+        lines name neither the peer nor the titles, and the sender learns only DICOM's reason
+        code. The checks are pynetdicom's, in its order (the last one that applies is sent);
+        pynetdicom does not pass its reason on, so it is worked out again here, and when none
+        applies any more the association limit had been reached when pynetdicom decided."""
         s, assoc = self.settings, event.assoc
         calling = str(assoc.requestor.ae_title).strip()
         called = str(assoc.requestor.primitive.called_ae_title).strip()
-        reason = "rejected"
+        limit = (
+            f"{s.dimse_max_associations} associations already open "
+            "(RADLENS_DIMSE_MAX_ASSOCIATIONS; the sender may retry)"
+        )
+        reason = limit
         allowed = s.dimse_allowed_ae_title_list
         if allowed and calling not in allowed:
             reason = "calling AE title not in RADLENS_DIMSE_ALLOWED_AE_TITLES"
@@ -297,10 +303,7 @@ class StorageSCP:
             )
         acceptors = [a for a in assoc.ae.active_associations if a.is_acceptor]
         if len(acceptors) > s.dimse_max_associations:
-            reason = (
-                f"{s.dimse_max_associations} associations already open "
-                "(RADLENS_DIMSE_MAX_ASSOCIATIONS; the sender may retry)"
-            )
+            reason = limit
         logger.warning(
             "DICOM association from %s:%s (calling %r, called %r) rejected: %s",
             assoc.requestor.address,
