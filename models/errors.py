@@ -39,14 +39,16 @@ class NotAnImageError(PreprocessingError):
 
 
 class UnsupportedJpegError(NotAnImageError):
-    """A JPEG of a coding Pillow cannot decode (JPEG-LS, lossless, 12- or 16-bit,
-    hierarchical): as far as the service goes not one of the images it reads, so the code,
-    status and DICOM failure reason of :class:`NotAnImageError`; the title says what to send."""
+    """A JPEG of a coding Pillow could not decode (JPEG-LS, 12- or 16-bit, hierarchical, a
+    lossless one Pillow's libjpeg refused): as far as the service goes not one of the images
+    it reads, so the code, status and DICOM failure reason of :class:`NotAnImageError`; the
+    title says what to send."""
 
     title = (
-        "The JPEG's coding cannot be read (radlens reads 8-bit baseline and progressive JPEG); "
-        "convert it to PNG (16-bit gray for deeper data) or send the DICOM"
+        "The JPEG's coding cannot be read (JPEG-LS, 12/16-bit or hierarchical JPEG); convert "
+        "it to PNG (16-bit gray keeps the depth) or send the DICOM"
     )
+    comment = "JPEG coding cannot be read: send a PNG or the DICOM"  # DICOM: 64 chars
 
 
 class NoPixelDataError(PreprocessingError):

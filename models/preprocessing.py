@@ -454,8 +454,9 @@ def preprocess_array(
 
     Args:
         array: uint8 ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA,
-            opaque: alpha 255 everywhere, as its PNG must be), or uint16 ``(H, W)`` /
-            ``(H, W, 1)``.
+            alpha ignored: an array in a data set is nobody's display, while its PNG with
+            transparent pixels is refused, see :func:`_check_opaque`), or uint16 ``(H, W)``
+            / ``(H, W, 1)``.
         size: ``(height, width)`` to resize to, or ``None`` to keep the size.
         version: the :data:`PREPROCESSING_VERSION` to reproduce: from "3", uint16 is scaled
             by the depth of its data (:func:`scale_16bit`, as a 16-bit PNG without sBIT);
@@ -466,7 +467,6 @@ def preprocess_array(
 
     Raises:
         InvalidImageError: another dtype or shape, or an empty array (quotes them).
-        TransparentImageError: RGBA with alpha below 255 somewhere (its PNG is refused too).
 
     Example:
         >>> preprocess_array(np.full((28, 28), 255, np.uint8), size=(64, 64)).max()
@@ -483,13 +483,6 @@ def preprocess_array(
     pixels: np.ndarray
     gray_or_colour = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
     if array.dtype == np.uint8 and gray_or_colour:
-        if array.ndim == 3 and array.shape[2] == 4 and int(array[..., 3].min()) < 255:
-            clear = int(np.count_nonzero(array[..., 3] < 255))
-            raise TransparentImageError(
-                f"received a {array.shape[1]}x{array.shape[0]} RGBA array with {clear} of its "
-                f"{array.shape[0] * array.shape[1]} pixels transparent (alpha down to "
-                f"{int(array[..., 3].min())} of 255)"
-            )
         pixels = _to_gray(array) / np.float32(255.0)
     elif array.dtype == np.uint16 and array.ndim == 2:
         if version not in SUPPORTED_PREPROCESSING_VERSIONS:
@@ -2396,23 +2389,45 @@ def _check_png_colour_depth(data: bytes, image: PILImage.Image) -> None:
     writes RGB, an alpha channel added on the way) would keep at most 64 gray levels, all in
     the bottom quarter of the range: a near-black, posterised image the model would score.
     So when no colour sample's high byte reaches 64 (no sample reaches 2**14) the file is
-    refused (:class:`~models.errors.DeepColourPngError`); one whose data use the high bytes
-    (full-range 16-bit) is read at 8 bits as before. The IHDR chunk comes first in every PNG
-    (PNG 5.2; Pillow has parsed it): bit depth at byte 24, colour type at 25.
+    refused (:class:`~models.errors.DeepColourPngError`), unless its exact samples
+    (:func:`_png_samples`) are 8-bit values widened to 16 (v * 257: each low byte equals its
+    high byte), which 8 bits read whole; one whose data use the high bytes (full-range
+    16-bit) is read at 8 bits as before. The IHDR chunk comes first in every PNG (PNG 5.2;
+    Pillow has parsed it): bit depth at byte 24, colour type at 25.
     """
     colour = _PNG_DEEP_COLOUR.get(data[25]) if len(data) > 25 and data[24] == 16 else None
     if colour is None:
         return
     extrema = image.getextrema()  # per band, (min, max) of the 8-bit samples read
     bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
-    alpha = "A" in image.mode  # Pillow's mode for these: "RGB", "RGBA" or "LA"
+    alpha = "A" in image.mode  # Pillow's mode for these: "RGB" or "RGBA"
     highest = max(int(high) for _low, high in bands[: len(bands) - 1 if alpha else None])
-    if highest < 64:
-        raise DeepColourPngError(
-            f"received a 16-bit {colour} PNG of {image.width}x{image.height} whose samples "
-            f"all lie below 16384 (high bytes up to {highest}): read at 8 bits it would keep "
-            f"at most {highest + 1} gray levels"
-        )
+    if highest >= 64:
+        return
+    exact = _png_samples(data)
+    if exact is not None and exact.ndim == 3:
+        samples = exact[..., : 1 if colour == "gray-with-alpha" else 3]
+        if np.array_equal(samples >> 8, samples & 0xFF):
+            return  # 8-bit data stored at 16 bits: nothing is lost at 8
+    raise DeepColourPngError(
+        f"received a 16-bit {colour} PNG of {image.width}x{image.height} whose samples "
+        f"all lie below 16384 (high bytes up to {highest}): read at 8 bits it would keep "
+        f"at most {highest + 1} gray levels"
+    )
+
+
+def _png_samples(data: bytes) -> np.ndarray | None:
+    """A PNG's samples at their stored depth (imagecodecs' PNG decoder: uint16 for a 16-bit
+    PNG, with an alpha band as stored, or made from a tRNS chunk), for the checks Pillow's 8-bit
+    reading of 16-bit colour cannot answer; ``None`` when that decoder cannot read it (the
+    checks then do not refuse on a guess). Its size is bounded by the pixel limit Pillow's
+    open already checked."""
+    import imagecodecs
+
+    try:
+        return np.asarray(imagecodecs.png_decode(data))
+    except Exception:  # third-party decoder boundary: no exact samples, no refusal from them
+        return None
 
 
 def _check_opaque(data: bytes, image: PILImage.Image) -> None:
@@ -2437,32 +2452,54 @@ def _transparent_pixels(data: bytes, image: PILImage.Image) -> tuple[int, int]:
     an alpha band's values below 255, or the pixels a tRNS chunk makes transparent (palette
     entries with alpha below 255; the one gray or RGB sample value that is transparent).
 
-    Pillow scales a 1-, 2- or 4-bit gray PNG's samples to 0-255 but keeps its tRNS value at
-    the PNG's bit depth (IHDR byte 24), so the value is scaled here too; a 16-bit RGB PNG is
-    read at its samples' high bytes, so its tRNS colour is compared by its high bytes.
+    An alpha band is counted only when its minimum is below 255, a palette image's by its
+    histogram (no RGBA copy). Pillow scales a 2- or 4-bit gray PNG's samples to 0-255 but
+    keeps its tRNS value at the PNG's bit depth (IHDR byte 24), so the value is scaled here
+    too (a 1-bit one, read as mode "1", it stores as 0 or 255 already); a 16-bit RGB PNG is
+    read at its samples' high bytes, so its tRNS colour is compared with the exact samples
+    (:func:`_png_samples`), and not at all when they cannot be had.
     """
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        alpha = np.asarray(image.getchannel("A"))
-    elif "transparency" not in image.info:
+        band = image.getchannel("A")
+        extrema = band.getextrema()  # one band: (min, max)
+        first = extrema[0] if isinstance(extrema, tuple) else 255
+        low = int(first) if isinstance(first, (int, float)) else 255
+        if low >= 255:
+            return 0, 255
+        alpha = np.asarray(band)
+        return int(np.count_nonzero(alpha < 255)), low
+    if "transparency" not in image.info:
         return 0, 255
-    elif image.mode == "P":
-        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
-    else:
-        key = image.info["transparency"]
-        depth = data[24] if len(data) > 24 else 8
-        if isinstance(key, int) and image.mode in ("1", "L", "I;16", "I;16B", "I"):
-            if depth < 8:
-                key *= 255 // ((1 << depth) - 1)
-            samples = np.asarray(image.convert("L") if image.mode == "1" else image)
-            clear = samples == key
-        elif isinstance(key, tuple) and image.mode == "RGB" and len(key) == 3:
-            colour = [value >> 8 if depth == 16 else value for value in key]
-            clear = np.all(np.asarray(image) == np.asarray(colour), axis=-1)
+    key = image.info["transparency"]
+    if image.mode == "P":
+        if isinstance(key, int):
+            entries = {key: 0}
+        elif isinstance(key, bytes):
+            entries = {index: value for index, value in enumerate(key) if value < 255}
         else:
             return 0, 255
-        return int(np.count_nonzero(clear)), 0 if clear.any() else 255
-    count = int(np.count_nonzero(alpha < 255))
-    return count, int(alpha.min()) if count else 255
+        counts = image.histogram()  # one count per palette index
+        used = {i: a for i, a in entries.items() if i < len(counts) and counts[i]}
+        if not used:
+            return 0, 255
+        return sum(counts[i] for i in used), min(used.values())
+    depth = data[24] if len(data) > 24 else 8
+    if isinstance(key, int) and image.mode in ("1", "L", "I;16", "I;16B", "I"):
+        if image.mode == "L" and depth < 8:
+            key *= 255 // ((1 << depth) - 1)
+        samples = np.asarray(image.convert("L") if image.mode == "1" else image)
+        clear = samples == key
+    elif isinstance(key, tuple) and image.mode == "RGB" and len(key) == 3:
+        rgb = _png_samples(data) if depth == 16 else np.asarray(image)
+        if rgb is None or rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
+            return 0, 255
+        if rgb.shape[2] == 4:  # imagecodecs applied the tRNS chunk: its alpha band says
+            clear = rgb[..., 3] < np.iinfo(rgb.dtype).max
+        else:
+            clear = np.all(rgb == np.asarray(key, dtype=rgb.dtype), axis=-1)
+    else:
+        return 0, 255
+    return int(np.count_nonzero(clear)), 0 if clear.any() else 255
 
 
 def _pillow_error(exc: BaseException, kind: str, data: bytes) -> PreprocessingError:
@@ -2482,6 +2519,8 @@ def _pillow_error(exc: BaseException, kind: str, data: bytes) -> PreprocessingEr
     )
 
 
+_JPEG_HEADER_STEPS = 4096  # markers walked looking for the frame header
+_JPEG_HEADER_BYTES = 4 * 1024 * 1024  # ... within this many bytes (APPn segments are < 64 KiB each)
 _LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
 _HIERARCHICAL_SOF = frozenset({0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF})
 
@@ -2491,9 +2530,14 @@ def _unsupported_jpeg_coding(data: bytes) -> str | None:
     its first frame header (SOFn: marker, then length, precision P): "a JPEG-LS image", "a
     16-bit lossless JPEG (SOF3)", "a 12-bit JPEG (SOF1)", "a hierarchical JPEG (SOF5)"; else
     ``None`` (an 8-bit baseline, extended or progressive frame, or no frame header found).
-    Walks the marker segments from SOI (T.81 B.1.1.4); no decoding."""
+    Walks the marker segments from SOI (T.81 B.1.1.4); no decoding. The frame header comes
+    before the first scan, after a few tables and application segments: the walk stops after
+    :data:`_JPEG_HEADER_STEPS` markers or :data:`_JPEG_HEADER_BYTES` (a file of fill bytes or
+    empty markers is not walked to its end)."""
     offset = 2
-    while offset + 5 <= len(data) and data[offset] == 0xFF:
+    for _step in range(_JPEG_HEADER_STEPS):
+        if offset + 5 > min(len(data), _JPEG_HEADER_BYTES) or data[offset] != 0xFF:
+            return None
         marker = data[offset + 1]
         if marker == 0xFF:  # fill byte
             offset += 1
@@ -2506,13 +2550,14 @@ def _unsupported_jpeg_coding(data: bytes) -> str | None:
         if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
             precision = data[offset + 4]
             sof = f"SOF{marker - 0xC0}" if marker != 0xF7 else "SOF55"
+            bits = f"{'an' if precision in (8, 11, 18) else 'a'} {precision}-bit"
             if marker == 0xF7:
-                return f"a {precision}-bit JPEG-LS image ({sof})"
+                return f"{bits} JPEG-LS image ({sof})"
             if marker in _LOSSLESS_SOF:
-                return f"a {precision}-bit lossless JPEG ({sof})"
+                return f"{bits} lossless JPEG ({sof})"
             if marker in _HIERARCHICAL_SOF:
-                return f"a {precision}-bit hierarchical JPEG ({sof})"
-            return f"a {precision}-bit JPEG ({sof})" if precision != 8 else None
+                return f"{bits} hierarchical JPEG ({sof})"
+            return f"{bits} JPEG ({sof})" if precision != 8 else None
         offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
     return None
 

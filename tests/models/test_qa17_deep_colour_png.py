@@ -72,3 +72,13 @@ def test_a_full_range_16_bit_rgb_png_is_still_read_at_8_bits() -> None:
     image = preprocess(png16(_as(scaled, 2), 2))
     np.testing.assert_allclose(image.pixels, (scaled >> 8) / 255.0, atol=1e-6)
     assert image.metadata.bits_stored == 8
+
+
+@pytest.mark.parametrize("colour_type", [2, 4, 6], ids=["rgb", "gray-alpha", "rgba"])
+def test_a_dark_8_bit_image_widened_to_16_bits_is_read(colour_type: int) -> None:
+    """8-bit values stored at 16 bits (v * 257, each low byte equal to its high byte) lose
+    nothing at 8 bits: a dark one (every value below 64) is read, not refused (review)."""
+    y, x = np.mgrid[0:40, 0:48]
+    dark = ((x + y) % 60).astype(np.uint16) * 257
+    image = preprocess(png16(_as(dark, colour_type), colour_type))
+    np.testing.assert_allclose(image.pixels, (dark >> 8) / 255.0, atol=1e-6)

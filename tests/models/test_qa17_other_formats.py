@@ -128,3 +128,16 @@ def test_a_lossless_jpeg_is_refused_as_unsupported_coding() -> None:
     data[at + 4] = 16
     with pytest.raises(UnsupportedJpegError, match="lossless"):
         preprocess(bytes(data))
+
+
+def test_the_frame_header_search_is_bounded() -> None:
+    """The marker walk that names a JPEG's coding runs only after Pillow failed, on bytes of
+    up to the upload limit: it stops after a bounded number of markers (a file of empty
+    markers is not walked to its end; review), and an 8-bit frame gets "an 8-bit"."""
+    from radlens.models import preprocessing
+
+    sof3 = b"\xff\xc3\x00\x0b\x08\x00\x08\x00\x08\x01\x01\x11\x00"
+    near = b"\xff\xd8" + b"\xff\x01" * 100 + sof3
+    assert preprocessing._unsupported_jpeg_coding(near) == "an 8-bit lossless JPEG (SOF3)"
+    far = b"\xff\xd8" + b"\xff\x01" * (preprocessing._JPEG_HEADER_STEPS + 1) + sof3
+    assert preprocessing._unsupported_jpeg_coding(far) is None

@@ -99,19 +99,41 @@ def test_a_4_bit_gray_png_with_trns_is_refused() -> None:
         preprocess(data)
 
 
-def test_an_rgba_array_is_refused_as_its_png_is() -> None:
-    """preprocess_array (MedMNIST-style .npz sources) promises the result of the array's PNG:
-    an RGBA array with transparent pixels is refused the same way, an opaque one is read."""
-    from radlens.models.preprocessing import preprocess_array
+def _gray_png(width: int, height: int, depth: int, packed_rows: list[bytes], key: int) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"tRNS", struct.pack(">H", key))
+        + _chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row for row in packed_rows)))
+        + _chunk(b"IEND", b"")
+    )
 
-    def png_bytes_of(array: np.ndarray) -> bytes:
-        return _png(Image.fromarray(array))
 
-    rgba = np.dstack([np.stack([_gray()] * 3, axis=-1), np.full((32, 40), 255, np.uint8)])
-    rgba[0, 0, 3] = 17
-    with pytest.raises(TransparentImageError, match="1 of its 1280 pixels"):
-        preprocess_array(rgba)
-    with pytest.raises(TransparentImageError):
-        preprocess(png_bytes_of(rgba))
-    rgba[0, 0, 3] = 255
-    np.testing.assert_array_equal(preprocess_array(rgba), preprocess(png_bytes_of(rgba)).pixels)
+@pytest.mark.parametrize("key", [0, 1])
+def test_a_1_bit_gray_png_with_trns_is_refused_for_either_value(key: int) -> None:
+    """Pillow stores a 1-bit PNG's tRNS value as 0 or 255 already (mode "1"): scaling it
+    again made tRNS = 1 match nothing (review)."""
+    rows = [bytes([0b11110000]) for _ in range(4)]  # 8x4: half white, half black
+    with pytest.raises(TransparentImageError, match=r"16 of its 32 pixels"):
+        preprocess(_gray_png(8, 4, 1, rows, key))
+
+
+def test_a_16_bit_rgb_trns_colour_is_matched_on_the_exact_samples() -> None:
+    """Pillow reads 16-bit RGB at the high bytes; a tRNS colour (0, 0, 0) no pixel holds
+    exactly must not match pixels whose high bytes are 0 (value 100): read, not refused; one
+    pixel that holds it exactly is transparent (review)."""
+    from tests.models.test_qa17_deep_colour_png import png16
+
+    samples = np.full((8, 8, 3), 40000, np.uint16)
+    samples[:2] = 100  # high byte 0, not the key
+    trns = _chunk(b"tRNS", struct.pack(">HHH", 0, 0, 0))
+
+    def with_trns(png: bytes) -> bytes:
+        at = png.index(b"IDAT") - 4  # before the IDAT chunk's length
+        return png[:at] + trns + png[at:]
+
+    assert preprocess(with_trns(png16(samples, 2))).pixels.shape == (8, 8)
+    samples[0, 0] = 0
+    with pytest.raises(TransparentImageError, match=r"1 of its 64 pixels"):
+        preprocess(with_trns(png16(samples, 2)))
