@@ -292,21 +292,29 @@ class Candidate:
     sender: SourceRef | None = None
 
 
+_COPY_GAP = 0.01  # scores this close, same label: a copy in another encoding, said at INFO
+
+
 def _note_other_bytes(mine: Prediction, stored: Prediction) -> None:
-    """Warn when a re-post recognised by its SOP Instance UID came in other bytes than the
-    stored prediction's: a re-encoded copy (another transfer syntax: the same image), or a
-    UID the sender reused for another image, which the stored result does not describe. The
-    answer stays the stored prediction (docs/security.md, de-duplication); the log says how
-    far this upload's own scores were from it, so a reused UID can be told from a copy."""
+    """Log a re-post recognised by its SOP Instance UID that came in other bytes than the
+    stored prediction's: a re-encoded copy (another transfer syntax, a file meta a Storage
+    SCP rewrote: the same image), or a UID the sender reused for another image, which the
+    stored result does not describe. The answer stays the stored prediction (docs/security.md,
+    de-duplication); the line says how far this upload's own scores were from it (the same
+    model scored both: identity is per model version). Same label and scores within
+    ``_COPY_GAP``: INFO; otherwise a WARNING (a reused UID shows there, though a reused UID
+    whose images score alike cannot be told from a copy)."""
     if mine.input_sha256 == stored.input_sha256:
         return
     gap: float | None = None
     try:
         shared = set(mine.scores or {}) & set(stored.scores or {})
         gap = max(abs(float(mine.scores[k]) - float(stored.scores[k])) for k in shared)
-    except (TypeError, ValueError):  # scores of another shape (or none in common): no gap
+    except (TypeError, ValueError, ArithmeticError):  # scores of another shape: no gap
         gap = None
-    logger.warning(
+    alike = gap is not None and gap <= _COPY_GAP and mine.label == stored.label
+    logger.log(
+        logging.INFO if alike else logging.WARNING,
         "prediction %s: its SOP Instance UID was stored before from other bytes (a re-encoded "
         "copy, or the UID reused for another image); the stored result was returned%s",
         stored.id,

@@ -184,7 +184,7 @@ def test_a_repost_after_the_change_returns_the_stored_prediction(
         assert sop not in repr(rows)
 
 
-def test_a_uid_re_posted_with_other_pixels_is_answered_with_a_warning_in_the_log(
+def test_a_uid_re_posted_in_other_bytes_is_said_in_the_log(
     url: str, model_store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Same SOP Instance UID, other pixels (a sender that reuses UIDs, as the QA round 16
@@ -203,15 +203,40 @@ def test_a_uid_re_posted_with_other_pixels_is_answered_with_a_warning_in_the_log
             other = post(client, dicom_bytes(**uids, seed=7))
     assert same.status_code == other.status_code == 200
     assert same.json()["id"] == other.json()["id"] == first.json()["id"]
-    warned = [
+    said = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "radlens.app.ingest" and r.levelno == logging.WARNING
+        if r.name == "radlens.app.ingest" and "other bytes" in r.getMessage()
     ]
-    assert len(warned) == 1, warned  # the other pixels only
-    assert warned[0].startswith(f"prediction {first.json()['id']}: its SOP Instance UID was")
-    assert "other bytes" in warned[0] and "from the stored scores" in warned[0]
-    assert sop not in warned[0]
+    assert len(said) == 1, said  # the other pixels only
+    assert said[0].startswith(f"prediction {first.json()['id']}: its SOP Instance UID was")
+    assert "from the stored scores" in said[0] and sop not in said[0]
+
+
+def test_the_other_bytes_line_is_a_warning_when_the_scores_disagree(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Same label within 0.01: a copy, INFO; another label or a wider gap: a WARNING (a
+    reused UID); scores that cannot be compared still give the line, without a gap."""
+    import logging
+
+    from radlens.app.ingest import _note_other_bytes
+    from radlens.app.tables import Prediction
+
+    def row(digest: str, label: str, abnormal: object) -> Prediction:
+        return Prediction(input_sha256=digest, label=label, scores={"abnormal": abnormal})
+
+    stored = row("a" * 64, "abnormal", 0.80)
+    with caplog.at_level(logging.INFO, logger="radlens.app.ingest"):
+        _note_other_bytes(row("a" * 64, "abnormal", 0.10), stored)  # same bytes: nothing
+        _note_other_bytes(row("b" * 64, "abnormal", 0.805), stored)
+        _note_other_bytes(row("c" * 64, "normal", 0.30), stored)
+        _note_other_bytes(row("d" * 64, "abnormal", 10**400), stored)  # float() overflows
+    levels = [(r.levelno, r.getMessage()[-60:]) for r in caplog.records]
+    assert [level for level, _ in levels] == [logging.INFO, logging.WARNING, logging.WARNING]
+    assert "label abnormal, up to 0.005" in levels[0][1]
+    assert "label normal, up to 0.500" in levels[1][1]
+    assert levels[2][1].endswith("the stored result was returned")
 
 
 def test_stowrs_dicom_sr_and_the_storage_scp_recognise_the_instance_too(
@@ -245,7 +270,9 @@ def test_stowrs_dicom_sr_and_the_storage_scp_recognise_the_instance_too(
         ae = pynetdicom.AE(ae_title="SENDER")
         ae.add_requested_context(pynetdicom.sop_class.CTImageStorage)
         port = client.app_state.dimse.port
-        assoc = ae.associate("127.0.0.1", port, ae_title="RADLENS")
+        # addressed to dcmtk's default title: by default any called AE title is accepted
+        # (RADLENS_DIMSE_REQUIRE_CALLED_AE_TITLE off, as in most PACS nodes)
+        assoc = ae.associate("127.0.0.1", port, ae_title="ANY-SCP")
         assert assoc.is_established
         status = assoc.send_c_store(dcmread(io.BytesIO(data)))
         assoc.release()
