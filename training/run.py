@@ -212,6 +212,8 @@ class _RunData:
     y_val: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     # series-labelled data: the series of each decoded validation slice (x_val's rows)
     val_series: list[str | None] = field(default_factory=list)
+    # the train split's surveyed headers when an intended use was stated (read once, at open)
+    train_headers: list[dict[str, Any]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -262,7 +264,7 @@ class _RunData:
         leakage = check_leakage(splits)  # one patient in two splits inflates every figure
         from radlens.training.data.intended import check_stated_use_is_trained
 
-        check_stated_use_is_trained(  # a model its own gate would refuse: not trained at all
+        headers = check_stated_use_is_trained(  # a model its gate would refuse: not trained
             source,
             splits["train"],
             modalities=config.intended_modalities,
@@ -279,7 +281,7 @@ class _RunData:
 
             record["series"] = {k: series_counts(source, v) for k, v in splits.items()}
         record["leakage_check"] = leakage
-        return cls(config, source, splits, list(source.skipped), record)
+        return cls(config, source, splits, list(source.skipped), record, train_headers=headers)
 
     def report(self) -> None:
         """The data report's lines about the split (train.log), each said once."""
@@ -624,6 +626,7 @@ def _finish(run: _Run, started: float) -> RunResult:
             data.splits["train"],
             modalities=config.intended_modalities,
             body_parts=config.intended_body_parts,
+            headers=data.train_headers,
         )
         manifest = ModelRegistry(store).save(
             network,
@@ -1058,6 +1061,7 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
             data.splits["train"],
             modalities=config.intended_modalities,
             body_parts=config.intended_body_parts,
+            headers=data.train_headers,
         )
         manifest = ModelRegistry(store).save(
             network,

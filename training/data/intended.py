@@ -117,8 +117,10 @@ def check_stated_use_is_trained(
     *,
     modalities: Sequence[str] = (),
     body_parts: Sequence[str] = (),
-) -> None:
-    """Refuse, before training, a stated intended use that every training image is outside.
+) -> list[dict[str, Any]] | None:
+    """Refuse, before training, a stated intended use that every training image is outside;
+    return the headers read for it (``None`` when nothing was stated), for
+    :func:`intended_use_for` at the end of the run.
 
     Such a model would be refused by the service's gate for every image like the ones it
     learnt from (--intended-modalities CR,DX on a folder of MR, a typo in a body part): hours
@@ -131,14 +133,14 @@ def check_stated_use_is_trained(
             few, in the gate's words, and what to do).
     """
     if not (modalities or body_parts) or not examples:
-        return
+        return None
     from radlens.models.errors import ConfigurationError
 
     headers = list(_headers(source, examples))
     record = intended_use_record(survey(headers), check_stated(modalities, body_parts))
     outside = outside_stated_use(examples, headers, record)
     if len(outside) < len(examples):
-        return
+        return headers
     stated = ", ".join(
         f"{name} {'/'.join(values)}"
         for name, values in (("modalities", modalities), ("body parts", body_parts))
@@ -160,10 +162,14 @@ def intended_use_for(
     *,
     modalities: Sequence[str] = (),
     body_parts: Sequence[str] = (),
+    headers: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The manifest's ``intended_use`` for a model trained on ``examples``: the statement
-    (``modalities``/``body_parts`` from the config; none: not stated) and the survey."""
-    headers = list(_headers(source, examples))
+    (``modalities``/``body_parts`` from the config; none: not stated) and the survey
+    (``headers``: the examples' headers when read already, in their order)."""
+    if headers is None or len(headers) != len(examples):  # not read, or for other examples
+        headers = list(_headers(source, examples))
+    headers = list(headers)
     observed = survey(headers)
     stated = check_stated(modalities, body_parts) if (modalities or body_parts) else None
     record = intended_use_record(observed, stated)
