@@ -29,6 +29,11 @@ def _settings(url: str, store: Path, inbox: Path, **extra: Any) -> Any:
     )
 
 
+def _pseudonymising(url: str, store: Path, inbox: Path) -> Any:
+    """Queued settings of a site that pseudonymises UIDs (the inbox is encrypted under it)."""
+    return _settings(url, store, inbox, uid_pseudonym_key=PSEUDONYM_KEY, dedupe_key=DEDUPE_KEY)
+
+
 def _send(port: int, datasets: list[Any]) -> list[int]:
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CTImageStorage)
@@ -103,13 +108,7 @@ def test_queued_instances_are_finished_after_a_restart(
     path = inbox.put(dicom_bytes(sop=sop, study=new_uid()), "MODALITY")
     (inbox_dir / "00000000000000000001-abc-4d4f.dcm.part").write_bytes(b"never acknowledged")
     assert sop.encode() not in path.read_bytes()  # encrypted at rest under the pseudonym key
-    settings = _settings(
-        migrated_database_url,
-        model_store,
-        inbox_dir,
-        uid_pseudonym_key=PSEUDONYM_KEY,
-        dedupe_key=DEDUPE_KEY,
-    )
+    settings = _pseudonymising(migrated_database_url, model_store, inbox_dir)
     with TestClient(create_app(settings)) as client:
         app: Any = client.app
         wait_for(lambda: _rows(app, "SELECT id FROM predictions"), 120, "the queued prediction")
@@ -230,13 +229,7 @@ def test_an_instance_queued_under_another_key_is_kept_aside_not_deleted(
     path = DimseInbox(inbox_dir, b"the-key-it-was-queued-under-0123456789").put(
         dicom_bytes(seed=12), "MODALITY"
     )
-    settings = _settings(
-        migrated_database_url,
-        model_store,
-        inbox_dir,
-        uid_pseudonym_key=PSEUDONYM_KEY,
-        dedupe_key=DEDUPE_KEY,
-    )
+    settings = _pseudonymising(migrated_database_url, model_store, inbox_dir)
     with TestClient(create_app(settings)) as client, caplog.at_level("ERROR"):
         app: Any = client.app
         (query,) = wait_for(
