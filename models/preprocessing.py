@@ -567,16 +567,20 @@ def sniff_format(data: bytes) -> str:
     # A dataset without preamble and file meta starts with its first element's tag.
     if len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
         return "dicom"
-    received = f"received {len(data)} bytes starting {_hex_head(data)}"
-    other = other_format(data)
-    if other is not None:
-        name, advice = other
-        raise NotAnImageError(f"{received}: {name}; {advice}")
-    raise NotAnImageError(received)
+    raise NotAnImageError(
+        f"received {len(data)} bytes starting {_hex_head(data)}{other_format_said(data)}"
+    )
 
 
 _TO_PNG = "convert it to PNG (16-bit gray keeps a radiograph's depth) and send that"
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+
+
+def other_format_said(data: bytes) -> str:
+    """``": <what it is>; <what to do>"`` for a file :func:`other_format` knows, to end a
+    refusal's message with; ``""`` otherwise."""
+    other = other_format(data)
+    return "" if other is None else f": {other[0]}; {other[1]}"
 
 
 def other_format(data: bytes) -> tuple[str, str] | None:

@@ -720,8 +720,8 @@ def _probe_kind_only(path: Path) -> str | None:
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     if sniff_format(head) is None and path.suffix.lower() not in DICOM_EXTENSIONS:
-        other = preprocessing.other_format(head)  # a TIFF, GIF, ... named, with what to do
-        named = "" if other is None else f": {other[0]}; {other[1]}"
+        # a TIFF, GIF, ... named, with what to do
+        named = preprocessing.other_format_said(head)
         return f"not a DICOM, PNG or JPEG file (starts with {head[:8]!r}){named}"
     return None
 
@@ -771,8 +771,7 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
         # another kind of file, no preamble, and nothing of the groups every image has
         with path.open("rb") as fh:
             head = fh.read(16)
-        other = preprocessing.other_format(head)  # a TIFF named .dcm, ...: say so
-        named = "" if other is None else f": {other[0]}; {other[1]}"
+        named = preprocessing.other_format_said(head)  # a TIFF named .dcm, ...: say so
         return f"not a DICOM file ({path.stat().st_size} bytes, starts with {head[:8]!r}){named}"
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
