@@ -247,7 +247,9 @@ class StorageSCP:
                 (self.settings.dimse_bind, self.settings.dimse_port or 0),
                 evt_handlers=[
                     (evt.EVT_REQUESTED, prefer_the_senders_syntaxes),
+                    (evt.EVT_REQUESTED, self._answer_first),
                     (evt.EVT_REJECTED, self._log_rejected),
+                    (evt.EVT_DIMSE_RECV, self._answer_store_without_instance_uid),
                     (evt.EVT_C_STORE, self._handle_store),
                 ],
                 ssl_context=ssl_context,
@@ -312,6 +314,66 @@ class StorageSCP:
             called,
             reason,
         )
+
+    def _answer_first(self, event: Any) -> None:
+        """Put ``_answer_store_without_instance_uid`` before the association's other
+        EVT_DIMSE_RECV handlers (pynetdicom binds its logging handler first, and a handler that
+        raises stops the ones after it). EVT_REQUESTED comes before any DIMSE message."""
+        assoc, own = event.assoc, self._answer_store_without_instance_uid
+        others = [(f, a) for f, a in assoc.get_handlers(evt.EVT_DIMSE_RECV) if f != own]
+        for func, _args in others:
+            assoc.unbind(evt.EVT_DIMSE_RECV, func)
+        for func, args in others:
+            assoc.bind(evt.EVT_DIMSE_RECV, func, args)
+
+    def _answer_store_without_instance_uid(self, event: Any) -> None:
+        """Refuse a C-STORE request that names no Affected SOP Instance UID (0000,1000).
+
+        pynetdicom drops such a request unanswered (not a valid request), so the sender waited
+        for its DIMSE timeout and the association stayed open until the network timeout (QA
+        round 15: 60 s). Runs as the complete message arrives (EVT_DIMSE_RECV, on the
+        association's reader thread) and answers it here, Error Comment included; the UID
+        names the instance in the prediction's provenance, so there is nothing to predict."""
+        command = event.message.command_set
+        if command.get("CommandField") != 0x0001:  # C-STORE-RQ
+            return
+        if str(command.get("AffectedSOPInstanceUID", "") or "").strip():
+            return
+        if command.get("MessageID") is None:  # nothing to answer to: pynetdicom aborts
+            return
+        from pynetdicom.dimse_primitives import C_STORE
+
+        # pynetdicom's own logging handler for this event reads the element: an empty one
+        # keeps it from failing with a traceback in the log
+        command.AffectedSOPInstanceUID = ""
+        calling = str(event.assoc.requestor.ae_title).strip()
+        comment = "C-STORE request has no Affected SOP Instance UID (0000,1000)"
+        logger.warning(
+            "C-STORE from %s:%s (calling %r) refused: 0x%04X %s; the sender must set the "
+            "instance's SOP Instance UID",
+            event.assoc.requestor.address,
+            event.assoc.requestor.port,
+            calling,
+            STATUS_CANNOT_UNDERSTAND,
+            comment,
+        )
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = command.MessageID
+        if command.get("AffectedSOPClassUID"):
+            response.AffectedSOPClassUID = command.AffectedSOPClassUID
+        response.Status = STATUS_CANNOT_UNDERSTAND
+        response.ErrorComment = comment  # type: ignore[assignment]  # (pynetdicom types it None)
+        event.assoc.dimse.send_msg(response, event.message.context_id)
+        if self.sessionmaker is not None:
+            from radlens.app.audit import record_apart
+
+            record_apart(
+                self.sessionmaker,
+                actor=f"dimse:{calling}"[:32],
+                action="dimse.store",
+                status=_HTTP_LIKE[STATUS_CANNOT_UNDERSTAND],
+                query=f"reason={comment}",
+            )
 
     def _tls(self) -> ssl.SSLContext | None:
         """DICOM TLS when RADLENS_DIMSE_TLS_CERT/_KEY are set; with _CA, peers must present a

@@ -114,6 +114,36 @@ def test_truncated_pixel_data_fails_and_stores_nothing(node: Node) -> None:
     assert node.count("predictions") == before
 
 
+def test_store_request_without_an_instance_uid_is_answered(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA round 15: pynetdicom dropped a C-STORE request with no Affected SOP Instance UID
+    unanswered; the sender waited for its DIMSE timeout, the association was held until the
+    network timeout and the log showed pynetdicom's traceback. Now it is refused at once."""
+    before = node.count("predictions")
+    audited = node.audited("dimse.store")
+    ds = dcmread(__import__("io").BytesIO(dicom_bytes(seed=6)))
+    ds.SOPInstanceUID = ""  # pynetdicom's SCU then leaves (0000,1000) out of the request
+    assoc = _assoc(node)
+    with caplog.at_level(logging.INFO):
+        status = assoc.send_c_store(ds)
+        assert assoc.is_established  # the association stays up for the next instance
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+    assert status.Status == 0xC000
+    comment = "C-STORE request has no Affected SOP Instance UID (0000,1000)"
+    assert status.ErrorComment == comment
+    assert node.count("predictions") == before
+    assert node.audited("dimse.store")[len(audited) :] == [
+        ("dimse:SENDER", 422, f"reason={comment}")
+    ]
+    # the sender's own pynetdicom logs an error for the request it sent; the SCP none
+    assert "EVT_DIMSE_RECV" not in caplog.text
+    assert "Network timeout" not in caplog.text
+    said = [r.getMessage() for r in caplog.records if r.name == "radlens.app.dimse"]
+    assert any("(calling 'SENDER') refused: 0xC000" in line for line in said), said
+
+
 @pytest.mark.parametrize(
     ("change", "comment"),
     [
