@@ -3,6 +3,7 @@ with links to each instance's prediction, and a series Structured Report (app/se
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from radlens.app.deps import SessionDep, SettingsDep
 from radlens.app.dicom_outputs import DICOM_MEDIA_TYPE, build_series_sr, source_from_prediction
-from radlens.app.errors import NotFoundError
+from radlens.app.errors import AppError, NotFoundError
 from radlens.app.routes.explanations import PseudonymisedUidsError
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelRef, problem_responses
 from radlens.app.series import (
@@ -30,15 +31,44 @@ from radlens.models.manifest import ModelManifest
 
 router = APIRouter(prefix="/v1", tags=["series and studies"])
 
-# A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1)
-UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+# A UID as the service may have stored it: at most 64 characters, no control character (what
+# app/ingest.check_recordable lets through). Not only DICOM's digits and dots (PS3.5 9.1): an
+# instance whose UIDs are not (an anonymiser writing UUIDs, pydicom/deid's example output; a
+# hospital's UID with letters) is predicted and stored, so its series and study must be
+# readable by the UIDs its prediction shows (QA round 18). A UID that is stored under neither
+# form is a 404 when it is a DICOM UID, else a 422 that says it is not one (_not_stored). The
+# OpenAPI document states the DICOM form (DICOM_UID_PATTERN), the one a conforming client sends.
+UID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+DICOM_UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+DICOM_UID = re.compile(DICOM_UID_PATTERN)
+
+
+class MalformedUidError(AppError):
+    code = "invalid-uid"
+    title = "Not a DICOM UID (digits and dots), and nothing is stored under it; check the UID"
+    status_code = 422
+
+
+def _not_stored(what: str, uid: str) -> AppError:
+    """The error for a series or study UID under which no prediction is stored."""
+    if DICOM_UID.fullmatch(uid) is None:
+        return MalformedUidError(
+            f"{what} UID {uid!r} is not a DICOM UID, and no prediction is stored under it"
+        )
+    if what == "study":
+        return NotFoundError(f"no prediction with a series is stored for study {uid!r}")
+    return NotFoundError(f"no prediction is stored for series {uid!r}")
+
+
 UidPath = Annotated[
     str,
     Path(
         max_length=64,
         pattern=UID_PATTERN,
+        json_schema_extra={"pattern": DICOM_UID_PATTERN},
         description="The UID as sent by the modality, or as a response shows it (a pseudonym "
-        "when RADLENS_UID_PSEUDONYM_KEY is set)",
+        "when RADLENS_UID_PSEUDONYM_KEY is set). A UID stored as received that is not digits "
+        "and dots (an anonymiser's UUID) is taken too",
     ),
 ]
 
@@ -245,7 +275,7 @@ def _find_series(
         _series_thresholds(request, settings) if request is not None else None,
     )
     if view is None:
-        raise NotFoundError(f"no prediction is stored for series {series_uid!r}")
+        raise _not_stored("series", series_uid)
     return view
 
 
@@ -301,7 +331,7 @@ def get_study(
         _series_thresholds(request, settings),
     )
     if view is None:
-        raise NotFoundError(f"no prediction with a series is stored for study {study_uid!r}")
+        raise _not_stored("study", study_uid)
     loaded = _loaded(request)
     results = []
     for result, series in view.results:
