@@ -223,6 +223,30 @@ def _check_weights(weights: Any) -> str | None:
     return str(path)
 
 
+def imagenet_unreachable(exc: BaseException) -> ConfigurationError:
+    """The error for ImageNet weights that Keras could not download (a hospital network has
+    no internet): what to do instead, with Keras's reason on one line."""
+    reason = " ".join(str(exc).split())[:300]
+    return ConfigurationError(
+        "the ImageNet ResNet50 weights could not be downloaded (Keras fetches "
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 on first use; this machine "
+        "could not reach it). Copy that file from a machine with internet access and pass "
+        "its path (--weights ./resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, or put it "
+        "in ~/.keras/models/), or train from scratch with --weights none. "
+        f"Received: weights='imagenet' ({type(exc).__name__}: {reason})"
+    )
+
+
+def ensure_imagenet_weights() -> None:
+    """Have Keras fetch (or find in its cache) the no-top ResNet50 ImageNet weights now, so a
+    run that cannot get them stops before it writes anything (training calls this before it
+    opens its run directory). Raises ConfigurationError (:func:`imagenet_unreachable`)."""
+    try:
+        keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=(32, 32, 3))
+    except Exception as exc:  # Keras's download raises a bare Exception ("URL fetch failure")
+        raise imagenet_unreachable(exc) from exc
+
+
 def _frontend(x: Any, filters: tuple[str, ...]) -> Any:
     if not filters:
         return x
@@ -259,8 +283,10 @@ def _resnet50(
         backbone = keras.applications.ResNet50(
             include_top=False, weights=weights, input_shape=(*size, 3), name="backbone"
         )
-    except (OSError, ValueError) as exc:
-        if weights is None or weights == "imagenet":
+    except Exception as exc:  # Keras's download raises a bare Exception ("URL fetch failure")
+        if weights == "imagenet":
+            raise imagenet_unreachable(exc) from exc
+        if weights is None or not isinstance(exc, OSError | ValueError):
             raise
         raise ConfigurationError(
             f"the weights file could not be loaded into a no-top ResNet50: "

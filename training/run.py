@@ -150,6 +150,12 @@ def train(
     if run_dir is None:  # config.json must find the data again from anywhere (--resume)
         config = config.with_overrides({"data": str(Path(config.data).resolve())})
     dist = set_up(config.strategy, config.mixed_precision)  # FIRST: before any other TF op
+    if config.architecture == "resnet50" and config.weights == "imagenet":
+        # fetched (or found in Keras's cache) now, before the seed is set (its throwaway model
+        # draws no seeded numbers): offline, the run stops before it reads data or writes
+        from radlens.models.architectures import ensure_imagenet_weights
+
+        ensure_imagenet_weights()
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:

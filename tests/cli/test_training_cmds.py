@@ -61,6 +61,34 @@ def test_bad_options_exit_2(
     assert not any(tmp_path.iterdir())  # stopped before creating a run
 
 
+def test_imagenet_weights_offline_exit_2_before_a_run_folder_exists(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA round 19: on a machine without internet `--weights imagenet` was an "internal
+    error: Exception: URL fetch failure ... please report it" (exit 1) and left its run folder
+    behind. Keras's download is replaced by the failure it raises offline (nothing is
+    fetched: tests never download)."""
+    from keras.src.utils import file_utils
+
+    def offline(*args: Any, **kwargs: Any) -> str:
+        raise Exception(  # what keras.utils.get_file raises when the URL cannot be reached
+            "URL fetch failure on https://storage.googleapis.com/tensorflow/keras-applications/"
+            "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5: None -- [Errno -3] "
+            "Temporary failure in name resolution"
+        )
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    runs = tmp_path / "runs"
+    args = ["--arch", "resnet50", "--image-size", "32", "--weights", "imagenet", "--epochs", "1"]
+    code = main(["train", "--data", str(demo), "--runs-dir", str(runs), *args])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert "the ImageNet ResNet50 weights could not be downloaded" in line
+    assert "--weights ./resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in line
+    assert "Temporary failure in name resolution" in line
+    assert not runs.exists() or not any(runs.iterdir())  # no run folder left behind
+
+
 def test_missing_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--arch", "simple_cnn"]) == 2
     assert "no training data" in _one_error_line(capsys.readouterr().err)
