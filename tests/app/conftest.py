@@ -123,6 +123,10 @@ class Databases:
         self.created.clear()
 
 
+# Session-scoped and parametrised: pytest groups the whole run by backend, so a module whose
+# tests use it is visited twice (its SQLite tests, other modules, then its PostgreSQL tests) and
+# its module-scoped fixtures are built once per visit. A fixture that trains a model and needs
+# no database is therefore session-scoped in its module ("trained once": built once per run).
 @pytest.fixture(
     scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )

@@ -46,7 +46,7 @@ def _reference(rng: np.random.Generator) -> dict[str, Any]:
     return build_reference(scores, pixels, ["normal", "abnormal"], 0.5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # trained once: see tests/app/conftest.py databases
 def watched_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store with the tiny model "watched" whose manifest carries a drift reference."""
     store = tmp_path_factory.mktemp("drift") / "store"

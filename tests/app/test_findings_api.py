@@ -67,7 +67,7 @@ def save_findings_model(store: Path, name: str = "findings") -> Any:
     return save_multilabel(store, constant_findings_model(BIASES), name, THRESHOLDS)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # trained once: see tests/app/conftest.py databases
 def findings_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("findings-store")
     save_findings_model(store)

@@ -31,7 +31,7 @@ CHEST_CR_DX = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # trained once: see tests/app/conftest.py databases
 def chest_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("chest-store")
     save_tiny_model(store, name="chest", intended_use=CHEST_CR_DX)

@@ -34,7 +34,7 @@ def _inputs(images: np.ndarray) -> np.ndarray:
     return np.stack([preprocess_array(a, size=SIZE) for a in images])[..., None]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # trained once: see tests/app/conftest.py databases
 def ensemble_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three members, one per fold (trained 3 epochs on the other two), as one ensemble."""
     import keras

@@ -42,7 +42,7 @@ def _as_png(path: Path) -> bytes:
     return _png((np.clip(image.pixels, 0, 1) * 255).astype(np.uint8))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # trained once: see tests/app/conftest.py databases
 def ood_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A simple_cnn trained for 3 epochs on 1200 PneumoniaMNIST images, with its detector."""
     import keras

@@ -90,7 +90,7 @@ class TestModelResult:
         assert (site.threshold, site.positive, site.threshold_source) == (0.45, False, "model")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # trained once: see tests/app/conftest.py databases
 def series_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("series-threshold-store")
     save_tiny_model(store, metrics={"val": {"auc": 0.5}, "series_threshold": RECORD})
