@@ -87,6 +87,10 @@ def test_drift_summary_stays_low_then_moves_with_a_shifted_stream(
     first = drift_client.get("/v1/drift").json()
     assert first["status"] == "collecting" and first["n"] == 0
     assert first["reference"] == {"split": "val", "split_size": 300}
+    # the window is the database's stored predictions, not this process's uploads (QA 19)
+    collecting = drift_client.get("/ui/drift").text
+    assert "Status: collecting." in collecting
+    assert "stored predictions of this model: too few to compare" in collecting
 
     rng = np.random.default_rng(1)
     _post_all(drift_client, [_png(rng) for _ in range(WINDOW)])
