@@ -14,6 +14,7 @@ worker index.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,31 @@ def test_gpu_overlay_asks_for_a_gpu_and_serves_on_it():
     (cpu_api,) = _containers(_get(cpu, "Deployment", "radlens-api"))
     assert "nvidia.com/gpu" not in cpu_api["resources"]["limits"]
     assert _env(cpu_api)["RADLENS_DEVICE"]["value"] == "cpu"
+
+
+def test_the_api_starts_with_the_secret_the_docs_say_to_create(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA round 19: the Secret of kustomization.yaml's comment holds uid-pseudonym-key, which
+    the API pods read; without RADLENS_DEDUPE_KEY beside it their settings refuse to load, so
+    every pod failed at start-up. The API container's environment, with that Secret's keys
+    (made-up values), must make valid settings."""
+    from radlens.app.settings import Settings
+
+    comment = (BASE / "kustomization.yaml").read_text()
+    secret_keys = re.findall(r"--from-literal=([a-z-]+)=", comment)
+    assert "uid-pseudonym-key" in secret_keys
+    secret = {key: f"made-up-{key}-value-0123456789" for key in secret_keys}
+    secret["database-url"] = "sqlite:///made-up.db"
+    (api,) = _containers(_get(_base_resources(), "Deployment", "radlens-api"))
+    for name in [n for n in os.environ if n.startswith("RADLENS_")]:
+        monkeypatch.delenv(name)
+    for name, item in _env(api).items():
+        if "value" in item:
+            monkeypatch.setenv(name, str(item["value"]))
+        elif (ref := item["valueFrom"]["secretKeyRef"])["key"] in secret:
+            monkeypatch.setenv(name, secret[ref["key"]])
+        else:
+            assert ref.get("optional"), f"{name} reads {ref['key']}, which the Secret lacks"
+    settings = Settings()  # raised "RADLENS_UID_PSEUDONYM_KEY needs RADLENS_DEDUPE_KEY"
+    assert settings.uid_pseudonym_key is not None and settings.dedupe_key is not None
