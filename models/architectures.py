@@ -223,6 +223,12 @@ def _check_weights(weights: Any) -> str | None:
     return str(path)
 
 
+def _download_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is Keras's failure to fetch a weights file (``keras.utils.get_file``
+    raises a bare Exception "URL fetch failure on ..."; a socket error is an OSError)."""
+    return isinstance(exc, OSError) or str(exc).startswith("URL fetch failure")
+
+
 def imagenet_unreachable(exc: BaseException) -> ConfigurationError:
     """The error for ImageNet weights that Keras could not download (a hospital network has
     no internet): what to do instead, with Keras's reason on one line."""
@@ -244,6 +250,8 @@ def ensure_imagenet_weights() -> None:
     try:
         keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=(32, 32, 3))
     except Exception as exc:  # Keras's download raises a bare Exception ("URL fetch failure")
+        if not _download_failed(exc):
+            raise
         raise imagenet_unreachable(exc) from exc
 
 
@@ -284,9 +292,9 @@ def _resnet50(
             include_top=False, weights=weights, input_shape=(*size, 3), name="backbone"
         )
     except Exception as exc:  # Keras's download raises a bare Exception ("URL fetch failure")
-        if weights == "imagenet":
+        if weights == "imagenet" and _download_failed(exc):
             raise imagenet_unreachable(exc) from exc
-        if weights is None or not isinstance(exc, OSError | ValueError):
+        if weights is None or weights == "imagenet" or not isinstance(exc, OSError | ValueError):
             raise
         raise ConfigurationError(
             f"the weights file could not be loaded into a no-top ResNet50: "
