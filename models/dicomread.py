@@ -156,10 +156,17 @@ def read_dicom_file(
     Returns:
         The dataset, as ``pydicom.dcmread`` returns it.
     """
+    import pydicom
     from pydicom.filereader import read_partial
 
     ignore_value_validation()
     with open(path, "rb") as fp:
+        deflated = _deflated_head(fp, force) is not None
+        fp.seek(0)
+        if deflated:  # pydicom reads an inflated copy, not fp: no padding to stop at in fp
+            return pydicom.dcmread(
+                fp, defer_size=defer_size, force=force, stop_before_pixels=stop_before_pixels
+            )
         ds = read_partial(
             fp,
             _stop_when(lambda: _trailing_zeros_start(fp), fp, stop_before_pixels),
@@ -222,10 +229,17 @@ def _deflated_part(data: bytes, force: bool) -> tuple[bytes | None, Any, int] | 
     then the group 0002 elements). Any failure here is left to ``dcmread``, which fails the
     same way before it inflates anything.
     """
+    fp = io.BytesIO(data)
+    head = _deflated_head(fp, force)
+    return None if head is None else (*head, fp.tell())
+
+
+def _deflated_head(fp: Any, force: bool) -> tuple[bytes | None, Any] | None:
+    """``(preamble, file meta)`` read from ``fp``'s start when the file meta says Deflated
+    Explicit VR Little Endian, else None (``fp`` is then left where reading stopped)."""
     from pydicom.filereader import _read_file_meta_info, read_preamble
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    fp = io.BytesIO(data)
     try:
         preamble = read_preamble(fp, force)
         meta = _read_file_meta_info(fp)
@@ -233,7 +247,7 @@ def _deflated_part(data: bytes, force: bool) -> tuple[bytes | None, Any, int] | 
         return None
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return None
-    return preamble, meta, fp.tell()
+    return preamble, meta
 
 
 def _inflated_size_exceeds(deflated: memoryview, limit: int) -> bool:

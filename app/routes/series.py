@@ -31,13 +31,15 @@ from radlens.models.manifest import ModelManifest
 
 router = APIRouter(prefix="/v1", tags=["series and studies"])
 
-# A UID as the service may have stored it: at most 64 characters, no control character (what
-# app/ingest.check_recordable lets through). Not only DICOM's digits and dots (PS3.5 9.1): an
+# A UID as the service may have stored it: at most 64 characters, no ASCII control character
+# (app/ingest.check_recordable stores printable ones only, a narrower set; a UID outside it is
+# simply not found). Not only DICOM's digits and dots (PS3.5 9.1): an
 # instance whose UIDs are not (an anonymiser writing UUIDs, pydicom/deid's example output; a
 # hospital's UID with letters) is predicted and stored, so its series and study must be
 # readable by the UIDs its prediction shows (QA round 18). A UID that is stored under neither
 # form is a 404 when it is a DICOM UID, else a 422 that says it is not one (_not_stored). The
-# OpenAPI document states the DICOM form (DICOM_UID_PATTERN), the one a conforming client sends.
+# OpenAPI document states the DICOM form (DICOM_UID_PATTERN), the one a conforming client sends;
+# its description says that other stored UIDs are taken too.
 UID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 DICOM_UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 DICOM_UID = re.compile(DICOM_UID_PATTERN)

@@ -117,3 +117,31 @@ def test_training_probe_does_not_read_the_padding_element_by_element(
     ds = read_dicom_file(path, defer_size=1024)
     # the deferred pixel data is read from the file when asked, as pydicom.dcmread's is
     assert ds.PixelData == pydicom.dcmread(io.BytesIO(slice_bytes())).PixelData
+
+
+def test_a_deflated_file_is_read_whole_whatever_zeros_it_holds(tmp_path: Any) -> None:
+    """Review: read_dicom_file measured the padding in the file on disk while pydicom read an
+    inflated copy, so an empty (0000,0000) element inside a deflated dataset, with zeros after
+    the deflate stream on disk, ended the read there (Modality and Pixel Data lost)."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from radlens.models.dicomread import read_dicom_file
+
+    data = slice_bytes(DeflatedExplicitVRLittleEndian)
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    _read_file_meta_info(fp)
+    start = fp.tell()
+    body = zlib.decompress(data[start:], -zlib.MAX_WBITS)
+    at = body.index(b"\x08\x00\x60\x00CS")  # an empty (0000,0000) element before Modality
+    body = body[:at] + bytes(8) + body[at:]
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path = tmp_path / "deflated.dcm"
+    path.write_bytes(data[:start] + deflate.compress(body) + deflate.flush() + bytes(64))
+    ds = read_dicom_file(path)
+    reference = pydicom.dcmread(path)
+    assert ds.Modality == "MR" and ds.PixelData == reference.PixelData
+    assert sorted(ds.keys()) == sorted(reference.keys())
