@@ -33,9 +33,15 @@ and the instances were decided at the model threshold -- at that series threshol
 (``ModelResult.threshold_source`` says which: "series" or "model").
 
 A multi-label model's scores are independent findings, not classes of one softmax: each finding
-is aggregated on its own and decided at its own threshold (the one its instances were decided
-at, from prediction_findings), and the series' label is its positive findings joined by '|'
-(``ModelResult.findings``); a series threshold chosen in training applies to binary models only.
+is aggregated on its own and decided at its own threshold, and the series' label is its positive
+findings joined by '|' (``ModelResult.findings``). That threshold is the one its instances were
+decided at (from prediction_findings), or -- by the same rule as a binary model's, finding by
+finding -- the series threshold the loaded model's training chose for that finding on
+validation series for the service's aggregation (``metrics["series_threshold"]["thresholds"]``,
+models.aggregation.recorded_finding_series_thresholds): an aggregate such as ``max`` over 200
+slices is far likelier than one slice to cross the instance threshold.
+``FindingResult.threshold_source`` says which ("series" or "model"); a finding the run kept at
+its instance threshold (validation series of one class) stays "model".
 """
 
 from __future__ import annotations
@@ -198,13 +204,17 @@ class InstanceScore:
 class FindingResult:
     """One finding of a multi-label model aggregated over a series' instances: its
     instances' scores for that finding aggregated as a binary model's are, decided at the
-    finding's own threshold (the one its instances were decided at)."""
+    finding's own threshold (the one its instances were decided at, or its series threshold:
+    ``threshold_source``)."""
 
     name: str
     score: float
     threshold: float
     positive: bool
     key_instances: list[InstanceScore]  # the k instances with the highest score for it
+    # "series" when decided at the training run's series threshold for this finding
+    # (SeriesThresholds), "model" when at its instances' threshold as before
+    threshold_source: str = "model"
 
 
 @dataclass(frozen=True)
@@ -221,7 +231,8 @@ class ModelResult:
     instances: list[InstanceScore]  # highest score first
     key_instances: list[InstanceScore]  # the first k of instances
     # binary models: "series" when decided at the training run's series threshold
-    # (SeriesThresholds), "model" when at the instances' threshold as before; None otherwise
+    # (SeriesThresholds), "model" when at the instances' threshold as before; multi-label
+    # models: the source of the top finding's threshold (``threshold``); None otherwise
     threshold_source: str | None = None
     # multi-label models: every finding aggregated on its own; None for single-label models
     findings: list[FindingResult] | None = None
@@ -235,26 +246,49 @@ def _ordered(rows: Iterable[InstanceScore]) -> list[InstanceScore]:
     return sorted(rows, key=lambda i: (-i.score, i.prediction.sop_instance_uid or ""))
 
 
-# (model name, version) -> (the model threshold its instances are decided at, the series
-# threshold its training run chose for the service's aggregation): models.aggregation.
-# recorded_series_threshold; the routes fill it for the model the service has loaded.
-SeriesThresholds = Mapping[tuple[str, int], tuple[float | None, float]]
+# A binary model's pair: (the model threshold its instances are decided at, the series
+# threshold its training run chose for the service's aggregation).
+ThresholdPair = tuple[float | None, float]
 
 
-def _series_cut(first: Prediction, series_thresholds: SeriesThresholds | None) -> tuple[float, str]:
-    """The threshold a binary model's series is decided at, and where it comes from: the
-    run's series threshold when one is known for this model and the instances were decided
-    at the model threshold (an operating point chosen by the site keeps its own), else the
-    instances' threshold as before."""
-    instance = float(DEFAULT_THRESHOLD if first.threshold is None else first.threshold)
-    found = (series_thresholds or {}).get((first.model_name, first.model_version))
+@dataclass(frozen=True)
+class FindingSeriesThresholds:
+    """A multi-label model's series thresholds: a ThresholdPair per finding that has one (the
+    manifest's finding threshold, the series threshold of
+    models.aggregation.recorded_finding_series_thresholds), and the model's no-finding label:
+    a series whose findings are all negative at their series thresholds may hold no instance
+    whose stored label names it (each instance may have been positive for some finding)."""
+
+    pairs: Mapping[str, ThresholdPair]
+    none_name: str
+
+
+# (model name, version) -> a binary model's ThresholdPair (models.aggregation.
+# recorded_series_threshold) or a multi-label model's FindingSeriesThresholds; the routes fill
+# it for the model the service has loaded.
+SeriesThresholds = Mapping[tuple[str, int], ThresholdPair | FindingSeriesThresholds]
+
+
+def _cut(instance_threshold: float | None, found: ThresholdPair | None) -> tuple[float, str]:
+    """The threshold a series (or one finding of it) is decided at, and where it comes from:
+    the run's series threshold (``found``) when the instances were decided at the model
+    threshold (an operating point chosen by the site keeps its own), else the instances'
+    threshold as before."""
+    instance = float(DEFAULT_THRESHOLD if instance_threshold is None else instance_threshold)
     if found is not None:
         model_threshold, series_threshold = found
-        if first.threshold is None or (
+        if instance_threshold is None or (
             model_threshold is not None and math.isclose(instance, model_threshold, abs_tol=1e-9)
         ):
             return series_threshold, "series"
     return instance, "model"
+
+
+def _series_cut(first: Prediction, series_thresholds: SeriesThresholds | None) -> tuple[float, str]:
+    """The threshold a binary model's series is decided at, and where it comes from
+    (:func:`_cut`)."""
+    found = (series_thresholds or {}).get((first.model_name, first.model_version))
+    return _cut(first.threshold, found if isinstance(found, tuple) else None)
 
 
 # prediction id -> its prediction_findings rows (multi-label predictions only)
@@ -262,32 +296,46 @@ FindingRows = Mapping[uuid.UUID, Sequence[PredictionFinding]]
 
 
 def _findings_result(
-    rows: Sequence[Prediction], method: str, k: int, findings: FindingRows
+    rows: Sequence[Prediction],
+    method: str,
+    k: int,
+    findings: FindingRows,
+    series_thresholds: SeriesThresholds | None = None,
 ) -> ModelResult:
     """A multi-label model's aggregate: each finding on its own (its instances' scores
-    aggregated, decided at the finding's threshold); the label is the positive findings
-    joined by '|' as an instance's is, or the no-finding label its instances carry. The
-    result's class is the positive finding with the highest aggregate (else the highest
-    one), so studies and instance lists rank by it."""
+    aggregated, decided at the finding's threshold, or at its series threshold by
+    :func:`_cut`); the label is the positive findings joined by '|' as an instance's is, or
+    the no-finding label its instances carry. The result's class is the positive finding with
+    the highest aggregate (else the highest one), so studies and instance lists rank by it."""
     first = rows[0]
     names = [str(n) for n in first.scores]
     cut: dict[str, float] = {}
     for row in rows:  # the instances' thresholds (one per finding for one model version)
         for f in findings.get(row.id, ()):
             cut.setdefault(f.finding, float(f.threshold))
+    found = (series_thresholds or {}).get((first.model_name, first.model_version))
+    per_finding = found.pairs if isinstance(found, FindingSeriesThresholds) else {}
     results = []
     for name in names:
         scored = [InstanceScore(r, float(r.scores.get(name, 0.0))) for r in rows]
         score = aggregate([s.score for s in scored], method, k)
-        threshold = cut.get(name, float(DEFAULT_THRESHOLD))
+        threshold, source = _cut(cut.get(name), per_finding.get(name))
         results.append(
-            FindingResult(name, score, threshold, score >= threshold, _ordered(scored)[:k])
+            FindingResult(name, score, threshold, score >= threshold, _ordered(scored)[:k], source)
         )
     positives = [f for f in results if f.positive]
     top = max(positives or results, key=lambda f: f.score)
-    none_name = next(
-        (r.label for r in rows if r.id in findings and not any(f.positive for f in findings[r.id])),
-        "No Finding",
+    none_name = (
+        found.none_name
+        if isinstance(found, FindingSeriesThresholds)
+        else next(
+            (
+                r.label
+                for r in rows
+                if r.id in findings and not any(f.positive for f in findings[r.id])
+            ),
+            "No Finding",
+        )
     )
     ordered = _ordered(InstanceScore(r, float(r.scores.get(top.name, 0.0))) for r in rows)
     return ModelResult(
@@ -300,7 +348,7 @@ def _findings_result(
         positive=bool(positives),
         instances=ordered,
         key_instances=ordered[:k],
-        threshold_source="model",
+        threshold_source=top.threshold_source,
         findings=results,
     )
 
@@ -316,7 +364,7 @@ def model_result(
     ``findings``: the prediction_findings rows of multi-label predictions among them."""
     first = rows[0]
     if findings and any(r.id in findings for r in rows):
-        return _findings_result(rows, method, k, findings)
+        return _findings_result(rows, method, k, findings, series_thresholds)
     names = [str(n) for n in first.scores]
     source: str | None = None
     if len(names) == 2:  # binary, as models.decision decides: class 1 >= threshold

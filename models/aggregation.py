@@ -60,12 +60,43 @@ def recorded_series_threshold(metrics: Mapping[str, Any], method: str, k: int) -
     A threshold chosen on ``max`` series scores says nothing about ``noisy_or`` ones, so a
     service configured with another aggregation than the run's does not use it.
     """
+    record = _series_record(metrics, method, k)
+    return None if record is None else _threshold(record.get("threshold"))
+
+
+def recorded_finding_series_thresholds(
+    metrics: Mapping[str, Any], method: str, k: int
+) -> dict[str, float]:
+    """The series threshold per finding a training run chose for a multi-label model (the
+    manifest's ``metrics["series_threshold"]["thresholds"]``,
+    ``training.series.choose_finding_series_thresholds``), under the same rule as
+    :func:`recorded_series_threshold`: only for the aggregation (and ``k`` of
+    ``mean_top_k``) it was chosen for. A finding missing from the mapping -- its validation
+    series had no positive or no negative -- or with a malformed value is left out, and is
+    decided at its instance threshold. Empty when there is no such record (a binary record,
+    one for another aggregation, a manifest written before it).
+    """
+    record = _series_record(metrics, method, k)
+    per_finding = record.get("thresholds") if record is not None else None
+    if not isinstance(per_finding, Mapping):
+        return {}
+    found = {str(name): _threshold(value) for name, value in per_finding.items()}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def _series_record(metrics: Mapping[str, Any], method: str, k: int) -> Mapping[str, Any] | None:
+    """``metrics["series_threshold"]`` when it was chosen for ``method`` (and ``k`` for
+    ``mean_top_k``), else None."""
     record = metrics.get("series_threshold")
     if not isinstance(record, Mapping) or record.get("aggregation") != method:
         return None
     if method == "mean_top_k" and record.get("top_k") != k:
         return None
-    value = record.get("threshold")
+    return record
+
+
+def _threshold(value: Any) -> float | None:
+    """A recorded threshold as a float in [0, 1], else None (a bool, a string, out of range)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if 0.0 <= value <= 1.0 else None

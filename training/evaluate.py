@@ -194,7 +194,9 @@ def evaluate(
 
     A multi-label findings model reads the data's findings as its training did (column,
     separator, no-finding name from its training config; ``label_column`` overrides the
-    column) and reports per-finding figures at each finding's threshold; ``out`` then gets
+    column) and reports per-finding figures at each finding's threshold (its series figures at
+    the finding's series threshold when the run chose one for this aggregation, as the service
+    decides; ``series.per_finding[name].threshold_source`` says which); ``out`` then gets
     ``metrics.json``, ``findings.txt`` (the table) and ``roc/roc_<finding>.png``.
 
     Returns:
@@ -318,6 +320,16 @@ class _SeriesOptions:
         found = recorded_series_threshold(manifest.metrics, self.method, self.k)
         return found if found is not None else manifest.threshold
 
+    def finding_cuts_for(self, manifest: Any) -> tuple[dict[str, float], dict[str, str]]:
+        """The thresholds a multi-label model's series findings are decided at with this
+        aggregation, and their sources: each finding's series threshold if the run chose one
+        for it ("series"), else its instance threshold ("model") -- as the service decides."""
+        from radlens.models.aggregation import recorded_finding_series_thresholds
+        from radlens.training.series import finding_series_cuts
+
+        found = recorded_finding_series_thresholds(manifest.metrics, self.method, self.k)
+        return finding_series_cuts(manifest.finding_thresholds, found)
+
     def figures(
         self,
         series_of: list[str | None],
@@ -327,6 +339,7 @@ class _SeriesOptions:
         *,
         threshold: float | None = None,
         thresholds: dict[str, float] | None = None,
+        threshold_sources: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """``{"series": metrics, "series_table": rows}`` (training.series)."""
         from radlens.training.series import series_metrics, series_rows
@@ -340,7 +353,7 @@ class _SeriesOptions:
             "multi_label": thresholds is not None,
         }
         return {
-            "series": series_metrics(*args, **options),
+            "series": series_metrics(*args, **options, threshold_sources=threshold_sources),
             "series_table": series_rows(*args, **options),
         }
 
@@ -498,13 +511,16 @@ def _evaluate_findings(
         "copies_in_training": copies,
     }
     if source.has_series:
+        # each finding at its series threshold when the run chose one for this aggregation
+        cuts, sources = series.finding_cuts_for(manifest)
         result.update(
             series.figures(
                 [e.series for e in decoded(examples, skipped)],
                 targets,
                 scores,
                 names,
-                thresholds=dict(manifest.finding_thresholds),
+                thresholds=cuts,
+                threshold_sources=sources,
             )
         )
     if out is not None:

@@ -26,8 +26,9 @@
    (``training.data.sources.data_fingerprint``), window and filters, and the drift reference
    (``metrics["drift_reference"]``); then fit and attach the out-of-distribution detector
    (``training.ood``); write result.json. A multi-label run (``_finish_findings``) exports the
-   same way, with a temperature and a threshold per finding, the drift reference's label
-   rates per finding and the detector's class means per finding.
+   same way, with a temperature and a threshold per finding (on series-labelled data also a
+   series threshold per finding, ``metrics["series_threshold"]["thresholds"]``), the drift
+   reference's label rates per finding and the detector's class means per finding.
 
 Step 2 also refuses a split that puts one patient in two splits (``check_leakage``; the
 ``resplit`` option redoes a given split by patient) and a validation split too small to
@@ -767,6 +768,61 @@ def _series_threshold(
     return record
 
 
+def _finding_series_thresholds(
+    config: TrainConfig,
+    data: _RunData,
+    val_scores: np.ndarray,
+    names: Sequence[str],
+    thresholds: dict[str, float],
+) -> dict[str, Any] | None:
+    """Series-labelled multi-label data: a series threshold per finding on the calibrated
+    validation series scores (``training.series.choose_finding_series_thresholds``), logged
+    beside each finding's instance threshold; None for data without series."""
+    if not data.source.has_series:
+        return None
+    from radlens.training.series import choose_finding_series_thresholds
+
+    record = choose_finding_series_thresholds(
+        config.threshold_rule,
+        data.val_series,
+        data.y_val,
+        val_scores,
+        names,
+        method=config.series_aggregation,
+        k=config.series_top_k,
+    )
+    for name, value in record["thresholds"].items():
+        log.info(
+            "series threshold %s %.4f (%s on %d validation series, %d positive, %s, k=%d); "
+            "instance threshold %.4f",
+            name,
+            value,
+            record["rule"],
+            record["n_series"],
+            record["n_positive"][name],
+            record["aggregation"],
+            record["top_k"],
+            thresholds[name],
+        )
+    if record["instance_threshold_kept"]:
+        log.warning(
+            "finding(s) %s have no validation series positive or no negative: no series "
+            "threshold; the service decides their series at the instance threshold",
+            record["instance_threshold_kept"],
+        )
+    return record
+
+
+def _finding_series_cuts(
+    thresholds: dict[str, float], record: dict[str, Any] | None
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The thresholds a run's series figures decide each finding at (its series threshold
+    where the run chose one), and their sources, as the service will decide them."""
+    from radlens.training.series import finding_series_cuts
+
+    return finding_series_cuts(thresholds, (record or {}).get("thresholds") or {})
+
+
 def _series_figures(
     config: TrainConfig,
     split: str,
@@ -777,6 +833,7 @@ def _series_figures(
     *,
     threshold: float | None = None,
     thresholds: dict[str, float] | None = None,
+    threshold_sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Series-level figures of one split (training.series), logged to train.log."""
     from radlens.training.series import series_metrics
@@ -791,6 +848,7 @@ def _series_figures(
         threshold=threshold,
         thresholds=thresholds,
         multi_label=thresholds is not None,
+        threshold_sources=threshold_sources,
     )
     log.info(
         "%s series-level: AUC %s over %d series (%s, k=%d); slice AUC %s over %d slices",
@@ -802,6 +860,16 @@ def _series_figures(
         figures["slice_auc"],
         figures["n_slices"],
     )
+    for name, m in (figures.get("per_finding") or {}).items():  # multi-label
+        log.info(
+            "%s series-level %s: threshold %.4f (%s), sensitivity %s, specificity %s",
+            split,
+            name,
+            m["threshold"],
+            m.get("threshold_source", "model"),
+            m["sensitivity"],
+            m["specificity"],
+        )
     return figures
 
 
@@ -966,7 +1034,9 @@ def _findings_callbacks(
 
 def _finish_findings(run: _Run, started: float) -> RunResult:
     """Multi-label end of a run: best epoch, a temperature and a threshold per finding on
-    validation, then the test split measured once; export with the findings record."""
+    validation (series-labelled data: and a series threshold per finding on the validation
+    series, which the series figures are measured at), then the test split measured once;
+    export with the findings record."""
     config, data, dist, run_path, state = run.config, run.data, run.dist, run.path, run.state
     model, network = run.model, run.network
     from radlens.models.registry import ModelRegistry, default_store_path
@@ -1007,9 +1077,18 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
         )
     val_metrics = findings.finding_metrics(data.y_val, val_scores, names, thresholds)
     val_metrics["best_epoch"] = state.get("best_epoch")
+    series_record = _finding_series_thresholds(config, data, val_scores, names, thresholds)
+    series_cuts, series_sources = _finding_series_cuts(thresholds, series_record)
     if data.source.has_series:
         val_metrics["series"] = _series_figures(
-            config, "val", data.val_series, data.y_val, val_scores, names, thresholds=thresholds
+            config,
+            "val",
+            data.val_series,
+            data.y_val,
+            val_scores,
+            names,
+            thresholds=series_cuts,
+            threshold_sources=series_sources,
         )
     test_metrics = None
     eval_split = "val"
@@ -1025,7 +1104,8 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
                 y_test,
                 test_scores,
                 names,
-                thresholds=thresholds,
+                thresholds=series_cuts,
+                threshold_sources=series_sources,
             )
         eval_split = "test"
     reported = {
@@ -1083,6 +1163,9 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
                 "reported": reported,
                 "calibration": calibration,
                 "split": data.split_record,
+                # series-labelled data: the threshold per finding the service decides a
+                # series' finding at (training.series.choose_finding_series_thresholds)
+                **({"series_threshold": series_record} if series_record is not None else {}),
                 # what the service's drift check compares recent inputs and scores with:
                 # per finding, its score histogram and the rate it is decided positive
                 "drift_reference": findings.drift_reference(

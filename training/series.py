@@ -20,8 +20,15 @@ A binary model also gets a **series threshold** (:func:`choose_series_threshold`
 the run's ``threshold_rule`` on the validation series scores, recorded in the manifest's
 ``metrics["series_threshold"]`` with the aggregation it holds for, and the one the series
 figures are measured at; the service decides a series at it when its own aggregation is the
-same (``app.series``), else at the model threshold as before. The best epoch may be picked by
-the validation series AUC instead of the slice AUC (``select_by="series-auc"``).
+same (``app.series``), else at the model threshold as before. A multi-label model gets one
+per finding (:func:`choose_finding_series_thresholds`), for the same reason -- ``max`` over
+200 slices is far likelier to cross a finding's instance threshold than one slice -- recorded
+in the same place as a per-finding mapping (``thresholds``); a finding whose validation series
+are all positive or all negative keeps its instance threshold and is listed
+(``instance_threshold_kept``). The series figures of each finding are measured at the
+threshold it is decided at, and say which (``per_finding[name]["threshold_source"]``:
+"series" or "model"). The best epoch may be picked by the validation series AUC instead of the
+slice AUC (``select_by="series-auc"``).
 """
 
 from __future__ import annotations
@@ -45,8 +52,10 @@ __all__ = [
     "AGGREGATIONS",
     "SeriesScores",
     "aggregate_series",
+    "choose_finding_series_thresholds",
     "choose_series_threshold",
     "decoded",
+    "finding_series_cuts",
     "format_series_table",
     "series_callback",
     "series_metrics",
@@ -131,11 +140,14 @@ def series_metrics(
     threshold: float | None = None,
     thresholds: Mapping[str, float] | None = None,
     multi_label: bool = False,
+    threshold_sources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Series-level figures, with the slice AUC for contrast. JSON-ready.
 
     ``threshold``: a binary model's decision threshold; ``thresholds``: a multi-label model's
-    per finding (both as the manifest stores them).
+    per finding (both as the manifest stores them, or the series thresholds: see
+    :func:`finding_series_cuts`); ``threshold_sources``: where each finding's threshold comes
+    from ("series" or "model"), written into its ``per_finding`` entry.
 
     Returns:
         ``{"aggregation", "top_k", "n_series", "n_slices", "auc", "slice_auc", ...}`` plus
@@ -149,6 +161,9 @@ def series_metrics(
 
         cuts = dict(thresholds or {n: DEFAULT_THRESHOLD for n in names})
         figures = finding_metrics(grouped.targets, grouped.scores, names, cuts)
+        for name, source in (threshold_sources or {}).items():
+            if name in figures["per_finding"]:
+                figures["per_finding"][name]["threshold_source"] = source
         slice_auc = auc_summary(np.asarray(targets), np.asarray(scores), names)["macro_auc"]
     elif len(names) == 2:
         figures = classification_metrics(
@@ -207,6 +222,83 @@ def choose_series_threshold(
         "n_series": len(y),
         "n_positive": positives,
     }
+
+
+def choose_finding_series_thresholds(
+    rule: str,
+    series_of: Sequence[str | None],
+    targets: np.ndarray,
+    scores: np.ndarray,
+    names: Sequence[str],
+    *,
+    method: str,
+    k: int,
+) -> dict[str, Any]:
+    """A multi-label model's series threshold per finding, chosen on validation SERIES scores.
+
+    As :func:`choose_series_threshold`, finding by finding: each finding's slice scores are
+    aggregated per series with ``method``/``k`` (its own column, as the service aggregates
+    it) and the run's ``threshold_rule`` picks the cut on those series scores against the
+    series' multi-hot labels. The instance threshold of a finding was chosen on slice scores;
+    an aggregate such as ``max`` over many slices runs higher, so a 200-slice series is far
+    likelier to hold one slice over it than one slice is. A finding whose validation series
+    are all positive or all negative has nothing to choose on: it gets no series threshold
+    (its instance threshold applies) and is listed under ``instance_threshold_kept``.
+
+    Returns:
+        ``{"label_mode": "multi-label", "thresholds": {finding: threshold},
+        "instance_threshold_kept": [finding, ...], "n_positive": {finding: series},
+        "rule", "aggregation", "top_k", "fitted_on": "val", "n_series"}``. It has no
+        top-level ``threshold``, so a reader of a binary record
+        (``models.aggregation.recorded_series_threshold``) finds none in it.
+
+    Raises:
+        ValueError: targets that are not (slices, findings) multi-hot, or as
+            :func:`aggregate_series`.
+    """
+    from radlens.training.metrics import decision_threshold
+
+    names = list(names)
+    t = np.asarray(targets)
+    if t.ndim != 2 or t.shape[1] != len(names):
+        raise ValueError(
+            f"expected multi-hot targets of shape (slices, {len(names)}) for findings "
+            f"{names!r}. Received shape {t.shape}"
+        )
+    grouped = aggregate_series(series_of, t, scores, method=method, k=k)
+    y = np.asarray(grouped.targets).astype(np.int64).reshape(len(grouped.series), len(names))
+    thresholds: dict[str, float] = {}
+    kept: list[str] = []
+    positives: dict[str, int] = {}
+    for j, name in enumerate(names):
+        positives[name] = int(y[:, j].sum())
+        if positives[name] == 0 or positives[name] == len(y):
+            kept.append(name)
+            continue
+        thresholds[name] = float(decision_threshold(rule, y[:, j], grouped.scores[:, j]))
+    return {
+        "label_mode": "multi-label",
+        "thresholds": thresholds,
+        "instance_threshold_kept": kept,
+        "n_positive": positives,
+        "rule": rule,
+        "aggregation": method,
+        "top_k": k,
+        "fitted_on": "val",
+        "n_series": len(y),
+    }
+
+
+def finding_series_cuts(
+    instance_thresholds: Mapping[str, float], series_thresholds: Mapping[str, float]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Each finding's series decision threshold and where it comes from: its series threshold
+    (``series_thresholds``, e.g. ``models.aggregation.recorded_finding_series_thresholds``)
+    when it has one -- "series" -- else its instance threshold -- "model", the service's
+    ``threshold_source`` words. Findings are those of ``instance_thresholds``, in its order."""
+    cuts = {n: float(series_thresholds.get(n, t)) for n, t in instance_thresholds.items()}
+    sources = {n: "series" if n in series_thresholds else "model" for n in instance_thresholds}
+    return cuts, sources
 
 
 def series_rows(
@@ -279,6 +371,16 @@ def format_series_table(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str,
         f"{fmt(metrics.get('slice_auc'))} over {metrics.get('n_slices')} slices"
         " (* = decided otherwise)"
     )
+    per_finding = metrics.get("per_finding")
+    if isinstance(per_finding, Mapping):  # multi-label: each finding at its series decision
+        for name, m in per_finding.items():
+            source = m.get("threshold_source")
+            lines.append(
+                f"  {name}: threshold {fmt(m.get('threshold'))}"
+                f"{f' ({source})' if source else ''}, sensitivity {fmt(m.get('sensitivity'))}, "
+                f"specificity {fmt(m.get('specificity'))}, AUC {fmt(m.get('auc'))} "
+                f"({m.get('n_positive')} positive series)"
+            )
     return lines
 
 

@@ -17,6 +17,7 @@ from radlens.app.errors import AppError, NotFoundError
 from radlens.app.routes.explanations import PseudonymisedUidsError
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelRef, problem_responses
 from radlens.app.series import (
+    FindingSeriesThresholds,
     InstanceScore,
     ModelResult,
     SeriesThresholds,
@@ -93,8 +94,20 @@ class SeriesFinding(BaseModel):
 
     name: str = Field(examples=["Effusion"])
     score: float = Field(description="The instances' scores for this finding, aggregated")
-    threshold: float = Field(description="This finding's threshold (its instances' one)")
+    threshold: float = Field(
+        description="The threshold this finding is decided at: its instances' one, or the "
+        "series threshold the model's training chose for it (threshold_source)"
+    )
     positive: bool = Field(description="score >= threshold")
+    threshold_source: str = Field(
+        default="model",
+        examples=["series"],
+        description="'series' when the threshold is the series threshold the model's training "
+        "chose for this finding on validation series for this aggregation (the loaded model, "
+        "whose instances were decided at its finding thresholds), 'model' when it is the "
+        "instances' threshold (another aggregation or model version, or a finding whose "
+        "validation series were all of one class)",
+    )
     key_instances: list[InstanceLink] = Field(
         description="The RADLENS_SERIES_TOP_K instances with the highest scores for this finding"
     )
@@ -102,9 +115,10 @@ class SeriesFinding(BaseModel):
 
 FINDINGS_DESCRIPTION = (
     "Multi-label models: every finding aggregated on its own and decided at its own threshold "
-    "(scores are independent, they do not sum to one); class_name, score and threshold are then "
-    "the top positive finding's (else the top finding's) and label joins the positive findings "
-    "with '|'. Null for single-label models."
+    "(its series threshold when threshold_source is 'series'; scores are independent, they do "
+    "not sum to one); class_name, score, threshold and threshold_source are then the top "
+    "positive finding's (else the top finding's) and label joins the positive findings with "
+    "'|'. Null for single-label models."
 )
 
 
@@ -121,7 +135,7 @@ class SeriesResult(BaseModel):
         default=None,
         description="Binary models: 'series' when the threshold is the series threshold the "
         "model's training chose on validation series for this aggregation, 'model' when it is "
-        "the instances' threshold",
+        "the instances' threshold; multi-label models: the top finding's (see findings)",
     )
     instance_count: int
     key_instances: list[InstanceLink] = Field(
@@ -223,6 +237,7 @@ def _findings(request: Request, result: ModelResult) -> list[SeriesFinding] | No
             score=f.score,
             threshold=f.threshold,
             positive=f.positive,
+            threshold_source=f.threshold_source,
             key_instances=_instance_links(request, f.key_instances),
         )
         for f in result.findings
@@ -252,16 +267,30 @@ def _series_result(request: Request, result: ModelResult) -> SeriesResult:
 
 
 def _series_thresholds(request: Request, settings: Settings) -> SeriesThresholds:
-    """The loaded model's series threshold, when its training chose one for the configured
-    aggregation (models.aggregation.recorded_series_threshold); other models: none."""
-    from radlens.models.aggregation import recorded_series_threshold
+    """The loaded model's series threshold (a multi-label model's: per finding), when its
+    training chose one for the configured aggregation (models.aggregation.
+    recorded_series_threshold, recorded_finding_series_thresholds); other models: none."""
+    from radlens.models.aggregation import (
+        recorded_finding_series_thresholds,
+        recorded_series_threshold,
+    )
 
     loaded = _loaded(request)
     if loaded is None:
         return {}
-    found = recorded_series_threshold(
-        loaded.metrics, settings.series_aggregation, settings.series_top_k
-    )
+    method, k = settings.series_aggregation, settings.series_top_k
+    if loaded.multi_label:
+        model = loaded.finding_thresholds
+        pairs: dict[str, tuple[float | None, float]] = {
+            name: (model[name], value)
+            for name, value in recorded_finding_series_thresholds(loaded.metrics, method, k).items()
+            if name in model  # a finding the model does not have: nothing to decide
+        }
+        if not pairs:
+            return {}
+        none_name = str((loaded.findings or {}).get("none_name", "No Finding"))  # as decide
+        return {(loaded.name, loaded.version): FindingSeriesThresholds(pairs, none_name)}
+    found = recorded_series_threshold(loaded.metrics, method, k)
     return {} if found is None else {(loaded.name, loaded.version): (loaded.threshold, found)}
 
 
