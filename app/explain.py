@@ -92,7 +92,7 @@ class Explainer:
                     self.predictor.model,
                     model_input,
                     finding_names=names,
-                    thresholds=manifest.finding_thresholds,
+                    thresholds=manifest.decision_thresholds,  # a named point's (serve_at)
                     requested=findings,
                 )
             else:

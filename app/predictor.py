@@ -53,7 +53,7 @@ from fastapi.concurrency import run_in_threadpool
 from radlens.app.device import DeviceInfo, select_device
 from radlens.app.errors import AppError
 from radlens.app.workqueue import STOP, WorkQueue, fail, resolve_all
-from radlens.models.decision import OperatingPoint, operating_point
+from radlens.models.decision import OperatingPoint, operating_point, serve_at
 from radlens.models.errors import InvalidImageError, ModelCorruptError, RadlensError
 from radlens.models.runtime import OpenVINORuntime, Selection
 
@@ -265,9 +265,15 @@ class Predictor:
         # loaded for Grad-CAM, which needs gradients.
         self.runtime = runtime
         self.selection: Selection = selection or Selection("tensorflow", "fp32", "default")
-        self.manifest: ModelManifest = loaded.manifest
         # which of the manifest's operating points decides the label (RADLENS_OPERATING_POINT)
-        self.operating_point: OperatingPoint = operating_point(self.manifest, operating_point_name)
+        self.operating_point: OperatingPoint = operating_point(
+            loaded.manifest, operating_point_name
+        )
+        # a multi-label model at a named point: the manifest every decision is taken with
+        # carries each finding's threshold at that point (models.decision.serve_at), so the
+        # stored findings (prediction_findings.threshold) hold the thresholds actually used
+        self.manifest: ModelManifest = serve_at(loaded.manifest, self.operating_point)
+        _log_finding_point(self.manifest, self.operating_point)
         # The OOD detector (models/ood.py) scores the penultimate features of every batch:
         # the model then runs as [scores, features] in the same call (app/gate.py).
         self.ood = ood
@@ -712,6 +718,46 @@ class Predictor:
     @staticmethod
     def _resolve_exception(item: _Item, exc: BaseException) -> None:
         fail(item.loop, item.future, exc)
+
+
+def _log_finding_point(manifest: ModelManifest, point: OperatingPoint) -> None:
+    """A multi-label model at a named operating point: the thresholds it decides each
+    finding at (INFO), and a WARNING naming the findings that lack the point and keep their
+    trained threshold, with why when training recorded it -- a site that set sens95 must
+    know which findings are not at 95% sensitivity."""
+    if point.finding_thresholds is None or point.name is None:
+        return
+    log.info(
+        "RADLENS_OPERATING_POINT=%s: model %s decides each finding at %s",
+        point.name,
+        manifest.ref,
+        ", ".join(
+            f"{f} {t:.4g} ({(point.finding_points or {}).get(f, point.name)})"
+            for f, t in point.finding_thresholds.items()
+        ),
+    )
+    kept = point.kept
+    if not kept:
+        return
+    record = manifest.metrics.get("operating_points_per_finding")
+    not_computed = record.get("not_computed") if isinstance(record, dict) else None
+    reasons = not_computed if isinstance(not_computed, dict) else {}
+
+    def why(finding: str) -> str:
+        missing = reasons.get(finding)
+        reason = missing.get(point.name) if isinstance(missing, dict) else None
+        return f"{finding} ({reason})" if isinstance(reason, str) else finding
+
+    log.warning(
+        "RADLENS_OPERATING_POINT=%s: model %s has no %s operating point for %d of its %d "
+        "findings, which keep their trained threshold: %s",
+        point.name,
+        manifest.ref,
+        point.name,
+        len(kept),
+        len(manifest.class_names),
+        "; ".join(why(f) for f in kept),
+    )
 
 
 def load_predictor(settings: Any) -> Predictor:

@@ -81,9 +81,19 @@ class FindingPublic(BaseModel):
     name: str = Field(examples=["Effusion"])
     score: float = Field(description="Independent sigmoid score in [0, 1]", examples=[0.71])
     threshold: float = Field(
-        description="This finding's threshold (chosen on validation)", examples=[0.42]
+        description="The threshold this finding was decided at (chosen on validation: its "
+        "trained threshold, or its threshold at the operating point in operating_point)",
+        examples=[0.42],
     )
     positive: bool = Field(description="score >= threshold", examples=[True])
+    operating_point: str | None = Field(
+        default=None,
+        description="Which of this finding's operating points decided it "
+        "(RADLENS_OPERATING_POINT, e.g. 'sens95'; 'chosen' = its trained threshold: the "
+        "variable unset, or the finding has no such point); null when unknown (a model "
+        "version other than the loaded one)",
+        examples=["sens95"],
+    )
 
 
 class FrameResult(BaseModel):
@@ -159,8 +169,10 @@ class PredictionPublic(BaseModel):
     operating_point: str | None = Field(
         default=None,
         description="Which of the model's operating points decided the label "
-        "(RADLENS_OPERATING_POINT; 'chosen' = the model's own threshold); null for "
-        "multi-class models and predictions stored before it was recorded",
+        "(RADLENS_OPERATING_POINT; 'chosen' = the model's own threshold; a multi-label "
+        "model: the point named, each finding's own in findings); null for multi-class "
+        "models, multi-label models served at their trained thresholds (the variable unset) "
+        "and predictions stored before it was recorded",
         examples=["sens95"],
     )
     label_mode: Literal["single-label", "multi-label"] = Field(
@@ -250,7 +262,8 @@ class ModelPublic(BaseModel):
     operating_point: str | None = Field(
         default=None,
         description="The operating point deciding labels (RADLENS_OPERATING_POINT; "
-        "'chosen' = the model's own threshold)",
+        "'chosen' = the model's own threshold; multi-label models: null when unset, and "
+        "each finding's point is in finding_operating_points)",
     )
     decision_threshold: float | None = Field(
         default=None, description="The threshold of that operating point"
@@ -270,7 +283,22 @@ class ModelPublic(BaseModel):
         "each with its threshold in finding_thresholds; single-label: a softmax over classes",
     )
     finding_thresholds: dict[str, float] | None = Field(
-        default=None, description="multi-label models: the threshold of each finding"
+        default=None,
+        description="multi-label models: the trained threshold of each finding (the "
+        "manifest's findings.thresholds)",
+    )
+    finding_operating_points: dict[str, str] | None = Field(
+        default=None,
+        description="multi-label models: the operating point each finding is decided at "
+        "(RADLENS_OPERATING_POINT; 'chosen' = its trained threshold: the variable unset, or "
+        "the finding has no such point); the figures of each point are under "
+        "metrics.operating_points_per_finding",
+        examples=[{"Effusion": "sens95", "Hernia": "chosen"}],
+    )
+    finding_decision_thresholds: dict[str, float] | None = Field(
+        default=None,
+        description="multi-label models: the threshold each finding is decided at (its "
+        "operating point's)",
     )
     intended_use: dict[str, Any] | str = Field(
         default="not stated",

@@ -17,15 +17,23 @@ manifest (``metrics["operating_points"]``: ``chosen``, ``youden``, ``sens90``, `
 
 Multi-label findings models (``manifest.multi_label``) end in a sigmoid per finding instead:
 each score is independent and has its own threshold (:func:`decide_findings`); the label is
-the positive findings joined by ``|``, or the manifest's no-finding name. They have no
-operating-point table to choose from, so ``RADLENS_OPERATING_POINT`` is refused for them with
-a message saying so (:func:`operating_point`).
+the positive findings joined by ``|``, or the manifest's no-finding name. Their training
+records the same table per finding (``metrics["operating_points_per_finding"]``:
+``per_finding`` {finding: {point: figures}}, and ``not_computed`` {finding: {point: why}} for
+the points a finding's validation positives could not choose). ``RADLENS_OPERATING_POINT``
+then moves every finding that has the named point to its threshold there; a finding without
+it keeps its trained threshold (``OperatingPoint.kept``: the service warns, naming them), and
+a name no finding has -- or any name on a model trained before the table -- is refused with a
+message saying what to do. The service decides with :func:`serve_at`'s manifest, whose
+:attr:`~radlens.models.manifest.ModelManifest.decision_thresholds` are the served ones, and
+:func:`finding_point_of` says which point a stored finding decision was taken at.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -99,21 +107,40 @@ def decide(scores: np.ndarray, manifest: ModelManifest, point: OperatingPoint | 
         )
     threshold = manifest.threshold if point is None else point.threshold
     if manifest.multi_label:
-        return finding_label(decide_findings(vector, manifest), manifest)
+        return finding_label(decide_findings(vector, manifest, point), manifest)
     return classes[int(decide_indices(vector[np.newaxis], threshold)[0])]
+
+
+CHOSEN = "chosen"  # the operating point of the model's own (trained) threshold
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """Which operating point decides a binary model's labels, and its threshold.
+    """Which operating point decides a model's labels, and its threshold(s).
 
-    ``name`` is ``"chosen"`` for the model's own threshold (``threshold`` None: the plain
+    ``name`` is ``"chosen"`` for a binary model's own threshold (``threshold`` None: the plain
     0.5 of a model saved without one), a name from the manifest's operating-point table
-    otherwise, and None for a multi-class model (argmax, no threshold).
+    otherwise, and None for a multi-class model (argmax, no threshold) and for a multi-label
+    model served at its trained thresholds (the variable unset).
+
+    A multi-label model at a named point has no single ``threshold``: ``finding_thresholds``
+    holds each finding's threshold as served and ``finding_points`` the point each finding is
+    at (``name``, or ``"chosen"`` for a finding without that point, which keeps its trained
+    threshold: :attr:`kept`).
     """
 
     name: str | None
     threshold: float | None
+    finding_thresholds: Mapping[str, float] | None = None
+    finding_points: Mapping[str, str] | None = None
+
+    @property
+    def kept(self) -> list[str]:
+        """The findings that keep their trained threshold because they lack the named point
+        (empty unless a multi-label model is served at a named point)."""
+        if self.finding_points is None or self.name is None:
+            return []
+        return [f for f, point in self.finding_points.items() if point != self.name]
 
 
 def operating_point_names(manifest: ModelManifest) -> list[str]:
@@ -140,10 +167,15 @@ def operating_point(manifest: ModelManifest, name: str | None) -> OperatingPoint
     Returns:
         The point's name and threshold, chosen on validation at training time.
 
+    A multi-label model resolves ``name`` per finding (:func:`finding_point_tables`): each
+    finding with that point is decided at its threshold there, each without it keeps its
+    trained threshold (``OperatingPoint.kept``).
+
     Raises:
-        ConfigurationError: ``name`` is set but the model is not binary (a multi-label
-            model is told apart: its findings have their own thresholds), or its manifest has
-            no such point (the message lists the points it has and what to do).
+        ConfigurationError: ``name`` is set but the model is multi-class, or its manifest has
+            no such point -- for a multi-label model: no finding has it, or the manifest has
+            no per-finding table (trained before it was recorded); the message lists the
+            points there are and what to do.
 
     Example:
         >>> operating_point(manifest, "sens95")
@@ -154,14 +186,15 @@ def operating_point(manifest: ModelManifest, name: str | None) -> OperatingPoint
     if name is None:
         if not manifest.is_binary:
             return OperatingPoint(None, None)
-        return OperatingPoint("chosen", manifest.threshold)
+        return OperatingPoint(CHOSEN, manifest.threshold)
     if manifest.multi_label:
-        raise ConfigurationError(_multi_label_refusal(manifest, name))
+        return _finding_point(manifest, name)
     if not manifest.is_binary:
         raise ConfigurationError(
             f"RADLENS_OPERATING_POINT={name!r}: model {manifest.ref} has "
             f"{len(manifest.class_names)} classes and decides by the highest score; operating "
-            "points apply to binary models only. Unset RADLENS_OPERATING_POINT"
+            "points apply to binary models and to each finding of a multi-label model, not "
+            "to a multi-class model. Unset RADLENS_OPERATING_POINT"
         )
     table = manifest.metrics.get("operating_points")
     point = table.get(name) if isinstance(table, dict) else None
@@ -181,14 +214,56 @@ def operating_point(manifest: ModelManifest, name: str | None) -> OperatingPoint
     return OperatingPoint(name, threshold)
 
 
+def finding_point_tables(manifest: ModelManifest) -> dict[str, dict[str, float]]:
+    """Each finding's operating points with a usable threshold, from the manifest's
+    ``metrics["operating_points_per_finding"]["per_finding"]`` ({} for a model trained
+    before the table, and for single-label models).
+
+    Example:
+        >>> finding_point_tables(manifest)["Effusion"]
+        {'chosen': 0.31, 'youden': 0.31, 'sens90': 0.12}
+    """
+    record = manifest.metrics.get("operating_points_per_finding")
+    per_finding = record.get("per_finding") if isinstance(record, dict) else None
+    if not manifest.multi_label or not isinstance(per_finding, dict):
+        return {}
+    tables: dict[str, dict[str, float]] = {}
+    for finding in manifest.class_names:
+        table = per_finding.get(finding)
+        if not isinstance(table, dict):
+            continue
+        usable = {str(p): _point_threshold(v) for p, v in table.items()}
+        tables[finding] = {p: t for p, t in usable.items() if t is not None}
+    return tables
+
+
+def _finding_point(manifest: ModelManifest, name: str) -> OperatingPoint:
+    """:func:`operating_point` for a multi-label model and a named point."""
+    from radlens.models.errors import ConfigurationError
+
+    tables = finding_point_tables(manifest)
+    if not tables:
+        raise ConfigurationError(_multi_label_refusal(manifest, name))
+    at = {f: table[name] for f, table in tables.items() if name in table}
+    if not at:
+        raise ConfigurationError(_no_finding_has(manifest, name, tables))
+    trained = manifest.finding_thresholds
+    return OperatingPoint(
+        name,
+        None,
+        finding_thresholds={f: at.get(f, trained[f]) for f in manifest.class_names},
+        finding_points={f: name if f in at else CHOSEN for f in manifest.class_names},
+    )
+
+
 def _multi_label_refusal(manifest: ModelManifest, name: str) -> str:
-    """Why a multi-label model refuses an operating point, and what to do.
+    """Why a multi-label model trained before per-finding operating points refuses a named
+    point, and what to do.
 
     Each finding has its own threshold, chosen on validation by the run's threshold rule
-    (``findings.thresholds``); training records no alternative per-finding points to switch
-    to, and one name cannot say which of a finding's thresholds to move. So the setting is
-    refused rather than ignored: a deployment that believes it chose, e.g., high sensitivity
-    must not silently run at the trained thresholds.
+    (``findings.thresholds``), and such a manifest records no other point per finding to
+    switch to. So the setting is refused rather than ignored: a deployment that believes it
+    chose, e.g., high sensitivity must not silently run at the trained thresholds.
     """
     findings = manifest.findings or {}
     rule = findings.get("threshold_rule")
@@ -197,10 +272,80 @@ def _multi_label_refusal(manifest: ModelManifest, name: str) -> str:
         f"RADLENS_OPERATING_POINT={name!r}: model {manifest.ref} is multi-label: each of its "
         f"{len(manifest.class_names)} findings is decided at its own threshold, chosen on "
         f"validation{chosen_by} (the manifest's findings.thresholds; GET /v1/models lists "
-        "them as finding_thresholds), and operating points apply to binary single-label "
-        "models only. Unset RADLENS_OPERATING_POINT to serve it with those thresholds; to "
-        "change them, train again with another --threshold-rule"
+        "them as finding_thresholds), and its manifest records no operating points per "
+        "finding (metrics.operating_points_per_finding: trained before they were). Unset "
+        "RADLENS_OPERATING_POINT to serve it with those thresholds; to serve it at sens90, "
+        "sens95 or sens99, train it again (the run records them); to change the thresholds "
+        "themselves, train again with another --threshold-rule"
     )
+
+
+def _no_finding_has(
+    manifest: ModelManifest, name: str, tables: Mapping[str, Mapping[str, float]]
+) -> str:
+    """Why no finding has the named point: the points there are (with the findings that
+    have each) and, when the run recorded it, why the findings lack this one."""
+    offered: dict[str, list[str]] = {}
+    for finding, table in tables.items():
+        for point in table:
+            offered.setdefault(point, []).append(finding)
+    listed = "; ".join(
+        f"{point} ({'every finding' if len(fs) == len(manifest.class_names) else ', '.join(fs)})"
+        for point, fs in offered.items()
+    )
+    record = manifest.metrics.get("operating_points_per_finding")
+    not_computed = record.get("not_computed") if isinstance(record, dict) else None
+    reasons = [
+        f"{finding}: {missing[name]}"
+        for finding, missing in (not_computed if isinstance(not_computed, dict) else {}).items()
+        if isinstance(missing, dict) and isinstance(missing.get(name), str)
+    ]
+    why = f" (training left it out: {'; '.join(reasons)})" if reasons else ""
+    return (
+        f"RADLENS_OPERATING_POINT={name!r}: no finding of model {manifest.ref} has an "
+        f"operating point {name!r}{why}; its findings' operating points are {listed}. "
+        "Choose one of them, or unset RADLENS_OPERATING_POINT to decide every finding at its "
+        "own threshold; a sensitivity point a finding lacks needs more validation positives "
+        "(train again with more data or a larger validation split)"
+    )
+
+
+def serve_at(manifest: ModelManifest, point: OperatingPoint) -> ModelManifest:
+    """The manifest the service decides with: for a multi-label model at a named point, a
+    copy whose ``served_thresholds`` are the point's (so every decision -- the label, each
+    finding, the rows stored in prediction_findings -- uses them); otherwise ``manifest``.
+
+    Only the decision thresholds differ: ``finding_thresholds`` stays the trained ones, which
+    the drift reference and the series thresholds were measured against.
+    """
+    if point.finding_thresholds is None or not manifest.multi_label:
+        return manifest
+    return dataclasses.replace(manifest, served_thresholds=dict(point.finding_thresholds))
+
+
+def finding_point_of(
+    manifest: ModelManifest, point_name: str | None, finding: str, threshold: float
+) -> str | None:
+    """Which operating point a finding's stored decision was taken at.
+
+    Args:
+        manifest: the model that decided it (the caller checks name and version).
+        point_name: the prediction's recorded operating point (None: the variable unset).
+        finding: the finding's name.
+        threshold: the threshold stored with the decision (prediction_findings.threshold).
+
+    Returns:
+        ``point_name`` when ``threshold`` is the finding's threshold at that point,
+        ``"chosen"`` when it is the finding's trained threshold, else None (unknown).
+    """
+    if point_name is not None and point_name != CHOSEN:
+        at = finding_point_tables(manifest).get(finding, {}).get(point_name)
+        if at is not None and math.isclose(at, threshold, rel_tol=0.0, abs_tol=1e-9):
+            return point_name
+    trained = manifest.finding_thresholds.get(finding)
+    if trained is not None and math.isclose(trained, threshold, rel_tol=0.0, abs_tol=1e-9):
+        return CHOSEN
+    return None
 
 
 def _point_threshold(point: Any) -> float | None:
@@ -213,11 +358,15 @@ def _point_threshold(point: Any) -> float | None:
     return float(value)
 
 
-def decide_findings(scores: np.ndarray, manifest: ModelManifest) -> list[FindingDecision]:
+def decide_findings(
+    scores: np.ndarray, manifest: ModelManifest, point: OperatingPoint | None = None
+) -> list[FindingDecision]:
     """Each finding of a multi-label model with its score, threshold and decision.
 
-    A finding is positive when its (independent, sigmoid) score is ``>= `` its own threshold
-    from the manifest, the rule :func:`is_positive` applies to a binary model.
+    A finding is positive when its (independent, sigmoid) score is ``>= `` its own threshold,
+    the rule :func:`is_positive` applies to a binary model: the threshold of ``point`` (from
+    :func:`operating_point`) when it has per-finding thresholds, else the manifest's
+    ``decision_thresholds`` (the trained ones, or those :func:`serve_at` set).
 
     Raises:
         ValueError: the manifest is not multi-label, or the score count is wrong.
@@ -231,7 +380,11 @@ def decide_findings(scores: np.ndarray, manifest: ModelManifest) -> list[Finding
             f"expected {len(names)} scores (one per finding {names!r}). "
             f"Received shape {vector.shape}"
         )
-    cuts = manifest.finding_thresholds
+    cuts = (
+        dict(point.finding_thresholds)
+        if point is not None and point.finding_thresholds is not None
+        else manifest.decision_thresholds
+    )
     return [
         FindingDecision(name, float(v), cuts[name], bool(is_positive(v, cuts[name])))
         for name, v in zip(names, vector, strict=True)

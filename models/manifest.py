@@ -203,6 +203,11 @@ class ModelManifest:
             "thresholds": {finding: threshold}, ...}`` -- ``class_names`` are then the
             findings, each output an independent sigmoid score, each with its own threshold
             (``threshold`` is null).
+        served_thresholds: the loaded model only, in memory: each finding's threshold at the
+            operating point a site serves it at (``RADLENS_OPERATING_POINT``;
+            ``models.decision.serve_at``), or None (the trained ``findings.thresholds``).
+            A deployment setting, not a property of the model: never written to
+            ``manifest.json``, never sealed, not compared.
     """
 
     name: str
@@ -231,6 +236,7 @@ class ModelManifest:
     integrity: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     findings: dict[str, Any] | None = None
+    served_thresholds: dict[str, float] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ref(self) -> str:
@@ -259,12 +265,24 @@ class ModelManifest:
             return {}
         return {k: float(v) for k, v in self.findings["thresholds"].items()}
 
+    @property
+    def decision_thresholds(self) -> dict[str, float]:
+        """Each finding's threshold as served: the site's operating point's
+        (``served_thresholds``) when one is set, else :attr:`finding_thresholds`. Decisions
+        (``models.decision.decide_findings``) use these; what the model was trained with (the
+        drift reference's rates, a series threshold's pairing) stays
+        :attr:`finding_thresholds`."""
+        if self.served_thresholds is not None and self.findings is not None:
+            return {**self.finding_thresholds, **self.served_thresholds}
+        return self.finding_thresholds
+
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON types, in field order (what ``manifest.json`` holds).
 
         Unknown keys read by :meth:`from_dict` are written back unchanged.
         """
         data = asdict(self)
+        del data["served_thresholds"]  # a deployment's, in memory only
         for optional in _WRITTEN_WHEN_SET:
             if data[optional] is None:
                 del data[optional]
@@ -403,7 +421,7 @@ class ModelManifest:
                 f"manifest field 'integrity' must be an object or absent. Received: {integrity!r}"
             )
         findings = _check_findings(check.get("findings", None), class_names, threshold, error)
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("extra", "served_thresholds")}
         return cls(
             findings=findings,
             name=name,

@@ -5,9 +5,11 @@ store, reads the input size and window preset from its manifest (never guessed),
 data split the model was trained with (same fractions and seed from its training config),
 predicts, and returns metrics at the model's saved decision threshold. With ``out`` it writes
 ``metrics.json``, ``confusion_matrix.png``, ``reliability.png`` and (binary) ``roc_curve.png``
-there (a multi-label model: ``metrics.json``, ``findings.txt``, ``roc/roc_<finding>.png``),
-and removes the files of those names that an earlier evaluation left there and this one did
-not write (:func:`remove_stale_report`), so the folder holds this evaluation's report only.
+there (a multi-label model: ``metrics.json``, ``findings.txt``, ``roc/roc_<finding>.png``;
+its table also measures each finding's operating points from the manifest on this data,
+``operating_points_per_finding``), and removes the files of those names that an earlier
+evaluation left there and this one did not write (:func:`remove_stale_report`), so the folder
+holds this evaluation's report only.
 
 Data is opened and decoded as training does it (``training.data.sources.open_data``,
 ``training.data.pipeline.load_examples``).
@@ -464,6 +466,36 @@ def findings_spec(manifest: Any, label_column: str | None = None) -> Any:
     )
 
 
+def _finding_points(
+    manifest: Any, targets: np.ndarray, scores: np.ndarray, split: str
+) -> dict[str, Any] | None:
+    """Each finding's operating points from the manifest (thresholds chosen on validation in
+    training) measured on this data (``training.metrics.point_figures``), with the points
+    training left out and why; None for a manifest without the table."""
+    from radlens.models.decision import finding_point_tables
+    from radlens.training.metrics import point_figures
+
+    tables = finding_point_tables(manifest)
+    if not tables:
+        return None
+    y = np.asarray(targets).astype(np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    column = {name: j for j, name in enumerate(manifest.class_names)}
+    record = manifest.metrics.get("operating_points_per_finding") or {}
+    return {
+        "fitted_on": "val",
+        "evaluated_on": split,
+        "per_finding": {
+            name: {
+                point: point_figures(y[:, column[name]], s[:, column[name]], threshold)
+                for point, threshold in table.items()
+            }
+            for name, table in tables.items()
+        },
+        "not_computed": dict(record.get("not_computed") or {}),
+    }
+
+
 def _evaluate_findings(
     loaded: Any,
     data: str | Path,
@@ -510,6 +542,15 @@ def _evaluate_findings(
         "skipped_files": len(unique_skipped(skipped)),
         "copies_in_training": copies,
     }
+    points = _finding_points(manifest, targets, scores, split)
+    if points is not None:  # a model trained before the table has none
+        result["operating_points_per_finding"] = points
+        result["table"] = [
+            *result["table"],
+            f"operating points per finding (thresholds chosen on validation in training; "
+            f"figures on {split}):",
+            *findings.format_points_table(points),
+        ]
     if source.has_series:
         # each finding at its series threshold when the run chose one for this aggregation
         cuts, sources = series.finding_cuts_for(manifest)

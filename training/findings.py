@@ -19,8 +19,14 @@ the image shows that finding (the scores do not sum to one). Per finding, in ord
   then a threshold per finding, chosen on the calibrated validation scores by the run's
   ``threshold_rule`` (0.5 where validation has no positive or no negative: listed too).
 
-Single-label operating points (sensitivity targets on the positive class) have no
-multi-label counterpart here: the manifest's ``findings.thresholds`` are the operating points.
+* operating points per finding (:func:`finding_operating_points`): the table a binary
+  model's run writes (``training.metrics.operating_points``: ``chosen``, ``youden``,
+  ``sens90``, ``sens95``, ``sens99`` and the run's threshold rule; thresholds on validation,
+  figures with Wilson intervals on the reported split), one per finding, on that finding's
+  column. A point its validation positives cannot choose
+  (``training.metrics.unsupported_points``: e.g. sens95 needs 20) is left out and listed
+  with the reason, so a site that serves at ``RADLENS_OPERATING_POINT=sens95``
+  (``models.decision.operating_point``) never gets a sens95 that is not one.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ from radlens.training.metrics import (
     binary_metrics,
     decision_threshold,
     fit_temperature,
+    operating_points,
     roc_auc,
+    unsupported_points,
 )
 
 log = logging.getLogger(__name__)
@@ -202,6 +210,98 @@ def choose_thresholds(
         else:
             thresholds[name] = decision_threshold(rule, y[:, j], s[:, j])
     return thresholds, undecided
+
+
+def finding_operating_points(
+    val_targets: np.ndarray,
+    val_scores: np.ndarray,
+    eval_targets: np.ndarray,
+    eval_scores: np.ndarray,
+    names: Sequence[str],
+    thresholds: Mapping[str, float],
+    *,
+    rule: str,
+    undecided: Sequence[str] = (),
+    evaluated_on: str = "val",
+) -> dict[str, Any]:
+    """The operating-point table of each finding (the manifest's
+    ``metrics["operating_points_per_finding"]``).
+
+    Each finding gets what ``training.metrics.operating_points`` gives a binary model, on its
+    own column: ``chosen`` (its threshold, ``thresholds[name]``), ``youden`` and ``sens90`` /
+    ``sens95`` / ``sens99``, thresholds chosen on validation, counts and
+    sensitivity/specificity/PPV/NPV with Wilson 95% intervals on the evaluation split; and,
+    as for a binary model, the run's ``rule`` as a name for ``chosen`` (not for the
+    ``undecided`` findings, whose 0.5 no rule chose). Points the finding's validation
+    positives cannot choose (``training.metrics.unsupported_points``) are left out and
+    listed under ``not_computed`` with the reason.
+
+    Args:
+        val_targets, val_scores: validation ``(N, F)`` multi-hot targets and calibrated scores.
+        eval_targets, eval_scores: the reported split's (validation's when there is no test).
+        names: the findings, in the model's order.
+        thresholds: each finding's trained threshold (``findings.thresholds``).
+        rule: the run's threshold rule.
+        undecided: findings whose threshold was not chosen on data (:func:`choose_thresholds`).
+        evaluated_on: the evaluation split's name.
+
+    Returns:
+        ``{"fitted_on": "val", "evaluated_on", "per_finding": {name: {point: figures}},
+        "not_computed": {name: {point: reason}}}``.
+    """
+    yv = np.asarray(val_targets).astype(np.int64)
+    sv = np.asarray(val_scores, dtype=np.float64)
+    ye = np.asarray(eval_targets).astype(np.int64)
+    se = np.asarray(eval_scores, dtype=np.float64)
+    per_finding: dict[str, dict[str, Any]] = {}
+    not_computed: dict[str, dict[str, str]] = {}
+    for j, name in enumerate(names):
+        table = operating_points(yv[:, j], sv[:, j], ye[:, j], se[:, j], float(thresholds[name]))
+        missing = unsupported_points(yv[:, j])
+        for point in missing:
+            table.pop(point, None)
+        if name not in undecided:
+            table[rule] = {**table["chosen"], "rule": rule}
+        per_finding[name] = table
+        if missing:
+            not_computed[name] = missing
+    return {
+        "fitted_on": "val",
+        "evaluated_on": evaluated_on,
+        "per_finding": per_finding,
+        "not_computed": not_computed,
+    }
+
+
+def format_points_table(record: Mapping[str, Any]) -> list[str]:
+    """The per-finding operating points as text lines (train.log, ``radlens evaluate``):
+    one line per finding and point (threshold, sensitivity and specificity with their 95%
+    intervals, PPV, NPV), then one line per finding naming the points it has not and why."""
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    def ci(value: Any) -> str:
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            return "-"
+        return f"{value[0]:.3f}-{value[1]:.3f}"
+
+    lines = [
+        f"{'finding':<24} {'point':<8} {'thr':>6} {'sens':>6} {'(95% CI)':>13} "
+        f"{'spec':>6} {'(95% CI)':>13} {'ppv':>6} {'npv':>6}"
+    ]
+    for name, table in (record.get("per_finding") or {}).items():
+        for point, m in table.items():
+            lines.append(
+                f"{name:<24} {point:<8} {m['threshold']:>6.3f} {fmt(m.get('sensitivity')):>6} "
+                f"{ci(m.get('sensitivity_ci95')):>13} {fmt(m.get('specificity')):>6} "
+                f"{ci(m.get('specificity_ci95')):>13} {fmt(m.get('ppv')):>6} "
+                f"{fmt(m.get('npv')):>6}"
+            )
+    for name, missing in (record.get("not_computed") or {}).items():
+        why = "; ".join(f"{point}: {reason}" for point, reason in missing.items())
+        lines.append(f"{name}: no {', '.join(missing)} ({why})")
+    return lines
 
 
 def format_table(metrics: Mapping[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ Multi-class models use argmax and have no threshold.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,8 +43,10 @@ __all__ = [
     "multiclass_metrics",
     "operating_points",
     "reliability_bins",
+    "required_positives",
     "roc_auc",
     "roc_curve_points",
+    "unsupported_points",
     "wilson_interval",
 ]
 
@@ -412,6 +415,48 @@ def operating_points(
     for name, target in SENSITIVITY_TARGETS.items():
         thresholds[name] = threshold_for_sensitivity(val_labels, val_scores, target)
     return {name: point_figures(eval_labels, eval_scores, t) for name, t in thresholds.items()}
+
+
+def required_positives(target: float) -> int:
+    """The validation positives a sensitivity target needs: ``ceil(1 / (1 - target))``
+    (sens90: 10, sens95: 20, sens99: 100).
+
+    With fewer, missing one positive already drops validation sensitivity below the target,
+    so :func:`threshold_for_sensitivity` returns the lowest positive's score -- the point
+    that catches every validation positive -- whatever the target: sens90, sens95 and sens99
+    would be one threshold under three names, none of them chosen for its target.
+    """
+    return math.ceil(round(1.0 / (1.0 - target), 9))
+
+
+def unsupported_points(val_labels: np.ndarray) -> dict[str, str]:
+    """The points of :func:`operating_points` that ``val_labels`` cannot choose, each with
+    why: ``youden`` without a validation positive or negative (J is undefined), a
+    sensitivity target with fewer than :func:`required_positives` validation positives.
+    ``chosen`` (the model's own threshold) is always kept.
+
+    Used for the findings of a multi-label model (``training.findings``), where a rare
+    finding may have a handful of validation positives; a binary model's table is unchanged.
+
+    Example:
+        >>> unsupported_points(np.array([1] * 12 + [0] * 30))
+        {'sens95': '12 validation positives, at least 20 needed', 'sens99': ...}
+    """
+    y = np.asarray(val_labels).astype(np.int64).ravel()
+    positives = int((y == 1).sum())
+    missing: dict[str, str] = {}
+    if positives == 0 or positives == y.size:
+        missing["youden"] = (
+            "no validation positive" if positives == 0 else "no validation negative"
+        ) + ": Youden's J is undefined"
+    for name, target in SENSITIVITY_TARGETS.items():
+        needed = required_positives(target)
+        if positives < needed:
+            missing[name] = (
+                f"{positives} validation positive{'' if positives == 1 else 's'}, "
+                f"at least {needed} needed"
+            )
+    return missing
 
 
 # --- Keras metrics on softmax outputs with integer labels -------------------------------------

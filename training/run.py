@@ -26,7 +26,9 @@
    (``training.data.sources.data_fingerprint``), window and filters, and the drift reference
    (``metrics["drift_reference"]``); then fit and attach the out-of-distribution detector
    (``training.ood``); write result.json. A multi-label run (``_finish_findings``) exports the
-   same way, with a temperature and a threshold per finding (on series-labelled data also a
+   same way, with a temperature and a threshold per finding, each finding's operating points
+   (``metrics["operating_points_per_finding"]``, ``training.findings.
+   finding_operating_points``; on series-labelled data also a
    series threshold per finding, ``metrics["series_threshold"]["thresholds"]``), the drift
    reference's label rates per finding and the detector's class means per finding.
 
@@ -1091,10 +1093,11 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
             threshold_sources=series_sources,
         )
     test_metrics = None
-    eval_split = "val"
+    eval_split, y_eval, eval_scores = "val", data.y_val, val_scores
     if data.splits["test"]:
         x_test, y_test = data.load("test")
         test_scores = predict(model, x_test, dist=dist, batch_size=config.batch_size)
+        y_eval, eval_scores = y_test, test_scores
         test_metrics = findings.finding_metrics(y_test, test_scores, names, thresholds)
         if data.source.has_series:
             test_metrics["series"] = _series_figures(
@@ -1122,6 +1125,33 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
     }
     for line in findings.format_table(reported):
         log.info("%s: %s", eval_split, line)
+    # each finding's operating points, as a binary model's (thresholds on validation, figures
+    # on the reported split): what RADLENS_OPERATING_POINT serves a finding at
+    points = findings.finding_operating_points(
+        data.y_val,
+        val_scores,
+        y_eval,
+        eval_scores,
+        names,
+        thresholds,
+        rule=config.threshold_rule,
+        undecided=undecided,
+        evaluated_on=eval_split,
+    )
+    log.info(
+        "operating points per finding (thresholds chosen on validation, figures on %s):",
+        eval_split,
+    )
+    for line in findings.format_points_table({"per_finding": points["per_finding"]}):
+        log.info("%s: %s", eval_split, line)
+    for name, missing in points["not_computed"].items():
+        log.warning(
+            "finding %s has no operating point %s (%s): a service set to one of them "
+            "(RADLENS_OPERATING_POINT) decides it at its own threshold",
+            name,
+            ", ".join(missing),
+            "; ".join(f"{point}: {why}" for point, why in missing.items()),
+        )
     record = {
         "label_mode": "multi-label",
         "scores": "independent",  # one sigmoid per finding: they do not sum to one
@@ -1163,6 +1193,9 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
                 "reported": reported,
                 "calibration": calibration,
                 "split": data.split_record,
+                # per finding, the table a binary model keeps in "operating_points"
+                # (models.decision.operating_point serves a finding at one of them)
+                "operating_points_per_finding": points,
                 # series-labelled data: the threshold per finding the service decides a
                 # series' finding at (training.series.choose_finding_series_thresholds)
                 **({"series_threshold": series_record} if series_record is not None else {}),
@@ -1212,7 +1245,10 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
         calibration=calibration,
         split=data.split_record,
     )
-    rundir.write_result(run_path, {**result.to_dict(), "findings": record})
+    rundir.write_result(
+        run_path,
+        {**result.to_dict(), "findings": record, "operating_points_per_finding": points},
+    )
     log.info(
         "exported %s to %s (val macro AUC %s, %d finding(s), %d skipped file(s), %.0f s)",
         result.model_ref or config.name,

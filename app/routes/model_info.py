@@ -6,7 +6,9 @@ from fastapi import APIRouter
 
 from radlens.app.deps import ResourcesDep
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelPublic, ModelsPublic, problem_responses
+from radlens.models.decision import CHOSEN, OperatingPoint
 from radlens.models.intended_use import NOT_STATED
+from radlens.models.manifest import ModelManifest
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -47,8 +49,19 @@ def list_models(resources: ResourcesDep) -> ModelsPublic:
                 calibration=m.calibration,
                 label_mode="multi-label" if m.multi_label else "single-label",
                 finding_thresholds=m.finding_thresholds or None,
+                finding_operating_points=_finding_points(predictor.operating_point, m),
+                finding_decision_thresholds=m.decision_thresholds or None,
                 intended_use=m.intended_use or NOT_STATED,
                 ood={k: v for k, v in m.ood.items() if k != "files"} if m.ood else None,
             )
         ]
     )
+
+
+def _finding_points(point: OperatingPoint, manifest: ModelManifest) -> dict[str, str] | None:
+    """A multi-label model: the operating point each finding is decided at ('chosen' for
+    its trained threshold); None for single-label models."""
+    if not manifest.multi_label:
+        return None
+    points = point.finding_points or {}
+    return {name: points.get(name, CHOSEN) for name in manifest.class_names}

@@ -30,6 +30,7 @@ from radlens.app.schemas import (
 from radlens.app.services import FindingValue
 from radlens.app.tables import Prediction, PredictionFinding
 from radlens.app.upload import read_file
+from radlens.models.decision import finding_point_of
 from radlens.models.manifest import ModelManifest
 
 MAX_PAGE_SIZE = 100
@@ -165,7 +166,7 @@ def to_public(
         ),
         notice=None if validated else NOT_FOR_CLINICAL_USE,
         label_mode="multi-label" if findings else "single-label",
-        findings=_public_findings(prediction, findings) if findings else None,
+        findings=_public_findings(prediction, findings, loaded) if findings else None,
         ood_score=prediction.ood_score,
         in_distribution=prediction.in_distribution,
         intended_use_violations=prediction.intended_use_violations,
@@ -179,19 +180,37 @@ def _burned_in(value: str | None) -> Literal["YES", "NO"] | None:
 
 
 def _public_findings(
-    prediction: Prediction, findings: Sequence[PredictionFinding | FindingValue]
+    prediction: Prediction,
+    findings: Sequence[PredictionFinding | FindingValue],
+    loaded: ModelManifest | None = None,
 ) -> list[FindingPublic]:
-    """In the order of the prediction's scores (the model's finding order)."""
+    """In the order of the prediction's scores (the model's finding order), each with the
+    operating point it was decided at: read from the stored threshold against the loaded
+    model's table (models.decision.finding_point_of), so a stored prediction answers the
+    same later; unknown (null) for another model version."""
     order = {name: i for i, name in enumerate(prediction.scores)}
-    public = [
-        FindingPublic(
-            name=f.finding if isinstance(f, PredictionFinding) else f.name,
-            score=f.score,
-            threshold=f.threshold,
-            positive=f.positive,
+    same_model = loaded is not None and (loaded.name, loaded.version) == (
+        prediction.model_name,
+        prediction.model_version,
+    )
+
+    def point_of(name: str, threshold: float) -> str | None:
+        if loaded is None or not same_model:
+            return None
+        return finding_point_of(loaded, prediction.operating_point, name, float(threshold))
+
+    public = []
+    for f in findings:
+        name = f.finding if isinstance(f, PredictionFinding) else f.name
+        public.append(
+            FindingPublic(
+                name=name,
+                score=f.score,
+                threshold=f.threshold,
+                positive=f.positive,
+                operating_point=point_of(name, f.threshold),
+            )
         )
-        for f in findings
-    ]
     return sorted(public, key=lambda f: order.get(f.name, len(order)))
 
 

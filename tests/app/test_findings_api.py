@@ -212,7 +212,7 @@ def test_openapi_says_when_scores_sum_to_one(client: TestClient) -> None:
     assert "independent" in public["scores"]["description"]
     assert public["label_mode"]["enum"] == ["single-label", "multi-label"]
     finding = schema["components"]["schemas"]["FindingPublic"]["properties"]
-    assert set(finding) == {"name", "score", "threshold", "positive"}
+    assert set(finding) == {"name", "score", "threshold", "positive", "operating_point"}
     params = {p["name"] for p in schema["paths"]["/v1/predictions"]["get"]["parameters"]}
     assert {"finding", "positive"} <= params
 

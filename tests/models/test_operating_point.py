@@ -83,7 +83,7 @@ class TestResolve:
     def test_multiclass_models_have_no_operating_points(self) -> None:
         m = manifest(None, classes=["a", "b", "c"], threshold=None)
         assert operating_point(m, None) == OperatingPoint(None, None)
-        with pytest.raises(ConfigurationError, match=r"3 classes .* binary models only"):
+        with pytest.raises(ConfigurationError, match=r"3 classes .* not to a multi-class model"):
             operating_point(m, "sens95")
 
 
