@@ -387,7 +387,8 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
         "model.html",
         manifest=manifest,
         metric_tables=_metric_tables(manifest.metrics),
-        operating_points=_operating_points(manifest.metrics),
+        operating_points=_operating_points(manifest.metrics.get("operating_points")),
+        finding_points=_finding_operating_points(manifest.metrics),
         # a manifest field in newer manifests, a metrics section in older ones
         calibration=_scalars(getattr(manifest, "calibration", None)),
         plots=plots,
@@ -411,10 +412,10 @@ def _model_folder(request: Request, manifest: ModelManifest) -> Path:
     return Path(_settings(request).model_store) / manifest.name / str(manifest.version)
 
 
-def _operating_points(metrics: dict[str, Any]) -> list[dict[str, str]]:
-    """The manifest's operating points (threshold chosen on validation, figures on the
-    reported split with Wilson 95% intervals), formatted for the model page."""
-    points = metrics.get("operating_points")
+def _operating_points(points: Any) -> list[dict[str, str]]:
+    """An operating-point table (the manifest's ``operating_points``, or one finding's:
+    threshold chosen on validation, figures on the reported split with Wilson 95%
+    intervals), formatted for the model page."""
     if not isinstance(points, dict):
         return []
     rows = []
@@ -430,6 +431,33 @@ def _operating_points(metrics: dict[str, Any]) -> list[dict[str, str]]:
             row[key] = text
         rows.append(row)
     return rows
+
+
+def _finding_operating_points(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """A multi-label model's operating points, finding by finding
+    (``metrics["operating_points_per_finding"]``, training.findings): each finding's table and
+    the points its validation positives could not choose, with training's reason; [] for
+    other models and for manifests written before the table."""
+    record = metrics.get("operating_points_per_finding")
+    per_finding = record.get("per_finding") if isinstance(record, dict) else None
+    if not isinstance(per_finding, dict):
+        return []
+    missing = record.get("not_computed") if isinstance(record, dict) else None
+    missing = missing if isinstance(missing, dict) else {}
+    tables = []
+    for finding, points in per_finding.items():
+        reasons = missing.get(finding)
+        tables.append(
+            {
+                "name": str(finding),
+                "rows": _operating_points(points),
+                "not_computed": [
+                    (str(point), str(why))
+                    for point, why in (reasons.items() if isinstance(reasons, dict) else ())
+                ],
+            }
+        )
+    return tables
 
 
 def _scalars(values: Any) -> list[tuple[str, str]]:

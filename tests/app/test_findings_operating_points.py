@@ -238,6 +238,23 @@ class TestServing:
         assert heatmap.status_code == 200, heatmap.text
         assert heatmap.headers["X-Radlens-Explained-Class"] == "Infiltration"
 
+    def test_the_model_page_shows_each_findings_table_and_the_served_thresholds(
+        self, make_service: Any
+    ) -> None:
+        import html
+
+        page = make_service(operating_point="sens95").client.get("/ui/model")
+        assert page.status_code == 200, page.text
+        text = html.unescape(page.text)
+        assert "Effusion 0.900, Infiltration 0.100, Nodule 0.600 (one per finding, as served)" in (
+            text
+        )
+        assert "Operating points per finding" in text
+        for finding in THRESHOLDS:
+            assert f"<caption>{finding}: thresholds chosen on validation" in text
+        assert "sens95</th><td>0.100</td>" in text  # Infiltration's row
+        assert "Nodule has no sens90 (4 validation positives, at least 10 needed)" in text
+
     def test_unset_decides_at_the_trained_thresholds(self, make_service: Any) -> None:
         service = make_service()
         body = service.post(2)
