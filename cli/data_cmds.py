@@ -126,6 +126,7 @@ def data_check(
         MultiLabelSpec,
         check_copies,
         check_decodable,
+        check_splits,
         copies_report,
         drop_undecodable,
         leakage_report,
@@ -204,6 +205,15 @@ def data_check(
         typer.echo(f"  skipped {item}")
     how = "headers read only" if headers_only else "every image decoded as training decodes it"
     typer.echo(f"  {len(source.skipped)} file(s) skipped ({how})")
+    try:
+        # training's split checks (a class without a training image, validation without 2
+        # classes): one patient's whole series in one class can leave validation with a
+        # single class, and `radlens train` then stops (QA round 20). Reported, not failed:
+        # the split follows this command's --val-fraction and --seed, which a run may set
+        # otherwise; the calibration minimum (min_calibration_positives) is the run's too
+        check_splits(source, splits)
+    except ConfigurationError as exc:
+        typer.echo(f"  splits: `radlens train` refuses them with these options: {exc}")
     try:
         check_copies(source)  # as training refuses it
     except ConfigurationError as exc:

@@ -899,9 +899,14 @@ def _open_dicom(data: bytes, max_pixels: int) -> _DicomSource:
                 "ends early (at the meta information, or inside an element such as compressed "
                 f"pixel data without its closing delimiter); received {len(data)} bytes"
             )
+        # an absent value is said in words, not as Python's None: a hanging protocol or a
+        # colour palette (non-patient objects) has no Modality (QA round 20)
+        sop_class, modality = _sop_class_name(ds), _text(ds, "Modality")
         raise NoPixelDataError(
-            "no (7FE0,0010) Pixel Data element. Received SOP class "
-            f"{_sop_class_name(ds)!r}, modality {_text(ds, 'Modality')!r}, {len(data)} bytes"
+            "no (7FE0,0010) Pixel Data element. Received "
+            + (f"SOP class {sop_class!r}" if sop_class else "no SOP Class UID")
+            + (f", modality {modality!r}" if modality else ", no Modality")
+            + f", {len(data)} bytes"
             + (_DICOMDIR_HINT if _sop_class_uid(ds) == _MEDIA_STORAGE_DIRECTORY else "")
         )
     rows, columns, frames = _check_geometry(ds, max_pixels)
