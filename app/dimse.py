@@ -29,17 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    UID,
-    ComputedRadiographyImageStorage,
-    CTImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    EnhancedCTImageStorage,
-    EnhancedMRImageStorage,
-    MRImageStorage,
-    SecondaryCaptureImageStorage,
-)
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
@@ -54,15 +44,48 @@ logger = logging.getLogger(__name__)
 
 VERIFICATION = UID("1.2.840.10008.1.1")  # Verification SOP Class (C-ECHO)
 
-STORAGE_SOP_CLASSES = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    MRImageStorage,
-    EnhancedMRImageStorage,
-    SecondaryCaptureImageStorage,
+# The storage SOP classes accepted by default (RADLENS_DIMSE_SOP_CLASSES replaces the list):
+# the acquired radiology images whose pixels the shared preprocessing reads, as POST
+# /v1/predictions takes them -- projection radiography (CR, DX, mammography, intra-oral, breast
+# projection and tomosynthesis, XA, RF), CT, MR, NM, PET (classic, enhanced and legacy
+# converted), ultrasound and secondary captures. Up to QA round 20 only CR, DX, CT, MR (and
+# their enhanced forms) and SC were taken, so a model trained on mammograms or ultrasound
+# could be sent its images over HTTP but not from a PACS: the association was rejected. Whether
+# the loaded model is meant for an instance is the intended-use gate's decision (app/gate.py),
+# made per instance with a reason the sender sees, as for HTTP. Derived objects (SEG,
+# parametric maps, RT dose), video, microscopy and documents are not acquired radiology images
+# and stay outside the default.
+DEFAULT_STORAGE_SOP_CLASSES = (
+    "ComputedRadiographyImageStorage",
+    "DigitalXRayImageStorageForPresentation",
+    "DigitalXRayImageStorageForProcessing",
+    "DigitalMammographyXRayImageStorageForPresentation",
+    "DigitalMammographyXRayImageStorageForProcessing",
+    "DigitalIntraOralXRayImageStorageForPresentation",
+    "DigitalIntraOralXRayImageStorageForProcessing",
+    "BreastProjectionXRayImageStorageForPresentation",
+    "BreastProjectionXRayImageStorageForProcessing",
+    "BreastTomosynthesisImageStorage",
+    "XRayAngiographicImageStorage",
+    "EnhancedXAImageStorage",
+    "XRayRadiofluoroscopicImageStorage",
+    "EnhancedXRFImageStorage",
+    "CTImageStorage",
+    "EnhancedCTImageStorage",
+    "LegacyConvertedEnhancedCTImageStorage",
+    "MRImageStorage",
+    "EnhancedMRImageStorage",
+    "LegacyConvertedEnhancedMRImageStorage",
+    "NuclearMedicineImageStorage",
+    "PositronEmissionTomographyImageStorage",
+    "EnhancedPETImageStorage",
+    "LegacyConvertedEnhancedPETImageStorage",
+    "UltrasoundImageStorage",
+    "UltrasoundMultiFrameImageStorage",
+    "SecondaryCaptureImageStorage",
+    "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
+    "MultiFrameGrayscaleWordSecondaryCaptureImageStorage",
+    "MultiFrameTrueColorSecondaryCaptureImageStorage",
 )
 
 STATUS_SUCCESS = 0x0000
@@ -224,7 +247,7 @@ class StorageSCP:
             ae.require_calling_aet = allowed
         ae.require_called_aet = s.dimse_require_called_ae_title
         ae.add_supported_context(VERIFICATION)
-        for sop_class in STORAGE_SOP_CLASSES:
+        for sop_class in s.dimse_sop_class_uids:
             # every syntax pydicom (and its plugins) decodes, in the order each sender proposes
             # them (prefer_the_senders_syntaxes): accepted as sent, never re-encoded
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)

@@ -68,6 +68,32 @@ def _ae_title(value: str) -> str:
     return title
 
 
+def _storage_sop_classes(value: str) -> list[str]:
+    """RADLENS_DIMSE_SOP_CLASSES as SOP Class UIDs: each comma-separated entry a storage SOP
+    class's keyword (pynetdicom's, e.g. ``DigitalMammographyXRayImageStorageForPresentation``)
+    or UID; anything else (a typo, a query/retrieve class) is refused naming it."""
+    from pynetdicom import sop_class
+    from pynetdicom.service_class import StorageServiceClass
+
+    uids: list[str] = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        found = getattr(sop_class, entry, None) if entry.isidentifier() else entry
+        uid = str(found) if isinstance(found, str) else ""
+        if not uid or sop_class.uid_to_service_class(uid) is not StorageServiceClass:
+            raise ValueError(
+                f"{entry!r} is not a storage SOP class: give keywords such as CTImageStorage or "
+                "DigitalMammographyXRayImageStorageForPresentation, or their UIDs "
+                "(1.2.840.10008.5.1.4.1.1.2), separated by commas"
+            )
+        if uid not in uids:
+            uids.append(uid)
+    if not uids:
+        raise ValueError("no storage SOP class given: unset it to accept the default list")
+    return uids
+
+
 class Settings(BaseSettings):
     """Service configuration read from ``RADLENS_*`` environment variables."""
 
@@ -216,6 +242,11 @@ class Settings(BaseSettings):
         default=False,
         description="reject associations addressed to another called AE title than "
         "RADLENS_DIMSE_AE_TITLE (off: any, as most PACS nodes)",
+    )
+    dimse_sop_classes: str | None = Field(
+        default=None,
+        description="comma-separated storage SOP classes the SCP accepts (keywords such as "
+        "CTImageStorage, or UIDs) instead of its default list of radiology image classes",
     )
     dimse_max_associations: int = Field(default=4, ge=1, le=256)
     dimse_max_pdu_size: int = Field(default=262_144, ge=4096, le=16 * MIB)
@@ -401,6 +432,24 @@ class Settings(BaseSettings):
         from radlens.app.destinations import parse_destinations
 
         return parse_destinations(self.dicom_destinations)
+
+    @field_validator("dimse_sop_classes")
+    @classmethod
+    def _check_dimse_sop_classes(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        _storage_sop_classes(value)
+        return value
+
+    @property
+    def dimse_sop_class_uids(self) -> list[str]:
+        """The storage SOP Class UIDs the SCP accepts: RADLENS_DIMSE_SOP_CLASSES, else
+        app/dimse.DEFAULT_STORAGE_SOP_CLASSES."""
+        if self.dimse_sop_classes is None:
+            from radlens.app.dimse import DEFAULT_STORAGE_SOP_CLASSES
+
+            return _storage_sop_classes(",".join(DEFAULT_STORAGE_SOP_CLASSES))
+        return _storage_sop_classes(self.dimse_sop_classes)
 
     @property
     def dimse_allowed_ae_title_list(self) -> list[str]:
