@@ -53,7 +53,12 @@ from fastapi.concurrency import run_in_threadpool
 from radlens.app.device import DeviceInfo, select_device
 from radlens.app.errors import AppError
 from radlens.app.workqueue import STOP, WorkQueue, fail, resolve_all
-from radlens.models.decision import OperatingPoint, operating_point, serve_at
+from radlens.models.decision import (
+    OperatingPoint,
+    finding_points_not_computed,
+    operating_point,
+    serve_at,
+)
 from radlens.models.errors import InvalidImageError, ModelCorruptError, RadlensError
 from radlens.models.runtime import OpenVINORuntime, Selection
 
@@ -739,14 +744,11 @@ def _log_finding_point(manifest: ModelManifest, point: OperatingPoint) -> None:
     kept = point.kept
     if not kept:
         return
-    record = manifest.metrics.get("operating_points_per_finding")
-    not_computed = record.get("not_computed") if isinstance(record, dict) else None
-    reasons = not_computed if isinstance(not_computed, dict) else {}
+    reasons = finding_points_not_computed(manifest.metrics)
 
     def why(finding: str) -> str:
-        missing = reasons.get(finding)
-        reason = missing.get(point.name) if isinstance(missing, dict) else None
-        return f"{finding} ({reason})" if isinstance(reason, str) else finding
+        reason = reasons.get(finding, {}).get(str(point.name))
+        return f"{finding} ({reason})" if reason else finding
 
     log.warning(
         "RADLENS_OPERATING_POINT=%s: model %s has no %s operating point for %d of its %d "

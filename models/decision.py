@@ -237,13 +237,63 @@ def finding_point_tables(manifest: ModelManifest) -> dict[str, dict[str, float]]
     return tables
 
 
+def finding_points_not_computed(metrics: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The points training could not choose for each finding, with its reason
+    (``metrics["operating_points_per_finding"]["not_computed"]``); entries of another shape
+    (a hand-edited or damaged manifest) are left out, so every reader -- start-up's warning,
+    the refusal, ``radlens evaluate``, /ui -- can quote them without checking again.
+
+    Example:
+        >>> finding_points_not_computed(manifest.metrics)["Nodule"]
+        {'sens95': '4 validation positives, at least 20 needed'}
+    """
+    record = metrics.get("operating_points_per_finding")
+    missing = record.get("not_computed") if isinstance(record, Mapping) else None
+    if not isinstance(missing, Mapping):
+        return {}
+    return {
+        str(finding): {str(p): why for p, why in points.items() if isinstance(why, str)}
+        for finding, points in missing.items()
+        if isinstance(points, Mapping)
+    }
+
+
 def _finding_point(manifest: ModelManifest, name: str) -> OperatingPoint:
-    """:func:`operating_point` for a multi-label model and a named point."""
+    """:func:`operating_point` for a multi-label model and a named point.
+
+    A finding whose table names the point with a threshold that is not a number in [0, 1]
+    stops start-up, as a binary model's malformed point does: served at its trained threshold
+    instead, it would pass for a finding that merely lacks the point."""
     from radlens.models.errors import ConfigurationError
 
     tables = finding_point_tables(manifest)
+    record = manifest.metrics.get("operating_points_per_finding")
+    raw = record.get("per_finding") if isinstance(record, dict) else None
+    if not tables and isinstance(raw, dict) and raw:
+        raise ConfigurationError(
+            f"RADLENS_OPERATING_POINT={name!r}: model {manifest.ref}'s operating points per "
+            f"finding name {', '.join(repr(str(f)) for f in list(raw)[:10])}, none of its "
+            f"findings ({', '.join(manifest.class_names)}): the manifest does not match its "
+            "model. Restore it from the model store's copy or train again, or unset "
+            "RADLENS_OPERATING_POINT"
+        )
     if not tables:
         raise ConfigurationError(_multi_label_refusal(manifest, name))
+    damaged = [
+        f
+        for f in manifest.class_names
+        if isinstance(raw, dict)
+        and isinstance(raw.get(f), dict)
+        and name in raw[f]
+        and name not in tables.get(f, {})
+    ]
+    if damaged:
+        raise ConfigurationError(
+            f"RADLENS_OPERATING_POINT={name!r}: model {manifest.ref}'s manifest records "
+            f"{name!r} for {', '.join(damaged)} without a threshold in [0, 1] "
+            "(metrics.operating_points_per_finding.per_finding): the manifest is damaged. "
+            "Restore it from the model store's copy or train again, or choose another point"
+        )
     at = {f: table[name] for f, table in tables.items() if name in table}
     if not at:
         raise ConfigurationError(_no_finding_has(manifest, name, tables))
@@ -293,12 +343,10 @@ def _no_finding_has(
         f"{point} ({'every finding' if len(fs) == len(manifest.class_names) else ', '.join(fs)})"
         for point, fs in offered.items()
     )
-    record = manifest.metrics.get("operating_points_per_finding")
-    not_computed = record.get("not_computed") if isinstance(record, dict) else None
     reasons = [
         f"{finding}: {missing[name]}"
-        for finding, missing in (not_computed if isinstance(not_computed, dict) else {}).items()
-        if isinstance(missing, dict) and isinstance(missing.get(name), str)
+        for finding, missing in finding_points_not_computed(manifest.metrics).items()
+        if name in missing
     ]
     why = f" (training left it out: {'; '.join(reasons)})" if reasons else ""
     return (

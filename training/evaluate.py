@@ -472,7 +472,7 @@ def _finding_points(
     """Each finding's operating points from the manifest (thresholds chosen on validation in
     training) measured on this data (``training.metrics.point_figures``), with the points
     training left out and why; None for a manifest without the table."""
-    from radlens.models.decision import finding_point_tables
+    from radlens.models.decision import finding_point_tables, finding_points_not_computed
     from radlens.training.metrics import point_figures
 
     tables = finding_point_tables(manifest)
@@ -481,7 +481,6 @@ def _finding_points(
     y = np.asarray(targets).astype(np.int64)
     s = np.asarray(scores, dtype=np.float64)
     column = {name: j for j, name in enumerate(manifest.class_names)}
-    record = manifest.metrics.get("operating_points_per_finding") or {}
     return {
         "fitted_on": "val",
         "evaluated_on": split,
@@ -492,7 +491,7 @@ def _finding_points(
             }
             for name, table in tables.items()
         },
-        "not_computed": dict(record.get("not_computed") or {}),
+        "not_computed": finding_points_not_computed(manifest.metrics),
     }
 
 

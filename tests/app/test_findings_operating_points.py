@@ -416,3 +416,64 @@ class TestDecision:
         assert finding_point_of(m, "sens95", "Nodule", 0.6) == "chosen"
         assert finding_point_of(m, None, "Effusion", 0.5) == "chosen"
         assert finding_point_of(m, "sens95", "Effusion", 0.42) is None  # not this model's
+
+
+class TestDamagedRecords:
+    """A hand-edited or damaged table is refused or skipped saying so, never a traceback, and
+    never a finding quietly served at its trained threshold (review of session 23)."""
+
+    @staticmethod
+    def with_points(tmp_path: Path, points: Any) -> Any:
+        import dataclasses
+
+        m = save_points_model(tmp_path / "store")
+        metrics = {**m.metrics, "operating_points_per_finding": points}
+        return dataclasses.replace(m, metrics=metrics)
+
+    @pytest.mark.parametrize("bad", [float("nan"), "0.9", 1.5, None])
+    def test_a_point_without_a_usable_threshold_stops_start_up(
+        self, tmp_path: Path, bad: Any
+    ) -> None:
+        import copy
+
+        from radlens.models.decision import operating_point
+        from radlens.models.errors import ConfigurationError
+
+        points = copy.deepcopy(POINTS)
+        points["per_finding"]["Effusion"]["sens95"]["threshold"] = bad
+        m = self.with_points(tmp_path, points)
+        with pytest.raises(ConfigurationError, match=r"records 'sens95' for Effusion without"):
+            operating_point(m, "sens95")
+        assert operating_point(m, "sens90").finding_points == {  # the other points still serve
+            "Effusion": "sens90",
+            "Infiltration": "sens90",
+            "Nodule": "chosen",
+        }
+
+    def test_a_table_naming_none_of_the_findings_says_so(self, tmp_path: Path) -> None:
+        from radlens.models.decision import operating_point
+        from radlens.models.errors import ConfigurationError
+
+        renamed = {**POINTS, "per_finding": {"Pleural effusion": POINTS["per_finding"]["Effusion"]}}
+        m = self.with_points(tmp_path, renamed)
+        with pytest.raises(ConfigurationError, match="name 'Pleural effusion', none of its"):
+            operating_point(m, "sens95")
+
+    @pytest.mark.parametrize(
+        "not_computed", ["oops", {"Nodule": "sens95 missing"}, {"Nodule": ["sens95"]}, None]
+    )
+    def test_malformed_reasons_are_skipped_by_every_reader(
+        self, tmp_path: Path, not_computed: Any
+    ) -> None:
+        from radlens.models.decision import finding_points_not_computed, operating_point
+        from radlens.training.evaluate import _finding_points
+        from radlens.training.findings import format_points_table
+
+        m = self.with_points(tmp_path, {**POINTS, "not_computed": not_computed})
+        assert finding_points_not_computed(m.metrics) == {}
+        assert operating_point(m, "sens95").kept == ["Nodule"]
+        targets = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+        scores = np.array([[0.9, 0.2, 0.7], [0.1, 0.8, 0.3], [0.6, 0.6, 0.4], [0.2, 0.1, 0.9]])
+        record = _finding_points(m, targets, scores, "test")
+        assert record is not None and record["not_computed"] == {}
+        assert format_points_table(record)[0].startswith("finding")
