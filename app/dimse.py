@@ -303,6 +303,29 @@ class StorageSCP:
             self.settings.dimse_bind,
             self.port,
         )
+        self._warn_when_nothing_is_gated()
+
+    def _warn_when_nothing_is_gated(self) -> None:
+        """A WARNING when every class of the default list will be predicted: the model states
+        no intended use (or RADLENS_GATE=off) and RADLENS_DIMSE_SOP_CLASSES is unset. A PACS
+        that routes everything then gets ultrasound, NM or PET predicted by, say, a chest
+        radiograph model trained on PNGs (only the OOD flag marks them)."""
+        from radlens.models.intended_use import from_record
+
+        s = self.settings
+        manifest = self.ingestor.predictor.manifest
+        stated = not from_record(getattr(manifest, "intended_use", None)).empty
+        if s.dimse_sop_classes is not None or (stated and s.gate != "off"):
+            return
+        ref = getattr(manifest, "ref", "the loaded model")
+        why = "RADLENS_GATE=off" if stated else f"model {ref} states no intended use"
+        logger.warning(
+            "DIMSE: %s, so every image class the SCP accepts is predicted (%d classes: CR, DX, "
+            "MG, CT, MR, US, XA, NM, PET, SC ...); state the model's intended modalities in "
+            "training, or set RADLENS_DIMSE_SOP_CLASSES to the classes to accept",
+            why,
+            len(s.dimse_sop_class_uids),
+        )
 
     def _log_rejected(self, event: Any) -> None:
         """Say who was turned away and which setting did it (EVT_REJECTED): pynetdicom's own

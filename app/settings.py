@@ -83,9 +83,9 @@ def _storage_sop_classes(value: str) -> list[str]:
         uid = str(found) if isinstance(found, str) else ""
         if not uid or sop_class.uid_to_service_class(uid) is not StorageServiceClass:
             raise ValueError(
-                f"{entry!r} is not a storage SOP class: give keywords such as CTImageStorage or "
-                "DigitalMammographyXRayImageStorageForPresentation, or their UIDs "
-                "(1.2.840.10008.5.1.4.1.1.2), separated by commas"
+                f"{entry[:80]!r} is not a storage SOP class: give keywords such as "
+                "CTImageStorage or DigitalMammographyXRayImageStorageForPresentation, or "
+                "their UIDs (1.2.840.10008.5.1.4.1.1.2), separated by commas"
             )
         if uid not in uids:
             uids.append(uid)

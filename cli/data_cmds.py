@@ -17,6 +17,9 @@ import typer
 from radlens.cli.common import fail
 
 DEFAULT_SEED = 1234  # training.config.TrainConfig.seed: the split `radlens train` makes
+# training.config.TrainConfig.min_calibration_positives: fewer validation positives and
+# `radlens train` refuses to run (it cannot fit the temperature)
+DEFAULT_MIN_CALIBRATION_POSITIVES = 10
 
 
 def demo_data(
@@ -109,6 +112,15 @@ def data_check(
             help="Series CSV: the folder scanned for series_uid values (default: the CSV's).",
         ),
     ] = None,
+    min_calibration_positives: Annotated[
+        int,
+        typer.Option(
+            "--min-calibration-positives",
+            min=0,
+            help="`radlens train`'s --min-calibration-positives: report a validation split "
+            "with fewer positives, as training refuses it (0: not checked).",
+        ),
+    ] = DEFAULT_MIN_CALIBRATION_POSITIVES,
     headers_only: Annotated[
         bool,
         typer.Option(
@@ -210,10 +222,12 @@ def data_check(
         # classes): one patient's whole series in one class can leave validation with a
         # single class, and `radlens train` then stops (QA round 20). Reported, not failed:
         # the split follows this command's --val-fraction and --seed, which a run may set
-        # otherwise; the calibration minimum (min_calibration_positives) is the run's too
-        check_splits(source, splits)
+        # otherwise. The calibration minimum is checked too, at train's default unless
+        # --min-calibration-positives says the run's: it is the refusal small data sets meet
+        # first (QA round 21: 4 validation positives, data-check silent, train stopped)
+        check_splits(source, splits, min_calibration_positives=min_calibration_positives)
     except ConfigurationError as exc:
-        typer.echo(f"  splits: `radlens train` refuses them with these options: {exc}")
+        typer.echo(f"  splits: `radlens train` refuses them with these options: {exc.detail}")
     try:
         check_copies(source)  # as training refuses it
     except ConfigurationError as exc:

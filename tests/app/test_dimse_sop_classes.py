@@ -124,6 +124,24 @@ def test_the_setting_replaces_the_list(start: Any) -> None:
     }
 
 
+NOTHING_GATED = "so every image class the SCP accepts is predicted (30 classes"
+
+
+def test_a_model_stating_no_intended_use_is_warned_about(
+    start: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fixture's model states no intended use: every class of the default list is then
+    predicted, which a PACS routing everything should not meet unannounced."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="radlens.app.dimse"):
+        start()
+        start(dimse_sop_classes="CTImageStorage")  # the site chose: no warning
+    warned = [r.getMessage() for r in caplog.records if NOTHING_GATED in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("DIMSE: model tiny:1 states no intended use, so every")
+
+
 @pytest.mark.parametrize(
     ("value", "named"),
     [
