@@ -24,6 +24,7 @@ from tests.app.test_findings_api import (
     constant_findings_model,
     save_findings_model,
 )
+from tests.app.test_series_findings_threshold import RECORD
 
 # Every upload scores Effusion sigmoid(2) = 0.881, Infiltration 0.119, Nodule 0.5 (the model
 # ignores the image). At the trained thresholds (0.5, 0.5, 0.6): Effusion only. At sens95
@@ -83,17 +84,7 @@ AT_SENS95 = {"Effusion": 0.9, "Infiltration": 0.1, "Nodule": 0.6}
 POINT_OF = {"Effusion": "sens95", "Infiltration": "sens95", "Nodule": "chosen"}
 # the run's series thresholds (tests/app/test_series_findings_threshold.py): Effusion 0.95,
 # Nodule 0.45, Infiltration kept at its instance threshold
-SERIES_RECORD: dict[str, Any] = {
-    "label_mode": "multi-label",
-    "thresholds": {"Effusion": 0.95, "Nodule": 0.45},
-    "instance_threshold_kept": ["Infiltration"],
-    "n_positive": {"Effusion": 2, "Infiltration": 0, "Nodule": 3},
-    "rule": "youden",
-    "aggregation": "max",
-    "top_k": 3,
-    "fitted_on": "val",
-    "n_series": 6,
-}
+SERIES_RECORD = RECORD
 
 
 def save_points_model(store: Path) -> Any:
