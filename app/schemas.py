@@ -275,7 +275,9 @@ class ModelPublic(BaseModel):
         default=None, description="The patient-leakage check's result at training"
     )
     calibration: dict[str, Any] | None = Field(
-        default=None, description="Score calibration: temperature, ECE before and after"
+        default=None,
+        description="Score calibration: temperature (multi-label: one per finding, "
+        "'temperatures'), ECE before and after; null when the model is not calibrated",
     )
     label_mode: Literal["single-label", "multi-label"] = Field(
         default="single-label",

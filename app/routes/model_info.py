@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from radlens.app.deps import ResourcesDep
@@ -46,7 +48,7 @@ def list_models(resources: ResourcesDep) -> ModelsPublic:
                 decision_threshold=predictor.operating_point.threshold,
                 data_split=m.data_split,
                 leakage_check=m.leakage_check,
-                calibration=m.calibration,
+                calibration=_calibration(m),
                 label_mode="multi-label" if m.multi_label else "single-label",
                 finding_thresholds=m.finding_thresholds or None,
                 finding_operating_points=_finding_points(predictor.operating_point, m),
@@ -56,6 +58,18 @@ def list_models(resources: ResourcesDep) -> ModelsPublic:
             )
         ]
     )
+
+
+def _calibration(manifest: ModelManifest) -> dict[str, Any] | None:
+    """The manifest's calibration record, or the one its metrics hold.
+
+    A multi-label run records its per-finding temperatures under ``metrics["calibration"]``
+    (as single-label runs did before the manifest field): null here read as "not calibrated"
+    to a client checking whether the scores are calibrated probabilities (QA round 21)."""
+    if manifest.calibration is not None:
+        return manifest.calibration
+    record = manifest.metrics.get("calibration")
+    return record if isinstance(record, dict) else None
 
 
 def _finding_points(point: OperatingPoint, manifest: ModelManifest) -> dict[str, str] | None:

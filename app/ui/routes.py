@@ -9,6 +9,7 @@ shows a patient identifier (the service stores none). Session and CSRF: app/ui/s
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -32,6 +33,7 @@ from radlens.app.deps import SessionDep, get_resources
 from radlens.app.errors import AppError, UnknownFindingError
 from radlens.app.explain import get_explanation
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE
+from radlens.app.tables import Prediction, PredictionFinding
 from radlens.app.ui import session as ui_session
 from radlens.app.ui.queries import PAGE_SIZE, find_predictions, parse_filters
 from radlens.models.manifest import ModelManifest
@@ -306,11 +308,40 @@ def prediction_page(
         scores=scores,
         explanation=explanation,
         findings=findings,
+        finding_points=_stored_finding_points(row, findings, manifest),
         notice=clinical_notice(manifest, row.model_name, row.model_version),
         dicom=row.input_format == "dicom",
         # SR and SC name the source by its UIDs: refused (409) for pseudonyms, so not offered
         pseudonyms=stores_pseudonyms(row, _settings(request)),
     )
+
+
+def _stored_finding_points(
+    row: Prediction, findings: Sequence[PredictionFinding], manifest: ModelManifest | None
+) -> dict[str, str | None]:
+    """The operating point each stored finding was decided at, as the API's ``findings``
+    say it (models.decision.finding_point_of; None when unknown: another model version).
+
+    A multi-label prediction made under RADLENS_OPERATING_POINT=sens95 stores ``sens95``
+    for the prediction, but a finding without that point was decided at its trained
+    threshold: the page names each finding's point rather than the one variable (QA round
+    21: the page said "none (highest score) (operating point sens95)" for every finding)."""
+    from radlens.models.decision import finding_point_of
+
+    if not findings:
+        return {}
+    same = manifest is not None and (manifest.name, manifest.version) == (
+        row.model_name,
+        row.model_version,
+    )
+    return {
+        f.finding: (
+            finding_point_of(manifest, row.operating_point, f.finding, float(f.threshold))
+            if same and manifest is not None
+            else None
+        )
+        for f in findings
+    }
 
 
 @router.get("/predictions/{prediction_id}/overlay.png", name="ui_overlay")
@@ -438,26 +469,21 @@ def _finding_operating_points(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     (``metrics["operating_points_per_finding"]``, training.findings): each finding's table and
     the points its validation positives could not choose, with training's reason; [] for
     other models and for manifests written before the table."""
+    from radlens.models.decision import finding_points_not_computed
+
     record = metrics.get("operating_points_per_finding")
     per_finding = record.get("per_finding") if isinstance(record, dict) else None
     if not isinstance(per_finding, dict):
         return []
-    missing = record.get("not_computed") if isinstance(record, dict) else None
-    missing = missing if isinstance(missing, dict) else {}
-    tables = []
-    for finding, points in per_finding.items():
-        reasons = missing.get(finding)
-        tables.append(
-            {
-                "name": str(finding),
-                "rows": _operating_points(points),
-                "not_computed": [
-                    (str(point), str(why))
-                    for point, why in (reasons.items() if isinstance(reasons, dict) else ())
-                ],
-            }
-        )
-    return tables
+    missing = finding_points_not_computed(metrics)
+    return [
+        {
+            "name": str(finding),
+            "rows": _operating_points(points),
+            "not_computed": list(missing.get(str(finding), {}).items()),
+        }
+        for finding, points in per_finding.items()
+    ]
 
 
 def _scalars(values: Any) -> list[tuple[str, str]]:
