@@ -838,7 +838,7 @@ def _series_figures(
     threshold_sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Series-level figures of one split (training.series), logged to train.log."""
-    from radlens.training.series import series_metrics
+    from radlens.training.series import _fmt, series_metrics
 
     figures = series_metrics(
         series_of,
@@ -855,11 +855,11 @@ def _series_figures(
     log.info(
         "%s series-level: AUC %s over %d series (%s, k=%d); slice AUC %s over %d slices",
         split,
-        figures["auc"],
+        _fmt(figures["auc"]),
         figures["n_series"],
         figures["aggregation"],
         figures["top_k"],
-        figures["slice_auc"],
+        _fmt(figures["slice_auc"]),
         figures["n_slices"],
     )
     for name, m in (figures.get("per_finding") or {}).items():  # multi-label
@@ -869,8 +869,8 @@ def _series_figures(
             name,
             m["threshold"],
             m.get("threshold_source", "model"),
-            m["sensitivity"],
-            m["specificity"],
+            _fmt(m["sensitivity"]),
+            _fmt(m["specificity"]),
         )
     return figures
 
