@@ -420,6 +420,7 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
         metric_tables=_metric_tables(manifest.metrics),
         operating_points=_operating_points(manifest.metrics.get("operating_points")),
         finding_points=_finding_operating_points(manifest.metrics),
+        finding_rows=_finding_rows(manifest, _settings(request)),
         # a manifest field in newer manifests, a metrics section in older ones
         calibration=_scalars(getattr(manifest, "calibration", None)),
         plots=plots,
@@ -483,6 +484,40 @@ def _finding_operating_points(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "not_computed": list(missing.get(str(finding), {}).items()),
         }
         for finding, points in per_finding.items()
+    ]
+
+
+def _finding_rows(manifest: ModelManifest, settings: Any) -> list[dict[str, str]]:
+    """A multi-label model's findings, one row each: the trained threshold, the one served
+    (RADLENS_OPERATING_POINT), the temperature calibration fitted (``metrics.calibration``'s
+    ``temperatures``) and the series threshold for the service's aggregation
+    (models.aggregation.recorded_finding_series_thresholds), none of which the page's
+    one-value-per-line metrics tables can show; [] for single-label models."""
+    from radlens.models.aggregation import recorded_finding_series_thresholds
+
+    if not manifest.multi_label:
+        return []
+    calibration = manifest.metrics.get("calibration")
+    temperatures = calibration.get("temperatures") if isinstance(calibration, dict) else None
+    temperatures = temperatures if isinstance(temperatures, dict) else {}
+    series = recorded_finding_series_thresholds(
+        manifest.metrics, settings.series_aggregation, settings.series_top_k
+    )
+    served = manifest.decision_thresholds
+
+    def number(value: Any, digits: int = 3) -> str:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return f"{value:.{digits}f}" if ok else "–"
+
+    return [
+        {
+            "name": name,
+            "trained": number(trained),
+            "served": number(served.get(name)),
+            "temperature": number(temperatures.get(name)),
+            "series": number(series[name]) if name in series else "its threshold",
+        }
+        for name, trained in manifest.finding_thresholds.items()
     ]
 
 

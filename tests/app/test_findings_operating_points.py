@@ -245,6 +245,15 @@ class TestServing:
             assert f"<caption>{finding}: thresholds chosen on validation" in text
         assert "sens95</th><td>0.100</td>" in text  # Infiltration's row
         assert "Nodule has no sens90 (4 validation positives, at least 10 needed)" in text
+        # one row per finding: trained, served, temperature (the fixture has none), series
+        # threshold for the service's aggregation (max, k=3: the record's)
+        assert (
+            '<th scope="row">Effusion</th><td>0.500</td><td>0.900</td><td>–</td><td>0.950</td>'
+        ) in text
+        assert (
+            '<th scope="row">Infiltration</th><td>0.500</td><td>0.100</td><td>–</td>'
+            "<td>its threshold</td>"
+        ) in text
 
     def test_unset_decides_at_the_trained_thresholds(self, make_service: Any) -> None:
         service = make_service()
@@ -468,3 +477,30 @@ class TestDamagedRecords:
         record = _finding_points(m, targets, scores, "test")
         assert record is not None and record["not_computed"] == {}
         assert format_points_table(record)[0].startswith("finding")
+
+
+def test_the_model_pages_finding_rows_show_temperatures(tmp_path: Path) -> None:
+    """/ui/model's per-finding table reads the temperatures a multi-label run records under
+    metrics.calibration, and the series threshold only for the aggregation it was chosen for."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from radlens.app.ui.routes import _finding_rows
+
+    m = save_points_model(tmp_path / "store")
+    calibration = {"temperatures": {"Effusion": 1.25, "Nodule": "bad"}, "fitted_on": "val"}
+    m = dataclasses.replace(m, metrics={**m.metrics, "calibration": calibration})
+    rows = {
+        r["name"]: r
+        for r in _finding_rows(m, SimpleNamespace(series_aggregation="max", series_top_k=3))
+    }
+    assert rows["Effusion"] == {
+        "name": "Effusion",
+        "trained": "0.500",
+        "served": "0.500",
+        "temperature": "1.250",
+        "series": "0.950",
+    }
+    assert rows["Nodule"]["temperature"] == "–" and rows["Nodule"]["series"] == "0.450"
+    other = _finding_rows(m, SimpleNamespace(series_aggregation="noisy_or", series_top_k=3))
+    assert {r["series"] for r in other} == {"its threshold"}
