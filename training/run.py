@@ -815,16 +815,6 @@ def _finding_series_thresholds(
     return record
 
 
-def _finding_series_cuts(
-    thresholds: dict[str, float], record: dict[str, Any] | None
-) -> tuple[dict[str, float], dict[str, str]]:
-    """The thresholds a run's series figures decide each finding at (its series threshold
-    where the run chose one), and their sources, as the service will decide them."""
-    from radlens.training.series import finding_series_cuts
-
-    return finding_series_cuts(thresholds, (record or {}).get("thresholds") or {})
-
-
 def _series_figures(
     config: TrainConfig,
     split: str,
@@ -1080,7 +1070,13 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
     val_metrics = findings.finding_metrics(data.y_val, val_scores, names, thresholds)
     val_metrics["best_epoch"] = state.get("best_epoch")
     series_record = _finding_series_thresholds(config, data, val_scores, names, thresholds)
-    series_cuts, series_sources = _finding_series_cuts(thresholds, series_record)
+    # each finding's series figures at its series threshold where the run chose one, as the
+    # service will decide them
+    from radlens.training.series import finding_series_cuts
+
+    series_cuts, series_sources = finding_series_cuts(
+        thresholds, (series_record or {}).get("thresholds") or {}
+    )
     if data.source.has_series:
         val_metrics["series"] = _series_figures(
             config,

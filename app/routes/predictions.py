@@ -179,26 +179,29 @@ def _burned_in(value: str | None) -> Literal["YES", "NO"] | None:
     return "YES" if value == "YES" else "NO" if value == "NO" else None
 
 
+def stored_finding_point(
+    prediction: Prediction, loaded: ModelManifest | None, finding: str, threshold: float
+) -> str | None:
+    """The operating point one stored finding decision was taken at: its stored threshold
+    read against the loaded model's table (models.decision.finding_point_of), so a stored
+    prediction answers the same later; None (unknown) for another model version. The API's
+    ``findings`` and the /ui prediction page both say it."""
+    if loaded is None or (loaded.name, loaded.version) != (
+        prediction.model_name,
+        prediction.model_version,
+    ):
+        return None
+    return finding_point_of(loaded, prediction.operating_point, finding, float(threshold))
+
+
 def _public_findings(
     prediction: Prediction,
     findings: Sequence[PredictionFinding | FindingValue],
     loaded: ModelManifest | None = None,
 ) -> list[FindingPublic]:
     """In the order of the prediction's scores (the model's finding order), each with the
-    operating point it was decided at: read from the stored threshold against the loaded
-    model's table (models.decision.finding_point_of), so a stored prediction answers the
-    same later; unknown (null) for another model version."""
+    operating point it was decided at (:func:`stored_finding_point`)."""
     order = {name: i for i, name in enumerate(prediction.scores)}
-    same_model = loaded is not None and (loaded.name, loaded.version) == (
-        prediction.model_name,
-        prediction.model_version,
-    )
-
-    def point_of(name: str, threshold: float) -> str | None:
-        if loaded is None or not same_model:
-            return None
-        return finding_point_of(loaded, prediction.operating_point, name, float(threshold))
-
     public = []
     for f in findings:
         name = f.finding if isinstance(f, PredictionFinding) else f.name
@@ -208,7 +211,7 @@ def _public_findings(
                 score=f.score,
                 threshold=f.threshold,
                 positive=f.positive,
-                operating_point=point_of(name, f.threshold),
+                operating_point=stored_finding_point(prediction, loaded, name, f.threshold),
             )
         )
     return sorted(public, key=lambda f: order.get(f.name, len(order)))

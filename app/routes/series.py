@@ -274,6 +274,7 @@ def _series_thresholds(request: Request, settings: Settings) -> SeriesThresholds
         recorded_finding_series_thresholds,
         recorded_series_threshold,
     )
+    from radlens.models.decision import finding_label
 
     loaded = _loaded(request)
     if loaded is None:
@@ -288,7 +289,7 @@ def _series_thresholds(request: Request, settings: Settings) -> SeriesThresholds
         }
         if not pairs:
             return {}
-        none_name = str((loaded.findings or {}).get("none_name", "No Finding"))  # as decide
+        none_name = finding_label([], loaded)  # the no-finding label, as decide() gives it
         return {(loaded.name, loaded.version): FindingSeriesThresholds(pairs, none_name)}
     found = recorded_series_threshold(loaded.metrics, method, k)
     return {} if found is None else {(loaded.name, loaded.version): (loaded.threshold, found)}

@@ -320,26 +320,15 @@ def _stored_finding_points(
     row: Prediction, findings: Sequence[PredictionFinding], manifest: ModelManifest | None
 ) -> dict[str, str | None]:
     """The operating point each stored finding was decided at, as the API's ``findings``
-    say it (models.decision.finding_point_of; None when unknown: another model version).
+    say it (app/routes/predictions.stored_finding_point). A multi-label prediction made
+    under RADLENS_OPERATING_POINT=sens95 stores ``sens95`` for the prediction, but a finding
+    without that point was decided at its trained threshold: the page names each finding's
+    point rather than the one variable (QA round 21: the page said "none (highest score)
+    (operating point sens95)" for every finding)."""
+    from radlens.app.routes.predictions import stored_finding_point
 
-    A multi-label prediction made under RADLENS_OPERATING_POINT=sens95 stores ``sens95``
-    for the prediction, but a finding without that point was decided at its trained
-    threshold: the page names each finding's point rather than the one variable (QA round
-    21: the page said "none (highest score) (operating point sens95)" for every finding)."""
-    from radlens.models.decision import finding_point_of
-
-    if not findings:
-        return {}
-    same = manifest is not None and (manifest.name, manifest.version) == (
-        row.model_name,
-        row.model_version,
-    )
     return {
-        f.finding: (
-            finding_point_of(manifest, row.operating_point, f.finding, float(f.threshold))
-            if same and manifest is not None
-            else None
-        )
+        f.finding: stored_finding_point(row, manifest, f.finding, float(f.threshold))
         for f in findings
     }
 

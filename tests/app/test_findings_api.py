@@ -20,9 +20,18 @@ THRESHOLDS = {"Effusion": 0.5, "Infiltration": 0.5, "Nodule": 0.6}
 
 
 def save_multilabel(
-    store: Path, model: Any, name: str, thresholds: dict[str, float], none_name: str = "No Finding"
+    store: Path,
+    model: Any,
+    name: str,
+    thresholds: dict[str, float],
+    none_name: str = "No Finding",
+    *,
+    metrics: dict[str, Any] | None = None,
+    threshold_rule: str | None = None,
 ) -> Any:
-    """Save a multi-label simple_cnn ``model`` whose findings are ``thresholds``' keys."""
+    """Save a multi-label simple_cnn ``model`` whose findings are ``thresholds``' keys
+    (``metrics``: the manifest's, default a validation AUC only; ``threshold_rule``: the
+    findings record's, absent by default)."""
     from radlens.models.registry import ModelRegistry
 
     return ModelRegistry(store).save(
@@ -33,7 +42,7 @@ def save_multilabel(
         threshold=None,
         window=None,
         filters=[],
-        metrics={"val": {"auc": 0.5}},
+        metrics={"val": {"auc": 0.5}} if metrics is None else metrics,
         training_config={"note": "test fixture", "label_column": "findings"},
         data_fingerprint=None,
         findings={
@@ -41,6 +50,7 @@ def save_multilabel(
             "scores": "independent",
             "none_name": none_name,
             "thresholds": thresholds,
+            **({"threshold_rule": threshold_rule} if threshold_rule else {}),
         },
     )
 

@@ -23,6 +23,7 @@ from tests.app.test_findings_api import (
     THRESHOLDS,
     constant_findings_model,
     save_findings_model,
+    save_multilabel,
 )
 from tests.app.test_series_findings_threshold import RECORD
 
@@ -90,30 +91,17 @@ SERIES_RECORD = RECORD
 def save_points_model(store: Path) -> Any:
     """The constant findings model of test_findings_api, its manifest holding the per-finding
     operating points (and series thresholds) as a multi-label run writes them."""
-    from radlens.models.registry import ModelRegistry
-
-    return ModelRegistry(store).save(
+    return save_multilabel(
+        store,
         constant_findings_model(BIASES),
-        name="findings",
-        architecture="simple_cnn",
-        class_names=list(THRESHOLDS),
-        threshold=None,
-        window=None,
-        filters=[],
+        "findings",
+        THRESHOLDS,
         metrics={
             "val": {"auc": 0.5},
             "operating_points_per_finding": POINTS,
             "series_threshold": SERIES_RECORD,
         },
-        training_config={"note": "test fixture", "label_column": "findings"},
-        data_fingerprint=None,
-        findings={
-            "label_mode": "multi-label",
-            "scores": "independent",
-            "none_name": "No Finding",
-            "thresholds": THRESHOLDS,
-            "threshold_rule": "youden",
-        },
+        threshold_rule="youden",
     )
 
 

@@ -15,7 +15,12 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import make_settings
-from tests.app.test_findings_api import BIASES, THRESHOLDS, constant_findings_model
+from tests.app.test_findings_api import (
+    BIASES,
+    THRESHOLDS,
+    constant_findings_model,
+    save_multilabel,
+)
 
 RECORD: dict[str, Any] = {
     "method": "temperature scaling per finding (sigmoid)",
@@ -27,26 +32,7 @@ RECORD: dict[str, Any] = {
 
 
 def _store(root: Path, metrics: dict[str, Any]) -> Path:
-    from radlens.models.registry import ModelRegistry
-
-    ModelRegistry(root).save(
-        constant_findings_model(BIASES),
-        name="findings",
-        architecture="simple_cnn",
-        class_names=list(THRESHOLDS),
-        threshold=None,
-        window=None,
-        filters=[],
-        metrics=metrics,
-        training_config={"note": "test fixture", "label_column": "findings"},
-        data_fingerprint=None,
-        findings={
-            "label_mode": "multi-label",
-            "scores": "independent",
-            "none_name": "No Finding",
-            "thresholds": THRESHOLDS,
-        },
-    )
+    save_multilabel(root, constant_findings_model(BIASES), "findings", THRESHOLDS, metrics=metrics)
     return root
 
 

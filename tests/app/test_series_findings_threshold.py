@@ -22,6 +22,7 @@ from tests.app.test_findings_api import (
     THRESHOLDS,
     _finding_groups,
     constant_findings_model,
+    save_multilabel,
 )
 
 # Every instance scores Effusion sigmoid(2) = 0.881, Infiltration 0.119, Nodule 0.5 (the
@@ -45,25 +46,13 @@ RECORD: dict[str, Any] = {
 def save_with_series_thresholds(store: Path, record: dict[str, Any]) -> Any:
     """The findings model of test_findings_api, its manifest holding ``record`` as a
     multi-label training run writes it (training/run.py ``_finish_findings``)."""
-    from radlens.models.registry import ModelRegistry
-
-    return ModelRegistry(store).save(
+    return save_multilabel(
+        store,
         constant_findings_model(BIASES),
-        name="findings",
-        architecture="simple_cnn",
-        class_names=list(THRESHOLDS),
-        threshold=None,
-        window=None,
-        filters=[],
+        "findings",
+        THRESHOLDS,
+        "Nothing Seen",
         metrics={"val": {"auc": 0.5}, "series_threshold": record},
-        training_config={"note": "test fixture", "label_column": "findings"},
-        data_fingerprint=None,
-        findings={
-            "label_mode": "multi-label",
-            "scores": "independent",
-            "none_name": "Nothing Seen",
-            "thresholds": THRESHOLDS,
-        },
     )
 
 

@@ -25,13 +25,16 @@ from tests.training.data_fixtures import random_gray, write_csv, write_png
 REFUSED = "splits: `radlens train` refuses them with these options"
 
 
-def _csv(root: Path, val_labels: list[str]) -> Path:
-    """12 training images of two classes, validation with ``val_labels``, 4 test images."""
-    rng = np.random.default_rng(20)
+def labelled_csv(
+    root: Path, val_labels: list[str], *, n_train: int = 12, n_test: int = 4, seed: int = 20
+) -> Path:
+    """A CSV with a given split: ``n_train`` training and ``n_test`` test images alternating
+    abnormal/normal, validation with ``val_labels``; one patient per image."""
+    rng = np.random.default_rng(seed)
     rows = []
-    plan = [("train", "normal" if i % 2 else "abnormal") for i in range(12)]
+    plan = [("train", "normal" if i % 2 else "abnormal") for i in range(n_train)]
     plan += [("val", label) for label in val_labels]
-    plan += [("test", "normal" if i % 2 else "abnormal") for i in range(4)]
+    plan += [("test", "normal" if i % 2 else "abnormal") for i in range(n_test)]
     for i, (split, label) in enumerate(plan):
         image = random_gray(rng, bright=label == "abnormal")
         path = write_png(root / label / f"{split}_{i}.png", image)
@@ -49,7 +52,7 @@ def _csv(root: Path, val_labels: list[str]) -> Path:
 def test_validation_with_one_class_is_reported_as_train_refuses_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _csv(tmp_path / "ds", ["normal"] * 4)
+    path = labelled_csv(tmp_path / "ds", ["normal"] * 4)
 
     assert main(["data-check", str(path)]) == 0  # a report: the split options are the run's
     out = capsys.readouterr().out
@@ -65,7 +68,7 @@ def test_validation_with_one_class_is_reported_as_train_refuses_it(
 def test_splits_train_accepts_are_not_flagged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _csv(tmp_path / "ds", ["normal", "abnormal", "normal", "abnormal"])
+    path = labelled_csv(tmp_path / "ds", ["normal", "abnormal", "normal", "abnormal"])
     # the run's calibration minimum (tiny_config's 2): at train's default of 10 the 2
     # validation positives are refused, and data-check says so (test_qa21_data_check_calibration)
     assert main(["data-check", str(path), "--min-calibration-positives", "2"]) == 0

@@ -13,34 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from radlens.cli.main import main
-from tests.training.data_fixtures import random_gray, write_csv, write_png
+from tests.cli.test_qa20_data_check_splits import labelled_csv
 
 REFUSED = "splits: `radlens train` refuses them with these options"
 
 
 def _csv(root: Path) -> Path:
     """Two classes, 8 training images, validation of 2 normal and 2 abnormal."""
-    rng = np.random.default_rng(21)
-    plan = [("train", "normal" if i % 2 else "abnormal") for i in range(8)]
-    plan += [("val", label) for label in ("normal", "abnormal") * 2]
-    plan += [("test", "normal" if i % 2 else "abnormal") for i in range(2)]
-    rows = []
-    for i, (split, label) in enumerate(plan):
-        image = random_gray(rng, bright=label == "abnormal")
-        path = write_png(root / label / f"{split}_{i}.png", image)
-        rows.append(
-            {
-                "path": str(path.relative_to(root)),
-                "label": label,
-                "patient_id": f"P{i}",
-                "split": split,
-            }
-        )
-    return write_csv(root / "labels.csv", rows)
+    return labelled_csv(root, ["normal", "abnormal"] * 2, n_train=8, n_test=2, seed=21)
 
 
 def test_the_default_is_trains_default() -> None:
@@ -65,15 +48,3 @@ def test_the_runs_minimum_is_taken(tmp_path: Path, capsys: pytest.CaptureFixture
     path = _csv(tmp_path / "ds")
     assert main(["data-check", str(path), "--min-calibration-positives", "2"]) == 0
     assert REFUSED not in capsys.readouterr().out
-
-
-def test_the_default_is_trains() -> None:
-    """data-check's default minimum is a copy (the CLI does not import training at start-up):
-    it must stay train's."""
-    import dataclasses
-
-    from radlens.cli.data_cmds import DEFAULT_MIN_CALIBRATION_POSITIVES
-    from radlens.training.config import TrainConfig
-
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    assert fields["min_calibration_positives"].default == DEFAULT_MIN_CALIBRATION_POSITIVES
