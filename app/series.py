@@ -236,6 +236,9 @@ class ModelResult:
     threshold_source: str | None = None
     # multi-label models: every finding aggregated on its own; None for single-label models
     findings: list[FindingResult] | None = None
+    # the instances were decided at different thresholds (the threshold or operating point
+    # changed while the series arrived): the series is decided at its newest instance's
+    instance_thresholds_differ: bool = False
 
     @property
     def instance_count(self) -> int:
@@ -284,11 +287,25 @@ def _cut(instance_threshold: float | None, found: ThresholdPair | None) -> tuple
     return instance, "model"
 
 
-def _series_cut(first: Prediction, series_thresholds: SeriesThresholds | None) -> tuple[float, str]:
+def _series_cut(
+    newest: Prediction, series_thresholds: SeriesThresholds | None
+) -> tuple[float, str]:
     """The threshold a binary model's series is decided at, and where it comes from
-    (:func:`_cut`)."""
-    found = (series_thresholds or {}).get((first.model_name, first.model_version))
-    return _cut(first.threshold, found if isinstance(found, tuple) else None)
+    (:func:`_cut` of its newest instance's threshold)."""
+    found = (series_thresholds or {}).get((newest.model_name, newest.model_version))
+    return _cut(newest.threshold, found if isinstance(found, tuple) else None)
+
+
+def _newest_first(rows: Iterable[Prediction]) -> list[Prediction]:
+    """``rows`` newest first (the rows come from the database in no set order): where a
+    series' instances were decided at different thresholds, the newest instance's -- the one
+    in force now -- decides the series."""
+    return sorted(rows, key=lambda r: (r.created_at, str(r.id)), reverse=True)
+
+
+def _differ(thresholds: Iterable[float | None]) -> bool:
+    seen = [float(DEFAULT_THRESHOLD if t is None else t) for t in thresholds]
+    return any(not math.isclose(t, seen[0], abs_tol=1e-9) for t in seen[1:])
 
 
 # prediction id -> its prediction_findings rows (multi-label predictions only)
@@ -307,13 +324,15 @@ def _findings_result(
     :func:`_cut`); the label is the positive findings joined by '|' as an instance's is, or
     the no-finding label its instances carry. The result's class is the positive finding with
     the highest aggregate (else the highest one), so studies and instance lists rank by it."""
-    first = rows[0]
-    names = [str(n) for n in first.scores]
+    newest = _newest_first(rows)[0]
+    names = [str(n) for n in newest.scores]
     cut: dict[str, float] = {}
-    for row in rows:  # the instances' thresholds (one per finding for one model version)
+    seen: dict[str, list[float]] = {}
+    for row in _newest_first(rows):  # each finding at its newest instance's threshold
         for f in findings.get(row.id, ()):
             cut.setdefault(f.finding, float(f.threshold))
-    found = (series_thresholds or {}).get((first.model_name, first.model_version))
+            seen.setdefault(f.finding, []).append(float(f.threshold))
+    found = (series_thresholds or {}).get((newest.model_name, newest.model_version))
     per_finding = found.pairs if isinstance(found, FindingSeriesThresholds) else {}
     results = []
     for name in names:
@@ -331,7 +350,7 @@ def _findings_result(
         else next(
             (
                 r.label
-                for r in rows
+                for r in _newest_first(rows)
                 if r.id in findings and not any(f.positive for f in findings[r.id])
             ),
             "No Finding",
@@ -339,8 +358,8 @@ def _findings_result(
     )
     ordered = _ordered(InstanceScore(r, float(r.scores.get(top.name, 0.0))) for r in rows)
     return ModelResult(
-        model_name=first.model_name,
-        model_version=first.model_version,
+        model_name=newest.model_name,
+        model_version=newest.model_version,
         class_name=top.name,
         score=top.score,
         label="|".join(f.name for f in positives) or none_name,
@@ -350,6 +369,7 @@ def _findings_result(
         key_instances=ordered[:k],
         threshold_source=top.threshold_source,
         findings=results,
+        instance_thresholds_differ=any(_differ(t) for t in seen.values()),
     )
 
 
@@ -362,16 +382,17 @@ def model_result(
 ) -> ModelResult:
     """The aggregate of ``rows``, which are one model's predictions (non-empty);
     ``findings``: the prediction_findings rows of multi-label predictions among them."""
-    first = rows[0]
     if findings and any(r.id in findings for r in rows):
         return _findings_result(rows, method, k, findings, series_thresholds)
-    names = [str(n) for n in first.scores]
+    newest, differ = _newest_first(rows)[0], False
+    names = [str(n) for n in newest.scores]
     source: str | None = None
     if len(names) == 2:  # binary, as models.decision decides: class 1 >= threshold
         positive_name, negative_name = names[1], names[0]
         scored = [InstanceScore(r, float(r.scores.get(positive_name, 0.0))) for r in rows]
         score = aggregate([s.score for s in scored], method, k)
-        threshold, source = _series_cut(first, series_thresholds)
+        threshold, source = _series_cut(newest, series_thresholds)
+        differ = _differ(r.threshold for r in rows)
         positive = score >= threshold
         label, class_name = (positive_name if positive else negative_name), positive_name
     else:
@@ -384,8 +405,8 @@ def model_result(
         scored = [InstanceScore(r, float(r.scores.get(class_name, 0.0))) for r in rows]
     ordered = _ordered(scored)
     return ModelResult(
-        model_name=first.model_name,
-        model_version=first.model_version,
+        model_name=newest.model_name,
+        model_version=newest.model_version,
         class_name=class_name,
         score=score,
         label=label,
@@ -394,6 +415,7 @@ def model_result(
         instances=ordered,
         key_instances=ordered[:k],
         threshold_source=source,
+        instance_thresholds_differ=differ,
     )
 
 

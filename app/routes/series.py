@@ -122,6 +122,14 @@ FINDINGS_DESCRIPTION = (
 )
 
 
+INSTANCE_THRESHOLDS_DIFFER = (
+    "True when this model's instances (for a multi-label model: some finding's) were decided at "
+    "different thresholds -- the threshold or operating point changed while the series arrived. "
+    "The series is then decided at its newest instance's threshold (or the series threshold "
+    "chosen for it, threshold_source); the older instances' own labels keep theirs."
+)
+
+
 class SeriesResult(BaseModel):
     """One model's aggregate over a series' instances."""
 
@@ -136,6 +144,10 @@ class SeriesResult(BaseModel):
         description="Binary models: 'series' when the threshold is the series threshold the "
         "model's training chose on validation series for this aggregation, 'model' when it is "
         "the instances' threshold; multi-label models: the top finding's (see findings)",
+    )
+    instance_thresholds_differ: bool = Field(
+        default=False,
+        description=INSTANCE_THRESHOLDS_DIFFER,
     )
     instance_count: int
     key_instances: list[InstanceLink] = Field(
@@ -180,6 +192,9 @@ class StudyResult(BaseModel):
     label: str
     positive: bool | None
     threshold_source: str | None = Field(default=None, description="As in a series result")
+    instance_thresholds_differ: bool = Field(
+        default=False, description="As in a series result, for the key series"
+    )
     key_series_instance_uid: str
     key_series_href: str
     key_instances: list[InstanceLink]
@@ -258,6 +273,7 @@ def _series_result(request: Request, result: ModelResult) -> SeriesResult:
         label=result.label,
         positive=result.positive,
         threshold_source=result.threshold_source,
+        instance_thresholds_differ=result.instance_thresholds_differ,
         instance_count=result.instance_count,
         key_instances=_links(request, result, "key"),
         instances=_links(request, result, "all"),
@@ -377,6 +393,7 @@ def get_study(
                 label=result.label,
                 positive=result.positive,
                 threshold_source=result.threshold_source,
+                instance_thresholds_differ=result.instance_thresholds_differ,
                 key_series_instance_uid=series.series_instance_uid,
                 key_series_href=href,
                 key_instances=_links(request, result, "key"),
