@@ -2158,6 +2158,8 @@ def _preprocess_pillow(
     # a JPEG's scan as scan_for_pillow prepares it: Pillow then refuses a scan that ends
     # early at an EOI marker ("image file is truncated") instead of filling the rest grey
     source = scan_for_pillow(data) if kind == "jpeg" else data
+    if kind == "png":
+        _check_png_chunks(data)
     try:
         image = Image.open(io.BytesIO(source), formats=[kind.upper()])
     except Image.DecompressionBombError as exc:
@@ -2365,6 +2367,46 @@ def scale_16bit(values: np.ndarray, significant_bits: int | None = None) -> tupl
         bits = next((b for b in _CONTAINER_DEPTHS if peak < 1 << b), 16)
     scaled = arr.astype(np.float32) / np.float32((1 << bits) - 1)
     return np.clip(scaled, 0.0, 1.0).astype(np.float32), bits
+
+
+# At most this many chunks that are not image data (IDAT, an APNG's fdAT) in one PNG: libpng's
+# default ``user_chunk_cache_max`` (1000), which it applies to the ancillary chunks it keeps.
+# Pillow reads each chunk in Python: a 64 MiB upload of empty chunks took ~35 s of CPU to open.
+PNG_MAX_OTHER_CHUNKS = 1000
+# At most this many image-data chunks: encoders write 8 KiB or more per IDAT (libpng's default
+# is 8 KiB: a 64 MiB PNG then has 8192), while the data split into 1-byte IDATs took Pillow
+# ~15 s per 64 MiB to read.
+PNG_MAX_DATA_CHUNKS = 65536
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a PNG of more chunks than any encoder writes (PNG_MAX_OTHER_CHUNKS besides its
+    image data, PNG_MAX_DATA_CHUNKS of image data) before Pillow reads them one by one; the
+    walk stops at IEND, at a chunk running past the end (Pillow's error then says so) or at the
+    first limit passed, so it costs at most ~66,000 steps."""
+    other = image_data = 0
+    offset, end = len(_PNG_SIGNATURE), len(data)
+    while offset + 8 <= end:
+        length, chunk = struct.unpack_from(">I4s", data, offset)
+        if chunk == b"IEND":
+            return
+        if chunk in (b"IDAT", b"fdAT"):
+            image_data += 1
+            if image_data > PNG_MAX_DATA_CHUNKS:
+                raise InvalidImageError(
+                    f"the PNG's image data is split into more than {PNG_MAX_DATA_CHUNKS} "
+                    f"chunks (received {end} bytes); encoders write 8 KiB or more per chunk: "
+                    "re-save the image with an ordinary encoder (e.g. optipng or Pillow)"
+                )
+        else:
+            other += 1
+            if other > PNG_MAX_OTHER_CHUNKS:
+                raise InvalidImageError(
+                    f"the PNG holds more than {PNG_MAX_OTHER_CHUNKS} chunks besides its image "
+                    f"data (received {end} bytes; libpng's default limit is 1000 too): remove "
+                    "the text and private chunks (e.g. optipng -strip all) and send it again"
+                )
+        offset += 12 + length
 
 
 def _png_significant_bits(data: bytes) -> int | None:
