@@ -1,4 +1,5 @@
-"""A pydicom decoding plugin on imagecodecs: JPEG 2000 (and HTJ2K), JPEG-LS, lossless JPEG.
+"""A pydicom decoding plugin on imagecodecs: JPEG 2000 (and HTJ2K), JPEG-LS, lossless JPEG;
+and JPEG XL frames for models.preprocessing (``JPEG_XL_SYNTAXES``).
 
 pydicom's own plugins for these syntaxes (pylibjpeg-openjpeg, pyjpegls, pylibjpeg-libjpeg)
 hold Python's GIL for the whole decode, during which no other thread of the service runs
@@ -275,6 +276,36 @@ def jpeg_ls_near(data: bytes | memoryview) -> int | None:
     if scan is None or scan[0] != 0xF7:
         return None
     return int(data[scan[3] - 3])
+
+
+# JPEG XL (DICOM Supplement 232, in PS3.5 since 2024): newer than the pinned pydicom, which
+# knows neither the UIDs nor a decoder for them. Their names join pydicom's UID dictionary
+# (:func:`register_jpeg_xl_names`, as pynetdicom does on import) so pydicom reads such a file
+# as the encapsulated syntax it is; models.preprocessing splits the frames with pydicom and
+# decodes each with imagecodecs' libjxl binding (:func:`decode_jpeg_xl`, the GIL released).
+JPEG_XL_SYNTAXES = {
+    "1.2.840.10008.1.2.4.110": ("JPEG XL Lossless", "JPEGXLLossless"),
+    "1.2.840.10008.1.2.4.111": ("JPEG XL JPEG Recompression", "JPEGXLJPEGRecompression"),
+    "1.2.840.10008.1.2.4.112": ("JPEG XL", "JPEGXL"),
+}
+
+
+def register_jpeg_xl_names() -> None:
+    """Add the JPEG XL transfer syntaxes to pydicom's UID dictionary (idempotent)."""
+    from pydicom._uid_dict import UID_dictionary
+
+    for value, (name, keyword) in JPEG_XL_SYNTAXES.items():
+        UID_dictionary.setdefault(value, (name, "Transfer Syntax", "", "", keyword))
+
+
+def jpeg_xl_available() -> bool:
+    return bool(imagecodecs.JPEGXL.available)
+
+
+def decode_jpeg_xl(codestream: bytes) -> np.ndarray:
+    """One JPEG XL frame's samples as stored (a JPEG XL orientation is not applied: the DICOM
+    header describes the stored grid); one thread, as for JPEG 2000."""
+    return np.asarray(imagecodecs.jpegxl_decode(codestream, keeporientation=True, numthreads=1))
 
 
 def is_available(tsyntax: str) -> bool:

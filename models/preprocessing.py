@@ -1248,6 +1248,9 @@ def _transfer_syntax(ds: Dataset) -> Any:
         ImplicitVRLittleEndian,
     )
 
+    from radlens.models.codecs import register_jpeg_xl_names
+
+    register_jpeg_xl_names()  # the JPEG XL syntaxes are newer than the pinned pydicom
     meta = getattr(ds, "file_meta", None)
     value = meta.get("TransferSyntaxUID") if meta is not None else None
     if value:
@@ -1744,13 +1747,20 @@ def _decode_frame(
     from pydicom.pixels.utils import get_expected_length
     from pydicom.uid import RLELossless
 
-    from radlens.models.codecs import FALLBACK_PLUGINS, LOSSY_JPEG_PLUGIN, LOSSY_JPEG_SYNTAXES
+    from radlens.models.codecs import (
+        FALLBACK_PLUGINS,
+        JPEG_XL_SYNTAXES,
+        LOSSY_JPEG_PLUGIN,
+        LOSSY_JPEG_SYNTAXES,
+    )
     from radlens.models.codecs import PLUGIN as CODECS_PLUGIN
     from radlens.models.codecs import SYNTAXES as CODECS_SYNTAXES
 
     _codec_plugin_registered()
 
     label = _ts_label(tsyntax)
+    if str(tsyntax) in JPEG_XL_SYNTAXES:
+        return _decode_jpeg_xl(ds, tsyntax, index, rows=rows, columns=columns)
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as exc:
@@ -1841,6 +1851,59 @@ def _decode_frame(
     if not photometric:
         photometric = _text(ds, "PhotometricInterpretation") or "MONOCHROME2"
     return np.asarray(arr), photometric.strip().upper()
+
+
+def _decode_jpeg_xl(
+    ds: Dataset, tsyntax: Any, index: int, *, rows: int, columns: int
+) -> tuple[np.ndarray, str]:
+    """Decode one JPEG XL frame (pydicom splits the frames; models.codecs decodes them) and
+    check it against the DICOM header; a lossy frame's values are kept within Bits Stored."""
+    from pydicom.encaps import get_frame
+
+    from radlens.models.codecs import decode_jpeg_xl, jpeg_xl_available
+
+    label = _ts_label(tsyntax)
+    if not jpeg_xl_available():
+        raise UnsupportedTransferSyntaxError(
+            f"no installed plugin can decode transfer syntax {label}", transfer_syntax=label
+        )
+    if _int_or(ds, "PixelRepresentation", 0) == 1:
+        raise UnsupportedTransferSyntaxError(
+            f"signed pixel data (Pixel Representation 1) under {label}: a JPEG XL codestream "
+            "holds unsigned samples; send the image uncompressed or JPEG 2000 lossless",
+            transfer_syntax=label,
+        )
+    frames = _int_or(ds, "NumberOfFrames", 1) or 1
+    try:
+        codestream = bytes(get_frame(ds.PixelData, index, number_of_frames=frames))
+    except BaseException as exc:  # third-party boundary: malformed encapsulation
+        _reraise_fatal(exc)
+        raise InvalidImageError(
+            f"the {label} pixel data could not be split into {frames} frame(s) ({_short(exc)})"
+        ) from exc
+    try:
+        arr = decode_jpeg_xl(codestream)
+    except BaseException as exc:  # third-party boundary
+        _reraise_fatal(exc)
+        if "NEED_MORE_INPUT" in str(exc) or _looks_truncated(exc):
+            raise TruncatedDataError(f"the {label} pixel data ends early ({_short(exc)})") from exc
+        raise UnsupportedTransferSyntaxError(
+            f"could not decode the {label} pixel data ({_short(exc)})", transfer_syntax=label
+        ) from exc
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    samples = _int_or(ds, "SamplesPerPixel", 1) or 1
+    expected = (rows, columns) if samples == 1 else (rows, columns, samples)
+    if arr.shape != expected or not np.issubdtype(arr.dtype, np.unsignedinteger):
+        raise CodestreamMismatchError(
+            f"the {label} codestream holds {'x'.join(map(str, arr.shape))} {arr.dtype} "
+            f"samples; the DICOM header says Rows={rows}, Columns={columns}, "
+            f"SamplesPerPixel={samples} (integer samples)"
+        )
+    if arr.ndim == 2:
+        arr = _stored_bits_only(arr, False, _int_or(ds, "BitsStored", None))
+        return arr, (_text(ds, "PhotometricInterpretation") or "MONOCHROME2").strip().upper()
+    return arr, "RGB"  # libjxl returns RGB, whatever colour space the frame was coded in
 
 
 def _grayscale(

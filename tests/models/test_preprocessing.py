@@ -511,7 +511,7 @@ class TestTypedErrors:
         ("uid", "said"),
         [
             # newer than pydicom's table (dcm4che's will-jxl.dcm, QA round 14): its name, once
-            # (pynetdicom, once imported, adds it to pydicom's table: then "no decoder for")
+            # (decoded since by models.codecs; here a JPEG 2000 codestream it cannot decode)
             ("1.2.840.10008.1.2.4.111", "(JPEG XL JPEG Recompression)"),
             ("1.2.3.4.5.6.7.8.9.10.11", "is not a DICOM transfer syntax pydicom knows"),
         ],
