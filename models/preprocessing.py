@@ -159,6 +159,14 @@ def _not_a_plugin_traceback(record: logging.LogRecord) -> bool:
 
 logging.getLogger("pydicom.pixels.decoders.base").addFilter(_not_a_plugin_traceback)
 
+# Pillow's DEBUG records dump what it parses, values included: every EXIF tag of a JPEG or PNG
+# (Artist, ImageDescription, XPAuthor: where cameras and export tools put a patient's name or
+# MRN) and an ICC profile's name. With RADLENS_LOG_LEVEL=debug they reached the service log
+# (QA round 23). pydicom keeps its own logger at WARNING for the same reason; Pillow's is kept
+# at INFO unless someone set its level explicitly.
+if logging.getLogger("PIL").level == logging.NOTSET:
+    logging.getLogger("PIL").setLevel(logging.INFO)
+
 PREPROCESSING_VERSION = "4"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
@@ -802,6 +810,9 @@ def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
                 f"the Modality LUT Sequence (0028,3000) item lacks {' and '.join(lacking)}, "
                 "so the image's values cannot be known"
             )
+        wide = _modality_lut_wider_than_declared(arr, ds)
+        if wide is not None:
+            return wide
     elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
         # pydicom would multiply by None; dcmtk reads an empty slope as 1, but an empty
         # intercept is a CT's offset to HU lost: neither is guessed here
@@ -823,6 +834,74 @@ def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         InvalidImageError,
         "could not apply the modality LUT / rescale",
     )
+
+
+# X-Ray Angiographic, X-Ray Radiofluoroscopic and the retired XA Bi-plane Image Storage: their
+# Modality LUT is not a display step (see _modality_lut_wider_than_declared)
+_XRAY_INTENSITY_LUT_SOP_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.1.1.12.1", "1.2.840.10008.5.1.4.1.1.12.2", "1.2.840.10008.5.1.4.1.1.12.3"}
+)
+
+
+def _modality_lut_wider_than_declared(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """The modality values when the Modality LUT's descriptor declares fewer bits per entry
+    than its LUT Data words hold; ``None`` when the descriptor is right (pydicom applies the
+    table) or the table cannot be read this way (pydicom then applies it, or says why not).
+
+    The descriptor's third value must be 8 or 16 (PS3.3 C.11.1.1.1), yet real files declare 8
+    over 12-bit entries (a Philips INTEGRIS XA: 256 entries from 80 to 4022) or declare 12;
+    pydicom then fails (``uint8`` overflow, ``uint12`` not understood) and the image was
+    refused as invalid. LUT Data (US, or OW words) holds one entry per 16-bit word whatever
+    the declared depth, so the table's values are known and are used as stored. An X-ray
+    angiography or fluoroscopy image (XA/XRF SOP class) keeps its stored values instead: its
+    Modality LUT maps them to X-ray beam intensity and is not applied for display (dcmtk
+    ignores it), so its window is in stored values; applied, the Philips table above turned
+    the image white under its own 127/255 window. A table that fits its declared depth is
+    left to pydicom, so every image it applied to before is unchanged (preprocessing "4").
+    """
+    try:
+        item = ds.ModalityLUTSequence[0]
+        entries = int(item.LUTDescriptor[0]) or 2**16
+        first = int(item.LUTDescriptor[1])
+        bits = int(item.LUTDescriptor[2])
+        if not 1 <= bits < 16:
+            return None
+        element = item["LUTData"]
+        data = element.value
+        if isinstance(data, bytes | bytearray):
+            little = _little_endian(ds)
+            if element.VR != "OW" or little is None or len(data) < 2 * entries:
+                return None
+            words = np.frombuffer(bytes(data[: 2 * entries]), dtype="<u2" if little else ">u2")
+        else:
+            words = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    except Exception:  # a malformed item: pydicom's own attempt says what is wrong
+        return None
+    if words.ndim != 1 or words.size < entries:
+        return None
+    words = words[:entries].astype(np.int64)
+    if int(words.min()) < 0 or int(words.max()) > 0xFFFF:
+        return None
+    if bits == 8 and int(words.max()) <= 0xFF:
+        return None  # a true 8-bit table: pydicom applies it as it always has
+    if _sop_class_uid(ds) in _XRAY_INTENSITY_LUT_SOP_CLASSES:
+        return np.asarray(arr)
+    index = np.clip(np.asarray(arr).astype(np.int64) - first, 0, entries - 1)
+    return words.astype(np.uint16)[index]
+
+
+def _little_endian(ds: Dataset) -> bool | None:
+    """Whether the dataset's data were read little endian (as pydicom decides it for OW LUT
+    Data: the file meta's transfer syntax, else the encoding read); ``None`` when unknown."""
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsyntax is not None:
+        try:
+            return bool(tsyntax.is_little_endian)
+        except Exception:  # an unknown or private transfer syntax: the encoding read
+            pass
+    little = ds.original_encoding[1]
+    return None if little is None else bool(little)
 
 
 def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
