@@ -303,6 +303,8 @@ def train(
         )
     for point, figures in result.operating_points.items():
         typer.echo(f"  operating point {point}: {_point(figures)}")
+    for point, why in result.operating_points_not_computed.items():
+        typer.echo(f"  operating point {point}: not computed ({why})")
     if isinstance(reported.get("series"), dict):
         typer.echo(f"series-level ({reported.get('split')}): {_series_summary(reported['series'])}")
     typer.echo(

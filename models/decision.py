@@ -206,9 +206,12 @@ def operating_point(manifest: ModelManifest, name: str | None) -> OperatingPoint
             if offered
             else "its manifest records no operating points (trained before they were)"
         )
+        why = points_not_computed(manifest.metrics).get(name)
         raise ConfigurationError(
             f"RADLENS_OPERATING_POINT={name!r}: model {manifest.ref} has no operating point "
-            f"{name!r}; {has}. Choose one of them or unset RADLENS_OPERATING_POINT to use the "
+            f"{name!r}"
+            + (f" (training could not choose it: {why})" if why else "")
+            + f"; {has}. Choose one of them or unset RADLENS_OPERATING_POINT to use the "
             "model's own threshold"
         )
     return OperatingPoint(name, threshold)
@@ -235,6 +238,21 @@ def finding_point_tables(manifest: ModelManifest) -> dict[str, dict[str, float]]
         usable = {str(p): _point_threshold(v) for p, v in table.items()}
         tables[finding] = {p: t for p, t in usable.items() if t is not None}
     return tables
+
+
+def points_not_computed(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The points training could not choose for a binary model, with why
+    (``metrics["operating_points_not_computed"]``, training.metrics.recorded_operating_points;
+    {} for a model trained before it was recorded, or a damaged entry).
+
+    Example:
+        >>> points_not_computed(manifest.metrics)
+        {'sens99': '30 validation positives, at least 100 needed'}
+    """
+    missing = metrics.get("operating_points_not_computed")
+    if not isinstance(missing, Mapping):
+        return {}
+    return {str(p): why for p, why in missing.items() if isinstance(why, str)}
 
 
 def finding_points_not_computed(metrics: Mapping[str, Any]) -> dict[str, dict[str, str]]:

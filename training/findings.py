@@ -45,9 +45,8 @@ from radlens.training.metrics import (
     binary_metrics,
     decision_threshold,
     fit_temperature,
-    operating_points,
+    recorded_operating_points,
     roc_auc,
-    unsupported_points,
 )
 
 log = logging.getLogger(__name__)
@@ -256,12 +255,14 @@ def finding_operating_points(
     per_finding: dict[str, dict[str, Any]] = {}
     not_computed: dict[str, dict[str, str]] = {}
     for j, name in enumerate(names):
-        table = operating_points(yv[:, j], sv[:, j], ye[:, j], se[:, j], float(thresholds[name]))
-        missing = unsupported_points(yv[:, j])
-        for point in missing:
-            table.pop(point, None)
-        if name not in undecided:
-            table[rule] = {**table["chosen"], "rule": rule}
+        table, missing = recorded_operating_points(
+            yv[:, j],
+            sv[:, j],
+            ye[:, j],
+            se[:, j],
+            float(thresholds[name]),
+            None if name in undecided else rule,
+        )
         per_finding[name] = table
         if missing:
             not_computed[name] = missing

@@ -42,6 +42,7 @@ __all__ = [
     "keras_metrics",
     "multiclass_metrics",
     "operating_points",
+    "recorded_operating_points",
     "reliability_bins",
     "required_positives",
     "roc_auc",
@@ -417,6 +418,35 @@ def operating_points(
     return {name: point_figures(eval_labels, eval_scores, t) for name, t in thresholds.items()}
 
 
+def recorded_operating_points(
+    val_labels: np.ndarray,
+    val_scores: np.ndarray,
+    eval_labels: np.ndarray,
+    eval_scores: np.ndarray,
+    chosen: float,
+    rule: str | None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The operating-point table a manifest records for a binary model (or one finding of a
+    multi-label model) and the points left out of it with why: :func:`operating_points`
+    without the points the validation labels cannot choose (:func:`unsupported_points`: a
+    sens99 "chosen" on 30 validation positives is the lowest positive's score, whatever the
+    target), and with the run's threshold ``rule`` as a second name for ``chosen`` (None: no
+    rule chose it).
+
+    Example:
+        >>> table, missing = recorded_operating_points(yv, sv, ye, se, 0.42, "youden")
+        >>> missing
+        {'sens99': '30 validation positives, at least 100 needed'}
+    """
+    table = operating_points(val_labels, val_scores, eval_labels, eval_scores, chosen)
+    missing = unsupported_points(val_labels)
+    for point in missing:
+        table.pop(point, None)
+    if rule is not None:
+        table[rule] = {**table["chosen"], "rule": rule}
+    return table, missing
+
+
 def required_positives(target: float) -> int:
     """The validation positives a sensitivity target needs: ``ceil(1 / (1 - target))``
     (sens90: 10, sens95: 20, sens99: 100).
@@ -435,8 +465,8 @@ def unsupported_points(val_labels: np.ndarray) -> dict[str, str]:
     sensitivity target with fewer than :func:`required_positives` validation positives.
     ``chosen`` (the model's own threshold) is always kept.
 
-    Used for the findings of a multi-label model (``training.findings``), where a rare
-    finding may have a handful of validation positives; a binary model's table is unchanged.
+    Used for a binary model's table and each finding's (:func:`recorded_operating_points`),
+    where a rare class or finding may have a handful of validation positives.
 
     Example:
         >>> unsupported_points(np.array([1] * 12 + [0] * 30))

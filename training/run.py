@@ -20,7 +20,9 @@
    test split and measure it -- the **reported** figures (labelled; validation's, labelled
    optimistic, when there is no test split), the ECE before/after and the operating points;
 6. export with ``ModelRegistry.save`` (on the chief only) with metrics
-   ``{"val", "test", "reported", "operating_points"}``, the manifest's own ``data_split``,
+   ``{"val", "test", "reported", "operating_points"}`` (and ``operating_points_not_computed``
+   when validation has too few positives for a point: ``training.metrics.
+   recorded_operating_points``), the manifest's own ``data_split``,
    ``leakage_check`` and ``calibration`` records, the training config (with the split
    record), the data fingerprint
    (``training.data.sources.data_fingerprint``), window and filters, and the drift reference
@@ -89,6 +91,8 @@ class RunResult:
     reported: dict[str, Any] = field(default_factory=dict)  # the figures to quote, labelled
     calibration: dict[str, Any] = field(default_factory=dict)
     operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # binary models: the points validation could not choose, with why
+    operating_points_not_computed: dict[str, str] = field(default_factory=dict)
     split: dict[str, Any] = field(default_factory=dict)  # how the split was made
 
     @property
@@ -113,6 +117,7 @@ class RunResult:
             "reported": self.reported,
             "calibration": self.calibration,
             "operating_points": self.operating_points,
+            "operating_points_not_computed": self.operating_points_not_computed,
             "split": self.split,
         }
 
@@ -530,7 +535,7 @@ def _finish(run: _Run, started: float) -> RunResult:
         decision_threshold,
         expected_calibration_error,
         fit_temperature,
-        operating_points,
+        recorded_operating_points,
     )
     from radlens.training.phases import fold_temperature
 
@@ -598,13 +603,14 @@ def _finish(run: _Run, started: float) -> RunResult:
         "label": REPORTED_LABELS[eval_split],
         **(test_metrics if test_metrics is not None else val_metrics),
     }
-    points = (
-        operating_points(data.y_val, val_probs[:, 1], y_eval, eval_probs[:, 1], threshold)
-        if threshold is not None
-        else {}
-    )
+    points: dict[str, dict[str, Any]] = {}
+    points_missing: dict[str, str] = {}  # points validation cannot choose, with why
     if threshold is not None:
-        points[config.threshold_rule] = {**points["chosen"], "rule": config.threshold_rule}
+        points, points_missing = recorded_operating_points(
+            data.y_val, val_probs[:, 1], y_eval, eval_probs[:, 1], threshold, config.threshold_rule
+        )
+        for point, why in points_missing.items():
+            log.info("operating point %s not computed: %s", point, why)
     log.info(
         "reported figures: %s; ECE on %s %.4f before calibration, %.4f after",
         reported["label"],
@@ -650,6 +656,7 @@ def _finish(run: _Run, started: float) -> RunResult:
                 **({"test": test_metrics} if test_metrics else {}),
                 "reported": reported,
                 "operating_points": points,
+                **({"operating_points_not_computed": points_missing} if points_missing else {}),
                 # series-labelled binary data: the threshold the service decides a series at
                 **({"series_threshold": series_record} if series_record is not None else {}),
                 # what the service's drift check compares recent inputs and scores with
@@ -688,6 +695,7 @@ def _finish(run: _Run, started: float) -> RunResult:
         reported=reported,
         calibration=calibration,
         operating_points=points,
+        operating_points_not_computed=points_missing,
         split=data.split_record,
     )
     rundir.write_result(run_path, result.to_dict())

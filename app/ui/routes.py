@@ -399,6 +399,8 @@ async def upload(request: Request, principal: UiPrincipal) -> Response:
 
 @router.get("/model", name="ui_model")
 def model_page(request: Request, principal: UiPrincipal) -> Response:
+    from radlens.models.decision import points_not_computed
+
     manifest = get_resources(request).predictor.manifest
     folder = _model_folder(request, manifest)
     plots = [kind for kind, name in PLOTS.items() if (folder / name).is_file()]
@@ -408,6 +410,7 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
         manifest=manifest,
         metric_tables=_metric_tables(manifest.metrics),
         operating_points=_operating_points(manifest.metrics.get("operating_points")),
+        points_not_computed=list(points_not_computed(manifest.metrics).items()),
         finding_points=_finding_operating_points(manifest.metrics),
         finding_rows=_finding_rows(manifest, _settings(request)),
         # a manifest field in newer manifests, a metrics section in older ones

@@ -188,7 +188,9 @@ def test_train_then_evaluate(
     assert "val: auc=" in out and "threshold=" in out
     assert "reported figures: held-out test split (no selection step saw it): auc=" in out
     assert "split: given (split column / npz keys); leakage check passed" in out
-    assert "calibration: temperature " in out and "operating point sens95: threshold=" in out
+    assert "calibration: temperature " in out and "operating point youden: threshold=" in out
+    # two validation positives choose no sensitivity target (training.metrics)
+    assert "operating point sens95: not computed (2 validation positives, at least 20" in out
     assert "skipped files: 1" in out
     assert f"skipped {broken}: " in out  # path and reason
 

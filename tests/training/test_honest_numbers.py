@@ -188,8 +188,18 @@ def test_served_scores_are_the_calibrated_ones(series_run: dict[str, Any]) -> No
 
 def test_operating_points_in_the_manifest(series_run: dict[str, Any]) -> None:
     result: RunResult = series_run["result"]
-    points = ModelRegistry(result.store).load(result.model_ref).manifest.metrics["operating_points"]
-    assert {"chosen", "youden", "sens90", "sens95", "sens99"} <= set(points)
+    metrics = ModelRegistry(result.store).load(result.model_ref).manifest.metrics
+    points = metrics["operating_points"]
+    # a sensitivity point needs ceil(1 / (1 - target)) validation positives; the others are
+    # listed with why (training.metrics.recorded_operating_points)
+    positives = int(metrics["val"]["n_positive"])
+    needed = {"sens90": 10, "sens95": 20, "sens99": 100}
+    missing = metrics.get("operating_points_not_computed", {})
+    assert {"chosen", "youden"} <= set(points)
+    assert {p for p in needed if p in points} == {p for p, n in needed.items() if positives >= n}
+    assert set(missing) == {p for p, n in needed.items() if positives < n}
+    assert all(f"{positives} validation positive" in why for why in missing.values())
+    assert result.operating_points_not_computed == missing
     assert points["chosen"]["threshold"] == pytest.approx(result.threshold)
     for figures in points.values():
         assert figures["tp"] + figures["fn"] == result.reported["n_positive"]
