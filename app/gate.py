@@ -19,6 +19,15 @@ dicom-sr, STOW-RS and the DIMSE SCP all apply them.
   prediction with ``in_distribution = false``; ``off`` does not score. The default is
   ``flag`` because the threshold is a quantile of the model's own validation scores: about
   1% of in-distribution images lie above it by construction.
+- **Colour** (under ``RADLENS_GATE``, after decoding): a model whose intended use accepts only
+  modalities whose images are gray (CR, DX, MG, CT, MR, ...: :data:`GRAY_MODALITIES`) refuses
+  an image with more than :data:`COLOUR_SHARE` of its pixels in colour
+  (``ImageMetadata.colour_fraction``: channels more than 32/255 apart) -- an overlay, a
+  photograph, a Doppler or dermatology picture, a coloured figure -- which PNG and JPEG
+  uploads carry no metadata to refuse by. A gray radiograph stored as RGB, or as a JPEG with
+  chroma noise, has none. Measured on 1,547 real PNG/JPEG files (QA round 23, 6 December
+  2026): 84% of other modalities' colour images and every colour overlay above the share,
+  and one of 216 real chest radiographs (a blue-tinted journal figure).
 - **Multi-frame instances**: every predicted frame is scored; the instance is out of
   distribution when its key frame is (the frame its result shows) or when more than
   :data:`OOD_FRAME_FRACTION` of the frames are (:func:`frames_ood`). The frame result keeps
@@ -38,6 +47,15 @@ from radlens.models.preprocessing import DEFAULT_MAX_PIXELS
 GatePolicy = Literal["refuse", "flag", "off"]
 
 GATED_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "ViewPosition")
+
+# Modalities whose images are gray (their Pixel Data is MONOCHROME; a colour map is a
+# display choice): radiography, mammography, fluoroscopy, angiography, intra-oral and
+# panoramic X-ray, bone densitometry, CT, MR, PET and nuclear medicine
+GRAY_MODALITIES = frozenset(
+    {"CR", "DX", "MG", "RF", "XA", "IO", "PX", "RG", "BMD", "CT", "MR", "PT", "NM"}
+)
+COLOUR_SHARE = 0.05
+"""More than this share of an image's pixels in colour makes it a colour picture."""
 
 
 class OutsideIntendedUseError(AppError):
@@ -114,6 +132,34 @@ def check_metadata(
         return []
     found = violations(header, intended_use)
     if found and policy == "refuse":
+        raise OutsideIntendedUseError(found)
+    return found
+
+
+def check_colour(
+    colour: float | None, intended_use: IntendedUse, policy: GatePolicy
+) -> list[Violation]:
+    """A colour picture sent to a model for gray modalities only (see the module's
+    docstring): refused with ``refuse``, returned with ``flag``; [] otherwise."""
+    accepted = intended_use.modalities
+    if policy == "off" or colour is None or colour <= COLOUR_SHARE:
+        return []
+    if not accepted or not set(accepted) <= GRAY_MODALITIES:
+        return []
+    share = f"{colour:.0%} of the pixels"
+    found = [
+        Violation(
+            "colour",
+            share,
+            tuple(accepted),
+            said=(
+                f"the image is in colour ({share} have channels more than 32/255 apart: an "
+                f"overlay, photograph or colour figure); this model is for {', '.join(accepted)}"
+                " images, which are gray: send the radiograph itself (DICOM, or a gray export)"
+            ),
+        )
+    ]
+    if policy == "refuse":
         raise OutsideIntendedUseError(found)
     return found
 

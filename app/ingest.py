@@ -41,6 +41,7 @@ from radlens.app.gate import (
     GatePolicy,
     OutOfDistributionError,
     OutsideIntendedUseError,
+    check_colour,
     check_metadata,
     dicom_gate_header,
     frames_ood,
@@ -180,6 +181,7 @@ def _prepare_upload(
     image = preprocess_upload(data, size, window, max_pixels, version)
     check_recordable(image)
     meta = image.metadata
+    flagged = flagged + check_colour(meta.colour_fraction, intended_use or IntendedUse(), gate)
     if meta.blank and not (meta.format == "dicom" and meta.frames > 1):  # else _predict_frames
         from radlens.models.preprocessing import blank_image_error
 

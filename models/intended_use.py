@@ -347,8 +347,11 @@ class Violation:
     accepted: tuple[str, ...]
     implied_by: str | None = None
     written: str | None = None
+    said: str | None = None  # the whole sentence, when the attribute is not a DICOM one
 
     def __str__(self) -> str:
+        if self.said is not None:
+            return self.said
         accepts = f"(model accepts {', '.join(self.accepted)})"
         if self.implied_by is None:
             return f"{self.attribute} {self.value!r} {accepts}"

@@ -249,6 +249,10 @@ class ImageMetadata:
     # every stored pixel of the frame has one value (a blanked or failed export): nothing to
     # see whatever the window; the service refuses such an image (models.errors.BlankImageError)
     blank: bool = False
+    # a colour image's share of pixels in colour (:func:`colour_fraction`): an overlay, a
+    # photograph or a Doppler frame rather than a gray radiograph stored as RGB (app/gate.py);
+    # None for a gray image
+    colour_fraction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-ready dict."""
@@ -1036,9 +1040,10 @@ def _dicom_frame(
     # modality LUT and VOI; `ds` keeps describing the image for the metadata.
     pixel_ds = frame_dataset(ds, index) if _at_least(version, "3") else ds
     table = _value_table(arr) if arr.ndim == 2 and photometric != "PALETTE COLOR" else None
+    colour = None
     if arr.ndim == 2:
         if photometric == "PALETTE COLOR":
-            pixels, label = _palette_to_gray(arr, ds)
+            pixels, label, colour = _palette_to_gray(arr, ds)
         else:
             # With a value table, the per-value steps below run once per distinct stored
             # value (table.domain) instead of once per pixel; see _value_table.
@@ -1056,6 +1061,7 @@ def _dicom_frame(
             bits = 8 * arr.dtype.itemsize
         pixels = _to_gray(arr[..., :3]) / np.float32(2**bits - 1)
         label = "full-range"
+        colour = colour_fraction(arr, bits)
     else:
         raise InvalidImageError(
             f"unsupported pixel layout. Received shape {arr.shape}, photometric "
@@ -1102,6 +1108,7 @@ def _dicom_frame(
         manufacturer=_text(ds, "Manufacturer"),
         burned_in_annotation=burned_in_annotation(ds),
         blank=blank,
+        colour_fraction=colour,
     )
     return pixels, metadata
 
@@ -2166,7 +2173,7 @@ def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str] | None:
     return ((out - lo) / (hi - lo)).astype(np.float32), label
 
 
-def _palette_to_gray(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
+def _palette_to_gray(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str, float]:
     from pydicom.pixels import apply_color_lut
 
     rgb = _call(
@@ -2177,7 +2184,11 @@ def _palette_to_gray(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
     # The LUT descriptor often says 16 bits for tables that hold 8-bit entries (a known
     # ambiguity, e.g. pydicom's OBXXXX1A_expb.dcm): judge the depth by the values instead.
     bits = 16 if int(rgb.max()) > 255 else 8
-    return _to_gray(rgb[..., :3]) / np.float32(2**bits - 1), "full-range"
+    return (
+        _to_gray(rgb[..., :3]) / np.float32(2**bits - 1),
+        "full-range",
+        colour_fraction(rgb, bits),
+    )
 
 
 def _convert_to_rgb(arr: np.ndarray, photometric: str) -> np.ndarray:
@@ -2348,7 +2359,7 @@ def _preprocess_pillow(
             shown = _upright(image, orientation)
             try:
                 height, width = shown.height, shown.width
-                pixels, bits = _pillow_to_float(
+                pixels, bits, colour = _pillow_to_float(
                     shown, significant_bits=significant, by_depth=_at_least(version, "3")
                 )
             finally:
@@ -2378,6 +2389,7 @@ def _preprocess_pillow(
             window="full-range",
             exif_orientation=orientation,
             blank=_is_constant(pixels),
+            colour_fraction=colour,
         )
     return pixels, metadata
 
@@ -2445,8 +2457,9 @@ def _upright(image: PILImage.Image, orientation: int | None) -> PILImage.Image:
 
 def _pillow_to_float(
     image: PILImage.Image, *, significant_bits: int | None = None, by_depth: bool = True
-) -> tuple[np.ndarray, int]:
-    """Map a Pillow image to float32 gray in [0, 1] by the full range of its bit depth.
+) -> tuple[np.ndarray, int, float | None]:
+    """Map a Pillow image to float32 gray in [0, 1] by the full range of its bit depth, with
+    its :func:`colour_fraction` (None for a gray mode).
 
     16-bit gray: by :func:`scale_16bit` (``by_depth``, version "3"), else by 65535.
     """
@@ -2454,8 +2467,8 @@ def _pillow_to_float(
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # "I": as some Pillows read it
         arr16 = np.asarray(image)
         if by_depth:
-            return scale_16bit(arr16, significant_bits)
-        return np.clip(arr16.astype(np.float32) / np.float32(65535.0), 0.0, 1.0), 16
+            return (*scale_16bit(arr16, significant_bits), None)
+        return np.clip(arr16.astype(np.float32) / np.float32(65535.0), 0.0, 1.0), 16, None
     if mode in ("1", "L"):
         arr8 = np.asarray(image.convert("L"))
     elif mode in ("LA", "La"):
@@ -2466,7 +2479,8 @@ def _pillow_to_float(
         arr8 = np.asarray(image.convert("RGB"))
     else:
         raise InvalidImageError(f"unsupported image mode. Received mode {mode!r}")
-    return np.clip(_to_gray(arr8) / np.float32(255.0), 0.0, 1.0), 8
+    colour = colour_fraction(arr8) if arr8.ndim == 3 else None
+    return np.clip(_to_gray(arr8) / np.float32(255.0), 0.0, 1.0), 8, colour
 
 
 _CONTAINER_DEPTHS = (8, 10, 12, 14, 16)
@@ -2756,6 +2770,28 @@ def _unsupported_jpeg_coding(data: bytes) -> str | None:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+COLOUR_SPREAD = 32 / 255
+"""A pixel is in colour when its channels differ by more than this share of the range: well
+above what JPEG's chroma quantisation leaves on a gray picture saved in colour."""
+
+
+def colour_fraction(rgb: np.ndarray, bits: int = 8) -> float:
+    """The share of pixels of an (H, W, 3+) image whose R, G and B differ by more than
+    :data:`COLOUR_SPREAD` of the ``bits``-bit range (0.0 for a gray picture stored as RGB).
+
+    Example:
+        >>> colour_fraction(np.dstack([np.full((2, 2), 200, np.uint8)] * 3))
+        0.0
+    """
+    channels = np.asarray(rgb)[..., :3]
+    if channels.ndim != 3 or channels.size == 0:
+        return 0.0
+    wide = channels.astype(np.int32)
+    spread = wide.max(axis=2) - wide.min(axis=2)
+    limit = COLOUR_SPREAD * ((1 << bits) - 1)
+    return float(np.count_nonzero(spread > limit)) / float(spread.size)
 
 
 def _to_gray(arr: np.ndarray) -> np.ndarray:
