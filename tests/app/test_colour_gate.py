@@ -109,7 +109,7 @@ def test_a_colour_overlay_is_refused_and_nothing_is_stored(refusing: Gated) -> N
     response = refusing.post(_encoded(_overlaid(0.4)))
     problem = assert_problem(response, 422, code="outside-intended-use")
     assert "in colour (40% of the pixels" in problem["detail"]
-    assert "send the radiograph itself" in problem["detail"]
+    assert "send the image itself" in problem["detail"]
     assert len(refusing.rows()) == before
     assert refusing.metric("outside-intended-use", "refused") == metric + 1
     # a gray radiograph stored as RGB, and one as a colour JPEG, are predicted
