@@ -457,6 +457,18 @@ class Settings(BaseSettings):
             return []
         return [t.strip() for t in self.dimse_allowed_ae_titles.split(",")]
 
+    @field_validator("host", "dimse_bind")
+    @classmethod
+    def _check_bind_address(cls, value: str) -> str:
+        # uvicorn and pynetdicom read an empty address as every interface: an unset shell
+        # variable (RADLENS_HOST=${HOST}) must not widen a loopback service to the network
+        if not value.strip():
+            raise ValueError(
+                "is empty, which would listen on every interface: set 127.0.0.1 (this machine "
+                "only) or 0.0.0.0 (every interface) explicitly, or unset it for 127.0.0.1"
+            )
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -473,6 +485,15 @@ class Settings(BaseSettings):
                 "auto. Received: runtime='tensorflow', precision='bf16'"
             )
         return self
+
+    @field_validator("model_store", "dimse_inbox_dir", "dicom_outbox_dir", mode="before")
+    @classmethod
+    def _check_folder_given(cls, value: Any) -> Any:
+        # Path("") is the current directory: an unset shell variable would put the store or
+        # a spool of results wherever the service happened to be started
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: set it to a folder, or unset it for the default")
+        return value
 
     @field_validator("model_store")
     @classmethod
