@@ -62,11 +62,22 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
+    _check_revision(revision)
     _run(database_url, lambda cfg: command.upgrade(cfg, revision))
 
 
 def downgrade(database_url: str, revision: str) -> None:
+    _check_revision(revision)
     _run(database_url, lambda cfg: command.downgrade(cfg, revision))
+
+
+def _check_revision(revision: str) -> None:
+    # Alembic asserts on a blank revision (an AssertionError, not a CommandError)
+    if not revision.strip():
+        raise MigrationError(
+            "the revision is empty; give head, base, a revision id such as 0013, or a "
+            "relative step such as -1"
+        )
 
 
 def _run(database_url: str, action: Callable[[Config], None]) -> None:

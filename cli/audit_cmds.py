@@ -24,7 +24,13 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     match = _RELATIVE.match(text.strip())
     if match:
         amount, unit = int(match.group(1)), match.group(2)
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+        try:
+            return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:  # before the year 1 (or beyond a C int of days)
+            fail(
+                f"--since {text.strip()!r} reaches back before any date; give a shorter "
+                "duration or an ISO 8601 time like 2026-11-26T21:00:00Z"
+            )
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -54,7 +60,10 @@ def register(app: typer.Typer) -> None:
         from radlens.app.audit import AuditFilter, events
 
         where = AuditFilter(
-            since=parse_since(since) if since else None, action=action, actor=actor, limit=limit
+            since=parse_since(since) if since is not None else None,
+            action=action,
+            actor=actor,
+            limit=limit,
         )
         settings = settings_for(database_url=database_url)
         with database_session(settings.database_url) as session:

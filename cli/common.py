@@ -39,9 +39,9 @@ def settings_for(**overrides: Any) -> Settings:
 def report_error(exc: BaseException) -> int:
     """Print one line for an exception and return the exit status.
 
-    Expected failures (``CliError``, any ``models.errors.RadlensError``, a missing file,
-    a bad value) exit 2; anything else is a bug in radlens and exits 1, still without a
-    traceback unless ``RADLENS_DEBUG=1``.
+    Expected failures (``CliError``, any ``models.errors.RadlensError``, a missing file or
+    any other ``OSError`` naming a path, a bad value) exit 2; anything else is a bug in
+    radlens and exits 1, still without a traceback unless ``RADLENS_DEBUG=1``.
     """
     from radlens.models.errors import RadlensError  # light module, no TensorFlow
 
@@ -53,7 +53,9 @@ def report_error(exc: BaseException) -> int:
         | IsADirectoryError
         | NotADirectoryError
         | PermissionError,
-    ):
+    ) or (isinstance(exc, OSError) and getattr(exc, "filename", None) is not None):
+        # any other OSError naming a path (name too long, file exists, read-only file
+        # system, disk full) is the environment's answer about that path, not a bug
         typer.echo(f"radlens: error: {_os_error(exc) or _one_line(exc)}", err=True)
         return EXIT_BAD_INPUT
     if _debug():
@@ -77,10 +79,17 @@ _OS_ERROR_HINTS = (
 def _os_error(exc: BaseException) -> str | None:
     """The path and what to do for a file-system error (Python says "[Errno 2] No such file
     or directory: '...'"), or None for another exception."""
+    filename = getattr(exc, "filename", None)
+    if not isinstance(exc, OSError) or filename is None:
+        return None
+    shown = str(filename)
+    if len(shown) > 200:  # e.g. ENAMETOOLONG: the path itself is the problem
+        shown = f"{shown[:100]}...{shown[-40:]} ({len(shown)} characters)"
     for kind, hint in _OS_ERROR_HINTS:
-        if isinstance(exc, kind) and getattr(exc, "filename", None) is not None:
-            return f"{exc.filename}: {hint}"
-    return None
+        if isinstance(exc, kind):
+            return f"{shown}: {hint}"
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return f"{shown}: {reason}; check the path and the file system"
 
 
 def _one_line(exc: BaseException) -> str:

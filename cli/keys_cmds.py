@@ -39,15 +39,26 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 def database_session(database_url: str) -> Iterator[Session]:
     """A session on a database at the migration head (SQLite is upgraded, as at start-up);
     committed when the block succeeds."""
+    from sqlalchemy.exc import OperationalError
+
     from radlens.app.db import make_engine, make_sessionmaker
+    from radlens.app.errors import DatabaseUnavailableError
     from radlens.app.migrate import ensure_schema
 
     engine = make_engine(database_url)
     try:
         ensure_schema(database_url, engine)
         with make_sessionmaker(engine)() as session:
-            yield session
-            session.commit()
+            try:
+                yield session
+                session.commit()
+            except OperationalError as exc:  # read-only, locked, disk full, connection lost
+                # the first line only: the statement's parameters (a key's hash) stay out
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise DatabaseUnavailableError(
+                    f"{engine.url.render_as_string(hide_password=True)}: {reason}; nothing "
+                    "was written"
+                ) from exc
     finally:
         engine.dispose()
 

@@ -57,7 +57,24 @@ def _register_commands(modules: tuple[str, ...] = COMMAND_MODULES) -> None:
         importlib.import_module(module_name).register(app)
 
 
+CLINICAL_NOTICE = "Not for clinical use unless a model's manifest says it was validated."
+
+
+def _add_notice(group: typer.Typer) -> None:
+    """Every command's and group's --help ends with the not-for-clinical-use notice, as the
+    top-level help says it (an epilog a command sets itself is kept)."""
+    for command in group.registered_commands:
+        if not isinstance(command.epilog, str):
+            command.epilog = CLINICAL_NOTICE
+    for sub in group.registered_groups:
+        if not isinstance(sub.epilog, str):
+            sub.epilog = CLINICAL_NOTICE
+        if sub.typer_instance is not None:
+            _add_notice(sub.typer_instance)
+
+
 _register_commands()
+_add_notice(app)
 
 
 def main(argv: list[str] | None = None) -> int:

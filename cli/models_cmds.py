@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from radlens.cli.common import fail
+
 if TYPE_CHECKING:
     from radlens.models.manifest import ModelManifest
     from radlens.models.registry import ModelRegistry
@@ -38,7 +40,17 @@ models_app = typer.Typer(
 def _registry(store: Path | None) -> ModelRegistry:
     from radlens.models.registry import ModelRegistry, default_store_path
 
+    if store is not None and store.exists() and not store.is_dir():
+        fail(f"--store {str(store)!r} is a file, not a folder; give the model store folder")
     return ModelRegistry(store if store is not None else default_store_path())
+
+
+def _named(ref: str) -> str:
+    """NAME[:VERSION] as given; a blank one (an unset shell variable) is refused rather than
+    taken for the newest model, which these commands would then change or describe."""
+    if not ref.strip():
+        fail("NAME[:VERSION] is empty; name the model (`radlens models list` shows them)")
+    return ref
 
 
 def val_auc(manifest: ModelManifest) -> float | None:
@@ -159,7 +171,7 @@ def show_model(
 ) -> None:
     """Show a model's manifest (newest version when no :VERSION is given)."""
     registry = _registry(store)
-    name, version = registry.resolve(ref)
+    name, version = registry.resolve(_named(ref))
     read = registry.verify if verify else registry.read_manifest
     manifest = read(name, version)
     path = registry.root / name / str(version)
@@ -203,7 +215,7 @@ def convert_model(
     from radlens.models.runtime import add_openvino_runtime, recorded_parity
 
     registry = _registry(store)
-    name, version = registry.resolve(ref)
+    name, version = registry.resolve(_named(ref))
     manifest = registry.verify(name, version)
     images = labels = None
     note = ""
@@ -276,7 +288,7 @@ def add_ood_detector(
             f"--method must be one of {', '.join(METHODS)}. Received: {method!r}"
         )
     registry = _registry(store)
-    name, version = registry.resolve(ref)
+    name, version = registry.resolve(_named(ref))
     loaded = registry.load(f"{name}:{version}")
     manifest = loaded.manifest
     config = manifest.training_config
@@ -291,6 +303,15 @@ def add_ood_detector(
     source = open_for_model(manifest, data)
     source = as_trained(source, config, manifest.preprocessing_version)  # decoded once
     splits = {split: select_split(source, split, config) for split in ("train", "val")}
+    # a split given whole (npz keys, a split column) is read, not rebuilt and size-checked:
+    # other data would fit the model's detector to images it was not trained on
+    recorded = (config.get("split") or {}).get("sizes") or {}
+    differ = {s: len(splits[s]) for s in splits if s in recorded and len(splits[s]) != recorded[s]}
+    if differ:
+        fail(
+            f"--data is not {manifest.ref}'s training data: its split sizes {differ} differ "
+            f"from the run's {recorded}; give the data the model was trained on"
+        )
     copies = copies_in_training(source, splits["val"], splits["train"])
     updated = attach_from_source(
         registry,
@@ -347,7 +368,7 @@ def seal_model(
     reference that every load verifies. With RADLENS_MODEL_SIGNING_KEY set, the seal is signed.
     """
     registry = _registry(store)
-    sealed = registry.seal(ref)
+    sealed = registry.seal(_named(ref))
     signed = "signed" if registry.signing_key else "unsigned (no RADLENS_MODEL_SIGNING_KEY)"
     typer.echo(f"sealed {sealed.ref}: {signed}")
 

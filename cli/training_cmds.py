@@ -358,6 +358,9 @@ def evaluate(
         fail(f"--split must be one of {', '.join(SPLIT_CHOICES)}; received {split!r}")
     if not Path(data).exists():
         fail(f"data path does not exist: {data!r}")
+    if out is not None and out.exists() and not out.is_dir():
+        # before the model is loaded and the data scored, not after
+        fail(f"--out is a folder for the report; {str(out)!r} is a file: give a folder")
 
     from radlens.training.evaluate import evaluate as run_evaluation
 

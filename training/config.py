@@ -28,6 +28,8 @@ CLASS_WEIGHT_MODES = ("auto", "none")
 LR_SCHEDULES = ("constant", "cosine")
 OOD_METHODS = ("mahalanobis", "knn", "none")
 SELECT_BY = ("auc", "series-auc")  # the validation figure that picks the best epoch
+MAX_BATCH_SIZE = 65_536  # images per step; far beyond any GPU's memory at 32 px
+MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed (numpy's legacy seeding) takes no larger
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigurationError(f"config file not found: '{p}'")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"config file '{p}' is not UTF-8 text (at byte {exc.start}); give a YAML or JSON "
+            "file of options (see training/configs/)"
+        ) from exc
     suffix = p.suffix.lower()
     try:
         if suffix == ".json":
@@ -333,10 +341,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return str(value)
         if not isinstance(value, str):
             raise bad("a string or null")
+        if "\x00" in value:  # no path or name holds one (os calls raise ValueError)
+            raise bad("a string without NUL characters")
         return value
     if name in _STR_FIELDS:
         if not isinstance(value, str):
             raise bad("a string")
+        if "\x00" in value:
+            raise bad("a string without NUL characters")
         return value
     if name in (
         "filters",
@@ -400,6 +412,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("image_size", "an integer from 32 to 1024 (pixels per side)")
     if cfg.batch_size < 1:
         raise bad("batch_size", "a positive integer")
+    if cfg.batch_size > MAX_BATCH_SIZE:  # beyond it TensorFlow fails mid-run
+        raise bad("batch_size", f"at most {MAX_BATCH_SIZE}")
     for name in ("epochs_head", "epochs_finetune"):
         if getattr(cfg, name) < 0:
             raise bad(name, "0 or more")
@@ -424,8 +438,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("early_stopping_patience", "0 (off) or more")
     if cfg.seed < 0:
         raise bad("seed", "0 or more")
-    if cfg.split_seed is not None and cfg.split_seed < 0:
-        raise bad("split_seed", "0 or more, or null (= seed)")
+    if cfg.seed > MAX_SEED:  # keras.utils.set_random_seed's range
+        raise bad("seed", f"at most {MAX_SEED}")
+    if cfg.split_seed is not None and not 0 <= cfg.split_seed <= MAX_SEED:
+        raise bad("split_seed", f"from 0 to {MAX_SEED}, or null (= seed)")
     for name in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(cfg, name) < 1:
             raise bad(name, "from 0 up to (not including) 1")

@@ -158,6 +158,8 @@ def train(
     if run_dir is None:  # config.json must find the data again from anywhere (--resume)
         config = config.with_overrides({"data": str(Path(config.data).resolve())})
     dist = set_up(config.strategy, config.mixed_precision)  # FIRST: before any other TF op
+    if dist.chief:  # the exporter: a store it cannot write would fail after the training
+        _check_store(config)
     if config.architecture == "resnet50" and config.weights == "imagenet":
         # fetched (or found in Keras's cache) now, before the seed is set (its throwaway model
         # draws no seeded numbers): offline, the run stops before it reads data or writes
@@ -388,6 +390,29 @@ class _Run:
     state: dict[str, Any]  # state.json, updated as epochs and phases end
     model: keras.Model  # built in the strategy's scope, compiled per phase
     network: keras.Model  # the same layers without the optimizer: checkpoints, export
+
+
+def _check_store(config: TrainConfig) -> None:
+    """Refuse, before any data is read or run directory written, a model store the export
+    could not write: a file where the folder should be, or a folder without write access."""
+    import os
+
+    from radlens.models.registry import default_store_path
+
+    store = Path(config.store) if config.store is not None else default_store_path()
+    probe = store
+    while not probe.exists() and probe.parent != probe:  # export creates the rest
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigurationError(
+            f"the model store {str(store)!r} cannot be created: {str(probe)!r} is a file; "
+            "pass --store FOLDER (or set RADLENS_MODEL_STORE)"
+        )
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            f"the model store {str(store)!r} is not writable ({str(probe)!r}: permission "
+            "denied); pass --store FOLDER you can write (or set RADLENS_MODEL_STORE)"
+        )
 
 
 def _train_phases(

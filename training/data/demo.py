@@ -383,7 +383,7 @@ def write_demo_dataset(
         out: the folder to create (must be absent or empty unless ``overwrite``).
         n_per_class: images per class (``normal``, ``abnormal``), at least 4.
         size: image side in pixels (32..1024).
-        seed: everything (images, patients, UIDs, splits) is determined by it.
+        seed: everything (images, patients, UIDs, splits) is determined by it (>= 0).
         modality: ``cr`` chest radiographs, ``ct`` chest CT slices, or ``mixed`` (half each
             per class).
         overwrite: replace a previous demo data set in ``out``; a folder holding anything
@@ -403,6 +403,9 @@ def write_demo_dataset(
         )
     if modality not in MODALITIES:
         raise ConfigurationError(f"modality must be one of {MODALITIES}; got {modality!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        # numpy's generators take no negative seed: refused before OUT is created
+        raise ConfigurationError(f"seed must be an integer >= 0; got {seed!r}")
     out = Path(out)
     _prepare_out(out, overwrite)
 

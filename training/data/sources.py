@@ -436,6 +436,10 @@ def _is_series_csv(csv_path: Path) -> bool:
             header = next(csv.reader(fh), [])
     except UnicodeDecodeError as exc:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
+    except csv.Error as exc:  # e.g. a field over the csv module's limit (a binary blob)
+        raise ConfigurationError(
+            f"CSV manifest {str(csv_path)!r} cannot be read as CSV ({exc}); check the file"
+        ) from exc
     return is_series_csv([c.strip() for c in header])
 
 
@@ -530,6 +534,7 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
     for label, class_dir in enumerate(class_dirs):
         found_any = False
         files, unnamed = _walk_files(class_dir)
+        skipped_before = len(skipped)
         skipped.extend(unnamed)
         for file in files:
             real = os.path.realpath(file)
@@ -561,8 +566,10 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
                     patient = hash_patient_id(raw, key)
             examples.append(Example(key=str(file), label=label, patient_id=patient))
         if not found_any:
+            mine = skipped[skipped_before:]  # say why, e.g. names that are not UTF-8
+            why = f"; {len(mine)} file(s) skipped, e.g. {mine[0]}" if mine else ""
             raise ConfigurationError(
-                f"class folder {str(class_dir)!r} contains no readable DICOM/PNG/JPEG image"
+                f"class folder {str(class_dir)!r} contains no readable DICOM/PNG/JPEG image{why}"
             )
     with_patient = sum(e.patient_id is not None for e in examples)
     if n_dicom and not with_patient:
@@ -958,6 +965,10 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
             rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
     except UnicodeDecodeError as exc:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
+    except csv.Error as exc:  # e.g. a field over the csv module's limit (a binary blob)
+        raise ConfigurationError(
+            f"CSV manifest {str(csv_path)!r} cannot be read as CSV ({exc}); check the file"
+        ) from exc
     for required in ("path", "label"):
         if required not in columns:
             raise ConfigurationError(
@@ -1146,6 +1157,10 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
             rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
     except UnicodeDecodeError as exc:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
+    except csv.Error as exc:  # e.g. a field over the csv module's limit (a binary blob)
+        raise ConfigurationError(
+            f"CSV manifest {str(csv_path)!r} cannot be read as CSV ({exc}); check the file"
+        ) from exc
     if not rows:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} has no rows")
     return columns, rows
@@ -1156,6 +1171,8 @@ def _locate(base: Path, value: str, where: str, *, validate: bool) -> tuple[Path
     rel = value.strip()
     if not rel:
         raise ConfigurationError(f"empty path at {where}")
+    if "\x00" in rel:  # no file system has such a name (os calls raise ValueError)
+        raise ConfigurationError(f"path at {where} holds a NUL character; fix the manifest")
     file = Path(rel) if Path(rel).is_absolute() else base / rel
     reason: str | None = "not a file" if file.exists() else "file does not exist"
     if file.is_file():
@@ -1197,6 +1214,14 @@ def finding_cooccurrence(source: DataSource, examples: Iterable[Example] | None 
 
 
 def _open_npz(path: Path, *, class_names: Sequence[str] | None) -> DataSource:
+    # np.load reads anything: a .npy array (no context manager), or "pickled data" for a
+    # file that is not numpy's at all (with advice to unpickle it): an npz is a zip archive
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise ConfigurationError(
+            f"cannot read npz file {str(path)!r}: it is not an npz archive (a zip of named "
+            "arrays, as numpy.savez writes: train_images, train_labels, ...); check the "
+            "file, or re-save it with numpy.savez"
+        )
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -1291,8 +1316,14 @@ def _check_classes(source: DataSource, where: str) -> None:
     counts = source.class_counts()
     present = [name for name, c in counts.items() if c > 0]
     if len(present) < 2:
+        # the rows or files of the missing classes were skipped: say why, as for one class
+        why = (
+            f"; {len(source.skipped)} file(s) skipped, e.g. {source.skipped[0]}"
+            if source.skipped
+            else ""
+        )
         raise ConfigurationError(
-            f"a data set needs images of at least 2 classes; {where!r} has only {present!r}"
+            f"a data set needs images of at least 2 classes; {where!r} has only {present!r}{why}"
         )
 
 
