@@ -23,9 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## Lint, type-check and run the whole test suite.
+## Lint, type-check and run the whole test suite, on two pytest-xdist workers (the CI machine's
+## two cores; worksteal keeps each worker on a run of neighbouring tests, so session- and
+## module-scoped fixtures are built about once per worker). Plain `python -m pytest`: one process.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 ## Build the image and run it for real (PostgreSQL, migrations, training job, API, a DICOM);
 ## needs a Docker engine (docs/deployment.md).

@@ -288,14 +288,13 @@ def val_images(size: int = 32, count: int = 96) -> tuple[np.ndarray, np.ndarray]
     return batch.astype(np.float32), labels
 
 
-@pytest.fixture()
-def stored(tmp_path: Path) -> ModelRegistry:
+def _save_chest(root: Path) -> ModelRegistry:
     import keras
 
     from radlens.models.architectures import build_model
 
     keras.utils.set_random_seed(3)
-    reg = ModelRegistry(tmp_path)
+    reg = ModelRegistry(root)
     reg.save(
         build_model("simple_cnn", input_shape=(32, 32, 1), num_classes=2),
         name="chest",
@@ -309,6 +308,33 @@ def stored(tmp_path: Path) -> ModelRegistry:
         data_fingerprint=None,
     )
     return reg
+
+
+@pytest.fixture()
+def stored(tmp_path: Path) -> ModelRegistry:
+    return _save_chest(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def _converted_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``stored`` after ``add_openvino_runtime(stored, "chest:1")`` (no data), made once per
+    module (a conversion took about 10 s each late in a one-process suite run); the tests that
+    only use its files get a copy (``converted``), those that test the conversion still call it."""
+    root = tmp_path_factory.mktemp("converted-chest")
+    with pytest.MonkeyPatch.context() as mp:  # what fixed_preprocessing_version sets per test
+        mp.setattr(registry_module, "_current_preprocessing_version", lambda: PP_VERSION)
+        mp.delenv("RADLENS_MODEL_SIGNING_KEY", raising=False)
+        add_openvino_runtime(_save_chest(root), "chest:1")
+    return root
+
+
+@pytest.fixture()
+def converted(_converted_once: Path, tmp_path: Path) -> ModelRegistry:
+    """A test's own copy of the converted store (free to alter its files)."""
+    import shutil
+
+    shutil.copytree(_converted_once, tmp_path / "store")
+    return ModelRegistry(tmp_path / "store")
 
 
 @needs_openvino
@@ -346,12 +372,12 @@ class TestConvertStoredModel:
         with pytest.raises(InvalidImageError, match=r"Received shape \(8, 28, 28, 1\)"):
             runtime.predict(np.zeros((8, 28, 28, 1), np.float32))
 
-    def test_a_signal_is_still_handled_after_runtimes_come_and_go(self, stored):
+    def test_a_signal_is_still_handled_after_runtimes_come_and_go(self, converted):
         """Two runtimes whose lifetimes overlap, dropped in the order they were made, then a
         SIGTERM to the process, which handles it (as uvicorn does). With a Core per runtime,
         their CPU plugins left the main thread an unmapped alternate signal stack and the
         process died with SIGSEGV instead (returncode -11); one Core per process keeps it."""
-        add_openvino_runtime(stored, "chest:1")
+        stored = converted  # add_openvino_runtime(stored, "chest:1"), made once
         files = stored.runtime_files(stored.verify("chest", 1), "openvino")
         xml = next(p for p in files.values() if p.name == "model.xml")
         script = textwrap.dedent(
@@ -385,10 +411,11 @@ class TestConvertStoredModel:
         assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
         assert result.stdout.split()[-1] == "handled=1"
 
-    def test_streams_split_the_cores_and_run_concurrently(self, stored):
+    def test_streams_split_the_cores_and_run_concurrently(self, converted):
         from concurrent.futures import ThreadPoolExecutor
 
-        manifest = add_openvino_runtime(stored, "chest:1")
+        stored = converted
+        manifest = stored.verify("chest", 1)  # add_openvino_runtime(stored, "chest:1"), once
         files = stored.runtime_files(manifest, "openvino")
         xml = next(p for p in files.values() if p.name == "model.xml")
         images, _ = val_images(count=16)
@@ -404,10 +431,11 @@ class TestConvertStoredModel:
             OpenVINORuntime(xml, "fp32", (32, 32, 1), streams=0)
 
     @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-    def test_latency_model_gives_the_streams_scores_bit_for_bit(self, stored, precision, caplog):
+    def test_latency_model_gives_the_streams_scores_bit_for_bit(self, converted, precision, caplog):
         if precision == "bf16" and not bf16_supported():
             pytest.skip("this CPU has no bf16: the bf16 hint would run fp32, proving nothing")
-        manifest = add_openvino_runtime(stored, "chest:1")
+        stored = converted
+        manifest = stored.verify("chest", 1)  # add_openvino_runtime(stored, "chest:1"), once
         files = stored.runtime_files(manifest, "openvino")
         xml = next(p for p in files.values() if p.name == "model.xml")
         images, _ = val_images(count=96)
@@ -451,8 +479,9 @@ class TestConvertStoredModel:
         assert not (version_dir / old_dir).exists() and (version_dir / new_dir).is_dir()
         assert recorded_parity(second, "fp32") is None  # converted without data
 
-    def test_altered_or_missing_runtime_file(self, stored):
-        manifest = add_openvino_runtime(stored, "chest:1")
+    def test_altered_or_missing_runtime_file(self, converted):
+        stored = converted
+        manifest = stored.verify("chest", 1)  # add_openvino_runtime(stored, "chest:1"), once
         files = stored.runtime_files(manifest, "openvino")
         next(p for p in files.values() if p.name == "model.xml").unlink()
         with pytest.raises(ModelCorruptError, match=r"model\.xml .*is missing"):
