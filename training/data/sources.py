@@ -63,6 +63,7 @@ import logging
 import os
 import random
 import secrets
+import tempfile
 import warnings
 import zipfile
 from collections import Counter, defaultdict
@@ -129,10 +130,16 @@ def patient_hash_key() -> bytes:
     path = patient_key_file()
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # another process made it first
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
+        # written whole under another name, then linked into place: a process reading the
+        # key meanwhile (two trainings, two test workers) never sees an empty file
+        fd, staged = tempfile.mkstemp(prefix=".patient-hash-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:  # mkstemp: mode 0600
                 fh.write(secrets.token_hex(32) + "\n")
+            with contextlib.suppress(FileExistsError):  # another process made it first
+                os.link(staged, path)
+        finally:
+            os.unlink(staged)
     key = path.read_text().strip()
     if not key:
         raise ConfigurationError(
