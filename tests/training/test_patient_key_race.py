@@ -9,7 +9,6 @@ import multiprocessing
 from pathlib import Path
 
 
-
 def _read_key(path: str, start: object, out: object) -> None:
     import os
 
