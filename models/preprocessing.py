@@ -2788,8 +2788,11 @@ def colour_fraction(rgb: np.ndarray, bits: int = 8) -> float:
     channels = np.asarray(rgb)[..., :3]
     if channels.ndim != 3 or channels.size == 0:
         return 0.0
-    wide = channels.astype(np.int32)
-    spread = wide.max(axis=2) - wide.min(axis=2)
+    if not np.issubdtype(channels.dtype, np.unsignedinteger):
+        channels = channels.astype(np.int64)
+    # max >= min, so unsigned samples subtract in their own type: no widened copy of a
+    # large colour image on the upload path
+    spread = channels.max(axis=2) - channels.min(axis=2)
     limit = COLOUR_SPREAD * ((1 << bits) - 1)
     return float(np.count_nonzero(spread > limit)) / float(spread.size)
 

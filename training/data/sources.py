@@ -67,7 +67,7 @@ import tempfile
 import warnings
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -438,16 +438,32 @@ def _is_series_csv(csv_path: Path) -> bool:
     """Whether a CSV labels series (``training.data.series``) rather than files."""
     from radlens.training.data.series import is_series_csv
 
+    with _reading_csv(csv_path), csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+    return is_series_csv([c.strip() for c in header])
+
+
+@contextlib.contextmanager
+def _reading_csv(csv_path: Path) -> Iterator[None]:
+    """A CSV manifest that is not UTF-8 text, or not CSV (e.g. a field over the csv module's
+    limit: a binary blob), refused naming the file."""
     try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            header = next(csv.reader(fh), [])
+        yield
     except UnicodeDecodeError as exc:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
-    except csv.Error as exc:  # e.g. a field over the csv module's limit (a binary blob)
+    except csv.Error as exc:
         raise ConfigurationError(
             f"CSV manifest {str(csv_path)!r} cannot be read as CSV ({exc}); check the file"
         ) from exc
-    return is_series_csv([c.strip() for c in header])
+
+
+def _csv_table(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV manifest's columns and rows, names and keys stripped."""
+    with _reading_csv(csv_path), csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+    return columns, rows
 
 
 NEGATIVE_CLASS_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no_finding"})
@@ -573,8 +589,7 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
                     patient = hash_patient_id(raw, key)
             examples.append(Example(key=str(file), label=label, patient_id=patient))
         if not found_any:
-            mine = skipped[skipped_before:]  # say why, e.g. names that are not UTF-8
-            why = f"; {len(mine)} file(s) skipped, e.g. {mine[0]}" if mine else ""
+            why = _skipped_hint(skipped[skipped_before:])  # e.g. names that are not UTF-8
             raise ConfigurationError(
                 f"class folder {str(class_dir)!r} contains no readable DICOM/PNG/JPEG image{why}"
             )
@@ -965,17 +980,7 @@ def _normalise_split(value: str | None, *, where: str) -> str | None:
 
 
 def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bool) -> DataSource:
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
-    except csv.Error as exc:  # e.g. a field over the csv module's limit (a binary blob)
-        raise ConfigurationError(
-            f"CSV manifest {str(csv_path)!r} cannot be read as CSV ({exc}); check the file"
-        ) from exc
+    columns, rows = _csv_table(csv_path)
     for required in ("path", "label"):
         if required not in columns:
             raise ConfigurationError(
@@ -1157,17 +1162,7 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
 
 
 def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
-    except csv.Error as exc:  # e.g. a field over the csv module's limit (a binary blob)
-        raise ConfigurationError(
-            f"CSV manifest {str(csv_path)!r} cannot be read as CSV ({exc}); check the file"
-        ) from exc
+    columns, rows = _csv_table(csv_path)
     if not rows:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} has no rows")
     return columns, rows
@@ -1315,6 +1310,11 @@ def _parse_npz_key(key: str) -> tuple[str, int]:
     return parts[1], int(parts[2])
 
 
+def _skipped_hint(skipped: Sequence[object]) -> str:
+    """``"; N file(s) skipped, e.g. <the first, with its reason>"``, or "" for none."""
+    return f"; {len(skipped)} file(s) skipped, e.g. {skipped[0]}" if skipped else ""
+
+
 def _check_classes(source: DataSource, where: str) -> None:
     if len(source.class_names) < 2:
         raise ConfigurationError(
@@ -1324,11 +1324,7 @@ def _check_classes(source: DataSource, where: str) -> None:
     present = [name for name, c in counts.items() if c > 0]
     if len(present) < 2:
         # the rows or files of the missing classes were skipped: say why, as for one class
-        why = (
-            f"; {len(source.skipped)} file(s) skipped, e.g. {source.skipped[0]}"
-            if source.skipped
-            else ""
-        )
+        why = _skipped_hint(source.skipped)
         raise ConfigurationError(
             f"a data set needs images of at least 2 classes; {where!r} has only {present!r}{why}"
         )
