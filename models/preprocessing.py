@@ -62,6 +62,9 @@ file wherever it runs. The steps, in order, and why the order matters:
    Sequence, so CT comes out in Hounsfield units. Windows are defined on these values, so
    this must come first. Values that are not finite, or one value for stored values that
    differ, are refused (:class:`~models.errors.InvalidRescaleError`, quoting the tags).
+   Not for an X-ray angiography or fluoroscopy image (XA, XRF) from version "5": its table
+   maps stored values to beam intensity and its windows are in stored values
+   (:func:`displays_stored_values`).
 4. **VOI** (:func:`apply_window` for presets): a named preset from :data:`WINDOW_PRESETS`
    when one is given *and* the image is in HU (Modality CT or Rescale Type HU; a preset is
    meaningless for a radiograph and is then not applied); otherwise the file's VOI LUT
@@ -167,14 +170,16 @@ logging.getLogger("pydicom.pixels.decoders.base").addFilter(_not_a_plugin_traceb
 if logging.getLogger("PIL").level == logging.NOTSET:
     logging.getLogger("PIL").setLevel(logging.INFO)
 
-PREPROCESSING_VERSION = "4"
+PREPROCESSING_VERSION = "5"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
-"4": a PNG or JPEG is turned as its EXIF Orientation says (:func:`exif_orientation`), the
-image a viewer shows; a JPEG-LS or JPEG 2000 frame stays within its Bits Stored (masked when
-its header says lossless coding, :func:`mask_unused_bits`, as the uncompressed file is;
-clipped when lossy); a file window that leaves the
-image within one display gray level gives way to min-max as a blanking one does; an Image
+"5": an X-ray angiography or fluoroscopy image (XA, XRF SOP classes) is windowed on its stored
+values: its Modality LUT or rescale, which maps them to X-ray beam intensity, is not applied
+for display (:func:`displays_stored_values`). "4": a PNG or JPEG is turned as its EXIF
+Orientation says (:func:`exif_orientation`), the image a viewer shows; a JPEG-LS or JPEG 2000
+frame stays within its Bits Stored (masked when its header says lossless coding,
+:func:`mask_unused_bits`, as the uncompressed file is; clipped when lossy); a file window that
+leaves the image within one display gray level gives way to min-max as a blanking one does; an Image
 Pixel attribute absent or empty is refused whichever decoder reads the frame. "3": an
 enhanced multi-frame image's per-frame functional groups (rescale, window) are applied to the
 frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is honoured
@@ -183,7 +188,7 @@ frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is honour
 resolution when a ``size`` is given (see :func:`decode_reduction`). "1": every frame decoded in
 full. Each version keeps the changes of the ones before it."""
 
-SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3", "4")
+SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 """Versions :func:`preprocess` can reproduce (``version=``): a model keeps the
 preprocessing it was trained with (a "2" model ignores functional groups, a "1" model
 decodes in full), so every older model still loads and predicts as it was validated."""
@@ -303,7 +308,8 @@ def preprocess(
             "4" also turns a PNG or JPEG as its EXIF Orientation says, keeps a JPEG-LS or
             JPEG 2000 frame within Bits Stored, passes over a file window that leaves the
             image within one display gray level, and checks the Image Pixel attributes
-            whichever decoder reads the frame.
+            whichever decoder reads the frame; "5" also windows an XA or XRF image on its
+            stored values (:func:`displays_stored_values`).
         frame: the 0-based index of the frame to use; ``None`` picks the middle frame
             (``frames // 2``). A PNG or JPEG has the one frame 0. To predict a whole
             multi-frame instance frame by frame, pass :func:`frame_indices` to
@@ -845,6 +851,33 @@ def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 _XRAY_INTENSITY_LUT_SOP_CLASSES = frozenset(
     {"1.2.840.10008.5.1.4.1.1.12.1", "1.2.840.10008.5.1.4.1.1.12.2", "1.2.840.10008.5.1.4.1.1.12.3"}
 )
+
+
+def displays_stored_values(ds: Dataset, *, version: str = PREPROCESSING_VERSION) -> bool:
+    """Whether the window (or min-max) applies to the stored values, the modality transform
+    skipped: an X-ray angiography or fluoroscopy image (XA, XRF, the retired XA Bi-plane SOP
+    classes), from version "5".
+
+    Their Modality LUT (or rescale) maps stored values to X-ray beam intensity; it is used
+    that way round for measurement and is not applied before the VOI for display, so their
+    windows are in stored values (David Clunie on comp.protocols.dicom, 2000, quoted where
+    dcmtk's ``DiMonoModality`` skips it for these three SOP classes). Applied, a real Philips
+    INTEGRIS XA table turned its image white under its own window. Before "5" the transform
+    was applied (except a table wider than its descriptor:
+    :func:`_modality_lut_wider_than_declared`).
+
+    Args:
+        ds: the dataset (its SOP Class UID is read).
+        version: the :data:`PREPROCESSING_VERSION` to reproduce.
+
+    Returns:
+        True when the modality transform is skipped for display.
+
+    Example:
+        >>> displays_stored_values(xa_dataset)
+        True
+    """
+    return _at_least(version, "5") and _sop_class_uid(ds) in _XRAY_INTENSITY_LUT_SOP_CLASSES
 
 
 def _modality_lut_wider_than_declared(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
@@ -2005,8 +2038,11 @@ def _grayscale(
     ``table`` (with its domain as ``arr``): min-max then takes its range from the entries
     present in the image only, as it would from the pixels.
     """
-    values = modality_values(arr, ds)
-    _check_modality_output(arr, values, ds, table)
+    if displays_stored_values(ds, version=version):
+        values = np.asarray(arr)
+    else:
+        values = modality_values(arr, ds)
+        _check_modality_output(arr, values, ds, table)
     if window is not None and _is_hounsfield(ds):
         center, width = WINDOW_PRESETS[window]
         # the model's own window: an image it saturates is the image's matter, not the header's
