@@ -582,8 +582,13 @@ def sniff_format(data: bytes) -> str:
         return "jpeg"
     if data[_DICOM_PREFIX_OFFSET : _DICOM_PREFIX_OFFSET + 4] == b"DICM":
         return "dicom"
-    # A dataset without preamble and file meta starts with its first element's tag.
-    if len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+    # A dataset without preamble and file meta starts with its first element's tag; so may a
+    # TGA (its ID length, colour map type), which names itself at its end (TGA 2.0)
+    if (
+        len(data) >= 8
+        and data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+        and not _is_tga(data)
+    ):
         return "dicom"
     raise NotAnImageError(
         f"received {len(data)} bytes starting {_hex_head(data)}{other_format_said(data)}"
@@ -633,6 +638,8 @@ def other_format(data: bytes) -> tuple[str, str] | None:
         name = "a Photoshop (PSD) image"
     elif len(head) >= 3 and head[0:1] == b"P" and head[1] in b"123456" and head[2] in b" \t\r\n":
         name = "a PNM (PBM/PGM/PPM) image"
+    elif _is_tga(data):
+        name = "a TGA image"
     elif head.startswith(b"%PDF-"):
         name, advice = "a PDF document", "export the image from it as PNG and send that"
     elif head.startswith(b"PK\x03\x04"):
@@ -645,6 +652,14 @@ def other_format(data: bytes) -> tuple[str, str] | None:
         name = "a NIfTI or Analyze volume"
         advice = "send its slices as DICOM, or a slice as PNG"
     return None if name is None else (name, advice)
+
+
+_TGA_FOOTER = b"TRUEVISION-XFILE.\x00"
+
+
+def _is_tga(data: bytes) -> bool:
+    """A TGA 2.0 file: the last 18 bytes are its signature (TGA 1.0 has none to tell it by)."""
+    return len(data) >= 44 and bytes(data[-18:]) == _TGA_FOOTER  # 18-byte header + footer
 
 
 # --- DICOM pieces (public so they can be tested on their own) ---------------------------

@@ -70,7 +70,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -100,6 +100,7 @@ SPLIT_ALIASES: dict[str, str] = {
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
 HEAD_BYTES = 132  # enough for sniff_format: DICOM's preamble and "DICM" prefix
+TAIL_BYTES = 18  # and a TGA's signature at its end, which sniff_format also looks at
 
 PATIENT_KEY_ENV = "RADLENS_PATIENT_HASH_KEY"
 PATIENT_KEY_FILE_ENV = "RADLENS_PATIENT_HASH_KEY_FILE"
@@ -626,12 +627,23 @@ def _listed_once(listed: dict[str, int], file: Path, line: int, csv_name: str) -
     listed[real] = line
 
 
+def _ends(fh: BinaryIO) -> bytes:
+    """A file's first HEAD_BYTES and, when it is longer, its last TAIL_BYTES after them: what
+    :func:`sniff_format` reads (it looks only at the start and at the end)."""
+    head = fh.read(HEAD_BYTES)
+    if len(head) < HEAD_BYTES:
+        return head
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(max(HEAD_BYTES, size - TAIL_BYTES))
+    return head + fh.read(TAIL_BYTES)
+
+
 def _file_kind(path: Path) -> str | None:
     if not path.is_file():  # a named pipe, socket or device is not opened (it may block)
         return None
     try:
         with path.open("rb") as fh:
-            kind = sniff_format(fh.read(HEAD_BYTES))
+            kind = sniff_format(_ends(fh))
     except OSError:
         return None
     if kind is None and path.suffix.lower() in DICOM_EXTENSIONS:
@@ -745,7 +757,7 @@ def _probe_kind_only(path: Path) -> str | None:
         return "not a regular file (a named pipe, socket or device): only image files are read"
     try:
         with path.open("rb") as fh:
-            head = fh.read(HEAD_BYTES)
+            head = _ends(fh)
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     if sniff_format(head) is None and path.suffix.lower() not in DICOM_EXTENSIONS:
@@ -761,7 +773,7 @@ def _probe_file(path: Path) -> str | None:
     if reason is not None:
         return reason
     with path.open("rb") as fh:
-        kind = sniff_format(fh.read(HEAD_BYTES))
+        kind = sniff_format(_ends(fh))
     if kind in (None, "dicom"):
         return _probe_dicom(path, sniffed=kind == "dicom")
     return _probe_raster(path)
