@@ -302,7 +302,9 @@ def add_ood_detector(
     # ignored findings; a series CSV's DICOM root), so the split rebuilt is the run's
     source = open_for_model(manifest, data)
     source = as_trained(source, config, manifest.preprocessing_version)  # decoded once
-    splits = {split: select_split(source, split, config) for split in ("train", "val")}
+    splits = {
+        split: select_split(source, split, config, for_fitting=True) for split in ("train", "val")
+    }
     # a split given whole (npz keys, a split column) is read, not rebuilt and size-checked:
     # other data would fit the model's detector to images it was not trained on
     recorded = (config.get("split") or {}).get("sizes") or {}

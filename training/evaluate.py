@@ -71,16 +71,20 @@ def select_split(
     split: str,
     training_config: dict[str, Any],
     version: str | None = None,
+    *,
+    for_fitting: bool = False,
 ) -> list[Example]:
     """The examples of ``split``, re-split exactly as the model's training run did (the
     model's preprocessing ``version`` decides which files decode, see :func:`as_trained`).
+    ``for_fitting``: the caller needs the run's own split (``radlens models ood`` fits on
+    train and calibrates on val), so a refusal does not suggest another split.
 
     Raises:
         models.errors.ConfigurationError: an unknown or empty split, another patient-hash key,
             or a rebuilt split whose sizes differ from the run's record (the data, or how
             radlens reads it, changed since training: its "test" would hold trained images).
     """
-    return _select(source, split, training_config, version)[0]
+    return _select(source, split, training_config, version, for_fitting=for_fitting)[0]
 
 
 def _select(
@@ -88,6 +92,8 @@ def _select(
     split: str,
     training_config: dict[str, Any],
     version: str | None = None,
+    *,
+    for_fitting: bool = False,
 ) -> tuple[list[Example], list[Example] | None]:
     """:func:`select_split`, and the training split it was rebuilt beside (None when the
     data was not re-split: ``all``, or a file holding only the chosen split)."""
@@ -106,7 +112,8 @@ def _select(
         raise ConfigurationError(
             "the patient-hash key differs from the one this model was trained with, so the "
             f"{split!r} split cannot be rebuilt; set RADLENS_PATIENT_HASH_KEY (or the key file) "
-            "as it was for training, or use --split all on data the model never saw"
+            "as it was for training"
+            + ("" if for_fitting else ", or use --split all on data the model never saw")
         )
     splits = split_source(
         source,
@@ -131,14 +138,23 @@ def _select(
             f"the split rebuilt from this data ({sizes}) is not the training run's "
             f"({recorded_sizes}): the data, or how this radlens reads it, changed since "
             f"training, so its {split!r} split could hold images the model was trained on; "
-            "evaluate on data the model never saw with --split all"
+            + (
+                "give the data the model was trained on, unchanged"
+                if for_fitting
+                else "evaluate on data the model never saw with --split all"
+            )
         )
     chosen = splits[split]
     if not chosen:
         counts = {k: len(v) for k, v in splits.items()}
         raise ConfigurationError(
             f"the {split!r} split of this data set is empty (split sizes: {counts}); "
-            "choose another --split or 'all'"
+            + (
+                "the detector is fitted on the run's train split and calibrated on its val "
+                "split: give the data the model was trained on"
+                if for_fitting
+                else "choose another --split or 'all'"
+            )
         )
     return chosen, splits["train"]
 
