@@ -138,6 +138,7 @@ def data_check(
         MultiLabelSpec,
         check_copies,
         check_decodable,
+        check_dicom_root,
         check_splits,
         copies_report,
         drop_undecodable,
@@ -149,6 +150,7 @@ def data_check(
     spec = None
     if multi_label:
         spec = MultiLabelSpec(column=label_column, separator=label_separator, none_name=no_finding)
+    check_dicom_root(path, dicom_root)
     # opened as `radlens train` opens it (a folder's labels.csv is its manifest)
     with _skips_reported_below():
         source = open_data(path, multi_label=spec, dicom_root=dicom_root)

@@ -31,6 +31,7 @@ from radlens.training.data.sources import (
     DataSource,
     Example,
     SkippedFile,
+    check_dicom_root,
     drop_undecodable,
     open_data,
     patient_key_check,
@@ -231,6 +232,7 @@ def evaluate(
     from radlens.training.data.pipeline import load_examples
     from radlens.training.metrics import classification_metrics
 
+    check_dicom_root(data, dicom_root)  # the run's own is used only where it applies
     loaded = ModelRegistry(Path(store) if store is not None else default_store_path()).load(
         model_ref
     )
@@ -247,6 +249,12 @@ def evaluate(
             batch_size=batch_size,
             label_column=label_column,
             series=series,
+        )
+    if label_column is not None:  # read nowhere for a single-label model: not ignored silently
+        raise ConfigurationError(
+            f"--label-column {label_column!r} names the findings column of a multi-label "
+            f"model; {manifest.ref} is single-label (classes {list(manifest.class_names)!r}), "
+            "its CSV labels are read from the 'label' column: drop --label-column"
         )
     source = open_data(data, manifest.class_names, dicom_root=series.dicom_root)
     if source.class_names != list(manifest.class_names):

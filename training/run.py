@@ -250,6 +250,7 @@ class _RunData:
         from radlens.training.data.sources import (
             check_copies,
             check_decodable,
+            check_dicom_root,
             check_leakage,
             check_splits,
             copies_report,
@@ -259,6 +260,7 @@ class _RunData:
             split_source,
         )
 
+        check_dicom_root(str(config.data), config.dicom_root)
         opened = open_data(
             str(config.data),
             config.class_names,

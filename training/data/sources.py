@@ -470,6 +470,28 @@ def _csv_table(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
 NEGATIVE_CLASS_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no_finding"})
 
 
+def check_dicom_root(path: str | Path, dicom_root: str | Path | None) -> None:
+    """Refuse a ``dicom_root`` given for data that is not a series-labelled CSV (a folder's
+    ``labels.csv`` counts, as :func:`open_data` reads it): nothing else reads it, and an
+    option that changes nothing would be ignored silently.
+
+    Raises:
+        models.errors.ConfigurationError: ``dicom_root`` is set and the data is not a series
+            CSV (the message says to drop it).
+    """
+    if dicom_root is None:
+        return
+    p = Path(path)
+    csv_path = p / "labels.csv" if p.is_dir() and (p / "labels.csv").is_file() else p
+    if csv_path.is_file() and csv_path.suffix.lower() == ".csv" and _is_series_csv(csv_path):
+        return
+    raise ConfigurationError(
+        f"--dicom-root {str(dicom_root)!r} is where a series-labelled CSV (series_path or "
+        f"series_uid columns) finds its series; {str(path)!r} is not one, so nothing would "
+        "read it: drop --dicom-root"
+    )
+
+
 def open_data(
     path: str | Path,
     class_names: Sequence[str] = (),
