@@ -33,11 +33,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from radlens.app import audit as audit_log
 from radlens.app.db import READ_ONLY
 from radlens.app.deps import SessionDep, get_resources
-from radlens.app.errors import AppError, status_for
+from radlens.app.errors import CLIENT_CLOSED_REQUEST, AppError, status_for
 from radlens.app.keycache import KeyCache
 from radlens.app.keys import SCOPES, authenticate, hash_key, key_id_of
 from radlens.models.errors import RadlensError
@@ -241,6 +242,8 @@ def _status_of(exc: BaseException) -> int:
         return exc.status_code
     if isinstance(exc, OperationalError):
         return 503
+    if isinstance(exc, ClientDisconnect):
+        return CLIENT_CLOSED_REQUEST
     return 500
 
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radlens.models.errors import RadlensError
@@ -279,6 +280,30 @@ def _path_pattern(template: str) -> re.Pattern[str]:
     )
 
 
+# nginx's "client closed request": the status recorded (metrics, audit trail, log) when the client
+# goes away before its request body is complete. Nobody receives the answer; a 500 there would
+# log a traceback and count as a server error for every client that aborts an upload.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _client_disconnect_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ClientDisconnect)
+    logger.info(
+        "request abandoned: %s %s -> %d (the client closed the connection before the body "
+        "was complete)",
+        request.method,
+        _route(request),
+        CLIENT_CLOSED_REQUEST,
+    )
+    return problem_response(
+        request,
+        status=CLIENT_CLOSED_REQUEST,
+        code="client-disconnected",
+        title="The connection closed before the request body was complete; send it again",
+        detail="the client disconnected while the request body was being read",
+    )
+
+
 async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
     # Only the driver's own message: SQLAlchemy's text adds the statement and its parameters.
     orig = getattr(exc, "orig", None)
@@ -302,6 +327,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RadlensError, _radlens_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
 
 
 class CatchAllMiddleware:

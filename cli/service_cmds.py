@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
 
         import uvicorn
 
+        from radlens.app.httpserver import HTTP_PROTOCOL
         from radlens.app.startup import check_listeners, preflight
 
         # the addresses, ports and spool directories first (milliseconds), then the database
@@ -119,6 +120,7 @@ def register(app: typer.Typer) -> None:
                     reload=reload,
                     log_level=settings.log_level,
                     access_log=settings.access_log,  # RADLENS_ACCESS_LOG; off: no raw queries
+                    http=HTTP_PROTOCOL,  # httptools with a head size limit and timeout
                 )
         except SystemExit as exc:
             if exc.code not in (0, None):
