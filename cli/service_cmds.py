@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -57,6 +57,29 @@ def _safe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+LOG_FORMAT = "%(levelname)s:     %(name)s: %(message)s"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's own logging configuration plus a root handler in radlens' format at ``level``
+    (a ``logging.config.dictConfig`` dict, as ``uvicorn.run(log_config=...)`` takes it)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["radlens"] = {"format": LOG_FORMAT}
+    config["handlers"]["radlens"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "radlens",
+        "stream": "ext://sys.stderr",
+    }
+    config["root"] = {"handlers": ["radlens"], "level": level}
+    # alembic announces each of its plugins when first imported (in a worker: after this)
+    config["loggers"]["alembic.runtime.plugins"] = {"level": "WARNING"}
+    return config
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
@@ -96,10 +119,8 @@ def register(app: typer.Typer) -> None:
         # the addresses, ports and spool directories first (milliseconds), then the database
         # and the model artifact: each a one-line error naming the variable or flag
         report = preflight(settings, flags=flags)
-        logging.basicConfig(
-            level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
-            format="%(levelname)s:     %(name)s: %(message)s",
-        )
+        level = settings.log_level.upper() if settings.log_level != "trace" else "DEBUG"
+        logging.basicConfig(level=level, format=LOG_FORMAT)
         typer.echo(
             f"radlens: serving model {report.model.ref} on {_url(settings.host, settings.port)} "
             f"(database {_safe(settings.database_url)}, schema {report.schema_revision})",
@@ -120,6 +141,10 @@ def register(app: typer.Typer) -> None:
                     reload=reload,
                     log_level=settings.log_level,
                     access_log=settings.access_log,  # RADLENS_ACCESS_LOG; off: no raw queries
+                    # applied by uvicorn here and in each worker process it spawns, whose root
+                    # logger would otherwise have no handler: radlens' own INFO lines were lost
+                    # with --workers 2, its warnings printed without level or logger
+                    log_config=log_config(level),
                     http=HTTP_PROTOCOL,  # httptools with a head size limit and timeout
                 )
         except SystemExit as exc:
