@@ -214,6 +214,7 @@ _HTTP_TITLES = {
     405: ("method-not-allowed", "This method is not allowed here; see /docs for the API"),
     413: (PayloadTooLargeError.code, PayloadTooLargeError.title),
     415: (UnsupportedMediaTypeError.code, UnsupportedMediaTypeError.title),
+    503: (ServiceBusyError.code, ServiceBusyError.title),  # app/limits.py's UploadsBusy
 }
 
 

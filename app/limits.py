@@ -1,8 +1,19 @@
-"""Upload size limit, enforced before the body is read (pure ASGI middleware).
+"""Upload size limit, enforced before the body is read, and the bytes of uploads in flight
+(pure ASGI middleware).
 
 A declared ``Content-Length`` over the limit is refused at once with a 413 problem, without
 reading a byte of the body; a chunked or lying body is counted as it streams and refused as
 soon as it passes the limit, so the service never buffers more than the limit.
+
+Each upload in flight costs about twice its size while it is read, decoded and predicted, and
+nothing bounded how many were in flight at once (QA round 26: 8 concurrent 64 MiB bodies took
++642 MiB; 4 concurrent 60 MiB DICOM +1.1 GiB). :class:`UploadBudget` bounds the bytes of the
+bodies being read or processed at once (``RADLENS_MAX_INFLIGHT_UPLOAD_BYTES``): a body is
+charged from its first chunk (its declared ``Content-Length``, else what has arrived) until its
+response is sent, and one that does not fit beside the others is refused with 503
+``service-busy`` and ``Retry-After``, as a full queue is. Charging starts at the first chunk
+because a route reads its body only after the API key was checked, so a client without a key
+cannot hold the budget. An upload alone is always admitted, whatever its size.
 """
 
 from __future__ import annotations
@@ -23,10 +34,47 @@ class UploadTooLarge(StarletteHTTPException):
         )
 
 
+class UploadsBusy(StarletteHTTPException):
+    """Raised from ``receive`` at a body's first chunk when it does not fit the budget."""
+
+    def __init__(self, needed: int, used: int, limit: int) -> None:
+        super().__init__(
+            503,
+            detail=f"{used} bytes of uploads are being read or processed already; this one "
+            f"needs {needed} more and the limit is {limit} bytes "
+            "(RADLENS_MAX_INFLIGHT_UPLOAD_BYTES)",
+            headers={"Retry-After": "1"},
+        )
+
+
+class UploadBudget:
+    """The bytes of request bodies in flight in this process, at most ``max_bytes`` (0: no
+    bound) unless one body alone is larger. Used from the event loop only (no lock)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def grow(self, held: int, to: int) -> int:
+        """Charge a body holding ``held`` bytes of the budget up to ``to``; returns what it
+        holds now. Raises UploadsBusy when the others' bytes and ``to`` exceed the bound."""
+        if to <= held:
+            return held
+        others = self.used - held
+        if self.max_bytes and others > 0 and others + to > self.max_bytes:
+            raise UploadsBusy(to - held, others, self.max_bytes)
+        self.used += to - held
+        return to
+
+    def release(self, held: int) -> None:
+        self.used -= held
+
+
 class MaxBodySizeMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, max_inflight_bytes: int = 0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.budget = UploadBudget(max_inflight_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,17 +94,23 @@ class MaxBodySizeMiddleware:
             return
 
         received = 0
+        held = 0  # bytes of the in-flight budget this body holds
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, held
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise UploadTooLarge(self.max_bytes)
+                if received:
+                    held = self.budget.grow(held, max(received, declared or 0))
             return message
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self.budget.release(held)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -158,7 +158,11 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     install_ui(app)
 
     # Outermost first when the request comes in: catch-all -> metrics -> body limit -> app.
-    app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        MaxBodySizeMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        max_inflight_bytes=settings.max_inflight_upload_bytes,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(CatchAllMiddleware)
     _register_problem_schema(app)

@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         default=1024, ge=1, le=100_000, description="predictions waiting to be stored at most"
     )
     max_upload_bytes: int = Field(default=64 * MIB, ge=1)
+    max_inflight_upload_bytes: int = Field(
+        default=256 * MIB,
+        ge=0,
+        description="bytes of upload bodies read or processed at once at most (each costs "
+        "about twice its size while in flight); beyond, 503 + Retry-After; an upload alone "
+        "is always admitted; 0 = no bound (app/limits.py)",
+    )
     max_pixels: int = Field(default_factory=_default_max_pixels, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
