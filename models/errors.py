@@ -101,6 +101,19 @@ class EncapsulatedUnderNativeSyntaxError(PreprocessingError):
     comment = "Compressed pixel data under an uncompressed syntax: re-export"
 
 
+class NativeUnderEncapsulatedSyntaxError(PreprocessingError):
+    """The reverse: Pixel Data of defined length (uncompressed samples) in a file whose
+    transfer syntax is a compressed (encapsulated) one. Decoders then misread the samples as
+    fragment items, and dcmtk refuses to read the file (QA round 25: a real CT from Orthanc)."""
+
+    code = "transfer-syntax-mismatch"
+    title = (
+        "The DICOM pixel data is uncompressed (not encapsulated) but the transfer syntax says "
+        "compressed; the file's header is wrong: re-export it from the source"
+    )
+    comment = "Uncompressed pixel data under a compressed syntax: re-export"
+
+
 class CodestreamMismatchError(PreprocessingError):
     """The compressed codestream's own header disagrees with the DICOM header (size,
     components, bit depth or resolution levels): refused before its pixels are decoded."""

@@ -116,6 +116,7 @@ import functools
 import io
 import logging
 import math
+import re
 import struct
 import threading
 import warnings
@@ -136,6 +137,7 @@ from radlens.models.errors import (
     InvalidImageError,
     InvalidRescaleError,
     MalformedDicomError,
+    NativeUnderEncapsulatedSyntaxError,
     NoPixelDataError,
     NotAnImageError,
     PreprocessingError,
@@ -1041,6 +1043,21 @@ def _open_dicom(data: bytes, max_pixels: int) -> _DicomSource:
             + (_DICOMDIR_HINT if _sop_class_uid(ds) == _MEDIA_STORAGE_DIRECTORY else "")
         )
     rows, columns, frames = _check_geometry(ds, max_pixels)
+    if (
+        tsyntax.is_encapsulated
+        and "PixelData" in ds
+        and not ds["PixelData"].is_undefined_length
+        and not bytes(ds.PixelData or b"")[:4] == _ITEM_TAG
+    ):
+        # samples stored as they are, under a compressed syntax: decoders read them as
+        # fragment items and fail on the first ("unexpected tag (F830,F830)"); the header lies.
+        # (Encapsulated data written with a defined length still starts with its Basic Offset
+        # Table item: pydicom reads that, and so does radlens.)
+        raise NativeUnderEncapsulatedSyntaxError(
+            f"Pixel Data (7FE0,0010) has a defined length ({len(ds.PixelData or b'')} bytes, "
+            "uncompressed samples; compressed data are encapsulated, of undefined length) but "
+            f"the transfer syntax in the file meta information is {_ts_label(tsyntax)}"
+        )
     return _DicomSource(ds, tsyntax, rows, columns, frames)
 
 
@@ -1926,6 +1943,17 @@ def _decode_frame(
             "the DICOM pixel header is inconsistent",
         )
         received = len(ds.PixelData or b"")
+        samples = _int_or(ds, "SamplesPerPixel", 1) or 1
+        if samples > 1 and received < expected and received in _one_sample_lengths(ds):
+            # complete data for one sample per pixel: a gray image under a colour header (real
+            # TCGA secondary captures: RGB, 3 samples, 1 byte per pixel), not a cut file
+            raise InvalidImageError(
+                f"the pixel data has {received} bytes, what one sample per pixel needs, but "
+                f"SamplesPerPixel={samples} (PhotometricInterpretation "
+                f"{_text(ds, 'PhotometricInterpretation')!r}) needs {expected}: the header "
+                "describes another image than the data; correct SamplesPerPixel and "
+                "PhotometricInterpretation (1, MONOCHROME2) or re-export the file"
+            )
         if received < expected:
             raise TruncatedDataError(
                 f"the pixel data has {received} bytes but Rows={rows}, Columns={columns}, "
@@ -1985,6 +2013,20 @@ def _decode_frame(
     if not photometric:
         photometric = _text(ds, "PhotometricInterpretation") or "MONOCHROME2"
     return np.asarray(arr), photometric.strip().upper()
+
+
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian: an encapsulated fragment's item
+
+
+def _one_sample_lengths(ds: Dataset) -> tuple[int, ...]:
+    """The Pixel Data lengths (unpadded and padded to even) of the image the header
+    describes, were it one sample per pixel instead of its Samples per Pixel."""
+    bits = _int_or(ds, "BitsAllocated", 0) or 0
+    if bits not in (8, 16, 32):
+        return ()
+    frames = _int_or(ds, "NumberOfFrames", 1) or 1
+    length = _int_or(ds, "Rows", 0) * _int_or(ds, "Columns", 0) * frames * bits // 8
+    return (length, length + length % 2) if length else ()
 
 
 def _decode_jpeg_xl(
@@ -3046,8 +3088,19 @@ def _hex_head(data: bytes, count: int = 16) -> str:
     return data[:count].hex(" ") if data else "(empty)"
 
 
-def _short(exc: BaseException) -> str:
+# a bytes literal in an exception's text: pydicom quotes up to 256 bytes of an element whose
+# length breaks its VR, which may run on over the next elements (a patient's name: QA round 25)
+_BYTES_LITERAL = re.compile(r"(?<![\w])b'(?:[^'\\]|\\.)*'" + "|" + r'(?<![\w])b"(?:[^"\\]|\\.)*"')
+
+
+def error_text(exc: BaseException) -> str:
+    """A third-party exception as one short line for a message or a log: its type, its text
+    on one line, cut to 160 characters, and any bytes of the file it quotes left out."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    text = _BYTES_LITERAL.sub("<bytes not shown>", text)
     if len(text) > _MAX_MESSAGE:
         text = text[: _MAX_MESSAGE - 3] + "..."
     return f"{type(exc).__name__}: {text}"
+
+
+_short = error_text

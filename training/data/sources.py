@@ -827,7 +827,8 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
     except InvalidDicomError as exc:
         return f"not a readable DICOM file ({exc})"
     except Exception as exc:  # third-party parser boundary: any failure means unreadable
-        return f"not a readable DICOM file ({type(exc).__name__}: {exc})"
+        # error_text: the skip reason goes to train.log; pydicom's text may quote file bytes
+        return f"not a readable DICOM file ({preprocessing.error_text(exc)})"
     if not sniffed and not _IMAGE_GROUPS.intersection(tag.group for tag in list(ds.keys())):
         # force=True reads any bytes as a dataset (of no or garbage elements): a .dcm name on
         # another kind of file, no preamble, and nothing of the groups every image has
