@@ -57,7 +57,7 @@ FAILURE_REASONS: dict[str, int] = {
     "truncated": CANNOT_UNDERSTAND,
     "not-dicom-part": CANNOT_UNDERSTAND,
     "unsupported-transfer-syntax": TRANSFER_SYNTAX_NOT_SUPPORTED,
-    "transfer-syntax-mismatch": CANNOT_UNDERSTAND,  # encapsulated data, native syntax
+    "transfer-syntax-mismatch": CANNOT_UNDERSTAND,  # pixel data and syntax disagree
     "no-pixel-data": SOP_CLASS_NOT_SUPPORTED,
     "invalid-image": DATA_SET_DOES_NOT_MATCH,
     "malformed-dicom": CANNOT_UNDERSTAND,
