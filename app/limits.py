@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from radlens.app.errors import PayloadTooLargeError, problem_response
+from radlens.app.errors import PayloadTooLargeError, UnsupportedMediaTypeError, problem_response
 
 
 class UploadTooLarge(StarletteHTTPException):
@@ -80,6 +80,25 @@ class MaxBodySizeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        encoding = _header(scope, b"content-encoding")
+        if (
+            encoding is not None
+            and encoding.strip().lower() not in ("", "identity")
+            and scope.get("method") == "POST"  # the one method with a body here
+        ):
+            # Starlette does not decode request bodies: a gzip-compressed upload was parsed as
+            # it came and refused as a "malformed multipart body", which it is not
+            response = problem_response(
+                Request(scope),
+                status=415,
+                code=UnsupportedMediaTypeError.code,
+                title="The request body is compressed (Content-Encoding); send it uncompressed",
+                detail=f"Content-Encoding {encoding.strip()[:64]!r} is not accepted: send the "
+                "body as it is, without Content-Encoding (DICOM has its own compression)",
+                headers={"Connection": "close", "Accept-Encoding": "identity"},
+            )
+            await response(scope, receive, send)
+            return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             response = problem_response(
@@ -114,10 +133,18 @@ class MaxBodySizeMiddleware:
 
 
 def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+    value = _header(scope, b"content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case), decoded as latin-1."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
     return None
