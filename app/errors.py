@@ -212,6 +212,7 @@ _HTTP_TITLES = {
     400: ("bad-request", "The request could not be parsed; check its body and headers"),
     404: ("not-found", "No such resource; check the URL (the API is under /v1)"),
     405: ("method-not-allowed", "This method is not allowed here; see /docs for the API"),
+    408: ("request-timeout", "The request body stopped arriving; send the whole request again"),
     413: (PayloadTooLargeError.code, PayloadTooLargeError.title),
     415: (UnsupportedMediaTypeError.code, UnsupportedMediaTypeError.title),
     503: (ServiceBusyError.code, ServiceBusyError.title),  # app/limits.py's UploadsBusy

@@ -14,9 +14,15 @@ response is sent, and one that does not fit beside the others is refused with 50
 ``service-busy`` and ``Retry-After``, as a full queue is. Charging starts at the first chunk
 because a route reads its body only after the API key was checked, so a client without a key
 cannot hold the budget. An upload alone is always admitted, whatever its size.
+
+A body whose next chunk does not arrive within ``RADLENS_BODY_TIMEOUT_S`` (a stalled or
+trickling upload, which held its connection and its share of the budget for ever) is answered
+408 and its connection closed; a slow upload whose chunks keep coming completes.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -70,11 +76,31 @@ class UploadBudget:
         self.used -= held
 
 
+class BodyTimeout(StarletteHTTPException):
+    """Raised from ``receive`` when a body's next chunk does not come in time."""
+
+    def __init__(self, seconds: float, received: int) -> None:
+        super().__init__(
+            408,
+            detail=f"no part of the request body arrived for {seconds:g} s after {received} "
+            "bytes (RADLENS_BODY_TIMEOUT_S)",
+            headers={"Connection": "close"},
+        )
+
+
 class MaxBodySizeMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, max_inflight_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        max_inflight_bytes: int = 0,
+        body_timeout_s: float = 0.0,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.budget = UploadBudget(max_inflight_bytes)
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,11 +140,22 @@ class MaxBodySizeMiddleware:
 
         received = 0
         held = 0  # bytes of the in-flight budget this body holds
+        body_done = False
 
         async def counting_receive() -> Message:
-            nonlocal received, held
-            message = await receive()
+            nonlocal received, held, body_done
+            if body_done or not self.body_timeout_s:
+                # once the body is in, receive() waits for the client to go away (a streaming
+                # response listens for that): no timeout there
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout(self.body_timeout_s):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyTimeout(self.body_timeout_s, received) from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise UploadTooLarge(self.max_bytes)

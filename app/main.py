@@ -162,6 +162,7 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
         MaxBodySizeMiddleware,
         max_bytes=settings.max_upload_bytes,
         max_inflight_bytes=settings.max_inflight_upload_bytes,
+        body_timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(CatchAllMiddleware)

@@ -173,6 +173,13 @@ class Settings(BaseSettings):
         "about twice its size while in flight); beyond, 503 + Retry-After; an upload alone "
         "is always admitted; 0 = no bound (app/limits.py)",
     )
+    body_timeout_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=3600.0,
+        description="seconds a request body may go without a new chunk before the request "
+        "is answered 408 and its connection closed; 0 = no limit (app/limits.py)",
+    )
     max_pixels: int = Field(default_factory=_default_max_pixels, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -1,0 +1,92 @@
+"""RADLENS_BODY_TIMEOUT_S: a request body whose next chunk does not come in time is a 408.
+
+QA round 26 found no limit on a body's pace: an upload that stalled mid-body (a client gone
+silent, a network stall) held its connection, and now its share of the in-flight upload budget,
+for ever. The wait for each next chunk is now bounded; the request is answered 408
+problem+json with Connection: close, nothing is stored and its budget share is given back. A
+slow upload whose chunks keep coming completes (app/limits.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.app.conftest import Databases, TestClient, make_settings, png_bytes
+from tests.app.test_inflight_upload_budget import _form, _scope
+
+TIMEOUT_S = 0.5
+
+
+@pytest.fixture()
+def timed(databases: Databases, model_store: Path) -> Iterator[tuple[TestClient, Any]]:
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    url = databases.new()
+    upgrade(url)
+    app = create_app(make_settings(url, model_store, body_timeout_s=TIMEOUT_S))
+    with TestClient(app) as client:
+        yield client, app
+
+
+async def _send(
+    app: Any, body: bytes, pauses: list[float]
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """POST ``body`` in len(pauses) + 1 chunks, sleeping pauses[i] before chunk i + 1 (a pause
+    of an hour: the client stalls)."""
+    size = -(-len(body) // (len(pauses) + 1))
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    waits = [0.0, *pauses]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if not chunks:
+            await asyncio.sleep(3600)
+        await asyncio.sleep(waits.pop(0))
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(_scope(len(body)), receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), content
+
+
+async def _bounded(app: Any, body: bytes, pauses: list[float]) -> Any:
+    return await asyncio.wait_for(_send(app, body, pauses), 60)
+
+
+def test_a_stalled_body_is_a_408_and_stores_nothing(timed: tuple[TestClient, Any]) -> None:
+    client, app = timed
+    body = _form(png_bytes(seed=31, size=(120, 120)))
+    assert client.portal is not None
+    began = time.monotonic()
+    # bounded here too, so that without the limit this fails instead of waiting an hour
+    status, headers, content = client.portal.call(_bounded, app, body, [3600.0])
+    took = time.monotonic() - began
+    assert status == 408, content
+    assert headers[b"content-type"] == b"application/problem+json"
+    assert headers[b"connection"] == b"close"
+    problem = json.loads(content)
+    assert problem["type"] == "urn:radlens:problem:request-timeout"
+    assert "RADLENS_BODY_TIMEOUT_S" in problem["detail"]
+    assert took < 30
+    assert client.get("/v1/predictions").json()["items"] == []
+
+
+def test_a_slow_body_whose_chunks_keep_coming_completes(timed: tuple[TestClient, Any]) -> None:
+    client, app = timed
+    body = _form(png_bytes(seed=32, size=(120, 120)))
+    assert client.portal is not None
+    # four pauses of 0.3 s: 1.2 s in all, more than the timeout, each under it
+    status, _, content = client.portal.call(_send, app, body, [0.3] * 4)
+    assert status == 201, content
