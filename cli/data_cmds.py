@@ -230,6 +230,11 @@ def data_check(
         check_splits(source, splits, min_calibration_positives=min_calibration_positives)
     except ConfigurationError as exc:
         typer.echo(f"  splits: `radlens train` refuses them with these options: {exc.detail}")
+    if leaks and not source.has_series:  # only a given split leaks: training refuses it too
+        typer.echo(
+            f"  splits: `radlens train` refuses them: {len(leaks)} patient(s) have images in "
+            "more than one given split; fix the split column or pass --resplit"
+        )
     try:
         check_copies(source)  # as training refuses it
     except ConfigurationError as exc:

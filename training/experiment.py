@@ -181,6 +181,7 @@ def run_filter_experiment(
     directory = Path(out_dir) if out_dir is not None else _new_dir(base)
     if directory.exists() and any(directory.iterdir()):
         raise ConfigurationError(f"experiment directory is not empty: {str(directory)!r}")
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     seed_list = [base.seed + k for k in range(seeds)]
     split_seed = base.split_seed if base.split_seed is not None else base.seed
@@ -215,7 +216,12 @@ def run_filter_experiment(
                     "store": str(directory / "store"),
                 }
             )
-            result = train_fn(config, verbose=0)
+            try:
+                result = train_fn(config, verbose=0)
+            except ConfigurationError:
+                if not records:  # refused before any run: leave no experiment behind
+                    _remove_unstarted(directory, created=created)
+                raise
             records.append(_record(choice, seed, result))
             log.info("run %d/%d %s seed %d: %s", index, total, choice, seed, records[-1].metrics)
     summaries = rank(records, choices)
@@ -224,6 +230,21 @@ def run_filter_experiment(
     (directory / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     (directory / "results.md").write_text(markdown_table(result, base) + "\n")
     return result
+
+
+def _remove_unstarted(directory: Path, *, created: bool) -> None:
+    """Remove what an experiment whose first run was refused (a split too small to calibrate,
+    ...) wrote, so that the same ``--out`` takes the corrected options: its experiment.json,
+    and the folders it made while they are empty. A run refuses before writing its folder."""
+    for sub in (directory / "runs", directory / "store"):
+        if sub.is_dir() and any(sub.iterdir()):
+            return
+    for sub in (directory / "runs", directory / "store"):
+        if sub.is_dir():
+            sub.rmdir()
+    (directory / "experiment.json").unlink(missing_ok=True)
+    if created and not any(directory.iterdir()):
+        directory.rmdir()
 
 
 def _record(choice: str, seed: int, result: Any) -> RunRecord:

@@ -196,7 +196,7 @@ def open_series_csv(
     examples: list[src.Example] = []
     skipped: list[src.SkippedFile] = []
     seen: dict[tuple[str, ...], int] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(src.csv_lines(rows), rows, strict=True):
         where = f"{csv_path.name} line {line}"
         raw_patient = row.get("patient_id", "").strip()
         if not raw_patient:
@@ -243,7 +243,7 @@ def open_series_csv(
 
 def _labels(
     csv_path: Path,
-    rows: list[dict[str, str]],
+    rows: Sequence[src.CsvRow],
     class_names: Sequence[str] | None,
     spec: src.MultiLabelSpec | None,
 ) -> tuple[list[str], Any]:
@@ -257,9 +257,11 @@ def _labels(
         return names, single
     parsed = [
         spec.parse(row[spec.column], where=f"{csv_path.name} line {line}")
-        for line, row in enumerate(rows, start=2)
+        for line, row in zip(src.csv_lines(rows), rows, strict=True)
     ]
     seen = sorted({name for found in parsed for name in found})
+    if spec.findings is None:  # as a file manifest: "no finding" is not a finding
+        src._one_spelling([*seen, spec.none_name], str(csv_path))
     names = list(spec.findings) if spec.findings is not None else seen
     unknown = sorted(set(seen) - set(names))
     if unknown:

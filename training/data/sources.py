@@ -64,6 +64,7 @@ import os
 import random
 import secrets
 import tempfile
+import unicodedata
 import warnings
 import zipfile
 from collections import Counter, defaultdict
@@ -458,12 +459,35 @@ def _reading_csv(csv_path: Path) -> Iterator[None]:
         ) from exc
 
 
-def _csv_table(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+class CsvRow(dict[str, str]):
+    """One manifest row (keys stripped) and ``line``, the file line it starts on: blank lines
+    (skipped) and quoted line breaks make that other than its row number + 1."""
+
+    line: int = 0
+
+
+def csv_lines(rows: Sequence[Mapping[str, str]]) -> list[int]:
+    """The file line of each row (:class:`CsvRow`), as the messages naming a line quote it."""
+    return [row.line if isinstance(row, CsvRow) else i for i, row in enumerate(rows, start=2)]
+
+
+def _csv_table(csv_path: Path) -> tuple[list[str], list[CsvRow]]:
     """A CSV manifest's columns and rows, names and keys stripped."""
+    rows: list[CsvRow] = []
     with _reading_csv(csv_path), csv_path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+        separator = next((c for c in ";\t" if len(columns) == 1 and c in columns[0]), None)
+        if separator is not None:  # e.g. Excel's CSV where ',' is the decimal comma
+            raise ConfigurationError(
+                f"CSV manifest {str(csv_path)!r} separates its fields with {separator!r}, not "
+                f"',' (header {columns[0]!r}); save it comma-separated"
+            )
+        for values in reader:
+            row = CsvRow({(k or "").strip(): (v or "") for k, v in values.items()})
+            breaks = sum(str(v).count("\n") for v in values.values() if v)  # quoted ones
+            row.line = reader.line_num - breaks
+            rows.append(row)
     return columns, rows
 
 
@@ -536,18 +560,33 @@ def order_class_names(names: Iterable[str]) -> list[str]:
     return ordered
 
 
+def _nfc(name: str) -> str:
+    """``name`` with its accents in one encoding (Unicode NFC): ``í`` typed, or pasted from a
+    macOS file name as ``i`` plus a combining mark (NFD), is one name."""
+    return unicodedata.normalize("NFC", name)
+
+
 def _one_spelling(names: Iterable[str], where: str) -> None:
     """Refuse class (or finding) names that differ only in case, as ``Normal`` and
-    ``normal``: one class spelled two ways would train as two."""
+    ``normal``, in spacing (``Normal  Lung``), or in how an accent is encoded (``í`` as one
+    character or as ``i`` plus a combining mark: Unicode NFC and NFD, which print alike; macOS
+    file names are NFD): one class spelled two ways would train as two."""
     spellings: dict[str, set[str]] = defaultdict(set)
     for name in names:
-        spellings[name.strip().casefold()].add(name)
+        spellings[" ".join(unicodedata.normalize("NFKC", name).casefold().split())].add(name)
     clash = next((sorted(v) for v in spellings.values() if len(v) > 1), None)
-    if clash is not None:
-        raise ConfigurationError(
-            f"labels {clash!r} in {where!r} differ only in case: one class spelled two ways "
-            "would train as two; use one spelling"
-        )
+    if clash is None:
+        return
+    if len({name.casefold() for name in clash}) == 1:
+        how, shown = "in case", repr(clash)
+    elif len({" ".join(name.casefold().split()) for name in clash}) == 1:
+        how, shown = "in spacing (a doubled, leading or trailing space)", repr(clash)
+    else:  # ascii(): the two encodings print alike
+        how, shown = "in how an accent is encoded (Unicode NFC/NFD)", ascii(clash)
+    raise ConfigurationError(
+        f"labels {shown} in {where!r} differ only {how}: one class spelled two ways would "
+        "train as two; use one spelling"
+    )
 
 
 def _is_hidden(name: str) -> bool:
@@ -561,17 +600,21 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
             f"a folder data set needs at least 2 class sub-folders; "
             f"{str(root)!r} has {sorted(dirs)!r}"
         )
+    _one_spelling(dirs, str(root))
     if class_names is not None:
-        if sorted(class_names) != sorted(dirs) or len(set(class_names)) != len(class_names):
+        # a model's class names match folders whose names encode accents otherwise (macOS NFD)
+        by_form = {_nfc(name): folder for name, folder in dirs.items()}
+        given = [_nfc(name) for name in class_names]
+        if sorted(given) != sorted(by_form) or len(set(given)) != len(given):
             raise ConfigurationError(
                 f"class_names={list(class_names)!r} must name exactly the sub-folders of "
                 f"{str(root)!r}: {sorted(dirs)!r}"
             )
         names = list(class_names)
+        class_dirs = [by_form[_nfc(name)] for name in names]
     else:
-        _one_spelling(dirs, str(root))
         names = order_class_names(dirs)
-    class_dirs = [dirs[name] for name in names]
+        class_dirs = [dirs[name] for name in names]
     examples: list[Example] = []
     skipped: list[SkippedFile] = _stray_files(root)
     key = None
@@ -620,7 +663,7 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
     if n_dicom and not with_patient:
         raise _no_patients_error(n_dicom, root)
     return DataSource(
-        class_names=[d.name for d in class_dirs],
+        class_names=names,
         examples=examples,
         kind="folder",
         root=root,
@@ -1030,7 +1073,7 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
     examples: list[Example] = []
     skipped: list[SkippedFile] = []
     listed: dict[str, int] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(csv_lines(rows), rows, strict=True):
         where = f"{csv_path.name} line {line}"
         rel = row["path"]
         file, reason = _locate(base, rel, where, validate=validate)
@@ -1052,23 +1095,23 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
 
 
 def _csv_labels(
-    csv_path: Path, rows: list[dict[str, str]], class_names: Sequence[str] | None
+    csv_path: Path, rows: Sequence[Mapping[str, str]], class_names: Sequence[str] | None
 ) -> tuple[list[str], Any]:
     """Class names for a manifest, and a function row -> label index."""
     raw = [r["label"].strip() for r in rows]
-    for line, value in enumerate(raw, start=2):
+    for line, value in zip(csv_lines(rows), raw, strict=True):
         if not value:
             raise ConfigurationError(f"empty label at {csv_path.name} line {line}")
     all_int = all(v.lstrip("-").isdigit() for v in raw)
 
     if class_names is not None:
         names = list(class_names)
-        index = {n: i for i, n in enumerate(names)}
+        index = {_nfc(n): i for i, n in enumerate(names)}  # however a label encodes accents
 
         def by_given(row: dict[str, str], where: str) -> int:
             value = row["label"].strip()
-            if value in index:
-                return index[value]
+            if _nfc(value) in index:
+                return index[_nfc(value)]
             if value.lstrip("-").isdigit() and 0 <= int(value) < len(names):
                 return int(value)
             raise ConfigurationError(f"unknown label {value!r} at {where}; classes are {names!r}")
@@ -1124,7 +1167,8 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
             raise ConfigurationError(f"no files under the class folders of {str(path)!r}")
         columns = list(rows[0])
     elif path.suffix.lower() == ".csv":
-        columns, rows = _read_csv(path)
+        columns, table = _read_csv(path)
+        rows = list(table)
         for required in ("path", spec.column):
             if required not in columns:
                 raise ConfigurationError(
@@ -1138,7 +1182,7 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
     csv_name = path.name
     parsed = [
         spec.parse(row[spec.column], where=f"{csv_name} line {line}")
-        for line, row in enumerate(rows, start=2)
+        for line, row in zip(csv_lines(rows), rows, strict=True)
     ]
     seen = sorted({name for names in parsed for name in names})
     if spec.findings is not None:
@@ -1158,7 +1202,7 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
     examples: list[Example] = []
     n_dicom = 0
     listed: dict[str, int] = {}
-    for line, (row, found) in enumerate(zip(rows, parsed, strict=True), start=2):
+    for line, row, found in zip(csv_lines(rows), rows, parsed, strict=True):
         where = f"{csv_name} line {line}"
         file, reason = _locate(base, row["path"], where, validate=validate)
         _listed_once(listed, file, line, csv_name)
@@ -1196,7 +1240,7 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
     return source
 
 
-def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _read_csv(csv_path: Path) -> tuple[list[str], list[CsvRow]]:
     columns, rows = _csv_table(csv_path)
     if not rows:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} has no rows")
@@ -1212,6 +1256,8 @@ def _locate(base: Path, value: str, where: str, *, validate: bool) -> tuple[Path
         raise ConfigurationError(f"path at {where} holds a NUL character; fix the manifest")
     file = Path(rel) if Path(rel).is_absolute() else base / rel
     reason: str | None = "not a file" if file.exists() else "file does not exist"
+    if not file.exists() and "\\" in rel and (base / rel.replace("\\", "/")).exists():
+        reason = "file does not exist: the manifest separates folders with '\\'; write '/'"
     if file.is_file():
         reason = _probe_file(file) if validate else _probe_kind_only(file)
     return file, reason
