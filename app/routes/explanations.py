@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -115,10 +116,22 @@ def get_heatmap(prediction_id: uuid.UUID, session: SessionDep) -> Response:
         explanation.png,
         media_type="image/png",
         headers={
-            "X-Radlens-Explained-Class": explanation.class_name,
-            "X-Radlens-Explained-Layer": explanation.layer,
+            "X-Radlens-Explained-Class": header_text(explanation.class_name),
+            "X-Radlens-Explained-Layer": header_text(explanation.layer),
         },
     )
+
+
+# printable ASCII but "%": what a header value carries as is
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_text(value: str) -> str:
+    """``value`` as an HTTP header value: printable ASCII as is, anything else (a class name in
+    another script, a dash, a control character) and "%" percent-encoded as UTF-8 (read it
+    with ``urllib.parse.unquote``). Header values are Latin-1: a class name such as "胸水" sent
+    as is made every overlay of the model a 500 (QA round 28)."""
+    return quote(value, safe=_HEADER_SAFE)
 
 
 @router.get(

@@ -150,6 +150,14 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     return response
 
 
+def no_store(response: Response) -> Response:
+    """A file served under /ui (the overlay, SR, SC, a plot) with the pages' headers: a
+    result is no more cached by the browser than the page showing it (QA round 28: the
+    overlay, which may show burned-in text, and the SR were cacheable)."""
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 async def check_csrf(request: Request) -> Any:
     """The submitted form, once its CSRF token matched the cookie (else CsrfError 403)."""
     form = await request.form()
@@ -240,7 +248,7 @@ async def logout(request: Request) -> Response:
 def predictions_page(request: Request, principal: UiPrincipal, session: SessionDep) -> Response:
     filters = parse_filters(request.query_params)
     manifest = loaded_manifest(request)
-    negative = manifest.class_names[0] if manifest is not None else None
+    negative = negative_label(manifest)
     known = manifest.class_names if manifest is not None and manifest.multi_label else []
     if not filters.errors:
         try:  # as the API's list: a finding no model has is refused, here with a message
@@ -263,6 +271,10 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
     )
     query = {k: v for k, v in filters.form_values().items() if v}
     pages = max(1, -(-total // PAGE_SIZE))
+    # the notice is left out only when every row listed is the validated loaded model's
+    notice = clinical_notice(manifest)
+    if any(clinical_notice(manifest, r.model_name, r.model_version) for r in rows):
+        notice = NOT_FOR_CLINICAL_USE
     return render(
         request,
         "predictions.html",
@@ -276,7 +288,20 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
         query="&".join(f"{k}={quote(v)}" for k, v in query.items()),
         negative=negative,
         findings=known,
+        notice=notice,
     )
+
+
+def negative_label(manifest: ModelManifest | None) -> str | None:
+    """The label "flagged" differs from: a single-label model's first class ("normal"), a
+    multi-label model's no-finding label ("No Finding"), not its first finding (QA round 28:
+    a prediction of the first finding alone was listed as not flagged and one with no finding
+    as flagged)."""
+    if manifest is None:
+        return None
+    if manifest.multi_label:
+        return str((manifest.findings or {}).get("none_name", "No Finding"))
+    return manifest.class_names[0]
 
 
 @router.get("/predictions/{prediction_id}", name="ui_prediction")
@@ -337,7 +362,7 @@ def _stored_finding_points(
 def overlay_png(prediction_id: str, principal: UiPrincipal, session: SessionDep) -> Response:
     from radlens.app.routes.explanations import get_heatmap
 
-    return get_heatmap(parse_id(prediction_id), session)
+    return no_store(get_heatmap(parse_id(prediction_id), session))
 
 
 @router.get("/predictions/{prediction_id}/sr.dcm", name="ui_sr")
@@ -346,7 +371,7 @@ def sr_download(
 ) -> Response:
     from radlens.app.routes.explanations import get_dicom_sr
 
-    return get_dicom_sr(parse_id(prediction_id), session, _settings(request))
+    return no_store(get_dicom_sr(parse_id(prediction_id), session, _settings(request)))
 
 
 @router.get("/predictions/{prediction_id}/sc.dcm", name="ui_sc")
@@ -355,7 +380,9 @@ def sc_download(
 ) -> Response:
     from radlens.app.routes.explanations import get_dicom_secondary_capture
 
-    return get_dicom_secondary_capture(parse_id(prediction_id), session, _settings(request))
+    return no_store(
+        get_dicom_secondary_capture(parse_id(prediction_id), session, _settings(request))
+    )
 
 
 # --- upload -------------------------------------------------------------------------------
@@ -429,7 +456,7 @@ def model_plot(kind: str, request: Request, principal: UiPrincipal) -> Response:
         from radlens.app.errors import NotFoundError
 
         raise NotFoundError(f"the model store holds no {kind!r} plot for {manifest.ref}")
-    return Response(path.read_bytes(), media_type="image/png")
+    return no_store(Response(path.read_bytes(), media_type="image/png"))
 
 
 def _model_folder(request: Request, manifest: ModelManifest) -> Path:
