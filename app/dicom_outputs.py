@@ -289,9 +289,27 @@ def _identified(output: Any, source: SourceRef) -> Any:
 
 
 def _to_bytes(ds: Any) -> bytes:
+    if "SpecificCharacterSet" not in ds and _holds_non_ascii(ds):
+        # a class or finding name in another script (or an accent, a dash) written under the
+        # default repertoire became '?' (pydicom: "Failed to encode value"); UTF-8 carries it
+        ds.SpecificCharacterSet = "ISO_IR 192"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _holds_non_ascii(ds: Any) -> bool:
+    """Whether any text value of ``ds`` (nested sequences included) is not ASCII."""
+    for element in ds:
+        if element.VR == "SQ":
+            if any(_holds_non_ascii(item) for item in element.value):
+                return True
+            continue
+        values = element.value if element.VM > 1 else [element.value]
+        for value in values:
+            if isinstance(value, str) and not value.isascii():
+                return True
+    return False
 
 
 def _code(value: str, meaning: str) -> Any:
