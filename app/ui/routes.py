@@ -443,8 +443,43 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
         # a manifest field in newer manifests, a metrics section in older ones
         calibration=_scalars(getattr(manifest, "calibration", None)),
         plots=plots,
+        intended_use=_intended_use_rows(manifest, _settings(request)),
         notice=clinical_notice(manifest),
     )
+
+
+def _intended_use_rows(manifest: ModelManifest, settings: Any) -> list[tuple[str, str]]:
+    """What the model is for, as the gate applies it: the accepted modalities, body parts and
+    view positions (stated at training, else seen in its DICOM headers), what the service does
+    with an upload outside them (RADLENS_GATE) and the out-of-distribution check."""
+    record = manifest.intended_use or {}
+    accepts = record.get("accepts") or {}
+    source = record.get("source") or "not recorded"
+    rows = [
+        (label, ", ".join(accepts.get(key) or []) or "any (not restricted)")
+        for label, key in (
+            ("Modalities", "modalities"),
+            ("Body parts", "body_parts"),
+            ("View positions", "view_positions"),
+        )
+    ]
+    rows.append(("Taken from", str(source) if record else "not recorded (an older manifest)"))
+    gate = {
+        "refuse": "refused (422 outside-intended-use)",
+        "flag": "predicted and flagged",
+        "off": "predicted, not checked",
+    }.get(str(settings.gate), str(settings.gate))
+    rows.append(("An upload outside them (RADLENS_GATE)", gate))
+    ood = manifest.ood or {}
+    rows.append(
+        (
+            "Out-of-distribution check",
+            f"{ood.get('method')}, threshold {ood.get('threshold'):.4g}"
+            if ood and isinstance(ood.get("threshold"), int | float)
+            else "none stored with this model",
+        )
+    )
+    return rows
 
 
 @router.get("/model/plots/{kind}.png", name="ui_model_plot")
