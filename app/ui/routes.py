@@ -469,7 +469,7 @@ def _intended_use_rows(manifest: ModelManifest, settings: Any) -> list[tuple[str
         "flag": "predicted and flagged",
         "off": "predicted, not checked",
     }.get(str(settings.gate), str(settings.gate))
-    rows.append(("An upload outside them (RADLENS_GATE)", gate))
+    rows.append(("Outside them", f"{gate} (RADLENS_GATE={settings.gate})"))
     ood = manifest.ood or {}
     rows.append(
         (

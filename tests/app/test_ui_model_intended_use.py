@@ -39,7 +39,7 @@ def test_a_stated_intended_use_is_shown_with_the_gate(
     assert views and f"<dt>View positions</dt><dd>{views}</dd>" in page
     assert "<dt>Taken from</dt><dd>stated</dd>" in page
     gate = service.app.state.settings.gate
-    assert "<dt>An upload outside them (RADLENS_GATE)</dt>" in page
+    assert f"(RADLENS_GATE={gate})</dd>" in page
     assert {"refuse": "refused", "flag": "flagged", "off": "not checked"}[gate] in page
     assert "mahalanobis, threshold 123.5" in page
 
