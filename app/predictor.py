@@ -287,6 +287,12 @@ class Predictor:
             from radlens.models.ood import feature_model
 
             self._ood_model = feature_model(loaded.model)
+            width = self._ood_model.outputs[1].shape[-1]
+            if ood.dimension != width:  # e.g. another model's detector copied in and sealed
+                raise ModelCorruptError(
+                    f"the OOD detector of {loaded.manifest.ref} was fitted on "
+                    f"{ood.dimension}-d features; the model's are {width}-d"
+                )
         self.device = device
         self.max_batch_size = int(max_batch_size)
         # The largest batch the worker builds: max_batch_size, or with batch_tuning="auto" the
@@ -398,8 +404,11 @@ class Predictor:
         """Run one real prediction at batch size 1 and one at max batch size; set ready."""
         one = np.zeros((1, *self._input_shape), dtype=np.float32)
         scores = self._infer(one)
-        if not np.all(np.isfinite(scores)):
-            raise InferenceError(f"warm-up prediction returned non-finite scores {scores[0]}")
+        if not np.all(np.isfinite(scores)):  # broken weights (e.g. a diverged member): not
+            raise ModelCorruptError(  # something a retried request would get past
+                f"model {self.manifest.ref} returned non-finite scores {scores[0]} on the "
+                "warm-up image: its weights are broken"
+            )
         if self._has_latency_model:  # its first call is slow too; then seed the chooser
             self._infer(one, alone=True)
             if self.latency_policy == "auto":

@@ -108,8 +108,9 @@ def choose_runtime(
 def check_model(settings: Settings) -> ModelManifest:
     """Resolve RADLENS_MODEL in the store and verify the artifact without loading Keras: the
     registry's own checks (``ModelRegistry.verify``, ``check_preprocessing_version``), which
-    ``ModelRegistry.load`` runs again in the lifespan, and that the model has the operating
-    point RADLENS_OPERATING_POINT names (``models.decision.operating_point``).
+    ``ModelRegistry.load`` runs again in the lifespan, that the model has the operating
+    point RADLENS_OPERATING_POINT names (``models.decision.operating_point``) and, unless
+    RADLENS_OOD=off, that its OOD detector file matches its sha256.
 
     Raises:
         ModelNotFoundError, ModelCorruptError, ModelIncompatibleError, ConfigurationError:
@@ -139,6 +140,8 @@ def check_model(settings: Settings) -> ModelManifest:
     manifest = registry.verify(name, version)  # seal (fields named), then model.keras sha256
     check_preprocessing_version(manifest)
     operating_point(manifest, settings.operating_point)
+    if getattr(settings, "ood", "off") != "off":
+        registry.ood_detector_file(manifest)  # the lifespan loads it: missing or altered, now
     return manifest
 
 

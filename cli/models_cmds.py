@@ -166,7 +166,11 @@ def show_model(
     as_json: JsonOpt = False,
     verify: Annotated[
         bool,
-        typer.Option("--verify", help="Also check model.keras against the manifest's sha256."),
+        typer.Option(
+            "--verify",
+            help="Also check the seal, and model.keras, the runtime files and the OOD detector "
+            "against their sha256.",
+        ),
     ] = False,
 ) -> None:
     """Show a model's manifest (newest version when no :VERSION is given)."""
@@ -185,6 +189,8 @@ def show_model(
         for runtime in sorted(manifest.runtimes):
             registry.runtime_files(manifest, runtime)
             typer.echo(f"integrity: the {runtime} files match their sha256")
+        if registry.ood_detector_file(manifest) is not None:
+            typer.echo("integrity: the OOD detector file matches its sha256")
 
 
 @models_app.command("convert")

@@ -223,6 +223,17 @@ class ModelStoreError(RadlensError):
     title = "The model store could not provide the model"
 
 
+class ModelStoreWriteError(ModelStoreError, OSError):
+    """Writing to the store failed (disk full, read-only, permission denied); whatever the
+    write had begun was removed, so the store holds what it held before. Still an OSError,
+    as the failure it reports."""
+
+    title = (
+        "The model store could not be written, and is as it was; free space on its file "
+        "system or fix its permissions, then run the command again"
+    )
+
+
 class ModelNotFoundError(ModelStoreError):
     code = "model-not-found"
     title = "No such model in the store; train one or check RADLENS_MODEL / the store path"

@@ -455,10 +455,16 @@ class ModelManifest:
     def from_json(cls, text: str | bytes) -> ModelManifest:
         """Parse ``manifest.json`` text; bad JSON or content raises ``ModelCorruptError``."""
         try:
-            data = json.loads(text)
+            # NaN and Infinity are not JSON (radlens never writes them: ``jsonable``), and
+            # the seal's canonical form refuses them; Python's parser would accept them
+            data = json.loads(text, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelCorruptError(f"manifest is not valid JSON ({exc})") from None
         return cls.from_dict(data)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 LABEL_MODES = ("multi-label",)

@@ -268,7 +268,41 @@ class OodDetector:
             raise ModelCorruptError(f"{path} is not an OOD detector file: {exc}") from None
         if method not in METHODS:
             raise ModelCorruptError(f"{path}: unknown OOD method. Received: {method!r}")
+        problem = _detector_problem(method, meta, arrays)
+        if problem is not None:
+            raise ModelCorruptError(f"{path} is not an OOD detector file: {problem}")
         return cls(method, float(meta[0]), float(meta[1]), arrays, int(meta[2]))  # type: ignore[arg-type]
+
+
+def _detector_problem(method: str, meta: np.ndarray, arrays: dict[str, np.ndarray]) -> str | None:
+    """What makes a detector file's numbers unusable (shapes that do not fit together, values
+    that are not finite), or None: such a file would pass its sha256 (resealed after an edit,
+    copied from another model) and then fail while the service builds its scorer."""
+    if meta.shape != (3,) or not np.all(np.isfinite(meta)):
+        return f"its meta must be 3 finite numbers. Received: {meta!r:.100}"
+    if any(a.dtype.kind not in "fiu" or not np.all(np.isfinite(a)) for a in arrays.values()):
+        return "its arrays must hold finite numbers"
+    if method == "knn":
+        bank, k = arrays["bank"], int(meta[2])
+        if bank.ndim != 2 or not 1 <= k <= len(bank):
+            return f"a bank of shape {bank.shape} with k={k}"
+        return None
+    means, precision = arrays["means"], arrays["precision"]
+    if means.ndim != 2 or len(means) < 1 or precision.shape != (means.shape[1],) * 2:
+        return f"means of shape {means.shape} and a precision matrix of shape {precision.shape}"
+    if all(key in arrays for key in _DECOMPOSITION):
+        basis, variances = arrays["basis"], arrays["variances"]
+        if (
+            basis.ndim != 2
+            or basis.shape[0] != means.shape[1]
+            or variances.shape != (basis.shape[1],)
+            or arrays["floor"].size < 1
+        ):
+            return (
+                f"a decomposition (basis {basis.shape}, variances {variances.shape}) that does "
+                f"not fit {means.shape[1]}-d means"
+            )
+    return None
 
 
 def fit_detector(
@@ -578,6 +612,9 @@ def load_detector(path: Path) -> OodDetector | EnsembleOodDetector:
                 arrays = {k: np.asarray(data[f"m{i}__{k}"]) for k in keys if f"m{i}__{k}" in data}
                 if kind not in METHODS:
                     raise ValueError(f"member {i} has an unknown method {kind!r}")
+                problem = _detector_problem(kind, meta, arrays)
+                if problem is not None:
+                    raise ValueError(f"member {i}: {problem}")
                 threshold, level, k = float(meta[0]), float(meta[1]), int(meta[2])
                 members.append(OodDetector(kind, threshold, level, arrays, k))  # type: ignore[arg-type]
                 calibration.append(np.asarray(data[f"m{i}__calibration"], dtype=np.float32))

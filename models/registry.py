@@ -56,6 +56,7 @@ from radlens.models.errors import (
     ModelIncompatibleError,
     ModelNotFoundError,
     ModelStoreError,
+    ModelStoreWriteError,
 )
 from radlens.models.manifest import (
     INTEGRITY_FIELD,
@@ -92,6 +93,7 @@ SIGNING_KEY_ENV = "RADLENS_MODEL_SIGNING_KEY"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
 _REF = re.compile(r"^(?P<name>[^:]+)(?::(?P<version>[^:]*))?$")
+_VERSION_DIR = re.compile(r"[1-9][0-9]*")  # a version's directory: "3", never "03" or "²"
 
 
 def default_store_path() -> Path:
@@ -301,33 +303,34 @@ class ModelRegistry:
         if version is not None and (name_dir / str(version)).exists():
             raise ModelStoreError(f"model {name}:{version} exists already in {self.root}")
 
-        staging_root = self.root / STAGING_DIR
-        staging_root.mkdir(parents=True, exist_ok=True)
-        staging = staging_root / f"{name}-{uuid.uuid4().hex}"
-        staging.mkdir()
-        try:
-            model_path = staging / MODEL_FILE
-            model.save(model_path)
-            _fsync_file(model_path)  # durable before it becomes visible
-            fields["model_sha256"] = file_sha256(model_path)
-            with self._lock():
-                final_version = version if version is not None else self._next_version(name)
-                target = name_dir / str(final_version)
-                if target.exists():
-                    raise ModelStoreError(
-                        f"model {name}:{final_version} exists already in {self.root}"
-                    )
-                fields["version"] = final_version
-                draft = ModelManifest.from_dict(fields, error=ConfigurationError).to_dict()
-                draft[INTEGRITY_FIELD] = seal(draft, self.signing_key)
-                manifest = ModelManifest.from_dict(draft, error=ConfigurationError)
-                _write_text_synced(staging / MANIFEST_FILE, manifest.to_json())
-                name_dir.mkdir(parents=True, exist_ok=True)
-                os.rename(staging, target)
-                _fsync_dir(name_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+        with _writing(f"model {name}", self.root):
+            staging_root = self.root / STAGING_DIR
+            staging_root.mkdir(parents=True, exist_ok=True)
+            staging = staging_root / f"{name}-{uuid.uuid4().hex}"
+            staging.mkdir()
+            try:
+                model_path = staging / MODEL_FILE
+                model.save(model_path)
+                _fsync_file(model_path)  # durable before it becomes visible
+                fields["model_sha256"] = file_sha256(model_path)
+                with self._lock():
+                    final_version = version if version is not None else self._next_version(name)
+                    target = name_dir / str(final_version)
+                    if target.exists():
+                        raise ModelStoreError(
+                            f"model {name}:{final_version} exists already in {self.root}"
+                        )
+                    fields["version"] = final_version
+                    draft = ModelManifest.from_dict(fields, error=ConfigurationError).to_dict()
+                    draft[INTEGRITY_FIELD] = seal(draft, self.signing_key)
+                    manifest = ModelManifest.from_dict(draft, error=ConfigurationError)
+                    _write_text_synced(staging / MANIFEST_FILE, manifest.to_json())
+                    name_dir.mkdir(parents=True, exist_ok=True)
+                    os.rename(staging, target)
+                    _fsync_dir(name_dir)
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging, ignore_errors=True)
         log.info("saved model %s to %s", manifest.ref, target)
         return manifest
 
@@ -360,10 +363,9 @@ class ModelRegistry:
         name_dir = self.root / name
         if not name_dir.is_dir():
             return []
+        # ASCII digits only: str.isdigit() also takes "²" or "١", which int() refuses or reads
         return sorted(
-            int(p.name)
-            for p in name_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and p.name == str(int(p.name)) and int(p.name) > 0
+            int(p.name) for p in name_dir.iterdir() if _VERSION_DIR.fullmatch(p.name) and p.is_dir()
         )
 
     def _read_raw(self, name: str, version: int) -> tuple[Path, bytes]:
@@ -371,6 +373,8 @@ class ModelRegistry:
         if not version_dir.is_dir():
             raise ModelNotFoundError(f"no model {name}:{version} in {self.root}")
         path = version_dir / MANIFEST_FILE
+        if path.exists() and not path.is_file():  # a folder, or a named pipe read would block on
+            raise ModelCorruptError(f"{path} is not a file")
         try:
             return path, path.read_bytes()
         except FileNotFoundError:
@@ -550,9 +554,11 @@ class ModelRegistry:
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
                 raise
-        if previous:
-            for old in {Path(p).parts[0] for p in previous.get("files", {})}:
-                if old != target.name and (version_dir / old).is_dir():
+            # the previous conversion's directory, and any a killed conversion left unlisted
+            stale = {Path(p).parts[0] for p in (previous or {}).get("files", {})}
+            stale |= _written_here(version_dir, rf"{re.escape(runtime)}-[0-9a-f]{{12}}")
+            for old in stale - {target.name}:
+                if (version_dir / old).is_dir():
                     shutil.rmtree(version_dir / old, ignore_errors=True)
         log.info("added the %s runtime to %s (%s)", runtime, updated.ref, target.name)
         return updated
@@ -589,9 +595,13 @@ class ModelRegistry:
             except BaseException:
                 target.unlink(missing_ok=True)
                 raise
-        for old in previous.get("files", {}):
-            if old != target.name and Path(old).name == old:
-                (version_dir / old).unlink(missing_ok=True)
+            # the previous detector, and any a killed run left unlisted
+            stale = set(previous.get("files", {})) | _written_here(
+                version_dir, r"ood-[0-9a-f]{12}\.npz"
+            )
+            for old in stale - {target.name}:
+                if Path(old).name == old:
+                    (version_dir / old).unlink(missing_ok=True)
         log.info("added an OOD detector (%s) to %s", entry.get("method"), updated.ref)
         return updated
 
@@ -634,14 +644,22 @@ class ModelRegistry:
         A version whose manifest is unreadable is left out with a warning in the log (load
         it by reference to see the error), so one bad directory does not hide the others.
         """
+        found, unreadable = self._scan()
+        for ref, exc in unreadable:
+            log.warning("skipping %s in %s: %s", ref, self.root, exc)
+        return [*found]
+
+    def _scan(self) -> tuple[Sequence[ModelManifest], Sequence[tuple[str, ModelCorruptError]]]:
+        """Every version's manifest, and the versions whose manifest cannot be read."""
         found: list[ModelManifest] = []
+        unreadable: list[tuple[str, ModelCorruptError]] = []
         for name in self._names():
             for version in self._version_dirs(name):
                 try:
                     found.append(self.read_manifest(name, version))
                 except ModelCorruptError as exc:
-                    log.warning("skipping %s:%s in %s: %s", name, version, self.root, exc)
-        return found
+                    unreadable.append((f"{name}:{version}", exc))
+        return found, unreadable
 
     def resolve(self, ref: str | None) -> tuple[str, int]:
         """Turn a model reference into ``(name, version)``.
@@ -653,9 +671,18 @@ class ModelRegistry:
         Raises:
             ConfigurationError: a malformed reference (the message quotes it).
             ModelNotFoundError: no such model or version, or an empty store.
+            ModelCorruptError: ``ref`` None while a version's manifest cannot be read: it
+                could be the newest, so no other is taken in its place.
         """
         if ref is None or (isinstance(ref, str) and not ref.strip()):
-            manifests = self.list()
+            manifests, unreadable = self._scan()
+            if unreadable:  # it may be the newest: serving the one before would be a guess
+                bad, exc = unreadable[0]
+                raise ModelCorruptError(
+                    f"cannot tell which model in {self.root} is the newest: {bad} cannot be "
+                    f"read ({exc.detail}); repair or remove it, or name the model to use "
+                    "(RADLENS_MODEL=name:version)"
+                )
             if not manifests:
                 raise ModelNotFoundError(f"the model store {self.root} holds no models")
             newest = max(manifests, key=lambda m: (_created(m), m.name, m.version))
@@ -682,7 +709,7 @@ class ModelRegistry:
         if match["version"] is None:
             return name, versions[-1]
         text = match["version"]
-        if not text.isdigit() or int(text) < 1:
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
             raise ConfigurationError(f"a model version is an integer >= 1. Received: {ref!r}")
         version = int(text)
         if version not in versions:
@@ -725,6 +752,7 @@ class ModelRegistry:
                 f"Keras could not load {model_path}: {type(exc).__name__}: "
                 f"{' '.join(str(exc).split())[:300]}"
             ) from exc
+        _check_model_fits_manifest(model, manifest, model_path)
         return LoadedModel(model=model, manifest=manifest, path=path)
 
 
@@ -798,6 +826,26 @@ def _model_output_units(model: Any) -> int:
     return int(shape[1])
 
 
+def _check_model_fits_manifest(model: Any, manifest: ModelManifest, model_path: Path) -> None:
+    """Refuse a model whose input or output disagrees with its manifest (an edited manifest
+    sealed again, or another model.keras whose hash was recorded): preprocessing would feed it
+    images of another size, or its scores would be named by another list of classes."""
+    try:
+        shape = _model_input_shape(model)
+        units = _model_output_units(model)
+    except ConfigurationError as exc:
+        raise ModelCorruptError(
+            f"{model_path} is not a model radlens can serve: {exc.detail}"
+        ) from None
+    if shape != list(manifest.input_shape) or units != len(manifest.class_names):
+        raise ModelCorruptError(
+            f"{model_path} takes {shape} and outputs {units} scores, but the manifest of "
+            f"{manifest.ref} says input_shape {manifest.input_shape} and "
+            f"{len(manifest.class_names)} classes {manifest.class_names}; the manifest does not "
+            "describe this model"
+        )
+
+
 def _fsync_file(path: Path) -> None:
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
@@ -816,14 +864,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _written_here(version_dir: Path, pattern: str) -> set[str]:
+    """Names in ``version_dir`` that this registry writes (``pattern``, e.g. a runtime's
+    ``openvino-<12 hex>``): what a conversion killed between its rename and its manifest
+    leaves unlisted, removed by the next one (under the lock)."""
+    return {p.name for p in version_dir.iterdir() if re.fullmatch(pattern, p.name)}
+
+
+@contextlib.contextmanager
+def _writing(what: str, where: Path) -> Iterator[None]:
+    """Turn a file-system error while writing ``what`` into a ModelStoreWriteError naming it,
+    the store and the reason: a full disk's OSError names no file (Keras, ``write``), and would
+    reach the user as an internal error. The caller removes what it had begun."""
+    try:
+        yield
+    except ModelStoreWriteError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        at = f" ({exc.filename})" if exc.filename else ""
+        raise ModelStoreWriteError(
+            f"writing {what} to the store {where} failed: {reason}{at}"
+        ) from exc
+
+
 def _replace_manifest(path: Path, manifest: ModelManifest) -> None:
     """Write ``manifest`` next to ``path``, fsync, and rename it over ``path`` (atomic)."""
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        _write_text_synced(temp, manifest.to_json())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with _writing(f"the manifest {path}", path.parents[2]):
+        try:
+            _write_text_synced(temp, manifest.to_json())
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 
