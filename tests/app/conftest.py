@@ -348,6 +348,49 @@ def dicom_bytes(
 ProblemCheck = Callable[..., dict[str, Any]]
 
 
+def upload_scope(
+    boundary: str, length: int, *, key: str | None = None, path: str = "/v1/predictions"
+) -> dict[str, Any]:
+    """The ASGI scope of a multipart/form-data POST of ``length`` bytes, for tests that feed a
+    body chunk by chunk (stalls, disconnects, concurrent uploads) through ``app(scope, ...)``."""
+    headers = [
+        (b"host", b"testserver"),
+        (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+        (b"content-length", str(length).encode()),
+    ]
+    if key is not None:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+
+
+def app_client(databases: Databases, model_store: Path, **overrides: Any) -> Iterator[Any]:
+    """A migrated database of the backend and an app on it built with ``overrides`` (started
+    through its lifespan); yields ``(client, app)``. For fixtures that need a setting the
+    session's ``service`` does not have."""
+    from radlens.app.main import create_app
+    from radlens.app.migrate import upgrade
+
+    url = databases.new()
+    upgrade(url)
+    app = create_app(make_settings(url, model_store, **overrides))
+    with TestClient(app) as client:
+        yield client, app
+
+
 def assert_problem(response: Any, status: int, *, code: str | None = None) -> dict[str, Any]:
     """The response is an RFC 9457 problem with a useful title; returns its body."""
     assert response.status_code == status, response.text

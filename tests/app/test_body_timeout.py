@@ -17,22 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.app.conftest import Databases, TestClient, make_settings, png_bytes
-from tests.app.test_inflight_upload_budget import _form, _scope
+from tests.app.conftest import Databases, TestClient, app_client, png_bytes
+from tests.app.test_inflight_upload_budget import _form, _scope, answer
 
 TIMEOUT_S = 0.5
 
 
 @pytest.fixture()
 def timed(databases: Databases, model_store: Path) -> Iterator[tuple[TestClient, Any]]:
-    from radlens.app.main import create_app
-    from radlens.app.migrate import upgrade
-
-    url = databases.new()
-    upgrade(url)
-    app = create_app(make_settings(url, model_store, body_timeout_s=TIMEOUT_S))
-    with TestClient(app) as client:
-        yield client, app
+    yield from app_client(databases, model_store, body_timeout_s=TIMEOUT_S)
 
 
 async def _send(
@@ -43,7 +36,6 @@ async def _send(
     size = -(-len(body) // (len(pauses) + 1))
     chunks = [body[i : i + size] for i in range(0, len(body), size)]
     waits = [0.0, *pauses]
-    sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         if not chunks:
@@ -52,13 +44,7 @@ async def _send(
         chunk = chunks.pop(0)
         return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(_scope(len(body)), receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], dict(start["headers"]), content
+    return await answer(app, _scope(len(body)), receive)
 
 
 async def _bounded(app: Any, body: bytes, pauses: list[float]) -> Any:

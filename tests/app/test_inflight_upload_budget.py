@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from radlens.app.limits import UploadBudget, UploadsBusy
-from tests.app.conftest import Databases, TestClient, make_settings, png_bytes
+from tests.app.conftest import Databases, TestClient, app_client, png_bytes, upload_scope
 
 BUDGET = 150_000
 BOUNDARY = "budget"
@@ -63,25 +63,7 @@ def _form(data: bytes) -> bytes:
 
 
 def _scope(length: int) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/predictions",
-        "raw_path": b"/v1/predictions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
-            (b"content-length", str(length).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
+    return upload_scope(BOUNDARY, length)
 
 
 async def _upload(
@@ -93,7 +75,6 @@ async def _upload(
 ) -> tuple[int, dict[bytes, bytes], bytes]:
     """POST ``body`` in two chunks; with events, hold the second until ``go`` is set."""
     chunks = [body[:1000], body[1000:]]
-    sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         if not chunks:
@@ -104,10 +85,19 @@ async def _upload(
         chunk = chunks.pop(0)
         return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
 
+    return await answer(app, _scope(len(body)), receive)
+
+
+async def answer(
+    app: Any, scope: dict[str, Any], receive: Any
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """Run ``app`` on one request; its status, headers and body."""
+    sent: list[dict[str, Any]] = []
+
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app(_scope(len(body)), receive, send)
+    await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], dict(start["headers"]), content
@@ -115,14 +105,7 @@ async def _upload(
 
 @pytest.fixture()
 def budgeted(databases: Databases, model_store: Path) -> Iterator[tuple[TestClient, Any]]:
-    from radlens.app.main import create_app
-    from radlens.app.migrate import upgrade
-
-    url = databases.new()
-    upgrade(url)
-    app = create_app(make_settings(url, model_store, max_inflight_upload_bytes=BUDGET))
-    with TestClient(app) as client:
-        yield client, app
+    yield from app_client(databases, model_store, max_inflight_upload_bytes=BUDGET)
 
 
 def test_an_upload_over_the_budget_waits_its_turn(budgeted: tuple[TestClient, Any]) -> None:

@@ -34,6 +34,7 @@ from tests.app.conftest import (
     dicom_bytes,
     make_settings,
     png_bytes,
+    upload_scope,
 )
 
 
@@ -55,26 +56,7 @@ def _abandoned_upload(service: Service) -> list[dict[str, Any]]:
     """POST /v1/predictions whose client goes away after 100 of the 100,000 bytes it
     announced (what uvicorn delivers when the connection closes mid-body); the messages sent."""
     assert service.api_key is not None
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/predictions",
-        "raw_path": b"/v1/predictions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"authorization", f"Bearer {service.api_key}".encode()),
-            (b"content-type", b"multipart/form-data; boundary=qa26"),
-            (b"content-length", b"100000"),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
+    scope = upload_scope("qa26", 100_000, key=service.api_key)
     messages: list[dict[str, Any]] = [
         {"type": "http.request", "body": b"--qa26\r\n" + b"x" * 92, "more_body": True},
         {"type": "http.disconnect"},
