@@ -110,9 +110,23 @@ def default_store_path() -> Path:
     return Path(models.__file__).resolve().parents[1] / "models" / "store"
 
 
+MIN_SIGNING_KEY_CHARS = 16  # as the service's settings require (app/settings.py)
+
+
 def signing_key_from_env() -> bytes | None:
-    """``$RADLENS_MODEL_SIGNING_KEY`` as bytes, or None when unset or empty."""
+    """``$RADLENS_MODEL_SIGNING_KEY`` as bytes, or None when unset or empty.
+
+    Raises:
+        ConfigurationError: a key shorter than the service accepts: a model sealed with it
+            here (train, seal, convert) would be served by no ``radlens serve``.
+    """
     value = os.environ.get(SIGNING_KEY_ENV, "")
+    if value and len(value) < MIN_SIGNING_KEY_CHARS:
+        raise ConfigurationError(
+            f"{SIGNING_KEY_ENV} must be at least {MIN_SIGNING_KEY_CHARS} characters, as "
+            "radlens serve requires (e.g. `python -c 'import secrets; "
+            f"print(secrets.token_urlsafe(32))'`). Received a value of {len(value)} characters"
+        )
     return value.encode("utf-8") if value else None
 
 

@@ -399,8 +399,9 @@ def _check_store(config: TrainConfig) -> None:
     could not write: a file where the folder should be, or a folder without write access."""
     import os
 
-    from radlens.models.registry import default_store_path
+    from radlens.models.registry import default_store_path, signing_key_from_env
 
+    signing_key_from_env()  # a key the service would refuse: before training, not at export
     store = Path(config.store) if config.store is not None else default_store_path()
     probe = store
     while not probe.exists() and probe.parent != probe:  # export creates the rest
