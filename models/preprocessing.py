@@ -1373,21 +1373,21 @@ def _read_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
         raise
     except InvalidDicomError as exc:
         raise NotAnImageError(
-            f"not a readable DICOM file ({_short(exc)}); received {len(data)} bytes "
+            f"not a readable DICOM file ({error_text(exc)}); received {len(data)} bytes "
             f"starting {_hex_head(data)}"
         ) from exc
     except EOFError as exc:
         raise TruncatedDataError(
-            f"the DICOM data ends early ({_short(exc)}); received {len(data)} bytes"
+            f"the DICOM data ends early ({error_text(exc)}); received {len(data)} bytes"
         ) from exc
     except BaseException as exc:  # third-party boundary: pydicom raises many kinds
         _reraise_fatal(exc)
         if _looks_truncated(exc):
             raise TruncatedDataError(
-                f"the DICOM data ends early ({_short(exc)}); received {len(data)} bytes"
+                f"the DICOM data ends early ({error_text(exc)}); received {len(data)} bytes"
             ) from exc
         raise MalformedDicomError(
-            f"the DICOM data could not be parsed ({_short(exc)}); received {len(data)} bytes"
+            f"the DICOM data could not be parsed ({error_text(exc)}); received {len(data)} bytes"
         ) from exc
 
 
@@ -1867,11 +1867,12 @@ def _reduced_error(
 ) -> PreprocessingError:
     if _looks_truncated(exc):
         return TruncatedDataError(
-            f"the {kind} codestream ends early ({_short(exc)}); received {len(codestream)} bytes"
+            f"the {kind} codestream ends early ({error_text(exc)}); "
+            f"received {len(codestream)} bytes"
         )
     return CodestreamMismatchError(
         f"the {kind} codestream could not be decoded at 1/{factor} resolution "
-        f"({_short(exc)}): its resolution levels, tiles or scans disagree with its main "
+        f"({error_text(exc)}): its resolution levels, tiles or scans disagree with its main "
         f"header; received {len(codestream)} bytes"
     )
 
@@ -2000,14 +2001,17 @@ def _decode_frame(
         if _looks_truncated(exc) or (
             tsyntax == RLELossless and "RLE segment data doesn't match" in str(exc)
         ):
-            raise TruncatedDataError(f"the {label} pixel data ends early ({_short(exc)})") from exc
+            raise TruncatedDataError(
+                f"the {label} pixel data ends early ({error_text(exc)})"
+            ) from exc
         if tsyntax.is_encapsulated:
             raise UnsupportedTransferSyntaxError(
-                f"could not decode the {label} pixel data ({_short(exc)})",
+                f"could not decode the {label} pixel data ({error_text(exc)})",
                 transfer_syntax=label,
             ) from exc
         raise InvalidImageError(
-            f"could not read the {label} pixel data ({_short(exc)}); Rows={rows}, Columns={columns}"
+            f"could not read the {label} pixel data ({error_text(exc)}); "
+            f"Rows={rows}, Columns={columns}"
         ) from exc
     photometric = str(props.get("photometric_interpretation") or "")
     if not photometric:
@@ -2055,16 +2059,18 @@ def _decode_jpeg_xl(
     except BaseException as exc:  # third-party boundary: malformed encapsulation
         _reraise_fatal(exc)
         raise InvalidImageError(
-            f"the {label} pixel data could not be split into {frames} frame(s) ({_short(exc)})"
+            f"the {label} pixel data could not be split into {frames} frame(s) ({error_text(exc)})"
         ) from exc
     try:
         arr = decode_jpeg_xl(codestream)
     except BaseException as exc:  # third-party boundary
         _reraise_fatal(exc)
         if "NEED_MORE_INPUT" in str(exc) or _looks_truncated(exc):
-            raise TruncatedDataError(f"the {label} pixel data ends early ({_short(exc)})") from exc
+            raise TruncatedDataError(
+                f"the {label} pixel data ends early ({error_text(exc)})"
+            ) from exc
         raise UnsupportedTransferSyntaxError(
-            f"could not decode the {label} pixel data ({_short(exc)})", transfer_syntax=label
+            f"could not decode the {label} pixel data ({error_text(exc)})", transfer_syntax=label
         ) from exc
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -2410,7 +2416,7 @@ def _preprocess_pillow(
         image = Image.open(io.BytesIO(source), formats=[kind.upper()])
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
-            f"{_short(exc)} (Pillow's limit; radlens limit {max_pixels}); "
+            f"{error_text(exc)} (Pillow's limit; radlens limit {max_pixels}); "
             f"received {len(data)} bytes"
         ) from exc
     except UnidentifiedImageError as exc:
@@ -2806,16 +2812,17 @@ def _pillow_error(exc: BaseException, kind: str, data: bytes) -> PreprocessingEr
     from PIL import Image
 
     if isinstance(exc, Image.DecompressionBombError):
-        return ImageTooLargeError(_short(exc))
+        return ImageTooLargeError(error_text(exc))
     if _looks_truncated(exc):
         return TruncatedDataError(
-            f"the {kind.upper()} data ends early ({_short(exc)}); received {len(data)} bytes"
+            f"the {kind.upper()} data ends early ({error_text(exc)}); received {len(data)} bytes"
         )
     coding = _unsupported_jpeg_coding(data) if kind == "jpeg" else None
     if coding is not None:
-        return UnsupportedJpegError(f"received {coding}, {len(data)} bytes ({_short(exc)})")
+        return UnsupportedJpegError(f"received {coding}, {len(data)} bytes ({error_text(exc)})")
     return InvalidImageError(
-        f"the {kind.upper()} data could not be decoded ({_short(exc)}); received {len(data)} bytes"
+        f"the {kind.upper()} data could not be decoded ({error_text(exc)}); "
+        f"received {len(data)} bytes"
     )
 
 
@@ -2935,7 +2942,7 @@ def _call(func: Callable[[], _T], error: type[PreprocessingError], what: str) ->
         raise
     except BaseException as exc:  # third-party boundary
         _reraise_fatal(exc)
-        raise error(f"{what} ({_short(exc)})") from exc
+        raise error(f"{what} ({error_text(exc)})") from exc
 
 
 def _reraise_fatal(exc: BaseException) -> None:
@@ -3101,6 +3108,3 @@ def error_text(exc: BaseException) -> str:
     if len(text) > _MAX_MESSAGE:
         text = text[: _MAX_MESSAGE - 3] + "..."
     return f"{type(exc).__name__}: {text}"
-
-
-_short = error_text

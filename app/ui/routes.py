@@ -452,15 +452,17 @@ def _intended_use_rows(manifest: ModelManifest, settings: Any) -> list[tuple[str
     """What the model is for, as the gate applies it: the accepted modalities, body parts and
     view positions (stated at training, else seen in its DICOM headers), what the service does
     with an upload outside them (RADLENS_GATE) and the out-of-distribution check."""
+    from radlens.models.intended_use import from_record
+
     record = manifest.intended_use or {}
-    accepts = record.get("accepts") or {}
     source = record.get("source") or "not recorded"
+    gated = from_record(record)  # what the gate reads from the record, read the same way
     rows = [
-        (label, ", ".join(accepts.get(key) or []) or "any (not restricted)")
-        for label, key in (
-            ("Modalities", "modalities"),
-            ("Body parts", "body_parts"),
-            ("View positions", "view_positions"),
+        (label, ", ".join(values) or "any (not restricted)")
+        for label, values in (
+            ("Modalities", gated.modalities),
+            ("Body parts", gated.body_parts),
+            ("View positions", gated.view_positions),
         )
     ]
     rows.append(("Taken from", str(source) if record else "not recorded (an older manifest)"))
