@@ -137,6 +137,7 @@ def check_model(settings: Settings) -> ModelManifest:
             "(`radlens train`; `make run` trains the demo model) or set RADLENS_MODEL_STORE "
             "to the store that holds yours"
         ) from None
+    registry.check_finished(name, version)  # RADLENS_MODEL=name:N while its run attaches
     manifest = registry.verify(name, version)  # seal (fields named), then model.keras sha256
     check_preprocessing_version(manifest)
     operating_point(manifest, settings.operating_point)

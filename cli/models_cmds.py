@@ -32,7 +32,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 
 models_app = typer.Typer(
     name="models",
-    help="List, show, convert, add OOD detectors to and seal the models in the model store.",
+    help=(
+        "List, show, convert, add OOD detectors to, seal and finish the models in the model store."
+    ),
     no_args_is_help=True,
 )
 
@@ -76,8 +78,13 @@ def list_models(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """List every model version in the store, with classes and validation AUC."""
     registry = _registry(store)
     manifests = registry.list()
+    states = {m.ref: registry.unfinished(m.name, m.version) for m in manifests}
     if as_json:
-        typer.echo(json.dumps([m.to_dict() for m in manifests], indent=2))
+        listed = [
+            {**m.to_dict(), **({"unfinished": states[m.ref]} if states[m.ref] else {})}
+            for m in manifests
+        ]
+        typer.echo(json.dumps(listed, indent=2))
         return
     if not manifests:
         typer.echo(f"no models in {registry.root}")
@@ -87,7 +94,7 @@ def list_models(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
         rows.append(
             [
                 m.name,
-                str(m.version),
+                str(m.version) + (f" (unfinished: {states[m.ref]})" if states[m.ref] else ""),
                 m.architecture,
                 m.created_at[:19].replace("T", " "),
                 ",".join(m.class_names),
@@ -173,7 +180,7 @@ def show_model(
         ),
     ] = False,
 ) -> None:
-    """Show a model's manifest (newest version when no :VERSION is given)."""
+    """Show a model's manifest (newest finished version when no :VERSION is given)."""
     registry = _registry(store)
     name, version = registry.resolve(_named(ref))
     read = registry.verify if verify else registry.read_manifest
@@ -183,6 +190,9 @@ def show_model(
         typer.echo(json.dumps(manifest.to_dict(), indent=2))
         return
     typer.echo(_text(manifest, path))
+    state = registry.unfinished(name, version)
+    if state:
+        typer.echo(f"state: unfinished ({state}); not served as the newest version")
     if verify:
         typer.echo("integrity: the manifest matches its seal")
         typer.echo("integrity: model.keras matches the manifest's sha256")
@@ -379,6 +389,41 @@ def seal_model(
     sealed = registry.seal(_named(ref))
     signed = "signed" if registry.signing_key else "unsigned (no RADLENS_MODEL_SIGNING_KEY)"
     typer.echo(f"sealed {sealed.ref}: {signed}")
+
+
+@models_app.command("finish")
+def finish_model(
+    ref: Annotated[
+        str, typer.Argument(metavar="NAME:VERSION", help="The unfinished version, e.g. chest:3.")
+    ],
+    store: StoreOpt = None,
+) -> None:
+    """Finish a version its training run left unfinished (stopped before it attached its
+    OOD detector and OpenVINO runtime), so it can be served as the newest.
+
+    Attach what is missing first (`radlens models ood`, `radlens models convert`): a version
+    finished without its detector is served without the out-of-distribution check.
+    """
+    if ":" not in ref:
+        fail(f"name the version to finish, e.g. {ref.strip() or 'chest'}:3 (`radlens models list`)")
+    registry = _registry(store)
+    name, version = registry.resolve(_named(ref))
+    state = registry.unfinished(name, version)
+    manifest = registry.finish(f"{name}:{version}")
+    if state is None:
+        typer.echo(f"{manifest.ref} is finished already")
+        return
+    missing = [
+        part
+        for part, present in (
+            ("OOD detector", manifest.ood),
+            ("OpenVINO runtime", manifest.runtimes),
+        )
+        if not present
+    ]
+    typer.echo(
+        f"finished {manifest.ref}" + (f" (without an {' or an '.join(missing)})" if missing else "")
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -239,6 +239,17 @@ class ModelNotFoundError(ModelStoreError):
     title = "No such model in the store; train one or check RADLENS_MODEL / the store path"
 
 
+class ModelUnfinishedError(ModelStoreError):
+    """The version's training run has not finished attaching its parts (OOD detector,
+    converted runtime), or stopped before it did (``models.registry``, ``.unfinished``)."""
+
+    code = "model-unfinished"
+    title = (
+        "The model version is unfinished: serve another version, wait for its training run, "
+        "or finish it by hand (radlens models finish)"
+    )
+
+
 class ModelCorruptError(ModelStoreError):
     code = "model-corrupt"
     title = "The stored model is corrupt; re-export it from training"

@@ -5,6 +5,8 @@ Layout (``root`` is :func:`default_store_path` unless given)::
     root/<name>/<version>/model.keras     the Keras model (custom layers registered)
     root/<name>/<version>/manifest.json   models.manifest.ModelManifest
     root/<name>/<version>/openvino-<id>/  a converted runtime (models.runtime), optional
+    root/<name>/<version>/.unfinished     present while the run that saved the version
+                                          still attaches its parts (OOD detector, runtime)
     root/.staging/                        saves in progress (never read as models)
 
 A save is atomic: ``model.keras`` is written into a fresh directory under ``.staging``, its
@@ -12,9 +14,11 @@ sha256 computed, then -- holding an exclusive lock on ``root/.lock`` so concurre
 agree on version numbers -- the next version is chosen, ``manifest.json`` written and the
 directory renamed to ``<name>/<version>`` in one ``rename(2)``. A reader therefore sees a
 version complete or not at all; a save that fails or is killed leaves at most a directory
-under ``.staging``. A load re-computes the sha256 and refuses a model whose preprocessing
-version this radlens cannot reproduce (:func:`check_preprocessing_version`; the artifact's
-layout is in README.md, "Training your own model", and docs/internals.md).
+under ``.staging``, which the next save or conversion into the store removes (each directory
+there is ``flock``-ed by the process writing it, so only a dead writer's is taken). A load
+re-computes the sha256 and refuses a model whose preprocessing version this radlens cannot
+reproduce (:func:`check_preprocessing_version`; the artifact's layout is in README.md,
+"Training your own model", and docs/internals.md).
 
 Every manifest is sealed (``models.manifest.seal``): a load refuses a manifest whose fields
 changed since it was sealed, naming them, and with ``RADLENS_MODEL_SIGNING_KEY`` set also one
@@ -23,6 +27,14 @@ whose HMAC does not verify. Adding a converted runtime to an existing version
 files go into a fresh directory beside ``model.keras`` (fsynced), then ``manifest.json`` is
 replaced in one ``rename(2)`` with a manifest that lists them and is sealed again; a reader
 sees the old manifest or the new one, never a mix.
+
+Training attaches such parts (the OOD detector, the OpenVINO runtime) right after its save,
+which takes minutes on real data: it saves with ``finish_later=True``, so the version carries
+an ``.unfinished`` marker (``flock``-ed by the training process) until :meth:`finish` removes
+it. The newest model, or a name's highest version, is the newest *finished* one: a service
+starting meanwhile serves the version before, never one without its detector. A run that
+stops before it finishes leaves the marker; ``radlens models list`` names such a version
+"unfinished (abandoned)" and ``radlens models finish`` finishes it by hand.
 
 Keras and TensorFlow are imported only by :meth:`ModelRegistry.save`,
 :meth:`ModelRegistry.load` and :func:`predict_scores`, so listing the store is fast.
@@ -57,6 +69,7 @@ from radlens.models.errors import (
     ModelNotFoundError,
     ModelStoreError,
     ModelStoreWriteError,
+    ModelUnfinishedError,
 )
 from radlens.models.manifest import (
     INTEGRITY_FIELD,
@@ -86,12 +99,19 @@ __all__ = [
     "signing_key_from_env",
 ]
 
+# Locks this process holds: a staging directory it writes, or an unfinished version's marker
+# (absolute path -> open descriptor with an exclusive flock). Released when the path is renamed into
+# place or removed; a process that dies releases them all, which is how a leftover is told
+# from a save in progress.
+_HELD: dict[Path, int] = {}
+
 log = logging.getLogger(__name__)
 
 STORE_ENV = "RADLENS_MODEL_STORE"
 SIGNING_KEY_ENV = "RADLENS_MODEL_SIGNING_KEY"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
+UNFINISHED_FILE = ".unfinished"
 _REF = re.compile(r"^(?P<name>[^:]+)(?::(?P<version>[^:]*))?$")
 _VERSION_DIR = re.compile(r"[1-9][0-9]*")  # a version's directory: "3", never "03" or "²"
 
@@ -226,6 +246,7 @@ class ModelRegistry:
         calibration: dict[str, Any] | None = None,
         findings: dict[str, Any] | None = None,
         intended_use: dict[str, Any] | None = None,
+        finish_later: bool = False,
     ) -> ModelManifest:
         """Store a model as a new version, atomically, and return its manifest.
 
@@ -255,6 +276,9 @@ class ModelRegistry:
                 label mode, no-finding name, a threshold per class name), or None.
             intended_use: ``models.intended_use.intended_use_record(...)``, or None ("not
                 stated").
+            finish_later: the version is published with an ``.unfinished`` marker that this
+                process holds until :meth:`finish` (it is nobody's newest model meanwhile):
+                for a caller that attaches an OOD detector or a runtime next.
 
         Returns:
             The manifest as written to ``<root>/<name>/<version>/manifest.json``.
@@ -318,11 +342,12 @@ class ModelRegistry:
             raise ModelStoreError(f"model {name}:{version} exists already in {self.root}")
 
         with _writing(f"model {name}", self.root):
-            staging_root = self.root / STAGING_DIR
-            staging_root.mkdir(parents=True, exist_ok=True)
-            staging = staging_root / f"{name}-{uuid.uuid4().hex}"
-            staging.mkdir()
+            staging = self._new_staging(name)
+            marker = staging / UNFINISHED_FILE
             try:
+                if finish_later:  # before the rename: the version is never seen finished early
+                    _write_text_synced(marker, json.dumps({"pid": os.getpid()}) + "\n")
+                    _hold(marker)
                 model_path = staging / MODEL_FILE
                 model.save(model_path)
                 _fsync_file(model_path)  # durable before it becomes visible
@@ -342,11 +367,97 @@ class ModelRegistry:
                     name_dir.mkdir(parents=True, exist_ok=True)
                     os.rename(staging, target)
                     _fsync_dir(name_dir)
+                    if finish_later and _holding(marker):  # the same open file, now moved
+                        _HELD[_key(target / UNFINISHED_FILE)] = _HELD.pop(_key(marker))
             finally:
+                _release(staging)
+                _release(marker)
                 if staging.exists():
                     shutil.rmtree(staging, ignore_errors=True)
-        log.info("saved model %s to %s", manifest.ref, target)
+        log.info(
+            "saved model %s to %s%s",
+            manifest.ref,
+            target,
+            " (unfinished until its parts are attached)" if finish_later else "",
+        )
         return manifest
+
+    def finish(self, ref: str) -> ModelManifest:
+        """Finish a version saved with ``finish_later=True``: remove its ``.unfinished``
+        marker, so it becomes the newest model (and its name's highest version) to resolve.
+        A finished version is left as it is.
+
+        Raises:
+            ModelNotFoundError, ModelCorruptError: as :meth:`verify`.
+            ModelUnfinishedError: another process (its training run) is still writing it.
+        """
+        name, version = self.resolve(ref)
+        marker = self.root / name / str(version) / UNFINISHED_FILE
+        with self._lock():
+            manifest = self.verify(name, version)
+            if not _holding(marker) and _held_elsewhere(marker):
+                raise ModelUnfinishedError(
+                    f"{name}:{version} is still being written by its training run "
+                    f"({_marker_note(marker)}): let it finish, or stop that run first"
+                )
+            _release(marker)
+            if marker.exists():
+                marker.unlink()
+                _fsync_dir(marker.parent)
+                log.info("finished %s: it may now be served as the newest version", manifest.ref)
+        return manifest
+
+    def unfinished(self, name: str, version: int) -> str | None:
+        """None for a finished version; else why not: ``"being written"`` (a live process
+        holds its marker) or ``"abandoned"`` (the run that saved it stopped first)."""
+        marker = self.root / name / str(version) / UNFINISHED_FILE
+        if not marker.exists():
+            return None
+        return "being written" if _holding(marker) or _held_elsewhere(marker) else "abandoned"
+
+    def _is_finished(self, name: str, version: int) -> bool:
+        return not (self.root / name / str(version) / UNFINISHED_FILE).exists()
+
+    def check_finished(self, name: str, version: int) -> None:
+        """Raise ModelUnfinishedError (saying what to do) for an unfinished version."""
+        state = self.unfinished(name, version)
+        if state is None:
+            return
+        raise ModelUnfinishedError(
+            f"model {name}:{version} is unfinished ({state}): the training run that saved it "
+            + (
+                "is still attaching its OOD detector and runtime; wait for it, or serve "
+                "another version"
+                if state == "being written"
+                else "stopped before it attached its OOD detector and runtime; attach them "
+                f"(`radlens models ood {name}:{version} ...`, `radlens models convert "
+                f"{name}:{version}`) and run `radlens models finish {name}:{version}`, or "
+                "serve another version"
+            )
+        )
+
+    def _new_staging(self, name: str) -> Path:
+        """A fresh directory under ``.staging``, locked by this process; what dead writers
+        left there is removed first (their locks died with them)."""
+        with self._lock():
+            staging_root = self.root / STAGING_DIR
+            if staging_root.is_dir():
+                for entry in staging_root.iterdir():
+                    if _holding(entry):
+                        if not entry.exists():
+                            _release(entry)
+                        continue
+                    if _held_elsewhere(entry):
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+                    log.info("removed %s, left by a save or conversion that stopped", entry)
+            staging = staging_root / f"{name}-{uuid.uuid4().hex}"
+            staging.mkdir(parents=True)
+            _hold(staging)
+        return staging
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -550,6 +661,7 @@ class ModelRegistry:
                 _fsync_file(file)
             target = version_dir / f"{runtime}-{uuid.uuid4().hex[:12]}"
             os.rename(staged, target)
+            _release(staged)
             _fsync_dir(version_dir)
             try:
                 data = manifest.to_dict()
@@ -647,10 +759,9 @@ class ModelRegistry:
         return path
 
     def staging_dir(self, name: str) -> Path:
-        """A fresh, empty directory under ``.staging`` (same filesystem as the versions)."""
-        staging = self.root / STAGING_DIR / f"{name}-{uuid.uuid4().hex}"
-        staging.mkdir(parents=True)
-        return staging
+        """A fresh, empty directory under ``.staging`` (same filesystem as the versions),
+        locked by this process until it is renamed into a version or removed."""
+        return self._new_staging(name)
 
     def list(self) -> list[ModelManifest]:
         """Every readable version in the store, sorted by name then version.
@@ -679,8 +790,9 @@ class ModelRegistry:
         """Turn a model reference into ``(name, version)``.
 
         Args:
-            ref: ``"name:3"`` (that version), ``"name"`` (its highest version), or None or
-                ``""`` (the most recently created model in the store).
+            ref: ``"name:3"`` (that version, finished or not), ``"name"`` (its highest
+                finished version), or None or ``""`` (the most recently created finished
+                model in the store). Unfinished versions: see :meth:`finish`.
 
         Raises:
             ConfigurationError: a malformed reference (the message quotes it).
@@ -699,7 +811,13 @@ class ModelRegistry:
                 )
             if not manifests:
                 raise ModelNotFoundError(f"the model store {self.root} holds no models")
-            newest = max(manifests, key=lambda m: (_created(m), m.name, m.version))
+            finished = [m for m in manifests if self._is_finished(m.name, m.version)]
+            if not finished:
+                raise ModelUnfinishedError(
+                    f"the model store {self.root} holds no finished model: "
+                    f"{_unfinished_list([m.ref for m in manifests])} (see `radlens models list`)"
+                )
+            newest = max(finished, key=lambda m: (_created(m), m.name, m.version))
             return newest.name, newest.version
         if not isinstance(ref, str):
             raise TypeError(f"a model reference must be a string or None. Received: {ref!r}")
@@ -721,7 +839,14 @@ class ModelRegistry:
                 f"no model named {name!r} in {self.root} (models there: {known})"
             )
         if match["version"] is None:
-            return name, versions[-1]
+            finished_versions = [v for v in versions if self._is_finished(name, v)]
+            if not finished_versions:
+                raise ModelUnfinishedError(
+                    f"model {name!r} has no finished version in {self.root}: "
+                    f"{_unfinished_list([f'{name}:{v}' for v in versions])} (see `radlens "
+                    "models list`)"
+                )
+            return name, finished_versions[-1]
         text = match["version"]
         if not (text.isascii() and text.isdigit()) or int(text) < 1:
             raise ConfigurationError(f"a model version is an integer >= 1. Received: {ref!r}")
@@ -858,6 +983,67 @@ def _check_model_fits_manifest(model: Any, manifest: ModelManifest, model_path: 
             f"{len(manifest.class_names)} classes {manifest.class_names}; the manifest does not "
             "describe this model"
         )
+
+
+def _hold(path: Path) -> None:
+    """Open ``path`` (a file or a directory) and keep an exclusive ``flock`` on it in _HELD:
+    other processes then see it as in use (:func:`_held_elsewhere`). On a file system without
+    flock the path is simply not held."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        log.debug("cannot lock %s (%s): left unlocked", path, exc)
+        return
+    _HELD[_key(path)] = fd
+
+
+def _release(path: Path) -> None:
+    fd = _HELD.pop(_key(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _holding(path: Path) -> bool:
+    return _key(path) in _HELD
+
+
+def _key(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _held_elsewhere(path: Path) -> bool:
+    """Whether some process (this one included, through another descriptor) holds a flock on
+    ``path``. Where locks cannot be probed, assume it does: nothing is removed on a guess."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # drops the probe's own lock
+    return False
+
+
+def _unfinished_list(refs: list[str]) -> str:
+    listed = ", ".join(refs[:5]) + (f" and {len(refs) - 5} more" if len(refs) > 5 else "")
+    return f"{listed} {'is' if len(refs) == 1 else 'are'} unfinished"
+
+
+def _marker_note(marker: Path) -> str:
+    try:
+        pid = json.loads(marker.read_text(encoding="utf-8"))["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "process unknown"
+    return f"process {pid}"
 
 
 def _fsync_file(path: Path) -> None:

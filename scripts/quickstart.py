@@ -42,8 +42,10 @@ def radlens(*args: str, capture: bool = False) -> str:
 
 
 def store_is_empty() -> bool:
+    """No finished model: a version a killed run left unfinished is never served, so the demo
+    model is trained again rather than start-up failing on it."""
     listing = json.loads(radlens("models", "list", "--json", capture=True) or "[]")
-    return len(listing) == 0
+    return not any(not entry.get("unfinished") for entry in listing)
 
 
 def ensure_api_key() -> None:
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if store_is_empty():
         if not (demo_data / "labels.csv").exists():
-            step(f"Model store is empty: writing the synthetic demo data set to {demo_data}")
+            step(f"No finished model in the store: writing the demo data set to {demo_data}")
             radlens("demo-data", str(demo_data), "--overwrite")
         step("Training the demo model (ResNet50 at 64 px, a few minutes on 2 cores)")
         epochs = [] if args.epochs is None else ["--epochs", str(args.epochs)]

@@ -883,12 +883,13 @@ def export_ensemble(
             "ece": expected_calibration_error(labels, probabilities),
         },
         intended_use=intended_use_for(source, list(examples)),
+        finish_later=True,  # nobody's newest model until its detector is attached
     )
     if ood_method is None:
-        return manifest
+        return ModelRegistry(store).finish(manifest.ref)
     from radlens.training.ood import attach_cross_fitted_detector
 
-    return attach_cross_fitted_detector(
+    attached = attach_cross_fitted_detector(
         ModelRegistry(store),
         manifest.ref,
         model,
@@ -904,3 +905,5 @@ def export_ensemble(
         seed=runs[0].seed,
         data_note=f"{source.root.name}: train+val, {int(folds.max()) + 1} folds",
     )
+    ModelRegistry(store).finish(attached.ref)
+    return attached

@@ -702,11 +702,13 @@ def _finish(run: _Run, started: float) -> RunResult:
             leakage_check=data.split_record["leakage_check"],
             calibration=calibration,
             intended_use=intended_use,
+            finish_later=True,  # nobody's newest model until its detector is attached
         )
         model_ref = f"{manifest.name}:{manifest.version}"
         _attach_ood(config, data, ModelRegistry(store), model_ref, network)
         if config.openvino:
             _add_openvino(ModelRegistry(store), model_ref, data)
+        ModelRegistry(store).finish(model_ref)
     result = RunResult(
         run_dir=run_path,
         model_ref=model_ref,
@@ -1249,6 +1251,7 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
             leakage_check=data.split_record.get("leakage_check"),
             intended_use=intended_use,
             findings=record,
+            finish_later=True,  # nobody's newest model until its detector is attached
         )
         model_ref = f"{manifest.name}:{manifest.version}"
         log.info(
@@ -1260,6 +1263,7 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
         _attach_ood(config, data, ModelRegistry(store), model_ref, network)
         if config.openvino:  # parity per finding on validation (models.runtime)
             _add_openvino(ModelRegistry(store), model_ref, data)
+        ModelRegistry(store).finish(model_ref)
     result = RunResult(
         run_dir=run_path,
         model_ref=model_ref,
