@@ -12,6 +12,10 @@ round 26: 4 such connections took 490 MiB; 700 idle connections on a 600-descrip
 - a head not complete ``head_timeout_s`` after the connection opened, or after the first byte
   of a request on a kept-alive connection, is answered 408 and the connection closed.
 
+A request httptools cannot parse (a malformed request line, header or chunk) is answered 400
+as problem+json, like every other refusal, instead of uvicorn's plain-text "Invalid HTTP
+request received.".
+
 The body is not limited here: its size by ``RADLENS_MAX_UPLOAD_BYTES`` (app/limits.py), its pace
 by nothing (put a proxy with a body timeout in front, docs/deployment.md).
 ``radlens serve`` runs uvicorn with this protocol (``HTTP_PROTOCOL``).
@@ -107,12 +111,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 f"the request line and headers were not complete within {self.head_timeout_s:g} s",
             )
 
+    def send_400_response(self, msg: str) -> None:
+        """httptools could not parse the request (uvicorn logs it as a warning)."""
+        self._refuse(
+            400,
+            "bad-http-request",
+            "The request is not valid HTTP/1.1 (request line, a header or the chunked body); "
+            "check the client or proxy that sent it",
+            msg,
+        )
+
     def _refuse(self, status: int, code: str, title: str, detail: str) -> None:
         """A problem+json answer, then close: the connection cannot be read further."""
         self.logger.info("request refused before routing: %d %s", status, code)
         problem = {"type": f"urn:radlens:problem:{code}", "title": title, "status": status}
         body = json.dumps({**problem, "detail": detail}).encode()
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        reason = {
+            400: b"Bad Request",
+            408: b"Request Timeout",
+            431: b"Request Header Fields Too Large",
+        }[status]
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         head += [
             name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
