@@ -265,6 +265,8 @@ def allowed_methods(request: Request) -> list[str]:
             found = by_parameter if "{" in template else literal
             found.update(method.upper() for method in operations if method.upper() in _METHODS)
     allowed = literal or by_parameter
+    if "GET" in allowed:  # answered as GET without the body (app/head.py)
+        allowed.add("HEAD")
     return [method for method in _METHODS if method in allowed]
 
 

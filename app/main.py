@@ -157,7 +157,11 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
 
     install_ui(app)
 
-    # Outermost first when the request comes in: catch-all -> metrics -> body limit -> app.
+    # Outermost first when the request comes in: catch-all -> metrics -> body limit -> HEAD as
+    # GET (app/head.py) -> app.
+    from radlens.app.head import HeadAsGetMiddleware
+
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(
         MaxBodySizeMiddleware,
         max_bytes=settings.max_upload_bytes,
