@@ -119,6 +119,9 @@ class Part:
         return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+MAX_PREAMBLE_BYTES = 64 * 1024  # text a body may carry before its first boundary
+
+
 async def read_parts(request: Request, max_parts: int) -> tuple[list[Part], int]:
     """Split a multipart/related body into its parts (python-multipart's parser, streamed;
     the body size limit of the service applies while streaming): the first ``max_parts``
@@ -195,10 +198,28 @@ async def read_parts(request: Request, max_parts: int) -> tuple[list[Part], int]
             "on_header_end": on_header_end,
         },
     )
+    # RFC 2046 5.1.1: text before the first delimiter (a "preamble", e.g. "This is a
+    # multi-part message in MIME format.") is ignored; python-multipart refuses it, so it is
+    # dropped here, up to the delimiter's line.
+    delimiter = b"--" + boundary
+    head: bytes | None = b""  # the body until its first delimiter is found
     try:
         async for chunk in request.stream():
+            if head is not None:
+                head += chunk
+                at = 0 if head.startswith(delimiter) else head.find(b"\r\n" + delimiter)
+                if at < 0:
+                    if len(head) > MAX_PREAMBLE_BYTES:
+                        raise BadMultipartError(
+                            f"no boundary {boundary.decode('latin-1')!r} in the body's first "
+                            f"{MAX_PREAMBLE_BYTES} bytes: the Content-Type's boundary must be "
+                            "the one that separates the parts"
+                        )
+                    continue
+                chunk, head = head[at:], None
             parser.write(chunk)
-        parser.finalize()
+        if head is None:
+            parser.finalize()
     except MultipartParseError as exc:
         raise BadMultipartError(f"the multipart body could not be parsed: {exc}") from exc
     close_part()
