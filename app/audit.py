@@ -11,13 +11,15 @@ tests/app/test_audit.py and tests/app/test_ingest.py):
   ``record_apart`` in its own short transaction after the action's was rolled back;
 - the retention purge deletes predictions and writes one audit row per deleted prediction in
   one transaction.
-Rows hold no patient identifiers: targets are prediction ids, and listing queries are kept
-with UID values withheld.
+Rows hold no patient identifiers: targets are prediction ids (key ids, DICOM UIDs, a refused
+route), anything else given as one is withheld, and listing queries are kept with UID values
+and names that are no listing parameter withheld.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,7 +42,32 @@ PREDICTION_CREATE = "prediction.create"  # an upload's prediction (each STOW-RS 
 _RECORDED_VALUES = frozenset(
     {"label", "model_name", "model_version", "created_after", "created_before", "limit"}
 )
+# The listings' own parameters (GET /v1/predictions, /ui/predictions): any other name is what
+# the client typed, perhaps the MRN or name it meant to search for (`?1234567`), so withheld.
+_PARAMETER_NAMES = _RECORDED_VALUES | {
+    "study_instance_uid",
+    "cursor",
+    "finding",
+    "positive",
+    "in_distribution",
+    "model",
+    "date_from",
+    "date_to",
+    "flagged",
+    "ood",
+    "page",
+}
 _QUERY_LENGTH = 512
+WITHHELD = "*"
+# What a target is, by action: a key id (key.create, key.revoke), a route refused for its scope
+# (auth.denied: "GET /v1/predictions/{prediction_id}"), a DICOM UID (dimse.store: the refused
+# instance's, as received or its pseudonym), else a prediction id. A value of another form came
+# from the request (a path segment that is no prediction id: an accession number or MRN typed in
+# its place) and is withheld.
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
+_ROUTE = re.compile(r"[A-Z]+ /[A-Za-z0-9_/{}.-]*")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)+")
+_PREDICTION_ID = re.compile(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
 
 
 def record(
@@ -78,12 +105,28 @@ def add(
         at=utcnow(),
         actor=actor,
         action=action[:64],
-        target=target[:64] if target else None,
+        target=safe_target(action, target),
         query=query[:_QUERY_LENGTH] if query else None,
         status=status,
     )
     session.add(event)
     return event
+
+
+def safe_target(action: str, target: str | None) -> str | None:
+    """``target`` (cut to its column's 64 characters) when it has the form of what ``action``
+    targets, else ``*``: a path parameter that failed validation is what a client sent."""
+    if not target:
+        return None
+    if action.startswith("key."):
+        form = _KEY_ID
+    elif action == "auth.denied":
+        form = _ROUTE
+    elif action.startswith("dimse."):
+        form = _UID
+    else:
+        form = _PREDICTION_ID
+    return target[:64] if form.fullmatch(target) else WITHHELD
 
 
 def prediction_created(
@@ -111,11 +154,12 @@ def record_apart(sessionmaker: Callable[[], Session], **fields: object) -> None:
 
 
 def minimal_query(params: Iterable[tuple[str, str]]) -> str | None:
-    """A listing's query for the audit: UIDs and cursors withheld (``name=*``)."""
+    """A listing's query for the audit: UIDs and cursors withheld (``name=*``), and the name of
+    a parameter the listings do not have too (``*=*``)."""
     parts = []
     for name, value in params:
-        shown = value if name in _RECORDED_VALUES else "*"
-        parts.append(f"{name}={shown}")
+        shown = value if name in _RECORDED_VALUES else WITHHELD
+        parts.append(f"{name if name in _PARAMETER_NAMES else WITHHELD}={shown}")
     return "&".join(parts) or None
 
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 import copy
 import io
 import os
+import re
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from radlens.models.errors import DeflatedDatasetTooLargeError
+from radlens.models.errors import DeflatedDatasetTooLargeError, MalformedDicomError
 
 if TYPE_CHECKING:
     from pydicom.dataset import FileDataset
@@ -97,6 +98,8 @@ def read_dicom_bytes(
     Raises:
         DeflatedDatasetTooLargeError: the deflated part inflates beyond the limit (nothing
             beyond the file meta information was parsed).
+        MalformedDicomError: the file meta's Transfer Syntax UID is not a UID (a broken
+            length that runs on into the data set).
         Whatever ``pydicom.dcmread`` raises for the bytes (or for the inflated bytes: a
         truncated or corrupt deflate stream raises ``zlib.error``, as in pydicom).
     """
@@ -117,7 +120,7 @@ def read_dicom_bytes(
 
     split = _deflated_part(data, force)
     if split is None:
-        return dcmread(data)
+        return _checked_transfer_syntax(dcmread(data))
     preamble, meta, start = split
     limit = max_inflated_bytes(max_pixels)
     deflated = memoryview(data)[start:]
@@ -131,6 +134,30 @@ def read_dicom_bytes(
     ds = dcmread(_explicit_le_file(meta) + inflated)
     ds.file_meta = meta  # the file's own meta: Transfer Syntax UID Deflated
     ds.preamble = preamble
+    return _checked_transfer_syntax(ds)
+
+
+# a UID: digits and dots, at most 64 characters (PS3.5 9.1)
+_UID_SYNTAX = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def _checked_transfer_syntax(ds: FileDataset) -> FileDataset:
+    """``ds``, unless its file meta's Transfer Syntax UID is not a UID at all.
+
+    A broken length of that element makes its value run on over the rest of the file meta
+    and into the data set (the patient's name, the accession number, the institution ...),
+    and the refusal of an unknown transfer syntax quoted that value, into the service's
+    answer and training's skip reasons (train.log, result.json). Refused here, unquoted.
+    """
+    meta = getattr(ds, "file_meta", None)
+    value = meta.get("TransferSyntaxUID") if meta is not None else None
+    text = str(value or "").strip().rstrip("\x00").strip()
+    if text and (len(text) > 64 or not _UID_SYNTAX.fullmatch(text)):
+        raise MalformedDicomError(
+            f"the file meta's Transfer Syntax UID (0002,0010) is not a UID ({len(text)} "
+            "characters, not only digits and dots): its length is likely broken; the value is "
+            "not shown, as it may run on into the data set"
+        )
     return ds
 
 
@@ -155,6 +182,10 @@ def read_dicom_file(
 
     Returns:
         The dataset, as ``pydicom.dcmread`` returns it.
+
+    Raises:
+        MalformedDicomError: the file meta's Transfer Syntax UID is not a UID (as
+            :func:`read_dicom_bytes`).
     """
     import pydicom
     from pydicom.filereader import read_partial
@@ -164,8 +195,10 @@ def read_dicom_file(
         deflated = _deflated_head(fp, force) is not None
         fp.seek(0)
         if deflated:  # pydicom reads an inflated copy, not fp: no padding to stop at in fp
-            return pydicom.dcmread(
-                fp, defer_size=defer_size, force=force, stop_before_pixels=stop_before_pixels
+            return _checked_transfer_syntax(
+                pydicom.dcmread(
+                    fp, defer_size=defer_size, force=force, stop_before_pixels=stop_before_pixels
+                )
             )
         ds = read_partial(
             fp,
@@ -173,7 +206,8 @@ def read_dicom_file(
             defer_size=defer_size,
             force=force,
         )
-    return ds  # its filename is the path: deferred values are read from it when asked
+    # its filename is the path: deferred values are read from it when asked
+    return _checked_transfer_syntax(ds)
 
 
 def _trailing_zeros_start(fp: Any) -> int:

@@ -105,6 +105,10 @@ TAIL_BYTES = 18  # and a TGA's signature at its end, which sniff_format also loo
 
 PATIENT_KEY_ENV = "RADLENS_PATIENT_HASH_KEY"
 PATIENT_KEY_FILE_ENV = "RADLENS_PATIENT_HASH_KEY_FILE"
+# as the service's HMAC keys (RADLENS_UID_PSEUDONYM_KEY, RADLENS_DEDUPE_KEY); shorter ones are
+# warned of, not refused: a split drawn under a key is only reproduced with that key
+MIN_PATIENT_KEY_LENGTH = 16
+_WARNED_SHORT_KEYS: set[str] = set()  # sha256 of each short key warned of (once a process)
 
 
 def patient_key_file() -> Path:
@@ -128,6 +132,18 @@ def patient_hash_key() -> bytes:
     """
     env = os.environ.get(PATIENT_KEY_ENV)
     if env:
+        seen = hashlib.sha256(env.encode()).hexdigest()
+        if len(env) < MIN_PATIENT_KEY_LENGTH and seen not in _WARNED_SHORT_KEYS:
+            _WARNED_SHORT_KEYS.add(seen)
+            log.warning(
+                "%s is %d characters long: the run's splits.csv keeps each patient's hash and "
+                "the manifest a check digest of the key, so a short key can be found by trying "
+                "keys, and the patient ids by trying ids; use at least %d random characters "
+                "(the same for train and evaluate of a data set)",
+                PATIENT_KEY_ENV,
+                len(env),
+                MIN_PATIENT_KEY_LENGTH,
+            )
         return env.encode()
     path = patient_key_file()
     if not path.is_file():
@@ -816,6 +832,18 @@ def sniff_format(head: bytes) -> str | None:
         return None
 
 
+def _head_said(head: bytes) -> str:
+    """What a file that is no image starts with, for its skip reason (which train.log and
+    result.json keep): its first bytes when they are binary (a format's signature), but not
+    when they are text, which may be a report's or an export's first line, a patient's name
+    or ID (QA round 31: "starts with b'DOE^JOHN'")."""
+    first = head[:8]
+    # text in any encoding (ASCII, Latin-1, UTF-8, ISO 2022's escapes): no control byte else
+    if first and all(byte >= 0x20 or byte in b"\t\r\n\x1b" for byte in first):
+        return "starts with text, not shown"
+    return f"starts with {first!r}"
+
+
 def _probe_kind_only(path: Path) -> str | None:
     """Reason to skip ``path`` judged by its first bytes only, or None."""
     if path.exists() and not path.is_file():  # opening a named pipe would wait forever
@@ -828,7 +856,7 @@ def _probe_kind_only(path: Path) -> str | None:
     if sniff_format(head) is None and path.suffix.lower() not in DICOM_EXTENSIONS:
         # a TIFF, GIF, ... named, with what to do
         named = preprocessing.other_format_said(head)
-        return f"not a DICOM, PNG or JPEG file (starts with {head[:8]!r}){named}"
+        return f"not a DICOM, PNG or JPEG file ({_head_said(head)}){named}"
     return None
 
 
@@ -865,7 +893,7 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
             else:  # defer_size: large values (the pixel data) are located, not read
                 ds = read_dicom_file(path, defer_size=1024, force=force)
             rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    except RadlensError as exc:  # the deflate bound
+    except RadlensError as exc:  # the deflate bound, a Transfer Syntax UID that is no UID
         return str(exc)
     except InvalidDicomError as exc:
         return f"not a readable DICOM file ({exc})"
@@ -878,7 +906,7 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
         with path.open("rb") as fh:
             head = fh.read(16)
         named = preprocessing.other_format_said(head)  # a TIFF named .dcm, ...: say so
-        return f"not a DICOM file ({path.stat().st_size} bytes, starts with {head[:8]!r}){named}"
+        return f"not a DICOM file ({path.stat().st_size} bytes, {_head_said(head)}){named}"
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
         return _no_pixels_reason(path)
