@@ -592,8 +592,9 @@ def sniff_format(data: bytes) -> str:
         and not _is_tga(data)
     ):
         return "dicom"
+    named = other_format_said(data)  # a format's signature then, not a report's first line
     raise NotAnImageError(
-        f"received {len(data)} bytes starting {_hex_head(data)}{other_format_said(data)}"
+        f"received {len(data)} bytes starting {_hex_head(data, text_shown=bool(named))}{named}"
     )
 
 
@@ -3091,20 +3092,36 @@ def _ts_label(tsyntax: Any) -> str:
     return f"{tsyntax} ({name})" if name != str(tsyntax) else str(tsyntax)
 
 
-def _hex_head(data: bytes, count: int = 16) -> str:
-    return data[:count].hex(" ") if data else "(empty)"
+def _hex_head(data: bytes, count: int = 16, *, text_shown: bool = False) -> str:
+    """A file's first bytes in hex for a refusal, when they are binary (a format's signature
+    tells what was sent); a file that starts with text is not quoted: it may be a report or an
+    export whose first line names the patient (QA round 31: "5a 5a 50 48 49 4e 41 4d ...")."""
+    if not data:
+        return "(empty)"
+    head = data[:count]
+    if not text_shown and all(byte >= 0x20 or byte in b"\t\r\n\x1b" for byte in head):
+        return "with text (not shown)"
+    return head.hex(" ")
 
 
 # a bytes literal in an exception's text: pydicom quotes up to 256 bytes of an element whose
 # length breaks its VR, which may run on over the next elements (a patient's name: QA round 25)
 _BYTES_LITERAL = re.compile(r"(?<![\w])b'(?:[^'\\]|\\.)*'" + "|" + r'(?<![\w])b"(?:[^"\\]|\\.)*"')
+# Python's own conversion errors quote the text they could not convert, a header value that
+# may be anything (a NumberOfFrames holding an MRN: QA round 31)
+_CONVERSION_VALUE = re.compile(
+    r"(invalid literal for int\(\) with base \d+|could not convert string to float"
+    r"|invalid literal for float\(\)): .*"
+)
 
 
 def error_text(exc: BaseException) -> str:
     """A third-party exception as one short line for a message or a log: its type, its text
-    on one line, cut to 160 characters, and any bytes of the file it quotes left out."""
+    on one line, cut to 160 characters, and any bytes of the file it quotes, or a value a
+    number conversion quotes, left out."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = _BYTES_LITERAL.sub("<bytes not shown>", text)
+    text = _CONVERSION_VALUE.sub(r"\1: <value not shown>", text)
     if len(text) > _MAX_MESSAGE:
         text = text[: _MAX_MESSAGE - 3] + "..."
     return f"{type(exc).__name__}: {text}"
