@@ -10,7 +10,8 @@ Response: DICOM JSON (``application/dicom+json``, PS3.18 F.2) with
 - ``00081199`` ReferencedSOPSequence: per predicted instance its SOP Class/Instance UID and a
   ``00081190`` RetrieveURL pointing to the *prediction* (radlens stores no instances); plus the
   private block ``(0099,00xx)`` creator "RADLENS 1" with ``(0099,1001)`` the prediction id,
-  ``(0099,1002)`` the label, ``(0099,1003)`` "created" or "existing";
+  ``(0099,1002)`` the label, ``(0099,1003)`` "created" or "existing", and ``(0099,1006)``
+  the not-for-clinical-use notice unless the model's manifest says it was validated;
 - ``00081198`` FailedSOPSequence: per failed instance its UIDs when they could be read and
   ``00081197`` FailureReason (see :data:`FAILURE_REASONS`), plus ``(0099,1004)`` the radlens
   problem code and ``(0099,1005)`` the one-line reason.
@@ -36,7 +37,7 @@ from radlens.app.auth import Principal, PrincipalDep, record_outcome
 from radlens.app.deps import IngestorDep, SettingsDep
 from radlens.app.errors import AppError, UnsupportedMediaTypeError
 from radlens.app.ingest import Candidate, Ingestor
-from radlens.app.schemas import problem_responses
+from radlens.app.schemas import NOT_FOR_CLINICAL_USE, problem_responses
 from radlens.app.settings import Settings
 from radlens.models.errors import DeflatedDatasetTooLargeError, RadlensError
 
@@ -340,8 +341,11 @@ def _item(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def stow_response(outcomes: list[Outcome], request: Request) -> tuple[int, dict[str, Any]]:
-    """The STOW-RS status and DICOM JSON body for the outcomes."""
+def stow_response(
+    outcomes: list[Outcome], request: Request, *, validated: bool = False
+) -> tuple[int, dict[str, Any]]:
+    """The STOW-RS status and DICOM JSON body for the outcomes; ``validated``: the model's
+    manifest says it was validated for clinical use (else each result carries the notice)."""
     referenced, failed = [], []
     for outcome in outcomes:
         item = _item(outcome)
@@ -351,6 +355,8 @@ def stow_response(outcomes: list[Outcome], request: Request) -> tuple[int, dict[
             item["00991001"] = _element("LO", outcome.prediction_id)
             item["00991002"] = _element("LO", (outcome.label or "")[:64])
             item["00991003"] = _element("LO", "created" if outcome.created else "existing")
+            if not validated:
+                item["00991006"] = _element("LT", NOT_FOR_CLINICAL_USE)
             referenced.append(item)
         else:
             item["00081197"] = _element("US", FAILURE_REASONS.get(outcome.error_code, 0x0110))
@@ -431,7 +437,10 @@ async def _stow(
             )  # fmt: skip
 
     await asyncio.gather(*(predict_and_store(o) for o in allowed))
-    status, body = stow_response(outcomes, request)
+    manifest = ingestor.predictor.manifest
+    status, body = stow_response(
+        outcomes, request, validated=bool(manifest and manifest.validated_for_clinical_use)
+    )
     if status != 200:  # the predictions have their rows; the failed instances are this one's
         await record_outcome(request, status)
     logger.info(
