@@ -268,7 +268,7 @@ def test_down_destination_backs_off_then_expires_with_an_audit_row(
         dicom_outbox_max_age_s=100,
     )
     outbox = make_outbox(settings, sessions, clock)
-    outbox.enqueue("pred-1", "sr", dicom_bytes())
+    outbox.enqueue("00000000-0000-4000-8000-000000000001", "sr", dicom_bytes())
     gauge = outbox.gauge.labels(
         destination=f"PACS@127.0.0.1:{settings.dicom_destination_list[0].port}"
     )
@@ -290,7 +290,7 @@ def test_down_destination_backs_off_then_expires_with_an_audit_row(
     assert list(tmp_path.iterdir()) == []
     assert gauge._value.get() == 0
     ((actor, target, query, status),) = rows(migrated_database_url, "dicom.send.drop")
-    assert (actor, target, status) == ("dicom-send", "pred-1", 410)
+    assert (actor, target, status) == ("dicom-send", "00000000-0000-4000-8000-000000000001", 410)
     assert "undelivered after 4 attempts" in query
 
 
@@ -306,7 +306,7 @@ def test_changed_key_drops_the_undecryptable_with_an_audit_row(
         uid_pseudonym_key=PSEUDONYM_KEY,
         dedupe_key=DEDUPE_KEY,
     )
-    make_outbox(first).enqueue("pred-2", "sr", dicom_bytes())
+    make_outbox(first).enqueue("00000000-0000-4000-8000-000000000002", "sr", dicom_bytes())
     second = outbox_settings(
         migrated_database_url,
         model_store,
@@ -318,7 +318,7 @@ def test_changed_key_drops_the_undecryptable_with_an_audit_row(
     make_outbox(second, sessions).deliver_due()
     assert list(tmp_path.iterdir()) == []
     ((_, target, query, _),) = rows(migrated_database_url, "dicom.send.drop")
-    assert target == "pred-2" and "cannot be decrypted" in query
+    assert target == "00000000-0000-4000-8000-000000000002" and "cannot be decrypted" in query
 
 
 def test_refusing_pacs_is_retried_with_its_status(tmp_path: Path, model_store: Path) -> None:
@@ -477,11 +477,11 @@ def test_unreadable_payload_is_dropped_with_an_audit_row(
         migrated_database_url, model_store, tmp_path, f"PACS@127.0.0.1:{free_port()}"
     )
     outbox = make_outbox(settings, sessions)
-    outbox.enqueue("pred-3", "sr", b"not a DICOM file")
+    outbox.enqueue("00000000-0000-4000-8000-000000000003", "sr", b"not a DICOM file")
     outbox.deliver_due()
     assert outbox.entries() == []
     ((_, target, query, _),) = rows(migrated_database_url, "dicom.send.drop")
-    assert target == "pred-3" and "payload unreadable" in query
+    assert target == "00000000-0000-4000-8000-000000000003" and "payload unreadable" in query
 
 
 # --- the audit trail loses no outcome (a database outage, a restart) ---------------------
@@ -569,7 +569,7 @@ def test_delivery_is_audited_once_the_database_is_back(
     outbox = make_outbox(settings, switchable, clock)
     gauge = outbox.gauge.labels(destination=f"PACS@127.0.0.1:{pacs.port}")
     sop = new_uid()
-    outbox.enqueue("pred-d", "sr", dicom_bytes(sop=sop))
+    outbox.enqueue("00000000-0000-4000-8000-00000000000d", "sr", dicom_bytes(sop=sop))
     outbox.deliver_due()
     assert pacs.received == [sop]
     assert rows(migrated_database_url, "dicom.send.deliver") == []
@@ -588,7 +588,7 @@ def test_delivery_is_audited_once_the_database_is_back(
     switchable.down = False
     outbox.deliver_due()
     ((actor, target, query, status),) = rows(migrated_database_url, "dicom.send.deliver")
-    assert (actor, target, status) == ("dicom-send", "pred-d", 200)
+    assert (actor, target, status) == ("dicom-send", "00000000-0000-4000-8000-00000000000d", 200)
     assert query == f"destination=PACS@127.0.0.1:{pacs.port}&kind=sr"
     assert rows(migrated_database_url, "dicom.send.drop") == []
     assert list(spool.iterdir()) == []
@@ -615,7 +615,7 @@ def test_drop_is_audited_once_the_database_is_back(
     )
     outbox = make_outbox(settings, switchable, clock)
     gauge = outbox.gauge.labels(destination=settings.dicom_destination_list[0].name)
-    outbox.enqueue("pred-x", "sr", dicom_bytes())
+    outbox.enqueue("00000000-0000-4000-8000-00000000000e", "sr", dicom_bytes())
     outbox.deliver_due()
     assert outbox.entries()[0].attempts == 1
     clock.now += 100
@@ -636,7 +636,7 @@ def test_drop_is_audited_once_the_database_is_back(
     switchable.down = False
     outbox.deliver_due()
     ((actor, target, query, status),) = rows(migrated_database_url, "dicom.send.drop")
-    assert (actor, target, status) == ("dicom-send", "pred-x", 410)
+    assert (actor, target, status) == ("dicom-send", "00000000-0000-4000-8000-00000000000e", 410)
     assert query.endswith("&kind=sr&reason=undelivered after 1 attempts")
     assert list(spool.iterdir()) == []
     outbox.deliver_due()
@@ -658,7 +658,7 @@ def test_restart_writes_the_audit_row_left_behind_without_sending_again(
     sop = new_uid()
     payload = dicom_bytes(sop=sop)
     first = make_outbox(settings, switchable)
-    first.enqueue("pred-r", "sr", payload)
+    first.enqueue("00000000-0000-4000-8000-00000000000f", "sr", payload)
     switchable.down = True
     first.deliver_due()  # delivered; the process then ends before the database is back
     assert pacs.received == [sop]
@@ -674,7 +674,7 @@ def test_restart_writes_the_audit_row_left_behind_without_sending_again(
     again.deliver_due()
     assert pacs.received == [sop]  # not sent again
     ((_, target, _, status),) = rows(migrated_database_url, "dicom.send.deliver")
-    assert (target, status) == ("pred-r", 200)
+    assert (target, status) == ("00000000-0000-4000-8000-00000000000f", 200)
     assert list(spool.iterdir()) == []
 
 
@@ -688,7 +688,7 @@ def test_a_state_file_of_an_earlier_version_is_still_to_be_delivered(
     sop = new_uid()
     old = {  # no "state" field
         "id": "0000000000001-0123456789abcdef0123456789abcdef",
-        "prediction_id": "pred-o",
+        "prediction_id": "00000000-0000-4000-8000-000000000010",
         "kind": "sr",
         "destination": f"PACS@127.0.0.1:{pacs.port}",
         "created_at": time.time(),
@@ -707,7 +707,7 @@ def test_a_state_file_of_an_earlier_version_is_still_to_be_delivered(
     assert (entry.id, entry.state, entry.attempts) == (old["id"], "pending", 2)
     outbox.deliver_due()
     assert pacs.received == [sop]
-    assert [r[1] for r in rows(migrated_database_url, "dicom.send.deliver")] == ["pred-o"]
+    assert [r[1] for r in rows(migrated_database_url, "dicom.send.deliver")] == ["00000000-0000-4000-8000-000000000010"]
     assert list(spool.iterdir()) == []
 
 
