@@ -204,6 +204,30 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
     )
 
 
+OUTPUT_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR Storage (build_sr, build_series_sr)
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage (build_sc)
+)
+"""The SOP classes of the objects this module builds."""
+
+
+def is_radlens_output(ds: Dataset) -> bool:
+    """Whether ``ds`` is an SR or Secondary Capture this module built: manufacturer
+    ``radlens`` and the series description or number of an output.
+
+    Once the outbox has put them into the source study, a PACS that forwards the study (a
+    routing rule, "Send to") sends them back: predicting on a Grad-CAM overlay made a new
+    overlay of it, sent back in turn, one more generation each time (QA round 30)."""
+    if str(ds.get("Manufacturer", "") or "").strip() != MANUFACTURER:
+        return False
+    description = str(ds.get("SeriesDescription", "") or "").strip()
+    number = str(ds.get("SeriesNumber", "") or "").strip()
+    return description in (SR_SERIES_DESCRIPTION, SC_SERIES_DESCRIPTION) or number in (
+        str(SR_SERIES_NUMBER),
+        str(SC_SERIES_NUMBER),
+    )
+
+
 def _burned_in_annotation(ds: Dataset) -> str | None:
     value = str(ds.get("BurnedInAnnotation") or "").strip().upper()
     return value if value in ("YES", "NO") else None

@@ -10,7 +10,14 @@ the prediction and its audit row are committed. The actor is ``dimse:<calling AE
 A refused instance gets a failure status whose Error Comment is the error's title (never
 the detail, which may quote the file; at most 64 characters): 0xA700 (out of resources)
 for a busy service, 0xC000 (cannot understand) for data radlens cannot use, 0xA900 for an
-instance too large.
+instance too large, 0x0122 (SOP class not supported) for an instance of a class without
+pixel data (an SR the site listed).
+
+radlens's own SR and Secondary Capture (app/dicom_outputs.py) come back when a PACS forwards
+a study the outbox filed them into: their two classes are always accepted at negotiation,
+and an object radlens made is answered Success without being predicted (QA round 30: the SC
+was predicted, a Grad-CAM of the Grad-CAM sent back in turn; the SR, rejected at
+negotiation, failed Orthanc's whole store job).
 
 With ``RADLENS_DIMSE_ACK=queued`` the response is Success once the instance is durably
 queued in app/dimse_inbox.py instead; the event loop then predicts the queued instances
@@ -34,6 +41,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
+from radlens.app.dicom_outputs import OUTPUT_SOP_CLASSES, is_radlens_output
 from radlens.app.dimse_inbox import DimseInbox, InboxUnreadableError, describe
 from radlens.app.errors import ServiceBusyError
 from radlens.app.ingest import Ingestor
@@ -93,6 +101,7 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_TOO_LARGE = 0xA900  # dataset does not match SOP class (used: exceeds the limits)
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # refused: SOP class not supported
 
 
 DATABASE_DOWN = "radlens database unreachable; retry later"  # an Error Comment
@@ -103,6 +112,7 @@ _HTTP_LIKE = {
     STATUS_TOO_LARGE: 413,
     STATUS_OUT_OF_RESOURCES: 503,
     STATUS_PROCESSING_FAILURE: 500,
+    STATUS_SOP_CLASS_NOT_SUPPORTED: 422,
 }
 
 
@@ -136,14 +146,53 @@ def prefer_the_senders_syntaxes(event: Any) -> None:
     event.assoc.acceptor.supported_contexts = contexts
 
 
-def _holds_pixels(event: Any) -> bool:
-    """Whether the C-STORE's dataset has pixel data (any kind); True when it cannot be read
-    here, for the ingest to say what is wrong with it."""
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _header(data: bytes, max_pixels: int) -> Dataset | None:
+    """The attributes the SCP decides on before the ingest (SOP class, manufacturer, series,
+    whether there is pixel data), read with the project's reader: a deflated data set is
+    inflated only within the pixel limit (pynetdicom's ``event.dataset`` inflated it whole, a
+    deflate bomb acknowledged in queued mode took a gigabyte per megabyte, QA round 30).
+
+    Raises:
+        DeflatedDatasetTooLargeError: it inflates beyond the limit.
+    Returns None when the header cannot be read here (the ingest names what is wrong)."""
+    from radlens.models.dicomread import read_dicom_bytes
+    from radlens.models.errors import DeflatedDatasetTooLargeError
+
     try:
-        ds = event.dataset
+        return read_dicom_bytes(
+            data,
+            max_pixels=max_pixels,
+            force=True,
+            specific_tags=[
+                "SOPClassUID",
+                "Manufacturer",
+                "SeriesDescription",
+                "SeriesNumber",
+                *_PIXEL_KEYWORDS,
+            ],
+        )
+    except DeflatedDatasetTooLargeError:
+        raise
     except Exception:  # third-party parser boundary: the ingest names the failure
-        return True
-    return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+        return None
+
+
+def _holds_pixels(header: Dataset | None) -> bool:
+    """Whether the instance has pixel data (any kind); True when its header could not be
+    read, for the ingest to say what is wrong with it."""
+    return header is None or any(k in header for k in _PIXEL_KEYWORDS)
+
+
+def _no_pixels(sop_class: str) -> int:
+    """The status of an instance without pixel data: 0x0122 (SOP class not supported) for a
+    class that has none (an SR or a PDF listed in RADLENS_DIMSE_SOP_CLASSES), 0xC000 for an
+    image class (a CT without pixel data is a broken instance). 0xC000 for both until QA
+    round 30, while docs/pacs-integration.md promised 0x0122 for the former."""
+    image = "Image" in UID(sop_class).name  # every class of DEFAULT_STORAGE_SOP_CLASSES
+    return STATUS_CANNOT_UNDERSTAND if image else STATUS_SOP_CLASS_NOT_SUPPORTED
 
 
 def error_comment(text: str) -> str:
@@ -251,6 +300,12 @@ class StorageSCP:
             # every syntax pydicom (and its plugins) decodes, in the order each sender proposes
             # them (prefer_the_senders_syntaxes): accepted as sent, never re-encoded
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        for sop_class in OUTPUT_SOP_CLASSES:
+            # radlens's own SR and SC, which a PACS sends back with the study they were filed
+            # into: acknowledged, not predicted (_store). Rejected at negotiation, the SR
+            # failed the whole "Send to" of such a study in Orthanc (QA round 30)
+            if sop_class not in s.dimse_sop_class_uids:
+                ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         return ae
 
     def start(self) -> None:
@@ -469,11 +524,28 @@ class StorageSCP:
         data = event.encoded_dataset()  # preamble + file meta + the dataset as sent
         if len(data) > self.settings.max_upload_bytes:
             return STATUS_TOO_LARGE, "Instance larger than RADLENS_MAX_UPLOAD_BYTES"
+        sop_class = str(event.context.abstract_syntax)
+        header = None
+        if self.queued or sop_class in OUTPUT_SOP_CLASSES:
+            try:
+                header = _header(data, self.settings.max_pixels)
+            except RadlensError as exc:  # a deflate bomb
+                return STATUS_CANNOT_UNDERSTAND, getattr(exc, "comment", exc.title)
+        if sop_class in OUTPUT_SOP_CLASSES:
+            if header is not None and is_radlens_output(header):
+                logger.info(
+                    "C-STORE from %s: a radlens %s sent back, acknowledged and not predicted",
+                    calling,
+                    "SR" if sop_class == OUTPUT_SOP_CLASSES[0] else "Secondary Capture",
+                )
+                return STATUS_SUCCESS, ""
+            if sop_class not in self.settings.dimse_sop_class_uids:
+                return STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class not in RADLENS_DIMSE_SOP_CLASSES"
         if self.queued:
             # refused now, while it can be, what ingest would refuse after the acknowledgement
             # from the header alone: no pixel data, a modality outside the intended use
-            if not _holds_pixels(event):
-                return STATUS_CANNOT_UNDERSTAND, NoPixelDataError.comment
+            if not _holds_pixels(header):
+                return _no_pixels(sop_class), NoPixelDataError.comment
             try:
                 self.ingestor.refuse_outside_intended_use(data)
             except RadlensError as exc:
@@ -484,6 +556,8 @@ class StorageSCP:
             future.result(timeout=self.settings.dimse_dimse_timeout_s)
         except ServiceBusyError as exc:
             return STATUS_OUT_OF_RESOURCES, exc.comment
+        except NoPixelDataError as exc:
+            return _no_pixels(sop_class), exc.comment
         except RadlensError as exc:
             # the gate's refusals say why (attribute and value, app/gate.py); others the title
             return STATUS_CANNOT_UNDERSTAND, getattr(exc, "comment", exc.title)

@@ -81,6 +81,7 @@ DELIVERED = "delivered"  # delivered, its audit row not yet committed
 DROPPED = "dropped"  # dropped (Entry.reason), its audit row not yet committed
 PARTIAL_SUFFIX = ".part"
 _KEY_LABEL = b"radlens outbox encryption key"
+NO_RESPONSE = "no response"  # how a C-STORE without an answer begins its last_error
 _POLL_S = 5.0  # the delivery thread looks at the spool at least this often
 
 
@@ -357,18 +358,22 @@ class Outbox:
             return
         assoc = self._associate(destination, {str(ds.SOPClassUID) for _, ds in datasets})
         if not assoc.is_established:
-            reason = "association rejected" if assoc.is_rejected else "association failed"
+            reason = _association_error(assoc, destination, self.settings.dimse_ae_title)
             for entry, _ in datasets:
-                self._retry(entry, f"{reason} by {destination.name}")
+                self._retry(entry, reason)
             return
         delivered = 0
+        lost: str | None = None  # the association ended: the rest wait for the next pass
         try:
             for entry, ds in datasets:
-                error = self._store(assoc, ds)
+                error = lost or self._store(assoc, ds, self.settings.dimse_ae_title)
                 if error is None:
                     self._settle(entry, DELIVERED)
                     delivered += 1
                 else:
+                    # not "not sent: The association with a peer SCP must be established"
+                    # for each entry after an abort, which hid why (QA round 30)
+                    lost = error if error.startswith(NO_RESPONSE) else None
                     self._retry(entry, error)
         finally:
             if assoc.is_established:
@@ -391,8 +396,9 @@ class Outbox:
         return ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
 
     @staticmethod
-    def _store(assoc: Any, ds: Any) -> str | None:
-        """C-STORE one object; None on Success/Warning, else why not."""
+    def _store(assoc: Any, ds: Any, calling: str) -> str | None:
+        """C-STORE one object; None on Success/Warning, else why not (``calling``: radlens'
+        AE title, named when the destination gives no answer)."""
         from pynetdicom.status import code_to_category
 
         try:
@@ -400,7 +406,13 @@ class Outbox:
         except (ValueError, RuntimeError) as exc:  # e.g. no accepted presentation context
             return f"not sent: {exc}"[:200]
         if "Status" not in status:
-            return "no response (timeout or abort)"
+            # what Orthanc does with a calling AE title it does not know: it accepts the
+            # association and aborts it at the C-STORE (QA round 30: the error said only "no
+            # response (timeout or abort)", naming neither the title nor what to check)
+            return (
+                f"{NO_RESPONSE} (aborted by the destination, or RADLENS_DIMSE_DIMSE_TIMEOUT_S): "
+                f"check that it lets AE title {calling} store from radlens' address"
+            )
         category = code_to_category(status.Status)
         if category in ("Success", "Warning"):
             return None
@@ -505,6 +517,22 @@ class Outbox:
             return _POLL_S
         soonest = min(e.next_attempt_at for e in entries) - self.clock()
         return min(max(soonest, 0.05), _POLL_S)
+
+
+def _association_error(assoc: Any, destination: Destination, calling: str) -> str:
+    """Why the association to ``destination`` was not established, with what to check: the
+    destination's own reason when it rejected it (it said only "association rejected")."""
+    if assoc.is_rejected:
+        answer = assoc.acceptor.primitive
+        why = getattr(answer, "reason_str", None) or "no reason given"
+        return (
+            f"association rejected by {destination.name}: {why} "
+            f"(radlens calls as {calling}, RADLENS_DIMSE_AE_TITLE)"
+        )
+    return (
+        f"association failed by {destination.name}: no connection, or closed at once "
+        f"(check its host and port, and that it knows AE title {calling})"
+    )
 
 
 def _sender_ae(ae_title: str) -> Any:
