@@ -707,7 +707,9 @@ def test_a_state_file_of_an_earlier_version_is_still_to_be_delivered(
     assert (entry.id, entry.state, entry.attempts) == (old["id"], "pending", 2)
     outbox.deliver_due()
     assert pacs.received == [sop]
-    assert [r[1] for r in rows(migrated_database_url, "dicom.send.deliver")] == ["00000000-0000-4000-8000-000000000010"]
+    assert [r[1] for r in rows(migrated_database_url, "dicom.send.deliver")] == [
+        "00000000-0000-4000-8000-000000000010"
+    ]
     assert list(spool.iterdir()) == []
 
 
