@@ -7,6 +7,7 @@ session dependency (``app/deps.py``) owns the one transaction per request.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,23 @@ def _fix_sqlite_transactions(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError as exc:
+            # a WAL database on a full file system cannot even be opened for reading: SQLite
+            # cannot size its -shm file, and says only "disk I/O error"
+            if getattr(exc, "sqlite_errorname", None) == "SQLITE_IOERR_SHMSIZE":
+                raise sqlite3.OperationalError(
+                    "database or disk is full: SQLite could not grow the database's -shm file "
+                    "(SQLITE_IOERR_SHMSIZE)"
+                ) from exc
+            raise
+        finally:
+            cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:

@@ -104,6 +104,29 @@ class DatabaseUnavailableError(AppError):
     # like the OperationalError handler below: the outage is usually brief, clients retry
     headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        if database_full(detail):  # it answered, and refused to write: not a URL to check
+            self.code, self.title = DATABASE_FULL
+
+
+# The database (SQLite: the file system of its file and -wal; PostgreSQL: the server's
+# data or WAL volume) is out of space: nothing can be written, and as every request writes
+# its audit row (reads too), every request fails until space is freed.
+DATABASE_FULL = (
+    "database-full",
+    "The database's disk is full; free space on the volume that holds the database, then retry",
+)
+
+
+def database_full(message: str) -> bool:
+    """Whether a driver's message says the database is out of space (SQLite's SQLITE_FULL,
+    PostgreSQL's DiskFull or "could not extend/write ...: No space left on device")."""
+    text = message.lower()
+    return any(
+        s in text for s in ("database or disk is full", "no space left on device", "diskfull")
+    )
+
 
 class ServiceBusyError(AppError):
     """A bounded queue (RADLENS_MAX_QUEUED_PREDICTIONS, RADLENS_MAX_QUEUED_WRITES) is full."""
@@ -309,19 +332,46 @@ async def _client_disconnect_handler(request: Request, exc: Exception) -> JSONRe
 
 
 async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    exc = _full_database_cause(exc)
     # Only the driver's own message: SQLAlchemy's text adds the statement and its parameters.
     orig = getattr(exc, "orig", None)
     reason = " ".join(str(orig).split())[:200] if orig is not None else ""
     kind = type(orig).__name__ if orig is not None else type(exc).__name__
     logger.warning("database error in %s %s: %s", request.method, _route(request), kind)
+    detail = f"{kind}: {reason}" if reason else kind
+    full = _out_of_space(orig)
     return problem_response(
         request,
         status=503,
-        code=DatabaseUnavailableError.code,
-        title=DatabaseUnavailableError.title,
-        detail=f"{kind}: {reason}" if reason else kind,
+        code=DATABASE_FULL[0] if full else DatabaseUnavailableError.code,
+        title=DATABASE_FULL[1] if full else DatabaseUnavailableError.title,
+        detail=detail,
         headers={"Retry-After": "1"},
     )
+
+
+def _out_of_space(orig: object) -> bool:
+    """Whether a driver error says the database is out of space; SQLite that could not grow
+    its -shm file (ENOSPC) says only "disk I/O error", with SQLITE_IOERR_SHMSIZE."""
+    if orig is None:
+        return False
+    if getattr(orig, "sqlite_errorname", None) == "SQLITE_IOERR_SHMSIZE":
+        return True
+    return database_full(f"{type(orig).__name__}: {orig}")
+
+
+def _full_database_cause(exc: Exception) -> Exception:
+    """The error in ``exc``'s chain that says the database is full, else ``exc``: SQLite
+    rolls the whole transaction back on SQLITE_FULL, so leaving the savepoint the insert ran in
+    fails next ("no such savepoint"), and that is the error that reaches the handler."""
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, Exception) and _out_of_space(getattr(current, "orig", None)):
+            return current
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -40,8 +43,9 @@ def report_error(exc: BaseException) -> int:
     """Print one line for an exception and return the exit status.
 
     Expected failures (``CliError``, any ``models.errors.RadlensError``, a missing file or
-    any other ``OSError`` naming a path, a bad value) exit 2; anything else is a bug in
-    radlens and exits 1, still without a traceback unless ``RADLENS_DEBUG=1``.
+    any other ``OSError`` naming a path, a write refused for want of space, a bad value) exit
+    2; anything else is a bug in radlens and exits 1, still without a traceback unless
+    ``RADLENS_DEBUG=1``.
     """
     from radlens.models.errors import RadlensError  # light module, no TensorFlow
 
@@ -57,6 +61,10 @@ def report_error(exc: BaseException) -> int:
         # any other OSError naming a path (name too long, file exists, read-only file
         # system, disk full) is the environment's answer about that path, not a bug
         typer.echo(f"radlens: error: {_os_error(exc) or _one_line(exc)}", err=True)
+        return EXIT_BAD_INPUT
+    full = disk_full(exc)
+    if full is not None:  # a write() that failed names no file, and is no bug either
+        typer.echo(f"radlens: error: {describe_disk_full(full)}", err=True)
         return EXIT_BAD_INPUT
     if _debug():
         raise exc
@@ -89,7 +97,52 @@ def _os_error(exc: BaseException) -> str | None:
         if isinstance(exc, kind):
             return f"{shown}: {hint}"
     reason = (exc.strerror or type(exc).__name__).lower()
+    if exc.errno in DISK_FULL_ERRNOS:
+        return f"{shown}: {reason}; {FREE_SPACE}"
     return f"{shown}: {reason}; check the path and the file system"
+
+
+# the file system refused a write: full, over quota, or over the file size limit (ulimit -f)
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+FREE_SPACE = (
+    "free space on that file system (or raise its quota or the file size limit), then run the "
+    "command again"
+)
+_H5_FILE = re.compile(r"filename = '([^']*)'")  # h5py: "file write failed: ..., filename = '...'"
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself, or the one it was raised from: pydicom re-raises a
+    write's error with the tag it was writing) when a file system refused a write for want of
+    space, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def written_file(exc: OSError) -> str | None:
+    """The file a failed write was writing, when the error names it (h5py names it in its
+    message only)."""
+    if exc.filename is not None:
+        return str(exc.filename)
+    found = _H5_FILE.search(str(exc))
+    return found.group(1) if found else None
+
+
+def describe_disk_full(exc: OSError, *, then: str | None = None, note: str = "") -> str:
+    """One line for a write refused for want of space: the file (when known), ``note`` and
+    what to do (``then``: after freeing space; by default, run the command again)."""
+    filename = written_file(exc)
+    where = f"writing {filename!r} failed" if filename else "a write failed"
+    reason = os.strerror(exc.errno or errno.ENOSPC).lower() + (f" ({note})" if note else "")
+    if then is None:
+        return f"{where}: {reason}; {FREE_SPACE}"
+    return f"{where}: {reason}; {FREE_SPACE.replace('run the command again', then)}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from radlens.cli.common import fail
+from radlens.cli.common import FREE_SPACE, disk_full, fail
 
 DEFAULT_SEED = 1234  # training.config.TrainConfig.seed: the split `radlens train` makes
 # training.config.TrainConfig.min_calibration_positives: fewer validation positives and
@@ -43,16 +45,43 @@ def demo_data(
 
     if modality not in MODALITIES:
         fail(f"--modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
-    summary = write_demo_dataset(
-        out,
-        n_per_class=n_per_class,
-        size=size,
-        seed=seed,
-        modality=modality,  # type: ignore[arg-type]
-        overwrite=overwrite,
-    )
+    created = not out.exists()
+    try:
+        summary = write_demo_dataset(
+            out,
+            n_per_class=n_per_class,
+            size=size,
+            seed=seed,
+            modality=modality,  # type: ignore[arg-type]
+            overwrite=overwrite,
+        )
+    except OSError as exc:  # a full disk: no half-written data set that a train would read
+        _remove_partial_demo(out, created)
+        full = disk_full(exc)
+        reason = os.strerror(full.errno) if full is not None and full.errno else str(exc)
+        fail(
+            f"writing the demo data set to {str(out)!r} failed ({' '.join(reason.split())}); "
+            f"what it had written is removed; {FREE_SPACE if full else 'check the folder'}"
+        )
     typer.echo(summary.describe())
     typer.echo(f"labels: {summary.labels_csv}")
+
+
+def _remove_partial_demo(out: Path, created: bool) -> None:
+    """Remove what a failed ``demo-data`` wrote into ``out`` (its class folders and labels.csv
+    only; ``out`` itself when the command created it)."""
+    from radlens.training.data.demo import CLASS_NAMES
+
+    if not out.is_dir():
+        return
+    for name in (*CLASS_NAMES, "labels.csv"):
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        elif target.is_file():
+            target.unlink(missing_ok=True)
+    if created and not any(out.iterdir()):
+        out.rmdir()
 
 
 # what training logs for each file it passes over while it opens a data set, and the count:
@@ -83,8 +112,24 @@ def _skips_reported_below() -> Iterator[None]:
 
 def data_check(
     path: Annotated[Path, typer.Argument(help="A folder of class sub-folders, a .csv or a .npz.")],
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.95)] = 0.15,
-    test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.95)] = 0.15,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction",
+            min=0.0,
+            max=0.95,
+            help="Share of each class for validation where the data gives no split (by patient).",
+        ),
+    ] = 0.15,
+    test_fraction: Annotated[
+        float,
+        typer.Option(
+            "--test-fraction",
+            min=0.0,
+            max=0.95,
+            help="Share of each class for the test split where the data gives none (by patient).",
+        ),
+    ] = 0.15,
     seed: Annotated[
         int, typer.Option("--seed", help="The split's seed: `radlens train`'s seed or split_seed.")
     ] = DEFAULT_SEED,
@@ -131,6 +176,7 @@ def data_check(
     ] = False,
 ) -> None:
     """Scan a data set: classes (or findings), counts, skipped files, splits and leakage.
+
     Every image is decoded as training decodes it (at 32 px), so the counts and skipped files
     are those `radlens train` will have; --headers-only skips that."""
     from radlens.models.errors import ConfigurationError

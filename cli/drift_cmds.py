@@ -33,8 +33,10 @@ def register(app: typer.Typer) -> None:
         database_url: DatabaseUrlOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        """Compare a model's recent scores, input statistics and label rates with its
-        training reference (PSI and KS per feature) and say which changed."""
+        """Compare a model's recent scores, inputs and labels with its training reference.
+
+        Scores, input statistics and label rates, by PSI and KS per feature; it says which
+        changed."""
         from radlens.app.drift import reference_of, summarise
         from radlens.app.startup import registry_for
 

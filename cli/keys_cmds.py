@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 keys_app = typer.Typer(
-    help="API keys: every /v1 request sends one as 'Authorization: Bearer <key>'.",
+    help="API keys: every /v1 and /dicomweb request sends one as 'Authorization: Bearer <key>'.",
     no_args_is_help=True,
 )
 
@@ -138,7 +138,10 @@ def register(app: typer.Typer) -> None:
         key_id: Annotated[str, typer.Argument(help="The key id shown by `radlens keys list`.")],
         database_url: DatabaseUrlOption = None,
     ) -> None:
-        """Revoke a key: requests with it get 401 from the next request on."""
+        """Revoke a key: the service refuses it (401) within RADLENS_AUTH_CACHE_TTL_S (5 s).
+
+        Each service process keeps a verified key cached that long; with 0, the key is refused
+        from the next request on."""
         from radlens.app import audit
         from radlens.app.keys import revoke_key
 

@@ -398,11 +398,11 @@ def finish_model(
     ],
     store: StoreOpt = None,
 ) -> None:
-    """Finish a version its training run left unfinished (stopped before it attached its
-    OOD detector and OpenVINO runtime), so it can be served as the newest.
+    """Finish a version its training run left unfinished, so it can be served as the newest.
 
-    Attach what is missing first (`radlens models ood`, `radlens models convert`): a version
-    finished without its detector is served without the out-of-distribution check.
+    Its run stopped before it attached the OOD detector and OpenVINO runtime. Attach what is
+    missing first (`radlens models ood`, `radlens models convert`): a version finished without
+    its detector is served without the out-of-distribution check.
     """
     if ":" not in ref:
         fail(f"name the version to finish, e.g. {ref.strip() or 'chest'}:3 (`radlens models list`)")

@@ -8,17 +8,111 @@ one line and exits 2.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from types import TracebackType
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from radlens.cli import training_options as shared
-from radlens.cli.common import fail
+from radlens.cli.common import (
+    EXIT_BAD_INPUT,
+    describe_disk_full,
+    disk_full,
+    fail,
+    written_file,
+)
+
+log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
 MAX_SKIPPED_SHOWN = 20
+
+
+@contextlib.contextmanager
+def _h5py_teardown_quiet() -> Iterator[None]:
+    """Keep h5py's clean-up errors off the terminal while training runs.
+
+    When a checkpoint's write fails (a full disk), Keras leaves the HDF5 file open, and h5py's
+    finalizers print a traceback for each object they then fail to close (``Can't decrement id
+    ref count``), through ``sys.excepthook`` and ``sys.unraisablehook``, before the CLI's one
+    line. Those are logged at debug level instead; any other error is printed as before.
+    """
+
+    def from_h5py(tb: TracebackType | None) -> bool:
+        while tb is not None:
+            if "h5py" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        return False
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if isinstance(value, RuntimeError) and from_h5py(tb):
+            log.debug("h5py could not close an object: %s", value)
+            return
+        previous_excepthook(kind, value, tb)
+
+    def unraisablehook(unraisable: Any) -> None:
+        if isinstance(unraisable.object, str) and unraisable.object.startswith("h5py."):
+            log.debug("h5py could not close an object: %s", unraisable.exc_value)
+            return
+        previous_unraisablehook(unraisable)
+
+    previous_excepthook, previous_unraisablehook = sys.excepthook, sys.unraisablehook
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    try:
+        yield
+    finally:
+        sys.excepthook, sys.unraisablehook = previous_excepthook, previous_unraisablehook
+
+
+def _remove_unfinished_weights(failed: str | None, run_dir: Path) -> str:
+    """Remove a weights file of ``run_dir`` whose write failed, and say so ("" when none).
+
+    h5py empties a file before it writes it, so what is left cannot be read, and ``--resume``
+    would stop on it (Keras' BackupAndRestore loads ``backup/phase<N>/latest.weights.h5``).
+    Beside a backup, Keras' ``training_metadata.json`` goes too: it names the epoch the
+    backup held, and without the weights the resumed phase would skip those epochs; with
+    neither, the phase starts again from its first epoch.
+    """
+    if failed is None:
+        return ""
+    path = Path(failed)
+    try:
+        inside = path.resolve().is_relative_to(run_dir.resolve())
+    except OSError:
+        return ""
+    if not inside or not path.name.endswith(".weights.h5") or not path.is_file():
+        return ""
+    path.unlink(missing_ok=True)
+    if path.name == "latest.weights.h5":
+        path.with_name("training_metadata.json").unlink(missing_ok=True)
+    return f"the incomplete {path.name} was removed"
+
+
+def _fail_past_broken_hdf5(message: str) -> NoReturn:
+    """``fail(message)``, or, when a failed write left HDF5 objects open, print it and exit 2
+    at once: the HDF5 library's exit handler then crashes (SIGSEGV in ``H5_term_library``)
+    closing a group whose file could not be flushed, which would turn the one line and exit
+    status 2 into a segmentation fault."""
+    h5py = sys.modules.get("h5py")
+    if h5py is not None:
+        gc.collect()
+        kinds = h5py.h5f.OBJ_FILE | h5py.h5f.OBJ_GROUP | h5py.h5f.OBJ_DATASET | h5py.h5f.OBJ_ATTR
+        if h5py.h5f.get_obj_ids(types=kinds):
+            typer.echo(f"radlens: error: {message}", err=True)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_BAD_INPUT)
+    fail(message)
 
 
 def train(
@@ -27,7 +121,7 @@ def train(
     arch: shared.ArchOption = None,
     filters: Annotated[
         str | None,
-        typer.Option("--filters", help="Fixed filter front-end, e.g. sobel_h,blur ('' = none)."),
+        typer.Option("--filters", help="Fixed filter front-end, e.g. sobel_h,blur (default none)."),
     ] = None,
     center: Annotated[
         bool | None,
@@ -45,32 +139,58 @@ def train(
     ] = None,
     weights: Annotated[
         str | None,
-        typer.Option("--weights", help="ResNet50 start weights: imagenet, a .h5 path, or none."),
+        typer.Option(
+            "--weights",
+            help="ResNet50 start weights: imagenet, a .h5 path, or none "
+            "(default none: from scratch).",
+        ),
     ] = None,
     image_size: shared.ImageSizeOption = None,
     window: Annotated[
-        str | None, typer.Option("--window", help="CT window preset (lung, bone, ...) or none.")
+        str | None,
+        typer.Option(
+            "--window",
+            help="CT window preset (lung, bone, ...) or none "
+            "(default none: the file's window, else min-max).",
+        ),
     ] = None,
     epochs: shared.EpochsOption = None,
     finetune_epochs: Annotated[
-        int | None, typer.Option("--finetune-epochs", help="ResNet50 phase-2 epochs.")
+        int | None,
+        typer.Option(
+            "--finetune-epochs",
+            help="ResNet50 phase-2 epochs (default 5; pretrained weights only).",
+        ),
     ] = None,
     unfreeze_blocks: Annotated[
-        int | None, typer.Option("--unfreeze-blocks", help="ResNet50 blocks unfrozen in phase 2.")
+        int | None,
+        typer.Option("--unfreeze-blocks", help="ResNet50 blocks unfrozen in phase 2 (default 3)."),
     ] = None,
     batch_size: shared.BatchSizeOption = None,
     learning_rate: shared.LearningRateOption = None,
     finetune_learning_rate: Annotated[
-        float | None, typer.Option("--finetune-learning-rate", help="Phase-2 learning rate.")
+        float | None,
+        typer.Option("--finetune-learning-rate", help="Phase-2 learning rate (default 1e-05)."),
     ] = None,
     class_weights: Annotated[
-        str | None, typer.Option("--class-weights", help="auto (inverse frequency) or none.")
+        str | None,
+        typer.Option("--class-weights", help="auto (inverse frequency) or none (default auto)."),
     ] = None,
     patience: Annotated[
         int | None,
-        typer.Option("--patience", help="Early stopping on val AUC after N epochs (0 = off)."),
+        typer.Option(
+            "--patience",
+            help="Early stopping on val AUC after N epochs without a gain (default 5; 0 = off).",
+        ),
     ] = None,
-    val_fraction: Annotated[float | None, typer.Option("--val-fraction")] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--val-fraction",
+            help="Share of each class for validation where the data gives no split "
+            "(by patient; default 0.15).",
+        ),
+    ] = None,
     resplit: Annotated[
         bool | None,
         typer.Option(
@@ -82,10 +202,18 @@ def train(
         int | None,
         typer.Option(
             "--min-calibration-positives",
-            help="Refuse to train with fewer validation positives than this (calibration).",
+            help="Refuse to train with fewer validation positives than this "
+            "(calibration; default 10).",
         ),
     ] = None,
-    test_fraction: Annotated[float | None, typer.Option("--test-fraction")] = None,
+    test_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--test-fraction",
+            help="Share of each class for the test split where the data gives none "
+            "(by patient; default 0.15; 0 = no test split).",
+        ),
+    ] = None,
     openvino: Annotated[
         bool | None,
         typer.Option(
@@ -107,41 +235,50 @@ def train(
     ood_method: Annotated[
         str | None,
         typer.Option(
-            "--ood-method", help="Out-of-distribution detector: mahalanobis, knn or none."
+            "--ood-method",
+            help="Out-of-distribution detector: mahalanobis, knn or none (default mahalanobis).",
         ),
     ] = None,
     augment: shared.AugmentOption = None,
     deterministic: Annotated[
         bool | None,
-        typer.Option("--deterministic/--no-deterministic", help="Deterministic TF ops."),
+        typer.Option(
+            "--deterministic/--no-deterministic", help="Deterministic TF ops (default off)."
+        ),
     ] = None,
     seed: shared.SeedOption = None,
     lr_schedule: Annotated[
-        str | None, typer.Option("--lr-schedule", help="constant or cosine (decay to 0).")
+        str | None,
+        typer.Option("--lr-schedule", help="constant or cosine (decay to 0; default constant)."),
     ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option("--weight-decay", help="AdamW weight decay (0 = Adam).")
+        float | None, typer.Option("--weight-decay", help="AdamW weight decay (default 0: Adam).")
     ] = None,
     label_smoothing: Annotated[
-        float | None, typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")
+        float | None,
+        typer.Option("--label-smoothing", help="Cross-entropy label smoothing (default 0)."),
     ] = None,
     threshold_rule: Annotated[
         str | None,
         typer.Option(
             "--threshold-rule",
-            help="Decision threshold on val: youden (max sens+spec) or balanced (sens = spec).",
+            help="Decision threshold on val: youden (max sens+spec) or balanced (sens = spec) "
+            "(default youden).",
         ),
     ] = None,
     strategy: Annotated[
         str | None,
         typer.Option(
             "--strategy",
-            help="tf.distribute: auto, mirrored (one host), multiworker (TF_CONFIG), default.",
+            help="tf.distribute: auto, mirrored (one host), multiworker (TF_CONFIG), default "
+            "(default auto).",
         ),
     ] = None,
     mixed_precision: Annotated[
         str | None,
-        typer.Option("--mixed-precision", help="off, on (mixed_float16, GPU only) or auto."),
+        typer.Option(
+            "--mixed-precision", help="off, on (mixed_float16, GPU only) or auto (default off)."
+        ),
     ] = None,
     multi_label: Annotated[
         bool | None,
@@ -151,15 +288,23 @@ def train(
         ),
     ] = None,
     label_column: Annotated[
-        str | None, typer.Option("--label-column", help="Multi-label: the CSV column of findings.")
+        str | None,
+        typer.Option(
+            "--label-column", help="Multi-label: the CSV column of findings (default label)."
+        ),
     ] = None,
     label_separator: Annotated[
         str | None,
-        typer.Option("--label-separator", help="Multi-label: joins findings in a cell ('|')."),
+        typer.Option(
+            "--label-separator", help="Multi-label: joins findings in a cell (default |)."
+        ),
     ] = None,
     no_finding: Annotated[
         str | None,
-        typer.Option("--no-finding", help="Multi-label: the label of an image without findings."),
+        typer.Option(
+            "--no-finding",
+            help="Multi-label: the label of an image without findings (default No Finding).",
+        ),
     ] = None,
     findings: Annotated[
         str | None,
@@ -167,7 +312,9 @@ def train(
     ] = None,
     positive_weights: Annotated[
         str | None,
-        typer.Option("--positive-weights", help="Multi-label: auto (n_neg / n_pos) or none."),
+        typer.Option(
+            "--positive-weights", help="Multi-label: auto (n_neg / n_pos) or none (default none)."
+        ),
     ] = None,
     ignore_findings: Annotated[
         str | None,
@@ -257,16 +404,26 @@ def train(
         typer.echo(f"run directory: {path}")
 
     try:
-        if resume is not None:
-            result = run_module.resume(resume, on_start=announce)
-        else:
-            result = run_module.train(cfg, on_start=announce)
+        with _h5py_teardown_quiet():
+            if resume is not None:
+                result = run_module.resume(resume, on_start=announce)
+            else:
+                result = run_module.train(cfg, on_start=announce)
     except KeyboardInterrupt:
         where = started[0] if started else "<run directory>"
         typer.echo(
             f"\nradlens: interrupted; continue with: radlens train --resume {where}", err=True
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except OSError as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        then, note = None, ""
+        if started:
+            note = _remove_unfinished_weights(written_file(full), started[0])
+            then = f"continue with: radlens train --resume {started[0]}"
+        _fail_past_broken_hdf5(describe_disk_full(full, then=then, note=note))
 
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -338,7 +495,10 @@ def evaluate(
             "those names an earlier evaluation left there are removed.",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", min=1, help="Images per model call (memory, not results)."),
+    ] = 32,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     label_column: Annotated[
         str | None,

@@ -23,37 +23,53 @@ if TYPE_CHECKING:
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="YAML or JSON training config file (flags win)."),
+    typer.Option(
+        "--config",
+        help="YAML or JSON training config file (flags win; the defaults below are for what "
+        "neither sets).",
+    ),
 ]
 DataOption = Annotated[
     str | None,
     typer.Option("--data", help="Folder of class sub-folders (or with labels.csv), .csv, .npz"),
 ]
-ArchOption = Annotated[str | None, typer.Option("--arch", help="resnet50 or simple_cnn.")]
+ArchOption = Annotated[
+    str | None, typer.Option("--arch", help="resnet50 or simple_cnn (default resnet50).")
+]
 ImageSizeOption = Annotated[
-    int | None, typer.Option("--image-size", help="Model input side in pixels.")
+    int | None, typer.Option("--image-size", help="Model input side in pixels (default 224).")
 ]
 EpochsOption = Annotated[
     int | None,
-    typer.Option("--epochs", help="Phase-1 epochs (head; all of simple_cnn's training)."),
+    typer.Option(
+        "--epochs", help="Phase-1 epochs (head; all of simple_cnn's training; default 5)."
+    ),
 ]
 BatchSizeOption = Annotated[
     int | None,
-    typer.Option("--batch-size", help="Images per training step (all replicas together)."),
+    typer.Option(
+        "--batch-size", help="Images per training step (all replicas together; default 32)."
+    ),
 ]
 LearningRateOption = Annotated[
-    float | None, typer.Option("--learning-rate", help="Phase-1 learning rate.")
+    float | None, typer.Option("--learning-rate", help="Phase-1 learning rate (default 0.001).")
 ]
 AugmentOption = Annotated[
-    bool | None, typer.Option("--augment/--no-augment", help="Training augmentation.")
+    bool | None, typer.Option("--augment/--no-augment", help="Training augmentation (default on).")
 ]
 SeedOption = Annotated[
     int | None,
-    typer.Option("--seed", help="Random seed, also the split's (experiment: the first run's)."),
+    typer.Option(
+        "--seed", help="Random seed, also the split's (experiment: the first run's; default 1234)."
+    ),
 ]
 NameOption = Annotated[
     str | None,
-    typer.Option("--name", help="Model name in the store, and the prefix of run directories."),
+    typer.Option(
+        "--name",
+        help="Model name in the store, and the prefix of run directories (default radlens; "
+        "experiment filters: filters).",
+    ),
 ]
 RunsDirOption = Annotated[
     str | None, typer.Option("--runs-dir", help="Where run directories go (default runs/).")
@@ -109,17 +125,23 @@ DicomRootOption = Annotated[
     str | None,
     typer.Option(
         "--dicom-root",
-        help="Series CSV: the folder scanned for series_uid values (default: the CSV's folder).",
+        help="Series CSV: the folder scanned for series_uid values (default: the CSV's folder; "
+        "evaluate: the training's --dicom-root, else the CSV's folder).",
     ),
 ]
 SeriesAggregationOption = Annotated[
     str | None,
     typer.Option(
         "--series-aggregation",
-        help="Series CSV: max, mean_top_k or noisy_or, as RADLENS_SERIES_AGGREGATION (max).",
+        help="Series CSV: max, mean_top_k or noisy_or, as RADLENS_SERIES_AGGREGATION (train: "
+        "default max; evaluate: default the model's training's).",
     ),
 ]
 SeriesTopKOption = Annotated[
     int | None,
-    typer.Option("--series-top-k", help="Series CSV: k of mean_top_k (default 3).", min=1),
+    typer.Option(
+        "--series-top-k",
+        help="Series CSV: k of mean_top_k (train: default 3; evaluate: default the training's).",
+        min=1,
+    ),
 ]

@@ -401,24 +401,39 @@ def write_report(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "metrics": out / "metrics.json",
-        "confusion_matrix": out / "confusion_matrix.png",
+    contents = {
+        "metrics": (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode(),
+        "confusion_matrix": confusion_matrix_png(
+            np.asarray(metrics["confusion_matrix"]), class_names
+        ),
+        "reliability": reliability_diagram_png(
+            labels, probabilities, title=f"Reliability ({metrics['split']})"
+        ),
     }
-    files["metrics"].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    files["confusion_matrix"].write_bytes(
-        confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names)
-    )
-    files["reliability"] = out / "reliability.png"
-    files["reliability"].write_bytes(
-        reliability_diagram_png(labels, probabilities, title=f"Reliability ({metrics['split']})")
-    )
     if len(class_names) == 2:
-        files["roc_curve"] = out / "roc_curve.png"
-        files["roc_curve"].write_bytes(
-            roc_curve_png(labels, probabilities[:, 1], metrics.get("auc"))
-        )
+        contents["roc_curve"] = roc_curve_png(labels, probabilities[:, 1], metrics.get("auc"))
+    files = {key: out / ("metrics.json" if key == "metrics" else f"{key}.png") for key in contents}
+    write_all(out, {files[key]: data for key, data in contents.items()})
     return files
+
+
+def write_all(out: Path, contents: dict[Path, bytes]) -> None:
+    """Write every file of a report, or none: each goes to a temporary name first and all are
+    renamed into place once every one is written, so a full disk leaves the folder as it was
+    (no truncated PNG or JSON beside an earlier report's files). An OSError names ``out``."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in contents.items():
+            partial = path.with_name(f".{path.name}.partial")
+            staged.append((partial, path))
+            partial.write_bytes(data)
+        for partial, path in staged:
+            partial.replace(path)
+    except OSError as exc:
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
+        reason = exc.strerror or type(exc).__name__
+        raise OSError(exc.errno, f"the report was not written ({reason})", str(out)) from exc
 
 
 def remove_stale_report(out: Path, written: Iterable[Path]) -> list[Path]:
@@ -590,9 +605,11 @@ def _evaluate_findings(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        written = [out / "metrics.json", out / "findings.txt"]
-        written[0].write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        written[1].write_text("\n".join(result["table"]) + "\n")
-        written += findings.write_roc_curves(out / ROC_FOLDER, targets, scores, names)
-        remove_stale_report(out, written)
+        written = findings.write_roc_curves(out / ROC_FOLDER, targets, scores, names)
+        report = {
+            out / "metrics.json": (json.dumps(result, indent=2, sort_keys=True) + "\n").encode(),
+            out / "findings.txt": ("\n".join(result["table"]) + "\n").encode(),
+        }
+        write_all(out, report)  # last: a report whose metrics.json is new is complete
+        remove_stale_report(out, [*report, *written])
     return result
