@@ -63,11 +63,15 @@ class DimseInbox:
         path = self.directory / name
         partial = path.with_name(name + PARTIAL_SUFFIX)
         stored = self._fernet.encrypt(data) if self._fernet is not None else data
-        with open(partial, "wb") as f:
-            f.write(stored)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
+        try:
+            with open(partial, "wb") as f:
+                f.write(stored)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        except BaseException:  # a full disk: the C-STORE is refused; keep no part of it
+            partial.unlink(missing_ok=True)
+            raise
         return path
 
     def pending(self) -> list[Path]:

@@ -205,7 +205,11 @@ class Outbox:
             stored = self._fernet.encrypt(payload) if self._fernet is not None else payload
             with self._lock:
                 _write_atomic(self._payload_path(entry), stored)  # payload first, then state
-                _write_atomic(self._state_path(entry), json.dumps(asdict(entry)).encode())
+                try:
+                    _write_atomic(self._state_path(entry), json.dumps(asdict(entry)).encode())
+                except BaseException:  # no state, no entry: its payload would only hold space
+                    self._payload_path(entry).unlink(missing_ok=True)
+                    raise
                 if self.gauge is not None:
                     self.gauge.labels(destination=destination.name).inc()
             count += 1
@@ -571,8 +575,14 @@ def _sender_ae(ae_title: str) -> Any:
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a flushed temporary file and a rename."""
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        # a full disk: what was written would hold the space until a restart removed it
+        # (_remove_partials), and every later result would fail to queue (QA round 33)
+        partial.unlink(missing_ok=True)
+        raise
