@@ -11,7 +11,9 @@ Response: DICOM JSON (``application/dicom+json``, PS3.18 F.2) with
   ``00081190`` RetrieveURL pointing to the *prediction* (radlens stores no instances); plus the
   private block ``(0099,00xx)`` creator "RADLENS 1" with ``(0099,1001)`` the prediction id,
   ``(0099,1002)`` the label, ``(0099,1003)`` "created" or "existing", and ``(0099,1006)``
-  the not-for-clinical-use notice unless the model's manifest says it was validated;
+  the not-for-clinical-use notice unless the model's manifest says it was validated; an SR or
+  Secondary Capture radlens made (app/dicom_outputs.py), which a PACS forwarding the study
+  sends back, is listed with ``(0099,1003)`` "radlens-output" only: it is not predicted on;
 - ``00081198`` FailedSOPSequence: per failed instance its UIDs when they could be read and
   ``00081197`` FailureReason (see :data:`FAILURE_REASONS`), plus ``(0099,1004)`` the radlens
   problem code and ``(0099,1005)`` the one-line reason.
@@ -241,6 +243,7 @@ class Outcome:
     prediction_id: str | None = None
     label: str | None = None
     created: bool = False
+    output: bool = False  # an SR or SC radlens made, sent back: acknowledged, not predicted
 
     def fail(self, code: str, message: str) -> None:
         self.error_code, self.error = code, message
@@ -269,6 +272,37 @@ def _uids(data: bytes, max_pixels: int) -> tuple[str | None, str | None, str | N
         return None, None, None
     values = (ds.get("SOPClassUID"), ds.get("SOPInstanceUID"), ds.get("StudyInstanceUID"))
     return tuple(str(v) if v else None for v in values)  # type: ignore[return-value]
+
+
+def _is_radlens_output(data: bytes, max_pixels: int) -> bool:
+    """Whether a part is an SR or Secondary Capture radlens made (app/dicom_outputs.py): a PACS
+    that forwards a study sends back the results the outbox filed into it."""
+    from radlens.app.dicom_outputs import is_radlens_output
+    from radlens.models.dicomread import read_dicom_bytes
+
+    try:
+        ds = read_dicom_bytes(
+            data,
+            max_pixels=max_pixels,
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=["Manufacturer", "SeriesDescription", "SeriesNumber"],
+        )
+    except Exception:  # best effort: not recognised, handled as any other part
+        return False
+    return is_radlens_output(ds)
+
+
+async def _acknowledged_output(outcome: Outcome, data: bytes, max_pixels: int) -> bool:
+    """Mark the outcome as radlens' own output when it is one (its SOP class read already)."""
+    from radlens.app.dicom_outputs import OUTPUT_SOP_CLASSES
+
+    if outcome.sop_class_uid not in OUTPUT_SOP_CLASSES:
+        return False
+    if not await asyncio.to_thread(_is_radlens_output, data, max_pixels):
+        return False
+    outcome.output, outcome.candidate = True, None
+    return True
 
 
 async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -> None:
@@ -300,9 +334,12 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         meta = outcome.candidate.image.metadata
         outcome.sop_class_uid, outcome.sop_instance_uid = meta.sop_class_uid, meta.sop_instance_uid
         outcome.study_instance_uid = meta.study_instance_uid
+        await _acknowledged_output(outcome, data, ingestor.settings.max_pixels)
     except RadlensError as exc:
         await _read_uids(outcome, data, ingestor.settings.max_pixels)
-        outcome.fail(exc.code, str(exc))
+        if not await _acknowledged_output(outcome, data, ingestor.settings.max_pixels):
+            outcome.fail(exc.code, str(exc))  # (an SR radlens made has no pixel data)
+        return
     except Exception as exc:  # one bad instance must not fail the others
         await _read_uids(outcome, data, ingestor.settings.max_pixels)
         # as CatchAllMiddleware: the type and the frames, not the message (it may quote input)
@@ -349,7 +386,10 @@ def stow_response(
     referenced, failed = [], []
     for outcome in outcomes:
         item = _item(outcome)
-        if outcome.error_code is None:
+        if outcome.output:  # radlens' own result sent back: received, nothing predicted
+            item["00991003"] = _element("LO", "radlens-output")
+            referenced.append(item)
+        elif outcome.error_code is None:
             url = str(request.url_for("get_prediction", prediction_id=outcome.prediction_id))
             item["00081190"] = _element("UR", url)
             item["00991001"] = _element("LO", outcome.prediction_id)
@@ -444,10 +484,11 @@ async def _stow(
     if status != 200:  # the predictions have their rows; the failed instances are this one's
         await record_outcome(request, status)
     logger.info(
-        "STOW-RS: %d instances, %d predicted, %d failed",
+        "STOW-RS: %d instances, %d predicted, %d failed, %d radlens outputs acknowledged",
         len(parts) + extra,
-        sum(o.error_code is None for o in allowed),
+        sum(o.error_code is None and not o.output for o in allowed),
         sum(o.error_code is not None for o in allowed) + extra,
+        sum(o.output for o in allowed),
     )
     return DicomJSONResponse(body, status_code=status)
 
