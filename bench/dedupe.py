@@ -11,8 +11,10 @@ dedupe_identity), which every insert maintains and a re-post's lookup also searc
 databases are measured in the same run, one group transaction on each in turn:
 
 - ``identity``: the schema as migrated;
-- ``baseline``: downgraded to 0005 and given the column without its unique index, with rows
-  that leave it NULL, so a re-post is looked up by ``dedupe_key`` alone: the cost before 0010.
+- ``baseline``: the same schema without 0010's unique constraint on the identity (the column
+  stays, unindexed), with rows that leave it NULL, so a re-post is looked up by ``dedupe_key``
+  alone: the cost before 0010. (Until 2026-12-07 it was downgraded to 0005 and given the
+  column back, which later migrations' columns made impossible: the ORM writes them.)
 
 Per round, three timed phases on each: ``--rows`` new rows in transactions of 64; as many
 re-posts in the same pseudonymisation state (a conflict on both indexes, then the lookup);
@@ -95,13 +97,15 @@ def write(makers: dict[str, Callable[[], Any]], rows: dict[str, list[Any]]) -> d
     return {kind: (spent[kind], created[kind]) for kind in kinds}
 
 
+IDENTITY_CONSTRAINT = "uq_predictions_model_name_model_version_dedupe_identity"  # 0010
+
+
 @contextmanager
 def databases(backend: str, folder: Path) -> Iterator[dict[str, str]]:
     """Two migrated databases: "identity" (as migrated) and "baseline" (constraint dropped)."""
-    from sqlalchemy import text
 
     from radlens.app.db import make_engine
-    from radlens.app.migrate import downgrade, upgrade
+    from radlens.app.migrate import upgrade
 
     names = {
         kind: f"radlens_bench_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("identity", "baseline")
@@ -118,11 +122,17 @@ def databases(backend: str, folder: Path) -> Iterator[dict[str, str]]:
     try:
         for url in urls.values():
             upgrade(url)
-        # the baseline: back to the schema before 0010, plus the column without its index
-        downgrade(urls["baseline"], "0005")
+        # the baseline: the schema at head without 0010's unique constraint (the column stays,
+        # without its index). Not a downgrade to 0005: the rows the ORM writes hold the
+        # columns of every later migration (operating point, burned-in annotation, ...)
+        from alembic.migration import MigrationContext
+        from alembic.operations import Operations
+
         engine = make_engine(urls["baseline"])
         with engine.begin() as conn:
-            conn.execute(text("ALTER TABLE predictions ADD COLUMN dedupe_identity VARCHAR(80)"))
+            operations = Operations(MigrationContext.configure(conn))
+            with operations.batch_alter_table("predictions") as batch:
+                batch.drop_constraint(IDENTITY_CONSTRAINT, type_="unique")
         engine.dispose()
         yield urls
     finally:

@@ -84,6 +84,8 @@ def _manifest(size: int, rng: np.random.Generator) -> Any:
         version=1,
         class_names=CLASSES,
         metrics={"drift_reference": reference},
+        multi_label=False,  # what app/drift.py reads of a manifest besides the reference
+        finding_thresholds={},
     )
 
 
