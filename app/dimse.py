@@ -32,6 +32,7 @@ import asyncio
 import logging
 import ssl
 import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from radlens.app.dicom_outputs import OUTPUT_SOP_CLASSES, is_radlens_output
+from radlens.app.dicomlog import quiet_pynetdicom
 from radlens.app.dimse_inbox import DimseInbox, InboxUnreadableError, describe
 from radlens.app.errors import ServiceBusyError
 from radlens.app.ingest import Ingestor
@@ -49,6 +51,7 @@ from radlens.app.settings import Settings
 from radlens.models.errors import NoPixelDataError, RadlensError
 
 logger = logging.getLogger(__name__)
+quiet_pynetdicom()  # no UID as received in the log (app/dicomlog.py)
 
 VERIFICATION = UID("1.2.840.10008.1.1")  # Verification SOP Class (C-ECHO)
 
@@ -193,6 +196,13 @@ def _no_pixels(sop_class: str) -> int:
     round 30, while docs/pacs-integration.md promised 0x0122 for the former."""
     image = "Image" in UID(sop_class).name  # every class of DEFAULT_STORAGE_SOP_CLASSES
     return STATUS_CANNOT_UNDERSTAND if image else STATUS_SOP_CLASS_NOT_SUPPORTED
+
+
+def _log_unexpected(what: str, exc: BaseException) -> None:
+    """An unexpected failure: its type and stack frames, not its message, which may quote the
+    instance (as the HTTP path's CatchAllMiddleware logs)."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error("%s: unexpected %s (message withheld)\n%s", what, type(exc).__name__, frames)
 
 
 def error_comment(text: str) -> str:
@@ -569,7 +579,7 @@ class StorageSCP:
             if _database_down(exc):
                 logger.warning("C-STORE from %s: the database cannot be reached", calling)
                 return STATUS_OUT_OF_RESOURCES, DATABASE_DOWN
-            logger.exception("C-STORE from %s failed", calling)
+            _log_unexpected(f"C-STORE from {calling} failed", exc)
             return STATUS_PROCESSING_FAILURE, "radlens could not store the instance"
         return STATUS_SUCCESS, ""
 
@@ -618,7 +628,7 @@ class StorageSCP:
         except (RadlensError, ValueError, OSError) as exc:
             await self._failed(path, calling, 422, describe(exc), data)
         except Exception as exc:
-            logger.exception("DIMSE inbox: queued instance from %s failed", calling)
+            _log_unexpected(f"DIMSE inbox: queued instance from {calling} failed", exc)
             await self._failed(path, calling, 500, describe(exc), data)
         else:
             self.inbox.remove(path)

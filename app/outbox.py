@@ -551,6 +551,10 @@ def _sender_ae(ae_title: str) -> Any:
     from pynetdicom import AE
     from pynetdicom.transport import AssociationSocket
 
+    from radlens.app.dicomlog import quiet_pynetdicom
+
+    quiet_pynetdicom()  # no UID as received in the log (app/dicomlog.py)
+
     class ClosingSocket(AssociationSocket):
         def _shutdown_socket(self) -> None:
             sock = self.socket
