@@ -31,6 +31,8 @@ def test_app_and_cli_loggers_are_named_after_their_module() -> None:
 # other loggers a module configures (never logs on): a library's level, training's records filtered
 CONFIGURED = {
     "logging.getLogger('highdicom')",  # app/dicom_outputs.py: its INFO lines quote source UIDs
+    "logging.getLogger('pynetdicom')",  # app/dicomlog.py: its DEBUG lines quote UIDs as received
+    "logging.getLogger('pynetdicom.utils')",  # app/dicomlog.py: the value of a bad UID left out
     "logging.getLogger('radlens.training.data.sources')",  # cli/data_cmds.py: skips reported once
     "logging.getLogger('radlens.training.data.series')",
 }
