@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,33 @@ class BestCheckpoint(keras.callbacks.Callback):
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
+
+
+class PhaseBackup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` for ``--resume``, safe against a save cut short.
+
+    Keras writes ``latest.weights.h5`` in place (h5py empties the file first), so a run killed,
+    or out of disk, in the middle of that save left a file ``--resume`` could not open: "Unable
+    to synchronously open file (truncated file ...)", an internal error (QA round 33). Here the
+    state before is kept beside it (``double_checkpoint``: Keras falls back on it), and when
+    no backup can be read at all, the phase starts again from its first epoch, said in
+    train.log, instead of the resume failing.
+    """
+
+    def __init__(self, backup_dir: str) -> None:
+        super().__init__(backup_dir, double_checkpoint=True)
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        try:
+            super().on_train_begin(logs)
+        except OSError as exc:
+            log.warning(
+                "the backup in %s cannot be read (%s, cut short by a kill or a full disk): this "
+                "phase starts again from its first epoch",
+                self.backup_dir,
+                type(exc).__name__,
+            )
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
 class EpochLog(keras.callbacks.Callback):

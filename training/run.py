@@ -482,9 +482,7 @@ def _train_phases(
             # the custom loop has no mid-phase resume; its phases restart when interrupted
             _validation_metrics(config, data, loss)
             if dist.distributed
-            else keras.callbacks.BackupAndRestore(
-                str(run_path / "backup" / f"phase{phase.number}")
-            ),
+            else cb.PhaseBackup(str(run_path / "backup" / f"phase{phase.number}")),
             *series_callbacks,  # before the checkpoint and history.csv: val_series_auc
             cb.BestCheckpoint(
                 run_path,
@@ -543,8 +541,10 @@ def _train_phases(
         if phase.number == 2 and resumed_after_phase1 and phase1_weights.is_file():
             network.load_weights(phase1_weights)  # the model holds freshly built weights
         step(model, config, phase, fit)
-        if phase.number == 1 and len(phases) > 1:
-            network.save_weights(phase1_weights)
+        if phase.number == 1 and len(phases) > 1:  # renamed into place: never half-written
+            partial = phase1_weights.with_name(f".partial-{phase1_weights.name}")
+            network.save_weights(partial)
+            partial.replace(phase1_weights)
         state["phase_done"] = phase.number
         rundir.write_state(run_path, state)
 
