@@ -700,7 +700,7 @@ class Ingestor:
         send_back = self.outbox is not None and candidate.sender is not None
         if send_back and self.outbox is not None and self.outbox.wants("sc"):
             explain = True  # the Secondary Capture shows the Grad-CAM overlay
-        if explain and candidate.explanation is None:
+        if explain and candidate.explanation is None and not await self._explained(candidate):
             candidate = await self.explain(candidate, findings)
         written = await self.writer.commit(
             candidate.prediction, actor, candidate.explanation, candidate.findings
@@ -723,6 +723,41 @@ class Ingestor:
             explanation_created=written.explanation_created,
             findings=candidate.findings,
         )
+
+    async def _explained(self, candidate: Candidate) -> bool:
+        """Whether the instance's prediction is stored already with its explanation, which the
+        writer returns in place of a new one: a re-sent instance (a PACS forwarding a study
+        again, with a destination that wants the Secondary Capture) computed its Grad-CAM,
+        0.5-0.7 s a slice, only for it to be dropped (QA round 30). One indexed lookup; on a
+        database error, False (the writer's commit reports that error)."""
+        from sqlalchemy import select
+
+        from radlens.app.db import READ_ONLY
+        from radlens.app.services import find_existing
+        from radlens.app.tables import Explanation
+
+        prediction = candidate.prediction
+
+        def lookup() -> bool:
+            with self.writer.sessionmaker() as session:
+                session.connection(execution_options=READ_ONLY)  # never waits for the writer
+                stored = find_existing(
+                    session,
+                    model_name=prediction.model_name,
+                    model_version=prediction.model_version,
+                    dedupe_key=prediction.dedupe_key,
+                    dedupe_identity=prediction.dedupe_identity,
+                )
+                if stored is None:
+                    return False
+                query = select(Explanation.id).where(Explanation.prediction_id == stored.id)
+                return session.scalars(query).first() is not None
+
+        try:
+            return await asyncio.to_thread(lookup)
+        except Exception as exc:  # the database: the commit that follows says what is wrong
+            logger.debug("explanation lookup failed: %s", type(exc).__name__)
+            return False
 
     async def _results_queued(self, written: Any) -> bool:
         """Whether a stored prediction's results went to the outbox before. An instance
