@@ -127,6 +127,7 @@ def _text(manifest: ModelManifest, path: Path) -> str:
     if manifest.multi_label:  # independent scores, a threshold per finding
         cuts = ", ".join(f"{k} {v:.4g}" for k, v in manifest.finding_thresholds.items())
         lines.append(f"findings (multi-label, independent scores): thresholds {cuts}")
+    lines += _use_and_data_lines(manifest)
     for split, values in sorted(manifest.metrics.items()):
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={fmt(v)}"
@@ -146,6 +147,55 @@ def _text(manifest: ModelManifest, path: Path) -> str:
     if manifest.description:
         lines.append(f"description: {manifest.description}")
     return "\n".join(lines)
+
+
+def _use_and_data_lines(manifest: ModelManifest) -> list[str]:
+    """What the service gates on (intended use, OOD detector) and how the model was
+    calibrated and split, in a line each (found missing by QA 32: only --json showed them)."""
+    lines = []
+    use = manifest.intended_use
+    if use is None:
+        lines.append("intended use: not stated (the gate accepts any image)")
+    else:
+        accepts = use.get("accepts") or {}
+        shown = "; ".join(
+            f"{key.replace('_', ' ')} {', '.join(values)}" for key, values in accepts.items()
+        )
+        lines.append(f"intended use: {shown or 'any image'} (from {use.get('source', '?')})")
+    ood = manifest.ood
+    if ood:
+        flagged = ood.get("val_flagged_fraction")
+        threshold = ood.get("threshold")
+        lines.append(
+            f"OOD detector: {ood.get('method')}"
+            + (f", threshold {threshold:.6g}" if isinstance(threshold, int | float) else "")
+            + (f", {flagged:.1%} of validation flagged" if isinstance(flagged, float) else "")
+        )
+    else:
+        lines.append("OOD detector: none (no out-of-distribution check)")
+    calibration = manifest.calibration
+    if calibration:
+        details = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in calibration.items()
+            if k != "method"
+        )
+        lines.append(f"calibration: {calibration.get('method')} ({details})")
+    split = manifest.data_split
+    if split:
+        sizes = split.get("sizes") or {}
+        lines.append(
+            f"data split: {split.get('method', '?')}; "
+            + ", ".join(f"{k} {v}" for k, v in sizes.items())
+        )
+    leakage = manifest.leakage_check
+    if leakage:
+        verdict = "passed" if leakage.get("passed") else "FAILED"
+        lines.append(
+            f"leakage check: {verdict} ({leakage.get('patients_in_two_splits', '?')} patients "
+            "in two splits)"
+        )
+    return lines
 
 
 def _runtime_lines(manifest: ModelManifest) -> list[str]:
