@@ -43,6 +43,7 @@ from radlens.models.errors import (
     ConfigurationError,
     InvalidImageError,
     ModelStoreError,
+    ModelStoreWriteError,
     RuntimeUnavailableError,
 )
 
@@ -394,11 +395,23 @@ def convert_to_openvino(model: keras.Model, out_dir: Path) -> dict[str, Path]:
             # Keras warns that the converter passes the input as a tuple; harmless.
             warnings.simplefilter("ignore", UserWarning)
             converted = ov.convert_model(model)
-        ov.save_model(converted, str(out_dir / IR_XML), compress_to_fp16=False)
     except Exception as exc:  # the converter raises many types
         raise ModelStoreError(
             f"OpenVINO could not convert the model: {type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:300]}"
+        ) from exc
+    try:
+        ov.save_model(converted, str(out_dir / IR_XML), compress_to_fp16=False)
+    except Exception as exc:
+        # OpenVINO's C++ writer says only "basic_ios::clear: iostream error" on a full disk
+        # (QA round 33): say where it wrote and how much room there is
+        import shutil
+
+        free = shutil.disk_usage(out_dir).free
+        raise ModelStoreWriteError(
+            f"writing the OpenVINO files to {out_dir} failed ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); {free / 2**20:.0f} MiB are free on that file "
+            "system: free space there, then run the command again"
         ) from exc
     return {IR_XML: out_dir / IR_XML, IR_BIN: out_dir / IR_BIN}
 
