@@ -64,7 +64,7 @@ def build_tiny_model() -> Any:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m training.distribute_worker", description=__doc__.splitlines()[0]
+        prog="python -m radlens.training.distribute_worker", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--strategy", default="auto", help="auto|mirrored|multiworker|default")
     parser.add_argument("--out", required=True, type=Path, help="directory for the results")
