@@ -2,7 +2,7 @@
 
 Run the same command on every host of a cluster (each with its own ``TF_CONFIG``)::
 
-    python -m training.distribute_worker --strategy multiworker --out /tmp/radlens-check
+    python -m radlens.training.distribute_worker --strategy multiworker --out /tmp/radlens-check
 
 Each worker trains a small CNN on synthetic images for a few steps with
 :func:`training.loop.distributed_train` and writes to ``--out``: ``initial.npz`` (the
