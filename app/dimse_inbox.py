@@ -61,17 +61,12 @@ class DimseInbox:
         """Write ``data`` durably; returns its path (the C-STORE may be answered after)."""
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}-{calling.encode().hex()}.dcm"
         path = self.directory / name
-        partial = path.with_name(name + PARTIAL_SUFFIX)
         stored = self._fernet.encrypt(data) if self._fernet is not None else data
-        try:
-            with open(partial, "wb") as f:
-                f.write(stored)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-        except BaseException:  # a full disk: the C-STORE is refused; keep no part of it
-            partial.unlink(missing_ok=True)
-            raise
+        # through <name>.part, fsynced, renamed; on a full disk nothing is left (the C-STORE
+        # is refused)
+        from radlens.app.outbox import _write_atomic
+
+        _write_atomic(path, stored)
         return path
 
     def pending(self) -> list[Path]:

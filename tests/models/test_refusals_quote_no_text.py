@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from radlens.models.errors import InvalidImageError, NotAnImageError
 from radlens.models.preprocessing import error_text, preprocess
+from tests.app.conftest import dicom_bytes
 
 MARK = "ZZPHIQQMRN"
 
@@ -44,28 +42,14 @@ def test_a_binary_file_is_still_quoted_in_hex() -> None:
 
 
 def _with_frames(text: str) -> bytes:
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows = ds.Columns = 16
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
+    """A CT instance (tests/app/conftest.py) whose Number of Frames holds ``text`` (10
+    characters: the element keeps its length)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes()))
     ds.NumberOfFrames = 1111111111
-    ds.PixelData = np.arange(256, dtype=np.uint16).tobytes()
     out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
+    ds.save_as(out)
     raw = out.getvalue()
-    assert raw.count(b"1111111111") == 1 and len(text) == 10  # the element keeps its length
+    assert raw.count(b"1111111111") == 1 and len(text) == 10
     return raw.replace(b"1111111111", text.encode())
 
 
