@@ -759,6 +759,18 @@ class Ingestor:
             logger.debug("explanation lookup failed: %s", type(exc).__name__)
             return False
 
+    def _stored_overlay(self, prediction_id: Any) -> bytes | None:
+        """The stored explanation's overlay PNG of a prediction, or None (blocking)."""
+        from sqlalchemy import select
+
+        from radlens.app.db import READ_ONLY
+        from radlens.app.tables import Explanation
+
+        with self.writer.sessionmaker() as session:
+            session.connection(execution_options=READ_ONLY)
+            query = select(Explanation.png).where(Explanation.prediction_id == prediction_id)
+            return session.scalars(query).first()
+
     async def _results_queued(self, written: Any) -> bool:
         """Whether a stored prediction's results went to the outbox before. An instance
         received again whose prediction was committed but whose results were never queued (a
@@ -779,6 +791,10 @@ class Ingestor:
         assert self.outbox is not None and candidate.sender is not None
         overlay = written.explanation.png if written.explanation is not None else None
         try:
+            if overlay is None and self.outbox.wants("sc"):
+                # a stored prediction whose results were never queued, its explanation stored
+                # and so not computed again (_explained): the SC is drawn from the stored one
+                overlay = await asyncio.to_thread(self._stored_overlay, written.prediction.id)
             await asyncio.to_thread(
                 self.outbox.submit, written.prediction, candidate.sender, overlay
             )
