@@ -128,6 +128,8 @@ def disk_full(exc: BaseException) -> OSError | None:
 def written_file(exc: OSError) -> str | None:
     """The file a failed write was writing, when the error names it (h5py names it in its
     message only)."""
+    if exc.filename2 is not None:  # a copy (shutil): filename2 is the file being written
+        return str(exc.filename2)
     if exc.filename is not None:
         return str(exc.filename)
     found = _H5_FILE.search(str(exc))

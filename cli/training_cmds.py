@@ -76,24 +76,23 @@ def _h5py_teardown_quiet() -> Iterator[None]:
 def _remove_unfinished_weights(failed: str | None, run_dir: Path) -> str:
     """Remove a weights file of ``run_dir`` whose write failed, and say so ("" when none).
 
-    h5py empties a file before it writes it, so what is left cannot be read, and ``--resume``
-    would stop on it (Keras' BackupAndRestore loads ``backup/phase<N>/latest.weights.h5``).
-    Beside a backup, Keras' ``training_metadata.json`` goes too: it names the epoch the
-    backup held, and without the weights the resumed phase would skip those epochs; with
-    neither, the phase starts again from its first epoch.
+    h5py empties a file before it writes it, so what is left cannot be read. Not the phase
+    backup (``backup/phase<N>/``): training.callbacks.PhaseBackup falls back on the state Keras
+    keeps beside it, or starts the phase again; removing it threw that state away, and, when
+    the failed write was Keras' copy of it, the intact backup itself (QA round 34).
     """
     if failed is None:
         return ""
     path = Path(failed)
     try:
-        inside = path.resolve().is_relative_to(run_dir.resolve())
-    except OSError:
+        relative = path.resolve().relative_to(run_dir.resolve())
+    except (OSError, ValueError):  # not in the run folder
         return ""
-    if not inside or not path.name.endswith(".weights.h5") or not path.is_file():
+    if "backup" in relative.parts or not path.name.endswith(".weights.h5"):
+        return ""
+    if not path.is_file():
         return ""
     path.unlink(missing_ok=True)
-    if path.name == "latest.weights.h5":
-        path.with_name("training_metadata.json").unlink(missing_ok=True)
     return f"the incomplete {path.name} was removed"
 
 

@@ -374,7 +374,7 @@ class PhaseBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         try:
             super().on_train_begin(logs)
-        except OSError as exc:
+        except (OSError, ValueError, KeyError) as exc:  # weights, or training_metadata.json
             log.warning(
                 "the backup in %s cannot be read (%s, cut short by a kill or a full disk): this "
                 "phase starts again from its first epoch",

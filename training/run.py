@@ -543,8 +543,12 @@ def _train_phases(
         step(model, config, phase, fit)
         if phase.number == 1 and len(phases) > 1:  # renamed into place: never half-written
             partial = phase1_weights.with_name(f".partial-{phase1_weights.name}")
-            network.save_weights(partial)
-            partial.replace(phase1_weights)
+            try:
+                network.save_weights(partial)
+                partial.replace(phase1_weights)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
         state["phase_done"] = phase.number
         rundir.write_state(run_path, state)
 

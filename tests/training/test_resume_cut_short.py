@@ -67,3 +67,43 @@ def test_with_no_readable_backup_the_phase_starts_again(
     log = (run_dir / "train.log").read_text()
     assert "cannot be read (OSError, cut short by a kill or a full disk)" in log
     assert "starts again from its first epoch" in log
+
+
+def test_an_empty_training_metadata_file_restarts_the_phase(
+    tiny_demo_data: Path, tmp_path: Path
+) -> None:
+    """Keras opens training_metadata.json for writing before it writes it: a kill or a full
+    disk there left it empty, and the resume failed on a JSONDecodeError (QA round 34)."""
+    run_dir = _interrupted(tiny_demo_data, tmp_path, after=0)
+    (run_dir / "backup" / "phase1" / "training_metadata.json").write_text("")
+    recorder = _Recorder()
+    assert resume(run_dir, callbacks=[recorder], verbose=0).epochs_run == 3
+    assert recorder.epochs == [0, 1, 2]
+
+
+def test_the_cli_never_removes_the_phase_backup(tmp_path: Path) -> None:
+    """The CLI's clean-up after a full disk removed backup/phase<N>/latest.weights.h5: the
+    state PhaseBackup falls back on, or, when the failed write was Keras' copy of it to
+    ``.bkp`` (shutil names the source first), the intact backup itself (QA round 34)."""
+    import errno
+
+    from radlens.cli.common import written_file
+    from radlens.cli.training_cmds import _remove_unfinished_weights
+
+    run = tmp_path / "run"
+    latest = run / "backup" / "phase1" / "latest.weights.h5"
+    best = run / "checkpoints" / "best.weights.h5"
+    for path in (latest, best):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"weights")
+    copy_failed = OSError(
+        errno.ENOSPC, "No space left on device", str(latest), None, f"{latest}.bkp"
+    )
+    assert written_file(copy_failed) == f"{latest}.bkp"
+    assert _remove_unfinished_weights(str(latest), run) == "" and latest.is_file()
+    assert _remove_unfinished_weights(f"{latest}.bkp", run) == "" and latest.is_file()
+    assert (
+        _remove_unfinished_weights(str(best), run) == "the incomplete best.weights.h5 was removed"
+    )
+    assert not best.exists()
+    assert _remove_unfinished_weights(str(tmp_path / "other.weights.h5"), run) == ""
