@@ -760,8 +760,15 @@ class ModelRegistry:
 
     def staging_dir(self, name: str) -> Path:
         """A fresh, empty directory under ``.staging`` (same filesystem as the versions),
-        locked by this process until it is renamed into a version or removed."""
+        locked by this process until it is renamed into a version or removed
+        (:meth:`remove_staging`)."""
         return self._new_staging(name)
+
+    def remove_staging(self, staging: Path) -> None:
+        """Remove a directory :meth:`staging_dir` gave (what is left in it too) and drop this
+        process's lock on it."""
+        shutil.rmtree(staging, ignore_errors=True)
+        _release(staging)
 
     def list(self) -> list[ModelManifest]:
         """Every readable version in the store, sorted by name then version.
@@ -994,14 +1001,20 @@ def _hold(path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(fd)
-        log.debug("cannot lock %s (%s): left unlocked", path, exc)
+        # still this process's: finish() and the sweep must not take it for another's
+        # (QA round 34: every train ended in "still being written by its training run")
+        log.debug("cannot lock %s (%s): held without a lock", path, exc)
+        _HELD[_key(path)] = _NO_LOCK
         return
     _HELD[_key(path)] = fd
 
 
+_NO_LOCK = -1  # in _HELD: this process holds the path, on a file system without flock
+
+
 def _release(path: Path) -> None:
     fd = _HELD.pop(_key(path), None)
-    if fd is not None:
+    if fd is not None and fd != _NO_LOCK:
         os.close(fd)
 
 
@@ -1026,11 +1039,27 @@ def _held_elsewhere(path: Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except OSError:
-        return True
+    except OSError:  # no flock here (EBADF, ENOLCK, EOPNOTSUPP): a marker names its writer
+        return path.name != UNFINISHED_FILE or _writer_alive(path)
     finally:
         os.close(fd)  # drops the probe's own lock
     return False
+
+
+def _writer_alive(marker: Path) -> bool:
+    """Whether the process a marker names still runs (on this host: where flock cannot be
+    probed, the next best sign; a marker that names none is taken as live)."""
+    try:
+        pid = int(json.loads(marker.read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, another user's
+        return True
+    return True
 
 
 def _unfinished_list(refs: list[str]) -> str:

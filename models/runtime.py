@@ -773,7 +773,4 @@ def add_openvino_runtime(
         }
         return registry.add_runtime(manifest.ref, OPENVINO, staged, entry)
     finally:
-        if staged.exists():
-            import shutil
-
-            shutil.rmtree(staged, ignore_errors=True)
+        registry.remove_staging(staged)  # renamed into the version, or what is left of it

@@ -148,8 +148,7 @@ def _store(
     try:
         return registry.add_ood_detector(ref, path, entry)
     finally:
-        path.unlink(missing_ok=True)
-        staging.rmdir()
+        registry.remove_staging(staging)
 
 
 def attach_ensemble_detector(

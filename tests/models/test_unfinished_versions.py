@@ -215,3 +215,57 @@ def test_make_run_trains_again_when_the_store_holds_only_an_abandoned_version(
     assert quickstart.store_is_empty()
     reg.finish("pneumonia:1")
     assert not quickstart.store_is_empty()
+
+
+def test_a_store_without_flock_still_finishes_and_tells_abandoned_by_the_pid(
+    tmp_path: Path, model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where flock(LOCK_EX) on a read-only descriptor fails (NFSv4: EBADF), the saving
+    process did not count as holding its own marker, and finish() refused with "still being
+    written by its training run": every train failed at its end (QA round 34). The marker's
+    pid then tells a live writer from a dead one."""
+    import errno
+    import fcntl
+    import os
+
+    real = fcntl.flock
+
+    def no_flock(fd: int, op: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/.lock"):  # the store's lock file
+            return real(fd, op)
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(registry_module.fcntl, "flock", no_flock)
+    reg = ModelRegistry(tmp_path)
+    saved = save(reg, model, finish_later=True)
+    assert reg.unfinished("pneumonia", 1) == "being written"
+    assert reg.finish(saved.ref).version == 1  # the saver finishes its own version
+    assert reg.unfinished("pneumonia", 1) is None
+    marker = tmp_path / "pneumonia" / "1" / UNFINISHED_FILE
+    marker.write_text(json.dumps({"pid": os.getpid()}))  # another registry's, alive
+    assert reg.unfinished("pneumonia", 1) == "being written"
+    with pytest.raises(ModelUnfinishedError, match="still being written"):
+        reg.finish("pneumonia:1")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    marker.write_text(json.dumps({"pid": int(dead.stdout)}))
+    assert reg.unfinished("pneumonia", 1) == "abandoned"
+    reg.finish("pneumonia:1")
+    assert not marker.exists()
+
+
+def test_removing_a_staging_dir_drops_its_lock(tmp_path: Path) -> None:
+    """Each staging_dir() the OOD fit and the OpenVINO conversion removed by hand kept its
+    lock's descriptor open for the life of the process (QA round 34)."""
+    reg = ModelRegistry(tmp_path)
+    before = len(registry_module._HELD)
+    for _ in range(3):
+        staging = reg.staging_dir("pneumonia")
+        (staging / "detector.npz").write_bytes(b"x")
+        reg.remove_staging(staging)
+        assert not staging.exists()
+    assert len(registry_module._HELD) == before
