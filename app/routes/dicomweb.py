@@ -37,6 +37,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from radlens.app.auth import Principal, PrincipalDep, record_outcome
 from radlens.app.deps import IngestorDep, SettingsDep
+from radlens.app.dicom_outputs import OUTPUT_SOP_CLASSES
 from radlens.app.errors import AppError, UnsupportedMediaTypeError
 from radlens.app.ingest import Candidate, Ingestor
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, problem_responses
@@ -293,10 +294,20 @@ def _is_radlens_output(data: bytes, max_pixels: int) -> bool:
     return is_radlens_output(ds)
 
 
+# the SOP Class UIDs of radlens' outputs as a file holds them (UI values padded to even length
+# with a NUL; both are odd), in its file meta and its data set's first elements
+_OUTPUT_CLASS_BYTES = tuple(uid.encode() + b"\x00" for uid in OUTPUT_SOP_CLASSES)
+
+
+def _may_be_output(data: bytes) -> bool:
+    """Whether a part may be an SR or SC radlens made: its SOP class among its first bytes (a
+    byte search, no parse: every other part pays nothing)."""
+    head = data[:4096]
+    return any(uid in head for uid in _OUTPUT_CLASS_BYTES)
+
+
 async def _acknowledged_output(outcome: Outcome, data: bytes, max_pixels: int) -> bool:
     """Mark the outcome as radlens' own output when it is one (its SOP class read already)."""
-    from radlens.app.dicom_outputs import OUTPUT_SOP_CLASSES
-
     if outcome.sop_class_uid not in OUTPUT_SOP_CLASSES:
         return False
     if not await asyncio.to_thread(_is_radlens_output, data, max_pixels):
@@ -327,6 +338,10 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
                 f"not {study!r} of the URL",
             )
             return
+    if _may_be_output(data):  # before the model runs on it (QA round 34: it ran, then was let go)
+        await _read_uids(outcome, data, ingestor.settings.max_pixels)
+        if await _acknowledged_output(outcome, data, ingestor.settings.max_pixels):
+            return
     try:
         outcome.candidate = await ingestor.prepare(data)
         # the UIDs as received, from the preprocessed header (reading the header a second
@@ -334,7 +349,6 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         meta = outcome.candidate.image.metadata
         outcome.sop_class_uid, outcome.sop_instance_uid = meta.sop_class_uid, meta.sop_instance_uid
         outcome.study_instance_uid = meta.study_instance_uid
-        await _acknowledged_output(outcome, data, ingestor.settings.max_pixels)
     except RadlensError as exc:
         await _read_uids(outcome, data, ingestor.settings.max_pixels)
         if not await _acknowledged_output(outcome, data, ingestor.settings.max_pixels):

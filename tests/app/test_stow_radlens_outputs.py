@@ -68,3 +68,24 @@ def test_another_systems_sc_is_still_predicted_and_its_sr_still_refused(
     assert [i[0x00991004].value for i in body.FailedSOPSequence] == ["no-pixel-data"]
     referenced = body.get("ReferencedSOPSequence", [])
     assert all(i[0x00991003].value != "radlens-output" for i in referenced)
+
+
+def test_the_model_does_not_run_on_radlens_outputs(service: Service) -> None:
+    """It ran on each radlens SC sent back (one model call a slice when a CT study is
+    forwarded), then let the result go (QA round 34)."""
+    sr, sc = _outputs(service)
+    predictor = service.app.state.resources.ingestor.predictor
+    calls: list[int] = []
+    real = predictor.predict_prepared
+
+    async def counting(prepare: object, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return await real(prepare, *args, **kwargs)
+
+    predictor.predict_prepared = counting
+    try:
+        response = _stow(service, sr, sc)
+    finally:
+        predictor.predict_prepared = real
+    assert response.status_code == 200, response.text  # type: ignore[attr-defined]
+    assert calls == []
