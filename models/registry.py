@@ -100,9 +100,9 @@ __all__ = [
 ]
 
 # Locks this process holds: a staging directory it writes, or an unfinished version's marker
-# (absolute path -> open descriptor with an exclusive flock). Released when the path is renamed into
-# place or removed; a process that dies releases them all, which is how a leftover is told
-# from a save in progress.
+# (absolute path -> open descriptor with an exclusive flock, or _NO_LOCK). Released when the
+# path is renamed into place or removed; a process that dies releases them all, which is how a
+# leftover is told from a save in progress.
 _HELD: dict[Path, int] = {}
 
 log = logging.getLogger(__name__)
@@ -995,7 +995,8 @@ def _check_model_fits_manifest(model: Any, manifest: ModelManifest, model_path: 
 def _hold(path: Path) -> None:
     """Open ``path`` (a file or a directory) and keep an exclusive ``flock`` on it in _HELD:
     other processes then see it as in use (:func:`_held_elsewhere`). On a file system without
-    flock the path is simply not held."""
+    flock it is recorded as this process's all the same (:data:`_NO_LOCK`), and others judge
+    an unfinished marker by the pid it names."""
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
