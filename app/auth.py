@@ -161,6 +161,12 @@ async def authenticate_bearer(
     """The principal of a bearer key (cached, else looked up), with no scope check and no
     rate limit: :func:`authorize` adds those for the API; the /ui login checks the key
     itself (app/ui/routes.py). Raises UnauthorizedError saying what is wrong with the key."""
+    if len(request.headers.getlist("authorization")) > 1:
+        # one field, never a list (RFC 9110 11.6.2): the first was taken, where a proxy in
+        # front may have checked another
+        raise UnauthorizedError(
+            "the request has more than one Authorization header; send exactly one"
+        )
     if credentials is None:
         header = request.headers.get("authorization")
         if header is None:
