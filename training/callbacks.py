@@ -336,25 +336,26 @@ class BestCheckpoint(keras.callbacks.Callback):
             and math.isfinite(float(auc))
             and (best is None or auc > best or tied_better)
         ):
-            self._save_best()
+            save_weights_atomically(self.network, self.run_path / CHECKPOINTS / BEST_WEIGHTS)
             self.state[key] = float(auc)
             self.state["best_epoch"] = epoch + 1
             if self.tie_break:
                 self.state["best_tie_break"] = None if second is None else float(second)
         write_state(self.run_path, self.state)
 
-    def _save_best(self) -> None:
-        """Save under a temporary name, then rename over the previous best: h5py truncates
-        the file it saves to first, so a full disk or a kill mid-save would otherwise leave
-        neither the old best nor the new one, and ``--resume`` could not finish the run."""
-        path = self.run_path / CHECKPOINTS / BEST_WEIGHTS
-        partial = path.with_name(f".partial-{BEST_WEIGHTS}")  # Keras wants *.weights.h5
-        try:
-            self.network.save_weights(partial)
-            partial.replace(path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+
+def save_weights_atomically(network: keras.Model, path: Path) -> None:
+    """``network.save_weights(path)`` under a temporary name, then renamed over ``path``: h5py
+    truncates the file it saves to first, so a full disk or a kill mid-save would otherwise
+    leave neither the old weights nor the new ones (the best checkpoint, phase 1's weights:
+    ``--resume`` could not finish the run). Nothing is left behind on failure."""
+    partial = path.with_name(f".partial-{path.name}")  # Keras wants *.weights.h5
+    try:
+        network.save_weights(partial)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class PhaseBackup(keras.callbacks.BackupAndRestore):

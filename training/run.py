@@ -541,14 +541,8 @@ def _train_phases(
         if phase.number == 2 and resumed_after_phase1 and phase1_weights.is_file():
             network.load_weights(phase1_weights)  # the model holds freshly built weights
         step(model, config, phase, fit)
-        if phase.number == 1 and len(phases) > 1:  # renamed into place: never half-written
-            partial = phase1_weights.with_name(f".partial-{phase1_weights.name}")
-            try:
-                network.save_weights(partial)
-                partial.replace(phase1_weights)
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
+        if phase.number == 1 and len(phases) > 1:
+            cb.save_weights_atomically(network, phase1_weights)
         state["phase_done"] = phase.number
         rundir.write_state(run_path, state)
 
