@@ -1047,12 +1047,19 @@ def _held_elsewhere(path: Path) -> bool:
     return False
 
 
+def _marker_pid(marker: Path) -> int | None:
+    """The pid an unfinished marker names (its saver's), or None."""
+    try:
+        return int(json.loads(marker.read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _writer_alive(marker: Path) -> bool:
     """Whether the process a marker names still runs (on this host: where flock cannot be
     probed, the next best sign; a marker that names none is taken as live)."""
-    try:
-        pid = int(json.loads(marker.read_text(encoding="utf-8"))["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+    pid = _marker_pid(marker)
+    if pid is None:
         return True
     try:
         os.kill(pid, 0)
@@ -1069,11 +1076,8 @@ def _unfinished_list(refs: list[str]) -> str:
 
 
 def _marker_note(marker: Path) -> str:
-    try:
-        pid = json.loads(marker.read_text(encoding="utf-8"))["pid"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "process unknown"
-    return f"process {pid}"
+    pid = _marker_pid(marker)
+    return "process unknown" if pid is None else f"process {pid}"
 
 
 def _fsync_file(path: Path) -> None:
