@@ -244,40 +244,22 @@ class Outcome:
     prediction_id: str | None = None
     label: str | None = None
     created: bool = False
+    made_by_radlens: bool = False  # its header says so (_uids)
     output: bool = False  # an SR or SC radlens made, sent back: acknowledged, not predicted
 
     def fail(self, code: str, message: str) -> None:
         self.error_code, self.error = code, message
 
 
-def _uids(data: bytes, max_pixels: int) -> tuple[str | None, str | None, str | None]:
-    """SOP Class, SOP Instance and Study Instance UID of a part, when its header reads.
+def _uids(data: bytes, max_pixels: int) -> tuple[str | None, str | None, str | None, bool]:
+    """SOP Class, SOP Instance and Study Instance UID of a part, when its header reads, and
+    whether it is an SR or Secondary Capture radlens made (app/dicom_outputs.py: a PACS that
+    forwards a study sends back the results the outbox filed into it), in one read.
 
     Raises:
         DeflatedDatasetTooLargeError: a deflated part that inflates beyond what
             ``max_pixels`` allows (models/dicomread.py); any other failure gives Nones.
     """
-    from radlens.models.dicomread import read_dicom_bytes
-
-    try:
-        ds = read_dicom_bytes(
-            data,
-            max_pixels=max_pixels,
-            stop_before_pixels=True,
-            force=True,  # as preprocessing reads it (a dataset without preamble or file meta)
-            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
-        )
-    except DeflatedDatasetTooLargeError:
-        raise
-    except Exception:  # best effort: preprocessing reports what is wrong with the part
-        return None, None, None
-    values = (ds.get("SOPClassUID"), ds.get("SOPInstanceUID"), ds.get("StudyInstanceUID"))
-    return tuple(str(v) if v else None for v in values)  # type: ignore[return-value]
-
-
-def _is_radlens_output(data: bytes, max_pixels: int) -> bool:
-    """Whether a part is an SR or Secondary Capture radlens made (app/dicom_outputs.py): a PACS
-    that forwards a study sends back the results the outbox filed into it."""
     from radlens.app.dicom_outputs import is_radlens_output
     from radlens.models.dicomread import read_dicom_bytes
 
@@ -286,12 +268,23 @@ def _is_radlens_output(data: bytes, max_pixels: int) -> bool:
             data,
             max_pixels=max_pixels,
             stop_before_pixels=True,
-            force=True,
-            specific_tags=["Manufacturer", "SeriesDescription", "SeriesNumber"],
+            force=True,  # as preprocessing reads it (a dataset without preamble or file meta)
+            specific_tags=[
+                "SOPClassUID",
+                "SOPInstanceUID",
+                "StudyInstanceUID",
+                "Manufacturer",
+                "SeriesDescription",
+                "SeriesNumber",
+            ],
         )
-    except Exception:  # best effort: not recognised, handled as any other part
-        return False
-    return is_radlens_output(ds)
+    except DeflatedDatasetTooLargeError:
+        raise
+    except Exception:  # best effort: preprocessing reports what is wrong with the part
+        return None, None, None, False
+    values = (ds.get("SOPClassUID"), ds.get("SOPInstanceUID"), ds.get("StudyInstanceUID"))
+    sop_class, sop_instance, study = (str(v) if v else None for v in values)
+    return sop_class, sop_instance, study, sop_class in OUTPUT_SOP_CLASSES and is_radlens_output(ds)
 
 
 # the SOP Class UIDs of radlens' outputs as a file holds them (UI values padded to even length
@@ -306,16 +299,6 @@ def _may_be_output(data: bytes) -> bool:
     return any(uid in head for uid in _OUTPUT_CLASS_BYTES)
 
 
-async def _acknowledged_output(outcome: Outcome, data: bytes, max_pixels: int) -> bool:
-    """Mark the outcome as radlens' own output when it is one (its SOP class read already)."""
-    if outcome.sop_class_uid not in OUTPUT_SOP_CLASSES:
-        return False
-    if not await asyncio.to_thread(_is_radlens_output, data, max_pixels):
-        return False
-    outcome.output, outcome.candidate = True, None
-    return True
-
-
 async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -> None:
     part = outcome.part
     if part.content_type not in ("application/dicom", ""):
@@ -328,10 +311,10 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         except RadlensError as exc:  # a deflate bomb: refused before anything else
             outcome.fail(exc.code, str(exc))
             return
-        outcome.sop_class_uid, outcome.sop_instance_uid, outcome.study_instance_uid = uids
+        _set_uids(outcome, uids)
         # a part whose header gives no UID at all is no DICOM instance: preprocessing says
         # what it is (every such part was a "study mismatch", QA round 13)
-        if any(uids) and outcome.study_instance_uid != study:
+        if any(uids[:3]) and outcome.study_instance_uid != study:
             outcome.fail(
                 "study-mismatch",
                 f"part {part.index} belongs to study {outcome.study_instance_uid!r}, "
@@ -340,7 +323,8 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
             return
     if _may_be_output(data):  # before the model runs on it (QA round 34: it ran, then was let go)
         await _read_uids(outcome, data, ingestor.settings.max_pixels)
-        if await _acknowledged_output(outcome, data, ingestor.settings.max_pixels):
+        if outcome.made_by_radlens:
+            outcome.output = True
             return
     try:
         outcome.candidate = await ingestor.prepare(data)
@@ -351,9 +335,7 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         outcome.study_instance_uid = meta.study_instance_uid
     except RadlensError as exc:
         await _read_uids(outcome, data, ingestor.settings.max_pixels)
-        if not await _acknowledged_output(outcome, data, ingestor.settings.max_pixels):
-            outcome.fail(exc.code, str(exc))  # (an SR radlens made has no pixel data)
-        return
+        outcome.fail(exc.code, str(exc))
     except Exception as exc:  # one bad instance must not fail the others
         await _read_uids(outcome, data, ingestor.settings.max_pixels)
         # as CatchAllMiddleware: the type and the frames, not the message (it may quote input)
@@ -373,7 +355,16 @@ async def _read_uids(outcome: Outcome, data: bytes, max_pixels: int) -> None:
             uids = await asyncio.to_thread(_uids, data, max_pixels)
         except RadlensError:  # a deflate bomb: its UIDs stay unknown
             return
-        outcome.sop_class_uid, outcome.sop_instance_uid, outcome.study_instance_uid = uids
+        _set_uids(outcome, uids)
+
+
+def _set_uids(outcome: Outcome, header: tuple[str | None, str | None, str | None, bool]) -> None:
+    (
+        outcome.sop_class_uid,
+        outcome.sop_instance_uid,
+        outcome.study_instance_uid,
+        outcome.made_by_radlens,
+    ) = header
 
 
 def _element(vr: str, *values: Any) -> dict[str, Any]:
