@@ -14,8 +14,13 @@ from tests.app.conftest import Service
 from tests.app.test_ui import login
 
 
-def _facts(text: str) -> str:
-    return html.unescape(text)
+def _model_page(service: Service) -> str:
+    """/ui/model as a logged-in user sees it, entities unescaped (the session ends after)."""
+    service.client.cookies.clear()
+    login(service.client, service.api_key or "")
+    page = html.unescape(service.client.get("/ui/model").text)
+    service.client.cookies.clear()
+    return page
 
 
 def test_a_stated_intended_use_is_shown_with_the_gate(
@@ -28,10 +33,7 @@ def test_a_stated_intended_use_is_shown_with_the_gate(
     )
     monkeypatch.setattr(manifest, "intended_use", record)
     monkeypatch.setattr(manifest, "ood", {"method": "mahalanobis", "threshold": 123.456})
-    service.client.cookies.clear()
-    login(service.client, service.api_key or "")
-    page = _facts(service.client.get("/ui/model").text)
-    service.client.cookies.clear()
+    page = _model_page(service)
     assert "<h2>Intended use</h2>" in page
     assert "<dt>Modalities</dt><dd>CR, DX</dd>" in page
     assert "<dt>Body parts</dt><dd>CHEST</dd>" in page
@@ -48,10 +50,7 @@ def test_a_manifest_without_one_says_so(service: Service, monkeypatch: pytest.Mo
     manifest = service.app.state.resources.predictor.manifest
     monkeypatch.setattr(manifest, "intended_use", None)
     monkeypatch.setattr(manifest, "ood", None)
-    service.client.cookies.clear()
-    login(service.client, service.api_key or "")
-    page = _facts(service.client.get("/ui/model").text)
-    service.client.cookies.clear()
+    page = _model_page(service)
     assert "<dt>Modalities</dt><dd>any (not restricted)</dd>" in page
     assert "not recorded (an older manifest)" in page
     assert "none stored with this model" in page

@@ -10,13 +10,13 @@ import errno
 import os
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
 from radlens.cli.main import main
 from radlens.models import registry as registry_module
 from radlens.models.registry import ModelRegistry
+from tests.app.conftest import save_tiny_model
 
 
 def one_error_line(err: str) -> str:
@@ -29,22 +29,8 @@ def one_error_line(err: str) -> str:
 @pytest.fixture()
 def store(tmp_path: Path) -> Path:
     """chest:1, with an OOD detector file attached."""
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Flatten()(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    save_tiny_model(tmp_path / "store", name="chest")
     reg = ModelRegistry(tmp_path / "store")
-    reg.save(
-        model,
-        name="chest",
-        architecture="simple_cnn",
-        class_names=["normal", "abnormal"],
-        threshold=0.5,
-        window=None,
-        filters=[],
-        metrics={},
-        training_config={},
-        data_fingerprint=None,
-    )
     staged = reg.staging_dir("chest") / "detector.npz"
     np.savez(staged, mean=np.zeros(3))
     reg.add_ood_detector("chest:1", staged, {"method": "test"})
