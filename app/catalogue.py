@@ -34,7 +34,8 @@ from radlens.app.dicom_outputs import (
     SC_SERIES_NUMBER,
     SR_SERIES_DESCRIPTION,
     SR_SERIES_NUMBER,
-    output_uid,
+    output_series_uid,
+    output_sop_uid,
 )
 from radlens.app.tables import Explanation, Prediction
 
@@ -107,6 +108,7 @@ class OutputInstance:
     series_number: int
     series_description: str
     created_at: datetime
+    instance_number: int = 1
 
     def value(self, keyword: str) -> str:
         return str(
@@ -117,7 +119,7 @@ class OutputInstance:
                 "SOPClassUID": self.sop_class_uid,
                 "Modality": self.modality,
                 "SeriesNumber": self.series_number,
-                "InstanceNumber": 1,
+                "InstanceNumber": self.instance_number,
             }[keyword]
         )
 
@@ -133,13 +135,19 @@ def outputs_of(prediction: Prediction, *, explained: bool) -> list[OutputInstanc
             prediction_id=prediction.id,
             kind=kind,
             study_instance_uid=prediction.study_instance_uid,
-            series_instance_uid=output_uid(prediction.id, f"{kind}-series", with_patient=False),
-            sop_instance_uid=output_uid(prediction.id, kind, with_patient=False),
+            series_instance_uid=output_series_uid(
+                str(prediction.series_instance_uid),
+                prediction.model_name,
+                prediction.model_version,
+                kind,
+            ),
+            sop_instance_uid=output_sop_uid(prediction.id, kind, with_patient=False),
             sop_class_uid=sop_class,
             modality=modality,
             series_number=number,
             series_description=description,
             created_at=prediction.created_at,
+            instance_number=prediction.instance_number or 1,
         )
         for kind, sop_class, modality, number, description in kinds
     ]

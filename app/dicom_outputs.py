@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radlens.app.errors import AppError
+from radlens.models.preprocessing import read_instance_number
 
 # highdicom logs at INFO each module it copies "from dataset <SOP Instance UID>": the source's
 # real UIDs, in the log of a site that pseudonymises them before storing (QA round 14). Its
@@ -130,6 +131,9 @@ class SourceRef:
     burned_in_annotation: str | None = None
     # the source's Specific Character Set, copied with the identification it encodes
     character_set: Any = None
+    # the source's Instance Number (ImageMetadata.instance_number; None: unknown): the
+    # outputs' own, so a series' SRs and SCs sort as their sources
+    instance_number: int | None = None
 
     @property
     def with_patient(self) -> bool:
@@ -175,6 +179,7 @@ def source_from_prediction(prediction: Prediction) -> SourceRef:
         sop_class,
         prediction.modality,
         burned_in_annotation=prediction.burned_in_annotation,  # stored since 0013
+        instance_number=prediction.instance_number,  # stored since 0015
     )
 
 
@@ -201,6 +206,7 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
         identification,
         _burned_in_annotation(ds),
         ds.get("SpecificCharacterSet") if identification else None,
+        read_instance_number(ds),
     )
 
 
@@ -237,6 +243,37 @@ def output_uid(prediction_id: uuid.UUID, kind: str, *, with_patient: bool) -> st
     """A stable UID for one output of one prediction (``2.25.<decimal uuid5>``, <= 64 chars)."""
     name = f"{prediction_id}:{kind}:{'patient' if with_patient else 'anonymous'}"
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+# An output's series has been its source series' (output_series_uid) since migration 0015;
+# before, each output had a series of its own. A SOP Instance UID names one object, so a
+# regrouped output has a new one: a PACS that holds an output sent before the upgrade receives
+# the regrouped one as another object, rather than a known UID in another series.
+OUTPUT_GROUPING = "grouped"
+
+
+def output_sop_uid(prediction_id: uuid.UUID, kind: str, *, with_patient: bool) -> str:
+    """The SOP Instance UID of a prediction's SR (``kind`` "sr") or Secondary Capture ("sc")."""
+    return output_uid(prediction_id, f"{kind}:{OUTPUT_GROUPING}", with_patient=with_patient)
+
+
+def output_series_uid(
+    source_series_uid: str, model_name: str, model_version: int, kind: str
+) -> str:
+    """The Series Instance UID of one kind of output (``"sr"``, ``"sc"``) of one model version
+    about one source series (``2.25.<decimal uuid5>``): every prediction of that series by that
+    model version puts its SR (and the series' own SR, app/routes/series.py) in one series and
+    its Secondary Capture in another, as a PACS expects of a derived series, where one series
+    per prediction made a 300-slice CT 600 new series. The same whichever way the output is
+    made (send-back, WADO, the prediction's own routes), as it derives from the source's UID."""
+    name = f"output-series:{source_series_uid}:{model_name}:{model_version}:{kind}"
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+def output_instance_number(source: SourceRef) -> int:
+    """An output's Instance Number: its source's, so the outputs sort as the source series
+    (1 when the source's is unknown)."""
+    return source.instance_number or 1
 
 
 def _reference_dataset(source: SourceRef) -> Dataset:
@@ -437,10 +474,17 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
             lambda evidence: hd.sr.Comprehensive3DSR(
                 evidence=evidence,
                 content=report[0],
-                series_instance_uid=output_uid(prediction.id, "sr-series", with_patient=False),
+                series_instance_uid=output_series_uid(
+                    source.series_instance_uid,
+                    prediction.model_name,
+                    prediction.model_version,
+                    "sr",
+                ),
                 series_number=SR_SERIES_NUMBER,
-                sop_instance_uid=output_uid(prediction.id, "sr", with_patient=source.with_patient),
-                instance_number=1,
+                sop_instance_uid=output_sop_uid(
+                    prediction.id, "sr", with_patient=source.with_patient
+                ),
+                instance_number=output_instance_number(source),
                 manufacturer=MANUFACTURER,
                 manufacturer_model_name=f"{prediction.model_name}:{prediction.model_version}",
                 series_description=SR_SERIES_DESCRIPTION,
@@ -684,10 +728,17 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
                 photometric_interpretation="RGB",
                 bits_allocated=8,
                 coordinate_system="PATIENT",
-                series_instance_uid=output_uid(prediction.id, "sc-series", with_patient=False),
+                series_instance_uid=output_series_uid(
+                    source.series_instance_uid,
+                    prediction.model_name,
+                    prediction.model_version,
+                    "sc",
+                ),
                 series_number=SC_SERIES_NUMBER,
-                sop_instance_uid=output_uid(prediction.id, "sc", with_patient=source.with_patient),
-                instance_number=1,
+                sop_instance_uid=output_sop_uid(
+                    prediction.id, "sc", with_patient=source.with_patient
+                ),
+                instance_number=output_instance_number(source),
                 manufacturer=MANUFACTURER,
                 # highdicom wants an orientation for PATIENT; the service does not keep the
                 # source's, so it is emptied below (Type 2: present, empty = unknown)

@@ -484,6 +484,7 @@ class Ingestor:
             # the drift window of every replica reads these back (app/drift.py)
             **_input_statistics(image),
             burned_in_annotation=meta.burned_in_annotation,
+            instance_number=meta.instance_number,
         )
         sender = await self._sender(data, image) if self.outbox is not None else None
         return Candidate(
@@ -522,7 +523,9 @@ class Ingestor:
                 max_pixels=self.settings.max_pixels,
             )
         study, series, sop, sop_class = (str(u) for u in uids)
-        return SourceRef(study, series, sop, sop_class, meta.modality)
+        return SourceRef(
+            study, series, sop, sop_class, meta.modality, instance_number=meta.instance_number
+        )
 
     async def _predict_frames(
         self, data: bytes, first: PreprocessedImage, output: PredictionOutput

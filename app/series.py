@@ -557,14 +557,16 @@ def study_results(
 
 
 def series_output_uid(view: SeriesView, result: ModelResult, kind: str) -> str:
-    """A UID for one DICOM output of one series result (``2.25.<uuid5>``): the same content
-    (series, model, the key instances' predictions and the instance count) gives the same UID,
-    and a series that received more instances gets a new one."""
-    from radlens.app.dicom_outputs import output_uid
+    """A UID for one DICOM output of one series result (``2.25.<uuid5>``; the series SR's SOP
+    Instance UID): the same content (series, model, the key instances' predictions and the
+    instance count) gives the same UID, and a series that received more instances gets a new
+    one. The SR's series is the model's SR series about the source series
+    (app/dicom_outputs.output_series_uid), beside its per-instance SRs."""
+    from radlens.app.dicom_outputs import OUTPUT_GROUPING, output_uid
 
     state = ",".join(str(i.prediction.id) for i in result.key_instances)
     name = (
         f"series:{view.series_instance_uid}:{result.model_name}:{result.model_version}:"
-        f"{result.instance_count}:{state}"
+        f"{result.instance_count}:{state}:{OUTPUT_GROUPING}"
     )
     return output_uid(uuid.uuid5(uuid.NAMESPACE_OID, name), kind, with_patient=False)

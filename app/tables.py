@@ -113,6 +113,10 @@ class Prediction(Base):
     # another value, not DICOM, or stored before 0013), so every page showing the prediction
     # can warn that its pixels may carry text (a name, a date); identifies no one itself
     burned_in_annotation: Mapped[str | None] = mapped_column(String(3))
+    # (0015) the source's DICOM Instance Number (1 to 2**31 - 1; NULL: absent, out of range,
+    # not DICOM, or stored before 0015): the prediction's SR and SC carry it, so the outputs of
+    # a series' predictions, grouped in one series per model version, sort as their sources
+    instance_number: Mapped[int | None] = mapped_column(Integer)
 
 
 class Explanation(Base):

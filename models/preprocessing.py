@@ -260,6 +260,10 @@ class ImageMetadata:
     # photograph or a Doppler frame rather than a gray radiograph stored as RGB (app/gate.py);
     # None for a gray image
     colour_fraction: float | None = None
+    # DICOM Instance Number (0020,0013) when it is a whole number from 1 to 2**31 - 1 (a
+    # database integer), else None: the outputs of a series' predictions are numbered like
+    # their sources (app/dicom_outputs.py), so a viewer orders them as the series
+    instance_number: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-ready dict."""
@@ -1175,6 +1179,7 @@ def _dicom_frame(
         burned_in_annotation=burned_in_annotation(ds),
         blank=blank,
         colour_fraction=colour,
+        instance_number=read_instance_number(ds),
     )
     return pixels, metadata
 
@@ -3044,6 +3049,12 @@ def _int_or(ds: Dataset, keyword: str, default: Any) -> Any:
         return int(value)
     except Exception:  # a malformed element: treat as absent
         return default
+
+
+def read_instance_number(ds: Dataset) -> int | None:
+    """The Instance Number as :attr:`ImageMetadata.instance_number` keeps it."""
+    number = _int_or(ds, "InstanceNumber", None)
+    return number if isinstance(number, int) and 1 <= number < 2**31 else None
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:

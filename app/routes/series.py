@@ -12,7 +12,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from radlens.app.deps import SessionDep, SettingsDep
-from radlens.app.dicom_outputs import DICOM_MEDIA_TYPE, build_series_sr, source_from_prediction
+from radlens.app.dicom_outputs import (
+    DICOM_MEDIA_TYPE,
+    build_series_sr,
+    output_series_uid,
+    source_from_prediction,
+)
 from radlens.app.errors import AppError, NotFoundError
 from radlens.app.routes.explanations import PseudonymisedUidsError
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelRef, problem_responses
@@ -476,7 +481,10 @@ def get_series_sr(
         result,
         sources,
         aggregation=settings.series_aggregation,
-        series_uid=series_output_uid(view, result, "sr-series"),
+        # the SR series of this model's per-instance SRs about the series
+        series_uid=output_series_uid(
+            view.series_instance_uid, result.model_name, result.model_version, "sr"
+        ),
         sop_uid=series_output_uid(view, result, "sr"),
     )
     return Response(

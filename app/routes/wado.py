@@ -144,7 +144,7 @@ def _instance_json(request: Request, o: OutputInstance) -> dict[str, Any]:
         "0020000D": _el("UI", o.study_instance_uid),
         "0020000E": _el("UI", o.series_instance_uid),
         "00200011": _el("IS", o.series_number),
-        "00200013": _el("IS", 1),
+        "00200013": _el("IS", o.instance_number),
     }
 
 

@@ -303,8 +303,10 @@ def dicom_bytes(
     transfer_syntax: str | None = None,
     patient: dict[str, str] | None = None,
     seed: int = 0,
+    instance: int | str | None = None,
 ) -> bytes:
-    """A small CT instance written by pydicom (Explicit VR Little Endian by default)."""
+    """A small CT instance written by pydicom (Explicit VR Little Endian by default);
+    ``instance``: its Instance Number (absent when None)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
@@ -319,6 +321,8 @@ def dicom_bytes(
     ds.StudyInstanceUID = study or new_uid()
     ds.SeriesInstanceUID = series or new_uid()
     ds.Modality = "CT"
+    if instance is not None:
+        ds.InstanceNumber = instance
     for keyword, value in (patient or {}).items():
         setattr(ds, keyword, value)
     ds.Rows = rows

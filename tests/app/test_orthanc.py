@@ -291,13 +291,15 @@ def test_orthanc_sends_a_study_by_stow_rs_and_gets_srs_and_scs_back_into_it(
 
     def all_back() -> dict[str, list[Any]] | None:
         found = outputs()
-        return found if len(found["SR"]) == 4 and len(found["OT"]) == 4 else None
+        counts = [sum(len(series["Instances"]) for series in found[m]) for m in ("SR", "OT")]
+        return found if counts == [4, 4] else None
 
     found = wait_for(all_back, 120, "4 SRs and 4 SCs in Orthanc")
     assert orthanc.get("/studies") == [orthanc_study]  # no second study, no second patient
+    # one SR series and one SC series per source series (CT and CR), not one per instance
+    assert (len(found["SR"]), len(found["OT"])) == (2, 2)
     referenced, derived = set(), set()
-    for series in found["SR"]:
-        (instance,) = series["Instances"]
+    for instance in (i for series in found["SR"] for i in series["Instances"]):
         tags = orthanc.get(f"/instances/{instance}/simplified-tags")
         assert tags["StudyInstanceUID"] == study
         assert tags["PatientID"] == SYNTHETIC_PATIENT["PatientID"]
@@ -307,8 +309,7 @@ def test_orthanc_sends_a_study_by_stow_rs_and_gets_srs_and_scs_back_into_it(
                 "ReferencedSOPInstanceUID"
             ]
         )
-    for series in found["OT"]:
-        (instance,) = series["Instances"]
+    for instance in (i for series in found["OT"] for i in series["Instances"]):
         tags = orthanc.get(f"/instances/{instance}/simplified-tags")
         assert tags["StudyInstanceUID"] == study
         derived.add(tags["SourceImageSequence"][0]["ReferencedSOPInstanceUID"])
