@@ -146,6 +146,7 @@ class PredictionPublic(BaseModel):
                 "study_instance_uid": "1.2.826.0.1.3680043.8.498.1",
                 "series_instance_uid": "1.2.826.0.1.3680043.8.498.2",
                 "sop_instance_uid": "1.2.826.0.1.3680043.8.498.3",
+                "instance_number": 1,
                 "modality": "CR",
                 "rows": 1024,
                 "columns": 1024,
@@ -188,6 +189,12 @@ class PredictionPublic(BaseModel):
     study_instance_uid: str | None
     series_instance_uid: str | None
     sop_instance_uid: str | None
+    instance_number: int | None = Field(
+        default=None,
+        description="the DICOM Instance Number of the source (how a viewer numbers the image "
+        "in its series); null when absent or not DICOM, or for predictions stored before "
+        "migration 0015",
+    )
     modality: str | None
     rows: int
     columns: int

@@ -148,6 +148,7 @@ def to_public(
         study_instance_uid=prediction.study_instance_uid,
         series_instance_uid=prediction.series_instance_uid,
         sop_instance_uid=prediction.sop_instance_uid,
+        instance_number=prediction.instance_number,
         modality=prediction.modality,
         rows=prediction.rows,
         columns=prediction.columns,

@@ -86,6 +86,11 @@ class InstanceLink(BaseModel):
 
     prediction_id: uuid.UUID
     sop_instance_uid: str | None
+    instance_number: int | None = Field(
+        default=None,
+        description="The source's DICOM Instance Number, as a viewer numbers the image in the "
+        "series (null when unknown)",
+    )
     score: float = Field(description="The instance's score for the aggregated class")
     label: str
     key_frame: int | None = Field(
@@ -235,6 +240,7 @@ def _instance_links(request: Request, items: list[InstanceScore]) -> list[Instan
         InstanceLink(
             prediction_id=i.prediction.id,
             sop_instance_uid=i.prediction.sop_instance_uid,
+            instance_number=i.prediction.instance_number,
             score=i.score,
             label=i.prediction.label,
             key_frame=(i.prediction.frame_result or {}).get("key_frame"),

@@ -175,3 +175,26 @@ def test_the_send_back_files_a_series_outputs_in_two_series(
     assert {k: len(v) for k, v in by_modality.items()} == {"SR": 1, "OT": 1}
     assert by_modality["SR"] == {stored_sr.SeriesInstanceUID}  # as the stored route makes it
     assert sorted(int(ds.InstanceNumber) for ds in objects if ds.Modality == "SR") == [1, 2, 3]
+
+
+def test_the_instance_number_is_in_the_prediction_the_series_and_the_page(
+    service: Service,
+) -> None:
+    from tests.app.test_ui import login
+
+    _, series, predictions = _series(service, [12, 40])
+    assert [p["instance_number"] for p in predictions] == [12, 40]
+    fetched = service.client.get(f"/v1/predictions/{predictions[1]['id']}").json()
+    assert fetched["instance_number"] == 40
+    listed = service.client.get(f"/v1/series/{series}")
+    assert listed.status_code == 200, listed.text
+    (result,) = listed.json()["results"]
+    assert {i["instance_number"] for i in result["key_instances"]} <= {12, 40}
+    service.client.cookies.clear()
+    try:
+        login(service.client, service.api_key or "")
+        page = service.client.get(f"/ui/predictions/{predictions[0]['id']}")
+    finally:
+        service.client.cookies.clear()
+    assert page.status_code == 200
+    assert "<dt>Instance number</dt><dd>12 " in page.text
