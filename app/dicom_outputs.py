@@ -270,10 +270,18 @@ def output_series_uid(
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
-def output_instance_number(source: SourceRef) -> int:
-    """An output's Instance Number: its source's, so the outputs sort as the source series
-    (1 when the source's is unknown)."""
-    return source.instance_number or 1
+def _placement(prediction: Prediction, source: SourceRef, kind: str) -> dict[str, Any]:
+    """Where a prediction's SR (``kind`` "sr") or SC ("sc") goes, as highdicom's arguments: the
+    output series of its source series and model version, its own SOP Instance UID, and its
+    source's Instance Number (1 when unknown), so the outputs sort as the source series."""
+    return {
+        "series_instance_uid": output_series_uid(
+            source.series_instance_uid, prediction.model_name, prediction.model_version, kind
+        ),
+        "series_number": SR_SERIES_NUMBER if kind == "sr" else SC_SERIES_NUMBER,
+        "sop_instance_uid": output_sop_uid(prediction.id, kind, with_patient=source.with_patient),
+        "instance_number": source.instance_number or 1,
+    }
 
 
 def _reference_dataset(source: SourceRef) -> Dataset:
@@ -474,17 +482,7 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
             lambda evidence: hd.sr.Comprehensive3DSR(
                 evidence=evidence,
                 content=report[0],
-                series_instance_uid=output_series_uid(
-                    source.series_instance_uid,
-                    prediction.model_name,
-                    prediction.model_version,
-                    "sr",
-                ),
-                series_number=SR_SERIES_NUMBER,
-                sop_instance_uid=output_sop_uid(
-                    prediction.id, "sr", with_patient=source.with_patient
-                ),
-                instance_number=output_instance_number(source),
+                **_placement(prediction, source, "sr"),
                 manufacturer=MANUFACTURER,
                 manufacturer_model_name=f"{prediction.model_name}:{prediction.model_version}",
                 series_description=SR_SERIES_DESCRIPTION,
@@ -728,17 +726,7 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
                 photometric_interpretation="RGB",
                 bits_allocated=8,
                 coordinate_system="PATIENT",
-                series_instance_uid=output_series_uid(
-                    source.series_instance_uid,
-                    prediction.model_name,
-                    prediction.model_version,
-                    "sc",
-                ),
-                series_number=SC_SERIES_NUMBER,
-                sop_instance_uid=output_sop_uid(
-                    prediction.id, "sc", with_patient=source.with_patient
-                ),
-                instance_number=output_instance_number(source),
+                **_placement(prediction, source, "sc"),
                 manufacturer=MANUFACTURER,
                 # highdicom wants an orientation for PATIENT; the service does not keep the
                 # source's, so it is emptied below (Type 2: present, empty = unknown)
