@@ -861,6 +861,22 @@ def modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
                 f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} present but "
                 "empty, so the image's values (HU for a CT) cannot be known"
             )
+        # pydicom keeps a Decimal String it cannot read ("1,0": a decimal comma) as text, and
+        # numpy then failed on it with a type error about ufunc loops (QA round 36)
+        unreadable = [
+            f"{name} ({tag}) {_numeric_text_shown(_text(ds, keyword))}"
+            for keyword, name, tag in (
+                ("RescaleSlope", "Rescale Slope", "0028,1053"),
+                ("RescaleIntercept", "Rescale Intercept", "0028,1052"),
+            )
+            if not _decimal_or_numbers(ds.get(keyword))
+        ]
+        if unreadable:
+            raise InvalidRescaleError(
+                f"{' and '.join(unreadable)} {'is' if len(unreadable) == 1 else 'are'} not a "
+                "decimal number (a Decimal String writes '1.0', with a point and no comma), so "
+                "the image's values (HU for a CT) cannot be known"
+            )
     return _call(
         lambda: np.asarray(apply_modality_lut(arr, ds)),
         InvalidImageError,
@@ -900,6 +916,30 @@ def displays_stored_values(ds: Dataset, *, version: str = PREPROCESSING_VERSION)
         True
     """
     return _at_least(version, "5") and _sop_class_uid(ds) in _XRAY_INTENSITY_LUT_SOP_CLASSES
+
+
+_NUMERIC_TEXT = re.compile(r"[0-9+\-.,eE ]{1,16}")
+
+
+def _numeric_text_shown(text: str | None) -> str:
+    """A value that should have been a number, quoted when it is made of digits, signs,
+    points, commas and exponents only ('1,0'); anything else may be text a writer put in the
+    wrong field (a name, an ID): not quoted (QA round 31)."""
+    if text is not None and _NUMERIC_TEXT.fullmatch(text):
+        return repr(text)
+    return "<value not shown>"
+
+
+def _decimal_or_numbers(value: Any) -> bool:
+    """Whether a Rescale Slope/Intercept value is what pydicom reads a Decimal String as (a
+    number, or several); False for text it could not read as one (``"1,0"``, ``"AUTO"``)."""
+    if not isinstance(value, str):
+        return True  # DSfloat/DSdecimal, or a multi-value: pydicom's own handling as before
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _modality_lut_wider_than_declared(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
@@ -1063,7 +1103,30 @@ def _open_dicom(data: bytes, max_pixels: int) -> _DicomSource:
             "uncompressed samples; compressed data are encapsulated, of undefined length) but "
             f"the transfer syntax in the file meta information is {_ts_label(tsyntax)}"
         )
+    _normalise_photometric(ds)
     return _DicomSource(ds, tsyntax, rows, columns, frames)
+
+
+def _normalise_photometric(ds: Dataset) -> None:
+    """Write the Photometric Interpretation as its defined term when the file spells it with
+    leading spaces (not significant in a CS value, PS3.5 6.2) or in lower case.
+
+    pydicom's decoders and its windowing compare the value exactly: ``" MONOCHROME1"`` was
+    refused as undecodable by the full decode while the reduced-resolution one (which reads
+    it stripped and upper-cased) predicted without the file's window; the CLI (native size)
+    and the service then disagreed about one file (QA round 36). A value spelled as a defined
+    term is left as it is: every file that decoded in full before reads as before. Such a
+    JPEG or JPEG 2000 file that the reduced decode predicted now has its file window applied
+    (it was passed over for min-max).
+    """
+    try:
+        element = ds.get("PhotometricInterpretation")
+    except Exception:  # a malformed element: _check_pixel_header names it
+        return
+    text = _text(ds, "PhotometricInterpretation")
+    if element is None or text is None or str(element) == text.upper():
+        return
+    ds.PhotometricInterpretation = text.upper()
 
 
 def _dicom_frame(
