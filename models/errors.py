@@ -169,18 +169,19 @@ class MalformedDicomError(InvalidImageError):
 
 
 class InvalidRescaleError(InvalidImageError):
-    """The header's Rescale Slope or Intercept is present but empty (the values, HU for a CT,
-    cannot be known), or its modality rescale (or Modality LUT) turns an image into values
-    that are not finite, or flattens one whose stored pixels have contrast into a single
-    value: a blank image the model must not be shown. (A file window that does so is passed over for
-    min-max instead: the pixels themselves are sound.)"""
+    """The header's Rescale Slope or Intercept is present but empty or not a number ("1,0"),
+    so the values (HU for a CT) cannot be known, or its modality rescale (or Modality LUT)
+    turns an image into values that are not finite, or flattens one whose stored pixels have
+    contrast into a single value: a blank image the model must not be shown. (A file window
+    that does so is passed over for min-max instead: the pixels themselves are sound.)"""
 
     code = "invalid-rescale"
     title = (
-        "The DICOM header's Rescale Slope/Intercept (or Modality LUT) is empty or makes the "
-        "image blank or not finite; correct them in the header, or send the original image"
+        "The DICOM header's Rescale Slope/Intercept (or Modality LUT) is empty, not a number, "
+        "or makes the image blank or not finite; correct them in the header, or send the "
+        "original image"
     )
-    comment = "Rescale/Modality LUT empty or blanks the image: fix the header"
+    comment = "Rescale/Modality LUT empty, not a number or blanks image: fix it"
 
 
 class IncompletePixelHeaderError(InvalidImageError):
