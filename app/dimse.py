@@ -11,13 +11,20 @@ A refused instance gets a failure status whose Error Comment is the error's titl
 the detail, which may quote the file; at most 64 characters): 0xA700 (out of resources)
 for a busy service, 0xC000 (cannot understand) for data radlens cannot use, 0xA900 for an
 instance too large, 0x0122 (SOP class not supported) for an instance of a class without
-pixel data (an SR the site listed).
+pixel data (an SR the site listed, with RADLENS_NON_IMAGE_INSTANCES=refuse).
 
 radlens's own SR and Secondary Capture (app/dicom_outputs.py) come back when a PACS forwards
 a study the outbox filed them into: their two classes are always accepted at negotiation,
 and an object radlens made is answered Success without being predicted (QA round 30: the SC
 was predicted, a Grad-CAM of the Grad-CAM sent back in turn; the SR, rejected at
 negotiation, failed Orthanc's whole store job).
+
+A study also holds objects of classes that hold no image (reports, dose reports, key object
+selections, presentation states, PDFs, RT plans ...: :data:`NON_IMAGE_STORAGE_SOP_CLASSES`).
+With ``RADLENS_NON_IMAGE_INSTANCES=acknowledge`` (the default) they are accepted at
+negotiation and answered Success without being read, predicted, stored or audited; each
+association logs one line counting them by class (QA round 35: they were rejected at
+negotiation, which failed a PACS's whole-study "Send to"). ``refuse`` keeps that rejection.
 
 With ``RADLENS_DIMSE_ACK=queued`` the response is Success once the instance is durably
 queued in app/dimse_inbox.py instead; the event loop then predicts the queued instances
@@ -33,12 +40,13 @@ import logging
 import ssl
 import threading
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
@@ -49,6 +57,7 @@ from radlens.app.errors import ServiceBusyError
 from radlens.app.ingest import Ingestor
 from radlens.app.settings import Settings
 from radlens.models.errors import NoPixelDataError, RadlensError
+from radlens.models.intended_use import holds_no_image, non_image_kind
 
 logger = logging.getLogger(__name__)
 quiet_pynetdicom()  # no UID as received in the log (app/dicomlog.py)
@@ -97,6 +106,20 @@ DEFAULT_STORAGE_SOP_CLASSES = (
     "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
     "MultiFrameGrayscaleWordSecondaryCaptureImageStorage",
     "MultiFrameTrueColorSecondaryCaptureImageStorage",
+)
+
+# The storage SOP classes that hold no image a classifier could read, as the intended-use gate
+# names them (models/intended_use.non_image_kind): every SR (Basic Text to Extensible, the
+# X-ray, enhanced X-ray, radiopharmaceutical and patient dose SRs, CAD SRs, Key Object
+# Selection), presentation states (grayscale, colour, pseudo-colour, blending, volumetric),
+# encapsulated PDF/CDA/STL/OBJ/MTL, RT objects but the RT images, raw data, spatial
+# registration and fiducials, segmentations, real world value mappings, surface scans and
+# waveforms, among the storage classes pynetdicom knows. A PACS routes them with their study;
+# with RADLENS_NON_IMAGE_INSTANCES=acknowledge they are accepted and not predicted.
+NON_IMAGE_STORAGE_SOP_CLASSES = tuple(
+    str(context.abstract_syntax)
+    for context in AllStoragePresentationContexts
+    if holds_no_image(context.abstract_syntax)
 )
 
 STATUS_SUCCESS = 0x0000
@@ -191,11 +214,18 @@ def _holds_pixels(header: Dataset | None) -> bool:
 
 def _no_pixels(sop_class: str) -> int:
     """The status of an instance without pixel data: 0x0122 (SOP class not supported) for a
-    class that has none (an SR or a PDF listed in RADLENS_DIMSE_SOP_CLASSES), 0xC000 for an
-    image class (a CT without pixel data is a broken instance). 0xC000 for both until QA
-    round 30, while docs/pacs-integration.md promised 0x0122 for the former."""
+    class that has none (an SR or a PDF listed in RADLENS_DIMSE_SOP_CLASSES under
+    RADLENS_NON_IMAGE_INSTANCES=refuse; else it is acknowledged), 0xC000 for an image class
+    (a CT without pixel data is a broken instance). 0xC000 for both until QA round 30, while
+    docs/pacs-integration.md promised 0x0122 for the former."""
     image = "Image" in UID(sop_class).name  # every class of DEFAULT_STORAGE_SOP_CLASSES
     return STATUS_CANNOT_UNDERSTAND if image else STATUS_SOP_CLASS_NOT_SUPPORTED
+
+
+def _class_name(sop_class: str) -> str:
+    """A storage class's name for the log (pydicom's; what it holds when pydicom names none)."""
+    name = UID(sop_class).name
+    return name if name != sop_class else (non_image_kind(sop_class) or "another class")
 
 
 def _log_unexpected(what: str, exc: BaseException) -> None:
@@ -275,6 +305,11 @@ class StorageSCP:
         self._queued: set[Path] = set()  # in the inbox and not yet finished (loop thread)
         self._tasks: set[asyncio.Task[None]] = set()
         self.queued = settings.dimse_ack == "queued"
+        self.acknowledge_non_images = settings.non_image_instances == "acknowledge"
+        # per open association: the instances of non-image classes acknowledged, by class name
+        # (logged once as it closes, _log_acknowledged); written on association threads
+        self._acknowledged: dict[Any, Counter[str]] = {}
+        self._acknowledged_lock = threading.Lock()
         inbox_dir = Path(settings.dimse_inbox_dir)
         if self.queued:
             from radlens.app.startup import ensure_spool
@@ -310,12 +345,19 @@ class StorageSCP:
             # every syntax pydicom (and its plugins) decodes, in the order each sender proposes
             # them (prefer_the_senders_syntaxes): accepted as sent, never re-encoded
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-        for sop_class in OUTPUT_SOP_CLASSES:
-            # radlens's own SR and SC, which a PACS sends back with the study they were filed
-            # into: acknowledged, not predicted (_store). Rejected at negotiation, the SR
-            # failed the whole "Send to" of such a study in Orthanc (QA round 30)
-            if sop_class not in s.dimse_sop_class_uids:
+        added = set(s.dimse_sop_class_uids)
+        # radlens's own SR and SC, which a PACS sends back with the study they were filed
+        # into: acknowledged, not predicted (_store). Rejected at negotiation, the SR failed
+        # the whole "Send to" of such a study in Orthanc (QA round 30). Then, unless the site
+        # refuses them, the classes that hold no image, which a study carries beside its
+        # images: rejected at negotiation, one of them failed the whole "Send to" (QA round 35)
+        others = list(OUTPUT_SOP_CLASSES)
+        if self.acknowledge_non_images:
+            others += NON_IMAGE_STORAGE_SOP_CLASSES
+        for sop_class in others:
+            if sop_class not in added:
                 ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+                added.add(sop_class)
         return ae
 
     def start(self) -> None:
@@ -339,6 +381,7 @@ class StorageSCP:
                     (evt.EVT_REJECTED, self._log_rejected),
                     (evt.EVT_DIMSE_RECV, self._answer_store_without_instance_uid),
                     (evt.EVT_C_STORE, self._handle_store),
+                    (evt.EVT_CONN_CLOSE, self._log_acknowledged),
                 ],
                 ssl_context=ssl_context,
                 server_class=HandshakeInWorkerServer,
@@ -531,10 +574,15 @@ class StorageSCP:
 
     def _store(self, event: Any, calling: str) -> tuple[int, str]:
         assert self._loop is not None
+        sop_class = str(event.context.abstract_syntax)
+        if self.acknowledge_non_images and holds_no_image(sop_class):
+            # a report, presentation state, document, RT plan ... sent with its study: nothing
+            # to predict; not read, stored or audited (so its size does not matter either)
+            self._count_acknowledged(event.assoc, sop_class)
+            return STATUS_SUCCESS, ""
         data = event.encoded_dataset()  # preamble + file meta + the dataset as sent
         if len(data) > self.settings.max_upload_bytes:
             return STATUS_TOO_LARGE, "Instance larger than RADLENS_MAX_UPLOAD_BYTES"
-        sop_class = str(event.context.abstract_syntax)
         header = None
         if self.queued or sop_class in OUTPUT_SOP_CLASSES:
             try:
@@ -582,6 +630,29 @@ class StorageSCP:
             _log_unexpected(f"C-STORE from {calling} failed", exc)
             return STATUS_PROCESSING_FAILURE, "radlens could not store the instance"
         return STATUS_SUCCESS, ""
+
+    def _count_acknowledged(self, assoc: Any, sop_class: str) -> None:
+        with self._acknowledged_lock:
+            self._acknowledged.setdefault(assoc, Counter())[_class_name(sop_class)] += 1
+
+    def _log_acknowledged(self, event: Any) -> None:
+        """One line per association that brought instances of non-image classes, as it closes
+        (EVT_CONN_CLOSE: released, aborted or timed out): how many, by class name (never a
+        UID; a study's presentation states would otherwise make a line each)."""
+        with self._acknowledged_lock:
+            counts = self._acknowledged.pop(event.assoc, None)
+        if not counts:
+            return
+        requestor = event.assoc.requestor
+        logger.info(
+            "DICOM association from %s:%s (calling %r): %d instances of classes that hold no "
+            "image acknowledged, not predicted (%s)",
+            requestor.address,
+            requestor.port,
+            str(requestor.ae_title).strip(),
+            sum(counts.values()),
+            ", ".join(f"{name}: {n}" for name, n in sorted(counts.items())),
+        )
 
     async def _ingest(self, data: bytes, calling: str) -> None:
         self.ingestor.check_capacity()

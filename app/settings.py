@@ -262,6 +262,13 @@ class Settings(BaseSettings):
         description="comma-separated storage SOP classes the SCP accepts (keywords such as "
         "CTImageStorage, or UIDs) instead of its default list of radiology image classes",
     )
+    non_image_instances: Literal["acknowledge", "refuse"] = Field(
+        default="acknowledge",
+        description="instances of storage classes that hold no image (reports, presentation "
+        "states, documents, RT plans ...) that a PACS sends with a study, by C-STORE or "
+        "STOW-RS: acknowledge (accepted, not predicted, nothing stored) or refuse (rejected "
+        "at association; a STOW-RS failure)",
+    )
     dimse_max_associations: int = Field(default=4, ge=1, le=256)
     dimse_max_pdu_size: int = Field(default=262_144, ge=4096, le=16 * MIB)
     dimse_acse_timeout_s: float = Field(default=30.0, gt=0, le=3600)

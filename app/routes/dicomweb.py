@@ -14,18 +14,24 @@ Response: DICOM JSON (``application/dicom+json``, PS3.18 F.2) with
   the not-for-clinical-use notice unless the model's manifest says it was validated; an SR or
   Secondary Capture radlens made (app/dicom_outputs.py), which a PACS forwarding the study
   sends back, is listed with ``(0099,1003)`` "radlens-output" only: it is not predicted on;
+  an instance of a class that holds no image (a report, a presentation state, a PDF, an RT
+  plan ...: models/intended_use.non_image_kind), which a PACS sends with its study, is listed
+  with ``(0099,1003)`` "non-image" only, not predicted, under
+  ``RADLENS_NON_IMAGE_INSTANCES=acknowledge`` (the default; ``refuse``: a failure, 0x0122 or
+  the gate's 0xC000, as before QA round 35);
 - ``00081198`` FailedSOPSequence: per failed instance its UIDs when they could be read and
   ``00081197`` FailureReason (see :data:`FAILURE_REASONS`), plus ``(0099,1004)`` the radlens
   problem code and ``(0099,1005)`` the one-line reason.
-Status 200 when every instance was predicted, 202 when some failed, 409 when all failed; a
-request that is not multipart/related with DICOM parts is a 400/415 problem. Bad parts are
-per-instance failures, never a 500.
+Status 200 when every instance was predicted or acknowledged, 202 when some failed, 409 when
+all failed; a request that is not multipart/related with DICOM parts is a 400/415 problem.
+Bad parts are per-instance failures, never a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -43,6 +49,7 @@ from radlens.app.ingest import Candidate, Ingestor
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, problem_responses
 from radlens.app.settings import Settings
 from radlens.models.errors import DeflatedDatasetTooLargeError, RadlensError
+from radlens.models.intended_use import holds_no_image
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +253,7 @@ class Outcome:
     created: bool = False
     made_by_radlens: bool = False  # its header says so (_uids)
     output: bool = False  # an SR or SC radlens made, sent back: acknowledged, not predicted
+    non_image: bool = False  # of a class that holds no image: acknowledged, not predicted
 
     def fail(self, code: str, message: str) -> None:
         self.error_code, self.error = code, message
@@ -299,6 +307,18 @@ def _may_be_output(data: bytes) -> bool:
     return any(uid in head for uid in _OUTPUT_CLASS_BYTES)
 
 
+# a storage SOP class UID as a file holds it (file meta, SOP Common): PS3.4 B.5 and the RT
+# second-generation classes
+_STORAGE_CLASS_BYTES = re.compile(rb"1\.2\.840\.10008\.5\.1\.4\.(?:1\.1|34)(?:\.[0-9]+)+")
+
+
+def _may_hold_no_image(data: bytes) -> bool:
+    """Whether a part may be of a class that holds no image (models/intended_use): such a
+    class's UID among its first bytes (a byte search: an image part is not parsed twice; the
+    header read decides)."""
+    return any(holds_no_image(m.decode()) for m in _STORAGE_CLASS_BYTES.findall(data[:4096]))
+
+
 async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -> None:
     part = outcome.part
     if part.content_type not in ("application/dicom", ""):
@@ -321,10 +341,17 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
                 f"not {study!r} of the URL",
             )
             return
-    if _may_be_output(data):  # before the model runs on it (QA round 34: it ran, then was let go)
+    acknowledge = ingestor.settings.non_image_instances == "acknowledge"
+    # before the model runs on it (QA round 34: it ran on radlens' SC, then let it go)
+    if _may_be_output(data) or (acknowledge and _may_hold_no_image(data)):
         await _read_uids(outcome, data, ingestor.settings.max_pixels)
         if outcome.made_by_radlens:
             outcome.output = True
+            return
+        if acknowledge and holds_no_image(outcome.sop_class_uid):
+            # a report, presentation state, PDF ... sent with its study (QA round 35: each
+            # failed, and Orthanc failed the study's whole STOW-RS job)
+            outcome.non_image = True
             return
     try:
         outcome.candidate = await ingestor.prepare(data)
@@ -394,6 +421,9 @@ def stow_response(
         if outcome.output:  # radlens' own result sent back: received, nothing predicted
             item["00991003"] = _element("LO", "radlens-output")
             referenced.append(item)
+        elif outcome.non_image:  # no image to predict on: received, nothing predicted
+            item["00991003"] = _element("LO", "non-image")
+            referenced.append(item)
         elif outcome.error_code is None:
             url = str(request.url_for("get_prediction", prediction_id=outcome.prediction_id))
             item["00081190"] = _element("UR", url)
@@ -419,7 +449,8 @@ def stow_response(
 
 _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Every instance was predicted (ReferencedSOPSequence)",
+        "description": "Every instance was predicted, or acknowledged without a prediction "
+        "(ReferencedSOPSequence)",
         "content": {DICOM_JSON: {"schema": {"type": "object"}}},
     },
     202: {
@@ -489,11 +520,13 @@ async def _stow(
     if status != 200:  # the predictions have their rows; the failed instances are this one's
         await record_outcome(request, status)
     logger.info(
-        "STOW-RS: %d instances, %d predicted, %d failed, %d radlens outputs acknowledged",
+        "STOW-RS: %d instances, %d predicted, %d failed, %d radlens outputs and %d instances "
+        "of classes that hold no image acknowledged",
         len(parts) + extra,
-        sum(o.error_code is None and not o.output for o in allowed),
+        sum(o.error_code is None and not (o.output or o.non_image) for o in allowed),
         sum(o.error_code is not None for o in allowed) + extra,
         sum(o.output for o in allowed),
+        sum(o.non_image for o in allowed),
     )
     return DicomJSONResponse(body, status_code=status)
 

@@ -92,10 +92,10 @@ def test_mammography_ultrasound_and_pet_are_accepted_and_a_mammogram_is_predicte
     client, port = start()
     assoc, accepted = _accepted(port)
     try:
-        # a segmentation and a PDF are not acquired images: still rejected
-        assert accepted == {
-            str(c) for c in ASKED if c not in (SegmentationStorage, EncapsulatedPDFStorage)
-        }
+        # a segmentation and a PDF are not acquired images: not predicted, but accepted and
+        # acknowledged since QA round 35 (RADLENS_NON_IMAGE_INSTANCES; rejected before, which
+        # failed a PACS's whole-study send; tests/app/test_qa35_non_image_dimse.py)
+        assert accepted == {str(c) for c in ASKED}
         ds = _mammogram()
         assert assoc.send_c_store(ds).Status == 0x0000
     finally:
@@ -114,6 +114,10 @@ def test_the_setting_replaces_the_list(start: Any) -> None:
         str(Verification),
         str(CTImageStorage),
         str(DigitalMammographyXRayImageStorageForPresentation),  # given by its UID
+        # the list is of image classes; those that hold no image are acknowledged whatever
+        # it says, unless RADLENS_NON_IMAGE_INSTANCES=refuse (QA round 35)
+        str(SegmentationStorage),
+        str(EncapsulatedPDFStorage),
     }
 
 

@@ -6,7 +6,8 @@
   and the SR was rejected at negotiation, which failed Orthanc's whole store job ("Cannot
   transcode from 1.2.840.10008.1.2.1 to one of [ ]"). Both are now acknowledged, not predicted.
 - an SR class a site lists in RADLENS_DIMSE_SOP_CLASSES is refused with 0x0122 (SOP class not
-  supported), as docs/pacs-integration.md says; it was 0xC000.
+  supported), as docs/pacs-integration.md says; it was 0xC000. (Since QA round 35 only under
+  RADLENS_NON_IMAGE_INSTANCES=refuse: by default every report is acknowledged.)
 - with RADLENS_DIMSE_ACK=queued a deflated data set was inflated whole (pynetdicom's
   ``event.dataset``) before anything checked its size, and acknowledged: a deflate bomb took
   about two bytes of memory per inflated byte (600 KB on the wire: +1.3 GB). It is refused
@@ -139,18 +140,22 @@ def test_results_sent_back_are_not_queued_either(
         assert _count(app, "SELECT count(*) FROM predictions") == before
 
 
-def test_another_systems_3d_sr_is_refused_per_instance_with_0x0122(node: tuple[Any, Any]) -> None:
+def test_another_systems_3d_sr_is_acknowledged_and_not_predicted(node: tuple[Any, Any]) -> None:
+    """It was refused per instance with 0x0122, which failed the sender's job as surely; since
+    QA round 35 every report is acknowledged (RADLENS_NON_IMAGE_INSTANCES=acknowledge, the
+    default; with ``refuse`` it is 0x0122 again: the test below)."""
     client, app = node
     sr, _sc = _outputs(client)
     foreign = dcmread(io.BytesIO(sr))
     foreign.Manufacturer = "OTHER AI"
     foreign.SeriesDescription = "another vendor's report"
     foreign.SeriesNumber = 7
+    before = _count(app, "SELECT count(*) FROM predictions")
     assoc = _associate(app.state.dimse.port, COMPREHENSIVE_3D_SR)
     status = assoc.send_c_store(foreign)
     assoc.release()
-    assert status.Status == 0x0122
-    assert status.ErrorComment == "SOP class not in RADLENS_DIMSE_SOP_CLASSES"
+    assert status.Status == 0x0000
+    assert _count(app, "SELECT count(*) FROM predictions") == before
 
 
 @pytest.mark.parametrize("ack", ["committed", "queued"])
@@ -158,7 +163,8 @@ def test_an_sr_class_the_site_lists_is_refused_with_0x0122(
     ack: str, tmp_path: Path, databases: Databases, model_store: Path
 ) -> None:
     """docs/pacs-integration.md: a class without pixel data may be listed, and each such
-    instance is refused with 0x0122. It was 0xC000; a CT without pixel data still is."""
+    instance is refused with 0x0122. It was 0xC000; a CT without pixel data still is. Under
+    RADLENS_NON_IMAGE_INSTANCES=refuse since QA round 35 (by default an SR is acknowledged)."""
     report = dcmread(get_testdata_file("test-SR.dcm"))  # pydicom's Comprehensive SR
     ct = dcmread(io.BytesIO(dicom_bytes(seed=32)))
     del ct.PixelData
@@ -169,6 +175,7 @@ def test_an_sr_class_the_site_lists_is_refused_with_0x0122(
         dimse_ack=ack,
         dimse_inbox_dir=tmp_path / "inbox",
         dimse_sop_classes="CTImageStorage,ComprehensiveSRStorage",
+        non_image_instances="refuse",
     ) as (client, app):
         assoc = _associate(app.state.dimse.port, CTImageStorage, ComprehensiveSRStorage)
         refused = assoc.send_c_store(report)
