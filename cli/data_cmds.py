@@ -190,6 +190,7 @@ def data_check(
         drop_undecodable,
         leakage_report,
         open_data,
+        positive_class_note,
         split_source,
     )
 
@@ -217,6 +218,9 @@ def data_check(
     else:
         for name, count in source.class_counts().items():
             typer.echo(f"  class {name}: {count}")
+        note = positive_class_note(source)
+        if note is not None:
+            typer.echo(f"  {note}")
     if source.has_patients:
         typer.echo(f"  patients: from {source.patient_source} (keyed hash, no raw id)")
     else:

@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,34 @@ from radlens.cli.common import (
 log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
 MAX_SKIPPED_SHOWN = 20
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM received while training: stopped as Ctrl-C stops it."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Stop on SIGTERM as on Ctrl-C (SIGINT): the clean-up that an interrupt runs (a model
+    version being written is left marked unfinished, a checkpoint's temporary file removed)
+    runs, and the command says how to resume. SIGTERM is what ``docker stop``, ``docker
+    compose stop``, Kubernetes and batch schedulers send; by default it ended the process
+    at once, saying nothing (exit -15)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (the CLI called from a thread): left as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -403,17 +431,21 @@ def train(
         typer.echo(f"run directory: {path}")
 
     try:
-        with _h5py_teardown_quiet():
+        with _h5py_teardown_quiet(), _sigterm_as_interrupt():
             if resume is not None:
                 result = run_module.resume(resume, on_start=announce)
             else:
                 result = run_module.train(cfg, on_start=announce)
-    except KeyboardInterrupt:
-        where = started[0] if started else "<run directory>"
-        typer.echo(
-            f"\nradlens: interrupted; continue with: radlens train --resume {where}", err=True
-        )
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, _Terminated) else "interrupted"
+        if started:
+            then = f"continue with: radlens train --resume {started[0]}"
+        else:  # stopped before the run directory was written: nothing to resume
+            then = "no run directory was written yet; start the run again"
+        typer.echo(f"\nradlens: {how}; {then}", err=True)
+        raise typer.Exit(
+            EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
+        ) from None
     except OSError as exc:
         full = disk_full(exc)
         if full is None:

@@ -257,6 +257,8 @@ class _RunData:
             describe_split,
             drop_undecodable,
             open_data,
+            positive_class_guessed,
+            positive_class_note,
             split_source,
         )
 
@@ -271,6 +273,8 @@ class _RunData:
         # the split, the checks and the manifest's survey see only what training can read
         source = drop_undecodable(opened)
         check_decodable(opened, source)
+        if positive_class_guessed(source):  # said before the run: a wrong guess inverts it
+            log.warning("%s", positive_class_note(source))
         check_copies(source)  # one image under two labels: one of them is wrong
         splits = split_source(
             source,
@@ -304,6 +308,11 @@ class _RunData:
     def report(self) -> None:
         """The data report's lines about the split (train.log), each said once."""
         r = self.split_record
+        from radlens.training.data.sources import positive_class_note
+
+        note = positive_class_note(self.source)
+        if note is not None:
+            log.info("%s", note)
         log.info(
             "split %s; patients from %s; leakage check passed (no patient in two splits)",
             r["method"],

@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,12 +106,14 @@ def check_resumed_split(run_path: Path, splits: Mapping[str, Iterable[Any]]) -> 
     if not recorded_path.is_file():
         return
     with recorded_path.open(newline="") as fh:
-        recorded = {row["key"]: row["split"] for row in csv.DictReader(fh)}
+        rows = list(csv.DictReader(fh))
+    recorded = {row["key"]: row["split"] for row in rows}
     now = {example.key: name for name, items in splits.items() for example in items}
     moved = sorted(k for k in now.keys() & recorded.keys() if now[k] != recorded[k])
     added = sorted(now.keys() - recorded.keys())
     gone = sorted(recorded.keys() - now.keys())
     if not (moved or added or gone):
+        _check_resumed_labels(run_path, rows, splits)
         return
     if moved:
         named = f"e.g. {moved[0]}: {recorded[moved[0]]} then, {now[moved[0]]} now"
@@ -123,6 +125,29 @@ def check_resumed_split(run_path: Path, splits: Mapping[str, Iterable[Any]]) -> 
         f"{len(added)} new, {len(gone)} gone; {named}), so the resumed part would train on "
         "images the first part held out; start a new run"
     )
+
+
+def _check_resumed_labels(
+    run_path: Path, rows: Sequence[Mapping[str, str]], splits: Mapping[str, Iterable[Any]]
+) -> None:
+    """Refuse to resume a run whose images now read with other class indices than its
+    ``splits.csv`` records (a label edited, or a radlens that orders the classes otherwise):
+    the checkpoint learnt the recorded ones, and the resumed part would train it on others.
+
+    Raises:
+        ConfigurationError: how many images changed class index, one named, what to do.
+    """
+    recorded = {row["key"]: row.get("label", "") for row in rows}
+    now = {e.key: str(e.label) for items in splits.values() for e in items}
+    changed = sorted(k for k in now if recorded.get(k, now[k]) not in ("", now[k]))
+    if changed:
+        raise ConfigurationError(
+            f"cannot resume {str(run_path)!r}: {len(changed)} image(s) now read with another "
+            f"class index than the run started with (e.g. {changed[0]}: "
+            f"{recorded[changed[0]]} then, {now[changed[0]]} now: a label changed, or the "
+            "order of the classes), so the resumed part would train the checkpoint on other "
+            "labels; start a new run"
+        )
 
 
 def open_run_dir(

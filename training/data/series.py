@@ -191,7 +191,7 @@ def open_series_csv(
             )
     base = csv_path.parent
     index = _UidIndex(Path(dicom_root) if dicom_root is not None else base)
-    names, label_of = _labels(csv_path, rows, class_names, multi_label)
+    names, label_of, order = _labels(csv_path, rows, class_names, multi_label)
     key = src.patient_hash_key()
     examples: list[src.Example] = []
     skipped: list[src.SkippedFile] = []
@@ -233,6 +233,7 @@ def open_series_csv(
         patient_source="patient_id column",
         multi_label=multi_label is not None,
         none_name=multi_label.none_name if multi_label is not None else None,
+        class_order=order,
     )
     if multi_label is not None:
         src._check_findings(source, str(csv_path))
@@ -246,15 +247,16 @@ def _labels(
     rows: Sequence[src.CsvRow],
     class_names: Sequence[str] | None,
     spec: src.MultiLabelSpec | None,
-) -> tuple[list[str], Any]:
-    """Class (or finding) names, and row -> (label, findings or None)."""
+) -> tuple[list[str], Any, str]:
+    """Class (or finding) names, row -> (label, findings or None), and how the names were
+    ordered (``DataSource.class_order``)."""
     if spec is None:
-        names, index_of = src._csv_labels(csv_path, rows, class_names)
+        names, index_of, order = src._csv_labels(csv_path, rows, class_names)
 
         def single(row: dict[str, str], where: str) -> tuple[int, tuple[int, ...] | None]:
             return index_of(row, where), None
 
-        return names, single
+        return names, single, order
     parsed = [
         spec.parse(row[spec.column], where=f"{csv_path.name} line {line}")
         for line, row in zip(src.csv_lines(rows), rows, strict=True)
@@ -275,7 +277,7 @@ def _labels(
         found = tuple(sorted(position[n] for n in spec.parse(row[spec.column], where=where)))
         return int(bool(found)), found
 
-    return names, multi
+    return names, multi, "given"
 
 
 def _series_slices(

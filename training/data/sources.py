@@ -18,7 +18,8 @@ Folder layout
     still accepted when pydicom can parse its header. A file that is not
     recognised, or whose header is unusable (no pixel data, zero-size image), is reported
     as a :class:`SkippedFile` and left out -- it never stops the scan. Hidden files and
-    folders (a leading ``.``) are ignored silently.
+    folders (a leading ``.``) are ignored silently, and so are operating-system and NAS
+    metadata (``__MACOSX``, ``@eaDir``, ``Thumbs.db``, ...: :data:`_SYSTEM_NAMES`).
 
 CSV manifest
     Columns ``path`` and ``label`` (required), ``patient_id`` and ``split`` (optional);
@@ -279,6 +280,9 @@ class DataSource:
     # what that decode saw, per example key: a sha256 of the pixels (decoded at the check size;
     # an npz image's stored array), so identical images under two names are known as copies
     digests: dict[str, str] = field(default_factory=dict, repr=False)
+    # how class_names were ordered: "names" (order_class_names: a negative-sounding name
+    # first, else alphabetical), "index" (integer labels, npz), "given" (class_names=)
+    class_order: str = "given"
 
     @property
     def has_patients(self) -> bool:
@@ -507,7 +511,29 @@ def _csv_table(csv_path: Path) -> tuple[list[str], list[CsvRow]]:
     return columns, rows
 
 
-NEGATIVE_CLASS_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no_finding"})
+NEGATIVE_CLASS_NAMES = frozenset(
+    {
+        "normal",
+        "negative",
+        "healthy",
+        "benign",
+        "no finding",
+        "no findings",
+        "control",
+        "controls",
+        "none",
+        "no",
+    }
+)
+"""Names (case, ``_``/``-``/spaces and a leading number such as ``0_`` aside) that read as the
+negative class of a two-class set; so does a name whose first word is one of the first four
+(``Normal_lung``) or that negates the other name (``non-COVID`` beside ``COVID``)."""
+
+_NEGATIVE_FIRST_WORDS = frozenset({"normal", "negative", "healthy", "benign"})
+# the names read as negative before QA round 37, exactly (stripped, lower-case); they still
+# decide a set where both names read as negative, so such a set trains as it did
+_FIRST_NEGATIVE_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no_finding"})
+_NEGATIONS = ("no", "non", "not", "without")
 
 
 def check_dicom_root(path: str | Path, dicom_root: str | Path | None) -> None:
@@ -571,9 +597,80 @@ def order_class_names(names: Iterable[str]) -> list[str]:
     by themselves.
     """
     ordered = sorted(set(names))
-    if len(ordered) == 2 and ordered[1].strip().lower() in NEGATIVE_CLASS_NAMES:
-        ordered.reverse()
+    if len(ordered) == 2:
+        negative = [reads_negative(a, b) for a, b in (ordered, ordered[::-1])]
+        if negative == [False, True]:  # exactly one reads as negative, and it sorted second
+            ordered.reverse()
+        elif all(negative) and ordered[1].strip().lower() in _FIRST_NEGATIVE_NAMES:
+            ordered.reverse()  # both do (benign beside normal): as radlens always ordered them
     return ordered
+
+
+def _name_words(name: str) -> list[str]:
+    """``name`` as lower-case words, split at spaces, ``_``, ``-`` and ``.``, without a leading
+    number (``0_normal`` -> ``["normal"]``)."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    words = [w for w in folded.replace("_", " ").replace("-", " ").replace(".", " ").split() if w]
+    if len(words) > 1 and words[0].isdigit():
+        words = words[1:]
+    return words
+
+
+def reads_negative(name: str, other: str | None = None) -> bool:
+    """Whether class ``name`` reads as the negative class of a two-class set (beside
+    ``other``): ``normal``, ``No Finding``, ``no_finding``, ``Normal_lung``, ``control``,
+    ``non-COVID`` beside ``COVID``, ... (see :data:`NEGATIVE_CLASS_NAMES`)."""
+    words = _name_words(name)
+    if not words:
+        return False
+    if " ".join(words) in NEGATIVE_CLASS_NAMES or "".join(words) in {"nofinding", "nofindings"}:
+        return True
+    if words[0] in _NEGATIVE_FIRST_WORDS:
+        return True
+    if other is None:
+        return False
+    rest = _name_words(other)
+    if not rest:
+        return False
+    if words[0] in _NEGATIONS and words[1:] == rest:  # "no nodule", "non-COVID"
+        return True
+    joined, negated = "".join(words), "".join(rest)
+    return any(joined == f"{neg}{negated}" for neg in _NEGATIONS)  # "NonCOVID"
+
+
+def positive_class_guessed(source: DataSource) -> bool:
+    """True for a single-label two-class ``source`` whose positive class is only the
+    alphabetical order of its names: neither reads as negative, or both do, and nothing
+    (``class_names``, integer labels) gave the order."""
+    names = source.class_names
+    if source.multi_label or len(names) != 2 or source.class_order != "names":
+        return False
+    first, second = names
+    return not (reads_negative(first, second) and not reads_negative(second, first))
+
+
+def positive_class_note(source: DataSource) -> str | None:
+    """For a single-label two-class ``source``: which class is the positive one (class 1, the
+    one whose score the decision threshold applies to, and sensitivity counts) and why; None
+    for other sources. When the order comes from the names and neither reads as negative,
+    it is alphabetical, and the note says how to choose it."""
+    names = source.class_names
+    if source.multi_label or len(names) != 2:
+        return None
+    first, second = names
+    if positive_class_guessed(source):
+        return (
+            f"positive class: {second!r} (class 1, in alphabetical order: neither name reads "
+            f"as a negative class such as 'normal'); the threshold, sensitivity and "
+            f"specificity are about {second!r}. If {first!r} is the finding, set "
+            f"class_names: [{second!r}, {first!r}] in a --config file"
+        )
+    why = {
+        "names": f"{first!r} reads as the negative class",
+        "index": "as the integer labels number them",
+        "given": "as class_names gives them",
+    }.get(source.class_order, "as the data orders them")
+    return f"positive class: {second!r} (class 1; {why})"
 
 
 def _nfc(name: str) -> str:
@@ -605,8 +702,23 @@ def _one_spelling(names: Iterable[str], where: str) -> None:
     )
 
 
+_SYSTEM_NAMES = frozenset(
+    {
+        "__MACOSX",  # macOS's resource forks in a zip, unpacked elsewhere
+        "@eaDir",  # a Synology NAS's thumbnails (JPEGs) of each image
+        "Thumbs.db",  # Windows Explorer's thumbnail cache
+        "desktop.ini",
+        "System Volume Information",  # the root of a Windows-formatted drive
+        "$RECYCLE.BIN",
+    }
+)
+"""Operating-system and NAS metadata, never images of a class: ignored as hidden files are.
+``@eaDir`` holds real JPEG thumbnails that would otherwise train as images of their folder's
+class, and ``__MACOSX`` beside the class folders would be taken for a class."""
+
+
 def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
+    return name.startswith(".") or name in _SYSTEM_NAMES
 
 
 def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: bool) -> DataSource:
@@ -674,6 +786,8 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
             why = _skipped_hint(skipped[skipped_before:])  # e.g. names that are not UTF-8
             raise ConfigurationError(
                 f"class folder {str(class_dir)!r} contains no readable DICOM/PNG/JPEG image{why}"
+                f"; every sub-folder of {str(root)!r} is a class: add its images, or move the "
+                "folder out"
             )
     with_patient = sum(e.patient_id is not None for e in examples)
     if n_dicom and not with_patient:
@@ -685,6 +799,7 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
         root=root,
         skipped=skipped,
         patient_source="PatientID/StudyInstanceUID" if with_patient else "none",
+        class_order="given" if class_names is not None else "names",
     )
 
 
@@ -1095,7 +1210,7 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
     if not rows:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} has no rows")
 
-    names, label_of = _csv_labels(csv_path, rows, class_names)
+    names, label_of, order = _csv_labels(csv_path, rows, class_names)
     key = patient_hash_key() if any(r.get("patient_id", "").strip() for r in rows) else b""
     base = csv_path.parent
     examples: list[Example] = []
@@ -1115,7 +1230,7 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
         split = _normalise_split(row.get("split"), where=where)
         examples.append(Example(str(file), label_of(row, where), patient, split))
 
-    source = DataSource(names, examples, "csv", csv_path, skipped)
+    source = DataSource(names, examples, "csv", csv_path, skipped, class_order=order)
     if any(e.patient_id is not None for e in examples):
         source.patient_source = "patient_id column"
     _check_classes(source, str(csv_path))
@@ -1124,8 +1239,9 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
 
 def _csv_labels(
     csv_path: Path, rows: Sequence[Mapping[str, str]], class_names: Sequence[str] | None
-) -> tuple[list[str], Any]:
-    """Class names for a manifest, and a function row -> label index."""
+) -> tuple[list[str], Any, str]:
+    """Class names for a manifest, a function row -> label index, and how the names were
+    ordered (``DataSource.class_order``)."""
     raw = [r["label"].strip() for r in rows]
     for line, value in zip(csv_lines(rows), raw, strict=True):
         if not value:
@@ -1141,10 +1257,11 @@ def _csv_labels(
             if _nfc(value) in index:
                 return index[_nfc(value)]
             if value.lstrip("-").isdigit() and 0 <= int(value) < len(names):
+                _index_named_alike(row, int(value), names, index, where)
                 return int(value)
             raise ConfigurationError(f"unknown label {value!r} at {where}; classes are {names!r}")
 
-        return names, by_given
+        return names, by_given, "given"
 
     if all_int:
         values = sorted({int(v) for v in raw})
@@ -1153,6 +1270,15 @@ def _csv_labels(
                 f"integer labels must be class indices >= 0; got {values[0]} in {csv_path.name}"
             )
         n = values[-1] + 1
+        unused = sorted(set(range(n)) - set(values))
+        if unused:  # 1-based labels, or a gap: that class would train with no image
+            shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+            raise ConfigurationError(
+                f"integer labels are class indices counted from 0, but no row of "
+                f"{csv_path.name} has label {unused[0]} (labels used: {shown}): that class "
+                f"would have no image. Number the classes 0 to {len(values) - 1}, or label "
+                "the rows with class names"
+            )
         names = [f"class_{i}" for i in range(n)]
         if "label_name" in rows[0]:
             seen: dict[int, set[str]] = defaultdict(set)
@@ -1165,7 +1291,7 @@ def _csv_labels(
         def by_index(row: dict[str, str], where: str) -> int:
             return int(row["label"].strip())
 
-        return names, by_index
+        return names, by_index, "index"
 
     _one_spelling(raw, str(csv_path))
     names = order_class_names(raw)
@@ -1174,7 +1300,23 @@ def _csv_labels(
     def by_name(row: dict[str, str], where: str) -> int:
         return index[row["label"].strip()]
 
-    return names, by_name
+    return names, by_name, "names"
+
+
+def _index_named_alike(
+    row: Mapping[str, str], label: int, names: Sequence[str], index: Mapping[str, int], where: str
+) -> None:
+    """Refuse an integer label whose ``label_name`` names another of ``names`` (a model's or
+    the config's classes): the CSV numbers the classes otherwise (0 = abnormal where the
+    model's class 0 is normal), and reading the index would invert every label, silently."""
+    named = _nfc(row.get("label_name", "").strip())
+    if named in index and index[named] != label:
+        raise ConfigurationError(
+            f"label {label} at {where} is {named!r} by its label_name, but class {label} is "
+            f"{names[label]!r} in the order it is read with (the model's classes, or the "
+            f"config's class_names): {list(names)!r}. The CSV numbers the classes otherwise: "
+            "write the labels as class names, or renumber them in that order"
+        )
 
 
 def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> DataSource:
@@ -1395,7 +1537,9 @@ def _open_npz(path: Path, *, class_names: Sequence[str] | None) -> DataSource:
         if split in labels
         for i, lab in enumerate(labels[split])
     ]
-    source = DataSource(names, examples, "npz", path, [], arrays)
+    source = DataSource(
+        names, examples, "npz", path, [], arrays, class_order="given" if class_names else "index"
+    )
     _check_classes(source, str(path))
     return source
 
@@ -1738,29 +1882,79 @@ def check_splits(
         _check_finding_splits(source, splits)
         return
     names = source.class_names
+    totals = source.class_counts(e for items in splits.values() for e in items)
+    n_splits = max(2, sum(1 for items in splits.values() if items))  # train, val (and test)
     train_counts = source.class_counts(splits["train"])
     missing = [n for n, c in train_counts.items() if c == 0]
     if missing:
         raise ConfigurationError(
             f"class(es) {missing!r} have no training image; train split counts {train_counts}"
+            f"{_too_few(missing, totals, n_splits)}"
         )
     val_counts = source.class_counts(splits["val"])
     present = [n for n, c in val_counts.items() if c > 0]
     if len(present) < 2:
+        absent = [n for n, c in val_counts.items() if c == 0]
+        if _split_all_given(source, splits):  # val_fraction applies to no image
+            todo = (
+                "Every image's split is given by its npz key, so val_fraction assigns none: "
+                "add val_images/val_labels, or pass --resplit"
+                if source.kind == "npz"
+                else "Every row's split is given by the split column, so val_fraction assigns "
+                "none: mark images of each class val, leave some rows' split empty for radlens "
+                "to assign, or pass --resplit"
+            )
+        else:
+            todo = "Add data or raise val_fraction"
         raise ConfigurationError(
             "the validation split needs images of at least 2 classes to choose the best epoch "
             f"and the threshold; it has {val_counts} (classes {names!r}). "
-            "Add data or raise val_fraction"
+            f"{todo}{_too_few(absent, totals, n_splits)}"
         )
     if min_calibration_positives:
-        fewest = min(val_counts.values()) if len(names) > 2 else val_counts[names[1]]
+        if len(names) > 2:
+            rarest = min(names, key=lambda n: (val_counts[n], names.index(n)))
+            what = f"{rarest!r} (its rarest class)"
+        else:
+            rarest = names[1]
+            what = f"{rarest!r} (positive)"
+        fewest = val_counts[rarest]
         if fewest < min_calibration_positives:
-            what = f"{names[1]!r} (positive)" if len(names) == 2 else "its rarest class"
+            more = (
+                "give more images the split val (or pass --resplit)"
+                if _split_all_given(source, splits)  # val_fraction applies to no image
+                else "raise --val-fraction"
+            )
             raise ConfigurationError(
                 f"too small to calibrate: the validation split has {fewest} image(s) of "
                 f"{what}; temperature scaling needs at least {min_calibration_positives}. "
-                "Add data, raise --val-fraction, or lower min_calibration_positives"
+                f"Add data, {more}, or lower min_calibration_positives"
+                f"{_too_few([rarest], totals, n_splits)}"
             )
+
+
+def _split_all_given(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> bool:
+    """Whether every example carries a given split and ``splits`` kept it (no --resplit)."""
+    return (
+        bool(source.examples)
+        and all(e.split == name for name, items in splits.items() for e in items)
+        and all(e.split is not None for e in source.examples)
+    )
+
+
+def _too_few(names: Sequence[str], totals: Mapping[str, int], n_splits: int) -> str:
+    """What to say of the classes among ``names`` that have too few images in the whole data
+    set to reach every split: a class of one image (a typo in one label, often) cannot train
+    and be validated."""
+    short = [n for n in names if totals.get(n, 0) < n_splits]
+    if not short:
+        return ""
+    shown = ", ".join(f"{n!r} {totals.get(n, 0)}" for n in short)
+    return (
+        f". Too few images in all: {shown} (each class needs at least one image in each of "
+        f"the {n_splits} splits, and enough in validation to calibrate); add images of it, or "
+        "fix its label if it is a typo"
+    )
 
 
 def _check_finding_splits(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> None:
