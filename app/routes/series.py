@@ -322,9 +322,13 @@ def _series_thresholds(request: Request, settings: Settings) -> SeriesThresholds
     return {} if found is None else {(loaded.name, loaded.version): (loaded.threshold, found)}
 
 
-def _find_series(
+def find_series(
     session: Any, series_uid: str, settings: Settings, request: Request | None = None
 ) -> SeriesView:
+    """The series stored under ``series_uid`` as the caller gave it (as the modality sent it,
+    pseudonymised here with the site key, or as a response shows it), aggregated per model;
+    404 (422 for a UID that is no DICOM UID) when nothing is stored. Also the /ui series
+    page's lookup (app/ui/routes.py)."""
     candidates = stored_uid_candidates(series_uid, settings.uid_pseudonym_key_bytes)
     view = series_results(
         session,
@@ -349,7 +353,7 @@ def get_series(
     series_uid: UidPath, session: SessionDep, settings: SettingsDep, request: Request
 ) -> SeriesPublic:
     """Aggregate (max, mean of the top k or noisy-or) of the stored instances; 404 if none."""
-    view = _find_series(session, series_uid, settings, request)
+    view = find_series(session, series_uid, settings, request)
     uid = view.series_instance_uid
     return SeriesPublic(
         series_instance_uid=uid,
@@ -465,7 +469,7 @@ def get_series_sr(
 ) -> Response:
     """The result of the loaded model (else the newest) as an SR: the series' finding and
     score, and the key instances as its image references; patient attributes empty."""
-    view = _find_series(session, series_uid, settings, request)
+    view = find_series(session, series_uid, settings, request)
     # as the per-instance SR: a row's own record decides; rows stored before 0004 recorded
     # nothing, and the current setting is the best guess for them
     key_set = settings.uid_pseudonym_key_bytes is not None

@@ -1,9 +1,10 @@
 """The /ui list's filters: parsed from the query string into messages (never a 500), and
-the page of predictions they select."""
+the page of predictions they select; which predictions have an overlay (the series page)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import uuid
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from radlens.app.services import PredictionFilters, prediction_conditions
-from radlens.app.tables import Prediction
+from radlens.app.tables import Explanation, Prediction
 
 PAGE_SIZE = 50
 MAX_TEXT = 128
@@ -166,3 +167,12 @@ def find_predictions(
         .limit(PAGE_SIZE)
     )
     return list(session.scalars(stmt)), total
+
+
+def explained_ids(session: Session, ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of the predictions ``ids`` have a stored Grad-CAM overlay (one query, reading
+    the ids only, not the overlays)."""
+    if not ids:
+        return set()
+    stmt = select(Explanation.prediction_id).where(Explanation.prediction_id.in_(list(ids)))
+    return set(session.scalars(stmt))

@@ -1,5 +1,6 @@
 """Server-rendered pages under /ui: log in with an API key, the predictions (list with
-filters, detail with the Grad-CAM overlay and provenance, SR/SC downloads), an upload form
+filters, detail with the Grad-CAM overlay and provenance, SR/SC downloads), a series' result
+(its instances aggregated per model, as GET /v1/series/{uid} gives it), an upload form
 through the one ingest path (app/ingest.py), the loaded model's page, and the drift summary.
 
 Every page says "not for clinical use" unless the model's manifest says validated; no page
@@ -8,6 +9,7 @@ shows a patient identifier (the service stores none). Session and CSRF: app/ui/s
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,9 +35,10 @@ from radlens.app.deps import SessionDep, get_resources
 from radlens.app.errors import AppError, UnknownFindingError
 from radlens.app.explain import get_explanation
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE
+from radlens.app.series import ModelResult
 from radlens.app.tables import Prediction, PredictionFinding
 from radlens.app.ui import session as ui_session
-from radlens.app.ui.queries import PAGE_SIZE, find_predictions, parse_filters
+from radlens.app.ui.queries import PAGE_SIZE, explained_ids, find_predictions, parse_filters
 from radlens.models.manifest import ModelManifest
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -383,6 +386,115 @@ def sc_download(
     return no_store(
         get_dicom_secondary_capture(parse_id(prediction_id), session, _settings(request))
     )
+
+
+# --- series -------------------------------------------------------------------------------
+
+# what a series' threshold is, by ModelResult.threshold_source
+THRESHOLD_SOURCES = {
+    "series": "the series threshold the model's training chose on validation series for "
+    "this aggregation",
+    "model": "the model threshold its instances were decided at",
+}
+
+
+def parse_series_uid(text: str) -> str:
+    """A series UID from the URL, as the API's path takes it (at most 64 characters, no
+    control character); anything else is a 422 page, the API's invalid-uid. The detail does
+    not quote it: whatever was typed in its place stays off the page."""
+    from radlens.app.routes.series import UID_PATTERN, MalformedUidError
+
+    if len(text) > 64 or re.fullmatch(UID_PATTERN, text) is None:
+        raise MalformedUidError(
+            f"the series UID in the address has {len(text)} characters"
+            + (" (at most 64)" if len(text) > 64 else ", one of them a control character")
+            + "; a DICOM UID is digits and dots: open the series from one of its predictions' "
+            "pages, which links it"
+        )
+    return text
+
+
+@router.get("/series/{series_uid}", name="ui_series")
+def series_page(
+    series_uid: str, request: Request, principal: UiPrincipal, session: SessionDep
+) -> Response:
+    from radlens.app.routes.explanations import stores_pseudonyms
+    from radlens.app.routes.series import find_series
+
+    settings = _settings(request)
+    # the API's lookup: the UID as the modality sent it (pseudonymised here) or as stored
+    view = find_series(session, parse_series_uid(series_uid), settings, request)
+    # no target: a series UID is no prediction id, and the audit trail holds no UID
+    audit_log.add(session, actor=principal.key_id, action="ui.series.read", status=200)
+    manifest = loaded_manifest(request)
+    explained = explained_ids(
+        session, {i.prediction.id for r in view.results for i in r.key_instances}
+    )
+    results = [_series_model(r, explained, manifest) for r in view.results]
+    instances = [i.prediction for r in view.results for i in r.instances]
+    return render(
+        request,
+        "series.html",
+        view=view,
+        results=results,
+        aggregation=settings.series_aggregation,
+        top_k=settings.series_top_k,
+        # the series SR names the source study by its UIDs: refused (409) for pseudonyms
+        pseudonyms=any(stores_pseudonyms(p, settings) for p in instances),
+        # links name the series as stored (the pseudonym), never as the address gave it
+        href=f"/ui/series/{quote(view.series_instance_uid, safe='')}",
+        # left out only when every model shown is the validated loaded one
+        notice=NOT_FOR_CLINICAL_USE if any(r["notice"] for r in results) else None,
+    )
+
+
+def _series_model(
+    result: ModelResult, explained: set[uuid.UUID], manifest: ModelManifest | None
+) -> dict[str, Any]:
+    """One model's series result (app/series.ModelResult) for the page: its instances in
+    the order a viewer shows them (Instance Number; unknown last, highest score first as
+    the API lists them), which are key instances, and the key instances with an overlay."""
+    keys = {i.prediction.id for i in result.key_instances}
+    ordered = sorted(
+        result.instances,
+        key=lambda i: (i.prediction.instance_number is None, i.prediction.instance_number or 0),
+    )
+    rows = [
+        {
+            "prediction": i.prediction,
+            "score": i.score,
+            "key": i.prediction.id in keys,
+            "key_frame": (i.prediction.frame_result or {}).get("key_frame"),
+        }
+        for i in ordered
+    ]
+    return {
+        "result": result,
+        "ref": f"{result.model_name}:{result.model_version}",
+        "notice": clinical_notice(manifest, result.model_name, result.model_version),
+        "threshold_source": THRESHOLD_SOURCES.get(str(result.threshold_source)),
+        "instances": rows,
+        "multi_frame": any(r["key_frame"] is not None for r in rows),
+        "thumbnails": [i for i in result.key_instances if i.prediction.id in explained],
+    }
+
+
+@router.get("/series/{series_uid}/sr.dcm", name="ui_series_sr")
+def series_sr_download(
+    series_uid: str, request: Request, principal: UiPrincipal, session: SessionDep
+) -> Response:
+    from radlens.app.routes.explanations import PseudonymisedUidsError
+    from radlens.app.routes.series import get_series_sr
+
+    try:
+        sr = get_series_sr(parse_series_uid(series_uid), session, _settings(request), request)
+    except PseudonymisedUidsError:
+        # the API's 409, without the UID the address gave (the original, for a pseudonym)
+        raise PseudonymisedUidsError(
+            "this series' UIDs are stored as pseudonyms (RADLENS_UID_PSEUDONYM_KEY), and a "
+            "series SR must name the source study by its UIDs"
+        ) from None
+    return no_store(sr)
 
 
 # --- upload -------------------------------------------------------------------------------
