@@ -2,8 +2,10 @@
 
 radlens keeps no DICOM files: each prediction on a DICOM source *has* a Structured Report,
 and a Secondary Capture once its Grad-CAM overlay is stored, built on request from the row
-by app/dicom_outputs.py with UIDs derived from the prediction id (``output_uid``). So the
-catalogue is computed: the predictions of the asked study (or the newest
+by app/dicom_outputs.py with a SOP Instance UID derived from the prediction id
+(``output_sop_uid``), in the SR or SC series of its source series and model version
+(``output_series_uid``), numbered with the source's Instance Number. So the catalogue is
+computed: the predictions of the asked study (or the newest
 ``SCAN_LIMIT`` predictions for a search across studies), expanded into their outputs, then
 matched against the query's keys.
 

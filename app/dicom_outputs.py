@@ -1,7 +1,9 @@
 """DICOM outputs for a PACS, built with highdicom: a Structured Report and a Secondary Capture.
 
-Both go into the *source study* (same Study Instance UID), each in a new series, and
-reference the source instance by SOP Class UID + SOP Instance UID. highdicom checks the IODs
+Both go into the *source study* (same Study Instance UID), in a derived series per source
+series, kind and model version (:func:`output_series_uid`: every SR of a CT's slices in one
+series, every SC in another), numbered with the source's Instance Number, and reference the
+source instance by SOP Class UID + SOP Instance UID. highdicom checks the IODs
 while it constructs them; a failure there is a bug in radlens, not a bad request.
 
 Patient and study identification. The service stores no patient identifiers, so an output
@@ -14,9 +16,11 @@ carries the source (``POST /v1/predictions/dicom-sr``): those attributes are the
 from the source dataset in memory, never stored. Without that setting they are empty on
 every path.
 
-UIDs are derived from the prediction id (``2.25.<uuid5>``), so fetching an output twice gives
-the same SOP Instance UID (a PACS treats a re-send as the same object); the patient-bearing
-variant gets different UIDs from the patient-free one, since their contents differ.
+SOP Instance UIDs are derived from the prediction id (``2.25.<uuid5>``, :func:`output_sop_uid`),
+so fetching an output twice gives the same SOP Instance UID (a PACS treats a re-send as the
+same object); the patient-bearing variant gets a different one from the patient-free one,
+since their contents differ. Series Instance UIDs derive from the source's Series Instance
+UID, the model version and the kind, whoever builds the object.
 """
 
 from __future__ import annotations
@@ -705,7 +709,8 @@ def overlay_rgb(png: bytes) -> np.ndarray:
 def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     """A Secondary Capture of the Grad-CAM overlay in the source study, referencing the source.
 
-    New series, same Study Instance UID; Source Image Sequence names the source instance;
+    The SC series of its source series and model version (:func:`output_series_uid`), same
+    Study Instance UID; Source Image Sequence names the source instance;
     Image Type DERIVED\\SECONDARY. The overlay's own caption has no patient text (class,
     score and layer), but its pixels are the source's, which may carry burned-in text (name,
     ID, dates on a scanned film or an ultrasound frame): Burned In Annotation copies the

@@ -438,8 +438,8 @@ def train(
                 result = run_module.train(cfg, on_start=announce)
     except KeyboardInterrupt as exc:
         how = "stopped by SIGTERM" if isinstance(exc, _Terminated) else "interrupted"
-        if started:
-            then = f"continue with: radlens train --resume {started[0]}"
+        if started or resume is not None:  # a resume stopped before it started: the same run
+            then = f"continue with: radlens train --resume {started[0] if started else resume}"
         else:  # stopped before the run directory was written: nothing to resume
             then = "no run directory was written yet; start the run again"
         typer.echo(f"\nradlens: {how}; {then}", err=True)
