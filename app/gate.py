@@ -41,21 +41,22 @@ from typing import Any, Literal
 
 from radlens.app.errors import AppError
 from radlens.models.errors import DeflatedDatasetTooLargeError
-from radlens.models.intended_use import IntendedUse, Violation, dataset_metadata, violations
+
+# the colour rule (its constants re-exported) lives in models/: training applies it too
+from radlens.models.intended_use import COLOUR_SHARE as COLOUR_SHARE
+from radlens.models.intended_use import GRAY_MODALITIES as GRAY_MODALITIES
+from radlens.models.intended_use import (
+    IntendedUse,
+    Violation,
+    colour_violation,
+    dataset_metadata,
+    violations,
+)
 from radlens.models.preprocessing import DEFAULT_MAX_PIXELS
 
 GatePolicy = Literal["refuse", "flag", "off"]
 
 GATED_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "ViewPosition")
-
-# Modalities whose images are gray (their Pixel Data is MONOCHROME; a colour map is a
-# display choice): radiography, mammography, fluoroscopy, angiography, intra-oral and
-# panoramic X-ray, bone densitometry, CT, MR, PET and nuclear medicine
-GRAY_MODALITIES = frozenset(
-    {"CR", "DX", "MG", "RF", "XA", "IO", "PX", "RG", "BMD", "CT", "MR", "PT", "NM"}
-)
-COLOUR_SHARE = 0.05
-"""More than this share of an image's pixels in colour makes it a colour picture."""
 
 
 class OutsideIntendedUseError(AppError):
@@ -140,28 +141,16 @@ def check_colour(
     colour: float | None, intended_use: IntendedUse, policy: GatePolicy
 ) -> list[Violation]:
     """A colour picture sent to a model for gray modalities only (see the module's
-    docstring): refused with ``refuse``, returned with ``flag``; [] otherwise."""
-    accepted = intended_use.modalities
-    if policy == "off" or colour is None or colour <= COLOUR_SHARE:
+    docstring; the rule is models.intended_use.colour_violation, which training applies too):
+    refused with ``refuse``, returned with ``flag``; [] otherwise."""
+    if policy == "off":
         return []
-    if not accepted or not set(accepted) <= GRAY_MODALITIES:
+    found = colour_violation(colour, intended_use)
+    if found is None:
         return []
-    share = f"{colour:.0%} of the pixels"
-    found = [
-        Violation(
-            "colour",
-            share,
-            tuple(accepted),
-            said=(
-                f"the image is in colour ({share} have channels more than 32/255 apart: an "
-                f"overlay, photograph or colour figure); this model is for {', '.join(accepted)}"
-                " images, which are gray: send the image itself (DICOM, or a gray export)"
-            ),
-        )
-    ]
     if policy == "refuse":
-        raise OutsideIntendedUseError(found)
-    return found
+        raise OutsideIntendedUseError([found])
+    return [found]
 
 
 def violation_records(found: list[Violation]) -> list[dict[str, Any]] | None:

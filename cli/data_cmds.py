@@ -166,6 +166,14 @@ def data_check(
             "with fewer positives, as training refuses it (0: not checked).",
         ),
     ] = DEFAULT_MIN_CALIBRATION_POSITIVES,
+    intended_modalities: Annotated[
+        str | None,
+        typer.Option(
+            "--intended-modalities",
+            help="`radlens train`'s --intended-modalities, e.g. CR,DX: colour images are "
+            "counted as skipped as training skips them (default: what the DICOM headers show).",
+        ),
+    ] = None,
     headers_only: Annotated[
         bool,
         typer.Option(
@@ -202,7 +210,17 @@ def data_check(
     with _skips_reported_below():
         source = open_data(path, multi_label=spec, dicom_root=dicom_root)
     if not headers_only:
-        decoded = drop_undecodable(source)
+        from radlens.models.intended_use import check_stated
+        from radlens.training.data.intended import drop_colour
+
+        stated = [v.strip() for v in (intended_modalities or "").split(",") if v.strip()]
+        try:
+            check_stated(stated, ())
+        except ValueError as exc:
+            fail(f"--intended-modalities: {exc}")
+        # as `radlens train` leaves them out: undecodable and blank images, then the colour
+        # images the model's gate would refuse
+        decoded = drop_colour(drop_undecodable(source), modalities=stated)[0]
         try:
             check_decodable(source, decoded)
         except ConfigurationError as exc:

@@ -400,6 +400,57 @@ def violations(metadata: Mapping[str, object], intended_use: IntendedUse) -> lis
     return found
 
 
+# --- colour ----------------------------------------------------------------------------------
+
+# Modalities whose images are gray (their Pixel Data is MONOCHROME; a colour map is a display
+# choice): radiography, mammography, fluoroscopy, angiography, intra-oral and panoramic X-ray,
+# bone densitometry, CT, MR, PET and nuclear medicine
+GRAY_MODALITIES = frozenset(
+    {"CR", "DX", "MG", "RF", "XA", "IO", "PX", "RG", "BMD", "CT", "MR", "PT", "NM"}
+)
+COLOUR_SHARE = 0.05
+"""More than this share of an image's pixels in colour makes it a colour picture."""
+
+
+def colour_violation(colour: float | None, intended_use: IntendedUse) -> Violation | None:
+    """The ``colour`` violation of a decoded image, or None: an image with more than
+    :data:`COLOUR_SHARE` of its pixels in colour (``ImageMetadata.colour_fraction``: channels
+    more than 32/255 apart -- an overlay, a photograph, a Doppler frame, a coloured figure)
+    contradicts an intended use whose modalities are all gray (:data:`GRAY_MODALITIES`).
+
+    The service's gate refuses (or flags) such an upload (app/gate.py ``check_colour``) and
+    training leaves such an image out (training/data/intended.py ``drop_colour``): one rule,
+    so a model is never trained on what it will refuse.
+
+    Args:
+        colour: the image's colour fraction; None for a gray image (no colour channels).
+        intended_use: the model's; one that states no modality, or any modality whose
+            images may be in colour (US, XC, ...), accepts colour.
+
+    Example:
+        >>> colour_violation(0.4, IntendedUse(modalities=("CR",))).attribute
+        'colour'
+        >>> colour_violation(0.4, IntendedUse(modalities=("CR", "US"))) is None
+        True
+    """
+    accepted = intended_use.modalities
+    if colour is None or colour <= COLOUR_SHARE:
+        return None
+    if not accepted or not set(accepted) <= GRAY_MODALITIES:
+        return None
+    share = f"{colour:.0%} of the pixels"
+    return Violation(
+        "colour",
+        share,
+        tuple(accepted),
+        said=(
+            f"the image is in colour ({share} have channels more than 32/255 apart: an "
+            f"overlay, photograph or colour figure); this model is for {', '.join(accepted)}"
+            " images, which are gray: send the image itself (DICOM, or a gray export)"
+        ),
+    )
+
+
 # --- the manifest's record --------------------------------------------------------------------
 
 NOT_STATED = "not stated"

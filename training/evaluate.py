@@ -61,10 +61,22 @@ def as_trained(
     """``source`` as the model's training run split it: a run that decoded every image before
     its split (``split.decode_checked``, since training refuses what it cannot read up front)
     split only the images that decode, so they are dropped here too (into ``skipped``), decoded
-    with the model's preprocessing ``version`` (the one its run decoded with)."""
-    if (training_config.get("split") or {}).get("decode_checked"):
-        return drop_undecodable(source, version=version)
-    return source
+    with the model's preprocessing ``version`` (the one its run decoded with). A run that left
+    out the colour images its gate refuses (``split.colour_checked``) split without them, so
+    they are left out here too (training.data.intended.drop_colour)."""
+    record = training_config.get("split") or {}
+    if not record.get("decode_checked"):
+        return source
+    decoded = drop_undecodable(source, version=version)
+    if not record.get("colour_checked") or decoded.colour_checked:
+        return decoded
+    from radlens.training.data.intended import drop_colour
+
+    return drop_colour(
+        decoded,
+        modalities=training_config.get("intended_modalities") or (),
+        body_parts=training_config.get("intended_body_parts") or (),
+    )[0]
 
 
 def select_split(

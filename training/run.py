@@ -228,12 +228,24 @@ class _RunData:
     y_val: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     # series-labelled data: the series of each decoded validation slice (x_val's rows)
     val_series: list[str | None] = field(default_factory=list)
-    # the train split's surveyed headers when an intended use was stated (read once, at open)
-    train_headers: list[dict[str, Any]] | None = None
+    # the surveyed headers of every image (source.examples' order; read once, at open): what
+    # the manifest's intended use accepts is read from every split, so no val/test image the
+    # run scores is outside it
+    headers: list[dict[str, Any]] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.source.class_names)
+
+    def split_headers(self, split: str) -> list[dict[str, Any]]:
+        """The surveyed headers of ``split``'s images, in its order (read again if not held)."""
+        examples = self.splits.get(split) or []
+        if self.headers is None or len(self.headers) != len(self.source.examples):
+            from radlens.training.data.intended import image_header
+
+            return [image_header(self.source, e) for e in examples]
+        by_key = {e.key: h for e, h in zip(self.source.examples, self.headers, strict=True)}
+        return [by_key[e.key] for e in examples]
 
     @property
     def size(self) -> tuple[int, int]:
@@ -272,6 +284,13 @@ class _RunData:
         # every image decoded once (at 32 px, as `radlens data-check` does) before the split:
         # the split, the checks and the manifest's survey see only what training can read
         source = drop_undecodable(opened)
+        from radlens.training.data.intended import check_stated_use_is_trained, drop_colour
+
+        # a colour image the model's gate would refuse (a palette-colour DICOM, a photograph
+        # in a CR set) is left out, as a blank one is: the model never sees what it refuses
+        source, headers = drop_colour(
+            source, modalities=config.intended_modalities, body_parts=config.intended_body_parts
+        )
         check_decodable(opened, source)
         if positive_class_guessed(source):  # said before the run: a wrong guess inverts it
             log.warning("%s", positive_class_note(source))
@@ -284,18 +303,22 @@ class _RunData:
             keep_given=not config.resplit,
         )
         leakage = check_leakage(splits)  # one patient in two splits inflates every figure
-        from radlens.training.data.intended import check_stated_use_is_trained
-
-        headers = check_stated_use_is_trained(  # a model its gate would refuse: not trained
+        by_key = {e.key: h for e, h in zip(source.examples, headers, strict=True)}
+        check_stated_use_is_trained(  # a model its gate would refuse: not trained
             source,
             splits["train"],
             modalities=config.intended_modalities,
             body_parts=config.intended_body_parts,
+            headers=[by_key[e.key] for e in splits["train"]],
         )
         check_splits(source, splits, min_calibration_positives=config.min_calibration_positives)
         record = describe_split(source, splits, resplit=config.resplit)
         # what evaluate and `models ood` must know to rebuild this split (select_split)
         record["decode_checked"] = True
+        # colour images the gate refuses were left out before the split (drop_colour), and the
+        # intended use is surveyed over every split: evaluate and `models ood` do the same
+        record["colour_checked"] = True
+        record["intended_use_from"] = "all splits"
         record["copies_together"] = True  # identical images were split as one group
         record["copies"] = copies_report(source, splits)
         if source.has_series:  # series-labelled: how many series (and slices) each split got
@@ -303,7 +326,7 @@ class _RunData:
 
             record["series"] = {k: series_counts(source, v) for k, v in splits.items()}
         record["leakage_check"] = leakage
-        return cls(config, source, splits, list(source.skipped), record, train_headers=headers)
+        return cls(config, source, splits, list(source.skipped), record, headers=headers)
 
     def report(self) -> None:
         """The data report's lines about the split (train.log), each said once."""
@@ -671,12 +694,13 @@ def _finish(run: _Run, started: float) -> RunResult:
     if dist.chief:  # every worker holds the same weights; exactly one creates the version
         from radlens.training.data.intended import intended_use_for
 
-        intended_use = intended_use_for(
+        intended_use = intended_use_for(  # accepts what every split holds: _RunData.headers
             data.source,
             data.splits["train"],
             modalities=config.intended_modalities,
             body_parts=config.intended_body_parts,
-            headers=data.train_headers,
+            headers=data.split_headers("train"),
+            held_out=[*data.split_headers("val"), *data.split_headers("test")],
         )
         manifest = ModelRegistry(store).save(
             network,
@@ -1213,12 +1237,13 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
 
         # what the service's gate checks an upload's metadata against, as for single-label
         # (it was not written: a multi-label model accepted every modality and body part)
-        intended_use = intended_use_for(
+        intended_use = intended_use_for(  # accepts what every split holds: _RunData.headers
             data.source,
             data.splits["train"],
             modalities=config.intended_modalities,
             body_parts=config.intended_body_parts,
-            headers=data.train_headers,
+            headers=data.split_headers("train"),
+            held_out=[*data.split_headers("val"), *data.split_headers("test")],
         )
         manifest = ModelRegistry(store).save(
             network,

@@ -13,18 +13,20 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from radlens.models.intended_use import (
     check_stated,
+    colour_violation,
     dataset_metadata,
     from_record,
     intended_use_record,
     survey,
     violations,
 )
-from radlens.training.data.sources import DataSource, Example, sniff_format
+from radlens.training.data.sources import DataSource, Example, SkippedFile, sniff_format
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,52 @@ def _headers(source: DataSource, examples: Sequence[Example]) -> Iterator[dict[s
         yield image_header(source, example)
 
 
+def drop_colour(
+    source: DataSource,
+    *,
+    modalities: Sequence[str] = (),
+    body_parts: Sequence[str] = (),
+) -> tuple[DataSource, list[dict[str, Any]]]:
+    """The decoded ``source`` without the colour images the service's gate refuses, each moved
+    to ``skipped`` with why, and the surveyed headers of the images kept (in their order, for
+    :func:`intended_use_for`).
+
+    The rule is the gate's (models.intended_use.colour_violation): an image with more than 5%
+    of its pixels in colour is refused by a model whose intended use accepts only gray
+    modalities (CR, DX, CT, MR, ...). The intended use is the one the model will record: the
+    statement (``modalities``/``body_parts``) when there is one, else what the headers of the
+    whole data set show (every split: :func:`intended_use_for`). A data set of PNG/JPEG only,
+    or one holding a colour modality (US, XC, ...), states no gray-only use: nothing is dropped.
+    The colour fractions are those :func:`training.data.sources.drop_undecodable` saw (a
+    source not decode-checked has none: nothing is dropped).
+    """
+    headers = list(_headers(source, source.examples))
+    if source.colour_checked or not source.colours:
+        return replace(source, colour_checked=True), headers
+    stated = check_stated(modalities, body_parts) if (modalities or body_parts) else None
+    gate = from_record(intended_use_record(survey(headers), stated))
+    kept: list[Example] = []
+    kept_headers: list[dict[str, Any]] = []
+    skipped = list(source.skipped)
+    for example, header in zip(source.examples, headers, strict=True):
+        found = colour_violation(source.colours.get(example.key), gate)
+        if found is None:
+            kept.append(example)
+            kept_headers.append(header)
+            continue
+        skipped.append(
+            SkippedFile(
+                example.key,
+                f"in colour ({found.value} have channels more than 32/255 apart), and the "
+                f"service refuses a colour image for a model of {', '.join(found.accepted)} "
+                "images, which are gray (RADLENS_GATE): if it is a radiograph, convert it to "
+                "gray (a MONOCHROME2 DICOM or a gray PNG export); if it is an overlay, a "
+                "photograph, a Doppler frame or a colour figure, leave it out",
+            )
+        )
+    return replace(source, examples=kept, skipped=skipped, colour_checked=True), kept_headers
+
+
 def outside_stated_use(
     examples: Sequence[Example], headers: Sequence[dict[str, Any]], record: dict[str, Any]
 ) -> list[tuple[str, str]]:
@@ -117,10 +165,11 @@ def check_stated_use_is_trained(
     *,
     modalities: Sequence[str] = (),
     body_parts: Sequence[str] = (),
+    headers: Sequence[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]] | None:
     """Refuse, before training, a stated intended use that every training image is outside;
-    return the headers read for it (``None`` when nothing was stated), for
-    :func:`intended_use_for` at the end of the run.
+    return the headers read for it (``None`` when nothing was stated; ``headers``: the
+    examples' headers when read already, in their order).
 
     Such a model would be refused by the service's gate for every image like the ones it
     learnt from (--intended-modalities CR,DX on a folder of MR, a typo in a body part): hours
@@ -136,7 +185,9 @@ def check_stated_use_is_trained(
         return None
     from radlens.models.errors import ConfigurationError
 
-    headers = list(_headers(source, examples))
+    if headers is None or len(headers) != len(examples):  # not read, or for other examples
+        headers = list(_headers(source, examples))
+    headers = list(headers)
     record = intended_use_record(survey(headers), check_stated(modalities, body_parts))
     outside = outside_stated_use(examples, headers, record)
     if len(outside) < len(examples):
@@ -163,16 +214,24 @@ def intended_use_for(
     modalities: Sequence[str] = (),
     body_parts: Sequence[str] = (),
     headers: Sequence[dict[str, Any]] | None = None,
+    held_out: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The manifest's ``intended_use`` for a model trained on ``examples``: the statement
     (``modalities``/``body_parts`` from the config; none: not stated) and the survey
-    (``headers``: the examples' headers when read already, in their order)."""
+    (``headers``: the examples' headers when read already, in their order).
+
+    ``held_out``: the headers of the validation and test images. What the gate accepts when
+    nothing was stated is then read from every split, so no image the run scores is one the
+    served model refuses for its modality, body part or view, and the intended use does not
+    depend on which split a rare modality's image fell in; ``observed`` still counts the
+    training images."""
     if headers is None or len(headers) != len(examples):  # not read, or for other examples
         headers = list(_headers(source, examples))
     headers = list(headers)
     observed = survey(headers)
     stated = check_stated(modalities, body_parts) if (modalities or body_parts) else None
-    record = intended_use_record(observed, stated)
+    record = intended_use_record(survey([*headers, *held_out]) if held_out else observed, stated)
+    record["observed"] = dict(observed)
     outside = outside_stated_use(examples, headers, record)
     if outside:  # trained on all the same; the service would refuse these
         log.warning(

@@ -280,6 +280,11 @@ class DataSource:
     # what that decode saw, per example key: a sha256 of the pixels (decoded at the check size;
     # an npz image's stored array), so identical images under two names are known as copies
     digests: dict[str, str] = field(default_factory=dict, repr=False)
+    # what that decode saw of each colour image, per example key: its share of pixels in
+    # colour (ImageMetadata.colour_fraction); gray images are not listed
+    colours: dict[str, float] = field(default_factory=dict, repr=False)
+    # the colour images the intended use refuses were left out (training.data.intended)
+    colour_checked: bool = False
     # how class_names were ordered: "names" (order_class_names: a negative-sounding name
     # first, else alphabetical), "index" (integer labels, npz), "given" (class_names=)
     class_order: str = "given"
@@ -357,6 +362,19 @@ class DataSource:
                 (BlankImageError: every stored pixel one value, which the service refuses).
             OSError: the file could not be read.
         """
+        return self.decode(example, size=size, window=window, version=version)[0]
+
+    def decode(
+        self,
+        example: Example,
+        *,
+        size: int | tuple[int, int] | None,
+        window: str | None = None,
+        version: str | None = None,
+    ) -> tuple[np.ndarray, float | None]:
+        """:meth:`load_pixels`, and the image's colour fraction (``ImageMetadata.
+        colour_fraction``; None for a gray image or an npz array), which the intended-use
+        colour rule reads (models.intended_use.colour_violation)."""
         hw = as_size(size)
         if self.kind == "npz":
             pixels = preprocessing.preprocess_array(
@@ -364,7 +382,7 @@ class DataSource:
                 size=hw,
                 version=version or preprocessing.PREPROCESSING_VERSION,
             )
-            return np.asarray(pixels, dtype=np.float32)[..., np.newaxis]
+            return np.asarray(pixels, dtype=np.float32)[..., np.newaxis], None
         from radlens.training.data.series import split_frame_key
 
         image = preprocessing.preprocess(
@@ -376,7 +394,8 @@ class DataSource:
         )
         if image.metadata.blank:  # what the service refuses is not trained or evaluated on
             raise preprocessing.blank_image_error(image.metadata)
-        return np.asarray(image.model_input(), dtype=np.float32)
+        pixels = np.asarray(image.model_input(), dtype=np.float32)
+        return pixels, image.metadata.colour_fraction
 
 
 def as_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -1085,16 +1104,26 @@ def drop_undecodable(
     kept: list[Example] = []
     skipped = list(source.skipped)
     digests: dict[str, str] = {}
+    colours: dict[str, float] = {}
     for example in source.examples:
         try:
-            pixels = source.load_pixels(example, size=size, version=version)
+            pixels, colour = source.decode(example, size=size, version=version)
         except (RadlensError, OSError) as exc:
             reason = str(exc) if isinstance(exc, RadlensError) else f"cannot be read ({exc})"
             skipped.append(SkippedFile(example.key, reason))
         else:
             kept.append(example)
             digests[example.key] = pixel_digest(pixels)
-    return replace(source, examples=kept, skipped=skipped, decode_checked=True, digests=digests)
+            if colour is not None:
+                colours[example.key] = colour
+    return replace(
+        source,
+        examples=kept,
+        skipped=skipped,
+        decode_checked=True,
+        digests=digests,
+        colours=colours,
+    )
 
 
 def pixel_digest(pixels: np.ndarray) -> str:
@@ -1165,7 +1194,7 @@ def check_decodable(before: DataSource, after: DataSource) -> None:
             ]
             what = "finding" if before.multi_label else "class"
             raise ConfigurationError(
-                f"{what} {name!r} of {where!r} has no image that decodes: all {count} were "
+                f"{what} {name!r} of {where!r} has no image to train on: all {count} were "
                 f"skipped (first {first_reason(keys)}); fix those files or leave the {what} out"
             )
     if after.multi_label:
