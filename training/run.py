@@ -247,6 +247,21 @@ class _RunData:
         by_key = {e.key: h for e, h in zip(self.source.examples, self.headers, strict=True)}
         return [by_key[e.key] for e in examples]
 
+    def intended_use(self) -> dict[str, Any]:
+        """The manifest's intended use: what the run's statement names, else what the images'
+        headers show, accepting what every split holds (so no val/test image the run scores
+        is one the served model refuses), observed over the train split."""
+        from radlens.training.data.intended import intended_use_for
+
+        return intended_use_for(
+            self.source,
+            self.splits["train"],
+            modalities=self.config.intended_modalities,
+            body_parts=self.config.intended_body_parts,
+            headers=self.split_headers("train"),
+            held_out=[*self.split_headers("val"), *self.split_headers("test")],
+        )
+
     @property
     def size(self) -> tuple[int, int]:
         return (self.config.image_size, self.config.image_size)
@@ -692,16 +707,7 @@ def _finish(run: _Run, started: float) -> RunResult:
     sizes = {k: len(v) for k, v in data.splits.items()}
     model_ref = ""
     if dist.chief:  # every worker holds the same weights; exactly one creates the version
-        from radlens.training.data.intended import intended_use_for
-
-        intended_use = intended_use_for(  # accepts what every split holds: _RunData.headers
-            data.source,
-            data.splits["train"],
-            modalities=config.intended_modalities,
-            body_parts=config.intended_body_parts,
-            headers=data.split_headers("train"),
-            held_out=[*data.split_headers("val"), *data.split_headers("test")],
-        )
+        intended_use = data.intended_use()
         manifest = ModelRegistry(store).save(
             network,
             name=config.name,
@@ -1233,18 +1239,9 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
     sizes = {k: len(v) for k, v in data.splits.items()}
     model_ref = ""
     if dist.chief:
-        from radlens.training.data.intended import intended_use_for
-
         # what the service's gate checks an upload's metadata against, as for single-label
         # (it was not written: a multi-label model accepted every modality and body part)
-        intended_use = intended_use_for(  # accepts what every split holds: _RunData.headers
-            data.source,
-            data.splits["train"],
-            modalities=config.intended_modalities,
-            body_parts=config.intended_body_parts,
-            headers=data.split_headers("train"),
-            held_out=[*data.split_headers("val"), *data.split_headers("test")],
-        )
+        intended_use = data.intended_use()
         manifest = ModelRegistry(store).save(
             network,
             name=config.name,
