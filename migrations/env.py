@@ -12,20 +12,51 @@ from sqlalchemy import Connection
 
 import radlens.app.tables  # noqa: F401  (registers the tables on Base.metadata)
 from radlens.app.db import Base, make_engine
+from radlens.app.errors import MigrationError
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=sqlite,
         compare_type=True,
     )
-    with context.begin_transaction():
-        context.run_migrations()
+    if not sqlite:
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    # A batch migration that rebuilds a table copies it, drops it and renames the copy; with
+    # foreign keys on (app/db.py) the DROP TABLE deletes every row that references it by ON
+    # DELETE CASCADE (rebuilding predictions lost every explanation and finding). SQLite
+    # ignores this pragma inside a transaction: it is set on the driver's connection before
+    # the migration's transaction begins, and the references are checked before it commits.
+    _foreign_keys(connection, on=False)
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise MigrationError(
+                    f"the migration left {len(broken)} row(s) referencing a missing row "
+                    f"(first in table {broken[0][0]}); it was rolled back"
+                )
+    finally:
+        _foreign_keys(connection, on=True)
+
+
+def _foreign_keys(connection: Connection, *, on: bool) -> None:
+    """Set SQLite's foreign key enforcement on the driver's connection, outside any
+    transaction (the driver runs in autocommit: app/db.py)."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    finally:
+        cursor.close()
 
 
 def run_migrations_offline() -> None:

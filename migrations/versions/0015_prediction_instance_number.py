@@ -28,12 +28,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    if bind.dialect.name != "sqlite" or (bind.dialect.server_version_info or ()) >= (3, 35):
-        # SQLite's own DROP COLUMN (3.35+), not a batch copy: the copy drops and recreates the
-        # table, and dropping it, with foreign keys on (app/db.py), deleted every explanation
-        # and finding of the predictions by their ON DELETE CASCADE
-        op.drop_column("predictions", "instance_number")
-        return
     with op.batch_alter_table("predictions") as batch:
         batch.drop_column("instance_number")
