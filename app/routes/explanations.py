@@ -160,8 +160,9 @@ def get_dicom_sr(prediction_id: uuid.UUID, session: SessionDep, settings: Settin
 def get_dicom_secondary_capture(
     prediction_id: uuid.UUID, session: SessionDep, settings: SettingsDep
 ) -> Response:
-    """The overlay as an RGB Secondary Capture in a new series of the source study,
-    referencing the source instance; needs an explanation (post with ?explain=true)."""
+    """The overlay as an RGB Secondary Capture in the source study, in the overlay series of
+    its source series and model version (numbered as its source), referencing the source
+    instance; needs an explanation (post with ?explain=true)."""
     prediction = services.get_prediction(session, prediction_id)
     source = _stored_source(prediction, settings)
     explanation = require_explanation(session, prediction_id)
