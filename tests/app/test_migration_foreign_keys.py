@@ -6,7 +6,8 @@ that DROP TABLE deleted, by their ON DELETE CASCADE, every ``explanations`` and
 ``prediction_findings`` row (QA 39 found it in 0015's downgrade; 0013, 0011, 0010, 0006, 0005,
 0004 and 0002 did the same, and 0010's *upgrade*, which adds a unique constraint, lost them on
 the way up). Migrations now run with SQLite's foreign keys off and check them before they
-commit (migrations/env.py). Checked step by step on SQLite and PostgreSQL.
+commit (migrations/env.py). Checked step by step on SQLite and PostgreSQL (this test replaces
+QA 39's test of 0015 alone).
 """
 
 from __future__ import annotations
