@@ -36,3 +36,17 @@ def test_nas_thumbnails_are_not_training_images(tmp_path: Path) -> None:
     assert len(source.examples) == 4
     assert not any("@eaDir" in e.key for e in source.examples)
     assert not source.skipped  # Thumbs.db is not reported as a skipped image either
+
+
+def test_system_names_in_another_case_are_ignored_too(tmp_path: Path) -> None:
+    """NTFS writes the recycle bin as ``$Recycle.Bin`` and Explorer ``thumbs.db``: the names
+    are matched whatever their case (QA 39)."""
+    png_folder(tmp_path / "data", n_per_class=2)
+    recycle = tmp_path / "data" / "$Recycle.Bin" / "S-1-5-21"
+    recycle.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(random_gray(rng, 8)).save(recycle / "$RABC123.png")
+    (tmp_path / "data" / "normal" / "thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + b"\0" * 60)
+    source = open_data(tmp_path / "data")
+    assert source.class_names == ["normal", "abnormal"]
+    assert len(source.examples) == 4 and not source.skipped

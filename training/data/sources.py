@@ -722,22 +722,25 @@ def _one_spelling(names: Iterable[str], where: str) -> None:
 
 
 _SYSTEM_NAMES = frozenset(
-    {
+    name.casefold()
+    for name in (
         "__MACOSX",  # macOS's resource forks in a zip, unpacked elsewhere
         "@eaDir",  # a Synology NAS's thumbnails (JPEGs) of each image
         "Thumbs.db",  # Windows Explorer's thumbnail cache
         "desktop.ini",
         "System Volume Information",  # the root of a Windows-formatted drive
-        "$RECYCLE.BIN",
-    }
+        "$RECYCLE.BIN",  # (NTFS writes $Recycle.Bin)
+    )
 )
-"""Operating-system and NAS metadata, never images of a class: ignored as hidden files are.
-``@eaDir`` holds real JPEG thumbnails that would otherwise train as images of their folder's
-class, and ``__MACOSX`` beside the class folders would be taken for a class."""
+"""Operating-system and NAS metadata, never images of a class: ignored as hidden files are,
+whatever their case (Windows and macOS file systems do not tell cases apart, and write some
+of these names in more than one). ``@eaDir`` holds real JPEG thumbnails that would otherwise
+train as images of their folder's class, and ``__MACOSX`` beside the class folders would be
+taken for a class."""
 
 
 def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name in _SYSTEM_NAMES
+    return name.startswith(".") or name.casefold() in _SYSTEM_NAMES
 
 
 def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: bool) -> DataSource:
