@@ -89,7 +89,9 @@ class TestFolderSource:
         (root / "normal" / "zero.dcm").write_bytes(b"")
         (root / "normal" / "x.dcm").write_bytes(b"this is not dicom")
         skipped = {Path(s.path).name: s.reason for s in open_source(root).skipped}
-        assert skipped["zero.dcm"] == "not a DICOM file (0 bytes, starts with b'')"
+        assert skipped["zero.dcm"] == (
+            "not a DICOM file (0 bytes, empty: a copy or export that did not finish?)"
+        )
         # its first bytes are text (a report's first line may name the patient): not shown
         assert skipped["x.dcm"] == "not a DICOM file (17 bytes, starts with text, not shown)"
 

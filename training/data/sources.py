@@ -975,6 +975,8 @@ def _head_said(head: bytes) -> str:
     when they are text, which may be a report's or an export's first line, a patient's name
     or ID (QA round 31: "starts with b'DOE^JOHN'")."""
     first = head[:8]
+    if not first:
+        return "empty: a copy or export that did not finish?"
     # text in any encoding (ASCII, Latin-1, UTF-8, ISO 2022's escapes): no control byte else
     if first and all(byte >= 0x20 or byte in b"\t\r\n\x1b" for byte in first):
         return "starts with text, not shown"
