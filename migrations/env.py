@@ -35,18 +35,31 @@ def _run(connection: Connection) -> None:
     # DELETE CASCADE (rebuilding predictions lost every explanation and finding). SQLite
     # ignores this pragma inside a transaction: it is set on the driver's connection before
     # the migration's transaction begins, and the references are checked before it commits.
+    # Only what the migration broke stops it: a row already referencing a missing one (a
+    # prediction deleted with the sqlite3 shell, whose foreign keys are off) is not its doing.
     _foreign_keys(connection, on=False)
     try:
         with context.begin_transaction():
+            before = _broken_references(connection)
             context.run_migrations()
-            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-            if broken:
+            after = _broken_references(connection)
+            new = {t: n - before.get(t, 0) for t, n in after.items() if n > before.get(t, 0)}
+            if new:
                 raise MigrationError(
-                    f"the migration left {len(broken)} row(s) referencing a missing row "
-                    f"(first in table {broken[0][0]}); it was rolled back"
+                    f"the migration left {sum(new.values())} row(s) referencing a missing row "
+                    f"(table {', '.join(sorted(new))}); it was rolled back"
                 )
     finally:
         _foreign_keys(connection, on=True)
+
+
+def _broken_references(connection: Connection) -> dict[str, int]:
+    """SQLite's ``PRAGMA foreign_key_check``: per table, how many rows reference a missing
+    row."""
+    counts: dict[str, int] = {}
+    for row in connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall():
+        counts[row[0]] = counts.get(row[0], 0) + 1
+    return counts
 
 
 def _foreign_keys(connection: Connection, *, on: bool) -> None:

@@ -107,13 +107,16 @@ def check_resumed_split(run_path: Path, splits: Mapping[str, Iterable[Any]]) -> 
         return
     with recorded_path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
+    # class indices first: a radlens that orders the classes otherwise (a run started before
+    # QA 37's class-order rules) also stratifies them into other splits, and the cause is
+    # what the operator must be told
+    _check_resumed_labels(run_path, rows, splits)
     recorded = {row["key"]: row["split"] for row in rows}
     now = {example.key: name for name, items in splits.items() for example in items}
     moved = sorted(k for k in now.keys() & recorded.keys() if now[k] != recorded[k])
     added = sorted(now.keys() - recorded.keys())
     gone = sorted(recorded.keys() - now.keys())
     if not (moved or added or gone):
-        _check_resumed_labels(run_path, rows, splits)
         return
     if moved:
         named = f"e.g. {moved[0]}: {recorded[moved[0]]} then, {now[moved[0]]} now"
