@@ -447,7 +447,7 @@ def test_a_browser_opens_the_series_page_and_follows_an_instance_link(
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     from radlens.app.main import create_app
     from radlens.app.migrate import upgrade
-    from tests.app.test_ui_browser import AUDIT_JS
+    from tests.app.test_ui_browser import AUDIT_JS, wait_until
 
     url = f"sqlite:///{tmp_path / 'ui.db'}"
     upgrade(url)
@@ -481,9 +481,10 @@ def test_a_browser_opens_the_series_page_and_follows_an_instance_link(
                     page.get_by_role("heading", level=1).inner_text() == "Series result: CT series"
                 )
                 assert page.get_by_text("Not for clinical use").first.is_visible()
-                page.wait_for_function(
+                wait_until(
+                    page,
                     "[...document.querySelectorAll('ul.thumbs img')]"
-                    ".every((i) => i.complete && i.naturalWidth > 0)"
+                    ".every((i) => i.complete && i.naturalWidth > 0)",
                 )
                 assert page.locator("ul.thumbs img").count() == 2
                 assert page.evaluate(AUDIT_JS) == []

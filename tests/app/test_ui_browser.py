@@ -108,6 +108,20 @@ def _check(page: Any, artifacts: Path, name: str) -> None:
     assert problems == [], f"{name}: {problems}"
 
 
+def wait_until(page: Any, expression: str, timeout_s: float = 30.0) -> None:
+    """Poll ``expression`` in the page until it is true. Not Playwright's wait_for_function:
+    when the first check is false it polls through eval, which the pages' Content Security
+    Policy (no 'unsafe-eval') refuses, so it failed whenever the page was slow (CI under
+    load); page.evaluate goes through the DevTools protocol, which CSP does not restrict."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout_s:.0f} s: {expression}")
+        time.sleep(0.1)
+
+
 def _tab_to(page: Any, selector: str, limit: int = 40) -> None:
     """Press Tab until ``selector`` has the focus (keyboard navigation reaches it)."""
     for _ in range(limit):
@@ -156,7 +170,7 @@ def test_login_upload_detail_filter_logout(served: dict[str, str], artifacts: Pa
             page.wait_for_url(f"{base}/ui/predictions/*")
             overlay = page.locator("img#overlay")
             overlay.wait_for()
-            page.wait_for_function("document.querySelector('img#overlay').naturalWidth > 0")
+            wait_until(page, "document.querySelector('img#overlay').naturalWidth > 0")
             assert "Input sha256" in page.content()
             assert page.get_by_text("Not for clinical use").first.is_visible()
             _check(page, artifacts, "04-detail")
