@@ -295,28 +295,23 @@ def _uids(data: bytes, max_pixels: int) -> tuple[str | None, str | None, str | N
     return sop_class, sop_instance, study, sop_class in OUTPUT_SOP_CLASSES and is_radlens_output(ds)
 
 
-# the SOP Class UIDs of radlens' outputs as a file holds them (UI values padded to even length
-# with a NUL; both are odd), in its file meta and its data set's first elements
-_OUTPUT_CLASS_BYTES = tuple(uid.encode() + b"\x00" for uid in OUTPUT_SOP_CLASSES)
-
-
-def _may_be_output(data: bytes) -> bool:
-    """Whether a part may be an SR or SC radlens made: its SOP class among its first bytes (a
-    byte search, no parse: every other part pays nothing)."""
-    head = data[:4096]
-    return any(uid in head for uid in _OUTPUT_CLASS_BYTES)
-
-
 # a storage SOP class UID as a file holds it (file meta, SOP Common): PS3.4 B.5 and the RT
 # second-generation classes
 _STORAGE_CLASS_BYTES = re.compile(rb"1\.2\.840\.10008\.5\.1\.4\.(?:1\.1|34)(?:\.[0-9]+)+")
 
 
-def _may_hold_no_image(data: bytes) -> bool:
-    """Whether a part may be of a class that holds no image (models/intended_use): such a
-    class's UID among its first bytes (a byte search: an image part is not parsed twice; the
-    header read decides)."""
-    return any(holds_no_image(m.decode()) for m in _STORAGE_CLASS_BYTES.findall(data[:4096]))
+def _read_header_first(data: bytes, *, acknowledge_non_images: bool) -> bool:
+    """Whether a part's header must be read before it is predicted: among its first bytes
+    (file meta, SOP Common) the SOP class of an output radlens makes (an SR or SC it may have
+    made, sent back) or, when they are acknowledged, of a class that holds no image. A byte
+    search, no parse: every other part pays nothing, and the header read decides."""
+    for match in _STORAGE_CLASS_BYTES.findall(data[:4096]):
+        sop_class = match.decode()
+        if sop_class in OUTPUT_SOP_CLASSES or (
+            acknowledge_non_images and holds_no_image(sop_class)
+        ):
+            return True
+    return False
 
 
 async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -> None:
@@ -343,7 +338,7 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
             return
     acknowledge = ingestor.settings.non_image_instances == "acknowledge"
     # before the model runs on it (QA round 34: it ran on radlens' SC, then let it go)
-    if _may_be_output(data) or (acknowledge and _may_hold_no_image(data)):
+    if _read_header_first(data, acknowledge_non_images=acknowledge):
         await _read_uids(outcome, data, ingestor.settings.max_pixels)
         if outcome.made_by_radlens:
             outcome.output = True
