@@ -706,16 +706,31 @@ def overlay_rgb(png: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def explained_frame(prediction: Prediction) -> int | None:
+    """The 1-based number of the source frame a multi-frame prediction's overlay explains,
+    as DICOM's Referenced Frame Number counts: the key frame (``frame_result["key_frame"]``,
+    the frame with the highest score for the decided class, app/ingest.py), else, for a row
+    without one, the frame preprocessing picks by default (the middle one, ``frames // 2``).
+    None for a single-frame source."""
+    frames = prediction.frames or 1
+    if frames <= 1:
+        return None
+    key = (prediction.frame_result or {}).get("key_frame")
+    index = key if isinstance(key, int) and 0 <= key < frames else frames // 2
+    return index + 1
+
+
 def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     """A Secondary Capture of the Grad-CAM overlay in the source study, referencing the source.
 
     The SC series of its source series and model version (:func:`output_series_uid`), same
-    Study Instance UID; Source Image Sequence names the source instance;
-    Image Type DERIVED\\SECONDARY. The overlay's own caption has no patient text (class,
-    score and layer), but its pixels are the source's, which may carry burned-in text (name,
-    ID, dates on a scanned film or an ultrasound frame): Burned In Annotation copies the
-    source's value when it is known and is YES otherwise (the service does not store it, so
-    an SC built from a stored prediction says YES).
+    Study Instance UID; Source Image Sequence names the source instance (and, for a
+    multi-frame source, the frame the overlay explains: Referenced Frame Number,
+    :func:`explained_frame`); Image Type DERIVED\\SECONDARY. The overlay's own caption has no
+    patient text (class, score and layer), but its pixels are the source's, which may carry
+    burned-in text (name, ID, dates on a scanned film or an ultrasound frame): Burned In
+    Annotation copies the source's value when it is known and is YES otherwise (the service
+    does not store it, so an SC built from a stored prediction says YES).
     """
     import highdicom as hd
     from pydicom.dataset import Dataset
@@ -747,10 +762,17 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.sop_class_uid
     reference.ReferencedSOPInstanceUID = source.sop_instance_uid
+    frame = explained_frame(prediction)
+    if frame is not None:
+        # the overlay shows one frame of a multi-frame source: name it, so a viewer shows
+        # the SC beside that frame, not the first (QA round 43)
+        reference.ReferencedFrameNumber = frame
     sc.SourceImageSequence = Sequence([reference])
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    of_frame = "" if frame is None else f" of frame {frame} of {prediction.frames}"
     sc.DerivationDescription = (
-        f"Grad-CAM overlay of radlens model {prediction.model_name}:{prediction.model_version}"
+        f"Grad-CAM overlay{of_frame} of radlens model "
+        f"{prediction.model_name}:{prediction.model_version}"
         f" (prediction {prediction.id}, label {prediction.label})"
     )[:1024]
     sc.BurnedInAnnotation = source.burned_in_annotation or "YES"

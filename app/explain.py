@@ -77,7 +77,7 @@ class Explainer:
         upsampled onto it, beside the model input.
 
         A multi-label model explains the named ``findings``, else its top positive ones (one
-        map each, stacked in the PNG at the model's input size; models.gradcam.explain_findings);
+        map each, drawn the same way, stacked in the PNG; models.gradcam.explain_findings);
         ``class_name`` is then the explained findings joined by ``|``."""
         import tensorflow as tf
 
@@ -94,6 +94,7 @@ class Explainer:
                     finding_names=names,
                     thresholds=manifest.decision_thresholds,  # a named point's (serve_at)
                     requested=findings,
+                    display=display,
                 )
             else:
                 result, png = explain_image(

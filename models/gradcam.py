@@ -747,13 +747,17 @@ def explain_findings(
     layer_name: str | None = None,
     alpha: float = 0.4,
     cmap: str = "inferno",
+    display: np.ndarray | None = None,
 ) -> tuple[GradCamResult, bytes]:
     """Grad-CAM of a multi-label model, one map per chosen finding, in one PNG.
 
     The findings are chosen by :func:`pick_findings` (named ones, else the top positive
     ones); each gets its own map -- the gradient of that finding's logit -- rendered as in
     :func:`explain_image` and titled ``"<finding> <score> (positive|negative at <threshold>)"``;
-    the overlays are stacked top to bottom in one PNG.
+    the overlays are stacked top to bottom in one PNG. With ``display`` (as in
+    :func:`explain_image`) each overlay shows the model input beside the map upsampled onto
+    the image at display resolution, at the source's aspect ratio; without it, the model
+    input's (a square input drew a portrait radiograph square, QA round 43).
 
     Returns:
         ``(result, png)``: the :class:`GradCamResult` with one row per chosen finding (the
@@ -787,7 +791,12 @@ def explain_findings(
         title = f"{name} {score:.2f} ({decision} at {thresholds[name]:.2f}) · Grad-CAM"
         panels.append(
             render_overlay(
-                model_input[..., 0], result.heatmaps[row], title=title, alpha=alpha, cmap=cmap
+                model_input[..., 0],
+                result.heatmaps[row],
+                title=title,
+                alpha=alpha,
+                cmap=cmap,
+                display=display,
             )
         )
     return result, _stack_pngs(panels)
