@@ -30,6 +30,7 @@ from radlens.models.architectures import build_model, set_backbone_trainable
 from radlens.models.errors import ConfigurationError, InvalidImageError
 from radlens.models.gradcam import (
     GradCamResult,
+    cell_centres,
     explain_image,
     find_layer_path,
     grad_model,
@@ -181,15 +182,26 @@ class TestShapes:
 
 
 def _cam_reference(resnet: keras.Model, batch: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """CAM computed without Grad-CAM: the backbone's feature map from its own input."""
-    import tensorflow as tf
-
+    """CAM computed without Grad-CAM: the backbone's feature map from its own input, drawn
+    on the layer's measured cell centres (tests/models/test_gradcam_grid.py checks those) by
+    linear interpolation along each axis, the end cells held beyond them."""
     to_backbone = keras.Model(resnet.inputs[0], resnet.get_layer("resnet_preprocess").output)
     features = resnet.get_layer("backbone").predict(
         to_backbone.predict(batch, verbose=0), verbose=0
     )
     cam = np.maximum(np.einsum("nhwk,k->nhw", features, weights), 0.0)
-    up = tf.image.resize(cam[..., None], batch.shape[1:3], method="bilinear").numpy()[..., 0]
+    centres = cell_centres(resnet)
+    assert centres is not None
+    rows, cols = np.arange(batch.shape[1]), np.arange(batch.shape[2])
+    tall = np.stack(
+        [
+            np.stack([np.interp(rows, centres[0], m[:, j]) for j in range(m.shape[1])], 1)
+            for m in cam
+        ]
+    )
+    up = np.stack(
+        [np.stack([np.interp(cols, centres[1], m[i, :]) for i in range(m.shape[0])]) for m in tall]
+    )
     low = up.min(axis=(1, 2), keepdims=True)
     high = up.max(axis=(1, 2), keepdims=True)
     return (up - low) / (high - low)
