@@ -462,3 +462,14 @@ def _short(value: Any, limit: int = 80) -> str:
         return ""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class NotAcceptableError(AppError):
+    """406: no media type of the request's Accept header is one the resource can be sent as
+    (RFC 9110 12.5.1; DICOMweb: PS3.18 8.7). Subclasses name what the resource is sent as."""
+
+    code = "not-acceptable"
+    title = (
+        "None of the media types the Accept header lists can be sent; accept one the detail names"
+    )
+    status_code = 406

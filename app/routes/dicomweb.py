@@ -39,7 +39,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from radlens.app.auth import Principal, PrincipalDep, record_outcome
 from radlens.app.deps import IngestorDep, SettingsDep
@@ -113,6 +113,19 @@ class BadMultipartError(AppError):
         "DICOM part"
     )
     status_code = 400
+
+
+class TruncatedMultipartError(BadMultipartError):
+    """The body ended before its closing delimiter (``--boundary--``): the upload was cut short
+    (a proxy's or client's time-out, a crash), so its last part may be half an instance. Nothing
+    of such a request is predicted or stored (QA round 45: the parts were predicted, and the
+    half part failed as a "no pixel data" instance or was stored when it happened to read)."""
+
+    code = "truncated-multipart"
+    title = (
+        "The multipart body ended before its closing boundary (--boundary--): the upload was "
+        "cut short, and nothing of it was stored; send the whole request again"
+    )
 
 
 @dataclass
@@ -230,9 +243,15 @@ async def read_parts(request: Request, max_parts: int) -> tuple[list[Part], int]
                 chunk, head = head[at:], None
             parser.write(chunk)
         if head is None:
-            parser.finalize()
+            parser.finalize()  # python-multipart's finalize checks nothing: the state is read
     except MultipartParseError as exc:
         raise BadMultipartError(f"the multipart body could not be parsed: {exc}") from exc
+    if head is None and parser.state != MultipartState.END:
+        where = f"inside part {current.index}" if current is not None else "after its last part"
+        raise TruncatedMultipartError(
+            f"the body ends {where} without the closing delimiter "
+            f"'--{boundary.decode('latin-1')}--'"
+        )
     close_part()
     if not parts:
         raise BadMultipartError(f"the body has no parts for boundary {boundary.decode()!r}")
