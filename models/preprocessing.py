@@ -1215,7 +1215,7 @@ def _dicom_frame(
     # the stored values (a gray frame's, or its table's domain; a palette's indices), or a
     # colour frame's gray: one colour all over is blank whatever its channels hold
     if arr.ndim == 3:
-        blank = _is_constant(pixels)
+        blank = _gray_is_constant(pixels)
     else:
         blank = _is_constant(arr if table is None else table.domain)
     if table is not None:
@@ -1379,6 +1379,18 @@ def _is_constant(arr: np.ndarray) -> bool:
     """Whether every value of ``arr`` (stored pixels, every sample) is the same one."""
     lo, hi = _value_range(arr)
     return lo == hi
+
+
+GRAY_LEVEL_TOLERANCE = 1e-6  # far below one level of a 16-bit image (1.5e-5 of [0, 1])
+
+
+def _gray_is_constant(gray: np.ndarray) -> bool:
+    """Whether a gray image in [0, 1] made from an upload's pixels holds one gray level: the
+    float32 gray of one colour all over is not one value (the colour-to-gray product rounds
+    some rows otherwise: RGB 255,165,0 gives 173.09999 and 173.1, QA round 46), so levels
+    closer than :data:`GRAY_LEVEL_TOLERANCE` are one. Only the blank flag reads it."""
+    lo, hi = _value_range(gray)
+    return bool(hi - lo <= GRAY_LEVEL_TOLERANCE)
 
 
 def burned_in_annotation(ds: Dataset) -> str | None:
@@ -2556,7 +2568,7 @@ def _preprocess_pillow(
             frame_index=0,
             window="full-range",
             exif_orientation=orientation,
-            blank=_is_constant(pixels),
+            blank=_gray_is_constant(pixels),
             colour_fraction=colour,
         )
     return pixels, metadata
