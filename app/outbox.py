@@ -42,11 +42,32 @@ once.
 Only entries still to be delivered are listed (:meth:`entries`, ``GET /v1/dicom/outbox``),
 counted by the gauge, expired or retried. The spool survives restarts: a new process delivers
 what the previous one left, and writes the audit rows it did not.
+
+**Several processes** (replicas, ``RADLENS_WORKERS``) may share one spool directory (a volume
+every pod mounts; QA round 44: three replicas on one spool sent every SR six times). Each claims
+what it handles with an exclusive, non-blocking ``flock`` and reads the state again once it
+holds it: an entry's payload while it is sent or dropped (another process skips it, and finds
+it settled afterwards), a settled entry's state file while its audit row is written and the
+entry forgotten, a file while it is written (until renamed, and a payload until its state is
+written too), so a process starting does not remove another's entry half-written as a crash's
+leftover. A flock is released by the kernel when its process dies; the spool holds no other
+file.
+
+**Queued once.** Once a new prediction's entries are written, a ``dicom.send.queue`` audit row
+(status 202, target the prediction id) records it, and :meth:`handled` counts it: the same
+instance posted to two replicas at once (each with its spool, or one shared) is stored once,
+and the replica whose upload found the stored row no longer queues the results a second time
+(QA round 44: every concurrent re-post queued them again). The row is written just after the
+entries, so a re-post of a prediction committed in the last :data:`CLAIM_WAIT_S` seconds waits
+that long at most for it; if it never comes (the creating process died between the commit and
+the queueing), the results are queued by the re-post, as before.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import io
@@ -56,7 +77,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +97,7 @@ logger = logging.getLogger(__name__)
 ACTOR = "dicom-send"
 DELIVER_ACTION = "dicom.send.deliver"
 DROP_ACTION = "dicom.send.drop"
+QUEUE_ACTION = "dicom.send.queue"  # a new prediction's entries were written (see handled())
 PENDING = "pending"  # Entry.state: still to be delivered
 DELIVERED = "delivered"  # delivered, its audit row not yet committed
 DROPPED = "dropped"  # dropped (Entry.reason), its audit row not yet committed
@@ -83,6 +105,12 @@ PARTIAL_SUFFIX = ".part"
 _KEY_LABEL = b"radlens outbox encryption key"
 NO_RESPONSE = "no response"  # how a C-STORE without an answer begins its last_error
 _POLL_S = 5.0  # the delivery thread looks at the spool at least this often
+# How long a re-post of a prediction committed that recently waits for the creating request's
+# dicom.send.queue row (normally written milliseconds after the commit) before queueing the
+# results itself (its creator died in between).
+CLAIM_WAIT_S = 5.0
+_CLAIM_POLL_S = 0.05
+MAX_CLAIMS = 256  # entries one pass holds (a flock-ed file each) at most
 
 
 def _fernet(key: bytes | None) -> Any:
@@ -185,7 +213,39 @@ class Outbox:
             else:
                 sc = build_sc(prediction, source, overlay_png)
                 queued += self.enqueue(str(prediction.id), "sc", sc)
+        if queued:
+            self._record_queued(str(prediction.id), queued)
         return queued
+
+    def _record_queued(self, prediction_id: str, count: int) -> None:
+        """The ``dicom.send.queue`` audit row of a prediction whose entries were written, which
+        tells every process (:meth:`handled`) that its results are on their way. A database
+        error is logged: the entries are queued; a re-post within CLAIM_WAIT_S may then queue
+        them once more."""
+        if self.sessionmaker is None:
+            return
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from radlens.app import audit
+
+        try:
+            with self.sessionmaker() as session:
+                audit.add(
+                    session,
+                    actor=ACTOR,
+                    action=QUEUE_ACTION,
+                    status=202,
+                    target=prediction_id,
+                    query=f"entries={count}",
+                )
+                session.commit()
+        except SQLAlchemyError as exc:
+            logger.warning(
+                "outbox: prediction %s queued, its %s audit row not written (%s)",
+                prediction_id,
+                QUEUE_ACTION,
+                type(exc).__name__,
+            )
 
     def enqueue(self, prediction_id: str, kind: str, payload: bytes) -> int:
         """Queue ``payload`` (a Part 10 object) for every destination that wants ``kind``."""
@@ -204,12 +264,16 @@ class Outbox:
             )
             stored = self._fernet.encrypt(payload) if self._fernet is not None else payload
             with self._lock:
-                _write_atomic(self._payload_path(entry), stored)  # payload first, then state
+                # payload first, then state; the payload stays locked until its state is
+                # written, so another process's clean-up does not take it for an orphan
+                held = _write_locked(self._payload_path(entry), stored)
                 try:
                     _write_atomic(self._state_path(entry), json.dumps(asdict(entry)).encode())
                 except BaseException:  # no state, no entry: its payload would only hold space
                     self._payload_path(entry).unlink(missing_ok=True)
                     raise
+                finally:
+                    os.close(held)
                 if self.gauge is not None:
                     self.gauge.labels(destination=destination.name).inc()
             count += 1
@@ -219,28 +283,88 @@ class Outbox:
 
     def handled(self, prediction_id: str) -> bool:
         """Whether a prediction's results were queued before: an entry in the spool (pending,
-        or settled and waiting for its audit row), or a ``dicom.send.deliver``/``drop`` audit
-        row. False for one whose commit was not followed by its queueing (a crash between
-        the two, a queued instance replayed after a restart): it is queued when the instance
-        is received again. Without a sessionmaker (tests) the spool alone decides."""
-        if any(entry.prediction_id == prediction_id for entry in self._spool()):
+        or settled and waiting for its audit row), or a ``dicom.send.queue``/``deliver``/
+        ``drop`` audit row (written by whichever process queued them). A prediction committed
+        less than CLAIM_WAIT_S ago without either is waited for until then (the request that
+        created it, on this process or another, is writing its entries: the same instance
+        posted twice at once). False for one whose commit was not followed by its queueing (a
+        crash between the two, a queued instance replayed after a restart): it is queued when
+        the instance is received again. Without a sessionmaker (tests) the spool alone
+        decides."""
+        if self._in_spool(prediction_id):
             return True
         if self.sessionmaker is None:
             return False
+        found, created_at = self._queued_row(prediction_id)
+        if found:
+            return True
+        if created_at is None:
+            return False
+        # created_at is the creating process's wall clock: compared with this one's (not
+        # self.clock, which tests move), bounded by a monotonic deadline
+        wait = min(_epoch(created_at) + CLAIM_WAIT_S - time.time(), CLAIM_WAIT_S)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:  # the row: one query per poll
+            time.sleep(_CLAIM_POLL_S)
+            if self._queued_row(prediction_id)[0]:
+                return True
+        # the spool (one read of every entry) once more: a shared one shows entries whose row
+        # the database refused
+        return self._in_spool(prediction_id)
+
+    def _in_spool(self, prediction_id: str) -> bool:
+        return any(entry.prediction_id == prediction_id for entry in self._spool())
+
+    def _queued_row(self, prediction_id: str) -> tuple[bool, Any]:
+        """Whether an audit row says the prediction's results were queued, delivered or
+        dropped, and the prediction's created_at (None when it is not found)."""
         from sqlalchemy import func, select
 
         from radlens.app.security_tables import AuditEvent
+        from radlens.app.tables import Prediction
 
+        assert self.sessionmaker is not None
         with self.sessionmaker() as session:
             found = session.scalar(
                 select(func.count())
                 .select_from(AuditEvent)
                 .where(
-                    AuditEvent.action.in_((DELIVER_ACTION, DROP_ACTION)),
+                    AuditEvent.action.in_((QUEUE_ACTION, DELIVER_ACTION, DROP_ACTION)),
                     AuditEvent.target == prediction_id,
                 )
             )
-        return bool(found)
+            try:
+                key = uuid.UUID(prediction_id)
+            except ValueError:
+                return bool(found), None
+            created_at = session.scalar(select(Prediction.created_at).where(Prediction.id == key))
+        return bool(found), created_at
+
+    # --- claims between the processes sharing the spool ---------------------------------
+
+    @contextlib.contextmanager
+    def _claimed(self, entry: Entry) -> Iterator[Entry | None]:
+        """Claim a pending entry for sending or dropping: its payload flock-ed (exclusive,
+        non-blocking), then its state read again. Yields that state, or None when another
+        process holds it, or has sent, settled or rescheduled it since it was listed."""
+        try:
+            fd = _lock_path(self._payload_path(entry))
+        except FileNotFoundError:
+            fd = -1  # no payload: if its state is still pending, it is dropped as unreadable
+        if fd is None:
+            yield None
+            return
+        try:
+            try:
+                fresh = Entry(**json.loads(self._state_path(entry).read_text()))
+            except (OSError, ValueError, TypeError):
+                yield None
+                return
+            due = fresh.state == PENDING and fresh.next_attempt_at <= entry.next_attempt_at
+            yield fresh if due else None
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     # --- the spool -----------------------------------------------------------------
 
@@ -264,6 +388,8 @@ class Outbox:
         for path in sorted(self.directory.glob("*.json")):
             try:
                 found.append(Entry(**json.loads(path.read_text())))
+            except FileNotFoundError:
+                continue  # forgotten since listed (by another process sharing the spool)
             except (OSError, ValueError, TypeError) as exc:
                 logger.warning("outbox: %s unreadable (%s)", path.name, type(exc).__name__)
         return found
@@ -303,15 +429,32 @@ class Outbox:
 
     def _remove_partials(self) -> None:
         """Files a crash left: temporaries, and payloads whose state was never written, was
-        already removed, or says delivered or dropped."""
-        states = {p.stem for p in self.directory.glob("*.json")}
-        settled = {e.id for e in self.unaudited()}
+        already removed, or says delivered or dropped. A file another process holds (writing
+        it, or the payload it is sending) is left alone; one it finished meanwhile, too."""
         for path in self.directory.iterdir():
             partial = path.name.endswith(PARTIAL_SUFFIX)
-            payload = path.suffix in (".dcm", ".enc")
-            orphan = payload and (path.stem not in states or path.stem in settled)
-            if partial or orphan:
+            if not (partial or path.suffix in (".dcm", ".enc")):
+                continue
+            try:
+                fd = _lock_path(path)
+            except FileNotFoundError:  # renamed or removed since listed
+                continue
+            if fd is None:  # being written or sent
+                continue
+            try:
+                if not partial:
+                    state = path.with_suffix(".json")
+                    try:
+                        settled = json.loads(state.read_text()).get("state", PENDING) != PENDING
+                    except FileNotFoundError:
+                        settled = True  # never written, or already removed
+                    except (OSError, ValueError, AttributeError):
+                        continue  # unreadable: _spool() says so; the payload is kept
+                    if not settled:
+                        continue
                 path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
     def _recount(self) -> None:
         if self.gauge is None:
@@ -328,18 +471,31 @@ class Outbox:
     def deliver_due(self) -> None:
         """One pass: drop the expired, send the due (one association per destination), then
         write the audit rows of every delivered or dropped entry (this pass's and those a
-        database outage or a crash left) and forget those entries."""
+        database outage or a crash left) and forget those entries. An entry another process
+        sharing the spool holds (sending it, or writing its audit row) is left to it."""
         now = self.clock()
         due: dict[str, list[Entry]] = {}
-        for entry in self.entries():
-            if now - entry.created_at >= self.settings.dicom_outbox_max_age_s:
-                self._drop(entry, f"undelivered after {entry.attempts} attempts")
-            elif entry.destination not in self.destinations:
-                self._drop(entry, "destination no longer configured")
-            elif entry.next_attempt_at <= now:
-                due.setdefault(entry.destination, []).append(entry)
-        for name, entries in due.items():
-            self._send(self.destinations[name], entries)
+        with contextlib.ExitStack() as claims:
+            claimed = 0
+            for listed in self.entries():
+                expired = now - listed.created_at >= self.settings.dicom_outbox_max_age_s
+                unknown = listed.destination not in self.destinations
+                if not (expired or unknown or listed.next_attempt_at <= now):
+                    continue
+                if claimed >= MAX_CLAIMS:  # the rest in the next pass, which follows at once
+                    break
+                entry = claims.enter_context(self._claimed(listed))
+                if entry is None:  # another process has it
+                    continue
+                claimed += 1
+                if expired:
+                    self._drop(entry, f"undelivered after {entry.attempts} attempts")
+                elif unknown:
+                    self._drop(entry, "destination no longer configured")
+                else:
+                    due.setdefault(entry.destination, []).append(entry)
+            for name, entries in due.items():
+                self._send(self.destinations[name], entries)
         self._audit_settled()
         self._recount()
 
@@ -456,7 +612,22 @@ class Outbox:
     def _audit_settled(self) -> None:
         """Write the audit rows of the delivered and dropped entries in one transaction and,
         once it committed, forget the entries; if it fails they wait for the next pass."""
-        settled = self.unaudited()
+        listed = self.unaudited()
+        if not listed:
+            return
+        with contextlib.ExitStack() as claims:
+            settled = []  # those this process holds: another writes the others' rows
+            for entry in listed[:MAX_CLAIMS]:
+                try:
+                    fd = _lock_path(self._state_path(entry))
+                except FileNotFoundError:  # audited and forgotten by another process
+                    continue
+                if fd is not None:
+                    claims.callback(os.close, fd)
+                    settled.append(entry)
+            self._audit_claimed(settled)
+
+    def _audit_claimed(self, settled: list[Entry]) -> None:
         if not settled:
             return
         if self.sessionmaker is None:  # no audit trail (tests)
@@ -576,17 +747,70 @@ def _sender_ae(ae_title: str) -> Any:
     return SenderAE(ae_title=ae_title)
 
 
+def _epoch(value: Any) -> float:
+    """Seconds since the epoch of a stored timestamp (naive: UTC)."""
+    from datetime import UTC
+
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return float(value.timestamp())
+
+
+def _lock_path(path: Path) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive flock, or None when another
+    process holds it (or replaced the file meanwhile). Raises FileNotFoundError when there is
+    no such file (any more)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        now = os.stat(path)
+    except BaseException:  # removed between the open and the lock
+        os.close(fd)
+        raise
+    held = os.fstat(fd)
+    if (now.st_ino, now.st_dev) != (held.st_ino, held.st_dev):
+        os.close(fd)  # replaced between the open and the lock: what was listed is gone
+        return None
+    return fd
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a flushed temporary file and a rename."""
+    os.close(_write_locked(path, data))
+
+
+def _write_locked(path: Path, data: bytes) -> int:
+    """:func:`_write_atomic`, returning an open descriptor of the file, its flock held: the
+    temporary file is locked while it is written (another process's clean-up leaves it)."""
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    fd = -1
     try:
-        with open(partial, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        for _attempt in range(3):
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink:
+                break
+            os.close(fd)  # removed by a clean-up between the open and the lock: again
+            fd = -1
+        else:
+            raise OSError(f"{partial.name} was removed while being written")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
         os.replace(partial, path)
     except BaseException:
         # a full disk: what was written would hold the space until a restart removed it
         # (_remove_partials), and every later result would fail to queue (QA round 33)
+        if fd >= 0:
+            os.close(fd)
         partial.unlink(missing_ok=True)
         raise
+    return fd

@@ -68,6 +68,12 @@ class _Write:
     findings: Sequence[services.FindingValue] = ()  # multi-label: stored with a new row
 
 
+def _lock_order(item: _Write) -> tuple[str, int, str, str]:
+    """The order a group's predictions are inserted in: by their unique keys."""
+    p = item.prediction
+    return (p.model_name, p.model_version, p.dedupe_identity or "", p.dedupe_key)
+
+
 class PredictionWriter:
     """One thread that stores predictions (with their explanations and audit rows) in group
     transactions."""
@@ -176,8 +182,21 @@ class PredictionWriter:
     def _transaction(self, group: list[_Write]) -> list[Written]:
         session = self.sessionmaker()
         try:
-            results = []
-            for item in group:
+            # Every process takes the rows' locks in one order: the group's series rows by
+            # Series Instance UID, then its predictions by their unique keys. In arrival order,
+            # two replicas storing the same instances (a study sent to both) waited for each
+            # other's uncommitted rows, and PostgreSQL broke the deadlock after 1 s by failing
+            # one group, written again row by row (QA round 44).
+            firsts: dict[str, _Write] = {}
+            for item in group:  # a new series' first instance records it, as before
+                uid = item.prediction.series_instance_uid
+                if uid and uid not in firsts:
+                    firsts[uid] = item
+            for uid in sorted(firsts):
+                series.register_instance(session, firsts[uid].prediction)
+            written: dict[int, Written] = {}
+            for index in sorted(range(len(group)), key=lambda i: _lock_order(group[i])):
+                item = group[index]
                 # the instance's series: recorded, or checked (422 on a mismatch) first
                 series.register_instance(session, item.prediction)
                 stored, created = services.record_prediction(session, item.prediction)
@@ -188,8 +207,10 @@ class PredictionWriter:
                     explanation, explanation_created = record_explanation(
                         session, stored.id, item.explanation
                     )
-                audit_log.prediction_created(session, item.actor, stored, created)
-                results.append(Written(stored, created, explanation, explanation_created))
+                written[index] = Written(stored, created, explanation, explanation_created)
+            results = [written[index] for index in range(len(group))]
+            for item, result in zip(group, results, strict=True):  # the audit trail: as served
+                audit_log.prediction_created(session, item.actor, result.prediction, result.created)
             session.commit()
         except BaseException:
             session.rollback()
