@@ -112,8 +112,16 @@ def make_engine(
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
+def _in_memory(engine: Engine) -> bool:
+    """A SQLite database in memory: it lives only as long as its connection."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite":
+        return False
+    return url.database in (None, "", ":memory:") or "mode=memory" in str(url)
+
+
 def _fix_sqlite_transactions(engine: Engine) -> None:
-    in_memory = engine.url.database in (None, "", ":memory:") or "mode=memory" in str(engine.url)
+    in_memory = _in_memory(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -161,3 +169,49 @@ def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmake
     bind = engine.execution_options(**READ_ONLY) if read_only else engine
     # expire_on_commit=False: the response is built from objects after the commit.
     return sessionmaker(bind=bind, expire_on_commit=False, autoflush=False)
+
+
+WRITE_PROBE = "INSERT INTO predictions SELECT * FROM predictions WHERE 1 = 0"
+"""A write that stores nothing: the database must accept a write to the predictions table.
+
+PostgreSQL checks a read-only transaction (SQLSTATE 25006) and the INSERT privilege before
+looking for rows; SQLite takes its write lock and refuses a read-only file (SQLITE_READONLY).
+Neither can see a full disk this way (nothing reaches the disk before a commit)."""
+
+
+PROBE_BUSY_TIMEOUT_MS = 1_000
+
+
+def probe_write(engine: Engine) -> None:
+    """Run :data:`WRITE_PROBE` on a new connection in a transaction that is rolled back;
+    raises the database's error when it refuses writes. Used by GET /readyz before the first
+    upload and after a write failed.
+
+    A new connection, because one opened before the change may not see it: a SQLite file
+    whose volume went read-only stays open read-write (its writes fail only at the commit, as
+    I/O errors), and PostgreSQL applies default_transaction_read_only to new sessions. On
+    SQLite the probe waits at most ``PROBE_BUSY_TIMEOUT_MS`` for the write lock ("database is
+    locked" then: another connection is writing), not an upload's 15 s: a readiness probe has
+    a few seconds."""
+    sqlite = engine.url.get_backend_name() == "sqlite"
+    with engine.connect() as conn:
+        if not _in_memory(engine):
+            conn.invalidate()  # the pool's connection is closed; the next statement opens one
+        if sqlite:  # BEGIN DEFERRED: the lock is taken by the INSERT, within the short timeout
+            conn.execution_options(**READ_ONLY)
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={PROBE_BUSY_TIMEOUT_MS}")
+        try:
+            conn.exec_driver_sql(WRITE_PROBE)
+        finally:
+            conn.rollback()
+            if sqlite:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                conn.rollback()
+
+
+def renew_connections(engine: Engine) -> None:
+    """Close the pool's connections (those checked out, once returned): the next requests
+    open new ones. For connections opened while the database refused writes, which may keep
+    refusing (PostgreSQL applies default_transaction_read_only per session)."""
+    if not _in_memory(engine):
+        engine.dispose()

@@ -128,6 +128,85 @@ def database_full(message: str) -> bool:
     )
 
 
+# The database answers and refuses every write: PostgreSQL in read-only mode (a hot standby
+# after a failover, default_transaction_read_only, SQLSTATE 25006) or to a role without the
+# privilege (42501), or a SQLite file or volume that became read-only (SQLITE_READONLY).
+# Nothing can be stored until it is writable again.
+DATABASE_READ_ONLY = (
+    "database-read-only",
+    "The database accepts no writes (read-only: a standby, default_transaction_read_only, a "
+    "role without the privilege, or a read-only file or volume); make it writable, then retry",
+)
+_READ_ONLY_SQLSTATES = ("25006", "42501")  # read_only_sql_transaction, insufficient_privilege
+
+
+def database_read_only(orig: object) -> bool:
+    """Whether a driver error says the database refuses writes: PostgreSQL's
+    read_only_sql_transaction (SQLSTATE 25006) or insufficient_privilege (42501), or SQLite's
+    SQLITE_READONLY (any variant)."""
+    if orig is None:
+        return False
+    codes = (getattr(orig, "sqlstate", None), getattr(orig, "pgcode", None))
+    if any(code in _READ_ONLY_SQLSTATES for code in codes):
+        return True
+    name = getattr(orig, "sqlite_errorname", None)
+    if isinstance(name, str) and name.startswith("SQLITE_READONLY"):
+        return True
+    return "readonly database" in str(orig).lower()
+
+
+# The database's storage failed a write: SQLite's SQLITE_IOERR (its volume went read-only
+# under it after an error, as ext4 with errors=remount-ro does, or the device fails),
+# PostgreSQL's io_error (SQLSTATE 58030). Not an address to check, and not brief.
+DATABASE_IO_ERROR = (
+    "database-io-error",
+    "The database's storage failed a write (an I/O error: a failing or read-only volume); "
+    "check the volume and the kernel log, then retry",
+)
+
+
+def database_io_error(orig: object) -> bool:
+    """Whether a driver error is an I/O error of the database's storage (SQLite's
+    SQLITE_IOERR, any variant but SHMSIZE, which is a full disk; PostgreSQL's 58030)."""
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) == "58030":
+        return True
+    name = getattr(orig, "sqlite_errorname", None)
+    return isinstance(name, str) and name.startswith("SQLITE_IOERR")
+
+
+def database_problem(exc: BaseException) -> tuple[str, str] | None:
+    """The (code, title) of a database error that stops the service storing anything (full,
+    read-only, an I/O error of its storage), looked for along ``exc``'s chain; None for any
+    other error."""
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        if _out_of_space(orig):
+            return DATABASE_FULL
+        if database_read_only(orig):
+            return DATABASE_READ_ONLY
+        if database_io_error(orig):
+            return DATABASE_IO_ERROR
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class DatabaseNotWritableError(AppError):
+    """GET /readyz: the database refused the last write as a whole (full, read-only)."""
+
+    status_code = 503
+    headers: dict[str, str]
+
+    def __init__(self, problem: tuple[str, str], detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.code, self.title = problem
+        self.headers = {"Retry-After": str(max(1, round(retry_after_s)))}
+
+
 class ServiceBusyError(AppError):
     """A bounded queue (RADLENS_MAX_QUEUED_PREDICTIONS, RADLENS_MAX_QUEUED_WRITES) is full."""
 
@@ -339,15 +418,31 @@ async def _database_error_handler(request: Request, exc: Exception) -> JSONRespo
     kind = type(orig).__name__ if orig is not None else type(exc).__name__
     logger.warning("database error in %s %s: %s", request.method, _route(request), kind)
     detail = f"{kind}: {reason}" if reason else kind
-    full = _out_of_space(orig)
-    return problem_response(
-        request,
-        status=503,
-        code=DATABASE_FULL[0] if full else DatabaseUnavailableError.code,
-        title=DATABASE_FULL[1] if full else DatabaseUnavailableError.title,
-        detail=detail,
-        headers={"Retry-After": "1"},
+    code, title = database_problem(exc) or (
+        DatabaseUnavailableError.code,
+        DatabaseUnavailableError.title,
     )
+    _count_database_error(request, code)
+    return problem_response(
+        request, status=503, code=code, title=title, detail=detail, headers={"Retry-After": "1"}
+    )
+
+
+async def _database_refusal_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A database error other than OperationalError: a database that refuses writes
+    (PostgreSQL read-only, SQLSTATE 25006, comes as InternalError) is a 503 like an outage;
+    anything else (a bad statement: a bug) goes on to CatchAllMiddleware's 500."""
+    if database_problem(exc) is None:
+        raise exc
+    return await _database_error_handler(request, exc)
+
+
+def _count_database_error(request: Request, code: str) -> None:
+    """Count a request the database failed (``radlens_database_errors_total{code}``)."""
+    metrics = getattr(request.app.state, "metrics", None)
+    counter = getattr(metrics, "database_errors", None)
+    if counter is not None:
+        counter.labels(code=code).inc()
 
 
 def _out_of_space(orig: object) -> bool:
@@ -360,24 +455,32 @@ def _out_of_space(orig: object) -> bool:
     return database_full(f"{type(orig).__name__}: {orig}")
 
 
+def database_problem_of(orig: object) -> bool:
+    """Whether a driver error is one :func:`database_problem` names."""
+    return _out_of_space(orig) or database_read_only(orig) or database_io_error(orig)
+
+
 def _full_database_cause(exc: Exception) -> Exception:
-    """The error in ``exc``'s chain that says the database is full, else ``exc``: SQLite
-    rolls the whole transaction back on SQLITE_FULL, so leaving the savepoint the insert ran in
-    fails next ("no such savepoint"), and that is the error that reaches the handler."""
+    """The error in ``exc``'s chain that says the database is full, read-only or failing, else
+    ``exc``: SQLite rolls the whole transaction back on SQLITE_FULL, so leaving the savepoint
+    the insert ran in fails next ("no such savepoint"), and that is the error that reaches the
+    handler."""
     current: BaseException | None = exc
     seen: set[int] = set()
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, Exception) and _out_of_space(getattr(current, "orig", None)):
+        orig = getattr(current, "orig", None)
+        if isinstance(current, Exception) and database_problem_of(orig):
             return current
         current = current.__cause__ or current.__context__
     return exc
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
     app.add_exception_handler(OperationalError, _database_error_handler)
+    app.add_exception_handler(DBAPIError, _database_refusal_handler)
     app.add_exception_handler(RadlensError, _radlens_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)

@@ -1,7 +1,8 @@
 """Prometheus metrics, one CollectorRegistry per app (tests build several apps).
 
 ``ServiceMetrics`` holds every metric object of one app: HTTP requests and latencies by route
-template and status, inference batch sizes and latency, predictions by label. The predictor
+template and status, inference batch sizes and latency, predictions by label, database errors
+by problem code and whether the database stores predictions. The predictor
 (app/predictor.py) reports each model call through ``observe_batch``; routes and the
 middleware below report the rest.
 """
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +23,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+DATABASE_ERROR_CODES = (
+    "database-unavailable",
+    "database-full",
+    "database-read-only",
+    "database-io-error",
+)
 
 
 class ServiceMetrics:
@@ -82,6 +91,31 @@ class ServiceMetrics:
             "Uploads the intended-use gate refused or flagged, by reason (outside-intended-use: "
             "DICOM metadata; out-of-distribution: the image score) and action.",
             ("reason", "action"),
+            registry=self.registry,
+        )
+        # what the SRE is paged by: the database refusing requests, and writes in particular
+        self.database_errors = Counter(
+            "radlens_database_errors",
+            "Requests answered 503 because of the database, by problem code "
+            "(database-unavailable, database-full, database-read-only).",
+            ("code",),
+            registry=self.registry,
+        )
+        # every code at 0 from the start: a series born at its first error, with a value that
+        # was never 0 in Prometheus, shows no increase() for that error
+        for code in DATABASE_ERROR_CODES:
+            self.database_errors.labels(code=code)
+        self.database_writable = Gauge(
+            "radlens_database_writable",
+            "0 while the database refuses to store predictions (the last write failed: full "
+            "or read-only; GET /readyz then answers 503), else 1. Set at each scrape and probe.",
+            registry=self.registry,
+        )
+        self.database_writable.set(1)
+        self.ready = Gauge(
+            "radlens_ready",
+            "1 when GET /readyz would answer 200 (model warmed up, database answering and "
+            "storing), else 0. Set at each scrape and probe.",
             registry=self.registry,
         )
         self.drift: Any = None  # app.drift.DriftMonitor, set once the model is loaded

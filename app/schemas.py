@@ -335,7 +335,12 @@ class Readiness(BaseModel):
     status: str = Field(examples=["ready"])
     model: ModelRef
     device: str = Field(examples=["/CPU:0"])
-    database: str = Field(examples=["ok"])
+    database: str = Field(
+        description='"ok", or "ok, retrying after database-full" (or database-read-only, '
+        "database-io-error): the last write failed, its retry time passed and a write probe "
+        "passed since; the next upload shows whether the database stores again",
+        examples=["ok"],
+    )
     schema_revision: str | None = Field(examples=["0001"])
     batch_limit: int | None = Field(
         default=None,

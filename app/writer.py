@@ -13,6 +13,10 @@ A group that fails (a row the database refuses, an outage) is written again row 
 only the request whose row fails gets the error and nothing of the others is lost; a request
 is answered only after the transaction holding its row committed. The queue is bounded
 (RADLENS_MAX_QUEUED_WRITES): beyond it a write is refused at once with 503 (app/workqueue.py).
+
+A write the database refuses as a whole (full, read-only, an I/O error of its storage) is kept
+as :attr:`PredictionWriter.failure` until the next commit: GET /readyz answers 503 meanwhile
+(app/routes/ops.py), so a load balancer stops sending uploads that cannot be stored.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from radlens.app import audit as audit_log
 from radlens.app import series, services
-from radlens.app.errors import AppError
+from radlens.app.errors import AppError, database_problem
 from radlens.app.explain import ExplanationOutput, record_explanation
 from radlens.app.tables import Explanation, Prediction
 from radlens.app.workqueue import STOP, WorkQueue, fail, resolve_all
@@ -37,6 +42,26 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP = 64  # rows in one transaction at most
 MAX_QUEUED = 1024  # writes waiting at most (RADLENS_MAX_QUEUED_WRITES)
+# After a write the database refused as a whole (full, read-only), GET /readyz answers 503 for
+# this long, doubling with each failure that follows a retry, up to the maximum (app/routes/ops.py)
+WRITE_RETRY_S = 15.0
+WRITE_RETRY_MAX_S = 240.0
+
+
+@dataclass(frozen=True)
+class WriteFailure:
+    """The database refused the last write as a whole: it is full or read-only (not a row it
+    refused, not a lock wait that timed out). Cleared by the next committed write."""
+
+    code: str  # the problem code: database-full, database-read-only
+    detail: str  # the driver's error type and message (no SQL, no parameters)
+    at: float  # time.monotonic() of the failure
+    streak: int  # failures in a row, each after the previous one's retry time had passed
+
+    @property
+    def retry_s(self) -> float:
+        """How long after it GET /readyz says not ready before it checks again."""
+        return min(WRITE_RETRY_S * 2 ** (self.streak - 1), WRITE_RETRY_MAX_S)
 
 
 class WriterStoppedError(AppError):
@@ -93,6 +118,9 @@ class PredictionWriter:
         self._thread: threading.Thread | None = None
         self._closing = False
         self.transactions = 0  # committed group transactions (for tests and logs)
+        self.failure: WriteFailure | None = None  # the last write failed: full or read-only
+        # a write committed, or GET /readyz's write probe passed, since the process started
+        self.write_checked = False
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -160,11 +188,30 @@ class PredictionWriter:
                 group.append(item)
             self._write(group)
 
+    def record_failure(self, exc: BaseException) -> WriteFailure | None:
+        """Remember ``exc`` when it says the database refuses every write (full, read-only),
+        for GET /readyz; returns the failure recorded (None: another error, not recorded)."""
+        problem = database_problem(exc)
+        if problem is None:
+            return None
+        now = time.monotonic()
+        last = self.failure
+        streak = 1
+        if last is not None:  # failed again: after its retry time (ready again), back off more
+            streak = last.streak + 1 if now - last.at >= last.retry_s else last.streak
+        orig = getattr(exc, "orig", None) or exc
+        detail = f"{type(orig).__name__}: {' '.join(str(orig).split())[:200]}"
+        self.failure = WriteFailure(problem[0], detail, now, streak)
+        if last is None:
+            log.error("the database refused a write (%s): %s", problem[0], detail)
+        return self.failure
+
     def _write(self, group: list[_Write]) -> None:
         try:
             results = self._transaction(group)
         except Exception as exc:
             if len(group) == 1:
+                self.record_failure(exc)
                 fail(group[0].loop, group[0].future, exc)
                 return
             log.warning(
@@ -218,4 +265,8 @@ class PredictionWriter:
         finally:
             session.close()
         self.transactions += 1
+        self.write_checked = True
+        if self.failure is not None:
+            log.warning("the database stores writes again (after %s)", self.failure.code)
+            self.failure = None
         return results

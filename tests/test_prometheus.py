@@ -59,7 +59,7 @@ def test_the_configuration_parses_with_its_rule_files(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(local_config()))
     result = _promtool("check", "config", path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout and "5 rules found" in result.stdout
+    assert "SUCCESS" in result.stdout and f"{len(_alerts())} rules found" in result.stdout
 
 
 def test_the_alert_rule_unit_tests_pass() -> None:
@@ -79,6 +79,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     assert _alerts() == fires == quiet, (sorted(fires), sorted(quiet))
     assert {"RadlensDrift", "RadlensHighErrorRate", "RadlensHighLatency"} <= fires
     assert "RadlensQueueBacklog" in fires
+    assert {"RadlensDatabaseNotWritable", "RadlensNotReady", "RadlensDown"} <= fires
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,18 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     [
         ("max by (model, feature) (radlens_drift_psi) >= 0.2", "max(radlens_drift_psi) >= 0.2"),
         ("> 0.05", "> 0.15"),
-        ("for: 5m", "for: 1m"),
+        (
+            "(radlens_queue_depth) > 100\n        for: 5m",
+            "(radlens_queue_depth) > 100\n        for: 1m",
+        ),
+        # QA 42: probes and scrapes left out of the error rate; the write and readiness pages
+        (
+            '(radlens_http_requests_total{route!~"/(healthz|readyz|metrics)"}[5m])',
+            "(radlens_http_requests_total[5m])",
+        ),
+        ("(radlens_database_writable) == 0", "(radlens_database_writable) == 1"),
+        ("(radlens_ready) == 0\n        for: 5m", "(radlens_ready) == 0\n        for: 1m"),
+        ('up{job="radlens"} == 0', 'up{job="radlens"} < 0'),
     ],
 )
 def test_the_unit_tests_catch_a_changed_rule(tmp_path: Path, rule: str, broken: str) -> None:
