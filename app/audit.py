@@ -153,12 +153,27 @@ def record_apart(sessionmaker: Callable[[], Session], **fields: object) -> None:
         logger.warning("audit row not written: %s", type(exc).__name__)
 
 
+# A recorded value must have its parameter's form: a time filter or number that is none (a
+# refused ?created_after=DOE^JOHN 19610402, ?limit=<MRN>) is what the client typed in its place.
+_DATE_TIME_FORM = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ][0-9:.,]{2,24}([Zz]|[ +-][0-9:]{2,5})?")
+_NUMBER_FORM = re.compile(r"\d{1,10}")
+_VALUE_FORMS = {
+    "created_after": _DATE_TIME_FORM,
+    "created_before": _DATE_TIME_FORM,
+    "limit": _NUMBER_FORM,
+    "model_version": _NUMBER_FORM,
+}
+
+
 def minimal_query(params: Iterable[tuple[str, str]]) -> str | None:
     """A listing's query for the audit: UIDs and cursors withheld (``name=*``), and the name of
-    a parameter the listings do not have too (``*=*``)."""
+    a parameter the listings do not have too (``*=*``); a time or number that has not the
+    form of one is withheld too."""
     parts = []
     for name, value in params:
-        shown = value if name in _RECORDED_VALUES else WITHHELD
+        form = _VALUE_FORMS.get(name)
+        recorded = name in _RECORDED_VALUES and (form is None or form.fullmatch(value))
+        shown = value if recorded else WITHHELD
         parts.append(f"{name if name in _PARAMETER_NAMES else WITHHELD}={shown}")
     return "&".join(parts) or None
 

@@ -29,9 +29,11 @@ import copy
 import dataclasses
 import io
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,6 +87,7 @@ _EMPTY_TYPE2 = (
 # https://dicom.nema.org/medical/dicom/current/output/chtml/part16/chapter_D.html: SNOMED CT
 _IMAGING_PROCEDURE = ("363679005", "SCT", "Imaging")
 _UID_NAMESPACE = uuid.UUID("5b0e6f5e-3c1c-4a9a-9d55-7a6c0d6c2a11")
+_OFFSET = re.compile(r"[+-]\d{4}")
 
 
 class DicomSourceRequiredError(AppError):
@@ -138,6 +141,9 @@ class SourceRef:
     # the source's Instance Number (ImageMetadata.instance_number; None: unknown): the
     # outputs' own, so a series' SRs and SCs sort as their sources
     instance_number: int | None = None
+    # the source's Timezone Offset From UTC ("+0100"), read with its identification: the zone
+    # of the study date and time copied from it, so the output's own times are given in it
+    timezone_offset: str | None = None
 
     @property
     def with_patient(self) -> bool:
@@ -197,10 +203,12 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
             raise DicomSourceIncompleteError(f"the uploaded DICOM instance has no {keyword}")
         values[keyword] = str(value)
     identification: dict[str, Any] = {}
+    timezone_offset = None
     if copy_patient:
         for keyword in (*PATIENT_ATTRIBUTES, *STUDY_ATTRIBUTES):
             if keyword in ds:
                 identification[keyword] = copy.deepcopy(ds[keyword])
+        timezone_offset = _offset_text(ds.get("TimezoneOffsetFromUTC"))
     return SourceRef(
         values["StudyInstanceUID"],
         values["SeriesInstanceUID"],
@@ -211,6 +219,7 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
         _burned_in_annotation(ds),
         ds.get("SpecificCharacterSet") if identification else None,
         read_instance_number(ds),
+        timezone_offset if identification else None,
     )
 
 
@@ -361,6 +370,62 @@ def _identified(output: Any, source: SourceRef) -> Any:
     return output
 
 
+def _offset_text(value: object) -> str | None:
+    """A Timezone Offset From UTC as DICOM writes it (``+0100``, ``-0500``), else None."""
+    text = str(value or "").strip()
+    if _OFFSET.fullmatch(text) and int(text[1:3]) <= 14 and int(text[3:]) < 60:
+        return text
+    return None
+
+
+def _zone(offset: str) -> tzinfo:
+    minutes = int(offset[1:3]) * 60 + int(offset[3:])
+    return timezone(timedelta(minutes=-minutes if offset[0] == "-" else minutes))
+
+
+def _stamp(output: Any, when: datetime | None, source: SourceRef | None = None) -> Any:
+    """Content Date/Time, Instance Creation Date/Time (an SC's Date/Time of Secondary Capture,
+    the contributing equipment's Contribution DateTime too): ``when`` (the prediction's stored
+    time), and the zone they are in named by Timezone Offset From UTC (PS3.3 C.12.1.1.8: it
+    applies to every DA and TM of the instance).
+
+    highdicom writes the wall clock of the building process, in its TZ and with no offset, so
+    a Berlin replica and a UTC one gave the same SOP Instance UID two different times, each
+    download another, and a PACS could not tell the zone. Now it is UTC ("+0000") and the
+    same on every replica and download; when the source's study date and time were copied
+    (RADLENS_DICOM_COPY_PATIENT), they are in the source's zone, so the output's times are
+    given in the source's offset, or, when the source named none, as the local time of this
+    host without an offset (the convention of the copied study time: the site's own clock).
+    """
+    when = when or datetime.now(UTC)  # an unsaved prediction: now
+    copied_time = source is not None and any(
+        source.identification.get(k) is not None and source.identification[k].value
+        for k in ("StudyDate", "StudyTime")
+    )
+    offset: str | None = "+0000"
+    if source is not None and source.timezone_offset is not None:
+        offset = source.timezone_offset
+        moment = when.astimezone(_zone(offset))
+    elif copied_time:
+        offset = None
+        moment = when.astimezone()  # this host's zone, DST as it was at that instant
+    else:
+        moment = when.astimezone(UTC)
+    day, clock = moment.strftime("%Y%m%d"), moment.strftime("%H%M%S.%f")
+    output.InstanceCreationDate = output.ContentDate = day
+    output.InstanceCreationTime = output.ContentTime = clock
+    if "DateOfSecondaryCapture" in output:  # an SC's (highdicom: now, local)
+        output.DateOfSecondaryCapture, output.TimeOfSecondaryCapture = day, clock
+    for item in output.get("ContributingEquipmentSequence", []):  # highdicom's: now, local
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = day + clock + (offset or "")
+    if offset is not None:
+        output.TimezoneOffsetFromUTC = offset
+    elif "TimezoneOffsetFromUTC" in output:
+        del output.TimezoneOffsetFromUTC
+    return output
+
+
 def _to_bytes(ds: Any) -> bytes:
     if "SpecificCharacterSet" not in ds and _holds_non_ascii(ds):
         # a class or finding name in another script (or an accent, a dash) written under the
@@ -497,7 +562,7 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
         raise DicomOutputError(
             f"highdicom refused the SR for prediction {prediction.id}: {exc}"
         ) from exc
-    return _to_bytes(_identified(sr, source))
+    return _to_bytes(_stamp(_identified(sr, source), prediction.created_at, source))
 
 
 def _finding_group(
@@ -695,7 +760,10 @@ def build_series_sr(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise DicomOutputError(f"highdicom refused the series SR ({model_ref}): {exc}") from exc
-    return _to_bytes(sr)
+    # the series' result as of its newest instance's prediction: the same on every download
+    # until another instance arrives (which also changes sop_uid)
+    newest = max(i.prediction.created_at for i in result.instances)
+    return _to_bytes(_stamp(sr, newest))
 
 
 def overlay_rgb(png: bytes) -> np.ndarray:
@@ -776,4 +844,4 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
         f" (prediction {prediction.id}, label {prediction.label})"
     )[:1024]
     sc.BurnedInAnnotation = source.burned_in_annotation or "YES"
-    return _to_bytes(_identified(sc, source))
+    return _to_bytes(_stamp(_identified(sc, source), prediction.created_at, source))

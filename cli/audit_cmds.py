@@ -45,7 +45,11 @@ def register(app: typer.Typer) -> None:
     @app.command("audit")
     def audit_(
         since: Annotated[
-            str | None, typer.Option(help="Only events after this: 24h, 7d or an ISO time.")
+            str | None,
+            typer.Option(
+                help="Only events at or after this: 24h, 7d or an ISO 8601 time (UTC unless "
+                "it carries an offset, e.g. 2026-03-29T03:00:00+02:00)."
+            ),
         ] = None,
         action: Annotated[
             str | None,

@@ -24,7 +24,11 @@ def register(app: typer.Typer) -> None:
     @app.command("drift")
     def drift(
         since: Annotated[
-            str, typer.Option(help="Predictions after this: 24h, 7d or an ISO 8601 time.")
+            str,
+            typer.Option(
+                help="Predictions at or after this: 24h, 7d or an ISO 8601 time (UTC unless it "
+                "carries an offset, e.g. 2026-03-29T03:00:00+02:00)."
+            ),
         ] = "7d",
         model: Annotated[
             str | None,

@@ -86,16 +86,28 @@ IN_DISTRIBUTION_DESCRIPTION = (
 
 
 DATE_TIME_DESCRIPTION = (
-    "ISO 8601 date and time (e.g. 2026-01-01T00:00:00Z); without a zone it is UTC"
+    "ISO 8601 date and time (e.g. 2026-01-01T00:00:00Z or 2026-01-01T01:00:00%2B01:00); "
+    "without a zone it is UTC. A '+' of an offset left unencoded in the URL arrives as a "
+    "space and is read as '+'"
 )
 _ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+# A URL query decodes '+' to a space, so "...T01:00:00+01:00" typed into a URL arrives as
+# "...T01:00:00 01:00": a space followed by the offset's digits cannot mean anything else.
+_DECODED_PLUS = re.compile(
+    r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?) (\d{2}(?::?\d{2})?)$"
+)
 
 
 def _iso_date_time(value: Any) -> Any:
     """The document says date-time: refuse what pydantic would also take (Unix seconds such as
-    2934113872, a bare date) instead of answering it as if it were a documented value."""
-    if isinstance(value, str) and not _ISO_DATE_TIME.match(value):
-        raise ValueError("must be an ISO 8601 date and time, e.g. 2026-01-01T00:00:00Z")
+    2934113872, a bare date) instead of answering it as if it were a documented value; read a
+    positive offset whose '+' the URL turned into a space as that offset (not a 422)."""
+    if isinstance(value, str):
+        if not _ISO_DATE_TIME.match(value):
+            raise ValueError("must be an ISO 8601 date and time, e.g. 2026-01-01T00:00:00Z")
+        plus = _DECODED_PLUS.match(value)
+        if plus:
+            return f"{plus.group(1)}+{plus.group(2)}"
     return value
 
 

@@ -10,6 +10,7 @@ shows a patient identifier (the service stores none). Session and CSRF: app/ui/s
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,16 @@ async def require_login(request: Request) -> Principal:
 
 
 UiPrincipal = Annotated[Principal, Depends(require_login)]
+
+# Replicas' clocks differ by seconds. A session cookie stamped by one whose clock is ahead was
+# "from the future" on one behind it, refused as expired right after the login's redirect
+# (QA 47); stamped this much earlier, every replica within that difference takes it. The
+# session is as much shorter: at most a quarter of it.
+SESSION_CLOCK_LEEWAY_S = 60
+
+
+def session_clock_leeway_s(session_minutes: int) -> int:
+    return min(SESSION_CLOCK_LEEWAY_S, session_minutes * 60 // 4)
 
 
 def loaded_manifest(request: Request) -> ModelManifest | None:
@@ -219,7 +230,8 @@ async def login(request: Request) -> Response:
     except UnauthorizedError as exc:
         return render(request, "login.html", 401, message=f"Not logged in: {exc.detail}.")
     response = _redirect("/ui/predictions")
-    set_cookie(request, response, ui_session.SESSION_COOKIE, ui_session.session_value(key))
+    issued = time.time() - session_clock_leeway_s(_settings(request).ui_session_minutes)
+    set_cookie(request, response, ui_session.SESSION_COOKIE, ui_session.session_value(key, issued))
     # a new CSRF token for the new session
     set_cookie(request, response, ui_session.CSRF_COOKIE, ui_session.new_csrf_token())
     return response
