@@ -23,6 +23,7 @@ SESSION_COOKIE = "radlens_session"
 CSRF_COOKIE = "radlens_csrf"
 CSRF_FIELD = "csrf_token"
 COOKIE_PATH = "/ui"
+ISSUED_DIGITS = 12  # the most digits a session's issue time (Unix seconds) may have
 
 
 def session_value(key: str, now: float | None = None) -> str:
@@ -37,7 +38,16 @@ def session_key(value: str | None, *, max_age_s: float, now: float | None = None
     if not value:
         return None
     issued_text, dot, key = value.partition(".")
-    if not dot or not key or not issued_text.isdigit():
+    # ASCII digits, at most 12 (Unix seconds have 10 until the year 2286): str.isdigit also
+    # takes "²" and other digits int() refuses, and int() refuses more than 4300 digits; each
+    # was a 500 for a cookie anyone can send (QA round 49)
+    if (
+        not dot
+        or not key
+        or not issued_text.isascii()
+        or not issued_text.isdigit()
+        or len(issued_text) > ISSUED_DIGITS
+    ):
         return None
     age = (time.time() if now is None else now) - int(issued_text)
     if age < 0 or age > max_age_s:
