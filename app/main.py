@@ -157,8 +157,8 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
 
     install_ui(app)
 
-    # Outermost first when the request comes in: catch-all -> metrics -> body limit -> HEAD as
-    # GET (app/head.py) -> app.
+    # Outermost first when the request comes in: API headers (app/apiheaders.py) -> catch-all
+    # -> metrics -> body limit -> HEAD as GET (app/head.py) -> app.
     from radlens.app.head import HeadAsGetMiddleware
 
     app.add_middleware(HeadAsGetMiddleware)
@@ -170,6 +170,9 @@ def create_app(settings: Settings | None = None, *, load: PredictorLoader | None
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(CatchAllMiddleware)
+    from radlens.app.apiheaders import ApiHeadersMiddleware
+
+    app.add_middleware(ApiHeadersMiddleware)  # outermost: every answer, a 500 too
     _register_problem_schema(app)
     _build_route_state(app)
     return app
