@@ -306,3 +306,21 @@ def test_the_api_starts_with_the_secret_the_docs_say_to_create(
             assert ref.get("optional"), f"{name} reads {ref['key']}, which the Secret lacks"
     settings = Settings()  # raised "RADLENS_UID_PSEUDONYM_KEY needs RADLENS_DEDUPE_KEY"
     assert settings.uid_pseudonym_key is not None and settings.dedupe_key is not None
+
+
+def test_the_api_pins_the_model_the_training_job_makes():
+    """Unpinned, a replica that starts serves the newest version in the shared store while the
+    others keep theirs (QA round 44: one series stored as 6 predictions of one version and 3
+    of another). The pin names the training Job's model, with a version."""
+    from radlens.app.settings import Settings
+    from radlens.training.config import TrainConfig
+
+    resources = _base_resources()
+    (api,) = _containers(_get(resources, "Deployment", "radlens-api"))
+    pin = _env(api)["RADLENS_MODEL"]["value"]
+    name, colon, version = pin.partition(":")
+    assert colon and version.isdigit(), f"RADLENS_MODEL={pin!r} pins no version"
+    configmap = _get(resources, "ConfigMap", "radlens-train-config")
+    config = TrainConfig.from_dict(yaml.safe_load(configmap["data"]["train.yaml"]))
+    assert name == config.name
+    assert "model" in Settings.model_fields
