@@ -156,12 +156,13 @@ def record_apart(sessionmaker: Callable[[], Session], **fields: object) -> None:
 # A recorded value must have its parameter's form: a time filter or number that is none (a
 # refused ?created_after=DOE^JOHN 19610402, ?limit=<MRN>) is what the client typed in its place.
 _DATE_TIME_FORM = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ][0-9:.,]{2,24}([Zz]|[ +-][0-9:]{2,5})?")
-_NUMBER_FORM = re.compile(r"\d{1,10}")
+# at most 3 digits for a page size (at most 100 is accepted) and 6 for a model version: a
+# longer number (an all-digit MRN typed as ?limit=12345678) is withheld (QA round 50)
 _VALUE_FORMS = {
     "created_after": _DATE_TIME_FORM,
     "created_before": _DATE_TIME_FORM,
-    "limit": _NUMBER_FORM,
-    "model_version": _NUMBER_FORM,
+    "limit": re.compile(r"\d{1,3}"),
+    "model_version": re.compile(r"\d{1,6}"),
 }
 
 

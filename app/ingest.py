@@ -24,6 +24,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -779,9 +780,24 @@ class Ingestor:
         received again whose prediction was committed but whose results were never queued (a
         crash between the two; a queued DIMSE instance replayed after a restart) gets them
         now; one whose results were queued or delivered gets nothing twice."""
+        from radlens.app.outbox import CLAIM_POLL_S
+
         assert self.outbox is not None
+        outbox, prediction_id = self.outbox, str(written.prediction.id)
         try:
-            return await asyncio.to_thread(self.outbox.handled, str(written.prediction.id))
+            found, wait = await asyncio.to_thread(outbox.handled_or_wait, prediction_id)
+            if found or wait <= 0:
+                return found
+            # the same instance being stored by another request (here or on another replica)
+            # that has yet to write its queue row: waited for here, between queries, not in a
+            # worker thread (8 such waits took every thread of a 2-core pool, the creating
+            # request's own queue row among them: QA round 50)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                await asyncio.sleep(CLAIM_POLL_S)
+                if await asyncio.to_thread(outbox.queued_since, prediction_id, final=False):
+                    return True
+            return await asyncio.to_thread(outbox.queued_since, prediction_id, final=True)
         except Exception as exc:  # the database: not known, so not sent a second time
             logger.warning(
                 "outbox: could not tell whether results were sent: %s", type(exc).__name__

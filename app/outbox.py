@@ -109,7 +109,7 @@ _POLL_S = 5.0  # the delivery thread looks at the spool at least this often
 # dicom.send.queue row (normally written milliseconds after the commit) before queueing the
 # results itself (its creator died in between).
 CLAIM_WAIT_S = 5.0
-_CLAIM_POLL_S = 0.05
+CLAIM_POLL_S = 0.1  # one indexed query per poll (audit_events.target, migration 0016)
 MAX_CLAIMS = 256  # entries one pass holds (a flock-ed file each) at most
 
 
@@ -290,27 +290,42 @@ class Outbox:
         posted twice at once). False for one whose commit was not followed by its queueing (a
         crash between the two, a queued instance replayed after a restart): it is queued when
         the instance is received again. Without a sessionmaker (tests) the spool alone
-        decides."""
+        decides. Blocking, sleeps while it waits: the service waits with
+        :meth:`handled_or_wait` and :meth:`queued_since` instead, so no worker thread sleeps."""
+        found, wait = self.handled_or_wait(prediction_id)
+        if found or wait <= 0:
+            return found
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(CLAIM_POLL_S)
+            if self.queued_since(prediction_id, final=False):
+                return True
+        return self.queued_since(prediction_id, final=True)
+
+    def handled_or_wait(self, prediction_id: str) -> tuple[bool, float]:
+        """``(True, 0)`` when the results were queued before (see :meth:`handled`), else
+        ``(False, seconds)``: how long to wait for the creating request's ``dicom.send.queue``
+        row (0: not at all) before queueing them. One spool read and one query."""
         if self._in_spool(prediction_id):
-            return True
+            return True, 0.0
         if self.sessionmaker is None:
-            return False
+            return False, 0.0
         found, created_at = self._queued_row(prediction_id)
         if found:
-            return True
+            return True, 0.0
         if created_at is None:
-            return False
+            return False, 0.0
         # created_at is the creating process's wall clock: compared with this one's (not
-        # self.clock, which tests move), bounded by a monotonic deadline
-        wait = min(_epoch(created_at) + CLAIM_WAIT_S - time.time(), CLAIM_WAIT_S)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:  # the row: one query per poll
-            time.sleep(_CLAIM_POLL_S)
-            if self._queued_row(prediction_id)[0]:
-                return True
-        # the spool (one read of every entry) once more: a shared one shows entries whose row
-        # the database refused
-        return self._in_spool(prediction_id)
+        # self.clock, which tests move); the caller bounds the wait with a monotonic deadline
+        return False, max(0.0, min(_epoch(created_at) + CLAIM_WAIT_S - time.time(), CLAIM_WAIT_S))
+
+    def queued_since(self, prediction_id: str, *, final: bool) -> bool:
+        """While waiting (:meth:`handled_or_wait`): whether the queue row has come (one query);
+        ``final``: the last look, the spool too (a shared one shows entries whose row the
+        database refused)."""
+        if self._queued_row(prediction_id)[0]:
+            return True
+        return final and self._in_spool(prediction_id)
 
     def _in_spool(self, prediction_id: str) -> bool:
         return any(entry.prediction_id == prediction_id for entry in self._spool())
@@ -760,7 +775,7 @@ def _lock_path(path: Path) -> int | None:
     """An open descriptor of ``path`` holding its exclusive flock, or None when another
     process holds it (or replaced the file meanwhile). Raises FileNotFoundError when there is
     no such file (any more)."""
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDONLY)  # flock needs no write access
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -43,7 +43,11 @@ class AuditEvent(Base):
     """One audited action and its outcome (append-only)."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index(None, "at"), Index(None, "action"))
+    __table_args__ = (
+        Index(None, "at"),
+        Index(None, "action"),
+        Index(None, "target"),
+    )  # target: 0016
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True

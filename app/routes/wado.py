@@ -70,6 +70,8 @@ class Offer:
 
     def __str__(self) -> str:
         if self.part_type is None:
+            if self.transfer_syntax is not None:
+                return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
             return self.media_type
         return f'{self.media_type}; type="{self.part_type}"; transfer-syntax={self.transfer_syntax}'
 
@@ -78,6 +80,10 @@ class Offer:
 # character, and the service takes headers of up to 64 KiB)
 MAX_ACCEPT_CHARS = 4096
 INSTANCES = (Offer("multipart/related", "application/dicom", EXPLICIT_VR_LITTLE_ENDIAN),)
+# one instance may also go as a single-part Part 10 body, for clients that ask for exactly
+# that (`Accept: application/dicom`: curl, simple scripts; it was a 200 of multipart before
+# negotiation, then a 406: QA round 50); multipart stays the default
+INSTANCE = (*INSTANCES, Offer("application/dicom", None, EXPLICIT_VR_LITTLE_ENDIAN))
 FRAMES = (Offer("multipart/related", "application/octet-stream", EXPLICIT_VR_LITTLE_ENDIAN),)
 JSON = (Offer(DICOM_JSON), Offer("application/json"))  # DICOM JSON is the default
 
@@ -205,6 +211,7 @@ def _match(media_range: MediaRange, offer: Offer) -> tuple[int, int, int] | None
             if matched is None:
                 return None
             part_level = 1 + matched
+    if level == 2 and offer.transfer_syntax is not None:
         syntax = media_range.params.get("transfer-syntax", "")
         if syntax:
             if syntax not in ("*", offer.transfer_syntax):
@@ -647,9 +654,14 @@ def retrieve_instance(
     session: SessionDep,
     settings: SettingsDep,
 ) -> Response:
-    """The object, as the only part."""
-    _accept(request, INSTANCES, InstancesNotAcceptableError)
-    return _instances(session, _select(session, settings, study, series, instance))
+    """The object, as the only part (or, asked for with `Accept: application/dicom`, as a
+    single-part Part 10 body)."""
+    offer = _accept(request, INSTANCE, InstancesNotAcceptableError)
+    outputs = _select(session, settings, study, series, instance)
+    if offer.part_type is None:
+        (output,) = outputs
+        return Response(_build(session, output), media_type=str(offer))
+    return _instances(session, outputs)
 
 
 @router.get(

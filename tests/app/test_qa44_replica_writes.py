@@ -62,7 +62,7 @@ def test_two_writers_storing_the_same_instances_in_opposite_orders_do_not_deadlo
         if calls[me] == 1:  # each writer holds its first row: the other one wants it next
             # broken: the other writer waits for this one's rows, so nothing is held
             with contextlib.suppress(threading.BrokenBarrierError):
-                paused.wait(timeout=3)
+                paused.wait(timeout=1)  # with the lock order the other never comes
         return result
 
     monkeypatch.setattr(services, "record_prediction", record_then_pause)

@@ -128,8 +128,10 @@ def test_metadata_and_searches_are_sent_as_the_json_type_accepted(
         ("sr", f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}',
          "Explicit VR Little Endian"),
         ("sr", "application/dicom+json", 'type="application/dicom"'),
-        ("sr", "application/dicom", 'type="application/dicom"'),  # single part: URI service only
-        ("sr", 'multipart/related; type="application/dicom"; q=0, */*', 'type="application/dicom"'),
+        ("study", "application/dicom", 'type="application/dicom"'),  # one instance only
+        ("sr", f"application/dicom; transfer-syntax={JPEG_BASELINE}", "Explicit VR Little Endian"),
+        ("study", 'multipart/related; type="application/dicom"; q=0, */*',
+         'type="application/dicom"'),
         ("frames", 'multipart/related; type="image/jpeg"', "application/octet-stream"),
         ("frames", f'multipart/related; type="image/jpeg"; transfer-syntax={JPEG_BASELINE}',
          "application/octet-stream"),
@@ -142,6 +144,7 @@ def test_what_radlens_cannot_send_is_a_406_naming_what_it_sends(
     service: Service, objects: Objects, where: str, accept: str, names: str
 ) -> None:
     url = {
+        "study": f"/dicomweb/studies/{objects.study}",
         "sr": objects.sr,
         "frames": objects.sc + "/frames/1",
         "metadata": objects.sr + "/metadata",
@@ -249,3 +252,25 @@ def test_a_limit_above_the_maximum_is_capped_with_a_warning(
     assert response.status_code == 200, response.text
     assert len(response.json()) == 1
     assert "1 additional results" in response.headers["warning"]
+
+
+def test_one_instance_asked_for_as_application_dicom_is_sent_as_one_part_10_body(
+    service: Service, objects: Objects
+) -> None:
+    """`Accept: application/dicom` (curl, a simple script) on one instance: the Part 10 file
+    itself, not multipart (it was multipart before negotiation, then a 406: QA round 50)."""
+    import io
+
+    import pydicom
+
+    response = _get(service, objects.sr, "application/dicom")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/dicom")
+    assert pydicom.dcmread(io.BytesIO(response.content)).Modality == "SR"
+    default = _get(service, objects.sr, "*/*")  # multipart stays the default
+    assert default.headers["content-type"].startswith("multipart/related")
+    # anything but multipart: the single part is what is left
+    not_multipart = _get(
+        service, objects.sr, 'multipart/related; type="application/dicom"; q=0, */*'
+    )
+    assert not_multipart.headers["content-type"].startswith("application/dicom")

@@ -248,3 +248,23 @@ class TestAuditOfTimeFilters:
         assert queries[1] == "created_after=*&limit=*"
         assert "DOE" not in repr(queries) and "MRN" not in repr(queries)
         assert queries[0] == "created_after=2099-03-29T03:30:00+02:00&limit=5"
+
+    def test_an_all_digit_identifier_in_a_number_is_withheld(self, service: Service) -> None:
+        """An MRN of digits typed as ?limit= or ?model_version= has a number's form: withheld
+        beyond the digits such a value can have (QA round 50: limit=12345678 was recorded)."""
+        from sqlalchemy import select
+
+        from radlens.app.security_tables import AuditEvent
+
+        response = service.client.get(
+            "/v1/predictions", params={"limit": "12345678", "model_version": "9876543210"}
+        )
+        assert response.status_code == 422
+        with service.app.state.resources.sessionmaker() as session:
+            query = session.scalars(
+                select(AuditEvent.query)
+                .where(AuditEvent.action == "prediction.list")
+                .order_by(AuditEvent.id.desc())
+                .limit(1)
+            ).one()
+        assert query == "limit=*&model_version=*"

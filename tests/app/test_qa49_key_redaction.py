@@ -59,6 +59,17 @@ def test_the_access_logger_never_writes_a_secret(access_lines: list[str]) -> Non
     ]
 
 
+def test_a_percent_encoded_key_is_redacted_too(access_lines: list[str]) -> None:
+    """A client that encoded the key's underscores (``%5F``) in the URL (QA round 50)."""
+    import radlens.app.auth  # noqa: F401
+
+    encoded = KEY.replace("_", "%5F")
+    logging.getLogger("uvicorn.access").info(
+        '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", f"/v1/models?k={encoded}", "1.1", 401
+    )
+    assert SECRET not in access_lines[0] and "<redacted>" in access_lines[0]
+
+
 def test_a_real_server_refuses_the_query_key_and_logs_no_secret(
     tmp_path: Path, access_lines: list[str]
 ) -> None:

@@ -1,0 +1,107 @@
+"""A re-post waiting for another request's ``dicom.send.queue`` row waits in the event loop,
+not in a worker thread (app/ingest.py ``Ingestor._results_queued``, app/outbox.py
+``handled_or_wait``/``queued_since``). QA round 50: the wait slept in ``asyncio.to_thread``,
+so 8 re-posts of instances being stored took every thread of the pool (6 on 2 cores), the
+creating request's own queue row among them: it came after the waits had given up, and each
+re-post queued the results a second time."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from radlens.app.ingest import Ingestor
+from tests.app.conftest import prediction_row
+from tests.app.test_outbox import make_outbox, outbox_settings, sessions  # noqa: F401
+
+WAITERS = 8
+
+
+def _stored_prediction(sessions: Any) -> str:  # noqa: F811
+    row = prediction_row(f"claim-{uuid.uuid4()}")
+    with sessions() as session:
+        session.add(row)
+        session.commit()
+    return str(row.id)
+
+
+def test_waits_for_the_queue_row_take_no_worker_thread(
+    tmp_path: Path,
+    model_store: Path,
+    migrated_database_url: str,
+    sessions: Any,  # noqa: F811
+) -> None:
+    settings = outbox_settings(migrated_database_url, model_store, tmp_path, "PACS@127.0.0.1:9")
+    outbox = make_outbox(settings, sessions)
+    prediction_id = _stored_prediction(sessions)  # committed just now, its results not queued
+    ingestor = types.SimpleNamespace(outbox=outbox)
+    written = types.SimpleNamespace(prediction=types.SimpleNamespace(id=prediction_id))
+
+    async def scenario() -> tuple[list[bool], float]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=2))  # a small pool, filled
+        waits = [
+            asyncio.create_task(Ingestor._results_queued(ingestor, written))  # type: ignore[arg-type]
+            for _ in range(WAITERS)
+        ]
+        await asyncio.sleep(0.3)  # every re-post is waiting
+        start = loop.time()
+        # the creating request queues its results: its row needs a thread of the same pool
+        await asyncio.to_thread(outbox._record_queued, prediction_id, 1)
+        recorded_after = loop.time() - start
+        return list(await asyncio.gather(*waits)), recorded_after
+
+    answers, recorded_after = asyncio.run(scenario())
+    assert answers == [True] * WAITERS  # every re-post saw the row: nothing queued twice
+    assert recorded_after < 2.0  # the row was not held up behind the waits (5 s each before)
+
+
+def test_a_prediction_committed_long_ago_is_not_waited_for(
+    tmp_path: Path,
+    model_store: Path,
+    migrated_database_url: str,
+    sessions: Any,  # noqa: F811
+) -> None:
+    """One whose creator died before queueing (older than CLAIM_WAIT_S): no wait, queued."""
+    from radlens.app import outbox as outbox_module
+
+    settings = outbox_settings(migrated_database_url, model_store, tmp_path, "PACS@127.0.0.1:9")
+    outbox = make_outbox(settings, sessions)
+    prediction_id = _stored_prediction(sessions)
+    real_epoch = outbox_module._epoch
+    try:
+        outbox_module._epoch = lambda value: real_epoch(value) - 60.0  # committed a minute ago
+        assert outbox.handled_or_wait(prediction_id) == (False, 0.0)
+        assert outbox.handled(prediction_id) is False
+    finally:
+        outbox_module._epoch = real_epoch
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_the_blocking_form_agrees(
+    tmp_path: Path,
+    model_store: Path,
+    migrated_database_url: str,
+    sessions: Any,  # noqa: F811
+    queued: bool,
+) -> None:
+    from radlens.app import outbox as outbox_module
+
+    settings = outbox_settings(migrated_database_url, model_store, tmp_path, "PACS@127.0.0.1:9")
+    outbox = make_outbox(settings, sessions)
+    prediction_id = _stored_prediction(sessions)
+    if queued:
+        outbox._record_queued(prediction_id, 1)
+        assert outbox.handled_or_wait(prediction_id) == (True, 0.0)
+    real_wait = outbox_module.CLAIM_WAIT_S
+    try:
+        outbox_module.CLAIM_WAIT_S = 0.3  # a short wait for the row that never comes
+        assert outbox.handled(prediction_id) is queued
+    finally:
+        outbox_module.CLAIM_WAIT_S = real_wait
