@@ -7,5 +7,8 @@ document.addEventListener("DOMContentLoaded", function () {
     var button = form.querySelector("button[type=submit]");
     button.disabled = true;
     button.textContent = "Predicting…";
+    // the button's new text is not announced: a status message is (WCAG 4.1.3)
+    var status = document.getElementById("upload-status");
+    if (status) status.textContent = "Uploading and predicting; the result opens when it is ready.";
   });
 });
