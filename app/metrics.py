@@ -2,7 +2,8 @@
 
 ``ServiceMetrics`` holds every metric object of one app: HTTP requests and latencies by route
 template and status, inference batch sizes and latency, predictions by label, database errors
-by problem code and whether the database stores predictions. The predictor
+by problem code, whether the database stores predictions and GET /readyz's last answer
+(never checked by a scrape itself: a scrape does not touch the database). The predictor
 (app/predictor.py) reports each model call through ``observe_batch``; routes and the
 middleware below report the rest.
 """
@@ -107,15 +108,28 @@ class ServiceMetrics:
             self.database_errors.labels(code=code)
         self.database_writable = Gauge(
             "radlens_database_writable",
-            "0 while the database refuses to store predictions (the last write failed: full "
-            "or read-only; GET /readyz then answers 503), else 1. Set at each scrape and probe.",
+            "0 while the database refuses to store predictions: the last write failed as a "
+            "whole (full, read-only, failing storage) and no write probe of GET /readyz has "
+            "passed since; else 1. Read from the writer's state at each scrape (no database "
+            "access).",
             registry=self.registry,
         )
         self.database_writable.set(1)
+        # GET /readyz's last answer. A scrape never checks readiness itself: it would wait for
+        # the database (a host that does not answer held each scrape for the whole scrape
+        # timeout, so every series was lost during the outage; QA 51)
         self.ready = Gauge(
             "radlens_ready",
-            "1 when GET /readyz would answer 200 (model warmed up, database answering and "
-            "storing), else 0. Set at each scrape and probe.",
+            "1 when the last GET /readyz (the orchestrator's readiness probe) answered 200: "
+            "model warmed up, database answering and storing; 0 when it answered 503. Set by "
+            "GET /readyz only, never by a scrape; NaN until the process's first GET /readyz "
+            "(radlens_ready_checked_timestamp_seconds says how old the answer is).",
+            registry=self.registry,
+        )
+        self.ready.set(float("nan"))  # not known: neither == 0 (RadlensNotReady) nor == 1
+        self.ready_checked = Gauge(
+            "radlens_ready_checked_timestamp_seconds",
+            "Unix time of the last GET /readyz, whose answer radlens_ready is (0: none yet).",
             registry=self.registry,
         )
         self.drift: Any = None  # app.drift.DriftMonitor, set once the model is loaded
@@ -140,6 +154,11 @@ class ServiceMetrics:
             size=size_bucket(meta.rows, meta.columns),
             manufacturer=manufacturer_label(getattr(meta, "manufacturer", None)),
         ).inc()
+
+    def observe_readiness(self, ready: bool) -> None:
+        """Record GET /readyz's answer (200: True, 503: False) and when, for radlens_ready."""
+        self.ready.set(1 if ready else 0)
+        self.ready_checked.set_to_current_time()
 
     def observe_batch(self, batch_size: int, seconds: float) -> None:
         """Record one model call: how many images it ran and how long it took."""

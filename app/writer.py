@@ -57,6 +57,10 @@ class WriteFailure:
     detail: str  # the driver's error type and message (no SQL, no parameters)
     at: float  # time.monotonic() of the failure
     streak: int  # failures in a row, each after the previous one's retry time had passed
+    # GET /readyz's write probe (rolled back) passed after the retry time: writable as far as a
+    # probe can tell (not a full disk), so ready and no more probes; kept for its streak, the
+    # back-off of the next refused write (QA 51)
+    probed_ok: bool = False
 
     @property
     def retry_s(self) -> float:
@@ -202,7 +206,7 @@ class PredictionWriter:
         orig = getattr(exc, "orig", None) or exc
         detail = f"{type(orig).__name__}: {' '.join(str(orig).split())[:200]}"
         self.failure = WriteFailure(problem[0], detail, now, streak)
-        if last is None:
+        if last is None or last.probed_ok:
             log.error("the database refused a write (%s): %s", problem[0], detail)
         return self.failure
 

@@ -80,6 +80,26 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     assert {"RadlensDrift", "RadlensHighErrorRate", "RadlensHighLatency"} <= fires
     assert "RadlensQueueBacklog" in fires
     assert {"RadlensDatabaseNotWritable", "RadlensNotReady", "RadlensDown"} <= fires
+    assert "RadlensTargetMissing" in fires
+
+
+def test_the_scrape_job_is_the_one_the_rules_name() -> None:
+    """RadlensDown and RadlensTargetMissing select up{job="radlens"}: a scrape job of another
+    name (Kubernetes' annotation-based kubernetes-pods) matched no rule, and a target that
+    vanished left no `up` series to be 0 (QA 51). The compose configuration names the job, and
+    docs/deployment.md tells a Kubernetes Prometheus to."""
+    import re
+
+    rules = (PROMETHEUS_DIR / "alerts.yml").read_text()
+    jobs = set(re.findall(r'\bup\{job="([^"]+)"\}', rules))
+    assert jobs == {"radlens"}, jobs
+    assert 'absent(up{job="radlens"})' in rules
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    assert [job["job_name"] for job in config["scrape_configs"]] == ["radlens"]
+    docs = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    section = docs[docs.index("### Readiness and the alerts") :]
+    section = section[: section.index("\n## ")]
+    assert "job_name: radlens" in section and "kubernetes_sd_configs" in section
 
 
 @pytest.mark.parametrize(
@@ -99,6 +119,9 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
         ("(radlens_database_writable) == 0", "(radlens_database_writable) == 1"),
         ("(radlens_ready) == 0\n        for: 5m", "(radlens_ready) == 0\n        for: 1m"),
         ('up{job="radlens"} == 0', 'up{job="radlens"} < 0'),
+        # QA 51: no radlens target at all (vanished, or scraped by a job of another name)
+        ('absent(up{job="radlens"})', 'absent(up{job="radlens-api"})'),
+        ('absent(up{job="radlens"})', 'absent(up{job="radlens"} == 0)'),
     ],
 )
 def test_the_unit_tests_catch_a_changed_rule(tmp_path: Path, rule: str, broken: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,6 +25,9 @@ from radlens.app.errors import (
 )
 from radlens.app.metrics import ServiceMetrics
 from radlens.app.schemas import Health, ModelRef, Readiness, problem_responses
+
+if TYPE_CHECKING:
+    from radlens.app.writer import PredictionWriter
 
 router = APIRouter(tags=["operations"])
 
@@ -46,9 +51,9 @@ def readyz(resources: ResourcesDep, service_metrics: MetricsDep) -> Readiness:
     try:
         writes = _check(resources, service_metrics)
     except AppError:
-        service_metrics.ready.set(0)
+        service_metrics.observe_readiness(False)
         raise
-    service_metrics.ready.set(1)
+    service_metrics.observe_readiness(True)
     predictor = resources.predictor
     manifest = predictor.manifest
     return Readiness(
@@ -67,7 +72,7 @@ def readyz(resources: ResourcesDep, service_metrics: MetricsDep) -> Readiness:
 
 def _check(resources: Resources, service_metrics: ServiceMetrics) -> str:
     """Raise the reason the replica is not ready (a 503 AppError); else return its writes'
-    state (GET /readyz, and each scrape for radlens_ready)."""
+    state. GET /readyz only: a scrape never touches the database (QA 51)."""
     predictor = resources.predictor
     if not predictor.ready:
         raise ModelNotReadyError(f"model {predictor.manifest.ref} is loaded but not warmed up")
@@ -95,8 +100,9 @@ def _writes(resources: Resources, service_metrics: ServiceMetrics) -> str:
     with each failure after a retry, up to 4 min); then one write that stores nothing, rolled
     back, per probe: it keeps a database still read-only out (until the probe passes, at the
     next probe after the fix); a full disk shows only in a commit, so the replica is ready
-    again and the next upload that fails makes it not ready for longer. The next committed
-    write clears the failure."""
+    again and the next upload that fails makes it not ready for longer. A passing probe marks
+    the failure probed-OK (writable, no more probes; its streak kept for the back-off); the next
+    committed write clears it."""
     writer = resources.writer
     failure = writer.failure
     if failure is None and not writer.write_checked:  # once per process, before any upload
@@ -107,9 +113,11 @@ def _writes(resources: Resources, service_metrics: ServiceMetrics) -> str:
             failure = writer.record_failure(exc)
         else:
             writer.write_checked = True
-    service_metrics.database_writable.set(0 if failure is not None else 1)
+    service_metrics.database_writable.set(1 if writable(writer) else 0)
     if failure is None:
         return "ok"
+    if failure.probed_ok:  # a write probe passed since: not again at every probe
+        return f"ok, retrying after {failure.code}"
     problem = (failure.code, _TITLES.get(failure.code, DatabaseUnavailableError.title))
     waited = time.monotonic() - failure.at
     if waited < failure.retry_s:
@@ -132,7 +140,20 @@ def _writes(resources: Resources, service_metrics: ServiceMetrics) -> str:
             PROBE_RETRY_S,
         ) from exc
     renew_connections(resources.engine)  # those opened while it refused writes may still refuse
+    # unless the writer replaced it meanwhile (a commit cleared it, or a newer failure); a commit
+    # landing between this check and the assignment leaves a probed-OK failure, which reads as
+    # writable and ready, and the next commit clears it
+    if writer.failure is failure:
+        writer.failure = dataclasses.replace(failure, probed_ok=True)
+    service_metrics.database_writable.set(1)
     return f"ok, retrying after {failure.code}"
+
+
+def writable(writer: PredictionWriter) -> bool:
+    """radlens_database_writable: no refused write, or a write probe passed since (the
+    writer's state in memory, no database access)."""
+    failure = writer.failure
+    return failure is None or failure.probed_ok
 
 
 _TITLES = dict([DATABASE_FULL, DATABASE_READ_ONLY, DATABASE_IO_ERROR])
@@ -152,13 +173,11 @@ def metrics(request: Request, service_metrics: MetricsDep) -> Response:
     """Requests and latencies by route and status, inference batch sizes and latency,
     predictions by label, readiness, database errors and writability (Prometheus text
     format)."""
+    # No database here (QA 51): a scrape that ran SELECT 1 waited for a database host that
+    # does not answer past Prometheus' 10 s scrape timeout, and lost every series (up == 0)
+    # during the outage. radlens_ready is GET /readyz's last answer; writability the writer's
+    # state in memory.
     resources = getattr(request.app.state, "resources", None)  # None while starting
-    ready = 0
     if resources is not None:
-        try:  # as GET /readyz answers: SELECT 1 (and the write probe only after a failure)
-            _check(resources, service_metrics)
-            ready = 1
-        except AppError:
-            pass
-    service_metrics.ready.set(ready)
+        service_metrics.database_writable.set(1 if writable(resources.writer) else 0)
     return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

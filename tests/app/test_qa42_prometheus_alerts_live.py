@@ -63,6 +63,13 @@ def _post(base: str, seed: int) -> int:
     return response.status_code
 
 
+def _probed(base: str, prometheus: _Prometheus, expr: str) -> list[dict[str, Any]]:
+    """GET /readyz as the orchestrator's readiness probe does (radlens_ready is its last
+    answer: a scrape never checks readiness itself, QA 51), then query Prometheus."""
+    httpx.get(f"{base}/readyz", timeout=30)
+    return prometheus.query(expr)
+
+
 def _rule_references() -> list[tuple[str, set[str], set[str]]]:
     """(alert, series names, label names) each rule's expression reads."""
     rules = yaml.safe_load(RULES.read_text())
@@ -83,7 +90,8 @@ def _rule_references() -> list[tuple[str, set[str], set[str]]]:
 def test_every_series_and_label_the_alerts_read_is_exposed(stack: dict[str, Any]) -> None:
     prometheus: _Prometheus = stack["prometheus"]
     assert _post(stack["base"], 1) == 201
-    _until(lambda: prometheus.query("radlens_ready == 1"), 20, lambda: prometheus.alerts())
+    base = stack["base"]
+    _until(lambda: _probed(base, prometheus, "radlens_ready == 1"), 20, prometheus.alerts)
 
     def labels_of(name: str) -> set[str] | None:
         series = prometheus.query(f'{{__name__="{name}"}}')
@@ -113,10 +121,11 @@ def test_a_database_that_refuses_writes_pages_through_prometheus(stack: dict[str
     prometheus: _Prometheus = stack["prometheus"]
     engine = stack["app"].state.resources.engine
     assert _post(stack["base"], 2) == 201
+    base = stack["base"]
     _until(
-        lambda: prometheus.query("radlens_database_writable == 1 and radlens_ready == 1"),
+        lambda: _probed(base, prometheus, "radlens_database_writable == 1 and radlens_ready == 1"),
         20,
-        lambda: prometheus.alerts(),
+        prometheus.alerts,
     )
 
     def read_only(dbapi_connection: Any, _record: Any) -> None:
@@ -128,6 +137,7 @@ def test_a_database_that_refuses_writes_pages_through_prometheus(stack: dict[str
         assert _post(stack["base"], 3) == 503
 
         def paged() -> set[str]:
+            httpx.get(f"{base}/readyz", timeout=30)  # the orchestrator's probe: 503
             names = {a["labels"]["alertname"] for a in prometheus.alerts()}
             return names if {"RadlensDatabaseNotWritable", "RadlensNotReady"} <= names else set()
 
