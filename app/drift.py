@@ -101,6 +101,9 @@ def recent(
     return Recent(scores=scores, features=features, labels=[str(row.label) for row in rows])
 
 
+SCRAPE_WAIT_S = 1.0  # the longest a scrape waits for the drift query (DriftMonitor)
+
+
 class DriftMonitor:
     """The loaded model's drift window, read from the database and summarised at most once
     per ``cache_seconds`` (0: at every call).
@@ -136,6 +139,8 @@ class DriftMonitor:
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._failed: tuple[float, SQLAlchemyError] | None = None
         self._lock = threading.Lock()  # one query at a time: concurrent scrapes share it
+        self._refresher: threading.Thread | None = None  # summary_for_scrape's refresh
+        self._refresher_lock = threading.Lock()
 
     def summary(self) -> dict[str, Any]:
         """What an operator reads: per feature PSI/KS and drifted or not, label rates recent
@@ -167,6 +172,33 @@ class DriftMonitor:
             summary = {"model": self.model, "window": self.window, **out}
             self._cached = (now, summary)
             return summary
+
+    def summary_for_scrape(self, wait_s: float = SCRAPE_WAIT_S) -> dict[str, Any] | None:
+        """The summary for a Prometheus scrape, which waits at most ``wait_s`` for the
+        database: a stale summary is refreshed in a thread (one at a time) and, when the
+        database has not answered by then, the last summary is served (None before the
+        first). A database host that accepts connections and never answers made every other
+        scrape wait its connect timeout (10 s), past Prometheus' scrape timeout, losing every
+        series exactly during the outage (QA round 51)."""
+        cached = self._cached
+        if cached is not None and self._clock() - cached[0] < self.cache_seconds:
+            return cached[1]
+        with self._refresher_lock:
+            if self._refresher is None or not self._refresher.is_alive():
+                self._refresher = threading.Thread(
+                    target=self._refresh, name="radlens-drift-refresh", daemon=True
+                )
+                self._refresher.start()
+            refresher = self._refresher
+        refresher.join(wait_s)
+        cached = self._cached
+        return None if cached is None else cached[1]
+
+    def _refresh(self) -> None:
+        try:
+            self.summary()
+        except SQLAlchemyError as exc:  # a database outage: the last summary is served
+            logger.warning("drift gauges not refreshed: %s", type(exc).__name__)
 
 
 def summarise(
@@ -253,10 +285,10 @@ class DriftCollector(Collector):
         monitor: DriftMonitor | None = getattr(self.holder, "drift", None)
         if monitor is None:
             return
-        try:
-            summary = monitor.summary()
-        except SQLAlchemyError as exc:  # a database outage must not fail the whole scrape
-            logger.warning("drift gauges left out of this scrape: %s", type(exc).__name__)
+        # a database outage must neither fail nor hold up the whole scrape: the last summary,
+        # or no drift gauges until the first one
+        summary = monitor.summary_for_scrape()
+        if summary is None:
             return
         model = summary["model"]
         window = GaugeMetricFamily(

@@ -412,3 +412,46 @@ def test_a_multi_label_models_rates_are_per_finding_at_its_threshold() -> None:
     # a single-label model's rates are its labels'
     single = summarise(None, ["a", "b"], scores[:, :2], None, ["a", "b", "b", "a"])
     assert single["label_rates"]["a"]["recent"] == 0.5
+
+
+def test_a_database_that_does_not_answer_does_not_hold_up_the_scrape(
+    watched_store: Path, migrated_database_url: str
+) -> None:
+    """A database host that accepts connections and never answers: the scrape waits at most
+    SCRAPE_WAIT_S for the drift query, then serves the other series (before: the whole connect
+    timeout at every other scrape, past Prometheus' scrape timeout: every series lost, QA round
+    51). Once the query answers, the next scrape has the drift gauges."""
+    import threading
+
+    from prometheus_client import generate_latest
+
+    from radlens.app.metrics import ServiceMetrics
+
+    answering = threading.Event()
+    metrics = ServiceMetrics()
+    with _monitor(migrated_database_url, watched_store) as monitor:
+        real_sessions = monitor._sessions
+
+        def sessions() -> Any:  # the first query hangs until the database "answers"
+            answering.wait(timeout=60)
+            return real_sessions()
+
+        monitor._sessions = sessions
+        metrics.drift = monitor
+        metrics.observe_prediction("watched:1", "normal")
+        scraped: list[str] = []
+        scrape = threading.Thread(
+            target=lambda: scraped.append(generate_latest(metrics.registry).decode())
+        )
+        scrape.start()
+        scrape.join(timeout=30)  # a hang check, not a timing: the query waits 60 s
+        try:
+            assert scraped, "the scrape waited for the database"
+            assert "radlens_predictions_total" in scraped[0]
+            assert "radlens_drift_" not in scraped[0]  # no summary yet
+        finally:
+            answering.set()
+        assert monitor._refresher is not None
+        monitor._refresher.join(timeout=30)
+        text = generate_latest(metrics.registry).decode()
+    assert "radlens_drift_window_inputs" in text
