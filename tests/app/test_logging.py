@@ -35,4 +35,5 @@ CONFIGURED = {
     "logging.getLogger('pynetdicom.utils')",  # app/dicomlog.py: the value of a bad UID left out
     "logging.getLogger('radlens.training.data.sources')",  # cli/data_cmds.py: skips reported once
     "logging.getLogger('radlens.training.data.series')",
+    "logging.getLogger('uvicorn.access')",  # app/auth.py: a key's secret redacted from its lines
 }
