@@ -184,6 +184,12 @@ def test_the_upload_says_predicting_in_a_status_region(
         " return s ? s.textContent : null; })()"
     )
     assert status and "predicting" in status.lower(), status
+    # the POST reaches the route handler asynchronously (after the click returned): wait for it,
+    # letting Playwright dispatch the route while it waits (it failed under CI's load)
+    for _ in range(200):
+        if posted:
+            break
+        page.wait_for_timeout(50)
     assert posted == ["POST"], posted
 
 
