@@ -176,23 +176,37 @@ def database_io_error(orig: object) -> bool:
     return isinstance(name, str) and name.startswith("SQLITE_IOERR")
 
 
-def database_problem(exc: BaseException) -> tuple[str, str] | None:
-    """The (code, title) of a database error that stops the service storing anything (full,
-    read-only, an I/O error of its storage), looked for along ``exc``'s chain; None for any
-    other error."""
+def _problem_of(orig: object) -> tuple[str, str] | None:
+    """The (code, title) a driver error names: full, read-only, an I/O error; else None."""
+    if _out_of_space(orig):
+        return DATABASE_FULL
+    if database_read_only(orig):
+        return DATABASE_READ_ONLY
+    if database_io_error(orig):
+        return DATABASE_IO_ERROR
+    return None
+
+
+def _problem_in_chain(exc: BaseException) -> tuple[BaseException, tuple[str, str]] | None:
+    """The first error along ``exc``'s chain (causes, then contexts) whose driver error is a
+    database problem (:func:`_problem_of`), with that problem; None when there is none."""
     current: BaseException | None = exc
     seen: set[int] = set()
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        orig = getattr(current, "orig", None)
-        if _out_of_space(orig):
-            return DATABASE_FULL
-        if database_read_only(orig):
-            return DATABASE_READ_ONLY
-        if database_io_error(orig):
-            return DATABASE_IO_ERROR
+        problem = _problem_of(getattr(current, "orig", None))
+        if problem is not None:
+            return current, problem
         current = current.__cause__ or current.__context__
     return None
+
+
+def database_problem(exc: BaseException) -> tuple[str, str] | None:
+    """The (code, title) of a database error that stops the service storing anything (full,
+    read-only, an I/O error of its storage), looked for along ``exc``'s chain; None for any
+    other error."""
+    found = _problem_in_chain(exc)
+    return None if found is None else found[1]
 
 
 class DatabaseNotWritableError(AppError):
@@ -455,24 +469,14 @@ def _out_of_space(orig: object) -> bool:
     return database_full(f"{type(orig).__name__}: {orig}")
 
 
-def database_problem_of(orig: object) -> bool:
-    """Whether a driver error is one :func:`database_problem` names."""
-    return _out_of_space(orig) or database_read_only(orig) or database_io_error(orig)
-
-
 def _full_database_cause(exc: Exception) -> Exception:
     """The error in ``exc``'s chain that says the database is full, read-only or failing, else
     ``exc``: SQLite rolls the whole transaction back on SQLITE_FULL, so leaving the savepoint
     the insert ran in fails next ("no such savepoint"), and that is the error that reaches the
     handler."""
-    current: BaseException | None = exc
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        orig = getattr(current, "orig", None)
-        if isinstance(current, Exception) and database_problem_of(orig):
-            return current
-        current = current.__cause__ or current.__context__
+    found = _problem_in_chain(exc)
+    if found is not None and isinstance(found[0], Exception):
+        return found[0]
     return exc
 
 

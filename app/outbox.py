@@ -54,7 +54,7 @@ leftover. A flock is released by the kernel when its process dies; the spool hol
 file.
 
 **Queued once.** Once a new prediction's entries are written, a ``dicom.send.queue`` audit row
-(status 202, target the prediction id) records it, and :meth:`handled` counts it: the same
+(status 202, target the prediction id) records it, and :meth:`handled_or_wait` counts it: the same
 instance posted to two replicas at once (each with its spool, or one shared) is stored once,
 and the replica whose upload found the stored row no longer queues the results a second time
 (QA round 44: every concurrent re-post queued them again). The row is written just after the
@@ -97,7 +97,7 @@ logger = logging.getLogger(__name__)
 ACTOR = "dicom-send"
 DELIVER_ACTION = "dicom.send.deliver"
 DROP_ACTION = "dicom.send.drop"
-QUEUE_ACTION = "dicom.send.queue"  # a new prediction's entries were written (see handled())
+QUEUE_ACTION = "dicom.send.queue"  # a new prediction's entries were written (handled_or_wait)
 PENDING = "pending"  # Entry.state: still to be delivered
 DELIVERED = "delivered"  # delivered, its audit row not yet committed
 DROPPED = "dropped"  # dropped (Entry.reason), its audit row not yet committed
@@ -219,7 +219,7 @@ class Outbox:
 
     def _record_queued(self, prediction_id: str, count: int) -> None:
         """The ``dicom.send.queue`` audit row of a prediction whose entries were written, which
-        tells every process (:meth:`handled`) that its results are on their way. A database
+        tells every process (:meth:`handled_or_wait`) that its results are on their way. A database
         error is logged: the entries are queued; a re-post within CLAIM_WAIT_S may then queue
         them once more."""
         if self.sessionmaker is None:
@@ -281,31 +281,19 @@ class Outbox:
             self._wake.set()
         return count
 
-    def handled(self, prediction_id: str) -> bool:
-        """Whether a prediction's results were queued before: an entry in the spool (pending,
-        or settled and waiting for its audit row), or a ``dicom.send.queue``/``deliver``/
-        ``drop`` audit row (written by whichever process queued them). A prediction committed
-        less than CLAIM_WAIT_S ago without either is waited for until then (the request that
-        created it, on this process or another, is writing its entries: the same instance
-        posted twice at once). False for one whose commit was not followed by its queueing (a
-        crash between the two, a queued instance replayed after a restart): it is queued when
-        the instance is received again. Without a sessionmaker (tests) the spool alone
-        decides. Blocking, sleeps while it waits: the service waits with
-        :meth:`handled_or_wait` and :meth:`queued_since` instead, so no worker thread sleeps."""
-        found, wait = self.handled_or_wait(prediction_id)
-        if found or wait <= 0:
-            return found
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            time.sleep(CLAIM_POLL_S)
-            if self.queued_since(prediction_id, final=False):
-                return True
-        return self.queued_since(prediction_id, final=True)
-
     def handled_or_wait(self, prediction_id: str) -> tuple[bool, float]:
-        """``(True, 0)`` when the results were queued before (see :meth:`handled`), else
-        ``(False, seconds)``: how long to wait for the creating request's ``dicom.send.queue``
-        row (0: not at all) before queueing them. One spool read and one query."""
+        """Whether a prediction's results were queued before: ``(True, 0)`` for an entry in
+        the spool (pending, or settled and waiting for its audit row) or a
+        ``dicom.send.queue``/``deliver``/``drop`` audit row (written by whichever process
+        queued them); else ``(False, seconds)``: how long to wait for the creating request's
+        queue row before queueing them. A prediction committed less than CLAIM_WAIT_S ago is
+        waited for until then (the request that created it, on this process or another, is
+        writing its entries: the same instance posted twice at once); 0 for one whose commit
+        was not followed by its queueing (a crash between the two, a queued instance replayed
+        after a restart): it is queued when the instance is received again. Without a
+        sessionmaker (tests) the spool alone decides. One spool read and one query; the
+        service waits in its event loop, polling :meth:`queued_since`
+        (app/ingest.py ``Ingestor._results_queued``)."""
         if self._in_spool(prediction_id):
             return True, 0.0
         if self.sessionmaker is None:
