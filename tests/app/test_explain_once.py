@@ -89,5 +89,9 @@ def test_a_resent_instance_whose_results_were_never_queued_gets_its_sc_from_the_
         )
         assert again.status_code == 200 and again.json()["id"] == first["id"]
         wait_for(lambda: len(pacs.received) >= 2, what="the SR and the SC")
-        assert client.get("/v1/dicom/outbox").json()["pending"] == []
+        # the PACS has them before the delivery pass records them delivered: wait for that too
+        wait_for(
+            lambda: client.get("/v1/dicom/outbox").json()["pending"] == [],
+            what="the outbox to record the deliveries",
+        )
     assert len(set(pacs.received)) == 2  # two objects (SOP Instance UIDs): the SR and the SC
