@@ -74,6 +74,13 @@ file wherever it runs. The steps, in order, and why the order matters:
    ignores one without LUT Data; a file window or VOI LUT that maps an image with contrast
    to one value is passed over for min-max too (labelled ``minmax(not file:C/W)``): the
    model never sees a blank, and a real file whose window does not suit it is not refused.
+   A window pydicom cannot apply (malformed, or a VOI LUT Function it does not know) is
+   passed over for min-max, labelled ``minmax(not file:unusable)``; a window applied with a
+   VOI LUT Function other than LINEAR says which (``file:600/1600 SIGMOID``).
+   Pixel Padding Value (0028,0120) is not excluded from min-max: on the real files measured
+   in QA round 55 that would change no image pixel (the one file where min-max meets declared
+   padding, a near-lossless JPEG-LS CT, has its padding spread over -2004..-1996 by the
+   coding: only its pixels of exactly -2000 would move, by less than 0.001).
 5. **MONOCHROME1 inversion** (``1 - x``), after VOI as in the DICOM display pipeline, so
    bone is bright for both photometric interpretations. From version "3", a Presentation
    LUT Shape of INVERSE inverts a MONOCHROME2 frame too, and MONOCHROME1 with INVERSE is
@@ -2195,13 +2202,16 @@ def _grayscale(
     minmax = _min_max(values, None if table is None else table.present)
     if file_window is None:
         return minmax, "minmax"
+    voi, label = file_window
+    if voi is None:  # the file has a window or VOI LUT that cannot be applied: the label says
+        return minmax, f"minmax(not {label})"  # so, rather than pass for a file without one
     # from version "4", a window that leaves the whole image within one gray level of an
     # 8-bit display blanks it too (a width of 1e7 on 12-bit values, a window in stored units
     # over a rescale to optical density); before, only one that maps it to one value
     within = _NEARLY_BLANK if _at_least(version, "4") else 0.0
-    if _blanks(arr, file_window[0], within=within):  # the model would be shown a blank
-        return minmax, f"minmax(not {file_window[1]})"
-    return file_window
+    if _blanks(arr, voi, within=within):  # the model would be shown a blank
+        return minmax, f"minmax(not {label})"
+    return voi, label
 
 
 _NEARLY_BLANK = 1.0 / 255.0
@@ -2313,12 +2323,19 @@ def _voi_lut_entries(ds: Dataset) -> tuple[int, int] | None:
     return (entries, first) if count >= entries else None
 
 
-def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str] | None:
-    """The file's VOI LUT or Window Center/Width via pydicom, scaled to [0, 1].
+def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray | None, str] | None:
+    """The file's VOI LUT or Window Center/Width via pydicom, scaled to [0, 1], and its label.
 
     A VOI LUT Sequence item is used only when pydicom can apply it (:func:`_voi_lut_entries`);
     otherwise it is ignored and the window, when the file has one, is used. Returns ``None``
-    when the file has no usable VOI (absent or malformed): min-max is used.
+    when the file has no VOI (no usable VOI LUT item, and Window Center or Width absent or
+    empty): min-max is used, labelled ``minmax``. A VOI the file has but that cannot be
+    applied (a Window Width pydicom refuses, text where a number belongs, an unknown or empty
+    VOI LUT Function, a window or LUT whose output range is not finite or empty) gives
+    ``(None, label)``: min-max is used and labelled ``minmax(not file:unusable)`` (or
+    ``minmax(not voi-lut)``, ``minmax(not file:nan/1600)``), so such a file does not pass for
+    one without a window (QA round 55). A window's label names a VOI LUT Function other than
+    LINEAR, which pydicom applies: ``file:600/1600 SIGMOID``.
     """
     from pydicom.pixels import apply_voi_lut, apply_windowing
 
@@ -2326,6 +2343,7 @@ def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str] | None:
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     if lut is None and not has_window:
         return None
+    label = "voi-lut" if lut is not None else "file:unusable"
     try:
         if lut is not None:
             entries, first = lut
@@ -2336,20 +2354,21 @@ def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str] | None:
                 apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds),
                 dtype=np.float64,
             )
-            label = "voi-lut"
         else:
             # apply_voi_lut's own choice for a window without a (usable) VOI LUT
             out = np.asarray(apply_windowing(values, ds), dtype=np.float64)
             probe = np.asarray(apply_windowing(np.array([-np.inf, np.inf]), ds), dtype=np.float64)
             center = _first_number(ds.WindowCenter)
             width = _first_number(ds.WindowWidth)
-            label = f"file:{center:g}/{width:g}"
-    except Exception as exc:  # a malformed VOI module: fall back to min-max, say so
+            # the function as pydicom read it to apply it: LINEAR, LINEAR_EXACT or SIGMOID
+            function = str(getattr(ds, "VOILUTFunction", "LINEAR")).upper()
+            label = f"file:{center:g}/{width:g}" + ("" if function == "LINEAR" else f" {function}")
+    except Exception as exc:  # a malformed VOI module: min-max, and the label says so
         logger.debug("file VOI not usable (%s); using min-max", type(exc).__name__)
-        return None
+        return None, label
     lo, hi = float(np.nanmin(probe)), float(np.nanmax(probe))
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return None
+        return None, label
     return ((out - lo) / (hi - lo)).astype(np.float32), label
 
 
