@@ -19,7 +19,9 @@ Folder layout
     recognised, or whose header is unusable (no pixel data, zero-size image), is reported
     as a :class:`SkippedFile` and left out -- it never stops the scan. Hidden files and
     folders (a leading ``.``) are ignored silently, and so are operating-system and NAS
-    metadata (``__MACOSX``, ``@eaDir``, ``Thumbs.db``, ...: :data:`_SYSTEM_NAMES`).
+    metadata (``__MACOSX``, ``@eaDir``, ``Thumbs.db``, ...: :data:`_SYSTEM_NAMES`). A DICOM
+    media export (a CD's DICOMDIR and extensionless images) sits below its class folder as
+    it is; a folder that is one, given as ROOT, is refused (``training.data.media``).
 
 CSV manifest
     Columns ``path`` and ``label`` (required), ``patient_id`` and ``split`` (optional);
@@ -85,6 +87,7 @@ from radlens.models.errors import (
     TruncatedDataError,
 )
 from radlens.models.intended_use import non_image_kind
+from radlens.training.data import media
 
 log = logging.getLogger(__name__)
 
@@ -448,6 +451,8 @@ def open_source(
     p = Path(path)
     if not p.exists():
         raise ConfigurationError(f"data path does not exist: {str(p)!r}")
+    if p.is_dir():  # a CD export's patient folders are no classes (QA round 53)
+        media.check_not_media_export(p)
     if p.is_file() and p.suffix.lower() == ".csv" and _is_series_csv(p):
         from radlens.training.data.series import open_series_csv
 
@@ -950,7 +955,7 @@ def _stray_files(root: Path) -> list[SkippedFile]:
     files there, a README or a manifest, are not named)."""
     reason = "not in a class sub-folder (each image must sit in its class's folder)"
     return [
-        _skipped_name(path, reason)
+        _skipped_name(path, media.dicomdir_reason(path) if media.is_dicomdir(path) else reason)
         for path in sorted(root.iterdir())
         if not _is_hidden(path.name) and _file_kind(path) is not None
     ]
@@ -1047,6 +1052,8 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
         named = preprocessing.other_format_said(head)  # a TIFF named .dcm, ...: say so
         return f"not a DICOM file ({path.stat().st_size} bytes, {_head_said(head)}){named}"
     has_pixels = any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    if not has_pixels and media.is_dicomdir(path):  # a media export's index
+        return media.dicomdir_reason(path)
     if not has_pixels:
         return _no_pixels_reason(path)
     # an RT dose grid or a segmentation has pixels, but no picture
@@ -1598,8 +1605,12 @@ def _parse_npz_key(key: str) -> tuple[str, int]:
 
 
 def _skipped_hint(skipped: Sequence[object]) -> str:
-    """``"; N file(s) skipped, e.g. <the first, with its reason>"``, or "" for none."""
-    return f"; {len(skipped)} file(s) skipped, e.g. {skipped[0]}" if skipped else ""
+    """``"; N file(s) skipped, e.g. <the first, with its reason>"``, or "" for none. A
+    DICOMDIR whose listed images are missing is the example when there is one: it says why."""
+    if not skipped:
+        return ""
+    shown = next((s for s in skipped if media.MISSING_SAID in str(s)), skipped[0])
+    return f"; {len(skipped)} file(s) skipped, e.g. {shown}"
 
 
 def _check_classes(source: DataSource, where: str) -> None:
