@@ -8,13 +8,18 @@ that refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL). A row says who (``ac
 API key id, ``cli`` for commands run on the server, NULL when authentication is disabled),
 what (``action`` and ``target``: a prediction id, never a DICOM UID; ``query`` for listings,
 with UID values withheld), when (``at``) and the outcome (``status``, an HTTP status code).
+
+``ui_sessions`` (0017) holds the /ui browser sessions (app/ui/session.py): the sha256 of the
+random token in the browser's cookie (never the token), the id of the key that logged in (never
+the key), and when the session began, expires and was ended (logged out), by the database's
+clock.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, String
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from radlens.app.db import Base, UTCDateTime, utcnow
@@ -58,3 +63,18 @@ class AuditEvent(Base):
     target: Mapped[str | None] = mapped_column(String(64))
     query: Mapped[str | None] = mapped_column(String(512))
     status: Mapped[int] = mapped_column(Integer)
+
+
+class UiSession(Base):
+    """(0017) One /ui browser session: the sha256 of its cookie's token and the key's id."""
+
+    __tablename__ = "ui_sessions"
+    __table_args__ = (Index(None, "expires_at"), Index(None, "key_id"))
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(
+        String(KEY_ID_LENGTH), ForeignKey("api_keys.key_id", ondelete="CASCADE")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # logged out

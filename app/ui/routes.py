@@ -10,7 +10,6 @@ shows a patient identifier (the service stores none). Session and CSRF: app/ui/s
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
@@ -26,12 +26,18 @@ from starlette.datastructures import UploadFile
 from radlens.app import audit as audit_log
 from radlens.app import services
 from radlens.app.auth import (
+    ForbiddenError,
     Principal,
     UnauthorizedError,
+    _charge,
+    _record_denied,
+    _route_path,
     audit_failure,
     authenticate_bearer,
     authorize,
+    required_scope,
 )
+from radlens.app.db import READ_ONLY
 from radlens.app.deps import SessionDep, get_resources
 from radlens.app.errors import AppError, UnknownFindingError
 from radlens.app.explain import get_explanation
@@ -87,28 +93,48 @@ async def require_login(request: Request) -> Principal:
     if settings.auth == "disabled":
         return await authorize(request, None)
     cookie = request.cookies.get(ui_session.SESSION_COOKIE)
-    key = ui_session.session_key(cookie, max_age_s=settings.ui_session_minutes * 60)
-    if key is None:
-        raise LoginRequired("expired" if cookie else "login")
-    try:
-        return await authorize(
-            request, HTTPAuthorizationCredentials(scheme="Bearer", credentials=key)
+    if not cookie:
+        raise LoginRequired("login")
+    digest = ui_session.token_digest(cookie)
+    if digest is None:  # not a token this service issued: no query for it
+        raise LoginRequired("expired")
+    found = await run_in_threadpool(_look_up_session, request, digest)
+    if found.key is None:
+        raise LoginRequired(found.reason)
+    return await _admit(request, Principal(found.key.key_id, found.key.name, found.key.scopes))
+
+
+def _look_up_session(request: Request, digest: str) -> ui_session.Lookup:
+    # never cached: a logout or a revocation on any replica ends the session at once
+    with get_resources(request).sessionmaker() as session:
+        session.connection(execution_options=READ_ONLY)
+        return ui_session.look_up(session, digest)
+
+
+async def _admit(request: Request, principal: Principal) -> Principal:
+    """What app.auth.authorize does once the key is known, for the session's key: charge its
+    rate limit, then check the scope the method needs (a refusal is audited, a 403 page)."""
+    needed = required_scope(request.method)
+    await _charge(request, principal)
+    if needed is None or needed not in principal.scopes:
+        await run_in_threadpool(_record_denied, request, principal)
+        raise ForbiddenError(
+            f"key {principal.key_id!r} ({principal.name}) has scopes "
+            f"{','.join(sorted(principal.scopes))}; {request.method} {_route_path(request)} "
+            + (f"needs {needed!r}" if needed else "is not open to any key")
         )
-    except UnauthorizedError as exc:
-        raise LoginRequired("revoked") from exc
+    request.state.principal = principal
+    return principal
 
 
 UiPrincipal = Annotated[Principal, Depends(require_login)]
 
-# Replicas' clocks differ by seconds. A session cookie stamped by one whose clock is ahead was
-# "from the future" on one behind it, refused as expired right after the login's redirect
-# (QA 47); stamped this much earlier, every replica within that difference takes it. The
-# session is as much shorter: at most a quarter of it.
-SESSION_CLOCK_LEEWAY_S = 60
-
-
-def session_clock_leeway_s(session_minutes: int) -> int:
-    return min(SESSION_CLOCK_LEEWAY_S, session_minutes * 60 // 4)
+# Whose clock decides a session's expiry: the database's (app/ui/session.py). Its begin and
+# expiry are computed by the login's INSERT and compared by each request's SELECT on the
+# database server, never with a replica's clock, so replicas whose clocks differ by seconds
+# agree on every session and none needs leeway. (The cookie used to carry its issue time by
+# the issuing replica's clock: one whose clock was behind refused it as "from the future"
+# right after the login's redirect, QA 47, and the browser could rewrite it, QA 52.)
 
 
 def loaded_manifest(request: Request) -> ModelManifest | None:
@@ -214,6 +240,7 @@ async def login_form(request: Request, reason: str = "") -> Response:
     messages = {
         "expired": "Your session expired; log in again.",
         "revoked": "The key of your session is unknown or revoked; log in with a valid key.",
+        "ended": "This session was logged out; log in again.",
         "login": "Log in with an API key to see the results.",
     }
     return render(request, "login.html", message=messages.get(reason))
@@ -226,15 +253,27 @@ async def login(request: Request) -> Response:
     if not key:
         return render(request, "login.html", 401, message="Enter an API key.")
     try:
-        await authorize_key(request, key)
+        principal = await authorize_key(request, key)
     except UnauthorizedError as exc:
         return render(request, "login.html", 401, message=f"Not logged in: {exc.detail}.")
+    if principal.key_id is None:  # authenticate_bearer's principals always have one
+        raise UnauthorizedError("the key has no id")
+    # a browser logging in again ends the session it held: no token it had stays live
+    held = ui_session.token_digest(request.cookies.get(ui_session.SESSION_COOKIE))
+    token = await run_in_threadpool(_start_session, request, principal.key_id, held)
     response = _redirect("/ui/predictions")
-    issued = time.time() - session_clock_leeway_s(_settings(request).ui_session_minutes)
-    set_cookie(request, response, ui_session.SESSION_COOKIE, ui_session.session_value(key, issued))
+    set_cookie(request, response, ui_session.SESSION_COOKIE, token)
     # a new CSRF token for the new session
     set_cookie(request, response, ui_session.CSRF_COOKIE, ui_session.new_csrf_token())
     return response
+
+
+def _start_session(request: Request, key_id: str, held: str | None) -> str:
+    with get_resources(request).sessionmaker() as session:
+        minutes = _settings(request).ui_session_minutes
+        token = ui_session.start(session, key_id, minutes=minutes, replacing=held)
+        session.commit()
+        return token
 
 
 async def authorize_key(request: Request, key: str) -> Principal:
@@ -250,10 +289,20 @@ async def authorize_key(request: Request, key: str) -> Principal:
 @router.post("/logout", name="ui_logout")
 async def logout(request: Request) -> Response:
     await check_csrf(request)
+    # ended in the database: every copy of the cookie stops working, on every replica
+    digest = ui_session.token_digest(request.cookies.get(ui_session.SESSION_COOKIE))
+    if digest is not None:
+        await run_in_threadpool(_end_session, request, digest)
     response = _redirect("/ui/login")
     for name in (ui_session.SESSION_COOKIE, ui_session.CSRF_COOKIE):
         response.delete_cookie(name, path=ui_session.COOKIE_PATH)
     return response
+
+
+def _end_session(request: Request, digest: str) -> None:
+    with get_resources(request).sessionmaker() as session:
+        ui_session.end(session, digest)
+        session.commit()
 
 
 # --- predictions --------------------------------------------------------------------------

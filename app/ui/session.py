@@ -1,12 +1,26 @@
-"""The /ui session: the API key in a cookie, and CSRF tokens for every form.
+"""The /ui session: a random token in a cookie, its hash in the database; CSRF tokens for forms.
 
-The browser logs in with an API key (the same keys as the REST API, app/keys.py). The key is
-kept in the ``radlens_session`` cookie as ``<issued at, Unix seconds>.<key>``: HttpOnly (no
-script can read it), SameSite=Strict (no other site's page sends it), Secure when
-``RADLENS_UI_SECURE_COOKIES`` is set (HTTPS deployments), and no longer than
-``RADLENS_UI_SESSION_MINUTES``: an older cookie is an expired session, whatever the browser
-kept. Each request authenticates the key again (app/auth.py), so a revoked key ends every
-session that holds it.
+The browser logs in with an API key (the same keys as the REST API, app/keys.py). The login
+stores a row in ``ui_sessions`` (app/security_tables.py, migration 0017) and sets the
+``radlens_session`` cookie to a random token (``secrets.token_urlsafe(32)``, 256 bits) that
+holds nothing else: not the key, not a time. The row keeps the token's sha256 (never the
+token: a copy of the table opens no session), the id of the key (never the key) and when the
+session began, expires (``RADLENS_UI_SESSION_MINUTES`` later) and was ended. Every /ui request
+looks the token up: no row, an expired or ended one, or a key revoked since is no session, and
+the key's scopes are checked again as the API checks them (app/ui/routes.py). So a stolen cookie
+is no API key, its expiry is the server's and cannot be rewritten, and "Log out" ends the row:
+every copy of the cookie stops working, on every replica sharing the database.
+
+Whose clock: the database's. A session's begin and expiry are computed by the INSERT and its
+expiry compared by the lookup's SELECT, on the database server (PostgreSQL ``now()``; SQLite
+the host's clock, one file on one host), never with a replica's clock: replicas whose clocks
+differ agree on every session. A token is 43 URL-safe characters; anything else in the cookie
+is refused before any query. The lookup is by the token's sha256, the primary key: an index
+search that reveals nothing about a token that is not a stored one's preimage.
+
+Expired rows are deleted at each login, in its transaction: the table holds the sessions
+begun in the last ``RADLENS_UI_SESSION_MINUTES`` (a revoked key's too, refused as "revoked"
+until they expire).
 
 CSRF: every form carries a hidden ``csrf_token`` that must equal the ``radlens_csrf`` cookie
 (random, HttpOnly, SameSite=Strict; a new one at each login). A page of another site can
@@ -15,44 +29,116 @@ neither read that cookie nor make the browser send it, so it cannot forge the fi
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import re
 import secrets
-import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from radlens.app.security_tables import ApiKey, UiSession
 
 SESSION_COOKIE = "radlens_session"
 CSRF_COOKIE = "radlens_csrf"
 CSRF_FIELD = "csrf_token"
 COOKIE_PATH = "/ui"
-ISSUED_DIGITS = 12  # the most digits a session's issue time (Unix seconds) may have
+TOKEN_BYTES = 32
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32): 43 characters, ASCII
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%f"  # the text form UTCDateTime stores on SQLite (UTC)
 
 
-def session_value(key: str, now: float | None = None) -> str:
-    """The session cookie's value for ``key``, issued ``now``."""
-    issued = int(time.time() if now is None else now)
-    return f"{issued}.{key}"
+@dataclass(frozen=True)
+class SessionKey:
+    """The key behind a live session, as stored now."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[str]
 
 
-def session_key(value: str | None, *, max_age_s: float, now: float | None = None) -> str | None:
-    """The API key of a session cookie still within ``max_age_s``; None when absent,
-    malformed or expired."""
-    if not value:
+@dataclass(frozen=True)
+class Lookup:
+    """A session's key, or why there is none: ``expired`` (also: no such session), ``ended``
+    (logged out) or ``revoked`` (its key)."""
+
+    key: SessionKey | None
+    reason: str = ""
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def token_digest(value: str | None) -> str | None:
+    """The sha256 (hex) of a well-formed session token; None for anything else."""
+    if not value or len(value) != 43 or _TOKEN.fullmatch(value) is None:
         return None
-    issued_text, dot, key = value.partition(".")
-    # ASCII digits, at most 12 (Unix seconds have 10 until the year 2286): str.isdigit also
-    # takes "²" and other digits int() refuses, and int() refuses more than 4300 digits; each
-    # was a 500 for a cookie anyone can send (QA round 49)
-    if (
-        not dot
-        or not key
-        or not issued_text.isascii()
-        or not issued_text.isdigit()
-        or len(issued_text) > ISSUED_DIGITS
-    ):
-        return None
-    age = (time.time() if now is None else now) - int(issued_text)
-    if age < 0 or age > max_age_s:
-        return None
-    return key
+    return hashlib.sha256(value.encode("ascii")).hexdigest()
+
+
+def _now(session: Session, minutes: int = 0) -> ColumnElement[Any]:
+    """The database's current time (plus ``minutes``), as an SQL expression."""
+    if session.get_bind().dialect.name == "sqlite":
+        return func.strftime(_SQLITE_TIME, "now", f"+{int(minutes)} minutes")
+    now: ColumnElement[Any] = func.now()
+    return now + timedelta(minutes=minutes) if minutes else now
+
+
+def start(session: Session, key_id: str, *, minutes: int, replacing: str | None = None) -> str:
+    """Store a new session of ``key_id`` lasting ``minutes``; returns its token (the cookie's
+    value, never stored). Ends the session the browser held before (``replacing``: its token's
+    digest) and deletes the expired ones (an indexed range)."""
+    if replacing is not None:
+        end(session, replacing)
+    session.execute(delete(UiSession).where(UiSession.expires_at <= _now(session)))
+    token = new_token()
+    session.execute(
+        insert(UiSession).values(
+            token_sha256=token_digest(token),
+            key_id=key_id,
+            created_at=_now(session),
+            expires_at=_now(session, minutes),
+        )
+    )
+    return token
+
+
+def look_up(session: Session, digest: str) -> Lookup:
+    """The key of the session whose token hashes to ``digest``, if it is live."""
+    row = session.execute(
+        select(
+            UiSession.ended_at,
+            (UiSession.expires_at > _now(session)).label("live"),
+            ApiKey.key_id,
+            ApiKey.name,
+            ApiKey.scopes,
+            ApiKey.revoked_at,
+        )
+        .join(ApiKey, ApiKey.key_id == UiSession.key_id)
+        .where(UiSession.token_sha256 == digest)
+    ).one_or_none()
+    if row is None or not row.live:
+        return Lookup(None, "expired")
+    if row.ended_at is not None:
+        return Lookup(None, "ended")
+    if row.revoked_at is not None:
+        return Lookup(None, "revoked")
+    scopes = frozenset(s for s in str(row.scopes).split(",") if s)
+    return Lookup(SessionKey(str(row.key_id), str(row.name), scopes))
+
+
+def end(session: Session, digest: str) -> None:
+    """End the session whose token hashes to ``digest`` (logged out); unknown: nothing."""
+    session.execute(
+        update(UiSession)
+        .where(UiSession.token_sha256 == digest, UiSession.ended_at.is_(None))
+        .values(ended_at=_now(session))
+    )
 
 
 def new_csrf_token() -> str:

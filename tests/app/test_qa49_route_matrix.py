@@ -11,9 +11,11 @@ Authorization headers, a key holding only the removed ``admin`` scope, and keys 
   403, as problem+json, and a 403 does not depend on whether the object exists (no 404 oracle
   for a key that may not read); an allowed one is neither, and never a 5xx;
 - HEAD is answered as GET (same key, same status); PUT, PATCH, DELETE and OPTIONS are 405;
-- the /ui pages take the key from the session cookie: no or an expired cookie redirects to
-  the login form, a key without ``read`` gets a 403 page, every state-changing form needs the
-  CSRF token, and every page and file carries the pages' security headers.
+- the /ui pages take the key from the server-side session whose token the cookie holds
+  (QA 52; each key below has one, stored directly so that keys the login form refuses have
+  one too): no cookie, an unknown or expired session redirects to the login form, a key
+  without ``read`` gets a 403 page, every state-changing form needs the CSRF token, and every
+  page and file carries the pages' security headers.
 """
 
 from __future__ import annotations
@@ -140,16 +142,21 @@ class Keys:
     full: str
     revoked: str
     admin_only: str
+    # key -> the token of a /ui session of it; the malformed and unknown keys of
+    # ui_sessions() -> a malformed token and a well-formed one no session has
+    sessions: dict[str, str]
 
 
 @pytest.fixture(scope="module")
 def keys(service: Service) -> Keys:
     """A key of each scope, a revoked one (revoked before any use, so never cached) and one
-    holding only the removed ``admin`` scope (as stored before its removal)."""
+    holding only the removed ``admin`` scope (as stored before its removal), each with a /ui
+    session (the revoked key's begun before its revocation)."""
     from sqlalchemy import update
 
     from radlens.app.keys import key_id_of, revoke_key
     from radlens.app.security_tables import ApiKey
+    from radlens.app.ui import session as ui_session
 
     made = Keys(
         read=create_api_key(service.database_url, "read", name="qa49 read"),
@@ -157,8 +164,14 @@ def keys(service: Service) -> Keys:
         full=create_api_key(service.database_url, "predict,read", name="qa49 full"),
         revoked=create_api_key(service.database_url, "predict,read", name="qa49 revoked"),
         admin_only=create_api_key(service.database_url, "read", name="qa49 admin"),
+        sessions={
+            "not-a-radlens-key": "not-a-radlens-key",
+            "rl_0123456789ab_" + "A" * 43: ui_session.new_token(),
+        },
     )
     with service.app.state.resources.sessionmaker() as session:
+        for key in (made.read, made.predict, made.full, made.revoked, made.admin_only):
+            made.sessions[key] = ui_session.start(session, str(key_id_of(key)), minutes=60)
         revoke_key(session, str(key_id_of(made.revoked)))
         session.execute(update(ApiKey).where(ApiKey.name == "qa49 admin").values(scopes="admin"))
         session.commit()
@@ -428,12 +441,13 @@ def test_static_files_are_open_and_stay_in_their_directory(mount: str, bare: Tes
 # --- the /ui matrix ---------------------------------------------------------------------
 
 
-def cookie_header(key: str | None, *, csrf: str | None = None, issued: float | None = None) -> str:
+def cookie_header(keys: Keys, key: str | None, *, csrf: str | None = None) -> str:
+    """The cookies of a browser holding a /ui session of ``key`` (none: None)."""
     from radlens.app.ui import session as ui_session
 
     parts = []
     if key is not None:
-        parts.append(f"{ui_session.SESSION_COOKIE}={ui_session.session_value(key, issued)}")
+        parts.append(f"{ui_session.SESSION_COOKIE}={keys.sessions[key]}")
     if csrf is not None:
         parts.append(f"{ui_session.CSRF_COOKIE}={csrf}")
     return "; ".join(parts)
@@ -470,7 +484,7 @@ def test_ui_route_matrix(
     for exists in [True, False] if "{" in path else [True]:
         url = url_for(path, seeded, exists=exists)
         for name, key in ui_sessions(keys).items():
-            headers = {"Cookie": cookie_header(key, csrf=token)}
+            headers = {"Cookie": cookie_header(keys, key, csrf=token)}
             if method == "POST":
                 response = bare.post(
                     url,
@@ -487,7 +501,9 @@ def test_ui_route_matrix(
             where = f"{method} {url} with a {name} session"
             if name == "none":
                 want = (303, "/ui/login?reason=login")
-            elif name in ("malformed", "unknown", "revoked"):
+            elif name in ("malformed", "unknown"):
+                want = (303, "/ui/login?reason=expired")
+            elif name == "revoked":
                 want = (303, "/ui/login?reason=revoked")
             elif needed in SCOPES_OF[name]:
                 want = None
@@ -510,18 +526,37 @@ def test_ui_route_matrix(
     assert not problems, "\n".join(problems)
 
 
-def test_ui_session_expires_and_a_future_issue_time_is_refused(
+def test_ui_session_expires_and_an_edited_token_is_refused(
     bare: TestClient, keys: Keys, service: Service
 ) -> None:
-    import time
+    """The session's row expires (by the database's clock); a token edited by the browser
+    (one character changed) is no session."""
+    from datetime import UTC, datetime, timedelta
 
-    minutes = service.app.state.settings.ui_session_minutes
-    for issued in (time.time() - minutes * 60 - 5, time.time() + 3600):
+    from sqlalchemy import update
+
+    from radlens.app.keys import key_id_of
+    from radlens.app.security_tables import UiSession
+    from radlens.app.ui import session as ui_session
+
+    with service.app.state.resources.sessionmaker() as session:
+        token = ui_session.start(session, str(key_id_of(keys.full)), minutes=60)
+        session.execute(
+            update(UiSession)
+            .where(UiSession.token_sha256 == ui_session.token_digest(token))
+            .values(expires_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+        session.commit()
+    live = keys.sessions[keys.full]
+    edited = live[:-1] + ("A" if live[-1] != "A" else "B")
+    for value in (token, edited):
         response = bare.get(
-            "/ui/predictions", headers={"Cookie": cookie_header(keys.full, issued=issued)}
+            "/ui/predictions", headers={"Cookie": f"{ui_session.SESSION_COOKIE}={value}"}
         )
         assert response.status_code == 303
         assert response.headers["location"] == "/ui/login?reason=expired"
+    page = bare.get("/ui/predictions", headers={"Cookie": f"{ui_session.SESSION_COOKIE}={live}"})
+    assert page.status_code == 200
 
 
 def test_ui_forms_need_the_csrf_token(bare: TestClient, keys: Keys) -> None:
@@ -542,7 +577,7 @@ def test_ui_forms_need_the_csrf_token(bare: TestClient, keys: Keys) -> None:
                 form["csrf_token"] = form_token
             response = bare.post(
                 path,
-                headers={"Cookie": cookie_header(keys.full, csrf=cookie_token)},
+                headers={"Cookie": cookie_header(keys, keys.full, csrf=cookie_token)},
                 data=form,
                 files={"file": ("a.png", png_bytes(seed=7), "image/png")}
                 if path == "/ui/upload"
@@ -559,7 +594,7 @@ def test_ui_login_cookies_and_who_may_log_in(bare: TestClient, keys: Keys) -> No
     for name, key in ui_sessions(keys).items():
         response = bare.post(
             "/ui/login",
-            headers={"Cookie": cookie_header(None, csrf=token)},
+            headers={"Cookie": cookie_header(keys, None, csrf=token)},
             data={"csrf_token": token, "api_key": key or ""},
         )
         cookies = response.headers.get_list("set-cookie")
@@ -581,7 +616,7 @@ def test_ui_pages_carry_the_not_for_clinical_use_notice(
 ) -> None:
     from radlens.app.schemas import NOT_FOR_CLINICAL_USE
 
-    headers = {"Cookie": cookie_header(keys.read)}
+    headers = {"Cookie": cookie_header(keys, keys.read)}
     for path in (
         "/ui/predictions",
         f"/ui/predictions/{seeded.prediction_id}",

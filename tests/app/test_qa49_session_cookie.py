@@ -1,7 +1,8 @@
-"""A /ui session cookie whose issue time is not plain ASCII digits is no session (a redirect
-to the login form), never a 500: ``str.isdigit`` accepted superscripts and other Unicode
-digits that ``int()`` refuses, and ``int()`` refuses more than 4300 digits (QA round 49, a
-live service: three 500s from one forged cookie each)."""
+"""A /ui session cookie that is not a token this service issues is no session (a redirect to
+the login form), never a 500, and is refused before any query. QA round 49 found three 500s
+from one forged cookie (its issue time: ``str.isdigit`` accepted superscripts and other
+Unicode digits that ``int()`` refuses, and ``int()`` refuses more than 4300 digits); since QA 52
+the cookie holds only a random token (app/ui/session.py), and the forged forms stay refused."""
 
 from __future__ import annotations
 
@@ -11,27 +12,37 @@ from radlens.app.ui import session as ui_session
 from tests.app.conftest import Service, TestClient
 
 KEY = "rl_0123456789ab_" + "A" * 43
-FORGED_ISSUE_TIMES = ["\u00b2", "\u00b9\u00b2\u00b3", "\u0661\u0662\u0663", "1" * 5000, "1" * 13]
+FORGED = [
+    f"\u00b2.{KEY}",
+    f"\u00b9\u00b2\u00b3.{KEY}",
+    f"{'1' * 5000}.{KEY}",
+    f"{'1' * 13}.{KEY}",
+    KEY,
+    "\u0661" * 43,  # Arabic-Indic digits: 43 characters, none ASCII
+    "A" * 42 + "\u00b2",
+    "A" * 42,
+    "A" * 44,
+]
 
 
 @pytest.mark.parametrize(
-    "issued", FORGED_ISSUE_TIMES, ids=["sup2", "sup123", "arabic", "5000", "13"]
+    "value", FORGED, ids=["sup2", "sup123", "5000", "13", "key", "arabic", "sup-end", "42", "44"]
 )
-def test_a_forged_issue_time_is_no_session(issued: str) -> None:
-    assert ui_session.session_key(f"{issued}.{KEY}", max_age_s=10**12) is None
+def test_a_forged_cookie_is_no_token(value: str) -> None:
+    assert ui_session.token_digest(value) is None
 
 
-def test_a_valid_cookie_still_opens_a_session() -> None:
-    value = ui_session.session_value(KEY, now=1_800_000_000)
-    assert ui_session.session_key(value, max_age_s=60, now=1_800_000_030) == KEY
-    assert ui_session.session_key(value, max_age_s=60, now=1_800_000_061) is None
+def test_a_token_of_the_service_is_one() -> None:
+    token = ui_session.new_token()
+    digest = ui_session.token_digest(token)
+    assert digest is not None and len(digest) == 64 and token not in digest
 
 
 def test_the_pages_redirect_a_forged_cookie_to_the_login_form(service: Service) -> None:
     client = TestClient(service.app, follow_redirects=False)
-    for issued in ("\u00b2", "1" * 5000):
+    for value in (f"\u00b2.{KEY}", f"{'1' * 5000}.{KEY}", "A" * 42 + "\u00b2"):
         # the header as a browser (or anyone) may send it: latin-1 bytes
-        cookie = f"{ui_session.SESSION_COOKIE}={issued}.{KEY}".encode("latin-1")
+        cookie = f"{ui_session.SESSION_COOKIE}={value}".encode("latin-1")
         response = client.get("/ui/predictions", headers={"Cookie": cookie})
         assert response.status_code == 303, response.text
         assert response.headers["location"].startswith("/ui/login")

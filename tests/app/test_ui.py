@@ -6,7 +6,6 @@ form through the ingest path, the model page; never a patient identifier on a pa
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -143,10 +142,20 @@ def test_a_wrong_key_shows_the_login_form_again(ui: TestClient) -> None:
 
 
 def test_an_expired_session_redirects_to_login(ui: TestClient, service: Service) -> None:
-    from radlens.app.ui.session import session_value
+    from sqlalchemy import update
 
-    old = session_value(service.api_key or "", now=time.time() - 9 * 3600)  # TTL is 8 h
-    ui.cookies.set("radlens_session", old, path="/ui")
+    from radlens.app.security_tables import UiSession
+    from radlens.app.ui.session import token_digest
+
+    login(ui, service.api_key or "")
+    digest = token_digest(ui.cookies.get("radlens_session"))
+    with service.app.state.resources.sessionmaker() as session:  # the session's row expired
+        session.execute(
+            update(UiSession)
+            .where(UiSession.token_sha256 == digest)
+            .values(expires_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+        session.commit()
     response = ui.get("/ui/predictions", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/ui/login?reason=expired"
