@@ -3,8 +3,10 @@
 Both go into the *source study* (same Study Instance UID), in a derived series per source
 series, kind and model version (:func:`output_series_uid`: every SR of a CT's slices in one
 series, every SC in another), numbered with the source's Instance Number, and reference the
-source instance by SOP Class UID + SOP Instance UID. highdicom checks the IODs
-while it constructs them; a failure there is a bug in radlens, not a bad request.
+source instance by SOP Class UID + SOP Instance UID (and, of a multi-frame source, the frames
+analysed: :func:`analysed_frames` for the SR, :func:`explained_frame` for the SC). highdicom
+checks the IODs while it constructs them; a failure there is a bug in radlens, not a bad
+request.
 
 Patient and study identification. The service stores no patient identifiers, so an output
 built later from the database (``GET /v1/predictions/{id}/dicom/...``) carries the Type 2
@@ -450,6 +452,17 @@ def _holds_non_ascii(ds: Any) -> bool:
     return False
 
 
+def _source_image(source: SourceRef, frames: list[int] | None) -> Any:
+    """A measurement group's source image (TID 1500 "Source of Measurement"): the source
+    instance, and the frames analysed when they are not all of a multi-frame source's
+    (:func:`analysed_frames`), as Referenced Frame Number of its Referenced SOP Sequence."""
+    import highdicom as hd
+
+    return hd.sr.SourceImageForMeasurementGroup(
+        source.sop_class_uid, source.sop_instance_uid, referenced_frame_numbers=frames
+    )
+
+
 def _code(value: str, meaning: str) -> Any:
     import highdicom as hd
 
@@ -490,7 +503,8 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
 
     Content: the finding (the predicted label as a ``99RADLENS`` code) as a qualitative
     evaluation, one numeric measurement per class score (UCUM unit "1", no unit), the
-    algorithm (model name and version) and the source image (SOP Class + Instance UID).
+    algorithm (model name and version) and the source image (SOP Class + Instance UID, and
+    for a multi-frame source the frames the scores come from, :func:`analysed_frames`).
     A multi-label prediction (``findings``: its stored prediction_findings rows or decided
     values, each with name/finding, score, threshold, positive) adds one measurement group
     per finding (:func:`_finding_groups`).
@@ -517,9 +531,7 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
                 identifier=f"radlens prediction {prediction.id}",
             ),
             algorithm_id=algorithm,
-            source_images=[
-                hd.sr.SourceImageForMeasurementGroup(source.sop_class_uid, source.sop_instance_uid)
-            ],
+            source_images=[_source_image(source, analysed_frames(prediction))],
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(
                     name=codes.DCM.Finding,
@@ -572,11 +584,13 @@ def _finding_group(
     sources: Sequence[SourceRef],
     algorithm: Any,
     score_code: tuple[str, str],
+    frames: Sequence[list[int] | None] | None = None,
 ) -> Any:
     """One TID 1501 group for one finding: Finding = the finding (a ``99RADLENS`` code), its
     presence (SCT Present/Absent: score >= its threshold), its score (``score_code``: value
-    and meaning) and threshold as measurements, ``sources`` as its source images;
-    ``tracking``: the group's tracking UID and identifier."""
+    and meaning) and threshold as measurements, ``sources`` as its source images (``frames``:
+    each one's analysed frames, :func:`analysed_frames`); ``tracking``: the group's tracking
+    UID and identifier."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -587,8 +601,8 @@ def _finding_group(
         finding_type=code,
         algorithm_id=algorithm,
         source_images=[
-            hd.sr.SourceImageForMeasurementGroup(s.sop_class_uid, s.sop_instance_uid)
-            for s in sources
+            _source_image(s, f)
+            for s, f in zip(sources, frames or [None] * len(sources), strict=True)
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
@@ -632,13 +646,19 @@ def _finding_groups(
                 sources=[source],
                 algorithm=algorithm,
                 score_code=score_code,
+                frames=[analysed_frames(prediction)],
             )
         )
     return groups
 
 
 def _series_finding_groups(
-    result: ModelResult, sources: list[SourceRef], algorithm: Any, aggregation: str, sop_uid: str
+    result: ModelResult,
+    sources: list[SourceRef],
+    algorithm: Any,
+    aggregation: str,
+    sop_uid: str,
+    frames: list[list[int] | None],
 ) -> list[Any]:
     """A multi-label series result: one group per finding as an instance SR has
     (:func:`_finding_group`), with the finding's aggregated score, referencing the series' key
@@ -664,6 +684,7 @@ def _series_finding_groups(
                 sources=sources,
                 algorithm=algorithm,
                 score_code=score_code,
+                frames=frames,
             )
         )
     return groups
@@ -689,6 +710,12 @@ def build_series_sr(
 
     if not sources:
         raise DicomOutputError("a series SR needs at least one key instance")
+    # a multi-frame key instance's scores come from some of its frames: named as in build_sr
+    analysed = {str(i.prediction.sop_instance_uid): i.prediction for i in result.instances}
+    frames = [
+        analysed_frames(analysed[s.sop_instance_uid]) if s.sop_instance_uid in analysed else None
+        for s in sources
+    ]
     model_ref = f"{result.model_name}:{result.model_version}"
     try:
         algorithm = hd.sr.AlgorithmIdentification(
@@ -717,10 +744,7 @@ def build_series_sr(
                 identifier=f"radlens series result ({model_ref})",
             ),
             algorithm_id=algorithm,
-            source_images=[
-                hd.sr.SourceImageForMeasurementGroup(s.sop_class_uid, s.sop_instance_uid)
-                for s in sources
-            ],
+            source_images=[_source_image(s, f) for s, f in zip(sources, frames, strict=True)],
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(
                     name=codes.DCM.Finding, value=_code(result.label[:16], result.label)
@@ -728,7 +752,10 @@ def build_series_sr(
             ],
             measurements=measurements,
         )
-        groups = [group, *_series_finding_groups(result, sources, algorithm, aggregation, sop_uid)]
+        groups = [
+            group,
+            *_series_finding_groups(result, sources, algorithm, aggregation, sop_uid, frames),
+        ]
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -788,6 +815,29 @@ def explained_frame(prediction: Prediction) -> int | None:
     return index + 1
 
 
+def analysed_frames(prediction: Prediction) -> list[int] | None:
+    """The 1-based numbers of the source frames a multi-frame prediction's scores come from,
+    for the SR's image references (Referenced Frame Number): the frames predicted and
+    aggregated (``frame_result["frames"]``, app/ingest.py: every frame up to
+    RADLENS_MAX_FRAMES, every k-th above it, blank frames left out), or, for a row without a
+    frame result (stored before instances were predicted frame by frame), the one frame
+    preprocessing picked, the middle one. None for a single-frame source and when every
+    frame was analysed: PS3.3 C.18.4 (Table 10-3) leaves the frame numbers out of a reference that
+    applies to all of them. (Before QA round 54 the SR referenced the whole instance: a
+    viewer took a result from 4 of 300 frames, or from the middle one, for all 300.)"""
+    frames = prediction.frames or 1
+    if frames <= 1:
+        return None
+    result = prediction.frame_result or {}
+    used = result.get("frames") if "frames" in result else [frames // 2]
+    if not isinstance(used, list) or not used:
+        return None
+    numbers = sorted({int(i) + 1 for i in used if isinstance(i, int) and 0 <= i < frames})
+    if len(numbers) != len(used) or len(numbers) == frames:
+        return None  # every frame, or a record not understood: the whole instance
+    return numbers
+
+
 def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     """A Secondary Capture of the Grad-CAM overlay in the source study, referencing the source.
 
@@ -838,6 +888,10 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     sc.SourceImageSequence = Sequence([reference])
     sc.ImageType = ["DERIVED", "SECONDARY"]
     of_frame = "" if frame is None else f" of frame {frame} of {prediction.frames}"
+    # the analysed image's own size: the overlay's pixels (and the panel it is drawn on, at
+    # most 1024 px a side, models.overlay.display_size) are smaller than a large source
+    if prediction.rows and prediction.columns:
+        of_frame += f" ({prediction.columns} columns x {prediction.rows} rows)"
     sc.DerivationDescription = (
         f"Grad-CAM overlay{of_frame} of radlens model "
         f"{prediction.model_name}:{prediction.model_version}"

@@ -806,22 +806,42 @@ class Ingestor:
 
     async def _send_back(self, written: Any, candidate: Candidate) -> None:
         """Queue the new prediction's SR/SC for the destinations (app/outbox.py). The
-        prediction is committed already: a failure here is logged, never the upload's."""
+        prediction is committed already: a failure here is never the upload's; each result
+        not queued is logged and counted (radlens_dicom_outbox_enqueue_failures_total, which
+        alerts: a log line was all that said so before QA round 54)."""
+        from radlens.app.outbox import ResultsNotQueuedError
+
         assert self.outbox is not None and candidate.sender is not None
+        prediction_id = written.prediction.id
         overlay = written.explanation.png if written.explanation is not None else None
+        unread: BaseException | None = None
+        if overlay is None and self.outbox.wants("sc"):
+            # a stored prediction whose results were never queued, its explanation stored
+            # and so not computed again (_explained): the SC is drawn from the stored one
+            try:
+                overlay = await asyncio.to_thread(self._stored_overlay, prediction_id)
+            except Exception as exc:  # the database: the SC is lost, the SR still goes
+                unread = exc
+        failures: list[tuple[str, str, BaseException | None]] = []
         try:
-            if overlay is None and self.outbox.wants("sc"):
-                # a stored prediction whose results were never queued, its explanation stored
-                # and so not computed again (_explained): the SC is drawn from the stored one
-                overlay = await asyncio.to_thread(self._stored_overlay, written.prediction.id)
             await asyncio.to_thread(
                 self.outbox.submit, written.prediction, candidate.sender, overlay
             )
-        except Exception as exc:  # committed already: whatever fails here is logged only
+        except ResultsNotQueuedError as exc:
+            failures = exc.failures
+        except Exception as exc:  # unforeseen: counted as every kind wanted, not queued
+            failures = [(k, "error", exc) for k in ("sr", "sc") if self.outbox.wants(k)]
+        for kind, reason, cause in failures:
+            if reason == "no-overlay" and unread is not None:
+                reason, cause = "database", unread
+            self.metrics.outbox_enqueue_failures.labels(kind=kind, reason=reason).inc()
             logger.error(
-                "prediction %s: results not queued for the DICOM destinations: %s",
-                written.prediction.id,
-                type(exc).__name__,
+                "prediction %s: %s not queued for the DICOM destinations (%s%s); it will not "
+                "be sent (sending the instance again queues it when nothing of it was queued)",
+                prediction_id,
+                kind.upper(),
+                reason,
+                f": {type(cause).__name__}" if cause is not None else "",
             )
 
     def _observe(

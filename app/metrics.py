@@ -33,6 +33,10 @@ DATABASE_ERROR_CODES = (
     "database-io-error",
 )
 
+# radlens_dicom_outbox_enqueue_failures_total's label values (app/outbox.py raises them)
+OUTBOX_KINDS = ("sr", "sc")
+OUTBOX_FAILURE_REASONS = ("build", "spool", "database", "no-overlay", "error")
+
 
 class ServiceMetrics:
     """The metric objects of one app, registered in their own registry."""
@@ -132,6 +136,21 @@ class ServiceMetrics:
             "Unix time of the last GET /readyz, whose answer radlens_ready is (0: none yet).",
             registry=self.registry,
         )
+        # results lost on the way to the PACS (app/ingest.py Ingestor._send_back): the
+        # prediction is stored and answered 201, its SR or SC never queued (QA 54: a log line
+        # was all that said so). Every series at 0 from the start, as database_errors.
+        self.outbox_enqueue_failures = Counter(
+            "radlens_dicom_outbox_enqueue_failures",
+            "Results (SR/SC objects) of stored predictions that could not be queued for the "
+            "DICOM destinations and will not be sent, by kind and reason (build: the object "
+            "could not be built; spool: writing RADLENS_DICOM_OUTBOX_DIR failed; database: the "
+            "stored overlay could not be read; no-overlay: no Grad-CAM overlay; error: other).",
+            ("kind", "reason"),
+            registry=self.registry,
+        )
+        for kind in OUTBOX_KINDS:
+            for reason in OUTBOX_FAILURE_REASONS:
+                self.outbox_enqueue_failures.labels(kind=kind, reason=reason)
         self.drift: Any = None  # app.drift.DriftMonitor, set once the model is loaded
         # () -> {queue name: items waiting}, set in the lifespan (predictor and writer queues)
         self.queue_depths: Callable[[], dict[str, int]] | None = None

@@ -151,6 +151,20 @@ class UndecryptableEntryError(Exception):
     """The payload cannot be decrypted with the current key."""
 
 
+class ResultsNotQueuedError(Exception):
+    """Some of a prediction's results were not queued (:meth:`Outbox.submit`): ``failures``
+    holds ``(kind, reason, cause)`` for each, the reason one of app/metrics.py's
+    OUTBOX_FAILURE_REASONS (build, spool, no-overlay, error); ``queued``: the entries that
+    were written. The prediction is stored: the caller counts and logs them."""
+
+    def __init__(
+        self, failures: list[tuple[str, str, BaseException | None]], queued: int = 0
+    ) -> None:
+        super().__init__(", ".join(f"{kind}: {reason}" for kind, reason, _ in failures))
+        self.failures = failures
+        self.queued = queued
+
+
 class Outbox:
     """The spool directory and its delivery thread; see the module docstring."""
 
@@ -201,20 +215,41 @@ class Outbox:
 
     def submit(self, prediction: Prediction, source: SourceRef, overlay_png: bytes | None) -> int:
         """Build the outputs the destinations want and queue one entry per destination;
-        returns the number of entries queued. Runs in a worker thread (highdicom, disk)."""
+        returns the number of entries queued. Runs in a worker thread (highdicom, disk).
+
+        Each kind is built and queued on its own (an SR that could not be built stopped the
+        SC before), and the queue row records what was. Raises
+        :class:`ResultsNotQueuedError` naming each kind not queued and why, after queueing (and
+        recording) the others."""
         from radlens.app.dicom_outputs import build_sc, build_sr
 
         queued = 0
-        if self.wants("sr"):
-            queued += self.enqueue(str(prediction.id), "sr", build_sr(prediction, source))
-        if self.wants("sc"):
-            if overlay_png is None:
-                logger.error("prediction %s: no Grad-CAM overlay, SC not sent", prediction.id)
-            else:
-                sc = build_sc(prediction, source, overlay_png)
-                queued += self.enqueue(str(prediction.id), "sc", sc)
+        failures: list[tuple[str, str, BaseException | None]] = []
+        for kind in ("sr", "sc"):
+            if not self.wants(kind):
+                continue
+            if kind == "sc" and overlay_png is None:
+                failures.append((kind, "no-overlay", None))
+                continue
+            try:
+                if kind == "sr":
+                    payload = build_sr(prediction, source)
+                else:
+                    assert overlay_png is not None
+                    payload = build_sc(prediction, source, overlay_png)
+            except Exception as exc:  # DicomOutputError, or highdicom's own: a radlens bug
+                failures.append((kind, "build", exc))
+                continue
+            try:
+                queued += self.enqueue(str(prediction.id), kind, payload)
+            except OSError as exc:  # the spool: disk full, read-only, gone
+                failures.append((kind, "spool", exc))
+            except Exception as exc:  # the cipher, a bug: not queued either way
+                failures.append((kind, "error", exc))
         if queued:
             self._record_queued(str(prediction.id), queued)
+        if failures:
+            raise ResultsNotQueuedError(failures, queued)
         return queued
 
     def _record_queued(self, prediction_id: str, count: int) -> None:

@@ -310,7 +310,9 @@ def _render_pair(
     shown = _resize_gray(display, panel) if panel[0] < cols else display
     overlay = _display_overlay(shown, heat, alpha, cmap)
     right_ax.imshow(overlay, interpolation="nearest", aspect="auto")
-    right_ax.set_title(f"Grad-CAM on the image, {cols}x{rows}", fontsize=8, pad=3)
+    # no size: ``display`` is the source scaled down to at most 1024 px a side, and the title
+    # named that size as the image's (a hip CR of 1760x2140 read "842x1024"; QA round 54)
+    right_ax.set_title("Grad-CAM on the image", fontsize=8, pad=3)
     for ax in (left_ax, right_ax):
         ax.set_axis_off()
     _colorbar(fig, (0.88, bottom, 0.025, height), cmap)
