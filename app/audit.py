@@ -10,7 +10,7 @@ tests/app/test_audit.py and tests/app/test_ingest.py):
 - a failed action (any error response once the key is known) is recorded too, by
   ``record_apart`` in its own short transaction after the action's was rolled back;
 - the retention purge deletes predictions and writes one audit row per deleted prediction in
-  one transaction.
+  the transaction that deletes it (one per batch of :data:`PURGE_BATCH` predictions).
 Rows hold no patient identifiers: targets are prediction ids (key ids, DICOM UIDs, a refused
 route), anything else given as one is withheld, and listing queries are kept with UID values
 and names that are no listing parameter withheld.
@@ -24,14 +24,16 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from radlens.app.db import utcnow
+from radlens.app.db import READ_ONLY, utcnow
 from radlens.app.security_tables import AuditEvent
-from radlens.app.tables import Prediction
+from radlens.app.tables import Explanation, Prediction, PredictionFinding, PredictionSeries
 from radlens.models.errors import RadlensError
 
 logger = logging.getLogger(__name__)
@@ -200,9 +202,39 @@ def events(session: Session, where: AuditFilter) -> list[AuditEvent]:
     return list(reversed(list(session.scalars(stmt))))
 
 
+# --- retention: `radlens purge` (docs/security.md "Retention") ---------------------------------
+
+PREDICTION_PURGE = "prediction.purge"
+INBOX_PURGE = "dimse.inbox.purge"  # unreadable DIMSE inbox files past retention (one row a run)
+PURGE_BATCH = 1000  # predictions per transaction: no lock held over the whole purge
+_IN_CHUNK = 500  # values in one IN (...) list of a look-up
+
+
+@dataclass
+class PurgeCounts:
+    """What a purge deleted (or, with ``dry_run``, would delete)."""
+
+    predictions: int = 0
+    explanations: int = 0  # Grad-CAM overlays (their pixels)
+    findings: int = 0  # prediction_findings rows
+    series: int = 0  # prediction_series records left with no prediction (their UIDs)
+    orphans: int = 0  # explanations/findings rows of a prediction deleted outside radlens
+    outbox_entries: int = 0  # queued SR/SC of purged predictions, dropped undelivered
+    outbox_busy: int = 0  # such entries another process was sending: the next run drops them
+    inbox_files: int = 0  # unreadable DIMSE inbox files queued before the cutoff
+    batches: int = 0
+
+
+def retention_cutoff(retention_days: int, now: datetime | None = None) -> datetime:
+    """Predictions created before this are past retention."""
+    if retention_days < 1:
+        raise ValueError(f"retention_days must be at least 1. Received: {retention_days!r}")
+    return (now or utcnow()) - timedelta(days=retention_days)
+
+
 def expired_predictions(session: Session, *, retention_days: int, now: datetime) -> list[uuid.UUID]:
     """Ids of predictions created more than ``retention_days`` before ``now``."""
-    cutoff = now - timedelta(days=retention_days)
+    cutoff = retention_cutoff(retention_days, now)
     stmt = select(Prediction.id).where(Prediction.created_at < cutoff).order_by(Prediction.id)
     return list(session.scalars(stmt))
 
@@ -215,42 +247,305 @@ def purge(
     dry_run: bool = False,
     actor: str = CLI_ACTOR,
 ) -> list[uuid.UUID]:
-    """Delete predictions older than ``retention_days``; one audit row per deleted id.
+    """Delete predictions older than ``retention_days`` in the caller's one transaction, with
+    everything the database holds of them; one audit row per deleted id.
 
-    Returns the ids (that would be) deleted. With ``dry_run`` nothing is written.
-    """
-    if retention_days < 1:
-        raise ValueError(f"retention_days must be at least 1. Received: {retention_days!r}")
+    Returns the ids (that would be) deleted. With ``dry_run`` nothing is written. `radlens
+    purge` uses :func:`retention_purge` (a transaction per batch, and the spool files)."""
     now = now or utcnow()
-    ids = expired_predictions(session, retention_days=retention_days, now=now)
-    if dry_run or not ids:
-        return ids
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        session.execute(delete(Prediction).where(Prediction.id.in_(chunk)))
-        for prediction_id in chunk:
-            record(
-                session,
-                actor=actor,
-                action="prediction.purge",
-                target=str(prediction_id),
-                query=f"retention_days={retention_days}",
-                status=200,
-                at=now,
-            )
-    forget_empty_series(session)
-    return ids
+    cutoff = retention_cutoff(retention_days, now)
+    if dry_run:
+        return expired_predictions(session, retention_days=retention_days, now=now)
+    deleted: list[uuid.UUID] = []
+    counts = PurgeCounts()
+    while rows := _expired_batch(session, cutoff, PURGE_BATCH):
+        deleted += _purge_rows(session, rows, now, retention_days, actor, counts)
+    _sweep(session, counts)
+    return deleted
 
 
-def forget_empty_series(session: Session) -> None:
-    """Delete the series records (app/series.py) no stored prediction belongs to any more, so
-    a purge leaves none of the purged series' UIDs behind."""
-    from sqlalchemy import exists
+def retention_purge(
+    sessionmaker: Callable[[], Session],
+    *,
+    retention_days: int,
+    outbox_dir: Path | None = None,
+    inbox_dir: Path | None = None,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    batch_size: int = PURGE_BATCH,
+    actor: str = CLI_ACTOR,
+) -> PurgeCounts:
+    """`radlens purge`: delete the predictions older than ``retention_days`` and everything
+    radlens keeps of them, or (``dry_run``) count it all.
 
-    from radlens.app.tables import PredictionSeries
+    Database: transactions of ``batch_size`` predictions, each deleting them with their
+    explanations, findings and emptied series records and writing their ``prediction.purge``
+    rows, so an interrupted purge leaves every prediction whole or gone. Then the files, after
+    those commits: the outbox's queued SR/SC of purged predictions are dropped undelivered
+    (app/outbox.py ``drop_purged_entries``) and the DIMSE inbox's unreadable files queued before
+    the cutoff deleted. A re-run finishes what an interrupted one left: the outbox entries are
+    matched against the ``prediction.purge`` rows, not against this run's ids."""
+    now = now or utcnow()
+    cutoff = retention_cutoff(retention_days, now)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1. Received: {batch_size!r}")
+    if dry_run:
+        with sessionmaker() as session:
+            session.connection(execution_options=READ_ONLY)  # SQLite: a snapshot, no write lock
+            counts = _would_purge(session, cutoff)
+    else:
+        counts = PurgeCounts()
+        while True:
+            with sessionmaker() as session:
+                rows = _expired_batch(session, cutoff, batch_size)
+                if not rows:
+                    break
+                _purge_rows(session, rows, now, retention_days, actor, counts)
+                session.commit()
+            counts.batches += 1
+        with sessionmaker() as session:
+            _sweep(session, counts)
+            session.commit()
+            _checkpoint(session)
+    if outbox_dir is not None:
+        from radlens.app.outbox import drop_purged_entries
 
-    session.execute(
-        delete(PredictionSeries).where(
-            ~exists().where(Prediction.series_instance_uid == PredictionSeries.series_instance_uid)
+        counts.outbox_entries, counts.outbox_busy = drop_purged_entries(
+            Path(outbox_dir), _purged_or_expired(sessionmaker, cutoff), dry_run=dry_run
         )
+    if inbox_dir is not None:
+        counts.inbox_files = _purge_inbox(
+            sessionmaker, Path(inbox_dir), cutoff, retention_days, now, dry_run, actor
+        )
+    return counts
+
+
+def _expired_batch(
+    session: Session, cutoff: datetime, limit: int
+) -> list[tuple[uuid.UUID, str | None]]:
+    """The oldest ``limit`` expired predictions: id and Series Instance UID (index (created_at,
+    id))."""
+    stmt = (
+        select(Prediction.id, Prediction.series_instance_uid)
+        .where(Prediction.created_at < cutoff)
+        .order_by(Prediction.created_at, Prediction.id)
+        .limit(limit)
     )
+    return [(row[0], row[1]) for row in session.execute(stmt)]
+
+
+def _rowcount(result: Any) -> int:
+    return max(int(getattr(result, "rowcount", 0) or 0), 0)
+
+
+def _purge_rows(
+    session: Session,
+    rows: list[tuple[uuid.UUID, str | None]],
+    now: datetime,
+    retention_days: int,
+    actor: str,
+    counts: PurgeCounts,
+) -> list[uuid.UUID]:
+    """Delete these predictions with their explanations, findings and series records left
+    empty, and add a ``prediction.purge`` row for each one deleted here (another purge running
+    at the same time may have taken some: RETURNING says which were ours)."""
+    ids = [prediction_id for prediction_id, _ in rows]
+    if session.get_bind().dialect.name == "sqlite":
+        # overwrite what is deleted with zeros: else the rows' bytes (an overlay's pixels, the
+        # UIDs) stay in the file's free pages until reused (a per-connection setting)
+        session.execute(text("PRAGMA secure_delete=ON"))
+    # the children explicitly (not left to ON DELETE CASCADE): counted, and gone on a SQLite
+    # connection without foreign keys too
+    counts.explanations += _rowcount(
+        session.execute(delete(Explanation).where(Explanation.prediction_id.in_(ids)))
+    )
+    counts.findings += _rowcount(
+        session.execute(delete(PredictionFinding).where(PredictionFinding.prediction_id.in_(ids)))
+    )
+    deleted = list(
+        session.scalars(delete(Prediction).where(Prediction.id.in_(ids)).returning(Prediction.id))
+    )
+    counts.predictions += len(deleted)
+    series = sorted({uid for _, uid in rows if uid})
+    for start in range(0, len(series), _IN_CHUNK):
+        counts.series += _rowcount(
+            session.execute(
+                delete(PredictionSeries).where(
+                    PredictionSeries.series_instance_uid.in_(series[start : start + _IN_CHUNK]),
+                    ~_has_prediction(),
+                )
+            )
+        )
+    if deleted:
+        query = f"retention_days={retention_days}"
+        session.execute(
+            insert(AuditEvent),
+            [
+                {
+                    "at": now,
+                    "actor": actor,
+                    "action": PREDICTION_PURGE,
+                    "target": str(prediction_id),
+                    "query": query,
+                    "status": 200,
+                }
+                for prediction_id in deleted
+            ],
+        )
+    return deleted
+
+
+def _has_prediction() -> Any:
+    return exists().where(Prediction.series_instance_uid == PredictionSeries.series_instance_uid)
+
+
+def _sweep(session: Session, counts: PurgeCounts) -> None:
+    """What no batch reached: series records no prediction belongs to any more (the last
+    instance purged while an upload of the series was being written), and, on SQLite, the
+    explanations and findings of predictions deleted with foreign keys off (the sqlite3 shell):
+    their overlay pixels, reachable by no route. PostgreSQL enforces the keys: none there."""
+    counts.series += _rowcount(session.execute(delete(PredictionSeries).where(~_has_prediction())))
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    for child in (Explanation, PredictionFinding):
+        counts.orphans += _rowcount(
+            session.execute(
+                delete(child).where(~exists().where(Prediction.id == child.prediction_id))
+            )
+        )
+
+
+def _checkpoint(session: Session) -> None:
+    """SQLite in WAL mode: copy the zeroed pages into the database file now (and empty the
+    WAL), so the purged rows' bytes leave the file at once, not at the next automatic
+    checkpoint. Best effort: a reader holding an old snapshot keeps part of it for later."""
+    bind = session.get_bind()
+    if bind.dialect.name != "sqlite":
+        return
+    raw = bind.engine.raw_connection()  # isolation_level None (app/db.py): no transaction around it
+    try:
+        cursor = raw.cursor()
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = cursor.fetchone()
+        finally:
+            cursor.close()
+    finally:
+        raw.close()
+    if busy and busy[0]:
+        logger.info("purge: the WAL checkpoint was partial (a reader); SQLite finishes it later")
+
+
+def _would_purge(session: Session, cutoff: datetime) -> PurgeCounts:
+    """The database part of a dry run: what :func:`retention_purge` would delete."""
+    expired = select(Prediction.id).where(Prediction.created_at < cutoff)
+    counts = PurgeCounts()
+    counts.predictions = _count(session, select(func.count()).select_from(expired.subquery()))
+    for child, field in ((Explanation, "explanations"), (PredictionFinding, "findings")):
+        setattr(
+            counts,
+            field,
+            _count(
+                session,
+                select(func.count()).select_from(child).where(child.prediction_id.in_(expired)),
+            ),
+        )
+    # every series with no prediction created at or after the cutoff (purged ones and any left)
+    counts.series = _count(
+        session,
+        select(func.count())
+        .select_from(PredictionSeries)
+        .where(
+            ~exists().where(
+                Prediction.series_instance_uid == PredictionSeries.series_instance_uid,
+                Prediction.created_at >= cutoff,
+            )
+        ),
+    )
+    if session.get_bind().dialect.name == "sqlite":
+        for child in (Explanation, PredictionFinding):
+            counts.orphans += _count(
+                session,
+                select(func.count())
+                .select_from(child)
+                .where(~exists().where(Prediction.id == child.prediction_id)),
+            )
+    return counts
+
+
+def _count(session: Session, stmt: Any) -> int:
+    return int(session.scalar(stmt) or 0)
+
+
+def _purged_or_expired(
+    sessionmaker: Callable[[], Session], cutoff: datetime
+) -> Callable[[set[str]], set[str]]:
+    """Of the prediction ids given (an outbox's), those purged (a ``prediction.purge`` row, of
+    this run or an earlier, interrupted one) or still to be (created before ``cutoff``: a dry
+    run). A spool shared with another database matches none of its rows."""
+
+    def select_ids(given: set[str]) -> set[str]:
+        known: dict[str, str] = {}
+        for value in given:
+            try:
+                known[str(uuid.UUID(value))] = value
+            except ValueError:
+                continue
+        keys = sorted(known)
+        found: set[str] = set()
+        with sessionmaker() as session:
+            session.connection(execution_options=READ_ONLY)
+            for start in range(0, len(keys), _IN_CHUNK):
+                chunk = keys[start : start + _IN_CHUNK]
+                found.update(
+                    t
+                    for t in session.scalars(
+                        select(AuditEvent.target).where(
+                            AuditEvent.action == PREDICTION_PURGE, AuditEvent.target.in_(chunk)
+                        )
+                    )
+                    if t is not None
+                )
+                found.update(
+                    str(i)
+                    for i in session.scalars(
+                        select(Prediction.id).where(
+                            Prediction.id.in_([uuid.UUID(k) for k in chunk]),
+                            Prediction.created_at < cutoff,
+                        )
+                    )
+                )
+        return {known[k] for k in found if k in known}
+
+    return select_ids
+
+
+def _purge_inbox(
+    sessionmaker: Callable[[], Session],
+    directory: Path,
+    cutoff: datetime,
+    retention_days: int,
+    now: datetime,
+    dry_run: bool,
+    actor: str,
+) -> int:
+    """Delete the DIMSE inbox's unreadable files queued before ``cutoff``; their audit row is
+    committed first (a crash in between audits a deletion twice, never not at all)."""
+    from radlens.app.dimse_inbox import unreadable_before
+
+    paths = unreadable_before(directory, cutoff.timestamp())
+    if dry_run or not paths:
+        return len(paths)
+    with sessionmaker() as session:
+        record(
+            session,
+            actor=actor,
+            action=INBOX_PURGE,
+            status=200,
+            query=f"files={len(paths)}&retention_days={retention_days}",
+            at=now,
+        )
+        session.commit()
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return len(paths)

@@ -21,7 +21,8 @@ fails *after* it was acknowledged cannot be refused any more: the failure is log
 recorded as a ``dimse.store`` audit row (status 422; 500 for an unexpected error), and its
 file deleted. A database that cannot be reached is waited out (the file stays and is retried);
 a file the current RADLENS_UID_PSEUDONYM_KEY cannot decrypt is renamed ``*.unreadable`` and
-kept (logged and audited with what to do), never deleted. A service restarted with
+kept (logged and audited with what to do), deleted only by `radlens purge` once it is older than
+RADLENS_RETENTION_DAYS (:func:`unreadable_before`). A service restarted with
 ``RADLENS_DIMSE_ACK=committed`` still predicts what a queued one left.
 """
 
@@ -115,6 +116,30 @@ class DimseInbox:
 
     def __len__(self) -> int:
         return len(self.pending())
+
+
+def unreadable_before(directory: Path, before: float) -> list[Path]:
+    """Retention (`radlens purge`, app/audit.py): the instances set aside as unreadable
+    (``*.unreadable``, see :meth:`DimseInbox.set_aside`) that were queued before ``before``
+    (seconds since the epoch; the time is the file name's, else its modification time). They
+    hold whole instances, patient data included, that no prediction will ever come from unless
+    someone restores the key: past the retention period they are deleted like the predictions.
+    Queued ``*.dcm`` files are not: acknowledged to their sender and owed a prediction, a service
+    predicts them at its next start. A directory that does not exist holds nothing."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.glob(f"*{UNREADABLE_SUFFIX}")):
+        stamp = path.name.split("-", 1)[0]
+        try:
+            queued = int(stamp) / 1e9 if len(stamp) == 20 and stamp.isdigit() else None
+            if queued is None:
+                queued = path.stat().st_mtime
+        except OSError:
+            continue  # removed since listed
+        if queued < before:
+            found.append(path)
+    return found
 
 
 def describe(exc: Any) -> str:

@@ -732,6 +732,70 @@ class Outbox:
         return min(max(soonest, 0.05), _POLL_S)
 
 
+PURGED_REASON = "prediction purged (retention)"
+
+
+def drop_purged_entries(
+    directory: Path, purged: Callable[[set[str]], set[str]], *, dry_run: bool = False
+) -> tuple[int, int]:
+    """Retention (`radlens purge`, app/audit.py ``retention_purge``): the entries still to be
+    delivered of the predictions ``purged`` returns (given the spool's prediction ids) become
+    ``dropped`` and their payload (the SR/SC, with the sender's UIDs) is deleted, so nothing of
+    a purged prediction is sent or kept. Their ``dicom.send.drop`` rows (410, reason
+    :data:`PURGED_REASON`) are written by the service's next delivery pass, as for any drop.
+
+    Claimed as the delivery thread claims an entry (the payload's flock, then its state read
+    again), so it is safe while a service shares the spool; an entry another process holds
+    (sending it now) is left, and counted. Delivered or dropped entries waiting for their audit
+    row hold no payload (and no UID) and are left to it. Returns ``(dropped, busy)``; with
+    ``dry_run`` the entries that would be dropped, nothing changed. A directory that does not
+    exist holds nothing (it is not created)."""
+    if not directory.is_dir():
+        return 0, 0
+    pending: list[Entry] = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            entry = Entry(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue  # forgotten since listed, or unreadable (the service logs it)
+        if entry.state == PENDING:
+            pending.append(entry)
+    if not pending:
+        return 0, 0
+    gone = purged({e.prediction_id for e in pending})
+    chosen = [e for e in pending if e.prediction_id in gone]
+    if dry_run:
+        return len(chosen), 0
+    dropped = busy = 0
+    for entry in chosen:
+        state_path = directory / f"{entry.id}.json"
+        payload_path = directory / f"{entry.id}.{'enc' if entry.encrypted else 'dcm'}"
+        try:
+            fd = _lock_path(payload_path)
+        except FileNotFoundError:
+            fd = -1  # no payload left: the state alone is settled
+        if fd is None:
+            busy += 1
+            continue
+        try:
+            try:
+                fresh = Entry(**json.loads(state_path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue  # settled and forgotten meanwhile
+            if fresh.state != PENDING:
+                continue  # delivered (or dropped) meanwhile
+            settled = replace(fresh, state=DROPPED, reason=PURGED_REASON)
+            _write_atomic(state_path, json.dumps(asdict(settled)).encode())
+            payload_path.unlink(missing_ok=True)
+            dropped += 1
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    if dropped:
+        logger.info("outbox: %d queued results of purged predictions dropped", dropped)
+    return dropped, busy
+
+
 def _association_error(assoc: Any, destination: Destination, calling: str) -> str:
     """Why the association to ``destination`` was not established, with what to check: the
     destination's own reason when it rejected it (it said only "association rejected")."""

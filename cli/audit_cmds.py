@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -106,9 +106,19 @@ def register(app: typer.Typer) -> None:
                 "--retention-days", min=1, help="Override RADLENS_RETENTION_DAYS for this run."
             ),
         ] = None,
+        batch_size: Annotated[
+            int,
+            typer.Option(
+                "--batch-size", min=1, max=100_000, help="Predictions deleted per transaction."
+            ),
+        ] = 1000,
         database_url: DatabaseUrlOption = None,
     ) -> None:
-        """Delete predictions older than RADLENS_RETENTION_DAYS (each deletion is audited)."""
+        """Delete predictions older than RADLENS_RETENTION_DAYS and all radlens keeps of them.
+
+        With them go their explanations, findings, series records and queued SR/SC in the
+        outbox (each deletion is audited). Run it where the service's spool directories are
+        mounted."""
         from radlens.app import audit
 
         settings = settings_for(database_url=database_url, retention_days=retention_days)
@@ -119,6 +129,37 @@ def register(app: typer.Typer) -> None:
                 "--retention-days N, to purge"
             )
         with database_session(settings.database_url) as session:
-            ids = audit.purge(session, retention_days=days, dry_run=dry_run)
+            # the schema checked (and SQLite upgraded) once; each batch is a transaction of its own
+            sessionmaker = _sessionmaker_of(session)
+            counts = audit.retention_purge(
+                sessionmaker,
+                retention_days=days,
+                outbox_dir=settings.dicom_outbox_dir,
+                inbox_dir=settings.dimse_inbox_dir,
+                dry_run=dry_run,
+                batch_size=batch_size,
+            )
         verb = "would delete" if dry_run else "deleted"
-        typer.echo(f"{verb} {len(ids)} prediction(s) older than {days} day(s)")
+        typer.echo(
+            f"{verb} {counts.predictions} prediction(s) older than {days} day(s), with "
+            f"{counts.explanations} explanation(s), {counts.findings} finding row(s) and "
+            f"{counts.series} series record(s); {counts.outbox_entries} queued SR/SC outbox "
+            f"entr{'y' if counts.outbox_entries == 1 else 'ies'} "
+            f"{'to drop' if dry_run else 'dropped'} undelivered; "
+            f"{counts.inbox_files} unreadable DIMSE inbox file(s); {counts.orphans} orphaned "
+            "explanation/finding row(s)"
+        )
+        if counts.outbox_busy:
+            typer.echo(
+                f"radlens: {counts.outbox_busy} outbox entr"
+                f"{'y' if counts.outbox_busy == 1 else 'ies'} of purged predictions were being "
+                "sent by the service; run `radlens purge` again to drop any not delivered",
+                err=True,
+            )
+
+
+def _sessionmaker_of(session: Any) -> Any:
+    """A sessionmaker on ``session``'s engine (the one `database_session` opened)."""
+    from radlens.app.db import make_sessionmaker
+
+    return make_sessionmaker(session.get_bind())
