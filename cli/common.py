@@ -76,6 +76,31 @@ def report_error(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
+def report_usage_error(exc: typer.TyperException, command: str = "radlens") -> int:
+    """Print one line for a bad option, value or command name (click's usage errors), with
+    the help to read, and return exit status 2.
+
+    ``command`` is the command the arguments named, for an error that carries no context
+    (``--epochs`` given without its value). A group given no command has printed its help
+    already (typer prints it while building the error): nothing more is said.
+    """
+    if type(exc).__name__ == "NoArgsIsHelpError":  # not exported by typer; typer checks so too
+        shown = exc.format_message()
+        if shown.strip():  # without rich, the help is the message
+            typer.echo(shown, err=True)
+        return EXIT_BAD_INPUT
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and ctx.command_path:
+        command = ctx.command_path
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if message.endswith("?"):  # "No such command 'trian'. Did you mean 'train'?"
+        line = f"{message} See '{command} --help'"
+    else:
+        line = f"{message}; see '{command} --help'"
+    typer.echo(f"radlens: error: {line}", err=True)
+    return EXIT_BAD_INPUT
+
+
 _OS_ERROR_HINTS = (
     (FileNotFoundError, "no such file or folder; check the path"),
     (IsADirectoryError, "a folder; give a file"),

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import typer
 
-from radlens.cli.common import report_error
+from radlens.cli.common import report_error, report_usage_error
 
 COMMAND_MODULES = (
     "radlens.cli.imaging",
@@ -77,16 +78,38 @@ _register_commands()
 _add_notice(app)
 
 
+def _command_path(argv: list[str]) -> str:
+    """``radlens`` and the command and sub-command names ``argv`` starts with."""
+    names = ["radlens"]
+    command: Any = typer.main.get_command(app)
+    for word in argv:
+        commands = getattr(command, "commands", None)
+        if not isinstance(commands, dict) or word not in commands:
+            break
+        names.append(word)
+        command = commands[word]
+    return " ".join(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected failures become one line on stderr and exit status 2."""
     try:
-        app(args=argv, prog_name="radlens", standalone_mode=True)
+        # not standalone: a bad option or value comes back here as an exception rather than
+        # being printed by typer as a usage line, a hint and a boxed message
+        result = app(args=argv, prog_name="radlens", standalone_mode=False)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except typer.TyperException as exc:  # click's usage errors: bad option, value, command
+        return report_usage_error(exc, _command_path(sys.argv[1:] if argv is None else argv))
+    except typer.Abort:  # a prompt's input ended (EOF), as typer reports it
+        typer.echo("Aborted!", err=True)
+        return 1
     except Exception as exc:  # the CLI boundary: no traceback for the user
         return report_error(exc)
-    return 0
+    # an exit status (typer.Exit, Ctrl-C's 130) is returned, not raised, when not standalone;
+    # the commands themselves return None
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -142,6 +142,18 @@ def _fail_past_broken_hdf5(message: str) -> NoReturn:
     fail(message)
 
 
+# a boolean option given as its "off" form, where that is not --no-<name>
+_OFF_FLAGS = {"multi_label": "--single-label", "resplit": "--keep-split"}
+
+
+def _flag(param: str, value: Any) -> str:
+    """The command-line option a parameter of ``train`` came from, as the user typed it
+    (``--epochs``, ``--no-augment``), not the config field it sets (``epochs_head``)."""
+    if value is False:
+        return _OFF_FLAGS.get(param, f"--no-{param.replace('_', '-')}")
+    return f"--{param.replace('_', '-')}"
+
+
 def train(
     config: shared.ConfigOption = None,
     data: shared.DataOption = None,
@@ -411,18 +423,20 @@ def train(
         "series_top_k": series_top_k,
         "select_by": select_by,
     }
-    given = sorted(k for k, v in overrides.items() if v is not None)
-    if resume is not None and (given or config is not None):
-        fail(
-            "--resume continues a run with its own config.json; do not combine it with "
-            f"--config or other options (received: {', '.join(given) or '--config'})"
-        )
+    if resume is not None:
+        given = [
+            _flag(name, value)
+            for name, value in params.items()
+            if value is not None and name not in ("resume", "json_out")
+        ]
+        if given:
+            fail(
+                "--resume continues a run with its own config.json; do not combine it with "
+                f"--config or other options (received: {', '.join(sorted(given))})"
+            )
 
     if resume is None:
         cfg = shared.base_config(config, overrides)
-
-    # the trainer (TensorFlow) is imported only now that the options are known to be sound
-    from radlens.training import run as run_module
 
     started: list[Path] = []
 
@@ -432,6 +446,11 @@ def train(
 
     try:
         with _h5py_teardown_quiet(), _sigterm_as_interrupt():
+            # the trainer (TensorFlow) is imported only now that the options are known to be
+            # sound, and within these handlers: a Ctrl-C or SIGTERM during its import (seconds)
+            # gets the same one line as one later (QA round 57: exit 130 said nothing)
+            from radlens.training import run as run_module
+
             if resume is not None:
                 result = run_module.resume(resume, on_start=announce)
             else:

@@ -201,6 +201,11 @@ class TrainConfig:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a ``.yaml``/``.yml``/``.json`` file into a dict, with typed errors."""
     p = Path(path)
+    if p.is_dir():  # it exists: "not found" sent the user looking for a typo
+        raise ConfigurationError(
+            f"config file '{p}' is a folder; give a .yaml or .json file (training/configs/ "
+            "has examples)"
+        )
     if not p.is_file():
         raise ConfigurationError(f"config file not found: '{p}'")
     try:
@@ -372,10 +377,23 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     raise ConfigurationError(f"unknown option {name!r} (in {source})")  # pragma: no cover
 
 
+# config fields whose `radlens train` option has another name: a refusal names both
+_OPTION_OF_FIELD = {
+    "architecture": "--arch",
+    "epochs_head": "--epochs",
+    "epochs_finetune": "--finetune-epochs",
+    "learning_rate_head": "--learning-rate",
+    "learning_rate_finetune": "--finetune-learning-rate",
+    "early_stopping_patience": "--patience",
+}
+
+
 def _validate(cfg: TrainConfig) -> None:
     def bad(field_name: str, expected: str) -> ConfigurationError:
+        option = _OPTION_OF_FIELD.get(field_name)
         return ConfigurationError(
             f"{field_name} must be {expected}; received {getattr(cfg, field_name)!r}"
+            + (f" (option {option})" if option else "")
         )
 
     if cfg.architecture not in ARCHITECTURE_NAMES:
@@ -418,9 +436,18 @@ def _validate(cfg: TrainConfig) -> None:
         if getattr(cfg, name) < 0:
             raise bad(name, "0 or more")
     if cfg.epochs_head + (cfg.epochs_finetune if cfg.two_phase else 0) < 1:
+        if cfg.two_phase:
+            one_phase, what = "", "epochs_head (--epochs) or epochs_finetune (--finetune-epochs)"
+        else:
+            one_phase = (
+                " (one phase: epochs_finetune, --finetune-epochs, applies to a pretrained "
+                "ResNet50 only)"
+            )
+            what = "epochs_head (--epochs)"
         raise ConfigurationError(
             f"the run would train for no epoch; received epochs_head={cfg.epochs_head}, "
             f"epochs_finetune={cfg.epochs_finetune}, architecture={cfg.architecture!r}"
+            f"{one_phase}; set {what} to 1 or more"
         )
     if cfg.unfreeze_blocks != "all" and not (
         isinstance(cfg.unfreeze_blocks, int) and 0 <= cfg.unfreeze_blocks <= 16

@@ -245,9 +245,13 @@ def evaluate(
     from radlens.training.metrics import classification_metrics
 
     check_dicom_root(data, dicom_root)  # the run's own is used only where it applies
-    loaded = ModelRegistry(Path(store) if store is not None else default_store_path()).load(
-        model_ref
-    )
+    store_path = Path(store) if store is not None else default_store_path()
+    if store_path.exists() and not store_path.is_dir():  # else: "no model named ... in" it
+        raise ConfigurationError(
+            f"the model store {str(store_path)!r} is a file, not a folder; pass --store FOLDER "
+            "(or set RADLENS_MODEL_STORE)"
+        )
+    loaded = ModelRegistry(store_path).load(model_ref)
     manifest = loaded.manifest
     series = _SeriesOptions.of(
         manifest.training_config, dicom_root, series_aggregation, series_top_k
