@@ -157,13 +157,17 @@ async def authorize(
     """
     settings = request.app.state.settings
     if settings.auth == "disabled":
-        principal = Principal(None, ANONYMOUS, frozenset(SCOPES))
-        needed: str | None = None
-        denied = False
-    else:
-        principal = await authenticate_bearer(request, credentials)
-        needed = required_scope(request.method)
-        denied = needed is None or needed not in principal.scopes
+        return await admit(request, Principal(None, ANONYMOUS, frozenset(SCOPES)), scoped=False)
+    return await admit(request, await authenticate_bearer(request, credentials))
+
+
+async def admit(request: Request, principal: Principal, *, scoped: bool = True) -> Principal:
+    """What a request of a known key goes through (the API's bearer key here, the /ui
+    session's key in app/ui/routes.py): charge its rate limit, then check the scope the
+    method needs (``scoped``; not with RADLENS_AUTH=disabled). A refusal is audited and
+    raised as ForbiddenError."""
+    needed = required_scope(request.method) if scoped else None
+    denied = scoped and (needed is None or needed not in principal.scopes)
     # A known key is charged before its scope is checked: a refusal (403) writes an audit
     # row, so an uncharged 403 let a key with the wrong scope write rows to the append-only
     # table as fast as it could send requests (QA round 49: 998 rows in 10 s under a

@@ -26,16 +26,12 @@ from starlette.datastructures import UploadFile
 from radlens.app import audit as audit_log
 from radlens.app import services
 from radlens.app.auth import (
-    ForbiddenError,
     Principal,
     UnauthorizedError,
-    _charge,
-    _record_denied,
-    _route_path,
+    admit,
     audit_failure,
     authenticate_bearer,
     authorize,
-    required_scope,
 )
 from radlens.app.db import READ_ONLY
 from radlens.app.deps import SessionDep, get_resources
@@ -101,7 +97,7 @@ async def require_login(request: Request) -> Principal:
     found = await run_in_threadpool(_look_up_session, request, digest)
     if found.key is None:
         raise LoginRequired(found.reason)
-    return await _admit(request, Principal(found.key.key_id, found.key.name, found.key.scopes))
+    return await admit(request, Principal(found.key.key_id, found.key.name, found.key.scopes))
 
 
 def _look_up_session(request: Request, digest: str) -> ui_session.Lookup:
@@ -109,22 +105,6 @@ def _look_up_session(request: Request, digest: str) -> ui_session.Lookup:
     with get_resources(request).sessionmaker() as session:
         session.connection(execution_options=READ_ONLY)
         return ui_session.look_up(session, digest)
-
-
-async def _admit(request: Request, principal: Principal) -> Principal:
-    """What app.auth.authorize does once the key is known, for the session's key: charge its
-    rate limit, then check the scope the method needs (a refusal is audited, a 403 page)."""
-    needed = required_scope(request.method)
-    await _charge(request, principal)
-    if needed is None or needed not in principal.scopes:
-        await run_in_threadpool(_record_denied, request, principal)
-        raise ForbiddenError(
-            f"key {principal.key_id!r} ({principal.name}) has scopes "
-            f"{','.join(sorted(principal.scopes))}; {request.method} {_route_path(request)} "
-            + (f"needs {needed!r}" if needed else "is not open to any key")
-        )
-    request.state.principal = principal
-    return principal
 
 
 UiPrincipal = Annotated[Principal, Depends(require_login)]
