@@ -503,8 +503,10 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
 
     Content: the finding (the predicted label as a ``99RADLENS`` code) as a qualitative
     evaluation, one numeric measurement per class score (UCUM unit "1", no unit), the
-    algorithm (model name and version) and the source image (SOP Class + Instance UID, and
-    for a multi-frame source the frames the scores come from, :func:`analysed_frames`).
+    algorithm (model name and version; the group's also its parameter ``VOI: <voi>``, how the
+    image's window was chosen, when stored: migration 0018) and the source image (SOP Class +
+    Instance UID, and for a multi-frame source the frames the scores come from,
+    :func:`analysed_frames`).
     A multi-label prediction (``findings``: its stored prediction_findings rows or decided
     values, each with name/finding, score, threshold, positive) adds one measurement group
     per finding (:func:`_finding_groups`).
@@ -515,6 +517,16 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
     try:
         algorithm = hd.sr.AlgorithmIdentification(
             name=prediction.model_name, version=str(prediction.model_version)
+        )
+        voi = getattr(prediction, "voi", None)  # numbers and fixed words (app/ingest.py)
+        group_algorithm = (
+            hd.sr.AlgorithmIdentification(
+                name=prediction.model_name,
+                version=str(prediction.model_version),
+                parameters=[f"VOI: {voi}"],
+            )
+            if voi
+            else algorithm
         )
         measurements = [
             hd.sr.Measurement(
@@ -530,7 +542,7 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
                 uid=output_uid(prediction.id, "tracking", with_patient=False),
                 identifier=f"radlens prediction {prediction.id}",
             ),
-            algorithm_id=algorithm,
+            algorithm_id=group_algorithm,
             source_images=[_source_image(source, analysed_frames(prediction))],
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(

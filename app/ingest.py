@@ -24,6 +24,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -212,6 +213,32 @@ def fit_label(label: str, findings: tuple[FindingValue, ...]) -> str:
     if len(label) <= LABEL_LENGTH or not findings:
         return label
     return f"{sum(f.positive for f in findings)} findings"
+
+
+VOI_LENGTH = _column_length("voi")
+
+# The labels models/preprocessing.py writes in ImageMetadata.window: fixed words and numbers
+# formatted by Python (``:g``: "-600", "1.5e-05", "inf", "nan"), the VOI LUT Function only
+# as one of its known names, and a preset only by its name in WINDOW_PRESETS (letters).
+_NUMBER = r"-?(?:inf|nan|[0-9]+(?:\.[0-9]+)?(?:e[+-][0-9]+)?)"
+_FILE_VOI = rf"file:{_NUMBER}/{_NUMBER}(?: (?:LINEAR_EXACT|SIGMOID))?|file:unusable|voi-lut"
+_VOI_LABEL = re.compile(
+    rf"preset:[a-z_]{{1,24}}\({_NUMBER}/{_NUMBER}\)|{_FILE_VOI}|minmax(?:\(not (?:{_FILE_VOI})\))?"
+    r"|full-range"
+)
+UNRECOGNISED_VOI = "unrecognised"
+
+
+def recorded_voi(window: str) -> str:
+    """``ImageMetadata.window`` as predictions.voi stores it (0018): the label itself when it
+    is one preprocessing writes (:data:`_VOI_LABEL`) and fits the column, else
+    ``"unrecognised"``: the column holds numbers and fixed words only, never other text a
+    file could bring in (a VOI LUT Function, a window explanation), whatever preprocessing
+    becomes."""
+    if len(window) <= VOI_LENGTH and _VOI_LABEL.fullmatch(window):
+        return window
+    logger.warning("a VOI label of an unknown form was not recorded (%d characters)", len(window))
+    return UNRECOGNISED_VOI
 
 
 def _next_frames(frames: Iterator[PreprocessedImage], count: int) -> list[PreprocessedImage]:
@@ -486,6 +513,7 @@ class Ingestor:
             **_input_statistics(image),
             burned_in_annotation=meta.burned_in_annotation,
             instance_number=meta.instance_number,
+            voi=recorded_voi(meta.window),
         )
         sender = await self._sender(data, image) if self.outbox is not None else None
         return Candidate(
@@ -613,6 +641,12 @@ class Ingestor:
         from radlens.models.registry import decide
 
         result.update(frames_ood([o.ood_score for o, _ in done], key, predictor.ood) or {})
+        # the row's voi is the key frame's (the image explained, as its ood_score); frames
+        # whose VOI was chosen otherwise (a per-frame window, one passed over for min-max)
+        # are said here, each frame's label aligned with frames
+        vois = [recorded_voi(image.metadata.window) for _, image in done]
+        if len(set(vois)) > 1:
+            result["frame_voi"] = vois
         if blank:
             result["blank_frames"] = blank
         return FramesPredicted(

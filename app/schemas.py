@@ -127,6 +127,12 @@ class FrameResult(BaseModel):
         "every stored pixel of each has one value (padding, a frame before the exposure); "
         "null: none",
     )
+    frame_voi: list[str] | None = Field(
+        default=None,
+        description="Each frame's VOI (as the prediction's voi; aligned with frames) when "
+        "the frames' VOI was not chosen alike (a per-frame window, a frame whose window was "
+        "passed over for min-max); null: every frame's is the prediction's voi",
+    )
 
 
 class PredictionPublic(BaseModel):
@@ -153,6 +159,7 @@ class PredictionPublic(BaseModel):
                 "input_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                 "input_format": "dicom",
                 "inference_ms": 41.7,
+                "voi": "file:2047/4095",
                 "notice": NOT_FOR_CLINICAL_USE,
             }
         }
@@ -230,6 +237,19 @@ class PredictionPublic(BaseModel):
         description="DICOM attributes contradicting the model's intended use, let through "
         "with RADLENS_GATE=flag: attribute, value, what the model accepts",
     )
+    voi: str | None = Field(
+        default=None,
+        description="How the intensity window (VOI) of the image the model saw was chosen: "
+        "preset:<name>(<center>/<width>) the model's window preset (CT in HU); "
+        "file:<center>/<width> [LINEAR_EXACT|SIGMOID] the file's own window; voi-lut the "
+        "file's VOI LUT; minmax the image's own range (the file has no window); "
+        "minmax(not <file's VOI>) the same because the file's window could not be applied "
+        "or would have blanked the image; full-range the bit depth's range (colour, "
+        "PNG/JPEG); unrecognised a label of an unknown form. A multi-frame instance: the key "
+        "frame's (frame_result.frame_voi when frames differ). GET /v1/models' window is the "
+        "model's preset, which applies only to CT. Null: stored before migration 0018",
+        examples=["preset:lung(-600/1500)", "file:40/400", "minmax(not file:40/1)"],
+    )
     burned_in_annotation: Literal["YES", "NO"] | None = Field(
         default=None,
         description="The source's DICOM Burned In Annotation: YES means its pixels carry "
@@ -257,7 +277,11 @@ class ModelPublic(BaseModel):
     input_shape: list[int]
     class_names: list[str]
     threshold: float | None
-    window: str | None
+    window: str | None = Field(
+        description="The model's window preset (WINDOW_PRESETS name), applied to CT images "
+        "in HU only; other images get the file's window or min-max: each prediction's voi "
+        "says which"
+    )
     preprocessing_version: str
     filters: list[str]
     metrics: dict[str, dict[str, Any]]

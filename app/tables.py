@@ -33,6 +33,7 @@ from radlens.app.db import Base, UTCDateTime, utcnow
 from radlens.app.dedupe import IDENTITY_LENGTH
 
 UID_LENGTH = 64  # DICOM UI value representation: at most 64 characters
+VOI_LENGTH = 64  # predictions.voi (0018): the longest label preprocessing writes is ~57
 
 
 class Prediction(Base):
@@ -117,6 +118,12 @@ class Prediction(Base):
     # not DICOM, or stored before 0015): the prediction's SR and SC carry it, so the outputs of
     # a series' predictions, grouped in one series per model version, sort as their sources
     instance_number: Mapped[int | None] = mapped_column(Integer)
+    # (0018) how the VOI of the image the model saw was chosen (ImageMetadata.window:
+    # "preset:lung(-600/1500)", "file:40/400", "voi-lut", "minmax(not file:40/1)",
+    # "full-range", ...; app/ingest.recorded_voi: numbers and fixed words only); a multi-frame
+    # instance: its key frame's (frame_result.frame_voi: each frame's when they differ);
+    # NULL: stored before 0018
+    voi: Mapped[str | None] = mapped_column(String(VOI_LENGTH))
 
 
 class Explanation(Base):

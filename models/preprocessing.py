@@ -2323,6 +2323,10 @@ def _voi_lut_entries(ds: Dataset) -> tuple[int, int] | None:
     return (entries, first) if count >= entries else None
 
 
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+"""The VOI LUT Functions (0028,1056) a file window's label may name (PS3.3 C.11.2.1.3)."""
+
+
 def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray | None, str] | None:
     """The file's VOI LUT or Window Center/Width via pydicom, scaled to [0, 1], and its label.
 
@@ -2360,8 +2364,12 @@ def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray | None, str] 
             probe = np.asarray(apply_windowing(np.array([-np.inf, np.inf]), ds), dtype=np.float64)
             center = _first_number(ds.WindowCenter)
             width = _first_number(ds.WindowWidth)
-            # the function as pydicom read it to apply it: LINEAR, LINEAR_EXACT or SIGMOID
+            # the function as pydicom read it to apply it: LINEAR, LINEAR_EXACT or SIGMOID;
+            # any other text is no function (the label is stored with the prediction: numbers
+            # and these names only, never text from the file)
             function = str(getattr(ds, "VOILUTFunction", "LINEAR")).upper()
+            if function not in _VOI_FUNCTIONS:
+                raise ValueError("unknown VOI LUT Function")
             label = f"file:{center:g}/{width:g}" + ("" if function == "LINEAR" else f" {function}")
     except Exception as exc:  # a malformed VOI module: min-max, and the label says so
         logger.debug("file VOI not usable (%s); using min-max", type(exc).__name__)

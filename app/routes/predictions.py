@@ -184,6 +184,7 @@ def to_public(
         in_distribution=prediction.in_distribution,
         intended_use_violations=prediction.intended_use_violations,
         burned_in_annotation=_burned_in(prediction.burned_in_annotation),
+        voi=prediction.voi,
     )
 
 
