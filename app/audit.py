@@ -222,6 +222,9 @@ class PurgeCounts:
     outbox_entries: int = 0  # queued SR/SC of purged predictions, dropped undelivered
     outbox_busy: int = 0  # such entries another process was sending: the next run drops them
     inbox_files: int = 0  # unreadable DIMSE inbox files queued before the cutoff
+    # queued DIMSE inbox files of purged predictions (a crash's leftovers: replayed at the
+    # service's next start, they would store them again)
+    inbox_predicted: int = 0
     batches: int = 0
 
 
@@ -274,6 +277,7 @@ def retention_purge(
     dry_run: bool = False,
     batch_size: int = PURGE_BATCH,
     actor: str = CLI_ACTOR,
+    inbox_key: bytes | None = None,
 ) -> PurgeCounts:
     """`radlens purge`: delete the predictions older than ``retention_days`` and everything
     radlens keeps of them, or (``dry_run``) count it all.
@@ -284,11 +288,22 @@ def retention_purge(
     those commits: the outbox's queued SR/SC of purged predictions are dropped undelivered
     (app/outbox.py ``drop_purged_entries``) and the DIMSE inbox's unreadable files queued before
     the cutoff deleted. A re-run finishes what an interrupted one left: the outbox entries are
-    matched against the ``prediction.purge`` rows, not against this run's ids."""
+    matched against the ``prediction.purge`` rows, not against this run's ids.
+
+    Before all that, the DIMSE inbox's queued files whose instance has a prediction to purge
+    (a crash between that prediction's commit and the file's deletion left them; the service
+    would predict them again at its next start) are deleted: first, so that no interruption
+    leaves such a file behind a purged prediction. ``inbox_key``: RADLENS_UID_PSEUDONYM_KEY,
+    which the inbox is encrypted under."""
     now = now or utcnow()
     cutoff = retention_cutoff(retention_days, now)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1. Received: {batch_size!r}")
+    predicted = 0
+    if inbox_dir is not None:
+        predicted = _purge_inbox_predicted(
+            sessionmaker, Path(inbox_dir), inbox_key, cutoff, retention_days, now, dry_run, actor
+        )
     if dry_run:
         with sessionmaker() as session:
             session.connection(execution_options=READ_ONLY)  # SQLite: a snapshot, no write lock
@@ -317,6 +332,7 @@ def retention_purge(
         counts.inbox_files = _purge_inbox(
             sessionmaker, Path(inbox_dir), cutoff, retention_days, now, dry_run, actor
         )
+    counts.inbox_predicted = predicted
     return counts
 
 
@@ -368,13 +384,8 @@ def _purge_rows(
     counts.predictions += len(deleted)
     series = sorted({uid for _, uid in rows if uid})
     for start in range(0, len(series), _IN_CHUNK):
-        counts.series += _rowcount(
-            session.execute(
-                delete(PredictionSeries).where(
-                    PredictionSeries.series_instance_uid.in_(series[start : start + _IN_CHUNK]),
-                    ~_has_prediction(),
-                )
-            )
+        counts.series += _delete_empty_series(
+            session, PredictionSeries.series_instance_uid.in_(series[start : start + _IN_CHUNK])
         )
     if deleted:
         query = f"retention_days={retention_days}"
@@ -399,12 +410,49 @@ def _has_prediction() -> Any:
     return exists().where(Prediction.series_instance_uid == PredictionSeries.series_instance_uid)
 
 
+def _delete_empty_series(session: Session, *where: Any) -> int:
+    """Delete the series records (of ``where``) that no prediction belongs to.
+
+    PostgreSQL (READ COMMITTED): an upload holds its series' record FOR KEY SHARE from reading
+    it to its commit (app/series.py). One ``DELETE ... WHERE NOT EXISTS`` would judge the series
+    empty on a snapshot taken before that upload's prediction committed, and -- waiting for the
+    upload's lock, then deleting a row the upload only locked -- delete it anyway (QA 61). So
+    the empty records are locked first, skipping those an upload holds (it never waits for one,
+    nor deadlocks with one), and deleted by a later statement, whose snapshot sees every
+    prediction committed before the lock was taken. A record skipped and left empty (the upload
+    rolled back) goes in the next purge's sweep. SQLite serialises the writers."""
+    empty = [~_has_prediction(), *where]
+    if session.get_bind().dialect.name == "postgresql":
+        locked = list(
+            session.scalars(
+                select(PredictionSeries.series_instance_uid)
+                .where(*empty)
+                .order_by(PredictionSeries.series_instance_uid)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if not locked:
+            return 0
+        deleted = 0
+        for start in range(0, len(locked), _IN_CHUNK):
+            chunk = locked[start : start + _IN_CHUNK]
+            deleted += _rowcount(
+                session.execute(
+                    delete(PredictionSeries).where(
+                        PredictionSeries.series_instance_uid.in_(chunk), ~_has_prediction()
+                    )
+                )
+            )
+        return deleted
+    return _rowcount(session.execute(delete(PredictionSeries).where(*empty)))
+
+
 def _sweep(session: Session, counts: PurgeCounts) -> None:
     """What no batch reached: series records no prediction belongs to any more (the last
     instance purged while an upload of the series was being written), and, on SQLite, the
     explanations and findings of predictions deleted with foreign keys off (the sqlite3 shell):
     their overlay pixels, reachable by no route. PostgreSQL enforces the keys: none there."""
-    counts.series += _rowcount(session.execute(delete(PredictionSeries).where(~_has_prediction())))
+    counts.series += _delete_empty_series(session)
     if session.get_bind().dialect.name != "sqlite":
         return
     for child in (Explanation, PredictionFinding):
@@ -518,6 +566,56 @@ def _purged_or_expired(
         return {known[k] for k in found if k in known}
 
     return select_ids
+
+
+def _purge_inbox_predicted(
+    sessionmaker: Callable[[], Session],
+    directory: Path,
+    key: bytes | None,
+    cutoff: datetime,
+    retention_days: int,
+    now: datetime,
+    dry_run: bool,
+    actor: str,
+) -> int:
+    """Delete the inbox's queued files whose instance has a prediction created before
+    ``cutoff`` (matched by the sha256 of its bytes, the row's ``input_sha256``; such a file was
+    queued before its prediction, so before the cutoff too). Audited like the unreadable ones
+    (``predicted_files=K``), the row committed first."""
+    from radlens.app.dimse_inbox import queued_digests_before
+
+    digests = queued_digests_before(directory, cutoff.timestamp(), key)
+    if not digests:
+        return 0
+    keys = sorted(digests)
+    predicted: set[str] = set()
+    with sessionmaker() as session:
+        session.connection(execution_options=READ_ONLY)
+        for start in range(0, len(keys), _IN_CHUNK):
+            predicted.update(
+                session.scalars(
+                    select(Prediction.input_sha256).where(
+                        Prediction.input_sha256.in_(keys[start : start + _IN_CHUNK]),
+                        Prediction.created_at < cutoff,
+                    )
+                )
+            )
+    paths = [path for digest in sorted(predicted) for path in digests[digest]]
+    if dry_run or not paths:
+        return len(paths)
+    with sessionmaker() as session:
+        record(
+            session,
+            actor=actor,
+            action=INBOX_PURGE,
+            status=200,
+            query=f"predicted_files={len(paths)}&retention_days={retention_days}",
+            at=now,
+        )
+        session.commit()
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return len(paths)
 
 
 def _purge_inbox(

@@ -28,6 +28,7 @@ RADLENS_RETENTION_DAYS (:func:`unreadable_before`). A service restarted with
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -77,23 +78,7 @@ class DimseInbox:
     def read(self, path: Path) -> bytes:
         """The instance's bytes (decrypted); raises InboxUnreadableError when they cannot be
         (the key changed or went: the file must not be deleted, see :meth:`set_aside`)."""
-        data = path.read_bytes()
-        if self._fernet is None:
-            if data[128:132] != b"DICM":
-                raise InboxUnreadableError(
-                    f"{path.name} is encrypted, and RADLENS_UID_PSEUDONYM_KEY is unset: set "
-                    "the key it was queued under, and move the file back to *.dcm"
-                )
-            return data
-        from cryptography.fernet import InvalidToken
-
-        try:
-            return bytes(self._fernet.decrypt(data))
-        except InvalidToken:
-            raise InboxUnreadableError(
-                f"{path.name} was queued under another RADLENS_UID_PSEUDONYM_KEY: set that "
-                "key, and move the file back to *.dcm"
-            ) from None
+        return _decrypted(path, self._fernet)
 
     @staticmethod
     def set_aside(path: Path) -> Path:
@@ -118,6 +103,39 @@ class DimseInbox:
         return len(self.pending())
 
 
+def _decrypted(path: Path, fernet: Any) -> bytes:
+    """A queued file's instance bytes (see :meth:`DimseInbox.read`)."""
+    data = path.read_bytes()
+    if fernet is None:
+        if data[128:132] != b"DICM":
+            raise InboxUnreadableError(
+                f"{path.name} is encrypted, and RADLENS_UID_PSEUDONYM_KEY is unset: set "
+                "the key it was queued under, and move the file back to *.dcm"
+            )
+        return data
+    from cryptography.fernet import InvalidToken
+
+    try:
+        return bytes(fernet.decrypt(data))
+    except InvalidToken:
+        raise InboxUnreadableError(
+            f"{path.name} was queued under another RADLENS_UID_PSEUDONYM_KEY: set that "
+            "key, and move the file back to *.dcm"
+        ) from None
+
+
+def _queued_at(path: Path) -> float | None:
+    """When ``path`` was queued (seconds since the epoch): its name's time, else its
+    modification time; None when it is gone."""
+    stamp = path.name.split("-", 1)[0]
+    if len(stamp) == 20 and stamp.isdigit():
+        return int(stamp) / 1e9
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None  # removed since listed
+
+
 def unreadable_before(directory: Path, before: float) -> list[Path]:
     """Retention (`radlens purge`, app/audit.py): the instances set aside as unreadable
     (``*.unreadable``, see :meth:`DimseInbox.set_aside`) that were queued before ``before``
@@ -130,15 +148,37 @@ def unreadable_before(directory: Path, before: float) -> list[Path]:
         return []
     found = []
     for path in sorted(directory.glob(f"*{UNREADABLE_SUFFIX}")):
-        stamp = path.name.split("-", 1)[0]
-        try:
-            queued = int(stamp) / 1e9 if len(stamp) == 20 and stamp.isdigit() else None
-            if queued is None:
-                queued = path.stat().st_mtime
-        except OSError:
-            continue  # removed since listed
-        if queued < before:
+        queued = _queued_at(path)
+        if queued is not None and queued < before:
             found.append(path)
+    return found
+
+
+def queued_digests_before(
+    directory: Path, before: float, pseudonym_key: bytes | None
+) -> dict[str, list[Path]]:
+    """Retention (`radlens purge`, app/audit.py): the queued ``*.dcm`` files queued before
+    ``before``, by the sha256 of their instance's bytes -- the ``input_sha256`` of the
+    prediction made of them. A file left by a crash between its prediction's commit and its
+    deletion is predicted again at the service's next start; once that prediction is purged,
+    the replay would store it again, so the purge deletes such files with the predictions
+    (matched by this digest). Files this key cannot read are left out (the service sets them
+    aside). A directory that does not exist holds nothing."""
+    if not directory.is_dir():
+        return {}
+    from radlens.app.outbox import _fernet
+
+    fernet = _fernet(pseudonym_key)
+    found: dict[str, list[Path]] = {}
+    for path in sorted(directory.glob("*.dcm")):
+        queued = _queued_at(path)
+        if queued is None or queued >= before:
+            continue
+        try:
+            data = _decrypted(path, fernet)
+        except (InboxUnreadableError, OSError):
+            continue
+        found.setdefault(hashlib.sha256(data).hexdigest(), []).append(path)
     return found
 
 

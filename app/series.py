@@ -9,7 +9,10 @@ Two parts:
   :class:`SeriesMismatchError` (422) and nothing of it is stored. The row is inserted with
   ``INSERT ... ON CONFLICT DO NOTHING`` and read back in the same transaction, so two writers
   (the writer's group transaction, or two replicas on PostgreSQL, where the second insert waits
-  for the first transaction) agree on one reference.
+  for the first transaction) agree on one reference. The read takes the row FOR KEY SHARE
+  (PostgreSQL) until the commit: `radlens purge` deletes a series record left with no
+  prediction only if it can lock it (app/audit.py ``_delete_empty_series``), so it cannot
+  delete the record of a series whose upload is being written (QA 61).
 - **Read side** (:func:`series_results`, :func:`study_results`): the aggregate is *computed on
   read* from the stored prediction rows, one SELECT per request. It is therefore always the
   aggregate of exactly the rows that are committed (a concurrent upload is either in it or not,
@@ -134,7 +137,9 @@ _SEEN_KEY = "radlens.series_seen"
 
 
 def _record_series(session: Session, prediction: Prediction, uid: str) -> Any:
-    """Insert the series' row unless it exists, and read it back."""
+    """Insert the series' row unless it exists, and read it back, locked FOR KEY SHARE
+    (PostgreSQL; SQLite's transaction holds the write lock already) until the transaction
+    ends: the lock that keeps `radlens purge` from deleting it as empty meanwhile."""
     values = {
         "series_instance_uid": uid,
         "study_instance_uid": prediction.study_instance_uid,
@@ -152,7 +157,9 @@ def _record_series(session: Session, prediction: Prediction, uid: str) -> Any:
                 PredictionSeries.modality,
                 PredictionSeries.rows,
                 PredictionSeries.columns,
-            ).where(PredictionSeries.series_instance_uid == uid)
+            )
+            .where(PredictionSeries.series_instance_uid == uid)
+            .with_for_update(read=True, key_share=True)
         ).one_or_none()
         if reference is not None:
             break

@@ -138,6 +138,7 @@ def register(app: typer.Typer) -> None:
                 inbox_dir=settings.dimse_inbox_dir,
                 dry_run=dry_run,
                 batch_size=batch_size,
+                inbox_key=settings.uid_pseudonym_key_bytes,
             )
         verb = "would delete" if dry_run else "deleted"
         typer.echo(
@@ -146,7 +147,8 @@ def register(app: typer.Typer) -> None:
             f"{counts.series} series record(s); {counts.outbox_entries} queued SR/SC outbox "
             f"entr{'y' if counts.outbox_entries == 1 else 'ies'} "
             f"{'to drop' if dry_run else 'dropped'} undelivered; "
-            f"{counts.inbox_files} unreadable DIMSE inbox file(s); {counts.orphans} orphaned "
+            f"{counts.inbox_files} unreadable DIMSE inbox file(s), {counts.inbox_predicted} "
+            f"queued one(s) of purged predictions; {counts.orphans} orphaned "
             "explanation/finding row(s)"
         )
         if counts.outbox_busy:
