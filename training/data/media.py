@@ -15,7 +15,8 @@ the DICOMDIR tells:
   an export (a DICOMDIR at its root), or the image folder of one (a DICOMDIR beside it),
   would make the export's patient or study folders the classes; it is refused with a
   one-line :class:`~models.errors.ConfigurationError`. A DICOMDIR over a real class-folder
-  data set (class folders that each hold several patients) is not refused.
+  data set (a data set burnt to a disc, often anonymised to one constant PatientID) is
+  ignored with a one-line note: see :func:`media_verdict` for the evidence weighed.
 
 The DICOMDIR is read with pydicom's :class:`~pydicom.fileset.FileSet` (its records give
 each listed file's patient); nothing here writes to the media.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,12 +43,16 @@ MISSING_SAID = "file(s) it lists are missing"  # in a DICOMDIR's skip reason
 @dataclass(frozen=True)
 class ListedFile:
     """One file a DICOMDIR lists: its path components as listed (relative to the DICOMDIR's
-    folder), the file found for them (matched without regard to case) or None, and the raw
-    patient of its PATIENT record (for counting only: never logged or stored)."""
+    folder), the file found for them (matched without regard to case) or None, the raw
+    patient of its PATIENT record, the words of that patient's ID and name (casefolded) and
+    its study's Study Instance UID -- all for comparing only: never logged or stored. The
+    last three are None/empty when pydicom's FileSet cannot link the records."""
 
     parts: tuple[str, ...]
     found: Path | None
     patient: str | None
+    patient_words: frozenset[str] = frozenset()
+    study: str | None = None
 
 
 def _plain(name: str) -> str:
@@ -147,7 +153,7 @@ def listed_files(dicomdir: Path) -> list[ListedFile] | None:
     pydicom_log = logging.getLogger("pydicom")
     level = pydicom_log.level
     fileset: FileSet | None = None
-    patients: dict[tuple[str, ...], str | None] = {}
+    linked: dict[tuple[str, ...], tuple[str | None, frozenset[str], str | None]] = {}
     try:
         # FileSet logs and warns once per record whose file is missing: those are counted
         # below, and reported as one line by the caller
@@ -165,8 +171,12 @@ def listed_files(dicomdir: Path) -> list[ListedFile] | None:
             except Exception:  # records FileSet cannot link: their files, without patients
                 log.debug("%s: its records do not form a file-set tree", dicomdir)
             else:
-                patients = {
-                    _components(getattr(inst, "ReferencedFileID", None)): _patient(inst)
+                linked = {
+                    _components(getattr(inst, "ReferencedFileID", None)): (
+                        _patient(inst),
+                        _patient_words(inst),
+                        _text(inst, "StudyInstanceUID"),
+                    )
                     for inst in fileset
                 }
     finally:
@@ -178,13 +188,34 @@ def listed_files(dicomdir: Path) -> list[ListedFile] | None:
         parts = _components(record.get("ReferencedFileID"))
         if not parts:
             continue
-        files.append(ListedFile(parts, resolve(parts), patients.get(parts)))
+        patient, words, study = linked.get(parts, (None, frozenset(), None))
+        files.append(ListedFile(parts, resolve(parts), patient, words, study))
     return files
 
 
-def _patient(instance: object) -> str | None:
-    value = str(getattr(instance, "PatientID", "") or "").strip()
+def _text(instance: object, keyword: str) -> str | None:
+    """A record attribute of a FileSet instance (looked up in its record and those above)."""
+    try:
+        value = str(getattr(instance, keyword, "") or "").strip()
+    except Exception:  # third-party parser boundary: an unparsable value
+        return None
     return value or None
+
+
+def _patient(instance: object) -> str | None:
+    return _text(instance, "PatientID")
+
+
+def _words(text: str) -> set[str]:
+    """The words of a name (casefolded letters and digits, two characters or more)."""
+    return {w for w in re.split(r"[^0-9a-z]+", text.casefold()) if len(w) > 1}
+
+
+def _patient_words(instance: object) -> frozenset[str]:
+    """The words of a patient's ID and name (``SMITH^JOHN`` -> smith, john)."""
+    return frozenset(
+        w for key in ("PatientID", "PatientName") for w in _words(_text(instance, key) or "")
+    )
 
 
 def _discard(fileset: object) -> None:
@@ -214,17 +245,71 @@ def dicomdir_reason(path: Path) -> str:
     return reason
 
 
+# A first-level folder name a media writer makes, not a label: the DICOM folder of IHE PDI
+# media; a counter or ID such as PA000000, PT000000, ST000001, P0001, 77654033 (a prefix of
+# up to four letters and three digits or more; PA/PT/ST/SE/... with any digits, e.g. PA1);
+# or a hash-like 8-character name with three digits or more (A1B2C3D4)
+_WRITER_NAME = re.compile(
+    r"DICOM|IMAGES?|(?:PA|PT|PAT|ST|STU|SE|SER)_?\d+|[A-Z]{0,4}_?\d{3,}"
+    r"|(?=(?:[A-Z]*\d){3})[A-Z0-9]{8}",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class SubFolder:
+    """What a DICOMDIR lists under one sub-folder of the folder given."""
+
+    name: str
+    patients: set[str]
+    patient_words: set[str]
+    studies: set[str]
+
+
+def media_verdict(folders: Sequence[SubFolder]) -> bool | None:
+    """Whether the sub-folders a DICOMDIR lists files in are an export's own structure
+    (True), a data set's class folders (False), or cannot be told apart (None).
+
+    An export (True):
+      - all the files are in one sub-folder: ``DICOM/``, or the one patient's ``PA000000/``
+        (the common CD of one patient), or a single study's folder;
+      - every sub-folder is named as media writers name them (:data:`_WRITER_NAME`:
+        ``DICOM``, ``PA000000``, ``ST000001``, ``77654033``, ...), whatever the patients --
+        an anonymised export's patient folders included;
+      - each sub-folder is named for its own patient (a word of its PatientID or name).
+    Class folders (False): a sub-folder holds two patients or more, or a study is split
+    across sub-folders (an export keeps a study under one patient or study folder) -- what a
+    class-folder data set shows even when anonymised to one constant PatientID.
+    Anything else (label-like names, no patient links or one constant PatientID) is None.
+    """
+    if len(folders) == 1:
+        return True
+    if all(_WRITER_NAME.fullmatch(f.name) for f in folders):
+        return True
+    if any(len(f.patients) > 1 for f in folders):
+        return False
+    seen: dict[str, str] = {}
+    for f in folders:
+        for study in f.studies:
+            if seen.setdefault(study, f.name) != f.name:
+                return False
+    if all(f.patients and _words(f.name) & f.patient_words for f in folders):
+        return True
+    return None
+
+
 def check_not_media_export(root: Path) -> None:
     """Refuse ``root`` as a folder of class sub-folders when it is a DICOM media export (a
     DICOMDIR at its root) or the image folder of one (a DICOMDIR in its parent listing files
     under it): its sub-folders are then the export's patient, study or image folders, not
     classes.
 
-    A DICOMDIR that lists files in two or more sub-folders of ``root``, one of which holds
-    several patients, indexes a class-folder data set and is not refused.
+    :func:`media_verdict` weighs the sub-folders the DICOMDIR lists files in; a DICOMDIR
+    over what reads as (or may be) class folders is ignored with a one-line log warning.
 
     Raises:
-        models.errors.ConfigurationError: one line: what the folder is and what to give.
+        models.errors.ConfigurationError: one line: what the folder is, what to give, and
+            how to go on when its sub-folders really are classes.
     """
     for base in dict.fromkeys((root, root.parent)):
         dicomdir = find_dicomdir(base)
@@ -233,7 +318,7 @@ def check_not_media_export(root: Path) -> None:
         files = listed_files(dicomdir)
         if not files:
             continue
-        patients: dict[str, set[str | None]] = {}
+        folders: dict[str, SubFolder] = {}
         under: list[ListedFile] = []
         for file in files:
             parts = file.parts
@@ -243,12 +328,25 @@ def check_not_media_export(root: Path) -> None:
                 parts = parts[1:]
             if len(parts) < 2:
                 continue  # directly in root, in no sub-folder
-            patients.setdefault(_plain(parts[0]), set()).add(file.patient)
+            folder = folders.setdefault(_plain(parts[0]), SubFolder(parts[0], set(), set(), set()))
+            if file.patient is not None:
+                folder.patients.add(file.patient)
+            folder.patient_words.update(file.patient_words)
+            if file.study is not None:
+                folder.studies.add(file.study)
             under.append(file)
-        if not patients:
+        if not folders:
             continue
-        if len(patients) > 1 and any(len(p) > 1 for p in patients.values()):
-            continue  # class folders of several patients each, indexed by a DICOMDIR
+        verdict = media_verdict(list(folders.values()))
+        if not verdict:
+            log.warning(
+                "%s: a DICOMDIR was found and ignored: its %d sub-folder(s) are read as classes"
+                "%s (a media export given as the data set would be refused)",
+                dicomdir,
+                len(folders),
+                "" if verdict is False else ", as their names and patients do not show an export",
+            )
+            continue
         n_patients = len({f.patient for f in under if f.patient is not None})
         of = f" of {n_patients} patient(s)" if n_patients else ""
         what = (
@@ -259,8 +357,9 @@ def check_not_media_export(root: Path) -> None:
         )
         raise ConfigurationError(
             f"{what} lists {len(under)} file(s){of} in "
-            f"{len(patients)} sub-folder(s)), not a folder of class sub-folders: its folders "
+            f"{len(folders)} sub-folder(s)), not a folder of class sub-folders: its folders "
             "would be taken for classes. Put each class's exports under a folder named for "
             "the class (DATA/<class>/<export>/...) and give DATA, or give a CSV manifest "
-            "(path, label, patient_id)"
+            "(path, label, patient_id); if its sub-folders really are classes, move "
+            f"{str(dicomdir)!r} out of the way (the images are read without it)"
         )
