@@ -464,24 +464,55 @@ def _sweep(session: Session, counts: PurgeCounts) -> None:
 
 
 def _checkpoint(session: Session) -> None:
-    """SQLite in WAL mode: copy the zeroed pages into the database file now (and empty the
-    WAL), so the purged rows' bytes leave the file at once, not at the next automatic
-    checkpoint. Best effort: a reader holding an old snapshot keeps part of it for later."""
+    """SQLite in WAL mode: copy the zeroed pages into the database file and empty the WAL
+    (TRUNCATE), so the purged rows' bytes leave both files now, not at some later checkpoint.
+    PASSIVE would not do: it leaves the WAL file's old frames (the rows as once written) in
+    place until new writes happen to overwrite them.
+
+    Without waiting (QA 62): a TRUNCATE checkpoint waits for every reader of an older snapshot,
+    and while it waits SQLite holds off every new writer: with the connection's 15 s busy
+    timeout, one slow read stalled the service's writes for seconds, even when nothing was
+    purged. So each attempt has no busy timeout (where a reader or writer is in the way it
+    copies what it can, PASSIVE-like, and gives up at once), and a few are made 0.1 s apart,
+    writers proceeding in between. Still partial: logged; the WAL keeps those frames until a
+    later checkpoint that completes (the next purge's, which runs even with nothing to delete).
+    """
+    import time
+
+    from radlens.app.db import SQLITE_BUSY_TIMEOUT_MS
+
     bind = session.get_bind()
     if bind.dialect.name != "sqlite":
         return
+    attempts, pause_s = 20, 0.1
+    busy: Any = None
     raw = bind.engine.raw_connection()  # isolation_level None (app/db.py): no transaction around it
     try:
         cursor = raw.cursor()
         try:
-            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            busy = cursor.fetchone()
+            cursor.execute("PRAGMA busy_timeout")
+            row = cursor.fetchone()
+            busy_timeout_ms = int(row[0]) if row else SQLITE_BUSY_TIMEOUT_MS
+            cursor.execute("PRAGMA busy_timeout = 0")
+            try:
+                for attempt in range(attempts):
+                    if attempt:
+                        time.sleep(pause_s)
+                    cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    busy = cursor.fetchone()
+                    if not (busy and busy[0]):
+                        break
+            finally:  # the pooled connection goes back with the service's timeout
+                cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         finally:
             cursor.close()
     finally:
         raw.close()
     if busy and busy[0]:
-        logger.info("purge: the WAL checkpoint was partial (a reader); SQLite finishes it later")
+        logger.info(
+            "purge: the WAL checkpoint was partial (a reader or writer was busy); "
+            "the next purge empties the WAL"
+        )
 
 
 def _would_purge(session: Session, cutoff: datetime) -> PurgeCounts:

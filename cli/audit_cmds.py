@@ -128,18 +128,30 @@ def register(app: typer.Typer) -> None:
                 "RADLENS_RETENTION_DAYS is 0 (keep predictions forever): set it, or pass "
                 "--retention-days N, to purge"
             )
+        from sqlalchemy.exc import OperationalError
+
+        from radlens.app.db import utcnow
+
+        now = utcnow()  # also the `at` of this run's prediction.purge rows
         with database_session(settings.database_url) as session:
             # the schema checked (and SQLite upgraded) once; each batch is a transaction of its own
             sessionmaker = _sessionmaker_of(session)
-            counts = audit.retention_purge(
-                sessionmaker,
-                retention_days=days,
-                outbox_dir=settings.dicom_outbox_dir,
-                inbox_dir=settings.dimse_inbox_dir,
-                dry_run=dry_run,
-                batch_size=batch_size,
-                inbox_key=settings.uid_pseudonym_key_bytes,
-            )
+            try:
+                counts = audit.retention_purge(
+                    sessionmaker,
+                    retention_days=days,
+                    outbox_dir=settings.dicom_outbox_dir,
+                    inbox_dir=settings.dimse_inbox_dir,
+                    now=now,
+                    dry_run=dry_run,
+                    batch_size=batch_size,
+                    inbox_key=settings.uid_pseudonym_key_bytes,
+                )
+            except OperationalError as exc:  # locked, disk full, connection lost
+                if dry_run:
+                    raise  # wrote nothing: database_session says so
+                url = session.get_bind().engine.url.render_as_string(hide_password=True)
+                raise _purge_failed(sessionmaker, url, now, exc) from exc
         verb = "would delete" if dry_run else "deleted"
         typer.echo(
             f"{verb} {counts.predictions} prediction(s) older than {days} day(s), with "
@@ -158,6 +170,43 @@ def register(app: typer.Typer) -> None:
                 "sent by the service; run `radlens purge` again to drop any not delivered",
                 err=True,
             )
+
+
+def _purge_failed(sessionmaker: Any, url: str, now: datetime, exc: Exception) -> Exception:
+    """The error of a purge that failed part-way: its batches committed before the failure
+    stay deleted (QA 62: it said "nothing was written"), counted by this run's audit rows."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from radlens.app.audit import CLI_ACTOR, PREDICTION_PURGE
+    from radlens.app.errors import DatabaseUnavailableError
+    from radlens.app.security_tables import AuditEvent
+
+    # the first line only, as database_session does: the statement's parameters stay out
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    try:
+        with sessionmaker() as session:
+            deleted: int | None = session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(
+                    AuditEvent.action == PREDICTION_PURGE,
+                    AuditEvent.actor == CLI_ACTOR,
+                    AuditEvent.at == now,
+                )
+            )
+    except SQLAlchemyError:  # the database is still out of reach
+        deleted = None
+    done = (
+        "the batches committed before it stay deleted (`radlens audit --action "
+        "prediction.purge` lists them)"
+        if deleted is None
+        else f"{deleted} prediction(s) were deleted (the batches committed before it)"
+    )
+    return DatabaseUnavailableError(
+        f"{url}: {reason}; the purge stopped part-way: {done}, the others not, each prediction "
+        "whole or gone; run `radlens purge` again to finish"
+    )
 
 
 def _sessionmaker_of(session: Any) -> Any:

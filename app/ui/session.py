@@ -20,7 +20,12 @@ search that reveals nothing about a token that is not a stored one's preimage.
 
 Expired rows are deleted at each login, in its transaction: the table holds the sessions
 begun in the last ``RADLENS_UI_SESSION_MINUTES`` (a revoked key's too, refused as "revoked"
-until they expire).
+until they expire). Two logins at once never wait for each other (QA 62: on PostgreSQL each
+locked the expired session its browser held, then waited for the other's in its cleanup: a
+deadlock, one login's 503): a login ends its browser's previous session only while it is live
+(an expired one is refused anyway), and its cleanup deletes only the expired rows no other
+transaction holds (``FOR UPDATE SKIP LOCKED``; a row skipped goes at a later login). SQLite
+serialises the writers.
 
 CSRF: every form carries a hidden ``csrf_token`` that must equal the ``radlens_csrf`` cookie
 (random, HttpOnly, SameSite=Strict; a new one at each login). A page of another site can
@@ -92,10 +97,24 @@ def _now(session: Session, minutes: int = 0) -> ColumnElement[Any]:
 def start(session: Session, key_id: str, *, minutes: int, replacing: str | None = None) -> str:
     """Store a new session of ``key_id`` lasting ``minutes``; returns its token (the cookie's
     value, never stored). Ends the session the browser held before (``replacing``: its token's
-    digest) and deletes the expired ones (an indexed range)."""
+    digest) if it is still live, and deletes the expired ones no other transaction holds (an
+    indexed range; module docstring)."""
     if replacing is not None:
-        end(session, replacing)
-    session.execute(delete(UiSession).where(UiSession.expires_at <= _now(session)))
+        session.execute(
+            update(UiSession)
+            .where(
+                UiSession.token_sha256 == replacing,
+                UiSession.ended_at.is_(None),
+                UiSession.expires_at > _now(session),
+            )
+            .values(ended_at=_now(session))
+        )
+    expired = (
+        select(UiSession.token_sha256)
+        .where(UiSession.expires_at <= _now(session))
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders none (one writer)
+    )
+    session.execute(delete(UiSession).where(UiSession.token_sha256.in_(expired.scalar_subquery())))
     token = new_token()
     session.execute(
         insert(UiSession).values(

@@ -6,6 +6,9 @@ the cookie holds only a random token (app/ui/session.py), and the forged forms s
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import pytest
 
 from radlens.app.ui import session as ui_session
@@ -33,9 +36,17 @@ def test_a_forged_cookie_is_no_token(value: str) -> None:
 
 
 def test_a_token_of_the_service_is_one() -> None:
-    token = ui_session.new_token()
-    digest = ui_session.token_digest(token)
-    assert digest is not None and len(digest) == 64 and token not in digest
+    # every token the service issues is accepted, and its digest is the token's sha256 (what
+    # the table stores): tokens of the alphabet's edges ("-" and "_" first) and random ones
+    edges = [
+        base64.urlsafe_b64encode(bytes([b]) * ui_session.TOKEN_BYTES).rstrip(b"=").decode()
+        for b in (0x00, 0xFB, 0xFF)  # "AAA...A", "-_v7...s", "___...8"
+    ]
+    assert any(t.startswith("-") for t in edges) and any(t.startswith("_") for t in edges)
+    for token in [*edges, *(ui_session.new_token() for _ in range(500))]:
+        assert len(token) == 43, token
+        digest = ui_session.token_digest(token)
+        assert digest == hashlib.sha256(token.encode("ascii")).hexdigest(), token
 
 
 def test_the_pages_redirect_a_forged_cookie_to_the_login_form(service: Service) -> None:
