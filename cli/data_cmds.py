@@ -6,11 +6,8 @@ the command bodies (it needs numpy/pydicom, not TensorFlow).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +19,7 @@ DEFAULT_SEED = 1234  # training.config.TrainConfig.seed: the split `radlens trai
 # training.config.TrainConfig.min_calibration_positives: fewer validation positives and
 # `radlens train` refuses to run (it cannot fit the temperature)
 DEFAULT_MIN_CALIBRATION_POSITIVES = 10
+MAX_SKIPPED_SHOWN = 10  # training.data.sources.MAX_SKIPPED_SHOWN: examples of skipped files
 
 
 def demo_data(
@@ -82,32 +80,6 @@ def _remove_partial_demo(out: Path, created: bool) -> None:
             target.unlink(missing_ok=True)
     if created and not any(out.iterdir()):
         out.rmdir()
-
-
-# what training logs for each file it passes over while it opens a data set, and the count:
-# data-check's report lists every one of them (with those decoding drops) under "skipped"
-_SKIP_MESSAGES = ("skipping %s: %s", "%d file(s) skipped in %s")
-
-
-@contextlib.contextmanager
-def _skips_reported_below() -> Iterator[None]:
-    """Keep training's per-file "skipping" warnings off stderr while data-check opens the data
-    (the report prints the whole list once; each file was on the screen twice)."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return record.msg not in _SKIP_MESSAGES
-
-    loggers = [
-        logging.getLogger("radlens.training.data.sources"),
-        logging.getLogger("radlens.training.data.series"),
-    ]
-    for logger in loggers:
-        logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(keep)
 
 
 def data_check(
@@ -182,6 +154,14 @@ def data_check(
             "(a cut codestream, a blanking rescale) are then counted as usable.",
         ),
     ] = False,
+    all_skipped: Annotated[
+        bool,
+        typer.Option(
+            "--all-skipped",
+            help="List every skipped file (default: the count per reason and "
+            f"{MAX_SKIPPED_SHOWN} examples, the first of each reason among them).",
+        ),
+    ] = False,
 ) -> None:
     """Scan a data set: classes (or findings), counts, skipped files, splits and leakage.
 
@@ -195,19 +175,36 @@ def data_check(
         check_dicom_root,
         check_splits,
         copies_report,
+        describe_skip_kinds,
         drop_undecodable,
         leakage_report,
         open_data,
         positive_class_note,
+        skip_kinds,
+        skip_lines_held,
+        skipped_report,
         split_source,
     )
+
+    def echo_skipped(skipped: Any) -> None:
+        # a CD export's viewer folder is hundreds of files: a few examples, each reason shown,
+        # unless every one is asked for (QA round 60)
+        lines = skipped_report(
+            skipped,
+            full_list="--all-skipped lists every one",
+            limit=len(skipped) if all_skipped else MAX_SKIPPED_SHOWN,
+        )
+        for line in lines[1:]:
+            typer.echo(line)
 
     spec = None
     if multi_label:
         spec = MultiLabelSpec(column=label_column, separator=label_separator, none_name=no_finding)
     check_dicom_root(path, dicom_root)
     # opened as `radlens train` opens it (a folder's labels.csv is its manifest)
-    with _skips_reported_below():
+    # training's per-file "skipping" warnings are held back: the report lists the skipped
+    # files once (each was on the screen twice, QA round 14)
+    with skip_lines_held():
         source = open_data(path, multi_label=spec, dicom_root=dicom_root)
     if not headers_only:
         from radlens.models.intended_use import check_stated
@@ -224,8 +221,7 @@ def data_check(
         try:
             check_decodable(source, decoded)
         except ConfigurationError as exc:
-            for item in decoded.skipped:
-                typer.echo(f"  skipped {item}")
+            echo_skipped(decoded.skipped)
             fail(str(exc))
         source = decoded
     typer.echo(f"{source.kind} source {path}: {len(source.examples)} images")
@@ -283,10 +279,10 @@ def data_check(
         )
     else:
         typer.echo("  copies: none (no two images have the same pixels)")
-    for item in source.skipped:
-        typer.echo(f"  skipped {item}")
+    echo_skipped(source.skipped)
     how = "headers read only" if headers_only else "every image decoded as training decodes it"
-    typer.echo(f"  {len(source.skipped)} file(s) skipped ({how})")
+    kinds = describe_skip_kinds(skip_kinds(source.skipped))
+    typer.echo(f"  {len(source.skipped)} file(s) skipped ({how})" + (f": {kinds}" if kinds else ""))
     try:
         # training's split checks (a class without a training image, validation without 2
         # classes): one patient's whole series in one class can leave validation with a

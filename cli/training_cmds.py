@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
-MAX_SKIPPED_SHOWN = 20
 
 
 class _Terminated(KeyboardInterrupt):
@@ -514,14 +513,24 @@ def train(
         typer.echo(f"  operating point {point}: not computed ({why})")
     if isinstance(reported.get("series"), dict):
         typer.echo(f"series-level ({reported.get('split')}): {_series_summary(reported['series'])}")
+    from radlens.training.data.sources import (
+        SKIPPED_FILE,
+        describe_skip_kinds,
+        skip_kinds,
+        skipped_report,
+    )
+
+    # the count by kind, a few examples (each kind's first among them) and where the full
+    # list is: one line per file made hundreds for a CD export with its viewer (QA round 60)
+    listed = result.run_dir / SKIPPED_FILE
+    where = listed if listed.is_file() else result.run_dir / "train.log"
+    kinds = describe_skip_kinds(skip_kinds(result.skipped))
     typer.echo(
         f"best epoch: {result.best_epoch} of {result.epochs_run}; "
-        f"skipped files: {len(result.skipped)}"
+        f"skipped files: {len(result.skipped)}" + (f" ({kinds})" if kinds else "")
     )
-    for item in result.skipped[:MAX_SKIPPED_SHOWN]:
-        typer.echo(f"  skipped {item}")  # "path: reason"
-    if len(result.skipped) > MAX_SKIPPED_SHOWN:
-        typer.echo(f"  ... and {len(result.skipped) - MAX_SKIPPED_SHOWN} more (see train.log)")
+    for line in skipped_report(result.skipped, full_list=f"the full list: {where}")[1:]:
+        typer.echo(line)  # "  skipped path: reason"
 
 
 def evaluate(
@@ -541,8 +550,9 @@ def evaluate(
         typer.Option(
             "--out",
             help="Write metrics.json, roc_curve.png, reliability.png, confusion_matrix.png "
-            "(multi-label: metrics.json, findings.txt, roc/roc_<finding>.png); the files of "
-            "those names an earlier evaluation left there are removed.",
+            "(multi-label: metrics.json, findings.txt, roc/roc_<finding>.png) and skipped.csv "
+            "(the files left out, when any); the files of those names an earlier evaluation "
+            "left there are removed.",
         ),
     ] = None,
     batch_size: Annotated[
@@ -590,7 +600,10 @@ def evaluate(
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
         return
     if metrics.get("label_mode") == "multi-label":
-        typer.echo(f"model: {metrics['model']}  split: {split}  n: {metrics['n']}  (multi-label)")
+        typer.echo(
+            f"model: {metrics['model']}{_unfinished(metrics)}  split: {split}  n: {metrics['n']}  "
+            "(multi-label)"
+        )
         for line in metrics["table"]:
             typer.echo(line)
         _echo_series(metrics)
@@ -598,7 +611,8 @@ def evaluate(
         if out is not None:
             typer.echo(f"report: {out} (per-finding ROC curves in {out / 'roc'})")
         return
-    typer.echo(f"model: {metrics['model']}  split: {split}  n: {metrics['n']}")
+    model_line = f"model: {metrics['model']}{_unfinished(metrics)}"
+    typer.echo(f"{model_line}  split: {split}  n: {metrics['n']}")
     typer.echo(_summary(metrics))
     typer.echo(
         f"confusion matrix (rows = truth {metrics['class_names']}): {metrics['confusion_matrix']}"
@@ -609,11 +623,19 @@ def evaluate(
         typer.echo(f"report: {out}")
 
 
+def _unfinished(metrics: dict[str, Any]) -> str:
+    """`` (unfinished: abandoned)`` after a version its training run did not finish."""
+    return f" (unfinished: {metrics['unfinished']})" if metrics.get("unfinished") else ""
+
+
 def _echo_data_notes(metrics: dict[str, Any]) -> None:
     """Skipped files, a split holding one class only, and images with an identical copy
     among the training images."""
     if metrics.get("skipped_files"):
-        typer.echo(f"skipped files: {metrics['skipped_files']}")
+        from radlens.training.data.sources import describe_skip_kinds
+
+        kinds = describe_skip_kinds(metrics.get("skipped_reasons") or {})
+        typer.echo(f"skipped files: {metrics['skipped_files']}" + (f" ({kinds})" if kinds else ""))
     matrix = metrics.get("confusion_matrix")
     if metrics.get("label_mode") != "multi-label" and matrix is not None:
         present = [

@@ -12,7 +12,10 @@ evaluation left there and this one did not write (:func:`remove_stale_report`), 
 holds this evaluation's report only.
 
 Data is opened and decoded as training does it (``training.data.sources.open_data``,
-``training.data.pipeline.load_examples``).
+``training.data.pipeline.load_examples``). Skipped files are logged summarised (the count per
+kind of reason and a few examples, ``training.data.sources.skipped_report``); ``out`` gets
+their full list, ``skipped.csv``. A version its training run left unfinished (named as
+NAME:VERSION) is evaluated with a warning and ``"unfinished"`` in the result.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 
 from radlens.models.errors import ConfigurationError
 from radlens.training.data.sources import (
+    SKIPPED_FILE,
     DataSource,
     Example,
     SkippedFile,
@@ -35,6 +39,10 @@ from radlens.training.data.sources import (
     drop_undecodable,
     open_data,
     patient_key_check,
+    skip_kinds,
+    skip_lines_held,
+    skipped_csv,
+    skipped_report,
     split_source,
     unique_skipped,
 )
@@ -50,6 +58,7 @@ REPORT_FILES = (
     "reliability.png",
     "roc_curve.png",
     "findings.txt",
+    SKIPPED_FILE,
 )
 ROC_FOLDER = "roc"  # a multi-label model's roc_<finding>.png
 ROC_PATTERN = "roc_*.png"
@@ -241,7 +250,6 @@ def evaluate(
             split, or no readable image.
     """
     from radlens.models.registry import ModelRegistry, default_store_path
-    from radlens.training.data.pipeline import load_examples
     from radlens.training.metrics import classification_metrics
 
     check_dicom_root(data, dicom_root)  # the run's own is used only where it applies
@@ -251,8 +259,10 @@ def evaluate(
             f"the model store {str(store_path)!r} is a file, not a folder; pass --store FOLDER "
             "(or set RADLENS_MODEL_STORE)"
         )
-    loaded = ModelRegistry(store_path).load(model_ref)
+    registry = ModelRegistry(store_path)
+    loaded = registry.load(model_ref)
     manifest = loaded.manifest
+    notes = _unfinished_note(registry, manifest)
     series = _SeriesOptions.of(
         manifest.training_config, dicom_root, series_aggregation, series_top_k
     )
@@ -265,6 +275,7 @@ def evaluate(
             batch_size=batch_size,
             label_column=label_column,
             series=series,
+            notes=notes,
         )
     if label_column is not None:  # read nowhere for a single-label model: not ignored silently
         raise ConfigurationError(
@@ -272,6 +283,89 @@ def evaluate(
             f"model; {manifest.ref} is single-label (classes {list(manifest.class_names)!r}), "
             "its CSV labels are read from the 'label' column: drop --label-column"
         )
+    with skip_lines_held():  # summarised below, not one line per file (QA round 60)
+        source, examples, copies, skipped, inputs, labels = _open_and_decode(
+            data, manifest, split, series, batch_size
+        )
+    probabilities = np.asarray(loaded.model.predict(inputs, batch_size=batch_size, verbose=0))
+    metrics = classification_metrics(
+        labels, probabilities, manifest.class_names, manifest.threshold
+    )
+    from radlens.training.metrics import expected_calibration_error
+
+    metrics["ece"] = expected_calibration_error(labels, probabilities)
+    result: dict[str, Any] = {
+        "model": manifest.ref,
+        "split": split,
+        "data": str(data),
+        "class_names": list(manifest.class_names),
+        **metrics,
+        **_skip_figures(skipped, out),
+        "copies_in_training": copies,
+        **notes,
+    }
+    if source.has_series:
+        result.update(
+            series.figures(
+                [e.series for e in decoded(examples, skipped)],
+                labels,
+                probabilities,
+                manifest.class_names,
+                # the run's series threshold when chosen for this aggregation (as the service)
+                threshold=series.threshold_for(manifest),
+            )
+        )
+    if out is not None:
+        files = write_report(out, result, labels, probabilities, manifest.class_names, skipped)
+        remove_stale_report(out, files.values())
+    return result
+
+
+def _unfinished_note(registry: Any, manifest: Any) -> dict[str, Any]:
+    """``{"unfinished": state}`` for a version its training run has not finished (named by
+    NAME:VERSION: the newest is always a finished one), said in one warning; else ``{}``.
+    Evaluated, not refused: its model.keras is complete (and checked against the manifest's
+    sha256); what it lacks (the OOD detector, a converted runtime) is what serving needs,
+    which is why `radlens serve` refuses it (QA round 60)."""
+    state = registry.unfinished(manifest.name, manifest.version)
+    if state is None:
+        return {}
+    why = (
+        "its training run is still attaching its OOD detector and runtime"
+        if state == "being written"
+        else "its training run stopped before it attached its OOD detector and runtime"
+    )
+    log.warning(
+        "%s is unfinished (%s: %s): these figures are its model.keras's; `radlens serve` "
+        "refuses it until it is finished (`radlens models finish %s`)",
+        manifest.ref,
+        state,
+        why,
+        manifest.ref,
+    )
+    return {"unfinished": state}
+
+
+def _skip_figures(skipped: Sequence[SkippedFile], out: Path | None) -> dict[str, Any]:
+    """The result's skipped-file figures (the count, and the count per kind of reason),
+    after logging the summary: a few examples, and where the full list is."""
+    unique = unique_skipped(skipped)
+    where = (
+        f"the full list: {Path(out) / SKIPPED_FILE}"
+        if out is not None
+        else f"--out FOLDER writes the full list to FOLDER/{SKIPPED_FILE}"
+    )
+    for line in skipped_report(unique, full_list=where):
+        log.warning("%s", line)
+    return {"skipped_files": len(unique), "skipped_reasons": skip_kinds(unique)}
+
+
+def _open_and_decode(
+    data: str | Path, manifest: Any, split: str, series: Any, batch_size: int
+) -> tuple[Any, ...]:
+    """A single-label model's data: opened, split as trained, decoded for the model."""
+    from radlens.training.data.pipeline import load_examples
+
     source = open_data(data, manifest.class_names, dicom_root=series.dicom_root)
     if source.class_names != list(manifest.class_names):
         raise ConfigurationError(
@@ -292,37 +386,7 @@ def evaluate(
         batch_size=batch_size,
         skipped=skipped,
     )
-    probabilities = np.asarray(loaded.model.predict(inputs, batch_size=batch_size, verbose=0))
-    metrics = classification_metrics(
-        labels, probabilities, manifest.class_names, manifest.threshold
-    )
-    from radlens.training.metrics import expected_calibration_error
-
-    metrics["ece"] = expected_calibration_error(labels, probabilities)
-    result: dict[str, Any] = {
-        "model": manifest.ref,
-        "split": split,
-        "data": str(data),
-        "class_names": list(manifest.class_names),
-        **metrics,
-        "skipped_files": len(unique_skipped(skipped)),
-        "copies_in_training": copies,
-    }
-    if source.has_series:
-        result.update(
-            series.figures(
-                [e.series for e in decoded(examples, skipped)],
-                labels,
-                probabilities,
-                manifest.class_names,
-                # the run's series threshold when chosen for this aggregation (as the service)
-                threshold=series.threshold_for(manifest),
-            )
-        )
-    if out is not None:
-        files = write_report(out, result, labels, probabilities, manifest.class_names)
-        remove_stale_report(out, files.values())
-    return result
+    return source, examples, copies, skipped, inputs, labels
 
 
 @dataclass(frozen=True)
@@ -406,9 +470,11 @@ def write_report(
     labels: np.ndarray,
     probabilities: np.ndarray,
     class_names: Sequence[str],
+    skipped: Sequence[SkippedFile] = (),
 ) -> dict[str, Path]:
     """Write metrics.json, confusion_matrix.png, reliability.png (the reliability diagram of
-    the scores) and (binary) roc_curve.png into ``out``."""
+    the scores), (binary) roc_curve.png and (when files were skipped) skipped.csv, the full
+    list of them, into ``out``."""
     from radlens.training.callbacks import (
         confusion_matrix_png,
         reliability_diagram_png,
@@ -429,6 +495,9 @@ def write_report(
     if len(class_names) == 2:
         contents["roc_curve"] = roc_curve_png(labels, probabilities[:, 1], metrics.get("auc"))
     files = {key: out / ("metrics.json" if key == "metrics" else f"{key}.png") for key in contents}
+    if skipped:
+        contents["skipped"] = skipped_csv(skipped)
+        files["skipped"] = out / SKIPPED_FILE
     write_all(out, {files[key]: data for key, data in contents.items()})
     return files
 
@@ -559,6 +628,7 @@ def _evaluate_findings(
     batch_size: int,
     label_column: str | None,
     series: _SeriesOptions,
+    notes: dict[str, Any],
 ) -> dict[str, Any]:
     """:func:`evaluate` for a multi-label findings model."""
     from radlens.training import findings
@@ -567,21 +637,22 @@ def _evaluate_findings(
     manifest = loaded.manifest
     config = manifest.training_config
     spec = findings_spec(manifest, label_column)
-    source = open_data(data, multi_label=spec, dicom_root=series.dicom_root)
-    if split != "all":
-        source = as_trained(source, config, manifest.preprocessing_version)
-    examples, train = _select(source, split, config)
-    copies = _copies_scored(source, split, examples, train)
-    skipped: list[SkippedFile] = list(source.skipped)
-    inputs, targets = load_examples(
-        source,
-        examples,
-        size=manifest.input_size,
-        window=manifest.window,
-        version=manifest.preprocessing_version,
-        batch_size=batch_size,
-        skipped=skipped,
-    )
+    with skip_lines_held():  # summarised below, not one line per file (QA round 60)
+        source = open_data(data, multi_label=spec, dicom_root=series.dicom_root)
+        if split != "all":
+            source = as_trained(source, config, manifest.preprocessing_version)
+        examples, train = _select(source, split, config)
+        copies = _copies_scored(source, split, examples, train)
+        skipped: list[SkippedFile] = list(source.skipped)
+        inputs, targets = load_examples(
+            source,
+            examples,
+            size=manifest.input_size,
+            window=manifest.window,
+            version=manifest.preprocessing_version,
+            batch_size=batch_size,
+            skipped=skipped,
+        )
     scores = np.asarray(loaded.model.predict(inputs, batch_size=batch_size, verbose=0))
     names = list(manifest.class_names)
     metrics = findings.finding_metrics(targets, scores, names, manifest.finding_thresholds)
@@ -593,8 +664,9 @@ def _evaluate_findings(
         "findings": names,
         **metrics,
         "table": findings.format_table(metrics),
-        "skipped_files": len(unique_skipped(skipped)),
+        **_skip_figures(skipped, out),
         "copies_in_training": copies,
+        **notes,
     }
     points = _finding_points(manifest, targets, scores, split)
     if points is not None:  # a model trained before the table has none
@@ -626,6 +698,8 @@ def _evaluate_findings(
             out / "metrics.json": (json.dumps(result, indent=2, sort_keys=True) + "\n").encode(),
             out / "findings.txt": ("\n".join(result["table"]) + "\n").encode(),
         }
+        if skipped:  # the full list (the log showed a few)
+            report[out / SKIPPED_FILE] = skipped_csv(skipped)
         write_all(out, report)  # last: a report whose metrics.json is new is complete
         remove_stale_report(out, [*report, *written])
     return result

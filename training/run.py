@@ -40,7 +40,9 @@ calibrate (``min_calibration_positives``); how the split was made goes to config
 ``splits.csv`` (hashed patient ids only).
 
 ``resume(run_dir)`` continues an interrupted run (see ``training.rundir``). Unreadable images
-are logged with their path and reason, skipped, and counted in the result.
+are skipped and counted in the result: logged as a count per kind of reason with a few
+examples once the run folder exists, listed in full in its ``skipped.csv`` (and, at the end,
+in train.log).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import numpy as np
 from radlens.models.errors import ConfigurationError
 from radlens.training import rundir
 from radlens.training.config import TrainConfig
-from radlens.training.data.sources import DataSource, Example, SkippedFile
+from radlens.training.data.sources import DataSource, Example, SkippedFile, unique_skipped
 from radlens.training.distribute import Distribution, set_up
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,16 @@ def train(
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    data = _RunData.open(config)
+    from radlens.training.data.sources import skip_lines_held
+
+    # the per-file "skipping" lines are held back: a CD export's viewer folder made hundreds
+    # of them; they are summarised once the run folder (and its skipped.csv) exists
+    with skip_lines_held() as held:
+        try:
+            data = _RunData.open(config)
+        except ConfigurationError:
+            _log_held_skips(held, config.data)
+            raise
     if config.select_by == "series-auc" and not data.source.has_series:
         raise ConfigurationError(
             "select_by='series-auc' picks the best epoch by the validation series AUC; "
@@ -191,10 +202,20 @@ def train(
                 for e in items
             ),
         )
+    skipped_list = _report_skipped(run_path, data.skipped, chief=dist.chief)
     with rundir.run_log(run_path):
         if on_start is not None:
             on_start(run_path)
         log.info("%s run %s", "resuming" if run_dir is not None else "starting", run_path)
+        if skipped_list is not None:
+            from radlens.training.data.sources import describe_skip_kinds, skip_kinds
+
+            log.info(
+                "%d file(s) skipped (%s); listed in %s",
+                len(unique_skipped(data.skipped)),
+                describe_skip_kinds(skip_kinds(data.skipped)),
+                skipped_list.name,
+            )
         if dist.distributed:
             log.info(
                 "strategy %s: %d replica(s), %s",
@@ -213,6 +234,37 @@ def train(
         run = _Run(config, data, dist, run_path, state, model, network)
         _train_phases(run, callbacks, verbose)
         return _finish(run, started)
+
+
+def _log_held_skips(held: Sequence[SkippedFile], data: object) -> None:
+    """A refused data set: how many files were skipped while it was opened, by kind (the
+    per-file lines were held back), and the command that lists them."""
+    from radlens.training.data.sources import describe_skip_kinds, skip_kinds
+
+    if held:
+        log.warning(
+            "%d file(s) were skipped while the data was opened (%s); `radlens data-check %s "
+            "--all-skipped` lists them",
+            len(unique_skipped(held)),
+            describe_skip_kinds(skip_kinds(held)),
+            data,
+        )
+
+
+def _report_skipped(run_path: Path, skipped: Sequence[SkippedFile], *, chief: bool) -> Path | None:
+    """Write the run's skipped files to ``skipped.csv`` in its folder (the chief; None when
+    none was skipped) and log a summary: the count by kind and a few examples. Logged before
+    the run's train.log is attached, so a command without logging set up shows it on stderr
+    (in place of one line per file)."""
+    from radlens.training.data.sources import SKIPPED_FILE, skipped_report, write_skipped_csv
+
+    if not skipped:
+        return None
+    path = write_skipped_csv(run_path / SKIPPED_FILE, skipped) if chief else None
+    where = f"the full list: {path}" if path is not None else "the full list is in train.log"
+    for line in skipped_report(skipped, full_list=where):
+        log.warning("%s", line)
+    return path
 
 
 @dataclass
@@ -600,7 +652,7 @@ def _finish(run: _Run, started: float) -> RunResult:
     model, network = run.model, run.network
     from radlens.models.drift import build_reference
     from radlens.models.registry import ModelRegistry, default_store_path
-    from radlens.training.data.sources import data_fingerprint, unique_skipped
+    from radlens.training.data.sources import data_fingerprint
     from radlens.training.loop import predict
     from radlens.training.metrics import (
         apply_temperature,
@@ -1108,7 +1160,7 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
     model, network = run.model, run.network
     from radlens.models.registry import ModelRegistry, default_store_path
     from radlens.training import findings
-    from radlens.training.data.sources import data_fingerprint, unique_skipped
+    from radlens.training.data.sources import data_fingerprint
     from radlens.training.loop import predict
 
     names = list(data.source.class_names)

@@ -224,12 +224,19 @@ class MultiLabelSpec:
     def __post_init__(self) -> None:
         if not self.separator or self.separator.strip() != self.separator:
             raise ConfigurationError(
-                f"the finding separator must be non-empty, without spaces; got {self.separator!r}"
+                "the finding separator (--label-separator; label_separator: in a --config "
+                f"file) must be non-empty, without spaces; got {self.separator!r}"
             )
         if not self.none_name.strip():
-            raise ConfigurationError("the no-finding name must not be empty")
+            raise ConfigurationError(
+                "the no-finding name (--no-finding; no_finding: in a --config file) must not be "
+                "empty"
+            )
         if not self.column.strip():
-            raise ConfigurationError("the finding label column must not be empty")
+            raise ConfigurationError(
+                "the finding label column (--label-column; label_column: in a --config file) "
+                "must not be empty"
+            )
 
     def parse(self, value: str, *, where: str) -> list[str]:
         """The finding names of one label cell (``[]`` for the no-finding name).
@@ -451,6 +458,7 @@ def open_source(
     p = Path(path)
     if not p.exists():
         raise ConfigurationError(f"data path does not exist: {str(p)!r}")
+    _check_folder_readable(p)
     if p.is_dir():  # a CD export's patient folders are no classes (QA round 53)
         media.check_not_media_export(p)
     if p.is_file() and p.suffix.lower() == ".csv" and _is_series_csv(p):
@@ -560,6 +568,24 @@ _FIRST_NEGATIVE_NAMES = frozenset({"normal", "negative", "healthy", "benign", "n
 _NEGATIONS = ("no", "non", "not", "without")
 
 
+def _check_folder_readable(p: Path) -> None:
+    """Refuse a data folder that this user cannot list or enter, naming that folder: probing
+    it for a ``labels.csv`` reported a permission error on that file, which the user never
+    named (QA round 60)."""
+    try:
+        if not p.is_dir():
+            return
+        with os.scandir(p) as entries:  # listing needs read permission
+            next(entries, None)
+        (p / "labels.csv").is_file()  # a file's status needs search (x) permission
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the data folder {str(p)!r} cannot be read ({exc.strerror or exc}): radlens lists "
+            "it and reads the files in it; give your user read and search permission on it "
+            "(e.g. chmod -R a+rX, or ask its owner), or run radlens as a user who can read it"
+        ) from exc
+
+
 def check_dicom_root(path: str | Path, dicom_root: str | Path | None) -> None:
     """Refuse a ``dicom_root`` given for data that is not a series-labelled CSV (a folder's
     ``labels.csv`` counts, as :func:`open_data` reads it): nothing else reads it, and an
@@ -572,6 +598,7 @@ def check_dicom_root(path: str | Path, dicom_root: str | Path | None) -> None:
     if dicom_root is None:
         return
     p = Path(path)
+    _check_folder_readable(p)
     csv_path = p / "labels.csv" if p.is_dir() and (p / "labels.csv").is_file() else p
     if csv_path.is_file() and csv_path.suffix.lower() == ".csv" and _is_series_csv(csv_path):
         return
@@ -600,6 +627,7 @@ def open_data(
         models.errors.ConfigurationError: missing path, unusable layout, fewer than 2 classes.
     """
     p = Path(path)
+    _check_folder_readable(p)
     if p.is_dir() and (p / "labels.csv").is_file():
         p = p / "labels.csv"
     source = open_source(
@@ -762,7 +790,8 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
         given = [_nfc(name) for name in class_names]
         if sorted(given) != sorted(by_form) or len(set(given)) != len(given):
             raise ConfigurationError(
-                f"class_names={list(class_names)!r} must name exactly the sub-folders of "
+                f"class_names={list(class_names)!r} (a --config file's class_names, or the "
+                f"model's classes when evaluating) must name exactly the sub-folders of "
                 f"{str(root)!r}: {sorted(dirs)!r}"
             )
         names = list(class_names)
@@ -790,7 +819,8 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
                         f"classes, {names[label]!r} and {names[other_label]!r}: one image "
                         "cannot have two labels; remove the link"
                     )
-                again = f"the same file as {other} (reached again through a link): read once"
+                # the kind first (skip_kind groups by it), the other path after it
+                again = f"reached again through a link (the same file as {other}): read once"
                 skipped.append(SkippedFile(str(file), again))
                 log.warning("skipping %s: %s", file, again)
                 continue
@@ -1402,7 +1432,8 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
         if unknown:
             raise ConfigurationError(
                 f"finding(s) {unknown!r} in {str(path)!r} are not in the finding list "
-                f"{names!r}; add them to the list or fix the labels"
+                f"{names!r} (--findings; findings: in a --config file; evaluate: the model's); "
+                "add them to the list or fix the labels"
             )
     else:
         _one_spelling([*seen, spec.none_name], str(path))  # "no finding" is not a finding
@@ -1485,7 +1516,8 @@ def _check_findings(source: DataSource, where: str) -> None:
     absent = [name for name, c in counts.items() if c == 0]
     if absent:
         raise ConfigurationError(
-            f"finding(s) {absent!r} have no image in {where!r}; leave them out of the finding list"
+            f"finding(s) {absent!r} have no image in {where!r}; leave them out of the finding "
+            "list (--findings), or name them in --ignore-findings"
         )
     everywhere = [name for name, c in counts.items() if c == len(source.examples)]
     if everywhere:
@@ -1659,10 +1691,12 @@ def split_source(
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
-            raise ConfigurationError(f"{name} must be in [0, 1); got {value!r}")
+            option = "--" + name.replace("_", "-")  # as training.config names them
+            raise ConfigurationError(f"{name} must be in [0, 1); got {value!r} (option {option})")
     if val_fraction + test_fraction >= 1.0:
         raise ConfigurationError(
-            f"val_fraction + test_fraction must be < 1; got {val_fraction} + {test_fraction}"
+            f"val_fraction + test_fraction must be < 1; got {val_fraction} + {test_fraction} "
+            "(options --val-fraction, --test-fraction): leave images to train on"
         )
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
     pending: list[Example] = []
@@ -1910,6 +1944,10 @@ def split_counts(splits: Mapping[str, Sequence[Example]]) -> dict[str, int]:
     return {name: len(items) for name, items in splits.items()}
 
 
+# the option a user typed, and the field a --config file sets (QA round 60)
+_VAL_FRACTION = "--val-fraction (val_fraction: in a --config file)"
+
+
 def check_splits(
     source: DataSource,
     splits: Mapping[str, Sequence[Example]],
@@ -1942,15 +1980,15 @@ def check_splits(
         absent = [n for n, c in val_counts.items() if c == 0]
         if _split_all_given(source, splits):  # val_fraction applies to no image
             todo = (
-                "Every image's split is given by its npz key, so val_fraction assigns none: "
+                "Every image's split is given by its npz key, so --val-fraction assigns none: "
                 "add val_images/val_labels, or pass --resplit"
                 if source.kind == "npz"
-                else "Every row's split is given by the split column, so val_fraction assigns "
+                else "Every row's split is given by the split column, so --val-fraction assigns "
                 "none: mark images of each class val, leave some rows' split empty for radlens "
                 "to assign, or pass --resplit"
             )
         else:
-            todo = "Add data or raise val_fraction"
+            todo = f"Add data or raise {_VAL_FRACTION}"
         raise ConfigurationError(
             "the validation split needs images of at least 2 classes to choose the best epoch "
             f"and the threshold; it has {val_counts} (classes {names!r}). "
@@ -1968,12 +2006,13 @@ def check_splits(
             more = (
                 "give more images the split val (or pass --resplit)"
                 if _split_all_given(source, splits)  # val_fraction applies to no image
-                else "raise --val-fraction"
+                else f"raise {_VAL_FRACTION}"
             )
             raise ConfigurationError(
                 f"too small to calibrate: the validation split has {fewest} image(s) of "
                 f"{what}; temperature scaling needs at least {min_calibration_positives}. "
-                f"Add data, {more}, or lower min_calibration_positives"
+                f"Add data, {more}, or lower --min-calibration-positives "
+                "(min_calibration_positives: in a --config file)"
                 f"{_too_few([rarest], totals, n_splits)}"
             )
 
@@ -2020,7 +2059,7 @@ def _check_finding_splits(source: DataSource, splits: Mapping[str, Sequence[Exam
         raise ConfigurationError(
             "the validation split needs images with and without at least one finding to "
             f"choose the best epoch and the thresholds; it has {len(val)} image(s), finding "
-            f"counts {val_counts}. Add data or raise val_fraction"
+            f"counts {val_counts}. Add data or raise {_VAL_FRACTION}"
         )
 
 
@@ -2048,3 +2087,121 @@ def unique_skipped(skipped: Sequence[SkippedFile]) -> list[SkippedFile]:
     for item in skipped:
         seen.setdefault(item.path, item)
     return list(seen.values())
+
+
+# --- reporting skipped files --------------------------------------------------------------
+# A hospital's CD export holds a viewer (hundreds of program and text files) beside the
+# images: one line per skipped file buried the run's own output (QA round 60). Commands print
+# a few examples and the count per kind of reason; the full list goes to a file.
+
+SKIPPED_FILE = "skipped.csv"  # the full list: a run folder's, an `evaluate --out` folder's
+MAX_SKIPPED_SHOWN = 10  # example lines a command prints
+SKIP_LOG_MESSAGES = ("skipping %s: %s", "%d file(s) skipped in %s")  # the per-file lines
+_SKIP_LOGGERS = (
+    "radlens.training.data.sources",
+    "radlens.training.data.series",
+    "radlens.training.data.pipeline",
+)
+
+
+@contextlib.contextmanager
+def skip_lines_held() -> Iterator[list[SkippedFile]]:
+    """Hold back the per-file "skipping" warnings (and the count line) that opening and
+    decoding a data set log, so the caller reports them once, summarised
+    (:func:`skipped_report`). Yields the files so held back, as logged; other records pass."""
+    held: list[SkippedFile] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.msg not in SKIP_LOG_MESSAGES:
+            return True
+        if record.msg == SKIP_LOG_MESSAGES[0] and isinstance(record.args, tuple):
+            held.append(SkippedFile(*(str(a) for a in record.args[:2])))
+        return False
+
+    loggers = [logging.getLogger(name) for name in _SKIP_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(keep)
+    try:
+        yield held
+    finally:
+        for logger in loggers:
+            logger.removeFilter(keep)
+
+
+def skip_kind(reason: str) -> str:
+    """The kind of a skip reason, to count skipped files by: its words up to the first
+    detail (``(``, ``;`` or ``:``), e.g. "not a DICOM, PNG or JPEG file", "the file is
+    truncated". Never a file's path or contents (details come after those marks)."""
+    cut = min((i for i in (reason.find(m) for m in (" (", ";", ":")) if i > 0), default=None)
+    kind = " ".join(reason[:cut].split()) or "unreadable"
+    if kind[1:2].islower():  # "The file ..." as "the file ...", not "DICOM" as "dICOM"
+        kind = kind[:1].lower() + kind[1:]
+    if kind.startswith("the "):
+        kind = kind[4:]
+    return kind if len(kind) <= 80 else kind[:77] + "..."
+
+
+def skip_kinds(skipped: Sequence[SkippedFile]) -> dict[str, int]:
+    """Skipped files counted by :func:`skip_kind`, the most frequent first (ties: first seen)."""
+    counts = Counter(skip_kind(s.reason) for s in unique_skipped(skipped))
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def describe_skip_kinds(kinds: Mapping[str, int]) -> str:
+    """``"290 not a DICOM, PNG or JPEG file, 20 DICOM file has no pixel data"``."""
+    return ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+
+
+def skip_examples(
+    skipped: Sequence[SkippedFile], limit: int = MAX_SKIPPED_SHOWN
+) -> list[SkippedFile]:
+    """At most ``limit`` skipped files to show: the first of each kind, then the others in
+    order (a truncated image is shown, not buried under 300 viewer files); in list order."""
+    items = unique_skipped(skipped)
+    chosen: set[int] = set()
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        kind = skip_kind(item.reason)
+        if kind not in seen and len(chosen) < limit:
+            seen.add(kind)
+            chosen.add(i)
+    for i in range(len(items)):
+        if len(chosen) >= limit:
+            break
+        chosen.add(i)
+    return [items[i] for i in sorted(chosen)]
+
+
+def skipped_report(
+    skipped: Sequence[SkippedFile], *, full_list: str, limit: int = MAX_SKIPPED_SHOWN
+) -> list[str]:
+    """The lines a command prints about skipped files ([] for none): the count by kind,
+    up to ``limit`` examples ("  skipped <path>: <reason>"), and, when some are not shown,
+    where the full list is (``full_list``: "the full list: runs/x/skipped.csv")."""
+    items = unique_skipped(skipped)
+    if not items:
+        return []
+    lines = [f"{len(items)} file(s) skipped: {describe_skip_kinds(skip_kinds(items))}"]
+    shown = skip_examples(items, limit)
+    lines += [f"  skipped {item}" for item in shown]
+    if len(shown) < len(items):
+        lines.append(f"  ... and {len(items) - len(shown)} more; {full_list}")
+    return lines
+
+
+def skipped_csv(skipped: Sequence[SkippedFile]) -> bytes:
+    """The skipped files as CSV (``path``, ``kind``, ``reason`` columns; each file once). The
+    paths are those the data set gave; the reasons quote no file contents (QA round 31)."""
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("path", "kind", "reason"))
+    writer.writerows((s.path, skip_kind(s.reason), s.reason) for s in unique_skipped(skipped))
+    return text.getvalue().encode("utf-8")
+
+
+def write_skipped_csv(path: Path, skipped: Sequence[SkippedFile]) -> Path:
+    """Write :func:`skipped_csv` to ``path`` and return it."""
+    path.write_bytes(skipped_csv(skipped))
+    return path
