@@ -150,12 +150,10 @@ def test_validation_chest_images_pass_with_the_reference_score(
     assert verdicts.count(False) <= 1, verdicts  # nominally 1% are flagged
 
 
-@pytest.fixture(scope="module")
-def openvino_node(
-    databases: Databases, ensemble_store: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Node]:
-    """The ensemble served through OpenVINO: the classifier as the converted IR, the detector
-    on the Keras ensemble's features."""
+@pytest.fixture(scope="session")  # converted once: see tests/app/conftest.py databases
+def ensemble_openvino_store(ensemble_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``ensemble_store`` with the ensemble converted to OpenVINO (its parity on 64
+    val images); served read-only, so one copy serves every backend."""
     import shutil
 
     from radlens.models.registry import ModelRegistry
@@ -172,7 +170,14 @@ def openvino_node(
         images=_inputs(data["val_images"][:64]).astype(np.float32),
         labels=data["val_labels"][:64].reshape(-1),
     )
-    yield from _node(databases, store, runtime="openvino", precision="fp32")
+    return store
+
+
+@pytest.fixture(scope="module")
+def openvino_node(databases: Databases, ensemble_openvino_store: Path) -> Iterator[Node]:
+    """The ensemble served through OpenVINO: the classifier as the converted IR, the detector
+    on the Keras ensemble's features."""
+    yield from _node(databases, ensemble_openvino_store, runtime="openvino", precision="fp32")
 
 
 def test_openvino_serves_the_same_ood_score(flagging: Node, openvino_node: Node) -> None:

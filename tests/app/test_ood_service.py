@@ -284,12 +284,10 @@ def test_refuse_refuses_a_multiframe_instance_by_its_frames(refusing: Node) -> N
 # --- the OpenVINO runtime: the same score as TensorFlow ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def openvino_node(
-    databases: Databases, ood_store: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Node]:
-    """The same model and detector served through OpenVINO (RADLENS_RUNTIME=openvino): the
-    classifier runs as the converted IR, the detector on the Keras model's features."""
+@pytest.fixture(scope="session")  # converted once: see tests/app/conftest.py databases
+def ood_openvino_store(ood_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``ood_store`` with the model converted to OpenVINO (its parity on 64 val
+    images); served read-only, so one copy serves every backend."""
     import shutil
 
     from radlens.models.preprocessing import preprocess_array
@@ -308,12 +306,21 @@ def openvino_node(
         images=images[..., None].astype(np.float32),
         labels=data["val_labels"][:64].reshape(-1),
     )
+    return store
+
+
+@pytest.fixture(scope="module")
+def openvino_node(databases: Databases, ood_openvino_store: Path) -> Iterator[Node]:
+    """The same model and detector served through OpenVINO (RADLENS_RUNTIME=openvino): the
+    classifier runs as the converted IR, the detector on the Keras model's features."""
     from radlens.app.main import create_app
     from radlens.app.migrate import upgrade
 
     url = databases.new()
     upgrade(url)
-    settings = make_settings(url, store, ood="flag", runtime="openvino", precision="fp32")
+    settings = make_settings(
+        url, ood_openvino_store, ood="flag", runtime="openvino", precision="fp32"
+    )
     app = create_app(settings)
     with TestClient(app) as client:
         yield Node(client, app)

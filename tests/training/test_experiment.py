@@ -120,10 +120,12 @@ def test_cli_runs_every_choice_and_seed_and_writes_the_table(
     tiny_demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "experiment"
-    config = tmp_path / "base.yaml"  # the cheapest runs: no histograms, no sample images
+    # the cheapest runs: no histograms, no sample images, no OpenVINO conversion at export
+    config = tmp_path / "base.yaml"
     # min_calibration_positives: the tiny demo's validation holds 3 positives
     config.write_text(
         "histogram_freq: 0\ntensorboard_samples: 0\nname: tiny\nmin_calibration_positives: 2\n"
+        "openvino: false\n"
     )
     status = main(
         [

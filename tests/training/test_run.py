@@ -181,7 +181,9 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 def test_resume_continues_the_epoch_counter(tiny_demo_data: Path, tmp_path: Path) -> None:
-    config = tiny_config(tiny_demo_data, tmp_path, epochs_head=3, histogram_freq=0)
+    # no OpenVINO conversion at export: resuming is what is checked (the export with it:
+    # TestFinishedRun)
+    config = tiny_config(tiny_demo_data, tmp_path, epochs_head=3, histogram_freq=0, openvino=False)
     started: list[Path] = []
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[_Interrupt()], verbose=0, on_start=started.append)
@@ -210,7 +212,7 @@ def test_resume_refuses_data_that_now_splits_otherwise(
     from tests.training.data_fixtures import png_folder, random_gray, write_png
 
     root = png_folder(tmp_path / "ds", n_per_class=16)
-    config = tiny_config(root, tmp_path, epochs_head=2, histogram_freq=0)
+    config = tiny_config(root, tmp_path, epochs_head=2, histogram_freq=0, openvino=False)
     started: list[Path] = []
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[_Interrupt()], verbose=0, on_start=started.append)
@@ -368,7 +370,9 @@ def test_unreadable_files_are_skipped_and_counted(tiny_demo_data: Path, tmp_path
         shutil.copytree(tiny_demo_data / class_dir, data / class_dir)
     broken = data / "abnormal" / "broken.dcm"
     broken.write_bytes(b"\0" * 128 + b"DICM" + b"not really a dicom file")
-    config = tiny_config(data, tmp_path, epochs_head=1, histogram_freq=0, tensorboard_samples=0)
+    config = tiny_config(
+        data, tmp_path, epochs_head=1, histogram_freq=0, tensorboard_samples=0, openvino=False
+    )
     result = train(config, verbose=0)
     assert [s.path for s in result.skipped] == [str(broken)]
     assert "broken.dcm" in (result.run_dir / "train.log").read_text()
@@ -437,7 +441,8 @@ from radlens.training.run import train
 losses = []
 for i in range(2):
     cfg = tiny_config(Path({str(tiny_demo_data)!r}), Path({str(tmp_path)!r}) / str(i),
-                      deterministic=True, histogram_freq=0, tensorboard_samples=0)
+                      deterministic=True, histogram_freq=0, tensorboard_samples=0,
+                      openvino=False)  # the export comes after the history compared
     result = train(cfg, verbose=0)
     with (result.run_dir / "history.csv").open() as f:
         losses.append([row["loss"] + "/" + row["val_auc"] for row in csv.DictReader(f)])

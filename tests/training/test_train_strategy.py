@@ -58,6 +58,7 @@ def _train_args(data: Path, root: Path, strategy: str) -> list[str]:
         "--patience",
         "0",
         "--no-augment",
+        "--no-openvino",  # what is checked is the training; the export's conversion: test_run.py
         "--strategy",
         strategy,
         "--name",
