@@ -33,7 +33,11 @@ from tests.app.conftest import Databases, create_api_key, dicom_bytes, make_sett
 
 # CI bounds; a longer local run: RADLENS_FUZZ_EXAMPLES=200 pytest tests/app/test_schemathesis.py
 MAX_EXAMPLES = int(os.environ.get("RADLENS_FUZZ_EXAMPLES", "40"))
-DEADLINE_MS = 5_000
+# No deadline: Hypothesis fails a call slower than its deadline and then, when the re-run is
+# faster, reports "Failed on the first call but did not on a subsequent one" -- a timed
+# assertion, which on a loaded 2-core CI machine failed a frame route once (QA round 56).
+# Speed is measured in bench/, not here.
+DEADLINE_MS = None
 
 
 @pytest.fixture(scope="module")
