@@ -377,7 +377,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     raise ConfigurationError(f"unknown option {name!r} (in {source})")  # pragma: no cover
 
 
-# config fields whose `radlens train` option has another name: a refusal names both
+# config fields whose `radlens train` option is spelled otherwise (another name, or hyphens
+# for underscores): a refusal names both (QA rounds 57, 66). Fields without an option
+# (dropout, split_seed, histogram_freq, ...) are set in a --config file only.
 _OPTION_OF_FIELD = {
     "architecture": "--arch",
     "epochs_head": "--epochs",
@@ -385,6 +387,37 @@ _OPTION_OF_FIELD = {
     "learning_rate_head": "--learning-rate",
     "learning_rate_finetune": "--finetune-learning-rate",
     "early_stopping_patience": "--patience",
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in (
+            "image_size",
+            "batch_size",
+            "unfreeze_blocks",
+            "class_weights",
+            "val_fraction",
+            "test_fraction",
+            "min_calibration_positives",
+            "intended_modalities",
+            "intended_body_parts",
+            "ood_method",
+            "lr_schedule",
+            "weight_decay",
+            "label_smoothing",
+            "threshold_rule",
+            "mixed_precision",
+            "multi_label",
+            "label_column",
+            "label_separator",
+            "no_finding",
+            "positive_weights",
+            "ignore_findings",
+            "dicom_root",
+            "series_aggregation",
+            "series_top_k",
+            "select_by",
+            "runs_dir",
+        )
+    },
 }
 
 
@@ -412,7 +445,8 @@ def _validate(cfg: TrainConfig) -> None:
         if getattr(cfg, name) and cfg.architecture != "simple_cnn":
             raise ConfigurationError(
                 f"{name} applies to simple_cnn only (ResNet50 has its own batch normalisation "
-                f"and input stem); received {name}=true with architecture={cfg.architecture!r}"
+                f"and input stem); received {name}=true with architecture={cfg.architecture!r} "
+                "(option --arch)"
             )
     if len(set(cfg.class_names)) != len(cfg.class_names) or len(cfg.class_names) == 1:
         raise bad("class_names", "empty (from the data) or at least 2 distinct names")
@@ -420,7 +454,7 @@ def _validate(cfg: TrainConfig) -> None:
         if cfg.architecture != "resnet50":
             raise ConfigurationError(
                 f"weights apply to resnet50 only; received weights={cfg.weights!r} "
-                f"with architecture={cfg.architecture!r}"
+                f"with architecture={cfg.architecture!r} (option --arch)"
             )
         if cfg.weights != "imagenet" and not cfg.weights.endswith(".h5"):
             raise bad("weights", "'imagenet', a path to a .h5/.weights.h5 file, or none")
@@ -475,7 +509,8 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.val_fraction + cfg.test_fraction >= 1:
         raise ConfigurationError(
             "val_fraction + test_fraction must leave data to train on; received "
-            f"val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction}"
+            f"val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction} "
+            "(options --val-fraction, --test-fraction)"
         )
     if not cfg.name or not all(c.isalnum() or c in "-_." for c in cfg.name):
         raise bad("name", "letters, digits, '-', '_' or '.' (it names the run and the model)")

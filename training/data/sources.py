@@ -1988,7 +1988,7 @@ def check_splits(
                 "to assign, or pass --resplit"
             )
         else:
-            todo = f"Add data or raise {_VAL_FRACTION}"
+            todo = _one_patient_todo(source, splits) or f"Add data or raise {_VAL_FRACTION}"
         raise ConfigurationError(
             "the validation split needs images of at least 2 classes to choose the best epoch "
             f"and the threshold; it has {val_counts} (classes {names!r}). "
@@ -2015,6 +2015,43 @@ def check_splits(
                 "(min_calibration_positives: in a --config file)"
                 f"{_too_few([rarest], totals, n_splits)}"
             )
+
+
+def _one_patient_todo(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> str:
+    """Why validation is empty and what to do when every image has one and the same patient
+    ("" otherwise). Anonymisers often write one constant PatientID for everyone; the split
+    keeps a patient's images together, so it makes one group that goes to train whatever
+    --val-fraction says (QA round 66). Only explained, not split otherwise: that would change
+    the splits of existing runs. The patient is never named (the hash holds a real ID maybe).
+    """
+    examples = [e for items in splits.values() for e in items]
+    patients = {e.patient_id for e in examples}
+    if len(examples) < 2 or len(patients) != 1 or None in patients:
+        return ""
+    if _split_all_given(source, splits):  # the split column decides, not the patients
+        return ""
+    if source.kind == "folder":
+        same = (
+            "the same patient in their DICOM headers (PatientID, or StudyInstanceUID where "
+            "that is empty)"
+        )
+        todo = (
+            "give a CSV manifest instead (a labels.csv in the folder, or --data FILE.csv) with "
+            "path and label columns and either patient_id (each image's real patient) or split "
+            "(train, val or test for each image); radlens has no option to split by study or "
+            "by image"
+        )
+    else:
+        same = f"the same patient ({source.patient_source})"
+        todo = (
+            "fill the manifest's patient_id column with each image's real patient, or give "
+            "its split column (train, val or test)"
+        )
+    return (
+        f"All {len(examples)} images carry {same}, as when an anonymiser writes one constant "
+        "for everyone; the split keeps each patient's images together, so it puts them all "
+        f"in one split and no --val-fraction can make val or test: {todo}"
+    )
 
 
 def _split_all_given(source: DataSource, splits: Mapping[str, Sequence[Example]]) -> bool:
@@ -2059,7 +2096,8 @@ def _check_finding_splits(source: DataSource, splits: Mapping[str, Sequence[Exam
         raise ConfigurationError(
             "the validation split needs images with and without at least one finding to "
             f"choose the best epoch and the thresholds; it has {len(val)} image(s), finding "
-            f"counts {val_counts}. Add data or raise {_VAL_FRACTION}"
+            f"counts {val_counts}. "
+            + (_one_patient_todo(source, splits) or f"Add data or raise {_VAL_FRACTION}")
         )
 
 
