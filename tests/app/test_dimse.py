@@ -179,12 +179,12 @@ def test_a_refusal_names_its_reason_in_the_error_comment(
 
 
 def _said(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
-    """The SCP's log lines once one holds ``needle`` (or after 10 s): pynetdicom sends the
+    """The SCP's log lines once one holds ``needle`` (or after 60 s): pynetdicom sends the
     rejection before it runs the EVT_REJECTED handler that logs it, so the sender's
     ``associate`` can return first."""
     import time
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # bounds a hang only: every caller expects the line
     while True:
         said = [r.getMessage() for r in caplog.records if r.name == "radlens.app.dimse"]
         if any(needle in line for line in said) or time.monotonic() > deadline:
@@ -429,9 +429,10 @@ def test_dicom_tls_requires_a_certificate_the_ca_signed(
         # each refused handshake is logged with the peer and the reason (they were dropped
         # silently): the plain-DICOM sender, the sender without a certificate, the silent peer
         # (logged by its own thread, once it has seen the close)
-        for _ in range(100):
+        deadline = time.monotonic() + 60  # bounds a hang only (100 polls were 5 s, on any CPU)
+        while True:
             refused = [m.getMessage() for m in caplog.records if "TLS handshake" in m.getMessage()]
-            if len(refused) >= 3:
+            if len(refused) >= 3 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
     assert len(refused) == 3, refused

@@ -84,7 +84,7 @@ def test_two_replicas_on_one_spool_deliver_each_entry_once(
 
 
 def test_the_same_instance_on_two_replicas_is_queued_once(
-    tmp_path: Path, model_store: Path, migrated_database_url: str
+    tmp_path: Path, model_store: Path, migrated_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two apps on one database, each with its own spool (as pods with their own volume), the
     destination down so that what is queued stays in the spools. The instance is posted to A,
@@ -92,7 +92,13 @@ def test_the_same_instance_on_two_replicas_is_queued_once(
     A's row and queues nothing (it waited for A's dicom.send.queue row)."""
     from sqlalchemy import create_engine, text
 
+    from radlens.app import outbox as outbox_module
     from radlens.app.main import create_app
+
+    # B waits for A's row until CLAIM_WAIT_S after A's commit: 5 s, which a process's first SR
+    # (highdicom cold, 6-9 s on a loaded 2-core machine, QA round 65) outlasted, so that B
+    # queued the results too. Here the wait only bounds a hang.
+    monkeypatch.setattr(outbox_module, "CLAIM_WAIT_S", 120.0)
 
     down = f"PACS@127.0.0.1:{free_port()}"  # nothing listens there
 
@@ -108,13 +114,23 @@ def test_the_same_instance_on_two_replicas_is_queued_once(
         ):
             outbox_a = a.app.state.resources.ingestor.outbox  # type: ignore[attr-defined]
             outbox_b = b.app.state.resources.ingestor.outbox  # type: ignore[attr-defined]
-            submit = outbox_a.submit
+            submit, look = outbox_a.submit, outbox_b.handled_or_wait
+            looked = threading.Event()
+
+            def looking(prediction_id: str) -> Any:
+                try:
+                    return look(prediction_id)
+                finally:
+                    looked.set()
 
             def slow_submit(*args: Any) -> int:
-                time.sleep(1.0)  # A's SR is built and queued after B's upload found the row
+                # A's SR is queued once B's upload has looked for its queue row, not found it,
+                # and waits for it (a fixed 1 s sleep here only made that order likely)
+                assert looked.wait(timeout=60), "B's upload never looked for the queue row"
                 return int(submit(*args))
 
             outbox_a.submit = slow_submit
+            outbox_b.handled_or_wait = looking
             answers: dict[str, Any] = {}
 
             def post_a() -> None:
