@@ -632,20 +632,8 @@ def _purge_inbox_predicted(
                 )
             )
     paths = [path for digest in sorted(predicted) for path in digests[digest]]
-    if dry_run or not paths:
-        return len(paths)
-    with sessionmaker() as session:
-        record(
-            session,
-            actor=actor,
-            action=INBOX_PURGE,
-            status=200,
-            query=f"predicted_files={len(paths)}&retention_days={retention_days}",
-            at=now,
-        )
-        session.commit()
-    for path in paths:
-        path.unlink(missing_ok=True)
+    if not dry_run:
+        _audit_then_unlink(sessionmaker, paths, "predicted_files", retention_days, now, actor)
     return len(paths)
 
 
@@ -663,18 +651,33 @@ def _purge_inbox(
     from radlens.app.dimse_inbox import unreadable_before
 
     paths = unreadable_before(directory, cutoff.timestamp())
-    if dry_run or not paths:
-        return len(paths)
+    if not dry_run:
+        _audit_then_unlink(sessionmaker, paths, "files", retention_days, now, actor)
+    return len(paths)
+
+
+def _audit_then_unlink(
+    sessionmaker: Callable[[], Session],
+    paths: list[Path],
+    counted: str,
+    retention_days: int,
+    now: datetime,
+    actor: str,
+) -> None:
+    """Delete inbox ``paths`` after committing their one ``dimse.inbox.purge`` row (``counted``
+    names the count in its query): a crash in between audits a deletion twice, never not at
+    all. Nothing to delete: no row."""
+    if not paths:
+        return
     with sessionmaker() as session:
         record(
             session,
             actor=actor,
             action=INBOX_PURGE,
             status=200,
-            query=f"files={len(paths)}&retention_days={retention_days}",
+            query=f"{counted}={len(paths)}&retention_days={retention_days}",
             at=now,
         )
         session.commit()
     for path in paths:
         path.unlink(missing_ok=True)
-    return len(paths)
