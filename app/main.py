@@ -258,6 +258,11 @@ def _start(settings: Settings, load: PredictorLoader | None, metrics: ServiceMet
         except BaseException:
             engine.dispose()
             raise
+        # highdicom now, not in the first prediction's SR build: imported there it took 3.3 s
+        # of an 8.5 s first build on a loaded node, past the CLAIM_WAIT_S (5 s) a re-post on
+        # another replica waits for the results' queue row, which then queued them again
+        # (QA round 65)
+        import highdicom  # noqa: F401
     return Resources(
         engine=engine,
         sessionmaker=sessions,
