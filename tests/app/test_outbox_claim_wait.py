@@ -73,7 +73,9 @@ def test_waits_for_the_queue_row_take_no_worker_thread(
 
     answers, recorded_after = asyncio.run(scenario())
     assert answers == [True] * WAITERS  # every re-post saw the row: nothing queued twice
-    assert recorded_after < 2.0  # the row was not held up behind the waits (5 s each before)
+    # the row was not held up behind the waits (5 s each before); below that, loosely: a
+    # loaded CI machine is slow, and this is no speed figure
+    assert recorded_after < 4.5
 
 
 def test_a_prediction_committed_long_ago_is_not_waited_for(

@@ -170,7 +170,9 @@ def test_readyz_does_not_wait_for_sqlites_write_lock(
         other.execute("ROLLBACK")
         other.close()
     assert ready.status_code == 200, ready.text
-    assert elapsed < 2, elapsed
+    # well under the 15 s busy timeout it would wait out if the probe wrote: a bound loose
+    # enough for a loaded CI machine, not a speed figure
+    assert elapsed < 10, elapsed
 
 
 def test_a_replica_started_on_a_read_only_database_is_not_ready_before_any_upload(
