@@ -364,20 +364,26 @@ def _open_and_decode(
     data: str | Path, manifest: Any, split: str, series: Any, batch_size: int
 ) -> tuple[Any, ...]:
     """A single-label model's data: opened, split as trained, decoded for the model."""
-    from radlens.training.data.pipeline import load_examples
-
     source = open_data(data, manifest.class_names, dicom_root=series.dicom_root)
     if source.class_names != list(manifest.class_names):
         raise ConfigurationError(
             f"the data's classes {source.class_names!r} differ from the model's "
             f"{list(manifest.class_names)!r}"
         )
+    return _split_and_decode(source, manifest, split, batch_size)
+
+
+def _split_and_decode(source: Any, manifest: Any, split: str, batch_size: int) -> tuple[Any, ...]:
+    """``source`` split as the model was trained, its ``split`` selected and decoded as the
+    service feeds this model: (source, examples, copies, skipped, inputs, targets)."""
+    from radlens.training.data.pipeline import load_examples
+
     if split != "all":
         source = as_trained(source, manifest.training_config, manifest.preprocessing_version)
     examples, train = _select(source, split, manifest.training_config)
     copies = _copies_scored(source, split, examples, train)
     skipped: list[SkippedFile] = list(source.skipped)
-    inputs, labels = load_examples(
+    inputs, targets = load_examples(
         source,
         examples,
         size=manifest.input_size,
@@ -386,7 +392,7 @@ def _open_and_decode(
         batch_size=batch_size,
         skipped=skipped,
     )
-    return source, examples, copies, skipped, inputs, labels
+    return source, examples, copies, skipped, inputs, targets
 
 
 @dataclass(frozen=True)
@@ -632,26 +638,15 @@ def _evaluate_findings(
 ) -> dict[str, Any]:
     """:func:`evaluate` for a multi-label findings model."""
     from radlens.training import findings
-    from radlens.training.data.pipeline import load_examples
 
     manifest = loaded.manifest
-    config = manifest.training_config
     spec = findings_spec(manifest, label_column)
     with skip_lines_held():  # summarised below, not one line per file (QA round 60)
-        source = open_data(data, multi_label=spec, dicom_root=series.dicom_root)
-        if split != "all":
-            source = as_trained(source, config, manifest.preprocessing_version)
-        examples, train = _select(source, split, config)
-        copies = _copies_scored(source, split, examples, train)
-        skipped: list[SkippedFile] = list(source.skipped)
-        inputs, targets = load_examples(
-            source,
-            examples,
-            size=manifest.input_size,
-            window=manifest.window,
-            version=manifest.preprocessing_version,
-            batch_size=batch_size,
-            skipped=skipped,
+        source, examples, copies, skipped, inputs, targets = _split_and_decode(
+            open_data(data, multi_label=spec, dicom_root=series.dicom_root),
+            manifest,
+            split,
+            batch_size,
         )
     scores = np.asarray(loaded.model.predict(inputs, batch_size=batch_size, verbose=0))
     names = list(manifest.class_names)
