@@ -274,6 +274,27 @@ def service(databases: Databases, model_store: Path) -> Iterator[Service]:
         )
 
 
+@pytest.fixture()
+def signed_in_ui(service: Service) -> Iterator[TestClient]:
+    """The service's client logged in to the /ui pages with its key (no /ui cookies before or
+    after)."""
+    from tests.app.test_ui import login
+
+    service.client.cookies.clear()
+    login(service.client, service.api_key or "")
+    yield service.client
+    service.client.cookies.clear()
+
+
+def ui_detail_text(ui: TestClient, prediction_id: str) -> str:
+    """A prediction's /ui detail page, its whitespace runs made one space."""
+    import re
+
+    page = ui.get(f"/ui/predictions/{prediction_id}")
+    assert page.status_code == 200, page.text
+    return re.sub(r"\s+", " ", page.text)
+
+
 # --- images ---------------------------------------------------------------------------
 
 

@@ -7,8 +7,6 @@ written into a copy in tmp; SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import io
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,8 @@ import pydicom
 import pytest
 
 from tests.app.conftest import Service, TestClient, new_uid, png_bytes
+from tests.app.conftest import ui_detail_text as detail
 from tests.app.test_stowrs import parse, stow
-from tests.app.test_ui import login
 from tests.conftest import shared_data_path
 
 CHEST_CR = ("dicom", "rsna_chest_cr_jpeg_baseline.dcm")
@@ -124,17 +122,8 @@ class TestStored:
 
 
 @pytest.fixture()
-def ui(service: Service) -> Iterator[TestClient]:
-    service.client.cookies.clear()
-    login(service.client, service.api_key or "")
-    yield service.client
-    service.client.cookies.clear()
-
-
-def detail(ui: TestClient, prediction_id: str) -> str:
-    page = ui.get(f"/ui/predictions/{prediction_id}")
-    assert page.status_code == 200, page.text
-    return re.sub(r"\s+", " ", page.text)
+def ui(signed_in_ui: TestClient) -> TestClient:
+    return signed_in_ui
 
 
 class TestDetailPage:

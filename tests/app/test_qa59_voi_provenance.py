@@ -8,7 +8,6 @@ written in tmp; SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from tests.app.conftest import (
     png_bytes,
     save_tiny_model,
 )
+from tests.app.conftest import ui_detail_text as detail
 from tests.app.test_stowrs import parse, stow
-from tests.app.test_ui import login
 from tests.conftest import shared_data_path
 
 HOSTILE = "DOE^JOHN^1970-01"  # what a hostile file could put where a function name belongs
@@ -306,17 +305,8 @@ class TestPresetModel:
 
 
 @pytest.fixture()
-def ui(service: Service) -> Iterator[TestClient]:
-    service.client.cookies.clear()
-    login(service.client, service.api_key or "")
-    yield service.client
-    service.client.cookies.clear()
-
-
-def detail(ui: TestClient, prediction_id: str) -> str:
-    page = ui.get(f"/ui/predictions/{prediction_id}")
-    assert page.status_code == 200, page.text
-    return re.sub(r"\s+", " ", page.text)
+def ui(signed_in_ui: TestClient) -> TestClient:
+    return signed_in_ui
 
 
 class TestDetailPage:

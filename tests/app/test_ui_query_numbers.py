@@ -5,20 +5,14 @@ accepts "²" and other Unicode digits that ``int()`` refuses, and ``int()`` refu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.app.conftest import Service, TestClient
-from tests.app.test_ui import login
+from tests.app.conftest import TestClient
 
 
 @pytest.fixture()
-def ui(service: Service) -> Iterator[TestClient]:
-    service.client.cookies.clear()
-    login(service.client, service.api_key or "")
-    yield service.client
-    service.client.cookies.clear()
+def ui(signed_in_ui: TestClient) -> TestClient:
+    return signed_in_ui
 
 
 @pytest.mark.parametrize(
