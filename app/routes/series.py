@@ -68,15 +68,23 @@ def _not_stored(what: str, uid: str) -> AppError:
     return NotFoundError(f"no prediction is stored for series {uid!r}")
 
 
-UidPath = Annotated[
-    str,
-    Path(
+def uid_path(description: str) -> Any:
+    """A UID path parameter: any UID radlens could have stored (an anonymiser's UUID too, QA
+    round 18), at most 64 characters; the OpenAPI document states DICOM's digits and dots."""
+    return Path(
         max_length=64,
         pattern=UID_PATTERN,
         json_schema_extra={"pattern": DICOM_UID_PATTERN},
-        description="The UID as sent by the modality, or as a response shows it (a pseudonym "
-        "when RADLENS_UID_PSEUDONYM_KEY is set). A UID stored as received that is not digits "
-        "and dots (an anonymiser's UUID) is taken too",
+        description=description,
+    )
+
+
+UidPath = Annotated[
+    str,
+    uid_path(
+        "The UID as sent by the modality, or as a response shows it (a pseudonym when "
+        "RADLENS_UID_PSEUDONYM_KEY is set). A UID stored as received that is not digits and dots "
+        "(an anonymiser's UUID) is taken too"
     ),
 ]
 

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import URL
 
@@ -33,7 +33,7 @@ from radlens.app.catalogue import OutputInstance
 from radlens.app.deps import SessionDep, SettingsDep
 from radlens.app.dicom_outputs import build_sc, build_sr, source_from_prediction
 from radlens.app.errors import AppError, NotAcceptableError
-from radlens.app.routes.series import DICOM_UID, DICOM_UID_PATTERN, UID_PATTERN, MalformedUidError
+from radlens.app.routes.series import DICOM_UID, MalformedUidError, uid_path
 from radlens.app.schemas import problem_responses
 from radlens.app.tables import Explanation, Prediction
 
@@ -253,12 +253,9 @@ def _accept(request: Request, offers: tuple[Offer, ...], error: type[NotAcceptab
 # a DICOM UID (it cannot name anything), else a 404.
 Uid = Annotated[
     str,
-    Path(
-        max_length=64,
-        pattern=UID_PATTERN,
-        json_schema_extra={"pattern": DICOM_UID_PATTERN},
-        description="A DICOM UID (digits and dots, at most 64 characters) as QIDO-RS lists it "
-        "(a UID stored as received that is not digits and dots is taken too)",
+    uid_path(
+        "A DICOM UID (digits and dots, at most 64 characters) as QIDO-RS lists it (a UID stored "
+        "as received that is not digits and dots is taken too)"
     ),
 ]
 _NOT_ACCEPTABLE: dict[int | str, dict[str, Any]] = {
