@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 FILTER_KINDS = ("sobel_h", "sobel_v", "blur", "outline")  # for --help; models.ops decides
+FILTER_BORDERS = ("reflect", "zero")  # for --help; models.ops.BORDERS decides
 
 PathArg = Annotated[Path, typer.Argument(help="A DICOM, PNG or JPEG file.")]
 WindowOpt = Annotated[
@@ -150,14 +151,24 @@ def filter_image(
     out: Annotated[Path, typer.Option("--out", help="Where to write the PNG (e.g. edges.png).")],
     window: WindowOpt = None,
     size: SizeOpt = None,
+    border: Annotated[
+        str,
+        typer.Option(
+            "--border",
+            help="Outside the image: reflect (mirrored, the default: no false edge at the "
+            "frame) or zero (zero padding, exactly the models' filter front-end).",
+        ),
+    ] = "reflect",
 ) -> None:
     """Apply a classic filter to the preprocessed image and write it as an 8-bit PNG."""
-    from radlens.models.ops import FILTER_NAMES, apply_filter
+    from radlens.models.ops import BORDERS, FILTER_NAMES, apply_filter
 
     if kind not in FILTER_NAMES:
         fail(f"--kind must be one of {', '.join(FILTER_NAMES)}; got {kind!r}")
+    if border not in BORDERS:
+        fail(f"--border must be one of {', '.join(FILTER_BORDERS)}; got {border!r}")
     if out.suffix.lower() != ".png":
-        fail(f"--out must be a .png file; got {str(out)!r}")
+        fail(f"--out must be a file name ending in .png, e.g. edges.png; got {str(out)!r}")
     if not out.parent.is_dir():
         fail(f"the folder for --out does not exist: {out.parent}")
     target = parse_size(size)
@@ -167,11 +178,11 @@ def filter_image(
     from radlens.models.preprocessing import preprocess
 
     image = preprocess(_read(path), size=target, window=window)
-    response = apply_filter(image.pixels, kind)
+    response = apply_filter(image.pixels, kind, border=border)
     Image.fromarray(to_display(response, kind)).save(out, format="PNG")
     typer.echo(
         f"wrote {out} ({kind}, {image.pixels.shape[0]}x{image.pixels.shape[1]}, "
-        f"window {image.metadata.window})"
+        f"window {image.metadata.window}, border {border})"
     )
 
 

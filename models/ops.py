@@ -21,6 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from radlens.models.errors import ConfigurationError
 
 __all__ = [
+    "BORDERS",
     "FILTER_NAMES",
     "KERNELS",
     "apply_filter",
@@ -35,6 +36,8 @@ PoolMode = Literal["max", "average"]
 
 _PADDINGS = ("valid", "same")
 _POOL_MODES = ("max", "average")
+BORDERS: tuple[str, ...] = ("zero", "reflect")
+"""How :func:`apply_filter` fills outside the image: zeros (Keras) or the image mirrored."""
 
 
 def _kernel(rows: list[list[float]], scale: float = 1.0) -> np.ndarray:
@@ -50,9 +53,11 @@ KERNELS: dict[str, np.ndarray] = {
     # Vertical Sobel: responds to vertical edges, i.e. to the horizontal gradient
     # (bright on the left, dark on the right gives a positive response).
     "sobel_v": _kernel([[1, 0, -1], [2, 0, -2], [1, 0, -1]]),
-    # Gaussian-like blur; weights sum to 1, so a constant image is unchanged.
+    # Gaussian-like blur; weights sum to 1, so a constant image is unchanged (away from a
+    # zero-padded border, which darkens the outermost pixels; see apply_filter's border).
     "blur": _kernel([[1, 2, 1], [2, 4, 2], [1, 2, 1]], 1.0 / 16.0),
-    # Outline (Laplacian-like); weights sum to 0, so a constant image gives 0.
+    # Outline (Laplacian-like); weights sum to 0, so a constant image gives 0 (again away
+    # from a zero-padded border, where it shows a false edge).
     "outline": _kernel([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]]),
 }
 """The classic 3x3 filters of the course, float32, read-only."""
@@ -228,7 +233,7 @@ def pool2d(
     x: np.ndarray,
     *,
     size: int = 2,
-    stride: int | None = 2,
+    stride: int | None = None,
     mode: str = "max",
     padding: str = "valid",
 ) -> np.ndarray:
@@ -241,7 +246,8 @@ def pool2d(
     Args:
         x: ``(H, W)`` or ``(H, W, C)``; channels are pooled independently.
         size: window side (>= 1).
-        stride: step between windows (>= 1); None means ``size``, as in Keras.
+        stride: step between windows (>= 1); None (the default) means ``size``, as Keras'
+            ``strides=None``: non-overlapping windows at any size.
         mode: ``"max"`` or ``"average"``.
         padding: ``"valid"`` or ``"same"``.
 
@@ -324,32 +330,52 @@ def filter_kernel(kind: str) -> np.ndarray:
         ) from None
 
 
-def apply_filter(pixels: np.ndarray, kind: str) -> np.ndarray:
-    """Apply a classic filter to a grayscale image with 'same' padding, for display.
+def apply_filter(pixels: np.ndarray, kind: str, *, border: str = "zero") -> np.ndarray:
+    """Apply a classic filter to a gray image at stride 1, keeping its size.
 
-    This is the filter response itself (zero padding at the border, like the Keras layer):
-    ``blur`` keeps the value range, while ``sobel_h``, ``sobel_v`` and ``outline`` give
-    signed responses (e.g. -4..4 for a [0, 1] image with Sobel) that a viewer should
-    rescale, for instance by their absolute value.
+    This is the filter response itself: ``blur`` keeps the value range, while ``sobel_h``,
+    ``sobel_v`` and ``outline`` give signed responses (e.g. -4..4 for a [0, 1] image with
+    Sobel) that a viewer should rescale, for instance by their absolute value.
+
+    What lies outside the image is ``border``:
+
+    - ``"zero"`` (the default): zeros, 'same' padding exactly as the Keras layer
+      (``FixedFilterBank``, the models' filter front-end) and ``conv2d(..., padding="same")``.
+      A bright image then meets black at its frame: Sobel and outline show a false edge along
+      the outermost pixels and blur darkens them (a one-pixel image of value v blurs to v/4).
+    - ``"reflect"``: the image mirrored at its edge, scipy.ndimage's default mode
+      ``"reflect"`` (for a 3x3 kernel the same as repeating the edge pixels). No false frame:
+      blur leaves a constant image unchanged up to the edge and the others give 0 on it. For
+      display (``radlens filter``, TensorBoard's ``filters/<name>`` images).
 
     Args:
         pixels: ``(H, W)`` or ``(H, W, 1)`` gray image (e.g. ``PreprocessedImage.pixels``).
         kind: one of :data:`FILTER_NAMES`.
+        border: one of :data:`BORDERS`, see above.
 
     Returns:
         float32 array with the shape of ``pixels``.
 
     Raises:
-        TypeError: non-numeric pixels or a non-string kind.
-        ValueError: pixels that are not a single-channel 2-D image.
+        TypeError: non-numeric pixels, a non-string kind or border.
+        ValueError: pixels that are not a single-channel 2-D image, an unknown border.
         ConfigurationError: an unknown filter name (lists the valid names).
     """
     kernel = filter_kernel(kind)
+    if not isinstance(border, str):
+        raise TypeError(f"border must be 'zero' or 'reflect'. Received: border={border!r}")
+    if border not in BORDERS:
+        raise ValueError(f"border must be 'zero' or 'reflect'. Received: border={border!r}")
     x = _as_array(pixels, "pixels")
     if x.ndim == 3 and x.shape[2] == 1:
-        return apply_filter(x[..., 0], kind)[..., np.newaxis]
+        return apply_filter(x[..., 0], kind, border=border)[..., np.newaxis]
     if x.ndim != 2:
         raise ValueError(
             f"pixels must be a gray image of shape (H, W) or (H, W, 1). Received shape {x.shape}"
         )
+    _check_image(x, "pixels")
+    if border == "reflect":
+        # numpy's "symmetric" is scipy.ndimage's "reflect" (d c b a | a b c d | d c b a)
+        padded = np.pad(x, 1, mode="symmetric")
+        return conv2d(padded, kernel, stride=1, padding="valid").astype(np.float32)
     return conv2d(x, kernel, stride=1, padding="same").astype(np.float32)

@@ -22,7 +22,7 @@ inference graph):
   writes only the conceptual graph for its own train function), the ``validation`` run's graph;
 - :class:`SampleImagesCallback`: sample validation inputs exactly as the model sees them
   (tag ``inputs/as_model_sees_them``) and their classic filter responses (``filters/<name>``,
-  ``models.ops.apply_filter``);
+  ``models.ops.apply_filter`` with the image mirrored at its border, each scaled min-max);
 - :class:`EvaluationFiguresCallback`: a confusion matrix and a ROC curve on the validation
   data each epoch (``validation/confusion_matrix``, ``validation/roc_curve``), drawn with
   matplotlib (Agg) to PNG and logged with ``tf.summary.image``;
@@ -132,8 +132,13 @@ class SampleImagesCallback(keras.callbacks.Callback):
                 max_outputs=len(self.inputs),
             )
             for name in FILTER_NAMES:
+                # mirrored at the border: zero padding (the front-end's) would draw a false
+                # edge along the frame whose extremes take over the min-max scaling
                 responses = np.stack(
-                    [_to_unit(apply_filter(img[..., 0], name)) for img in self.inputs]
+                    [
+                        _to_unit(apply_filter(img[..., 0], name, border="reflect"))
+                        for img in self.inputs
+                    ]
                 )[..., None].astype(np.float32)
                 tf.summary.image(f"filters/{name}", responses, step=0, max_outputs=len(self.inputs))
         writer.flush()
