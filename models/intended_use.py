@@ -46,6 +46,74 @@ _BODY_PART_SYNONYMS: dict[str, str] = {
     "EXTREMITY": "EXTREMITY",
 }
 
+_ANNEX_L_REGIONS: dict[str, str] = {
+    # PS3.16 Annex L's Body Part Examined defined terms for regions that hold none of the
+    # chest, each its own canonical value (or the one above it names): a wrist or elbow CR is
+    # refused by a chest model as a hip CR is, where it used to be "not known" and was left
+    # to the image score (QA round 70). Terms whose region takes in the chest or part of it
+    # (CHESTABDOMEN, NECKCHEST, WHOLEBODY, RIB, STERNUM, CLAVICLE, SCAPULA, HEART,
+    # MEDIASTINUM, TRACHEA, ...) stay not known: a chest film may well carry them.
+    **{
+        term: term
+        for term in (
+            "WRIST",
+            "ELBOW",
+            "ANKLE",
+            "ARM",
+            "FOREARM",
+            "UPPERARM",
+            "HUMERUS",
+            "ULNA",
+            "LEG",
+            "LOWERLEG",
+            "THIGH",
+            "FEMUR",
+            "TIBIA",
+            "FIBULA",
+            "PATELLA",
+            "CALCANEUS",
+            "FINGER",
+            "THUMB",
+            "TOE",
+            "NECK",
+            "ABDOMENPELVIS",
+            "SACRUM",
+            "COCCYX",
+            "KIDNEY",
+            "LIVER",
+            "PANCREAS",
+            "SPLEEN",
+            "STOMACH",
+            "COLON",
+            "BLADDER",
+            "PROSTATE",
+            "UTERUS",
+            "OVARY",
+            "TESTIS",
+        )
+    },
+    "HANDWRIST": "WRIST",
+    "FACE": "HEAD",
+    "JAW": "HEAD",
+    "MANDIBLE": "HEAD",
+    "MAXILLA": "HEAD",
+    "ORBIT": "HEAD",
+    "SINUS": "HEAD",
+    "TMJ": "HEAD",
+    "IAC": "HEAD",
+    "HEADNECK": "HEAD",
+    "LSSPINE": "SPINE",
+    "SSPINE": "SPINE",
+}
+_BODY_PART_SYNONYMS.update(_ANNEX_L_REGIONS)
+
+BODY_PART_TERMS = 2
+"""The body-part vocabulary a manifest's intended use was surveyed with (its
+``body_part_terms``; absent: 1, before :data:`_ANNEX_L_REGIONS` was known). A model that
+states no body part and whose training headers held values the old vocabulary did not know
+does not refuse the Annex L terms: they may be what its training images said
+(:func:`from_record`)."""
+
 # Modality (0008,0060) values: the defined terms of DICOM's CID 33 (as pydicom ships them),
 # each its own canonical value, plus spellings seen in the wild. A term the standard defines
 # says what the instance is, so a model stating CR/DX refuses a slide-microscopy (SM) or
@@ -304,6 +372,11 @@ def normalise_body_part(value: object) -> str | None:
     return None
 
 
+def _is_annex_l_region(value: object) -> bool:
+    text = _clean(value)
+    return text in _ANNEX_L_REGIONS or text.replace(" ", "") in _ANNEX_L_REGIONS
+
+
 def normalise_view_position(value: object) -> str | None:
     """Projection family (FRONTAL, LATERAL, DECUBITUS, OBLIQUE, CC, MLO) of a ViewPosition
     value, or None when not known (empty, junk, vendor free text)."""
@@ -327,6 +400,9 @@ class IntendedUse:
     body_parts: tuple[str, ...] = ()
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     view_positions: tuple[str, ...] = ()  # projection families (normalise_view_position)
+    # surveyed before the Annex L terms were known, with unknown body parts in training: those
+    # terms are not refused (from_record)
+    annex_l_not_known: bool = False
 
     @property
     def empty(self) -> bool:
@@ -395,6 +471,12 @@ def violations(metadata: Mapping[str, object], intended_use: IntendedUse) -> lis
         if not accepted_values:
             continue
         value = normalise(metadata.get(attribute))
+        if (
+            attribute == "BodyPartExamined"
+            and intended_use.annex_l_not_known
+            and _is_annex_l_region(metadata.get(attribute))
+        ):
+            continue
         if value is not None and value not in accepted_values:
             found.append(Violation(attribute, str(metadata.get(attribute)), accepted_values))
     return found
@@ -465,15 +547,22 @@ SURVEYED_ATTRIBUTES: tuple[tuple[str, str], ...] = (
 """Record key -> the DICOM keyword whose values training counts."""
 
 
-def check_stated(modalities: Sequence[str], body_parts: Sequence[str]) -> dict[str, list[str]]:
+def check_stated(
+    modalities: Sequence[str], body_parts: Sequence[str], view_positions: Sequence[str] = ()
+) -> dict[str, list[str]]:
     """Validate and normalise an explicit intended-use statement (training config).
 
     Args:
         modalities: e.g. ``["CR", "DX"]`` (synonyms such as ``"DR"`` are accepted).
         body_parts: e.g. ``["CHEST"]`` (synonyms such as ``"thorax"`` are accepted).
+        view_positions: e.g. ``["PA", "AP"]`` or ``["FRONTAL"]``: the projection families
+            (:func:`normalise_view_position`) the model is for. A model trained on PNG or
+            JPEG films has no ViewPosition to survey, so only a statement lets its gate
+            refuse a lateral.
 
     Returns:
-        ``{"modalities": [...], "body_parts": [...]}`` in canonical, sorted, unique form.
+        ``{"modalities": [...], "body_parts": [...]}`` in canonical, sorted, unique form,
+        with ``"view_positions"`` (families) when some were given.
 
     Raises:
         ValueError: a value the normaliser does not know (the message quotes it and lists
@@ -483,7 +572,16 @@ def check_stated(modalities: Sequence[str], body_parts: Sequence[str]) -> dict[s
     for key, what, values, normalise, known in (
         ("modalities", "modality", modalities, normalise_modality, _modality_synonyms()),
         ("body_parts", "body part", body_parts, normalise_body_part, _BODY_PART_SYNONYMS),
+        (
+            "view_positions",
+            "view position",
+            view_positions,
+            normalise_view_position,
+            _VIEW_POSITION_SYNONYMS,
+        ),
     ):
+        if key == "view_positions" and not values:
+            continue
         canonical = []
         for value in values:
             found = normalise(value)
@@ -555,9 +653,11 @@ def intended_use_record(
     Per attribute (modality, body part) the gate accepts the stated values when some were
     stated, else the known values seen in training DICOM headers, else anything (an
     empty list: PNG/JPEG/npz training data states nothing about modality or body part).
-    View positions are never stated: the gate accepts the projection families
-    (:func:`normalise_view_position`) of the values training saw, and anything when it saw
-    none it knows (a training set without ViewPosition, or with junk in it, gates nothing).
+    View positions: the stated projection families (``stated["view_positions"]``,
+    :func:`check_stated`) when some were stated, else the families
+    (:func:`normalise_view_position`) of the values training saw, else anything (a training
+    set without ViewPosition -- PNG/JPEG films -- or with junk in it gates no view unless
+    the statement names one).
     """
     accepts: dict[str, list[str]] = {}
     for key in ("modalities", "body_parts"):
@@ -565,12 +665,16 @@ def intended_use_record(
         seen = sorted(v for v in (observed.get(key) or {}) if v != "unknown")
         accepts[key] = sorted(set(given)) if given else seen
     families = (normalise_view_position(v) for v in (observed.get("view_positions") or {}))
-    accepts["view_positions"] = sorted({f for f in families if f is not None})
+    given_views = list((stated or {}).get("view_positions") or [])
+    accepts["view_positions"] = (
+        sorted(set(given_views)) if given_views else sorted({f for f in families if f})
+    )
     return {
         "stated": {k: sorted(set(v)) for k, v in stated.items()} if stated else None,
         "observed": dict(observed),
         "accepts": accepts,
         "source": "stated" if stated and any(stated.values()) else "training data",
+        "body_part_terms": BODY_PART_TERMS,
     }
 
 
@@ -578,15 +682,25 @@ def from_record(record: Mapping[str, Any] | None) -> IntendedUse:
     """The :class:`IntendedUse` a manifest's ``intended_use`` field gates on.
 
     ``None`` (a manifest saved before the field existed: "not stated") gives an empty
-    intended use, which gates nothing.
+    intended use, which gates nothing. A record surveyed before :data:`BODY_PART_TERMS` 2,
+    stating no body part, whose training headers held body parts then not known, does not
+    refuse the Annex L regions known since (a hand model trained on ``HAND`` and ``WRIST``
+    films accepted ``HAND`` only, and the wrists it was trained on were "not known").
     """
     if not record:
         return IntendedUse()
     accepts = record.get("accepts") or {}
     observed = record.get("observed") or {}
+    surveyed_parts = observed.get("body_parts") or {}
     return IntendedUse(
         modalities=tuple(accepts.get("modalities") or ()),
         body_parts=tuple(accepts.get("body_parts") or ()),
         counts={k: dict(v) for k, v in observed.items() if isinstance(v, dict)},
         view_positions=tuple(accepts.get("view_positions") or ()),
+        annex_l_not_known=(
+            record.get("body_part_terms") is None
+            and not (record.get("stated") or {}).get("body_parts")
+            and isinstance(surveyed_parts, dict)
+            and bool(surveyed_parts.get("unknown"))
+        ),
     )
