@@ -270,6 +270,14 @@ def train(
         str | None,
         typer.Option("--intended-body-parts", help="Stated intended use, e.g. CHEST."),
     ] = None,
+    intended_view_positions: Annotated[
+        str | None,
+        typer.Option(
+            "--intended-view-positions",
+            help="Stated views, e.g. PA,AP: a model trained on PNG/JPEG films then refuses a "
+            "lateral DICOM (default: what the DICOM headers show).",
+        ),
+    ] = None,
     ood_method: Annotated[
         str | None,
         typer.Option(
@@ -401,6 +409,7 @@ def train(
         "openvino": openvino,
         "intended_modalities": intended_modalities,
         "intended_body_parts": intended_body_parts,
+        "intended_view_positions": intended_view_positions,
         "ood_method": ood_method,
         "deterministic": deterministic,
         "lr_schedule": lr_schedule,

@@ -105,6 +105,9 @@ class TrainConfig:
     # headers show (nothing for PNG/JPEG/npz data)
     intended_modalities: tuple[str, ...] = ()
     intended_body_parts: tuple[str, ...] = ()
+    # stated view positions (PA, AP, FRONTAL, LATERAL, ...): PNG/JPEG films carry no
+    # ViewPosition to survey, so only a statement lets the gate refuse a lateral DICOM
+    intended_view_positions: tuple[str, ...] = ()
     # the out-of-distribution detector fitted on the penultimate features (models/ood.py):
     # mahalanobis, knn, or none
     ood_method: str = "mahalanobis"
@@ -362,6 +365,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         "ignore_findings",
         "intended_modalities",
         "intended_body_parts",
+        "intended_view_positions",
     ):
         if value is None:
             return ()
@@ -399,6 +403,7 @@ _OPTION_OF_FIELD = {
             "min_calibration_positives",
             "intended_modalities",
             "intended_body_parts",
+            "intended_view_positions",
             "ood_method",
             "lr_schedule",
             "weight_decay",
@@ -549,7 +554,7 @@ def _validate(cfg: TrainConfig) -> None:
     from radlens.models.intended_use import check_stated  # pure, no I/O
 
     try:
-        check_stated(cfg.intended_modalities, cfg.intended_body_parts)
+        check_stated(cfg.intended_modalities, cfg.intended_body_parts, cfg.intended_view_positions)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     _validate_multi_label(cfg, bad)

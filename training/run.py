@@ -310,6 +310,7 @@ class _RunData:
             self.splits["train"],
             modalities=self.config.intended_modalities,
             body_parts=self.config.intended_body_parts,
+            view_positions=self.config.intended_view_positions,
             headers=self.split_headers("train"),
             held_out=[*self.split_headers("val"), *self.split_headers("test")],
         )
@@ -376,6 +377,7 @@ class _RunData:
             splits["train"],
             modalities=config.intended_modalities,
             body_parts=config.intended_body_parts,
+            view_positions=config.intended_view_positions,
             headers=[by_key[e.key] for e in splits["train"]],
         )
         check_splits(source, splits, min_calibration_positives=config.min_calibration_positives)

@@ -78,14 +78,20 @@ def test_a_stated_intended_use_wins(tiny_demo_data: Path, tmp_path: Path) -> Non
         epochs_head=1,
         intended_modalities=["dr", "CR"],
         intended_body_parts="thorax",
+        intended_view_positions="PA,AP",  # tests/training/test_intended_views.py
         ood_method="knn",
         openvino=False,
     )
     result = train(config, verbose=0)
     manifest = ModelRegistry(result.store).read_manifest(*_ref(result.model_ref))
     assert manifest.intended_use is not None
-    assert manifest.intended_use["stated"] == {"modalities": ["CR", "DX"], "body_parts": ["CHEST"]}
+    assert manifest.intended_use["stated"] == {
+        "modalities": ["CR", "DX"],
+        "body_parts": ["CHEST"],
+        "view_positions": ["FRONTAL"],
+    }
     assert manifest.intended_use["accepts"]["modalities"] == ["CR", "DX"]
+    assert manifest.intended_use["accepts"]["view_positions"] == ["FRONTAL"]
     assert manifest.ood is not None and manifest.ood["method"] == "knn"
 
 

@@ -165,6 +165,7 @@ def check_stated_use_is_trained(
     *,
     modalities: Sequence[str] = (),
     body_parts: Sequence[str] = (),
+    view_positions: Sequence[str] = (),
     headers: Sequence[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]] | None:
     """Refuse, before training, a stated intended use that every training image is outside;
@@ -181,29 +182,35 @@ def check_stated_use_is_trained(
         ConfigurationError: every training image is outside the statement (names the first
             few, in the gate's words, and what to do).
     """
-    if not (modalities or body_parts) or not examples:
+    if not (modalities or body_parts or view_positions) or not examples:
         return None
     from radlens.models.errors import ConfigurationError
 
     if headers is None or len(headers) != len(examples):  # not read, or for other examples
         headers = list(_headers(source, examples))
     headers = list(headers)
-    record = intended_use_record(survey(headers), check_stated(modalities, body_parts))
+    record = intended_use_record(
+        survey(headers), check_stated(modalities, body_parts, view_positions)
+    )
     outside = outside_stated_use(examples, headers, record)
     if len(outside) < len(examples):
         return headers
     stated = ", ".join(
         f"{name} {'/'.join(values)}"
-        for name, values in (("modalities", modalities), ("body parts", body_parts))
+        for name, values in (
+            ("modalities", modalities),
+            ("body parts", body_parts),
+            ("view positions", view_positions),
+        )
         if values
     )
     shown = "; ".join(f"{key}: {why}" for key, why in outside[:2])
     raise ConfigurationError(
         f"the stated intended use ({stated}) excludes all {len(examples)} training images "
         f"(e.g. {shown}): the service would refuse every image like them. State what this "
-        "data is (--intended-modalities / --intended-body-parts, or intended_modalities / "
-        "intended_body_parts in the config), or leave it unstated: what the headers show is "
-        "then the intended use"
+        "data is (--intended-modalities / --intended-body-parts / --intended-view-positions, "
+        "or intended_modalities / intended_body_parts / intended_view_positions in the "
+        "config), or leave it unstated: what the headers show is then the intended use"
     )
 
 
@@ -213,6 +220,7 @@ def intended_use_for(
     *,
     modalities: Sequence[str] = (),
     body_parts: Sequence[str] = (),
+    view_positions: Sequence[str] = (),
     headers: Sequence[dict[str, Any]] | None = None,
     held_out: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
@@ -229,7 +237,11 @@ def intended_use_for(
         headers = list(_headers(source, examples))
     headers = list(headers)
     observed = survey(headers)
-    stated = check_stated(modalities, body_parts) if (modalities or body_parts) else None
+    stated = (
+        check_stated(modalities, body_parts, view_positions)
+        if (modalities or body_parts or view_positions)
+        else None
+    )
     record = intended_use_record(survey([*headers, *held_out]) if held_out else observed, stated)
     record["observed"] = dict(observed)
     outside = outside_stated_use(examples, headers, record)
@@ -242,10 +254,11 @@ def intended_use_for(
             + (f"; ... and {len(outside) - _NAMED} more" if len(outside) > _NAMED else ""),
         )
     log.info(
-        "intended use (%s): modalities %s, body parts %s; training images %s",
+        "intended use (%s): modalities %s, body parts %s, views %s; training images %s",
         record["source"],
         record["accepts"]["modalities"] or "any",
         record["accepts"]["body_parts"] or "any",
+        record["accepts"]["view_positions"] or "any",
         observed["formats"],
     )
     return record
