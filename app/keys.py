@@ -1,4 +1,4 @@
-"""API keys: creation, lookup in constant time, revocation.
+"""API keys: creation, lookup in constant time, revocation (with the key's /ui sessions).
 
 A key is ``rl_<key id>_<secret>``: the key id (12 hex characters) is public and used to find
 the row; the secret is 32 random bytes (``secrets.token_urlsafe``). With that much entropy a
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from radlens.app.db import utcnow
 from radlens.app.errors import AppError
-from radlens.app.security_tables import KEY_ID_LENGTH, ApiKey
+from radlens.app.security_tables import KEY_ID_LENGTH, ApiKey, UiSession
 
 SCOPES = ("predict", "read")
 # "admin" guarded no route (every route is GET/HEAD or POST): it was removed rather than kept
@@ -124,10 +124,22 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.key_id)))
 
 
-def revoke_key(session: Session, key_id: str) -> ApiKey:
-    """Mark a key revoked (idempotent); it stops working on the next request. Its rate-limit
-    bucket (app/ratelimit.py, keyed by the key id) goes with it, in the same transaction: a
-    revoked key is never charged again, so the row would only linger."""
+@dataclass(frozen=True)
+class Revocation:
+    """A revoked key and the number of its /ui sessions deleted with it."""
+
+    key: ApiKey
+    ui_sessions: int
+
+
+def revoke_key(session: Session, key_id: str) -> Revocation:
+    """Mark a key revoked (idempotent); it stops working on the next request. What only the
+    key used goes with it, in the same transaction (the caller's, which audits the revocation):
+    its rate-limit bucket (app/ratelimit.py, keyed by the key id: a revoked key is never
+    charged again, so the row would only linger) and its /ui sessions (``ui_sessions``: a
+    revoked key's session is refused anyway, so its row, the hash of a browser's token, would
+    only wait for its expiry). A key revoked before is revoked again without a new time: the
+    sessions a login racing its revocation began are deleted then."""
     from radlens.app.ratelimit import RateLimitBucket
 
     row = session.get(ApiKey, key_id.strip())
@@ -136,5 +148,6 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.execute(delete(RateLimitBucket).where(RateLimitBucket.key == row.key_id))
-        session.flush()
-    return row
+    ended = session.execute(delete(UiSession).where(UiSession.key_id == row.key_id))
+    session.flush()
+    return Revocation(row, int(getattr(ended, "rowcount", 0) or 0))

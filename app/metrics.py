@@ -138,13 +138,17 @@ class ServiceMetrics:
         )
         # results lost on the way to the PACS (app/ingest.py Ingestor._send_back): the
         # prediction is stored and answered 201, its SR or SC never queued (QA 54: a log line
-        # was all that said so). Every series at 0 from the start, as database_errors.
+        # was all that said so). One per destination's entry not written, as
+        # radlens_dicom_outbox_pending counts the written ones (QA 68: a spool write failing
+        # for a second destination lost the first one's count). Every series at 0 from the
+        # start, as database_errors.
         self.outbox_enqueue_failures = Counter(
             "radlens_dicom_outbox_enqueue_failures",
-            "Results (SR/SC objects) of stored predictions that could not be queued for the "
-            "DICOM destinations and will not be sent, by kind and reason (build: the object "
-            "could not be built; spool: writing RADLENS_DICOM_OUTBOX_DIR failed; database: the "
-            "stored overlay could not be read; no-overlay: no Grad-CAM overlay; error: other).",
+            "Results (SR/SC objects) of stored predictions that could not be queued for a "
+            "DICOM destination, one per destination that wanted it; not sent unless the "
+            "instance is received again. By kind and reason (build: the object could not be "
+            "built; spool: writing RADLENS_DICOM_OUTBOX_DIR failed; database: the stored "
+            "overlay could not be read; no-overlay: no Grad-CAM overlay; error: other).",
             ("kind", "reason"),
             registry=self.registry,
         )

@@ -61,6 +61,19 @@ and the replica whose upload found the stored row no longer queues the results a
 entries, so a re-post of a prediction committed in the last :data:`CLAIM_WAIT_S` seconds waits
 that long at most for it; if it never comes (the creating process died between the commit and
 the queueing), the results are queued by the re-post, as before.
+
+**What was queued, per kind and destination.** A re-send (the instance received again) queues
+only the results a destination wants that were not queued before: an SR queued while the SC
+failed to be (or one destination's entry written and the next one's spool write failing) no
+longer keeps the lost one from being queued, and the queued one is not queued twice (QA 68). A
+(kind, destination) counts as queued when the spool holds its entry, when a
+``dicom.send.deliver``/``drop`` row names it (``destination=...&kind=...``), or when a
+``dicom.send.queue`` row does: ``entries=N`` alone says that everything wanted was queued
+(so does a row of an earlier version); a submit that left something out writes
+``entries=N&queued=<items>``, an item being a kind every destination wanting it got (``sr``) or
+one destination's (``sr:PACS@10.0.0.5:104``). Which submits are re-sends: those of a prediction
+:meth:`Outbox.handled_or_wait` (or :meth:`Outbox.queued_since`'s last look) found not (fully)
+queued, in this process (``submit(..., resend=)`` says it explicitly).
 """
 
 from __future__ import annotations
@@ -82,7 +95,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from radlens.app.destinations import Destination
+from radlens.app.destinations import OUTPUT_KINDS, Destination
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -111,6 +124,11 @@ _POLL_S = 5.0  # the delivery thread looks at the spool at least this often
 CLAIM_WAIT_S = 5.0
 CLAIM_POLL_S = 0.1  # one indexed query per poll (audit_events.target, migration 0016)
 MAX_CLAIMS = 256  # entries one pass holds (a flock-ed file each) at most
+MAX_RESENDS = 4096  # predictions found not fully queued whose submit has not come (a bound)
+_EVERY = "*"  # a (kind, destination) pair's destination: every destination wanting the kind
+_QUERY_LENGTH = 512  # audit_events.query: a longer one is cut (app/audit.py)
+
+Pair = tuple[str, str]  # (kind, destination name)
 
 
 def _fernet(key: bytes | None) -> Any:
@@ -153,9 +171,11 @@ class UndecryptableEntryError(Exception):
 
 class ResultsNotQueuedError(Exception):
     """Some of a prediction's results were not queued (:meth:`Outbox.submit`): ``failures``
-    holds ``(kind, reason, cause)`` for each, the reason one of app/metrics.py's
-    OUTBOX_FAILURE_REASONS (build, spool, no-overlay, error); ``queued``: the entries that
-    were written. The prediction is stored: the caller counts and logs them."""
+    holds ``(kind, reason, cause)`` for each entry not written (one per destination that
+    wanted it), the reason one of app/metrics.py's OUTBOX_FAILURE_REASONS (build, spool,
+    no-overlay, error); ``queued``: the entries that were written (each destination's on its
+    own: one whose spool write failed does not take the others' with it). The prediction is
+    stored: the caller counts and logs them."""
 
     def __init__(
         self, failures: list[tuple[str, str, BaseException | None]], queued: int = 0
@@ -185,6 +205,11 @@ class Outbox:
         self.clock = clock
         self._fernet = _fernet(settings.uid_pseudonym_key_bytes)
         self._lock = threading.Lock()
+        # prediction id -> how many submits to come are re-sends (handled_or_wait found the
+        # results not fully queued); one re-send at a time decides what is missing and queues it
+        self._resends: dict[str, int] = {}
+        self._resends_lock = threading.Lock()
+        self._resend_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -213,23 +238,66 @@ class Outbox:
 
     # --- enqueue -------------------------------------------------------------------
 
-    def submit(self, prediction: Prediction, source: SourceRef, overlay_png: bytes | None) -> int:
+    def wanted(self) -> set[Pair]:
+        """Every (kind, destination) the destinations want."""
+        return {(kind, d.name) for d in self.destinations.values() for kind in d.outputs}
+
+    def submit(
+        self,
+        prediction: Prediction,
+        source: SourceRef,
+        overlay_png: bytes | None,
+        *,
+        resend: bool | None = None,
+    ) -> int:
         """Build the outputs the destinations want and queue one entry per destination;
         returns the number of entries queued. Runs in a worker thread (highdicom, disk).
 
         Each kind is built and queued on its own (an SR that could not be built stopped the
-        SC before), and the queue row records what was. Raises
-        :class:`ResultsNotQueuedError` naming each kind not queued and why, after queueing (and
-        recording) the others."""
+        SC before), each destination's entry written on its own, and the queue row records
+        what was. A re-send (``resend``; by default: :meth:`handled_or_wait` found this
+        prediction's results not fully queued) queues only what was not queued before (module
+        docstring). Raises :class:`ResultsNotQueuedError` naming each entry not queued and why,
+        after queueing (and recording) the others."""
+        prediction_id = str(prediction.id)
+        marked = self._take_resend(prediction_id)
+        if not (marked if resend is None else resend):
+            return self._submit(prediction, source, overlay_png, self.wanted())
+        from sqlalchemy.exc import SQLAlchemyError
+
+        with self._resend_lock:  # two re-sends in this process: the second finds it queued
+            try:
+                missing = self._missing(self._covered(prediction_id, spool=True))
+            except SQLAlchemyError as exc:  # not known, so not queued a second time
+                logger.warning(
+                    "outbox: prediction %s: could not tell which results were queued (%s); "
+                    "none queued again",
+                    prediction_id,
+                    type(exc).__name__,
+                )
+                return 0
+            if not missing:
+                return 0
+            return self._submit(prediction, source, overlay_png, missing)
+
+    def _submit(
+        self,
+        prediction: Prediction,
+        source: SourceRef,
+        overlay_png: bytes | None,
+        pairs: set[Pair],
+    ) -> int:
         from radlens.app.dicom_outputs import build_sc, build_sr
 
-        queued = 0
+        prediction_id = str(prediction.id)
+        queued: list[Pair] = []
         failures: list[tuple[str, str, BaseException | None]] = []
-        for kind in ("sr", "sc"):
-            if not self.wants(kind):
+        for kind in OUTPUT_KINDS:
+            names = [d.name for d in self.destinations.values() if (kind, d.name) in pairs]
+            if not names:
                 continue
             if kind == "sc" and overlay_png is None:
-                failures.append((kind, "no-overlay", None))
+                failures.extend((kind, "no-overlay", None) for _ in names)
                 continue
             try:
                 if kind == "sr":
@@ -238,25 +306,53 @@ class Outbox:
                     assert overlay_png is not None
                     payload = build_sc(prediction, source, overlay_png)
             except Exception as exc:  # DicomOutputError, or highdicom's own: a radlens bug
-                failures.append((kind, "build", exc))
+                failures.extend((kind, "build", exc) for _ in names)
                 continue
-            try:
-                queued += self.enqueue(str(prediction.id), kind, payload)
-            except OSError as exc:  # the spool: disk full, read-only, gone
-                failures.append((kind, "spool", exc))
-            except Exception as exc:  # the cipher, a bug: not queued either way
-                failures.append((kind, "error", exc))
-        if queued:
-            self._record_queued(str(prediction.id), queued)
+            written, failed = self._enqueue(prediction_id, kind, payload, names)
+            queued.extend((kind, name) for name in written)
+            for name, error in failed:
+                # the spool: disk full, read-only, gone; else the cipher, a bug
+                reason = "spool" if isinstance(error, OSError) else "error"
+                failures.append((kind, reason, error))
+                logger.warning(
+                    "outbox: %s of prediction %s not written for %s (%s)",
+                    kind.upper(),
+                    prediction_id,
+                    name,
+                    type(error).__name__,
+                )
+        if queued:  # what was queued named when something was left out
+            self._record_queued(prediction_id, len(queued), queued if failures else None)
         if failures:
-            raise ResultsNotQueuedError(failures, queued)
-        return queued
+            raise ResultsNotQueuedError(failures, len(queued))
+        return len(queued)
 
-    def _record_queued(self, prediction_id: str, count: int) -> None:
-        """The ``dicom.send.queue`` audit row of a prediction whose entries were written, which
-        tells every process (:meth:`handled_or_wait`) that its results are on their way. A database
-        error is logged: the entries are queued; a re-post within CLAIM_WAIT_S may then queue
-        them once more."""
+    def _queued_items(self, queued: list[Pair]) -> str:
+        """What a submit that left something out queued, for its queue row: ``sr`` for a kind
+        every destination wanting it got, else ``sr:<destination>`` for each that did."""
+        items: list[str] = []
+        for kind in OUTPUT_KINDS:
+            names = {name for k, name in queued if k == kind}
+            every = {d.name for d in self.destinations.values() if d.wants(kind)}
+            if names and names == every:
+                items.append(kind)
+            else:
+                items.extend(
+                    f"{kind}:{d.name}" for d in self.destinations.values() if d.name in names
+                )
+        return ",".join(items)
+
+    def _record_queued(
+        self, prediction_id: str, count: int, partial: list[Pair] | None = None
+    ) -> None:
+        """The ``dicom.send.queue`` audit row of a prediction whose ``count`` entries were
+        written, which tells every process (:meth:`handled_or_wait`) that its results are on
+        their way: all that were missing, or (``partial``) those named (module docstring). A
+        database error is logged: the entries are queued; a re-post within CLAIM_WAIT_S may then
+        queue them once more."""
+        query = f"entries={count}"
+        if partial is not None:
+            query += f"&queued={self._queued_items(partial)}"
         if self.sessionmaker is None:
             return
         from sqlalchemy.exc import SQLAlchemyError
@@ -271,7 +367,7 @@ class Outbox:
                     action=QUEUE_ACTION,
                     status=202,
                     target=prediction_id,
-                    query=f"entries={count}",
+                    query=query,
                 )
                 session.commit()
         except SQLAlchemyError as exc:
@@ -283,11 +379,23 @@ class Outbox:
             )
 
     def enqueue(self, prediction_id: str, kind: str, payload: bytes) -> int:
-        """Queue ``payload`` (a Part 10 object) for every destination that wants ``kind``."""
-        count = 0
+        """Queue ``payload`` (a Part 10 object) for every destination that wants ``kind``;
+        raises the first destination's error when one could not be written (the others are)."""
+        written, failed = self._enqueue(prediction_id, kind, payload)
+        if failed:
+            raise failed[0][1]
+        return len(written)
+
+    def _enqueue(
+        self, prediction_id: str, kind: str, payload: bytes, names: list[str] | None = None
+    ) -> tuple[list[str], list[tuple[str, Exception]]]:
+        """Queue ``payload`` for each destination that wants ``kind`` (of ``names``, when
+        given), each on its own; returns the destinations written and those not, with why."""
+        written: list[str] = []
+        failed: list[tuple[str, Exception]] = []
         now = self.clock()
         for destination in self.destinations.values():
-            if not destination.wants(kind):
+            if not destination.wants(kind) or (names is not None and destination.name not in names):
                 continue
             entry = Entry(
                 id=f"{int(now * 1000):013d}-{uuid.uuid4().hex}",
@@ -297,86 +405,150 @@ class Outbox:
                 created_at=now,
                 encrypted=self._fernet is not None,
             )
-            stored = self._fernet.encrypt(payload) if self._fernet is not None else payload
-            with self._lock:
-                # payload first, then state; the payload stays locked until its state is
-                # written, so another process's clean-up does not take it for an orphan
-                held = _write_locked(self._payload_path(entry), stored)
-                try:
-                    _write_atomic(self._state_path(entry), json.dumps(asdict(entry)).encode())
-                except BaseException:  # no state, no entry: its payload would only hold space
-                    self._payload_path(entry).unlink(missing_ok=True)
-                    raise
-                finally:
-                    os.close(held)
-                if self.gauge is not None:
-                    self.gauge.labels(destination=destination.name).inc()
-            count += 1
-        if count:
+            try:
+                stored = self._fernet.encrypt(payload) if self._fernet is not None else payload
+                with self._lock:
+                    # payload first, then state; the payload stays locked until its state is
+                    # written, so another process's clean-up does not take it for an orphan
+                    held = _write_locked(self._payload_path(entry), stored)
+                    try:
+                        _write_atomic(self._state_path(entry), json.dumps(asdict(entry)).encode())
+                    except BaseException:  # no state, no entry: its payload would hold space
+                        self._payload_path(entry).unlink(missing_ok=True)
+                        raise
+                    finally:
+                        os.close(held)
+                    if self.gauge is not None:
+                        self.gauge.labels(destination=destination.name).inc()
+            except Exception as exc:  # this destination's entry only: the next is tried
+                failed.append((destination.name, exc))
+                continue
+            written.append(destination.name)
+        if written:
             self._wake.set()
-        return count
+        return written, failed
+
+    # --- what was queued before ------------------------------------------------------
+
+    def _missing(self, covered: set[Pair] | None) -> set[Pair]:
+        """The wanted (kind, destination) pairs ``covered`` (None: everything) leaves out."""
+        if covered is None:
+            return set()
+        return {
+            (kind, name)
+            for kind, name in self.wanted()
+            if (kind, name) not in covered and (kind, _EVERY) not in covered
+        }
+
+    def _spool_pairs(self, prediction_id: str) -> set[Pair]:
+        return {(e.kind, e.destination) for e in self._spool() if e.prediction_id == prediction_id}
+
+    def _covered(self, prediction_id: str, *, spool: bool) -> set[Pair] | None:
+        """What the audit trail (and the spool, with ``spool``) says was queued (None:
+        everything, a queue row saying so)."""
+        covered = self._spool_pairs(prediction_id) if spool else set()
+        if self.sessionmaker is None:
+            return covered
+        from_rows, _queue_row, _created_at = self._queued_rows(prediction_id)
+        return None if from_rows is None else covered | from_rows
+
+    def _mark_resend(self, prediction_id: str) -> None:
+        with self._resends_lock:
+            self._resends[prediction_id] = self._resends.get(prediction_id, 0) + 1
+            while len(self._resends) > MAX_RESENDS:  # a submit that never came: the oldest
+                del self._resends[next(iter(self._resends))]
+
+    def _take_resend(self, prediction_id: str) -> bool:
+        with self._resends_lock:
+            count = self._resends.pop(prediction_id, 0)
+            if count > 1:
+                self._resends[prediction_id] = count - 1
+            return count > 0
 
     def handled_or_wait(self, prediction_id: str) -> tuple[bool, float]:
-        """Whether a prediction's results were queued before: ``(True, 0)`` for an entry in
-        the spool (pending, or settled and waiting for its audit row) or a
-        ``dicom.send.queue``/``deliver``/``drop`` audit row (written by whichever process
-        queued them); else ``(False, seconds)``: how long to wait for the creating request's
-        queue row before queueing them. A prediction committed less than CLAIM_WAIT_S ago is
-        waited for until then (the request that created it, on this process or another, is
-        writing its entries: the same instance posted twice at once); 0 for one whose commit
-        was not followed by its queueing (a crash between the two, a queued instance replayed
-        after a restart): it is queued when the instance is received again. Without a
+        """Whether a prediction's results were queued before, every (kind, destination) the
+        destinations want: ``(True, 0)`` when the spool (an entry pending, or settled and
+        waiting for its audit row) and the ``dicom.send.queue``/``deliver``/``drop`` audit
+        rows (written by whichever process queued them) account for each; else ``(False,
+        seconds)``: how long to wait for the creating request's queue row before queueing
+        what is missing. A prediction committed less than CLAIM_WAIT_S ago and without a queue
+        row is waited for until then (the request that created it, on this process or another,
+        is writing its entries: the same instance posted twice at once); 0 for one whose
+        commit was not followed by its queueing (a crash between the two, a queued instance
+        replayed after a restart), or whose queue row says something was left out (a kind
+        that could not be built, a spool write that failed): what is missing is queued when
+        the instance is received again (:meth:`submit` then queues only that). Without a
         sessionmaker (tests) the spool alone decides. One spool read and one query; the
         service waits in its event loop, polling :meth:`queued_since`
         (app/ingest.py ``Ingestor._results_queued``)."""
-        if self._in_spool(prediction_id):
+        spool = self._spool_pairs(prediction_id)
+        if not self._missing(spool):
             return True, 0.0
         if self.sessionmaker is None:
+            self._mark_resend(prediction_id)
             return False, 0.0
-        found, created_at = self._queued_row(prediction_id)
-        if found:
+        from_rows, queue_row, created_at = self._queued_rows(prediction_id, created=True)
+        if not self._missing(None if from_rows is None else spool | from_rows):
             return True, 0.0
-        if created_at is None:
-            return False, 0.0
-        # created_at is the creating process's wall clock: compared with this one's (not
-        # self.clock, which tests move); the caller bounds the wait with a monotonic deadline
-        return False, max(0.0, min(_epoch(created_at) + CLAIM_WAIT_S - time.time(), CLAIM_WAIT_S))
+        wait = 0.0
+        if not queue_row and created_at is not None:
+            # created_at is the creating process's wall clock: compared with this one's (not
+            # self.clock, which tests move); the caller bounds the wait with a monotonic
+            # deadline
+            wait = max(0.0, min(_epoch(created_at) + CLAIM_WAIT_S - time.time(), CLAIM_WAIT_S))
+        if wait <= 0:
+            self._mark_resend(prediction_id)  # its submit follows: a re-send
+        return False, wait
 
     def queued_since(self, prediction_id: str, *, final: bool) -> bool:
-        """While waiting (:meth:`handled_or_wait`): whether the queue row has come (one query);
-        ``final``: the last look, the spool too (a shared one shows entries whose row the
-        database refused)."""
-        if self._queued_row(prediction_id)[0]:
+        """While waiting (:meth:`handled_or_wait`): whether the audit rows now account for
+        every result wanted (one query); ``final``: the last look, the spool too (a shared one
+        shows entries whose row the database refused); when it says no, the submit that
+        follows is a re-send."""
+        from_rows, _, _ = self._queued_rows(prediction_id)
+        covered = from_rows
+        if final and covered is not None:
+            covered = covered | self._spool_pairs(prediction_id)
+        if not self._missing(covered):
             return True
-        return final and self._in_spool(prediction_id)
+        if final:
+            self._mark_resend(prediction_id)
+        return False
 
-    def _in_spool(self, prediction_id: str) -> bool:
-        return any(entry.prediction_id == prediction_id for entry in self._spool())
-
-    def _queued_row(self, prediction_id: str) -> tuple[bool, Any]:
-        """Whether an audit row says the prediction's results were queued, delivered or
-        dropped, and the prediction's created_at (None when it is not found)."""
-        from sqlalchemy import func, select
+    def _queued_rows(
+        self, prediction_id: str, *, created: bool = False
+    ) -> tuple[set[Pair] | None, bool, Any]:
+        """What the audit rows say was queued, delivered or dropped of a prediction's results
+        (None: everything), whether one is a queue row, and (``created``) the prediction's
+        created_at (None when it is not found)."""
+        from sqlalchemy import select
 
         from radlens.app.security_tables import AuditEvent
         from radlens.app.tables import Prediction
 
         assert self.sessionmaker is not None
         with self.sessionmaker() as session:
-            found = session.scalar(
-                select(func.count())
-                .select_from(AuditEvent)
-                .where(
+            rows = session.execute(
+                select(AuditEvent.action, AuditEvent.query).where(
                     AuditEvent.action.in_((QUEUE_ACTION, DELIVER_ACTION, DROP_ACTION)),
                     AuditEvent.target == prediction_id,
                 )
-            )
-            try:
-                key = uuid.UUID(prediction_id)
-            except ValueError:
-                return bool(found), None
-            created_at = session.scalar(select(Prediction.created_at).where(Prediction.id == key))
-        return bool(found), created_at
+            ).all()
+            created_at = None
+            if created:
+                try:
+                    key = uuid.UUID(prediction_id)
+                except ValueError:
+                    key = None
+                if key is not None:
+                    created_at = session.scalar(
+                        select(Prediction.created_at).where(Prediction.id == key)
+                    )
+        covered: set[Pair] | None = set()
+        for action, text in rows:
+            pairs = _row_pairs(str(action), text)
+            covered = None if pairs is None or covered is None else covered | pairs
+        return covered, any(action == QUEUE_ACTION for action, _ in rows), created_at
 
     # --- claims between the processes sharing the spool ---------------------------------
 
@@ -794,6 +966,29 @@ def drop_purged_entries(
     if dropped:
         logger.info("outbox: %d queued results of purged predictions dropped", dropped)
     return dropped, busy
+
+
+def _row_pairs(action: str, query: str | None) -> set[Pair] | None:
+    """The (kind, destination) pairs an outbox audit row names (module docstring); None for
+    everything wanted: a queue row saying nothing was left out (or of an earlier version, or
+    cut at the column's length), a row that cannot be read."""
+    text = query or ""
+    fields: dict[str, str] = {}
+    for part in text.split("&"):
+        name, _, value = part.partition("=")
+        fields.setdefault(name, value)
+    if action == QUEUE_ACTION:
+        if "queued" not in fields or len(text) >= _QUERY_LENGTH:
+            return None
+        pairs: set[Pair] = set()
+        for item in fields["queued"].split(","):
+            kind, _, name = item.partition(":")
+            if kind:
+                pairs.add((kind, name or _EVERY))
+        return pairs
+    if fields.get("kind") and fields.get("destination"):
+        return {(fields["kind"], fields["destination"])}
+    return None
 
 
 def _association_error(assoc: Any, destination: Destination, calling: str) -> str:

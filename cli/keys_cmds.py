@@ -141,16 +141,25 @@ def register(app: typer.Typer) -> None:
         """Revoke a key: the service refuses it (401) within RADLENS_AUTH_CACHE_TTL_S (5 s).
 
         Each service process keeps a verified key cached that long; with 0, the key is refused
-        from the next request on."""
+        from the next request on. Its /ui sessions are deleted with it, at once."""
         from radlens.app import audit
         from radlens.app.keys import revoke_key
 
         settings = settings_for(database_url=database_url)
         with database_session(settings.database_url) as session:
-            row = revoke_key(session, key_id)
+            revoked = revoke_key(session, key_id)
+            # one transaction: the revocation, its deleted sessions and this row, or nothing
             audit.record(
-                session, actor=audit.CLI_ACTOR, action="key.revoke", target=row.key_id, status=200
+                session,
+                actor=audit.CLI_ACTOR,
+                action="key.revoke",
+                target=revoked.key.key_id,
+                status=200,
+                query=f"ui_sessions={revoked.ui_sessions}",
             )
-        typer.echo(f"revoked key {row.key_id} ({row.name})")
+        row = revoked.key
+        ended = revoked.ui_sessions
+        sessions = f"; {ended} /ui session{'s' if ended != 1 else ''} ended" if ended else ""
+        typer.echo(f"revoked key {row.key_id} ({row.name}){sessions}")
 
     app.add_typer(keys_app, name="keys")

@@ -15,8 +15,10 @@ Response: DICOM JSON (``application/dicom+json``, PS3.18 F.2) with
   Secondary Capture radlens made (app/dicom_outputs.py), which a PACS forwarding the study
   sends back, is listed with ``(0099,1003)`` "radlens-output" only: it is not predicted on;
   an instance of a class that holds no image (a report, a presentation state, a PDF, an RT
-  plan ...: models/intended_use.non_image_kind), which a PACS sends with its study, is listed
-  with ``(0099,1003)`` "non-image" only, not predicted, under
+  plan ...: models/intended_use.non_image_kind), which a PACS sends with its study, and the
+  DICOMDIR of a media export (Media Storage Directory Storage, the export's index, which a
+  client uploading the export's folder sends with its images; it belongs to no study), are
+  listed with ``(0099,1003)`` "non-image" only, not predicted, under
   ``RADLENS_NON_IMAGE_INSTANCES=acknowledge`` (the default; ``refuse``: a failure, 0x0122 or
   the gate's 0xC000, as before QA round 35);
 - ``00081198`` FailedSOPSequence: per failed instance its UIDs when they could be read and
@@ -52,6 +54,10 @@ from radlens.models.errors import DeflatedDatasetTooLargeError, RadlensError
 from radlens.models.intended_use import holds_no_image
 
 logger = logging.getLogger(__name__)
+
+# A DICOMDIR: the index of a media export (CD, DVD, USB; PS3.10), no image and no instance of
+# a study. Its SOP Class and Instance UID are in its file meta information only.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 DICOM_JSON = "application/dicom+json"
 PRIVATE_CREATOR = "RADLENS 1"
@@ -311,12 +317,25 @@ def _uids(data: bytes, max_pixels: int) -> tuple[str | None, str | None, str | N
         return None, None, None, False
     values = (ds.get("SOPClassUID"), ds.get("SOPInstanceUID"), ds.get("StudyInstanceUID"))
     sop_class, sop_instance, study = (str(v) if v else None for v in values)
+    meta = getattr(ds, "file_meta", None) or {}
+    if sop_class is None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+        # a DICOMDIR's data set holds no SOP Common module: its file meta names it
+        sop_class = MEDIA_STORAGE_DIRECTORY
+        sop_instance = str(meta.get("MediaStorageSOPInstanceUID") or "") or None
     return sop_class, sop_instance, study, sop_class in OUTPUT_SOP_CLASSES and is_radlens_output(ds)
 
 
 # a storage SOP class UID as a file holds it (file meta, SOP Common): PS3.4 B.5 and the RT
-# second-generation classes
-_STORAGE_CLASS_BYTES = re.compile(rb"1\.2\.840\.10008\.5\.1\.4\.(?:1\.1|34)(?:\.[0-9]+)+")
+# second-generation classes; and a DICOMDIR's (its file meta)
+_STORAGE_CLASS_BYTES = re.compile(
+    rb"1\.2\.840\.10008\.(?:5\.1\.4\.(?:1\.1|34)(?:\.[0-9]+)+|1\.3\.10(?![.0-9]))"
+)
+
+
+def _acknowledged_non_image(sop_class: str | None) -> bool:
+    """An instance of a class that holds no image, or a DICOMDIR: acknowledged, not predicted
+    (under RADLENS_NON_IMAGE_INSTANCES=acknowledge)."""
+    return sop_class == MEDIA_STORAGE_DIRECTORY or holds_no_image(sop_class)
 
 
 def _read_header_first(data: bytes, *, acknowledge_non_images: bool) -> bool:
@@ -327,7 +346,7 @@ def _read_header_first(data: bytes, *, acknowledge_non_images: bool) -> bool:
     for match in _STORAGE_CLASS_BYTES.findall(data[:4096]):
         sop_class = match.decode()
         if sop_class in OUTPUT_SOP_CLASSES or (
-            acknowledge_non_images and holds_no_image(sop_class)
+            acknowledge_non_images and _acknowledged_non_image(sop_class)
         ):
             return True
     return False
@@ -348,7 +367,9 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         _set_uids(outcome, uids)
         # a part whose header gives no UID at all is no DICOM instance: preprocessing says
         # what it is (every such part was a "study mismatch", QA round 13)
-        if any(uids[:3]) and outcome.study_instance_uid != study:
+        # a DICOMDIR belongs to no study (it indexes a media export, perhaps of several)
+        dicomdir = outcome.sop_class_uid == MEDIA_STORAGE_DIRECTORY
+        if any(uids[:3]) and outcome.study_instance_uid != study and not dicomdir:
             outcome.fail(
                 "study-mismatch",
                 f"part {part.index} belongs to study {outcome.study_instance_uid!r}, "
@@ -362,9 +383,10 @@ async def _predict(outcome: Outcome, *, ingestor: Ingestor, study: str | None) -
         if outcome.made_by_radlens:
             outcome.output = True
             return
-        if acknowledge and holds_no_image(outcome.sop_class_uid):
+        if acknowledge and _acknowledged_non_image(outcome.sop_class_uid):
             # a report, presentation state, PDF ... sent with its study (QA round 35: each
-            # failed, and Orthanc failed the study's whole STOW-RS job)
+            # failed, and Orthanc failed the study's whole STOW-RS job); a media export's
+            # DICOMDIR, sent with its images (QA 68: a 0x0122 failure without its UIDs)
             outcome.non_image = True
             return
     try:

@@ -18,14 +18,17 @@ differ agree on every session. A token is 43 URL-safe characters; anything else 
 is refused before any query. The lookup is by the token's sha256, the primary key: an index
 search that reveals nothing about a token that is not a stored one's preimage.
 
-Expired rows are deleted at each login, in its transaction: the table holds the sessions
-begun in the last ``RADLENS_UI_SESSION_MINUTES`` (a revoked key's too, refused as "revoked"
-until they expire). Two logins at once never wait for each other (QA 62: on PostgreSQL each
-locked the expired session its browser held, then waited for the other's in its cleanup: a
-deadlock, one login's 503): a login ends its browser's previous session only while it is live
-(an expired one is refused anyway), and its cleanup deletes only the expired rows no other
-transaction holds (``FOR UPDATE SKIP LOCKED``; a row skipped goes at a later login). SQLite
-serialises the writers.
+Expired rows are deleted at each login, in its transaction, and an expired session's row at
+its logout: the table holds the sessions begun in the last ``RADLENS_UI_SESSION_MINUTES``.
+Revoking a key deletes its sessions (app/keys.py ``revoke_key``); one a login racing the
+revocation began is refused as "revoked" until it expires. Two logins at once never wait for
+each other (QA 62: on PostgreSQL each locked the expired session its browser held, then waited
+for the other's in its cleanup: a deadlock, one login's 503): a login ends its browser's
+previous session only while it is live (an expired one is refused anyway), and its cleanup
+deletes only the expired rows no other transaction holds (``FOR UPDATE SKIP LOCKED``; a row
+skipped goes at a later login). A logout ends a live session; an expired one's row it deletes
+the same way, never updating it (QA 68: the UPDATE locked it, and waited for a login's cleanup
+holding it). SQLite serialises the writers.
 
 CSRF: every form carries a hidden ``csrf_token`` that must equal the ``radlens_csrf`` cookie
 (random, HttpOnly, SameSite=Strict; a new one at each login). A page of another site can
@@ -152,12 +155,28 @@ def look_up(session: Session, digest: str) -> Lookup:
 
 
 def end(session: Session, digest: str) -> None:
-    """End the session whose token hashes to ``digest`` (logged out); unknown: nothing."""
+    """Log out of the session whose token hashes to ``digest``; unknown: nothing.
+
+    A live session is ended (its row marked, so every copy of the cookie is refused as
+    "ended"). An expired one is refused anyway: its row is deleted, unless another transaction
+    holds it (a login's clean-up deleting it), which is skipped, never waited for. It is not
+    updated, so no lock is taken on it for that (QA 62/68: an UPDATE locked the expired row of
+    every logout, and a login's clean-up then skipped it or, before SKIP LOCKED, waited)."""
     session.execute(
         update(UiSession)
-        .where(UiSession.token_sha256 == digest, UiSession.ended_at.is_(None))
+        .where(
+            UiSession.token_sha256 == digest,
+            UiSession.ended_at.is_(None),
+            UiSession.expires_at > _now(session),
+        )
         .values(ended_at=_now(session))
     )
+    expired = (
+        select(UiSession.token_sha256)
+        .where(UiSession.token_sha256 == digest, UiSession.expires_at <= _now(session))
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders none (one writer)
+    )
+    session.execute(delete(UiSession).where(UiSession.token_sha256.in_(expired.scalar_subquery())))
 
 
 def new_csrf_token() -> str:

@@ -151,7 +151,8 @@ class Keys:
 def keys(service: Service) -> Keys:
     """A key of each scope, a revoked one (revoked before any use, so never cached) and one
     holding only the removed ``admin`` scope (as stored before its removal), each with a /ui
-    session (the revoked key's begun before its revocation)."""
+    session (the revoked key's begun after its revocation, as a login racing it, or within
+    RADLENS_AUTH_CACHE_TTL_S of it, can: revoking a key deletes the sessions it has)."""
     from sqlalchemy import update
 
     from radlens.app.keys import key_id_of, revoke_key
@@ -170,9 +171,9 @@ def keys(service: Service) -> Keys:
         },
     )
     with service.app.state.resources.sessionmaker() as session:
+        revoke_key(session, str(key_id_of(made.revoked)))
         for key in (made.read, made.predict, made.full, made.revoked, made.admin_only):
             made.sessions[key] = ui_session.start(session, str(key_id_of(key)), minutes=60)
-        revoke_key(session, str(key_id_of(made.revoked)))
         session.execute(update(ApiKey).where(ApiKey.name == "qa49 admin").values(scopes="admin"))
         session.commit()
     return made

@@ -122,7 +122,8 @@ def test_an_sr_that_cannot_be_built_leaves_the_sc_queued(
     found = failures(client)
     assert found[("sr", "build")] == 1.0 and sum(found.values()) == 1.0
     rows = [(a, t, q) for a, t, q in audit_actions(client.app) if a == "dicom.send.queue"]
-    assert rows == [("dicom.send.queue", body["id"], "entries=1")]
+    # the row says what was queued, so a re-send queues the SR (QA 68)
+    assert rows == [("dicom.send.queue", body["id"], "entries=1&queued=sc")]
 
 
 def test_an_unreadable_stored_overlay_loses_the_sc_not_the_sr(
@@ -203,7 +204,8 @@ def test_submit_queues_what_it_can_and_names_what_it_could_not(
     assert [(k, r) for k, r, _ in raised.value.failures] == [("sc", "no-overlay")]
     assert raised.value.queued == 1
     assert [e.kind for e in outbox.entries()] == ["sr"]
-    assert outbox.handled_or_wait(str(row.id)) == (True, 0.0)
+    # the SC is missing: the instance received again queues it, not the SR (QA 68)
+    assert outbox.handled_or_wait(str(row.id)) == (False, 0.0)
 
 
 # --- the alert rule, checked by promtool ---------------------------------------------------

@@ -180,7 +180,8 @@ def test_a_revoked_key_ends_its_sessions(ui: TestClient, service: Service) -> No
     service.app.state.key_cache.clear()  # else refused within RADLENS_AUTH_CACHE_TTL_S
     response = ui.get("/ui/predictions", follow_redirects=False)
     assert response.status_code == 303
-    assert response.headers["location"] == "/ui/login?reason=revoked"
+    # the revocation deleted the session (QA 68): no session, so "expired"
+    assert response.headers["location"] == "/ui/login?reason=expired"
 
 
 def test_a_read_only_key_cannot_upload(ui: TestClient, service: Service) -> None:
