@@ -151,9 +151,19 @@ def require_explanation(session: Session, prediction_id: uuid.UUID) -> Explanati
 
 
 def record_explanation(
-    session: Session, prediction_id: uuid.UUID, output: ExplanationOutput
+    session: Session,
+    prediction_id: uuid.UUID,
+    output: ExplanationOutput,
+    *,
+    new_prediction: bool = False,
 ) -> tuple[Explanation, bool]:
-    """Store the explanation unless the prediction has one already (first writer wins)."""
+    """Store the explanation unless the prediction has one already (first writer wins).
+
+    ``new_prediction``: the prediction was inserted by this same transaction, so no
+    explanation of it can exist (nor be written by another transaction before this one
+    commits): the row is inserted at once, one INSERT, without the lookup and the SAVEPOINT
+    a stored prediction's explanation needs (3 statements, each a round trip on PostgreSQL,
+    that every new upload with ?explain=true paid)."""
     from radlens.app.services import record_once
 
     row = Explanation(
@@ -165,4 +175,8 @@ def record_explanation(
         score=output.score,
         png=output.png,
     )
+    if new_prediction:
+        session.add(row)
+        session.flush()  # now, so a later upload of the group finds it
+        return row, True
     return record_once(session, row, lambda: get_explanation(session, prediction_id))

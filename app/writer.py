@@ -256,7 +256,7 @@ class PredictionWriter:
                 explanation, explanation_created = None, False
                 if item.explanation is not None:
                     explanation, explanation_created = record_explanation(
-                        session, stored.id, item.explanation
+                        session, stored.id, item.explanation, new_prediction=created
                     )
                 written[index] = Written(stored, created, explanation, explanation_created)
             results = [written[index] for index in range(len(group))]

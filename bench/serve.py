@@ -587,10 +587,28 @@ def preprocess_ms(uploads: Uploads) -> dict[str, float]:
 # --- the service -----------------------------------------------------------------------------
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port: the first free one in RADLENS_BENCH_PORTS ("LOW-HIGH", for a
+    machine where each user has a port range), else one the kernel picks."""
+    span = os.environ.get("RADLENS_BENCH_PORTS", "")
+    candidates = [0]
+    if span:
+        low, high = (int(part) for part in span.split("-", 1))
+        candidates = list(range(low, high + 1))
+    for candidate in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
+    raise SystemExit(f"no free port in RADLENS_BENCH_PORTS={span}: widen the range")
 
 
 @contextlib.contextmanager
@@ -1346,7 +1364,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     for encoding, (one, crowd) in overhead.items():
         print(
-            f"service overhead without ResNet50 (32 px simple_cnn, {encoding} CT): "
+            f"service overhead without ResNet50 (32 px simple_cnn, {encoding} {args.workload}): "
             f"{one.cpu_ms_per_img:.1f} CPU ms/request at 1 client, "
             f"{crowd.cpu_ms_per_img:.1f} at {args.clients} clients"
         )
