@@ -88,7 +88,9 @@ file wherever it runs. The steps, in order, and why the order matters:
 6. **Colour to gray.** YBR_* is converted to RGB by pydicom's decoders, PALETTE COLOR through
    ``apply_color_lut``; RGB becomes gray by the ITU-R BT.601 luma weights (an RGB image
    whose three channels are equal keeps that channel exactly). Colour images use the full
-   range of their bit depth (window ``"full-range"``).
+   range of their bit depth (window ``"full-range"``). A JPEG frame that stores YCbCr
+   (chroma subsampled, no JFIF or Adobe marker) under Photometric Interpretation RGB is
+   refused (:class:`~models.errors.CodestreamMismatchError`): no decoder converts it.
 7. **float32 in [0, 1]** and **resize** (:func:`resize_image`): bilinear on float data to
    the exact (height, width); the aspect ratio is not preserved. Pillow's bilinear filter
    widens its support when shrinking, so downsampling is antialiased.
@@ -345,7 +347,8 @@ def preprocess(
             uncompressed transfer syntax, or without file meta information.
         CodestreamMismatchError: a compressed frame whose codestream declares another size,
             sample count or a bit depth than the DICOM header (a decompression bomb behind a
-            small header), or whose reduced-resolution decode fails.
+            small header), or whose reduced-resolution decode fails, or a JPEG frame that
+            stores YCbCr under Photometric Interpretation RGB.
         InvalidImageError: zero-size or non-numeric pixels, a malformed header, or a bad
             option (unknown window preset or version, bad size or max_pixels, a frame
             index the file does not have). InvalidRescaleError (a subclass): a rescale that
@@ -1725,6 +1728,7 @@ def _check_codestream(
             f"{'EOC' if kind == 'JPEG 2000' else 'EOI'} marker (FF D9); received "
             f"{len(codestream)} codestream bytes ending {codestream[-8:].hex(' ')}"
         )
+    _check_jpeg_colour_space(codestream, ds, tsyntax)
     header = _codestream_header(codestream, tsyntax)
     if header is None:
         return
@@ -1745,6 +1749,73 @@ def _check_codestream(
         f"SamplesPerPixel={samples}, BitsAllocated={allocated}; received "
         f"{len(codestream)} codestream bytes"
     )
+
+
+def _check_jpeg_colour_space(codestream: bytes, ds: Dataset, tsyntax: Any) -> None:
+    """Refuse a JPEG Baseline or Extended frame whose codestream stores YCbCr under a header
+    that says RGB.
+
+    Photometric Interpretation RGB tells the decoder that the three components are R, G and
+    B, so it applies no colour transform (PS3.5 8.2.1). A codestream whose second and third
+    components are subsampled against the first (4:2:0, 4:2:2) holds luma and chroma, which
+    is what JPEG subsamples, never three colour channels; without a JFIF or Adobe marker no
+    decoder here is told otherwise, and the YCbCr values are read as RGB: a white pixel
+    (Y 255, Cb 128, Cr 128) comes out as the gray 0.65 and a gray radiograph with a third of
+    its contrast. Older GDCM wrote such files (pydicom's SC_rgb_jpeg_lossy_gdcm.dcm up to
+    pydicom 2.4, whose header pydicom 3 corrected to YBR_FULL; QA round 69). A JFIF or Adobe
+    marker says the colour space, and decoders follow it: those files are read correctly.
+    """
+    from radlens.models.codecs import LOSSY_JPEG_SYNTAXES
+
+    if tsyntax not in LOSSY_JPEG_SYNTAXES or _int_or(ds, "SamplesPerPixel", 1) != 3:
+        return
+    if (_text(ds, "PhotometricInterpretation") or "").strip().upper() != "RGB":
+        return
+    sampling = _jpeg_unmarked_sampling(codestream)
+    if sampling is None or len(sampling) != 3:
+        return
+    if sampling[1] == sampling[2] and sampling[0] != sampling[1]:
+        factors = ", ".join(f"{h}x{v}" for h, v in sampling)
+        raise CodestreamMismatchError(
+            "the JPEG codestream stores YCbCr (its 2nd and 3rd components are subsampled: "
+            f"sampling factors {factors}; no JFIF or Adobe marker) but the DICOM header's "
+            "PhotometricInterpretation is RGB, so its colours and gray levels would be read "
+            "wrong; set PhotometricInterpretation to YBR_FULL_422, what the codestream holds"
+        )
+
+
+def _jpeg_unmarked_sampling(codestream: bytes) -> list[tuple[int, int]] | None:
+    """The (H, V) sampling factors of a JPEG frame's components, from its frame header, when
+    the codestream has no JFIF (APP0) or Adobe (APP14) marker saying its colour space; None
+    when it has one, or no frame header is found (walked as :func:`_unsupported_jpeg_coding`
+    walks it, no decoding)."""
+    offset = 2
+    for _step in range(_JPEG_HEADER_STEPS):
+        if offset + 4 > min(len(codestream), _JPEG_HEADER_BYTES) or codestream[offset] != 0xFF:
+            return None
+        marker = codestream[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            offset += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or a scan before any frame header
+            return None
+        length = int.from_bytes(codestream[offset + 2 : offset + 4], "big")
+        segment = codestream[offset + 4 : offset + 2 + length]
+        if (marker == 0xE0 and segment.startswith(b"JFIF\x00")) or (
+            marker == 0xEE and segment.startswith(b"Adobe")
+        ):
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            count = segment[5] if len(segment) > 5 else 0
+            specs = segment[6 : 6 + 3 * count]
+            if len(specs) < 3 * count:
+                return None
+            return [(specs[3 * k + 1] >> 4, specs[3 * k + 1] & 0x0F) for k in range(count)]
+        offset += 2 + length
+    return None
 
 
 def _codestream_kind(tsyntax: Any) -> str:

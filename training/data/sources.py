@@ -1254,10 +1254,28 @@ def _probe_raster(path: Path) -> str | None:
             with Image.open(path) as img:  # reads the header only
                 width, height = img.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        return f"not a readable PNG/JPEG file ({type(exc).__name__}: {exc})"
+        refusal = _raster_refusal(path)
+        if refusal == "":  # Pillow's header read failed where the decoder reads the file
+            return None
+        return refusal or f"not a readable PNG/JPEG file ({type(exc).__name__}: {exc})"
     if width < 1 or height < 1:
         return f"image has zero size ({width}x{height})"
     return None
+
+
+def _raster_refusal(path: Path) -> str | None:
+    """Why the service refuses a PNG or JPEG whose header Pillow could not read, in its words:
+    what the file is and what to send instead (a JPEG-LS or 12-bit JPEG: "convert it to PNG
+    or send the DICOM"; a file cut short: "send the complete file"), where Pillow's own error
+    named neither (QA round 69: "UnidentifiedImageError: cannot identify image file"). ``""``
+    when the file decodes after all, None when it cannot be read again."""
+    try:
+        preprocessing.preprocess(path.read_bytes(), size=(8, 8))
+    except RadlensError as exc:
+        return str(exc)
+    except OSError:
+        return None
+    return ""
 
 
 def _normalise_split(value: str | None, *, where: str) -> str | None:
