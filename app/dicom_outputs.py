@@ -498,6 +498,21 @@ def _gate_evaluations(prediction: Prediction) -> list[Any]:
     return found
 
 
+def _decision_parameters(prediction: Prediction) -> list[str]:
+    """A binary prediction's decision rule as Algorithm Parameters text, so a reader of the SR
+    sees which class's score was compared with which threshold (the scores alone, "normal
+    0.5001, abnormal 0.4999" with Finding abnormal, read as a contradiction; QA round 73), and
+    that the output is not for clinical use. Describes the stored decision; decides nothing."""
+    if prediction.threshold is None or len(prediction.scores) != 2:
+        return []
+    positive = list(prediction.scores)[1]  # stored in class order; class_names[1] decides
+    point = getattr(prediction, "operating_point", None)
+    return [
+        f"Decision: {positive} when its score >= {float(prediction.threshold):.8g}"
+        + (f" (operating point {point})" if point else "")
+    ]
+
+
 def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] = ()) -> bytes:
     """A Comprehensive 3D SR (TID 1500 Measurement Report) stating the prediction.
 
@@ -519,13 +534,15 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
             name=prediction.model_name, version=str(prediction.model_version)
         )
         voi = getattr(prediction, "voi", None)  # numbers and fixed words (app/ingest.py)
+        parameters = [f"VOI: {voi}"] if voi else []
+        parameters += _decision_parameters(prediction)
         group_algorithm = (
             hd.sr.AlgorithmIdentification(
                 name=prediction.model_name,
                 version=str(prediction.model_version),
-                parameters=[f"VOI: {voi}"],
+                parameters=parameters,
             )
-            if voi
+            if parameters
             else algorithm
         )
         measurements = [

@@ -71,7 +71,11 @@ SCORES_DESCRIPTION = (
     "Score per class name. label_mode single-label: the model's softmax, the scores sum to "
     "one and label is the decided class. label_mode multi-label: one independent sigmoid "
     "score per finding (they do not sum to one), each decided at its own threshold (see "
-    "findings); label is the positive findings joined by '|', or the no-finding name"
+    "findings); label is the positive findings joined by '|', or the no-finding name. A "
+    "score is not the probability of disease: it is calibrated only when GET /v1/models "
+    "shows a calibration (then on data like the training data), and it means nothing for an "
+    "image out of distribution or outside the intended use (in_distribution, "
+    "intended_use_violations)"
 )
 
 
@@ -108,7 +112,10 @@ class FrameResult(BaseModel):
         "those left out)"
     )
     scores: list[float] = Field(description="Each frame's score for class_name")
-    key_frame: int = Field(description="0-based index of the frame with the highest score")
+    key_frame: int = Field(
+        description="0-based index of the frame with the highest score (a viewer, which "
+        "numbers frames from 1, shows it as frame key_frame + 1)"
+    )
     ood_scores: list[float] | None = Field(
         default=None,
         description="Each frame's out-of-distribution score (None: the model has no detector)",
@@ -166,13 +173,19 @@ class PredictionPublic(BaseModel):
     )
 
     id: uuid.UUID
-    created_at: datetime
+    created_at: datetime = Field(
+        description="When the prediction was stored, in UTC (ISO 8601 ending in Z)"
+    )
     model: ModelRef
     preprocessing_version: str
     label: str
     scores: dict[str, float] = Field(description=SCORES_DESCRIPTION)
     threshold: float | None = Field(
-        description="Decision threshold on the positive class (binary single-label models)"
+        description="Decision threshold on the positive class's score (binary single-label "
+        "models: the second class of GET /v1/models' class_names, e.g. 'abnormal'): label is "
+        "that class when its score is >= threshold, else the first class; the threshold, not "
+        "the higher score, decides. The operating point's sensitivity and specificity are in "
+        "GET /v1/models under metrics.operating_points. null: the highest score decides"
     )
     operating_point: str | None = Field(
         default=None,
@@ -230,12 +243,14 @@ class PredictionPublic(BaseModel):
     in_distribution: bool | None = Field(
         default=None,
         description="false: the image scored above the model's OOD threshold (flagged, "
-        "RADLENS_OOD=flag); null: not scored",
+        "RADLENS_OOD=flag): the image is unlike the training images and its label and scores "
+        "are not a valid result, a normal label included; null: not scored",
     )
     intended_use_violations: list[dict[str, Any]] | None = Field(
         default=None,
         description="DICOM attributes contradicting the model's intended use, let through "
-        "with RADLENS_GATE=flag: attribute, value, what the model accepts",
+        "with RADLENS_GATE=flag: attribute, value, what the model accepts. When present, the "
+        "label and scores are not a valid result, a normal label included",
     )
     voi: str | None = Field(
         default=None,

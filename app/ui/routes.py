@@ -333,6 +333,7 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
         negative=negative,
         findings=known,
         notice=notice,
+        decisions={r.id: binary_decision(r, manifest) for r in rows},
     )
 
 
@@ -379,9 +380,136 @@ def prediction_page(
         findings=findings,
         finding_points=_stored_finding_points(row, findings, manifest),
         notice=clinical_notice(manifest, row.model_name, row.model_version),
+        decision=binary_decision(row, manifest),
+        ood_threshold=(manifest.ood or {}).get("threshold")
+        if manifest is not None and _is_loaded(row, manifest)
+        else None,
+        score_meaning=score_meaning(row, manifest),
         dicom=row.input_format == "dicom",
         # SR and SC name the source by its UIDs: refused (409) for pseudonyms, so not offered
         pseudonyms=stores_pseudonyms(row, _settings(request)),
+    )
+
+
+def score_digits(score: float, threshold: float) -> int:  # also a template global
+    """Decimals (4 to 8) at which a score and its threshold print differently, so a score just
+    below its threshold never prints equal to it (0.48615 and 0.48616 are both "0.4862" at four
+    decimals; QA round 73). Rounding keeps the order of two values that print differently."""
+    for digits in range(4, 9):
+        if f"{score:.{digits}f}" != f"{threshold:.{digits}f}":
+            return digits
+    return 8
+
+
+def _is_loaded(row: Prediction, manifest: ModelManifest | None) -> bool:
+    return manifest is not None and (manifest.name, manifest.version) == (
+        row.model_name,
+        row.model_version,
+    )
+
+
+def binary_decision(row: Prediction, manifest: ModelManifest | None) -> dict[str, Any] | None:
+    """How a binary single-label prediction's label was decided, for the detail page: the
+    positive class, its score and the threshold it was compared with (``score >= threshold``,
+    models/decision.py), printed at the same precision, and the operating point's figures when
+    the row's model is the loaded one. The page used to give the threshold without saying which
+    class's score it applies to, so "normal 0.5001, abnormal 0.4999" labelled abnormal read as
+    a contradiction (QA round 73). Describes the stored decision; decides nothing."""
+    if row.threshold is None or len(row.scores) != 2:
+        return None
+    names = list(row.scores)
+    loaded = _is_loaded(row, manifest)
+    if manifest is not None and loaded and len(manifest.class_names) == 2:
+        positive = manifest.class_names[1]
+    else:
+        positive = names[1]  # stored in class order (JSON keeps it)
+    if positive not in row.scores:
+        return None
+    score, threshold = float(row.scores[positive]), float(row.threshold)
+    digits = score_digits(score, threshold)
+    figures = _point_figures(manifest, row.operating_point, threshold) if loaded else None
+    return {
+        "positive": positive,
+        "other": next(name for name in names if name != positive),
+        "digits": digits,
+        "score": f"{score:.{digits}f}",
+        "threshold": f"{threshold:.{digits}f}",
+        "reached": score >= threshold,
+        "figures": figures,
+    }
+
+
+def _point_figures(
+    manifest: ModelManifest | None, point_name: str | None, threshold: float
+) -> dict[str, Any] | None:
+    """The sensitivity and specificity of the operating point a prediction was decided at
+    (the loaded manifest's ``metrics.operating_points``, figures on the reported split), when
+    its threshold is the prediction's; None otherwise."""
+    if manifest is None:
+        return None
+    point = (manifest.metrics.get("operating_points") or {}).get(point_name or "")
+    if not isinstance(point, dict) or not isinstance(point.get("threshold"), int | float):
+        return None
+    if abs(float(point["threshold"]) - threshold) > 1e-9:
+        return None
+    reported = manifest.metrics.get("reported")
+    figures: dict[str, Any] = {
+        key: _with_interval(point, key) for key in ("sensitivity", "specificity")
+    }
+    figures["split"] = _split_name(reported.get("split") if isinstance(reported, dict) else None)
+    figures["positives"] = int(point.get("tp", 0)) + int(point.get("fn", 0))
+    figures["negatives"] = int(point.get("tn", 0)) + int(point.get("fp", 0))
+    return figures
+
+
+def _split_name(split: Any) -> str:
+    names = {"val": "validation", "test": "test", "train": "training"}
+    return names.get(str(split), str(split)) if split else "held-out"
+
+
+def _with_interval(figures: dict[str, Any], key: str) -> str:
+    value, interval = figures.get(key), figures.get(f"{key}_ci95")
+    text = f"{value:.3f}" if isinstance(value, int | float) else "not recorded"
+    if isinstance(interval, list | tuple) and len(interval) == 2:
+        text += f" (95% interval {interval[0]:.3f}–{interval[1]:.3f})"
+    return text
+
+
+def score_meaning(row: Prediction, manifest: ModelManifest | None) -> str:
+    """What a score is, in words for a reader without ML training: whether this model's
+    scores were calibrated (only the loaded model's manifest is known to the page)."""
+    if not _is_loaded(row, manifest) or manifest is None:
+        return (
+            "A score is the model's output between 0 and 1. Whether model "
+            f"{row.model_name}:{row.model_version} was calibrated is not known here (it is not "
+            "the loaded model): do not read a score as the probability of disease."
+        )
+    if manifest.multi_label:
+        return (
+            "Each finding's score is the model's output between 0 and 1, scored on its own; "
+            "the model page says, finding by finding, whether it was calibrated (a "
+            "temperature) or not. A score is not the probability of disease."
+        )
+    calibration = getattr(manifest, "calibration", None) or manifest.metrics.get("calibration")
+    if isinstance(calibration, dict) and calibration.get("method"):
+        ece = calibration.get("ece_after")
+        return (
+            f"A score is the model's output between 0 and 1, calibrated by "
+            f"{calibration['method']} on the {_split_name(calibration.get('fitted_on'))} "
+            "split"
+            + (
+                f" (expected calibration error {ece:.3f} on the "
+                f"{_split_name(calibration.get('evaluated_on'))} split)"
+                if isinstance(ece, int | float)
+                else ""
+            )
+            + ": it estimates how often images like the training data with this score had the "
+            "class, not the probability for this patient, and says nothing about images unlike "
+            "them."
+        )
+    return (
+        "A score is the model's output between 0 and 1. This model's scores were not "
+        "calibrated: they rank images, and are not the probability of disease."
     )
 
 
@@ -761,3 +889,6 @@ def drift_page(request: Request, principal: UiPrincipal) -> Response:
     from radlens.app.routes.drift import drift_monitor
 
     return render(request, "drift.html", summary=drift_monitor(request).summary())
+
+
+TEMPLATES.env.globals["score_digits"] = score_digits
