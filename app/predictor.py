@@ -286,7 +286,7 @@ class Predictor:
         if ood is not None:
             from radlens.models.ood import feature_model
 
-            self._ood_model = feature_model(loaded.model)
+            self._ood_model = feature_model(loaded.model, ood.layers)
             width = self._ood_model.outputs[1].shape[-1]
             if ood.dimension != width:  # e.g. another model's detector copied in and sealed
                 raise ModelCorruptError(

@@ -330,6 +330,15 @@ def add_ood_detector(
     method: Annotated[
         str, typer.Option("--method", help="mahalanobis or knn (docs/benchmarks/ood.md).")
     ] = "mahalanobis",
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            help="Comma-separated layers the detector reads, one detector each, flagged when "
+            "any flags (e.g. conv2_block3_out,conv5_block3_out); 'last' for the last "
+            "convolutional layer alone. Default: as training (ResNet50: first and last stage).",
+        ),
+    ] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -339,8 +348,9 @@ def add_ood_detector(
     model.keras; the detector file and its sha256 are added to its manifest, which is sealed
     again. The service scores every prediction with it (RADLENS_OOD).
     """
+    from radlens.models.ensemble import ensemble_members
     from radlens.models.errors import ConfigurationError
-    from radlens.models.ood import METHODS
+    from radlens.models.ood import METHODS, resolve_layers
     from radlens.training.evaluate import (
         as_trained,
         copies_in_training,
@@ -358,6 +368,16 @@ def add_ood_detector(
     loaded = registry.load(f"{name}:{version}")
     manifest = loaded.manifest
     config = manifest.training_config
+    chosen: tuple[str, ...] | str | None = "auto"  # training.ood.AUTO
+    if layers is not None:
+        names = [n.strip() for n in layers.split(",") if n.strip()]
+        if ensemble_members(loaded.model) and names != ["last"]:
+            fail(
+                f"{manifest.ref} is an ensemble: its detector reads each member's last "
+                "convolutional layer (leave out --layers, or give --layers last)"
+            )
+        # checked before any image is decoded; the message lists the model's valid layers
+        chosen = None if names == ["last"] else resolve_layers(loaded.model, names)
     if "folds" in config and "members" in config:  # training.recipe.export_ensemble
         raise ConfigurationError(
             f"{manifest.ref} is a cross-validated ensemble: its members trained on the "
@@ -392,6 +412,7 @@ def add_ood_detector(
         method=method,
         version=manifest.preprocessing_version,
         seed=int(config.get("seed", 0)),
+        layers=chosen,
     )
     assert updated.ood is not None
     if as_json:
@@ -404,6 +425,11 @@ def add_ood_detector(
         f"{ood['fitted_on']['val_images']} validation images; "
         f"{ood['val_flagged_fraction']:.1%} of them flagged)"
     )
+    if ood.get("layers"):  # models.ood.LayeredOodDetector: one detector per layer
+        typer.echo(
+            f"layers: {', '.join(ood['layers'])}, each at the {ood['layer_quantile']:.2%} "
+            "level; an image is flagged when any layer flags it"
+        )
     if "nominal_flag_rate" in ood:  # an ensemble's pooled ranks (models.ood.EnsembleOodDetector)
         typer.echo(
             f"{ood['members']} member detectors; nominally flags "

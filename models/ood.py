@@ -24,18 +24,28 @@ flagged with probability at most 1% (at least ``1% - 1/(n+1)``). The detector is
 ``.npz`` file (numbers only, read without pickle) stored beside ``model.keras``, listed with
 its sha256 in the manifest's ``ood`` field, so the seal covers it (models.registry).
 
-An ensemble (``models.ensemble``) gets an :class:`EnsembleOodDetector`: one Mahalanobis
-detector per member on that member's own pooled features, fitted on the images the member
-trained on, and the member's scores of images it did NOT train on (its held-out fold for a
-cross-validated ensemble, the validation split otherwise) kept as its calibration set. The
-served score is the image's rank among those calibration scores pooled over the members (the
-cross-conformal p-value, Vovk 2015), so each member is normalised by its own calibration and
-no image needs to be unseen by every member (none is, in a cross-validated ensemble).
+A :class:`LayeredOodDetector` reads several layers (its ``layers``, recorded in its file and
+the manifest entry): one detector per layer, each at the Bonferroni-split conformal level
+``1 - (1 - quantile) / layers``, an image flagged when any flags it. On a 64 px ResNet50
+trained on nih1000 the last stage alone did not separate CT, MR and photos sent as gray
+PNG/JPEG and the first stage with it did (docs/benchmarks/ood.md, QA 70 and 74); training
+reads ResNet50's first and last stage when the validation split is large enough for the split
+to keep 1% (training.ood). A detector file without layers reads the last stage, as before.
+
+An ensemble (``models.ensemble``) gets an :class:`EnsembleOodDetector` (on each member's last
+layer): one Mahalanobis detector per member on that member's own pooled features, fitted on the
+images the member trained on, and the member's scores of images it did NOT train on (its
+held-out fold for a cross-validated ensemble, the validation split otherwise) kept as its
+calibration set. The served score is the image's rank among those calibration scores pooled
+over the members (the cross-conformal p-value, Vovk 2015), so each member is normalised by its
+own calibration and no image needs to be unseen by every member (none is, in a cross-validated
+ensemble).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import zipfile
 from collections.abc import Callable, Sequence
@@ -52,16 +62,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENSEMBLE",
+    "LAYERED",
     "METHODS",
     "EnsembleOodDetector",
+    "LayeredOodDetector",
     "OodDetector",
     "conformal_threshold",
+    "default_layers",
     "expected_flag_rate",
+    "feature_layers",
     "feature_model",
     "finding_groups",
     "fit_detector",
     "fit_ensemble_detector",
+    "fit_layered_detector",
     "load_detector",
+    "resolve_layers",
 ]
 
 METHODS = ("mahalanobis", "knn")
@@ -71,19 +87,26 @@ DEFAULT_QUANTILE = 0.99
 DEFAULT_K = 5
 MAX_KNN_BANK = 4096  # training features kept for knn (a seeded sample beyond that)
 SHRINKAGE = 0.1  # covariance weight moved to the scaled identity
+LAYERED = "layers"  # the stored method of a LayeredOodDetector
+# ResNet50's first and last stage outputs (models.architectures: the nested "backbone")
+RESNET_LAYERS = ("backbone/conv2_block3_out", "backbone/conv5_block3_out")
 
 
-def feature_model(model: keras.Model) -> keras.Model:
+def feature_model(model: keras.Model, layers: Sequence[str] | None = None) -> keras.Model:
     """A model with the same input returning ``[class scores, features]``.
 
-    The features are the global average of the last convolutional feature map
+    With ``layers`` None (every detector saved before layers were recorded) the features are
+    the global average of the last convolutional feature map
     (``models.architectures.last_conv_layer_name``): for ResNet50 exactly its penultimate
     layer (``"pool"``, 2048 values), for simple_cnn its ``conv4`` (64 values; its dense layers
-    separated noise and CT slices worse, docs/benchmarks/ood.md). The layers are shared with
-    ``model``.
+    separated noise and CT slices worse, docs/benchmarks/ood.md). With ``layers`` (paths as
+    :func:`feature_layers` lists them, a :class:`LayeredOodDetector`'s ``layers``) they are
+    the global averages of those layers' outputs, concatenated in that order. The layers are
+    shared with ``model``.
 
     Raises:
-        ConfigurationError: the model has no convolution layer.
+        ConfigurationError: the model has no convolution layer, a layer it does not have
+            (the message lists the valid ones), or layers asked of an ensemble.
     """
     import keras
 
@@ -92,11 +115,119 @@ def feature_model(model: keras.Model) -> keras.Model:
 
     members = ensemble_members(model)
     if members:
+        if layers is not None:
+            raise ConfigurationError(
+                "an ensemble's OOD detector reads each member's last convolutional layer only; "
+                f"received layers {list(layers)}"
+            )
         return _ensemble_feature_model(model, members)
+    if layers is not None:
+        return _layered_feature_model(model, resolve_layers(model, layers))
     both = gradcam_model(model)  # [last conv feature map, scores]
     feature_map, scores = both.outputs
     features = keras.layers.GlobalAveragePooling2D(name="ood_features")(feature_map)
     return keras.Model(both.inputs[0], [scores, features], name=f"{model.name}_ood")
+
+
+def feature_layers(model: keras.Model) -> list[str]:
+    """The layers a detector may read (:func:`feature_model`), in model order: for a model
+    with a nested ``backbone`` (ResNet50) its residual blocks' outputs as
+    ``"backbone/<name>"`` (``backbone/conv2_block3_out`` ends the first stage,
+    ``backbone/conv5_block3_out`` the last), otherwise its Conv2D layers."""
+    import keras
+
+    backbone = _backbone(model)
+    if backbone is not None:
+        blocks = [
+            f"backbone/{layer.name}" for layer in backbone.layers if layer.name.endswith("_out")
+        ]
+        last = f"backbone/{backbone.layers[-1].name}"
+        return blocks if last in blocks else [*blocks, last]
+    return [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+
+def resolve_layers(model: keras.Model, layers: Sequence[str]) -> tuple[str, ...]:
+    """``layers`` as :func:`feature_layers` paths (a backbone layer may be named without its
+    ``backbone/`` prefix), checked against the model.
+
+    Raises:
+        ConfigurationError: no layer, a repeated one, or one the model lacks (one line that
+            lists the model's valid layers).
+    """
+    valid = feature_layers(model)
+    resolved = []
+    for name in layers:
+        path = name if name in valid or "/" in name else f"backbone/{name}"
+        if path not in valid:
+            raise ConfigurationError(
+                f"model {model.name!r} has no layer {name!r} for the OOD detector; its valid "
+                f"layers are: {', '.join(valid)}"
+            )
+        resolved.append(path)
+    if not resolved or len(set(resolved)) != len(resolved):
+        raise ConfigurationError(
+            f"the OOD detector needs one or more distinct layers. Received: {list(layers)}"
+        )
+    return tuple(resolved)
+
+
+def default_layers(model: keras.Model) -> tuple[str, ...] | None:
+    """The layers training reads by default: for ResNet50 the first stage's output and the
+    last stage's (:data:`RESNET_LAYERS`; on a 64 px ResNet50 trained on nih1000 the last stage
+    alone did not separate CT, MR and photos exported as gray PNG/JPEG, the pair did,
+    docs/benchmarks/ood.md), None (the last convolutional layer) for any other model."""
+    from radlens.models.ensemble import ensemble_members
+
+    if ensemble_members(model):
+        return None
+    valid = feature_layers(model)
+    if _backbone(model) is not None and all(layer in valid for layer in RESNET_LAYERS):
+        return RESNET_LAYERS
+    return None
+
+
+def _backbone(model: keras.Model) -> keras.Model | None:
+    import keras
+
+    try:
+        backbone = model.get_layer("backbone")
+    except ValueError:
+        return None
+    return backbone if isinstance(backbone, keras.Model) else None
+
+
+def _layered_feature_model(model: keras.Model, layers: tuple[str, ...]) -> keras.Model:
+    """:func:`feature_model` over named layers: the model's chain is rebuilt (as
+    ``gradcam_model`` does) with the backbone returning its inner outputs as well."""
+    import keras
+
+    backbone = _backbone(model)
+    inner = [path.split("/", 1)[1] for path in layers if path.startswith("backbone/")]
+    multi = None
+    if backbone is not None and inner:
+        multi = keras.Model(
+            backbone.input,
+            [backbone.output, *(backbone.get_layer(n).output for n in inner)],
+            name="backbone_ood",
+        )
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    x: Any = inputs
+    found: dict[str, Any] = {}
+    for layer in model.layers[1:]:
+        if layer.name == "backbone" and multi is not None:
+            x, *maps = multi(x, training=False)
+            found.update({f"backbone/{n}": m for n, m in zip(inner, maps, strict=True)})
+        else:
+            x = layer(x, training=False) if layer.name == "backbone" else layer(x)
+            found[layer.name] = x
+    pooled = [
+        keras.layers.GlobalAveragePooling2D(name=f"ood_features_{i}")(found[path])
+        for i, path in enumerate(layers)
+    ]
+    features = (
+        keras.layers.Concatenate(name="ood_features")(pooled) if len(pooled) > 1 else pooled[0]
+    )
+    return keras.Model(inputs, [x, features], name=f"{model.name}_ood")
 
 
 def _ensemble_feature_model(model: keras.Model, members: list[keras.Model]) -> keras.Model:
@@ -130,11 +261,13 @@ def _ensemble_feature_model(model: keras.Model, members: list[keras.Model]) -> k
     return keras.Model(inputs, [mean, pooled], name=f"{model.name}_ood")
 
 
-def feature_layer(model: keras.Model) -> str:
+def feature_layer(model: keras.Model, layers: Sequence[str] | None = None) -> str:
     """What :func:`feature_model` pools, for the manifest."""
     from radlens.models.architectures import last_conv_layer_name
     from radlens.models.ensemble import ensemble_members
 
+    if layers is not None:
+        return f"global average of {', '.join(resolve_layers(model, layers))}, each"
     members = ensemble_members(model)
     if members:
         layers = sorted({last_conv_layer_name(m) for m in members})
@@ -142,9 +275,14 @@ def feature_layer(model: keras.Model) -> str:
     return f"global average of {last_conv_layer_name(model)}"
 
 
-def extract_features(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Penultimate features ``(N, D)`` float32 of ``images`` ``(N, H, W, 1)``."""
-    both = feature_model(model)
+def extract_features(
+    model: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 64,
+    layers: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Features ``(N, D)`` float32 of ``images`` ``(N, H, W, 1)`` (:func:`feature_model`)."""
+    both = feature_model(model, layers)
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
@@ -170,6 +308,11 @@ class OodDetector:
     quantile: float
     arrays: dict[str, np.ndarray]
     k: int = DEFAULT_K
+
+    @property
+    def layers(self) -> tuple[str, ...] | None:
+        """The layers it reads: None, the last convolutional layer (:func:`feature_model`)."""
+        return None
 
     @property
     def dimension(self) -> int:
@@ -487,6 +630,11 @@ class EnsembleOodDetector:
         return (self.rank - 0.5) / self.calibration_size
 
     @property
+    def layers(self) -> tuple[str, ...] | None:
+        """None: each member's last convolutional layer (:func:`feature_model`)."""
+        return None
+
+    @property
     def dimensions(self) -> list[int]:
         """Each member's feature width, in the order of the concatenated features."""
         return [m.dimension for m in self.members]
@@ -570,8 +718,12 @@ class EnsembleOodDetector:
     def to_bytes(self) -> bytes:
         """The detector as ``.npz`` bytes (numbers only): ``m<i>__<array>`` per member."""
         buffer = io.BytesIO()
+        np.savez(buffer, **self._arrays())
+        return buffer.getvalue()
+
+    def _arrays(self) -> dict[str, Any]:
         arrays: dict[str, Any] = {
-            "method": np.array(ENSEMBLE),
+            "method": np.array(self.method),
             "meta": np.array([self.quantile, float(len(self.members))], dtype=np.float64),
         }
         for i, (member, cal) in enumerate(zip(self.members, self.calibration, strict=True)):
@@ -581,27 +733,171 @@ class EnsembleOodDetector:
             )
             arrays[f"m{i}__calibration"] = np.asarray(cal, dtype=np.float32)
             arrays.update({f"m{i}__{k}": v for k, v in member.arrays.items()})
-        np.savez(buffer, **arrays)
-        return buffer.getvalue()
+        return arrays
 
     def save(self, path: Path) -> None:
         """Write :meth:`to_bytes` to ``path``."""
         path.write_bytes(self.to_bytes())
 
 
+@dataclass(frozen=True)
+class LayeredOodDetector(EnsembleOodDetector):
+    """A detector on several layers of one model: one detector per layer, an image flagged
+    when any of them flags it (Bonferroni: each at the conformal level ``1 - (1 - quantile) /
+    layers``, so at most ``1 - quantile`` of new in-distribution images are flagged in
+    expectation, by the union bound).
+
+    Member ``i`` scores the global average of ``layers[i]`` (its slice of the concatenated
+    features :func:`feature_model` returns for ``layers``); ``calibration[i]`` holds its
+    sorted scores of the validation images (the same images for every layer). The served
+    score is the largest share of a layer's calibration scores below the image's score under
+    that layer, in [0, 1]; the threshold is the split-conformal rank at the per-layer level,
+    so ``score > threshold`` exactly when some member's score is above its own conformal
+    threshold (the members' ``threshold``).
+
+    Attributes:
+        layers: the layer paths read (:func:`feature_layers`), in feature order.
+    """
+
+    layers: tuple[str, ...] = ()
+
+    method = LAYERED
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.layers) != len(self.members):
+            raise ConfigurationError(
+                "a layered OOD detector needs one layer name per member detector. Received: "
+                f"{len(self.members)} detectors, layers {list(self.layers)}"
+            )
+        if len({len(c) for c in self.calibration}) != 1:
+            raise ConfigurationError(
+                "a layered OOD detector's layers are calibrated on the same images. Received "
+                f"sizes: {[len(c) for c in self.calibration]}"
+            )
+
+    @property
+    def layer_quantile(self) -> float:
+        """Each layer's conformal level: ``1 - (1 - quantile) / layers`` (Bonferroni)."""
+        return 1.0 - (1.0 - self.quantile) / len(self.members)
+
+    @property
+    def calibration_size(self) -> int:
+        """n: the validation images (each layer's calibration scores)."""
+        return len(self.calibration[0])
+
+    @property
+    def rank(self) -> int:
+        """The rank among a layer's calibration scores at which an image is flagged."""
+        n = self.calibration_size
+        return max(1, min(n, math.ceil((n + 1) * self.layer_quantile - 1e-9)))
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """The largest per-layer calibration rank ``(N,)`` in [0, 1] (the numpy reference)."""
+        most = np.zeros(len(features), dtype=np.int64)
+        for s, cal in zip(self.member_scores(features), self.calibration, strict=True):
+            most = np.maximum(most, np.searchsorted(cal, s.astype(np.float32), side="left"))
+        return (most / self.calibration_size).astype(np.float32)
+
+    def tf_scorer(self) -> Callable[[Any], Any]:
+        """:meth:`scores` as TensorFlow ops for the serving graph (see
+        :meth:`OodDetector.tf_scorer`)."""
+        import tensorflow as tf
+
+        scorers = [m.tf_scorer() for m in self.members]
+        sorted_sets = [tf.constant(c.reshape(1, -1).astype(np.float32)) for c in self.calibration]
+        bounds = [int(b) for b in np.cumsum([0, *self.dimensions])]
+        total = float(self.calibration_size)
+
+        def layered(features: Any) -> Any:
+            x = tf.cast(features, tf.float32)
+            most = None
+            for scorer, cal, lo, hi in zip(
+                scorers, sorted_sets, bounds[:-1], bounds[1:], strict=True
+            ):
+                s = tf.reshape(scorer(x[:, lo:hi]), [1, -1])
+                count = tf.searchsorted(cal, s, side="left", out_type=tf.int32)[0]
+                most = count if most is None else tf.maximum(most, count)
+            return tf.cast(most, tf.float32) / total
+
+        return layered
+
+    def entry(self) -> dict[str, Any]:
+        """The manifest's description of the detector (the registry adds ``files``)."""
+        return {
+            "method": self.members[0].method,
+            "layers": list(self.layers),
+            "threshold": float(self.threshold),
+            "quantile": float(self.quantile),
+            "k": self.members[0].k if self.members[0].method == "knn" else None,
+            "dimension": self.dimension,
+            "features": "global average of each layer, L2-normalised, one detector per layer",
+            "score": "largest share of a layer's validation scores below the image's (in "
+            "[0, 1]); flagged when any layer is above its own conformal threshold",
+            "layer_quantile": self.layer_quantile,
+            "layer_dimensions": self.dimensions,
+            "layer_thresholds": [float(m.threshold) for m in self.members],
+        }
+
+    def _arrays(self) -> dict[str, Any]:
+        return {**super()._arrays(), "layers": np.array(self.layers, dtype=str)}
+
+
+def fit_layered_detector(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    layers: Sequence[str],
+    dimensions: Sequence[int],
+    *,
+    method: Method = "mahalanobis",
+    quantile: float = DEFAULT_QUANTILE,
+    k: int = DEFAULT_K,
+    seed: int = 0,
+) -> LayeredOodDetector:
+    """Fit a :class:`LayeredOodDetector` on features of ``layers`` concatenated (widths
+    ``dimensions``, as :func:`feature_model` returns them): one :func:`fit_detector` per
+    layer at the Bonferroni level, each calibrated on the validation features.
+
+    Raises:
+        ConfigurationError: widths that do not add up to the features', or as
+            :func:`fit_detector`.
+    """
+    x = np.asarray(train_features).reshape(len(train_features), -1)
+    v = np.asarray(val_features).reshape(len(val_features), -1)
+    if len(layers) != len(dimensions) or sum(dimensions) != x.shape[1] or v.shape[1] != x.shape[1]:
+        raise ConfigurationError(
+            f"layers {list(layers)} of widths {list(dimensions)} do not make the features' "
+            f"widths: train {x.shape}, val {v.shape}"
+        )
+    level = 1.0 - (1.0 - quantile) / len(layers)
+    bounds = np.cumsum([0, *dimensions])
+    members, calibration = [], []
+    for lo, hi in itertools.pairwise(bounds):
+        detector = fit_detector(
+            x[:, lo:hi], train_labels, v[:, lo:hi], method=method, quantile=level, k=k, seed=seed
+        )
+        members.append(detector)
+        calibration.append(np.sort(detector.scores(v[:, lo:hi])).astype(np.float32))
+    return LayeredOodDetector(tuple(members), tuple(calibration), quantile, tuple(layers))
+
+
 def load_detector(path: Path) -> OodDetector | EnsembleOodDetector:
     """Read a detector file written by :meth:`OodDetector.save` or
-    :meth:`EnsembleOodDetector.save` (no pickle).
+    :meth:`EnsembleOodDetector.save` (a :class:`LayeredOodDetector` included; no pickle).
 
     Raises:
         ModelCorruptError: not a detector file (names the path and what is wrong).
     """
+    layers: tuple[str, ...] = ()
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
             method = str(data["method"])
-            if method != ENSEMBLE:
+            if method not in (ENSEMBLE, LAYERED):
                 return OodDetector.load(path)
             quantile, count = (float(v) for v in data["meta"])
+            if method == LAYERED:
+                layers = tuple(str(name) for name in np.asarray(data["layers"]).reshape(-1))
             members, calibration = [], []
             for i in range(int(count)):
                 kind = str(data[f"m{i}__method"])
@@ -621,6 +917,8 @@ def load_detector(path: Path) -> OodDetector | EnsembleOodDetector:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise ModelCorruptError(f"{path} is not an OOD detector file: {exc}") from None
     try:
+        if method == LAYERED:
+            return LayeredOodDetector(tuple(members), tuple(calibration), quantile, layers)
         return EnsembleOodDetector(tuple(members), tuple(calibration), quantile)
     except ConfigurationError as exc:
         raise ModelCorruptError(f"{path} is not an OOD detector file: {exc}") from None

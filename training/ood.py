@@ -16,9 +16,10 @@ calibrated on its own held-out fold, which it never saw).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -27,10 +28,14 @@ from radlens.models.ood import (
     DEFAULT_QUANTILE,
     EnsembleOodDetector,
     OodDetector,
+    default_layers,
     expected_flag_rate,
     extract_features,
+    feature_model,
     fit_detector,
     fit_ensemble_detector,
+    fit_layered_detector,
+    resolve_layers,
 )
 from radlens.models.registry import ModelManifest, ModelRegistry
 
@@ -42,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_FIT_IMAGES = 2048  # training images decoded to fit the detector (a seeded sample beyond)
+AUTO: Literal["auto"] = "auto"  # the layers models.ood.default_layers picks for the model
+Layers = Sequence[str] | Literal["auto"] | None
 
 
 def sample_examples(examples: Sequence[Example], limit: int, seed: int) -> list[Example]:
@@ -63,13 +70,26 @@ def attach_detector(
     quantile: float = DEFAULT_QUANTILE,
     seed: int = 0,
     data_note: str = "",
+    layers: Layers = AUTO,
 ) -> ModelManifest:
     """Fit the detector on ``model``'s features of ``train`` (images, labels), threshold it
     on ``val`` images, and store it with the version ``ref``. The labels are class indices,
     or a multi-label model's multi-hot targets (``models.ood.fit_detector``).
 
+    ``layers``: the layers the detector reads (``models.ood.feature_layers`` names), each
+    with its own detector at a Bonferroni-split threshold (``models.ood.LayeredOodDetector``);
+    None: the last convolutional layer (``models.ood.OodDetector``); ``"auto"``:
+    ``models.ood.default_layers`` (ResNet50's first and last stage, the last layer for any
+    other model) when ``val`` is large enough for them (:func:`_auto_layers`), else the last
+    layer.
+
     An ensemble gets an :class:`EnsembleOodDetector` whose members all trained on ``train``
-    and are all calibrated on ``val`` (:func:`attach_ensemble_detector`).
+    and are all calibrated on ``val`` (:func:`attach_ensemble_detector`), on each member's last
+    layer.
+
+    Raises:
+        ConfigurationError: layers the model does not have (the valid ones listed), or
+            layers named for an ensemble.
 
     Returns:
         The version's new manifest (its ``ood`` field describes the detector).
@@ -78,6 +98,11 @@ def attach_detector(
 
     x_train, y_train = train
     members = ensemble_members(model)
+    if members and layers not in (AUTO, None):
+        raise ConfigurationError(
+            "an ensemble's OOD detector reads each member's last convolutional layer; "
+            f"layers cannot be chosen for it. Received: {list(layers or ())}"
+        )
     if members:
         return attach_ensemble_detector(
             registry,
@@ -91,20 +116,39 @@ def attach_detector(
             calibration="every member trained on the training split and is calibrated on the "
             "validation split, which no member saw",
         )
-    train_features = extract_features(model, x_train)
-    val_features = extract_features(model, val)
-    detector = fit_detector(
-        train_features,
-        y_train,
-        val_features,
-        method=method,  # type: ignore[arg-type]
-        quantile=quantile,
-        seed=seed,
-    )
+    read = _auto_layers(model, len(val), quantile) if layers == AUTO else layers
+    chosen = None if read is None else resolve_layers(model, read)
+    train_features = extract_features(model, x_train, layers=chosen)
+    val_features = extract_features(model, val, layers=chosen)
+    detector: OodDetector | EnsembleOodDetector
+    if chosen is None:
+        detector = fit_detector(
+            train_features,
+            y_train,
+            val_features,
+            method=method,  # type: ignore[arg-type]
+            quantile=quantile,
+            seed=seed,
+        )
+        # what the threshold flags of NEW in-distribution images (the validation images set
+        # it, so their own flagged fraction says little): the conformal expectation and spread
+        rate = expected_flag_rate(len(val), quantile)
+    else:
+        widths = [int(feature_model(model, (name,)).outputs[1].shape[-1]) for name in chosen]
+        detector = fit_layered_detector(
+            train_features,
+            y_train,
+            val_features,
+            chosen,
+            widths,
+            method=method,  # type: ignore[arg-type]
+            quantile=quantile,
+            seed=seed,
+        )
+        # flagged when any layer flags: at most the sum of the layers' conformal rates
+        per_layer = expected_flag_rate(len(val), 1.0 - (1.0 - quantile) / len(chosen))
+        rate = {k: min(1.0, v * len(chosen)) for k, v in per_layer.items()}
     flagged = float(np.mean(detector.scores(val_features) > detector.threshold))
-    # what the threshold flags of NEW in-distribution images (the validation images set it,
-    # so their own flagged fraction says little): the conformal expectation and its spread
-    rate = expected_flag_rate(len(val), quantile)
     entry: dict[str, Any] = {
         **detector.entry(),
         "fitted_on": {"train_images": len(x_train), "val_images": len(val), "data": data_note},
@@ -113,18 +157,25 @@ def attach_detector(
         "expected_flag_rate": rate["expected"],
         "expected_flag_rate_upper_95": rate["upper_95"],
     }
-    if np.ndim(y_train) == 2 and detector.method == "mahalanobis":  # a multi-label model
+    if chosen is not None:
+        entry["calibration"] += (
+            f"; one detector per layer at the {1.0 - (1.0 - quantile) / len(chosen):.2%} level "
+            "(Bonferroni), flagged when any layer flags; the expected flag rates are the sums "
+            "of the layers' (upper bounds)"
+        )
+    if np.ndim(y_train) == 2 and entry["method"] == "mahalanobis":  # a multi-label model
         entry["class_means"] = (
             "one per finding (its positive training images) and one for the training images "
             "without any finding (models.ood.finding_groups)"
         )
     manifest = _store(registry, ref, detector, entry)
     log.info(
-        "%s: OOD detector %s, threshold %.4g (conformal %.0f%% quantile of %d validation "
+        "%s: OOD detector %s on %s, threshold %.4g (conformal %.0f%% quantile of %d validation "
         "images: expected to flag %.1f%% of new in-distribution images, under %.1f%% for 95%% "
         "of calibration draws), fitted on %d training images",
         manifest.ref,
-        detector.method,
+        entry["method"],
+        ", ".join(chosen) if chosen else "the last convolutional layer",
         detector.threshold,
         quantile * 100,
         len(val),
@@ -133,6 +184,35 @@ def attach_detector(
         len(x_train),
     )
     return manifest
+
+
+def _auto_layers(model: keras.Model, val_images: int, quantile: float) -> tuple[str, ...] | None:
+    """``models.ood.default_layers`` when the validation split is large enough for their
+    Bonferroni split to keep the expected flag rate within ``1 - quantile``; None (the last
+    layer) otherwise.
+
+    Each layer's conformal threshold flags at least ``1 / (n + 1)`` of new in-distribution
+    images in expectation (the largest of ``n`` validation scores), so ``L`` layers flagged
+    by any can reach ``L / (n + 1)``: two layers at 99% need ``n >= 199`` validation images
+    (the demo model has 112, QA 70's nih1000 model 151: both keep the last layer;
+    ``radlens models ood --layers`` fits the pair anyway, with its bound in the manifest).
+    """
+    layers = default_layers(model)
+    if layers is None:
+        return None
+    if val_images + 1 < len(layers) / (1.0 - quantile) - 1e-9:
+        log.info(
+            "OOD detector on the last layer only: %d validation images are too few for a "
+            "%d-layer detector (%s) to keep its expected flag rate within %.1f%% (needs >= %d); "
+            "`radlens models ood --layers` fits it anyway",
+            val_images,
+            len(layers),
+            ", ".join(layers),
+            (1.0 - quantile) * 100,
+            math.ceil(len(layers) / (1.0 - quantile) - 1e-9) - 1,
+        )
+        return None
+    return layers
 
 
 def _store(
@@ -287,6 +367,7 @@ def attach_from_source(
     x_val: np.ndarray | None = None,
     seed: int = 0,
     batch_size: int = 32,
+    layers: Layers = AUTO,
 ) -> ModelManifest:
     """:func:`attach_detector` with the images decoded from a data source's splits (training
     sampled to :data:`MAX_FIT_IMAGES`; ``x_val`` when already decoded)."""
@@ -309,4 +390,5 @@ def attach_from_source(
         method=method,
         seed=seed,
         data_note=f"{source.root.name}: train sample {len(x_train)}, val {len(x_val)}",
+        layers=layers,
     )
