@@ -120,6 +120,14 @@ def dicom_gate_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict
         raise
     except Exception:  # third-party parser boundary: any failure means "no header to gate"
         return None
+    return dataset_gate_header(ds)
+
+
+def dataset_gate_header(ds: Any) -> dict[str, Any] | None:
+    """The gated attributes of a parsed DICOM dataset (as :func:`dicom_gate_header` reads
+    them from the bytes): for an upload already parsed for preprocessing
+    (models.preprocessing.parse_dicom), so the file is parsed once. None when it states none
+    of them."""
     # absent: None, empty: "" (a refusal says which); read as training's survey reads it
     header: dict[str, Any] = dataset_metadata(ds, GATED_KEYWORDS)
     return header if any(header.values()) else None

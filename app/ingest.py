@@ -45,6 +45,7 @@ from radlens.app.gate import (
     OutsideIntendedUseError,
     check_colour,
     check_metadata,
+    dataset_gate_header,
     dicom_gate_header,
     frames_ood,
     violation_records,
@@ -59,6 +60,8 @@ from radlens.models.errors import BlankImageError
 from radlens.models.intended_use import IntendedUse, Violation, from_record
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from radlens.app.dicom_outputs import SourceRef
     from radlens.app.outbox import Outbox
     from radlens.app.predictor import PredictionOutput, Predictor
@@ -75,16 +78,21 @@ def preprocess_upload(
     max_pixels: int,
     version: str,
     frame: int | None = None,
+    dataset: Dataset | None = None,
 ) -> PreprocessedImage:
     """Preprocess as the model was trained: ``version`` is its manifest's preprocessing
     version (an older model is fed exactly as before, models.preprocessing); ``frame``: a
-    multi-frame image's frame (None: the middle one)."""
+    multi-frame image's frame (None: the middle one); ``dataset``: the upload as
+    models.preprocessing.parse_dicom parsed it (not parsed again)."""
     from radlens.models.preprocessing import preprocess
 
-    if frame is None:
-        return preprocess(data, size=size, window=window, max_pixels=max_pixels, version=version)
+    extra: dict[str, Any] = {}
+    if frame is not None:
+        extra["frame"] = frame
+    if dataset is not None:
+        extra["dataset"] = dataset
     return preprocess(
-        data, size=size, window=window, max_pixels=max_pixels, version=version, frame=frame
+        data, size=size, window=window, max_pixels=max_pixels, version=version, **extra
     )
 
 
@@ -148,13 +156,21 @@ def check_recordable(image: PreprocessedImage) -> None:
 
 
 def gate_upload(
-    data: bytes, intended_use: IntendedUse, policy: GatePolicy, max_pixels: int | None = None
+    data: bytes,
+    intended_use: IntendedUse,
+    policy: GatePolicy,
+    max_pixels: int | None = None,
+    dataset: Dataset | None = None,
 ) -> list[Violation]:
     """The metadata gate (app/gate.py) on a DICOM upload's header, before its pixels are
     decoded: raises OutsideIntendedUseError (``refuse``) or returns the violations (``flag``).
-    ``max_pixels`` bounds a deflated header's inflation (default: preprocessing's default)."""
+    ``max_pixels`` bounds a deflated header's inflation (default: preprocessing's default);
+    ``dataset``: the upload already parsed (models.preprocessing.parse_dicom), read instead
+    of the bytes."""
     if policy == "off" or intended_use.empty:
         return []
+    if dataset is not None:
+        return check_metadata(dataset_gate_header(dataset), intended_use, policy)
     from radlens.models.errors import NotAnImageError
     from radlens.models.preprocessing import DEFAULT_MAX_PIXELS, sniff_format
 
@@ -175,20 +191,66 @@ def _prepare_upload(
     version: str,
     intended_use: IntendedUse | None = None,
     gate: GatePolicy = "off",
-) -> tuple[np.ndarray, tuple[PreprocessedImage, str, list[Violation]]]:
+) -> tuple[np.ndarray, _Prepared]:
     """The upload -> (model input, (preprocessed image, sha256 of the upload, intended-use
     violations flagged)); runs off the event loop (on a predictor stream or a worker thread),
-    the checks and the hash included."""
-    flagged = gate_upload(data, intended_use or IntendedUse(), gate, max_pixels)
-    image = preprocess_upload(data, size, window, max_pixels, version)
+    the checks and the hash included. A DICOM upload is parsed once: the gate reads its
+    header from the dataset preprocessing then decodes (kept as ``_Prepared.dataset`` when
+    the instance has more frames to read, for _predict_frames)."""
+    intended_use = intended_use or IntendedUse()
+    dataset = _parse_upload(data, max_pixels, intended_use, gate)
+    flagged = gate_upload(data, intended_use, gate, max_pixels, dataset=dataset)
+    if dataset is None:
+        image = preprocess_upload(data, size, window, max_pixels, version)
+    else:
+        image = preprocess_upload(data, size, window, max_pixels, version, dataset=dataset)
+    if not (image.metadata.format == "dicom" and image.metadata.frames > 1):
+        dataset = None  # only the frames still to read need it
     check_recordable(image)
     meta = image.metadata
-    flagged = flagged + check_colour(meta.colour_fraction, intended_use or IntendedUse(), gate)
+    flagged = flagged + check_colour(meta.colour_fraction, intended_use, gate)
     if meta.blank and not (meta.format == "dicom" and meta.frames > 1):  # else _predict_frames
         from radlens.models.preprocessing import blank_image_error
 
         raise blank_image_error(meta)
-    return image.model_input(), (image, hashlib.sha256(data).hexdigest(), flagged)
+    return image.model_input(), _Prepared(image, hashlib.sha256(data).hexdigest(), flagged, dataset)
+
+
+class _Prepared(tuple[Any, ...]):
+    """``(preprocessed image, sha256 of the upload, violations flagged)``, carrying in
+    ``dataset`` the parsed file a multi-frame instance's other frames are read from (None
+    otherwise): the dataset is not part of the tuple, so callers unpack the three."""
+
+    dataset: Dataset | None
+
+    def __new__(
+        cls, image: PreprocessedImage, digest: str, flagged: list[Violation], dataset: Any
+    ) -> _Prepared:
+        prepared = super().__new__(cls, (image, digest, flagged))
+        prepared.dataset = dataset
+        return prepared
+
+
+def _parse_upload(
+    data: bytes, max_pixels: int, intended_use: IntendedUse, gate: GatePolicy
+) -> Dataset | None:
+    """A DICOM upload parsed once, for the gate and preprocessing (None: not DICOM, or not
+    bytes; preprocessing says what is wrong). When the parse fails, the gate still reads
+    what header it can first, so an upload outside the intended use is refused as such
+    (as when the gate read the header on its own), then the parse error is raised."""
+    from radlens.models.errors import NotAnImageError, PreprocessingError
+    from radlens.models.preprocessing import parse_dicom, sniff_format
+
+    try:
+        if not isinstance(data, bytes | bytearray | memoryview) or sniff_format(data) != "dicom":
+            return None
+    except NotAnImageError:
+        return None
+    try:
+        return parse_dicom(data, max_pixels=max_pixels)
+    except PreprocessingError:
+        gate_upload(data, intended_use, gate, max_pixels)
+        raise
 
 
 def decided_findings(scores: np.ndarray, manifest: ModelManifest) -> tuple[FindingValue, ...]:
@@ -447,14 +509,15 @@ class Ingestor:
             self.metrics.observe_gated("outside-intended-use", "refused")
             logger.info("upload refused: outside the intended use of %s: %s", manifest.ref, exc)
             raise
-        image, digest, flagged = cast(
-            tuple["PreprocessedImage", str, list[Violation]], output.prepared
-        )
+        prepared = cast(_Prepared, output.prepared)
+        dataset = prepared.dataset
+        image, digest, flagged = cast(tuple["PreprocessedImage", str, list[Violation]], prepared)
         scores, label = output.scores, output.label
         inference_ms, batch_size = float(output.inference_ms), int(output.batch_size)
         frame_result = None
         if image.metadata.format == "dicom" and image.metadata.frames > 1:
-            frames = await self._predict_frames(data, image, output)
+            frames = await self._predict_frames(data, image, output, dataset)
+            dataset = None
             scores, label, image = frames.scores, frames.label, frames.image
             inference_ms, batch_size = frames.inference_ms, frames.batch_size
             frame_result = frames.result
@@ -557,12 +620,17 @@ class Ingestor:
         )
 
     async def _predict_frames(
-        self, data: bytes, first: PreprocessedImage, output: PredictionOutput
+        self,
+        data: bytes,
+        first: PreprocessedImage,
+        output: PredictionOutput,
+        dataset: Dataset | None = None,
     ) -> FramesPredicted:
         """Predict a multi-frame instance frame by frame: every frame, or every k-th above
         RADLENS_MAX_FRAMES (models.preprocessing.frame_indices). The file is parsed once for
         all the frames (models.preprocessing.preprocess_frames; parsing it again per frame
-        cost more than the frame's model call), and the frames are decoded in a worker
+        cost more than the frame's model call): ``dataset``, the parse the first frame was
+        read from, or parsed here when None, and the frames are decoded in a worker
         thread a batch at a time, each batch's model calls queued while the next is decoded,
         so they share micro-batches (with each other and other requests); the frame already
         predicted (the middle one) is not predicted again. A frame that fails fails the
@@ -583,6 +651,7 @@ class Ingestor:
             window=manifest.window,
             max_pixels=self.settings.max_pixels,
             version=manifest.preprocessing_version,
+            dataset=dataset,
         )
         images = {first.metadata.frame_index: first}
         calls: dict[int, asyncio.Task[PredictionOutput]] = {}
@@ -839,10 +908,13 @@ class Ingestor:
             return True
 
     async def _send_back(self, written: Any, candidate: Candidate) -> None:
-        """Queue the new prediction's SR/SC for the destinations (app/outbox.py). The
-        prediction is committed already: a failure here is never the upload's; each result
-        not queued is logged and counted (radlens_dicom_outbox_enqueue_failures_total, which
-        alerts: a log line was all that said so before QA round 54)."""
+        """Queue the prediction's SR/SC for the destinations (app/outbox.py): all of them for
+        a new prediction; for a stored one whose results were not all queued (a re-send:
+        ``resend=True``, said here rather than left to the outbox's in-process marker), those
+        not queued before. The prediction is committed already: a failure here is never the
+        upload's; each result not queued is logged and counted
+        (radlens_dicom_outbox_enqueue_failures_total, which alerts: a log line was all that
+        said so before QA round 54)."""
         from radlens.app.outbox import ResultsNotQueuedError
 
         assert self.outbox is not None and candidate.sender is not None
@@ -859,7 +931,13 @@ class Ingestor:
         failures: list[tuple[str, str, BaseException | None]] = []
         try:
             await asyncio.to_thread(
-                self.outbox.submit, written.prediction, candidate.sender, overlay
+                functools.partial(
+                    self.outbox.submit,
+                    written.prediction,
+                    candidate.sender,
+                    overlay,
+                    resend=not written.created,
+                )
             )
         except ResultsNotQueuedError as exc:
             failures = exc.failures
@@ -871,7 +949,7 @@ class Ingestor:
             self.metrics.outbox_enqueue_failures.labels(kind=kind, reason=reason).inc()
             logger.error(
                 "prediction %s: %s not queued for the DICOM destinations (%s%s); it will not "
-                "be sent (sending the instance again queues it when nothing of it was queued)",
+                "be sent (sending the instance again queues what of it was not queued)",
                 prediction_id,
                 kind.upper(),
                 reason,

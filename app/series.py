@@ -82,11 +82,22 @@ class SeriesMismatchError(AppError):
 # --- write side -----------------------------------------------------------------------------
 
 _SERIES_TABLE = cast(Table, PredictionSeries.__table__)
-_SQLITE_INSERT = sqlite_insert(_SERIES_TABLE).on_conflict_do_nothing(
-    index_elements=["series_instance_uid"]
+# what a series' reference is (returned by a fresh insert, else read back)
+_REFERENCE = (
+    PredictionSeries.study_instance_uid,
+    PredictionSeries.modality,
+    PredictionSeries.rows,
+    PredictionSeries.columns,
 )
-_POSTGRESQL_INSERT = postgresql_insert(_SERIES_TABLE).on_conflict_do_nothing(
-    index_elements=["series_instance_uid"]
+_SQLITE_INSERT = (
+    sqlite_insert(_SERIES_TABLE)
+    .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+    .returning(*_REFERENCE)
+)
+_POSTGRESQL_INSERT = (
+    postgresql_insert(_SERIES_TABLE)
+    .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+    .returning(*_REFERENCE)
 )
 
 
@@ -139,7 +150,10 @@ _SEEN_KEY = "radlens.series_seen"
 def _record_series(session: Session, prediction: Prediction, uid: str) -> Any:
     """Insert the series' row unless it exists, and read it back, locked FOR KEY SHARE
     (PostgreSQL; SQLite's transaction holds the write lock already) until the transaction
-    ends: the lock that keeps `radlens purge` from deleting it as empty meanwhile."""
+    ends: the lock that keeps `radlens purge` from deleting it as empty meanwhile. A row
+    this transaction inserts is its own reference (RETURNING: one statement for a new
+    series' first upload): no other transaction sees it before the commit, so `radlens
+    purge` cannot delete it and it needs no lock."""
     values = {
         "series_instance_uid": uid,
         "study_instance_uid": prediction.study_instance_uid,
@@ -150,14 +164,11 @@ def _record_series(session: Session, prediction: Prediction, uid: str) -> Any:
     }
     reference = None
     for _attempt in range(2):  # the second: `radlens purge` deleted the row in between
-        _insert_series(session, values)
+        inserted = _insert_series(session, values)
+        if inserted is not None:
+            return inserted
         reference = session.execute(
-            select(
-                PredictionSeries.study_instance_uid,
-                PredictionSeries.modality,
-                PredictionSeries.rows,
-                PredictionSeries.columns,
-            )
+            select(*_REFERENCE)
             .where(PredictionSeries.series_instance_uid == uid)
             .with_for_update(read=True, key_share=True)
         ).one_or_none()
@@ -168,15 +179,18 @@ def _record_series(session: Session, prediction: Prediction, uid: str) -> Any:
     return reference
 
 
-def _insert_series(session: Session, values: dict[str, Any]) -> None:
+def _insert_series(session: Session, values: dict[str, Any]) -> Any:
+    """Insert the series' row unless one exists: the inserted row's reference, or None
+    (the row existed; or another dialect, which is read back)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        session.execute(_POSTGRESQL_INSERT, values)
-    elif dialect == "sqlite":
-        session.execute(_SQLITE_INSERT, values)
-    elif session.get(PredictionSeries, values["series_instance_uid"]) is None:
+        return session.execute(_POSTGRESQL_INSERT, values).one_or_none()
+    if dialect == "sqlite":
+        return session.execute(_SQLITE_INSERT, values).one_or_none()
+    if session.get(PredictionSeries, values["series_instance_uid"]) is None:
         session.add(PredictionSeries(**values))  # settings allow only the two above
         session.flush()
+    return None
 
 
 def mismatches(

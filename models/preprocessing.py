@@ -302,6 +302,7 @@ def preprocess(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     version: str = PREPROCESSING_VERSION,
     frame: int | None = None,
+    dataset: Dataset | None = None,
 ) -> PreprocessedImage:
     """Turn the bytes of a DICOM, PNG or JPEG file into a float32 gray image in [0, 1].
 
@@ -330,6 +331,9 @@ def preprocess(
             multi-frame instance frame by frame, pass :func:`frame_indices` to
             :func:`preprocess_frames`, which parses the file once for all of them
             (``metadata.frames`` says how many there are).
+        dataset: the dataset :func:`parse_dicom` returned for these same bytes (and
+            ``max_pixels``), for a caller that read the header first: the file is not parsed
+            again (the result is the same). ``None``: the bytes are parsed here.
 
     Returns:
         The pixels, float32 of shape ``(H, W)`` with values in [0, 1], and the PHI-free
@@ -365,6 +369,7 @@ def preprocess(
     _check_frame_option(frame)
     data = _check_bytes(data)
     kind = sniff_format(data)
+    _check_dataset_option(dataset, kind)
     with _quiet_warnings():
         if kind == "dicom":
             reduce_for = size if version != "1" else None
@@ -375,6 +380,7 @@ def preprocess(
                 reduce_for=reduce_for,
                 frame=frame,
                 version=version,
+                dataset=dataset,
             )
         else:
             if frame not in (None, 0):
@@ -397,6 +403,7 @@ def preprocess_frames(
     window: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     version: str = PREPROCESSING_VERSION,
+    dataset: Dataset | None = None,
 ) -> Iterator[PreprocessedImage]:
     """Preprocess several frames of one file, parsing the file once.
 
@@ -412,7 +419,9 @@ def preprocess_frames(
         data: the complete file content (DICOM, PNG or JPEG, sniffed from the bytes).
         frames: 0-based frame indices in the order wanted, e.g. from :func:`frame_indices`;
             ``None`` for every frame of the file. A PNG or JPEG has the one frame 0.
-        size, window, max_pixels, version: as for :func:`preprocess`.
+        size, window, max_pixels, version, dataset: as for :func:`preprocess` (with
+            ``dataset``, the file is not parsed here at all: the service passes the dataset
+            its first frame was read from).
 
     Returns:
         An iterator of :class:`PreprocessedImage`, one per index of ``frames``.
@@ -435,6 +444,7 @@ def preprocess_frames(
         for frame in frames:
             _check_frame_option(frame)
     data = _check_bytes(data)
+    _check_dataset_option(dataset, sniff_format(data))
     if sniff_format(data) != "dicom":
         wanted = [0] if frames is None else [int(f) for f in frames]
         if any(index != 0 for index in wanted):
@@ -445,7 +455,7 @@ def preprocess_frames(
         image = preprocess(data, size=size, window=window, max_pixels=max_pixels, version=version)
         return iter([image] * len(wanted))
     with _quiet_warnings():
-        source = _open_dicom(data, max_pixels)
+        source = _open_dicom(data, max_pixels, dataset)
     if frames is None:
         indices = list(range(source.frames))
     else:
@@ -1053,8 +1063,9 @@ def _preprocess_dicom(
     reduce_for: tuple[int, int] | None,
     frame: int | None = None,
     version: str = PREPROCESSING_VERSION,
+    dataset: Dataset | None = None,
 ) -> tuple[np.ndarray, ImageMetadata]:
-    source = _open_dicom(data, max_pixels)
+    source = _open_dicom(data, max_pixels, dataset)
     index = source.frames // 2 if frame is None else _check_frame_index(frame, source.frames)
     if _at_least(version, "4"):  # whichever decoder reads the frame
         _check_pixel_header(source.ds)
@@ -1072,9 +1083,12 @@ class _DicomSource:
     frames: int
 
 
-def _open_dicom(data: bytes, max_pixels: int) -> _DicomSource:
-    """Parse the file once and check what can be checked before any pixel is decoded."""
-    ds = _read_dicom(data, max_pixels)
+def _open_dicom(data: bytes, max_pixels: int, dataset: Dataset | None = None) -> _DicomSource:
+    """Parse the file once (unless ``dataset``, :func:`parse_dicom`'s of ``data``, is given)
+    and check what can be checked before any pixel is decoded. Running it again on the same
+    dataset gives the same source (its one change to the dataset, a Photometric
+    Interpretation spelled as its defined term, is made once)."""
+    ds = _read_dicom(data, max_pixels) if dataset is None else dataset
     tsyntax = _transfer_syntax(ds)
     if _ends_mid_element(ds):
         raise TruncatedDataError(
@@ -1449,6 +1463,84 @@ def display_inverted(
     if not _at_least(version, "3") or photometric != "MONOCHROME2":
         return False
     return (_text(ds, "PresentationLUTShape") or "").upper() == "INVERSE"
+
+
+def parse_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+    """Parse a DICOM file's bytes as :func:`preprocess` does, decoding nothing, for a caller
+    that reads the header before preprocessing (the service's intended-use gate) and then
+    passes the dataset to :func:`preprocess` / :func:`preprocess_frames` (``dataset=``)
+    instead of having the file parsed again. The deflate limit of ``max_pixels`` applies.
+    The entry of what predicts or trains (the service's uploads, training's files): it also
+    refuses a Siemens mosaic (:func:`check_not_mosaic`), one picture of many slices tiled.
+
+    Raises:
+        The parse errors of :func:`preprocess`: NotAnImageError, TruncatedDataError,
+        MalformedDicomError, DeflatedDatasetTooLargeError; InvalidImageError for a mosaic,
+        for data that is not bytes or a bad ``max_pixels``.
+    """
+    _check_max_pixels(max_pixels)
+    data = _check_bytes(data)
+    with _quiet_warnings():
+        ds = _read_dicom(data, max_pixels)
+        check_not_mosaic(ds)
+    return ds
+
+
+# Siemens' private (0019,100A) NumberOfImagesInMosaic (its CSA header group)
+_IMAGES_IN_MOSAIC = (0x0019, 0x100A)
+
+
+def check_not_mosaic(ds: Dataset) -> None:
+    """Refuse a Siemens MR mosaic (Image Type containing ``MOSAIC``): its one frame is a grid
+    of many slices (NumberOfImagesInMosaic, (0019,100A), says how many), which a model made
+    for one picture would read as one. Nothing is decoded.
+
+    Raises:
+        InvalidImageError: the file is a mosaic; the message says what to send instead.
+    """
+    try:
+        image_type = ds.get("ImageType")
+        if image_type is None:
+            return
+        many = isinstance(image_type, Sequence) and not isinstance(image_type, str | bytes)
+        values = [str(v).strip() for v in (image_type if many else [image_type])]
+    except Exception:  # a malformed element: not known to be a mosaic
+        return
+    words = {v.upper() for v in values}
+    if "MOSAIC" not in words:
+        return
+    count = None
+    try:
+        element = ds.get(_IMAGES_IN_MOSAIC)
+        value = element.value if element is not None else None
+        if isinstance(value, bytes) and len(value) in (2, 4):  # read as UN (implicit VR)
+            value = int.from_bytes(value, "little")
+        if isinstance(value, int) and value > 0:
+            count = value
+    except Exception:  # the private element is only for the message
+        count = None
+    slices = f"{count} slices" if count is not None else "many slices"
+    shown = "\\".join(values)
+    raise InvalidImageError(
+        f"the image is a Siemens mosaic (Image Type {shown}): its one frame "
+        f"holds {slices} tiled in a grid, which the model would read as one picture. Send "
+        "the slices as separate instances (a mosaic converted to single slices, e.g. by the "
+        "scanner's or PACS's un-mosaic export) or as an enhanced MR (multi-frame) instance"
+    )
+
+
+def _check_dataset_option(dataset: Any, kind: str) -> None:
+    if dataset is None:
+        return
+    from pydicom.dataset import Dataset as PydicomDataset
+
+    if not isinstance(dataset, PydicomDataset):
+        raise InvalidImageError(
+            f"dataset= takes the pydicom Dataset parse_dicom returned. Received: "
+            f"{type(dataset).__name__}"
+        )
+    if kind != "dicom":
+        raise InvalidImageError(f"dataset= is for DICOM bytes; these are {kind.upper()}")
 
 
 def _read_dicom(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:

@@ -395,12 +395,19 @@ class DataSource:
             return np.asarray(pixels, dtype=np.float32)[..., np.newaxis], None
         from radlens.training.data.series import split_frame_key
 
+        data = self.read_bytes(example)
+        # a DICOM file is parsed as the service parses an upload (parse_dicom: a Siemens
+        # mosaic, many slices in one picture, is refused there, so skipped here)
+        dataset = (
+            preprocessing.parse_dicom(data) if preprocessing.sniff_format(data) == "dicom" else None
+        )
         image = preprocessing.preprocess(
-            self.read_bytes(example),
+            data,
             size=hw,
             window=window,
             version=version or preprocessing.PREPROCESSING_VERSION,
             frame=split_frame_key(example.key)[1],  # one frame of a multi-frame slice
+            dataset=dataset,
         )
         if image.metadata.blank:  # what the service refuses is not trained or evaluated on
             raise preprocessing.blank_image_error(image.metadata)
