@@ -49,7 +49,10 @@ MAX_DISPLAY_SIDE = 1024
 """Longest side of the display image an overlay is drawn on (:func:`display_size`)."""
 
 _DPI = 100
-_CAPTION = "Grad-CAM: where the evidence for the class lies (relative). Not for clinical use."
+_CAPTION = (
+    "Grad-CAM: what raised the score, relative within this image; not a finding's outline. "
+    "Not for clinical use."
+)
 
 
 def _check_map(value: Any, what: str) -> np.ndarray:

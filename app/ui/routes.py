@@ -218,7 +218,8 @@ async def home() -> RedirectResponse:
 @router.get("/login", name="ui_login")
 async def login_form(request: Request, reason: str = "") -> Response:
     messages = {
-        "expired": "Your session expired; log in again.",
+        # a revoked key's sessions are deleted with it (QA 68): its browser lands here too
+        "expired": "Your session expired or its key was revoked; log in again.",
         "revoked": "The key of your session is unknown or revoked; log in with a valid key.",
         "ended": "This session was logged out; log in again.",
         "login": "Log in with an API key to see the results.",

@@ -180,8 +180,10 @@ def test_a_revoked_key_ends_its_sessions(ui: TestClient, service: Service) -> No
     service.app.state.key_cache.clear()  # else refused within RADLENS_AUTH_CACHE_TTL_S
     response = ui.get("/ui/predictions", follow_redirects=False)
     assert response.status_code == 303
-    # the revocation deleted the session (QA 68): no session, so "expired"
+    # the revocation deleted the session (QA 68): no session, so "expired", whose message
+    # names the revocation too
     assert response.headers["location"] == "/ui/login?reason=expired"
+    assert "or its key was revoked" in ui.get(response.headers["location"]).text
 
 
 def test_a_read_only_key_cannot_upload(ui: TestClient, service: Service) -> None:
