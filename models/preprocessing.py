@@ -1881,32 +1881,17 @@ def _jpeg_unmarked_sampling(codestream: bytes) -> list[tuple[int, int]] | None:
     the codestream has no JFIF (APP0) or Adobe (APP14) marker saying its colour space; None
     when it has one, or no frame header is found (walked as :func:`_unsupported_jpeg_coding`
     walks it, no decoding)."""
-    offset = 2
-    for _step in range(_JPEG_HEADER_STEPS):
-        if offset + 4 > min(len(codestream), _JPEG_HEADER_BYTES) or codestream[offset] != 0xFF:
-            return None
-        marker = codestream[offset + 1]
-        if marker == 0xFF:  # fill byte
-            offset += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
-            offset += 2
-            continue
-        if marker in (0xD9, 0xDA):  # EOI or a scan before any frame header
-            return None
-        length = int.from_bytes(codestream[offset + 2 : offset + 4], "big")
-        segment = codestream[offset + 4 : offset + 2 + length]
+    for marker, segment in _jpeg_segments(codestream):
         if (marker == 0xE0 and segment.startswith(b"JFIF\x00")) or (
             marker == 0xEE and segment.startswith(b"Adobe")
         ):
             return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            count = segment[5] if len(segment) > 5 else 0
+        if _is_frame_header(marker):
+            count = segment[5] if len(segment) > 5 and marker != 0xF7 else 0
             specs = segment[6 : 6 + 3 * count]
-            if len(specs) < 3 * count:
+            if not count or len(specs) < 3 * count:
                 return None
             return [(specs[3 * k + 1] >> 4, specs[3 * k + 1] & 0x0F) for k in range(count)]
-        offset += 2 + length
     return None
 
 
@@ -3112,10 +3097,39 @@ def _unsupported_jpeg_coding(data: bytes) -> str | None:
     before the first scan, after a few tables and application segments: the walk stops after
     :data:`_JPEG_HEADER_STEPS` markers or :data:`_JPEG_HEADER_BYTES` (a file of fill bytes or
     empty markers is not walked to its end)."""
+    for marker, segment in _jpeg_segments(data):
+        if not _is_frame_header(marker):
+            continue
+        if not segment:
+            return None
+        precision = segment[0]
+        sof = f"SOF{marker - 0xC0}" if marker != 0xF7 else "SOF55"
+        bits = f"{'an' if precision in (8, 11, 18) else 'a'} {precision}-bit"
+        if marker == 0xF7:
+            return f"{bits} JPEG-LS image ({sof})"
+        if marker in _LOSSLESS_SOF:
+            return f"{bits} lossless JPEG ({sof})"
+        if marker in _HIERARCHICAL_SOF:
+            return f"{bits} hierarchical JPEG ({sof})"
+        return f"{bits} JPEG ({sof})" if precision != 8 else None
+    return None
+
+
+def _is_frame_header(marker: int) -> bool:
+    """A JPEG frame header marker: SOF0-SOF15 (not DHT, JPG, DAC) or JPEG-LS's SOF55."""
+    return (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(marker, segment)`` of a JPEG's marker segments from SOI up to its first frame header
+    (:func:`_is_frame_header`, yielded last); none after EOI or a scan (SOS). Walks the markers
+    (T.81 B.1.1.4), no decoding; fill bytes and markers without a length are passed over.
+    Stops after :data:`_JPEG_HEADER_STEPS` markers or :data:`_JPEG_HEADER_BYTES`, so a file of
+    fill bytes or empty markers is not walked to its end."""
     offset = 2
     for _step in range(_JPEG_HEADER_STEPS):
-        if offset + 5 > min(len(data), _JPEG_HEADER_BYTES) or data[offset] != 0xFF:
-            return None
+        if offset + 4 > min(len(data), _JPEG_HEADER_BYTES) or data[offset] != 0xFF:
+            return
         marker = data[offset + 1]
         if marker == 0xFF:  # fill byte
             offset += 1
@@ -3124,20 +3138,12 @@ def _unsupported_jpeg_coding(data: bytes) -> str | None:
             offset += 2
             continue
         if marker in (0xD9, 0xDA):  # EOI or a scan before any frame header
-            return None
-        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
-            precision = data[offset + 4]
-            sof = f"SOF{marker - 0xC0}" if marker != 0xF7 else "SOF55"
-            bits = f"{'an' if precision in (8, 11, 18) else 'a'} {precision}-bit"
-            if marker == 0xF7:
-                return f"{bits} JPEG-LS image ({sof})"
-            if marker in _LOSSLESS_SOF:
-                return f"{bits} lossless JPEG ({sof})"
-            if marker in _HIERARCHICAL_SOF:
-                return f"{bits} hierarchical JPEG ({sof})"
-            return f"{bits} JPEG ({sof})" if precision != 8 else None
-        offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
-    return None
+            return
+        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+        yield marker, data[offset + 4 : offset + 2 + length]
+        if _is_frame_header(marker):
+            return
+        offset += 2 + length
 
 
 # --- helpers ---------------------------------------------------------------------------
