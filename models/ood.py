@@ -678,16 +678,21 @@ class EnsembleOodDetector:
 
         def ensemble(features: Any) -> Any:
             x = tf.cast(features, tf.float32)
-            below = None
+            pooled = None
             for scorer, cal, lo, hi in zip(
                 scorers, sorted_sets, bounds[:-1], bounds[1:], strict=True
             ):
                 s = tf.reshape(scorer(x[:, lo:hi]), [1, -1])
                 count = tf.searchsorted(cal, s, side="left", out_type=tf.int32)[0]
-                below = count if below is None else below + count
-            return tf.cast(below, tf.float32) / total
+                pooled = count if pooled is None else self._tf_combine(pooled, count)
+            return tf.cast(pooled, tf.float32) / total
 
         return ensemble
+
+    @staticmethod
+    def _tf_combine(pooled: Any, count: Any) -> Any:
+        """How :meth:`tf_scorer` pools the members' ranks: their sum (as :meth:`scores`)."""
+        return pooled + count
 
     def in_distribution(self, score: float) -> bool:
         """True when ``score`` is at or below the threshold."""
@@ -799,28 +804,13 @@ class LayeredOodDetector(EnsembleOodDetector):
             most = np.maximum(most, np.searchsorted(cal, s.astype(np.float32), side="left"))
         return (most / self.calibration_size).astype(np.float32)
 
-    def tf_scorer(self) -> Callable[[Any], Any]:
-        """:meth:`scores` as TensorFlow ops for the serving graph (see
-        :meth:`OodDetector.tf_scorer`)."""
+    @staticmethod
+    def _tf_combine(pooled: Any, count: Any) -> Any:
+        """The largest per-layer rank (as :meth:`scores`), for the inherited
+        :meth:`EnsembleOodDetector.tf_scorer`."""
         import tensorflow as tf
 
-        scorers = [m.tf_scorer() for m in self.members]
-        sorted_sets = [tf.constant(c.reshape(1, -1).astype(np.float32)) for c in self.calibration]
-        bounds = [int(b) for b in np.cumsum([0, *self.dimensions])]
-        total = float(self.calibration_size)
-
-        def layered(features: Any) -> Any:
-            x = tf.cast(features, tf.float32)
-            most = None
-            for scorer, cal, lo, hi in zip(
-                scorers, sorted_sets, bounds[:-1], bounds[1:], strict=True
-            ):
-                s = tf.reshape(scorer(x[:, lo:hi]), [1, -1])
-                count = tf.searchsorted(cal, s, side="left", out_type=tf.int32)[0]
-                most = count if most is None else tf.maximum(most, count)
-            return tf.cast(most, tf.float32) / total
-
-        return layered
+        return tf.maximum(pooled, count)
 
     def entry(self) -> dict[str, Any]:
         """The manifest's description of the detector (the registry adds ``files``)."""
