@@ -170,18 +170,18 @@ def attach_detector(
         )
     manifest = _store(registry, ref, detector, entry)
     log.info(
-        "%s: OOD detector %s on %s, threshold %.4g (conformal %.0f%% quantile of %d validation "
+        "%s: OOD detector %s, threshold %.4g (conformal %.0f%% quantile of %d validation "
         "images: expected to flag %.1f%% of new in-distribution images, under %.1f%% for 95%% "
-        "of calibration draws), fitted on %d training images",
+        "of calibration draws), fitted on %d training images, reading %s",
         manifest.ref,
         entry["method"],
-        ", ".join(chosen) if chosen else "the last convolutional layer",
         detector.threshold,
         quantile * 100,
         len(val),
         rate["expected"] * 100,
         rate["upper_95"] * 100,
         len(x_train),
+        ", ".join(chosen) if chosen else "the last convolutional layer",
     )
     return manifest
 

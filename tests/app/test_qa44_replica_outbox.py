@@ -123,11 +123,11 @@ def test_the_same_instance_on_two_replicas_is_queued_once(
                 finally:
                     looked.set()
 
-            def slow_submit(*args: Any) -> int:
+            def slow_submit(*args: Any, **kwargs: Any) -> int:
                 # A's SR is queued once B's upload has looked for its queue row, not found it,
                 # and waits for it (a fixed 1 s sleep here only made that order likely)
                 assert looked.wait(timeout=60), "B's upload never looked for the queue row"
-                return int(submit(*args))
+                return int(submit(*args, **kwargs))
 
             outbox_a.submit = slow_submit
             outbox_b.handled_or_wait = looking
