@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,21 @@ def outbox_settings(url: str, store: Path, spool: Path, destinations: str, **ext
         **extra,
     }
     return make_settings(url, store, **values)
+
+
+@contextmanager
+def waiting_outbox_client(
+    url: str, store: Path, spool: Path, destinations: str
+) -> Iterator[TestClient]:
+    """A service whose DICOM destinations are down and retried only after 60 s: what it queues
+    waits in the spool for the test to read."""
+    from radlens.app.main import create_app
+
+    settings = outbox_settings(
+        url, store, spool, destinations, dicom_outbox_retry_s=60, dicom_outbox_retry_max_s=60
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
 
 
 def post_dicom(client: TestClient, data: bytes) -> dict[str, Any]:

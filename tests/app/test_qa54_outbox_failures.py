@@ -32,6 +32,7 @@ from tests.app.test_outbox import (
     outbox_settings,
     post_dicom,
     sessions,  # noqa: F401 (a fixture)
+    waiting_outbox_client,
 )
 
 PACS = "PACS@127.0.0.1:25411"  # QA 54's port range; nothing listens: entries stay pending
@@ -51,17 +52,9 @@ def failures(client: TestClient) -> dict[tuple[str, str], float]:
 @pytest.fixture()
 def client(tmp_path: Path, model_store: Path, migrated_database_url: str) -> Iterator[TestClient]:
     """A service sending SR and SC to a destination that is down (the entries wait)."""
-    from radlens.app.main import create_app
-
-    settings = outbox_settings(
-        migrated_database_url,
-        model_store,
-        tmp_path / "spool",
-        f"{PACS}/sr+sc",
-        dicom_outbox_retry_s=60,
-        dicom_outbox_retry_max_s=60,
-    )
-    with TestClient(create_app(settings)) as test_client:
+    with waiting_outbox_client(
+        migrated_database_url, model_store, tmp_path / "spool", f"{PACS}/sr+sc"
+    ) as test_client:
         yield test_client
 
 

@@ -31,6 +31,7 @@ from tests.app.test_outbox import (
     outbox_settings,
     post_dicom,
     sessions,  # noqa: F401 (a fixture)
+    waiting_outbox_client,
 )
 
 # Port 26800-26899 is QA 68's range; nothing listens on these: entries stay pending
@@ -222,17 +223,9 @@ def test_every_entry_not_written_is_a_failure_and_every_written_one_is_queued(
 @pytest.fixture()
 def client(tmp_path: Path, model_store: Path, migrated_database_url: str) -> Iterator[TestClient]:
     """A service sending SR and SC to A and SR to B, both down (the entries wait)."""
-    from radlens.app.main import create_app
-
-    settings = outbox_settings(
-        migrated_database_url,
-        model_store,
-        tmp_path / "spool",
-        f"{A}/sr+sc,{B}/sr",
-        dicom_outbox_retry_s=60,
-        dicom_outbox_retry_max_s=60,
-    )
-    with TestClient(create_app(settings)) as test_client:
+    with waiting_outbox_client(
+        migrated_database_url, model_store, tmp_path / "spool", f"{A}/sr+sc,{B}/sr"
+    ) as test_client:
         yield test_client
 
 

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import dicom_bytes, new_uid
-from tests.app.test_outbox import outbox_settings, post_dicom
+from tests.app.test_outbox import post_dicom, waiting_outbox_client
 
 # QA 75's ports (27500-27599); nothing listens on them: entries stay pending
 A = "A@127.0.0.1:27511"
@@ -26,17 +26,9 @@ B = "B@127.0.0.1:27512"
 @pytest.fixture()
 def client(tmp_path: Path, model_store: Path, migrated_database_url: str) -> Iterator[TestClient]:
     """A service sending SR and SC to A and SR to B, both down (the entries wait)."""
-    from radlens.app.main import create_app
-
-    settings = outbox_settings(
-        migrated_database_url,
-        model_store,
-        tmp_path / "spool",
-        f"{A}/sr+sc,{B}/sr",
-        dicom_outbox_retry_s=60,
-        dicom_outbox_retry_max_s=60,
-    )
-    with TestClient(create_app(settings)) as test_client:
+    with waiting_outbox_client(
+        migrated_database_url, model_store, tmp_path / "spool", f"{A}/sr+sc,{B}/sr"
+    ) as test_client:
         yield test_client
 
 
