@@ -1,20 +1,23 @@
 """Imaging commands: ``radlens inspect`` (metadata and pixel statistics of one file) and
 ``radlens filter`` (a classic filter applied to the preprocessed image, written as a PNG).
 
-Only typer and the standard library are imported here; ``models.preprocessing`` and
-``models.ops`` (numpy, pydicom, Pillow — never TensorFlow) are imported inside the command
-bodies, so ``radlens inspect`` stays light.
+Only typer, the standard library and ``models.dicomread``'s pixel limit (a standard-library
+module) are imported here; ``models.preprocessing`` and ``models.ops`` (numpy, pydicom,
+Pillow — never TensorFlow) are imported inside the command bodies, so ``radlens inspect``
+stays light.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from radlens.cli.common import fail
+from radlens.models.dicomread import DEFAULT_MAX_PIXELS  # standard library only, no numpy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,7 +25,15 @@ if TYPE_CHECKING:
 FILTER_KINDS = ("sobel_h", "sobel_v", "blur", "outline")  # for --help; models.ops decides
 FILTER_BORDERS = ("reflect", "zero")  # for --help; models.ops.BORDERS decides
 
-PathArg = Annotated[Path, typer.Argument(help="A DICOM, PNG or JPEG file.")]
+_SIDE = math.isqrt(DEFAULT_MAX_PIXELS)
+PIXEL_LIMIT = (
+    f"{DEFAULT_MAX_PIXELS:,} pixels ({DEFAULT_MAX_PIXELS / 1e6:g} MP, e.g. {_SIDE}x{_SIDE})"
+)
+"""What preprocessing accepts, for an image's frame and for a resize target alike."""
+
+PathArg = Annotated[
+    Path, typer.Argument(help=f"A DICOM, PNG or JPEG file, frames of at most {PIXEL_LIMIT}.")
+]
 WindowOpt = Annotated[
     str | None,
     typer.Option(
@@ -33,23 +44,33 @@ WindowOpt = Annotated[
 ]
 SizeOpt = Annotated[
     str | None,
-    typer.Option("--size", help="Resize to HxW (e.g. 224x224) or N (NxN); default: native."),
+    typer.Option(
+        "--size",
+        help=f"Resize to HxW (e.g. 224x224) or N (NxN), H x W at most {PIXEL_LIMIT}; "
+        "default: native.",
+    ),
 ]
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """Parse ``--size``: ``"224"`` -> (224, 224), ``"256x192"`` -> (256, 192) (height x width)."""
+    """Parse ``--size``: ``"224"`` -> (224, 224), ``"256x192"`` -> (256, 192) (height x width).
+
+    H x W may be at most ``DEFAULT_MAX_PIXELS``, the limit preprocessing applies to its
+    ``size`` (and to an image's frame); no side has a limit of its own."""
     if text is None:
         return None
+    shape = f"--size must be N or HxW with positive integers, H x W at most {PIXEL_LIMIT}"
     parts = text.lower().replace(",", "x").split("x")
     try:
         values = [int(part) for part in parts]
     except ValueError:
-        fail(f"--size must be N or HxW with positive integers, e.g. 224x224; got {text!r}")
+        fail(f"{shape}; got {text!r}")
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or min(values) <= 0 or max(values) > 8192:
-        fail(f"--size must be N or HxW with integers in 1..8192, e.g. 224x224; got {text!r}")
+    if len(values) != 2 or min(values) <= 0:
+        fail(f"{shape}; got {text!r}")
+    if values[0] * values[1] > DEFAULT_MAX_PIXELS:
+        fail(f"{shape}; got {text!r} ({values[0] * values[1]:,} pixels)")
     return values[0], values[1]
 
 

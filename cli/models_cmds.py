@@ -171,6 +171,7 @@ def _use_and_data_lines(manifest: ModelManifest) -> list[str]:
             + (f", threshold {threshold:.6g}" if isinstance(threshold, int | float) else "")
             + (f", {flagged:.1%} of validation flagged" if isinstance(flagged, float) else "")
         )
+        lines.append(f"OOD layers: {ood_layers(ood)}")
     else:
         lines.append("OOD detector: none (no out-of-distribution check)")
     calibration = manifest.calibration
@@ -196,6 +197,23 @@ def _use_and_data_lines(manifest: ModelManifest) -> list[str]:
             "in two splits)"
         )
     return lines
+
+
+def ood_layers(ood: dict[str, Any]) -> str:
+    """The layers a manifest's OOD detector reads (``ood.layers``, a
+    models.ood.LayeredOodDetector's, in feature order, each at its own level); a detector
+    without them reads the last convolutional layer (an ensemble's: each member's)."""
+    layers = ood.get("layers")
+    if layers:
+        level = ood.get("layer_quantile")
+        shown = f"the {level:.2%} level" if isinstance(level, int | float) else "its own level"
+        return (
+            f"{', '.join(str(layer) for layer in layers)}, one detector each at {shown}; an "
+            "image is flagged when any layer flags it"
+        )
+    if ood.get("members"):  # models.ood.EnsembleOodDetector
+        return "each member's last convolutional layer"
+    return "the last convolutional layer"
 
 
 def _runtime_lines(manifest: ModelManifest) -> list[str]:

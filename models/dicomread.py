@@ -34,6 +34,13 @@ from radlens.models.errors import DeflatedDatasetTooLargeError, MalformedDicomEr
 if TYPE_CHECKING:
     from pydicom.dataset import FileDataset
 
+DEFAULT_MAX_PIXELS = 36_000_000
+"""Per-frame pixel limit (36 MP, 6000 x 6000): larger images are refused before decoding
+(``models.preprocessing``, which re-exports it, and the service's default
+``RADLENS_MAX_PIXELS``), a deflated dataset may inflate to :func:`max_inflated_bytes` of it,
+and no model input or CLI ``--size`` may have more pixels. It lives here, in a module that
+imports only the standard library, so the CLI's help states it without loading numpy."""
+
 INFLATED_BYTES_PER_PIXEL = 8
 """The widest pixel a frame can have: 64-bit Double Float Pixel Data (RGB 16-bit takes 6)."""
 

@@ -136,6 +136,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
+# the per-frame pixel limit (36 MP) for images and size=; defined where the light CLI reads it
+from radlens.models.dicomread import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from radlens.models.errors import (
     BlankImageError,
     CodestreamMismatchError,
@@ -212,9 +214,6 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "soft_tissue": (40.0, 400.0),
 }
 """Named CT windows, ``name -> (center, width)`` in Hounsfield units."""
-
-DEFAULT_MAX_PIXELS = 36_000_000
-"""Per-frame pixel limit (6000 x 6000): larger images are refused before decoding."""
 
 MAX_FRAMES = 10_000
 """Declared frame counts above this are refused (only one frame is ever decoded)."""
@@ -353,7 +352,8 @@ def preprocess(
             sample count or a bit depth than the DICOM header (a decompression bomb behind a
             small header), or whose reduced-resolution decode fails, or a JPEG frame that
             stores YCbCr under Photometric Interpretation RGB.
-        InvalidImageError: zero-size or non-numeric pixels, a malformed header, or a bad
+        InvalidImageError: zero-size or non-numeric pixels, a malformed header, a Siemens
+            mosaic (:func:`check_not_mosaic`: many slices tiled in one frame), or a bad
             option (unknown window preset or version, bad size or max_pixels, a frame
             index the file does not have). InvalidRescaleError (a subclass): a rescale that
             gives non-finite values, or maps an image with contrast to one value.
@@ -428,10 +428,10 @@ def preprocess_frames(
 
     Raises:
         The errors of :func:`preprocess`. What concerns the file (not an image, a malformed
-        or truncated header, too many pixels, a bad option or a frame index the file does not
-        have) is raised by this call, before any frame is decoded; what concerns one frame's
-        pixels (a corrupt codestream, values that are not finite) is raised by ``next()`` on
-        the iterator when that frame is reached.
+        or truncated header, a Siemens mosaic, too many pixels, a bad option or a frame index
+        the file does not have) is raised by this call, before any frame is decoded; what
+        concerns one frame's pixels (a corrupt codestream, values that are not finite) is
+        raised by ``next()`` on the iterator when that frame is reached.
 
     Example:
         >>> for image in preprocess_frames(data, frame_indices(64, 16), size=(224, 224)):
@@ -1085,10 +1085,12 @@ class _DicomSource:
 
 def _open_dicom(data: bytes, max_pixels: int, dataset: Dataset | None = None) -> _DicomSource:
     """Parse the file once (unless ``dataset``, :func:`parse_dicom`'s of ``data``, is given)
-    and check what can be checked before any pixel is decoded. Running it again on the same
-    dataset gives the same source (its one change to the dataset, a Photometric
+    and check what can be checked before any pixel is decoded, a Siemens mosaic refused
+    first (:func:`check_not_mosaic`, as :func:`parse_dicom` does). Running it again on the
+    same dataset gives the same source (its one change to the dataset, a Photometric
     Interpretation spelled as its defined term, is made once)."""
     ds = _read_dicom(data, max_pixels) if dataset is None else dataset
+    check_not_mosaic(ds)  # a file given alone (the CLI, a series' slices) as parse_dicom's
     tsyntax = _transfer_syntax(ds)
     if _ends_mid_element(ds):
         raise TruncatedDataError(
@@ -1470,8 +1472,10 @@ def parse_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset
     that reads the header before preprocessing (the service's intended-use gate) and then
     passes the dataset to :func:`preprocess` / :func:`preprocess_frames` (``dataset=``)
     instead of having the file parsed again. The deflate limit of ``max_pixels`` applies.
-    The entry of what predicts or trains (the service's uploads, training's files): it also
-    refuses a Siemens mosaic (:func:`check_not_mosaic`), one picture of many slices tiled.
+    The entry of what predicts or trains (the service's uploads, training's files): it
+    refuses a Siemens mosaic (:func:`check_not_mosaic`), one picture of many slices tiled,
+    with the reason :func:`preprocess` and :func:`preprocess_frames` give for one (the CLI's
+    ``inspect`` and ``filter`` read files through them alone).
 
     Raises:
         The parse errors of :func:`preprocess`: NotAnImageError, TruncatedDataError,

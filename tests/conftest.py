@@ -28,8 +28,9 @@ def pynetdicom_dicom_paths() -> list[Path]:
 def packaged_dicom_paths() -> list[Path]:
     """The real DICOM files two more wheels ship, one path per distinct file: deid-data's (a
     cat's DX of 3072x2614, JPEG Baseline colour secondary captures, gray and RGB ultrasound,
-    one a 30-frame cine) and nibabel's test files (Siemens MR: a mosaic, a JPEG 2000 one, an
-    empty Slice Thickness, and one whose pixels were zeroed: see KNOWN_BLANK)."""
+    one a 30-frame cine) and nibabel's test files (Siemens MR: three mosaics, see
+    KNOWN_MOSAICS; a JPEG 2000 one with an empty Slice Thickness; one whose pixels were
+    zeroed, see KNOWN_BLANK)."""
     import deid_data
     import nibabel
 
@@ -43,6 +44,22 @@ def packaged_dicom_paths() -> list[Path]:
 
 # Real files whose every stored pixel is one value: the service refuses them (blank-image).
 KNOWN_BLANK = {"decimal_rescale.dcm"}  # nibabel's rescale test: its pixel values are zeroed
+
+# Real Siemens MR mosaics (Image Type ...\MOSAIC: many slices tiled in one frame), nibabel's
+# nicom test files: every radlens path refuses them (invalid-image): the service's uploads and
+# training's files through parse_dicom (QA 75), the CLI's preprocess(bytes) (QA 76).
+KNOWN_MOSAICS = {"0.dcm", "1.dcm", "csa_slice_norm.dcm"}
+
+
+def known_mosaic(path: Path) -> bool:
+    """True for one of nibabel's mosaics (:data:`KNOWN_MOSAICS`; other corpora may have a
+    ``0.dcm`` too)."""
+    return path.name in KNOWN_MOSAICS and "nibabel" in path.parts
+
+
+def mosaic_paths() -> list[Path]:
+    """The corpus's real mosaics, one path per distinct file (:func:`packaged_dicom_paths`)."""
+    return [path for path in packaged_dicom_paths() if known_mosaic(path)]
 
 
 def real_dicom_paths(pattern: str = "*") -> list[Path]:
