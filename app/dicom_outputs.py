@@ -62,6 +62,10 @@ SC_SERIES_NUMBER = 9902
 SR_SERIES_DESCRIPTION = "radlens AI result (research use, not for clinical use)"
 SC_SERIES_DESCRIPTION = "radlens Grad-CAM overlay (research use, not for clinical use)"
 DICOM_MEDIA_TYPE = "application/dicom"
+# said in every output's own content too (SR Algorithm Parameters, SC Image Comments): a series
+# description is what a PACS lists, not what a reader of one object necessarily sees
+NOT_FOR_CLINICAL_USE = "Research use only, not for clinical use."
+NOT_VALID = "NOT A VALID RESULT"
 
 # Copied from the source only when the site allows it (RADLENS_DICOM_COPY_PATIENT=true).
 PATIENT_ATTRIBUTES = (
@@ -498,14 +502,77 @@ def _gate_evaluations(prediction: Prediction) -> list[Any]:
     return found
 
 
+def invalid_reasons(prediction: Any) -> list[str]:
+    """Why a prediction's label is not a valid result for its image, as /ui marks it (QA round
+    73): "out of distribution" (the OOD check flagged it) and "outside intended use (<attribute>
+    <value>, ...)" (the intended-use gate flagged it). Empty when neither did: an image the
+    check did not score is not called invalid here (nor valid)."""
+    reasons = []
+    if getattr(prediction, "in_distribution", None) is False:
+        reasons.append("out of distribution")
+    violations = getattr(prediction, "intended_use_violations", None) or []
+    if violations:
+        named = ", ".join(
+            f"{v.get('attribute', '?')} {v.get('value', '?')}".strip() for v in violations
+        )
+        reasons.append(f"outside intended use ({named})")
+    return reasons
+
+
+def _not_valid_text(label: str, reasons: Sequence[str], what: str) -> str:
+    """The sentence an invalid result's SR and SC tags carry (``what``: what else of it not to
+    read, e.g. ``" or its scores"``)."""
+    return (
+        f"{NOT_VALID} ({'; '.join(reasons)}): do not read the label '{label}'{what} as a "
+        "result for this image; the model gives every image a label, a normal one included."
+    )
+
+
+def _not_valid_evaluation(meaning: str) -> Any:
+    """The SR's qualitative evaluation "Result validity" = not valid (``meaning``: why)."""
+    import highdicom as hd
+
+    return hd.sr.QualitativeEvaluation(
+        name=_code("validity", "Result validity"), value=_code("not-valid", meaning)
+    )
+
+
+def _printed(score: float, threshold: float) -> tuple[str, str]:
+    """A score and its threshold with 4 to 8 decimals, as many as tell them apart (QA 73)."""
+    for digits in range(4, 9):
+        shown, at = f"{score:.{digits}f}", f"{threshold:.{digits}f}"
+        if shown != at:
+            break
+    return shown, at
+
+
+def _binary_classes(prediction: Any) -> tuple[str, str] | None:
+    """(negative, positive) class of a binary single-label prediction, else None.
+
+    Two scores alone do not tell: a multi-label model with two findings has two as well, each
+    with its own threshold, and its label ("Effusion", "No Finding") is not decided by one
+    class's score. A single-label model ends in a softmax (its two scores sum to 1) and labels
+    an image with its positive class exactly when that score >= the threshold."""
+    scores = prediction.scores or {}
+    if prediction.threshold is None or len(scores) != 2:
+        return None
+    negative, positive = list(scores)  # stored in class order; class_names[1] decides
+    values = [float(v) for v in scores.values()]
+    decided = positive if values[1] >= float(prediction.threshold) else negative
+    if abs(sum(values) - 1.0) > 1e-3 or prediction.label != decided:
+        return None
+    return negative, positive
+
+
 def _decision_parameters(prediction: Prediction) -> list[str]:
     """A binary prediction's decision rule as Algorithm Parameters text, so a reader of the SR
     sees which class's score was compared with which threshold (the scores alone, "normal
-    0.5001, abnormal 0.4999" with Finding abnormal, read as a contradiction; QA round 73), and
-    that the output is not for clinical use. Describes the stored decision; decides nothing."""
-    if prediction.threshold is None or len(prediction.scores) != 2:
+    0.5001, abnormal 0.4999" with Finding abnormal, read as a contradiction; QA round 73).
+    Describes the stored decision; decides nothing."""
+    classes = _binary_classes(prediction)
+    if classes is None or prediction.threshold is None:
         return []
-    positive = list(prediction.scores)[1]  # stored in class order; class_names[1] decides
+    positive = classes[1]
     point = getattr(prediction, "operating_point", None)
     return [
         f"Decision: {positive} when its score >= {float(prediction.threshold):.8g}"
@@ -536,6 +603,10 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
         voi = getattr(prediction, "voi", None)  # numbers and fixed words (app/ingest.py)
         parameters = [f"VOI: {voi}"] if voi else []
         parameters += _decision_parameters(prediction)
+        reasons = invalid_reasons(prediction)
+        if reasons:
+            parameters.append(_not_valid_text(prediction.label, reasons, " or its scores"))
+        parameters.append(NOT_FOR_CLINICAL_USE)
         group_algorithm = (
             hd.sr.AlgorithmIdentification(
                 name=prediction.model_name,
@@ -565,6 +636,12 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
                 hd.sr.QualitativeEvaluation(
                     name=codes.DCM.Finding,
                     value=_code(prediction.label[:16], prediction.label),
+                ),
+                # next to the Finding, so it is not read without it (the gate's reasons follow)
+                *(
+                    [_not_valid_evaluation("Not a valid result: the Finding is not a result")]
+                    if reasons
+                    else []
                 ),
                 *_gate_evaluations(prediction),
             ],
@@ -684,14 +761,16 @@ def _finding_groups(
 def _series_finding_groups(
     result: ModelResult,
     sources: list[SourceRef],
-    algorithm: Any,
     aggregation: str,
     sop_uid: str,
     frames: list[list[int] | None],
 ) -> list[Any]:
     """A multi-label series result: one group per finding as an instance SR has
     (:func:`_finding_group`), with the finding's aggregated score, referencing the series' key
-    instances; none for a single-label model."""
+    instances, with its aggregation and decision rule as Algorithm Parameters; none for a
+    single-label model."""
+    import highdicom as hd
+
     groups = []
     for finding in result.findings or ():
         tracking = (
@@ -706,17 +785,86 @@ def _series_finding_groups(
             f"series:{finding.name}"[:16],
             f"Series {aggregation} score for {finding.name}",
         )
+        source = _THRESHOLD_SOURCES.get(finding.threshold_source, "")
+        decided = hd.sr.AlgorithmIdentification(
+            name=result.model_name,
+            version=str(result.model_version),
+            parameters=[
+                _series_score_text(result, aggregation, finding.name),
+                f"Decision: {finding.name} present when its series score >= "
+                f"{float(finding.threshold):.8g}" + (f" ({source})" if source else ""),
+            ],
+        )
         groups.append(
             _finding_group(
                 finding,
                 tracking=tracking,
                 sources=sources,
-                algorithm=algorithm,
+                algorithm=decided,
                 score_code=score_code,
                 frames=frames,
             )
         )
     return groups
+
+
+_THRESHOLD_SOURCES = {
+    "series": "the series threshold the model's training chose on validation series for this "
+    "aggregation",
+    "model": "the threshold its instances were decided at",
+}
+
+
+def _series_score_text(result: ModelResult, aggregation: str, name: str) -> str:
+    """How the series score for ``name`` came from its instances' scores."""
+    count = result.instance_count
+    of = f"the {count} instance score{'s' if count != 1 else ''} for {name}"
+    if aggregation == "max":
+        how = f"the highest of {of}"
+    elif aggregation == "mean_top_k":
+        # key_instances are the k highest (all of them when there are fewer)
+        how = f"the mean of the {len(result.key_instances)} highest of {of}"
+    elif aggregation == "noisy_or":
+        how = f"noisy-OR, 1 - product of (1 - score), over {of}"
+    else:
+        how = f"{aggregation} of {of}"
+    return f"Series score: {how} (RADLENS_SERIES_AGGREGATION {aggregation})"
+
+
+def _series_parameters(result: ModelResult, aggregation: str) -> list[str]:
+    """A series SR's Algorithm Parameters: how the instances' scores were aggregated, the rule
+    and threshold that decided the series' label, and whether the instances were decided at
+    different thresholds, as an instance SR states its decision rule (QA rounds 73, 77)."""
+    lines = [_series_score_text(result, aggregation, result.class_name)]
+    source = _THRESHOLD_SOURCES.get(str(result.threshold_source), "")
+    if result.findings:
+        lines.append(
+            "Decision: each finding is positive when its series score >= its own threshold "
+            "(its group's Threshold Value and Algorithm Parameters); the label is the positive "
+            "findings joined by '|', or the model's no-finding label when none is"
+        )
+    elif result.threshold is not None:
+        names = list(result.instances[0].prediction.scores)
+        negative = names[0] if len(names) == 2 and names[0] != result.class_name else None
+        lines.append(
+            f"Decision: {result.class_name} when the series score >= "
+            f"{float(result.threshold):.8g}"
+            + (f" ({source})" if source else "")
+            + (f", else {negative}" if negative else "")
+        )
+    else:
+        lines.append("Decision: the class with the highest series score; no threshold")
+    if result.instance_thresholds_differ:
+        lines.append(
+            "The instances were decided at different thresholds (the threshold or operating "
+            "point changed while the series arrived): the series at its newest instance's"
+        )
+    return lines
+
+
+def _flagged_instances(result: ModelResult) -> int:
+    """How many of the aggregated instances the gate flagged (:func:`invalid_reasons`)."""
+    return sum(1 for i in result.instances if invalid_reasons(i.prediction))
 
 
 def build_series_sr(
@@ -732,7 +880,11 @@ def build_series_sr(
     Content: the series' finding (the aggregated label, a ``99RADLENS`` code), the aggregated
     score and the number of instances as numeric measurements, the algorithm, and the key
     instances (``sources``, highest score first) as the group's source images and the SR's
-    evidence. Patient attributes are empty (the service stores none).
+    evidence. Patient attributes are empty (the service stores none). The group's Algorithm
+    Parameters say how the series score was aggregated from the instances' scores and the rule
+    and threshold that decided the label (:func:`_series_parameters`), how many instances were
+    out of distribution or outside the intended use when any was (then also a "Result validity"
+    = not valid evaluation), and that it is not for clinical use.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -746,9 +898,22 @@ def build_series_sr(
         for s in sources
     ]
     model_ref = f"{result.model_name}:{result.model_version}"
+    flagged = _flagged_instances(result)
     try:
         algorithm = hd.sr.AlgorithmIdentification(
             name=result.model_name, version=str(result.model_version)
+        )
+        parameters = _series_parameters(result, aggregation)
+        if flagged:
+            count = result.instance_count
+            parameters.append(
+                f"{NOT_VALID}: {flagged} of {count} instance{'s' if count != 1 else ''} out of "
+                f"distribution or outside the intended use; do not read the label "
+                f"'{result.label}' or the series score as a result for this series"
+            )
+        parameters.append(NOT_FOR_CLINICAL_USE)
+        group_algorithm = hd.sr.AlgorithmIdentification(
+            name=result.model_name, version=str(result.model_version), parameters=parameters
         )
         measurements = [
             hd.sr.Measurement(
@@ -772,18 +937,28 @@ def build_series_sr(
                 uid=sop_uid + ".1" if len(sop_uid) <= 62 else sop_uid[:62],
                 identifier=f"radlens series result ({model_ref})",
             ),
-            algorithm_id=algorithm,
+            algorithm_id=group_algorithm,
             source_images=[_source_image(s, f) for s, f in zip(sources, frames, strict=True)],
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(
                     name=codes.DCM.Finding, value=_code(result.label[:16], result.label)
-                )
+                ),
+                *(
+                    [
+                        _not_valid_evaluation(
+                            f"Not a valid result: {flagged} of {result.instance_count} "
+                            "instances flagged"
+                        )
+                    ]
+                    if flagged
+                    else []
+                ),
             ],
             measurements=measurements,
         )
         groups = [
             group,
-            *_series_finding_groups(result, sources, algorithm, aggregation, sop_uid, frames),
+            *_series_finding_groups(result, sources, aggregation, sop_uid, frames),
         ]
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
@@ -867,6 +1042,33 @@ def analysed_frames(prediction: Prediction) -> list[int] | None:
     return numbers
 
 
+def _sc_comments(prediction: Prediction, reasons: Sequence[str]) -> str:
+    """The SC's Image Comments, which viewers show beside the picture: an invalid result's
+    warning, else how the label was decided (a binary model's map explains its positive class
+    whatever the label, so a "normal" image's overlay is titled "abnormal 0.1200"); what the map
+    is; and that it is not for clinical use."""
+    if reasons:
+        return f"{_not_valid_text(prediction.label, reasons, ', its score or the map')} " + (
+            NOT_FOR_CLINICAL_USE
+        )
+    decided = f"Label {prediction.label}."
+    classes = _binary_classes(prediction)
+    if classes is not None and prediction.threshold is not None:
+        positive = classes[1]
+        score = float(prediction.scores[positive])
+        shown, at = _printed(score, float(prediction.threshold))
+        relation = "at or above" if score >= float(prediction.threshold) else "below"
+        decided = (
+            f"Label {prediction.label}: the {positive} score {shown} is {relation} the "
+            f"threshold {at}."
+        )
+    return (
+        f"{decided} The map shows which parts of the image raised the score of the class named "
+        "in its title, relative within this image; it is not a finding's position or outline. "
+        f"{NOT_FOR_CLINICAL_USE}"
+    )
+
+
 def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     """A Secondary Capture of the Grad-CAM overlay in the source study, referencing the source.
 
@@ -878,12 +1080,34 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     burned-in text (name, ID, dates on a scanned film or an ultrasound frame): Burned In
     Annotation copies the source's value when it is known and is YES otherwise (the service
     does not store it, so an SC built from a stored prediction says YES).
+
+    A result that is not valid (:func:`invalid_reasons`: out of distribution, outside the
+    intended use) gets a red "NOT A VALID RESULT" band above the overlay, in the pixels
+    (:func:`models.overlay.add_banner`), and says so first in its Derivation Description and
+    Image Comments: a PACS viewer shows the picture alone, whose title names a class and a
+    score as a valid result's does. Image Comments otherwise say how the label was decided
+    and what the map is; every SC says it is not for clinical use.
     """
     import highdicom as hd
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
+    from radlens.models.overlay import add_banner
+
     pixels = overlay_rgb(png)
+    reasons = invalid_reasons(prediction)
+    if reasons:
+        # a PACS shows the picture, not the tags: the warning goes into the pixels, above the
+        # overlay's title (which names a class and a score like any result's; QA round 77)
+        pixels = add_banner(
+            pixels,
+            [
+                f"{NOT_VALID}: {'; '.join(reasons)}",
+                f"Do not read the label '{prediction.label}', its score or this map as a result "
+                "for this image: the model gives every image a label, a normal one included.",
+                NOT_FOR_CLINICAL_USE,
+            ],
+        )
     try:
         sc = _with_evidence(
             [source],
@@ -921,10 +1145,13 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     # most 1024 px a side, models.overlay.display_size) are smaller than a large source
     if prediction.rows and prediction.columns:
         of_frame += f" ({prediction.columns} columns x {prediction.rows} rows)"
+    # the warning first: a viewer that shows the start of a long text shows it
+    warning = f"{NOT_VALID} ({'; '.join(reasons)}): " if reasons else ""
     sc.DerivationDescription = (
-        f"Grad-CAM overlay{of_frame} of radlens model "
+        f"{warning}Grad-CAM overlay{of_frame} of radlens model "
         f"{prediction.model_name}:{prediction.model_version}"
         f" (prediction {prediction.id}, label {prediction.label})"
     )[:1024]
+    sc.ImageComments = _sc_comments(prediction, reasons)
     sc.BurnedInAnnotation = source.burned_in_annotation or "YES"
     return _to_bytes(_stamp(_identified(sc, source), prediction.created_at, source))

@@ -16,6 +16,11 @@ pixel for pixel on the left and, on the right, the display image with the heatma
 onto it (bilinear, :func:`upsample_heatmap`), so the map reads as a smooth region over sharp
 anatomy instead of a few coloured blocks.
 
+A result that is not valid (the image out of distribution or outside the model's intended
+use) gets a warning band above the figure, :func:`add_banner`: a red band with white text, so
+a viewer that shows only the picture (a PACS showing the DICOM Secondary Capture) shows the
+warning with it.
+
 Matplotlib is imported lazily and used through ``matplotlib.figure.Figure`` with the Agg
 canvas, never ``pyplot``: no global state, no display, safe in threads and in the service.
 """
@@ -23,6 +28,7 @@ canvas, never ``pyplot``: no global state, no display, safe in threads and in th
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,9 +36,11 @@ import numpy as np
 from radlens.models.errors import ConfigurationError, InvalidImageError
 
 __all__ = [
+    "BANNER_RGB",
     "COLORMAPS",
     "DEFAULT_WIDTH",
     "MAX_DISPLAY_SIDE",
+    "add_banner",
     "blend",
     "display_size",
     "render_overlay",
@@ -47,6 +55,9 @@ DEFAULT_WIDTH = 512
 
 MAX_DISPLAY_SIDE = 1024
 """Longest side of the display image an overlay is drawn on (:func:`display_size`)."""
+
+BANNER_RGB = (170, 0, 0)
+"""Background of the warning band (:func:`add_banner`); its text is white (contrast 8:1)."""
 
 _DPI = 100
 _CAPTION = (
@@ -325,3 +336,88 @@ def _render_pair(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
     return buffer.getvalue()
+
+
+def add_banner(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """``image`` with a warning band above it: ``lines`` in white on :data:`BANNER_RGB`, the
+    first in bold and larger, each wrapped at word boundaries to the image's width.
+
+    For a result that must not be read as one (out of distribution, outside the intended
+    use): the band is part of the pixels, so a viewer that shows only the picture shows it.
+    The text is drawn with the DejaVu Sans fonts matplotlib ships (no system font needed), at
+    a size that follows the width (a 1024 px figure: 26 px for the first line, 20 px below).
+
+    Args:
+        image: uint8 RGB ``(H, W, 3)``, e.g. the overlay PNG's pixels.
+        lines: one or more lines of text (the first the headline).
+
+    Returns:
+        uint8 ``(H + band, W, 3)``: the band, then ``image`` unchanged.
+
+    Raises:
+        TypeError: ``image`` not a numpy array, ``lines`` not a sequence of str.
+        InvalidImageError: ``image`` not uint8 ``(H, W, 3)``, or ``lines`` empty.
+    """
+    from PIL import Image, ImageDraw
+
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (H, W, 3). Received: {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise InvalidImageError(
+            f"image must be uint8 RGB (H, W, 3). Received dtype {image.dtype}, shape {image.shape}"
+        )
+    if isinstance(lines, str) or not all(isinstance(line, str) for line in lines):
+        raise TypeError(f"lines must be a sequence of str. Received: {lines!r}")
+    if not any(line.strip() for line in lines):
+        raise InvalidImageError("a banner needs at least one line of text. Received none")
+    width = image.shape[1]
+    pad = max(6, width // 80)
+    head_px = min(28, max(12, round(width / 40)))
+    body_px = max(11, round(head_px * 0.78))
+    rows: list[tuple[Any, str]] = []
+    for index, line in enumerate(line for line in lines if line.strip()):
+        font = _banner_font(head_px if index == 0 else body_px, bold=index == 0)
+        rows += [(font, text) for text in _wrap(line, font, width - 2 * pad)]
+    heights = [round(font.size * 1.3) for font, _ in rows]
+    band = Image.new("RGB", (width, sum(heights) + 2 * pad), BANNER_RGB)
+    draw = ImageDraw.Draw(band)
+    top = pad
+    for (font, text), height in zip(rows, heights, strict=True):
+        draw.text((pad, top), text, font=font, fill=(255, 255, 255))
+        top += height
+    return np.concatenate([np.asarray(band, dtype=np.uint8), image], axis=0)
+
+
+def _banner_font(size: int, *, bold: bool) -> Any:
+    """matplotlib's own DejaVu Sans (regular or bold) at ``size`` pixels."""
+    from pathlib import Path
+
+    import matplotlib
+    from PIL import ImageFont
+
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts", "ttf", name)), size)
+
+
+def _wrap(text: str, font: Any, room: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``room`` pixels in ``font`` (a word
+    wider than that alone is broken inside it)."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if font.getlength(candidate) <= room:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        while len(word) > 1 and font.getlength(word) > room:
+            cut = len(word) - 1
+            while cut > 1 and font.getlength(word[:cut]) > room:
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    return lines
