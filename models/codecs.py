@@ -139,6 +139,44 @@ def _jp2c_end(data: memoryview) -> int | None:
     return None
 
 
+_J2K_SOC_SIZ = b"\xff\x4f\xff\x51"  # every JPEG 2000 codestream starts SOC, then SIZ
+_J2K_SOT = b"\xff\x90"
+_J2K_COM = b"\xff\x64"
+
+
+def j2k_without_trailing_comments(codestream: bytes) -> bytes:
+    """The JPEG 2000 codestream without the comment (COM) segments that follow its last
+    tile-part, before its EOC marker.
+
+    ISO/IEC 15444-1 A.3 allows COM in the main and tile-part headers only; OpenJPEG (both
+    imagecodecs' and pylibjpeg-openjpeg's, and Pillow's) refuses the whole frame when one
+    follows the tile data ("opj_decode failed"). Kakadu 5.0 wrote one there as padding
+    ("PADDING"), as in pylibjpeg-data's 966.dcm, a 2000x2128 CR from pydicom issue 966 that
+    was refused as undecodable (QA round 80); its image data is whole. The tile-parts are
+    walked by their SOT lengths (Psot), so only segments after the last one are dropped; a
+    codestream without such a segment, or whose last tile-part runs to EOC (Psot 0), or that
+    this walk does not understand, is returned unchanged (the same object). No decoding.
+    """
+    if codestream[:4] != _J2K_SOC_SIZ:
+        return codestream
+    offset = 2
+    while codestream[offset : offset + 2] != _J2K_SOT:  # main header segments
+        if offset + 4 > len(codestream) or codestream[offset] != 0xFF:
+            return codestream
+        offset += 2 + int.from_bytes(codestream[offset + 2 : offset + 4], "big")
+    while codestream[offset : offset + 2] == _J2K_SOT:  # SOT: Lsot, Isot, Psot, TPsot, TNsot
+        psot = int.from_bytes(codestream[offset + 6 : offset + 10], "big")
+        if psot == 0 or offset + 10 > len(codestream):
+            return codestream
+        offset += psot
+    last_tile_end = offset
+    while codestream[offset : offset + 2] == _J2K_COM and offset + 4 <= len(codestream):
+        offset += 2 + int.from_bytes(codestream[offset + 2 : offset + 4], "big")
+    if offset == last_tile_end or codestream[offset : offset + 2] != END_MARKER:
+        return codestream
+    return codestream[:last_tile_end] + codestream[offset:]
+
+
 def rle_segments_missing(frame: bytes) -> bool:
     """True when an RLE Lossless frame's header (PS3.5 G.5: the segment count, then 15
     offsets) names a segment that starts beyond the frame's end, or is malformed.
@@ -267,6 +305,61 @@ def _first_scan(data: bytes | memoryview) -> tuple[int, int, int, int] | None:
     return None
 
 
+_FULL_SPECTRUM = 63  # Se of every sequential DCT scan (ITU-T T.81 B.2.3): coefficients 0-63
+
+
+def full_spectrum_scans(codestream: bytes) -> bytes:
+    """The JPEG codestream with Se set to 63 in each scan header of a sequential DCT frame
+    (SOF0 baseline, SOF1 extended) whose scan says Ss=0 and another Se.
+
+    T.81 B.2.3 fixes Ss=0 and Se=63 for the sequential processes: the fields have no meaning
+    there, and libjpeg-turbo (Pillow, imagecodecs) ignores them, but pylibjpeg-libjpeg, the
+    decoder for lossy JPEG DICOM frames here, refuses the whole frame ("scan start must be
+    zero and scan stop must be 63 for the sequential operating modes", error -1038). Real
+    encoders write Se=0: the NEMA WG04 MR1_JPLY sample, a 12-bit JPEG Extended head MR, was
+    refused as undecodable (QA round 80). Only that byte changes, so a frame decodes to the
+    pixels the stream codes, and a frame libjpeg read before is returned unchanged (the same
+    object). Walks the marker segments and, between scans, the entropy-coded data to the
+    next marker; anything this walk does not understand is returned unchanged.
+    """
+    scan = _first_scan(codestream)
+    if scan is None or scan[0] not in _SEQUENTIAL_SOF:
+        return codestream
+    mended: bytearray | None = None
+    offset = _next_scan(codestream, 2)  # the first scan's SOS marker, after SOI
+    while offset + 4 <= len(codestream) and codestream[offset : offset + 2] == b"\xff\xda":
+        length = int.from_bytes(codestream[offset + 2 : offset + 4], "big")
+        data_start = offset + 2 + length
+        if length < 6 or data_start > len(codestream):
+            return codestream
+        # the header ends Ns, Cs/Td/Ta per component, Ss, Se, Ah/Al
+        ss, se = codestream[data_start - 3], codestream[data_start - 2]
+        if ss == 0 and se != _FULL_SPECTRUM:
+            if mended is None:
+                mended = bytearray(codestream)
+            mended[data_start - 2] = _FULL_SPECTRUM
+        found = _JPEG_MARKER.search(codestream, data_start)
+        # the next scan may follow after tables (DHT, DQT, DRI...): walk them to its SOS
+        offset = _next_scan(codestream, found.start()) if found else len(codestream)
+    return codestream if mended is None else bytes(mended)
+
+
+def _next_scan(data: bytes, offset: int) -> int:
+    """Offset of the next SOS marker from the marker at ``offset``, over marker segments with
+    a length field; ``len(data)`` at EOI or where the walk fails."""
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker == 0xDA:
+            return offset
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD9:  # no length: EOI, RSTn, ...
+            return len(data)
+        offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return len(data)
+
+
 def jpeg_ls_near(data: bytes | memoryview) -> int | None:
     """The NEAR parameter of a JPEG-LS codestream's first scan (0: lossless coding); ``None``
     for another codestream or a header the walk cannot read. The SOS header of JPEG-LS ends
@@ -331,8 +424,9 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> memoryview:
             f"(FF D9); it ends {bytes(src[-8:]).hex(' ')}"
         )
     if tsyntax in J2K_SYNTAXES:
+        codestream = j2k_without_trailing_comments(src if isinstance(src, bytes) else bytes(src))
         # one thread: the service already runs one decode per inference stream
-        arr = imagecodecs.jpeg2k_decode(src, numthreads=1)
+        arr = imagecodecs.jpeg2k_decode(codestream, numthreads=1)
         # OpenJPEG undoes the multiple-component transform, as pylibjpeg-openjpeg does
         if runner.photometric_interpretation in ("YBR_ICT", "YBR_RCT"):
             runner.set_option("photometric_interpretation", "RGB")

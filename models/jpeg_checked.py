@@ -16,6 +16,11 @@ samples from 3.1). :func:`ybr_full_to_rgb` converts them here, by the same equat
 C.7.6.3.1.2) and rounding as pydicom's 8-bit conversion, centred on 2**(P-1) for the
 codestream's precision P, and the frame goes on as RGB. No frame that decoded before takes
 this path.
+
+**A sequential scan that says Se=0** (T.81 fixes 63; libjpeg-turbo ignores it, libjpeg
+refuses the frame): :func:`models.codecs.full_spectrum_scans` writes 63 there first, so such
+a frame decodes (QA round 80: the NEMA WG04 MR1_JPLY head MR was refused as undecodable).
+A frame that libjpeg decoded before is passed on unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.pixels.decoders import pylibjpeg
 
-from radlens.models.codecs import LOSSY_JPEG_SYNTAXES, check_scan
+from radlens.models.codecs import LOSSY_JPEG_SYNTAXES, check_scan, full_spectrum_scans
 
 if TYPE_CHECKING:
     from pydicom.pixels.decoders.base import DecodeRunner
@@ -72,8 +77,9 @@ def ybr_full_to_rgb(ybr: np.ndarray, precision: int) -> np.ndarray:
 def _decode_frame(src: bytes, runner: DecodeRunner) -> bytearray:
     """Check the frame's scan, then decode it as pydicom's pylibjpeg plugin does (pydicom
     calls this); a 12-bit YBR_FULL frame comes back as RGB (see the module docstring)."""
-    check_scan(bytes(src))
-    frame = pylibjpeg._decode_frame(src, runner)
+    codestream = full_spectrum_scans(bytes(src))
+    check_scan(codestream)
+    frame = pylibjpeg._decode_frame(codestream, runner)
     if runner.samples_per_pixel != 3 or runner.photometric_interpretation not in _YBR_FULL:
         return frame
     rows, columns = runner.rows, runner.columns

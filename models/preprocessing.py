@@ -1173,7 +1173,18 @@ def _dicom_frame(
         _check_codestream(codestream, ds, tsyntax, rows=rows, columns=columns)
         if reduce_for is not None:
             try:
-                reduced = _reduced_decode(codestream, ds, tsyntax, rows, columns, reduce_for)
+                from radlens.models.codecs import j2k_without_trailing_comments
+
+                # a COM segment after the last tile-part stops Pillow's OpenJPEG as it stops
+                # the full decode (models/codecs.py drops it there too; QA round 80)
+                reduced = _reduced_decode(
+                    j2k_without_trailing_comments(codestream),
+                    ds,
+                    tsyntax,
+                    rows,
+                    columns,
+                    reduce_for,
+                )
             except CodestreamMismatchError as exc:
                 # Pillow's OpenJPEG binding refuses some valid codestreams at every reduction
                 # (a real 16-bit DX whose pydicom, GDCM and imagecodecs decodes agree): the

@@ -1099,9 +1099,20 @@ def _probe_dicom(path: Path, *, sniffed: bool) -> str | None:
             f"{kind} (SOP class {ds.get('SOPClassUID')}): no image a classifier reads (the "
             "service refuses it for a model that states its intended use)"
         )
+    absent = [f"{name} {tag}" for name, tag in _SIZE_TAGS if ds.get(name) in (None, "")]
+    if absent:  # said as the service says it (incomplete-pixel-header), not "zero size"
+        return (
+            "DICOM header lacks an attribute needed to read the pixels: "
+            f"{' and '.join(absent)} absent or empty (Rows={ds.get('Rows')}, "
+            f"Columns={ds.get('Columns')}); re-export the image with its Image Pixel attributes"
+        )
     if rows < 1 or cols < 1:
         return f"DICOM image has zero size ({rows}x{cols})"
     return None
+
+
+# an image's size; a file without one was "zero size (0x32)" to data-check (QA round 80)
+_SIZE_TAGS = (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)"))
 
 
 _WHOLE_READ_BYTES = 64 * 1024 * 1024
