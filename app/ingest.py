@@ -191,12 +191,14 @@ def _prepare_upload(
     version: str,
     intended_use: IntendedUse | None = None,
     gate: GatePolicy = "off",
+    *,
+    keep_dataset: bool = False,
 ) -> tuple[np.ndarray, _Prepared]:
-    """The upload -> (model input, (preprocessed image, sha256 of the upload, intended-use
-    violations flagged)); runs off the event loop (on a predictor stream or a worker thread),
-    the checks and the hash included. A DICOM upload is parsed once: the gate reads its
-    header from the dataset preprocessing then decodes (kept as ``_Prepared.dataset`` when
-    the instance has more frames to read, for _predict_frames)."""
+    """The upload -> (model input, :class:`_Prepared`); runs off the event loop (on a
+    predictor stream or a worker thread), the checks and the hash included. A DICOM upload is
+    parsed once: the gate reads its header from the dataset preprocessing then decodes, kept
+    as ``_Prepared.dataset`` when the instance has more frames to read (_predict_frames) or
+    (``keep_dataset``) its header is read again for the results sent back (Ingestor._sender)."""
     intended_use = intended_use or IntendedUse()
     dataset = _parse_upload(data, max_pixels, intended_use, gate)
     flagged = gate_upload(data, intended_use, gate, max_pixels, dataset=dataset)
@@ -204,8 +206,8 @@ def _prepare_upload(
         image = preprocess_upload(data, size, window, max_pixels, version)
     else:
         image = preprocess_upload(data, size, window, max_pixels, version, dataset=dataset)
-    if not (image.metadata.format == "dicom" and image.metadata.frames > 1):
-        dataset = None  # only the frames still to read need it
+    if not (keep_dataset or (image.metadata.format == "dicom" and image.metadata.frames > 1)):
+        dataset = None  # only the frames still to read, or the header sent back, need it
     check_recordable(image)
     meta = image.metadata
     flagged = flagged + check_colour(meta.colour_fraction, intended_use, gate)
@@ -216,19 +218,16 @@ def _prepare_upload(
     return image.model_input(), _Prepared(image, hashlib.sha256(data).hexdigest(), flagged, dataset)
 
 
-class _Prepared(tuple[Any, ...]):
-    """``(preprocessed image, sha256 of the upload, violations flagged)``, carrying in
-    ``dataset`` the parsed file a multi-frame instance's other frames are read from (None
-    otherwise): the dataset is not part of the tuple, so callers unpack the three."""
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What :func:`_prepare_upload` hands back with the model input."""
 
-    dataset: Dataset | None
-
-    def __new__(
-        cls, image: PreprocessedImage, digest: str, flagged: list[Violation], dataset: Any
-    ) -> _Prepared:
-        prepared = super().__new__(cls, (image, digest, flagged))
-        prepared.dataset = dataset
-        return prepared
+    image: PreprocessedImage
+    digest: str  # sha256 of the upload
+    flagged: list[Violation]  # intended-use violations flagged (RADLENS_GATE=flag)
+    # the parsed file, when still needed: a multi-frame instance's other frames are read from
+    # it, and the header the SR/SC reference (else None)
+    dataset: Dataset | None = None
 
 
 def _parse_upload(
@@ -360,14 +359,21 @@ def aggregate_frames(
     return scores, key, result
 
 
-def _source_from_header(data: bytes, *, copy_patient: bool, max_pixels: int) -> SourceRef:
+def _source_from_header(
+    data: bytes, *, copy_patient: bool, max_pixels: int, dataset: Dataset | None = None
+) -> SourceRef:
+    """What the SR/SC reference, read from the upload's header: ``dataset``, the upload as
+    models.preprocessing.parse_dicom parsed it (not parsed again), else the bytes."""
     from radlens.app.dicom_outputs import source_from_dataset
-    from radlens.models.dicomread import read_dicom_bytes
 
-    # force: as preprocessing read it (a file without preamble and file meta was predicted,
-    # then this read raised InvalidDicomError: a 500 wherever destinations are set)
-    ds = read_dicom_bytes(data, max_pixels=max_pixels, stop_before_pixels=True, force=True)
-    return source_from_dataset(ds, copy_patient=copy_patient)
+    if dataset is None:
+        from radlens.models.dicomread import read_dicom_bytes
+
+        # force: as preprocessing read it (a file without preamble and file meta was
+        # predicted, then this read raised InvalidDicomError: a 500 wherever destinations are
+        # set)
+        dataset = read_dicom_bytes(data, max_pixels=max_pixels, stop_before_pixels=True, force=True)
+    return source_from_dataset(dataset, copy_patient=copy_patient)
 
 
 @dataclass(frozen=True)
@@ -502,6 +508,7 @@ class Ingestor:
             manifest.preprocessing_version,
             self._intended_use,
             self.settings.gate,
+            keep_dataset=self._sender_reads_header(),
         )
         try:
             output = await predictor.predict_prepared(prepare)  # its stream, or a worker thread
@@ -510,14 +517,13 @@ class Ingestor:
             logger.info("upload refused: outside the intended use of %s: %s", manifest.ref, exc)
             raise
         prepared = cast(_Prepared, output.prepared)
-        dataset = prepared.dataset
-        image, digest, flagged = cast(tuple["PreprocessedImage", str, list[Violation]], prepared)
+        image, digest, flagged = prepared.image, prepared.digest, prepared.flagged
+        dataset = prepared.dataset  # read again by _predict_frames and _sender, when kept
         scores, label = output.scores, output.label
         inference_ms, batch_size = float(output.inference_ms), int(output.batch_size)
         frame_result = None
         if image.metadata.format == "dicom" and image.metadata.frames > 1:
             frames = await self._predict_frames(data, image, output, dataset)
-            dataset = None
             scores, label, image = frames.scores, frames.label, frames.image
             inference_ms, batch_size = frames.inference_ms, frames.batch_size
             frame_result = frames.result
@@ -578,15 +584,24 @@ class Ingestor:
             instance_number=meta.instance_number,
             voi=recorded_voi(meta.window),
         )
-        sender = await self._sender(data, image) if self.outbox is not None else None
+        sender = await self._sender(data, image, dataset) if self.outbox is not None else None
         return Candidate(
             prediction=prediction, image=image, findings=findings, source=data, sender=sender
         )
 
-    async def _sender(self, data: bytes, image: PreprocessedImage) -> SourceRef | None:
+    def _sender_reads_header(self) -> bool:
+        """Whether :meth:`_sender` reads the upload's header (then kept parsed for it)."""
+        return self.outbox is not None and (
+            self.settings.dicom_copy_patient or self.outbox.wants("sc")
+        )
+
+    async def _sender(
+        self, data: bytes, image: PreprocessedImage, dataset: Dataset | None = None
+    ) -> SourceRef | None:
         """What the SR/SC sent back reference: the upload's own UIDs (not the stored
         pseudonyms); with RADLENS_DICOM_COPY_PATIENT or an SC to send, read from the header
-        (patient identification, Burned In Annotation), else from the image's metadata."""
+        (patient identification, Burned In Annotation): ``dataset``, the upload as parsed for
+        the gate and preprocessing (not parsed again), else from the image's metadata."""
         from radlens.app.dicom_outputs import SourceRef, missing_uids
 
         meta = image.metadata
@@ -606,13 +621,13 @@ class Ingestor:
                 missing_uids(uids),
             )
             return None
-        assert self.outbox is not None
-        if self.settings.dicom_copy_patient or self.outbox.wants("sc"):
+        if self._sender_reads_header():
             return await asyncio.to_thread(
                 _source_from_header,
                 data,
                 copy_patient=self.settings.dicom_copy_patient,
                 max_pixels=self.settings.max_pixels,
+                dataset=dataset,
             )
         study, series, sop, sop_class = (str(u) for u in uids)
         return SourceRef(
@@ -815,6 +830,7 @@ class Ingestor:
         self._observe(written.prediction, written.created, candidate.findings)
         if not written.created:
             _note_other_bytes(candidate.prediction, written.prediction)
+            self._note_other_flags(candidate.prediction, written.prediction)
         if written.created:  # score histograms, input counts, drift window (app/drift.py)
             stored = written.prediction
             self.metrics.observe_upload(
@@ -894,13 +910,19 @@ class Ingestor:
             # the same instance being stored by another request (here or on another replica)
             # that has yet to write its queue row: waited for here, between queries, not in a
             # worker thread (8 such waits took every thread of a 2-core pool, the creating
-            # request's own queue row among them: QA round 50)
+            # request's own queue row among them: QA round 50), until the row accounts for
+            # everything, or comes leaving something out (that request is done: what it left
+            # out is queued now, not after the rest of the wait, QA 78)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 await asyncio.sleep(CLAIM_POLL_S)
-                if await asyncio.to_thread(outbox.queued_since, prediction_id, final=False):
-                    return True
-            return await asyncio.to_thread(outbox.queued_since, prediction_id, final=True)
+                queued, over = await asyncio.to_thread(
+                    outbox.queued_since, prediction_id, final=False
+                )
+                if over:
+                    return queued
+            queued, _ = await asyncio.to_thread(outbox.queued_since, prediction_id, final=True)
+            return queued
         except Exception as exc:  # the database: not known, so not sent a second time
             logger.warning(
                 "outbox: could not tell whether results were sent: %s", type(exc).__name__
@@ -909,12 +931,11 @@ class Ingestor:
 
     async def _send_back(self, written: Any, candidate: Candidate) -> None:
         """Queue the prediction's SR/SC for the destinations (app/outbox.py): all of them for
-        a new prediction; for a stored one whose results were not all queued (a re-send:
-        ``resend=True``, said here rather than left to the outbox's in-process marker), those
-        not queued before. The prediction is committed already: a failure here is never the
-        upload's; each result not queued is logged and counted
-        (radlens_dicom_outbox_enqueue_failures_total, which alerts: a log line was all that
-        said so before QA round 54)."""
+        a new prediction; for a stored one whose results were not all queued
+        (:meth:`_results_queued`; a re-send: ``resend=True``), those not queued before. The
+        prediction is committed already: a failure here is never the upload's; each result
+        not queued is logged and counted (radlens_dicom_outbox_enqueue_failures_total, which
+        alerts: a log line was all that said so before QA round 54)."""
         from radlens.app.outbox import ResultsNotQueuedError
 
         assert self.outbox is not None and candidate.sender is not None
@@ -956,13 +977,36 @@ class Ingestor:
                 f": {type(cause).__name__}" if cause is not None else "",
             )
 
+    def _note_other_flags(self, mine: Prediction, stored: Prediction) -> None:
+        """RADLENS_GATE=flag: a re-post whose header the gate flags for what the stored
+        prediction's was not flagged for (its Body Part Examined or Modality changed since, or
+        its SOP Instance UID reused for another image) is answered with the stored prediction,
+        which does not carry that flag: the log says so (WARNING, without the UID) and
+        radlens_gated_inputs_total counts the upload as flagged (QA 78: both were silent). The
+        gate runs before any stored result is looked up, so with RADLENS_GATE=refuse such a
+        re-post is refused (422) as a new upload would be."""
+        known = stored.intended_use_violations or []
+        new = [v for v in mine.intended_use_violations or [] if v not in known]
+        if not new:
+            return
+        self.metrics.observe_gated("outside-intended-use", "flagged")
+        logger.warning(
+            "prediction %s: this upload is outside the model's intended use (%s), which the "
+            "stored prediction of its SOP Instance UID was not flagged for; the stored result "
+            "was returned without that flag (an instance whose header changed, or a UID reused "
+            "for another image, needs its own SOP Instance UID to be predicted)",
+            stored.id,
+            "; ".join(f"{v.get('attribute')} {v.get('value')!r}" for v in new),
+        )
+
     def _observe(
         self, stored: Prediction, created: bool, findings: tuple[FindingValue, ...] = ()
     ) -> None:
         ref = self.predictor.manifest.ref
         if created:
             # flagged uploads are counted by what was stored: a re-post of a stored instance is
-            # answered with the stored prediction, whatever its own pixels scored
+            # answered with the stored prediction, whatever its own pixels scored (a header
+            # flagged for what the stored one was not: _note_other_flags)
             if stored.intended_use_violations:
                 self.metrics.observe_gated("outside-intended-use", "flagged")
             if stored.in_distribution is False:

@@ -60,7 +60,9 @@ and the replica whose upload found the stored row no longer queues the results a
 (QA round 44: every concurrent re-post queued them again). The row is written just after the
 entries, so a re-post of a prediction committed in the last :data:`CLAIM_WAIT_S` seconds waits
 that long at most for it; if it never comes (the creating process died between the commit and
-the queueing), the results are queued by the re-post, as before.
+the queueing), the results are queued by the re-post, as before. A queue row that comes but
+leaves something out ends the wait at once: its request is done, and nothing else is queueing
+(QA 78: the re-post waited out the 5 s before queueing what was missing).
 
 **What was queued, per kind and destination.** A re-send (the instance received again) queues
 only the results a destination wants that were not queued before: an SR queued while the SC
@@ -71,9 +73,10 @@ longer keeps the lost one from being queued, and the queued one is not queued tw
 ``dicom.send.queue`` row does: ``entries=N`` alone says that everything wanted was queued
 (so does a row of an earlier version); a submit that left something out writes
 ``entries=N&queued=<items>``, an item being a kind every destination wanting it got (``sr``) or
-one destination's (``sr:PACS@10.0.0.5:104``). Which submits are re-sends: those of a prediction
-:meth:`Outbox.handled_or_wait` (or :meth:`Outbox.queued_since`'s last look) found not (fully)
-queued, in this process (``submit(..., resend=)`` says it explicitly).
+one destination's (``sr:PACS@10.0.0.5:104``). Which submits are re-sends: the caller says
+(``submit(..., resend=)``; app/ingest.py: a stored prediction's, which
+:meth:`Outbox.handled_or_wait` or :meth:`Outbox.queued_since` found not fully queued; QA 78
+removed the in-process marker that told the outbox before).
 """
 
 from __future__ import annotations
@@ -124,7 +127,6 @@ _POLL_S = 5.0  # the delivery thread looks at the spool at least this often
 CLAIM_WAIT_S = 5.0
 CLAIM_POLL_S = 0.1  # one indexed query per poll (audit_events.target, migration 0016)
 MAX_CLAIMS = 256  # entries one pass holds (a flock-ed file each) at most
-MAX_RESENDS = 4096  # predictions found not fully queued whose submit has not come (a bound)
 _EVERY = "*"  # a (kind, destination) pair's destination: every destination wanting the kind
 _QUERY_LENGTH = 512  # audit_events.query: a longer one is cut (app/audit.py)
 
@@ -205,10 +207,7 @@ class Outbox:
         self.clock = clock
         self._fernet = _fernet(settings.uid_pseudonym_key_bytes)
         self._lock = threading.Lock()
-        # prediction id -> how many submits to come are re-sends (handled_or_wait found the
-        # results not fully queued); one re-send at a time decides what is missing and queues it
-        self._resends: dict[str, int] = {}
-        self._resends_lock = threading.Lock()
+        # one re-send at a time decides what is missing and queues it (submit, resend=True)
         self._resend_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -248,20 +247,20 @@ class Outbox:
         source: SourceRef,
         overlay_png: bytes | None,
         *,
-        resend: bool | None = None,
+        resend: bool,
     ) -> int:
         """Build the outputs the destinations want and queue one entry per destination;
         returns the number of entries queued. Runs in a worker thread (highdicom, disk).
 
         Each kind is built and queued on its own (an SR that could not be built stopped the
         SC before), each destination's entry written on its own, and the queue row records
-        what was. A re-send (``resend``; by default: :meth:`handled_or_wait` found this
-        prediction's results not fully queued) queues only what was not queued before (module
-        docstring). Raises :class:`ResultsNotQueuedError` naming each entry not queued and why,
-        after queueing (and recording) the others."""
+        what was. A re-send (``resend``: a stored prediction whose results
+        :meth:`handled_or_wait` found not fully queued) queues only what was not queued before
+        (module docstring); a new prediction's submit (``resend=False``) queues everything.
+        Raises :class:`ResultsNotQueuedError` naming each entry not queued and why, after
+        queueing (and recording) the others."""
         prediction_id = str(prediction.id)
-        marked = self._take_resend(prediction_id)
-        if not (marked if resend is None else resend):
+        if not resend:
             return self._submit(prediction, source, overlay_png, self.wanted())
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -452,19 +451,6 @@ class Outbox:
         from_rows, _queue_row, _created_at = self._queued_rows(prediction_id)
         return None if from_rows is None else covered | from_rows
 
-    def _mark_resend(self, prediction_id: str) -> None:
-        with self._resends_lock:
-            self._resends[prediction_id] = self._resends.get(prediction_id, 0) + 1
-            while len(self._resends) > MAX_RESENDS:  # a submit that never came: the oldest
-                del self._resends[next(iter(self._resends))]
-
-    def _take_resend(self, prediction_id: str) -> bool:
-        with self._resends_lock:
-            count = self._resends.pop(prediction_id, 0)
-            if count > 1:
-                self._resends[prediction_id] = count - 1
-            return count > 0
-
     def handled_or_wait(self, prediction_id: str) -> tuple[bool, float]:
         """Whether a prediction's results were queued before, every (kind, destination) the
         destinations want: ``(True, 0)`` when the spool (an entry pending, or settled and
@@ -485,7 +471,6 @@ class Outbox:
         if not self._missing(spool):
             return True, 0.0
         if self.sessionmaker is None:
-            self._mark_resend(prediction_id)
             return False, 0.0
         from_rows, queue_row, created_at = self._queued_rows(prediction_id, created=True)
         if not self._missing(None if from_rows is None else spool | from_rows):
@@ -496,24 +481,25 @@ class Outbox:
             # self.clock, which tests move); the caller bounds the wait with a monotonic
             # deadline
             wait = max(0.0, min(_epoch(created_at) + CLAIM_WAIT_S - time.time(), CLAIM_WAIT_S))
-        if wait <= 0:
-            self._mark_resend(prediction_id)  # its submit follows: a re-send
         return False, wait
 
-    def queued_since(self, prediction_id: str, *, final: bool) -> bool:
-        """While waiting (:meth:`handled_or_wait`): whether the audit rows now account for
-        every result wanted (one query); ``final``: the last look, the spool too (a shared one
-        shows entries whose row the database refused); when it says no, the submit that
-        follows is a re-send."""
-        from_rows, _, _ = self._queued_rows(prediction_id)
+    def queued_since(self, prediction_id: str, *, final: bool) -> tuple[bool, bool]:
+        """While waiting (:meth:`handled_or_wait`): ``(queued, over)``, whether the audit rows
+        now account for every result wanted, and whether the wait is over: when they do, on
+        the last look (``final``), or when a queue row has come that leaves something out (the
+        request that queued it is done, and nothing else is queueing: what is missing is
+        queued now rather than after CLAIM_WAIT_S, QA 78). One query; when the wait ends
+        unqueued, the spool too (a shared one shows entries whose row the database refused).
+        Not queued: the submit that follows is a re-send (``resend=True``)."""
+        from_rows, queue_row, _ = self._queued_rows(prediction_id)
+        if not self._missing(from_rows):
+            return True, True
+        if not (final or queue_row):
+            return False, False
         covered = from_rows
-        if final and covered is not None:
+        if covered is not None:
             covered = covered | self._spool_pairs(prediction_id)
-        if not self._missing(covered):
-            return True
-        if final:
-            self._mark_resend(prediction_id)
-        return False
+        return not self._missing(covered), True
 
     def _queued_rows(
         self, prediction_id: str, *, created: bool = False

@@ -408,7 +408,8 @@ def test_an_upload_is_preprocessed_with_the_manifests_version(version: str) -> N
     from radlens.models.preprocessing import preprocess
 
     data = Path(str(get_testdata_file("RG1_J2KR.dcm"))).read_bytes()  # 1955x1841 chest CR
-    model_input, (image, _, flagged) = _prepare_upload(data, (64, 64), None, 36_000_000, version)
+    model_input, prepared = _prepare_upload(data, (64, 64), None, 36_000_000, version)
+    image, flagged = prepared.image, prepared.flagged
     assert flagged == []  # no intended use stated: nothing to flag
     expected = preprocess(data, size=(64, 64), version=version).pixels
     other = preprocess(data, size=(64, 64), version="2" if version == "1" else "1").pixels

@@ -193,7 +193,7 @@ def test_submit_queues_what_it_can_and_names_what_it_could_not(
     row.sop_class_uid = "1.2.840.10008.5.1.4.1.1.2"
     source = SourceRef(new_uid(), new_uid(), new_uid(), row.sop_class_uid, "CT")
     with pytest.raises(ResultsNotQueuedError) as raised:
-        outbox.submit(row, source, None)
+        outbox.submit(row, source, None, resend=False)
     assert [(k, r) for k, r, _ in raised.value.failures] == [("sc", "no-overlay")]
     assert raised.value.queued == 1
     assert [e.kind for e in outbox.entries()] == ["sr"]

@@ -11,6 +11,11 @@
   entry is now written, counted and recorded on its own, and
   radlens_dicom_outbox_enqueue_failures_total counts each entry not written (one per
   destination), as radlens_dicom_outbox_pending counts the written ones.
+
+Since QA 78 the outbox no longer marks a prediction ``handled_or_wait`` found not fully queued
+as a re-send for the submit that follows: its caller says so (``resend=``), as the ingest does.
+The outbox tests here pass it as the ingest would; the same re-sends through the ingest (a
+re-post of the instance) are in tests/app/test_qa78_outbox_claims.py.
 """
 
 from __future__ import annotations
@@ -111,13 +116,13 @@ def test_a_resend_queues_the_sc_that_was_lost_and_not_the_sr_again(
     outbox = outbox_of(f"{A}/sr+sc")
     row, overlay = _row(), png_bytes(seed=68)
     source = _source(row)
-    with pytest.raises(ResultsNotQueuedError):
-        outbox.submit(row, source, None)  # no overlay: the SC is lost, the SR queued
+    with pytest.raises(ResultsNotQueuedError):  # no overlay: the SC is lost, the SR queued
+        outbox.submit(row, source, None, resend=False)
     assert _queued(outbox) == [("sr", A)]
     assert _queue_rows(outbox, str(row.id)) == ["entries=1&queued=sr"]
     # the instance comes again: its results are not all queued
     assert outbox.handled_or_wait(str(row.id)) == (False, 0.0)
-    assert outbox.submit(row, source, overlay) == 1
+    assert outbox.submit(row, source, overlay, resend=True) == 1
     assert _queued(outbox) == [("sc", A), ("sr", A)]
     assert _queue_rows(outbox, str(row.id)) == ["entries=1&queued=sr", "entries=1"]
     # and once more: everything is queued, nothing is sent twice
@@ -142,14 +147,14 @@ def test_a_resend_queues_the_lost_sr_after_the_sc_was_delivered(
 
         patched.setattr("radlens.app.dicom_outputs.build_sr", refused)
         with pytest.raises(ResultsNotQueuedError) as raised:
-            outbox.submit(row, source, overlay)
+            outbox.submit(row, source, overlay, resend=False)
     assert [(k, r) for k, r, _ in raised.value.failures] == [("sr", "build")]
     (sc,) = outbox.entries()
     outbox._settle(sc, DELIVERED)  # as a pass does once the C-STORE answered Success
     outbox._audit_settled()
     assert outbox.entries() == [] and outbox.unaudited() == []
     assert outbox.handled_or_wait(str(row.id)) == (False, 0.0)
-    assert outbox.submit(row, source, overlay) == 1
+    assert outbox.submit(row, source, overlay, resend=True) == 1
     assert _queued(outbox) == [("sr", A)]
     assert outbox.handled_or_wait(str(row.id)) == (True, 0.0)
 
@@ -164,11 +169,11 @@ def test_two_resends_at_once_in_one_process_queue_it_once(
     row, overlay = _row(), png_bytes(seed=70)
     source = _source(row)
     with pytest.raises(ResultsNotQueuedError):
-        outbox.submit(row, source, None)
+        outbox.submit(row, source, None, resend=False)
     assert outbox.handled_or_wait(str(row.id)) == (False, 0.0)
     assert outbox.handled_or_wait(str(row.id)) == (False, 0.0)
-    assert outbox.submit(row, source, overlay) == 1
-    assert outbox.submit(row, source, overlay) == 0
+    assert outbox.submit(row, source, overlay, resend=True) == 1
+    assert outbox.submit(row, source, overlay, resend=True) == 0
     assert _queued(outbox) == [("sc", A), ("sr", A)]
 
 
@@ -183,7 +188,7 @@ def test_a_spool_write_failing_after_one_destinations_entry_counts_that_entry(
     with monkeypatch.context() as patched:
         _failing_writes(patched, from_call=3)  # A's payload and state written, B's payload not
         with pytest.raises(ResultsNotQueuedError) as raised:
-            outbox.submit(row, source, None)
+            outbox.submit(row, source, None, resend=False)
     assert raised.value.queued == 1
     assert [(k, r) for k, r, _ in raised.value.failures] == [("sr", "spool")]
     assert _queued(outbox) == [("sr", A)]
@@ -193,7 +198,7 @@ def test_a_spool_write_failing_after_one_destinations_entry_counts_that_entry(
     assert _queue_rows(outbox, str(row.id)) == [f"entries=1&queued=sr:{A}"]
     # the instance comes again: B's SR is queued, A's is not queued twice
     assert outbox.handled_or_wait(str(row.id)) == (False, 0.0)
-    assert outbox.submit(row, source, None) == 1
+    assert outbox.submit(row, source, None, resend=True) == 1
     assert _queued(outbox) == [("sr", A), ("sr", B)]
     assert outbox.handled_or_wait(str(row.id)) == (True, 0.0)
 
@@ -210,7 +215,7 @@ def test_every_entry_not_written_is_a_failure_and_every_written_one_is_queued(
     with monkeypatch.context() as patched:
         _failing_writes(patched, from_call=1)
         with pytest.raises(ResultsNotQueuedError) as raised:
-            outbox.submit(row, _source(row), None)
+            outbox.submit(row, _source(row), None, resend=False)
     assert raised.value.queued == 0
     assert [(k, r) for k, r, _ in raised.value.failures] == [("sr", "spool"), ("sr", "spool")]
     assert outbox.entries() == []

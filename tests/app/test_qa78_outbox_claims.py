@@ -1,0 +1,233 @@
+"""QA 78: re-sends of results to the DICOM destinations (app/outbox.py, app/ingest.py), on
+SQLite and PostgreSQL.
+
+- A re-post waiting for the creating request's ``dicom.send.queue`` row (the same instance
+  stored a moment before, its results still being queued) waited out the whole claim wait
+  (CLAIM_WAIT_S, 5 s) when that row came but left something out (an SC that could not be
+  built), and only then queued what was missing. The row says its request is done and nothing
+  else holds the claim: the wait now ends when it comes (these tests failed before: the
+  re-post took the whole wait).
+- The outbox no longer keeps an in-process marker of the predictions found not fully queued
+  (the ingest says which submits are re-sends: ``submit(..., resend=)``). QA 68's re-sends,
+  which exercised that marker through the outbox alone, through the ingest here: a re-post
+  of the instance queues what the first post lost, never what it queued (these passed before
+  as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import types
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from radlens.app.ingest import Ingestor
+from tests.app.conftest import dicom_bytes, new_uid, prediction_row
+from tests.app.test_outbox import (
+    audit_actions,
+    make_outbox,
+    outbox_settings,
+    post_dicom,
+    sessions,  # noqa: F401 (a fixture)
+    waiting_outbox_client,
+)
+
+# QA 78's ports (27800-27899); nothing listens on them: entries stay pending
+A = "A@127.0.0.1:27811"
+B = "B@127.0.0.1:27812"
+CLAIM_WAIT_S = 30.0  # long, so that waiting it out cannot pass for not waiting
+WITHIN_S = 10.0  # what a re-post that does not wait it out takes at most, loaded machine
+
+
+def _queued(outbox: Any) -> list[tuple[str, str]]:
+    return sorted((e.kind, e.destination) for e in outbox.entries())
+
+
+def _repost(client: TestClient, data: bytes) -> Any:
+    return client.post("/v1/predictions", files={"file": ("ct.dcm", data, "application/dicom")})
+
+
+# --- the claim wait -----------------------------------------------------------------------
+
+
+def test_a_partial_queue_row_ends_the_wait_at_once(
+    tmp_path: Path,
+    model_store: Path,
+    migrated_database_url: str,
+    sessions: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ingestor._results_queued for a prediction committed just now: the creating request's
+    queue row comes 0.3 s later saying the SR was queued and the SC was not; the re-post
+    stops waiting then and answers "not all queued" (its submit queues the SC)."""
+    from radlens.app import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "CLAIM_WAIT_S", CLAIM_WAIT_S)
+    settings = outbox_settings(migrated_database_url, model_store, tmp_path, f"{A}/sr+sc")
+    outbox = make_outbox(settings, sessions)
+    row = prediction_row(f"claim-{uuid.uuid4()}")
+    with sessions() as session:
+        session.add(row)
+        session.commit()
+    prediction_id = str(row.id)
+    found, wait = outbox.handled_or_wait(prediction_id)
+    assert not found and wait > CLAIM_WAIT_S - 5  # committed just now: waited for
+    ingestor = types.SimpleNamespace(outbox=outbox)
+    written = types.SimpleNamespace(prediction=types.SimpleNamespace(id=prediction_id))
+
+    async def scenario() -> tuple[bool, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        waiting = asyncio.create_task(Ingestor._results_queued(ingestor, written))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(outbox._record_queued, prediction_id, 1, [("sr", A)])
+        return await waiting, loop.time() - start
+
+    queued, took = asyncio.run(scenario())
+    assert queued is False  # the SC is missing: the re-post's submit queues it
+    assert took < WITHIN_S, f"the re-post waited {took:.1f} s for a row that had come"
+
+
+@pytest.fixture()
+def client(tmp_path: Path, model_store: Path, migrated_database_url: str) -> Iterator[TestClient]:
+    """A service sending SR and SC to A and SR to B, both down (the entries wait)."""
+    with waiting_outbox_client(
+        migrated_database_url, model_store, tmp_path / "spool", f"{A}/sr+sc,{B}/sr"
+    ) as test_client:
+        yield test_client
+
+
+def test_a_repost_while_the_first_is_queueing_does_not_wait_out_a_partial_row(
+    client: TestClient, migrated_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance posted, and posted again once its prediction is committed while the first
+    request's results are still being queued (its submit held until the re-post has looked
+    for the queue row); the first request's SC is lost (no overlay). The re-post answers
+    without waiting out CLAIM_WAIT_S, with the SC queued and the SRs not queued twice."""
+    from sqlalchemy import create_engine, text
+
+    from radlens.app import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "CLAIM_WAIT_S", CLAIM_WAIT_S)
+    app: Any = client.app
+    outbox = app.state.resources.ingestor.outbox
+    submit, look = outbox.submit, outbox.handled_or_wait
+    looked = threading.Event()
+
+    def looking(prediction_id: str) -> Any:
+        try:
+            return look(prediction_id)
+        finally:
+            looked.set()
+
+    def first_loses_the_sc(prediction: Any, source: Any, overlay: Any, *, resend: bool) -> int:
+        if resend:
+            return int(submit(prediction, source, overlay, resend=True))
+        assert looked.wait(timeout=120), "the re-post never looked for the queue row"
+        return int(submit(prediction, source, None, resend=False))  # the SC: no overlay
+
+    monkeypatch.setattr(outbox, "submit", first_loses_the_sc)
+    monkeypatch.setattr(outbox, "handled_or_wait", looking)
+    data = dicom_bytes(sop=new_uid())
+    engine = create_engine(migrated_database_url)
+    answers: dict[str, Any] = {}
+    try:
+        thread = threading.Thread(target=lambda: answers.update(first=_repost(client, data)))
+        thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(text("SELECT count(*) FROM predictions")).scalar_one():
+                    break
+            time.sleep(0.02)
+        start = time.monotonic()
+        again = _repost(client, data)
+        took = time.monotonic() - start
+        thread.join(timeout=120)
+    finally:
+        engine.dispose()
+    assert answers["first"].status_code == 201, answers["first"].text
+    assert again.status_code == 200 and again.json()["id"] == answers["first"].json()["id"]
+    assert took < WITHIN_S, f"the re-post took {took:.1f} s"
+    assert _queued(outbox) == [("sc", A), ("sr", A), ("sr", B)]
+    queue_rows = [q for a, t, q in audit_actions(app) if a == "dicom.send.queue"]
+    assert queue_rows == ["entries=2&queued=sr", "entries=1"]
+
+
+# --- QA 68's re-sends, through the ingest ---------------------------------------------------
+
+
+def test_a_repost_queues_the_lost_sr_after_the_sc_was_delivered(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from radlens.app.dicom_outputs import DicomOutputError
+    from radlens.app.outbox import DELIVERED
+
+    app: Any = client.app
+    outbox = app.state.resources.ingestor.outbox
+    data = dicom_bytes(sop=new_uid())
+    with monkeypatch.context() as patched:
+
+        def refused(*args: Any, **kwargs: Any) -> bytes:
+            raise DicomOutputError("highdicom refused the SR (a test)")
+
+        patched.setattr("radlens.app.dicom_outputs.build_sr", refused)
+        first = post_dicom(client, data)
+    (sc,) = outbox.entries()
+    outbox._settle(sc, DELIVERED)  # as a pass does once the C-STORE answered Success
+    outbox._audit_settled()
+    assert outbox.entries() == [] and outbox.unaudited() == []
+    again = _repost(client, data)
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert _queued(outbox) == [("sr", A), ("sr", B)]  # the SRs, not the delivered SC again
+    third = _repost(client, data)
+    assert third.status_code == 200
+    assert _queued(outbox) == [("sr", A), ("sr", B)]
+
+
+def test_a_repost_after_the_spool_filled_midway_queues_the_rest_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.app.test_qa68_outbox_resend import _failing_writes
+
+    app: Any = client.app
+    outbox = app.state.resources.ingestor.outbox
+    data = dicom_bytes(sop=new_uid())
+    with monkeypatch.context() as patched:
+        _failing_writes(patched, from_call=3)  # A's SR written, then the spool is full
+        first = post_dicom(client, data)
+    assert _queued(outbox) == [("sr", A)]
+    again = _repost(client, data)
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert _queued(outbox) == [("sc", A), ("sr", A), ("sr", B)]  # A's SR not twice
+
+
+def test_two_reposts_at_once_queue_what_was_lost_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from radlens.app.dicom_outputs import DicomOutputError
+
+    app: Any = client.app
+    outbox = app.state.resources.ingestor.outbox
+    data = dicom_bytes(sop=new_uid())
+    with monkeypatch.context() as patched:
+
+        def refused(*args: Any, **kwargs: Any) -> bytes:
+            raise DicomOutputError("the SC could not be built (a test)")
+
+        patched.setattr("radlens.app.dicom_outputs.build_sc", refused)
+        first = post_dicom(client, data)
+    assert _queued(outbox) == [("sr", A), ("sr", B)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(lambda _: _repost(client, data), range(2)))
+    assert [a.status_code for a in answers] == [200, 200]
+    assert {a.json()["id"] for a in answers} == {first["id"]}
+    assert _queued(outbox) == [("sc", A), ("sr", A), ("sr", B)]
