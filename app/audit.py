@@ -610,28 +610,40 @@ def _purge_inbox_predicted(
     actor: str,
 ) -> int:
     """Delete the inbox's queued files whose instance has a prediction created before
-    ``cutoff`` (matched by the sha256 of its bytes, the row's ``input_sha256``; such a file was
-    queued before its prediction, so before the cutoff too). Audited like the unreadable ones
-    (``predicted_files=K``), the row committed first."""
-    from radlens.app.dimse_inbox import queued_digests_before
+    ``cutoff`` and after the file was queued (matched by the sha256 of its bytes, the row's
+    ``input_sha256``; such a file was queued before its prediction, so before the cutoff too).
+    A prediction of the same bytes made before the file was queued is another reception's (the
+    instance sent again, or by a second sender): the file is owed its own and is kept (QA 82).
+    Audited like the unreadable ones (``predicted_files=K``), the row committed first."""
+    from radlens.app.dimse_inbox import (
+        QUEUED_BEFORE_PREDICTION_SLACK_S,
+        queued_at,
+        queued_digests_before,
+    )
 
     digests = queued_digests_before(directory, cutoff.timestamp(), key)
     if not digests:
         return 0
     keys = sorted(digests)
-    predicted: set[str] = set()
+    latest: dict[str, float] = {}  # per digest, its latest prediction before the cutoff
     with sessionmaker() as session:
         session.connection(execution_options=READ_ONLY)
         for start in range(0, len(keys), _IN_CHUNK):
-            predicted.update(
-                session.scalars(
-                    select(Prediction.input_sha256).where(
-                        Prediction.input_sha256.in_(keys[start : start + _IN_CHUNK]),
-                        Prediction.created_at < cutoff,
-                    )
+            rows = session.execute(
+                select(Prediction.input_sha256, func.max(Prediction.created_at))
+                .where(
+                    Prediction.input_sha256.in_(keys[start : start + _IN_CHUNK]),
+                    Prediction.created_at < cutoff,
                 )
+                .group_by(Prediction.input_sha256)
             )
-    paths = [path for digest in sorted(predicted) for path in digests[digest]]
+            latest.update((digest, made.timestamp()) for digest, made in rows)
+    paths = [
+        path
+        for digest in sorted(latest)
+        for path in digests[digest]
+        if latest[digest] >= (queued_at(path) or 0.0) - QUEUED_BEFORE_PREDICTION_SLACK_S
+    ]
     if not dry_run:
         _audit_then_unlink(sessionmaker, paths, "predicted_files", retention_days, now, actor)
     return len(paths)

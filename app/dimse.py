@@ -30,7 +30,9 @@ With ``RADLENS_DIMSE_ACK=queued`` the response is Success once the instance is d
 queued in app/dimse_inbox.py instead; the event loop then predicts the queued instances
 concurrently (so a series on one association is micro-batched), and a restart finishes what
 was queued. Then only the size, a full inbox (RADLENS_MAX_QUEUED_PREDICTIONS instances) and
-a busy service are refused by status; a failure found later is an audit row.
+a busy service are refused by status; a failure found later is an audit row. Replicas may
+share the inbox directory: each predicts what it queued, and takes over only what a process
+that stopped or died left (app/dimse_inbox.py, QA 82).
 """
 
 from __future__ import annotations
@@ -121,6 +123,11 @@ NON_IMAGE_STORAGE_SOP_CLASSES = tuple(
     for context in AllStoragePresentationContexts
     if holds_no_image(context.abstract_syntax)
 )
+
+# How often a running SCP with an inbox looks for queued files that no live process holds any
+# more (a replica sharing RADLENS_DIMSE_INBOX_DIR stopped or died with instances unfinished;
+# app/dimse_inbox.py), besides at its start: so they do not wait for a process to start.
+ADOPT_INTERVAL_S = 30.0
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -304,6 +311,7 @@ class StorageSCP:
         self.inbox: DimseInbox | None = None
         self._queued: set[Path] = set()  # in the inbox and not yet finished (loop thread)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._adopter: asyncio.Task[None] | None = None
         self.queued = settings.dimse_ack == "queued"
         self.acknowledge_non_images = settings.non_image_instances == "acknowledge"
         # per open association: the instances of non-image classes acknowledged, by class name
@@ -316,11 +324,12 @@ class StorageSCP:
 
             # a path that cannot be a directory: one line naming RADLENS_DIMSE_INBOX_DIR
             ensure_spool("dimse_inbox_dir", inbox_dir)
-            self.inbox = DimseInbox(inbox_dir, settings.uid_pseudonym_key_bytes)
+            self.inbox = DimseInbox(inbox_dir, settings.uid_pseudonym_key_bytes, owner=True)
         elif inbox_dir.is_dir() and any(inbox_dir.glob("*.dcm")):
             # switched from queued to committed with instances still queued: they were
-            # acknowledged, so they are predicted now (nothing new is queued)
-            self.inbox = DimseInbox(inbox_dir, settings.uid_pseudonym_key_bytes)
+            # acknowledged, so they are predicted now (nothing new is queued); those a live
+            # process sharing the directory holds are its own (start: adopt)
+            self.inbox = DimseInbox(inbox_dir, settings.uid_pseudonym_key_bytes, owner=True)
 
     @property
     def port(self) -> int:
@@ -369,7 +378,7 @@ class StorageSCP:
         # listed before the server listens (an instance queued from then on is spawned by its
         # C-STORE), spawned after: nothing runs before start returns, and nothing is spawned
         # when the server cannot start
-        left = self.inbox.pending() if self.inbox is not None else []
+        left, others = self.inbox.adopt() if self.inbox is not None else ([], 0)
         ae = self._ae()
         ssl_context = self._tls()
         try:
@@ -403,8 +412,20 @@ class StorageSCP:
         self._server = server
         if left:
             logger.info("DIMSE inbox: %d instances queued before a restart", len(left))
+        if others:
+            # another process sharing RADLENS_DIMSE_INBOX_DIR (a replica, a second listener)
+            # holds them: it predicts them; a process that stops or dies releases them to the
+            # next one that starts (app/dimse_inbox.py)
+            logger.info(
+                "DIMSE inbox: %d queued instances are held by another live radlens process "
+                "sharing %s; left to it",
+                others,
+                self.inbox.directory if self.inbox is not None else "",
+            )
         for path in left:  # acknowledged by a previous process: finish them first
             self._spawn(path)
+        if self.inbox is not None:
+            self._adopter = self._loop.create_task(self._adopt_periodically())
         logger.info(
             "DIMSE Storage SCP %s listening on %s:%d",
             self.settings.dimse_ae_title,
@@ -542,12 +563,39 @@ class StorageSCP:
             self._server.shutdown()
             self._server = None
 
+    async def _adopt_periodically(self) -> None:
+        """Every ADOPT_INTERVAL_S, take over and predict the queued files that another process
+        sharing the inbox released unfinished (it stopped or died)."""
+        assert self.inbox is not None
+        while True:
+            await asyncio.sleep(ADOPT_INTERVAL_S)
+            try:
+                adopted, _others = await asyncio.to_thread(self.inbox.adopt)
+            except OSError as exc:  # the volume went away: the next pass tries again
+                logger.warning("DIMSE inbox: queued files not listed: %s", exc)
+                continue
+            if adopted:
+                logger.info(
+                    "DIMSE inbox: %d instances another process left unfinished taken over",
+                    len(adopted),
+                )
+            for path in adopted:
+                self._spawn(path)
+
     async def drain(self, timeout_s: float = 30.0) -> None:
-        """Wait (bounded) for the queued instances being processed, then cancel the rest."""
+        """Wait (bounded) for the queued instances being processed, then cancel the rest, and
+        release the inbox's files still queued (the next process to start takes them over)."""
+        if self._adopter is not None:
+            self._adopter.cancel()
+            self._adopter = None
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        if self.inbox is not None:
+            self.inbox.close()
 
     def _handle_store(self, event: Any) -> int | Dataset:
         calling = event.assoc.requestor.ae_title.strip()

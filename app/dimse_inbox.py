@@ -24,13 +24,26 @@ a file the current RADLENS_UID_PSEUDONYM_KEY cannot decrypt is renamed ``*.unrea
 kept (logged and audited with what to do), deleted only by `radlens purge` once it is older than
 RADLENS_RETENTION_DAYS (:func:`unreadable_before`). A service restarted with
 ``RADLENS_DIMSE_ACK=committed`` still predicts what a queued one left.
+
+Several processes may share one inbox directory (replicas on a shared volume, several DIMSE
+listeners; QA 82). Each queued file belongs to the process that queued it: that process holds
+an exclusive ``flock`` on it from its write until its deletion (``owner=True``, the Storage
+SCP's inbox). At start-up a process takes over only the files no live process holds (those a
+process that stopped or crashed left: :meth:`DimseInbox.adopt`), and removes only the ``*.part``
+files no writer holds. Before, a starting process predicted every queued file, the ones another
+live process was predicting included (each was predicted twice), and deleted the other's
+half-written ``*.part`` files (its C-STORE then failed). The kernel releases the locks of a
+process that dies, so its files are taken over by the next process that starts, or by a
+running one (app/dimse.py ``ADOPT_INTERVAL_S``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -48,44 +61,85 @@ class InboxUnreadableError(ValueError):
 
 
 class DimseInbox:
-    """The spool directory of acknowledged, not yet committed instances."""
+    """The spool directory of acknowledged, not yet committed instances.
 
-    def __init__(self, directory: Path, pseudonym_key: bytes | None) -> None:
+    ``owner``: this process predicts the instances it queues (the Storage SCP): each file is
+    kept locked (``flock``) from its write until :meth:`remove` or :meth:`set_aside`, so no
+    other process sharing the directory takes it over while this one lives. Without it (a
+    tool or a test writing files for a service to find) the files are left unlocked, as a
+    process that stopped leaves them."""
+
+    def __init__(
+        self, directory: Path, pseudonym_key: bytes | None, *, owner: bool = False
+    ) -> None:
         from radlens.app.outbox import _fernet
 
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fernet = _fernet(pseudonym_key)
+        self.owner = owner
+        self._held: dict[Path, int] = {}  # the files this process holds: their locked fds
+        self._held_lock = threading.Lock()  # put runs on association threads
         for path in self.directory.glob(f"*{PARTIAL_SUFFIX}"):  # never acknowledged
-            path.unlink(missing_ok=True)
+            _remove_unless_held(path)  # another process's write in progress is left alone
 
     def put(self, data: bytes, calling: str) -> Path:
         """Write ``data`` durably; returns its path (the C-STORE may be answered after)."""
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}-{calling.encode().hex()}.dcm"
         path = self.directory / name
         stored = self._fernet.encrypt(data) if self._fernet is not None else data
-        # through <name>.part, fsynced, renamed; on a full disk nothing is left (the C-STORE
-        # is refused)
-        from radlens.app.outbox import _write_atomic
+        # through <name>.part, locked while written, fsynced, renamed; on a full disk nothing
+        # is left (the C-STORE is refused)
+        from radlens.app.outbox import _write_locked
 
-        _write_atomic(path, stored)
+        fd = _write_locked(path, stored)  # the lock goes with the file through the rename
+        if self.owner:
+            with self._held_lock:
+                self._held[path] = fd
+        else:
+            os.close(fd)
         return path
 
+    def adopt(self) -> tuple[list[Path], int]:
+        """Take over the queued files no live process holds (those a stopped or crashed
+        process left, or none held them); returns them, oldest first, and the number left to
+        the live processes that hold the others."""
+        adopted, others = [], 0
+        for path in sorted(self.directory.glob("*.dcm")):
+            with self._held_lock:
+                if path in self._held:
+                    continue
+            fd = _lock_if_free(path)
+            if fd is None:
+                others += int(path.exists())
+                continue
+            if self.owner:
+                with self._held_lock:
+                    self._held[path] = fd
+            else:
+                os.close(fd)
+            adopted.append(path)
+        return adopted, others
+
     def pending(self) -> list[Path]:
-        """The queued instances, oldest first."""
-        return sorted(self.directory.glob("*.dcm"))
+        """The queued instances this process holds (an inbox that is no ``owner``: every
+        queued file), oldest first."""
+        if not self.owner:
+            return sorted(self.directory.glob("*.dcm"))
+        with self._held_lock:
+            return sorted(p for p in self._held if p.suffix == ".dcm")
 
     def read(self, path: Path) -> bytes:
         """The instance's bytes (decrypted); raises InboxUnreadableError when they cannot be
         (the key changed or went: the file must not be deleted, see :meth:`set_aside`)."""
         return _decrypted(path, self._fernet)
 
-    @staticmethod
-    def set_aside(path: Path) -> Path:
+    def set_aside(self, path: Path) -> Path:
         """Rename an instance that cannot be read now out of the queue (``*.unreadable``):
         acknowledged to its sender, it is kept for whoever holds the right key."""
         kept = path.with_name(path.name + UNREADABLE_SUFFIX)
         os.replace(path, kept)
+        self._release(path)
         return kept
 
     @staticmethod
@@ -95,12 +149,71 @@ class DimseInbox:
         except (IndexError, ValueError):
             return "unknown"
 
-    @staticmethod
-    def remove(path: Path) -> None:
+    def remove(self, path: Path) -> None:
+        """Delete a finished instance's file, then release it (in that order: a process
+        that locks it after the release finds it gone)."""
         path.unlink(missing_ok=True)
+        self._release(path)
+
+    def _release(self, path: Path) -> None:
+        with self._held_lock:
+            fd = self._held.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Release every file still held (shutting down): the next process takes them over."""
+        with self._held_lock:
+            held, self._held = self._held, {}
+        for fd in held.values():
+            os.close(fd)
 
     def __len__(self) -> int:
         return len(self.pending())
+
+
+def _lock_if_free(path: Path) -> int | None:
+    """An open descriptor of ``path`` with an exclusive flock, or None when another process
+    (or another inbox of this one) holds it or it is gone (deleted by the holder, which
+    deletes before it releases)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: a live process's
+        os.close(fd)
+        return None
+    try:
+        same = os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        same = False
+    if not same or os.fstat(fd).st_nlink == 0:  # deleted (or replaced) since it was opened
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_unless_held(path: Path) -> None:
+    """Delete a ``*.part`` file unless a writer holds it (app/outbox.py ``_write_locked``
+    locks it while it writes)."""
+    fd = _lock_if_free(path)
+    if fd is None:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def held_by_another(path: Path) -> bool:
+    """Whether a live process (or another inbox of this one) holds ``path`` now."""
+    fd = _lock_if_free(path)
+    if fd is None:
+        return path.exists()
+    os.close(fd)
+    return False
 
 
 def _decrypted(path: Path, fernet: Any) -> bytes:
@@ -122,6 +235,20 @@ def _decrypted(path: Path, fernet: Any) -> bytes:
             f"{path.name} was queued under another RADLENS_UID_PSEUDONYM_KEY: set that "
             "key, and move the file back to *.dcm"
         ) from None
+
+
+# How much earlier than a queued file's name says a prediction may be dated and still count as
+# made of that file (by :func:`queued_digests_before`'s caller, app/audit.py): the name's time
+# is the queueing process's clock, ``created_at`` the predicting one's (another replica's, for a
+# file taken over). A prediction of the same bytes made before the file was queued is another
+# reception's (the instance sent again, or by a second sender), never this file's: its file is
+# still owed a prediction and is kept (QA 82: it was deleted with that older prediction).
+QUEUED_BEFORE_PREDICTION_SLACK_S = 60.0
+
+
+def queued_at(path: Path) -> float | None:
+    """When ``path`` was queued (seconds since the epoch), see :func:`_queued_at`."""
+    return _queued_at(path)
 
 
 def _queued_at(path: Path) -> float | None:
@@ -162,8 +289,11 @@ def queued_digests_before(
     prediction made of them. A file left by a crash between its prediction's commit and its
     deletion is predicted again at the service's next start; once that prediction is purged,
     the replay would store it again, so the purge deletes such files with the predictions
-    (matched by this digest). Files this key cannot read are left out (the service sets them
-    aside). A directory that does not exist holds nothing."""
+    (matched by this digest, and only by a prediction made after the file was queued:
+    :data:`QUEUED_BEFORE_PREDICTION_SLACK_S`). Files this key cannot read are left out (the
+    service sets them aside), and so are the files a live process holds (QA 82: a replica
+    sharing the inbox is predicting them; a leftover is held by no one). A directory that does
+    not exist holds nothing."""
     if not directory.is_dir():
         return {}
     from radlens.app.outbox import _fernet
@@ -172,7 +302,7 @@ def queued_digests_before(
     found: dict[str, list[Path]] = {}
     for path in sorted(directory.glob("*.dcm")):
         queued = _queued_at(path)
-        if queued is None or queued >= before:
+        if queued is None or queued >= before or held_by_another(path):
             continue
         try:
             data = _decrypted(path, fernet)

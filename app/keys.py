@@ -139,10 +139,15 @@ def revoke_key(session: Session, key_id: str) -> Revocation:
     charged again, so the row would only linger) and its /ui sessions (``ui_sessions``: a
     revoked key's session is refused anyway, so its row, the hash of a browser's token, would
     only wait for its expiry). A key revoked before is revoked again without a new time: the
-    sessions a login racing its revocation began are deleted then."""
+    sessions a login racing its revocation began are deleted then.
+
+    The key's row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's BEGIN IMMEDIATE holds
+    the write lock): a login beginning a session for it (app/ui/session.py ``start``, which
+    locks the row ``FOR SHARE``) either committed before, and its session is deleted here, or
+    waits for this commit and is then refused (QA 82)."""
     from radlens.app.ratelimit import RateLimitBucket
 
-    row = session.get(ApiKey, key_id.strip())
+    row = session.get(ApiKey, key_id.strip(), with_for_update=True, populate_existing=True)
     if row is None:
         raise KeyNotFoundError(f"no API key with id {key_id!r}")
     if row.revoked_at is None:

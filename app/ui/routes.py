@@ -242,6 +242,9 @@ async def login(request: Request) -> Response:
     # a browser logging in again ends the session it held: no token it had stays live
     held = ui_session.token_digest(request.cookies.get(ui_session.SESSION_COOKIE))
     token = await run_in_threadpool(_start_session, request, principal.key_id, held)
+    if token is None:  # revoked since it was authenticated (or cached): no session (QA 82)
+        detail = f"key {principal.key_id!r} is unknown or revoked"
+        return render(request, "login.html", 401, message=f"Not logged in: {detail}.")
     response = _redirect("/ui/predictions")
     set_cookie(request, response, ui_session.SESSION_COOKIE, token)
     # a new CSRF token for the new session
@@ -249,7 +252,7 @@ async def login(request: Request) -> Response:
     return response
 
 
-def _start_session(request: Request, key_id: str, held: str | None) -> str:
+def _start_session(request: Request, key_id: str, held: str | None) -> str | None:
     with get_resources(request).sessionmaker() as session:
         minutes = _settings(request).ui_session_minutes
         token = ui_session.start(session, key_id, minutes=minutes, replacing=held)

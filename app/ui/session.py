@@ -20,8 +20,12 @@ search that reveals nothing about a token that is not a stored one's preimage.
 
 Expired rows are deleted at each login, in its transaction, and an expired session's row at
 its logout: the table holds the sessions begun in the last ``RADLENS_UI_SESSION_MINUTES``.
-Revoking a key deletes its sessions (app/keys.py ``revoke_key``); one a login racing the
-revocation began is refused as "revoked" until it expires. Two logins at once never wait for
+Revoking a key deletes its sessions (app/keys.py ``revoke_key``). A login and a revocation of
+its key are exclusive (QA 82): the login checks the key again inside the transaction that
+inserts the session, under a lock on the key's row that the revocation's ``FOR UPDATE`` waits
+for (and the other way round), so either the login is refused or its session is deleted by the
+revocation; before, a login racing the revocation began a session that was refused as "revoked"
+until it expired. Two logins at once never wait for
 each other (QA 62: on PostgreSQL each locked the expired session its browser held, then waited
 for the other's in its cleanup: a deadlock, one login's 503): a login ends its browser's
 previous session only while it is live (an expired one is refused anyway), and its cleanup
@@ -97,11 +101,28 @@ def _now(session: Session, minutes: int = 0) -> ColumnElement[Any]:
     return now + timedelta(minutes=minutes) if minutes else now
 
 
-def start(session: Session, key_id: str, *, minutes: int, replacing: str | None = None) -> str:
+def start(
+    session: Session, key_id: str, *, minutes: int, replacing: str | None = None
+) -> str | None:
     """Store a new session of ``key_id`` lasting ``minutes``; returns its token (the cookie's
-    value, never stored). Ends the session the browser held before (``replacing``: its token's
-    digest) if it is still live, and deletes the expired ones no other transaction holds (an
-    indexed range; module docstring)."""
+    value, never stored), or None when the key is revoked (or gone) by now. Ends the session the
+    browser held before (``replacing``: its token's digest) if it is still live, and deletes the
+    expired ones no other transaction holds (an indexed range; module docstring).
+
+    The key is checked again here, first, in this transaction and under a lock on its row
+    (``FOR SHARE`` on PostgreSQL; SQLite's transactions hold the write lock from their BEGIN
+    IMMEDIATE): a revocation (app/keys.py ``revoke_key``, which locks the row ``FOR UPDATE``)
+    either committed before, and the login is refused, or waits for this commit and then
+    deletes the session begun here. Before QA 82 the key was checked by the login's
+    authentication only (a separate transaction, or the key cache), and a login racing the
+    revocation began a session that outlived it."""
+    active = session.execute(
+        select(ApiKey.key_id)
+        .where(ApiKey.key_id == key_id, ApiKey.revoked_at.is_(None))
+        .with_for_update(read=True)  # PostgreSQL FOR SHARE; SQLite renders none
+    ).one_or_none()
+    if active is None:
+        return None
     if replacing is not None:
         session.execute(
             update(UiSession)

@@ -153,10 +153,12 @@ def keys(service: Service) -> Keys:
     holding only the removed ``admin`` scope (as stored before its removal), each with a /ui
     session (the revoked key's begun after its revocation, as a login racing it, or within
     RADLENS_AUTH_CACHE_TTL_S of it, can: revoking a key deletes the sessions it has)."""
+    from datetime import UTC, datetime, timedelta
+
     from sqlalchemy import update
 
     from radlens.app.keys import key_id_of, revoke_key
-    from radlens.app.security_tables import ApiKey
+    from radlens.app.security_tables import ApiKey, UiSession
     from radlens.app.ui import session as ui_session
 
     made = Keys(
@@ -172,8 +174,22 @@ def keys(service: Service) -> Keys:
     )
     with service.app.state.resources.sessionmaker() as session:
         revoke_key(session, str(key_id_of(made.revoked)))
-        for key in (made.read, made.predict, made.full, made.revoked, made.admin_only):
-            made.sessions[key] = ui_session.start(session, str(key_id_of(key)), minutes=60)
+        for key in (made.read, made.predict, made.full, made.admin_only):
+            token = ui_session.start(session, str(key_id_of(key)), minutes=60)
+            assert token is not None
+            made.sessions[key] = token
+        # since QA 82 a login begins no session of a revoked key; a replica of an earlier
+        # version running beside this one (a rolling update) could: its row, as it wrote it
+        made.sessions[made.revoked] = ui_session.new_token()
+        now = datetime.now(UTC)
+        session.add(
+            UiSession(
+                token_sha256=ui_session.token_digest(made.sessions[made.revoked]),
+                key_id=str(key_id_of(made.revoked)),
+                created_at=now,
+                expires_at=now + timedelta(minutes=60),
+            )
+        )
         session.execute(update(ApiKey).where(ApiKey.name == "qa49 admin").values(scopes="admin"))
         session.commit()
     return made
