@@ -22,6 +22,9 @@ from tests.conftest import REPO_ROOT
 _SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time, types
+    # a foreground process's Ctrl-C: a runner started in the background without job control
+    # hands its children SIGINT ignored, and Python then installs no KeyboardInterrupt for it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     fake = types.ModuleType("radlens.training.run")
     def resume(run_dir, *, on_start):
         # stopped before on_start: the data is still being read
