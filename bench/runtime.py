@@ -4,6 +4,7 @@ Not a test. Run from the repository root (figures: docs/benchmarks/serve.md, "Ru
 
     .venv/bin/python -m bench.runtime              # ~3-5 min on 2 cores
     .venv/bin/python -m bench.runtime --quick      # smoke run: fewer rounds, 1 epoch
+    .venv/bin/python -m bench.runtime --memory-only  # step 3 alone (~1-2 min), RSS by stage
 
 What it does, in this order, on this machine:
 1. prints the CPU (OpenVINO FULL_DEVICE_NAME), whether OpenVINO's CPU device lists BF16 in
@@ -202,11 +203,19 @@ MEMORY_CHILD = textwrap.dedent(
     png = io.BytesIO()
     pixels = (np.random.default_rng(0).random((256, 256)) * 255).astype("uint8")
     Image.fromarray(pixels).save(png, "PNG")
+    def rss_kib():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+    stages = {}
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz").json()
+        stages["ready"] = rss_kib()  # model loaded and warmed up
         r = client.post("/v1/predictions", params={"explain": "true"},
                         files={"file": ("a.png", png.getvalue(), "image/png")})
         assert r.status_code == 201, r.text
+        stages["explained"] = rss_kib()
         registry = ModelRegistry(store)
         manifest = registry.read_manifest(*registry.resolve(None))
         xml = next(p for p in registry.runtime_files(manifest, "openvino").values()
@@ -217,7 +226,7 @@ MEMORY_CHILD = textwrap.dedent(
             extra.predict(np.zeros((8, *manifest.input_shape), np.float32))
         status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
         print(json.dumps({"runtime": ready["runtime"], "precision": ready["precision"],
-                          "bf16_also_loaded": extra is not None,
+                          "bf16_also_loaded": extra is not None, "stages_kib": stages,
                           "vm_rss_kib": int(status["VmRSS"].split()[0]),
                           "vm_hwm_kib": int(status["VmHWM"].split()[0])}), flush=True)
     """
@@ -307,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="parity model training epochs")
     parser.add_argument("--parity-size", type=int, default=32)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="convert the 224 px model and measure the serving process's memory only",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -339,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         del big
         print(f"\nconverted ResNet50 224 px to OpenVINO IR in {report['convert_seconds_224']} s")
 
+        if args.memory_only:
+            report["memory"] = memory_report(store, tmp)
+            return finish(report, started, args.json)
+
         print(f"\nTHROUGHPUT (ResNet50 224x224x1, weights=None), {args.rounds} interleaved rounds")
         report["throughput"] = throughput(store, ref, batches, args.rounds, args.seconds)
         tput = report["throughput"]
@@ -360,13 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         if not args.skip_memory:
-            print("\nMEMORY (the app serving the 224 px model with OpenVINO + Keras for Grad-CAM)")
-            report["memory"] = mem = memory(store, tmp)
-            print(
-                f"  runtime {mem['runtime']} {mem['precision']}, bf16 also compiled: "
-                f"{mem['bf16_also_loaded']}; VmRSS {mem['vm_rss_kib'] / 2**20:.2f} GiB, "
-                f"VmHWM {mem['vm_hwm_kib'] / 2**20:.2f} GiB (target < 2.5 GiB)"
-            )
+            report["memory"] = memory_report(store, tmp)
 
         print(f"\nPARITY on PneumoniaMNIST val (training {args.epochs} epochs first)")
         report["parity"] = par = parity(store, args.epochs, args.parity_size)
@@ -387,10 +399,33 @@ def main(argv: list[str] | None = None) -> int:
                     f"(difference {p['auc_difference']:.5f}), largest score difference "
                     f"{p['max_score_difference']:.5f}, {p['flips']}/{p['n']} labels flipped"
                 )
+    return finish(report, started, args.json)
+
+
+def memory_report(store: Path, tmp: Path) -> dict:
+    """Run :func:`memory` and print its figures: the end, and the RSS after each stage."""
+    print("\nMEMORY (the app serving the 224 px model with OpenVINO + Keras for Grad-CAM)")
+    mem = memory(store, tmp)
+    print(
+        f"  runtime {mem['runtime']} {mem['precision']}, bf16 also compiled: "
+        f"{mem['bf16_also_loaded']}; VmRSS {mem['vm_rss_kib'] / 2**20:.2f} GiB, "
+        f"VmHWM {mem['vm_hwm_kib'] / 2**20:.2f} GiB (target < 2.5 GiB)"
+    )
+    stages = mem.get("stages_kib", {})
+    if stages:
+        print(
+            "  VmRSS by stage: "
+            + ", ".join(f"{name} {kib / 2**20:.3f} GiB" for name, kib in stages.items())
+            + f", bf16 compiled {mem['vm_rss_kib'] / 2**20:.3f} GiB"
+        )
+    return mem
+
+
+def finish(report: dict, started: float, json_path: Path | None) -> int:
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(f"\ntotal {report['seconds']} s")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2, default=str))
     return 0
 
 

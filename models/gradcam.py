@@ -406,18 +406,26 @@ def _measure_centres(traced: keras.Model) -> tuple[np.ndarray, np.ndarray] | Non
     cols = np.round(probes * (w - 1) / (n - 1)).astype(np.int32)
     image = np.random.default_rng(0).uniform(0.0, 1.0, (1, height, width, channels))
     x = tf.constant(image.astype(np.float32))
+
+    # One compiled probe, dropped after the measurement. Run eagerly, the backward pass from a
+    # cell to the input left ~175 MiB more resident for the life of the service (ResNet50 at
+    # 224 px, oneDNN on: measured in docs/benchmarks/serve.md, QA 81).
+    @tf.function(input_signature=[tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)])
+    def probe(row: Any, col: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            features = tf.cast(traced(x, training=False)[0], tf.float32)
+            target = tf.reduce_sum(tf.square(features[0, row, col]))
+        grads = tape.gradient(target, x)
+        if grads is None:  # found while tracing
+            return tf.fill(tf.shape(x)[1:3], np.nan)
+        return tf.reduce_sum(tf.abs(grads[0]), axis=-1)
+
     fields = []
     for row, col in zip(rows, cols, strict=True):
         # one probe per pass: a batch of 8 at 224 px held ~1.3 GB more at the peak (ResNet50's
         # activations for the backward pass) in a service budgeted at 2.5 GiB
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            features = tf.cast(traced(x, training=False)[0], tf.float32)
-            target = tf.reduce_sum(tf.square(features[0, int(row), int(col)]))
-        grads = tape.gradient(target, x)
-        if grads is None:
-            return None
-        fields.append(np.abs(grads.numpy()[0]).sum(axis=-1))
+        fields.append(probe(tf.constant(int(row)), tf.constant(int(col))).numpy())
     field = np.stack(fields)  # (probes, H, W)
     total = field.sum(axis=(1, 2))
     if not (np.isfinite(total).all() and (total > 0).all()):

@@ -69,7 +69,10 @@ FILTER_NAMES: tuple[str, ...] = tuple(KERNELS)
 # --- argument checks --------------------------------------------------------------------
 
 
-def _as_array(value: Any, what: str) -> np.ndarray:
+def _as_array(value: Any, what: str, *, keep_float: bool = False) -> np.ndarray:
+    """``value`` as a float array: float64, or with ``keep_float`` in its own float dtype when
+    it is float32 or wider (a half-precision one in float32; integers and booleans in float64,
+    exact up to 2**53)."""
     if isinstance(value, str | bytes) or value is None:
         raise TypeError(f"{what} must be a numeric numpy array. Received: {type(value).__name__}")
     try:
@@ -82,6 +85,8 @@ def _as_array(value: Any, what: str) -> np.ndarray:
         raise TypeError(
             f"{what} must hold real numbers (bool, int or float). Received dtype {array.dtype}"
         )
+    if keep_float and array.dtype.kind == "f":
+        return array.astype(np.promote_types(array.dtype, np.float32), copy=False)
     return array.astype(np.float64, copy=False)
 
 
@@ -176,6 +181,12 @@ def conv2d(
     The kernel is not flipped (deep-learning "convolution"). 'same' padding adds zeros,
     with any odd extra row/column after the image, as TensorFlow does.
 
+    It computes in the image's float dtype: a float32 image (what preprocessing makes) in
+    float32, as the Keras layer does, at half the memory and time of float64; a float64 image
+    in float64. Integer and boolean images are computed in float64 (exact), a float16 one in
+    float32. The kernel is cast to that dtype. In float32 a zero-sum kernel (Sobel, outline)
+    on a flat region gives about 1e-7, not exactly 0 (:func:`apply_filter` sums in float64).
+
     Args:
         image: ``(H, W)`` with a ``(kh, kw)`` kernel, or ``(H, W, C)`` with a
             ``(kh, kw, C, F)`` kernel (a Keras ``Conv2D`` kernel). ``(H, W, C)`` with a
@@ -185,7 +196,7 @@ def conv2d(
         padding: ``"valid"`` or ``"same"``; see :func:`output_size`.
 
     Returns:
-        float64 array: ``(H', W')`` for a 2-D image, ``(H', W', F)`` with a 4-D kernel,
+        array in the dtype above: ``(H', W')`` for a 2-D image, ``(H', W', F)`` with a 4-D kernel,
         ``(H', W', C)`` for a 3-D image with a 2-D kernel.
 
     Raises:
@@ -193,8 +204,8 @@ def conv2d(
         ValueError: mismatching shapes, an unknown padding, a 'valid' kernel larger than
             the image; the message quotes the shapes received.
     """
-    x = _as_array(image, "image")
-    k = _as_array(kernel, "kernel")
+    x = _as_array(image, "image", keep_float=True)
+    k = _as_array(kernel, "kernel").astype(x.dtype, copy=False)  # the image's precision
     s = _positive_int(stride, "stride")
     mode = _check_padding(padding)
     _check_image(x, "image")
@@ -366,6 +377,9 @@ def apply_filter(pixels: np.ndarray, kind: str, *, border: str = "zero") -> np.n
         raise TypeError(f"border must be 'zero' or 'reflect'. Received: border={border!r}")
     if border not in BORDERS:
         raise ValueError(f"border must be 'zero' or 'reflect'. Received: border={border!r}")
+    # float64 whatever the input: a flat region must give exactly 0 with Sobel and outline
+    # (float32 sums leave ~1e-7 there, which a display scaled by the largest response, as
+    # `radlens filter` is, draws at full brightness on a flat image); the result is float32
     x = _as_array(pixels, "pixels")
     if x.ndim == 3 and x.shape[2] == 1:
         return apply_filter(x[..., 0], kind, border=border)[..., np.newaxis]

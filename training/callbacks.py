@@ -220,20 +220,49 @@ class EvaluationFiguresCallback(keras.callbacks.Callback):
             self._writer = None
 
 
+def learning_rates(optimizer: Any) -> dict[str, float]:
+    """The optimizer's current learning rate as Keras' TensorBoard callback logs it:
+    ``{"learning_rate": ...}`` (a schedule evaluated at the optimizer's step count; a
+    ``LossScaleOptimizer`` read through to the optimizer it wraps), ``learning_rate_<name>``
+    per optimizer of a multi-optimizer, ``{}`` without an optimizer."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if hasattr(inner, "optimizers"):
+        return {
+            f"learning_rate_{each.name}": float(keras.ops.convert_to_numpy(each.learning_rate))
+            for each in inner.optimizers
+        }
+    if isinstance(inner, keras.optimizers.Optimizer):
+        return {"learning_rate": float(keras.ops.convert_to_numpy(inner.learning_rate))}
+    return {}
+
+
 class EpochScalarsCallback(keras.callbacks.Callback):
     """Epoch scalars as Keras' TensorBoard callback writes them, for the custom training loop.
 
     ``loss``, ``auc``, ... go to ``log_dir/train`` and ``val_loss``, ``val_auc``, ... to
-    ``log_dir/validation``, each as ``epoch_<name>``, so runs trained either way overlay.
+    ``log_dir/validation``, each as ``epoch_<name>``, so runs trained either way overlay. The
+    learning rate at the end of each epoch goes to ``train/epoch_learning_rate`` as in Keras'
+    callback, read from the optimizer the custom loop hands over (:meth:`set_optimizer`; the
+    model is not compiled there), else from the model's own.
     """
 
     def __init__(self, log_dir: Path) -> None:
         super().__init__()
         self.log_dir = Path(log_dir)
         self._writers: dict[str, Any] = {}
+        self.optimizer: Any = None
+
+    def set_optimizer(self, optimizer: Any) -> None:
+        """The optimizer the custom loop trains with (``training.loop.distributed_train``)."""
+        self.optimizer = optimizer
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        for key, value in (logs or {}).items():
+        optimizer = self.optimizer
+        if optimizer is None and self.model is not None:
+            optimizer = getattr(self.model, "optimizer", None)
+        # the history keeps the loop's logs; the rates are scalars only, as in Keras' callback
+        scalars = {**(logs or {}), **learning_rates(optimizer)}
+        for key, value in scalars.items():
             group, name = (
                 (TENSORBOARD_VALIDATION, key[4:])
                 if key.startswith("val_")

@@ -12,6 +12,9 @@ replicas, task, per-epoch metrics, a checksum of the data its replicas saw first
 checksums prove each worker trained on its own shard. Nothing is downloaded and nothing is
 written anywhere but ``--out``.
 
+With ``--tensorboard DIR`` the chief also writes the epoch scalars there, the learning rate
+included (``--lr-schedule cosine`` makes it change), as ``radlens train`` does under a strategy.
+
 ``--logical-cpus N`` splits the CPU into N logical devices first, so ``--strategy mirrored``
 runs a real ``MirroredStrategy`` on a machine without GPUs; the report then says whether every
 replica holds the same value of every variable.
@@ -75,6 +78,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--mixed-precision", default="off", help="off|on|auto")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=("constant", "cosine"),
+        help="constant, or cosine decay to 0 over the run (as `radlens train --lr-schedule`)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        help="the chief also writes the epoch scalars (loss, accuracy, learning rate) here, "
+        "as `radlens train` does under a strategy",
+    )
     return parser.parse_args(argv)
 
 
@@ -127,6 +142,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if logs is not None:
                 logs["val_accuracy"] = float(np.mean(scores.argmax(axis=1) == labels))
 
+    def optimizer_fn() -> Any:
+        rate: Any = args.learning_rate
+        if args.lr_schedule == "cosine":
+            rate = keras.optimizers.schedules.CosineDecay(
+                args.learning_rate, decay_steps=args.epochs * args.steps
+            )
+        return keras.optimizers.SGD(learning_rate=rate)
+
+    callbacks: list[Any] = [LocalValidation()]
+    if args.tensorboard is not None and distribute.is_chief(strategy):
+        from radlens.training.callbacks import EpochScalarsCallback
+
+        callbacks.append(EpochScalarsCallback(args.tensorboard))
     result = loop.distributed_train(
         model_fn,
         dataset_fn,
@@ -134,9 +162,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         global_batch_size=args.global_batch_size,
-        optimizer_fn=lambda: keras.optimizers.SGD(learning_rate=args.learning_rate),
+        optimizer_fn=optimizer_fn,
         loss="sparse_categorical_crossentropy",
-        callbacks=[LocalValidation()],
+        callbacks=callbacks,
     )
 
     # Every replica's copy of every variable (``.value`` is the tf.distribute variable under

@@ -349,6 +349,8 @@ def distributed_train(
     for callback in callbacks:
         callback.set_model(model)
         callback.set_params(callback_params)
+        if hasattr(callback, "set_optimizer"):  # the model is not compiled: the learning-rate
+            callback.set_optimizer(optimizer)  # scalar reads this loop's optimizer
     model.stop_training = False
     for callback in callbacks:
         callback.on_train_begin({})
