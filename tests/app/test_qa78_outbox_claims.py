@@ -165,22 +165,30 @@ def test_a_repost_while_the_first_is_queueing_does_not_wait_out_a_partial_row(
 # --- QA 68's re-sends, through the ingest ---------------------------------------------------
 
 
+def _post_with_refused_builder(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, data: bytes, builder: str
+) -> dict[str, Any]:
+    """The first post of ``data`` while ``dicom_outputs.<builder>`` (build_sr or build_sc)
+    refuses, so that output is never queued."""
+    from radlens.app.dicom_outputs import DicomOutputError
+
+    def refused(*args: Any, **kwargs: Any) -> bytes:
+        raise DicomOutputError(f"{builder} refused (a test)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(f"radlens.app.dicom_outputs.{builder}", refused)
+        return post_dicom(client, data)
+
+
 def test_a_repost_queues_the_lost_sr_after_the_sc_was_delivered(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from radlens.app.dicom_outputs import DicomOutputError
     from radlens.app.outbox import DELIVERED
 
     app: Any = client.app
     outbox = app.state.resources.ingestor.outbox
     data = dicom_bytes(sop=new_uid())
-    with monkeypatch.context() as patched:
-
-        def refused(*args: Any, **kwargs: Any) -> bytes:
-            raise DicomOutputError("highdicom refused the SR (a test)")
-
-        patched.setattr("radlens.app.dicom_outputs.build_sr", refused)
-        first = post_dicom(client, data)
+    first = _post_with_refused_builder(client, monkeypatch, data, "build_sr")
     (sc,) = outbox.entries()
     outbox._settle(sc, DELIVERED)  # as a pass does once the C-STORE answered Success
     outbox._audit_settled()
@@ -213,18 +221,10 @@ def test_a_repost_after_the_spool_filled_midway_queues_the_rest_once(
 def test_two_reposts_at_once_queue_what_was_lost_once(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from radlens.app.dicom_outputs import DicomOutputError
-
     app: Any = client.app
     outbox = app.state.resources.ingestor.outbox
     data = dicom_bytes(sop=new_uid())
-    with monkeypatch.context() as patched:
-
-        def refused(*args: Any, **kwargs: Any) -> bytes:
-            raise DicomOutputError("the SC could not be built (a test)")
-
-        patched.setattr("radlens.app.dicom_outputs.build_sc", refused)
-        first = post_dicom(client, data)
+    first = _post_with_refused_builder(client, monkeypatch, data, "build_sc")
     assert _queued(outbox) == [("sr", A), ("sr", B)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         answers = list(pool.map(lambda _: _repost(client, data), range(2)))
