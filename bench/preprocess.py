@@ -46,6 +46,14 @@ did before (a process that has seen a large radiograph keeps its freed memory ma
 that has only seen 512x512 slices gives it back and takes page faults on the next call, as
 a service fed a CT series does), so each side is also measured in the state the series
 benchmark's service is in. It prints CPU ms and minor page faults per call.
+
+With ``--refusals`` it times, pinned and alternating call by call, the refusal of JPEG 2000
+frames no decoder reads: pydicom-data's RG1 chest CR (lossless, lossy), its 693 head CT and
+the TOSHIBA CT above, each with 8 bytes of text added before the EOC marker (OpenJPEG decodes
+every tile, then fails). "all decoders" is the refusal as before QA round 85 (imagecodecs,
+then pydicom's default pick: imagecodecs again, pylibjpeg-openjpeg, Pillow), obtained by
+making ``codecs.j2k_bytes_after_tile_parts`` count nothing; "imagecodecs only" is the
+current one. Both must raise the same error class.
 """
 
 from __future__ import annotations
@@ -171,8 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fresh", type=int, default=0, metavar="N", help="with --before: N fresh-process rounds"
     )
+    parser.add_argument(
+        "--refusals", action="store_true", help="bad JPEG 2000 frames: refusal cost (see above)"
+    )
     parser.add_argument("--side", choices=("before", "after"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.refusals:
+        return refusals(args)
     if args.before and args.side:
         return fresh_child(args)
     if args.before:
@@ -214,6 +227,62 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{missing} file(s) missing; see ../shared/data/README.md")
     return 1 if missing == len(FILES) else 0
+
+
+def refusals(args: argparse.Namespace) -> int:
+    """Refusing a bad JPEG 2000 frame: every decoder (as before QA 85) vs imagecodecs only."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from radlens.models import codecs
+    from radlens.models.preprocessing import preprocess
+
+    cpu = pin_to_one_cpu(args.cpu)
+    print(f"machine: {machine()}; pinned to CPU {cpu}; load {os.getloadavg()[0]:.2f}")
+    print(f"output {args.size}x{args.size}; repeat {args.repeat}; CPU and wall ms per refusal")
+    header = (
+        f"{'file':38} {'what':36} {'all cpu':>8} {'only cpu':>8} {'ratio':>6} "
+        f"{'all wall':>8} {'only wall':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    counted = codecs.j2k_bytes_after_tile_parts
+    done = 0
+    for name, (path, what) in bench_files(args.data_dir).items():
+        if not path.exists():
+            print(f"{name:38} missing: {path}")
+            continue
+        ds = pydicom.dcmread(path)
+        if ds.file_meta.TransferSyntaxUID not in codecs.J2K_SYNTAXES:
+            continue
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        eoc = frame.rindex(codecs.END_MARKER)
+        ds.PixelData = encapsulate([frame[:eoc] + b"PADDING\x00" + frame[eoc:]])
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        data = out.getvalue()
+        refused: dict[bool, str] = {}
+
+        def call(every: bool, data: bytes = data, refused: dict[bool, str] = refused) -> None:
+            codecs.j2k_bytes_after_tile_parts = (lambda _: 0) if every else counted
+            try:
+                preprocess(data, size=(args.size, args.size))
+            except Exception as exc:  # the refusal timed here
+                refused[every] = type(exc).__name__
+            else:
+                refused[every] = "decoded"
+            finally:
+                codecs.j2k_bytes_after_tile_parts = counted
+
+        t = time_pair(lambda: call(True), lambda: call(False), args.repeat)
+        same = "same error" if refused[True] == refused[False] else f"DIFFERENT {refused}"
+        print(
+            f"{name:38} {what:36} {t['base_cpu'] * 1000:8.0f} {t['cand_cpu'] * 1000:8.0f} "
+            f"{t['ratio']:6.2f} {t['base_wall'] * 1000:8.0f} {t['cand_wall'] * 1000:9.0f} "
+            f"{refused[False]}, {same}"
+        )
+        done += 1
+    return 0 if done else 1
 
 
 def bench_files(data_dir: Path) -> dict[str, tuple[Path, str]]:

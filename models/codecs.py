@@ -15,7 +15,8 @@ guide) and returns the frame's bytes exactly as pydicom's pylibjpeg and pyjpegls
 so pydicom applies the same corrections (J2K sign, JPEG-LS near-lossless signedness) after
 it. ``models.preprocessing`` asks for it by name (``PLUGIN``) and falls back to pydicom's
 default pick when it refuses a file (for JPEG-LS to pyjpegls only, ``FALLBACK_PLUGINS``; never
-after a refusal as truncated). tests/models/test_codecs.py checks that every JPEG 2000,
+after a refusal as truncated, nor for a JPEG 2000 frame with bytes after its last tile-part:
+:func:`j2k_bytes_after_tile_parts`). tests/models/test_codecs.py checks that every JPEG 2000,
 JPEG-LS and lossless JPEG file shipped with pydicom and pydicom-data (and in ../shared/data)
 decodes to the same array both ways, and round-trips HTJ2K and lossless JPEG it encodes.
 
@@ -157,24 +158,58 @@ def j2k_without_trailing_comments(codestream: bytes) -> bytes:
     codestream without such a segment, or whose last tile-part runs to EOC (Psot 0), or that
     this walk does not understand, is returned unchanged (the same object). No decoding.
     """
-    if codestream[:4] != _J2K_SOC_SIZ:
+    walked = _j2k_after_tile_parts(codestream)
+    if walked is None:
         return codestream
+    last_tile_end, offset = walked
+    if offset == last_tile_end or codestream[offset : offset + 2] != END_MARKER:
+        return codestream
+    return codestream[:last_tile_end] + codestream[offset:]
+
+
+def j2k_bytes_after_tile_parts(codestream: bytes) -> int:
+    """How many bytes of a JPEG 2000 codestream lie between the end of its last tile-part
+    (found by the tile-parts' SOT lengths, Psot) and its EOC marker, not counting the
+    comment (COM) segments :func:`j2k_without_trailing_comments` drops; 0 when there are none
+    or when the walk does not understand the codestream (not SOC then SIZ, a main header or
+    a tile-part that runs past the end, a last tile-part running to EOC: Psot 0).
+
+    ISO/IEC 15444-1 A.3 allows only tile-parts between the main header and EOC. OpenJPEG
+    decodes every tile-part and then meets such bytes where it expects SOT or EOC: its
+    decode fails only then, after all the work, in every binding here (imagecodecs,
+    pylibjpeg-openjpeg, Pillow), so models.preprocessing tries no other decoder once
+    imagecodecs has refused a frame this counts bytes for (QA round 85). No decoding.
+    """
+    walked = _j2k_after_tile_parts(codestream)
+    if walked is None:
+        return 0
+    offset = walked[1]
+    end = len(codestream.rstrip(_PADDING))
+    if offset > end - len(END_MARKER) or codestream[end - len(END_MARKER) : end] != END_MARKER:
+        return 0
+    return end - len(END_MARKER) - offset
+
+
+def _j2k_after_tile_parts(codestream: bytes) -> tuple[int, int] | None:
+    """``(end of the last tile-part, end of the COM segments after it)`` of a JPEG 2000
+    codestream, walking the main header's segments and the tile-parts by Psot; ``None`` when
+    the walk does not understand it. No decoding."""
+    if codestream[:4] != _J2K_SOC_SIZ:
+        return None
     offset = 2
     while codestream[offset : offset + 2] != _J2K_SOT:  # main header segments
         if offset + 4 > len(codestream) or codestream[offset] != 0xFF:
-            return codestream
+            return None
         offset += 2 + int.from_bytes(codestream[offset + 2 : offset + 4], "big")
     while codestream[offset : offset + 2] == _J2K_SOT:  # SOT: Lsot, Isot, Psot, TPsot, TNsot
         psot = int.from_bytes(codestream[offset + 6 : offset + 10], "big")
         if psot == 0 or offset + 10 > len(codestream):
-            return codestream
+            return None
         offset += psot
     last_tile_end = offset
     while codestream[offset : offset + 2] == _J2K_COM and offset + 4 <= len(codestream):
         offset += 2 + int.from_bytes(codestream[offset + 2 : offset + 4], "big")
-    if offset == last_tile_end or codestream[offset : offset + 2] != END_MARKER:
-        return codestream
-    return codestream[:last_tile_end] + codestream[offset:]
+    return last_tile_end, offset
 
 
 def rle_segments_missing(frame: bytes) -> bool:

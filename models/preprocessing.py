@@ -10,7 +10,9 @@ file wherever it runs. The steps, in order, and why the order matters:
    data decoded by (``models/codecs.py`` registers the imagecodecs plugin):
 
    - JPEG 2000 and HTJ2K: imagecodecs (OpenJPEG, GIL released); pydicom's default pick
-     (Pillow, then pylibjpeg-openjpeg) for what it refuses;
+     (pylibjpeg-openjpeg, then Pillow) for what it refuses, unless the codestream holds
+     bytes after its last tile-part (``codecs.j2k_bytes_after_tile_parts``), where every
+     OpenJPEG fails after decoding all the tiles;
    - JPEG-LS: imagecodecs (CharLS); pyjpegls (CharLS) for what it refuses, never
      pylibjpeg-libjpeg, which decodes a corrupt stream without an error;
    - lossless JPEG (processes 14, SV1): imagecodecs (libjpeg-turbo); then pylibjpeg-libjpeg;
@@ -1195,7 +1197,9 @@ def _dicom_frame(
     else:
         if not current:  # versions "1"-"3": the full decode only, which needs them all
             _check_pixel_header(ds)
-        arr, photometric = _decode_frame(ds, tsyntax, index, rows=rows, columns=columns)
+        arr, photometric = _decode_frame(
+            ds, tsyntax, index, rows=rows, columns=columns, codestream=codestream
+        )
         if current and _keeps_unused_bits(tsyntax) and arr.ndim == 2:
             lossless = _lossless_codestream(codestream, tsyntax)
             arr = _stored_bits_only(arr, lossless, _int_or(ds, "BitsStored", None))
@@ -2143,15 +2147,24 @@ def _codec_plugin_registered() -> bool:
 
 
 def _decode_frame(
-    ds: Dataset, tsyntax: Any, index: int, *, rows: int, columns: int
+    ds: Dataset,
+    tsyntax: Any,
+    index: int,
+    *,
+    rows: int,
+    columns: int,
+    codestream: bytes | None = None,
 ) -> tuple[np.ndarray, str]:
-    """Decode one frame; return it and the photometric interpretation it now has."""
+    """Decode one frame; return it and the photometric interpretation it now has.
+    ``codestream``: the frame's codestream when the caller has it (``_frame_codestream``),
+    for the check that spares a JPEG 2000 frame imagecodecs refused the other decoders."""
     from pydicom.pixels import as_pixel_options, get_decoder
     from pydicom.pixels.utils import get_expected_length
     from pydicom.uid import RLELossless
 
     from radlens.models.codecs import (
         FALLBACK_PLUGINS,
+        J2K_SYNTAXES,
         JPEG_XL_SYNTAXES,
         LOSSY_JPEG_PLUGIN,
         LOSSY_JPEG_SYNTAXES,
@@ -2223,7 +2236,12 @@ def _decode_frame(
     # JPEG Baseline and Extended: pydicom's pick, pylibjpeg-libjpeg (the same pixels), after
     # a check that refuses a scan cut short (models/jpeg_checked.py); pydicom's default pick
     # for what it refuses otherwise.
+    # A JPEG 2000 frame imagecodecs refused that holds other bytes than its EOC marker after
+    # its last tile-part gets no second go: every OpenJPEG binding here decodes all its tiles
+    # before failing there (pylibjpeg-openjpeg and Pillow holding the GIL): 0.5 s of CPU each
+    # for a 1955x1841 chest CR, 2 s for the chain (QA round 85, docs/benchmarks/preprocess.md).
     plugin = ""
+    after_tile_parts = 0
     if tsyntax == RLELossless and "pydicom" in decoder.available_plugins:
         plugin = "pydicom"
     elif tsyntax in CODECS_SYNTAXES and CODECS_PLUGIN in decoder.available_plugins:
@@ -2239,6 +2257,12 @@ def _decode_frame(
         except Exception as exc:
             if plugin not in (CODECS_PLUGIN, LOSSY_JPEG_PLUGIN) or _looks_truncated(exc):
                 raise
+            if plugin == CODECS_PLUGIN and tsyntax in J2K_SYNTAXES and codestream is not None:
+                from radlens.models.codecs import j2k_bytes_after_tile_parts
+
+                after_tile_parts = j2k_bytes_after_tile_parts(codestream)
+                if after_tile_parts:
+                    raise
             fallback = FALLBACK_PLUGINS.get(tsyntax, "")
             if fallback and fallback not in decoder.available_plugins:
                 raise
@@ -2256,8 +2280,14 @@ def _decode_frame(
                 f"the {label} pixel data ends early ({error_text(exc)})"
             ) from exc
         if tsyntax.is_encapsulated:
+            structure = (
+                f"; the codestream holds {after_tile_parts} bytes after its last tile-part, "
+                "where only its EOC marker may be"
+                if after_tile_parts
+                else ""
+            )
             raise UnsupportedTransferSyntaxError(
-                f"could not decode the {label} pixel data ({error_text(exc)})",
+                f"could not decode the {label} pixel data ({error_text(exc)}){structure}",
                 transfer_syntax=label,
             ) from exc
         raise InvalidImageError(
