@@ -1045,8 +1045,9 @@ def analysed_frames(prediction: Prediction) -> list[int] | None:
 def _sc_comments(prediction: Prediction, reasons: Sequence[str]) -> str:
     """The SC's Image Comments, which viewers show beside the picture: an invalid result's
     warning, else how the label was decided (a binary model's map explains its positive class
-    whatever the label, so a "normal" image's overlay is titled "abnormal 0.1200"); what the map
-    is; and that it is not for clinical use."""
+    whatever the label; the overlay's title says so since QA round 83, "normal (abnormal score
+    0.1200 < threshold 0.4862) · Grad-CAM of abnormal", but one stored before read "abnormal
+    0.1200"); what the map is; and that it is not for clinical use."""
     if reasons:
         return f"{_not_valid_text(prediction.label, reasons, ', its score or the map')} " + (
             NOT_FOR_CLINICAL_USE

@@ -71,6 +71,10 @@ class Explainer:
         model_input: np.ndarray,
         display: np.ndarray | None = None,
         findings: Sequence[str] | None = None,
+        *,
+        label: str | None = None,
+        threshold: float | None = None,
+        positive_score: float | None = None,
     ) -> ExplanationOutput:
         """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input; with
         ``display`` (the image preprocessed at display size, app/ingest.py) the map is drawn
@@ -78,7 +82,10 @@ class Explainer:
 
         A multi-label model explains the named ``findings``, else its top positive ones (one
         map each, drawn the same way, stacked in the PNG; models.gradcam.explain_findings);
-        ``class_name`` is then the explained findings joined by ``|``."""
+        ``class_name`` is then the explained findings joined by ``|``.
+
+        ``label``, ``threshold`` and ``positive_score``: the prediction's, for the overlay's
+        title to say the label and its decision (models.gradcam.overlay_title)."""
         import tensorflow as tf
 
         from radlens.models.gradcam import explain_findings, explain_image
@@ -103,6 +110,9 @@ class Explainer:
                     class_names=names,
                     class_index=self.class_index(),
                     display=display,
+                    label=label,
+                    threshold=threshold,
+                    positive_score=positive_score,
                 )
             seconds = time.perf_counter() - start
             self.warmed = True

@@ -385,6 +385,9 @@ class Candidate:
     explanation: ExplanationOutput | None = None  # set by Ingestor.explain
     findings: tuple[FindingValue, ...] = ()  # multi-label models: every finding, decided
     source: bytes | None = None  # the upload, for the display-resolution overlay (explain)
+    # the upload as parsed once (models.preprocessing.parse_dicom), when kept: the overlay is
+    # drawn from it at display size without parsing the bytes again (QA round 83)
+    dataset: Dataset | None = None
     # the sender's own UIDs (never pseudonymised), in memory only: set when results are sent
     # back (RADLENS_DICOM_DESTINATIONS, app/outbox.py), for the SR/SC to reference them
     sender: SourceRef | None = None
@@ -490,13 +493,16 @@ class Ingestor:
         """``prepare``, then ``commit``: predict on one upload and store the result
         (``findings``: the findings a multi-label model's explanation shows)."""
         return await self.commit(
-            await self.prepare(data), actor, explain=explain, findings=findings
+            await self.prepare(data, explain=explain), actor, explain=explain, findings=findings
         )
 
-    async def prepare(self, data: bytes) -> Candidate:
+    async def prepare(self, data: bytes, *, explain: bool = False) -> Candidate:
         """Preprocess (off the event loop) and predict (micro-batched); safe to run
         concurrently. Raises the preprocessing errors (and InvalidDicomAttributeError).
-        A re-post runs the model again but stores nothing and returns the stored prediction."""
+        A re-post runs the model again but stores nothing and returns the stored prediction.
+        ``explain``: the overlay will be drawn, so the parsed upload is kept for it
+        (``Candidate.dataset``; it is kept anyway for a multi-frame instance and when the
+        results sent back read its header)."""
         predictor = self.predictor
         manifest = predictor.manifest
         prepare = functools.partial(
@@ -508,7 +514,7 @@ class Ingestor:
             manifest.preprocessing_version,
             self._intended_use,
             self.settings.gate,
-            keep_dataset=self._sender_reads_header(),
+            keep_dataset=explain or self._sender_reads_header(),
         )
         try:
             output = await predictor.predict_prepared(prepare)  # its stream, or a worker thread
@@ -518,7 +524,8 @@ class Ingestor:
             raise
         prepared = cast(_Prepared, output.prepared)
         image, digest, flagged = prepared.image, prepared.digest, prepared.flagged
-        dataset = prepared.dataset  # read again by _predict_frames and _sender, when kept
+        # read again by _predict_frames, _sender and _explain, when kept
+        dataset = prepared.dataset
         scores, label = output.scores, output.label
         inference_ms, batch_size = float(output.inference_ms), int(output.batch_size)
         frame_result = None
@@ -586,7 +593,12 @@ class Ingestor:
         )
         sender = await self._sender(data, image, dataset) if self.outbox is not None else None
         return Candidate(
-            prediction=prediction, image=image, findings=findings, source=data, sender=sender
+            prediction=prediction,
+            image=image,
+            findings=findings,
+            source=data,
+            sender=sender,
+            dataset=dataset,
         )
 
     def _sender_reads_header(self) -> bool:
@@ -787,14 +799,17 @@ class Ingestor:
     ) -> ExplanationOutput:
         """Grad-CAM, drawn on the upload preprocessed again at display size (the same steps
         and version as the model input, models/overlay.display_size) when the upload is at
-        hand; blocking. A multi-frame upload is drawn from the frame that was explained (the
-        key frame), not the middle one."""
+        hand, from the dataset it was parsed into when that was kept (``Candidate.dataset``:
+        the bytes are not parsed again); blocking. A multi-frame upload is drawn from the
+        frame that was explained (the key frame), not the middle one. The overlay's title
+        says the prediction's label and how its threshold decided it (a binary model's map
+        explains its positive class whatever the label; models.gradcam.overlay_title)."""
         display = None
+        manifest = self.predictor.manifest
         if candidate.source is not None:
             from radlens.models.overlay import display_size
 
             meta = candidate.image.metadata
-            manifest = self.predictor.manifest
             display = preprocess_upload(
                 candidate.source,
                 display_size(meta.rows, meta.columns),
@@ -802,10 +817,21 @@ class Ingestor:
                 self.settings.max_pixels,
                 manifest.preprocessing_version,
                 meta.frame_index if meta.frames > 1 else None,
+                dataset=candidate.dataset,
             ).pixels
-        if findings is None:  # Explainer.explain(model_input, display) stays the usual call
-            return explainer.explain(candidate.image.model_input(), display)
-        return explainer.explain(candidate.image.model_input(), display, findings)
+        if findings is not None:
+            return explainer.explain(candidate.image.model_input(), display, findings)
+        prediction = candidate.prediction
+        names = list(manifest.class_names)
+        scores = prediction.scores or {}
+        positive = scores.get(names[1]) if len(names) == 2 else None
+        return explainer.explain(
+            candidate.image.model_input(),
+            display,
+            label=prediction.label,
+            threshold=prediction.threshold,
+            positive_score=None if positive is None else float(positive),
+        )
 
     async def commit(
         self,

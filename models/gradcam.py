@@ -60,6 +60,7 @@ __all__ = [
     "grad_model",
     "gradcam",
     "gradcam_explain",
+    "overlay_title",
 ]
 
 _POOLING_TYPES = (
@@ -762,13 +763,21 @@ def explain_image(
     alpha: float = 0.4,
     cmap: str = "inferno",
     display: np.ndarray | None = None,
+    label: str | None = None,
+    threshold: float | None = None,
+    positive_score: float | None = None,
 ) -> tuple[GradCamResult, bytes]:
-    """Explain one image: its Grad-CAM map and the PNG overlay titled with class and score.
+    """Explain one image: its Grad-CAM map and the PNG overlay titled with the label, how it
+    was decided and the class the map explains.
 
     The one call a service route or a CLI command needs: a single forward pass gives the
     scores and the map, and :func:`models.overlay.render_overlay` draws the map over the
-    image exactly as the model saw it (``model_input``), titled e.g.
-    ``"pneumonia 0.93 · Grad-CAM backbone/conv5_block3_out"``.
+    image exactly as the model saw it (``model_input``). With ``threshold`` (a binary model)
+    the title says the label and its decision, e.g. ``"normal (abnormal score 0.1000 <
+    threshold 0.4862) · Grad-CAM of abnormal"`` (:func:`overlay_title`): a binary model's map
+    explains its positive class whatever the label, and a title of that class and its score
+    alone ("abnormal 0.1000") read as an abnormal result in a viewer that shows only the
+    picture (QA round 83). Without it: ``"pneumonia 0.9300 · Grad-CAM <layer>"``.
 
     Args:
         model: as in :func:`gradcam`.
@@ -781,6 +790,11 @@ def explain_image(
         display: the same image at display resolution ``(H2, W2)`` in [0, 1]; given, the
             PNG shows the model input beside the map upsampled onto ``display``
             (:func:`models.overlay.render_overlay`).
+        label: the label the caller decided (the stored prediction's); None = decided here
+            from ``threshold`` and the score (or the explained class without one).
+        threshold: a binary model's operating-point threshold on its positive class (index 1).
+        positive_score: the positive-class score the label was decided on (a multi-frame
+            instance's aggregate, another runtime's score); None = this pass's score.
 
     Returns:
         ``(result, png)``: the :class:`GradCamResult` (batch of one) and the PNG bytes.
@@ -790,7 +804,7 @@ def explain_image(
         when ``class_names`` does not have one name per model output, InvalidImageError for
         a batch or input values outside [0, 1].
     """
-    from radlens.models.overlay import render_overlay
+    from radlens.models.overlay import DEFAULT_WIDTH, render_overlay
 
     if not isinstance(model_input, np.ndarray) or model_input.ndim != 3:
         shape = getattr(model_input, "shape", type(model_input).__name__)
@@ -804,7 +818,16 @@ def explain_image(
             f"{result.scores.shape[1]} outputs. Received: {list(class_names)!r}"
         )
     chosen = int(result.class_indices[0])
-    title = f"{class_names[chosen]} {result.scores[0, chosen]:.4f} · Grad-CAM {result.layer}"
+    title = overlay_title(
+        list(class_names),
+        chosen,
+        result.scores[0],
+        result.layer,
+        label=label,
+        threshold=threshold,
+        positive_score=positive_score,
+        width=DEFAULT_WIDTH * (1 if display is None else 2),
+    )
     png = render_overlay(
         model_input[..., 0],
         result.heatmaps[0],
@@ -814,6 +837,75 @@ def explain_image(
         display=display,
     )
     return result, png
+
+
+_TITLE_FONT_SIZE = 11  # points, as models.overlay draws the title
+_TITLE_MARGIN = 16  # pixels left free across the PNG's width
+
+
+def overlay_title(
+    class_names: Sequence[str],
+    explained: int,
+    scores: np.ndarray,
+    layer: str,
+    *,
+    label: str | None = None,
+    threshold: float | None = None,
+    positive_score: float | None = None,
+    width: int | None = None,
+) -> str:
+    """The overlay's title: what a viewer that shows only the picture needs to read it.
+
+    A binary model with a ``threshold``: the label, the positive score against the threshold
+    and the class the map explains, ``"normal (abnormal score 0.1000 < threshold 0.4862) ·
+    Grad-CAM of abnormal"``; score and threshold printed with as many decimals as tell them
+    apart (:func:`_apart`). Another model, or none: the label (when it is not the explained
+    class), the explained class and its score, ``"pneumonia 0.9300 · Grad-CAM <layer>"``.
+
+    ``width``: the PNG's width in pixels; the first of ever shorter wordings whose line fits
+    it is used (the title is one line of a fixed size, clipped when wider than the PNG).
+    """
+    names = list(class_names)
+    name = names[explained]
+    if len(names) == 2 and threshold is not None:
+        positive = names[1]
+        score = float(scores[1]) if positive_score is None else float(positive_score)
+        above = score >= float(threshold)
+        decided = label if label is not None else names[1 if above else 0]
+        shown, at = _apart(score, float(threshold))
+        relation = "≥" if above else "<"
+        wordings = [
+            f"{decided} ({positive} score {shown} {relation} threshold {at}) · Grad-CAM of {name}",
+            f"{decided} ({positive} {shown} {relation} threshold {at}) · Grad-CAM of {name}",
+            f"{decided} ({positive} {shown} {relation} threshold {at}) · map of {name}",
+            f"{decided}: {positive} {shown} {relation} threshold {at}",
+        ]
+    else:
+        score = float(scores[explained])
+        if label is None or label == name:
+            wordings = [f"{name} {score:.4f} · Grad-CAM {layer}", f"{name} {score:.4f} · Grad-CAM"]
+        else:
+            wordings = [
+                f"{label} ({name} score {score:.4f}) · Grad-CAM of {name}",
+                f"{label} ({name} {score:.4f}) · map of {name}",
+            ]
+    if width is None:
+        return wordings[0]
+    for wording in wordings:
+        if _title_width(wording) <= width - _TITLE_MARGIN:
+            return wording
+    return wordings[-1]
+
+
+def _title_width(text: str) -> float:
+    """``text``'s width in pixels as models.overlay draws a title (DejaVu Sans, 100 dpi)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    points, _, _ = TextToPath().get_text_width_height_descent(
+        text, FontProperties(size=_TITLE_FONT_SIZE), ismath=False
+    )
+    return float(points) * 100 / 72
 
 
 # --- multi-label findings ------------------------------------------------------------------

@@ -94,9 +94,9 @@ def test_grad_cam_runs_with_no_write_lock_held(
     real = explain.Explainer.explain
     seen: list[bool] = []
 
-    def explain_and_check(self: Any, model_input: Any, display: Any = None) -> Any:
+    def explain_and_check(self: Any, model_input: Any, display: Any = None, **kw: Any) -> Any:
         seen.append(_write_lock_free(path))
-        return real(self, model_input, display)
+        return real(self, model_input, display, **kw)
 
     monkeypatch.setattr(explain.Explainer, "explain", explain_and_check)
     response = service.post(png_bytes(), params={"explain": "true"})

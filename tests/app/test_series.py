@@ -571,7 +571,15 @@ class TestMultiFrame:
         alone = preprocess(single, size=predictor.input_size, window=None)
         # drawn on the key frame at display size (a middle-frame backdrop would differ)
         shown = preprocess(single, size=display_size(alone.metadata.rows, alone.metadata.columns))
-        expected = explainer_for(predictor).explain(alone.model_input(), shown.pixels)
+        # titled with the instance's label, threshold and aggregate score (QA 83)
+        body = response.json()
+        expected = explainer_for(predictor).explain(
+            alone.model_input(),
+            shown.pixels,
+            label=body["label"],
+            threshold=body["threshold"],
+            positive_score=body["scores"]["abnormal"],
+        )
         assert stored.content == expected.png
 
     def test_a_single_frame_instance_has_no_frame_result(self, service: Service) -> None:
