@@ -280,10 +280,25 @@ class Predictor:
         self.manifest: ModelManifest = serve_at(loaded.manifest, self.operating_point)
         _log_finding_point(self.manifest, self.operating_point)
         # The OOD detector (models/ood.py) scores the penultimate features of every batch:
-        # the model then runs as [scores, features] in the same call (app/gate.py).
+        # the model then runs as [scores, features] in the same call (app/gate.py). With
+        # OpenVINO the features come from the same IR call when it was converted with them
+        # (models.runtime.convert_to_openvino): only the detector runs in TensorFlow then.
+        # An IR converted before (the scores alone) or for other layers: the Keras model
+        # gives the features in a second forward pass, as before.
         self.ood = ood
         self._ood_model = None
-        if ood is not None:
+        check = getattr(runtime, "has_ood_features", None)
+        self.ood_from_runtime = bool(
+            ood is not None and check is not None and check(ood.layers, ood.dimension)
+        )
+        if ood is not None and runtime is not None and not self.ood_from_runtime:
+            log.info(
+                "the OpenVINO model of %s does not return the OOD detector's features: they "
+                "come from the Keras model in a second forward pass per batch (convert the "
+                "version again, `radlens models convert`, to take them from one call)",
+                loaded.manifest.ref,
+            )
+        if ood is not None and not self.ood_from_runtime:
             from radlens.models.ood import feature_model
 
             self._ood_model = feature_model(loaded.model, ood.layers)
@@ -329,8 +344,12 @@ class Predictor:
         self.latency_policy: LatencyPolicy = latency_policy
         self.lone_calls = LoneCallChooser()  # "auto": which model a lone request runs on
         self._function = self._build_function() if inference == "function" else None
-        # with a converted runtime the features come from the Keras model in a second call
-        self._features = self._build_function() if runtime and ood else None
+        # with a converted runtime the features come from the IR's call (ood_from_runtime) or
+        # from the Keras model in a second call
+        self._features = (
+            self._build_function() if runtime and ood and not self.ood_from_runtime else None
+        )
+        self._scorer = self._build_scorer() if self.ood_from_runtime else None
 
     # --- inference ------------------------------------------------------------------------
 
@@ -358,6 +377,20 @@ class Predictor:
 
         return serve
 
+    def _build_scorer(self) -> Callable[[Any], Any]:
+        """The detector alone as a ``tf.function``: OOD features ``(N, D)`` -> ``(N,)``
+        scores, the same ops as in the TensorFlow serving graph (:meth:`_build_function`)."""
+        import tensorflow as tf
+
+        assert self.ood is not None
+        detector = self.ood.tf_scorer()
+
+        @tf.function(input_signature=[tf.TensorSpec([None, self.ood.dimension], tf.float32)])
+        def score(features: Any) -> Any:
+            return detector(features)
+
+        return score
+
     def _infer(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
         """One model call on a (N, H, W, 1) float32 batch -> (N, classes) scores."""
         return self._infer_scored(batch, alone)[0]
@@ -368,7 +401,14 @@ class Predictor:
         """One model call -> ((N, classes) scores, (N,) OOD scores or None); ``alone``: on
         the runtime's latency model (only when it has one)."""
         ood: np.ndarray | None = None
-        if self.runtime is not None:
+        if self.runtime is not None and self._scorer is not None:
+            # one OpenVINO call for the scores and the features; the detector in TensorFlow
+            import tensorflow as tf
+
+            out, features = self.runtime.predict_with_features(batch, alone=alone)
+            with tf.device(self.device.name):
+                ood = np.asarray(self._scorer(tf.constant(features)))
+        elif self.runtime is not None:
             out = self.runtime.predict(batch, alone=True) if alone else self.runtime.predict(batch)
             if self._features is not None:  # the Keras model's [scores, OOD scores]
                 import tensorflow as tf

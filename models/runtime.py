@@ -10,6 +10,9 @@ The pieces, each small:
 
 - :func:`convert_to_openvino`: Keras model -> OpenVINO IR (``model.xml`` + ``model.bin``),
   the documented way (``openvino.convert_model`` on the Keras model, ``openvino.save_model``).
+  For a version with an OOD detector the IR also returns the features the detector reads (a
+  second output named after its layers, :data:`OOD_FEATURES`), so serving takes scores and
+  features from one OpenVINO call instead of a second forward pass in TensorFlow.
 - :func:`measure_parity`: reference vs candidate scores on labelled images -> :class:`Parity`
   (AUC difference via scikit-learn, largest score difference, labels that flip at the
   threshold). Pure, on arrays.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
     from radlens.models.registry import ModelRegistry
 
 __all__ = [
+    "OOD_FEATURES",
     "OPENVINO",
     "PRECISIONS",
     "RUNTIMES",
@@ -83,6 +88,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 IR_XML = "model.xml"
 IR_BIN = "model.bin"
 _OV_HINT = {"fp32": "f32", "bf16": "bf16"}
+# The name of an IR's OOD features output: this, then "|layer" per layer the features pool
+# (models.ood.feature_model); the name alone for a detector on the last convolutional layer.
+OOD_FEATURES = "radlens_ood_features"
 LATENCY_PROBES = 32  # images the latency model must score bit for bit as the streams model
 
 
@@ -373,15 +381,38 @@ def cpu_name(core: Any = None) -> str:
 # --- conversion and loading ----------------------------------------------------------------
 
 
-def convert_to_openvino(model: keras.Model, out_dir: Path) -> dict[str, Path]:
+def ood_features_name(layers: Sequence[str] | None) -> str:
+    """The IR output name of the OOD features pooled from ``layers`` (None: the last
+    convolutional layer, :func:`models.ood.feature_model`)."""
+    return "|".join([OOD_FEATURES, *(layers or ())])
+
+
+def _ood_features_layers(name: str) -> tuple[str, ...] | None:
+    parts = name.split("|")
+    return tuple(parts[1:]) or None
+
+
+def convert_to_openvino(
+    model: keras.Model,
+    out_dir: Path,
+    *,
+    ood_features: bool = False,
+    ood_layers: Sequence[str] | None = None,
+) -> dict[str, Path]:
     """Convert a Keras model to OpenVINO IR in ``out_dir`` (``model.xml`` + ``model.bin``).
 
     Weights stay fp32 in the IR (``compress_to_fp16=False``); the precision is chosen when
     the model is compiled.
 
+    With ``ood_features`` the IR is :func:`models.ood.feature_model` of ``model`` and
+    ``ood_layers`` (the OOD detector's ``layers``): output 0 the class scores as before,
+    output 1 the features the detector scores, named :func:`ood_features_name` so that
+    :class:`OpenVINORuntime` knows which layers they pool.
+
     Raises:
         RuntimeUnavailableError: OpenVINO is not installed.
         ModelStoreError: the conversion failed (the message quotes OpenVINO's reason).
+        ConfigurationError: ``ood_layers`` the model lacks (models.ood.resolve_layers).
     """
     if openvino_version() is None:
         raise RuntimeUnavailableError(
@@ -389,12 +420,23 @@ def convert_to_openvino(model: keras.Model, out_dir: Path) -> dict[str, Path]:
         )
     import openvino as ov
 
+    source = model
+    if ood_features:
+        from radlens.models.ood import feature_model
+
+        source = feature_model(model, ood_layers)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             # Keras warns that the converter passes the input as a tuple; harmless.
             warnings.simplefilter("ignore", UserWarning)
-            converted = ov.convert_model(model)
+            converted = ov.convert_model(source)
+        if ood_features:
+            widths = [int(out.get_partial_shape()[-1].get_length()) for out in converted.outputs]
+            expected = [int(t.shape[-1]) for t in source.outputs]
+            if widths != expected:  # the converter must keep [scores, features] in order
+                raise ValueError(f"outputs of widths {widths}, expected {expected}")
+            converted.outputs[1].get_tensor().set_names({ood_features_name(ood_layers)})
     except Exception as exc:  # the converter raises many types
         raise ModelStoreError(
             f"OpenVINO could not convert the model: {type(exc).__name__}: "
@@ -477,6 +519,7 @@ class OpenVINORuntime:
         self.latency_compiled: Any = None
         try:
             model = core.read_model(str(xml_path))
+            self._find_outputs(model)
             self.compiled = core.compile_model(model, "CPU", config)
             if latency and streams > 1:
                 self.latency_compiled = core.compile_model(
@@ -504,6 +547,38 @@ class OpenVINORuntime:
                 )
                 log.warning("OpenVINO %s: %s", precision, self.latency_note)
 
+    def _find_outputs(self, model: Any) -> None:
+        """Which output holds the class scores and which, if any, the OOD features
+        (:func:`convert_to_openvino` with ``ood_features``; an IR converted before has the
+        scores alone)."""
+        self.scores_index = 0
+        self.features_index: int | None = None
+        self.feature_layers: tuple[str, ...] | None = None
+        self.feature_width = 0
+        for i, output in enumerate(model.outputs):
+            names = [n for n in output.get_names() if n.split("|")[0] == OOD_FEATURES]
+            if names and self.features_index is None:
+                self.features_index = i
+                self.feature_layers = _ood_features_layers(names[0])
+                self.feature_width = int(output.get_partial_shape()[-1].get_length())
+        if self.features_index is not None:
+            others = [i for i in range(len(model.outputs)) if i != self.features_index]
+            if len(others) != 1:
+                raise ValueError(
+                    f"an IR with OOD features needs one scores output; it has {len(others)}"
+                )
+            self.scores_index = others[0]
+
+    def has_ood_features(self, layers: Sequence[str] | None, dimension: int) -> bool:
+        """True when the IR returns the OOD features a detector on ``layers`` (None: the last
+        convolutional layer) of width ``dimension`` scores."""
+        wanted = None if layers is None else tuple(layers)
+        return (
+            self.features_index is not None
+            and self.feature_layers == wanted
+            and self.feature_width == dimension
+        )
+
     def _latency_model_differs(self) -> int:
         """How many of the seeded probe images (batch 1) the two compiled models score
         differently in any bit."""
@@ -522,6 +597,13 @@ class OpenVINORuntime:
         ``alone``: no other call runs meanwhile, so run on the latency model (every core)
         when one is compiled; the same scores either way.
         """
+        return self.predict_with_features(batch, alone=alone)[0]
+
+    def predict_with_features(
+        self, batch: np.ndarray, *, alone: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """As :meth:`predict`, and the OOD features ``(N, D)`` of the same call (None when
+        the IR has no features output)."""
         if not isinstance(batch, np.ndarray):
             raise TypeError(f"batch must be a numpy array. Received: {type(batch).__name__}")
         if batch.ndim != 4 or batch.shape[0] == 0 or tuple(batch.shape[1:]) != self.input_shape:
@@ -538,7 +620,11 @@ class OpenVINORuntime:
             request = compiled.create_infer_request()
             setattr(self._local, key, request)
         result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.array(result[compiled.output(0)], dtype=np.float32)
+        scores = np.array(result[compiled.output(self.scores_index)], dtype=np.float32)
+        if self.features_index is None:
+            return scores, None
+        features = np.array(result[compiled.output(self.features_index)], dtype=np.float32)
+        return scores, features
 
 
 # --- selection -----------------------------------------------------------------------------
@@ -697,6 +783,12 @@ def add_openvino_runtime(
 ) -> ModelManifest:
     """Convert a stored model to OpenVINO IR, measure parity, and attach both to its version.
 
+    A version with an OOD detector is converted with the features that detector reads as a
+    second output (:func:`convert_to_openvino`, ``ood_features``): served with OpenVINO, one
+    call then gives the scores and the detector's input. A detector attached after the
+    conversion is served from the Keras model's features (a second forward pass) until the
+    version is converted again.
+
     Args:
         registry: the store.
         ref: ``name:version`` (or ``name``: its newest version).
@@ -731,9 +823,20 @@ def add_openvino_runtime(
     loaded = registry.load(ref) if model is None else None
     manifest = registry.verify(*registry.resolve(ref)) if loaded is None else loaded.manifest
     keras_model = model if model is not None else loaded.model  # type: ignore[union-attr]
+    # A version with an OOD detector: the IR returns its features too (one call serves both)
+    detector_file = registry.ood_detector_file(manifest)
+    ood_layers = None
+    if detector_file is not None:
+        from radlens.models.ood import load_detector
+
+        ood_layers = load_detector(detector_file).layers
     staged = registry.staging_dir(manifest.name)
     try:
-        files = convert_to_openvino(keras_model, staged)
+        files = (
+            convert_to_openvino(keras_model, staged)
+            if detector_file is None
+            else convert_to_openvino(keras_model, staged, ood_features=True, ood_layers=ood_layers)
+        )
         core = _core()
         has_bf16 = bf16_supported(core)
         parity: dict[str, Any] = {"fp32": None, "bf16": None}
