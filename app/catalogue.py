@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session
@@ -39,11 +40,13 @@ from radlens.app.dicom_outputs import (
     output_series_uid,
     output_sop_uid,
 )
-from radlens.app.tables import Explanation, Prediction
+from radlens.app.services import findings_of
+from radlens.app.tables import Explanation, Prediction, PredictionFinding
 
 SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
 SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 SCAN_LIMIT = 10_000  # predictions looked at by a search that names no study
+FINDINGS_CHUNK = 500  # prediction ids per findings query (SQLite's bound-parameter limit)
 
 # Keys whose value is empty in every output: a non-wildcard value matches nothing.
 EMPTY_KEYS = frozenset(
@@ -153,6 +156,36 @@ def outputs_of(prediction: Prediction, *, explained: bool) -> list[OutputInstanc
         )
         for kind, sop_class, modality, number, description in kinds
     ]
+
+
+def in_model_order(prediction: Prediction, findings: Iterable[Any]) -> list[Any]:
+    """A prediction's findings (stored rows or decided values) in the order of its scores, the
+    model's finding order (as the API lists them; a name outside them last, by name): the order
+    of an SR's finding groups however it is built."""
+    order = {name: i for i, name in enumerate(prediction.scores or {})}
+
+    def position(finding: Any) -> tuple[int, str]:
+        name = str(getattr(finding, "finding", None) or finding.name)
+        return order.get(name, len(order)), name
+
+    return sorted(findings, key=position)
+
+
+def sr_findings(
+    session: Session, predictions: Iterable[Prediction]
+) -> dict[uuid.UUID, list[PredictionFinding]]:
+    """The stored findings each of these predictions' SR is built with (a query per
+    FINDINGS_CHUNK predictions), :func:`in_model_order`; a single-label prediction has none
+    (absent). Every way an SR
+    leaves radlens (``GET .../dicom/sr``, WADO-RS, the send-back outbox) builds it with these,
+    so it has the same content whichever way it is fetched (QA 86: WADO-RS and the outbox
+    left a multi-label prediction's per-finding groups out)."""
+    by_id = {p.id: p for p in predictions}
+    ids = list(by_id)
+    found: dict[uuid.UUID, list[PredictionFinding]] = {}
+    for start in range(0, len(ids), FINDINGS_CHUNK):  # a study's WADO-RS: up to SCAN_LIMIT
+        found.update(findings_of(session, ids[start : start + FINDINGS_CHUNK]))
+    return {pid: in_model_order(by_id[pid], rows) for pid, rows in found.items()}
 
 
 def find_outputs(

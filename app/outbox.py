@@ -300,7 +300,7 @@ class Outbox:
                 continue
             try:
                 if kind == "sr":
-                    payload = build_sr(prediction, source)
+                    payload = build_sr(prediction, source, self._stored_findings(prediction))
                 else:
                     assert overlay_png is not None
                     payload = build_sc(prediction, source, overlay_png)
@@ -325,6 +325,32 @@ class Outbox:
         if failures:
             raise ResultsNotQueuedError(failures, len(queued))
         return len(queued)
+
+    def _stored_findings(self, prediction: Prediction) -> list[Any]:
+        """The prediction's stored findings, which its SR is built with as
+        ``GET /v1/predictions/{id}/dicom/sr`` and WADO-RS build it (app/catalogue.sr_findings;
+        QA 86: the SR sent had no per-finding groups); none without a sessionmaker (tests).
+        When the database cannot be read, none, and a WARNING says so: the SR still states the
+        label and every finding's score, without the per-finding groups (a database error
+        after the commit loses no result, QA round 54)."""
+        if self.sessionmaker is None:
+            return []
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from radlens.app.catalogue import sr_findings
+
+        try:
+            with self.sessionmaker() as session:
+                return list(sr_findings(session, [prediction]).get(prediction.id, []))
+        except SQLAlchemyError as exc:
+            logger.warning(
+                "outbox: prediction %s: its stored findings could not be read (%s); its SR is "
+                "queued without per-finding groups (a multi-label model's; sending the instance "
+                "again does not replace it)",
+                prediction.id,
+                type(exc).__name__,
+            )
+            return []
 
     def _queued_items(self, queued: list[Pair]) -> str:
         """What a submit that left something out queued, for its queue row: ``sr`` for a kind

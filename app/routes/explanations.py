@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from radlens.app import services
+from radlens.app import catalogue, services
 from radlens.app.auth import PrincipalDep
 from radlens.app.deps import IngestorDep, SessionDep, SettingsDep
 from radlens.app.dicom_outputs import (
@@ -146,7 +146,7 @@ def get_dicom_sr(prediction_id: uuid.UUID, session: SessionDep, settings: Settin
     attributes empty (the service stores none)."""
     prediction = services.get_prediction(session, prediction_id)
     source = _stored_source(prediction, settings)
-    findings = services.findings_of(session, [prediction.id]).get(prediction.id, [])
+    findings = catalogue.sr_findings(session, [prediction]).get(prediction.id, [])
     return _dicom(build_sr(prediction, source, findings), prediction_id, "sr")
 
 
@@ -215,6 +215,8 @@ async def create_prediction_dicom_sr(
         findings = await run_in_threadpool(
             services.read_findings, request.app.state.resources.sessionmaker, prediction.id
         )
+    # in the order every other route's SR has them (catalogue.sr_findings)
+    findings = catalogue.in_model_order(prediction, findings or ())
     response = _dicom(build_sr(prediction, source, findings), prediction.id, "sr")
     response.status_code = 201 if result.created else 200
     response.headers["Location"] = request.app.url_path_for(

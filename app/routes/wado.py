@@ -569,13 +569,23 @@ def _select(
     return found
 
 
-def _build(session: Any, output: OutputInstance) -> bytes:
-    prediction = session.get(Prediction, output.prediction_id)
-    source = source_from_prediction(prediction)
-    if output.kind == "sr":
-        return build_sr(prediction, source)
-    explanation = session.query(Explanation).filter_by(prediction_id=output.prediction_id).one()
-    return build_sc(prediction, source, explanation.png)
+def _built(session: Any, outputs: list[OutputInstance]) -> list[bytes]:
+    """The objects, built from the stored rows as ``GET /v1/predictions/{id}/dicom/sr`` and
+    ``.../dicom/secondary-capture`` build them: an SR with its prediction's stored findings
+    (:func:`catalogue.sr_findings`, one query for them all)."""
+    predictions = {o.prediction_id: session.get(Prediction, o.prediction_id) for o in outputs}
+    with_sr = [predictions[o.prediction_id] for o in outputs if o.kind == "sr"]
+    findings = catalogue.sr_findings(session, with_sr) if with_sr else {}
+    built = []
+    for output in outputs:
+        prediction = predictions[output.prediction_id]
+        source = source_from_prediction(prediction)
+        if output.kind == "sr":
+            built.append(build_sr(prediction, source, findings.get(prediction.id, [])))
+            continue
+        explanation = session.query(Explanation).filter_by(prediction_id=output.prediction_id).one()
+        built.append(build_sc(prediction, source, explanation.png))
+    return built
 
 
 def _multipart(parts: list[bytes], part_type: str) -> Response:
@@ -593,7 +603,7 @@ def _multipart(parts: list[bytes], part_type: str) -> Response:
 
 def _instances(session: Any, outputs: list[OutputInstance]) -> Response:
     part_type = f"application/dicom; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
-    return _multipart([_build(session, o) for o in outputs], part_type)
+    return _multipart(_built(session, outputs), part_type)
 
 
 def _metadata(request: Request, session: Any, outputs: list[OutputInstance]) -> DicomJSON:
@@ -603,8 +613,8 @@ def _metadata(request: Request, session: Any, outputs: list[OutputInstance]) -> 
 
     offer = _accept(request, JSON, JsonNotAcceptableError)
     documents = []
-    for output in outputs:
-        ds = pydicom.dcmread(io.BytesIO(_build(session, output)))
+    for output, data in zip(outputs, _built(session, outputs), strict=True):
+        ds = pydicom.dcmread(io.BytesIO(data))
         frames_url = URL(_instance_url(request, output) + "/frames/1")
 
         def bulk(_element: Any, url: str = str(frames_url)) -> str:
@@ -656,8 +666,8 @@ def retrieve_instance(
     offer = _accept(request, INSTANCE, InstancesNotAcceptableError)
     outputs = _select(session, settings, study, series, instance)
     if offer.part_type is None:
-        (output,) = outputs
-        return Response(_build(session, output), media_type=str(offer))
+        (data,) = _built(session, outputs)
+        return Response(data, media_type=str(offer))
     return _instances(session, outputs)
 
 
@@ -732,6 +742,7 @@ def retrieve_frames(
             f"{output.kind.upper()} {instance[:64]!r} has frame 1 only when it is a Secondary "
             f"Capture. Received frames {frames[:32]!r}"
         )
-    ds = pydicom.dcmread(io.BytesIO(_build(session, output)))
+    (data,) = _built(session, [output])
+    ds = pydicom.dcmread(io.BytesIO(data))
     part = f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
     return _multipart([bytes(ds.PixelData)], part)
