@@ -18,27 +18,12 @@ from typing import Any
 
 import pytest
 
-import radlens.models.dicomread as dicomread
 from radlens.models import gradcam
 from tests.app.conftest import Service, dicom_bytes, new_uid
+from tests.app.test_qa75_parse_once import parses  # noqa: F401 (a fixture)
 from tests.app.test_series import multiframe_bytes
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dicom"
-
-
-@pytest.fixture
-def parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every byte string pydicom was asked to parse (every reader goes through
-    models.dicomread.read_dicom_bytes)."""
-    seen: list[int] = []
-    real = dicomread.read_dicom_bytes
-
-    def spy(data: bytes, **kwargs: Any) -> Any:
-        seen.append(len(data))
-        return real(data, **kwargs)
-
-    monkeypatch.setattr(dicomread, "read_dicom_bytes", spy)
-    return seen
 
 
 @pytest.fixture
@@ -74,7 +59,9 @@ def _expected_start(body: dict[str, Any]) -> str:
 
 
 def test_an_explained_dicom_upload_is_parsed_once(
-    service: Service, parses: list[int], titles: list[str]
+    service: Service,
+    parses: list[int],  # noqa: F811 (the imported fixture)
+    titles: list[str],
 ) -> None:
     data = dicom_bytes(study=new_uid(), sop=new_uid(), rows=40, columns=48, seed=83)
     body = _post(service, data)
@@ -84,7 +71,9 @@ def test_an_explained_dicom_upload_is_parsed_once(
 
 
 def test_a_multi_frame_instance_is_still_parsed_once(
-    service: Service, parses: list[int], titles: list[str]
+    service: Service,
+    parses: list[int],  # noqa: F811 (the imported fixture)
+    titles: list[str],
 ) -> None:
     data = multiframe_bytes(3, seed=83)[0]
     body = _post(service, data)

@@ -12,17 +12,16 @@ JPEG2000-embedded-sequence-delimiter.dcm) fails in milliseconds and keeps the wh
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import generate_frames
 from pydicom.pixels.decoders.base import DecodeRunner
 
 from radlens.models import codecs, preprocessing
 from radlens.models.errors import UnsupportedTransferSyntaxError
+from tests.models.test_qa80_j2k_trailing_comment import _file_with_frame as _to_bytes
 
 STRAY = {
     "text": b"PADDING\x00",  # not a marker at all
@@ -45,13 +44,6 @@ def _frame(ds: pydicom.Dataset) -> bytes:
 def _with_stray(frame: bytes, stray: bytes) -> bytes:
     eoc = frame.rindex(codecs.END_MARKER)
     return frame[:eoc] + stray + frame[eoc:]
-
-
-def _to_bytes(ds: pydicom.Dataset, frame: bytes) -> bytes:
-    ds.PixelData = encapsulate([frame])
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 @pytest.fixture
