@@ -54,6 +54,13 @@ every tile, then fails). "all decoders" is the refusal as before QA round 85 (im
 then pydicom's default pick: imagecodecs again, pylibjpeg-openjpeg, Pillow), obtained by
 making ``codecs.j2k_bytes_after_tile_parts`` count nothing; "imagecodecs only" is the
 current one. Both must raise the same error class.
+
+With ``--colour-j2k`` it times, pinned and alternating call by call, colour JPEG 2000 frames
+(pydicom-data's ultrasound, YBR_RCT and YBR_ICT, and deid-data's 1536x2048 colour photo
+re-encoded as JPEG 2000 lossless and lossy) decoded in full, as version "5" ships, against the
+reduced decode that ``models.preprocessing.COLOUR_J2K_REDUCED_VERSIONS`` would turn on (QA
+round 89); it prints the CPU ratio full / reduced and the max / mean difference of the
+outputs at ``--size`` and at 64, and the colour fraction each side reports.
 """
 
 from __future__ import annotations
@@ -182,8 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--refusals", action="store_true", help="bad JPEG 2000 frames: refusal cost (see above)"
     )
+    parser.add_argument(
+        "--colour-j2k",
+        action="store_true",
+        help="colour JPEG 2000: full decode vs reduced decode (see above)",
+    )
     parser.add_argument("--side", choices=("before", "after"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.colour_j2k:
+        return colour_j2k(args)
     if args.refusals:
         return refusals(args)
     if args.before and args.side:
@@ -296,7 +310,7 @@ def bench_files(data_dir: Path) -> dict[str, tuple[Path, str]]:
     return files
 
 
-def reduction_of(data: bytes, size: int) -> str:
+def reduction_of(data: bytes, size: int, *, colour: bool = False) -> str:
     """How version 2 decodes the file at size x size: "1/f" or "full" (asked of the same
     function preprocess() uses, so files it leaves at full resolution say so)."""
     import warnings
@@ -320,7 +334,9 @@ def reduction_of(data: bytes, size: int) -> str:
         rows, columns = int(ds.Rows), int(ds.Columns)
         out = None
         if codestream is not None:
-            out = _reduced_decode(codestream, ds, tsyntax, rows, columns, (size, size))
+            out = _reduced_decode(
+                codestream, ds, tsyntax, rows, columns, (size, size), colour=colour
+            )
     return "full" if out is None else f"1/{round(rows / out[0].shape[0])}"
 
 
@@ -351,6 +367,122 @@ def reduced(args: argparse.Namespace) -> int:
             f"{name:38} {what:40} {reduction_of(data, args.size):>7} "
             f"{t['base_cpu'] * 1000:8.1f} {t['cand_cpu'] * 1000:10.1f} {t['ratio']:6.2f} "
             f"{t['base_wall'] * 1000:9.1f} {t['cand_wall'] * 1000:8.1f}"
+        )
+    return 0
+
+
+def colour_j2k_files() -> dict[str, tuple[bytes, str]]:
+    """Colour JPEG 2000 files: pydicom-data's real ultrasound (YBR_RCT and YBR_ICT, 480x640),
+    and deid-data's 1536x2048 colour photo (JPEG Baseline) re-encoded as JPEG 2000 lossless
+    (RCT) and lossy (ICT, 20:1) with 5 decomposition levels: real pixels at a hospital
+    photo's size, as a colour secondary capture would hold them."""
+    import copy
+    import warnings
+
+    import imagecodecs
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import JPEG2000, JPEG2000Lossless
+
+    files: dict[str, tuple[bytes, str]] = {}
+    for name, what in (
+        ("US1_J2KR.dcm", "ultrasound 480x640, YBR_RCT lossless"),
+        ("US1_J2KI.dcm", "ultrasound 480x640, YBR_ICT lossy"),
+    ):
+        found = get_testdata_file(name)
+        if found:
+            files[name] = (Path(str(found)).read_bytes(), what)
+    try:
+        import deid_data
+    except ImportError:
+        return files
+    photo = Path(deid_data.__file__).parent / "data" / "dicom-cookies" / "image1.dcm"
+    if not photo.exists():
+        return files
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = pydicom.dcmread(photo)
+        rgb = convert_color_space(source.pixel_array, source.PhotometricInterpretation, "RGB")
+    for lossless in (True, False):
+        code = imagecodecs.jpeg2k_encode(
+            rgb,
+            level=0 if lossless else 20,
+            codecformat="J2K",
+            reversible=lossless,
+            mct=True,
+            numthreads=1,
+        )
+        ds = copy.deepcopy(source)
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless if lossless else JPEG2000
+        ds.PhotometricInterpretation = "YBR_RCT" if lossless else "YBR_ICT"
+        ds.PlanarConfiguration = 0
+        ds.PixelData = encapsulate([code])
+        ds["PixelData"].VR = "OB"
+        out = io.BytesIO()
+        ds.save_as(out)
+        kind = "YBR_RCT lossless" if lossless else "YBR_ICT lossy 20:1"
+        files[f"cookies image1 J2K {'R' if lossless else 'I'}"] = (
+            out.getvalue(),
+            f"colour photo 1536x2048, {kind}",
+        )
+    return files
+
+
+def colour_j2k(args: argparse.Namespace) -> int:
+    """Colour JPEG 2000 at ``--size`` (and 64 for the differences): the full decode (version
+    "5" as shipped) against the reduced decode (``COLOUR_J2K_REDUCED_VERSIONS`` holding "5"
+    for the candidate's calls only), alternating call by call, pinned; CPU ratio full /
+    reduced, and max / mean |reduced - full| of the outputs and their colour fractions."""
+    import numpy as np
+
+    from radlens.models import preprocessing as pp
+
+    cpu = pin_to_one_cpu(args.cpu)
+    print(f"machine: {machine()}; pinned to CPU {cpu}")
+    print(f"output {args.size}x{args.size}; repeat {args.repeat}; ratio = full / reduced CPU")
+    header = (
+        f"{'file':28} {'what':38} {'decode':>6} {'full ms':>8} {'reduced ms':>10} "
+        f"{'ratio':>6} {'max':>7} {'mean':>8} {'max@64':>7} {'mean@64':>8} {'colour full/red':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    shipped = pp.COLOUR_J2K_REDUCED_VERSIONS
+    reducing = shipped | {pp.PREPROCESSING_VERSION}
+
+    def run(data: bytes, size: tuple[int, int], reduce: bool) -> Any:
+        pp.COLOUR_J2K_REDUCED_VERSIONS = reducing if reduce else shipped
+        try:
+            return pp.preprocess(data, size=size)
+        finally:
+            pp.COLOUR_J2K_REDUCED_VERSIONS = shipped
+
+    for name, (data, what) in colour_j2k_files().items():
+        size = (args.size, args.size)
+        t = time_pair(
+            lambda data=data, size=size: run(data, size, False),
+            lambda data=data, size=size: run(data, size, True),
+            args.repeat,
+        )
+        figures = []
+        fractions = ""
+        for side in (size, (64, 64)):
+            full, red = run(data, side, False), run(data, side, True)
+            difference = np.abs(red.pixels - full.pixels)
+            figures.append(f"{difference.max():7.4f} {difference.mean():8.5f}")
+            if side == size:
+                fractions = (
+                    f"{full.metadata.colour_fraction:.3f}/{red.metadata.colour_fraction:.3f}"
+                )
+        pp.COLOUR_J2K_REDUCED_VERSIONS = reducing
+        try:
+            decoded_at = reduction_of(data, args.size, colour=True)
+        finally:
+            pp.COLOUR_J2K_REDUCED_VERSIONS = shipped
+        print(
+            f"{name:28} {what:38} {decoded_at:>6} {t['base_cpu'] * 1000:8.1f} "
+            f"{t['cand_cpu'] * 1000:10.1f} {t['ratio']:6.2f} {' '.join(figures)} {fractions:>15}"
         )
     return 0
 

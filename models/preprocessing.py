@@ -1186,6 +1186,7 @@ def _dicom_frame(
                     rows,
                     columns,
                     reduce_for,
+                    colour=version in COLOUR_J2K_REDUCED_VERSIONS,
                 )
             except CodestreamMismatchError as exc:
                 # Pillow's OpenJPEG binding refuses some valid codestreams at every reduction
@@ -1753,7 +1754,58 @@ def _codestream_syntaxes() -> frozenset[str]:
     from radlens.models.codecs import J2K_SYNTAXES, JPEG_LS_SYNTAXES
 
     jpeg = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1)
-    return frozenset(str(ts) for ts in (*J2K_SYNTAXES, *JPEG_LS_SYNTAXES, *jpeg, uid.RLELossless))
+    return frozenset(
+        (*map(str, (*J2K_SYNTAXES, *JPEG_LS_SYNTAXES, *jpeg, uid.RLELossless)), *_RETIRED_DCT)
+    )
+
+
+# The retired non-hierarchical DCT syntaxes (pydicom has no decoder for them). A frame coded
+# sequentially or progressively with Huffman tables (SOF0, SOF1, SOF2: processes 6 and 8 under
+# .53, 10 and 12 under .55, some exporters' progressive frames) is decoded as JPEG Extended
+# is: pylibjpeg-libjpeg reads all three, and the codestream says which it is. The arithmetic
+# processes (.52, .54, .56: SOF9, SOF10) and any other frame are refused by name, as are the
+# hierarchical syntaxes (:func:`_retired_jpeg_frame`).
+_RETIRED_DCT = frozenset(
+    {
+        "1.2.840.10008.1.2.4.52",  # Extended (Process 3 and 5)
+        "1.2.840.10008.1.2.4.53",  # Spectral Selection (Process 6 and 8)
+        "1.2.840.10008.1.2.4.54",  # Spectral Selection (Process 7 and 9)
+        "1.2.840.10008.1.2.4.55",  # Full Progression (Process 10 and 12)
+        "1.2.840.10008.1.2.4.56",  # Full Progression (Process 11 and 13)
+    }
+)
+_HUFFMAN_DCT_SOF = frozenset({0xC0, 0xC1, 0xC2})
+_RE_EXPORT = (
+    "re-export the image as JPEG Baseline (1.2.840.10008.1.2.4.50), JPEG Lossless "
+    "(1.2.840.10008.1.2.4.70), JPEG 2000 (1.2.840.10008.1.2.4.90) or uncompressed"
+)
+
+
+def _retired_jpeg_frame(codestream: bytes | None, tsyntax: Any) -> None:
+    """Refuse, naming the process, a frame of a retired JPEG transfer syntax that no decoder
+    here reads: a hierarchical process (1.2.840.10008.1.2.4.59 to .66), retired lossless
+    (.58), or a retired non-hierarchical DCT syntax (:data:`_RETIRED_DCT`) whose frame is not
+    Huffman-coded sequential or progressive DCT (an arithmetic-coded or hierarchical frame).
+    """
+    uid = str(tsyntax)
+    if not uid.startswith("1.2.840.10008.1.2.4.") or not tsyntax.is_retired:
+        return
+    label = _ts_label(tsyntax)
+    if uid not in _RETIRED_DCT:
+        hierarchical = "Hierarchical" in tsyntax.name and "Non-Hierarchical" not in tsyntax.name
+        kind = "hierarchical JPEG" if hierarchical else "retired JPEG"
+        raise UnsupportedTransferSyntaxError(
+            f"transfer syntax {label} is a {kind} process no decoder here reads; {_RE_EXPORT}",
+            transfer_syntax=label,
+        )
+    marker = next((m for m, _ in _jpeg_segments(codestream or b"") if _is_frame_header(m)), None)
+    if marker not in _HUFFMAN_DCT_SOF:
+        found = "no frame header" if marker is None else f"a SOF{marker - 0xC0} frame"
+        raise UnsupportedTransferSyntaxError(
+            f"transfer syntax {label} holds {found}, not the Huffman-coded sequential or "
+            f"progressive DCT (SOF0, SOF1, SOF2) decoded here; {_RE_EXPORT}",
+            transfer_syntax=label,
+        )
 
 
 @dataclass(frozen=True)
@@ -1878,7 +1930,8 @@ def _check_jpeg_colour_space(codestream: bytes, ds: Dataset, tsyntax: Any) -> No
     """
     from radlens.models.codecs import LOSSY_JPEG_SYNTAXES
 
-    if tsyntax not in LOSSY_JPEG_SYNTAXES or _int_or(ds, "SamplesPerPixel", 1) != 3:
+    lossy = tsyntax in LOSSY_JPEG_SYNTAXES or tsyntax in _RETIRED_DCT
+    if not lossy or _int_or(ds, "SamplesPerPixel", 1) != 3:
         return
     if (_text(ds, "PhotometricInterpretation") or "").strip().upper() != "RGB":
         return
@@ -1978,13 +2031,16 @@ def _reduced_decode(
     rows: int,
     columns: int,
     size: tuple[int, int],
+    *,
+    colour: bool = False,
 ) -> tuple[np.ndarray, str] | None:
-    """Decode a grayscale JPEG 2000 or baseline JPEG frame at a reduced resolution.
+    """Decode a grayscale JPEG 2000 or baseline JPEG frame, or (``colour``) an 8-bit colour
+    JPEG 2000 one (:func:`_reduced_colour_j2k`), at a reduced resolution.
 
     Returns the stored values at ``1/2**r`` (``r`` from :func:`decode_reduction`) and the
     photometric interpretation, or ``None`` when the full decode applies: no reduction
     helps, another syntax (JPEG-LS and lossless JPEG have no resolution levels or DCT),
-    colour, or a JPEG 2000 codestream whose signedness differs from Pixel Representation or
+    colour JPEG, or a JPEG 2000 codestream whose signedness differs from Pixel Representation or
     whose precision exceeds Bits Stored. pydicom corrects those after a full decode (e.g. an
     unsigned codestream holding two's-complement CT values), and a wavelet low-pass over such
     values would average numbers that are not the pixels', so they keep its path.
@@ -1992,6 +2048,12 @@ def _reduced_decode(
     from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit
 
     photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
+    if (
+        colour
+        and tsyntax in (JPEG2000Lossless, JPEG2000)
+        and _int_or(ds, "SamplesPerPixel", 1) == 3
+    ):
+        return _reduced_colour_j2k(codestream, ds, photometric, rows, columns, size)
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or _int_or(ds, "SamplesPerPixel", 1) != 1:
         return None
     bits_stored = _int_or(ds, "BitsStored", None)
@@ -2025,6 +2087,82 @@ def _reduced_decode(
     return None
 
 
+COLOUR_J2K_REDUCED_VERSIONS: frozenset[str] = frozenset()
+"""The preprocessing versions in which an 8-bit colour JPEG 2000 frame is decoded at a reduced
+resolution (:func:`_reduced_colour_j2k`); none yet. It changes those files' arrays (within
+the grayscale reduced decode's differences: docs/benchmarks/preprocess.md), and an array of a
+file that decodes may change only with a new :data:`PREPROCESSING_VERSION`: add that version
+here when it is introduced. Until then such frames are decoded in full, as before."""
+
+# Photometric Interpretation: the JPEG 2000 multiple component transform (COD's SGcod) it
+# goes with. Decoders apply the inverse transform the codestream declares and hand back RGB.
+_J2K_COLOUR_MCT = {"RGB": 0, "YBR_RCT": 1, "YBR_ICT": 1}
+
+
+def _j2k_colour_transform(codestream: bytes) -> int | None:
+    """A raw JPEG 2000 codestream's multiple component transform (0 none, 1 RCT/ICT) when it
+    holds three 8-bit unsigned components sampled alike (XRsiz = YRsiz = 1) and one COD
+    segment in its main header; ``None`` for anything else (a JP2 wrapper, subsampled chroma,
+    deeper or signed samples, tile-specific coding styles are left to the full decode)."""
+    if codestream[:4] != b"\xff\x4f\xff\x51" or len(codestream) < 51:
+        return None
+    if struct.unpack(">H", codestream[40:42])[0] != 3:
+        return None
+    if codestream[42:51] != b"\x07\x01\x01" * 3:  # Ssiz 7: 8 bits, unsigned
+        return None
+    transform: int | None = None
+    offset = 2
+    while offset + 4 <= len(codestream):
+        marker = codestream[offset : offset + 2]
+        length = struct.unpack(">H", codestream[offset + 2 : offset + 4])[0]
+        if marker[0] != 0xFF or marker == b"\xff\x90" or length < 2:  # SOT: tiles begin
+            break
+        if marker == b"\xff\x52":  # COD: Scod, progression order, layers (2), MCT
+            if transform is not None or offset + 8 >= len(codestream):
+                return None
+            transform = codestream[offset + 8]
+        offset += 2 + length
+    return transform if transform in (0, 1) else None
+
+
+def _reduced_colour_j2k(
+    codestream: bytes,
+    ds: Dataset,
+    photometric: str,
+    rows: int,
+    columns: int,
+    size: tuple[int, int],
+) -> tuple[np.ndarray, str] | None:
+    """A three-sample 8-bit JPEG 2000 frame (RGB, YBR_RCT or YBR_ICT: a colour secondary
+    capture, photo or ultrasound) decoded at a reduced resolution, as RGB; ``None`` when the
+    full decode applies.
+
+    Only the layout whose full decode is RGB of the same samples is taken: 8 bits stored and
+    allocated, unsigned, chroma not subsampled, and a multiple component transform that
+    matches the header (RCT/ICT for YBR_RCT/YBR_ICT, none for RGB). The decoders apply that
+    transform and return RGB either way (at reduction 0 the arrays are equal on the real
+    ultrasound: tests/models/test_qa89_hospital_dicom.py); a header that disagrees with its
+    codestream keeps the full decode's handling.
+    """
+    expected = _J2K_COLOUR_MCT.get(photometric)
+    if expected is None or _j2k_colour_transform(codestream) != expected:
+        return None
+    if (
+        _int_or(ds, "BitsStored", None) != 8
+        or _int_or(ds, "BitsAllocated", None) != 8
+        or _int_or(ds, "PixelRepresentation", 0) != 0
+    ):
+        return None
+    x_offset, y_offset, levels, _ = _j2k_main_header(codestream)
+    if x_offset or y_offset:
+        return None
+    reduction = decode_reduction(rows, columns, size, limit=min(levels, _MAX_REDUCTION))
+    if reduction == 0:
+        return None
+    arr = _decode_j2k_reduced(codestream, reduction, rows, columns, 8)
+    return arr, "RGB"
+
+
 def _decode_j2k_reduced(
     codestream: bytes,
     reduction: int,
@@ -2034,7 +2172,8 @@ def _decode_j2k_reduced(
     *,
     signed: bool = False,
 ) -> np.ndarray:
-    """OpenJPEG's reduce factor through Pillow: the stored values at 1/2**reduction."""
+    """OpenJPEG's reduce factor through Pillow: the stored values at 1/2**reduction; an 8-bit
+    three-component codestream (:func:`_reduced_colour_j2k`) as RGB, (H, W, 3)."""
     from PIL import Image, ImageFile
 
     factor = 1 << reduction
@@ -2065,6 +2204,14 @@ def _decode_j2k_reduced(
     except BaseException as exc:  # third-party boundary
         _reraise_fatal(exc)
         raise _reduced_error(exc, "JPEG 2000", factor, codestream) from exc
+    if mode == "RGB":
+        if arr.shape != (height, width, 3) or precision != 8 or signed:
+            raise CodestreamMismatchError(
+                f"the JPEG 2000 codestream decoded at 1/{factor} to mode {mode}, shape "
+                f"{arr.shape}; expected {height}x{width}x3 of 8 bits from Rows={rows}, "
+                f"Columns={columns}"
+            )
+        return arr
     # Pillow scales a p-bit component to the full 8 or 16 bits of its mode (a 12-bit stored
     # 4095 comes back as 65520) and offsets a signed one by 2**(p-1) (-2000 at 14 bits comes
     # back as 24768): undo both, the modality LUT and VOI need stored values.
@@ -2177,6 +2324,18 @@ def _decode_frame(
     label = _ts_label(tsyntax)
     if str(tsyntax) in JPEG_XL_SYNTAXES:
         return _decode_jpeg_xl(ds, tsyntax, index, rows=rows, columns=columns)
+    if codestream is None and str(tsyntax) in _RETIRED_DCT:
+        frames = _int_or(ds, "NumberOfFrames", 1) or 1
+        codestream = _frame_codestream(ds, tsyntax, index, frames)
+    _retired_jpeg_frame(codestream, tsyntax)
+    source: Any = ds
+    retired: dict[str, Any] = {}
+    if str(tsyntax) in _RETIRED_DCT:  # checked above: a Huffman DCT frame, read as Extended
+        from pydicom.uid import JPEGExtended12Bit
+
+        tsyntax = JPEGExtended12Bit
+        source = ds.PixelData
+        retired = {"transfer_syntax_uid": JPEGExtended12Bit}
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as exc:
@@ -2249,10 +2408,10 @@ def _decode_frame(
     elif tsyntax in LOSSY_JPEG_SYNTAXES and LOSSY_JPEG_PLUGIN in decoder.available_plugins:
         plugin = LOSSY_JPEG_PLUGIN
     try:
-        options = as_pixel_options(ds)
+        options = {**as_pixel_options(ds), **retired}
         try:
             arr, props = decoder.as_array(
-                ds, index=index, validate=True, raw=False, decoding_plugin=plugin, **options
+                source, index=index, validate=True, raw=False, decoding_plugin=plugin, **options
             )
         except Exception as exc:
             if plugin not in (CODECS_PLUGIN, LOSSY_JPEG_PLUGIN) or _looks_truncated(exc):
@@ -2267,7 +2426,7 @@ def _decode_frame(
             if fallback and fallback not in decoder.available_plugins:
                 raise
             arr, props = decoder.as_array(
-                ds, index=index, validate=True, raw=False, decoding_plugin=fallback, **options
+                source, index=index, validate=True, raw=False, decoding_plugin=fallback, **options
             )
     except BaseException as exc:  # third-party boundary: decoders raise many kinds
         _reraise_fatal(exc)
