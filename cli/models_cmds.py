@@ -433,8 +433,11 @@ def add_ood_detector(
         layers=chosen,
     )
     assert updated.ood is not None
+    hint = _reconvert_hint(registry, updated, data)
     if as_json:
         typer.echo(json.dumps(updated.ood, indent=2))
+        if hint:
+            typer.echo(hint, err=True)  # stdout stays the JSON
         return
     ood = updated.ood
     typer.echo(
@@ -443,11 +446,7 @@ def add_ood_detector(
         f"{ood['fitted_on']['val_images']} validation images; "
         f"{ood['val_flagged_fraction']:.1%} of them flagged)"
     )
-    if ood.get("layers"):  # models.ood.LayeredOodDetector: one detector per layer
-        typer.echo(
-            f"layers: {', '.join(ood['layers'])}, each at the {ood['layer_quantile']:.2%} "
-            "level; an image is flagged when any layer flags it"
-        )
+    typer.echo(f"OOD layers: {ood_layers(ood)}")  # as `radlens models show` says it
     if "nominal_flag_rate" in ood:  # an ensemble's pooled ranks (models.ood.EnsembleOodDetector)
         typer.echo(
             f"{ood['members']} member detectors; nominally flags "
@@ -465,6 +464,42 @@ def add_ood_detector(
             "copy in the train split the detector was fitted on, so they are not new to it: "
             "the threshold set on them may sit a little low"
         )
+    if hint:
+        typer.echo(hint)
+
+
+def _reconvert_hint(registry: ModelRegistry, manifest: ModelManifest, data: Path) -> str | None:
+    """A one-line hint when the version's OpenVINO IR was converted without the features its
+    new detector reads: OpenVINO serving then runs a second (Keras) forward pass per batch for
+    them (app/predictor.py) until the version is converted again. None when there is no IR,
+    it returns those features, or OpenVINO (which serving needs for the IR) is absent; and
+    when the IR's files fail their sha256 check (the detector is attached all the same;
+    `radlens models verify` names what is wrong)."""
+    import shlex
+
+    from radlens.models.errors import ModelStoreError
+    from radlens.models.ood import load_detector
+    from radlens.models.runtime import IR_XML, OPENVINO, ir_has_ood_features, openvino_version
+
+    if OPENVINO not in manifest.runtimes or openvino_version() is None:
+        return None
+    detector_file = registry.ood_detector_file(manifest)
+    try:
+        files = registry.runtime_files(manifest, OPENVINO)
+    except ModelStoreError:
+        return None
+    xml = next((path for path in files.values() if path.name == IR_XML), None)
+    if detector_file is None or xml is None:
+        return None
+    detector = load_detector(detector_file)
+    if ir_has_ood_features(xml, detector.layers, detector.dimension):
+        return None
+    return (
+        f"note: {manifest.ref}'s OpenVINO model was converted before this detector and does not "
+        "return its features, so OpenVINO serving runs a second (Keras) forward pass per batch "
+        f"for them; convert it again: radlens models convert {manifest.ref} --data "
+        f"{shlex.quote(str(data))}"
+    )
 
 
 @models_app.command("seal")

@@ -183,9 +183,12 @@ def conv2d(
 
     It computes in the image's float dtype: a float32 image (what preprocessing makes) in
     float32, as the Keras layer does, at half the memory and time of float64; a float64 image
-    in float64. Integer and boolean images are computed in float64 (exact), a float16 one in
-    float32. The kernel is cast to that dtype. In float32 a zero-sum kernel (Sobel, outline)
-    on a flat region gives about 1e-7, not exactly 0 (:func:`apply_filter` sums in float64).
+    in float64. Integer and boolean images, which have no float precision to keep, are computed
+    in float64, as numpy's true division and mean are: with an integer kernel the result is
+    exact while the sums stay under 2**53 (in float32, a Keras layer's cast, only under 2**24,
+    which an int32 image's sums can pass). A float16 image is computed in float32. The kernel
+    is cast to that dtype. In float32 a zero-sum kernel (Sobel, outline) on a flat region
+    gives about 1e-7, not exactly 0 (:func:`apply_filter` sums in float64).
 
     Args:
         image: ``(H, W)`` with a ``(kh, kw)`` kernel, or ``(H, W, C)`` with a

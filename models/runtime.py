@@ -392,6 +392,29 @@ def _ood_features_layers(name: str) -> tuple[str, ...] | None:
     return tuple(parts[1:]) or None
 
 
+def _features_output(model: Any) -> tuple[int, tuple[str, ...] | None, int] | None:
+    """The first output of an OpenVINO model named :data:`OOD_FEATURES` (``|layer`` ...): its
+    index, the layers it pools (None: the last convolutional layer) and its width; None for
+    an IR without one (converted before the version had an OOD detector)."""
+    for i, output in enumerate(model.outputs):
+        names = [n for n in output.get_names() if n.split("|")[0] == OOD_FEATURES]
+        if names:
+            width = int(output.get_partial_shape()[-1].get_length())
+            return i, _ood_features_layers(names[0]), width
+    return None
+
+
+def ir_has_ood_features(xml_path: Path, layers: Sequence[str] | None, dimension: int) -> bool:
+    """True when the IR at ``xml_path`` returns the features an OOD detector on ``layers``
+    (None: the last convolutional layer) of width ``dimension`` scores, as
+    :meth:`OpenVINORuntime.has_ood_features` says of a loaded one; read, not compiled. False
+    means OpenVINO serving takes the detector's features from a second (Keras) forward pass
+    until the version is converted again (``radlens models convert``)."""
+    found = _features_output(_core().read_model(str(xml_path)))
+    wanted = None if layers is None else tuple(layers)
+    return found is not None and found[1] == wanted and found[2] == dimension
+
+
 def convert_to_openvino(
     model: keras.Model,
     out_dir: Path,
@@ -555,12 +578,9 @@ class OpenVINORuntime:
         self.features_index: int | None = None
         self.feature_layers: tuple[str, ...] | None = None
         self.feature_width = 0
-        for i, output in enumerate(model.outputs):
-            names = [n for n in output.get_names() if n.split("|")[0] == OOD_FEATURES]
-            if names and self.features_index is None:
-                self.features_index = i
-                self.feature_layers = _ood_features_layers(names[0])
-                self.feature_width = int(output.get_partial_shape()[-1].get_length())
+        found = _features_output(model)
+        if found is not None:
+            self.features_index, self.feature_layers, self.feature_width = found
         if self.features_index is not None:
             others = [i for i in range(len(model.outputs)) if i != self.features_index]
             if len(others) != 1:

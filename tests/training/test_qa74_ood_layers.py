@@ -90,7 +90,10 @@ def test_models_ood_refits_with_layers_and_checks_them(
     assert "layers" not in json.loads(capsys.readouterr().out)
     assert main([*args, "--layers", "conv2_block3_out,conv5_block3_out"]) == 0
     out = capsys.readouterr().out
-    assert "layers: backbone/conv2_block3_out, backbone/conv5_block3_out, each at the 99.50%" in out
+    assert (  # worded as `radlens models show` (QA 92)
+        "\nOOD layers: backbone/conv2_block3_out, backbone/conv5_block3_out, one detector each "
+        "at the 99.50% level; an image is flagged when any layer flags it\n"
+    ) in out
     assert main([*args, "--layers", "conv5_block3_out", "--json"]) == 0
     entry = json.loads(capsys.readouterr().out)
     assert entry["layers"] == ["backbone/conv5_block3_out"] and entry["dimension"] == 6
