@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,12 +33,11 @@ from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from radlens.app.dicom_outputs import (
-    SC_SERIES_DESCRIPTION,
     SC_SERIES_NUMBER,
-    SR_SERIES_DESCRIPTION,
     SR_SERIES_NUMBER,
     output_series_uid,
     output_sop_uid,
+    series_description,
 )
 from radlens.app.services import findings_of
 from radlens.app.tables import Explanation, Prediction, PredictionFinding
@@ -114,6 +113,7 @@ class OutputInstance:
     series_description: str
     created_at: datetime
     instance_number: int = 1
+    validated: bool = False  # its model is validated for clinical use: built without the notice
 
     def value(self, keyword: str) -> str:
         return str(
@@ -129,12 +129,16 @@ class OutputInstance:
         )
 
 
-def outputs_of(prediction: Prediction, *, explained: bool) -> list[OutputInstance]:
-    """The SR of a prediction, and its SC when it has an explanation."""
+def outputs_of(
+    prediction: Prediction, *, explained: bool, validated: bool = False
+) -> list[OutputInstance]:
+    """The SR of a prediction, and its SC when it has an explanation; ``validated``: the model
+    that made it is validated for clinical use (their series descriptions then do not say
+    research use, as the objects' own do not: dicom_outputs.series_description)."""
     assert prediction.study_instance_uid is not None
-    kinds = [("sr", SR_SOP_CLASS, "SR", SR_SERIES_NUMBER, SR_SERIES_DESCRIPTION)]
+    kinds = [("sr", SR_SOP_CLASS, "SR", SR_SERIES_NUMBER)]
     if explained:
-        kinds.append(("sc", SC_SOP_CLASS, "OT", SC_SERIES_NUMBER, SC_SERIES_DESCRIPTION))
+        kinds.append(("sc", SC_SOP_CLASS, "OT", SC_SERIES_NUMBER))
     return [
         OutputInstance(
             prediction_id=prediction.id,
@@ -150,11 +154,12 @@ def outputs_of(prediction: Prediction, *, explained: bool) -> list[OutputInstanc
             sop_class_uid=sop_class,
             modality=modality,
             series_number=number,
-            series_description=description,
+            series_description=series_description(kind, validated=validated),
             created_at=prediction.created_at,
             instance_number=prediction.instance_number or 1,
+            validated=validated,
         )
-        for kind, sop_class, modality, number, description in kinds
+        for kind, sop_class, modality, number in kinds
     ]
 
 
@@ -189,10 +194,15 @@ def sr_findings(
 
 
 def find_outputs(
-    session: Session, *, study: str | None, pseudonym_key_set: bool
+    session: Session,
+    *,
+    study: str | None,
+    pseudonym_key_set: bool,
+    validated: Callable[[str, int], bool] | None = None,
 ) -> list[OutputInstance]:
     """Every output of the predictions of ``study`` (all studies: the newest SCAN_LIMIT
-    predictions), oldest first."""
+    predictions), oldest first; ``validated(model_name, model_version)`` (app/clinical.py)
+    tells which models are validated for clinical use (None: none)."""
     own_uids = Prediction.uids_pseudonymised == false()
     if not pseudonym_key_set:  # rows from before 0004 recorded nothing: the setting decides
         own_uids = or_(own_uids, Prediction.uids_pseudonymised.is_(None))
@@ -216,7 +226,14 @@ def find_outputs(
     rows = list(session.execute(stmt))
     found: list[OutputInstance] = []
     for prediction, explanation_id in reversed(rows):
-        found.extend(outputs_of(prediction, explained=explanation_id is not None))
+        found.extend(
+            outputs_of(
+                prediction,
+                explained=explanation_id is not None,
+                validated=validated is not None
+                and validated(prediction.model_name, prediction.model_version),
+            )
+        )
     return found
 
 

@@ -61,6 +61,10 @@ SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
 SR_SERIES_DESCRIPTION = "radlens AI result (research use, not for clinical use)"
 SC_SERIES_DESCRIPTION = "radlens Grad-CAM overlay (research use, not for clinical use)"
+# the series descriptions of a model whose manifest says validated_for_clinical_use (the
+# builders' ``validated``, app/clinical.py: the model that made the prediction decides)
+SR_SERIES_DESCRIPTION_VALIDATED = "radlens AI result"
+SC_SERIES_DESCRIPTION_VALIDATED = "radlens Grad-CAM overlay"
 DICOM_MEDIA_TYPE = "application/dicom"
 # said in every output's own content too (SR Algorithm Parameters, SC Image Comments): a series
 # description is what a PACS lists, not what a reader of one object necessarily sees
@@ -247,10 +251,23 @@ def is_radlens_output(ds: Dataset) -> bool:
         return False
     description = str(ds.get("SeriesDescription", "") or "").strip()
     number = str(ds.get("SeriesNumber", "") or "").strip()
-    return description in (SR_SERIES_DESCRIPTION, SC_SERIES_DESCRIPTION) or number in (
+    return description in (
+        SR_SERIES_DESCRIPTION,
+        SC_SERIES_DESCRIPTION,
+        SR_SERIES_DESCRIPTION_VALIDATED,
+        SC_SERIES_DESCRIPTION_VALIDATED,
+    ) or number in (
         str(SR_SERIES_NUMBER),
         str(SC_SERIES_NUMBER),
     )
+
+
+def series_description(kind: str, *, validated: bool) -> str:
+    """The Series Description of an output of ``kind`` ("sr" or "sc"): it says research use,
+    not for clinical use, unless the model that made the prediction is ``validated``."""
+    if kind == "sr":
+        return SR_SERIES_DESCRIPTION_VALIDATED if validated else SR_SERIES_DESCRIPTION
+    return SC_SERIES_DESCRIPTION_VALIDATED if validated else SC_SERIES_DESCRIPTION
 
 
 def _burned_in_annotation(ds: Dataset) -> str | None:
@@ -580,7 +597,13 @@ def _decision_parameters(prediction: Prediction) -> list[str]:
     ]
 
 
-def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] = ()) -> bytes:
+def build_sr(
+    prediction: Prediction,
+    source: SourceRef,
+    findings: Sequence[Any] = (),
+    *,
+    validated: bool = False,
+) -> bytes:
     """A Comprehensive 3D SR (TID 1500 Measurement Report) stating the prediction.
 
     Content: the finding (the predicted label as a ``99RADLENS`` code) as a qualitative
@@ -592,6 +615,11 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
     A multi-label prediction (``findings``: its stored prediction_findings rows or decided
     values, each with name/finding, score, threshold, positive) adds one measurement group
     per finding (:func:`_finding_groups`).
+
+    ``validated``: the manifest of the model that made the prediction says
+    ``validated_for_clinical_use`` (app/clinical.py). Unless it does, the group's Algorithm
+    Parameters end with "Research use only, not for clinical use." and the Series Description
+    says so (:func:`series_description`).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -606,7 +634,8 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
         reasons = invalid_reasons(prediction)
         if reasons:
             parameters.append(_not_valid_text(prediction.label, reasons, " or its scores"))
-        parameters.append(NOT_FOR_CLINICAL_USE)
+        if not validated:
+            parameters.append(NOT_FOR_CLINICAL_USE)
         group_algorithm = (
             hd.sr.AlgorithmIdentification(
                 name=prediction.model_name,
@@ -672,7 +701,7 @@ def build_sr(prediction: Prediction, source: SourceRef, findings: Sequence[Any] 
                 **_placement(prediction, source, "sr"),
                 manufacturer=MANUFACTURER,
                 manufacturer_model_name=f"{prediction.model_name}:{prediction.model_version}",
-                series_description=SR_SERIES_DESCRIPTION,
+                series_description=series_description("sr", validated=validated),
                 is_complete=True,
             ),
         )
@@ -874,6 +903,7 @@ def build_series_sr(
     aggregation: str,
     series_uid: str,
     sop_uid: str,
+    validated: bool = False,
 ) -> bytes:
     """A Comprehensive 3D SR (TID 1500) stating a series' aggregated result (app/series.py).
 
@@ -884,7 +914,8 @@ def build_series_sr(
     Parameters say how the series score was aggregated from the instances' scores and the rule
     and threshold that decided the label (:func:`_series_parameters`), how many instances were
     out of distribution or outside the intended use when any was (then also a "Result validity"
-    = not valid evaluation), and that it is not for clinical use.
+    = not valid evaluation), and that it is not for clinical use unless the model is
+    ``validated`` (as :func:`build_sr`).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -911,7 +942,8 @@ def build_series_sr(
                 f"distribution or outside the intended use; do not read the label "
                 f"'{result.label}' or the series score as a result for this series"
             )
-        parameters.append(NOT_FOR_CLINICAL_USE)
+        if not validated:
+            parameters.append(NOT_FOR_CLINICAL_USE)
         group_algorithm = hd.sr.AlgorithmIdentification(
             name=result.model_name, version=str(result.model_version), parameters=parameters
         )
@@ -985,7 +1017,7 @@ def build_series_sr(
                 instance_number=1,
                 manufacturer=MANUFACTURER,
                 manufacturer_model_name=model_ref,
-                series_description=SR_SERIES_DESCRIPTION,
+                series_description=series_description("sr", validated=validated),
                 is_complete=True,
             ),
         )
@@ -1042,16 +1074,15 @@ def analysed_frames(prediction: Prediction) -> list[int] | None:
     return numbers
 
 
-def _sc_comments(prediction: Prediction, reasons: Sequence[str]) -> str:
+def _sc_comments(prediction: Prediction, reasons: Sequence[str], *, validated: bool) -> str:
     """The SC's Image Comments, which viewers show beside the picture: an invalid result's
     warning, else how the label was decided (a binary model's map explains its positive class
     whatever the label; the overlay's title says so since QA round 83, "normal (abnormal score
     0.1200 < threshold 0.4862) · Grad-CAM of abnormal", but one stored before read "abnormal
-    0.1200"); what the map is; and that it is not for clinical use."""
+    0.1200"); what the map is; and that it is not for clinical use (unless ``validated``)."""
+    notice = "" if validated else f" {NOT_FOR_CLINICAL_USE}"
     if reasons:
-        return f"{_not_valid_text(prediction.label, reasons, ', its score or the map')} " + (
-            NOT_FOR_CLINICAL_USE
-        )
+        return f"{_not_valid_text(prediction.label, reasons, ', its score or the map')}{notice}"
     decided = f"Label {prediction.label}."
     classes = _binary_classes(prediction)
     if classes is not None and prediction.threshold is not None:
@@ -1065,12 +1096,14 @@ def _sc_comments(prediction: Prediction, reasons: Sequence[str]) -> str:
         )
     return (
         f"{decided} The map shows which parts of the image raised the score of the class named "
-        "in its title, relative within this image; it is not a finding's position or outline. "
-        f"{NOT_FOR_CLINICAL_USE}"
+        "in its title, relative within this image; it is not a finding's position or outline."
+        f"{notice}"
     )
 
 
-def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
+def build_sc(
+    prediction: Prediction, source: SourceRef, png: bytes, *, validated: bool = False
+) -> bytes:
     """A Secondary Capture of the Grad-CAM overlay in the source study, referencing the source.
 
     The SC series of its source series and model version (:func:`output_series_uid`), same
@@ -1087,7 +1120,11 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
     (:func:`models.overlay.add_banner`), and says so first in its Derivation Description and
     Image Comments: a PACS viewer shows the picture alone, whose title names a class and a
     score as a valid result's does. Image Comments otherwise say how the label was decided
-    and what the map is; every SC says it is not for clinical use.
+    and what the map is. Every SC says it is not for clinical use (Series Description, Image
+    Comments, the band's last line) unless the model that made the prediction is
+    ``validated`` (as :func:`build_sr`); the band itself stays either way. The overlay's own
+    caption (its pixels) was written when it was rendered, by the same rule
+    (:func:`models.overlay.render_overlay`'s ``validated``).
     """
     import highdicom as hd
     from pydicom.dataset import Dataset
@@ -1106,7 +1143,7 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
                 f"{NOT_VALID}: {'; '.join(reasons)}",
                 f"Do not read the label '{prediction.label}', its score or this map as a result "
                 "for this image: the model gives every image a label, a normal one included.",
-                NOT_FOR_CLINICAL_USE,
+                *([] if validated else [NOT_FOR_CLINICAL_USE]),
             ],
         )
     try:
@@ -1123,7 +1160,7 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
                 # highdicom wants an orientation for PATIENT; the service does not keep the
                 # source's, so it is emptied below (Type 2: present, empty = unknown)
                 patient_orientation=("L", "F"),
-                series_description=SC_SERIES_DESCRIPTION,
+                series_description=series_description("sc", validated=validated),
             ),
         )
         sc.PatientOrientation = None
@@ -1153,6 +1190,6 @@ def build_sc(prediction: Prediction, source: SourceRef, png: bytes) -> bytes:
         f"{prediction.model_name}:{prediction.model_version}"
         f" (prediction {prediction.id}, label {prediction.label})"
     )[:1024]
-    sc.ImageComments = _sc_comments(prediction, reasons)
+    sc.ImageComments = _sc_comments(prediction, reasons, validated=validated)
     sc.BurnedInAnnotation = source.burned_in_annotation or "YES"
     return _to_bytes(_stamp(_identified(sc, source), prediction.created_at, source))

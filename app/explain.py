@@ -92,6 +92,8 @@ class Explainer:
 
         manifest = self.predictor.manifest
         names = list(manifest.class_names)
+        # the caption leaves out "Not for clinical use." only for a validated model
+        validated = bool(getattr(manifest, "validated_for_clinical_use", False))
         with self._lock, tf.device(self.predictor.device.name):
             start = time.perf_counter()
             if getattr(manifest, "multi_label", False):  # stand-in manifests lack it
@@ -102,6 +104,7 @@ class Explainer:
                     thresholds=manifest.decision_thresholds,  # a named point's (serve_at)
                     requested=findings,
                     display=display,
+                    validated=validated,
                 )
             else:
                 result, png = explain_image(
@@ -113,6 +116,7 @@ class Explainer:
                     label=label,
                     threshold=threshold,
                     positive_score=positive_score,
+                    validated=validated,
                 )
             seconds = time.perf_counter() - start
             self.warmed = True

@@ -23,6 +23,7 @@ import asyncio
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import re
 import time
@@ -435,6 +436,62 @@ class Ingested:
     explanation: Explanation | None = None
     explanation_created: bool = False
     findings: tuple[FindingValue, ...] = ()  # as decided for this upload (multi-label)
+    # the intended-use gate's verdict on the header this upload came with (app/gate.py): its
+    # violations as stored ([]: none), or None when the gate did not judge it (RADLENS_GATE
+    # off, a model stating no intended use). A re-post is answered with the stored
+    # prediction, whose verdict was its own upload's: :meth:`intended_use_verdict`
+    gated_violations: list[dict[str, Any]] | None = None
+
+    def intended_use_verdict(
+        self,
+    ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+        """``(violations, stored)``: the intended-use violations the answer to this upload
+        shows, and the stored prediction's when they differ (else None).
+
+        A new prediction, or a re-post judged as the stored one was: the stored violations,
+        None. A re-post whose header the gate judged otherwise (RADLENS_GATE=flag: its Body
+        Part Examined or Modality changed since, or now the SOP class; the colour rule on
+        other pixels) is answered with the stored label and scores, but with the verdict on
+        the header it was sent with: a result that the tags it came with put outside the
+        model's intended use is not shown as valid (QA 88: it was, and only the log said
+        so); ``stored`` is then what the stored prediction carries ([]: nothing), which
+        GET /v1/predictions/{id}, the web UI and the SR show. The stored row is not changed:
+        its verdict belongs to the upload it was predicted from (docs/security.md)."""
+        stored = self.prediction.intended_use_violations
+        mine = self.gated_violations
+        if self.created or mine is None or _same_violations(stored or [], mine):
+            return stored, None
+        return (mine or None), list(stored or [])
+
+
+INTENDED_USE_HEADER = "Radlens-Intended-Use"
+
+
+def verdict_header(result: Ingested) -> str | None:
+    """For an answer whose body is the stored prediction's DICOM object (the SR of
+    ``POST /v1/predictions/dicom-sr``, which cannot carry another verdict under its UID): the
+    :data:`INTENDED_USE_HEADER` value saying that this re-post's verdict differs from the
+    stored one's, e.g. ``outside: BodyPartExamined WRIST; stored: none``; None when it
+    does not (:meth:`Ingested.intended_use_verdict`). ASCII, attribute and value only."""
+    mine, stored = result.intended_use_verdict()
+    if stored is None:
+        return None
+
+    def said(records: list[dict[str, Any]] | None) -> str:
+        named = ", ".join(f"{r.get('attribute')} {r.get('value')}" for r in records or [])
+        return "".join(c for c in named if " " <= c <= "~")[:200] or "none"
+
+    return f"{'outside' if mine else 'inside'}: {said(mine)}; stored: {said(stored)}"
+
+
+def _same_violations(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Whether two lists of violation records (:func:`app.gate.violation_records`) say the
+    same, whatever their order."""
+
+    def key(records: list[dict[str, Any]]) -> list[str]:
+        return sorted(json.dumps(r, sort_keys=True, default=str) for r in records)
+
+    return key(a) == key(b)
 
 
 class Ingestor:
@@ -864,6 +921,9 @@ class Ingestor:
             )
         if send_back and (written.created or not await self._results_queued(written)):
             await self._send_back(written, candidate)
+        elif written.created and self._nothing_to_send(candidate):
+            await self._record_nothing_queued(written)
+        judged = self.settings.gate != "off" and not self._intended_use.empty
         return Ingested(
             prediction=written.prediction,
             created=written.created,
@@ -871,7 +931,28 @@ class Ingestor:
             explanation=written.explanation,
             explanation_created=written.explanation_created,
             findings=candidate.findings,
+            gated_violations=(
+                list(candidate.prediction.intended_use_violations or []) if judged else None
+            ),
         )
+
+    def _nothing_to_send(self, candidate: Candidate) -> bool:
+        """Whether a new prediction's results could not be sent back (destinations set, the
+        instance lacking a UID they must reference: :meth:`_sender`) while a re-post of it
+        could be: a DICOM instance recognised by its SOP Instance UID, whose header may come
+        with those UIDs next time (an upload recognised by its bytes never does)."""
+        identity = candidate.prediction.dedupe_identity or ""
+        return self.outbox is not None and candidate.sender is None and identity.startswith("uid:")
+
+    async def _record_nothing_queued(self, written: Any) -> None:
+        """Tell a re-post (on any replica) that this request queued nothing and never will, so
+        it queues the results at once instead of waiting CLAIM_WAIT_S for a queue row
+        (app/outbox.py ``Outbox.record_nothing_queued``; QA 88: it waited the whole 5 s)."""
+        assert self.outbox is not None
+        try:
+            await asyncio.to_thread(self.outbox.record_nothing_queued, str(written.prediction.id))
+        except Exception as exc:  # committed: never the upload's failure (a re-post waits)
+            logger.warning("outbox: queue row not written: %s", type(exc).__name__)
 
     async def _explained(self, candidate: Candidate) -> bool:
         """Whether the instance's prediction is stored already with its explanation, which the
@@ -1006,11 +1087,13 @@ class Ingestor:
     def _note_other_flags(self, mine: Prediction, stored: Prediction) -> None:
         """RADLENS_GATE=flag: a re-post whose header the gate flags for what the stored
         prediction's was not flagged for (its Body Part Examined or Modality changed since, or
-        its SOP Instance UID reused for another image) is answered with the stored prediction,
-        which does not carry that flag: the log says so (WARNING, without the UID) and
-        radlens_gated_inputs_total counts the upload as flagged (QA 78: both were silent). The
-        gate runs before any stored result is looked up, so with RADLENS_GATE=refuse such a
-        re-post is refused (422) as a new upload would be."""
+        its SOP Instance UID reused for another image) is answered with the stored prediction's
+        result and this upload's flag (:meth:`Ingested.intended_use_verdict`, QA 88), while the
+        stored prediction, which GET, the web UI and the SR show, does not carry it: the log
+        says so (WARNING, without the UID) and radlens_gated_inputs_total counts the upload as
+        flagged (QA 78: both were silent). The gate runs before any stored result is looked
+        up, so with RADLENS_GATE=refuse such a re-post is refused (422) as a new upload would
+        be."""
         known = stored.intended_use_violations or []
         new = [v for v in mine.intended_use_violations or [] if v not in known]
         if not new:
@@ -1018,9 +1101,10 @@ class Ingestor:
         self.metrics.observe_gated("outside-intended-use", "flagged")
         logger.warning(
             "prediction %s: this upload is outside the model's intended use (%s), which the "
-            "stored prediction of its SOP Instance UID was not flagged for; the stored result "
-            "was returned without that flag (an instance whose header changed, or a UID reused "
-            "for another image, needs its own SOP Instance UID to be predicted)",
+            "stored prediction of its SOP Instance UID was not flagged for; the API's answer "
+            "carries this upload's flag with the stored result, the stored prediction (GET, "
+            "the web UI, the SR, STOW-RS) does not (an instance whose header changed, or a UID "
+            "reused for another image, needs its own SOP Instance UID to be predicted)",
             stored.id,
             "; ".join(f"{v.get('attribute')} {v.get('value')!r}" for v in new),
         )

@@ -62,7 +62,11 @@ entries, so a re-post of a prediction committed in the last :data:`CLAIM_WAIT_S`
 that long at most for it; if it never comes (the creating process died between the commit and
 the queueing), the results are queued by the re-post, as before. A queue row that comes but
 leaves something out ends the wait at once: its request is done, and nothing else is queueing
-(QA 78: the re-post waited out the 5 s before queueing what was missing).
+(QA 78: the re-post waited out the 5 s before queueing what was missing). So does the
+``dicom.send.none`` row (status 204) of a request that queued nothing and is done: every result
+failed to be built or written, or its instance lacked a UID the results reference (app/ingest.py
+``Ingestor._sender``) while a re-post may have it (:meth:`record_nothing_queued`; QA 88: the
+re-post waited the 5 s for a row that was not coming). It covers no result.
 
 **What was queued, per kind and destination.** A re-send (the instance received again) queues
 only the results a destination wants that were not queued before: an SR queued while the SC
@@ -114,6 +118,8 @@ ACTOR = "dicom-send"
 DELIVER_ACTION = "dicom.send.deliver"
 DROP_ACTION = "dicom.send.drop"
 QUEUE_ACTION = "dicom.send.queue"  # a new prediction's entries were written (handled_or_wait)
+# a new prediction's request queued nothing, and is done: a re-post need not wait (QA 88)
+NONE_ACTION = "dicom.send.none"
 PENDING = "pending"  # Entry.state: still to be delivered
 DELIVERED = "delivered"  # delivered, its audit row not yet committed
 DROPPED = "dropped"  # dropped (Entry.reason), its audit row not yet committed
@@ -286,6 +292,7 @@ class Outbox:
         overlay_png: bytes | None,
         pairs: set[Pair],
     ) -> int:
+        from radlens.app.clinical import validated as clinically_validated
         from radlens.app.dicom_outputs import build_sc, build_sr
 
         prediction_id = str(prediction.id)
@@ -299,11 +306,16 @@ class Outbox:
                 failures.extend((kind, "no-overlay", None) for _ in names)
                 continue
             try:
+                # the model that made the prediction decides the not-for-clinical-use notice
+                validated = clinically_validated(
+                    self.settings, prediction.model_name, prediction.model_version
+                )
                 if kind == "sr":
-                    payload = build_sr(prediction, source, self._stored_findings(prediction))
+                    findings = self._stored_findings(prediction)
+                    payload = build_sr(prediction, source, findings, validated=validated)
                 else:
                     assert overlay_png is not None
-                    payload = build_sc(prediction, source, overlay_png)
+                    payload = build_sc(prediction, source, overlay_png, validated=validated)
             except Exception as exc:  # DicomOutputError, or highdicom's own: a radlens bug
                 failures.extend((kind, "build", exc) for _ in names)
                 continue
@@ -322,6 +334,8 @@ class Outbox:
                 )
         if queued:  # what was queued named when something was left out
             self._record_queued(prediction_id, len(queued), queued if failures else None)
+        elif failures:  # nothing queued: a re-post need not wait for a queue row (QA 88)
+            self.record_nothing_queued(prediction_id)
         if failures:
             raise ResultsNotQueuedError(failures, len(queued))
         return len(queued)
@@ -400,6 +414,40 @@ class Outbox:
                 "outbox: prediction %s queued, its %s audit row not written (%s)",
                 prediction_id,
                 QUEUE_ACTION,
+                type(exc).__name__,
+            )
+
+    def record_nothing_queued(self, prediction_id: str) -> None:
+        """The ``dicom.send.none`` audit row (status 204) of a request that queued none of a
+        prediction's results and is done: every one failed to be built or written
+        (:meth:`submit`), or its instance lacks a UID the results must reference (app/ingest.py
+        ``Ingestor._sender``) while a re-post of it may have them. A re-post then does not
+        wait CLAIM_WAIT_S for a queue row that is not coming (:meth:`handled_or_wait`,
+        :meth:`queued_since`): it queues the results at once (QA 88: it waited the 5 s). The
+        row says nothing was queued (it covers no result). A database error is logged (a
+        re-post then waits, as before)."""
+        if self.sessionmaker is None:
+            return
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from radlens.app import audit
+
+        try:
+            with self.sessionmaker() as session:
+                audit.add(
+                    session,
+                    actor=ACTOR,
+                    action=NONE_ACTION,
+                    status=204,
+                    target=prediction_id,
+                    query="entries=0",
+                )
+                session.commit()
+        except SQLAlchemyError as exc:
+            logger.warning(
+                "outbox: prediction %s: its %s audit row not written (%s)",
+                prediction_id,
+                NONE_ACTION,
                 type(exc).__name__,
             )
 
@@ -542,7 +590,7 @@ class Outbox:
         with self.sessionmaker() as session:
             rows = session.execute(
                 select(AuditEvent.action, AuditEvent.query).where(
-                    AuditEvent.action.in_((QUEUE_ACTION, DELIVER_ACTION, DROP_ACTION)),
+                    AuditEvent.action.in_((QUEUE_ACTION, NONE_ACTION, DELIVER_ACTION, DROP_ACTION)),
                     AuditEvent.target == prediction_id,
                 )
             ).all()
@@ -560,7 +608,9 @@ class Outbox:
         for action, text in rows:
             pairs = _row_pairs(str(action), text)
             covered = None if pairs is None or covered is None else covered | pairs
-        return covered, any(action == QUEUE_ACTION for action, _ in rows), created_at
+        # a queue row, or one saying nothing was queued: the creating request is done
+        done = any(action in (QUEUE_ACTION, NONE_ACTION) for action, _ in rows)
+        return covered, done, created_at
 
     # --- claims between the processes sharing the spool ---------------------------------
 
@@ -984,6 +1034,8 @@ def _row_pairs(action: str, query: str | None) -> set[Pair] | None:
     """The (kind, destination) pairs an outbox audit row names (module docstring); None for
     everything wanted: a queue row saying nothing was left out (or of an earlier version, or
     cut at the column's length), a row that cannot be read."""
+    if action == NONE_ACTION:  # the request queued nothing
+        return set()
     text = query or ""
     fields: dict[str, str] = {}
     for part in text.split("&"):

@@ -250,7 +250,19 @@ class PredictionPublic(BaseModel):
         default=None,
         description="DICOM attributes contradicting the model's intended use, let through "
         "with RADLENS_GATE=flag: attribute, value, what the model accepts. When present, the "
-        "label and scores are not a valid result, a normal label included",
+        "label and scores are not a valid result, a normal label included. The answer to an "
+        "upload (201 or 200) gives the verdict on the header that upload was sent with, even "
+        "when it is answered with a prediction stored before (see "
+        "stored_intended_use_violations)",
+    )
+    stored_intended_use_violations: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Only in the answer to a re-post (200) whose header the intended-use gate "
+        "judged otherwise than the stored prediction's (e.g. its BodyPartExamined or Modality "
+        "changed since): the stored prediction's intended_use_violations ([]: it was not "
+        "flagged), which GET /v1/predictions/{id}, the web UI and the SR show. "
+        "intended_use_violations is then this upload's, and the label and scores are the "
+        "stored prediction's. null: the verdicts agree (or the prediction is new)",
     )
     voi: str | None = Field(
         default=None,

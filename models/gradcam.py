@@ -766,6 +766,7 @@ def explain_image(
     label: str | None = None,
     threshold: float | None = None,
     positive_score: float | None = None,
+    validated: bool = False,
 ) -> tuple[GradCamResult, bytes]:
     """Explain one image: its Grad-CAM map and the PNG overlay titled with the label, how it
     was decided and the class the map explains.
@@ -795,6 +796,8 @@ def explain_image(
         threshold: a binary model's operating-point threshold on its positive class (index 1).
         positive_score: the positive-class score the label was decided on (a multi-frame
             instance's aggregate, another runtime's score); None = this pass's score.
+        validated: the model's manifest says ``validated_for_clinical_use``: the caption
+            leaves out "Not for clinical use." (:func:`models.overlay.caption`).
 
     Returns:
         ``(result, png)``: the :class:`GradCamResult` (batch of one) and the PNG bytes.
@@ -835,6 +838,7 @@ def explain_image(
         alpha=alpha,
         cmap=cmap,
         display=display,
+        validated=validated,
     )
     return result, png
 
@@ -959,6 +963,7 @@ def explain_findings(
     alpha: float = 0.4,
     cmap: str = "inferno",
     display: np.ndarray | None = None,
+    validated: bool = False,
 ) -> tuple[GradCamResult, bytes]:
     """Grad-CAM of a multi-label model, one map per chosen finding, in one PNG.
 
@@ -968,7 +973,8 @@ def explain_findings(
     the overlays are stacked top to bottom in one PNG. With ``display`` (as in
     :func:`explain_image`) each overlay shows the model input beside the map upsampled onto
     the image at display resolution, at the source's aspect ratio; without it, the model
-    input's (a square input drew a portrait radiograph square, QA round 43).
+    input's (a square input drew a portrait radiograph square, QA round 43). ``validated``:
+    as in :func:`explain_image`.
 
     Returns:
         ``(result, png)``: the :class:`GradCamResult` with one row per chosen finding (the
@@ -1009,6 +1015,7 @@ def explain_findings(
                 alpha=alpha,
                 cmap=cmap,
                 display=display,
+                validated=validated,
             )
         )
     return result, _stack_pngs(panels)

@@ -42,6 +42,7 @@ __all__ = [
     "MAX_DISPLAY_SIDE",
     "add_banner",
     "blend",
+    "caption",
     "display_size",
     "render_overlay",
     "upsample_heatmap",
@@ -60,10 +61,17 @@ BANNER_RGB = (170, 0, 0)
 """Background of the warning band (:func:`add_banner`); its text is white (contrast 8:1)."""
 
 _DPI = 100
-_CAPTION = (
-    "Grad-CAM: what raised the score, relative within this image; not a finding's outline. "
-    "Not for clinical use."
+_CAPTION_VALIDATED = (
+    "Grad-CAM: what raised the score, relative within this image; not a finding's outline."
 )
+_CAPTION = f"{_CAPTION_VALIDATED} Not for clinical use."
+
+
+def caption(*, validated: bool = False) -> str:
+    """The one-line caption under every overlay: what the map is, and that it is not for
+    clinical use unless the model that made it is ``validated`` (its manifest says
+    ``validated_for_clinical_use``)."""
+    return _CAPTION_VALIDATED if validated else _CAPTION
 
 
 def _check_map(value: Any, what: str) -> np.ndarray:
@@ -186,6 +194,7 @@ def render_overlay(
     cmap: str = "inferno",
     width: int | None = None,
     display: np.ndarray | None = None,
+    validated: bool = False,
 ) -> bytes:
     """Render the image with its heatmap, a colour bar and a caption as a PNG.
 
@@ -206,6 +215,8 @@ def render_overlay(
             has two panels: ``pixels`` as the model saw it, and ``display`` with the heatmap
             upsampled onto it (:func:`upsample_heatmap`); both shown at ``display``'s aspect
             ratio, the source's.
+        validated: the model's manifest says ``validated_for_clinical_use``; only then does
+            the caption leave out "Not for clinical use." (:func:`caption`).
 
     Returns:
         The PNG file as bytes (RGBA, ``width`` pixels wide).
@@ -225,7 +236,9 @@ def render_overlay(
         raise ConfigurationError(f"width must be an int in 256..2048. Received: {width!r}")
     if display is not None:
         big = _check_map(display, "display")
-        return _render_pair(gray, big, heat, title, alpha_value, cmap_name, width)
+        return _render_pair(
+            gray, big, heat, title, alpha_value, cmap_name, width, validated=validated
+        )
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -255,7 +268,8 @@ def render_overlay(
 
     if title:
         fig.text(0.5, 1.0 - 0.08 / fig_h, title, ha="center", va="top", fontsize=11)
-    fig.text(0.02, 0.08 / fig_h, _CAPTION, ha="left", va="bottom", fontsize=6.5, color="0.3")
+    text = caption(validated=validated)
+    fig.text(0.02, 0.08 / fig_h, text, ha="left", va="bottom", fontsize=6.5, color="0.3")
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
@@ -296,6 +310,8 @@ def _render_pair(
     alpha: float,
     cmap: str,
     width: int,
+    *,
+    validated: bool = False,
 ) -> bytes:
     """Two panels (model input | display-resolution overlay), a colour bar and a caption.
 
@@ -332,7 +348,8 @@ def _render_pair(
     _colorbar(fig, (0.88, bottom, 0.025, height), cmap)
     if title:
         fig.text(0.5, 1.0 - 0.06 / fig_h, title, ha="center", va="top", fontsize=11)
-    fig.text(0.01, 0.08 / fig_h, _CAPTION, ha="left", va="bottom", fontsize=6.5, color="0.3")
+    text = caption(validated=validated)
+    fig.text(0.01, 0.08 / fig_h, text, ha="left", va="bottom", fontsize=6.5, color="0.3")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
     return buffer.getvalue()

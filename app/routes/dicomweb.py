@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
+from radlens.app import clinical
 from radlens.app.auth import Principal, PrincipalDep, record_outcome
 from radlens.app.deps import IngestorDep, SettingsDep
 from radlens.app.dicom_outputs import OUTPUT_SOP_CLASSES
@@ -549,10 +550,11 @@ async def _stow(
             )  # fmt: skip
 
     await asyncio.gather(*(predict_and_store(o) for o in allowed))
-    manifest = ingestor.predictor.manifest
-    status, body = stow_response(
-        outcomes, request, validated=bool(manifest and manifest.validated_for_clinical_use)
+    manifest = ingestor.predictor.manifest  # the model that made these predictions
+    validated = manifest is not None and clinical.validated(
+        request.app.state.settings, manifest.name, manifest.version
     )
+    status, body = stow_response(outcomes, request, validated=validated)
     if status != 200:  # the predictions have their rows; the failed instances are this one's
         await record_outcome(request, status)
     logger.info(

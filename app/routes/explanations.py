@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from radlens.app import catalogue, services
+from radlens.app import catalogue, clinical, services
 from radlens.app.auth import PrincipalDep
 from radlens.app.deps import IngestorDep, SessionDep, SettingsDep
 from radlens.app.dicom_outputs import (
@@ -24,6 +24,7 @@ from radlens.app.dicom_outputs import (
 )
 from radlens.app.errors import AppError
 from radlens.app.explain import require_explanation
+from radlens.app.ingest import INTENDED_USE_HEADER, verdict_header
 from radlens.app.routes.predictions import upload_openapi
 from radlens.app.schemas import problem_responses
 from radlens.app.settings import Settings
@@ -147,7 +148,8 @@ def get_dicom_sr(prediction_id: uuid.UUID, session: SessionDep, settings: Settin
     prediction = services.get_prediction(session, prediction_id)
     source = _stored_source(prediction, settings)
     findings = catalogue.sr_findings(session, [prediction]).get(prediction.id, [])
-    return _dicom(build_sr(prediction, source, findings), prediction_id, "sr")
+    validated = clinical.validated(settings, prediction.model_name, prediction.model_version)
+    return _dicom(build_sr(prediction, source, findings, validated=validated), prediction_id, "sr")
 
 
 @router.get(
@@ -166,7 +168,9 @@ def get_dicom_secondary_capture(
     prediction = services.get_prediction(session, prediction_id)
     source = _stored_source(prediction, settings)
     explanation = require_explanation(session, prediction_id)
-    return _dicom(build_sc(prediction, source, explanation.png), prediction_id, "sc")
+    validated = clinical.validated(settings, prediction.model_name, prediction.model_version)
+    data = build_sc(prediction, source, explanation.png, validated=validated)
+    return _dicom(data, prediction_id, "sc")
 
 
 @upload_router.post(
@@ -194,7 +198,10 @@ async def create_prediction_dicom_sr(
     request: Request, principal: PrincipalDep, ingestor: IngestorDep, settings: SettingsDep
 ) -> Response:
     """Same prediction path as POST /v1/predictions; the SR is built from the uploaded
-    dataset in memory, so it can carry the patient module when the site allows it."""
+    dataset in memory, so it can carry the patient module when the site allows it. A re-post
+    (200) answers with the stored prediction's SR; when the intended-use gate judged this
+    upload's header otherwise (RADLENS_GATE=flag), the Radlens-Intended-Use header says so
+    (e.g. ``outside: BodyPartExamined WRIST; stored: none``)."""
     ingestor.check_capacity()
     data = await read_file(request)
     candidate = await ingestor.prepare(data)
@@ -217,11 +224,17 @@ async def create_prediction_dicom_sr(
         )
     # in the order every other route's SR has them (catalogue.sr_findings)
     findings = catalogue.in_model_order(prediction, findings or ())
-    response = _dicom(build_sr(prediction, source, findings), prediction.id, "sr")
+    validated = clinical.validated(settings, prediction.model_name, prediction.model_version)
+    sr = build_sr(prediction, source, findings, validated=validated)
+    response = _dicom(sr, prediction.id, "sr")
     response.status_code = 201 if result.created else 200
     response.headers["Location"] = request.app.url_path_for(
         "get_prediction", prediction_id=str(prediction.id)
     )
+    # a re-post whose header the gate judged otherwise than the stored SR's (app/ingest.py)
+    verdict = verdict_header(result)
+    if verdict is not None:
+        response.headers[INTENDED_USE_HEADER] = verdict
     return response
 
 

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, Field
 
-from radlens.app import services
+from radlens.app import clinical, services
 from radlens.app.auth import PrincipalDep
 from radlens.app.deps import IngestorDep, SessionDep
 from radlens.app.errors import UnknownFindingError
@@ -142,12 +142,11 @@ def to_public(
     prediction: Prediction,
     loaded: ModelManifest | None = None,
     findings: Sequence[PredictionFinding | FindingValue] = (),
+    *,
+    validated: bool = False,
 ) -> PredictionPublic:
-    validated = (
-        loaded is not None
-        and loaded.validated_for_clinical_use
-        and (loaded.name, loaded.version) == (prediction.model_name, prediction.model_version)
-    )
+    """``validated``: the model that made the prediction is validated for clinical use
+    (app/clinical.py), so the answer carries no notice."""
     return PredictionPublic(
         id=prediction.id,
         created_at=prediction.created_at,
@@ -280,8 +279,16 @@ async def create_prediction(
     if explain:
         heatmap = request.app.url_path_for("get_heatmap", prediction_id=str(stored.id))
         headers["Link"] = f'<{heatmap}>; rel="describedby"; type="image/png"'
+    validated = clinical.validated(
+        request.app.state.settings, stored.model_name, stored.model_version
+    )
+    public = to_public(stored, ingestor.predictor.manifest, findings, validated=validated)
+    # a re-post: the intended-use verdict on the header it was sent with (Ingested)
+    public.intended_use_violations, public.stored_intended_use_violations = (
+        result.intended_use_verdict()
+    )
     return Response(
-        content=to_public(stored, ingestor.predictor.manifest, findings).model_dump_json(),
+        content=public.model_dump_json(),
         status_code=201 if result.created else 200,
         media_type="application/json",
         headers=headers,
@@ -340,7 +347,10 @@ def get_prediction(
     """The stored prediction with this id (404 when there is none)."""
     prediction = services.get_prediction(session, prediction_id)
     found = services.findings_of(session, [prediction.id]).get(prediction.id, [])
-    return to_public(prediction, _loaded_manifest(request), found)
+    validated = clinical.validated(
+        request.app.state.settings, prediction.model_name, prediction.model_version
+    )
+    return to_public(prediction, _loaded_manifest(request), found, validated=validated)
 
 
 @router.get(
@@ -395,8 +405,14 @@ def list_predictions(
     position = services.Cursor.decode(cursor) if cursor else None
     items, next_cursor = services.list_predictions(session, filters, limit=limit, cursor=position)
     found = services.findings_of(session, [p.id for p in items])
+    validated = clinical.validator(request.app.state.settings)
     return PredictionPage(
-        items=[to_public(p, manifest, found.get(p.id, [])) for p in items],
+        items=[
+            to_public(
+                p, manifest, found.get(p.id, []), validated=validated(p.model_name, p.model_version)
+            )
+            for p in items
+        ],
         next_cursor=next_cursor.encode() if next_cursor else None,
     )
 

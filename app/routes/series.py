@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from radlens.app import clinical
 from radlens.app.deps import SessionDep, SettingsDep
 from radlens.app.dicom_outputs import (
     DICOM_MEDIA_TYPE,
@@ -234,12 +235,9 @@ class StudyPublic(BaseModel):
     series: list[SeriesLink] = Field(description="Highest score first")
 
 
-def _notice(result: ModelResult, loaded: ModelManifest | None) -> str | None:
-    validated = (
-        loaded is not None
-        and loaded.validated_for_clinical_use
-        and (loaded.name, loaded.version) == (result.model_name, result.model_version)
-    )
+def _notice(result: ModelResult, settings: Settings) -> str | None:
+    """The notice unless the model that made the result is validated (app/clinical.py)."""
+    validated = clinical.validated(settings, result.model_name, result.model_version)
     return None if validated else NOT_FOR_CLINICAL_USE
 
 
@@ -297,7 +295,7 @@ def _series_result(request: Request, result: ModelResult) -> SeriesResult:
         key_instances=_links(request, result, "key"),
         instances=_links(request, result, "all"),
         findings=_findings(request, result),
-        notice=_notice(result, _loaded(request)),
+        notice=_notice(result, request.app.state.settings),
     )
 
 
@@ -403,7 +401,6 @@ def get_study(
     )
     if view is None:
         raise _not_stored("study", study_uid)
-    loaded = _loaded(request)
     results = []
     for result, series in view.results:
         href = request.app.url_path_for("get_series", series_uid=series.series_instance_uid)
@@ -434,7 +431,7 @@ def get_study(
                     if (r.model_name, r.model_version) == (result.model_name, result.model_version)
                 ),
                 findings=_findings(request, result),
-                notice=_notice(result, loaded),
+                notice=_notice(result, settings),
             )
         )
     return StudyPublic(
@@ -504,6 +501,7 @@ def get_series_sr(
             view.series_instance_uid, result.model_name, result.model_version, "sr"
         ),
         sop_uid=series_output_uid(view, result, "sr"),
+        validated=clinical.validated(settings, result.model_name, result.model_version),
     )
     return Response(
         data,

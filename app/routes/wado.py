@@ -28,7 +28,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import URL
 
-from radlens.app import catalogue
+from radlens.app import catalogue, clinical
 from radlens.app.catalogue import OutputInstance
 from radlens.app.deps import SessionDep, SettingsDep
 from radlens.app.dicom_outputs import build_sc, build_sr, source_from_prediction
@@ -300,7 +300,10 @@ _METADATA_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def _outputs(session: Any, settings: Any, study: str | None) -> list[OutputInstance]:
     return catalogue.find_outputs(
-        session, study=study, pseudonym_key_set=settings.uid_pseudonym_key_bytes is not None
+        session,
+        study=study,
+        pseudonym_key_set=settings.uid_pseudonym_key_bytes is not None,
+        validated=clinical.validator(settings),  # the model that made each prediction decides
     )
 
 
@@ -581,10 +584,11 @@ def _built(session: Any, outputs: list[OutputInstance]) -> list[bytes]:
         prediction = predictions[output.prediction_id]
         source = source_from_prediction(prediction)
         if output.kind == "sr":
-            built.append(build_sr(prediction, source, findings.get(prediction.id, [])))
+            stored = findings.get(prediction.id, [])
+            built.append(build_sr(prediction, source, stored, validated=output.validated))
             continue
         explanation = session.query(Explanation).filter_by(prediction_id=output.prediction_id).one()
-        built.append(build_sc(prediction, source, explanation.png))
+        built.append(build_sc(prediction, source, explanation.png, validated=output.validated))
     return built
 
 

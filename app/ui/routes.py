@@ -24,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile
 
 from radlens.app import audit as audit_log
-from radlens.app import services
+from radlens.app import clinical, services
 from radlens.app.auth import (
     Principal,
     UnauthorizedError,
@@ -131,6 +131,13 @@ def clinical_notice(
     if name is not None and (name, version) != (manifest.name, manifest.version):
         return NOT_FOR_CLINICAL_USE
     return None
+
+
+def result_notice(request: Request, name: str, version: int) -> str | None:
+    """The notice on a stored result: None only when the model that made it is validated for
+    clinical use (its sealed manifest says so, app/clinical.py), whichever model serves now."""
+    validated = clinical.validated(_settings(request), name, version)
+    return None if validated else NOT_FOR_CLINICAL_USE
 
 
 def csrf_token(request: Request) -> str:
@@ -319,10 +326,13 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
     )
     query = {k: v for k, v in filters.form_values().items() if v}
     pages = max(1, -(-total // PAGE_SIZE))
-    # the notice is left out only when every row listed is the validated loaded model's
+    # the notice is left out only when every row listed was made by a validated model (no
+    # row: the loaded model's)
+    validated = clinical.validator(_settings(request))
     notice = clinical_notice(manifest)
-    if any(clinical_notice(manifest, r.model_name, r.model_version) for r in rows):
-        notice = NOT_FOR_CLINICAL_USE
+    if rows:
+        unvalidated = any(not validated(r.model_name, r.model_version) for r in rows)
+        notice = NOT_FOR_CLINICAL_USE if unvalidated else None
     return render(
         request,
         "predictions.html",
@@ -383,7 +393,7 @@ def prediction_page(
         explanation=explanation,
         findings=findings,
         finding_points=_stored_finding_points(row, findings, manifest),
-        notice=clinical_notice(manifest, row.model_name, row.model_version),
+        notice=result_notice(request, row.model_name, row.model_version),
         decision=binary_decision(row, manifest),
         ood_threshold=(manifest.ood or {}).get("threshold")
         if manifest is not None and _is_loaded(row, manifest)
@@ -599,11 +609,10 @@ def series_page(
     view = find_series(session, parse_series_uid(series_uid), settings, request)
     # no target: a series UID is no prediction id, and the audit trail holds no UID
     audit_log.add(session, actor=principal.key_id, action="ui.series.read", status=200)
-    manifest = loaded_manifest(request)
     explained = explained_ids(
         session, {i.prediction.id for r in view.results for i in r.key_instances}
     )
-    results = [_series_model(r, explained, manifest) for r in view.results]
+    results = [_series_model(r, explained, request) for r in view.results]
     instances = [i.prediction for r in view.results for i in r.instances]
     return render(
         request,
@@ -616,13 +625,13 @@ def series_page(
         pseudonyms=any(stores_pseudonyms(p, settings) for p in instances),
         # links name the series as stored (the pseudonym), never as the address gave it
         href=f"/ui/series/{quote(view.series_instance_uid, safe='')}",
-        # left out only when every model shown is the validated loaded one
+        # left out only when every model shown is validated
         notice=NOT_FOR_CLINICAL_USE if any(r["notice"] for r in results) else None,
     )
 
 
 def _series_model(
-    result: ModelResult, explained: set[uuid.UUID], manifest: ModelManifest | None
+    result: ModelResult, explained: set[uuid.UUID], request: Request
 ) -> dict[str, Any]:
     """One model's series result (app/series.ModelResult) for the page: its instances in
     the order a viewer shows them (Instance Number; unknown last, highest score first as
@@ -644,7 +653,7 @@ def _series_model(
     return {
         "result": result,
         "ref": f"{result.model_name}:{result.model_version}",
-        "notice": clinical_notice(manifest, result.model_name, result.model_version),
+        "notice": result_notice(request, result.model_name, result.model_version),
         "threshold_source": THRESHOLD_SOURCES.get(str(result.threshold_source)),
         "instances": rows,
         "multi_frame": any(r["key_frame"] is not None for r in rows),

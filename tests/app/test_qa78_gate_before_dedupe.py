@@ -176,10 +176,14 @@ def test_a_flagged_repost_answered_from_the_store_is_logged_and_counted(
     flagged = gated(flagging, "flagged")
     with caplog.at_level(logging.INFO, logger="radlens.app.ingest"):
         wrist = post(flagging, chest_cr(sop, BodyPartExamined="WRIST"))
-    # the stored prediction, as GET, the web UI and the SR show it
+    # the stored prediction, with the verdict this upload's tags deserve (QA 88: it was the
+    # stored, unflagged one) and the stored one beside it
     assert wrist.status_code == 200, wrist.text
     assert wrist.json()["id"] == first.json()["id"]
-    assert wrist.json()["intended_use_violations"] is None
+    assert wrist.json()["intended_use_violations"] == [
+        {"attribute": "BodyPartExamined", "value": "WRIST", "accepted": ["CHEST"]}
+    ]
+    assert wrist.json()["stored_intended_use_violations"] == []
     lines = [r for r in caplog.records if "outside the model's intended use" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in caplog.records]
     assert lines[0].levelno == logging.WARNING
