@@ -56,7 +56,15 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Only this action, e.g. prediction.create, prediction.read."),
         ] = None,
         actor: Annotated[str | None, typer.Option(help="Only this API key id (or 'cli').")] = None,
-        limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")] = 1000,
+        limit: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                max=100_000,
+                help="At most this many: the newest that match, printed oldest first (a note "
+                "on stderr says when older ones were left out).",
+            ),
+        ] = 1000,
         database_url: DatabaseUrlOption = None,
         as_json: JsonOption = False,
     ) -> None:
@@ -67,10 +75,12 @@ def register(app: typer.Typer) -> None:
             since=parse_since(since) if since is not None else None,
             action=action,
             actor=actor,
-            limit=limit,
+            limit=limit + 1,  # one more than shown: whether older events were left out
         )
         settings = settings_for(database_url=database_url)
         with database_session(settings.database_url) as session:
+            matched = events(session, where)
+            left_out = len(matched) > limit
             rows = [
                 {
                     "id": e.id,
@@ -81,8 +91,14 @@ def register(app: typer.Typer) -> None:
                     "query": e.query,
                     "status": e.status,
                 }
-                for e in events(session, where)
+                for e in matched[-limit:]
             ]
+        if left_out:
+            typer.echo(
+                f"radlens: showing the newest {limit} matching audit events; older ones match "
+                "too (raise --limit, or narrow with --since, --action or --actor)",
+                err=True,
+            )
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return

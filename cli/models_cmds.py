@@ -96,12 +96,24 @@ def list_models(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
                 m.name,
                 str(m.version) + (f" (unfinished: {states[m.ref]})" if states[m.ref] else ""),
                 m.architecture,
-                m.created_at[:19].replace("T", " "),
+                _created_utc(m.created_at),
                 ",".join(m.class_names),
                 _format_auc(val_auc(m)),
             ]
         )
     typer.echo(_table(rows))
+
+
+def _created_utc(created_at: str) -> str:
+    """A manifest's ``created_at`` in UTC to the second, saying so (``2026-12-07 18:19:43
+    UTC``): the manifest's own offset may be another (a loaded manifest always has one), and
+    a time cut from it would read as local."""
+    from datetime import UTC, datetime
+
+    stamp = datetime.fromisoformat(created_at)
+    if stamp.tzinfo is None:  # not loadable, but never shown as another zone's time
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _text(manifest: ModelManifest, path: Path) -> str:

@@ -72,7 +72,12 @@ NameOption = Annotated[
     ),
 ]
 RunsDirOption = Annotated[
-    str | None, typer.Option("--runs-dir", help="Where run directories go (default runs/).")
+    str | None,
+    typer.Option(
+        "--runs-dir",
+        help="Where run directories go (default runs/ under the current directory; the model "
+        "store is the same wherever you run).",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
