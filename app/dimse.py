@@ -11,7 +11,9 @@ A refused instance gets a failure status whose Error Comment is the error's titl
 the detail, which may quote the file; at most 64 characters): 0xA700 (out of resources)
 for a busy service, 0xC000 (cannot understand) for data radlens cannot use, 0xA900 for an
 instance too large, 0x0122 (SOP class not supported) for an instance of a class without
-pixel data (an SR the site listed, with RADLENS_NON_IMAGE_INSTANCES=refuse).
+pixel data (an SR the site listed, with RADLENS_NON_IMAGE_INSTANCES=refuse). An instance the
+intended-use gate flags (RADLENS_GATE=flag) is answered Success, C-STORE having no status for
+it; a WARNING and a "dimse.store" audit row say it (``_note_intended_use``).
 
 radlens's own SR and Secondary Capture (app/dicom_outputs.py) come back when a PACS forwards
 a study the outbox filed them into: their two classes are always accepted at negotiation,
@@ -56,7 +58,7 @@ from radlens.app.dicom_outputs import OUTPUT_SOP_CLASSES, is_radlens_output
 from radlens.app.dicomlog import quiet_pynetdicom
 from radlens.app.dimse_inbox import DimseInbox, InboxUnreadableError, describe
 from radlens.app.errors import ServiceBusyError
-from radlens.app.ingest import Ingestor
+from radlens.app.ingest import Ingested, Ingestor
 from radlens.app.settings import Settings
 from radlens.models.errors import NoPixelDataError, RadlensError
 from radlens.models.intended_use import holds_no_image, non_image_kind
@@ -704,7 +706,45 @@ class StorageSCP:
 
     async def _ingest(self, data: bytes, calling: str) -> None:
         self.ingestor.check_capacity()
-        await self.ingestor.ingest(data, f"dimse:{calling}")
+        result = await self.ingestor.ingest(data, f"dimse:{calling}")
+        await self._note_intended_use(result, calling)
+
+    async def _note_intended_use(self, result: Ingested, calling: str) -> None:
+        """RADLENS_GATE=flag: an instance stored, or answered from the store, whose header is
+        outside the model's intended use (or a re-send whose verdict differs from the stored
+        prediction's) is still answered Success: C-STORE's only warnings (PS3.4 B.2.3: 0xB000
+        coercion of data elements, 0xB006 elements discarded, 0xB007 data set does not match
+        the SOP class) say what the SCP did to the data set, and a sender may retry or alarm on
+        a failure. So the log says it (WARNING: the prediction id, attribute and value, never
+        a UID) and a "dimse.store" audit row records it (target the instance's UID as stored,
+        a pseudonym under RADLENS_UID_PSEUDONYM_KEY, as a refusal's row; the query names the
+        prediction and the verdict), as the REST answers' ``intended_use_violations`` and
+        STOW-RS's (0099,1007/1008) do (QA 93)."""
+        mine, stored = result.intended_use_verdict()
+        if not mine and stored is None:
+            return
+        verdict = "inside the model's intended use"
+        if mine:
+            verdict = f"outside the model's intended use ({_violations(mine)})"
+        if stored is not None:
+            verdict += f"; the stored prediction's: {_violations(stored) or 'not flagged'}"
+        logger.warning(
+            "C-STORE from %s: prediction %s (%s) is %s; answered Success (C-STORE has no "
+            "status for a flagged result)",
+            calling,
+            result.prediction.id,
+            "new" if result.created else "already stored",
+            verdict,
+        )
+        reason = "outside-intended-use" if mine else "inside-intended-use"
+        stored_said = f"; stored={_violations(stored) or 'none'}" if stored is not None else ""
+        await self._audit(
+            calling,
+            201 if result.created else 200,
+            f"{reason} prediction={result.prediction.id}: "
+            f"{_violations(mine) or 'none'}{stored_said}",
+            result.prediction.sop_instance_uid,
+        )
 
     # --- RADLENS_DIMSE_ACK=queued ---------------------------------------------------------
 
@@ -829,6 +869,16 @@ class StorageSCP:
                 target=target[:64] if target else None,
                 query=f"reason={reason}",
             )
+
+
+def _violations(records: list[dict[str, Any]] | None) -> str:
+    """Intended-use violations for a log line or an audit row: ``BodyPartExamined 'WRIST'``
+    (app/gate.py records; printable ASCII, each value at most 64 characters)."""
+
+    def value(v: Any) -> str:
+        return "".join(c for c in str(v) if " " <= c <= "~")[:64]
+
+    return "; ".join(f"{r.get('attribute')} {value(r.get('value'))!r}" for r in records or [])
 
 
 def _database_down(exc: BaseException) -> bool:

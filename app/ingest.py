@@ -1088,8 +1088,9 @@ class Ingestor:
         """RADLENS_GATE=flag: a re-post whose header the gate flags for what the stored
         prediction's was not flagged for (its Body Part Examined or Modality changed since, or
         its SOP Instance UID reused for another image) is answered with the stored prediction's
-        result and this upload's flag (:meth:`Ingested.intended_use_verdict`, QA 88), while the
-        stored prediction, which GET, the web UI and the SR show, does not carry it: the log
+        result and this upload's flag (:meth:`Ingested.intended_use_verdict`, QA 88; STOW-RS's
+        (0099,1007) and the uploader's web UI page, QA 93), while the stored prediction, which
+        GET and the SR show, does not carry it: the log
         says so (WARNING, without the UID) and radlens_gated_inputs_total counts the upload as
         flagged (QA 78: both were silent). The gate runs before any stored result is looked
         up, so with RADLENS_GATE=refuse such a re-post is refused (422) as a new upload would
@@ -1101,10 +1102,11 @@ class Ingestor:
         self.metrics.observe_gated("outside-intended-use", "flagged")
         logger.warning(
             "prediction %s: this upload is outside the model's intended use (%s), which the "
-            "stored prediction of its SOP Instance UID was not flagged for; the API's answer "
-            "carries this upload's flag with the stored result, the stored prediction (GET, "
-            "the web UI, the SR, STOW-RS) does not (an instance whose header changed, or a UID "
-            "reused for another image, needs its own SOP Instance UID to be predicted)",
+            "stored prediction of its SOP Instance UID was not flagged for; this upload's "
+            "answer (the API, STOW-RS, the uploader's web UI page) carries its flag with the "
+            "stored result, the stored prediction (GET, the SR) does not (an instance whose "
+            "header changed, or a UID reused for another image, needs its own SOP Instance UID "
+            "to be predicted)",
             stored.id,
             "; ".join(f"{v.get('attribute')} {v.get('value')!r}" for v in new),
         )

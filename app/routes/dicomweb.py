@@ -11,7 +11,11 @@ Response: DICOM JSON (``application/dicom+json``, PS3.18 F.2) with
   ``00081190`` RetrieveURL pointing to the *prediction* (radlens stores no instances); plus the
   private block ``(0099,00xx)`` creator "RADLENS 1" with ``(0099,1001)`` the prediction id,
   ``(0099,1002)`` the label, ``(0099,1003)`` "created" or "existing", and ``(0099,1006)``
-  the not-for-clinical-use notice unless the model's manifest says it was validated; an SR or
+  the not-for-clinical-use notice unless the model's manifest says it was validated,
+  ``(0099,1007)`` the intended-use violations of the header this instance was sent with (one
+  value per attribute, e.g. ``BodyPartExamined WRIST``; absent when there is none or the gate
+  did not judge it) and, on a re-post whose verdict differs from the stored prediction's,
+  ``(0099,1008)`` the stored one's (empty: the stored prediction was not flagged); an SR or
   Secondary Capture radlens made (app/dicom_outputs.py), which a PACS forwarding the study
   sends back, is listed with ``(0099,1003)`` "radlens-output" only: it is not predicted on;
   an instance of a class that holds no image (a report, a presentation state, a PDF, an RT
@@ -277,6 +281,10 @@ class Outcome:
     prediction_id: str | None = None
     label: str | None = None
     created: bool = False
+    # the intended-use verdict on this instance's header, and the stored prediction's when
+    # it differs (a re-post; app/ingest.py Ingested.intended_use_verdict)
+    violations: list[dict[str, Any]] | None = None
+    stored_violations: list[dict[str, Any]] | None = None
     made_by_radlens: bool = False  # its header says so (_uids)
     output: bool = False  # an SR or SC radlens made, sent back: acknowledged, not predicted
     non_image: bool = False  # of a class that holds no image: acknowledged, not predicted
@@ -447,6 +455,13 @@ def _item(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def _violation_values(records: list[dict[str, Any]]) -> list[str]:
+    """Intended-use violations as LO values, ``<attribute> <value>`` (app/gate.py records):
+    printable ASCII without the backslash (LO's value separator), at most 64 characters."""
+    said = (f"{r.get('attribute')} {r.get('value')}" for r in records)
+    return ["".join(c for c in v if " " <= c <= "~" and c != "\\")[:64] for v in said]
+
+
 def stow_response(
     outcomes: list[Outcome], request: Request, *, validated: bool = False
 ) -> tuple[int, dict[str, Any]]:
@@ -469,6 +484,10 @@ def stow_response(
             item["00991003"] = _element("LO", "created" if outcome.created else "existing")
             if not validated:
                 item["00991006"] = _element("LT", NOT_FOR_CLINICAL_USE)
+            if outcome.violations:  # this upload is outside the model's intended use
+                item["00991007"] = _element("LO", *_violation_values(outcome.violations))
+            if outcome.stored_violations is not None:  # a re-post judged otherwise
+                item["00991008"] = _element("LO", *_violation_values(outcome.stored_violations))
             referenced.append(item)
         else:
             item["00081197"] = _element("US", FAILURE_REASONS.get(outcome.error_code, 0x0110))
@@ -513,6 +532,7 @@ async def _store(
     outcome.prediction_id = str(result.prediction.id)
     outcome.label = result.prediction.label
     outcome.created = result.created
+    outcome.violations, outcome.stored_violations = result.intended_use_verdict()
 
 
 async def _stow(

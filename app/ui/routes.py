@@ -9,6 +9,9 @@ shows a patient identifier (the service stores none). Session and CSRF: app/ui/s
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -385,10 +388,14 @@ def prediction_page(
         services.findings_of(session, [row.id]).get(row.id, []),
         key=lambda f: (order.get(f.finding, len(order)), f.finding),
     )
+    # this browser's upload, answered with this stored prediction but judged otherwise
+    upload = decode_upload_verdict(request.cookies.get(UPLOAD_VERDICT_COOKIE))
     return render(
         request,
         "prediction.html",
         row=row,
+        upload_violations=upload,
+        violations=row.intended_use_violations if upload is None else upload,
         scores=scores,
         explanation=explanation,
         findings=findings,
@@ -712,7 +719,67 @@ async def upload(request: Request, principal: UiPrincipal) -> Response:
         raise ModelNotReadyError("the model is not warmed up yet")
     # the detail page warns from the stored Burned In Annotation (app/ingest.py)
     result = await ingestor.ingest(data, principal.key_id, explain=explain)
-    return _redirect(f"/ui/predictions/{result.prediction.id}")
+    page = f"/ui/predictions/{result.prediction.id}"
+    response = _redirect(page)
+    # a re-post judged otherwise than the stored prediction it is answered with: the page
+    # says this upload's verdict (else it would show the stored one's only, QA 93)
+    mine, stored = result.intended_use_verdict()
+    response.set_cookie(
+        UPLOAD_VERDICT_COOKIE,
+        # no verdict to add: deleted, an earlier upload's verdict is not this one's
+        "" if stored is None else encode_upload_verdict(mine or []),
+        max_age=0 if stored is None else UPLOAD_VERDICT_SECONDS,
+        path=page,  # sent with this prediction's page only
+        httponly=True,
+        samesite="strict",
+        secure=_settings(request).ui_secure_cookies,
+    )
+    return response
+
+
+# The verdict of an upload answered with a stored prediction (a re-post whose header the
+# intended-use gate judged otherwise, app/ingest.py Ingested.intended_use_verdict) travels to
+# the page the upload redirects to in a cookie scoped to that page, never in its URL (which
+# browsers keep in their history and proxies log): attribute names and header values only
+# (e.g. BodyPartExamined WRIST), no UID. It lasts UPLOAD_VERDICT_SECONDS, so a reload of the
+# page still shows it; the next upload of the same instance replaces or deletes it. Read back
+# it can only change what the page says about that browser's own upload: the stored
+# prediction's verdict is shown from the database either way.
+UPLOAD_VERDICT_COOKIE = "radlens_upload_verdict"
+UPLOAD_VERDICT_SECONDS = 600
+_ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+
+
+def _printable(value: Any) -> str:
+    return "".join(c for c in str(value) if " " <= c <= "~")[:64]
+
+
+def encode_upload_verdict(violations: list[dict[str, Any]]) -> str:
+    """The cookie value: ``[[attribute, value], ...]`` ([] when the upload is inside the
+    intended use) as unpadded base64url JSON (cookie-safe characters only)."""
+    pairs = [
+        [_printable(v.get("attribute")), _printable(v.get("value"))]
+        for v in violations
+        if _ATTRIBUTE.fullmatch(str(v.get("attribute")))
+    ]
+    text = json.dumps(pairs[:8], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_upload_verdict(value: str | None) -> list[dict[str, str]] | None:
+    """The upload's violations from the cookie ([]: inside the intended use); None when there
+    is no cookie or it is not one this service wrote."""
+    if not value or len(value) > 2048:
+        return None
+    try:
+        pairs = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs
+    ):
+        return None
+    return [{"attribute": a, "value": _printable(v)} for a, v in pairs if _ATTRIBUTE.fullmatch(a)]
 
 
 # --- the model ------------------------------------------------------------------------------
