@@ -144,3 +144,24 @@ def clean_radlens_env(monkeypatch: pytest.MonkeyPatch) -> None:
     from radlens.app.settings import get_settings
 
     get_settings.cache_clear()
+
+
+def record_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pixel decodes models.preprocessing starts (a full frame, a reduced JPEG 2000 or
+    JPEG one), by name, as each starts (then run as usual). A refusal said to come from the
+    header, before any decode, checks that this list is empty rather than timing the refusal
+    (QA 94: speed is measured in bench/, not asserted in tests)."""
+    from radlens.models import preprocessing
+
+    started: list[str] = []
+    for name in ("_decode_frame", "_decode_j2k_reduced", "_decode_jpeg_reduced"):
+        real = getattr(preprocessing, name)
+
+        def recorded(
+            *args: object, _real: object = real, _name: str = name, **kw: object
+        ) -> object:
+            started.append(_name)
+            return _real(*args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(preprocessing, name, recorded)
+    return started

@@ -4,15 +4,19 @@ The predictor is built the way the service builds it (``load_predictor`` on ``Se
 from the environment), taught that requests arrive close together (so the worker does wait for
 company), and then given two requests, far fewer than the batch size: they must leave together,
 as one batch of two, once the wait has run out — not before (the worker did wait) and not much
-later (it does not hold a partial batch for the batch to fill). The bounds come from the
-worker's own records (``BatchStats``) and generous slack for a shared 2-core machine.
+later (it does not hold a partial batch for the batch to fill).
+
+No stopwatch (QA 94; the bounds on the worker's own timings failed on loaded machines): the
+worker's timed waits on its queue (``get(timeout=...)``) are recorded with how each ended. The
+batch must leave after one wait of at most RADLENS_MAX_BATCH_WAIT_MS that ran out (queue.Empty:
+the wait's full course) and no other, the waits before it ending with the second request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
+import queue
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,6 @@ from tests.app.test_predictor import Recorder, run
 
 WAIT_MS = 400.0
 BATCH = 8
-SLACK_MS = 750.0  # thread wake-up on a busy 2-core machine; far below another full wait
 
 
 @pytest.fixture()
@@ -62,7 +65,7 @@ def test_partial_batch_is_released_after_max_batch_wait_ms(
                 return
             await asyncio.sleep(0.01)
 
-    async def main() -> tuple[float, list[Any]]:
+    async def main() -> list[Any]:
         try:
             # Bursts teach the worker that requests arrive close together and several at once.
             for _ in range(3):
@@ -70,23 +73,37 @@ def test_partial_batch_is_released_after_max_batch_wait_ms(
             assert predictor._waiting_can_help(), "the bursts did not teach the worker"
             await reported()
             before = len(rec.stats)
-            started = time.perf_counter()
+            get = predictor._queue.get
+
+            def timed_get(timeout: float | None = None) -> Any:
+                """The worker's queue reads; a timed one (a wait for company) recorded."""
+                if timeout is None:
+                    return get()
+                try:
+                    item = get(timeout=timeout)
+                except queue.Empty:
+                    waits.append((timeout, "ran out"))
+                    raise
+                waits.append((timeout, "an item"))
+                return item
+
+            predictor._queue.get = timed_get  # type: ignore[method-assign]
             outs = await asyncio.gather(*(predictor.predict(x) for x in inputs[BATCH : BATCH + 2]))
-            elapsed_ms = (time.perf_counter() - started) * 1000.0
             await reported()
-            partial = rec.stats[before:]
-            return elapsed_ms, [outs, partial]
+            return [outs, rec.stats[before:]]
         finally:
             await predictor.stop()
 
-    elapsed_ms, (outs, partial) = run(main(), timeout_s=60.0)
+    waits: list[tuple[float, str]] = []
+    outs, partial = run(main(), timeout_s=60.0)
     assert [s.size for s in partial] == [2], partial  # together, though the batch is 8
     (stats,) = partial
     assert stats.ok and stats.waited, stats
     assert all(o.batch_size == 2 for o in outs)
-    # Released when the wait ran out: the oldest request waited about WAIT_MS before its
-    # model call, never much more.
-    assert WAIT_MS * 0.9 <= stats.queue_ms <= WAIT_MS + SLACK_MS, stats
-    assert stats.fill_wait_ms <= WAIT_MS + SLACK_MS, stats
-    assert elapsed_ms >= WAIT_MS * 0.9, elapsed_ms
-    assert elapsed_ms <= WAIT_MS + stats.inference_ms + 2 * SLACK_MS, (elapsed_ms, stats)
+    # Released when the wait ran out, not before: its last wait ran its course (queue.Empty),
+    # any before it ended with the second request. Not later: no wait after that one, and none
+    # longer than the setting.
+    assert waits and waits[-1][1] == "ran out", waits
+    assert [how for _, how in waits[:-1]] == ["an item"] * (len(waits) - 1), waits
+    assert len(waits) <= 2, waits
+    assert all(0 < timeout <= WAIT_MS / 1000.0 for timeout, _ in waits), waits

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,17 +54,15 @@ def test_a_stalled_body_is_a_408_and_stores_nothing(timed: tuple[TestClient, Any
     client, app = timed
     body = _form(png_bytes(seed=31, size=(120, 120)))
     assert client.portal is not None
-    began = time.monotonic()
-    # bounded here too, so that without the limit this fails instead of waiting an hour
+    # bounded here too, so that without the limit this fails instead of waiting an hour; the
+    # limit's own 408 (its detail names the setting) is the check, not a stopwatch
     status, headers, content = client.portal.call(_bounded, app, body, [3600.0])
-    took = time.monotonic() - began
     assert status == 408, content
     assert headers[b"content-type"] == b"application/problem+json"
     assert headers[b"connection"] == b"close"
     problem = json.loads(content)
     assert problem["type"] == "urn:radlens:problem:request-timeout"
     assert "RADLENS_BODY_TIMEOUT_S" in problem["detail"]
-    assert took < 30
     assert client.get("/v1/predictions").json()["items"] == []
 
 

@@ -247,14 +247,13 @@ def test_unsupported_sop_class_is_rejected_at_negotiation(node: Node) -> None:
 
 def test_silent_peer_is_closed_by_its_timeout(node: Node) -> None:
     import socket
-    import time
 
-    start = time.monotonic()
+    # RADLENS_DIMSE_ACSE_TIMEOUT_S=2 in this fixture; the 30 s socket timeout bounds a hang
+    # only (a peer never closed fails with TimeoutError), no stopwatch
     with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
         # an A-ABORT or just a close, then EOF
         while sock.recv(1024):
             pass
-    assert time.monotonic() - start < 20  # RADLENS_DIMSE_ACSE_TIMEOUT_S=2 in this fixture
     held = [_assoc(node) for _ in range(2)]  # its slot was freed
     assert all(a.is_established for a in held)
     for a in held:

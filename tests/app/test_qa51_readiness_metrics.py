@@ -98,11 +98,8 @@ def test_a_scrape_opens_no_database_connection(
     event.listen(silent, "do_connect", lambda *_: attempts.append(time.monotonic()))
     monkeypatch.setattr(application.state.resources, "engine", silent)
     try:
-        started = time.monotonic()
         during = _metrics(client)
-        elapsed = time.monotonic() - started
         assert attempts == [], "a scrape tried to connect to the database"
-        assert elapsed < 10, elapsed  # bounds a hang only; `attempts` is the check
         # the last readiness answer, still there, and every other series with it
         assert during["radlens_ready"] == 1
         assert 'radlens_database_errors_total{code="database-unavailable"}' in during

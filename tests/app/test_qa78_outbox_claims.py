@@ -6,7 +6,9 @@ SQLite and PostgreSQL.
   (CLAIM_WAIT_S, 5 s) when that row came but left something out (an SC that could not be
   built), and only then queued what was missing. The row says its request is done and nothing
   else holds the claim: the wait now ends when it comes (these tests failed before: the
-  re-post took the whole wait).
+  re-post took the whole wait). No stopwatch (QA 94): the re-post's polls for the row
+  (``queued_since``) are recorded, and the first poll after the row came must end the wait;
+  one that would keep waiting is recorded and ends it at once, so old code fails fast.
 - The outbox no longer keeps an in-process marker of the predictions found not fully queued
   (the ingest says which submits are re-sends: ``submit(..., resend=)``). QA 68's re-sends,
   which exercised that marker through the outbox alone, through the ingest here: a re-post
@@ -22,7 +24,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,6 @@ from tests.app.test_outbox import (
 A = "A@127.0.0.1:27811"
 B = "B@127.0.0.1:27812"
 CLAIM_WAIT_S = 30.0  # long, so that waiting it out cannot pass for not waiting
-WITHIN_S = 10.0  # what a re-post that does not wait it out takes at most, loaded machine
 
 
 def _queued(outbox: Any) -> list[tuple[str, str]]:
@@ -53,6 +54,28 @@ def _queued(outbox: Any) -> list[tuple[str, str]]:
 
 def _repost(client: TestClient, data: bytes) -> Any:
     return client.post("/v1/predictions", files={"file": ("ct.dcm", data, "application/dicom")})
+
+
+class Polls:
+    """The re-post's polls for the creating request's queue row (``outbox.queued_since``):
+    ``answers`` holds ``(final, (queued, over))`` per poll. ``before`` runs ahead of each poll
+    (to make the row come, or to wait until it has). A poll that would keep waiting is recorded
+    and ends the wait at once, so a wait the row does not end fails the test at once instead of
+    after CLAIM_WAIT_S."""
+
+    def __init__(
+        self, outbox: Any, monkeypatch: pytest.MonkeyPatch, before: Callable[[], None]
+    ) -> None:
+        self.answers: list[tuple[bool, tuple[bool, bool]]] = []
+        poll = outbox.queued_since
+
+        def polling(prediction_id: str, *, final: bool) -> tuple[bool, bool]:
+            before()
+            answer: tuple[bool, bool] = poll(prediction_id, final=final)
+            self.answers.append((final, answer))
+            return answer[0], True  # over either way: `answers` says whether it should be
+
+        monkeypatch.setattr(outbox, "queued_since", polling)
 
 
 # --- the claim wait -----------------------------------------------------------------------
@@ -66,8 +89,9 @@ def test_a_partial_queue_row_ends_the_wait_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Ingestor._results_queued for a prediction committed just now: the creating request's
-    queue row comes 0.3 s later saying the SR was queued and the SC was not; the re-post
-    stops waiting then and answers "not all queued" (its submit queues the SC)."""
+    queue row comes while the re-post waits (just before its first poll), saying the SR was
+    queued and the SC was not; that poll ends the wait, and the re-post answers "not all
+    queued" (its submit queues the SC)."""
     from radlens.app import outbox as outbox_module
 
     monkeypatch.setattr(outbox_module, "CLAIM_WAIT_S", CLAIM_WAIT_S)
@@ -83,17 +107,18 @@ def test_a_partial_queue_row_ends_the_wait_at_once(
     ingestor = types.SimpleNamespace(outbox=outbox)
     written = types.SimpleNamespace(prediction=types.SimpleNamespace(id=prediction_id))
 
-    async def scenario() -> tuple[bool, float]:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        waiting = asyncio.create_task(Ingestor._results_queued(ingestor, written))  # type: ignore[arg-type]
-        await asyncio.sleep(0.3)
-        await asyncio.to_thread(outbox._record_queued, prediction_id, 1, [("sr", A)])
-        return await waiting, loop.time() - start
+    came: list[bool] = []
 
-    queued, took = asyncio.run(scenario())
+    def the_row_comes() -> None:
+        if not came:
+            outbox._record_queued(prediction_id, 1, [("sr", A)])
+            came.append(True)
+
+    polls = Polls(outbox, monkeypatch, before=the_row_comes)
+    queued = asyncio.run(Ingestor._results_queued(ingestor, written))  # type: ignore[arg-type]
     assert queued is False  # the SC is missing: the re-post's submit queues it
-    assert took < WITHIN_S, f"the re-post waited {took:.1f} s for a row that had come"
+    # the first poll after the row came ended the wait (before: not over, waited out 30 s)
+    assert polls.answers == [(False, (False, True))], "the re-post kept waiting after the row"
 
 
 @pytest.fixture()
@@ -120,11 +145,13 @@ def test_a_repost_while_the_first_is_queueing_does_not_wait_out_a_partial_row(
     app: Any = client.app
     outbox = app.state.resources.ingestor.outbox
     submit, look = outbox.submit, outbox.handled_or_wait
-    looked = threading.Event()
+    looked, first_queued = threading.Event(), threading.Event()
+    looks: list[tuple[bool, float]] = []
 
     def looking(prediction_id: str) -> Any:
         try:
-            return look(prediction_id)
+            looks.append(look(prediction_id))
+            return looks[-1]
         finally:
             looked.set()
 
@@ -132,10 +159,17 @@ def test_a_repost_while_the_first_is_queueing_does_not_wait_out_a_partial_row(
         if resend:
             return int(submit(prediction, source, overlay, resend=True))
         assert looked.wait(timeout=120), "the re-post never looked for the queue row"
-        return int(submit(prediction, source, None, resend=False))  # the SC: no overlay
+        try:
+            return int(submit(prediction, source, None, resend=False))  # the SC: no overlay
+        finally:
+            first_queued.set()  # its queue row is written
+
+    def once_the_first_has_queued() -> None:
+        assert first_queued.wait(timeout=120), "the first request never queued its results"
 
     monkeypatch.setattr(outbox, "submit", first_loses_the_sc)
     monkeypatch.setattr(outbox, "handled_or_wait", looking)
+    polls = Polls(outbox, monkeypatch, before=once_the_first_has_queued)
     data = dicom_bytes(sop=new_uid())
     engine = create_engine(migrated_database_url)
     answers: dict[str, Any] = {}
@@ -148,15 +182,16 @@ def test_a_repost_while_the_first_is_queueing_does_not_wait_out_a_partial_row(
                 if conn.execute(text("SELECT count(*) FROM predictions")).scalar_one():
                     break
             time.sleep(0.02)
-        start = time.monotonic()
         again = _repost(client, data)
-        took = time.monotonic() - start
-        thread.join(timeout=120)
+        thread.join(timeout=120)  # bounds a hang only
     finally:
         engine.dispose()
     assert answers["first"].status_code == 201, answers["first"].text
     assert again.status_code == 200 and again.json()["id"] == answers["first"].json()["id"]
-    assert took < WITHIN_S, f"the re-post took {took:.1f} s"
+    (looked_at,) = looks
+    assert looked_at[0] is False and looked_at[1] > CLAIM_WAIT_S - 5  # it waited for the row
+    # its first poll after the row came ended the wait (before: not over, waited out 30 s)
+    assert polls.answers == [(False, (False, True))], "the re-post kept waiting after the row"
     assert _queued(outbox) == [("sc", A), ("sr", A), ("sr", B)]
     queue_rows = [q for a, t, q in audit_actions(app) if a == "dicom.send.queue"]
     assert queue_rows == ["entries=2&queued=sr", "entries=1"]

@@ -72,9 +72,19 @@ def test_a_process_leaves_a_live_processs_files_and_takes_over_a_dead_ones(
     tmp_path: Path, model_store: Path, migrated_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from radlens.app import dimse
+    from radlens.app.dimse_inbox import DimseInbox
     from radlens.app.main import create_app
 
     monkeypatch.setattr(dimse, "ADOPT_INTERVAL_S", 0.5, raising=False)
+    passes: list[tuple[int, int]] = []  # each adopt pass: (files taken over, left to others)
+    adopt = DimseInbox.adopt
+
+    def counted(inbox: DimseInbox) -> tuple[list[Path], int]:
+        adopted, others = adopt(inbox)
+        passes.append((len(adopted), others))
+        return adopted, others
+
+    monkeypatch.setattr(DimseInbox, "adopt", counted)
 
     inbox = tmp_path / "inbox"
     source = tmp_path / "instance.dcm"
@@ -97,7 +107,9 @@ def test_a_process_leaves_a_live_processs_files_and_takes_over_a_dead_ones(
         with TestClient(create_app(settings)) as client:
             app: Any = client.app
             scp = app.state.dimse
-            time.sleep(2.0)  # its start, and several of its periodic passes, have run
+            # several passes have run (counted, not slept for): each left the file alone
+            wait_for(lambda: len(passes) >= 3, 120, "three adopt passes")
+            assert passes[:3] == [(0, 1)] * 3, passes
             assert queued.is_file(), "deleted under the live process that queued it"
             assert _rows(app, "SELECT id FROM predictions") == []  # not predicted here
             assert scp.inbox.pending() == []
