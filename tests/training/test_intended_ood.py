@@ -81,6 +81,8 @@ def test_a_stated_intended_use_wins(tiny_demo_data: Path, tmp_path: Path) -> Non
         intended_view_positions="PA,AP",  # tests/training/test_intended_views.py
         ood_method="knn",
         openvino=False,
+        histogram_freq=0,  # the manifest is checked, not TensorBoard
+        tensorboard_samples=0,
     )
     result = train(config, verbose=0)
     manifest = ModelRegistry(result.store).read_manifest(*_ref(result.model_ref))

@@ -374,7 +374,17 @@ def test_evaluate_rebuilds_the_split_of_a_run_that_left_files_out(tmp_path: Path
     root = png_folder(tmp_path / "ds", n_per_class=16)
     _blank_pngs(root / "abnormal", 5)
     _blank_pngs(root / "normal" / "more", 4)
-    config = tiny_config(root, tmp_path, epochs_head=1, val_fraction=0.25, test_fraction=0.25)
+    # the split and what evaluate rebuilds are checked: no TensorBoard extras, no OpenVINO
+    config = tiny_config(
+        root,
+        tmp_path,
+        epochs_head=1,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        histogram_freq=0,
+        tensorboard_samples=0,
+        openvino=False,
+    )
     run = train(config, verbose=0)
     assert len(run.skipped) == 9 and run.split["decode_checked"] is True
     with (run.run_dir / "splits.csv").open() as fh:
@@ -421,7 +431,16 @@ def test_a_given_test_split_added_after_training_is_evaluated(
     from radlens.training.run import train
 
     trainval = write_npz(tmp_path / "trainval.npz", n={"train": 24, "val": 12})
-    run = train(tiny_config(trainval, tmp_path, epochs_head=1), verbose=0)
+    # what evaluate reads is checked: no TensorBoard extras, no OpenVINO conversion
+    config = tiny_config(
+        trainval,
+        tmp_path,
+        epochs_head=1,
+        histogram_freq=0,
+        tensorboard_samples=0,
+        openvino=False,
+    )
+    run = train(config, verbose=0)
     with np.load(trainval) as data:
         arrays = dict(data)
     with np.load(write_npz(tmp_path / "t.npz", n={"test": 10}, seed=3)) as data:

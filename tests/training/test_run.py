@@ -136,7 +136,15 @@ class TestFinishedRun:
         from radlens.training.run import train
 
         result = train(
-            tiny_config(tiny_demo_data, tmp_path, epochs_head=1, openvino=False), verbose=0
+            tiny_config(
+                tiny_demo_data,
+                tmp_path,
+                epochs_head=1,
+                histogram_freq=0,  # the stored runtimes are checked, not TensorBoard
+                tensorboard_samples=0,
+                openvino=False,
+            ),
+            verbose=0,
         )
         registry = ModelRegistry(result.store)
         assert registry.verify(*registry.resolve(result.model_ref)).runtimes == {}

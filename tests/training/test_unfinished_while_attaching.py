@@ -14,14 +14,20 @@ from radlens.models.registry import ModelRegistry
 from tests.training.conftest import tiny_config
 
 
+def _config(data: Path, tmp_path: Path) -> Any:
+    """One epoch, no TensorBoard histograms or sample images, no OpenVINO conversion: the
+    version's life in the store is what is checked, not what the run writes beside it."""
+    return tiny_config(
+        data, tmp_path, epochs_head=1, histogram_freq=0, tensorboard_samples=0, openvino=False
+    )
+
+
 def test_the_new_version_is_nobodys_newest_until_its_detector_is_attached(
     tiny_demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from radlens.training import run as run_module
 
-    first = run_module.train(
-        tiny_config(tiny_demo_data, tmp_path, epochs_head=1, openvino=False), verbose=0
-    )
+    first = run_module.train(_config(tiny_demo_data, tmp_path), verbose=0)
     store = ModelRegistry(first.store)
     assert store.resolve(None) == ("tiny", 1)
 
@@ -36,9 +42,7 @@ def test_the_new_version_is_nobodys_newest_until_its_detector_is_attached(
         attach(config, data, registry, model_ref, network)
 
     monkeypatch.setattr(run_module, "_attach_ood", watched)
-    second = run_module.train(
-        tiny_config(tiny_demo_data, tmp_path, epochs_head=1, openvino=False), verbose=0
-    )
+    second = run_module.train(_config(tiny_demo_data, tmp_path), verbose=0)
     assert seen == {
         "ref": "tiny:2",
         "state": "being written",
@@ -56,9 +60,7 @@ def test_the_new_version_is_nobodys_newest_until_its_detector_is_attached(
 
     monkeypatch.setattr(run_module, "_attach_ood", broken)
     with pytest.raises(RuntimeError, match="could not be fitted"):
-        run_module.train(
-            tiny_config(tiny_demo_data, tmp_path, epochs_head=1, openvino=False), verbose=0
-        )
+        run_module.train(_config(tiny_demo_data, tmp_path), verbose=0)
     assert store.unfinished("tiny", 3) is not None  # left unfinished, never served as newest
     assert store.resolve(None) == ("tiny", 2)
     with pytest.raises(ModelUnfinishedError, match="tiny:3 is unfinished"):
