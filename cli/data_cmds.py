@@ -294,20 +294,28 @@ def data_check(
         check_splits(source, splits, min_calibration_positives=min_calibration_positives)
     except ConfigurationError as exc:
         typer.echo(f"  splits: `radlens train` refuses them with these options: {exc.detail}")
-    if leaks and not source.has_series:  # only a given split leaks: training refuses it too
-        typer.echo(
-            f"  splits: `radlens train` refuses them: {len(leaks)} patient(s) have images in "
-            "more than one given split; fix the split column or pass --resplit"
-        )
     try:
         check_copies(source)  # as training refuses it
     except ConfigurationError as exc:
         fail(str(exc))
-    if leaks and source.has_series:  # a series CSV's given split must keep patients apart
-        fail(
-            f"{len(leaks)} patient(s) have series in more than one given split; fix the split "
-            "column or pass --resplit (training refuses this split)"
-        )
+    if leaks:
+        # only a given split leaks (the split column, npz keys), whatever --val-fraction and
+        # --seed say, and `radlens train` refuses it with no option to accept it
+        # (check_leakage): an error here too, for an image CSV as for a series CSV (QA round 95)
+        fail(_leak_message(leaks, "series" if source.has_series else "images"))
+
+
+def _leak_message(leaks: dict[str, list[str]], unit: str) -> str:
+    """One line: how many patients leak, between which splits, and what to do."""
+    from collections import Counter
+
+    pairs = Counter("+".join(found) for found in leaks.values())
+    where = ", ".join(f"{k}: {v}" for k, v in sorted(pairs.items()))
+    return (
+        f"{len(leaks)} patient(s) have {unit} in more than one given split ({where}), so the "
+        "test figures would be inflated and `radlens train` refuses this split; fix the split "
+        "column or pass --resplit (to data-check and train) for a patient-level split"
+    )
 
 
 def _echo_series(source: Any, examples: Any, where: str) -> None:

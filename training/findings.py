@@ -9,8 +9,11 @@ the image shows that finding (the scores do not sum to one). Per finding, in ord
   so a rare finding is not learned as "never";
 * each epoch: per-finding ROC AUC on validation, their unweighted mean (**macro**) and the
   AUC of all (image, finding) pairs pooled (**micro**), in train.log and TensorBoard
-  (:class:`FindingMetricsCallback`); Keras' compiled ``auc`` is the macro AUC
-  (``keras.metrics.AUC(multi_label=True)``), which picks the best epoch and stops early;
+  (:class:`FindingMetricsCallback`). That exact macro AUC, over the whole validation
+  split, is the epoch's ``val_auc``: what picks the best epoch and stops early. Keras'
+  compiled ``auc`` (``keras.metrics.AUC(multi_label=True)``, 500 thresholds, a finding
+  without validation positives counted as 0) is only its estimate, and could rank two
+  epochs the other way round (QA round 95), so under ``fit`` the callback replaces it;
 * after training: a temperature per finding, fitted on validation (the sigmoid is a
   two-class softmax over ``[0, z]``, so ``training.metrics.fit_temperature`` on
   ``[1 - p, p]`` fits ``sigmoid(z / T)``) and folded into that finding's column of the final
@@ -383,7 +386,14 @@ def _safe(name: str) -> str:
 
 class FindingMetricsCallback(keras.callbacks.Callback):
     """Each epoch: per-finding validation AUC and the macro/micro means, to train.log and to
-    TensorBoard (``findings/auc/<finding>``, ``findings/macro_auc``, ``findings/micro_auc``)."""
+    TensorBoard (``findings/auc/<finding>``, ``findings/macro_auc``, ``findings/micro_auc``).
+
+    The macro AUC it logs is also the epoch's ``val_auc`` (replacing Keras' compiled estimate
+    under ``fit``), so the best checkpoint, early stopping, history.csv and the epoch line
+    select and show the figure train.log prints: it must come before them in the callback
+    list, and be given the whole validation split. Without a macro AUC (no finding has both
+    classes in validation) ``val_auc`` is removed rather than left as Keras' estimate.
+    """
 
     def __init__(
         self,
@@ -421,6 +431,11 @@ class FindingMetricsCallback(keras.callbacks.Callback):
             for key in ("macro_auc", "micro_auc"):
                 if summary[key] is not None:
                     logs[f"val_{key}"] = summary[key]
+            # the figure that picks the best epoch is the one printed above (QA round 95)
+            if summary["macro_auc"] is None:
+                logs.pop("val_auc", None)
+            else:
+                logs["val_auc"] = float(summary["macro_auc"])
         if self.log_dir is None:
             return
         import tensorflow as tf
@@ -455,8 +470,9 @@ def _predict(model: Any, inputs: np.ndarray, batch_size: int, *, local: bool) ->
 class FindingValidationMetrics(keras.callbacks.Callback):
     """The custom loop's validation for a multi-label run (``training.loop.distributed_train``
     has no ``validation_data``): ``val_loss`` (the run's findings loss), ``val_auc`` (the
-    macro AUC over findings, what picks the best epoch and stops early, as Keras' compiled
-    ``auc`` does under ``fit``) and ``val_binary_accuracy`` in the epoch logs.
+    exact macro AUC over findings, what picks the best epoch and stops early, as
+    :class:`FindingMetricsCallback` sets it under ``fit``) and ``val_binary_accuracy`` in the
+    epoch logs.
 
     Predicts on this process only: every worker holds the same weights, so every worker
     takes the same decisions without a collective (as ``callbacks.ValidationMetrics``).

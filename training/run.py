@@ -552,10 +552,14 @@ def _train_phases(
         loss = _findings_loss(config, data)
     train_ds = data.train_dataset()
     tb_callbacks: list[keras.callbacks.Callback] = []
+    # multi-label: the exact macro AUC that train.log prints becomes the epoch's val_auc, so it
+    # runs before everything that reads val_auc (checkpoint, early stopping, history, TensorBoard)
+    finding_aucs: list[keras.callbacks.Callback] = []
     if config.multi_label:
-        tb_callbacks = _findings_callbacks(
+        per_finding, tb_callbacks = _findings_callbacks(
             config, data, run_path, chief=dist.chief, custom_loop=dist.distributed
         )
+        finding_aucs = [per_finding]
     elif dist.chief:  # one TensorBoard run per training run, written by the chief only
         tb_callbacks = cb.tensorboard_callbacks(
             run_path / rundir.TENSORBOARD,
@@ -585,6 +589,7 @@ def _train_phases(
             if dist.distributed
             else cb.PhaseBackup(str(run_path / "backup" / f"phase{phase.number}")),
             *series_callbacks,  # before the checkpoint and history.csv: val_series_auc
+            *finding_aucs,  # before the checkpoint and early stopping: the exact val_auc
             cb.BestCheckpoint(
                 run_path,
                 state,
@@ -631,7 +636,7 @@ def _train_phases(
                 multi_label=config.multi_label,
             )
         finally:  # an interrupted fit skips on_train_end, which closes these
-            cb.close_files(history_csv, *tb_callbacks)
+            cb.close_files(history_csv, *finding_aucs, *tb_callbacks)
 
     phases = plan_phases(config)
     phase1_weights = run_path / rundir.CHECKPOINTS / rundir.PHASE1_WEIGHTS
@@ -672,11 +677,7 @@ def _finish(run: _Run, started: float) -> RunResult:
     best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
     if best.is_file():
         network.load_weights(best)
-        log.info(
-            "restored the best epoch (%s) by validation %s",
-            state.get("best_epoch"),
-            "series AUC" if config.select_by == "series-auc" else "AUC",
-        )
+        _log_restored(config, state, "series AUC" if config.select_by == "series-auc" else "AUC")
     raw_val = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
     # calibration: T fitted on validation only, then folded into the exported model
     temperature = fit_temperature(data.y_val, raw_val)
@@ -856,6 +857,17 @@ def _series_callbacks(
             local=dist.distributed,  # the custom loop: predict on this process only
         )
     ]
+
+
+def _log_restored(config: TrainConfig, state: dict[str, Any], what: str) -> None:
+    """train.log: which epoch was restored, and its figure as the epoch's line printed it."""
+    value = state.get(f"best_{_monitor(config)}")
+    log.info(
+        "restored the best epoch (%s) by validation %s%s",
+        state.get("best_epoch"),
+        what,
+        "" if value is None else f" {float(value):.4f}",
+    )
 
 
 def _monitor(config: TrainConfig) -> str:
@@ -1111,11 +1123,12 @@ def _findings_callbacks(
     *,
     chief: bool,
     custom_loop: bool = False,
-) -> list[keras.callbacks.Callback]:
-    """TensorBoard (scalars, graph, histograms, hparams, sample images) and the per-finding
-    validation AUC each epoch (train.log and TensorBoard ``findings/...`` tags), in Keras'
-    ``train`` and ``validation`` sub-runs only, the rest being tags in the validation one.
-    The single-label
+) -> tuple[keras.callbacks.Callback, list[keras.callbacks.Callback]]:
+    """The per-finding validation AUC each epoch (train.log and TensorBoard ``findings/...``
+    tags; its exact macro AUC is the epoch's ``val_auc``, so the caller puts it before the
+    checkpoint and early stopping), and TensorBoard (scalars, graph, histograms, hparams,
+    sample images; none on a worker that is not the chief), in Keras' ``train`` and
+    ``validation`` sub-runs only, the rest being tags in the validation one. The single-label
     figures (confusion matrix, one ROC curve, Grad-CAM of a class) do not apply. Under a
     distribution strategy (the custom loop, ``custom_loop``) the epoch scalars come from
     ``EpochScalarsCallback`` (Keras' TensorBoard callback, with its histograms, needs ``fit``)
@@ -1127,17 +1140,17 @@ def _findings_callbacks(
     # everything besides Keras' scalars and histograms is a tag in its validation sub-run (as
     # single-label runs, training.callbacks): a run adds two entries to the run selector
     validation_run = log_dir / rundir.TENSORBOARD_VALIDATION
-    x, y = data.x_val[:MAX_FIGURE_EXAMPLES], data.y_val[:MAX_FIGURE_EXAMPLES]
+    x = data.x_val[:MAX_FIGURE_EXAMPLES]
     per_finding = FindingMetricsCallback(
         validation_run if chief else None,  # tags, not a sub-run
-        x,
-        y,
+        data.x_val,  # the whole split: its macro AUC picks the best epoch (val_auc)
+        data.y_val,
         data.source.class_names,
         config.batch_size,
         local=custom_loop,
     )
     if not chief:
-        return [per_finding]
+        return per_finding, []
     made: list[keras.callbacks.Callback] = [
         cb.EpochScalarsCallback(log_dir)
         if custom_loop
@@ -1146,11 +1159,10 @@ def _findings_callbacks(
         ),
         cb.HParamsCallback(validation_run, _hparams(config), cb.HPARAM_METRICS_MULTI_LABEL),
         cb.ModelGraphCallback(validation_run),
-        per_finding,
     ]
     if config.tensorboard_samples > 0:
         made.append(cb.SampleImagesCallback(validation_run, x[: config.tensorboard_samples]))
-    return made
+    return per_finding, made
 
 
 def _finish_findings(run: _Run, started: float) -> RunResult:
@@ -1169,11 +1181,9 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
     best = run_path / rundir.CHECKPOINTS / rundir.BEST_WEIGHTS
     if best.is_file():
         network.load_weights(best)
-        log.info(
-            "restored the best epoch (%s) by validation %s",
-            state.get("best_epoch"),
-            "series macro AUC" if config.select_by == "series-auc" else "macro AUC",
-        )
+        # by AUC: the exact macro AUC of that epoch's "findings: macro AUC" line in train.log
+        what = "series macro AUC" if config.select_by == "series-auc" else "macro AUC"
+        _log_restored(config, state, what)
     raw_val = predict(model, data.x_val, dist=dist, batch_size=config.batch_size)
     temperatures, uncalibrated = findings.fit_temperatures(
         data.y_val, raw_val, names, min_positives=config.min_calibration_positives

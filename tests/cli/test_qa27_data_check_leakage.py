@@ -3,8 +3,9 @@ in two splits (QA round 27). On a CSV of NIH chest X-rays whose split column had
 per image, data-check listed "leakage: 15 patient(s) in more than one split (use --resplit for
 a patient-level split)" as a remark, while `radlens train` on the same CSV stopped: data-check
 reports every other split train refuses on a line of its own ("splits: `radlens train` refuses
-them ..."), and now this one too. It stays a report (exit 0) for a file manifest, as for the
-other refusals; a series CSV's leaking split still fails data-check (test_series_eval).
+them ..."), and now this one too. Since QA round 95 it fails data-check (exit 2, one line), for
+a file manifest as for a series CSV: the split column is the data, not an option the run may set
+otherwise, and train has no option to accept it (tests/cli/test_qa95_data_check_leak.py).
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def test_a_leaking_given_split_is_reported_as_train_refuses_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _given_split(tmp_path / "ds", leak=True)
-    assert main(["data-check", str(path), "--min-calibration-positives", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "leakage: 1 patient(s) in more than one split" in out
-    assert f"{REFUSED}: 1 patient(s) have images in more than one given split" in out
+    assert main(["data-check", str(path), "--min-calibration-positives", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "leakage: 1 patient(s) in more than one split" in captured.out
+    assert "radlens: error: 1 patient(s) have images in more than one given split" in captured.err
 
     from radlens.training.run import train
 

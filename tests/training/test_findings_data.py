@@ -212,7 +212,9 @@ class TestDataCheck:
     def test_nih1000(self, capsys: pytest.CaptureFixture[str]) -> None:
         labels = shared_data_path("nih1000", "labels.csv")  # skips when absent
         args = ["data-check", str(labels), "--multi-label", "--label-column", "nih_finding_labels"]
-        assert main(args) == 0
+        assert main(args) == 2  # its given split puts 30 patients in two splits, train refuses it
+        assert "30 patient(s) have images in more than one given split" in capsys.readouterr().err
+        assert main([*args, "--resplit"]) == 0  # the README's command
         out = capsys.readouterr().out
         assert "findings: 14 (multi-label" in out
         assert "finding Effusion: 170" in out

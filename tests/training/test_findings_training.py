@@ -162,7 +162,7 @@ class TestFindingsRun:
         assert "validation/findings/macro_auc" in scalars
         assert "validation/findings/micro_auc" in scalars
         assert "validation/findings/auc/Effusion" in scalars
-        assert "validation/epoch_auc" in scalars  # Keras' macro AUC, picks the best epoch
+        assert "validation/epoch_auc" in scalars  # exact macro AUC (QA 95): picks the best
         assert not any(key.startswith("findings/") for key in scalars)  # tags, not a sub-run
         assert "positive weights (n_neg / n_pos on train)" in log
 
