@@ -1042,7 +1042,10 @@ class Ingestor:
         (:meth:`_results_queued`; a re-send: ``resend=True``), those not queued before. The
         prediction is committed already: a failure here is never the upload's; each result
         not queued is logged and counted (radlens_dicom_outbox_enqueue_failures_total, which
-        alerts: a log line was all that said so before QA round 54)."""
+        alerts: a log line was all that said so before QA round 54). An unforeseen error also
+        writes the ``dicom.send.none`` row (:meth:`_record_nothing_queued`), as a submit that
+        queued nothing does, and is logged by its type alone (its message may quote the
+        instance's UIDs)."""
         from radlens.app.outbox import ResultsNotQueuedError
 
         assert self.outbox is not None and candidate.sender is not None
@@ -1071,6 +1074,9 @@ class Ingestor:
             failures = exc.failures
         except Exception as exc:  # unforeseen: counted as every kind wanted, not queued
             failures = [(k, "error", exc) for k in ("sr", "sc") if self.outbox.wants(k)]
+            # and this request is done: a re-post does not wait CLAIM_WAIT_S for its queue
+            # row (QA 96; what was queued before the error is read from the spool)
+            await self._record_nothing_queued(written)
         for kind, reason, cause in failures:
             if reason == "no-overlay" and unread is not None:
                 reason, cause = "database", unread

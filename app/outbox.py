@@ -66,7 +66,8 @@ leaves something out ends the wait at once: its request is done, and nothing els
 ``dicom.send.none`` row (status 204) of a request that queued nothing and is done: every result
 failed to be built or written, or its instance lacked a UID the results reference (app/ingest.py
 ``Ingestor._sender``) while a re-post may have it (:meth:`record_nothing_queued`; QA 88: the
-re-post waited the 5 s for a row that was not coming). It covers no result.
+re-post waited the 5 s for a row that was not coming), or the submit raised an unforeseen error
+(``Ingestor._send_back``, QA 96). It covers no result: what is queued is read from the spool.
 
 **What was queued, per kind and destination.** A re-send (the instance received again) queues
 only the results a destination wants that were not queued before: an SR queued while the SC
@@ -421,7 +422,8 @@ class Outbox:
         """The ``dicom.send.none`` audit row (status 204) of a request that queued none of a
         prediction's results and is done: every one failed to be built or written
         (:meth:`submit`), or its instance lacks a UID the results must reference (app/ingest.py
-        ``Ingestor._sender``) while a re-post of it may have them. A re-post then does not
+        ``Ingestor._sender``) while a re-post of it may have them, or :meth:`submit` raised an
+        unforeseen error (``Ingestor._send_back``, QA 96). A re-post then does not
         wait CLAIM_WAIT_S for a queue row that is not coming (:meth:`handled_or_wait`,
         :meth:`queued_since`): it queues the results at once (QA 88: it waited the 5 s). The
         row says nothing was queued (it covers no result). A database error is logged (a

@@ -257,6 +257,9 @@ def pool2d(
     With 'same' padding the padded positions never win a max and are left out of an
     average (the average is over the real pixels in the window), as in TensorFlow.
 
+    The dtype follows :func:`conv2d`'s rule: a float32 or float64 input keeps its dtype (a
+    float16 one gives float32); an integer or boolean input gives float64.
+
     Args:
         x: ``(H, W)`` or ``(H, W, C)``; channels are pooled independently.
         size: window side (>= 1).
@@ -266,7 +269,7 @@ def pool2d(
         padding: ``"valid"`` or ``"same"``.
 
     Returns:
-        float64 array of shape ``(H', W')`` or ``(H', W', C)``.
+        array in the dtype above, of shape ``(H', W')`` or ``(H', W', C)``.
 
     Raises:
         TypeError: a non-numeric input, a non-int size or stride.
@@ -277,7 +280,7 @@ def pool2d(
         array([[9., 7.],
                [8., 6.]])
     """
-    a = _as_array(x, "x")
+    a = _as_array(x, "x", keep_float=True)
     f = _positive_int(size, "size")
     s = f if stride is None else _positive_int(stride, "stride")
     how = _check_mode(mode)
@@ -285,7 +288,7 @@ def pool2d(
     _check_image(a, "x")
     out_h = output_size(a.shape[0], f, s, pad_mode)
     out_w = output_size(a.shape[1], f, s, pad_mode)
-    valid = np.ones(a.shape[:2], dtype=np.float64)
+    valid = np.ones(a.shape[:2], dtype=a.dtype)  # window counts, exact in float32 too
     if pad_mode == "same":
         pads = (_same_padding(a.shape[0], f, s), _same_padding(a.shape[1], f, s))
         a = _pad_hw(a, pads, -np.inf if how == "max" else 0.0)
@@ -309,19 +312,20 @@ def global_pool(x: np.ndarray, mode: str = "average") -> np.ndarray | float:
         mode: ``"max"`` or ``"average"``.
 
     Returns:
-        A float for an ``(H, W)`` input; a float64 ``(C,)`` vector for ``(H, W, C)``.
+        A float for an ``(H, W)`` input; a ``(C,)`` vector for ``(H, W, C)``, in the dtype of
+        :func:`conv2d`'s rule (float32 for a float32 input, float64 for an integer one).
 
     Raises:
         TypeError: a non-numeric input or a non-string mode.
         ValueError: an unknown mode, or an input that is not 2-D/3-D or is empty.
     """
-    a = _as_array(x, "x")
+    a = _as_array(x, "x", keep_float=True)
     how = _check_mode(mode)
     _check_image(a, "x")
     reduced = a.max(axis=(0, 1)) if how == "max" else a.mean(axis=(0, 1))
     if a.ndim == 2:
         return float(reduced)
-    return np.asarray(reduced, dtype=np.float64)
+    return np.asarray(reduced, dtype=a.dtype)
 
 
 # --- filters for display ----------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -388,9 +390,11 @@ def prediction_page(
         services.findings_of(session, [row.id]).get(row.id, []),
         key=lambda f: (order.get(f.finding, len(order)), f.finding),
     )
-    # this browser's upload, answered with this stored prediction but judged otherwise
-    upload = decode_upload_verdict(request.cookies.get(UPLOAD_VERDICT_COOKIE))
-    return render(
+    # this session's upload, answered with this stored prediction but judged otherwise
+    page = f"/ui/predictions/{row.id}"
+    cookie = request.cookies.get(UPLOAD_VERDICT_COOKIE)
+    upload = decode_upload_verdict(cookie, _verdict_binding(request), page)
+    response = render(
         request,
         "prediction.html",
         row=row,
@@ -410,6 +414,9 @@ def prediction_page(
         # SR and SC name the source by its UIDs: refused (409) for pseudonyms, so not offered
         pseudonyms=stores_pseudonyms(row, _settings(request)),
     )
+    if cookie and upload is None:  # another session's upload (or not this service's): gone
+        _set_verdict_cookie(request, response, page, None)
+    return response
 
 
 def score_digits(score: float, threshold: float) -> int:  # also a template global
@@ -724,17 +731,25 @@ async def upload(request: Request, principal: UiPrincipal) -> Response:
     # a re-post judged otherwise than the stored prediction it is answered with: the page
     # says this upload's verdict (else it would show the stored one's only, QA 93)
     mine, stored = result.intended_use_verdict()
+    # no verdict to add: deleted, an earlier upload's verdict is not this one's
+    value = None
+    if stored is not None:
+        value = encode_upload_verdict(mine or [], _verdict_binding(request), page)
+    _set_verdict_cookie(request, response, page, value)
+    return response
+
+
+def _set_verdict_cookie(request: Request, response: Response, page: str, value: str | None) -> None:
+    """Set the upload-verdict cookie for ``page``, or delete it (``value`` None)."""
     response.set_cookie(
         UPLOAD_VERDICT_COOKIE,
-        # no verdict to add: deleted, an earlier upload's verdict is not this one's
-        "" if stored is None else encode_upload_verdict(mine or []),
-        max_age=0 if stored is None else UPLOAD_VERDICT_SECONDS,
+        value or "",
+        max_age=UPLOAD_VERDICT_SECONDS if value else 0,
         path=page,  # sent with this prediction's page only
         httponly=True,
         samesite="strict",
         secure=_settings(request).ui_secure_cookies,
     )
-    return response
 
 
 # The verdict of an upload answered with a stored prediction (a re-post whose header the
@@ -743,8 +758,14 @@ async def upload(request: Request, principal: UiPrincipal) -> Response:
 # browsers keep in their history and proxies log): attribute names and header values only
 # (e.g. BodyPartExamined WRIST), no UID. It lasts UPLOAD_VERDICT_SECONDS, so a reload of the
 # page still shows it; the next upload of the same instance replaces or deletes it. Read back
-# it can only change what the page says about that browser's own upload: the stored
-# prediction's verdict is shown from the database either way.
+# it can only change what the page says about that session's own upload: the stored
+# prediction's verdict is shown from the database either way. It belongs to the login that
+# uploaded, not to the browser (QA 96: another user logged in on that browser within the 10
+# minutes saw the previous uploader's verdict): with RADLENS_AUTH enabled the value carries an
+# HMAC keyed with the session's token (the HttpOnly session cookie, which no later login has)
+# over the page and the verdict; a cookie whose tag does not match the session viewing the
+# page is ignored and deleted. Logging out ends the token, so its cookies match no session
+# after it (the logout response cannot delete them: each is scoped to its own page's path).
 UPLOAD_VERDICT_COOKIE = "radlens_upload_verdict"
 UPLOAD_VERDICT_SECONDS = 600
 _ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
@@ -754,22 +775,52 @@ def _printable(value: Any) -> str:
     return "".join(c for c in str(value) if " " <= c <= "~")[:64]
 
 
-def encode_upload_verdict(violations: list[dict[str, Any]]) -> str:
+def _verdict_binding(request: Request) -> str | None:
+    """The session token the upload-verdict cookie is bound to; None with RADLENS_AUTH
+    disabled (no login: the pages have no user to tell apart)."""
+    if _settings(request).auth == "disabled":
+        return None
+    return request.cookies.get(ui_session.SESSION_COOKIE) or ""
+
+
+def _verdict_tag(binding: str, page: str, payload: str) -> str:
+    message = f"radlens upload verdict\n{page}\n{payload}".encode()
+    digest = hmac.new(binding.encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def encode_upload_verdict(
+    violations: list[dict[str, Any]], binding: str | None = None, page: str = ""
+) -> str:
     """The cookie value: ``[[attribute, value], ...]`` ([] when the upload is inside the
-    intended use) as unpadded base64url JSON (cookie-safe characters only)."""
+    intended use) as unpadded base64url JSON (cookie-safe characters only), followed with a
+    login (``binding``: the session token) by ``.`` and its tag for that session and ``page``."""
     pairs = [
         [_printable(v.get("attribute")), _printable(v.get("value"))]
         for v in violations
         if _ATTRIBUTE.fullmatch(str(v.get("attribute")))
     ]
     text = json.dumps(pairs[:8], separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    payload = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    if binding is None:
+        return payload
+    return f"{payload}.{_verdict_tag(binding, page, payload)}"
 
 
-def decode_upload_verdict(value: str | None) -> list[dict[str, str]] | None:
+def decode_upload_verdict(
+    value: str | None, binding: str | None = None, page: str = ""
+) -> list[dict[str, str]] | None:
     """The upload's violations from the cookie ([]: inside the intended use); None when there
-    is no cookie or it is not one this service wrote."""
+    is no cookie or it is not one this service wrote: with a login (``binding``), for this
+    session and ``page`` (an empty binding, no session, matches nothing)."""
     if not value or len(value) > 2048:
+        return None
+    value, _, tag = value.partition(".")
+    if binding is not None and not (
+        binding
+        and tag
+        and hmac.compare_digest(tag.encode(), _verdict_tag(binding, page, value).encode())
+    ):
         return None
     try:
         pairs = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
