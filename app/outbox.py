@@ -393,30 +393,7 @@ class Outbox:
         query = f"entries={count}"
         if partial is not None:
             query += f"&queued={self._queued_items(partial)}"
-        if self.sessionmaker is None:
-            return
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from radlens.app import audit
-
-        try:
-            with self.sessionmaker() as session:
-                audit.add(
-                    session,
-                    actor=ACTOR,
-                    action=QUEUE_ACTION,
-                    status=202,
-                    target=prediction_id,
-                    query=query,
-                )
-                session.commit()
-        except SQLAlchemyError as exc:
-            logger.warning(
-                "outbox: prediction %s queued, its %s audit row not written (%s)",
-                prediction_id,
-                QUEUE_ACTION,
-                type(exc).__name__,
-            )
+        self._audit(prediction_id, QUEUE_ACTION, 202, query, " queued, its")
 
     def record_nothing_queued(self, prediction_id: str) -> None:
         """The ``dicom.send.none`` audit row (status 204) of a request that queued none of a
@@ -428,6 +405,11 @@ class Outbox:
         :meth:`queued_since`): it queues the results at once (QA 88: it waited the 5 s). The
         row says nothing was queued (it covers no result). A database error is logged (a
         re-post then waits, as before)."""
+        self._audit(prediction_id, NONE_ACTION, 204, "entries=0", ": its")
+
+    def _audit(self, prediction_id: str, action: str, status: int, query: str, said: str) -> None:
+        """One audit row of the outbox's about ``prediction_id``; a database error is logged
+        (``outbox: prediction <id>`` + ``said`` + `` <action> audit row not written``)."""
         if self.sessionmaker is None:
             return
         from sqlalchemy.exc import SQLAlchemyError
@@ -439,17 +421,18 @@ class Outbox:
                 audit.add(
                     session,
                     actor=ACTOR,
-                    action=NONE_ACTION,
-                    status=204,
+                    action=action,
+                    status=status,
                     target=prediction_id,
-                    query="entries=0",
+                    query=query,
                 )
                 session.commit()
         except SQLAlchemyError as exc:
             logger.warning(
-                "outbox: prediction %s: its %s audit row not written (%s)",
+                "outbox: prediction %s%s %s audit row not written (%s)",
                 prediction_id,
-                NONE_ACTION,
+                said,
+                action,
                 type(exc).__name__,
             )
 
