@@ -86,6 +86,27 @@ def _rows(client: TestClient, prediction_id: str) -> list[tuple[str, str]]:
     )
 
 
+def assert_the_repost_queues_at_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, data: bytes, first: Any
+) -> None:
+    """Re-post ``data`` after ``first`` queued nothing: the re-post is answered from the
+    store, does not wait (its look says so, it never polls) and queues the result once; the
+    first request's row says it queued nothing, the re-post's what it queued."""
+    app: Any = client.app
+    outbox = app.state.resources.ingestor.outbox
+    assert _queued(outbox) == []
+    looks = Looks(outbox, monkeypatch)
+    again = _post(client, data)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert looks.answers == [(False, 0.0)]  # nothing to wait for (was: wait ~30 s)
+    assert not looks.polled.is_set(), "the re-post waited for a queue row that was not coming"
+    assert _queued(outbox) == [("sr", A)]  # queued by the re-post, once
+    assert _rows(client, first.json()["id"]) == [
+        ("dicom.send.none", "entries=0"),
+        ("dicom.send.queue", "entries=1"),
+    ]
+
+
 def _without_study_uid(data: bytes) -> bytes:
     ds = dcmread(io.BytesIO(data))
     del ds.StudyInstanceUID
@@ -97,23 +118,11 @@ def _without_study_uid(data: bytes) -> bytes:
 def test_a_repost_with_the_uids_the_first_lacked_queues_at_once(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app: Any = client.app
-    outbox = app.state.resources.ingestor.outbox
     data = dicom_bytes(sop=new_uid(), seed=88)
     first = _post(client, _without_study_uid(data))  # nothing can be sent back
     assert first.status_code == 201, first.text
-    assert _queued(outbox) == []
-    looks = Looks(outbox, monkeypatch)
-    again = _post(client, data)  # the same instance, with its Study Instance UID
-    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-    assert looks.answers == [(False, 0.0)]  # nothing to wait for (was: wait ~30 s)
-    assert not looks.polled.is_set(), "the re-post waited for a queue row that was not coming"
-    assert _queued(outbox) == [("sr", A)]  # queued by the re-post, once
-    # the first request's row said it queued nothing; the re-post's, what it queued
-    assert _rows(client, first.json()["id"]) == [
-        ("dicom.send.none", "entries=0"),
-        ("dicom.send.queue", "entries=1"),
-    ]
+    # the same instance, with its Study Instance UID
+    assert_the_repost_queues_at_once(client, monkeypatch, data, first)
 
 
 def test_a_repost_after_every_result_failed_to_be_built_queues_at_once(
@@ -121,8 +130,6 @@ def test_a_repost_after_every_result_failed_to_be_built_queues_at_once(
 ) -> None:
     from radlens.app.dicom_outputs import DicomOutputError
 
-    app: Any = client.app
-    outbox = app.state.resources.ingestor.outbox
     data = dicom_bytes(sop=new_uid(), seed=89)
 
     def refused(*args: Any, **kwargs: Any) -> bytes:
@@ -132,17 +139,7 @@ def test_a_repost_after_every_result_failed_to_be_built_queues_at_once(
         patched.setattr("radlens.app.dicom_outputs.build_sr", refused)
         first = _post(client, data)
     assert first.status_code == 201, first.text
-    assert _queued(outbox) == []
-    looks = Looks(outbox, monkeypatch)
-    again = _post(client, data)
-    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-    assert looks.answers == [(False, 0.0)]
-    assert not looks.polled.is_set(), "the re-post waited for a queue row that was not coming"
-    assert _queued(outbox) == [("sr", A)]
-    assert _rows(client, first.json()["id"]) == [
-        ("dicom.send.none", "entries=0"),
-        ("dicom.send.queue", "entries=1"),
-    ]
+    assert_the_repost_queues_at_once(client, monkeypatch, data, first)
 
 
 def test_an_upload_recognised_by_its_bytes_writes_no_queue_row(client: TestClient) -> None:

@@ -12,33 +12,27 @@ poll (``queued_since``) is recorded and ends the wait at once (tests/app/test_qa
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import dicom_bytes, new_uid
-from tests.app.test_outbox import waiting_outbox_client
-from tests.app.test_qa88_outbox_nothing_queued import A, Looks, _post, _queued, _rows
-
-
-@pytest.fixture()
-def client(
-    tmp_path: Path, model_store: Path, migrated_database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[TestClient]:
-    from radlens.app import outbox as outbox_module
-
-    monkeypatch.setattr(outbox_module, "CLAIM_WAIT_S", 30.0)
-    with waiting_outbox_client(
-        migrated_database_url, model_store, tmp_path / "spool", f"{A}/sr"
-    ) as test_client:
-        yield test_client
+from tests.app.test_qa88_outbox_nothing_queued import (  # noqa: F401
+    A,
+    Looks,
+    _post,
+    _queued,
+    _rows,
+    assert_the_repost_queues_at_once,
+    client,
+)
 
 
 def test_a_repost_after_an_unforeseen_send_back_error_queues_at_once(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    client: TestClient,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     app: Any = client.app
     outbox = app.state.resources.ingestor.outbox
@@ -57,20 +51,12 @@ def test_a_repost_after_an_unforeseen_send_back_error_queues_at_once(
     assert "RuntimeError" in caplog.text and sop not in caplog.text
     # the first request says it queued nothing and is done
     assert _rows(client, first.json()["id"]) == [("dicom.send.none", "entries=0")]
-    looks = Looks(outbox, monkeypatch)
-    again = _post(client, data)
-    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-    assert looks.answers == [(False, 0.0)]  # nothing to wait for (was: wait ~30 s)
-    assert not looks.polled.is_set(), "the re-post waited for a queue row that was not coming"
-    assert _queued(outbox) == [("sr", A)]  # queued by the re-post, once
-    assert _rows(client, first.json()["id"]) == [
-        ("dicom.send.none", "entries=0"),
-        ("dicom.send.queue", "entries=1"),
-    ]
+    assert_the_repost_queues_at_once(client, monkeypatch, data, first)
 
 
 def test_an_unforeseen_error_after_queueing_leaves_the_queued_alone(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
+    client: TestClient,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The error came after the entry was written: the row ends a re-post's wait, and the
     re-post, reading the spool, queues nothing a second time."""
