@@ -2066,10 +2066,7 @@ def _reduced_decode(
             or not 1 <= header.precision <= min(bits_stored, 16)
         ):
             return None
-        x_offset, y_offset, levels, _ = _j2k_main_header(codestream)
-        if x_offset or y_offset:
-            return None
-        reduction = decode_reduction(rows, columns, size, limit=min(levels, _MAX_REDUCTION))
+        reduction = _j2k_reduction(codestream, rows, columns, size)
         if reduction == 0:
             return None
         arr = _decode_j2k_reduced(
@@ -2085,6 +2082,16 @@ def _reduced_decode(
             return None
         return _decode_jpeg_reduced(codestream, reduction, rows, columns, size), photometric
     return None
+
+
+def _j2k_reduction(codestream: bytes, rows: int, columns: int, size: tuple[int, int]) -> int:
+    """The resolution reduction a raw JPEG 2000 codestream is decoded at (0: the full decode):
+    none for an image offset on the reference grid, else :func:`decode_reduction` within the
+    codestream's decomposition levels."""
+    x_offset, y_offset, levels, _ = _j2k_main_header(codestream)
+    if x_offset or y_offset:
+        return 0
+    return decode_reduction(rows, columns, size, limit=min(levels, _MAX_REDUCTION))
 
 
 COLOUR_J2K_REDUCED_VERSIONS: frozenset[str] = frozenset()
@@ -2153,10 +2160,7 @@ def _reduced_colour_j2k(
         or _int_or(ds, "PixelRepresentation", 0) != 0
     ):
         return None
-    x_offset, y_offset, levels, _ = _j2k_main_header(codestream)
-    if x_offset or y_offset:
-        return None
-    reduction = decode_reduction(rows, columns, size, limit=min(levels, _MAX_REDUCTION))
+    reduction = _j2k_reduction(codestream, rows, columns, size)
     if reduction == 0:
         return None
     arr = _decode_j2k_reduced(codestream, reduction, rows, columns, 8)
