@@ -867,7 +867,7 @@ def overlay_title(
     class), the explained class and its score, ``"pneumonia 0.9300 · Grad-CAM <layer>"``.
 
     ``width``: the PNG's width in pixels; the first of ever shorter wordings whose line fits
-    it is used (the title is one line of a fixed size, clipped when wider than the PNG).
+    it is used (the title is drawn at a fixed size; one that still does not fit wraps).
     """
     names = list(class_names)
     name = names[explained]

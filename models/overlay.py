@@ -64,7 +64,8 @@ _DPI = 100
 _CAPTION_VALIDATED = (
     "Grad-CAM: what raised the score, relative within this image; not a finding's outline."
 )
-_CAPTION = f"{_CAPTION_VALIDATED} Not for clinical use."
+_NOTICE = "Not for clinical use."
+_CAPTION = f"{_CAPTION_VALIDATED} {_NOTICE}"
 
 
 def caption(*, validated: bool = False) -> str:
@@ -72,6 +73,45 @@ def caption(*, validated: bool = False) -> str:
     clinical use unless the model that made it is ``validated`` (its manifest says
     ``validated_for_clinical_use``)."""
     return _CAPTION_VALIDATED if validated else _CAPTION
+
+
+_TITLE_POINTS = 11.0
+_TEXT_MARGIN = 16  # pixels a title leaves free across the PNG's width (as gradcam's wording)
+_CAPTION_POINTS = 6.5
+_PANEL_POINTS = 8.0
+_LINE_SPACING = 1.2  # matplotlib's default line spacing, in font sizes
+
+
+def _text_lines(text: str, points: float, room: float, *, keep: str = "") -> list[str]:
+    """``text`` as the lines that fit ``room`` pixels at ``points`` (DejaVu Sans, 100 dpi):
+    one line when it fits, else wrapped at spaces, never inside the phrase ``keep`` (the
+    not-for-clinical-use notice reads whole); a word wider than ``room`` keeps a line of its
+    own. Measured with the Agg renderer that draws it (hinted widths: 6% wider than the
+    outline widths at 6.5 points), so a line that fits here is not clipped in the PNG."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer = RendererAgg(1, 1, _DPI)
+    font = FontProperties(size=points)
+
+    def width(line: str) -> float:
+        return float(renderer.get_text_width_height_descent(line, font, ismath=False)[0])
+
+    if width(text) <= room:
+        return [text]
+    glued = text.replace(keep, keep.replace(" ", "\0")) if keep else text
+    lines: list[str] = []
+    for word in (w.replace("\0", " ") for w in glued.split(" ") if w):
+        if lines and width(f"{lines[-1]} {word}") <= room:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def _extra_lines_in(lines: Sequence[str], points: float) -> float:
+    """Inches the lines after the first of a wrapped text take."""
+    return (len(lines) - 1) * points * _LINE_SPACING / 72.0
 
 
 def _check_map(value: Any, what: str) -> np.ndarray:
@@ -244,10 +284,19 @@ def render_overlay(
     from matplotlib.figure import Figure
 
     rows, cols = gray.shape
-    image_w = 0.80  # fractions of the figure width: image, gap, colour bar, labels
-    bar_x, bar_w = 0.84, 0.035
-    top_pad = 0.45 if title else 0.12  # inches
-    bottom_pad = 0.35
+    # fractions of the figure width: image, gap, colour bar, its labels (the bar moves left on
+    # a PNG too narrow for its labels beside it)
+    bar_w = 0.035
+    bar_x = _bar_x(0.84, bar_w, width)
+    image_w = bar_x - 0.04
+    # the title and the caption (which says "Not for clinical use.") wrap rather than run off
+    # a narrow PNG; each is one line at the default width
+    titles = _text_lines(title, _TITLE_POINTS, width - _TEXT_MARGIN) if title else []
+    notes = _text_lines(
+        caption(validated=validated), _CAPTION_POINTS, 0.98 * width - 4, keep=_NOTICE
+    )
+    top_pad = (0.45 + _extra_lines_in(titles, _TITLE_POINTS)) if title else 0.12  # inches
+    bottom_pad = 0.35 + _extra_lines_in(notes, _CAPTION_POINTS)
     fig_w = width / _DPI
     image_h_in = fig_w * image_w * rows / cols
     fig_h = image_h_in + top_pad + bottom_pad
@@ -266,14 +315,48 @@ def render_overlay(
 
     _colorbar(fig, (bar_x, bottom, bar_w, height), cmap_name)
 
-    if title:
-        fig.text(0.5, 1.0 - 0.08 / fig_h, title, ha="center", va="top", fontsize=11)
-    text = caption(validated=validated)
-    fig.text(0.02, 0.08 / fig_h, text, ha="left", va="bottom", fontsize=6.5, color="0.3")
+    if titles:
+        fig.text(
+            0.5,
+            1.0 - 0.08 / fig_h,
+            "\n".join(titles),
+            ha="center",
+            va="top",
+            fontsize=_TITLE_POINTS,
+        )
+    fig.text(
+        0.02,
+        0.08 / fig_h,
+        "\n".join(notes),
+        ha="left",
+        va="bottom",
+        fontsize=_CAPTION_POINTS,
+        color="0.3",
+    )
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
     return buffer.getvalue()
+
+
+_BAR_LABELS = ("0 low", "0.5", "1 high")
+_BAR_LABEL_POINTS = 8.0
+_BAR_TICK_POINTS = 7.0  # tick length and label pad, matplotlib's defaults (3.5 points each)
+
+
+def _bar_x(preferred: float, bar_w: float, width: int) -> float:
+    """The colour bar's left edge as a fraction of the figure width: ``preferred``, or further
+    left when its labels would not fit between the bar and the PNG's right edge."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer = RendererAgg(1, 1, _DPI)
+    font = FontProperties(size=_BAR_LABEL_POINTS)
+    label = max(
+        renderer.get_text_width_height_descent(text, font, ismath=False)[0] for text in _BAR_LABELS
+    )
+    room = label + _BAR_TICK_POINTS * _DPI / 72.0 + 2.0  # pixels right of the bar
+    return min(preferred, 1.0 - bar_w - room / width)
 
 
 def _colorbar(fig: Any, rect: tuple[float, float, float, float], cmap: str) -> None:
@@ -283,8 +366,8 @@ def _colorbar(fig: Any, rect: tuple[float, float, float, float], cmap: str) -> N
 
     cax = fig.add_axes(rect)
     bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), cax=cax)
-    bar.set_ticks([0.0, 0.5, 1.0], labels=["0 low", "0.5", "1 high"])
-    bar.ax.tick_params(labelsize=8)
+    bar.set_ticks([0.0, 0.5, 1.0], labels=list(_BAR_LABELS))
+    bar.ax.tick_params(labelsize=_BAR_LABEL_POINTS)
 
 
 def _display_overlay(display: np.ndarray, heat: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
@@ -322,9 +405,24 @@ def _render_pair(
     from matplotlib.figure import Figure
 
     rows, cols = display.shape
-    panel_w = 0.42  # fractions of the figure width: two panels, then the colour bar
-    top_pad = 0.6 if title else 0.3  # inches: title line and panel labels
-    bottom_pad = 0.35
+    # fractions of the figure width: two panels, then the colour bar (moved left, the panels
+    # narrower, on a PNG too narrow for the bar's labels)
+    bar_w = 0.025
+    bar_x = _bar_x(0.88, bar_w, width)
+    panel_w = (bar_x - 0.04) / 2
+    titles = _text_lines(title, _TITLE_POINTS, width - _TEXT_MARGIN) if title else []
+    notes = _text_lines(
+        caption(validated=validated), _CAPTION_POINTS, 0.99 * width - 4, keep=_NOTICE
+    )
+    labels = [
+        _text_lines(text, _PANEL_POINTS, panel_w * width)
+        for text in (f"model input {gray.shape[1]}x{gray.shape[0]}", "Grad-CAM on the image")
+    ]
+    label_lines = max(labels, key=len)
+    # inches: title line(s) and panel labels; the caption's line(s)
+    top_pad = (0.6 + _extra_lines_in(titles, _TITLE_POINTS)) if title else 0.3
+    top_pad += _extra_lines_in(label_lines, _PANEL_POINTS)
+    bottom_pad = 0.35 + _extra_lines_in(notes, _CAPTION_POINTS)
     fig_w = width / _DPI
     image_h_in = fig_w * panel_w * rows / cols
     fig_h = image_h_in + top_pad + bottom_pad
@@ -334,22 +432,36 @@ def _render_pair(
     height = image_h_in / fig_h
     left_ax = fig.add_axes((0.01, bottom, panel_w, height))
     left_ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
-    left_ax.set_title(f"model input {gray.shape[1]}x{gray.shape[0]}", fontsize=8, pad=3)
-    right_ax = fig.add_axes((0.44, bottom, panel_w, height))
+    left_ax.set_title("\n".join(labels[0]), fontsize=_PANEL_POINTS, pad=3)
+    right_ax = fig.add_axes((0.02 + panel_w, bottom, panel_w, height))
     panel = (max(1, round(panel_w * width)), max(1, round(image_h_in * _DPI)))
     shown = _resize_gray(display, panel) if panel[0] < cols else display
     overlay = _display_overlay(shown, heat, alpha, cmap)
     right_ax.imshow(overlay, interpolation="nearest", aspect="auto")
     # no size: ``display`` is the source scaled down to at most 1024 px a side, and the title
     # named that size as the image's (a hip CR of 1760x2140 read "842x1024"; QA round 54)
-    right_ax.set_title("Grad-CAM on the image", fontsize=8, pad=3)
+    right_ax.set_title("\n".join(labels[1]), fontsize=_PANEL_POINTS, pad=3)
     for ax in (left_ax, right_ax):
         ax.set_axis_off()
-    _colorbar(fig, (0.88, bottom, 0.025, height), cmap)
-    if title:
-        fig.text(0.5, 1.0 - 0.06 / fig_h, title, ha="center", va="top", fontsize=11)
-    text = caption(validated=validated)
-    fig.text(0.01, 0.08 / fig_h, text, ha="left", va="bottom", fontsize=6.5, color="0.3")
+    _colorbar(fig, (bar_x, bottom, bar_w, height), cmap)
+    if titles:
+        fig.text(
+            0.5,
+            1.0 - 0.06 / fig_h,
+            "\n".join(titles),
+            ha="center",
+            va="top",
+            fontsize=_TITLE_POINTS,
+        )
+    fig.text(
+        0.01,
+        0.08 / fig_h,
+        "\n".join(notes),
+        ha="left",
+        va="bottom",
+        fontsize=_CAPTION_POINTS,
+        color="0.3",
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
     return buffer.getvalue()
