@@ -106,8 +106,10 @@ presets do not apply to them (window ``"full-range"``). A 16-bit colour or gray-
 is read at 8 bits (Pillow keeps each sample's high byte) and refused when its data need fewer
 than 15 bits (:func:`_check_png_colour_depth`). From version "4" a PNG or JPEG whose EXIF
 Orientation turns or mirrors it (a camera's or phone's image, some exports) is turned first,
-to the image a viewer shows (:func:`exif_orientation`). Pillow's own decompression-bomb limit
-(``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of ``max_pixels``.
+to the image a viewer shows (:func:`exif_orientation`). A DCT JPEG over ``max_pixels`` (a
+phone's 48 MP photo of a film) is decoded at 1/2, 1/4 or 1/8 of its size, the least that fits
+(:func:`_jpeg_scaled_within`); any other image over it is refused. Pillow's own
+decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) applies on top of ``max_pixels``.
 
 Every failure is a :class:`~models.errors.PreprocessingError` subclass that quotes what was
 received; exceptions from pydicom, Pillow and numpy are translated where they are called.
@@ -315,7 +317,8 @@ def preprocess(
         size: ``(height, width)`` to resize to, or ``None`` to keep the native size.
         window: a :data:`WINDOW_PRESETS` name, applied to CT (HU) images; ``None`` uses the
             file's VOI LUT or Window Center/Width, else min-max.
-        max_pixels: refuse frames with more pixels than this, checked before decoding.
+        max_pixels: refuse frames with more pixels than this, checked before decoding (a DCT
+            JPEG over it is decoded at 1/2, 1/4 or 1/8 of its size when that fits).
         version: the :data:`PREPROCESSING_VERSION` to reproduce, one of
             :data:`SUPPORTED_PREPROCESSING_VERSIONS` (a model's manifest says which): "1"
             decodes every frame at full resolution; "2" decodes JPEG 2000 and baseline JPEG
@@ -619,8 +622,10 @@ def sniff_format(data: bytes) -> str:
     ):
         return "dicom"
     named = other_format_said(data)  # a format's signature then, not a report's first line
+    # ... unless it is a text format (an HTML page may be a report that names the patient)
+    shown = bool(named) and _text_format(data) is None
     raise NotAnImageError(
-        f"received {len(data)} bytes starting {_hex_head(data, text_shown=bool(named))}{named}"
+        f"received {len(data)} bytes starting {_hex_head(data, text_shown=shown)}{named}"
     )
 
 
@@ -637,8 +642,9 @@ def other_format_said(data: bytes) -> str:
 
 def other_format(data: bytes) -> tuple[str, str] | None:
     """``(what it is, what to do)`` for a file of a format people send by mistake (another
-    image format, a document, an archive, a NIfTI volume), recognised by its signature; else
-    ``None``. Only for saying what was received: such a file is refused all the same.
+    image format, a document, an archive, a NIfTI volume, a web page or base64 text:
+    :func:`_text_format`), recognised by its signature; else ``None``. Only for saying what
+    was received: such a file is refused all the same.
 
     Example:
         >>> other_format(b"GIF89a...")
@@ -680,7 +686,36 @@ def other_format(data: bytes) -> tuple[str, str] | None:
     ):  # sizeof_hdr 348 (NIfTI-1, Analyze 7.5) or 540 and the magic (NIfTI-2)
         name = "a NIfTI or Analyze volume"
         advice = "send its slices as DICOM, or a slice as PNG"
+    elif head[:4] == b"\x00\x00\x01\x00" and head[9:10] == b"\x00" and any(head[4:6]):
+        name = "an ICO icon"  # reserved 0, type 1, a count, the first entry's reserved byte
+    elif head[:3] == b"II\xbc":
+        name = "a JPEG XR (HD Photo) image"
+    elif head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
+        name = "a PostScript (EPS) file"
+    else:
+        name, advice = _text_format(data) or (None, advice)
     return None if name is None else (name, advice)
+
+
+def _text_format(data: bytes) -> tuple[str, str] | None:
+    """``(what it is, what to do)`` for a text file mistaken for an image: an HTML page (a link
+    saved instead of the image it shows) or an SVG drawing, told by their tags within the first
+    KiB; a PNG or JPEG as base64 text (a data: URL, or an API client that sent the encoded
+    string instead of the bytes); else ``None``. Only names the format: no text is quoted."""
+    text = bytes(data[:1024]).lstrip(b"\xef\xbb\xbf \t\r\n")
+    markup = text.lower() if text.startswith(b"<") else b""
+    if b"<html" in markup or markup.startswith(b"<!doctype html"):
+        return "a web page (HTML), not an image", "save the image itself from it and send that"
+    if b"<svg" in markup:
+        return "an SVG drawing", _TO_PNG
+    encoded = text.split(b";base64,", 1)[1] if text[:11].lower() == b"data:image/" else text
+    kind = "PNG" if encoded.startswith(b"iVBORw0KGgo") else "JPEG" if encoded[:4] == b"/9j/" else ""
+    if kind:
+        return (
+            f"a {kind} image as base64 text",
+            "decode the base64 and send the image's bytes (the file itself)",
+        )
+    return None
 
 
 _TGA_FOOTER = b"TRUEVISION-XFILE.\x00"
@@ -2905,7 +2940,9 @@ def _preprocess_pillow(
                 f"{kind.upper()} declares {width}x{height} = {width * height} pixels, "
                 f"exceeding Pillow's limit of {pillow_limit} (radlens limit {max_pixels})"
             )
-        if width * height > max_pixels:
+        if width * height > max_pixels and not (
+            kind == "jpeg" and _jpeg_scaled_within(image, data, max_pixels)
+        ):
             raise ImageTooLargeError(
                 f"{kind.upper()} declares {width}x{height} = {width * height} pixels, "
                 f"exceeding the limit of {max_pixels}"
@@ -2955,6 +2992,37 @@ def _preprocess_pillow(
             colour_fraction=colour,
         )
     return pixels, metadata
+
+
+_DCT_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})  # Huffman or arithmetic, sequential or
+# progressive: the DCT codings whose decode libjpeg can scale (not lossless, not hierarchical)
+
+
+def _jpeg_scaled_within(image: PILImage.Image, data: bytes, max_pixels: int) -> bool:
+    """Have a DCT JPEG larger than ``max_pixels`` decoded at 1/2, 1/4 or 1/8 of its size, the
+    least reduction that fits (libjpeg's DCT scaling, through Pillow's ``draft`` on the opened,
+    not yet loaded image); ``True`` when one fits, ``False`` (nothing changed) otherwise.
+
+    A phone's photo of a film is 48 or 50 MP in its full-resolution mode (8064x6048,
+    8160x6120), above the default 36 MP limit, and a viewer shows it; the model sees it at a
+    few hundred pixels a side, so decoding a quarter of its pixels loses nothing it would see,
+    and the decoded size, which bounds memory and time, stays within the limit. Only a file
+    over the limit is decoded reduced: one within it decodes in full as before. Pillow's own
+    limit (``PIL.Image.MAX_IMAGE_PIXELS``, checked before) still bounds the declared size.
+    """
+    frame = next((marker for marker, _ in _jpeg_segments(data) if _is_frame_header(marker)), None)
+    if frame not in _DCT_SOF:
+        return False
+    width, height = image.size
+    for scale in (2, 4, 8):
+        if -(-width // scale) * -(-height // scale) <= max_pixels:
+            break
+    else:
+        return False
+    # Pillow picks the largest of 8, 4, 2 that the asked size divides the image by, and
+    # rounds the scaled size up, as libjpeg does
+    image.draft(None, (max(1, width // scale), max(1, height // scale)))
+    return image.width * image.height <= max_pixels
 
 
 def exif_orientation(image: PILImage.Image) -> int | None:
