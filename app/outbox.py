@@ -19,6 +19,14 @@ temporary name, flushed and renamed (a crash leaves either a whole entry or none
   field, from an earlier version, is pending) or ``delivered`` / ``dropped`` (with the
   reason) and waiting for its audit row. No UID, no patient data.
 
+An SR is built with the prediction's stored findings (a multi-label model's per-finding
+groups). When the database cannot be read for them, just after the commit, the SR is not built
+without them: its entry's payload is the source reference it is to be built from (DICOM JSON,
+encrypted as a Part 10 payload would be; ``build_at_send`` in its state), and each delivery
+attempt reads the prediction and its findings and builds the SR then, or is retried, sending
+nothing, while they cannot be read (QA 101: before, the SR was sent without them at once, and
+never replaced).
+
 One thread (:meth:`start`) delivers: each pass opens one association per destination for its
 due entries; an entry whose C-STORE returned Success or Warning becomes ``delivered``, and
 otherwise its next attempt is scheduled after ``RADLENS_DICOM_OUTBOX_RETRY_S`` doubling per
@@ -165,6 +173,17 @@ class Entry:
     encrypted: bool = False
     state: str = PENDING  # PENDING | DELIVERED | DROPPED
     reason: str | None = None  # why DROPPED
+    # an SR whose payload is its source reference, built at each attempt with the stored
+    # findings (they could not be read when it was queued; Outbox._build_deferred)
+    build_at_send: bool = False
+
+    def state_json(self) -> bytes:
+        """The ``<id>.json`` file's content. ``build_at_send`` is written only when set: the
+        state of every other entry is as an earlier version wrote it (and reads it)."""
+        fields = asdict(self)
+        if not self.build_at_send:
+            del fields["build_at_send"]
+        return json.dumps(fields).encode()
 
     def audit_row(self) -> tuple[str, int, str]:
         """The action, status and query of this delivered or dropped entry's audit row."""
@@ -176,6 +195,60 @@ class Entry:
 
 class UndecryptableEntryError(Exception):
     """The payload cannot be decrypted with the current key."""
+
+
+class _NotBuiltYetError(Exception):
+    """A deferred SR's findings cannot be read yet (the database): retried."""
+
+
+class _NotBuildableError(Exception):
+    """A deferred SR cannot be built (its prediction is gone, or a bug): dropped."""
+
+
+_SOURCE_FORMAT = "radlens.outbox.sr-source/1"
+
+
+def _source_payload(source: SourceRef) -> bytes:
+    """A deferred SR's payload: its source reference as DICOM JSON (the source's UIDs,
+    Modality, Instance Number, Burned In Annotation and, when copied, its patient and study
+    identification with their character set and timezone), which
+    app/dicom_outputs.source_from_dataset reads back as it was. JSON, not Part 10: nothing
+    can take it for an object to C-STORE."""
+    from pydicom import Dataset
+
+    ds = Dataset()
+    ds.StudyInstanceUID = source.study_instance_uid
+    ds.SeriesInstanceUID = source.series_instance_uid
+    ds.SOPInstanceUID = source.sop_instance_uid
+    ds.SOPClassUID = source.sop_class_uid
+    if source.modality:
+        ds.Modality = source.modality
+    if source.burned_in_annotation:
+        ds.BurnedInAnnotation = source.burned_in_annotation
+    if source.instance_number is not None:
+        ds.InstanceNumber = source.instance_number
+    if source.identification:
+        if source.character_set:
+            ds.SpecificCharacterSet = source.character_set
+        if source.timezone_offset:
+            ds.TimezoneOffsetFromUTC = source.timezone_offset
+        for element in source.identification.values():
+            ds[element.tag] = element
+    record = {"format": _SOURCE_FORMAT, "dataset": ds.to_json_dict()}
+    return json.dumps(record).encode()
+
+
+def _source_from_payload(data: bytes) -> SourceRef:
+    """:func:`_source_payload` read back (ValueError: not one)."""
+    from pydicom import Dataset
+
+    from radlens.app.dicom_outputs import source_from_dataset
+
+    record = json.loads(data)
+    if not isinstance(record, dict) or record.get("format") != _SOURCE_FORMAT:
+        raise ValueError("not an SR source reference")
+    ds = Dataset.from_json(record["dataset"])
+    return source_from_dataset(ds, copy_patient=True)
 
 
 class ResultsNotQueuedError(Exception):
@@ -306,6 +379,7 @@ class Outbox:
             if kind == "sc" and overlay_png is None:
                 failures.extend((kind, "no-overlay", None) for _ in names)
                 continue
+            deferred = False
             try:
                 # the model that made the prediction decides the not-for-clinical-use notice
                 validated = clinically_validated(
@@ -313,14 +387,19 @@ class Outbox:
                 )
                 if kind == "sr":
                     findings = self._stored_findings(prediction)
-                    payload = build_sr(prediction, source, findings, validated=validated)
+                    if findings is None:  # built at delivery, with them (QA 101)
+                        payload, deferred = _source_payload(source), True
+                    else:
+                        payload = build_sr(prediction, source, findings, validated=validated)
                 else:
                     assert overlay_png is not None
                     payload = build_sc(prediction, source, overlay_png, validated=validated)
             except Exception as exc:  # DicomOutputError, or highdicom's own: a radlens bug
                 failures.extend((kind, "build", exc) for _ in names)
                 continue
-            written, failed = self._enqueue(prediction_id, kind, payload, names)
+            written, failed = self._enqueue(
+                prediction_id, kind, payload, names, build_at_send=deferred
+            )
             queued.extend((kind, name) for name in written)
             for name, error in failed:
                 # the spool: disk full, read-only, gone; else the cipher, a bug
@@ -341,13 +420,14 @@ class Outbox:
             raise ResultsNotQueuedError(failures, len(queued))
         return len(queued)
 
-    def _stored_findings(self, prediction: Prediction) -> list[Any]:
+    def _stored_findings(self, prediction: Prediction) -> list[Any] | None:
         """The prediction's stored findings, which its SR is built with as
         ``GET /v1/predictions/{id}/dicom/sr`` and WADO-RS build it (app/catalogue.sr_findings;
         QA 86: the SR sent had no per-finding groups); none without a sessionmaker (tests).
-        When the database cannot be read, none, and a WARNING says so: the SR still states the
-        label and every finding's score, without the per-finding groups (a database error
-        after the commit loses no result, QA round 54)."""
+        None when the database cannot be read, and a WARNING says so: the SR is queued to be
+        built at its delivery, when they can be read (:meth:`_build_deferred`; a database error
+        after the commit loses no result, QA round 54). Before QA 101 it was queued without
+        its per-finding groups, and sending the instance again did not replace it."""
         if self.sessionmaker is None:
             return []
         from sqlalchemy.exc import SQLAlchemyError
@@ -360,12 +440,11 @@ class Outbox:
         except SQLAlchemyError as exc:
             logger.warning(
                 "outbox: prediction %s: its stored findings could not be read (%s); its SR is "
-                "queued without per-finding groups (a multi-label model's; sending the instance "
-                "again does not replace it)",
+                "queued to be built with them at its delivery",
                 prediction.id,
                 type(exc).__name__,
             )
-            return []
+            return None
 
     def _queued_items(self, queued: list[Pair]) -> str:
         """What a submit that left something out queued, for its queue row: ``sr`` for a kind
@@ -445,10 +524,17 @@ class Outbox:
         return len(written)
 
     def _enqueue(
-        self, prediction_id: str, kind: str, payload: bytes, names: list[str] | None = None
+        self,
+        prediction_id: str,
+        kind: str,
+        payload: bytes,
+        names: list[str] | None = None,
+        *,
+        build_at_send: bool = False,
     ) -> tuple[list[str], list[tuple[str, Exception]]]:
         """Queue ``payload`` for each destination that wants ``kind`` (of ``names``, when
-        given), each on its own; returns the destinations written and those not, with why."""
+        given), each on its own; returns the destinations written and those not, with why.
+        ``build_at_send``: the payload is an SR's source reference (:func:`_source_payload`)."""
         written: list[str] = []
         failed: list[tuple[str, Exception]] = []
         now = self.clock()
@@ -462,6 +548,7 @@ class Outbox:
                 destination=destination.name,
                 created_at=now,
                 encrypted=self._fernet is not None,
+                build_at_send=build_at_send,
             )
             try:
                 stored = self._fernet.encrypt(payload) if self._fernet is not None else payload
@@ -470,7 +557,7 @@ class Outbox:
                     # written, so another process's clean-up does not take it for an orphan
                     held = _write_locked(self._payload_path(entry), stored)
                     try:
-                        _write_atomic(self._state_path(entry), json.dumps(asdict(entry)).encode())
+                        _write_atomic(self._state_path(entry), entry.state_json())
                     except BaseException:  # no state, no entry: its payload would hold space
                         self._payload_path(entry).unlink(missing_ok=True)
                         raise
@@ -672,7 +759,7 @@ class Outbox:
         with self._lock:
             if not self._state_path(entry).exists():
                 return
-            _write_atomic(self._state_path(entry), json.dumps(asdict(settled)).encode())
+            _write_atomic(self._state_path(entry), settled.state_json())
             self._payload_path(entry).unlink(missing_ok=True)
             if self.gauge is not None:
                 self.gauge.labels(destination=entry.destination).dec()
@@ -763,12 +850,21 @@ class Outbox:
         datasets = []
         for entry in entries:
             try:
-                ds = pydicom.dcmread(io.BytesIO(self.payload(entry)))
+                data = self.payload(entry)
+                if entry.build_at_send:
+                    data = self._build_deferred(entry, data)
+                ds = pydicom.dcmread(io.BytesIO(data))
             except UndecryptableEntryError as exc:
                 self._drop(entry, f"cannot be decrypted: {exc}")
                 continue
             except (OSError, InvalidDicomError) as exc:
                 self._drop(entry, f"payload unreadable: {type(exc).__name__}")
+                continue
+            except _NotBuiltYetError as exc:  # its findings still unreadable: not sent yet
+                self._retry(entry, str(exc))
+                continue
+            except _NotBuildableError as exc:
+                self._drop(entry, str(exc))
                 continue
             datasets.append((entry, ds))
         if not datasets:
@@ -797,6 +893,45 @@ class Outbox:
                 assoc.release()
         if delivered:
             logger.info("outbox: %d objects delivered to %s", delivered, destination.name)
+
+    def _build_deferred(self, entry: Entry, source_payload: bytes) -> bytes:
+        """The SR of a deferred entry (its findings could not be read when it was queued),
+        built now from the stored prediction and findings, as :meth:`submit` builds it, and
+        its source reference in the payload (the sender's UIDs: never the database's). Built
+        again at each attempt (the entry is not rewritten while claimed). Raises
+        _NotBuiltYetError when the database cannot be read (retried as a failed delivery),
+        _NotBuildableError when the prediction is gone or the SR cannot be built (dropped)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from radlens.app.catalogue import sr_findings
+        from radlens.app.clinical import validated as clinically_validated
+        from radlens.app.dicom_outputs import build_sr
+        from radlens.app.tables import Prediction
+
+        try:
+            source = _source_from_payload(source_payload)
+        except Exception as exc:  # not written by _source_payload: nothing to build from
+            raise _NotBuildableError(f"payload unreadable: {type(exc).__name__}") from exc
+        if self.sessionmaker is None:
+            raise _NotBuiltYetError("database: none to read the findings from")
+        try:
+            with self.sessionmaker() as session:
+                prediction = session.get(Prediction, uuid.UUID(entry.prediction_id))
+                if prediction is None:
+                    raise _NotBuildableError("SR not built: the prediction is no longer stored")
+                findings = sr_findings(session, [prediction]).get(prediction.id, [])
+                validated = clinically_validated(
+                    self.settings, prediction.model_name, prediction.model_version
+                )
+                try:
+                    return build_sr(prediction, source, findings, validated=validated)
+                except Exception as exc:  # DicomOutputError, or highdicom's own: a bug
+                    raise _NotBuildableError(f"SR not built: {type(exc).__name__}") from exc
+        except SQLAlchemyError as exc:
+            raise _NotBuiltYetError(
+                f"database: its findings could not be read ({type(exc).__name__}); the SR is "
+                "built when they can be"
+            ) from exc
 
     def _associate(self, destination: Destination, sop_classes: set[str]) -> Any:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -845,7 +980,7 @@ class Outbox:
         )
         with self._lock:
             if self._state_path(entry).exists():
-                _write_atomic(self._state_path(entry), json.dumps(asdict(updated)).encode())
+                _write_atomic(self._state_path(entry), updated.state_json())
         logger.warning(
             "outbox: %s of prediction %s to %s not delivered (attempt %d): %s; next in %.0f s",
             entry.kind.upper(),
@@ -1004,7 +1139,7 @@ def drop_purged_entries(
             if fresh.state != PENDING:
                 continue  # delivered (or dropped) meanwhile
             settled = replace(fresh, state=DROPPED, reason=PURGED_REASON)
-            _write_atomic(state_path, json.dumps(asdict(settled)).encode())
+            _write_atomic(state_path, settled.state_json())
             payload_path.unlink(missing_ok=True)
             dropped += 1
         finally:

@@ -312,11 +312,18 @@ class ModelPublic(BaseModel):
     preprocessing_version: str
     filters: list[str]
     metrics: dict[str, dict[str, Any]]
-    validated_for_clinical_use: bool
+    validated_for_clinical_use: bool = Field(
+        description="Whether the model store's manifest of this model, as sealed, says "
+        "validated_for_clinical_use (read at each request, as for every result's notice): "
+        "false when it is unsealed, edited since it was sealed, or no longer in the store"
+    )
     description: str
     device: str
     ready: bool
-    notice: str | None
+    notice: str | None = Field(
+        description="The not-for-clinical-use notice the model's results carry; null only "
+        "when validated_for_clinical_use"
+    )
     operating_point: str | None = Field(
         default=None,
         description="The operating point deciding labels (RADLENS_OPERATING_POINT; "

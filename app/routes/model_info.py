@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from radlens.app.deps import ResourcesDep
+from radlens.app import clinical
+from radlens.app.deps import ResourcesDep, SettingsDep
 from radlens.app.schemas import NOT_FOR_CLINICAL_USE, ModelPublic, ModelsPublic, problem_responses
 from radlens.models.decision import CHOSEN, OperatingPoint
 from radlens.models.intended_use import NOT_STATED
@@ -21,10 +22,14 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     summary="The loaded model and its manifest",
     responses=problem_responses(500, 503),
 )
-def list_models(resources: ResourcesDep) -> ModelsPublic:
+def list_models(resources: ResourcesDep, settings: SettingsDep) -> ModelsPublic:
     """Classes, decision threshold, metrics and the clinical-validation flag of the model."""
     predictor = resources.predictor
     m = predictor.manifest
+    # as every result's notice: the store's sealed manifest decides, not the one loaded at
+    # start-up (app/clinical.py; QA 101: an unsealed or since-edited store manifest was
+    # listed as validated while the model's results carried the notice)
+    validated = clinical.validated(settings, m.name, m.version)
     return ModelsPublic(
         models=[
             ModelPublic(
@@ -39,11 +44,11 @@ def list_models(resources: ResourcesDep) -> ModelsPublic:
                 preprocessing_version=m.preprocessing_version,
                 filters=list(m.filters),
                 metrics=m.metrics,
-                validated_for_clinical_use=m.validated_for_clinical_use,
+                validated_for_clinical_use=validated,
                 description=m.description,
                 device=predictor.device.name,
                 ready=predictor.ready,
-                notice=None if m.validated_for_clinical_use else NOT_FOR_CLINICAL_USE,
+                notice=None if validated else NOT_FOR_CLINICAL_USE,
                 operating_point=predictor.operating_point.name,
                 decision_threshold=predictor.operating_point.threshold,
                 data_split=m.data_split,

@@ -127,15 +127,16 @@ def loaded_manifest(request: Request) -> ModelManifest | None:
     return resources.predictor.manifest if resources is not None else None
 
 
-def clinical_notice(
-    manifest: ModelManifest | None, name: str | None = None, version: int | None = None
-) -> str | None:
-    """None only when the (named) model is the loaded one and its manifest says validated."""
-    if manifest is None or not manifest.validated_for_clinical_use:
+def loaded_notice(request: Request) -> str | None:
+    """The notice of a page about the serving model (the model page, a page listing no
+    result): None only when the store's sealed manifest of that model says validated
+    (app/clinical.py), as for its results. Not the manifest loaded at start-up: one unsealed
+    or edited in the store since then was shown as validated while its results carried the
+    notice (QA 101)."""
+    manifest = loaded_manifest(request)
+    if manifest is None:
         return NOT_FOR_CLINICAL_USE
-    if name is not None and (name, version) != (manifest.name, manifest.version):
-        return NOT_FOR_CLINICAL_USE
-    return None
+    return result_notice(request, manifest.name, manifest.version)
 
 
 def result_notice(request: Request, name: str, version: int) -> str | None:
@@ -169,7 +170,8 @@ def set_cookie(request: Request, response: Response, name: str, value: str) -> N
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     """A page with the common context (notice, CSRF token, who is logged in)."""
-    context.setdefault("notice", clinical_notice(loaded_manifest(request)))
+    if "notice" not in context:
+        context["notice"] = loaded_notice(request)
     context["csrf_token"] = csrf_token(request)
     context["csrf_field"] = ui_session.CSRF_FIELD
     context.setdefault("principal", getattr(request.state, "principal", None))
@@ -261,6 +263,7 @@ async def login(request: Request) -> Response:
     set_cookie(request, response, ui_session.SESSION_COOKIE, token)
     # a new CSRF token for the new session
     set_cookie(request, response, ui_session.CSRF_COOKIE, ui_session.new_csrf_token())
+    _delete_verdict_cookies(request, response)  # the previous session's uploads' verdicts
     return response
 
 
@@ -292,6 +295,8 @@ async def logout(request: Request) -> Response:
     response = _redirect("/ui/login")
     for name in (ui_session.SESSION_COOKIE, ui_session.CSRF_COOKIE):
         response.delete_cookie(name, path=ui_session.COOKIE_PATH)
+    # nothing of the session stays in the browser: its uploads' verdicts go too (QA 101)
+    _delete_verdict_cookies(request, response)
     return response
 
 
@@ -334,7 +339,7 @@ def predictions_page(request: Request, principal: UiPrincipal, session: SessionD
     # the notice is left out only when every row listed was made by a validated model (no
     # row: the loaded model's)
     validated = clinical.validator(_settings(request))
-    notice = clinical_notice(manifest)
+    notice = loaded_notice(request)
     if rows:
         unvalidated = any(not validated(r.model_name, r.model_version) for r in rows)
         notice = NOT_FOR_CLINICAL_USE if unvalidated else None
@@ -736,6 +741,7 @@ async def upload(request: Request, principal: UiPrincipal) -> Response:
     if stored is not None:
         value = encode_upload_verdict(mine or [], _verdict_binding(request), page)
     _set_verdict_cookie(request, response, page, value)
+    _note_verdict_page(request, response, str(result.prediction.id), value is not None)
     return response
 
 
@@ -764,11 +770,74 @@ def _set_verdict_cookie(request: Request, response: Response, page: str, value: 
 # minutes saw the previous uploader's verdict): with RADLENS_AUTH enabled the value carries an
 # HMAC keyed with the session's token (the HttpOnly session cookie, which no later login has)
 # over the page and the verdict; a cookie whose tag does not match the session viewing the
-# page is ignored and deleted. Logging out ends the token, so its cookies match no session
-# after it (the logout response cannot delete them: each is scoped to its own page's path).
+# page is ignored and deleted. Logging out (or in again) ends the token, so its cookies match
+# no session after it; and they are deleted then: each is scoped to its own page's path, which
+# the logout's request does not carry, so the pages holding one are listed in another cookie,
+# UPLOAD_PAGES_COOKIE (scoped to /ui: the prediction ids, at most UPLOAD_PAGES_KEPT, newest
+# last), and the logout and login responses delete the cookie of each page listed (QA 101: a
+# logout left them in the browser for up to 10 minutes).
 UPLOAD_VERDICT_COOKIE = "radlens_upload_verdict"
 UPLOAD_VERDICT_SECONDS = 600
+UPLOAD_PAGES_COOKIE = "radlens_upload_pages"
+UPLOAD_PAGES_KEPT = 32  # 37 characters each: a cookie of 1.2 kB at most
 _ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+
+
+def _verdict_pages(request: Request) -> list[str]:
+    """The prediction ids whose page holds an upload-verdict cookie, as listed (well-formed
+    ids only: the cookie is the browser's to send)."""
+    listed = request.cookies.get(UPLOAD_PAGES_COOKIE) or ""
+    pages: list[str] = []
+    for text in listed.split(".")[-UPLOAD_PAGES_KEPT:]:
+        try:
+            page = str(uuid.UUID(text))
+        except ValueError:
+            continue
+        if page == text and page not in pages:
+            pages.append(page)
+    return pages
+
+
+def _note_verdict_page(
+    request: Request, response: Response, prediction_id: str, held: bool
+) -> None:
+    """List (``held``) or unlist the page of ``prediction_id`` in UPLOAD_PAGES_COOKIE."""
+    pages = [page for page in _verdict_pages(request) if page != prediction_id]
+    if held:
+        pages = [*pages, prediction_id][-UPLOAD_PAGES_KEPT:]
+    if pages:
+        response.set_cookie(
+            UPLOAD_PAGES_COOKIE,
+            ".".join(pages),
+            max_age=UPLOAD_VERDICT_SECONDS,  # as long as the newest page's verdict lasts
+            path=ui_session.COOKIE_PATH,
+            httponly=True,
+            samesite="strict",
+            secure=_settings(request).ui_secure_cookies,
+        )
+    elif UPLOAD_PAGES_COOKIE in request.cookies:
+        _delete_cookie(request, response, UPLOAD_PAGES_COOKIE, ui_session.COOKIE_PATH)
+
+
+def _delete_verdict_cookies(request: Request, response: Response) -> None:
+    """Delete the upload-verdict cookie of every page UPLOAD_PAGES_COOKIE lists, and it."""
+    if UPLOAD_PAGES_COOKIE not in request.cookies:
+        return
+    for page in _verdict_pages(request):
+        _set_verdict_cookie(request, response, f"/ui/predictions/{page}", None)
+    _delete_cookie(request, response, UPLOAD_PAGES_COOKIE, ui_session.COOKIE_PATH)
+
+
+def _delete_cookie(request: Request, response: Response, name: str, path: str) -> None:
+    response.set_cookie(
+        name,
+        "",
+        max_age=0,
+        path=path,
+        httponly=True,
+        samesite="strict",
+        secure=_settings(request).ui_secure_cookies,
+    )
 
 
 def _printable(value: Any) -> str:
@@ -843,6 +912,8 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
     manifest = get_resources(request).predictor.manifest
     folder = _model_folder(request, manifest)
     plots = [kind for kind, name in PLOTS.items() if (folder / name).is_file()]
+    # the store's sealed manifest decides, as for the model's results (app/clinical.py)
+    validated = clinical.validated(_settings(request), manifest.name, manifest.version)
     return render(
         request,
         "model.html",
@@ -856,7 +927,8 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
         calibration=_scalars(getattr(manifest, "calibration", None)),
         plots=plots,
         intended_use=_intended_use_rows(manifest, _settings(request)),
-        notice=clinical_notice(manifest),
+        validated=validated,
+        notice=None if validated else NOT_FOR_CLINICAL_USE,
     )
 
 

@@ -237,7 +237,8 @@ def test_findings_that_cannot_be_read_still_send_the_sr_and_say_so(
 ) -> None:
     """The outbox reads the stored findings the SR is built with: the database failing that
     read (just after the prediction's commit) loses no result (QA round 54): the SR is queued
-    without per-finding groups, and a WARNING names the prediction."""
+    to be built, with its per-finding groups, when it is delivered (QA 101), and a WARNING
+    names the prediction."""
     import logging
 
     from sqlalchemy.exc import OperationalError
@@ -257,5 +258,5 @@ def test_findings_that_cannot_be_read_still_send_the_sr_and_say_so(
     assert set(failures(tiny_outbox).values()) == {0.0}
     assert (
         f"outbox: prediction {body['id']}: its stored findings could not be read "
-        "(OperationalError); its SR is queued without per-finding groups" in caplog.text
+        "(OperationalError); its SR is queued to be built with them at its delivery" in caplog.text
     )

@@ -696,20 +696,6 @@ def test_model_page_shows_plots_from_the_store(tmp_path: Path) -> None:
         assert "<td>0.420</td><td>0.900 (0.800–0.950)</td>" in page.text  # operating point
 
 
-def test_notice_is_left_out_only_for_a_validated_loaded_model() -> None:
-    from radlens.app.ui.routes import clinical_notice
-
-    class M:
-        name, version, validated_for_clinical_use = "m", 2, True
-
-    assert clinical_notice(None) is not None
-    assert clinical_notice(M()) is None  # type: ignore[arg-type]
-    assert clinical_notice(M(), "m", 2) is None  # type: ignore[arg-type]
-    assert clinical_notice(M(), "m", 1) is not None  # type: ignore[arg-type]  # another version
-    M.validated_for_clinical_use = False
-    assert clinical_notice(M()) is not None  # type: ignore[arg-type]
-
-
 def test_detail_names_the_frames_used_and_the_blank_ones_left_out(
     ui: TestClient, service: Service
 ) -> None:
