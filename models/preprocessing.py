@@ -1234,7 +1234,13 @@ def _dicom_frame(
         if not current:  # versions "1"-"3": the full decode only, which needs them all
             _check_pixel_header(ds)
         arr, photometric = _decode_frame(
-            ds, tsyntax, index, rows=rows, columns=columns, codestream=codestream
+            ds,
+            tsyntax,
+            index,
+            rows=rows,
+            columns=columns,
+            codestream=codestream,
+            layout_from_codestream=version in CODESTREAM_LAYOUT_VERSIONS,
         )
         if current and _keeps_unused_bits(tsyntax) and arr.ndim == 2:
             lossless = _lossless_codestream(codestream, tsyntax)
@@ -2332,6 +2338,19 @@ def _codec_plugin_registered() -> bool:
     return True
 
 
+CODESTREAM_LAYOUT_VERSIONS: frozenset[str] = frozenset()
+"""The preprocessing versions in which a compressed colour frame (JPEG, JPEG-LS, JPEG 2000,
+HTJ2K; not RLE, whose segments are planes) is read colour-by-pixel even when its header says
+Planar Configuration 1; none yet. PS3.5 8.2 makes the attribute irrelevant to these codestreams
+(hence 0), and every decoder here returns their samples by pixel, but pydicom lays a JPEG
+Baseline or JPEG 2000 frame out as the header says: a real vendor's stray 1 scrambled the
+image into three interleaved planes (its gray image too), by pydicom as by radlens (QA round
+99: pydicom's SC_rgb_jpeg_dcmtk, SC_rgb_gdcm_KY, US1_J2KR, color3d_jpeg_baseline with the
+attribute set to 1). It changes those files' arrays, and an array of a file that decodes may
+change only with a new :data:`PREPROCESSING_VERSION`: add that version here when it is
+introduced. A frame without the attribute is read by pixel in every version (it was refused)."""
+
+
 def _decode_frame(
     ds: Dataset,
     tsyntax: Any,
@@ -2340,10 +2359,13 @@ def _decode_frame(
     rows: int,
     columns: int,
     codestream: bytes | None = None,
+    layout_from_codestream: bool = False,
 ) -> tuple[np.ndarray, str]:
     """Decode one frame; return it and the photometric interpretation it now has.
     ``codestream``: the frame's codestream when the caller has it (``_frame_codestream``),
-    for the check that spares a JPEG 2000 frame imagecodecs refused the other decoders."""
+    for the check that spares a JPEG 2000 frame imagecodecs refused the other decoders.
+    ``layout_from_codestream``: a compressed colour frame (RLE aside) is read colour-by-pixel
+    whatever its Planar Configuration says (:data:`CODESTREAM_LAYOUT_VERSIONS`)."""
     from pydicom.pixels import as_pixel_options, get_decoder
     from pydicom.pixels.utils import get_expected_length
     from pydicom.uid import RLELossless
@@ -2424,6 +2446,17 @@ def _decode_frame(
                 f"BitsAllocated={_int_or(ds, 'BitsAllocated', None)}, "
                 f"SamplesPerPixel={_int_or(ds, 'SamplesPerPixel', None)} need {expected}"
             )
+        if samples > 1 and _int_or(ds, "PlanarConfiguration", None) is None:
+            # uncompressed colour samples are laid out as it says (by pixel or by plane):
+            # without it neither pydicom nor DCMTK reads them; name it, as a missing Image
+            # Pixel attribute is named (it was "could not read ... AttributeError"; QA round 99)
+            raise IncompletePixelHeaderError(
+                "Planar Configuration (0028,0006) is absent, empty or unreadable; it says "
+                f"whether the {samples} samples of an uncompressed colour image are stored "
+                "pixel by pixel (0) or plane by plane (1); SOP class "
+                f"{_text(ds, 'SOPClassUID') or 'not stated'}",
+                ["Planar Configuration (0028,0006)"],
+            )
     # RLE: pydicom's own decoder. pylibjpeg-rle is ~3x faster but panics in Rust on
     # malformed data, which prints a backtrace to stderr before Python sees an error.
     # JPEG 2000, HTJ2K, JPEG-LS and lossless JPEG: imagecodecs first (models/codecs.py:
@@ -2448,6 +2481,22 @@ def _decode_frame(
         plugin = LOSSY_JPEG_PLUGIN
     try:
         options = {**as_pixel_options(ds), **retired}
+        if (
+            tsyntax.is_encapsulated
+            and (_int_or(ds, "SamplesPerPixel", 1) or 1) > 1
+            and (
+                options.get("planar_configuration") is None
+                or (layout_from_codestream and tsyntax != RLELossless)
+            )
+        ):
+            # Planar Configuration absent or empty on a compressed colour frame (real
+            # ultrasound and secondary captures): the codestream, not the header, says how its
+            # samples are laid out, and every decoder here returns them colour-by-pixel (0) or
+            # says so itself (RLE: 1). pydicom refused such a frame as undecodable, and radlens
+            # told the sender to re-encode a file that was fine (QA round 99). With
+            # ``layout_from_codestream`` a stated 1 is overridden too (PS3.5 8.2: irrelevant to,
+            # hence 0 for, the JPEG family): see CODESTREAM_LAYOUT_VERSIONS.
+            options["planar_configuration"] = 0
         try:
             arr, props = decoder.as_array(
                 source, index=index, validate=True, raw=False, decoding_plugin=plugin, **options
