@@ -75,6 +75,7 @@ class Explainer:
         label: str | None = None,
         threshold: float | None = None,
         positive_score: float | None = None,
+        validated: bool | None = None,
     ) -> ExplanationOutput:
         """Grad-CAM map and the rendered overlay PNG for one (H, W, 1) model input; with
         ``display`` (the image preprocessed at display size, app/ingest.py) the map is drawn
@@ -85,15 +86,20 @@ class Explainer:
         ``class_name`` is then the explained findings joined by ``|``.
 
         ``label``, ``threshold`` and ``positive_score``: the prediction's, for the overlay's
-        title to say the label and its decision (models.gradcam.overlay_title)."""
+        title to say the label and its decision (models.gradcam.overlay_title).
+
+        ``validated``: the model store's sealed manifest says the model is validated for
+        clinical use (app/clinical.py, as the caller decides for every output): only then
+        does the caption leave out "Not for clinical use."; None = the loaded manifest's
+        flag (a warm-up, a stand-in predictor)."""
         import tensorflow as tf
 
         from radlens.models.gradcam import explain_findings, explain_image
 
         manifest = self.predictor.manifest
         names = list(manifest.class_names)
-        # the caption leaves out "Not for clinical use." only for a validated model
-        validated = bool(getattr(manifest, "validated_for_clinical_use", False))
+        if validated is None:
+            validated = bool(getattr(manifest, "validated_for_clinical_use", False))
         with self._lock, tf.device(self.predictor.device.name):
             start = time.perf_counter()
             if getattr(manifest, "multi_label", False):  # stand-in manifests lack it

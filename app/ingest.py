@@ -36,6 +36,7 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import String
 
+from radlens.app import clinical
 from radlens.app.dedupe import dedupe_identity
 from radlens.app.errors import InvalidDicomAttributeError
 from radlens.app.explain import Explainer, ExplanationOutput, explainer_for
@@ -876,8 +877,13 @@ class Ingestor:
                 meta.frame_index if meta.frames > 1 else None,
                 dataset=candidate.dataset,
             ).pixels
+        # the caption says "Not for clinical use." unless the store's sealed manifest of the
+        # model says validated, as every other output of the prediction (app/clinical.py)
+        validated = clinical.validated(self.settings, manifest.name, manifest.version)
         if findings is not None:
-            return explainer.explain(candidate.image.model_input(), display, findings)
+            return explainer.explain(
+                candidate.image.model_input(), display, findings, validated=validated
+            )
         prediction = candidate.prediction
         names = list(manifest.class_names)
         scores = prediction.scores or {}
@@ -888,6 +894,7 @@ class Ingestor:
             label=prediction.label,
             threshold=prediction.threshold,
             positive_score=None if positive is None else float(positive),
+            validated=validated,
         )
 
     async def commit(
