@@ -55,6 +55,24 @@ then pydicom's default pick: imagecodecs again, pylibjpeg-openjpeg, Pillow), obt
 making ``codecs.j2k_bytes_after_tile_parts`` count nothing; "imagecodecs only" is the
 current one. Both must raise the same error class.
 
+With ``--uncompressed`` it times, pinned and round-robin call by call in the same run, a large
+radiograph sent uncompressed (Explicit VR Little Endian, as the serving benchmark's
+"uncompressed" encoding re-encodes it with pydicom's ``decompress()``) against the same image as
+stored: pydicom-data's RG1 chest CR (1955x1841, 15-bit, MONOCHROME1) uncompressed, as JPEG 2000
+lossless and lossy (both decoded at a reduced resolution for ``--size``), and the hip CR
+RG2 (2140x1760, 10-bit) uncompressed, as JPEG Lossless and JPEG-LS (full decodes). The
+baseline is pydicom's own ``dcmread(...).pixel_array`` of the uncompressed file (parse and
+copy the pixels: no codec). It prints CPU ms of each and two ratios from the same rounds:
+radlens uncompressed / pydicom's raw read, and radlens uncompressed / radlens on the stored
+JPEG 2000 (or JPEG Lossless) file, and the minor page faults per call. ``--malloc-keep MIB``
+(default 64) tunes glibc's malloc as the service does at start-up (``app.memory``,
+``RADLENS_MALLOC_KEEP_MIB``): without it a process's page faults depend on the largest block
+it happened to free before (glibc's dynamic mmap threshold), which moves the figures of every
+call by milliseconds; ``--malloc-keep 0`` measures glibc's defaults. One process cannot hold
+two versions of the same code and time them fairly against these, so a before/after
+comparison is two runs of this mode (or ``--before REF``, which loads REF beside the working
+tree).
+
 With ``--colour-j2k`` it times, pinned and alternating call by call, colour JPEG 2000 frames
 (pydicom-data's ultrasound, YBR_RCT and YBR_ICT, and deid-data's 1536x2048 colour photo
 re-encoded as JPEG 2000 lossless and lossy) decoded in full, as version "5" ships, against the
@@ -194,8 +212,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="colour JPEG 2000: full decode vs reduced decode (see above)",
     )
+    parser.add_argument(
+        "--uncompressed",
+        action="store_true",
+        help="large radiographs uncompressed vs stored vs pydicom's raw read (see above)",
+    )
+    parser.add_argument(
+        "--malloc-keep",
+        type=int,
+        default=64,
+        metavar="MIB",
+        help="with --uncompressed: glibc malloc as the service tunes it (0 = glibc defaults)",
+    )
     parser.add_argument("--side", choices=("before", "after"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.uncompressed:
+        return uncompressed(args)
     if args.colour_j2k:
         return colour_j2k(args)
     if args.refusals:
@@ -241,6 +273,120 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{missing} file(s) missing; see ../shared/data/README.md")
     return 1 if missing == len(FILES) else 0
+
+
+def time_rounds(
+    calls: dict[str, Callable[[], object]], repeat: int
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """CPU seconds and minor page faults of each call per round, the calls run round-robin
+    (one warm-up each), so every round sees every call under the same background load."""
+    import resource
+
+    for call in calls.values():
+        call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    faults: dict[str, list[int]] = {name: [] for name in calls}
+    for _ in range(repeat):
+        for name, call in calls.items():
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            cpu0 = time.process_time()
+            call()
+            samples[name].append(time.process_time() - cpu0)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)
+    return samples, faults
+
+
+def per_round_ratio(top: list[float], bottom: list[float]) -> float:
+    """The median of the per-round ratios ``top / bottom``."""
+    return statistics.median(t / max(b, 1e-9) for t, b in zip(top, bottom, strict=True))
+
+
+def decompressed(path: Path) -> bytes:
+    """The file's pixels re-encoded Explicit VR Little Endian, as bench/serve.py's
+    "uncompressed" encoding sends them (pydicom's ``decompress()``)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.decompress()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def uncompressed(args: argparse.Namespace) -> int:
+    """Large radiographs uncompressed: radlens vs pydicom's raw read vs the stored encodings."""
+    import warnings
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from bench._machine import cpu_model
+    from radlens.app.memory import keep_freed_memory
+    from radlens.models.preprocessing import preprocess
+
+    kept = keep_freed_memory(args.malloc_keep)
+    cpu = pin_to_one_cpu(args.cpu)
+    print(f"machine: {machine()}; CPU model {cpu_model()!r}; pinned to CPU {cpu}")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    tuned = f"keeps up to {args.malloc_keep} MiB freed, as the service does"
+    print(f"malloc: {tuned if kept else 'glibc defaults'}")
+    print(
+        f"output {args.size}x{args.size}; repeat {args.repeat}; CPU ms per call (median), "
+        "calls round-robin; ratios = medians of the per-round ratios"
+    )
+    # (image, uncompressed source, stored encodings compared)
+    images = [
+        (
+            "RG1 chest CR 1955x1841",
+            "pydicom-data",
+            "RG1_J2KR.dcm",
+            ("RG1_J2KR.dcm", "RG1_J2KI.dcm"),
+        ),
+        ("RG2 hip CR 2140x1760", "shared", "RG2_JPLL.dcm", ("RG2_JPLL.dcm", "RG2_JLSL.dcm")),
+    ]
+
+    def locate(where: str, name: str) -> Path | None:
+        if where == "shared":
+            path = args.data_dir / name
+            return path if path.exists() else None
+        found = get_testdata_file(name)
+        return Path(str(found)) if found else None
+
+    size = (args.size, args.size)
+    done = 0
+    for image, where, source, stored in images:
+        source_path = locate(where, source)
+        if source_path is None:
+            print(f"{image}: missing {source} ({where})")
+            continue
+        plain = decompressed(source_path)
+        calls: dict[str, Callable[[], object]] = {
+            "pydicom pixel_array, uncompressed": lambda plain=plain: (
+                pydicom.dcmread(io.BytesIO(plain)).pixel_array
+            ),
+            "radlens, uncompressed": lambda plain=plain: preprocess(plain, size=size),
+        }
+        for name in stored:
+            path = locate(where, name)
+            if path is not None:
+                data = path.read_bytes()
+                calls[f"radlens, {name}"] = lambda data=data: preprocess(data, size=size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            samples, faults = time_rounds(calls, args.repeat)
+        mine = samples["radlens, uncompressed"]
+        print(f"\n{image} ({len(plain) / 2**20:.1f} MiB uncompressed)")
+        for name, times in samples.items():
+            row = (
+                f"  {name:40} {statistics.median(times) * 1000:8.2f} ms "
+                f"{statistics.median(faults[name]):7.0f} faults"
+            )
+            if name != "radlens, uncompressed":
+                row += f"   radlens uncompressed / this: {per_round_ratio(mine, times):5.2f}"
+            print(row)
+        done += 1
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0 if done else 1
 
 
 def refusals(args: argparse.Namespace) -> int:
