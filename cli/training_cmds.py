@@ -450,10 +450,13 @@ def train(
 
     def announce(path: Path) -> None:
         started.append(path)
-        typer.echo(f"run directory: {path}")
+        typer.echo(f"run directory: {path}", err=json_out)
 
+    # with --json, stdout holds the JSON alone (a pipe into jq or json.load): the run
+    # directory's line and Keras' per-epoch progress go to stderr (QA round 102)
+    progress = contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
     try:
-        with _h5py_teardown_quiet(), _sigterm_as_interrupt():
+        with _h5py_teardown_quiet(), _sigterm_as_interrupt(), progress:
             # the trainer (TensorFlow) is imported only now that the options are known to be
             # sound, and within these handlers: a Ctrl-C or SIGTERM during its import (seconds)
             # gets the same one line as one later (QA round 57: exit 130 said nothing)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from radlens.models.errors import ConfigurationError
+from radlens.models.manifest import NAME_PATTERN
 from radlens.training.distribute import (  # no TensorFlow at import
     MIXED_PRECISION_MODES,
     STRATEGY_NAMES,
@@ -138,9 +139,11 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in values if k not in known)
         if unknown:
+            hints = [h for h in (_spelling_hint(k, known) for k in unknown) if h]
             raise ConfigurationError(
-                f"unknown option(s) in {source}: {', '.join(unknown)} "
-                f"(known: {', '.join(sorted(known))})"
+                f"unknown option(s) in {source}: {', '.join(unknown)}"
+                + (f" ({'; '.join(hints)})" if hints else "")
+                + f" (known: {', '.join(sorted(known))})"
             )
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
@@ -300,6 +303,34 @@ _STR_FIELDS = {
     "series_aggregation",
     "select_by",
 }
+
+
+# `radlens train` flags whose config key is spelt otherwise: a config file written from the
+# command line (`arch: simple_cnn`, `epochs: 1`) was refused with only the list of the 60
+# known keys to search (QA round 102)
+_FLAG_KEYS = {
+    "arch": "architecture",
+    "epochs": "epochs_head",
+    "finetune_epochs": "epochs_finetune",
+    "learning_rate": "learning_rate_head",
+    "finetune_learning_rate": "learning_rate_finetune",
+    "patience": "early_stopping_patience",
+}
+
+
+def _spelling_hint(key: str, known: set[str]) -> str:
+    """'write X for Y' for an unknown config key that is a flag's name or a near miss."""
+    import difflib
+
+    plain = key.strip().lstrip("-").replace("-", "_").lower()
+    if plain in _FLAG_KEYS:
+        return f"write {_FLAG_KEYS[plain]}: for {key}: (the flag --{plain.replace('_', '-')})"
+    if plain in known:
+        return f"write {plain}: for {key}:"
+    close = difflib.get_close_matches(plain, [*known, *_FLAG_KEYS], n=1, cutoff=0.8)
+    if close:
+        return f"write {_FLAG_KEYS.get(close[0], close[0])}: for {key}:"
+    return ""
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -517,8 +548,15 @@ def _validate(cfg: TrainConfig) -> None:
             f"val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction} "
             "(options --val-fraction, --test-fraction)"
         )
-    if not cfg.name or not all(c.isalnum() or c in "-_." for c in cfg.name):
-        raise bad("name", "letters, digits, '-', '_' or '.' (it names the run and the model)")
+    # the model store's own rule (models.manifest.NAME_PATTERN), checked before training: a
+    # name such as '..', '.hidden', 'chestü' or of 65 characters passed here and was refused
+    # only by the export after the whole run, leaving a hidden run directory (QA round 102)
+    if not NAME_PATTERN.match(cfg.name):
+        raise bad(
+            "name",
+            "1-64 letters, digits, '-', '_' or '.' (ASCII), starting with a letter or digit "
+            "(it names the run and the model)",
+        )
     if not cfg.runs_dir:
         raise bad("runs_dir", "a directory path")
     if cfg.histogram_freq < 0:

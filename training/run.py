@@ -192,48 +192,50 @@ def train(
     if run_dir is not None:  # the resumed part must train on the split the first part did
         rundir.check_resumed_split(run_dir, data.splits)
     run_path = rundir.open_run_dir(config, run_dir, chief=dist.chief, task=dist.task)
-    if run_dir is None and dist.chief:
-        rundir.record_split(
-            run_path,
-            data.split_record,
-            (
-                (name, e.key, e.label, e.patient_id)
-                for name, items in data.splits.items()
-                for e in items
-            ),
-        )
-    skipped_list = _report_skipped(run_path, data.skipped, chief=dist.chief)
-    with rundir.run_log(run_path):
-        if on_start is not None:
-            on_start(run_path)
-        log.info("%s run %s", "resuming" if run_dir is not None else "starting", run_path)
-        if skipped_list is not None:
-            from radlens.training.data.sources import describe_skip_kinds, skip_kinds
-
-            log.info(
-                "%d file(s) skipped (%s); listed in %s",
-                len(unique_skipped(data.skipped)),
-                describe_skip_kinds(skip_kinds(data.skipped)),
-                skipped_list.name,
+    # one process trains a run at a time: a second --resume of it is refused (QA round 102)
+    with rundir.held(run_path):
+        if run_dir is None and dist.chief:
+            rundir.record_split(
+                run_path,
+                data.split_record,
+                (
+                    (name, e.key, e.label, e.patient_id)
+                    for name, items in data.splits.items()
+                    for e in items
+                ),
             )
-        if dist.distributed:
-            log.info(
-                "strategy %s: %d replica(s), %s",
-                type(dist.strategy).__name__,
-                dist.strategy.num_replicas_in_sync,
-                "chief (exports)" if dist.chief else f"{dist.task} (trains, does not export)",
-            )
-        data.report()
-        data.load_validation()
-        state = rundir.read_state(run_path)
-        with dist.strategy.scope():  # variables are mirrored under a distribution strategy
-            from radlens.training.phases import build_model_for, export_model
+        skipped_list = _report_skipped(run_path, data.skipped, chief=dist.chief)
+        with rundir.run_log(run_path):
+            if on_start is not None:
+                on_start(run_path)
+            log.info("%s run %s", "resuming" if run_dir is not None else "starting", run_path)
+            if skipped_list is not None:
+                from radlens.training.data.sources import describe_skip_kinds, skip_kinds
 
-            model = build_model_for(config, data.num_classes)
-            network = export_model(model)
-        run = _Run(config, data, dist, run_path, state, model, network)
-        _train_phases(run, callbacks, verbose)
-        return _finish(run, started)
+                log.info(
+                    "%d file(s) skipped (%s); listed in %s",
+                    len(unique_skipped(data.skipped)),
+                    describe_skip_kinds(skip_kinds(data.skipped)),
+                    skipped_list.name,
+                )
+            if dist.distributed:
+                log.info(
+                    "strategy %s: %d replica(s), %s",
+                    type(dist.strategy).__name__,
+                    dist.strategy.num_replicas_in_sync,
+                    "chief (exports)" if dist.chief else f"{dist.task} (trains, does not export)",
+                )
+            data.report()
+            data.load_validation()
+            state = rundir.read_state(run_path)
+            with dist.strategy.scope():  # variables are mirrored under a distribution strategy
+                from radlens.training.phases import build_model_for, export_model
+
+                model = build_model_for(config, data.num_classes)
+                network = export_model(model)
+            run = _Run(config, data, dist, run_path, state, model, network)
+            _train_phases(run, callbacks, verbose)
+            return _finish(run, started)
 
 
 def _log_held_skips(held: Sequence[SkippedFile], data: object) -> None:

@@ -26,8 +26,11 @@ checkpoint is only replaced by a better epoch. (Early-stopping patience restarts
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -178,13 +181,50 @@ def open_run_dir(
 def _new_run_dir(config: TrainConfig, suffix: str = "") -> Path:
     root = Path(config.runs_dir)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = root / f"{config.name}-{stamp}{suffix}"
+    root.mkdir(parents=True, exist_ok=True)
     n = 1
-    while path.exists():
-        n += 1
-        path = root / f"{config.name}-{stamp}-{n}{suffix}"
-    path.mkdir(parents=True)
-    return path
+    while True:
+        path = root / f"{config.name}-{stamp}{f'-{n}' if n > 1 else ''}{suffix}"
+        try:
+            # mkdir itself decides, not an exists() check before it: two runs of one name
+            # started in the same second (a job array, two terminals) both saw the name free,
+            # and the second stopped with "file exists" (QA round 102)
+            path.mkdir()
+        except FileExistsError:
+            n += 1
+            continue
+        return path
+
+
+RUN_LOCK_FILE = ".run.lock"
+
+
+@contextmanager
+def held(run_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the run's ``.run.lock`` while this process trains it.
+
+    A second ``radlens train --resume`` of a run that is still training (a scheduler's retry,
+    a second terminal) trained beside it: both appended the same epochs to history.csv, wrote
+    the one checkpoint and backup, and one failed at the end on the other's backup (QA round
+    102). It is now refused at once. The lock goes with the process (a killed run's is free);
+    a file system without flock (some network mounts) trains unlocked, as before.
+    """
+    fd = os.open(run_path / RUN_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                log.debug("run %s not locked: %s", run_path, exc)
+            else:
+                raise ConfigurationError(
+                    f"the run in '{run_path}' is being trained by another radlens process "
+                    "right now; wait for it to end (or stop it), then --resume it if it did "
+                    "not finish"
+                ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def read_state(run_path: Path) -> dict[str, Any]:
