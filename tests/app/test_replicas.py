@@ -28,6 +28,7 @@ import pytest
 from tests.app.conftest import (
     PG_ADMIN_URL,
     PG_SQLALCHEMY,
+    Databases,
     create_api_key,
     png_bytes,
     postgres_available,
@@ -133,8 +134,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     finally:
         for replica in replicas:
             replica.stop()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+        Databases("postgresql", tmp, [name]).drop_all()  # in the background
 
 
 def _post(base: str, key: str, content: bytes, filename: str) -> httpx.Response:

@@ -4,6 +4,8 @@ in the one-line message, in pydantic's own text and by the CLI; the settings' re
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 SECRET = "s3cret-Pa55"
@@ -122,7 +124,7 @@ def test_cli_echoes_a_working_database_url_masked(capsys: pytest.CaptureFixture[
     """`radlens db upgrade` names the database it upgraded, password masked (the server here
     trusts loopback, so the password is accepted and ignored)."""
     from radlens.cli.main import main
-    from tests.app.conftest import PG_ADMIN_URL, postgres_available
+    from tests.app.conftest import PG_ADMIN_URL, Databases, postgres_available
 
     reason = postgres_available()
     if reason is not None:
@@ -141,5 +143,4 @@ def test_cli_echoes_a_working_database_url_masked(capsys: pytest.CaptureFixture[
         assert "postgres:***@127.0.0.1:5432" in captured.out
         assert SECRET not in captured.err + captured.out
     finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        Databases("postgresql", Path(), [name]).drop_all()  # in the background

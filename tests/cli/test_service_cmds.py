@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from radlens.cli.main import main
-from tests.app.conftest import dicom_bytes, png_bytes, postgres_available, save_tiny_model
+from tests.app.conftest import (
+    Databases,
+    dicom_bytes,
+    png_bytes,
+    postgres_available,
+    save_tiny_model,
+)
 from tests.app.test_api import MARKERS
 from tests.conftest import REPO_ROOT
 
@@ -160,8 +166,7 @@ class TestServePreflight:
             assert main(["serve"]) == 2
             assert "run `radlens db upgrade`" in one_error_line(capsys.readouterr().err)
         finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            Databases("postgresql", tmp_path, [name]).drop_all()  # in the background
 
 
 def _free_port() -> int:
