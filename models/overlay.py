@@ -109,6 +109,38 @@ def _text_lines(text: str, points: float, room: float, *, keep: str = "") -> lis
     return lines
 
 
+def _draw_title_and_caption(
+    fig: Any,
+    fig_h: float,
+    titles: Sequence[str],
+    notes: Sequence[str],
+    *,
+    title_top: float,
+    left: float,
+) -> None:
+    """The title's lines centred ``title_top`` inches below the top of a figure ``fig_h``
+    inches high (none: no title), and the caption's lines at the bottom left, from ``left``
+    (a fraction of the width)."""
+    if titles:
+        fig.text(
+            0.5,
+            1.0 - title_top / fig_h,
+            "\n".join(titles),
+            ha="center",
+            va="top",
+            fontsize=_TITLE_POINTS,
+        )
+    fig.text(
+        left,
+        0.08 / fig_h,
+        "\n".join(notes),
+        ha="left",
+        va="bottom",
+        fontsize=_CAPTION_POINTS,
+        color="0.3",
+    )
+
+
 def _extra_lines_in(lines: Sequence[str], points: float) -> float:
     """Inches the lines after the first of a wrapped text take."""
     return (len(lines) - 1) * points * _LINE_SPACING / 72.0
@@ -315,24 +347,7 @@ def render_overlay(
 
     _colorbar(fig, (bar_x, bottom, bar_w, height), cmap_name)
 
-    if titles:
-        fig.text(
-            0.5,
-            1.0 - 0.08 / fig_h,
-            "\n".join(titles),
-            ha="center",
-            va="top",
-            fontsize=_TITLE_POINTS,
-        )
-    fig.text(
-        0.02,
-        0.08 / fig_h,
-        "\n".join(notes),
-        ha="left",
-        va="bottom",
-        fontsize=_CAPTION_POINTS,
-        color="0.3",
-    )
+    _draw_title_and_caption(fig, fig_h, titles, notes, title_top=0.08, left=0.02)
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
@@ -444,24 +459,7 @@ def _render_pair(
     for ax in (left_ax, right_ax):
         ax.set_axis_off()
     _colorbar(fig, (bar_x, bottom, bar_w, height), cmap)
-    if titles:
-        fig.text(
-            0.5,
-            1.0 - 0.06 / fig_h,
-            "\n".join(titles),
-            ha="center",
-            va="top",
-            fontsize=_TITLE_POINTS,
-        )
-    fig.text(
-        0.01,
-        0.08 / fig_h,
-        "\n".join(notes),
-        ha="left",
-        va="bottom",
-        fontsize=_CAPTION_POINTS,
-        color="0.3",
-    )
+    _draw_title_and_caption(fig, fig_h, titles, notes, title_top=0.06, left=0.01)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
     return buffer.getvalue()
