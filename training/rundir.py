@@ -74,7 +74,9 @@ def config_for_resume(run_dir: str | Path) -> TrainConfig:
             f"not a radlens run directory (no {CONFIG_FILE}): {str(run_path)!r}"
         )
     if (run_path / RESULT_FILE).is_file():
-        raise ConfigurationError(f"the run in {str(run_path)!r} has finished already")
+        model = finished_model(run_path)
+        produced = f": it produced model {model}" if model else ""
+        raise ConfigurationError(f"the run in {str(run_path)!r} has finished already{produced}")
     values = read_config_file(config_path)
     values.pop(SPLIT_KEY, None)  # how the split was made: a record, not an option
     return TrainConfig.from_dict(values, source=str(config_path))
@@ -244,6 +246,17 @@ def write_state(run_path: Path, state: dict[str, Any]) -> None:
     tmp = run_path / f"{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     tmp.replace(run_path / STATE_FILE)
+
+
+def finished_model(run_path: Path) -> str | None:
+    """The model ``name:version`` a finished run's result.json records (None: no result, an
+    unreadable one, or a worker's run that exported nothing)."""
+    try:
+        result = json.loads((run_path / RESULT_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    model = result.get("model") if isinstance(result, dict) else None
+    return model if isinstance(model, str) and model else None
 
 
 def write_result(run_path: Path, result: dict[str, Any]) -> None:

@@ -106,6 +106,7 @@ DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
 HEAD_BYTES = 132  # enough for sniff_format: DICOM's preamble and "DICM" prefix
 TAIL_BYTES = 18  # and a TGA's signature at its end, which sniff_format also looks at
+MISSING_FILE = "file does not exist"  # the skip reason of a manifest row naming no file
 
 PATIENT_KEY_ENV = "RADLENS_PATIENT_HASH_KEY"
 PATIENT_KEY_FILE_ENV = "RADLENS_PATIENT_HASH_KEY_FILE"
@@ -1340,8 +1341,43 @@ def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bo
     source = DataSource(names, examples, "csv", csv_path, skipped, class_order=order)
     if any(e.patient_id is not None for e in examples):
         source.patient_source = "patient_id column"
+    _check_paths_found(csv_path, rows, examples, skipped)
     _check_classes(source, str(csv_path))
     return source
+
+
+def _check_paths_found(
+    csv_path: Path,
+    rows: Sequence[Mapping[str, str]],
+    examples: Sequence[Example],
+    skipped: Sequence[SkippedFile],
+) -> None:
+    """Refuse a manifest none of whose paths exists, saying that paths are read relative to
+    the CSV's folder: paths written relative to the current folder otherwise met "needs
+    images of at least 2 classes ... has only []" (QA round 102). Only the path is shown."""
+    missing = sum(s.reason == MISSING_FILE for s in skipped)
+    if examples or not rows or missing < len(rows):
+        return
+    base = csv_path.parent
+    written = [r["path"].strip() for r in rows]
+    relative = [w for w in written if not Path(w).is_absolute()]
+    if not relative:
+        raise ConfigurationError(
+            f"none of the {len(rows)} path(s) in {str(csv_path)!r} exists ({missing} of "
+            f"{len(rows)} rows' files are missing), e.g. {written[0]!r}"
+        )
+    here = sum(Path(w).exists() for w in relative)
+    found_here = (
+        f"; {here} of them exist relative to the current folder instead"
+        if here and base.resolve() != Path.cwd().resolve()
+        else ""
+    )
+    raise ConfigurationError(
+        f"none of the {len(rows)} path(s) in {str(csv_path)!r} exists ({missing} of "
+        f"{len(rows)} rows' files are missing): paths are read relative to the CSV's folder "
+        f"{str(base)!r}, e.g. {relative[0]!r} as {str(base / relative[0])!r}{found_here}; "
+        "write them relative to that folder, or as absolute paths"
+    )
 
 
 def _csv_labels(
@@ -1514,6 +1550,8 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
         )
     elif n_dicom:
         raise _no_patients_error(n_dicom, path)
+    if not path.is_dir():
+        _check_paths_found(path, rows, examples, skipped)
     _check_findings(source, str(path))
     return source
 
@@ -1533,7 +1571,7 @@ def _locate(base: Path, value: str, where: str, *, validate: bool) -> tuple[Path
     if "\x00" in rel:  # no file system has such a name (os calls raise ValueError)
         raise ConfigurationError(f"path at {where} holds a NUL character; fix the manifest")
     file = Path(rel) if Path(rel).is_absolute() else base / rel
-    reason: str | None = "not a file" if file.exists() else "file does not exist"
+    reason: str | None = "not a file" if file.exists() else MISSING_FILE
     if not file.exists() and "\\" in rel and (base / rel.replace("\\", "/")).exists():
         reason = "file does not exist: the manifest separates folders with '\\'; write '/'"
     if file.is_file():
@@ -2044,12 +2082,17 @@ def check_splits(
                 if _split_all_given(source, splits)  # val_fraction applies to no image
                 else f"raise {_VAL_FRACTION}"
             )
+            # at 1 there is nothing lower to go to (QA round 102: "lower" was said at 1 too)
+            todo = (
+                f"Add data, {more}, or lower --min-calibration-positives "
+                "(min_calibration_positives: in a --config file)"
+                if min_calibration_positives > 1
+                else f"Add data or {more} (--min-calibration-positives is 1, its lowest)"
+            )
             raise ConfigurationError(
                 f"too small to calibrate: the validation split has {fewest} image(s) of "
                 f"{what}; temperature scaling needs at least {min_calibration_positives}. "
-                f"Add data, {more}, or lower --min-calibration-positives "
-                "(min_calibration_positives: in a --config file)"
-                f"{_too_few([rarest], totals, n_splits)}"
+                f"{todo}{_too_few([rarest], totals, n_splits)}"
             )
 
 
