@@ -915,7 +915,11 @@ class Ingestor:
         if explain and candidate.explanation is None and not await self._explained(candidate):
             candidate = await self.explain(candidate, findings)
         written = await self.writer.commit(
-            candidate.prediction, actor, candidate.explanation, candidate.findings
+            candidate.prediction,
+            actor,
+            candidate.explanation,
+            candidate.findings,
+            no_outbox=self._no_outbox(candidate),
         )
         self._observe(written.prediction, written.created, candidate.findings)
         if not written.created:
@@ -950,6 +954,15 @@ class Ingestor:
         with those UIDs next time (an upload recognised by its bytes never does)."""
         identity = candidate.prediction.dedupe_identity or ""
         return self.outbox is not None and candidate.sender is None and identity.startswith("uid:")
+
+    def _no_outbox(self, candidate: Candidate) -> bool:
+        """Whether a new prediction's "prediction.create" row says this process has no
+        destinations (app/writer.py ``NO_OUTBOX_QUERY``): a DICOM instance recognised by its SOP
+        Instance UID, whose re-post on a replica with destinations then queues the results at
+        once instead of waiting CLAIM_WAIT_S for a queue row this process never writes (QA 104).
+        An upload recognised by its bytes is never sent back: its row stays as it was."""
+        identity = candidate.prediction.dedupe_identity or ""
+        return self.outbox is None and identity.startswith("uid:")
 
     async def _record_nothing_queued(self, written: Any) -> None:
         """Tell a re-post (on any replica) that this request queued nothing and never will, so

@@ -76,6 +76,11 @@ failed to be built or written, or its instance lacked a UID the results referenc
 ``Ingestor._sender``) while a re-post may have it (:meth:`record_nothing_queued`; QA 88: the
 re-post waited the 5 s for a row that was not coming), or the submit raised an unforeseen error
 (``Ingestor._send_back``, QA 96). It covers no result: what is queued is read from the spool.
+A process without destinations (no outbox: replicas disagreeing, mid-rollout) writes no such
+row, but marks a new prediction's ``prediction.create`` row (query ``outbox=none``,
+app/writer.py ``NO_OUTBOX_QUERY``, in the prediction's own transaction), which counts as one
+(QA 104: the re-post on a replica with destinations waited the whole 5 s); a process of an
+earlier version does not read the mark, and waits, as before.
 
 **What was queued, per kind and destination.** A re-send (the instance received again) queues
 only the results a destination wants that were not queued before: an SR queued while the SC
@@ -652,17 +657,28 @@ class Outbox:
     ) -> tuple[set[Pair] | None, bool, Any]:
         """What the audit rows say was queued, delivered or dropped of a prediction's results
         (None: everything), whether one is a queue row, and (``created``) the prediction's
-        created_at (None when it is not found)."""
-        from sqlalchemy import select
+        created_at (None when it is not found). The "prediction.create" row of a process without
+        destinations (app/writer.py ``NO_OUTBOX_QUERY``) counts as a ``dicom.send.none`` row."""
+        from sqlalchemy import and_, or_, select
 
+        from radlens.app.audit import PREDICTION_CREATE
         from radlens.app.security_tables import AuditEvent
         from radlens.app.tables import Prediction
+        from radlens.app.writer import NO_OUTBOX_QUERY
 
         assert self.sessionmaker is not None
         with self.sessionmaker() as session:
             rows = session.execute(
                 select(AuditEvent.action, AuditEvent.query).where(
-                    AuditEvent.action.in_((QUEUE_ACTION, NONE_ACTION, DELIVER_ACTION, DROP_ACTION)),
+                    or_(
+                        AuditEvent.action.in_(
+                            (QUEUE_ACTION, NONE_ACTION, DELIVER_ACTION, DROP_ACTION)
+                        ),
+                        and_(
+                            AuditEvent.action == PREDICTION_CREATE,
+                            AuditEvent.query == NO_OUTBOX_QUERY,
+                        ),
+                    ),
                     AuditEvent.target == prediction_id,
                 )
             ).all()
@@ -681,7 +697,7 @@ class Outbox:
             pairs = _row_pairs(str(action), text)
             covered = None if pairs is None or covered is None else covered | pairs
         # a queue row, or one saying nothing was queued: the creating request is done
-        done = any(action in (QUEUE_ACTION, NONE_ACTION) for action, _ in rows)
+        done = any(action not in (DELIVER_ACTION, DROP_ACTION) for action, _ in rows)
         return covered, done, created_at
 
     # --- claims between the processes sharing the spool ---------------------------------
@@ -1154,8 +1170,8 @@ def _row_pairs(action: str, query: str | None) -> set[Pair] | None:
     """The (kind, destination) pairs an outbox audit row names (module docstring); None for
     everything wanted: a queue row saying nothing was left out (or of an earlier version, or
     cut at the column's length), a row that cannot be read."""
-    if action == NONE_ACTION:  # the request queued nothing
-        return set()
+    if action not in (QUEUE_ACTION, DELIVER_ACTION, DROP_ACTION):  # the request queued nothing
+        return set()  # (a dicom.send.none row, or a process without destinations' create row)
     text = query or ""
     fields: dict[str, str] = {}
     for part in text.split("&"):

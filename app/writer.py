@@ -46,6 +46,11 @@ MAX_QUEUED = 1024  # writes waiting at most (RADLENS_MAX_QUEUED_WRITES)
 # this long, doubling with each failure that follows a retry, up to the maximum (app/routes/ops.py)
 WRITE_RETRY_S = 15.0
 WRITE_RETRY_MAX_S = 240.0
+# The query of a new prediction's "prediction.create" row written by a process without DICOM
+# destinations (no outbox): it queues none of the results, and writes no dicom.send.queue row,
+# so a re-post on a replica with destinations need not wait CLAIM_WAIT_S for one (app/outbox.py
+# ``Outbox._queued_rows``; QA 104: it waited the whole 5 s). Same row, same transaction.
+NO_OUTBOX_QUERY = "outbox=none"
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class _Write:
     future: asyncio.Future[Written]
     loop: asyncio.AbstractEventLoop
     findings: Sequence[services.FindingValue] = ()  # multi-label: stored with a new row
+    no_outbox: bool = False  # a new row's audit row says so (NO_OUTBOX_QUERY)
 
 
 def _lock_order(item: _Write) -> tuple[str, int, str, str]:
@@ -160,18 +166,22 @@ class PredictionWriter:
         actor: str | None,
         explanation: ExplanationOutput | None = None,
         findings: Sequence[services.FindingValue] = (),
+        *,
+        no_outbox: bool = False,
     ) -> Written:
         """Store ``prediction`` (or find the row this model stored for the same input), the
         ``explanation`` of the stored row unless it has one, and the "prediction.create" audit
         row; returns once committed. Raises ServiceBusyError (503) at once when the queue is
-        full, and the database's errors with nothing of this request committed."""
+        full, and the database's errors with nothing of this request committed. ``no_outbox``:
+        the process has no DICOM destinations, and a new row's audit row says so
+        (:data:`NO_OUTBOX_QUERY`)."""
         if self._closing:
             raise WriterStoppedError("the prediction writer is stopping")
         if self._thread is None or not self._thread.is_alive():
             self.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Written] = loop.create_future()
-        self.queue.put(_Write(prediction, actor, explanation, future, loop, findings))
+        self.queue.put(_Write(prediction, actor, explanation, future, loop, findings, no_outbox))
         return await future
 
     def _run(self) -> None:
@@ -261,7 +271,11 @@ class PredictionWriter:
                 written[index] = Written(stored, created, explanation, explanation_created)
             results = [written[index] for index in range(len(group))]
             for item, result in zip(group, results, strict=True):  # the audit trail: as served
-                audit_log.prediction_created(session, item.actor, result.prediction, result.created)
+                event = audit_log.prediction_created(
+                    session, item.actor, result.prediction, result.created
+                )
+                if result.created and item.no_outbox:
+                    event.query = NO_OUTBOX_QUERY
             session.commit()
         except BaseException:
             session.rollback()
