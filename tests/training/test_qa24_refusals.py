@@ -139,9 +139,10 @@ def test_csv_whose_files_are_all_missing_says_why(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as info:
         open_source(path)
     message = str(info.value)
-    assert "has only []" in message
-    assert "2 file(s) skipped, e.g. " in message
-    assert message.endswith("nope.dcm: file does not exist")
+    # QA 103: not "has only []" and the first skip's reason, but what is wrong and what to do
+    assert "none of the 2 path(s) in " in message and "(2 of 2 rows' files are missing)" in message
+    assert "paths are read relative to the CSV's folder" in message
+    assert "e.g. 'nope.dcm' as " in message
 
 
 def test_class_folder_without_a_usable_image_says_why(tmp_path: Path) -> None:
