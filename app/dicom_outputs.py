@@ -233,6 +233,34 @@ def source_from_dataset(ds: Dataset, *, copy_patient: bool) -> SourceRef:
     )
 
 
+def source_dataset(source: SourceRef) -> Dataset:
+    """The dataset :func:`source_from_dataset` reads ``source`` back from (with
+    ``copy_patient=True``): its UIDs, Modality, Instance Number, Burned In Annotation and,
+    when it holds them, its patient and study identification with their character set and
+    timezone (app/outbox.py keeps a deferred SR's source so)."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.StudyInstanceUID = source.study_instance_uid
+    ds.SeriesInstanceUID = source.series_instance_uid
+    ds.SOPInstanceUID = source.sop_instance_uid
+    ds.SOPClassUID = source.sop_class_uid
+    if source.modality:
+        ds.Modality = source.modality
+    if source.burned_in_annotation:
+        ds.BurnedInAnnotation = source.burned_in_annotation
+    if source.instance_number is not None:
+        ds.InstanceNumber = source.instance_number
+    if source.identification:
+        if source.character_set:
+            ds.SpecificCharacterSet = source.character_set
+        if source.timezone_offset:
+            ds.TimezoneOffsetFromUTC = source.timezone_offset
+        for element in source.identification.values():
+            ds[element.tag] = element
+    return ds
+
+
 OUTPUT_SOP_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR Storage (build_sr, build_series_sr)
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage (build_sc)

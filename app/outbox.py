@@ -214,32 +214,12 @@ _SOURCE_FORMAT = "radlens.outbox.sr-source/1"
 
 
 def _source_payload(source: SourceRef) -> bytes:
-    """A deferred SR's payload: its source reference as DICOM JSON (the source's UIDs,
-    Modality, Instance Number, Burned In Annotation and, when copied, its patient and study
-    identification with their character set and timezone), which
-    app/dicom_outputs.source_from_dataset reads back as it was. JSON, not Part 10: nothing
-    can take it for an object to C-STORE."""
-    from pydicom import Dataset
+    """A deferred SR's payload: its source reference as DICOM JSON
+    (app/dicom_outputs.source_dataset), read back as it was by :func:`_source_from_payload`.
+    JSON, not Part 10: nothing can take it for an object to C-STORE."""
+    from radlens.app.dicom_outputs import source_dataset
 
-    ds = Dataset()
-    ds.StudyInstanceUID = source.study_instance_uid
-    ds.SeriesInstanceUID = source.series_instance_uid
-    ds.SOPInstanceUID = source.sop_instance_uid
-    ds.SOPClassUID = source.sop_class_uid
-    if source.modality:
-        ds.Modality = source.modality
-    if source.burned_in_annotation:
-        ds.BurnedInAnnotation = source.burned_in_annotation
-    if source.instance_number is not None:
-        ds.InstanceNumber = source.instance_number
-    if source.identification:
-        if source.character_set:
-            ds.SpecificCharacterSet = source.character_set
-        if source.timezone_offset:
-            ds.TimezoneOffsetFromUTC = source.timezone_offset
-        for element in source.identification.values():
-            ds[element.tag] = element
-    record = {"format": _SOURCE_FORMAT, "dataset": ds.to_json_dict()}
+    record = {"format": _SOURCE_FORMAT, "dataset": source_dataset(source).to_json_dict()}
     return json.dumps(record).encode()
 
 

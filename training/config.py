@@ -305,21 +305,10 @@ _STR_FIELDS = {
 }
 
 
-# `radlens train` flags whose config key is spelt otherwise: a config file written from the
-# command line (`arch: simple_cnn`, `epochs: 1`) was refused with only the list of the 60
-# known keys to search (QA round 102)
-_FLAG_KEYS = {
-    "arch": "architecture",
-    "epochs": "epochs_head",
-    "finetune_epochs": "epochs_finetune",
-    "learning_rate": "learning_rate_head",
-    "finetune_learning_rate": "learning_rate_finetune",
-    "patience": "early_stopping_patience",
-}
-
-
 def _spelling_hint(key: str, known: set[str]) -> str:
-    """'write X for Y' for an unknown config key that is a flag's name or a near miss."""
+    """'write X for Y' for an unknown config key that is a flag's name or a near miss: a
+    config file written from the command line (`arch: simple_cnn`, `epochs: 1`) was refused
+    with only the list of the 60 known keys to search (QA round 102)."""
     import difflib
 
     plain = key.strip().lstrip("-").replace("-", "_").lower()
@@ -454,6 +443,14 @@ _OPTION_OF_FIELD = {
             "runs_dir",
         )
     },
+}
+
+
+# `radlens train` flags whose config key is spelt otherwise (flag as a key -> the key)
+_FLAG_KEYS = {
+    option[2:].replace("-", "_"): name
+    for name, option in _OPTION_OF_FIELD.items()
+    if option[2:].replace("-", "_") != name
 }
 
 

@@ -156,15 +156,23 @@ def csrf_token(request: Request) -> str:
 
 
 def set_cookie(request: Request, response: Response, name: str, value: str) -> None:
-    settings = _settings(request)
+    max_age = _settings(request).ui_session_minutes * 60
+    _ui_cookie(request, response, name, value, max_age=max_age, path=ui_session.COOKIE_PATH)
+
+
+def _ui_cookie(
+    request: Request, response: Response, name: str, value: str, *, max_age: int, path: str
+) -> None:
+    """Set (or, ``max_age`` 0, delete) a cookie of the UI's: HttpOnly, SameSite=Strict,
+    Secure as RADLENS_UI_SECURE_COOKIES says."""
     response.set_cookie(
         name,
         value,
-        max_age=settings.ui_session_minutes * 60,
-        path=ui_session.COOKIE_PATH,
+        max_age=max_age,
+        path=path,
         httponly=True,
         samesite="strict",
-        secure=settings.ui_secure_cookies,
+        secure=_settings(request).ui_secure_cookies,
     )
 
 
@@ -747,15 +755,9 @@ async def upload(request: Request, principal: UiPrincipal) -> Response:
 
 def _set_verdict_cookie(request: Request, response: Response, page: str, value: str | None) -> None:
     """Set the upload-verdict cookie for ``page``, or delete it (``value`` None)."""
-    response.set_cookie(
-        UPLOAD_VERDICT_COOKIE,
-        value or "",
-        max_age=UPLOAD_VERDICT_SECONDS if value else 0,
-        path=page,  # sent with this prediction's page only
-        httponly=True,
-        samesite="strict",
-        secure=_settings(request).ui_secure_cookies,
-    )
+    max_age = UPLOAD_VERDICT_SECONDS if value else 0
+    # path: sent with this prediction's page only
+    _ui_cookie(request, response, UPLOAD_VERDICT_COOKIE, value or "", max_age=max_age, path=page)
 
 
 # The verdict of an upload answered with a stored prediction (a re-post whose header the
@@ -805,18 +807,17 @@ def _note_verdict_page(
     pages = [page for page in _verdict_pages(request) if page != prediction_id]
     if held:
         pages = [*pages, prediction_id][-UPLOAD_PAGES_KEPT:]
-    if pages:
-        response.set_cookie(
+    if pages or UPLOAD_PAGES_COOKIE in request.cookies:
+        # as long as the newest page's verdict lasts; none listed: deleted
+        max_age = UPLOAD_VERDICT_SECONDS if pages else 0
+        _ui_cookie(
+            request,
+            response,
             UPLOAD_PAGES_COOKIE,
             ".".join(pages),
-            max_age=UPLOAD_VERDICT_SECONDS,  # as long as the newest page's verdict lasts
+            max_age=max_age,
             path=ui_session.COOKIE_PATH,
-            httponly=True,
-            samesite="strict",
-            secure=_settings(request).ui_secure_cookies,
         )
-    elif UPLOAD_PAGES_COOKIE in request.cookies:
-        _delete_cookie(request, response, UPLOAD_PAGES_COOKIE, ui_session.COOKIE_PATH)
 
 
 def _delete_verdict_cookies(request: Request, response: Response) -> None:
@@ -825,19 +826,7 @@ def _delete_verdict_cookies(request: Request, response: Response) -> None:
         return
     for page in _verdict_pages(request):
         _set_verdict_cookie(request, response, f"/ui/predictions/{page}", None)
-    _delete_cookie(request, response, UPLOAD_PAGES_COOKIE, ui_session.COOKIE_PATH)
-
-
-def _delete_cookie(request: Request, response: Response, name: str, path: str) -> None:
-    response.set_cookie(
-        name,
-        "",
-        max_age=0,
-        path=path,
-        httponly=True,
-        samesite="strict",
-        secure=_settings(request).ui_secure_cookies,
-    )
+    _ui_cookie(request, response, UPLOAD_PAGES_COOKIE, "", max_age=0, path=ui_session.COOKIE_PATH)
 
 
 def _printable(value: Any) -> str:
