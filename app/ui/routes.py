@@ -245,20 +245,33 @@ async def login_form(request: Request, reason: str = "") -> Response:
         "revoked": "The key of your session is unknown or revoked; log in with a valid key.",
         "ended": "This session was logged out; log in again.",
         "login": "Log in with an API key to see the results.",
+        "upload": "Your file was not uploaded: the session had ended (it expired, was logged "
+        "out, or its key was revoked) before it arrived. Log in, and the upload form opens "
+        "again: choose the file once more.",
     }
-    return render(request, "login.html", message=messages.get(reason))
+    then = AFTER_LOGIN.get(reason, "")
+    return render(request, "login.html", message=messages.get(reason), then=then)
+
+
+# Where a login leads instead of the predictions, by the reason it was asked for: a fixed
+# list, never an address from the request (no open redirect).
+AFTER_LOGIN = {"upload": "/ui/upload"}
 
 
 @router.post("/login", name="ui_login_post")
 async def login(request: Request) -> Response:
     form = await check_csrf(request)
     key = str(form.get("api_key") or "").strip()
+    # kept through a refused attempt; only a page AFTER_LOGIN lists
+    then = str(form.get("then") or "")
+    then = then if then in AFTER_LOGIN.values() else ""
     if not key:
-        return render(request, "login.html", 401, message="Enter an API key.")
+        return render(request, "login.html", 401, message="Enter an API key.", then=then)
     try:
         principal = await authorize_key(request, key)
     except UnauthorizedError as exc:
-        return render(request, "login.html", 401, message=f"Not logged in: {exc.detail}.")
+        message = f"Not logged in: {exc.detail}."
+        return render(request, "login.html", 401, message=message, then=then)
     if principal.key_id is None:  # authenticate_bearer's principals always have one
         raise UnauthorizedError("the key has no id")
     # a browser logging in again ends the session it held: no token it had stays live
@@ -266,8 +279,8 @@ async def login(request: Request) -> Response:
     token = await run_in_threadpool(_start_session, request, principal.key_id, held)
     if token is None:  # revoked since it was authenticated (or cached): no session (QA 82)
         detail = f"key {principal.key_id!r} is unknown or revoked"
-        return render(request, "login.html", 401, message=f"Not logged in: {detail}.")
-    response = _redirect("/ui/predictions")
+        return render(request, "login.html", 401, message=f"Not logged in: {detail}.", then=then)
+    response = _redirect(then or "/ui/predictions")
     set_cookie(request, response, ui_session.SESSION_COOKIE, token)
     # a new CSRF token for the new session
     set_cookie(request, response, ui_session.CSRF_COOKIE, ui_session.new_csrf_token())
@@ -684,6 +697,13 @@ def _series_model(
         "threshold_source": THRESHOLD_SOURCES.get(str(result.threshold_source)),
         "instances": rows,
         "multi_frame": any(r["key_frame"] is not None for r in rows),
+        # instances out of distribution or outside the intended use: the series result built
+        # on them is no more valid than they are (as the series SR says, QA 109)
+        "not_valid": sum(
+            1
+            for i in result.instances
+            if i.prediction.in_distribution is False or i.prediction.intended_use_violations
+        ),
         "thumbnails": [i for i in result.key_instances if i.prediction.id in explained],
     }
 
@@ -918,7 +938,24 @@ def model_page(request: Request, principal: UiPrincipal) -> Response:
         intended_use=_intended_use_rows(manifest, _settings(request)),
         validated=validated,
         notice=None if validated else NOT_FOR_CLINICAL_USE,
+        created_utc=utc_text(manifest.created_at),
     )
+
+
+def utc_text(stamp: str) -> str:
+    """A manifest's ISO 8601 time (it carries an offset, models/manifest.py) as the other
+    pages print theirs, in UTC to the second: the model page printed it raw
+    (``2026-12-08T00:19:18.107786+00:00``, or a training host's ``+02:00``) beside pages whose
+    times say "(UTC)" (QA 109). Anything unreadable is shown as it is."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return str(stamp)
+    if moment.tzinfo is None:
+        return str(stamp)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _intended_use_rows(manifest: ModelManifest, settings: Any) -> list[tuple[str, str]]:
