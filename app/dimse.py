@@ -131,6 +131,17 @@ NON_IMAGE_STORAGE_SOP_CLASSES = tuple(
 # app/dimse_inbox.py), besides at its start: so they do not wait for a process to start.
 ADOPT_INTERVAL_S = 30.0
 
+
+def inbox_slots(settings: Settings) -> int:
+    """How many queued instances are read and predicted at once (RADLENS_DIMSE_ACK=queued):
+    four model calls' worth (RADLENS_MAX_BATCH_SIZE x RADLENS_INFERENCE_STREAMS), at least 32,
+    so the micro-batcher always has full batches. The others wait on disk. Until QA 110 every
+    queued instance was read into memory as it was queued (or taken over at start): a series
+    of 734 CT slices of 512 KB queued behind a slow model held 424 MB more
+    (docs/benchmarks/dimse.md), RADLENS_MAX_QUEUED_PREDICTIONS x the instance size at most."""
+    return max(32, 4 * settings.max_batch_size * settings.inference_streams)
+
+
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_TOO_LARGE = 0xA900  # dataset does not match SOP class (used: exceeds the limits)
@@ -314,6 +325,8 @@ class StorageSCP:
         self._queued: set[Path] = set()  # in the inbox and not yet finished (loop thread)
         self._tasks: set[asyncio.Task[None]] = set()
         self._adopter: asyncio.Task[None] | None = None
+        # the queued instances read and predicted at once (the rest wait, on disk only)
+        self._slots = asyncio.Semaphore(inbox_slots(settings))
         self.queued = settings.dimse_ack == "queued"
         self.acknowledge_non_images = settings.non_image_instances == "acknowledge"
         # per open association: the instances of non-image classes acknowledged, by class name
@@ -774,8 +787,13 @@ class StorageSCP:
         calling = self.inbox.calling_ae(path)
         data: bytes | None = None
         try:
+            await self._slots.acquire()  # cancelled while waiting: the file stays queued
+        except asyncio.CancelledError:
+            self._queued.discard(path)
+            raise
+        try:
             try:
-                data = await asyncio.to_thread(self.inbox.read, path)
+                data = await self._read_until_done(path, calling)
             except InboxUnreadableError as exc:  # kept aside, never deleted: see its message
                 kept = await asyncio.to_thread(self.inbox.set_aside, path)
                 logger.error("DIMSE inbox: %s; kept as %s", exc, kept.name)
@@ -792,7 +810,37 @@ class StorageSCP:
         else:
             self.inbox.remove(path)
         finally:
+            self._slots.release()
             self._queued.discard(path)
+
+    async def _read_until_done(self, path: Path, calling: str) -> bytes:
+        """A queued instance's bytes; a file that cannot be read now (no descriptor left, an
+        I/O error, a volume gone) stays queued and is read again, 1 s later, then doubling up to
+        30 s (logged once). Until QA 110 such an OSError counted as a failure of the instance:
+        acknowledged to its sender, its file was deleted unpredicted (172 of 473 instances of a
+        series under ``ulimit -n 256``). A file that is gone (FileNotFoundError) is raised."""
+        assert self.inbox is not None
+        waited = 0.0
+        while True:
+            try:
+                data = await asyncio.to_thread(self.inbox.read, path)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                if waited == 0.0:
+                    logger.warning(
+                        "DIMSE inbox: a queued instance from %s cannot be read now (%s); it "
+                        "stays queued and is read again",
+                        calling,
+                        exc.strerror or type(exc).__name__,
+                    )
+                pause = min(30.0, max(1.0, waited))
+                await asyncio.sleep(pause)
+                waited += pause
+            else:
+                if waited:
+                    logger.info("DIMSE inbox: the instance from %s was read", calling)
+                return data
 
     async def _ingest_until_done(self, data: bytes, calling: str) -> None:
         """Ingest an acknowledged instance; wait out a full queue or a database that cannot be

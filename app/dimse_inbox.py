@@ -26,19 +26,37 @@ RADLENS_RETENTION_DAYS (:func:`unreadable_before`). A service restarted with
 ``RADLENS_DIMSE_ACK=committed`` still predicts what a queued one left.
 
 Several processes may share one inbox directory (replicas on a shared volume, several DIMSE
-listeners; QA 82). Each queued file belongs to the process that queued it: that process holds
-an exclusive ``flock`` on it from its write until its deletion (``owner=True``, the Storage
-SCP's inbox). At start-up a process takes over only the files no live process holds (those a
-process that stopped or crashed left: :meth:`DimseInbox.adopt`), and removes only the ``*.part``
-files no writer holds. Before, a starting process predicted every queued file, the ones another
-live process was predicting included (each was predicted twice), and deleted the other's
-half-written ``*.part`` files (its C-STORE then failed). The kernel releases the locks of a
-process that dies, so its files are taken over by the next process that starts, or by a
-running one (app/dimse.py ``ADOPT_INTERVAL_S``).
+listeners; QA 82). Each queued file belongs to the process that queued it (``owner=True``, the
+Storage SCP's inbox), from its write until its deletion. At start-up a process takes over only
+the files no live process holds (those a process that stopped or crashed left:
+:meth:`DimseInbox.adopt`), and removes only the ``*.part`` files no writer holds. Before, a
+starting process predicted every queued file, the ones another live process was predicting
+included (each was predicted twice), and deleted the other's half-written ``*.part`` files
+(its C-STORE then failed). The kernel releases the locks of a process that dies, so its files
+are taken over by the next process that starts, or by a running one (app/dimse.py
+``ADOPT_INTERVAL_S``).
+
+How a file is held (QA 110): while an owner holds queued files (or writes one) it holds one
+exclusive ``flock`` on its *lease* ``.owner-<token>.lock`` (made through a locked ``*.part`` and
+renamed, so no process sees it unlocked while its owner lives; deleted, then unlocked, once the
+owner holds nothing: an idle inbox is an empty directory, and the next lease has a new token),
+and names each file it queues with that token
+(``<time>-<random>-<token>-<calling AE hex>.dcm``). A file is held while its token's lease is
+locked; a missing or lockable lease is a process that is gone. A file is taken over by renaming
+it to the taker's token (atomic: of two processes taking over at once, one rename succeeds,
+the other finds the file gone). Until QA 110 the owner held an open, flocked descriptor per
+queued file: a CT series of thousands of instances acknowledged faster than the model predicts
+them (or thousands left by a crash, all taken over at start) exhausted the open-files limit
+(``ulimit -n`` 1024 is common): later C-STOREs were refused, and the queued files the event
+loop could then not open were deleted unpredicted, acknowledged to their sender (measured in
+docs/benchmarks/dimse.md). A process now holds one descriptor however many files it queued,
+plus one per write in progress. Files without a token (queued by an inbox that is no owner, or
+by a version before QA 110) are still held by their own ``flock``, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -53,6 +71,9 @@ logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".part"
 UNREADABLE_SUFFIX = ".unreadable"
+LEASE_PREFIX = ".owner-"  # + token + LEASE_SUFFIX: an owner's lease, flocked while it holds files
+LEASE_SUFFIX = ".lock"
+TOKEN_LENGTH = 16  # hex digits of an owner's token in its lease's and its files' names
 
 
 class InboxUnreadableError(ValueError):
@@ -63,11 +84,11 @@ class InboxUnreadableError(ValueError):
 class DimseInbox:
     """The spool directory of acknowledged, not yet committed instances.
 
-    ``owner``: this process predicts the instances it queues (the Storage SCP): each file is
-    kept locked (``flock``) from its write until :meth:`remove` or :meth:`set_aside`, so no
-    other process sharing the directory takes it over while this one lives. Without it (a
-    tool or a test writing files for a service to find) the files are left unlocked, as a
-    process that stopped leaves them."""
+    ``owner``: this process predicts the instances it queues (the Storage SCP): it holds a
+    lease (one ``flock``ed descriptor) for its life and names each file it queues with the
+    lease's token, so no other process sharing the directory takes a file over while this one
+    lives, however many it queued. Without it (a tool or a test writing files for a service to
+    find) the files are left unheld, as a process that stopped leaves them."""
 
     def __init__(
         self, directory: Path, pseudonym_key: bytes | None, *, owner: bool = False
@@ -78,48 +99,125 @@ class DimseInbox:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fernet = _fernet(pseudonym_key)
         self.owner = owner
-        self._held: dict[Path, int] = {}  # the files this process holds: their locked fds
+        self._held: set[Path] = set()  # the queued files this process holds
+        self._writing = 0  # puts in progress (each will hold a file)
         self._held_lock = threading.Lock()  # put runs on association threads
+        # an owner's lease while it holds files or writes one (else none: an idle inbox is an
+        # empty directory); a new token each time it is made
+        self.token: str | None = None
+        self._lease: int | None = None
         for path in self.directory.glob(f"*{PARTIAL_SUFFIX}"):  # never acknowledged
             _remove_unless_held(path)  # another process's write in progress is left alone
 
     def put(self, data: bytes, calling: str) -> Path:
         """Write ``data`` durably; returns its path (the C-STORE may be answered after)."""
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}-{calling.encode().hex()}.dcm"
-        path = self.directory / name
         stored = self._fernet.encrypt(data) if self._fernet is not None else data
+        held = ""
+        if self.owner:
+            with self._held_lock:
+                held = f"{self._leased()}-"
+                self._writing += 1
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}-{held}{calling.encode().hex()}.dcm"
+        path = self.directory / name
         # through <name>.part, locked while written, fsynced, renamed; on a full disk nothing
         # is left (the C-STORE is refused)
         from radlens.app.outbox import _write_locked
 
-        fd = _write_locked(path, stored)  # the lock goes with the file through the rename
-        if self.owner:
-            with self._held_lock:
-                self._held[path] = fd
-        else:
-            os.close(fd)
+        written = False
+        try:
+            os.close(_write_locked(path, stored))  # locked until renamed; then its name holds it
+            written = True
+        finally:
+            if self.owner:
+                with self._held_lock:
+                    self._writing -= 1
+                    if written:
+                        self._held.add(path)
+                    self._unlease_if_idle()
         return path
+
+    def _leased(self) -> str:
+        """This owner's token, its lease made first when it holds none (``_held_lock`` held):
+        written as a locked ``*.part`` and renamed with its lock, so no process ever sees it
+        unlocked while this one lives."""
+        if self.token is None:
+            token = uuid.uuid4().hex[:TOKEN_LENGTH]
+            self._lease = _new_lease(_lease_path(self.directory, token))
+            self.token = token
+        return self.token
+
+    def _unlease_if_idle(self) -> None:
+        """Delete, then unlock, the lease once this owner holds no file and writes none
+        (``_held_lock`` held): a process that looks after finds it gone."""
+        if self._held or self._writing or self.token is None:
+            return
+        lease, token = self._lease, self.token
+        self._lease, self.token = None, None
+        # the volume went away: the lock still goes, and the next adopt removes the file
+        with contextlib.suppress(OSError):
+            _lease_path(self.directory, token).unlink(missing_ok=True)
+        if lease is not None:
+            os.close(lease)
 
     def adopt(self) -> tuple[list[Path], int]:
         """Take over the queued files no live process holds (those a stopped or crashed
         process left, or none held them); returns them, oldest first, and the number left to
-        the live processes that hold the others."""
+        the live processes that hold the others. An owner renames each to its own token (the
+        path returned is the new one); of two processes taking one over at once, one does."""
         adopted, others = [], 0
+        alive: dict[str, bool] = {}  # per token seen in this pass
         for path in sorted(self.directory.glob("*.dcm")):
-            with self._held_lock:
-                if path in self._held:
+            token = _token(path)
+            if token is not None:
+                if token == self.token:  # this process's own (queued now: put spawns it)
                     continue
-            fd = _lock_if_free(path)
-            if fd is None:
-                others += int(path.exists())
-                continue
-            if self.owner:
-                with self._held_lock:
-                    self._held[path] = fd
-            else:
-                os.close(fd)
-            adopted.append(path)
+                if token not in alive:
+                    alive[token] = _lease_held(self.directory, token)
+                if alive[token]:
+                    others += 1
+                    continue
+                taken = self._take(path)
+            else:  # held by its own flock (an earlier version's, or unheld)
+                fd = _lock_if_free(path)
+                if fd is None:
+                    others += int(path.exists())
+                    continue
+                try:
+                    taken = self._take(path)
+                finally:
+                    os.close(fd)
+            if taken is not None:
+                adopted.append(taken)
+        # the leases of processes that are gone (their files are taken over above)
+        own = _lease_path(self.directory, self.token) if self.token is not None else None
+        for lease in self.directory.glob(f"{LEASE_PREFIX}*{LEASE_SUFFIX}"):
+            if lease != own:
+                _remove_unless_held(lease)
         return adopted, others
+
+    def _take(self, path: Path) -> Path | None:
+        """``path`` renamed to this owner's token (an inbox that is no owner: as it is); None
+        when it is gone (another process took it over, or it was finished)."""
+        if not self.owner:
+            return path if path.exists() else None
+        fields = path.name[: -len(".dcm")].split("-")
+        if len(fields) >= 3 and len(fields[0]) == 20 and fields[0].isdigit():
+            stamp, random, calling = fields[0], fields[1], fields[-1]
+        else:  # a name put can not have made (copied in by hand): its time, no AE title
+            queued = _queued_at(path)
+            if queued is None:
+                return None
+            stamp = f"{int(queued * 1e9):020d}"
+            random, calling = uuid.uuid4().hex[:12], b"unknown".hex()
+        with self._held_lock:
+            taken = path.with_name(f"{stamp}-{random}-{self._leased()}-{calling}.dcm")
+            try:
+                os.rename(path, taken)
+            except FileNotFoundError:
+                self._unlease_if_idle()
+                return None
+            self._held.add(taken)
+        return taken
 
     def pending(self) -> list[Path]:
         """The queued instances this process holds (an inbox that is no ``owner``: every
@@ -131,7 +229,8 @@ class DimseInbox:
 
     def read(self, path: Path) -> bytes:
         """The instance's bytes (decrypted); raises InboxUnreadableError when they cannot be
-        (the key changed or went: the file must not be deleted, see :meth:`set_aside`)."""
+        (the key changed or went: the file must not be deleted, see :meth:`set_aside`), and
+        OSError when the file cannot be read now (the caller keeps it and tries again)."""
         return _decrypted(path, self._fernet)
 
     def set_aside(self, path: Path) -> Path:
@@ -150,26 +249,64 @@ class DimseInbox:
             return "unknown"
 
     def remove(self, path: Path) -> None:
-        """Delete a finished instance's file, then release it (in that order: a process
-        that locks it after the release finds it gone)."""
+        """Delete a finished instance's file, then release it."""
         path.unlink(missing_ok=True)
         self._release(path)
 
     def _release(self, path: Path) -> None:
         with self._held_lock:
-            fd = self._held.pop(path, None)
-        if fd is not None:
-            os.close(fd)
+            self._held.discard(path)
+            self._unlease_if_idle()
 
     def close(self) -> None:
-        """Release every file still held (shutting down): the next process takes them over."""
+        """Release every file still held (shutting down): the next process takes them over
+        (the lease is deleted, then unlocked)."""
         with self._held_lock:
-            held, self._held = self._held, {}
-        for fd in held.values():
-            os.close(fd)
+            self._held.clear()
+            self._writing = 0
+            self._unlease_if_idle()
 
     def __len__(self) -> int:
         return len(self.pending())
+
+
+def _lease_path(directory: Path, token: str) -> Path:
+    return directory / f"{LEASE_PREFIX}{token}{LEASE_SUFFIX}"
+
+
+def _token(path: Path) -> str | None:
+    """The owner token a queued file's name carries (``<time>-<random>-<token>-<AE>.dcm``);
+    None for a name without one (an inbox that is no owner's, or before QA 110)."""
+    fields = path.name.split(".", 1)[0].split("-")
+    if len(fields) == 4 and len(fields[2]) == TOKEN_LENGTH:
+        return fields[2]
+    return None
+
+
+def _new_lease(path: Path) -> int:
+    """A lease made at ``path``: an empty file, locked as ``*.part`` before it is renamed
+    there (its lock goes with it); returns its locked descriptor. Not fsynced: a lease means
+    nothing after a crash (its lock is gone then)."""
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    for _attempt in range(3):
+        fd = os.open(partial, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(partial, path)
+        except FileNotFoundError:  # removed by a starting process's clean-up before the lock
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            partial.unlink(missing_ok=True)
+            raise
+        return fd
+    raise OSError(f"{partial.name} was removed while being made")
+
+
+def _lease_held(directory: Path, token: str) -> bool:
+    """Whether the process whose token this is lives: its lease exists and is locked."""
+    return held_by_another(_lease_path(directory, token))
 
 
 def _lock_if_free(path: Path) -> int | None:
@@ -197,7 +334,7 @@ def _lock_if_free(path: Path) -> int | None:
 
 def _remove_unless_held(path: Path) -> None:
     """Delete a ``*.part`` file unless a writer holds it (app/outbox.py ``_write_locked``
-    locks it while it writes)."""
+    locks it while it writes), or a lease unless its owner lives."""
     fd = _lock_if_free(path)
     if fd is None:
         return
@@ -208,7 +345,12 @@ def _remove_unless_held(path: Path) -> None:
 
 
 def held_by_another(path: Path) -> bool:
-    """Whether a live process (or another inbox of this one) holds ``path`` now."""
+    """Whether a live process (or another inbox of this one) holds ``path`` now: a queued
+    file named with an owner's token while that owner's lease is locked, any other file while
+    its own flock is held."""
+    token = _token(path) if path.suffix == ".dcm" else None
+    if token is not None:
+        return path.exists() and _lease_held(path.parent, token)
     fd = _lock_if_free(path)
     if fd is None:
         return path.exists()
