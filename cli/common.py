@@ -181,3 +181,35 @@ def _debug() -> bool:
     import os
 
     return os.environ.get("RADLENS_DEBUG", "") not in ("", "0")
+
+
+MALLOC_KEEP_ENV = "RADLENS_MALLOC_KEEP_MIB"
+# app.settings.Settings.malloc_keep_mib's default and bounds (not read from there: importing
+# the service's settings costs ~0.6 s; tests/cli/test_qa106_cli.py checks they agree)
+DEFAULT_MALLOC_KEEP_MIB = 64
+MAX_MALLOC_KEEP_MIB = 4096
+
+
+def keep_freed_memory_for_jobs() -> bool:
+    """Tune glibc's malloc for a data job (train, evaluate, data-check) as the service tunes
+    it at start-up (``app.memory.keep_freed_memory``, ``RADLENS_MALLOC_KEEP_MIB``, default 64,
+    0 = glibc's defaults): every large radiograph is decoded through several multi-megabyte
+    buffers, and with glibc's defaults each is faulted in afresh. Over real radiographs and CT
+    (``bench/training_malloc.py``, QA round 106, two runs on a loaded 2-core machine) a
+    training data pass -- the decode check at 32 px and a tf.data epoch at 224 px -- took
+    0.83x and 0.94x the CPU with it (the check alone 0.75x, its 13,000 page faults gone), for
+    a peak RSS 1.10x. True when applied; a value that is not a whole number of MiB in range
+    is one line, exit 2."""
+    raw = os.environ.get(MALLOC_KEEP_ENV, "").strip()
+    try:
+        keep = int(raw) if raw else DEFAULT_MALLOC_KEEP_MIB
+    except ValueError:
+        keep = -1
+    if not 0 <= keep <= MAX_MALLOC_KEEP_MIB:
+        fail(
+            f"{MALLOC_KEEP_ENV} must be a whole number of MiB from 0 (glibc's defaults) to "
+            f"{MAX_MALLOC_KEEP_MIB}; got {raw!r}"
+        )
+    from radlens.app.memory import keep_freed_memory  # ctypes only: no web stack
+
+    return keep_freed_memory(keep)

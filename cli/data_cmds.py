@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from radlens.cli.common import FREE_SPACE, disk_full, fail
+from radlens.cli.common import FREE_SPACE, disk_full, fail, keep_freed_memory_for_jobs
 
 DEFAULT_SEED = 1234  # training.config.TrainConfig.seed: the split `radlens train` makes
 # training.config.TrainConfig.min_calibration_positives: fewer validation positives and
@@ -175,6 +175,7 @@ def data_check(
         check_dicom_root,
         check_splits,
         copies_report,
+        describe_ignored,
         describe_skip_kinds,
         drop_undecodable,
         leakage_report,
@@ -197,6 +198,7 @@ def data_check(
         for line in lines[1:]:
             typer.echo(line)
 
+    keep_freed_memory_for_jobs()  # every image is decoded as `radlens train` decodes it
     spec = None
     if multi_label:
         spec = MultiLabelSpec(column=label_column, separator=label_separator, none_name=no_finding)
@@ -283,6 +285,8 @@ def data_check(
     how = "headers read only" if headers_only else "every image decoded as training decodes it"
     kinds = describe_skip_kinds(skip_kinds(source.skipped))
     typer.echo(f"  {len(source.skipped)} file(s) skipped ({how})" + (f": {kinds}" if kinds else ""))
+    if source.ignored:  # .DS_Store, Thumbs.db, ...: counted, so none goes unexplained
+        typer.echo(f"  {describe_ignored(source.ignored)}")
     try:
         # training's split checks (a class without a training image, validation without 2
         # classes): one patient's whole series in one class can leave validation with a

@@ -28,6 +28,7 @@ from radlens.cli.common import (
     describe_disk_full,
     disk_full,
     fail,
+    keep_freed_memory_for_jobs,
     written_file,
 )
 
@@ -445,6 +446,15 @@ def train(
 
     if resume is None:
         cfg = shared.base_config(config, overrides)
+    else:
+        # a finished run, or a folder that is no run, is refused before TensorFlow is imported
+        # (seconds): the same one line training's resume would give after it (QA round 106)
+        from radlens.training.rundir import config_for_resume  # no TensorFlow
+
+        config_for_resume(resume)
+    # before TensorFlow and the data: large radiographs decode without faulting in fresh
+    # pages for each copy, as in the service (QA round 106)
+    keep_freed_memory_for_jobs()
 
     started: list[Path] = []
 
@@ -527,6 +537,7 @@ def train(
         typer.echo(f"series-level ({reported.get('split')}): {_series_summary(reported['series'])}")
     from radlens.training.data.sources import (
         SKIPPED_FILE,
+        describe_ignored,
         describe_skip_kinds,
         skip_kinds,
         skipped_report,
@@ -543,6 +554,8 @@ def train(
     )
     for line in skipped_report(result.skipped, full_list=f"the full list: {where}")[1:]:
         typer.echo(line)  # "  skipped path: reason"
+    if result.ignored:  # .DS_Store, Thumbs.db, ...: counted, so none goes unexplained
+        typer.echo(describe_ignored(result.ignored))
 
 
 def evaluate(
@@ -593,6 +606,7 @@ def evaluate(
     if out is not None and out.exists() and not out.is_dir():
         # before the model is loaded and the data scored, not after
         fail(f"--out is a folder for the report; {str(out)!r} is a file: give a folder")
+    keep_freed_memory_for_jobs()  # as train: the data are decoded as training decodes them
 
     from radlens.training.evaluate import evaluate as run_evaluation
 

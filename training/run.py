@@ -88,6 +88,8 @@ class RunResult:
     best_epoch: int | None  # 1-based
     epochs_run: int
     skipped: list[SkippedFile] = field(default_factory=list)
+    # system and hidden files the data scan passed by, per kind (DataSource.ignored)
+    ignored: dict[str, int] = field(default_factory=dict)
     split_sizes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     reported: dict[str, Any] = field(default_factory=dict)  # the figures to quote, labelled
@@ -114,6 +116,7 @@ class RunResult:
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
             "skipped_files": [str(s) for s in self.skipped],
+            "ignored_files": self.ignored,
             "split_sizes": self.split_sizes,
             "seconds": round(self.seconds, 1),
             "reported": self.reported,
@@ -218,6 +221,10 @@ def train(
                     describe_skip_kinds(skip_kinds(data.skipped)),
                     skipped_list.name,
                 )
+            if data.source.ignored:
+                from radlens.training.data.sources import describe_ignored
+
+                log.info("%s", describe_ignored(data.source.ignored))
             if dist.distributed:
                 log.info(
                     "strategy %s: %d replica(s), %s",
@@ -814,6 +821,7 @@ def _finish(run: _Run, started: float) -> RunResult:
         best_epoch=state.get("best_epoch"),
         epochs_run=int(state.get("last_epoch", 0)),
         skipped=skipped,
+        ignored=dict(data.source.ignored),
         split_sizes=sizes,
         seconds=time.monotonic() - started,
         reported=reported,
@@ -1370,6 +1378,7 @@ def _finish_findings(run: _Run, started: float) -> RunResult:
         best_epoch=state.get("best_epoch"),
         epochs_run=int(state.get("last_epoch", 0)),
         skipped=skipped,
+        ignored=dict(data.source.ignored),
         split_sizes=sizes,
         seconds=time.monotonic() - started,
         reported=reported,

@@ -49,6 +49,9 @@ def test_resume_stopped_before_it_starts_says_to_resume_again(
 ) -> None:
     run = tmp_path / "runs" / "chest-1"
     run.mkdir(parents=True)
+    # a run directory (QA 106: `--resume` of a folder that is none is refused before the
+    # trainer is imported)
+    (run / "config.json").write_text("{}\n")
     done = subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(run), signame],
         cwd=REPO_ROOT,

@@ -9,7 +9,8 @@ copied into messy layouts): class names one reader takes for two, and CSV line n
 - A manifest with a blank line (or a quoted line break) named the row after it by its row
   number + 1, so "empty label at labels.csv line 102" pointed one line above the bad row.
 - A manifest saved with ``;`` or tab between fields (Excel in locales with a decimal comma) was
-  refused as having "no 'path' column", quoting the whole header as one column name.
+  refused as having "no 'path' column", quoting the whole header as one column name (QA 106:
+  read as its header separates it).
 - A manifest written on Windows (``imgs\\a.png``) skipped every file as "file does not exist".
 """
 
@@ -102,11 +103,12 @@ class TestManifestLines:
             open_data(path)
 
     @pytest.mark.parametrize("sep", [";", "\t"])
-    def test_another_field_separator_is_named(self, tmp_path: Path, sep: str) -> None:
+    def test_another_field_separator_is_read(self, tmp_path: Path, sep: str) -> None:
+        """QA 106: a header holding no ',' but ';' or a tab says how the fields are separated,
+        unambiguously; the manifest was refused ("save it comma-separated"), now it is read."""
         rows = _images(tmp_path, ["normal", "abnormal", "normal", "abnormal"])
-        path = _write(tmp_path / "labels.csv", rows, sep=sep)
-        with pytest.raises(ConfigurationError, match=re.escape(f"fields with {sep!r}, not ','")):
-            open_data(path)
+        source = open_data(_write(tmp_path / "labels.csv", rows, sep=sep))
+        assert source.class_names == ["normal", "abnormal"] and len(source.examples) == 4
 
     def test_windows_folder_separators_are_named(self, tmp_path: Path) -> None:
         rows = _images(tmp_path, ["normal", "abnormal", "normal", "abnormal"])

@@ -224,7 +224,7 @@ class TestBadSeriesCsv:
         moved = tmp_path / "elsewhere" / "series.csv"
         moved.parent.mkdir()
         shutil.move(csv_path, moved)
-        with pytest.raises(ConfigurationError, match=r"was not found under the DICOM root"):
+        with pytest.raises(ConfigurationError, match=r"was found under the DICOM root"):
             open_source(moved)
         assert len(open_source(moved, dicom_root=tmp_path / "ds").examples) == 16
 

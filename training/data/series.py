@@ -36,7 +36,7 @@ import logging
 import os
 import re
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +118,13 @@ class _UidIndex:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._folders: dict[str, set[Path]] | None = None
+        self._scanned = 0  # DICOM files with a SeriesInstanceUID found under root
+
+    @property
+    def scanned(self) -> int:
+        if self._folders is None:
+            self._folders = self._scan()
+        return self._scanned
 
     def folders(self, uid: str) -> set[Path]:
         if self._folders is None:
@@ -137,10 +144,10 @@ class _UidIndex:
             )
         found: dict[str, set[Path]] = defaultdict(set)
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames if not src._is_hidden(d))
             for name in sorted(filenames):
                 path = Path(dirpath) / name
-                if name.startswith(".") or src._file_kind(path) != "dicom":
+                if src._is_hidden(name) or src._file_kind(path) != "dicom":
                     continue
                 try:
                     with warnings.catch_warnings():
@@ -156,6 +163,7 @@ class _UidIndex:
                 uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
                 if uid:
                     found[uid].add(path.parent)
+                    self._scanned += 1
         return found
 
 
@@ -181,20 +189,23 @@ def open_series_csv(
     Raises:
         models.errors.ConfigurationError: one line naming the row and the problem.
     """
-    columns, rows = src._read_csv(csv_path)
     label_column = multi_label.column if multi_label is not None else "label"
-    for required in (label_column, "patient_id"):
-        if required not in columns:
-            raise ConfigurationError(
-                f"series CSV {str(csv_path)!r} has no {required!r} column (a series CSV needs "
-                f"series_path and/or series_uid, {label_column}, patient_id); columns: {columns!r}"
-            )
+    columns, rows = src._read_csv(csv_path, extra=(label_column,))
+    src.require_columns(
+        csv_path,
+        columns,
+        (label_column, "patient_id"),
+        f"series_path and/or series_uid, {label_column} and patient_id (optional: split) "
+        "for a series CSV",
+    )
     base = csv_path.parent
     index = _UidIndex(Path(dicom_root) if dicom_root is not None else base)
+    _check_series_found(csv_path, rows, index, root_given=dicom_root is not None)
     names, label_of, order = _labels(csv_path, rows, class_names, multi_label)
     key = src.patient_hash_key()
     examples: list[src.Example] = []
     skipped: list[src.SkippedFile] = []
+    ignored: Counter[str] = Counter()
     seen: dict[tuple[str, ...], int] = {}
     for line, row in zip(src.csv_lines(rows), rows, strict=True):
         where = f"{csv_path.name} line {line}"
@@ -203,7 +214,7 @@ def open_series_csv(
             raise ConfigurationError(
                 f"empty patient_id at {where}; every series needs one (splits are by patient)"
             )
-        slices, bad = _series_slices(row, base, index, where, validate=validate)
+        slices, bad = _series_slices(row, base, index, where, validate=validate, ignored=ignored)
         skipped.extend(bad)
         identity = tuple(sorted(str(s.path) for s in slices))
         if identity in seen:
@@ -234,12 +245,58 @@ def open_series_csv(
         multi_label=multi_label is not None,
         none_name=multi_label.none_name if multi_label is not None else None,
         class_order=order,
+        ignored=dict(ignored),
     )
     if multi_label is not None:
         src._check_findings(source, str(csv_path))
     else:
         src._check_classes(source, str(csv_path))
     return source
+
+
+def _check_series_found(
+    csv_path: Path, rows: Sequence[src.CsvRow], index: _UidIndex, *, root_given: bool
+) -> None:
+    """Refuse a series CSV none of whose series exists, saying where they were looked for, as
+    a labels CSV none of whose paths exists is refused (QA round 103): the first row's folder
+    was refused alone ("series folder ... does not exist"), not saying that folders are read
+    relative to the CSV's folder, nor that none of the others exists either (QA round 106).
+    Only the folder written and counts are shown: no patient id, no UID."""
+    base = csv_path.parent
+    written = [row.get("series_path", "").strip() for row in rows]
+    folders = [w for w in written if w]
+    if folders:
+        if any((Path(w) if Path(w).is_absolute() else base / w).is_dir() for w in folders):
+            return
+        relative = [w for w in folders if not Path(w).is_absolute()]
+        if not relative:
+            raise ConfigurationError(
+                f"none of the {len(folders)} series folder(s) in {str(csv_path)!r} exists, "
+                f"e.g. {folders[0]!r}; check the series_path column"
+            )
+        here = sum(Path(w).is_dir() for w in relative)
+        found_here = (
+            f"; {here} of them exist relative to the current folder instead"
+            if here and base.resolve() != Path.cwd().resolve()
+            else ""
+        )
+        raise ConfigurationError(
+            f"none of the {len(folders)} series folder(s) in {str(csv_path)!r} exists: "
+            f"series_path is read relative to the CSV's folder {str(base)!r}, e.g. "
+            f"{relative[0]!r} as {str(base / relative[0])!r}{found_here}; write the folders "
+            "relative to that folder, or as absolute paths"
+        )
+    uids = [row.get("series_uid", "").strip() for row in rows]
+    uids = [u for u in uids if u]
+    if not uids or any(index.folders(u) for u in uids):
+        return
+    which = "--dicom-root" if root_given else "the CSV's folder, as no --dicom-root was given"
+    raise ConfigurationError(
+        f"none of the {len(uids)} series_uid value(s) in {str(csv_path)!r} was found under the "
+        f"DICOM root {str(index.root)!r} ({which}; {index.scanned} DICOM file(s) with a "
+        "SeriesInstanceUID there, of other series): give --dicom-root the folder holding the "
+        "series, or a series_path column"
+    )
 
 
 def _labels(
@@ -281,10 +338,16 @@ def _labels(
 
 
 def _series_slices(
-    row: dict[str, str], base: Path, index: _UidIndex, where: str, *, validate: bool
+    row: dict[str, str],
+    base: Path,
+    index: _UidIndex,
+    where: str,
+    *,
+    validate: bool,
+    ignored: Counter[str] | None = None,
 ) -> tuple[list[_Slice], list[src.SkippedFile]]:
     """The readable slices of one row's series (refusing what cannot be one series), and the
-    files skipped with their reason."""
+    files skipped with their reason; system files passed by are counted in ``ignored``."""
     folder_value = row.get("series_path", "").strip()
     uid = row.get("series_uid", "").strip()
     if not folder_value and not uid:
@@ -292,8 +355,10 @@ def _series_slices(
     if folder_value:
         folder = Path(folder_value) if Path(folder_value).is_absolute() else base / folder_value
         if not folder.is_dir():
+            relative = "" if Path(folder_value).is_absolute() else f" ({str(folder)!r})"
             raise ConfigurationError(
                 f"series folder {folder_value!r} at {where} does not exist or is not a folder"
+                f"{relative}: series_path is read relative to the CSV's folder"
             )
         folders = [folder]
     else:
@@ -314,10 +379,10 @@ def _series_slices(
     skipped: list[src.SkippedFile] = []
     for folder in folders:
         if folder_value:
-            files, unnamed = src._walk_files(folder)
+            files, unnamed = src._walk_files(folder, ignored)
             skipped.extend(unnamed)
         else:
-            files = _files_in(folder)
+            files = _files_in(folder, ignored)
         for file in files:
             reason = src._probe_file(file) if validate else src._probe_kind_only(file)
             header = _read_header(file) if reason is None else None
@@ -342,9 +407,13 @@ def _series_slices(
     return slices, skipped
 
 
-def _files_in(folder: Path) -> list[Path]:
-    """The non-hidden files directly in ``folder`` (a UID's folder from the index)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def _files_in(folder: Path, ignored: Counter[str] | None = None) -> list[Path]:
+    """The files directly in ``folder`` (a UID's folder from the index) but system and hidden
+    ones (``sources.ignored_kind``: a Thumbs.db was skipped as "not a DICOM file"), which are
+    counted in ``ignored``."""
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not src._is_hidden(p.name, ignored)
+    )
 
 
 def _check_one_series(slices: Sequence[_Slice], where: str, *, picked: bool) -> None:

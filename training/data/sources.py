@@ -18,16 +18,22 @@ Folder layout
     still accepted when pydicom can parse its header. A file that is not
     recognised, or whose header is unusable (no pixel data, zero-size image), is reported
     as a :class:`SkippedFile` and left out -- it never stops the scan. Hidden files and
-    folders (a leading ``.``) are ignored silently, and so are operating-system and NAS
-    metadata (``__MACOSX``, ``@eaDir``, ``Thumbs.db``, ...: :data:`_SYSTEM_NAMES`). A DICOM
+    folders (a leading ``.``) are ignored, and so are operating-system, office and NAS
+    metadata (``__MACOSX``, ``@eaDir``, ``Thumbs.db``, ``desktop.ini``, ``~$`` lock files,
+    ...: :func:`ignored_kind`), counted by kind in ``DataSource.ignored``. A DICOM
     media export (a CD's DICOMDIR and extensionless images) sits below its class folder as
     it is; a folder that is one, given as ROOT, is refused (``training.data.media``).
 
 CSV manifest
-    Columns ``path`` and ``label`` (required), ``patient_id`` and ``split`` (optional);
-    paths are relative to the CSV's folder. Labels are class names (ordered like folder
+    Columns ``path`` and ``label`` (required), ``patient_id`` and ``split`` (optional),
+    named in any case and spacing (``Path``, `` LABEL ``, ``Patient ID``: :func:`_csv_columns`);
+    UTF-8 with or without Excel's byte-order mark, or UTF-16 with its mark; fields separated
+    by ``,`` or -- when the header holds none -- ``;`` or a tab, or as an Excel ``sep=`` first
+    line says (:data:`CSV_SEPARATORS`); rows of empty cells are blank lines.
+    Paths are relative to the CSV's folder. Labels are class names (ordered like folder
     names, or as ``class_names=`` says), or -- when every label is an integer -- class
-    indices 0..K-1, named from a ``label_name`` column when present,
+    indices 0..K-1 (``1.0`` as pandas writes them too), named from a ``label_name`` column
+    when present,
     else ``class_0``, ``class_1``, .... Split values ``train``, ``val`` (also ``valid``,
     ``validation``), ``test``; an empty cell means "not assigned".
 
@@ -60,11 +66,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import random
+import re
 import secrets
 import tempfile
 import unicodedata
@@ -74,7 +83,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TextIO
 
 import numpy as np
 
@@ -107,6 +116,9 @@ DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 HEAD_BYTES = 132  # enough for sniff_format: DICOM's preamble and "DICM" prefix
 TAIL_BYTES = 18  # and a TGA's signature at its end, which sniff_format also looks at
 MISSING_FILE = "file does not exist"  # the skip reason of a manifest row naming no file
+# a manifest kept as a spreadsheet, or exported as text under another suffix: said so
+SPREADSHEET_SUFFIXES = frozenset({".xlsx", ".xlsm", ".xls", ".ods", ".numbers"})
+TEXT_TABLE_SUFFIXES = frozenset({".tsv", ".tab", ".txt"})
 
 PATIENT_KEY_ENV = "RADLENS_PATIENT_HASH_KEY"
 PATIENT_KEY_FILE_ENV = "RADLENS_PATIENT_HASH_KEY_FILE"
@@ -299,6 +311,9 @@ class DataSource:
     # how class_names were ordered: "names" (order_class_names: a negative-sounding name
     # first, else alphabetical), "index" (integer labels, npz), "given" (class_names=)
     class_order: str = "given"
+    # the system and hidden files and folders a folder scan passed by, per kind
+    # (ignored_kind: .DS_Store, Thumbs.db, ~$ lock files, ...): not images, never read
+    ignored: dict[str, int] = field(default_factory=dict)
 
     @property
     def has_patients(self) -> bool:
@@ -487,6 +502,16 @@ def open_source(
         source = _open_csv(p, class_names=class_names, validate=validate)
     elif p.suffix.lower() == ".npz":
         source = _open_npz(p, class_names=class_names)
+    elif p.suffix.lower() in SPREADSHEET_SUFFIXES:
+        raise ConfigurationError(
+            f"{str(p)!r} is a spreadsheet, which radlens does not read: save it as a .csv "
+            "manifest (Excel: Save As 'CSV UTF-8 (Comma delimited)') and give that"
+        )
+    elif p.suffix.lower() in TEXT_TABLE_SUFFIXES:
+        raise ConfigurationError(
+            f"a manifest is read by its .csv suffix (fields separated by ',', ';' or tabs); "
+            f"{str(p)!r} ends in {p.suffix}: rename it to .csv"
+        )
     else:
         raise ConfigurationError(
             f"data path must be a folder, a .csv manifest or a .npz file; got {str(p)!r}"
@@ -500,9 +525,10 @@ def _is_series_csv(csv_path: Path) -> bool:
     """Whether a CSV labels series (``training.data.series``) rather than files."""
     from radlens.training.data.series import is_series_csv
 
-    with _reading_csv(csv_path), csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), [])
-    return is_series_csv([c.strip() for c in header])
+    with _reading_csv(csv_path), _open_csv_text(csv_path) as fh:
+        reader, _ = _csv_reader(fh)
+        header: list[str] = next(reader, [])
+    return is_series_csv(_csv_columns(csv_path, header))
 
 
 @contextlib.contextmanager
@@ -511,12 +537,42 @@ def _reading_csv(csv_path: Path) -> Iterator[None]:
     limit: a binary blob), refused naming the file."""
     try:
         yield
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"CSV manifest {str(csv_path)!r} is not UTF-8 text") from exc
+    except UnicodeError as exc:
+        raise ConfigurationError(
+            f"CSV manifest {str(csv_path)!r} is not UTF-8 text; save it as UTF-8 (Excel: "
+            "'CSV UTF-8 (Comma delimited)')"
+        ) from exc
     except csv.Error as exc:
         raise ConfigurationError(
             f"CSV manifest {str(csv_path)!r} cannot be read as CSV ({exc}); check the file"
         ) from exc
+
+
+def _open_csv_text(csv_path: Path) -> TextIO:
+    """A manifest opened as text: UTF-8, with or without the byte-order mark Excel writes, or
+    UTF-16 when it starts with that encoding's mark (Excel's "Unicode Text")."""
+    with csv_path.open("rb") as fh:
+        start = fh.read(2)
+    encoding = "utf-16" if start in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    return csv_path.open(newline="", encoding=encoding)
+
+
+_EXCEL_SEP_LINE = re.compile(r"sep=(.)")
+CSV_SEPARATORS = (",", ";", "\t")
+"""The field separators a manifest may use: ``,``, or -- when the header holds no ``,`` --
+``;`` (Excel where the decimal mark is a comma) or a tab (Excel's "Unicode Text")."""
+
+
+def _csv_reader(fh: TextIO) -> tuple[Any, int]:
+    """A csv reader over a manifest, reading its fields as its header separates them (see
+    :data:`CSV_SEPARATORS`; an Excel ``sep=;`` first line says so itself and is passed), and
+    how many lines precede the header (for the line numbers the messages name)."""
+    first = fh.readline()
+    said = _EXCEL_SEP_LINE.fullmatch(first.strip("\r\n\ufeff"))
+    if said is not None:
+        return csv.reader(fh, delimiter=said.group(1)), 1
+    separator = next((s for s in CSV_SEPARATORS if s in first), ",")
+    return csv.reader(itertools.chain([first], fh), delimiter=separator), 0
 
 
 class CsvRow(dict[str, str]):
@@ -531,22 +587,85 @@ def csv_lines(rows: Sequence[Mapping[str, str]]) -> list[int]:
     return [row.line if isinstance(row, CsvRow) else i for i, row in enumerate(rows, start=2)]
 
 
-def _csv_table(csv_path: Path) -> tuple[list[str], list[CsvRow]]:
-    """A CSV manifest's columns and rows, names and keys stripped."""
+MANIFEST_COLUMNS = (
+    "path",
+    "label",
+    "patient_id",
+    "split",
+    "label_name",
+    "series_path",
+    "series_uid",
+)
+"""The columns radlens reads from a manifest (a multi-label one adds its label column). A
+header naming one in another case, with spaces around it, or its words separated otherwise
+(``Path``, ``PATH``, `` label ``, ``Patient ID``, ``PatientID``) is read as it
+(:func:`_csv_columns`)."""
+
+
+def _column_key(name: str) -> str:
+    """A column name as compared with radlens' names: case, Unicode width, spaces, ``_`` and
+    ``-`` aside (``Patient ID``, ``PatientID`` and ``patient-id`` are ``patient_id``)."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(folded.replace("_", " ").replace("-", " ").split())
+
+
+def _csv_columns(csv_path: Path, header: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """A manifest's column names, stripped (spaces, a stray byte-order mark), each one radlens
+    reads (:data:`MANIFEST_COLUMNS` and ``extra``, a multi-label set's label column) under
+    radlens' spelling of it.
+
+    Raises:
+        ConfigurationError: two columns that are both one of radlens' (``Label`` and
+            ``label``): which one holds the labels cannot be told.
+    """
+    columns = [c.strip().strip("\ufeff").strip() for c in header]
+    wanted = {_column_key(name): name for name in (*MANIFEST_COLUMNS, *extra)}
+    spellings: dict[str, list[str]] = defaultdict(list)
+    for column in columns:
+        if _column_key(column) in wanted:
+            spellings[_column_key(column)].append(column)
+    clash = next((found for found in spellings.values() if len(found) > 1), None)
+    if clash is not None:
+        name = wanted[_column_key(clash[0])]
+        how = (
+            "twice" if len(set(clash)) == 1 else "in spellings that differ only in case or spacing"
+        )
+        raise ConfigurationError(
+            f"CSV manifest {str(csv_path)!r} has the {name!r} column {how} ("
+            f"{', '.join(repr(c) for c in clash)}): which one to read cannot be told; remove or "
+            "rename all but one"
+        )
+    return [wanted.get(_column_key(c), c) for c in columns]
+
+
+def require_columns(
+    csv_path: Path, columns: Sequence[str], required: Sequence[str], expected: str
+) -> None:
+    """Refuse a manifest lacking one of ``required``, in one line naming the columns found
+    and those expected (``expected``, e.g. "path and label, optionally patient_id, split")."""
+    missing = [name for name in required if name not in columns]
+    if not missing:
+        return
+    found = ", ".join(repr(c) for c in columns if c) or "none"
+    raise ConfigurationError(
+        f"CSV manifest {str(csv_path)!r} has no {missing[0]!r} column; columns found: {found}; "
+        f"expected: {expected}, in any case: rename the columns"
+    )
+
+
+def _csv_table(csv_path: Path, extra: Sequence[str] = ()) -> tuple[list[str], list[CsvRow]]:
+    """A manifest's columns and rows, keyed by radlens' names (:func:`_csv_columns`; ``extra``:
+    a multi-label set's label column) and values as written."""
     rows: list[CsvRow] = []
-    with _reading_csv(csv_path), csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        separator = next((c for c in ";\t" if len(columns) == 1 and c in columns[0]), None)
-        if separator is not None:  # e.g. Excel's CSV where ',' is the decimal comma
-            raise ConfigurationError(
-                f"CSV manifest {str(csv_path)!r} separates its fields with {separator!r}, not "
-                f"',' (header {columns[0]!r}); save it comma-separated"
-            )
+    with _reading_csv(csv_path), _open_csv_text(csv_path) as fh:
+        reader, before = _csv_reader(fh)
+        columns = _csv_columns(csv_path, next(reader, []), extra)
         for values in reader:
-            row = CsvRow({(k or "").strip(): (v or "") for k, v in values.items()})
-            breaks = sum(str(v).count("\n") for v in values.values() if v)  # quoted ones
-            row.line = reader.line_num - breaks
+            if not any(v.strip() for v in values):  # a blank line, or a spreadsheet's ",,,"
+                continue
+            row = CsvRow({c: values[i] if i < len(values) else "" for i, c in enumerate(columns)})
+            breaks = sum(v.count("\n") for v in values)  # quoted ones
+            row.line = reader.line_num + before - breaks
             rows.append(row)
     return columns, rows
 
@@ -762,30 +881,65 @@ def _one_spelling(names: Iterable[str], where: str) -> None:
     )
 
 
-_SYSTEM_NAMES = frozenset(
-    name.casefold()
-    for name in (
-        "__MACOSX",  # macOS's resource forks in a zip, unpacked elsewhere
-        "@eaDir",  # a Synology NAS's thumbnails (JPEGs) of each image
-        "Thumbs.db",  # Windows Explorer's thumbnail cache
-        "desktop.ini",
-        "System Volume Information",  # the root of a Windows-formatted drive
-        "$RECYCLE.BIN",  # (NTFS writes $Recycle.Bin)
+# Operating-system, office and NAS metadata, never images of a class: ignored as hidden files
+# are, whatever their case (Windows and macOS file systems do not tell cases apart, and write
+# some of these names in more than one). ``@eaDir`` holds real JPEG thumbnails that would
+# otherwise train as images of their folder's class, and ``__MACOSX`` beside the class folders
+# would be taken for a class; ``System Volume Information`` and ``$RECYCLE.BIN`` (NTFS writes
+# ``$Recycle.Bin``) sit at the root of a Windows-formatted drive.
+_IGNORED_KINDS = {
+    ".ds_store": ".DS_Store (macOS Finder)",
+    "thumbs.db": "Thumbs.db (Windows thumbnails)",
+    "thumbs.db:encryptable": "Thumbs.db (Windows thumbnails)",  # its NTFS stream, copied off
+    "ehthumbs.db": "Thumbs.db (Windows thumbnails)",  # Windows Media Center's
+    "ehthumbs_vista.db": "Thumbs.db (Windows thumbnails)",
+    "icon\r": "Icon\\r (macOS custom folder icon)",
+    "desktop.ini": "desktop.ini (Windows folder settings)",
+    "__macosx": "__MACOSX (macOS zip metadata)",
+    "@eadir": "@eaDir (NAS thumbnails)",
+    "system volume information": "Windows drive folder",
+    "$recycle.bin": "Windows drive folder",
+}
+
+
+def ignored_kind(name: str) -> str | None:
+    """Why a file or folder named ``name`` is ignored in a data folder (what a desktop, an
+    office program or a NAS leaves beside the images), or None when it is read."""
+    folded = name.casefold()
+    if folded in _IGNORED_KINDS:
+        return _IGNORED_KINDS[folded]
+    if name.startswith("._"):
+        return "._* (macOS AppleDouble)"
+    if name.startswith("~$"):  # Word/Excel's "owner" file beside a document open in it
+        return "~$* (Office lock file)"
+    if name.startswith("."):
+        return "hidden (name starting with '.')"
+    return None
+
+
+def _is_hidden(name: str, ignored: Counter[str] | None = None) -> bool:
+    """Whether ``name`` is ignored (:func:`ignored_kind`); counted by kind in ``ignored``."""
+    kind = ignored_kind(name)
+    if kind is not None and ignored is not None:
+        ignored[kind] += 1
+    return kind is not None
+
+
+def describe_ignored(ignored: Mapping[str, int]) -> str:
+    """One line for the system files and folders a scan ignored ("" for none): how many, of
+    which kinds."""
+    if not ignored:
+        return ""
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(ignored.items(), key=lambda i: -i[1]))
+    return (
+        f"{sum(ignored.values())} system or hidden file(s)/folder(s) ignored, never read as "
+        f"images: {kinds}"
     )
-)
-"""Operating-system and NAS metadata, never images of a class: ignored as hidden files are,
-whatever their case (Windows and macOS file systems do not tell cases apart, and write some
-of these names in more than one). ``@eaDir`` holds real JPEG thumbnails that would otherwise
-train as images of their folder's class, and ``__MACOSX`` beside the class folders would be
-taken for a class."""
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name.casefold() in _SYSTEM_NAMES
 
 
 def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: bool) -> DataSource:
-    dirs = {d.name: d for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name)}
+    ignored: Counter[str] = Counter()
+    dirs = {d.name: d for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name, ignored)}
     if len(dirs) < 2:
         raise ConfigurationError(
             f"a folder data set needs at least 2 class sub-folders; "
@@ -808,13 +962,14 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
         names = order_class_names(dirs)
         class_dirs = [dirs[name] for name in names]
     examples: list[Example] = []
-    skipped: list[SkippedFile] = _stray_files(root)
+    skipped: list[SkippedFile] = _stray_files(root, ignored)
     key = None
     n_dicom = 0
     first_seen: dict[str, tuple[int, Path]] = {}  # real path -> (label, the path met first)
     for label, class_dir in enumerate(class_dirs):
         found_any = False
-        files, unnamed = _walk_files(class_dir)
+        ignored_before = ignored.total()
+        files, unnamed = _walk_files(class_dir, ignored)
         skipped_before = len(skipped)
         skipped.extend(unnamed)
         for file in files:
@@ -849,6 +1004,11 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
             examples.append(Example(key=str(file), label=label, patient_id=patient))
         if not found_any:
             why = _skipped_hint(skipped[skipped_before:])  # e.g. names that are not UTF-8
+            if ignored.total() > ignored_before:  # a folder of .DS_Store and Thumbs.db only
+                why += (
+                    f"; {ignored.total() - ignored_before} system or hidden file(s) ignored "
+                    "there (.DS_Store, Thumbs.db, ...)"
+                )
             raise ConfigurationError(
                 f"class folder {str(class_dir)!r} contains no readable DICOM/PNG/JPEG image{why}"
                 f"; every sub-folder of {str(root)!r} is a class: add its images, or move the "
@@ -865,6 +1025,7 @@ def _open_folder(root: Path, *, class_names: Sequence[str] | None, validate: boo
         skipped=skipped,
         patient_source="PatientID/StudyInstanceUID" if with_patient else "none",
         class_order="given" if class_names is not None else "names",
+        ignored=dict(ignored),
     )
 
 
@@ -944,10 +1105,13 @@ def _dicom_header_patient(path: Path) -> tuple[bool, str | None]:
     return True, None
 
 
-def _walk_files(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
+def _walk_files(
+    folder: Path, ignored: Counter[str] | None = None
+) -> tuple[list[Path], list[SkippedFile]]:
     """The non-hidden files under ``folder``, sub-folders and linked sub-folders included (a
     folder reached twice, as by a link loop, is read once), and the files left out, with why:
-    a name that is not UTF-8 cannot be recorded in splits.csv, the manifest or the logs."""
+    a name that is not UTF-8 cannot be recorded in splits.csv, the manifest or the logs. The
+    system files and folders passed by (:func:`ignored_kind`) are counted in ``ignored``."""
     files: list[Path] = []
     skipped: list[SkippedFile] = []
     seen: set[str] = set()
@@ -962,9 +1126,9 @@ def _walk_files(folder: Path) -> tuple[list[Path], list[SkippedFile]]:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d, ignored))
         for name in sorted(filenames):
-            if _is_hidden(name):
+            if _is_hidden(name, ignored):
                 continue
             path = Path(dirpath) / name
             if _printable(path) != str(path):  # a byte the file system gave that is not UTF-8
@@ -988,14 +1152,15 @@ def _skipped_name(path: object, reason: str) -> SkippedFile:
     return SkippedFile(shown, reason)
 
 
-def _stray_files(root: Path) -> list[SkippedFile]:
+def _stray_files(root: Path, ignored: Counter[str] | None = None) -> list[SkippedFile]:
     """Images directly in a class-folder data set's root: in no class, so not used (other
-    files there, a README or a manifest, are not named)."""
+    files there, a README or a manifest, are not named; system files are counted in
+    ``ignored``)."""
     reason = "not in a class sub-folder (each image must sit in its class's folder)"
     return [
         _skipped_name(path, media.dicomdir_reason(path) if media.is_dicomdir(path) else reason)
         for path in sorted(root.iterdir())
-        if not _is_hidden(path.name) and _file_kind(path) is not None
+        if not path.is_dir() and not _is_hidden(path.name, ignored) and _file_kind(path) is not None
     ]
 
 
@@ -1310,11 +1475,13 @@ def _normalise_split(value: str | None, *, where: str) -> str | None:
 
 def _open_csv(csv_path: Path, *, class_names: Sequence[str] | None, validate: bool) -> DataSource:
     columns, rows = _csv_table(csv_path)
-    for required in ("path", "label"):
-        if required not in columns:
-            raise ConfigurationError(
-                f"CSV manifest {str(csv_path)!r} has no {required!r} column; columns: {columns!r}"
-            )
+    require_columns(
+        csv_path,
+        columns,
+        ("path", "label"),
+        "path and label (optional: patient_id, split, label_name; a series CSV has "
+        "series_path or series_uid instead of path)",
+    )
     if not rows:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} has no rows")
 
@@ -1389,7 +1556,7 @@ def _csv_labels(
     for line, value in zip(csv_lines(rows), raw, strict=True):
         if not value:
             raise ConfigurationError(f"empty label at {csv_path.name} line {line}")
-    all_int = all(v.lstrip("-").isdigit() for v in raw)
+    all_int = all(_integer_label(v) is not None for v in raw)
 
     if class_names is not None:
         names = list(class_names)
@@ -1399,15 +1566,16 @@ def _csv_labels(
             value = row["label"].strip()
             if _nfc(value) in index:
                 return index[_nfc(value)]
-            if value.lstrip("-").isdigit() and 0 <= int(value) < len(names):
-                _index_named_alike(row, int(value), names, index, where)
-                return int(value)
+            number = _integer_label(value)
+            if number is not None and 0 <= number < len(names):
+                _index_named_alike(row, number, names, index, where)
+                return number
             raise ConfigurationError(f"unknown label {value!r} at {where}; classes are {names!r}")
 
         return names, by_given, "given"
 
     if all_int:
-        values = sorted({int(v) for v in raw})
+        values = sorted({int(_integer_label(v) or 0) for v in raw})
         if values[0] < 0:
             raise ConfigurationError(
                 f"integer labels must be class indices >= 0; got {values[0]} in {csv_path.name}"
@@ -1427,12 +1595,12 @@ def _csv_labels(
             seen: dict[int, set[str]] = defaultdict(set)
             for r in rows:
                 if r.get("label_name", "").strip():
-                    seen[int(r["label"])].add(r["label_name"].strip())
+                    seen[int(_integer_label(r["label"]) or 0)].add(r["label_name"].strip())
             if all(len(seen.get(i, ())) == 1 for i in range(n)):
                 names = [next(iter(seen[i])) for i in range(n)]
 
         def by_index(row: dict[str, str], where: str) -> int:
-            return int(row["label"].strip())
+            return int(_integer_label(row["label"]) or 0)
 
         return names, by_index, "index"
 
@@ -1444,6 +1612,18 @@ def _csv_labels(
         return index[row["label"].strip()]
 
     return names, by_name, "names"
+
+
+_INTEGRAL = re.compile(r"-?\d+(?:\.0*)?")
+
+
+def _integer_label(value: str) -> int | None:
+    """A label cell as a class index: ``1``, or ``1.0`` as pandas writes a column of integers
+    that had an empty cell and a spreadsheet one formatted as a number (these were read as
+    the class names ``0.0`` and ``1.0``, their label_name unused); None when it is no whole
+    number."""
+    text = value.strip()
+    return int(text.split(".")[0]) if _INTEGRAL.fullmatch(text) else None
 
 
 def _index_named_alike(
@@ -1465,12 +1645,15 @@ def _index_named_alike(
 def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> DataSource:
     """A CSV (``spec.column``) or a folder (class-folder names) read as sets of findings."""
     skipped: list[SkippedFile] = []
+    ignored: Counter[str] = Counter()
     if path.is_dir():
-        dirs = sorted(d.name for d in path.iterdir() if d.is_dir() and not _is_hidden(d.name))
-        skipped.extend(_stray_files(path))
+        dirs = sorted(
+            d.name for d in path.iterdir() if d.is_dir() and not _is_hidden(d.name, ignored)
+        )
+        skipped.extend(_stray_files(path, ignored))
         rows = []
         for name in dirs:
-            files, unnamed = _walk_files(path / name)
+            files, unnamed = _walk_files(path / name, ignored)
             skipped.extend(unnamed)
             rows += [
                 {"path": str(file.relative_to(path)), spec.column: name, "split": ""}
@@ -1480,14 +1663,15 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
             raise ConfigurationError(f"no files under the class folders of {str(path)!r}")
         columns = list(rows[0])
     elif path.suffix.lower() == ".csv":
-        columns, table = _read_csv(path)
+        columns, table = _read_csv(path, extra=(spec.column,))
         rows = list(table)
-        for required in ("path", spec.column):
-            if required not in columns:
-                raise ConfigurationError(
-                    f"CSV manifest {str(path)!r} has no {required!r} column (the findings are "
-                    f"read from {spec.column!r}); columns: {columns!r}"
-                )
+        require_columns(
+            path,
+            columns,
+            ("path", spec.column),
+            f"path and {spec.column} (the findings' column, --label-column; optional: "
+            "patient_id, split)",
+        )
     else:
         raise ConfigurationError(
             f"multi-label data must be a .csv manifest or a folder; got {str(path)!r}"
@@ -1543,6 +1727,7 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
         skipped,
         multi_label=True,
         none_name=spec.none_name,
+        ignored=dict(ignored),
     )
     if any(e.patient_id is not None for e in examples):
         source.patient_source = (
@@ -1556,8 +1741,8 @@ def _open_multi_label(path: Path, spec: MultiLabelSpec, *, validate: bool) -> Da
     return source
 
 
-def _read_csv(csv_path: Path) -> tuple[list[str], list[CsvRow]]:
-    columns, rows = _csv_table(csv_path)
+def _read_csv(csv_path: Path, extra: Sequence[str] = ()) -> tuple[list[str], list[CsvRow]]:
+    columns, rows = _csv_table(csv_path, extra)
     if not rows:
         raise ConfigurationError(f"CSV manifest {str(csv_path)!r} has no rows")
     return columns, rows
@@ -1574,9 +1759,37 @@ def _locate(base: Path, value: str, where: str, *, validate: bool) -> tuple[Path
     reason: str | None = "not a file" if file.exists() else MISSING_FILE
     if not file.exists() and "\\" in rel and (base / rel.replace("\\", "/")).exists():
         reason = "file does not exist: the manifest separates folders with '\\'; write '/'"
+    elif not file.exists():
+        other = _other_case(file)
+        if other is not None:  # a manifest written on Windows or macOS, which ignore case
+            reason = (
+                f"file name differs only in case: its folder holds {other!r}; write the name "
+                "as the file system spells it (Linux tells cases apart)"
+            )
     if file.is_file():
         reason = _probe_file(file) if validate else _probe_kind_only(file)
     return file, reason
+
+
+def _other_case(file: Path) -> str | None:
+    """The name of a file beside ``file`` that differs from its name in case only, if any."""
+    folder = file.parent
+    try:
+        stamp = folder.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _names_by_case(str(folder), stamp).get(file.name.casefold())
+
+
+@functools.lru_cache(maxsize=16)
+def _names_by_case(folder: str, stamp: int) -> dict[str, str]:
+    """A folder's file names by their case-folded form (listed once per folder and change:
+    a manifest naming thousands of files of one folder in another case lists it once)."""
+    try:
+        with os.scandir(folder) as entries:
+            return {entry.name.casefold(): entry.name for entry in entries}
+    except OSError:
+        return {}
 
 
 def _check_findings(source: DataSource, where: str) -> None:
