@@ -450,7 +450,8 @@ def is_available(tsyntax: str) -> bool:
 def _decode_frame(src: bytes, runner: DecodeRunner) -> memoryview:
     """Decode one encapsulated frame to its samples' bytes (pydicom calls this)."""
     tsyntax = runner.transfer_syntax
-    # models.preprocessing refuses such a frame before it gets here; this keeps the plugin
+    # models.preprocessing refuses such a frame, or closes one whose scan is whole (QA 105),
+    # before it gets here; this keeps the plugin
     # safe on its own: no decoder here sees a codestream without its end marker, and the
     # "truncated" error tells preprocessing to try no other plugin (they decode it leniently)
     if tsyntax in SYNTAXES and missing_end_marker(src):

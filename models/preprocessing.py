@@ -24,7 +24,11 @@ file wherever it runs. The steps, in order, and why the order matters:
    A frame cut short is refused (``TruncatedDataError``) before any of them sees it: a JPEG,
    JPEG-LS or JPEG 2000 codestream that does not end with its EOI/EOC marker, an RLE frame
    whose header names segments beyond its end; and no other plugin gets a go at a frame one
-   refused as truncated (see ``models/codecs.py``).
+   refused as truncated (see ``models/codecs.py``). Two frames without the marker there are
+   whole and decoded closed at it (``_check_codestream``): a JPEG Baseline, Extended or
+   Lossless frame whose one scan is whole but lacks its EOI, and a JPEG 2000 codestream
+   whose EOC other bytes follow; a JPEG upload whose scan is whole but lacks its EOI is
+   decoded with it too (``_upload_jpeg_closed``).
 
    **Decode less** (``PREPROCESSING_VERSION`` "2", when ``size`` is given): a grayscale
    JPEG 2000 frame whose codestream is signed exactly when Pixel Representation says so and
@@ -38,7 +42,9 @@ file wherever it runs. The steps, in order, and why the order matters:
    scaled to 16 bits (12-bit 4095 -> 65520), a signed one offset by 2**(p-1): both are
    undone, so the modality LUT and VOI see stored values. JPEG-LS and lossless JPEG have
    neither resolution levels nor a DCT and are always decoded in full, as are colour frames
-   and JPEG 2000 codestreams pydicom sign-corrects after decoding (an unsigned codestream
+   (from version "6" an 8-bit colour JPEG 2000 frame is reduced too,
+   :data:`COLOUR_J2K_REDUCED_VERSIONS`) and JPEG 2000 codestreams pydicom sign-corrects after
+   decoding (an unsigned codestream
    holding two's-complement CT values: a wavelet low-pass over those would be meaningless).
    Pillow's JPEG 2000 decoder holds the GIL while it works, but a reduced decode is short
    (figures: docs/benchmarks/preprocess.md, round 5).
@@ -78,7 +84,10 @@ file wherever it runs. The steps, in order, and why the order matters:
    model never sees a blank, and a real file whose window does not suit it is not refused.
    A window pydicom cannot apply (malformed, or a VOI LUT Function it does not know) is
    passed over for min-max, labelled ``minmax(not file:unusable)``; a window applied with a
-   VOI LUT Function other than LINEAR says which (``file:600/1600 SIGMOID``).
+   VOI LUT Function other than LINEAR says which (``file:600/1600 SIGMOID``). A frame of Float
+   or Double Float Pixel Data has no Bits Stored, which pydicom's windowing needs: before
+   version "6" its window was passed over that way; from "6" it is applied
+   (:func:`_float_window`, PS3.3 A.75.1: the VOI LUT mechanism supports float values).
    Pixel Padding Value (0028,0120) is not excluded from min-max: on the real files measured
    in QA round 55 that would change no image pixel (the one file where min-max meets declared
    padding, a near-lossless JPEG-LS CT, has its padding spread over -2004..-1996 by the
@@ -92,7 +101,10 @@ file wherever it runs. The steps, in order, and why the order matters:
    whose three channels are equal keeps that channel exactly). Colour images use the full
    range of their bit depth (window ``"full-range"``). A JPEG frame that stores YCbCr
    (chroma subsampled, no JFIF or Adobe marker) under Photometric Interpretation RGB is
-   refused (:class:`~models.errors.CodestreamMismatchError`): no decoder converts it.
+   refused (:class:`~models.errors.CodestreamMismatchError`): no decoder converts it. From
+   version "6" a JPEG, JPEG-LS or JPEG 2000 colour frame is read colour-by-pixel, as its
+   codestream says, even under a stray Planar Configuration 1
+   (:data:`CODESTREAM_LAYOUT_VERSIONS`).
 7. **float32 in [0, 1]** and **resize** (:func:`resize_image`): bilinear on float data to
    the exact (height, width); the aspect ratio is not preserved. Pillow's bilinear filter
    widens its support when shrinking, so downsampling is antialiased.
@@ -126,6 +138,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import logging
 import math
@@ -187,17 +200,22 @@ logging.getLogger("pydicom.pixels.decoders.base").addFilter(_not_a_plugin_traceb
 if logging.getLogger("PIL").level == logging.NOTSET:
     logging.getLogger("PIL").setLevel(logging.INFO)
 
-PREPROCESSING_VERSION = "5"
+PREPROCESSING_VERSION = "6"
 """Bump on any change that alters output arrays; models record it and refuse a mismatch.
 
-"5": an X-ray angiography or fluoroscopy image (XA, XRF SOP classes) is windowed on its stored
-values: its Modality LUT or rescale, which maps them to X-ray beam intensity, is not applied
-for display (:func:`displays_stored_values`). "4": a PNG or JPEG is turned as its EXIF
-Orientation says (:func:`exif_orientation`), the image a viewer shows; a JPEG-LS or JPEG 2000
-frame stays within its Bits Stored (masked when its header says lossless coding,
+"6": a compressed colour frame (JPEG, JPEG-LS, JPEG 2000) is read colour-by-pixel whatever its
+Planar Configuration says (:data:`CODESTREAM_LAYOUT_VERSIONS`); an 8-bit colour JPEG 2000 frame
+is decoded at a reduced resolution when a ``size`` is given, as grayscale ones are from "2"
+(:data:`COLOUR_J2K_REDUCED_VERSIONS`); Float or Double Float Pixel Data with a Window
+Center/Width is windowed (:func:`_float_window`; it was min-max scaled, the window passed over
+as unusable). "5": an X-ray angiography or fluoroscopy image (XA, XRF SOP classes) is windowed
+on its stored values: its Modality LUT or rescale, which maps them to X-ray beam intensity, is
+not applied for display (:func:`displays_stored_values`). "4": a PNG or JPEG is turned as its
+EXIF Orientation says (:func:`exif_orientation`), the image a viewer shows; a JPEG-LS or JPEG
+2000 frame stays within its Bits Stored (masked when its header says lossless coding,
 :func:`mask_unused_bits`, as the uncompressed file is; clipped when lossy); a file window that
-leaves the image within one display gray level gives way to min-max as a blanking one does; an Image
-Pixel attribute absent or empty is refused whichever decoder reads the frame. "3": an
+leaves the image within one display gray level gives way to min-max as a blanking one does; an
+Image Pixel attribute absent or empty is refused whichever decoder reads the frame. "3": an
 enhanced multi-frame image's per-frame functional groups (rescale, window) are applied to the
 frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is honoured
 (:func:`display_inverted`); a 16-bit PNG is scaled by its actual bit depth
@@ -205,7 +223,7 @@ frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is honour
 resolution when a ``size`` is given (see :func:`decode_reduction`). "1": every frame decoded in
 full. Each version keeps the changes of the ones before it."""
 
-SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3", "4", "5")
+SUPPORTED_PREPROCESSING_VERSIONS: tuple[str, ...] = ("1", "2", "3", "4", "5", "6")
 """Versions :func:`preprocess` can reproduce (``version=``): a model keeps the
 preprocessing it was trained with (a "2" model ignores functional groups, a "1" model
 decodes in full), so every older model still loads and predicts as it was validated."""
@@ -329,7 +347,10 @@ def preprocess(
             JPEG 2000 frame within Bits Stored, passes over a file window that leaves the
             image within one display gray level, and checks the Image Pixel attributes
             whichever decoder reads the frame; "5" also windows an XA or XRF image on its
-            stored values (:func:`displays_stored_values`).
+            stored values (:func:`displays_stored_values`); "6" also reads a compressed
+            colour frame by pixel whatever its Planar Configuration says, decodes an 8-bit
+            colour JPEG 2000 frame reduced for ``size``, and applies a float frame's Window
+            Center/Width.
         frame: the 0-based index of the frame to use; ``None`` picks the middle frame
             (``frames // 2``). A PNG or JPEG has the one frame 0. To predict a whole
             multi-frame instance frame by frame, pass :func:`frame_indices` to
@@ -720,8 +741,98 @@ def other_format(data: bytes) -> tuple[str, str] | None:
     elif head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
         name = "a PostScript (EPS) file"
     else:
-        name, advice = _text_format(data) or (None, advice)
+        name, advice = _more_formats(data) or _text_format(data) or (None, advice)
     return None if name is None else (name, advice)
+
+
+_UNPACK = "unpack it and send the images one at a time"
+_VIDEO_BRANDS = frozenset(
+    {b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"avc1", b"M4V ", b"qt  "}
+    | {b"3gp4", b"3gp5", b"3gp6", b"3g2a", b"dash", b"MSNV"}
+)
+
+
+def _more_formats(data: bytes) -> tuple[str, str] | None:
+    """``(what it is, what to do)`` for more formats :func:`other_format` names by their
+    signature (QA 105): image formats of games, screenshots and tools (QOI, DDS, PCX, a TGA
+    without the TGA 2.0 footer: :func:`_is_tga_header`, OpenEXR), arrays and volumes (NumPy,
+    HDF5: MINC 2 and others), archives, old Office documents and videos (an ultrasound clip
+    exported as MP4 or AVI); else ``None``."""
+    head = bytes(data[:16])
+    if head[:4] == b"qoif" and len(head) >= 14 and head[12] in (3, 4) and head[13] in (0, 1):
+        return "a QOI image", _TO_PNG  # magic, width, height, channels 3/4, colour space 0/1
+    if head[:8] == b"DDS \x7c\x00\x00\x00":  # magic, then the header's size: 124
+        return "a DirectDraw Surface (DDS) texture", _TO_PNG
+    if _is_pcx(data):
+        return "a PCX image", _TO_PNG
+    if _is_tga_header(data):
+        return "a TGA image", _TO_PNG
+    if head[:4] == b"\x76\x2f\x31\x01":
+        return "an OpenEXR image", _TO_PNG
+    if head[:6] == b"\x93NUMPY":
+        return "a NumPy array (.npy)", "save the image as PNG (16-bit gray keeps its depth)"
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "an HDF5 file (e.g. MINC 2)", "send its slices as DICOM, or a slice as PNG"
+    if head[:6] in (b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07"):
+        return ("a 7-Zip archive" if head[:2] == b"7z" else "a RAR archive"), _UNPACK
+    if (head[:3] == b"BZh" and head[4:10] == b"1AY&SY") or head[:6] == b"\xfd7zXZ\x00":
+        kind = "a bzip2" if head[:3] == b"BZh" else "an xz"
+        return f"{kind}-compressed file", "decompress it and send the image inside"
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return "a Zstandard-compressed file", "decompress it and send the image inside"
+    if head[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
+        return (
+            "a Microsoft Office (OLE2) document",
+            "export the image from it as PNG and send that",
+        )
+    if (head[4:8] == b"ftyp" and head[8:12] in _VIDEO_BRANDS) or (
+        head[:4] == b"RIFF" and head[8:12] == b"AVI "
+    ):
+        return "a video (MP4, QuickTime or AVI)", "export a frame as PNG, or send the DICOM"
+    return None
+
+
+def _is_pcx(data: bytes) -> bool:
+    """A PCX (ZSoft) header: manufacturer 0x0A, version 0-5 (not 1), encoding 0 or 1 (RLE),
+    1, 2, 4 or 8 bits a plane, a window whose ends are not before its starts, the reserved
+    byte 0 and 1, 3 or 4 planes."""
+    if len(data) < 66 or data[0] != 0x0A or data[1] not in (0, 2, 3, 4, 5):
+        return False
+    x_min, y_min, x_max, y_max = struct.unpack("<4H", bytes(data[4:12]))
+    return (
+        data[2] in (0, 1)
+        and data[3] in (1, 2, 4, 8)
+        and x_min <= x_max
+        and y_min <= y_max
+        and data[64] == 0
+        and data[65] in (1, 3, 4)
+    )
+
+
+def _is_tga_header(data: bytes) -> bool:
+    """A TGA file's 18-byte header, for a TGA 1.0 file (no footer to tell it by, unlike
+    :func:`_is_tga`): a colour map type 0 or 1 that its image type agrees with (colour-mapped
+    1 and 9 need one; true-colour 2 and 10, gray 3 and 11 have none: its five bytes are zero),
+    a colour map entry of 15, 16, 24 or 32 bits, a non-zero size, a pixel depth the image
+    type allows and the descriptor's two top bits clear. Used only to name a refused file."""
+    if len(data) < 18:
+        return False
+    colour_map, image_type, depth, descriptor = data[1], data[2], data[16], data[17]
+    width, height = struct.unpack("<2H", bytes(data[12:16]))
+    if colour_map == 0:
+        mapped = bytes(data[3:8]) == bytes(5) and image_type in (2, 3, 10, 11)
+    else:
+        entries = struct.unpack("<H", bytes(data[5:7]))[0]
+        mapped = colour_map == 1 and image_type in (1, 9) and entries > 0
+        mapped = mapped and data[7] in (15, 16, 24, 32)
+    depths = {1: (8, 16), 9: (8, 16), 2: (15, 16, 24, 32), 10: (15, 16, 24, 32)}
+    return (
+        mapped
+        and width > 0
+        and height > 0
+        and depth in depths.get(image_type, (8, 16))
+        and descriptor & 0xC0 == 0
+    )
 
 
 def _text_format(data: bytes) -> tuple[str, str] | None:
@@ -742,7 +853,22 @@ def _text_format(data: bytes) -> tuple[str, str] | None:
             f"a {kind} image as base64 text",
             "decode the base64 and send the image's bytes (the file itself)",
         )
+    # text headers of volume formats and of DICOMweb's JSON model (whose values may name the
+    # patient: none is quoted)
+    if text.startswith((b"NRRD000", b"ObjectType = Image")):
+        return "a NRRD or MetaImage volume", "send its slices as DICOM, or a slice as PNG"
+    if text.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return "a Radiance HDR image", _TO_PNG
+    if text[:1] in (b"[", b"{") and _DICOM_JSON_TAG.search(text) and b'"vr"' in text:
+        return (
+            "DICOM JSON metadata (the DICOMweb JSON model), not a DICOM instance",
+            "send the instance itself (the Part 10 file, application/dicom)",
+        )
     return None
+
+
+# a DICOM JSON model's attribute: its tag as eight hex digits, then its object (PS3.18 F.2)
+_DICOM_JSON_TAG = re.compile(rb'"[0-9A-Fa-f]{8}"\s*:\s*\{')
 
 
 _TGA_FOOTER = b"TRUEVISION-XFILE.\x00"
@@ -1233,8 +1359,11 @@ def _dicom_frame(
     current = _at_least(version, "4")  # its callers checked the pixel header (once a file)
     codestream = _frame_codestream(ds, tsyntax, index, frames)
     reduced = None
+    closed = None
     if codestream is not None:
-        _check_codestream(codestream, ds, tsyntax, rows=rows, columns=columns)
+        # a frame that lacks only its end marker is decoded closed there (_check_codestream)
+        closed = _check_codestream(codestream, ds, tsyntax, rows=rows, columns=columns)
+        codestream = codestream if closed is None else closed
         if reduce_for is not None:
             try:
                 from radlens.models.codecs import j2k_without_trailing_comments
@@ -1268,6 +1397,7 @@ def _dicom_frame(
             columns=columns,
             codestream=codestream,
             layout_from_codestream=version in CODESTREAM_LAYOUT_VERSIONS,
+            closed=closed is not None,
         )
         if current and _keeps_unused_bits(tsyntax) and arr.ndim == 2:
             lossless = _lossless_codestream(codestream, tsyntax)
@@ -1926,7 +2056,7 @@ def _codestream_header(codestream: bytes, tsyntax: Any) -> _Codestream | None:
 
 def _check_codestream(
     codestream: bytes, ds: Dataset, tsyntax: Any, *, rows: int, columns: int
-) -> None:
+) -> bytes | None:
     """Refuse a codestream that declares another size, sample count or a bit depth beyond
     Bits Allocated than the DICOM header, before decoding it.
 
@@ -1940,6 +2070,13 @@ def _check_codestream(
     several decode a partial JPEG or JPEG-LS stream without an error. A JPEG, JPEG-LS or JPEG
     2000 codestream must end with its EOI/EOC marker (padding may follow), an RLE frame's
     header must name segments inside the frame (``models/codecs.py`` says why and how).
+    Two frames without their marker there are whole all the same (:func:`_closed_frame`): a
+    JPEG Baseline, Extended or Lossless frame whose one scan is whole but that lacks its EOI
+    (some modalities and export tools write them), and a JPEG 2000 codestream whose EOC other
+    bytes follow.
+
+    Returns the codestream to decode instead of the stored frame (such a frame closed at its
+    end marker), else ``None``: the stored frame is decoded as it is.
     """
     from pydicom.uid import RLELossless
 
@@ -1951,35 +2088,244 @@ def _check_codestream(
                 f"the RLE Lossless frame is cut short: its header names segments beyond its "
                 f"{len(codestream)} bytes"
             )
-        return
+        return None
+    closed = None
     if missing_end_marker(codestream):
-        kind = _codestream_kind(tsyntax)
-        raise TruncatedDataError(
-            f"the {kind} codestream is cut short: it does not end with its "
-            f"{'EOC' if kind == 'JPEG 2000' else 'EOI'} marker (FF D9); received "
-            f"{len(codestream)} codestream bytes ending {codestream[-8:].hex(' ')}"
-        )
-    _check_jpeg_colour_space(codestream, ds, tsyntax)
-    header = _codestream_header(codestream, tsyntax)
-    if header is None:
-        return
+        closed = _closed_frame(codestream, tsyntax)
+        if closed is None:
+            raise _missing_end_marker_error(codestream, tsyntax)
+    checked = codestream if closed is None else closed
+    _check_jpeg_colour_space(checked, ds, tsyntax)
+    header = _codestream_header(checked, tsyntax)
     samples = _int_or(ds, "SamplesPerPixel", 1)
     allocated = _int_or(ds, "BitsAllocated", None)
     # a JPEG height of 0 ("defined later by a DNL marker") is refused too: the size the
     # decoder would produce is then unknown until it has decoded the image
-    if (
+    if header is not None and not (
         (header.rows, header.columns) == (rows, columns)
         and header.components == samples
         and (allocated is None or header.precision <= allocated)
     ):
-        return
-    raise CodestreamMismatchError(
-        f"the {header.kind} codestream declares {header.columns}x{header.rows} = "
-        f"{header.columns * header.rows} pixels, {header.components} component(s) of "
-        f"{header.precision} bits; the DICOM header declares Columns={columns}, Rows={rows}, "
-        f"SamplesPerPixel={samples}, BitsAllocated={allocated}; received "
-        f"{len(codestream)} codestream bytes"
+        raise CodestreamMismatchError(
+            f"the {header.kind} codestream declares {header.columns}x{header.rows} = "
+            f"{header.columns * header.rows} pixels, {header.components} component(s) of "
+            f"{header.precision} bits; the DICOM header declares Columns={columns}, Rows={rows}, "
+            f"SamplesPerPixel={samples}, BitsAllocated={allocated}; received "
+            f"{len(codestream)} codestream bytes"
+        )
+    if closed is None:
+        return None
+    # a JPEG frame without its EOI: its size agrees with the header (checked above, so the
+    # decodes below are bounded by the pixel limit); is its scan whole?
+    if _codestream_kind(tsyntax) == "JPEG" and (
+        header is None or not _scan_whole(closed, _jpeg8_pixels)
+    ):
+        raise _missing_end_marker_error(codestream, tsyntax)
+    return closed
+
+
+def _missing_end_marker_error(codestream: bytes, tsyntax: Any) -> TruncatedDataError:
+    kind = _codestream_kind(tsyntax)
+    return TruncatedDataError(
+        f"the {kind} codestream is cut short: it does not end with its "
+        f"{'EOC' if kind == 'JPEG 2000' else 'EOI'} marker (FF D9); received "
+        f"{len(codestream)} codestream bytes ending {codestream[-8:].hex(' ')}"
     )
+
+
+def _closed_frame(codestream: bytes, tsyntax: Any) -> bytes | None:
+    """A DICOM frame that does not end with its end marker, closed there when its structure
+    allows, else ``None`` (refused as cut short):
+
+    - JPEG Baseline, Extended or Lossless: the frame with an EOI marker appended, when it
+      ends inside the entropy-coded data of a scan that is its only one
+      (:func:`_jpeg_closed`); whether that data is whole, :func:`_scan_whole` says, after the
+      header checks.
+    - JPEG 2000 (HTJ2K): the codestream up to its EOC marker, when other bytes than padding
+      follow the EOC (:func:`_j2k_eoc_end`). OpenJPEG stops reading at EOC: imagecodecs',
+      pylibjpeg-openjpeg's and Pillow's bindings decode such a codestream to the very
+      pixels of the codestream without those bytes (tests/models/test_qa105_frame_ends.py);
+      the image is whole, and radlens refused it as "cut short". The decoders get the
+      codestream without them, so that none of them ever reads past its EOC.
+    """
+    from radlens.models.codecs import (
+        J2K_SYNTAXES,
+        JPEG_LOSSLESS_SYNTAXES,
+        LOSSY_JPEG_SYNTAXES,
+    )
+
+    if tsyntax in J2K_SYNTAXES:
+        end = _j2k_eoc_end(codestream)
+        if end is None:
+            return None
+        logger.debug(
+            "JPEG 2000 frame: %d bytes after its EOC marker not decoded", len(codestream) - end
+        )
+        return codestream[:end]
+    if tsyntax in LOSSY_JPEG_SYNTAXES or tsyntax in JPEG_LOSSLESS_SYNTAXES:
+        return _jpeg_closed(codestream)
+    return None
+
+
+_J2K_SOT = b"\xff\x90"
+_J2K_COM = b"\xff\x64"
+
+
+def _j2k_eoc_end(codestream: bytes) -> int | None:
+    """The offset just past a JPEG 2000 codestream's EOC marker (ISO/IEC 15444-1 A.3), found
+    by walking its main header's marker segments and its tile-parts by their lengths (Psot),
+    the comment segments after the last one passed over (``models/codecs.py`` drops them
+    before decoding); a last tile-part of Psot 0 runs to EOC, the first ``FF D9`` after its
+    SOT (packet data holds no ``FF`` followed by a byte above ``8F``). ``None`` when the walk
+    does not end at an EOC within the data (a codestream cut short). No decoding."""
+    if codestream[:4] != b"\xff\x4f\xff\x51":  # SOC, SIZ
+        return None
+    offset = 2
+    while codestream[offset : offset + 2] != _J2K_SOT:  # the main header's segments
+        if offset + 4 > len(codestream) or codestream[offset] != 0xFF:
+            return None
+        offset += 2 + int.from_bytes(codestream[offset + 2 : offset + 4], "big")
+    while codestream[offset : offset + 2] == _J2K_SOT:  # SOT: Lsot, Isot, Psot, TPsot, TNsot
+        if offset + 12 > len(codestream):
+            return None
+        psot = int.from_bytes(codestream[offset + 6 : offset + 10], "big")
+        if psot == 0:
+            found = codestream.find(_JPEG_EOI, offset + 12)
+            return None if found < 0 else found + 2
+        offset += psot
+    while codestream[offset : offset + 2] == _J2K_COM and offset + 4 <= len(codestream):
+        offset += 2 + int.from_bytes(codestream[offset + 2 : offset + 4], "big")
+    return offset + 2 if codestream[offset : offset + 2] == _JPEG_EOI else None
+
+
+# --- a JPEG without its EOI marker ---------------------------------------------------------
+
+_JPEG_EOI = b"\xff\xd9"
+# Huffman-coded sequential DCT (baseline, extended) and lossless frames: one scan that codes
+# every component is the whole image (a progressive or component-by-component JPEG cut
+# between two scans lacks scans, which no decode of the scans it has could tell)
+_ONE_SCAN_SOF = frozenset({0xC0, 0xC1, 0xC3})
+# a marker inside entropy-coded data: FF followed by neither 00 (a stuffed FF), RSTn nor FF
+_MARKER_IN_SCAN = re.compile(b"\xff[^\x00\xd0-\xd7\xff]")
+
+
+# what follows the scan in :func:`_scan_whole`'s decodes: 512 bytes each, none FF (no marker),
+# whose first three bits are each of the eight 3-bit patterns, then pseudo-random bits (not
+# periodic, so that decoders taking bits from two fills do not fall into step)
+def _scan_fill(prefix: int) -> bytes:
+    """512 fill bytes whose first 3 bits are ``prefix``; the rest SHA-256 blocks, FF made FE."""
+    blocks = b"".join(
+        hashlib.sha256(b"radlens scan fill %d %d" % (prefix, i)).digest() for i in range(16)
+    )
+    first = (prefix << 5) | (blocks[0] & 0x1E)
+    return (bytes([first]) + blocks[1:]).replace(b"\xff", b"\xfe")
+
+
+_SCAN_FILLS = tuple(_scan_fill(prefix) for prefix in range(8))
+_RST = re.compile(b"\xff[\xd0-\xd7]")  # a restart marker (RST0-RST7) in entropy-coded data
+
+
+def _jpeg_closed(codestream: bytes) -> bytes | None:
+    """The JPEG codestream with an EOI marker appended, when it lacks its EOI and ends inside
+    the entropy-coded data of its first scan, and that scan is a whole image's: a Huffman-coded
+    sequential or lossless frame (SOF0, SOF1, SOF3) whose first scan codes every component;
+    ``FF`` fill bytes at the end (an EOI cut after its first byte) are dropped. ``None`` for
+    anything else: a codestream that has its EOI, one cut in its headers, a progressive or
+    multi-scan JPEG, one whose scan a marker other than RSTn follows. Whether the scan's data
+    is whole is :func:`_scan_whole`'s to say. Walks the marker segments; no decoding."""
+    from radlens.models.codecs import _first_scan, missing_end_marker
+
+    if not missing_end_marker(codestream):
+        return None
+    scan = _first_scan(codestream)
+    if scan is None:
+        return None
+    sof, components, scan_components, start = scan
+    if sof not in _ONE_SCAN_SOF or components != scan_components:
+        return None
+    body = codestream.rstrip(b"\xff")
+    if len(body) <= start or _MARKER_IN_SCAN.search(body, start) is not None:
+        return None
+    return body + _JPEG_EOI
+
+
+def _scan_whole(closed: bytes, decode: Callable[[bytes], np.ndarray]) -> bool:
+    """Whether the scan of a JPEG closed by :func:`_jpeg_closed` is whole: its last MCU ends
+    within the data received.
+
+    Every decoder here reads a scan that ends early without an error (libjpeg-turbo and
+    libjpeg take zero bits from the marker on and fill the image; Pillow drops the warning),
+    so appending an EOI to a cut scan would decode it with its last blocks wrong. A Huffman
+    scan is self-delimiting: a whole one decodes from its own bits (its last byte is padded
+    with 1 bits), whatever follows it; a cut one takes the bits it lacks from what follows.
+    So the scan is decoded once followed by each of :data:`_SCAN_FILLS` before the EOI:
+    equal arrays, whole; different ones, or a decode that fails, cut (refused as truncated).
+    The fills start with each of the eight 3-bit patterns: two fills that start alike up to
+    the bits a cut scan lacks, or that a decoder reads to the same result (a code of zeros
+    and an invalid code of ones both read as symbol 0), would decode alike. With restart
+    intervals (a DRI segment), a scan cut at the end of an interval lacks the next RSTn
+    marker, and the decoders pass over whatever is not a marker there: two more decodes
+    have that RSTn before a fill, so that the missing interval is decoded from them. On
+    every JPEG Baseline, Extended and Lossless frame of pydicom's test files, pydicom-data,
+    ../shared/data and other packages' test files, and generated ones with restart markers,
+    cut by 1-40 bytes or by half, no cut scan passes unless its decode is the whole one's;
+    with fewer fills some did (0x55 and 0xAA: 30 of 1722 cuts; zeros, ones and two
+    pseudo-random runs: image6.dcm short of 2 bytes; tests/models/test_qa105_frame_ends.py).
+    No hand-made decoding: ``decode`` is a library's (Pillow for uploads, libjpeg-turbo
+    through imagecodecs for DICOM frames).
+    """
+    body = closed[: -len(_JPEG_EOI)]
+    scan = _first_scan_of(body)
+    if scan is None:
+        return False
+    fills = list(_SCAN_FILLS)
+    if _restart_interval(body, scan):
+        marker = bytes([0xFF, 0xD0 + len(_RST.findall(body, scan)) % 8])
+        fills += [marker + fill for fill in _SCAN_FILLS[:2]]
+    try:
+        arrays = (np.asarray(decode(body + fill + _JPEG_EOI)) for fill in fills)
+        first = next(arrays)
+        # all() stops at the first decode that differs: the ones after it are not made
+        return all(a.shape == first.shape and np.array_equal(a, first) for a in arrays)
+    except BaseException as exc:  # third-party boundary: any failure leaves it refused
+        _reraise_fatal(exc)
+        return False
+
+
+def _first_scan_of(codestream: bytes) -> int | None:
+    """Where the first scan's entropy-coded data starts (``models.codecs`` walks to it)."""
+    from radlens.models.codecs import _first_scan
+
+    scan = _first_scan(codestream)
+    return None if scan is None else scan[3]
+
+
+def _restart_interval(codestream: bytes, scan: int) -> int:
+    """The restart interval (DRI's Ri) in force for the scan whose data starts at ``scan``:
+    the last DRI segment among the marker segments before it; 0 without one."""
+    interval = 0
+    offset = 2
+    while offset + 4 <= scan and codestream[offset] == 0xFF:
+        marker = codestream[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            offset += 2
+            continue
+        length = int.from_bytes(codestream[offset + 2 : offset + 4], "big")
+        if marker == 0xDD and length == 4 and offset + 6 <= scan:
+            interval = int.from_bytes(codestream[offset + 4 : offset + 6], "big")
+        offset += 2 + max(length, 2)
+    return interval
+
+
+def _jpeg8_pixels(codestream: bytes) -> np.ndarray:
+    """A DICOM JPEG frame's samples by libjpeg-turbo (imagecodecs: 8- and 12-bit DCT and
+    lossless, the GIL released), for :func:`_scan_whole`."""
+    import imagecodecs
+
+    return np.asarray(imagecodecs.jpeg8_decode(codestream))
 
 
 def _check_jpeg_colour_space(codestream: bytes, ds: Dataset, tsyntax: Any) -> None:
@@ -2162,12 +2508,12 @@ def _j2k_reduction(codestream: bytes, rows: int, columns: int, size: tuple[int, 
     return decode_reduction(rows, columns, size, limit=min(levels, _MAX_REDUCTION))
 
 
-COLOUR_J2K_REDUCED_VERSIONS: frozenset[str] = frozenset()
+COLOUR_J2K_REDUCED_VERSIONS: frozenset[str] = frozenset({"6"})
 """The preprocessing versions in which an 8-bit colour JPEG 2000 frame is decoded at a reduced
-resolution (:func:`_reduced_colour_j2k`); none yet. It changes those files' arrays (within
-the grayscale reduced decode's differences: docs/benchmarks/preprocess.md), and an array of a
-file that decodes may change only with a new :data:`PREPROCESSING_VERSION`: add that version
-here when it is introduced. Until then such frames are decoded in full, as before."""
+resolution (:func:`_reduced_colour_j2k`): from "6". It changes those files' arrays (as much as
+the grayscale reduced decode changes grayscale ones, for 2.5-15x less CPU:
+docs/benchmarks/preprocess.md, rounds 12 and 14), so versions "1"-"5" decode such frames in
+full, as they always did. Add each later version here."""
 
 # Photometric Interpretation: the JPEG 2000 multiple component transform (COD's SGcod) it
 # goes with. Decoders apply the inverse transform the codestream declares and hand back RGB.
@@ -2365,17 +2711,18 @@ def _codec_plugin_registered() -> bool:
     return True
 
 
-CODESTREAM_LAYOUT_VERSIONS: frozenset[str] = frozenset()
-"""The preprocessing versions in which a compressed colour frame (JPEG, JPEG-LS, JPEG 2000,
-HTJ2K; not RLE, whose segments are planes) is read colour-by-pixel even when its header says
-Planar Configuration 1; none yet. PS3.5 8.2 makes the attribute irrelevant to these codestreams
-(hence 0), and every decoder here returns their samples by pixel, but pydicom lays a JPEG
-Baseline or JPEG 2000 frame out as the header says: a real vendor's stray 1 scrambled the
-image into three interleaved planes (its gray image too), by pydicom as by radlens (QA round
-99: pydicom's SC_rgb_jpeg_dcmtk, SC_rgb_gdcm_KY, US1_J2KR, color3d_jpeg_baseline with the
-attribute set to 1). It changes those files' arrays, and an array of a file that decodes may
-change only with a new :data:`PREPROCESSING_VERSION`: add that version here when it is
-introduced. A frame without the attribute is read by pixel in every version (it was refused)."""
+CODESTREAM_LAYOUT_VERSIONS: frozenset[str] = frozenset({"6"})
+"""The preprocessing versions in which a compressed colour frame (JPEG, JPEG-LS, JPEG 2000, HTJ2K;
+not RLE, whose segments are planes) is read colour-by-pixel even when its header says Planar
+Configuration 1: from "6" (add each later version here). PS3.5 8.2 makes the attribute
+irrelevant to these codestreams (hence 0), and every decoder here returns their samples by
+pixel, but pydicom lays a JPEG Baseline or JPEG 2000 frame out as the header says: a real
+vendor's stray 1 scrambled the image into three interleaved planes (its gray image too), by
+pydicom as by radlens (QA round 99: pydicom's SC_rgb_jpeg_dcmtk, SC_rgb_gdcm_KY, US1_J2KR,
+color3d_jpeg_baseline with the attribute set to 1). It changes those files' arrays, and an array
+of a file that decodes may change only with a new :data:`PREPROCESSING_VERSION`, so versions
+"1"-"5" keep the header's layout. A frame without the attribute is read by pixel in every
+version (it was refused)."""
 
 
 def _decode_frame(
@@ -2387,12 +2734,15 @@ def _decode_frame(
     columns: int,
     codestream: bytes | None = None,
     layout_from_codestream: bool = False,
+    closed: bool = False,
 ) -> tuple[np.ndarray, str]:
     """Decode one frame; return it and the photometric interpretation it now has.
     ``codestream``: the frame's codestream when the caller has it (``_frame_codestream``),
     for the check that spares a JPEG 2000 frame imagecodecs refused the other decoders.
     ``layout_from_codestream``: a compressed colour frame (RLE aside) is read colour-by-pixel
-    whatever its Planar Configuration says (:data:`CODESTREAM_LAYOUT_VERSIONS`)."""
+    whatever its Planar Configuration says (:data:`CODESTREAM_LAYOUT_VERSIONS`).
+    ``closed``: ``codestream`` is the frame closed at its end marker (:func:`_check_codestream`),
+    decoded instead of the stored frame."""
     from pydicom.pixels import as_pixel_options, get_decoder
     from pydicom.pixels.utils import get_expected_length
     from pydicom.uid import RLELossless
@@ -2418,6 +2768,15 @@ def _decode_frame(
     _retired_jpeg_frame(codestream, tsyntax)
     source: Any = ds
     retired: dict[str, Any] = {}
+    closed_frame: dict[str, Any] = {}
+    if closed and codestream is not None:
+        # the decoders get the closed frame, as the one frame of an encapsulated buffer, never
+        # the stored one (models/codecs.py's plugin refuses a frame without its end marker)
+        from pydicom.encaps import encapsulate
+
+        source = encapsulate([codestream + b"\x00" * (len(codestream) % 2)])
+        index = 0
+        closed_frame = {"number_of_frames": 1, "extended_offsets": None}
     if str(tsyntax) in _RETIRED_DCT:  # checked above: a Huffman DCT frame, read as Extended
         from pydicom.uid import JPEGExtended12Bit
 
@@ -2507,7 +2866,7 @@ def _decode_frame(
     elif tsyntax in LOSSY_JPEG_SYNTAXES and LOSSY_JPEG_PLUGIN in decoder.available_plugins:
         plugin = LOSSY_JPEG_PLUGIN
     try:
-        options = {**as_pixel_options(ds), **retired}
+        options = {**as_pixel_options(ds), **retired, **closed_frame}
         if (
             tsyntax.is_encapsulated
             and (_int_or(ds, "SamplesPerPixel", 1) or 1) > 1
@@ -2666,7 +3025,8 @@ def _grayscale(
         # the model's own window: an image it saturates is the image's matter, not the header's
         return apply_window(values, center, width), f"preset:{window}({center:g}/{width:g})"
     # min-max is computed only when it is the answer: a file window makes it unneeded
-    file_window = _file_voi(values, ds)
+    float_frame = _at_least(version, "6") and np.issubdtype(arr.dtype, np.floating)
+    file_window = _file_voi(values, ds, float_frame=float_frame)
     if file_window is None:
         return _min_max(values, table), "minmax"
     voi, label = file_window
@@ -2794,8 +3154,15 @@ _VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 """The VOI LUT Functions (0028,1056) a file window's label may name (PS3.3 C.11.2.1.3)."""
 
 
-def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray | None, str] | None:
+def _file_voi(
+    values: np.ndarray, ds: Dataset, *, float_frame: bool = False
+) -> tuple[np.ndarray | None, str] | None:
     """The file's VOI LUT or Window Center/Width via pydicom, scaled to [0, 1], and its label.
+
+    ``float_frame`` (version "6", a frame of Float or Double Float Pixel Data): a Window
+    Center/Width is applied by :func:`_float_window`; pydicom's ``apply_windowing`` needs Bits
+    Stored, which such a frame does not have, so before "6" its window was passed over for
+    min-max as unusable.
 
     A VOI LUT Sequence item is used only when pydicom can apply it (:func:`_voi_lut_entries`);
     otherwise it is ignored and the window, when the file has one, is used. Returns ``None``
@@ -2825,6 +3192,15 @@ def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray | None, str] 
                 apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds),
                 dtype=np.float64,
             )
+        elif float_frame:
+            center = _first_number(ds.WindowCenter)
+            width = _first_number(ds.WindowWidth)
+            function = str(getattr(ds, "VOILUTFunction", "LINEAR")).upper()
+            if function not in _VOI_FUNCTIONS:
+                raise ValueError("unknown VOI LUT Function")
+            out = _float_window(values, center, width, function)
+            probe = np.array([0.0, 1.0])  # its output range
+            label = f"file:{center:g}/{width:g}" + ("" if function == "LINEAR" else f" {function}")
         else:
             # apply_voi_lut's own choice for a window without a (usable) VOI LUT
             out = np.asarray(apply_windowing(values, ds), dtype=np.float64)
@@ -2847,6 +3223,45 @@ def _file_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray | None, str] 
     scaled = out - lo  # a new array (``out`` may be the caller's values): divided in place
     scaled /= hi - lo
     return scaled.astype(np.float32), label
+
+
+def _float_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """A Window Center/Width applied to float values (Float or Double Float Pixel Data), as
+    float64 in [0, 1]: PS3.3 C.11.2.1.2.1 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT) and
+    C.11.2.1.3.1 (SIGMOID) with an output range of 0 to 1, the same formulas as pydicom's
+    ``apply_windowing``, which reads its output range from Bits Stored (absent for float
+    pixels: PS3.3 C.7.6.3 has no Bits Stored, High Bit or Pixel Representation for them). The
+    window applies to float pixels as to integers: the Parametric Map IOD, whose pixels are
+    often float, requires one "with the intent that at a minimum the image be renderable",
+    and "the VOI LUT mechanism specifically supports floating point values" (PS3.3 A.75.1).
+
+    Raises ValueError for a window the standard does not define (a width below 1 for
+    LINEAR, not above 0 otherwise; a center or width that is not finite): the caller passes
+    it over for min-max, as it does an integer frame's.
+    """
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise ValueError("Window Center and Width must be finite")
+    x = np.asarray(values, dtype=np.float64)
+    if function == "SIGMOID":
+        if width <= 0:
+            raise ValueError("a SIGMOID Window Width must be greater than 0")
+        with np.errstate(over="ignore"):  # exp overflows to inf far below the window: 0
+            return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR":
+        if width < 1:
+            raise ValueError("a LINEAR Window Width must be at least 1")
+        center, width = center - 0.5, width - 1.0
+    elif width <= 0:
+        raise ValueError("a LINEAR_EXACT Window Width must be greater than 0")
+    out = np.empty_like(x)
+    below = x <= center - width / 2
+    above = x > center + width / 2
+    between = ~(below | above)
+    out[below] = 0.0
+    out[above] = 1.0
+    if between.any():  # never for a LINEAR width of 1 (a threshold): no division by 0
+        out[between] = (x[between] - center) / width + 0.5
+    return out
 
 
 def _palette_to_gray(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str, float]:
@@ -3003,8 +3418,9 @@ def _preprocess_pillow(
     from radlens.models.codecs import scan_for_pillow
 
     # a JPEG's scan as scan_for_pillow prepares it: Pillow then refuses a scan that ends
-    # early at an EOI marker ("image file is truncated") instead of filling the rest grey
-    source = scan_for_pillow(data) if kind == "jpeg" else data
+    # early at an EOI marker ("image file is truncated") instead of filling the rest grey;
+    # a JPEG whose whole scan lacks only its EOI is decoded with it (_upload_jpeg_closed)
+    source = scan_for_pillow(_upload_jpeg_closed(data, max_pixels)) if kind == "jpeg" else data
     if kind == "png":
         _check_png_chunks(data)
     try:
@@ -3088,6 +3504,42 @@ def _preprocess_pillow(
             colour_fraction=colour,
         )
     return pixels, metadata
+
+
+def _upload_jpeg_closed(data: bytes, max_pixels: int) -> bytes:
+    """An uploaded JPEG closed with its EOI marker when it lacks only that, else ``data``.
+
+    Some phones, modalities' exports and tools write a JPEG whose scan is whole but that ends
+    without its EOI (FF D9); Pillow refused it as truncated (it waits for more data to fill
+    libjpeg's look-ahead after the last MCU). When its structure allows (:func:`_jpeg_closed`:
+    one sequential scan) and :func:`_scan_whole` finds the scan whole, decoded by Pillow at the
+    size the upload is decoded at, the JPEG is decoded with the EOI appended, to the pixels
+    the same file with its EOI gives. A scan cut short stays refused as truncated, as does
+    anything else without its EOI; a JPEG that has its EOI is returned unchanged (the same
+    object), so every JPEG that decoded before decodes as it did.
+    """
+    closed = _jpeg_closed(data)
+    if closed is None or not _scan_whole(closed, lambda d: _pillow_jpeg_pixels(d, max_pixels)):
+        return data
+    return closed
+
+
+def _pillow_jpeg_pixels(data: bytes, max_pixels: int) -> np.ndarray:
+    """A JPEG upload's pixels as Pillow decodes them, at the reduced size a JPEG beyond
+    ``max_pixels`` is decoded at (:func:`_jpeg_scaled_within`); raises
+    :class:`~models.errors.ImageTooLargeError` beyond Pillow's or that limit, before decoding
+    (the caller then refuses it as it did)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+        width, height = image.size
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        if (pillow_limit is not None and width * height > pillow_limit) or (
+            width * height > max_pixels and not _jpeg_scaled_within(image, data, max_pixels)
+        ):
+            raise ImageTooLargeError(f"JPEG declares {width}x{height} pixels")
+        image.load()
+        return np.asarray(image)
 
 
 _DCT_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})  # Huffman or arithmetic, sequential or

@@ -153,8 +153,8 @@ class TestDecodeReduction:
 
 class TestVersions:
     def test_current_version_is_5_and_1_to_4_are_still_reproduced(self) -> None:
-        assert PREPROCESSING_VERSION == "5"
-        assert SUPPORTED_PREPROCESSING_VERSIONS == ("1", "2", "3", "4", "5")
+        assert PREPROCESSING_VERSION == "6"
+        assert SUPPORTED_PREPROCESSING_VERSIONS == ("1", "2", "3", "4", "5", "6")
 
     def test_unknown_version_is_refused_by_name(self) -> None:
         with pytest.raises(InvalidImageError, match=r"unknown preprocessing version '7'"):

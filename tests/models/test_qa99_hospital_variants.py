@@ -112,7 +112,7 @@ def test_a_stray_planar_configuration_one_is_read_by_pixel_from_a_new_version(
     data = _path(name).read_bytes()
     stray = _with_planar_configuration_one(data)
     expected = preprocess(data).pixels
-    before = preprocess(stray).pixels  # version "5": as it always decoded
+    before = preprocess(stray, version="5").pixels  # as it always decoded
     monkeypatch.setattr(pp, "CODESTREAM_LAYOUT_VERSIONS", frozenset({pp.PREPROCESSING_VERSION}))
     np.testing.assert_array_equal(preprocess(stray).pixels, expected)
     np.testing.assert_array_equal(

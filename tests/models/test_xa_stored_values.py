@@ -83,7 +83,7 @@ def _windowed(values: np.ndarray, window: tuple[int, int]) -> np.ndarray:
 
 
 def test_this_radlens_writes_version_5() -> None:
-    assert PREPROCESSING_VERSION == "5"
+    assert int(PREPROCESSING_VERSION) >= 5  # later versions keep XA/XRF on stored values
 
 
 @pytest.mark.parametrize(("sop_class", "modality"), [(XA, "XA"), (XRF, "RF"), (XA_BIPLANE, "XA")])
