@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,75 @@ SHARED_DATA = Path(os.environ.get("RADLENS_SHARED_DATA", REPO_ROOT.parent / "sha
 SHARED_DICOM = SHARED_DATA / "dicom"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The suite's longest single tests, with their seconds in one process on the shared 2-core
+# machine (QA 107; their relative sizes are what counts). Under `make test` (pytest-xdist,
+# --dist worksteal) each worker is first handed one contiguous half of the collection, and an
+# idle worker then steals the *tail* of the other's queue, so a long test near the end of the
+# collection (all of these are) could run last while the other worker sat idle: the run's
+# wall time was its duration added to the rest. pytest_xdist_make_scheduler below hands them
+# out first instead, longest first, shared by their seconds; every test still runs, and the
+# others keep their order.
+_RUN = "tests/training/test_run.py::"
+LONGEST_TESTS = {
+    "tests/test_quickstart.py::test_quickstart_sets_up_database_demo_data_and_demo_model": 320,
+    _RUN + "test_resnet50_from_scratch_trains_everything_including_batchnorm": 200,
+    _RUN + "test_deterministic_runs_repeat_exactly": 150,
+    _RUN + "test_resnet50_two_phases_interrupted_in_phase_two_and_resumed": 115,
+}
+# Built and run only where .ci/run could start a Docker engine (otherwise it says skipped at once).
+if os.environ.get("RADLENS_CONTAINER_CHECK") == "1":
+    LONGEST_TESTS[
+        "tests/test_container_check.py::test_the_image_builds_migrates_trains_serves_and_predicts"
+    ] = 400
+
+
+def longest_first(collection: list[str], workers: int) -> list[int]:
+    """The order in which to hand out ``collection`` (node ids) so that the worksteal
+    scheduler's first hand-out (worker k gets the next ``len(pending) // (workers - k)``)
+    starts each worker on its share of LONGEST_TESTS; the others keep their order."""
+    long = sorted(
+        (i for i, nodeid in enumerate(collection) if nodeid in LONGEST_TESTS),
+        key=lambda i: -LONGEST_TESTS[collection[i]],
+    )
+    heads: list[list[int]] = [[] for _ in range(workers)]
+    seconds = [0] * workers
+    for i in long:  # longest first, each to the least loaded worker
+        k = seconds.index(min(seconds))
+        heads[k].append(i)
+        seconds[k] += LONGEST_TESTS[collection[i]]
+    rest = iter([i for i, nodeid in enumerate(collection) if nodeid not in LONGEST_TESTS])
+    order: list[int] = []
+    remaining = len(collection)
+    for k in range(workers):
+        size = remaining // (workers - k)
+        remaining -= size
+        order += heads[k] + list(islice(rest, max(0, size - len(heads[k]))))
+    order += list(rest)
+    return order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`make test`'s worksteal scheduling, with LONGEST_TESTS handed out first."""
+    if config.getoption("dist") != "worksteal":
+        return None
+    from xdist.scheduler import WorkStealingScheduling
+
+    class LongestFirst(WorkStealingScheduling):
+        def schedule(self) -> None:
+            collections = list(self.node2collection.values())
+            # the first call (one whose collections differ is left to the base class's report)
+            if (
+                self.collection is None
+                and collections[0]
+                and collections.count(collections[0]) == len(collections)
+            ):
+                self.collection = collections[0]
+                self.pending[:] = longest_first(self.collection, len(self.nodes))
+            super().schedule()  # the collection is set: its first hand-out follows `pending`
+
+    return LongestFirst(config, log)
 
 
 def pynetdicom_dicom_paths() -> list[Path]:
