@@ -151,8 +151,8 @@ class DeepColourPngError(InvalidImageError):
 
     title = (
         "The 16-bit colour or gray-with-alpha PNG holds data that reading it at 8 bits would "
-        "lose (radlens reads only gray PNGs at 16 bits); save it as a 16-bit gray PNG without "
-        "alpha and send that"
+        "lose (radlens reads a gray PNG at 16 bits, and a colour one too for a model of "
+        "preprocessing version 6 on); save it as a 16-bit gray PNG without alpha and send that"
     )
 
 

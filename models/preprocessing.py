@@ -77,6 +77,8 @@ file wherever it runs. The steps, in order, and why the order matters:
    when one is given *and* the image is in HU (Modality CT or Rescale Type HU; a preset is
    meaningless for a radiograph and is then not applied); otherwise the file's VOI LUT
    Sequence or Window Center/Width through pydicom's ``apply_voi_lut``; otherwise min-max.
+   From version "6" a VOI LUT is applied with numpy, each value's index clipped to the LUT
+   (PS3.3 C.11.2.1.1), where pydicom's index wraps (:data:`VOI_LUT_CLIPPED_VERSIONS`).
    The result is scaled to [0, 1] by the output range of that VOI transform. A VOI LUT
    Sequence item pydicom cannot apply (no or too few LUT Data entries) is ignored, as pydicom
    ignores one without LUT Data; a file window or VOI LUT that maps an image with contrast
@@ -112,11 +114,14 @@ file wherever it runs. The steps, in order, and why the order matters:
 PNG and JPEG are already display images: they map by the full range of their bit depth
 (``/255`` for 8-bit; a 16-bit gray PNG from version "3" by the depth its sBIT chunk states,
 else the depth its data needs, see :func:`scale_16bit`; ``/65535`` before), RGB/RGBA/LA/P/
-CMYK become gray as above; a PNG with transparent pixels (alpha below 255, or a tRNS chunk
-its pixels use) is refused (:func:`_check_opaque`), an opaque alpha channel is ignored; window
-presets do not apply to them (window ``"full-range"``). A 16-bit colour or gray-with-alpha PNG
-is read at 8 bits (Pillow keeps each sample's high byte) and refused when its data need fewer
-than 15 bits (:func:`_check_png_colour_depth`). From version "4" a PNG or JPEG whose EXIF
+CMYK become gray as above (from version "6" a 16-bit RGB or RGBA PNG at its full 16 bits, by
+luma then by depth as a 16-bit gray PNG, its sBIT's colour depth,
+:data:`PNG_DEEP_COLOUR_VERSIONS`); a PNG with transparent pixels (alpha below 255, or a tRNS
+chunk its pixels use) is refused (:func:`_check_opaque`), an opaque alpha channel is ignored;
+window presets do not apply to them (window ``"full-range"``). Before version "6" a 16-bit
+colour PNG, and in every version a 16-bit gray-with-alpha one, is read at 8 bits (Pillow keeps
+each sample's high byte) and refused when its data need fewer than 15 bits
+(:func:`_check_png_colour_depth`). From version "4" a PNG or JPEG whose EXIF
 Orientation turns or mirrors it (a camera's or phone's image, some exports) is turned first,
 to the image a viewer shows (:func:`exif_orientation`). A DCT JPEG over ``max_pixels`` (a
 phone's 48 MP photo of a film) is decoded at 1/2, 1/4 or 1/8 of its size, the least that fits
@@ -208,16 +213,19 @@ Planar Configuration says (:data:`CODESTREAM_LAYOUT_VERSIONS`); an 8-bit colour 
 is decoded at a reduced resolution when a ``size`` is given, as grayscale ones are from "2"
 (:data:`COLOUR_J2K_REDUCED_VERSIONS`); Float or Double Float Pixel Data with a Window
 Center/Width is windowed (:func:`_float_window`; it was min-max scaled, the window passed over
-as unusable). "5": an X-ray angiography or fluoroscopy image (XA, XRF SOP classes) is windowed
-on its stored values: its Modality LUT or rescale, which maps them to X-ray beam intensity, is
-not applied for display (:func:`displays_stored_values`). "4": a PNG or JPEG is turned as its
-EXIF Orientation says (:func:`exif_orientation`), the image a viewer shows; a JPEG-LS or JPEG
-2000 frame stays within its Bits Stored (masked when its header says lossless coding,
-:func:`mask_unused_bits`, as the uncompressed file is; clipped when lossy); a file window that
-leaves the image within one display gray level gives way to min-max as a blanking one does; an
-Image Pixel attribute absent or empty is refused whichever decoder reads the frame. "3": an
-enhanced multi-frame image's per-frame functional groups (rescale, window) are applied to the
-frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is honoured
+as unusable); a 16-bit RGB or RGBA PNG is read at 16 bits, not at Pillow's 8
+(:data:`PNG_DEEP_COLOUR_VERSIONS`); a VOI LUT is applied with each value's index clipped to the
+LUT, not wrapped as pydicom's is beyond 256 entries of an 8-bit LUT
+(:data:`VOI_LUT_CLIPPED_VERSIONS`). "5": an X-ray angiography or fluoroscopy image (XA, XRF SOP
+classes) is windowed on its stored values: its Modality LUT or rescale, which maps them to X-ray
+beam intensity, is not applied for display (:func:`displays_stored_values`). "4": a PNG or JPEG
+is turned as its EXIF Orientation says (:func:`exif_orientation`), the image a viewer shows; a
+JPEG-LS or JPEG 2000 frame stays within its Bits Stored (masked when its header says lossless
+coding, :func:`mask_unused_bits`, as the uncompressed file is; clipped when lossy); a file
+window that leaves the image within one display gray level gives way to min-max as a blanking
+one does; an Image Pixel attribute absent or empty is refused whichever decoder reads the frame.
+"3": an enhanced multi-frame image's per-frame functional groups (rescale, window) are applied
+to the frame used (see :func:`frame_dataset`); Presentation LUT Shape INVERSE is honoured
 (:func:`display_inverted`); a 16-bit PNG is scaled by its actual bit depth
 (:func:`scale_16bit`). "2": JPEG 2000 and baseline JPEG DICOM frames are decoded at a reduced
 resolution when a ``size`` is given (see :func:`decode_reduction`). "1": every frame decoded in
@@ -349,8 +357,9 @@ def preprocess(
             whichever decoder reads the frame; "5" also windows an XA or XRF image on its
             stored values (:func:`displays_stored_values`); "6" also reads a compressed
             colour frame by pixel whatever its Planar Configuration says, decodes an 8-bit
-            colour JPEG 2000 frame reduced for ``size``, and applies a float frame's Window
-            Center/Width.
+            colour JPEG 2000 frame reduced for ``size``, applies a float frame's Window
+            Center/Width, reads a 16-bit RGB/RGBA PNG at 16 bits and clips a VOI LUT's index
+            to the LUT.
         frame: the 0-based index of the frame to use; ``None`` picks the middle frame
             (``frames // 2``). A PNG or JPEG has the one frame 0. To predict a whole
             multi-frame instance frame by frame, pass :func:`frame_indices` to
@@ -3026,7 +3035,9 @@ def _grayscale(
         return apply_window(values, center, width), f"preset:{window}({center:g}/{width:g})"
     # min-max is computed only when it is the answer: a file window makes it unneeded
     float_frame = _at_least(version, "6") and np.issubdtype(arr.dtype, np.floating)
-    file_window = _file_voi(values, ds, float_frame=float_frame)
+    file_window = _file_voi(
+        values, ds, float_frame=float_frame, lut_clipped=version in VOI_LUT_CLIPPED_VERSIONS
+    )
     if file_window is None:
         return _min_max(values, table), "minmax"
     voi, label = file_window
@@ -3154,10 +3165,53 @@ _VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 """The VOI LUT Functions (0028,1056) a file window's label may name (PS3.3 C.11.2.1.3)."""
 
 
+VOI_LUT_CLIPPED_VERSIONS: frozenset[str] = frozenset({"6"})
+"""The preprocessing versions in which a VOI LUT Sequence item is applied by
+:func:`_voi_lut_clipped` (from "6"; add each later version here): each value's index into the
+LUT is clipped to the LUT's range, as PS3.3 C.11.2.1.1 says (a value below the first value
+mapped gets the first entry, one above the last mapped gets the last). pydicom's ``apply_voi``
+(3.0) builds that index in the LUT entries' own type, so it wraps: with an 8-bit LUT of more
+than 256 entries (a 12-bit image's 4096-entry LUT with 8-bit output) the value ``first + 256``
+gets entry 0, with a 16-bit LUT ``first + 65536`` does (a LUT whose first value mapped is
+negative, over unsigned stored values); and the output range probed over the LUT wraps the
+same way. It changes those files' arrays, so versions "1"-"5" apply the LUT by pydicom as they
+did."""
+
+
+def _voi_lut_clipped(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The first VOI LUT Sequence item (usable: :func:`_voi_lut_entries`) applied to integer
+    ``values`` with numpy, each index clipped to the LUT's range (:data:`VOI_LUT_CLIPPED_VERSIONS`),
+    as float64, and the LUT's entries (its output range). The LUT Data is the element's value
+    as pydicom read it: US values, or OW words in the dataset's byte order, which pydicom's
+    ``apply_voi`` reads the same way (and refuses, as here, when that order is unknown)."""
+    item = ds.VOILUTSequence[0]
+    entries = int(item.LUTDescriptor[0]) or 2**16
+    first = int(item.LUTDescriptor[1])
+    element = item["LUTData"]
+    if element.VR == "OW":
+        meta = getattr(ds, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        little = syntax.is_little_endian if syntax is not None else ds.original_encoding[1]
+        if little is None:
+            raise AttributeError("the byte order of the VOI LUT Data is unknown")
+        table = np.frombuffer(element.value, dtype="<u2" if little else ">u2", count=entries)
+    else:
+        table = np.asarray(element.value, dtype=np.int64).reshape(-1)[:entries]
+    if int(item.LUTDescriptor[2]) == 8 and table.size and int(table.max()) > 255:
+        raise ValueError("an 8-bit VOI LUT holds an entry above 255")  # pydicom refuses it too
+    table = table.astype(np.float64)
+    index = np.clip(np.asarray(values, dtype=np.int64) - first, 0, entries - 1)
+    return table[index], table
+
+
 def _file_voi(
-    values: np.ndarray, ds: Dataset, *, float_frame: bool = False
+    values: np.ndarray, ds: Dataset, *, float_frame: bool = False, lut_clipped: bool = False
 ) -> tuple[np.ndarray | None, str] | None:
     """The file's VOI LUT or Window Center/Width via pydicom, scaled to [0, 1], and its label.
+
+    ``lut_clipped`` (:data:`VOI_LUT_CLIPPED_VERSIONS`): a VOI LUT is applied by
+    :func:`_voi_lut_clipped`, each value's index clipped to the LUT, instead of by pydicom's
+    ``apply_voi_lut``, whose index wraps beyond 256 (8-bit LUT) or 65536 (16-bit) entries.
 
     ``float_frame`` (version "6", a frame of Float or Double Float Pixel Data): a Window
     Center/Width is applied by :func:`_float_window`; pydicom's ``apply_windowing`` needs Bits
@@ -3187,11 +3241,14 @@ def _file_voi(
             entries, first = lut
             if np.issubdtype(values.dtype, np.floating):
                 values = np.rint(values).astype(np.int64)
-            out = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
-            probe = np.asarray(
-                apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds),
-                dtype=np.float64,
-            )
+            if lut_clipped:
+                out, probe = _voi_lut_clipped(values, ds)
+            else:
+                out = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
+                probe = np.asarray(
+                    apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds),
+                    dtype=np.float64,
+                )
         elif float_frame:
             center = _first_number(ds.WindowCenter)
             width = _first_number(ds.WindowWidth)
@@ -3464,19 +3521,35 @@ def _preprocess_pillow(
             # only joins image.info when the data is read
             orientation = exif_orientation(image) if _at_least(version, "4") else None
             image.load()
+            deep = (
+                _png_deep_colour_samples(data, image)
+                if kind == "png" and version in PNG_DEEP_COLOUR_VERSIONS
+                else None
+            )
             if kind == "png":
-                _check_png_colour_depth(data, image)
+                if deep is None:  # read at 8 bits: refused when that would posterise it
+                    _check_png_colour_depth(data, image)
                 _check_opaque(data, image)
-            significant = _png_significant_bits(data) if kind == "png" else None
-            shown = _upright(image, orientation)
-            try:
-                height, width = shown.height, shown.width
-                pixels, bits, colour = _pillow_to_float(
-                    shown, significant_bits=significant, by_depth=_at_least(version, "3")
-                )
-            finally:
-                if shown is not image:
+            colour: float | None
+            if deep is not None:
+                pixels, bits, colour = _deep_colour_to_float(deep, _png_colour_sbit(data))
+                shown = _upright(_float_image(np.ascontiguousarray(pixels)), orientation)
+                try:
+                    height, width = shown.height, shown.width
+                    pixels = np.asarray(shown, dtype=np.float32)
+                finally:
                     shown.close()
+            else:
+                significant = _png_significant_bits(data) if kind == "png" else None
+                shown = _upright(image, orientation)
+                try:
+                    height, width = shown.height, shown.width
+                    pixels, bits, colour = _pillow_to_float(
+                        shown, significant_bits=significant, by_depth=_at_least(version, "3")
+                    )
+                finally:
+                    if shown is not image:
+                        shown.close()
         except PreprocessingError:
             raise
         except BaseException as exc:  # third-party boundary
@@ -3504,6 +3577,76 @@ def _preprocess_pillow(
             colour_fraction=colour,
         )
     return pixels, metadata
+
+
+PNG_DEEP_COLOUR_VERSIONS: frozenset[str] = frozenset({"6"})
+"""The preprocessing versions in which a 16-bit RGB or RGBA PNG is read at its full 16 bits
+(:func:`_png_deep_colour_samples`), from "6" (add each later version here). Pillow reads such
+a PNG at 8 bits, each sample's high byte (Pillow issues #1888, #7723), so before "6" it was,
+and one whose samples need fewer than 15 bits was refused
+(:func:`_check_png_colour_depth`). From "6" its exact samples (imagecodecs' PNG decoder) go
+to gray by BT.601 luma and are scaled by the depth they have, as a 16-bit gray PNG's are
+(:func:`_deep_colour_to_float`); the EXIF orientation is applied after, as to any PNG. It
+changes those files' arrays (within 1/255 for one whose data use the full 16 bits), so
+versions "1"-"5" read them at 8 bits as they did. A 16-bit gray-with-alpha PNG is still read
+at 8 bits (Pillow's "LA")."""
+
+
+def _png_deep_colour_samples(data: bytes, image: PILImage.Image) -> np.ndarray | None:
+    """A 16-bit RGB or RGBA PNG's R, G and B samples at 16 bits (uint16, (H, W, 3)), as
+    imagecodecs decodes them; ``None`` for any other PNG, or when that decoder cannot read it
+    or gives another shape than Pillow's (the file is then read at 8 bits as before). The IHDR
+    chunk comes first (PNG 5.2): bit depth at byte 24, colour type at byte 25."""
+    if len(data) <= 25 or data[24] != 16 or data[25] not in (2, 6):
+        return None
+    exact = _png_samples(data)
+    if (
+        exact is None
+        or exact.dtype != np.uint16
+        or exact.ndim != 3
+        or exact.shape[:2] != (image.height, image.width)
+        or exact.shape[2] not in (3, 4)
+    ):
+        return None
+    return exact[..., :3]
+
+
+def _png_colour_sbit(data: bytes) -> int | None:
+    """The depth a 16-bit colour PNG's sBIT chunk states for its colour samples: the largest of
+    its red, green and blue values (PNG 11.3.2.4: one per channel, 1..16; an RGBA file's fourth
+    value, alpha's, is not the image's), so no channel's samples are taken as exceeding their
+    depth; ``None`` without a chunk or with a value outside 1..16 (malformed: ignored, as
+    :func:`scale_16bit` ignores one). The image is scaled by one depth, as a gray PNG is: for
+    an RGB copy of a gray radiograph the three values are that image's one depth (the test
+    ``tests/models/test_qa111_deep_colour_png.py`` checks the array equals the gray PNG's)."""
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length, chunk = struct.unpack_from(">I4s", data, offset)
+        if chunk == b"sBIT":
+            values = data[offset + 8 : offset + 8 + min(length, 3)]
+            if len(values) < 3 or not all(1 <= v <= 16 for v in values):
+                return None
+            return max(values)
+        if chunk in (b"IDAT", b"IEND"):
+            return None
+        offset += 12 + length
+    return None
+
+
+def _deep_colour_to_float(
+    rgb: np.ndarray, significant_bits: int | None
+) -> tuple[np.ndarray, int, float]:
+    """16-bit R, G, B samples to float32 gray in [0, 1], its depth and its
+    :func:`colour_fraction`: each sample scaled by :func:`scale_16bit` over the three channels
+    together (sBIT, else the depth the data need; one depth for the image, as a 16-bit gray
+    PNG's), then BT.601 luma (:func:`_to_gray`: a channel exactly when R == G == B, so an RGB
+    copy of a 16-bit gray PNG gives that PNG's array)."""
+    scaled, bits = scale_16bit(rgb, significant_bits)
+    gray = np.clip(_to_gray(scaled), 0.0, 1.0)
+    # the colour spread is measured against the range the samples fill: their depth, or 16
+    # bits when they are scaled up to it
+    fill = 16 if rgb.size and int(rgb.max()) >= 1 << bits else bits
+    return gray.astype(np.float32, copy=False), bits, colour_fraction(rgb, fill)
 
 
 def _upload_jpeg_closed(data: bytes, max_pixels: int) -> bytes:
