@@ -55,9 +55,11 @@ FILE_DESCRIPTION = "A DICOM (.dcm), PNG or JPEG image; the format is read from t
 # prediction id]. A well-formed cursor is accepted even if no prediction has that position.
 CURSOR_DESCRIPTION = (
     "next_cursor of the previous page. Format `radlens-cursor`: unpadded base64url of the JSON "
-    'array `["<created_at, ISO 8601 with offset>", "<prediction id>"]`; anything else is a 422'
+    'array `["<created_at, ISO 8601 with offset>", "<prediction id>"]`; empty: the first page; '
+    "anything else is a 422"
 )
-CURSOR_SCHEMA: dict[str, Any] = {"format": "radlens-cursor", "pattern": "^[A-Za-z0-9_-]+$"}
+# (empty is the first page, as no cursor: a form or client that sends the field blank)
+CURSOR_SCHEMA: dict[str, Any] = {"format": "radlens-cursor", "pattern": "^[A-Za-z0-9_-]*$"}
 # What the upload's `file` part may hold (OpenAPI encoding: a list of media types; the service
 # reads the format from the bytes, whatever the part's Content-Type says).
 UPLOAD_MEDIA_TYPES = "application/dicom, image/png, image/jpeg"

@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.transport import register_serializer
 
 from tests.app.conftest import Databases, create_api_key, dicom_bytes, make_settings, png_bytes
@@ -166,6 +167,12 @@ def _fuzz_operation(operation: Any, mode: GenerationMode, key: str) -> list[int]
         database=None,
     )
     def fuzz(case: Any) -> None:
+        if mode == GenerationMode.NEGATIVE and case.meta.is_negative_at(ParameterLocation.HEADER):
+            # its invalid part includes the Authorization header, which is replaced by the key
+            # below: it would never reach the service, and a 2xx would be reported as invalid
+            # data accepted (which cases Hypothesis draws depends on the constants of every
+            # module imported before, so this came up only in some orders of the suite)
+            reject()
         response = case.call_and_validate(
             headers={"Authorization": f"Bearer {key}"}, excluded_checks=EXCLUDED_CHECKS
         )
