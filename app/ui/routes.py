@@ -749,7 +749,10 @@ async def upload(request: Request, principal: UiPrincipal) -> Response:
             raise UploadFormError("the form has no file (field 'file')")
         data = await upload_file.read()
         if not data:
-            raise UploadFormError(f"the file {upload_file.filename!r} is empty")
+            # never the file's name: an export's names can hold the patient's (QA 112)
+            raise UploadFormError(
+                "the chosen file is empty (0 bytes)" if upload_file.filename else "no file chosen"
+            )
         explain = form.get("explain") == "on"
     finally:
         await form.close()
